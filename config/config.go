@@ -1,0 +1,162 @@
+// Package config loads and validates Countersign's configuration (mcp.yaml).
+//
+// The file is decoded once into the typed structs below and checked as a
+// whole; every error names the file, the key path (tools.transfer.rules[1].when)
+// and what was expected. The rest of the program never sees raw maps.
+package config
+
+import "time"
+
+// Config is the whole of mcp.yaml after defaults and environment overrides.
+type Config struct {
+	Server    Server          `mapstructure:"server"`
+	HTTP      HTTP            `mapstructure:"http"`
+	Approval  Approval        `mapstructure:"approval"`
+	Approvers []Approver      `mapstructure:"approvers"`
+	Ledger    Ledger          `mapstructure:"ledger"`
+	Deploy    Deploy          `mapstructure:"deploy"`
+	Secrets   Secrets         `mapstructure:"secrets"`
+	Audit     Audit           `mapstructure:"audit"`
+	Tools     map[string]Tool `mapstructure:"tools"`
+
+	// Source is the file the config came from, or "(embedded default)".
+	Source string `mapstructure:"-"`
+}
+
+// Server holds process-wide settings.
+type Server struct {
+	Name            string        `mapstructure:"name"`
+	DataDir         string        `mapstructure:"data_dir"`
+	LogFormat       string        `mapstructure:"log_format"` // text | json
+	LogLevel        string        `mapstructure:"log_level"`  // debug | info | warn | error
+	ShutdownTimeout time.Duration `mapstructure:"shutdown_timeout"`
+	// Workers bounds concurrent tool calls under stdio. Calls waiting for a
+	// human hold a worker, so this must be well above the number of
+	// approvals expected to wait at once.
+	Workers int `mapstructure:"workers"`
+}
+
+// HTTP configures the agent listener (Streamable HTTP at /mcp, SSE at /sse).
+type HTTP struct {
+	Addr         string   `mapstructure:"addr"`
+	MaxBodyBytes int64    `mapstructure:"max_body_bytes"`
+	AllowedHosts []string `mapstructure:"allowed_hosts"`
+	// Agents authenticate with a bearer token; only its SHA-256 is stored.
+	// With no agents configured the listener accepts anonymous agents, which
+	// is only allowed on a loopback address.
+	Agents []Agent `mapstructure:"agents"`
+}
+
+// Agent is one MCP client allowed on the HTTP listener.
+type Agent struct {
+	ID          string `mapstructure:"id"`
+	TokenSHA256 string `mapstructure:"token_sha256"` // hex
+}
+
+// Approval configures the approver page and WebAuthn.
+type Approval struct {
+	Listen        string        `mapstructure:"listen"`     // 127.0.0.1:8710
+	PublicURL     string        `mapstructure:"public_url"` // http://localhost:8710
+	RPID          string        `mapstructure:"rp_id"`
+	RPName        string        `mapstructure:"rp_name"`
+	Origins       []string      `mapstructure:"origins"`
+	AllowedHosts  []string      `mapstructure:"allowed_hosts"`
+	Timeout       time.Duration `mapstructure:"timeout"`        // default request lifetime
+	PollInterval  time.Duration `mapstructure:"poll_interval"`  // CIBA interval
+	ProgressEvery time.Duration `mapstructure:"progress_every"` // heartbeat to waiting agents
+	EnrollTTL     time.Duration `mapstructure:"enroll_ttl"`     // one-time enrollment link lifetime
+	MaxBodyBytes  int64         `mapstructure:"max_body_bytes"` // approver page POST limit
+	TLSCertFile   string        `mapstructure:"tls_cert_file"`  // optional
+	TLSKeyFile    string        `mapstructure:"tls_key_file"`   // optional
+}
+
+// Approver is a human who may countersign.
+type Approver struct {
+	ID    string   `mapstructure:"id"`
+	Name  string   `mapstructure:"name"`
+	Roles []string `mapstructure:"roles"`
+}
+
+// Ledger seeds the money backend.
+type Ledger struct {
+	Accounts       []Account      `mapstructure:"accounts"`
+	Counterparties []Counterparty `mapstructure:"counterparties"`
+}
+
+// Account is a ledger account; Balance is a decimal string in major units.
+type Account struct {
+	ID       string `mapstructure:"id"`
+	Name     string `mapstructure:"name"`
+	Currency string `mapstructure:"currency"`
+	Balance  string `mapstructure:"balance"`
+}
+
+// Counterparty is a payee known to the ledger at start.
+type Counterparty struct {
+	Name  string `mapstructure:"name"`
+	Known bool   `mapstructure:"known"`
+}
+
+// Deploy configures the command backend of the deploy tool.
+type Deploy struct {
+	// Command is an argv; {service}, {version} and {environment} are
+	// replaced per argument. It never runs through a shell.
+	Command        []string      `mapstructure:"command"`
+	Services       []string      `mapstructure:"services"`
+	Environments   []string      `mapstructure:"environments"`
+	Timeout        time.Duration `mapstructure:"timeout"`
+	MaxOutputBytes int           `mapstructure:"max_output_bytes"`
+}
+
+// Secrets configures the secrets backend: one file per secret in Dir.
+type Secrets struct {
+	Dir                   string   `mapstructure:"dir"`
+	DefaultClassification string   `mapstructure:"default_classification"`
+	Classified            []Secret `mapstructure:"classified"`
+}
+
+// Secret gives one secret a classification other than the default.
+type Secret struct {
+	Name           string `mapstructure:"name"`
+	Classification string `mapstructure:"classification"` // public | internal | confidential | restricted
+}
+
+// Audit configures the tamper-evident log.
+type Audit struct {
+	CheckpointEvery time.Duration `mapstructure:"checkpoint_every"`
+}
+
+// Tool is the policy and behaviour of one guarded tool.
+type Tool struct {
+	Level            string        `mapstructure:"level"` // low | high | critical | deny
+	Rules            []Rule        `mapstructure:"rules"`
+	Approvers        []string      `mapstructure:"approvers"` // approver ids and role:NAME
+	Quorum           int           `mapstructure:"quorum"`
+	UserVerification string        `mapstructure:"user_verification"` // required | preferred | discouraged
+	Timeout          time.Duration `mapstructure:"timeout"`
+	Wait             string        `mapstructure:"wait"`        // block | poll
+	RedactArgs       bool          `mapstructure:"redact_args"` // keep only the args digest in the audit log
+}
+
+// Rule raises a tool's level when its CEL condition holds.
+type Rule struct {
+	Name      string   `mapstructure:"name"`
+	When      string   `mapstructure:"when"`
+	Level     string   `mapstructure:"level"`
+	Approvers []string `mapstructure:"approvers"`
+	Quorum    int      `mapstructure:"quorum"`
+}
+
+// Tool names Countersign knows how to configure.
+var ToolNames = []string{
+	"get_balance", "list_counterparties", "list_transfers", "transfer",
+	"deploy", "read_secret", "list_secrets", "approval_status",
+}
+
+// Risk levels, lowest first.
+const (
+	LevelLow      = "low"
+	LevelHigh     = "high"
+	LevelCritical = "critical"
+	LevelDeny     = "deny"
+)
