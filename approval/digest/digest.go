@@ -46,8 +46,8 @@ type Action struct {
 	Decision             string // Approve or Deny
 	AuthorizationDetails []byte // JSON, any formatting
 	Tool                 string
-	Args                 []byte // JSON, any formatting
-	Display              string // the summary the approver was shown
+	ArgsSHA256           [32]byte // ArgsSHA256 of the validated arguments
+	Display              string   // the summary the approver was shown
 	Nonce                []byte
 	ExpiresAt            time.Time
 }
@@ -67,17 +67,13 @@ func Compute(a Action) ([32]byte, error) {
 	if err != nil {
 		return [32]byte{}, fmt.Errorf("digest: authorization_details: %w", err)
 	}
-	args, err := ArgsSHA256(a.Args)
-	if err != nil {
-		return [32]byte{}, err
-	}
 	display := sha256.Sum256([]byte(a.Display))
 
 	h := sha256.New()
 	h.Write([]byte(Prefix))
 	for _, field := range [][]byte{
 		[]byte(a.RequestID), []byte(a.Decision), details, []byte(a.Tool),
-		[]byte(hex.EncodeToString(args[:])),
+		[]byte(hex.EncodeToString(a.ArgsSHA256[:])),
 		[]byte(hex.EncodeToString(display[:])),
 		[]byte(base64.RawURLEncoding.EncodeToString(a.Nonce)),
 	} {

@@ -12,7 +12,7 @@ func sample() Action {
 		Decision:             Approve,
 		AuthorizationDetails: []byte(`[{"type":"payment_initiation","instructedAmount":{"currency":"USD","amount":"500000.00"}}]`),
 		Tool:                 "transfer",
-		Args:                 []byte(`{"to":"Vendor X","amount":500000,"currency":"USD"}`),
+		ArgsSHA256:           mustArgs(`{"to":"Vendor X","amount":500000,"currency":"USD"}`),
 		Display:              "Pay USD 500,000.00 to Vendor X",
 		Nonce:                []byte("0123456789abcdef0123456789abcdef"),
 		ExpiresAt:            time.Date(2026, 11, 24, 18, 0, 0, 0, time.UTC),
@@ -22,7 +22,7 @@ func sample() Action {
 func TestComputeIsStableAcrossJSONFormatting(t *testing.T) {
 	a := sample()
 	b := sample()
-	b.Args = []byte("{ \"currency\":\"USD\",\n \"amount\": 5e5, \"to\":\"Vendor X\"}")
+	b.ArgsSHA256 = mustArgs("{ \"currency\":\"USD\",\n \"amount\": 5e5, \"to\":\"Vendor X\"}")
 	b.AuthorizationDetails = []byte(`[ {"instructedAmount":{"amount":"500000.00","currency":"USD"},"type":"payment_initiation"} ]`)
 	da, err := Compute(a)
 	if err != nil {
@@ -57,7 +57,7 @@ func TestEveryFieldChangesTheDigest(t *testing.T) {
 		"decision":   func(a *Action) { a.Decision = Deny },
 		"details":    func(a *Action) { a.AuthorizationDetails = []byte(`[{"type":"deployment"}]`) },
 		"tool":       func(a *Action) { a.Tool = "deploy" },
-		"args":       func(a *Action) { a.Args = []byte(`{"to":"Vendor Y","amount":500000,"currency":"USD"}`) },
+		"args":       func(a *Action) { a.ArgsSHA256 = mustArgs(`{"to":"Vendor Y","amount":500000,"currency":"USD"}`) },
 		"display":    func(a *Action) { a.Display = "Pay USD 5.00 to Vendor X" },
 		"nonce":      func(a *Action) { a.Nonce = []byte("another nonce of thirty-two byte") },
 		"expiry":     func(a *Action) { a.ExpiresAt = a.ExpiresAt.Add(time.Second) },
@@ -78,7 +78,6 @@ func TestEveryFieldChangesTheDigest(t *testing.T) {
 func TestComputeRejects(t *testing.T) {
 	for name, mutate := range map[string]func(*Action){
 		"bad decision": func(a *Action) { a.Decision = "maybe" },
-		"bad args":     func(a *Action) { a.Args = []byte(`{"to":`) },
 		"bad details":  func(a *Action) { a.AuthorizationDetails = []byte(`nope`) },
 		"no nonce":     func(a *Action) { a.Nonce = nil },
 	} {
@@ -87,5 +86,19 @@ func TestComputeRejects(t *testing.T) {
 		if _, err := Compute(a); err == nil {
 			t.Errorf("%s: Compute succeeded", name)
 		}
+	}
+}
+
+func mustArgs(js string) [32]byte {
+	sum, err := ArgsSHA256([]byte(js))
+	if err != nil {
+		panic(err)
+	}
+	return sum
+}
+
+func TestArgsSHA256RejectsMalformedJSON(t *testing.T) {
+	if _, err := ArgsSHA256([]byte(`{"to":`)); err == nil {
+		t.Fatal("ArgsSHA256 accepted malformed JSON")
 	}
 }
