@@ -1,0 +1,185 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/countersign/countersign"
+)
+
+func TestEmbeddedDefaultValidates(t *testing.T) {
+	c, err := Parse(countersign.DefaultConfig, Embedded)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Source != Embedded {
+		t.Errorf("Source = %q", c.Source)
+	}
+	if _, ok := c.Tools["transfer"]; !ok {
+		t.Error("default config has no transfer tool")
+	}
+	if got := c.Tools["transfer"].Rules[1].Quorum; got != 2 {
+		t.Errorf("transfer critical quorum = %d, want 2", got)
+	}
+	if c.Approval.Timeout != 5*time.Minute {
+		t.Errorf("approval.timeout = %v", c.Approval.Timeout)
+	}
+}
+
+// minimal is the smallest config that validates; cases below break it.
+const minimal = `
+tools:
+  get_balance:
+    level: low
+ledger:
+  accounts:
+    - {id: main, currency: USD, balance: "10.00"}
+`
+
+func TestMinimalConfigGetsDefaults(t *testing.T) {
+	c, err := Parse([]byte(minimal), "min.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Server.DataDir != "./countersign-data" || c.Approval.RPID != "localhost" || c.HTTP.MaxBodyBytes != 1<<20 {
+		t.Errorf("defaults not applied: %+v", c.Server)
+	}
+}
+
+func TestBadConfigNamesFileAndKeyPath(t *testing.T) {
+	cases := []struct {
+		name, yaml string
+		want       []string // each must appear in the error
+	}{
+		{"bad yaml", "tools: [\n  get_balance", []string{"bad.yaml: not valid YAML"}},
+		{"unknown top-level key", minimal + "bogus: 1\n", []string{"bad.yaml: bogus: unknown key"}},
+		{"unknown nested key", minimal + "server:\n  workerz: 3\n", []string{"bad.yaml: server.workerz: unknown key", "workers"}},
+		{"unknown rule key", "tools:\n  transfer:\n    level: low\n    rules:\n      - when: 'true'\n        levle: high\n" + "ledger:\n  accounts: [{id: a, currency: USD, balance: '1'}]\n",
+			[]string{"tools.transfer.rules[0].levle: unknown key"}},
+		{"wrong type int", minimal + "server:\n  workers: many\n", []string{"server.workers: expected an integer, got string \"many\""}},
+		{"wrong type list", minimal + "approvers: 5\n", []string{"approvers: expected a list, got number 5"}},
+		{"wrong type mapping", minimal + "server: [1, 2]\n", []string{"server: expected a mapping of keys, got a list"}},
+		{"wrong type string", minimal + "approval:\n  rp_id: 7\n", []string{"approval.rp_id: expected a string"}},
+		{"bad duration", minimal + "approval:\n  timeout: 5 minutes\n", []string{"approval.timeout: expected a duration such as 30s or 5m, got \"5 minutes\""}},
+		{"negative duration", minimal + "server:\n  shutdown_timeout: -1s\n", []string{"server.shutdown_timeout: expected a positive duration"}},
+		{"unknown tool", "tools:\n  launch_missiles:\n    level: low\n", []string{"tools.launch_missiles: unknown tool (known tools:"}},
+		{"missing level", "tools:\n  get_balance: {wait: block}\nledger:\n  accounts: [{id: a, currency: USD, balance: '1'}]\n", []string{"tools.get_balance.level: expected one of low, high, critical, deny, got \"\""}},
+		{"bad level", "tools:\n  get_balance: {level: medium}\nledger:\n  accounts: [{id: a, currency: USD, balance: '1'}]\n", []string{"tools.get_balance.level: expected one of"}},
+		{"missing rule condition", "tools:\n  transfer:\n    level: low\n    rules: [{level: high}]\nledger:\n  accounts: [{id: a, currency: USD, balance: '1'}]\n", []string{"tools.transfer.rules[0].when: required"}},
+		{"no tools", "tools: {}\n", []string{"tools: expected at least one tool"}},
+		{"bad currency", "tools:\n  get_balance: {level: low}\nledger:\n  accounts: [{id: a, currency: dollars, balance: '1'}]\n", []string{"ledger.accounts[0].currency: expected an ISO 4217 code"}},
+		{"duplicate approver", minimal + "approvers:\n  - {id: al, name: A}\n  - {id: al, name: B}\n", []string{"approvers[1].id: duplicate approver id"}},
+		{"ip rp id", minimal + "approval:\n  rp_id: 127.0.0.1\n", []string{"approval.rp_id: WebAuthn refuses IP addresses"}},
+		{"bad listen", minimal + "approval:\n  listen: nowhere\n", []string{"approval.listen: expected host:port"}},
+		{"bad token", minimal + "http:\n  agents: [{id: bot, token_sha256: abc}]\n", []string{"http.agents[0].token_sha256: expected 64 hex digits"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse([]byte(tc.yaml), "bad.yaml")
+			if err == nil {
+				t.Fatal("Parse accepted a bad config")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q\ndoes not contain %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestEveryProblemIsReported(t *testing.T) {
+	_, err := Parse([]byte(minimal+"server:\n  workers: x\n  log_format: xml2\nbogus: 1\n"), "bad.yaml")
+	if err == nil {
+		t.Fatal("accepted")
+	}
+	for _, w := range []string{"server.workers", "bogus"} {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("error %q misses %s", err, w)
+		}
+	}
+}
+
+func TestEnvironmentOverridesScalars(t *testing.T) {
+	t.Setenv("COUNTERSIGN_SERVER_DATA_DIR", "/tmp/elsewhere")
+	t.Setenv("COUNTERSIGN_SERVER_WORKERS", "7")
+	t.Setenv("COUNTERSIGN_APPROVAL_TIMEOUT", "90s")
+	t.Setenv("COUNTERSIGN_SERVER_LOG_FORMAT", "json")
+	c, err := Parse(countersign.DefaultConfig, Embedded)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Server.DataDir != "/tmp/elsewhere" || c.Server.Workers != 7 || c.Approval.Timeout != 90*time.Second || c.Server.LogFormat != "json" {
+		t.Errorf("env overrides not applied: %+v %v", c.Server, c.Approval.Timeout)
+	}
+}
+
+func TestEnvironmentOverrideIsValidated(t *testing.T) {
+	t.Setenv("COUNTERSIGN_SERVER_WORKERS", "lots")
+	_, err := Parse(countersign.DefaultConfig, Embedded)
+	if err == nil || !strings.Contains(err.Error(), "server.workers: expected an integer") {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestLoadFindsFileOrFallsBackToEmbedded(t *testing.T) {
+	dir := t.TempDir()
+	t.Chdir(dir)
+	c, err := Load("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Source != Embedded {
+		t.Errorf("Source = %q, want embedded", c.Source)
+	}
+	if err := os.WriteFile(DefaultFile, []byte(minimal), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if c, err = Load(""); err != nil || c.Source != DefaultFile {
+		t.Fatalf("Load found %v, %v", c, err)
+	}
+	if _, err := Load(filepath.Join(dir, "missing.yaml")); err == nil || !strings.Contains(err.Error(), "missing.yaml") {
+		t.Errorf("missing file: err = %v", err)
+	}
+}
+
+func TestEnsureDataDirIsPrivate(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "data")
+	c := &Config{Server: Server{DataDir: dir}}
+	if err := c.EnsureDataDir(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.EnsureDataDir(); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o700 {
+		t.Errorf("mode = %v, want 0700", fi.Mode().Perm())
+	}
+}
+
+func FuzzLoad(f *testing.F) {
+	f.Add(countersign.DefaultConfig)
+	f.Add([]byte(minimal))
+	f.Add([]byte("tools:\n  transfer:\n    rules: [{when: x, level: high, quorum: -1}]\n"))
+	f.Add([]byte("server: {workers: 1e99, shutdown_timeout: 1h}\n"))
+	f.Add([]byte("approvers: [[], {}, null]\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c, err := Parse(data, "fuzz.yaml")
+		if err == nil && c == nil {
+			t.Fatal("nil config without error")
+		}
+		if err != nil && !strings.HasPrefix(err.Error(), "fuzz.yaml: ") {
+			t.Fatalf("error does not name the file: %v", err)
+		}
+	})
+}

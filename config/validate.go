@@ -1,0 +1,236 @@
+package config
+
+import (
+	"encoding/hex"
+	"fmt"
+	"net"
+	"net/url"
+	"regexp"
+	"slices"
+	"strings"
+	"time"
+)
+
+var (
+	idPattern       = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,63}$`)
+	currencyPattern = regexp.MustCompile(`^[A-Z]{3}$`)
+	decimalPattern  = regexp.MustCompile(`^[0-9]{1,18}(\.[0-9]{1,4})?$`)
+	Levels          = []string{LevelLow, LevelHigh, LevelCritical, LevelDeny}
+	Classifications = []string{"public", "internal", "confidential", "restricted"}
+)
+
+// validate checks what decoding cannot: required values, ranges, enums,
+// addresses and references between sections.
+func (c *Config) validate() []problem {
+	var v validator
+	s := c.Server
+	v.nonEmpty("server.name", s.Name)
+	v.nonEmpty("server.data_dir", s.DataDir)
+	v.oneOf("server.log_format", s.LogFormat, "text", "json")
+	v.oneOf("server.log_level", s.LogLevel, "debug", "info", "warn", "error")
+	v.positive("server.shutdown_timeout", s.ShutdownTimeout)
+	if s.Workers < 1 || s.Workers > 1000 {
+		v.fail("server.workers", "expected 1 to 1000, got %d", s.Workers)
+	}
+
+	h := c.HTTP
+	if h.Addr != "" {
+		v.hostPort("http.addr", h.Addr)
+	}
+	if h.MaxBodyBytes < 1024 {
+		v.fail("http.max_body_bytes", "expected at least 1024, got %d", h.MaxBodyBytes)
+	}
+	agents := map[string]bool{}
+	for i, a := range h.Agents {
+		p := fmt.Sprintf("http.agents[%d]", i)
+		v.id(p+".id", a.ID)
+		if agents[a.ID] {
+			v.fail(p+".id", "duplicate agent id %q", a.ID)
+		}
+		agents[a.ID] = true
+		if b, err := hex.DecodeString(a.TokenSHA256); err != nil || len(b) != 32 {
+			v.fail(p+".token_sha256", "expected 64 hex digits (the SHA-256 of the token)")
+		}
+	}
+
+	ap := c.Approval
+	v.hostPort("approval.listen", ap.Listen)
+	v.url("approval.public_url", ap.PublicURL)
+	v.nonEmpty("approval.rp_id", ap.RPID)
+	if net.ParseIP(ap.RPID) != nil {
+		v.fail("approval.rp_id", "WebAuthn refuses IP addresses as RP ID; use a name such as localhost")
+	}
+	v.nonEmpty("approval.rp_name", ap.RPName)
+	if len(ap.Origins) == 0 {
+		v.fail("approval.origins", "expected at least one origin, e.g. http://localhost:8710")
+	}
+	for i, o := range ap.Origins {
+		v.url(fmt.Sprintf("approval.origins[%d]", i), o)
+	}
+	if len(ap.AllowedHosts) == 0 {
+		v.fail("approval.allowed_hosts", "expected at least one host name, e.g. localhost:8710")
+	}
+	v.positive("approval.timeout", ap.Timeout)
+	v.positive("approval.poll_interval", ap.PollInterval)
+	v.positive("approval.progress_every", ap.ProgressEvery)
+	v.positive("approval.enroll_ttl", ap.EnrollTTL)
+	if ap.MaxBodyBytes < 1024 {
+		v.fail("approval.max_body_bytes", "expected at least 1024, got %d", ap.MaxBodyBytes)
+	}
+	if (ap.TLSCertFile == "") != (ap.TLSKeyFile == "") {
+		v.fail("approval.tls_cert_file", "tls_cert_file and tls_key_file go together")
+	}
+
+	approvers := map[string]bool{}
+	for i, a := range c.Approvers {
+		p := fmt.Sprintf("approvers[%d]", i)
+		v.id(p+".id", a.ID)
+		if approvers[a.ID] {
+			v.fail(p+".id", "duplicate approver id %q", a.ID)
+		}
+		approvers[a.ID] = true
+		v.nonEmpty(p+".name", a.Name)
+		for j, r := range a.Roles {
+			v.id(fmt.Sprintf("%s.roles[%d]", p, j), r)
+		}
+	}
+
+	accounts := map[string]bool{}
+	for i, a := range c.Ledger.Accounts {
+		p := fmt.Sprintf("ledger.accounts[%d]", i)
+		v.id(p+".id", a.ID)
+		if accounts[a.ID] {
+			v.fail(p+".id", "duplicate account id %q", a.ID)
+		}
+		accounts[a.ID] = true
+		if !currencyPattern.MatchString(a.Currency) {
+			v.fail(p+".currency", "expected an ISO 4217 code such as USD, got %q", a.Currency)
+		}
+		if !decimalPattern.MatchString(a.Balance) {
+			v.fail(p+".balance", "expected a decimal string such as \"1000.00\", got %q", a.Balance)
+		}
+	}
+	payees := map[string]bool{}
+	for i, cp := range c.Ledger.Counterparties {
+		p := fmt.Sprintf("ledger.counterparties[%d].name", i)
+		v.nonEmpty(p, cp.Name)
+		if payees[cp.Name] {
+			v.fail(p, "duplicate counterparty %q", cp.Name)
+		}
+		payees[cp.Name] = true
+	}
+
+	if _, ok := c.Tools["transfer"]; ok && len(c.Ledger.Accounts) == 0 {
+		v.fail("ledger.accounts", "the transfer tool needs at least one account")
+	}
+	if _, ok := c.Tools["deploy"]; ok {
+		d := c.Deploy
+		if len(d.Command) == 0 || d.Command[0] == "" {
+			v.fail("deploy.command", "expected an argv list such as [./deploy.sh, \"{service}\", \"{version}\", \"{environment}\"]")
+		}
+		if len(d.Services) == 0 {
+			v.fail("deploy.services", "expected at least one service")
+		}
+		if len(d.Environments) == 0 {
+			v.fail("deploy.environments", "expected at least one environment")
+		}
+		v.positive("deploy.timeout", d.Timeout)
+		if d.MaxOutputBytes < 1 {
+			v.fail("deploy.max_output_bytes", "expected a positive size, got %d", d.MaxOutputBytes)
+		}
+	}
+	_, readSecret := c.Tools["read_secret"]
+	_, listSecrets := c.Tools["list_secrets"]
+	if readSecret || listSecrets {
+		v.nonEmpty("secrets.dir", c.Secrets.Dir)
+	}
+	v.oneOf("secrets.default_classification", c.Secrets.DefaultClassification, Classifications...)
+	for i, s := range c.Secrets.Classified {
+		p := fmt.Sprintf("secrets.classified[%d]", i)
+		v.nonEmpty(p+".name", s.Name)
+		v.oneOf(p+".classification", s.Classification, Classifications...)
+	}
+	v.positive("audit.checkpoint_every", c.Audit.CheckpointEvery)
+
+	if len(c.Tools) == 0 {
+		v.fail("tools", "expected at least one tool (known tools: %s)", strings.Join(ToolNames, ", "))
+	}
+	names := make([]string, 0, len(c.Tools))
+	for name := range c.Tools {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		t := c.Tools[name]
+		p := "tools." + name
+		if !slices.Contains(ToolNames, name) {
+			v.fail(p, "unknown tool (known tools: %s)", strings.Join(ToolNames, ", "))
+			continue
+		}
+		v.oneOf(p+".level", t.Level, Levels...)
+		if t.Quorum < 0 {
+			v.fail(p+".quorum", "expected 0 (the level's default) or more, got %d", t.Quorum)
+		}
+		if t.UserVerification != "" {
+			v.oneOf(p+".user_verification", t.UserVerification, "required", "preferred", "discouraged")
+		}
+		if t.Wait != "" {
+			v.oneOf(p+".wait", t.Wait, "block", "poll")
+		}
+		if t.Timeout < 0 {
+			v.fail(p+".timeout", "expected a positive duration, got %s", t.Timeout)
+		}
+		for i, r := range t.Rules {
+			rp := fmt.Sprintf("%s.rules[%d]", p, i)
+			v.nonEmpty(rp+".when", r.When)
+			v.oneOf(rp+".level", r.Level, Levels...)
+			if r.Quorum < 0 {
+				v.fail(rp+".quorum", "expected 0 (the level's default) or more, got %d", r.Quorum)
+			}
+		}
+	}
+	return v.problems
+}
+
+type validator struct{ problems []problem }
+
+func (v *validator) fail(path, format string, args ...any) {
+	v.problems = append(v.problems, problem{path, fmt.Sprintf(format, args...)})
+}
+
+func (v *validator) nonEmpty(path, s string) {
+	if strings.TrimSpace(s) == "" {
+		v.fail(path, "required")
+	}
+}
+
+func (v *validator) oneOf(path, s string, allowed ...string) {
+	if !slices.Contains(allowed, s) {
+		v.fail(path, "expected one of %s, got %q", strings.Join(allowed, ", "), s)
+	}
+}
+
+func (v *validator) positive(path string, d time.Duration) {
+	if d <= 0 {
+		v.fail(path, "expected a positive duration such as 30s, got %s", d)
+	}
+}
+
+func (v *validator) id(path, s string) {
+	if !idPattern.MatchString(s) {
+		v.fail(path, "expected a lower-case id (letters, digits, . _ -), got %q", s)
+	}
+}
+
+func (v *validator) hostPort(path, addr string) {
+	if _, port, err := net.SplitHostPort(addr); err != nil || port == "" {
+		v.fail(path, "expected host:port such as 127.0.0.1:8710, got %q", addr)
+	}
+}
+
+func (v *validator) url(path, s string) {
+	u, err := url.Parse(s)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		v.fail(path, "expected an http(s) URL such as http://localhost:8710, got %q", s)
+	}
+}
