@@ -1,0 +1,192 @@
+package authz
+
+import (
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"time"
+
+	"cel.dev/cel-go/common/types"
+	"cel.dev/cel-go/interpreter"
+
+	"github.com/countersign/countersign/config"
+)
+
+// Input is one tool call as the policy sees it.
+type Input struct {
+	Tool  string
+	Agent string
+	Args  map[string]any // JSON-decoded (numbers are float64)
+	// Facts holds the tool's fact variables, each a JSON-like map, e.g.
+	// {"counterparty": {"known": false}}. A fact a rule needs but that is
+	// missing here denies the call unless the rule guards it with has().
+	Facts map[string]any
+	Now   time.Time // zero means time.Now()
+}
+
+// Decision is the policy's answer for one call.
+type Decision struct {
+	Level string // config.LevelLow | LevelHigh | LevelCritical | LevelDeny
+	// Rules names the rules that matched at the deciding level (or the rule
+	// that failed to evaluate); empty when the base level stands.
+	Rules  []string
+	Reason string // for people and the audit log
+	// Approvers are the approver ids allowed to approve, sorted; set for
+	// high and critical only.
+	Approvers []string
+	// Quorum is the number of distinct approvers needed: 1 for high, the
+	// configured quorum (default 2) for critical, 0 otherwise.
+	Quorum int
+	// UserVerification is "required" for critical, else the tool's setting
+	// (default "preferred").
+	UserVerification string
+	Timeout          time.Duration // approval lifetime
+	Wait             string        // "block" | "poll"
+}
+
+// Decide evaluates the policy for one call. It never panics and never
+// returns an error: anything that goes wrong denies the call, and Reason
+// says why.
+func (p *Policy) Decide(in Input) (d Decision) {
+	defer func() {
+		if v := recover(); v != nil {
+			slog.Error("authz: policy evaluation panicked; denying", "tool", in.Tool, "panic", v)
+			d = deny(nil, fmt.Sprintf("%s: policy evaluation failed (%v); denied (fail closed)", in.Tool, v))
+		}
+	}()
+	if p == nil {
+		return deny(nil, "no policy loaded; denied (fail closed)")
+	}
+	t, ok := p.tools[in.Tool]
+	if !ok {
+		return deny(nil, fmt.Sprintf("unknown tool %q: not in the configuration; denied", in.Tool))
+	}
+	if t.base == rankDeny {
+		return deny(nil, t.baseWhy)
+	}
+
+	act := activation{in: &in, facts: t.facts}
+	if act.in.Args == nil {
+		act.in.Args = map[string]any{}
+	}
+	if act.in.Now.IsZero() {
+		act.in.Now = time.Now()
+	}
+	act.now = types.Timestamp{Time: act.in.Now}
+
+	// Every rule is evaluated (until one denies), so a rule that cannot be
+	// evaluated denies the call whatever the order of the rules.
+	level := t.base
+	var buf [8]*rule
+	matched := buf[:0]
+	for i := range t.rules {
+		r := &t.rules[i]
+		out, _, err := r.prg.Eval(&act)
+		if err != nil {
+			return deny([]string{r.name}, fmt.Sprintf("%s: rule %s failed to evaluate: %v; denied (fail closed)", t.name, r.name, err))
+		}
+		b, isBool := out.(types.Bool)
+		if !isBool {
+			return deny([]string{r.name}, fmt.Sprintf("%s: rule %s returned %s, not a bool; denied (fail closed)", t.name, r.name, out.Type()))
+		}
+		if !b {
+			continue
+		}
+		if r.level > level {
+			level = r.level
+			matched = matched[:0]
+		}
+		matched = append(matched, r)
+		if level == rankDeny {
+			break
+		}
+	}
+
+	d = Decision{
+		Level:            levels[level],
+		UserVerification: t.uv,
+		Timeout:          t.timeout,
+		Wait:             t.wait,
+	}
+	switch len(matched) {
+	case 0:
+		d.Reason = t.baseWhy
+	case 1:
+		d.Rules = []string{matched[0].name}
+		d.Reason = matched[0].raised
+	default:
+		d.Rules = make([]string, len(matched))
+		for i, r := range matched {
+			d.Rules[i] = r.name
+		}
+		d.Reason = fmt.Sprintf("rules %s raised %s to %s", strings.Join(d.Rules, ", "), t.name, d.Level)
+	}
+	switch level {
+	case rankDeny:
+		return deny(d.Rules, d.Reason)
+	case rankHigh, rankCritical:
+		approvers, quorum := t.approvers, 0
+		gotApprovers := false
+		for _, r := range matched {
+			if !gotApprovers && r.approvers != nil {
+				approvers, gotApprovers = r.approvers, true
+			}
+			if quorum == 0 && r.quorum > 0 {
+				quorum = r.quorum
+			}
+		}
+		d.Approvers = slices.Clone(approvers)
+		if level == rankHigh {
+			d.Quorum = 1
+		} else {
+			d.UserVerification = UVRequired
+			d.Quorum = cmp(quorum, t.quorum, DefaultCriticalQuorum)
+		}
+	}
+	return d
+}
+
+// cmp returns the first positive value.
+func cmp(vs ...int) int {
+	for _, v := range vs {
+		if v > 0 {
+			return v
+		}
+	}
+	return 0
+}
+
+func deny(rules []string, reason string) Decision {
+	return Decision{Level: config.LevelDeny, Rules: rules, Reason: reason}
+}
+
+// activation hands CEL the call's variables without building a map per call.
+type activation struct {
+	in    *Input
+	now   types.Timestamp
+	facts []string
+}
+
+func (a *activation) ResolveName(name string) (any, bool) {
+	switch name {
+	case "args":
+		return a.in.Args, true
+	case "agent":
+		return types.String(a.in.Agent), true
+	case "tool":
+		return types.String(a.in.Tool), true
+	case "now":
+		return a.now, true
+	}
+	if !slices.Contains(a.facts, name) {
+		return nil, false
+	}
+	v, ok := a.in.Facts[name]
+	if !ok || v == nil {
+		return nil, false
+	}
+	return v, true
+}
+
+func (a *activation) Parent() interpreter.Activation { return nil }

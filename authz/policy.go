@@ -1,0 +1,454 @@
+// Package authz decides, for one tool call, whether it runs at once, waits
+// for human approval, or never runs.
+//
+// A tool has a base level and rules. Levels are ordered
+//
+//	low < high < critical < deny
+//
+// and each rule is a CEL expression that, when true, raises the call to the
+// rule's level. The highest level of any matching rule wins; a rule whose
+// level does not exceed the tool's base level can never raise it and is not
+// evaluated. A rule sees these variables:
+//
+//	args   map(string, dyn)  the call's JSON arguments (numbers are doubles)
+//	agent  string            the authenticated agent
+//	tool   string            the tool's name
+//	now    timestamp         the time of the call
+//
+// plus the fact variables the tool's backend supplies (see [Options.Facts]),
+// each a map(string, dyn), e.g. counterparty.known for transfer. Numbers
+// compare across types, so args.amount > 10000 works on a double.
+//
+// Evaluation fails closed: a rule that cannot be evaluated (a missing
+// argument or fact, a type mismatch, division by zero, a runaway
+// comprehension that exceeds the cost limit) denies the call, and the reason
+// names the tool, the rule and the CEL error. A rule that should tolerate a
+// missing field must say so with has(), e.g.
+//
+//	has(args.amount) && args.amount > 10000
+//
+// Everything is checked by [Compile] at start: CEL syntax, unknown
+// variables, non-bool results (a bare dyn such as args.flag is refused; write
+// args.flag == true), level names, approvers and quorum. Errors name the key
+// path, e.g. tools.transfer.rules[1].when, and carry CEL's line and column.
+// [Policy.Decide] does no parsing; it evaluates the programs compiled here.
+package authz
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"regexp"
+	"slices"
+	"strings"
+	"time"
+
+	"cel.dev/cel-go/cel"
+	"cel.dev/cel-go/common"
+
+	"github.com/countersign/countersign/config"
+)
+
+// Options are the parts of a policy that come from outside the tools section.
+type Options struct {
+	// DefaultTimeout is the approval lifetime when a tool sets none
+	// (config approval.timeout). Zero means 5 minutes.
+	DefaultTimeout time.Duration
+	// Facts names, per tool, the fact variables its backend supplies, e.g.
+	// {"transfer": {"counterparty"}, "read_secret": {"secret"}}. Rules may
+	// refer only to the facts of their own tool.
+	Facts map[string][]string
+}
+
+// User verification settings, and wait modes, as written in the config.
+const (
+	UVRequired    = "required"
+	UVPreferred   = "preferred"
+	UVDiscouraged = "discouraged"
+
+	WaitBlock = "block"
+	WaitPoll  = "poll"
+)
+
+// DefaultCriticalQuorum is the number of distinct approvers a critical call
+// needs when neither its rule nor its tool sets a quorum.
+const DefaultCriticalQuorum = 2
+
+// CostLimit bounds the work one rule may do in one evaluation. It is far
+// above what a sensible rule needs and stops a comprehension over a huge
+// agent-supplied list from holding a call (and a worker) hostage.
+const CostLimit = 1_000_000
+
+const defaultTimeout = 5 * time.Minute
+
+// Variables every rule may use; fact variables may not take these names.
+var builtinVars = []string{"args", "agent", "tool", "now"}
+
+// ErrInvalid is matched (errors.Is) by every error Compile returns.
+var ErrInvalid = errors.New("invalid policy")
+
+// CompileError is one problem found by Compile, at a config key path such as
+// tools.transfer.rules[1].when.
+type CompileError struct {
+	Path string
+	Msg  string
+}
+
+func (e *CompileError) Error() string { return e.Path + ": " + e.Msg }
+
+// Is makes errors.Is(err, ErrInvalid) true for every CompileError.
+func (e *CompileError) Is(target error) bool { return target == ErrInvalid }
+
+// Level ranks, lowest first; the index is the order.
+var levels = []string{config.LevelLow, config.LevelHigh, config.LevelCritical, config.LevelDeny}
+
+const (
+	rankLow = iota
+	rankHigh
+	rankCritical
+	rankDeny
+)
+
+func rankOf(level string) (int, bool) {
+	i := slices.Index(levels, level)
+	return i, i >= 0
+}
+
+// Policy is a compiled, immutable policy; Decide is safe for concurrent use.
+type Policy struct {
+	tools map[string]*tool
+}
+
+type tool struct {
+	name      string
+	base      int
+	rules     []rule   // only rules that can raise the base level, config order
+	approvers []string // resolved ids, sorted
+	quorum    int      // 0 = level default
+	uv        string
+	timeout   time.Duration
+	wait      string
+	facts     []string
+	baseWhy   string // Reason when no rule raises the base level
+}
+
+type rule struct {
+	index     int    // in the config's rules list
+	name      string // Name, or rules[i]
+	level     int
+	prg       cel.Program
+	approvers []string // resolved, sorted; nil = the tool's
+	quorum    int      // 0 = the tool's
+	raised    string   // Reason when this rule alone decides
+}
+
+var identPattern = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+
+// Compile checks and compiles the tools' policies. Every problem found is
+// reported, one *CompileError per problem, joined; errors.Is(err,
+// ErrInvalid) holds for any of them.
+func Compile(tools map[string]config.Tool, approvers []config.Approver, opts Options) (*Policy, error) {
+	c := compiler{approvers: approvers, opts: opts}
+	base, err := cel.NewEnv(
+		cel.CrossTypeNumericComparisons(true),
+		cel.Variable("args", cel.MapType(cel.StringType, cel.DynType)),
+		cel.Variable("agent", cel.StringType),
+		cel.Variable("tool", cel.StringType),
+		cel.Variable("now", cel.TimestampType),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("authz: building the CEL environment: %w", err)
+	}
+	c.env = base
+
+	p := &Policy{tools: make(map[string]*tool, len(tools))}
+	names := make([]string, 0, len(tools))
+	for name := range tools {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		if t := c.tool(name, tools[name]); t != nil {
+			p.tools[name] = t
+		}
+	}
+	if len(c.errs) > 0 {
+		return nil, errors.Join(c.errs...)
+	}
+	return p, nil
+}
+
+type compiler struct {
+	env       *cel.Env
+	approvers []config.Approver
+	opts      Options
+	errs      []error
+}
+
+func (c *compiler) fail(path, format string, args ...any) {
+	c.errs = append(c.errs, &CompileError{Path: path, Msg: fmt.Sprintf(format, args...)})
+}
+
+func (c *compiler) tool(name string, ct config.Tool) *tool {
+	p := "tools." + name
+	nerr := len(c.errs)
+	t := &tool{name: name, quorum: ct.Quorum, uv: ct.UserVerification, timeout: ct.Timeout, wait: ct.Wait}
+
+	base, ok := rankOf(ct.Level)
+	if !ok {
+		c.fail(p+".level", "expected one of %s, got %q", strings.Join(levels, ", "), ct.Level)
+	}
+	t.base = base
+	switch t.uv {
+	case "":
+		t.uv = UVPreferred
+	case UVRequired, UVPreferred, UVDiscouraged:
+	default:
+		c.fail(p+".user_verification", "expected one of required, preferred, discouraged, got %q", t.uv)
+	}
+	switch t.wait {
+	case "":
+		t.wait = WaitBlock
+	case WaitBlock, WaitPoll:
+	default:
+		c.fail(p+".wait", "expected one of block, poll, got %q", t.wait)
+	}
+	switch {
+	case t.timeout < 0:
+		c.fail(p+".timeout", "expected a positive duration, got %s", t.timeout)
+	case t.timeout == 0:
+		t.timeout = c.opts.DefaultTimeout
+		if t.timeout <= 0 {
+			t.timeout = defaultTimeout
+		}
+	}
+	if t.quorum < 0 {
+		c.fail(p+".quorum", "expected 0 (the level's default) or more, got %d", t.quorum)
+	}
+	t.approvers = c.resolve(p+".approvers", ct.Approvers)
+
+	env := c.env
+	for _, f := range c.opts.Facts[name] {
+		if !identPattern.MatchString(f) || slices.Contains(builtinVars, f) || slices.Contains(t.facts, f) {
+			c.fail(p, "fact variable %q: expected a unique CEL identifier other than %s", f, strings.Join(builtinVars, ", "))
+			continue
+		}
+		t.facts = append(t.facts, f)
+	}
+	if len(t.facts) > 0 {
+		opts := make([]cel.EnvOption, len(t.facts))
+		for i, f := range t.facts {
+			opts[i] = cel.Variable(f, cel.MapType(cel.StringType, cel.DynType))
+		}
+		var err error
+		if env, err = c.env.Extend(opts...); err != nil {
+			c.fail(p, "declaring fact variables %v: %v", t.facts, err)
+			return nil
+		}
+	}
+
+	seen := map[string]int{}
+	for i, cr := range ct.Rules {
+		rp := fmt.Sprintf("%s.rules[%d]", p, i)
+		r := rule{index: i, name: cr.Name, quorum: cr.Quorum}
+		if r.name == "" {
+			r.name = fmt.Sprintf("rules[%d]", i)
+		} else if j, dup := seen[r.name]; dup {
+			c.fail(rp+".name", "%q is already the name of rules[%d]", r.name, j)
+		}
+		seen[r.name] = i
+
+		level, ok := rankOf(cr.Level)
+		if !ok {
+			c.fail(rp+".level", "expected one of %s, got %q", strings.Join(levels, ", "), cr.Level)
+		}
+		r.level = level
+		if r.quorum < 0 {
+			c.fail(rp+".quorum", "expected 0 (the level's default) or more, got %d", r.quorum)
+		} else if r.quorum > 1 && ok && level != rankCritical {
+			c.fail(rp+".quorum", "quorum %d applies only to critical rules; %s needs one approver", r.quorum, cr.Level)
+		}
+		if cr.Approvers != nil {
+			r.approvers = c.resolve(rp+".approvers", cr.Approvers)
+		}
+		r.prg = c.program(rp+".when", env, cr.When)
+
+		if ok && level <= base {
+			// It type-checks, so it is kept valid, but it cannot raise anything.
+			slog.Warn("authz: rule never applies: its level does not exceed the tool's base level",
+				"path", rp, "rule_level", cr.Level, "tool_level", ct.Level)
+			continue
+		}
+		r.raised = fmt.Sprintf("rule %s raised %s to %s", r.name, name, cr.Level)
+		if level == rankDeny {
+			r.raised = fmt.Sprintf("rule %s denied %s", r.name, name)
+		}
+		t.rules = append(t.rules, r)
+	}
+
+	t.baseWhy = fmt.Sprintf("%s is %s: no rule raised it", name, ct.Level)
+	if base == rankDeny {
+		t.baseWhy = fmt.Sprintf("%s is denied by its configured level", name)
+	}
+	if len(c.errs) == nerr {
+		c.checkApprovers(p, t, ct)
+	}
+	if len(c.errs) > nerr {
+		return nil
+	}
+	return t
+}
+
+// program parses and type-checks one rule, insisting on a bool result.
+func (c *compiler) program(path string, env *cel.Env, expr string) cel.Program {
+	if strings.TrimSpace(expr) == "" {
+		c.fail(path, "required: a CEL expression such as args.amount > 10000")
+		return nil
+	}
+	ast, iss := env.Compile(expr)
+	if iss != nil && iss.Err() != nil {
+		c.fail(path, "%s", celErrors(iss, ast))
+		return nil
+	}
+	if out := ast.OutputType(); !out.IsExactType(cel.BoolType) {
+		c.fail(path, "must be a bool expression, got %s (compare explicitly, e.g. args.flag == true)", out)
+		return nil
+	}
+	prg, err := env.Program(ast,
+		cel.CostLimit(CostLimit),
+		cel.EvalOptions(cel.OptOptimize),
+	)
+	if err != nil {
+		c.fail(path, "%v", err)
+		return nil
+	}
+	return prg
+}
+
+// celErrors renders CEL issues one line each, with CEL's own 1-based line
+// and column ("ERROR: <input>:1:6: undeclared reference to 'argz'") but
+// without the source excerpt, which would break one-problem-per-line output.
+func celErrors(iss *cel.Issues, ast *cel.Ast) string {
+	var src common.Source
+	if ast != nil {
+		src = ast.Source()
+	}
+	var lines []string
+	for _, e := range iss.Errors() {
+		var s string
+		if src != nil {
+			s, _, _ = strings.Cut(e.ToDisplayString(src), "\n")
+		} else {
+			s = fmt.Sprintf("ERROR: <input>:%d:%d: %s", e.Location.Line(), e.Location.Column()+1, e.Message)
+		}
+		lines = append(lines, strings.TrimSuffix(s, " (in container '')"))
+	}
+	if len(lines) == 0 {
+		return iss.Err().Error()
+	}
+	return strings.Join(lines, "; ")
+}
+
+// resolve turns approver ids and role:NAME entries into sorted, distinct
+// approver ids.
+func (c *compiler) resolve(path string, entries []string) []string {
+	var ids []string
+	for i, e := range entries {
+		ep := fmt.Sprintf("%s[%d]", path, i)
+		if role, isRole := strings.CutPrefix(e, "role:"); isRole {
+			n := 0
+			for _, a := range c.approvers {
+				if slices.Contains(a.Roles, role) {
+					ids = append(ids, a.ID)
+					n++
+				}
+			}
+			if role == "" || n == 0 {
+				c.fail(ep, "no approver has role %q", role)
+			}
+			continue
+		}
+		if !slices.ContainsFunc(c.approvers, func(a config.Approver) bool { return a.ID == e }) {
+			c.fail(ep, "unknown approver %q (expected an approver id or role:NAME)", e)
+			continue
+		}
+		ids = append(ids, e)
+	}
+	slices.Sort(ids)
+	return slices.Compact(ids)
+}
+
+// checkApprovers makes sure every level the tool can reach that needs a
+// human has someone to ask, and that every critical quorum can be met by
+// the approvers it may be paired with at run time.
+func (c *compiler) checkApprovers(p string, t *tool, ct config.Tool) {
+	if t.base == rankHigh || t.base == rankCritical {
+		if len(t.approvers) == 0 {
+			c.fail(p+".approvers", "required: level %s needs approvers (ids or role:NAME)", ct.Level)
+		}
+	}
+	critical := t.base == rankCritical
+	for _, r := range t.rules {
+		if (r.level == rankHigh || r.level == rankCritical) && r.approvers == nil && len(t.approvers) == 0 {
+			c.fail(fmt.Sprintf("%s.rules[%d]", p, r.index), "level %s needs approvers: set approvers on the tool or the rule", levels[r.level])
+		}
+		if r.level == rankCritical {
+			critical = true
+		}
+	}
+	if !critical {
+		if t.quorum > 1 {
+			c.fail(p+".quorum", "quorum %d has no effect: %s never reaches critical, and high needs one approver", t.quorum, t.name)
+		}
+		return
+	}
+
+	// At run time approvers and quorum are each taken from the first
+	// matching critical rule that sets them, else from the tool, so any
+	// pairing below can occur; each must be satisfiable.
+	type approverSet struct {
+		path string
+		ids  []string
+	}
+	type quorumOf struct {
+		path string
+		n    int
+	}
+	var sets []approverSet
+	var quorums []quorumOf
+	toolApprovers, toolQuorum := t.base == rankCritical, t.base == rankCritical
+	for _, r := range t.rules {
+		if r.level != rankCritical {
+			continue
+		}
+		rp := fmt.Sprintf("%s.rules[%d]", p, r.index)
+		if r.approvers != nil {
+			sets = append(sets, approverSet{rp + ".approvers", r.approvers})
+		} else {
+			toolApprovers = true
+		}
+		if r.quorum > 0 {
+			quorums = append(quorums, quorumOf{rp + ".quorum", r.quorum})
+		} else {
+			toolQuorum = true
+		}
+	}
+	if toolApprovers {
+		sets = append(sets, approverSet{p + ".approvers", t.approvers})
+	}
+	if toolQuorum {
+		if t.quorum > 0 {
+			quorums = append(quorums, quorumOf{p + ".quorum", t.quorum})
+		} else {
+			quorums = append(quorums, quorumOf{p + ".quorum", DefaultCriticalQuorum})
+		}
+	}
+	for _, q := range quorums {
+		for _, s := range sets {
+			if len(s.ids) > 0 && q.n > len(s.ids) {
+				c.fail(q.path, "critical quorum %d exceeds the %d distinct approver(s) allowed by %s (%s)",
+					q.n, len(s.ids), s.path, strings.Join(s.ids, ", "))
+			}
+		}
+	}
+}
