@@ -183,6 +183,8 @@ type compiler struct {
 	approvers []config.Approver
 	opts      Options
 	errs      []error
+
+	badApprovers bool // the current tool names an approver or role that does not resolve
 }
 
 func (c *compiler) fail(path, format string, args ...any) {
@@ -192,6 +194,7 @@ func (c *compiler) fail(path, format string, args ...any) {
 func (c *compiler) tool(name string, ct config.Tool) *tool {
 	p := "tools." + name
 	nerr := len(c.errs)
+	c.badApprovers = false
 	t := &tool{name: name, quorum: ct.Quorum, uv: ct.UserVerification, timeout: ct.Timeout, wait: ct.Wait}
 
 	base, ok := rankOf(ct.Level)
@@ -290,7 +293,9 @@ func (c *compiler) tool(name string, ct config.Tool) *tool {
 	if base == rankDeny {
 		t.baseWhy = fmt.Sprintf("%s is denied by its configured level", name)
 	}
-	if len(c.errs) == nerr {
+	if !c.badApprovers {
+		// With an unknown approver or empty role the sets are incomplete,
+		// and a complaint about them would only repeat that error.
 		c.checkApprovers(p, t, ct)
 	}
 	if len(c.errs) > nerr {
@@ -364,11 +369,13 @@ func (c *compiler) resolve(path string, entries []string) []string {
 				}
 			}
 			if role == "" || n == 0 {
+				c.badApprovers = true
 				c.fail(ep, "no approver has role %q", role)
 			}
 			continue
 		}
 		if !slices.ContainsFunc(c.approvers, func(a config.Approver) bool { return a.ID == e }) {
+			c.badApprovers = true
 			c.fail(ep, "unknown approver %q (expected an approver id or role:NAME)", e)
 			continue
 		}
