@@ -183,3 +183,23 @@ func FuzzLoad(f *testing.F) {
 		}
 	})
 }
+
+func TestEncodeRoundTrips(t *testing.T) {
+	c, err := Parse(countersign.DefaultConfig, Embedded)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := Encode(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := Parse(out, "printed.yaml")
+	if err != nil {
+		t.Fatalf("printed config does not load: %v\n%s", err, out)
+	}
+	back.Source = c.Source
+	a, _ := Encode(back)
+	if string(a) != string(out) {
+		t.Errorf("round trip changed the config:\n%s\nvs\n%s", out, a)
+	}
+}

@@ -29,8 +29,8 @@ func (c *Config) validate() []problem {
 	v.oneOf("server.log_format", s.LogFormat, "text", "json")
 	v.oneOf("server.log_level", s.LogLevel, "debug", "info", "warn", "error")
 	v.positive("server.shutdown_timeout", s.ShutdownTimeout)
-	if s.Workers < 1 || s.Workers > 1000 {
-		v.fail("server.workers", "expected 1 to 1000, got %d", s.Workers)
+	if s.Workers < 1 || s.Workers > 100 {
+		v.fail("server.workers", "expected 1 to 100, got %d", s.Workers)
 	}
 
 	h := c.HTTP

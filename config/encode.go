@@ -1,0 +1,47 @@
+package config
+
+import (
+	"reflect"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Encode renders c as YAML in the same shape mcp.yaml is written in, for
+// `countersign config print`.
+func Encode(c *Config) ([]byte, error) {
+	return yaml.Marshal(plain(reflect.ValueOf(*c)))
+}
+
+// plain turns a config value into maps, lists and scalars keyed by the
+// mapstructure names, with durations as text, so the output loads back.
+func plain(v reflect.Value) any {
+	if v.Type() == durationType {
+		return time.Duration(v.Int()).String()
+	}
+	switch v.Kind() {
+	case reflect.Struct:
+		m := map[string]any{}
+		for i := range v.NumField() {
+			tag := v.Type().Field(i).Tag.Get("mapstructure")
+			if tag == "" || tag == "-" {
+				continue
+			}
+			m[tag] = plain(v.Field(i))
+		}
+		return m
+	case reflect.Map:
+		m := map[string]any{}
+		for _, k := range v.MapKeys() {
+			m[k.String()] = plain(v.MapIndex(k))
+		}
+		return m
+	case reflect.Slice:
+		l := make([]any, v.Len())
+		for i := range l {
+			l[i] = plain(v.Index(i))
+		}
+		return l
+	}
+	return v.Interface()
+}
