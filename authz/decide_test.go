@@ -2,6 +2,7 @@ package authz
 
 import (
 	"encoding/json"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -174,7 +175,7 @@ func TestFailClosed(t *testing.T) {
 		{"division by zero", "1 / int(args.n) == 0", nil, map[string]any{"n": 0.0}, nil, "division by zero"},
 		{"modulus by zero", "int(args.n) % 0 == 0", nil, map[string]any{"n": 3.0}, nil, "modulus by zero"},
 		{"cost limit", "[1,2,3,4,5,6,7,8,9,10].all(a, args.l.all(b, args.l.all(c, args.l.all(d, a+b+c+d > 0))))", nil,
-			map[string]any{"l": make([]any, 100)}, nil, "cost limit"},
+			map[string]any{"l": ones(100)}, nil, "cost limit"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -194,6 +195,14 @@ func TestFailClosed(t *testing.T) {
 			}
 		})
 	}
+}
+
+func ones(n int) []any {
+	l := make([]any, n)
+	for i := range l {
+		l[i] = 1.0
+	}
+	return l
 }
 
 func TestFailClosedWhateverTheOrder(t *testing.T) {
@@ -333,6 +342,37 @@ func BenchmarkDecide(b *testing.B) {
 	for b.Loop() {
 		if d := p.Decide(in); d.Level != config.LevelHigh {
 			b.Fatal(d.Level, d.Reason)
+		}
+	}
+}
+
+func TestDecideConcurrently(t *testing.T) {
+	p, _ := shippedPolicy(t)
+	inputs := []struct {
+		in   Input
+		want string
+	}{
+		{transfer(1, true), config.LevelLow},
+		{transfer(20000, true), config.LevelHigh},
+		{transfer(300000, true), config.LevelCritical},
+		{Input{Tool: "transfer", Args: map[string]any{}, Facts: known(true), Now: testNow}, config.LevelDeny},
+	}
+	done := make(chan error)
+	for g := range 8 {
+		go func() {
+			var err error
+			for i := range 500 {
+				tc := inputs[(g+i)%len(inputs)]
+				if d := p.Decide(tc.in); d.Level != tc.want && err == nil {
+					err = fmt.Errorf("goroutine %d: got %s, want %s (%s)", g, d.Level, tc.want, d.Reason)
+				}
+			}
+			done <- err
+		}()
+	}
+	for range 8 {
+		if err := <-done; err != nil {
+			t.Error(err)
 		}
 	}
 }
