@@ -6,9 +6,13 @@
 //	low < high < critical < deny
 //
 // and each rule is a CEL expression that, when true, raises the call to the
-// rule's level. The highest level of any matching rule wins; a rule whose
-// level does not exceed the tool's base level can never raise it and is not
-// evaluated. A rule sees these variables:
+// rule's level. The highest level of any matching rule wins, and the
+// decision names every matching rule at that level; approvers and quorum
+// come from the first of those rules that sets them, else from the tool.
+// High needs one approver; critical needs a quorum (default 2) of distinct
+// approvers, each with user verification. A rule must name a level above its
+// tool's (rules only raise), except on a tool switched off with level deny,
+// whose rules are checked but not evaluated. A rule sees these variables:
 //
 //	args   map(string, dyn)  the call's JSON arguments (numbers are doubles)
 //	agent  string            the authenticated agent
@@ -277,9 +281,14 @@ func (c *compiler) tool(name string, ct config.Tool) *tool {
 		r.prg = c.program(rp+".when", env, cr.When)
 
 		if ok && level <= base {
-			// It type-checks, so it is kept valid, but it cannot raise anything.
-			slog.Warn("authz: rule never applies: its level does not exceed the tool's base level",
-				"path", rp, "rule_level", cr.Level, "tool_level", ct.Level)
+			if base != rankDeny {
+				// Its approvers or quorum would silently never apply.
+				c.fail(rp+".level", "%s does not raise the tool's level %s; rules only raise", cr.Level, ct.Level)
+				continue
+			}
+			// A tool switched off with level: deny keeps its rules checked
+			// for the day it is switched back on.
+			slog.Warn("authz: tool is denied; its rules are checked but not evaluated", "path", rp)
 			continue
 		}
 		r.raised = fmt.Sprintf("rule %s raised %s to %s", r.name, name, cr.Level)

@@ -34,6 +34,8 @@ func TestCompileErrors(t *testing.T) {
 			nil, []string{"tools.x.rules[0].when: required"}},
 		{"bad rule level", low(config.Rule{When: "true", Level: "hihg"}),
 			nil, []string{`tools.x.rules[0].level: expected one of low, high, critical, deny, got "hihg"`}},
+		{"rule that cannot raise", config.Tool{Level: "high", Approvers: []string{"alice"}, Rules: []config.Rule{{When: "true", Level: "high", Approvers: []string{"bob"}}}},
+			nil, []string{"tools.x.rules[0].level: high does not raise the tool's level high; rules only raise"}},
 		{"bad tool level", config.Tool{Level: "medium"},
 			nil, []string{`tools.x.level: expected one of low, high, critical, deny, got "medium"`}},
 		{"unknown approver", config.Tool{Level: "high", Approvers: []string{"alice", "mallory"}},
