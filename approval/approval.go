@@ -1,0 +1,413 @@
+// Package approval is the human countersignature: CIBA-style approval
+// requests, WebAuthn enrollment and assertions, and the approver web page.
+//
+// A request moves through these states, each move one SQL transaction that
+// checks the state it starts from, so two concurrent decisions cannot both
+// win:
+//
+//	pending -> approved | denied | expired | cancelled
+//	approved -> executed | failed        (BeginExecution claims it once)
+//
+// An approver approves or denies by signing the action digest
+// ([digest.Compute]) with a security key: the digest of (request, decision) is
+// the WebAuthn challenge, so an assertion verifies for one request and one
+// decision only. Every step is written to the audit log through a
+// [Recorder]. State changes and the audit entries that describe them are
+// written in the same transaction to an outbox table and then appended to the
+// log; an approval does not count (Wait does not report it, BeginExecution
+// refuses it) until its entries are in the log. If the log cannot be
+// appended to, the step fails.
+//
+// Enrollment: the first key of an approver comes from a one-time link that an
+// admin creates (`countersign approvers enroll ID`). Further keys also need a
+// link, and the link's page first asks for an assertion from one of the
+// approver's existing, unrevoked keys before it registers the new one. So a
+// leaked link alone never adds a key to an approver who already has one.
+//
+// authorization_details shapes rendered specially (RFC 9396 objects; other
+// types fall back to a generic rendering of their fields):
+//
+//	{"type":"payment_initiation","instructedAmount":{"currency":"USD","amount":"500000.00"},
+//	 "creditorName":"Vendor X","debtorAccount":{"id":"operating"},"newCounterparty":true}
+//	{"type":"deployment","service":"api","version":"1.4.2","environment":"production"}
+//	{"type":"secret_access","name":"prod-db-password","classification":"restricted"}
+//
+// ("counterpartyKnown": false is accepted as well as "newCounterparty": true.)
+package approval
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/go-webauthn/webauthn/protocol"
+	"github.com/go-webauthn/webauthn/webauthn"
+	"github.com/google/uuid"
+
+	"github.com/countersign/countersign/audit"
+)
+
+// Recorder is satisfied by *audit.Log. Every step is recorded; if Append
+// fails, the step fails.
+type Recorder interface {
+	Append(ctx context.Context, e audit.Entry) (audit.Entry, error)
+}
+
+// Options configure a Service. Zero durations get the defaults noted.
+type Options struct {
+	RPID, RPName string
+	Origins      []string // exact origins, with port: "http://localhost:8710"
+	PublicURL    string   // base of the links shown to people
+	AllowedHosts []string // Host header allow-list for the page (DNS rebinding)
+	Approvers    []Approver
+
+	PollInterval time.Duration // CIBA interval; default 5s
+	EnrollTTL    time.Duration // enrollment link lifetime; default 10m
+	MaxBodyBytes int64         // approver page POST limit; default 64 KiB
+	Now          func() time.Time
+}
+
+// Approver is a human who may countersign (from config).
+type Approver struct {
+	ID, Name string
+	Roles    []string
+}
+
+// Request states.
+const (
+	StatePending   = "pending"
+	StateApproved  = "approved"
+	StateDenied    = "denied"
+	StateExpired   = "expired"
+	StateCancelled = "cancelled"
+	StateExecuted  = "executed"
+	StateFailed    = "failed"
+)
+
+// Errors callers can test with errors.Is.
+var (
+	ErrNotFound        = errors.New("approval: no such request")
+	ErrInvalidRequest  = errors.New("approval: invalid request")
+	ErrNotApproved     = errors.New("approval: request is not approved, or was already claimed")
+	ErrNotExecuting    = errors.New("approval: request is not claimed for execution")
+	ErrUnknownApprover = errors.New("approval: unknown approver")
+	ErrEnrollment      = errors.New("approval: enrollment link is invalid, used or expired")
+	ErrRecord          = errors.New("approval: audit log append failed")
+	ErrClosed          = errors.New("approval: service closed")
+)
+
+// Service owns the approval tables, the WebAuthn relying party and the page.
+type Service struct {
+	db    *sql.DB
+	rec   Recorder
+	opts  Options
+	wa    *webauthn.WebAuthn
+	owner string // this process, for the outbox
+
+	approvers map[string]Approver
+
+	flushMu sync.Mutex
+
+	mu      sync.Mutex
+	changed chan struct{} // closed and replaced on every change
+	closed  bool
+
+	stop chan struct{}
+	done chan struct{}
+}
+
+// New creates the approval tables if needed and starts the expiry loop, so
+// requests expire even when no page is open and nobody waits.
+func New(ctx context.Context, db *sql.DB, rec Recorder, opts Options) (*Service, error) {
+	if db == nil || rec == nil {
+		return nil, errors.New("approval: db and recorder are required")
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.PollInterval <= 0 {
+		opts.PollInterval = 5 * time.Second
+	}
+	if opts.EnrollTTL <= 0 {
+		opts.EnrollTTL = 10 * time.Minute
+	}
+	if opts.MaxBodyBytes <= 0 {
+		opts.MaxBodyBytes = 64 << 10
+	}
+	if opts.RPName == "" {
+		opts.RPName = "Countersign"
+	}
+	if len(opts.Origins) == 0 {
+		return nil, errors.New("approval: at least one origin is required")
+	}
+	if opts.PublicURL == "" {
+		opts.PublicURL = opts.Origins[0]
+	}
+	opts.PublicURL = strings.TrimRight(opts.PublicURL, "/")
+	if len(opts.AllowedHosts) == 0 {
+		for _, o := range opts.Origins {
+			if u, err := url.Parse(o); err == nil && u.Host != "" {
+				opts.AllowedHosts = append(opts.AllowedHosts, u.Host)
+			}
+		}
+	}
+	wa, err := webauthn.New(&webauthn.Config{
+		RPID:                  opts.RPID,
+		RPDisplayName:         opts.RPName,
+		RPOrigins:             opts.Origins,
+		AttestationPreference: protocol.PreferNoAttestation,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("approval: webauthn: %w", err)
+	}
+	s := &Service{
+		db:        db,
+		rec:       rec,
+		opts:      opts,
+		wa:        wa,
+		owner:     uuid.NewString(),
+		approvers: map[string]Approver{},
+		changed:   make(chan struct{}),
+		stop:      make(chan struct{}),
+		done:      make(chan struct{}),
+	}
+	for _, a := range opts.Approvers {
+		if a.ID == "" {
+			return nil, errors.New("approval: approver with empty id")
+		}
+		s.approvers[a.ID] = a
+	}
+	if err := s.migrate(ctx); err != nil {
+		return nil, err
+	}
+	// Entries another process left unflushed are appended now.
+	if err := s.flush(ctx, true); err != nil {
+		slog.Warn("approval: outbox flush at start failed", "err", err)
+	}
+	go s.expiryLoop()
+	return s, nil
+}
+
+// Close stops the expiry loop. It does not close the database.
+func (s *Service) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	close(s.stop)
+	s.mu.Unlock()
+	<-s.done
+	return nil
+}
+
+func (s *Service) now() time.Time { return s.opts.Now() }
+
+// notify wakes every waiter and event stream.
+func (s *Service) notify() {
+	s.mu.Lock()
+	close(s.changed)
+	s.changed = make(chan struct{})
+	s.mu.Unlock()
+}
+
+// changes returns a channel closed at the next change.
+func (s *Service) changes() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.changed
+}
+
+// approverName is the configured display name, or the id.
+func (s *Service) approverName(id string) string {
+	if a, ok := s.approvers[id]; ok && a.Name != "" {
+		return a.Name
+	}
+	return id
+}
+
+func (s *Service) migrate(ctx context.Context) error {
+	for _, stmt := range schema {
+		if _, err := s.db.ExecContext(ctx, stmt); err != nil {
+			return fmt.Errorf("approval: create tables: %w", err)
+		}
+	}
+	return nil
+}
+
+var schema = []string{
+	`CREATE TABLE IF NOT EXISTS approval_requests (
+		id TEXT PRIMARY KEY,
+		tool TEXT NOT NULL,
+		agent TEXT NOT NULL,
+		args BLOB NOT NULL,
+		args_sha256 TEXT NOT NULL,
+		redact_args INTEGER NOT NULL,
+		authorization_details BLOB NOT NULL,
+		summary TEXT NOT NULL,
+		display TEXT NOT NULL,
+		level TEXT NOT NULL,
+		rule TEXT NOT NULL,
+		approvers TEXT NOT NULL,
+		quorum INTEGER NOT NULL,
+		user_verification TEXT NOT NULL,
+		code TEXT NOT NULL,
+		binding_message TEXT NOT NULL,
+		nonce BLOB NOT NULL,
+		created_at INTEGER NOT NULL,
+		expires_at INTEGER NOT NULL,
+		interval_ms INTEGER NOT NULL,
+		state TEXT NOT NULL,
+		decided_by TEXT NOT NULL DEFAULT '',
+		decided_at INTEGER NOT NULL DEFAULT 0,
+		reason TEXT NOT NULL DEFAULT '',
+		exec_claimed_at INTEGER NOT NULL DEFAULT 0,
+		result BLOB,
+		last_poll INTEGER NOT NULL DEFAULT 0
+	)`,
+	`CREATE INDEX IF NOT EXISTS approval_requests_state ON approval_requests (state, expires_at)`,
+	`CREATE TABLE IF NOT EXISTS approval_votes (
+		request_id TEXT NOT NULL REFERENCES approval_requests(id),
+		approver_id TEXT NOT NULL,
+		credential_id BLOB NOT NULL,
+		decision TEXT NOT NULL,
+		created_at INTEGER NOT NULL,
+		PRIMARY KEY (request_id, approver_id, decision)
+	)`,
+	`CREATE TABLE IF NOT EXISTS approval_ceremonies (
+		id TEXT PRIMARY KEY,
+		kind TEXT NOT NULL,
+		request_id TEXT NOT NULL DEFAULT '',
+		enrollment BLOB,
+		decision TEXT NOT NULL DEFAULT '',
+		session BLOB NOT NULL,
+		expires_at INTEGER NOT NULL,
+		used INTEGER NOT NULL DEFAULT 0
+	)`,
+	`CREATE TABLE IF NOT EXISTS approval_used_assertions (
+		hash BLOB PRIMARY KEY,
+		request_id TEXT NOT NULL,
+		created_at INTEGER NOT NULL
+	)`,
+	`CREATE TABLE IF NOT EXISTS approval_users (
+		approver_id TEXT PRIMARY KEY,
+		handle BLOB NOT NULL UNIQUE
+	)`,
+	`CREATE TABLE IF NOT EXISTS approval_credentials (
+		id BLOB PRIMARY KEY,
+		approver_id TEXT NOT NULL,
+		credential BLOB NOT NULL,
+		sign_count INTEGER NOT NULL,
+		created_at INTEGER NOT NULL,
+		last_used_at INTEGER NOT NULL DEFAULT 0,
+		revoked_at INTEGER NOT NULL DEFAULT 0,
+		revoke_reason TEXT NOT NULL DEFAULT ''
+	)`,
+	`CREATE TABLE IF NOT EXISTS approval_enrollments (
+		token_hash BLOB PRIMARY KEY,
+		approver_id TEXT NOT NULL,
+		created_at INTEGER NOT NULL,
+		expires_at INTEGER NOT NULL,
+		verified_at INTEGER NOT NULL DEFAULT 0,
+		used_at INTEGER NOT NULL DEFAULT 0
+	)`,
+	`CREATE TABLE IF NOT EXISTS approval_outbox (
+		id INTEGER PRIMARY KEY AUTOINCREMENT,
+		request_id TEXT NOT NULL DEFAULT '',
+		entry BLOB NOT NULL,
+		owner TEXT NOT NULL,
+		created_at INTEGER NOT NULL
+	)`,
+}
+
+// outboxStaleAfter is how long another process's unflushed entries wait
+// before this one appends them (that process probably died).
+const outboxStaleAfter = 30 * time.Second
+
+// enqueue adds an audit entry to the outbox inside tx.
+func (s *Service) enqueue(ctx context.Context, tx *sql.Tx, requestID string, e audit.Entry) error {
+	b, err := json.Marshal(e)
+	if err != nil {
+		return err
+	}
+	_, err = tx.ExecContext(ctx, `INSERT INTO approval_outbox (request_id, entry, owner, created_at) VALUES (?, ?, ?, ?)`,
+		requestID, b, s.owner, s.now().UnixNano())
+	return err
+}
+
+// flush appends outbox entries to the log in order, deleting each once it
+// is appended. With stale, it also takes entries other processes left
+// behind for longer than outboxStaleAfter.
+func (s *Service) flush(ctx context.Context, stale bool) error {
+	s.flushMu.Lock()
+	defer s.flushMu.Unlock()
+	cutoff := int64(-1)
+	if stale {
+		cutoff = s.now().Add(-outboxStaleAfter).UnixNano()
+	}
+	rows, err := s.db.QueryContext(ctx, `SELECT id, entry FROM approval_outbox WHERE owner = ? OR created_at < ? ORDER BY id`, s.owner, cutoff)
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrRecord, err)
+	}
+	type item struct {
+		id    int64
+		entry []byte
+	}
+	var items []item
+	for rows.Next() {
+		var it item
+		if err := rows.Scan(&it.id, &it.entry); err != nil {
+			rows.Close()
+			return fmt.Errorf("%w: %v", ErrRecord, err)
+		}
+		items = append(items, it)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("%w: %v", ErrRecord, err)
+	}
+	for _, it := range items {
+		var e audit.Entry
+		if err := json.Unmarshal(it.entry, &e); err != nil {
+			return fmt.Errorf("%w: outbox entry %d: %v", ErrRecord, it.id, err)
+		}
+		if _, err := s.rec.Append(ctx, e); err != nil {
+			return fmt.Errorf("%w: %v", ErrRecord, err)
+		}
+		if _, err := s.db.ExecContext(context.WithoutCancel(ctx), `DELETE FROM approval_outbox WHERE id = ?`, it.id); err != nil {
+			return fmt.Errorf("%w: %v", ErrRecord, err)
+		}
+	}
+	return nil
+}
+
+// record appends an entry that changes no state (a rejected assertion).
+func (s *Service) record(ctx context.Context, e audit.Entry) error {
+	if _, err := s.rec.Append(context.WithoutCancel(ctx), e); err != nil {
+		slog.Error("approval: audit append failed", "kind", e.Kind, "err", err)
+		return fmt.Errorf("%w: %v", ErrRecord, err)
+	}
+	return nil
+}
+
+// inTx runs fn in one transaction (BEGIN IMMEDIATE through the store's
+// _txlock), committing only when fn succeeds.
+func (s *Service) inTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	if err := fn(tx); err != nil {
+		tx.Rollback()
+		return err
+	}
+	return tx.Commit()
+}

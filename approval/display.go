@@ -1,0 +1,233 @@
+package approval
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strings"
+	"unicode"
+	"unicode/utf8"
+)
+
+// renderDisplay is the exact text the approver is shown and signs over
+// (through its SHA-256 in the digest). It is rendered from
+// authorization_details, never from free text the agent wrote, one
+// "Label: value" line each, so the page can lay it out without changing a
+// character. Values are cleaned of control and bidi-formatting characters:
+// a payee name must not be able to forge a line or reorder what is read.
+func renderDisplay(details []json.RawMessage, tool, agent, code string) string {
+	var lines []string
+	for i, raw := range details {
+		if len(details) > 1 {
+			lines = append(lines, fmt.Sprintf("Action %d of %d", i+1, len(details)))
+		}
+		lines = append(lines, renderDetail(raw)...)
+	}
+	if len(details) == 0 {
+		lines = append(lines, "Action: "+clean(tool, 100)+" (no details given)")
+	}
+	lines = append(lines,
+		"Tool: "+clean(tool, 100),
+		"Agent: "+clean(agent, 100),
+		"Code: "+code,
+	)
+	return strings.Join(lines, "\n")
+}
+
+// WarningPrefix starts a display line the page shows as a warning.
+const WarningPrefix = "Warning: "
+
+func renderDetail(raw json.RawMessage) []string {
+	var d map[string]json.RawMessage
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber()
+	if err := dec.Decode(&d); err != nil {
+		return []string{"Action: (unreadable authorization detail)"}
+	}
+	typ := str(d["type"])
+	switch typ {
+	case "payment_initiation":
+		var amt struct {
+			Currency string          `json:"currency"`
+			Amount   json.RawMessage `json:"amount"`
+		}
+		json.Unmarshal(d["instructedAmount"], &amt)
+		lines := []string{
+			"Payment: " + formatAmount(amt.Currency, amt.Amount),
+			"To: " + clean(str(d["creditorName"]), 120),
+		}
+		if acct := account(d["creditorAccount"]); acct != "" {
+			lines = append(lines, "To account: "+acct)
+		}
+		if acct := account(d["debtorAccount"]); acct != "" {
+			lines = append(lines, "From: "+acct)
+		}
+		if isTrue(d["newCounterparty"]) || isFalse(d["counterpartyKnown"]) {
+			lines = append(lines, WarningPrefix+"NEW COUNTERPARTY, never paid before")
+		}
+		if ref := str(d["remittanceInformationUnstructured"]); ref != "" {
+			lines = append(lines, "Reference: "+clean(ref, 140))
+		}
+		return lines
+	case "deployment":
+		env := clean(str(d["environment"]), 60)
+		lines := []string{
+			"Deploy: " + clean(str(d["service"]), 80) + " version " + clean(str(d["version"]), 80),
+			"Environment: " + env,
+		}
+		if strings.EqualFold(env, "production") || strings.EqualFold(env, "prod") {
+			lines = append(lines, WarningPrefix+"PRODUCTION environment")
+		}
+		return lines
+	case "secret_access":
+		name := str(d["name"])
+		if name == "" {
+			name = str(d["secret"])
+		}
+		class := clean(str(d["classification"]), 40)
+		lines := []string{
+			"Read secret: " + clean(name, 120),
+			"Classification: " + class,
+		}
+		if strings.EqualFold(class, "restricted") || strings.EqualFold(class, "confidential") {
+			lines = append(lines, WarningPrefix+strings.ToUpper(class)+" secret")
+		}
+		return lines
+	}
+	// Generic: type, actions, then every other field in key order.
+	lines := []string{"Action: " + clean(orDefault(typ, "(untyped)"), 80)}
+	keys := make([]string, 0, len(d))
+	for k := range d {
+		if k != "type" {
+			keys = append(keys, k)
+		}
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		lines = append(lines, clean(k, 40)+": "+clean(compact(d[k]), 200))
+	}
+	return lines
+}
+
+func orDefault(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}
+
+// str returns a JSON string's value, or the compact JSON of anything else.
+func str(raw json.RawMessage) string {
+	if len(raw) == 0 {
+		return ""
+	}
+	var s string
+	if json.Unmarshal(raw, &s) == nil {
+		return s
+	}
+	return compact(raw)
+}
+
+func compact(raw json.RawMessage) string {
+	var s string
+	if json.Unmarshal(raw, &s) == nil {
+		return s
+	}
+	var b bytes.Buffer
+	if json.Compact(&b, raw) != nil {
+		return string(raw)
+	}
+	return b.String()
+}
+
+func isTrue(raw json.RawMessage) bool  { return string(bytes.TrimSpace(raw)) == "true" }
+func isFalse(raw json.RawMessage) bool { return string(bytes.TrimSpace(raw)) == "false" }
+
+// account renders an RFC 9396 account object ({"iban":...} or {"id":...})
+// or a plain string.
+func account(raw json.RawMessage) string {
+	if len(raw) == 0 {
+		return ""
+	}
+	var m map[string]json.RawMessage
+	if json.Unmarshal(raw, &m) != nil {
+		return clean(str(raw), 80)
+	}
+	for _, k := range []string{"id", "iban", "name", "number"} {
+		if v := str(m[k]); v != "" {
+			return clean(v, 80)
+		}
+	}
+	return clean(compact(raw), 80)
+}
+
+// formatAmount renders "USD 500,000.00" from a decimal string or number.
+// Anything that is not a plain decimal is shown quoted, never reinterpreted.
+func formatAmount(currency string, raw json.RawMessage) string {
+	amount := str(raw)
+	cur := clean(strings.ToUpper(currency), 8)
+	if cur == "" {
+		cur = "(no currency)"
+	}
+	neg := strings.HasPrefix(amount, "-")
+	digits := strings.TrimPrefix(amount, "-")
+	intPart, frac, hasFrac := strings.Cut(digits, ".")
+	if intPart == "" || !allDigits(intPart) || (hasFrac && (frac == "" || !allDigits(frac))) {
+		return cur + " " + fmt.Sprintf("%q", clean(amount, 60)) + " (not a plain decimal)"
+	}
+	intPart = strings.TrimLeft(intPart, "0")
+	if intPart == "" {
+		intPart = "0"
+	}
+	var b strings.Builder
+	for i, c := range intPart {
+		if i > 0 && (len(intPart)-i)%3 == 0 {
+			b.WriteByte(',')
+		}
+		b.WriteRune(c)
+	}
+	out := b.String()
+	if hasFrac {
+		out += "." + frac
+	}
+	if neg {
+		out = "-" + out
+	}
+	return cur + " " + out
+}
+
+func allDigits(s string) bool {
+	for _, c := range s {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+// clean makes an untrusted value safe to put on one display line: control
+// and formatting characters (newlines, bidi overrides, zero-width joiners)
+// become U+FFFD so their presence stays visible, invalid UTF-8 likewise, and
+// the value is cut at max runes.
+func clean(s string, max int) string {
+	var b strings.Builder
+	n := 0
+	for i, w := 0, 0; i < len(s); i += w {
+		r, size := utf8.DecodeRuneInString(s[i:])
+		w = size
+		if n == max {
+			b.WriteString("…")
+			break
+		}
+		switch {
+		case r == utf8.RuneError && size <= 1:
+			r = unicode.ReplacementChar
+		case unicode.IsControl(r) || unicode.Is(unicode.Cf, r) || r == '\u2028' || r == '\u2029':
+			r = unicode.ReplacementChar
+		}
+		b.WriteRune(r)
+		n++
+	}
+	return strings.TrimSpace(b.String())
+}

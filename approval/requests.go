@@ -1,0 +1,617 @@
+package approval
+
+import (
+	"context"
+	"crypto/rand"
+	"database/sql"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/big"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/countersign/countersign/approval/digest"
+	"github.com/countersign/countersign/audit"
+)
+
+// NewRequest is what the MCP server asks a human to countersign.
+type NewRequest struct {
+	Tool  string
+	Agent string
+	// Args are the validated arguments: exactly what will run.
+	Args json.RawMessage
+	// AuthorizationDetails is the RFC 9396 array the tool describes the
+	// action with; the page is rendered from it, not from agent text.
+	AuthorizationDetails json.RawMessage
+	// Summary is a short binding text from the tool.
+	Summary          string
+	Level            string // "high" | "critical"
+	Rule             string // rule(s) that raised it
+	Approvers        []string
+	Quorum           int
+	UserVerification string // "required" | "preferred" | "discouraged"; critical is always required
+	Timeout          time.Duration
+	RedactArgs       bool // audit entries keep only args_sha256
+}
+
+// Request is a snapshot of one request.
+type Request struct {
+	ID             string
+	Tool, Agent    string
+	State          string
+	Code           string
+	BindingMessage string
+	URL            string
+	ExpiresAt      time.Time
+	Interval       time.Duration
+	Approvers      []string
+	ApproverNames  []string
+	Quorum         int
+	Approvals      []string // approver ids counted so far
+	DecidedBy      string
+	DecidedAt      time.Time
+	Reason         string
+	Result         json.RawMessage
+
+	// Shown on the page.
+	Level                string
+	Display              string
+	AuthorizationDetails json.RawMessage
+	CreatedAt            time.Time
+}
+
+// Terminal reports whether no further decision can change the request.
+func (r *Request) Terminal() bool { return r.State != StatePending }
+
+// codeAlphabet has no 0/O, 1/I/L: a human compares it across two screens.
+const codeAlphabet = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
+
+func newCode() (string, error) {
+	var b strings.Builder
+	max := big.NewInt(int64(len(codeAlphabet)))
+	for range 6 {
+		n, err := rand.Int(rand.Reader, max)
+		if err != nil {
+			return "", err
+		}
+		b.WriteByte(codeAlphabet[n.Int64()])
+	}
+	return b.String(), nil
+}
+
+// Create persists a request and records approval.requested before anything
+// can show it.
+func (s *Service) Create(ctx context.Context, r NewRequest) (*Request, error) {
+	if r.Tool == "" {
+		return nil, fmt.Errorf("%w: tool is required", ErrInvalidRequest)
+	}
+	if r.Agent == "" {
+		r.Agent = "anonymous"
+	}
+	if len(r.Args) == 0 {
+		r.Args = json.RawMessage(`{}`)
+	}
+	argsSum, err := digest.ArgsSHA256(r.Args)
+	if err != nil {
+		return nil, fmt.Errorf("%w: args: %v", ErrInvalidRequest, err)
+	}
+	if len(r.AuthorizationDetails) == 0 {
+		r.AuthorizationDetails = json.RawMessage(`[]`)
+	}
+	var details []json.RawMessage
+	if err := json.Unmarshal(r.AuthorizationDetails, &details); err != nil {
+		return nil, fmt.Errorf("%w: authorization_details must be a JSON array: %v", ErrInvalidRequest, err)
+	}
+	switch r.Level {
+	case "high":
+		if r.Quorum <= 0 {
+			r.Quorum = 1
+		}
+	case "critical":
+		if r.Quorum <= 0 {
+			r.Quorum = 2
+		}
+		r.UserVerification = "required"
+	default:
+		return nil, fmt.Errorf("%w: level %q (want high or critical)", ErrInvalidRequest, r.Level)
+	}
+	switch r.UserVerification {
+	case "":
+		r.UserVerification = "preferred"
+	case "required", "preferred", "discouraged":
+	default:
+		return nil, fmt.Errorf("%w: user_verification %q", ErrInvalidRequest, r.UserVerification)
+	}
+	var approvers []string
+	for _, id := range r.Approvers {
+		if _, ok := s.approvers[id]; !ok {
+			return nil, fmt.Errorf("%w: %w %q", ErrInvalidRequest, ErrUnknownApprover, id)
+		}
+		if !slices.Contains(approvers, id) {
+			approvers = append(approvers, id)
+		}
+	}
+	if len(approvers) == 0 {
+		return nil, fmt.Errorf("%w: no approvers", ErrInvalidRequest)
+	}
+	if r.Quorum > len(approvers) {
+		return nil, fmt.Errorf("%w: quorum %d exceeds the %d allowed approvers", ErrInvalidRequest, r.Quorum, len(approvers))
+	}
+	if r.Timeout <= 0 {
+		r.Timeout = 5 * time.Minute
+	}
+
+	nonce := make([]byte, 32)
+	if _, err := rand.Read(nonce); err != nil {
+		return nil, err
+	}
+	code, err := newCode()
+	if err != nil {
+		return nil, err
+	}
+	id := uuid.NewString()
+	now := s.now()
+	expires := now.Add(r.Timeout).Truncate(time.Second)
+	summary := clean(r.Summary, 300)
+	if summary == "" {
+		summary = r.Tool
+	}
+	binding := summary + " (code " + code + ")"
+	display := renderDisplay(details, r.Tool, r.Agent, code)
+	approversJSON, _ := json.Marshal(approvers)
+
+	entry := audit.Entry{
+		Kind:                 audit.KindApprovalRequested,
+		RequestID:            id,
+		Agent:                r.Agent,
+		Tool:                 r.Tool,
+		Decision:             r.Level,
+		Rule:                 r.Rule,
+		ArgsSHA256:           hex.EncodeToString(argsSum[:]),
+		AuthorizationDetails: r.AuthorizationDetails,
+		Display:              display,
+		Nonce:                base64.RawURLEncoding.EncodeToString(nonce),
+		ExpiresAt:            digest.FormatTime(expires),
+		Reason:               fmt.Sprintf("approvers=%s quorum=%d user_verification=%s binding_message=%q", strings.Join(approvers, ","), r.Quorum, r.UserVerification, binding),
+	}
+	if r.RedactArgs {
+		entry.ArgsRedact = true
+	} else {
+		entry.Args = r.Args
+	}
+	err = s.inTx(ctx, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, `INSERT INTO approval_requests
+			(id, tool, agent, args, args_sha256, redact_args, authorization_details, summary, display, level, rule,
+			 approvers, quorum, user_verification, code, binding_message, nonce, created_at, expires_at, interval_ms, state)
+			VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
+			id, r.Tool, r.Agent, []byte(r.Args), hex.EncodeToString(argsSum[:]), r.RedactArgs, []byte(r.AuthorizationDetails),
+			summary, display, r.Level, r.Rule, string(approversJSON), r.Quorum, r.UserVerification, code, binding, nonce,
+			now.UnixNano(), expires.Unix(), s.opts.PollInterval.Milliseconds(), StatePending)
+		if err != nil {
+			return err
+		}
+		return s.enqueue(ctx, tx, id, entry)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("approval: create: %w", err)
+	}
+	if err := s.flush(ctx, false); err != nil {
+		// Not recorded, so it must not be decided: end it.
+		s.endRequest(context.WithoutCancel(ctx), id, StateCancelled, "", "audit log unavailable")
+		return nil, err
+	}
+	slog.Info("approval requested", "id", id, "tool", r.Tool, "agent", r.Agent, "url", s.requestURL(id), "code", code)
+	s.notify()
+	return s.Get(ctx, id)
+}
+
+func (s *Service) requestURL(id string) string { return s.opts.PublicURL + "/requests/" + id }
+
+// row is a request as stored.
+type row struct {
+	Request
+	args       []byte
+	argsSHA256 string
+	redact     bool
+	summary    string
+	rule       string
+	uv         string
+	nonce      []byte
+	expiresSec int64
+	execClaim  int64
+	lastPoll   int64
+	unlogged   bool // outbox entries not yet appended
+}
+
+const rowColumns = `id, tool, agent, args, args_sha256, redact_args, authorization_details, summary, display, level, rule,
+	approvers, quorum, user_verification, code, binding_message, nonce, created_at, expires_at, interval_ms, state,
+	decided_by, decided_at, reason, exec_claimed_at, result, last_poll,
+	EXISTS (SELECT 1 FROM approval_outbox o WHERE o.request_id = approval_requests.id)`
+
+type scanner interface{ Scan(...any) error }
+
+func (s *Service) scanRow(sc scanner) (*row, error) {
+	var (
+		r                          row
+		details, result            []byte
+		approvers                  string
+		created, decided, interval int64
+	)
+	err := sc.Scan(&r.ID, &r.Tool, &r.Agent, &r.args, &r.argsSHA256, &r.redact, &details, &r.summary, &r.Display,
+		&r.Level, &r.rule, &approvers, &r.Quorum, &r.uv, &r.Code, &r.BindingMessage, &r.nonce, &created,
+		&r.expiresSec, &interval, &r.State, &r.DecidedBy, &decided, &r.Reason, &r.execClaim, &result, &r.lastPoll, &r.unlogged)
+	if err != nil {
+		return nil, err
+	}
+	r.AuthorizationDetails = details
+	if len(result) > 0 {
+		r.Result = result
+	}
+	if err := json.Unmarshal([]byte(approvers), &r.Approvers); err != nil {
+		return nil, fmt.Errorf("approval: stored approvers of %s: %w", r.ID, err)
+	}
+	for _, a := range r.Approvers {
+		r.ApproverNames = append(r.ApproverNames, s.approverName(a))
+	}
+	r.CreatedAt = time.Unix(0, created).UTC()
+	r.ExpiresAt = time.Unix(r.expiresSec, 0).UTC()
+	r.Interval = time.Duration(interval) * time.Millisecond
+	if decided != 0 {
+		r.DecidedAt = time.Unix(0, decided).UTC()
+	}
+	r.URL = s.requestURL(r.ID)
+	// An approval counts only once the log has it.
+	if r.State == StateApproved && r.unlogged {
+		r.State = StatePending
+	}
+	return &r, nil
+}
+
+type querier interface {
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+}
+
+func (s *Service) load(ctx context.Context, q querier, id string) (*row, error) {
+	r, err := s.scanRow(q.QueryRowContext(ctx, `SELECT `+rowColumns+` FROM approval_requests WHERE id = ?`, id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, err
+	}
+	rows, err := q.QueryContext(ctx, `SELECT approver_id FROM approval_votes WHERE request_id = ? AND decision = ? ORDER BY created_at`, id, digest.Approve)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var a string
+		if err := rows.Scan(&a); err != nil {
+			return nil, err
+		}
+		r.Approvals = append(r.Approvals, a)
+	}
+	return r, rows.Err()
+}
+
+// Get returns a snapshot of the request.
+func (s *Service) Get(ctx context.Context, id string) (*Request, error) {
+	r, err := s.load(ctx, s.db, id)
+	if err != nil {
+		return nil, err
+	}
+	return &r.Request, nil
+}
+
+// list returns requests in the given states, newest first.
+func (s *Service) list(ctx context.Context, pending bool, limit int) ([]*Request, error) {
+	where := `state = 'pending'`
+	order := `expires_at ASC`
+	if !pending {
+		where = `state <> 'pending'`
+		order = `decided_at DESC, created_at DESC`
+	}
+	rows, err := s.db.QueryContext(ctx, `SELECT id FROM approval_requests WHERE `+where+` ORDER BY `+order+` LIMIT ?`, limit)
+	if err != nil {
+		return nil, err
+	}
+	var ids []string
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		ids = append(ids, id)
+	}
+	rows.Close()
+	var out []*Request
+	for _, id := range ids {
+		r, err := s.Get(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+// Wait blocks until the request is approved, denied, expired or cancelled.
+// If ctx ends first the request is cancelled (and recorded) unless it was
+// already decided.
+func (s *Service) Wait(ctx context.Context, id string) (*Request, error) {
+	for {
+		ch := s.changes()
+		r, err := s.load(context.WithoutCancel(ctx), s.db, id)
+		if err != nil {
+			return nil, err
+		}
+		if r.State != StatePending {
+			return &r.Request, nil
+		}
+		if !s.now().Before(r.ExpiresAt) {
+			s.expire(context.WithoutCancel(ctx), id)
+			continue
+		}
+		wait := time.Until(r.ExpiresAt)
+		// Re-read at least every second: decisions may come from another
+		// process, and Now may be a test clock.
+		wait = min(wait, time.Second)
+		t := time.NewTimer(max(wait, 10*time.Millisecond))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			err := s.Cancel(context.WithoutCancel(ctx), id, "caller went away: "+context.Cause(ctx).Error())
+			if err != nil && !errors.Is(err, ErrNotPending) {
+				return nil, err
+			}
+			got, gerr := s.Get(context.WithoutCancel(ctx), id)
+			if gerr != nil {
+				return nil, gerr
+			}
+			if got.State == StatePending {
+				// Approved but not yet logged: report what ctx says.
+				return got, ctx.Err()
+			}
+			return got, nil
+		case <-ch:
+		case <-t.C:
+		}
+		t.Stop()
+	}
+}
+
+// Cancel ends a pending request as cancelled. It returns ErrNotPending if
+// the request was already decided.
+func (s *Service) Cancel(ctx context.Context, id, reason string) error {
+	if reason == "" {
+		reason = "cancelled"
+	}
+	return s.endRequest(ctx, id, StateCancelled, "", reason)
+}
+
+// expire ends the request if its time is up.
+func (s *Service) expire(ctx context.Context, id string) {
+	if err := s.endRequest(ctx, id, StateExpired, "", "nobody decided before expires_at"); err != nil && !errors.Is(err, ErrNotPending) {
+		slog.Error("approval: expire", "id", id, "err", err)
+	}
+}
+
+// endRequest moves a pending request to a terminal state without an
+// assertion (cancelled, expired), recording it.
+func (s *Service) endRequest(ctx context.Context, id, state, by, reason string) error {
+	kind := map[string]string{StateCancelled: audit.KindApprovalCancelled, StateExpired: audit.KindApprovalExpired}[state]
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		r, err := s.load(ctx, tx, id)
+		if err != nil {
+			return err
+		}
+		cond := ``
+		if state == StateExpired {
+			cond = ` AND expires_at <= ` + fmt.Sprint(s.now().Unix())
+		}
+		res, err := tx.ExecContext(ctx, `UPDATE approval_requests SET state = ?, decided_by = ?, decided_at = ?, reason = ?
+			WHERE id = ? AND state = 'pending'`+cond, state, by, s.now().UnixNano(), reason, id)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n != 1 {
+			return ErrNotPending
+		}
+		return s.enqueue(ctx, tx, id, s.requestEntry(r, kind, reason))
+	})
+	if err != nil {
+		return err
+	}
+	s.notify()
+	return s.flush(ctx, false)
+}
+
+// requestEntry is the audit entry for r with the fields every request
+// entry carries.
+func (s *Service) requestEntry(r *row, kind, reason string) audit.Entry {
+	e := audit.Entry{
+		Kind:                 kind,
+		RequestID:            r.ID,
+		Agent:                r.Agent,
+		Tool:                 r.Tool,
+		ArgsSHA256:           r.argsSHA256,
+		Reason:               reason,
+		AuthorizationDetails: r.AuthorizationDetails,
+		Display:              r.Display,
+		Nonce:                base64.RawURLEncoding.EncodeToString(r.nonce),
+		ExpiresAt:            digest.FormatTime(r.ExpiresAt),
+	}
+	if r.redact {
+		e.ArgsRedact = true
+	} else {
+		e.Args = r.args
+	}
+	return e
+}
+
+// BeginExecution claims an approved request for its single execution. It
+// fails unless the request was approved before it expired, its approval is
+// in the audit log, and nobody claimed it before.
+func (s *Service) BeginExecution(ctx context.Context, id string) error {
+	res, err := s.db.ExecContext(ctx, `UPDATE approval_requests SET exec_claimed_at = ?
+		WHERE id = ? AND state = 'approved' AND exec_claimed_at = 0
+		  AND decided_at > 0 AND decided_at < expires_at * 1000000000
+		  AND NOT EXISTS (SELECT 1 FROM approval_outbox o WHERE o.request_id = approval_requests.id)`,
+		s.now().UnixNano(), id)
+	if err != nil {
+		return fmt.Errorf("approval: begin execution: %w", err)
+	}
+	if n, _ := res.RowsAffected(); n != 1 {
+		if _, err := s.Get(ctx, id); err != nil {
+			return err
+		}
+		return ErrNotApproved
+	}
+	return nil
+}
+
+// Finish ends a claimed request as executed or failed and stores result.
+// The MCP server records call.executed / call.failed itself.
+func (s *Service) Finish(ctx context.Context, id string, ok bool, result json.RawMessage) error {
+	state := StateFailed
+	if ok {
+		state = StateExecuted
+	}
+	if len(result) > 0 && !json.Valid(result) {
+		return fmt.Errorf("%w: result is not JSON", ErrInvalidRequest)
+	}
+	res, err := s.db.ExecContext(ctx, `UPDATE approval_requests SET state = ?, result = ?
+		WHERE id = ? AND state = 'approved' AND exec_claimed_at > 0`, state, []byte(result), id)
+	if err != nil {
+		return fmt.Errorf("approval: finish: %w", err)
+	}
+	if n, _ := res.RowsAffected(); n != 1 {
+		if _, err := s.Get(ctx, id); err != nil {
+			return err
+		}
+		return ErrNotExecuting
+	}
+	s.notify()
+	return nil
+}
+
+// PollStatus is a CIBA poll answer.
+type PollStatus struct {
+	// authorization_pending | slow_down | expired_token | access_denied |
+	// approved | executed | failed
+	Status  string
+	Request *Request
+}
+
+// Poll statuses.
+const (
+	PollPending  = "authorization_pending"
+	PollSlowDown = "slow_down"
+	PollExpired  = "expired_token"
+	PollDenied   = "access_denied"
+	PollApproved = "approved"
+	PollExecuted = "executed"
+	PollFailed   = "failed"
+)
+
+// Poll answers a CIBA poll. Only the agent that created the request may
+// poll it (others get ErrNotFound); polling faster than Interval gets
+// slow_down.
+func (s *Service) Poll(ctx context.Context, id, agent string) (*PollStatus, error) {
+	r, err := s.load(ctx, s.db, id)
+	if err != nil {
+		return nil, err
+	}
+	if r.Agent != agent {
+		return nil, ErrNotFound
+	}
+	now := s.now()
+	if _, err := s.db.ExecContext(ctx, `UPDATE approval_requests SET last_poll = ? WHERE id = ?`, now.UnixNano(), id); err != nil {
+		return nil, err
+	}
+	if r.State == StatePending && !now.Before(r.ExpiresAt) {
+		s.expire(ctx, id)
+		if r, err = s.load(ctx, s.db, id); err != nil {
+			return nil, err
+		}
+	}
+	st := &PollStatus{Request: &r.Request}
+	switch r.State {
+	case StatePending:
+		st.Status = PollPending
+		if r.lastPoll != 0 && now.Sub(time.Unix(0, r.lastPoll)) < r.Interval {
+			st.Status = PollSlowDown
+		}
+	case StateApproved:
+		st.Status = PollApproved
+	case StateExpired:
+		st.Status = PollExpired
+	case StateDenied, StateCancelled:
+		st.Status = PollDenied
+	case StateExecuted:
+		st.Status = PollExecuted
+	case StateFailed:
+		st.Status = PollFailed
+	default:
+		return nil, fmt.Errorf("approval: request %s in unknown state %q", id, r.State)
+	}
+	return st, nil
+}
+
+// expiryLoop expires pending requests whose time is up, whether or not
+// anyone waits or looks.
+func (s *Service) expiryLoop() {
+	defer close(s.done)
+	ctx := context.Background()
+	for {
+		var next sql.NullInt64
+		err := s.db.QueryRowContext(ctx, `SELECT MIN(expires_at) FROM approval_requests WHERE state = 'pending'`).Scan(&next)
+		if err != nil {
+			slog.Error("approval: expiry loop", "err", err)
+		}
+		wait := time.Second
+		if next.Valid {
+			if d := time.Unix(next.Int64, 0).Sub(s.now()); d < wait {
+				wait = max(d, 0)
+			}
+		}
+		if wait == 0 {
+			rows, err := s.db.QueryContext(ctx, `SELECT id FROM approval_requests WHERE state = 'pending' AND expires_at <= ?`, s.now().Unix())
+			var ids []string
+			if err == nil {
+				for rows.Next() {
+					var id string
+					if rows.Scan(&id) == nil {
+						ids = append(ids, id)
+					}
+				}
+				rows.Close()
+			}
+			for _, id := range ids {
+				s.expire(ctx, id)
+			}
+			if err := s.flush(ctx, true); err != nil {
+				slog.Warn("approval: outbox flush", "err", err)
+			}
+			wait = 50 * time.Millisecond
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-s.stop:
+			t.Stop()
+			return
+		case <-s.changes():
+		case <-t.C:
+		}
+		t.Stop()
+	}
+}
