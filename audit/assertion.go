@@ -1,0 +1,193 @@
+package audit
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/countersign/countersign/approval/digest"
+	"github.com/go-webauthn/webauthn/protocol/webauthncose"
+)
+
+// WebAuthn authenticator data flags.
+const (
+	flagUserPresent  = 0x01
+	flagUserVerified = 0x04
+)
+
+func isAssertionKind(kind string) bool {
+	return kind == KindApprovalAssertion || kind == KindApprovalDenied
+}
+
+// credential is an enrolled WebAuthn credential as the log records it.
+type credential struct {
+	publicKey  string // COSE_Key, base64url
+	approver   string
+	enrolled   int64
+	revokedSeq int64 // 0 while active
+}
+
+// credentials replays enrollments and revocations in log order.
+type credentials map[string]*credential
+
+func (c credentials) apply(e *Entry) {
+	switch e.Kind {
+	case KindApproverEnrolled:
+		c[e.CredentialID] = &credential{publicKey: e.PublicKey, approver: e.Approver, enrolled: e.Seq}
+	case KindCredentialRevoked:
+		if cr := c[e.CredentialID]; cr != nil && cr.revokedSeq == 0 {
+			cr.revokedSeq = e.Seq
+		}
+	}
+}
+
+// check interprets an entry whose kind matters to credentials, applying
+// enrollments and revocations and checking assertions; it returns why an
+// assertion fails, or "".
+func (c credentials) check(e *Entry) string {
+	if !isAssertionKind(e.Kind) {
+		if e.Kind == KindApproverEnrolled && (e.CredentialID == "" || e.PublicKey == "") {
+			return "approver.enrolled entry without credential_id and public_key"
+		}
+		c.apply(e)
+		return ""
+	}
+	if e.Signature == "" {
+		return e.Kind + " entry carries no WebAuthn assertion"
+	}
+	cr := c[e.CredentialID]
+	switch {
+	case e.CredentialID == "":
+		return "assertion without credential_id"
+	case cr == nil:
+		return fmt.Sprintf("credential %s was not enrolled before this entry", e.CredentialID)
+	case cr.revokedSeq != 0:
+		return fmt.Sprintf("credential %s was revoked at seq %d", e.CredentialID, cr.revokedSeq)
+	case cr.approver != "" && e.Approver != cr.approver:
+		return fmt.Sprintf("approver %q is not the owner %q of credential %s (enrolled at seq %d)", e.Approver, cr.approver, e.CredentialID, cr.enrolled)
+	}
+	if err := checkAssertion(e, cr); err != nil {
+		return "assertion: " + err.Error()
+	}
+	return ""
+}
+
+// checkAssertion recomputes the action digest from the entry and checks
+// the WebAuthn assertion over it with the enrolled key. Each step fails
+// with its own message.
+func checkAssertion(e *Entry, cr *credential) error {
+	decision := digest.Approve
+	if e.Kind == KindApprovalDenied {
+		decision = digest.Deny
+	}
+	if e.Decision != decision {
+		return fmt.Errorf("decision %q does not match kind %s (want %q)", e.Decision, e.Kind, decision)
+	}
+	args, err := hex.DecodeString(e.ArgsSHA256)
+	if err != nil || len(args) != 32 {
+		return fmt.Errorf("args_sha256 is not 64 hex digits")
+	}
+	if len(e.Args) > 0 {
+		sum, err := digest.ArgsSHA256(e.Args)
+		if err != nil || !bytes.Equal(sum[:], args) {
+			return fmt.Errorf("args do not match args_sha256")
+		}
+	}
+	nonce, err := decodeB64URL(e.Nonce)
+	if err != nil || len(nonce) == 0 {
+		return fmt.Errorf("nonce is not base64url")
+	}
+	expires, err := time.Parse(time.RFC3339, e.ExpiresAt)
+	if err != nil {
+		return fmt.Errorf("expires_at: %v", err)
+	}
+	a := digest.Action{
+		RequestID:            e.RequestID,
+		Decision:             decision,
+		AuthorizationDetails: e.AuthorizationDetails,
+		Tool:                 e.Tool,
+		Display:              e.Display,
+		Nonce:                nonce,
+		ExpiresAt:            expires,
+	}
+	copy(a.ArgsSHA256[:], args)
+	challenge, err := digest.Compute(a)
+	if err != nil {
+		return fmt.Errorf("action digest: %v", err)
+	}
+
+	cdj, err := decodeB64URL(e.ClientDataJSON)
+	if err != nil {
+		return fmt.Errorf("client_data_json is not base64url")
+	}
+	var cd struct {
+		Type        string `json:"type"`
+		Challenge   string `json:"challenge"`
+		Origin      string `json:"origin"`
+		CrossOrigin bool   `json:"crossOrigin"`
+	}
+	if err := json.Unmarshal(cdj, &cd); err != nil {
+		return fmt.Errorf("client data: %v", err)
+	}
+	switch {
+	case cd.Type != "webauthn.get":
+		return fmt.Errorf("client data type %q, want webauthn.get", cd.Type)
+	case cd.Challenge != base64.RawURLEncoding.EncodeToString(challenge[:]):
+		return fmt.Errorf("challenge is not the action digest of this entry (decision, request, arguments, display, nonce or expiry differ)")
+	case e.Origin == "":
+		return fmt.Errorf("entry has no origin")
+	case cd.Origin != e.Origin:
+		return fmt.Errorf("client data origin %q, entry says %q", cd.Origin, e.Origin)
+	case cd.CrossOrigin:
+		return fmt.Errorf("cross-origin assertion")
+	}
+
+	ad, err := decodeB64URL(e.AuthenticatorData)
+	if err != nil || len(ad) < 37 {
+		return fmt.Errorf("authenticator_data is not base64url of at least 37 bytes")
+	}
+	if e.RPID == "" {
+		return fmt.Errorf("entry has no rp_id")
+	}
+	rpHash := sha256.Sum256([]byte(e.RPID))
+	flags := ad[32]
+	switch {
+	case !bytes.Equal(ad[:32], rpHash[:]):
+		return fmt.Errorf("authenticator data rpIdHash is not SHA-256(%q)", e.RPID)
+	case flags&flagUserPresent == 0:
+		return fmt.Errorf("user-present flag not set")
+	case e.UserVerified && flags&flagUserVerified == 0:
+		return fmt.Errorf("entry claims user verification but the UV flag is not set")
+	}
+
+	cose, err := decodeB64URL(cr.publicKey)
+	if err != nil {
+		return fmt.Errorf("enrolled public key (seq %d) is not base64url", cr.enrolled)
+	}
+	key, err := webauthncose.ParsePublicKey(cose)
+	if err != nil {
+		return fmt.Errorf("enrolled public key (seq %d): %v", cr.enrolled, err)
+	}
+	sig, err := decodeB64URL(e.Signature)
+	if err != nil {
+		return fmt.Errorf("signature is not base64url")
+	}
+	cdHash := sha256.Sum256(cdj)
+	signed := append(append([]byte{}, ad...), cdHash[:]...)
+	ok, err := webauthncose.VerifySignature(key, signed, sig)
+	if err != nil || !ok {
+		return fmt.Errorf("signature does not verify with the key enrolled at seq %d", cr.enrolled)
+	}
+	return nil
+}
+
+// decodeB64URL accepts base64url with or without padding, as WebAuthn
+// libraries differ.
+func decodeB64URL(s string) ([]byte, error) {
+	return base64.RawURLEncoding.DecodeString(strings.TrimRight(s, "="))
+}

@@ -1,0 +1,252 @@
+package audit
+
+import (
+	"bufio"
+	"crypto/ed25519"
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+
+	"golang.org/x/mod/sumdb/tlog"
+)
+
+// Checkpoint returns a signed checkpoint of the whole log, writing and
+// storing a new one unless the latest stored one already covers every
+// entry. A log that failed verification signs nothing.
+func (l *Log) Checkpoint(ctx context.Context) ([]byte, error) {
+	if l.broken != nil {
+		return nil, l.broken
+	}
+	for {
+		h, err := readHead(ctx, l.db)
+		if err != nil {
+			return nil, fmt.Errorf("audit: checkpoint: %w", err)
+		}
+		if latest, err := l.latestCheckpoint(ctx); err != nil {
+			return nil, err
+		} else if latest != nil && latest.Size == h.seq {
+			return latest.Note, nil
+		}
+		// The tree of size h.seq is immutable once written, so it can be
+		// hashed outside a transaction.
+		if h.treeSize < tlog.StoredHashCount(h.seq) {
+			continue // an append is committing; read again
+		}
+		root, err := tlog.TreeHash(h.seq, dbHashReader{ctx, l.db})
+		if err != nil {
+			return nil, fmt.Errorf("audit: checkpoint: %w", err)
+		}
+		msg, err := signCheckpoint(l.signer, h.seq, root)
+		if err != nil {
+			return nil, fmt.Errorf("audit: checkpoint: %w", err)
+		}
+		if _, err := l.db.ExecContext(ctx, `INSERT INTO audit_checkpoints (size, note, created) VALUES (?, ?, ?)`,
+			h.seq, string(msg), l.now().UTC().Format(TimeFormat)); err != nil {
+			return nil, fmt.Errorf("audit: checkpoint: %w", err)
+		}
+		return msg, nil
+	}
+}
+
+// latestCheckpoint returns the stored checkpoint with the largest size,
+// verified, or nil if there is none.
+func (l *Log) latestCheckpoint(ctx context.Context) (*Checkpoint, error) {
+	var size int64
+	var msg string
+	err := l.db.QueryRowContext(ctx, `SELECT size, note FROM audit_checkpoints ORDER BY size DESC, id DESC LIMIT 1`).Scan(&size, &msg)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("audit: read checkpoint: %w", err)
+	}
+	cp, err := openCheckpoint([]byte(msg), l.verifier)
+	if err != nil {
+		return nil, &TamperError{size, err.Error()}
+	}
+	if cp.Size != size {
+		return nil, &TamperError{size, fmt.Sprintf("checkpoint row says size %d, its note says %d", size, cp.Size)}
+	}
+	return cp, nil
+}
+
+// checkStored verifies the stored log (see Open). It returns the first
+// problem as a *TamperError, or a plain error if it could not read.
+func (l *Log) checkStored(ctx context.Context) (*TamperError, error) {
+	var first *TamperError
+	note := func(t *TamperError) {
+		if first == nil || t.Seq < first.Seq {
+			first = t
+		}
+	}
+	cp, err := l.latestCheckpoint(ctx)
+	var te *TamperError
+	switch {
+	case errors.As(err, &te):
+		note(te)
+		cp = nil
+	case err != nil:
+		return nil, err
+	}
+	var cpSize int64
+	switch {
+	case cp != nil:
+		cpSize = cp.Size
+	case te != nil:
+		// The claimed size still bounds the tail; checking every
+		// signature would only repeat the failure slowly.
+		cpSize = te.Seq
+	}
+
+	rows, err := l.db.QueryContext(ctx, `SELECT seq, hash, body FROM audit_entries ORDER BY seq`)
+	if err != nil {
+		return nil, fmt.Errorf("audit: read log: %w", err)
+	}
+	defer rows.Close()
+	next := func() (item, bool, error) {
+		if !rows.Next() {
+			return item{}, false, rows.Err()
+		}
+		var it item
+		if err := rows.Scan(&it.rowSeq, &it.rowHash, &it.line); err != nil {
+			return it, false, err
+		}
+		it.fromDB = true
+		// Signatures are implied by a verified checkpoint's root; check
+		// the first one (a swapped key shows at seq 1) and the tail.
+		it.checkSig = it.rowSeq == 1 || it.rowSeq > cpSize
+		return it, true, nil
+	}
+	pub := l.key.Public().(ed25519.PublicKey)
+	var (
+		want = int64(1)
+		prev [32]byte
+		fr   frontier
+	)
+	chainErr := runChecks(next, pub, func(r *result) *VerifyError {
+		if r.seq != want {
+			if r.seq > want {
+				return &VerifyError{want, fmt.Sprintf("missing: the next stored entry is seq %d", r.seq)}
+			}
+			return &VerifyError{want, fmt.Sprintf("out of order: found seq %d", r.seq)}
+		}
+		if r.err != nil {
+			return &VerifyError{want, r.err.Reason}
+		}
+		if r.prev != prev {
+			return &VerifyError{r.seq, "prev_hash does not match the hash of the entry before"}
+		}
+		prev = r.hash
+		fr.add(leafHash(r.hash))
+		if cp != nil && fr.n == cp.Size && fr.root() != cp.Root {
+			return &VerifyError{cp.Size, "checkpoint root does not match the entries up to this seq"}
+		}
+		want++
+		return nil
+	})
+	var ve *VerifyError
+	switch {
+	case errors.As(chainErr, &ve):
+		note(&TamperError{ve.Seq, ve.Reason})
+	case chainErr != nil:
+		return nil, fmt.Errorf("audit: read log: %w", chainErr)
+	}
+	last := want - 1
+	if ve == nil && cp != nil && cp.Size > last {
+		note(&TamperError{last + 1, fmt.Sprintf("missing: the checkpoint covers %d entries, the log ends at %d", cp.Size, last)})
+	}
+	if first == nil {
+		var treeSize int64
+		if err := l.db.QueryRowContext(ctx, `SELECT COALESCE(MAX(idx)+1, 0) FROM audit_tree`).Scan(&treeSize); err != nil {
+			return nil, fmt.Errorf("audit: read tree: %w", err)
+		}
+		if treeSize != tlog.StoredHashCount(last) {
+			note(&TamperError{last, fmt.Sprintf("tree has %d stored hashes, want %d", treeSize, tlog.StoredHashCount(last))})
+		} else if root, err := tlog.TreeHash(last, dbHashReader{ctx, l.db}); err != nil || root != fr.root() {
+			note(&TamperError{0, "stored Merkle tree does not match the entries"})
+		}
+	}
+	return first, nil
+}
+
+// Export writes the entries after seq since, one JSON object a line as
+// stored, then a final line {"checkpoint":"<signed note>"} covering them.
+// A log that failed verification exports everything it holds with the
+// latest stored checkpoint, unsigned by anything new, so an auditor sees
+// the damage.
+func (l *Log) Export(ctx context.Context, w io.Writer, since int64) error {
+	if since < 0 {
+		since = 0
+	}
+	var cpNote []byte
+	var upto int64
+	if l.broken == nil {
+		msg, err := l.Checkpoint(ctx)
+		if err != nil {
+			return err
+		}
+		cpNote = msg
+		upto, _ = checkpointSize(msg)
+	} else {
+		var size int64
+		var msg string
+		err := l.db.QueryRowContext(ctx, `SELECT size, note FROM audit_checkpoints ORDER BY size DESC, id DESC LIMIT 1`).Scan(&size, &msg)
+		if err != nil && !errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("audit: export: %w", err)
+		}
+		cpNote = []byte(msg)
+		upto = 1<<63 - 1
+	}
+	bw := bufio.NewWriterSize(w, 1<<16)
+	const page = 2000
+	for from := since; from < upto; {
+		rows, err := l.db.QueryContext(ctx, `SELECT seq, body FROM audit_entries WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?`, from, upto, page)
+		if err != nil {
+			return fmt.Errorf("audit: export: %w", err)
+		}
+		n := 0
+		for rows.Next() {
+			var body []byte
+			if err := rows.Scan(&from, &body); err != nil {
+				rows.Close()
+				return fmt.Errorf("audit: export: %w", err)
+			}
+			bw.Write(body)
+			bw.WriteByte('\n')
+			n++
+		}
+		err = rows.Err()
+		rows.Close()
+		if err != nil {
+			return fmt.Errorf("audit: export: %w", err)
+		}
+		if n < page {
+			break
+		}
+	}
+	line, err := encodeCheckpointLine(cpNote)
+	if err != nil {
+		return fmt.Errorf("audit: export: %w", err)
+	}
+	bw.Write(line)
+	bw.WriteByte('\n')
+	if err := bw.Flush(); err != nil {
+		return fmt.Errorf("audit: export: %w", err)
+	}
+	return nil
+}
+
+// checkpointSize reads the tree size of a checkpoint note without
+// verifying it.
+func checkpointSize(msg []byte) (int64, bool) {
+	lines := strings.SplitN(string(msg), "\n", 3)
+	if len(lines) < 3 {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(lines[1], 10, 64)
+	return n, err == nil
+}

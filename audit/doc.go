@@ -1,0 +1,41 @@
+// Package audit is Countersign's tamper-evident audit log: an append-only,
+// hash-chained, signed sequence of [Entry] values in SQLite, with a Merkle
+// tree over the entries, signed checkpoints, a JSON Lines export and an
+// offline verifier. docs/audit-export.md is the auditor's version of this
+// comment.
+//
+// # Entries
+//
+// Entries are numbered from seq 1 without gaps. Append sets Seq, Time (RFC
+// 3339, UTC, nanoseconds), PrevHash, Hash and Sig:
+//
+//	hash = SHA-256( prev_hash || JCS(entry without "hash" and "sig") )
+//	sig  = Ed25519(server key, hash)
+//
+// prev_hash is the previous entry's hash as 32 raw bytes (32 zero bytes before
+// seq 1); JCS is RFC 8785 canonical JSON. In the entry itself prev_hash and
+// hash are lowercase hex, sig is base64url without padding.
+//
+// # Merkle tree and checkpoints
+//
+// The hash of entry seq is record seq-1 of a tlog Merkle tree (RFC 6962
+// hashing, [golang.org/x/mod/sumdb/tlog]): leaf = SHA-256(0x00 || hash bytes).
+// A checkpoint is a C2SP tlog-checkpoint signed note:
+//
+//	countersign
+//	<tree size, decimal>
+//	<root hash, standard base64>
+//
+//	— countersign <base64 signature>
+//
+// signed with the server key, whose public form is the note verifier key
+// "countersign+<keyhash>+<base64 key>" ([PublicKeyText]).
+//
+// # Export
+//
+// [Log.Export] writes one entry per line, as stored (compact JSON, fields in
+// [Entry] order), then one final line {"checkpoint":"<note text>"} whose tree
+// size equals the last seq exported. [Verify] checks such a file offline,
+// including each approver's WebAuthn assertion against the action digest of
+// package approval/digest and the key from the approver's enrollment entry.
+package audit

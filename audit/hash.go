@@ -1,0 +1,179 @@
+package audit
+
+import (
+	"bytes"
+	"crypto/ed25519"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/gowebpki/jcs"
+	"golang.org/x/mod/sumdb/note"
+	"golang.org/x/mod/sumdb/tlog"
+)
+
+// encodeLine is the stored and exported form of an entry: compact JSON in
+// struct field order, without HTML escaping, no trailing newline.
+func encodeLine(e *Entry) ([]byte, error) {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(e); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(buf.Bytes(), []byte{'\n'}), nil
+}
+
+// chainHash computes hash = SHA-256(prev || JCS(e without hash and sig)).
+func chainHash(prev [32]byte, e *Entry) ([32]byte, error) {
+	c := *e
+	c.Hash, c.Sig = "", ""
+	raw, err := json.Marshal(&c)
+	if err != nil {
+		return [32]byte{}, err
+	}
+	canon, err := jcs.Transform(raw)
+	if err != nil {
+		return [32]byte{}, err
+	}
+	h := sha256.New()
+	h.Write(prev[:])
+	h.Write(canon)
+	var sum [32]byte
+	h.Sum(sum[:0])
+	return sum, nil
+}
+
+func decodeHash(s string) ([32]byte, error) {
+	var h [32]byte
+	if len(s) != 64 {
+		return h, errors.New("not 64 hex digits")
+	}
+	if _, err := hex.Decode(h[:], []byte(s)); err != nil {
+		return h, errors.New("not 64 hex digits")
+	}
+	if hex.EncodeToString(h[:]) != s {
+		return h, errors.New("not lowercase hex")
+	}
+	return h, nil
+}
+
+func encodeSig(sig []byte) string { return base64.RawURLEncoding.EncodeToString(sig) }
+
+func decodeSig(s string) ([]byte, error) {
+	sig, err := base64.RawURLEncoding.Strict().DecodeString(s)
+	if err != nil || len(sig) != ed25519.SignatureSize {
+		return nil, errors.New("not a base64url Ed25519 signature")
+	}
+	return sig, nil
+}
+
+func decodeStdBase64(s string) ([]byte, error) { return base64.StdEncoding.Strict().DecodeString(s) }
+
+// leafHash is the Merkle tree leaf of an entry.
+func leafHash(entryHash [32]byte) tlog.Hash { return tlog.RecordHash(entryHash[:]) }
+
+// frontier computes RFC 6962 tree roots incrementally, keeping only the
+// roots of the complete subtrees on the right edge (at most log₂ n hashes).
+type frontier struct {
+	n     int64
+	nodes []tlog.Hash // left to right, strictly decreasing sizes
+	sizes []int64
+}
+
+func (f *frontier) add(leaf tlog.Hash) {
+	f.nodes = append(f.nodes, leaf)
+	f.sizes = append(f.sizes, 1)
+	f.n++
+	for k := len(f.nodes); k >= 2 && f.sizes[k-1] == f.sizes[k-2]; k-- {
+		f.nodes[k-2] = tlog.NodeHash(f.nodes[k-2], f.nodes[k-1])
+		f.sizes[k-2] *= 2
+		f.nodes, f.sizes = f.nodes[:k-1], f.sizes[:k-1]
+	}
+}
+
+func (f *frontier) root() tlog.Hash {
+	if len(f.nodes) == 0 {
+		return tlog.Hash(sha256.Sum256(nil)) // RFC 6962: the empty tree
+	}
+	h := f.nodes[len(f.nodes)-1]
+	for i := len(f.nodes) - 2; i >= 0; i-- {
+		h = tlog.NodeHash(f.nodes[i], h)
+	}
+	return h
+}
+
+// memTree keeps every stored hash of a tree in memory, for proofs.
+type memTree []tlog.Hash
+
+func (m *memTree) add(n int64, leaf tlog.Hash) error {
+	hs, err := tlog.StoredHashesForRecordHash(n, leaf, m)
+	if err != nil {
+		return err
+	}
+	*m = append(*m, hs...)
+	return nil
+}
+
+func (m *memTree) ReadHashes(idx []int64) ([]tlog.Hash, error) {
+	out := make([]tlog.Hash, len(idx))
+	for i, x := range idx {
+		if x < 0 || x >= int64(len(*m)) {
+			return nil, fmt.Errorf("audit: tree hash %d not stored", x)
+		}
+		out[i] = (*m)[x]
+	}
+	return out, nil
+}
+
+// Checkpoint is a parsed, verified checkpoint.
+type Checkpoint struct {
+	Origin string
+	Size   int64
+	Root   tlog.Hash
+	Note   []byte // the signed note text
+}
+
+func checkpointText(size int64, root tlog.Hash) string {
+	return fmt.Sprintf("%s\n%d\n%s\n", KeyName, size, base64.StdEncoding.EncodeToString(root[:]))
+}
+
+func signCheckpoint(s note.Signer, size int64, root tlog.Hash) ([]byte, error) {
+	return note.Sign(&note.Note{Text: checkpointText(size, root)}, s)
+}
+
+// openCheckpoint verifies a signed checkpoint note and parses its body.
+// Extension lines after the root are refused: we never write them.
+func openCheckpoint(msg []byte, v note.Verifier) (*Checkpoint, error) {
+	n, err := note.Open(msg, note.VerifierList(v))
+	if err != nil {
+		var unverified *note.UnverifiedNoteError
+		if errors.As(err, &unverified) {
+			return nil, errors.New("checkpoint is not signed by the server key")
+		}
+		return nil, fmt.Errorf("checkpoint: %v", err)
+	}
+	lines := strings.Split(n.Text, "\n")
+	if len(lines) != 4 || lines[3] != "" {
+		return nil, errors.New("checkpoint: want origin, size and root lines")
+	}
+	if lines[0] != KeyName {
+		return nil, fmt.Errorf("checkpoint: origin %q, want %q", lines[0], KeyName)
+	}
+	size, err := strconv.ParseInt(lines[1], 10, 64)
+	if err != nil || size < 0 || strconv.FormatInt(size, 10) != lines[1] {
+		return nil, errors.New("checkpoint: bad tree size")
+	}
+	root, err := decodeStdBase64(lines[2])
+	if err != nil || len(root) != tlog.HashSize {
+		return nil, errors.New("checkpoint: bad root hash")
+	}
+	c := &Checkpoint{Origin: lines[0], Size: size, Note: msg}
+	copy(c.Root[:], root)
+	return c, nil
+}

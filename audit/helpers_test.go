@@ -1,0 +1,188 @@
+package audit
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"database/sql"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/countersign/countersign/store"
+	"golang.org/x/mod/sumdb/tlog"
+)
+
+// seededKey is a fixed key for reproducible output.
+func seededKey(b byte) ed25519.PrivateKey {
+	return ed25519.NewKeyFromSeed(bytes.Repeat([]byte{b}, ed25519.SeedSize))
+}
+
+// stepClock starts at a fixed instant and advances 1.000000001 s a call.
+func stepClock() func() time.Time {
+	var mu sync.Mutex
+	t := time.Date(2026, 3, 1, 9, 30, 0, 0, time.UTC)
+	return func() time.Time {
+		mu.Lock()
+		defer mu.Unlock()
+		t = t.Add(time.Second + time.Nanosecond)
+		return t
+	}
+}
+
+func openDB(t testing.TB, dir string) *sql.DB {
+	t.Helper()
+	db, err := store.Open(context.Background(), filepath.Join(dir, store.FileName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
+func openLog(t testing.TB, db *sql.DB, key ed25519.PrivateKey, opts Options) *Log {
+	t.Helper()
+	l, err := Open(context.Background(), db, key, opts)
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	t.Cleanup(func() { l.Close() })
+	return l
+}
+
+func mustAppend(t testing.TB, l *Log, e Entry) Entry {
+	t.Helper()
+	out, err := l.Append(context.Background(), e)
+	if err != nil {
+		t.Fatalf("Append %s: %v", e.Kind, err)
+	}
+	return out
+}
+
+// sampleEntries is a small, varied log.
+func sampleEntries() []Entry {
+	return []Entry{
+		{Kind: KindCallAllowed, Agent: "agent-1", Tool: "get_balance", Args: json.RawMessage(`{"account":"ops"}`), Decision: "low"},
+		{Kind: KindCallExecuted, Agent: "agent-1", Tool: "get_balance", Result: json.RawMessage(`{"balance":"1200.50","currency":"EUR"}`)},
+		{Kind: KindApprovalRequested, Agent: "agent-1", Tool: "transfer", Args: json.RawMessage(`{"to":"Vendor X & Söhne <ltd>","amount":500000,"currency":"USD"}`),
+			Decision: "high", Rule: "tools.transfer.rules[0]", RequestID: "5f2b6c1e-8d0e-4c1b-9f3a-2b7c1d0e9a11",
+			AuthorizationDetails: json.RawMessage(`[{"type":"payment_initiation","actions":["transfer"],"instructedAmount":{"currency":"USD","amount":"500000.00"},"creditorName":"Vendor X"}]`),
+			Display: "Approve $500,000.00 transfer to Vendor X", Nonce: "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8", ExpiresAt: "2026-03-01T09:35:00Z"},
+		{Kind: KindCallDenied, Agent: "agent-2", Tool: "run_command", Args: json.RawMessage(`{"cmd":"rm -rf /"}`), Decision: "deny", Rule: "tools.run_command.rules[2]", Reason: "denied by policy"},
+		{Kind: KindCallRejected, Agent: "agent-2", Tool: "transfer", Reason: "args.amount: must be > 0"},
+		{Kind: KindCallAllowed, Agent: "agent-1", Tool: "read_secret", Args: json.RawMessage(`{"name":"db-password"}`), ArgsRedact: true, Decision: "low"},
+		{Kind: KindCallExecuted, Agent: "agent-1", Tool: "read_secret", Result: json.RawMessage(`{"name":"db-password","sha256":"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"}`)},
+		{Kind: KindApprovalExpired, RequestID: "0b6a3f0e-1c2d-4e5f-8a9b-0c1d2e3f4a5b", Tool: "transfer"},
+		{Kind: KindEnrollmentCreated, Approver: "alice", Reason: "one-time link issued"},
+		{Kind: KindCallFailed, Agent: "agent-1", Tool: "transfer", Reason: "backend: connection refused \u2028 \"quoted\""},
+	}
+}
+
+// exportBytes exports the whole log.
+func exportBytes(t testing.TB, l *Log, since int64) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	if err := l.Export(context.Background(), &buf, since); err != nil {
+		t.Fatalf("Export: %v", err)
+	}
+	return buf.Bytes()
+}
+
+// splitExport returns the entry lines and the checkpoint line.
+func splitExport(t testing.TB, b []byte) ([][]byte, []byte) {
+	t.Helper()
+	lines := bytes.Split(bytes.TrimSuffix(b, []byte{'\n'}), []byte{'\n'})
+	return lines[:len(lines)-1], lines[len(lines)-1]
+}
+
+func joinExport(entries [][]byte, cp []byte) []byte {
+	var buf bytes.Buffer
+	for _, l := range entries {
+		buf.Write(l)
+		buf.WriteByte('\n')
+	}
+	if cp != nil {
+		buf.Write(cp)
+		buf.WriteByte('\n')
+	}
+	return buf.Bytes()
+}
+
+// resign plays an attacker holding the server key: it applies mutate to
+// the entries, then rebuilds every hash, signature and the checkpoint so
+// the export is self-consistent.
+func resign(t testing.TB, export []byte, key ed25519.PrivateKey, mutate func(*Entry)) []byte {
+	t.Helper()
+	lines, _ := splitExport(t, export)
+	var prev [32]byte
+	var fr frontier
+	var out [][]byte
+	for _, line := range lines {
+		var e Entry
+		if err := json.Unmarshal(line, &e); err != nil {
+			t.Fatal(err)
+		}
+		mutate(&e)
+		e.PrevHash = hex.EncodeToString(prev[:])
+		sum, err := chainHash(prev, &e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.Hash = hex.EncodeToString(sum[:])
+		e.Sig = encodeSig(ed25519.Sign(key, sum[:]))
+		b, err := encodeLine(&e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, b)
+		fr.add(leafHash(sum))
+		prev = sum
+	}
+	return joinExport(out, checkpointLineFor(t, key, fr.n, fr.root()))
+}
+
+func checkpointLineFor(t testing.TB, key ed25519.PrivateKey, size int64, root tlog.Hash) []byte {
+	t.Helper()
+	s, err := newSigner(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg, err := signCheckpoint(s, size, root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	line, err := encodeCheckpointLine(msg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return line
+}
+
+func pubText(key ed25519.PrivateKey) string { return PublicKeyText(key.Public().(ed25519.PublicKey)) }
+
+// wantVerifyErr runs Verify and requires a *VerifyError at seq.
+func wantVerifyErr(t *testing.T, export []byte, key string, previous []byte, seq int64, reason string) {
+	t.Helper()
+	var prev *bytes.Reader
+	if previous != nil {
+		prev = bytes.NewReader(previous)
+	}
+	var err error
+	if prev != nil {
+		_, err = Verify(bytes.NewReader(export), key, prev)
+	} else {
+		_, err = Verify(bytes.NewReader(export), key, nil)
+	}
+	var ve *VerifyError
+	if !errors.As(err, &ve) {
+		t.Fatalf("Verify: got %v, want a *VerifyError at seq %d", err, seq)
+	}
+	if ve.Seq != seq || !strings.Contains(ve.Reason, reason) {
+		t.Fatalf("Verify: got seq %d %q, want seq %d containing %q", ve.Seq, ve.Reason, seq, reason)
+	}
+}

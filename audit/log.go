@@ -1,0 +1,507 @@
+package audit
+
+import (
+	"context"
+	"crypto/ed25519"
+	"database/sql"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/countersign/countersign/approval/digest"
+	"golang.org/x/mod/sumdb/note"
+	"golang.org/x/mod/sumdb/tlog"
+)
+
+// TimeFormat is the form of Entry.Time: RFC 3339 in UTC with all nine
+// fractional digits, so times sort as text.
+const TimeFormat = "2006-01-02T15:04:05.000000000Z07:00"
+
+// TamperError reports a stored log that fails verification: the first bad
+// seq and why. Seq 0 means the problem is not one entry (e.g. the tree).
+type TamperError struct {
+	Seq    int64
+	Reason string
+}
+
+func (e *TamperError) Error() string {
+	return fmt.Sprintf("audit: log tampered at seq %d: %s", e.Seq, e.Reason)
+}
+
+// ErrClosed is returned by Append after Close.
+var ErrClosed = errors.New("audit: log closed")
+
+// Options tune a Log. The zero value is ready to use.
+type Options struct {
+	// Now is the clock for Entry.Time; default time.Now.
+	Now func() time.Time
+	// CheckpointEvery, when positive, writes a checkpoint in the background
+	// this often whenever entries were added since the last one.
+	CheckpointEvery time.Duration
+	// MaxBatch caps how many Appends share one transaction; default 1024.
+	MaxBatch int
+}
+
+// Log is the audit log in a shared SQLite database. It is safe for
+// concurrent use, and other processes may append to the same database.
+type Log struct {
+	db       *sql.DB
+	key      ed25519.PrivateKey
+	signer   *signer
+	verifier note.Verifier
+	now      func() time.Time
+	maxBatch int
+
+	broken *TamperError // set by Open, never cleared
+
+	mu     sync.RWMutex // guards closed against sends on reqs
+	closed bool
+	reqs   chan *appendReq
+	quit   chan struct{}
+	done   chan struct{} // the writer has exited
+	bgDone chan struct{} // the checkpoint ticker has exited
+}
+
+type appendReq struct {
+	e    Entry
+	done chan appendResult
+}
+
+type appendResult struct {
+	e   Entry
+	err error
+}
+
+const schema = `
+CREATE TABLE IF NOT EXISTS audit_entries (
+	seq  INTEGER PRIMARY KEY,
+	hash TEXT NOT NULL,
+	body TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit_tree (
+	idx  INTEGER PRIMARY KEY,
+	hash BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit_checkpoints (
+	id      INTEGER PRIMARY KEY AUTOINCREMENT,
+	size    INTEGER NOT NULL,
+	note    TEXT NOT NULL,
+	created TEXT NOT NULL
+);`
+
+// Open creates the audit tables if needed and checks the stored log: every
+// entry's hash and link, the signatures of the first entry and of every
+// entry after the last checkpoint, and the checkpoint's signature and root.
+//
+// If the stored log fails the check, Open returns both the *Log (for
+// reading and export) and a *TamperError; every Append on that Log fails
+// with the same error. Any other error returns a nil *Log.
+func Open(ctx context.Context, db *sql.DB, key ed25519.PrivateKey, opts Options) (*Log, error) {
+	if len(key) != ed25519.PrivateKeySize {
+		return nil, errors.New("audit: bad server key")
+	}
+	s, err := newSigner(key)
+	if err != nil {
+		return nil, err
+	}
+	_, v, err := ParsePublicKey(PublicKeyText(key.Public().(ed25519.PublicKey)))
+	if err != nil {
+		return nil, err
+	}
+	if _, err := db.ExecContext(ctx, schema); err != nil {
+		return nil, fmt.Errorf("audit: create tables: %w", err)
+	}
+	l := &Log{
+		db: db, key: key, signer: s, verifier: v,
+		now: opts.Now, maxBatch: opts.MaxBatch,
+		reqs: make(chan *appendReq, 4096),
+		quit: make(chan struct{}), done: make(chan struct{}), bgDone: make(chan struct{}),
+	}
+	if l.now == nil {
+		l.now = time.Now
+	}
+	if l.maxBatch <= 0 {
+		l.maxBatch = 1024
+	}
+	tamper, err := l.checkStored(ctx)
+	if err != nil {
+		return nil, err
+	}
+	l.broken = tamper
+	go l.writer()
+	if opts.CheckpointEvery > 0 && tamper == nil {
+		go l.checkpointLoop(opts.CheckpointEvery)
+	} else {
+		close(l.bgDone)
+	}
+	if tamper != nil {
+		slog.Error("audit log failed verification; appends refused", "seq", tamper.Seq, "reason", tamper.Reason)
+		return l, tamper
+	}
+	return l, nil
+}
+
+// Err reports why the log refuses appends, or nil.
+func (l *Log) Err() error {
+	if l.broken != nil {
+		return l.broken
+	}
+	return nil
+}
+
+// PublicKey is the text form of the log's public key ([PublicKeyText]).
+func (l *Log) PublicKey() string { return PublicKeyText(l.key.Public().(ed25519.PublicKey)) }
+
+// Append validates e, gives it the next seq, the time, the chain link, its
+// hash and signature, and returns it once it is durably committed. Fields
+// set by Append are ignored on input. If Args is present, ArgsSHA256 is
+// computed (or checked, if given); with ArgsRedact set Args is dropped
+// before storing. An error means the entry may not be relied on: the
+// caller must not proceed.
+func (l *Log) Append(ctx context.Context, e Entry) (Entry, error) {
+	if l.broken != nil {
+		return Entry{}, l.broken
+	}
+	if err := prepare(&e); err != nil {
+		return Entry{}, err
+	}
+	r := &appendReq{e: e, done: make(chan appendResult, 1)}
+	l.mu.RLock()
+	if l.closed {
+		l.mu.RUnlock()
+		return Entry{}, ErrClosed
+	}
+	select {
+	case l.reqs <- r:
+	case <-ctx.Done():
+		l.mu.RUnlock()
+		return Entry{}, ctx.Err()
+	}
+	l.mu.RUnlock()
+	// Once queued, wait for the outcome even if ctx ends: the entry may
+	// commit, and the caller must learn whether it did.
+	res := <-r.done
+	return res.e, res.err
+}
+
+// prepare checks an entry before it is queued, so one bad entry fails
+// alone instead of failing its whole batch.
+func prepare(e *Entry) error {
+	if e.Kind == "" {
+		return errors.New("audit: entry has no kind")
+	}
+	e.Seq, e.Time, e.PrevHash, e.Hash, e.Sig = 0, "", "", "", ""
+	for name, raw := range map[string]json.RawMessage{"args": e.Args, "result": e.Result, "authorization_details": e.AuthorizationDetails} {
+		if len(raw) > 0 && !json.Valid(raw) {
+			return fmt.Errorf("audit: %s is not valid JSON", name)
+		}
+	}
+	if len(e.Args) > 0 {
+		sum, err := digest.ArgsSHA256(e.Args)
+		if err != nil {
+			return fmt.Errorf("audit: %w", err)
+		}
+		got := hex.EncodeToString(sum[:])
+		if e.ArgsSHA256 != "" && e.ArgsSHA256 != got {
+			return fmt.Errorf("audit: args_sha256 %s does not match the args (%s)", e.ArgsSHA256, got)
+		}
+		e.ArgsSHA256 = got
+	}
+	if e.ArgsRedact {
+		e.Args = nil
+	}
+	if _, err := chainHash([32]byte{}, e); err != nil {
+		return fmt.Errorf("audit: entry cannot be canonicalized: %w", err)
+	}
+	return nil
+}
+
+// writer is the single goroutine that commits appends, many per
+// transaction (group commit).
+func (l *Log) writer() {
+	defer close(l.done)
+	for {
+		select {
+		case r := <-l.reqs:
+			batch := []*appendReq{r}
+		fill:
+			for len(batch) < l.maxBatch {
+				select {
+				case r := <-l.reqs:
+					batch = append(batch, r)
+				default:
+					break fill
+				}
+			}
+			l.commit(batch)
+		case <-l.quit:
+			for {
+				var batch []*appendReq
+			drain:
+				for len(batch) < l.maxBatch {
+					select {
+					case r := <-l.reqs:
+						batch = append(batch, r)
+					default:
+						break drain
+					}
+				}
+				if len(batch) == 0 {
+					return
+				}
+				l.commit(batch)
+			}
+		}
+	}
+}
+
+func (l *Log) commit(batch []*appendReq) {
+	out, err := l.commitTx(batch)
+	for i, r := range batch {
+		if err != nil {
+			r.done <- appendResult{err: err}
+		} else {
+			r.done <- appendResult{e: out[i]}
+		}
+	}
+}
+
+// head is the chain's end as stored.
+type head struct {
+	seq      int64
+	hash     [32]byte
+	treeSize int64 // stored tree hashes
+	cpSize   int64 // largest checkpointed size
+}
+
+func readHead(ctx context.Context, q interface {
+	QueryRowContext(context.Context, string, ...any) *sql.Row
+}) (head, error) {
+	var h head
+	var hashHex string
+	err := q.QueryRowContext(ctx, `SELECT seq, hash FROM audit_entries ORDER BY seq DESC LIMIT 1`).Scan(&h.seq, &hashHex)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+	case err != nil:
+		return h, err
+	default:
+		if h.hash, err = decodeHash(hashHex); err != nil {
+			return h, &TamperError{h.seq, "stored hash " + err.Error()}
+		}
+	}
+	if err := q.QueryRowContext(ctx, `SELECT COALESCE(MAX(idx)+1, 0) FROM audit_tree`).Scan(&h.treeSize); err != nil {
+		return h, err
+	}
+	if err := q.QueryRowContext(ctx, `SELECT COALESCE(MAX(size), 0) FROM audit_checkpoints`).Scan(&h.cpSize); err != nil {
+		return h, err
+	}
+	return h, nil
+}
+
+func (l *Log) commitTx(batch []*appendReq) ([]Entry, error) {
+	ctx := context.Background()
+	// The store opens transactions with BEGIN IMMEDIATE, so the head read
+	// below cannot be overtaken by another process's append.
+	tx, err := l.db.BeginTx(ctx, nil)
+	if err != nil {
+		return nil, fmt.Errorf("audit: append: %w", err)
+	}
+	defer tx.Rollback()
+	h, err := readHead(ctx, tx)
+	if err != nil {
+		return nil, fmt.Errorf("audit: append: %w", err)
+	}
+	if h.treeSize != tlog.StoredHashCount(h.seq) {
+		return nil, &TamperError{h.seq, fmt.Sprintf("tree has %d stored hashes, want %d", h.treeSize, tlog.StoredHashCount(h.seq))}
+	}
+	if h.cpSize > h.seq {
+		return nil, &TamperError{h.seq + 1, fmt.Sprintf("missing: a checkpoint covers %d entries, the log ends at %d", h.cpSize, h.seq)}
+	}
+	insEntry, err := tx.PrepareContext(ctx, `INSERT INTO audit_entries (seq, hash, body) VALUES (?, ?, ?)`)
+	if err != nil {
+		return nil, fmt.Errorf("audit: append: %w", err)
+	}
+	defer insEntry.Close()
+	insTree, err := tx.PrepareContext(ctx, `INSERT INTO audit_tree (idx, hash) VALUES (?, ?)`)
+	if err != nil {
+		return nil, fmt.Errorf("audit: append: %w", err)
+	}
+	defer insTree.Close()
+	reader := &txHashReader{ctx: ctx, tx: tx, fresh: map[int64]tlog.Hash{}}
+	defer reader.close()
+
+	out := make([]Entry, len(batch))
+	seq, prev := h.seq, h.hash
+	for i, r := range batch {
+		e := r.e
+		seq++
+		e.Seq = seq
+		e.Time = l.now().UTC().Format(TimeFormat)
+		e.PrevHash = hex.EncodeToString(prev[:])
+		sum, err := chainHash(prev, &e)
+		if err != nil {
+			return nil, fmt.Errorf("audit: append: %w", err)
+		}
+		e.Hash = hex.EncodeToString(sum[:])
+		e.Sig = encodeSig(ed25519.Sign(l.key, sum[:]))
+		line, err := encodeLine(&e)
+		if err != nil {
+			return nil, fmt.Errorf("audit: append: %w", err)
+		}
+		if _, err := insEntry.ExecContext(ctx, e.Seq, e.Hash, line); err != nil {
+			return nil, fmt.Errorf("audit: append: %w", err)
+		}
+		n := seq - 1
+		hashes, err := tlog.StoredHashesForRecordHash(n, leafHash(sum), reader)
+		if err != nil {
+			return nil, fmt.Errorf("audit: append: tree: %w", err)
+		}
+		base := tlog.StoredHashCount(n)
+		for j, th := range hashes {
+			idx := base + int64(j)
+			if _, err := insTree.ExecContext(ctx, idx, th[:]); err != nil {
+				return nil, fmt.Errorf("audit: append: %w", err)
+			}
+			reader.fresh[idx] = th
+		}
+		out[i] = e
+		prev = sum
+	}
+	if err := tx.Commit(); err != nil {
+		return nil, fmt.Errorf("audit: append: commit: %w", err)
+	}
+	return out, nil
+}
+
+// txHashReader reads stored tree hashes inside the write transaction,
+// preferring those written earlier in the same batch.
+type txHashReader struct {
+	ctx   context.Context
+	tx    *sql.Tx
+	stmt  *sql.Stmt
+	fresh map[int64]tlog.Hash
+}
+
+func (r *txHashReader) ReadHashes(idx []int64) ([]tlog.Hash, error) {
+	out := make([]tlog.Hash, len(idx))
+	for i, x := range idx {
+		if h, ok := r.fresh[x]; ok {
+			out[i] = h
+			continue
+		}
+		if r.stmt == nil {
+			s, err := r.tx.PrepareContext(r.ctx, `SELECT hash FROM audit_tree WHERE idx = ?`)
+			if err != nil {
+				return nil, err
+			}
+			r.stmt = s
+		}
+		var b []byte
+		if err := r.stmt.QueryRowContext(r.ctx, x).Scan(&b); err != nil {
+			return nil, fmt.Errorf("tree hash %d: %w", x, err)
+		}
+		if len(b) != tlog.HashSize {
+			return nil, fmt.Errorf("tree hash %d: %d bytes", x, len(b))
+		}
+		copy(out[i][:], b)
+	}
+	return out, nil
+}
+
+func (r *txHashReader) close() {
+	if r.stmt != nil {
+		r.stmt.Close()
+	}
+}
+
+// dbHashReader reads stored tree hashes outside a transaction; stored
+// hashes never change once written.
+type dbHashReader struct {
+	ctx context.Context
+	db  *sql.DB
+}
+
+func (r dbHashReader) ReadHashes(idx []int64) ([]tlog.Hash, error) {
+	out := make([]tlog.Hash, len(idx))
+	for i, x := range idx {
+		var b []byte
+		if err := r.db.QueryRowContext(r.ctx, `SELECT hash FROM audit_tree WHERE idx = ?`, x).Scan(&b); err != nil {
+			return nil, fmt.Errorf("tree hash %d: %w", x, err)
+		}
+		if len(b) != tlog.HashSize {
+			return nil, fmt.Errorf("tree hash %d: %d bytes", x, len(b))
+		}
+		copy(out[i][:], b)
+	}
+	return out, nil
+}
+
+// Since returns up to limit entries after seq (limit <= 0 means 1000), in
+// order. Poll it to follow the log.
+func (l *Log) Since(ctx context.Context, seq int64, limit int) ([]Entry, error) {
+	if limit <= 0 {
+		limit = 1000
+	}
+	rows, err := l.db.QueryContext(ctx, `SELECT body FROM audit_entries WHERE seq > ? ORDER BY seq LIMIT ?`, seq, limit)
+	if err != nil {
+		return nil, fmt.Errorf("audit: read: %w", err)
+	}
+	defer rows.Close()
+	var out []Entry
+	for rows.Next() {
+		var body []byte
+		if err := rows.Scan(&body); err != nil {
+			return nil, fmt.Errorf("audit: read: %w", err)
+		}
+		var e Entry
+		if err := json.Unmarshal(body, &e); err != nil {
+			return nil, fmt.Errorf("audit: read seq after %d: %w", seq, err)
+		}
+		out = append(out, e)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("audit: read: %w", err)
+	}
+	return out, nil
+}
+
+// Close stops accepting appends, commits those already queued, writes a
+// final checkpoint and stops the background work. It does not close the
+// database.
+func (l *Log) Close() error {
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return nil
+	}
+	l.closed = true
+	close(l.quit)
+	l.mu.Unlock()
+	<-l.done
+	<-l.bgDone
+	if l.broken != nil {
+		return nil
+	}
+	_, err := l.Checkpoint(context.Background())
+	return err
+}
+
+func (l *Log) checkpointLoop(every time.Duration) {
+	defer close(l.bgDone)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-l.quit:
+			return
+		case <-t.C:
+			if _, err := l.Checkpoint(context.Background()); err != nil {
+				slog.Error("audit checkpoint failed", "err", err)
+			}
+		}
+	}
+}

@@ -1,0 +1,471 @@
+package audit
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/ed25519"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"runtime"
+	"sync"
+
+	"golang.org/x/mod/sumdb/note"
+	"golang.org/x/mod/sumdb/tlog"
+)
+
+// VerifyError is the first problem Verify found: the seq of the first bad
+// entry and why. Problems with the checkpoint name the seq it should cover.
+type VerifyError struct {
+	Seq    int64
+	Reason string
+}
+
+func (e *VerifyError) Error() string {
+	return fmt.Sprintf("audit: verification failed at seq %d: %s", e.Seq, e.Reason)
+}
+
+// Summary describes a verified export.
+type Summary struct {
+	Entries    int64  // entry lines in the export
+	FirstSeq   int64  // 0 when there are none
+	LastSeq    int64  // 0 when there are none
+	TreeSize   int64  // the checkpoint's tree size (= LastSeq)
+	Root       string // the checkpoint's root hash, standard base64
+	Assertions int    // WebAuthn assertions checked
+	Extends    int64  // tree size of the previous export proven to be a prefix; 0 without one
+}
+
+func (s Summary) String() string {
+	out := fmt.Sprintf("OK: %d entries (seq %d..%d), %d key assertions verified, checkpoint size %d root %s",
+		s.Entries, s.FirstSeq, s.LastSeq, s.Assertions, s.TreeSize, s.Root)
+	if s.Extends > 0 {
+		out += fmt.Sprintf(", consistent with the previous export (size %d)", s.Extends)
+	}
+	return out
+}
+
+// MaxLine bounds one line of an export.
+const MaxLine = 16 << 20
+
+// Verify checks an export offline against the server's public key (in the
+// [PublicKeyText] form): every entry's canonical form, hash, link,
+// signature and seq, every approver's WebAuthn assertion, and that the final
+// checkpoint is signed and its root is the Merkle root of all entries.
+//
+// With previous (an older export) it also proves that export is a prefix of
+// this one: identical entries where they overlap and a tlog consistency
+// proof between the two checkpoints. An export that does not start at seq 1
+// (export --since) can only be verified with a previous export that reaches
+// the seq before its first.
+//
+// Failures are *VerifyError.
+func Verify(export io.Reader, publicKey string, previous io.Reader) (Summary, error) {
+	pub, v, err := ParsePublicKey(publicKey)
+	if err != nil {
+		return Summary{}, err
+	}
+	var prev *verified
+	if previous != nil {
+		prev, err = verifyStream(previous, pub, v, nil, true)
+		if err != nil {
+			var ve *VerifyError
+			if errors.As(err, &ve) {
+				return Summary{}, &VerifyError{ve.Seq, "previous export: " + ve.Reason}
+			}
+			return Summary{}, fmt.Errorf("previous export: %w", err)
+		}
+	}
+	st, err := verifyStream(export, pub, v, prev, false)
+	if err != nil {
+		return Summary{}, err
+	}
+	s := Summary{
+		Entries: st.entries, FirstSeq: st.first, LastSeq: st.last,
+		TreeSize: st.cp.Size, Root: base64.StdEncoding.EncodeToString(st.cp.Root[:]),
+		Assertions: st.assertions,
+	}
+	if prev != nil {
+		s.Extends = prev.cp.Size
+	}
+	return s, nil
+}
+
+// verified is what one export proved.
+type verified struct {
+	cp         *Checkpoint
+	entries    int64
+	first      int64
+	last       int64
+	assertions int
+	hashes     [][32]byte // entry hashes by seq-1, kept for a previous export
+	events     []*Entry   // enrollments and revocations, in order
+}
+
+func verifyStream(r io.Reader, pub ed25519.PublicKey, v note.Verifier, prev *verified, keep bool) (*verified, error) {
+	br := bufio.NewReaderSize(r, 1<<16)
+	var cpLine []byte
+	lineNo := 0
+	next := func() (item, bool, error) {
+		for {
+			line, err := readLine(br)
+			if err == io.EOF {
+				return item{}, false, nil
+			}
+			if err != nil {
+				return item{}, false, err
+			}
+			lineNo++
+			if bytes.HasPrefix(line, []byte(`{"checkpoint"`)) {
+				cpLine = line
+				return item{}, false, nil
+			}
+			return item{line: line, checkSig: true}, true, nil
+		}
+	}
+
+	st := &verified{}
+	var (
+		want  = int64(1)
+		prevH [32]byte
+		fr    frontier
+		tree  *memTree
+		creds = credentials{}
+	)
+	if prev != nil {
+		tree = &memTree{}
+	}
+	startAt := func(seq int64) *VerifyError {
+		if seq <= 1 {
+			return nil
+		}
+		if prev == nil {
+			return &VerifyError{seq, fmt.Sprintf("export starts at seq %d: verify it with a previous export that reaches seq %d", seq, seq-1)}
+		}
+		if prev.last < seq-1 {
+			return &VerifyError{prev.last + 1, fmt.Sprintf("missing: the previous export ends at seq %d, this one starts at %d", prev.last, seq)}
+		}
+		want = seq
+		prevH = prev.hashes[seq-2]
+		for i, h := range prev.hashes[:seq-1] {
+			fr.add(leafHash(h))
+			if err := tree.add(int64(i), leafHash(h)); err != nil {
+				return &VerifyError{int64(i + 1), err.Error()}
+			}
+		}
+		for _, e := range prev.events {
+			if e.Seq < seq {
+				creds.apply(e)
+			}
+		}
+		return nil
+	}
+	chainErr := runChecks(next, pub, func(r *result) *VerifyError {
+		if st.entries == 0 {
+			if r.parsed {
+				if err := startAt(r.seq); err != nil {
+					return err
+				}
+			}
+			st.first = want
+		}
+		if r.parsed && r.seq != want {
+			if r.seq > want {
+				return &VerifyError{want, fmt.Sprintf("missing: the next entry is seq %d", r.seq)}
+			}
+			return &VerifyError{want, fmt.Sprintf("out of order: found seq %d", r.seq)}
+		}
+		if r.err != nil {
+			return &VerifyError{want, r.err.Reason}
+		}
+		if r.prev != prevH {
+			return &VerifyError{r.seq, "prev_hash does not match the hash of the entry before"}
+		}
+		if prev != nil && r.seq <= prev.last && prev.hashes[r.seq-1] != r.hash {
+			return &VerifyError{r.seq, "differs from the same entry in the previous export"}
+		}
+		if r.entry != nil {
+			if reason := creds.check(r.entry); reason != "" {
+				return &VerifyError{r.seq, reason}
+			}
+			if isAssertionKind(r.entry.Kind) {
+				st.assertions++
+			}
+			if r.entry.Kind == KindApproverEnrolled || r.entry.Kind == KindCredentialRevoked {
+				st.events = append(st.events, r.entry)
+			}
+		}
+		leaf := leafHash(r.hash)
+		fr.add(leaf)
+		if tree != nil {
+			if err := tree.add(r.seq-1, leaf); err != nil {
+				return &VerifyError{r.seq, err.Error()}
+			}
+		}
+		if keep {
+			st.hashes = append(st.hashes, r.hash)
+		}
+		prevH = r.hash
+		st.entries++
+		st.last = r.seq
+		want++
+		return nil
+	})
+	if chainErr != nil {
+		var ve *VerifyError
+		if errors.As(chainErr, &ve) {
+			return nil, ve
+		}
+		return nil, &VerifyError{want, "reading line " + fmt.Sprint(lineNo+1) + ": " + chainErr.Error()}
+	}
+	last := want - 1
+	if cpLine == nil {
+		return nil, &VerifyError{last + 1, "missing: the export does not end with a checkpoint line"}
+	}
+	if line, err := readLine(br); err != io.EOF {
+		if err == nil {
+			err = fmt.Errorf("%.40q", line)
+		}
+		return nil, &VerifyError{last + 1, "data after the checkpoint line: " + err.Error()}
+	}
+	msg, err := decodeCheckpointLine(cpLine)
+	if err != nil {
+		return nil, &VerifyError{last, err.Error()}
+	}
+	cp, err := openCheckpoint(msg, v)
+	if err != nil {
+		return nil, &VerifyError{last, err.Error()}
+	}
+	switch {
+	case cp.Size < last:
+		return nil, &VerifyError{cp.Size + 1, fmt.Sprintf("not covered by the checkpoint (size %d)", cp.Size)}
+	case cp.Size > last:
+		return nil, &VerifyError{last + 1, fmt.Sprintf("missing: the checkpoint covers %d entries, the export ends at seq %d", cp.Size, last)}
+	case cp.Root != fr.root():
+		return nil, &VerifyError{last, "the checkpoint's root hash is not the Merkle root of the entries"}
+	}
+	st.cp = cp
+	if st.entries == 0 && prev != nil && prev.last > 0 {
+		return nil, &VerifyError{1, "missing: the export has no entries but the previous export has"}
+	}
+	if prev != nil {
+		if last < prev.last {
+			return nil, &VerifyError{last + 1, fmt.Sprintf("missing: the previous export reaches seq %d, this one ends at %d", prev.last, last)}
+		}
+		proof, err := tlog.ProveTree(cp.Size, prev.cp.Size, tree)
+		if err == nil {
+			err = tlog.CheckTree(proof, cp.Size, cp.Root, prev.cp.Size, prev.cp.Root)
+		}
+		if err != nil {
+			return nil, &VerifyError{prev.cp.Size, "the previous checkpoint is not a prefix of this one: " + err.Error()}
+		}
+	}
+	return st, nil
+}
+
+// readLine returns the next line without its newline, io.EOF at the end, and
+// refuses lines over MaxLine. A last line without a newline is accepted.
+func readLine(br *bufio.Reader) ([]byte, error) {
+	var line []byte
+	for {
+		frag, err := br.ReadSlice('\n')
+		line = append(line, frag...)
+		if len(line) > MaxLine {
+			return nil, fmt.Errorf("line longer than %d bytes", MaxLine)
+		}
+		switch {
+		case err == bufio.ErrBufferFull:
+			continue
+		case err == io.EOF && len(line) > 0:
+			return line, nil
+		case err != nil:
+			return nil, err
+		}
+		return line[:len(line)-1], nil
+	}
+}
+
+type checkpointLine struct {
+	Checkpoint string `json:"checkpoint"`
+}
+
+func encodeCheckpointLine(msg []byte) ([]byte, error) {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(checkpointLine{string(msg)}); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(buf.Bytes(), []byte{'\n'}), nil
+}
+
+func decodeCheckpointLine(line []byte) ([]byte, error) {
+	var c checkpointLine
+	if err := json.Unmarshal(line, &c); err != nil {
+		return nil, fmt.Errorf("checkpoint line: %v", err)
+	}
+	if again, err := encodeCheckpointLine([]byte(c.Checkpoint)); err != nil || !bytes.Equal(again, line) {
+		return nil, errors.New("checkpoint line is not in canonical form")
+	}
+	return []byte(c.Checkpoint), nil
+}
+
+// item is one entry to check: an export line, or a stored row.
+type item struct {
+	line     []byte
+	fromDB   bool
+	rowSeq   int64
+	rowHash  string
+	checkSig bool
+}
+
+// result is what checking one item on its own proved; links between
+// items are checked in order by the caller of runChecks.
+type result struct {
+	parsed bool // seq is known
+	seq    int64
+	prev   [32]byte
+	hash   [32]byte
+	err    *VerifyError // Seq left 0: the caller knows the position
+	entry  *Entry       // kept for kinds the caller must interpret
+}
+
+func checkItem(it *item, pub ed25519.PublicKey) (r result) {
+	fail := func(format string, args ...any) result {
+		r.err = &VerifyError{Reason: fmt.Sprintf(format, args...)}
+		return r
+	}
+	if it.fromDB {
+		r.parsed, r.seq = true, it.rowSeq
+	}
+	var e Entry
+	if err := json.Unmarshal(it.line, &e); err != nil {
+		return fail("not a JSON entry: %v", err)
+	}
+	if !it.fromDB {
+		r.parsed, r.seq = true, e.Seq
+	}
+	if again, err := encodeLine(&e); err != nil || !bytes.Equal(again, it.line) {
+		return fail("entry is not in canonical form (unknown, duplicate or reordered fields, or odd spacing)")
+	}
+	if it.fromDB && e.Seq != it.rowSeq {
+		return fail("row seq %d holds the entry for seq %d", it.rowSeq, e.Seq)
+	}
+	if e.Kind == "" {
+		return fail("entry has no kind")
+	}
+	var err error
+	if r.prev, err = decodeHash(e.PrevHash); err != nil {
+		return fail("prev_hash is %v", err)
+	}
+	if r.hash, err = decodeHash(e.Hash); err != nil {
+		return fail("hash is %v", err)
+	}
+	if it.fromDB && it.rowHash != e.Hash {
+		return fail("the row's hash column differs from the entry's hash")
+	}
+	sum, err := chainHash(r.prev, &e)
+	if err != nil {
+		return fail("entry cannot be canonicalized: %v", err)
+	}
+	if sum != r.hash {
+		return fail("hash does not match the entry's content")
+	}
+	if it.checkSig {
+		sig, err := decodeSig(e.Sig)
+		if err != nil {
+			return fail("sig is %v", err)
+		}
+		if !ed25519.Verify(pub, sum[:], sig) {
+			return fail("sig does not verify with the server key")
+		}
+	}
+	switch e.Kind {
+	case KindApproverEnrolled, KindCredentialRevoked, KindApprovalAssertion, KindApprovalDenied:
+		r.entry = &e
+	}
+	return r
+}
+
+// runChecks checks items from next on every core and hands the results to
+// consume in order, stopping at the first error consume returns.
+func runChecks(next func() (item, bool, error), pub ed25519.PublicKey, consume func(*result) *VerifyError) error {
+	const chunkSize = 256
+	type chunk struct {
+		items []item
+		res   []result
+		done  chan struct{}
+	}
+	workers := runtime.GOMAXPROCS(0)
+	todo := make(chan *chunk, workers*2)
+	order := make(chan *chunk, workers*4)
+	stop := make(chan struct{})
+	produced := make(chan struct{})
+	var readErr error
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			for c := range todo {
+				for i := range c.items {
+					c.res[i] = checkItem(&c.items[i], pub)
+				}
+				close(c.done)
+			}
+		})
+	}
+	go func() {
+		defer close(produced)
+		defer close(order)
+		defer close(todo)
+		for {
+			c := &chunk{done: make(chan struct{})}
+			end := false
+			for len(c.items) < chunkSize {
+				it, ok, err := next()
+				if err != nil {
+					readErr = err
+				}
+				if !ok {
+					end = true
+					break
+				}
+				c.items = append(c.items, it)
+			}
+			if len(c.items) > 0 {
+				c.res = make([]result, len(c.items))
+				todo <- c
+				select {
+				case order <- c:
+				case <-stop:
+					return
+				}
+			}
+			if end {
+				return
+			}
+		}
+	}()
+	var failed *VerifyError
+	for c := range order {
+		<-c.done
+		for i := range c.res {
+			if failed = consume(&c.res[i]); failed != nil {
+				break
+			}
+		}
+		if failed != nil {
+			break
+		}
+	}
+	close(stop)
+	for range order { // let the producer finish
+	}
+	<-produced
+	wg.Wait()
+	if failed != nil {
+		return failed
+	}
+	return readErr
+}
