@@ -72,7 +72,7 @@ func sampleEntries() []Entry {
 		{Kind: KindApprovalRequested, Agent: "agent-1", Tool: "transfer", Args: json.RawMessage(`{"to":"Vendor X & Söhne <ltd>","amount":500000,"currency":"USD"}`),
 			Decision: "high", Rule: "tools.transfer.rules[0]", RequestID: "5f2b6c1e-8d0e-4c1b-9f3a-2b7c1d0e9a11",
 			AuthorizationDetails: json.RawMessage(`[{"type":"payment_initiation","actions":["transfer"],"instructedAmount":{"currency":"USD","amount":"500000.00"},"creditorName":"Vendor X"}]`),
-			Display: "Approve $500,000.00 transfer to Vendor X", Nonce: "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8", ExpiresAt: "2026-03-01T09:35:00Z"},
+			Display:              "Approve $500,000.00 transfer to Vendor X", Nonce: "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8", ExpiresAt: "2026-03-01T09:35:00Z"},
 		{Kind: KindCallDenied, Agent: "agent-2", Tool: "run_command", Args: json.RawMessage(`{"cmd":"rm -rf /"}`), Decision: "deny", Rule: "tools.run_command.rules[2]", Reason: "denied by policy"},
 		{Kind: KindCallRejected, Agent: "agent-2", Tool: "transfer", Reason: "args.amount: must be > 0"},
 		{Kind: KindCallAllowed, Agent: "agent-1", Tool: "read_secret", Args: json.RawMessage(`{"name":"db-password"}`), ArgsRedact: true, Decision: "low"},
