@@ -1,0 +1,205 @@
+package audit
+
+import (
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"testing"
+	"time"
+
+	"github.com/countersign/countersign/approval/digest"
+	"github.com/go-webauthn/webauthn/protocol/webauthncbor"
+	"github.com/go-webauthn/webauthn/protocol/webauthncose"
+)
+
+// softKey is a software security key: a P-256 credential that signs
+// WebAuthn assertions the way an authenticator does.
+type softKey struct {
+	t    *testing.T
+	priv *ecdsa.PrivateKey
+	id   string
+}
+
+func newSoftKey(t *testing.T) *softKey {
+	priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := make([]byte, 16)
+	rand.Read(id)
+	return &softKey{t: t, priv: priv, id: base64.RawURLEncoding.EncodeToString(id)}
+}
+
+// cose is the credential's public key as a COSE_Key, base64url.
+func (k *softKey) cose() string {
+	pub, err := k.priv.PublicKey.ECDH()
+	if err != nil {
+		k.t.Fatal(err)
+	}
+	raw := pub.Bytes() // 0x04 || X || Y
+	b, err := webauthncbor.Marshal(webauthncose.EC2PublicKeyData{
+		PublicKeyData: webauthncose.PublicKeyData{KeyType: int64(webauthncose.EllipticKey), Algorithm: int64(webauthncose.AlgES256)},
+		Curve:         int64(webauthncose.P256),
+		XCoord:        raw[1:33],
+		YCoord:        raw[33:],
+	})
+	if err != nil {
+		k.t.Fatal(err)
+	}
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+// sign fills e's assertion fields for the digest of e as it stands.
+func (k *softKey) sign(e *Entry, origin, rpID string, flags byte) {
+	t := k.t
+	args, _ := hex.DecodeString(e.ArgsSHA256)
+	nonce, _ := base64.RawURLEncoding.DecodeString(e.Nonce)
+	exp, err := time.Parse(time.RFC3339, e.ExpiresAt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := digest.Action{RequestID: e.RequestID, Decision: e.Decision, AuthorizationDetails: e.AuthorizationDetails,
+		Tool: e.Tool, Display: e.Display, Nonce: nonce, ExpiresAt: exp}
+	copy(a.ArgsSHA256[:], args)
+	d, err := digest.Compute(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cdj, _ := json.Marshal(map[string]any{"type": "webauthn.get", "challenge": base64.RawURLEncoding.EncodeToString(d[:]), "origin": origin, "crossOrigin": false})
+	rp := sha256.Sum256([]byte(rpID))
+	ad := append(rp[:], flags, 0, 0, 0, 7)
+	cdHash := sha256.Sum256(cdj)
+	msg := sha256.Sum256(append(append([]byte{}, ad...), cdHash[:]...))
+	sig, err := ecdsa.SignASN1(rand.Reader, k.priv, msg[:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.Approver, e.CredentialID, e.Origin, e.RPID = "alice", k.id, origin, rpID
+	e.UserVerified = flags&flagUserVerified != 0
+	e.AuthenticatorData = base64.RawURLEncoding.EncodeToString(ad)
+	e.ClientDataJSON = base64.RawURLEncoding.EncodeToString(cdj)
+	e.Signature = base64.RawURLEncoding.EncodeToString(sig)
+}
+
+func requestFields(id string) Entry {
+	args := json.RawMessage(`{"to":"Vendor X","amount":500000,"currency":"USD"}`)
+	sum, _ := digest.ArgsSHA256(args)
+	return Entry{
+		Agent: "agent-1", Tool: "transfer", Args: args, ArgsSHA256: hex.EncodeToString(sum[:]), RequestID: id,
+		AuthorizationDetails: json.RawMessage(`[{"type":"payment_initiation","actions":["transfer"],"instructedAmount":{"currency":"USD","amount":"500000.00"},"creditorName":"Vendor X"}]`),
+		Display: "Approve $500,000.00 transfer to Vendor X", Nonce: base64.RawURLEncoding.EncodeToString(bytes.Repeat([]byte{9}, 32)),
+		ExpiresAt: "2026-03-01T09:35:00Z",
+	}
+}
+
+const origin, rpID = "http://localhost:8710", "localhost"
+
+// assertionLog builds: 1 enrolled, 2 requested, 3 assertion (approve,
+// UV), 4 approved, 5 requested, 6 denied with the key.
+func assertionLog(t *testing.T, k *softKey) []byte {
+	db := openDB(t, t.TempDir())
+	l := openLog(t, db, seededKey(1), Options{Now: stepClock()})
+	mustAppend(t, l, Entry{Kind: KindApproverEnrolled, Approver: "alice", CredentialID: k.id, PublicKey: k.cose(), Origin: origin, RPID: rpID})
+
+	req := requestFields("req-1")
+	req.Kind = KindApprovalRequested
+	mustAppend(t, l, req)
+	as := requestFields("req-1")
+	as.Kind, as.Decision = KindApprovalAssertion, digest.Approve
+	k.sign(&as, origin, rpID, flagUserPresent|flagUserVerified)
+	mustAppend(t, l, as)
+	done := requestFields("req-1")
+	done.Kind, done.Decision, done.Approver = KindApprovalApproved, digest.Approve, "alice"
+	mustAppend(t, l, done)
+
+	req2 := requestFields("req-2")
+	req2.Kind, req2.ArgsRedact = KindApprovalRequested, true
+	mustAppend(t, l, req2)
+	den := requestFields("req-2")
+	den.Kind, den.Decision, den.ArgsRedact = KindApprovalDenied, digest.Deny, true
+	k.sign(&den, origin, rpID, flagUserPresent)
+	mustAppend(t, l, den)
+	return exportBytes(t, l, 0)
+}
+
+func TestVerifyAssertions(t *testing.T) {
+	key := seededKey(1)
+	pub := pubText(key)
+	k := newSoftKey(t)
+	export := assertionLog(t, k)
+	s, err := Verify(bytes.NewReader(export), pub, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Assertions != 2 {
+		t.Fatalf("%d assertions checked, want 2", s.Assertions)
+	}
+
+	// Each forgery is re-signed with the server key, so only the
+	// approver's signature can catch it.
+	cases := []struct {
+		name   string
+		seq    int64
+		mutate func(*Entry)
+		reason string
+	}{
+		{"approve turned into deny", 3, func(e *Entry) { e.Kind, e.Decision = KindApprovalDenied, digest.Deny }, "challenge is not the action digest"},
+		{"decision field flipped", 3, func(e *Entry) { e.Decision = digest.Deny }, "does not match kind"},
+		{"deny turned into approve", 6, func(e *Entry) { e.Kind, e.Decision = KindApprovalAssertion, digest.Approve }, "challenge is not the action digest"},
+		{"other origin", 3, func(e *Entry) { e.Origin = "http://evil.example" }, "origin"},
+		{"other rp id", 3, func(e *Entry) { e.RPID = "evil.example" }, "rpIdHash"},
+		{"other amount", 3, func(e *Entry) {
+			e.Args = json.RawMessage(`{"to":"Vendor X","amount":900000,"currency":"USD"}`)
+			sum, _ := digest.ArgsSHA256(e.Args)
+			e.ArgsSHA256 = hex.EncodeToString(sum[:])
+		}, "challenge is not the action digest"},
+		{"args not matching their digest", 3, func(e *Entry) { e.Args = json.RawMessage(`{"amount":1}`) }, "args do not match"},
+		{"other display", 6, func(e *Entry) { e.Display = "Approve $5 transfer" }, "challenge"},
+		{"signature byte flipped", 3, func(e *Entry) {
+			sig, _ := base64.RawURLEncoding.DecodeString(e.Signature)
+			sig[len(sig)-1] ^= 1
+			e.Signature = base64.RawURLEncoding.EncodeToString(sig)
+		}, "signature does not verify"},
+		{"claims UV it lacks", 6, func(e *Entry) { e.UserVerified = true }, "UV flag"},
+		{"unknown credential", 3, func(e *Entry) { e.CredentialID = "AAAA" }, "was not enrolled"},
+		{"other approver", 3, func(e *Entry) { e.Approver = "mallory" }, "is not the owner"},
+		{"assertion removed", 6, func(e *Entry) { e.Signature = "" }, "carries no WebAuthn assertion"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			forged := resign(t, export, key, func(e *Entry) {
+				if e.Seq == tc.seq {
+					tc.mutate(e)
+				}
+			})
+			wantVerifyErr(t, forged, pub, nil, tc.seq, tc.reason)
+		})
+	}
+
+	t.Run("revoked before use", func(t *testing.T) {
+		lines, cp := splitExport(t, export)
+		revoke, _ := encodeLine(&Entry{Seq: 2, Kind: KindCredentialRevoked, CredentialID: k.id, Approver: "alice"})
+		withRevoke := append([][]byte{lines[0], revoke}, lines[1:]...)
+		forged := resign(t, joinExport(withRevoke, cp), key, func(e *Entry) {
+			if e.Kind != KindCredentialRevoked && e.Seq >= 2 {
+				e.Seq++
+			}
+		})
+		wantVerifyErr(t, forged, pub, nil, 4, "was revoked at seq 2")
+	})
+
+	t.Run("enrolled key of someone else", func(t *testing.T) {
+		other := newSoftKey(t)
+		forged := resign(t, export, key, func(e *Entry) {
+			if e.Kind == KindApproverEnrolled {
+				e.PublicKey = other.cose()
+			}
+		})
+		wantVerifyErr(t, forged, pub, nil, 3, "signature does not verify with the key enrolled at seq 1")
+	})
+}
