@@ -174,7 +174,7 @@ type tamperCase struct {
 	reason string
 }
 
-func exec(t *testing.T, db *sql.DB, q string, args ...any) {
+func sqlExec(t *testing.T, db *sql.DB, q string, args ...any) {
 	t.Helper()
 	if _, err := db.Exec(q, args...); err != nil {
 		t.Fatalf("%s: %v", q, err)
@@ -185,21 +185,21 @@ func TestOpenRefusesTamperedLog(t *testing.T) {
 	key := seededKey(1)
 	cases := []tamperCase{
 		{"change a field", func(t *testing.T, db *sql.DB, _ string) ed25519.PrivateKey {
-			exec(t, db, `UPDATE audit_entries SET body = replace(body, '"amount":500000', '"amount":900000') WHERE seq = 3`)
+			sqlExec(t, db, `UPDATE audit_entries SET body = replace(body, '"amount":500000', '"amount":900000') WHERE seq = 3`)
 			return key
 		}, 3, "hash does not match"},
 		{"delete a row", func(t *testing.T, db *sql.DB, _ string) ed25519.PrivateKey {
-			exec(t, db, `DELETE FROM audit_entries WHERE seq = 5`)
+			sqlExec(t, db, `DELETE FROM audit_entries WHERE seq = 5`)
 			return key
 		}, 5, "missing"},
 		{"reorder two rows", func(t *testing.T, db *sql.DB, _ string) ed25519.PrivateKey {
-			exec(t, db, `UPDATE audit_entries SET seq = -1 WHERE seq = 3`)
-			exec(t, db, `UPDATE audit_entries SET seq = 3 WHERE seq = 6`)
-			exec(t, db, `UPDATE audit_entries SET seq = 6 WHERE seq = -1`)
+			sqlExec(t, db, `UPDATE audit_entries SET seq = -1 WHERE seq = 3`)
+			sqlExec(t, db, `UPDATE audit_entries SET seq = 3 WHERE seq = 6`)
+			sqlExec(t, db, `UPDATE audit_entries SET seq = 6 WHERE seq = -1`)
 			return key
 		}, 3, "holds the entry for seq 6"},
 		{"truncate the tail", func(t *testing.T, db *sql.DB, _ string) ed25519.PrivateKey {
-			exec(t, db, `DELETE FROM audit_entries WHERE seq > 7`)
+			sqlExec(t, db, `DELETE FROM audit_entries WHERE seq > 7`)
 			return key
 		}, 8, "missing"},
 		{"swap the key", func(t *testing.T, db *sql.DB, _ string) ed25519.PrivateKey {
@@ -208,7 +208,7 @@ func TestOpenRefusesTamperedLog(t *testing.T) {
 		{"forge a checkpoint", func(t *testing.T, db *sql.DB, _ string) ed25519.PrivateKey {
 			s, _ := newSigner(seededKey(3))
 			msg, _ := signCheckpoint(s, 10, [32]byte{1})
-			exec(t, db, `INSERT INTO audit_checkpoints (size, note, created) VALUES (10, ?, 'now')`, string(msg))
+			sqlExec(t, db, `INSERT INTO audit_checkpoints (size, note, created) VALUES (10, ?, 'now')`, string(msg))
 			return key
 		}, 10, "not signed by the server key"},
 		{"splice in rows of another log", func(t *testing.T, db *sql.DB, _ string) ed25519.PrivateKey {
@@ -226,12 +226,12 @@ func TestOpenRefusesTamperedLog(t *testing.T) {
 				var seq int64
 				var hash, body string
 				rows.Scan(&seq, &hash, &body)
-				exec(t, db, `UPDATE audit_entries SET hash = ?, body = ? WHERE seq = ?`, hash, body, seq)
+				sqlExec(t, db, `UPDATE audit_entries SET hash = ?, body = ? WHERE seq = ?`, hash, body, seq)
 			}
 			return key
 		}, 3, "prev_hash"},
 		{"rewrite the tree", func(t *testing.T, db *sql.DB, _ string) ed25519.PrivateKey {
-			exec(t, db, `UPDATE audit_tree SET hash = zeroblob(32)`)
+			sqlExec(t, db, `UPDATE audit_tree SET hash = zeroblob(32)`)
 			return key
 		}, 0, "Merkle tree"},
 	}

@@ -1,0 +1,55 @@
+package audit
+
+import (
+	"bytes"
+	"crypto/ed25519"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+func TestLoadOrCreateKey(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "data")
+	k1, err := LoadOrCreateKey(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := os.Stat(filepath.Join(dir, KeyFile))
+	if err != nil || info.Mode().Perm() != 0o600 {
+		t.Fatalf("key file: %v %v", info.Mode(), err)
+	}
+	k2, err := LoadOrCreateKey(dir)
+	if err != nil || !bytes.Equal(k1, k2) {
+		t.Fatalf("second load: %v, same key %v", err, bytes.Equal(k1, k2))
+	}
+
+	path := filepath.Join(dir, KeyFile)
+	os.Chmod(path, 0o644)
+	var ke *KeyError
+	if _, err := LoadOrCreateKey(dir); !errors.As(err, &ke) {
+		t.Fatalf("world-readable key accepted: %v", err)
+	}
+	os.WriteFile(path, []byte("not a key"), 0o600)
+	os.Chmod(path, 0o600)
+	if _, err := LoadOrCreateKey(dir); !errors.As(err, &ke) {
+		t.Fatalf("garbage key accepted: %v", err)
+	}
+}
+
+func TestPublicKeyText(t *testing.T) {
+	key := seededKey(1)
+	text := PublicKeyText(key.Public().(ed25519.PublicKey))
+	pub, v, err := ParsePublicKey(" " + text + "\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(pub, key.Public().(ed25519.PublicKey)) || v.Name() != KeyName {
+		t.Fatal("round trip lost the key")
+	}
+	for _, bad := range []string{"", "countersign", "other+00000000+AQ==", text[:len(text)-4]} {
+		if _, _, err := ParsePublicKey(bad); err == nil {
+			t.Errorf("ParsePublicKey(%q) accepted", bad)
+		}
+	}
+}
