@@ -1,0 +1,467 @@
+package approval
+
+import (
+	"crypto/rand"
+	"crypto/subtle"
+	"embed"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"html/template"
+	"io"
+	"io/fs"
+	"log/slog"
+	"mime"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+)
+
+//go:embed web
+var webFS embed.FS
+
+var pages = template.Must(template.New("").Funcs(template.FuncMap{
+	"lines":    displayLines,
+	"rfc3339":  func(t time.Time) string { return t.UTC().Format(time.RFC3339) },
+	"short":    func(t time.Time) string { return t.UTC().Format("2006-01-02 15:04:05 UTC") },
+	"join":     strings.Join,
+	"contains": slices.Contains[[]string],
+}).ParseFS(webFS, "web/*.html"))
+
+// displayLine is one "Label: value" line of the display text; the page
+// shows both halves verbatim.
+type displayLine struct {
+	Label, Value string
+	Warning      bool
+}
+
+func displayLines(display string) []displayLine {
+	var out []displayLine
+	for _, l := range strings.Split(display, "\n") {
+		label, value, ok := strings.Cut(l, ": ")
+		if !ok {
+			label, value = "", l
+		}
+		out = append(out, displayLine{Label: label, Value: value, Warning: strings.HasPrefix(l, WarningPrefix)})
+	}
+	return out
+}
+
+const csrfCookie = "countersign_csrf"
+
+// Handler is the approver page and its JSON and event-stream endpoints,
+// wrapped in every protective layer: security headers and CSP, Host check,
+// cross-origin and CSRF checks on every POST, body size limit, JSON only.
+func (s *Service) Handler() http.Handler {
+	mux := http.NewServeMux()
+	static, _ := fs.Sub(webFS, "web/static")
+	mux.Handle("GET /static/", http.StripPrefix("/static/", http.FileServerFS(static)))
+	mux.HandleFunc("GET /{$}", s.pageIndex)
+	mux.HandleFunc("GET /requests/{id}", s.pageRequest)
+	mux.HandleFunc("GET /enroll/{token}", s.pageEnroll)
+	mux.HandleFunc("GET /api/requests", s.apiList)
+	mux.HandleFunc("GET /api/requests/{id}", s.apiGet)
+	mux.HandleFunc("GET /api/events", s.apiEvents)
+	mux.HandleFunc("POST /api/requests/{id}/begin", s.apiBegin)
+	mux.HandleFunc("POST /api/requests/{id}/finish", s.apiFinish)
+	mux.HandleFunc("POST /api/enroll/{token}/begin", s.apiEnrollBegin)
+	mux.HandleFunc("POST /api/enroll/{token}/finish", s.apiEnrollFinish)
+
+	var h http.Handler = mux
+	h = s.limitJSONBody(h)
+	h = s.checkCSRF(h)
+	h = s.checkOrigin(h)
+	h = s.checkHost(h)
+	h = securityHeaders(h)
+	return h
+}
+
+func securityHeaders(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := w.Header()
+		h.Set("Content-Security-Policy", "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "+
+			"object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+		h.Set("X-Frame-Options", "DENY")
+		h.Set("X-Content-Type-Options", "nosniff")
+		h.Set("Referrer-Policy", "no-referrer")
+		h.Set("Cross-Origin-Opener-Policy", "same-origin")
+		h.Set("Cache-Control", "no-store")
+		next.ServeHTTP(w, r)
+	})
+}
+
+// checkHost refuses any Host header not in AllowedHosts: a page reached
+// through another name (DNS rebinding) gets 403.
+func (s *Service) checkHost(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !slices.ContainsFunc(s.opts.AllowedHosts, func(h string) bool { return strings.EqualFold(h, r.Host) }) {
+			slog.Warn("approval page: refused host", "host", r.Host, "remote", r.RemoteAddr)
+			writeError(w, http.StatusForbidden, "host_not_allowed", fmt.Sprintf("host %q is not allowed", r.Host))
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// checkOrigin requires every state-changing request to come from one of
+// our origins: Origin must be configured, and Sec-Fetch-Site, when sent,
+// same-origin.
+func (s *Service) checkOrigin(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if isSafe(r.Method) {
+			next.ServeHTTP(w, r)
+			return
+		}
+		origin := r.Header.Get("Origin")
+		if !slices.Contains(s.opts.Origins, origin) {
+			writeError(w, http.StatusForbidden, "origin", fmt.Sprintf("origin %q is not allowed", origin))
+			return
+		}
+		if site := r.Header.Get("Sec-Fetch-Site"); site != "" && site != "same-origin" {
+			writeError(w, http.StatusForbidden, "origin", "cross-site request refused (Sec-Fetch-Site: "+site+")")
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// checkCSRF is a double-submit token: pages set a random cookie and put
+// the same value in a meta tag; POSTs echo it in X-CSRF-Token.
+func (s *Service) checkCSRF(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if isSafe(r.Method) {
+			next.ServeHTTP(w, r)
+			return
+		}
+		c, err := r.Cookie(csrfCookie)
+		tok := r.Header.Get("X-CSRF-Token")
+		if err != nil || len(c.Value) < 32 || subtle.ConstantTimeCompare([]byte(c.Value), []byte(tok)) != 1 {
+			writeError(w, http.StatusForbidden, "csrf", "missing or wrong CSRF token; reload the page")
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// limitJSONBody refuses non-JSON POSTs (415) and bodies over MaxBodyBytes
+// (413).
+func (s *Service) limitJSONBody(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if isSafe(r.Method) {
+			next.ServeHTTP(w, r)
+			return
+		}
+		if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
+			writeError(w, http.StatusUnsupportedMediaType, "content_type", "send application/json")
+			return
+		}
+		if r.ContentLength > s.opts.MaxBodyBytes {
+			writeError(w, http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("body over %d bytes", s.opts.MaxBodyBytes))
+			return
+		}
+		r.Body = http.MaxBytesReader(w, r.Body, s.opts.MaxBodyBytes)
+		next.ServeHTTP(w, r)
+	})
+}
+
+func isSafe(method string) bool {
+	return method == http.MethodGet || method == http.MethodHead || method == http.MethodOptions
+}
+
+type apiError struct {
+	Error string `json:"error"`
+	Check string `json:"check,omitempty"`
+}
+
+func writeError(w http.ResponseWriter, status int, check, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(apiError{Error: msg, Check: check})
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(v)
+}
+
+// fail maps a service error to a status and a JSON body.
+func fail(w http.ResponseWriter, err error) {
+	var ce *CheckError
+	switch {
+	case errors.As(err, &ce):
+		status := http.StatusForbidden
+		if errors.Is(err, ErrNotPending) || errors.Is(err, ErrExpired) {
+			status = http.StatusConflict
+		}
+		if errors.Is(err, ErrMalformed) {
+			status = http.StatusBadRequest
+		}
+		writeError(w, status, ce.Check, "refused: "+err.Error())
+	case errors.Is(err, ErrNotFound), errors.Is(err, ErrEnrollment):
+		writeError(w, http.StatusNotFound, "not_found", err.Error())
+	case errors.Is(err, ErrInvalidRequest):
+		writeError(w, http.StatusBadRequest, "invalid", err.Error())
+	default:
+		slog.Error("approval page", "err", err)
+		writeError(w, http.StatusInternalServerError, "internal", "internal error; see the server log")
+	}
+}
+
+// decodeJSON reads a size-limited JSON body into v, strictly.
+func decodeJSON(w http.ResponseWriter, r *http.Request, v any) bool {
+	body, err := io.ReadAll(r.Body)
+	var mbe *http.MaxBytesError
+	if errors.As(err, &mbe) {
+		writeError(w, http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("body over %d bytes", mbe.Limit))
+		return false
+	}
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "malformed", "cannot read body")
+		return false
+	}
+	dec := json.NewDecoder(strings.NewReader(string(body)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		writeError(w, http.StatusBadRequest, "malformed", "bad JSON: "+err.Error())
+		return false
+	}
+	if dec.More() {
+		writeError(w, http.StatusBadRequest, "malformed", "bad JSON: trailing data")
+		return false
+	}
+	return true
+}
+
+// csrfToken returns the page's token, setting the cookie on first visit.
+func csrfToken(w http.ResponseWriter, r *http.Request) string {
+	if c, err := r.Cookie(csrfCookie); err == nil && len(c.Value) >= 32 {
+		return c.Value
+	}
+	b := make([]byte, 32)
+	rand.Read(b)
+	tok := b64(b)
+	http.SetCookie(w, &http.Cookie{Name: csrfCookie, Value: tok, Path: "/", HttpOnly: true, SameSite: http.SameSiteStrictMode})
+	return tok
+}
+
+type pageData struct {
+	Title    string
+	CSRF     string
+	Pending  []*Request
+	History  []*Request
+	Keys     []Credential
+	Request  *Request
+	Approver string
+	NotFound bool
+}
+
+func (s *Service) render(w http.ResponseWriter, r *http.Request, name string, d pageData) {
+	d.CSRF = csrfToken(w, r)
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	if err := pages.ExecuteTemplate(w, name, d); err != nil {
+		slog.Error("approval page: render", "page", name, "err", err)
+	}
+}
+
+func (s *Service) pageIndex(w http.ResponseWriter, r *http.Request) {
+	pending, err := s.list(r.Context(), true, 100)
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	history, err := s.list(r.Context(), false, 50)
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	keys, err := s.Credentials(r.Context())
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	s.render(w, r, "index.html", pageData{Title: "Approvals", Pending: pending, History: history, Keys: keys})
+}
+
+func (s *Service) pageRequest(w http.ResponseWriter, r *http.Request) {
+	req, err := s.Get(r.Context(), r.PathValue("id"))
+	if errors.Is(err, ErrNotFound) {
+		w.WriteHeader(http.StatusNotFound)
+		s.render(w, r, "request.html", pageData{Title: "Not found", NotFound: true})
+		return
+	}
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	s.render(w, r, "request.html", pageData{Title: req.Tool + " " + req.Code, Request: req})
+}
+
+func (s *Service) pageEnroll(w http.ResponseWriter, r *http.Request) {
+	e, err := s.enrollment(r.Context(), r.PathValue("token"))
+	if err != nil {
+		w.WriteHeader(http.StatusNotFound)
+		s.render(w, r, "enroll.html", pageData{Title: "Enrollment link not valid", NotFound: true})
+		return
+	}
+	s.render(w, r, "enroll.html", pageData{Title: "Register a security key", Approver: s.approverName(e.approverID)})
+}
+
+// requestJSON is the page's view of a request.
+type requestJSON struct {
+	ID             string          `json:"id"`
+	Tool           string          `json:"tool"`
+	Agent          string          `json:"agent"`
+	Level          string          `json:"level"`
+	State          string          `json:"state"`
+	Code           string          `json:"code"`
+	BindingMessage string          `json:"bindingMessage"`
+	Display        string          `json:"display"`
+	Details        json.RawMessage `json:"authorizationDetails"`
+	ExpiresAt      time.Time       `json:"expiresAt"`
+	Approvers      []string        `json:"approvers"`
+	ApproverNames  []string        `json:"approverNames"`
+	Approvals      []string        `json:"approvals"`
+	Quorum         int             `json:"quorum"`
+	DecidedBy      string          `json:"decidedBy,omitempty"`
+	DecidedAt      *time.Time      `json:"decidedAt,omitempty"`
+	Reason         string          `json:"reason,omitempty"`
+	URL            string          `json:"url"`
+}
+
+func toJSON(r *Request) requestJSON {
+	out := requestJSON{
+		ID: r.ID, Tool: r.Tool, Agent: r.Agent, Level: r.Level, State: r.State, Code: r.Code,
+		BindingMessage: r.BindingMessage, Display: r.Display, Details: r.AuthorizationDetails,
+		ExpiresAt: r.ExpiresAt, Approvers: r.Approvers, ApproverNames: r.ApproverNames,
+		Approvals: r.Approvals, Quorum: r.Quorum, DecidedBy: r.DecidedBy, Reason: r.Reason, URL: "/requests/" + r.ID,
+	}
+	if out.Approvals == nil {
+		out.Approvals = []string{}
+	}
+	if !r.DecidedAt.IsZero() {
+		out.DecidedAt = &r.DecidedAt
+	}
+	return out
+}
+
+func (s *Service) apiList(w http.ResponseWriter, r *http.Request) {
+	pending, err := s.list(r.Context(), true, 100)
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	history, err := s.list(r.Context(), false, 50)
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	out := struct {
+		Pending []requestJSON `json:"pending"`
+		History []requestJSON `json:"history"`
+	}{Pending: []requestJSON{}, History: []requestJSON{}}
+	for _, p := range pending {
+		out.Pending = append(out.Pending, toJSON(p))
+	}
+	for _, h := range history {
+		out.History = append(out.History, toJSON(h))
+	}
+	writeJSON(w, out)
+}
+
+func (s *Service) apiGet(w http.ResponseWriter, r *http.Request) {
+	req, err := s.Get(r.Context(), r.PathValue("id"))
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	writeJSON(w, toJSON(req))
+}
+
+// apiEvents streams "change" events; the page then re-reads what it shows.
+func (s *Service) apiEvents(w http.ResponseWriter, r *http.Request) {
+	rc := http.NewResponseController(w)
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("X-Accel-Buffering", "no")
+	io.WriteString(w, "retry: 2000\n\n")
+	if err := rc.Flush(); err != nil {
+		return
+	}
+	heartbeat := time.NewTicker(15 * time.Second)
+	defer heartbeat.Stop()
+	for {
+		ch := s.changes()
+		select {
+		case <-r.Context().Done():
+			return
+		case <-s.stop:
+			return
+		case <-heartbeat.C:
+			io.WriteString(w, ": keep-alive\n\n")
+		case <-ch:
+			io.WriteString(w, "event: change\ndata: {}\n\n")
+		}
+		if err := rc.Flush(); err != nil {
+			return
+		}
+	}
+}
+
+func (s *Service) apiBegin(w http.ResponseWriter, r *http.Request) {
+	var body struct {
+		Decision string `json:"decision"`
+	}
+	if !decodeJSON(w, r, &body) {
+		return
+	}
+	opts, err := s.BeginDecision(r.Context(), r.PathValue("id"), body.Decision)
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	writeJSON(w, opts)
+}
+
+type finishBody struct {
+	Ceremony   string          `json:"ceremony"`
+	Credential json.RawMessage `json:"credential"`
+}
+
+func (s *Service) apiFinish(w http.ResponseWriter, r *http.Request) {
+	var body finishBody
+	if !decodeJSON(w, r, &body) {
+		return
+	}
+	req, err := s.FinishDecision(r.Context(), r.PathValue("id"), body.Ceremony, body.Credential)
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	writeJSON(w, toJSON(req))
+}
+
+func (s *Service) apiEnrollBegin(w http.ResponseWriter, r *http.Request) {
+	var body struct{}
+	if !decodeJSON(w, r, &body) {
+		return
+	}
+	opts, err := s.BeginEnrollment(r.Context(), r.PathValue("token"))
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	writeJSON(w, opts)
+}
+
+func (s *Service) apiEnrollFinish(w http.ResponseWriter, r *http.Request) {
+	var body finishBody
+	if !decodeJSON(w, r, &body) {
+		return
+	}
+	res, err := s.FinishEnrollment(r.Context(), r.PathValue("token"), body.Ceremony, body.Credential)
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	writeJSON(w, res)
+}

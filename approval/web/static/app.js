@@ -1,0 +1,181 @@
+// Countersign approver page. No inline script: CSP allows only this file.
+"use strict";
+
+const csrf = document.querySelector('meta[name="csrf-token"]').content;
+
+async function post(url, body) {
+  const res = await fetch(url, {
+    method: "POST",
+    credentials: "same-origin",
+    headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf },
+    body: JSON.stringify(body),
+  });
+  const data = await res.json().catch(() => ({ error: "bad response (" + res.status + ")" }));
+  if (!res.ok) {
+    const err = new Error(data.error || "request failed");
+    err.check = data.check;
+    throw err;
+  }
+  return data;
+}
+
+function el(tag, cls, text) {
+  const e = document.createElement(tag);
+  if (cls) e.className = cls;
+  if (text !== undefined) e.textContent = text;
+  return e;
+}
+
+function setOutcome(text, kind) {
+  const o = document.getElementById("outcome");
+  if (!o) return;
+  o.textContent = text;
+  o.className = "outcome " + (kind || "");
+}
+
+function events(onChange) {
+  if (!window.EventSource) return;
+  const es = new EventSource("/api/events");
+  es.addEventListener("change", onChange);
+}
+
+// Request page.
+function requestPage(section) {
+  const id = section.dataset.id;
+  const expires = new Date(section.dataset.expires);
+  const approve = document.getElementById("approve");
+  const deny = document.getElementById("deny");
+  let busy = false;
+
+  function render(r) {
+    section.dataset.state = r.state;
+    const st = document.getElementById("state");
+    st.textContent = r.state;
+    st.className = "state state-" + r.state;
+    document.getElementById("count").textContent = String(r.approvals.length);
+    const pending = r.state === "pending";
+    approve.disabled = deny.disabled = busy || !pending;
+    document.getElementById("actions").hidden = !pending;
+    if (!pending && !busy) {
+      let t = "This request is " + r.state;
+      if (r.decidedBy) t += " (" + r.decidedBy + ")";
+      if (r.reason) t += ": " + r.reason;
+      setOutcome(t + ".", r.state === "approved" || r.state === "executed" ? "ok" : "bad");
+    }
+  }
+
+  async function refresh() {
+    const res = await fetch("/api/requests/" + encodeURIComponent(id), { credentials: "same-origin" });
+    if (res.ok) render(await res.json());
+  }
+
+  function tick() {
+    const left = Math.max(0, Math.floor((expires - Date.now()) / 1000));
+    const m = Math.floor(left / 60), s = left % 60;
+    document.getElementById("timeleft").textContent =
+      section.dataset.state === "pending" ? (left === 0 ? "expired" : m + "m " + String(s).padStart(2, "0") + "s") : "—";
+  }
+
+  async function decide(decision) {
+    busy = true;
+    approve.disabled = deny.disabled = true;
+    setOutcome(decision === "approve" ? "Touch your security key to approve…" : "Touch your security key to deny…", "");
+    try {
+      const begin = await post("/api/requests/" + encodeURIComponent(id) + "/begin", { decision });
+      const publicKey = PublicKeyCredential.parseRequestOptionsFromJSON(begin.publicKey);
+      const cred = await navigator.credentials.get({ publicKey });
+      const r = await post("/api/requests/" + encodeURIComponent(id) + "/finish", {
+        ceremony: begin.ceremony,
+        credential: cred.toJSON(),
+      });
+      busy = false;
+      render(r);
+      if (r.state === "pending") {
+        setOutcome("Your approval is counted: " + r.approvals.length + " of " + r.quorum + ". Waiting for the others.", "ok");
+      }
+    } catch (e) {
+      busy = false;
+      setOutcome("Not recorded: " + e.message, "bad");
+      refresh();
+    }
+  }
+
+  approve.addEventListener("click", () => decide("approve"));
+  deny.addEventListener("click", () => decide("deny"));
+  events(refresh);
+  tick();
+  setInterval(tick, 1000);
+  refresh();
+}
+
+// Pending list and history.
+function indexPage(list) {
+  const history = document.querySelector("#history tbody");
+  async function refresh() {
+    const res = await fetch("/api/requests", { credentials: "same-origin" });
+    if (!res.ok) return;
+    const data = await res.json();
+    list.replaceChildren();
+    if (data.pending.length === 0) list.append(el("li", "empty", "Nothing is waiting."));
+    for (const r of data.pending) {
+      const li = el("li", "card level-" + r.level);
+      const a = el("a");
+      a.href = r.url;
+      a.append(el("span", "badge level-" + r.level, r.level), " ", el("span", "msg", r.bindingMessage),
+        el("span", "sub", r.tool + " · agent " + r.agent + " · " + r.approvals.length + "/" + r.quorum + " approvals"));
+      li.append(a);
+      list.append(li);
+    }
+    history.replaceChildren();
+    for (const r of data.history) {
+      const tr = el("tr");
+      const td = el("td");
+      const a = el("a", "", r.bindingMessage);
+      a.href = r.url;
+      td.append(a);
+      tr.append(td, el("td", "state state-" + r.state, r.state), el("td", "", r.decidedBy || ""),
+        el("td", "", r.decidedAt ? new Date(r.decidedAt).toISOString().replace("T", " ").slice(0, 19) + " UTC" : ""));
+      history.append(tr);
+    }
+  }
+  events(refresh);
+}
+
+// Enrollment page.
+function enrollPage() {
+  const button = document.getElementById("register");
+  const token = location.pathname.split("/").pop();
+  button.addEventListener("click", async () => {
+    button.disabled = true;
+    try {
+      for (;;) {
+        const begin = await post("/api/enroll/" + encodeURIComponent(token) + "/begin", {});
+        let cred;
+        if (begin.step === "get") {
+          setOutcome("Touch one of your existing keys to vouch for the new one…", "");
+          cred = await navigator.credentials.get({ publicKey: PublicKeyCredential.parseRequestOptionsFromJSON(begin.publicKey) });
+        } else {
+          setOutcome("Touch the new security key…", "");
+          cred = await navigator.credentials.create({ publicKey: PublicKeyCredential.parseCreationOptionsFromJSON(begin.publicKey) });
+        }
+        const r = await post("/api/enroll/" + encodeURIComponent(token) + "/finish", {
+          ceremony: begin.ceremony,
+          credential: cred.toJSON(),
+        });
+        if (r.done) {
+          setOutcome("Key registered (" + r.credentialId.slice(0, 12) + "…). You can close this page.", "ok");
+          return;
+        }
+      }
+    } catch (e) {
+      setOutcome("Not registered: " + e.message, "bad");
+      button.disabled = false;
+    }
+  });
+}
+
+const req = document.getElementById("request");
+if (req) requestPage(req);
+const pending = document.getElementById("pending");
+if (pending) indexPage(pending);
+if (document.getElementById("enroll")) enrollPage();
