@@ -211,6 +211,7 @@ func (s *Service) RevokeCredential(ctx context.Context, credentialID, reason str
 	if err != nil {
 		return err
 	}
+	err = s.flush(ctx, false)
 	s.notify()
-	return s.flush(ctx, false)
+	return err
 }

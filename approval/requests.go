@@ -431,8 +431,9 @@ func (s *Service) endRequest(ctx context.Context, id, state, by, reason string) 
 	if err != nil {
 		return err
 	}
+	err = s.flush(ctx, false)
 	s.notify()
-	return s.flush(ctx, false)
+	return err
 }
 
 // requestEntry is the audit entry for r with the fields every request
