@@ -124,11 +124,9 @@ func (s *Service) BeginDecision(ctx context.Context, requestID, decision string)
 	if err != nil {
 		return nil, fmt.Errorf("approval: begin assertion: %w", err)
 	}
-	expires := s.now().Add(ceremonyTTL)
-	if r.ExpiresAt.Before(expires) {
-		expires = r.ExpiresAt
-	}
-	id, err := s.storeCeremony(ctx, "decision", requestID, nil, decision, session, expires)
+	// The ceremony outlives the request on purpose: an assertion that
+	// arrives late is refused by the "expired" check, which says so.
+	id, err := s.storeCeremony(ctx, "decision", requestID, nil, decision, session, s.now().Add(ceremonyTTL))
 	if err != nil {
 		return nil, err
 	}
@@ -258,11 +256,11 @@ func protoDetail(err error) string {
 // named error, then lets go-webauthn verify the signature and the rest.
 func (s *Service) verifyAssertion(ac assertionCheck, p *protocol.ParsedCredentialAssertionData) (*verified, error) {
 	r := ac.req
+	if r.State == StateExpired || (r.State == StatePending && !ac.now.Before(r.ExpiresAt)) {
+		return nil, failf(ErrExpired, "expired at %s", digest.FormatTime(r.ExpiresAt))
+	}
 	if r.State != StatePending {
 		return nil, failf(ErrNotPending, "request is %s", r.State)
-	}
-	if !ac.now.Before(r.ExpiresAt) {
-		return nil, failf(ErrExpired, "expired at %s", digest.FormatTime(r.ExpiresAt))
 	}
 	cd := p.Response.CollectedClientData
 	if cd.Type != protocol.AssertCeremony {

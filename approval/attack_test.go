@@ -1,0 +1,303 @@
+package approval
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/countersign/countersign/approval/digest"
+	"github.com/countersign/countersign/audit"
+)
+
+// Every attack must fail closed and leave an approval.rejected entry that
+// names the check.
+
+func TestReplayIsRejected(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	alice, bob := newSoftKey(t, "localhost", testOrigin), newSoftKey(t, "localhost", testOrigin)
+	f.enroll(t, "alice", alice)
+	f.enroll(t, "bob", bob)
+	nr := paymentRequest("alice", "bob")
+	nr.Level = "critical"
+	req, _ := f.svc.Create(ctx, nr)
+	ceremony, captured := f.sign(t, req.ID, digest.Approve, alice)
+	if _, err := f.svc.FinishDecision(ctx, req.ID, ceremony, captured); err != nil {
+		t.Fatal(err)
+	}
+
+	// Same ceremony again.
+	if _, err := f.svc.FinishDecision(ctx, req.ID, ceremony, captured); !errors.Is(err, ErrCeremony) {
+		t.Fatalf("replay on used ceremony: %v", err)
+	}
+	f.rec.requireRejected(t, ErrCeremony)
+
+	// A fresh ceremony on the same request: the digest is the same, so
+	// the replay check must catch it.
+	opts, err := f.svc.BeginDecision(ctx, req.ID, digest.Approve)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.svc.FinishDecision(ctx, req.ID, opts.Ceremony, captured); !errors.Is(err, ErrReplay) {
+		t.Fatalf("replay on same request: %v", err)
+	}
+	f.rec.requireRejected(t, ErrReplay)
+
+	// Another request: the digest differs.
+	other, _ := f.svc.Create(ctx, nr)
+	opts, _ = f.svc.BeginDecision(ctx, other.ID, digest.Approve)
+	if _, err := f.svc.FinishDecision(ctx, other.ID, opts.Ceremony, captured); !errors.Is(err, ErrChallenge) {
+		t.Fatalf("replay on another request: %v", err)
+	}
+	f.rec.requireRejected(t, ErrChallenge)
+
+	for _, id := range []string{req.ID, other.ID} {
+		if r, _ := f.svc.Get(ctx, id); r.State != StatePending || (id == other.ID && len(r.Approvals) != 0) {
+			t.Fatalf("%s after replays: %+v", id, r)
+		}
+	}
+}
+
+func TestDecisionCannotBeSwapped(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	alice := newSoftKey(t, "localhost", testOrigin)
+	f.enroll(t, "alice", alice)
+	req, _ := f.svc.Create(ctx, paymentRequest("alice"))
+
+	approveOpts, _ := f.svc.BeginDecision(ctx, req.ID, digest.Approve)
+	denyOpts, _ := f.svc.BeginDecision(ctx, req.ID, digest.Deny)
+	signedApprove := alice.get(approveOpts.PublicKey.Challenge.String())
+	signedDeny := alice.get(denyOpts.PublicKey.Challenge.String())
+
+	if _, err := f.svc.FinishDecision(ctx, req.ID, denyOpts.Ceremony, signedApprove); !errors.Is(err, ErrChallenge) {
+		t.Fatalf("approve assertion as deny: %v", err)
+	}
+	f.rec.requireRejected(t, ErrChallenge)
+	if _, err := f.svc.FinishDecision(ctx, req.ID, approveOpts.Ceremony, signedDeny); !errors.Is(err, ErrChallenge) {
+		t.Fatalf("deny assertion as approve: %v", err)
+	}
+	f.rec.requireRejected(t, ErrChallenge)
+	if r, _ := f.svc.Get(ctx, req.ID); r.State != StatePending {
+		t.Fatalf("state %s", r.State)
+	}
+}
+
+func TestAssertionChecks(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	alice, bob, carol := newSoftKey(t, "localhost", testOrigin), newSoftKey(t, "localhost", testOrigin), newSoftKey(t, "localhost", testOrigin)
+	f.enroll(t, "alice", alice)
+	f.enroll(t, "bob", bob)
+	f.enroll(t, "carol", carol)
+
+	try := func(t *testing.T, key *softKey, approvers []string, want *CheckError) {
+		t.Helper()
+		req, err := f.svc.Create(ctx, paymentRequest(approvers...))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.decide(t, req.ID, digest.Approve, key); !errors.Is(err, want) {
+			t.Fatalf("got %v, want %s", err, want.Check)
+		}
+		f.rec.requireRejected(t, want)
+		if r, _ := f.svc.Get(ctx, req.ID); r.State != StatePending || len(r.Approvals) != 0 {
+			t.Fatalf("after refused assertion: %+v", r)
+		}
+		if err := f.svc.BeginExecution(ctx, req.ID); !errors.Is(err, ErrNotApproved) {
+			t.Fatalf("BeginExecution: %v", err)
+		}
+	}
+
+	t.Run("wrong origin", func(t *testing.T) {
+		alice.origin = "http://evil.example:8710"
+		defer func() { alice.origin = testOrigin }()
+		try(t, alice, []string{"alice"}, ErrOrigin)
+	})
+	t.Run("wrong rp id", func(t *testing.T) {
+		alice.rpID = "evil.example"
+		defer func() { alice.rpID = "localhost" }()
+		try(t, alice, []string{"alice"}, ErrRPID)
+	})
+	t.Run("unknown credential", func(t *testing.T) {
+		try(t, newSoftKey(t, "localhost", testOrigin), []string{"alice"}, ErrUnknownCredential)
+	})
+	t.Run("approver not allowed", func(t *testing.T) {
+		try(t, carol, []string{"alice", "bob"}, ErrApproverNotAllowed)
+	})
+	t.Run("bad signature", func(t *testing.T) {
+		forger := newSoftKey(t, "localhost", testOrigin)
+		forger.id = bob.id // claims bob's credential, signs with another key
+		forger.counter = 100
+		try(t, forger, []string{"bob"}, ErrSignature)
+	})
+	t.Run("counter regression", func(t *testing.T) {
+		req, _ := f.svc.Create(ctx, paymentRequest("alice"))
+		if _, err := f.decide(t, req.ID, digest.Approve, alice); err != nil {
+			t.Fatal(err)
+		}
+		alice.counter -= 2 // a clone that is behind
+		try(t, alice, []string{"alice"}, ErrCounter)
+		alice.counter += 10
+	})
+	t.Run("revoked credential", func(t *testing.T) {
+		if err := f.svc.RevokeCredential(ctx, enc(carol.id), "lost"); err != nil {
+			t.Fatal(err)
+		}
+		if e, _ := f.rec.last(audit.KindCredentialRevoked); e.CredentialID != enc(carol.id) || e.Reason != "lost" {
+			t.Fatalf("revoked entry %+v", e)
+		}
+		try(t, carol, []string{"alice", "carol"}, ErrRevokedCredential)
+	})
+}
+
+func TestSameApproverTwiceIsOneVote(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	key1, key2 := newSoftKey(t, "localhost", testOrigin), newSoftKey(t, "localhost", testOrigin)
+	f.enroll(t, "alice", key1)
+
+	// Alice's second key: the link needs one of her keys to vouch first.
+	link, _ := f.svc.CreateEnrollment(ctx, "alice")
+	token := link[strings.LastIndex(link, "/")+1:]
+	step, err := f.svc.BeginEnrollment(ctx, token)
+	if err != nil || step.Step != "get" {
+		t.Fatalf("second key first step %+v %v", step, err)
+	}
+	// A create ceremony cannot be slipped in before the vouching one.
+	var opts struct {
+		Challenge string `json:"challenge"`
+	}
+	if err := json.Unmarshal(step.PublicKey, &opts); err != nil {
+		t.Fatal(err)
+	}
+	key2.handle = key1.handle
+	if _, err := f.svc.FinishEnrollment(ctx, token, step.Ceremony, key2.get(opts.Challenge)); !errors.Is(err, ErrUnknownCredential) {
+		t.Fatalf("new key vouching for itself: %v", err)
+	}
+	step, _ = f.svc.BeginEnrollment(ctx, token)
+	json.Unmarshal(step.PublicKey, &opts)
+	if res, err := f.svc.FinishEnrollment(ctx, token, step.Ceremony, key1.get(opts.Challenge)); err != nil || res.Done {
+		t.Fatalf("vouching: %+v %v", res, err)
+	}
+	step, _ = f.svc.BeginEnrollment(ctx, token)
+	if step.Step != "create" {
+		t.Fatalf("after vouching step %q", step.Step)
+	}
+	if _, err := f.svc.FinishEnrollment(ctx, token, step.Ceremony, key2.create(t, step.PublicKey)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.svc.BeginEnrollment(ctx, token); !errors.Is(err, ErrEnrollment) {
+		t.Fatalf("link reused: %v", err)
+	}
+
+	bob := newSoftKey(t, "localhost", testOrigin)
+	f.enroll(t, "bob", bob)
+	nr := paymentRequest("alice", "bob")
+	nr.Level = "critical"
+	req, _ := f.svc.Create(ctx, nr)
+	if _, err := f.decide(t, req.ID, digest.Approve, key1); err != nil {
+		t.Fatal(err)
+	}
+	// Alice's other key is no longer offered; a page that uses it anyway
+	// is refused, and alice still counts once.
+	opts2, err := f.svc.BeginDecision(ctx, req.ID, digest.Approve)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(opts2.PublicKey.AllowedCredentials) != 1 || string(opts2.PublicKey.AllowedCredentials[0].CredentialID) != string(bob.id) {
+		t.Fatalf("offered %+v, want only bob's key", opts2.PublicKey.AllowedCredentials)
+	}
+	if _, err := f.svc.FinishDecision(ctx, req.ID, opts2.Ceremony, key2.get(opts2.PublicKey.Challenge.String())); !errors.Is(err, ErrAlreadyCounted) {
+		t.Fatalf("alice twice: %v", err)
+	}
+	f.rec.requireRejected(t, ErrAlreadyCounted)
+	if r, _ := f.svc.Get(ctx, req.ID); r.State != StatePending || len(r.Approvals) != 1 {
+		t.Fatalf("after alice twice: %+v", r)
+	}
+	if _, err := f.decide(t, req.ID, digest.Approve, bob); err != nil {
+		t.Fatal(err)
+	}
+	if r, _ := f.svc.Get(ctx, req.ID); r.State != StateApproved {
+		t.Fatalf("alice and bob: %s", r.State)
+	}
+}
+
+func TestApproveAfterExpiry(t *testing.T) {
+	var nowNS atomic.Int64
+	nowNS.Store(time.Now().UnixNano())
+	f := newFixture(t, func(o *Options) { o.Now = func() time.Time { return time.Unix(0, nowNS.Load()) } })
+	ctx := context.Background()
+	alice := newSoftKey(t, "localhost", testOrigin)
+	f.enroll(t, "alice", alice)
+	req, _ := f.svc.Create(ctx, paymentRequest("alice"))
+	ceremony, resp := f.sign(t, req.ID, digest.Approve, alice)
+	nowNS.Add(int64(2 * time.Minute))
+	if _, err := f.svc.FinishDecision(ctx, req.ID, ceremony, resp); !errors.Is(err, ErrExpired) {
+		t.Fatalf("approve after expiry: %v", err)
+	}
+	f.rec.requireRejected(t, ErrExpired)
+	r, _ := f.svc.Get(ctx, req.ID)
+	if r.State != StateExpired {
+		t.Fatalf("state %s", r.State)
+	}
+	if err := f.svc.BeginExecution(ctx, req.ID); !errors.Is(err, ErrNotApproved) {
+		t.Fatalf("BeginExecution: %v", err)
+	}
+}
+
+func TestConcurrentApprovalsOneWins(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	alice, bob := newSoftKey(t, "localhost", testOrigin), newSoftKey(t, "localhost", testOrigin)
+	f.enroll(t, "alice", alice)
+	f.enroll(t, "bob", bob)
+	for round := range 5 {
+		req, _ := f.svc.Create(ctx, paymentRequest("alice", "bob"))
+		c1, r1 := f.sign(t, req.ID, digest.Approve, alice)
+		c2, r2 := f.sign(t, req.ID, digest.Approve, bob)
+		var wg sync.WaitGroup
+		errs := make([]error, 2)
+		for i, job := range []struct {
+			c string
+			r []byte
+		}{{c1, r1}, {c2, r2}} {
+			wg.Go(func() { _, errs[i] = f.svc.FinishDecision(ctx, req.ID, job.c, job.r) })
+		}
+		wg.Wait()
+		if (errs[0] == nil) == (errs[1] == nil) {
+			t.Fatalf("round %d: both or neither won: %v", round, errs)
+		}
+		for _, err := range errs {
+			if err != nil && !errors.Is(err, ErrNotPending) {
+				t.Fatalf("loser's error %v", err)
+			}
+		}
+		var wins atomic.Int32
+		for range 4 {
+			wg.Go(func() {
+				if f.svc.BeginExecution(ctx, req.ID) == nil {
+					wins.Add(1)
+				}
+			})
+		}
+		wg.Wait()
+		if wins.Load() != 1 {
+			t.Fatalf("round %d: %d executions claimed", round, wins.Load())
+		}
+		n := 0
+		for _, k := range f.rec.kinds(req.ID) {
+			if k == audit.KindApprovalApproved {
+				n++
+			}
+		}
+		if n != 1 {
+			t.Fatalf("%d approval.approved entries", n)
+		}
+	}
+}
