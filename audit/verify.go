@@ -330,9 +330,11 @@ type result struct {
 	hash   [32]byte
 	err    *VerifyError // Seq left 0: the caller knows the position
 	entry  *Entry       // kept for kinds the caller must interpret
+	sig    []byte       // the server's signature over signed, still to check
+	signed []byte
 }
 
-func checkItem(it *item, pub ed25519.PublicKey) (r result) {
+func checkItem(it *item) (r result) {
 	fail := func(format string, args ...any) result {
 		r.err = &VerifyError{Reason: fmt.Sprintf(format, args...)}
 		return r
@@ -378,9 +380,7 @@ func checkItem(it *item, pub ed25519.PublicKey) (r result) {
 		if err != nil {
 			return fail("sig is %v", err)
 		}
-		if !ed25519.Verify(pub, sum[:], sig) {
-			return fail("sig does not verify with the server key")
-		}
+		r.sig, r.signed = sig, sum[:] // verified by the chunk's batch
 	}
 	switch e.Kind {
 	case KindApproverEnrolled, KindCredentialRevoked, KindApprovalAssertion, KindApprovalDenied:
@@ -399,6 +399,7 @@ func runChecks(next func() (item, bool, error), pub ed25519.PublicKey, consume f
 		done  chan struct{}
 	}
 	workers := runtime.GOMAXPROCS(0)
+	bv, _ := newBatchVerifier(pub) // nil for an invalid key: every signature then fails below
 	todo := make(chan *chunk, workers*2)
 	order := make(chan *chunk, workers*4)
 	stop := make(chan struct{})
@@ -407,9 +408,23 @@ func runChecks(next func() (item, bool, error), pub ed25519.PublicKey, consume f
 	var wg sync.WaitGroup
 	for range workers {
 		wg.Go(func() {
+			var msgs, sigs [][]byte
 			for c := range todo {
+				msgs, sigs = msgs[:0], sigs[:0]
 				for i := range c.items {
-					c.res[i] = checkItem(&c.items[i], pub)
+					c.res[i] = checkItem(&c.items[i])
+					if r := &c.res[i]; r.err == nil && r.sig != nil {
+						msgs, sigs = append(msgs, r.signed), append(sigs, r.sig)
+					}
+				}
+				if bv == nil || !bv.verify(msgs, sigs) {
+					// Some signature is bad: find which, with the
+					// standard verifier.
+					for i := range c.res {
+						if r := &c.res[i]; r.err == nil && r.sig != nil && !ed25519.Verify(pub, r.signed, r.sig) {
+							r.err = &VerifyError{Reason: "sig does not verify with the server key"}
+						}
+					}
 				}
 				close(c.done)
 			}
