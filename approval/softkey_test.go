@@ -36,7 +36,7 @@ type softKey struct {
 	handle  []byte
 }
 
-func newSoftKey(t *testing.T, rpID, origin string) *softKey {
+func newSoftKey(t testing.TB, rpID, origin string) *softKey {
 	t.Helper()
 	priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -81,7 +81,7 @@ func (k *softKey) coseKey() []byte {
 
 // create answers navigator.credentials.create() options with a "none"
 // attestation.
-func (k *softKey) create(t *testing.T, publicKey json.RawMessage) []byte {
+func (k *softKey) create(t testing.TB, publicKey json.RawMessage) []byte {
 	t.Helper()
 	var opts struct {
 		Challenge string `json:"challenge"`
@@ -205,7 +205,7 @@ var testApprovers = []Approver{
 	{ID: "carol", Name: "Carol Example", Roles: []string{"ops"}},
 }
 
-func newFixture(t *testing.T, tweak ...func(*Options)) *fixture {
+func newFixture(t testing.TB, tweak ...func(*Options)) *fixture {
 	t.Helper()
 	ctx := context.Background()
 	dir := t.TempDir()
@@ -231,7 +231,7 @@ func newFixture(t *testing.T, tweak ...func(*Options)) *fixture {
 }
 
 // enroll registers key for approver through a one-time link, in Go.
-func (f *fixture) enroll(t *testing.T, approver string, key *softKey) {
+func (f *fixture) enroll(t testing.TB, approver string, key *softKey) {
 	t.Helper()
 	ctx := context.Background()
 	link, err := f.svc.CreateEnrollment(ctx, approver)
@@ -257,7 +257,7 @@ func (f *fixture) enroll(t *testing.T, approver string, key *softKey) {
 
 // sign runs one decision ceremony with key and returns the raw response
 // and the ceremony id it answered.
-func (f *fixture) sign(t *testing.T, id, decision string, key *softKey) (ceremony string, response []byte) {
+func (f *fixture) sign(t testing.TB, id, decision string, key *softKey) (ceremony string, response []byte) {
 	t.Helper()
 	opts, err := f.svc.BeginDecision(context.Background(), id, decision)
 	if err != nil {

@@ -1,0 +1,71 @@
+package approval
+
+import (
+	"context"
+	"encoding/json"
+	"testing"
+	"time"
+
+	"github.com/go-webauthn/webauthn/webauthn"
+
+	"github.com/countersign/countersign/approval/digest"
+)
+
+// FuzzAssertionResponse feeds arbitrary bytes through the assertion path
+// the server owns (parse, every named check, go-webauthn's verification).
+// It must never panic, and never accept: the seeds are a genuine signature
+// over the wrong decision and a forged signature over the right one, so any
+// acceptance would be a forgery.
+func FuzzAssertionResponse(f *testing.F) {
+	fx := newFixture(f)
+	ctx := context.Background()
+	alice := newSoftKey(f, "localhost", testOrigin)
+	fx.enroll(f, "alice", alice)
+	nr := paymentRequest("alice")
+	nr.Timeout = 24 * time.Hour // long fuzz runs still reach the signature check
+	req, err := fx.svc.Create(ctx, nr)
+	if err != nil {
+		f.Fatal(err)
+	}
+	opts, err := fx.svc.BeginDecision(ctx, req.ID, digest.Approve)
+	if err != nil {
+		f.Fatal(err)
+	}
+	var raw []byte
+	if err := fx.db.QueryRow(`SELECT session FROM approval_ceremonies WHERE id = ?`, opts.Ceremony).Scan(&raw); err != nil {
+		f.Fatal(err)
+	}
+	var session webauthn.SessionData
+	if err := json.Unmarshal(raw, &session); err != nil {
+		f.Fatal(err)
+	}
+	r, err := fx.svc.load(ctx, fx.db, req.ID)
+	if err != nil {
+		f.Fatal(err)
+	}
+	denyDigest, _ := fx.svc.digest(r, digest.Deny)
+	f.Add(alice.get(enc(denyDigest[:])))
+	forger := newSoftKey(f, "localhost", testOrigin)
+	forger.id, forger.counter = alice.id, 50
+	f.Add(forger.get(opts.PublicKey.Challenge.String()))
+	f.Add([]byte(`{}`))
+	f.Add([]byte(`{"id":"AA","rawId":"AA","type":"public-key","response":{"clientDataJSON":"e30","authenticatorData":"AA","signature":"AA"}}`))
+
+	ac := assertionCheck{
+		req: r, decision: digest.Approve, session: session,
+		lookup: func(id []byte) (*storedCred, error) { return fx.svc.credential(ctx, fx.db, id) },
+		handle: func(a string) ([]byte, error) { return fx.svc.handle(ctx, a) },
+		seen:   func([]byte) (bool, error) { return false, nil },
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		p, err := parseAssertion(data)
+		if err != nil {
+			return
+		}
+		check := ac
+		check.now = fx.svc.now()
+		if v, err := fx.svc.verifyAssertion(check, p); err == nil {
+			t.Fatalf("accepted a fuzzed assertion from %s: %q", v.cred.approverID, data)
+		}
+	})
+}
