@@ -58,6 +58,10 @@ func MinorUnits(currency string) (int, error) {
 // "1e999999999" is refused before any arithmetic.
 const maxExponent = 400
 
+// maxAmountText bounds the text parsed; a float64 such as 1e300 formats to
+// about 300 digits and deserves "too large" rather than "too long".
+const maxAmountText = 1000
+
 // ParseAmount converts a transfer amount in major units to minor units of
 // currency, exactly, from its decimal text ("500000", "12.5", "1.25e3").
 // It refuses text that is not a plain decimal, more decimals than the
@@ -88,7 +92,7 @@ func parseDecimal(text, currency string) (int64, error) {
 	if s == "" {
 		return 0, amountErr(ErrInvalidAmount, "is empty, expected a decimal number such as 1250.00")
 	}
-	if len(s) > 64 {
+	if len(s) > maxAmountText {
 		return 0, amountErr(ErrInvalidAmount, "is %d characters long, expected a decimal number such as 1250.00", len(s))
 	}
 	switch s[0] {
