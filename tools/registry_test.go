@@ -23,7 +23,9 @@ import (
 
 // shipped returns the shipped config pointed at a temp data dir and the
 // repository's testdata (go test runs in tools/).
-func shipped(t *testing.T) *config.Config {
+func shipped(t *testing.T) *config.Config { return shippedFor(t) }
+
+func shippedFor(t testing.TB) *config.Config {
 	t.Helper()
 	c, err := config.Parse(countersign.DefaultConfig, "mcp.yaml")
 	if err != nil {
@@ -35,7 +37,7 @@ func shipped(t *testing.T) *config.Config {
 	return c
 }
 
-func openDB(t *testing.T, dir string) *sql.DB {
+func openDB(t testing.TB, dir string) *sql.DB {
 	t.Helper()
 	db, err := store.Open(context.Background(), filepath.Join(dir, store.FileName))
 	if err != nil {
@@ -45,7 +47,7 @@ func openDB(t *testing.T, dir string) *sql.DB {
 	return db
 }
 
-func registry(t *testing.T, c *config.Config) (*Registry, *sql.DB) {
+func registry(t testing.TB, c *config.Config) (*Registry, *sql.DB) {
 	t.Helper()
 	db := openDB(t, c.Server.DataDir)
 	r, err := New(context.Background(), c, db)

@@ -245,3 +245,24 @@ func TestSeedRefusesBadBalance(t *testing.T) {
 		t.Errorf("err %v, want ErrTooManyDecimals", err)
 	}
 }
+
+// BenchmarkTransfer measures one committed transfer (a durable SQLite
+// write transaction with synchronous=FULL).
+func BenchmarkTransfer(b *testing.B) {
+	path := filepath.Join(b.TempDir(), store.FileName)
+	db, err := store.Open(context.Background(), path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer db.Close()
+	l, err := Open(context.Background(), db, config.Ledger{Accounts: []config.Account{
+		{ID: "operating", Currency: "USD", Balance: "1000000000.00"}}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		if _, err := l.Transfer(context.Background(), TransferRequest{From: "operating", To: "Vendor X", Currency: "USD", Amount: 1}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
