@@ -317,6 +317,7 @@ var schema = []string{
 		created_at INTEGER NOT NULL,
 		expires_at INTEGER NOT NULL,
 		verified_at INTEGER NOT NULL DEFAULT 0,
+		verified_by BLOB,
 		used_at INTEGER NOT NULL DEFAULT 0
 	)`,
 	`CREATE TABLE IF NOT EXISTS approval_outbox (

@@ -192,6 +192,9 @@ func TestSameApproverTwiceIsOneVote(t *testing.T) {
 	if _, err := f.svc.FinishEnrollment(ctx, token, step.Ceremony, key2.create(t, step.PublicKey)); err != nil {
 		t.Fatal(err)
 	}
+	if e, _ := f.rec.last(audit.KindApproverEnrolled); e.CredentialID != enc(key2.id) || !strings.Contains(e.Reason, "vouched for by key "+enc(key1.id)) {
+		t.Fatalf("enrolled entry %+v", e)
+	}
 	if _, err := f.svc.BeginEnrollment(ctx, token); !errors.Is(err, ErrEnrollment) {
 		t.Fatalf("link reused: %v", err)
 	}

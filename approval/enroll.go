@@ -59,6 +59,7 @@ type enrollment struct {
 	hash       []byte
 	approverID string
 	verified   bool
+	vouchedBy  []byte // the existing key whose assertion allowed a further key
 	expires    time.Time
 }
 
@@ -68,8 +69,8 @@ func (s *Service) enrollment(ctx context.Context, token string) (*enrollment, er
 		e                         enrollment
 		expires, verified, usedAt int64
 	)
-	err := s.db.QueryRowContext(ctx, `SELECT approver_id, expires_at, verified_at, used_at FROM approval_enrollments WHERE token_hash = ?`, hash[:]).
-		Scan(&e.approverID, &expires, &verified, &usedAt)
+	err := s.db.QueryRowContext(ctx, `SELECT approver_id, expires_at, verified_at, verified_by, used_at FROM approval_enrollments WHERE token_hash = ?`, hash[:]).
+		Scan(&e.approverID, &expires, &verified, &e.vouchedBy, &usedAt)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, ErrEnrollment
 	}
@@ -237,7 +238,7 @@ func (s *Service) finishEnrollment(ctx context.Context, token, ceremonyID string
 			c, credJSON, s.now().UnixNano(), found.id); err != nil {
 			return nil, err
 		}
-		if _, err := s.db.ExecContext(ctx, `UPDATE approval_enrollments SET verified_at = ? WHERE token_hash = ? AND used_at = 0`, s.now().UnixNano(), e.hash); err != nil {
+		if _, err := s.db.ExecContext(ctx, `UPDATE approval_enrollments SET verified_at = ?, verified_by = ? WHERE token_hash = ? AND used_at = 0`, s.now().UnixNano(), found.id, e.hash); err != nil {
 			return nil, err
 		}
 		return &EnrollmentResult{Done: false}, nil
@@ -261,6 +262,10 @@ func (s *Service) finishEnrollment(ctx context.Context, token, ceremonyID string
 			return nil, err
 		}
 		credID := base64.RawURLEncoding.EncodeToString(cred.ID)
+		vouch := ""
+		if len(e.vouchedBy) > 0 {
+			vouch = "; vouched for by key " + b64(e.vouchedBy)
+		}
 		err = s.inTx(ctx, func(tx *sql.Tx) error {
 			res, err := tx.ExecContext(ctx, `UPDATE approval_enrollments SET used_at = ? WHERE token_hash = ? AND used_at = 0 AND expires_at > ?`,
 				s.now().UnixNano(), e.hash, s.now().UnixNano())
@@ -282,7 +287,7 @@ func (s *Service) finishEnrollment(ctx context.Context, token, ceremonyID string
 				Origin:       p.Response.CollectedClientData.Origin,
 				RPID:         s.opts.RPID,
 				UserVerified: p.Response.AttestationObject.AuthData.Flags.HasUserVerified(),
-				Reason:       fmt.Sprintf("key %d of %s; attestation %s", len(existing)+1, e.approverID, orDefault(cred.AttestationFormat, "none")),
+				Reason:       fmt.Sprintf("key %d of %s; attestation %s%s", len(existing)+1, e.approverID, orDefault(cred.AttestationFormat, "none"), vouch),
 			})
 		})
 		if err != nil {

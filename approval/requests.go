@@ -605,6 +605,14 @@ func (s *Service) expiryLoop() {
 			}
 			wait = 50 * time.Millisecond
 		}
+		// Retry entries a failed append or another process left behind, so
+		// a recovered log catches up without anyone asking.
+		var queued int
+		if s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM approval_outbox`).Scan(&queued) == nil && queued > 0 {
+			if err := s.flush(ctx, true); err != nil {
+				slog.Warn("approval: outbox flush", "err", err, "queued", queued)
+			}
+		}
 		t := time.NewTimer(wait)
 		select {
 		case <-s.stop:
