@@ -68,6 +68,7 @@ type Log struct {
 
 type appendReq struct {
 	e    Entry
+	pre  *prepared
 	done chan appendResult
 }
 
@@ -166,10 +167,11 @@ func (l *Log) Append(ctx context.Context, e Entry) (Entry, error) {
 	if l.broken != nil {
 		return Entry{}, l.broken
 	}
-	if err := prepare(&e); err != nil {
+	pre, err := prepare(&e)
+	if err != nil {
 		return Entry{}, err
 	}
-	r := &appendReq{e: e, done: make(chan appendResult, 1)}
+	r := &appendReq{e: e, pre: pre, done: make(chan appendResult, 1)}
 	l.mu.RLock()
 	if l.closed {
 		l.mu.RUnlock()
@@ -189,35 +191,38 @@ func (l *Log) Append(ctx context.Context, e Entry) (Entry, error) {
 }
 
 // prepare checks an entry before it is queued, so one bad entry fails
-// alone instead of failing its whole batch.
-func prepare(e *Entry) error {
+// alone instead of failing its whole batch, and does the canonical
+// encoding on the caller's goroutine so the single writer only splices in
+// seq, time and prev_hash.
+func prepare(e *Entry) (*prepared, error) {
 	if e.Kind == "" {
-		return errors.New("audit: entry has no kind")
+		return nil, errors.New("audit: entry has no kind")
 	}
 	e.Seq, e.Time, e.PrevHash, e.Hash, e.Sig = 0, "", "", "", ""
 	for name, raw := range map[string]json.RawMessage{"args": e.Args, "result": e.Result, "authorization_details": e.AuthorizationDetails} {
 		if len(raw) > 0 && !json.Valid(raw) {
-			return fmt.Errorf("audit: %s is not valid JSON", name)
+			return nil, fmt.Errorf("audit: %s is not valid JSON", name)
 		}
 	}
 	if len(e.Args) > 0 {
 		sum, err := digest.ArgsSHA256(e.Args)
 		if err != nil {
-			return fmt.Errorf("audit: %w", err)
+			return nil, fmt.Errorf("audit: %w", err)
 		}
 		got := hex.EncodeToString(sum[:])
 		if e.ArgsSHA256 != "" && e.ArgsSHA256 != got {
-			return fmt.Errorf("audit: args_sha256 %s does not match the args (%s)", e.ArgsSHA256, got)
+			return nil, fmt.Errorf("audit: args_sha256 %s does not match the args (%s)", e.ArgsSHA256, got)
 		}
 		e.ArgsSHA256 = got
 	}
 	if e.ArgsRedact {
 		e.Args = nil
 	}
-	if _, err := chainHash([32]byte{}, e); err != nil {
-		return fmt.Errorf("audit: entry cannot be canonicalized: %w", err)
+	pre, err := prepareEncoding(e)
+	if err != nil {
+		return nil, fmt.Errorf("audit: entry cannot be canonicalized: %w", err)
 	}
-	return nil
+	return pre, nil
 }
 
 // writer is the single goroutine that commits appends, many per
@@ -334,7 +339,10 @@ func (l *Log) commitTx(batch []*appendReq) ([]Entry, error) {
 	reader := &txHashReader{ctx: ctx, tx: tx, fresh: map[int64]tlog.Hash{}}
 	defer reader.close()
 
+	// Chain first (cheap, sequential), then sign on every core.
 	out := make([]Entry, len(batch))
+	sums := make([][32]byte, len(batch))
+	sigs := make([][]byte, len(batch))
 	seq, prev := h.seq, h.hash
 	for i, r := range batch {
 		e := r.e
@@ -342,20 +350,20 @@ func (l *Log) commitTx(batch []*appendReq) ([]Entry, error) {
 		e.Seq = seq
 		e.Time = l.now().UTC().Format(TimeFormat)
 		e.PrevHash = hex.EncodeToString(prev[:])
-		sum, err := chainHash(prev, &e)
-		if err != nil {
-			return nil, fmt.Errorf("audit: append: %w", err)
-		}
-		e.Hash = hex.EncodeToString(sum[:])
-		e.Sig = encodeSig(ed25519.Sign(l.key, sum[:]))
-		line, err := encodeLine(&e)
-		if err != nil {
-			return nil, fmt.Errorf("audit: append: %w", err)
-		}
+		sums[i] = r.pre.hash(prev, e.Seq, e.Time)
+		e.Hash = hex.EncodeToString(sums[i][:])
+		out[i] = e
+		prev = sums[i]
+	}
+	parallel(len(batch), func(i int) { sigs[i] = ed25519.Sign(l.key, sums[i][:]) })
+	for i, r := range batch {
+		e := &out[i]
+		e.Sig = encodeSig(sigs[i])
+		line := r.pre.line(e)
 		if _, err := insEntry.ExecContext(ctx, e.Seq, e.Hash, line); err != nil {
 			return nil, fmt.Errorf("audit: append: %w", err)
 		}
-		n := seq - 1
+		n, sum := e.Seq-1, sums[i]
 		hashes, err := tlog.StoredHashesForRecordHash(n, leafHash(sum), reader)
 		if err != nil {
 			return nil, fmt.Errorf("audit: append: tree: %w", err)
@@ -368,8 +376,6 @@ func (l *Log) commitTx(batch []*appendReq) ([]Entry, error) {
 			}
 			reader.fresh[idx] = th
 		}
-		out[i] = e
-		prev = sum
 	}
 	if err := tx.Commit(); err != nil {
 		return nil, fmt.Errorf("audit: append: commit: %w", err)

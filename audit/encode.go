@@ -1,0 +1,292 @@
+package audit
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"runtime"
+	"sort"
+	"strconv"
+	"sync"
+	"unicode/utf8"
+
+	"github.com/gowebpki/jcs"
+)
+
+// prepared is an entry's encoding without the fields the writer sets
+// (seq, time, prev_hash, hash, sig). It gives the same bytes as
+// chainHash and encodeLine, which stay the reference (Verify uses them).
+type prepared struct {
+	members [][]byte // JCS members `"key":value`, sorted, writer fields left out
+	middle  []byte   // the stored line between `"time":"…"` and `,"prev_hash"`
+}
+
+const (
+	linePrefix = `{"seq":0,"time":""`
+	lineSuffix = `,"prev_hash":""}`
+)
+
+func prepareEncoding(e *Entry) (*prepared, error) {
+	c := *e
+	c.Seq, c.Time, c.PrevHash, c.Hash, c.Sig = 0, "", "", "", ""
+	members, err := canonicalMembers(&c)
+	if err != nil {
+		return nil, err
+	}
+	p := &prepared{members: members}
+	line, err := encodeLine(&c)
+	if err != nil {
+		return nil, err
+	}
+	if !bytes.HasPrefix(line, []byte(linePrefix)) || !bytes.HasSuffix(line, []byte(lineSuffix)) {
+		return nil, errors.New("unexpected entry encoding")
+	}
+	p.middle = line[len(linePrefix) : len(line)-len(lineSuffix)]
+	return p, nil
+}
+
+// hash is chainHash for the entry with seq, time and prev_hash set.
+func (p *prepared) hash(prev [32]byte, seq int64, time string) [32]byte {
+	writer := [3][]byte{ // in key order
+		append(append([]byte(`"prev_hash":"`), hexString(prev[:])...), '"'),
+		strconv.AppendInt([]byte(`"seq":`), seq, 10),
+		append(append([]byte(`"time":"`), time...), '"'),
+	}
+	h := sha256.New()
+	h.Write(prev[:])
+	h.Write([]byte{'{'})
+	w, first := 0, true
+	emit := func(m []byte) {
+		if !first {
+			h.Write([]byte{','})
+		}
+		first = false
+		h.Write(m)
+	}
+	for _, m := range p.members {
+		for w < len(writer) && bytes.Compare(memberKey(writer[w]), memberKey(m)) < 0 {
+			emit(writer[w])
+			w++
+		}
+		emit(m)
+	}
+	for ; w < len(writer); w++ {
+		emit(writer[w])
+	}
+	h.Write([]byte{'}'})
+	var sum [32]byte
+	h.Sum(sum[:0])
+	return sum
+}
+
+// line is encodeLine for the finished entry e.
+func (p *prepared) line(e *Entry) []byte {
+	b := make([]byte, 0, len(p.middle)+256)
+	b = append(b, `{"seq":`...)
+	b = strconv.AppendInt(b, e.Seq, 10)
+	b = append(b, `,"time":"`...)
+	b = append(b, e.Time...)
+	b = append(b, '"')
+	b = append(b, p.middle...)
+	b = append(b, `,"prev_hash":"`...)
+	b = append(b, e.PrevHash...)
+	b = append(b, `","hash":"`...)
+	b = append(b, e.Hash...)
+	b = append(b, `","sig":"`...)
+	b = append(b, e.Sig...)
+	return append(b, `"}`...)
+}
+
+// splitMembers splits a JSON object in canonical form (no insignificant
+// space) into its top-level members.
+func splitMembers(obj []byte) [][]byte {
+	var out [][]byte
+	if len(obj) <= 2 {
+		return nil
+	}
+	depth, inString, escaped, start := 0, false, false, 1
+	for i := 1; i < len(obj)-1; i++ {
+		c := obj[i]
+		if inString {
+			switch {
+			case escaped:
+				escaped = false
+			case c == '\\':
+				escaped = true
+			case c == '"':
+				inString = false
+			}
+			continue
+		}
+		switch c {
+		case '"':
+			inString = true
+		case '{', '[':
+			depth++
+		case '}', ']':
+			depth--
+		case ',':
+			if depth == 0 {
+				out = append(out, obj[start:i])
+				start = i + 1
+			}
+		}
+	}
+	return append(out, obj[start:len(obj)-1])
+}
+
+// memberKey is the key of a member `"key":value`; Entry's keys are plain
+// ASCII, so byte order is JCS's UTF-16 order.
+func memberKey(m []byte) []byte {
+	end := bytes.IndexByte(m[1:], '"')
+	if end < 0 {
+		return nil
+	}
+	return m[1 : 1+end]
+}
+
+func hexString(b []byte) []byte {
+	const digits = "0123456789abcdef"
+	out := make([]byte, 2*len(b))
+	for i, c := range b {
+		out[2*i], out[2*i+1] = digits[c>>4], digits[c&15]
+	}
+	return out
+}
+
+// parallel runs f(0..n-1) on every core.
+func parallel(n int, f func(int)) {
+	workers := min(runtime.GOMAXPROCS(0), n/8+1)
+	if workers <= 1 {
+		for i := range n {
+			f(i)
+		}
+		return
+	}
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Go(func() {
+			for i := w; i < n; i += workers {
+				f(i)
+			}
+		})
+	}
+	wg.Wait()
+}
+
+
+// entryKeys are the JSON keys of Entry that canonicalMembers writes, less
+// the writer's; a test holds it to Entry's fields.
+var entryKeys = []string{
+	"kind", "agent", "tool", "args", "args_redacted", "args_sha256", "decision", "rule", "reason",
+	"request_id", "result", "approver", "credential_id", "public_key", "authorization_details",
+	"display", "nonce", "expires_at", "origin", "rp_id", "user_verified", "authenticator_data",
+	"client_data_json", "signature",
+}
+
+// canonicalMembers is the RFC 8785 form of e's members other than seq,
+// time, prev_hash, hash and sig, sorted by key, as jcs.Transform of
+// json.Marshal(e) would give them, without parsing anything but the raw
+// JSON fields.
+func canonicalMembers(e *Entry) ([][]byte, error) {
+	var out [][]byte
+	str := func(key, v string) {
+		if v != "" {
+			out = append(out, appendJCSString(append(append([]byte{'"'}, key...), '"', ':'), v))
+		}
+	}
+	raw := func(key string, v json.RawMessage) error {
+		if len(v) == 0 {
+			return nil
+		}
+		c, err := jcs.Transform(v)
+		if err != nil {
+			return fmt.Errorf("%s: %w", key, err)
+		}
+		out = append(out, append(append(append([]byte{'"'}, key...), '"', ':'), c...))
+		return nil
+	}
+	boolean := func(key string, v bool) {
+		if v {
+			out = append(out, append(append([]byte{'"'}, key...), `":true`...))
+		}
+	}
+	// Kind is never empty (prepare refuses that), matching its lack of omitempty.
+	out = append(out, appendJCSString([]byte(`"kind":`), e.Kind))
+	str("agent", e.Agent)
+	str("tool", e.Tool)
+	if err := raw("args", e.Args); err != nil {
+		return nil, err
+	}
+	boolean("args_redacted", e.ArgsRedact)
+	str("args_sha256", e.ArgsSHA256)
+	str("decision", e.Decision)
+	str("rule", e.Rule)
+	str("reason", e.Reason)
+	str("request_id", e.RequestID)
+	if err := raw("result", e.Result); err != nil {
+		return nil, err
+	}
+	str("approver", e.Approver)
+	str("credential_id", e.CredentialID)
+	str("public_key", e.PublicKey)
+	if err := raw("authorization_details", e.AuthorizationDetails); err != nil {
+		return nil, err
+	}
+	str("display", e.Display)
+	str("nonce", e.Nonce)
+	str("expires_at", e.ExpiresAt)
+	str("origin", e.Origin)
+	str("rp_id", e.RPID)
+	boolean("user_verified", e.UserVerified)
+	str("authenticator_data", e.AuthenticatorData)
+	str("client_data_json", e.ClientDataJSON)
+	str("signature", e.Signature)
+	sort.Slice(out, func(i, j int) bool { return bytes.Compare(memberKey(out[i]), memberKey(out[j])) < 0 })
+	return out, nil
+}
+
+// appendJCSString appends s as an RFC 8785 string: only '"', '\\' and
+// control characters are escaped; invalid UTF-8 becomes U+FFFD, as
+// encoding/json does before JCS sees it.
+func appendJCSString(b []byte, s string) []byte {
+	const hexDigits = "0123456789abcdef"
+	b = append(b, '"')
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			switch c {
+			case '"', '\\':
+				b = append(b, '\\', c)
+			case '\b':
+				b = append(b, '\\', 'b')
+			case '\f':
+				b = append(b, '\\', 'f')
+			case '\n':
+				b = append(b, '\\', 'n')
+			case '\r':
+				b = append(b, '\\', 'r')
+			case '\t':
+				b = append(b, '\\', 't')
+			default:
+				if c < 0x20 {
+					b = append(b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&15])
+				} else {
+					b = append(b, c)
+				}
+			}
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			b = utf8.AppendRune(b, utf8.RuneError)
+		} else {
+			b = append(b, s[i:i+size]...)
+		}
+		i += size
+	}
+	return append(b, '"')
+}
