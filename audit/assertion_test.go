@@ -92,7 +92,7 @@ func requestFields(id string) Entry {
 	return Entry{
 		Agent: "agent-1", Tool: "transfer", Args: args, ArgsSHA256: hex.EncodeToString(sum[:]), RequestID: id,
 		AuthorizationDetails: json.RawMessage(`[{"type":"payment_initiation","actions":["transfer"],"instructedAmount":{"currency":"USD","amount":"500000.00"},"creditorName":"Vendor X"}]`),
-		Display: "Approve $500,000.00 transfer to Vendor X", Nonce: base64.RawURLEncoding.EncodeToString(bytes.Repeat([]byte{9}, 32)),
+		Display:              "Approve $500,000.00 transfer to Vendor X", Nonce: base64.RawURLEncoding.EncodeToString(bytes.Repeat([]byte{9}, 32)),
 		ExpiresAt: "2026-03-01T09:35:00Z",
 	}
 }

@@ -176,7 +176,6 @@ func parallel(n int, f func(int)) {
 	wg.Wait()
 }
 
-
 // entryKeys are the JSON keys of Entry that canonicalMembers writes, less
 // the writer's; a test holds it to Entry's fields.
 var entryKeys = []string{
