@@ -475,6 +475,15 @@ func (l *Log) Since(ctx context.Context, seq int64, limit int) ([]Entry, error) 
 	return out, nil
 }
 
+// LastSeq is the seq of the newest stored entry, 0 for an empty log.
+func (l *Log) LastSeq(ctx context.Context) (int64, error) {
+	var seq int64
+	if err := l.db.QueryRowContext(ctx, `SELECT COALESCE(MAX(seq), 0) FROM audit_entries`).Scan(&seq); err != nil {
+		return 0, fmt.Errorf("audit: read: %w", err)
+	}
+	return seq, nil
+}
+
 // Close stops accepting appends, commits those already queued, writes a
 // final checkpoint and stops the background work. It does not close the
 // database.

@@ -397,3 +397,17 @@ func TestVerifyPreviousConsistency(t *testing.T) {
 	// A bad previous export is reported as such.
 	wantVerifyErr(t, newer, pub, forged[:len(forged)-10], 15, "previous export")
 }
+
+func TestVerifyAgainstEmptyPrevious(t *testing.T) {
+	key := seededKey(1)
+	l := openLog(t, openDB(t, t.TempDir()), key, Options{Now: stepClock()})
+	empty := exportBytes(t, l, 0)
+	mustAppend(t, l, sampleEntries()[0])
+	s, err := Verify(bytes.NewReader(exportBytes(t, l, 0)), pubText(key), bytes.NewReader(empty))
+	if err != nil || s.Entries != 1 {
+		t.Fatalf("%v %+v", err, s)
+	}
+	if _, err := Verify(bytes.NewReader(empty), pubText(key), nil); err != nil {
+		t.Fatal(err)
+	}
+}

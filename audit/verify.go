@@ -254,9 +254,13 @@ func verifyStream(r io.Reader, pub ed25519.PublicKey, v note.Verifier, prev *ver
 		if last < prev.last {
 			return nil, &VerifyError{last + 1, fmt.Sprintf("missing: the previous export reaches seq %d, this one ends at %d", prev.last, last)}
 		}
-		proof, err := tlog.ProveTree(cp.Size, prev.cp.Size, tree)
-		if err == nil {
-			err = tlog.CheckTree(proof, cp.Size, cp.Root, prev.cp.Size, prev.cp.Root)
+		var err error
+		if prev.cp.Size > 0 { // an empty tree is a prefix of every tree
+			var proof tlog.TreeProof
+			proof, err = tlog.ProveTree(cp.Size, prev.cp.Size, tree)
+			if err == nil {
+				err = tlog.CheckTree(proof, cp.Size, cp.Root, prev.cp.Size, prev.cp.Root)
+			}
 		}
 		if err != nil {
 			return nil, &VerifyError{prev.cp.Size, "the previous checkpoint is not a prefix of this one: " + err.Error()}

@@ -1,0 +1,278 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/store"
+	"github.com/spf13/cobra"
+)
+
+func newAuditCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "audit",
+		Short: "Export, verify and follow the signed audit log",
+		Long: `The audit log is a hash chain of signed entries with signed Merkle
+checkpoints. Export it, give the export and the server's public key
+(countersign audit pubkey) to an auditor, who checks it offline with
+countersign audit verify. The format is in docs/audit-export.md.`,
+	}
+	cmd.AddCommand(newAuditExportCmd(), newAuditVerifyCmd(), newAuditTailCmd(), newAuditPubkeyCmd())
+	return cmd
+}
+
+// withAuditLog opens the configured database and log. A log that fails
+// its startup check is still handed to fn (it can be read), and the
+// tamper error is returned after fn so the command exits non-zero.
+func withAuditLog(cmd *cobra.Command, fn func(context.Context, *audit.Log) error) error {
+	c, err := loadConfig(cmd)
+	if err != nil {
+		return err
+	}
+	ctx := cmd.Context()
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	db, err := store.Open(ctx, filepath.Join(c.Server.DataDir, store.FileName))
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	key, err := audit.LoadOrCreateKey(c.Server.DataDir)
+	if err != nil {
+		return err
+	}
+	log, openErr := audit.Open(ctx, db, key, audit.Options{})
+	var tamper *audit.TamperError
+	if openErr != nil && !errors.As(openErr, &tamper) {
+		return openErr
+	}
+	if tamper != nil {
+		fmt.Fprintf(cmd.ErrOrStderr(), "WARNING: %v\n", tamper)
+	}
+	err = fn(ctx, log)
+	if cerr := log.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil && tamper != nil {
+		err = tamper
+	}
+	return err
+}
+
+func newAuditExportCmd() *cobra.Command {
+	var since int64
+	var out string
+	cmd := &cobra.Command{
+		Use:   "export",
+		Short: "Write the log as JSON Lines ending with a signed checkpoint",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return withAuditLog(cmd, func(ctx context.Context, log *audit.Log) error {
+				if out == "" || out == "-" {
+					return log.Export(ctx, cmd.OutOrStdout(), since)
+				}
+				return writeFileAtomic(out, func(w io.Writer) error { return log.Export(ctx, w, since) })
+			})
+		},
+	}
+	cmd.Flags().Int64Var(&since, "since", 0, "export only entries after this seq (verify such an export with --previous)")
+	cmd.Flags().StringVar(&out, "out", "", "write to this file instead of stdout")
+	return cmd
+}
+
+// writeFileAtomic writes through a temporary file in the same directory,
+// so a failed export never leaves a truncated file that looks complete.
+func writeFileAtomic(path string, write func(io.Writer) error) error {
+	f, err := os.CreateTemp(filepath.Dir(path), ".export-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	if err := write(f); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(f.Name(), path)
+}
+
+func newAuditVerifyCmd() *cobra.Command {
+	var keyArg, previous string
+	cmd := &cobra.Command{
+		Use:   "verify FILE --key PUBKEY-or-FILE",
+		Short: "Check an export offline: hashes, links, signatures, checkpoint and every key assertion",
+		Long: `verify needs only the export and the server's public key (the text printed by
+countersign audit pubkey, or a file holding it). With --previous it also
+proves that the export extends an older one, so history between the two
+cannot have been rewritten. It prints a summary, or the first bad seq and
+why, and exits non-zero unless everything holds. No config or database is
+read.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			key, err := readPublicKey(keyArg)
+			if err != nil {
+				return err
+			}
+			f, err := os.Open(args[0])
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			var prev io.Reader
+			if previous != "" {
+				pf, err := os.Open(previous)
+				if err != nil {
+					return err
+				}
+				defer pf.Close()
+				prev = pf
+			}
+			summary, err := audit.Verify(bufio.NewReaderSize(f, 1<<20), key, prev)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), summary)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&keyArg, "key", "", "the server's public key, or a file holding it (required)")
+	cmd.Flags().StringVar(&previous, "previous", "", "an older export this one must extend")
+	cmd.MarkFlagRequired("key")
+	return cmd
+}
+
+// readPublicKey accepts the key text itself or the name of a file with it.
+func readPublicKey(arg string) (string, error) {
+	if _, _, err := audit.ParsePublicKey(arg); err == nil {
+		return arg, nil
+	}
+	data, err := os.ReadFile(arg)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return "", fmt.Errorf("--key %q is neither a public key (countersign+<hash>+<key>) nor a readable file", arg)
+		}
+		return "", err
+	}
+	if _, _, err := audit.ParsePublicKey(string(data)); err != nil {
+		return "", fmt.Errorf("--key %s: %w", arg, err)
+	}
+	return string(data), nil
+}
+
+func newAuditTailCmd() *cobra.Command {
+	var since int64
+	var interval time.Duration
+	cmd := &cobra.Command{
+		Use:   "tail",
+		Short: "Follow new audit entries, one readable line each, until Ctrl-C",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			cmd.SetContext(ctx)
+			return withAuditLog(cmd, func(ctx context.Context, log *audit.Log) error {
+				after := since
+				if after < 0 {
+					// Start with the last ten entries for context.
+					last, err := log.LastSeq(ctx)
+					if err != nil {
+						return err
+					}
+					after = max(last-10, 0)
+				}
+				out := cmd.OutOrStdout()
+				for {
+					entries, err := log.Since(ctx, after, 0)
+					if err != nil {
+						if ctx.Err() != nil {
+							return nil
+						}
+						return err
+					}
+					for _, e := range entries {
+						fmt.Fprintln(out, humanLine(e))
+						after = e.Seq
+					}
+					if len(entries) > 0 {
+						continue
+					}
+					select {
+					case <-ctx.Done():
+						return nil
+					case <-time.After(interval):
+					}
+				}
+			})
+		},
+	}
+	cmd.Flags().Int64Var(&since, "since", -1, "show entries after this seq (default: the last 10)")
+	cmd.Flags().DurationVar(&interval, "interval", 500*time.Millisecond, "how often to look for new entries")
+	return cmd
+}
+
+// humanLine is one entry for a person watching: seq, time, kind, then
+// the fields that are set.
+func humanLine(e audit.Entry) string {
+	var b strings.Builder
+	t := e.Time
+	if parsed, err := time.Parse(time.RFC3339Nano, e.Time); err == nil {
+		t = parsed.Local().Format("2006-01-02 15:04:05.000")
+	}
+	fmt.Fprintf(&b, "#%-6d %s  %-20s", e.Seq, t, e.Kind)
+	for _, f := range []struct{ name, value string }{
+		{"agent", e.Agent}, {"tool", e.Tool}, {"decision", e.Decision}, {"request", e.RequestID},
+		{"approver", e.Approver}, {"rule", e.Rule}, {"display", e.Display}, {"reason", e.Reason},
+	} {
+		if f.value != "" {
+			fmt.Fprintf(&b, " %s=%q", f.name, f.value)
+		}
+	}
+	if e.ArgsRedact {
+		b.WriteString(" args=(redacted)")
+	} else if len(e.Args) > 0 {
+		args := string(e.Args)
+		if len(args) > 120 {
+			args = args[:117] + "..."
+		}
+		fmt.Fprintf(&b, " args=%s", args)
+	}
+	return b.String()
+}
+
+func newAuditPubkeyCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "pubkey",
+		Short: "Print the server's public key for audit verify --key",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := loadConfig(cmd)
+			if err != nil {
+				return err
+			}
+			key, err := audit.LoadOrCreateKey(c.Server.DataDir)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), audit.PublicKeyText(key.Public().(ed25519.PublicKey)))
+			return nil
+		},
+	}
+}
