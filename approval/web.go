@@ -1,6 +1,7 @@
 package approval
 
 import (
+	"context"
 	"crypto/rand"
 	"crypto/subtle"
 	"embed"
@@ -202,6 +203,8 @@ func fail(w http.ResponseWriter, err error) {
 		writeError(w, http.StatusNotFound, "not_found", err.Error())
 	case errors.Is(err, ErrInvalidRequest):
 		writeError(w, http.StatusBadRequest, "invalid", err.Error())
+	case errors.Is(err, context.Canceled):
+		// The browser went away; nobody to answer.
 	default:
 		slog.Error("approval page", "err", err)
 		writeError(w, http.StatusInternalServerError, "internal", "internal error; see the server log")
