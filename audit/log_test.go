@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files under testdata/audit")
@@ -409,5 +410,32 @@ func TestVerifyAgainstEmptyPrevious(t *testing.T) {
 	}
 	if _, err := Verify(bytes.NewReader(empty), pubText(key), nil); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestBackgroundCheckpoints(t *testing.T) {
+	db := openDB(t, t.TempDir())
+	l := openLog(t, db, seededKey(1), Options{CheckpointEvery: 5 * time.Millisecond})
+	mustAppend(t, l, Entry{Kind: KindCallAllowed})
+	mustAppend(t, l, Entry{Kind: KindCallAllowed})
+	// Wait (without a timing assertion) for the ticker to sign size 2.
+	for {
+		var n int
+		if err := db.QueryRow(`SELECT COUNT(*) FROM audit_checkpoints WHERE size = 2`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		if n > 0 {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	// Nothing new: no further checkpoint rows for the same size.
+	msg1, err := l.Checkpoint(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg2, _ := l.Checkpoint(context.Background())
+	if !bytes.Equal(msg1, msg2) {
+		t.Fatal("an unchanged log got a new checkpoint")
 	}
 }
