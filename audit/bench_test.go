@@ -146,3 +146,38 @@ func BenchmarkVerifyMillion(b *testing.B) {
 	}
 	benchVerify(b, 1_000_000)
 }
+
+// BenchmarkOpen measures the startup check of a 100,000-entry log
+// (every hash and link; signatures after the last checkpoint).
+func BenchmarkOpen(b *testing.B) {
+	dir := b.TempDir()
+	db := openDB(b, dir)
+	l, err := Open(context.Background(), db, seededKey(1), Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var next atomic.Int64
+	const n = 100_000
+	for range 64 {
+		wg.Go(func() {
+			for i := next.Add(1); i <= n; i = next.Add(1) {
+				if _, err := l.Append(context.Background(), benchEntry(int(i))); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	l.Close()
+	b.ResetTimer()
+	for b.Loop() {
+		l, err := Open(context.Background(), db, seededKey(1), Options{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		l.Close()
+	}
+	b.ReportMetric(float64(n)*float64(b.N)/b.Elapsed().Seconds(), "entries/s")
+}

@@ -21,43 +21,47 @@ func (l *Log) Checkpoint(ctx context.Context) ([]byte, error) {
 	if l.broken != nil {
 		return nil, l.broken
 	}
-	for {
-		h, err := readHead(ctx, l.db)
-		if err != nil {
-			return nil, fmt.Errorf("audit: checkpoint: %w", err)
-		}
-		if latest, err := l.latestCheckpoint(ctx); err != nil {
-			return nil, err
-		} else if latest != nil && latest.Size == h.seq {
-			return latest.Note, nil
-		}
-		// The tree of size h.seq is immutable once written, so it can be
-		// hashed outside a transaction.
-		if h.treeSize < tlog.StoredHashCount(h.seq) {
-			continue // an append is committing; read again
-		}
-		root, err := tlog.TreeHash(h.seq, dbHashReader{ctx, l.db})
-		if err != nil {
-			return nil, fmt.Errorf("audit: checkpoint: %w", err)
-		}
-		msg, err := signCheckpoint(l.signer, h.seq, root)
-		if err != nil {
-			return nil, fmt.Errorf("audit: checkpoint: %w", err)
-		}
-		if _, err := l.db.ExecContext(ctx, `INSERT INTO audit_checkpoints (size, note, created) VALUES (?, ?, ?)`,
-			h.seq, string(msg), l.now().UTC().Format(TimeFormat)); err != nil {
-			return nil, fmt.Errorf("audit: checkpoint: %w", err)
-		}
-		return msg, nil
+	// Read head, tree and latest checkpoint from one snapshot: another
+	// process may be appending.
+	snap, err := l.db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	if err != nil {
+		return nil, fmt.Errorf("audit: checkpoint: %w", err)
 	}
+	defer snap.Rollback()
+	h, err := readHead(ctx, snap)
+	if err != nil {
+		return nil, fmt.Errorf("audit: checkpoint: %w", err)
+	}
+	if latest, err := l.latestCheckpoint(ctx, snap); err != nil {
+		return nil, err
+	} else if latest != nil && latest.Size == h.seq {
+		return latest.Note, nil
+	}
+	if h.treeSize != tlog.StoredHashCount(h.seq) {
+		return nil, &TamperError{h.seq, fmt.Sprintf("tree has %d stored hashes, want %d", h.treeSize, tlog.StoredHashCount(h.seq))}
+	}
+	root, err := tlog.TreeHash(h.seq, dbHashReader{ctx, snap})
+	if err != nil {
+		return nil, fmt.Errorf("audit: checkpoint: %w", err)
+	}
+	snap.Rollback()
+	msg, err := signCheckpoint(l.signer, h.seq, root)
+	if err != nil {
+		return nil, fmt.Errorf("audit: checkpoint: %w", err)
+	}
+	if _, err := l.db.ExecContext(ctx, `INSERT INTO audit_checkpoints (size, note, created) VALUES (?, ?, ?)`,
+		h.seq, string(msg), l.now().UTC().Format(TimeFormat)); err != nil {
+		return nil, fmt.Errorf("audit: checkpoint: %w", err)
+	}
+	return msg, nil
 }
 
 // latestCheckpoint returns the stored checkpoint with the largest size,
 // verified, or nil if there is none.
-func (l *Log) latestCheckpoint(ctx context.Context) (*Checkpoint, error) {
+func (l *Log) latestCheckpoint(ctx context.Context, q querier) (*Checkpoint, error) {
 	var size int64
 	var msg string
-	err := l.db.QueryRowContext(ctx, `SELECT size, note FROM audit_checkpoints ORDER BY size DESC, id DESC LIMIT 1`).Scan(&size, &msg)
+	err := q.QueryRowContext(ctx, `SELECT size, note FROM audit_checkpoints ORDER BY size DESC, id DESC LIMIT 1`).Scan(&size, &msg)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, nil
 	}
@@ -76,14 +80,14 @@ func (l *Log) latestCheckpoint(ctx context.Context) (*Checkpoint, error) {
 
 // checkStored verifies the stored log (see Open). It returns the first
 // problem as a *TamperError, or a plain error if it could not read.
-func (l *Log) checkStored(ctx context.Context) (*TamperError, error) {
+func (l *Log) checkStored(ctx context.Context, q querier) (*TamperError, error) {
 	var first *TamperError
 	note := func(t *TamperError) {
 		if first == nil || t.Seq < first.Seq {
 			first = t
 		}
 	}
-	cp, err := l.latestCheckpoint(ctx)
+	cp, err := l.latestCheckpoint(ctx, q)
 	var te *TamperError
 	switch {
 	case errors.As(err, &te):
@@ -102,7 +106,7 @@ func (l *Log) checkStored(ctx context.Context) (*TamperError, error) {
 		cpSize = te.Seq
 	}
 
-	rows, err := l.db.QueryContext(ctx, `SELECT seq, hash, body FROM audit_entries ORDER BY seq`)
+	rows, err := q.QueryContext(ctx, `SELECT seq, hash, body FROM audit_entries ORDER BY seq`)
 	if err != nil {
 		return nil, fmt.Errorf("audit: read log: %w", err)
 	}
@@ -161,12 +165,12 @@ func (l *Log) checkStored(ctx context.Context) (*TamperError, error) {
 	}
 	if first == nil {
 		var treeSize int64
-		if err := l.db.QueryRowContext(ctx, `SELECT COALESCE(MAX(idx)+1, 0) FROM audit_tree`).Scan(&treeSize); err != nil {
+		if err := q.QueryRowContext(ctx, `SELECT COALESCE(MAX(idx)+1, 0) FROM audit_tree`).Scan(&treeSize); err != nil {
 			return nil, fmt.Errorf("audit: read tree: %w", err)
 		}
 		if treeSize != tlog.StoredHashCount(last) {
 			note(&TamperError{last, fmt.Sprintf("tree has %d stored hashes, want %d", treeSize, tlog.StoredHashCount(last))})
-		} else if root, err := tlog.TreeHash(last, dbHashReader{ctx, l.db}); err != nil || root != fr.root() {
+		} else if root, err := tlog.TreeHash(last, dbHashReader{ctx, q}); err != nil || root != fr.root() {
 			note(&TamperError{0, "stored Merkle tree does not match the entries"})
 		}
 	}

@@ -129,7 +129,14 @@ func Open(ctx context.Context, db *sql.DB, key ed25519.PrivateKey, opts Options)
 	if l.maxBatch <= 0 {
 		l.maxBatch = 1024
 	}
-	tamper, err := l.checkStored(ctx)
+	// One read transaction: a consistent snapshot even while another
+	// process appends, without holding the write lock.
+	snap, err := db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	if err != nil {
+		return nil, fmt.Errorf("audit: read log: %w", err)
+	}
+	tamper, err := l.checkStored(ctx, snap)
+	snap.Rollback()
 	if err != nil {
 		return nil, err
 	}
@@ -284,9 +291,13 @@ type head struct {
 	cpSize   int64 // largest checkpointed size
 }
 
-func readHead(ctx context.Context, q interface {
-	QueryRowContext(context.Context, string, ...any) *sql.Row
-}) (head, error) {
+// querier is a *sql.DB or a *sql.Tx.
+type querier interface {
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+func readHead(ctx context.Context, q querier) (head, error) {
 	var h head
 	var hashHex string
 	err := q.QueryRowContext(ctx, `SELECT seq, hash FROM audit_entries ORDER BY seq DESC LIMIT 1`).Scan(&h.seq, &hashHex)
@@ -447,18 +458,17 @@ func (r *txHashReader) close() {
 	}
 }
 
-// dbHashReader reads stored tree hashes outside a transaction; stored
-// hashes never change once written.
+// dbHashReader reads stored tree hashes, which never change once written.
 type dbHashReader struct {
 	ctx context.Context
-	db  *sql.DB
+	q   querier
 }
 
 func (r dbHashReader) ReadHashes(idx []int64) ([]tlog.Hash, error) {
 	out := make([]tlog.Hash, len(idx))
 	for i, x := range idx {
 		var b []byte
-		if err := r.db.QueryRowContext(r.ctx, `SELECT hash FROM audit_tree WHERE idx = ?`, x).Scan(&b); err != nil {
+		if err := r.q.QueryRowContext(r.ctx, `SELECT hash FROM audit_tree WHERE idx = ?`, x).Scan(&b); err != nil {
 			return nil, fmt.Errorf("tree hash %d: %w", x, err)
 		}
 		if len(b) != tlog.HashSize {

@@ -123,7 +123,24 @@ func TestConcurrentAppendsAndTwoLogs(t *testing.T) {
 			}
 		})
 	}
+	stop := make(chan struct{})
+	var cpWG sync.WaitGroup
+	cpWG.Go(func() { // checkpoints while the other process appends
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if _, err := b.Checkpoint(context.Background()); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	})
 	wg.Wait()
+	close(stop)
+	cpWG.Wait()
 	close(seen)
 	got := map[int64]bool{}
 	for s := range seen {
