@@ -378,6 +378,11 @@ func TestVerifyPreviousConsistency(t *testing.T) {
 		t.Fatalf("summary %+v", s)
 	}
 
+	// The newer entries under the older export's checkpoint.
+	_, oldCP := splitExport(t, older)
+	newEntries, _ := splitExport(t, newer)
+	wantVerifyErr(t, joinExport(newEntries, oldCP), pub, nil, 11, "not covered by the checkpoint (size 10)")
+
 	// An incremental export verifies against the older one.
 	incremental := exportBytes(t, l, 10)
 	s, err = Verify(bytes.NewReader(incremental), pub, bytes.NewReader(older))
