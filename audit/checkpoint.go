@@ -58,7 +58,7 @@ func (l *Log) Checkpoint(ctx context.Context) ([]byte, error) {
 
 // latestCheckpoint returns the stored checkpoint with the largest size,
 // verified, or nil if there is none.
-func (l *Log) latestCheckpoint(ctx context.Context, q querier) (*Checkpoint, error) {
+func (l *Log) latestCheckpoint(ctx context.Context, q querier) (*checkpoint, error) {
 	var size int64
 	var msg string
 	err := q.QueryRowContext(ctx, `SELECT size, note FROM audit_checkpoints ORDER BY size DESC, id DESC LIMIT 1`).Scan(&size, &msg)

@@ -131,8 +131,8 @@ func (m *memTree) ReadHashes(idx []int64) ([]tlog.Hash, error) {
 	return out, nil
 }
 
-// Checkpoint is a parsed, verified checkpoint.
-type Checkpoint struct {
+// checkpoint is a parsed, verified checkpoint.
+type checkpoint struct {
 	Origin string
 	Size   int64
 	Root   tlog.Hash
@@ -149,7 +149,7 @@ func signCheckpoint(s note.Signer, size int64, root tlog.Hash) ([]byte, error) {
 
 // openCheckpoint verifies a signed checkpoint note and parses its body.
 // Extension lines after the root are refused: we never write them.
-func openCheckpoint(msg []byte, v note.Verifier) (*Checkpoint, error) {
+func openCheckpoint(msg []byte, v note.Verifier) (*checkpoint, error) {
 	n, err := note.Open(msg, note.VerifierList(v))
 	if err != nil {
 		var unverified *note.UnverifiedNoteError
@@ -173,7 +173,7 @@ func openCheckpoint(msg []byte, v note.Verifier) (*Checkpoint, error) {
 	if err != nil || len(root) != tlog.HashSize {
 		return nil, errors.New("checkpoint: bad root hash")
 	}
-	c := &Checkpoint{Origin: lines[0], Size: size, Note: msg}
+	c := &checkpoint{Origin: lines[0], Size: size, Note: msg}
 	copy(c.Root[:], root)
 	return c, nil
 }

@@ -95,7 +95,7 @@ func Verify(export io.Reader, publicKey string, previous io.Reader) (Summary, er
 
 // verified is what one export proved.
 type verified struct {
-	cp         *Checkpoint
+	cp         *checkpoint
 	entries    int64
 	first      int64
 	last       int64
