@@ -131,9 +131,11 @@ func ParsePublicKey(text string) (ed25519.PublicKey, note.Verifier, error) {
 	if v.Name() != KeyName {
 		return nil, nil, fmt.Errorf("audit: public key: name %q, want %q", v.Name(), KeyName)
 	}
-	// The key data is base64(0x01 || 32 bytes), the last "+" field.
-	i := strings.LastIndexByte(text, '+')
-	raw, err := decodeStdBase64(text[i+1:])
+	// The key data, base64(0x01 || 32 bytes), follows the second "+";
+	// standard base64 may itself contain "+".
+	_, rest, _ := strings.Cut(text, "+")
+	_, data, _ := strings.Cut(rest, "+")
+	raw, err := decodeStdBase64(data)
 	if err != nil || len(raw) != 1+ed25519.PublicKeySize || raw[0] != 1 {
 		return nil, nil, errors.New("audit: public key: not an Ed25519 note verifier key")
 	}

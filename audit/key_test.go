@@ -2,10 +2,12 @@ package audit
 
 import (
 	"bytes"
+	"context"
 	"crypto/ed25519"
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -51,5 +53,27 @@ func TestPublicKeyText(t *testing.T) {
 		if _, _, err := ParsePublicKey(bad); err == nil {
 			t.Errorf("ParsePublicKey(%q) accepted", bad)
 		}
+	}
+}
+
+// Standard base64 key data often contains '+', the field separator.
+func TestPublicKeyTextWithPlusInKeyData(t *testing.T) {
+	plus := 0
+	for b := range 64 {
+		key := seededKey(byte(b))
+		text := PublicKeyText(key.Public().(ed25519.PublicKey))
+		if strings.Count(text, "+") > 2 {
+			plus++
+		}
+		pub, _, err := ParsePublicKey(text)
+		if err != nil || !bytes.Equal(pub, key.Public().(ed25519.PublicKey)) {
+			t.Fatalf("key %d (%s): %v", b, text, err)
+		}
+		if _, err := Open(context.Background(), openDB(t, t.TempDir()), key, Options{}); err != nil {
+			t.Fatalf("Open with key %d: %v", b, err)
+		}
+	}
+	if plus == 0 {
+		t.Fatal("no key with '+' in its data was tried")
 	}
 }
