@@ -1,23 +1,103 @@
 package main
 
 import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+
 	"github.com/countersign/countersign/config"
 	"github.com/spf13/cobra"
 )
 
-// loadConfig loads the file named by the root --config flag, or the
-// embedded default.
+// Exit codes.
+const (
+	exitOK     = 0
+	exitFail   = 1
+	exitConfig = 2 // the configuration is missing, corrupted or invalid
+)
+
+// exitError carries an exit code out of a command.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Unwrap() error { return e.err }
+
+// configError marks err as a configuration problem (exit status 2).
+func configError(err error) error { return &exitError{exitConfig, err} }
+
+// loadConfig loads the file named by the root --config flag; without one,
+// $COUNTERSIGN_CONFIG, ./mcp.yaml, then the embedded default.
 func loadConfig(cmd *cobra.Command) (*config.Config, error) {
 	path, _ := cmd.Flags().GetString("config")
-	return config.Load(path)
+	c, err := config.Load(path)
+	if err != nil {
+		return nil, configError(err)
+	}
+	return c, nil
+}
+
+func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
+	root := &cobra.Command{
+		Use:   "countersign",
+		Short: "An MCP server whose high-risk tools wait for a human's security key",
+		Long: `Countersign exposes guarded tools to AI agents over MCP (stdio, Streamable HTTP
+and SSE). Routine calls run at once. High-risk calls - a large transfer, a
+production deploy, reading a restricted secret - wait until a human approves
+them on a local web page by tapping a security key, and every decision is
+written to a signed, hash-chained audit log that auditors can verify offline.
+
+Start with:
+  countersign serve                 serve one agent over stdio (the default config works as is)
+  countersign serve --http :8711    serve agents over HTTP at /mcp (Streamable) and /sse
+  countersign approvers enroll ID   print a one-time link to register an approver's key
+  countersign config validate FILE  check a configuration before deploying it`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	root.PersistentFlags().String("config", "", "path to mcp.yaml (default: $COUNTERSIGN_CONFIG, ./mcp.yaml, else the embedded default)")
+	root.PersistentFlags().String("log-format", "", "log format on stderr: text or json (default from config)")
+	root.AddCommand(newServeCmd(), newConfigCmd(), newVersionCmd(), newPolicyCmd(), newAuditCmd(), newApproversCmd())
+	return root
 }
 
 func run(args []string) int {
-	root := &cobra.Command{Use: "countersign", SilenceUsage: true}
-	root.PersistentFlags().String("config", "", "path to mcp.yaml (default: ./mcp.yaml if present, else the embedded default)")
+	root := newRootCmd(os.Stdout, os.Stderr)
 	root.SetArgs(args)
-	if err := root.Execute(); err != nil {
-		return 1
+	err := root.Execute()
+	if err == nil {
+		return exitOK
 	}
-	return 0
+	fmt.Fprintln(os.Stderr, "countersign:", err)
+	var ee *exitError
+	if errors.As(err, &ee) {
+		return ee.code
+	}
+	return exitFail
+}
+
+// newLogger logs to stderr only: under stdio, stdout carries MCP frames.
+func newLogger(cmd *cobra.Command, c *config.Config) (*slog.Logger, error) {
+	format, _ := cmd.Flags().GetString("log-format")
+	if format == "" {
+		format = c.Server.LogFormat
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(c.Server.LogLevel)); err != nil {
+		return nil, configError(fmt.Errorf("server.log_level: %w", err))
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(cmd.ErrOrStderr(), opts)), nil
+	}
+	return nil, configError(fmt.Errorf("--log-format: expected text or json, got %q", format))
 }

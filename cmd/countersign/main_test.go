@@ -1,0 +1,362 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/countersign/countersign"
+	"github.com/countersign/countersign/config"
+	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
+)
+
+// The protocol versions clients speak today: the SDK's default and the one
+// before it.
+var protocolVersions = []string{"2026-07-28", "2025-11-25"}
+
+var (
+	binPath  string // the countersign binary built once for subprocess tests
+	repoRoot string
+)
+
+func TestMain(m *testing.M) {
+	wd, _ := os.Getwd()
+	repoRoot = filepath.Join(wd, "..", "..")
+	dir, err := os.MkdirTemp("", "countersign-bin")
+	if err != nil {
+		panic(err)
+	}
+	binPath = filepath.Join(dir, "countersign")
+	build := exec.Command("go", "build", "-o", binPath, ".")
+	build.Stderr = os.Stderr
+	if err := build.Run(); err != nil {
+		panic("building countersign: " + err.Error())
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// testConfig is the shipped configuration with a private data directory,
+// ephemeral listeners and short approval timeouts, loaded from repoRoot so
+// the relative paths of the deploy script and secrets resolve.
+func testConfig(t *testing.T, edit func(*config.Config)) *config.Config {
+	t.Helper()
+	c, err := config.Parse(countersign.DefaultConfig, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Server.DataDir = t.TempDir()
+	c.Approval.Listen = "127.0.0.1:0"
+	c.Deploy.Command[0] = filepath.Join(repoRoot, c.Deploy.Command[0])
+	c.Secrets.Dir = filepath.Join(repoRoot, c.Secrets.Dir)
+	c.Approval.ProgressEvery = 200 * time.Millisecond
+	if edit != nil {
+		edit(c)
+	}
+	return c
+}
+
+// startHTTP assembles a full Countersign in-process and serves agents on a
+// real listener at 127.0.0.1 with a random port.
+func startHTTP(t *testing.T, c *config.Config) (*stack, string) {
+	t.Helper()
+	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	s, err := assemble(context.Background(), c, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := "http://" + ln.Addr().String()
+	h, closeSessions := s.server.HTTPHandler(base)
+	srv := newHTTPServer(h, log)
+	go srv.Serve(ln)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		closeSessions(ctx)
+		srv.Shutdown(ctx)
+		if err := s.close(); err != nil {
+			t.Errorf("close: %v", err)
+		}
+	})
+	return s, base
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
+}
+
+func connect(t *testing.T, transport sdk.Transport, version string, opts *sdk.ClientOptions) *sdk.ClientSession {
+	t.Helper()
+	// The SSE transport ties its event stream to this context: it must
+	// outlive the connect call.
+	ctx := t.Context()
+	client := sdk.NewClient(&sdk.Implementation{Name: "countersign-test", Version: "1"}, opts)
+	cs, err := client.Connect(ctx, transport, &sdk.ClientSessionOptions{ProtocolVersion: version})
+	if err != nil {
+		t.Fatalf("connect (%s): %v", version, err)
+	}
+	t.Cleanup(func() { cs.Close() })
+	return cs
+}
+
+func callTool(t *testing.T, cs *sdk.ClientSession, name string, args map[string]any) *sdk.CallToolResult {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	res, err := cs.CallTool(ctx, &sdk.CallToolParams{Name: name, Arguments: args})
+	if err != nil {
+		t.Fatalf("call %s: %v", name, err)
+	}
+	return res
+}
+
+func resultText(r *sdk.CallToolResult) string {
+	var b strings.Builder
+	for _, c := range r.Content {
+		if tc, ok := c.(*sdk.TextContent); ok {
+			b.WriteString(tc.Text)
+		}
+	}
+	return b.String()
+}
+
+func checkTools(t *testing.T, cs *sdk.ClientSession) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	list, err := cs.ListTools(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]*sdk.Tool{}
+	for _, tool := range list.Tools {
+		got[tool.Name] = tool
+	}
+	for _, want := range []string{"get_balance", "transfer", "deploy", "read_secret", "approval_status"} {
+		if got[want] == nil {
+			t.Errorf("tool %s not listed", want)
+		}
+	}
+	if gb := got["get_balance"]; gb != nil {
+		if gb.Annotations == nil || !gb.Annotations.ReadOnlyHint {
+			t.Errorf("get_balance is not annotated read-only: %+v", gb.Annotations)
+		}
+		if gb.InputSchema == nil {
+			t.Error("get_balance has no input schema")
+		}
+	}
+	if tr := got["transfer"]; tr != nil {
+		if tr.Annotations == nil || tr.Annotations.DestructiveHint == nil || !*tr.Annotations.DestructiveHint {
+			t.Errorf("transfer is not annotated destructive: %+v", tr.Annotations)
+		}
+	}
+}
+
+func checkBalance(t *testing.T, cs *sdk.ClientSession) {
+	t.Helper()
+	res := callTool(t, cs, "get_balance", map[string]any{})
+	if res.IsError {
+		t.Fatalf("get_balance failed: %s", resultText(res))
+	}
+	if !strings.Contains(resultText(res), "operating") {
+		t.Errorf("get_balance result does not mention the operating account: %s", resultText(res))
+	}
+}
+
+func TestStdioServesOnlyJSONRPCOnStdout(t *testing.T) {
+	for _, version := range protocolVersions {
+		t.Run(version, func(t *testing.T) {
+			cmd := exec.Command(binPath, "serve", "--log-format", "json")
+			cmd.Dir = repoRoot
+			cmd.Env = append(os.Environ(),
+				"COUNTERSIGN_SERVER_DATA_DIR="+t.TempDir(),
+				"COUNTERSIGN_APPROVAL_LISTEN=127.0.0.1:0",
+				"COUNTERSIGN_SERVER_LOG_LEVEL=debug",
+			)
+			var stderr syncBuffer
+			cmd.Stderr = &stderr
+			stdin, err := cmd.StdinPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			stdout, err := cmd.StdoutPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			var captured syncBuffer
+			cs := connect(t, &sdk.IOTransport{Reader: io.NopCloser(io.TeeReader(stdout, &captured)), Writer: stdin}, version, nil)
+			checkTools(t, cs)
+			checkBalance(t, cs)
+			res := callTool(t, cs, "transfer", map[string]any{"from": "operating", "to": "Acme Supplies", "amount": 12.5, "currency": "USD"})
+			if res.IsError {
+				t.Fatalf("small transfer failed: %s", resultText(res))
+			}
+			cs.Close()
+			stdin.Close()
+			if err := cmd.Wait(); err != nil {
+				t.Fatalf("server exit: %v\nstderr:\n%s", err, stderr.String())
+			}
+
+			lines := 0
+			sc := bufio.NewScanner(bytes.NewReader(captured.Bytes()))
+			sc.Buffer(nil, 1<<20)
+			for sc.Scan() {
+				var frame struct {
+					JSONRPC string `json:"jsonrpc"`
+				}
+				if err := json.Unmarshal(sc.Bytes(), &frame); err != nil || frame.JSONRPC != "2.0" {
+					t.Errorf("stdout line is not a JSON-RPC frame: %q", sc.Text())
+				}
+				lines++
+			}
+			if lines < 3 {
+				t.Errorf("only %d frames on stdout", lines)
+			}
+			if !strings.Contains(stderr.String(), `"msg":"approver page"`) || !strings.Contains(stderr.String(), `"msg":"serving MCP on stdio"`) {
+				t.Errorf("expected JSON log lines on stderr, got:\n%s", stderr.String())
+			}
+		})
+	}
+}
+
+func TestStreamableHTTPAndSSE(t *testing.T) {
+	_, base := startHTTP(t, testConfig(t, nil))
+	transports := map[string]func() sdk.Transport{
+		"streamable": func() sdk.Transport {
+			return &sdk.StreamableClientTransport{Endpoint: base + "/mcp", MaxRetries: -1}
+		},
+		"sse": func() sdk.Transport { return &sdk.SSEClientTransport{Endpoint: base + "/sse"} },
+	}
+	for name, transport := range transports {
+		for _, version := range protocolVersions {
+			t.Run(name+"/"+version, func(t *testing.T) {
+				cs := connect(t, transport(), version, nil)
+				checkTools(t, cs)
+				checkBalance(t, cs)
+			})
+		}
+	}
+}
+
+func TestOversizedBodyIs413AndMalformedJSONIsAJSONRPCError(t *testing.T) {
+	c := testConfig(t, func(c *config.Config) { c.HTTP.MaxBodyBytes = 4096 })
+	_, base := startHTTP(t, c)
+
+	big := `{"jsonrpc":"2.0","id":1,"method":"ping","params":{"pad":"` + strings.Repeat("x", 8192) + `"}}`
+	resp := post(t, base+"/mcp", big)
+	if resp.StatusCode != http.StatusRequestEntityTooLarge {
+		t.Errorf("oversized body: status %d, want 413", resp.StatusCode)
+	}
+
+	resp = post(t, base+"/mcp", `{"jsonrpc":"2.0","id":1,"method":`)
+	body, _ := io.ReadAll(resp.Body)
+	if !strings.Contains(string(body), "-32700") {
+		t.Errorf("malformed JSON: status %d body %s, want a JSON-RPC parse error (-32700)", resp.StatusCode, body)
+	}
+	// The server is still serving.
+	cs := connect(t, &sdk.StreamableClientTransport{Endpoint: base + "/mcp", MaxRetries: -1}, protocolVersions[0], nil)
+	checkBalance(t, cs)
+}
+
+func post(t *testing.T, url, body string) *http.Response {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodPost, url, strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Accept", "application/json, text/event-stream")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { resp.Body.Close() })
+	return resp
+}
+
+func TestInvalidConfigExitsWithStatus2(t *testing.T) {
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.yaml")
+	os.WriteFile(bad, []byte("server:\n  shutdown_timeout: soon\ntools:\n  get_balance: {level: low}\n"), 0o600)
+	for _, args := range [][]string{{"serve", "--config", bad}, {"config", "validate", bad}} {
+		cmd := exec.Command(binPath, args...)
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		err := cmd.Run()
+		ee, ok := err.(*exec.ExitError)
+		if !ok || ee.ExitCode() != 2 {
+			t.Errorf("%v: err = %v, want exit status 2", args, err)
+		}
+		if !strings.Contains(stderr.String(), bad+": server.shutdown_timeout: expected a duration") {
+			t.Errorf("%v: stderr does not name file and key:\n%s", args, stderr.String())
+		}
+	}
+}
+
+func TestGracefulShutdownOnSIGTERM(t *testing.T) {
+	cmd := exec.Command(binPath, "serve", "--http", "127.0.0.1:0")
+	cmd.Dir = repoRoot
+	cmd.Env = append(os.Environ(), "COUNTERSIGN_SERVER_DATA_DIR="+t.TempDir(), "COUNTERSIGN_APPROVAL_LISTEN=127.0.0.1:0")
+	var stderr syncBuffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(stderr.String(), "serving MCP over HTTP") {
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			t.Fatalf("server did not start:\n%s", stderr.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("exit after SIGTERM: %v\n%s", err, stderr.String())
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a writer goroutine and a reader.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func (s *syncBuffer) Bytes() []byte {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return bytes.Clone(s.b.Bytes())
+}

@@ -1,0 +1,190 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/countersign/countersign/authz"
+	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/store"
+	"github.com/countersign/countersign/tools"
+	"github.com/spf13/cobra"
+)
+
+func newPolicyCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "policy",
+		Short: "Dry-run calls against the policy",
+	}
+	var toolName, argsJSON, agent, factsJSON, casesFile string
+	test := &cobra.Command{
+		Use:   "test",
+		Short: "Show what the policy decides for a call, or check a file of expected decisions",
+		Long: `Test asks the policy what it would decide, and runs nothing.
+
+One call:
+  countersign policy test --tool transfer --args '{"from":"operating","to":"Acme Supplies","amount":20000,"currency":"USD"}'
+
+A file of cases with expected decisions (exit status 1 on any mismatch, so the
+policy can be tested in CI):
+  countersign policy test --cases policy-cases.yaml
+
+Facts the rules use (such as counterparty.known) come from the backends in the
+data directory, unless --facts or a case's facts: give them.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := loadConfig(cmd)
+			if err != nil {
+				return err
+			}
+			policy, err := compilePolicy(c)
+			if err != nil {
+				return err
+			}
+			facts := newFactSource(c)
+			defer facts.close()
+			out := cmd.OutOrStdout()
+			if casesFile != "" {
+				cases, err := authz.LoadCases(casesFile)
+				if err != nil {
+					return err
+				}
+				for i := range cases {
+					if cases[i].Facts == nil {
+						if cases[i].Facts, err = facts.lookup(cmd.Context(), cases[i].Tool, cases[i].Args); err != nil {
+							return fmt.Errorf("case %d (%s): %w", i, cases[i].Name, err)
+						}
+					}
+				}
+				return reportCases(out, policy.RunCases(cases))
+			}
+			if toolName == "" {
+				return fmt.Errorf("give --tool (with --args) or --cases")
+			}
+			args := map[string]any{}
+			if err := decodeObject(argsJSON, &args); err != nil {
+				return fmt.Errorf("--args: %w", err)
+			}
+			var f map[string]any
+			if factsJSON != "" {
+				if err := decodeObject(factsJSON, &f); err != nil {
+					return fmt.Errorf("--facts: %w", err)
+				}
+			} else if f, err = facts.lookup(cmd.Context(), toolName, args); err != nil {
+				return err
+			}
+			d := policy.Decide(authz.Input{Tool: toolName, Agent: agent, Args: args, Facts: f, Now: time.Now()})
+			return printDecision(out, d)
+		},
+	}
+	test.Flags().StringVar(&toolName, "tool", "", "tool name")
+	test.Flags().StringVar(&argsJSON, "args", "{}", "arguments as a JSON object")
+	test.Flags().StringVar(&agent, "agent", "cli", "agent id the rules see")
+	test.Flags().StringVar(&factsJSON, "facts", "", "facts as a JSON object (default: asked of the backend)")
+	test.Flags().StringVar(&casesFile, "cases", "", "YAML file of cases with expected decisions")
+	cmd.AddCommand(test)
+	return cmd
+}
+
+func decodeObject(s string, v *map[string]any) error {
+	dec := json.NewDecoder(strings.NewReader(s))
+	dec.UseNumber()
+	var raw map[string]any
+	if err := dec.Decode(&raw); err != nil {
+		return fmt.Errorf("expected a JSON object: %w", err)
+	}
+	// Agents' arguments arrive as float64; decode the same way.
+	b, _ := json.Marshal(raw)
+	return json.Unmarshal(b, v)
+}
+
+func printDecision(w io.Writer, d authz.Decision) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "decision:\t%s\n", d.Level)
+	fmt.Fprintf(tw, "rules:\t%s\n", orNone(strings.Join(d.Rules, ", ")))
+	fmt.Fprintf(tw, "reason:\t%s\n", d.Reason)
+	if d.Level == config.LevelHigh || d.Level == config.LevelCritical {
+		fmt.Fprintf(tw, "approvers:\t%s\n", strings.Join(d.Approvers, ", "))
+		fmt.Fprintf(tw, "quorum:\t%d\n", d.Quorum)
+		fmt.Fprintf(tw, "user verification:\t%s\n", d.UserVerification)
+		fmt.Fprintf(tw, "timeout:\t%s\n", d.Timeout)
+		fmt.Fprintf(tw, "wait:\t%s\n", d.Wait)
+	}
+	return tw.Flush()
+}
+
+func reportCases(w io.Writer, results []authz.CaseResult) error {
+	failed := 0
+	for i, r := range results {
+		name := r.Case.Name
+		if name == "" {
+			name = fmt.Sprintf("case %d", i)
+		}
+		if r.OK {
+			fmt.Fprintf(w, "ok    %s: %s\n", name, r.Got.Level)
+			continue
+		}
+		failed++
+		fmt.Fprintf(w, "FAIL  %s: %s\n", name, r.Diff)
+	}
+	fmt.Fprintf(w, "%d passed, %d failed\n", len(results)-failed, failed)
+	if failed > 0 {
+		return fmt.Errorf("%d of %d policy cases failed", failed, len(results))
+	}
+	return nil
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "(none: the tool's base level)"
+	}
+	return s
+}
+
+// factSource asks the backends for the facts a tool's rules use, opening
+// the data directory only when a case needs it.
+type factSource struct {
+	c     *config.Config
+	reg   *tools.Registry
+	close func()
+}
+
+func newFactSource(c *config.Config) *factSource {
+	return &factSource{c: c, close: func() {}}
+}
+
+func (f *factSource) lookup(ctx context.Context, tool string, args map[string]any) (map[string]any, error) {
+	if len(tools.Facts()[tool]) == 0 {
+		return nil, nil
+	}
+	if f.reg == nil {
+		if err := f.c.EnsureDataDir(); err != nil {
+			return nil, err
+		}
+		db, err := store.Open(ctx, filepath.Join(f.c.Server.DataDir, store.FileName))
+		if err != nil {
+			return nil, err
+		}
+		reg, err := tools.New(ctx, f.c, db)
+		if err != nil {
+			db.Close()
+			return nil, err
+		}
+		f.reg, f.close = reg, func() { db.Close() }
+	}
+	t, ok := f.reg.Lookup(tool)
+	if !ok {
+		return nil, nil
+	}
+	call, err := t.Prepare(ctx, args)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", tool, err)
+	}
+	return call.Facts, nil
+}

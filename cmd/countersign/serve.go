@@ -1,0 +1,249 @@
+package main
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/countersign/countersign/approval"
+	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/server"
+	"github.com/countersign/countersign/store"
+	"github.com/countersign/countersign/tools"
+	"github.com/spf13/cobra"
+)
+
+func newServeCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Serve the guarded tools to agents (stdio by default) and the approver page",
+		Long: `Serve exposes the configured tools over MCP. By default it speaks MCP on stdin
+and stdout, for an agent that starts countersign as a subprocess; stdout then
+carries nothing but MCP messages and all logs go to stderr.
+
+With --http ADDR it serves agents over HTTP instead: Streamable HTTP at /mcp and
+SSE at /sse (messages to /message), on one listener.
+
+Either way the approver page listens on approval.listen (127.0.0.1:8710 by
+default) and its URL is printed on stderr at start.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := loadConfig(cmd)
+			if err != nil {
+				return err
+			}
+			if addr, _ := cmd.Flags().GetString("http"); addr != "" {
+				c.HTTP.Addr = addr
+			}
+			log, err := newLogger(cmd, c)
+			if err != nil {
+				return err
+			}
+			slog.SetDefault(log)
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return serve(ctx, c, log)
+		},
+	}
+	cmd.Flags().String("http", "", "serve agents over HTTP on ADDR (e.g. 127.0.0.1:8711) instead of stdio")
+	return cmd
+}
+
+// stack is every part of a running Countersign, wired together.
+type stack struct {
+	db        *sql.DB
+	audit     *audit.Log
+	tools     *tools.Registry
+	approvals *approval.Service
+	server    *server.Server
+}
+
+// assemble opens the data directory and wires the packages: the one place
+// that knows how they fit together.
+func assemble(ctx context.Context, c *config.Config, log *slog.Logger) (_ *stack, err error) {
+	policy, err := compilePolicy(c)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.EnsureDataDir(); err != nil {
+		return nil, err
+	}
+	s := &stack{}
+	defer func() {
+		if err != nil {
+			s.close()
+		}
+	}()
+	if s.db, err = store.Open(ctx, filepath.Join(c.Server.DataDir, store.FileName)); err != nil {
+		return nil, err
+	}
+	key, err := audit.LoadOrCreateKey(c.Server.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	if s.audit, err = audit.Open(ctx, s.db, key, audit.Options{CheckpointEvery: c.Audit.CheckpointEvery}); err != nil {
+		return nil, fmt.Errorf("audit log: %w", err)
+	}
+	if s.tools, err = tools.New(ctx, c, s.db); err != nil {
+		return nil, err
+	}
+	if s.approvals, err = approval.New(ctx, s.db, s.audit, approvalOptions(c)); err != nil {
+		return nil, err
+	}
+	s.server, err = server.New(server.Options{
+		Config: c, Tools: s.tools, Policy: policy, Audit: s.audit,
+		Approvals: s.approvals, Version: buildVersion(), Logger: log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// close stops background work first, then the log (which writes a final
+// checkpoint), then the database.
+func (s *stack) close() error {
+	var errs []error
+	if s.server != nil {
+		s.server.Close()
+	}
+	if s.approvals != nil {
+		errs = append(errs, s.approvals.Close())
+	}
+	if s.audit != nil {
+		errs = append(errs, s.audit.Close())
+	}
+	if s.db != nil {
+		errs = append(errs, s.db.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// serve runs Countersign until ctx ends.
+func serve(ctx context.Context, c *config.Config, log *slog.Logger) (err error) {
+	if c.HTTP.Addr != "" && len(c.HTTP.Agents) == 0 && !loopback(c.HTTP.Addr) {
+		return configError(fmt.Errorf("%s: http.agents: an HTTP listener on %s (not loopback) needs at least one agent token", c.Source, c.HTTP.Addr))
+	}
+	s, err := assemble(ctx, c, log)
+	if err != nil {
+		return err
+	}
+	defer func() { err = errors.Join(err, s.close()) }()
+	srv, approvals := s.server, s.approvals
+
+	page, err := listen(c.Approval.Listen)
+	if err != nil {
+		return fmt.Errorf("approver page: %w", err)
+	}
+	pageSrv := newHTTPServer(approvals.Handler(), log)
+	go func() {
+		var err error
+		if c.Approval.TLSCertFile != "" {
+			err = pageSrv.ServeTLS(page, c.Approval.TLSCertFile, c.Approval.TLSKeyFile)
+		} else {
+			err = pageSrv.Serve(page)
+		}
+		if err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("approver page stopped", "err", err)
+		}
+	}()
+	defer shutdown(pageSrv, c.Server.ShutdownTimeout)
+	log.Info("approver page", "url", c.Approval.PublicURL, "listen", page.Addr().String())
+	log.Info("countersign started", "version", buildVersion(), "config", c.Source,
+		"data_dir", c.Server.DataDir, "tools", len(c.Tools))
+
+	if c.HTTP.Addr == "" {
+		log.Info("serving MCP on stdio")
+		err := srv.ServeStdio(ctx, os.Stdin, os.Stdout)
+		if err != nil && !errors.Is(err, context.Canceled) {
+			return err
+		}
+		log.Info("shutting down")
+		return nil
+	}
+
+	ln, err := listen(c.HTTP.Addr)
+	if err != nil {
+		return fmt.Errorf("agent listener: %w", err)
+	}
+	base := "http://" + ln.Addr().String()
+	handler, closeSessions := srv.HTTPHandler(base)
+	agentSrv := newHTTPServer(handler, log)
+	errc := make(chan error, 1)
+	go func() { errc <- agentSrv.Serve(ln) }()
+	log.Info("serving MCP over HTTP", "streamable", base+"/mcp", "sse", base+"/sse")
+	select {
+	case <-ctx.Done():
+	case err := <-errc:
+		if !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+	}
+	log.Info("shutting down")
+	sctx, cancel := context.WithTimeout(context.Background(), c.Server.ShutdownTimeout)
+	defer cancel()
+	closeSessions(sctx)
+	shutdown(agentSrv, c.Server.ShutdownTimeout)
+	return nil
+}
+
+func approvalOptions(c *config.Config) approval.Options {
+	var approvers []approval.Approver
+	for _, a := range c.Approvers {
+		approvers = append(approvers, approval.Approver{ID: a.ID, Name: a.Name, Roles: a.Roles})
+	}
+	return approval.Options{
+		RPID: c.Approval.RPID, RPName: c.Approval.RPName, Origins: c.Approval.Origins,
+		PublicURL: c.Approval.PublicURL, AllowedHosts: c.Approval.AllowedHosts,
+		Approvers: approvers, PollInterval: c.Approval.PollInterval,
+		EnrollTTL: c.Approval.EnrollTTL, MaxBodyBytes: c.Approval.MaxBodyBytes,
+	}
+}
+
+func listen(addr string) (net.Listener, error) {
+	return net.Listen("tcp", addr)
+}
+
+// newHTTPServer sets the timeouts that are safe. Read and write timeouts stay
+// zero: a connection deadline would cancel
+// SSE streams and calls waiting for a human, which are long-lived by design;
+// bodies are bounded by size instead.
+func newHTTPServer(h http.Handler, log *slog.Logger) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+}
+
+func shutdown(s *http.Server, timeout time.Duration) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	if err := s.Shutdown(ctx); err != nil {
+		s.Close()
+	}
+}
+
+func loopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}

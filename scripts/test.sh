@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs Countersign's whole test suite on a fresh Debian machine with Go.
+# The browser tests drive a real headless Chromium; install it when missing
+# rather than skip them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v chromium >/dev/null 2>&1; then
+	echo "test.sh: installing Debian's chromium for the browser tests" >&2
+	sudo=""
+	if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+	$sudo apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
+fi
+
+go vet ./...
+unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
+if [ -n "$unformatted" ]; then
+	echo "gofmt would change:" >&2
+	echo "$unformatted" >&2
+	exit 1
+fi
+go test -race -count=1 ./... "$@"

@@ -1,0 +1,90 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+
+	"github.com/countersign/countersign/config"
+)
+
+type agentKey struct{}
+
+// withAgent records who is calling; the guard reads it for policy and audit.
+func withAgent(ctx context.Context, agent string) context.Context {
+	return context.WithValue(ctx, agentKey{}, agent)
+}
+
+// agentFrom returns the authenticated agent, or "unknown" (which no policy
+// should trust) when the transport set none.
+func agentFrom(ctx context.Context) string {
+	if a, ok := ctx.Value(agentKey{}).(string); ok && a != "" {
+		return a
+	}
+	return "unknown"
+}
+
+// limitBody answers 413 to bodies over max. It reads the body up front so
+// the MCP handlers never see a truncated message and answer it as malformed.
+func limitBody(max int64, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ContentLength > max {
+			http.Error(w, "request body too large", http.StatusRequestEntityTooLarge)
+			return
+		}
+		if r.Body != nil && r.Body != http.NoBody {
+			body, err := io.ReadAll(io.LimitReader(r.Body, max+1))
+			r.Body.Close()
+			if err != nil {
+				http.Error(w, "cannot read request body", http.StatusBadRequest)
+				return
+			}
+			if int64(len(body)) > max {
+				http.Error(w, "request body too large", http.StatusRequestEntityTooLarge)
+				return
+			}
+			r.Body = io.NopCloser(bytes.NewReader(body))
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// authenticate maps a bearer token to an agent id. Only token hashes are
+// configured, and they are compared in constant time. With no agents
+// configured every caller is "anonymous": cmd allows that only on loopback.
+func authenticate(agents []config.Agent, log *slog.Logger, next http.Handler) http.Handler {
+	type known struct {
+		id   string
+		hash []byte
+	}
+	var keys []known
+	for _, a := range agents {
+		h, _ := hex.DecodeString(a.TokenSHA256) // validated by config
+		keys = append(keys, known{a.ID, h})
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if len(keys) == 0 {
+			next.ServeHTTP(w, r.WithContext(withAgent(r.Context(), "anonymous")))
+			return
+		}
+		token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if ok {
+			sum := sha256.Sum256([]byte(strings.TrimSpace(token)))
+			for _, k := range keys {
+				if subtle.ConstantTimeCompare(sum[:], k.hash) == 1 {
+					next.ServeHTTP(w, r.WithContext(withAgent(r.Context(), k.id)))
+					return
+				}
+			}
+		}
+		log.Warn("agent authentication failed", "remote", r.RemoteAddr, "path", r.URL.Path)
+		w.Header().Set("WWW-Authenticate", `Bearer realm="countersign"`)
+		http.Error(w, "a valid bearer token is required", http.StatusUnauthorized)
+	})
+}
