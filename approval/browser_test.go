@@ -14,29 +14,13 @@ import (
 	"testing"
 	"time"
 
-	cdpwebauthn "github.com/chromedp/cdproto/webauthn"
 	"github.com/chromedp/chromedp"
 
+	"github.com/countersign/countersign/approval/approvaltest"
 	"github.com/countersign/countersign/audit"
 )
 
 var updateScreenshot = flag.Bool("update-screenshot", false, "write the request page screenshot to docs/approver-page.png")
-
-// chromiumPath finds the browser. Missing Chromium is a failure, not a
-// skip: CI installs it, and a silently skipped browser test proves nothing.
-func chromiumPath(t *testing.T) string {
-	t.Helper()
-	for _, p := range []string{os.Getenv("COUNTERSIGN_CHROMIUM"), "/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome"} {
-		if p == "" {
-			continue
-		}
-		if _, err := os.Stat(p); err == nil {
-			return p
-		}
-	}
-	t.Fatal("Chromium not found at /usr/bin/chromium (or $COUNTERSIGN_CHROMIUM): install it with `apt-get install -y chromium`; the browser tests must not be skipped")
-	return ""
-}
 
 // browserFixture is the service on a real listener, opened as
 // http://localhost:PORT with RP ID localhost.
@@ -48,7 +32,7 @@ type browserFixture struct {
 
 func newBrowserFixture(t *testing.T) *browserFixture {
 	t.Helper()
-	exe := chromiumPath(t)
+	alloc := approvaltest.NewBrowser(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -63,72 +47,22 @@ func newBrowserFixture(t *testing.T) *browserFixture {
 	srv := &http.Server{Handler: f.svc.Handler(), ReadHeaderTimeout: 5 * time.Second}
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
-
-	alloc, cancel := chromedp.NewExecAllocator(context.Background(),
-		chromedp.ExecPath(exe),
-		chromedp.Headless,
-		chromedp.NoSandbox,
-		chromedp.DisableGPU,
-		chromedp.NoFirstRun,
-		chromedp.NoDefaultBrowserCheck,
-		chromedp.Flag("disable-quic", true),
-		chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("disable-sync", true),
-		chromedp.UserDataDir(t.TempDir()),
-		chromedp.WindowSize(480, 1000),
-	)
-	t.Cleanup(cancel)
 	return &browserFixture{fixture: f, base: base, alloc: alloc}
 }
 
 // tab opens a browser tab with its own virtual CTAP2 authenticator.
 func (b *browserFixture) tab(t *testing.T, parent context.Context, uv bool) context.Context {
 	t.Helper()
-	ctx, cancel := chromedp.NewContext(parent)
-	t.Cleanup(cancel)
-	if _, err := chromedp.Call(ctx, cdpwebauthn.Enable, cdpwebauthn.EnableParams{}); err != nil {
-		t.Fatalf("start Chromium / WebAuthn.enable: %v", err)
-	}
-	_, err := chromedp.Call(ctx, cdpwebauthn.AddVirtualAuthenticator, cdpwebauthn.AddVirtualAuthenticatorParams{
-		Options: &cdpwebauthn.VirtualAuthenticatorOptions{
-			Protocol:                    cdpwebauthn.AuthenticatorProtocolCtap2,
-			Ctap2version:                cdpwebauthn.Ctap2versionCtap21,
-			Transport:                   cdpwebauthn.AuthenticatorTransportUsb,
-			HasResidentKey:              true,
-			HasUserVerification:         true,
-			IsUserVerified:              uv,
-			AutomaticPresenceSimulation: true,
-		},
-	})
-	if err != nil {
-		t.Fatalf("add virtual authenticator: %v", err)
-	}
-	return ctx
+	return approvaltest.Tab(t, parent, uv)
 }
 
-func do(t *testing.T, ctx context.Context, steps ...chromedp.Action[chromedp.Void]) {
-	t.Helper()
-	tctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	if err := chromedp.Do(tctx, steps...); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// waitText waits until the element's text starts with prefix.
-func waitText(t *testing.T, ctx context.Context, id, prefix string) {
-	t.Helper()
-	expr := fmt.Sprintf(`(document.getElementById(%q)||{textContent:""}).textContent.startsWith(%q)`, id, prefix)
-	_, err := chromedp.Run(ctx, chromedp.Poll[bool](expr, chromedp.WithPollingTimeout(20*time.Second)))
-	if err != nil {
-		text, _ := chromedp.Run(ctx, chromedp.Evaluate[string](fmt.Sprintf(`(document.getElementById(%q)||{textContent:"(missing)"}).textContent`, id)))
-		t.Fatalf("#%s never started with %q; it reads %q (%v)", id, prefix, text, err)
-	}
-}
+var (
+	do       = approvaltest.Do
+	waitText = approvaltest.WaitText
+)
 
 // enrollInBrowser registers the tab's virtual key for approver via a
-// one-time link.
+// one-time link (which approvaltest.Enroll checks is then spent).
 func (b *browserFixture) enrollInBrowser(t *testing.T, tab context.Context, approver string) {
 	t.Helper()
 	link, err := b.svc.CreateEnrollment(context.Background(), approver)
@@ -138,14 +72,7 @@ func (b *browserFixture) enrollInBrowser(t *testing.T, tab context.Context, appr
 	if !strings.HasPrefix(link, b.base+"/enroll/") {
 		t.Fatalf("link %q", link)
 	}
-	do(t, tab, chromedp.Navigate(link), chromedp.WaitVisible(chromedp.CSS("#register")), chromedp.Click(chromedp.CSS("#register")))
-	waitText(t, tab, "outcome", "Key registered")
-	// The link is single use.
-	do(t, tab, chromedp.Navigate(link))
-	body, err := chromedp.Run(tab, chromedp.Text(chromedp.CSS("main")))
-	if err != nil || !strings.Contains(body, "not valid") {
-		t.Fatalf("used link page reads %q (%v)", body, err)
-	}
+	approvaltest.Enroll(t, tab, link)
 }
 
 func TestBrowserApproveDenyExpireQuorum(t *testing.T) {
