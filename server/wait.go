@@ -51,8 +51,8 @@ func (s *Server) heartbeat(ctx context.Context, req mcp.CallToolRequest, r *appr
 			err := s.mcp.SendNotificationToClient(ctx, "notifications/progress", map[string]any{
 				"progressToken": token,
 				"progress":      n,
-				"message": fmt.Sprintf("waiting for approval by %s, expires in %s, code %s",
-					waitingFor(r), left, r.Code),
+				"message": fmt.Sprintf("waiting for approval by %s at %s, expires in %s, code %s",
+					waitingFor(r), r.URL, left, r.Code),
 			})
 			if err != nil {
 				s.log.Debug("cannot send progress", "err", err)

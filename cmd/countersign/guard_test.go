@@ -1,0 +1,330 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/config"
+	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
+)
+
+// operatingBalance reads the operating account's balance (minor units) as
+// the agent sees it.
+func operatingBalance(t *testing.T, cs *sdk.ClientSession) string {
+	t.Helper()
+	res := callTool(t, cs, "get_balance", map[string]any{"account": "operating"})
+	if res.IsError {
+		t.Fatalf("get_balance: %s", resultText(res))
+	}
+	return resultText(res)
+}
+
+// entries returns the audit log's entries of the given kind.
+func entries(t *testing.T, s *stack, kind string) []audit.Entry {
+	t.Helper()
+	all, err := s.audit.Since(context.Background(), 0, 100000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []audit.Entry
+	for _, e := range all {
+		if e.Kind == kind {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+func streamable(t *testing.T, base string) *sdk.ClientSession {
+	return connect(t, &sdk.StreamableClientTransport{Endpoint: base + "/mcp", MaxRetries: -1}, protocolVersions[0], nil)
+}
+
+func TestSmallTransferRunsAndIsAudited(t *testing.T) {
+	s, base := startHTTP(t, testConfig(t, nil))
+	cs := streamable(t, base)
+	before := operatingBalance(t, cs)
+	res := callTool(t, cs, "transfer", map[string]any{"from": "operating", "to": "Acme Supplies", "amount": 125.5, "currency": "USD"})
+	if res.IsError {
+		t.Fatalf("small transfer refused: %s", resultText(res))
+	}
+	after := operatingBalance(t, cs)
+	if before == after || !strings.Contains(after, "999,874.50") {
+		t.Errorf("balance did not move by 125.50: before %s after %s", before, after)
+	}
+	if len(entries(t, s, audit.KindCallAllowed)) < 1 || len(entries(t, s, audit.KindCallExecuted)) < 1 {
+		t.Error("allowed + executed entries missing from the audit log")
+	}
+}
+
+func TestSchemaViolationNamesTheFieldAndIsAudited(t *testing.T) {
+	s, base := startHTTP(t, testConfig(t, nil))
+	cs := streamable(t, base)
+	for _, tc := range []struct {
+		args  map[string]any
+		field string
+	}{
+		{map[string]any{"from": "operating", "to": "Acme Supplies", "amount": -5, "currency": "USD"}, "amount"},
+		{map[string]any{"from": "operating", "to": "Acme Supplies", "amount": 5, "currency": "DOGE"}, "currency"},
+		{map[string]any{"from": "operating", "amount": 5, "currency": "USD"}, "to"},
+		{map[string]any{"from": "operating", "to": "Acme Supplies", "amount": 5.001, "currency": "USD"}, "amount"},
+	} {
+		res := callTool(t, cs, "transfer", tc.args)
+		if !res.IsError || !strings.Contains(resultText(res), tc.field) {
+			t.Errorf("%v: result %q does not name %s", tc.args, resultText(res), tc.field)
+		}
+	}
+	if got := len(entries(t, s, audit.KindCallRejected)); got != 4 {
+		t.Errorf("%d call.rejected entries, want 4", got)
+	}
+	if len(entries(t, s, audit.KindCallExecuted)) != 0 {
+		t.Error("a rejected call ran")
+	}
+}
+
+func TestDenyLevelNeverRuns(t *testing.T) {
+	c := testConfig(t, func(c *config.Config) {
+		tool := c.Tools["deploy"]
+		tool.Level = config.LevelDeny
+		c.Tools["deploy"] = tool
+	})
+	s, base := startHTTP(t, c)
+	cs := streamable(t, base)
+	res := callTool(t, cs, "deploy", map[string]any{"service": "api", "version": "1.2.3", "environment": "staging"})
+	if !res.IsError || !strings.Contains(resultText(res), "denied by policy") {
+		t.Fatalf("deploy at level deny: %s", resultText(res))
+	}
+	if len(entries(t, s, audit.KindCallDenied)) != 1 || len(entries(t, s, audit.KindCallExecuted)) != 0 {
+		t.Error("deny not audited exactly once, or the backend ran")
+	}
+	if _, err := os.Stat(c.Server.DataDir + "/deploys.log"); err == nil {
+		t.Error("the deploy script ran")
+	}
+}
+
+// A large transfer waits for a human; with nobody approving it expires and
+// the money stays where it was. Progress arrives while it waits.
+func TestLargeTransferWaitsReportsProgressAndExpires(t *testing.T) {
+	c := testConfig(t, func(c *config.Config) {
+		tool := c.Tools["transfer"]
+		tool.Timeout = 2 * time.Second
+		c.Tools["transfer"] = tool
+	})
+	s, base := startHTTP(t, c)
+	var mu sync.Mutex
+	var progress []string
+	var logged []string
+	cs := connect(t, &sdk.StreamableClientTransport{Endpoint: base + "/mcp", MaxRetries: -1}, protocolVersions[1], &sdk.ClientOptions{
+		ProgressNotificationHandler: func(_ context.Context, r *sdk.ProgressNotificationClientRequest) {
+			mu.Lock()
+			defer mu.Unlock()
+			progress = append(progress, r.Params.Message)
+		},
+		LoggingMessageHandler: func(_ context.Context, r *sdk.LoggingMessageRequest) {
+			mu.Lock()
+			defer mu.Unlock()
+			b, _ := json.Marshal(r.Params.Data)
+			logged = append(logged, string(b))
+		},
+	})
+	if err := cs.SetLoggingLevel(context.Background(), &sdk.SetLoggingLevelParams{Level: "info"}); err != nil {
+		t.Fatal(err)
+	}
+	before := operatingBalance(t, cs)
+	params := &sdk.CallToolParams{Name: "transfer", Arguments: map[string]any{
+		"from": "operating", "to": "Acme Supplies", "amount": 50000, "currency": "USD"}}
+	params.SetProgressToken("t1")
+	res, err := cs.CallTool(context.Background(), params)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.IsError || !strings.Contains(resultText(res), "expired") {
+		t.Fatalf("large transfer: %s", resultText(res))
+	}
+	if after := operatingBalance(t, cs); after != before {
+		t.Errorf("balance moved without approval: %s -> %s", before, after)
+	}
+	requested := entries(t, s, audit.KindApprovalRequested)
+	if len(requested) != 1 || len(entries(t, s, audit.KindApprovalExpired)) != 1 {
+		t.Errorf("want 1 approval.requested and 1 approval.expired, got %d requested", len(requested))
+	}
+	for _, e := range entries(t, s, audit.KindCallExecuted) {
+		if e.Tool == "transfer" {
+			t.Error("the transfer ran without approval")
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(progress) == 0 || !strings.Contains(progress[0], "waiting for approval by") || !strings.Contains(progress[0], "code ") ||
+		!strings.Contains(progress[0], "/requests/") {
+		t.Errorf("no useful progress while waiting: %q", progress)
+	}
+	if len(logged) == 0 || !strings.Contains(logged[0], "approval_url") {
+		t.Errorf("no log message with the approval URL: %q", logged)
+	}
+}
+
+// In poll mode the call returns at once with a CIBA auth_req_id, and
+// approval_status answers in CIBA terms.
+func TestPollModeAnswersInCIBATerms(t *testing.T) {
+	c := testConfig(t, func(c *config.Config) {
+		tool := c.Tools["transfer"]
+		tool.Wait = "poll"
+		c.Tools["transfer"] = tool
+		c.Approval.PollInterval = time.Hour
+	})
+	_, base := startHTTP(t, c)
+	cs := streamable(t, base)
+	res := callTool(t, cs, "transfer", map[string]any{"from": "operating", "to": "Acme Supplies", "amount": 50000, "currency": "USD"})
+	if res.IsError {
+		t.Fatalf("poll-mode call: %s", resultText(res))
+	}
+	var pending struct {
+		Status    string `json:"status"`
+		ID        string `json:"auth_req_id"`
+		ExpiresIn int    `json:"expires_in"`
+		Interval  int    `json:"interval"`
+		Binding   string `json:"binding_message"`
+	}
+	if err := json.Unmarshal([]byte(resultText(res)), &pending); err != nil {
+		t.Fatal(err)
+	}
+	if pending.Status != "authorization_pending" || pending.ID == "" || pending.ExpiresIn <= 0 || pending.Interval != 3600 || pending.Binding == "" {
+		t.Fatalf("pending answer %+v", pending)
+	}
+	status := func() string {
+		r := callTool(t, cs, "approval_status", map[string]any{"auth_req_id": pending.ID})
+		var out struct{ Status string }
+		json.Unmarshal([]byte(resultText(r)), &out)
+		return out.Status
+	}
+	if got := status(); got != "authorization_pending" {
+		t.Errorf("first poll: %s", got)
+	}
+	if got := status(); got != "slow_down" {
+		t.Errorf("immediate second poll: %s, want slow_down", got)
+	}
+	other := connect(t, &sdk.StreamableClientTransport{Endpoint: base + "/mcp", MaxRetries: -1}, protocolVersions[0], nil)
+	if r := callTool(t, other, "approval_status", map[string]any{"auth_req_id": "not-a-uuid"}); !r.IsError {
+		t.Errorf("malformed auth_req_id accepted: %s", resultText(r))
+	}
+}
+
+// Calls waiting for a human hold stdio workers; routine calls must still
+// run while more approvals wait than mcp-go's default pool of five.
+func TestRoutineCallsRunWhileApprovalsWaitOverStdio(t *testing.T) {
+	cmd := exec.Command(binPath, "serve")
+	cmd.Dir = repoRoot
+	cmd.Env = append(os.Environ(), "COUNTERSIGN_SERVER_DATA_DIR="+t.TempDir(), "COUNTERSIGN_APPROVAL_LISTEN=127.0.0.1:0")
+	var stderr syncBuffer
+	cmd.Stderr = &stderr
+	stdin, _ := cmd.StdinPipe()
+	stdout, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stdin.Close(); cmd.Wait() })
+	cs := connect(t, &sdk.IOTransport{Reader: stdout, Writer: stdin}, protocolVersions[0], nil)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	const waiting = 8
+	for range waiting {
+		go cs.CallTool(ctx, &sdk.CallToolParams{Name: "transfer", Arguments: map[string]any{
+			"from": "operating", "to": "Acme Supplies", "amount": 50000, "currency": "USD"}})
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for strings.Count(stderr.String(), "approval required") < waiting {
+		if time.Now().After(deadline) {
+			t.Fatalf("approvals not raised:\n%s", stderr.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	checkBalance(t, cs)
+}
+
+// A waiting call whose client goes away becomes cancelled and never runs.
+// SSE does not cancel handlers on disconnect; the session hook must.
+func TestDisconnectCancelsTheWaitingRequest(t *testing.T) {
+	for _, name := range []string{"sse", "streamable"} {
+		t.Run(name, func(t *testing.T) {
+			s, base := startHTTP(t, testConfig(t, nil))
+			conns := &connTracker{}
+			hc := &http.Client{Transport: &http.Transport{DialContext: conns.dial}}
+			var transport sdk.Transport = &sdk.SSEClientTransport{Endpoint: base + "/sse", HTTPClient: hc}
+			if name == "streamable" {
+				transport = &sdk.StreamableClientTransport{Endpoint: base + "/mcp", MaxRetries: -1, HTTPClient: hc}
+			}
+			cs := connect(t, transport, protocolVersions[1], nil)
+			go cs.CallTool(context.Background(), &sdk.CallToolParams{Name: "transfer", Arguments: map[string]any{
+				"from": "operating", "to": "Acme Supplies", "amount": 50000, "currency": "USD"}})
+			waitFor(t, func() bool { return len(entries(t, s, audit.KindApprovalRequested)) == 1 })
+			conns.closeAll() // the client vanishes without a word
+			waitFor(t, func() bool { return len(entries(t, s, audit.KindApprovalCancelled)) == 1 })
+			for _, e := range entries(t, s, audit.KindCallExecuted) {
+				if e.Tool == "transfer" {
+					t.Error("a cancelled request ran")
+				}
+			}
+		})
+	}
+}
+
+func TestClientCancellationCancelsTheWaitingRequest(t *testing.T) {
+	s, base := startHTTP(t, testConfig(t, nil))
+	cs := streamable(t, base)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		_, err := cs.CallTool(ctx, &sdk.CallToolParams{Name: "transfer", Arguments: map[string]any{
+			"from": "operating", "to": "Acme Supplies", "amount": 50000, "currency": "USD"}})
+		done <- err
+	}()
+	waitFor(t, func() bool { return len(entries(t, s, audit.KindApprovalRequested)) == 1 })
+	cancel()
+	<-done
+	waitFor(t, func() bool { return len(entries(t, s, audit.KindApprovalCancelled)) == 1 })
+}
+
+// connTracker lets a test cut a client's connections as a crash would.
+type connTracker struct {
+	mu    sync.Mutex
+	conns []net.Conn
+}
+
+func (c *connTracker) dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	conn, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+	if err == nil {
+		c.mu.Lock()
+		c.conns = append(c.conns, conn)
+		c.mu.Unlock()
+	}
+	return conn, err
+}
+
+func (c *connTracker) closeAll() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, conn := range c.conns {
+		conn.Close()
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met in 20s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
