@@ -315,25 +315,51 @@ func TestInvalidConfigExitsWithStatus2(t *testing.T) {
 }
 
 func TestGracefulShutdownOnSIGTERM(t *testing.T) {
-	cmd := exec.Command(binPath, "serve", "--http", "127.0.0.1:0")
-	cmd.Dir = repoRoot
-	cmd.Env = append(os.Environ(), "COUNTERSIGN_SERVER_DATA_DIR="+t.TempDir(), "COUNTERSIGN_APPROVAL_LISTEN=127.0.0.1:0")
-	var stderr syncBuffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	deadline := time.Now().Add(30 * time.Second)
-	for !strings.Contains(stderr.String(), "serving MCP over HTTP") {
-		if time.Now().After(deadline) {
-			cmd.Process.Kill()
-			t.Fatalf("server did not start:\n%s", stderr.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	cmd.Process.Signal(syscall.SIGTERM)
-	if err := cmd.Wait(); err != nil {
-		t.Fatalf("exit after SIGTERM: %v\n%s", err, stderr.String())
+	for _, tc := range []struct {
+		name, ready string
+		args        []string
+	}{
+		{"http", "serving MCP over HTTP", []string{"serve", "--http", "127.0.0.1:0"}},
+		{"stdio", "serving MCP on stdio", []string{"serve"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cmd := exec.Command(binPath, tc.args...)
+			cmd.Dir = repoRoot
+			cmd.Env = append(os.Environ(), "COUNTERSIGN_SERVER_DATA_DIR="+t.TempDir(), "COUNTERSIGN_APPROVAL_LISTEN=127.0.0.1:0")
+			var stderr syncBuffer
+			cmd.Stderr = &stderr
+			stdin, err := cmd.StdinPipe() // held open: only the signal ends stdio
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer stdin.Close()
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			deadline := time.Now().Add(30 * time.Second)
+			for !strings.Contains(stderr.String(), tc.ready) {
+				if time.Now().After(deadline) {
+					cmd.Process.Kill()
+					t.Fatalf("server did not start:\n%s", stderr.String())
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			cmd.Process.Signal(syscall.SIGTERM)
+			done := make(chan error, 1)
+			go func() { done <- cmd.Wait() }()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Fatalf("exit after SIGTERM: %v\n%s", err, stderr.String())
+				}
+			case <-time.After(30 * time.Second):
+				cmd.Process.Kill()
+				t.Fatalf("still running 30s after SIGTERM:\n%s", stderr.String())
+			}
+			if !strings.Contains(stderr.String(), "shutting down") {
+				t.Errorf("no shutdown log:\n%s", stderr.String())
+			}
+		})
 	}
 }
 
