@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"slices"
 	"strings"
 	"text/tabwriter"
@@ -12,7 +11,6 @@ import (
 	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/config"
-	"github.com/countersign/countersign/store"
 	"github.com/spf13/cobra"
 )
 
@@ -137,20 +135,16 @@ func withApprovals(cmd *cobra.Command, fn func(context.Context, *approval.Servic
 	if ctx == nil {
 		ctx = context.Background()
 	}
-	db, err := store.Open(ctx, filepath.Join(c.Server.DataDir, store.FileName))
-	if err != nil {
-		return err
+	db, log, err := openAudit(ctx, c, audit.Options{})
+	if db != nil {
+		defer db.Close()
 	}
-	defer db.Close()
-	key, err := audit.LoadOrCreateKey(c.Server.DataDir)
-	if err != nil {
-		return err
+	if log != nil {
+		defer log.Close()
 	}
-	log, err := audit.Open(ctx, db, key, audit.Options{})
 	if err != nil {
-		return err
+		return err // a tampered log refuses to record enrollments: refuse now
 	}
-	defer log.Close()
 	svc, err := approval.New(ctx, db, log, approvalOptions(c))
 	if err != nil {
 		return err

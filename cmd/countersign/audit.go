@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/countersign/countersign/audit"
-	"github.com/countersign/countersign/store"
 	"github.com/spf13/cobra"
 )
 
@@ -44,20 +43,12 @@ func withAuditLog(cmd *cobra.Command, fn func(context.Context, *audit.Log) error
 	if ctx == nil {
 		ctx = context.Background()
 	}
-	db, err := store.Open(ctx, filepath.Join(c.Server.DataDir, store.FileName))
-	if err != nil {
-		return err
-	}
-	defer db.Close()
-	key, err := audit.LoadOrCreateKey(c.Server.DataDir)
-	if err != nil {
-		return err
-	}
-	log, openErr := audit.Open(ctx, db, key, audit.Options{})
+	db, log, openErr := openAudit(ctx, c, audit.Options{})
 	var tamper *audit.TamperError
 	if openErr != nil && !errors.As(openErr, &tamper) {
 		return openErr
 	}
+	defer db.Close()
 	if tamper != nil {
 		fmt.Fprintf(cmd.ErrOrStderr(), "WARNING: %v\n", tamper)
 	}

@@ -75,24 +75,15 @@ func assemble(ctx context.Context, c *config.Config, log *slog.Logger) (_ *stack
 	if err != nil {
 		return nil, err
 	}
-	if err := c.EnsureDataDir(); err != nil {
-		return nil, err
-	}
 	s := &stack{}
 	defer func() {
 		if err != nil {
 			s.close()
 		}
 	}()
-	if s.db, err = store.Open(ctx, filepath.Join(c.Server.DataDir, store.FileName)); err != nil {
-		return nil, err
-	}
-	key, err := audit.LoadOrCreateKey(c.Server.DataDir)
+	s.db, s.audit, err = openAudit(ctx, c, audit.Options{CheckpointEvery: c.Audit.CheckpointEvery})
 	if err != nil {
 		return nil, err
-	}
-	if s.audit, err = audit.Open(ctx, s.db, key, audit.Options{CheckpointEvery: c.Audit.CheckpointEvery}); err != nil {
-		return nil, fmt.Errorf("audit log: %w", err)
 	}
 	if s.tools, err = tools.New(ctx, c, s.db); err != nil {
 		return nil, err
@@ -108,6 +99,33 @@ func assemble(ctx context.Context, c *config.Config, log *slog.Logger) (_ *stack
 		return nil, err
 	}
 	return s, nil
+}
+
+// openAudit opens the data directory's database and audit log. A log that
+// fails its startup check comes back with its *audit.TamperError: it can
+// still be read and exported, but it refuses every append.
+func openAudit(ctx context.Context, c *config.Config, opts audit.Options) (*sql.DB, *audit.Log, error) {
+	if err := c.EnsureDataDir(); err != nil {
+		return nil, nil, err
+	}
+	db, err := store.Open(ctx, filepath.Join(c.Server.DataDir, store.FileName))
+	if err != nil {
+		return nil, nil, err
+	}
+	key, err := audit.LoadOrCreateKey(c.Server.DataDir)
+	if err != nil {
+		db.Close()
+		return nil, nil, err
+	}
+	log, err := audit.Open(ctx, db, key, opts)
+	if log == nil {
+		db.Close()
+		return nil, nil, fmt.Errorf("audit log: %w", err)
+	}
+	if err != nil {
+		return db, log, fmt.Errorf("audit log: %w", err)
+	}
+	return db, log, nil
 }
 
 // close stops background work first, then the log (which writes a final
