@@ -116,6 +116,8 @@ func (s *Server) countersign(ctx context.Context, req mcp.CallToolRequest, g *gu
 	})
 	if err != nil {
 		s.log.Error("cannot raise approval request", "tool", g.tool.Def.Name, "err", err)
+		entry.Kind, entry.Reason = audit.KindCallDenied, "cannot raise an approval request: "+err.Error()
+		s.record(ctx, entry)
 		return toolError("refused: cannot raise an approval request: %v", err)
 	}
 	entry.RequestID = r.ID

@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"strings"
 
@@ -53,6 +54,33 @@ func limitBody(max int64, next http.Handler) http.Handler {
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// checkHost refuses requests whose Host is not one of the configured names,
+// so a web page on another origin cannot reach a loopback listener through
+// DNS rebinding. Ports are ignored: the listener decides those.
+func checkHost(allowed []string, next http.Handler) http.Handler {
+	if len(allowed) == 0 {
+		return next
+	}
+	names := map[string]bool{}
+	for _, h := range allowed {
+		names[strings.ToLower(hostname(h))] = true
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !names[strings.ToLower(hostname(r.Host))] {
+			http.Error(w, "host not allowed", http.StatusForbidden)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func hostname(hostport string) string {
+	if h, _, err := net.SplitHostPort(hostport); err == nil {
+		return h
+	}
+	return strings.Trim(hostport, "[]")
 }
 
 // authenticate maps a bearer token to an agent id. Only token hashes are

@@ -130,7 +130,7 @@ func (s *Server) ServeStdio(ctx context.Context, in io.Reader, out io.Writer) er
 }
 
 // HTTPHandler serves Streamable HTTP at /mcp and SSE at /sse and /message,
-// behind bearer authentication and a body size limit. shutdown closes the
+// behind a Host check, bearer authentication and a body size limit. shutdown closes the
 // transports' sessions.
 func (s *Server) HTTPHandler(baseURL string) (h http.Handler, shutdown func(context.Context) error) {
 	cfg := s.opts.Config.HTTP
@@ -154,7 +154,7 @@ func (s *Server) HTTPHandler(baseURL string) (h http.Handler, shutdown func(cont
 	mux.Handle("/mcp", streamable)
 	mux.Handle("/sse", sse.SSEHandler())
 	mux.Handle("/message", sse.MessageHandler())
-	h = authenticate(cfg.Agents, s.log, limitBody(cfg.MaxBodyBytes, mux))
+	h = checkHost(cfg.AllowedHosts, authenticate(cfg.Agents, s.log, limitBody(cfg.MaxBodyBytes, mux)))
 	shutdown = func(ctx context.Context) error {
 		return errors.Join(streamable.Shutdown(ctx), sse.Shutdown(ctx))
 	}
