@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/approval/approvaltest"
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/tools/ledger"
@@ -366,17 +367,35 @@ func TestBrowserApproveDenyQuorumThenAuditVerifies(t *testing.T) {
 	if m == nil {
 		t.Fatalf("verify summary %q does not count key assertions", summary)
 	}
-	// Enrollments (2), alice's approval, bob's deny, both critical approvals.
-	if n, _ := strconv.Atoi(m[1]); n < 1 {
-		t.Fatalf("verify checked %d key assertions, want at least 1: %s", n, summary)
+	// One per tap: alice's approval, bob's deny, both critical approvals.
+	if n, _ := strconv.Atoi(m[1]); n < 4 {
+		t.Fatalf("verify checked %d key assertions, want at least 4 (one per tap): %s", n, summary)
 	}
 	exported, err := os.ReadFile(export)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, kind := range []string{`"approval.approved"`, `"approval.denied"`, `"call.executed"`} {
-		if !strings.Contains(string(exported), kind) {
-			t.Errorf("export has no %s entry", kind)
+	kinds := map[string]int{}
+	for _, line := range strings.Split(strings.TrimSpace(string(exported)), "\n") {
+		var e struct {
+			Kind, Tool, Decision string
+			UserVerified         bool `json:"user_verified"`
+		}
+		if err := json.Unmarshal([]byte(line), &e); err != nil {
+			t.Fatalf("export line %q: %v", line, err)
+		}
+		if e.Tool == "transfer" {
+			kinds[e.Kind]++
+		}
+		if e.Kind == "approval.assertion" && !e.UserVerified {
+			t.Errorf("assertion without user verification from a UV key: %s", line)
+		}
+	}
+	// Two transfers ran (the approved one and the critical one, once), one
+	// was denied, and every request was recorded.
+	for kind, want := range map[string]int{"approval.requested": 3, "approval.approved": 2, "approval.denied": 1, "call.executed": 2} {
+		if kinds[kind] != want {
+			t.Errorf("export has %d transfer %s entries, want %d (all: %v)", kinds[kind], kind, want, kinds)
 		}
 	}
 }
@@ -402,6 +421,9 @@ func TestBrowserExpiredApprovalFailsTheCall(t *testing.T) {
 		t.Errorf("expiry result %q does not say %s expired", text, id)
 	}
 	approvaltest.WaitText(t, tab, "state", "expired")
+	if r, err := p.approvals.Get(context.Background(), id); err != nil || r.State != approval.StateExpired {
+		t.Fatalf("request after expiry: %+v %v", r, err)
+	}
 	if got := operating(t, a); got != before {
 		t.Fatalf("an expired transfer moved money: %d cents, was %d", got, before)
 	}
