@@ -290,7 +290,7 @@ func TestBrowserApproveDenyQuorumThenAuditVerifies(t *testing.T) {
 		if res.IsError {
 			t.Fatalf("approved transfer failed: %s", resultText(res))
 		}
-		approvaltest.WaitText(t, aliceTab, "state", "approved")
+		approvaltest.WaitText(t, aliceTab, "state", "executed") // the result came back, so it ran
 		if got := operating(t, a); got != before-2_000_000 {
 			t.Fatalf("operating balance %d cents after a 20,000.00 transfer from %d", got, before)
 		}
@@ -341,7 +341,7 @@ func TestBrowserApproveDenyQuorumThenAuditVerifies(t *testing.T) {
 		if res.IsError {
 			t.Fatalf("transfer approved by both failed: %s", resultText(res))
 		}
-		approvaltest.WaitText(t, aliceTab, "state", "approved")
+		approvaltest.WaitText(t, aliceTab, "state", "executed") // the result came back, so it ran
 		got, err := p.approvals.Get(ctx, id)
 		if err != nil || got.DecidedBy != "alice,bob" {
 			t.Fatalf("decided by %q (%v), want alice,bob", got.DecidedBy, err)
