@@ -362,3 +362,46 @@ func TestWaitingCallOffersTheApprovalURLByElicitation(t *testing.T) {
 		t.Error("no URL elicitation while the call waited")
 	}
 }
+
+func TestFailedBackendIsRecordedAsFailed(t *testing.T) {
+	c := testConfig(t, func(c *config.Config) { c.Deploy.Command = []string{"/bin/false", "{service}"} })
+	s, base := startHTTP(t, c)
+	cs := streamable(t, base)
+	res := callTool(t, cs, "deploy", map[string]any{"service": "api", "version": "1.2.3", "environment": "staging"})
+	if !res.IsError || !strings.Contains(resultText(res), "deploy failed") {
+		t.Fatalf("failing deploy: %s", resultText(res))
+	}
+	failed := entries(t, s, audit.KindCallFailed)
+	if len(failed) != 1 || failed[0].Tool != "deploy" || failed[0].Reason == "" {
+		t.Errorf("call.failed entries: %+v", failed)
+	}
+}
+
+// Invariant 8: a secret's value reaches the agent and nowhere else.
+func TestSecretValuesNeverReachTheAuditLog(t *testing.T) {
+	c := testConfig(t, nil)
+	value, err := os.ReadFile(c.Secrets.Dir + "/staging-db-password")
+	if err != nil {
+		t.Fatal(err)
+	}
+	secret := strings.TrimSpace(string(value))
+	s, base := startHTTP(t, c)
+	cs := streamable(t, base)
+	res := callTool(t, cs, "read_secret", map[string]any{"name": "staging-db-password"})
+	if res.IsError || !strings.Contains(resultText(res), secret) {
+		t.Fatalf("read_secret: %s", resultText(res))
+	}
+	all, err := s.audit.Since(context.Background(), 0, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range all {
+		b, _ := json.Marshal(e)
+		if strings.Contains(string(b), secret) {
+			t.Errorf("audit entry %d carries the secret value: %s", e.Seq, b)
+		}
+	}
+	if len(entries(t, s, audit.KindCallExecuted)) != 1 {
+		t.Error("the read was not recorded")
+	}
+}
