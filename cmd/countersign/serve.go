@@ -233,9 +233,8 @@ func listen(addr string) (net.Listener, error) {
 }
 
 // newHTTPServer sets the timeouts that are safe. Read and write timeouts stay
-// zero: a connection deadline would cancel
-// SSE streams and calls waiting for a human, which are long-lived by design;
-// bodies are bounded by size instead.
+// zero: a connection deadline would cut SSE streams and calls waiting for a
+// human, which are long-lived by design; bodies are bounded by size instead.
 func newHTTPServer(h http.Handler, log *slog.Logger) *http.Server {
 	return &http.Server{
 		Handler:           h,
