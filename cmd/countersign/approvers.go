@@ -131,10 +131,7 @@ func withApprovals(cmd *cobra.Command, fn func(context.Context, *approval.Servic
 	if err != nil {
 		return err
 	}
-	ctx := cmd.Context()
-	if ctx == nil {
-		ctx = context.Background()
-	}
+	ctx := cmd.Context() // cobra's Execute never leaves it nil
 	db, log, err := openAudit(ctx, c, audit.Options{})
 	if db != nil {
 		defer db.Close()

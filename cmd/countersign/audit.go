@@ -39,10 +39,7 @@ func withAuditLog(cmd *cobra.Command, fn func(context.Context, *audit.Log) error
 	if err != nil {
 		return err
 	}
-	ctx := cmd.Context()
-	if ctx == nil {
-		ctx = context.Background()
-	}
+	ctx := cmd.Context() // cobra's Execute never leaves it nil
 	db, log, openErr := openAudit(ctx, c, audit.Options{})
 	var tamper *audit.TamperError
 	if openErr != nil && !errors.As(openErr, &tamper) {
