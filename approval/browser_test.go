@@ -4,9 +4,6 @@ import (
 	"bytes"
 	"context"
 	"flag"
-	"fmt"
-	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -33,20 +30,7 @@ type browserFixture struct {
 func newBrowserFixture(t *testing.T) *browserFixture {
 	t.Helper()
 	alloc := approvaltest.NewBrowser(t)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	base := fmt.Sprintf("http://localhost:%d", port)
-	f := newFixture(t, func(o *Options) {
-		o.Origins = []string{base}
-		o.PublicURL = base
-		o.AllowedHosts = []string{fmt.Sprintf("localhost:%d", port)}
-	})
-	srv := &http.Server{Handler: f.svc.Handler(), ReadHeaderTimeout: 5 * time.Second}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
+	f, base, _ := newServedFixture(t, nil)
 	return &browserFixture{fixture: f, base: base, alloc: alloc}
 }
 

@@ -29,28 +29,39 @@ type httpFixture struct {
 	csrf   string
 }
 
-func newHTTPFixture(t *testing.T) *httpFixture {
+// newServedFixture serves the service's Handler on a real listener,
+// reachable as base = http://localhost:PORT (RP ID localhost); addr is the
+// listener's 127.0.0.1 address.
+func newServedFixture(t *testing.T, edit func(*Options)) (f *fixture, base, addr string) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	port := ln.Addr().(*net.TCPAddr).Port
-	base := fmt.Sprintf("http://localhost:%d", port)
-	f := newFixture(t, func(o *Options) {
+	base = fmt.Sprintf("http://localhost:%d", port)
+	f = newFixture(t, func(o *Options) {
 		o.Origins = []string{base}
 		o.PublicURL = base
 		o.AllowedHosts = []string{fmt.Sprintf("localhost:%d", port)}
-		o.MaxBodyBytes = 8 << 10
+		if edit != nil {
+			edit(o)
+		}
 	})
 	srv := &http.Server{Handler: f.svc.Handler(), ReadHeaderTimeout: 5 * time.Second}
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
+	return f, base, ln.Addr().String()
+}
+
+func newHTTPFixture(t *testing.T) *httpFixture {
+	t.Helper()
+	f, base, addr := newServedFixture(t, func(o *Options) { o.MaxBodyBytes = 8 << 10 })
 	jar, _ := cookiejar.New(nil)
-	h := &httpFixture{fixture: f, base: base, addr: ln.Addr().String(), client: &http.Client{Jar: jar, Timeout: 10 * time.Second,
+	h := &httpFixture{fixture: f, base: base, addr: addr, client: &http.Client{Jar: jar, Timeout: 10 * time.Second,
 		// "localhost" resolves to the listener, whatever the resolver says.
 		Transport: &http.Transport{DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, network, ln.Addr().String())
+			return (&net.Dialer{}).DialContext(ctx, network, addr)
 		}},
 	}}
 	// A page visit sets the CSRF cookie and meta tag.
