@@ -157,7 +157,7 @@ func (s *Server) countersign(ctx context.Context, req mcp.CallToolRequest, g *gu
 // executeWhenApproved is the poll-mode path: the agent has its auth_req_id
 // and asks approval_status; the backend runs here once the humans approve.
 func (s *Server) executeWhenApproved(id string, g *guarded, call *tools.Call, entry audit.Entry) {
-	ctx, cancel := context.WithCancel(s.lifetime())
+	ctx, cancel := context.WithCancel(s.life)
 	defer cancel()
 	final, err := s.opts.Approvals.Wait(ctx, id)
 	if err != nil || final.State != approval.StateApproved {

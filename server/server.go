@@ -64,8 +64,8 @@ type Server struct {
 	tools   map[string]*guarded
 	now     func() time.Time
 	waiting sessions
-	bg      sync.WaitGroup // poll-mode executions still running
-	life    context.Context
+	bg      sync.WaitGroup  // poll-mode executions still running
+	life    context.Context // cancelled by Close: poll-mode waits stop then
 	stop    context.CancelFunc
 }
 
@@ -114,9 +114,6 @@ func New(opts Options) (*Server, error) {
 	}
 	return s, nil
 }
-
-// MCP returns the underlying mcp-go server.
-func (s *Server) MCP() *mcpserver.MCPServer { return s.mcp }
 
 // ServeStdio serves one agent on in/out until ctx ends or in closes.
 // Calls waiting for a human hold a worker, so the pool is sized from config.

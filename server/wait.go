@@ -90,9 +90,6 @@ func pendingResult(r *approval.Request, now time.Time) map[string]any {
 	}
 }
 
-// lifetime is cancelled when the server closes; background work stops then.
-func (s *Server) lifetime() context.Context { return s.life }
-
 // approvalStatusTool answers a poll-mode agent in CIBA terms.
 func (s *Server) approvalStatusTool() *tools.Tool {
 	def := mcp.NewToolWithRawSchema("approval_status",
