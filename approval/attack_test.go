@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/countersign/countersign/approval/digest"
+	"github.com/countersign/countersign/digest"
 	"github.com/countersign/countersign/audit"
 )
 

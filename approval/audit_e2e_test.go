@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/countersign/countersign/approval/digest"
+	"github.com/countersign/countersign/digest"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/store"
 )

@@ -16,7 +16,7 @@ import (
 	"github.com/go-webauthn/webauthn/webauthn"
 	"github.com/google/uuid"
 
-	"github.com/countersign/countersign/approval/digest"
+	"github.com/countersign/countersign/digest"
 	"github.com/countersign/countersign/audit"
 )
 

@@ -15,7 +15,7 @@ import (
 
 	"github.com/go-webauthn/webauthn/protocol/webauthncose"
 
-	"github.com/countersign/countersign/approval/digest"
+	"github.com/countersign/countersign/digest"
 	"github.com/countersign/countersign/audit"
 )
 

@@ -13,7 +13,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/countersign/countersign/approval/digest"
+	"github.com/countersign/countersign/digest"
 	"golang.org/x/mod/sumdb/note"
 	"golang.org/x/mod/sumdb/tlog"
 )
