@@ -10,8 +10,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/countersign/countersign/digest"
 	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/digest"
 )
 
 // Every attack must fail closed and leave an approval.rejected entry that

@@ -8,8 +8,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/countersign/countersign/digest"
 	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/digest"
 	"github.com/countersign/countersign/store"
 )
 

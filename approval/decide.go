@@ -16,8 +16,8 @@ import (
 	"github.com/go-webauthn/webauthn/webauthn"
 	"github.com/google/uuid"
 
-	"github.com/countersign/countersign/digest"
 	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/digest"
 )
 
 // CheckError names the check that refused an assertion or a ceremony. The

@@ -17,8 +17,8 @@ import (
 
 	"github.com/google/uuid"
 
-	"github.com/countersign/countersign/digest"
 	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/digest"
 )
 
 // NewRequest is what the MCP server asks a human to countersign.

@@ -15,8 +15,8 @@ import (
 
 	"github.com/go-webauthn/webauthn/protocol/webauthncose"
 
-	"github.com/countersign/countersign/digest"
 	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/digest"
 )
 
 func TestApproveWaitExecuteOnce(t *testing.T) {

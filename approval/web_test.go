@@ -15,8 +15,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/countersign/countersign/digest"
 	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/digest"
 )
 
 // httpFixture serves Handler on a real listener and talks to it as the
