@@ -23,6 +23,9 @@ type Input struct {
 	// missing here denies the call unless the rule guards it with has().
 	Facts map[string]any
 	Now   time.Time // zero means time.Now()
+	// ReadOnly is the tool's readOnlyHint, which sets the default level of
+	// an upstream tool the configuration does not list.
+	ReadOnly bool
 }
 
 // Decision is the policy's answer for one call.
@@ -58,12 +61,12 @@ func (p *Policy) Decide(in Input) (d Decision) {
 	if p == nil {
 		return deny(nil, "no policy loaded; denied (fail closed)")
 	}
-	t, ok := p.tools[in.Tool]
+	t, baseWhy, ok := p.lookup(in.Tool, in.ReadOnly)
 	if !ok {
 		return deny(nil, fmt.Sprintf("unknown tool %q: not in the configuration; denied", in.Tool))
 	}
 	if t.base == rankDeny {
-		return deny(nil, t.baseWhy)
+		return deny(nil, baseWhy)
 	}
 
 	act := activation{in: &in, facts: t.facts}
@@ -111,7 +114,7 @@ func (p *Policy) Decide(in Input) (d Decision) {
 	}
 	switch len(matched) {
 	case 0:
-		d.Reason = t.baseWhy
+		d.Reason = baseWhy
 	case 1:
 		d.Rules = []string{matched[0].name}
 		d.Reason = matched[0].raised

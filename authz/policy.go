@@ -62,6 +62,11 @@ type Options struct {
 	// {"transfer": {"counterparty"}, "read_secret": {"secret"}}. Rules may
 	// refer only to the facts of their own tool.
 	Facts map[string][]string
+	// Upstreams give the level of upstream tools that have no entry under
+	// tools: default_level when set, else low for a tool annotated
+	// read-only and high for any other, approved by the upstream's
+	// approvers (default: every approver).
+	Upstreams []config.Upstream
 }
 
 // User verification settings, and wait modes, as written in the config.
@@ -120,7 +125,15 @@ func rankOf(level string) (int, bool) {
 
 // Policy is a compiled, immutable policy; Decide is safe for concurrent use.
 type Policy struct {
-	tools map[string]*tool
+	tools     map[string]*tool
+	upstreams []upstreamDefault
+}
+
+// upstreamDefault is the policy of an upstream's unlisted tools.
+type upstreamDefault struct {
+	name, prefix    string
+	readOnly, other *tool
+	why             string // "default_level", or "" to say whether it is read-only
 }
 
 type tool struct {
@@ -176,10 +189,76 @@ func Compile(tools map[string]config.Tool, approvers []config.Approver, opts Opt
 			p.tools[name] = t
 		}
 	}
+	for i, u := range opts.Upstreams {
+		if d, ok := c.upstreamDefault(i, u); ok {
+			p.upstreams = append(p.upstreams, d)
+		}
+	}
 	if len(c.errs) > 0 {
 		return nil, errors.Join(c.errs...)
 	}
 	return p, nil
+}
+
+func (c *compiler) upstreamDefault(i int, u config.Upstream) (upstreamDefault, bool) {
+	p := fmt.Sprintf("upstreams[%d]", i)
+	entries := u.Approvers
+	if len(entries) == 0 {
+		for _, a := range c.approvers {
+			entries = append(entries, a.ID)
+		}
+	}
+	nerr := len(c.errs)
+	approvers := c.resolve(p+".approvers", entries)
+	d := upstreamDefault{name: u.Name, prefix: u.Prefix}
+	mk := func(level string) *tool {
+		rank, ok := rankOf(level)
+		if !ok {
+			c.fail(p+".default_level", "expected one of %s, got %q", strings.Join(levels, ", "), level)
+			return nil
+		}
+		if (rank == rankHigh || rank == rankCritical) && len(approvers) == 0 {
+			c.fail(p, "its tools that are not read-only default to %s, which needs approvers: declare approvers, or set default_level", level)
+		}
+		t := &tool{base: rank, approvers: approvers, uv: UVPreferred, wait: WaitBlock, timeout: c.opts.DefaultTimeout}
+		if t.timeout <= 0 {
+			t.timeout = defaultTimeout
+		}
+		return t
+	}
+	if u.DefaultLevel != "" {
+		d.readOnly = mk(u.DefaultLevel)
+		d.other, d.why = d.readOnly, "default_level"
+	} else {
+		d.readOnly, d.other = mk(config.LevelLow), mk(config.LevelHigh)
+	}
+	return d, len(c.errs) == nerr
+}
+
+// lookup returns the policy of a tool: its own entry under tools, else its
+// upstream's default.
+func (p *Policy) lookup(name string, readOnly bool) (t *tool, why string, ok bool) {
+	if t, ok := p.tools[name]; ok {
+		return t, t.baseWhy, true
+	}
+	for _, d := range p.upstreams {
+		if len(name) <= len(d.prefix) || name[:len(d.prefix)] != d.prefix {
+			continue
+		}
+		t, kind := d.other, "not annotated read-only"
+		if readOnly {
+			t, kind = d.readOnly, "annotated read-only"
+		}
+		if d.why != "" {
+			kind = "default_level of upstream " + d.name
+		}
+		why := fmt.Sprintf("%s is %s by default (%s; not listed under tools)", name, levels[t.base], kind)
+		if t.base == rankDeny {
+			why = fmt.Sprintf("%s is denied by default (%s; not listed under tools)", name, kind)
+		}
+		return t, why, true
+	}
+	return nil, "", false
 }
 
 type compiler struct {

@@ -5,7 +5,10 @@
 // and what was expected. The rest of the program never sees raw maps.
 package config
 
-import "time"
+import (
+	"strings"
+	"time"
+)
 
 // Config is the whole of mcp.yaml after defaults and environment overrides.
 type Config struct {
@@ -18,6 +21,7 @@ type Config struct {
 	Secrets   Secrets         `mapstructure:"secrets"`
 	Audit     Audit           `mapstructure:"audit"`
 	Tools     map[string]Tool `mapstructure:"tools"`
+	Upstreams []Upstream      `mapstructure:"upstreams"`
 
 	// Source is the file the config came from, or "(embedded default)".
 	Source string `mapstructure:"-"`
@@ -147,10 +151,49 @@ type Rule struct {
 	Quorum    int      `mapstructure:"quorum"`
 }
 
-// Tool names Countersign knows how to configure.
-var ToolNames = []string{
+// BuiltinTools are the tools Countersign itself provides; each runs only
+// when named under tools. Upstream tools are named <prefix><tool>.
+var BuiltinTools = []string{
 	"get_balance", "list_counterparties", "list_transfers", "transfer",
 	"deploy", "read_secret", "list_secrets", "approval_status",
+}
+
+// Upstream is an MCP server whose tools Countersign guards and re-exposes
+// as <prefix><tool>. It is reached either by running Command (stdio) or at
+// URL (Streamable HTTP, falling back to SSE). Values in Env and Headers may
+// name variables of Countersign's own environment as ${NAME}; they are
+// expanded only when connecting and never logged or audited.
+type Upstream struct {
+	Name    string            `mapstructure:"name"`
+	Command []string          `mapstructure:"command"` // argv; never run through a shell
+	Dir     string            `mapstructure:"dir"`     // working directory of Command
+	Env     map[string]string `mapstructure:"env"`     // added to a minimal environment
+	URL     string            `mapstructure:"url"`
+	Headers map[string]string `mapstructure:"headers"`
+	// Prefix starts every exposed name; default "<name>__".
+	Prefix string `mapstructure:"prefix"`
+	// DefaultLevel is the level of a tool not listed under tools. Empty:
+	// low for a tool annotated readOnlyHint: true, high for anything else.
+	DefaultLevel string `mapstructure:"default_level"`
+	// Approvers of tools not listed under tools; default every approver.
+	Approvers []string `mapstructure:"approvers"`
+	// Required makes serve refuse to start while the upstream cannot be
+	// reached; otherwise it starts, logs, and keeps retrying.
+	Required       bool          `mapstructure:"required"`
+	ConnectTimeout time.Duration `mapstructure:"connect_timeout"`
+}
+
+// ExposedName is the name an agent sees for the upstream's tool.
+func (u Upstream) ExposedName(tool string) string { return u.Prefix + tool }
+
+// UpstreamOf returns the upstream whose prefix starts name.
+func (c *Config) UpstreamOf(name string) (Upstream, bool) {
+	for _, u := range c.Upstreams {
+		if u.Prefix != "" && strings.HasPrefix(name, u.Prefix) && len(name) > len(u.Prefix) {
+			return u, true
+		}
+	}
+	return Upstream{}, false
 }
 
 // Risk levels, lowest first.

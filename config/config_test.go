@@ -65,7 +65,7 @@ func TestBadConfigNamesFileAndKeyPath(t *testing.T) {
 		{"wrong type string", minimal + "approval:\n  rp_id: 7\n", []string{"approval.rp_id: expected a string"}},
 		{"bad duration", minimal + "approval:\n  timeout: 5 minutes\n", []string{"approval.timeout: expected a duration such as 30s or 5m, got \"5 minutes\""}},
 		{"negative duration", minimal + "server:\n  shutdown_timeout: -1s\n", []string{"server.shutdown_timeout: expected a positive duration"}},
-		{"unknown tool", "tools:\n  launch_missiles:\n    level: low\n", []string{"tools.launch_missiles: unknown tool (known tools:"}},
+		{"unknown tool", "tools:\n  launch_missiles:\n    level: low\n", []string{"tools.launch_missiles: unknown tool (built-in tools:"}},
 		{"missing level", "tools:\n  get_balance: {wait: block}\nledger:\n  accounts: [{id: a, currency: USD, balance: '1'}]\n", []string{"tools.get_balance.level: expected one of low, high, critical, deny, got \"\""}},
 		{"bad level", "tools:\n  get_balance: {level: medium}\nledger:\n  accounts: [{id: a, currency: USD, balance: '1'}]\n", []string{"tools.get_balance.level: expected one of"}},
 		{"missing rule condition", "tools:\n  transfer:\n    level: low\n    rules: [{level: high}]\nledger:\n  accounts: [{id: a, currency: USD, balance: '1'}]\n", []string{"tools.transfer.rules[0].when: required"}},

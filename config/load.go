@@ -5,9 +5,11 @@ import (
 	"errors"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/countersign/countersign"
 	"github.com/spf13/viper"
+	"go.yaml.in/yaml/v3"
 )
 
 // Embedded names the source of the built-in default configuration.
@@ -57,12 +59,17 @@ func Parse(data []byte, source string) (*Config, error) {
 	if err := v.ReadConfig(bytes.NewReader(data)); err != nil {
 		return nil, &Error{Source: source, Msg: "not valid YAML: " + oneLine(err.Error())}
 	}
+	settings := v.AllSettings()
+	if err := keepCase(data, settings); err != nil {
+		return nil, &Error{Source: source, Msg: "not valid YAML: " + oneLine(err.Error())}
+	}
 	var c Config
 	var errs []error
-	for _, p := range decode(v.AllSettings(), &c) {
+	for _, p := range decode(settings, &c) {
 		errs = append(errs, &Error{Source: source, Path: p.path, Msg: p.msg})
 	}
 	if len(errs) == 0 {
+		c.applyUpstreamDefaults()
 		for _, p := range c.validate() {
 			errs = append(errs, &Error{Source: source, Path: p.path, Msg: p.msg})
 		}
@@ -72,6 +79,43 @@ func Parse(data []byte, source string) (*Config, error) {
 	}
 	c.Source = source
 	return &c, nil
+}
+
+// keepCase undoes viper's lower-casing where case is data: tool names
+// (upstream tools may be called readFile), and the upstreams' env and
+// header names. Values under tools still come from viper, so
+// COUNTERSIGN_TOOLS_* overrides keep working.
+func keepCase(data []byte, settings map[string]any) error {
+	var raw map[string]any
+	if err := yaml.Unmarshal(data, &raw); err != nil {
+		return err
+	}
+	if ups, ok := raw["upstreams"]; ok {
+		settings["upstreams"] = ups
+	}
+	rawTools, _ := raw["tools"].(map[string]any)
+	lower, _ := settings["tools"].(map[string]any)
+	if rawTools == nil || lower == nil {
+		return nil
+	}
+	tools := make(map[string]any, len(rawTools))
+	for name := range rawTools {
+		tools[name] = lower[strings.ToLower(name)]
+	}
+	settings["tools"] = tools
+	return nil
+}
+
+func (c *Config) applyUpstreamDefaults() {
+	for i := range c.Upstreams {
+		u := &c.Upstreams[i]
+		if u.Prefix == "" {
+			u.Prefix = u.Name + "__"
+		}
+		if u.ConnectTimeout == 0 {
+			u.ConnectTimeout = 30 * time.Second
+		}
+	}
 }
 
 // Error is one problem with a configuration: the file, the key path and what

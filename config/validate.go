@@ -152,8 +152,9 @@ func (c *Config) validate() []problem {
 	}
 	v.positive("audit.checkpoint_every", c.Audit.CheckpointEvery)
 
-	if len(c.Tools) == 0 {
-		v.fail("tools", "expected at least one tool (known tools: %s)", strings.Join(ToolNames, ", "))
+	c.validateUpstreams(&v)
+	if len(c.Tools) == 0 && len(c.Upstreams) == 0 {
+		v.fail("tools", "expected at least one tool or upstream (built-in tools: %s)", strings.Join(BuiltinTools, ", "))
 	}
 	names := make([]string, 0, len(c.Tools))
 	for name := range c.Tools {
@@ -163,8 +164,8 @@ func (c *Config) validate() []problem {
 	for _, name := range names {
 		t := c.Tools[name]
 		p := "tools." + name
-		if !slices.Contains(ToolNames, name) {
-			v.fail(p, "unknown tool (known tools: %s)", strings.Join(ToolNames, ", "))
+		if _, upstream := c.UpstreamOf(name); !upstream && !slices.Contains(BuiltinTools, name) {
+			v.fail(p, "unknown tool (built-in tools: %s; upstream tools are named <prefix><tool>, e.g. files__read_file)", strings.Join(BuiltinTools, ", "))
 			continue
 		}
 		v.oneOf(p+".level", t.Level, Levels...)
@@ -190,6 +191,74 @@ func (c *Config) validate() []problem {
 		}
 	}
 	return v.problems
+}
+
+var (
+	upstreamNamePattern = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,31}$`)
+	prefixPattern       = regexp.MustCompile(`^[A-Za-z0-9_-]{1,40}$`)
+	envRefPattern       = regexp.MustCompile(`\$\{[^}]*\}?`)
+	envNamePattern      = regexp.MustCompile(`^\$\{[A-Za-z_][A-Za-z0-9_]*\}$`)
+)
+
+func (c *Config) validateUpstreams(v *validator) {
+	names := map[string]bool{}
+	for i, u := range c.Upstreams {
+		p := fmt.Sprintf("upstreams[%d]", i)
+		if !upstreamNamePattern.MatchString(u.Name) {
+			v.fail(p+".name", "expected a lower-case name of letters, digits, _ and - (at most 32), got %q", u.Name)
+		}
+		if names[u.Name] {
+			v.fail(p+".name", "duplicate upstream name %q", u.Name)
+		}
+		names[u.Name] = true
+		switch {
+		case len(u.Command) > 0 && u.URL != "":
+			v.fail(p, "set either command (stdio) or url (HTTP), not both")
+		case len(u.Command) == 0 && u.URL == "":
+			v.fail(p, "expected command: [program, args...] or url: http://host:port/mcp")
+		case len(u.Command) > 0 && u.Command[0] == "":
+			v.fail(p+".command[0]", "required: the program to run")
+		case u.URL != "":
+			v.url(p+".url", u.URL)
+		}
+		if u.URL == "" && len(u.Headers) > 0 {
+			v.fail(p+".headers", "headers apply to url upstreams only")
+		}
+		if len(u.Command) == 0 && (u.Dir != "" || len(u.Env) > 0) {
+			v.fail(p, "dir and env apply to command upstreams only")
+		}
+		for _, kv := range []struct {
+			what string
+			m    map[string]string
+		}{{"env", u.Env}, {"headers", u.Headers}} {
+			for k, val := range kv.m {
+				for _, ref := range envRefPattern.FindAllString(val, -1) {
+					if !envNamePattern.MatchString(ref) {
+						v.fail(p+"."+kv.what+"."+k, "malformed variable reference %q: expected ${NAME}", ref)
+					}
+				}
+			}
+		}
+		if !prefixPattern.MatchString(u.Prefix) {
+			v.fail(p+".prefix", "expected 1 to 40 letters, digits, _ or -, got %q", u.Prefix)
+		}
+		if u.DefaultLevel != "" {
+			v.oneOf(p+".default_level", u.DefaultLevel, Levels...)
+		}
+		if u.ConnectTimeout <= 0 {
+			v.fail(p+".connect_timeout", "expected a positive duration such as 30s, got %s", u.ConnectTimeout)
+		}
+		for j, w := range c.Upstreams[:i] {
+			if strings.HasPrefix(u.Prefix, w.Prefix) || strings.HasPrefix(w.Prefix, u.Prefix) {
+				v.fail(p+".prefix", "%q overlaps the prefix %q of upstreams[%d]: a tool name would be ambiguous", u.Prefix, w.Prefix, j)
+			}
+		}
+		for _, b := range BuiltinTools {
+			if strings.HasPrefix(b, u.Prefix) {
+				v.fail(p+".prefix", "%q would also match the built-in tool %s", u.Prefix, b)
+			}
+		}
+	}
 }
 
 type validator struct{ problems []problem }

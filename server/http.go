@@ -17,14 +17,14 @@ import (
 
 type agentKey struct{}
 
-// withAgent records who is calling; the guard reads it for policy and audit.
-func withAgent(ctx context.Context, agent string) context.Context {
+// WithAgent records who is calling; the guard gets it for policy and audit.
+func WithAgent(ctx context.Context, agent string) context.Context {
 	return context.WithValue(ctx, agentKey{}, agent)
 }
 
-// agentFrom returns the authenticated agent, or "unknown" (which no policy
+// AgentFrom returns the authenticated agent, or "unknown" (which no policy
 // should trust) when the transport set none.
-func agentFrom(ctx context.Context) string {
+func AgentFrom(ctx context.Context) string {
 	if a, ok := ctx.Value(agentKey{}).(string); ok && a != "" {
 		return a
 	}
@@ -98,7 +98,7 @@ func authenticate(agents []config.Agent, log *slog.Logger, next http.Handler) ht
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if len(keys) == 0 {
-			next.ServeHTTP(w, r.WithContext(withAgent(r.Context(), "anonymous")))
+			next.ServeHTTP(w, r.WithContext(WithAgent(r.Context(), "anonymous")))
 			return
 		}
 		token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
@@ -106,7 +106,7 @@ func authenticate(agents []config.Agent, log *slog.Logger, next http.Handler) ht
 			sum := sha256.Sum256([]byte(strings.TrimSpace(token)))
 			for _, k := range keys {
 				if subtle.ConstantTimeCompare(sum[:], k.hash) == 1 {
-					next.ServeHTTP(w, r.WithContext(withAgent(r.Context(), k.id)))
+					next.ServeHTTP(w, r.WithContext(WithAgent(r.Context(), k.id)))
 					return
 				}
 			}

@@ -1,59 +1,38 @@
 // Package server exposes Countersign's guarded tools over MCP: stdio,
 // Streamable HTTP (/mcp) and SSE (/sse, /message).
 //
-// Every tool call passes through one guard (a tool-handler middleware):
-// it validates the arguments against the tool's schema, lets the tool check
-// them and gather facts, asks the policy, raises an approval request when the
-// policy wants a human, runs the backend at most once, and records each step
-// in the audit log. No tool handler decides anything for itself.
+// It keeps transports, agent authentication and Host checks. Every tool
+// call is handed to the guard (package guard), which validates, decides,
+// gets a countersignature when needed, runs the tool at most once, and
+// records each step; no tool handler decides anything for itself. The
+// tools offered follow the catalog: when an upstream's tools change, the
+// server's list changes and its clients are told (tools/list_changed).
 package server
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
 
-	"github.com/countersign/countersign/approval"
-	"github.com/countersign/countersign/audit"
-	"github.com/countersign/countersign/authz"
 	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/guard"
 	"github.com/countersign/countersign/tools"
 	"github.com/mark3labs/mcp-go/mcp"
 	mcpserver "github.com/mark3labs/mcp-go/server"
 )
 
-// Recorder appends to the audit log; *audit.Log satisfies it. An append
-// that fails stops the action it would have recorded.
-type Recorder interface {
-	Append(ctx context.Context, e audit.Entry) (audit.Entry, error)
-}
-
-// Approvals gets a human's countersignature; *approval.Service satisfies it.
-type Approvals interface {
-	Create(ctx context.Context, r approval.NewRequest) (*approval.Request, error)
-	Wait(ctx context.Context, id string) (*approval.Request, error)
-	Cancel(ctx context.Context, id, reason string) error
-	BeginExecution(ctx context.Context, id string) error
-	Finish(ctx context.Context, id string, ok bool, result json.RawMessage) error
-	Poll(ctx context.Context, id, agent string) (*approval.PollStatus, error)
-}
-
 // Options wires a Server.
 type Options struct {
-	Config    *config.Config
-	Tools     *tools.Registry
-	Policy    *authz.Policy
-	Audit     Recorder
-	Approvals Approvals // nil: high and critical calls are refused
-	Version   string
-	Logger    *slog.Logger
-	Now       func() time.Time
+	Config  *config.Config
+	Catalog *tools.Catalog
+	Guard   *guard.Guard
+	Version string
+	Logger  *slog.Logger
 }
 
 // Server is the MCP face of Countersign.
@@ -61,58 +40,96 @@ type Server struct {
 	opts    Options
 	log     *slog.Logger
 	mcp     *mcpserver.MCPServer
-	tools   map[string]*guarded
-	now     func() time.Time
-	waiting sessions
-	bg      sync.WaitGroup  // poll-mode executions still running
-	life    context.Context // cancelled by Close: poll-mode waits stop then
-	stop    context.CancelFunc
+	callers sessions
+
+	syncMu  sync.Mutex
+	offered map[string]*tools.Spec // what the MCP server lists now
 }
 
-type guarded struct {
-	tool   *tools.Tool
-	schema *schema
-	conf   config.Tool
-}
-
-// New builds the MCP server and registers every configured tool.
+// New builds the MCP server and offers every tool in the catalog, now and
+// as it changes.
 func New(opts Options) (*Server, error) {
-	s := &Server{opts: opts, log: opts.Logger, tools: map[string]*guarded{}, now: opts.Now}
+	s := &Server{opts: opts, log: opts.Logger, offered: map[string]*tools.Spec{}}
 	if s.log == nil {
-		s.log = slog.Default()
+		s.log = slog.New(slog.DiscardHandler)
 	}
-	if s.now == nil {
-		s.now = time.Now
-	}
-	s.waiting.cancels = map[string]map[*context.CancelFunc]struct{}{}
-	s.life, s.stop = context.WithCancel(context.Background())
+	s.callers.cancels = map[string]map[*context.CancelFunc]struct{}{}
 	hooks := &mcpserver.Hooks{}
 	hooks.AddOnUnregisterSession(func(_ context.Context, cs mcpserver.ClientSession) {
-		s.waiting.cancelAll(cs.SessionID())
+		s.callers.cancelAll(cs.SessionID())
+	})
+	// mcp-go answers a call to a tool it does not list before any handler
+	// runs; record those refusals as well.
+	hooks.AddOnError(func(ctx context.Context, _ any, method mcp.MCPMethod, message any, err error) {
+		req, ok := message.(*mcp.CallToolRequest)
+		if method != mcp.MethodToolsCall || !ok || !errors.Is(err, mcpserver.ErrToolNotFound) {
+			return
+		}
+		s.opts.Guard.Reject(ctx, AgentFrom(ctx), req.Params.Name)
 	})
 	s.mcp = mcpserver.NewMCPServer(opts.Config.Server.Name, opts.Version,
-		mcpserver.WithToolCapabilities(false),
+		mcpserver.WithToolCapabilities(true),
 		mcpserver.WithLogging(),
 		mcpserver.WithRecovery(),
 		mcpserver.WithHooks(hooks),
 		mcpserver.WithLogger(s.log),
-		mcpserver.WithToolHandlerMiddleware(s.guard),
 		mcpserver.WithInstructions("Countersign tools. Routine calls run at once; high-risk calls "+
 			"wait for a human to approve them with a security key and report progress while they wait."),
 	)
-	all := opts.Tools.Tools()
-	if _, ok := opts.Config.Tools["approval_status"]; ok {
-		all = append(all, s.approvalStatusTool())
-	}
-	for _, t := range all {
-		sch, err := compileSchema(t.Def.Name, t.Def.RawInputSchema)
-		if err != nil {
-			return nil, err
-		}
-		s.tools[t.Def.Name] = &guarded{tool: t, schema: sch, conf: opts.Config.Tools[t.Def.Name]}
-		s.mcp.AddTool(t.Def, s.execute(t))
-	}
+	s.sync()
+	opts.Catalog.OnChange(s.sync)
 	return s, nil
+}
+
+// sync makes the MCP server offer exactly the catalog's tools. mcp-go tells
+// connected clients when the list changes.
+func (s *Server) sync() {
+	s.syncMu.Lock()
+	defer s.syncMu.Unlock()
+	specs := s.opts.Catalog.Specs()
+	var add []mcpserver.ServerTool
+	now := make(map[string]*tools.Spec, len(specs))
+	for _, spec := range specs {
+		now[spec.Def.Name] = spec
+		if s.offered[spec.Def.Name] != spec {
+			add = append(add, mcpserver.ServerTool{Tool: spec.Def, Handler: s.handle})
+		}
+	}
+	var remove []string
+	for name := range s.offered {
+		if _, ok := now[name]; !ok {
+			remove = append(remove, name)
+		}
+	}
+	slices.Sort(remove)
+	s.offered = now
+	if len(remove) > 0 {
+		s.mcp.DeleteTools(remove...)
+	}
+	if len(add) > 0 {
+		s.mcp.AddTools(add...)
+	}
+}
+
+// handle hands one tools/call to the guard. The call's context ends when
+// its session does, because SSE does not cancel a handler when its client
+// goes.
+func (s *Server) handle(ctx context.Context, req mcp.CallToolRequest) (*mcp.CallToolResult, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if cs := mcpserver.ClientSessionFromContext(ctx); cs != nil {
+		defer s.callers.add(cs.SessionID(), &cancel)()
+	}
+	p := s.progressFor(req)
+	if p != nil {
+		ctx = tools.WithProgress(ctx, func(done, total float64, message string) {
+			p.forward(ctx, done, total, message)
+		})
+	}
+	return s.opts.Guard.Handle(ctx, guard.Call{
+		Tool: req.Params.Name, Agent: AgentFrom(ctx), Args: req.Params.Arguments,
+		Waiting: s.waiting(req, p),
+	}), nil
 }
 
 // ServeStdio serves one agent on in/out until ctx ends or in closes.
@@ -122,7 +139,7 @@ func (s *Server) ServeStdio(ctx context.Context, in io.Reader, out io.Writer) er
 	mcpserver.WithWorkerPoolSize(s.opts.Config.Server.Workers)(stdio)
 	mcpserver.WithQueueSize(4 * s.opts.Config.Server.Workers)(stdio)
 	stdio.SetErrorLogger(slog.NewLogLogger(s.log.Handler(), slog.LevelError))
-	stdio.SetContextFunc(func(ctx context.Context) context.Context { return withAgent(ctx, "stdio") })
+	stdio.SetContextFunc(func(ctx context.Context) context.Context { return WithAgent(ctx, "stdio") })
 	return stdio.Listen(ctx, in, out)
 }
 
@@ -132,7 +149,7 @@ func (s *Server) ServeStdio(ctx context.Context, in io.Reader, out io.Writer) er
 func (s *Server) HTTPHandler(baseURL string) (h http.Handler, shutdown func(context.Context) error) {
 	cfg := s.opts.Config.HTTP
 	ctxFunc := func(ctx context.Context, r *http.Request) context.Context {
-		return withAgent(ctx, agentFrom(r.Context()))
+		return WithAgent(ctx, AgentFrom(r.Context()))
 	}
 	streamable := mcpserver.NewStreamableHTTPServer(s.mcp,
 		mcpserver.WithEndpointPath("/mcp"),
@@ -158,15 +175,8 @@ func (s *Server) HTTPHandler(baseURL string) (h http.Handler, shutdown func(cont
 	return h, shutdown
 }
 
-// Close stops waiting for poll-mode approvals (they become cancelled) and
-// waits for executions already under way to finish.
-func (s *Server) Close() {
-	s.stop()
-	s.bg.Wait()
-}
-
-// sessions tracks the cancel functions of calls waiting for a human, per
-// MCP session, because SSE does not cancel a handler when its client goes.
+// sessions tracks the cancel functions of running calls, per MCP session,
+// because SSE does not cancel a handler when its client goes.
 type sessions struct {
 	mu      sync.Mutex
 	cancels map[string]map[*context.CancelFunc]struct{}
@@ -199,8 +209,4 @@ func (w *sessions) cancelAll(session string) {
 		(*c)()
 	}
 	delete(w.cancels, session)
-}
-
-func toolError(format string, args ...any) *mcp.CallToolResult {
-	return mcp.NewToolResultError(fmt.Sprintf(format, args...))
 }

@@ -21,7 +21,7 @@ var versionPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$`)
 // recordedOutput bounds the output tail kept in the audit record.
 const recordedOutput = 1024
 
-func deployTool(r *deploy.Runner, cfg config.Deploy) (*Tool, error) {
+func deployTool(r *deploy.Runner, cfg config.Deploy) (*Spec, error) {
 	if len(cfg.Services) == 0 || len(cfg.Environments) == 0 {
 		return nil, errors.New("deploy needs at least one service and one environment")
 	}
@@ -63,7 +63,7 @@ func deployTool(r *deploy.Runner, cfg config.Deploy) (*Tool, error) {
 		}
 		return t, nil
 	}
-	return &Tool{
+	return &Spec{
 		Def: def,
 		Prepare: func(_ context.Context, args map[string]any) (*Call, error) {
 			t, err := parse(args)

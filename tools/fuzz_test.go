@@ -21,7 +21,7 @@ func FuzzPrepare(f *testing.F) {
 		f.Add(s)
 	}
 	r, _ := registry(f, shippedFor(f))
-	tools := r.Tools()
+	tools := r.Specs()
 	f.Fuzz(func(t *testing.T, raw string) {
 		var args map[string]any
 		if json.Unmarshal([]byte(raw), &args) != nil {

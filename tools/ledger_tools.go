@@ -47,7 +47,7 @@ func newLedgerTools(l *ledger.Ledger, cfg config.Ledger) *ledgerTools {
 	return lt
 }
 
-func (lt *ledgerTools) tool(name string) (*Tool, error) {
+func (lt *ledgerTools) tool(name string) (*Spec, error) {
 	switch name {
 	case "get_balance":
 		return lt.getBalance(), nil
@@ -73,14 +73,14 @@ func (lt *ledgerTools) accountEnum(desc string) map[string]any {
 	return map[string]any{"type": "string", "enum": lt.ids, "description": desc}
 }
 
-func (lt *ledgerTools) getBalance() *Tool {
+func (lt *ledgerTools) getBalance() *Spec {
 	def := mcp.NewToolWithRawSchema("get_balance",
 		"Show the balance of one ledger account, or of every account when none is given.",
 		schemaObject(map[string]any{
 			"account": lt.accountEnum("Account id; omit for all accounts."),
 		}))
 	def.Annotations = hints("Account balances", true, false, true, false)
-	return &Tool{
+	return &Spec{
 		Def: def,
 		Prepare: func(_ context.Context, args map[string]any) (*Call, error) {
 			if err := checkKeys(args, "account"); err != nil {
@@ -122,12 +122,12 @@ func (lt *ledgerTools) getBalance() *Tool {
 	}
 }
 
-func (lt *ledgerTools) listCounterparties() *Tool {
+func (lt *ledgerTools) listCounterparties() *Spec {
 	def := mcp.NewToolWithRawSchema("list_counterparties",
 		"List the payees the ledger knows: whether each is verified (known) and when it was first seen.",
 		schemaObject(map[string]any{}))
 	def.Annotations = hints("Counterparties", true, false, true, false)
-	return &Tool{
+	return &Spec{
 		Def: def,
 		Prepare: func(_ context.Context, args map[string]any) (*Call, error) {
 			if err := checkKeys(args); err != nil {
@@ -151,7 +151,7 @@ func (lt *ledgerTools) listCounterparties() *Tool {
 	}
 }
 
-func (lt *ledgerTools) listTransfers() *Tool {
+func (lt *ledgerTools) listTransfers() *Spec {
 	def := mcp.NewToolWithRawSchema("list_transfers",
 		"List the most recent transfers, newest first.",
 		schemaObject(map[string]any{
@@ -161,7 +161,7 @@ func (lt *ledgerTools) listTransfers() *Tool {
 			},
 		}))
 	def.Annotations = hints("Recent transfers", true, false, true, false)
-	return &Tool{
+	return &Spec{
 		Def: def,
 		Prepare: func(_ context.Context, args map[string]any) (*Call, error) {
 			if err := checkKeys(args, "limit"); err != nil {
@@ -308,7 +308,7 @@ func checkText(s string, max int) error {
 	return nil
 }
 
-func (lt *ledgerTools) transfer() *Tool {
+func (lt *ledgerTools) transfer() *Spec {
 	def := mcp.NewToolWithRawSchema("transfer",
 		"Pay an amount from a ledger account to a payee (counterparty) by name. Large amounts and payees "+
 			"that are not verified may need a human to approve with a security key; the call then waits. "+
@@ -337,7 +337,7 @@ func (lt *ledgerTools) transfer() *Tool {
 			},
 		}, "from", "to", "amount", "currency"))
 	def.Annotations = hints("Transfer money", false, true, false, true)
-	return &Tool{
+	return &Spec{
 		Def:   def,
 		Facts: []string{"counterparty"},
 		Prepare: func(ctx context.Context, args map[string]any) (*Call, error) {

@@ -11,19 +11,19 @@ import (
 	"github.com/mark3labs/mcp-go/mcp"
 )
 
-func secretTool(name string, s *secrets.Store) *Tool {
+func secretTool(name string, s *secrets.Store) *Spec {
 	if name == "list_secrets" {
 		return listSecrets(s)
 	}
 	return readSecret(s)
 }
 
-func listSecrets(s *secrets.Store) *Tool {
+func listSecrets(s *secrets.Store) *Spec {
 	def := mcp.NewToolWithRawSchema("list_secrets",
 		"List the names and classifications of the secrets that read_secret can read. Never returns values.",
 		schemaObject(map[string]any{}))
 	def.Annotations = hints("List secrets", true, false, true, false)
-	return &Tool{
+	return &Spec{
 		Def: def,
 		Prepare: func(_ context.Context, args map[string]any) (*Call, error) {
 			if err := checkKeys(args); err != nil {
@@ -46,7 +46,7 @@ func listSecrets(s *secrets.Store) *Tool {
 	}
 }
 
-func readSecret(s *secrets.Store) *Tool {
+func readSecret(s *secrets.Store) *Spec {
 	def := mcp.NewToolWithRawSchema("read_secret",
 		"Read the value of a secret by name (see list_secrets). Restricted secrets may need a human to "+
 			"approve with a security key; the call then waits.",
@@ -71,7 +71,7 @@ func readSecret(s *secrets.Store) *Tool {
 		}
 		return info, err
 	}
-	return &Tool{
+	return &Spec{
 		Def:   def,
 		Facts: []string{"secret"},
 		Prepare: func(_ context.Context, args map[string]any) (*Call, error) {

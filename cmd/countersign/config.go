@@ -62,6 +62,7 @@ func compilePolicy(c *config.Config) (*authz.Policy, error) {
 	p, err := authz.Compile(c.Tools, c.Approvers, authz.Options{
 		DefaultTimeout: c.Approval.Timeout,
 		Facts:          tools.Facts(),
+		Upstreams:      c.Upstreams,
 	})
 	if err != nil {
 		return nil, configError(fmt.Errorf("%s: %w", c.Source, err))

@@ -158,7 +158,7 @@ func orNone(s string) string {
 // the data directory only when a case needs it.
 type factSource struct {
 	c     *config.Config
-	reg   *tools.Registry
+	reg   *tools.Catalog
 	close func()
 }
 

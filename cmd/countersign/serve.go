@@ -17,6 +17,7 @@ import (
 	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/guard"
 	"github.com/countersign/countersign/server"
 	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/tools"
@@ -63,8 +64,9 @@ default) and its URL is printed on stderr at start.`,
 type stack struct {
 	db        *sql.DB
 	audit     *audit.Log
-	tools     *tools.Registry
+	tools     *tools.Catalog
 	approvals *approval.Service
+	guard     *guard.Guard
 	server    *server.Server
 }
 
@@ -91,9 +93,17 @@ func assemble(ctx context.Context, c *config.Config, log *slog.Logger) (_ *stack
 	if s.approvals, err = approval.New(ctx, s.db, s.audit, approvalOptions(c)); err != nil {
 		return nil, err
 	}
+	s.guard = guard.New(guard.Options{
+		Catalog: s.tools, Policy: policy, Audit: s.audit, Approvals: s.approvals,
+		Tools: c.Tools, Logger: log.With("component", "guard"),
+	})
+	if _, ok := c.Tools["approval_status"]; ok {
+		if err := s.tools.Replace("guard", []*tools.Spec{s.guard.StatusSpec()}); err != nil {
+			return nil, err
+		}
+	}
 	s.server, err = server.New(server.Options{
-		Config: c, Tools: s.tools, Policy: policy, Audit: s.audit,
-		Approvals: s.approvals, Version: buildVersion(), Logger: log,
+		Config: c, Catalog: s.tools, Guard: s.guard, Version: buildVersion(), Logger: log.With("component", "server"),
 	})
 	if err != nil {
 		return nil, err
@@ -132,11 +142,14 @@ func openAudit(ctx context.Context, c *config.Config, opts audit.Options) (*sql.
 // checkpoint), then the database.
 func (s *stack) close() error {
 	var errs []error
-	if s.server != nil {
-		s.server.Close()
+	if s.guard != nil {
+		s.guard.Close()
 	}
 	if s.approvals != nil {
 		errs = append(errs, s.approvals.Close())
+	}
+	if s.tools != nil {
+		errs = append(errs, s.tools.Close())
 	}
 	if s.audit != nil {
 		errs = append(errs, s.audit.Close())

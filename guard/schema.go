@@ -1,8 +1,7 @@
-package server
+package guard
 
 import (
 	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -33,13 +32,10 @@ func compileSchema(tool string, raw []byte) (*schema, error) {
 }
 
 // validate returns nil or an error naming each offending field, e.g.
-// "invalid arguments: /amount: must be > 0".
-func (s *schema) validate(argsJSON []byte) error {
-	v, err := jsonschema.UnmarshalJSON(bytes.NewReader(argsJSON))
-	if err != nil {
-		return fmt.Errorf("invalid arguments: not JSON: %w", err)
-	}
-	err = s.compiled.Validate(v)
+// "invalid arguments: /amount: must be > 0". args is the decoded JSON
+// object.
+func (s *schema) validate(args map[string]any) error {
+	err := s.compiled.Validate(args)
 	if err == nil {
 		return nil
 	}
@@ -63,13 +59,4 @@ func leaves(e *jsonschema.ValidationError) []string {
 		out = append(out, leaves(c)...)
 	}
 	return out
-}
-
-// canonicalArgs is the JSON the guard works from: what the agent sent, as an
-// object, with nothing else.
-func canonicalArgs(args map[string]any) ([]byte, error) {
-	if args == nil {
-		args = map[string]any{}
-	}
-	return json.Marshal(args)
 }

@@ -2,16 +2,27 @@ package server
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/countersign/countersign/approval"
-	"github.com/countersign/countersign/tools"
 	"github.com/mark3labs/mcp-go/mcp"
 	mcpserver "github.com/mark3labs/mcp-go/server"
 )
+
+// waiting keeps the caller of a call that waits for a human informed: a
+// log message with the approval URL, progress heartbeats, and URL
+// elicitation where the client supports it.
+func (s *Server) waiting(req mcp.CallToolRequest, p *progress) func(ctx context.Context, r *approval.Request) func() {
+	return func(ctx context.Context, r *approval.Request) func() {
+		s.tell(ctx, r)
+		stop := s.heartbeat(ctx, p, r)
+		elicited := s.elicit(ctx, r)
+		return func() { stop(); elicited() }
+	}
+}
 
 // tell sends the agent, once, where a human approves this request. Clients
 // show MCP log messages to their user; the URL is also printed on stderr.
@@ -31,11 +42,10 @@ func (s *Server) tell(ctx context.Context, r *approval.Request) {
 // heartbeat sends progress notifications while the call waits. Many clients
 // give up on a silent call after 60 s, and a notification sent just before
 // the result can be lost, so it beats steadily rather than only on change.
-func (s *Server) heartbeat(ctx context.Context, req mcp.CallToolRequest, r *approval.Request) (stop func()) {
-	if req.Params.Meta == nil || req.Params.Meta.ProgressToken == nil {
+func (s *Server) heartbeat(ctx context.Context, p *progress, r *approval.Request) (stop func()) {
+	if p == nil {
 		return func() {}
 	}
-	token := req.Params.Meta.ProgressToken
 	every := s.opts.Config.Approval.ProgressEvery
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
@@ -43,20 +53,13 @@ func (s *Server) heartbeat(ctx context.Context, req mcp.CallToolRequest, r *appr
 		defer close(done)
 		t := time.NewTicker(every)
 		defer t.Stop()
-		for n := 1; ; n++ {
+		for {
 			left := time.Until(r.ExpiresAt).Round(time.Second)
 			if left < 0 {
 				left = 0
 			}
-			err := s.mcp.SendNotificationToClient(ctx, "notifications/progress", map[string]any{
-				"progressToken": token,
-				"progress":      n,
-				"message": fmt.Sprintf("waiting for approval by %s at %s, expires in %s, code %s",
-					waitingFor(r), r.URL, left, r.Code),
-			})
-			if err != nil {
-				s.log.Debug("cannot send progress", "err", err)
-			}
+			p.beat(ctx, fmt.Sprintf("waiting for approval by %s at %s, expires in %s, code %s",
+				waitingFor(r), r.URL, left, r.Code))
 			select {
 			case <-ctx.Done():
 				return
@@ -76,60 +79,6 @@ func waitingFor(r *approval.Request) string {
 		return fmt.Sprintf("%d of %s (%d so far)", r.Quorum, who, len(r.Approvals))
 	}
 	return who
-}
-
-// pendingResult is the CIBA-style answer to a poll-mode call.
-func pendingResult(r *approval.Request, now time.Time) map[string]any {
-	return map[string]any{
-		"status":          "authorization_pending",
-		"auth_req_id":     r.ID,
-		"expires_in":      int(r.ExpiresAt.Sub(now).Seconds()),
-		"interval":        int(r.Interval.Seconds()),
-		"binding_message": r.BindingMessage,
-		"approval_url":    r.URL,
-	}
-}
-
-// approvalStatusTool answers a poll-mode agent in CIBA terms.
-func (s *Server) approvalStatusTool() *tools.Tool {
-	def := mcp.NewToolWithRawSchema("approval_status",
-		"Check an approval request raised by a tool call in poll mode. Returns status "+
-			"authorization_pending, slow_down (poll less often), expired_token, access_denied, "+
-			"or the tool's result once approved and executed.",
-		json.RawMessage(`{"type":"object","properties":{"auth_req_id":{"type":"string","format":"uuid",`+
-			`"description":"The auth_req_id the tool call returned."}},"required":["auth_req_id"],"additionalProperties":false}`))
-	def.Annotations = mcp.ToolAnnotation{
-		Title: "Approval status", ReadOnlyHint: mcp.ToBoolPtr(true), DestructiveHint: mcp.ToBoolPtr(false),
-		IdempotentHint: mcp.ToBoolPtr(false), OpenWorldHint: mcp.ToBoolPtr(false),
-	}
-	return &tools.Tool{
-		Def: def,
-		Prepare: func(_ context.Context, args map[string]any) (*tools.Call, error) {
-			return &tools.Call{Args: args}, nil
-		},
-		Run: func(ctx context.Context, call *tools.Call) (*tools.Result, error) {
-			if s.opts.Approvals == nil {
-				return nil, fmt.Errorf("no approval service is running")
-			}
-			id, _ := call.Args["auth_req_id"].(string)
-			ps, err := s.opts.Approvals.Poll(ctx, id, agentFrom(ctx))
-			if err != nil {
-				return nil, err
-			}
-			out := map[string]any{"auth_req_id": id, "status": ps.Status}
-			if r := ps.Request; r != nil {
-				out["interval"] = int(r.Interval.Seconds())
-				out["state"] = r.State
-				if len(r.Result) > 0 {
-					out["result"] = r.Result
-				}
-				if r.State == approval.StateDenied || r.State == approval.StateExpired || r.State == approval.StateCancelled {
-					out["error_description"] = outcome(r)
-				}
-			}
-			return &tools.Result{Content: out, Record: map[string]any{"auth_req_id": id, "status": ps.Status}}, nil
-		},
-	}
 }
 
 // elicit offers the approval URL through URL-mode elicitation where the
@@ -162,5 +111,56 @@ func (s *Server) elicit(ctx context.Context, r *approval.Request) (done func()) 
 		}
 		cancel()
 		<-finished
+	}
+}
+
+// progress sends one call's progress notifications. MCP wants progress to
+// increase; heartbeats and progress forwarded from an upstream tool share
+// one counter so the two never make it go backwards.
+type progress struct {
+	s     *Server
+	token mcp.ProgressToken
+	mu    sync.Mutex
+	last  float64
+}
+
+func (s *Server) progressFor(req mcp.CallToolRequest) *progress {
+	if req.Params.Meta == nil || req.Params.Meta.ProgressToken == nil {
+		return nil
+	}
+	return &progress{s: s, token: req.Params.Meta.ProgressToken}
+}
+
+// beat reports one more step of waiting.
+func (p *progress) beat(ctx context.Context, message string) {
+	p.mu.Lock()
+	p.last++
+	n := p.last
+	p.mu.Unlock()
+	p.send(ctx, n, 0, message)
+}
+
+// forward reports an upstream tool's progress as it is, unless that would
+// go backwards after heartbeats; then it counts on from the last step.
+func (p *progress) forward(ctx context.Context, done, total float64, message string) {
+	p.mu.Lock()
+	if done <= p.last {
+		done, total = p.last+1, 0
+	}
+	p.last = done
+	p.mu.Unlock()
+	p.send(ctx, done, total, message)
+}
+
+func (p *progress) send(ctx context.Context, done, total float64, message string) {
+	params := map[string]any{"progressToken": p.token, "progress": done}
+	if total > 0 {
+		params["total"] = total
+	}
+	if message != "" {
+		params["message"] = message
+	}
+	if err := p.s.mcp.SendNotificationToClient(ctx, "notifications/progress", params); err != nil {
+		p.s.log.Debug("cannot send progress", "err", err)
 	}
 }

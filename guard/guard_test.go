@@ -1,0 +1,411 @@
+package guard
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/countersign/countersign/approval"
+	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/authz"
+	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/tools"
+	"github.com/mark3labs/mcp-go/mcp"
+)
+
+// fixedPolicy decides every call the same way and remembers what it saw.
+type fixedPolicy struct {
+	mu   sync.Mutex
+	d    authz.Decision
+	seen []authz.Input
+}
+
+func (p *fixedPolicy) Decide(in authz.Input) authz.Decision {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.seen = append(p.seen, in)
+	return p.d
+}
+
+// memLog is an audit log in memory that can be made to fail.
+type memLog struct {
+	mu      sync.Mutex
+	entries []audit.Entry
+	fail    bool
+}
+
+func (l *memLog) Append(_ context.Context, e audit.Entry) (audit.Entry, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.fail {
+		return audit.Entry{}, errors.New("disk full")
+	}
+	l.entries = append(l.entries, e)
+	return e, nil
+}
+
+func (l *memLog) kinds() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []string
+	for _, e := range l.entries {
+		out = append(out, e.Kind)
+	}
+	return out
+}
+
+func (l *memLog) last(kind string) audit.Entry {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for i := len(l.entries) - 1; i >= 0; i-- {
+		if l.entries[i].Kind == kind {
+			return l.entries[i]
+		}
+	}
+	return audit.Entry{}
+}
+
+// humans is an approval service in memory: a test decides each request by
+// sending its final state on decide.
+type humans struct {
+	mu       sync.Mutex
+	created  []approval.NewRequest
+	decide   chan string // the final state of the next request waited on
+	claimed  int
+	finished []bool
+}
+
+func (h *humans) Create(_ context.Context, r approval.NewRequest) (*approval.Request, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.created = append(h.created, r)
+	return &approval.Request{ID: "req-1", State: approval.StatePending, ExpiresAt: time.Now().Add(time.Minute),
+		Interval: 5 * time.Second, Code: "ABC123"}, nil
+}
+
+func (h *humans) Wait(ctx context.Context, id string) (*approval.Request, error) {
+	select {
+	case state := <-h.decide:
+		return &approval.Request{ID: id, State: state, DecidedBy: "alice"}, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func (h *humans) BeginExecution(context.Context, string) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.claimed > 0 {
+		return approval.ErrNotApproved
+	}
+	h.claimed++
+	return nil
+}
+
+func (h *humans) Finish(_ context.Context, _ string, ok bool, _ json.RawMessage) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.finished = append(h.finished, ok)
+	return nil
+}
+
+func (h *humans) Poll(context.Context, string, string) (*approval.PollStatus, error) {
+	return &approval.PollStatus{Status: "authorization_pending"}, nil
+}
+
+// counter is a tool that counts its runs and keeps the arguments it ran on.
+type counter struct {
+	mu     sync.Mutex
+	runs   int
+	ran    []map[string]any
+	result func(ctx context.Context) (*tools.Result, error)
+}
+
+func (c *counter) spec(name string) *tools.Spec {
+	return &tools.Spec{
+		Def: mcp.NewToolWithRawSchema(name, "test tool", json.RawMessage(
+			`{"type":"object","properties":{"amount":{"type":"number","exclusiveMinimum":0},"to":{"type":"string"}},`+
+				`"required":["amount"],"additionalProperties":false}`)),
+		Prepare: func(_ context.Context, args map[string]any) (*tools.Call, error) {
+			if to, _ := args["to"].(string); to == "nobody" {
+				return nil, &tools.ArgError{Field: "to", Msg: "unknown payee"}
+			}
+			out := map[string]any{"to": "default payee"}
+			for k, v := range args {
+				out[k] = v
+			}
+			return &tools.Call{Args: out, Summary: "pay", Details: json.RawMessage(`[{"type":"test"}]`)}, nil
+		},
+		Run: func(ctx context.Context, call *tools.Call) (*tools.Result, error) {
+			c.mu.Lock()
+			c.runs++
+			c.ran = append(c.ran, call.Args)
+			c.mu.Unlock()
+			if c.result != nil {
+				return c.result(ctx)
+			}
+			return &tools.Result{Content: map[string]any{"ok": true}, Record: map[string]any{"ok": true}}, nil
+		},
+	}
+}
+
+func (c *counter) count() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.runs
+}
+
+type fixture struct {
+	g      *Guard
+	log    *memLog
+	policy *fixedPolicy
+	humans *humans
+	tool   *counter
+	cat    *tools.Catalog
+}
+
+func newFixture(t *testing.T, level string) *fixture {
+	t.Helper()
+	f := &fixture{
+		log:    &memLog{},
+		policy: &fixedPolicy{d: authz.Decision{Level: level, Reason: "test says " + level, Quorum: 1, Approvers: []string{"alice"}, Wait: authz.WaitBlock}},
+		humans: &humans{decide: make(chan string, 1)},
+		tool:   &counter{},
+		cat:    tools.NewCatalog(),
+	}
+	if err := f.cat.Replace("test", []*tools.Spec{f.tool.spec("pay")}); err != nil {
+		t.Fatal(err)
+	}
+	f.g = New(Options{Catalog: f.cat, Policy: f.policy, Audit: f.log, Approvals: f.humans,
+		Tools: map[string]config.Tool{"pay": {}}})
+	t.Cleanup(f.g.Close)
+	return f
+}
+
+func text(res *mcp.CallToolResult) string {
+	var b strings.Builder
+	for _, c := range res.Content {
+		if tc, ok := c.(mcp.TextContent); ok {
+			b.WriteString(tc.Text)
+		}
+	}
+	return b.String()
+}
+
+func TestUnknownToolIsRejectedAndRecorded(t *testing.T) {
+	f := newFixture(t, config.LevelLow)
+	res := f.g.Handle(context.Background(), Call{Tool: "launch_missiles", Agent: "bot"})
+	if !res.IsError || !strings.Contains(text(res), `unknown tool "launch_missiles"`) {
+		t.Fatalf("result %q", text(res))
+	}
+	e := f.log.last(audit.KindCallRejected)
+	if e.Tool != "launch_missiles" || e.Agent != "bot" || e.Reason != "unknown tool" {
+		t.Errorf("entry %+v", e)
+	}
+}
+
+func TestBadArgumentsNeverReachPolicyOrTool(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		args any
+		want string
+	}{
+		{"not an object", []any{1}, "expected a JSON object"},
+		{"schema", map[string]any{"amount": -5.0}, "amount"},
+		{"unknown field", map[string]any{"amount": 1.0, "evil": true}, "evil"},
+		{"prepare refuses", map[string]any{"amount": 1.0, "to": "nobody"}, "to: unknown payee"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t, config.LevelLow)
+			res := f.g.Handle(context.Background(), Call{Tool: "pay", Agent: "bot", Args: tc.args})
+			if !res.IsError || !strings.Contains(text(res), tc.want) {
+				t.Fatalf("result %q, want it to mention %q", text(res), tc.want)
+			}
+			if f.tool.count() != 0 || len(f.policy.seen) != 0 {
+				t.Errorf("ran %d times, policy asked %d times", f.tool.count(), len(f.policy.seen))
+			}
+			if got := f.log.kinds(); len(got) != 1 || got[0] != audit.KindCallRejected {
+				t.Errorf("log %v, want one call.rejected", got)
+			}
+		})
+	}
+}
+
+func TestRoutineCallRunsOnceOnTheCanonicalArguments(t *testing.T) {
+	f := newFixture(t, config.LevelLow)
+	res := f.g.Handle(context.Background(), Call{Tool: "pay", Agent: "bot", Args: map[string]any{"to": "Acme", "amount": 12.5}})
+	if res.IsError {
+		t.Fatal(text(res))
+	}
+	if f.tool.count() != 1 {
+		t.Fatalf("ran %d times", f.tool.count())
+	}
+	if got := f.log.kinds(); strings.Join(got, ",") != "call.allowed,call.executed" {
+		t.Fatalf("log %v", got)
+	}
+	want := `{"amount":12.5,"to":"Acme"}`
+	sum := sha256.Sum256([]byte(want))
+	for _, e := range f.log.entries {
+		if string(e.Args) != want || e.ArgsSHA256 != hex.EncodeToString(sum[:]) {
+			t.Errorf("%s args %s sha %s, want %s", e.Kind, e.Args, e.ArgsSHA256, want)
+		}
+	}
+	if in := f.policy.seen[0]; in.Agent != "bot" || in.Args["to"] != "Acme" {
+		t.Errorf("policy saw %+v", in)
+	}
+}
+
+func TestDefaultsAppliedByPrepareAreWhatIsRecorded(t *testing.T) {
+	f := newFixture(t, config.LevelLow)
+	f.g.Handle(context.Background(), Call{Tool: "pay", Agent: "bot", Args: map[string]any{"amount": 1.0}})
+	if got := string(f.log.last(audit.KindCallExecuted).Args); got != `{"amount":1,"to":"default payee"}` {
+		t.Errorf("recorded args %s", got)
+	}
+}
+
+func TestUnrecordableCallDoesNotRun(t *testing.T) {
+	f := newFixture(t, config.LevelLow)
+	f.log.fail = true
+	res := f.g.Handle(context.Background(), Call{Tool: "pay", Args: map[string]any{"amount": 1.0}})
+	if !res.IsError || f.tool.count() != 0 {
+		t.Fatalf("result %q, ran %d", text(res), f.tool.count())
+	}
+}
+
+func TestDenyNeverRuns(t *testing.T) {
+	f := newFixture(t, config.LevelDeny)
+	res := f.g.Handle(context.Background(), Call{Tool: "pay", Args: map[string]any{"amount": 1.0}})
+	if !res.IsError || !strings.Contains(text(res), "denied by policy: test says deny") || f.tool.count() != 0 {
+		t.Fatalf("result %q, ran %d", text(res), f.tool.count())
+	}
+	if e := f.log.last(audit.KindCallDenied); e.Decision != config.LevelDeny {
+		t.Errorf("entry %+v", e)
+	}
+}
+
+func TestApprovedCallRunsOnceOnTheApprovedBytes(t *testing.T) {
+	f := newFixture(t, config.LevelHigh)
+	f.humans.decide <- approval.StateApproved
+	res := f.g.Handle(context.Background(), Call{Tool: "pay", Agent: "bot", Args: map[string]any{"amount": 20000.0, "to": "X"}})
+	if res.IsError {
+		t.Fatal(text(res))
+	}
+	if f.tool.count() != 1 {
+		t.Fatalf("ran %d times", f.tool.count())
+	}
+	approved := f.humans.created[0].Args
+	executed := f.log.last(audit.KindCallExecuted)
+	if string(approved) != string(executed.Args) || string(approved) != `{"amount":20000,"to":"X"}` {
+		t.Errorf("approved %s, executed %s", approved, executed.Args)
+	}
+	if executed.RequestID != "req-1" {
+		t.Errorf("call.executed names request %q", executed.RequestID)
+	}
+	if len(f.humans.finished) != 1 || !f.humans.finished[0] {
+		t.Errorf("finished %v", f.humans.finished)
+	}
+}
+
+func TestDeniedOrExpiredCallNeverRuns(t *testing.T) {
+	for _, state := range []string{approval.StateDenied, approval.StateExpired, approval.StateCancelled} {
+		t.Run(state, func(t *testing.T) {
+			f := newFixture(t, config.LevelHigh)
+			f.humans.decide <- state
+			res := f.g.Handle(context.Background(), Call{Tool: "pay", Args: map[string]any{"amount": 1.0}})
+			if !res.IsError || f.tool.count() != 0 {
+				t.Fatalf("result %q, ran %d", text(res), f.tool.count())
+			}
+		})
+	}
+}
+
+func TestWaitingCallerIsKeptInformedUntilTheDecision(t *testing.T) {
+	f := newFixture(t, config.LevelHigh)
+	var began, ended bool
+	go func() { time.Sleep(20 * time.Millisecond); f.humans.decide <- approval.StateApproved }()
+	f.g.Handle(context.Background(), Call{Tool: "pay", Args: map[string]any{"amount": 1.0},
+		Waiting: func(context.Context, *approval.Request) func() {
+			began = true
+			return func() { ended = true }
+		}})
+	if !began || !ended {
+		t.Errorf("waiting began %v ended %v", began, ended)
+	}
+}
+
+func TestPollModeReturnsAtOnceAndRunsOnceWhenApproved(t *testing.T) {
+	f := newFixture(t, config.LevelHigh)
+	f.policy.d.Wait = authz.WaitPoll
+	res := f.g.Handle(context.Background(), Call{Tool: "pay", Args: map[string]any{"amount": 1.0}})
+	if res.IsError || !strings.Contains(text(res), "authorization_pending") {
+		t.Fatalf("result %q", text(res))
+	}
+	if f.tool.count() != 0 {
+		t.Fatal("ran before approval")
+	}
+	f.humans.decide <- approval.StateApproved
+	f.g.Close() // waits for the background execution
+	if f.tool.count() != 1 {
+		t.Errorf("ran %d times", f.tool.count())
+	}
+}
+
+func TestPanickingToolIsRecordedAsFailed(t *testing.T) {
+	f := newFixture(t, config.LevelLow)
+	f.tool.result = func(context.Context) (*tools.Result, error) { panic("boom") }
+	res := f.g.Handle(context.Background(), Call{Tool: "pay", Args: map[string]any{"amount": 1.0}})
+	if !res.IsError || !strings.Contains(f.log.last(audit.KindCallFailed).Reason, "panicked: boom") {
+		t.Fatalf("result %q, log %v", text(res), f.log.kinds())
+	}
+}
+
+func TestUpstreamResultPassesUnchangedAndIsHashed(t *testing.T) {
+	f := newFixture(t, config.LevelLow)
+	upstream := &mcp.CallToolResult{
+		Content:           []mcp.Content{mcp.NewTextContent("<b>as is</b>")},
+		StructuredContent: map[string]any{"n": 1.0},
+		IsError:           true,
+	}
+	f.tool.result = func(context.Context) (*tools.Result, error) { return &tools.Result{MCP: upstream}, nil }
+	res := f.g.Handle(context.Background(), Call{Tool: "pay", Args: map[string]any{"amount": 1.0}})
+	if res != upstream {
+		t.Fatalf("result changed: %+v", res)
+	}
+	raw, _ := json.Marshal(upstream)
+	sum := sha256.Sum256(raw)
+	var rec map[string]any
+	json.Unmarshal(f.log.last(audit.KindCallExecuted).Result, &rec)
+	if rec["result_sha256"] != hex.EncodeToString(sum[:]) || rec["is_error"] != true {
+		t.Errorf("recorded %v", rec)
+	}
+}
+
+func TestOnlyToolsThatFollowCancelSeeTheCallerLeaveAfterApproval(t *testing.T) {
+	for _, follow := range []bool{false, true} {
+		f := newFixture(t, config.LevelHigh)
+		ctx, cancel := context.WithCancel(context.Background())
+		var sawCancel bool
+		f.tool.result = func(runCtx context.Context) (*tools.Result, error) {
+			cancel()
+			select {
+			case <-runCtx.Done():
+				sawCancel = true
+			case <-time.After(50 * time.Millisecond):
+			}
+			return &tools.Result{Content: "done"}, nil
+		}
+		spec, _ := f.cat.Lookup("pay")
+		spec.FollowCancel = follow
+		f.humans.decide <- approval.StateApproved
+		f.g.Handle(ctx, Call{Tool: "pay", Args: map[string]any{"amount": 1.0}})
+		if sawCancel != follow {
+			t.Errorf("FollowCancel %v: run saw the cancellation: %v", follow, sawCancel)
+		}
+	}
+}
