@@ -21,6 +21,7 @@ import (
 	"github.com/countersign/countersign/server"
 	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/tools"
+	"github.com/countersign/countersign/tools/upstream"
 	"github.com/spf13/cobra"
 )
 
@@ -67,6 +68,7 @@ type stack struct {
 	tools     *tools.Catalog
 	approvals *approval.Service
 	guard     *guard.Guard
+	upstreams *upstream.Manager
 	server    *server.Server
 }
 
@@ -92,6 +94,14 @@ func assemble(ctx context.Context, c *config.Config, log *slog.Logger) (_ *stack
 	}
 	if s.approvals, err = approval.New(ctx, s.db, s.audit, approvalOptions(c)); err != nil {
 		return nil, err
+	}
+	if len(c.Upstreams) > 0 {
+		s.upstreams, err = upstream.Start(ctx, c.Upstreams, s.tools, upstream.Options{
+			Logger: log.With("component", "upstream"), Version: buildVersion(),
+		})
+		if err != nil {
+			return nil, err
+		}
 	}
 	s.guard = guard.New(guard.Options{
 		Catalog: s.tools, Policy: policy, Audit: s.audit, Approvals: s.approvals,
@@ -145,6 +155,9 @@ func (s *stack) close() error {
 	if s.guard != nil {
 		s.guard.Close()
 	}
+	if s.upstreams != nil {
+		errs = append(errs, s.upstreams.Close())
+	}
 	if s.approvals != nil {
 		errs = append(errs, s.approvals.Close())
 	}
@@ -191,7 +204,7 @@ func serve(ctx context.Context, c *config.Config, log *slog.Logger) (err error) 
 	defer shutdown(pageSrv, c.Server.ShutdownTimeout)
 	log.Info("approver page", "url", c.Approval.PublicURL, "listen", page.Addr().String())
 	log.Info("countersign started", "version", buildVersion(), "config", c.Source,
-		"data_dir", c.Server.DataDir, "tools", len(c.Tools))
+		"data_dir", c.Server.DataDir, "tools", len(s.tools.Specs()))
 
 	if c.HTTP.Addr == "" {
 		log.Info("serving MCP on stdio")
