@@ -31,6 +31,7 @@
 //	 "creditorName":"Vendor X","debtorAccount":{"id":"operating"},"newCounterparty":true}
 //	{"type":"deployment","service":"api","version":"1.4.2","environment":"production"}
 //	{"type":"secret_access","name":"prod-db-password","classification":"restricted"}
+//	{"type":"mcp_tool_call","server":"files","tool":"write_file","arguments":{"path":"/srv/a.txt","mode":420}}
 //
 // ("counterpartyKnown": false is accepted as well as "newCounterparty": true.)
 package approval

@@ -16,6 +16,8 @@ import (
 // "Label: value" line each, so the page can lay it out without changing a
 // character. Values are cleaned of control and bidi-formatting characters:
 // a payee name must not be able to forge a line or reorder what is read.
+// (mcp_tool_call arguments are quoted with those characters shown as
+// escapes instead; see renderMCPToolCall.)
 func renderDisplay(details []json.RawMessage, tool, agent, code string) string {
 	var lines []string
 	for i, raw := range details {
@@ -94,6 +96,8 @@ func renderDetail(raw json.RawMessage) []string {
 			lines = append(lines, WarningPrefix+strings.ToUpper(class)+" secret")
 		}
 		return lines
+	case "mcp_tool_call":
+		return renderMCPToolCall(raw)
 	}
 	// Generic: type, actions, then every other field in key order.
 	lines := []string{"Action: " + clean(orDefault(typ, "(untyped)"), 80)}

@@ -17,6 +17,7 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode/utf16"
 )
 
 //go:embed web
@@ -24,6 +25,7 @@ var webFS embed.FS
 
 var pages = template.Must(template.New("").Funcs(template.FuncMap{
 	"lines":    displayLines,
+	"json":     visibleJSON,
 	"rfc3339":  func(t time.Time) string { return t.UTC().Format(time.RFC3339) },
 	"short":    func(t time.Time) string { return t.UTC().Format("2006-01-02 15:04:05 UTC") },
 	"join":     strings.Join,
@@ -47,6 +49,27 @@ func displayLines(display string) []displayLine {
 		out = append(out, displayLine{Label: label, Value: value, Warning: strings.HasPrefix(l, WarningPrefix)})
 	}
 	return out
+}
+
+// visibleJSON is raw JSON for the page with every character that would
+// not be seen as itself (mustEscape: bidi controls, zero-width and other
+// invisible characters) written as a JSON \u escape. It is the same JSON
+// value, but an override in a string shows as text instead of reordering
+// what is read. JSON whitespace between tokens is kept.
+func visibleJSON(raw []byte) string {
+	var b strings.Builder
+	for _, r := range string(raw) {
+		switch {
+		case r == '\n' || r == '\r' || r == '\t' || !mustEscape(r):
+			b.WriteRune(r)
+		case r > 0xFFFF:
+			hi, lo := utf16.EncodeRune(r)
+			fmt.Fprintf(&b, `\u%04X\u%04X`, hi, lo)
+		default:
+			fmt.Fprintf(&b, `\u%04X`, r)
+		}
+	}
+	return b.String()
 }
 
 const csrfCookie = "countersign_csrf"

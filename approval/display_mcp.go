@@ -1,0 +1,401 @@
+package approval
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"strconv"
+	"strings"
+	"unicode"
+	"unicode/utf8"
+)
+
+// Bounds of the mcp_tool_call rendering. They keep the display (which is
+// stored, hashed and exported) a readable size whatever the arguments are.
+const (
+	mcpMaxDepth   = 8   // path segments below args; deeper containers are not expanded
+	mcpMaxLines   = 60  // value lines per detail; the rest are counted, not shown
+	mcpMaxString  = 200 // characters of one string (or number) shown
+	mcpMaxKey     = 64  // characters of one object key shown in a path
+	mcpMaxName    = 128 // characters of a server or tool name shown bare
+	mcpMaxMarks   = 4   // combining marks in a row shown as they are; more are escaped
+	mcpMaxRepeats = 3   // repeated-key paths named in the warning
+)
+
+// renderMCPToolCall renders an upstream MCP tool call,
+//
+//	{"type":"mcp_tool_call","server":"files","tool":"write_file","arguments":{...}}
+//
+// as
+//
+//	Upstream tool: files / write_file
+//	args.options.mode: 420
+//	args.path: "/srv/share/a.txt"
+//
+// one line per leaf value in key order, labelled with its path below args
+// (the name the policy rules use). Strings are quoted with every invisible,
+// control, bidi and line-breaking character written as an escape (\n, \t,
+// \u202E), so the approver sees that it is there and it cannot forge or
+// reorder a line. A path segment that is not a plain ASCII name is quoted,
+// args["a b"], with ": " broken as \u003A so a key cannot end the label.
+// Every label starts with "args", "detail" or a fixed word, so no key can
+// pass itself off as a line the server writes (Code, Tool, Warning).
+// A key that occurs twice in one object is shown every time, in the order
+// written, under a warning: two readers of that JSON may take different
+// values.
+func renderMCPToolCall(raw json.RawMessage) []string {
+	root, err := parseOrdered(raw)
+	if err != nil || root.kind != kindObject {
+		return []string{"Action: (unreadable authorization detail)"}
+	}
+	byKey := map[string][]*jvalue{}
+	var other []jmember
+	for _, m := range root.members {
+		switch m.key {
+		case "type": // the first line says what it is
+		case "server", "tool", "arguments":
+			byKey[m.key] = append(byKey[m.key], m.val)
+		default:
+			other = append(other, m)
+		}
+	}
+	f := &flattener{}
+	f.repeats(root, "", 0)
+	lines := []string{"Upstream tool: " + mcpName(byKey["server"]) + " / " + mcpName(byKey["tool"])}
+	if len(f.repeated) > 0 {
+		named := f.repeated[:min(len(f.repeated), mcpMaxRepeats)]
+		w := WarningPrefix + "REPEATED KEY " + strings.Join(named, ", ")
+		if n := len(f.repeated) - len(named); n > 0 {
+			w += fmt.Sprintf(" and %d more", n)
+		}
+		lines = append(lines, w+"; every value is shown, a reader may take either")
+	}
+	args := byKey["arguments"]
+	if len(args) == 0 || (len(args) == 1 && args[0].kind == kindObject && len(args[0].members) == 0) {
+		lines = append(lines, "Arguments: (none)")
+	} else {
+		for _, a := range args {
+			f.flatten(a, "args", 0)
+		}
+	}
+	slices.SortStableFunc(other, func(a, b jmember) int { return strings.Compare(a.key, b.key) })
+	for _, m := range other {
+		f.flatten(m.val, "detail"+pathKey(m.key), 1)
+	}
+	lines = append(lines, f.lines...)
+	if f.omitted > 0 {
+		lines = append(lines, fmt.Sprintf("… %d more values not shown; the full arguments are in the audit log", f.omitted))
+	}
+	return lines
+}
+
+// mcpName renders the server or tool name: bare when it is a plain name,
+// else quoted like any string.
+func mcpName(vs []*jvalue) string {
+	switch {
+	case len(vs) == 0:
+		return "(missing)"
+	case len(vs) > 1:
+		return fmt.Sprintf("(given %d times)", len(vs))
+	case vs[0].kind != kindString:
+		return "(not a string)"
+	}
+	s := vs[0].text
+	plain := s != "" && len(s) <= mcpMaxName
+	for i := 0; plain && i < len(s); i++ {
+		c := s[i]
+		plain = c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("_-./", c) >= 0
+	}
+	if plain {
+		return s
+	}
+	return visibleQuote(s, mcpMaxString, false)
+}
+
+type flattener struct {
+	lines    []string
+	omitted  int
+	repeated []string        // paths of repeated keys, in the order found
+	named    map[string]bool // the set of repeated
+}
+
+func (f *flattener) emit(label, value string) {
+	if len(f.lines) >= mcpMaxLines {
+		f.omitted++
+		return
+	}
+	f.lines = append(f.lines, label+": "+value)
+}
+
+// flatten emits one line per leaf of v, labelled by its path; depth is the
+// number of segments below the root.
+func (f *flattener) flatten(v *jvalue, path string, depth int) {
+	switch v.kind {
+	case kindObject:
+		if len(v.members) == 0 {
+			f.emit(path, "{}")
+			return
+		}
+		if depth >= mcpMaxDepth {
+			f.emit(path, "(nested too deep)")
+			return
+		}
+		members := slices.Clone(v.members)
+		slices.SortStableFunc(members, func(a, b jmember) int { return strings.Compare(a.key, b.key) })
+		for _, m := range members {
+			f.flatten(m.val, path+pathKey(m.key), depth+1)
+		}
+	case kindArray:
+		if len(v.elems) == 0 {
+			f.emit(path, "[]")
+			return
+		}
+		if depth >= mcpMaxDepth {
+			f.emit(path, "(nested too deep)")
+			return
+		}
+		for i, e := range v.elems {
+			f.flatten(e, path+"["+strconv.Itoa(i)+"]", depth+1)
+		}
+	case kindString:
+		f.emit(path, visibleQuote(v.text, mcpMaxString, false))
+	default: // number exactly as written, or true/false/null
+		f.emit(path, fold(v.text, mcpMaxString))
+	}
+}
+
+// repeats records the path of every object key that occurs more than once
+// in v ("server", "args.path", "detail.x"). Below the depth that is shown,
+// the path is cut to its shown part and marked with "…".
+func (f *flattener) repeats(v *jvalue, path string, depth int) {
+	switch v.kind {
+	case kindObject:
+		seen := make(map[string]bool, len(v.members))
+		for _, m := range v.members {
+			var child string
+			switch {
+			case depth == 0 && m.key == "arguments":
+				child = "args"
+			case depth == 0 && (m.key == "type" || m.key == "server" || m.key == "tool"):
+				child = m.key
+			case depth == 0:
+				child = "detail" + pathKey(m.key)
+			default:
+				child = f.below(path, pathKey(m.key), depth)
+			}
+			if seen[m.key] && !f.named[child] {
+				if f.named == nil {
+					f.named = map[string]bool{}
+				}
+				f.named[child] = true
+				f.repeated = append(f.repeated, child)
+			}
+			seen[m.key] = true
+			f.repeats(m.val, child, depth+1)
+		}
+	case kindArray:
+		for i, e := range v.elems {
+			f.repeats(e, f.below(path, "["+strconv.Itoa(i)+"]", depth), depth+1)
+		}
+	}
+}
+
+// below is the path of a child of path (at depth) for the repeated-key
+// warning: path+seg while it is shown, then cut.
+func (f *flattener) below(path, seg string, depth int) string {
+	switch {
+	case depth <= mcpMaxDepth:
+		return path + seg
+	case strings.HasSuffix(path, "…"):
+		return path
+	}
+	return path + "…"
+}
+
+// pathKey is the path segment of an object key: .name for a plain ASCII
+// name, else ["quoted"].
+func pathKey(k string) string {
+	plain := k != "" && len(k) <= mcpMaxKey
+	for i := 0; plain && i < len(k); i++ {
+		c := k[i]
+		plain = c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-'
+	}
+	if plain {
+		return "." + k
+	}
+	return "[" + visibleQuote(k, mcpMaxKey, true) + "]"
+}
+
+// fold cuts an unquoted token (a number) at max characters.
+func fold(s string, max int) string {
+	n := utf8.RuneCountInString(s)
+	if n <= max {
+		return s
+	}
+	cut := 0
+	for range max {
+		_, w := utf8.DecodeRuneInString(s[cut:])
+		cut += w
+	}
+	return s[:cut] + fmt.Sprintf("… (%d more characters)", n-max)
+}
+
+// visibleQuote quotes s for one display line. Quote and backslash are
+// escaped, so every escape in the output stands for exactly one character
+// of s; \n, \r and \t keep their usual names and every other character
+// that would not be seen as itself (see mustEscape) becomes \uXXXX or
+// \UXXXXXXXX. Past max characters the rest is counted, outside the quotes.
+// In a key (inKey), a colon before a space is escaped so the key cannot
+// contain the ": " that ends a display label.
+func visibleQuote(s string, max int, inKey bool) string {
+	var b strings.Builder
+	b.WriteByte('"')
+	n, marks := 0, 0
+	for i, r := range s {
+		if n == max {
+			b.WriteByte('"')
+			fmt.Fprintf(&b, "… (%d more characters)", utf8.RuneCountInString(s[i:]))
+			return b.String()
+		}
+		n++
+		if unicode.In(r, unicode.Mn, unicode.Me) {
+			marks++
+		} else {
+			marks = 0
+		}
+		switch {
+		case r == '"':
+			b.WriteString(`\"`)
+		case r == '\\':
+			b.WriteString(`\\`)
+		case r == '\n':
+			b.WriteString(`\n`)
+		case r == '\r':
+			b.WriteString(`\r`)
+		case r == '\t':
+			b.WriteString(`\t`)
+		case inKey && r == ':' && strings.HasPrefix(s[i+1:], " "):
+			b.WriteString(`\u003A`)
+		case mustEscape(r) || marks > mcpMaxMarks:
+			if r <= 0xFFFF {
+				fmt.Fprintf(&b, `\u%04X`, r)
+			} else {
+				fmt.Fprintf(&b, `\U%08X`, r)
+			}
+		default:
+			b.WriteRune(r)
+		}
+	}
+	b.WriteByte('"')
+	return b.String()
+}
+
+// mustEscape reports whether r would not be seen as itself on the page:
+// controls (C0, DEL, C1), format characters (bidi controls and marks,
+// zero-width space and joiners, word joiner, BOM, soft hyphen, U+180E, tag
+// characters), line and paragraph separators, private-use, surrogate and
+// unassigned code points, every space other than U+0020 (they look like
+// it), variation selectors and the other default-ignorable characters
+// (U+034F, Hangul fillers), and the blank braille pattern.
+func mustEscape(r rune) bool {
+	if r == ' ' {
+		return false
+	}
+	return !unicode.IsGraphic(r) ||
+		unicode.In(r, unicode.Zs, unicode.Variation_Selector, unicode.Other_Default_Ignorable_Code_Point) ||
+		r == '\u2800'
+}
+
+// jvalue is a JSON value that keeps object members in the order written,
+// repeated keys included (encoding/json would keep only the last).
+type jvalue struct {
+	kind    byte
+	text    string // string value, number as written, true, false or null
+	members []jmember
+	elems   []*jvalue
+}
+
+type jmember struct {
+	key string
+	val *jvalue
+}
+
+const (
+	kindObject byte = 'o'
+	kindArray  byte = 'a'
+	kindString byte = 's'
+	kindOther  byte = '-'
+)
+
+func parseOrdered(raw []byte) (*jvalue, error) {
+	if !json.Valid(raw) {
+		return nil, errors.New("not valid JSON")
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber()
+	v, err := parseValue(dec)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, errors.New("data after the JSON value")
+	}
+	return v, nil
+}
+
+func parseValue(dec *json.Decoder) (*jvalue, error) {
+	tok, err := dec.Token()
+	if err != nil {
+		return nil, err
+	}
+	switch t := tok.(type) {
+	case json.Delim:
+		v := &jvalue{kind: kindArray}
+		switch t {
+		case '{':
+			v.kind = kindObject
+		case '[':
+		default:
+			return nil, fmt.Errorf("unexpected %v", t)
+		}
+		for dec.More() {
+			if v.kind == kindArray {
+				e, err := parseValue(dec)
+				if err != nil {
+					return nil, err
+				}
+				v.elems = append(v.elems, e)
+				continue
+			}
+			kt, err := dec.Token()
+			if err != nil {
+				return nil, err
+			}
+			key, ok := kt.(string)
+			if !ok {
+				return nil, errors.New("object key is not a string")
+			}
+			val, err := parseValue(dec)
+			if err != nil {
+				return nil, err
+			}
+			v.members = append(v.members, jmember{key, val})
+		}
+		if _, err := dec.Token(); err != nil { // the closing delimiter
+			return nil, err
+		}
+		return v, nil
+	case string:
+		return &jvalue{kind: kindString, text: t}, nil
+	case json.Number:
+		return &jvalue{kind: kindOther, text: t.String()}, nil
+	case bool:
+		return &jvalue{kind: kindOther, text: strconv.FormatBool(t)}, nil
+	case nil:
+		return &jvalue{kind: kindOther, text: "null"}, nil
+	}
+	return nil, fmt.Errorf("unexpected JSON token %v", tok)
+}

@@ -1,0 +1,321 @@
+package approval
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"reflect"
+	"strings"
+	"testing"
+	"unicode"
+
+	"github.com/chromedp/chromedp"
+)
+
+// mcpDisplay renders one mcp_tool_call detail with the given arguments
+// JSON (omitted when args is "").
+func mcpDisplay(t testing.TB, args string) string {
+	t.Helper()
+	d := `{"type":"mcp_tool_call","server":"files","tool":"write_file"`
+	if args != "" {
+		d += `,"arguments":` + args
+	}
+	return renderDisplay([]json.RawMessage{json.RawMessage(d + "}")}, "files__write_file", "agent-1", "ABCDEF")
+}
+
+const mcpTrailer = "\nTool: files__write_file\nAgent: agent-1\nCode: ABCDEF"
+
+func TestDisplayMCPToolCall(t *testing.T) {
+	long := strings.Repeat("a", 250)
+	var many, manyWant strings.Builder
+	many.WriteString("{")
+	for i := range 100 {
+		if i > 0 {
+			many.WriteString(",")
+		}
+		fmt.Fprintf(&many, `"k%03d":%d`, i, i)
+		if i < mcpMaxLines {
+			fmt.Fprintf(&manyWant, "args.k%03d: %d\n", i, i)
+		}
+	}
+	many.WriteString("}")
+	deep := func(n int) string { return strings.Repeat(`{"a":`, n) + "1" + strings.Repeat("}", n) }
+
+	for _, tc := range []struct{ name, args, want string }{
+		{"nested objects and arrays",
+			`{"path":"/srv/share/a.txt","options":{"mode":420,"overwrite":true,"owner":null},"items":[{"name":"x"},{"name":"y","size":1.50e3}],"content":"hi"}`,
+			"args.content: \"hi\"\nargs.items[0].name: \"x\"\nargs.items[1].name: \"y\"\nargs.items[1].size: 1.50e3\n" +
+				"args.options.mode: 420\nargs.options.overwrite: true\nargs.options.owner: null\nargs.path: \"/srv/share/a.txt\""},
+		{"no arguments", "", "Arguments: (none)"},
+		{"empty arguments", `{}`, "Arguments: (none)"},
+		{"empty containers", `{"a":{},"b":[]}`, "args.a: {}\nargs.b: []"},
+		{"numbers exactly as written", `{"big":123456789012345678901234567890,"neg":-0,"exp":1E+2,"frac":0.10}`,
+			"args.big: 123456789012345678901234567890\nargs.exp: 1E+2\nargs.frac: 0.10\nargs.neg: -0"},
+		{"long string folded", `{"s":"` + long + `"}`, `args.s: "` + long[:200] + `"… (50 more characters)`},
+		{"long number folded", `{"n":` + strings.Repeat("9", 230) + `}`, "args.n: " + strings.Repeat("9", 200) + "… (30 more characters)"},
+		{"long key folded", `{"` + strings.Repeat("k", 100) + `":1}`, `args["` + strings.Repeat("k", 64) + `"… (36 more characters)]: 1`},
+		{"markup is text", `{"html":"<script>alert(1)</script>","attr":"\"><img src=x onerror=alert(1)>"}`,
+			`args.attr: "\"><img src=x onerror=alert(1)>"` + "\n" + `args.html: "<script>alert(1)</script>"`},
+		{"a newline cannot forge a line", `{"v":"x\nCode: QQQQQQ"}`, `args.v: "x\nCode: QQQQQQ"`},
+		{"a backslash is not an escape", `{"v":"a\\nb\\u202E"}`, `args.v: "a\\nb\\u202E"`},
+		{"keys that look like server lines", `{"Code":"QQQQQQ","Warning":"all clear","Tool":"read_file"}`,
+			"args.Code: \"QQQQQQ\"\nargs.Tool: \"read_file\"\nargs.Warning: \"all clear\""},
+		{"keys that are not plain names", `{"a b":1,"a: b":2,"x.y":3,"":4,"é":5}`,
+			`args[""]: 4` + "\n" + `args["a b"]: 1` + "\n" + `args["a\u003A b"]: 2` + "\n" + `args["x.y"]: 3` + "\n" + `args["é"]: 5`},
+		{"array arguments", `["a",{"b":[1,[]]}]`, "args[0]: \"a\"\nargs[1].b[0]: 1\nargs[1].b[1]: []"},
+		{"null arguments", `null`, "args: null"},
+		{"string arguments", `"rm -rf /"`, `args: "rm -rf /"`},
+		{"line bound", many.String(), manyWant.String() + "… 40 more values not shown; the full arguments are in the audit log"},
+		{"depth within the bound", deep(8), "args.a.a.a.a.a.a.a.a: 1"},
+		{"depth beyond the bound", deep(12), "args.a.a.a.a.a.a.a.a: (nested too deep)"},
+		{"arrays count as depth", strings.Repeat("[", 10) + "1" + strings.Repeat("]", 10), "args[0][0][0][0][0][0][0][0]: (nested too deep)"},
+		{"repeated key", `{"path":"/srv/share/a.txt","mode":1,"path":"/etc/passwd"}`,
+			"Warning: REPEATED KEY args.path; every value is shown, a reader may take either\n" +
+				"args.mode: 1\nargs.path: \"/srv/share/a.txt\"\nargs.path: \"/etc/passwd\""},
+		{"combining marks beyond four are escaped", `{"v":"e` + strings.Repeat("\u0301", 6) + `"}`,
+			`args.v: "e` + strings.Repeat("\u0301", 4) + `\u0301\u0301"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := mcpDisplay(t, tc.args)
+			want := "Upstream tool: files / write_file\n" + tc.want + mcpTrailer
+			if got != want {
+				t.Fatalf("display\n%s\nwant\n%s", got, want)
+			}
+			assertDisplaySafe(t, got)
+		})
+	}
+}
+
+// Every class of character that would not be seen as itself is shown as
+// an escape, in a value and in a key.
+func TestDisplayMCPInvisibleCharacters(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		r    rune
+		esc  string
+	}{
+		{"NUL", 0x00, `\u0000`}, {"BEL", 0x07, `\u0007`}, {"ESC", 0x1B, `\u001B`}, {"DEL", 0x7F, `\u007F`},
+		{"C1 NEL", 0x85, `\u0085`}, {"C1 CSI", 0x9B, `\u009B`},
+		{"newline", '\n', `\n`}, {"carriage return", '\r', `\r`}, {"tab", '\t', `\t`},
+		{"LRM", 0x200E, `\u200E`}, {"RLM", 0x200F, `\u200F`}, {"ALM", 0x061C, `\u061C`},
+		{"LRE", 0x202A, `\u202A`}, {"RLE", 0x202B, `\u202B`}, {"PDF", 0x202C, `\u202C`},
+		{"LRO", 0x202D, `\u202D`}, {"RLO", 0x202E, `\u202E`},
+		{"LRI", 0x2066, `\u2066`}, {"RLI", 0x2067, `\u2067`}, {"FSI", 0x2068, `\u2068`}, {"PDI", 0x2069, `\u2069`},
+		{"ZWSP", 0x200B, `\u200B`}, {"ZWNJ", 0x200C, `\u200C`}, {"ZWJ", 0x200D, `\u200D`},
+		{"word joiner", 0x2060, `\u2060`}, {"BOM", 0xFEFF, `\uFEFF`}, {"soft hyphen", 0x00AD, `\u00AD`},
+		{"Mongolian vowel separator", 0x180E, `\u180E`},
+		{"line separator", 0x2028, `\u2028`}, {"paragraph separator", 0x2029, `\u2029`},
+		{"no-break space", 0x00A0, `\u00A0`}, {"em space", 0x2003, `\u2003`}, {"ideographic space", 0x3000, `\u3000`},
+		{"Hangul filler", 0x3164, `\u3164`}, {"combining grapheme joiner", 0x034F, `\u034F`},
+		{"variation selector 16", 0xFE0F, `\uFE0F`}, {"variation selector 17", 0xE0100, `\U000E0100`},
+		{"tag letter A", 0xE0041, `\U000E0041`}, {"private use", 0xE000, `\uE000`},
+		{"unassigned", 0x0378, `\u0378`}, {"braille blank", 0x2800, `\u2800`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			k, _ := json.Marshal("k" + string(tc.r))
+			v, _ := json.Marshal("a" + string(tc.r) + "b")
+			got := mcpDisplay(t, fmt.Sprintf(`{"v":%s,%s:1}`, v, k))
+			want := "Upstream tool: files / write_file\n" +
+				`args["k` + tc.esc + `"]: 1` + "\n" +
+				`args.v: "a` + tc.esc + `b"` + mcpTrailer
+			if got != want {
+				t.Fatalf("display\n%q\nwant\n%q", got, want)
+			}
+			assertDisplaySafe(t, got)
+		})
+	}
+	// Visible characters beyond ASCII are shown as they are.
+	if got := mcpDisplay(t, `{"v":"Zürich – 東京 ✓ ❤"}`); !strings.Contains(got, `args.v: "Zürich – 東京 ✓ ❤"`) {
+		t.Fatalf("visible text was escaped:\n%s", got)
+	}
+}
+
+func TestDisplayMCPNames(t *testing.T) {
+	for _, tc := range []struct{ detail, want string }{
+		{`{"type":"mcp_tool_call","server":"files","tool":"fs/write_file.v2"}`, "Upstream tool: files / fs/write_file.v2"},
+		{`{"type":"mcp_tool_call","server":"my files","tool":"write\u202efile"}`, `Upstream tool: "my files" / "write\u202Efile"`},
+		{`{"type":"mcp_tool_call","server":"files"}`, "Upstream tool: files / (missing)"},
+		{`{"type":"mcp_tool_call","server":7,"tool":"x","tool":"y"}`,
+			"Upstream tool: (not a string) / (given 2 times)\nWarning: REPEATED KEY tool; every value is shown, a reader may take either"},
+		{`{"type":"mcp_tool_call","server":"files","tool":"w","arguments":{},"risk":"low","Code":["x"]}`,
+			"Upstream tool: files / w\nArguments: (none)\ndetail.Code[0]: \"x\"\ndetail.risk: \"low\""},
+	} {
+		got := renderDisplay([]json.RawMessage{json.RawMessage(tc.detail)}, "t", "a", "C")
+		if !strings.HasPrefix(got, tc.want+"\n") {
+			t.Errorf("%s:\n%s\nwant prefix\n%s", tc.detail, got, tc.want)
+		}
+		assertDisplaySafe(t, got)
+	}
+}
+
+// The display is a function of the arguments' values: key order, spacing
+// and how a string was escaped in the JSON do not change it.
+func TestDisplayMCPDeterministic(t *testing.T) {
+	a := `{"path":"/srv/a","options":{"mode":420,"tags":["x","y"],"owner":{"uid":0,"name":"root"}},"content":"A\u202e"}`
+	b := "{ \"content\" : \"\\u0041\u202e\", \"options\":{\"owner\":{\"name\":\"root\",\"uid\":0},\"tags\":[\"x\",\"y\"],\"mode\":420},\n\"path\":\"/srv/a\"}"
+	first := mcpDisplay(t, a)
+	if got := mcpDisplay(t, b); got != first {
+		t.Fatalf("reordered arguments changed the display:\n%s\nvs\n%s", got, first)
+	}
+	for range 20 {
+		if got := mcpDisplay(t, a); got != first {
+			t.Fatalf("display not stable:\n%s\nvs\n%s", got, first)
+		}
+	}
+	if !strings.Contains(first, `args.content: "A\u202E"`) {
+		t.Fatalf("display %s", first)
+	}
+}
+
+// The page shows the server's rendering, as text: markup in an argument
+// arrives escaped and nothing from the arguments becomes an element.
+func TestDisplayMCPPageEscapes(t *testing.T) {
+	h := newHTTPFixture(t)
+	nr := paymentRequest("alice")
+	nr.Tool = "files__write_file"
+	nr.Args = json.RawMessage(`{"path":"<script>alert(1)</script>","content":"\"><img src=x onerror=alert(1)>` + "\u202e" + `"}`)
+	nr.AuthorizationDetails = json.RawMessage(`[{"type":"mcp_tool_call","server":"files","tool":"write_file","arguments":` + string(nr.Args) + `}]`)
+	req, err := h.svc.Create(context.Background(), nr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := h.client.Get(h.base + "/requests/" + req.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	body := string(raw)
+	for _, want := range []string{
+		`<dt>Upstream tool</dt><dd>files / write_file</dd>`,
+		`<dt>args.path</dt><dd>&#34;&lt;script&gt;alert(1)&lt;/script&gt;&#34;</dd>`,
+		`<dt>args.content</dt><dd>&#34;\&#34;&gt;&lt;img src=x onerror=alert(1)&gt;\u202E&#34;</dd>`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("page lacks %s", want)
+		}
+	}
+	if n := strings.Count(body, "<script"); n != 1 { // the page's own app.js only
+		t.Errorf("%d <script elements in the page", n)
+	}
+	if strings.Contains(body, "<img") || strings.Contains(body, "\u202e") {
+		t.Errorf("markup or a bidi override from the arguments reached the page raw")
+	}
+}
+
+// The page's raw authorization_details panel shows the same JSON value
+// with invisible characters as \u escapes.
+func TestDisplayRawDetailsVisible(t *testing.T) {
+	raw := []byte("[{\"type\":\"mcp_tool_call\",\n \"arguments\":{\"v\u200b\":\"a\u202eb\U000E0041\u00a0\\u202e<\"}}]")
+	got := visibleJSON(raw)
+	want := "[{\"type\":\"mcp_tool_call\",\n \"arguments\":{\"v\\u200B\":\"a\\u202Eb\\uDB40\\uDC41\\u00A0\\u202e<\"}}]"
+	if got != want {
+		t.Fatalf("got  %s\nwant %s", got, want)
+	}
+	var a, b any
+	if err := json.Unmarshal(raw, &a); err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal([]byte(got), &b); err != nil {
+		t.Fatalf("escaped JSON does not parse: %v", err)
+	}
+	if !reflect.DeepEqual(a, b) {
+		t.Fatalf("escaping changed the value: %v vs %v", a, b)
+	}
+}
+
+// A long unbroken argument wraps: the page does not scroll sideways.
+func TestBrowserMCPDisplayWraps(t *testing.T) {
+	b := newBrowserFixture(t)
+	tab := b.tab(t, b.alloc, true)
+	nr := paymentRequest("alice")
+	nr.AuthorizationDetails = json.RawMessage(`[{"type":"mcp_tool_call","server":"files","tool":"write_file","arguments":{"` +
+		strings.Repeat("k", 60) + `":{"` + strings.Repeat("K", 60) + `":"` + strings.Repeat("x", 190) + `"},"spaced":"a     b"}}]`)
+	req, err := b.svc.Create(context.Background(), nr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	do(t, tab, chromedp.Navigate(b.base+"/requests/"+req.ID), chromedp.WaitVisible(chromedp.CSS("#display")))
+	overflow, err := chromedp.Run(tab, chromedp.Evaluate[bool](`document.documentElement.scrollWidth > document.documentElement.clientWidth ||
+		[...document.querySelectorAll("#display dt, #display dd")].some(e => e.scrollWidth > e.clientWidth)`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	spaced, err := chromedp.Run(tab, chromedp.Evaluate[string](`[...document.querySelectorAll("#display dd")].find(d => d.previousElementSibling.textContent === "args.spaced").innerText`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if overflow {
+		t.Error("the request page scrolls horizontally or a display line is cut off")
+	}
+	if spaced != `"a     b"` {
+		t.Errorf("runs of spaces collapsed on the page: %q", spaced)
+	}
+}
+
+// assertDisplaySafe checks the display's line structure: no line holds a
+// character the approver would not see, and every label is one the server
+// writes or an argument path.
+func assertDisplaySafe(t testing.TB, display string) {
+	t.Helper()
+	for _, l := range displayLines(display) {
+		for _, r := range l.Label + l.Value {
+			if r != ' ' && (!unicode.IsGraphic(r) || unicode.In(r, unicode.Zs, unicode.Variation_Selector, unicode.Other_Default_Ignorable_Code_Point)) {
+				t.Fatalf("raw %U in display line %q", r, l.Label+": "+l.Value)
+			}
+		}
+		switch {
+		case l.Label == "args" || strings.HasPrefix(l.Label, "args.") || strings.HasPrefix(l.Label, "args["),
+			strings.HasPrefix(l.Label, "detail.") || strings.HasPrefix(l.Label, "detail["):
+		case l.Label == "" && strings.HasPrefix(l.Value, "… "):
+		case l.Label == "Upstream tool", l.Label == "Arguments", l.Label == "Tool", l.Label == "Agent", l.Label == "Code":
+		case l.Warning && strings.HasPrefix(l.Value, "REPEATED KEY "):
+		default:
+			t.Fatalf("unexpected display line %q in\n%s", l.Label+": "+l.Value, display)
+		}
+	}
+}
+
+func FuzzRenderMCPToolCall(f *testing.F) {
+	for _, s := range []string{
+		`{}`, `{"path":"/srv/a","options":{"mode":420}}`, `{"v":"x\u202e\n\u200b"}`, `{"a: b":{"Warning":1}}`,
+		`{"a":1,"a":2}`, `[[[[[[[[[[1]]]]]]]]]]`, `"\ud800"`, `{"` + strings.Repeat("k", 300) + `":1e999}`,
+		`{"e":"e\u0301\u0301\u0301\u0301\u0301\u0301"}`, "{\"v\":\"\xff\xfe\"}",
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, args []byte) {
+		if !json.Valid(args) {
+			return
+		}
+		got := mcpDisplay(t, string(args))
+		if again := mcpDisplay(t, string(args)); again != got {
+			t.Fatalf("not deterministic:\n%s\nvs\n%s", got, again)
+		}
+		assertDisplaySafe(t, got)
+		// Upstream tool, a warning, the argument lines, the omitted count,
+		// Tool, Agent, Code.
+		if n := strings.Count(got, "\n") + 1; n > mcpMaxLines+6 {
+			t.Fatalf("%d lines", n)
+		}
+		if strings.Contains(got, "\n"+WarningPrefix) {
+			return // repeated keys: encoding/json would keep only the last
+		}
+		// Without repeated keys the display is a function of the values:
+		// re-encoding them (sorted keys, other escapes) changes nothing.
+		var v any
+		dec := json.NewDecoder(strings.NewReader(string(args)))
+		dec.UseNumber()
+		if err := dec.Decode(&v); err != nil {
+			t.Fatal(err)
+		}
+		re, err := json.Marshal(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if other := mcpDisplay(t, string(re)); other != got {
+			t.Fatalf("re-encoded %s as %s and the display changed:\n%s\nvs\n%s", args, re, got, other)
+		}
+	})
+}
