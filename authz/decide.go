@@ -2,7 +2,6 @@ package authz
 
 import (
 	"fmt"
-	"log/slog"
 	"slices"
 	"strings"
 	"time"
@@ -54,7 +53,9 @@ type Decision struct {
 func (p *Policy) Decide(in Input) (d Decision) {
 	defer func() {
 		if v := recover(); v != nil {
-			slog.Error("authz: policy evaluation panicked; denying", "tool", in.Tool, "panic", v)
+			if p != nil && p.log != nil {
+				p.log.Error("authz: policy evaluation panicked; denying", "tool", in.Tool, "panic", v)
+			}
 			d = deny(nil, fmt.Sprintf("%s: policy evaluation failed (%v); denied (fail closed)", in.Tool, v))
 		}
 	}()

@@ -67,6 +67,9 @@ type Options struct {
 	// read-only and high for any other, approved by the upstream's
 	// approvers (default: every approver).
 	Upstreams []config.Upstream
+	// Logger hears of policy evaluations that panic and of rules kept but
+	// not evaluated; default: discard.
+	Logger *slog.Logger
 }
 
 // User verification settings, and wait modes, as written in the config.
@@ -127,6 +130,7 @@ func rankOf(level string) (int, bool) {
 type Policy struct {
 	tools     map[string]*tool
 	upstreams []upstreamDefault
+	log       *slog.Logger
 }
 
 // upstreamDefault is the policy of an upstream's unlisted tools.
@@ -165,6 +169,9 @@ var identPattern = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 // reported, one *CompileError per problem, joined; errors.Is(err,
 // ErrInvalid) holds for any of them.
 func Compile(tools map[string]config.Tool, approvers []config.Approver, opts Options) (*Policy, error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
 	c := compiler{approvers: approvers, opts: opts}
 	base, err := cel.NewEnv(
 		cel.CrossTypeNumericComparisons(true),
@@ -178,7 +185,7 @@ func Compile(tools map[string]config.Tool, approvers []config.Approver, opts Opt
 	}
 	c.env = base
 
-	p := &Policy{tools: make(map[string]*tool, len(tools))}
+	p := &Policy{tools: make(map[string]*tool, len(tools)), log: opts.Logger}
 	names := make([]string, 0, len(tools))
 	for name := range tools {
 		names = append(names, name)
@@ -367,7 +374,7 @@ func (c *compiler) tool(name string, ct config.Tool) *tool {
 			}
 			// A tool switched off with level: deny keeps its rules checked
 			// for the day it is switched back on.
-			slog.Warn("authz: tool is denied; its rules are checked but not evaluated", "path", rp)
+			c.opts.Logger.Warn("authz: tool is denied; its rules are checked but not evaluated", "path", rp)
 			continue
 		}
 		r.raised = fmt.Sprintf("rule %s raised %s to %s", r.name, name, cr.Level)

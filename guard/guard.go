@@ -311,7 +311,6 @@ func (g *Guard) schema(spec *tools.Spec) (*schema, error) {
 	return s, nil
 }
 
-
 // canonical is a call's arguments in the one form every step uses.
 type canonical struct {
 	JSON   []byte // RFC 8785

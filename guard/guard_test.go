@@ -350,9 +350,13 @@ func TestPollModeReturnsAtOnceAndRunsOnceWhenApproved(t *testing.T) {
 		t.Fatal("ran before approval")
 	}
 	f.humans.decide <- approval.StateApproved
-	f.g.Close() // waits for the background execution
-	if f.tool.count() != 1 {
-		t.Errorf("ran %d times", f.tool.count())
+	deadline := time.Now().Add(10 * time.Second)
+	for f.tool.count() == 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	f.g.Close() // waits for the background execution to finish
+	if f.tool.count() != 1 || len(f.humans.finished) != 1 {
+		t.Errorf("ran %d times, finished %v", f.tool.count(), f.humans.finished)
 	}
 }
 

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"errors"
 	"fmt"
+	"log/slog"
 
 	"github.com/countersign/countersign/authz"
 	"github.com/countersign/countersign/config"
@@ -14,12 +16,16 @@ func newConfigCmd() *cobra.Command {
 		Use:   "config",
 		Short: "Check and show the configuration",
 	}
-	cmd.AddCommand(&cobra.Command{
+	validate := &cobra.Command{
 		Use:   "validate [PATH]",
 		Short: "Check a configuration file, policies included, without starting anything",
 		Long: `Validate loads PATH (or the file --config names, or the default) exactly as
 serve would, compiles every policy rule, and reports every problem with its key
-path. It exits 0 when the configuration is valid and 2 when it is not.`,
+path. It exits 0 when the configuration is valid and 2 when it is not.
+
+With --connect it also connects to every upstream MCP server, as serve would,
+and reports policies under tools: for upstream tools the upstream does not
+offer.`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if len(args) == 1 {
@@ -29,13 +35,27 @@ path. It exits 0 when the configuration is valid and 2 when it is not.`,
 			if err != nil {
 				return err
 			}
-			if _, err := compilePolicy(c); err != nil {
+			if _, err := compilePolicy(c, warnings(cmd)); err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "%s: valid (%d tools, %d approvers)\n", c.Source, len(c.Tools), len(c.Approvers))
+			if connect, _ := cmd.Flags().GetBool("connect"); connect && len(c.Upstreams) > 0 {
+				cat, closeUpstreams, err := connectUpstreams(cmd.Context(), c, warnings(cmd))
+				if err != nil {
+					return configError(fmt.Errorf("%s: %w", c.Source, err))
+				}
+				defer closeUpstreams()
+				if errs := unknownUpstreamTools(c, cat); len(errs) > 0 {
+					return configError(errors.Join(errs...))
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "%s: %d upstream tools offered\n", c.Source, len(cat.Specs()))
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s: valid (%d tools, %d upstreams, %d approvers)\n",
+				c.Source, len(c.Tools), len(c.Upstreams), len(c.Approvers))
 			return nil
 		},
-	})
+	}
+	validate.Flags().Bool("connect", false, "also connect to every upstream and check the policies under tools name tools they offer")
+	cmd.AddCommand(validate)
 	cmd.AddCommand(&cobra.Command{
 		Use:   "print",
 		Short: "Print the effective configuration after defaults and COUNTERSIGN_* overrides",
@@ -58,11 +78,12 @@ path. It exits 0 when the configuration is valid and 2 when it is not.`,
 
 // compilePolicy compiles the rules of c; a rule that does not compile is a
 // configuration error.
-func compilePolicy(c *config.Config) (*authz.Policy, error) {
+func compilePolicy(c *config.Config, log *slog.Logger) (*authz.Policy, error) {
 	p, err := authz.Compile(c.Tools, c.Approvers, authz.Options{
 		DefaultTimeout: c.Approval.Timeout,
 		Facts:          tools.Facts(),
 		Upstreams:      c.Upstreams,
+		Logger:         log,
 	})
 	if err != nil {
 		return nil, configError(fmt.Errorf("%s: %w", c.Source, err))

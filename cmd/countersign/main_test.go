@@ -22,6 +22,7 @@ import (
 
 	"github.com/countersign/countersign"
 	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/tools/upstream/upstreamtest"
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
 )
 
@@ -35,6 +36,7 @@ var (
 )
 
 func TestMain(m *testing.M) {
+	upstreamtest.Main() // returns only when not re-executed as a test upstream
 	wd, _ := os.Getwd()
 	repoRoot = filepath.Join(wd, "..", "..")
 	dir, err := os.MkdirTemp("", "countersign-bin")

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"path/filepath"
@@ -23,6 +24,7 @@ func newPolicyCmd() *cobra.Command {
 		Short: "Dry-run calls against the policy",
 	}
 	var toolName, argsJSON, agent, factsJSON, casesFile string
+	var connect, readOnly bool
 	test := &cobra.Command{
 		Use:   "test",
 		Short: "Show what the policy decides for a call, or check a file of expected decisions",
@@ -36,14 +38,18 @@ policy can be tested in CI):
   countersign policy test --cases policy-cases.yaml
 
 Facts the rules use (such as counterparty.known) come from the backends in the
-data directory, unless --facts or a case's facts: give them.`,
+data directory, unless --facts or a case's facts: give them.
+
+An upstream tool not listed under tools: takes its upstream's default level,
+which depends on the tool's readOnlyHint: --connect asks the upstream, or
+--read-only says it.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := loadConfig(cmd)
 			if err != nil {
 				return err
 			}
-			policy, err := compilePolicy(c)
+			policy, err := compilePolicy(c, warnings(cmd))
 			if err != nil {
 				return err
 			}
@@ -86,7 +92,22 @@ data directory, unless --facts or a case's facts: give them.`,
 			} else if f, err = facts.lookup(cmd.Context(), toolName, args); err != nil {
 				return err
 			}
-			d := policy.Decide(authz.Input{Tool: toolName, Agent: agent, Args: args, Facts: f, Now: time.Now()})
+			if connect && len(c.Upstreams) > 0 {
+				if _, ok := c.UpstreamOf(toolName); ok {
+					cat, closeUpstreams, err := connectUpstreams(cmd.Context(), c, warnings(cmd))
+					if err != nil {
+						return err
+					}
+					defer closeUpstreams()
+					spec, ok := cat.Lookup(toolName)
+					if !ok {
+						return errors.Join(unknownUpstreamTools(&config.Config{Source: "--tool", Tools: map[string]config.Tool{toolName: {}}, Upstreams: c.Upstreams}, cat)...)
+					}
+					readOnly = spec.ReadOnly()
+					fmt.Fprintf(out, "upstream tool:\t%s (readOnlyHint %v)\n", toolName, readOnly)
+				}
+			}
+			d := policy.Decide(authz.Input{Tool: toolName, Agent: agent, Args: args, Facts: f, Now: time.Now(), ReadOnly: readOnly})
 			return printDecision(out, d)
 		},
 	}
@@ -95,6 +116,8 @@ data directory, unless --facts or a case's facts: give them.`,
 	test.Flags().StringVar(&agent, "agent", "cli", "agent id the rules see")
 	test.Flags().StringVar(&factsJSON, "facts", "", "facts as a JSON object (default: asked of the backend)")
 	test.Flags().StringVar(&casesFile, "cases", "", "YAML file of cases with expected decisions")
+	test.Flags().BoolVar(&connect, "connect", false, "for an upstream tool, connect to its upstream and use the tool's live readOnlyHint")
+	test.Flags().BoolVar(&readOnly, "read-only", false, "treat the tool as annotated readOnlyHint (upstream tools without --connect)")
 	cmd.AddCommand(test)
 	return cmd
 }

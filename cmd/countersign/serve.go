@@ -75,7 +75,7 @@ type stack struct {
 // assemble opens the data directory and wires the packages: the one place
 // that knows how they fit together.
 func assemble(ctx context.Context, c *config.Config, log *slog.Logger) (_ *stack, err error) {
-	policy, err := compilePolicy(c)
+	policy, err := compilePolicy(c, log.With("component", "authz"))
 	if err != nil {
 		return nil, err
 	}
@@ -101,6 +101,15 @@ func assemble(ctx context.Context, c *config.Config, log *slog.Logger) (_ *stack
 		})
 		if err != nil {
 			return nil, err
+		}
+		allUp := true
+		for _, st := range s.upstreams.Status() {
+			allUp = allUp && st.Up
+		}
+		if allUp {
+			for _, err := range unknownUpstreamTools(c, s.tools) {
+				log.Warn("policy for a tool no upstream offers; check the name", "err", err)
+			}
 		}
 	}
 	s.guard = guard.New(guard.Options{

@@ -194,6 +194,10 @@ type conn struct {
 func (c *conn) connect(ctx context.Context) error {
 	client := sdk.NewClient(&sdk.Implementation{Name: "countersign", Version: c.m.version}, &sdk.ClientOptions{
 		Logger: c.log,
+		// A gateway has no roots of its own to offer; advertising the
+		// capability would let an upstream such as the filesystem server
+		// trade the directories it was started with for an empty list.
+		Capabilities: &sdk.ClientCapabilities{},
 		ToolListChangedHandler: func(context.Context, *sdk.ToolListChangedRequest) {
 			select {
 			case c.relist <- struct{}{}:

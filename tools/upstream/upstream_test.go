@@ -31,7 +31,7 @@ func stdioUpstream(t *testing.T, name string, env ...string) (config.Upstream, s
 	record := filepath.Join(t.TempDir(), "record.jsonl")
 	u := config.Upstream{
 		Name: name, Prefix: name + "__", Command: []string{os.Args[0]}, ConnectTimeout: 20 * time.Second,
-		Env: map[string]string{"COUNTERSIGN_UPSTREAMTEST": "stdio", "COUNTERSIGN_UPSTREAMTEST_RECORD": record},
+		Env: map[string]string{upstreamtest.EnvMode: "stdio", upstreamtest.EnvRecord: record, "GORACE": "atexit_sleep_ms=0"},
 	}
 	for _, kv := range env {
 		k, v, _ := strings.Cut(kv, "=")
@@ -200,7 +200,7 @@ func TestListChangedReachesTheCatalog(t *testing.T) {
 
 func TestCrashedStdioUpstreamIsRestartedAndAnswersClearlyMeanwhile(t *testing.T) {
 	u, record := stdioUpstream(t, "notes", "COUNTERSIGN_UPSTREAMTEST_CRASH_AFTER=1")
-	m, cat := start(t, u)
+	_, cat := start(t, u)
 	if _, err := run(t, context.Background(), cat, "notes__write_note", map[string]any{"name": "a", "text": "1"}); err != nil {
 		t.Fatal(err)
 	}
@@ -223,9 +223,8 @@ func TestCrashedStdioUpstreamIsRestartedAndAnswersClearlyMeanwhile(t *testing.T)
 	if !sawDown {
 		t.Fatal("never saw the upstream down")
 	}
-	if s := m.Status(); !s[0].Up {
-		t.Fatalf("not restarted: %+v", s)
-	}
+	// Each restarted process crashes again after one call, so the success
+	// after the error is what proves the restart, with the record.
 	recs, _ := upstreamtest.ReadRecord(record)
 	if len(recs) < 2 {
 		t.Errorf("the restarted upstream was never called: %+v", recs)
