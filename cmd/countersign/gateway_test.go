@@ -344,3 +344,27 @@ tools:
 		t.Errorf("policy test of a tool the upstream lacks: %v\n%s", err, out)
 	}
 }
+
+// The README's gateway example is what users copy: it must stay valid.
+func TestReadmeGatewayExampleIsValid(t *testing.T) {
+	readme, err := os.ReadFile(filepath.Join(repoRoot, "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, section, ok := strings.Cut(string(readme), "## Guard an MCP server you already run")
+	_, block, ok2 := strings.Cut(section, "```yaml\n")
+	block, _, ok3 := strings.Cut(block, "```")
+	if !ok || !ok2 || !ok3 {
+		t.Fatal("README has no gateway example")
+	}
+	c, err := config.Parse([]byte(block), "README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := compilePolicy(c, nil); err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Upstreams) != 1 || c.Upstreams[0].Prefix != "files__" || c.Upstreams[0].Command[0] != "npx" {
+		t.Errorf("upstreams %+v", c.Upstreams)
+	}
+}

@@ -57,7 +57,7 @@ func TestMain(m *testing.M) {
 // testConfig is the shipped configuration with a private data directory,
 // ephemeral listeners and short approval timeouts, loaded from repoRoot so
 // the relative paths of the deploy script and secrets resolve.
-func testConfig(t *testing.T, edit func(*config.Config)) *config.Config {
+func testConfig(t testing.TB, edit func(*config.Config)) *config.Config {
 	t.Helper()
 	c, err := config.Parse(countersign.DefaultConfig, "test")
 	if err != nil {
@@ -76,7 +76,7 @@ func testConfig(t *testing.T, edit func(*config.Config)) *config.Config {
 
 // startHTTP assembles a full Countersign in-process and serves agents on a
 // real listener at 127.0.0.1 with a random port.
-func startHTTP(t *testing.T, c *config.Config) (*stack, string) {
+func startHTTP(t testing.TB, c *config.Config) (*stack, string) {
 	t.Helper()
 	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	s, err := assemble(context.Background(), c, log)
@@ -103,14 +103,14 @@ func startHTTP(t *testing.T, c *config.Config) (*stack, string) {
 	return s, base
 }
 
-type testWriter struct{ t *testing.T }
+type testWriter struct{ t testing.TB }
 
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimSpace(string(p)))
 	return len(p), nil
 }
 
-func connect(t *testing.T, transport sdk.Transport, version string, opts *sdk.ClientOptions) *sdk.ClientSession {
+func connect(t testing.TB, transport sdk.Transport, version string, opts *sdk.ClientOptions) *sdk.ClientSession {
 	t.Helper()
 	// The SSE transport ties its event stream to this context: it must
 	// outlive the connect call.
