@@ -141,7 +141,8 @@ func (g *Guard) StatusSpec() *tools.Spec {
 		IdempotentHint: mcp.ToBoolPtr(false), OpenWorldHint: mcp.ToBoolPtr(false),
 	}
 	return &tools.Spec{
-		Def: def,
+		Def:  def,
+		Pure: true,
 		Prepare: func(_ context.Context, args map[string]any) (*tools.Call, error) {
 			return &tools.Call{Args: args, Summary: "Check an approval request"}, nil
 		},

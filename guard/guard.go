@@ -179,6 +179,11 @@ func (g *Guard) Handle(ctx context.Context, c Call) *mcp.CallToolResult {
 	entry.Decision, entry.Rule, entry.Reason = d.Level, strings.Join(d.Rules, ","), d.Reason
 	switch d.Level {
 	case config.LevelLow:
+		if spec.Pure {
+			// One entry, after the run: call.executed carries the decision.
+			res, _, _ := g.run(ctx, spec, call, entry)
+			return res
+		}
 		entry.Kind = audit.KindCallAllowed
 		if !g.record(ctx, entry) {
 			return toolError("refused: the audit log cannot record this call")
@@ -227,8 +232,10 @@ func boundName(s string) string {
 	return s
 }
 
-// run executes the tool once and records what happened.
-func (g *Guard) run(ctx context.Context, spec *tools.Spec, call *tools.Call, entry audit.Entry) (*mcp.CallToolResult, json.RawMessage, bool) {
+// run executes the tool once and records what happened. ok says the tool
+// succeeded. A result whose record could not be made durable is withheld
+// from the agent: nothing is acknowledged that the log could lose.
+func (g *Guard) run(ctx context.Context, spec *tools.Spec, call *tools.Call, entry audit.Entry) (_ *mcp.CallToolResult, _ json.RawMessage, ok bool) {
 	res, err := safeRun(ctx, spec, call)
 	if err != nil {
 		entry.Kind, entry.Reason = audit.KindCallFailed, err.Error()
@@ -250,7 +257,7 @@ func (g *Guard) run(ctx context.Context, spec *tools.Spec, call *tools.Call, ent
 		g.record(ctx, entry)
 		return toolError("%s: cannot encode result: %v", spec.Def.Name, err), nil, false
 	}
-	entry.Kind, entry.Reason = audit.KindCallExecuted, ""
+	entry.Kind = audit.KindCallExecuted
 	record := res.Record
 	if record == nil && res.MCP != nil {
 		sum := sha256.Sum256(content)
@@ -259,7 +266,10 @@ func (g *Guard) run(ctx context.Context, spec *tools.Spec, call *tools.Call, ent
 	if rec, err := json.Marshal(record); err == nil && record != nil {
 		entry.Result = rec
 	}
-	g.record(ctx, entry)
+	if !g.record(ctx, entry) {
+		msg, _ := json.Marshal(map[string]string{"error": "ran, but the audit log cannot record it"})
+		return toolError("%s ran, but the audit log cannot record it; its result is withheld", spec.Def.Name), msg, true
+	}
 	return out, content, true
 }
 

@@ -413,3 +413,37 @@ func TestOnlyToolsThatFollowCancelSeeTheCallerLeaveAfterApproval(t *testing.T) {
 		}
 	}
 }
+
+func TestPureRoutineCallIsRecordedOnceAfterItRan(t *testing.T) {
+	f := newFixture(t, config.LevelLow)
+	spec, _ := f.cat.Lookup("pay")
+	spec.Pure = true
+	res := f.g.Handle(context.Background(), Call{Tool: "pay", Args: map[string]any{"amount": 1.0}})
+	if res.IsError || f.tool.count() != 1 {
+		t.Fatalf("result %q, ran %d", text(res), f.tool.count())
+	}
+	if got := f.log.kinds(); strings.Join(got, ",") != "call.executed" {
+		t.Fatalf("log %v, want one call.executed", got)
+	}
+	if e := f.log.last(audit.KindCallExecuted); e.Decision != config.LevelLow || e.Reason != "test says low" {
+		t.Errorf("call.executed does not carry the decision: %+v", e)
+	}
+}
+
+func TestResultIsWithheldWhenItsRecordCannotBeMade(t *testing.T) {
+	for _, pure := range []bool{true, false} {
+		f := newFixture(t, config.LevelLow)
+		spec, _ := f.cat.Lookup("pay")
+		spec.Pure = pure
+		f.tool.result = func(context.Context) (*tools.Result, error) {
+			f.log.mu.Lock()
+			f.log.fail = true // the log breaks while the tool runs
+			f.log.mu.Unlock()
+			return &tools.Result{Content: "secret data"}, nil
+		}
+		res := f.g.Handle(context.Background(), Call{Tool: "pay", Args: map[string]any{"amount": 1.0}})
+		if !res.IsError || strings.Contains(text(res), "secret data") || !strings.Contains(text(res), "withheld") {
+			t.Errorf("pure %v: result %q", pure, text(res))
+		}
+	}
+}

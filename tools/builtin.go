@@ -105,6 +105,7 @@ func builtins(ctx context.Context, cfg *config.Config, db *sql.DB, c *Catalog) (
 		if err != nil {
 			return nil, fmt.Errorf("tools: %s: %w", name, err)
 		}
+		t.Pure = t.ReadOnly() // our own annotations are honest
 		specs = append(specs, t)
 	}
 	return specs, nil

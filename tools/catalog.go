@@ -41,6 +41,13 @@ type Spec struct {
 	// the call was approved: an upstream call is cancelled upstream when
 	// its agent gives up. Built-in backends finish what they started.
 	FollowCancel bool
+	// Pure says Run changes nothing anywhere: a built-in tool that only
+	// reads. The guard then records a routine call once, after it ran,
+	// rather than before and after, since nothing needs undoing or
+	// explaining if the process dies in between: the agent gets the result
+	// only once its record is durable. An upstream's readOnlyHint is the
+	// upstream's claim, not a guarantee, so upstream tools are never Pure.
+	Pure bool
 	// Prepare validates the (already schema-valid) arguments semantically,
 	// applies defaults, and gathers facts and authorization details. It
 	// has no side effects. Bad input is an *ArgError.
