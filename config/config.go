@@ -22,6 +22,7 @@ type Config struct {
 	Audit     Audit           `mapstructure:"audit"`
 	Tools     map[string]Tool `mapstructure:"tools"`
 	Upstreams []Upstream      `mapstructure:"upstreams"`
+	Limits    Limits          `mapstructure:"limits"`
 
 	// Source is the file the config came from, or "(embedded default)".
 	Source string `mapstructure:"-"`
@@ -128,6 +129,16 @@ type Secret struct {
 // Audit configures the tamper-evident log.
 type Audit struct {
 	CheckpointEvery time.Duration `mapstructure:"checkpoint_every"`
+}
+
+// Limits bound what one agent can make Countersign do or keep, whatever
+// the policy says.
+type Limits struct {
+	// MaxArgBytes and MaxArgDepth bound a call's arguments (JSON size and
+	// nesting); a larger call is refused before anything else, and its
+	// record keeps only the arguments' SHA-256 and size.
+	MaxArgBytes int `mapstructure:"max_arg_bytes"`
+	MaxArgDepth int `mapstructure:"max_arg_depth"`
 }
 
 // Tool is the policy and behaviour of one guarded tool.

@@ -151,6 +151,12 @@ func (c *Config) validate() []problem {
 		v.oneOf(p+".classification", s.Classification, Classifications...)
 	}
 	v.positive("audit.checkpoint_every", c.Audit.CheckpointEvery)
+	if c.Limits.MaxArgBytes < 1024 || c.Limits.MaxArgBytes > 16<<20 {
+		v.fail("limits.max_arg_bytes", "expected 1024 to 16777216, got %d", c.Limits.MaxArgBytes)
+	}
+	if c.Limits.MaxArgDepth < 2 || c.Limits.MaxArgDepth > 1000 {
+		v.fail("limits.max_arg_depth", "expected 2 to 1000, got %d", c.Limits.MaxArgDepth)
+	}
 
 	c.validateUpstreams(&v)
 	if len(c.Tools) == 0 && len(c.Upstreams) == 0 {

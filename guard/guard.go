@@ -72,7 +72,18 @@ type Options struct {
 	Tools  map[string]config.Tool
 	Logger *slog.Logger
 	Now    func() time.Time
+	// MaxArgBytes and MaxArgDepth bound a call's arguments (their JSON
+	// size and nesting); larger calls are refused before anything else.
+	// Zero means 64 KiB and 32.
+	MaxArgBytes int
+	MaxArgDepth int
 }
+
+// Defaults of Options.MaxArgBytes and MaxArgDepth.
+const (
+	DefaultMaxArgBytes = 64 << 10
+	DefaultMaxArgDepth = 32
+)
 
 // Guard runs tool calls. It is safe for concurrent use.
 type Guard struct {
@@ -90,6 +101,12 @@ type Guard struct {
 
 // New returns a Guard.
 func New(opts Options) *Guard {
+	if opts.MaxArgBytes <= 0 {
+		opts.MaxArgBytes = DefaultMaxArgBytes
+	}
+	if opts.MaxArgDepth <= 0 {
+		opts.MaxArgDepth = DefaultMaxArgDepth
+	}
 	g := &Guard{opts: opts, log: opts.Logger, now: opts.Now, schemas: map[*tools.Spec]*schema{}}
 	if g.log == nil {
 		g.log = slog.New(slog.DiscardHandler)
@@ -143,18 +160,26 @@ func (g *Guard) Handle(ctx context.Context, c Call) *mcp.CallToolResult {
 		g.record(ctx, entry)
 		return toolError("invalid arguments: expected a JSON object")
 	}
+	switch d, n := measure(args, g.opts.MaxArgDepth, g.opts.MaxArgBytes); {
+	case d > g.opts.MaxArgDepth:
+		return g.rejectArgs(ctx, entry, args, fmt.Sprintf("arguments nested deeper than %d levels", g.opts.MaxArgDepth),
+			"invalid arguments: nested deeper than %d levels", g.opts.MaxArgDepth)
+	case n > g.opts.MaxArgBytes:
+		return g.rejectArgs(ctx, entry, args, fmt.Sprintf("arguments larger than %d bytes", g.opts.MaxArgBytes),
+			"invalid arguments: larger than %d bytes", g.opts.MaxArgBytes)
+	}
 	sch, err := g.schema(spec)
 	if err == nil {
 		err = sch.validate(args)
 	}
 	if err != nil {
-		return g.rejectArgs(ctx, entry, args, conf, err.Error(), "%v", err)
+		return g.rejectArgs(ctx, entry, args, err.Error(), "%v", err)
 	}
 	call, err := spec.Prepare(ctx, args)
 	if err != nil {
 		var argErr *tools.ArgError
 		if errors.As(err, &argErr) {
-			return g.rejectArgs(ctx, entry, args, conf, "invalid arguments: "+err.Error(), "invalid arguments: %v", err)
+			return g.rejectArgs(ctx, entry, args, "invalid arguments: "+err.Error(), "invalid arguments: %v", err)
 		}
 		// The tool could not gather the facts the policy needs: deny.
 		if c, cerr := canonicalize(args); cerr == nil {
@@ -169,7 +194,11 @@ func (g *Guard) Handle(ctx context.Context, c Call) *mcp.CallToolResult {
 	// Prepare's output, with any defaults it applied.
 	canon, err := canonicalize(call.Args)
 	if err != nil {
-		return g.rejectArgs(ctx, entry, args, conf, err.Error(), "%v", err)
+		return g.rejectArgs(ctx, entry, args, err.Error(), "%v", err)
+	}
+	if len(canon.JSON) > g.opts.MaxArgBytes {
+		return g.rejectArgs(ctx, entry, args, fmt.Sprintf("arguments larger than %d bytes", g.opts.MaxArgBytes),
+			"invalid arguments: larger than %d bytes", g.opts.MaxArgBytes)
 	}
 	canon.setOn(&entry, conf.RedactArgs)
 
@@ -199,17 +228,61 @@ func (g *Guard) Handle(ctx context.Context, c Call) *mcp.CallToolResult {
 	}
 }
 
-// rejectArgs records and refuses a call whose arguments are bad. The entry
-// keeps their digest (and, unless redacted, the arguments) when they can be
-// canonicalised at all.
-func (g *Guard) rejectArgs(ctx context.Context, entry audit.Entry, args map[string]any, conf config.Tool,
-	reason, format string, v ...any) *mcp.CallToolResult {
-	if c, err := canonicalize(args); err == nil {
-		c.setOn(&entry, conf.RedactArgs)
+// rejectArgs records and refuses a call whose arguments are bad. The log
+// keeps their SHA-256 and size, never the arguments themselves: what an
+// agent sends in a refused call must not grow the signed, append-only log
+// by more than a bounded record.
+func (g *Guard) rejectArgs(ctx context.Context, entry audit.Entry, args map[string]any, reason, format string, v ...any) *mcp.CallToolResult {
+	entry.Args, entry.ArgsRedact = nil, true
+	if raw, err := json.Marshal(args); err == nil {
+		sum := sha256.Sum256(raw)
+		entry.ArgsSHA256 = hex.EncodeToString(sum[:])
+		reason += fmt.Sprintf(" (arguments: %d bytes, not kept)", len(raw))
 	}
 	entry.Kind, entry.Reason = audit.KindCallRejected, reason
 	g.record(ctx, entry)
 	return toolError(format, v...)
+}
+
+// measure walks a decoded JSON value once and returns its nesting depth
+// and about how many bytes its JSON takes (strings and keys by their
+// length), stopping early once either limit is passed, so that a huge or
+// deep value costs little to refuse.
+func measure(v any, maxDepth, maxBytes int) (depth, size int) {
+	var walk func(v any, d int) int
+	walk = func(v any, d int) int {
+		if d > maxDepth || size > maxBytes {
+			return d
+		}
+		deepest := d
+		switch v := v.(type) {
+		case map[string]any:
+			size += 2
+			for k, x := range v {
+				size += len(k) + 4
+				deepest = max(deepest, walk(x, d+1))
+				if deepest > maxDepth || size > maxBytes {
+					break
+				}
+			}
+		case []any:
+			size += 2
+			for _, x := range v {
+				size++
+				deepest = max(deepest, walk(x, d+1))
+				if deepest > maxDepth || size > maxBytes {
+					break
+				}
+			}
+		case string:
+			size += len(v) + 2
+		default:
+			size += 8
+		}
+		return deepest
+	}
+	depth = walk(v, 0)
+	return depth, size
 }
 
 // Reject records and refuses a call to a tool the catalog does not have.

@@ -6,6 +6,8 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -15,6 +17,7 @@ import (
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/authz"
 	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/tools"
 	"github.com/mark3labs/mcp-go/mcp"
 )
@@ -446,4 +449,92 @@ func TestResultIsWithheldWhenItsRecordCannotBeMade(t *testing.T) {
 			t.Errorf("pure %v: result %q", pure, text(res))
 		}
 	}
+}
+
+func nested(levels int) map[string]any {
+	v := map[string]any{"amount": 1.0}
+	for range levels {
+		v = map[string]any{"x": v}
+	}
+	return v
+}
+
+func TestOversizedOrDeepArgumentsAreRefusedFirstAndNotKept(t *testing.T) {
+	junk := strings.Repeat("A", 70<<10)
+	for _, tc := range []struct {
+		name string
+		args map[string]any
+		want string
+	}{
+		{"large", map[string]any{"amount": 1.0, "to": junk}, "larger than 65536 bytes"},
+		{"many keys", func() map[string]any {
+			m := map[string]any{}
+			for i := range 20000 {
+				m[fmt.Sprintf("k%05d", i)] = i
+			}
+			return m
+		}(), "larger than 65536 bytes"},
+		{"deep", nested(5000), "nested deeper than 32 levels"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t, config.LevelLow)
+			res := f.g.Handle(context.Background(), Call{Tool: "pay", Args: tc.args})
+			if !res.IsError || !strings.Contains(text(res), tc.want) {
+				t.Fatalf("result %q", text(res))
+			}
+			if f.tool.count() != 0 || len(f.policy.seen) != 0 {
+				t.Fatal("an oversized call went past the limits")
+			}
+			e := f.log.last(audit.KindCallRejected)
+			if e.Args != nil || len(e.ArgsSHA256) != 64 || !strings.Contains(e.Reason, "bytes, not kept") {
+				t.Errorf("rejected entry keeps %d bytes of args, sha %q, reason %q", len(e.Args), e.ArgsSHA256, e.Reason)
+			}
+		})
+	}
+	// Just inside the limits passes.
+	f := newFixture(t, config.LevelLow)
+	if res := f.g.Handle(context.Background(), Call{Tool: "pay", Args: map[string]any{"amount": 1.0, "to": strings.Repeat("A", 60<<10)}}); res.IsError {
+		t.Errorf("60 KiB argument refused: %s", text(res))
+	}
+}
+
+// A flood of refused calls, each carrying 60 KiB of junk, grows the real
+// signed log by a bounded record per call, not by the junk.
+func TestRefusedFloodGrowsTheLogByABoundedAmount(t *testing.T) {
+	dir := t.TempDir()
+	db, err := store.Open(context.Background(), filepath.Join(dir, store.FileName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	key, err := audit.LoadOrCreateKey(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log, err := audit.Open(context.Background(), db, key, audit.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer log.Close()
+	f := newFixture(t, config.LevelLow)
+	g := New(Options{Catalog: f.cat, Policy: f.policy, Audit: log, Approvals: f.humans})
+	const calls = 500
+	junk := strings.Repeat("J", 60<<10)
+	var wg sync.WaitGroup
+	for i := range calls {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			g.Handle(context.Background(), Call{Tool: "pay", Agent: "flood", Args: map[string]any{"amount": -1.0, "to": junk, "n": float64(i)}})
+		}()
+	}
+	wg.Wait()
+	var bytes int
+	if err := db.QueryRow(`SELECT COALESCE(SUM(LENGTH(body)), 0) FROM audit_entries`).Scan(&bytes); err != nil {
+		t.Fatal(err)
+	}
+	if per := bytes / calls; per > 1024 {
+		t.Errorf("%d refused calls grew the log by %d bytes, %d per call; want at most 1 KiB each", calls, bytes, per)
+	}
+	t.Logf("%d refused calls of 60 KiB each: %d bytes of log entries", calls, bytes)
 }

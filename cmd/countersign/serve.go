@@ -115,6 +115,7 @@ func assemble(ctx context.Context, c *config.Config, log *slog.Logger) (_ *stack
 	s.guard = guard.New(guard.Options{
 		Catalog: s.tools, Policy: policy, Audit: s.audit, Approvals: s.approvals,
 		Tools: c.Tools, Logger: log.With("component", "guard"),
+		MaxArgBytes: c.Limits.MaxArgBytes, MaxArgDepth: c.Limits.MaxArgDepth,
 	})
 	if _, ok := c.Tools["approval_status"]; ok {
 		if err := s.tools.Replace("guard", []*tools.Spec{s.guard.StatusSpec()}); err != nil {
