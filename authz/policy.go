@@ -18,6 +18,15 @@
 //	agent  string            the authenticated agent
 //	tool   string            the tool's name
 //	now    timestamp         the time of the call
+//	usage  map(string, dyn)  what came before this call, in rolling windows:
+//	                           calls_10m, calls_1h         this agent's calls of this tool
+//	                           agent_amount_1h, agent_amount_24h
+//	                                                       this agent's amounts, same tool and currency
+//	                           agent_payee_amount_24h      the same, to the same counterparty
+//	                           total_amount_24h            every agent's, same tool and currency
+//	                         Amounts are in major units and count executed calls
+//	                         and calls still waiting for approval, never this one:
+//	                         write args.amount + usage.agent_payee_amount_24h > 10000.
 //
 // plus the fact variables the tool's backend supplies (see [Options.Facts]),
 // each a map(string, dyn), e.g. counterparty.known for transfer. Numbers
@@ -94,7 +103,7 @@ const CostLimit = 1_000_000
 const defaultTimeout = 5 * time.Minute
 
 // Variables every rule may use; fact variables may not take these names.
-var builtinVars = []string{"args", "agent", "tool", "now"}
+var builtinVars = []string{"args", "agent", "tool", "now", "usage"}
 
 // ErrInvalid is matched (errors.Is) by every error Compile returns.
 var ErrInvalid = errors.New("invalid policy")
@@ -179,6 +188,7 @@ func Compile(tools map[string]config.Tool, approvers []config.Approver, opts Opt
 		cel.Variable("agent", cel.StringType),
 		cel.Variable("tool", cel.StringType),
 		cel.Variable("now", cel.TimestampType),
+		cel.Variable("usage", cel.MapType(cel.StringType, cel.DynType)),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("authz: building the CEL environment: %w", err)

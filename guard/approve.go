@@ -17,13 +17,22 @@ import (
 // countersign raises an approval request and, in block mode, waits for a
 // terminal decision before running the tool once.
 func (g *Guard) countersign(ctx context.Context, c Call, spec *tools.Spec, call *tools.Call,
-	canon canonical, conf config.Tool, d authz.Decision, entry audit.Entry) *mcp.CallToolResult {
+	canon canonical, conf config.Tool, d authz.Decision, entry audit.Entry, counted *reservation) *mcp.CallToolResult {
+	done := false // the call ran, or may still run: it keeps counting
+	defer func() {
+		if !done {
+			g.usage.release(counted)
+		}
+	}()
 	if g.opts.Approvals == nil {
 		entry.Kind, entry.Reason = audit.KindCallDenied, "approval required, but approvals are not available"
 		g.record(ctx, entry)
 		return toolError("approval required (%s): %s; no approval service is running", d.Level, d.Reason)
 	}
-	r, err := g.opts.Approvals.Create(ctx, approval.NewRequest{
+	// Raising the request completes even if the caller leaves meanwhile:
+	// half a request would sit approvable with nobody waiting. Wait below
+	// sees the caller gone and cancels it, on the record.
+	r, err := g.opts.Approvals.Create(context.WithoutCancel(ctx), approval.NewRequest{
 		Tool: spec.Def.Name, Agent: entry.Agent, Args: canon.JSON,
 		AuthorizationDetails: call.Details, Summary: call.Summary,
 		Level: d.Level, Rule: entry.Rule, Approvers: d.Approvers, Quorum: d.Quorum,
@@ -40,10 +49,13 @@ func (g *Guard) countersign(ctx context.Context, c Call, spec *tools.Spec, call 
 		"level", d.Level, "auth_req_id", r.ID, "code", r.Code, "url", r.URL)
 
 	if d.Wait == authz.WaitPoll {
+		done = true // executeWhenApproved gives the share back if it never runs
 		g.bg.Add(1)
 		go func() {
 			defer g.bg.Done()
-			g.executeWhenApproved(r.ID, spec, call, entry)
+			if !g.executeWhenApproved(r.ID, spec, call, entry) {
+				g.usage.release(counted)
+			}
 		}()
 		return structured(pendingResult(r, g.now()))
 	}
@@ -58,20 +70,23 @@ func (g *Guard) countersign(ctx context.Context, c Call, spec *tools.Spec, call 
 	if final.State != approval.StateApproved {
 		return toolError("%s", Outcome(final))
 	}
-	res, _ := g.runApproved(ctx, r.ID, spec, call, entry)
+	res, ok := g.runApproved(ctx, r.ID, spec, call, entry)
+	done = ok
 	return res
 }
 
 // executeWhenApproved is the poll-mode path: the agent has its auth_req_id
 // and asks approval_status; the tool runs here once the humans approve.
-func (g *Guard) executeWhenApproved(id string, spec *tools.Spec, call *tools.Call, entry audit.Entry) {
+// It reports whether the tool ran successfully.
+func (g *Guard) executeWhenApproved(id string, spec *tools.Spec, call *tools.Call, entry audit.Entry) bool {
 	ctx, cancel := context.WithCancel(g.life)
 	defer cancel()
 	final, err := g.opts.Approvals.Wait(ctx, id)
 	if err != nil || final.State != approval.StateApproved {
-		return
+		return false
 	}
-	g.runApproved(ctx, id, spec, call, entry)
+	_, ok := g.runApproved(ctx, id, spec, call, entry)
+	return ok
 }
 
 // runApproved claims the approved request for its one execution, runs it

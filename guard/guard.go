@@ -94,6 +94,8 @@ type Guard struct {
 	schemaMu sync.Mutex
 	schemas  map[*tools.Spec]*schema
 
+	usage usageBook
+
 	bg   sync.WaitGroup  // poll-mode executions still running
 	life context.Context // cancelled by Close: poll-mode waits stop then
 	stop context.CancelFunc
@@ -202,9 +204,20 @@ func (g *Guard) Handle(ctx context.Context, c Call) *mcp.CallToolResult {
 	}
 	canon.setOn(&entry, conf.RedactArgs)
 
+	// Decide and count under one lock, so that calls made in parallel see
+	// each other (a sum split across them is judged as the sum).
+	now := g.now()
+	keys := keysOf(c.Agent, c.Tool, call.Value)
+	g.usage.mu.Lock()
 	d := g.opts.Policy.Decide(authz.Input{
-		Tool: c.Tool, Agent: c.Agent, Args: call.Args, Facts: call.Facts, Now: g.now(), ReadOnly: spec.ReadOnly(),
+		Tool: c.Tool, Agent: c.Agent, Args: call.Args, Facts: call.Facts, Now: now, ReadOnly: spec.ReadOnly(),
+		Usage: g.usage.facts(keys, now),
 	})
+	var counted *reservation
+	if d.Level != config.LevelDeny {
+		counted = g.usage.add(keys, call.Value, now)
+	}
+	g.usage.mu.Unlock()
 	entry.Decision, entry.Rule, entry.Reason = d.Level, strings.Join(d.Rules, ","), d.Reason
 	switch d.Level {
 	case config.LevelLow:
@@ -215,12 +228,16 @@ func (g *Guard) Handle(ctx context.Context, c Call) *mcp.CallToolResult {
 		}
 		entry.Kind = audit.KindCallAllowed
 		if !g.record(ctx, entry) {
+			g.usage.release(counted)
 			return toolError("refused: the audit log cannot record this call")
 		}
-		res, _, _ := g.run(ctx, spec, call, entry)
+		res, _, ok := g.run(ctx, spec, call, entry)
+		if !ok {
+			g.usage.release(counted)
+		}
 		return res
 	case config.LevelHigh, config.LevelCritical:
-		return g.countersign(ctx, c, spec, call, canon, conf, d, entry)
+		return g.countersign(ctx, c, spec, call, canon, conf, d, entry, counted)
 	default:
 		entry.Kind = audit.KindCallDenied
 		g.record(ctx, entry)

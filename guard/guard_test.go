@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/countersign/countersign"
 	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/authz"
@@ -537,4 +538,101 @@ func TestRefusedFloodGrowsTheLogByABoundedAmount(t *testing.T) {
 		t.Errorf("%d refused calls grew the log by %d bytes, %d per call; want at most 1 KiB each", calls, bytes, per)
 	}
 	t.Logf("%d refused calls of 60 KiB each: %d bytes of log entries", calls, bytes)
+}
+
+// The shipped policy, compiled for real, against a transfer-like tool.
+func shippedPolicy(t *testing.T) *authz.Policy {
+	t.Helper()
+	c, err := config.Parse(countersign.DefaultConfig, "shipped")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := authz.Compile(c.Tools, c.Approvers, authz.Options{Facts: map[string][]string{"transfer": {"counterparty"}, "read_secret": {"secret"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func payTo(payee string) *tools.Spec {
+	return &tools.Spec{
+		Def: mcp.NewToolWithRawSchema("transfer", "pay", json.RawMessage(`{"type":"object"}`)),
+		Prepare: func(_ context.Context, args map[string]any) (*tools.Call, error) {
+			amount, _ := args["amount"].(float64)
+			return &tools.Call{Args: args, Value: &tools.Value{Amount: amount, Currency: "USD", Counterparty: payee},
+				Facts: map[string]any{"counterparty": map[string]any{"known": true}}}, nil
+		},
+		Run: func(context.Context, *tools.Call) (*tools.Result, error) { return &tools.Result{Content: "paid"}, nil },
+	}
+}
+
+func TestSplitTransfersAreJudgedAsTheirSumAndRefusalsStopCounting(t *testing.T) {
+	f := newFixture(t, config.LevelLow)
+	f.cat.Replace("test", []*tools.Spec{payTo("Acme Supplies")})
+	f.humans.decide = make(chan string, 100)
+	for range 10 {
+		f.humans.decide <- approval.StateDenied
+	}
+	g := New(Options{Catalog: f.cat, Policy: shippedPolicy(t), Audit: f.log, Approvals: f.humans})
+	var wg sync.WaitGroup
+	for range 11 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			g.Handle(context.Background(), Call{Tool: "transfer", Agent: "salami", Args: map[string]any{"amount": 9999.0}})
+		}()
+	}
+	wg.Wait()
+	kinds := map[string]int{}
+	for _, k := range f.log.kinds() {
+		kinds[k]++
+	}
+	if kinds[audit.KindCallExecuted] != 1 || len(f.humans.created) != 10 {
+		t.Fatalf("%d ran and %d waited for a human, want 1 and 10 (log %v)", kinds[audit.KindCallExecuted], len(f.humans.created), kinds)
+	}
+	// The ten denied never ran and no longer count; the one that ran does.
+	in := map[string]any{"amount": 1.0}
+	g.Handle(context.Background(), Call{Tool: "transfer", Agent: "salami", Args: in})
+	if got := f.policy.seen; len(got) != 0 {
+		t.Fatal("the fixture's policy was used")
+	}
+	if kinds2 := f.log.kinds(); kinds2[len(kinds2)-1] != audit.KindCallExecuted {
+		t.Errorf("1 more after 9,999 ran and 99,990 were denied: %v, want it to run", kinds2[len(kinds2)-1])
+	}
+	f.humans.decide <- approval.StateDenied
+	g.Handle(context.Background(), Call{Tool: "transfer", Agent: "salami", Args: map[string]any{"amount": 1.0 + 9999}})
+	if len(f.humans.created) != 11 {
+		t.Errorf("10,000 after 10,000 moved did not wait for a human")
+	}
+	// Another agent, or another payee, starts from nothing.
+	g.Handle(context.Background(), Call{Tool: "transfer", Agent: "other", Args: map[string]any{"amount": 9999.0}})
+	if len(f.humans.created) != 11 {
+		t.Errorf("another agent's 9,999 waited")
+	}
+}
+
+func TestUsageIsRestoredFromTheLog(t *testing.T) {
+	f := newFixture(t, config.LevelLow)
+	f.cat.Replace("test", []*tools.Spec{payTo("Acme Supplies")})
+	g := New(Options{Catalog: f.cat, Policy: shippedPolicy(t), Audit: f.log, Approvals: f.humans})
+	now := time.Now().UTC()
+	at := func(d time.Duration) string { return now.Add(-d).Format(time.RFC3339Nano) }
+	args := json.RawMessage(`{"amount":6000}`)
+	g.RestoreUsage(context.Background(), []audit.Entry{
+		{Kind: audit.KindCallExecuted, Tool: "transfer", Agent: "a", Args: args, Time: at(25 * time.Hour)}, // too old
+		{Kind: audit.KindCallExecuted, Tool: "transfer", Agent: "a", Args: args, Time: at(time.Hour)},
+		{Kind: audit.KindApprovalRequested, Tool: "transfer", Agent: "a", Args: args, RequestID: "r1", Time: at(time.Minute)},
+		{Kind: audit.KindApprovalDenied, Tool: "transfer", Agent: "a", RequestID: "r1", Time: at(time.Minute)},
+	})
+	g.usage.mu.Lock()
+	u := g.usage.facts(keysOf("a", "transfer", &tools.Value{Currency: "USD", Counterparty: "acme supplies"}), now)
+	g.usage.mu.Unlock()
+	if u["agent_payee_amount_24h"] != 6000.0 || u["calls_1h"] != 0.0 && u["calls_1h"] != 1.0 {
+		t.Errorf("restored usage %v, want 6000 moved (one executed; the old one and the denied one do not count)", u)
+	}
+	for _, k := range authz.UsageKeys {
+		if _, ok := u[k]; !ok {
+			t.Errorf("usage lacks %s", k)
+		}
+	}
 }

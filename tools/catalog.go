@@ -77,6 +77,16 @@ type Call struct {
 	Details json.RawMessage
 	// Summary is short human text, e.g. "Pay USD 500,000.00 from operating to Vendor X".
 	Summary string
+	// Value is what the call moves, for tools that move value (transfer):
+	// the policy sees the sums of earlier calls in rolling windows.
+	Value *Value
+}
+
+// Value is an amount moved to a counterparty.
+type Value struct {
+	Amount       float64 // in major units, as the agent wrote it
+	Currency     string
+	Counterparty string // as the ledger names it
 }
 
 // Result is what a tool returns.

@@ -117,6 +117,11 @@ func assemble(ctx context.Context, c *config.Config, log *slog.Logger) (_ *stack
 		Tools: c.Tools, Logger: log.With("component", "guard"),
 		MaxArgBytes: c.Limits.MaxArgBytes, MaxArgDepth: c.Limits.MaxArgDepth,
 	})
+	recent, err := recentEntries(ctx, s.audit, time.Now().Add(-24*time.Hour))
+	if err != nil {
+		return nil, fmt.Errorf("reading the last day of the audit log for usage windows: %w", err)
+	}
+	s.guard.RestoreUsage(ctx, recent)
 	if _, ok := c.Tools["approval_status"]; ok {
 		if err := s.tools.Replace("guard", []*tools.Spec{s.guard.StatusSpec()}); err != nil {
 			return nil, err
@@ -299,4 +304,39 @@ func loopback(addr string) bool {
 	}
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()
+}
+
+// recentEntries reads the audit log's entries from since on, oldest first.
+// The log is in time order, so the first of them is found by halving.
+func recentEntries(ctx context.Context, log *audit.Log, since time.Time) ([]audit.Entry, error) {
+	last, err := log.LastSeq(ctx)
+	if err != nil {
+		return nil, err
+	}
+	lo, hi := int64(0), last // the answer is in (lo, hi+1]
+	cutoff := since.UTC().Format(audit.TimeFormat)
+	for lo < hi {
+		mid := lo + (hi-lo)/2
+		e, err := log.Since(ctx, mid, 1)
+		if err != nil {
+			return nil, err
+		}
+		if len(e) == 0 || e[0].Time >= cutoff {
+			hi = mid
+		} else {
+			lo = mid + 1
+		}
+	}
+	var out []audit.Entry
+	for seq := lo; ; {
+		batch, err := log.Since(ctx, seq, 1000)
+		if err != nil {
+			return nil, err
+		}
+		if len(batch) == 0 {
+			return out, nil
+		}
+		out = append(out, batch...)
+		seq = batch[len(batch)-1].Seq
+	}
 }
