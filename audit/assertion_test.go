@@ -132,7 +132,7 @@ func TestVerifyAssertions(t *testing.T) {
 	pub := pubText(key)
 	k := newSoftKey(t)
 	export := assertionLog(t, k)
-	s, err := Verify(bytes.NewReader(export), pub, nil)
+	s, err := Verify(bytes.NewReader(export), pub, VerifyOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

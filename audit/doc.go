@@ -37,5 +37,13 @@
 // [Entry] order), then one final line {"checkpoint":"<note text>"} whose tree
 // size equals the last seq exported. [Verify] checks such a file offline,
 // including each approver's WebAuthn assertion against the action digest of
-// package approval/digest and the key from the approver's enrollment entry.
+// package digest and the key from the approver's enrollment entry.
+//
+// # Signatures
+//
+// An entry's sig or the checkpoint's signature is valid exactly when
+// crypto/ed25519's Verify accepts it. [Verify] authenticates the entries of
+// a complete export through the signed checkpoint (every entry hash is a
+// leaf under its root) and checks each entry's own sig only with
+// [VerifyOptions.AllSignatures].
 package audit

@@ -156,6 +156,10 @@ func openCheckpoint(msg []byte, v note.Verifier) (*checkpoint, error) {
 		if errors.As(err, &unverified) {
 			return nil, errors.New("checkpoint is not signed by the server key")
 		}
+		var invalid *note.InvalidSignatureError
+		if errors.As(err, &invalid) {
+			return nil, errors.New("checkpoint signature does not verify with the server key")
+		}
 		return nil, fmt.Errorf("checkpoint: %v", err)
 	}
 	lines := strings.Split(n.Text, "\n")

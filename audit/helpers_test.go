@@ -165,24 +165,23 @@ func checkpointLineFor(t testing.TB, key ed25519.PrivateKey, size int64, root tl
 
 func pubText(key ed25519.PrivateKey) string { return PublicKeyText(key.Public().(ed25519.PublicKey)) }
 
-// wantVerifyErr runs Verify and requires a *VerifyError at seq.
+// wantVerifyErr runs Verify, with and without AllSignatures, and requires
+// the same *VerifyError at seq from both: apart from an entry's own sig
+// (see TestSignatureRule), the two modes prove the same.
 func wantVerifyErr(t *testing.T, export []byte, key string, previous []byte, seq int64, reason string) {
 	t.Helper()
-	var prev *bytes.Reader
-	if previous != nil {
-		prev = bytes.NewReader(previous)
-	}
-	var err error
-	if prev != nil {
-		_, err = Verify(bytes.NewReader(export), key, prev)
-	} else {
-		_, err = Verify(bytes.NewReader(export), key, nil)
-	}
-	var ve *VerifyError
-	if !errors.As(err, &ve) {
-		t.Fatalf("Verify: got %v, want a *VerifyError at seq %d", err, seq)
-	}
-	if ve.Seq != seq || !strings.Contains(ve.Reason, reason) {
-		t.Fatalf("Verify: got seq %d %q, want seq %d containing %q", ve.Seq, ve.Reason, seq, reason)
+	for _, all := range []bool{false, true} {
+		opts := VerifyOptions{AllSignatures: all}
+		if previous != nil {
+			opts.Previous = bytes.NewReader(previous)
+		}
+		_, err := Verify(bytes.NewReader(export), key, opts)
+		var ve *VerifyError
+		if !errors.As(err, &ve) {
+			t.Fatalf("Verify (all signatures %v): got %v, want a *VerifyError at seq %d", all, err, seq)
+		}
+		if ve.Seq != seq || !strings.Contains(ve.Reason, reason) {
+			t.Fatalf("Verify (all signatures %v): got seq %d %q, want seq %d containing %q", all, ve.Seq, ve.Reason, seq, reason)
+		}
 	}
 }
