@@ -468,3 +468,64 @@ func TestBackgroundCheckpoints(t *testing.T) {
 		t.Fatal("an unchanged log got a new checkpoint")
 	}
 }
+
+// An export made when nothing was appended since the previous one holds
+// only a checkpoint; with the previous export it verifies, and says that
+// it proves nothing new.
+func TestExportWithNothingNew(t *testing.T) {
+	key := seededKey(1)
+	pub := pubText(key)
+	l := openLog(t, openDB(t, t.TempDir()), key, Options{Now: stepClock()})
+	for _, e := range sampleEntries() {
+		mustAppend(t, l, e)
+	}
+	older := exportBytes(t, l, 0)
+	empty := exportBytes(t, l, 10)
+	if n := bytes.Count(empty, []byte{'\n'}); n != 1 {
+		t.Fatalf("export --since 10 of 10 entries has %d lines:\n%s", n, empty)
+	}
+	s, err := Verify(bytes.NewReader(empty), pub, VerifyOptions{Previous: bytes.NewReader(older)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !s.NothingNew || s.Entries != 0 || s.TreeSize != 10 || s.Extends != 10 || !strings.Contains(s.String(), "Nothing new is proven") {
+		t.Fatalf("summary %+v: %s", s, s)
+	}
+	wantVerifyErr(t, empty, pub, nil, 1, "missing: the checkpoint covers 10 entries")
+
+	// A checkpoint over another tree of the same size is refused, and so
+	// is one over a smaller tree than the previous export's.
+	forged := checkpointLineFor(t, key, 10, [32]byte{7})
+	wantVerifyErr(t, append(forged, '\n'), pub, older, 10, "not the Merkle root")
+	shorter := exportBytes(t, openLogWith(t, key, sampleEntries()[:4]), 4)
+	wantVerifyErr(t, shorter, pub, older, 5, "missing: the previous export reaches seq 10, this one ends at 4")
+
+	// Against a previous export that is shorter, an empty export cannot
+	// show the entries in between.
+	_, cp := splitExport(t, empty)
+	prefix := exportBytes(t, openLogWith(t, key, sampleEntries()[:4]), 0)
+	wantVerifyErr(t, joinExport(nil, cp), pub, prefix, 5, "missing: the export holds no entries, its checkpoint covers 10")
+}
+
+// openLogWith is a fresh log of entries, appended with the step clock.
+func openLogWith(t *testing.T, key ed25519.PrivateKey, entries []Entry) *Log {
+	t.Helper()
+	l := openLog(t, openDB(t, t.TempDir()), key, Options{Now: stepClock()})
+	for _, e := range entries {
+		mustAppend(t, l, e)
+	}
+	return l
+}
+
+func TestExportSincePastTheEnd(t *testing.T) {
+	l := openLogWith(t, seededKey(1), sampleEntries()[:3])
+	var buf bytes.Buffer
+	err := l.Export(context.Background(), &buf, 4)
+	var se *SinceError
+	if !errors.As(err, &se) || se.Since != 4 || se.Last != 3 {
+		t.Fatalf("Export --since 4 of 3 entries: %v", err)
+	}
+	if buf.Len() != 0 {
+		t.Fatalf("refused export wrote %q", buf.Bytes())
+	}
+}

@@ -37,9 +37,14 @@ type Summary struct {
 	Assertions int    // WebAuthn assertions checked
 	Signatures int64  // entry signatures checked one by one (VerifyOptions.AllSignatures)
 	Extends    int64  // tree size of the previous export proven to be a prefix; 0 without one
+	NothingNew bool   // no entries: only that the checkpoint matches the previous export is proven
 }
 
 func (s Summary) String() string {
+	if s.NothingNew {
+		return fmt.Sprintf("OK: no entries after seq %d; the checkpoint (size %d, root %s) is consistent with the previous export (size %d). "+
+			"Nothing new is proven: this export only shows that the server signed the same log again", s.TreeSize, s.TreeSize, s.Root, s.Extends)
+	}
 	out := fmt.Sprintf("OK: %d entries (seq %d..%d), %d key assertions verified, checkpoint size %d root %s",
 		s.Entries, s.FirstSeq, s.LastSeq, s.Assertions, s.TreeSize, s.Root)
 	if s.Signatures > 0 {
@@ -122,6 +127,7 @@ func Verify(export io.Reader, publicKey string, opts VerifyOptions) (Summary, er
 	}
 	if prev != nil {
 		s.Extends = prev.cp.Size
+		s.NothingNew = st.empty
 	}
 	return s, nil
 }
@@ -134,6 +140,7 @@ type verified struct {
 	last       int64
 	assertions int
 	signatures int64
+	empty      bool       // no entries: the checkpoint repeats the previous export's tree
 	hashes     [][32]byte // entry hashes by seq-1, kept for a previous export
 	events     []*Entry   // enrollments and revocations, in order
 }
@@ -275,6 +282,21 @@ func verifyStream(r io.Reader, pub ed25519.PublicKey, v note.Verifier, prev *ver
 	if err != nil {
 		return nil, &VerifyError{last, err.Error()}
 	}
+	if st.entries == 0 && prev != nil && cp.Size > 0 {
+		// An export with no entries (export --since the last seq): its
+		// checkpoint can only be checked against the previous export's
+		// leaves. It proves the server signed the same tree again and
+		// nothing more.
+		if cp.Size > prev.last {
+			return nil, &VerifyError{prev.last + 1, fmt.Sprintf("missing: the export holds no entries, its checkpoint covers %d, the previous export ends at seq %d", cp.Size, prev.last)}
+		}
+		var pfr frontier
+		for _, h := range prev.hashes[:cp.Size] {
+			pfr.add(leafHash(h))
+		}
+		fr, last = pfr, cp.Size
+		st.empty = true
+	}
 	switch {
 	case cp.Size < last:
 		return nil, &VerifyError{cp.Size + 1, fmt.Sprintf("not covered by the checkpoint (size %d)", cp.Size)}
@@ -284,15 +306,15 @@ func verifyStream(r io.Reader, pub ed25519.PublicKey, v note.Verifier, prev *ver
 		return nil, &VerifyError{last, "the checkpoint's root hash is not the Merkle root of the entries"}
 	}
 	st.cp = cp
-	if st.entries == 0 && prev != nil && prev.last > 0 {
-		return nil, &VerifyError{1, "missing: the export has no entries but the previous export has"}
-	}
 	if prev != nil {
 		if last < prev.last {
 			return nil, &VerifyError{last + 1, fmt.Sprintf("missing: the previous export reaches seq %d, this one ends at %d", prev.last, last)}
 		}
 		var err error
-		if prev.cp.Size > 0 { // an empty tree is a prefix of every tree
+		if st.empty {
+			// Same size as the previous tree (checked above): the root
+			// was recomputed from the previous export's own leaves.
+		} else if prev.cp.Size > 0 { // an empty tree is a prefix of every tree
 			var proof tlog.TreeProof
 			proof, err = tlog.ProveTree(cp.Size, prev.cp.Size, tree)
 			if err == nil {
