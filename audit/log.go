@@ -9,11 +9,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"reflect"
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/countersign/countersign/digest"
+	"github.com/gowebpki/jcs"
 	"golang.org/x/mod/sumdb/note"
 	"golang.org/x/mod/sumdb/tlog"
 )
@@ -207,10 +210,26 @@ func prepare(e *Entry) (*prepared, error) {
 		return nil, errors.New("audit: entry has no kind")
 	}
 	e.Seq, e.Time, e.PrevHash, e.Hash, e.Sig = 0, "", "", "", ""
-	for name, raw := range map[string]json.RawMessage{"args": e.Args, "result": e.Result, "authorization_details": e.AuthorizationDetails} {
-		if len(raw) > 0 && !json.Valid(raw) {
-			return nil, fmt.Errorf("audit: %s is not valid JSON", name)
+	validUTF8Strings(e)
+	// JSON members are stored in their RFC 8785 form, the form the hash
+	// already covers, so the line shows exactly what is hashed: no HTML
+	// escapes (\u003c) from a caller's json.Marshal, one number form,
+	// sorted keys.
+	for _, f := range []struct {
+		name string
+		raw  *json.RawMessage
+	}{{"args", &e.Args}, {"result", &e.Result}, {"authorization_details", &e.AuthorizationDetails}} {
+		if len(*f.raw) == 0 {
+			continue
 		}
+		if !json.Valid(*f.raw) {
+			return nil, fmt.Errorf("audit: %s is not valid JSON", f.name)
+		}
+		canon, err := jcs.Transform(*f.raw)
+		if err != nil {
+			return nil, fmt.Errorf("audit: %s: %w", f.name, err)
+		}
+		*f.raw = canon
 	}
 	if len(e.Args) > 0 {
 		sum, err := digest.ArgsSHA256(e.Args)
@@ -231,6 +250,40 @@ func prepare(e *Entry) (*prepared, error) {
 		return nil, fmt.Errorf("audit: entry cannot be canonicalized: %w", err)
 	}
 	return pre, nil
+}
+
+// validUTF8Strings replaces each byte of e's strings that is not valid
+// UTF-8 with U+FFFD, as encoding/json would when writing the line; done
+// here, the line holds the character itself and reads back the same.
+// Otherwise the line would hold the escape \ufffd, which decodes to a
+// valid string that re-encodes differently, and the entry would never
+// verify.
+func validUTF8Strings(e *Entry) {
+	v := reflect.ValueOf(e).Elem()
+	for i := range v.NumField() {
+		f := v.Field(i)
+		switch {
+		case f.Kind() == reflect.String:
+			f.SetString(validUTF8(f.String()))
+		case f.Kind() == reflect.Slice && f.Type().Elem().Kind() == reflect.String:
+			for j := range f.Len() {
+				f.Index(j).SetString(validUTF8(f.Index(j).String()))
+			}
+		}
+	}
+}
+
+func validUTF8(s string) string {
+	if utf8.ValidString(s) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); {
+		r, size := utf8.DecodeRuneInString(s[i:])
+		b.WriteRune(r) // RuneError for an invalid byte, size 1
+		i += size
+	}
+	return b.String()
 }
 
 // writer is the single goroutine that commits appends, many per

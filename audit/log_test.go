@@ -5,8 +5,8 @@ import (
 	"context"
 	"crypto/ed25519"
 	"database/sql"
+	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -14,49 +14,66 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/gowebpki/jcs"
 )
 
-var update = flag.Bool("update", false, "rewrite the golden files under testdata/audit")
-
+// testdata/audit/export.jsonl was written before JSON members were stored
+// in their RFC 8785 form. It must keep verifying, and the same entries
+// written now must get the very same hashes and signatures: only how args,
+// result and authorization_details are shown on the line changed, not the
+// bytes the hash covers.
 func TestGoldenExport(t *testing.T) {
-	db := openDB(t, t.TempDir())
-	key := seededKey(1)
-	l := openLog(t, db, key, Options{Now: stepClock()})
-	for _, e := range sampleEntries() {
-		mustAppend(t, l, e)
-	}
-	got := exportBytes(t, l, 0)
-
 	golden := filepath.Join("..", "testdata", "audit", "export.jsonl")
-	pub := filepath.Join("..", "testdata", "audit", "server.pub")
-	if *update {
-		if err := os.MkdirAll(filepath.Dir(golden), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(golden, got, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(pub, []byte(pubText(key)+"\n"), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	pubFile := filepath.Join("..", "testdata", "audit", "server.pub")
 	want, err := os.ReadFile(golden)
-	if err != nil {
-		t.Fatalf("%v (run go test ./audit -run Golden -update)", err)
-	}
-	if !bytes.Equal(got, want) {
-		t.Fatalf("export differs from %s (rerun with -update if the format changed on purpose)\ngot:\n%s", golden, got)
-	}
-	pubKey, err := os.ReadFile(pub)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := Verify(bytes.NewReader(want), string(pubKey), VerifyOptions{})
+	pubKey, err := os.ReadFile(pubFile)
 	if err != nil {
-		t.Fatalf("golden export does not verify: %v", err)
+		t.Fatal(err)
 	}
-	if s.Entries != 10 || s.FirstSeq != 1 || s.LastSeq != 10 || s.TreeSize != 10 {
-		t.Fatalf("summary %+v", s)
+	if strings.TrimSpace(string(pubKey)) != pubText(seededKey(1)) {
+		t.Fatalf("%s is not the key of seededKey(1)", pubFile)
+	}
+	for _, all := range []bool{false, true} {
+		s, err := Verify(bytes.NewReader(want), string(pubKey), VerifyOptions{AllSignatures: all})
+		if err != nil {
+			t.Fatalf("golden export does not verify: %v", err)
+		}
+		if s.Entries != 10 || s.FirstSeq != 1 || s.LastSeq != 10 || s.TreeSize != 10 {
+			t.Fatalf("summary %+v", s)
+		}
+	}
+
+	l := openLogWith(t, seededKey(1), sampleEntries())
+	got := exportBytes(t, l, 0)
+	gotLines, gotCP := splitExport(t, got)
+	wantLines, wantCP := splitExport(t, want)
+	if !bytes.Equal(gotCP, wantCP) || len(gotLines) != len(wantLines) {
+		t.Fatalf("checkpoint or length differs:\n%s", got)
+	}
+	for i := range wantLines {
+		var g, w Entry
+		if err := json.Unmarshal(gotLines[i], &g); err != nil {
+			t.Fatal(err)
+		}
+		if err := json.Unmarshal(wantLines[i], &w); err != nil {
+			t.Fatal(err)
+		}
+		if g.Hash != w.Hash || g.Sig != w.Sig {
+			t.Fatalf("seq %d: hash or sig changed\ngot  %s\nwant %s", i+1, gotLines[i], wantLines[i])
+		}
+		for name, m := range map[string][2]json.RawMessage{"args": {g.Args, w.Args}, "result": {g.Result, w.Result}, "authorization_details": {g.AuthorizationDetails, w.AuthorizationDetails}} {
+			if len(m[1]) == 0 {
+				continue
+			}
+			canon, err := jcs.Transform(m[1])
+			if err != nil || !bytes.Equal(m[0], canon) {
+				t.Fatalf("seq %d: %s is %s, want the RFC 8785 form of %s", i+1, name, m[0], m[1])
+			}
+		}
 	}
 }
 
