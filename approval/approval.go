@@ -327,6 +327,15 @@ var schema = []string{
 		owner TEXT NOT NULL,
 		created_at INTEGER NOT NULL
 	)`,
+	// The audit seq of each approver's approval.assertion entry, so the
+	// approval.approved entry can name them: seqs are only known once the
+	// outbox has appended the entries.
+	`CREATE TABLE IF NOT EXISTS approval_logged_assertions (
+		request_id TEXT NOT NULL,
+		approver_id TEXT NOT NULL,
+		seq INTEGER NOT NULL,
+		PRIMARY KEY (request_id, approver_id)
+	)`,
 }
 
 // outboxStaleAfter is how long another process's unflushed entries wait
@@ -380,12 +389,47 @@ func (s *Service) flush(ctx context.Context, stale bool) error {
 		if err := json.Unmarshal(it.entry, &e); err != nil {
 			return fmt.Errorf("%w: outbox entry %d: %v", ErrRecord, it.id, err)
 		}
-		if _, err := s.rec.Append(ctx, e); err != nil {
+		if e.Kind == audit.KindApprovalApproved {
+			if err := s.linkAssertions(ctx, &e); err != nil {
+				return fmt.Errorf("%w: outbox entry %d: %v", ErrRecord, it.id, err)
+			}
+		}
+		logged, err := s.rec.Append(ctx, e)
+		if err != nil {
 			return fmt.Errorf("%w: %v", ErrRecord, err)
 		}
-		if _, err := s.db.ExecContext(context.WithoutCancel(ctx), `DELETE FROM approval_outbox WHERE id = ?`, it.id); err != nil {
+		// A crash between the append and this transaction appends the
+		// entry again at the next flush; the seq recorded is then the
+		// later copy's, which the verifier accepts as well.
+		err = s.inTx(context.WithoutCancel(ctx), func(tx *sql.Tx) error {
+			if e.Kind == audit.KindApprovalAssertion {
+				if _, err := tx.ExecContext(ctx, `INSERT OR REPLACE INTO approval_logged_assertions (request_id, approver_id, seq) VALUES (?,?,?)`,
+					e.RequestID, e.Approver, logged.Seq); err != nil {
+					return err
+				}
+			}
+			_, err := tx.ExecContext(ctx, `DELETE FROM approval_outbox WHERE id = ?`, it.id)
+			return err
+		})
+		if err != nil {
 			return fmt.Errorf("%w: %v", ErrRecord, err)
 		}
+	}
+	return nil
+}
+
+// linkAssertions fills an approval.approved entry's Assertions with the
+// seqs of its approvers' approval.assertion entries. The outbox appends in
+// order, so they are in the log by now.
+func (s *Service) linkAssertions(ctx context.Context, e *audit.Entry) error {
+	e.Assertions = nil
+	for _, a := range e.Approvers {
+		var seq int64
+		err := s.db.QueryRowContext(ctx, `SELECT seq FROM approval_logged_assertions WHERE request_id = ? AND approver_id = ?`, e.RequestID, a).Scan(&seq)
+		if err != nil {
+			return fmt.Errorf("the approval.assertion of %s for request %s is not in the log: %w", a, e.RequestID, err)
+		}
+		e.Assertions = append(e.Assertions, seq)
 	}
 	return nil
 }

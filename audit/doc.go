@@ -39,6 +39,19 @@
 // including each approver's WebAuthn assertion against the action digest of
 // package digest and the key from the approver's enrollment entry.
 //
+// # Formats and requirements
+//
+// Append writes format [Format] (2): every entry carries "v":2, JSON
+// members are stored in RFC 8785 form, approval.requested records the
+// requirement as fields (level, quorum, eligible, user_verification,
+// expires_at), key decisions record decided_at, and approval.approved
+// lists its approvers and the seqs of their approval.assertion entries.
+// [Verify] replays format 2 entries and refuses an export in which a
+// countersigned action ran without what its request required (see
+// requirements). Format 1 entries (no "v") are still read: their chain,
+// checkpoint and assertions are checked, but they record no requirement,
+// and a log never returns to format 1 once format 2 began.
+//
 // # Signatures
 //
 // An entry's sig or the checkpoint's signature is valid exactly when

@@ -96,7 +96,7 @@ func TestLineByteForm(t *testing.T) {
 	}
 	e := mustAppend(t, l, Entry{Kind: KindCallAllowed, Tool: "t", Args: args, Display: "<b>&</b>"})
 	line := exportLine(t, l, e.Seq)
-	want := `"args":{"amount":1.5,"note":"` + "\u2028" + `","to":"A & B <ltd>"}`
+	want := `"args":{"amount":1.5,"note":"\u2028","to":"A & B <ltd>"}`
 	if !bytes.Contains(line, []byte(want)) || !bytes.Contains(line, []byte(`"display":"<b>&</b>"`)) {
 		t.Fatalf("line %s\nwant it to contain %s", line, want)
 	}
@@ -166,7 +166,7 @@ func exportLine(t *testing.T, l *Log, seq int64) []byte {
 // is hashed, so the line reads back as written and verifies.
 func TestInvalidUTF8IsReplacedBeforeHashing(t *testing.T) {
 	l := openLogWith(t, seededKey(1), nil)
-	e := mustAppend(t, l, Entry{Kind: KindCallFailed, Reason: "backend said \xff\xfe!", Args: json.RawMessage(`{"a":"\u00e9"}`)})
+	e := mustAppend(t, l, Entry{Kind: KindCallRejected, Reason: "backend said \xff\xfe!", Args: json.RawMessage(`{"a":"\u00e9"}`)})
 	if e.Reason != "backend said \ufffd\ufffd!" {
 		t.Fatalf("reason %q", e.Reason)
 	}

@@ -16,7 +16,6 @@ import (
 	"unicode/utf8"
 
 	"github.com/countersign/countersign/digest"
-	"github.com/gowebpki/jcs"
 	"golang.org/x/mod/sumdb/note"
 	"golang.org/x/mod/sumdb/tlog"
 )
@@ -168,8 +167,9 @@ func (l *Log) Err() error {
 // PublicKey is the text form of the log's public key ([PublicKeyText]).
 func (l *Log) PublicKey() string { return PublicKeyText(l.key.Public().(ed25519.PublicKey)) }
 
-// Append validates e, gives it the next seq, the time, the chain link, its
-// hash and signature, and returns it once it is durably committed. Fields
+// Append validates e, gives it the format version, the next seq, the time,
+// the chain link, its hash and signature, and returns it once it is
+// durably committed. Fields
 // set by Append are ignored on input. If Args is present, ArgsSHA256 is
 // computed (or checked, if given); with ArgsRedact set Args is dropped
 // before storing. An error means the entry may not be relied on: the
@@ -210,11 +210,12 @@ func prepare(e *Entry) (*prepared, error) {
 		return nil, errors.New("audit: entry has no kind")
 	}
 	e.Seq, e.Time, e.PrevHash, e.Hash, e.Sig = 0, "", "", "", ""
+	e.V = Format
 	validUTF8Strings(e)
 	// JSON members are stored in their RFC 8785 form, the form the hash
 	// already covers, so the line shows exactly what is hashed: no HTML
 	// escapes (\u003c) from a caller's json.Marshal, one number form,
-	// sorted keys.
+	// sorted keys (see lineJSON).
 	for _, f := range []struct {
 		name string
 		raw  *json.RawMessage
@@ -225,7 +226,7 @@ func prepare(e *Entry) (*prepared, error) {
 		if !json.Valid(*f.raw) {
 			return nil, fmt.Errorf("audit: %s is not valid JSON", f.name)
 		}
-		canon, err := jcs.Transform(*f.raw)
+		canon, err := lineJSON(*f.raw)
 		if err != nil {
 			return nil, fmt.Errorf("audit: %s: %w", f.name, err)
 		}

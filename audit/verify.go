@@ -35,6 +35,9 @@ type Summary struct {
 	TreeSize   int64  // the checkpoint's tree size (= LastSeq)
 	Root       string // the checkpoint's root hash, standard base64
 	Assertions int    // WebAuthn assertions checked
+	Approvals  int    // approval.approved entries whose quorum of assertions was checked
+	Executions int    // countersigned executions matched to their approval
+	Format1    int64  // entries in format 1, which record no requirements to check
 	Signatures int64  // entry signatures checked one by one (VerifyOptions.AllSignatures)
 	Extends    int64  // tree size of the previous export proven to be a prefix; 0 without one
 	NothingNew bool   // no entries: only that the checkpoint matches the previous export is proven
@@ -45,8 +48,11 @@ func (s Summary) String() string {
 		return fmt.Sprintf("OK: no entries after seq %d; the checkpoint (size %d, root %s) is consistent with the previous export (size %d). "+
 			"Nothing new is proven: this export only shows that the server signed the same log again", s.TreeSize, s.TreeSize, s.Root, s.Extends)
 	}
-	out := fmt.Sprintf("OK: %d entries (seq %d..%d), %d key assertions verified, checkpoint size %d root %s",
-		s.Entries, s.FirstSeq, s.LastSeq, s.Assertions, s.TreeSize, s.Root)
+	out := fmt.Sprintf("OK: %d entries (seq %d..%d), %d key assertions verified, %d approvals met their quorum, %d countersigned executions matched their approval, checkpoint size %d root %s",
+		s.Entries, s.FirstSeq, s.LastSeq, s.Assertions, s.Approvals, s.Executions, s.TreeSize, s.Root)
+	if s.Format1 > 0 {
+		out += fmt.Sprintf(", %d entries in format 1 (no recorded requirements: their approvals are not checked against one)", s.Format1)
+	}
 	if s.Signatures > 0 {
 		out += fmt.Sprintf(", %d entry signatures verified", s.Signatures)
 	} else if s.Entries > 0 {
@@ -124,6 +130,7 @@ func Verify(export io.Reader, publicKey string, opts VerifyOptions) (Summary, er
 		Entries: st.entries, FirstSeq: st.first, LastSeq: st.last,
 		TreeSize: st.cp.Size, Root: base64.StdEncoding.EncodeToString(st.cp.Root[:]),
 		Assertions: st.assertions, Signatures: st.signatures,
+		Approvals: st.state.req.approvals, Executions: st.state.req.executions, Format1: st.state.format1,
 	}
 	if prev != nil {
 		s.Extends = prev.cp.Size
@@ -142,7 +149,40 @@ type verified struct {
 	signatures int64
 	empty      bool       // no entries: the checkpoint repeats the previous export's tree
 	hashes     [][32]byte // entry hashes by seq-1, kept for a previous export
-	events     []*Entry   // enrollments and revocations, in order
+	state      *logState  // what the entries so far established, for a later export
+}
+
+// logState is what replaying the entries in order has established: the
+// enrolled credentials, the approval requests and where format 2 began.
+type logState struct {
+	creds   credentials
+	req     *requirements
+	format2 int64 // seq of the first format 2 entry; 0 before one
+	format1 int64 // format 1 entries seen
+}
+
+// apply checks one entry against the state and adds it; it returns why
+// the entry breaks a rule, or "".
+func (s *logState) apply(e *Entry) string {
+	switch e.V {
+	case 0:
+		if s.format2 != 0 {
+			return fmt.Sprintf("format 1 entry after format 2 began at seq %d: a log never goes back to an older format", s.format2)
+		}
+		s.format1++
+	case Format:
+		if s.format2 == 0 {
+			s.format2 = e.Seq
+		}
+	}
+	if reason := s.creds.check(e); reason != "" {
+		return reason
+	}
+	if e.V == 0 {
+		s.req.legacyRequest(e)
+		return ""
+	}
+	return s.req.check(e)
 }
 
 func verifyStream(r io.Reader, pub ed25519.PublicKey, v note.Verifier, prev *verified, keep, allSigs bool) (*verified, error) {
@@ -173,8 +213,15 @@ func verifyStream(r io.Reader, pub ed25519.PublicKey, v note.Verifier, prev *ver
 		prevH [32]byte
 		fr    frontier
 		tree  *memTree
-		creds = credentials{}
+		state = &logState{creds: credentials{}, req: newRequirements()}
 	)
+	if prev != nil {
+		// The previous export's entries were replayed when it was
+		// verified; this one's entries up to prev.last must equal them,
+		// so replay goes on from there.
+		state = prev.state
+	}
+	st.state = state
 	if prev != nil {
 		tree = &memTree{}
 	}
@@ -194,11 +241,6 @@ func verifyStream(r io.Reader, pub ed25519.PublicKey, v note.Verifier, prev *ver
 			fr.add(leafHash(h))
 			if err := tree.add(int64(i), leafHash(h)); err != nil {
 				return &VerifyError{int64(i + 1), err.Error()}
-			}
-		}
-		for _, e := range prev.events {
-			if e.Seq < seq {
-				creds.apply(e)
 			}
 		}
 		return nil
@@ -227,16 +269,13 @@ func verifyStream(r io.Reader, pub ed25519.PublicKey, v note.Verifier, prev *ver
 		if prev != nil && r.seq <= prev.last && prev.hashes[r.seq-1] != r.hash {
 			return &VerifyError{r.seq, "differs from the same entry in the previous export"}
 		}
-		if r.entry != nil {
-			if reason := creds.check(r.entry); reason != "" {
+		if prev == nil || r.seq > prev.last {
+			if reason := state.apply(r.entry); reason != "" {
 				return &VerifyError{r.seq, reason}
 			}
-			if isAssertionKind(r.entry.Kind) {
-				st.assertions++
-			}
-			if r.entry.Kind == KindApproverEnrolled || r.entry.Kind == KindCredentialRevoked {
-				st.events = append(st.events, r.entry)
-			}
+		}
+		if isAssertionKind(r.entry.Kind) {
+			st.assertions++
 		}
 		if r.sig != nil {
 			st.signatures++
@@ -392,7 +431,7 @@ type result struct {
 	prev   [32]byte
 	hash   [32]byte
 	err    *VerifyError // Seq left 0: the caller knows the position
-	entry  *Entry       // kept for kinds the caller must interpret
+	entry  *Entry       // the parsed entry, when err is nil
 	sig    []byte       // the server's signature over signed, still to check; nil if not to be checked
 	signed []byte
 }
@@ -445,10 +484,23 @@ func checkItem(it *item) (r result) {
 	if it.checkSig {
 		r.sig, r.signed = sig, sum[:] // verified by runChecks' worker
 	}
-	switch e.Kind {
-	case KindApproverEnrolled, KindCredentialRevoked, KindApprovalAssertion, KindApprovalDenied:
-		r.entry = &e
+	switch e.V {
+	case 0:
+	case Format:
+		// Format 2 stores JSON members in their RFC 8785 form (lineJSON);
+		// older servers stored them as the caller wrote them.
+		for name, m := range map[string]json.RawMessage{"args": e.Args, "result": e.Result, "authorization_details": e.AuthorizationDetails} {
+			if len(m) == 0 {
+				continue
+			}
+			if canon, err := lineJSON(m); err != nil || !bytes.Equal(canon, m) {
+				return fail("%s is not in RFC 8785 form", name)
+			}
+		}
+	default:
+		return fail("entry format v %d is not one this verifier knows (1 or %d)", e.V, Format)
 	}
+	r.entry = &e
 	return r
 }
 

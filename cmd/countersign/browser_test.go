@@ -371,6 +371,11 @@ func TestBrowserApproveDenyQuorumThenAuditVerifies(t *testing.T) {
 	if n, _ := strconv.Atoi(m[1]); n < 4 {
 		t.Fatalf("verify checked %d key assertions, want at least 4 (one per tap): %s", n, summary)
 	}
+	// Both approvals met their recorded quorum, and both transfers that
+	// ran are tied to them.
+	if !strings.Contains(summary, "2 approvals met their quorum, 2 countersigned executions matched their approval") {
+		t.Fatalf("verify summary %q does not show 2 approvals and 2 executions checked", summary)
+	}
 	exported, err := os.ReadFile(export)
 	if err != nil {
 		t.Fatal(err)
