@@ -48,7 +48,10 @@
 // lists its approvers and the seqs of their approval.assertion entries.
 // [Verify] replays format 2 entries and refuses an export in which a
 // countersigned action ran without what its request required (see
-// requirements). Format 1 entries (no "v") are still read: their chain,
+// requirements). [Log.LoadPolicy] records the policy in force
+// (policy.loaded) and every later decision names it in policy_sha256, so
+// that [VerifyOptions.ReplayPolicy] can check decisions against it.
+// Format 1 entries (no "v") are still read: their chain,
 // checkpoint and assertions are checked, but they record no requirement,
 // and a log never returns to format 1 once format 2 began.
 //

@@ -179,7 +179,8 @@ func parallel(n int, f func(int)) {
 // entryKeys are the JSON keys of Entry that canonicalMembers writes, less
 // the writer's; a test holds it to Entry's fields.
 var entryKeys = []string{
-	"v", "kind", "agent", "tool", "args", "args_redacted", "args_sha256", "decision", "level", "rule", "reason",
+	"v", "kind", "agent", "tool", "args", "args_redacted", "args_sha256", "decision", "level", "rule",
+	"policy_sha256", "policy", "reason",
 	"request_id", "quorum", "eligible", "user_verification", "approvers", "assertions",
 	"result", "approver", "credential_id", "public_key", "authorization_details",
 	"display", "nonce", "expires_at", "decided_at", "origin", "rp_id", "user_verified", "authenticator_data",
@@ -259,6 +260,10 @@ func canonicalMembers(e *Entry) ([][]byte, error) {
 	str("decision", e.Decision)
 	str("level", e.Level)
 	str("rule", e.Rule)
+	str("policy_sha256", e.PolicySHA256)
+	if err := raw("policy", e.Policy); err != nil {
+		return nil, err
+	}
 	str("reason", e.Reason)
 	str("request_id", e.RequestID)
 	integer("quorum", int64(e.Quorum))

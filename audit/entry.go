@@ -19,6 +19,7 @@ const (
 	KindApproverEnrolled  = "approver.enrolled"  // a credential was registered; PublicKey carries it
 	KindCredentialRevoked = "credential.revoked" // a credential was revoked
 	KindEnrollmentCreated = "enrollment.created" // a one-time enrollment link was issued
+	KindPolicyLoaded      = "policy.loaded"      // the policy in force from here on; Policy carries it
 )
 
 // Format is the version of the entry format that Append writes, recorded
@@ -49,8 +50,13 @@ type Entry struct {
 	Decision   string          `json:"decision,omitempty"`    // call.*: the policy level; key entries: approve|deny
 	Level      string          `json:"level,omitempty"`       // approval.requested: high|critical
 	Rule       string          `json:"rule,omitempty"`        // the rule(s) that decided
-	Reason     string          `json:"reason,omitempty"`      // human text: why denied, failed, rejected
-	RequestID  string          `json:"request_id,omitempty"`
+	// PolicySHA256 names the policy that decided (call.* but rejected,
+	// approval.requested), and on policy.loaded the policy it carries: hex
+	// SHA-256 of the JCS form of Policy.
+	PolicySHA256 string          `json:"policy_sha256,omitempty"`
+	Policy       json.RawMessage `json:"policy,omitempty"` // policy.loaded: the policy document
+	Reason       string          `json:"reason,omitempty"` // human text: why denied, failed, rejected
+	RequestID    string          `json:"request_id,omitempty"`
 
 	// The requirement an approval request must meet (approval.requested),
 	// and what met it (approval.approved): the verifier checks one against

@@ -3,6 +3,7 @@ package audit
 import (
 	"context"
 	"crypto/ed25519"
+	"crypto/sha256"
 	"database/sql"
 	"encoding/hex"
 	"encoding/json"
@@ -12,10 +13,12 @@ import (
 	"reflect"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
 	"github.com/countersign/countersign/digest"
+	"github.com/gowebpki/jcs"
 	"golang.org/x/mod/sumdb/note"
 	"golang.org/x/mod/sumdb/tlog"
 )
@@ -60,6 +63,8 @@ type Log struct {
 	maxBatch int
 
 	broken *TamperError // set by Open, never cleared
+
+	policy atomic.Pointer[string] // hex SHA-256 of the policy LoadPolicy recorded last
 
 	mu     sync.RWMutex // guards closed against sends on reqs
 	closed bool
@@ -178,6 +183,9 @@ func (l *Log) Append(ctx context.Context, e Entry) (Entry, error) {
 	if l.broken != nil {
 		return Entry{}, l.broken
 	}
+	if p := l.policy.Load(); p != nil && e.PolicySHA256 == "" && decidedByPolicy(e.Kind) {
+		e.PolicySHA256 = *p
+	}
 	pre, err := prepare(&e)
 	if err != nil {
 		return Entry{}, err
@@ -201,6 +209,45 @@ func (l *Log) Append(ctx context.Context, e Entry) (Entry, error) {
 	return res.e, res.err
 }
 
+// decidedByPolicy reports whether entries of kind record a policy decision
+// and so name the policy that made it.
+func decidedByPolicy(kind string) bool {
+	switch kind {
+	case KindCallAllowed, KindCallDenied, KindCallExecuted, KindCallFailed, KindApprovalRequested:
+		return true
+	}
+	return false
+}
+
+// LoadPolicy records the policy in force from now on: a policy.loaded
+// entry carrying doc (the policy as JSON, e.g. authz.Document) and its
+// hash, which every later decision appended through this Log names in
+// policy_sha256. An auditor can then read the policy behind each decision
+// and replay it offline. Call it once the policy is compiled, before any
+// decision.
+func (l *Log) LoadPolicy(ctx context.Context, doc json.RawMessage) (Entry, error) {
+	sum, err := policyHash(doc)
+	if err != nil {
+		return Entry{}, fmt.Errorf("audit: policy: %w", err)
+	}
+	e, err := l.Append(ctx, Entry{Kind: KindPolicyLoaded, Policy: doc, PolicySHA256: sum, Reason: "policy in force from here on"})
+	if err != nil {
+		return e, err
+	}
+	l.policy.Store(&sum)
+	return e, nil
+}
+
+// policyHash is the hex SHA-256 of the JCS form of a policy document.
+func policyHash(doc []byte) (string, error) {
+	canon, err := jcs.Transform(doc)
+	if err != nil {
+		return "", err
+	}
+	sum := sha256.Sum256(canon)
+	return hex.EncodeToString(sum[:]), nil
+}
+
 // prepare checks an entry before it is queued, so one bad entry fails
 // alone instead of failing its whole batch, and does the canonical
 // encoding on the caller's goroutine so the single writer only splices in
@@ -219,7 +266,7 @@ func prepare(e *Entry) (*prepared, error) {
 	for _, f := range []struct {
 		name string
 		raw  *json.RawMessage
-	}{{"args", &e.Args}, {"result", &e.Result}, {"authorization_details", &e.AuthorizationDetails}} {
+	}{{"args", &e.Args}, {"result", &e.Result}, {"authorization_details", &e.AuthorizationDetails}, {"policy", &e.Policy}} {
 		if len(*f.raw) == 0 {
 			continue
 		}

@@ -2,12 +2,14 @@ package audit
 
 import (
 	"bytes"
+	"context"
 	"crypto/ed25519"
 	"encoding/hex"
 	"encoding/json"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/countersign/countersign/digest"
@@ -26,7 +28,8 @@ func newExampleKeys(t *testing.T) exampleKeys {
 // exampleEntries is a log of everything Countersign records, in format 2,
 // meeting every requirement:
 //
-//	 1 enrollment.created   alice's link
+//	 1 policy.loaded        (decisions below name it; it is not meant to
+//	                        give them: replay is tested in cmd/countersign)
 //	 2-4 approver.enrolled  alice, bob, carol
 //	 5 call.allowed, 6 call.executed  get_balance at low
 //	 7 approval.requested   req-A: transfer, critical, 2 of alice, bob, carol, UV required
@@ -45,6 +48,7 @@ func newExampleKeys(t *testing.T) exampleKeys {
 //	21 approval.assertion   alice (no UV)
 //	22 approval.approved    req-D by alice
 //	23 call.failed          req-D, at high
+//	24 enrollment.created   a link for dave
 func exampleEntries(t *testing.T, k exampleKeys) []Entry {
 	const uv, up = flagUserPresent | flagUserVerified, flagUserPresent
 	args := json.RawMessage(`{"to":"Vendor X & Söhne <ltd>","amount":500000,"currency":"USD","memo":"line` + "\u2028" + `break"}`)
@@ -103,8 +107,11 @@ func exampleEntries(t *testing.T, k exampleKeys) []Entry {
 	secretExpired.Kind, secretExpired.Level, secretExpired.Quorum, secretExpired.Eligible, secretExpired.UserVerification = KindApprovalExpired, "", 0, nil, ""
 	secretExpired.Reason = "nobody decided before expires_at"
 
+	policy := json.RawMessage(`{"tools":{"transfer":{"level":"low","approvers":["role:treasury"],"rules":[` +
+		`{"name":"large","when":"args.amount > 10000","level":"high"},{"when":"args.amount > 250000","level":"critical","quorum":2}]}},` +
+		`"approvers":[{"id":"alice","roles":["treasury"]},{"id":"bob","roles":["treasury"]},{"id":"carol","roles":["treasury"]}],"default_timeout":"5m0s"}`)
 	return []Entry{
-		{Kind: KindEnrollmentCreated, Approver: "alice", ExpiresAt: "2026-03-01T09:40:00Z", Reason: "one-time enrollment link issued"},
+		{Kind: KindPolicyLoaded, Policy: policy},
 		enrolled(k.alice), enrolled(k.bob), enrolled(k.carol),
 		{Kind: KindCallAllowed, Agent: "agent-1", Tool: "get_balance", Args: json.RawMessage(`{}`), Decision: "low", Rule: "tools.get_balance"},
 		{Kind: KindCallExecuted, Agent: "agent-1", Tool: "get_balance", Args: json.RawMessage(`{}`), Decision: "low", Rule: "tools.get_balance",
@@ -126,6 +133,7 @@ func exampleEntries(t *testing.T, k exampleKeys) []Entry {
 		decide(k.alice, "req-D", digest.Approve, up),
 		approved("req-D", []string{"alice"}, 21),
 		failed,
+		{Kind: KindEnrollmentCreated, Approver: "dave", ExpiresAt: "2026-03-01T09:40:00Z", Reason: "one-time enrollment link issued"},
 	}
 }
 
@@ -135,9 +143,22 @@ func exampleExport(t *testing.T, dir string, key ed25519.PrivateKey) []byte {
 	t.Helper()
 	l := openLog(t, openDB(t, dir), key, Options{Now: stepClock()})
 	for _, e := range exampleEntries(t, newExampleKeys(t)) {
-		mustAppend(t, l, e)
+		appendExample(t, l, e)
 	}
 	return exportBytes(t, l, 0)
+}
+
+// appendExample appends e, through LoadPolicy for policy.loaded, so that
+// later decisions name the policy.
+func appendExample(t *testing.T, l *Log, e Entry) {
+	t.Helper()
+	if e.Kind == KindPolicyLoaded {
+		if _, err := l.LoadPolicy(context.Background(), e.Policy); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	mustAppend(t, l, e)
 }
 
 // testdata/audit/export-v2.jsonl pins the format 2 byte form: the example
@@ -167,11 +188,11 @@ func TestGoldenExportFormat2(t *testing.T) {
 		if err != nil {
 			t.Fatalf("golden export does not verify: %v", err)
 		}
-		if s.Entries != 23 || s.Assertions != 4 || s.Approvals != 2 || s.Executions != 2 || s.Format1 != 0 {
+		if s.Entries != 24 || s.Assertions != 4 || s.Approvals != 2 || s.Executions != 2 || s.Format1 != 0 {
 			t.Fatalf("summary %+v", s)
 		}
 	}
-	for _, frag := range []string{`"v":2,"kind"`, `Söhne <ltd>`, `"status":"<booked>"`, `line\u2028break`, `"eligible":["alice","bob","carol"]`, `"assertions":[8,10]`} {
+	for _, frag := range []string{`"v":2,"kind"`, `Söhne <ltd>`, `"status":"<booked>"`, `line\u2028break`, `"eligible":["alice","bob","carol"]`, `"assertions":[8,10]`, `"kind":"call.executed","agent":"agent-1","tool":"transfer","args":`, `"policy_sha256":"`} {
 		if !bytes.Contains(want, []byte(frag)) {
 			t.Errorf("golden export lacks %s", frag)
 		}
@@ -296,15 +317,15 @@ func TestVerifyRefusesForgedApprovals(t *testing.T) {
 			x := es[11]
 			x.RequestID = ""
 			return append(es, x)
-		}, 24, "call.executed of transfer at level critical without request_id: it ran without an approval"},
+		}, 25, "call.executed of transfer at level critical without request_id: it ran without an approval"},
 		{"execution of a request nobody raised", func(es []Entry) []Entry {
 			x := es[11]
 			x.RequestID = "req-Z"
 			return append(es, x)
-		}, 24, "names request req-Z, which no earlier approval.requested raised"},
+		}, 25, "names request req-Z, which no earlier approval.requested raised"},
 		{"approved request run twice", func(es []Entry) []Entry {
 			return append(es, es[11])
-		}, 24, "request req-A already ran at seq 12"},
+		}, 25, "request req-A already ran at seq 12"},
 		{"execution before its approval", func(es []Entry) []Entry {
 			es[10], es[11] = es[11], es[10]
 			return es
@@ -340,6 +361,15 @@ func TestVerifyRefusesForgedApprovals(t *testing.T) {
 			x.Quorum = 1
 			return slices.Insert(es, 12, x)
 		}, 13, "request req-A was already requested at seq 7"},
+		{"a decision naming a policy never loaded", at(5, func(e *Entry) {
+			e.PolicySHA256 = strings.Repeat("0", 64)
+		}), 5, "decided by policy 0000000000000000000000000000000000000000000000000000000000000000, which no earlier policy.loaded carries"},
+		{"a decision naming no policy after one was loaded", at(7, func(e *Entry) {
+			e.PolicySHA256 = ""
+		}), 7, "approval.requested names no policy, after a policy was loaded at seq 1"},
+		{"the loaded policy altered", at(1, func(e *Entry) {
+			e.Policy = json.RawMessage(strings.Replace(string(e.Policy), "10000", "99999999", 1))
+		}), 1, "is not the SHA-256 of the policy's JCS form"},
 		{"a format 1 entry after format 2", at(15, func(e *Entry) { e.V = 0 }), 15, "format 1 entry after format 2 began at seq 1"},
 		{"an unknown format", at(15, func(e *Entry) { e.V = 3 }), 15, "entry format v 3 is not one this verifier knows"},
 	}
@@ -368,11 +398,11 @@ func TestRequirementsAcrossExports(t *testing.T) {
 	entries := exampleEntries(t, newExampleKeys(t))
 	l := openLog(t, openDB(t, dir), key, Options{Now: stepClock()})
 	for _, e := range entries[:11] { // up to req-A's approval
-		mustAppend(t, l, e)
+		appendExample(t, l, e)
 	}
 	older := exportBytes(t, l, 0)
 	for _, e := range entries[11:] {
-		mustAppend(t, l, e)
+		appendExample(t, l, e)
 	}
 	newer := exportBytes(t, l, 11)
 	s, err := Verify(bytes.NewReader(newer), pubText(key), VerifyOptions{Previous: bytes.NewReader(older)})

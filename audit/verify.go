@@ -38,6 +38,8 @@ type Summary struct {
 	Approvals  int    // approval.approved entries whose quorum of assertions was checked
 	Executions int    // countersigned executions matched to their approval
 	Format1    int64  // entries in format 1, which record no requirements to check
+	Replayed   int    // decisions replayed against their policy (VerifyOptions.ReplayPolicy)
+	Unreplayed int    // decisions that name no policy, so could not be replayed
 	Signatures int64  // entry signatures checked one by one (VerifyOptions.AllSignatures)
 	Extends    int64  // tree size of the previous export proven to be a prefix; 0 without one
 	NothingNew bool   // no entries: only that the checkpoint matches the previous export is proven
@@ -50,6 +52,12 @@ func (s Summary) String() string {
 	}
 	out := fmt.Sprintf("OK: %d entries (seq %d..%d), %d key assertions verified, %d approvals met their quorum, %d countersigned executions matched their approval, checkpoint size %d root %s",
 		s.Entries, s.FirstSeq, s.LastSeq, s.Assertions, s.Approvals, s.Executions, s.TreeSize, s.Root)
+	if s.Replayed > 0 || s.Unreplayed > 0 {
+		out += fmt.Sprintf(", %d decisions replayed against their policy", s.Replayed)
+		if s.Unreplayed > 0 {
+			out += fmt.Sprintf(" (%d name no policy and were not replayed)", s.Unreplayed)
+		}
+	}
 	if s.Format1 > 0 {
 		out += fmt.Sprintf(", %d entries in format 1 (no recorded requirements: their approvals are not checked against one)", s.Format1)
 	}
@@ -75,6 +83,11 @@ type VerifyOptions struct {
 	// Ed25519 verification per entry; use it to show that every entry
 	// was signed as written, e.g. before quoting single entries.
 	AllSignatures bool
+
+	// ReplayPolicy, if set, checks every decision that named a loaded
+	// policy (call.allowed, call.executed, call.failed,
+	// approval.requested) against that policy.
+	ReplayPolicy PolicyReplayer
 }
 
 // MaxLine bounds one line of an export.
@@ -113,7 +126,7 @@ func Verify(export io.Reader, publicKey string, opts VerifyOptions) (Summary, er
 	}
 	var prev *verified
 	if opts.Previous != nil {
-		prev, err = verifyStream(opts.Previous, pub, v, nil, true, opts.AllSignatures)
+		prev, err = verifyStream(opts.Previous, pub, v, nil, true, opts.AllSignatures, opts.ReplayPolicy)
 		if err != nil {
 			var ve *VerifyError
 			if errors.As(err, &ve) {
@@ -122,7 +135,7 @@ func Verify(export io.Reader, publicKey string, opts VerifyOptions) (Summary, er
 			return Summary{}, fmt.Errorf("previous export: %w", err)
 		}
 	}
-	st, err := verifyStream(export, pub, v, prev, false, opts.AllSignatures)
+	st, err := verifyStream(export, pub, v, prev, false, opts.AllSignatures, opts.ReplayPolicy)
 	if err != nil {
 		return Summary{}, err
 	}
@@ -131,6 +144,7 @@ func Verify(export io.Reader, publicKey string, opts VerifyOptions) (Summary, er
 		TreeSize: st.cp.Size, Root: base64.StdEncoding.EncodeToString(st.cp.Root[:]),
 		Assertions: st.assertions, Signatures: st.signatures,
 		Approvals: st.state.req.approvals, Executions: st.state.req.executions, Format1: st.state.format1,
+		Replayed: st.state.replayed, Unreplayed: st.state.unreplayed,
 	}
 	if prev != nil {
 		s.Extends = prev.cp.Size
@@ -153,12 +167,80 @@ type verified struct {
 }
 
 // logState is what replaying the entries in order has established: the
-// enrolled credentials, the approval requests and where format 2 began.
+// enrolled credentials, the approval requests, the policies loaded and
+// where format 2 began.
 type logState struct {
 	creds   credentials
 	req     *requirements
 	format2 int64 // seq of the first format 2 entry; 0 before one
 	format1 int64 // format 1 entries seen
+
+	policies    map[string]*Entry // policy.loaded entries by policy_sha256
+	firstPolicy int64             // seq of the first policy.loaded
+	replayer    PolicyReplayer    // nil: decisions are not replayed
+	replayed    int
+	unreplayed  int // decisions without a policy to replay them against
+}
+
+// PolicyReplayer checks a decision entry against the policy document its
+// policy_sha256 names (VerifyOptions.ReplayPolicy). This package does not
+// interpret policies; the caller brings the policy engine.
+type PolicyReplayer interface {
+	Replay(policy json.RawMessage, e *Entry) error
+}
+
+// policyRules checks the policy links of a format 2 entry and replays it.
+func (s *logState) policyRules(e *Entry) string {
+	if e.Kind == KindPolicyLoaded {
+		if len(e.Policy) == 0 {
+			return "policy.loaded without a policy"
+		}
+		if sum, err := policyHash(e.Policy); err != nil || sum != e.PolicySHA256 {
+			return fmt.Sprintf("policy_sha256 %s is not the SHA-256 of the policy's JCS form (%s)", e.PolicySHA256, sum)
+		}
+		if s.policies == nil {
+			s.policies = map[string]*Entry{}
+		}
+		if s.policies[e.PolicySHA256] == nil {
+			s.policies[e.PolicySHA256] = e
+		}
+		if s.firstPolicy == 0 {
+			s.firstPolicy = e.Seq
+		}
+		return ""
+	}
+	if len(e.Policy) > 0 {
+		return e.Kind + " carries a policy; only policy.loaded does"
+	}
+	if !decidedByPolicy(e.Kind) {
+		if e.PolicySHA256 != "" {
+			return e.Kind + " names a policy; only decisions do"
+		}
+		return ""
+	}
+	var loaded *Entry
+	switch {
+	case e.PolicySHA256 != "":
+		if loaded = s.policies[e.PolicySHA256]; loaded == nil {
+			return fmt.Sprintf("decided by policy %s, which no earlier policy.loaded carries", e.PolicySHA256)
+		}
+	case s.firstPolicy != 0:
+		return fmt.Sprintf("%s names no policy, after a policy was loaded at seq %d", e.Kind, s.firstPolicy)
+	}
+	if s.replayer == nil || e.Kind == KindCallDenied {
+		// A denial lets nothing run; replay checks what ran or was
+		// put to the approvers.
+		return ""
+	}
+	if loaded == nil {
+		s.unreplayed++
+		return ""
+	}
+	if err := s.replayer.Replay(loaded.Policy, e); err != nil {
+		return fmt.Sprintf("policy replay (policy.loaded at seq %d): %v", loaded.Seq, err)
+	}
+	s.replayed++
+	return ""
 }
 
 // apply checks one entry against the state and adds it; it returns why
@@ -182,10 +264,13 @@ func (s *logState) apply(e *Entry) string {
 		s.req.legacyRequest(e)
 		return ""
 	}
+	if reason := s.policyRules(e); reason != "" {
+		return reason
+	}
 	return s.req.check(e)
 }
 
-func verifyStream(r io.Reader, pub ed25519.PublicKey, v note.Verifier, prev *verified, keep, allSigs bool) (*verified, error) {
+func verifyStream(r io.Reader, pub ed25519.PublicKey, v note.Verifier, prev *verified, keep, allSigs bool, replayer PolicyReplayer) (*verified, error) {
 	br := bufio.NewReaderSize(r, 1<<16)
 	var cpLine []byte
 	lineNo := 0
@@ -221,6 +306,7 @@ func verifyStream(r io.Reader, pub ed25519.PublicKey, v note.Verifier, prev *ver
 		// so replay goes on from there.
 		state = prev.state
 	}
+	state.replayer = replayer
 	st.state = state
 	if prev != nil {
 		tree = &memTree{}
@@ -489,7 +575,7 @@ func checkItem(it *item) (r result) {
 	case Format:
 		// Format 2 stores JSON members in their RFC 8785 form (lineJSON);
 		// older servers stored them as the caller wrote them.
-		for name, m := range map[string]json.RawMessage{"args": e.Args, "result": e.Result, "authorization_details": e.AuthorizationDetails} {
+		for name, m := range map[string]json.RawMessage{"args": e.Args, "result": e.Result, "authorization_details": e.AuthorizationDetails, "policy": e.Policy} {
 			if len(m) == 0 {
 				continue
 			}

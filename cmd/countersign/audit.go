@@ -104,7 +104,7 @@ func writeFileAtomic(path string, write func(io.Writer) error) error {
 
 func newAuditVerifyCmd() *cobra.Command {
 	var keyArg, previous string
-	var allSigs bool
+	var allSigs, replay bool
 	cmd := &cobra.Command{
 		Use:   "verify FILE --key PUBKEY-or-FILE",
 		Short: "Check an export offline: hashes, links, signatures, checkpoint and every key assertion",
@@ -118,7 +118,13 @@ read.
 Entries are authenticated by the export's signed checkpoint, whose Merkle
 root covers every entry's hash; --all-signatures also checks each entry's
 own signature, which proves nothing more about a complete export and takes
-one Ed25519 verification per entry.`,
+one Ed25519 verification per entry.
+
+--replay-policy checks each call that ran and each approval request against
+the policy the server had loaded (policy.loaded): the level, the rules named
+and the approvers, quorum and user verification required. Facts a backend
+supplied are not in the log, so a rule that depends on them is not held
+against it; a rule the logged arguments settle is.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			key, err := readPublicKey(keyArg)
@@ -131,6 +137,9 @@ one Ed25519 verification per entry.`,
 			}
 			defer f.Close()
 			opts := audit.VerifyOptions{AllSignatures: allSigs}
+			if replay {
+				opts.ReplayPolicy = newPolicyReplayer()
+			}
 			if previous != "" {
 				pf, err := os.Open(previous)
 				if err != nil {
@@ -150,6 +159,7 @@ one Ed25519 verification per entry.`,
 	cmd.Flags().StringVar(&keyArg, "key", "", "the server's public key, or a file holding it (required)")
 	cmd.Flags().StringVar(&previous, "previous", "", "an older export this one must extend")
 	cmd.Flags().BoolVar(&allSigs, "all-signatures", false, "also verify every entry's own signature (slower; the checkpoint already covers them)")
+	cmd.Flags().BoolVar(&replay, "replay-policy", false, "check every decision against the policy it names (policy.loaded): level, rules and approval requirement")
 	cmd.MarkFlagRequired("key")
 	return cmd
 }

@@ -5,7 +5,6 @@ import (
 
 	"github.com/countersign/countersign/authz"
 	"github.com/countersign/countersign/config"
-	"github.com/countersign/countersign/tools"
 	"github.com/spf13/cobra"
 )
 
@@ -59,10 +58,7 @@ path. It exits 0 when the configuration is valid and 2 when it is not.`,
 // compilePolicy compiles the rules of c; a rule that does not compile is a
 // configuration error.
 func compilePolicy(c *config.Config) (*authz.Policy, error) {
-	p, err := authz.Compile(c.Tools, c.Approvers, authz.Options{
-		DefaultTimeout: c.Approval.Timeout,
-		Facts:          tools.Facts(),
-	})
+	p, err := authz.Compile(c.Tools, c.Approvers, policyOptions(c))
 	if err != nil {
 		return nil, configError(fmt.Errorf("%s: %w", c.Source, err))
 	}
