@@ -426,12 +426,52 @@ func (s *Service) linkAssertions(ctx context.Context, e *audit.Entry) error {
 	for _, a := range e.Approvers {
 		var seq int64
 		err := s.db.QueryRowContext(ctx, `SELECT seq FROM approval_logged_assertions WHERE request_id = ? AND approver_id = ?`, e.RequestID, a).Scan(&seq)
+		if errors.Is(err, sql.ErrNoRows) {
+			// Appended before seqs were recorded (by an older server,
+			// for a request decided across the upgrade): find it in the
+			// log itself.
+			seq, err = s.findAssertion(ctx, e.RequestID, a)
+		}
 		if err != nil {
-			return fmt.Errorf("the approval.assertion of %s for request %s is not in the log: %w", a, e.RequestID, err)
+			return fmt.Errorf("the approval.assertion of %s for request %s: %w", a, e.RequestID, err)
 		}
 		e.Assertions = append(e.Assertions, seq)
 	}
 	return nil
+}
+
+// logReader is the part of *audit.Log that findAssertion reads with.
+type logReader interface {
+	Since(ctx context.Context, seq int64, limit int) ([]audit.Entry, error)
+}
+
+// findAssertion scans the log for the latest approval.assertion of
+// approver on request. It is slow and rarely needed.
+func (s *Service) findAssertion(ctx context.Context, request, approver string) (int64, error) {
+	lr, ok := s.rec.(logReader)
+	if !ok {
+		return 0, errors.New("not recorded, and the log cannot be searched")
+	}
+	var found, after int64
+	for {
+		page, err := lr.Since(ctx, after, 1000)
+		if err != nil {
+			return 0, err
+		}
+		for _, e := range page {
+			if e.Kind == audit.KindApprovalAssertion && e.RequestID == request && e.Approver == approver {
+				found = e.Seq
+			}
+			after = e.Seq
+		}
+		if len(page) < 1000 {
+			break
+		}
+	}
+	if found == 0 {
+		return 0, errors.New("not in the log")
+	}
+	return found, nil
 }
 
 // record appends an entry that changes no state (a rejected assertion).
