@@ -2,6 +2,8 @@ package audit
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"fmt"
 	"slices"
@@ -42,14 +44,31 @@ const (
 type requirements struct {
 	requests map[string]*request
 	// allowed counts call.allowed entries not yet followed by their
-	// execution, by agent, tool and arguments.
-	allowed map[callKey]int
+	// execution, by agent, tool and arguments. A log of routine calls
+	// that were allowed but never executed would fill it; its keys and
+	// values hold no pointers, so the garbage collector need not scan it.
+	allowed map[callKey]int32
 
 	approvals  int // approval.approved entries checked
 	executions int // countersigned executions checked
 }
 
-type callKey struct{ agent, tool, args string }
+// callKey identifies calls of one agent, tool and arguments: a SHA-256
+// of the three, length-prefixed.
+type callKey [32]byte
+
+func keyOf(e *Entry) callKey {
+	h := sha256.New()
+	for _, s := range []string{e.Agent, e.Tool, e.ArgsSHA256} {
+		var n [8]byte
+		binary.BigEndian.PutUint64(n[:], uint64(len(s)))
+		h.Write(n[:])
+		h.Write([]byte(s))
+	}
+	var k callKey
+	h.Sum(k[:0])
+	return k
+}
 
 // request is what the log said about one approval request so far.
 type request struct {
@@ -65,7 +84,7 @@ type request struct {
 }
 
 func newRequirements() *requirements {
-	return &requirements{requests: map[string]*request{}, allowed: map[callKey]int{}}
+	return &requirements{requests: map[string]*request{}, allowed: map[callKey]int32{}}
 }
 
 // legacyRequest notes a format 1 approval.requested, so that a format 2
@@ -95,7 +114,7 @@ func (q *requirements) check(e *Entry) string {
 		}
 	case KindCallAllowed:
 		if e.Decision == LevelLow {
-			q.allowed[callKey{e.Agent, e.Tool, e.ArgsSHA256}]++
+			q.allowed[keyOf(e)]++
 		}
 	case KindCallExecuted, KindCallFailed:
 		return q.execution(e)
@@ -246,7 +265,7 @@ func (q *requirements) execution(e *Entry) string {
 		if e.RequestID != "" {
 			return fmt.Sprintf("%s at level low names request %s", e.Kind, e.RequestID)
 		}
-		k := callKey{e.Agent, e.Tool, e.ArgsSHA256}
+		k := keyOf(e)
 		if q.allowed[k] == 0 {
 			return fmt.Sprintf("%s of %s at level low follows no call.allowed of the same agent, tool and arguments", e.Kind, e.Tool)
 		}
