@@ -328,6 +328,15 @@ var schema = []string{
 		owner TEXT NOT NULL,
 		created_at INTEGER NOT NULL
 	)`,
+	// The audit seq of each approver's approval.assertion entry, so the
+	// approval.approved entry can name them: seqs are only known once the
+	// outbox has appended the entries.
+	`CREATE TABLE IF NOT EXISTS approval_logged_assertions (
+		request_id TEXT NOT NULL,
+		approver_id TEXT NOT NULL,
+		seq INTEGER NOT NULL,
+		PRIMARY KEY (request_id, approver_id)
+	)`,
 }
 
 // outboxStaleAfter is how long another process's unflushed entries wait
@@ -381,14 +390,89 @@ func (s *Service) flush(ctx context.Context, stale bool) error {
 		if err := json.Unmarshal(it.entry, &e); err != nil {
 			return fmt.Errorf("%w: outbox entry %d: %v", ErrRecord, it.id, err)
 		}
-		if _, err := s.rec.Append(ctx, e); err != nil {
+		if e.Kind == audit.KindApprovalApproved {
+			if err := s.linkAssertions(ctx, &e); err != nil {
+				return fmt.Errorf("%w: outbox entry %d: %v", ErrRecord, it.id, err)
+			}
+		}
+		logged, err := s.rec.Append(ctx, e)
+		if err != nil {
 			return fmt.Errorf("%w: %v", ErrRecord, err)
 		}
-		if _, err := s.db.ExecContext(context.WithoutCancel(ctx), `DELETE FROM approval_outbox WHERE id = ?`, it.id); err != nil {
+		// A crash between the append and this transaction appends the
+		// entry again at the next flush; the seq recorded is then the
+		// later copy's, which the verifier accepts as well.
+		err = s.inTx(context.WithoutCancel(ctx), func(tx *sql.Tx) error {
+			if e.Kind == audit.KindApprovalAssertion {
+				if _, err := tx.ExecContext(ctx, `INSERT OR REPLACE INTO approval_logged_assertions (request_id, approver_id, seq) VALUES (?,?,?)`,
+					e.RequestID, e.Approver, logged.Seq); err != nil {
+					return err
+				}
+			}
+			_, err := tx.ExecContext(ctx, `DELETE FROM approval_outbox WHERE id = ?`, it.id)
+			return err
+		})
+		if err != nil {
 			return fmt.Errorf("%w: %v", ErrRecord, err)
 		}
 	}
 	return nil
+}
+
+// linkAssertions fills an approval.approved entry's Assertions with the
+// seqs of its approvers' approval.assertion entries. The outbox appends in
+// order, so they are in the log by now.
+func (s *Service) linkAssertions(ctx context.Context, e *audit.Entry) error {
+	e.Assertions = nil
+	for _, a := range e.Approvers {
+		var seq int64
+		err := s.db.QueryRowContext(ctx, `SELECT seq FROM approval_logged_assertions WHERE request_id = ? AND approver_id = ?`, e.RequestID, a).Scan(&seq)
+		if errors.Is(err, sql.ErrNoRows) {
+			// Appended before seqs were recorded (by an older server,
+			// for a request decided across the upgrade): find it in the
+			// log itself.
+			seq, err = s.findAssertion(ctx, e.RequestID, a)
+		}
+		if err != nil {
+			return fmt.Errorf("the approval.assertion of %s for request %s: %w", a, e.RequestID, err)
+		}
+		e.Assertions = append(e.Assertions, seq)
+	}
+	return nil
+}
+
+// logReader is the part of *audit.Log that findAssertion reads with.
+type logReader interface {
+	Since(ctx context.Context, seq int64, limit int) ([]audit.Entry, error)
+}
+
+// findAssertion scans the log for the latest approval.assertion of
+// approver on request. It is slow and rarely needed.
+func (s *Service) findAssertion(ctx context.Context, request, approver string) (int64, error) {
+	lr, ok := s.rec.(logReader)
+	if !ok {
+		return 0, errors.New("not recorded, and the log cannot be searched")
+	}
+	var found, after int64
+	for {
+		page, err := lr.Since(ctx, after, 1000)
+		if err != nil {
+			return 0, err
+		}
+		for _, e := range page {
+			if e.Kind == audit.KindApprovalAssertion && e.RequestID == request && e.Approver == approver {
+				found = e.Seq
+			}
+			after = e.Seq
+		}
+		if len(page) < 1000 {
+			break
+		}
+	}
+	if found == 0 {
+		return 0, errors.New("not in the log")
+	}
+	return found, nil
 }
 
 // record appends an entry that changes no state (a rejected assertion).

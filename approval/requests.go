@@ -167,19 +167,24 @@ func (s *Service) Create(ctx context.Context, r NewRequest) (*Request, error) {
 	display := renderDisplay(details, r.Tool, r.Agent, code)
 	approversJSON, _ := json.Marshal(approvers)
 
+	// The requirement is recorded as fields, so that an auditor can check
+	// offline that every approval met it.
 	entry := audit.Entry{
 		Kind:                 audit.KindApprovalRequested,
 		RequestID:            id,
 		Agent:                r.Agent,
 		Tool:                 r.Tool,
-		Decision:             r.Level,
+		Level:                r.Level,
 		Rule:                 r.Rule,
+		Quorum:               r.Quorum,
+		Eligible:             approvers,
+		UserVerification:     r.UserVerification,
 		ArgsSHA256:           hex.EncodeToString(argsSum[:]),
 		AuthorizationDetails: r.AuthorizationDetails,
 		Display:              display,
 		Nonce:                base64.RawURLEncoding.EncodeToString(nonce),
 		ExpiresAt:            digest.FormatTime(expires),
-		Reason:               fmt.Sprintf("approvers=%s quorum=%d user_verification=%s binding_message=%q", strings.Join(approvers, ","), r.Quorum, r.UserVerification, binding),
+		Reason:               fmt.Sprintf("binding message %q", binding),
 	}
 	if r.RedactArgs {
 		entry.ArgsRedact = true

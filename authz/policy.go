@@ -79,6 +79,9 @@ type Options struct {
 	// Logger hears of policy evaluations that panic and of rules kept but
 	// not evaluated; default: discard.
 	Logger *slog.Logger
+
+	// replay also builds, per rule, a program for Policy.Replay.
+	replay bool
 }
 
 // User verification settings, and wait modes, as written in the config.
@@ -167,9 +170,11 @@ type rule struct {
 	name      string // Name, or rules[i]
 	level     int
 	prg       cel.Program
-	approvers []string // resolved, sorted; nil = the tool's
-	quorum    int      // 0 = the tool's
-	raised    string   // Reason when this rule alone decides
+	replayPrg cel.Program // partial evaluation with facts and now unknown; with Options.replay
+	refs      []string    // the variables the expression refers to
+	approvers []string    // resolved, sorted; nil = the tool's
+	quorum    int         // 0 = the tool's
+	raised    string      // Reason when this rule alone decides
 }
 
 var identPattern = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
@@ -374,7 +379,7 @@ func (c *compiler) tool(name string, ct config.Tool) *tool {
 		if cr.Approvers != nil {
 			r.approvers = c.resolve(rp+".approvers", cr.Approvers)
 		}
-		r.prg = c.program(rp+".when", env, cr.When)
+		r.prg, r.replayPrg, r.refs = c.program(rp+".when", env, cr.When)
 
 		if ok && level <= base {
 			if base != rankDeny {
@@ -409,20 +414,22 @@ func (c *compiler) tool(name string, ct config.Tool) *tool {
 	return t
 }
 
-// program parses and type-checks one rule, insisting on a bool result.
-func (c *compiler) program(path string, env *cel.Env, expr string) cel.Program {
+// program parses and type-checks one rule, insisting on a bool result. It
+// returns the program, the replay program (with Options.replay) and the
+// variables the expression refers to.
+func (c *compiler) program(path string, env *cel.Env, expr string) (cel.Program, cel.Program, []string) {
 	if strings.TrimSpace(expr) == "" {
 		c.fail(path, "required: a CEL expression such as args.amount > 10000")
-		return nil
+		return nil, nil, nil
 	}
 	ast, iss := env.Compile(expr)
 	if iss != nil && iss.Err() != nil {
 		c.fail(path, "%s", celErrors(iss, ast))
-		return nil
+		return nil, nil, nil
 	}
 	if out := ast.OutputType(); !out.IsExactType(cel.BoolType) {
 		c.fail(path, "must be a bool expression, got %s (compare explicitly, e.g. args.flag == true)", out)
-		return nil
+		return nil, nil, nil
 	}
 	prg, err := env.Program(ast,
 		cel.CostLimit(CostLimit),
@@ -430,9 +437,23 @@ func (c *compiler) program(path string, env *cel.Env, expr string) cel.Program {
 	)
 	if err != nil {
 		c.fail(path, "%v", err)
-		return nil
+		return nil, nil, nil
 	}
-	return prg
+	var refs []string
+	for _, ref := range ast.NativeRep().ReferenceMap() {
+		if ref.Name != "" && !slices.Contains(refs, ref.Name) {
+			refs = append(refs, ref.Name)
+		}
+	}
+	slices.Sort(refs)
+	var replayPrg cel.Program
+	if c.opts.replay {
+		if replayPrg, err = env.Program(ast, cel.CostLimit(CostLimit), cel.EvalOptions(cel.OptPartialEval)); err != nil {
+			c.fail(path, "%v", err)
+			return nil, nil, nil
+		}
+	}
+	return prg, replayPrg, refs
 }
 
 // celErrors renders CEL issues one line each, with CEL's own 1-based line

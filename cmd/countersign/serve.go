@@ -89,6 +89,9 @@ func assemble(ctx context.Context, c *config.Config, log *slog.Logger) (_ *stack
 	if err != nil {
 		return nil, err
 	}
+	if err = logPolicy(ctx, s.audit, c); err != nil {
+		return nil, err
+	}
 	if s.tools, err = tools.New(ctx, c, s.db); err != nil {
 		return nil, err
 	}
