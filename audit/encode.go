@@ -179,7 +179,7 @@ func parallel(n int, f func(int)) {
 // entryKeys are the JSON keys of Entry that canonicalMembers writes, less
 // the writer's; a test holds it to Entry's fields.
 var entryKeys = []string{
-	"v", "kind", "agent", "tool", "args", "args_redacted", "args_sha256", "decision", "level", "rule",
+	"v", "kind", "agent", "tool", "args", "args_redacted", "args_sha256", "decision", "level", "rule", "usage",
 	"policy_sha256", "policy", "reason",
 	"request_id", "quorum", "eligible", "user_verification", "approvers", "assertions",
 	"result", "approver", "credential_id", "public_key", "authorization_details",
@@ -272,6 +272,9 @@ func canonicalMembers(e *Entry) ([][]byte, error) {
 	strs("approvers", e.Approvers)
 	ints("assertions", e.Assertions)
 	if err := raw("result", e.Result); err != nil {
+		return nil, err
+	}
+	if err := raw("usage", e.Usage); err != nil {
 		return nil, err
 	}
 	str("approver", e.Approver)

@@ -50,6 +50,10 @@ type Entry struct {
 	Decision   string          `json:"decision,omitempty"`    // call.*: the policy level; key entries: approve|deny
 	Level      string          `json:"level,omitempty"`       // approval.requested: high|critical
 	Rule       string          `json:"rule,omitempty"`        // the rule(s) that decided
+	// Usage is the usage variable the policy saw (what the agent had done
+	// in rolling windows), on decisions of tools whose rules use it, so a
+	// replay can settle those rules.
+	Usage json.RawMessage `json:"usage,omitempty"`
 	// PolicySHA256 names the policy that decided (call.* but rejected,
 	// approval.requested), and on policy.loaded the policy it carries: hex
 	// SHA-256 of the JCS form of Policy.

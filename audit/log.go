@@ -266,7 +266,7 @@ func prepare(e *Entry) (*prepared, error) {
 	for _, f := range []struct {
 		name string
 		raw  *json.RawMessage
-	}{{"args", &e.Args}, {"result", &e.Result}, {"authorization_details", &e.AuthorizationDetails}, {"policy", &e.Policy}} {
+	}{{"args", &e.Args}, {"result", &e.Result}, {"authorization_details", &e.AuthorizationDetails}, {"policy", &e.Policy}, {"usage", &e.Usage}} {
 		if len(*f.raw) == 0 {
 			continue
 		}

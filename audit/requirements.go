@@ -39,8 +39,12 @@ const (
 //     and as approvers those approvers in the same order.
 //   - call.executed and call.failed carry the policy level as decision: at
 //     high or critical they name an approved request of the same tool,
-//     arguments and level, and run at most once per request; at low they
-//     follow a call.allowed of the same agent, tool and arguments.
+//     arguments and level, and run at most once per request. At low they
+//     follow a call.allowed of the same agent, tool and arguments, or,
+//     for a routine call recorded once after it ran (a tool that changes
+//     nothing), they stand alone; either way they may not run the
+//     arguments of an approved request that has not run (an execution of
+//     it relabelled low).
 type requirements struct {
 	requests map[string]*request
 	// allowed counts call.allowed entries not yet followed by their
@@ -48,6 +52,9 @@ type requirements struct {
 	// that were allowed but never executed would fill it; its keys and
 	// values hold no pointers, so the garbage collector need not scan it.
 	allowed map[callKey]int32
+	// unrun holds approved requests not yet run, by agent, tool and
+	// arguments.
+	unrun map[callKey]string
 
 	approvals  int // approval.approved entries checked
 	executions int // countersigned executions checked
@@ -84,7 +91,7 @@ type request struct {
 }
 
 func newRequirements() *requirements {
-	return &requirements{requests: map[string]*request{}, allowed: map[callKey]int32{}}
+	return &requirements{requests: map[string]*request{}, allowed: map[callKey]int32{}, unrun: map[callKey]string{}}
 }
 
 // legacyRequest notes a format 1 approval.requested, so that a format 2
@@ -186,7 +193,9 @@ func (q *requirements) end(r *request, e *Entry) {
 	r.assertions = nil
 	if e.Kind != KindApprovalApproved {
 		r.entry = nil // nothing can run on it any more
+		return
 	}
+	q.unrun[keyOf(r.entry)] = e.RequestID
 }
 
 // decision checks an approver's key decision against the request.
@@ -266,8 +275,11 @@ func (q *requirements) execution(e *Entry) string {
 			return fmt.Sprintf("%s at level low names request %s", e.Kind, e.RequestID)
 		}
 		k := keyOf(e)
+		if id, ok := q.unrun[k]; ok && q.allowed[k] == 0 {
+			return fmt.Sprintf("%s of %s at level low runs the arguments of approved request %s, which has not run: an execution of it relabelled low", e.Kind, e.Tool, id)
+		}
 		if q.allowed[k] == 0 {
-			return fmt.Sprintf("%s of %s at level low follows no call.allowed of the same agent, tool and arguments", e.Kind, e.Tool)
+			return "" // a routine call recorded once, after it ran
 		}
 		if q.allowed[k]--; q.allowed[k] == 0 {
 			delete(q.allowed, k)
@@ -300,6 +312,7 @@ func (q *requirements) execution(e *Entry) string {
 	case e.Decision != r.entry.Level:
 		return fmt.Sprintf("%s at level %s, but request %s was raised at level %s", e.Kind, e.Decision, e.RequestID, r.entry.Level)
 	}
+	delete(q.unrun, keyOf(r.entry))
 	r.executed = e.Seq
 	r.entry = nil
 	q.executions++

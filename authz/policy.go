@@ -257,6 +257,21 @@ func (c *compiler) upstreamDefault(i int, u config.Upstream) (upstreamDefault, b
 	return d, len(c.errs) == nerr
 }
 
+// UsesUsage reports whether any rule of tool refers to the usage
+// variable, so that its decisions record what usage they saw.
+func (p *Policy) UsesUsage(tool string) bool {
+	t, ok := p.tools[tool]
+	if !ok {
+		return false
+	}
+	for _, r := range t.rules {
+		if slices.Contains(r.refs, "usage") {
+			return true
+		}
+	}
+	return false
+}
+
 // lookup returns the policy of a tool: its own entry under tools, else its
 // upstream's default.
 func (p *Policy) lookup(name string, readOnly bool) (t *tool, why string, ok bool) {

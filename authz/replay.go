@@ -19,6 +19,9 @@ type Recorded struct {
 	Rules []string // the rules the log says decided it (Decision.Rules)
 	// Requirement is what an approval request recorded; nil for a call.
 	Requirement *Requirement
+	// Usage is the usage variable the decision saw, when the log kept it;
+	// nil leaves it unknown.
+	Usage map[string]any
 }
 
 // Requirement is what an approval needs: its eligible approvers, how many
@@ -158,6 +161,11 @@ func (t *tool) replayRule(ru *rule, r Recorded) (holds, settled bool, err error)
 	}
 	unknown := append(slices.Clone(t.facts), "now")
 	vars := map[string]any{"agent": r.Agent, "tool": r.Tool}
+	if r.Usage != nil {
+		vars["usage"] = r.Usage
+	} else {
+		unknown = append(unknown, "usage")
+	}
 	if r.Args != nil {
 		vars["args"] = r.Args
 	} else {

@@ -85,7 +85,7 @@ func TestReplayRefusesDecisionsThePolicyDoesNotGive(t *testing.T) {
 	}{
 		{"a 500,000 transfer relabelled low", Recorded{Tool: "transfer", Args: big, Level: "low"},
 			"rule very-large holds on the logged arguments and raises the call to critical; the log says low"},
-		{"a 20,000 transfer relabelled low", Recorded{Tool: "transfer", Args: mid, Level: "low"},
+		{"a 20,000 transfer relabelled low", Recorded{Tool: "transfer", Args: mid, Level: "low", Usage: NoUsage(nil)},
 			"rule large-or-new-payee holds on the logged arguments and raises the call to high; the log says low"},
 		{"a 500,000 transfer at high", Recorded{Tool: "transfer", Args: big, Level: "high", Rules: []string{"large-or-new-payee"},
 			Requirement: &Requirement{Approvers: treasury, Quorum: 1, UserVerification: UVPreferred}},
@@ -98,13 +98,18 @@ func TestReplayRefusesDecisionsThePolicyDoesNotGive(t *testing.T) {
 			Requirement: &Requirement{Approvers: []string{"alice", "mallory"}, Quorum: 2, UserVerification: UVRequired}}, "eligible approvers [alice, mallory], the policy gives [alice, bob]"},
 		{"a rule the policy does not have", Recorded{Tool: "transfer", Args: big, Level: "critical", Rules: []string{"ceo-said-so"}, Requirement: critical},
 			`names rule "ceo-said-so"`},
-		{"a rule that is false on the arguments", Recorded{Tool: "transfer", Args: mid, Level: "critical", Rules: []string{"very-large"}, Requirement: critical},
+		{"a rule that is false on the arguments", Recorded{Tool: "transfer", Args: mid, Level: "critical", Rules: []string{"very-large"}, Requirement: critical, Usage: NoUsage(nil)},
 			"the log names rule very-large, which is false on the logged arguments"},
 		{"a raised level without a rule", Recorded{Tool: "deploy", Args: map[string]any{"service": "api", "version": "1", "environment": "staging"}, Level: "high"},
 			"names no rule that raised it"},
 		{"an unknown tool", Recorded{Tool: "format_disk", Level: "low"}, "not a tool of this policy"},
-		{"arguments the policy cannot evaluate", Recorded{Tool: "transfer", Args: map[string]any{"to": "X"}, Level: "low"},
+		{"arguments the policy cannot evaluate", Recorded{Tool: "transfer", Args: map[string]any{"to": "X"}, Level: "low", Usage: NoUsage(nil)},
 			"the policy would have denied the call"},
+	}
+	// A rule that sums usage cannot be settled when the log did not keep
+	// the usage the decision saw.
+	if err := rp.Replay(Recorded{Tool: "transfer", Args: mid, Level: "low"}); err != nil {
+		t.Errorf("a decision on usage the log did not keep was judged: %v", err)
 	}
 	for _, tc := range cases {
 		err := rp.Replay(tc.r)

@@ -44,6 +44,9 @@ type Catalog interface {
 // Policy decides a call's level; *authz.Policy satisfies it.
 type Policy interface {
 	Decide(in authz.Input) authz.Decision
+	// UsesUsage says a tool's rules read the usage variable; its
+	// decisions then record the usage they saw, for replay.
+	UsesUsage(tool string) bool
 }
 
 // Recorder appends to the audit log; *audit.Log satisfies it. An append
@@ -209,15 +212,19 @@ func (g *Guard) Handle(ctx context.Context, c Call) *mcp.CallToolResult {
 	now := g.now()
 	keys := keysOf(c.Agent, c.Tool, call.Value)
 	g.usage.mu.Lock()
+	usage := g.usage.facts(keys, now)
 	d := g.opts.Policy.Decide(authz.Input{
 		Tool: c.Tool, Agent: c.Agent, Args: call.Args, Facts: call.Facts, Now: now, ReadOnly: spec.ReadOnly(),
-		Usage: g.usage.facts(keys, now),
+		Usage: usage,
 	})
 	var counted *reservation
 	if d.Level != config.LevelDeny {
 		counted = g.usage.add(keys, call.Value, now)
 	}
 	g.usage.mu.Unlock()
+	if g.opts.Policy.UsesUsage(c.Tool) {
+		entry.Usage, _ = json.Marshal(usage)
+	}
 	entry.Decision, entry.Rule, entry.Reason = d.Level, strings.Join(d.Rules, ","), d.Reason
 	switch d.Level {
 	case config.LevelLow:

@@ -30,6 +30,8 @@ type fixedPolicy struct {
 	seen []authz.Input
 }
 
+func (p *fixedPolicy) UsesUsage(string) bool { return false }
+
 func (p *fixedPolicy) Decide(in authz.Input) authz.Decision {
 	p.mu.Lock()
 	defer p.mu.Unlock()

@@ -66,6 +66,11 @@ func (r *policyReplayer) Replay(doc json.RawMessage, e *audit.Entry) error {
 	if e.Rule != "" {
 		rec.Rules = strings.Split(e.Rule, ",")
 	}
+	if len(e.Usage) > 0 {
+		if err := json.Unmarshal(e.Usage, &rec.Usage); err != nil {
+			return fmt.Errorf("usage: %w", err)
+		}
+	}
 	if len(e.Args) > 0 {
 		if err := json.Unmarshal(e.Args, &rec.Args); err != nil {
 			return fmt.Errorf("args: %w", err)
