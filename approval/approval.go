@@ -328,6 +328,7 @@ var schema = []string{
 		owner TEXT NOT NULL,
 		created_at INTEGER NOT NULL
 	)`,
+	createVoteAssertions,
 }
 
 // outboxStaleAfter is how long another process's unflushed entries wait
