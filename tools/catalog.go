@@ -70,6 +70,11 @@ type Call struct {
 	Details json.RawMessage
 	// Summary is short human text, e.g. "Pay USD 500,000.00 from operating to Vendor X".
 	Summary string
+	// Approval is the approval token (package token) of a countersigned
+	// call, which the guard sets once the humans approved and before Run.
+	// A tool that hands the action to another system passes it on, so
+	// that system can check for itself what was approved.
+	Approval string
 }
 
 // Result is what a tool returns.
