@@ -296,9 +296,16 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request) {
 	case approval.PollDenied:
 		tokenError(CodeAccessDenied, "%s", guard.Outcome(req)).write(w)
 		return
+	case approval.PollFailed:
+		if !s.opts.Now().Before(req.ExpiresAt) {
+			tokenError(CodeExpiredToken, "the request expired at %s before it was exchanged", req.ExpiresAt.UTC().Format(time.RFC3339)).write(w)
+			return
+		}
+		tokenError(CodeInvalidGrant, "auth_req_id could not be exchanged for its approval token").write(w)
+		return
 	case approval.PollApproved:
-	default: // executed or failed: redeemed before
-		tokenError(CodeInvalidGrant, "auth_req_id was already exchanged").write(w)
+	default: // executed
+		tokenError(CodeInvalidGrant, "auth_req_id was already exchanged for its approval token").write(w)
 		return
 	}
 	c, err := token.Verify(tok, s.opts.Keys.JWKS(), token.VerifyOptions{Issuer: s.opts.Issuer, Audience: agent, Now: s.opts.Now})

@@ -454,14 +454,19 @@ func TestTokenEndpointWalk(t *testing.T) {
 	if r := s.post(t, PathToken, "ci-bot", pollForm(denied)); r.status != 400 || r.str("error") != CodeAccessDenied || !strings.Contains(r.str("error_description"), "bob") {
 		t.Errorf("denied: %d %v", r.status, r.body)
 	}
-	// Expired: the client asked for one second.
+	// Expired: the client asked for one second and nobody decided; or it
+	// asked for two, was approved, and came for the token too late.
 	short := s.post(t, PathAuthorize, "ci-bot", authForm(set("requested_expiry", "1")))
 	if short.num("expires_in") > 1 {
 		t.Errorf("requested_expiry 1 gave expires_in %v", short.body)
 	}
-	time.Sleep(1100 * time.Millisecond)
-	if r := s.post(t, PathToken, "ci-bot", pollForm(short.str("auth_req_id"))); r.str("error") != CodeExpiredToken {
-		t.Errorf("expired: %v", r.body)
+	late := s.post(t, PathAuthorize, "ci-bot", authForm(set("requested_expiry", "2")))
+	lateReq := s.tap(t, "alice", late.str("auth_req_id"), digest.Approve)
+	time.Sleep(time.Until(lateReq.ExpiresAt) + 100*time.Millisecond)
+	for _, id := range []string{short.str("auth_req_id"), late.str("auth_req_id"), late.str("auth_req_id")} {
+		if r := s.post(t, PathToken, "ci-bot", pollForm(id)); r.str("error") != CodeExpiredToken {
+			t.Errorf("expired: %v", r.body)
+		}
 	}
 	// A longer expiry than policy allows is cut to the policy's.
 	long := s.post(t, PathAuthorize, "ci-bot", authForm(set("requested_expiry", "86400")))

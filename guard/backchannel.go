@@ -136,7 +136,9 @@ func (g *Guard) RecordRejected(ctx context.Context, agent, tool, reason string) 
 // first Redeem after the approval claims the request, records
 // call.executed and returns status approved with the approval token; the
 // request is then executed, and every later Redeem says so without a token.
-// A request of another agent or another tool is approval.ErrNotFound.
+// An approval redeemed after the request's expires_at is expired (and
+// recorded as call.failed): the auth_req_id lives until then, approved or
+// not. A request of another agent or another tool is approval.ErrNotFound.
 func (g *Guard) Redeem(ctx context.Context, tool, id, agent string) (*approval.PollStatus, string, error) {
 	if g.opts.Approvals == nil || g.opts.Tokens == nil || g.opts.Evidence == nil {
 		return nil, "", errors.New("approvals or approval tokens are not available")
@@ -172,6 +174,12 @@ func (g *Guard) Redeem(ctx context.Context, tool, id, agent string) (*approval.P
 	ev, err := g.opts.Evidence.Evidence(ctx, id)
 	if err != nil {
 		return fail("cannot read the approval: " + err.Error())
+	}
+	if !g.now().Before(r.ExpiresAt) {
+		// Approved in time, but the auth_req_id lives only until
+		// expires_at (CIBA): an exchange after that gets expired_token.
+		fail(fmt.Sprintf("auth_req_id expired at %s before it was exchanged for the approval token", r.ExpiresAt.UTC().Format(time.RFC3339)))
+		return &approval.PollStatus{Status: approval.PollExpired, Request: r}, "", nil
 	}
 	tok, err := g.tokenFor(ev)
 	if err != nil {

@@ -321,3 +321,36 @@ func waitPending(t *testing.T, s *realStack) string {
 	t.Fatal("no approval request raised")
 	return ""
 }
+
+// The auth_req_id lives until expires_at, approved or not: an approval
+// exchanged after that is expired, and the request ends failed, recorded.
+func TestBackchannelRedeemedTooLateIsExpired(t *testing.T) {
+	s := newRealStack(t, map[string]config.Tool{"ciba": {Level: "high", Approvers: []string{"alice"}}})
+	ctx := context.Background()
+	b := backchannel(nil)
+	b.Timeout = 2 * time.Second
+	r, err := s.g.Raise(ctx, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.tap(t, "alice", r.ID, digest.Approve)
+	time.Sleep(time.Until(r.ExpiresAt) + 50*time.Millisecond)
+	ps, tok, err := s.g.Redeem(ctx, "ciba", r.ID, "ci-bot")
+	if err != nil || ps.Status != approval.PollExpired || tok != "" {
+		t.Fatalf("late redeem: %+v %q %v", ps, tok, err)
+	}
+	got, _ := s.svc.Get(ctx, r.ID)
+	if got.State != approval.StateFailed {
+		t.Errorf("state %s, want failed", got.State)
+	}
+	var failed bool
+	for _, e := range s.entries(t) {
+		failed = failed || (e.RequestID == r.ID && e.Kind == audit.KindCallFailed && strings.Contains(e.Reason, "expired"))
+	}
+	if !failed {
+		t.Error("no call.failed entry")
+	}
+	if ps, _, _ := s.g.Redeem(ctx, "ciba", r.ID, "ci-bot"); ps.Status == approval.PollApproved {
+		t.Error("redeemable after all")
+	}
+}
