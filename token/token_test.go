@@ -348,3 +348,23 @@ func FuzzVerify(f *testing.F) {
 		}
 	})
 }
+
+func TestCriticalHeaderIsRefused(t *testing.T) {
+	s := newSigner(t)
+	sig, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.EdDSA, Key: s.priv},
+		(&jose.SignerOptions{}).WithType(Type).WithHeader("kid", s.KeyID()).WithHeader("exp-policy", "x").WithCritical("exp-policy"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := sampleClaims()
+	c.Issuer, c.IssuedAt, c.Expiry = s.Issuer(), testNow.Unix(), testNow.Add(time.Minute).Unix()
+	payload, _ := json.Marshal(c)
+	obj, err := sig.Sign(payload)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := obj.CompactSerialize()
+	if _, err := Verify(raw, s.JWKS(), at(testNow)); err == nil {
+		t.Error("a token with a critical header extension verified")
+	}
+}

@@ -111,6 +111,9 @@ func Verify(raw string, keys jose.JSONWebKeySet, opts VerifyOptions) (*Claims, e
 	if h.JSONWebKey != nil {
 		return nil, failf(ErrKey, "the header carries its own key; only the published key set is trusted")
 	}
+	if crit, ok := h.ExtraHeaders["crit"]; ok {
+		return nil, failf(ErrMalformed, "critical header extension %v is not understood", crit)
+	}
 	var pub ed25519.PublicKey
 	for _, k := range keys.Key(h.KeyID) {
 		if p, ok := k.Key.(ed25519.PublicKey); ok && h.KeyID != "" {
@@ -138,7 +141,7 @@ func Verify(raw string, keys jose.JSONWebKeySet, opts VerifyOptions) (*Claims, e
 	if opts.Audience != "" && c.Audience != opts.Audience {
 		return nil, failf(ErrAudience, "aud %q, want %q", c.Audience, opts.Audience)
 	}
-	if c.Expiry <= c.IssuedAt || time.Duration(c.Expiry-c.IssuedAt)*time.Second > MaxLifetime {
+	if c.Expiry <= c.IssuedAt || c.Expiry-c.IssuedAt > int64(MaxLifetime/time.Second) {
 		return nil, failf(ErrLifetime, "exp - iat = %ds, want 1 to %d", c.Expiry-c.IssuedAt, int(MaxLifetime.Seconds()))
 	}
 	now := opts.Now()
