@@ -337,6 +337,7 @@ var schema = []string{
 		seq INTEGER NOT NULL,
 		PRIMARY KEY (request_id, approver_id)
 	)`,
+	createVoteAssertions,
 }
 
 // outboxStaleAfter is how long another process's unflushed entries wait

@@ -425,6 +425,9 @@ func (s *Service) commitDecision(ctx context.Context, r0 *row, decision string, 
 			r.ID, approver, v.cred.id, decision, now.UnixNano()); err != nil {
 			return failf(ErrAlreadyCounted, "%s already decided this request", approver)
 		}
+		if err := keepAssertion(ctx, tx, r.ID, approver, decision, v); err != nil {
+			return err
+		}
 		entry := s.assertionEntry(r, decision, v, now)
 		switch decision {
 		case digest.Deny:

@@ -529,9 +529,13 @@ const (
 	PollFailed   = "failed"
 )
 
+// SlowDownStep is what CIBA (and RFC 8628) add to the polling interval of
+// a client that polled too fast.
+const SlowDownStep = 5 * time.Second
+
 // Poll answers a CIBA poll. Only the agent that created the request may
 // poll it (others get ErrNotFound); polling faster than Interval gets
-// slow_down.
+// slow_down, and Interval grows by SlowDownStep.
 func (s *Service) Poll(ctx context.Context, id, agent string) (*PollStatus, error) {
 	r, err := s.load(ctx, s.db, id)
 	if err != nil {
@@ -556,6 +560,13 @@ func (s *Service) Poll(ctx context.Context, id, agent string) (*PollStatus, erro
 		st.Status = PollPending
 		if r.lastPoll != 0 && now.Sub(time.Unix(0, r.lastPoll)) < r.Interval {
 			st.Status = PollSlowDown
+			// CIBA: a client told to slow down adds SlowDownStep to its
+			// interval for this and every later poll, so from now on the
+			// longer interval is the one it must keep.
+			r.Interval += SlowDownStep
+			if _, err := s.db.ExecContext(ctx, `UPDATE approval_requests SET interval_ms = ? WHERE id = ?`, r.Interval.Milliseconds(), id); err != nil {
+				return nil, err
+			}
 		}
 	case StateApproved:
 		st.Status = PollApproved

@@ -279,12 +279,17 @@ func TestPollCIBA(t *testing.T) {
 		t.Fatalf("first poll %v %v", st, err)
 	}
 	advance(time.Second)
-	if st, _ := f.svc.Poll(ctx, req.ID, "agent-1"); st.Status != PollSlowDown {
-		t.Fatalf("fast poll %v", st.Status)
+	if st, _ := f.svc.Poll(ctx, req.ID, "agent-1"); st.Status != PollSlowDown || st.Request.Interval != 10*time.Second {
+		t.Fatalf("fast poll %v, interval %v; want slow_down and 5s more", st.Status, st.Request.Interval)
 	}
+	// The grown interval is the one to keep: 6s is now too fast.
 	advance(6 * time.Second)
-	if st, _ := f.svc.Poll(ctx, req.ID, "agent-1"); st.Status != PollPending {
-		t.Fatalf("slow poll %v", st.Status)
+	if st, _ := f.svc.Poll(ctx, req.ID, "agent-1"); st.Status != PollSlowDown || st.Request.Interval != 15*time.Second {
+		t.Fatalf("poll 6s later %v, interval %v; want slow_down and 5s more", st.Status, st.Request.Interval)
+	}
+	advance(15 * time.Second)
+	if st, _ := f.svc.Poll(ctx, req.ID, "agent-1"); st.Status != PollPending || st.Request.Interval != 15*time.Second {
+		t.Fatalf("slow poll %v, interval %v", st.Status, st.Request.Interval)
 	}
 	if err := f.svc.Cancel(ctx, req.ID, "agent gave up"); err != nil {
 		t.Fatal(err)

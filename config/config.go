@@ -50,6 +50,10 @@ type HTTP struct {
 	// With no agents configured the listener accepts anonymous agents, which
 	// is only allowed on a loopback address.
 	Agents []Agent `mapstructure:"agents"`
+	// Issuer is the iss of approval tokens and the issuer of the CIBA
+	// discovery document; default http://<the listener's address>. Set it
+	// to the public URL when a proxy or TLS terminator fronts the listener.
+	Issuer string `mapstructure:"issuer"`
 }
 
 // Agent is one MCP client allowed on the HTTP listener.
@@ -167,6 +171,9 @@ type Rule struct {
 var BuiltinTools = []string{
 	"get_balance", "list_counterparties", "list_transfers", "transfer",
 	"deploy", "read_secret", "list_secrets", "approval_status",
+	// ciba is not an MCP tool: it is the policy of CIBA backchannel
+	// requests on the agent listener.
+	"ciba",
 }
 
 // Upstream is an MCP server whose tools Countersign guards and re-exposes

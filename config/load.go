@@ -147,6 +147,7 @@ var defaults = map[string]any{
 	"server.shutdown_timeout":        "10s",
 	"server.workers":                 64,
 	"http.addr":                      "",
+	"http.issuer":                    "",
 	"http.max_body_bytes":            1 << 20,
 	"http.allowed_hosts":             []string{"localhost", "127.0.0.1", "[::1]"},
 	"approval.listen":                "127.0.0.1:8710",

@@ -37,6 +37,12 @@ func (c *Config) validate() []problem {
 	if h.Addr != "" {
 		v.hostPort("http.addr", h.Addr)
 	}
+	if h.Issuer != "" {
+		v.url("http.issuer", h.Issuer)
+		if u, err := url.Parse(h.Issuer); err == nil && (u.RawQuery != "" || u.Fragment != "") {
+			v.fail("http.issuer", "expected a URL without query or fragment, got %q", h.Issuer)
+		}
+	}
 	if h.MaxBodyBytes < 1024 {
 		v.fail("http.max_body_bytes", "expected at least 1024, got %d", h.MaxBodyBytes)
 	}

@@ -96,6 +96,18 @@ func (g *Guard) runApproved(ctx context.Context, id string, spec *tools.Spec, ca
 	if err := g.opts.Approvals.BeginExecution(ctx, id); err != nil {
 		return toolError("refused to run approved request %s: %v", id, err), false
 	}
+	tok, err := g.issueToken(context.WithoutCancel(ctx), id)
+	if err != nil {
+		// The tool may hand the action on with its token; without one it
+		// does not run at all.
+		entry.Kind, entry.Reason = audit.KindCallFailed, "cannot issue the approval token: "+err.Error()
+		g.record(ctx, entry)
+		if err := g.opts.Approvals.Finish(context.WithoutCancel(ctx), id, false, nil); err != nil {
+			g.log.Error("cannot store approval outcome", "auth_req_id", id, "err", err)
+		}
+		return toolError("refused to run approved request %s: cannot issue its approval token: %v", id, err), false
+	}
+	call.Approval = tok
 	runCtx := ctx
 	if !spec.FollowCancel {
 		runCtx = context.WithoutCancel(ctx)
@@ -104,7 +116,7 @@ func (g *Guard) runApproved(ctx context.Context, id string, spec *tools.Spec, ca
 	if err := g.opts.Approvals.Finish(context.WithoutCancel(ctx), id, ok, content); err != nil {
 		g.log.Error("cannot store approval outcome", "auth_req_id", id, "err", err)
 	}
-	return res, ok
+	return withToken(res, tok), ok
 }
 
 // Outcome says, for the agent, how a request that did not run ended.
@@ -181,7 +193,17 @@ func (g *Guard) StatusSpec() *tools.Spec {
 					out["error_description"] = Outcome(r)
 				}
 			}
-			return &tools.Result{Content: out, Record: map[string]any{"auth_req_id": id, "status": ps.Status}}, nil
+			record := map[string]any{"auth_req_id": id, "status": ps.Status}
+			if r := ps.Request; r != nil && (r.State == approval.StateExecuted || r.State == approval.StateFailed) {
+				// The call ran on the humans' approval: the agent gets its
+				// approval token as a blocking call's result carries it.
+				tok, err := g.issueToken(ctx, id)
+				if err != nil {
+					return nil, fmt.Errorf("cannot issue the approval token of %s: %w", id, err)
+				}
+				return &tools.Result{MCP: withToken(structured(out), tok), Record: record}, nil
+			}
+			return &tools.Result{Content: out, Record: record}, nil
 		},
 	}
 }

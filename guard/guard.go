@@ -10,6 +10,11 @@
 // audit all use that one value, and the tool runs on exactly the arguments
 // that were approved.
 //
+// A request for a countersignature that comes from outside MCP (a CIBA
+// backchannel request, package ciba) takes the same path to the humans
+// through [Guard.Raise], and [Guard.Redeem] issues its approval token once.
+// Every approved call's result carries its approval token (package token).
+//
 // The guard knows MCP only as data (the result type); transports live in
 // package server, which hands each call to [Guard.Handle] and, while a call
 // waits for a human, keeps its client informed through [Call.Waiting].
@@ -70,6 +75,13 @@ type Options struct {
 	Policy    Policy
 	Audit     Recorder
 	Approvals Approvals // nil: high and critical calls are refused
+	// Evidence and Tokens issue approval tokens (package token): the
+	// result of a countersigned call carries one in
+	// _meta["countersign/approval"], the tool gets it in tools.Call.Approval
+	// (an upstream call sends it on), and a backchannel request is redeemed
+	// for one. Tokens nil: no tokens.
+	Evidence Evidence
+	Tokens   Tokens
 	// Tools is the tools section of the config, for per-tool settings the
 	// guard applies itself (redact_args).
 	Tools  map[string]config.Tool

@@ -33,6 +33,11 @@ type Options struct {
 	Guard   *guard.Guard
 	Version string
 	Logger  *slog.Logger
+	// Routes are served on the agent listener beside MCP, by path, behind
+	// the Host check and the body limit but not bearer authentication:
+	// they authenticate their own clients (CIBA, package ciba, whose
+	// discovery document and key set are public).
+	Routes map[string]http.Handler
 }
 
 // Server is the MCP face of Countersign.
@@ -171,7 +176,12 @@ func (s *Server) HTTPHandler(baseURL string) (h http.Handler, shutdown func(cont
 	mux.Handle("/mcp", s.sessions.checkSession(streamable, s.callers.cancelAll))
 	mux.Handle("/sse", sse.SSEHandler())
 	mux.Handle("/message", sse.MessageHandler())
-	h = checkHost(cfg.AllowedHosts, authenticate(cfg.Agents, s.log, limitBody(cfg.MaxBodyBytes, mux)))
+	root := http.NewServeMux()
+	root.Handle("/", authenticate(cfg.Agents, s.log, limitBody(cfg.MaxBodyBytes, mux)))
+	for path, rh := range s.opts.Routes {
+		root.Handle(path, limitBody(cfg.MaxBodyBytes, rh))
+	}
+	h = checkHost(cfg.AllowedHosts, root)
 	shutdown = func(ctx context.Context) error {
 		return errors.Join(streamable.Shutdown(ctx), sse.Shutdown(ctx))
 	}

@@ -80,6 +80,11 @@ type Call struct {
 	// Value is what the call moves, for tools that move value (transfer):
 	// the policy sees the sums of earlier calls in rolling windows.
 	Value *Value
+	// Approval is the approval token (package token) of a countersigned
+	// call, which the guard sets once the humans approved and before Run.
+	// A tool that hands the action to another system passes it on, so
+	// that system can check for itself what was approved.
+	Approval string
 }
 
 // Value is an amount moved to a counterparty.

@@ -16,10 +16,12 @@ import (
 
 	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/ciba"
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/guard"
 	"github.com/countersign/countersign/server"
 	"github.com/countersign/countersign/store"
+	"github.com/countersign/countersign/token"
 	"github.com/countersign/countersign/tools"
 	"github.com/countersign/countersign/tools/upstream"
 	"github.com/spf13/cobra"
@@ -67,6 +69,7 @@ type stack struct {
 	audit     *audit.Log
 	tools     *tools.Catalog
 	approvals *approval.Service
+	tokens    *token.Signer
 	guard     *guard.Guard
 	upstreams *upstream.Manager
 	server    *server.Server
@@ -115,8 +118,12 @@ func assemble(ctx context.Context, c *config.Config, log *slog.Logger) (_ *stack
 			}
 		}
 	}
+	if s.tokens, err = tokenSigner(c); err != nil {
+		return nil, err
+	}
 	s.guard = guard.New(guard.Options{
 		Catalog: s.tools, Policy: policy, Audit: s.audit, Approvals: s.approvals,
+		Evidence: s.approvals, Tokens: s.tokens,
 		Tools: c.Tools, Logger: log.With("component", "guard"),
 		MaxArgBytes: c.Limits.MaxArgBytes, MaxArgDepth: c.Limits.MaxArgDepth,
 	})
@@ -130,8 +137,13 @@ func assemble(ctx context.Context, c *config.Config, log *slog.Logger) (_ *stack
 			return nil, err
 		}
 	}
+	routes, err := cibaRoutes(c, s.guard, s.tokens, log.With("component", "ciba"))
+	if err != nil {
+		return nil, err
+	}
 	s.server, err = server.New(server.Options{
 		Config: c, Catalog: s.tools, Guard: s.guard, Version: buildVersion(), Logger: log.With("component", "server"),
+		Routes: routes,
 	})
 	if err != nil {
 		return nil, err
@@ -196,6 +208,19 @@ func serve(ctx context.Context, c *config.Config, log *slog.Logger) (err error) 
 	if c.HTTP.Addr != "" && len(c.HTTP.Agents) == 0 && !loopback(c.HTTP.Addr) {
 		return configError(fmt.Errorf("%s: http.agents: an HTTP listener on %s (not loopback) needs at least one agent token", c.Source, c.HTTP.Addr))
 	}
+	// The agent listener opens first: its address is the default issuer of
+	// approval tokens.
+	var agentLn net.Listener
+	if c.HTTP.Addr != "" {
+		if agentLn, err = listen(c.HTTP.Addr); err != nil {
+			return fmt.Errorf("agent listener: %w", err)
+		}
+		defer agentLn.Close()
+		c.HTTP.Addr = agentLn.Addr().String()
+		if c.HTTP.Issuer == "" && !loopback(c.HTTP.Addr) {
+			log.Warn("approval tokens name the agent listener by its address; set http.issuer to the URL clients use", "issuer", issuer(c))
+		}
+	}
 	s, err := assemble(ctx, c, log)
 	if err != nil {
 		return err
@@ -234,16 +259,16 @@ func serve(ctx context.Context, c *config.Config, log *slog.Logger) (err error) 
 		return nil
 	}
 
-	ln, err := listen(c.HTTP.Addr)
-	if err != nil {
-		return fmt.Errorf("agent listener: %w", err)
-	}
+	ln := agentLn
 	base := "http://" + ln.Addr().String()
 	handler, closeSessions := srv.HTTPHandler(base)
 	agentSrv := newHTTPServer(handler, log)
 	errc := make(chan error, 1)
 	go func() { errc <- agentSrv.Serve(ln) }()
 	log.Info("serving MCP over HTTP", "streamable", base+"/mcp", "sse", base+"/sse")
+	_, cibaOn := c.Tools[ciba.Tool]
+	log.Info("serving CIBA", "enabled", cibaOn, "backchannel", issuer(c)+ciba.PathAuthorize,
+		"token", issuer(c)+ciba.PathToken, "jwks", issuer(c)+ciba.PathJWKS)
 	select {
 	case <-ctx.Done():
 	case err := <-errc:

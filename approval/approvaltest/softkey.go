@@ -1,0 +1,135 @@
+package approvaltest
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/binary"
+	"encoding/json"
+	"testing"
+
+	"github.com/fxamacker/cbor/v2"
+)
+
+// SoftKey is a security key in software, for tests that approve without a
+// browser: an ECDSA P-256 credential that answers the page's
+// navigator.credentials.create() and .get() options as a CTAP2
+// authenticator would, signing real authenticatorData and clientDataJSON.
+// It speaks the JSON the approver page exchanges (options in,
+// PublicKeyCredential.toJSON() out), so it needs nothing of package
+// approval.
+type SoftKey struct {
+	RPID   string
+	Origin string
+	UV     bool // report user verification (PIN or biometric)
+
+	priv    *ecdsa.PrivateKey
+	id      []byte
+	counter uint32
+	handle  []byte
+}
+
+// NewSoftKey returns a key for one RP ID and origin that reports user
+// verification.
+func NewSoftKey(t testing.TB, rpID, origin string) *SoftKey {
+	t.Helper()
+	priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := make([]byte, 16)
+	rand.Read(id)
+	return &SoftKey{RPID: rpID, Origin: origin, UV: true, priv: priv, id: id}
+}
+
+// ID is the credential id.
+func (k *SoftKey) ID() []byte { return k.id }
+
+func b64(b []byte) string { return base64.RawURLEncoding.EncodeToString(b) }
+
+func (k *SoftKey) clientData(typ, challenge string) []byte {
+	b, _ := json.Marshal(map[string]any{"type": typ, "challenge": challenge, "origin": k.Origin, "crossOrigin": false})
+	return b
+}
+
+func (k *SoftKey) authData(attested []byte) []byte {
+	rp := sha256.Sum256([]byte(k.RPID))
+	flags := byte(0x01) // UP
+	if k.UV {
+		flags |= 0x04
+	}
+	if attested != nil {
+		flags |= 0x40
+	}
+	out := append(rp[:], flags)
+	out = binary.BigEndian.AppendUint32(out, k.counter)
+	return append(out, attested...)
+}
+
+func (k *SoftKey) coseKey() []byte {
+	x := k.priv.PublicKey.X.FillBytes(make([]byte, 32))
+	y := k.priv.PublicKey.Y.FillBytes(make([]byte, 32))
+	em, _ := cbor.CTAP2EncOptions().EncMode()
+	b, err := em.Marshal(map[int]any{1: 2, 3: -7, -1: 1, -2: x, -3: y})
+	if err != nil {
+		panic(err)
+	}
+	return b
+}
+
+// Create answers navigator.credentials.create() options (the publicKey
+// member, as JSON) with a "none" attestation.
+func (k *SoftKey) Create(t testing.TB, publicKey json.RawMessage) []byte {
+	t.Helper()
+	var opts struct {
+		Challenge string `json:"challenge"`
+		User      struct {
+			ID string `json:"id"`
+		} `json:"user"`
+	}
+	if err := json.Unmarshal(publicKey, &opts); err != nil {
+		t.Fatal(err)
+	}
+	k.handle, _ = base64.RawURLEncoding.DecodeString(opts.User.ID)
+	cd := k.clientData("webauthn.create", opts.Challenge)
+	attested := make([]byte, 16) // zero AAGUID
+	attested = binary.BigEndian.AppendUint16(attested, uint16(len(k.id)))
+	attested = append(attested, k.id...)
+	attested = append(attested, k.coseKey()...)
+	em, _ := cbor.CTAP2EncOptions().EncMode()
+	att, err := em.Marshal(map[string]any{"fmt": "none", "attStmt": map[string]any{}, "authData": k.authData(attested)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := json.Marshal(map[string]any{
+		"id": b64(k.id), "rawId": b64(k.id), "type": "public-key",
+		"response":               map[string]any{"clientDataJSON": b64(cd), "attestationObject": b64(att), "transports": []string{"usb"}},
+		"clientExtensionResults": map[string]any{},
+	})
+	return b
+}
+
+// Get answers navigator.credentials.get() for a challenge (base64url):
+// one tap, so the sign counter goes up by one.
+func (k *SoftKey) Get(challenge string) []byte {
+	k.counter++
+	cd := k.clientData("webauthn.get", challenge)
+	ad := k.authData(nil)
+	h := sha256.Sum256(cd)
+	msg := sha256.Sum256(append(append([]byte{}, ad...), h[:]...))
+	sig, err := ecdsa.SignASN1(rand.Reader, k.priv, msg[:])
+	if err != nil {
+		panic(err)
+	}
+	resp := map[string]any{"clientDataJSON": b64(cd), "authenticatorData": b64(ad), "signature": b64(sig)}
+	if k.handle != nil {
+		resp["userHandle"] = b64(k.handle)
+	}
+	b, _ := json.Marshal(map[string]any{
+		"id": b64(k.id), "rawId": b64(k.id), "type": "public-key",
+		"response": resp, "clientExtensionResults": map[string]any{},
+	})
+	return b
+}
