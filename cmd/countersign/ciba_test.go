@@ -229,7 +229,7 @@ func TestCIBAApprovedInTheBrowserAndVerifiedOffline(t *testing.T) {
 	if err := p.audit.Export(ctx, &export, 0); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := audit.Verify(bytes.NewReader(export.Bytes()), p.audit.PublicKey(), nil); err != nil {
+	if _, err := audit.Verify(bytes.NewReader(export.Bytes()), p.audit.PublicKey(), audit.VerifyOptions{}); err != nil {
 		t.Fatalf("export does not verify: %v", err)
 	}
 	var approved, executed audit.Entry
