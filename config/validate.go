@@ -25,7 +25,7 @@ func (c *Config) validate() []problem {
 	var v validator
 	s := c.Server
 	v.nonEmpty("server.name", s.Name)
-	v.nonEmpty("server.data_dir", s.DataDir)
+	v.id("server.stdio_agent", s.StdioAgent)
 	v.oneOf("server.log_format", s.LogFormat, "text", "json")
 	v.oneOf("server.log_level", s.LogLevel, "debug", "info", "warn", "error")
 	v.positive("server.shutdown_timeout", s.ShutdownTimeout)
@@ -39,6 +39,9 @@ func (c *Config) validate() []problem {
 	}
 	if h.MaxBodyBytes < 1024 {
 		v.fail("http.max_body_bytes", "expected at least 1024, got %d", h.MaxBodyBytes)
+	}
+	if h.Addr != "" && len(h.Agents) == 0 && !loopbackAddr(h.Addr) {
+		v.fail("http.agents", "an HTTP listener on %s (not loopback) needs at least one agent token: run countersign agents add NAME", h.Addr)
 	}
 	agents := map[string]bool{}
 	for i, a := range h.Agents {
@@ -80,6 +83,7 @@ func (c *Config) validate() []problem {
 	if (ap.TLSCertFile == "") != (ap.TLSKeyFile == "") {
 		v.fail("approval.tls_cert_file", "tls_cert_file and tls_key_file go together")
 	}
+	c.checkApproval(&v)
 
 	approvers := map[string]bool{}
 	for i, a := range c.Approvers {
@@ -295,6 +299,12 @@ func (v *validator) hostPort(path, addr string) {
 	if _, port, err := net.SplitHostPort(addr); err != nil || port == "" {
 		v.fail(path, "expected host:port such as 127.0.0.1:8710, got %q", addr)
 	}
+}
+
+// loopbackAddr reports whether a host:port listens on loopback only.
+func loopbackAddr(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	return err == nil && isLoopbackHost(host)
 }
 
 func (v *validator) url(path, s string) {

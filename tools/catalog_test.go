@@ -22,7 +22,7 @@ import (
 )
 
 // shipped returns the shipped config pointed at a temp data dir and the
-// repository's testdata (go test runs in tools/).
+// repository's demo files (go test runs in tools/).
 func shipped(t *testing.T) *config.Config { return shippedFor(t) }
 
 func shippedFor(t testing.TB) *config.Config {
@@ -32,8 +32,8 @@ func shippedFor(t testing.TB) *config.Config {
 		t.Fatal(err)
 	}
 	c.Server.DataDir = t.TempDir()
-	c.Deploy.Command[0] = "../testdata/deploy.sh"
-	c.Secrets.Dir = "../testdata/secrets"
+	c.Deploy.Command[0] = "../demo/deploy.sh"
+	c.Secrets.Dir = "../demo/secrets"
 	return c
 }
 

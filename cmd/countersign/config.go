@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 
 	"github.com/countersign/countersign/authz"
 	"github.com/countersign/countersign/config"
@@ -76,15 +77,72 @@ offer.`,
 	return cmd
 }
 
-// compilePolicy compiles the rules of c; a rule that does not compile is a
-// configuration error.
-func compilePolicy(c *config.Config, log *slog.Logger) (*authz.Policy, error) {
-	p, err := authz.Compile(c.Tools, c.Approvers, authz.Options{
+// checkConfig loads the configuration at path (see [config.Check]) and
+// compiles its policies, and returns every problem of both in one error: a
+// person fixing a configuration sees the whole list at once. A policy
+// problem at a key the configuration already reported is left out.
+func checkConfig(path string) (*config.Config, error) {
+	c, err := config.Check(path)
+	if c == nil {
+		return nil, configError(err)
+	}
+	problems := unjoin(err)
+	_, perr := authz.Compile(c.Tools, c.Approvers, policyOptions(c, slog.New(slog.DiscardHandler)))
+	for _, e := range unjoin(perr) {
+		var ce *authz.CompileError
+		if !errors.As(e, &ce) {
+			problems = append(problems, e)
+			continue
+		}
+		if !reportedAt(problems, ce.Path) {
+			problems = append(problems, &config.Error{Source: c.Source, Path: ce.Path, Msg: ce.Msg})
+		}
+	}
+	if len(problems) > 0 {
+		return nil, configError(errors.Join(problems...))
+	}
+	return c, nil
+}
+
+// unjoin lists the errors errors.Join put together.
+func unjoin(err error) []error {
+	if err == nil {
+		return nil
+	}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+	return []error{err}
+}
+
+// reportedAt reports whether one of problems is about key or a key
+// containing it.
+func reportedAt(problems []error, key string) bool {
+	for _, p := range problems {
+		var ce *config.Error
+		if errors.As(p, &ce) && ce.Path != "" &&
+			(key == ce.Path || strings.HasPrefix(key, ce.Path+".") || strings.HasPrefix(key, ce.Path+"[")) {
+			return true
+		}
+	}
+	return false
+}
+
+// policyOptions are the parts of the policy that come from outside the
+// tools section.
+func policyOptions(c *config.Config, log *slog.Logger) authz.Options {
+	return authz.Options{
 		DefaultTimeout: c.Approval.Timeout,
 		Facts:          tools.Facts(),
 		Upstreams:      c.Upstreams,
 		Logger:         log,
-	})
+	}
+}
+
+// compilePolicy compiles the rules of c; a rule that does not compile is a
+// configuration error.
+func compilePolicy(c *config.Config, log *slog.Logger) (*authz.Policy, error) {
+	p, err := authz.Compile(c.Tools, c.Approvers, policyOptions(c, log))
 	if err != nil {
 		return nil, configError(fmt.Errorf("%s: %w", c.Source, err))
 	}

@@ -31,14 +31,12 @@ func (e *exitError) Unwrap() error { return e.err }
 func configError(err error) error { return &exitError{exitConfig, err} }
 
 // loadConfig loads the file named by the root --config flag; without one,
-// $COUNTERSIGN_CONFIG, ./mcp.yaml, then the embedded default.
+// $COUNTERSIGN_CONFIG, ./mcp.yaml, then the embedded default. Its policies
+// are compiled too, so every command refuses a configuration serve would
+// refuse, with every problem of either kind in one report.
 func loadConfig(cmd *cobra.Command) (*config.Config, error) {
 	path, _ := cmd.Flags().GetString("config")
-	c, err := config.Load(path)
-	if err != nil {
-		return nil, configError(err)
-	}
-	return c, nil
+	return checkConfig(path)
 }
 
 func newRootCmd(stdout, stderr io.Writer) *cobra.Command {

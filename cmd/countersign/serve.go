@@ -11,9 +11,11 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"syscall"
 	"time"
 
+	"github.com/countersign/countersign"
 	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/config"
@@ -134,7 +136,7 @@ func assemble(ctx context.Context, c *config.Config, log *slog.Logger) (_ *stack
 // fails its startup check comes back with its *audit.TamperError: it can
 // still be read and exported, but it refuses every append.
 func openAudit(ctx context.Context, c *config.Config, opts audit.Options) (*sql.DB, *audit.Log, error) {
-	if err := c.EnsureDataDir(); err != nil {
+	if err := prepareDataDir(c); err != nil {
 		return nil, nil, err
 	}
 	db, err := store.Open(ctx, filepath.Join(c.Server.DataDir, store.FileName))
@@ -155,6 +157,24 @@ func openAudit(ctx context.Context, c *config.Config, opts audit.Options) (*sql.
 		return db, log, fmt.Errorf("audit log: %w", err)
 	}
 	return db, log, nil
+}
+
+// prepareDataDir creates the data directory (0700) of a validated
+// configuration and, for the embedded default, writes the demo files it
+// names there if they are missing: the one place anything is written
+// before the database opens.
+func prepareDataDir(c *config.Config) error {
+	if err := c.EnsureDataDir(); err != nil {
+		return err
+	}
+	if c.Source != config.Embedded {
+		return nil
+	}
+	created, err := countersign.InstallDemo(c.Dir)
+	for _, p := range created {
+		slog.Info("wrote demo file", "path", p)
+	}
+	return err
 }
 
 // close stops background work first, then the log (which writes a final
@@ -185,7 +205,21 @@ func (s *stack) close() error {
 // serve runs Countersign until ctx ends.
 func serve(ctx context.Context, c *config.Config, log *slog.Logger) (err error) {
 	if c.HTTP.Addr != "" && len(c.HTTP.Agents) == 0 && !loopback(c.HTTP.Addr) {
-		return configError(fmt.Errorf("%s: http.agents: an HTTP listener on %s (not loopback) needs at least one agent token", c.Source, c.HTTP.Addr))
+		return configError(fmt.Errorf("%s: http.agents: an HTTP listener on %s (not loopback) needs at least one agent token: run countersign agents add NAME", c.Source, c.HTTP.Addr))
+	}
+	// The page listens before anything is assembled: on port 0 its real
+	// port is known only now, and the links and origins derived from
+	// listen must carry it.
+	page, err := listen(c.Approval.Listen)
+	if err != nil {
+		return fmt.Errorf("approver page: approval.listen %s: %w", c.Approval.Listen, err)
+	}
+	defer page.Close()
+	if host, port, _ := net.SplitHostPort(c.Approval.Listen); port == "0" && c.Approval.Derived() {
+		bound := net.JoinHostPort(host, strconv.Itoa(page.Addr().(*net.TCPAddr).Port))
+		if err := c.Approval.Derive(bound); err != nil {
+			return configError(fmt.Errorf("%s: approval.public_url: %w", c.Source, err))
+		}
 	}
 	s, err := assemble(ctx, c, log)
 	if err != nil {
@@ -194,10 +228,6 @@ func serve(ctx context.Context, c *config.Config, log *slog.Logger) (err error) 
 	defer func() { err = errors.Join(err, s.close()) }()
 	srv, approvals := s.server, s.approvals
 
-	page, err := listen(c.Approval.Listen)
-	if err != nil {
-		return fmt.Errorf("approver page: %w", err)
-	}
 	pageSrv := newHTTPServer(approvals.Handler(), log)
 	go func() {
 		var err error
