@@ -609,3 +609,41 @@ func TestReadSecretRefusesSymlinkOut(t *testing.T) {
 		t.Errorf("Run(link) returned %v", res.Content)
 	}
 }
+
+// Schemas, built from the configuration alone for checking policies before
+// start, are the schemas the running tools have; and the facts Prepare
+// supplies have the shape their schemas promise the policy.
+func TestSchemasWithoutBackendsMatchTheCatalog(t *testing.T) {
+	c := shipped(t)
+	r, _ := registry(t, c)
+	schemas := Schemas(c)
+	for _, spec := range r.Specs() {
+		s, ok := schemas[spec.Def.Name]
+		if !ok || !bytes.Equal(s.Args, spec.Def.RawInputSchema) {
+			t.Errorf("%s: Schemas gives %s, the tool has %s", spec.Def.Name, s.Args, spec.Def.RawInputSchema)
+		}
+	}
+	for tool, args := range map[string]map[string]any{
+		"transfer":    {"from": "operating", "to": "Acme Supplies", "amount": 5.0, "currency": "USD"},
+		"read_secret": {"name": "prod-db-password"},
+	} {
+		call, err := lookup(t, r, tool).Prepare(context.Background(), args)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for name, raw := range schemas[tool].Facts {
+			doc, _ := jsonschema.UnmarshalJSON(bytes.NewReader(raw))
+			jc := jsonschema.NewCompiler()
+			jc.AddResource("mem:///fact.json", doc)
+			fs, err := jc.Compile("mem:///fact.json")
+			if err != nil {
+				t.Fatal(err)
+			}
+			fact, _ := json.Marshal(call.Facts[name])
+			v, _ := jsonschema.UnmarshalJSON(bytes.NewReader(fact))
+			if err := fs.Validate(v); err != nil {
+				t.Errorf("%s fact %s %s does not match its schema: %v", tool, name, fact, err)
+			}
+		}
+	}
+}

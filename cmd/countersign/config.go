@@ -129,11 +129,17 @@ func reportedAt(problems []error, key string) bool {
 }
 
 // policyOptions are the parts of the policy that come from outside the
-// tools section.
+// tools section. The built-in tools' schemas come from tools, which authz
+// must not import: rules are checked against them here.
 func policyOptions(c *config.Config, log *slog.Logger) authz.Options {
+	schemas := map[string]authz.Schema{}
+	for name, s := range tools.Schemas(c) {
+		schemas[name] = authz.Schema(s)
+	}
 	return authz.Options{
 		DefaultTimeout: c.Approval.Timeout,
 		Facts:          tools.Facts(),
+		Schemas:        schemas,
 		Upstreams:      c.Upstreams,
 		Logger:         log,
 	}
