@@ -209,7 +209,10 @@ func (s *Service) Create(ctx context.Context, r NewRequest) (*Request, error) {
 	}
 	slog.Info("approval requested", "id", id, "tool", r.Tool, "agent", r.Agent, "url", s.requestURL(id), "code", code)
 	s.notify()
-	return s.Get(ctx, id)
+	// The request exists and is recorded: a caller leaving right now must
+	// still get it, so that its Wait cancels it, rather than an error that
+	// leaves it pending and approvable with nobody to run it.
+	return s.Get(context.WithoutCancel(ctx), id)
 }
 
 func (s *Service) requestURL(id string) string { return s.opts.PublicURL + "/requests/" + id }

@@ -279,11 +279,11 @@ type pageData struct {
 	CSRF         string
 	Pending      []*Request
 	PendingTotal int // all pending requests, of which Pending lists the first
-	History  []*Request
-	Keys     []Credential
-	Request  *Request
-	Approver string
-	NotFound bool
+	History      []*Request
+	Keys         []Credential
+	Request      *Request
+	Approver     string
+	NotFound     bool
 }
 
 func (s *Service) render(w http.ResponseWriter, r *http.Request, name string, d pageData) {
