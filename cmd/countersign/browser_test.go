@@ -63,14 +63,14 @@ func startProduct(t *testing.T, edit func(*config.Config)) *product {
 		pageLn.Close()
 		t.Fatal(err)
 	}
-	pageSrv := newHTTPServer(s.approvals.Handler(), log)
+	pageSrv := newHTTPServer(s.pageHandler(), log)
 	go pageSrv.Serve(pageLn)
 	agentLn, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	base := "http://" + agentLn.Addr().String()
-	h, closeSessions := s.server.HTTPHandler(base)
+	h, closeSessions := s.agentHandler(base)
 	agentSrv := newHTTPServer(h, log)
 	go agentSrv.Serve(agentLn)
 	var once sync.Once

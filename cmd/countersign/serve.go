@@ -20,6 +20,7 @@ import (
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/guard"
+	"github.com/countersign/countersign/metrics"
 	"github.com/countersign/countersign/server"
 	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/tools"
@@ -65,7 +66,10 @@ default) and its URL is printed on stderr at start.`,
 
 // stack is every part of a running Countersign, wired together.
 type stack struct {
+	cfg       *config.Config
 	db        *sql.DB
+	dbProbe   *dbProbe
+	metrics   *metrics.Metrics
 	audit     *audit.Log
 	tools     *tools.Catalog
 	approvals *approval.Service
@@ -81,7 +85,7 @@ func assemble(ctx context.Context, c *config.Config, log *slog.Logger) (_ *stack
 	if err != nil {
 		return nil, err
 	}
-	s := &stack{}
+	s := &stack{cfg: c}
 	defer func() {
 		if err != nil {
 			s.close()
@@ -91,10 +95,25 @@ func assemble(ctx context.Context, c *config.Config, log *slog.Logger) (_ *stack
 	if err != nil {
 		return nil, err
 	}
+	s.dbProbe = &dbProbe{db: s.db}
 	if s.tools, err = tools.New(ctx, c, s.db); err != nil {
 		return nil, err
 	}
-	if s.approvals, err = approval.New(ctx, s.db, s.audit, approvalOptions(c)); err != nil {
+	// Metrics see what the audit log accepts and how long the policy
+	// takes, through the interfaces guard and approval already take.
+	s.metrics = metrics.New(metrics.Options{
+		Pending: func(ctx context.Context) (int, error) {
+			if s.approvals == nil {
+				return 0, nil
+			}
+			return s.approvals.PendingCount(ctx)
+		},
+		KnownTool: func(name string) bool { _, ok := s.tools.Lookup(name); return ok },
+		Version:   buildVersion(),
+		Logger:    log.With("component", "metrics"),
+	})
+	recorder := s.metrics.Recorder(s.audit)
+	if s.approvals, err = approval.New(ctx, s.db, recorder, approvalOptions(c)); err != nil {
 		return nil, err
 	}
 	if len(c.Upstreams) > 0 {
@@ -115,7 +134,7 @@ func assemble(ctx context.Context, c *config.Config, log *slog.Logger) (_ *stack
 		}
 	}
 	s.guard = guard.New(guard.Options{
-		Catalog: s.tools, Policy: policy, Audit: s.audit, Approvals: s.approvals,
+		Catalog: s.tools, Policy: s.metrics.Policy(policy), Audit: recorder, Approvals: s.approvals,
 		Tools: c.Tools, Logger: log.With("component", "guard"),
 	})
 	if _, ok := c.Tools["approval_status"]; ok {
@@ -226,9 +245,9 @@ func serve(ctx context.Context, c *config.Config, log *slog.Logger) (err error) 
 		return err
 	}
 	defer func() { err = errors.Join(err, s.close()) }()
-	srv, approvals := s.server, s.approvals
+	srv := s.server
 
-	pageSrv := newHTTPServer(approvals.Handler(), log)
+	pageSrv := newHTTPServer(s.pageHandler(), log)
 	go func() {
 		var err error
 		if c.Approval.TLSCertFile != "" {
@@ -260,7 +279,7 @@ func serve(ctx context.Context, c *config.Config, log *slog.Logger) (err error) 
 		return fmt.Errorf("agent listener: %w", err)
 	}
 	base := "http://" + ln.Addr().String()
-	handler, closeSessions := srv.HTTPHandler(base)
+	handler, closeSessions := s.agentHandler(base)
 	agentSrv := newHTTPServer(handler, log)
 	errc := make(chan error, 1)
 	go func() { errc <- agentSrv.Serve(ln) }()
@@ -278,6 +297,23 @@ func serve(ctx context.Context, c *config.Config, log *slog.Logger) (err error) 
 	closeSessions(sctx)
 	shutdown(agentSrv, c.Server.ShutdownTimeout)
 	return nil
+}
+
+// pageHandler is the approver listener: the page, and the operations
+// endpoints.
+func (s *stack) pageHandler() http.Handler {
+	return s.withOps(s.approvals.Handler(), approverHosts(s.cfg.Approval.AllowedHosts))
+}
+
+// agentHandler is the agent listener of serve --http: MCP, and the
+// operations endpoints.
+func (s *stack) agentHandler(base string) (http.Handler, func(context.Context) error) {
+	h, closeSessions := s.server.HTTPHandler(base)
+	allow := func(string) bool { return true }
+	if hosts := s.cfg.HTTP.AllowedHosts; len(hosts) > 0 {
+		allow = agentHosts(hosts)
+	}
+	return s.withOps(h, allow), closeSessions
 }
 
 func approvalOptions(c *config.Config) approval.Options {
