@@ -265,6 +265,10 @@ func (c *Config) validateUpstreams(v *validator) {
 	}
 }
 
+// ValidID reports whether s may be the id of an approver, an agent or a
+// role: lower-case letters, digits, . _ and -, at most 64.
+func ValidID(s string) bool { return idPattern.MatchString(s) }
+
 type validator struct{ problems []problem }
 
 func (v *validator) fail(path, format string, args ...any) {

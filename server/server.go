@@ -139,7 +139,11 @@ func (s *Server) ServeStdio(ctx context.Context, in io.Reader, out io.Writer) er
 	mcpserver.WithWorkerPoolSize(s.opts.Config.Server.Workers)(stdio)
 	mcpserver.WithQueueSize(4 * s.opts.Config.Server.Workers)(stdio)
 	stdio.SetErrorLogger(slog.NewLogLogger(s.log.Handler(), slog.LevelError))
-	stdio.SetContextFunc(func(ctx context.Context) context.Context { return WithAgent(ctx, "stdio") })
+	agent := s.opts.Config.Server.StdioAgent
+	if agent == "" {
+		agent = "stdio"
+	}
+	stdio.SetContextFunc(func(ctx context.Context) context.Context { return WithAgent(ctx, agent) })
 	return stdio.Listen(ctx, in, out)
 }
 
