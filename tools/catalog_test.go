@@ -6,6 +6,7 @@ import (
 	"database/sql"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -193,8 +194,8 @@ func TestSchemas(t *testing.T) {
 		{"get_balance", []string{`{}`, `{"account":"operating"}`},
 			[]string{`{"account":"savings"}`, `{"account":7}`, `{"extra":1}`, `[]`}, false},
 		{"list_counterparties", []string{`{}`}, []string{`{"x":1}`}, false},
-		{"list_transfers", []string{`{}`, `{"limit":1}`, `{"limit":100}`},
-			[]string{`{"limit":0}`, `{"limit":101}`, `{"limit":2.5}`, `{"limit":"5"}`}, false},
+		{"list_transfers", []string{`{}`, `{"limit":1}`, `{"limit":100}`, `{"cursor":"42","limit":5}`},
+			[]string{`{"limit":0}`, `{"limit":101}`, `{"limit":2.5}`, `{"limit":"5"}`, `{"cursor":"0"}`, `{"cursor":"-1"}`, `{"cursor":7}`}, false},
 		{"transfer", []string{
 			`{"from":"operating","to":"Vendor X","amount":500000,"currency":"USD"}`,
 			`{"from":"payroll","to":"Acme Supplies","amount":12.5,"currency":"EUR","memo":"inv 7","idempotency_key":"k-1"}`,
@@ -444,6 +445,70 @@ func TestListTransfersDefaultLimit(t *testing.T) {
 	}
 	if call.Args["limit"] != float64(defaultTransferLimit) {
 		t.Errorf("limit %v, want default %d in the approved args", call.Args["limit"], defaultTransferLimit)
+	}
+}
+
+// list_transfers pages instead of stopping silently at its limit: every
+// transfer is on exactly one page, newest first, and a transfer made while
+// an agent pages does not shift the pages it has not read yet.
+func TestListTransfersPages(t *testing.T) {
+	r, _ := registry(t, shipped(t))
+	ctx := context.Background()
+	pay := func(i int) {
+		t.Helper()
+		tr := lookup(t, r, "transfer")
+		call, err := tr.Prepare(ctx, map[string]any{"from": "operating", "to": "Acme Supplies", "amount": float64(i), "currency": "USD"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tr.Run(ctx, call); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := 1; i <= 45; i++ {
+		pay(i)
+	}
+	page := func(args map[string]any) ([]string, string) {
+		t.Helper()
+		lt := lookup(t, r, "list_transfers")
+		call, err := lt.Prepare(ctx, args)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, err := lt.Run(ctx, call)
+		if err != nil {
+			t.Fatal(err)
+		}
+		content := res.Content.(map[string]any)
+		var amounts []string
+		for _, tr := range content["transfers"].([]map[string]any) {
+			amounts = append(amounts, tr["amount"].(string))
+		}
+		next, _ := content["next_cursor"].(string)
+		return amounts, next
+	}
+	var all []string
+	first, cursor := page(map[string]any{})
+	if len(first) != defaultTransferLimit || cursor == "" || first[0] != "45.00" {
+		t.Fatalf("first page %v, cursor %q", first, cursor)
+	}
+	all = append(all, first...)
+	pay(46) // between pages: must not shift what follows
+	for cursor != "" {
+		var got []string
+		got, cursor = page(map[string]any{"cursor": cursor})
+		all = append(all, got...)
+	}
+	if len(all) != 45 || all[44] != "1.00" {
+		t.Fatalf("%d transfers over the pages, want 45 ending with the first: %v", len(all), all)
+	}
+	for i, a := range all {
+		if want := fmt.Sprintf("%d.00", 45-i); a != want {
+			t.Fatalf("transfer %d is %s, want %s", i, a, want)
+		}
+	}
+	if got, next := page(map[string]any{"limit": 100.0}); len(got) != 46 || next != "" {
+		t.Errorf("one page of 100: %d transfers, next_cursor %q", len(got), next)
 	}
 }
 
