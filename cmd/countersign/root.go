@@ -50,10 +50,15 @@ them on a local web page by tapping a security key, and every decision is
 written to a signed, hash-chained audit log that auditors can verify offline.
 
 Start with:
-  countersign serve                 serve one agent over stdio (the default config works as is)
-  countersign serve --http :8711    serve agents over HTTP at /mcp (Streamable) and /sse
+  countersign serve                 serve one agent over stdio on the embedded default
+                                    (demo ledger, deploy script and secrets; data in
+                                    $XDG_STATE_HOME/countersign or ~/.local/state/countersign)
+  countersign serve --http 127.0.0.1:8711
+                                    serve agents over HTTP at /mcp (Streamable) and /sse
   countersign approvers enroll ID   print a one-time link to register an approver's key
-  countersign config validate FILE  check a configuration before deploying it`,
+  countersign init DIR              write a commented mcp.yaml (and its demo files) to change
+  countersign config validate FILE  check a configuration before deploying it
+  countersign completion bash       shell completion (also zsh, fish, powershell)`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}

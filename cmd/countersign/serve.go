@@ -40,7 +40,15 @@ With --http ADDR it serves agents over HTTP instead: Streamable HTTP at /mcp and
 SSE at /sse (messages to /message), on one listener.
 
 Either way the approver page listens on approval.listen (127.0.0.1:8710 by
-default) and its URL is printed on stderr at start.`,
+default) and its URL is printed on stderr at start.
+
+Both listeners also answer /healthz (the process is up), /readyz (the
+database takes a write, the audit log passed its check at start, every
+upstream is connected; 503 and why, otherwise) and /metrics (Prometheus).
+
+The configuration is checked as config validate checks it before anything
+is created; the data directory is then made (mode 0700) if needed, and with
+the embedded default the demo files it names are written into it.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := loadConfig(cmd)
