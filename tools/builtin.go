@@ -162,6 +162,42 @@ func builtins(ctx context.Context, cfg *config.Config, db *sql.DB, c *Catalog) (
 	return specs, nil
 }
 
+// CheckConfig finds what would stop [New] for cfg that the configuration's
+// own checks cannot see, because only the backends know it: a currency the
+// ledger has no minor units for, a balance with more decimals than its
+// currency has, a payee name the ledger would not store. Each problem names
+// its key path, so that config validate reports it with the rest.
+func CheckConfig(cfg *config.Config) []error {
+	ledgerUsed := false
+	for _, name := range []string{"get_balance", "list_counterparties", "list_transfers", "transfer"} {
+		_, ok := cfg.Tools[name]
+		ledgerUsed = ledgerUsed || ok
+	}
+	if !ledgerUsed {
+		return nil
+	}
+	var errs []error
+	fail := func(path, format string, args ...any) {
+		errs = append(errs, &config.Error{Source: cfg.Source, Path: path, Msg: fmt.Sprintf(format, args...)})
+	}
+	for i, a := range cfg.Ledger.Accounts {
+		p := fmt.Sprintf("ledger.accounts[%d]", i)
+		if _, err := ledger.MinorUnits(a.Currency); err != nil {
+			fail(p+".currency", "%v", err)
+			continue
+		}
+		if _, err := ledger.ParseBalance(a.Balance, a.Currency); err != nil {
+			fail(p+".balance", "%q: %v", a.Balance, err)
+		}
+	}
+	for i, c := range cfg.Ledger.Counterparties {
+		if _, err := ledger.NormalizeName(c.Name); err != nil {
+			fail(fmt.Sprintf("ledger.counterparties[%d].name", i), "%v", err)
+		}
+	}
+	return errs
+}
+
 // checkKeys refuses arguments the schema does not declare, so Prepare is
 // safe even when called without the schema check.
 func checkKeys(args map[string]any, allowed ...string) error {

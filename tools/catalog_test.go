@@ -100,6 +100,30 @@ func TestCatalogOnlyConfiguredTools(t *testing.T) {
 	}
 }
 
+// CheckConfig finds, with key paths and before anything opens, what New
+// would refuse.
+func TestCheckConfigFindsWhatNewWouldRefuse(t *testing.T) {
+	c := shipped(t)
+	if errs := CheckConfig(c); len(errs) != 0 {
+		t.Fatalf("shipped config: %v", errs)
+	}
+	c.Ledger.Accounts[0].Currency = "XXY"
+	c.Ledger.Accounts[1].Balance = "1.001" // EUR has two decimals
+	c.Ledger.Counterparties[0].Name = "  "
+	var got []string
+	for _, err := range CheckConfig(c) {
+		got = append(got, err.Error())
+	}
+	for i, want := range []string{"mcp.yaml: ledger.accounts[0].currency: ", "mcp.yaml: ledger.accounts[1].balance: \"1.001\": ", "mcp.yaml: ledger.counterparties[0].name: "} {
+		if i >= len(got) || !strings.HasPrefix(got[i], want) {
+			t.Errorf("problem %d: got %q, want it to start %q", i, got, want)
+		}
+	}
+	if _, err := New(context.Background(), c, openDB(t, c.Server.DataDir)); err == nil {
+		t.Error("New accepted what CheckConfig refused")
+	}
+}
+
 func TestCatalogRefusesBadBackends(t *testing.T) {
 	tests := []struct {
 		name string

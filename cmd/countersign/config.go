@@ -77,16 +77,23 @@ offer.`,
 	return cmd
 }
 
-// checkConfig loads the configuration at path (see [config.Check]) and
-// compiles its policies, and returns every problem of both in one error: a
-// person fixing a configuration sees the whole list at once. A policy
-// problem at a key the configuration already reported is left out.
+// checkConfig loads the configuration at path (see [config.Check]), asks
+// the built-in backends what they would refuse, compiles the policies, and
+// returns every problem of all three in one error: a person fixing a
+// configuration sees the whole list at once. A problem at a key already
+// reported is left out.
 func checkConfig(path string) (*config.Config, error) {
 	c, err := config.Check(path)
 	if c == nil {
 		return nil, configError(err)
 	}
 	problems := unjoin(err)
+	for _, e := range tools.CheckConfig(c) {
+		var ce *config.Error
+		if !errors.As(e, &ce) || !reportedAt(problems, ce.Path) {
+			problems = append(problems, e)
+		}
+	}
 	_, perr := authz.Compile(c.Tools, c.Approvers, policyOptions(c, slog.New(slog.DiscardHandler)))
 	for _, e := range unjoin(perr) {
 		var ce *authz.CompileError

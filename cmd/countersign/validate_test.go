@@ -59,6 +59,8 @@ var brokenCases = []brokenCase{
 		want: "tools.transfer.rules[0].when: ERROR: <input>:1:5: undefined field 'amout'"},
 	{class: "rule compares a field with the wrong type", replace: [2]string{`"args.environment == 'production'"`, `"args.environment == 5"`},
 		want: "tools.deploy.rules[0].when: ERROR: <input>:1:18: found no matching overload for '_==_' applied to '(string, int)'"},
+	{class: "a balance the ledger cannot hold", replace: [2]string{`balance: "100.00"`, `balance: "100.001"`},
+		want: `ledger.accounts[0].balance: "100.001": `},
 	{class: "unknown approver", replace: [2]string{"    approvers: [role:ops]", "    approvers: [mallory]"},
 		want: `tools.deploy.approvers[0]: unknown approver "mallory"`},
 }
