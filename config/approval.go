@@ -28,7 +28,8 @@ type derivedFields struct{ publicURL, rpID, origins, allowedHosts bool }
 //   - allowed_hosts: public_url's host:port, and for a loopback listener
 //     localhost:PORT and 127.0.0.1:PORT as well.
 //
-// It reports a problem only when public_url cannot be derived.
+// It reports a problem only when public_url cannot be derived from a
+// well-formed listen; a malformed one leaves the four empty.
 func (a *Approval) Derive(listen string) error {
 	if a.derived.publicURL || a.PublicURL == "" {
 		a.derived.publicURL = true
@@ -72,7 +73,7 @@ func (a *Approval) Derived() bool { return a.derived.publicURL }
 func publicURLFor(listen string, tls bool) (string, error) {
 	host, port, err := net.SplitHostPort(listen)
 	if err != nil || port == "" {
-		return "", fmt.Errorf("cannot derive public_url from listen %q: expected host:port", listen)
+		return "", nil // validate says listen is wrong; nothing follows from it
 	}
 	scheme := "http"
 	if tls {
@@ -96,7 +97,7 @@ func (c *Config) checkApproval(v *validator) {
 	if err != nil || (pub.Scheme != "http" && pub.Scheme != "https") || pub.Host == "" {
 		return // v.url has said so
 	}
-	if pub.Path != "" && pub.Path != "/" || pub.RawQuery != "" || pub.Fragment != "" {
+	if (pub.Path != "" && pub.Path != "/") || pub.RawQuery != "" || pub.Fragment != "" {
 		v.fail("approval.public_url", "expected a URL with no path, query or fragment (the page serves at its root), got %q", a.PublicURL)
 	}
 	host := pub.Hostname()

@@ -58,20 +58,24 @@ func (c *Config) validate() []problem {
 
 	ap := c.Approval
 	v.hostPort("approval.listen", ap.Listen)
-	v.url("approval.public_url", ap.PublicURL)
-	v.nonEmpty("approval.rp_id", ap.RPID)
+	// With a malformed listen nothing could be derived from it, and
+	// saying so four more times would bury the one thing to fix.
+	if !(ap.derived.publicURL && ap.PublicURL == "") {
+		v.url("approval.public_url", ap.PublicURL)
+		v.nonEmpty("approval.rp_id", ap.RPID)
+		if len(ap.Origins) == 0 {
+			v.fail("approval.origins", "expected at least one origin, e.g. http://localhost:8710")
+		}
+		if len(ap.AllowedHosts) == 0 {
+			v.fail("approval.allowed_hosts", "expected at least one host name, e.g. localhost:8710")
+		}
+	}
 	if net.ParseIP(ap.RPID) != nil {
 		v.fail("approval.rp_id", "WebAuthn refuses IP addresses as RP ID; use a name such as localhost")
 	}
 	v.nonEmpty("approval.rp_name", ap.RPName)
-	if len(ap.Origins) == 0 {
-		v.fail("approval.origins", "expected at least one origin, e.g. http://localhost:8710")
-	}
 	for i, o := range ap.Origins {
 		v.url(fmt.Sprintf("approval.origins[%d]", i), o)
-	}
-	if len(ap.AllowedHosts) == 0 {
-		v.fail("approval.allowed_hosts", "expected at least one host name, e.g. localhost:8710")
 	}
 	v.positive("approval.timeout", ap.Timeout)
 	v.positive("approval.poll_interval", ap.PollInterval)
