@@ -25,8 +25,8 @@ type derivedFields struct{ publicURL, rpID, origins, allowedHosts bool }
 //     name to derive: public_url must then be set.
 //   - rp_id: public_url's host name.
 //   - origins: public_url's origin.
-//   - allowed_hosts: public_url's host:port, and for a loopback listener
-//     localhost:PORT and 127.0.0.1:PORT as well.
+//   - allowed_hosts: public_url's host:port, and when that is on this
+//     machine's loopback, localhost:PORT and 127.0.0.1:PORT as well.
 //
 // It reports a problem only when public_url cannot be derived from a
 // well-formed listen; a malformed one leaves the four empty.
@@ -55,7 +55,7 @@ func (a *Approval) Derive(listen string) error {
 	if a.derived.allowedHosts || len(a.AllowedHosts) == 0 {
 		a.derived.allowedHosts = true
 		a.AllowedHosts = []string{pub.Host}
-		if host, port, err := net.SplitHostPort(listen); err == nil && isLoopbackHost(host) {
+		if _, port, err := net.SplitHostPort(listen); err == nil && isLoopbackHost(pub.Hostname()) {
 			for _, h := range []string{"localhost:" + port, "127.0.0.1:" + port} {
 				if !slices.Contains(a.AllowedHosts, h) {
 					a.AllowedHosts = append(a.AllowedHosts, h)
