@@ -165,6 +165,10 @@ func (s *Server) HTTPHandler(baseURL string) (h http.Handler, shutdown func(cont
 		mcpserver.WithBaseURL(baseURL),
 		mcpserver.WithSSEEndpoint("/sse"),
 		mcpserver.WithMessageEndpoint("/message"),
+		// A relative endpoint resolves against whatever name the client
+		// reached /sse by (localhost, a proxy's name); a full URL built
+		// from the listener's address fails clients that check origins.
+		mcpserver.WithUseFullURLForMessageEndpoint(false),
 		mcpserver.WithSSEContextFunc(ctxFunc),
 		mcpserver.WithKeepAlive(true),
 	)

@@ -232,6 +232,23 @@ func TestFreshInstallRunsAnywhere(t *testing.T) {
 			t.Errorf("%s: %d\n%s", u, code, body)
 		}
 	}
+	// SSE clients reach the message endpoint by the name they used for
+	// /sse: it is announced relative, not as the listener's 127.0.0.1.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, strings.Replace(agentBase, "127.0.0.1", "localhost", 1)+"/sse", nil)
+	if resp, err := http.DefaultClient.Do(req); err != nil {
+		t.Error(err)
+	} else {
+		sc := bufio.NewScanner(resp.Body)
+		for sc.Scan() && !strings.HasPrefix(sc.Text(), "data:") {
+		}
+		if line := sc.Text(); !strings.HasPrefix(line, "data: /message?sessionId=") {
+			t.Errorf("SSE endpoint event %q, want a relative /message URL", line)
+		}
+		resp.Body.Close()
+	}
+	cancel()
 	if m := scrape(t, page); m[`countersign_tool_calls_total{outcome="executed",tool="read_secret"}`] != 1 {
 		t.Errorf("metrics of the HTTP run: %v", m)
 	}
