@@ -10,7 +10,9 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"io/fs"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -22,6 +24,7 @@ import (
 	"time"
 
 	"github.com/countersign/countersign"
+	"github.com/countersign/countersign/approval/approvaltest"
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
 )
 
@@ -345,5 +348,41 @@ func TestInitValidateServeFromElsewhere(t *testing.T) {
 	}
 	if got := tree(t, dir); len(got) != 7 { // mcp.yaml, demo/, deploy.sh, secrets/ and three secrets
 		t.Errorf("the config directory holds %v", got)
+	}
+}
+
+// Changing only the approver page's listen address moves the page, its
+// links and its checks together: a key enrolled through the link the CLI
+// prints approves a transfer in a real browser, on the new port.
+func TestBrowserApprovalOnAnotherPortByEnvironmentAlone(t *testing.T) {
+	n := newNewcomer(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	n.listen = fmt.Sprintf("127.0.0.1:%d", port)
+	agentBase, page := n.listening(t, n.cwd, n.env())
+	if want := fmt.Sprintf("http://localhost:%d", port); page != want {
+		t.Fatalf("approver page at %s, want %s", page, want)
+	}
+	link, errOut, code := n.run(t, n.cwd, n.env(), "approvers", "enroll", "alice")
+	link = strings.TrimSpace(strings.SplitN(link, "\n", 2)[0])
+	if code != 0 || !strings.HasPrefix(link, page+"/enroll/") {
+		t.Fatalf("enroll link %q (%d %s), want one on %s", link, code, errOut, page)
+	}
+	tab := approvaltest.Tab(t, approvaltest.NewBrowser(t), true)
+	approvaltest.Enroll(t, tab, link)
+
+	a := newAgentAt(t, agentBase+"/mcp")
+	call := a.start("transfer", transferArgs(20000))
+	url, _ := a.approvalURL(t, 1, call)
+	if !strings.HasPrefix(url, page+"/requests/") {
+		t.Fatalf("approval URL %s is not on %s", url, page)
+	}
+	approvaltest.Approve(t, tab, url)
+	if res := await(t, call); res.IsError {
+		t.Fatalf("approved transfer failed: %s", resultText(res))
 	}
 }
