@@ -214,7 +214,10 @@ func (s *Service) Create(ctx context.Context, r NewRequest) (*Request, error) {
 	}
 	slog.Info("approval requested", "id", id, "tool", r.Tool, "agent", r.Agent, "url", s.requestURL(id), "code", code)
 	s.notify()
-	return s.Get(ctx, id)
+	// The request exists and is recorded: a caller leaving right now must
+	// still get it, so that its Wait cancels it, rather than an error that
+	// leaves it pending and approvable with nobody to run it.
+	return s.Get(context.WithoutCancel(ctx), id)
 }
 
 func (s *Service) requestURL(id string) string { return s.opts.PublicURL + "/requests/" + id }
@@ -347,6 +350,14 @@ func (s *Service) list(ctx context.Context, pending bool, limit int) ([]*Request
 		out = append(out, r)
 	}
 	return out, nil
+}
+
+// PendingCount returns how many requests wait for a decision; the page and
+// the operator's metrics say so when there are more than a list shows.
+func (s *Service) PendingCount(ctx context.Context) (int, error) {
+	var n int
+	err := s.db.QueryRowContext(ctx, `SELECT count(*) FROM approval_requests WHERE state = 'pending'`).Scan(&n)
+	return n, err
 }
 
 // Wait blocks until the request is approved, denied, expired or cancelled.
