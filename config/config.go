@@ -146,6 +146,11 @@ type Secret struct {
 // Audit configures the tamper-evident log.
 type Audit struct {
 	CheckpointEvery time.Duration `mapstructure:"checkpoint_every"`
+	// Sync is the durability of every commit to the data directory's
+	// database, the audit log's and the ledger's alike: "full" (default)
+	// syncs each commit group to disk and survives a power loss; "normal"
+	// survives the process being killed, not the machine losing power.
+	Sync string `mapstructure:"sync"`
 }
 
 // Limits bound what one agent can make Countersign do or keep, whatever
