@@ -6,7 +6,10 @@
 // win:
 //
 //	pending -> approved | denied | expired | cancelled
-//	approved -> executed | failed        (BeginExecution claims it once)
+//	approved -> executed | failed | interrupted   (BeginExecution claims it once)
+//
+// A request's life outlives the process that raised it; [Service.Restart]
+// says what a restart does with each state.
 //
 // An approver approves or denies by signing the action digest
 // ([digest.Compute]) with a security key: the digest of (request, decision) is
@@ -90,6 +93,9 @@ const (
 	StateCancelled = "cancelled"
 	StateExecuted  = "executed"
 	StateFailed    = "failed"
+	// StateInterrupted: the process died while the request ran and the
+	// backend cannot tell whether it took effect; it is never run again.
+	StateInterrupted = "interrupted"
 )
 
 // Errors callers can test with errors.Is.
@@ -241,7 +247,7 @@ func (s *Service) migrate(ctx context.Context) error {
 			return fmt.Errorf("approval: create tables: %w", err)
 		}
 	}
-	return nil
+	return s.migrateWaitMode(ctx)
 }
 
 var schema = []string{

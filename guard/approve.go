@@ -28,6 +28,7 @@ func (g *Guard) countersign(ctx context.Context, c Call, spec *tools.Spec, call 
 		AuthorizationDetails: call.Details, Summary: call.Summary,
 		Level: d.Level, Rule: entry.Rule, Approvers: d.Approvers, Quorum: d.Quorum,
 		UserVerification: d.UserVerification, Timeout: d.Timeout, RedactArgs: conf.RedactArgs,
+		Wait: waitMode(d.Wait),
 	})
 	if err != nil {
 		g.log.Error("cannot raise approval request", "tool", spec.Def.Name, "err", err)
@@ -62,34 +63,58 @@ func (g *Guard) countersign(ctx context.Context, c Call, spec *tools.Spec, call 
 	return res
 }
 
+// waitMode is the approval service's name for a policy's wait setting.
+func waitMode(w string) string {
+	if w == authz.WaitPoll {
+		return approval.WaitPoll
+	}
+	return approval.WaitBlock
+}
+
 // executeWhenApproved is the poll-mode path: the agent has its auth_req_id
 // and asks approval_status; the tool runs here once the humans approve.
+// It only watches the request: when the server stops first, the request
+// stays pending for the next start to resume.
 func (g *Guard) executeWhenApproved(id string, spec *tools.Spec, call *tools.Call, entry audit.Entry) {
 	ctx, cancel := context.WithCancel(g.life)
 	defer cancel()
-	final, err := g.opts.Approvals.Wait(ctx, id)
+	final, err := g.opts.Approvals.Watch(ctx, id)
 	if err != nil || final.State != approval.StateApproved {
 		return
 	}
-	g.runApproved(ctx, id, spec, call, entry)
+	// The run is not cut short by a shutdown: it finishes, or the process
+	// dies and the next start settles it.
+	g.runApproved(context.WithoutCancel(ctx), id, spec, call, entry)
 }
 
 // runApproved claims the approved request for its one execution, runs it
 // (to completion even if the caller leaves now, unless the tool follows its
-// caller's cancellation) and stores the outcome.
+// caller's cancellation) and stores the outcome with its audit entry.
 func (g *Guard) runApproved(ctx context.Context, id string, spec *tools.Spec, call *tools.Call, entry audit.Entry) (*mcp.CallToolResult, bool) {
-	if err := g.opts.Approvals.BeginExecution(ctx, id); err != nil {
+	// Claimed even if the caller has just left: an approved request that
+	// nobody claims would never run nor end.
+	if err := g.opts.Approvals.BeginExecution(context.WithoutCancel(ctx), id); err != nil {
 		return toolError("refused to run approved request %s: %v", id, err), false
 	}
 	runCtx := ctx
 	if !spec.FollowCancel {
 		runCtx = context.WithoutCancel(ctx)
 	}
-	res, content, ok := g.run(runCtx, spec, call, entry)
-	if err := g.opts.Approvals.Finish(context.WithoutCancel(ctx), id, ok, content); err != nil {
+	res, content, rec, ok := g.execute(runCtx, spec, call, entry)
+	g.finish(ctx, id, content, rec, ok)
+	return res, ok
+}
+
+// finish stores a claimed request's outcome and its audit entry together.
+func (g *Guard) finish(ctx context.Context, id string, content json.RawMessage, rec audit.Entry, ok bool) {
+	state := approval.StateFailed
+	if ok {
+		state = approval.StateExecuted
+	}
+	err := g.opts.Approvals.Finish(context.WithoutCancel(ctx), id, approval.Outcome{State: state, Result: content, Record: rec})
+	if err != nil {
 		g.log.Error("cannot store approval outcome", "auth_req_id", id, "err", err)
 	}
-	return res, ok
 }
 
 // Outcome says, for the agent, how a request that did not run ended.

@@ -56,8 +56,9 @@ type Recorder interface {
 type Approvals interface {
 	Create(ctx context.Context, r approval.NewRequest) (*approval.Request, error)
 	Wait(ctx context.Context, id string) (*approval.Request, error)
+	Watch(ctx context.Context, id string) (*approval.Request, error)
 	BeginExecution(ctx context.Context, id string) error
-	Finish(ctx context.Context, id string, ok bool, result json.RawMessage) error
+	Finish(ctx context.Context, id string, o approval.Outcome) error
 	Poll(ctx context.Context, id, agent string) (*approval.PollStatus, error)
 }
 
@@ -183,8 +184,7 @@ func (g *Guard) Handle(ctx context.Context, c Call) *mcp.CallToolResult {
 		if !g.record(ctx, entry) {
 			return toolError("refused: the audit log cannot record this call")
 		}
-		res, _, _ := g.run(ctx, spec, call, entry)
-		return res
+		return g.run(ctx, spec, call, entry)
 	case config.LevelHigh, config.LevelCritical:
 		return g.countersign(ctx, c, spec, call, canon, conf, d, entry)
 	default:
@@ -228,16 +228,31 @@ func boundName(s string) string {
 }
 
 // run executes the tool once and records what happened.
-func (g *Guard) run(ctx context.Context, spec *tools.Spec, call *tools.Call, entry audit.Entry) (*mcp.CallToolResult, json.RawMessage, bool) {
+func (g *Guard) run(ctx context.Context, spec *tools.Spec, call *tools.Call, entry audit.Entry) *mcp.CallToolResult {
+	out, _, rec, _ := g.execute(ctx, spec, call, entry)
+	g.record(ctx, rec)
+	return out
+}
+
+// execute runs the tool once. It returns what the agent gets, the result
+// as JSON (for approval_status), and the entry that records the run
+// (call.executed or call.failed), which the caller appends.
+func (g *Guard) execute(ctx context.Context, spec *tools.Spec, call *tools.Call, entry audit.Entry) (*mcp.CallToolResult, json.RawMessage, audit.Entry, bool) {
 	res, err := safeRun(ctx, spec, call)
 	if err != nil {
 		entry.Kind, entry.Reason = audit.KindCallFailed, err.Error()
-		g.record(ctx, entry)
 		msg, _ := json.Marshal(map[string]string{"error": err.Error()})
-		return toolError("%s failed: %v", spec.Def.Name, err), msg, false
+		return toolError("%s failed: %v", spec.Def.Name, err), msg, entry, false
 	}
+	return g.executed(spec, res, entry)
+}
+
+// executed is the agent's result, its JSON and the call.executed entry
+// for a tool's result.
+func (g *Guard) executed(spec *tools.Spec, res *tools.Result, entry audit.Entry) (*mcp.CallToolResult, json.RawMessage, audit.Entry, bool) {
 	var out *mcp.CallToolResult
 	var content []byte
+	var err error
 	if res.MCP != nil {
 		out = res.MCP
 		content, err = json.Marshal(res.MCP)
@@ -247,8 +262,7 @@ func (g *Guard) run(ctx context.Context, spec *tools.Spec, call *tools.Call, ent
 	}
 	if err != nil {
 		entry.Kind, entry.Reason = audit.KindCallFailed, "cannot encode result: "+err.Error()
-		g.record(ctx, entry)
-		return toolError("%s: cannot encode result: %v", spec.Def.Name, err), nil, false
+		return toolError("%s: cannot encode result: %v", spec.Def.Name, err), nil, entry, false
 	}
 	entry.Kind, entry.Reason = audit.KindCallExecuted, ""
 	record := res.Record
@@ -259,8 +273,7 @@ func (g *Guard) run(ctx context.Context, spec *tools.Spec, call *tools.Call, ent
 	if rec, err := json.Marshal(record); err == nil && record != nil {
 		entry.Result = rec
 	}
-	g.record(ctx, entry)
-	return out, content, true
+	return out, content, entry, true
 }
 
 func safeRun(ctx context.Context, spec *tools.Spec, call *tools.Call) (res *tools.Result, err error) {

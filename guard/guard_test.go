@@ -79,6 +79,7 @@ type humans struct {
 	decide   chan string // the final state of the next request waited on
 	claimed  int
 	finished []bool
+	log      *memLog // where Finish records the outcome, as the real service does through its outbox
 }
 
 func (h *humans) Create(_ context.Context, r approval.NewRequest) (*approval.Request, error) {
@@ -98,6 +99,10 @@ func (h *humans) Wait(ctx context.Context, id string) (*approval.Request, error)
 	}
 }
 
+func (h *humans) Watch(ctx context.Context, id string) (*approval.Request, error) {
+	return h.Wait(ctx, id)
+}
+
 func (h *humans) BeginExecution(context.Context, string) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -108,10 +113,15 @@ func (h *humans) BeginExecution(context.Context, string) error {
 	return nil
 }
 
-func (h *humans) Finish(_ context.Context, _ string, ok bool, _ json.RawMessage) error {
+func (h *humans) Finish(ctx context.Context, id string, o approval.Outcome) error {
 	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.finished = append(h.finished, ok)
+	h.finished = append(h.finished, o.State == approval.StateExecuted)
+	h.mu.Unlock()
+	if o.Record.Kind != "" {
+		o.Record.RequestID = id
+		_, err := h.log.Append(ctx, o.Record)
+		return err
+	}
 	return nil
 }
 
@@ -172,10 +182,11 @@ type fixture struct {
 
 func newFixture(t *testing.T, level string) *fixture {
 	t.Helper()
+	log := &memLog{}
 	f := &fixture{
-		log:    &memLog{},
+		log:    log,
 		policy: &fixedPolicy{d: authz.Decision{Level: level, Reason: "test says " + level, Quorum: 1, Approvers: []string{"alice"}, Wait: authz.WaitBlock}},
-		humans: &humans{decide: make(chan string, 1)},
+		humans: &humans{decide: make(chan string, 1), log: log},
 		tool:   &counter{},
 		cat:    tools.NewCatalog(),
 	}
