@@ -47,6 +47,38 @@ type Spec struct {
 	Prepare func(ctx context.Context, args map[string]any) (*Call, error)
 	// Run executes the tool once with call.Args.
 	Run func(ctx context.Context, call *Call) (*Result, error)
+
+	// Recover, when set, tells what became of a call whose run started
+	// but whose outcome was never recorded, because the process died: the
+	// result the run gave (done), or that it never took effect (!done), in
+	// which case running it now, under the same call.ID, is its one run.
+	// A backend sets it only when it keeps its effects under the call id in
+	// the same transaction that makes them. Without it the outcome is
+	// unknown and the call is never run again.
+	Recover func(ctx context.Context, call *Call) (res *Result, done bool, err error)
+	// Journal, when set, lists the effects the backend committed, so that
+	// a start can record those whose audit record a crash lost.
+	Journal Journal
+}
+
+// Journal is a backend's own durable list of the calls that took effect,
+// each under the Call.ID its Run was given, in commit order.
+type Journal interface {
+	// Effects returns up to limit effects after position pos.
+	Effects(ctx context.Context, pos int64, limit int) ([]Effect, error)
+	// Last is the position of the newest effect.
+	Last(ctx context.Context) (int64, error)
+	// Recorded is the position up to which every effect is known to have
+	// its audit record; SetRecorded moves it forward.
+	Recorded(ctx context.Context) (int64, error)
+	SetRecorded(ctx context.Context, pos int64) error
+}
+
+// Effect is one call that took effect.
+type Effect struct {
+	Pos    int64
+	CallID string
+	Result *Result // as Run returned it
 }
 
 // ReadOnly reports whether the tool declares that it changes nothing.
@@ -62,6 +94,10 @@ type Call struct {
 	Args map[string]any
 	// Agent is the authenticated agent making the call; the guard sets it.
 	Agent string
+	// ID names the call for its backend, unique per call; the guard sets
+	// it before Run. A backend that keeps it with its effect can tell after
+	// a crash whether the call took effect (see Spec.Recover).
+	ID string
 	// Facts are the policy's fact variables, e.g.
 	// {"counterparty": {"name": "Vendor X", "known": false, "exists": false, "first_seen": ""}}.
 	Facts map[string]any
