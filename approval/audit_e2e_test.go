@@ -73,7 +73,7 @@ func TestRealAuditLogExportVerifies(t *testing.T) {
 		t.Fatal(err)
 	}
 	r4, _ := svc.Create(ctx, paymentRequest("alice"))
-	alice.origin = "http://evil.example"
+	alice.Origin = "http://evil.example"
 	if _, err := f.decide(t, r4.ID, digest.Approve, alice); err == nil {
 		t.Fatal("wrong origin accepted")
 	}

@@ -219,12 +219,12 @@ func TestCriticalNeedsQuorumWithUV(t *testing.T) {
 		t.Fatalf("critical user verification %q", opts.PublicKey.UserVerification)
 	}
 	// Bob's key without UV is refused.
-	bob.uv = false
+	bob.UV = false
 	if _, err := f.decide(t, req.ID, digest.Approve, bob); !errors.Is(err, ErrUserVerification) {
 		t.Fatalf("no-UV assertion: %v", err)
 	}
 	f.rec.requireRejected(t, ErrUserVerification)
-	bob.uv = true
+	bob.UV = true
 
 	got, err := f.decide(t, req.ID, digest.Approve, alice)
 	if err != nil {
@@ -239,7 +239,7 @@ func TestCriticalNeedsQuorumWithUV(t *testing.T) {
 	c, resp := f.sign(t, req.ID, digest.Approve, bob)
 	opts2, _ := f.svc.BeginDecision(ctx, req.ID, digest.Approve)
 	for _, cr := range opts2.PublicKey.AllowedCredentials {
-		if string(cr.CredentialID) == string(alice.id) {
+		if string(cr.CredentialID) == string(alice.ID) {
 			t.Fatal("an already-counted approver's key is offered again")
 		}
 	}

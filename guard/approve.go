@@ -41,7 +41,16 @@ func (g *Guard) countersign(ctx context.Context, c Call, spec *tools.Spec, call 
 		"level", d.Level, "auth_req_id", r.ID, "code", r.Code, "url", r.URL)
 
 	if d.Wait == authz.WaitPoll {
-		g.bg.Add(1)
+		g.mu.Lock() // Shutdown may be waiting on bg: add under the same lock as closing
+		closing := g.closing
+		if !closing {
+			g.bg.Add(1)
+		}
+		g.mu.Unlock()
+		if closing {
+			// Pending for the next start to resume.
+			return structured(pendingResult(r, g.now()))
+		}
 		go func() {
 			defer g.bg.Done()
 			g.executeWhenApproved(r.ID, spec, call, entry)
@@ -49,6 +58,7 @@ func (g *Guard) countersign(ctx context.Context, c Call, spec *tools.Spec, call 
 		return structured(pendingResult(r, g.now()))
 	}
 
+	defer g.waitOn(ctx, r.ID)()
 	if c.Waiting != nil {
 		defer c.Waiting(ctx, r)()
 	}
@@ -99,6 +109,11 @@ func (g *Guard) runApproved(ctx context.Context, id string, spec *tools.Spec, ca
 	runCtx := ctx
 	if !spec.FollowCancel {
 		runCtx = context.WithoutCancel(ctx)
+	}
+	call.ID = requestCallID(id)
+	if spec.Journal != nil {
+		g.runs.RLock()
+		defer g.runs.RUnlock()
 	}
 	res, content, rec, ok := g.execute(runCtx, spec, call, entry)
 	g.finish(ctx, id, content, rec, ok)

@@ -13,6 +13,46 @@
 // The guard knows MCP only as data (the result type); transports live in
 // package server, which hands each call to [Guard.Handle] and, while a call
 // waits for a human, keeps its client informed through [Call.Waiting].
+//
+// # Crashes and restarts
+//
+// A call's life can outlast the process. Each run is given a call id
+// (tools.Call.ID): "request:<auth_req_id>" for a countersigned call,
+// "entry:<seq>" for a routine one, seq being its call.allowed entry. A
+// countersigned run's record is written with its request's final state,
+// in one transaction. [Guard.Resume], at start and before serving, settles
+// what the previous process left:
+//
+//   - A block-mode request still pending is cancelled with reason "server
+//     restarted" (recorded, shown on the approver page): its caller died
+//     with the process, and it can never be approved afterwards.
+//   - A poll-mode request still pending keeps its expiry; once approved
+//     the server runs it once (the tool looked up again by name, its
+//     stored arguments prepared again and required to come out as the
+//     approved bytes; an upstream tool is waited for up to ToolWait, then
+//     the request fails saying so). The agent gets the result from
+//     approval_status with the same auth_req_id. An approved request
+//     nobody claimed runs the same way: nothing of it had started.
+//   - A request whose run was claimed when the process died depends on the
+//     backend. The ledger keeps the call id in the transfer row, written in
+//     the transfer's transaction (tools.Spec.Recover): if the row is there
+//     the request is finished with call.executed and the real result; if
+//     not, the transfer never happened and runs now, once (the unique call
+//     id makes a second payment impossible). A deploy command or an
+//     upstream tool cannot tell whether it acted: the request ends
+//     interrupted, recorded as call.interrupted, shown to the approver and
+//     returned by approval_status, and it is never run again.
+//   - A routine ledger call whose transfer committed while its
+//     call.executed entry was lost is found by the ledger's journal
+//     (tools.Spec.Journal) and recorded, repeating its call.allowed
+//     entry's agent and arguments. The journal's recorded mark moves
+//     forward whenever no journaled run is between effect and record, so
+//     this reads only the end of the log.
+//
+// [Guard.Shutdown] (SIGTERM) refuses new calls, cancels the block-mode
+// requests calls wait on with reason "server shutting down", which is what
+// their agents are told, keeps poll-mode requests pending, and lets running
+// calls finish.
 package guard
 
 import (
@@ -25,6 +65,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/countersign/countersign/approval"
@@ -39,6 +80,7 @@ import (
 // Catalog finds the tool a call names; *tools.Catalog satisfies it.
 type Catalog interface {
 	Lookup(name string) (*tools.Spec, bool)
+	Specs() []*tools.Spec
 }
 
 // Policy decides a call's level; *authz.Policy satisfies it.
@@ -52,14 +94,23 @@ type Recorder interface {
 	Append(ctx context.Context, e audit.Entry) (audit.Entry, error)
 }
 
+// History reads the audit log in order; *audit.Log satisfies it. A start
+// reads the end of the log to find effects whose record a crash lost.
+type History interface {
+	Since(ctx context.Context, seq int64, limit int) ([]audit.Entry, error)
+}
+
 // Approvals gets a human's countersignature; *approval.Service satisfies it.
 type Approvals interface {
 	Create(ctx context.Context, r approval.NewRequest) (*approval.Request, error)
 	Wait(ctx context.Context, id string) (*approval.Request, error)
 	Watch(ctx context.Context, id string) (*approval.Request, error)
+	Cancel(ctx context.Context, id, reason string) error
 	BeginExecution(ctx context.Context, id string) error
 	Finish(ctx context.Context, id string, o approval.Outcome) error
 	Poll(ctx context.Context, id, agent string) (*approval.PollStatus, error)
+	Restart(ctx context.Context) ([]string, error)
+	Unfinished(ctx context.Context) ([]approval.Unfinished, error)
 }
 
 // Options wire a Guard.
@@ -68,11 +119,17 @@ type Options struct {
 	Policy    Policy
 	Audit     Recorder
 	Approvals Approvals // nil: high and critical calls are refused
+	History   History   // for Resume; nil when no backend keeps a journal
 	// Tools is the tools section of the config, for per-tool settings the
 	// guard applies itself (redact_args).
 	Tools  map[string]config.Tool
 	Logger *slog.Logger
 	Now    func() time.Time
+	// ToolWait bounds how long a request resumed after a restart waits
+	// for its tool to appear (an upstream still connecting); default 1m.
+	ToolWait time.Duration
+	// MarkEvery is how often journals' recorded marks move; default 30s.
+	MarkEvery time.Duration
 }
 
 // Guard runs tool calls. It is safe for concurrent use.
@@ -87,18 +144,38 @@ type Guard struct {
 	bg   sync.WaitGroup  // poll-mode executions still running
 	life context.Context // cancelled by Close: poll-mode waits stop then
 	stop context.CancelFunc
+
+	// runs is held for reading by every journaled run, from before the
+	// backend acts until its record is durable; the journals' marks move
+	// only while nobody holds it (advanceMarks).
+	runs       sync.RWMutex
+	unrecorded atomic.Bool // an effect's record failed: marks stay put
+
+	mu       sync.Mutex
+	closing  bool                // Shutdown began: calls are refused
+	waiting  map[string]struct{} // block-mode requests callers wait on
+	calls    sync.WaitGroup      // calls inside Handle
+	inflight atomic.Int64
 }
 
 // New returns a Guard.
 func New(opts Options) *Guard {
-	g := &Guard{opts: opts, log: opts.Logger, now: opts.Now, schemas: map[*tools.Spec]*schema{}}
+	g := &Guard{opts: opts, log: opts.Logger, now: opts.Now, schemas: map[*tools.Spec]*schema{}, waiting: map[string]struct{}{}}
 	if g.log == nil {
 		g.log = slog.New(slog.DiscardHandler)
 	}
 	if g.now == nil {
 		g.now = time.Now
 	}
+	if g.opts.ToolWait <= 0 {
+		g.opts.ToolWait = time.Minute
+	}
+	if g.opts.MarkEvery <= 0 {
+		g.opts.MarkEvery = 30 * time.Second
+	}
 	g.life, g.stop = context.WithCancel(context.Background())
+	g.bg.Add(1)
+	go g.markLoop(g.opts.MarkEvery)
 	return g
 }
 
@@ -129,6 +206,10 @@ func (g *Guard) Handle(ctx context.Context, c Call) *mcp.CallToolResult {
 	if c.Agent == "" {
 		c.Agent = "unknown"
 	}
+	if !g.enter() {
+		return g.refuseClosing(ctx, c.Agent, c.Tool)
+	}
+	defer g.leave()
 	entry := audit.Entry{Agent: c.Agent, Tool: c.Tool}
 	spec, ok := g.opts.Catalog.Lookup(c.Tool)
 	if !ok {
@@ -181,9 +262,12 @@ func (g *Guard) Handle(ctx context.Context, c Call) *mcp.CallToolResult {
 	switch d.Level {
 	case config.LevelLow:
 		entry.Kind = audit.KindCallAllowed
-		if !g.record(ctx, entry) {
+		allowed, err := g.opts.Audit.Append(context.WithoutCancel(ctx), entry)
+		if err != nil {
+			g.log.Error("audit append failed", "kind", entry.Kind, "tool", entry.Tool, "err", err)
 			return toolError("refused: the audit log cannot record this call")
 		}
+		call.ID = entryCallID(allowed.Seq)
 		return g.run(ctx, spec, call, entry)
 	case config.LevelHigh, config.LevelCritical:
 		return g.countersign(ctx, c, spec, call, canon, conf, d, entry)
@@ -229,8 +313,16 @@ func boundName(s string) string {
 
 // run executes the tool once and records what happened.
 func (g *Guard) run(ctx context.Context, spec *tools.Spec, call *tools.Call, entry audit.Entry) *mcp.CallToolResult {
+	if spec.Journal != nil {
+		g.runs.RLock()
+		defer g.runs.RUnlock()
+	}
 	out, _, rec, _ := g.execute(ctx, spec, call, entry)
-	g.record(ctx, rec)
+	if !g.record(ctx, rec) && spec.Journal != nil {
+		// The effect may be committed without its record: keep the mark
+		// where it is, so the next start reconciles from here.
+		g.unrecorded.Store(true)
+	}
 	return out
 }
 

@@ -113,13 +113,18 @@ func assemble(ctx context.Context, c *config.Config, log *slog.Logger) (_ *stack
 		}
 	}
 	s.guard = guard.New(guard.Options{
-		Catalog: s.tools, Policy: policy, Audit: s.audit, Approvals: s.approvals,
+		Catalog: s.tools, Policy: policy, Audit: s.audit, History: s.audit, Approvals: s.approvals,
 		Tools: c.Tools, Logger: log.With("component", "guard"),
 	})
 	if _, ok := c.Tools["approval_status"]; ok {
 		if err := s.tools.Replace("guard", []*tools.Spec{s.guard.StatusSpec()}); err != nil {
 			return nil, err
 		}
+	}
+	// Before anything is served: what the previous process left unfinished
+	// is cancelled, recorded or resumed (see package guard).
+	if err := s.guard.Resume(ctx); err != nil {
+		return nil, fmt.Errorf("settling what the previous run left unfinished: %w", err)
 	}
 	s.server, err = server.New(server.Options{
 		Config: c, Catalog: s.tools, Guard: s.guard, Version: buildVersion(), Logger: log.With("component", "server"),
@@ -216,12 +221,31 @@ func serve(ctx context.Context, c *config.Config, log *slog.Logger) (err error) 
 		"data_dir", c.Server.DataDir, "tools", len(s.tools.Specs()))
 
 	if c.HTTP.Addr == "" {
+		// The transport's context is not the signal's: on SIGTERM the guard
+		// ends the calls first, and their agents hear why, before stdio
+		// stops.
+		stdioCtx, stopStdio := context.WithCancel(context.WithoutCancel(ctx))
+		defer stopStdio()
+		errc := make(chan error, 1)
+		go func() { errc <- srv.ServeStdio(stdioCtx, os.Stdin, os.Stdout) }()
 		log.Info("serving MCP on stdio")
-		err := srv.ServeStdio(ctx, os.Stdin, os.Stdout)
-		if err != nil && !errors.Is(err, context.Canceled) {
-			return err
+		select {
+		case err := <-errc:
+			// The agent closed stdin: its calls went with it.
+			if err != nil && !errors.Is(err, context.Canceled) {
+				return err
+			}
+			log.Info("shutting down: stdin closed")
+			drain(s.guard, c.Server.ShutdownTimeout, log)
+			return nil
+		case <-ctx.Done():
 		}
 		log.Info("shutting down")
+		drain(s.guard, c.Server.ShutdownTimeout, log)
+		stopStdio()
+		if err := <-errc; err != nil && !errors.Is(err, context.Canceled) {
+			return err
+		}
 		return nil
 	}
 
@@ -243,11 +267,22 @@ func serve(ctx context.Context, c *config.Config, log *slog.Logger) (err error) 
 		}
 	}
 	log.Info("shutting down")
+	drain(s.guard, c.Server.ShutdownTimeout, log)
 	sctx, cancel := context.WithTimeout(context.Background(), c.Server.ShutdownTimeout)
 	defer cancel()
 	closeSessions(sctx)
 	shutdown(agentSrv, c.Server.ShutdownTimeout)
 	return nil
+}
+
+// drain lets the guard end its calls within the shutdown timeout (see
+// guard.Shutdown) while the transports still carry their answers.
+func drain(g *guard.Guard, timeout time.Duration, log *slog.Logger) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	if err := g.Shutdown(ctx); err != nil {
+		log.Warn("calls still running at shutdown; the next start settles them", "err", err)
+	}
 }
 
 func approvalOptions(c *config.Config) approval.Options {
