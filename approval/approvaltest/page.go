@@ -55,7 +55,9 @@ type Error struct {
 	Msg    string
 }
 
-func (e *Error) Error() string { return fmt.Sprintf("approver page: %d %s: %s", e.Status, e.Check, e.Msg) }
+func (e *Error) Error() string {
+	return fmt.Sprintf("approver page: %d %s: %s", e.Status, e.Check, e.Msg)
+}
 
 func (p *Page) do(method, path string, body, out any) error {
 	var rd io.Reader
