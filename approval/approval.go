@@ -117,6 +117,7 @@ type Service struct {
 	opts  Options
 	wa    *webauthn.WebAuthn
 	owner string // this process, for the outbox
+	alive func() // releases the owner's liveness lock (owner.go)
 
 	approvers map[string]Approver
 
@@ -194,6 +195,7 @@ func New(ctx context.Context, db *sql.DB, rec Recorder, opts Options) (*Service,
 	if err := s.migrate(ctx); err != nil {
 		return nil, err
 	}
+	s.alive = s.holdOwner(ctx)
 	// Entries another process left unflushed are appended now.
 	if err := s.flush(ctx, true); err != nil {
 		slog.Warn("approval: outbox flush at start failed", "err", err)
@@ -213,6 +215,7 @@ func (s *Service) Close() error {
 	close(s.stop)
 	s.mu.Unlock()
 	<-s.done
+	s.alive()
 	return nil
 }
 
@@ -358,21 +361,30 @@ func (s *Service) flush(ctx context.Context, stale bool) error {
 	s.flushMu.Lock()
 	defer s.flushMu.Unlock()
 	cutoff := int64(-1)
+	dead := []any{}
 	if stale {
 		cutoff = s.now().Add(-outboxStaleAfter).UnixNano()
+		var err error
+		if dead, err = s.deadOwners(ctx); err != nil {
+			return fmt.Errorf("%w: %v", ErrRecord, err)
+		}
 	}
-	rows, err := s.db.QueryContext(ctx, `SELECT id, entry FROM approval_outbox WHERE owner = ? OR created_at < ? ORDER BY id`, s.owner, cutoff)
+	rows, err := s.db.QueryContext(ctx, `SELECT id, entry, owner, created_at FROM approval_outbox
+		WHERE owner = ? OR created_at < ? OR owner IN (SELECT value FROM json_each(?)) ORDER BY id`,
+		s.owner, cutoff, jsonArray(dead))
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrRecord, err)
 	}
 	type item struct {
-		id    int64
-		entry []byte
+		id      int64
+		entry   []byte
+		owner   string
+		created int64
 	}
 	var items []item
 	for rows.Next() {
 		var it item
-		if err := rows.Scan(&it.id, &it.entry); err != nil {
+		if err := rows.Scan(&it.id, &it.entry, &it.owner, &it.created); err != nil {
 			rows.Close()
 			return fmt.Errorf("%w: %v", ErrRecord, err)
 		}
@@ -387,7 +399,16 @@ func (s *Service) flush(ctx context.Context, stale bool) error {
 		if err := json.Unmarshal(it.entry, &e); err != nil {
 			return fmt.Errorf("%w: outbox entry %d: %v", ErrRecord, it.id, err)
 		}
-		if _, err := s.rec.Append(ctx, e); err != nil {
+		// Another process may have appended it and died before deleting it.
+		logged := false
+		if it.owner != s.owner {
+			if logged, err = s.inLog(ctx, e, it.created); err != nil {
+				return fmt.Errorf("%w: %v", ErrRecord, err)
+			}
+		}
+		if logged {
+			slog.Info("approval: an outbox entry left by a stopped process was already in the log", "kind", e.Kind, "request", e.RequestID)
+		} else if _, err := s.rec.Append(ctx, e); err != nil {
 			return fmt.Errorf("%w: %v", ErrRecord, err)
 		}
 		if _, err := s.db.ExecContext(context.WithoutCancel(ctx), `DELETE FROM approval_outbox WHERE id = ?`, it.id); err != nil {

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -234,5 +236,72 @@ func TestRestartAppendsLeftoverEntriesFirst(t *testing.T) {
 	want := []string{audit.KindApprovalRequested, audit.KindApprovalRejected, audit.KindApprovalCancelled}
 	if got := f.rec.kinds(req.ID); !slices.Equal(got, want) {
 		t.Fatalf("kinds %v, want %v", got, want)
+	}
+}
+
+// A process that died (its liveness lock is free) has its outbox entries
+// taken at once, and one it had appended before dying is not appended
+// again; a process that lives keeps its entries until they are stale.
+func TestOutboxOfADeadProcessIsTakenOnceAndAtOnce(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	req, err := f.svc.Create(ctx, paymentRequest("alice"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	put := func(owner string, e audit.Entry) {
+		raw, _ := json.Marshal(e)
+		if _, err := f.db.Exec(`INSERT INTO approval_outbox (request_id, entry, owner, created_at) VALUES (?, ?, ?, ?)`,
+			req.ID, raw, owner, time.Now().UnixNano()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ownerFile := func(owner string) *os.File {
+		fh, err := os.OpenFile(filepath.Join(f.dir, ownerFilePrefix+owner), os.O_CREATE|os.O_RDWR, 0o600)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { fh.Close() })
+		return fh
+	}
+	// The dead process appended this one and died before deleting it.
+	appended := audit.Entry{Kind: audit.KindApprovalRejected, RequestID: req.ID, Reason: "appended, not deleted"}
+	if _, err := f.rec.Append(ctx, appended); err != nil {
+		t.Fatal(err)
+	}
+	put("dead", appended)
+	put("dead", audit.Entry{Kind: audit.KindApprovalRejected, RequestID: req.ID, Reason: "never appended"})
+	ownerFile("dead").Close() // exists, unlocked: its process is gone
+	live := ownerFile("live")
+	if err := lockFile(live); err != nil {
+		t.Fatal(err)
+	}
+	put("live", audit.Entry{Kind: audit.KindApprovalRejected, RequestID: req.ID, Reason: "still to be appended by its process"})
+
+	if err := f.svc.flush(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	var reasons []string
+	for _, e := range f.rec.entries {
+		if e.Kind == audit.KindApprovalRejected {
+			reasons = append(reasons, e.Reason)
+		}
+	}
+	if want := []string{"appended, not deleted", "never appended"}; !slices.Equal(reasons, want) {
+		t.Fatalf("rejected entries in the log %q, want %q", reasons, want)
+	}
+	var left []string
+	rows, _ := f.db.Query(`SELECT owner FROM approval_outbox`)
+	for rows.Next() {
+		var o string
+		rows.Scan(&o)
+		left = append(left, o)
+	}
+	rows.Close()
+	if !slices.Equal(left, []string{"live"}) {
+		t.Fatalf("outbox after the flush holds entries of %v, want only the live process's", left)
+	}
+	if _, err := os.Stat(filepath.Join(f.dir, ownerFilePrefix+"dead")); !os.IsNotExist(err) {
+		t.Errorf("the dead owner's lock file is still there: %v", err)
 	}
 }
