@@ -92,6 +92,7 @@ func assemble(ctx context.Context, c *config.Config, log *slog.Logger) (_ *stack
 	if s.tools, err = tools.New(ctx, c, s.db); err != nil {
 		return nil, err
 	}
+	crashHooks(s.tools)
 	if s.approvals, err = approval.New(ctx, s.db, s.audit, approvalOptions(c)); err != nil {
 		return nil, err
 	}
