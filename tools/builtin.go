@@ -63,6 +63,7 @@ func builtins(ctx context.Context, cfg *config.Config, db *sql.DB, c *Catalog) (
 		led   *ledgerTools
 		dep   *deploy.Runner
 		sec   *secrets.Store
+		mac   secrets.MACKey
 	)
 	for _, name := range names {
 		var (
@@ -95,12 +96,15 @@ func builtins(ctx context.Context, cfg *config.Config, db *sql.DB, c *Catalog) (
 			t, err = deployTool(dep, cfg.Deploy)
 		case "read_secret", "list_secrets":
 			if sec == nil {
+				if mac, err = secrets.LoadOrCreateMACKey(cfg.Server.DataDir); err != nil {
+					return nil, fmt.Errorf("tools: %w", err)
+				}
 				if sec, err = secrets.Open(cfg.Secrets); err != nil {
 					return nil, fmt.Errorf("tools: %w", err)
 				}
 				c.closeWith(sec.Close)
 			}
-			t = secretTool(name, sec)
+			t = secretTool(name, sec, mac)
 		}
 		if err != nil {
 			return nil, fmt.Errorf("tools: %s: %w", name, err)
