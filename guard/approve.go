@@ -111,10 +111,6 @@ func (g *Guard) runApproved(ctx context.Context, id string, spec *tools.Spec, ca
 		runCtx = context.WithoutCancel(ctx)
 	}
 	call.ID = requestCallID(id)
-	if spec.Journal != nil {
-		g.runs.RLock()
-		defer g.runs.RUnlock()
-	}
 	res, content, rec, ok := g.execute(runCtx, spec, call, entry)
 	g.finish(ctx, id, content, rec, ok)
 	return res, ok

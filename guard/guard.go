@@ -42,12 +42,16 @@
 //     upstream tool cannot tell whether it acted: the request ends
 //     interrupted, recorded as call.interrupted, shown to the approver and
 //     returned by approval_status, and it is never run again.
-//   - A routine ledger call whose transfer committed while its
-//     call.executed entry was lost is found by the ledger's journal
-//     (tools.Spec.Journal) and recorded, repeating its call.allowed
-//     entry's agent and arguments. The journal's recorded mark moves
-//     forward whenever no journaled run is between effect and record, so
-//     this reads only the end of the log.
+//   - A routine call (no approval) that the log shows allowed but without
+//     an outcome is settled from its call.allowed entry, whose agent and
+//     arguments the new entry repeats: a read-only tool needs nothing; the
+//     ledger says whether the call paid (call.executed with the real
+//     result) or not (call.failed: it did not run, and is not run, since
+//     its caller is gone and retrying is the caller's to decide); any other
+//     tool gets call.interrupted. The log is read from a mark (store.Marks)
+//     that moves while the server runs, without any write or lock on the
+//     call path, to a seq before which every routine call has its outcome;
+//     so a start reads only the end of the log.
 //
 // [Guard.Shutdown] (SIGTERM) refuses new calls, cancels the block-mode
 // requests calls wait on with reason "server shutting down", which is what
@@ -95,9 +99,17 @@ type Recorder interface {
 }
 
 // History reads the audit log in order; *audit.Log satisfies it. A start
-// reads the end of the log to find effects whose record a crash lost.
+// reads the end of the log to find routine calls whose outcome a crash
+// lost.
 type History interface {
 	Since(ctx context.Context, seq int64, limit int) ([]audit.Entry, error)
+	LastSeq(ctx context.Context) (int64, error)
+}
+
+// Marks keep named positions durably; store.Marks satisfies it.
+type Marks interface {
+	Mark(ctx context.Context, name string) (value int64, ok bool, err error)
+	SetMark(ctx context.Context, name string, value int64) error
 }
 
 // Approvals gets a human's countersignature; *approval.Service satisfies it.
@@ -119,7 +131,10 @@ type Options struct {
 	Policy    Policy
 	Audit     Recorder
 	Approvals Approvals // nil: high and critical calls are refused
-	History   History   // for Resume; nil when no backend keeps a journal
+	// History and Marks let Resume find the routine calls a crash left
+	// without an outcome; without them it does not look.
+	History History
+	Marks   Marks
 	// Tools is the tools section of the config, for per-tool settings the
 	// guard applies itself (redact_args).
 	Tools  map[string]config.Tool
@@ -128,7 +143,7 @@ type Options struct {
 	// ToolWait bounds how long a request resumed after a restart waits
 	// for its tool to appear (an upstream still connecting); default 1m.
 	ToolWait time.Duration
-	// MarkEvery is how often journals' recorded marks move; default 30s.
+	// MarkEvery is how often the routine-call mark moves; default 30s.
 	MarkEvery time.Duration
 }
 
@@ -145,11 +160,8 @@ type Guard struct {
 	life context.Context // cancelled by Close: poll-mode waits stop then
 	stop context.CancelFunc
 
-	// runs is held for reading by every journaled run, from before the
-	// backend acts until its record is durable; the journals' marks move
-	// only while nobody holds it (advanceMarks).
-	runs       sync.RWMutex
-	unrecorded atomic.Bool // an effect's record failed: marks stay put
+	routine  routineCalls // routine calls between call.allowed and outcome
+	lastMark atomic.Int64 // the routine-call mark as last stored
 
 	mu       sync.Mutex
 	closing  bool                // Shutdown began: calls are refused
@@ -262,13 +274,17 @@ func (g *Guard) Handle(ctx context.Context, c Call) *mcp.CallToolResult {
 	switch d.Level {
 	case config.LevelLow:
 		entry.Kind = audit.KindCallAllowed
+		g.routine.appending()
 		allowed, err := g.opts.Audit.Append(context.WithoutCancel(ctx), entry)
+		g.routine.allowed(allowed.Seq, err == nil)
 		if err != nil {
 			g.log.Error("audit append failed", "kind", entry.Kind, "tool", entry.Tool, "err", err)
 			return toolError("refused: the audit log cannot record this call")
 		}
 		call.ID = entryCallID(allowed.Seq)
-		return g.run(ctx, spec, call, entry)
+		out, outcome := g.run(ctx, spec, call, entry)
+		g.routine.end(allowed.Seq, outcome)
+		return out
 	case config.LevelHigh, config.LevelCritical:
 		return g.countersign(ctx, c, spec, call, canon, conf, d, entry)
 	default:
@@ -311,19 +327,16 @@ func boundName(s string) string {
 	return s
 }
 
-// run executes the tool once and records what happened.
-func (g *Guard) run(ctx context.Context, spec *tools.Spec, call *tools.Call, entry audit.Entry) *mcp.CallToolResult {
-	if spec.Journal != nil {
-		g.runs.RLock()
-		defer g.runs.RUnlock()
-	}
+// run executes the tool once and records what happened. It returns the
+// seq of the record, 0 when it could not be recorded.
+func (g *Guard) run(ctx context.Context, spec *tools.Spec, call *tools.Call, entry audit.Entry) (*mcp.CallToolResult, int64) {
 	out, _, rec, _ := g.execute(ctx, spec, call, entry)
-	if !g.record(ctx, rec) && spec.Journal != nil {
-		// The effect may be committed without its record: keep the mark
-		// where it is, so the next start reconciles from here.
-		g.unrecorded.Store(true)
+	e, err := g.opts.Audit.Append(context.WithoutCancel(ctx), rec)
+	if err != nil {
+		g.log.Error("audit append failed", "kind", rec.Kind, "tool", rec.Tool, "err", err)
+		return out, 0
 	}
-	return out
+	return out, e.Seq
 }
 
 // execute runs the tool once. It returns what the agent gets, the result

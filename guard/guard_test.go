@@ -52,6 +52,12 @@ func (l *memLog) Append(_ context.Context, e audit.Entry) (audit.Entry, error) {
 	return e, nil
 }
 
+func (l *memLog) LastSeq(context.Context) (int64, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return int64(len(l.entries)), nil
+}
+
 func (l *memLog) Since(_ context.Context, seq int64, limit int) ([]audit.Entry, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()

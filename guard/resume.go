@@ -2,13 +2,15 @@ package guard
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
-	"strings"
+	"sync"
 	"time"
 
 	"github.com/countersign/countersign/approval"
@@ -31,6 +33,7 @@ func entryCallID(seq int64) string   { return entryCallPrefix + strconv.FormatIn
 const (
 	noteInterrupted = "the server stopped while this ran; whether it took effect is unknown, and it is not run again"
 	noteRecovered   = "recorded at start: the server stopped after the backend committed and before the record"
+	noteNeverRan    = "recorded at start: the server stopped before this took effect; it did not run, and is not run again"
 )
 
 // Resume settles, before the server takes calls, what the previous process
@@ -41,8 +44,8 @@ const (
 //     real outcome where the backend can tell, otherwise interrupted;
 //   - pending poll-mode requests, and approved ones nobody claimed, are
 //     watched in the background and run once when approved;
-//   - every effect a backend's journal holds without its audit record gets
-//     one.
+//   - every routine call the log shows allowed but without an outcome gets
+//     one (reconcileRoutine).
 //
 // An error means something could not be recorded; the server must not
 // serve then.
@@ -75,7 +78,7 @@ func (g *Guard) Resume(ctx context.Context) error {
 			}()
 		}
 	}
-	return g.reconcileJournals(ctx)
+	return g.reconcileRoutine(ctx)
 }
 
 // storedEntry is the audit entry of a stored request's call, as the guard
@@ -120,8 +123,6 @@ func (g *Guard) settleClaimed(ctx context.Context, u approval.Unfinished) error 
 	}
 	call.ID = requestCallID(u.ID)
 	g.log.Info("running a claimed request that never took effect", "auth_req_id", u.ID, "tool", u.Tool)
-	g.runs.RLock()
-	defer g.runs.RUnlock()
 	_, content, rec, ok := g.execute(ctx, spec, call, entry)
 	return g.finishErr(ctx, u.ID, content, rec, ok)
 }
@@ -235,79 +236,133 @@ func (g *Guard) prepareStored(ctx context.Context, spec *tools.Spec, u approval.
 	return call, nil
 }
 
-// reconcileJournals gives every effect a backend committed without its
-// audit record (the process died between the two) that record. A routine
-// call's effect is named by its call.allowed entry, whose agent, tool and
-// arguments the record repeats; a countersigned call's effect was settled
-// with its request. Then each journal's recorded mark moves to its end.
-func (g *Guard) reconcileJournals(ctx context.Context) error {
-	for _, spec := range g.opts.Catalog.Specs() {
-		j := spec.Journal
-		if j == nil {
-			continue
-		}
-		if err := g.reconcile(ctx, spec, j); err != nil {
-			return fmt.Errorf("guard: reconcile %s with the audit log: %w", spec.Def.Name, err)
+// markRoutine names the mark up to which every routine call.allowed entry
+// in the log has its outcome (store.Marks).
+const markRoutine = "guard.routine_outcomes"
+
+// routineCalls tracks this process's routine calls from their call.allowed
+// entry to their outcome entry, so that the mark can move to a seq M with
+// every call allowed at or before M having its outcome at or before M. Then
+// an outcome after M always belongs to a call allowed after M, and reading
+// the log from M pairs every outcome with its own call.
+type routineCalls struct {
+	mu         sync.Mutex
+	pending    int                // calls appending their call.allowed now
+	open       map[int64]struct{} // seq of call.allowed, outcome not yet recorded
+	ended      []span             // ended calls whose outcome may lie past the mark
+	maxSeen    int64              // highest seq of an entry of a routine call
+	unrecorded bool               // an outcome could not be recorded: the mark stays put
+}
+
+// span is one routine call: the seq of its call.allowed and of its outcome.
+type span struct{ allowed, outcome int64 }
+
+func (r *routineCalls) appending() {
+	r.mu.Lock()
+	r.pending++
+	r.mu.Unlock()
+}
+
+func (r *routineCalls) allowed(seq int64, ok bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.pending--
+	if !ok {
+		return
+	}
+	if r.open == nil {
+		r.open = map[int64]struct{}{}
+	}
+	r.open[seq] = struct{}{}
+	r.maxSeen = max(r.maxSeen, seq)
+}
+
+// end takes a call out of the open set; outcome is its outcome entry's seq,
+// 0 when it could not be recorded.
+func (r *routineCalls) end(allowed, outcome int64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.open, allowed)
+	if outcome == 0 {
+		r.unrecorded = true
+		return
+	}
+	r.ended = append(r.ended, span{allowed, outcome})
+	r.maxSeen = max(r.maxSeen, outcome)
+}
+
+// safeMark is the highest seq M such that every routine call of this
+// process allowed at or before M has its outcome at or before M, or false
+// when none can be named now (a call is appending its call.allowed, whose
+// seq is not known yet, or an outcome was lost).
+func (r *routineCalls) safeMark() (int64, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.pending > 0 || r.unrecorded {
+		return 0, false
+	}
+	mark := r.maxSeen
+	for seq := range r.open {
+		mark = min(mark, seq-1)
+	}
+	for moved := true; moved; {
+		moved = false
+		for _, s := range r.ended {
+			if s.allowed <= mark && s.outcome > mark {
+				mark, moved = s.allowed-1, true
+			}
 		}
 	}
+	// Calls ended at or before the mark cannot hold a later mark back:
+	// every later call is allowed after them.
+	r.ended = slices.DeleteFunc(r.ended, func(s span) bool { return s.outcome <= mark })
+	return mark, true
+}
+
+// reconcileRoutine gives each routine call that a crash left without an
+// outcome its outcome. It reads the log after the mark, pairs each
+// call.executed, call.failed or call.interrupted of a routine call with
+// the oldest open call.allowed of the same agent, tool and arguments
+// (calls that agree on all three cannot be told apart, and need not be),
+// and settles the calls left open:
+//
+//   - a read-only tool: nothing to record;
+//   - a backend that can tell (Spec.Recover): call.executed with the real
+//     result if it took effect, call.failed if it did not (it is not run:
+//     its caller is gone, and a routine call is the caller's to retry);
+//   - any other backend: call.interrupted, outcome unknown.
+//
+// Then the mark moves to the end of the log. On the first start with a
+// database that has no mark, the history before it is left alone: calls
+// from before call ids cannot be settled truthfully.
+func (g *Guard) reconcileRoutine(ctx context.Context) error {
+	if g.opts.History == nil || g.opts.Marks == nil {
+		return nil
+	}
+	from, ok, err := g.opts.Marks.Mark(ctx, markRoutine)
+	if err != nil {
+		return err
+	}
+	if ok {
+		if err := g.settleOpenCalls(ctx, from); err != nil {
+			return err
+		}
+	}
+	last, err := g.opts.History.LastSeq(ctx)
+	if err != nil {
+		return err
+	}
+	if err := g.opts.Marks.SetMark(ctx, markRoutine, last); err != nil {
+		return err
+	}
+	g.lastMark.Store(last)
 	return nil
 }
 
-func (g *Guard) reconcile(ctx context.Context, spec *tools.Spec, j tools.Journal) error {
-	last, err := j.Last(ctx)
-	if err != nil {
-		return err
-	}
-	pos, err := j.Recorded(ctx)
-	if err != nil {
-		return err
-	}
-	// The routine calls' effects since the mark, by the seq of their
-	// call.allowed entry.
-	pending := map[int64]tools.Effect{}
-	first := int64(-1)
-	for pos < last {
-		page, err := j.Effects(ctx, pos, 1000)
-		if err != nil {
-			return err
-		}
-		if len(page) == 0 {
-			break
-		}
-		for _, e := range page {
-			pos = e.Pos
-			seq, ok := strings.CutPrefix(e.CallID, entryCallPrefix)
-			if !ok {
-				continue
-			}
-			n, err := strconv.ParseInt(seq, 10, 64)
-			if err != nil || n <= 0 {
-				g.log.Warn("effect with a call id the guard did not make", "tool", spec.Def.Name, "call_id", e.CallID)
-				continue
-			}
-			pending[n] = e
-			if first < 0 || n < first {
-				first = n
-			}
-		}
-	}
-	if len(pending) > 0 {
-		if g.opts.History == nil {
-			return errors.New("no audit log reader to reconcile with")
-		}
-		if err := g.recordMissing(ctx, spec, pending, first); err != nil {
-			return err
-		}
-	}
-	return j.SetRecorded(ctx, last)
-}
-
-// recordMissing reads the log from the earliest call.allowed among the
-// effects, drops every effect whose call.executed is there, and records
-// the rest.
-func (g *Guard) recordMissing(ctx context.Context, spec *tools.Spec, pending map[int64]tools.Effect, first int64) error {
-	allowed := map[int64]audit.Entry{}
-	for seq := first - 1; ; {
+func (g *Guard) settleOpenCalls(ctx context.Context, from int64) error {
+	type key struct{ agent, tool, args string }
+	open := map[key][]audit.Entry{}
+	for seq := from; ; {
 		page, err := g.opts.History.Since(ctx, seq, 1000)
 		if err != nil {
 			return err
@@ -317,73 +372,91 @@ func (g *Guard) recordMissing(ctx context.Context, spec *tools.Spec, pending map
 		}
 		for _, e := range page {
 			seq = e.Seq
-			if _, ok := pending[e.Seq]; ok {
-				allowed[e.Seq] = e
-			}
-			if e.Kind != audit.KindCallExecuted || e.Tool != spec.Def.Name || len(e.Result) == 0 {
+			if e.RequestID != "" {
 				continue
 			}
-			var rec struct {
-				CallID string `json:"call_id"`
-			}
-			if json.Unmarshal(e.Result, &rec) != nil {
-				continue
-			}
-			if n, ok := strings.CutPrefix(rec.CallID, entryCallPrefix); ok {
-				if n, err := strconv.ParseInt(n, 10, 64); err == nil {
-					delete(pending, n)
+			k := key{e.Agent, e.Tool, e.ArgsSHA256}
+			switch e.Kind {
+			case audit.KindCallAllowed:
+				open[k] = append(open[k], e)
+			case audit.KindCallExecuted, audit.KindCallFailed, audit.KindCallInterrupted:
+				if q := open[k]; len(q) > 0 {
+					open[k] = q[1:]
 				}
 			}
 		}
 	}
-	for seq, eff := range pending {
-		a, ok := allowed[seq]
-		entry := audit.Entry{Tool: spec.Def.Name, Agent: "unknown"}
-		if ok && a.Kind == audit.KindCallAllowed && a.Tool == spec.Def.Name {
-			entry = audit.Entry{Agent: a.Agent, Tool: a.Tool, Args: a.Args, ArgsRedact: a.ArgsRedact,
-				ArgsSHA256: a.ArgsSHA256, Decision: a.Decision, Rule: a.Rule}
-		} else {
-			g.log.Error("an effect names a call.allowed entry the log does not hold", "tool", spec.Def.Name, "call_id", eff.CallID)
+	var left []audit.Entry
+	for _, q := range open {
+		left = append(left, q...)
+	}
+	slices.SortFunc(left, func(a, b audit.Entry) int { return cmp.Compare(a.Seq, b.Seq) })
+	for _, a := range left {
+		if err := g.settleOpenCall(ctx, a); err != nil {
+			return fmt.Errorf("guard: settle the call allowed at seq %d: %w", a.Seq, err)
 		}
-		_, _, rec, _ := g.executed(spec, eff.Result, entry)
-		rec.Reason = noteRecovered
-		if ok {
-			rec.Reason += fmt.Sprintf(" (allowed at seq %d)", seq)
-		}
-		if _, err := g.opts.Audit.Append(ctx, rec); err != nil {
-			return err
-		}
-		g.log.Warn("recorded an effect the previous process committed without its record", "tool", spec.Def.Name, "call_id", eff.CallID)
 	}
 	return nil
 }
 
-// advanceMarks moves each journal's recorded mark to its end, but only at
-// a moment when no journaled run is between its effect and its record:
-// then every effect committed so far has its record. It never waits for
-// that moment; a later try will do.
-func (g *Guard) advanceMarks(ctx context.Context) {
-	if g.unrecorded.Load() || !g.runs.TryLock() {
-		return
+// settleOpenCall records the outcome of the routine call allowed by entry
+// a, which the previous process did not record.
+func (g *Guard) settleOpenCall(ctx context.Context, a audit.Entry) error {
+	spec, ok := g.opts.Catalog.Lookup(a.Tool)
+	if ok && spec.ReadOnly() {
+		return nil
 	}
-	defer g.runs.Unlock()
-	for _, spec := range g.opts.Catalog.Specs() {
-		j := spec.Journal
-		if j == nil {
-			continue
+	rec := audit.Entry{Agent: a.Agent, Tool: a.Tool, Args: a.Args, ArgsRedact: a.ArgsRedact,
+		ArgsSHA256: a.ArgsSHA256, Decision: a.Decision, Rule: a.Rule}
+	where := fmt.Sprintf(" (allowed at seq %d)", a.Seq)
+	switch {
+	case ok && spec.Recover != nil:
+		var args map[string]any
+		if len(a.Args) > 0 {
+			if err := json.Unmarshal(a.Args, &args); err != nil {
+				return fmt.Errorf("arguments: %w", err)
+			}
 		}
-		last, err := j.Last(ctx)
-		if err == nil {
-			err = j.SetRecorded(ctx, last)
-		}
+		res, done, err := spec.Recover(ctx, &tools.Call{Args: args, Agent: a.Agent, ID: entryCallID(a.Seq)})
 		if err != nil {
-			g.log.Warn("cannot move the recorded mark", "tool", spec.Def.Name, "err", err)
+			return fmt.Errorf("ask %s whether the call took effect: %w", a.Tool, err)
 		}
+		if done {
+			_, _, rec, _ = g.executed(spec, res, rec)
+			rec.Reason = noteRecovered + where
+		} else {
+			rec.Kind, rec.Reason = audit.KindCallFailed, noteNeverRan+where
+		}
+	default:
+		rec.Kind, rec.Reason = audit.KindCallInterrupted, noteInterrupted+where
 	}
+	if _, err := g.opts.Audit.Append(ctx, rec); err != nil {
+		return err
+	}
+	g.log.Warn("recorded the outcome of a routine call the previous process left open",
+		"tool", a.Tool, "allowed_seq", a.Seq, "kind", rec.Kind)
+	return nil
 }
 
-// markLoop moves the recorded marks now and then, so that reconciling
-// after a crash reads only the end of the log.
+// advanceMark moves the routine-call mark as far as this process's calls
+// allow (see routineCalls.safeMark).
+func (g *Guard) advanceMark(ctx context.Context) {
+	if g.opts.Marks == nil {
+		return
+	}
+	mark, ok := g.routine.safeMark()
+	if !ok || mark <= g.lastMark.Load() {
+		return
+	}
+	if err := g.opts.Marks.SetMark(ctx, markRoutine, mark); err != nil {
+		g.log.Warn("cannot move the routine-call mark", "err", err)
+		return
+	}
+	g.lastMark.Store(mark)
+}
+
+// markLoop moves the mark now and then, so that settling after a crash
+// reads only the end of the log.
 func (g *Guard) markLoop(every time.Duration) {
 	defer g.bg.Done()
 	t := time.NewTicker(every)
@@ -393,7 +466,7 @@ func (g *Guard) markLoop(every time.Duration) {
 		case <-g.life.Done():
 			return
 		case <-t.C:
-			g.advanceMarks(g.life)
+			g.advanceMark(g.life)
 		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
+	"errors"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -26,11 +27,12 @@ const origin = "http://localhost:8710"
 
 // book is a backend that, like the ledger, keeps each effect under its
 // call id in one step, and so can tell after a crash whether a call took
-// effect.
+// effect. A call to a book with hold set waits for it to close before
+// doing anything, and then fails: a process killed meanwhile never acted.
 type book struct {
 	mu      sync.Mutex
-	effects []tools.Effect
-	mark    int64
+	effects map[string]*tools.Result
+	hold    chan struct{}
 }
 
 func (b *book) spec(name string) *tools.Spec {
@@ -42,57 +44,53 @@ func (b *book) spec(name string) *tools.Spec {
 		},
 		Run: func(_ context.Context, call *tools.Call) (*tools.Result, error) {
 			b.mu.Lock()
-			res, ok := b.find(call.ID)
-			if !ok {
-				res = &tools.Result{Content: map[string]any{"note": call.Args["note"], "call_id": call.ID},
-					Record: map[string]any{"note": call.Args["note"], "call_id": call.ID}}
-				b.effects = append(b.effects, tools.Effect{Pos: int64(len(b.effects) + 1), CallID: call.ID, Result: res})
-			}
+			hold := b.hold
 			b.mu.Unlock()
+			if hold != nil {
+				<-hold
+				return nil, errors.New("released")
+			}
+			b.mu.Lock()
+			defer b.mu.Unlock()
+			if res, ok := b.effects[call.ID]; ok {
+				return res, nil
+			}
+			res := &tools.Result{Content: map[string]any{"note": call.Args["note"], "call_id": call.ID},
+				Record: map[string]any{"note": call.Args["note"], "call_id": call.ID}}
+			if b.effects == nil {
+				b.effects = map[string]*tools.Result{}
+			}
+			b.effects[call.ID] = res
 			return res, nil
 		},
 		Recover: func(_ context.Context, call *tools.Call) (*tools.Result, bool, error) {
 			b.mu.Lock()
 			defer b.mu.Unlock()
-			res, ok := b.find(call.ID)
+			res, ok := b.effects[call.ID]
 			return res, ok, nil
 		},
-		Journal: b,
 	}
-}
-
-func (b *book) find(id string) (*tools.Result, bool) {
-	for _, e := range b.effects {
-		if e.CallID == id {
-			return e.Result, true
-		}
-	}
-	return nil, false
 }
 
 func (b *book) count() int { b.mu.Lock(); defer b.mu.Unlock(); return len(b.effects) }
 
-func (b *book) Effects(_ context.Context, pos int64, limit int) ([]tools.Effect, error) {
+// holdRuns makes the book's next runs wait, and returns their release.
+func (b *book) holdRuns(t *testing.T) func() {
+	ch := make(chan struct{})
 	b.mu.Lock()
-	defer b.mu.Unlock()
-	out := b.effects[min(pos, int64(len(b.effects))):]
-	return slices.Clone(out[:min(limit, len(out))]), nil
-}
-func (b *book) Last(context.Context) (int64, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return int64(len(b.effects)), nil
-}
-func (b *book) Recorded(context.Context) (int64, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.mark, nil
-}
-func (b *book) SetRecorded(_ context.Context, pos int64) error {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.mark = max(b.mark, pos)
-	return nil
+	b.hold = ch
+	b.mu.Unlock()
+	var once sync.Once
+	release := func() {
+		once.Do(func() {
+			b.mu.Lock()
+			b.hold = nil
+			b.mu.Unlock()
+			close(ch)
+		})
+	}
+	t.Cleanup(release)
+	return release
 }
 
 // process is one life of a server: an approval service and a guard over
@@ -139,8 +137,8 @@ func (w *world) start() *process {
 		w.t.Fatal(err)
 	}
 	w.t.Cleanup(func() { svc.Close() })
-	g := New(Options{Catalog: w.cat, Policy: w.policy, Audit: w.log, History: w.log, Approvals: svc,
-		Tools: map[string]config.Tool{}, ToolWait: time.Second})
+	g := New(Options{Catalog: w.cat, Policy: w.policy, Audit: w.log, History: w.log, Marks: store.Marks{DB: w.db},
+		Approvals: svc, Tools: map[string]config.Tool{}, ToolWait: time.Second})
 	w.t.Cleanup(g.Close)
 	if w.alice == nil {
 		w.alice = enroll(w.t, svc)
@@ -300,7 +298,9 @@ func TestRestartSettlesClaimedRequests(t *testing.T) {
 	doneID := claimed("note", `{"note":"paid"}`)
 	neverID := claimed("note", `{"note":"never"}`)
 	unknownID := claimed("pay", `{"amount":5,"to":"X"}`)
-	w.book.spec("note").Run(ctx, &tools.Call{ID: "request:" + doneID, Args: map[string]any{"note": "paid"}})
+	if _, err := w.book.spec("note").Run(ctx, &tools.Call{ID: "request:" + doneID, Args: map[string]any{"note": "paid"}}); err != nil {
+		t.Fatal(err)
+	}
 	p1.die()
 
 	p2 := w.start()
@@ -337,57 +337,131 @@ func TestRestartSettlesClaimedRequests(t *testing.T) {
 	}
 }
 
-// A routine call whose effect committed while its record was lost gets
-// its record at the next start, with the agent and arguments of its
-// call.allowed entry; recorded effects are not recorded again.
-func TestRestartRecordsEffectsTheLogLacks(t *testing.T) {
+// Routine calls a kill left without an outcome get one at the next start:
+// the backend that can tell says whether each took effect, the one that
+// cannot gets call.interrupted; read-only calls and calls that have their
+// outcome get nothing more.
+func TestRestartSettlesRoutineCallsLeftOpen(t *testing.T) {
 	w := newWorld(t)
 	w.policy.d = authz.Decision{Level: config.LevelLow}
 	ctx := context.Background()
+	ro := &counter{}
+	roSpec := ro.spec("peek")
+	roSpec.Def.Annotations.ReadOnlyHint = mcp.ToBoolPtr(true)
+	if err := w.cat.Replace("test", []*tools.Spec{w.book.spec("note"), w.once.spec("pay"), roSpec}); err != nil {
+		t.Fatal(err)
+	}
 	p1 := w.start()
-	for _, note := range []string{"one", "two"} {
-		if res := p1.g.Handle(ctx, Call{Tool: "note", Agent: "bot", Args: map[string]any{"note": note}}); res.IsError {
+	if err := p1.g.Resume(ctx); err != nil { // sets the mark on a new database
+		t.Fatal(err)
+	}
+	call := func(tool string, args map[string]any) {
+		if res := p1.g.Handle(ctx, Call{Tool: tool, Agent: "bot", Args: args}); res.IsError {
 			t.Fatal(text(res))
 		}
 	}
+	call("note", map[string]any{"note": "one"})
+	call("pay", map[string]any{"amount": 1.0})
+	// Took effect; the record was lost.
+	w.log.mu.Lock()
 	w.log.failKind = audit.KindCallExecuted
+	w.log.mu.Unlock()
 	p1.g.Handle(ctx, Call{Tool: "note", Agent: "bot", Args: map[string]any{"note": "lost"}})
-	p1.g.advanceMarks(ctx) // an unrecorded effect keeps the mark where it is
-	if w.book.mark != 0 {
-		t.Fatalf("mark moved to %d past an unrecorded effect", w.book.mark)
-	}
+	w.log.mu.Lock()
 	w.log.failKind = ""
-	p1.die()
+	w.log.mu.Unlock()
+	p1.g.advanceMark(ctx) // a lost record keeps the mark where it is
+	// Killed while running: before the effect (note), or with the outcome
+	// unknowable (pay), or reading (peek).
+	w.book.holdRuns(t)
+	blocked := make(chan struct{})
+	w.once.result = func(context.Context) (*tools.Result, error) { <-blocked; return nil, errors.New("released") }
+	ro.result = w.once.result
+	t.Cleanup(func() { close(blocked) })
+	go p1.g.Handle(ctx, Call{Tool: "note", Agent: "bot", Args: map[string]any{"note": "never"}})
+	go p1.g.Handle(ctx, Call{Tool: "pay", Agent: "bot", Args: map[string]any{"amount": 2.0}})
+	go p1.g.Handle(ctx, Call{Tool: "peek", Agent: "bot", Args: map[string]any{"amount": 3.0}})
+	deadline := time.Now().Add(10 * time.Second)
+	for len(w.log.kinds()) < 3+2+2+3 {
+		if time.Now().After(deadline) {
+			t.Fatalf("log %v", w.log.kinds())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	p1.die() // the held calls stay held: in a killed process they never return
 
 	p2 := w.start()
+	before := len(w.log.kinds())
 	if err := p2.g.Resume(ctx); err != nil {
 		t.Fatal(err)
 	}
-	var executed []audit.Entry
-	for _, e := range w.log.entries {
-		if e.Kind == audit.KindCallExecuted {
-			executed = append(executed, e)
+	w.log.mu.Lock()
+	added := slices.Clone(w.log.entries[before:])
+	w.log.mu.Unlock()
+	got := map[string]string{}
+	for _, e := range added {
+		got[string(e.Args)] = e.Kind + ": " + e.Reason
+	}
+	want := map[string]string{
+		`{"note":"lost"}`:                   audit.KindCallExecuted + ": recorded at start",
+		`{"note":"never"}`:                  audit.KindCallFailed + ": recorded at start: the server stopped before this took effect",
+		`{"amount":2,"to":"default payee"}`: audit.KindCallInterrupted + ": the server stopped while this ran",
+	}
+	if len(got) != len(want) {
+		t.Fatalf("recorded at start: %v, want %v", got, want)
+	}
+	for args, prefix := range want {
+		if !strings.HasPrefix(got[args], prefix) {
+			t.Errorf("call %s: recorded %q, want %q…", args, got[args], prefix)
 		}
 	}
-	if len(executed) != 3 {
-		t.Fatalf("%d call.executed entries for 3 effects", len(executed))
+	for _, e := range added {
+		if e.Agent != "bot" || !strings.Contains(e.Reason, "(allowed at seq ") {
+			t.Errorf("entry %+v does not repeat its call.allowed", e)
+		}
 	}
-	lost := executed[2]
-	if lost.Agent != "bot" || string(lost.Args) != `{"note":"lost"}` || !strings.HasPrefix(lost.Reason, "recorded at start") {
-		t.Fatalf("recovered entry %+v", lost)
-	}
-	if w.book.mark != 3 {
-		t.Fatalf("mark %d after reconciling, want 3", w.book.mark)
-	}
-	// Reconciling again finds nothing more to record.
+	// A second start finds nothing more to settle.
 	p2.die()
 	p3 := w.start()
-	n := len(w.log.entries)
+	n := len(w.log.kinds())
 	if err := p3.g.Resume(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if len(w.log.entries) != n {
-		t.Fatalf("a second start recorded %d more entries", len(w.log.entries)-n)
+	if more := len(w.log.kinds()) - n; more != 0 {
+		t.Fatalf("a second start recorded %d more entries", more)
+	}
+}
+
+// The mark never passes a call whose outcome lies beyond it, so that the
+// next start pairs every outcome with its own call.
+func TestRoutineMarkStaysBeforeOpenCalls(t *testing.T) {
+	var r routineCalls
+	r.appending()
+	if _, ok := r.safeMark(); ok {
+		t.Fatal("a mark while a call.allowed is being appended")
+	}
+	r.allowed(10, true)
+	r.appending()
+	r.allowed(12, true)
+	r.end(12, 15) // allowed 12, outcome 15
+	if m, _ := r.safeMark(); m != 9 {
+		t.Fatalf("mark %d with the call allowed at 10 open, want 9", m)
+	}
+	r.end(10, 20)
+	if m, _ := r.safeMark(); m != 20 {
+		t.Fatalf("mark %d with every call ended, want 20", m)
+	}
+	r.appending()
+	r.allowed(21, true)
+	r.appending()
+	r.allowed(22, true)
+	r.end(21, 30) // 22 is still open
+	if m, _ := r.safeMark(); m != 20 {
+		t.Fatalf("mark %d: the call allowed at 21 ended at 30, after 22 opened; want 20", m)
+	}
+	r.end(22, 0) // its outcome was lost
+	if _, ok := r.safeMark(); ok {
+		t.Fatal("a mark after an outcome was lost")
 	}
 }
 

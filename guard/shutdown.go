@@ -93,7 +93,7 @@ func (g *Guard) Shutdown(ctx context.Context) error {
 	}()
 	select {
 	case <-done:
-		g.advanceMarks(context.WithoutCancel(ctx))
+		g.advanceMark(context.WithoutCancel(ctx))
 		return nil
 	case <-ctx.Done():
 		return fmt.Errorf("guard: %d calls still running at the end of the shutdown timeout", g.inflight.Load())

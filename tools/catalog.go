@@ -56,29 +56,6 @@ type Spec struct {
 	// the same transaction that makes them. Without it the outcome is
 	// unknown and the call is never run again.
 	Recover func(ctx context.Context, call *Call) (res *Result, done bool, err error)
-	// Journal, when set, lists the effects the backend committed, so that
-	// a start can record those whose audit record a crash lost.
-	Journal Journal
-}
-
-// Journal is a backend's own durable list of the calls that took effect,
-// each under the Call.ID its Run was given, in commit order.
-type Journal interface {
-	// Effects returns up to limit effects after position pos.
-	Effects(ctx context.Context, pos int64, limit int) ([]Effect, error)
-	// Last is the position of the newest effect.
-	Last(ctx context.Context) (int64, error)
-	// Recorded is the position up to which every effect is known to have
-	// its audit record; SetRecorded moves it forward.
-	Recorded(ctx context.Context) (int64, error)
-	SetRecorded(ctx context.Context, pos int64) error
-}
-
-// Effect is one call that took effect.
-type Effect struct {
-	Pos    int64
-	CallID string
-	Result *Result // as Run returned it
 }
 
 // ReadOnly reports whether the tool declares that it changes nothing.

@@ -396,7 +396,6 @@ func (lt *ledgerTools) transfer() *Spec {
 			}
 			return transferResult(t, call.ID), true, nil
 		},
-		Journal: transferJournal{lt.l},
 	}
 }
 
@@ -411,25 +410,4 @@ func transferResult(t ledger.Transfer, callID string) *Result {
 		out["call_id"] = callID
 	}
 	return &Result{Content: out, Record: out}
-}
-
-// transferJournal lists the ledger's transfers as the effects of calls.
-type transferJournal struct{ l *ledger.Ledger }
-
-func (j transferJournal) Effects(ctx context.Context, pos int64, limit int) ([]Effect, error) {
-	ts, err := j.l.CallTransfers(ctx, pos, limit)
-	if err != nil {
-		return nil, err
-	}
-	out := make([]Effect, len(ts))
-	for i, t := range ts {
-		out[i] = Effect{Pos: t.Seq, CallID: t.CallID, Result: transferResult(t.Transfer, t.CallID)}
-	}
-	return out, nil
-}
-
-func (j transferJournal) Last(ctx context.Context) (int64, error)     { return j.l.LastSeq(ctx) }
-func (j transferJournal) Recorded(ctx context.Context) (int64, error) { return j.l.Recorded(ctx) }
-func (j transferJournal) SetRecorded(ctx context.Context, pos int64) error {
-	return j.l.SetRecorded(ctx, pos)
 }

@@ -37,12 +37,8 @@ func TestTransferRecoversByCallID(t *testing.T) {
 	if err != nil || again.Record.(map[string]any)["transfer_id"] != a["transfer_id"] {
 		t.Fatalf("second run: %v %v", again, err)
 	}
-	eff, err := tr.Journal.Effects(ctx, 0, 10)
-	if err != nil || len(eff) != 1 || eff[0].CallID != "request:abc" || eff[0].Result.Record.(map[string]any)["transfer_id"] != a["transfer_id"] {
-		t.Fatalf("journal %+v (%v)", eff, err)
-	}
 	for _, name := range []string{"deploy", "read_secret"} {
-		if s := lookup(t, r, name); s.Recover != nil || s.Journal != nil {
+		if s := lookup(t, r, name); s.Recover != nil {
 			t.Errorf("%s claims it can tell a crashed call's outcome", name)
 		}
 	}

@@ -404,6 +404,31 @@ func checkLedgerAgainstLog(t *testing.T, ledger map[string]string, ex *export) {
 	}
 }
 
+// checkEveryCallHasOutcome: every routine call.allowed has exactly one
+// outcome entry (executed, failed or interrupted) for the same agent, tool
+// and arguments, and no outcome is without its call.
+func checkEveryCallHasOutcome(t *testing.T, ex *export) {
+	t.Helper()
+	open := map[string]int{}
+	for _, e := range ex.entries {
+		if e.RequestID != "" {
+			continue
+		}
+		k := e.Agent + "\x00" + e.Tool + "\x00" + e.ArgsSHA256
+		switch e.Kind {
+		case audit.KindCallAllowed:
+			open[k]++
+		case audit.KindCallExecuted, audit.KindCallFailed, audit.KindCallInterrupted:
+			open[k]--
+		}
+	}
+	for k, n := range open {
+		if n != 0 {
+			t.Errorf("%d more call.allowed than outcomes for %q", n, k)
+		}
+	}
+}
+
 func pollModeFor(tools ...string) func(*config.Config) {
 	return func(c *config.Config) {
 		for _, name := range tools {
@@ -529,17 +554,26 @@ func lines(t *testing.T, path string) int {
 	return strings.Count(string(raw), "\n")
 }
 
-func TestKillWhileApprovedDeployRuns(t *testing.T) {
+// Deploys running when the server is killed: one approved (production),
+// one routine (staging). Neither can tell whether it acted.
+func TestKillWhileDeploysRun(t *testing.T) {
 	script, runs := deployScript(t)
 	s := newSite(t, func(c *config.Config) {
 		c.Deploy.Command = []string{script, "{service}", "{version}", "{environment}"}
 		pollModeFor("deploy")(c)
 	})
 	n := s.start()
-	id := pending(t, n.agent(), "deploy", map[string]any{"service": "api", "version": "1.4.2", "environment": "production"})
+	cs := n.agent()
+	id := pending(t, cs, "deploy", map[string]any{"service": "api", "version": "1.4.2", "environment": "production"})
 	n.decide(id, "approve")
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		cs.CallTool(ctx, &sdk.CallToolParams{Name: "deploy", Arguments: map[string]any{
+			"service": "web", "version": "1.4.2", "environment": "staging"}}) // dies with the server
+	}()
 	deadline := time.Now().Add(30 * time.Second)
-	for lines(t, runs) == 0 {
+	for lines(t, runs) < 2 {
 		if time.Now().After(deadline) {
 			t.Fatal("the approved deploy never started")
 		}
@@ -557,14 +591,26 @@ func TestKillWhileApprovedDeployRuns(t *testing.T) {
 		t.Errorf("approval_status after the restart: %v", out)
 	}
 	time.Sleep(time.Second) // a rerun would have started by now
-	if got := lines(t, runs); got != 1 {
-		t.Errorf("the deploy command started %d times", got)
+	if got := lines(t, runs); got != 2 {
+		t.Errorf("the deploy command started %d times for two deploys", got)
 	}
 	n.kill()
 	ex := s.exportAndVerify()
 	want := []string{audit.KindApprovalRequested, audit.KindApprovalAssertion, audit.KindApprovalApproved, audit.KindCallInterrupted}
 	if got := ex.kinds(id); strings.Join(got, ",") != strings.Join(want, ",") {
 		t.Errorf("log of %s: %v, want %v", id, got, want)
+	}
+	var routine []string
+	for _, e := range ex.entries {
+		if e.Tool == "deploy" && e.RequestID == "" {
+			routine = append(routine, e.Kind)
+			if e.Kind == audit.KindCallInterrupted && !strings.Contains(string(e.Args), "staging") {
+				t.Errorf("call.interrupted does not repeat the call's arguments: %+v", e)
+			}
+		}
+	}
+	if strings.Join(routine, ",") != audit.KindCallAllowed+","+audit.KindCallInterrupted {
+		t.Errorf("log of the routine deploy: %v, want call.allowed then call.interrupted", routine)
 	}
 }
 
@@ -626,6 +672,7 @@ func TestKillBetweenTransferCommitAndRecord(t *testing.T) {
 				t.Fatalf("ledger %v, want one transfer", ledger)
 			}
 			checkLedgerAgainstLog(t, ledger, ex)
+			checkEveryCallHasOutcome(t, ex)
 			for _, e := range ex.entries {
 				if e.Kind != audit.KindCallExecuted || e.Tool != "transfer" {
 					continue
@@ -719,6 +766,7 @@ func TestKillDuringBurstOfTransfers(t *testing.T) {
 		}
 	}
 	checkLedgerAgainstLog(t, ledger, ex)
+	checkEveryCallHasOutcome(t, ex)
 	calls := map[string]int{}
 	for _, call := range ledger {
 		calls[call]++

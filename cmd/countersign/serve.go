@@ -114,7 +114,8 @@ func assemble(ctx context.Context, c *config.Config, log *slog.Logger) (_ *stack
 		}
 	}
 	s.guard = guard.New(guard.Options{
-		Catalog: s.tools, Policy: policy, Audit: s.audit, History: s.audit, Approvals: s.approvals,
+		Catalog: s.tools, Policy: policy, Audit: s.audit, Approvals: s.approvals,
+		History: s.audit, Marks: store.Marks{DB: s.db},
 		Tools: c.Tools, Logger: log.With("component", "guard"),
 	})
 	if _, ok := c.Tools["approval_status"]; ok {
