@@ -139,6 +139,9 @@ func Outcome(r *approval.Request) string {
 			r.ID, r.ExpiresAt.UTC().Format(time.RFC3339))
 	case approval.StateCancelled:
 		return fmt.Sprintf("approval request %s was cancelled%s", r.ID, because(r.Reason))
+	case approval.StateInterrupted:
+		return fmt.Sprintf("approval request %s was approved and started, but the server stopped while it ran: "+
+			"whether it took effect is unknown, and it is not run again", r.ID)
 	}
 	return fmt.Sprintf("approval request %s ended in state %s", r.ID, r.State)
 }
@@ -197,7 +200,8 @@ func (g *Guard) StatusSpec() *tools.Spec {
 				if len(r.Result) > 0 {
 					out["result"] = r.Result
 				}
-				if r.State == approval.StateDenied || r.State == approval.StateExpired || r.State == approval.StateCancelled {
+				switch r.State {
+				case approval.StateDenied, approval.StateExpired, approval.StateCancelled, approval.StateInterrupted:
 					out["error_description"] = Outcome(r)
 				}
 			}

@@ -535,3 +535,32 @@ func TestResumedRequestFailsWhenItsToolNeverReturns(t *testing.T) {
 		t.Fatalf("failure not recorded: %+v", e)
 	}
 }
+
+// A resumed request whose tool comes back while it waits (an upstream
+// reconnecting after the restart) runs once it is there.
+func TestResumedRequestWaitsForItsTool(t *testing.T) {
+	w := newWorld(t)
+	ctx := context.Background()
+	p1 := w.start()
+	id := w.raise(p1, "note", map[string]any{"note": "later"})
+	p1.die()
+	if err := w.cat.Replace("test", []*tools.Spec{w.once.spec("pay")}); err != nil {
+		t.Fatal(err)
+	}
+	p2 := w.start()
+	if err := p2.g.Resume(ctx); err != nil {
+		t.Fatal(err)
+	}
+	w.approve(p2, id)
+	time.Sleep(300 * time.Millisecond)
+	if r, _ := p2.svc.Get(ctx, id); r.State != approval.StateApproved {
+		t.Fatalf("while its tool is missing the request is %s", r.State)
+	}
+	if err := w.cat.Replace("test", []*tools.Spec{w.once.spec("pay"), w.book.spec("note")}); err != nil {
+		t.Fatal(err)
+	}
+	w.waitState(p2, id, approval.StateExecuted)
+	if w.book.count() != 1 {
+		t.Fatalf("ran %d times", w.book.count())
+	}
+}
