@@ -128,6 +128,12 @@ type Secret struct {
 // Audit configures the tamper-evident log.
 type Audit struct {
 	CheckpointEvery time.Duration `mapstructure:"checkpoint_every"`
+	// WitnessFile, when set, receives every new signed checkpoint; at start
+	// the log must extend the one there (package witness). Put it on
+	// storage that a restore of the data directory does not roll back.
+	WitnessFile string `mapstructure:"witness_file"`
+	// AcceptRollback is set by serve --accept-rollback, never by the file.
+	AcceptRollback bool `mapstructure:"-"`
 }
 
 // Tool is the policy and behaviour of one guarded tool.

@@ -120,9 +120,21 @@ type node struct {
 // variables (the crash hook's).
 func (s *site) start(env ...string) *node {
 	s.t.Helper()
-	cmd := exec.Command(crashBinary(s.t), "serve", "--http", "127.0.0.1:0", "--config", s.path, "--log-format", "json")
+	return s.startWith(nil, env...)
+}
+
+// serveCmd is the command line of serve on the site, plus args.
+func (s *site) serveCmd(args []string, env ...string) *exec.Cmd {
+	cmd := exec.Command(crashBinary(s.t), append([]string{"serve", "--http", "127.0.0.1:0", "--config", s.path, "--log-format", "json"}, args...)...)
 	cmd.Dir = repoRoot
 	cmd.Env = append(os.Environ(), env...)
+	return cmd
+}
+
+// startWith is start with more serve flags.
+func (s *site) startWith(args []string, env ...string) *node {
+	s.t.Helper()
+	cmd := s.serveCmd(args, env...)
 	n := &node{s: s, cmd: cmd, stderr: &syncBuffer{}, done: make(chan error, 1)}
 	cmd.Stderr = n.stderr
 	if err := cmd.Start(); err != nil {

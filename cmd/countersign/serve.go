@@ -22,6 +22,7 @@ import (
 	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/tools"
 	"github.com/countersign/countersign/tools/upstream"
+	"github.com/countersign/countersign/witness"
 	"github.com/spf13/cobra"
 )
 
@@ -47,6 +48,7 @@ default) and its URL is printed on stderr at start.`,
 			if addr, _ := cmd.Flags().GetString("http"); addr != "" {
 				c.HTTP.Addr = addr
 			}
+			c.Audit.AcceptRollback, _ = cmd.Flags().GetBool("accept-rollback")
 			log, err := newLogger(cmd, c)
 			if err != nil {
 				return err
@@ -58,6 +60,7 @@ default) and its URL is printed on stderr at start.`,
 		},
 	}
 	cmd.Flags().String("http", "", "serve agents over HTTP on ADDR (e.g. 127.0.0.1:8711) instead of stdio")
+	cmd.Flags().Bool("accept-rollback", false, "serve although the audit log does not extend the checkpoint in audit.witness_file (recorded in the log)")
 	return cmd
 }
 
@@ -70,6 +73,8 @@ type stack struct {
 	guard     *guard.Guard
 	upstreams *upstream.Manager
 	server    *server.Server
+	witness   *witness.File
+	stopKeep  func() // stops the witness loop and waits for it
 }
 
 // assemble opens the data directory and wires the packages: the one place
@@ -88,6 +93,11 @@ func assemble(ctx context.Context, c *config.Config, log *slog.Logger) (_ *stack
 	s.db, s.audit, err = openAudit(ctx, c, audit.Options{CheckpointEvery: c.Audit.CheckpointEvery})
 	if err != nil {
 		return nil, err
+	}
+	if c.Audit.WitnessFile != "" {
+		if err := s.startWitness(ctx, c, log); err != nil {
+			return nil, err
+		}
 	}
 	if s.tools, err = tools.New(ctx, c, s.db); err != nil {
 		return nil, err
@@ -137,6 +147,60 @@ func assemble(ctx context.Context, c *config.Config, log *slog.Logger) (_ *stack
 	return s, nil
 }
 
+// startWitness refuses a log that does not extend the witnessed checkpoint
+// (unless the operator accepts the rollback, which is recorded and makes
+// the current checkpoint the witnessed one), then keeps the witness up to
+// date while the server runs.
+func (s *stack) startWitness(ctx context.Context, c *config.Config, log *slog.Logger) error {
+	_, v, err := audit.ParsePublicKey(s.audit.PublicKey())
+	if err != nil {
+		return err
+	}
+	s.witness = &witness.File{Path: c.Audit.WitnessFile, Verifier: v}
+	err = s.witness.Check(ctx, s.audit)
+	var rb *witness.RollbackError
+	switch {
+	case errors.As(err, &rb) && c.Audit.AcceptRollback:
+		log.Warn("serving a rolled-back audit log, as --accept-rollback asks", "witnessed_size", rb.Witnessed, "log_size", rb.Log)
+		if _, err := s.audit.Append(ctx, audit.Entry{Kind: audit.KindRollbackAccepted, Reason: rb.Error()}); err != nil {
+			return fmt.Errorf("recording the accepted rollback: %w", err)
+		}
+		msg, err := s.audit.Checkpoint(ctx)
+		if err == nil {
+			err = s.witness.Record(msg, true)
+		}
+		if err != nil {
+			return err
+		}
+	case err != nil:
+		return err
+	default:
+		// Witness the log as it is now, so that a first start with a
+		// witness protects from now on.
+		msg, err := s.audit.Checkpoint(ctx)
+		if err == nil {
+			err = s.witness.Record(msg, false)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	every := c.Audit.CheckpointEvery
+	if every <= 0 {
+		every = time.Minute
+	}
+	kctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.witness.Keep(kctx, s.audit, every, func(err error) {
+			log.Error("cannot update the audit witness; rollbacks are not caught until it works again", "file", c.Audit.WitnessFile, "err", err)
+		})
+	}()
+	s.stopKeep = func() { cancel(); <-done }
+	return nil
+}
+
 // openAudit opens the data directory's database and audit log. A log that
 // fails its startup check comes back with its *audit.TamperError: it can
 // still be read and exported, but it refuses every append.
@@ -180,8 +244,19 @@ func (s *stack) close() error {
 	if s.tools != nil {
 		errs = append(errs, s.tools.Close())
 	}
+	if s.stopKeep != nil {
+		s.stopKeep()
+	}
 	if s.audit != nil {
 		errs = append(errs, s.audit.Close())
+	}
+	if s.witness != nil && s.audit.Err() == nil {
+		// Close wrote the final checkpoint; the witness keeps it.
+		msg, err := s.audit.Checkpoint(context.Background())
+		if err == nil {
+			err = s.witness.Record(msg, false)
+		}
+		errs = append(errs, err)
 	}
 	if s.db != nil {
 		errs = append(errs, s.db.Close())
