@@ -44,11 +44,11 @@
 //     returned by approval_status, and it is never run again.
 //   - A routine call (no approval) that the log shows allowed but without
 //     an outcome is settled from its call.allowed entry, whose agent and
-//     arguments the new entry repeats: a read-only tool needs nothing; the
-//     ledger says whether the call paid (call.executed with the real
-//     result) or not (call.failed: it did not run, and is not run, since
-//     its caller is gone and retrying is the caller's to decide); any other
-//     tool gets call.interrupted. The log is read from a mark (store.Marks)
+//     arguments the new entry repeats: the ledger says whether the call
+//     paid (call.executed with the real result) or not (call.failed: it did
+//     not run, and is not run, since its caller is gone and retrying is the
+//     caller's to decide); any other tool, read-only ones included, gets
+//     call.interrupted. So every call.allowed has exactly one outcome. The log is read from a mark (store.Marks)
 //     that moves while the server runs, without any write or lock on the
 //     call path, to a seq before which every routine call has its outcome;
 //     so a start reads only the end of the log.

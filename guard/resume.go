@@ -326,11 +326,13 @@ func (r *routineCalls) safeMark() (int64, bool) {
 // (calls that agree on all three cannot be told apart, and need not be),
 // and settles the calls left open:
 //
-//   - a read-only tool: nothing to record;
 //   - a backend that can tell (Spec.Recover): call.executed with the real
 //     result if it took effect, call.failed if it did not (it is not run:
 //     its caller is gone, and a routine call is the caller's to retry);
-//   - any other backend: call.interrupted, outcome unknown.
+//   - any other tool: call.interrupted, outcome unknown (a read-only one
+//     too: whether the caller got what it read is unknown).
+//
+// So every call.allowed has exactly one outcome entry.
 //
 // Then the mark moves to the end of the log. On the first start with a
 // database that has no mark, the history before it is left alone: calls
@@ -403,9 +405,6 @@ func (g *Guard) settleOpenCalls(ctx context.Context, from int64) error {
 // a, which the previous process did not record.
 func (g *Guard) settleOpenCall(ctx context.Context, a audit.Entry) error {
 	spec, ok := g.opts.Catalog.Lookup(a.Tool)
-	if ok && spec.ReadOnly() {
-		return nil
-	}
 	rec := audit.Entry{Agent: a.Agent, Tool: a.Tool, Args: a.Args, ArgsRedact: a.ArgsRedact,
 		ArgsSHA256: a.ArgsSHA256, Decision: a.Decision, Rule: a.Rule}
 	where := fmt.Sprintf(" (allowed at seq %d)", a.Seq)

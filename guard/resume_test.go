@@ -338,9 +338,9 @@ func TestRestartSettlesClaimedRequests(t *testing.T) {
 }
 
 // Routine calls a kill left without an outcome get one at the next start:
-// the backend that can tell says whether each took effect, the one that
-// cannot gets call.interrupted; read-only calls and calls that have their
-// outcome get nothing more.
+// the backend that can tell says whether each took effect, any other gets
+// call.interrupted (a read too); calls that have their outcome get nothing
+// more.
 func TestRestartSettlesRoutineCallsLeftOpen(t *testing.T) {
 	w := newWorld(t)
 	w.policy.d = authz.Decision{Level: config.LevelLow}
@@ -406,6 +406,7 @@ func TestRestartSettlesRoutineCallsLeftOpen(t *testing.T) {
 		`{"note":"lost"}`:                   audit.KindCallExecuted + ": recorded at start",
 		`{"note":"never"}`:                  audit.KindCallFailed + ": recorded at start: the server stopped before this took effect",
 		`{"amount":2,"to":"default payee"}`: audit.KindCallInterrupted + ": the server stopped while this ran",
+		`{"amount":3,"to":"default payee"}`: audit.KindCallInterrupted + ": the server stopped while this ran",
 	}
 	if len(got) != len(want) {
 		t.Fatalf("recorded at start: %v, want %v", got, want)
