@@ -213,14 +213,22 @@ func (s *Service) Create(ctx context.Context, r NewRequest) (*Request, error) {
 	if err != nil {
 		return nil, fmt.Errorf("approval: create: %w", err)
 	}
+	// The request exists now: whatever happens to the caller, it is
+	// recorded and handed back, or ended, never left pending unseen.
+	ctx = context.WithoutCancel(ctx)
 	if err := s.flush(ctx, false); err != nil {
 		// Not recorded, so it must not be decided: end it.
-		s.endRequest(context.WithoutCancel(ctx), id, StateCancelled, "", "audit log unavailable")
+		s.endRequest(ctx, id, StateCancelled, "", "audit log unavailable")
 		return nil, err
 	}
 	slog.Info("approval requested", "id", id, "tool", r.Tool, "agent", r.Agent, "url", s.requestURL(id), "code", code)
 	s.notify()
-	return s.Get(ctx, id)
+	req, err := s.Get(ctx, id)
+	if err != nil {
+		s.endRequest(ctx, id, StateCancelled, "", "cannot read the request back: "+err.Error())
+		return nil, err
+	}
+	return req, nil
 }
 
 func (s *Service) requestURL(id string) string { return s.opts.PublicURL + "/requests/" + id }
