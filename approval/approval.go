@@ -337,6 +337,16 @@ var schema = []string{
 		owner TEXT NOT NULL,
 		created_at INTEGER NOT NULL
 	)`,
+	// The audit seq of each approver's approval.assertion entry, so the
+	// approval.approved entry can name them: seqs are only known once the
+	// outbox has appended the entries.
+	`CREATE TABLE IF NOT EXISTS approval_logged_assertions (
+		request_id TEXT NOT NULL,
+		approver_id TEXT NOT NULL,
+		seq INTEGER NOT NULL,
+		PRIMARY KEY (request_id, approver_id)
+	)`,
+	createVoteAssertions,
 }
 
 // outboxStaleAfter is how long another process's unflushed entries wait
@@ -399,23 +409,98 @@ func (s *Service) flush(ctx context.Context, stale bool) error {
 		if err := json.Unmarshal(it.entry, &e); err != nil {
 			return fmt.Errorf("%w: outbox entry %d: %v", ErrRecord, it.id, err)
 		}
+		if e.Kind == audit.KindApprovalApproved {
+			if err := s.linkAssertions(ctx, &e); err != nil {
+				return fmt.Errorf("%w: outbox entry %d: %v", ErrRecord, it.id, err)
+			}
+		}
 		// Another process may have appended it and died before deleting it.
-		logged := false
+		var logged audit.Entry
+		found := false
 		if it.owner != s.owner {
-			if logged, err = s.inLog(ctx, e, it.created); err != nil {
+			if logged, found, err = s.inLog(ctx, e, it.created); err != nil {
 				return fmt.Errorf("%w: %v", ErrRecord, err)
 			}
 		}
-		if logged {
-			slog.Info("approval: an outbox entry left by a stopped process was already in the log", "kind", e.Kind, "request", e.RequestID)
-		} else if _, err := s.rec.Append(ctx, e); err != nil {
+		if found {
+			slog.Info("approval: an outbox entry left by a stopped process was already in the log", "kind", e.Kind, "request", e.RequestID, "seq", logged.Seq)
+		} else if logged, err = s.rec.Append(ctx, e); err != nil {
 			return fmt.Errorf("%w: %v", ErrRecord, err)
 		}
-		if _, err := s.db.ExecContext(context.WithoutCancel(ctx), `DELETE FROM approval_outbox WHERE id = ?`, it.id); err != nil {
+		// A crash between the append and this transaction leaves the entry
+		// to the next process, which finds it in the log (inLog) rather
+		// than appending it again.
+		err = s.inTx(context.WithoutCancel(ctx), func(tx *sql.Tx) error {
+			if e.Kind == audit.KindApprovalAssertion {
+				if _, err := tx.ExecContext(ctx, `INSERT OR REPLACE INTO approval_logged_assertions (request_id, approver_id, seq) VALUES (?,?,?)`,
+					e.RequestID, e.Approver, logged.Seq); err != nil {
+					return err
+				}
+			}
+			_, err := tx.ExecContext(ctx, `DELETE FROM approval_outbox WHERE id = ?`, it.id)
+			return err
+		})
+		if err != nil {
 			return fmt.Errorf("%w: %v", ErrRecord, err)
 		}
 	}
 	return nil
+}
+
+// linkAssertions fills an approval.approved entry's Assertions with the
+// seqs of its approvers' approval.assertion entries. The outbox appends in
+// order, so they are in the log by now.
+func (s *Service) linkAssertions(ctx context.Context, e *audit.Entry) error {
+	e.Assertions = nil
+	for _, a := range e.Approvers {
+		var seq int64
+		err := s.db.QueryRowContext(ctx, `SELECT seq FROM approval_logged_assertions WHERE request_id = ? AND approver_id = ?`, e.RequestID, a).Scan(&seq)
+		if errors.Is(err, sql.ErrNoRows) {
+			// Appended before seqs were recorded (by an older server,
+			// for a request decided across the upgrade): find it in the
+			// log itself.
+			seq, err = s.findAssertion(ctx, e.RequestID, a)
+		}
+		if err != nil {
+			return fmt.Errorf("the approval.assertion of %s for request %s: %w", a, e.RequestID, err)
+		}
+		e.Assertions = append(e.Assertions, seq)
+	}
+	return nil
+}
+
+// logReader is the part of *audit.Log that findAssertion reads with.
+type logReader interface {
+	Since(ctx context.Context, seq int64, limit int) ([]audit.Entry, error)
+}
+
+// findAssertion scans the log for the latest approval.assertion of
+// approver on request. It is slow and rarely needed.
+func (s *Service) findAssertion(ctx context.Context, request, approver string) (int64, error) {
+	lr, ok := s.rec.(logReader)
+	if !ok {
+		return 0, errors.New("not recorded, and the log cannot be searched")
+	}
+	var found, after int64
+	for {
+		page, err := lr.Since(ctx, after, 1000)
+		if err != nil {
+			return 0, err
+		}
+		for _, e := range page {
+			if e.Kind == audit.KindApprovalAssertion && e.RequestID == request && e.Approver == approver {
+				found = e.Seq
+			}
+			after = e.Seq
+		}
+		if len(page) < 1000 {
+			break
+		}
+	}
+	if found == 0 {
+		return 0, errors.New("not in the log")
+	}
+	return found, nil
 }
 
 // record appends an entry that changes no state (a rejected assertion).

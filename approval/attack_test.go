@@ -72,8 +72,8 @@ func TestDecisionCannotBeSwapped(t *testing.T) {
 
 	approveOpts, _ := f.svc.BeginDecision(ctx, req.ID, digest.Approve)
 	denyOpts, _ := f.svc.BeginDecision(ctx, req.ID, digest.Deny)
-	signedApprove := alice.Get(approveOpts.PublicKey.Challenge.String())
-	signedDeny := alice.Get(denyOpts.PublicKey.Challenge.String())
+	signedApprove := alice.get(approveOpts.PublicKey.Challenge.String())
+	signedDeny := alice.get(denyOpts.PublicKey.Challenge.String())
 
 	if _, err := f.svc.FinishDecision(ctx, req.ID, denyOpts.Ceremony, signedApprove); !errors.Is(err, ErrChallenge) {
 		t.Fatalf("approve assertion as deny: %v", err)
@@ -115,13 +115,13 @@ func TestAssertionChecks(t *testing.T) {
 	}
 
 	t.Run("wrong origin", func(t *testing.T) {
-		alice.Origin = "http://evil.example:8710"
-		defer func() { alice.Origin = testOrigin }()
+		alice.origin = "http://evil.example:8710"
+		defer func() { alice.origin = testOrigin }()
 		try(t, alice, []string{"alice"}, ErrOrigin)
 	})
 	t.Run("wrong rp id", func(t *testing.T) {
-		alice.RPID = "evil.example"
-		defer func() { alice.RPID = "localhost" }()
+		alice.rpID = "evil.example"
+		defer func() { alice.rpID = "localhost" }()
 		try(t, alice, []string{"alice"}, ErrRPID)
 	})
 	t.Run("unknown credential", func(t *testing.T) {
@@ -132,8 +132,8 @@ func TestAssertionChecks(t *testing.T) {
 	})
 	t.Run("bad signature", func(t *testing.T) {
 		forger := newSoftKey(t, "localhost", testOrigin)
-		forger.ID = bob.ID // claims bob's credential, signs with another key
-		forger.Counter = 100
+		forger.id = bob.id // claims bob's credential, signs with another key
+		forger.counter = 100
 		try(t, forger, []string{"bob"}, ErrSignature)
 	})
 	t.Run("counter regression", func(t *testing.T) {
@@ -141,15 +141,15 @@ func TestAssertionChecks(t *testing.T) {
 		if _, err := f.decide(t, req.ID, digest.Approve, alice); err != nil {
 			t.Fatal(err)
 		}
-		alice.Counter -= 2 // a clone that is behind
+		alice.counter -= 2 // a clone that is behind
 		try(t, alice, []string{"alice"}, ErrCounter)
-		alice.Counter += 10
+		alice.counter += 10
 	})
 	t.Run("revoked credential", func(t *testing.T) {
-		if err := f.svc.RevokeCredential(ctx, enc(carol.ID), "lost"); err != nil {
+		if err := f.svc.RevokeCredential(ctx, enc(carol.id), "lost"); err != nil {
 			t.Fatal(err)
 		}
-		if e, _ := f.rec.last(audit.KindCredentialRevoked); e.CredentialID != enc(carol.ID) || e.Reason != "lost" {
+		if e, _ := f.rec.last(audit.KindCredentialRevoked); e.CredentialID != enc(carol.id) || e.Reason != "lost" {
 			t.Fatalf("revoked entry %+v", e)
 		}
 		try(t, carol, []string{"alice", "carol"}, ErrRevokedCredential)
@@ -176,23 +176,23 @@ func TestSameApproverTwiceIsOneVote(t *testing.T) {
 	if err := json.Unmarshal(step.PublicKey, &opts); err != nil {
 		t.Fatal(err)
 	}
-	key2.Handle = key1.Handle
-	if _, err := f.svc.FinishEnrollment(ctx, token, step.Ceremony, key2.Get(opts.Challenge)); !errors.Is(err, ErrUnknownCredential) {
+	key2.handle = key1.handle
+	if _, err := f.svc.FinishEnrollment(ctx, token, step.Ceremony, key2.get(opts.Challenge)); !errors.Is(err, ErrUnknownCredential) {
 		t.Fatalf("new key vouching for itself: %v", err)
 	}
 	step, _ = f.svc.BeginEnrollment(ctx, token)
 	json.Unmarshal(step.PublicKey, &opts)
-	if res, err := f.svc.FinishEnrollment(ctx, token, step.Ceremony, key1.Get(opts.Challenge)); err != nil || res.Done {
+	if res, err := f.svc.FinishEnrollment(ctx, token, step.Ceremony, key1.get(opts.Challenge)); err != nil || res.Done {
 		t.Fatalf("vouching: %+v %v", res, err)
 	}
 	step, _ = f.svc.BeginEnrollment(ctx, token)
 	if step.Step != "create" {
 		t.Fatalf("after vouching step %q", step.Step)
 	}
-	if _, err := f.svc.FinishEnrollment(ctx, token, step.Ceremony, create(t, key2, step.PublicKey)); err != nil {
+	if _, err := f.svc.FinishEnrollment(ctx, token, step.Ceremony, key2.create(t, step.PublicKey)); err != nil {
 		t.Fatal(err)
 	}
-	if e, _ := f.rec.last(audit.KindApproverEnrolled); e.CredentialID != enc(key2.ID) || !strings.Contains(e.Reason, "vouched for by key "+enc(key1.ID)) {
+	if e, _ := f.rec.last(audit.KindApproverEnrolled); e.CredentialID != enc(key2.id) || !strings.Contains(e.Reason, "vouched for by key "+enc(key1.id)) {
 		t.Fatalf("enrolled entry %+v", e)
 	}
 	if _, err := f.svc.BeginEnrollment(ctx, token); !errors.Is(err, ErrEnrollment) {
@@ -213,10 +213,10 @@ func TestSameApproverTwiceIsOneVote(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(opts2.PublicKey.AllowedCredentials) != 1 || string(opts2.PublicKey.AllowedCredentials[0].CredentialID) != string(bob.ID) {
+	if len(opts2.PublicKey.AllowedCredentials) != 1 || string(opts2.PublicKey.AllowedCredentials[0].CredentialID) != string(bob.id) {
 		t.Fatalf("offered %+v, want only bob's key", opts2.PublicKey.AllowedCredentials)
 	}
-	if _, err := f.svc.FinishDecision(ctx, req.ID, opts2.Ceremony, key2.Get(opts2.PublicKey.Challenge.String())); !errors.Is(err, ErrAlreadyCounted) {
+	if _, err := f.svc.FinishDecision(ctx, req.ID, opts2.Ceremony, key2.get(opts2.PublicKey.Challenge.String())); !errors.Is(err, ErrAlreadyCounted) {
 		t.Fatalf("alice twice: %v", err)
 	}
 	f.rec.requireRejected(t, ErrAlreadyCounted)

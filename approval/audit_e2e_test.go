@@ -4,9 +4,19 @@ import (
 	"bytes"
 	"context"
 	"crypto/ed25519"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+
+	"github.com/gowebpki/jcs"
+	"golang.org/x/mod/sumdb/note"
 
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/digest"
@@ -28,16 +38,6 @@ func TestRealAuditLogExportVerifies(t *testing.T) {
 	key, err := audit.LoadOrCreateKey(dir)
 	if err != nil {
 		t.Fatal(err)
-	}
-	// Workaround: audit.ParsePublicKey (audit/key.go) splits the key text
-	// at its last '+', which standard base64 key data may itself contain,
-	// so about one key in four is refused by audit.Open. Reported to the
-	// audit owner; until fixed, draw keys without a '+' in their data.
-	for strings.Count(audit.PublicKeyText(key.Public().(ed25519.PublicKey)), "+") != 2 {
-		kdir := t.TempDir()
-		if key, err = audit.LoadOrCreateKey(kdir); err != nil {
-			t.Fatal(err)
-		}
 	}
 	log, err := audit.Open(ctx, db, key, audit.Options{})
 	if err != nil {
@@ -65,15 +65,24 @@ func TestRealAuditLogExportVerifies(t *testing.T) {
 	critical.Level = "critical"
 	r2, _ := svc.Create(ctx, critical)
 	f.decide(t, r2.ID, digest.Approve, alice)
+	// As if alice's assertion had been appended by a server that did not
+	// yet note seqs: the approval finds it in the log.
+	if _, err := db.Exec(`DELETE FROM approval_logged_assertions WHERE request_id = ?`, r2.ID); err != nil {
+		t.Fatal(err)
+	}
 	if r, err := f.decide(t, r2.ID, digest.Approve, bob); err != nil || r.State != StateApproved {
 		t.Fatalf("quorum: %v %v", r, err)
+	}
+	// The MCP server's part: run each approved request once and record it.
+	for _, r := range []*Request{r1, r2} {
+		ran(t, svc, log, r)
 	}
 	r3, _ := svc.Create(ctx, paymentRequest("bob"))
 	if _, err := f.decide(t, r3.ID, digest.Deny, bob); err != nil {
 		t.Fatal(err)
 	}
 	r4, _ := svc.Create(ctx, paymentRequest("alice"))
-	alice.Origin = "http://evil.example"
+	alice.origin = "http://evil.example"
 	if _, err := f.decide(t, r4.ID, digest.Approve, alice); err == nil {
 		t.Fatal("wrong origin accepted")
 	}
@@ -83,12 +92,148 @@ func TestRealAuditLogExportVerifies(t *testing.T) {
 	if err := log.Export(ctx, &export, 0); err != nil {
 		t.Fatal(err)
 	}
-	sum, err := audit.Verify(bytes.NewReader(export.Bytes()), log.PublicKey(), nil)
+	sum, err := audit.Verify(bytes.NewReader(export.Bytes()), log.PublicKey(), audit.VerifyOptions{AllSignatures: true})
 	if err != nil {
 		t.Fatalf("offline verify: %v\n%s", err, export.String())
 	}
-	// 1 + 2 approve assertions + 1 deny.
-	if sum.Assertions < 4 {
-		t.Fatalf("verifier checked %d assertions: %s", sum.Assertions, sum)
+	// 1 + 2 approve assertions + 1 deny; both approvals met their quorum
+	// and both executions match them.
+	if sum.Assertions != 4 || sum.Approvals != 2 || sum.Executions != 2 {
+		t.Fatalf("verifier checked %d assertions, %d approvals, %d executions: %s", sum.Assertions, sum.Approvals, sum.Executions, sum)
 	}
+
+	// The issue's forgery: bob's assertion deleted from the 2-of-2
+	// approval, everything re-signed with the server key from this data
+	// directory. It used to verify.
+	entries := exportEntries(t, export.Bytes())
+	var bobSeq, approvedSeq int64
+	for _, e := range entries {
+		if e.RequestID == r2.ID && e.Kind == audit.KindApprovalAssertion && e.Approver == "bob" {
+			bobSeq = e.Seq
+		}
+		if e.RequestID == r2.ID && e.Kind == audit.KindApprovalApproved {
+			approvedSeq = e.Seq
+			if !slices.Equal(e.Approvers, []string{"alice", "bob"}) || len(e.Assertions) != 2 || e.Assertions[1] != bobSeq {
+				t.Fatalf("approval.approved of the 2-of-2 request: approvers %v assertions %v (bob's is seq %d)", e.Approvers, e.Assertions, bobSeq)
+			}
+		}
+	}
+	forged := resignExport(t, key, slices.DeleteFunc(entries, func(e audit.Entry) bool { return e.Seq == bobSeq }))
+	_, err = audit.Verify(bytes.NewReader(forged), log.PublicKey(), audit.VerifyOptions{})
+	var ve *audit.VerifyError
+	if !errors.As(err, &ve) || ve.Seq != approvedSeq-1 || !strings.Contains(ve.Reason, "is not an earlier approval.assertion of request "+r2.ID) {
+		t.Fatalf("export without bob's assertion: %v", err)
+	}
+
+	// A countersigned execution relabelled as a routine one.
+	entries = exportEntries(t, export.Bytes())
+	for i, e := range entries {
+		if e.Kind == audit.KindCallExecuted && e.RequestID == r2.ID {
+			entries[i].Decision, entries[i].RequestID = "low", ""
+		}
+	}
+	_, err = audit.Verify(bytes.NewReader(resignExport(t, key, entries)), log.PublicKey(), audit.VerifyOptions{})
+	if !errors.As(err, &ve) || !strings.Contains(ve.Reason, "at level low follows no call.allowed") {
+		t.Fatalf("execution relabelled low: %v", err)
+	}
+}
+
+// ran claims an approved request and finishes it with its execution's
+// record, as the guard does.
+func ran(t *testing.T, svc *Service, log *audit.Log, r *Request) {
+	t.Helper()
+	ctx := context.Background()
+	if err := svc.BeginExecution(ctx, r.ID); err != nil {
+		t.Fatal(err)
+	}
+	args := paymentRequest().Args
+	sum, _ := digest.ArgsSHA256(args)
+	err := svc.Finish(ctx, r.ID, Outcome{State: StateExecuted, Result: json.RawMessage(`{"ok":true}`),
+		Record: audit.Entry{Kind: audit.KindCallExecuted, Agent: r.Agent, Tool: r.Tool, Args: args,
+			ArgsSHA256: hex.EncodeToString(sum[:]), Decision: r.Level, Result: json.RawMessage(`{"ok":true}`)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func exportEntries(t *testing.T, export []byte) []audit.Entry {
+	t.Helper()
+	var out []audit.Entry
+	lines := bytes.Split(bytes.TrimSuffix(export, []byte("\n")), []byte("\n"))
+	for _, line := range lines[:len(lines)-1] {
+		var e audit.Entry
+		if err := json.Unmarshal(line, &e); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
+// resignExport is what an attacker holding the server key can do, written
+// from docs/audit-export.md alone: renumber and relink the entries, hash
+// them (SHA-256 of the previous hash and the RFC 8785 form of the entry
+// without hash and sig), sign every hash, and sign a checkpoint over the
+// RFC 6962 Merkle root.
+func resignExport(t *testing.T, key ed25519.PrivateKey, entries []audit.Entry) []byte {
+	t.Helper()
+	var out bytes.Buffer
+	var prev [32]byte
+	var leaves [][32]byte
+	for i, e := range entries {
+		e.Seq, e.PrevHash, e.Hash, e.Sig = int64(i+1), hex.EncodeToString(prev[:]), "", ""
+		raw, err := json.Marshal(e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		canon, err := jcs.Transform(raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := sha256.Sum256(append(append([]byte{}, prev[:]...), canon...))
+		e.Hash = hex.EncodeToString(h[:])
+		e.Sig = base64.RawURLEncoding.EncodeToString(ed25519.Sign(key, h[:]))
+		enc := json.NewEncoder(&out)
+		enc.SetEscapeHTML(false)
+		if err := enc.Encode(e); err != nil {
+			t.Fatal(err)
+		}
+		leaves = append(leaves, sha256.Sum256(append([]byte{0}, h[:]...)))
+		prev = h
+	}
+	root := merkleRoot(leaves)
+	text := fmt.Sprintf("countersign\n%d\n%s\n", len(entries), base64.StdEncoding.EncodeToString(root[:]))
+	vkey := audit.PublicKeyText(key.Public().(ed25519.PublicKey))
+	parts := strings.SplitN(vkey, "+", 3)
+	signer, err := note.NewSigner("PRIVATE+KEY+" + parts[0] + "+" + parts[1] + "+" +
+		base64.StdEncoding.EncodeToString(append([]byte{1}, key.Seed()...)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg, err := note.Sign(&note.Note{Text: text}, signer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	enc := json.NewEncoder(&out)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(map[string]string{"checkpoint": string(msg)}); err != nil {
+		t.Fatal(err)
+	}
+	return out.Bytes()
+}
+
+// merkleRoot is the RFC 6962 root of leaf hashes.
+func merkleRoot(leaves [][32]byte) [32]byte {
+	switch len(leaves) {
+	case 0:
+		return sha256.Sum256(nil)
+	case 1:
+		return leaves[0]
+	}
+	k := 1
+	for k*2 < len(leaves) {
+		k *= 2
+	}
+	l, r := merkleRoot(leaves[:k]), merkleRoot(leaves[k:])
+	return sha256.Sum256(append(append([]byte{1}, l[:]...), r[:]...))
 }

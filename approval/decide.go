@@ -425,7 +425,10 @@ func (s *Service) commitDecision(ctx context.Context, r0 *row, decision string, 
 			r.ID, approver, v.cred.id, decision, now.UnixNano()); err != nil {
 			return failf(ErrAlreadyCounted, "%s already decided this request", approver)
 		}
-		entry := s.assertionEntry(r, decision, v)
+		if err := keepAssertion(ctx, tx, r.ID, approver, decision, v); err != nil {
+			return err
+		}
+		entry := s.assertionEntry(r, decision, v, now)
 		switch decision {
 		case digest.Deny:
 			entry.Kind = audit.KindApprovalDenied
@@ -446,8 +449,10 @@ func (s *Service) commitDecision(ctx context.Context, r0 *row, decision string, 
 			if err := s.transition(ctx, tx, r.ID, StateApproved, by, fmt.Sprintf("quorum %d reached", r.Quorum)); err != nil {
 				return err
 			}
-			done := s.requestEntry(r, audit.KindApprovalApproved, fmt.Sprintf("quorum %d of %d reached: %s", len(approvals), r.Quorum, by))
-			done.Approver = by
+			// Assertions (their seqs) are filled in when the outbox
+			// appends this entry, after the assertions themselves.
+			done := s.requestEntry(r, audit.KindApprovalApproved, fmt.Sprintf("quorum %d of %d reached", len(approvals), r.Quorum))
+			done.Approvers = approvals
 			done.Decision = digest.Approve
 			return s.enqueue(ctx, tx, r.ID, done)
 		}
@@ -478,13 +483,15 @@ func (s *Service) transition(ctx context.Context, tx *sql.Tx, id, state, by, rea
 }
 
 // assertionEntry carries everything the offline verifier needs to
-// recompute the digest and check the signature against the enrolled key.
-func (s *Service) assertionEntry(r *row, decision string, v *verified) audit.Entry {
+// recompute the digest and check the signature against the enrolled key,
+// and when it was counted (decided at now), to check it beat the expiry.
+func (s *Service) assertionEntry(r *row, decision string, v *verified, now time.Time) audit.Entry {
 	e := s.requestEntry(r, "", "")
 	raw := v.parsed.Raw.AssertionResponse
 	e.Approver = v.cred.approverID
 	e.CredentialID = b64(v.cred.id)
 	e.Decision = decision
+	e.DecidedAt = now.UTC().Format(audit.TimeFormat)
 	e.Origin = v.parsed.Response.CollectedClientData.Origin
 	e.RPID = s.opts.RPID
 	e.UserVerified = v.parsed.Response.AuthenticatorData.Flags.HasUserVerified()

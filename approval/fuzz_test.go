@@ -44,10 +44,10 @@ func FuzzAssertionResponse(f *testing.F) {
 		f.Fatal(err)
 	}
 	denyDigest, _ := fx.svc.digest(r, digest.Deny)
-	f.Add(alice.Get(enc(denyDigest[:])))
+	f.Add(alice.get(enc(denyDigest[:])))
 	forger := newSoftKey(f, "localhost", testOrigin)
-	forger.ID, forger.Counter = alice.ID, 50
-	f.Add(forger.Get(opts.PublicKey.Challenge.String()))
+	forger.id, forger.counter = alice.id, 50
+	f.Add(forger.get(opts.PublicKey.Challenge.String()))
 	f.Add([]byte(`{}`))
 	f.Add([]byte(`{"id":"AA","rawId":"AA","type":"public-key","response":{"clientDataJSON":"e30","authenticatorData":"AA","signature":"AA"}}`))
 

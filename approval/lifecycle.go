@@ -19,6 +19,10 @@ const (
 	// asks approval_status. The server itself runs the tool once approved,
 	// in whichever process serves by then.
 	WaitPoll = "poll"
+	// WaitBackchannel: a CIBA backchannel request. Its client polls the
+	// token endpoint and redeems the approval for a token; no tool runs.
+	// Like poll mode it outlives the process.
+	WaitBackchannel = "backchannel"
 )
 
 // Reasons a request is cancelled by the server rather than by its caller.
@@ -156,7 +160,8 @@ type Unfinished struct {
 
 // Unfinished returns, oldest first, the requests a server must see to
 // their end: pending poll-mode requests (run them once approved) and
-// approved ones, claimed or not. Call it after Restart.
+// approved ones, claimed or not (a backchannel one only matters when
+// claimed: otherwise its client redeems it). Call it after Restart.
 func (s *Service) Unfinished(ctx context.Context) ([]Unfinished, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT id FROM approval_requests
 		WHERE state = 'approved' OR (state = 'pending' AND wait_mode = ?) ORDER BY created_at`, WaitPoll)

@@ -134,23 +134,24 @@ func jsonArray(v []any) string {
 	return string(b)
 }
 
-// logReader is what a Recorder that can be read offers (*audit.Log).
-type logReader interface {
+// tailReader is what a Recorder whose end can be read offers (*audit.Log).
+type tailReader interface {
 	LastSeq(ctx context.Context) (int64, error)
 	Since(ctx context.Context, seq int64, limit int) ([]audit.Entry, error)
 }
 
 // inLog reports whether e, put in the outbox at created (Unix ns), is
 // already in the log: it searches back from the end over the entries
-// appended since then. A Recorder that cannot be read says no.
-func (s *Service) inLog(ctx context.Context, e audit.Entry, created int64) (bool, error) {
-	r, ok := s.rec.(logReader)
+// appended since then, and returns it as logged. A Recorder that cannot be
+// read says no.
+func (s *Service) inLog(ctx context.Context, e audit.Entry, created int64) (audit.Entry, bool, error) {
+	r, ok := s.rec.(tailReader)
 	if !ok {
-		return false, nil
+		return audit.Entry{}, false, nil
 	}
 	last, err := r.LastSeq(ctx)
 	if err != nil {
-		return false, err
+		return audit.Entry{}, false, err
 	}
 	// The log's clock may lag the outbox's a little.
 	since := time.Unix(0, created).Add(-time.Second)
@@ -159,20 +160,20 @@ func (s *Service) inLog(ctx context.Context, e audit.Entry, created int64) (bool
 		lo := max(hi-page, 0)
 		entries, err := r.Since(ctx, lo, int(hi-lo))
 		if err != nil {
-			return false, err
+			return audit.Entry{}, false, err
 		}
 		for i := len(entries) - 1; i >= 0; i-- {
 			x := entries[i]
 			if t, err := time.Parse(time.RFC3339Nano, x.Time); err == nil && t.Before(since) {
-				return false, nil
+				return audit.Entry{}, false, nil
 			}
 			if sameEntry(x, e) {
-				return true, nil
+				return x, true, nil
 			}
 		}
 		hi = lo
 	}
-	return false, nil
+	return audit.Entry{}, false, nil
 }
 
 // sameEntry compares the fields that tell one approval entry from

@@ -15,7 +15,7 @@ func TestPageClientEnrollsAndDecides(t *testing.T) {
 	f, base, addr := newServedFixture(t, nil)
 	ctx := context.Background()
 	page := approvaltest.NewPage(addr, base)
-	alice := newSoftKey(t, "localhost", base)
+	alice := approvaltest.NewSoftKey(t, "localhost", base)
 	link, err := f.svc.CreateEnrollment(ctx, "alice")
 	if err != nil {
 		t.Fatal(err)

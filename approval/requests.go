@@ -154,7 +154,7 @@ func (s *Service) Create(ctx context.Context, r NewRequest) (*Request, error) {
 	switch r.Wait {
 	case "":
 		r.Wait = WaitBlock
-	case WaitBlock, WaitPoll:
+	case WaitBlock, WaitPoll, WaitBackchannel:
 	default:
 		return nil, fmt.Errorf("%w: wait %q (want block or poll)", ErrInvalidRequest, r.Wait)
 	}
@@ -178,19 +178,24 @@ func (s *Service) Create(ctx context.Context, r NewRequest) (*Request, error) {
 	display := renderDisplay(details, r.Tool, r.Agent, code)
 	approversJSON, _ := json.Marshal(approvers)
 
+	// The requirement is recorded as fields, so that an auditor can check
+	// offline that every approval met it.
 	entry := audit.Entry{
 		Kind:                 audit.KindApprovalRequested,
 		RequestID:            id,
 		Agent:                r.Agent,
 		Tool:                 r.Tool,
-		Decision:             r.Level,
+		Level:                r.Level,
 		Rule:                 r.Rule,
+		Quorum:               r.Quorum,
+		Eligible:             approvers,
+		UserVerification:     r.UserVerification,
 		ArgsSHA256:           hex.EncodeToString(argsSum[:]),
 		AuthorizationDetails: r.AuthorizationDetails,
 		Display:              display,
 		Nonce:                base64.RawURLEncoding.EncodeToString(nonce),
 		ExpiresAt:            digest.FormatTime(expires),
-		Reason:               fmt.Sprintf("approvers=%s quorum=%d user_verification=%s binding_message=%q", strings.Join(approvers, ","), r.Quorum, r.UserVerification, binding),
+		Reason:               fmt.Sprintf("binding message %q", binding),
 	}
 	if r.RedactArgs {
 		entry.ArgsRedact = true
@@ -589,9 +594,13 @@ const (
 	PollInterrupted = "interrupted"
 )
 
+// SlowDownStep is what CIBA (and RFC 8628) add to the polling interval of
+// a client that polled too fast.
+const SlowDownStep = 5 * time.Second
+
 // Poll answers a CIBA poll. Only the agent that created the request may
 // poll it (others get ErrNotFound); polling faster than Interval gets
-// slow_down.
+// slow_down, and Interval grows by SlowDownStep.
 func (s *Service) Poll(ctx context.Context, id, agent string) (*PollStatus, error) {
 	r, err := s.load(ctx, s.db, id)
 	if err != nil {
@@ -616,6 +625,13 @@ func (s *Service) Poll(ctx context.Context, id, agent string) (*PollStatus, erro
 		st.Status = PollPending
 		if r.lastPoll != 0 && now.Sub(time.Unix(0, r.lastPoll)) < r.Interval {
 			st.Status = PollSlowDown
+			// CIBA: a client told to slow down adds SlowDownStep to its
+			// interval for this and every later poll, so from now on the
+			// longer interval is the one it must keep.
+			r.Interval += SlowDownStep
+			if _, err := s.db.ExecContext(ctx, `UPDATE approval_requests SET interval_ms = ? WHERE id = ?`, r.Interval.Milliseconds(), id); err != nil {
+				return nil, err
+			}
 		}
 	case StateApproved:
 		st.Status = PollApproved

@@ -219,12 +219,12 @@ func TestCriticalNeedsQuorumWithUV(t *testing.T) {
 		t.Fatalf("critical user verification %q", opts.PublicKey.UserVerification)
 	}
 	// Bob's key without UV is refused.
-	bob.UV = false
+	bob.uv = false
 	if _, err := f.decide(t, req.ID, digest.Approve, bob); !errors.Is(err, ErrUserVerification) {
 		t.Fatalf("no-UV assertion: %v", err)
 	}
 	f.rec.requireRejected(t, ErrUserVerification)
-	bob.UV = true
+	bob.uv = true
 
 	got, err := f.decide(t, req.ID, digest.Approve, alice)
 	if err != nil {
@@ -239,7 +239,7 @@ func TestCriticalNeedsQuorumWithUV(t *testing.T) {
 	c, resp := f.sign(t, req.ID, digest.Approve, bob)
 	opts2, _ := f.svc.BeginDecision(ctx, req.ID, digest.Approve)
 	for _, cr := range opts2.PublicKey.AllowedCredentials {
-		if string(cr.CredentialID) == string(alice.ID) {
+		if string(cr.CredentialID) == string(alice.id) {
 			t.Fatal("an already-counted approver's key is offered again")
 		}
 	}
@@ -279,12 +279,17 @@ func TestPollCIBA(t *testing.T) {
 		t.Fatalf("first poll %v %v", st, err)
 	}
 	advance(time.Second)
-	if st, _ := f.svc.Poll(ctx, req.ID, "agent-1"); st.Status != PollSlowDown {
-		t.Fatalf("fast poll %v", st.Status)
+	if st, _ := f.svc.Poll(ctx, req.ID, "agent-1"); st.Status != PollSlowDown || st.Request.Interval != 10*time.Second {
+		t.Fatalf("fast poll %v, interval %v; want slow_down and 5s more", st.Status, st.Request.Interval)
 	}
+	// The grown interval is the one to keep: 6s is now too fast.
 	advance(6 * time.Second)
-	if st, _ := f.svc.Poll(ctx, req.ID, "agent-1"); st.Status != PollPending {
-		t.Fatalf("slow poll %v", st.Status)
+	if st, _ := f.svc.Poll(ctx, req.ID, "agent-1"); st.Status != PollSlowDown || st.Request.Interval != 15*time.Second {
+		t.Fatalf("poll 6s later %v, interval %v; want slow_down and 5s more", st.Status, st.Request.Interval)
+	}
+	advance(15 * time.Second)
+	if st, _ := f.svc.Poll(ctx, req.ID, "agent-1"); st.Status != PollPending || st.Request.Interval != 15*time.Second {
+		t.Fatalf("slow poll %v, interval %v", st.Status, st.Request.Interval)
 	}
 	if err := f.svc.Cancel(ctx, req.ID, "agent gave up"); err != nil {
 		t.Fatal(err)

@@ -2,8 +2,13 @@ package approval
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
 	"database/sql"
 	"encoding/base64"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"path/filepath"
@@ -12,35 +17,123 @@ import (
 	"testing"
 	"time"
 
-	"github.com/countersign/countersign/approval/approvaltest"
+	"github.com/fxamacker/cbor/v2"
+
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/store"
 )
 
-// softKey is the shared software security key; tests here make it
-// misbehave through its fields.
-type softKey = approvaltest.SoftKey
+// softKey is a security key in software: an ECDSA P-256 credential that
+// builds authenticatorData and clientDataJSON and signs them as a CTAP2
+// authenticator would. Tests can make it misbehave on purpose.
+type softKey struct {
+	priv    *ecdsa.PrivateKey
+	id      []byte
+	counter uint32
+	rpID    string
+	origin  string
+	uv      bool
+	handle  []byte
+}
 
 func newSoftKey(t testing.TB, rpID, origin string) *softKey {
 	t.Helper()
-	k, err := approvaltest.NewSoftKey(rpID, origin)
+	priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return k
+	id := make([]byte, 16)
+	rand.Read(id)
+	return &softKey{priv: priv, id: id, rpID: rpID, origin: origin, uv: true}
 }
 
-// create answers creation options with the key, failing the test on error.
-func create(t testing.TB, k *softKey, publicKey json.RawMessage) []byte {
-	t.Helper()
-	b, err := k.Create(publicKey)
+func enc(b []byte) string { return base64.RawURLEncoding.EncodeToString(b) }
+
+func (k *softKey) clientData(typ, challenge string) []byte {
+	b, _ := json.Marshal(map[string]any{"type": typ, "challenge": challenge, "origin": k.origin, "crossOrigin": false})
+	return b
+}
+
+func (k *softKey) authData(extra []byte, at bool) []byte {
+	rp := sha256.Sum256([]byte(k.rpID))
+	flags := byte(0x01) // UP
+	if k.uv {
+		flags |= 0x04
+	}
+	if at {
+		flags |= 0x40
+	}
+	out := append(rp[:], flags)
+	out = binary.BigEndian.AppendUint32(out, k.counter)
+	return append(out, extra...)
+}
+
+func (k *softKey) coseKey() []byte {
+	x := k.priv.PublicKey.X.FillBytes(make([]byte, 32))
+	y := k.priv.PublicKey.Y.FillBytes(make([]byte, 32))
+	em, _ := cbor.CTAP2EncOptions().EncMode()
+	b, err := em.Marshal(map[int]any{1: 2, 3: -7, -1: 1, -2: x, -3: y})
 	if err != nil {
-		t.Fatal(err)
+		panic(err)
 	}
 	return b
 }
 
-func enc(b []byte) string { return base64.RawURLEncoding.EncodeToString(b) }
+// create answers navigator.credentials.create() options with a "none"
+// attestation.
+func (k *softKey) create(t testing.TB, publicKey json.RawMessage) []byte {
+	t.Helper()
+	var opts struct {
+		Challenge string `json:"challenge"`
+		User      struct {
+			ID string `json:"id"`
+		} `json:"user"`
+	}
+	if err := json.Unmarshal(publicKey, &opts); err != nil {
+		t.Fatal(err)
+	}
+	k.handle, _ = base64.RawURLEncoding.DecodeString(opts.User.ID)
+	cd := k.clientData("webauthn.create", opts.Challenge)
+	attested := make([]byte, 16) // zero AAGUID
+	attested = binary.BigEndian.AppendUint16(attested, uint16(len(k.id)))
+	attested = append(attested, k.id...)
+	attested = append(attested, k.coseKey()...)
+	em, _ := cbor.CTAP2EncOptions().EncMode()
+	att, err := em.Marshal(map[string]any{"fmt": "none", "attStmt": map[string]any{}, "authData": k.authData(attested, true)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := json.Marshal(map[string]any{
+		"id": enc(k.id), "rawId": enc(k.id), "type": "public-key",
+		"response":               map[string]any{"clientDataJSON": enc(cd), "attestationObject": enc(att), "transports": []string{"usb"}},
+		"clientExtensionResults": map[string]any{},
+	})
+	return b
+}
+
+// get answers navigator.credentials.get() for challenge (base64url).
+func (k *softKey) get(challenge string) []byte {
+	k.counter++
+	return k.sign(k.clientData("webauthn.get", challenge), k.authData(nil, false))
+}
+
+func (k *softKey) sign(cd, ad []byte) []byte {
+	h := sha256.Sum256(cd)
+	msg := sha256.Sum256(append(append([]byte{}, ad...), h[:]...))
+	sig, err := ecdsa.SignASN1(rand.Reader, k.priv, msg[:])
+	if err != nil {
+		panic(err)
+	}
+	resp := map[string]any{"clientDataJSON": enc(cd), "authenticatorData": enc(ad), "signature": enc(sig)}
+	if k.handle != nil {
+		resp["userHandle"] = enc(k.handle)
+	}
+	b, _ := json.Marshal(map[string]any{
+		"id": enc(k.id), "rawId": enc(k.id), "type": "public-key",
+		"response": resp, "clientExtensionResults": map[string]any{},
+	})
+	return b
+}
 
 // memRecorder keeps entries in memory; fail makes Append fail.
 type memRecorder struct {
@@ -169,11 +262,11 @@ func (f *fixture) enroll(t testing.TB, approver string, key *softKey) {
 	if opts.Step != "create" {
 		t.Fatalf("first key of %s: step %q, want create", approver, opts.Step)
 	}
-	res, err := f.svc.FinishEnrollment(ctx, token, opts.Ceremony, create(t, key, opts.PublicKey))
+	res, err := f.svc.FinishEnrollment(ctx, token, opts.Ceremony, key.create(t, opts.PublicKey))
 	if err != nil {
 		t.Fatalf("enroll %s: %v", approver, err)
 	}
-	if !res.Done || res.CredentialID != enc(key.ID) {
+	if !res.Done || res.CredentialID != enc(key.id) {
 		t.Fatalf("enroll result %+v", res)
 	}
 }
@@ -186,7 +279,7 @@ func (f *fixture) sign(t testing.TB, id, decision string, key *softKey) (ceremon
 	if err != nil {
 		t.Fatalf("begin %s: %v", decision, err)
 	}
-	return opts.Ceremony, key.Get(opts.PublicKey.Challenge.String())
+	return opts.Ceremony, key.get(opts.PublicKey.Challenge.String())
 }
 
 func (f *fixture) decide(t *testing.T, id, decision string, key *softKey) (*Request, error) {

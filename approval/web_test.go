@@ -113,7 +113,7 @@ func TestHTTPApproveThroughAPI(t *testing.T) {
 	}
 	var opts DecisionOptions
 	json.Unmarshal(raw, &opts)
-	body, _ := json.Marshal(finishBody{Ceremony: opts.Ceremony, Credential: alice.Get(opts.PublicKey.Challenge.String())})
+	body, _ := json.Marshal(finishBody{Ceremony: opts.Ceremony, Credential: alice.get(opts.PublicKey.Challenge.String())})
 	code, e, raw = h.post(t, "/api/requests/"+req.ID+"/finish", body, nil)
 	if code != 200 {
 		t.Fatalf("finish: %d %+v", code, e)

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/countersign/countersign/digest"
+	"github.com/go-webauthn/webauthn/protocol/webauthncbor"
 	"github.com/go-webauthn/webauthn/protocol/webauthncose"
 )
 
@@ -24,9 +25,41 @@ func isAssertionKind(kind string) bool {
 	return kind == KindApprovalAssertion || kind == KindApprovalDenied
 }
 
+// acceptedAlgorithms are the COSE algorithms of the credentials the
+// verifier accepts: those Countersign's relying party offers at
+// registration (go-webauthn's default list). The COSE parser also knows
+// RS1 (RSA with SHA-1) and ES256K, which are refused here.
+var acceptedAlgorithms = map[webauthncose.COSEAlgorithmIdentifier]string{
+	webauthncose.AlgES256: "ES256", webauthncose.AlgES384: "ES384", webauthncose.AlgES512: "ES512",
+	webauthncose.AlgEdDSA: "EdDSA",
+	webauthncose.AlgRS256: "RS256", webauthncose.AlgRS384: "RS384", webauthncose.AlgRS512: "RS512",
+	webauthncose.AlgPS256: "PS256", webauthncose.AlgPS384: "PS384", webauthncose.AlgPS512: "PS512",
+}
+
+// parseCredentialKey decodes an enrolled COSE_Key (base64url) and requires
+// an accepted algorithm.
+func parseCredentialKey(b64 string) (any, error) {
+	cose, err := decodeB64URL(b64)
+	if err != nil {
+		return nil, fmt.Errorf("public_key is not base64url")
+	}
+	var head webauthncose.PublicKeyData
+	if err := webauthncbor.Unmarshal(cose, &head); err != nil {
+		return nil, fmt.Errorf("public_key is not a COSE_Key: %v", err)
+	}
+	if _, ok := acceptedAlgorithms[webauthncose.COSEAlgorithmIdentifier(head.Algorithm)]; !ok {
+		return nil, fmt.Errorf("public_key has COSE algorithm %d, not one of ES256, ES384, ES512, EdDSA, RS256, RS384, RS512, PS256, PS384, PS512", head.Algorithm)
+	}
+	key, err := webauthncose.ParsePublicKey(cose)
+	if err != nil {
+		return nil, fmt.Errorf("public_key: %v", err)
+	}
+	return key, nil
+}
+
 // credential is an enrolled WebAuthn credential as the log records it.
 type credential struct {
-	publicKey  string // COSE_Key, base64url
+	key        any // parsed COSE key
 	approver   string
 	enrolled   int64
 	revokedSeq int64 // 0 while active
@@ -35,10 +68,10 @@ type credential struct {
 // credentials replays enrollments and revocations in log order.
 type credentials map[string]*credential
 
-func (c credentials) apply(e *Entry) {
+func (c credentials) apply(e *Entry, key any) {
 	switch e.Kind {
 	case KindApproverEnrolled:
-		c[e.CredentialID] = &credential{publicKey: e.PublicKey, approver: e.Approver, enrolled: e.Seq}
+		c[e.CredentialID] = &credential{key: key, approver: e.Approver, enrolled: e.Seq}
 	case KindCredentialRevoked:
 		if cr := c[e.CredentialID]; cr != nil && cr.revokedSeq == 0 {
 			cr.revokedSeq = e.Seq
@@ -51,10 +84,17 @@ func (c credentials) apply(e *Entry) {
 // assertion fails, or "".
 func (c credentials) check(e *Entry) string {
 	if !isAssertionKind(e.Kind) {
-		if e.Kind == KindApproverEnrolled && (e.CredentialID == "" || e.PublicKey == "") {
-			return "approver.enrolled entry without credential_id and public_key"
+		var key any
+		if e.Kind == KindApproverEnrolled {
+			if e.CredentialID == "" || e.PublicKey == "" {
+				return "approver.enrolled entry without credential_id and public_key"
+			}
+			var err error
+			if key, err = parseCredentialKey(e.PublicKey); err != nil {
+				return "approver.enrolled: " + err.Error()
+			}
 		}
-		c.apply(e)
+		c.apply(e, key)
 		return ""
 	}
 	if e.Signature == "" {
@@ -101,6 +141,11 @@ func checkAssertion(e *Entry, cr *credential) error {
 	nonce, err := decodeB64URL(e.Nonce)
 	if err != nil || len(nonce) == 0 {
 		return fmt.Errorf("nonce is not base64url")
+	}
+	if len(e.AuthorizationDetails) == 0 {
+		// The server records at least [], and the digest has no form
+		// for "absent".
+		return fmt.Errorf("entry has no authorization_details")
 	}
 	expires, err := time.Parse(time.RFC3339, e.ExpiresAt)
 	if err != nil {
@@ -165,21 +210,13 @@ func checkAssertion(e *Entry, cr *credential) error {
 		return fmt.Errorf("entry claims user verification but the UV flag is not set")
 	}
 
-	cose, err := decodeB64URL(cr.publicKey)
-	if err != nil {
-		return fmt.Errorf("enrolled public key (seq %d) is not base64url", cr.enrolled)
-	}
-	key, err := webauthncose.ParsePublicKey(cose)
-	if err != nil {
-		return fmt.Errorf("enrolled public key (seq %d): %v", cr.enrolled, err)
-	}
 	sig, err := decodeB64URL(e.Signature)
 	if err != nil {
 		return fmt.Errorf("signature is not base64url")
 	}
 	cdHash := sha256.Sum256(cdj)
 	signed := append(append([]byte{}, ad...), cdHash[:]...)
-	ok, err := webauthncose.VerifySignature(key, signed, sig)
+	ok, err := webauthncose.VerifySignature(cr.key, signed, sig)
 	if err != nil || !ok {
 		return fmt.Errorf("signature does not verify with the key enrolled at seq %d", cr.enrolled)
 	}

@@ -3,6 +3,7 @@ package audit
 import (
 	"bytes"
 	"crypto/ecdsa"
+	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
@@ -17,12 +18,15 @@ import (
 	"github.com/go-webauthn/webauthn/protocol/webauthncose"
 )
 
-// softKey is a software security key: a P-256 credential that signs
-// WebAuthn assertions the way an authenticator does.
+// softKey is a software security key: a P-256 (ES256) or Ed25519 (EdDSA)
+// credential that signs WebAuthn assertions the way an authenticator does.
 type softKey struct {
-	t    *testing.T
-	priv *ecdsa.PrivateKey
-	id   string
+	t        *testing.T
+	priv     *ecdsa.PrivateKey
+	ed       ed25519.PrivateKey // instead of priv: deterministic signatures
+	id       string
+	approver string
+	counter  uint32
 }
 
 func newSoftKey(t *testing.T) *softKey {
@@ -32,22 +36,39 @@ func newSoftKey(t *testing.T) *softKey {
 	}
 	id := make([]byte, 16)
 	rand.Read(id)
-	return &softKey{t: t, priv: priv, id: base64.RawURLEncoding.EncodeToString(id)}
+	return &softKey{t: t, priv: priv, id: base64.RawURLEncoding.EncodeToString(id), approver: "alice"}
+}
+
+// newEdKey is an Ed25519 credential of approver derived from seed, so
+// everything it signs is reproducible.
+func newEdKey(t *testing.T, approver string, seed byte) *softKey {
+	id := sha256.Sum256([]byte{seed})
+	return &softKey{t: t, ed: seededKey(seed), id: base64.RawURLEncoding.EncodeToString(id[:16]), approver: approver}
 }
 
 // cose is the credential's public key as a COSE_Key, base64url.
 func (k *softKey) cose() string {
-	pub, err := k.priv.PublicKey.ECDH()
-	if err != nil {
-		k.t.Fatal(err)
+	var b []byte
+	var err error
+	if k.ed != nil {
+		b, err = webauthncbor.Marshal(webauthncose.OKPPublicKeyData{
+			PublicKeyData: webauthncose.PublicKeyData{KeyType: int64(webauthncose.OctetKey), Algorithm: int64(webauthncose.AlgEdDSA)},
+			Curve:         int64(webauthncose.Ed25519),
+			XCoord:        k.ed.Public().(ed25519.PublicKey),
+		})
+	} else {
+		pub, perr := k.priv.PublicKey.ECDH()
+		if perr != nil {
+			k.t.Fatal(perr)
+		}
+		raw := pub.Bytes() // 0x04 || X || Y
+		b, err = webauthncbor.Marshal(webauthncose.EC2PublicKeyData{
+			PublicKeyData: webauthncose.PublicKeyData{KeyType: int64(webauthncose.EllipticKey), Algorithm: int64(webauthncose.AlgES256)},
+			Curve:         int64(webauthncose.P256),
+			XCoord:        raw[1:33],
+			YCoord:        raw[33:],
+		})
 	}
-	raw := pub.Bytes() // 0x04 || X || Y
-	b, err := webauthncbor.Marshal(webauthncose.EC2PublicKeyData{
-		PublicKeyData: webauthncose.PublicKeyData{KeyType: int64(webauthncose.EllipticKey), Algorithm: int64(webauthncose.AlgES256)},
-		Curve:         int64(webauthncose.P256),
-		XCoord:        raw[1:33],
-		YCoord:        raw[33:],
-	})
 	if err != nil {
 		k.t.Fatal(err)
 	}
@@ -72,20 +93,28 @@ func (k *softKey) sign(e *Entry, origin, rpID string, flags byte) {
 	}
 	cdj, _ := json.Marshal(map[string]any{"type": "webauthn.get", "challenge": base64.RawURLEncoding.EncodeToString(d[:]), "origin": origin, "crossOrigin": false})
 	rp := sha256.Sum256([]byte(rpID))
-	ad := append(rp[:], flags, 0, 0, 0, 7)
+	k.counter++
+	ad := append(rp[:], flags, byte(k.counter>>24), byte(k.counter>>16), byte(k.counter>>8), byte(k.counter))
 	cdHash := sha256.Sum256(cdj)
-	msg := sha256.Sum256(append(append([]byte{}, ad...), cdHash[:]...))
-	sig, err := ecdsa.SignASN1(rand.Reader, k.priv, msg[:])
-	if err != nil {
-		t.Fatal(err)
+	signed := append(append([]byte{}, ad...), cdHash[:]...)
+	var sig []byte
+	if k.ed != nil {
+		sig = ed25519.Sign(k.ed, signed)
+	} else {
+		msg := sha256.Sum256(signed)
+		if sig, err = ecdsa.SignASN1(rand.Reader, k.priv, msg[:]); err != nil {
+			t.Fatal(err)
+		}
 	}
-	e.Approver, e.CredentialID, e.Origin, e.RPID = "alice", k.id, origin, rpID
+	e.Approver, e.CredentialID, e.Origin, e.RPID = k.approver, k.id, origin, rpID
 	e.UserVerified = flags&flagUserVerified != 0
 	e.AuthenticatorData = base64.RawURLEncoding.EncodeToString(ad)
 	e.ClientDataJSON = base64.RawURLEncoding.EncodeToString(cdj)
 	e.Signature = base64.RawURLEncoding.EncodeToString(sig)
 }
 
+// requestFields are the digest inputs of a request, as every entry about
+// it carries them.
 func requestFields(id string) Entry {
 	args := json.RawMessage(`{"to":"Vendor X","amount":500000,"currency":"USD"}`)
 	sum, _ := digest.ArgsSHA256(args)
@@ -97,6 +126,24 @@ func requestFields(id string) Entry {
 	}
 }
 
+// requested is the approval.requested entry of request id.
+func requested(id, level string, quorum int, uv string, eligible ...string) Entry {
+	e := requestFields(id)
+	e.Kind, e.Level, e.Rule, e.Quorum, e.Eligible, e.UserVerification = KindApprovalRequested, level, "tools.transfer.rules[0]", quorum, eligible, uv
+	return e
+}
+
+// decided is a key decision on request id, signed by k.
+func decided(k *softKey, id, decision string, flags byte) Entry {
+	e := requestFields(id)
+	e.Kind, e.Decision, e.DecidedAt = KindApprovalAssertion, decision, "2026-03-01T09:31:00.000000000Z"
+	if decision == digest.Deny {
+		e.Kind = KindApprovalDenied
+	}
+	k.sign(&e, origin, rpID, flags)
+	return e
+}
+
 const origin, rpID = "http://localhost:8710", "localhost"
 
 // assertionLog builds: 1 enrolled, 2 requested, 3 assertion (approve,
@@ -105,24 +152,17 @@ func assertionLog(t *testing.T, k *softKey) []byte {
 	db := openDB(t, t.TempDir())
 	l := openLog(t, db, seededKey(1), Options{Now: stepClock()})
 	mustAppend(t, l, Entry{Kind: KindApproverEnrolled, Approver: "alice", CredentialID: k.id, PublicKey: k.cose(), Origin: origin, RPID: rpID})
-
-	req := requestFields("req-1")
-	req.Kind = KindApprovalRequested
-	mustAppend(t, l, req)
-	as := requestFields("req-1")
-	as.Kind, as.Decision = KindApprovalAssertion, digest.Approve
-	k.sign(&as, origin, rpID, flagUserPresent|flagUserVerified)
-	mustAppend(t, l, as)
+	mustAppend(t, l, requested("req-1", "high", 1, UVPreferred, "alice"))
+	mustAppend(t, l, decided(k, "req-1", digest.Approve, flagUserPresent|flagUserVerified))
 	done := requestFields("req-1")
-	done.Kind, done.Decision, done.Approver = KindApprovalApproved, digest.Approve, "alice"
+	done.Kind, done.Decision, done.Approvers, done.Assertions = KindApprovalApproved, digest.Approve, []string{"alice"}, []int64{3}
 	mustAppend(t, l, done)
 
-	req2 := requestFields("req-2")
-	req2.Kind, req2.ArgsRedact = KindApprovalRequested, true
+	req2 := requested("req-2", "high", 1, UVPreferred, "alice")
+	req2.ArgsRedact = true
 	mustAppend(t, l, req2)
-	den := requestFields("req-2")
-	den.Kind, den.Decision, den.ArgsRedact = KindApprovalDenied, digest.Deny, true
-	k.sign(&den, origin, rpID, flagUserPresent)
+	den := decided(k, "req-2", digest.Deny, flagUserPresent)
+	den.ArgsRedact = true
 	mustAppend(t, l, den)
 	return exportBytes(t, l, 0)
 }
@@ -132,7 +172,7 @@ func TestVerifyAssertions(t *testing.T) {
 	pub := pubText(key)
 	k := newSoftKey(t)
 	export := assertionLog(t, k)
-	s, err := Verify(bytes.NewReader(export), pub, nil)
+	s, err := Verify(bytes.NewReader(export), pub, VerifyOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -154,7 +194,7 @@ func TestVerifyAssertions(t *testing.T) {
 		{"other origin", 3, func(e *Entry) { e.Origin = "http://evil.example" }, "origin"},
 		{"other rp id", 3, func(e *Entry) { e.RPID = "evil.example" }, "rpIdHash"},
 		{"other amount", 3, func(e *Entry) {
-			e.Args = json.RawMessage(`{"to":"Vendor X","amount":900000,"currency":"USD"}`)
+			e.Args = json.RawMessage(`{"amount":900000,"currency":"USD","to":"Vendor X"}`)
 			sum, _ := digest.ArgsSHA256(e.Args)
 			e.ArgsSHA256 = hex.EncodeToString(sum[:])
 		}, "challenge is not the action digest"},
@@ -183,7 +223,7 @@ func TestVerifyAssertions(t *testing.T) {
 
 	t.Run("revoked before use", func(t *testing.T) {
 		lines, cp := splitExport(t, export)
-		revoke, _ := encodeLine(&Entry{Seq: 2, Kind: KindCredentialRevoked, CredentialID: k.id, Approver: "alice"})
+		revoke, _ := encodeLine(&Entry{Seq: 2, V: Format, Kind: KindCredentialRevoked, CredentialID: k.id, Approver: "alice"})
 		withRevoke := append([][]byte{lines[0], revoke}, lines[1:]...)
 		forged := resign(t, joinExport(withRevoke, cp), key, func(e *Entry) {
 			if e.Kind != KindCredentialRevoked && e.Seq >= 2 {
@@ -191,6 +231,21 @@ func TestVerifyAssertions(t *testing.T) {
 			}
 		})
 		wantVerifyErr(t, forged, pub, nil, 4, "was revoked at seq 2")
+	})
+
+	t.Run("enrolled key of a refused algorithm", func(t *testing.T) {
+		for _, alg := range []webauthncose.COSEAlgorithmIdentifier{webauthncose.AlgRS1, webauthncose.AlgES256K, 0} {
+			forged := resign(t, export, key, func(e *Entry) {
+				if e.Kind == KindApproverEnrolled {
+					b, _ := webauthncbor.Marshal(webauthncose.RSAPublicKeyData{
+						PublicKeyData: webauthncose.PublicKeyData{KeyType: int64(webauthncose.RSAKey), Algorithm: int64(alg)},
+						Modulus:       bytes.Repeat([]byte{0xc5}, 256), Exponent: []byte{1, 0, 1},
+					})
+					e.PublicKey = base64.RawURLEncoding.EncodeToString(b)
+				}
+			})
+			wantVerifyErr(t, forged, pub, nil, 1, "not one of ES256, ES384, ES512, EdDSA")
+		}
 	})
 
 	t.Run("enrolled key of someone else", func(t *testing.T) {

@@ -177,8 +177,24 @@ func (l *Log) checkStored(ctx context.Context, q querier) (*TamperError, error) 
 	return first, nil
 }
 
+// SinceError reports an export asked to start after the end of the log:
+// it would hold nothing but a checkpoint that no previous export can
+// reach, so it is refused rather than written.
+type SinceError struct {
+	Since int64 // the seq asked for
+	Last  int64 // the log's last seq
+}
+
+func (e *SinceError) Error() string {
+	return fmt.Sprintf("audit: export --since %d: the log ends at seq %d", e.Since, e.Last)
+}
+
 // Export writes the entries after seq since, one JSON object a line as
 // stored, then a final line {"checkpoint":"<signed note>"} covering them.
+// since may equal the last seq (the export then holds only the checkpoint,
+// and proves with the previous export that nothing changed); beyond it
+// Export fails with a *SinceError and writes nothing.
+//
 // A log that failed verification exports everything it holds with the
 // latest stored checkpoint, unsigned by anything new, so an auditor sees
 // the damage.
@@ -195,6 +211,9 @@ func (l *Log) Export(ctx context.Context, w io.Writer, since int64) error {
 		}
 		cpNote = msg
 		upto, _ = checkpointSize(msg)
+		if since > upto {
+			return &SinceError{Since: since, Last: upto}
+		}
 	} else {
 		var size int64
 		var msg string
@@ -204,6 +223,13 @@ func (l *Log) Export(ctx context.Context, w io.Writer, since int64) error {
 		}
 		cpNote = []byte(msg)
 		upto = 1<<63 - 1
+		last, err := l.LastSeq(ctx)
+		if err != nil {
+			return err
+		}
+		if since > last {
+			return &SinceError{Since: since, Last: last}
+		}
 	}
 	bw := bufio.NewWriterSize(w, 1<<16)
 	const page = 2000

@@ -113,7 +113,7 @@ func TestCrashKeepsAcknowledgedEntries(t *testing.T) {
 	}
 	// Gapless by Open's check; and the chain keeps growing and verifies.
 	mustAppend(t, l, Entry{Kind: KindCallAllowed})
-	s, err := Verify(bytes.NewReader(exportBytes(t, l, 0)), l.PublicKey(), nil)
+	s, err := Verify(bytes.NewReader(exportBytes(t, l, 0)), l.PublicKey(), VerifyOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -37,5 +37,29 @@
 // [Entry] order), then one final line {"checkpoint":"<note text>"} whose tree
 // size equals the last seq exported. [Verify] checks such a file offline,
 // including each approver's WebAuthn assertion against the action digest of
-// package approval/digest and the key from the approver's enrollment entry.
+// package digest and the key from the approver's enrollment entry.
+//
+// # Formats and requirements
+//
+// Append writes format [Format] (2): every entry carries "v":2, JSON
+// members are stored in RFC 8785 form, approval.requested records the
+// requirement as fields (level, quorum, eligible, user_verification,
+// expires_at), key decisions record decided_at, and approval.approved
+// lists its approvers and the seqs of their approval.assertion entries.
+// [Verify] replays format 2 entries and refuses an export in which a
+// countersigned action ran without what its request required (see
+// requirements). [Log.LoadPolicy] records the policy in force
+// (policy.loaded) and every later decision names it in policy_sha256, so
+// that [VerifyOptions.ReplayPolicy] can check decisions against it.
+// Format 1 entries (no "v") are still read: their chain,
+// checkpoint and assertions are checked, but they record no requirement,
+// and a log never returns to format 1 once format 2 began.
+//
+// # Signatures
+//
+// An entry's sig or the checkpoint's signature is valid exactly when
+// crypto/ed25519's Verify accepts it. [Verify] authenticates the entries of
+// a complete export through the signed checkpoint (every entry hash is a
+// leaf under its root) and checks each entry's own sig only with
+// [VerifyOptions.AllSignatures].
 package audit

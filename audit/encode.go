@@ -179,9 +179,11 @@ func parallel(n int, f func(int)) {
 // entryKeys are the JSON keys of Entry that canonicalMembers writes, less
 // the writer's; a test holds it to Entry's fields.
 var entryKeys = []string{
-	"kind", "agent", "tool", "args", "args_redacted", "args_sha256", "decision", "rule", "reason",
-	"request_id", "result", "approver", "credential_id", "public_key", "authorization_details",
-	"display", "nonce", "expires_at", "origin", "rp_id", "user_verified", "authenticator_data",
+	"v", "kind", "agent", "tool", "args", "args_redacted", "args_sha256", "decision", "level", "rule", "usage",
+	"policy_sha256", "policy", "reason",
+	"request_id", "quorum", "eligible", "user_verification", "approvers", "assertions",
+	"result", "approver", "credential_id", "public_key", "authorization_details",
+	"display", "nonce", "expires_at", "decided_at", "origin", "rp_id", "user_verified", "authenticator_data",
 	"client_data_json", "signature",
 }
 
@@ -212,6 +214,40 @@ func canonicalMembers(e *Entry) ([][]byte, error) {
 			out = append(out, append(append([]byte{'"'}, key...), `":true`...))
 		}
 	}
+	member := func(key string) []byte { return append(append([]byte{'"'}, key...), '"', ':') }
+	// Integers below 2^53 are their decimal digits in JCS.
+	integer := func(key string, v int64) {
+		if v != 0 {
+			out = append(out, strconv.AppendInt(member(key), v, 10))
+		}
+	}
+	strs := func(key string, vs []string) {
+		if len(vs) == 0 {
+			return
+		}
+		m := append(member(key), '[')
+		for i, v := range vs {
+			if i > 0 {
+				m = append(m, ',')
+			}
+			m = appendJCSString(m, v)
+		}
+		out = append(out, append(m, ']'))
+	}
+	ints := func(key string, vs []int64) {
+		if len(vs) == 0 {
+			return
+		}
+		m := append(member(key), '[')
+		for i, v := range vs {
+			if i > 0 {
+				m = append(m, ',')
+			}
+			m = strconv.AppendInt(m, v, 10)
+		}
+		out = append(out, append(m, ']'))
+	}
+	integer("v", int64(e.V))
 	// Kind is never empty (prepare refuses that), matching its lack of omitempty.
 	out = append(out, appendJCSString([]byte(`"kind":`), e.Kind))
 	str("agent", e.Agent)
@@ -222,10 +258,23 @@ func canonicalMembers(e *Entry) ([][]byte, error) {
 	boolean("args_redacted", e.ArgsRedact)
 	str("args_sha256", e.ArgsSHA256)
 	str("decision", e.Decision)
+	str("level", e.Level)
 	str("rule", e.Rule)
+	str("policy_sha256", e.PolicySHA256)
+	if err := raw("policy", e.Policy); err != nil {
+		return nil, err
+	}
 	str("reason", e.Reason)
 	str("request_id", e.RequestID)
+	integer("quorum", int64(e.Quorum))
+	strs("eligible", e.Eligible)
+	str("user_verification", e.UserVerification)
+	strs("approvers", e.Approvers)
+	ints("assertions", e.Assertions)
 	if err := raw("result", e.Result); err != nil {
+		return nil, err
+	}
+	if err := raw("usage", e.Usage); err != nil {
 		return nil, err
 	}
 	str("approver", e.Approver)
@@ -237,6 +286,7 @@ func canonicalMembers(e *Entry) ([][]byte, error) {
 	str("display", e.Display)
 	str("nonce", e.Nonce)
 	str("expires_at", e.ExpiresAt)
+	str("decided_at", e.DecidedAt)
 	str("origin", e.Origin)
 	str("rp_id", e.RPID)
 	boolean("user_verified", e.UserVerified)

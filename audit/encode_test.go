@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"reflect"
 	"strings"
 	"testing"
@@ -82,4 +83,94 @@ func FuzzCanonicalMembers(f *testing.F) {
 			t.Fatalf("canonical members differ from jcs.Transform for %q %q %s", kind, text, args)
 		}
 	})
+}
+
+// The exact byte form docs/audit-export.md promises: JSON members in
+// RFC 8785 form whatever the caller passed (here json.Marshal's HTML
+// escapes), strings escaped as docString says and nothing else.
+func TestLineByteForm(t *testing.T) {
+	l := openLogWith(t, seededKey(1), nil)
+	args, _ := json.Marshal(map[string]any{"to": "A & B <ltd>", "amount": 1.50, "note": "\u2028"})
+	if !bytes.Contains(args, []byte(`\u003c`)) {
+		t.Fatalf("json.Marshal no longer escapes HTML: %s", args)
+	}
+	e := mustAppend(t, l, Entry{Kind: KindCallAllowed, Tool: "t", Args: args, Display: "<b>&</b>"})
+	line := exportLine(t, l, e.Seq)
+	want := `"args":{"amount":1.5,"note":"\u2028","to":"A & B <ltd>"}`
+	if !bytes.Contains(line, []byte(want)) || !bytes.Contains(line, []byte(`"display":"<b>&</b>"`)) {
+		t.Fatalf("line %s\nwant it to contain %s", line, want)
+	}
+
+	// Strings other than JSON members: every rune of the BMP and a few
+	// beyond.
+	var b strings.Builder
+	for r := rune(0); r < 0x10000; r++ {
+		if r < 0xd800 || r > 0xdfff {
+			b.WriteRune(r)
+		}
+	}
+	b.WriteString("\U0001F600\U0010FFFF")
+	s := b.String()
+	got, err := encodeLine(&Entry{Kind: KindCallAllowed, Display: s})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if wantLine := `{"seq":0,"time":"","kind":"call.allowed","display":` + docString(s) + `,"prev_hash":""}`; string(got) != wantLine {
+		for i := range min(len(got), len(wantLine)) {
+			if got[i] != wantLine[i] {
+				t.Fatalf("string encoding differs from the documented one at byte %d: %q vs %q", i, got[i:min(i+20, len(got))], wantLine[i:min(i+20, len(wantLine))])
+			}
+		}
+		t.Fatalf("string encoding differs from the documented one in length")
+	}
+}
+
+// docString is the string encoding as docs/audit-export.md states it.
+func docString(s string) string {
+	var b strings.Builder
+	b.WriteByte('"')
+	for _, r := range s {
+		switch {
+		case r == '"':
+			b.WriteString(`\"`)
+		case r == '\\':
+			b.WriteString(`\\`)
+		case r == '\b':
+			b.WriteString(`\b`)
+		case r == '\f':
+			b.WriteString(`\f`)
+		case r == '\n':
+			b.WriteString(`\n`)
+		case r == '\r':
+			b.WriteString(`\r`)
+		case r == '\t':
+			b.WriteString(`\t`)
+		case r < 0x20, r == 0x2028, r == 0x2029:
+			fmt.Fprintf(&b, `\u%04x`, r)
+		default:
+			b.WriteRune(r)
+		}
+	}
+	b.WriteByte('"')
+	return b.String()
+}
+
+// exportLine is the exported line of one entry.
+func exportLine(t *testing.T, l *Log, seq int64) []byte {
+	t.Helper()
+	lines, _ := splitExport(t, exportBytes(t, l, seq-1))
+	return lines[0]
+}
+
+// Bytes that are not UTF-8 become U+FFFD, one per byte, before the entry
+// is hashed, so the line reads back as written and verifies.
+func TestInvalidUTF8IsReplacedBeforeHashing(t *testing.T) {
+	l := openLogWith(t, seededKey(1), nil)
+	e := mustAppend(t, l, Entry{Kind: KindCallRejected, Reason: "backend said \xff\xfe!", Args: json.RawMessage(`{"a":"\u00e9"}`)})
+	if e.Reason != "backend said \ufffd\ufffd!" {
+		t.Fatalf("reason %q", e.Reason)
+	}
+	if _, err := Verify(bytes.NewReader(exportBytes(t, l, 0)), pubText(seededKey(1)), VerifyOptions{AllSignatures: true}); err != nil {
+		t.Fatal(err)
+	}
 }

@@ -20,24 +20,59 @@ const (
 	KindApproverEnrolled  = "approver.enrolled"  // a credential was registered; PublicKey carries it
 	KindCredentialRevoked = "credential.revoked" // a credential was revoked
 	KindEnrollmentCreated = "enrollment.created" // a one-time enrollment link was issued
+	KindPolicyLoaded      = "policy.loaded"      // the policy in force from here on; Policy carries it
+)
+
+// Format is the version of the entry format that Append writes, recorded
+// in every entry's V. Format 1 entries (written by older servers) have no
+// V; docs/audit-export.md lists what each version added.
+const Format = 2
+
+// User-verification requirements of an approval request.
+const (
+	UVRequired    = "required"    // every assertion must carry the UV flag
+	UVPreferred   = "preferred"   // asked for, not required
+	UVDiscouraged = "discouraged" // not asked for
 )
 
 // Entry is one audit record. Everything but Hash and Sig is covered by the
-// hash chain; byte fields are base64url without padding, hashes hex.
+// hash chain; byte fields are base64url without padding, hashes hex. The
+// field order is the order of the members on an exported line.
 type Entry struct {
 	Seq        int64           `json:"seq"`
-	Time       string          `json:"time"` // RFC 3339, UTC, nanoseconds; set by Append
+	Time       string          `json:"time"`        // RFC 3339, UTC, nanoseconds; set by Append
+	V          int             `json:"v,omitempty"` // entry format, set by Append; absent in format 1
 	Kind       string          `json:"kind"`
 	Agent      string          `json:"agent,omitempty"`
 	Tool       string          `json:"tool,omitempty"`
 	Args       json.RawMessage `json:"args,omitempty"` // omitted when redacted
 	ArgsRedact bool            `json:"args_redacted,omitempty"`
 	ArgsSHA256 string          `json:"args_sha256,omitempty"` // hex SHA-256 of JCS(args), always kept
-	Decision   string          `json:"decision,omitempty"`    // low|high|critical|deny|approve|...
+	Decision   string          `json:"decision,omitempty"`    // call.*: the policy level; key entries: approve|deny
+	Level      string          `json:"level,omitempty"`       // approval.requested: high|critical
 	Rule       string          `json:"rule,omitempty"`        // the rule(s) that decided
-	Reason     string          `json:"reason,omitempty"`      // human text: why denied, failed, rejected
-	RequestID  string          `json:"request_id,omitempty"`
-	Result     json.RawMessage `json:"result,omitempty"` // backend result summary (never secret values)
+	// Usage is the usage variable the policy saw (what the agent had done
+	// in rolling windows), on decisions of tools whose rules use it, so a
+	// replay can settle those rules.
+	Usage json.RawMessage `json:"usage,omitempty"`
+	// PolicySHA256 names the policy that decided (call.* but rejected,
+	// approval.requested), and on policy.loaded the policy it carries: hex
+	// SHA-256 of the JCS form of Policy.
+	PolicySHA256 string          `json:"policy_sha256,omitempty"`
+	Policy       json.RawMessage `json:"policy,omitempty"` // policy.loaded: the policy document
+	Reason       string          `json:"reason,omitempty"` // human text: why denied, failed, rejected
+	RequestID    string          `json:"request_id,omitempty"`
+
+	// The requirement an approval request must meet (approval.requested),
+	// and what met it (approval.approved): the verifier checks one against
+	// the other offline.
+	Quorum           int      `json:"quorum,omitempty"`            // distinct eligible approvers needed
+	Eligible         []string `json:"eligible,omitempty"`          // approver ids who may decide, resolved when requested
+	UserVerification string   `json:"user_verification,omitempty"` // UVRequired, UVPreferred or UVDiscouraged
+	Approvers        []string `json:"approvers,omitempty"`         // approval.approved: who approved, in order
+	Assertions       []int64  `json:"assertions,omitempty"`        // approval.approved: seq of each approver's approval.assertion
+
+	Result json.RawMessage `json:"result,omitempty"` // backend result summary (never secret values)
 
 	// Approval and enrollment fields: what the auditor needs to recompute the
 	// action digest and check the key's signature offline.
@@ -48,6 +83,7 @@ type Entry struct {
 	Display              string          `json:"display,omitempty"`
 	Nonce                string          `json:"nonce,omitempty"`
 	ExpiresAt            string          `json:"expires_at,omitempty"`
+	DecidedAt            string          `json:"decided_at,omitempty"` // key decisions: when the server verified and counted it (TimeFormat)
 	Origin               string          `json:"origin,omitempty"`
 	RPID                 string          `json:"rp_id,omitempty"`
 	UserVerified         bool            `json:"user_verified,omitempty"`

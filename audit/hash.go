@@ -49,6 +49,22 @@ func chainHash(prev [32]byte, e *Entry) ([32]byte, error) {
 	return sum, nil
 }
 
+// lineJSON is how a JSON member (args, result, authorization_details)
+// appears on a format 2 line: its RFC 8785 form with U+2028 and U+2029
+// written as \u2028 and \u2029, as encoding/json writes them in every
+// other string of the line, so one escaping rule holds for the whole line.
+// JCS reads the escapes back as the characters: the hash is the same.
+func lineJSON(raw []byte) ([]byte, error) {
+	canon, err := jcs.Transform(raw)
+	if err != nil {
+		return nil, err
+	}
+	// JCS output is valid UTF-8 with only ASCII outside strings, so these
+	// byte sequences are the two characters, inside strings.
+	canon = bytes.ReplaceAll(canon, []byte("\u2028"), []byte(`\u2028`))
+	return bytes.ReplaceAll(canon, []byte("\u2029"), []byte(`\u2029`)), nil
+}
+
 func decodeHash(s string) ([32]byte, error) {
 	var h [32]byte
 	if len(s) != 64 {
@@ -155,6 +171,10 @@ func openCheckpoint(msg []byte, v note.Verifier) (*checkpoint, error) {
 		var unverified *note.UnverifiedNoteError
 		if errors.As(err, &unverified) {
 			return nil, errors.New("checkpoint is not signed by the server key")
+		}
+		var invalid *note.InvalidSignatureError
+		if errors.As(err, &invalid) {
+			return nil, errors.New("checkpoint signature does not verify with the server key")
 		}
 		return nil, fmt.Errorf("checkpoint: %v", err)
 	}

@@ -64,22 +64,27 @@ func mustAppend(t testing.TB, l *Log, e Entry) Entry {
 	return out
 }
 
-// sampleEntries is a small, varied log.
+// sampleEntries is a small, varied log that meets every requirement
+// Verify checks: executions follow their call.allowed, the approval
+// request expires unapproved.
 func sampleEntries() []Entry {
+	const request = "5f2b6c1e-8d0e-4c1b-9f3a-2b7c1d0e9a11"
 	return []Entry{
 		{Kind: KindCallAllowed, Agent: "agent-1", Tool: "get_balance", Args: json.RawMessage(`{"account":"ops"}`), Decision: "low"},
-		{Kind: KindCallExecuted, Agent: "agent-1", Tool: "get_balance", Result: json.RawMessage(`{"balance":"1200.50","currency":"EUR"}`)},
+		{Kind: KindCallExecuted, Agent: "agent-1", Tool: "get_balance", Args: json.RawMessage(`{"account":"ops"}`), Decision: "low", Result: json.RawMessage(`{"balance":"1200.50","currency":"EUR"}`)},
 		{Kind: KindApprovalRequested, Agent: "agent-1", Tool: "transfer", Args: json.RawMessage(`{"to":"Vendor X & Söhne <ltd>","amount":500000,"currency":"USD"}`),
-			Decision: "high", Rule: "tools.transfer.rules[0]", RequestID: "5f2b6c1e-8d0e-4c1b-9f3a-2b7c1d0e9a11",
+			Level: "high", Rule: "tools.transfer.rules[0]", RequestID: request, Quorum: 1, Eligible: []string{"alice", "bob"}, UserVerification: UVPreferred,
 			AuthorizationDetails: json.RawMessage(`[{"type":"payment_initiation","actions":["transfer"],"instructedAmount":{"currency":"USD","amount":"500000.00"},"creditorName":"Vendor X"}]`),
 			Display:              "Approve $500,000.00 transfer to Vendor X", Nonce: "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8", ExpiresAt: "2026-03-01T09:35:00Z"},
 		{Kind: KindCallDenied, Agent: "agent-2", Tool: "run_command", Args: json.RawMessage(`{"cmd":"rm -rf /"}`), Decision: "deny", Rule: "tools.run_command.rules[2]", Reason: "denied by policy"},
 		{Kind: KindCallRejected, Agent: "agent-2", Tool: "transfer", Reason: "args.amount: must be > 0"},
 		{Kind: KindCallAllowed, Agent: "agent-1", Tool: "read_secret", Args: json.RawMessage(`{"name":"db-password"}`), ArgsRedact: true, Decision: "low"},
-		{Kind: KindCallExecuted, Agent: "agent-1", Tool: "read_secret", Result: json.RawMessage(`{"name":"db-password","sha256":"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"}`)},
-		{Kind: KindApprovalExpired, RequestID: "0b6a3f0e-1c2d-4e5f-8a9b-0c1d2e3f4a5b", Tool: "transfer"},
-		{Kind: KindEnrollmentCreated, Approver: "alice", Reason: "one-time link issued"},
-		{Kind: KindCallFailed, Agent: "agent-1", Tool: "transfer", Reason: "backend: connection refused \u2028 \"quoted\""},
+		{Kind: KindCallExecuted, Agent: "agent-1", Tool: "read_secret", Args: json.RawMessage(`{"name":"db-password"}`), ArgsRedact: true, Decision: "low",
+			Result: json.RawMessage(`{"name":"db-password","sha256":"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"}`)},
+		{Kind: KindApprovalExpired, RequestID: request, Tool: "transfer", Reason: "nobody decided before expires_at"},
+		{Kind: KindCallAllowed, Agent: "agent-1", Tool: "transfer", Args: json.RawMessage(`{"to":"Vendor Y","amount":50,"currency":"EUR"}`), Decision: "low"},
+		{Kind: KindCallFailed, Agent: "agent-1", Tool: "transfer", Args: json.RawMessage(`{"to":"Vendor Y","amount":50,"currency":"EUR"}`), Decision: "low",
+			Reason: "backend: connection refused \u2028 \"quoted\""},
 	}
 }
 
@@ -165,24 +170,23 @@ func checkpointLineFor(t testing.TB, key ed25519.PrivateKey, size int64, root tl
 
 func pubText(key ed25519.PrivateKey) string { return PublicKeyText(key.Public().(ed25519.PublicKey)) }
 
-// wantVerifyErr runs Verify and requires a *VerifyError at seq.
+// wantVerifyErr runs Verify, with and without AllSignatures, and requires
+// the same *VerifyError at seq from both: apart from an entry's own sig
+// (see TestSignatureRule), the two modes prove the same.
 func wantVerifyErr(t *testing.T, export []byte, key string, previous []byte, seq int64, reason string) {
 	t.Helper()
-	var prev *bytes.Reader
-	if previous != nil {
-		prev = bytes.NewReader(previous)
-	}
-	var err error
-	if prev != nil {
-		_, err = Verify(bytes.NewReader(export), key, prev)
-	} else {
-		_, err = Verify(bytes.NewReader(export), key, nil)
-	}
-	var ve *VerifyError
-	if !errors.As(err, &ve) {
-		t.Fatalf("Verify: got %v, want a *VerifyError at seq %d", err, seq)
-	}
-	if ve.Seq != seq || !strings.Contains(ve.Reason, reason) {
-		t.Fatalf("Verify: got seq %d %q, want seq %d containing %q", ve.Seq, ve.Reason, seq, reason)
+	for _, all := range []bool{false, true} {
+		opts := VerifyOptions{AllSignatures: all}
+		if previous != nil {
+			opts.Previous = bytes.NewReader(previous)
+		}
+		_, err := Verify(bytes.NewReader(export), key, opts)
+		var ve *VerifyError
+		if !errors.As(err, &ve) {
+			t.Fatalf("Verify (all signatures %v): got %v, want a *VerifyError at seq %d", all, err, seq)
+		}
+		if ve.Seq != seq || !strings.Contains(ve.Reason, reason) {
+			t.Fatalf("Verify (all signatures %v): got seq %d %q, want seq %d containing %q", all, ve.Seq, ve.Reason, seq, reason)
+		}
 	}
 }

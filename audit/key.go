@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"filippo.io/edwards25519"
 	"golang.org/x/mod/sumdb/note"
 )
 
@@ -138,6 +139,15 @@ func ParsePublicKey(text string) (ed25519.PublicKey, note.Verifier, error) {
 	raw, err := decodeStdBase64(data)
 	if err != nil || len(raw) != 1+ed25519.PublicKeySize || raw[0] != 1 {
 		return nil, nil, errors.New("audit: public key: not an Ed25519 note verifier key")
+	}
+	// crypto/ed25519 accepts signatures under a key of small order that
+	// anyone can make without a private key; such a key proves nothing.
+	a, err := new(edwards25519.Point).SetBytes(raw[1:])
+	if err != nil {
+		return nil, nil, errors.New("audit: public key: not a point on the Ed25519 curve")
+	}
+	if new(edwards25519.Point).MultByCofactor(a).Equal(edwards25519.NewIdentityPoint()) == 1 {
+		return nil, nil, errors.New("audit: public key: of small order (anyone could sign for it)")
 	}
 	return ed25519.PublicKey(raw[1:]), v, nil
 }

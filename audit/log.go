@@ -3,17 +3,22 @@ package audit
 import (
 	"context"
 	"crypto/ed25519"
+	"crypto/sha256"
 	"database/sql"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"reflect"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/countersign/countersign/digest"
+	"github.com/gowebpki/jcs"
 	"golang.org/x/mod/sumdb/note"
 	"golang.org/x/mod/sumdb/tlog"
 )
@@ -58,6 +63,8 @@ type Log struct {
 	maxBatch int
 
 	broken *TamperError // set by Open, never cleared
+
+	policy atomic.Pointer[string] // hex SHA-256 of the policy LoadPolicy recorded last
 
 	mu     sync.RWMutex // guards closed against sends on reqs
 	closed bool
@@ -165,8 +172,9 @@ func (l *Log) Err() error {
 // PublicKey is the text form of the log's public key ([PublicKeyText]).
 func (l *Log) PublicKey() string { return PublicKeyText(l.key.Public().(ed25519.PublicKey)) }
 
-// Append validates e, gives it the next seq, the time, the chain link, its
-// hash and signature, and returns it once it is durably committed. Fields
+// Append validates e, gives it the format version, the next seq, the time,
+// the chain link, its hash and signature, and returns it once it is
+// durably committed. Fields
 // set by Append are ignored on input. If Args is present, ArgsSHA256 is
 // computed (or checked, if given); with ArgsRedact set Args is dropped
 // before storing. An error means the entry may not be relied on: the
@@ -174,6 +182,9 @@ func (l *Log) PublicKey() string { return PublicKeyText(l.key.Public().(ed25519.
 func (l *Log) Append(ctx context.Context, e Entry) (Entry, error) {
 	if l.broken != nil {
 		return Entry{}, l.broken
+	}
+	if p := l.policy.Load(); p != nil && e.PolicySHA256 == "" && decidedByPolicy(e.Kind) {
+		e.PolicySHA256 = *p
 	}
 	pre, err := prepare(&e)
 	if err != nil {
@@ -198,6 +209,45 @@ func (l *Log) Append(ctx context.Context, e Entry) (Entry, error) {
 	return res.e, res.err
 }
 
+// decidedByPolicy reports whether entries of kind record a policy decision
+// and so name the policy that made it.
+func decidedByPolicy(kind string) bool {
+	switch kind {
+	case KindCallAllowed, KindCallDenied, KindCallExecuted, KindCallFailed, KindApprovalRequested:
+		return true
+	}
+	return false
+}
+
+// LoadPolicy records the policy in force from now on: a policy.loaded
+// entry carrying doc (the policy as JSON, e.g. authz.Document) and its
+// hash, which every later decision appended through this Log names in
+// policy_sha256. An auditor can then read the policy behind each decision
+// and replay it offline. Call it once the policy is compiled, before any
+// decision.
+func (l *Log) LoadPolicy(ctx context.Context, doc json.RawMessage) (Entry, error) {
+	sum, err := policyHash(doc)
+	if err != nil {
+		return Entry{}, fmt.Errorf("audit: policy: %w", err)
+	}
+	e, err := l.Append(ctx, Entry{Kind: KindPolicyLoaded, Policy: doc, PolicySHA256: sum, Reason: "policy in force from here on"})
+	if err != nil {
+		return e, err
+	}
+	l.policy.Store(&sum)
+	return e, nil
+}
+
+// policyHash is the hex SHA-256 of the JCS form of a policy document.
+func policyHash(doc []byte) (string, error) {
+	canon, err := jcs.Transform(doc)
+	if err != nil {
+		return "", err
+	}
+	sum := sha256.Sum256(canon)
+	return hex.EncodeToString(sum[:]), nil
+}
+
 // prepare checks an entry before it is queued, so one bad entry fails
 // alone instead of failing its whole batch, and does the canonical
 // encoding on the caller's goroutine so the single writer only splices in
@@ -207,10 +257,27 @@ func prepare(e *Entry) (*prepared, error) {
 		return nil, errors.New("audit: entry has no kind")
 	}
 	e.Seq, e.Time, e.PrevHash, e.Hash, e.Sig = 0, "", "", "", ""
-	for name, raw := range map[string]json.RawMessage{"args": e.Args, "result": e.Result, "authorization_details": e.AuthorizationDetails} {
-		if len(raw) > 0 && !json.Valid(raw) {
-			return nil, fmt.Errorf("audit: %s is not valid JSON", name)
+	e.V = Format
+	validUTF8Strings(e)
+	// JSON members are stored in their RFC 8785 form, the form the hash
+	// already covers, so the line shows exactly what is hashed: no HTML
+	// escapes (\u003c) from a caller's json.Marshal, one number form,
+	// sorted keys (see lineJSON).
+	for _, f := range []struct {
+		name string
+		raw  *json.RawMessage
+	}{{"args", &e.Args}, {"result", &e.Result}, {"authorization_details", &e.AuthorizationDetails}, {"policy", &e.Policy}, {"usage", &e.Usage}} {
+		if len(*f.raw) == 0 {
+			continue
 		}
+		if !json.Valid(*f.raw) {
+			return nil, fmt.Errorf("audit: %s is not valid JSON", f.name)
+		}
+		canon, err := lineJSON(*f.raw)
+		if err != nil {
+			return nil, fmt.Errorf("audit: %s: %w", f.name, err)
+		}
+		*f.raw = canon
 	}
 	if len(e.Args) > 0 {
 		sum, err := digest.ArgsSHA256(e.Args)
@@ -231,6 +298,40 @@ func prepare(e *Entry) (*prepared, error) {
 		return nil, fmt.Errorf("audit: entry cannot be canonicalized: %w", err)
 	}
 	return pre, nil
+}
+
+// validUTF8Strings replaces each byte of e's strings that is not valid
+// UTF-8 with U+FFFD, as encoding/json would when writing the line; done
+// here, the line holds the character itself and reads back the same.
+// Otherwise the line would hold the escape \ufffd, which decodes to a
+// valid string that re-encodes differently, and the entry would never
+// verify.
+func validUTF8Strings(e *Entry) {
+	v := reflect.ValueOf(e).Elem()
+	for i := range v.NumField() {
+		f := v.Field(i)
+		switch {
+		case f.Kind() == reflect.String:
+			f.SetString(validUTF8(f.String()))
+		case f.Kind() == reflect.Slice && f.Type().Elem().Kind() == reflect.String:
+			for j := range f.Len() {
+				f.Index(j).SetString(validUTF8(f.Index(j).String()))
+			}
+		}
+	}
+}
+
+func validUTF8(s string) string {
+	if utf8.ValidString(s) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); {
+		r, size := utf8.DecodeRuneInString(s[i:])
+		b.WriteRune(r) // RuneError for an invalid byte, size 1
+		i += size
+	}
+	return b.String()
 }
 
 // writer is the single goroutine that commits appends, many per

@@ -5,8 +5,9 @@ import (
 	"context"
 	"crypto/ed25519"
 	"database/sql"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -14,49 +15,65 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/gowebpki/jcs"
 )
 
-var update = flag.Bool("update", false, "rewrite the golden files under testdata/audit")
-
+// testdata/audit/export.jsonl is a format 1 export, written before JSON
+// members were stored in their RFC 8785 form and before entries recorded
+// their format. It must keep verifying. Its hashes also show that storing
+// the JSON members in JCS form changes no hash: each line with its members
+// rewritten in JCS form hashes to the hash it has.
 func TestGoldenExport(t *testing.T) {
-	db := openDB(t, t.TempDir())
-	key := seededKey(1)
-	l := openLog(t, db, key, Options{Now: stepClock()})
-	for _, e := range sampleEntries() {
-		mustAppend(t, l, e)
-	}
-	got := exportBytes(t, l, 0)
-
 	golden := filepath.Join("..", "testdata", "audit", "export.jsonl")
-	pub := filepath.Join("..", "testdata", "audit", "server.pub")
-	if *update {
-		if err := os.MkdirAll(filepath.Dir(golden), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(golden, got, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(pub, []byte(pubText(key)+"\n"), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	pubFile := filepath.Join("..", "testdata", "audit", "server.pub")
 	want, err := os.ReadFile(golden)
-	if err != nil {
-		t.Fatalf("%v (run go test ./audit -run Golden -update)", err)
-	}
-	if !bytes.Equal(got, want) {
-		t.Fatalf("export differs from %s (rerun with -update if the format changed on purpose)\ngot:\n%s", golden, got)
-	}
-	pubKey, err := os.ReadFile(pub)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := Verify(bytes.NewReader(want), string(pubKey), nil)
+	pubKey, err := os.ReadFile(pubFile)
 	if err != nil {
-		t.Fatalf("golden export does not verify: %v", err)
+		t.Fatal(err)
 	}
-	if s.Entries != 10 || s.FirstSeq != 1 || s.LastSeq != 10 || s.TreeSize != 10 {
-		t.Fatalf("summary %+v", s)
+	if strings.TrimSpace(string(pubKey)) != pubText(seededKey(1)) {
+		t.Fatalf("%s is not the key of seededKey(1)", pubFile)
+	}
+	for _, all := range []bool{false, true} {
+		s, err := Verify(bytes.NewReader(want), string(pubKey), VerifyOptions{AllSignatures: all})
+		if err != nil {
+			t.Fatalf("golden export does not verify: %v", err)
+		}
+		if s.Entries != 10 || s.FirstSeq != 1 || s.LastSeq != 10 || s.TreeSize != 10 {
+			t.Fatalf("summary %+v", s)
+		}
+	}
+	lines, _ := splitExport(t, want)
+	rewritten := 0
+	for i, line := range lines {
+		var e Entry
+		if err := json.Unmarshal(line, &e); err != nil {
+			t.Fatal(err)
+		}
+		prev, _ := decodeHash(e.PrevHash)
+		for _, m := range []*json.RawMessage{&e.Args, &e.Result, &e.AuthorizationDetails} {
+			if len(*m) == 0 {
+				continue
+			}
+			canon, err := jcs.Transform(*m)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(canon, *m) {
+				rewritten++
+			}
+			*m = canon
+		}
+		if sum, err := chainHash(prev, &e); err != nil || hex.EncodeToString(sum[:]) != e.Hash {
+			t.Fatalf("seq %d: with JCS members the hash is %x, the entry says %s (%v)", i+1, sum, e.Hash, err)
+		}
+	}
+	if rewritten == 0 {
+		t.Fatal("no member of the golden export differs from its JCS form; the test proves nothing")
 	}
 }
 
@@ -152,7 +169,7 @@ func TestConcurrentAppendsAndTwoLogs(t *testing.T) {
 	if len(got) != 400 {
 		t.Fatalf("%d distinct seqs, want 400", len(got))
 	}
-	if _, err := Verify(bytes.NewReader(exportBytes(t, a, 0)), a.PublicKey(), nil); err != nil {
+	if _, err := Verify(bytes.NewReader(exportBytes(t, a, 0)), a.PublicKey(), VerifyOptions{}); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -289,7 +306,7 @@ func TestOpenRefusesTamperedLog(t *testing.T) {
 			// The export still works, and the offline verifier also fails
 			// (the tree case is caught only at Open: exports carry no tree).
 			exp := exportBytes(t, l2, 0)
-			if _, err := Verify(bytes.NewReader(exp), pubText(reopenKey), nil); err == nil && tc.seq != 0 {
+			if _, err := Verify(bytes.NewReader(exp), pubText(reopenKey), VerifyOptions{}); err == nil && tc.seq != 0 {
 				t.Fatal("export of a tampered log verifies")
 			}
 		})
@@ -305,7 +322,7 @@ func TestVerifyCatchesTamperedExport(t *testing.T) {
 	}
 	export := exportBytes(t, l, 0)
 	pub := pubText(key)
-	if _, err := Verify(bytes.NewReader(export), pub, nil); err != nil {
+	if _, err := Verify(bytes.NewReader(export), pub, VerifyOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	entries, cp := splitExport(t, export)
@@ -331,7 +348,14 @@ func TestVerifyCatchesTamperedExport(t *testing.T) {
 	wantVerifyErr(t, joinExport(clone()[:7], cp), pub, nil, 8, "missing: the checkpoint covers 10")
 	wantVerifyErr(t, joinExport(clone()[:7], nil), pub, nil, 8, "does not end with a checkpoint")
 
-	wantVerifyErr(t, export, pubText(seededKey(2)), nil, 1, "sig does not verify")
+	// Another key: the checkpoint says so, and with every signature
+	// checked, so does the first entry.
+	if _, err := Verify(bytes.NewReader(export), pubText(seededKey(2)), VerifyOptions{}); err == nil || !strings.Contains(err.Error(), "seq 10: checkpoint is not signed by the server key") {
+		t.Fatalf("other key: %v", err)
+	}
+	if _, err := Verify(bytes.NewReader(export), pubText(seededKey(2)), VerifyOptions{AllSignatures: true}); err == nil || !strings.Contains(err.Error(), "seq 1: sig does not verify") {
+		t.Fatalf("other key, all signatures: %v", err)
+	}
 
 	forged := checkpointLineFor(t, seededKey(3), 10, [32]byte{})
 	wantVerifyErr(t, joinExport(clone(), forged), pub, nil, 10, "not signed by the server key")
@@ -341,7 +365,10 @@ func TestVerifyCatchesTamperedExport(t *testing.T) {
 	// Splice the first half of another log (same key, other history).
 	db2 := openDB(t, t.TempDir())
 	l2 := openLog(t, db2, key, Options{Now: stepClock()})
-	for _, e := range sampleEntries()[5:] {
+	for _, e := range sampleEntries() {
+		if e.Agent != "" {
+			e.Agent = "agent-9"
+		}
 		mustAppend(t, l2, e)
 	}
 	otherEntries, _ := splitExport(t, exportBytes(t, l2, 0))
@@ -364,13 +391,13 @@ func TestVerifyPreviousConsistency(t *testing.T) {
 		mustAppend(t, l, e)
 	}
 	older := exportBytes(t, l, 0)
-	for _, e := range sampleEntries()[:5] {
-		mustAppend(t, l, e)
+	for _, i := range []int{0, 1, 3, 4, 5} {
+		mustAppend(t, l, sampleEntries()[i])
 	}
 	newer := exportBytes(t, l, 0)
 	pub := pubText(key)
 
-	s, err := Verify(bytes.NewReader(newer), pub, bytes.NewReader(older))
+	s, err := Verify(bytes.NewReader(newer), pub, VerifyOptions{Previous: bytes.NewReader(older)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -385,7 +412,7 @@ func TestVerifyPreviousConsistency(t *testing.T) {
 
 	// An incremental export verifies against the older one.
 	incremental := exportBytes(t, l, 10)
-	s, err = Verify(bytes.NewReader(incremental), pub, bytes.NewReader(older))
+	s, err = Verify(bytes.NewReader(incremental), pub, VerifyOptions{Previous: bytes.NewReader(older)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -395,7 +422,7 @@ func TestVerifyPreviousConsistency(t *testing.T) {
 	wantVerifyErr(t, incremental, pub, nil, 11, "previous export")
 
 	// Identical exports are trivially consistent.
-	if _, err := Verify(bytes.NewReader(older), pub, bytes.NewReader(older)); err != nil {
+	if _, err := Verify(bytes.NewReader(older), pub, VerifyOptions{Previous: bytes.NewReader(older)}); err != nil {
 		t.Fatal(err)
 	}
 
@@ -407,7 +434,7 @@ func TestVerifyPreviousConsistency(t *testing.T) {
 			e.Reason = "allowed after all"
 		}
 	})
-	if _, err := Verify(bytes.NewReader(forged), pub, nil); err != nil {
+	if _, err := Verify(bytes.NewReader(forged), pub, VerifyOptions{}); err != nil {
 		t.Fatalf("the re-signed forgery should verify on its own: %v", err)
 	}
 	wantVerifyErr(t, forged, pub, older, 4, "differs from the same entry in the previous export")
@@ -426,11 +453,11 @@ func TestVerifyAgainstEmptyPrevious(t *testing.T) {
 	l := openLog(t, openDB(t, t.TempDir()), key, Options{Now: stepClock()})
 	empty := exportBytes(t, l, 0)
 	mustAppend(t, l, sampleEntries()[0])
-	s, err := Verify(bytes.NewReader(exportBytes(t, l, 0)), pubText(key), bytes.NewReader(empty))
+	s, err := Verify(bytes.NewReader(exportBytes(t, l, 0)), pubText(key), VerifyOptions{Previous: bytes.NewReader(empty)})
 	if err != nil || s.Entries != 1 {
 		t.Fatalf("%v %+v", err, s)
 	}
-	if _, err := Verify(bytes.NewReader(empty), pubText(key), nil); err != nil {
+	if _, err := Verify(bytes.NewReader(empty), pubText(key), VerifyOptions{}); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -459,5 +486,66 @@ func TestBackgroundCheckpoints(t *testing.T) {
 	msg2, _ := l.Checkpoint(context.Background())
 	if !bytes.Equal(msg1, msg2) {
 		t.Fatal("an unchanged log got a new checkpoint")
+	}
+}
+
+// An export made when nothing was appended since the previous one holds
+// only a checkpoint; with the previous export it verifies, and says that
+// it proves nothing new.
+func TestExportWithNothingNew(t *testing.T) {
+	key := seededKey(1)
+	pub := pubText(key)
+	l := openLog(t, openDB(t, t.TempDir()), key, Options{Now: stepClock()})
+	for _, e := range sampleEntries() {
+		mustAppend(t, l, e)
+	}
+	older := exportBytes(t, l, 0)
+	empty := exportBytes(t, l, 10)
+	if n := bytes.Count(empty, []byte{'\n'}); n != 1 {
+		t.Fatalf("export --since 10 of 10 entries has %d lines:\n%s", n, empty)
+	}
+	s, err := Verify(bytes.NewReader(empty), pub, VerifyOptions{Previous: bytes.NewReader(older)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !s.NothingNew || s.Entries != 0 || s.TreeSize != 10 || s.Extends != 10 || !strings.Contains(s.String(), "Nothing new is proven") {
+		t.Fatalf("summary %+v: %s", s, s)
+	}
+	wantVerifyErr(t, empty, pub, nil, 1, "missing: the checkpoint covers 10 entries")
+
+	// A checkpoint over another tree of the same size is refused, and so
+	// is one over a smaller tree than the previous export's.
+	forged := checkpointLineFor(t, key, 10, [32]byte{7})
+	wantVerifyErr(t, append(forged, '\n'), pub, older, 10, "not the Merkle root")
+	shorter := exportBytes(t, openLogWith(t, key, sampleEntries()[:4]), 4)
+	wantVerifyErr(t, shorter, pub, older, 5, "missing: the previous export reaches seq 10, this one ends at 4")
+
+	// Against a previous export that is shorter, an empty export cannot
+	// show the entries in between.
+	_, cp := splitExport(t, empty)
+	prefix := exportBytes(t, openLogWith(t, key, sampleEntries()[:4]), 0)
+	wantVerifyErr(t, joinExport(nil, cp), pub, prefix, 5, "missing: the export holds no entries, its checkpoint covers 10")
+}
+
+// openLogWith is a fresh log of entries, appended with the step clock.
+func openLogWith(t *testing.T, key ed25519.PrivateKey, entries []Entry) *Log {
+	t.Helper()
+	l := openLog(t, openDB(t, t.TempDir()), key, Options{Now: stepClock()})
+	for _, e := range entries {
+		mustAppend(t, l, e)
+	}
+	return l
+}
+
+func TestExportSincePastTheEnd(t *testing.T) {
+	l := openLogWith(t, seededKey(1), sampleEntries()[:3])
+	var buf bytes.Buffer
+	err := l.Export(context.Background(), &buf, 4)
+	var se *SinceError
+	if !errors.As(err, &se) || se.Since != 4 || se.Last != 3 {
+		t.Fatalf("Export --since 4 of 3 entries: %v", err)
+	}
+	if buf.Len() != 0 {
+		t.Fatalf("refused export wrote %q", buf.Bytes())
 	}
 }

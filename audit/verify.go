@@ -35,41 +35,98 @@ type Summary struct {
 	TreeSize   int64  // the checkpoint's tree size (= LastSeq)
 	Root       string // the checkpoint's root hash, standard base64
 	Assertions int    // WebAuthn assertions checked
+	Approvals  int    // approval.approved entries whose quorum of assertions was checked
+	Executions int    // countersigned executions matched to their approval
+	Format1    int64  // entries in format 1, which record no requirements to check
+	Replayed   int    // decisions replayed against their policy (VerifyOptions.ReplayPolicy)
+	Unreplayed int    // decisions that name no policy, so could not be replayed
+	Signatures int64  // entry signatures checked one by one (VerifyOptions.AllSignatures)
 	Extends    int64  // tree size of the previous export proven to be a prefix; 0 without one
+	NothingNew bool   // no entries: only that the checkpoint matches the previous export is proven
 }
 
 func (s Summary) String() string {
-	out := fmt.Sprintf("OK: %d entries (seq %d..%d), %d key assertions verified, checkpoint size %d root %s",
-		s.Entries, s.FirstSeq, s.LastSeq, s.Assertions, s.TreeSize, s.Root)
+	if s.NothingNew {
+		return fmt.Sprintf("OK: no entries after seq %d; the checkpoint (size %d, root %s) is consistent with the previous export (size %d). "+
+			"Nothing new is proven: this export only shows that the server signed the same log again", s.TreeSize, s.TreeSize, s.Root, s.Extends)
+	}
+	out := fmt.Sprintf("OK: %d entries (seq %d..%d), %d key assertions verified, %d approvals met their quorum, %d countersigned executions matched their approval, checkpoint size %d root %s",
+		s.Entries, s.FirstSeq, s.LastSeq, s.Assertions, s.Approvals, s.Executions, s.TreeSize, s.Root)
+	if s.Replayed > 0 || s.Unreplayed > 0 {
+		out += fmt.Sprintf(", %d decisions replayed against their policy", s.Replayed)
+		if s.Unreplayed > 0 {
+			out += fmt.Sprintf(" (%d name no policy and were not replayed)", s.Unreplayed)
+		}
+	}
+	if s.Format1 > 0 {
+		out += fmt.Sprintf(", %d entries in format 1 (no recorded requirements: their approvals are not checked against one)", s.Format1)
+	}
+	if s.Signatures > 0 {
+		out += fmt.Sprintf(", %d entry signatures verified", s.Signatures)
+	} else if s.Entries > 0 {
+		out += ", entries authenticated by the signed checkpoint"
+	}
 	if s.Extends > 0 {
 		out += fmt.Sprintf(", consistent with the previous export (size %d)", s.Extends)
 	}
 	return out
 }
 
+// VerifyOptions tune [Verify]. The zero value checks a complete export.
+type VerifyOptions struct {
+	// Previous is an older export of the same log that this one must
+	// extend; it is verified too, with the same options.
+	Previous io.Reader
+
+	// AllSignatures checks every entry's own sig as well. It adds nothing
+	// to what a complete export proves (see [Verify]) and costs one
+	// Ed25519 verification per entry; use it to show that every entry
+	// was signed as written, e.g. before quoting single entries.
+	AllSignatures bool
+
+	// ReplayPolicy, if set, checks every decision that named a loaded
+	// policy (call.allowed, call.executed, call.failed,
+	// approval.requested) against that policy.
+	ReplayPolicy PolicyReplayer
+}
+
 // MaxLine bounds one line of an export.
 const MaxLine = 16 << 20
 
 // Verify checks an export offline against the server's public key (in the
-// [PublicKeyText] form): every entry's canonical form, hash, link,
-// signature and seq, every approver's WebAuthn assertion, and that the final
-// checkpoint is signed and its root is the Merkle root of all entries.
+// [PublicKeyText] form): every entry's canonical form, hash, link and seq,
+// every approver's WebAuthn assertion, and that the final checkpoint is
+// signed by the server key and its root is the Merkle root of all entries.
 //
-// With previous (an older export) it also proves that export is a prefix of
-// this one: identical entries where they overlap and a tlog consistency
-// proof between the two checkpoints. An export that does not start at seq 1
-// (export --since) can only be verified with a previous export that reaches
-// the seq before its first.
+// Entries are authenticated through the checkpoint, not one by one: each
+// entry's hash is recomputed from its content and its predecessor's hash,
+// each hash is a leaf of the Merkle tree, and the checkpoint's signature
+// covers the tree's root. Altering any entry changes its hash, every later
+// prev_hash and the root, so the checkpoint's signature would no longer
+// verify; a verified checkpoint thus proves every entry the server key
+// signed it over, exactly as every entry's own sig would, since the same
+// key makes both. The entries' own signatures are therefore checked only
+// with [VerifyOptions.AllSignatures]; their form (64 bytes, base64url) is
+// always checked.
+//
+// A signature, of an entry or of the checkpoint, is valid exactly when
+// crypto/ed25519's Verify accepts it; there is no second rule.
+//
+// With opts.Previous (an older export) it also proves that export is a
+// prefix of this one: identical entries where they overlap and a tlog
+// consistency proof between the two checkpoints. An export that does not
+// start at seq 1 (export --since) can only be verified with a previous
+// export that reaches the seq before its first.
 //
 // Failures are *VerifyError.
-func Verify(export io.Reader, publicKey string, previous io.Reader) (Summary, error) {
+func Verify(export io.Reader, publicKey string, opts VerifyOptions) (Summary, error) {
 	pub, v, err := ParsePublicKey(publicKey)
 	if err != nil {
 		return Summary{}, err
 	}
 	var prev *verified
-	if previous != nil {
-		prev, err = verifyStream(previous, pub, v, nil, true)
+	if opts.Previous != nil {
+		prev, err = verifyStream(opts.Previous, pub, v, nil, true, opts.AllSignatures, opts.ReplayPolicy)
 		if err != nil {
 			var ve *VerifyError
 			if errors.As(err, &ve) {
@@ -78,17 +135,20 @@ func Verify(export io.Reader, publicKey string, previous io.Reader) (Summary, er
 			return Summary{}, fmt.Errorf("previous export: %w", err)
 		}
 	}
-	st, err := verifyStream(export, pub, v, prev, false)
+	st, err := verifyStream(export, pub, v, prev, false, opts.AllSignatures, opts.ReplayPolicy)
 	if err != nil {
 		return Summary{}, err
 	}
 	s := Summary{
 		Entries: st.entries, FirstSeq: st.first, LastSeq: st.last,
 		TreeSize: st.cp.Size, Root: base64.StdEncoding.EncodeToString(st.cp.Root[:]),
-		Assertions: st.assertions,
+		Assertions: st.assertions, Signatures: st.signatures,
+		Approvals: st.state.req.approvals, Executions: st.state.req.executions, Format1: st.state.format1,
+		Replayed: st.state.replayed, Unreplayed: st.state.unreplayed,
 	}
 	if prev != nil {
 		s.Extends = prev.cp.Size
+		s.NothingNew = st.empty
 	}
 	return s, nil
 }
@@ -100,11 +160,117 @@ type verified struct {
 	first      int64
 	last       int64
 	assertions int
+	signatures int64
+	empty      bool       // no entries: the checkpoint repeats the previous export's tree
 	hashes     [][32]byte // entry hashes by seq-1, kept for a previous export
-	events     []*Entry   // enrollments and revocations, in order
+	state      *logState  // what the entries so far established, for a later export
 }
 
-func verifyStream(r io.Reader, pub ed25519.PublicKey, v note.Verifier, prev *verified, keep bool) (*verified, error) {
+// logState is what replaying the entries in order has established: the
+// enrolled credentials, the approval requests, the policies loaded and
+// where format 2 began.
+type logState struct {
+	creds   credentials
+	req     *requirements
+	format2 int64 // seq of the first format 2 entry; 0 before one
+	format1 int64 // format 1 entries seen
+
+	policies    map[string]*Entry // policy.loaded entries by policy_sha256
+	firstPolicy int64             // seq of the first policy.loaded
+	replayer    PolicyReplayer    // nil: decisions are not replayed
+	replayed    int
+	unreplayed  int // decisions without a policy to replay them against
+}
+
+// PolicyReplayer checks a decision entry against the policy document its
+// policy_sha256 names (VerifyOptions.ReplayPolicy). This package does not
+// interpret policies; the caller brings the policy engine.
+type PolicyReplayer interface {
+	Replay(policy json.RawMessage, e *Entry) error
+}
+
+// policyRules checks the policy links of a format 2 entry and replays it.
+func (s *logState) policyRules(e *Entry) string {
+	if e.Kind == KindPolicyLoaded {
+		if len(e.Policy) == 0 {
+			return "policy.loaded without a policy"
+		}
+		if sum, err := policyHash(e.Policy); err != nil || sum != e.PolicySHA256 {
+			return fmt.Sprintf("policy_sha256 %s is not the SHA-256 of the policy's JCS form (%s)", e.PolicySHA256, sum)
+		}
+		if s.policies == nil {
+			s.policies = map[string]*Entry{}
+		}
+		if s.policies[e.PolicySHA256] == nil {
+			s.policies[e.PolicySHA256] = e
+		}
+		if s.firstPolicy == 0 {
+			s.firstPolicy = e.Seq
+		}
+		return ""
+	}
+	if len(e.Policy) > 0 {
+		return e.Kind + " carries a policy; only policy.loaded does"
+	}
+	if !decidedByPolicy(e.Kind) {
+		if e.PolicySHA256 != "" {
+			return e.Kind + " names a policy; only decisions do"
+		}
+		return ""
+	}
+	var loaded *Entry
+	switch {
+	case e.PolicySHA256 != "":
+		if loaded = s.policies[e.PolicySHA256]; loaded == nil {
+			return fmt.Sprintf("decided by policy %s, which no earlier policy.loaded carries", e.PolicySHA256)
+		}
+	case s.firstPolicy != 0:
+		return fmt.Sprintf("%s names no policy, after a policy was loaded at seq %d", e.Kind, s.firstPolicy)
+	}
+	if s.replayer == nil || e.Kind == KindCallDenied {
+		// A denial lets nothing run; replay checks what ran or was
+		// put to the approvers.
+		return ""
+	}
+	if loaded == nil {
+		s.unreplayed++
+		return ""
+	}
+	if err := s.replayer.Replay(loaded.Policy, e); err != nil {
+		return fmt.Sprintf("policy replay (policy.loaded at seq %d): %v", loaded.Seq, err)
+	}
+	s.replayed++
+	return ""
+}
+
+// apply checks one entry against the state and adds it; it returns why
+// the entry breaks a rule, or "".
+func (s *logState) apply(e *Entry) string {
+	switch e.V {
+	case 0:
+		if s.format2 != 0 {
+			return fmt.Sprintf("format 1 entry after format 2 began at seq %d: a log never goes back to an older format", s.format2)
+		}
+		s.format1++
+	case Format:
+		if s.format2 == 0 {
+			s.format2 = e.Seq
+		}
+	}
+	if reason := s.creds.check(e); reason != "" {
+		return reason
+	}
+	if e.V == 0 {
+		s.req.legacyRequest(e)
+		return ""
+	}
+	if reason := s.policyRules(e); reason != "" {
+		return reason
+	}
+	return s.req.check(e)
+}
+
+func verifyStream(r io.Reader, pub ed25519.PublicKey, v note.Verifier, prev *verified, keep, allSigs bool, replayer PolicyReplayer) (*verified, error) {
 	br := bufio.NewReaderSize(r, 1<<16)
 	var cpLine []byte
 	lineNo := 0
@@ -122,7 +288,7 @@ func verifyStream(r io.Reader, pub ed25519.PublicKey, v note.Verifier, prev *ver
 				cpLine = line
 				return item{}, false, nil
 			}
-			return item{line: line, checkSig: true}, true, nil
+			return item{line: line, checkSig: allSigs}, true, nil
 		}
 	}
 
@@ -132,8 +298,16 @@ func verifyStream(r io.Reader, pub ed25519.PublicKey, v note.Verifier, prev *ver
 		prevH [32]byte
 		fr    frontier
 		tree  *memTree
-		creds = credentials{}
+		state = &logState{creds: credentials{}, req: newRequirements()}
 	)
+	if prev != nil {
+		// The previous export's entries were replayed when it was
+		// verified; this one's entries up to prev.last must equal them,
+		// so replay goes on from there.
+		state = prev.state
+	}
+	state.replayer = replayer
+	st.state = state
 	if prev != nil {
 		tree = &memTree{}
 	}
@@ -153,11 +327,6 @@ func verifyStream(r io.Reader, pub ed25519.PublicKey, v note.Verifier, prev *ver
 			fr.add(leafHash(h))
 			if err := tree.add(int64(i), leafHash(h)); err != nil {
 				return &VerifyError{int64(i + 1), err.Error()}
-			}
-		}
-		for _, e := range prev.events {
-			if e.Seq < seq {
-				creds.apply(e)
 			}
 		}
 		return nil
@@ -186,16 +355,16 @@ func verifyStream(r io.Reader, pub ed25519.PublicKey, v note.Verifier, prev *ver
 		if prev != nil && r.seq <= prev.last && prev.hashes[r.seq-1] != r.hash {
 			return &VerifyError{r.seq, "differs from the same entry in the previous export"}
 		}
-		if r.entry != nil {
-			if reason := creds.check(r.entry); reason != "" {
+		if prev == nil || r.seq > prev.last {
+			if reason := state.apply(r.entry); reason != "" {
 				return &VerifyError{r.seq, reason}
 			}
-			if isAssertionKind(r.entry.Kind) {
-				st.assertions++
-			}
-			if r.entry.Kind == KindApproverEnrolled || r.entry.Kind == KindCredentialRevoked {
-				st.events = append(st.events, r.entry)
-			}
+		}
+		if isAssertionKind(r.entry.Kind) {
+			st.assertions++
+		}
+		if r.sig != nil {
+			st.signatures++
 		}
 		leaf := leafHash(r.hash)
 		fr.add(leaf)
@@ -238,6 +407,21 @@ func verifyStream(r io.Reader, pub ed25519.PublicKey, v note.Verifier, prev *ver
 	if err != nil {
 		return nil, &VerifyError{last, err.Error()}
 	}
+	if st.entries == 0 && prev != nil && cp.Size > 0 {
+		// An export with no entries (export --since the last seq): its
+		// checkpoint can only be checked against the previous export's
+		// leaves. It proves the server signed the same tree again and
+		// nothing more.
+		if cp.Size > prev.last {
+			return nil, &VerifyError{prev.last + 1, fmt.Sprintf("missing: the export holds no entries, its checkpoint covers %d, the previous export ends at seq %d", cp.Size, prev.last)}
+		}
+		var pfr frontier
+		for _, h := range prev.hashes[:cp.Size] {
+			pfr.add(leafHash(h))
+		}
+		fr, last = pfr, cp.Size
+		st.empty = true
+	}
 	switch {
 	case cp.Size < last:
 		return nil, &VerifyError{cp.Size + 1, fmt.Sprintf("not covered by the checkpoint (size %d)", cp.Size)}
@@ -247,15 +431,15 @@ func verifyStream(r io.Reader, pub ed25519.PublicKey, v note.Verifier, prev *ver
 		return nil, &VerifyError{last, "the checkpoint's root hash is not the Merkle root of the entries"}
 	}
 	st.cp = cp
-	if st.entries == 0 && prev != nil && prev.last > 0 {
-		return nil, &VerifyError{1, "missing: the export has no entries but the previous export has"}
-	}
 	if prev != nil {
 		if last < prev.last {
 			return nil, &VerifyError{last + 1, fmt.Sprintf("missing: the previous export reaches seq %d, this one ends at %d", prev.last, last)}
 		}
 		var err error
-		if prev.cp.Size > 0 { // an empty tree is a prefix of every tree
+		if st.empty {
+			// Same size as the previous tree (checked above): the root
+			// was recomputed from the previous export's own leaves.
+		} else if prev.cp.Size > 0 { // an empty tree is a prefix of every tree
 			var proof tlog.TreeProof
 			proof, err = tlog.ProveTree(cp.Size, prev.cp.Size, tree)
 			if err == nil {
@@ -333,8 +517,8 @@ type result struct {
 	prev   [32]byte
 	hash   [32]byte
 	err    *VerifyError // Seq left 0: the caller knows the position
-	entry  *Entry       // kept for kinds the caller must interpret
-	sig    []byte       // the server's signature over signed, still to check
+	entry  *Entry       // the parsed entry, when err is nil
+	sig    []byte       // the server's signature over signed, still to check; nil if not to be checked
 	signed []byte
 }
 
@@ -379,18 +563,40 @@ func checkItem(it *item) (r result) {
 	if sum != r.hash {
 		return fail("hash does not match the entry's content")
 	}
+	sig, err := decodeSig(e.Sig)
+	if err != nil {
+		return fail("sig is %v", err)
+	}
 	if it.checkSig {
-		sig, err := decodeSig(e.Sig)
-		if err != nil {
-			return fail("sig is %v", err)
+		r.sig, r.signed = sig, sum[:] // verified by runChecks' worker
+	}
+	switch e.V {
+	case 0:
+	case Format:
+		// Format 2 stores JSON members in their RFC 8785 form (lineJSON);
+		// older servers stored them as the caller wrote them.
+		for name, m := range map[string]json.RawMessage{"args": e.Args, "result": e.Result, "authorization_details": e.AuthorizationDetails, "policy": e.Policy} {
+			if len(m) == 0 {
+				continue
+			}
+			if canon, err := lineJSON(m); err != nil || !bytes.Equal(canon, m) {
+				return fail("%s is not in RFC 8785 form", name)
+			}
 		}
-		r.sig, r.signed = sig, sum[:] // verified by the chunk's batch
+	default:
+		return fail("entry format v %d is not one this verifier knows (1 or %d)", e.V, Format)
 	}
-	switch e.Kind {
-	case KindApproverEnrolled, KindCredentialRevoked, KindApprovalAssertion, KindApprovalDenied:
-		r.entry = &e
-	}
+	r.entry = &e
 	return r
+}
+
+// validSig is the one rule for the server's signatures on entries: valid
+// exactly when crypto/ed25519 says so (cofactorless, canonical encodings,
+// as RFC 8032 and the checkpoints' note verifier). A faster batch check
+// would accept signatures with small-order components that this refuses,
+// giving one signature two verdicts.
+func validSig(pub ed25519.PublicKey, msg, sig []byte) bool {
+	return len(pub) == ed25519.PublicKeySize && ed25519.Verify(pub, msg, sig)
 }
 
 // runChecks checks items from next on every core and hands the results to
@@ -403,7 +609,6 @@ func runChecks(next func() (item, bool, error), pub ed25519.PublicKey, consume f
 		done  chan struct{}
 	}
 	workers := runtime.GOMAXPROCS(0)
-	bv, _ := newBatchVerifier(pub) // nil for an invalid key: every signature then fails below
 	todo := make(chan *chunk, workers*2)
 	order := make(chan *chunk, workers*4)
 	stop := make(chan struct{})
@@ -412,22 +617,11 @@ func runChecks(next func() (item, bool, error), pub ed25519.PublicKey, consume f
 	var wg sync.WaitGroup
 	for range workers {
 		wg.Go(func() {
-			var msgs, sigs [][]byte
 			for c := range todo {
-				msgs, sigs = msgs[:0], sigs[:0]
 				for i := range c.items {
 					c.res[i] = checkItem(&c.items[i])
-					if r := &c.res[i]; r.err == nil && r.sig != nil {
-						msgs, sigs = append(msgs, r.signed), append(sigs, r.sig)
-					}
-				}
-				if bv == nil || !bv.verify(msgs, sigs) {
-					// Some signature is bad: find which, with the
-					// standard verifier.
-					for i := range c.res {
-						if r := &c.res[i]; r.err == nil && r.sig != nil && !ed25519.Verify(pub, r.signed, r.sig) {
-							r.err = &VerifyError{Reason: "sig does not verify with the server key"}
-						}
+					if r := &c.res[i]; r.err == nil && r.sig != nil && !validSig(pub, r.signed, r.sig) {
+						r.err = &VerifyError{Reason: "sig does not verify with the server key"}
 					}
 				}
 				close(c.done)

@@ -238,7 +238,10 @@ type CaseResult struct {
 func (p *Policy) RunCases(cases []Case) []CaseResult {
 	results := make([]CaseResult, len(cases))
 	for i, c := range cases {
-		got := p.Decide(Input{Tool: c.Tool, Agent: c.Agent, Args: c.Args, Facts: c.Facts, Now: c.Now})
+		// A case gives usage under facts: usage; otherwise the agent has
+		// done nothing before.
+		usage, _ := c.Facts["usage"].(map[string]any)
+		got := p.Decide(Input{Tool: c.Tool, Agent: c.Agent, Args: c.Args, Facts: c.Facts, Now: c.Now, Usage: NoUsage(usage)})
 		var diffs []string
 		if got.Level != c.Expect {
 			diffs = append(diffs, fmt.Sprintf("level: got %s, want %s", got.Level, c.Expect))

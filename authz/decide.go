@@ -25,6 +25,9 @@ type Input struct {
 	// ReadOnly is the tool's readOnlyHint, which sets the default level of
 	// an upstream tool the configuration does not list.
 	ReadOnly bool
+	// Usage holds the usage variable (see the package comment); nil makes
+	// a rule that uses it fail closed.
+	Usage map[string]any
 }
 
 // Decision is the policy's answer for one call.
@@ -45,6 +48,22 @@ type Decision struct {
 	UserVerification string
 	Timeout          time.Duration // approval lifetime
 	Wait             string        // "block" | "poll"
+}
+
+// UsageKeys are the fields of the usage variable.
+var UsageKeys = []string{"calls_10m", "calls_1h", "agent_amount_1h", "agent_amount_24h", "agent_payee_amount_24h", "total_amount_24h"}
+
+// NoUsage is the usage of an agent that has done nothing yet, with the
+// fields of give set: what policy tests assume unless they say otherwise.
+func NoUsage(give map[string]any) map[string]any {
+	u := make(map[string]any, len(UsageKeys))
+	for _, k := range UsageKeys {
+		u[k] = 0.0
+	}
+	for k, v := range give {
+		u[k] = v
+	}
+	return u
 }
 
 // Decide evaluates the policy for one call. It never panics and never
@@ -182,6 +201,11 @@ func (a *activation) ResolveName(name string) (any, bool) {
 		return types.String(a.in.Tool), true
 	case "now":
 		return a.now, true
+	case "usage":
+		if a.in.Usage == nil {
+			return nil, false // a rule that needs usage fails closed
+		}
+		return a.in.Usage, true
 	}
 	if !slices.Contains(a.facts, name) {
 		return nil, false

@@ -42,6 +42,37 @@ func transfer(amount float64, knownPayee bool) Input {
 		Tool: "transfer", Agent: "agent-1", Now: testNow,
 		Args:  map[string]any{"to": "Acme Supplies", "amount": amount, "currency": "USD"},
 		Facts: known(knownPayee),
+		Usage: NoUsage(nil),
+	}
+}
+
+// The salami attack against the shipped policy: what the agent already
+// moved to the same payee counts, so a sum split into calls under the
+// threshold is judged as the sum.
+func TestShippedPolicySeesSplitTransfers(t *testing.T) {
+	p, _ := shippedPolicy(t)
+	var moved float64
+	for i := 1; i <= 11; i++ {
+		in := transfer(9999, true)
+		in.Usage = NoUsage(map[string]any{"agent_payee_amount_24h": moved, "agent_amount_24h": moved})
+		d := p.Decide(in)
+		want := config.LevelLow
+		if i >= 2 {
+			want = config.LevelHigh // 9,999 + 9,999 > 10,000
+		}
+		if d.Level != want {
+			t.Fatalf("transfer %d of 9,999 after %.0f: %s (%s), want %s", i, moved, d.Level, d.Reason, want)
+		}
+		moved += 9999
+	}
+	in := transfer(100, true)
+	in.Usage = NoUsage(map[string]any{"agent_amount_24h": 999950.0})
+	if d := p.Decide(in); d.Level != config.LevelCritical {
+		t.Errorf("100 after 999,950 in a day: %s, want critical", d.Level)
+	}
+	in.Usage = nil
+	if d := p.Decide(in); d.Level != config.LevelDeny {
+		t.Errorf("without usage facts: %s, want deny (fail closed)", d.Level)
 	}
 }
 
@@ -355,7 +386,7 @@ func TestDecideConcurrently(t *testing.T) {
 		{transfer(1, true), config.LevelLow},
 		{transfer(20000, true), config.LevelHigh},
 		{transfer(300000, true), config.LevelCritical},
-		{Input{Tool: "transfer", Args: map[string]any{}, Facts: known(true), Now: testNow}, config.LevelDeny},
+		{Input{Tool: "transfer", Args: map[string]any{}, Facts: known(true), Now: testNow, Usage: NoUsage(nil)}, config.LevelDeny},
 	}
 	done := make(chan error)
 	for g := range 8 {

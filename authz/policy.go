@@ -18,6 +18,15 @@
 //	agent  string            the authenticated agent
 //	tool   string            the tool's name
 //	now    timestamp         the time of the call
+//	usage  map(string, dyn)  what came before this call, in rolling windows:
+//	                           calls_10m, calls_1h         this agent's calls of this tool
+//	                           agent_amount_1h, agent_amount_24h
+//	                                                       this agent's amounts, same tool and currency
+//	                           agent_payee_amount_24h      the same, to the same counterparty
+//	                           total_amount_24h            every agent's, same tool and currency
+//	                         Amounts are in major units and count executed calls
+//	                         and calls still waiting for approval, never this one:
+//	                         write args.amount + usage.agent_payee_amount_24h > 10000.
 //
 // plus the fact variables the tool's backend supplies (see [Options.Facts]),
 // each a map(string, dyn), e.g. counterparty.known for transfer. Numbers
@@ -70,6 +79,9 @@ type Options struct {
 	// Logger hears of policy evaluations that panic and of rules kept but
 	// not evaluated; default: discard.
 	Logger *slog.Logger
+
+	// replay also builds, per rule, a program for Policy.Replay.
+	replay bool
 }
 
 // User verification settings, and wait modes, as written in the config.
@@ -94,7 +106,7 @@ const CostLimit = 1_000_000
 const defaultTimeout = 5 * time.Minute
 
 // Variables every rule may use; fact variables may not take these names.
-var builtinVars = []string{"args", "agent", "tool", "now"}
+var builtinVars = []string{"args", "agent", "tool", "now", "usage"}
 
 // ErrInvalid is matched (errors.Is) by every error Compile returns.
 var ErrInvalid = errors.New("invalid policy")
@@ -158,9 +170,11 @@ type rule struct {
 	name      string // Name, or rules[i]
 	level     int
 	prg       cel.Program
-	approvers []string // resolved, sorted; nil = the tool's
-	quorum    int      // 0 = the tool's
-	raised    string   // Reason when this rule alone decides
+	replayPrg cel.Program // partial evaluation with facts and now unknown; with Options.replay
+	refs      []string    // the variables the expression refers to
+	approvers []string    // resolved, sorted; nil = the tool's
+	quorum    int         // 0 = the tool's
+	raised    string      // Reason when this rule alone decides
 }
 
 var identPattern = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
@@ -179,6 +193,7 @@ func Compile(tools map[string]config.Tool, approvers []config.Approver, opts Opt
 		cel.Variable("agent", cel.StringType),
 		cel.Variable("tool", cel.StringType),
 		cel.Variable("now", cel.TimestampType),
+		cel.Variable("usage", cel.MapType(cel.StringType, cel.DynType)),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("authz: building the CEL environment: %w", err)
@@ -240,6 +255,21 @@ func (c *compiler) upstreamDefault(i int, u config.Upstream) (upstreamDefault, b
 		d.readOnly, d.other = mk(config.LevelLow), mk(config.LevelHigh)
 	}
 	return d, len(c.errs) == nerr
+}
+
+// UsesUsage reports whether any rule of tool refers to the usage
+// variable, so that its decisions record what usage they saw.
+func (p *Policy) UsesUsage(tool string) bool {
+	t, ok := p.tools[tool]
+	if !ok {
+		return false
+	}
+	for _, r := range t.rules {
+		if slices.Contains(r.refs, "usage") {
+			return true
+		}
+	}
+	return false
 }
 
 // lookup returns the policy of a tool: its own entry under tools, else its
@@ -364,7 +394,7 @@ func (c *compiler) tool(name string, ct config.Tool) *tool {
 		if cr.Approvers != nil {
 			r.approvers = c.resolve(rp+".approvers", cr.Approvers)
 		}
-		r.prg = c.program(rp+".when", env, cr.When)
+		r.prg, r.replayPrg, r.refs = c.program(rp+".when", env, cr.When)
 
 		if ok && level <= base {
 			if base != rankDeny {
@@ -399,20 +429,22 @@ func (c *compiler) tool(name string, ct config.Tool) *tool {
 	return t
 }
 
-// program parses and type-checks one rule, insisting on a bool result.
-func (c *compiler) program(path string, env *cel.Env, expr string) cel.Program {
+// program parses and type-checks one rule, insisting on a bool result. It
+// returns the program, the replay program (with Options.replay) and the
+// variables the expression refers to.
+func (c *compiler) program(path string, env *cel.Env, expr string) (cel.Program, cel.Program, []string) {
 	if strings.TrimSpace(expr) == "" {
 		c.fail(path, "required: a CEL expression such as args.amount > 10000")
-		return nil
+		return nil, nil, nil
 	}
 	ast, iss := env.Compile(expr)
 	if iss != nil && iss.Err() != nil {
 		c.fail(path, "%s", celErrors(iss, ast))
-		return nil
+		return nil, nil, nil
 	}
 	if out := ast.OutputType(); !out.IsExactType(cel.BoolType) {
 		c.fail(path, "must be a bool expression, got %s (compare explicitly, e.g. args.flag == true)", out)
-		return nil
+		return nil, nil, nil
 	}
 	prg, err := env.Program(ast,
 		cel.CostLimit(CostLimit),
@@ -420,9 +452,23 @@ func (c *compiler) program(path string, env *cel.Env, expr string) cel.Program {
 	)
 	if err != nil {
 		c.fail(path, "%v", err)
-		return nil
+		return nil, nil, nil
 	}
-	return prg
+	var refs []string
+	for _, ref := range ast.NativeRep().ReferenceMap() {
+		if ref.Name != "" && !slices.Contains(refs, ref.Name) {
+			refs = append(refs, ref.Name)
+		}
+	}
+	slices.Sort(refs)
+	var replayPrg cel.Program
+	if c.opts.replay {
+		if replayPrg, err = env.Program(ast, cel.CostLimit(CostLimit), cel.EvalOptions(cel.OptPartialEval)); err != nil {
+			c.fail(path, "%v", err)
+			return nil, nil, nil
+		}
+	}
+	return prg, replayPrg, refs
 }
 
 // celErrors renders CEL issues one line each, with CEL's own 1-based line

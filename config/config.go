@@ -22,6 +22,7 @@ type Config struct {
 	Audit     Audit           `mapstructure:"audit"`
 	Tools     map[string]Tool `mapstructure:"tools"`
 	Upstreams []Upstream      `mapstructure:"upstreams"`
+	Limits    Limits          `mapstructure:"limits"`
 
 	// Source is the file the config came from, or "(embedded default)".
 	Source string `mapstructure:"-"`
@@ -49,6 +50,10 @@ type HTTP struct {
 	// With no agents configured the listener accepts anonymous agents, which
 	// is only allowed on a loopback address.
 	Agents []Agent `mapstructure:"agents"`
+	// Issuer is the iss of approval tokens and the issuer of the CIBA
+	// discovery document; default http://<the listener's address>. Set it
+	// to the public URL when a proxy or TLS terminator fronts the listener.
+	Issuer string `mapstructure:"issuer"`
 }
 
 // Agent is one MCP client allowed on the HTTP listener.
@@ -136,6 +141,16 @@ type Audit struct {
 	AcceptRollback bool `mapstructure:"-"`
 }
 
+// Limits bound what one agent can make Countersign do or keep, whatever
+// the policy says.
+type Limits struct {
+	// MaxArgBytes and MaxArgDepth bound a call's arguments (JSON size and
+	// nesting); a larger call is refused before anything else, and its
+	// record keeps only the arguments' SHA-256 and size.
+	MaxArgBytes int `mapstructure:"max_arg_bytes"`
+	MaxArgDepth int `mapstructure:"max_arg_depth"`
+}
+
 // Tool is the policy and behaviour of one guarded tool.
 type Tool struct {
 	Level            string        `mapstructure:"level"` // low | high | critical | deny
@@ -162,6 +177,9 @@ type Rule struct {
 var BuiltinTools = []string{
 	"get_balance", "list_counterparties", "list_transfers", "transfer",
 	"deploy", "read_secret", "list_secrets", "approval_status",
+	// ciba is not an MCP tool: it is the policy of CIBA backchannel
+	// requests on the agent listener.
+	"ciba",
 }
 
 // Upstream is an MCP server whose tools Countersign guards and re-exposes

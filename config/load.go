@@ -147,6 +147,7 @@ var defaults = map[string]any{
 	"server.shutdown_timeout":        "10s",
 	"server.workers":                 64,
 	"http.addr":                      "",
+	"http.issuer":                    "",
 	"http.max_body_bytes":            1 << 20,
 	"http.allowed_hosts":             []string{"localhost", "127.0.0.1", "[::1]"},
 	"approval.listen":                "127.0.0.1:8710",
@@ -167,4 +168,6 @@ var defaults = map[string]any{
 	"secrets.dir":                    "",
 	"secrets.default_classification": "internal",
 	"audit.checkpoint_every":         "1m",
+	"limits.max_arg_bytes":           64 << 10,
+	"limits.max_arg_depth":           32,
 }

@@ -37,6 +37,12 @@ func (c *Config) validate() []problem {
 	if h.Addr != "" {
 		v.hostPort("http.addr", h.Addr)
 	}
+	if h.Issuer != "" {
+		v.url("http.issuer", h.Issuer)
+		if u, err := url.Parse(h.Issuer); err == nil && (u.RawQuery != "" || u.Fragment != "") {
+			v.fail("http.issuer", "expected a URL without query or fragment, got %q", h.Issuer)
+		}
+	}
 	if h.MaxBodyBytes < 1024 {
 		v.fail("http.max_body_bytes", "expected at least 1024, got %d", h.MaxBodyBytes)
 	}
@@ -151,6 +157,12 @@ func (c *Config) validate() []problem {
 		v.oneOf(p+".classification", s.Classification, Classifications...)
 	}
 	v.positive("audit.checkpoint_every", c.Audit.CheckpointEvery)
+	if c.Limits.MaxArgBytes < 1024 || c.Limits.MaxArgBytes > 16<<20 {
+		v.fail("limits.max_arg_bytes", "expected 1024 to 16777216, got %d", c.Limits.MaxArgBytes)
+	}
+	if c.Limits.MaxArgDepth < 2 || c.Limits.MaxArgDepth > 1000 {
+		v.fail("limits.max_arg_depth", "expected 2 to 1000, got %d", c.Limits.MaxArgDepth)
+	}
 
 	c.validateUpstreams(&v)
 	if len(c.Tools) == 0 && len(c.Upstreams) == 0 {

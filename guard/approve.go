@@ -3,6 +3,7 @@ package guard
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
@@ -17,13 +18,22 @@ import (
 // countersign raises an approval request and, in block mode, waits for a
 // terminal decision before running the tool once.
 func (g *Guard) countersign(ctx context.Context, c Call, spec *tools.Spec, call *tools.Call,
-	canon canonical, conf config.Tool, d authz.Decision, entry audit.Entry) *mcp.CallToolResult {
+	canon canonical, conf config.Tool, d authz.Decision, entry audit.Entry, counted *reservation) *mcp.CallToolResult {
+	done := false // the call ran, or may still run: it keeps counting
+	defer func() {
+		if !done {
+			g.usage.release(counted)
+		}
+	}()
 	if g.opts.Approvals == nil {
 		entry.Kind, entry.Reason = audit.KindCallDenied, "approval required, but approvals are not available"
 		g.record(ctx, entry)
 		return toolError("approval required (%s): %s; no approval service is running", d.Level, d.Reason)
 	}
-	r, err := g.opts.Approvals.Create(ctx, approval.NewRequest{
+	// Raising the request completes even if the caller leaves meanwhile:
+	// half a request would sit approvable with nobody waiting. Wait below
+	// sees the caller gone and cancels it, on the record.
+	r, err := g.opts.Approvals.Create(context.WithoutCancel(ctx), approval.NewRequest{
 		Tool: spec.Def.Name, Agent: entry.Agent, Args: canon.JSON,
 		AuthorizationDetails: call.Details, Summary: call.Summary,
 		Level: d.Level, Rule: entry.Rule, Approvers: d.Approvers, Quorum: d.Quorum,
@@ -41,6 +51,7 @@ func (g *Guard) countersign(ctx context.Context, c Call, spec *tools.Spec, call 
 		"level", d.Level, "auth_req_id", r.ID, "code", r.Code, "url", r.URL)
 
 	if d.Wait == authz.WaitPoll {
+		done = true // executeWhenApproved gives the share back if it never runs
 		g.mu.Lock() // Shutdown may be waiting on bg: add under the same lock as closing
 		closing := g.closing
 		if !closing {
@@ -53,7 +64,9 @@ func (g *Guard) countersign(ctx context.Context, c Call, spec *tools.Spec, call 
 		}
 		go func() {
 			defer g.bg.Done()
-			g.executeWhenApproved(r.ID, spec, call, entry)
+			if !g.executeWhenApproved(r.ID, spec, call, entry) {
+				g.usage.release(counted)
+			}
 		}()
 		return structured(pendingResult(r, g.now()))
 	}
@@ -69,7 +82,8 @@ func (g *Guard) countersign(ctx context.Context, c Call, spec *tools.Spec, call 
 	if final.State != approval.StateApproved {
 		return toolError("%s", Outcome(final))
 	}
-	res, _ := g.runApproved(ctx, r.ID, spec, call, entry)
+	res, ok := g.runApproved(ctx, r.ID, spec, call, entry)
+	done = ok
 	return res
 }
 
@@ -84,17 +98,19 @@ func waitMode(w string) string {
 // executeWhenApproved is the poll-mode path: the agent has its auth_req_id
 // and asks approval_status; the tool runs here once the humans approve.
 // It only watches the request: when the server stops first, the request
-// stays pending for the next start to resume.
-func (g *Guard) executeWhenApproved(id string, spec *tools.Spec, call *tools.Call, entry audit.Entry) {
+// stays pending for the next start to resume. It reports whether the tool
+// ran successfully.
+func (g *Guard) executeWhenApproved(id string, spec *tools.Spec, call *tools.Call, entry audit.Entry) bool {
 	ctx, cancel := context.WithCancel(g.life)
 	defer cancel()
 	final, err := g.opts.Approvals.Watch(ctx, id)
 	if err != nil || final.State != approval.StateApproved {
-		return
+		return false
 	}
 	// The run is not cut short by a shutdown: it finishes, or the process
 	// dies and the next start settles it.
-	g.runApproved(context.WithoutCancel(ctx), id, spec, call, entry)
+	_, ok := g.runApproved(context.WithoutCancel(ctx), id, spec, call, entry)
+	return ok
 }
 
 // runApproved claims the approved request for its one execution, runs it
@@ -106,26 +122,34 @@ func (g *Guard) runApproved(ctx context.Context, id string, spec *tools.Spec, ca
 	if err := g.opts.Approvals.BeginExecution(context.WithoutCancel(ctx), id); err != nil {
 		return toolError("refused to run approved request %s: %v", id, err), false
 	}
+	tok, err := g.issueToken(context.WithoutCancel(ctx), id)
+	if err != nil {
+		// The tool may hand the action on with its token; without one it
+		// does not run at all.
+		entry.Kind, entry.Reason = audit.KindCallFailed, "cannot issue the approval token: "+err.Error()
+		if err := g.finishErr(context.WithoutCancel(ctx), id, nil, entry, false); err != nil {
+			g.log.Error("cannot store approval outcome", "auth_req_id", id, "err", err)
+		}
+		return toolError("refused to run approved request %s: cannot issue its approval token: %v", id, err), false
+	}
+	call.Approval = tok
 	runCtx := ctx
 	if !spec.FollowCancel {
 		runCtx = context.WithoutCancel(ctx)
 	}
 	call.ID = requestCallID(id)
 	res, content, rec, ok := g.execute(runCtx, spec, call, entry)
-	g.finish(ctx, id, content, rec, ok)
-	return res, ok
-}
-
-// finish stores a claimed request's outcome and its audit entry together.
-func (g *Guard) finish(ctx context.Context, id string, content json.RawMessage, rec audit.Entry, ok bool) {
-	state := approval.StateFailed
-	if ok {
-		state = approval.StateExecuted
-	}
-	err := g.opts.Approvals.Finish(context.WithoutCancel(ctx), id, approval.Outcome{State: state, Result: content, Record: rec})
-	if err != nil {
+	if err := g.finishErr(context.WithoutCancel(ctx), id, content, rec, ok); err != nil {
 		g.log.Error("cannot store approval outcome", "auth_req_id", id, "err", err)
+		// An outcome stored with its entry still in the outbox is durable
+		// (it reaches the log when the log can take it); one not stored
+		// is not acknowledged: the next start settles the request from
+		// the backend, or as interrupted.
+		if ok && !errors.Is(err, approval.ErrRecord) {
+			return withheld(spec), true
+		}
 	}
+	return withToken(res, tok), ok
 }
 
 // Outcome says, for the agent, how a request that did not run ended.
@@ -180,7 +204,8 @@ func (g *Guard) StatusSpec() *tools.Spec {
 		IdempotentHint: mcp.ToBoolPtr(false), OpenWorldHint: mcp.ToBoolPtr(false),
 	}
 	return &tools.Spec{
-		Def: def,
+		Def:  def,
+		Pure: true,
 		Prepare: func(_ context.Context, args map[string]any) (*tools.Call, error) {
 			return &tools.Call{Args: args, Summary: "Check an approval request"}, nil
 		},
@@ -205,7 +230,17 @@ func (g *Guard) StatusSpec() *tools.Spec {
 					out["error_description"] = Outcome(r)
 				}
 			}
-			return &tools.Result{Content: out, Record: map[string]any{"auth_req_id": id, "status": ps.Status}}, nil
+			record := map[string]any{"auth_req_id": id, "status": ps.Status}
+			if r := ps.Request; r != nil && (r.State == approval.StateExecuted || r.State == approval.StateFailed) {
+				// The call ran on the humans' approval: the agent gets its
+				// approval token as a blocking call's result carries it.
+				tok, err := g.issueToken(ctx, id)
+				if err != nil {
+					return nil, fmt.Errorf("cannot issue the approval token of %s: %w", id, err)
+				}
+				return &tools.Result{MCP: withToken(structured(out), tok), Record: record}, nil
+			}
+			return &tools.Result{Content: out, Record: record}, nil
 		},
 	}
 }

@@ -10,6 +10,11 @@
 // audit all use that one value, and the tool runs on exactly the arguments
 // that were approved.
 //
+// A request for a countersignature that comes from outside MCP (a CIBA
+// backchannel request, package ciba) takes the same path to the humans
+// through [Guard.Raise], and [Guard.Redeem] issues its approval token once.
+// Every approved call's result carries its approval token (package token).
+//
 // The guard knows MCP only as data (the result type); transports live in
 // package server, which hands each call to [Guard.Handle] and, while a call
 // waits for a human, keeps its client informed through [Call.Waiting].
@@ -90,6 +95,9 @@ type Catalog interface {
 // Policy decides a call's level; *authz.Policy satisfies it.
 type Policy interface {
 	Decide(in authz.Input) authz.Decision
+	// UsesUsage says a tool's rules read the usage variable; its
+	// decisions then record the usage they saw, for replay.
+	UsesUsage(tool string) bool
 }
 
 // Recorder appends to the audit log; *audit.Log satisfies it. An append
@@ -131,6 +139,13 @@ type Options struct {
 	Policy    Policy
 	Audit     Recorder
 	Approvals Approvals // nil: high and critical calls are refused
+	// Evidence and Tokens issue approval tokens (package token): the
+	// result of a countersigned call carries one in
+	// _meta["countersign/approval"], the tool gets it in tools.Call.Approval
+	// (an upstream call sends it on), and a backchannel request is redeemed
+	// for one. Tokens nil: no tokens.
+	Evidence Evidence
+	Tokens   Tokens
 	// History and Marks let Resume find the routine calls a crash left
 	// without an outcome; without them it does not look.
 	History History
@@ -145,7 +160,18 @@ type Options struct {
 	ToolWait time.Duration
 	// MarkEvery is how often the routine-call mark moves; default 30s.
 	MarkEvery time.Duration
+	// MaxArgBytes and MaxArgDepth bound a call's arguments (their JSON
+	// size and nesting); larger calls are refused before anything else.
+	// Zero means 64 KiB and 32.
+	MaxArgBytes int
+	MaxArgDepth int
 }
+
+// Defaults of Options.MaxArgBytes and MaxArgDepth.
+const (
+	DefaultMaxArgBytes = 64 << 10
+	DefaultMaxArgDepth = 32
+)
 
 // Guard runs tool calls. It is safe for concurrent use.
 type Guard struct {
@@ -155,6 +181,8 @@ type Guard struct {
 
 	schemaMu sync.Mutex
 	schemas  map[*tools.Spec]*schema
+
+	usage usageBook
 
 	bg   sync.WaitGroup  // poll-mode executions still running
 	life context.Context // cancelled by Close: poll-mode waits stop then
@@ -172,6 +200,12 @@ type Guard struct {
 
 // New returns a Guard.
 func New(opts Options) *Guard {
+	if opts.MaxArgBytes <= 0 {
+		opts.MaxArgBytes = DefaultMaxArgBytes
+	}
+	if opts.MaxArgDepth <= 0 {
+		opts.MaxArgDepth = DefaultMaxArgDepth
+	}
 	g := &Guard{opts: opts, log: opts.Logger, now: opts.Now, schemas: map[*tools.Spec]*schema{}, waiting: map[string]struct{}{}}
 	if g.log == nil {
 		g.log = slog.New(slog.DiscardHandler)
@@ -237,18 +271,26 @@ func (g *Guard) Handle(ctx context.Context, c Call) *mcp.CallToolResult {
 		g.record(ctx, entry)
 		return toolError("invalid arguments: expected a JSON object")
 	}
+	switch d, n := measure(args, g.opts.MaxArgDepth, g.opts.MaxArgBytes); {
+	case d > g.opts.MaxArgDepth:
+		return g.rejectArgs(ctx, entry, args, fmt.Sprintf("arguments nested deeper than %d levels", g.opts.MaxArgDepth),
+			"invalid arguments: nested deeper than %d levels", g.opts.MaxArgDepth)
+	case n > g.opts.MaxArgBytes:
+		return g.rejectArgs(ctx, entry, args, fmt.Sprintf("arguments larger than %d bytes", g.opts.MaxArgBytes),
+			"invalid arguments: larger than %d bytes", g.opts.MaxArgBytes)
+	}
 	sch, err := g.schema(spec)
 	if err == nil {
 		err = sch.validate(args)
 	}
 	if err != nil {
-		return g.rejectArgs(ctx, entry, args, conf, err.Error(), "%v", err)
+		return g.rejectArgs(ctx, entry, args, err.Error(), "%v", err)
 	}
 	call, err := spec.Prepare(ctx, args)
 	if err != nil {
 		var argErr *tools.ArgError
 		if errors.As(err, &argErr) {
-			return g.rejectArgs(ctx, entry, args, conf, "invalid arguments: "+err.Error(), "invalid arguments: %v", err)
+			return g.rejectArgs(ctx, entry, args, "invalid arguments: "+err.Error(), "invalid arguments: %v", err)
 		}
 		// The tool could not gather the facts the policy needs: deny.
 		if c, cerr := canonicalize(args); cerr == nil {
@@ -263,30 +305,58 @@ func (g *Guard) Handle(ctx context.Context, c Call) *mcp.CallToolResult {
 	// Prepare's output, with any defaults it applied.
 	canon, err := canonicalize(call.Args)
 	if err != nil {
-		return g.rejectArgs(ctx, entry, args, conf, err.Error(), "%v", err)
+		return g.rejectArgs(ctx, entry, args, err.Error(), "%v", err)
+	}
+	if len(canon.JSON) > g.opts.MaxArgBytes {
+		return g.rejectArgs(ctx, entry, args, fmt.Sprintf("arguments larger than %d bytes", g.opts.MaxArgBytes),
+			"invalid arguments: larger than %d bytes", g.opts.MaxArgBytes)
 	}
 	canon.setOn(&entry, conf.RedactArgs)
 
+	// Decide and count under one lock, so that calls made in parallel see
+	// each other (a sum split across them is judged as the sum).
+	now := g.now()
+	keys := keysOf(c.Agent, c.Tool, call.Value)
+	g.usage.mu.Lock()
+	usage := g.usage.facts(keys, now)
 	d := g.opts.Policy.Decide(authz.Input{
-		Tool: c.Tool, Agent: c.Agent, Args: call.Args, Facts: call.Facts, Now: g.now(), ReadOnly: spec.ReadOnly(),
+		Tool: c.Tool, Agent: c.Agent, Args: call.Args, Facts: call.Facts, Now: now, ReadOnly: spec.ReadOnly(),
+		Usage: usage,
 	})
+	var counted *reservation
+	if d.Level != config.LevelDeny {
+		counted = g.usage.add(keys, call.Value, now)
+	}
+	g.usage.mu.Unlock()
+	if g.opts.Policy.UsesUsage(c.Tool) {
+		entry.Usage, _ = json.Marshal(usage)
+	}
 	entry.Decision, entry.Rule, entry.Reason = d.Level, strings.Join(d.Rules, ","), d.Reason
 	switch d.Level {
 	case config.LevelLow:
+		if spec.Pure {
+			// One entry, after the run: call.executed carries the decision.
+			res, _, _ := g.run(ctx, spec, call, entry)
+			return res
+		}
 		entry.Kind = audit.KindCallAllowed
 		g.routine.appending()
 		allowed, err := g.opts.Audit.Append(context.WithoutCancel(ctx), entry)
 		g.routine.allowed(allowed.Seq, err == nil)
 		if err != nil {
 			g.log.Error("audit append failed", "kind", entry.Kind, "tool", entry.Tool, "err", err)
+			g.usage.release(counted)
 			return toolError("refused: the audit log cannot record this call")
 		}
 		call.ID = entryCallID(allowed.Seq)
-		out, outcome := g.run(ctx, spec, call, entry)
+		res, outcome, ok := g.run(ctx, spec, call, entry)
 		g.routine.end(allowed.Seq, outcome)
-		return out
+		if !ok {
+			g.usage.release(counted)
+		}
+		return res
 	case config.LevelHigh, config.LevelCritical:
-		return g.countersign(ctx, c, spec, call, canon, conf, d, entry)
+		return g.countersign(ctx, c, spec, call, canon, conf, d, entry, counted)
 	default:
 		entry.Kind = audit.KindCallDenied
 		g.record(ctx, entry)
@@ -294,17 +364,61 @@ func (g *Guard) Handle(ctx context.Context, c Call) *mcp.CallToolResult {
 	}
 }
 
-// rejectArgs records and refuses a call whose arguments are bad. The entry
-// keeps their digest (and, unless redacted, the arguments) when they can be
-// canonicalised at all.
-func (g *Guard) rejectArgs(ctx context.Context, entry audit.Entry, args map[string]any, conf config.Tool,
-	reason, format string, v ...any) *mcp.CallToolResult {
-	if c, err := canonicalize(args); err == nil {
-		c.setOn(&entry, conf.RedactArgs)
+// rejectArgs records and refuses a call whose arguments are bad. The log
+// keeps their SHA-256 and size, never the arguments themselves: what an
+// agent sends in a refused call must not grow the signed, append-only log
+// by more than a bounded record.
+func (g *Guard) rejectArgs(ctx context.Context, entry audit.Entry, args map[string]any, reason, format string, v ...any) *mcp.CallToolResult {
+	entry.Args, entry.ArgsRedact = nil, true
+	if raw, err := json.Marshal(args); err == nil {
+		sum := sha256.Sum256(raw)
+		entry.ArgsSHA256 = hex.EncodeToString(sum[:])
+		reason += fmt.Sprintf(" (arguments: %d bytes, not kept)", len(raw))
 	}
 	entry.Kind, entry.Reason = audit.KindCallRejected, reason
 	g.record(ctx, entry)
 	return toolError(format, v...)
+}
+
+// measure walks a decoded JSON value once and returns its nesting depth
+// and about how many bytes its JSON takes (strings and keys by their
+// length), stopping early once either limit is passed, so that a huge or
+// deep value costs little to refuse.
+func measure(v any, maxDepth, maxBytes int) (depth, size int) {
+	var walk func(v any, d int) int
+	walk = func(v any, d int) int {
+		if d > maxDepth || size > maxBytes {
+			return d
+		}
+		deepest := d
+		switch v := v.(type) {
+		case map[string]any:
+			size += 2
+			for k, x := range v {
+				size += len(k) + 4
+				deepest = max(deepest, walk(x, d+1))
+				if deepest > maxDepth || size > maxBytes {
+					break
+				}
+			}
+		case []any:
+			size += 2
+			for _, x := range v {
+				size++
+				deepest = max(deepest, walk(x, d+1))
+				if deepest > maxDepth || size > maxBytes {
+					break
+				}
+			}
+		case string:
+			size += len(v) + 2
+		default:
+			size += 8
+		}
+		return deepest
+	}
+	depth = walk(v, 0)
+	return depth, size
 }
 
 // Reject records and refuses a call to a tool the catalog does not have.
@@ -328,15 +442,25 @@ func boundName(s string) string {
 }
 
 // run executes the tool once and records what happened. It returns the
-// seq of the record, 0 when it could not be recorded.
-func (g *Guard) run(ctx context.Context, spec *tools.Spec, call *tools.Call, entry audit.Entry) (*mcp.CallToolResult, int64) {
-	out, _, rec, _ := g.execute(ctx, spec, call, entry)
+// seq of the record (0 when it could not be recorded) and whether the tool
+// succeeded. A result whose record could not be made durable is withheld
+// from the agent: nothing is acknowledged that the log could lose.
+func (g *Guard) run(ctx context.Context, spec *tools.Spec, call *tools.Call, entry audit.Entry) (*mcp.CallToolResult, int64, bool) {
+	out, _, rec, ok := g.execute(ctx, spec, call, entry)
 	e, err := g.opts.Audit.Append(context.WithoutCancel(ctx), rec)
 	if err != nil {
 		g.log.Error("audit append failed", "kind", rec.Kind, "tool", rec.Tool, "err", err)
-		return out, 0
+		if ok {
+			return withheld(spec), 0, true
+		}
+		return out, 0, false
 	}
-	return out, e.Seq
+	return out, e.Seq, ok
+}
+
+// withheld is what the agent gets for a run whose record is not durable.
+func withheld(spec *tools.Spec) *mcp.CallToolResult {
+	return toolError("%s ran, but the audit log cannot record it; its result is withheld", spec.Def.Name)
 }
 
 // execute runs the tool once. It returns what the agent gets, the result
@@ -369,7 +493,7 @@ func (g *Guard) executed(spec *tools.Spec, res *tools.Result, entry audit.Entry)
 		entry.Kind, entry.Reason = audit.KindCallFailed, "cannot encode result: "+err.Error()
 		return toolError("%s: cannot encode result: %v", spec.Def.Name, err), nil, entry, false
 	}
-	entry.Kind, entry.Reason = audit.KindCallExecuted, ""
+	entry.Kind = audit.KindCallExecuted
 	record := res.Record
 	if record == nil && res.MCP != nil {
 		sum := sha256.Sum256(content)

@@ -6,15 +6,19 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/countersign/countersign"
 	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/authz"
 	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/tools"
 	"github.com/mark3labs/mcp-go/mcp"
 )
@@ -25,6 +29,8 @@ type fixedPolicy struct {
 	d    authz.Decision
 	seen []authz.Input
 }
+
+func (p *fixedPolicy) UsesUsage(string) bool { return false }
 
 func (p *fixedPolicy) Decide(in authz.Input) authz.Decision {
 	p.mu.Lock()
@@ -458,6 +464,225 @@ func TestOnlyToolsThatFollowCancelSeeTheCallerLeaveAfterApproval(t *testing.T) {
 		f.g.Handle(ctx, Call{Tool: "pay", Args: map[string]any{"amount": 1.0}})
 		if sawCancel != follow {
 			t.Errorf("FollowCancel %v: run saw the cancellation: %v", follow, sawCancel)
+		}
+	}
+}
+
+func TestPureRoutineCallIsRecordedOnceAfterItRan(t *testing.T) {
+	f := newFixture(t, config.LevelLow)
+	spec, _ := f.cat.Lookup("pay")
+	spec.Pure = true
+	res := f.g.Handle(context.Background(), Call{Tool: "pay", Args: map[string]any{"amount": 1.0}})
+	if res.IsError || f.tool.count() != 1 {
+		t.Fatalf("result %q, ran %d", text(res), f.tool.count())
+	}
+	if got := f.log.kinds(); strings.Join(got, ",") != "call.executed" {
+		t.Fatalf("log %v, want one call.executed", got)
+	}
+	if e := f.log.last(audit.KindCallExecuted); e.Decision != config.LevelLow || e.Reason != "test says low" {
+		t.Errorf("call.executed does not carry the decision: %+v", e)
+	}
+}
+
+func TestResultIsWithheldWhenItsRecordCannotBeMade(t *testing.T) {
+	for _, pure := range []bool{true, false} {
+		f := newFixture(t, config.LevelLow)
+		spec, _ := f.cat.Lookup("pay")
+		spec.Pure = pure
+		f.tool.result = func(context.Context) (*tools.Result, error) {
+			f.log.mu.Lock()
+			f.log.fail = true // the log breaks while the tool runs
+			f.log.mu.Unlock()
+			return &tools.Result{Content: "secret data"}, nil
+		}
+		res := f.g.Handle(context.Background(), Call{Tool: "pay", Args: map[string]any{"amount": 1.0}})
+		if !res.IsError || strings.Contains(text(res), "secret data") || !strings.Contains(text(res), "withheld") {
+			t.Errorf("pure %v: result %q", pure, text(res))
+		}
+	}
+}
+
+func nested(levels int) map[string]any {
+	v := map[string]any{"amount": 1.0}
+	for range levels {
+		v = map[string]any{"x": v}
+	}
+	return v
+}
+
+func TestOversizedOrDeepArgumentsAreRefusedFirstAndNotKept(t *testing.T) {
+	junk := strings.Repeat("A", 70<<10)
+	for _, tc := range []struct {
+		name string
+		args map[string]any
+		want string
+	}{
+		{"large", map[string]any{"amount": 1.0, "to": junk}, "larger than 65536 bytes"},
+		{"many keys", func() map[string]any {
+			m := map[string]any{}
+			for i := range 20000 {
+				m[fmt.Sprintf("k%05d", i)] = i
+			}
+			return m
+		}(), "larger than 65536 bytes"},
+		{"deep", nested(5000), "nested deeper than 32 levels"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t, config.LevelLow)
+			res := f.g.Handle(context.Background(), Call{Tool: "pay", Args: tc.args})
+			if !res.IsError || !strings.Contains(text(res), tc.want) {
+				t.Fatalf("result %q", text(res))
+			}
+			if f.tool.count() != 0 || len(f.policy.seen) != 0 {
+				t.Fatal("an oversized call went past the limits")
+			}
+			e := f.log.last(audit.KindCallRejected)
+			if e.Args != nil || len(e.ArgsSHA256) != 64 || !strings.Contains(e.Reason, "bytes, not kept") {
+				t.Errorf("rejected entry keeps %d bytes of args, sha %q, reason %q", len(e.Args), e.ArgsSHA256, e.Reason)
+			}
+		})
+	}
+	// Just inside the limits passes.
+	f := newFixture(t, config.LevelLow)
+	if res := f.g.Handle(context.Background(), Call{Tool: "pay", Args: map[string]any{"amount": 1.0, "to": strings.Repeat("A", 60<<10)}}); res.IsError {
+		t.Errorf("60 KiB argument refused: %s", text(res))
+	}
+}
+
+// A flood of refused calls, each carrying 60 KiB of junk, grows the real
+// signed log by a bounded record per call, not by the junk.
+func TestRefusedFloodGrowsTheLogByABoundedAmount(t *testing.T) {
+	dir := t.TempDir()
+	db, err := store.Open(context.Background(), filepath.Join(dir, store.FileName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	key, err := audit.LoadOrCreateKey(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log, err := audit.Open(context.Background(), db, key, audit.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer log.Close()
+	f := newFixture(t, config.LevelLow)
+	g := New(Options{Catalog: f.cat, Policy: f.policy, Audit: log, Approvals: f.humans})
+	const calls = 500
+	junk := strings.Repeat("J", 60<<10)
+	var wg sync.WaitGroup
+	for i := range calls {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			g.Handle(context.Background(), Call{Tool: "pay", Agent: "flood", Args: map[string]any{"amount": -1.0, "to": junk, "n": float64(i)}})
+		}()
+	}
+	wg.Wait()
+	var bytes int
+	if err := db.QueryRow(`SELECT COALESCE(SUM(LENGTH(body)), 0) FROM audit_entries`).Scan(&bytes); err != nil {
+		t.Fatal(err)
+	}
+	if per := bytes / calls; per > 1024 {
+		t.Errorf("%d refused calls grew the log by %d bytes, %d per call; want at most 1 KiB each", calls, bytes, per)
+	}
+	t.Logf("%d refused calls of 60 KiB each: %d bytes of log entries", calls, bytes)
+}
+
+// The shipped policy, compiled for real, against a transfer-like tool.
+func shippedPolicy(t *testing.T) *authz.Policy {
+	t.Helper()
+	c, err := config.Parse(countersign.DefaultConfig, "shipped")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := authz.Compile(c.Tools, c.Approvers, authz.Options{Facts: map[string][]string{"transfer": {"counterparty"}, "read_secret": {"secret"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func payTo(payee string) *tools.Spec {
+	return &tools.Spec{
+		Def: mcp.NewToolWithRawSchema("transfer", "pay", json.RawMessage(`{"type":"object"}`)),
+		Prepare: func(_ context.Context, args map[string]any) (*tools.Call, error) {
+			amount, _ := args["amount"].(float64)
+			return &tools.Call{Args: args, Value: &tools.Value{Amount: amount, Currency: "USD", Counterparty: payee},
+				Facts: map[string]any{"counterparty": map[string]any{"known": true}}}, nil
+		},
+		Run: func(context.Context, *tools.Call) (*tools.Result, error) { return &tools.Result{Content: "paid"}, nil },
+	}
+}
+
+func TestSplitTransfersAreJudgedAsTheirSumAndRefusalsStopCounting(t *testing.T) {
+	f := newFixture(t, config.LevelLow)
+	f.cat.Replace("test", []*tools.Spec{payTo("Acme Supplies")})
+	f.humans.decide = make(chan string, 100)
+	for range 10 {
+		f.humans.decide <- approval.StateDenied
+	}
+	g := New(Options{Catalog: f.cat, Policy: shippedPolicy(t), Audit: f.log, Approvals: f.humans})
+	var wg sync.WaitGroup
+	for range 11 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			g.Handle(context.Background(), Call{Tool: "transfer", Agent: "salami", Args: map[string]any{"amount": 9999.0}})
+		}()
+	}
+	wg.Wait()
+	kinds := map[string]int{}
+	for _, k := range f.log.kinds() {
+		kinds[k]++
+	}
+	if kinds[audit.KindCallExecuted] != 1 || len(f.humans.created) != 10 {
+		t.Fatalf("%d ran and %d waited for a human, want 1 and 10 (log %v)", kinds[audit.KindCallExecuted], len(f.humans.created), kinds)
+	}
+	// The ten denied never ran and no longer count; the one that ran does.
+	in := map[string]any{"amount": 1.0}
+	g.Handle(context.Background(), Call{Tool: "transfer", Agent: "salami", Args: in})
+	if got := f.policy.seen; len(got) != 0 {
+		t.Fatal("the fixture's policy was used")
+	}
+	if kinds2 := f.log.kinds(); kinds2[len(kinds2)-1] != audit.KindCallExecuted {
+		t.Errorf("1 more after 9,999 ran and 99,990 were denied: %v, want it to run", kinds2[len(kinds2)-1])
+	}
+	f.humans.decide <- approval.StateDenied
+	g.Handle(context.Background(), Call{Tool: "transfer", Agent: "salami", Args: map[string]any{"amount": 1.0 + 9999}})
+	if len(f.humans.created) != 11 {
+		t.Errorf("10,000 after 10,000 moved did not wait for a human")
+	}
+	// Another agent, or another payee, starts from nothing.
+	g.Handle(context.Background(), Call{Tool: "transfer", Agent: "other", Args: map[string]any{"amount": 9999.0}})
+	if len(f.humans.created) != 11 {
+		t.Errorf("another agent's 9,999 waited")
+	}
+}
+
+func TestUsageIsRestoredFromTheLog(t *testing.T) {
+	f := newFixture(t, config.LevelLow)
+	f.cat.Replace("test", []*tools.Spec{payTo("Acme Supplies")})
+	g := New(Options{Catalog: f.cat, Policy: shippedPolicy(t), Audit: f.log, Approvals: f.humans})
+	now := time.Now().UTC()
+	at := func(d time.Duration) string { return now.Add(-d).Format(time.RFC3339Nano) }
+	args := json.RawMessage(`{"amount":6000}`)
+	g.RestoreUsage(context.Background(), []audit.Entry{
+		{Kind: audit.KindCallExecuted, Tool: "transfer", Agent: "a", Args: args, Time: at(25 * time.Hour)}, // too old
+		{Kind: audit.KindCallExecuted, Tool: "transfer", Agent: "a", Args: args, Time: at(time.Hour)},
+		{Kind: audit.KindApprovalRequested, Tool: "transfer", Agent: "a", Args: args, RequestID: "r1", Time: at(time.Minute)},
+		{Kind: audit.KindApprovalDenied, Tool: "transfer", Agent: "a", RequestID: "r1", Time: at(time.Minute)},
+	})
+	g.usage.mu.Lock()
+	u := g.usage.facts(keysOf("a", "transfer", &tools.Value{Currency: "USD", Counterparty: "acme supplies"}), now)
+	g.usage.mu.Unlock()
+	if u["agent_payee_amount_24h"] != 6000.0 || u["calls_1h"] != 0.0 && u["calls_1h"] != 1.0 {
+		t.Errorf("restored usage %v, want 6000 moved (one executed; the old one and the denied one do not count)", u)
+	}
+	for _, k := range authz.UsageKeys {
+		if _, ok := u[k]; !ok {
+			t.Errorf("usage lacks %s", k)
 		}
 	}
 }

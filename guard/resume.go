@@ -64,6 +64,19 @@ func (g *Guard) Resume(ctx context.Context) error {
 			return err
 		}
 		for _, u := range unfinished {
+			if u.Wait == approval.WaitBackchannel {
+				// No tool runs for it; its client redeems the approval at
+				// the token endpoint. A claim the crash cut short never
+				// handed out a token (the token's record commits with the
+				// request's end).
+				if u.Claimed {
+					err := g.failClaimed(ctx, u, storedEntry(u), errors.New("the server stopped before the approval token was issued"))
+					if err != nil {
+						return fmt.Errorf("guard: settle request %s: %w", u.ID, err)
+					}
+				}
+				continue
+			}
 			if u.Claimed {
 				if err := g.settleClaimed(ctx, u); err != nil {
 					return fmt.Errorf("guard: settle request %s: %w", u.ID, err)
@@ -405,8 +418,9 @@ func (g *Guard) settleOpenCalls(ctx context.Context, from int64) error {
 // a, which the previous process did not record.
 func (g *Guard) settleOpenCall(ctx context.Context, a audit.Entry) error {
 	spec, ok := g.opts.Catalog.Lookup(a.Tool)
+	// The policy that allowed the call decided it, whatever is loaded now.
 	rec := audit.Entry{Agent: a.Agent, Tool: a.Tool, Args: a.Args, ArgsRedact: a.ArgsRedact,
-		ArgsSHA256: a.ArgsSHA256, Decision: a.Decision, Rule: a.Rule}
+		ArgsSHA256: a.ArgsSHA256, Decision: a.Decision, Rule: a.Rule, PolicySHA256: a.PolicySHA256}
 	where := fmt.Sprintf(" (allowed at seq %d)", a.Seq)
 	switch {
 	case ok && spec.Recover != nil:
@@ -427,7 +441,8 @@ func (g *Guard) settleOpenCall(ctx context.Context, a audit.Entry) error {
 			rec.Kind, rec.Reason = audit.KindCallFailed, noteNeverRan+where
 		}
 	default:
-		rec.Kind, rec.Reason = audit.KindCallInterrupted, noteInterrupted+where
+		// Not a decision: it names no policy.
+		rec.Kind, rec.Reason, rec.PolicySHA256 = audit.KindCallInterrupted, noteInterrupted+where, ""
 	}
 	if _, err := g.opts.Audit.Append(ctx, rec); err != nil {
 		return err

@@ -23,8 +23,6 @@ import (
 	"github.com/mark3labs/mcp-go/mcp"
 )
 
-const origin = "http://localhost:8710"
-
 // book is a backend that, like the ledger, keeps each effect under its
 // call id in one step, and so can tell after a crash whether a call took
 // effect. A call to a book with hold set waits for it to close before
@@ -157,10 +155,7 @@ func (p *process) die() {
 func enroll(t *testing.T, svc *approval.Service) *approvaltest.SoftKey {
 	t.Helper()
 	ctx := context.Background()
-	key, err := approvaltest.NewSoftKey("localhost", origin)
-	if err != nil {
-		t.Fatal(err)
-	}
+	key := approvaltest.NewSoftKey(t, "localhost", origin)
 	link, err := svc.CreateEnrollment(ctx, "alice")
 	if err != nil {
 		t.Fatal(err)
@@ -170,11 +165,7 @@ func enroll(t *testing.T, svc *approval.Service) *approvaltest.SoftKey {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cred, err := key.Create(opts.PublicKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := svc.FinishEnrollment(ctx, token, opts.Ceremony, cred); err != nil {
+	if _, err := svc.FinishEnrollment(ctx, token, opts.Ceremony, key.Create(t, opts.PublicKey)); err != nil {
 		t.Fatal(err)
 	}
 	return key

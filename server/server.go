@@ -33,14 +33,20 @@ type Options struct {
 	Guard   *guard.Guard
 	Version string
 	Logger  *slog.Logger
+	// Routes are served on the agent listener beside MCP, by path, behind
+	// the Host check and the body limit but not bearer authentication:
+	// they authenticate their own clients (CIBA, package ciba, whose
+	// discovery document and key set are public).
+	Routes map[string]http.Handler
 }
 
 // Server is the MCP face of Countersign.
 type Server struct {
-	opts    Options
-	log     *slog.Logger
-	mcp     *mcpserver.MCPServer
-	callers sessions
+	opts     Options
+	log      *slog.Logger
+	mcp      *mcpserver.MCPServer
+	callers  sessions
+	sessions *agentSessions // Streamable HTTP session ids and their agents
 
 	syncMu  sync.Mutex
 	offered map[string]*tools.Spec // what the MCP server lists now
@@ -49,7 +55,7 @@ type Server struct {
 // New builds the MCP server and offers every tool in the catalog, now and
 // as it changes.
 func New(opts Options) (*Server, error) {
-	s := &Server{opts: opts, log: opts.Logger, offered: map[string]*tools.Spec{}}
+	s := &Server{opts: opts, log: opts.Logger, offered: map[string]*tools.Spec{}, sessions: newAgentSessions()}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -57,6 +63,7 @@ func New(opts Options) (*Server, error) {
 	hooks := &mcpserver.Hooks{}
 	hooks.AddOnUnregisterSession(func(_ context.Context, cs mcpserver.ClientSession) {
 		s.callers.cancelAll(cs.SessionID())
+		s.sessions.end(cs.SessionID())
 	})
 	// mcp-go answers a call to a tool it does not list before any handler
 	// runs; record those refusals as well.
@@ -156,6 +163,7 @@ func (s *Server) HTTPHandler(baseURL string) (h http.Handler, shutdown func(cont
 		mcpserver.WithHTTPContextFunc(ctxFunc),
 		mcpserver.WithStreamableHTTPLogger(s.log),
 		mcpserver.WithHeartbeatInterval(15*time.Second),
+		mcpserver.WithSessionIdManagerResolver(s.sessions),
 	)
 	sse := mcpserver.NewSSEServer(s.mcp,
 		mcpserver.WithBaseURL(baseURL),
@@ -165,10 +173,15 @@ func (s *Server) HTTPHandler(baseURL string) (h http.Handler, shutdown func(cont
 		mcpserver.WithKeepAlive(true),
 	)
 	mux := http.NewServeMux()
-	mux.Handle("/mcp", streamable)
+	mux.Handle("/mcp", s.sessions.checkSession(streamable, s.callers.cancelAll))
 	mux.Handle("/sse", sse.SSEHandler())
 	mux.Handle("/message", sse.MessageHandler())
-	h = checkHost(cfg.AllowedHosts, authenticate(cfg.Agents, s.log, limitBody(cfg.MaxBodyBytes, mux)))
+	root := http.NewServeMux()
+	root.Handle("/", authenticate(cfg.Agents, s.log, limitBody(cfg.MaxBodyBytes, mux)))
+	for path, rh := range s.opts.Routes {
+		root.Handle(path, limitBody(cfg.MaxBodyBytes, rh))
+	}
+	h = checkHost(cfg.AllowedHosts, root)
 	shutdown = func(ctx context.Context) error {
 		return errors.Join(streamable.Shutdown(ctx), sse.Shutdown(ctx))
 	}

@@ -52,7 +52,9 @@ func New(ctx context.Context, cfg *config.Config, db *sql.DB) (*Catalog, error) 
 func builtins(ctx context.Context, cfg *config.Config, db *sql.DB, c *Catalog) ([]*Spec, error) {
 	names := make([]string, 0, len(cfg.Tools))
 	for name := range cfg.Tools {
-		if slices.Contains(config.BuiltinTools, name) && name != "approval_status" {
+		// approval_status is the guard's; ciba is the policy of CIBA
+		// requests, never an MCP tool.
+		if slices.Contains(config.BuiltinTools, name) && name != "approval_status" && name != "ciba" {
 			names = append(names, name)
 		}
 	}
@@ -109,6 +111,7 @@ func builtins(ctx context.Context, cfg *config.Config, db *sql.DB, c *Catalog) (
 		if err != nil {
 			return nil, fmt.Errorf("tools: %s: %w", name, err)
 		}
+		t.Pure = t.ReadOnly() // our own annotations are honest
 		specs = append(specs, t)
 	}
 	return specs, nil

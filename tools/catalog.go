@@ -41,6 +41,13 @@ type Spec struct {
 	// the call was approved: an upstream call is cancelled upstream when
 	// its agent gives up. Built-in backends finish what they started.
 	FollowCancel bool
+	// Pure says Run changes nothing anywhere: a built-in tool that only
+	// reads. The guard then records a routine call once, after it ran,
+	// rather than before and after, since nothing needs undoing or
+	// explaining if the process dies in between: the agent gets the result
+	// only once its record is durable. An upstream's readOnlyHint is the
+	// upstream's claim, not a guarantee, so upstream tools are never Pure.
+	Pure bool
 	// Prepare validates the (already schema-valid) arguments semantically,
 	// applies defaults, and gathers facts and authorization details. It
 	// has no side effects. Bad input is an *ArgError.
@@ -83,6 +90,21 @@ type Call struct {
 	Details json.RawMessage
 	// Summary is short human text, e.g. "Pay USD 500,000.00 from operating to Vendor X".
 	Summary string
+	// Value is what the call moves, for tools that move value (transfer):
+	// the policy sees the sums of earlier calls in rolling windows.
+	Value *Value
+	// Approval is the approval token (package token) of a countersigned
+	// call, which the guard sets once the humans approved and before Run.
+	// A tool that hands the action to another system passes it on, so
+	// that system can check for itself what was approved.
+	Approval string
+}
+
+// Value is an amount moved to a counterparty.
+type Value struct {
+	Amount       float64 // in major units, as the agent wrote it
+	Currency     string
+	Counterparty string // as the ledger names it
 }
 
 // Result is what a tool returns.

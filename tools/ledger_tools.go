@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"regexp"
 	"slices"
+	"strconv"
 	"time"
 	"unicode"
 	"unicode/utf8"
@@ -373,6 +374,7 @@ func (lt *ledgerTools) transfer() *Spec {
 				}},
 				Details: mustJSON([]any{detail}),
 				Summary: fmt.Sprintf("Pay %s from %s to %s", ledger.FormatHuman(ta.req.Amount, ta.currency), ta.req.From, name),
+				Value:   &Value{Amount: major(ta.req.Amount, ta.currency), Currency: ta.currency, Counterparty: name},
 			}, nil
 		},
 		Run: func(ctx context.Context, call *Call) (*Result, error) {
@@ -410,4 +412,10 @@ func transferResult(t ledger.Transfer, callID string) *Result {
 		out["call_id"] = callID
 	}
 	return &Result{Content: out, Record: out}
+}
+
+// major is an amount in minor units as the agent writes it, in major units.
+func major(minor int64, currency string) float64 {
+	f, _ := strconv.ParseFloat(ledger.FormatAmount(minor, currency), 64)
+	return f
 }

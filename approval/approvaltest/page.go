@@ -118,7 +118,7 @@ func (p *Page) Enroll(link string, key *SoftKey) error {
 	if begin.Step != "create" {
 		return fmt.Errorf("approver page: enrollment step %q; Enroll registers first keys only", begin.Step)
 	}
-	cred, err := key.Create(begin.PublicKey)
+	cred, err := key.Register(begin.PublicKey)
 	if err != nil {
 		return err
 	}

@@ -9,29 +9,42 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"testing"
 
 	"github.com/fxamacker/cbor/v2"
 )
 
-// SoftKey is a security key in software: an ECDSA P-256 credential that
-// builds authenticatorData and clientDataJSON and signs them as a CTAP2
-// authenticator would, for tests that approve without a browser (through
-// the service in Go, or the page's JSON endpoints). Its fields are open so
-// that a test can make it misbehave on purpose: claim another key's ID,
-// sign for another origin or RP ID, turn its counter back, drop UV.
+// SoftKey is a security key in software, for tests that approve without a
+// browser: an ECDSA P-256 credential that answers the page's
+// navigator.credentials.create() and .get() options as a CTAP2
+// authenticator would, signing real authenticatorData and clientDataJSON.
+// It speaks the JSON the approver page exchanges (options in,
+// PublicKeyCredential.toJSON() out), so it needs nothing of package
+// approval.
 type SoftKey struct {
-	Priv    *ecdsa.PrivateKey
-	ID      []byte // credential id
-	Counter uint32 // incremented before each assertion
-	RPID    string
-	Origin  string
-	UV      bool   // report user verification (PIN or biometric)
-	Handle  []byte // user handle learned at registration, sent with assertions
+	RPID   string
+	Origin string
+	UV     bool // report user verification (PIN or biometric)
+
+	priv    *ecdsa.PrivateKey
+	id      []byte
+	counter uint32
+	handle  []byte
 }
 
-// NewSoftKey returns a key for rpID that signs as if on a page at origin,
-// reporting user verification.
-func NewSoftKey(rpID, origin string) (*SoftKey, error) {
+// NewSoftKey returns a key for one RP ID and origin that reports user
+// verification.
+func NewSoftKey(t testing.TB, rpID, origin string) *SoftKey {
+	t.Helper()
+	k, err := NewKey(rpID, origin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+// NewKey is NewSoftKey for programs that are not tests (bench/crashload).
+func NewKey(rpID, origin string) (*SoftKey, error) {
 	priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, err
@@ -40,50 +53,57 @@ func NewSoftKey(rpID, origin string) (*SoftKey, error) {
 	if _, err := rand.Read(id); err != nil {
 		return nil, err
 	}
-	return &SoftKey{Priv: priv, ID: id, RPID: rpID, Origin: origin, UV: true}, nil
+	return &SoftKey{RPID: rpID, Origin: origin, UV: true, priv: priv, id: id}, nil
 }
+
+// ID is the credential id.
+func (k *SoftKey) ID() []byte { return k.id }
 
 func b64(b []byte) string { return base64.RawURLEncoding.EncodeToString(b) }
 
-// ClientData is the clientDataJSON of a ceremony of type typ
-// ("webauthn.create" or "webauthn.get").
-func (k *SoftKey) ClientData(typ, challenge string) []byte {
+func (k *SoftKey) clientData(typ, challenge string) []byte {
 	b, _ := json.Marshal(map[string]any{"type": typ, "challenge": challenge, "origin": k.Origin, "crossOrigin": false})
 	return b
 }
 
-// AuthData is authenticatorData with UP (and UV, AT as asked) and the
-// current counter, followed by extra.
-func (k *SoftKey) AuthData(extra []byte, attested bool) []byte {
+func (k *SoftKey) authData(attested []byte) []byte {
 	rp := sha256.Sum256([]byte(k.RPID))
 	flags := byte(0x01) // UP
 	if k.UV {
 		flags |= 0x04
 	}
-	if attested {
+	if attested != nil {
 		flags |= 0x40
 	}
 	out := append(rp[:], flags)
-	out = binary.BigEndian.AppendUint32(out, k.Counter)
-	return append(out, extra...)
+	out = binary.BigEndian.AppendUint32(out, k.counter)
+	return append(out, attested...)
 }
 
-// COSEKey is the credential's public key as a COSE_Key.
-func (k *SoftKey) COSEKey() []byte {
-	x := k.Priv.PublicKey.X.FillBytes(make([]byte, 32))
-	y := k.Priv.PublicKey.Y.FillBytes(make([]byte, 32))
+func (k *SoftKey) coseKey() []byte {
+	x := k.priv.PublicKey.X.FillBytes(make([]byte, 32))
+	y := k.priv.PublicKey.Y.FillBytes(make([]byte, 32))
 	em, _ := cbor.CTAP2EncOptions().EncMode()
 	b, err := em.Marshal(map[int]any{1: 2, 3: -7, -1: 1, -2: x, -3: y})
 	if err != nil {
-		panic(err) // a fixed map of ints and byte strings always encodes
+		panic(err)
 	}
 	return b
 }
 
 // Create answers navigator.credentials.create() options (the publicKey
-// member, as JSON) with a "none" attestation, and remembers the user
-// handle.
-func (k *SoftKey) Create(publicKey json.RawMessage) ([]byte, error) {
+// member, as JSON) with a "none" attestation.
+func (k *SoftKey) Create(t testing.TB, publicKey json.RawMessage) []byte {
+	t.Helper()
+	b, err := k.Register(publicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// Register is Create for programs that are not tests.
+func (k *SoftKey) Register(publicKey json.RawMessage) ([]byte, error) {
 	var opts struct {
 		Challenge string `json:"challenge"`
 		User      struct {
@@ -93,44 +113,42 @@ func (k *SoftKey) Create(publicKey json.RawMessage) ([]byte, error) {
 	if err := json.Unmarshal(publicKey, &opts); err != nil {
 		return nil, fmt.Errorf("soft key: creation options: %w", err)
 	}
-	k.Handle, _ = base64.RawURLEncoding.DecodeString(opts.User.ID)
-	cd := k.ClientData("webauthn.create", opts.Challenge)
+	k.handle, _ = base64.RawURLEncoding.DecodeString(opts.User.ID)
+	cd := k.clientData("webauthn.create", opts.Challenge)
 	attested := make([]byte, 16) // zero AAGUID
-	attested = binary.BigEndian.AppendUint16(attested, uint16(len(k.ID)))
-	attested = append(attested, k.ID...)
-	attested = append(attested, k.COSEKey()...)
+	attested = binary.BigEndian.AppendUint16(attested, uint16(len(k.id)))
+	attested = append(attested, k.id...)
+	attested = append(attested, k.coseKey()...)
 	em, _ := cbor.CTAP2EncOptions().EncMode()
-	att, err := em.Marshal(map[string]any{"fmt": "none", "attStmt": map[string]any{}, "authData": k.AuthData(attested, true)})
+	att, err := em.Marshal(map[string]any{"fmt": "none", "attStmt": map[string]any{}, "authData": k.authData(attested)})
 	if err != nil {
 		return nil, fmt.Errorf("soft key: attestation: %w", err)
 	}
 	return json.Marshal(map[string]any{
-		"id": b64(k.ID), "rawId": b64(k.ID), "type": "public-key",
+		"id": b64(k.id), "rawId": b64(k.id), "type": "public-key",
 		"response":               map[string]any{"clientDataJSON": b64(cd), "attestationObject": b64(att), "transports": []string{"usb"}},
 		"clientExtensionResults": map[string]any{},
 	})
 }
 
-// Get answers navigator.credentials.get() for challenge (base64url).
+// Get answers navigator.credentials.get() for a challenge (base64url):
+// one tap, so the sign counter goes up by one.
 func (k *SoftKey) Get(challenge string) []byte {
-	k.Counter++
-	return k.Sign(k.ClientData("webauthn.get", challenge), k.AuthData(nil, false))
-}
-
-// Sign makes an assertion response over clientData and authData.
-func (k *SoftKey) Sign(clientData, authData []byte) []byte {
-	h := sha256.Sum256(clientData)
-	msg := sha256.Sum256(append(append([]byte{}, authData...), h[:]...))
-	sig, err := ecdsa.SignASN1(rand.Reader, k.Priv, msg[:])
+	k.counter++
+	cd := k.clientData("webauthn.get", challenge)
+	ad := k.authData(nil)
+	h := sha256.Sum256(cd)
+	msg := sha256.Sum256(append(append([]byte{}, ad...), h[:]...))
+	sig, err := ecdsa.SignASN1(rand.Reader, k.priv, msg[:])
 	if err != nil {
-		panic(err) // crypto/rand failing is not a test outcome
+		panic(err)
 	}
-	resp := map[string]any{"clientDataJSON": b64(clientData), "authenticatorData": b64(authData), "signature": b64(sig)}
-	if k.Handle != nil {
-		resp["userHandle"] = b64(k.Handle)
+	resp := map[string]any{"clientDataJSON": b64(cd), "authenticatorData": b64(ad), "signature": b64(sig)}
+	if k.handle != nil {
+		resp["userHandle"] = b64(k.handle)
 	}
 	b, _ := json.Marshal(map[string]any{
-		"id": b64(k.ID), "rawId": b64(k.ID), "type": "public-key",
+		"id": b64(k.id), "rawId": b64(k.id), "type": "public-key",
 		"response": resp, "clientExtensionResults": map[string]any{},
 	})
 	return b

@@ -206,7 +206,7 @@ func (r *run) cli(args ...string) (string, error) {
 
 // enroll gives alice (who may approve everything) a software key.
 func (r *run) enroll(s *server) error {
-	key, err := approvaltest.NewSoftKey("localhost", origin)
+	key, err := approvaltest.NewKey("localhost", origin)
 	if err != nil {
 		return err
 	}

@@ -104,6 +104,7 @@ func writeFileAtomic(path string, write func(io.Writer) error) error {
 
 func newAuditVerifyCmd() *cobra.Command {
 	var keyArg, previous string
+	var allSigs, replay bool
 	cmd := &cobra.Command{
 		Use:   "verify FILE --key PUBKEY-or-FILE",
 		Short: "Check an export offline: hashes, links, signatures, checkpoint and every key assertion",
@@ -112,7 +113,18 @@ countersign audit pubkey, or a file holding it). With --previous it also
 proves that the export extends an older one, so history between the two
 cannot have been rewritten. It prints a summary, or the first bad seq and
 why, and exits non-zero unless everything holds. No config or database is
-read.`,
+read.
+
+Entries are authenticated by the export's signed checkpoint, whose Merkle
+root covers every entry's hash; --all-signatures also checks each entry's
+own signature, which proves nothing more about a complete export and takes
+one Ed25519 verification per entry.
+
+--replay-policy checks each call that ran and each approval request against
+the policy the server had loaded (policy.loaded): the level, the rules named
+and the approvers, quorum and user verification required. Facts a backend
+supplied are not in the log, so a rule that depends on them is not held
+against it; a rule the logged arguments settle is.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			key, err := readPublicKey(keyArg)
@@ -124,16 +136,19 @@ read.`,
 				return err
 			}
 			defer f.Close()
-			var prev io.Reader
+			opts := audit.VerifyOptions{AllSignatures: allSigs}
+			if replay {
+				opts.ReplayPolicy = newPolicyReplayer()
+			}
 			if previous != "" {
 				pf, err := os.Open(previous)
 				if err != nil {
 					return err
 				}
 				defer pf.Close()
-				prev = pf
+				opts.Previous = bufio.NewReaderSize(pf, 1<<20)
 			}
-			summary, err := audit.Verify(bufio.NewReaderSize(f, 1<<20), key, prev)
+			summary, err := audit.Verify(bufio.NewReaderSize(f, 1<<20), key, opts)
 			if err != nil {
 				return err
 			}
@@ -143,6 +158,8 @@ read.`,
 	}
 	cmd.Flags().StringVar(&keyArg, "key", "", "the server's public key, or a file holding it (required)")
 	cmd.Flags().StringVar(&previous, "previous", "", "an older export this one must extend")
+	cmd.Flags().BoolVar(&allSigs, "all-signatures", false, "also verify every entry's own signature (slower; the checkpoint already covers them)")
+	cmd.Flags().BoolVar(&replay, "replay-policy", false, "check every decision against the policy it names (policy.loaded): level, rules and approval requirement")
 	cmd.MarkFlagRequired("key")
 	return cmd
 }
@@ -226,8 +243,9 @@ func humanLine(e audit.Entry) string {
 	}
 	fmt.Fprintf(&b, "#%-6d %s  %-20s", e.Seq, t, e.Kind)
 	for _, f := range []struct{ name, value string }{
-		{"agent", e.Agent}, {"tool", e.Tool}, {"decision", e.Decision}, {"request", e.RequestID},
-		{"approver", e.Approver}, {"rule", e.Rule}, {"display", e.Display}, {"reason", e.Reason},
+		{"agent", e.Agent}, {"tool", e.Tool}, {"decision", e.Decision}, {"level", e.Level}, {"request", e.RequestID},
+		{"approver", e.Approver}, {"approvers", strings.Join(e.Approvers, ",")}, {"eligible", strings.Join(e.Eligible, ",")},
+		{"rule", e.Rule}, {"display", e.Display}, {"reason", e.Reason},
 	} {
 		if f.value != "" {
 			fmt.Fprintf(&b, " %s=%q", f.name, f.value)

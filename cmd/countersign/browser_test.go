@@ -362,7 +362,7 @@ func TestBrowserApproveDenyQuorumThenAuditVerifies(t *testing.T) {
 	if err := os.WriteFile(keyFile, []byte(key), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	summary := runCLI(t, p.cfg, "audit", "verify", export, "--key", keyFile)
+	summary := runCLI(t, p.cfg, "audit", "verify", export, "--key", keyFile, "--replay-policy")
 	m := regexp.MustCompile(`(\d+) key assertions verified`).FindStringSubmatch(summary)
 	if m == nil {
 		t.Fatalf("verify summary %q does not count key assertions", summary)
@@ -370,6 +370,15 @@ func TestBrowserApproveDenyQuorumThenAuditVerifies(t *testing.T) {
 	// One per tap: alice's approval, bob's deny, both critical approvals.
 	if n, _ := strconv.Atoi(m[1]); n < 4 {
 		t.Fatalf("verify checked %d key assertions, want at least 4 (one per tap): %s", n, summary)
+	}
+	// Both approvals met their recorded quorum, and both transfers that
+	// ran are tied to them.
+	if !strings.Contains(summary, "2 approvals met their quorum, 2 countersigned executions matched their approval") {
+		t.Fatalf("verify summary %q does not show 2 approvals and 2 executions checked", summary)
+	}
+	// Every decision named the policy serve loaded, and replays against it.
+	if m := regexp.MustCompile(`(\d+) decisions replayed against their policy`).FindStringSubmatch(summary); m == nil || m[1] == "0" || strings.Contains(summary, "not replayed") {
+		t.Fatalf("verify summary %q does not show every decision replayed", summary)
 	}
 	exported, err := os.ReadFile(export)
 	if err != nil {

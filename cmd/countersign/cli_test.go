@@ -113,6 +113,26 @@ func TestApproversAndAuditCommands(t *testing.T) {
 		t.Fatalf("verify of a genuine export failed: %s %s", out, errOut)
 	}
 
+	// Nothing appended since: an export --since the last seq holds only
+	// the checkpoint and verifies against the previous export, saying it
+	// proves nothing new. Past the end is an error, and no file.
+	again := filepath.Join(dir, "again.jsonl")
+	if _, errOut, code = cli(t, dir, "audit", "export", "--since", "1", "--out", again); code != 0 {
+		t.Fatalf("export --since 1: %s", errOut)
+	}
+	out, errOut, code = cli(t, dir, "audit", "verify", again, "--key", keyFile, "--previous", export)
+	if code != 0 || !strings.Contains(out, "Nothing new is proven") {
+		t.Errorf("verify of an export with nothing new: exit %d\n%s%s", code, out, errOut)
+	}
+	past := filepath.Join(dir, "past.jsonl")
+	_, errOut, code = cli(t, dir, "audit", "export", "--since", "2", "--out", past)
+	if code == 0 || !strings.Contains(errOut, "export --since 2: the log ends at seq 1") {
+		t.Errorf("export --since past the end: exit %d, stderr %q", code, errOut)
+	}
+	if _, err := os.Stat(past); !os.IsNotExist(err) {
+		t.Errorf("export --since past the end left a file: %v", err)
+	}
+
 	// One changed byte in the enrollment entry must be caught at seq 1.
 	data, _ := os.ReadFile(export)
 	tampered := filepath.Join(dir, "tampered.jsonl")

@@ -7,7 +7,6 @@ import (
 
 	"github.com/countersign/countersign/authz"
 	"github.com/countersign/countersign/config"
-	"github.com/countersign/countersign/tools"
 	"github.com/spf13/cobra"
 )
 
@@ -79,12 +78,9 @@ offer.`,
 // compilePolicy compiles the rules of c; a rule that does not compile is a
 // configuration error.
 func compilePolicy(c *config.Config, log *slog.Logger) (*authz.Policy, error) {
-	p, err := authz.Compile(c.Tools, c.Approvers, authz.Options{
-		DefaultTimeout: c.Approval.Timeout,
-		Facts:          tools.Facts(),
-		Upstreams:      c.Upstreams,
-		Logger:         log,
-	})
+	opts := policyOptions(c)
+	opts.Logger = log
+	p, err := authz.Compile(c.Tools, c.Approvers, opts)
 	if err != nil {
 		return nil, configError(fmt.Errorf("%s: %w", c.Source, err))
 	}

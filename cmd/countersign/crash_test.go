@@ -171,10 +171,7 @@ func (s *site) startWith(args []string, env ...string) *node {
 	}
 	n.page = approvaltest.NewPage(pageAddr, crashOrigin)
 	if s.key == nil {
-		key, err := approvaltest.NewSoftKey("localhost", crashOrigin)
-		if err != nil {
-			s.t.Fatal(err)
-		}
+		key := approvaltest.NewSoftKey(s.t, "localhost", crashOrigin)
 		link := strings.TrimSpace(s.cli("approvers", "enroll", "alice"))
 		if err := n.page.Enroll(link, key); err != nil {
 			s.t.Fatal(err)

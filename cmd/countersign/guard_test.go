@@ -405,3 +405,58 @@ func TestSecretValuesNeverReachTheAuditLog(t *testing.T) {
 		t.Error("the read was not recorded")
 	}
 }
+
+// The salami attack: eleven transfers of 9,999 to the same known payee,
+// all at once. The shipped policy sums what the agent already moved or has
+// waiting, so one runs and the other ten wait for a human.
+func TestSplitTransfersInParallelWaitForAHuman(t *testing.T) {
+	s, base := startHTTP(t, testConfig(t, func(c *config.Config) {
+		tr := c.Tools["transfer"]
+		tr.Timeout = 20 * time.Second
+		c.Tools["transfer"] = tr
+	}))
+	cs := connect(t, &sdk.StreamableClientTransport{Endpoint: base + "/mcp", MaxRetries: -1}, protocolVersions[0], nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var wg sync.WaitGroup
+	for range 11 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cs.CallTool(ctx, &sdk.CallToolParams{Name: "transfer", Arguments: transferArgs(9999)})
+		}()
+	}
+	waitFor(t, func() bool {
+		return len(entries(t, s, audit.KindApprovalRequested)) == 10 && len(entries(t, s, audit.KindCallExecuted)) == 1
+	})
+	for _, e := range entries(t, s, audit.KindApprovalRequested) {
+		if !strings.Contains(e.Reason, "large-or-new-payee") && e.Tool != "transfer" {
+			t.Errorf("request %+v", e)
+		}
+	}
+	if n := len(entries(t, s, audit.KindCallExecuted)); n != 1 {
+		t.Errorf("%d transfers ran, want 1", n)
+	}
+	cancel()
+	wg.Wait()
+}
+
+// Usage windows survive a restart: they are rebuilt from the audit log.
+func TestUsageSurvivesARestart(t *testing.T) {
+	c := testConfig(t, nil)
+	s1, base1 := startHTTP(t, c)
+	cs1 := connect(t, &sdk.StreamableClientTransport{Endpoint: base1 + "/mcp", MaxRetries: -1}, protocolVersions[0], nil)
+	if res := callTool(t, cs1, "transfer", transferArgs(9999)); res.IsError {
+		t.Fatalf("first 9,999: %s", resultText(res))
+	}
+	cs1.Close()
+	if err := s1.close(); err != nil {
+		t.Fatal(err)
+	}
+	s2, base2 := startHTTP(t, c)
+	cs2 := connect(t, &sdk.StreamableClientTransport{Endpoint: base2 + "/mcp", MaxRetries: -1}, protocolVersions[0], nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go cs2.CallTool(ctx, &sdk.CallToolParams{Name: "transfer", Arguments: transferArgs(9999)})
+	waitFor(t, func() bool { return len(entries(t, s2, audit.KindApprovalRequested)) == 1 })
+}

@@ -23,7 +23,7 @@ func newPolicyCmd() *cobra.Command {
 		Use:   "policy",
 		Short: "Dry-run calls against the policy",
 	}
-	var toolName, argsJSON, agent, factsJSON, casesFile string
+	var toolName, argsJSON, agent, factsJSON, casesFile, usageJSON string
 	var connect, readOnly bool
 	test := &cobra.Command{
 		Use:   "test",
@@ -107,7 +107,14 @@ which depends on the tool's readOnlyHint: --connect asks the upstream, or
 					fmt.Fprintf(out, "upstream tool:\t%s (readOnlyHint %v)\n", toolName, readOnly)
 				}
 			}
-			d := policy.Decide(authz.Input{Tool: toolName, Agent: agent, Args: args, Facts: f, Now: time.Now(), ReadOnly: readOnly})
+			var usage map[string]any
+			if usageJSON != "" {
+				if err := decodeObject(usageJSON, &usage); err != nil {
+					return fmt.Errorf("--usage: %w", err)
+				}
+			}
+			d := policy.Decide(authz.Input{Tool: toolName, Agent: agent, Args: args, Facts: f, Now: time.Now(),
+				ReadOnly: readOnly, Usage: authz.NoUsage(usage)})
 			return printDecision(out, d)
 		},
 	}
@@ -116,6 +123,7 @@ which depends on the tool's readOnlyHint: --connect asks the upstream, or
 	test.Flags().StringVar(&agent, "agent", "cli", "agent id the rules see")
 	test.Flags().StringVar(&factsJSON, "facts", "", "facts as a JSON object (default: asked of the backend)")
 	test.Flags().StringVar(&casesFile, "cases", "", "YAML file of cases with expected decisions")
+	test.Flags().StringVar(&usageJSON, "usage", "", `what the agent did before, e.g. '{"agent_payee_amount_24h": 9999}' (default: nothing)`)
 	test.Flags().BoolVar(&connect, "connect", false, "for an upstream tool, connect to its upstream and use the tool's live readOnlyHint")
 	test.Flags().BoolVar(&readOnly, "read-only", false, "treat the tool as annotated readOnlyHint (upstream tools without --connect)")
 	cmd.AddCommand(test)

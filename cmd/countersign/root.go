@@ -63,7 +63,7 @@ Start with:
 	root.SetErr(stderr)
 	root.PersistentFlags().String("config", "", "path to mcp.yaml (default: $COUNTERSIGN_CONFIG, ./mcp.yaml, else the embedded default)")
 	root.PersistentFlags().String("log-format", "", "log format on stderr: text or json (default from config)")
-	root.AddCommand(newServeCmd(), newConfigCmd(), newVersionCmd(), newPolicyCmd(), newAuditCmd(), newApproversCmd())
+	root.AddCommand(newServeCmd(), newConfigCmd(), newVersionCmd(), newPolicyCmd(), newAuditCmd(), newApproversCmd(), newTokenCmd())
 	return root
 }
 

@@ -16,10 +16,12 @@ import (
 
 	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/ciba"
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/guard"
 	"github.com/countersign/countersign/server"
 	"github.com/countersign/countersign/store"
+	"github.com/countersign/countersign/token"
 	"github.com/countersign/countersign/tools"
 	"github.com/countersign/countersign/tools/upstream"
 	"github.com/countersign/countersign/witness"
@@ -70,6 +72,7 @@ type stack struct {
 	audit     *audit.Log
 	tools     *tools.Catalog
 	approvals *approval.Service
+	tokens    *token.Signer
 	guard     *guard.Guard
 	upstreams *upstream.Manager
 	server    *server.Server
@@ -94,10 +97,15 @@ func assemble(ctx context.Context, c *config.Config, log *slog.Logger) (_ *stack
 	if err != nil {
 		return nil, err
 	}
+	// Before anything is appended: a database restored from an older
+	// copy is refused (package witness).
 	if c.Audit.WitnessFile != "" {
 		if err := s.startWitness(ctx, c, log); err != nil {
 			return nil, err
 		}
+	}
+	if err = logPolicy(ctx, s.audit, c); err != nil {
+		return nil, err
 	}
 	if s.tools, err = tools.New(ctx, c, s.db); err != nil {
 		return nil, err
@@ -123,10 +131,15 @@ func assemble(ctx context.Context, c *config.Config, log *slog.Logger) (_ *stack
 			}
 		}
 	}
+	if s.tokens, err = tokenSigner(c); err != nil {
+		return nil, err
+	}
 	s.guard = guard.New(guard.Options{
 		Catalog: s.tools, Policy: policy, Audit: s.audit, Approvals: s.approvals,
+		Evidence: s.approvals, Tokens: s.tokens,
 		History: s.audit, Marks: store.Marks{DB: s.db},
 		Tools: c.Tools, Logger: log.With("component", "guard"),
+		MaxArgBytes: c.Limits.MaxArgBytes, MaxArgDepth: c.Limits.MaxArgDepth,
 	})
 	if _, ok := c.Tools["approval_status"]; ok {
 		if err := s.tools.Replace("guard", []*tools.Spec{s.guard.StatusSpec()}); err != nil {
@@ -134,12 +147,23 @@ func assemble(ctx context.Context, c *config.Config, log *slog.Logger) (_ *stack
 		}
 	}
 	// Before anything is served: what the previous process left unfinished
-	// is cancelled, recorded or resumed (see package guard).
+	// is cancelled, recorded or resumed (see package guard); the usage
+	// windows then count what that recorded too.
 	if err := s.guard.Resume(ctx); err != nil {
 		return nil, fmt.Errorf("settling what the previous run left unfinished: %w", err)
 	}
+	recent, err := recentEntries(ctx, s.audit, time.Now().Add(-24*time.Hour))
+	if err != nil {
+		return nil, fmt.Errorf("reading the last day of the audit log for usage windows: %w", err)
+	}
+	s.guard.RestoreUsage(ctx, recent)
+	routes, err := cibaRoutes(c, s.guard, s.tokens, log.With("component", "ciba"))
+	if err != nil {
+		return nil, err
+	}
 	s.server, err = server.New(server.Options{
 		Config: c, Catalog: s.tools, Guard: s.guard, Version: buildVersion(), Logger: log.With("component", "server"),
+		Routes: routes,
 	})
 	if err != nil {
 		return nil, err
@@ -269,6 +293,19 @@ func serve(ctx context.Context, c *config.Config, log *slog.Logger) (err error) 
 	if c.HTTP.Addr != "" && len(c.HTTP.Agents) == 0 && !loopback(c.HTTP.Addr) {
 		return configError(fmt.Errorf("%s: http.agents: an HTTP listener on %s (not loopback) needs at least one agent token", c.Source, c.HTTP.Addr))
 	}
+	// The agent listener opens first: its address is the default issuer of
+	// approval tokens.
+	var agentLn net.Listener
+	if c.HTTP.Addr != "" {
+		if agentLn, err = listen(c.HTTP.Addr); err != nil {
+			return fmt.Errorf("agent listener: %w", err)
+		}
+		defer agentLn.Close()
+		c.HTTP.Addr = agentLn.Addr().String()
+		if c.HTTP.Issuer == "" && !loopback(c.HTTP.Addr) {
+			log.Warn("approval tokens name the agent listener by its address; set http.issuer to the URL clients use", "issuer", issuer(c))
+		}
+	}
 	s, err := assemble(ctx, c, log)
 	if err != nil {
 		return err
@@ -326,16 +363,16 @@ func serve(ctx context.Context, c *config.Config, log *slog.Logger) (err error) 
 		return nil
 	}
 
-	ln, err := listen(c.HTTP.Addr)
-	if err != nil {
-		return fmt.Errorf("agent listener: %w", err)
-	}
+	ln := agentLn
 	base := "http://" + ln.Addr().String()
 	handler, closeSessions := srv.HTTPHandler(base)
 	agentSrv := newHTTPServer(handler, log)
 	errc := make(chan error, 1)
 	go func() { errc <- agentSrv.Serve(ln) }()
 	log.Info("serving MCP over HTTP", "streamable", base+"/mcp", "sse", base+"/sse")
+	_, cibaOn := c.Tools[ciba.Tool]
+	log.Info("serving CIBA", "enabled", cibaOn, "backchannel", issuer(c)+ciba.PathAuthorize,
+		"token", issuer(c)+ciba.PathToken, "jwks", issuer(c)+ciba.PathJWKS)
 	select {
 	case <-ctx.Done():
 	case err := <-errc:
@@ -410,4 +447,39 @@ func loopback(addr string) bool {
 	}
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()
+}
+
+// recentEntries reads the audit log's entries from since on, oldest first.
+// The log is in time order, so the first of them is found by halving.
+func recentEntries(ctx context.Context, log *audit.Log, since time.Time) ([]audit.Entry, error) {
+	last, err := log.LastSeq(ctx)
+	if err != nil {
+		return nil, err
+	}
+	lo, hi := int64(0), last // the answer is in (lo, hi+1]
+	cutoff := since.UTC().Format(audit.TimeFormat)
+	for lo < hi {
+		mid := lo + (hi-lo)/2
+		e, err := log.Since(ctx, mid, 1)
+		if err != nil {
+			return nil, err
+		}
+		if len(e) == 0 || e[0].Time >= cutoff {
+			hi = mid
+		} else {
+			lo = mid + 1
+		}
+	}
+	var out []audit.Entry
+	for seq := lo; ; {
+		batch, err := log.Since(ctx, seq, 1000)
+		if err != nil {
+			return nil, err
+		}
+		if len(batch) == 0 {
+			return out, nil
+		}
+		out = append(out, batch...)
+		seq = batch[len(batch)-1].Seq
+	}
 }

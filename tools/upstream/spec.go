@@ -16,8 +16,9 @@ import (
 // call: {"type": "mcp_tool_call", "server": ..., "tool": ..., "arguments": {...}}.
 const DetailType = "mcp_tool_call"
 
-// caller runs one tool upstream.
-type caller func(ctx context.Context, tool string, args map[string]any) (*mcp.CallToolResult, error)
+// caller runs one tool upstream; approval, when set, is the call's
+// approval token, sent in the request's _meta.
+type caller func(ctx context.Context, tool string, args map[string]any, approval string) (*mcp.CallToolResult, error)
 
 // Specs turns an upstream's tool list into catalog specs. It refuses a tool
 // whose exposed name would not be a valid MCP tool name (a *NameError), a
@@ -118,7 +119,7 @@ func spec(server, tool string, def mcp.Tool, call caller) *tools.Spec {
 			}, nil
 		},
 		Run: func(ctx context.Context, c *tools.Call) (*tools.Result, error) {
-			res, err := call(ctx, tool, c.Args)
+			res, err := call(ctx, tool, c.Args, c.Approval)
 			if err != nil {
 				return nil, err
 			}

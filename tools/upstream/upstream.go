@@ -35,6 +35,7 @@ import (
 	"time"
 
 	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/token"
 	"github.com/countersign/countersign/tools"
 	"github.com/google/uuid"
 	"github.com/mark3labs/mcp-go/mcp"
@@ -383,7 +384,7 @@ func (c *conn) close() {
 }
 
 // call runs one tool upstream, forwarding progress and cancellation.
-func (c *conn) call(ctx context.Context, tool string, args map[string]any) (*mcp.CallToolResult, error) {
+func (c *conn) call(ctx context.Context, tool string, args map[string]any, approval string) (*mcp.CallToolResult, error) {
 	c.mu.Lock()
 	session, lastErr := c.session, c.lastErr
 	c.mu.Unlock()
@@ -399,6 +400,14 @@ func (c *conn) call(ctx context.Context, tool string, args map[string]any) (*mcp
 		c.progress.Store(token, p)
 		defer c.progress.Delete(token)
 		params.Meta = sdk.Meta{"progressToken": token}
+	}
+	// An upstream that wants to can check, against Countersign's published
+	// keys, that humans approved exactly these arguments.
+	if approval != "" {
+		if params.Meta == nil {
+			params.Meta = sdk.Meta{}
+		}
+		params.Meta[token.MCPMetaKey] = approval
 	}
 	res, err := session.CallTool(ctx, params)
 	if err != nil {

@@ -1,0 +1,363 @@
+package audit
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/countersign/countersign/digest"
+)
+
+// Policy levels as the log records them.
+const (
+	LevelLow      = "low"
+	LevelHigh     = "high"
+	LevelCritical = "critical"
+)
+
+// requirements replays the approval requests of a log in order and checks
+// that every countersigned action that ran had the approvals its request
+// required. It sees format 2 entries only (format 1 recorded no
+// requirement); entries it cannot place are refused, never skipped.
+//
+// The rules, each failing with the entry's seq and a reason:
+//
+//   - approval.requested states level, quorum, eligible approvers, the UV
+//     requirement and the expiry; a request id is requested once.
+//   - approval.assertion and approval.denied follow their request while it
+//     is pending, from an eligible approver, over the request's own digest
+//     inputs, decided before it expired, with the UV flag when required.
+//     (That the assertion verifies with a key enrolled earlier and not
+//     revoked is checked by [credentials].)
+//   - approval.approved lists, as assertions, earlier approval.assertion
+//     entries of the same request from quorum distinct eligible approvers,
+//     and as approvers those approvers in the same order.
+//   - call.executed, call.failed and call.interrupted carry the policy level as decision: at
+//     high or critical they name an approved request of the same tool,
+//     arguments and level, and run at most once per request. At low they
+//     follow a call.allowed of the same agent, tool and arguments, or,
+//     for a routine call recorded once after it ran (a tool that changes
+//     nothing), they stand alone; either way they may not run the
+//     arguments of an approved request that has not run (an execution of
+//     it relabelled low).
+type requirements struct {
+	requests map[string]*request
+	// allowed counts call.allowed entries not yet followed by their
+	// execution, by agent, tool and arguments. A log of routine calls
+	// that were allowed but never executed would fill it; its keys and
+	// values hold no pointers, so the garbage collector need not scan it.
+	allowed map[callKey]int32
+	// unrun holds approved requests not yet run, by agent, tool and
+	// arguments.
+	unrun map[callKey]string
+
+	approvals  int // approval.approved entries checked
+	executions int // countersigned executions checked
+}
+
+// callKey identifies calls of one agent, tool and arguments: a SHA-256
+// of the three, length-prefixed.
+type callKey [32]byte
+
+func keyOf(e *Entry) callKey {
+	h := sha256.New()
+	for _, s := range []string{e.Agent, e.Tool, e.ArgsSHA256} {
+		var n [8]byte
+		binary.BigEndian.PutUint64(n[:], uint64(len(s)))
+		h.Write(n[:])
+		h.Write([]byte(s))
+	}
+	var k callKey
+	h.Sum(k[:0])
+	return k
+}
+
+// request is what the log said about one approval request so far.
+type request struct {
+	seq      int64  // of approval.requested
+	entry    *Entry // approval.requested; nil once the request can no longer run
+	legacy   bool   // requested in format 1: no requirement recorded
+	expires  time.Time
+	ended    *Entry // the terminal entry: approval.approved, .denied, .expired or .cancelled
+	endedSeq int64
+	executed int64 // seq of its call.executed or call.failed
+
+	assertions map[int64]*Entry // its approval.assertion entries by seq, while pending
+}
+
+func newRequirements() *requirements {
+	return &requirements{requests: map[string]*request{}, allowed: map[callKey]int32{}, unrun: map[callKey]string{}}
+}
+
+// legacyRequest notes a format 1 approval.requested, so that a format 2
+// execution of it is recognised (its requirement cannot be checked).
+func (q *requirements) legacyRequest(e *Entry) {
+	if e.Kind == KindApprovalRequested && e.RequestID != "" && q.requests[e.RequestID] == nil {
+		q.requests[e.RequestID] = &request{seq: e.Seq, legacy: true}
+	}
+}
+
+// check applies a format 2 entry and returns why it breaks a rule, or "".
+func (q *requirements) check(e *Entry) string {
+	switch e.Kind {
+	case KindApprovalRequested:
+		return q.requested(e)
+	case KindApprovalAssertion, KindApprovalDenied:
+		return q.decision(e)
+	case KindApprovalApproved:
+		return q.approved(e)
+	case KindApprovalExpired, KindApprovalCancelled:
+		r, reason := q.pending(e)
+		if reason != "" {
+			return reason
+		}
+		if r != nil {
+			q.end(r, e)
+		}
+	case KindCallAllowed:
+		if e.Decision == LevelLow {
+			q.allowed[keyOf(e)]++
+		}
+	case KindCallExecuted, KindCallFailed, KindCallInterrupted:
+		// An interrupted run may have acted: it counts as the one run.
+		return q.execution(e)
+	}
+	return ""
+}
+
+func (q *requirements) requested(e *Entry) string {
+	if e.RequestID == "" {
+		return "approval.requested without request_id"
+	}
+	if r := q.requests[e.RequestID]; r != nil {
+		if r.entry != nil && sameRequest(r.entry, e) {
+			return "" // the same entry appended again after a crash
+		}
+		return fmt.Sprintf("request %s was already requested at seq %d", e.RequestID, r.seq)
+	}
+	switch {
+	case e.Level != LevelHigh && e.Level != LevelCritical:
+		return fmt.Sprintf("approval.requested has level %q, want high or critical", e.Level)
+	case len(e.Eligible) == 0:
+		return "approval.requested names no eligible approvers"
+	case e.Quorum < 1 || e.Quorum > len(e.Eligible):
+		return fmt.Sprintf("approval.requested has quorum %d of %d eligible approvers", e.Quorum, len(e.Eligible))
+	case e.UserVerification != UVRequired && e.UserVerification != UVPreferred && e.UserVerification != UVDiscouraged:
+		return fmt.Sprintf("approval.requested has user_verification %q", e.UserVerification)
+	case e.Level == LevelCritical && e.UserVerification != UVRequired:
+		return "a critical request must require user verification"
+	case e.Tool == "" || e.Nonce == "" || len(e.AuthorizationDetails) == 0:
+		return "approval.requested lacks tool, nonce or authorization_details"
+	}
+	seen := map[string]bool{}
+	for _, a := range e.Eligible {
+		if a == "" || seen[a] {
+			return fmt.Sprintf("approval.requested lists eligible approver %q twice or empty", a)
+		}
+		seen[a] = true
+	}
+	expires, err := time.Parse(time.RFC3339, e.ExpiresAt)
+	if err != nil || digest.FormatTime(expires) != e.ExpiresAt {
+		return fmt.Sprintf("approval.requested has expires_at %q, want RFC 3339 UTC in whole seconds", e.ExpiresAt)
+	}
+	if _, err := hexArgs(e.ArgsSHA256); err != nil {
+		return "approval.requested: " + err.Error()
+	}
+	q.requests[e.RequestID] = &request{seq: e.Seq, entry: e, expires: expires}
+	return ""
+}
+
+// pending finds the request e belongs to and requires that it has not
+// ended. A legacy request is returned as nil with no complaint.
+func (q *requirements) pending(e *Entry) (*request, string) {
+	r := q.requests[e.RequestID]
+	switch {
+	case r == nil:
+		return nil, fmt.Sprintf("%s for request %q, which no earlier approval.requested raised", e.Kind, e.RequestID)
+	case r.legacy:
+		return nil, ""
+	case r.ended != nil && r.ended.Kind == e.Kind && sameTerminal(r.ended, e):
+		return nil, "" // the same entry appended again after a crash
+	case r.ended != nil:
+		return nil, fmt.Sprintf("%s for request %s, which already ended at seq %d (%s)", e.Kind, e.RequestID, r.endedSeq, r.ended.Kind)
+	}
+	return r, ""
+}
+
+func (q *requirements) end(r *request, e *Entry) {
+	r.ended, r.endedSeq = e, e.Seq
+	r.assertions = nil
+	if e.Kind != KindApprovalApproved {
+		r.entry = nil // nothing can run on it any more
+		return
+	}
+	q.unrun[keyOf(r.entry)] = e.RequestID
+}
+
+// decision checks an approver's key decision against the request.
+func (q *requirements) decision(e *Entry) string {
+	r, reason := q.pending(e)
+	if r == nil {
+		return reason
+	}
+	req := r.entry
+	if !slices.Contains(req.Eligible, e.Approver) {
+		return fmt.Sprintf("approver %q is not eligible for request %s (eligible: %s)", e.Approver, e.RequestID, strings.Join(req.Eligible, ", "))
+	}
+	if field := differentInput(req, e); field != "" {
+		return fmt.Sprintf("the assertion's %s differs from request %s at seq %d", field, e.RequestID, r.seq)
+	}
+	decided, err := time.Parse(TimeFormat, e.DecidedAt)
+	if err != nil {
+		return fmt.Sprintf("decided_at %q is not a time in the log's format", e.DecidedAt)
+	}
+	if !decided.Before(r.expires) {
+		return fmt.Sprintf("decided at %s, after request %s expired at %s", e.DecidedAt, e.RequestID, req.ExpiresAt)
+	}
+	if req.UserVerification == UVRequired && !e.UserVerified {
+		return fmt.Sprintf("request %s requires user verification; %s's assertion has none", e.RequestID, e.Approver)
+	}
+	if e.Kind == KindApprovalDenied {
+		q.end(r, e)
+		return ""
+	}
+	if r.assertions == nil {
+		r.assertions = map[int64]*Entry{}
+	}
+	r.assertions[e.Seq] = e
+	return ""
+}
+
+// approved checks that the assertions an approval names meet the quorum.
+func (q *requirements) approved(e *Entry) string {
+	r, reason := q.pending(e)
+	if r == nil {
+		return reason
+	}
+	req := r.entry
+	if e.Decision != digest.Approve {
+		return fmt.Sprintf("approval.approved with decision %q", e.Decision)
+	}
+	if e.Tool != req.Tool || e.ArgsSHA256 != req.ArgsSHA256 {
+		return fmt.Sprintf("approval.approved is for other tool or arguments than request %s at seq %d", e.RequestID, r.seq)
+	}
+	var who []string
+	for _, seq := range e.Assertions {
+		a := r.assertions[seq]
+		switch {
+		case a == nil:
+			return fmt.Sprintf("assertion seq %d is not an earlier approval.assertion of request %s", seq, e.RequestID)
+		case slices.Contains(who, a.Approver):
+			return fmt.Sprintf("assertion seq %d is a second one by %s; approvers must be distinct", seq, a.Approver)
+		}
+		who = append(who, a.Approver)
+	}
+	if len(who) < req.Quorum {
+		return fmt.Sprintf("request %s needs %d distinct eligible approvers, approval.approved shows %d (%s)", e.RequestID, req.Quorum, len(who), strings.Join(who, ", "))
+	}
+	if !slices.Equal(who, e.Approvers) {
+		return fmt.Sprintf("approvers [%s] are not the approvers of the assertions it lists [%s]", strings.Join(e.Approvers, ", "), strings.Join(who, ", "))
+	}
+	q.end(r, e)
+	q.approvals++
+	return ""
+}
+
+// execution checks that a backend ran only with what its level required.
+func (q *requirements) execution(e *Entry) string {
+	switch e.Decision {
+	case LevelLow:
+		if e.RequestID != "" {
+			return fmt.Sprintf("%s at level low names request %s", e.Kind, e.RequestID)
+		}
+		k := keyOf(e)
+		if id, ok := q.unrun[k]; ok && q.allowed[k] == 0 {
+			return fmt.Sprintf("%s of %s at level low runs the arguments of approved request %s, which has not run: an execution of it relabelled low", e.Kind, e.Tool, id)
+		}
+		if q.allowed[k] == 0 {
+			return "" // a routine call recorded once, after it ran
+		}
+		if q.allowed[k]--; q.allowed[k] == 0 {
+			delete(q.allowed, k)
+		}
+		return ""
+	case LevelHigh, LevelCritical:
+	default:
+		return fmt.Sprintf("%s of %s with decision %q, want the level it ran at (low, high or critical)", e.Kind, e.Tool, e.Decision)
+	}
+	if e.RequestID == "" {
+		return fmt.Sprintf("%s of %s at level %s without request_id: it ran without an approval", e.Kind, e.Tool, e.Decision)
+	}
+	r := q.requests[e.RequestID]
+	switch {
+	case r == nil:
+		return fmt.Sprintf("%s of %s names request %s, which no earlier approval.requested raised", e.Kind, e.Tool, e.RequestID)
+	case r.executed != 0:
+		return fmt.Sprintf("request %s already ran at seq %d; an approval runs once", e.RequestID, r.executed)
+	case r.legacy:
+		r.executed = e.Seq
+		return ""
+	case r.ended == nil || r.ended.Kind != KindApprovalApproved:
+		state := "still pending"
+		if r.ended != nil {
+			state = fmt.Sprintf("ended at seq %d by %s", r.endedSeq, r.ended.Kind)
+		}
+		return fmt.Sprintf("%s of request %s, which was not approved (%s)", e.Kind, e.RequestID, state)
+	case e.Tool != r.entry.Tool || e.ArgsSHA256 != r.entry.ArgsSHA256:
+		return fmt.Sprintf("%s is for other tool or arguments than the approved request %s (seq %d)", e.Kind, e.RequestID, r.seq)
+	case e.Decision != r.entry.Level:
+		return fmt.Sprintf("%s at level %s, but request %s was raised at level %s", e.Kind, e.Decision, e.RequestID, r.entry.Level)
+	}
+	delete(q.unrun, keyOf(r.entry))
+	r.executed = e.Seq
+	r.entry = nil
+	q.executions++
+	return ""
+}
+
+// differentInput names the first digest input in which a key decision
+// differs from its request, or "".
+func differentInput(req, e *Entry) string {
+	switch {
+	case e.Tool != req.Tool:
+		return "tool"
+	case e.ArgsSHA256 != req.ArgsSHA256:
+		return "args_sha256"
+	case !bytes.Equal(e.AuthorizationDetails, req.AuthorizationDetails):
+		return "authorization_details"
+	case e.Display != req.Display:
+		return "display"
+	case e.Nonce != req.Nonce:
+		return "nonce"
+	case e.ExpiresAt != req.ExpiresAt:
+		return "expires_at"
+	}
+	return ""
+}
+
+// sameRequest reports whether two approval.requested entries state the
+// same request (a re-append after a crash differs only in writer fields).
+func sameRequest(a, b *Entry) bool {
+	return a.Level == b.Level && a.Quorum == b.Quorum && slices.Equal(a.Eligible, b.Eligible) &&
+		a.UserVerification == b.UserVerification && a.Agent == b.Agent && differentInput(a, b) == ""
+}
+
+func sameTerminal(a, b *Entry) bool {
+	return a.Kind == b.Kind && a.Approver == b.Approver && a.Signature == b.Signature &&
+		slices.Equal(a.Approvers, b.Approvers) && slices.Equal(a.Assertions, b.Assertions)
+}
+
+func hexArgs(s string) ([32]byte, error) {
+	var sum [32]byte
+	b, err := hex.DecodeString(s)
+	if err != nil || len(b) != 32 || hex.EncodeToString(b) != s {
+		return sum, fmt.Errorf("args_sha256 %q is not 64 lowercase hex digits", s)
+	}
+	copy(sum[:], b)
+	return sum, nil
+}

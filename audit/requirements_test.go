@@ -1,0 +1,438 @@
+package audit
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"encoding/hex"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/countersign/countersign/digest"
+)
+
+var updateGolden = os.Getenv("AUDIT_UPDATE_GOLDEN") != ""
+
+// The example log's approvers, with Ed25519 keys so that every assertion,
+// and so the golden export, is reproducible.
+type exampleKeys struct{ alice, bob, carol *softKey }
+
+func newExampleKeys(t *testing.T) exampleKeys {
+	return exampleKeys{newEdKey(t, "alice", 11), newEdKey(t, "bob", 12), newEdKey(t, "carol", 13)}
+}
+
+// exampleEntries is a log of everything Countersign records, in format 2,
+// meeting every requirement:
+//
+//	 1 policy.loaded        (decisions below name it; it is not meant to
+//	                        give them: replay is tested in cmd/countersign)
+//	 2-4 approver.enrolled  alice, bob, carol
+//	 5 call.allowed, 6 call.executed  get_balance at low
+//	 7 approval.requested   req-A: transfer, critical, 2 of alice, bob, carol, UV required
+//	 8 approval.assertion   alice (UV)
+//	 9 approval.rejected    carol's assertion from a wrong origin
+//	10 approval.assertion   bob (UV)
+//	11 approval.approved    req-A by alice, bob: assertions 8, 10
+//	12 call.executed        req-A, at critical
+//	13 approval.requested   req-B: high, 1 of alice, bob
+//	14 approval.denied      bob
+//	15 call.denied, 16 call.rejected
+//	17 approval.requested   req-C: read_secret (args redacted), 1 of carol
+//	18 approval.expired     req-C
+//	19 credential.revoked   carol's key
+//	20 approval.requested   req-D: 1 of alice, UV preferred
+//	21 approval.assertion   alice (no UV)
+//	22 approval.approved    req-D by alice
+//	23 call.failed          req-D, at high
+//	24 enrollment.created   a link for dave
+func exampleEntries(t *testing.T, k exampleKeys) []Entry {
+	const uv, up = flagUserPresent | flagUserVerified, flagUserPresent
+	args := json.RawMessage(`{"to":"Vendor X & Söhne <ltd>","amount":500000,"currency":"USD","memo":"line` + "\u2028" + `break"}`)
+	sum, _ := digest.ArgsSHA256(args)
+	forRequest := func(kind, id string) Entry {
+		e := requestFields(id)
+		e.Kind, e.Args, e.ArgsSHA256 = kind, args, hex.EncodeToString(sum[:])
+		return e
+	}
+	request := func(id, level string, quorum int, uvReq string, eligible ...string) Entry {
+		e := forRequest(KindApprovalRequested, id)
+		e.Level, e.Rule, e.Quorum, e.Eligible, e.UserVerification = level, "tools.transfer.rules[1]", quorum, eligible, uvReq
+		e.Reason = `binding message "Pay USD 500,000.00 to Vendor X (code 7KQ2MP)"`
+		return e
+	}
+	decide := func(key *softKey, id, decision string, flags byte) Entry {
+		e := forRequest(KindApprovalAssertion, id)
+		e.Decision, e.DecidedAt = decision, "2026-03-01T09:31:00.000000000Z"
+		if decision == digest.Deny {
+			e.Kind = KindApprovalDenied
+		}
+		key.sign(&e, origin, rpID, flags)
+		return e
+	}
+	approved := func(id string, approvers []string, seqs ...int64) Entry {
+		e := forRequest(KindApprovalApproved, id)
+		e.Decision, e.Approvers, e.Assertions = digest.Approve, approvers, seqs
+		e.Reason = "quorum reached"
+		return e
+	}
+	ran := func(kind, id, level string) Entry {
+		return Entry{Kind: kind, Agent: "agent-1", Tool: "transfer", Args: args, ArgsSHA256: hex.EncodeToString(sum[:]),
+			Decision: level, Rule: "tools.transfer.rules[1]", RequestID: id}
+	}
+	enrolled := func(key *softKey) Entry {
+		return Entry{Kind: KindApproverEnrolled, Approver: key.approver, CredentialID: key.id, PublicKey: key.cose(),
+			Origin: origin, RPID: rpID, UserVerified: true, Reason: "key 1 of " + key.approver + "; attestation none"}
+	}
+
+	rejected := forRequest(KindApprovalRejected, "req-A")
+	rejected.Decision = digest.Approve
+	k.carol.sign(&rejected, "http://evil.example", rpID, uv)
+	rejected.Reason = `origin: origin "http://evil.example" (cross-origin false) is not one of [http://localhost:8710]`
+
+	executed := ran(KindCallExecuted, "req-A", "critical")
+	executed.Result = json.RawMessage(`{"transfer_id":"t-1","status":"<booked>"}`)
+	failed := ran(KindCallFailed, "req-D", "high")
+	failed.Reason = "backend: connection refused"
+
+	secret := forRequest(KindApprovalRequested, "req-C")
+	secret.Tool, secret.Args, secret.ArgsRedact = "read_secret", json.RawMessage(`{"name":"db-password"}`), true
+	secretSum, _ := digest.ArgsSHA256(secret.Args)
+	secret.ArgsSHA256 = hex.EncodeToString(secretSum[:])
+	secret.Level, secret.Quorum, secret.Eligible, secret.UserVerification = "high", 1, []string{"carol"}, UVPreferred
+	secretExpired := secret
+	secretExpired.Kind, secretExpired.Level, secretExpired.Quorum, secretExpired.Eligible, secretExpired.UserVerification = KindApprovalExpired, "", 0, nil, ""
+	secretExpired.Reason = "nobody decided before expires_at"
+
+	policy := json.RawMessage(`{"tools":{"transfer":{"level":"low","approvers":["role:treasury"],"rules":[` +
+		`{"name":"large","when":"args.amount > 10000","level":"high"},{"when":"args.amount > 250000","level":"critical","quorum":2}]}},` +
+		`"approvers":[{"id":"alice","roles":["treasury"]},{"id":"bob","roles":["treasury"]},{"id":"carol","roles":["treasury"]}],"default_timeout":"5m0s"}`)
+	return []Entry{
+		{Kind: KindPolicyLoaded, Policy: policy},
+		enrolled(k.alice), enrolled(k.bob), enrolled(k.carol),
+		{Kind: KindCallAllowed, Agent: "agent-1", Tool: "get_balance", Args: json.RawMessage(`{}`), Decision: "low", Rule: "tools.get_balance"},
+		{Kind: KindCallExecuted, Agent: "agent-1", Tool: "get_balance", Args: json.RawMessage(`{}`), Decision: "low", Rule: "tools.get_balance",
+			Result: json.RawMessage(`{"balance":"1200.50","currency":"EUR"}`)},
+		request("req-A", "critical", 2, UVRequired, "alice", "bob", "carol"),
+		decide(k.alice, "req-A", digest.Approve, uv),
+		rejected,
+		decide(k.bob, "req-A", digest.Approve, uv),
+		approved("req-A", []string{"alice", "bob"}, 8, 10),
+		executed,
+		request("req-B", "high", 1, UVPreferred, "alice", "bob"),
+		decide(k.bob, "req-B", digest.Deny, up),
+		{Kind: KindCallDenied, Agent: "agent-2", Tool: "run_command", Args: json.RawMessage(`{"cmd":"rm -rf /"}`), Decision: "deny", Rule: "tools.run_command.rules[2]", Reason: "denied by policy"},
+		{Kind: KindCallRejected, Agent: "agent-2", Tool: "transfer", Reason: "args.amount: must be > 0"},
+		secret,
+		secretExpired,
+		{Kind: KindCredentialRevoked, Approver: "carol", CredentialID: k.carol.id, PublicKey: k.carol.cose(), Reason: "lost"},
+		request("req-D", "high", 1, UVPreferred, "alice"),
+		decide(k.alice, "req-D", digest.Approve, up),
+		approved("req-D", []string{"alice"}, 21),
+		failed,
+		{Kind: KindEnrollmentCreated, Approver: "dave", ExpiresAt: "2026-03-01T09:40:00Z", Reason: "one-time enrollment link issued"},
+	}
+}
+
+// exampleExport appends the example entries to a log in dir signed with
+// key and exports it.
+func exampleExport(t *testing.T, dir string, key ed25519.PrivateKey) []byte {
+	t.Helper()
+	l := openLog(t, openDB(t, dir), key, Options{Now: stepClock()})
+	for _, e := range exampleEntries(t, newExampleKeys(t)) {
+		appendExample(t, l, e)
+	}
+	return exportBytes(t, l, 0)
+}
+
+// appendExample appends e, through LoadPolicy for policy.loaded, so that
+// later decisions name the policy.
+func appendExample(t *testing.T, l *Log, e Entry) {
+	t.Helper()
+	if e.Kind == KindPolicyLoaded {
+		if _, err := l.LoadPolicy(context.Background(), e.Policy); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	mustAppend(t, l, e)
+}
+
+// testdata/audit/export-v2.jsonl pins the format 2 byte form: the example
+// log, exported, must come out byte for byte the same, and verify.
+// AUDIT_UPDATE_GOLDEN=1 rewrites it.
+func TestGoldenExportFormat2(t *testing.T) {
+	got := exampleExport(t, t.TempDir(), seededKey(1))
+	golden := filepath.Join("..", "testdata", "audit", "export-v2.jsonl")
+	if updateGolden {
+		if err := os.WriteFile(golden, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(golden)
+	if err != nil {
+		t.Fatalf("%v (AUDIT_UPDATE_GOLDEN=1 go test ./audit -run Golden writes it)", err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("export differs from %s (set AUDIT_UPDATE_GOLDEN=1 if the format changed on purpose)\ngot:\n%s", golden, got)
+	}
+	pub, err := os.ReadFile(filepath.Join("..", "testdata", "audit", "server.pub"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, all := range []bool{false, true} {
+		s, err := Verify(bytes.NewReader(want), string(pub), VerifyOptions{AllSignatures: all})
+		if err != nil {
+			t.Fatalf("golden export does not verify: %v", err)
+		}
+		if s.Entries != 24 || s.Assertions != 4 || s.Approvals != 2 || s.Executions != 2 || s.Format1 != 0 {
+			t.Fatalf("summary %+v", s)
+		}
+	}
+	for _, frag := range []string{`"v":2,"kind"`, `Söhne <ltd>`, `"status":"<booked>"`, `line\u2028break`, `"eligible":["alice","bob","carol"]`, `"assertions":[8,10]`, `"kind":"call.executed","agent":"agent-1","tool":"transfer","args":`, `"policy_sha256":"`} {
+		if !bytes.Contains(want, []byte(frag)) {
+			t.Errorf("golden export lacks %s", frag)
+		}
+	}
+}
+
+// forge plays an attacker who holds the server key: edit gets the
+// exported entries and returns the forged ones, which are renumbered from
+// seq 1, linked, hashed, signed, and covered by a new signed checkpoint.
+func forge(t *testing.T, export []byte, key ed25519.PrivateKey, edit func([]Entry) []Entry) []byte {
+	t.Helper()
+	lines, _ := splitExport(t, export)
+	var entries []Entry
+	for _, line := range lines {
+		var e Entry
+		if err := json.Unmarshal(line, &e); err != nil {
+			t.Fatal(err)
+		}
+		entries = append(entries, e)
+	}
+	var prev [32]byte
+	var fr frontier
+	var out [][]byte
+	for i, e := range edit(entries) {
+		e.Seq = int64(i + 1)
+		e.PrevHash = hex.EncodeToString(prev[:])
+		sum, err := chainHash(prev, &e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.Hash = hex.EncodeToString(sum[:])
+		e.Sig = encodeSig(ed25519.Sign(key, sum[:]))
+		b, err := encodeLine(&e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, b)
+		fr.add(leafHash(sum))
+		prev = sum
+	}
+	return joinExport(out, checkpointLineFor(t, key, fr.n, fr.root()))
+}
+
+// at edits the entry at seq.
+func at(seq int64, edit func(*Entry)) func([]Entry) []Entry {
+	return func(es []Entry) []Entry {
+		edit(&es[seq-1])
+		return es
+	}
+}
+
+// without drops the entries at seqs.
+func without(es []Entry, seqs ...int64) []Entry {
+	return slices.DeleteFunc(es, func(e Entry) bool { return slices.Contains(seqs, e.Seq) })
+}
+
+// Each forgery is made with the real server key, taken from the test's
+// own data directory, so every hash, signature and checkpoint is valid:
+// only the approval requirements can catch it.
+func TestVerifyRefusesForgedApprovals(t *testing.T) {
+	dir := t.TempDir()
+	key, err := LoadOrCreateKey(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub := pubText(key)
+	keys := newExampleKeys(t)
+	export := exampleExport(t, dir, key)
+	if _, err := Verify(bytes.NewReader(export), pub, VerifyOptions{}); err != nil {
+		t.Fatal(err)
+	}
+
+	cases := []struct {
+		name   string
+		edit   func([]Entry) []Entry
+		seq    int64
+		reason string
+	}{
+		{"assertion removed from a quorum, approval shortened to match", func(es []Entry) []Entry {
+			es[10].Approvers, es[10].Assertions = []string{"alice"}, []int64{8}
+			return without(es, 10)
+		}, 10, "request req-A needs 2 distinct eligible approvers, approval.approved shows 1 (alice)"},
+		{"assertion removed from a quorum, approval left as it was", func(es []Entry) []Entry {
+			return without(es, 10)
+		}, 10, "assertion seq 10 is not an earlier approval.assertion of request req-A"},
+		{"approval naming one assertion twice", at(11, func(e *Entry) {
+			e.Approvers, e.Assertions = []string{"alice", "alice"}, []int64{8, 8}
+		}), 11, "a second one by alice"},
+		{"approval naming an assertion of another request", at(22, func(e *Entry) {
+			e.Assertions = []int64{8}
+		}), 22, "assertion seq 8 is not an earlier approval.assertion of request req-D"},
+		{"approvers that are not the assertions'", at(11, func(e *Entry) {
+			e.Approvers = []string{"alice", "carol"}
+		}), 11, "approvers [alice, carol] are not the approvers of the assertions it lists [alice, bob]"},
+		{"approver not eligible", at(7, func(e *Entry) {
+			e.Eligible = []string{"alice", "carol"}
+		}), 10, `approver "bob" is not eligible for request req-A (eligible: alice, carol)`},
+		{"missing UV where required (a tap without PIN)", at(8, func(e *Entry) {
+			keys.alice.sign(e, origin, rpID, flagUserPresent)
+		}), 8, "request req-A requires user verification; alice's assertion has none"},
+		{"UV claimed that the key did not report", at(21, func(e *Entry) {
+			e.UserVerified = true
+		}), 21, "UV flag is not set"},
+		{"UV required afterwards, on a request approved without", at(20, func(e *Entry) {
+			e.UserVerification = UVRequired
+		}), 21, "request req-D requires user verification; alice's assertion has none"},
+		{"assertion after expiry", at(10, func(e *Entry) {
+			e.DecidedAt = "2026-03-01T09:35:00.000000000Z"
+		}), 10, "decided at 2026-03-01T09:35:00.000000000Z, after request req-A expired at 2026-03-01T09:35:00Z"},
+		{"assertion over other terms than the request shows", at(7, func(e *Entry) {
+			e.Display = "Approve $5.00 transfer to Vendor X"
+		}), 8, "the assertion's display differs from request req-A at seq 7"},
+		{"quorum below what the eligible list allows", at(7, func(e *Entry) { e.Quorum = 4 }), 7, "quorum 4 of 3 eligible approvers"},
+		{"critical request without UV required", at(7, func(e *Entry) { e.UserVerification = UVPreferred }), 7, "a critical request must require user verification"},
+		{"execution without approval (request expired)", func(es []Entry) []Entry {
+			x := es[11]
+			x.RequestID, x.Decision = "req-C", "high"
+			x.Tool, x.ArgsSHA256 = es[16].Tool, es[16].ArgsSHA256
+			return slices.Insert(es, 18, x)
+		}, 19, "call.executed of request req-C, which was not approved (ended at seq 18 by approval.expired)"},
+		{"execution without any request", func(es []Entry) []Entry {
+			x := es[11]
+			x.RequestID = ""
+			return append(es, x)
+		}, 25, "call.executed of transfer at level critical without request_id: it ran without an approval"},
+		{"execution of a request nobody raised", func(es []Entry) []Entry {
+			x := es[11]
+			x.RequestID = "req-Z"
+			return append(es, x)
+		}, 25, "names request req-Z, which no earlier approval.requested raised"},
+		{"approved request run twice", func(es []Entry) []Entry {
+			return append(es, es[11])
+		}, 25, "request req-A already ran at seq 12"},
+		{"execution before its approval", func(es []Entry) []Entry {
+			es[10], es[11] = es[11], es[10]
+			return es
+		}, 11, "call.executed of request req-A, which was not approved (still pending)"},
+		{"approved call run with other arguments", at(12, func(e *Entry) {
+			e.Args = json.RawMessage(`{"amount":900000,"currency":"USD","to":"Mallory"}`)
+			s, _ := digest.ArgsSHA256(e.Args)
+			e.ArgsSHA256 = hex.EncodeToString(s[:])
+		}), 12, "call.executed is for other tool or arguments than the approved request req-A"},
+		{"executed high call relabelled low", at(12, func(e *Entry) {
+			e.Decision, e.RequestID = "low", ""
+		}), 12, "call.executed of transfer at level low runs the arguments of approved request req-A, which has not run: an execution of it relabelled low"},
+		{"executed critical call relabelled high", at(12, func(e *Entry) {
+			e.Decision = "high"
+		}), 12, "call.executed at level high, but request req-A was raised at level critical"},
+		{"execution without a level", at(6, func(e *Entry) { e.Decision = "" }), 6, `call.executed of get_balance with decision "", want the level it ran at`},
+		{"an exact repeat of a denial, as a crash can leave", func(es []Entry) []Entry {
+			return append(es, es[13])
+		}, 0, ""},
+		{"a decision after the request ended", func(es []Entry) []Entry {
+			x := es[13]
+			x.Kind, x.Decision = KindApprovalAssertion, digest.Approve
+			keys.alice.sign(&x, origin, rpID, flagUserPresent)
+			return slices.Insert(es, 19, x)
+		}, 20, "approval.assertion for request req-B, which already ended at seq 14 (approval.denied)"},
+		{"an approval of a denied request", func(es []Entry) []Entry {
+			x := es[10]
+			x.RequestID = "req-B"
+			return slices.Insert(es, 14, x)
+		}, 15, "approval.approved for request req-B, which already ended at seq 14 (approval.denied)"},
+		{"request raised twice", func(es []Entry) []Entry {
+			x := es[6]
+			x.Quorum = 1
+			return slices.Insert(es, 12, x)
+		}, 13, "request req-A was already requested at seq 7"},
+		{"a decision naming a policy never loaded", at(5, func(e *Entry) {
+			e.PolicySHA256 = strings.Repeat("0", 64)
+		}), 5, "decided by policy 0000000000000000000000000000000000000000000000000000000000000000, which no earlier policy.loaded carries"},
+		{"a decision naming no policy after one was loaded", at(7, func(e *Entry) {
+			e.PolicySHA256 = ""
+		}), 7, "approval.requested names no policy, after a policy was loaded at seq 1"},
+		{"the loaded policy altered", at(1, func(e *Entry) {
+			e.Policy = json.RawMessage(strings.Replace(string(e.Policy), "10000", "99999999", 1))
+		}), 1, "is not the SHA-256 of the policy's JCS form"},
+		{"a format 1 entry after format 2", at(15, func(e *Entry) { e.V = 0 }), 15, "format 1 entry after format 2 began at seq 1"},
+		{"an unknown format", at(15, func(e *Entry) { e.V = 3 }), 15, "entry format v 3 is not one this verifier knows"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			forged := forge(t, export, key, tc.edit)
+			if tc.reason == "" {
+				// An exact repeat of a key decision is what a crash
+				// between append and outbox delete leaves: accepted.
+				if _, err := Verify(bytes.NewReader(forged), pub, VerifyOptions{}); err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			wantVerifyErr(t, forged, pub, nil, tc.seq, tc.reason)
+		})
+	}
+}
+
+// The requirement replay crosses export boundaries: an export --since N,
+// verified with the previous export, checks its executions against
+// approvals that only the previous export holds.
+func TestRequirementsAcrossExports(t *testing.T) {
+	dir := t.TempDir()
+	key := seededKey(1)
+	entries := exampleEntries(t, newExampleKeys(t))
+	l := openLog(t, openDB(t, dir), key, Options{Now: stepClock()})
+	for _, e := range entries[:11] { // up to req-A's approval
+		appendExample(t, l, e)
+	}
+	older := exportBytes(t, l, 0)
+	for _, e := range entries[11:] {
+		appendExample(t, l, e)
+	}
+	newer := exportBytes(t, l, 11)
+	s, err := Verify(bytes.NewReader(newer), pubText(key), VerifyOptions{Previous: bytes.NewReader(older)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.FirstSeq != 12 || s.Executions != 2 || s.Approvals != 2 {
+		t.Fatalf("summary %+v", s)
+	}
+	// A forger who drops bob's assertion from the older export and
+	// shortens the approval to match is refused there already.
+	forgedOlder := forge(t, older, key, func(es []Entry) []Entry {
+		es[10].Approvers, es[10].Assertions = []string{"alice"}, []int64{8}
+		return without(es, 10)
+	})
+	wantVerifyErr(t, newer, pubText(key), forgedOlder, 10, "previous export: request req-A needs 2 distinct eligible approvers")
+}
+
+// Format 1 entries (the old golden export) verify, and the summary says
+// that they record no requirements.
+func TestFormat1IsReadButNotChecked(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join("..", "testdata", "audit", "export.jsonl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := Verify(bytes.NewReader(data), pubText(seededKey(1)), VerifyOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Format1 != 10 || !bytes.Contains([]byte(s.String()), []byte("10 entries in format 1")) {
+		t.Fatalf("summary %+v: %s", s, s)
+	}
+}

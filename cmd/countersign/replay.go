@@ -1,0 +1,83 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+
+	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/authz"
+	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/tools"
+)
+
+// policyOptions are the compile options of the configured policy.
+func policyOptions(c *config.Config) authz.Options {
+	return authz.Options{DefaultTimeout: c.Approval.Timeout, Facts: tools.Facts(), Upstreams: c.Upstreams}
+}
+
+// logPolicy records the policy serve decides with, so that every decision
+// in the audit log names it and an auditor can replay decisions offline
+// (audit verify --replay-policy).
+func logPolicy(ctx context.Context, log *audit.Log, c *config.Config) error {
+	doc, err := json.Marshal(authz.NewDocument(c.Tools, c.Approvers, policyOptions(c)))
+	if err != nil {
+		return fmt.Errorf("policy document: %w", err)
+	}
+	_, err = log.LoadPolicy(ctx, doc)
+	return err
+}
+
+// policyReplayer checks logged decisions against the policy each names,
+// compiling every distinct policy document once.
+type policyReplayer struct {
+	compiled map[string]*authz.Policy
+}
+
+func newPolicyReplayer() *policyReplayer {
+	return &policyReplayer{compiled: map[string]*authz.Policy{}}
+}
+
+func (r *policyReplayer) Replay(doc json.RawMessage, e *audit.Entry) error {
+	p := r.compiled[e.PolicySHA256]
+	if p == nil {
+		var d authz.Document
+		dec := json.NewDecoder(bytes.NewReader(doc))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&d); err != nil {
+			return fmt.Errorf("the logged policy is not a policy document: %w", err)
+		}
+		var err error
+		if p, err = d.Compile(); err != nil {
+			return fmt.Errorf("the logged policy does not compile: %w", err)
+		}
+		r.compiled[e.PolicySHA256] = p
+	}
+	rec := authz.Recorded{Tool: e.Tool, Agent: e.Agent, Level: e.Decision}
+	if e.Kind == audit.KindApprovalRequested {
+		rec.Level = e.Level
+		rec.Requirement = &authz.Requirement{Approvers: e.Eligible, Quorum: e.Quorum, UserVerification: e.UserVerification}
+		if rec.Agent == "anonymous" {
+			rec.Agent = "" // approval names an unauthenticated agent so; the policy saw ""
+		}
+	}
+	if e.Rule != "" {
+		rec.Rules = strings.Split(e.Rule, ",")
+	}
+	if len(e.Usage) > 0 {
+		if err := json.Unmarshal(e.Usage, &rec.Usage); err != nil {
+			return fmt.Errorf("usage: %w", err)
+		}
+	}
+	if len(e.Args) > 0 {
+		if err := json.Unmarshal(e.Args, &rec.Args); err != nil {
+			return fmt.Errorf("args: %w", err)
+		}
+		if rec.Args == nil {
+			rec.Args = map[string]any{}
+		}
+	}
+	return p.Replay(rec)
+}

@@ -1,0 +1,200 @@
+package guard
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/countersign/countersign/approval"
+	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/authz"
+	"github.com/countersign/countersign/config"
+)
+
+// Backchannel is a request for a countersignature that arrives outside MCP:
+// a CIBA backchannel authentication request (package ciba). It takes the
+// path of a countersigned tool call (canonical arguments, policy, approval
+// request, audit) up to the humans' decision. No tool runs afterwards: what
+// happens once, when the request is approved, is the issuing of its
+// approval token ([Guard.Redeem]).
+type Backchannel struct {
+	// Tool is the policy entry the request is decided under ("ciba").
+	// It is not in the catalog and is never an MCP tool.
+	Tool  string
+	Agent string
+	// Args are the request's parameters as policy rules see them (args.*)
+	// and as the approvers approve them, through their digest.
+	Args map[string]any
+	// Details is the validated RFC 9396 authorization_details array the
+	// approver page renders.
+	Details json.RawMessage
+	// Summary heads the approver page and the pending list.
+	Summary string
+	// Timeout, when positive and shorter than the policy's, is the
+	// request's lifetime (CIBA requested_expiry).
+	Timeout time.Duration
+	// Approvers narrows the approvers policy allows for this request to
+	// those the caller names (CIBA login_hint). An error refuses the
+	// request and is recorded as its reason; Raise returns it as is.
+	Approvers func(allowed []string, quorum int) ([]string, error)
+}
+
+// Refusal is a backchannel request that policy refused. Reason is what
+// the audit log records.
+type Refusal struct{ Reason string }
+
+func (e *Refusal) Error() string { return "refused: " + e.Reason }
+
+// Raise runs a backchannel request through policy and raises its approval
+// request; it returns once the request is pending, and every outcome is in
+// the audit log. Policy decides it as it decides a tool call. Level low is
+// refused too: a countersignature nobody has to give proves nothing.
+func (g *Guard) Raise(ctx context.Context, b Backchannel) (*approval.Request, error) {
+	if b.Agent == "" {
+		b.Agent = "unknown"
+	}
+	entry := audit.Entry{Agent: b.Agent, Tool: boundName(b.Tool)}
+	conf := g.opts.Tools[b.Tool]
+	canon, err := canonicalize(b.Args)
+	if err != nil {
+		entry.Kind, entry.Reason = audit.KindCallRejected, err.Error()
+		g.record(ctx, entry)
+		return nil, err
+	}
+	canon.setOn(&entry, conf.RedactArgs)
+	d := g.opts.Policy.Decide(authz.Input{Tool: b.Tool, Agent: b.Agent, Args: b.Args, Now: g.now()})
+	entry.Decision, entry.Rule, entry.Reason = d.Level, strings.Join(d.Rules, ","), d.Reason
+	refuse := func(reason string) (*approval.Request, error) {
+		entry.Kind, entry.Reason = audit.KindCallDenied, reason
+		if !g.record(ctx, entry) {
+			return nil, errors.New("the audit log cannot record this request")
+		}
+		return nil, &Refusal{Reason: reason}
+	}
+	switch d.Level {
+	case config.LevelHigh, config.LevelCritical:
+	case config.LevelLow:
+		return refuse(fmt.Sprintf("policy level low for %s: nothing for a human to countersign (%s)", b.Tool, d.Reason))
+	default:
+		return refuse(d.Reason)
+	}
+	if g.opts.Approvals == nil {
+		return refuse("approval required, but approvals are not available")
+	}
+	approvers := d.Approvers
+	if b.Approvers != nil {
+		if approvers, err = b.Approvers(d.Approvers, d.Quorum); err != nil {
+			entry.Kind, entry.Reason = audit.KindCallDenied, err.Error()
+			if !g.record(ctx, entry) {
+				return nil, errors.New("the audit log cannot record this request")
+			}
+			return nil, err
+		}
+	}
+	timeout := d.Timeout
+	if b.Timeout > 0 && b.Timeout < timeout {
+		timeout = b.Timeout
+	}
+	r, err := g.opts.Approvals.Create(ctx, approval.NewRequest{
+		Tool: b.Tool, Agent: b.Agent, Args: canon.JSON,
+		AuthorizationDetails: b.Details, Summary: b.Summary,
+		Level: d.Level, Rule: entry.Rule, Approvers: approvers, Quorum: d.Quorum,
+		UserVerification: d.UserVerification, Timeout: timeout, RedactArgs: conf.RedactArgs,
+		Wait: approval.WaitBackchannel,
+	})
+	if err != nil {
+		g.log.Error("cannot raise approval request", "tool", b.Tool, "err", err)
+		entry.Kind, entry.Reason = audit.KindCallDenied, "cannot raise an approval request: "+err.Error()
+		g.record(ctx, entry)
+		return nil, fmt.Errorf("cannot raise an approval request: %w", err)
+	}
+	g.log.Info("approval required", "tool", b.Tool, "agent", b.Agent,
+		"level", d.Level, "auth_req_id", r.ID, "code", r.Code, "url", r.URL)
+	return r, nil
+}
+
+// RecordRejected records a backchannel request refused before it reached
+// policy: malformed, or naming nobody who could approve it.
+func (g *Guard) RecordRejected(ctx context.Context, agent, tool, reason string) {
+	if agent == "" {
+		agent = "unknown"
+	}
+	const max = 500
+	if len(reason) > max {
+		reason = reason[:max] + "…"
+	}
+	g.record(ctx, audit.Entry{Kind: audit.KindCallRejected, Agent: agent, Tool: boundName(tool), Reason: reason})
+}
+
+// Redeem answers a poll for a backchannel request raised by agent under
+// tool. While the request waits the status is CIBA's
+// (authorization_pending, slow_down, expired_token, access_denied). The
+// first Redeem after the approval claims the request, records
+// call.executed and returns status approved with the approval token; the
+// request is then executed, and every later Redeem says so without a token.
+// An approval redeemed after the request's expires_at is expired (and
+// recorded as call.failed): the auth_req_id lives until then, approved or
+// not. A request of another agent or another tool is approval.ErrNotFound.
+func (g *Guard) Redeem(ctx context.Context, tool, id, agent string) (*approval.PollStatus, string, error) {
+	if g.opts.Approvals == nil || g.opts.Tokens == nil || g.opts.Evidence == nil {
+		return nil, "", errors.New("approvals or approval tokens are not available")
+	}
+	ps, err := g.opts.Approvals.Poll(ctx, id, agent)
+	if err != nil {
+		return nil, "", err
+	}
+	r := ps.Request
+	if r == nil || r.Tool != tool {
+		return nil, "", approval.ErrNotFound
+	}
+	if ps.Status != approval.PollApproved {
+		return ps, "", nil
+	}
+	if err := g.opts.Approvals.BeginExecution(ctx, id); err != nil {
+		if errors.Is(err, approval.ErrNotApproved) {
+			// Another poll redeemed it first.
+			return &approval.PollStatus{Status: approval.PollExecuted, Request: r}, "", nil
+		}
+		return nil, "", err
+	}
+	ctx = context.WithoutCancel(ctx) // claimed: see it through
+	entry := audit.Entry{Agent: r.Agent, Tool: r.Tool, RequestID: r.ID, Decision: r.Level}
+	fail := func(reason string) (*approval.PollStatus, string, error) {
+		entry.Kind, entry.Reason = audit.KindCallFailed, reason
+		if err := g.opts.Approvals.Finish(ctx, id, approval.Outcome{State: approval.StateFailed, Record: entry}); err != nil {
+			g.log.Error("cannot store approval outcome", "auth_req_id", id, "err", err)
+		}
+		return nil, "", errors.New(reason)
+	}
+	ev, err := g.opts.Evidence.Evidence(ctx, id)
+	if err != nil {
+		return fail("cannot read the approval: " + err.Error())
+	}
+	if !g.now().Before(r.ExpiresAt) {
+		// Approved in time, but the auth_req_id lives only until
+		// expires_at (CIBA): an exchange after that gets expired_token.
+		fail(fmt.Sprintf("auth_req_id expired at %s before it was exchanged for the approval token", r.ExpiresAt.UTC().Format(time.RFC3339)))
+		return &approval.PollStatus{Status: approval.PollExpired, Request: r}, "", nil
+	}
+	tok, err := g.tokenFor(ev)
+	if err != nil {
+		return fail("cannot issue the approval token: " + err.Error())
+	}
+	entry.ArgsSHA256 = hex.EncodeToString(ev.ArgsSHA256[:])
+	sum := sha256.Sum256([]byte(tok))
+	result, _ := json.Marshal(map[string]string{"approval_token_sha256": hex.EncodeToString(sum[:])})
+	entry.Kind, entry.Result = audit.KindCallExecuted, result
+	// The token goes out only once the log says it was issued. The record
+	// is written with the request's state, so a crash cannot leave one
+	// without the other (guard.Resume settles a claim it interrupted).
+	if err := g.opts.Approvals.Finish(ctx, id, approval.Outcome{State: approval.StateExecuted, Result: result, Record: entry}); err != nil {
+		g.log.Error("cannot record the approval token", "auth_req_id", id, "err", err)
+		return nil, "", errors.New("the audit log cannot record the approval token")
+	}
+	return ps, tok, nil
+}

@@ -1,0 +1,222 @@
+package guard
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/tools"
+)
+
+// The policy sees what came before a call (the usage variable), so that a
+// sum split into many small calls (salami) is judged as the sum. A call
+// counts from the moment the policy lets it through or raises its request,
+// under the same lock as the decision, so calls made in parallel see each
+// other; it stops counting if it is refused by a human, expires, is
+// cancelled or fails. Sums are kept per minute for 24 hours, so memory
+// grows with distinct agents, payees and minutes, not with calls.
+
+const usageHorizon = 24 * time.Hour
+
+// usageBook is the rolling record.
+type usageBook struct {
+	mu     sync.Mutex
+	series map[string]*series
+	adds   int
+}
+
+// series is one key's per-minute sums, oldest first.
+type series struct {
+	mins []int64
+	vals []float64
+}
+
+func (s *series) add(min int64, v float64) {
+	if n := len(s.mins); n > 0 && s.mins[n-1] == min {
+		s.vals[n-1] += v
+		return
+	}
+	// Restored entries may arrive slightly out of order: insert in place.
+	i := len(s.mins)
+	for i > 0 && s.mins[i-1] > min {
+		i--
+	}
+	if i < len(s.mins) && s.mins[i] == min {
+		s.vals[i] += v
+		return
+	}
+	s.mins = append(s.mins, 0)
+	s.vals = append(s.vals, 0)
+	copy(s.mins[i+1:], s.mins[i:])
+	copy(s.vals[i+1:], s.vals[i:])
+	s.mins[i], s.vals[i] = min, v
+}
+
+// sum adds the minutes from first on, and forgets those before horizon.
+func (s *series) sum(first, horizon int64) float64 {
+	drop := 0
+	for drop < len(s.mins) && s.mins[drop] < horizon {
+		drop++
+	}
+	if drop > 0 {
+		s.mins, s.vals = s.mins[drop:], s.vals[drop:]
+	}
+	var total float64
+	for i := len(s.mins) - 1; i >= 0 && s.mins[i] >= first; i-- {
+		total += s.vals[i]
+	}
+	return total
+}
+
+// usageKeys names the series a call counts in.
+type usageKeys struct {
+	calls, agent, payee, total string
+}
+
+func keysOf(agent, tool string, v *tools.Value) usageKeys {
+	k := usageKeys{calls: "c\x00" + agent + "\x00" + tool}
+	if v != nil {
+		cur := v.Currency
+		k.agent = "a\x00" + agent + "\x00" + tool + "\x00" + cur
+		k.payee = "p\x00" + agent + "\x00" + tool + "\x00" + cur + "\x00" + strings.ToLower(v.Counterparty)
+		k.total = "t\x00" + tool + "\x00" + cur
+	}
+	return k
+}
+
+// reservation is one call's share, to give back if the call never runs.
+type reservation struct {
+	min    int64
+	keys   usageKeys
+	amount float64
+}
+
+func minuteOf(t time.Time) int64 { return t.Unix() / 60 }
+
+// facts is the usage variable for a call at now. The caller holds mu.
+func (b *usageBook) facts(k usageKeys, now time.Time) map[string]any {
+	m := minuteOf(now)
+	horizon := minuteOf(now.Add(-usageHorizon))
+	get := func(key string, window time.Duration) float64 {
+		s := b.series[key]
+		if s == nil || key == "" {
+			return 0
+		}
+		return s.sum(m-int64(window/time.Minute)+1, horizon)
+	}
+	// The fields are authz.UsageKeys; a test holds the two together.
+	return map[string]any{
+		"calls_10m":              get(k.calls, 10*time.Minute),
+		"calls_1h":               get(k.calls, time.Hour),
+		"agent_amount_1h":        get(k.agent, time.Hour),
+		"agent_amount_24h":       get(k.agent, usageHorizon),
+		"agent_payee_amount_24h": get(k.payee, usageHorizon),
+		"total_amount_24h":       get(k.total, usageHorizon),
+	}
+}
+
+// add counts a call. The caller holds mu.
+func (b *usageBook) add(k usageKeys, v *tools.Value, at time.Time) *reservation {
+	if b.series == nil {
+		b.series = map[string]*series{}
+	}
+	r := &reservation{min: minuteOf(at), keys: k}
+	if v != nil {
+		r.amount = v.Amount
+	}
+	b.bump(r, 1)
+	if b.adds++; b.adds%4096 == 0 {
+		b.sweep(at)
+	}
+	return r
+}
+
+func (b *usageBook) bump(r *reservation, sign float64) {
+	for key, v := range map[string]float64{r.keys.calls: 1, r.keys.agent: r.amount, r.keys.payee: r.amount, r.keys.total: r.amount} {
+		if key == "" {
+			continue
+		}
+		s := b.series[key]
+		if s == nil {
+			s = &series{}
+			b.series[key] = s
+		}
+		s.add(r.min, sign*v)
+	}
+}
+
+// release gives a call's share back: it will never run.
+func (b *usageBook) release(r *reservation) {
+	if r == nil {
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.bump(r, -1)
+}
+
+// sweep forgets keys with nothing inside the horizon. The caller holds mu.
+func (b *usageBook) sweep(now time.Time) {
+	horizon := minuteOf(now.Add(-usageHorizon))
+	for key, s := range b.series {
+		if s.sum(horizon, horizon); len(s.mins) == 0 {
+			delete(b.series, key)
+		}
+	}
+}
+
+// RestoreUsage rebuilds the rolling record from the audit log's entries of
+// the last 24 hours (oldest first), so that a restart does not reset what
+// an agent has already moved: executed calls count, and so do requests
+// still waiting for a human.
+func (g *Guard) RestoreUsage(ctx context.Context, entries []audit.Entry) {
+	pending := map[string]*reservation{}
+	cutoff := g.now().Add(-usageHorizon)
+	g.usage.mu.Lock()
+	defer g.usage.mu.Unlock()
+	for _, e := range entries {
+		at, err := time.Parse(time.RFC3339Nano, e.Time)
+		if err != nil || at.Before(cutoff) {
+			continue
+		}
+		switch e.Kind {
+		case audit.KindApprovalRequested, audit.KindCallExecuted:
+			if e.Kind == audit.KindCallExecuted && e.RequestID != "" {
+				delete(pending, e.RequestID) // its request already counts
+				continue
+			}
+			v := g.valueOf(ctx, e)
+			r := g.usage.add(keysOf(e.Agent, e.Tool, v), v, at)
+			if e.Kind == audit.KindApprovalRequested {
+				pending[e.RequestID] = r
+			}
+		case audit.KindApprovalDenied, audit.KindApprovalExpired, audit.KindApprovalCancelled, audit.KindCallFailed:
+			if r := pending[e.RequestID]; r != nil && e.RequestID != "" {
+				g.usage.bump(r, -1)
+				delete(pending, e.RequestID)
+			}
+		}
+	}
+}
+
+// valueOf asks the tool what a logged call moved, from its logged
+// arguments; nil when the tool moves nothing or the arguments were not
+// kept.
+func (g *Guard) valueOf(ctx context.Context, e audit.Entry) *tools.Value {
+	spec, ok := g.opts.Catalog.Lookup(e.Tool)
+	if !ok || len(e.Args) == 0 {
+		return nil
+	}
+	var args map[string]any
+	if json.Unmarshal(e.Args, &args) != nil {
+		return nil
+	}
+	call, err := spec.Prepare(ctx, args)
+	if err != nil {
+		return nil
+	}
+	return call.Value
+}
