@@ -133,7 +133,7 @@ func TestRealAuditLogExportVerifies(t *testing.T) {
 		}
 	}
 	_, err = audit.Verify(bytes.NewReader(resignExport(t, key, entries)), log.PublicKey(), audit.VerifyOptions{})
-	if !errors.As(err, &ve) || !strings.Contains(ve.Reason, "at level low follows no call.allowed") {
+	if !errors.As(err, &ve) || !strings.Contains(ve.Reason, "an execution of it relabelled low") {
 		t.Fatalf("execution relabelled low: %v", err)
 	}
 }

@@ -368,6 +368,14 @@ func (s *Service) list(ctx context.Context, pending bool, limit int) ([]*Request
 	return out, nil
 }
 
+// PendingCount returns how many requests wait for a decision; the page and
+// the operator's metrics say so when there are more than a list shows.
+func (s *Service) PendingCount(ctx context.Context) (int, error) {
+	var n int
+	err := s.db.QueryRowContext(ctx, `SELECT count(*) FROM approval_requests WHERE state = 'pending'`).Scan(&n)
+	return n, err
+}
+
 // Wait blocks until the request is approved, denied, expired or cancelled.
 // If ctx ends first the request is cancelled (and recorded) unless it was
 // already decided.

@@ -271,15 +271,19 @@ func csrfToken(w http.ResponseWriter, r *http.Request) string {
 	return tok
 }
 
+// pendingShown bounds the pending list; the page says when more wait.
+const pendingShown = 100
+
 type pageData struct {
-	Title    string
-	CSRF     string
-	Pending  []*Request
-	History  []*Request
-	Keys     []Credential
-	Request  *Request
-	Approver string
-	NotFound bool
+	Title        string
+	CSRF         string
+	Pending      []*Request
+	PendingTotal int // all pending requests, of which Pending lists the first
+	History      []*Request
+	Keys         []Credential
+	Request      *Request
+	Approver     string
+	NotFound     bool
 }
 
 func (s *Service) render(w http.ResponseWriter, r *http.Request, name string, d pageData) {
@@ -291,7 +295,12 @@ func (s *Service) render(w http.ResponseWriter, r *http.Request, name string, d 
 }
 
 func (s *Service) pageIndex(w http.ResponseWriter, r *http.Request) {
-	pending, err := s.list(r.Context(), true, 100)
+	pending, err := s.list(r.Context(), true, pendingShown)
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	total, err := s.PendingCount(r.Context())
 	if err != nil {
 		fail(w, err)
 		return
@@ -306,7 +315,7 @@ func (s *Service) pageIndex(w http.ResponseWriter, r *http.Request) {
 		fail(w, err)
 		return
 	}
-	s.render(w, r, "index.html", pageData{Title: "Approvals", Pending: pending, History: history, Keys: keys})
+	s.render(w, r, "index.html", pageData{Title: "Approvals", Pending: pending, PendingTotal: total, History: history, Keys: keys})
 }
 
 func (s *Service) pageRequest(w http.ResponseWriter, r *http.Request) {
@@ -372,7 +381,12 @@ func toJSON(r *Request) requestJSON {
 }
 
 func (s *Service) apiList(w http.ResponseWriter, r *http.Request) {
-	pending, err := s.list(r.Context(), true, 100)
+	pending, err := s.list(r.Context(), true, pendingShown)
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	total, err := s.PendingCount(r.Context())
 	if err != nil {
 		fail(w, err)
 		return
@@ -383,9 +397,10 @@ func (s *Service) apiList(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	out := struct {
-		Pending []requestJSON `json:"pending"`
-		History []requestJSON `json:"history"`
-	}{Pending: []requestJSON{}, History: []requestJSON{}}
+		Pending      []requestJSON `json:"pending"`
+		PendingTotal int           `json:"pendingTotal"`
+		History      []requestJSON `json:"history"`
+	}{Pending: []requestJSON{}, PendingTotal: total, History: []requestJSON{}}
 	for _, p := range pending {
 		out.Pending = append(out.Pending, toJSON(p))
 	}

@@ -52,9 +52,9 @@ type requirements struct {
 	// that were allowed but never executed would fill it; its keys and
 	// values hold no pointers, so the garbage collector need not scan it.
 	allowed map[callKey]int32
-	// unrun holds approved requests not yet run, by agent, tool and
-	// arguments.
-	unrun map[callKey]string
+	// unrun holds approved requests not yet run, by tool and arguments
+	// (whoever's name a forger puts on the execution).
+	unrun map[callKey]int32
 
 	approvals  int // approval.approved entries checked
 	executions int // countersigned executions checked
@@ -77,6 +77,12 @@ func keyOf(e *Entry) callKey {
 	return k
 }
 
+// actionOf identifies what a call does, whoever made it: its tool and
+// arguments.
+func actionOf(e *Entry) callKey {
+	return keyOf(&Entry{Tool: e.Tool, ArgsSHA256: e.ArgsSHA256})
+}
+
 // request is what the log said about one approval request so far.
 type request struct {
 	seq      int64  // of approval.requested
@@ -91,7 +97,7 @@ type request struct {
 }
 
 func newRequirements() *requirements {
-	return &requirements{requests: map[string]*request{}, allowed: map[callKey]int32{}, unrun: map[callKey]string{}}
+	return &requirements{requests: map[string]*request{}, allowed: map[callKey]int32{}, unrun: map[callKey]int32{}}
 }
 
 // legacyRequest notes a format 1 approval.requested, so that a format 2
@@ -196,7 +202,7 @@ func (q *requirements) end(r *request, e *Entry) {
 		r.entry = nil // nothing can run on it any more
 		return
 	}
-	q.unrun[keyOf(r.entry)] = e.RequestID
+	q.unrun[actionOf(r.entry)]++
 }
 
 // decision checks an approver's key decision against the request.
@@ -276,8 +282,8 @@ func (q *requirements) execution(e *Entry) string {
 			return fmt.Sprintf("%s at level low names request %s", e.Kind, e.RequestID)
 		}
 		k := keyOf(e)
-		if id, ok := q.unrun[k]; ok && q.allowed[k] == 0 {
-			return fmt.Sprintf("%s of %s at level low runs the arguments of approved request %s, which has not run: an execution of it relabelled low", e.Kind, e.Tool, id)
+		if q.unrun[actionOf(e)] > 0 && q.allowed[k] == 0 {
+			return fmt.Sprintf("%s of %s at level low runs the arguments of an approved request that has not run: an execution of it relabelled low", e.Kind, e.Tool)
 		}
 		if q.allowed[k] == 0 {
 			return "" // a routine call recorded once, after it ran
@@ -313,7 +319,11 @@ func (q *requirements) execution(e *Entry) string {
 	case e.Decision != r.entry.Level:
 		return fmt.Sprintf("%s at level %s, but request %s was raised at level %s", e.Kind, e.Decision, e.RequestID, r.entry.Level)
 	}
-	delete(q.unrun, keyOf(r.entry))
+	if a := actionOf(r.entry); q.unrun[a] > 1 {
+		q.unrun[a]--
+	} else {
+		delete(q.unrun, a)
+	}
 	r.executed = e.Seq
 	r.entry = nil
 	q.executions++

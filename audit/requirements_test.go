@@ -337,7 +337,7 @@ func TestVerifyRefusesForgedApprovals(t *testing.T) {
 		}), 12, "call.executed is for other tool or arguments than the approved request req-A"},
 		{"executed high call relabelled low", at(12, func(e *Entry) {
 			e.Decision, e.RequestID = "low", ""
-		}), 12, "call.executed of transfer at level low runs the arguments of approved request req-A, which has not run: an execution of it relabelled low"},
+		}), 12, "call.executed of transfer at level low runs the arguments of an approved request that has not run: an execution of it relabelled low"},
 		{"executed critical call relabelled high", at(12, func(e *Entry) {
 			e.Decision = "high"
 		}), 12, "call.executed at level high, but request req-A was raised at level critical"},

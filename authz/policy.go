@@ -42,7 +42,9 @@
 //
 // Everything is checked by [Compile] at start: CEL syntax, unknown
 // variables, non-bool results (a bare dyn such as args.flag is refused; write
-// args.flag == true), level names, approvers and quorum. Errors name the key
+// args.flag == true), level names, approvers and quorum; and, for a tool
+// whose [Schema] is known, the fields a rule names and the types it
+// compares them with. Errors name the key
 // path, e.g. tools.transfer.rules[1].when, and carry CEL's line and column.
 // [Policy.Decide] does no parsing; it evaluates the programs compiled here.
 package authz
@@ -71,6 +73,9 @@ type Options struct {
 	// {"transfer": {"counterparty"}, "read_secret": {"secret"}}. Rules may
 	// refer only to the facts of their own tool.
 	Facts map[string][]string
+	// Schemas, per tool, type the arguments and facts its rules see; a
+	// tool without one sees maps of dynamic values. See [Schema].
+	Schemas map[string]Schema
 	// Upstreams give the level of upstream tools that have no entry under
 	// tools: default_level when set, else low for a tool annotated
 	// read-only and high for any other, approved by the upstream's
@@ -370,6 +375,10 @@ func (c *compiler) tool(name string, ct config.Tool) *tool {
 		}
 	}
 
+	typed, err := c.typedEnv(name, t.facts)
+	if err != nil {
+		c.fail(p, "schema of %s: %v", name, err)
+	}
 	seen := map[string]int{}
 	for i, cr := range ct.Rules {
 		rp := fmt.Sprintf("%s.rules[%d]", p, i)
@@ -395,6 +404,9 @@ func (c *compiler) tool(name string, ct config.Tool) *tool {
 			r.approvers = c.resolve(rp+".approvers", cr.Approvers)
 		}
 		r.prg, r.replayPrg, r.refs = c.program(rp+".when", env, cr.When)
+		if r.prg != nil && typed != nil {
+			c.checkTyped(rp+".when", typed, cr.When, name, t.facts)
+		}
 
 		if ok && level <= base {
 			if base != rankDeny {

@@ -26,6 +26,11 @@ type Config struct {
 
 	// Source is the file the config came from, or "(embedded default)".
 	Source string `mapstructure:"-"`
+	// Dir is the directory relative paths were resolved against: the
+	// config file's directory, or for the embedded default the data
+	// directory (where serve writes the demo files it names). Empty when
+	// the config was parsed without one ([Parse]): paths stay as written.
+	Dir string `mapstructure:"-"`
 }
 
 // Server holds process-wide settings.
@@ -39,6 +44,9 @@ type Server struct {
 	// human hold a worker, so this must be well above the number of
 	// approvals expected to wait at once.
 	Workers int `mapstructure:"workers"`
+	// StdioAgent is the agent name of the one client served over stdio, as
+	// policies (agent == "...") and the audit log see it.
+	StdioAgent string `mapstructure:"stdio_agent"`
 }
 
 // HTTP configures the agent listener (Streamable HTTP at /mcp, SSE at /sse).
@@ -62,7 +70,10 @@ type Agent struct {
 	TokenSHA256 string `mapstructure:"token_sha256"` // hex
 }
 
-// Approval configures the approver page and WebAuthn.
+// Approval configures the approver page and WebAuthn. PublicURL, RPID,
+// Origins and AllowedHosts left empty are derived from Listen (see
+// [Approval.Derive]); set explicitly, they must agree with it and with each
+// other.
 type Approval struct {
 	Listen        string        `mapstructure:"listen"`     // 127.0.0.1:8710
 	PublicURL     string        `mapstructure:"public_url"` // http://localhost:8710
@@ -77,6 +88,8 @@ type Approval struct {
 	MaxBodyBytes  int64         `mapstructure:"max_body_bytes"` // approver page POST limit
 	TLSCertFile   string        `mapstructure:"tls_cert_file"`  // optional
 	TLSKeyFile    string        `mapstructure:"tls_key_file"`   // optional
+
+	derived derivedFields // which of the fields above Derive filled in
 }
 
 // Approver is a human who may countersign.

@@ -40,12 +40,35 @@ ledger:
 `
 
 func TestMinimalConfigGetsDefaults(t *testing.T) {
+	state := t.TempDir()
+	t.Setenv("XDG_STATE_HOME", state)
 	c, err := Parse([]byte(minimal), "min.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Server.DataDir != "./countersign-data" || c.Approval.RPID != "localhost" || c.HTTP.MaxBodyBytes != 1<<20 {
+	if c.Server.DataDir != filepath.Join(state, "countersign") || c.HTTP.MaxBodyBytes != 1<<20 || c.Server.StdioAgent != "stdio" {
 		t.Errorf("defaults not applied: %+v", c.Server)
+	}
+	a := c.Approval
+	if a.PublicURL != "http://localhost:8710" || a.RPID != "localhost" ||
+		strings.Join(a.Origins, " ") != "http://localhost:8710" ||
+		strings.Join(a.AllowedHosts, " ") != "localhost:8710 127.0.0.1:8710" {
+		t.Errorf("approval settings not derived from listen: %+v", a)
+	}
+}
+
+func TestDefaultDataDirIsTheStateDirectory(t *testing.T) {
+	home := t.TempDir()
+	t.Setenv("HOME", home)
+	for _, tc := range []struct{ xdg, want string }{
+		{"/var/state", "/var/state/countersign"},
+		{"", filepath.Join(home, ".local", "state", "countersign")},
+		{"relative/state", filepath.Join(home, ".local", "state", "countersign")}, // invalid per XDG: ignored
+	} {
+		t.Setenv("XDG_STATE_HOME", tc.xdg)
+		if got, err := DefaultDataDir(); err != nil || got != tc.want {
+			t.Errorf("XDG_STATE_HOME=%q: %q, %v; want %q", tc.xdg, got, err, tc.want)
+		}
 	}
 }
 
@@ -120,7 +143,7 @@ func TestEnvironmentOverridesScalars(t *testing.T) {
 func TestEnvironmentOverrideIsValidated(t *testing.T) {
 	t.Setenv("COUNTERSIGN_SERVER_WORKERS", "lots")
 	_, err := Parse(countersign.DefaultConfig, Embedded)
-	if err == nil || !strings.Contains(err.Error(), "server.workers: expected an integer") {
+	if err == nil || !strings.Contains(err.Error(), "server.workers (set by environment variable COUNTERSIGN_SERVER_WORKERS): expected an integer") {
 		t.Fatalf("err = %v", err)
 	}
 }

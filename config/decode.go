@@ -132,6 +132,14 @@ func (d *decoder) list(path string, in any, out reflect.Value) {
 			for _, v := range s {
 				items = append(items, v)
 			}
+		} else if s, isString := in.(string); isString && fromEnv(path) {
+			// An environment variable can only be text: a list is
+			// written comma-separated there.
+			for _, v := range strings.Split(s, ",") {
+				if v = strings.TrimSpace(v); v != "" {
+					items = append(items, v)
+				}
+			}
 		} else {
 			d.fail(path, "expected a list, got %s", describe(in))
 			return
@@ -156,6 +164,11 @@ func (d *decoder) duration(path string, in any, out reflect.Value) {
 		return
 	}
 	out.SetInt(int64(dur))
+}
+
+func fromEnv(path string) bool {
+	_, ok := envVar(path)
+	return ok
 }
 
 func integer(in any) (int64, bool) {

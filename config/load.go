@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"errors"
 	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -24,8 +26,23 @@ const EnvPrefix = "COUNTERSIGN"
 
 // Load finds and loads the configuration: path if given, else
 // $COUNTERSIGN_CONFIG, else ./mcp.yaml if present, else the embedded default.
-// Environment overrides are applied and the result is validated.
+// Environment overrides are applied, relative paths resolved (against the
+// file's directory; for the embedded default, against the data directory),
+// and the result is validated, including what serve will open at start:
+// files, programs and directories must exist and be usable.
 func Load(path string) (*Config, error) {
+	c, err := Check(path)
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// Check is Load for reporting. It returns every problem found, and the
+// configuration as far as it could be decoded even when there are problems,
+// so that a caller can check more of it (the policies) and report
+// everything at once. Only a nil error makes the configuration usable.
+func Check(path string) (*Config, error) {
 	if path == "" {
 		path = os.Getenv(EnvPrefix + "_CONFIG")
 	}
@@ -35,19 +52,36 @@ func Load(path string) (*Config, error) {
 		}
 	}
 	if path == "" {
-		return Parse(countersign.DefaultConfig, Embedded)
+		return parse(countersign.DefaultConfig, Embedded, "", true)
 	}
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, &Error{Source: path, Msg: err.Error()}
 	}
-	return Parse(data, path)
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil, &Error{Source: path, Msg: err.Error()}
+	}
+	return parse(data, path, filepath.Dir(abs), true)
 }
 
 // Parse decodes YAML config data, applies defaults and COUNTERSIGN_*
 // environment overrides, and validates the result. source names the data in
-// errors. Every problem found is reported, one per line.
+// errors. Every problem found is reported, one per line. Relative paths are
+// left as written and the file system is not consulted: use [Load] for a
+// configuration about to be served.
 func Parse(data []byte, source string) (*Config, error) {
+	c, err := parse(data, source, "", false)
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// parse is Parse with, when files is set, relative paths resolved against
+// dir ("" for the embedded default: against the data directory) and the
+// file system checked.
+func parse(data []byte, source, dir string, files bool) (*Config, error) {
 	v := viper.New()
 	v.SetConfigType("yaml")
 	for key, value := range defaults {
@@ -63,22 +97,71 @@ func Parse(data []byte, source string) (*Config, error) {
 	if err := keepCase(data, settings); err != nil {
 		return nil, &Error{Source: source, Msg: "not valid YAML: " + oneLine(err.Error())}
 	}
-	var c Config
-	var errs []error
-	for _, p := range decode(settings, &c) {
-		errs = append(errs, &Error{Source: source, Path: p.path, Msg: p.msg})
+	c := &Config{Source: source}
+	problems := decode(settings, c)
+	bad := slices.Clone(problems) // keys whose value could not be read
+	var later validator
+	c.applyUpstreamDefaults()
+	if c.Server.DataDir == "" {
+		d, err := DefaultDataDir()
+		if err != nil {
+			later.fail("server.data_dir", "%v", err)
+		}
+		c.Server.DataDir = d
 	}
-	if len(errs) == 0 {
-		c.applyUpstreamDefaults()
-		for _, p := range c.validate() {
-			errs = append(errs, &Error{Source: source, Path: p.path, Msg: p.msg})
+	if files {
+		c.resolvePaths(dir)
+	}
+	if err := c.Approval.Derive(c.Approval.Listen); err != nil {
+		later.fail("approval.public_url", "%v", err)
+	}
+	later.problems = append(later.problems, c.validate()...)
+	if files {
+		c.checkPaths(&later)
+	}
+	for _, p := range later.problems {
+		if !under(p.path, bad) {
+			problems = append(problems, p)
 		}
 	}
-	if len(errs) > 0 {
-		return nil, errors.Join(errs...)
+	if len(problems) == 0 {
+		return c, nil
 	}
-	c.Source = source
-	return &c, nil
+	errs := make([]error, len(problems))
+	for i, p := range problems {
+		errs[i] = newError(source, p)
+	}
+	return c, errors.Join(errs...)
+}
+
+// under reports whether path is, or is inside, one of the keys in bad: a
+// value that could not be decoded is reported once, not again by every
+// check that then sees its zero value.
+func under(path string, bad []problem) bool {
+	for _, b := range bad {
+		if path == b.path || strings.HasPrefix(path, b.path+".") || strings.HasPrefix(path, b.path+"[") {
+			return true
+		}
+	}
+	return false
+}
+
+// envVar returns the environment variable that overrides key, if it is
+// set. Keys inside lists (rules[0]) cannot be overridden.
+func envVar(key string) (string, bool) {
+	if key == "" || strings.ContainsAny(key, "[]") {
+		return "", false
+	}
+	name := EnvPrefix + "_" + strings.ToUpper(strings.ReplaceAll(key, ".", "_"))
+	return name, os.Getenv(name) != "" // viper ignores empty variables too
+}
+
+func newError(source string, p problem) *Error {
+	e := &Error{Source: source, Path: p.path, Msg: p.msg}
+	if name, ok := envVar(p.path); ok {
+		e.Env = name
+	}
+	return e
 }
 
 // keepCase undoes viper's lower-casing where case is data: tool names
@@ -119,16 +202,20 @@ func (c *Config) applyUpstreamDefaults() {
 }
 
 // Error is one problem with a configuration: the file, the key path and what
-// was expected.
+// was expected, and the environment variable when one set the value.
 type Error struct {
 	Source string // file name or Embedded
 	Path   string // key path, e.g. tools.transfer.rules[1].level; "" for the whole file
 	Msg    string
+	Env    string // e.g. COUNTERSIGN_APPROVAL_TIMEOUT, when it overrides Path
 }
 
 func (e *Error) Error() string {
-	if e.Path == "" {
+	switch {
+	case e.Path == "":
 		return e.Source + ": " + e.Msg
+	case e.Env != "":
+		return e.Source + ": " + e.Path + " (set by environment variable " + e.Env + "): " + e.Msg
 	}
 	return e.Source + ": " + e.Path + ": " + e.Msg
 }
@@ -141,7 +228,8 @@ func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
 // so a short config behaves like the default one.
 var defaults = map[string]any{
 	"server.name":                    "countersign",
-	"server.data_dir":                "./countersign-data",
+	"server.data_dir":                "", // DefaultDataDir
+	"server.stdio_agent":             "stdio",
 	"server.log_format":              "text",
 	"server.log_level":               "info",
 	"server.shutdown_timeout":        "10s",
@@ -151,11 +239,11 @@ var defaults = map[string]any{
 	"http.max_body_bytes":            1 << 20,
 	"http.allowed_hosts":             []string{"localhost", "127.0.0.1", "[::1]"},
 	"approval.listen":                "127.0.0.1:8710",
-	"approval.public_url":            "http://localhost:8710",
-	"approval.rp_id":                 "localhost",
+	"approval.public_url":            "", // these four: derived from listen
+	"approval.rp_id":                 "",
 	"approval.rp_name":               "Countersign",
-	"approval.origins":               []string{"http://localhost:8710"},
-	"approval.allowed_hosts":         []string{"localhost:8710", "127.0.0.1:8710"},
+	"approval.origins":               []string{},
+	"approval.allowed_hosts":         []string{},
 	"approval.timeout":               "5m",
 	"approval.poll_interval":         "5s",
 	"approval.progress_every":        "5s",

@@ -25,7 +25,7 @@ func (c *Config) validate() []problem {
 	var v validator
 	s := c.Server
 	v.nonEmpty("server.name", s.Name)
-	v.nonEmpty("server.data_dir", s.DataDir)
+	v.id("server.stdio_agent", s.StdioAgent)
 	v.oneOf("server.log_format", s.LogFormat, "text", "json")
 	v.oneOf("server.log_level", s.LogLevel, "debug", "info", "warn", "error")
 	v.positive("server.shutdown_timeout", s.ShutdownTimeout)
@@ -46,6 +46,9 @@ func (c *Config) validate() []problem {
 	if h.MaxBodyBytes < 1024 {
 		v.fail("http.max_body_bytes", "expected at least 1024, got %d", h.MaxBodyBytes)
 	}
+	if h.Addr != "" && len(h.Agents) == 0 && !loopbackAddr(h.Addr) {
+		v.fail("http.agents", "an HTTP listener on %s (not loopback) needs at least one agent token: run countersign agents add NAME", h.Addr)
+	}
 	agents := map[string]bool{}
 	for i, a := range h.Agents {
 		p := fmt.Sprintf("http.agents[%d]", i)
@@ -61,20 +64,24 @@ func (c *Config) validate() []problem {
 
 	ap := c.Approval
 	v.hostPort("approval.listen", ap.Listen)
-	v.url("approval.public_url", ap.PublicURL)
-	v.nonEmpty("approval.rp_id", ap.RPID)
+	// With a malformed listen nothing could be derived from it, and
+	// saying so four more times would bury the one thing to fix.
+	if !(ap.derived.publicURL && ap.PublicURL == "") {
+		v.url("approval.public_url", ap.PublicURL)
+		v.nonEmpty("approval.rp_id", ap.RPID)
+		if len(ap.Origins) == 0 {
+			v.fail("approval.origins", "expected at least one origin, e.g. http://localhost:8710")
+		}
+		if len(ap.AllowedHosts) == 0 {
+			v.fail("approval.allowed_hosts", "expected at least one host name, e.g. localhost:8710")
+		}
+	}
 	if net.ParseIP(ap.RPID) != nil {
 		v.fail("approval.rp_id", "WebAuthn refuses IP addresses as RP ID; use a name such as localhost")
 	}
 	v.nonEmpty("approval.rp_name", ap.RPName)
-	if len(ap.Origins) == 0 {
-		v.fail("approval.origins", "expected at least one origin, e.g. http://localhost:8710")
-	}
 	for i, o := range ap.Origins {
 		v.url(fmt.Sprintf("approval.origins[%d]", i), o)
-	}
-	if len(ap.AllowedHosts) == 0 {
-		v.fail("approval.allowed_hosts", "expected at least one host name, e.g. localhost:8710")
 	}
 	v.positive("approval.timeout", ap.Timeout)
 	v.positive("approval.poll_interval", ap.PollInterval)
@@ -86,6 +93,7 @@ func (c *Config) validate() []problem {
 	if (ap.TLSCertFile == "") != (ap.TLSKeyFile == "") {
 		v.fail("approval.tls_cert_file", "tls_cert_file and tls_key_file go together")
 	}
+	c.checkApproval(&v)
 
 	approvers := map[string]bool{}
 	for i, a := range c.Approvers {
@@ -273,6 +281,10 @@ func (c *Config) validateUpstreams(v *validator) {
 	}
 }
 
+// ValidID reports whether s may be the id of an approver, an agent or a
+// role: lower-case letters, digits, . _ and -, at most 64.
+func ValidID(s string) bool { return idPattern.MatchString(s) }
+
 type validator struct{ problems []problem }
 
 func (v *validator) fail(path, format string, args ...any) {
@@ -307,6 +319,12 @@ func (v *validator) hostPort(path, addr string) {
 	if _, port, err := net.SplitHostPort(addr); err != nil || port == "" {
 		v.fail(path, "expected host:port such as 127.0.0.1:8710, got %q", addr)
 	}
+}
+
+// loopbackAddr reports whether a host:port listens on loopback only.
+func loopbackAddr(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	return err == nil && isLoopbackHost(host)
 }
 
 func (v *validator) url(path, s string) {

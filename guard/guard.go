@@ -267,9 +267,10 @@ func (g *Guard) Handle(ctx context.Context, c Call) *mcp.CallToolResult {
 		args, ok = map[string]any{}, true
 	}
 	if !ok {
-		entry.Kind, entry.Reason = audit.KindCallRejected, "arguments are not a JSON object"
+		const msg = "invalid arguments: expected a JSON object"
+		entry.Kind, entry.Reason = audit.KindCallRejected, msg
 		g.record(ctx, entry)
-		return toolError("invalid arguments: expected a JSON object")
+		return toolError(msg)
 	}
 	switch d, n := measure(args, g.opts.MaxArgDepth, g.opts.MaxArgBytes); {
 	case d > g.opts.MaxArgDepth:

@@ -270,16 +270,24 @@ func TestBadArgumentsNeverReachPolicyOrTool(t *testing.T) {
 		args any
 		want string
 	}{
-		{"not an object", []any{1}, "expected a JSON object"},
-		{"schema", map[string]any{"amount": -5.0}, "amount"},
-		{"unknown field", map[string]any{"amount": 1.0, "evil": true}, "evil"},
-		{"prepare refuses", map[string]any{"amount": 1.0, "to": "nobody"}, "to: unknown payee"},
+		{"not an object", []any{1}, "invalid arguments: expected a JSON object"},
+		{"schema", map[string]any{"amount": -5.0}, "invalid arguments: amount: must be greater than 0"},
+		{"unknown field", map[string]any{"amount": 1.0, "evil": true}, `invalid arguments: unknown argument "evil"`},
+		{"missing", map[string]any{}, `invalid arguments: missing required argument "amount"`},
+		{"wrong type", map[string]any{"amount": "5"}, "invalid arguments: amount: must be a number, not a string"},
+		{"prepare refuses", map[string]any{"amount": 1.0, "to": "nobody"}, "invalid arguments: to: unknown payee"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newFixture(t, config.LevelLow)
 			res := f.g.Handle(context.Background(), Call{Tool: "pay", Agent: "bot", Args: tc.args})
-			if !res.IsError || !strings.Contains(text(res), tc.want) {
-				t.Fatalf("result %q, want it to mention %q", text(res), tc.want)
+			if !res.IsError || text(res) != tc.want {
+				t.Fatalf("result %q, want %q", text(res), tc.want)
+			}
+			// The auditor reads the same sentence the agent did, with no Go
+			// values in it.
+			// (Followed by the arguments' size: refused arguments are not kept.)
+			if e := f.log.last(audit.KindCallRejected); !strings.HasPrefix(e.Reason, tc.want) {
+				t.Errorf("audit reason %q, want %q", e.Reason, tc.want)
 			}
 			if f.tool.count() != 0 || len(f.policy.seen) != 0 {
 				t.Errorf("ran %d times, policy asked %d times", f.tool.count(), len(f.policy.seen))

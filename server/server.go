@@ -146,7 +146,11 @@ func (s *Server) ServeStdio(ctx context.Context, in io.Reader, out io.Writer) er
 	mcpserver.WithWorkerPoolSize(s.opts.Config.Server.Workers)(stdio)
 	mcpserver.WithQueueSize(4 * s.opts.Config.Server.Workers)(stdio)
 	stdio.SetErrorLogger(slog.NewLogLogger(s.log.Handler(), slog.LevelError))
-	stdio.SetContextFunc(func(ctx context.Context) context.Context { return WithAgent(ctx, "stdio") })
+	agent := s.opts.Config.Server.StdioAgent
+	if agent == "" {
+		agent = "stdio"
+	}
+	stdio.SetContextFunc(func(ctx context.Context) context.Context { return WithAgent(ctx, agent) })
 	return stdio.Listen(ctx, in, out)
 }
 
@@ -169,6 +173,10 @@ func (s *Server) HTTPHandler(baseURL string) (h http.Handler, shutdown func(cont
 		mcpserver.WithBaseURL(baseURL),
 		mcpserver.WithSSEEndpoint("/sse"),
 		mcpserver.WithMessageEndpoint("/message"),
+		// A relative endpoint resolves against whatever name the client
+		// reached /sse by (localhost, a proxy's name); a full URL built
+		// from the listener's address fails clients that check origins.
+		mcpserver.WithUseFullURLForMessageEndpoint(false),
 		mcpserver.WithSSEContextFunc(ctxFunc),
 		mcpserver.WithKeepAlive(true),
 	)

@@ -19,13 +19,65 @@ import (
 // Builtin is the Source of the built-in backends' specs.
 const Builtin = "builtin"
 
+// factSchemas are the JSON Schemas of the fact variables each built-in
+// tool's Prepare supplies; Prepare and these must agree.
+var factSchemas = map[string]map[string]json.RawMessage{
+	"transfer": {"counterparty": schemaObject(map[string]any{
+		"name":       map[string]any{"type": "string", "description": "The payee's name as the ledger knows it."},
+		"known":      map[string]any{"type": "boolean", "description": "Whether the payee is verified."},
+		"exists":     map[string]any{"type": "boolean", "description": "Whether the ledger has seen the payee before."},
+		"first_seen": map[string]any{"type": "string", "description": "RFC 3339 time the payee was first seen; empty if new."},
+	})},
+	"read_secret": {"secret": schemaObject(map[string]any{
+		"name":           map[string]any{"type": "string"},
+		"classification": map[string]any{"type": "string", "enum": config.Classifications},
+		"exists":         map[string]any{"type": "boolean"},
+	})},
+}
+
 // Facts returns, per built-in tool, the fact variables its Prepare
 // supplies, for compiling the policy before any backend is opened.
 func Facts() map[string][]string {
-	return map[string][]string{
-		"transfer":    {"counterparty"},
-		"read_secret": {"secret"},
+	out := map[string][]string{}
+	for tool, facts := range factSchemas {
+		for f := range facts {
+			out[tool] = append(out[tool], f)
+		}
+		sort.Strings(out[tool])
 	}
+	return out
+}
+
+// Schema is what a built-in tool's policy rules can see: the JSON Schema of
+// its arguments and of each of its fact variables.
+type Schema struct {
+	Args  json.RawMessage
+	Facts map[string]json.RawMessage
+}
+
+// Schemas returns the Schema of each built-in tool cfg names, built from
+// the configuration alone (no backend is opened), so that policies can be
+// checked against them before anything starts. A tool whose settings are
+// incomplete (transfer without accounts) is left out: the configuration
+// check reports that.
+func Schemas(cfg *config.Config) map[string]Schema {
+	out := map[string]Schema{}
+	lt := newLedgerTools(nil, cfg.Ledger)
+	for name := range cfg.Tools {
+		var spec *Spec
+		switch name {
+		case "get_balance", "list_counterparties", "list_transfers", "transfer":
+			spec, _ = lt.tool(name)
+		case "deploy":
+			spec, _ = deployTool(nil, cfg.Deploy)
+		case "read_secret", "list_secrets":
+			spec = secretTool(name, nil, secrets.MACKey{})
+		}
+		if spec != nil {
+			out[name] = Schema{Args: spec.Def.RawInputSchema, Facts: factSchemas[name]}
+		}
+	}
+	return out
 }
 
 // New returns a catalog holding the built-in tools named in cfg.Tools, and
@@ -115,6 +167,42 @@ func builtins(ctx context.Context, cfg *config.Config, db *sql.DB, c *Catalog) (
 		specs = append(specs, t)
 	}
 	return specs, nil
+}
+
+// CheckConfig finds what would stop [New] for cfg that the configuration's
+// own checks cannot see, because only the backends know it: a currency the
+// ledger has no minor units for, a balance with more decimals than its
+// currency has, a payee name the ledger would not store. Each problem names
+// its key path, so that config validate reports it with the rest.
+func CheckConfig(cfg *config.Config) []error {
+	ledgerUsed := false
+	for _, name := range []string{"get_balance", "list_counterparties", "list_transfers", "transfer"} {
+		_, ok := cfg.Tools[name]
+		ledgerUsed = ledgerUsed || ok
+	}
+	if !ledgerUsed {
+		return nil
+	}
+	var errs []error
+	fail := func(path, format string, args ...any) {
+		errs = append(errs, &config.Error{Source: cfg.Source, Path: path, Msg: fmt.Sprintf(format, args...)})
+	}
+	for i, a := range cfg.Ledger.Accounts {
+		p := fmt.Sprintf("ledger.accounts[%d]", i)
+		if _, err := ledger.MinorUnits(a.Currency); err != nil {
+			fail(p+".currency", "%v", err)
+			continue
+		}
+		if _, err := ledger.ParseBalance(a.Balance, a.Currency); err != nil {
+			fail(p+".balance", "%q: %v", a.Balance, err)
+		}
+	}
+	for i, c := range cfg.Ledger.Counterparties {
+		if _, err := ledger.NormalizeName(c.Name); err != nil {
+			fail(fmt.Sprintf("ledger.counterparties[%d].name", i), "%v", err)
+		}
+	}
+	return errs
 }
 
 // checkKeys refuses arguments the schema does not declare, so Prepare is

@@ -6,6 +6,7 @@ import (
 	"database/sql"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -23,7 +24,7 @@ import (
 )
 
 // shipped returns the shipped config pointed at a temp data dir and the
-// repository's testdata (go test runs in tools/).
+// repository's demo files (go test runs in tools/).
 func shipped(t *testing.T) *config.Config { return shippedFor(t) }
 
 func shippedFor(t testing.TB) *config.Config {
@@ -33,8 +34,8 @@ func shippedFor(t testing.TB) *config.Config {
 		t.Fatal(err)
 	}
 	c.Server.DataDir = t.TempDir()
-	c.Deploy.Command[0] = "../testdata/deploy.sh"
-	c.Secrets.Dir = "../testdata/secrets"
+	c.Deploy.Command[0] = "../demo/deploy.sh"
+	c.Secrets.Dir = "../demo/secrets"
 	return c
 }
 
@@ -97,6 +98,30 @@ func TestCatalogOnlyConfiguredTools(t *testing.T) {
 	r, _ := registry(t, c)
 	if got := len(r.Specs()); got != 1 {
 		t.Errorf("%d tools, want 1", got)
+	}
+}
+
+// CheckConfig finds, with key paths and before anything opens, what New
+// would refuse.
+func TestCheckConfigFindsWhatNewWouldRefuse(t *testing.T) {
+	c := shipped(t)
+	if errs := CheckConfig(c); len(errs) != 0 {
+		t.Fatalf("shipped config: %v", errs)
+	}
+	c.Ledger.Accounts[0].Currency = "XXY"
+	c.Ledger.Accounts[1].Balance = "1.001" // EUR has two decimals
+	c.Ledger.Counterparties[0].Name = "  "
+	var got []string
+	for _, err := range CheckConfig(c) {
+		got = append(got, err.Error())
+	}
+	for i, want := range []string{"mcp.yaml: ledger.accounts[0].currency: ", "mcp.yaml: ledger.accounts[1].balance: \"1.001\": ", "mcp.yaml: ledger.counterparties[0].name: "} {
+		if i >= len(got) || !strings.HasPrefix(got[i], want) {
+			t.Errorf("problem %d: got %q, want it to start %q", i, got, want)
+		}
+	}
+	if _, err := New(context.Background(), c, openDB(t, c.Server.DataDir)); err == nil {
+		t.Error("New accepted what CheckConfig refused")
 	}
 }
 
@@ -194,8 +219,8 @@ func TestSchemas(t *testing.T) {
 		{"get_balance", []string{`{}`, `{"account":"operating"}`},
 			[]string{`{"account":"savings"}`, `{"account":7}`, `{"extra":1}`, `[]`}, false},
 		{"list_counterparties", []string{`{}`}, []string{`{"x":1}`}, false},
-		{"list_transfers", []string{`{}`, `{"limit":1}`, `{"limit":100}`},
-			[]string{`{"limit":0}`, `{"limit":101}`, `{"limit":2.5}`, `{"limit":"5"}`}, false},
+		{"list_transfers", []string{`{}`, `{"limit":1}`, `{"limit":100}`, `{"cursor":"42","limit":5}`},
+			[]string{`{"limit":0}`, `{"limit":101}`, `{"limit":2.5}`, `{"limit":"5"}`, `{"cursor":"0"}`, `{"cursor":"-1"}`, `{"cursor":7}`}, false},
 		{"transfer", []string{
 			`{"from":"operating","to":"Vendor X","amount":500000,"currency":"USD"}`,
 			`{"from":"payroll","to":"Acme Supplies","amount":12.5,"currency":"EUR","memo":"inv 7","idempotency_key":"k-1"}`,
@@ -448,6 +473,70 @@ func TestListTransfersDefaultLimit(t *testing.T) {
 	}
 }
 
+// list_transfers pages instead of stopping silently at its limit: every
+// transfer is on exactly one page, newest first, and a transfer made while
+// an agent pages does not shift the pages it has not read yet.
+func TestListTransfersPages(t *testing.T) {
+	r, _ := registry(t, shipped(t))
+	ctx := context.Background()
+	pay := func(i int) {
+		t.Helper()
+		tr := lookup(t, r, "transfer")
+		call, err := tr.Prepare(ctx, map[string]any{"from": "operating", "to": "Acme Supplies", "amount": float64(i), "currency": "USD"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tr.Run(ctx, call); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := 1; i <= 45; i++ {
+		pay(i)
+	}
+	page := func(args map[string]any) ([]string, string) {
+		t.Helper()
+		lt := lookup(t, r, "list_transfers")
+		call, err := lt.Prepare(ctx, args)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, err := lt.Run(ctx, call)
+		if err != nil {
+			t.Fatal(err)
+		}
+		content := res.Content.(map[string]any)
+		var amounts []string
+		for _, tr := range content["transfers"].([]map[string]any) {
+			amounts = append(amounts, tr["amount"].(string))
+		}
+		next, _ := content["next_cursor"].(string)
+		return amounts, next
+	}
+	var all []string
+	first, cursor := page(map[string]any{})
+	if len(first) != defaultTransferLimit || cursor == "" || first[0] != "45.00" {
+		t.Fatalf("first page %v, cursor %q", first, cursor)
+	}
+	all = append(all, first...)
+	pay(46) // between pages: must not shift what follows
+	for cursor != "" {
+		var got []string
+		got, cursor = page(map[string]any{"cursor": cursor})
+		all = append(all, got...)
+	}
+	if len(all) != 45 || all[44] != "1.00" {
+		t.Fatalf("%d transfers over the pages, want 45 ending with the first: %v", len(all), all)
+	}
+	for i, a := range all {
+		if want := fmt.Sprintf("%d.00", 45-i); a != want {
+			t.Fatalf("transfer %d is %s, want %s", i, a, want)
+		}
+	}
+	if got, next := page(map[string]any{"limit": 100.0}); len(got) != 46 || next != "" {
+		t.Errorf("one page of 100: %d transfers, next_cursor %q", len(got), next)
+	}
+}
+
 func TestDeployTool(t *testing.T) {
 	c := shipped(t)
 	r, _ := registry(t, c)
@@ -616,5 +705,43 @@ func TestReadSecretRefusesSymlinkOut(t *testing.T) {
 	res, err := rs.Run(context.Background(), &Call{Args: map[string]any{"name": "link"}})
 	if err == nil {
 		t.Errorf("Run(link) returned %v", res.Content)
+	}
+}
+
+// Schemas, built from the configuration alone for checking policies before
+// start, are the schemas the running tools have; and the facts Prepare
+// supplies have the shape their schemas promise the policy.
+func TestSchemasWithoutBackendsMatchTheCatalog(t *testing.T) {
+	c := shipped(t)
+	r, _ := registry(t, c)
+	schemas := Schemas(c)
+	for _, spec := range r.Specs() {
+		s, ok := schemas[spec.Def.Name]
+		if !ok || !bytes.Equal(s.Args, spec.Def.RawInputSchema) {
+			t.Errorf("%s: Schemas gives %s, the tool has %s", spec.Def.Name, s.Args, spec.Def.RawInputSchema)
+		}
+	}
+	for tool, args := range map[string]map[string]any{
+		"transfer":    {"from": "operating", "to": "Acme Supplies", "amount": 5.0, "currency": "USD"},
+		"read_secret": {"name": "prod-db-password"},
+	} {
+		call, err := lookup(t, r, tool).Prepare(context.Background(), args)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for name, raw := range schemas[tool].Facts {
+			doc, _ := jsonschema.UnmarshalJSON(bytes.NewReader(raw))
+			jc := jsonschema.NewCompiler()
+			jc.AddResource("mem:///fact.json", doc)
+			fs, err := jc.Compile("mem:///fact.json")
+			if err != nil {
+				t.Fatal(err)
+			}
+			fact, _ := json.Marshal(call.Facts[name])
+			v, _ := jsonschema.UnmarshalJSON(bytes.NewReader(fact))
+			if err := fs.Validate(v); err != nil {
+				t.Errorf("%s fact %s %s does not match its schema: %v", tool, name, fact, err)
+			}
+		}
 	}
 }

@@ -152,20 +152,30 @@ func (lt *ledgerTools) listCounterparties() *Spec {
 	}
 }
 
+// cursorPattern is a list_transfers cursor: the seq of the last transfer of
+// the page before. Agents treat it as opaque.
+var cursorPattern = regexp.MustCompile(`^[1-9][0-9]{0,18}$`)
+
 func (lt *ledgerTools) listTransfers() *Spec {
 	def := mcp.NewToolWithRawSchema("list_transfers",
-		"List the most recent transfers, newest first.",
+		fmt.Sprintf("List transfers, newest first, a page at a time: at most limit (default %d, at most %d). "+
+			"When there are older ones the result has next_cursor; pass it as cursor for the next page.",
+			defaultTransferLimit, maxTransferLimit),
 		schemaObject(map[string]any{
 			"limit": map[string]any{
 				"type": "integer", "minimum": 1, "maximum": maxTransferLimit, "default": defaultTransferLimit,
 				"description": fmt.Sprintf("How many transfers to return (default %d, at most %d).", defaultTransferLimit, maxTransferLimit),
 			},
+			"cursor": map[string]any{
+				"type": "string", "pattern": cursorPattern.String(),
+				"description": "next_cursor from the previous page; omit for the newest transfers.",
+			},
 		}))
-	def.Annotations = hints("Recent transfers", true, false, true, false)
+	def.Annotations = hints("Transfers", true, false, true, false)
 	return &Spec{
 		Def: def,
 		Prepare: func(_ context.Context, args map[string]any) (*Call, error) {
-			if err := checkKeys(args, "limit"); err != nil {
+			if err := checkKeys(args, "limit", "cursor"); err != nil {
 				return nil, err
 			}
 			call := &Call{Args: copyArgs(args)}
@@ -178,7 +188,17 @@ func (lt *ledgerTools) listTransfers() *Spec {
 				limit = f
 			}
 			call.Args["limit"] = limit
+			cursor, err := stringArg(args, "cursor", false)
+			if err != nil {
+				return nil, err
+			}
+			if cursor != "" && !cursorPattern.MatchString(cursor) {
+				return nil, argErr("cursor", "is not a cursor list_transfers returned")
+			}
 			call.Summary = fmt.Sprintf("List the last %d transfers", int(limit))
+			if cursor != "" {
+				call.Summary = fmt.Sprintf("List %d transfers older than cursor %s", int(limit), cursor)
+			}
 			return call, nil
 		},
 		Run: func(ctx context.Context, call *Call) (*Result, error) {
@@ -186,15 +206,28 @@ func (lt *ledgerTools) listTransfers() *Spec {
 			if limit < 1 || limit > maxTransferLimit {
 				limit = defaultTransferLimit
 			}
-			ts, err := lt.l.Transfers(ctx, int(limit))
+			var before int64
+			if c, _ := call.Args["cursor"].(string); c != "" {
+				before, _ = strconv.ParseInt(c, 10, 64)
+			}
+			// One more than asked says whether another page follows.
+			ts, err := lt.l.Transfers(ctx, before, int(limit)+1)
 			if err != nil {
 				return nil, err
+			}
+			more := len(ts) > int(limit)
+			if more {
+				ts = ts[:int(limit)]
 			}
 			out := []map[string]any{}
 			for _, t := range ts {
 				out = append(out, transferJSON(t))
 			}
-			return &Result{Content: map[string]any{"transfers": out}, Record: map[string]any{"count": len(out)}}, nil
+			res := map[string]any{"transfers": out}
+			if more {
+				res["next_cursor"] = strconv.FormatInt(ts[len(ts)-1].Seq, 10)
+			}
+			return &Result{Content: res, Record: map[string]any{"count": len(out), "more": more}}, nil
 		},
 	}
 }

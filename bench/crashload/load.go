@@ -375,9 +375,10 @@ func (r *run) check() error {
 			}
 		}
 	}
+	// A pure read has only its outcome (recorded once, after it ran).
 	for k, n := range open {
-		if n != 0 {
-			r.violation("%d routine calls of %q without exactly one outcome", n, strings.ReplaceAll(k, "\x00", " "))
+		if n > 0 {
+			r.violation("%d routine calls of %q without an outcome", n, strings.ReplaceAll(k, "\x00", " "))
 		}
 	}
 	db, err := store.Open(context.Background(), filepath.Join(r.dataDir, store.FileName))

@@ -63,14 +63,14 @@ func startProduct(t *testing.T, edit func(*config.Config)) *product {
 		pageLn.Close()
 		t.Fatal(err)
 	}
-	pageSrv := newHTTPServer(s.approvals.Handler(), log)
+	pageSrv := newHTTPServer(s.pageHandler(), log)
 	go pageSrv.Serve(pageLn)
 	agentLn, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	base := "http://" + agentLn.Addr().String()
-	h, closeSessions := s.server.HTTPHandler(base)
+	h, closeSessions := s.agentHandler(base)
 	agentSrv := newHTTPServer(h, log)
 	go agentSrv.Serve(agentLn)
 	var once sync.Once
@@ -103,6 +103,12 @@ type agent struct {
 
 func newAgent(t *testing.T, p *product) *agent {
 	t.Helper()
+	return newAgentAt(t, p.agent)
+}
+
+// newAgentAt connects an agent to the Streamable HTTP endpoint at url.
+func newAgentAt(t *testing.T, url string) *agent {
+	t.Helper()
 	a := &agent{}
 	opts := &sdk.ClientOptions{
 		LoggingMessageHandler: func(_ context.Context, req *sdk.LoggingMessageRequest) {
@@ -122,7 +128,7 @@ func newAgent(t *testing.T, p *product) *agent {
 			a.mu.Unlock()
 		},
 	}
-	a.cs = connect(t, &sdk.StreamableClientTransport{Endpoint: p.agent, MaxRetries: -1}, protocolVersions[0], opts)
+	a.cs = connect(t, &sdk.StreamableClientTransport{Endpoint: url, MaxRetries: -1}, protocolVersions[0], opts)
 	return a
 }
 

@@ -4,9 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 
 	"github.com/countersign/countersign/authz"
 	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/tools"
 	"github.com/spf13/cobra"
 )
 
@@ -75,12 +77,85 @@ offer.`,
 	return cmd
 }
 
+// checkConfig loads the configuration at path (see [config.Check]), asks
+// the built-in backends what they would refuse, compiles the policies, and
+// returns every problem of all three in one error: a person fixing a
+// configuration sees the whole list at once. A problem at a key already
+// reported is left out.
+func checkConfig(path string) (*config.Config, error) {
+	c, err := config.Check(path)
+	if c == nil {
+		return nil, configError(err)
+	}
+	problems := unjoin(err)
+	for _, e := range tools.CheckConfig(c) {
+		var ce *config.Error
+		if !errors.As(e, &ce) || !reportedAt(problems, ce.Path) {
+			problems = append(problems, e)
+		}
+	}
+	_, perr := authz.Compile(c.Tools, c.Approvers, policyOptions(c, slog.New(slog.DiscardHandler)))
+	for _, e := range unjoin(perr) {
+		var ce *authz.CompileError
+		if !errors.As(e, &ce) {
+			problems = append(problems, e)
+			continue
+		}
+		if !reportedAt(problems, ce.Path) {
+			problems = append(problems, &config.Error{Source: c.Source, Path: ce.Path, Msg: ce.Msg})
+		}
+	}
+	if len(problems) > 0 {
+		return nil, configError(errors.Join(problems...))
+	}
+	return c, nil
+}
+
+// unjoin lists the errors errors.Join put together.
+func unjoin(err error) []error {
+	if err == nil {
+		return nil
+	}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+	return []error{err}
+}
+
+// reportedAt reports whether one of problems is about key or a key
+// containing it.
+func reportedAt(problems []error, key string) bool {
+	for _, p := range problems {
+		var ce *config.Error
+		if errors.As(p, &ce) && ce.Path != "" &&
+			(key == ce.Path || strings.HasPrefix(key, ce.Path+".") || strings.HasPrefix(key, ce.Path+"[")) {
+			return true
+		}
+	}
+	return false
+}
+
+// policyOptions are the parts of the policy that come from outside the
+// tools section. The built-in tools' schemas come from tools, which authz
+// must not import: rules are checked against them here.
+func policyOptions(c *config.Config, log *slog.Logger) authz.Options {
+	schemas := map[string]authz.Schema{}
+	for name, s := range tools.Schemas(c) {
+		schemas[name] = authz.Schema(s)
+	}
+	return authz.Options{
+		DefaultTimeout: c.Approval.Timeout,
+		Facts:          tools.Facts(),
+		Schemas:        schemas,
+		Upstreams:      c.Upstreams,
+		Logger:         log,
+	}
+}
+
 // compilePolicy compiles the rules of c; a rule that does not compile is a
 // configuration error.
 func compilePolicy(c *config.Config, log *slog.Logger) (*authz.Policy, error) {
-	opts := policyOptions(c)
-	opts.Logger = log
-	p, err := authz.Compile(c.Tools, c.Approvers, opts)
+	p, err := authz.Compile(c.Tools, c.Approvers, policyOptions(c, log))
 	if err != nil {
 		return nil, configError(fmt.Errorf("%s: %w", c.Source, err))
 	}

@@ -413,9 +413,10 @@ func checkLedgerAgainstLog(t *testing.T, ledger map[string]string, ex *export) {
 	}
 }
 
-// checkEveryCallHasOutcome: every routine call.allowed has exactly one
-// outcome entry (executed, failed or interrupted) for the same agent, tool
-// and arguments, and no outcome is without its call.
+// checkEveryCallHasOutcome: every routine call.allowed has an outcome
+// entry (executed, failed or interrupted) of its own for the same agent,
+// tool and arguments. (A pure read is recorded once, after it ran: an
+// outcome with no call.allowed.)
 func checkEveryCallHasOutcome(t *testing.T, ex *export) {
 	t.Helper()
 	open := map[string]int{}
@@ -432,7 +433,7 @@ func checkEveryCallHasOutcome(t *testing.T, ex *export) {
 		}
 	}
 	for k, n := range open {
-		if n != 0 {
+		if n > 0 {
 			t.Errorf("%d more call.allowed than outcomes for %q", n, k)
 		}
 	}

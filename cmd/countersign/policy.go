@@ -202,7 +202,7 @@ func (f *factSource) lookup(ctx context.Context, tool string, args map[string]an
 		return nil, nil
 	}
 	if f.reg == nil {
-		if err := f.c.EnsureDataDir(); err != nil {
+		if err := prepareDataDir(f.c); err != nil {
 			return nil, err
 		}
 		db, err := store.Open(ctx, filepath.Join(f.c.Server.DataDir, store.FileName))

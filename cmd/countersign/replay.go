@@ -10,19 +10,14 @@ import (
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/authz"
 	"github.com/countersign/countersign/config"
-	"github.com/countersign/countersign/tools"
 )
 
 // policyOptions are the compile options of the configured policy.
-func policyOptions(c *config.Config) authz.Options {
-	return authz.Options{DefaultTimeout: c.Approval.Timeout, Facts: tools.Facts(), Upstreams: c.Upstreams}
-}
-
 // logPolicy records the policy serve decides with, so that every decision
 // in the audit log names it and an auditor can replay decisions offline
 // (audit verify --replay-policy).
 func logPolicy(ctx context.Context, log *audit.Log, c *config.Config) error {
-	doc, err := json.Marshal(authz.NewDocument(c.Tools, c.Approvers, policyOptions(c)))
+	doc, err := json.Marshal(authz.NewDocument(c.Tools, c.Approvers, policyOptions(c, nil)))
 	if err != nil {
 		return fmt.Errorf("policy document: %w", err)
 	}

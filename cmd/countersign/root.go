@@ -31,14 +31,12 @@ func (e *exitError) Unwrap() error { return e.err }
 func configError(err error) error { return &exitError{exitConfig, err} }
 
 // loadConfig loads the file named by the root --config flag; without one,
-// $COUNTERSIGN_CONFIG, ./mcp.yaml, then the embedded default.
+// $COUNTERSIGN_CONFIG, ./mcp.yaml, then the embedded default. Its policies
+// are compiled too, so every command refuses a configuration serve would
+// refuse, with every problem of either kind in one report.
 func loadConfig(cmd *cobra.Command) (*config.Config, error) {
 	path, _ := cmd.Flags().GetString("config")
-	c, err := config.Load(path)
-	if err != nil {
-		return nil, configError(err)
-	}
-	return c, nil
+	return checkConfig(path)
 }
 
 func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
@@ -52,10 +50,15 @@ them on a local web page by tapping a security key, and every decision is
 written to a signed, hash-chained audit log that auditors can verify offline.
 
 Start with:
-  countersign serve                 serve one agent over stdio (the default config works as is)
-  countersign serve --http :8711    serve agents over HTTP at /mcp (Streamable) and /sse
+  countersign serve                 serve one agent over stdio on the embedded default
+                                    (demo ledger, deploy script and secrets; data in
+                                    $XDG_STATE_HOME/countersign or ~/.local/state/countersign)
+  countersign serve --http 127.0.0.1:8711
+                                    serve agents over HTTP at /mcp (Streamable) and /sse
   countersign approvers enroll ID   print a one-time link to register an approver's key
-  countersign config validate FILE  check a configuration before deploying it`,
+  countersign init DIR              write a commented mcp.yaml (and its demo files) to change
+  countersign config validate FILE  check a configuration before deploying it
+  countersign completion bash       shell completion (also zsh, fish, powershell)`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
@@ -63,7 +66,8 @@ Start with:
 	root.SetErr(stderr)
 	root.PersistentFlags().String("config", "", "path to mcp.yaml (default: $COUNTERSIGN_CONFIG, ./mcp.yaml, else the embedded default)")
 	root.PersistentFlags().String("log-format", "", "log format on stderr: text or json (default from config)")
-	root.AddCommand(newServeCmd(), newConfigCmd(), newVersionCmd(), newPolicyCmd(), newAuditCmd(), newApproversCmd(), newTokenCmd())
+	root.AddCommand(newServeCmd(), newInitCmd(), newConfigCmd(), newVersionCmd(), newPolicyCmd(), newAuditCmd(),
+		newApproversCmd(), newAgentsCmd(), newTokenCmd())
 	return root
 }
 

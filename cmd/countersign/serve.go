@@ -11,14 +11,17 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"syscall"
 	"time"
 
+	"github.com/countersign/countersign"
 	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/ciba"
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/guard"
+	"github.com/countersign/countersign/metrics"
 	"github.com/countersign/countersign/server"
 	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/token"
@@ -40,7 +43,15 @@ With --http ADDR it serves agents over HTTP instead: Streamable HTTP at /mcp and
 SSE at /sse (messages to /message), on one listener.
 
 Either way the approver page listens on approval.listen (127.0.0.1:8710 by
-default) and its URL is printed on stderr at start.`,
+default) and its URL is printed on stderr at start.
+
+Both listeners also answer /healthz (the process is up), /readyz (the
+database takes a write, the audit log passed its check at start, every
+upstream is connected; 503 and why, otherwise) and /metrics (Prometheus).
+
+The configuration is checked as config validate checks it before anything
+is created; the data directory is then made (mode 0700) if needed, and with
+the embedded default the demo files it names are written into it.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := loadConfig(cmd)
@@ -68,7 +79,10 @@ default) and its URL is printed on stderr at start.`,
 
 // stack is every part of a running Countersign, wired together.
 type stack struct {
+	cfg       *config.Config
 	db        *sql.DB
+	dbProbe   *dbProbe
+	metrics   *metrics.Metrics
 	audit     *audit.Log
 	tools     *tools.Catalog
 	approvals *approval.Service
@@ -87,7 +101,7 @@ func assemble(ctx context.Context, c *config.Config, log *slog.Logger) (_ *stack
 	if err != nil {
 		return nil, err
 	}
-	s := &stack{}
+	s := &stack{cfg: c}
 	defer func() {
 		if err != nil {
 			s.close()
@@ -107,11 +121,26 @@ func assemble(ctx context.Context, c *config.Config, log *slog.Logger) (_ *stack
 	if err = logPolicy(ctx, s.audit, c); err != nil {
 		return nil, err
 	}
+	s.dbProbe = &dbProbe{db: s.db}
 	if s.tools, err = tools.New(ctx, c, s.db); err != nil {
 		return nil, err
 	}
 	crashHooks(s.tools)
-	if s.approvals, err = approval.New(ctx, s.db, s.audit, approvalOptions(c)); err != nil {
+	// Metrics see what the audit log accepts and how long the policy
+	// takes, through the interfaces guard and approval already take.
+	s.metrics = metrics.New(metrics.Options{
+		Pending: func(ctx context.Context) (int, error) {
+			if s.approvals == nil {
+				return 0, nil
+			}
+			return s.approvals.PendingCount(ctx)
+		},
+		KnownTool: func(name string) bool { _, ok := s.tools.Lookup(name); return ok },
+		Version:   buildVersion(),
+		Logger:    log.With("component", "metrics"),
+	})
+	recorder := s.metrics.Recorder(s.audit)
+	if s.approvals, err = approval.New(ctx, s.db, recorder, approvalOptions(c)); err != nil {
 		return nil, err
 	}
 	if len(c.Upstreams) > 0 {
@@ -135,7 +164,7 @@ func assemble(ctx context.Context, c *config.Config, log *slog.Logger) (_ *stack
 		return nil, err
 	}
 	s.guard = guard.New(guard.Options{
-		Catalog: s.tools, Policy: policy, Audit: s.audit, Approvals: s.approvals,
+		Catalog: s.tools, Policy: s.metrics.Policy(policy), Audit: recorder, Approvals: s.approvals,
 		Evidence: s.approvals, Tokens: s.tokens,
 		History: s.audit, Marks: store.Marks{DB: s.db},
 		Tools: c.Tools, Logger: log.With("component", "guard"),
@@ -229,7 +258,7 @@ func (s *stack) startWitness(ctx context.Context, c *config.Config, log *slog.Lo
 // fails its startup check comes back with its *audit.TamperError: it can
 // still be read and exported, but it refuses every append.
 func openAudit(ctx context.Context, c *config.Config, opts audit.Options) (*sql.DB, *audit.Log, error) {
-	if err := c.EnsureDataDir(); err != nil {
+	if err := prepareDataDir(c); err != nil {
 		return nil, nil, err
 	}
 	db, err := store.Open(ctx, filepath.Join(c.Server.DataDir, store.FileName))
@@ -250,6 +279,24 @@ func openAudit(ctx context.Context, c *config.Config, opts audit.Options) (*sql.
 		return db, log, fmt.Errorf("audit log: %w", err)
 	}
 	return db, log, nil
+}
+
+// prepareDataDir creates the data directory (0700) of a validated
+// configuration and, for the embedded default, writes the demo files it
+// names there if they are missing: the one place anything is written
+// before the database opens.
+func prepareDataDir(c *config.Config) error {
+	if err := c.EnsureDataDir(); err != nil {
+		return err
+	}
+	if c.Source != config.Embedded {
+		return nil
+	}
+	created, err := countersign.InstallDemo(c.Dir)
+	for _, p := range created {
+		slog.Info("wrote demo file", "path", p)
+	}
+	return err
 }
 
 // close stops background work first, then the log (which writes a final
@@ -291,7 +338,21 @@ func (s *stack) close() error {
 // serve runs Countersign until ctx ends.
 func serve(ctx context.Context, c *config.Config, log *slog.Logger) (err error) {
 	if c.HTTP.Addr != "" && len(c.HTTP.Agents) == 0 && !loopback(c.HTTP.Addr) {
-		return configError(fmt.Errorf("%s: http.agents: an HTTP listener on %s (not loopback) needs at least one agent token", c.Source, c.HTTP.Addr))
+		return configError(fmt.Errorf("%s: http.agents: an HTTP listener on %s (not loopback) needs at least one agent token: run countersign agents add NAME", c.Source, c.HTTP.Addr))
+	}
+	// The page listens before anything is assembled: on port 0 its real
+	// port is known only now, and the links and origins derived from
+	// listen must carry it.
+	page, err := listen(c.Approval.Listen)
+	if err != nil {
+		return fmt.Errorf("approver page: approval.listen %s: %w", c.Approval.Listen, err)
+	}
+	defer page.Close()
+	if host, port, _ := net.SplitHostPort(c.Approval.Listen); port == "0" && c.Approval.Derived() {
+		bound := net.JoinHostPort(host, strconv.Itoa(page.Addr().(*net.TCPAddr).Port))
+		if err := c.Approval.Derive(bound); err != nil {
+			return configError(fmt.Errorf("%s: approval.public_url: %w", c.Source, err))
+		}
 	}
 	// The agent listener opens first: its address is the default issuer of
 	// approval tokens.
@@ -311,13 +372,9 @@ func serve(ctx context.Context, c *config.Config, log *slog.Logger) (err error) 
 		return err
 	}
 	defer func() { err = errors.Join(err, s.close()) }()
-	srv, approvals := s.server, s.approvals
+	srv := s.server
 
-	page, err := listen(c.Approval.Listen)
-	if err != nil {
-		return fmt.Errorf("approver page: %w", err)
-	}
-	pageSrv := newHTTPServer(approvals.Handler(), log)
+	pageSrv := newHTTPServer(s.pageHandler(), log)
 	go func() {
 		var err error
 		if c.Approval.TLSCertFile != "" {
@@ -365,7 +422,7 @@ func serve(ctx context.Context, c *config.Config, log *slog.Logger) (err error) 
 
 	ln := agentLn
 	base := "http://" + ln.Addr().String()
-	handler, closeSessions := srv.HTTPHandler(base)
+	handler, closeSessions := s.agentHandler(base)
 	agentSrv := newHTTPServer(handler, log)
 	errc := make(chan error, 1)
 	go func() { errc <- agentSrv.Serve(ln) }()
@@ -397,6 +454,23 @@ func drain(g *guard.Guard, timeout time.Duration, log *slog.Logger) {
 	if err := g.Shutdown(ctx); err != nil {
 		log.Warn("calls still running at shutdown; the next start settles them", "err", err)
 	}
+}
+
+// pageHandler is the approver listener: the page, and the operations
+// endpoints.
+func (s *stack) pageHandler() http.Handler {
+	return s.withOps(s.approvals.Handler(), approverHosts(s.cfg.Approval.AllowedHosts))
+}
+
+// agentHandler is the agent listener of serve --http: MCP, and the
+// operations endpoints.
+func (s *stack) agentHandler(base string) (http.Handler, func(context.Context) error) {
+	h, closeSessions := s.server.HTTPHandler(base)
+	allow := func(string) bool { return true }
+	if hosts := s.cfg.HTTP.AllowedHosts; len(hosts) > 0 {
+		allow = agentHosts(hosts)
+	}
+	return s.withOps(h, allow), closeSessions
 }
 
 func approvalOptions(c *config.Config) approval.Options {

@@ -49,7 +49,7 @@ type Runner struct {
 }
 
 // Options configure a Runner. Command is the argv from config; a relative
-// program path containing a slash (testdata/deploy.sh) is resolved against
+// program path containing a slash (demo/deploy.sh) is resolved against
 // the working directory when New runs, a bare name (deploy-tool) through
 // PATH, so later changes of directory or PATH do not change what runs.
 type Options struct {

@@ -228,12 +228,12 @@ func TestNewRefusesMissingOrNonExecutable(t *testing.T) {
 
 func TestRelativeCommandResolvedAtStart(t *testing.T) {
 	// go test runs in the package directory; the shipped script is two up.
-	r := runner(t, Options{Command: []string{"../../testdata/deploy.sh", "{service}", "{version}", "{environment}"}})
+	r := runner(t, Options{Command: []string{"../../demo/deploy.sh", "{service}", "{version}", "{environment}"}})
 	if !filepath.IsAbs(r.argv[0]) {
 		t.Fatalf("command %q not made absolute", r.argv[0])
 	}
 	dataDir := t.TempDir()
-	r = runner(t, Options{Command: []string{"../../testdata/deploy.sh", "{service}", "{version}", "{environment}"}, DataDir: dataDir})
+	r = runner(t, Options{Command: []string{"../../demo/deploy.sh", "{service}", "{version}", "{environment}"}, DataDir: dataDir})
 	out, err := r.Run(context.Background(), Target{Service: "api", Version: "1.4.0", Environment: "staging"})
 	if err != nil {
 		t.Fatal(err)

@@ -45,7 +45,7 @@ func TestMigrateAddsCallIDs(t *testing.T) {
 		}
 	}
 	l = reopen(t, path, testSeed)
-	ts, err := l.Transfers(ctx, 10)
+	ts, err := l.Transfers(ctx, 0, 10)
 	if err != nil || len(ts) != 1 || ts[0].CallID != "" {
 		t.Fatalf("old transfers %+v (%v)", ts, err)
 	}

@@ -21,6 +21,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"math"
 	"strings"
 	"time"
 	"unicode"
@@ -81,6 +82,7 @@ type TransferRequest struct {
 
 // Transfer is a recorded payment.
 type Transfer struct {
+	Seq            int64 // the order transfers were recorded in; pages of Transfers follow it
 	ID             string
 	Time           time.Time
 	From           string
@@ -293,12 +295,12 @@ func (l *Ledger) Counterparties(ctx context.Context) ([]Counterparty, error) {
 	return out, rows.Err()
 }
 
-const transferColumns = `id, time, from_account, to_name, currency, amount, memo, COALESCE(idempotency_key, ''), balance_after, new_payee, COALESCE(call_id, '')`
+const transferColumns = `seq, id, time, from_account, to_name, currency, amount, memo, COALESCE(idempotency_key, ''), balance_after, new_payee, COALESCE(call_id, '')`
 
 func scanTransfer(row rowScanner) (Transfer, error) {
 	var t Transfer
 	var at string
-	if err := row.Scan(&t.ID, &at, &t.From, &t.To, &t.Currency, &t.Amount, &t.Memo, &t.IdempotencyKey,
+	if err := row.Scan(&t.Seq, &t.ID, &at, &t.From, &t.To, &t.Currency, &t.Amount, &t.Memo, &t.IdempotencyKey,
 		&t.BalanceAfter, &t.NewPayee, &t.CallID); err != nil {
 		return t, err
 	}
@@ -309,9 +311,15 @@ func scanTransfer(row rowScanner) (Transfer, error) {
 	return t, nil
 }
 
-// Transfers returns the most recent transfers, newest first, at most limit.
-func (l *Ledger) Transfers(ctx context.Context, limit int) ([]Transfer, error) {
-	rows, err := l.db.QueryContext(ctx, `SELECT `+transferColumns+` FROM ledger_transfers ORDER BY seq DESC LIMIT ?`, limit)
+// Transfers returns transfers newest first, at most limit of them, starting
+// with the newest recorded before seq before (0: the newest of all). The
+// Seq of the last one returned is where the next page starts; a transfer
+// recorded meanwhile does not shift the pages.
+func (l *Ledger) Transfers(ctx context.Context, before int64, limit int) ([]Transfer, error) {
+	if before <= 0 {
+		before = math.MaxInt64
+	}
+	rows, err := l.db.QueryContext(ctx, `SELECT `+transferColumns+` FROM ledger_transfers WHERE seq < ? ORDER BY seq DESC LIMIT ?`, before, limit)
 	if err != nil {
 		return nil, fmt.Errorf("ledger: %w", err)
 	}

@@ -95,7 +95,7 @@ func TestConcurrentTransfersNeverOverdraw(t *testing.T) {
 	if got := bal + received(t, l, "USD"); got != 100000 {
 		t.Errorf("balances + receipts = %d, want 100000 (money created or lost)", got)
 	}
-	ts, err := l.Transfers(ctx, 100)
+	ts, err := l.Transfers(ctx, 0, 100)
 	if err != nil {
 		t.Fatal(err)
 	}

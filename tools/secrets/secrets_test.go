@@ -128,13 +128,13 @@ func TestListHasNamesOnly(t *testing.T) {
 }
 
 func TestShippedTestdata(t *testing.T) {
-	s, err := Open(config.Secrets{Dir: "../../testdata/secrets", DefaultClassification: "internal"})
+	s, err := Open(config.Secrets{Dir: "../../demo/secrets", DefaultClassification: "internal"})
 	must(t, err)
 	defer s.Close()
 	list, err := s.List()
 	must(t, err)
 	if len(list) != 3 {
-		t.Fatalf("testdata/secrets holds %d secrets, want 3: %+v", len(list), list)
+		t.Fatalf("demo/secrets holds %d secrets, want 3: %+v", len(list), list)
 	}
 	for _, i := range list {
 		sec, err := s.Read(i.Name)

@@ -126,6 +126,10 @@ function indexPage(list) {
       li.append(a);
       list.append(li);
     }
+    const more = document.getElementById("pending-more");
+    more.hidden = data.pendingTotal <= data.pending.length;
+    more.textContent = "Showing the " + data.pending.length + " that expire soonest of " + data.pendingTotal +
+      " waiting; the rest appear as these are decided.";
     history.replaceChildren();
     for (const r of data.history) {
       const tr = el("tr");

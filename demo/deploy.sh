@@ -4,6 +4,7 @@
 # Countersign runs it without a shell, one argument each:
 #   deploy.sh SERVICE VERSION ENVIRONMENT
 set -eu
+umask 077 # the log lives in the data directory, which only Countersign reads
 
 if [ "$#" -ne 3 ]; then
 	echo "usage: $0 SERVICE VERSION ENVIRONMENT" >&2

@@ -1,0 +1,229 @@
+package main
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/countersign/countersign/config"
+	"github.com/spf13/cobra"
+	"go.yaml.in/yaml/v3"
+)
+
+func newAgentsCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "agents",
+		Short: "Manage the agents allowed on the HTTP listener (bearer tokens)",
+	}
+	cmd.AddCommand(&cobra.Command{
+		Use:   "add NAME",
+		Short: "Create a bearer token for a new agent; print it once, store only its hash",
+		Long: `Add creates a random bearer token for the agent NAME and prints it once on
+stdout (TOKEN=$(countersign agents add ci-bot --config mcp.yaml) keeps it out of
+the terminal). Only its SHA-256 is stored, under http.agents of the
+configuration file --config names (or ./mcp.yaml, or $COUNTERSIGN_CONFIG); the
+rest of the file, comments included, is kept. With no configuration file
+(the embedded default) nothing is stored and the line to add is printed
+instead; countersign init writes a file to add it to.
+
+The agent sends "Authorization: Bearer TOKEN" to /mcp or /sse. A running
+serve picks the new agent up when restarted.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			name := args[0]
+			if !config.ValidID(name) {
+				return configError(fmt.Errorf("agent name %q: expected a lower-case id (letters, digits, . _ -)", name))
+			}
+			c, err := loadConfig(cmd)
+			if err != nil {
+				return err
+			}
+			for _, a := range c.HTTP.Agents {
+				if a.ID == name {
+					return configError(fmt.Errorf("%s: http.agents: agent %q exists already", c.Source, name))
+				}
+			}
+			token, hash, err := newToken()
+			if err != nil {
+				return err
+			}
+			stderr := cmd.ErrOrStderr()
+			if c.Source == config.Embedded {
+				fmt.Fprintf(stderr, "No configuration file (serving the embedded default), so nothing was stored.\n"+
+					"Add this under http.agents of your mcp.yaml (countersign init writes one):\n\n"+
+					"    - {id: %s, token_sha256: %s}\n\n", name, hash)
+			} else if stored, err := addAgentToFile(c.Source, name, hash); err != nil {
+				return err
+			} else if stored {
+				fmt.Fprintf(stderr, "Agent %s added to %s (only the token's SHA-256 is stored). Restart serve to apply.\n", name, c.Source)
+			} else {
+				fmt.Fprintf(stderr, "http.agents in %s is written in a form this command does not edit, so nothing was stored.\n"+
+					"Add this item to it:\n\n    - {id: %s, token_sha256: %s}\n\n", c.Source, name, hash)
+			}
+			fmt.Fprintf(stderr, "Its bearer token, shown this once:\n")
+			fmt.Fprintln(cmd.OutOrStdout(), token)
+			return nil
+		},
+	})
+	cmd.AddCommand(&cobra.Command{
+		Use:   "list",
+		Short: "List the agents the configuration allows",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := loadConfig(cmd)
+			if err != nil {
+				return err
+			}
+			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(w, "AGENT\tTRANSPORT\tTOKEN SHA-256")
+			fmt.Fprintf(w, "%s\tstdio\t(none: the process that starts serve; server.stdio_agent)\n", c.Server.StdioAgent)
+			if len(c.HTTP.Agents) == 0 {
+				fmt.Fprintln(w, "anonymous\thttp\t(none: no http.agents, so loopback only)")
+			}
+			for _, a := range c.HTTP.Agents {
+				fmt.Fprintf(w, "%s\thttp\t%s…\n", a.ID, a.TokenSHA256[:16])
+			}
+			return w.Flush()
+		},
+	})
+	return cmd
+}
+
+// newToken returns a random bearer token and the hex SHA-256 the
+// configuration stores. The prefix lets secret scanners recognise it.
+func newToken() (token, hash string, err error) {
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		return "", "", err
+	}
+	token = "cs_" + base64.RawURLEncoding.EncodeToString(b)
+	sum := sha256.Sum256([]byte(token))
+	return token, hex.EncodeToString(sum[:]), nil
+}
+
+// addAgentToFile adds {id, token_sha256} to http.agents of the YAML file at
+// path. It edits the text rather than re-encoding the document, so that
+// every comment and blank line stays where the person put it; it knows the
+// usual shapes (no http, no agents, agents: [], a block list) and reports
+// stored false for any other, which the caller then asks the person to
+// edit. The result must validate, and replaces the file atomically.
+func addAgentToFile(path, id, hash string) (stored bool, err error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return false, err
+	}
+	edited, ok := insertAgent(data, fmt.Sprintf("{id: %s, token_sha256: %s}", id, hash))
+	if !ok {
+		return false, nil
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		return false, err
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".mcp-*.yaml")
+	if err != nil {
+		return false, err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(edited); err != nil {
+		tmp.Close()
+		return false, err
+	}
+	if err := tmp.Chmod(fi.Mode().Perm()); err != nil {
+		tmp.Close()
+		return false, err
+	}
+	if err := tmp.Close(); err != nil {
+		return false, err
+	}
+	c, err := config.Load(tmp.Name())
+	if err != nil {
+		return false, errors.Join(errors.New("the edited configuration would not validate; left unchanged"), err)
+	}
+	if !slices.ContainsFunc(c.HTTP.Agents, func(a config.Agent) bool { return a.ID == id && a.TokenSHA256 == hash }) {
+		return false, nil
+	}
+	return true, os.Rename(tmp.Name(), path)
+}
+
+// insertAgent returns data with item added to http.agents, or false when
+// the document has a shape it does not edit.
+func insertAgent(data []byte, item string) ([]byte, bool) {
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil || len(doc.Content) == 0 || doc.Content[0].Kind != yaml.MappingNode {
+		return nil, false
+	}
+	text := string(data)
+	if text != "" && !strings.HasSuffix(text, "\n") {
+		text += "\n"
+	}
+	lines := strings.SplitAfter(text, "\n")
+	insert := func(after int, add ...string) []byte { // after: 1-based line
+		out := slices.Clone(lines[:after])
+		out = append(out, add...)
+		out = append(out, lines[after:]...)
+		return []byte(strings.Join(out, ""))
+	}
+	httpKey, httpVal := lookupKey(doc.Content[0], "http")
+	if httpKey == nil {
+		return []byte(text + "http:\n  agents:\n    - " + item + "\n"), true
+	}
+	if httpVal.Kind != yaml.MappingNode || httpVal.Style&yaml.FlowStyle != 0 {
+		return nil, false
+	}
+	indent := httpKey.Column - 1 + 2
+	if len(httpVal.Content) > 0 {
+		indent = httpVal.Content[0].Column - 1
+	}
+	pad := strings.Repeat(" ", indent)
+	key, val := lookupKey(httpVal, "agents")
+	switch {
+	case key == nil:
+		return insert(httpKey.Line, pad+"agents:\n", pad+"  - "+item+"\n"), true
+	case val.Kind == yaml.ScalarNode && val.Tag == "!!null" && val.Value == "":
+		return insert(key.Line, pad+"  - "+item+"\n"), true
+	case val.Kind == yaml.SequenceNode && val.Style&yaml.FlowStyle != 0 && len(val.Content) == 0:
+		line := lines[val.Line-1]
+		at := val.Column - 1
+		if !strings.HasPrefix(line[at:], "[]") {
+			return nil, false
+		}
+		lines[val.Line-1] = line[:at] + line[at+2:]
+		return insert(val.Line, pad+"  - "+item+"\n"), true
+	case val.Kind == yaml.SequenceNode && val.Style&yaml.FlowStyle == 0 && len(val.Content) > 0:
+		first := val.Content[0]
+		dash := strings.LastIndex(lines[first.Line-1][:first.Column-1], "-")
+		if dash < 0 {
+			return nil, false
+		}
+		return insert(lastLine(val), strings.Repeat(" ", dash)+"- "+item+"\n"), true
+	}
+	return nil, false
+}
+
+func lookupKey(m *yaml.Node, key string) (k, v *yaml.Node) {
+	for i := 0; i+1 < len(m.Content); i += 2 {
+		if m.Content[i].Value == key {
+			return m.Content[i], m.Content[i+1]
+		}
+	}
+	return nil, nil
+}
+
+// lastLine is the last line a node's text is on, as far as its scalars
+// tell (a block list item ends with its last value).
+func lastLine(n *yaml.Node) int {
+	last := n.Line
+	for _, c := range n.Content {
+		last = max(last, lastLine(c))
+	}
+	return last
+}

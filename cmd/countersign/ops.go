@@ -1,0 +1,160 @@
+package main
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"net"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Operations endpoints, on the approver listener and on the agent listener:
+//
+//	/healthz  200 while the process serves HTTP at all (liveness)
+//	/readyz   200 when it can do its work: the database takes a write, the
+//	          audit log passed its check at start, every configured upstream
+//	          is connected; else 503 naming what is not
+//	/metrics  Prometheus text format (package metrics)
+//
+// They answer GET and HEAD only. /metrics is behind the listener's Host
+// allow-list like the pages are (DNS rebinding would otherwise let any web
+// page read it through a loopback listener); /healthz and /readyz say
+// nothing worth stealing and are left open to probes that send a pod's IP.
+
+// withOps serves the operations endpoints in front of next; allowHost
+// decides which Host headers may read /metrics.
+func (s *stack) withOps(next http.Handler, allowHost func(string) bool) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Header().Set("Cache-Control", "no-store")
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("GET /readyz", s.readyz)
+	metrics := s.metrics.Handler()
+	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
+		if !allowHost(r.Host) {
+			http.Error(w, "host not allowed", http.StatusForbidden)
+			return
+		}
+		metrics.ServeHTTP(w, r)
+	})
+	mux.Handle("/", next)
+	return mux
+}
+
+// readyz runs the readiness checks; each says "ok" or why not.
+func (s *stack) readyz(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+	defer cancel()
+	type check struct{ name, err string }
+	checks := []check{{name: "database"}, {name: "audit"}}
+	if err := s.dbProbe.writable(ctx); err != nil {
+		checks[0].err = "not writable: " + err.Error()
+	}
+	if err := s.audit.Err(); err != nil {
+		checks[1].err = err.Error()
+	}
+	if s.upstreams != nil {
+		for _, st := range s.upstreams.Status() {
+			c := check{name: "upstream " + st.Name}
+			if !st.Up {
+				c.err = "not connected"
+				if st.Err != "" {
+					c.err += ": " + st.Err
+				}
+			}
+			checks = append(checks, c)
+		}
+	}
+	ready := !slices.ContainsFunc(checks, func(c check) bool { return c.err != "" })
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	if !ready {
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}
+	for _, c := range checks {
+		if c.err == "" {
+			fmt.Fprintf(w, "ok    %s\n", c.name)
+		} else {
+			fmt.Fprintf(w, "FAIL  %s: %s\n", c.name, oneLine(c.err))
+		}
+	}
+}
+
+// dbProbe checks that the database takes a write: on one connection, with
+// a short busy timeout, it begins a write transaction, rewrites the
+// schema's user_version with its own value and rolls back. A read-only
+// file, a full or read-only file system, or a lock another process holds
+// fails it; nothing is ever changed. One probe runs at a time, and a
+// result is reused for a second, so probes cannot pile up on the writer.
+type dbProbe struct {
+	db *sql.DB
+
+	mu   sync.Mutex
+	at   time.Time
+	last error
+}
+
+const probeBusyTimeout = 1000 // ms; the store's own is 10 s
+
+func (p *dbProbe) writable(ctx context.Context) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if time.Since(p.at) < time.Second {
+		return p.last
+	}
+	p.last = p.probe(ctx)
+	p.at = time.Now()
+	return p.last
+}
+
+func (p *dbProbe) probe(ctx context.Context) (err error) {
+	conn, err := p.db.Conn(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	if _, err := conn.ExecContext(ctx, fmt.Sprintf("PRAGMA busy_timeout = %d", probeBusyTimeout)); err != nil {
+		return err
+	}
+	// The connection goes back to the pool: give it back its patience.
+	defer conn.ExecContext(context.WithoutCancel(ctx), "PRAGMA busy_timeout = 10000")
+	tx, err := conn.BeginTx(ctx, nil) // BEGIN IMMEDIATE: takes the write lock
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	var v int64
+	if err := tx.QueryRowContext(ctx, "PRAGMA user_version").Scan(&v); err != nil {
+		return err
+	}
+	_, err = tx.ExecContext(ctx, fmt.Sprintf("PRAGMA user_version = %d", v))
+	return err
+}
+
+// approverHosts matches Host headers as the approver page does: host:port,
+// exactly, any case.
+func approverHosts(allowed []string) func(string) bool {
+	return func(host string) bool {
+		return slices.ContainsFunc(allowed, func(h string) bool { return strings.EqualFold(h, host) })
+	}
+}
+
+// agentHosts matches Host headers as the agent listener does: by name,
+// whatever the port.
+func agentHosts(allowed []string) func(string) bool {
+	return func(host string) bool {
+		if h, _, err := net.SplitHostPort(host); err == nil {
+			host = h
+		}
+		host = strings.Trim(host, "[]")
+		return slices.ContainsFunc(allowed, func(a string) bool { return strings.EqualFold(strings.Trim(a, "[]"), host) })
+	}
+}
+
+func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }

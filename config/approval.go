@@ -1,0 +1,171 @@
+package config
+
+import (
+	"fmt"
+	"net"
+	"net/url"
+	"slices"
+	"strings"
+)
+
+// derivedFields records which approval settings were derived from listen
+// rather than written, so that they follow listen when it changes (an
+// environment override, or the port a listen on :0 was given) while
+// settings someone wrote are only ever checked.
+type derivedFields struct{ publicURL, rpID, origins, allowedHosts bool }
+
+// Derive fills the approval settings left empty from listen, the address
+// the page listens on (a host:port; pass the bound address after listening
+// on port 0), and refreshes the ones it derived before:
+//
+//   - public_url: http://localhost:PORT for a loopback or unspecified host
+//     (WebAuthn refuses IP addresses, and a browser treats localhost as a
+//     secure context over plain HTTP), http://NAME:PORT for a host name;
+//     https when tls_cert_file is set. A non-loopback IP address has no
+//     name to derive: public_url must then be set.
+//   - rp_id: public_url's host name.
+//   - origins: public_url's origin.
+//   - allowed_hosts: public_url's host:port, and when that is on this
+//     machine's loopback, localhost:PORT and 127.0.0.1:PORT as well.
+//
+// It reports a problem only when public_url cannot be derived from a
+// well-formed listen; a malformed one leaves the four empty.
+func (a *Approval) Derive(listen string) error {
+	if a.derived.publicURL || a.PublicURL == "" {
+		a.derived.publicURL = true
+		a.PublicURL = ""
+		u, err := publicURLFor(listen, a.TLSCertFile != "")
+		if err != nil {
+			return err
+		}
+		a.PublicURL = u
+	}
+	pub, err := url.Parse(a.PublicURL)
+	if err != nil || pub.Host == "" {
+		return nil // validate says what is wrong with it
+	}
+	if a.derived.rpID || a.RPID == "" {
+		a.derived.rpID = true
+		a.RPID = pub.Hostname()
+	}
+	if a.derived.origins || len(a.Origins) == 0 {
+		a.derived.origins = true
+		a.Origins = []string{pub.Scheme + "://" + pub.Host}
+	}
+	if a.derived.allowedHosts || len(a.AllowedHosts) == 0 {
+		a.derived.allowedHosts = true
+		a.AllowedHosts = []string{pub.Host}
+		if _, port, err := net.SplitHostPort(listen); err == nil && isLoopbackHost(pub.Hostname()) {
+			for _, h := range []string{"localhost:" + port, "127.0.0.1:" + port} {
+				if !slices.Contains(a.AllowedHosts, h) {
+					a.AllowedHosts = append(a.AllowedHosts, h)
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// Derived reports whether public_url was derived from listen, so that a
+// listener on port 0 knows to call Derive again with its real port.
+func (a *Approval) Derived() bool { return a.derived.publicURL }
+
+func publicURLFor(listen string, tls bool) (string, error) {
+	host, port, err := net.SplitHostPort(listen)
+	if err != nil || port == "" {
+		return "", nil // validate says listen is wrong; nothing follows from it
+	}
+	scheme := "http"
+	if tls {
+		scheme = "https"
+	}
+	switch {
+	case isLoopbackHost(host) || isUnspecified(host):
+		host = "localhost"
+	case net.ParseIP(host) != nil:
+		return "", fmt.Errorf("required when listen is the IP address %s: WebAuthn needs a name, e.g. https://approve.example.com (set rp_id to match)", host)
+	}
+	return scheme + "://" + net.JoinHostPort(host, port), nil
+}
+
+// checkApproval refuses approval settings that contradict each other, each
+// of which would leave a page that refuses every approval (403, or a
+// WebAuthn error in the browser) or a link that points nowhere.
+func (c *Config) checkApproval(v *validator) {
+	a := c.Approval
+	pub, err := url.Parse(a.PublicURL)
+	if err != nil || (pub.Scheme != "http" && pub.Scheme != "https") || pub.Host == "" {
+		return // v.url has said so
+	}
+	if (pub.Path != "" && pub.Path != "/") || pub.RawQuery != "" || pub.Fragment != "" {
+		v.fail("approval.public_url", "expected a URL with no path, query or fragment (the page serves at its root), got %q", a.PublicURL)
+	}
+	host := pub.Hostname()
+	origin := pub.Scheme + "://" + pub.Host
+	lhost, lport, lerr := net.SplitHostPort(a.Listen)
+
+	if pub.Scheme == "http" && !isLoopbackHost(host) {
+		v.fail("approval.public_url", "%s is plain http on a host other than localhost: browsers allow WebAuthn there only over https (set tls_cert_file and tls_key_file, or put an https proxy in front)", a.PublicURL)
+	}
+	if pub.Scheme == "http" && a.TLSCertFile != "" {
+		v.fail("approval.public_url", "%s is http, but tls_cert_file makes the page serve https", a.PublicURL)
+	}
+	if lerr == nil && isLoopbackHost(host) && !isLoopbackHost(lhost) && !isUnspecified(lhost) {
+		v.fail("approval.public_url", "%s is on this machine's loopback, but approval.listen is %s: nothing would answer there", a.PublicURL, a.Listen)
+	}
+	if lerr == nil && isLoopbackHost(host) && (isLoopbackHost(lhost) || isUnspecified(lhost)) && portOf(pub) != lport && lport != "0" {
+		v.fail("approval.public_url", "%s points at port %s, but approval.listen is %s: the link would reach nothing (leave public_url, origins and allowed_hosts unset to derive them from listen)",
+			a.PublicURL, portOf(pub), a.Listen)
+	}
+	if len(a.Origins) > 0 && !slices.Contains(a.Origins, origin) {
+		v.fail("approval.origins", "does not include %s, the origin of public_url: the page would refuse every approval made from it", origin)
+	}
+	if len(a.AllowedHosts) > 0 && !slices.ContainsFunc(a.AllowedHosts, func(h string) bool { return strings.EqualFold(h, pub.Host) }) {
+		v.fail("approval.allowed_hosts", "does not include %s, the host of public_url: the page would answer 403 to everyone who follows its links", pub.Host)
+	}
+	if a.RPID != "" && net.ParseIP(a.RPID) == nil {
+		for i, o := range a.Origins {
+			u, err := url.Parse(o)
+			if err != nil || u.Host == "" {
+				continue // v.url has said so
+			}
+			if h := u.Hostname(); !withinRPID(h, a.RPID) {
+				v.fail(fmt.Sprintf("approval.origins[%d]", i), "host %s is not %s or a subdomain of it (approval.rp_id): WebAuthn would refuse every key there", h, a.RPID)
+			}
+		}
+		if !withinRPID(host, a.RPID) {
+			v.fail("approval.rp_id", "%s is not public_url's host %s nor a parent domain of it: WebAuthn would refuse every key", a.RPID, host)
+		}
+	}
+}
+
+func withinRPID(host, rpID string) bool {
+	host, rpID = strings.ToLower(host), strings.ToLower(rpID)
+	return host == rpID || strings.HasSuffix(host, "."+rpID)
+}
+
+func portOf(u *url.URL) string {
+	if p := u.Port(); p != "" {
+		return p
+	}
+	if u.Scheme == "https" {
+		return "443"
+	}
+	return "80"
+}
+
+func isLoopbackHost(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(strings.Trim(host, "[]"))
+	return ip != nil && ip.IsLoopback()
+}
+
+func isUnspecified(host string) bool {
+	if host == "" {
+		return true
+	}
+	ip := net.ParseIP(strings.Trim(host, "[]"))
+	return ip != nil && ip.IsUnspecified()
+}
