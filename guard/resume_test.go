@@ -556,3 +556,43 @@ func TestResumedRequestWaitsForItsTool(t *testing.T) {
 		t.Fatalf("ran %d times", w.book.count())
 	}
 }
+
+// A CIBA backchannel request has no tool to run: a restart leaves it to
+// its client, pending or approved, and fails a redemption it cut short
+// (no token was handed out: the token's record commits with the request's
+// end).
+func TestRestartLeavesBackchannelRequestsToTheirClients(t *testing.T) {
+	w := newWorld(t)
+	ctx := context.Background()
+	p1 := w.start()
+	raise := func() string {
+		r, err := p1.svc.Create(ctx, approval.NewRequest{Tool: "ciba", Agent: "client", Args: json.RawMessage(`{"scope":"x"}`),
+			Level: "high", Approvers: []string{"alice"}, Wait: approval.WaitBackchannel})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.ID
+	}
+	pending, approved, claimed := raise(), raise(), raise()
+	w.approve(p1, approved)
+	w.approve(p1, claimed)
+	if err := p1.svc.BeginExecution(ctx, claimed); err != nil {
+		t.Fatal(err)
+	}
+	p1.die()
+
+	p2 := w.start()
+	if err := p2.g.Resume(ctx); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1200 * time.Millisecond) // longer than ToolWait: nothing may fail them meanwhile
+	for id, want := range map[string]string{pending: approval.StatePending, approved: approval.StateApproved} {
+		if r, _ := p2.svc.Get(ctx, id); r.State != want {
+			t.Errorf("backchannel request %s after restart: %s (%s), want %s", id, r.State, r.Reason, want)
+		}
+	}
+	r, _ := p2.svc.Get(ctx, claimed)
+	if r.State != approval.StateFailed || !strings.Contains(string(r.Result), "before the approval token was issued") {
+		t.Errorf("a redemption cut short: %s %s", r.State, r.Result)
+	}
+}
