@@ -52,11 +52,17 @@
 //     arguments the new entry repeats: the ledger says whether the call
 //     paid (call.executed with the real result) or not (call.failed: it did
 //     not run, and is not run, since its caller is gone and retrying is the
-//     caller's to decide); any other tool, read-only ones included, gets
-//     call.interrupted. So every call.allowed has exactly one outcome. The log is read from a mark (store.Marks)
-//     that moves while the server runs, without any write or lock on the
-//     call path, to a seq before which every routine call has its outcome;
-//     so a start reads only the end of the log.
+//     caller's to decide); any other tool gets call.interrupted. So every
+//     call.allowed has exactly one outcome (a pure read has no
+//     call.allowed: it is recorded once, after it ran). The log is read
+//     from a mark (store.Marks) that moves while the server runs, without
+//     any write or lock on the call path, to a seq before which every
+//     routine call has its outcome; so a start reads only the end of the
+//     log.
+//   - A CIBA backchannel request has no tool to run: pending or approved,
+//     it is left to its client, who redeems it; a redemption the crash cut
+//     short handed out no token (its record commits with the request's
+//     end) and fails.
 //
 // [Guard.Shutdown] (SIGTERM) refuses new calls, cancels the block-mode
 // requests calls wait on with reason "server shutting down", which is what
