@@ -64,6 +64,12 @@ type Log struct {
 
 	broken *TamperError // set by Open, never cleared
 
+	// Used by the single writer only. Stored tree hashes never change once
+	// written, so remembering them is always right; it spares the writer
+	// the O(log n) reads of the tree's frontier on every append.
+	hashes   map[int64]tlog.Hash
+	treeStmt *sql.Stmt // SELECT hash FROM audit_tree WHERE idx = ?, parsed once
+
 	policy atomic.Pointer[string] // hex SHA-256 of the policy LoadPolicy recorded last
 
 	mu     sync.RWMutex // guards closed against sends on reqs
@@ -148,6 +154,9 @@ func Open(ctx context.Context, db *sql.DB, key ed25519.PrivateKey, opts Options)
 		return nil, err
 	}
 	l.broken = tamper
+	if l.treeStmt, err = db.PrepareContext(ctx, `SELECT hash FROM audit_tree WHERE idx = ?`); err != nil {
+		return nil, fmt.Errorf("audit: %w", err)
+	}
 	go l.writer()
 	if opts.CheckpointEvery > 0 && tamper == nil {
 		go l.checkpointLoop(opts.CheckpointEvery)
@@ -439,7 +448,10 @@ func (l *Log) commitTx(batch []*appendReq) ([]Entry, error) {
 	if h.cpSize > h.seq {
 		return nil, &TamperError{h.seq + 1, fmt.Sprintf("missing: a checkpoint covers %d entries, the log ends at %d", h.cpSize, h.seq)}
 	}
-	reader := &txHashReader{ctx: ctx, tx: tx, fresh: map[int64]tlog.Hash{}}
+	if l.hashes == nil || len(l.hashes) > maxCachedHashes {
+		l.hashes = map[int64]tlog.Hash{} // a restart of the cache costs a few reads
+	}
+	reader := &txHashReader{ctx: ctx, tx: tx, fresh: map[int64]tlog.Hash{}, known: l.hashes, shared: l.treeStmt}
 	defer reader.close()
 
 	// Chain first (cheap, sequential); then sign on every core while the
@@ -499,6 +511,7 @@ func (l *Log) commitTx(batch []*appendReq) ([]Entry, error) {
 	if err := tx.Commit(); err != nil {
 		return nil, fmt.Errorf("audit: append: commit: %w", err)
 	}
+	reader.commit()
 	return out, nil
 }
 
@@ -518,13 +531,29 @@ func insertRows(ctx context.Context, tx *sql.Tx, prefix string, width int, args 
 	return nil
 }
 
+// maxCachedHashes bounds the writer's memory of stored tree hashes.
+const maxCachedHashes = 1 << 16
+
 // txHashReader reads stored tree hashes inside the write transaction,
-// preferring those written earlier in the same batch.
+// preferring those written earlier in the same batch, then those the
+// writer already knows (committed earlier, so never different).
 type txHashReader struct {
-	ctx   context.Context
-	tx    *sql.Tx
-	stmt  *sql.Stmt
-	fresh map[int64]tlog.Hash
+	ctx    context.Context
+	tx     *sql.Tx
+	stmt   *sql.Stmt
+	shared *sql.Stmt // prepared on the database once; nil: prepare here
+	fresh  map[int64]tlog.Hash
+	known  map[int64]tlog.Hash
+}
+
+// commit makes this batch's hashes known once its transaction committed.
+func (r *txHashReader) commit() {
+	if r.known == nil {
+		return
+	}
+	for idx, h := range r.fresh {
+		r.known[idx] = h
+	}
 }
 
 func (r *txHashReader) ReadHashes(idx []int64) ([]tlog.Hash, error) {
@@ -534,12 +563,17 @@ func (r *txHashReader) ReadHashes(idx []int64) ([]tlog.Hash, error) {
 			out[i] = h
 			continue
 		}
+		if h, ok := r.known[x]; ok {
+			out[i] = h
+			continue
+		}
 		if r.stmt == nil {
-			s, err := r.tx.PrepareContext(r.ctx, `SELECT hash FROM audit_tree WHERE idx = ?`)
-			if err != nil {
+			var err error
+			if r.shared != nil {
+				r.stmt = r.tx.StmtContext(r.ctx, r.shared)
+			} else if r.stmt, err = r.tx.PrepareContext(r.ctx, `SELECT hash FROM audit_tree WHERE idx = ?`); err != nil {
 				return nil, err
 			}
-			r.stmt = s
 		}
 		var b []byte
 		if err := r.stmt.QueryRowContext(r.ctx, x).Scan(&b); err != nil {
@@ -549,6 +583,9 @@ func (r *txHashReader) ReadHashes(idx []int64) ([]tlog.Hash, error) {
 			return nil, fmt.Errorf("tree hash %d: %d bytes", x, len(b))
 		}
 		copy(out[i][:], b)
+		if r.known != nil {
+			r.known[x] = out[i] // committed before this transaction began
+		}
 	}
 	return out, nil
 }
@@ -632,6 +669,7 @@ func (l *Log) Close() error {
 	l.mu.Unlock()
 	<-l.done
 	<-l.bgDone
+	defer l.treeStmt.Close()
 	if l.broken != nil {
 		return nil
 	}

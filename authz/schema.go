@@ -131,7 +131,7 @@ func (c *compiler) typedEnv(tool string, facts []string) (*cel.Env, error) {
 		cel.Variable("agent", cel.StringType),
 		cel.Variable("tool", cel.StringType),
 		cel.Variable("now", cel.TimestampType),
-		cel.Variable("usage", cel.MapType(cel.StringType, cel.DynType)),
+		cel.Variable("usage", st.typeOf("countersign.usage", usageSchema())),
 	}
 	for _, f := range facts {
 		t := types.NewMapType(types.StringType, types.DynType)
@@ -145,6 +145,16 @@ func (c *compiler) typedEnv(tool string, facts []string) (*cel.Env, error) {
 		vars = append(vars, cel.Variable(f, t))
 	}
 	return cel.NewEnv(vars...)
+}
+
+// usageSchema is the JSON Schema of the usage variable: a number per
+// field of UsageKeys, and nothing else, so a misspelt field is caught.
+func usageSchema() any {
+	props := map[string]any{}
+	for _, k := range UsageKeys {
+		props[k] = map[string]any{"type": "number"}
+	}
+	return map[string]any{"type": "object", "properties": props, "additionalProperties": false}
 }
 
 // checkTyped type-checks a rule that compiled untyped against the tool's

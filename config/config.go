@@ -152,6 +152,11 @@ type Audit struct {
 	WitnessFile string `mapstructure:"witness_file"`
 	// AcceptRollback is set by serve --accept-rollback, never by the file.
 	AcceptRollback bool `mapstructure:"-"`
+	// Sync is the durability of every commit to the data directory's
+	// database, the audit log's and the ledger's alike: "full" (default)
+	// syncs each commit group to disk and survives a power loss; "normal"
+	// survives the process being killed, not the machine losing power.
+	Sync string `mapstructure:"sync"`
 }
 
 // Limits bound what one agent can make Countersign do or keep, whatever

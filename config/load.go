@@ -256,6 +256,7 @@ var defaults = map[string]any{
 	"secrets.dir":                    "",
 	"secrets.default_classification": "internal",
 	"audit.checkpoint_every":         "1m",
+	"audit.sync":                     "full",
 	"limits.max_arg_bytes":           64 << 10,
 	"limits.max_arg_depth":           32,
 }

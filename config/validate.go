@@ -165,6 +165,7 @@ func (c *Config) validate() []problem {
 		v.oneOf(p+".classification", s.Classification, Classifications...)
 	}
 	v.positive("audit.checkpoint_every", c.Audit.CheckpointEvery)
+	v.oneOf("audit.sync", c.Audit.Sync, "full", "normal")
 	if c.Limits.MaxArgBytes < 1024 || c.Limits.MaxArgBytes > 16<<20 {
 		v.fail("limits.max_arg_bytes", "expected 1024 to 16777216, got %d", c.Limits.MaxArgBytes)
 	}

@@ -17,10 +17,40 @@ import (
 // FileName is the database file inside the data directory.
 const FileName = "countersign.db"
 
+// Durability of a commit: Full (the default) syncs every commit to disk,
+// so it survives a power loss; Normal syncs only at WAL checkpoints, so a
+// commit survives the process being killed but the last ones may be lost
+// with the machine (the trade Vault's file audit device makes).
+const (
+	Full   = "full"
+	Normal = "normal"
+)
+
+// Option adjusts how Open opens the database.
+type Option func(*options)
+
+type options struct{ sync string }
+
+// WithSync sets the durability of commits: Full or Normal.
+func WithSync(mode string) Option { return func(o *options) { o.sync = mode } }
+
 // Open opens (creating if needed) the database at path in WAL mode with a
 // busy timeout, so readers never block the writer and a second writer waits
-// instead of failing. Foreign keys are enforced.
-func Open(ctx context.Context, path string) (*sql.DB, error) {
+// instead of failing. Foreign keys are enforced. Commits are synced to disk
+// (Full) unless WithSync says Normal.
+func Open(ctx context.Context, path string, opts ...Option) (*sql.DB, error) {
+	o := options{sync: Full}
+	for _, f := range opts {
+		f(&o)
+	}
+	sync := "FULL"
+	switch o.sync {
+	case Full:
+	case Normal:
+		sync = "NORMAL"
+	default:
+		return nil, fmt.Errorf("store: sync %q: expected %s or %s", o.sync, Full, Normal)
+	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("store: %w", err)
 	}
@@ -29,7 +59,7 @@ func Open(ctx context.Context, path string) (*sql.DB, error) {
 		"journal_mode(WAL)",
 		"busy_timeout(10000)",
 		"foreign_keys(ON)",
-		"synchronous(FULL)",
+		"synchronous(" + sync + ")",
 	} {
 		q.Add("_pragma", p)
 	}

@@ -60,3 +60,20 @@ func TestMarksOnlyMoveForward(t *testing.T) {
 		t.Fatalf("mark %d ok %v err %v, want 9", v, ok, err)
 	}
 }
+
+func TestSyncModes(t *testing.T) {
+	for mode, want := range map[string]int{Full: 2, Normal: 1} {
+		db, err := Open(context.Background(), filepath.Join(t.TempDir(), FileName), WithSync(mode))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got int
+		if err := db.QueryRow(`PRAGMA synchronous`).Scan(&got); err != nil || got != want {
+			t.Errorf("%s: synchronous = %d (%v), want %d", mode, got, err, want)
+		}
+		db.Close()
+	}
+	if _, err := Open(context.Background(), filepath.Join(t.TempDir(), FileName), WithSync("off")); err == nil {
+		t.Error("sync off was accepted")
+	}
+}

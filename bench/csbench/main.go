@@ -108,6 +108,9 @@ func run(short bool, outPath string) error {
 			return exec.Command(base, args...)
 		}},
 		{"countersign", func(dir, addr string) *exec.Cmd { return countersign(cs, dir, addr, nil) }},
+		{"countersign sync=normal", func(dir, addr string) *exec.Cmd {
+			return countersign(cs, dir, addr, []string{"COUNTERSIGN_AUDIT_SYNC=normal"})
+		}},
 	} {
 		// Streamable HTTP.
 		srv, err := startHTTP(ctx, work, target.cmd)
@@ -538,9 +541,9 @@ func (r *report) value(target, scenario, metric string) (float64, bool) {
 func (r *report) print(w io.Writer) {
 	fmt.Fprintf(w, "machine: %s, %s cores, %s\n\n", r.Machine["cpu"], r.Machine["cores"], r.Machine["go"])
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "scenario\tmetric\tcountersign / baseline\tcountersign\tbaseline")
+	fmt.Fprintln(tw, "target\tscenario\tmetric\t÷ baseline\tvalue\tbaseline")
 	for _, x := range r.Results {
-		if x.Target != "countersign" {
+		if x.Target == "baseline" || x.Target == "micro" {
 			continue
 		}
 		b, ok := r.value("baseline", x.Scenario, x.Metric)
@@ -552,7 +555,7 @@ func (r *report) print(w io.Writer) {
 		if ok {
 			base = fmt.Sprintf("%.2f", b)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%.2f\t%s\n", x.Scenario, x.Metric, ratio, x.Value, base)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%.2f\t%s\n", x.Target, x.Scenario, x.Metric, ratio, x.Value, base)
 	}
 	tw.Flush()
 	fmt.Fprintln(w)

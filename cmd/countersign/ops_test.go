@@ -107,14 +107,15 @@ func TestMetricsCountWhatHappened(t *testing.T) {
 		`countersign_approval_requests_total{state="requested"}`:              1,
 		`countersign_approval_requests_total{state="approved"}`:               1,
 		`countersign_approval_wait_seconds_count{state="approved"}`:           1,
-		`countersign_audit_appends_total{kind="call.allowed"}`:                0, // get_balance is pure: one entry, after it ran
-		`countersign_audit_appends_total{kind="call.rejected"}`:               2,
-		`countersign_audit_appends_total{kind="call.executed"}`:               2,
-		`countersign_audit_appends_total{kind="approval.requested"}`:          1,
-		`countersign_audit_appends_total{kind="approval.assertion"}`:          1,
-		`countersign_audit_appends_total{kind="approval.approved"}`:           1,
-		`countersign_audit_append_seconds_count`:                              7,
-		`countersign_audit_append_errors_total`:                               0,
+		// get_balance changes nothing: one entry, after it ran.
+		`countersign_audit_appends_total{kind="call.allowed"}`:       0,
+		`countersign_audit_appends_total{kind="call.rejected"}`:      2,
+		`countersign_audit_appends_total{kind="call.executed"}`:      2,
+		`countersign_audit_appends_total{kind="approval.requested"}`: 1,
+		`countersign_audit_appends_total{kind="approval.assertion"}`: 1,
+		`countersign_audit_appends_total{kind="approval.approved"}`:  1,
+		`countersign_audit_append_seconds_count`:                     7,
+		`countersign_audit_append_errors_total`:                      0,
 	}
 	for key, delta := range want {
 		if got := after[key] - before[key]; got != delta {

@@ -261,7 +261,7 @@ func openAudit(ctx context.Context, c *config.Config, opts audit.Options) (*sql.
 	if err := prepareDataDir(c); err != nil {
 		return nil, nil, err
 	}
-	db, err := store.Open(ctx, filepath.Join(c.Server.DataDir, store.FileName))
+	db, err := store.Open(ctx, filepath.Join(c.Server.DataDir, store.FileName), store.WithSync(c.Audit.Sync))
 	if err != nil {
 		return nil, nil, err
 	}

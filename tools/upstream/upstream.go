@@ -398,7 +398,9 @@ func (c *conn) call(ctx context.Context, tool string, args map[string]any, appro
 	if p := tools.ProgressFrom(ctx); p != nil {
 		token := uuid.NewString()
 		c.progress.Store(token, p)
-		defer c.progress.Delete(token)
+		// A notification sent just before the result can be handled just
+		// after it: keep the token a moment longer.
+		defer time.AfterFunc(time.Second, func() { c.progress.Delete(token) })
 		params.Meta = sdk.Meta{"progressToken": token}
 	}
 	// An upstream that wants to can check, against Countersign's published
