@@ -6,7 +6,10 @@
 // win:
 //
 //	pending -> approved | denied | expired | cancelled
-//	approved -> executed | failed        (BeginExecution claims it once)
+//	approved -> executed | failed | interrupted   (BeginExecution claims it once)
+//
+// A request's life outlives the process that raised it; [Service.Restart]
+// says what a restart does with each state.
 //
 // An approver approves or denies by signing the action digest
 // ([digest.Compute]) with a security key: the digest of (request, decision) is
@@ -90,6 +93,9 @@ const (
 	StateCancelled = "cancelled"
 	StateExecuted  = "executed"
 	StateFailed    = "failed"
+	// StateInterrupted: the process died while the request ran and the
+	// backend cannot tell whether it took effect; it is never run again.
+	StateInterrupted = "interrupted"
 )
 
 // Errors callers can test with errors.Is.
@@ -111,6 +117,7 @@ type Service struct {
 	opts  Options
 	wa    *webauthn.WebAuthn
 	owner string // this process, for the outbox
+	alive func() // releases the owner's liveness lock (owner.go)
 
 	approvers map[string]Approver
 
@@ -188,6 +195,7 @@ func New(ctx context.Context, db *sql.DB, rec Recorder, opts Options) (*Service,
 	if err := s.migrate(ctx); err != nil {
 		return nil, err
 	}
+	s.alive = s.holdOwner(ctx)
 	// Entries another process left unflushed are appended now.
 	if err := s.flush(ctx, true); err != nil {
 		slog.Warn("approval: outbox flush at start failed", "err", err)
@@ -207,6 +215,7 @@ func (s *Service) Close() error {
 	close(s.stop)
 	s.mu.Unlock()
 	<-s.done
+	s.alive()
 	return nil
 }
 
@@ -241,7 +250,7 @@ func (s *Service) migrate(ctx context.Context) error {
 			return fmt.Errorf("approval: create tables: %w", err)
 		}
 	}
-	return nil
+	return s.migrateWaitMode(ctx)
 }
 
 var schema = []string{
@@ -362,21 +371,30 @@ func (s *Service) flush(ctx context.Context, stale bool) error {
 	s.flushMu.Lock()
 	defer s.flushMu.Unlock()
 	cutoff := int64(-1)
+	dead := []any{}
 	if stale {
 		cutoff = s.now().Add(-outboxStaleAfter).UnixNano()
+		var err error
+		if dead, err = s.deadOwners(ctx); err != nil {
+			return fmt.Errorf("%w: %v", ErrRecord, err)
+		}
 	}
-	rows, err := s.db.QueryContext(ctx, `SELECT id, entry FROM approval_outbox WHERE owner = ? OR created_at < ? ORDER BY id`, s.owner, cutoff)
+	rows, err := s.db.QueryContext(ctx, `SELECT id, entry, owner, created_at FROM approval_outbox
+		WHERE owner = ? OR created_at < ? OR owner IN (SELECT value FROM json_each(?)) ORDER BY id`,
+		s.owner, cutoff, jsonArray(dead))
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrRecord, err)
 	}
 	type item struct {
-		id    int64
-		entry []byte
+		id      int64
+		entry   []byte
+		owner   string
+		created int64
 	}
 	var items []item
 	for rows.Next() {
 		var it item
-		if err := rows.Scan(&it.id, &it.entry); err != nil {
+		if err := rows.Scan(&it.id, &it.entry, &it.owner, &it.created); err != nil {
 			rows.Close()
 			return fmt.Errorf("%w: %v", ErrRecord, err)
 		}
@@ -396,13 +414,22 @@ func (s *Service) flush(ctx context.Context, stale bool) error {
 				return fmt.Errorf("%w: outbox entry %d: %v", ErrRecord, it.id, err)
 			}
 		}
-		logged, err := s.rec.Append(ctx, e)
-		if err != nil {
+		// Another process may have appended it and died before deleting it.
+		var logged audit.Entry
+		found := false
+		if it.owner != s.owner {
+			if logged, found, err = s.inLog(ctx, e, it.created); err != nil {
+				return fmt.Errorf("%w: %v", ErrRecord, err)
+			}
+		}
+		if found {
+			slog.Info("approval: an outbox entry left by a stopped process was already in the log", "kind", e.Kind, "request", e.RequestID, "seq", logged.Seq)
+		} else if logged, err = s.rec.Append(ctx, e); err != nil {
 			return fmt.Errorf("%w: %v", ErrRecord, err)
 		}
-		// A crash between the append and this transaction appends the
-		// entry again at the next flush; the seq recorded is then the
-		// later copy's, which the verifier accepts as well.
+		// A crash between the append and this transaction leaves the entry
+		// to the next process, which finds it in the log (inLog) rather
+		// than appending it again.
 		err = s.inTx(context.WithoutCancel(ctx), func(tx *sql.Tx) error {
 			if e.Kind == audit.KindApprovalAssertion {
 				if _, err := tx.ExecContext(ctx, `INSERT OR REPLACE INTO approval_logged_assertions (request_id, approver_id, seq) VALUES (?,?,?)`,

@@ -138,8 +138,8 @@ func TestRealAuditLogExportVerifies(t *testing.T) {
 	}
 }
 
-// ran claims an approved request, records its execution as the MCP
-// server does, and finishes it.
+// ran claims an approved request and finishes it with its execution's
+// record, as the guard does.
 func ran(t *testing.T, svc *Service, log *audit.Log, r *Request) {
 	t.Helper()
 	ctx := context.Background()
@@ -148,11 +148,10 @@ func ran(t *testing.T, svc *Service, log *audit.Log, r *Request) {
 	}
 	args := paymentRequest().Args
 	sum, _ := digest.ArgsSHA256(args)
-	if _, err := log.Append(ctx, audit.Entry{Kind: audit.KindCallExecuted, Agent: r.Agent, Tool: r.Tool, Args: args,
-		ArgsSHA256: hex.EncodeToString(sum[:]), Decision: r.Level, RequestID: r.ID, Result: json.RawMessage(`{"ok":true}`)}); err != nil {
-		t.Fatal(err)
-	}
-	if err := svc.Finish(ctx, r.ID, true, json.RawMessage(`{"ok":true}`)); err != nil {
+	err := svc.Finish(ctx, r.ID, Outcome{State: StateExecuted, Result: json.RawMessage(`{"ok":true}`),
+		Record: audit.Entry{Kind: audit.KindCallExecuted, Agent: r.Agent, Tool: r.Tool, Args: args,
+			ArgsSHA256: hex.EncodeToString(sum[:]), Decision: r.Level, Result: json.RawMessage(`{"ok":true}`)}})
+	if err != nil {
 		t.Fatal(err)
 	}
 }

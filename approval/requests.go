@@ -39,6 +39,9 @@ type NewRequest struct {
 	UserVerification string // "required" | "preferred" | "discouraged"; critical is always required
 	Timeout          time.Duration
 	RedactArgs       bool // audit entries keep only args_sha256
+	// Wait is how the call waits: WaitBlock (default) or WaitPoll. It
+	// decides what a restart does with the request (see Restart).
+	Wait string
 }
 
 // Request is a snapshot of one request.
@@ -59,6 +62,7 @@ type Request struct {
 	DecidedAt      time.Time
 	Reason         string
 	Result         json.RawMessage
+	Wait           string // WaitBlock | WaitPoll
 
 	// Shown on the page.
 	Level                string
@@ -147,6 +151,13 @@ func (s *Service) Create(ctx context.Context, r NewRequest) (*Request, error) {
 	if r.Timeout <= 0 {
 		r.Timeout = 5 * time.Minute
 	}
+	switch r.Wait {
+	case "":
+		r.Wait = WaitBlock
+	case WaitBlock, WaitPoll, WaitBackchannel:
+	default:
+		return nil, fmt.Errorf("%w: wait %q (want block or poll)", ErrInvalidRequest, r.Wait)
+	}
 
 	nonce := make([]byte, 32)
 	if _, err := rand.Read(nonce); err != nil {
@@ -194,11 +205,11 @@ func (s *Service) Create(ctx context.Context, r NewRequest) (*Request, error) {
 	err = s.inTx(ctx, func(tx *sql.Tx) error {
 		_, err := tx.ExecContext(ctx, `INSERT INTO approval_requests
 			(id, tool, agent, args, args_sha256, redact_args, authorization_details, summary, display, level, rule,
-			 approvers, quorum, user_verification, code, binding_message, nonce, created_at, expires_at, interval_ms, state)
-			VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
+			 approvers, quorum, user_verification, code, binding_message, nonce, created_at, expires_at, interval_ms, state, wait_mode)
+			VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
 			id, r.Tool, r.Agent, []byte(r.Args), hex.EncodeToString(argsSum[:]), r.RedactArgs, []byte(r.AuthorizationDetails),
 			summary, display, r.Level, r.Rule, string(approversJSON), r.Quorum, r.UserVerification, code, binding, nonce,
-			now.UnixNano(), expires.Unix(), s.opts.PollInterval.Milliseconds(), StatePending)
+			now.UnixNano(), expires.Unix(), s.opts.PollInterval.Milliseconds(), StatePending, r.Wait)
 		if err != nil {
 			return err
 		}
@@ -207,17 +218,22 @@ func (s *Service) Create(ctx context.Context, r NewRequest) (*Request, error) {
 	if err != nil {
 		return nil, fmt.Errorf("approval: create: %w", err)
 	}
+	// The request exists now: whatever happens to the caller, it is
+	// recorded and handed back, or ended, never left pending unseen.
+	ctx = context.WithoutCancel(ctx)
 	if err := s.flush(ctx, false); err != nil {
 		// Not recorded, so it must not be decided: end it.
-		s.endRequest(context.WithoutCancel(ctx), id, StateCancelled, "", "audit log unavailable")
+		s.endRequest(ctx, id, StateCancelled, "", "audit log unavailable")
 		return nil, err
 	}
 	slog.Info("approval requested", "id", id, "tool", r.Tool, "agent", r.Agent, "url", s.requestURL(id), "code", code)
 	s.notify()
-	// The request exists and is recorded: a caller leaving right now must
-	// still get it, so that its Wait cancels it, rather than an error that
-	// leaves it pending and approvable with nobody to run it.
-	return s.Get(context.WithoutCancel(ctx), id)
+	req, err := s.Get(ctx, id)
+	if err != nil {
+		s.endRequest(ctx, id, StateCancelled, "", "cannot read the request back: "+err.Error())
+		return nil, err
+	}
+	return req, nil
 }
 
 func (s *Service) requestURL(id string) string { return s.opts.PublicURL + "/requests/" + id }
@@ -240,7 +256,7 @@ type row struct {
 
 const rowColumns = `id, tool, agent, args, args_sha256, redact_args, authorization_details, summary, display, level, rule,
 	approvers, quorum, user_verification, code, binding_message, nonce, created_at, expires_at, interval_ms, state,
-	decided_by, decided_at, reason, exec_claimed_at, result, last_poll,
+	decided_by, decided_at, reason, exec_claimed_at, result, last_poll, wait_mode,
 	EXISTS (SELECT 1 FROM approval_outbox o WHERE o.request_id = approval_requests.id)`
 
 type scanner interface{ Scan(...any) error }
@@ -254,7 +270,7 @@ func (s *Service) scanRow(sc scanner) (*row, error) {
 	)
 	err := sc.Scan(&r.ID, &r.Tool, &r.Agent, &r.args, &r.argsSHA256, &r.redact, &details, &r.summary, &r.Display,
 		&r.Level, &r.rule, &approvers, &r.Quorum, &r.uv, &r.Code, &r.BindingMessage, &r.nonce, &created,
-		&r.expiresSec, &interval, &r.State, &r.DecidedBy, &decided, &r.Reason, &r.execClaim, &result, &r.lastPoll, &r.unlogged)
+		&r.expiresSec, &interval, &r.State, &r.DecidedBy, &decided, &r.Reason, &r.execClaim, &result, &r.lastPoll, &r.Wait, &r.unlogged)
 	if err != nil {
 		return nil, err
 	}
@@ -364,6 +380,17 @@ func (s *Service) PendingCount(ctx context.Context) (int, error) {
 // If ctx ends first the request is cancelled (and recorded) unless it was
 // already decided.
 func (s *Service) Wait(ctx context.Context, id string) (*Request, error) {
+	return s.await(ctx, id, true)
+}
+
+// Watch is Wait for a watcher that is not the request's caller (the
+// server's own poll-mode execution): when ctx ends the request is left as
+// it is and ctx's error returned, so that it outlives a shutdown.
+func (s *Service) Watch(ctx context.Context, id string) (*Request, error) {
+	return s.await(ctx, id, false)
+}
+
+func (s *Service) await(ctx context.Context, id string, cancelOnDone bool) (*Request, error) {
 	for {
 		ch := s.changes()
 		r, err := s.load(context.WithoutCancel(ctx), s.db, id)
@@ -385,6 +412,9 @@ func (s *Service) Wait(ctx context.Context, id string) (*Request, error) {
 		select {
 		case <-ctx.Done():
 			t.Stop()
+			if !cancelOnDone {
+				return nil, ctx.Err()
+			}
 			err := s.Cancel(context.WithoutCancel(ctx), id, "caller went away: "+context.Cause(ctx).Error())
 			if err != nil && !errors.Is(err, ErrNotPending) {
 				return nil, err
@@ -496,29 +526,58 @@ func (s *Service) BeginExecution(ctx context.Context, id string) error {
 	return nil
 }
 
-// Finish ends a claimed request as executed or failed and stores result.
-// The MCP server records call.executed / call.failed itself.
-func (s *Service) Finish(ctx context.Context, id string, ok bool, result json.RawMessage) error {
-	state := StateFailed
-	if ok {
-		state = StateExecuted
+// Outcome is how the one run of an approved request ended.
+type Outcome struct {
+	State  string          // StateExecuted, StateFailed or StateInterrupted
+	Result json.RawMessage // what approval_status hands the agent; JSON or empty
+	// Note, when set, is added to the request's reason for the approver
+	// page (an interruption says so there).
+	Note string
+	// Record, when its Kind is set, is the audit entry of the run
+	// (call.executed, call.failed, call.interrupted). It is written in the
+	// same transaction as the state, through the outbox, so a request is
+	// never executed without its record, nor recorded twice.
+	Record audit.Entry
+}
+
+// Finish ends a claimed request with its outcome.
+func (s *Service) Finish(ctx context.Context, id string, o Outcome) error {
+	switch o.State {
+	case StateExecuted, StateFailed, StateInterrupted:
+	default:
+		return fmt.Errorf("%w: outcome state %q", ErrInvalidRequest, o.State)
 	}
-	if len(result) > 0 && !json.Valid(result) {
+	if len(o.Result) > 0 && !json.Valid(o.Result) {
 		return fmt.Errorf("%w: result is not JSON", ErrInvalidRequest)
 	}
-	res, err := s.db.ExecContext(ctx, `UPDATE approval_requests SET state = ?, result = ?
-		WHERE id = ? AND state = 'approved' AND exec_claimed_at > 0`, state, []byte(result), id)
-	if err != nil {
-		return fmt.Errorf("approval: finish: %w", err)
-	}
-	if n, _ := res.RowsAffected(); n != 1 {
-		if _, err := s.Get(ctx, id); err != nil {
-			return err
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `UPDATE approval_requests SET state = ?, result = ?,
+			reason = CASE WHEN ? = '' THEN reason WHEN reason = '' THEN ? ELSE reason || '; ' || ? END
+			WHERE id = ? AND state = 'approved' AND exec_claimed_at > 0`,
+			o.State, []byte(o.Result), o.Note, o.Note, o.Note, id)
+		if err != nil {
+			return fmt.Errorf("approval: finish: %w", err)
 		}
-		return ErrNotExecuting
+		if n, _ := res.RowsAffected(); n != 1 {
+			return ErrNotExecuting
+		}
+		if o.Record.Kind == "" {
+			return nil
+		}
+		o.Record.RequestID = id
+		return s.enqueue(ctx, tx, id, o.Record)
+	})
+	if errors.Is(err, ErrNotExecuting) {
+		if _, gerr := s.Get(ctx, id); gerr != nil {
+			return gerr
+		}
 	}
+	if err != nil {
+		return err
+	}
+	err = s.flush(ctx, false)
 	s.notify()
-	return nil
+	return err
 }
 
 // PollStatus is a CIBA poll answer.
@@ -538,6 +597,9 @@ const (
 	PollApproved = "approved"
 	PollExecuted = "executed"
 	PollFailed   = "failed"
+	// PollInterrupted: the server stopped while the request ran; whether
+	// it took effect is unknown, and it is not run again.
+	PollInterrupted = "interrupted"
 )
 
 // SlowDownStep is what CIBA (and RFC 8628) add to the polling interval of
@@ -589,6 +651,8 @@ func (s *Service) Poll(ctx context.Context, id, agent string) (*PollStatus, erro
 		st.Status = PollExecuted
 	case StateFailed:
 		st.Status = PollFailed
+	case StateInterrupted:
+		st.Status = PollInterrupted
 	default:
 		return nil, fmt.Errorf("approval: request %s in unknown state %q", id, r.State)
 	}

@@ -64,14 +64,14 @@ func TestApproveWaitExecuteOnce(t *testing.T) {
 	if err := f.svc.BeginExecution(ctx, req.ID); !errors.Is(err, ErrNotApproved) {
 		t.Fatalf("second BeginExecution: %v", err)
 	}
-	if err := f.svc.Finish(ctx, req.ID, true, []byte(`{"ok":true}`)); err != nil {
+	if err := f.svc.Finish(ctx, req.ID, Outcome{State: StateExecuted, Result: []byte(`{"ok":true}`)}); err != nil {
 		t.Fatal(err)
 	}
 	final, _ := f.svc.Get(ctx, req.ID)
 	if final.State != StateExecuted || string(final.Result) != `{"ok":true}` {
 		t.Fatalf("final %+v", final)
 	}
-	if err := f.svc.Finish(ctx, req.ID, false, nil); !errors.Is(err, ErrNotExecuting) {
+	if err := f.svc.Finish(ctx, req.ID, Outcome{State: StateFailed}); !errors.Is(err, ErrNotExecuting) {
 		t.Fatalf("second Finish: %v", err)
 	}
 }

@@ -149,11 +149,27 @@ func (m *memRecorder) Append(_ context.Context, e audit.Entry) (audit.Entry, err
 		return audit.Entry{}, errors.New("disk full")
 	}
 	e.Seq = int64(len(m.entries) + 1)
+	if e.Time == "" {
+		e.Time = time.Now().UTC().Format(time.RFC3339Nano)
+	}
 	m.entries = append(m.entries, e)
 	return e, nil
 }
 
 func (m *memRecorder) setFail(v bool) { m.mu.Lock(); m.fail = v; m.mu.Unlock() }
+
+func (m *memRecorder) LastSeq(context.Context) (int64, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return int64(len(m.entries)), nil
+}
+
+func (m *memRecorder) Since(_ context.Context, seq int64, limit int) ([]audit.Entry, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := m.entries[min(seq, int64(len(m.entries))):]
+	return append([]audit.Entry(nil), out[:min(limit, len(out))]...), nil
+}
 
 func (m *memRecorder) kinds(requestID string) []string {
 	m.mu.Lock()

@@ -9,6 +9,7 @@ const (
 	KindCallRejected      = "call.rejected"      // schema or argument validation failed
 	KindCallExecuted      = "call.executed"      // backend ran and succeeded
 	KindCallFailed        = "call.failed"        // backend ran and failed
+	KindCallInterrupted   = "call.interrupted"   // the server stopped while the backend ran; outcome unknown, never rerun
 	KindApprovalRequested = "approval.requested" // a request was raised
 	KindApprovalAssertion = "approval.assertion" // one approver's verified key assertion (quorum may need more)
 	KindApprovalApproved  = "approval.approved"  // quorum reached

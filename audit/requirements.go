@@ -37,7 +37,7 @@ const (
 //   - approval.approved lists, as assertions, earlier approval.assertion
 //     entries of the same request from quorum distinct eligible approvers,
 //     and as approvers those approvers in the same order.
-//   - call.executed and call.failed carry the policy level as decision: at
+//   - call.executed, call.failed and call.interrupted carry the policy level as decision: at
 //     high or critical they name an approved request of the same tool,
 //     arguments and level, and run at most once per request. At low they
 //     follow a call.allowed of the same agent, tool and arguments, or,
@@ -129,7 +129,8 @@ func (q *requirements) check(e *Entry) string {
 		if e.Decision == LevelLow {
 			q.allowed[keyOf(e)]++
 		}
-	case KindCallExecuted, KindCallFailed:
+	case KindCallExecuted, KindCallFailed, KindCallInterrupted:
+		// An interrupted run may have acted: it counts as the one run.
 		return q.execution(e)
 	}
 	return ""

@@ -146,6 +146,12 @@ type Secret struct {
 // Audit configures the tamper-evident log.
 type Audit struct {
 	CheckpointEvery time.Duration `mapstructure:"checkpoint_every"`
+	// WitnessFile, when set, receives every new signed checkpoint; at start
+	// the log must extend the one there (package witness). Put it on
+	// storage that a restore of the data directory does not roll back.
+	WitnessFile string `mapstructure:"witness_file"`
+	// AcceptRollback is set by serve --accept-rollback, never by the file.
+	AcceptRollback bool `mapstructure:"-"`
 	// Sync is the durability of every commit to the data directory's
 	// database, the audit log's and the ledger's alike: "full" (default)
 	// syncs each commit group to disk and survives a power loss; "normal"

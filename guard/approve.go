@@ -3,6 +3,7 @@ package guard
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
@@ -37,6 +38,7 @@ func (g *Guard) countersign(ctx context.Context, c Call, spec *tools.Spec, call 
 		AuthorizationDetails: call.Details, Summary: call.Summary,
 		Level: d.Level, Rule: entry.Rule, Approvers: d.Approvers, Quorum: d.Quorum,
 		UserVerification: d.UserVerification, Timeout: d.Timeout, RedactArgs: conf.RedactArgs,
+		Wait: waitMode(d.Wait),
 	})
 	if err != nil {
 		g.log.Error("cannot raise approval request", "tool", spec.Def.Name, "err", err)
@@ -50,7 +52,16 @@ func (g *Guard) countersign(ctx context.Context, c Call, spec *tools.Spec, call 
 
 	if d.Wait == authz.WaitPoll {
 		done = true // executeWhenApproved gives the share back if it never runs
-		g.bg.Add(1)
+		g.mu.Lock() // Shutdown may be waiting on bg: add under the same lock as closing
+		closing := g.closing
+		if !closing {
+			g.bg.Add(1)
+		}
+		g.mu.Unlock()
+		if closing {
+			// Pending for the next start to resume.
+			return structured(pendingResult(r, g.now()))
+		}
 		go func() {
 			defer g.bg.Done()
 			if !g.executeWhenApproved(r.ID, spec, call, entry) {
@@ -60,6 +71,7 @@ func (g *Guard) countersign(ctx context.Context, c Call, spec *tools.Spec, call 
 		return structured(pendingResult(r, g.now()))
 	}
 
+	defer g.waitOn(ctx, r.ID)()
 	if c.Waiting != nil {
 		defer c.Waiting(ctx, r)()
 	}
@@ -75,25 +87,39 @@ func (g *Guard) countersign(ctx context.Context, c Call, spec *tools.Spec, call 
 	return res
 }
 
+// waitMode is the approval service's name for a policy's wait setting.
+func waitMode(w string) string {
+	if w == authz.WaitPoll {
+		return approval.WaitPoll
+	}
+	return approval.WaitBlock
+}
+
 // executeWhenApproved is the poll-mode path: the agent has its auth_req_id
 // and asks approval_status; the tool runs here once the humans approve.
-// It reports whether the tool ran successfully.
+// It only watches the request: when the server stops first, the request
+// stays pending for the next start to resume. It reports whether the tool
+// ran successfully.
 func (g *Guard) executeWhenApproved(id string, spec *tools.Spec, call *tools.Call, entry audit.Entry) bool {
 	ctx, cancel := context.WithCancel(g.life)
 	defer cancel()
-	final, err := g.opts.Approvals.Wait(ctx, id)
+	final, err := g.opts.Approvals.Watch(ctx, id)
 	if err != nil || final.State != approval.StateApproved {
 		return false
 	}
-	_, ok := g.runApproved(ctx, id, spec, call, entry)
+	// The run is not cut short by a shutdown: it finishes, or the process
+	// dies and the next start settles it.
+	_, ok := g.runApproved(context.WithoutCancel(ctx), id, spec, call, entry)
 	return ok
 }
 
 // runApproved claims the approved request for its one execution, runs it
 // (to completion even if the caller leaves now, unless the tool follows its
-// caller's cancellation) and stores the outcome.
+// caller's cancellation) and stores the outcome with its audit entry.
 func (g *Guard) runApproved(ctx context.Context, id string, spec *tools.Spec, call *tools.Call, entry audit.Entry) (*mcp.CallToolResult, bool) {
-	if err := g.opts.Approvals.BeginExecution(ctx, id); err != nil {
+	// Claimed even if the caller has just left: an approved request that
+	// nobody claims would never run nor end.
+	if err := g.opts.Approvals.BeginExecution(context.WithoutCancel(ctx), id); err != nil {
 		return toolError("refused to run approved request %s: %v", id, err), false
 	}
 	tok, err := g.issueToken(context.WithoutCancel(ctx), id)
@@ -101,8 +127,7 @@ func (g *Guard) runApproved(ctx context.Context, id string, spec *tools.Spec, ca
 		// The tool may hand the action on with its token; without one it
 		// does not run at all.
 		entry.Kind, entry.Reason = audit.KindCallFailed, "cannot issue the approval token: "+err.Error()
-		g.record(ctx, entry)
-		if err := g.opts.Approvals.Finish(context.WithoutCancel(ctx), id, false, nil); err != nil {
+		if err := g.finishErr(context.WithoutCancel(ctx), id, nil, entry, false); err != nil {
 			g.log.Error("cannot store approval outcome", "auth_req_id", id, "err", err)
 		}
 		return toolError("refused to run approved request %s: cannot issue its approval token: %v", id, err), false
@@ -112,9 +137,17 @@ func (g *Guard) runApproved(ctx context.Context, id string, spec *tools.Spec, ca
 	if !spec.FollowCancel {
 		runCtx = context.WithoutCancel(ctx)
 	}
-	res, content, ok := g.run(runCtx, spec, call, entry)
-	if err := g.opts.Approvals.Finish(context.WithoutCancel(ctx), id, ok, content); err != nil {
+	call.ID = requestCallID(id)
+	res, content, rec, ok := g.execute(runCtx, spec, call, entry)
+	if err := g.finishErr(context.WithoutCancel(ctx), id, content, rec, ok); err != nil {
 		g.log.Error("cannot store approval outcome", "auth_req_id", id, "err", err)
+		// An outcome stored with its entry still in the outbox is durable
+		// (it reaches the log when the log can take it); one not stored
+		// is not acknowledged: the next start settles the request from
+		// the backend, or as interrupted.
+		if ok && !errors.Is(err, approval.ErrRecord) {
+			return withheld(spec), true
+		}
 	}
 	return withToken(res, tok), ok
 }
@@ -130,6 +163,9 @@ func Outcome(r *approval.Request) string {
 			r.ID, r.ExpiresAt.UTC().Format(time.RFC3339))
 	case approval.StateCancelled:
 		return fmt.Sprintf("approval request %s was cancelled%s", r.ID, because(r.Reason))
+	case approval.StateInterrupted:
+		return fmt.Sprintf("approval request %s was approved and started, but the server stopped while it ran: "+
+			"whether it took effect is unknown, and it is not run again", r.ID)
 	}
 	return fmt.Sprintf("approval request %s ended in state %s", r.ID, r.State)
 }
@@ -189,7 +225,8 @@ func (g *Guard) StatusSpec() *tools.Spec {
 				if len(r.Result) > 0 {
 					out["result"] = r.Result
 				}
-				if r.State == approval.StateDenied || r.State == approval.StateExpired || r.State == approval.StateCancelled {
+				switch r.State {
+				case approval.StateDenied, approval.StateExpired, approval.StateCancelled, approval.StateInterrupted:
 					out["error_description"] = Outcome(r)
 				}
 			}

@@ -105,6 +105,7 @@ func (g *Guard) Raise(ctx context.Context, b Backchannel) (*approval.Request, er
 		AuthorizationDetails: b.Details, Summary: b.Summary,
 		Level: d.Level, Rule: entry.Rule, Approvers: approvers, Quorum: d.Quorum,
 		UserVerification: d.UserVerification, Timeout: timeout, RedactArgs: conf.RedactArgs,
+		Wait: approval.WaitBackchannel,
 	})
 	if err != nil {
 		g.log.Error("cannot raise approval request", "tool", b.Tool, "err", err)
@@ -165,8 +166,7 @@ func (g *Guard) Redeem(ctx context.Context, tool, id, agent string) (*approval.P
 	entry := audit.Entry{Agent: r.Agent, Tool: r.Tool, RequestID: r.ID, Decision: r.Level}
 	fail := func(reason string) (*approval.PollStatus, string, error) {
 		entry.Kind, entry.Reason = audit.KindCallFailed, reason
-		g.record(ctx, entry)
-		if err := g.opts.Approvals.Finish(ctx, id, false, nil); err != nil {
+		if err := g.opts.Approvals.Finish(ctx, id, approval.Outcome{State: approval.StateFailed, Record: entry}); err != nil {
 			g.log.Error("cannot store approval outcome", "auth_req_id", id, "err", err)
 		}
 		return nil, "", errors.New(reason)
@@ -189,12 +189,12 @@ func (g *Guard) Redeem(ctx context.Context, tool, id, agent string) (*approval.P
 	sum := sha256.Sum256([]byte(tok))
 	result, _ := json.Marshal(map[string]string{"approval_token_sha256": hex.EncodeToString(sum[:])})
 	entry.Kind, entry.Result = audit.KindCallExecuted, result
-	// The token goes out only once the log says it was issued.
-	if !g.record(ctx, entry) {
-		return fail("the audit log cannot record the approval token")
-	}
-	if err := g.opts.Approvals.Finish(ctx, id, true, result); err != nil {
-		g.log.Error("cannot store approval outcome", "auth_req_id", id, "err", err)
+	// The token goes out only once the log says it was issued. The record
+	// is written with the request's state, so a crash cannot leave one
+	// without the other (guard.Resume settles a claim it interrupted).
+	if err := g.opts.Approvals.Finish(ctx, id, approval.Outcome{State: approval.StateExecuted, Result: result, Record: entry}); err != nil {
+		g.log.Error("cannot record the approval token", "auth_req_id", id, "err", err)
+		return nil, "", errors.New("the audit log cannot record the approval token")
 	}
 	return ps, tok, nil
 }

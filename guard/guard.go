@@ -18,6 +18,56 @@
 // The guard knows MCP only as data (the result type); transports live in
 // package server, which hands each call to [Guard.Handle] and, while a call
 // waits for a human, keeps its client informed through [Call.Waiting].
+//
+// # Crashes and restarts
+//
+// A call's life can outlast the process. Each run is given a call id
+// (tools.Call.ID): "request:<auth_req_id>" for a countersigned call,
+// "entry:<seq>" for a routine one, seq being its call.allowed entry. A
+// countersigned run's record is written with its request's final state,
+// in one transaction. [Guard.Resume], at start and before serving, settles
+// what the previous process left:
+//
+//   - A block-mode request still pending is cancelled with reason "server
+//     restarted" (recorded, shown on the approver page): its caller died
+//     with the process, and it can never be approved afterwards.
+//   - A poll-mode request still pending keeps its expiry; once approved
+//     the server runs it once (the tool looked up again by name, its
+//     stored arguments prepared again and required to come out as the
+//     approved bytes; an upstream tool is waited for up to ToolWait, then
+//     the request fails saying so). The agent gets the result from
+//     approval_status with the same auth_req_id. An approved request
+//     nobody claimed runs the same way: nothing of it had started.
+//   - A request whose run was claimed when the process died depends on the
+//     backend. The ledger keeps the call id in the transfer row, written in
+//     the transfer's transaction (tools.Spec.Recover): if the row is there
+//     the request is finished with call.executed and the real result; if
+//     not, the transfer never happened and runs now, once (the unique call
+//     id makes a second payment impossible). A deploy command or an
+//     upstream tool cannot tell whether it acted: the request ends
+//     interrupted, recorded as call.interrupted, shown to the approver and
+//     returned by approval_status, and it is never run again.
+//   - A routine call (no approval) that the log shows allowed but without
+//     an outcome is settled from its call.allowed entry, whose agent and
+//     arguments the new entry repeats: the ledger says whether the call
+//     paid (call.executed with the real result) or not (call.failed: it did
+//     not run, and is not run, since its caller is gone and retrying is the
+//     caller's to decide); any other tool gets call.interrupted. So every
+//     call.allowed has exactly one outcome (a pure read has no
+//     call.allowed: it is recorded once, after it ran). The log is read
+//     from a mark (store.Marks) that moves while the server runs, without
+//     any write or lock on the call path, to a seq before which every
+//     routine call has its outcome; so a start reads only the end of the
+//     log.
+//   - A CIBA backchannel request has no tool to run: pending or approved,
+//     it is left to its client, who redeems it; a redemption the crash cut
+//     short handed out no token (its record commits with the request's
+//     end) and fails.
+//
+// [Guard.Shutdown] (SIGTERM) refuses new calls, cancels the block-mode
+// requests calls wait on with reason "server shutting down", which is what
+// their agents are told, keeps poll-mode requests pending, and lets running
+// calls finish.
 package guard
 
 import (
@@ -30,6 +80,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/countersign/countersign/approval"
@@ -44,6 +95,7 @@ import (
 // Catalog finds the tool a call names; *tools.Catalog satisfies it.
 type Catalog interface {
 	Lookup(name string) (*tools.Spec, bool)
+	Specs() []*tools.Spec
 }
 
 // Policy decides a call's level; *authz.Policy satisfies it.
@@ -60,13 +112,31 @@ type Recorder interface {
 	Append(ctx context.Context, e audit.Entry) (audit.Entry, error)
 }
 
+// History reads the audit log in order; *audit.Log satisfies it. A start
+// reads the end of the log to find routine calls whose outcome a crash
+// lost.
+type History interface {
+	Since(ctx context.Context, seq int64, limit int) ([]audit.Entry, error)
+	LastSeq(ctx context.Context) (int64, error)
+}
+
+// Marks keep named positions durably; store.Marks satisfies it.
+type Marks interface {
+	Mark(ctx context.Context, name string) (value int64, ok bool, err error)
+	SetMark(ctx context.Context, name string, value int64) error
+}
+
 // Approvals gets a human's countersignature; *approval.Service satisfies it.
 type Approvals interface {
 	Create(ctx context.Context, r approval.NewRequest) (*approval.Request, error)
 	Wait(ctx context.Context, id string) (*approval.Request, error)
+	Watch(ctx context.Context, id string) (*approval.Request, error)
+	Cancel(ctx context.Context, id, reason string) error
 	BeginExecution(ctx context.Context, id string) error
-	Finish(ctx context.Context, id string, ok bool, result json.RawMessage) error
+	Finish(ctx context.Context, id string, o approval.Outcome) error
 	Poll(ctx context.Context, id, agent string) (*approval.PollStatus, error)
+	Restart(ctx context.Context) ([]string, error)
+	Unfinished(ctx context.Context) ([]approval.Unfinished, error)
 }
 
 // Options wire a Guard.
@@ -82,11 +152,20 @@ type Options struct {
 	// for one. Tokens nil: no tokens.
 	Evidence Evidence
 	Tokens   Tokens
+	// History and Marks let Resume find the routine calls a crash left
+	// without an outcome; without them it does not look.
+	History History
+	Marks   Marks
 	// Tools is the tools section of the config, for per-tool settings the
 	// guard applies itself (redact_args).
 	Tools  map[string]config.Tool
 	Logger *slog.Logger
 	Now    func() time.Time
+	// ToolWait bounds how long a request resumed after a restart waits
+	// for its tool to appear (an upstream still connecting); default 1m.
+	ToolWait time.Duration
+	// MarkEvery is how often the routine-call mark moves; default 30s.
+	MarkEvery time.Duration
 	// MaxArgBytes and MaxArgDepth bound a call's arguments (their JSON
 	// size and nesting); larger calls are refused before anything else.
 	// Zero means 64 KiB and 32.
@@ -114,6 +193,15 @@ type Guard struct {
 	bg   sync.WaitGroup  // poll-mode executions still running
 	life context.Context // cancelled by Close: poll-mode waits stop then
 	stop context.CancelFunc
+
+	routine  routineCalls // routine calls between call.allowed and outcome
+	lastMark atomic.Int64 // the routine-call mark as last stored
+
+	mu       sync.Mutex
+	closing  bool                // Shutdown began: calls are refused
+	waiting  map[string]struct{} // block-mode requests callers wait on
+	calls    sync.WaitGroup      // calls inside Handle
+	inflight atomic.Int64
 }
 
 // New returns a Guard.
@@ -124,14 +212,22 @@ func New(opts Options) *Guard {
 	if opts.MaxArgDepth <= 0 {
 		opts.MaxArgDepth = DefaultMaxArgDepth
 	}
-	g := &Guard{opts: opts, log: opts.Logger, now: opts.Now, schemas: map[*tools.Spec]*schema{}}
+	g := &Guard{opts: opts, log: opts.Logger, now: opts.Now, schemas: map[*tools.Spec]*schema{}, waiting: map[string]struct{}{}}
 	if g.log == nil {
 		g.log = slog.New(slog.DiscardHandler)
 	}
 	if g.now == nil {
 		g.now = time.Now
 	}
+	if g.opts.ToolWait <= 0 {
+		g.opts.ToolWait = time.Minute
+	}
+	if g.opts.MarkEvery <= 0 {
+		g.opts.MarkEvery = 30 * time.Second
+	}
 	g.life, g.stop = context.WithCancel(context.Background())
+	g.bg.Add(1)
+	go g.markLoop(g.opts.MarkEvery)
 	return g
 }
 
@@ -162,6 +258,10 @@ func (g *Guard) Handle(ctx context.Context, c Call) *mcp.CallToolResult {
 	if c.Agent == "" {
 		c.Agent = "unknown"
 	}
+	if !g.enter() {
+		return g.refuseClosing(ctx, c.Agent, c.Tool)
+	}
+	defer g.leave()
 	entry := audit.Entry{Agent: c.Agent, Tool: c.Tool}
 	spec, ok := g.opts.Catalog.Lookup(c.Tool)
 	if !ok {
@@ -247,11 +347,17 @@ func (g *Guard) Handle(ctx context.Context, c Call) *mcp.CallToolResult {
 			return res
 		}
 		entry.Kind = audit.KindCallAllowed
-		if !g.record(ctx, entry) {
+		g.routine.appending()
+		allowed, err := g.opts.Audit.Append(context.WithoutCancel(ctx), entry)
+		g.routine.allowed(allowed.Seq, err == nil)
+		if err != nil {
+			g.log.Error("audit append failed", "kind", entry.Kind, "tool", entry.Tool, "err", err)
 			g.usage.release(counted)
 			return toolError("refused: the audit log cannot record this call")
 		}
-		res, _, ok := g.run(ctx, spec, call, entry)
+		call.ID = entryCallID(allowed.Seq)
+		res, outcome, ok := g.run(ctx, spec, call, entry)
+		g.routine.end(allowed.Seq, outcome)
 		if !ok {
 			g.usage.release(counted)
 		}
@@ -342,19 +448,47 @@ func boundName(s string) string {
 	return s
 }
 
-// run executes the tool once and records what happened. ok says the tool
+// run executes the tool once and records what happened. It returns the
+// seq of the record (0 when it could not be recorded) and whether the tool
 // succeeded. A result whose record could not be made durable is withheld
 // from the agent: nothing is acknowledged that the log could lose.
-func (g *Guard) run(ctx context.Context, spec *tools.Spec, call *tools.Call, entry audit.Entry) (_ *mcp.CallToolResult, _ json.RawMessage, ok bool) {
+func (g *Guard) run(ctx context.Context, spec *tools.Spec, call *tools.Call, entry audit.Entry) (*mcp.CallToolResult, int64, bool) {
+	out, _, rec, ok := g.execute(ctx, spec, call, entry)
+	e, err := g.opts.Audit.Append(context.WithoutCancel(ctx), rec)
+	if err != nil {
+		g.log.Error("audit append failed", "kind", rec.Kind, "tool", rec.Tool, "err", err)
+		if ok {
+			return withheld(spec), 0, true
+		}
+		return out, 0, false
+	}
+	return out, e.Seq, ok
+}
+
+// withheld is what the agent gets for a run whose record is not durable.
+func withheld(spec *tools.Spec) *mcp.CallToolResult {
+	return toolError("%s ran, but the audit log cannot record it; its result is withheld", spec.Def.Name)
+}
+
+// execute runs the tool once. It returns what the agent gets, the result
+// as JSON (for approval_status), and the entry that records the run
+// (call.executed or call.failed), which the caller appends.
+func (g *Guard) execute(ctx context.Context, spec *tools.Spec, call *tools.Call, entry audit.Entry) (*mcp.CallToolResult, json.RawMessage, audit.Entry, bool) {
 	res, err := safeRun(ctx, spec, call)
 	if err != nil {
 		entry.Kind, entry.Reason = audit.KindCallFailed, err.Error()
-		g.record(ctx, entry)
 		msg, _ := json.Marshal(map[string]string{"error": err.Error()})
-		return toolError("%s failed: %v", spec.Def.Name, err), msg, false
+		return toolError("%s failed: %v", spec.Def.Name, err), msg, entry, false
 	}
+	return g.executed(spec, res, entry)
+}
+
+// executed is the agent's result, its JSON and the call.executed entry
+// for a tool's result.
+func (g *Guard) executed(spec *tools.Spec, res *tools.Result, entry audit.Entry) (*mcp.CallToolResult, json.RawMessage, audit.Entry, bool) {
 	var out *mcp.CallToolResult
 	var content []byte
+	var err error
 	if res.MCP != nil {
 		out = res.MCP
 		content, err = json.Marshal(res.MCP)
@@ -364,8 +498,7 @@ func (g *Guard) run(ctx context.Context, spec *tools.Spec, call *tools.Call, ent
 	}
 	if err != nil {
 		entry.Kind, entry.Reason = audit.KindCallFailed, "cannot encode result: "+err.Error()
-		g.record(ctx, entry)
-		return toolError("%s: cannot encode result: %v", spec.Def.Name, err), nil, false
+		return toolError("%s: cannot encode result: %v", spec.Def.Name, err), nil, entry, false
 	}
 	entry.Kind = audit.KindCallExecuted
 	record := res.Record
@@ -376,11 +509,7 @@ func (g *Guard) run(ctx context.Context, spec *tools.Spec, call *tools.Call, ent
 	if rec, err := json.Marshal(record); err == nil && record != nil {
 		entry.Result = rec
 	}
-	if !g.record(ctx, entry) {
-		msg, _ := json.Marshal(map[string]string{"error": "ran, but the audit log cannot record it"})
-		return toolError("%s ran, but the audit log cannot record it; its result is withheld", spec.Def.Name), msg, true
-	}
-	return out, content, true
+	return out, content, entry, true
 }
 
 func safeRun(ctx context.Context, spec *tools.Spec, call *tools.Call) (res *tools.Result, err error) {

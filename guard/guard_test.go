@@ -41,19 +41,40 @@ func (p *fixedPolicy) Decide(in authz.Input) authz.Decision {
 
 // memLog is an audit log in memory that can be made to fail.
 type memLog struct {
-	mu      sync.Mutex
-	entries []audit.Entry
-	fail    bool
+	mu       sync.Mutex
+	entries  []audit.Entry
+	fail     bool
+	failKind string // entries of this kind fail to append
 }
 
 func (l *memLog) Append(_ context.Context, e audit.Entry) (audit.Entry, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.fail {
+	if l.fail || (l.failKind != "" && e.Kind == l.failKind) {
 		return audit.Entry{}, errors.New("disk full")
 	}
+	e.Seq = int64(len(l.entries) + 1)
 	l.entries = append(l.entries, e)
 	return e, nil
+}
+
+func (l *memLog) LastSeq(context.Context) (int64, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return int64(len(l.entries)), nil
+}
+
+func (l *memLog) Since(_ context.Context, seq int64, limit int) ([]audit.Entry, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if seq >= int64(len(l.entries)) {
+		return nil, nil
+	}
+	out := l.entries[seq:]
+	if len(out) > limit {
+		out = out[:limit]
+	}
+	return append([]audit.Entry(nil), out...), nil
 }
 
 func (l *memLog) kinds() []string {
@@ -80,11 +101,13 @@ func (l *memLog) last(kind string) audit.Entry {
 // humans is an approval service in memory: a test decides each request by
 // sending its final state on decide.
 type humans struct {
-	mu       sync.Mutex
-	created  []approval.NewRequest
-	decide   chan string // the final state of the next request waited on
-	claimed  int
-	finished []bool
+	mu        sync.Mutex
+	created   []approval.NewRequest
+	decide    chan string // the final state of the next request waited on
+	claimed   int
+	finished  []bool
+	cancelled []string // reasons
+	log       *memLog  // where Finish records the outcome, as the real service does through its outbox
 }
 
 func (h *humans) Create(_ context.Context, r approval.NewRequest) (*approval.Request, error) {
@@ -104,6 +127,10 @@ func (h *humans) Wait(ctx context.Context, id string) (*approval.Request, error)
 	}
 }
 
+func (h *humans) Watch(ctx context.Context, id string) (*approval.Request, error) {
+	return h.Wait(ctx, id)
+}
+
 func (h *humans) BeginExecution(context.Context, string) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -114,16 +141,36 @@ func (h *humans) BeginExecution(context.Context, string) error {
 	return nil
 }
 
-func (h *humans) Finish(_ context.Context, _ string, ok bool, _ json.RawMessage) error {
+func (h *humans) Finish(ctx context.Context, id string, o approval.Outcome) error {
 	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.finished = append(h.finished, ok)
+	h.finished = append(h.finished, o.State == approval.StateExecuted)
+	h.mu.Unlock()
+	if o.Record.Kind != "" {
+		o.Record.RequestID = id
+		_, err := h.log.Append(ctx, o.Record)
+		return err
+	}
 	return nil
 }
 
 func (h *humans) Poll(context.Context, string, string) (*approval.PollStatus, error) {
 	return &approval.PollStatus{Status: "authorization_pending"}, nil
 }
+
+func (h *humans) Cancel(_ context.Context, id, reason string) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.cancelled = append(h.cancelled, reason)
+	select {
+	case h.decide <- approval.StateCancelled:
+	default:
+	}
+	return nil
+}
+
+func (h *humans) Restart(context.Context) ([]string, error) { return nil, nil }
+
+func (h *humans) Unfinished(context.Context) ([]approval.Unfinished, error) { return nil, nil }
 
 // counter is a tool that counts its runs and keeps the arguments it ran on.
 type counter struct {
@@ -178,10 +225,11 @@ type fixture struct {
 
 func newFixture(t *testing.T, level string) *fixture {
 	t.Helper()
+	log := &memLog{}
 	f := &fixture{
-		log:    &memLog{},
+		log:    log,
 		policy: &fixedPolicy{d: authz.Decision{Level: level, Reason: "test says " + level, Quorum: 1, Approvers: []string{"alice"}, Wait: authz.WaitBlock}},
-		humans: &humans{decide: make(chan string, 1)},
+		humans: &humans{decide: make(chan string, 1), log: log},
 		tool:   &counter{},
 		cat:    tools.NewCatalog(),
 	}

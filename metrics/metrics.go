@@ -28,6 +28,7 @@ package metrics
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net/http"
 	"sync"
@@ -200,6 +201,32 @@ func (r *recorder) Append(ctx context.Context, e audit.Entry) (audit.Entry, erro
 	}
 	r.m.observe(out)
 	return out, nil
+}
+
+// logReader is the reading side of *audit.Log.
+type logReader interface {
+	Since(ctx context.Context, seq int64, limit int) ([]audit.Entry, error)
+	LastSeq(ctx context.Context) (int64, error)
+}
+
+// Since reads through to the log: approval reads the end of the log back
+// (an assertion's seq, an entry a dead process may have appended) through
+// the recorder it was given.
+func (r *recorder) Since(ctx context.Context, seq int64, limit int) ([]audit.Entry, error) {
+	lr, ok := r.next.(logReader)
+	if !ok {
+		return nil, errors.New("metrics: the wrapped recorder cannot be read")
+	}
+	return lr.Since(ctx, seq, limit)
+}
+
+// LastSeq reads through to the log, as Since does.
+func (r *recorder) LastSeq(ctx context.Context) (int64, error) {
+	lr, ok := r.next.(logReader)
+	if !ok {
+		return 0, errors.New("metrics: the wrapped recorder cannot be read")
+	}
+	return lr.LastSeq(ctx)
 }
 
 // observe counts one committed entry.

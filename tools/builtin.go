@@ -71,7 +71,7 @@ func Schemas(cfg *config.Config) map[string]Schema {
 		case "deploy":
 			spec, _ = deployTool(nil, cfg.Deploy)
 		case "read_secret", "list_secrets":
-			spec = secretTool(name, nil)
+			spec = secretTool(name, nil, secrets.MACKey{})
 		}
 		if spec != nil {
 			out[name] = Schema{Args: spec.Def.RawInputSchema, Facts: factSchemas[name]}
@@ -117,6 +117,7 @@ func builtins(ctx context.Context, cfg *config.Config, db *sql.DB, c *Catalog) (
 		led   *ledgerTools
 		dep   *deploy.Runner
 		sec   *secrets.Store
+		mac   secrets.MACKey
 	)
 	for _, name := range names {
 		var (
@@ -149,12 +150,15 @@ func builtins(ctx context.Context, cfg *config.Config, db *sql.DB, c *Catalog) (
 			t, err = deployTool(dep, cfg.Deploy)
 		case "read_secret", "list_secrets":
 			if sec == nil {
+				if mac, err = secrets.LoadOrCreateMACKey(cfg.Server.DataDir); err != nil {
+					return nil, fmt.Errorf("tools: %w", err)
+				}
 				if sec, err = secrets.Open(cfg.Secrets); err != nil {
 					return nil, fmt.Errorf("tools: %w", err)
 				}
 				c.closeWith(sec.Close)
 			}
-			t = secretTool(name, sec)
+			t = secretTool(name, sec, mac)
 		}
 		if err != nil {
 			return nil, fmt.Errorf("tools: %s: %w", name, err)

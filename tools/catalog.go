@@ -54,6 +54,15 @@ type Spec struct {
 	Prepare func(ctx context.Context, args map[string]any) (*Call, error)
 	// Run executes the tool once with call.Args.
 	Run func(ctx context.Context, call *Call) (*Result, error)
+
+	// Recover, when set, tells what became of a call whose run started
+	// but whose outcome was never recorded, because the process died: the
+	// result the run gave (done), or that it never took effect (!done), in
+	// which case running it now, under the same call.ID, is its one run.
+	// A backend sets it only when it keeps its effects under the call id in
+	// the same transaction that makes them. Without it the outcome is
+	// unknown and the call is never run again.
+	Recover func(ctx context.Context, call *Call) (res *Result, done bool, err error)
 }
 
 // ReadOnly reports whether the tool declares that it changes nothing.
@@ -69,6 +78,10 @@ type Call struct {
 	Args map[string]any
 	// Agent is the authenticated agent making the call; the guard sets it.
 	Agent string
+	// ID names the call for its backend, unique per call; the guard sets
+	// it before Run. A backend that keeps it with its effect can tell after
+	// a crash whether the call took effect (see Spec.Recover).
+	ID string
 	// Facts are the policy's fact variables, e.g.
 	// {"counterparty": {"name": "Vendor X", "known": false, "exists": false, "first_seen": ""}}.
 	Facts map[string]any

@@ -18,6 +18,7 @@ import (
 	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/tools/deploy"
 	"github.com/countersign/countersign/tools/ledger"
+	"github.com/countersign/countersign/tools/secrets"
 	googleschema "github.com/google/jsonschema-go/jsonschema"
 	"github.com/santhosh-tekuri/jsonschema/v6"
 )
@@ -606,7 +607,8 @@ func TestDeployFailureCarriesExitCode(t *testing.T) {
 }
 
 func TestSecretTools(t *testing.T) {
-	r, _ := registry(t, shipped(t))
+	c := shipped(t)
+	r, _ := registry(t, c)
 	ctx := context.Background()
 	rs := lookup(t, r, "read_secret")
 	call, err := rs.Prepare(ctx, map[string]any{"name": "prod-db-password"})
@@ -632,8 +634,15 @@ func TestSecretTools(t *testing.T) {
 	if strings.Contains(string(rec), value) || strings.Contains(string(rec), "FAKE") {
 		t.Errorf("audit record holds the secret: %s", rec)
 	}
-	if !strings.Contains(string(rec), `"sha256":"`) {
-		t.Errorf("audit record lacks the digest: %s", rec)
+	key, err := secrets.LoadOrCreateMACKey(c.Server.DataDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m := res.Record.(map[string]any); m["hmac_sha256"] != key.Sum([]byte(value)) || m["hmac_key_id"] != key.ID {
+		t.Errorf("audit record does not hold the value's HMAC under the data directory's key: %s", rec)
+	}
+	if strings.Contains(string(rec), `"sha256"`) {
+		t.Errorf("audit record holds a plain SHA-256 of the value, which guesses can be tested against: %s", rec)
 	}
 
 	call, err = rs.Prepare(ctx, map[string]any{"name": "staging-db-password"})

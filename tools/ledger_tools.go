@@ -415,16 +415,36 @@ func (lt *ledgerTools) transfer() *Spec {
 			if err != nil {
 				return nil, err
 			}
+			ta.req.CallID = call.ID
 			t, err := lt.l.Transfer(ctx, ta.req)
 			if err != nil {
 				return nil, err
 			}
-			out := transferJSON(t)
-			out["status"] = "completed"
-			out["idempotent_replay"] = t.Replayed
-			return &Result{Content: out, Record: out}, nil
+			return transferResult(t, call.ID), nil
+		},
+		// The transfer row carries its call's id, committed with it: the
+		// ledger can always tell whether a call paid.
+		Recover: func(ctx context.Context, call *Call) (*Result, bool, error) {
+			t, ok, err := lt.l.TransferByCall(ctx, call.ID)
+			if err != nil || !ok {
+				return nil, false, err
+			}
+			return transferResult(t, call.ID), true, nil
 		},
 	}
+}
+
+// transferResult is what a transfer call returns and records. call_id ties
+// the call.executed entry to the transfer row, and for a routine call to
+// the call.allowed entry it names.
+func transferResult(t ledger.Transfer, callID string) *Result {
+	out := transferJSON(t)
+	out["status"] = "completed"
+	out["idempotent_replay"] = t.Replayed
+	if callID != "" {
+		out["call_id"] = callID
+	}
+	return &Result{Content: out, Record: out}
 }
 
 // major is an amount in minor units as the agent writes it, in major units.

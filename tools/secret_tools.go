@@ -11,11 +11,11 @@ import (
 	"github.com/mark3labs/mcp-go/mcp"
 )
 
-func secretTool(name string, s *secrets.Store) *Spec {
+func secretTool(name string, s *secrets.Store, mac secrets.MACKey) *Spec {
 	if name == "list_secrets" {
 		return listSecrets(s)
 	}
-	return readSecret(s)
+	return readSecret(s, mac)
 }
 
 func listSecrets(s *secrets.Store) *Spec {
@@ -46,7 +46,7 @@ func listSecrets(s *secrets.Store) *Spec {
 	}
 }
 
-func readSecret(s *secrets.Store) *Spec {
+func readSecret(s *secrets.Store, mac secrets.MACKey) *Spec {
 	def := mcp.NewToolWithRawSchema("read_secret",
 		"Read the value of a secret by name (see list_secrets). Restricted secrets may need a human to "+
 			"approve with a security key; the call then waits.",
@@ -103,10 +103,11 @@ func readSecret(s *secrets.Store) *Spec {
 			} else {
 				content["value_base64"] = base64.StdEncoding.EncodeToString(sec.Value)
 			}
-			// The record identifies the value without revealing it.
+			// The record identifies the value to whoever holds the MAC key,
+			// and reveals nothing to anyone else (see package secrets).
 			record := map[string]any{
 				"name": sec.Name, "classification": sec.Classification,
-				"sha256": sec.Digest(), "size": len(sec.Value),
+				"hmac_sha256": mac.Sum(sec.Value), "hmac_key_id": mac.ID, "size": len(sec.Value),
 			}
 			return &Result{Content: content, Record: record}, nil
 		},

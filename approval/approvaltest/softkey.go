@@ -8,6 +8,7 @@ import (
 	"encoding/base64"
 	"encoding/binary"
 	"encoding/json"
+	"fmt"
 	"testing"
 
 	"github.com/fxamacker/cbor/v2"
@@ -35,13 +36,24 @@ type SoftKey struct {
 // verification.
 func NewSoftKey(t testing.TB, rpID, origin string) *SoftKey {
 	t.Helper()
-	priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	k, err := NewKey(rpID, origin)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return k
+}
+
+// NewKey is NewSoftKey for programs that are not tests (bench/crashload).
+func NewKey(rpID, origin string) (*SoftKey, error) {
+	priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
 	id := make([]byte, 16)
-	rand.Read(id)
-	return &SoftKey{RPID: rpID, Origin: origin, UV: true, priv: priv, id: id}
+	if _, err := rand.Read(id); err != nil {
+		return nil, err
+	}
+	return &SoftKey{RPID: rpID, Origin: origin, UV: true, priv: priv, id: id}, nil
 }
 
 // ID is the credential id.
@@ -83,6 +95,15 @@ func (k *SoftKey) coseKey() []byte {
 // member, as JSON) with a "none" attestation.
 func (k *SoftKey) Create(t testing.TB, publicKey json.RawMessage) []byte {
 	t.Helper()
+	b, err := k.Register(publicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// Register is Create for programs that are not tests.
+func (k *SoftKey) Register(publicKey json.RawMessage) ([]byte, error) {
 	var opts struct {
 		Challenge string `json:"challenge"`
 		User      struct {
@@ -90,7 +111,7 @@ func (k *SoftKey) Create(t testing.TB, publicKey json.RawMessage) []byte {
 		} `json:"user"`
 	}
 	if err := json.Unmarshal(publicKey, &opts); err != nil {
-		t.Fatal(err)
+		return nil, fmt.Errorf("soft key: creation options: %w", err)
 	}
 	k.handle, _ = base64.RawURLEncoding.DecodeString(opts.User.ID)
 	cd := k.clientData("webauthn.create", opts.Challenge)
@@ -101,14 +122,13 @@ func (k *SoftKey) Create(t testing.TB, publicKey json.RawMessage) []byte {
 	em, _ := cbor.CTAP2EncOptions().EncMode()
 	att, err := em.Marshal(map[string]any{"fmt": "none", "attStmt": map[string]any{}, "authData": k.authData(attested)})
 	if err != nil {
-		t.Fatal(err)
+		return nil, fmt.Errorf("soft key: attestation: %w", err)
 	}
-	b, _ := json.Marshal(map[string]any{
+	return json.Marshal(map[string]any{
 		"id": b64(k.id), "rawId": b64(k.id), "type": "public-key",
 		"response":               map[string]any{"clientDataJSON": b64(cd), "attestationObject": b64(att), "transports": []string{"usb"}},
 		"clientExtensionResults": map[string]any{},
 	})
-	return b
 }
 
 // Get answers navigator.credentials.get() for a challenge (base64url):

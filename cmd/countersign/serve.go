@@ -27,6 +27,7 @@ import (
 	"github.com/countersign/countersign/token"
 	"github.com/countersign/countersign/tools"
 	"github.com/countersign/countersign/tools/upstream"
+	"github.com/countersign/countersign/witness"
 	"github.com/spf13/cobra"
 )
 
@@ -60,6 +61,7 @@ the embedded default the demo files it names are written into it.`,
 			if addr, _ := cmd.Flags().GetString("http"); addr != "" {
 				c.HTTP.Addr = addr
 			}
+			c.Audit.AcceptRollback, _ = cmd.Flags().GetBool("accept-rollback")
 			log, err := newLogger(cmd, c)
 			if err != nil {
 				return err
@@ -71,6 +73,7 @@ the embedded default the demo files it names are written into it.`,
 		},
 	}
 	cmd.Flags().String("http", "", "serve agents over HTTP on ADDR (e.g. 127.0.0.1:8711) instead of stdio")
+	cmd.Flags().Bool("accept-rollback", false, "serve although the audit log does not extend the checkpoint in audit.witness_file (recorded in the log)")
 	return cmd
 }
 
@@ -87,6 +90,8 @@ type stack struct {
 	guard     *guard.Guard
 	upstreams *upstream.Manager
 	server    *server.Server
+	witness   *witness.File
+	stopKeep  func() // stops the witness loop and waits for it
 }
 
 // assemble opens the data directory and wires the packages: the one place
@@ -106,6 +111,13 @@ func assemble(ctx context.Context, c *config.Config, log *slog.Logger) (_ *stack
 	if err != nil {
 		return nil, err
 	}
+	// Before anything is appended: a database restored from an older
+	// copy is refused (package witness).
+	if c.Audit.WitnessFile != "" {
+		if err := s.startWitness(ctx, c, log); err != nil {
+			return nil, err
+		}
+	}
 	if err = logPolicy(ctx, s.audit, c); err != nil {
 		return nil, err
 	}
@@ -113,6 +125,7 @@ func assemble(ctx context.Context, c *config.Config, log *slog.Logger) (_ *stack
 	if s.tools, err = tools.New(ctx, c, s.db); err != nil {
 		return nil, err
 	}
+	crashHooks(s.tools)
 	// Metrics see what the audit log accepts and how long the policy
 	// takes, through the interfaces guard and approval already take.
 	s.metrics = metrics.New(metrics.Options{
@@ -153,19 +166,26 @@ func assemble(ctx context.Context, c *config.Config, log *slog.Logger) (_ *stack
 	s.guard = guard.New(guard.Options{
 		Catalog: s.tools, Policy: s.metrics.Policy(policy), Audit: recorder, Approvals: s.approvals,
 		Evidence: s.approvals, Tokens: s.tokens,
+		History: s.audit, Marks: store.Marks{DB: s.db},
 		Tools: c.Tools, Logger: log.With("component", "guard"),
 		MaxArgBytes: c.Limits.MaxArgBytes, MaxArgDepth: c.Limits.MaxArgDepth,
 	})
-	recent, err := recentEntries(ctx, s.audit, time.Now().Add(-24*time.Hour))
-	if err != nil {
-		return nil, fmt.Errorf("reading the last day of the audit log for usage windows: %w", err)
-	}
-	s.guard.RestoreUsage(ctx, recent)
 	if _, ok := c.Tools["approval_status"]; ok {
 		if err := s.tools.Replace("guard", []*tools.Spec{s.guard.StatusSpec()}); err != nil {
 			return nil, err
 		}
 	}
+	// Before anything is served: what the previous process left unfinished
+	// is cancelled, recorded or resumed (see package guard); the usage
+	// windows then count what that recorded too.
+	if err := s.guard.Resume(ctx); err != nil {
+		return nil, fmt.Errorf("settling what the previous run left unfinished: %w", err)
+	}
+	recent, err := recentEntries(ctx, s.audit, time.Now().Add(-24*time.Hour))
+	if err != nil {
+		return nil, fmt.Errorf("reading the last day of the audit log for usage windows: %w", err)
+	}
+	s.guard.RestoreUsage(ctx, recent)
 	routes, err := cibaRoutes(c, s.guard, s.tokens, log.With("component", "ciba"))
 	if err != nil {
 		return nil, err
@@ -178,6 +198,60 @@ func assemble(ctx context.Context, c *config.Config, log *slog.Logger) (_ *stack
 		return nil, err
 	}
 	return s, nil
+}
+
+// startWitness refuses a log that does not extend the witnessed checkpoint
+// (unless the operator accepts the rollback, which is recorded and makes
+// the current checkpoint the witnessed one), then keeps the witness up to
+// date while the server runs.
+func (s *stack) startWitness(ctx context.Context, c *config.Config, log *slog.Logger) error {
+	_, v, err := audit.ParsePublicKey(s.audit.PublicKey())
+	if err != nil {
+		return err
+	}
+	s.witness = &witness.File{Path: c.Audit.WitnessFile, Verifier: v}
+	err = s.witness.Check(ctx, s.audit)
+	var rb *witness.RollbackError
+	switch {
+	case errors.As(err, &rb) && c.Audit.AcceptRollback:
+		log.Warn("serving a rolled-back audit log, as --accept-rollback asks", "witnessed_size", rb.Witnessed, "log_size", rb.Log)
+		if _, err := s.audit.Append(ctx, audit.Entry{Kind: audit.KindRollbackAccepted, Reason: rb.Error()}); err != nil {
+			return fmt.Errorf("recording the accepted rollback: %w", err)
+		}
+		msg, err := s.audit.Checkpoint(ctx)
+		if err == nil {
+			err = s.witness.Record(msg, true)
+		}
+		if err != nil {
+			return err
+		}
+	case err != nil:
+		return err
+	default:
+		// Witness the log as it is now, so that a first start with a
+		// witness protects from now on.
+		msg, err := s.audit.Checkpoint(ctx)
+		if err == nil {
+			err = s.witness.Record(msg, false)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	every := c.Audit.CheckpointEvery
+	if every <= 0 {
+		every = time.Minute
+	}
+	kctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.witness.Keep(kctx, s.audit, every, func(err error) {
+			log.Error("cannot update the audit witness; rollbacks are not caught until it works again", "file", c.Audit.WitnessFile, "err", err)
+		})
+	}()
+	s.stopKeep = func() { cancel(); <-done }
+	return nil
 }
 
 // openAudit opens the data directory's database and audit log. A log that
@@ -241,8 +315,19 @@ func (s *stack) close() error {
 	if s.tools != nil {
 		errs = append(errs, s.tools.Close())
 	}
+	if s.stopKeep != nil {
+		s.stopKeep()
+	}
 	if s.audit != nil {
 		errs = append(errs, s.audit.Close())
+	}
+	if s.witness != nil && s.audit.Err() == nil {
+		// Close wrote the final checkpoint; the witness keeps it.
+		msg, err := s.audit.Checkpoint(context.Background())
+		if err == nil {
+			err = s.witness.Record(msg, false)
+		}
+		errs = append(errs, err)
 	}
 	if s.db != nil {
 		errs = append(errs, s.db.Close())
@@ -307,12 +392,31 @@ func serve(ctx context.Context, c *config.Config, log *slog.Logger) (err error) 
 		"data_dir", c.Server.DataDir, "tools", len(s.tools.Specs()))
 
 	if c.HTTP.Addr == "" {
+		// The transport's context is not the signal's: on SIGTERM the guard
+		// ends the calls first, and their agents hear why, before stdio
+		// stops.
+		stdioCtx, stopStdio := context.WithCancel(context.WithoutCancel(ctx))
+		defer stopStdio()
+		errc := make(chan error, 1)
+		go func() { errc <- srv.ServeStdio(stdioCtx, os.Stdin, os.Stdout) }()
 		log.Info("serving MCP on stdio")
-		err := srv.ServeStdio(ctx, os.Stdin, os.Stdout)
-		if err != nil && !errors.Is(err, context.Canceled) {
-			return err
+		select {
+		case err := <-errc:
+			// The agent closed stdin: its calls went with it.
+			if err != nil && !errors.Is(err, context.Canceled) {
+				return err
+			}
+			log.Info("shutting down: stdin closed")
+			drain(s.guard, c.Server.ShutdownTimeout, log)
+			return nil
+		case <-ctx.Done():
 		}
 		log.Info("shutting down")
+		drain(s.guard, c.Server.ShutdownTimeout, log)
+		stopStdio()
+		if err := <-errc; err != nil && !errors.Is(err, context.Canceled) {
+			return err
+		}
 		return nil
 	}
 
@@ -334,11 +438,22 @@ func serve(ctx context.Context, c *config.Config, log *slog.Logger) (err error) 
 		}
 	}
 	log.Info("shutting down")
+	drain(s.guard, c.Server.ShutdownTimeout, log)
 	sctx, cancel := context.WithTimeout(context.Background(), c.Server.ShutdownTimeout)
 	defer cancel()
 	closeSessions(sctx)
 	shutdown(agentSrv, c.Server.ShutdownTimeout)
 	return nil
+}
+
+// drain lets the guard end its calls within the shutdown timeout (see
+// guard.Shutdown) while the transports still carry their answers.
+func drain(g *guard.Guard, timeout time.Duration, log *slog.Logger) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	if err := g.Shutdown(ctx); err != nil {
+		log.Warn("calls still running at shutdown; the next start settles them", "err", err)
+	}
 }
 
 // pageHandler is the approver listener: the page, and the operations

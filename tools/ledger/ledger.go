@@ -74,6 +74,10 @@ type TransferRequest struct {
 	Amount         int64
 	Memo           string
 	IdempotencyKey string
+	// CallID is the server's id of the call that pays (see calls.go): one
+	// call pays at most once, and after a crash the call's outcome can be
+	// looked up by it.
+	CallID string
 }
 
 // Transfer is a recorded payment.
@@ -89,6 +93,7 @@ type Transfer struct {
 	IdempotencyKey string
 	BalanceAfter   int64 // of From, right after this transfer
 	NewPayee       bool  // this transfer created the counterparty
+	CallID         string
 	// Replayed is set when the call repeated an idempotency key and this
 	// is the transfer the first call made; nothing was paid this time.
 	Replayed bool
@@ -137,6 +142,9 @@ func Open(ctx context.Context, db *sql.DB, seed config.Ledger) (*Ledger, error) 
 	l := &Ledger{db: db, now: time.Now}
 	if _, err := db.ExecContext(ctx, schema); err != nil {
 		return nil, fmt.Errorf("ledger: create tables: %w", err)
+	}
+	if err := l.migrateCalls(ctx); err != nil {
+		return nil, fmt.Errorf("ledger: %w", err)
 	}
 	if err := l.seed(ctx, seed); err != nil {
 		return nil, fmt.Errorf("ledger: seed: %w", err)
@@ -287,13 +295,13 @@ func (l *Ledger) Counterparties(ctx context.Context) ([]Counterparty, error) {
 	return out, rows.Err()
 }
 
-const transferColumns = `seq, id, time, from_account, to_name, currency, amount, memo, COALESCE(idempotency_key, ''), balance_after, new_payee`
+const transferColumns = `seq, id, time, from_account, to_name, currency, amount, memo, COALESCE(idempotency_key, ''), balance_after, new_payee, COALESCE(call_id, '')`
 
 func scanTransfer(row rowScanner) (Transfer, error) {
 	var t Transfer
 	var at string
 	if err := row.Scan(&t.Seq, &t.ID, &at, &t.From, &t.To, &t.Currency, &t.Amount, &t.Memo, &t.IdempotencyKey,
-		&t.BalanceAfter, &t.NewPayee); err != nil {
+		&t.BalanceAfter, &t.NewPayee, &t.CallID); err != nil {
 		return t, err
 	}
 	var err error
@@ -349,6 +357,18 @@ func (l *Ledger) Transfer(ctx context.Context, req TransferRequest) (Transfer, e
 	}
 	defer tx.Rollback()
 
+	if req.CallID != "" {
+		// The same call again (a restart finishing what a crash cut short):
+		// its own transfer, not a second payment.
+		prev, err := scanTransfer(tx.QueryRowContext(ctx,
+			`SELECT `+transferColumns+` FROM ledger_transfers WHERE call_id = ?`, req.CallID))
+		switch {
+		case err == nil:
+			return prev, nil
+		case !errors.Is(err, sql.ErrNoRows):
+			return Transfer{}, fmt.Errorf("ledger: %w", err)
+		}
+	}
 	if req.IdempotencyKey != "" {
 		prev, err := scanTransfer(tx.QueryRowContext(ctx,
 			`SELECT `+transferColumns+` FROM ledger_transfers WHERE idempotency_key = ?`, req.IdempotencyKey))
@@ -408,15 +428,19 @@ func (l *Ledger) Transfer(ctx context.Context, req TransferRequest) (Transfer, e
 	t := Transfer{
 		ID: uuid.NewString(), Time: now, From: req.From, To: to, Currency: currency, Amount: req.Amount,
 		Memo: req.Memo, IdempotencyKey: req.IdempotencyKey, BalanceAfter: balance - req.Amount, NewPayee: n == 1,
+		CallID: req.CallID,
 	}
-	var key any
+	var key, callID any
 	if t.IdempotencyKey != "" {
 		key = t.IdempotencyKey
 	}
+	if t.CallID != "" {
+		callID = t.CallID
+	}
 	if _, err := tx.ExecContext(ctx, `INSERT INTO ledger_transfers
-		(id, time, from_account, to_name, currency, amount, memo, idempotency_key, balance_after, new_payee)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-		t.ID, now.Format(time.RFC3339Nano), t.From, t.To, t.Currency, t.Amount, t.Memo, key, t.BalanceAfter, t.NewPayee); err != nil {
+		(id, time, from_account, to_name, currency, amount, memo, idempotency_key, balance_after, new_payee, call_id)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		t.ID, now.Format(time.RFC3339Nano), t.From, t.To, t.Currency, t.Amount, t.Memo, key, t.BalanceAfter, t.NewPayee, callID); err != nil {
 		return Transfer{}, fmt.Errorf("ledger: record transfer: %w", err)
 	}
 	if err := tx.Commit(); err != nil {

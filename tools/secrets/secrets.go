@@ -11,12 +11,11 @@
 // config, else the default one.
 //
 // Values are returned to the caller and nowhere else: this package never
-// logs them, and [Secret.Digest] is what belongs in an audit record.
+// logs them, and a keyed [MACKey.Sum] of the value is what belongs in an
+// audit record.
 package secrets
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -152,13 +151,6 @@ func (s *Store) List() ([]Info, error) {
 type Secret struct {
 	Info
 	Value []byte
-}
-
-// Digest is the hex SHA-256 of the value: enough for an auditor to tell
-// which value was read, useless to recover it from.
-func (s Secret) Digest() string {
-	sum := sha256.Sum256(s.Value)
-	return hex.EncodeToString(sum[:])
 }
 
 // Read returns the secret called name. A single trailing newline, as

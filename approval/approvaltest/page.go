@@ -1,0 +1,183 @@
+package approvaltest
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+)
+
+// Page drives the approver page's JSON endpoints as its JavaScript does,
+// with a SoftKey instead of a browser: the real listener, Host and Origin
+// checks, the double-submit CSRF token. It suits tests of a real binary
+// that approve many requests, where Chromium would cost too much.
+type Page struct {
+	// Addr is where the page listens (127.0.0.1:PORT); requests are sent
+	// there whatever host the URLs name.
+	Addr string
+	// Origin is a configured origin (http://localhost:8710); it is the
+	// Origin header and, through the keys, the origin the assertions name.
+	Origin string
+
+	client *http.Client
+	csrf   string
+}
+
+// NewPage returns a page client for the listener at addr, speaking as
+// origin.
+func NewPage(addr, origin string) *Page {
+	tok := make([]byte, 32)
+	rand.Read(tok)
+	return &Page{
+		Addr: addr, Origin: origin, csrf: base64.RawURLEncoding.EncodeToString(tok),
+		client: &http.Client{
+			Timeout: 30 * time.Second,
+			Transport: &http.Transport{DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+				return (&net.Dialer{}).DialContext(ctx, network, addr)
+			}},
+		},
+	}
+}
+
+// Error is a refusal from the page: its status, the check that refused
+// and the message.
+type Error struct {
+	Status int
+	Check  string
+	Msg    string
+}
+
+func (e *Error) Error() string {
+	return fmt.Sprintf("approver page: %d %s: %s", e.Status, e.Check, e.Msg)
+}
+
+func (p *Page) do(method, path string, body, out any) error {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequest(method, p.Origin+path, rd)
+	if err != nil {
+		return err
+	}
+	if method == http.MethodPost {
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Origin", p.Origin)
+		req.Header.Set("Sec-Fetch-Site", "same-origin")
+		req.Header.Set("X-CSRF-Token", p.csrf)
+		req.AddCookie(&http.Cookie{Name: "countersign_csrf", Value: p.csrf})
+	}
+	resp, err := p.client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode != http.StatusOK {
+		var e struct{ Error, Check string }
+		json.Unmarshal(raw, &e)
+		return &Error{Status: resp.StatusCode, Check: e.Check, Msg: e.Error}
+	}
+	if out == nil {
+		return nil
+	}
+	return json.Unmarshal(raw, out)
+}
+
+// Enroll registers key through a one-time enrollment link (its last path
+// segment is the token), as the approver's first key.
+func (p *Page) Enroll(link string, key *SoftKey) error {
+	u, err := url.Parse(link)
+	if err != nil {
+		return err
+	}
+	token := u.Path[strings.LastIndex(u.Path, "/")+1:]
+	var begin struct {
+		Ceremony  string          `json:"ceremony"`
+		Step      string          `json:"step"`
+		PublicKey json.RawMessage `json:"publicKey"`
+	}
+	if err := p.do(http.MethodPost, "/api/enroll/"+token+"/begin", struct{}{}, &begin); err != nil {
+		return err
+	}
+	if begin.Step != "create" {
+		return fmt.Errorf("approver page: enrollment step %q; Enroll registers first keys only", begin.Step)
+	}
+	cred, err := key.Register(begin.PublicKey)
+	if err != nil {
+		return err
+	}
+	return p.do(http.MethodPost, "/api/enroll/"+token+"/finish",
+		map[string]any{"ceremony": begin.Ceremony, "credential": json.RawMessage(cred)}, nil)
+}
+
+// Request is the page's view of a request (GET /api/requests/ID).
+type Request struct {
+	ID        string   `json:"id"`
+	Tool      string   `json:"tool"`
+	State     string   `json:"state"`
+	Reason    string   `json:"reason"`
+	DecidedBy string   `json:"decidedBy"`
+	Approvals []string `json:"approvals"`
+	Quorum    int      `json:"quorum"`
+}
+
+// Get reads a request as the page shows it.
+func (p *Page) Get(id string) (*Request, error) {
+	var r Request
+	if err := p.do(http.MethodGet, "/api/requests/"+url.PathEscape(id), nil, &r); err != nil {
+		return nil, err
+	}
+	return &r, nil
+}
+
+// Pending lists the ids of the requests waiting for a decision.
+func (p *Page) Pending() ([]string, error) {
+	var list struct {
+		Pending []Request `json:"pending"`
+	}
+	if err := p.do(http.MethodGet, "/api/requests", nil, &list); err != nil {
+		return nil, err
+	}
+	var ids []string
+	for _, r := range list.Pending {
+		ids = append(ids, r.ID)
+	}
+	return ids, nil
+}
+
+// Decide taps Approve or Deny ("approve" | "deny") on a request with key
+// and returns the request as the page then shows it.
+func (p *Page) Decide(id, decision string, key *SoftKey) (*Request, error) {
+	var begin struct {
+		Ceremony  string `json:"ceremony"`
+		PublicKey struct {
+			Challenge string `json:"challenge"`
+		} `json:"publicKey"`
+	}
+	if err := p.do(http.MethodPost, "/api/requests/"+url.PathEscape(id)+"/begin", map[string]string{"decision": decision}, &begin); err != nil {
+		return nil, err
+	}
+	var r Request
+	err := p.do(http.MethodPost, "/api/requests/"+url.PathEscape(id)+"/finish",
+		map[string]any{"ceremony": begin.Ceremony, "credential": json.RawMessage(key.Get(begin.PublicKey.Challenge))}, &r)
+	if err != nil {
+		return nil, err
+	}
+	return &r, nil
+}

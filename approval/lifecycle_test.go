@@ -1,0 +1,307 @@
+package approval
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/digest"
+)
+
+// restart stops f's service, as a process that dies does (its in-memory
+// state is gone), and opens a new one on the same database and log.
+func (f *fixture) restart(t *testing.T) {
+	t.Helper()
+	f.svc.Close()
+	svc, err := New(context.Background(), f.db, f.rec, f.svc.opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { svc.Close() })
+	f.svc = svc
+}
+
+func pollRequest(approvers ...string) NewRequest {
+	r := paymentRequest(approvers...)
+	r.Wait = WaitPoll
+	return r
+}
+
+func TestRestartCancelsBlockModeAndKeepsPollMode(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	alice := newSoftKey(t, "localhost", testOrigin)
+	f.enroll(t, "alice", alice)
+
+	block, err := f.svc.Create(ctx, paymentRequest("alice"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	poll, err := f.svc.Create(ctx, pollRequest("alice"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	approved, err := f.svc.Create(ctx, paymentRequest("alice"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.decide(t, approved.ID, digest.Approve, alice); err != nil {
+		t.Fatal(err)
+	}
+	claimed, err := f.svc.Create(ctx, pollRequest("alice"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.decide(t, claimed.ID, digest.Approve, alice); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.svc.BeginExecution(ctx, claimed.ID); err != nil {
+		t.Fatal(err)
+	}
+
+	f.restart(t)
+	cancelled, err := f.svc.Restart(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(cancelled, []string{block.ID}) {
+		t.Fatalf("Restart cancelled %v, want only the block-mode request %s", cancelled, block.ID)
+	}
+	got, _ := f.svc.Get(ctx, block.ID)
+	if got.State != StateCancelled || got.Reason != ReasonRestarted {
+		t.Fatalf("block-mode request after restart: %s %q", got.State, got.Reason)
+	}
+	if kinds := f.rec.kinds(block.ID); kinds[len(kinds)-1] != audit.KindApprovalCancelled {
+		t.Fatalf("cancellation not recorded: %v", kinds)
+	}
+	if e, _ := f.rec.last(audit.KindApprovalCancelled); e.Reason != ReasonRestarted || e.RequestID != block.ID {
+		t.Fatalf("cancel entry %+v", e)
+	}
+	// The approver page says why.
+	page := httptest.NewRecorder()
+	pageReq := httptest.NewRequest(http.MethodGet, "/requests/"+block.ID, nil)
+	pageReq.Host = "localhost:8710"
+	f.svc.Handler().ServeHTTP(page, pageReq)
+	if !strings.Contains(page.Body.String(), "cancelled: server restarted") {
+		t.Fatalf("request page does not say it was cancelled by the restart:\n%s", page.Body.String())
+	}
+	// Never approvable afterwards.
+	if _, err := f.svc.BeginDecision(ctx, block.ID, digest.Approve); !errors.Is(err, ErrNotPending) {
+		t.Fatalf("BeginDecision on a request cancelled by restart: %v", err)
+	}
+
+	un, err := f.svc.Unfinished(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	byID := map[string]Unfinished{}
+	for _, u := range un {
+		byID[u.ID] = u
+	}
+	if len(un) != 3 {
+		t.Fatalf("unfinished %d requests, want the poll-mode, approved and claimed ones: %+v", len(un), un)
+	}
+	if u := byID[poll.ID]; u.State != StatePending || u.Wait != WaitPoll || u.Claimed || !u.ExpiresAt.Equal(poll.ExpiresAt) {
+		t.Fatalf("poll-mode request after restart: %+v", u)
+	}
+	if u := byID[approved.ID]; u.State != StateApproved || u.Wait != WaitBlock || u.Claimed {
+		t.Fatalf("approved request after restart: %+v", u)
+	}
+	if u := byID[claimed.ID]; u.State != StateApproved || !u.Claimed || u.Rule != "amount > 10000" {
+		t.Fatalf("claimed request after restart: %+v", u)
+	}
+	var args map[string]any
+	if err := json.Unmarshal(byID[poll.ID].Args, &args); err != nil || args["to"] != "Vendor X" {
+		t.Fatalf("stored args %s (%v)", byID[poll.ID].Args, err)
+	}
+	// The poll-mode request can still be decided after the restart.
+	if _, err := f.decide(t, poll.ID, digest.Approve, alice); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestFinishRecordsOutcomeWithState(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	alice := newSoftKey(t, "localhost", testOrigin)
+	f.enroll(t, "alice", alice)
+	req, err := f.svc.Create(ctx, pollRequest("alice"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.decide(t, req.ID, digest.Approve, alice); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.svc.BeginExecution(ctx, req.ID); err != nil {
+		t.Fatal(err)
+	}
+	err = f.svc.Finish(ctx, req.ID, Outcome{
+		State: StateInterrupted, Note: "the server stopped while it ran",
+		Record: audit.Entry{Kind: audit.KindCallInterrupted, Tool: "transfer", Reason: "outcome unknown"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, ok := f.rec.last(audit.KindCallInterrupted)
+	if !ok || e.RequestID != req.ID {
+		t.Fatalf("call.interrupted not recorded with the request id: %+v", e)
+	}
+	ps, err := f.svc.Poll(ctx, req.ID, "agent-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ps.Status != PollInterrupted || !strings.HasSuffix(ps.Request.Reason, "; the server stopped while it ran") {
+		t.Fatalf("poll after interruption: %s %q", ps.Status, ps.Request.Reason)
+	}
+	if err := f.svc.Finish(ctx, req.ID, Outcome{State: StateExecuted}); !errors.Is(err, ErrNotExecuting) {
+		t.Fatalf("Finish after interrupted: %v", err)
+	}
+	if err := f.svc.Finish(ctx, req.ID, Outcome{State: StatePending}); !errors.Is(err, ErrInvalidRequest) {
+		t.Fatalf("Finish with a non-terminal state: %v", err)
+	}
+}
+
+func TestWatchLeavesRequestPendingWhenItStops(t *testing.T) {
+	f := newFixture(t)
+	req, err := f.svc.Create(context.Background(), pollRequest("alice"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if _, err := f.svc.Watch(ctx, req.ID); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Watch: %v", err)
+	}
+	if got, _ := f.svc.Get(context.Background(), req.ID); got.State != StatePending {
+		t.Fatalf("after Watch stopped the request is %s", got.State)
+	}
+}
+
+// A database from before wait_mode existed gets the column, and its
+// requests count as block mode.
+func TestMigrateAddsWaitMode(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	req, err := f.svc.Create(ctx, pollRequest("alice"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.db.Exec(`ALTER TABLE approval_requests DROP COLUMN wait_mode`); err != nil {
+		t.Fatal(err)
+	}
+	f.restart(t)
+	got, err := f.svc.Get(ctx, req.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Wait != WaitBlock {
+		t.Fatalf("old request's wait mode %q, want block", got.Wait)
+	}
+	if _, err := f.svc.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := f.svc.Get(ctx, req.ID); got.State != StateCancelled {
+		t.Fatalf("old pending request after restart: %s", got.State)
+	}
+}
+
+// Entries a dead process left in the outbox reach the log before anything
+// the restart records, so the log keeps their order.
+func TestRestartAppendsLeftoverEntriesFirst(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	req, err := f.svc.Create(ctx, paymentRequest("alice"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	leftover, _ := json.Marshal(audit.Entry{Kind: audit.KindApprovalRejected, RequestID: req.ID, Reason: "left behind"})
+	old := time.Now().Add(-2 * outboxStaleAfter).UnixNano()
+	if _, err := f.db.Exec(`INSERT INTO approval_outbox (request_id, entry, owner, created_at) VALUES (?, ?, 'dead-process', ?)`,
+		req.ID, leftover, old); err != nil {
+		t.Fatal(err)
+	}
+	f.restart(t)
+	if _, err := f.svc.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{audit.KindApprovalRequested, audit.KindApprovalRejected, audit.KindApprovalCancelled}
+	if got := f.rec.kinds(req.ID); !slices.Equal(got, want) {
+		t.Fatalf("kinds %v, want %v", got, want)
+	}
+}
+
+// A process that died (its liveness lock is free) has its outbox entries
+// taken at once, and one it had appended before dying is not appended
+// again; a process that lives keeps its entries until they are stale.
+func TestOutboxOfADeadProcessIsTakenOnceAndAtOnce(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	req, err := f.svc.Create(ctx, paymentRequest("alice"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	put := func(owner string, e audit.Entry) {
+		raw, _ := json.Marshal(e)
+		if _, err := f.db.Exec(`INSERT INTO approval_outbox (request_id, entry, owner, created_at) VALUES (?, ?, ?, ?)`,
+			req.ID, raw, owner, time.Now().UnixNano()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ownerFile := func(owner string) *os.File {
+		fh, err := os.OpenFile(filepath.Join(f.dir, ownerFilePrefix+owner), os.O_CREATE|os.O_RDWR, 0o600)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { fh.Close() })
+		return fh
+	}
+	// The dead process appended this one and died before deleting it.
+	appended := audit.Entry{Kind: audit.KindApprovalRejected, RequestID: req.ID, Reason: "appended, not deleted"}
+	if _, err := f.rec.Append(ctx, appended); err != nil {
+		t.Fatal(err)
+	}
+	put("dead", appended)
+	put("dead", audit.Entry{Kind: audit.KindApprovalRejected, RequestID: req.ID, Reason: "never appended"})
+	ownerFile("dead").Close() // exists, unlocked: its process is gone
+	live := ownerFile("live")
+	if err := lockFile(live); err != nil {
+		t.Fatal(err)
+	}
+	put("live", audit.Entry{Kind: audit.KindApprovalRejected, RequestID: req.ID, Reason: "still to be appended by its process"})
+
+	if err := f.svc.flush(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	var reasons []string
+	for _, e := range f.rec.entries {
+		if e.Kind == audit.KindApprovalRejected {
+			reasons = append(reasons, e.Reason)
+		}
+	}
+	if want := []string{"appended, not deleted", "never appended"}; !slices.Equal(reasons, want) {
+		t.Fatalf("rejected entries in the log %q, want %q", reasons, want)
+	}
+	var left []string
+	rows, _ := f.db.Query(`SELECT owner FROM approval_outbox`)
+	for rows.Next() {
+		var o string
+		rows.Scan(&o)
+		left = append(left, o)
+	}
+	rows.Close()
+	if !slices.Equal(left, []string{"live"}) {
+		t.Fatalf("outbox after the flush holds entries of %v, want only the live process's", left)
+	}
+	if _, err := os.Stat(filepath.Join(f.dir, ownerFilePrefix+"dead")); !os.IsNotExist(err) {
+		t.Errorf("the dead owner's lock file is still there: %v", err)
+	}
+}

@@ -1,0 +1,185 @@
+package approval
+
+import (
+	"context"
+	"encoding/json"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/countersign/countersign/audit"
+)
+
+// Every Service writes its audit entries to the outbox under its own owner
+// id and appends them itself. When a process dies, the entries it left
+// must be appended by another, exactly once and in order; but a process
+// that is merely slow must not have its entries appended twice. So each
+// Service holds an exclusive lock on a small file named after its owner id
+// beside the database, for as long as it lives: the kernel drops the lock
+// when the process dies, however it dies. An owner whose file can be
+// locked is dead, and its entries are taken at once; without a file (an
+// older version, or a database in memory) they are taken once they are
+// outboxStaleAfter old. Before appending an entry another process left,
+// the end of the log is searched for it, because that process may have
+// appended it and died before deleting it from the outbox.
+
+const ownerFilePrefix = ".approval-owner-"
+
+// dbDir is the directory of the database file, "" for one in memory.
+func (s *Service) dbDir(ctx context.Context) string {
+	var file string
+	if err := s.db.QueryRowContext(ctx, `SELECT file FROM pragma_database_list WHERE name = 'main'`).Scan(&file); err != nil || file == "" {
+		return ""
+	}
+	return filepath.Dir(file)
+}
+
+// holdOwner takes this Service's liveness lock and returns its release.
+// It also removes the files of dead owners that left nothing behind.
+func (s *Service) holdOwner(ctx context.Context) func() {
+	dir := s.dbDir(ctx)
+	if dir == "" {
+		return func() {}
+	}
+	path := filepath.Join(dir, ownerFilePrefix+s.owner)
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_RDWR, 0o600)
+	if err == nil {
+		err = lockFile(f)
+	}
+	if err != nil {
+		slog.Warn("approval: no liveness lock; entries this process leaves behind wait until they are stale", "err", err)
+		if f != nil {
+			f.Close()
+			os.Remove(path)
+		}
+		return func() {}
+	}
+	s.sweepOwners(ctx, dir)
+	return func() {
+		os.Remove(path) // before the lock goes, so nobody finds it unlocked
+		f.Close()
+	}
+}
+
+// ownerDead reports whether the owner's process is gone: its lock file
+// exists and can be locked (and is then removed). Without a file nobody
+// can tell.
+func ownerDead(dir, owner string) bool {
+	path := filepath.Join(dir, ownerFilePrefix+owner)
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	if lockFile(f) != nil {
+		return false
+	}
+	os.Remove(path)
+	return true
+}
+
+// deadOwners returns the owners of outbox entries whose processes are gone.
+func (s *Service) deadOwners(ctx context.Context) ([]any, error) {
+	dir := s.dbDir(ctx)
+	if dir == "" {
+		return []any{}, nil
+	}
+	rows, err := s.db.QueryContext(ctx, `SELECT DISTINCT owner FROM approval_outbox WHERE owner <> ?`, s.owner)
+	if err != nil {
+		return nil, err
+	}
+	var owners []string
+	for rows.Next() {
+		var o string
+		if err := rows.Scan(&o); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		owners = append(owners, o)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	dead := []any{}
+	for _, o := range owners {
+		if ownerDead(dir, o) {
+			dead = append(dead, o)
+		}
+	}
+	return dead, nil
+}
+
+// sweepOwners removes the lock files of dead owners with nothing in the
+// outbox, so that crashes do not leave files behind for ever.
+func (s *Service) sweepOwners(ctx context.Context, dir string) {
+	matches, _ := filepath.Glob(filepath.Join(dir, ownerFilePrefix+"*"))
+	for _, m := range matches {
+		owner := strings.TrimPrefix(filepath.Base(m), ownerFilePrefix)
+		if owner == s.owner {
+			continue
+		}
+		var n int
+		if s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM approval_outbox WHERE owner = ?`, owner).Scan(&n) != nil || n > 0 {
+			continue
+		}
+		ownerDead(dir, owner) // removes the file if its owner is gone
+	}
+}
+
+func jsonArray(v []any) string {
+	b, _ := json.Marshal(v)
+	return string(b)
+}
+
+// tailReader is what a Recorder whose end can be read offers (*audit.Log).
+type tailReader interface {
+	LastSeq(ctx context.Context) (int64, error)
+	Since(ctx context.Context, seq int64, limit int) ([]audit.Entry, error)
+}
+
+// inLog reports whether e, put in the outbox at created (Unix ns), is
+// already in the log: it searches back from the end over the entries
+// appended since then, and returns it as logged. A Recorder that cannot be
+// read says no.
+func (s *Service) inLog(ctx context.Context, e audit.Entry, created int64) (audit.Entry, bool, error) {
+	r, ok := s.rec.(tailReader)
+	if !ok {
+		return audit.Entry{}, false, nil
+	}
+	last, err := r.LastSeq(ctx)
+	if err != nil {
+		return audit.Entry{}, false, err
+	}
+	// The log's clock may lag the outbox's a little.
+	since := time.Unix(0, created).Add(-time.Second)
+	const page = 256
+	for hi := last; hi > 0; {
+		lo := max(hi-page, 0)
+		entries, err := r.Since(ctx, lo, int(hi-lo))
+		if err != nil {
+			return audit.Entry{}, false, err
+		}
+		for i := len(entries) - 1; i >= 0; i-- {
+			x := entries[i]
+			if t, err := time.Parse(time.RFC3339Nano, x.Time); err == nil && t.Before(since) {
+				return audit.Entry{}, false, nil
+			}
+			if sameEntry(x, e) {
+				return x, true, nil
+			}
+		}
+		hi = lo
+	}
+	return audit.Entry{}, false, nil
+}
+
+// sameEntry compares the fields that tell one approval entry from
+// another: no two different entries agree on all of them.
+func sameEntry(a, b audit.Entry) bool {
+	return a.Kind == b.Kind && a.RequestID == b.RequestID && a.Agent == b.Agent && a.Tool == b.Tool &&
+		a.Approver == b.Approver && a.CredentialID == b.CredentialID && a.Signature == b.Signature &&
+		a.Decision == b.Decision && a.ExpiresAt == b.ExpiresAt && a.Reason == b.Reason
+}
