@@ -76,6 +76,7 @@ type Options struct {
 	EnrollTTL    time.Duration // enrollment link lifetime; default 10m
 	MaxBodyBytes int64         // approver page POST limit; default 64 KiB
 	Now          func() time.Time
+	Logger       *slog.Logger // default: discard
 }
 
 // Approver is a human who may countersign (from config).
@@ -140,6 +141,9 @@ func New(ctx context.Context, db *sql.DB, rec Recorder, opts Options) (*Service,
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
 	if opts.PollInterval <= 0 {
 		opts.PollInterval = 5 * time.Second
 	}
@@ -198,7 +202,7 @@ func New(ctx context.Context, db *sql.DB, rec Recorder, opts Options) (*Service,
 	s.alive = s.holdOwner(ctx)
 	// Entries another process left unflushed are appended now.
 	if err := s.flush(ctx, true); err != nil {
-		slog.Warn("approval: outbox flush at start failed", "err", err)
+		s.opts.Logger.Warn("approval: outbox flush at start failed", "err", err)
 	}
 	go s.expiryLoop()
 	return s, nil
@@ -423,7 +427,7 @@ func (s *Service) flush(ctx context.Context, stale bool) error {
 			}
 		}
 		if found {
-			slog.Info("approval: an outbox entry left by a stopped process was already in the log", "kind", e.Kind, "request", e.RequestID, "seq", logged.Seq)
+			s.opts.Logger.Info("approval: an outbox entry left by a stopped process was already in the log", "kind", e.Kind, "request", e.RequestID, "seq", logged.Seq)
 		} else if logged, err = s.rec.Append(ctx, e); err != nil {
 			return fmt.Errorf("%w: %v", ErrRecord, err)
 		}
@@ -506,7 +510,7 @@ func (s *Service) findAssertion(ctx context.Context, request, approver string) (
 // record appends an entry that changes no state (a rejected assertion).
 func (s *Service) record(ctx context.Context, e audit.Entry) error {
 	if _, err := s.rec.Append(context.WithoutCancel(ctx), e); err != nil {
-		slog.Error("approval: audit append failed", "kind", e.Kind, "err", err)
+		s.opts.Logger.Error("approval: audit append failed", "kind", e.Kind, "err", err)
 		return fmt.Errorf("%w: %v", ErrRecord, err)
 	}
 	return nil

@@ -9,7 +9,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"math/big"
 	"slices"
 	"strings"
@@ -226,7 +225,7 @@ func (s *Service) Create(ctx context.Context, r NewRequest) (*Request, error) {
 		s.endRequest(ctx, id, StateCancelled, "", "audit log unavailable")
 		return nil, err
 	}
-	slog.Info("approval requested", "id", id, "tool", r.Tool, "agent", r.Agent, "url", s.requestURL(id), "code", code)
+	s.opts.Logger.Info("approval requested", "id", id, "tool", r.Tool, "agent", r.Agent, "url", s.requestURL(id), "code", code)
 	s.notify()
 	req, err := s.Get(ctx, id)
 	if err != nil {
@@ -447,7 +446,7 @@ func (s *Service) Cancel(ctx context.Context, id, reason string) error {
 // expire ends the request if its time is up.
 func (s *Service) expire(ctx context.Context, id string) {
 	if err := s.endRequest(ctx, id, StateExpired, "", "nobody decided before expires_at"); err != nil && !errors.Is(err, ErrNotPending) {
-		slog.Error("approval: expire", "id", id, "err", err)
+		s.opts.Logger.Error("approval: expire", "id", id, "err", err)
 	}
 }
 
@@ -668,7 +667,7 @@ func (s *Service) expiryLoop() {
 		var next sql.NullInt64
 		err := s.db.QueryRowContext(ctx, `SELECT MIN(expires_at) FROM approval_requests WHERE state = 'pending'`).Scan(&next)
 		if err != nil {
-			slog.Error("approval: expiry loop", "err", err)
+			s.opts.Logger.Error("approval: expiry loop", "err", err)
 		}
 		wait := time.Second
 		if next.Valid {
@@ -692,7 +691,7 @@ func (s *Service) expiryLoop() {
 				s.expire(ctx, id)
 			}
 			if err := s.flush(ctx, true); err != nil {
-				slog.Warn("approval: outbox flush", "err", err)
+				s.opts.Logger.Warn("approval: outbox flush", "err", err)
 			}
 			wait = 50 * time.Millisecond
 		}
@@ -701,7 +700,7 @@ func (s *Service) expiryLoop() {
 		var queued int
 		if s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM approval_outbox`).Scan(&queued) == nil && queued > 0 {
 			if err := s.flush(ctx, true); err != nil {
-				slog.Warn("approval: outbox flush", "err", err, "queued", queued)
+				s.opts.Logger.Warn("approval: outbox flush", "err", err, "queued", queued)
 			}
 		}
 		t := time.NewTimer(wait)

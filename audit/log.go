@@ -45,6 +45,9 @@ var ErrClosed = errors.New("audit: log closed")
 type Options struct {
 	// Now is the clock for Entry.Time; default time.Now.
 	Now func() time.Time
+	// Logger hears of a failed startup check and failed background
+	// checkpoints; default: discard.
+	Logger *slog.Logger
 	// CheckpointEvery, when positive, writes a checkpoint in the background
 	// this often whenever entries were added since the last one.
 	CheckpointEvery time.Duration
@@ -63,6 +66,7 @@ type Log struct {
 	maxBatch int
 
 	broken *TamperError // set by Open, never cleared
+	log    *slog.Logger
 
 	// Used by the single writer only. Stored tree hashes never change once
 	// written, so remembering them is always right; it spares the writer
@@ -132,12 +136,15 @@ func Open(ctx context.Context, db *sql.DB, key ed25519.PrivateKey, opts Options)
 	}
 	l := &Log{
 		db: db, key: key, signer: s, verifier: v,
-		now: opts.Now, maxBatch: opts.MaxBatch,
+		now: opts.Now, maxBatch: opts.MaxBatch, log: opts.Logger,
 		reqs: make(chan *appendReq, 4096),
 		quit: make(chan struct{}), done: make(chan struct{}), bgDone: make(chan struct{}),
 	}
 	if l.now == nil {
 		l.now = time.Now
+	}
+	if l.log == nil {
+		l.log = slog.New(slog.DiscardHandler)
 	}
 	if l.maxBatch <= 0 {
 		l.maxBatch = 1024
@@ -164,7 +171,7 @@ func Open(ctx context.Context, db *sql.DB, key ed25519.PrivateKey, opts Options)
 		close(l.bgDone)
 	}
 	if tamper != nil {
-		slog.Error("audit log failed verification; appends refused", "seq", tamper.Seq, "reason", tamper.Reason)
+		l.log.Error("audit log failed verification; appends refused", "seq", tamper.Seq, "reason", tamper.Reason)
 		return l, tamper
 	}
 	return l, nil
@@ -687,7 +694,7 @@ func (l *Log) checkpointLoop(every time.Duration) {
 			return
 		case <-t.C:
 			if _, err := l.Checkpoint(context.Background()); err != nil {
-				slog.Error("audit checkpoint failed", "err", err)
+				l.log.Error("audit checkpoint failed", "err", err)
 			}
 		}
 	}

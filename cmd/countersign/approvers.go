@@ -132,7 +132,7 @@ func withApprovals(cmd *cobra.Command, fn func(context.Context, *approval.Servic
 		return err
 	}
 	ctx := cmd.Context() // cobra's Execute never leaves it nil
-	db, log, err := openAudit(ctx, c, audit.Options{})
+	db, log, err := openAudit(ctx, c, audit.Options{Logger: warnings(cmd)})
 	if db != nil {
 		defer db.Close()
 	}

@@ -40,7 +40,7 @@ func withAuditLog(cmd *cobra.Command, fn func(context.Context, *audit.Log) error
 		return err
 	}
 	ctx := cmd.Context() // cobra's Execute never leaves it nil
-	db, log, openErr := openAudit(ctx, c, audit.Options{})
+	db, log, openErr := openAudit(ctx, c, audit.Options{Logger: warnings(cmd)})
 	var tamper *audit.TamperError
 	if openErr != nil && !errors.As(openErr, &tamper) {
 		return openErr

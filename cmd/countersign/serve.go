@@ -107,7 +107,7 @@ func assemble(ctx context.Context, c *config.Config, log *slog.Logger) (_ *stack
 			s.close()
 		}
 	}()
-	s.db, s.audit, err = openAudit(ctx, c, audit.Options{CheckpointEvery: c.Audit.CheckpointEvery})
+	s.db, s.audit, err = openAudit(ctx, c, audit.Options{CheckpointEvery: c.Audit.CheckpointEvery, Logger: log.With("component", "audit")})
 	if err != nil {
 		return nil, err
 	}
@@ -140,7 +140,9 @@ func assemble(ctx context.Context, c *config.Config, log *slog.Logger) (_ *stack
 		Logger:    log.With("component", "metrics"),
 	})
 	recorder := s.metrics.Recorder(s.audit)
-	if s.approvals, err = approval.New(ctx, s.db, recorder, approvalOptions(c)); err != nil {
+	aopts := approvalOptions(c)
+	aopts.Logger = log.With("component", "approval")
+	if s.approvals, err = approval.New(ctx, s.db, recorder, aopts); err != nil {
 		return nil, err
 	}
 	if len(c.Upstreams) > 0 {
