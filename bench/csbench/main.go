@@ -13,6 +13,8 @@
 //     session a stdio server has);
 //   - small transfers (low risk, they write) at 16 and 200 concurrent
 //     sessions: throughput, p99, errors;
+//   - machine-side approval latency: from a software key's tap reaching
+//     the approver page to the result reaching the waiting agent;
 //   - memory: Countersign's RSS with N calls waiting for approval, and with
 //     N poll-mode requests pending;
 //   - micro benchmarks (go test -bench): policy decision, digest, audit
@@ -45,6 +47,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/countersign/countersign/approval/approvaltest"
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
 )
 
@@ -60,6 +63,7 @@ func main() {
 
 // sizes scale the run; -short shrinks them so CI only checks it works.
 type sizes struct {
+	approvals    int
 	latencyCalls int
 	window       time.Duration
 	transfers    int
@@ -69,9 +73,9 @@ type sizes struct {
 }
 
 func run(short bool, outPath string) error {
-	sz := sizes{latencyCalls: 2000, window: 5 * time.Second, transfers: 800, waiting: 1000, pending: 10000, benchtime: "1s"}
+	sz := sizes{approvals: 1000, latencyCalls: 2000, window: 5 * time.Second, transfers: 800, waiting: 1000, pending: 10000, benchtime: "1s"}
 	if short {
-		sz = sizes{latencyCalls: 50, window: 300 * time.Millisecond, transfers: 40, waiting: 20, pending: 50, benchtime: "1x"}
+		sz = sizes{approvals: 5, latencyCalls: 50, window: 300 * time.Millisecond, transfers: 40, waiting: 20, pending: 50, benchtime: "1x"}
 	}
 	root, err := moduleRoot()
 	if err != nil {
@@ -172,6 +176,9 @@ func run(short bool, outPath string) error {
 		st.stop()
 	}
 
+	if err := approvalLatency(ctx, r, work, cs, sz.approvals); err != nil {
+		return fmt.Errorf("approval latency: %w", err)
+	}
 	if err := memory(ctx, r, work, cs, sz); err != nil {
 		return err
 	}
@@ -191,16 +198,98 @@ func countersign(bin, dir, addr string, env []string) *exec.Cmd {
 		args = append(args, "--http", addr)
 	}
 	cmd := exec.Command(bin, args...)
-	page := freeAddr()
+	cmd.Env = append(countersignEnv(dir, freeAddr()), env...)
+	return cmd
+}
+
+// countersignEnv points Countersign at dir, with its approver page on
+// page (host:port), shown as localhost as WebAuthn wants.
+func countersignEnv(dir, page string) []string {
 	_, port, _ := net.SplitHostPort(page)
-	cmd.Env = append(os.Environ(),
+	return append(os.Environ(),
 		"COUNTERSIGN_SERVER_DATA_DIR="+dir,
 		"COUNTERSIGN_SERVER_LOG_LEVEL=warn",
 		"COUNTERSIGN_APPROVAL_LISTEN="+page,
 		"COUNTERSIGN_APPROVAL_PUBLIC_URL=http://localhost:"+port,
 	)
-	cmd.Env = append(cmd.Env, env...)
-	return cmd
+}
+
+// approvalLatency measures the machine's side of an approval: from the
+// approver's tap reaching the page (the ceremony's begin and finish
+// requests, signed by a software key) to the tool's result reaching the
+// agent whose call waited. The human's time is not in it.
+func approvalLatency(ctx context.Context, r *report, work, bin string, n int) error {
+	dir, err := os.MkdirTemp(work, "data")
+	if err != nil {
+		return err
+	}
+	page := freeAddr()
+	_, port, _ := net.SplitHostPort(page)
+	origin := "http://localhost:" + port
+	env := countersignEnv(dir, page)
+	srv, err := startHTTP(ctx, work, func(_, addr string) *exec.Cmd {
+		cmd := exec.Command(bin, "serve", "--http", addr)
+		cmd.Env = env
+		return cmd
+	})
+	if err != nil {
+		return err
+	}
+	defer srv.stop()
+	enroll := exec.Command(bin, "approvers", "enroll", "alice")
+	enroll.Env = env
+	link, err := enroll.Output()
+	if err != nil {
+		return fmt.Errorf("approvers enroll: %w", err)
+	}
+	key, err := approvaltest.NewKey("localhost", origin)
+	if err != nil {
+		return err
+	}
+	pg := approvaltest.NewPage(page, origin)
+	if err := pg.Enroll(strings.TrimSpace(string(link)), key); err != nil {
+		return err
+	}
+	d := make([]time.Duration, 0, n)
+	for i := range n {
+		// A payee the ledger does not know: each call needs a human, and
+		// the amounts stay far below the daily sums that would need two.
+		done := make(chan error, 1)
+		var returned time.Time
+		go func() {
+			err := call{"transfer", map[string]any{"from": "operating", "to": fmt.Sprintf("Bench payee %d", i),
+				"amount": 1, "currency": "USD"}}.do(ctx, srv.session)
+			returned = time.Now()
+			done <- err
+		}()
+		var id string
+		for deadline := time.Now().Add(30 * time.Second); id == "" && time.Now().Before(deadline); {
+			ids, err := pg.Pending()
+			if err != nil {
+				return err
+			}
+			if len(ids) > 0 {
+				id = ids[0]
+				break
+			}
+			time.Sleep(time.Millisecond)
+		}
+		if id == "" {
+			return errors.New("no request appeared on the page")
+		}
+		tap := time.Now()
+		if _, err := pg.Decide(id, "approve", key); err != nil {
+			return err
+		}
+		if err := <-done; err != nil {
+			return fmt.Errorf("approved transfer: %w", err)
+		}
+		d = append(d, returned.Sub(tap))
+	}
+	l := percentiles(d)
+	r.add("countersign", fmt.Sprintf("approval, machine side, %d requests", n), "p50_ms", l.p50)
+	r.add("countersign", fmt.Sprintf("approval, machine side, %d requests", n), "p99_ms", l.p99)
+	return nil
 }
 
 type call struct {
