@@ -41,6 +41,7 @@ package approval
 
 import (
 	"context"
+	"crypto/x509"
 	"database/sql"
 	"encoding/json"
 	"errors"
@@ -77,6 +78,12 @@ type Options struct {
 	MaxBodyBytes int64         // approver page POST limit; default 64 KiB
 	Now          func() time.Time
 	Logger       *slog.Logger // default: discard
+
+	// Attestation asks keys at enrollment for an attestation ("direct")
+	// or not ("none", the default). With AttestationRoots set, a key whose
+	// attestation does not chain to one of them is refused.
+	Attestation      string
+	AttestationRoots *x509.CertPool
 }
 
 // Approver is a human who may countersign (from config).

@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/countersign/countersign/attest"
 	"time"
 
 	"github.com/go-webauthn/webauthn/protocol"
@@ -136,7 +137,7 @@ func (s *Service) BeginEnrollment(ctx context.Context, token string) (*Enrollmen
 				ResidentKey:      protocol.ResidentKeyRequirementPreferred,
 				UserVerification: protocol.VerificationPreferred,
 			}),
-			webauthn.WithConveyancePreference(protocol.PreferNoAttestation),
+			webauthn.WithConveyancePreference(s.conveyance()),
 			webauthn.WithExclusions(webauthn.Credentials(user.creds).CredentialDescriptors()),
 		)
 		if err != nil {
@@ -257,6 +258,15 @@ func (s *Service) finishEnrollment(ctx context.Context, token, ceremonyID string
 		if err != nil {
 			return nil, failf(ErrSignature, "%s", protoDetail(err))
 		}
+		rawAtt, rawCD := []byte(p.Raw.AttestationResponse.AttestationObject), []byte(p.Raw.AttestationResponse.ClientDataJSON)
+		if s.opts.AttestationRoots != nil {
+			if _, err := attest.Check(rawAtt, rawCD, s.opts.AttestationRoots, s.now()); err != nil {
+				// The detail names the key's certificate, which the
+				// visitor chose: the log, not the refusal, gets it.
+				s.opts.Logger.Warn("approval: enrollment refused: attestation", "approver", e.approverID, "err", err)
+				return nil, failf(ErrSignature, "the key's attestation is missing, invalid, or from a maker the configured roots do not vouch for")
+			}
+		}
 		credJSON, err := json.Marshal(cred)
 		if err != nil {
 			return nil, err
@@ -284,10 +294,14 @@ func (s *Service) finishEnrollment(ctx context.Context, token, ceremonyID string
 				Approver:     e.approverID,
 				CredentialID: credID,
 				PublicKey:    b64(cred.PublicKey),
-				Origin:       p.Response.CollectedClientData.Origin,
-				RPID:         s.opts.RPID,
-				UserVerified: p.Response.AttestationObject.AuthData.Flags.HasUserVerified(),
-				Reason:       fmt.Sprintf("key %d of %s; attestation %s%s", len(existing)+1, e.approverID, orDefault(cred.AttestationFormat, "none"), vouch),
+				// What the key attested, so an auditor holding the roots
+				// can check it offline (audit verify --attestation-roots).
+				AttestationObject: b64(rawAtt),
+				ClientDataJSON:    b64(rawCD),
+				Origin:            p.Response.CollectedClientData.Origin,
+				RPID:              s.opts.RPID,
+				UserVerified:      p.Response.AttestationObject.AuthData.Flags.HasUserVerified(),
+				Reason:            fmt.Sprintf("key %d of %s; attestation %s%s", len(existing)+1, e.approverID, orDefault(cred.AttestationFormat, "none"), vouch),
 			})
 		})
 		if err != nil {
@@ -299,4 +313,12 @@ func (s *Service) finishEnrollment(ctx context.Context, token, ceremonyID string
 		return &EnrollmentResult{Done: true, CredentialID: credID}, nil
 	}
 	return nil, failf(ErrCeremony, "ceremony %q is not an enrollment", ceremonyID)
+}
+
+// conveyance is the attestation asked of keys at enrollment.
+func (s *Service) conveyance() protocol.ConveyancePreference {
+	if s.opts.Attestation == "direct" || s.opts.AttestationRoots != nil {
+		return protocol.PreferDirectAttestation
+	}
+	return protocol.PreferNoAttestation
 }

@@ -182,7 +182,7 @@ var entryKeys = []string{
 	"v", "kind", "agent", "tool", "args", "args_redacted", "args_sha256", "decision", "level", "rule", "usage",
 	"policy_sha256", "policy", "reason",
 	"request_id", "quorum", "eligible", "user_verification", "approvers", "assertions",
-	"result", "approver", "credential_id", "public_key", "authorization_details",
+	"result", "approver", "credential_id", "public_key", "attestation_object", "authorization_details",
 	"display", "nonce", "expires_at", "decided_at", "origin", "rp_id", "user_verified", "authenticator_data",
 	"client_data_json", "signature",
 }
@@ -280,6 +280,7 @@ func canonicalMembers(e *Entry) ([][]byte, error) {
 	str("approver", e.Approver)
 	str("credential_id", e.CredentialID)
 	str("public_key", e.PublicKey)
+	str("attestation_object", e.AttestationObject)
 	if err := raw("authorization_details", e.AuthorizationDetails); err != nil {
 		return nil, err
 	}

@@ -76,9 +76,13 @@ type Entry struct {
 
 	// Approval and enrollment fields: what the auditor needs to recompute the
 	// action digest and check the key's signature offline.
-	Approver             string          `json:"approver,omitempty"`
-	CredentialID         string          `json:"credential_id,omitempty"`
-	PublicKey            string          `json:"public_key,omitempty"` // COSE_Key, on enrollment
+	Approver     string `json:"approver,omitempty"`
+	CredentialID string `json:"credential_id,omitempty"`
+	PublicKey    string `json:"public_key,omitempty"` // COSE_Key, on enrollment
+	// AttestationObject is the key's attestation at enrollment
+	// (approver.enrolled, base64url), with the enrollment's clientDataJSON
+	// in ClientDataJSON: what `audit verify --attestation-roots` checks.
+	AttestationObject    string          `json:"attestation_object,omitempty"`
 	AuthorizationDetails json.RawMessage `json:"authorization_details,omitempty"`
 	Display              string          `json:"display,omitempty"`
 	Nonce                string          `json:"nonce,omitempty"`

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"crypto/ed25519"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -11,7 +12,9 @@ import (
 	"io"
 	"runtime"
 	"sync"
+	"time"
 
+	"github.com/countersign/countersign/attest"
 	"golang.org/x/mod/sumdb/note"
 	"golang.org/x/mod/sumdb/tlog"
 )
@@ -41,6 +44,7 @@ type Summary struct {
 	Replayed   int    // decisions replayed against their policy (VerifyOptions.ReplayPolicy)
 	Unreplayed int    // decisions that name no policy, so could not be replayed
 	Signatures int64  // entry signatures checked one by one (VerifyOptions.AllSignatures)
+	Attested   int    // enrolled keys whose attestation chains to a trusted root (VerifyOptions.AttestationRoots)
 	Extends    int64  // tree size of the previous export proven to be a prefix; 0 without one
 	NothingNew bool   // no entries: only that the checkpoint matches the previous export is proven
 }
@@ -52,6 +56,9 @@ func (s Summary) String() string {
 	}
 	out := fmt.Sprintf("OK: %d entries (seq %d..%d), %d key assertions verified, %d approvals met their quorum, %d countersigned executions matched their approval, checkpoint size %d root %s",
 		s.Entries, s.FirstSeq, s.LastSeq, s.Assertions, s.Approvals, s.Executions, s.TreeSize, s.Root)
+	if s.Attested > 0 {
+		out += fmt.Sprintf(", %d enrolled keys attested by a trusted root", s.Attested)
+	}
 	if s.Replayed > 0 || s.Unreplayed > 0 {
 		out += fmt.Sprintf(", %d decisions replayed against their policy", s.Replayed)
 		if s.Unreplayed > 0 {
@@ -88,6 +95,11 @@ type VerifyOptions struct {
 	// policy (call.allowed, call.executed, call.failed,
 	// approval.requested) against that policy.
 	ReplayPolicy PolicyReplayer
+
+	// AttestationRoots, if set, requires every enrolled key to carry an
+	// attestation that verifies and chains to one of these roots (package
+	// attest), as of its enrollment.
+	AttestationRoots *x509.CertPool
 }
 
 // MaxLine bounds one line of an export.
@@ -126,7 +138,7 @@ func Verify(export io.Reader, publicKey string, opts VerifyOptions) (Summary, er
 	}
 	var prev *verified
 	if opts.Previous != nil {
-		prev, err = verifyStream(opts.Previous, pub, v, nil, true, opts.AllSignatures, opts.ReplayPolicy)
+		prev, err = verifyStream(opts.Previous, pub, v, nil, true, opts)
 		if err != nil {
 			var ve *VerifyError
 			if errors.As(err, &ve) {
@@ -135,7 +147,7 @@ func Verify(export io.Reader, publicKey string, opts VerifyOptions) (Summary, er
 			return Summary{}, fmt.Errorf("previous export: %w", err)
 		}
 	}
-	st, err := verifyStream(export, pub, v, prev, false, opts.AllSignatures, opts.ReplayPolicy)
+	st, err := verifyStream(export, pub, v, prev, false, opts)
 	if err != nil {
 		return Summary{}, err
 	}
@@ -144,7 +156,7 @@ func Verify(export io.Reader, publicKey string, opts VerifyOptions) (Summary, er
 		TreeSize: st.cp.Size, Root: base64.StdEncoding.EncodeToString(st.cp.Root[:]),
 		Assertions: st.assertions, Signatures: st.signatures,
 		Approvals: st.state.req.approvals, Executions: st.state.req.executions, Format1: st.state.format1,
-		Replayed: st.state.replayed, Unreplayed: st.state.unreplayed,
+		Replayed: st.state.replayed, Unreplayed: st.state.unreplayed, Attested: st.state.attested,
 	}
 	if prev != nil {
 		s.Extends = prev.cp.Size
@@ -178,6 +190,8 @@ type logState struct {
 	policies    map[string]*Entry // policy.loaded entries by policy_sha256
 	firstPolicy int64             // seq of the first policy.loaded
 	replayer    PolicyReplayer    // nil: decisions are not replayed
+	roots       *x509.CertPool    // nil: enrollments' attestations are not checked
+	attested    int               // enrollments whose attestation was checked
 	replayed    int
 	unreplayed  int // decisions without a policy to replay them against
 }
@@ -260,6 +274,11 @@ func (s *logState) apply(e *Entry) string {
 	if reason := s.creds.check(e); reason != "" {
 		return reason
 	}
+	if e.Kind == KindApproverEnrolled && s.roots != nil {
+		if reason := s.attestation(e); reason != "" {
+			return reason
+		}
+	}
 	if e.V == 0 {
 		s.req.legacyRequest(e)
 		return ""
@@ -270,7 +289,27 @@ func (s *logState) apply(e *Entry) string {
 	return s.req.check(e)
 }
 
-func verifyStream(r io.Reader, pub ed25519.PublicKey, v note.Verifier, prev *verified, keep, allSigs bool, replayer PolicyReplayer) (*verified, error) {
+// attestation checks an enrollment's attestation against the roots, as of
+// the enrollment's time.
+func (s *logState) attestation(e *Entry) string {
+	if e.AttestationObject == "" {
+		return fmt.Sprintf("approver.enrolled of %s's key %s keeps no attestation; the roots cannot vouch for it", e.Approver, e.CredentialID)
+	}
+	att, err1 := base64.RawURLEncoding.DecodeString(e.AttestationObject)
+	cd, err2 := base64.RawURLEncoding.DecodeString(e.ClientDataJSON)
+	if err1 != nil || err2 != nil {
+		return "approver.enrolled: attestation_object or client_data_json is not base64url"
+	}
+	at, _ := time.Parse(TimeFormat, e.Time)
+	if _, err := attest.Check(att, cd, s.roots, at); err != nil {
+		return fmt.Sprintf("approver.enrolled of %s's key %s: %v", e.Approver, e.CredentialID, err)
+	}
+	s.attested++
+	return ""
+}
+
+func verifyStream(r io.Reader, pub ed25519.PublicKey, v note.Verifier, prev *verified, keep bool, opts VerifyOptions) (*verified, error) {
+	allSigs, replayer := opts.AllSignatures, opts.ReplayPolicy
 	br := bufio.NewReaderSize(r, 1<<16)
 	var cpLine []byte
 	lineNo := 0
@@ -307,6 +346,7 @@ func verifyStream(r io.Reader, pub ed25519.PublicKey, v note.Verifier, prev *ver
 		state = prev.state
 	}
 	state.replayer = replayer
+	state.roots = opts.AttestationRoots
 	st.state = state
 	if prev != nil {
 		tree = &memTree{}

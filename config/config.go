@@ -87,7 +87,13 @@ type Approval struct {
 	EnrollTTL     time.Duration `mapstructure:"enroll_ttl"`     // one-time enrollment link lifetime
 	MaxBodyBytes  int64         `mapstructure:"max_body_bytes"` // approver page POST limit
 	TLSCertFile   string        `mapstructure:"tls_cert_file"`  // optional
-	TLSKeyFile    string        `mapstructure:"tls_key_file"`   // optional
+	// Attestation asks keys for an attestation at enrollment: "none"
+	// (default) or "direct". AttestationRoots (PEM files) makes it
+	// required: a key whose attestation does not chain to one of them is
+	// refused (Yubico publishes the root of YubiKey attestations).
+	Attestation      string   `mapstructure:"attestation"`
+	AttestationRoots []string `mapstructure:"attestation_roots"`
+	TLSKeyFile       string   `mapstructure:"tls_key_file"` // optional
 
 	derived derivedFields // which of the fields above Derive filled in
 }

@@ -48,6 +48,9 @@ func (c *Config) pathSettings() []pathSetting {
 		{key: "approval.tls_cert_file", env: "approval.tls_cert_file", p: &c.Approval.TLSCertFile},
 		{key: "approval.tls_key_file", env: "approval.tls_key_file", p: &c.Approval.TLSKeyFile},
 	}
+	for i := range c.Approval.AttestationRoots {
+		ps = append(ps, pathSetting{key: fmt.Sprintf("approval.attestation_roots[%d]", i), p: &c.Approval.AttestationRoots[i]})
+	}
 	if len(c.Deploy.Command) > 0 {
 		ps = append(ps, pathSetting{key: "deploy.command[0]", env: "deploy.command", p: &c.Deploy.Command[0], program: true})
 	}

@@ -90,6 +90,10 @@ func (c *Config) validate() []problem {
 	if ap.MaxBodyBytes < 1024 {
 		v.fail("approval.max_body_bytes", "expected at least 1024, got %d", ap.MaxBodyBytes)
 	}
+	v.oneOf("approval.attestation", ap.Attestation, "none", "direct")
+	if len(ap.AttestationRoots) > 0 && ap.Attestation != "direct" {
+		v.fail("approval.attestation", "attestation_roots need attestation: direct")
+	}
 	if (ap.TLSCertFile == "") != (ap.TLSKeyFile == "") {
 		v.fail("approval.tls_cert_file", "tls_cert_file and tls_key_file go together")
 	}

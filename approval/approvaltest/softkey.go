@@ -30,6 +30,9 @@ type SoftKey struct {
 	id      []byte
 	counter uint32
 	handle  []byte
+
+	attKey  *ecdsa.PrivateKey // set by Maker.Attest: enrollments attest ("packed")
+	attCert []byte
 }
 
 // NewSoftKey returns a key for one RP ID and origin that reports user
@@ -120,7 +123,18 @@ func (k *SoftKey) Register(publicKey json.RawMessage) ([]byte, error) {
 	attested = append(attested, k.id...)
 	attested = append(attested, k.coseKey()...)
 	em, _ := cbor.CTAP2EncOptions().EncMode()
-	att, err := em.Marshal(map[string]any{"fmt": "none", "attStmt": map[string]any{}, "authData": k.authData(attested)})
+	ad := k.authData(attested)
+	format, stmt := "none", map[string]any{}
+	if k.attKey != nil {
+		h := sha256.Sum256(cd)
+		digest := sha256.Sum256(append(append([]byte{}, ad...), h[:]...))
+		sig, err := ecdsa.SignASN1(rand.Reader, k.attKey, digest[:])
+		if err != nil {
+			return nil, fmt.Errorf("soft key: attestation signature: %w", err)
+		}
+		format, stmt = "packed", map[string]any{"alg": -7, "sig": sig, "x5c": []any{k.attCert}}
+	}
+	att, err := em.Marshal(map[string]any{"fmt": format, "attStmt": stmt, "authData": ad})
 	if err != nil {
 		return nil, fmt.Errorf("soft key: attestation: %w", err)
 	}

@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/countersign/countersign/attest"
 	"github.com/countersign/countersign/audit"
 	"github.com/spf13/cobra"
 )
@@ -104,6 +105,7 @@ func writeFileAtomic(path string, write func(io.Writer) error) error {
 
 func newAuditVerifyCmd() *cobra.Command {
 	var keyArg, previous string
+	var rootFiles []string
 	var allSigs, replay bool
 	cmd := &cobra.Command{
 		Use:   "verify FILE --key PUBKEY-or-FILE",
@@ -124,7 +126,11 @@ one Ed25519 verification per entry.
 the policy the server had loaded (policy.loaded): the level, the rules named
 and the approvers, quorum and user verification required. Facts a backend
 supplied are not in the log, so a rule that depends on them is not held
-against it; a rule the logged arguments settle is.`,
+against it; a rule the logged arguments settle is.
+
+--attestation-roots ROOT.pem (repeatable) requires every enrolled key to carry
+an attestation that verifies and chains to one of these roots, as of its
+enrollment: the proof that approvals came from genuine hardware keys.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			key, err := readPublicKey(keyArg)
@@ -137,6 +143,11 @@ against it; a rule the logged arguments settle is.`,
 			}
 			defer f.Close()
 			opts := audit.VerifyOptions{AllSignatures: allSigs}
+			if len(rootFiles) > 0 {
+				if opts.AttestationRoots, err = attest.LoadRoots(rootFiles); err != nil {
+					return err
+				}
+			}
 			if replay {
 				opts.ReplayPolicy = newPolicyReplayer()
 			}
@@ -159,6 +170,7 @@ against it; a rule the logged arguments settle is.`,
 	cmd.Flags().StringVar(&keyArg, "key", "", "the server's public key, or a file holding it (required)")
 	cmd.Flags().StringVar(&previous, "previous", "", "an older export this one must extend")
 	cmd.Flags().BoolVar(&allSigs, "all-signatures", false, "also verify every entry's own signature (slower; the checkpoint already covers them)")
+	cmd.Flags().StringArrayVar(&rootFiles, "attestation-roots", nil, "PEM file of root certificates every enrolled key's attestation must chain to (repeatable)")
 	cmd.Flags().BoolVar(&replay, "replay-policy", false, "check every decision against the policy it names (policy.loaded): level, rules and approval requirement")
 	cmd.MarkFlagRequired("key")
 	return cmd

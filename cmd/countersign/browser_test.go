@@ -444,13 +444,19 @@ func TestBrowserExpiredApprovalFailsTheCall(t *testing.T) {
 	}
 }
 
+// cliCommand is the countersign binary run as runCLI runs it.
+func cliCommand(c *config.Config, args ...string) *exec.Cmd {
+	cmd := exec.Command(binPath, args...)
+	cmd.Dir = repoRoot
+	cmd.Env = append(os.Environ(), "COUNTERSIGN_SERVER_DATA_DIR="+c.Server.DataDir)
+	return cmd
+}
+
 // runCLI runs the built binary against the config's data directory from the
 // repository root, fails the test unless it exits 0, and returns stdout.
 func runCLI(t *testing.T, c *config.Config, args ...string) string {
 	t.Helper()
-	cmd := exec.Command(binPath, args...)
-	cmd.Dir = repoRoot
-	cmd.Env = append(os.Environ(), "COUNTERSIGN_SERVER_DATA_DIR="+c.Server.DataDir)
+	cmd := cliCommand(c, args...)
 	var stdout, stderr strings.Builder
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"strings"
 
+	"github.com/countersign/countersign/attest"
 	"github.com/countersign/countersign/authz"
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/tools"
@@ -92,6 +93,11 @@ func checkConfig(path string) (*config.Config, error) {
 		var ce *config.Error
 		if !errors.As(e, &ce) || !reportedAt(problems, ce.Path) {
 			problems = append(problems, e)
+		}
+	}
+	if len(c.Approval.AttestationRoots) > 0 && !reportedAt(problems, "approval.attestation_roots") {
+		if _, err := attest.LoadRoots(c.Approval.AttestationRoots); err != nil {
+			problems = append(problems, &config.Error{Source: c.Source, Path: "approval.attestation_roots", Msg: err.Error()})
 		}
 	}
 	_, perr := authz.Compile(c.Tools, c.Approvers, policyOptions(c, slog.New(slog.DiscardHandler)))

@@ -17,6 +17,7 @@ import (
 
 	"github.com/countersign/countersign"
 	"github.com/countersign/countersign/approval"
+	"github.com/countersign/countersign/attest"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/ciba"
 	"github.com/countersign/countersign/config"
@@ -142,6 +143,11 @@ func assemble(ctx context.Context, c *config.Config, log *slog.Logger) (_ *stack
 	recorder := s.metrics.Recorder(s.audit)
 	aopts := approvalOptions(c)
 	aopts.Logger = log.With("component", "approval")
+	if len(c.Approval.AttestationRoots) > 0 {
+		if aopts.AttestationRoots, err = attest.LoadRoots(c.Approval.AttestationRoots); err != nil {
+			return nil, configError(fmt.Errorf("%s: approval.attestation_roots: %w", c.Source, err))
+		}
+	}
 	if s.approvals, err = approval.New(ctx, s.db, recorder, aopts); err != nil {
 		return nil, err
 	}
@@ -485,6 +491,7 @@ func approvalOptions(c *config.Config) approval.Options {
 		PublicURL: c.Approval.PublicURL, AllowedHosts: c.Approval.AllowedHosts,
 		Approvers: approvers, PollInterval: c.Approval.PollInterval,
 		EnrollTTL: c.Approval.EnrollTTL, MaxBodyBytes: c.Approval.MaxBodyBytes,
+		Attestation: c.Approval.Attestation,
 	}
 }
 
