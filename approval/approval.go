@@ -73,6 +73,11 @@ type Options struct {
 	EnrollTTL    time.Duration // enrollment link lifetime; default 10m
 	MaxBodyBytes int64         // approver page POST limit; default 64 KiB
 	Now          func() time.Time
+
+	// Notify, if set, is told of each event (EventRequested, ...) after it
+	// is committed and logged. It runs on the caller's goroutine: it must
+	// queue and return, never deliver. See approval/notify.go.
+	Notify func(event string, r *Request)
 }
 
 // Approver is a human who may countersign (from config).
@@ -338,6 +343,7 @@ var schema = []string{
 		PRIMARY KEY (request_id, approver_id)
 	)`,
 	createVoteAssertions,
+	createNotified,
 }
 
 // outboxStaleAfter is how long another process's unflushed entries wait

@@ -217,7 +217,9 @@ func (s *Service) Create(ctx context.Context, r NewRequest) (*Request, error) {
 	// The request exists and is recorded: a caller leaving right now must
 	// still get it, so that its Wait cancels it, rather than an error that
 	// leaves it pending and approvable with nobody to run it.
-	return s.Get(context.WithoutCancel(ctx), id)
+	created, err := s.Get(context.WithoutCancel(ctx), id)
+	s.announce(EventRequested, created)
+	return created, err
 }
 
 func (s *Service) requestURL(id string) string { return s.opts.PublicURL + "/requests/" + id }
@@ -631,6 +633,9 @@ func (s *Service) expiryLoop() {
 				slog.Warn("approval: outbox flush", "err", err)
 			}
 			wait = 50 * time.Millisecond
+		}
+		if d := s.announceExpiring(ctx); d < wait {
+			wait = max(d, 10*time.Millisecond)
 		}
 		// Retry entries a failed append or another process left behind, so
 		// a recovered log catches up without anyone asking.
