@@ -154,6 +154,11 @@ type Notifier struct {
 	opts  Options
 	queue chan *job
 
+	// ctx ends at Close, cutting attempts short so shutdown is not held
+	// up by a receiver that does not answer.
+	ctx    context.Context
+	cancel context.CancelFunc
+
 	mu     sync.Mutex
 	closed bool
 	timers map[*job]*time.Timer // retries waiting for their time
@@ -207,7 +212,8 @@ func New(opts Options) *Notifier {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	n := &Notifier{opts: opts, queue: make(chan *job, opts.Queue), timers: map[*job]*time.Timer{}, stop: make(chan struct{})}
+	ctx, cancel := context.WithCancel(context.Background())
+	n := &Notifier{opts: opts, ctx: ctx, cancel: cancel, queue: make(chan *job, opts.Queue), timers: map[*job]*time.Timer{}, stop: make(chan struct{})}
 	for range opts.Workers {
 		n.wg.Add(1)
 		go n.work()
@@ -256,8 +262,8 @@ func (n *Notifier) enqueue(j *job) error {
 	}
 }
 
-// Close stops the workers once the messages already queued have had their
-// current attempt; retries not yet due are dropped (and logged).
+// Close stops the workers and cuts short the attempts under way; messages
+// not yet delivered are dropped (and logged).
 func (n *Notifier) Close() {
 	n.mu.Lock()
 	if n.closed {
@@ -274,10 +280,19 @@ func (n *Notifier) Close() {
 	}
 	n.timers = nil
 	n.mu.Unlock()
+	n.cancel()
 	for _, j := range stopped {
 		n.end(j, OutcomeDropped, errors.New("notifier closed before the retry"))
 	}
 	n.wg.Wait()
+	for {
+		select {
+		case j := <-n.queue:
+			n.end(j, OutcomeDropped, errors.New("notifier closed"))
+		default:
+			return
+		}
+	}
 }
 
 func (n *Notifier) work() {
@@ -297,6 +312,10 @@ func (n *Notifier) attempt(j *job) {
 	err := n.send(j)
 	if err == nil {
 		n.end(j, OutcomeSent, nil)
+		return
+	}
+	if n.ctx.Err() != nil {
+		n.end(j, OutcomeDropped, errors.New("notifier closed during the attempt"))
 		return
 	}
 	if j.attempt >= n.opts.Attempts {
@@ -387,7 +406,7 @@ func (e errStatus) Error() string { return fmt.Sprintf("receiver answered %d", e
 
 // send makes one attempt.
 func (n *Notifier) send(j *job) error {
-	ctx, cancel := context.WithTimeout(context.Background(), n.opts.Timeout)
+	ctx, cancel := context.WithTimeout(n.ctx, n.opts.Timeout)
 	defer cancel()
 	req, err := n.request(ctx, j)
 	if err != nil {

@@ -303,3 +303,30 @@ func TestTextNeverHasNewlinesInHeaders(t *testing.T) {
 		t.Errorf("header value %q", v)
 	}
 }
+
+// Close does not wait for a receiver that does not answer.
+func TestCloseCutsShortAHangingAttempt(t *testing.T) {
+	entered := make(chan struct{}, 1)
+	release := make(chan struct{})
+	hang := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		entered <- struct{}{}
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	defer hang.Close()
+	defer close(release)
+	o := newOutcomes()
+	n := New(Options{Channels: []Channel{{Type: Webhook, URL: hang.URL, Secret: "s"}}, Timeout: time.Hour,
+		Outcome: o.outcome, Delivered: o.done})
+	n.Notify(message(Requested))
+	<-entered
+	n.Close()
+	if types := wait(t, o.delivered); len(types) != 0 {
+		t.Errorf("delivered to %v", types)
+	}
+	if got := o.get(); !slices.Equal(got, []string{"webhook/dropped"}) {
+		t.Errorf("outcomes %v", got)
+	}
+}
