@@ -22,6 +22,7 @@ import (
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/guard"
 	"github.com/countersign/countersign/metrics"
+	"github.com/countersign/countersign/notify"
 	"github.com/countersign/countersign/server"
 	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/token"
@@ -83,6 +84,7 @@ type stack struct {
 	audit     *audit.Log
 	tools     *tools.Catalog
 	approvals *approval.Service
+	notifier  *notify.Notifier
 	tokens    *token.Signer
 	guard     *guard.Guard
 	upstreams *upstream.Manager
@@ -127,7 +129,9 @@ func assemble(ctx context.Context, c *config.Config, log *slog.Logger) (_ *stack
 		Logger:    log.With("component", "metrics"),
 	})
 	recorder := s.metrics.Recorder(s.audit)
-	if s.approvals, err = approval.New(ctx, s.db, recorder, approvalOptions(c)); err != nil {
+	approvalOpts := approvalOptions(c)
+	s.notifier, approvalOpts.Notify = notifier(c, recorder, s.metrics, log.With("component", "notify"))
+	if s.approvals, err = approval.New(ctx, s.db, recorder, approvalOpts); err != nil {
 		return nil, err
 	}
 	if len(c.Upstreams) > 0 {
@@ -237,6 +241,9 @@ func (s *stack) close() error {
 	}
 	if s.approvals != nil {
 		errs = append(errs, s.approvals.Close())
+	}
+	if s.notifier != nil {
+		s.notifier.Close()
 	}
 	if s.tools != nil {
 		errs = append(errs, s.tools.Close())
