@@ -1,6 +1,8 @@
 package main
 
 import (
+	"bytes"
+	"context"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -82,5 +84,13 @@ func TestRaisedRequestIsSentToItsApproversWebhook(t *testing.T) {
 	case p := <-others:
 		t.Errorf("the approved-only channel got %s", p)
 	default:
+	}
+	// The entry is part of a log that still verifies.
+	var export bytes.Buffer
+	if err := s.audit.Export(context.Background(), &export, 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := audit.Verify(bytes.NewReader(export.Bytes()), s.audit.PublicKey(), audit.VerifyOptions{}); err != nil {
+		t.Fatalf("export with notify.sent does not verify: %v", err)
 	}
 }
