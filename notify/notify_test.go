@@ -330,3 +330,35 @@ func TestCloseCutsShortAHangingAttempt(t *testing.T) {
 		t.Errorf("outcomes %v", got)
 	}
 }
+
+// The queue is bounded: with the one worker held and the queue full, a
+// further message is dropped at once, and counted.
+func TestFullQueueDropsAtOnce(t *testing.T) {
+	entered := make(chan struct{}, 4)
+	release := make(chan struct{})
+	hang := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		entered <- struct{}{}
+		<-release
+	}))
+	defer hang.Close()
+	o := newOutcomes()
+	n := New(Options{Channels: []Channel{{Type: Slack, URL: hang.URL}}, Queue: 1, Workers: 1,
+		Outcome: o.outcome, Delivered: o.done})
+	defer n.Close()
+	defer close(release)
+	n.Notify(message(Requested)) // held by the worker
+	<-entered
+	n.Notify(message(Requested)) // waits in the queue
+	n.Notify(message(Expiring))  // no room
+	select {
+	case types := <-o.delivered:
+		if len(types) != 0 {
+			t.Errorf("delivered to %v", types)
+		}
+	default:
+		t.Fatal("the third message was neither queued nor dropped")
+	}
+	if got := o.get(); !slices.Equal(got, []string{"slack/dropped"}) {
+		t.Errorf("outcomes %v", got)
+	}
+}
