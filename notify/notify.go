@@ -144,7 +144,8 @@ type Options struct {
 	Outcome func(channelType, outcome string)
 	// Delivered, if set, is called once per message whose delivery to
 	// every matching channel has ended, with the types of the channels
-	// that received it (in configuration order; empty if none did).
+	// that received it (each type once, in configuration order; empty if
+	// none did).
 	Delivered func(m Message, channelTypes []string)
 }
 
@@ -171,6 +172,7 @@ type job struct {
 	m        *Message
 	body     []byte // the webhook JSON, shared by every attempt
 	ch       *Channel
+	config   int // index of ch in Options.Channels: notify[config] in mcp.yaml
 	idx      int // of ch among the message's matching channels
 	delivery string
 	attempt  int
@@ -188,6 +190,7 @@ type batch struct {
 
 // New starts the workers. Close stops them.
 func New(opts Options) *Notifier {
+	opts.Channels = slices.Clone(opts.Channels)
 	if opts.Client == nil {
 		opts.Client = &http.Client{}
 	}
@@ -224,9 +227,11 @@ func New(opts Options) *Notifier {
 // Notify queues m for every channel that wants it and returns at once.
 func (n *Notifier) Notify(m Message) {
 	var matched []*Channel
+	var config []int
 	for i := range n.opts.Channels {
 		if c := &n.opts.Channels[i]; c.matches(&m) {
 			matched = append(matched, c)
+			config = append(config, i)
 		}
 	}
 	if len(matched) == 0 {
@@ -239,7 +244,7 @@ func (n *Notifier) Notify(m Message) {
 	}
 	b := &batch{left: len(matched), ok: make([]bool, len(matched)), m: m, matched: matched}
 	for i, c := range matched {
-		j := &job{m: &b.m, body: body, ch: c, idx: i, delivery: newDeliveryID(), attempt: 1, batch: b}
+		j := &job{m: &b.m, body: body, ch: c, config: config[i], idx: i, delivery: newDeliveryID(), attempt: 1, batch: b}
 		if err := n.enqueue(j); err != nil {
 			n.end(j, OutcomeDropped, err)
 		}
@@ -351,13 +356,13 @@ func (n *Notifier) attempt(j *job) {
 }
 
 // report logs and counts one attempt's outcome. The channel is named by
-// its type and position, never its URL: a Slack or ntfy URL is itself a
-// credential.
+// its place in the config (notify[2]) and type, never its URL: a Slack or
+// ntfy URL is itself a credential.
 func (n *Notifier) report(j *job, outcome string, err error) {
 	if n.opts.Outcome != nil {
 		n.opts.Outcome(j.ch.Type, outcome)
 	}
-	args := []any{"channel", j.ch.Type, "channel_index", slices.Index(channelPtrs(n.opts.Channels), j.ch),
+	args := []any{"channel", fmt.Sprintf("notify[%d]", j.config), "type", j.ch.Type,
 		"event", j.m.Event, "request", j.m.RequestID, "attempt", j.attempt, "outcome", outcome}
 	switch outcome {
 	case OutcomeSent:
@@ -384,19 +389,11 @@ func (n *Notifier) end(j *job, outcome string, err error) {
 	}
 	var types []string
 	for i, c := range b.matched {
-		if b.ok[i] {
+		if b.ok[i] && !slices.Contains(types, c.Type) {
 			types = append(types, c.Type)
 		}
 	}
 	n.opts.Delivered(b.m, types)
-}
-
-func channelPtrs(cs []Channel) []*Channel {
-	out := make([]*Channel, len(cs))
-	for i := range cs {
-		out[i] = &cs[i]
-	}
-	return out
 }
 
 // errStatus is a receiver's non-2xx answer.
