@@ -84,6 +84,11 @@ type Options struct {
 	// attestation does not chain to one of them is refused.
 	Attestation      string
 	AttestationRoots *x509.CertPool
+
+	// Notify, if set, is told of each event (EventRequested, ...) after it
+	// is committed and logged. It runs on the caller's goroutine: it must
+	// queue and return, never deliver. See approval/notify.go.
+	Notify func(event string, r *Request)
 }
 
 // Approver is a human who may countersign (from config).
@@ -358,6 +363,7 @@ var schema = []string{
 		PRIMARY KEY (request_id, approver_id)
 	)`,
 	createVoteAssertions,
+	createNotified,
 }
 
 // outboxStaleAfter is how long another process's unflushed entries wait

@@ -382,7 +382,9 @@ func (s *Service) FinishDecision(ctx context.Context, requestID, ceremonyID stri
 		return nil, err
 	}
 	s.notify()
-	return s.Get(ctx, requestID)
+	got, err := s.Get(ctx, requestID)
+	s.announceDecision(got, v.cred.approverID)
+	return got, err
 }
 
 // commitDecision counts a verified assertion in one transaction that

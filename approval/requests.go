@@ -232,6 +232,7 @@ func (s *Service) Create(ctx context.Context, r NewRequest) (*Request, error) {
 		s.endRequest(ctx, id, StateCancelled, "", "cannot read the request back: "+err.Error())
 		return nil, err
 	}
+	s.announce(EventRequested, req)
 	return req, nil
 }
 
@@ -694,6 +695,9 @@ func (s *Service) expiryLoop() {
 				s.opts.Logger.Warn("approval: outbox flush", "err", err)
 			}
 			wait = 50 * time.Millisecond
+		}
+		if d := s.announceExpiring(ctx); d < wait {
+			wait = max(d, 10*time.Millisecond)
 		}
 		// Retry entries a failed append or another process left behind, so
 		// a recovered log catches up without anyone asking.

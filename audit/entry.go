@@ -21,6 +21,7 @@ const (
 	KindCredentialRevoked = "credential.revoked" // a credential was revoked
 	KindEnrollmentCreated = "enrollment.created" // a one-time enrollment link was issued
 	KindPolicyLoaded      = "policy.loaded"      // the policy in force from here on; Policy carries it
+	KindNotifySent        = "notify.sent"        // people were told of a request's event; Reason names the channel types
 )
 
 // Format is the version of the entry format that Append writes, recorded

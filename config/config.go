@@ -23,6 +23,7 @@ type Config struct {
 	Tools     map[string]Tool `mapstructure:"tools"`
 	Upstreams []Upstream      `mapstructure:"upstreams"`
 	Limits    Limits          `mapstructure:"limits"`
+	Notify    []Notify        `mapstructure:"notify"`
 
 	// Source is the file the config came from, or "(embedded default)".
 	Source string `mapstructure:"-"`

@@ -102,6 +102,7 @@ func parse(data []byte, source, dir string, files bool) (*Config, error) {
 	bad := slices.Clone(problems) // keys whose value could not be read
 	var later validator
 	c.applyUpstreamDefaults()
+	c.applyNotifyDefaults()
 	if c.Server.DataDir == "" {
 		d, err := DefaultDataDir()
 		if err != nil {

@@ -178,6 +178,7 @@ func (c *Config) validate() []problem {
 	}
 
 	c.validateUpstreams(&v)
+	c.validateNotify(&v)
 	if len(c.Tools) == 0 && len(c.Upstreams) == 0 {
 		v.fail("tools", "expected at least one tool or upstream (built-in tools: %s)", strings.Join(BuiltinTools, ", "))
 	}

@@ -20,6 +20,8 @@
 //	countersign_audit_append_errors_total        appends that failed
 //	countersign_audit_append_seconds             histogram, until durably committed
 //	countersign_audit_queue_depth                gauge, appends waiting to be committed
+//	countersign_notifications_total{channel,outcome}  channel: webhook, slack, ntfy;
+//	                                             outcome: sent, retry, failed, dropped
 //
 // plus the Go runtime and process collectors. Each [Metrics] has its own
 // registry, never the global default, so two in one process (tests) do not
@@ -68,6 +70,7 @@ type Metrics struct {
 	appendErrors  prometheus.Counter
 	appendSeconds prometheus.Histogram
 	queue         prometheus.Gauge
+	notified      *prometheus.CounterVec
 
 	mu        sync.Mutex
 	requested map[string]time.Time // pending approval requests by id, for their wait time
@@ -135,6 +138,10 @@ func New(opts Options) *Metrics {
 		Name: "countersign_audit_queue_depth",
 		Help: "Audit appends waiting to be committed (queued, or in the transaction being written).",
 	})
+	m.notified = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "countersign_notifications_total",
+		Help: "Notification attempts by channel type and outcome (sent, retry, failed, dropped).",
+	}, []string{"channel", "outcome"})
 	pending := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "countersign_approvals_pending",
 		Help: "Approval requests waiting for a decision.",
@@ -146,7 +153,7 @@ func New(opts Options) *Metrics {
 	})
 	build.Set(1)
 	m.reg.MustRegister(m.calls, m.decision, m.approvals, m.approvalWait, m.appends, m.appendErrors,
-		m.appendSeconds, m.queue, pending, build,
+		m.appendSeconds, m.queue, m.notified, pending, build,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -173,6 +180,12 @@ func (m *Metrics) pending() float64 {
 		return 0
 	}
 	return float64(n)
+}
+
+// Notified counts one notification attempt's outcome; it is the
+// notifier's Outcome.
+func (m *Metrics) Notified(channel, outcome string) {
+	m.notified.WithLabelValues(channel, outcome).Inc()
 }
 
 // Recorder is the audit log as guard and approval use it.

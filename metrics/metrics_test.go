@@ -118,3 +118,21 @@ func exposition(t *testing.T, m *Metrics) string {
 	}
 	return w.Body.String()
 }
+
+func TestNotificationOutcomesAreCounted(t *testing.T) {
+	m := New(Options{})
+	m.Notified("webhook", "retry")
+	m.Notified("webhook", "retry")
+	m.Notified("webhook", "sent")
+	m.Notified("ntfy", "failed")
+	text := exposition(t, m)
+	for _, want := range []string{
+		`countersign_notifications_total{channel="webhook",outcome="retry"} 2`,
+		`countersign_notifications_total{channel="webhook",outcome="sent"} 1`,
+		`countersign_notifications_total{channel="ntfy",outcome="failed"} 1`,
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("missing %s", want)
+		}
+	}
+}

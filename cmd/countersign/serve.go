@@ -23,6 +23,7 @@ import (
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/guard"
 	"github.com/countersign/countersign/metrics"
+	"github.com/countersign/countersign/notify"
 	"github.com/countersign/countersign/server"
 	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/token"
@@ -87,6 +88,7 @@ type stack struct {
 	audit     *audit.Log
 	tools     *tools.Catalog
 	approvals *approval.Service
+	notifier  *notify.Notifier
 	tokens    *token.Signer
 	guard     *guard.Guard
 	upstreams *upstream.Manager
@@ -148,6 +150,7 @@ func assemble(ctx context.Context, c *config.Config, log *slog.Logger) (_ *stack
 			return nil, configError(fmt.Errorf("%s: approval.attestation_roots: %w", c.Source, err))
 		}
 	}
+	s.notifier, aopts.Notify = notifier(c, recorder, s.metrics, log.With("component", "notify"))
 	if s.approvals, err = approval.New(ctx, s.db, recorder, aopts); err != nil {
 		return nil, err
 	}
@@ -319,6 +322,9 @@ func (s *stack) close() error {
 	}
 	if s.approvals != nil {
 		errs = append(errs, s.approvals.Close())
+	}
+	if s.notifier != nil {
+		s.notifier.Close()
 	}
 	if s.tools != nil {
 		errs = append(errs, s.tools.Close())

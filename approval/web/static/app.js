@@ -108,13 +108,50 @@ function requestPage(section) {
   refresh();
 }
 
+// Browser notifications: while the pending list is open in a background
+// tab, a request that appears on it shows a system notification, so it does
+// not wait for someone to look. Browsers only ask for the permission on a
+// user gesture, hence the button. Returns the function that is given every
+// pending list the page fetches.
+function browserNotifications(list) {
+  if (!("Notification" in window)) return () => {};
+  // What the server rendered is already seen: notify only of what is new.
+  const seen = new Set();
+  for (const a of list.querySelectorAll("a[href^='/requests/']")) seen.add(a.getAttribute("href").split("/").pop());
+  const button = el("button", "notify-toggle", "Notify me of new requests in this browser");
+  button.type = "button";
+  const show = () => { button.hidden = Notification.permission !== "default"; };
+  button.addEventListener("click", async () => {
+    await Notification.requestPermission();
+    show();
+  });
+  list.before(button);
+  show();
+  return (pending) => {
+    for (const r of pending) {
+      if (seen.has(r.id)) continue;
+      seen.add(r.id);
+      if (!document.hidden || Notification.permission !== "granted") continue;
+      // The server's binding message (summary and code), never the display.
+      const n = new Notification("Approval needed", { body: r.bindingMessage, tag: r.id, requireInteraction: true });
+      n.addEventListener("click", () => {
+        window.focus();
+        location.href = r.url;
+        n.close();
+      });
+    }
+  };
+}
+
 // Pending list and history.
 function indexPage(list) {
   const history = document.querySelector("#history tbody");
+  const notifyNew = browserNotifications(list);
   async function refresh() {
     const res = await fetch("/api/requests", { credentials: "same-origin" });
     if (!res.ok) return;
     const data = await res.json();
+    notifyNew(data.pending);
     list.replaceChildren();
     if (data.pending.length === 0) list.append(el("li", "empty", "Nothing is waiting."));
     for (const r of data.pending) {

@@ -1,0 +1,371 @@
+package notify
+
+import (
+	"encoding/json"
+	"io"
+	"mime"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// received is one request a test receiver got.
+type received struct {
+	path   string
+	header http.Header
+	body   []byte
+}
+
+// receiver is a real HTTP server on 127.0.0.1 that records what it gets
+// and answers with status(n) for the n-th request (1-based).
+func receiver(t *testing.T, status func(n int) int) (*httptest.Server, <-chan received) {
+	t.Helper()
+	got := make(chan received, 16)
+	var mu sync.Mutex
+	n := 0
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		mu.Lock()
+		n++
+		code := status(n)
+		mu.Unlock()
+		got <- received{r.URL.Path, r.Header.Clone(), body}
+		w.WriteHeader(code)
+	}))
+	t.Cleanup(srv.Close)
+	return srv, got
+}
+
+func ok(int) int { return http.StatusOK }
+
+// outcomes collects Options.Outcome and Options.Delivered calls.
+type outcomes struct {
+	mu        sync.Mutex
+	list      []string // "type/outcome"
+	delivered chan []string
+}
+
+func newOutcomes() *outcomes { return &outcomes{delivered: make(chan []string, 16)} }
+
+func (o *outcomes) outcome(typ, outcome string) {
+	o.mu.Lock()
+	o.list = append(o.list, typ+"/"+outcome)
+	o.mu.Unlock()
+}
+
+func (o *outcomes) done(_ Message, types []string) { o.delivered <- types }
+
+func (o *outcomes) get() []string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return slices.Clone(o.list)
+}
+
+func start(t *testing.T, o *outcomes, chans ...Channel) *Notifier {
+	t.Helper()
+	n := New(Options{Channels: chans, Backoff: time.Millisecond, MaxBackoff: 4 * time.Millisecond,
+		Outcome: o.outcome, Delivered: o.done})
+	t.Cleanup(n.Close)
+	return n
+}
+
+func message(event string) Message {
+	return Message{
+		Event: event, RequestID: "0b7e4c1e-9d43-4b8e-9a55-5a1f3c2f7d10", Tool: "transfer", Agent: "stdio", Level: "high",
+		Summary: "Pay USD 500,000.00 from operating to Vendor X", Code: "K7WQ2M",
+		URL:       "http://localhost:8710/requests/0b7e4c1e-9d43-4b8e-9a55-5a1f3c2f7d10",
+		ExpiresAt: time.Date(2026, 11, 25, 9, 0, 0, 0, time.UTC), Approvers: []string{"alice", "bob"},
+		Roles: []string{"treasury"},
+	}
+}
+
+func wait[T any](t *testing.T, ch <-chan T) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(10 * time.Second):
+		t.Fatal("nothing arrived in 10s")
+		panic("unreachable")
+	}
+}
+
+func TestWebhookBodyIsSignedWithTheSecret(t *testing.T) {
+	srv, got := receiver(t, ok)
+	o := newOutcomes()
+	n := start(t, o, Channel{Type: Webhook, URL: srv.URL + "/hook", Secret: "s3cret"})
+	n.Notify(message(Requested))
+	r := wait(t, got)
+
+	// What a receiver does: recompute the HMAC over the bytes it read.
+	if !Verify("s3cret", r.body, r.header.Get(SignatureHeader)) {
+		t.Fatalf("signature %q does not verify over %s", r.header.Get(SignatureHeader), r.body)
+	}
+	if Verify("other", r.body, r.header.Get(SignatureHeader)) {
+		t.Fatal("signature verifies under another secret")
+	}
+	var body map[string]any
+	if err := json.Unmarshal(r.body, &body); err != nil {
+		t.Fatal(err)
+	}
+	for k, want := range map[string]any{
+		"event": "requested", "request_id": "0b7e4c1e-9d43-4b8e-9a55-5a1f3c2f7d10", "binding_code": "K7WQ2M",
+		"url":        "http://localhost:8710/requests/0b7e4c1e-9d43-4b8e-9a55-5a1f3c2f7d10",
+		"summary":    "Pay USD 500,000.00 from operating to Vendor X",
+		"expires_at": "2026-11-25T09:00:00Z", "tool": "transfer", "level": "high",
+	} {
+		if body[k] != want {
+			t.Errorf("%s = %v, want %v", k, body[k], want)
+		}
+	}
+	if _, ok := body["Roles"]; ok {
+		t.Error("roles are for matching, not for the receiver")
+	}
+	if r.header.Get("Content-Type") != "application/json" || r.header.Get("X-Countersign-Event") != "requested" {
+		t.Errorf("headers %v", r.header)
+	}
+	if types := wait(t, o.delivered); !slices.Equal(types, []string{Webhook}) {
+		t.Errorf("delivered to %v", types)
+	}
+	if got := o.get(); !slices.Equal(got, []string{"webhook/sent"}) {
+		t.Errorf("outcomes %v", got)
+	}
+}
+
+func TestSlackGetsText(t *testing.T) {
+	srv, got := receiver(t, ok)
+	n := start(t, newOutcomes(), Channel{Type: Slack, URL: srv.URL})
+	m := message(Approved)
+	m.DecidedBy = "alice"
+	n.Notify(m)
+	r := wait(t, got)
+	var body map[string]string
+	if err := json.Unmarshal(r.body, &body); err != nil || len(body) != 1 {
+		t.Fatalf("body %s: want exactly {\"text\": ...} (%v)", r.body, err)
+	}
+	want := "Approved: Pay USD 500,000.00 from operating to Vendor X\nCode K7WQ2M, approved by alice\n" +
+		"<http://localhost:8710/requests/0b7e4c1e-9d43-4b8e-9a55-5a1f3c2f7d10|Open the request>"
+	if body["text"] != want {
+		t.Errorf("text %q\nwant %q", body["text"], want)
+	}
+}
+
+func TestNtfyGetsBodyAndHeaders(t *testing.T) {
+	srv, got := receiver(t, ok)
+	n := start(t, newOutcomes(), Channel{Type: Ntfy, URL: srv.URL + "/countersign", Secret: "tk_abc"})
+	m := message(Expiring)
+	m.Summary = "Pay EUR 9,000.00 to Müller GmbH"
+	n.Notify(m)
+	r := wait(t, got)
+	wantBody := "Expiring soon: Pay EUR 9,000.00 to Müller GmbH\nCode K7WQ2M, expires 2026-11-25T09:00:00Z\n" + m.URL
+	if string(r.body) != wantBody {
+		t.Errorf("body %q\nwant %q", r.body, wantBody)
+	}
+	title, err := new(mime.WordDecoder).DecodeHeader(r.header.Get("Title"))
+	if err != nil || title != "Expiring soon: Pay EUR 9,000.00 to Müller GmbH" {
+		t.Errorf("Title %q decodes to %q (%v)", r.header.Get("Title"), title, err)
+	}
+	for k, want := range map[string]string{
+		"Priority": "high", "Tags": "hourglass,countersign", "Click": m.URL, "Authorization": "Bearer tk_abc",
+	} {
+		if r.header.Get(k) != want {
+			t.Errorf("%s: %q, want %q", k, r.header.Get(k), want)
+		}
+	}
+}
+
+// A receiver that fails twice gets the message a third time, and only
+// that once more; the outcome says sent.
+func TestRetriesUntilTheReceiverAccepts(t *testing.T) {
+	srv, got := receiver(t, func(n int) int {
+		if n <= 2 {
+			return http.StatusInternalServerError
+		}
+		return http.StatusOK
+	})
+	o := newOutcomes()
+	n := start(t, o, Channel{Type: Webhook, URL: srv.URL, Secret: "s"})
+	n.Notify(message(Requested))
+	var deliveries []string
+	for range 3 {
+		deliveries = append(deliveries, wait(t, got).header.Get("X-Countersign-Delivery"))
+	}
+	if types := wait(t, o.delivered); !slices.Equal(types, []string{Webhook}) {
+		t.Errorf("delivered to %v", types)
+	}
+	if deliveries[0] == "" || deliveries[1] != deliveries[0] || deliveries[2] != deliveries[0] {
+		t.Errorf("delivery ids %v: every attempt of one message carries the same", deliveries)
+	}
+	if got := o.get(); !slices.Equal(got, []string{"webhook/retry", "webhook/retry", "webhook/sent"}) {
+		t.Errorf("outcomes %v", got)
+	}
+	n.Close()
+	select {
+	case r := <-got:
+		t.Errorf("a fourth request after success: %s", r.body)
+	default:
+	}
+}
+
+func TestGivesUpAfterTheLastAttempt(t *testing.T) {
+	srv, got := receiver(t, func(int) int { return http.StatusBadGateway })
+	o := newOutcomes()
+	n := New(Options{Channels: []Channel{{Type: Slack, URL: srv.URL}}, Attempts: 3,
+		Backoff: time.Millisecond, Outcome: o.outcome, Delivered: o.done})
+	defer n.Close()
+	n.Notify(message(Denied))
+	if types := wait(t, o.delivered); len(types) != 0 {
+		t.Errorf("delivered to %v", types)
+	}
+	if len(got) != 3 {
+		t.Errorf("%d attempts, want 3", len(got))
+	}
+	if got := o.get(); !slices.Equal(got, []string{"slack/retry", "slack/retry", "slack/failed"}) {
+		t.Errorf("outcomes %v", got)
+	}
+}
+
+// Notify only queues: it returns while the receiver still holds the
+// first attempt, and the other channel is not held up either.
+func TestHangingReceiverDoesNotHoldNotify(t *testing.T) {
+	release := make(chan struct{})
+	entered := make(chan struct{}, 1)
+	hang := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		entered <- struct{}{}
+		<-release
+	}))
+	defer hang.Close()
+	defer close(release)
+	fast, got := receiver(t, ok)
+	n := start(t, newOutcomes(), Channel{Type: Webhook, URL: hang.URL, Secret: "s"}, Channel{Type: Slack, URL: fast.URL})
+	n.Notify(message(Requested))
+	wait(t, entered)
+	n.Notify(message(Expiring)) // returns although a worker is stuck
+	wait(t, got)
+	wait(t, got)
+}
+
+func TestChannelsGetOnlyTheirApproversAndEvents(t *testing.T) {
+	srv, got := receiver(t, ok)
+	o := newOutcomes()
+	n := start(t, o,
+		Channel{Type: Slack, URL: srv.URL + "/treasury", For: []string{"role:treasury"}},
+		Channel{Type: Slack, URL: srv.URL + "/carol", For: []string{"carol"}},
+		Channel{Type: Slack, URL: srv.URL + "/bob-denied", For: []string{"bob"}, Events: []string{Denied}},
+		Channel{Type: Slack, URL: srv.URL + "/all"},
+	)
+	paths := func() []string {
+		wait(t, o.delivered)
+		var ps []string
+		for len(got) > 0 {
+			ps = append(ps, (<-got).path)
+		}
+		slices.Sort(ps)
+		return ps
+	}
+	n.Notify(message(Requested)) // approvers alice, bob; role treasury
+	if ps := paths(); !slices.Equal(ps, []string{"/all", "/treasury"}) {
+		t.Errorf("requested went to %v, want the treasury and the catch-all channel", ps)
+	}
+	m := message(Denied)
+	m.Roles = nil
+	n.Notify(m)
+	if ps := paths(); !slices.Equal(ps, []string{"/all", "/bob-denied"}) {
+		t.Errorf("denied went to %v, want bob's denied channel and the catch-all", ps)
+	}
+}
+
+func TestCloseDropsRetriesNotYetDue(t *testing.T) {
+	srv, got := receiver(t, func(int) int { return http.StatusServiceUnavailable })
+	o := newOutcomes()
+	n := New(Options{Channels: []Channel{{Type: Webhook, URL: srv.URL, Secret: "s"}},
+		Backoff: time.Hour, Outcome: o.outcome, Delivered: o.done})
+	n.Notify(message(Requested))
+	wait(t, got)
+	// The first attempt's outcome is reported once it is done.
+	for !slices.Contains(o.get(), "webhook/retry") {
+		time.Sleep(time.Millisecond)
+	}
+	n.Close()
+	if types := wait(t, o.delivered); len(types) != 0 {
+		t.Errorf("delivered to %v", types)
+	}
+	if got := o.get(); !slices.Equal(got, []string{"webhook/retry", "webhook/dropped"}) {
+		t.Errorf("outcomes %v", got)
+	}
+	n.Notify(message(Approved))
+	if types := wait(t, o.delivered); len(types) != 0 {
+		t.Errorf("after Close: delivered to %v", types)
+	}
+}
+
+func TestTextNeverHasNewlinesInHeaders(t *testing.T) {
+	m := message(Requested)
+	m.Summary = "a\r\nInjected: yes"
+	if v := headerValue(Title(&m)); strings.ContainsAny(v, "\r\n") {
+		t.Errorf("header value %q", v)
+	}
+}
+
+// Close does not wait for a receiver that does not answer.
+func TestCloseCutsShortAHangingAttempt(t *testing.T) {
+	entered := make(chan struct{}, 1)
+	release := make(chan struct{})
+	hang := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		entered <- struct{}{}
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	defer hang.Close()
+	defer close(release)
+	o := newOutcomes()
+	n := New(Options{Channels: []Channel{{Type: Webhook, URL: hang.URL, Secret: "s"}}, Timeout: time.Hour,
+		Outcome: o.outcome, Delivered: o.done})
+	n.Notify(message(Requested))
+	<-entered
+	n.Close()
+	if types := wait(t, o.delivered); len(types) != 0 {
+		t.Errorf("delivered to %v", types)
+	}
+	if got := o.get(); !slices.Equal(got, []string{"webhook/dropped"}) {
+		t.Errorf("outcomes %v", got)
+	}
+}
+
+// The queue is bounded: with the one worker held and the queue full, a
+// further message is dropped at once, and counted.
+func TestFullQueueDropsAtOnce(t *testing.T) {
+	entered := make(chan struct{}, 4)
+	release := make(chan struct{})
+	hang := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		entered <- struct{}{}
+		<-release
+	}))
+	defer hang.Close()
+	o := newOutcomes()
+	n := New(Options{Channels: []Channel{{Type: Slack, URL: hang.URL}}, Queue: 1, Workers: 1,
+		Outcome: o.outcome, Delivered: o.done})
+	defer n.Close()
+	defer close(release)
+	n.Notify(message(Requested)) // held by the worker
+	<-entered
+	n.Notify(message(Requested)) // waits in the queue
+	n.Notify(message(Expiring))  // no room
+	select {
+	case types := <-o.delivered:
+		if len(types) != 0 {
+			t.Errorf("delivered to %v", types)
+		}
+	default:
+		t.Fatal("the third message was neither queued nor dropped")
+	}
+	if got := o.get(); !slices.Equal(got, []string{"slack/dropped"}) {
+		t.Errorf("outcomes %v", got)
+	}
+}
