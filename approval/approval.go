@@ -120,8 +120,9 @@ type Service struct {
 	changed chan struct{} // closed and replaced on every change
 	closed  bool
 
-	stop chan struct{}
-	done chan struct{}
+	stop  chan struct{}
+	done  chan struct{}
+	swept chan struct{} // closed when the ceremony sweep (visitor.go) ends
 }
 
 // New creates the approval tables if needed and starts the expiry loop, so
@@ -193,6 +194,8 @@ func New(ctx context.Context, db *sql.DB, rec Recorder, opts Options) (*Service,
 		slog.Warn("approval: outbox flush at start failed", "err", err)
 	}
 	go s.expiryLoop()
+	s.swept = make(chan struct{})
+	go s.sweepCeremonies(s.stop, s.swept)
 	return s, nil
 }
 
@@ -207,6 +210,7 @@ func (s *Service) Close() error {
 	close(s.stop)
 	s.mu.Unlock()
 	<-s.done
+	<-s.swept
 	return nil
 }
 

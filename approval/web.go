@@ -85,12 +85,18 @@ func (s *Service) Handler() http.Handler {
 	mux.HandleFunc("GET /requests/{id}", s.pageRequest)
 	mux.HandleFunc("GET /enroll/{token}", s.pageEnroll)
 	mux.HandleFunc("GET /api/requests", s.apiList)
-	mux.HandleFunc("GET /api/requests/{id}", s.apiGet)
+	mux.Handle("GET /api/requests/{id}", requirePathID("id", validID, http.HandlerFunc(s.apiGet)))
 	mux.HandleFunc("GET /api/events", s.apiEvents)
-	mux.HandleFunc("POST /api/requests/{id}/begin", s.apiBegin)
-	mux.HandleFunc("POST /api/requests/{id}/finish", s.apiFinish)
-	mux.HandleFunc("POST /api/enroll/{token}/begin", s.apiEnrollBegin)
-	mux.HandleFunc("POST /api/enroll/{token}/finish", s.apiEnrollFinish)
+	// Ceremony endpoints: the id must look like one we issued, then the
+	// rate limits apply (visitor.go).
+	lim := newPageLimits()
+	ceremony := func(name string, valid func(string) bool, h http.HandlerFunc) http.Handler {
+		return requirePathID(name, valid, lim.limit(name, h))
+	}
+	mux.Handle("POST /api/requests/{id}/begin", ceremony("id", validID, s.apiBegin))
+	mux.Handle("POST /api/requests/{id}/finish", ceremony("id", validID, s.apiFinish))
+	mux.Handle("POST /api/enroll/{token}/begin", ceremony("token", validToken, s.apiEnrollBegin))
+	mux.Handle("POST /api/enroll/{token}/finish", ceremony("token", validToken, s.apiEnrollFinish))
 
 	var h http.Handler = mux
 	h = s.limitJSONBody(h)
@@ -120,8 +126,8 @@ func securityHeaders(next http.Handler) http.Handler {
 func (s *Service) checkHost(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !slices.ContainsFunc(s.opts.AllowedHosts, func(h string) bool { return strings.EqualFold(h, r.Host) }) {
-			slog.Warn("approval page: refused host", "host", r.Host, "remote", r.RemoteAddr)
-			writeError(w, http.StatusForbidden, "host_not_allowed", fmt.Sprintf("host %q is not allowed", r.Host))
+			slog.Warn("approval page: refused host", "host", bounded(r.Host), "remote", r.RemoteAddr)
+			refuse(w, r, http.StatusForbidden, "host_not_allowed", fmt.Sprintf("host %q is not allowed", r.Host))
 			return
 		}
 		next.ServeHTTP(w, r)
@@ -139,11 +145,12 @@ func (s *Service) checkOrigin(next http.Handler) http.Handler {
 		}
 		origin := r.Header.Get("Origin")
 		if !slices.Contains(s.opts.Origins, origin) {
-			writeError(w, http.StatusForbidden, "origin", fmt.Sprintf("origin %q is not allowed", origin))
+			slog.Warn("approval page: refused origin", "origin", bounded(origin), "remote", r.RemoteAddr)
+			refuse(w, r, http.StatusForbidden, "origin", fmt.Sprintf("origin %q is not allowed", origin))
 			return
 		}
 		if site := r.Header.Get("Sec-Fetch-Site"); site != "" && site != "same-origin" {
-			writeError(w, http.StatusForbidden, "origin", "cross-site request refused (Sec-Fetch-Site: "+site+")")
+			refuse(w, r, http.StatusForbidden, "origin", "cross-site request refused (Sec-Fetch-Site: "+site+")")
 			return
 		}
 		next.ServeHTTP(w, r)
@@ -161,7 +168,7 @@ func (s *Service) checkCSRF(next http.Handler) http.Handler {
 		c, err := r.Cookie(csrfCookie)
 		tok := r.Header.Get("X-CSRF-Token")
 		if err != nil || len(c.Value) < 32 || subtle.ConstantTimeCompare([]byte(c.Value), []byte(tok)) != 1 {
-			writeError(w, http.StatusForbidden, "csrf", "missing or wrong CSRF token; reload the page")
+			refuse(w, r, http.StatusForbidden, "csrf", "missing or wrong CSRF token; reload the page")
 			return
 		}
 		next.ServeHTTP(w, r)
@@ -177,11 +184,11 @@ func (s *Service) limitJSONBody(next http.Handler) http.Handler {
 			return
 		}
 		if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
-			writeError(w, http.StatusUnsupportedMediaType, "content_type", "send application/json")
+			refuse(w, r, http.StatusUnsupportedMediaType, "content_type", "send application/json")
 			return
 		}
 		if r.ContentLength > s.opts.MaxBodyBytes {
-			writeError(w, http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("body over %d bytes", s.opts.MaxBodyBytes))
+			refuse(w, r, http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("body over %d bytes", s.opts.MaxBodyBytes))
 			return
 		}
 		r.Body = http.MaxBytesReader(w, r.Body, s.opts.MaxBodyBytes)

@@ -20,6 +20,7 @@
 //	countersign_audit_append_errors_total        appends that failed
 //	countersign_audit_append_seconds             histogram, until durably committed
 //	countersign_audit_queue_depth                gauge, appends waiting to be committed
+//	countersign_approval_page_refusals_total{check}  approver page: Host, Origin, CSRF, format, rate
 //
 // plus the Go runtime and process collectors. Each [Metrics] has its own
 // registry, never the global default, so two in one process (tests) do not
@@ -67,6 +68,9 @@ type Metrics struct {
 	appendErrors  prometheus.Counter
 	appendSeconds prometheus.Histogram
 	queue         prometheus.Gauge
+
+	pageOnce     sync.Once
+	pageRefusals *prometheus.CounterVec // see ApproverPage
 
 	mu        sync.Mutex
 	requested map[string]time.Time // pending approval requests by id, for their wait time

@@ -344,7 +344,7 @@ func serve(ctx context.Context, c *config.Config, log *slog.Logger) (err error) 
 // pageHandler is the approver listener: the page, and the operations
 // endpoints.
 func (s *stack) pageHandler() http.Handler {
-	return s.withOps(s.approvals.Handler(), approverHosts(s.cfg.Approval.AllowedHosts))
+	return s.withOps(s.metrics.ApproverPage(s.approvals.Handler()), approverHosts(s.cfg.Approval.AllowedHosts))
 }
 
 // agentHandler is the agent listener of serve --http: MCP, and the
