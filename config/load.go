@@ -258,4 +258,8 @@ var defaults = map[string]any{
 	"audit.checkpoint_every":         "1m",
 	"limits.max_arg_bytes":           64 << 10,
 	"limits.max_arg_depth":           32,
+	"limits.pending_per_agent":       20,
+	"limits.pending_total":           200,
+	"limits.calls_per_second":        50,
+	"limits.call_burst":              100,
 }

@@ -155,6 +155,8 @@ func assemble(ctx context.Context, c *config.Config, log *slog.Logger) (_ *stack
 		Evidence: s.approvals, Tokens: s.tokens,
 		Tools: c.Tools, Logger: log.With("component", "guard"),
 		MaxArgBytes: c.Limits.MaxArgBytes, MaxArgDepth: c.Limits.MaxArgDepth,
+		Limits: guard.Limits{PendingPerAgent: c.Limits.PendingPerAgent, PendingTotal: c.Limits.PendingTotal,
+			CallsPerSecond: float64(c.Limits.CallsPerSecond), CallBurst: c.Limits.CallBurst},
 	})
 	recent, err := recentEntries(ctx, s.audit, time.Now().Add(-24*time.Hour))
 	if err != nil {
