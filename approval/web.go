@@ -25,6 +25,8 @@ var webFS embed.FS
 
 var pages = template.Must(template.New("").Funcs(template.FuncMap{
 	"lines":    displayLines,
+	"server":   func(d string) []displayLine { return pickLines(d, false) },
+	"quoted":   func(d string) []displayLine { return pickLines(d, true) },
 	"json":     visibleJSON,
 	"rfc3339":  func(t time.Time) string { return t.UTC().Format(time.RFC3339) },
 	"short":    func(t time.Time) string { return t.UTC().Format("2006-01-02 15:04:05 UTC") },
@@ -37,6 +39,18 @@ var pages = template.Must(template.New("").Funcs(template.FuncMap{
 type displayLine struct {
 	Label, Value string
 	Warning      bool
+	Quote        bool // text the agent wrote (AgentPrefix), shown as its quotation
+}
+
+// pickLines returns the server's lines, or the agent's quoted ones.
+func pickLines(display string, quoted bool) []displayLine {
+	var out []displayLine
+	for _, l := range displayLines(display) {
+		if l.Quote == quoted {
+			out = append(out, l)
+		}
+	}
+	return out
 }
 
 func displayLines(display string) []displayLine {
@@ -46,7 +60,7 @@ func displayLines(display string) []displayLine {
 		if !ok {
 			label, value = "", l
 		}
-		out = append(out, displayLine{Label: label, Value: value, Warning: strings.HasPrefix(l, WarningPrefix)})
+		out = append(out, displayLine{Label: label, Value: value, Warning: strings.HasPrefix(l, WarningPrefix), Quote: isAgentLine(l)})
 	}
 	return out
 }
