@@ -72,7 +72,11 @@ type Options struct {
 	PollInterval time.Duration // CIBA interval; default 5s
 	EnrollTTL    time.Duration // enrollment link lifetime; default 10m
 	MaxBodyBytes int64         // approver page POST limit; default 64 KiB
-	Now          func() time.Time
+	// RequireSignIn gates the page behind a WebAuthn sign-in (signin.go);
+	// for a page reachable beyond loopback. SessionTTL: default 15m.
+	RequireSignIn bool
+	SessionTTL    time.Duration
+	Now           func() time.Time
 }
 
 // Approver is a human who may countersign (from config).

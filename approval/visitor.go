@@ -209,7 +209,9 @@ func (p *pageLimits) limit(name string, next http.Handler) http.Handler {
 		if host, _, err := net.SplitHostPort(addr); err == nil {
 			addr = host
 		}
-		if !p.byAddr.allow(addr, now) || !p.byTarget.allow(name+":"+r.PathValue(name), now) {
+		// name "" (sign-in) has no target: only the address is limited, so
+		// one visitor cannot use up everyone's sign-ins.
+		if !p.byAddr.allow(addr, now) || (name != "" && !p.byTarget.allow(name+":"+r.PathValue(name), now)) {
 			w.Header().Set("Retry-After", "1")
 			refuse(w, r, http.StatusTooManyRequests, "rate_limited", "too many attempts; wait a moment and try again")
 			return

@@ -113,6 +113,13 @@ func (s *Service) Handler() http.Handler {
 	mux.Handle("POST /api/enroll/{token}/finish", ceremony("token", validToken, s.apiEnrollFinish))
 
 	var h http.Handler = mux
+	if s.opts.RequireSignIn {
+		ss := &sessions{m: map[[32]byte]signedIn{}}
+		mux.HandleFunc("GET /signin", s.pageSignIn)
+		mux.Handle("POST /api/signin/begin", lim.limit("", http.HandlerFunc(s.apiSignInBegin)))
+		mux.Handle("POST /api/signin/finish", lim.limit("", s.apiSignInFinish(ss)))
+		h = s.requireSession(ss, h)
+	}
 	h = s.limitJSONBody(h)
 	h = s.checkCSRF(h)
 	h = s.checkOrigin(h)
