@@ -88,6 +88,9 @@ type Approval struct {
 	MaxBodyBytes  int64         `mapstructure:"max_body_bytes"` // approver page POST limit
 	TLSCertFile   string        `mapstructure:"tls_cert_file"`  // optional
 	TLSKeyFile    string        `mapstructure:"tls_key_file"`   // optional
+	// InsecureNoTLS lets the page listen beyond loopback without TLS, for
+	// an https proxy in front that terminates it. Approvers still sign in.
+	InsecureNoTLS bool `mapstructure:"insecure_no_tls"`
 
 	derived derivedFields // which of the fields above Derive filled in
 }

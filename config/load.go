@@ -251,6 +251,7 @@ var defaults = map[string]any{
 	"approval.max_body_bytes":        64 << 10,
 	"approval.tls_cert_file":         "",
 	"approval.tls_key_file":          "",
+	"approval.insecure_no_tls":       false,
 	"deploy.timeout":                 "2m",
 	"deploy.max_output_bytes":        64 << 10,
 	"secrets.dir":                    "",

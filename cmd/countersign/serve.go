@@ -370,6 +370,7 @@ func approvalOptions(c *config.Config) approval.Options {
 		PublicURL: c.Approval.PublicURL, AllowedHosts: c.Approval.AllowedHosts,
 		Approvers: approvers, PollInterval: c.Approval.PollInterval,
 		EnrollTTL: c.Approval.EnrollTTL, MaxBodyBytes: c.Approval.MaxBodyBytes,
+		RequireSignIn: c.Approval.Remote(),
 	}
 }
 
