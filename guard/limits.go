@@ -130,6 +130,21 @@ type reservationKey struct{}
 // one pending request of agent until Create has stored the request, so
 // calls made in parallel cannot all pass the check.
 func (g *Guard) admitRequest(ctx context.Context, agent, tool string) (context.Context, *mcp.CallToolResult) {
+	ctx, err := g.reservePending(ctx, agent, tool)
+	var le *limitError
+	switch {
+	case errors.As(err, &le):
+		return ctx, toolError("refused: %v", le)
+	case err != nil:
+		return ctx, toolError("refused: cannot count the approval requests waiting (%v); try again", err)
+	}
+	return ctx, nil
+}
+
+// reservePending is admitRequest for callers that want an error (Raise):
+// a *limitError, already tallied for call.rate_limited, or a failure to
+// count.
+func (g *Guard) reservePending(ctx context.Context, agent, tool string) (context.Context, error) {
 	l := g.limits
 	if l.counter == nil {
 		return ctx, nil
@@ -138,10 +153,10 @@ func (g *Guard) admitRequest(ctx context.Context, agent, tool string) (context.C
 		var le *limitError
 		if !errors.As(err, &le) {
 			g.log.Error("cannot count pending approval requests", "agent", agent, "err", err)
-			return ctx, toolError("refused: cannot count the approval requests waiting (%v); try again", err)
+			return ctx, err
 		}
 		l.refused(ctx, agent, tool, le.limit)
-		return ctx, toolError("refused: %v", le)
+		return ctx, le
 	}
 	return context.WithValue(ctx, reservationKey{}, agent), nil
 }

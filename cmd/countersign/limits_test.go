@@ -5,11 +5,14 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"net/http"
+	"net/url"
 	"strings"
 	"testing"
 
 	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/ciba"
 	"github.com/countersign/countersign/config"
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
 )
@@ -158,4 +161,30 @@ func TestRefusedFloodOverLimitsGrowsTheLogByABoundedAmount(t *testing.T) {
 		t.Errorf("%d pending after the flood, want 2", n)
 	}
 	t.Logf("%d refused calls: log grew by %d bytes", calls, grown)
+}
+
+// CIBA backchannel requests count against the same caps, and a flood of
+// them is one call.rate_limited entry, not a call.denied each.
+func TestBackchannelRequestsAreCapped(t *testing.T) {
+	p := startCIBA(t, func(c *config.Config) { c.Limits.PendingPerAgent = 2 })
+	details := `[{"type":"payment_initiation","actions":["initiate"],"instructedAmount":{"currency":"EUR","amount":"12500.00"},"creditorName":"Globex Logistics"}]`
+	form := url.Values{"scope": {"openid"}, "login_hint": {"role:treasury"}, "authorization_details": {details}}
+	for i := range 2 {
+		if out := p.postForm(t, ciba.PathAuthorize, form); out["status"] != 200.0 {
+			t.Fatalf("request %d: %v", i+1, out)
+		}
+	}
+	denied := len(entries(t, p.stack, audit.KindCallDenied))
+	for range 20 {
+		out := p.postForm(t, ciba.PathAuthorize, form)
+		if out["error"] != "access_denied" || !strings.Contains(fmt.Sprint(out["error_description"]), "limits.pending_per_agent (2)") {
+			t.Fatalf("over the cap: %v", out)
+		}
+	}
+	if n := len(entries(t, p.stack, audit.KindCallDenied)); n != denied {
+		t.Errorf("%d call.denied entries for refusals over the cap", n-denied)
+	}
+	if rl := entries(t, p.stack, audit.KindCallRateLimited); len(rl) != 1 || rl[0].Agent != "ci-bot" {
+		t.Errorf("call.rate_limited entries %+v", rl)
+	}
 }
