@@ -21,6 +21,10 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/chromedp/chromedp"
+
+	"github.com/countersign/countersign/approval/approvaltest"
 )
 
 // tlsPage serves the page with RequireSignIn over real TLS, with a
@@ -201,3 +205,28 @@ func TestRemotePageNeedsSignInOverTLS(t *testing.T) {
 }
 
 func c2u(base string) *url.URL { u, _ := url.Parse(base); return u }
+
+// The sign-in page's own script, in Chromium with a virtual key: a visitor
+// is sent to /signin, taps, and lands on the list.
+func TestBrowserSignIn(t *testing.T) {
+	alloc := approvaltest.NewBrowser(t)
+	f, base, _ := newServedFixture(t, func(o *Options) { o.RequireSignIn = true })
+	b := &browserFixture{fixture: f, base: base, alloc: alloc}
+	tab := b.tab(t, alloc, true)
+	b.enrollInBrowser(t, tab, "alice") // enrollment links need no session
+	req, err := f.svc.Create(context.Background(), paymentRequest("alice"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	do(t, tab, chromedp.Navigate(base+"/requests/"+req.ID), chromedp.WaitVisible(chromedp.CSS("#signin-key")))
+	if body := approvaltest.Text(t, tab, "main"); strings.Contains(body, "Vendor X") {
+		t.Fatalf("the sign-in page shows a request: %s", body)
+	}
+	// The page navigates to the list once the session is set.
+	do(t, tab, chromedp.Click(chromedp.CSS("#signin-key")), chromedp.WaitVisible(chromedp.CSS("#pending")))
+	if list := approvaltest.Text(t, tab, "#pending"); !strings.Contains(list, "Vendor X") {
+		t.Fatalf("the list after signing in: %s", list)
+	}
+	approvaltest.Approve(t, tab, base+"/requests/"+req.ID)
+	waitText(t, tab, "state", StateApproved)
+}
