@@ -89,6 +89,11 @@ type Options struct {
 	// is committed and logged. It runs on the caller's goroutine: it must
 	// queue and return, never deliver. See approval/notify.go.
 	Notify func(event string, r *Request)
+
+	// RequireSignIn gates the page behind a WebAuthn sign-in (signin.go);
+	// for a page reachable beyond loopback. SessionTTL: default 15m.
+	RequireSignIn bool
+	SessionTTL    time.Duration
 }
 
 // Approver is a human who may countersign (from config).
@@ -140,8 +145,9 @@ type Service struct {
 	changed chan struct{} // closed and replaced on every change
 	closed  bool
 
-	stop chan struct{}
-	done chan struct{}
+	stop  chan struct{}
+	done  chan struct{}
+	swept chan struct{} // closed when the ceremony sweep (visitor.go) ends
 }
 
 // New creates the approval tables if needed and starts the expiry loop, so
@@ -217,6 +223,8 @@ func New(ctx context.Context, db *sql.DB, rec Recorder, opts Options) (*Service,
 		s.opts.Logger.Warn("approval: outbox flush at start failed", "err", err)
 	}
 	go s.expiryLoop()
+	s.swept = make(chan struct{})
+	go s.sweepCeremonies(s.stop, s.swept)
 	return s, nil
 }
 
@@ -232,6 +240,7 @@ func (s *Service) Close() error {
 	s.mu.Unlock()
 	<-s.done
 	s.alive()
+	<-s.swept
 	return nil
 }
 

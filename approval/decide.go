@@ -86,6 +86,9 @@ func (s *Service) BeginDecision(ctx context.Context, requestID, decision string)
 	if decision != digest.Approve && decision != digest.Deny {
 		return nil, fmt.Errorf("%w: decision must be approve or deny", ErrInvalidRequest)
 	}
+	if !validID(requestID) {
+		return nil, ErrNotFound
+	}
 	r, err := s.load(ctx, s.db, requestID)
 	if err != nil {
 		return nil, err
@@ -186,13 +189,16 @@ func (s *Service) storeCeremony(ctx context.Context, kind, requestID string, enr
 // takeCeremony consumes a ceremony: it is used up by the first attempt to
 // finish it, whatever the outcome.
 func (s *Service) takeCeremony(ctx context.Context, id, kind, requestID string, enrollment []byte) (decision string, session webauthn.SessionData, err error) {
+	if !validID(id) {
+		return "", session, failf(ErrCeremony, "malformed ceremony id")
+	}
 	var raw []byte
 	var expires int64
 	err = s.db.QueryRowContext(ctx, `UPDATE approval_ceremonies SET used = 1
 		WHERE id = ? AND kind = ? AND request_id = ? AND COALESCE(enrollment, x'') = ? AND used = 0
 		RETURNING decision, session, expires_at`, id, kind, requestID, append([]byte{}, enrollment...)).Scan(&decision, &raw, &expires)
 	if errors.Is(err, sql.ErrNoRows) {
-		return "", session, failf(ErrCeremony, "no unused ceremony %q for this request", id)
+		return "", session, failf(ErrCeremony, "no unused ceremony %s for this request", id)
 	}
 	if err != nil {
 		return "", session, err
@@ -341,6 +347,9 @@ func (s *Service) verifyAssertion(ac assertionCheck, p *protocol.ParsedCredentia
 // BeginDecision and records the decision. Every refusal is recorded as
 // approval.rejected with the failed check as its reason.
 func (s *Service) FinishDecision(ctx context.Context, requestID, ceremonyID string, response []byte) (*Request, error) {
+	if !validID(requestID) {
+		return nil, ErrNotFound
+	}
 	decision, session, err := s.takeCeremony(ctx, ceremonyID, "decision", requestID, nil)
 	var p *protocol.ParsedCredentialAssertionData
 	if err == nil {
@@ -503,23 +512,27 @@ func (s *Service) assertionEntry(r *row, decision string, v *verified, now time.
 	return e
 }
 
-// recordRejected writes approval.rejected for a refused assertion.
+// recordRejected writes approval.rejected for a refused assertion of a
+// request the server issued: the reason is the check's fixed words and, as a
+// claim, the enrolled credential the response named. Nothing the visitor
+// sent is quoted: not the error's detail, not the origin or client data of
+// an unverified response. A refusal for a request that does not exist is
+// not recorded (its id is the visitor's, not ours); the process log has it.
 func (s *Service) recordRejected(ctx context.Context, requestID, decision string, p *protocol.ParsedCredentialAssertionData, cause error) error {
-	e := audit.Entry{Kind: audit.KindApprovalRejected, RequestID: requestID, Decision: decision, Reason: cause.Error(), RPID: s.opts.RPID}
-	if r, err := s.load(ctx, s.db, requestID); err == nil {
-		e = s.requestEntry(r, audit.KindApprovalRejected, cause.Error())
-		e.Decision = decision
-		e.RPID = s.opts.RPID
+	r, err := s.load(ctx, s.db, requestID)
+	if errors.Is(err, ErrNotFound) {
+		s.opts.Logger.Warn("approval: refused a decision on an unknown request", "request", bounded(requestID), "err", cause)
+		return nil
 	}
+	if err != nil {
+		return err
+	}
+	var claimed string
 	if p != nil {
-		e.CredentialID = b64(p.RawID)
-		e.Origin = p.Response.CollectedClientData.Origin
-		e.AuthenticatorData = b64(p.Raw.AssertionResponse.AuthenticatorData)
-		e.ClientDataJSON = b64(p.Raw.AssertionResponse.ClientDataJSON)
-		e.Signature = b64(p.Raw.AssertionResponse.Signature)
-		if c, err := s.credential(ctx, s.db, p.RawID); err == nil && c != nil {
-			e.Approver = c.approverID
-		}
+		claimed = s.claimedCredential(ctx, p.RawID)
 	}
+	e := s.requestEntry(r, audit.KindApprovalRejected, rejectedReason(cause, claimed))
+	e.Decision = decision
+	e.RPID = s.opts.RPID
 	return s.record(ctx, e)
 }

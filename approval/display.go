@@ -18,13 +18,27 @@ import (
 // a payee name must not be able to forge a line or reorder what is read.
 // (mcp_tool_call arguments are quoted with those characters shown as
 // escapes instead; see renderMCPToolCall.)
+//
+// Free text the agent wrote (a payment's reference, a description) is not
+// the server's word: it comes last, after the server's lines, each line
+// labelled "The agent wrote (...)" with the text in quotation marks, and the
+// page shows it as a quotation apart from the rest (agentText.go).
 func renderDisplay(details []json.RawMessage, tool, agent, code string) string {
-	var lines []string
+	var lines, quoted []string
 	for i, raw := range details {
 		if len(details) > 1 {
 			lines = append(lines, fmt.Sprintf("Action %d of %d", i+1, len(details)))
 		}
-		lines = append(lines, renderDetail(raw)...)
+		for _, l := range renderDetail(raw) {
+			if isAgentLine(l) {
+				if len(details) > 1 {
+					l = strings.Replace(l, AgentPrefix+" (", fmt.Sprintf("%s (action %d, ", AgentPrefix, i+1), 1)
+				}
+				quoted = append(quoted, l)
+				continue
+			}
+			lines = append(lines, l)
+		}
 	}
 	if len(details) == 0 {
 		lines = append(lines, "Action: "+clean(tool, 100)+" (no details given)")
@@ -34,7 +48,7 @@ func renderDisplay(details []json.RawMessage, tool, agent, code string) string {
 		"Agent: "+clean(agent, 100),
 		"Code: "+code,
 	)
-	return strings.Join(lines, "\n")
+	return strings.Join(append(lines, quoted...), "\n")
 }
 
 // WarningPrefix starts a display line the page shows as a warning.
@@ -55,9 +69,13 @@ func renderDetail(raw json.RawMessage) []string {
 			Amount   json.RawMessage `json:"amount"`
 		}
 		json.Unmarshal(d["instructedAmount"], &amt)
+		payee := clean(str(d["creditorName"]), 120)
 		lines := []string{
 			"Payment: " + formatAmount(amt.Currency, amt.Amount),
-			"To: " + clean(str(d["creditorName"]), 120),
+			"To: " + payee,
+		}
+		if w := scriptWarning("PAYEE NAME", payee); w != "" {
+			lines = append(lines, w)
 		}
 		if acct := account(d["creditorAccount"]); acct != "" {
 			lines = append(lines, "To account: "+acct)
@@ -69,7 +87,7 @@ func renderDetail(raw json.RawMessage) []string {
 			lines = append(lines, WarningPrefix+"NEW COUNTERPARTY, never paid before")
 		}
 		if ref := str(d["remittanceInformationUnstructured"]); ref != "" {
-			lines = append(lines, "Reference: "+clean(ref, 140))
+			lines = append(lines, agentLine("reference", ref, 140))
 		}
 		return lines
 	case "deployment":
@@ -109,6 +127,10 @@ func renderDetail(raw json.RawMessage) []string {
 	}
 	slices.Sort(keys)
 	for _, k := range keys {
+		if freeText[k] {
+			lines = append(lines, agentLine(clean(k, 40), compact(d[k]), 200))
+			continue
+		}
 		lines = append(lines, clean(k, 40)+": "+clean(compact(d[k]), 200))
 	}
 	return lines

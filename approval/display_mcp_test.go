@@ -188,9 +188,9 @@ func TestDisplayMCPPageEscapes(t *testing.T) {
 	resp.Body.Close()
 	body := string(raw)
 	for _, want := range []string{
-		`<dt>Upstream tool</dt><dd>files / write_file</dd>`,
-		`<dt>args.path</dt><dd>&#34;&lt;script&gt;alert(1)&lt;/script&gt;&#34;</dd>`,
-		`<dt>args.content</dt><dd>&#34;\&#34;&gt;&lt;img src=x onerror=alert(1)&gt;\u202E&#34;</dd>`,
+		`<dt>Upstream tool</dt><dd><bdi>files / write_file</bdi></dd>`,
+		`<dt>args.path</dt><dd><bdi>&#34;&lt;script&gt;alert(1)&lt;/script&gt;&#34;</bdi></dd>`,
+		`<dt>args.content</dt><dd><bdi>&#34;\&#34;&gt;&lt;img src=x onerror=alert(1)&gt;\u202E&#34;</bdi></dd>`,
 	} {
 		if !strings.Contains(body, want) {
 			t.Errorf("page lacks %s", want)

@@ -65,6 +65,9 @@ type enrollment struct {
 }
 
 func (s *Service) enrollment(ctx context.Context, token string) (*enrollment, error) {
+	if !validToken(token) {
+		return nil, ErrEnrollment
+	}
 	hash := sha256.Sum256([]byte(token))
 	var (
 		e                         enrollment
@@ -172,10 +175,13 @@ func (s *Service) FinishEnrollment(ctx context.Context, token, ceremonyID string
 	if err != nil {
 		var ce *CheckError
 		if errors.As(err, &ce) {
-			e := audit.Entry{Kind: audit.KindApprovalRejected, Reason: "enrollment: " + err.Error(), RPID: s.opts.RPID}
+			// Fixed words and the link's approver (from our table, not
+			// the visitor); no approver member: no key was verified.
+			reason := "enrollment: " + rejectedReason(err, "")
 			if en, eerr := s.enrollment(ctx, token); eerr == nil {
-				e.Approver = en.approverID
+				reason += "; link of " + en.approverID
 			}
+			e := audit.Entry{Kind: audit.KindApprovalRejected, Reason: reason, RPID: s.opts.RPID}
 			if rerr := s.record(ctx, e); rerr != nil {
 				return nil, errors.Join(err, rerr)
 			}
@@ -192,8 +198,11 @@ func (s *Service) finishEnrollment(ctx context.Context, token, ceremonyID string
 		return nil, err
 	}
 	var kind string
+	if !validID(ceremonyID) {
+		return nil, failf(ErrCeremony, "malformed ceremony id")
+	}
 	if err := s.db.QueryRowContext(ctx, `SELECT kind FROM approval_ceremonies WHERE id = ?`, ceremonyID).Scan(&kind); err != nil {
-		return nil, failf(ErrCeremony, "no ceremony %q", ceremonyID)
+		return nil, failf(ErrCeremony, "no ceremony %s", ceremonyID)
 	}
 	_, session, err := s.takeCeremony(ctx, ceremonyID, kind, "", e.hash)
 	if err != nil {
@@ -312,7 +321,7 @@ func (s *Service) finishEnrollment(ctx context.Context, token, ceremonyID string
 		}
 		return &EnrollmentResult{Done: true, CredentialID: credID}, nil
 	}
-	return nil, failf(ErrCeremony, "ceremony %q is not an enrollment", ceremonyID)
+	return nil, failf(ErrCeremony, "ceremony %s is not an enrollment", ceremonyID)
 }
 
 // conveyance is the attestation asked of keys at enrollment.

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"time"
 )
 
@@ -124,7 +123,7 @@ func (s *Service) drainForeignOutbox(ctx context.Context) error {
 			return nil
 		}
 		if !logged {
-			slog.Info("approval: waiting for audit entries a previous process left unappended",
+			s.opts.Logger.Info("approval: waiting for audit entries a previous process left unappended",
 				"entries", n, "at_most", outboxStaleAfter)
 			logged = true
 		}

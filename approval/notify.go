@@ -2,7 +2,6 @@ package approval
 
 import (
 	"context"
-	"log/slog"
 	"strings"
 	"time"
 )
@@ -85,7 +84,7 @@ func (s *Service) announceExpiring(ctx context.Context) time.Duration {
 		  AND NOT EXISTS (SELECT 1 FROM approval_notified n WHERE n.request_id = r.id AND n.event = ?)`,
 		now.Unix(), now.Add(time.Minute).Unix(), EventExpiring)
 	if err != nil {
-		slog.Warn("approval: looking for expiring requests", "err", err)
+		s.opts.Logger.Warn("approval: looking for expiring requests", "err", err)
 		return next
 	}
 	var due []string
@@ -107,7 +106,7 @@ func (s *Service) announceExpiring(ctx context.Context) time.Duration {
 		res, err := s.db.ExecContext(ctx, `INSERT OR IGNORE INTO approval_notified (request_id, event, created_at) VALUES (?,?,?)`,
 			id, EventExpiring, now.UnixNano())
 		if err != nil {
-			slog.Warn("approval: claiming an expiring announcement", "id", id, "err", err)
+			s.opts.Logger.Warn("approval: claiming an expiring announcement", "id", id, "err", err)
 			continue
 		}
 		if n, _ := res.RowsAffected(); n != 1 {

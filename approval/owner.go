@@ -3,7 +3,6 @@ package approval
 import (
 	"context"
 	"encoding/json"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -49,7 +48,7 @@ func (s *Service) holdOwner(ctx context.Context) func() {
 		err = lockFile(f)
 	}
 	if err != nil {
-		slog.Warn("approval: no liveness lock; entries this process leaves behind wait until they are stale", "err", err)
+		s.opts.Logger.Warn("approval: no liveness lock; entries this process leaves behind wait until they are stale", "err", err)
 		if f != nil {
 			f.Close()
 			os.Remove(path)

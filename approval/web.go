@@ -11,7 +11,6 @@ import (
 	"html/template"
 	"io"
 	"io/fs"
-	"log/slog"
 	"mime"
 	"net/http"
 	"slices"
@@ -25,6 +24,8 @@ var webFS embed.FS
 
 var pages = template.Must(template.New("").Funcs(template.FuncMap{
 	"lines":    displayLines,
+	"server":   func(d string) []displayLine { return pickLines(d, false) },
+	"quoted":   func(d string) []displayLine { return pickLines(d, true) },
 	"json":     visibleJSON,
 	"rfc3339":  func(t time.Time) string { return t.UTC().Format(time.RFC3339) },
 	"short":    func(t time.Time) string { return t.UTC().Format("2006-01-02 15:04:05 UTC") },
@@ -37,6 +38,18 @@ var pages = template.Must(template.New("").Funcs(template.FuncMap{
 type displayLine struct {
 	Label, Value string
 	Warning      bool
+	Quote        bool // text the agent wrote (AgentPrefix), shown as its quotation
+}
+
+// pickLines returns the server's lines, or the agent's quoted ones.
+func pickLines(display string, quoted bool) []displayLine {
+	var out []displayLine
+	for _, l := range displayLines(display) {
+		if l.Quote == quoted {
+			out = append(out, l)
+		}
+	}
+	return out
 }
 
 func displayLines(display string) []displayLine {
@@ -46,7 +59,7 @@ func displayLines(display string) []displayLine {
 		if !ok {
 			label, value = "", l
 		}
-		out = append(out, displayLine{Label: label, Value: value, Warning: strings.HasPrefix(l, WarningPrefix)})
+		out = append(out, displayLine{Label: label, Value: value, Warning: strings.HasPrefix(l, WarningPrefix), Quote: isAgentLine(l)})
 	}
 	return out
 }
@@ -85,14 +98,27 @@ func (s *Service) Handler() http.Handler {
 	mux.HandleFunc("GET /requests/{id}", s.pageRequest)
 	mux.HandleFunc("GET /enroll/{token}", s.pageEnroll)
 	mux.HandleFunc("GET /api/requests", s.apiList)
-	mux.HandleFunc("GET /api/requests/{id}", s.apiGet)
+	mux.Handle("GET /api/requests/{id}", s.requirePathID("id", validID, http.HandlerFunc(s.apiGet)))
 	mux.HandleFunc("GET /api/events", s.apiEvents)
-	mux.HandleFunc("POST /api/requests/{id}/begin", s.apiBegin)
-	mux.HandleFunc("POST /api/requests/{id}/finish", s.apiFinish)
-	mux.HandleFunc("POST /api/enroll/{token}/begin", s.apiEnrollBegin)
-	mux.HandleFunc("POST /api/enroll/{token}/finish", s.apiEnrollFinish)
+	// Ceremony endpoints: the id must look like one we issued, then the
+	// rate limits apply (visitor.go).
+	lim := newPageLimits(s.refuse)
+	ceremony := func(name string, valid func(string) bool, h http.HandlerFunc) http.Handler {
+		return s.requirePathID(name, valid, lim.limit(name, h))
+	}
+	mux.Handle("POST /api/requests/{id}/begin", ceremony("id", validID, s.apiBegin))
+	mux.Handle("POST /api/requests/{id}/finish", ceremony("id", validID, s.apiFinish))
+	mux.Handle("POST /api/enroll/{token}/begin", ceremony("token", validToken, s.apiEnrollBegin))
+	mux.Handle("POST /api/enroll/{token}/finish", ceremony("token", validToken, s.apiEnrollFinish))
 
 	var h http.Handler = mux
+	if s.opts.RequireSignIn {
+		ss := &sessions{m: map[[32]byte]signedIn{}}
+		mux.HandleFunc("GET /signin", s.pageSignIn)
+		mux.Handle("POST /api/signin/begin", lim.limit("", http.HandlerFunc(s.apiSignInBegin)))
+		mux.Handle("POST /api/signin/finish", lim.limit("", s.apiSignInFinish(ss)))
+		h = s.requireSession(ss, h)
+	}
 	h = s.limitJSONBody(h)
 	h = s.checkCSRF(h)
 	h = s.checkOrigin(h)
@@ -120,8 +146,8 @@ func securityHeaders(next http.Handler) http.Handler {
 func (s *Service) checkHost(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !slices.ContainsFunc(s.opts.AllowedHosts, func(h string) bool { return strings.EqualFold(h, r.Host) }) {
-			slog.Warn("approval page: refused host", "host", r.Host, "remote", r.RemoteAddr)
-			writeError(w, http.StatusForbidden, "host_not_allowed", fmt.Sprintf("host %q is not allowed", r.Host))
+			s.opts.Logger.Warn("approval page: refused host", "host", bounded(r.Host), "remote", r.RemoteAddr)
+			s.refuse(w, r, http.StatusForbidden, "host_not_allowed", fmt.Sprintf("host %q is not allowed", r.Host))
 			return
 		}
 		next.ServeHTTP(w, r)
@@ -139,11 +165,12 @@ func (s *Service) checkOrigin(next http.Handler) http.Handler {
 		}
 		origin := r.Header.Get("Origin")
 		if !slices.Contains(s.opts.Origins, origin) {
-			writeError(w, http.StatusForbidden, "origin", fmt.Sprintf("origin %q is not allowed", origin))
+			s.opts.Logger.Warn("approval page: refused origin", "origin", bounded(origin), "remote", r.RemoteAddr)
+			s.refuse(w, r, http.StatusForbidden, "origin", fmt.Sprintf("origin %q is not allowed", origin))
 			return
 		}
 		if site := r.Header.Get("Sec-Fetch-Site"); site != "" && site != "same-origin" {
-			writeError(w, http.StatusForbidden, "origin", "cross-site request refused (Sec-Fetch-Site: "+site+")")
+			s.refuse(w, r, http.StatusForbidden, "origin", "cross-site request refused (Sec-Fetch-Site: "+site+")")
 			return
 		}
 		next.ServeHTTP(w, r)
@@ -161,7 +188,7 @@ func (s *Service) checkCSRF(next http.Handler) http.Handler {
 		c, err := r.Cookie(csrfCookie)
 		tok := r.Header.Get("X-CSRF-Token")
 		if err != nil || len(c.Value) < 32 || subtle.ConstantTimeCompare([]byte(c.Value), []byte(tok)) != 1 {
-			writeError(w, http.StatusForbidden, "csrf", "missing or wrong CSRF token; reload the page")
+			s.refuse(w, r, http.StatusForbidden, "csrf", "missing or wrong CSRF token; reload the page")
 			return
 		}
 		next.ServeHTTP(w, r)
@@ -177,11 +204,11 @@ func (s *Service) limitJSONBody(next http.Handler) http.Handler {
 			return
 		}
 		if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
-			writeError(w, http.StatusUnsupportedMediaType, "content_type", "send application/json")
+			s.refuse(w, r, http.StatusUnsupportedMediaType, "content_type", "send application/json")
 			return
 		}
 		if r.ContentLength > s.opts.MaxBodyBytes {
-			writeError(w, http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("body over %d bytes", s.opts.MaxBodyBytes))
+			s.refuse(w, r, http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("body over %d bytes", s.opts.MaxBodyBytes))
 			return
 		}
 		r.Body = http.MaxBytesReader(w, r.Body, s.opts.MaxBodyBytes)
@@ -210,7 +237,7 @@ func writeJSON(w http.ResponseWriter, v any) {
 }
 
 // fail maps a service error to a status and a JSON body.
-func fail(w http.ResponseWriter, err error) {
+func (s *Service) fail(w http.ResponseWriter, err error) {
 	var ce *CheckError
 	switch {
 	case errors.As(err, &ce):
@@ -229,7 +256,7 @@ func fail(w http.ResponseWriter, err error) {
 	case errors.Is(err, context.Canceled):
 		// The browser went away; nobody to answer.
 	default:
-		slog.Error("approval page", "err", err)
+		s.opts.Logger.Error("approval page", "err", err)
 		writeError(w, http.StatusInternalServerError, "internal", "internal error; see the server log")
 	}
 }
@@ -290,29 +317,29 @@ func (s *Service) render(w http.ResponseWriter, r *http.Request, name string, d 
 	d.CSRF = csrfToken(w, r)
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	if err := pages.ExecuteTemplate(w, name, d); err != nil {
-		slog.Error("approval page: render", "page", name, "err", err)
+		s.opts.Logger.Error("approval page: render", "page", name, "err", err)
 	}
 }
 
 func (s *Service) pageIndex(w http.ResponseWriter, r *http.Request) {
 	pending, err := s.list(r.Context(), true, pendingShown)
 	if err != nil {
-		fail(w, err)
+		s.fail(w, err)
 		return
 	}
 	total, err := s.PendingCount(r.Context())
 	if err != nil {
-		fail(w, err)
+		s.fail(w, err)
 		return
 	}
 	history, err := s.list(r.Context(), false, 50)
 	if err != nil {
-		fail(w, err)
+		s.fail(w, err)
 		return
 	}
 	keys, err := s.Credentials(r.Context())
 	if err != nil {
-		fail(w, err)
+		s.fail(w, err)
 		return
 	}
 	s.render(w, r, "index.html", pageData{Title: "Approvals", Pending: pending, PendingTotal: total, History: history, Keys: keys})
@@ -326,7 +353,7 @@ func (s *Service) pageRequest(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err != nil {
-		fail(w, err)
+		s.fail(w, err)
 		return
 	}
 	s.render(w, r, "request.html", pageData{Title: req.Tool + " " + req.Code, Request: req})
@@ -383,17 +410,17 @@ func toJSON(r *Request) requestJSON {
 func (s *Service) apiList(w http.ResponseWriter, r *http.Request) {
 	pending, err := s.list(r.Context(), true, pendingShown)
 	if err != nil {
-		fail(w, err)
+		s.fail(w, err)
 		return
 	}
 	total, err := s.PendingCount(r.Context())
 	if err != nil {
-		fail(w, err)
+		s.fail(w, err)
 		return
 	}
 	history, err := s.list(r.Context(), false, 50)
 	if err != nil {
-		fail(w, err)
+		s.fail(w, err)
 		return
 	}
 	out := struct {
@@ -413,7 +440,7 @@ func (s *Service) apiList(w http.ResponseWriter, r *http.Request) {
 func (s *Service) apiGet(w http.ResponseWriter, r *http.Request) {
 	req, err := s.Get(r.Context(), r.PathValue("id"))
 	if err != nil {
-		fail(w, err)
+		s.fail(w, err)
 		return
 	}
 	writeJSON(w, toJSON(req))
@@ -457,7 +484,7 @@ func (s *Service) apiBegin(w http.ResponseWriter, r *http.Request) {
 	}
 	opts, err := s.BeginDecision(r.Context(), r.PathValue("id"), body.Decision)
 	if err != nil {
-		fail(w, err)
+		s.fail(w, err)
 		return
 	}
 	writeJSON(w, opts)
@@ -475,7 +502,7 @@ func (s *Service) apiFinish(w http.ResponseWriter, r *http.Request) {
 	}
 	req, err := s.FinishDecision(r.Context(), r.PathValue("id"), body.Ceremony, body.Credential)
 	if err != nil {
-		fail(w, err)
+		s.fail(w, err)
 		return
 	}
 	writeJSON(w, toJSON(req))
@@ -488,7 +515,7 @@ func (s *Service) apiEnrollBegin(w http.ResponseWriter, r *http.Request) {
 	}
 	opts, err := s.BeginEnrollment(r.Context(), r.PathValue("token"))
 	if err != nil {
-		fail(w, err)
+		s.fail(w, err)
 		return
 	}
 	writeJSON(w, opts)
@@ -501,7 +528,7 @@ func (s *Service) apiEnrollFinish(w http.ResponseWriter, r *http.Request) {
 	}
 	res, err := s.FinishEnrollment(r.Context(), r.PathValue("token"), body.Ceremony, body.Credential)
 	if err != nil {
-		fail(w, err)
+		s.fail(w, err)
 		return
 	}
 	writeJSON(w, res)

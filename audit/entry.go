@@ -7,6 +7,7 @@ const (
 	KindCallAllowed       = "call.allowed"       // policy said low: runs at once
 	KindCallDenied        = "call.denied"        // policy said deny, or failed closed
 	KindCallRejected      = "call.rejected"      // schema or argument validation failed
+	KindCallRateLimited   = "call.rate_limited"  // calls refused over a limit; one entry per agent per minute at most, with the count
 	KindCallExecuted      = "call.executed"      // backend ran and succeeded
 	KindCallFailed        = "call.failed"        // backend ran and failed
 	KindCallInterrupted   = "call.interrupted"   // the server stopped while the backend ran; outcome unknown, never rerun

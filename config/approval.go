@@ -107,6 +107,10 @@ func (c *Config) checkApproval(v *validator) {
 	if pub.Scheme == "http" && !isLoopbackHost(host) {
 		v.fail("approval.public_url", "%s is plain http on a host other than localhost: browsers allow WebAuthn there only over https (set tls_cert_file and tls_key_file, or put an https proxy in front)", a.PublicURL)
 	}
+	if lerr == nil && !isLoopbackHost(lhost) && a.TLSCertFile == "" && !a.InsecureNoTLS {
+		v.fail("approval.listen", "%s is reachable from beyond this machine, but the page has no TLS: set tls_cert_file and tls_key_file "+
+			"(approvers then sign in with their key), or, with an https proxy in front, approval.insecure_no_tls: true", a.Listen)
+	}
 	if pub.Scheme == "http" && a.TLSCertFile != "" {
 		v.fail("approval.public_url", "%s is http, but tls_cert_file makes the page serve https", a.PublicURL)
 	}
@@ -152,6 +156,20 @@ func portOf(u *url.URL) string {
 		return "443"
 	}
 	return "80"
+}
+
+// Remote reports whether the page may be reached from beyond this machine:
+// it listens on other than loopback, or its public_url names another host
+// (a proxy in front). Approvers must then sign in with their key before the
+// page shows anything (approval.Options.RequireSignIn).
+func (a *Approval) Remote() bool {
+	if host, _, err := net.SplitHostPort(a.Listen); err != nil || !isLoopbackHost(host) {
+		return true
+	}
+	if pub, err := url.Parse(a.PublicURL); err == nil && pub.Host != "" && !isLoopbackHost(pub.Hostname()) {
+		return true
+	}
+	return false
 }
 
 func isLoopbackHost(host string) bool {

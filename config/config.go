@@ -95,6 +95,9 @@ type Approval struct {
 	Attestation      string   `mapstructure:"attestation"`
 	AttestationRoots []string `mapstructure:"attestation_roots"`
 	TLSKeyFile       string   `mapstructure:"tls_key_file"` // optional
+	// InsecureNoTLS lets the page listen beyond loopback without TLS, for
+	// an https proxy in front that terminates it. Approvers still sign in.
+	InsecureNoTLS bool `mapstructure:"insecure_no_tls"`
 
 	derived derivedFields // which of the fields above Derive filled in
 }
@@ -174,6 +177,15 @@ type Limits struct {
 	// record keeps only the arguments' SHA-256 and size.
 	MaxArgBytes int `mapstructure:"max_arg_bytes"`
 	MaxArgDepth int `mapstructure:"max_arg_depth"`
+	// PendingPerAgent and PendingTotal cap the approval requests waiting
+	// for a human, of one agent and of all; a call that would raise one
+	// more is refused before the request is created.
+	PendingPerAgent int `mapstructure:"pending_per_agent"`
+	PendingTotal    int `mapstructure:"pending_total"`
+	// CallsPerSecond and CallBurst are each agent's token bucket for tool
+	// calls: a call over it is refused before anything else is done.
+	CallsPerSecond int `mapstructure:"calls_per_second"`
+	CallBurst      int `mapstructure:"call_burst"`
 }
 
 // Tool is the policy and behaviour of one guarded tool.

@@ -253,6 +253,7 @@ var defaults = map[string]any{
 	"approval.tls_cert_file":         "",
 	"approval.attestation":           "none",
 	"approval.tls_key_file":          "",
+	"approval.insecure_no_tls":       false,
 	"deploy.timeout":                 "2m",
 	"deploy.max_output_bytes":        64 << 10,
 	"secrets.dir":                    "",
@@ -261,4 +262,8 @@ var defaults = map[string]any{
 	"audit.sync":                     "full",
 	"limits.max_arg_bytes":           64 << 10,
 	"limits.max_arg_depth":           32,
+	"limits.pending_per_agent":       20,
+	"limits.pending_total":           200,
+	"limits.calls_per_second":        50,
+	"limits.call_burst":              100,
 }

@@ -137,6 +137,8 @@ func TestApprovalContradictionsAreRefused(t *testing.T) {
 			[]string{"approval.rp_id: example.com is not public_url's host localhost", "approval.origins[0]: host localhost is not example.com"}},
 		{"http off loopback", "approval:\n  listen: 0.0.0.0:8710\n  public_url: http://approve.example.com:8710\n",
 			[]string{"approval.public_url: http://approve.example.com:8710 is plain http on a host other than localhost"}},
+		{"remote listen without tls", "approval:\n  listen: 0.0.0.0:8710\n",
+			[]string{"approval.listen: 0.0.0.0:8710 is reachable from beyond this machine, but the page has no TLS"}},
 		{"tls but http", "approval:\n  tls_cert_file: a.crt\n  tls_key_file: a.key\n  public_url: http://localhost:8710\n",
 			[]string{"approval.public_url: http://localhost:8710 is http, but tls_cert_file makes the page serve https"}},
 		{"ip listen without a name", "approval:\n  listen: 192.0.2.7:8710\n",
@@ -237,5 +239,30 @@ func writeFile(t *testing.T, path, data string, mode os.FileMode) {
 	}
 	if err := os.WriteFile(path, []byte(data), mode); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A page reachable beyond loopback needs TLS, or an explicit override for a
+// proxy that terminates it; either way approvers must sign in.
+func TestRemoteApproverPage(t *testing.T) {
+	c, err := Parse([]byte(minimal), "min.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Approval.Remote() {
+		t.Errorf("the default loopback page is remote: %+v", c.Approval)
+	}
+	for _, yaml := range []string{
+		"approval:\n  listen: 0.0.0.0:8710\n  insecure_no_tls: true\n",
+		"approval:\n  listen: 0.0.0.0:443\n  public_url: https://approve.example.com\n  tls_cert_file: a.crt\n  tls_key_file: a.key\n",
+		"approval:\n  listen: 127.0.0.1:8710\n  public_url: https://approve.example.com\n  allowed_hosts: [approve.example.com]\n",
+	} {
+		c, err := Parse([]byte(minimal+yaml), "ok.yaml")
+		if err != nil {
+			t.Fatalf("%s: %v", yaml, err)
+		}
+		if !c.Approval.Remote() {
+			t.Errorf("%s: not remote", yaml)
+		}
 	}
 }

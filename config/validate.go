@@ -176,6 +176,18 @@ func (c *Config) validate() []problem {
 	if c.Limits.MaxArgDepth < 2 || c.Limits.MaxArgDepth > 1000 {
 		v.fail("limits.max_arg_depth", "expected 2 to 1000, got %d", c.Limits.MaxArgDepth)
 	}
+	if c.Limits.PendingPerAgent < 1 || c.Limits.PendingPerAgent > 100000 {
+		v.fail("limits.pending_per_agent", "expected 1 to 100000, got %d", c.Limits.PendingPerAgent)
+	}
+	if c.Limits.PendingTotal < c.Limits.PendingPerAgent || c.Limits.PendingTotal > 1000000 {
+		v.fail("limits.pending_total", "expected pending_per_agent (%d) to 1000000, got %d", c.Limits.PendingPerAgent, c.Limits.PendingTotal)
+	}
+	if c.Limits.CallsPerSecond < 1 || c.Limits.CallsPerSecond > 1000000 {
+		v.fail("limits.calls_per_second", "expected 1 to 1000000, got %d", c.Limits.CallsPerSecond)
+	}
+	if c.Limits.CallBurst < 1 || c.Limits.CallBurst > 1000000 {
+		v.fail("limits.call_burst", "expected 1 to 1000000, got %d", c.Limits.CallBurst)
+	}
 
 	c.validateUpstreams(&v)
 	c.validateNotify(&v)

@@ -96,6 +96,12 @@ func (g *Guard) Raise(ctx context.Context, b Backchannel) (*approval.Request, er
 			return nil, err
 		}
 	}
+	// Over a pending cap: refused, and tallied into call.rate_limited
+	// rather than a call.denied each, so a flood stays a bounded record.
+	ctx, err = g.reservePending(ctx, b.Agent, b.Tool)
+	if err != nil {
+		return nil, &Refusal{Reason: err.Error()}
+	}
 	timeout := d.Timeout
 	if b.Timeout > 0 && b.Timeout < timeout {
 		timeout = b.Timeout

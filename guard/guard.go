@@ -171,6 +171,9 @@ type Options struct {
 	// Zero means 64 KiB and 32.
 	MaxArgBytes int
 	MaxArgDepth int
+	// Limits cap each agent's call rate and waiting approval requests
+	// (limits.go).
+	Limits Limits
 }
 
 // Defaults of Options.MaxArgBytes and MaxArgDepth.
@@ -188,7 +191,8 @@ type Guard struct {
 	schemaMu sync.Mutex
 	schemas  map[*tools.Spec]*schema
 
-	usage usageBook
+	usage  usageBook
+	limits *limiter
 
 	bg   sync.WaitGroup  // poll-mode executions still running
 	life context.Context // cancelled by Close: poll-mode waits stop then
@@ -228,6 +232,10 @@ func New(opts Options) *Guard {
 	g.life, g.stop = context.WithCancel(context.Background())
 	g.bg.Add(1)
 	go g.markLoop(g.opts.MarkEvery)
+	g.limits = newLimiter(opts.Limits, opts.Approvals, g.record, g.now)
+	if opts.Approvals != nil {
+		g.opts.Approvals = countingApprovals{Approvals: opts.Approvals, l: g.limits}
+	}
 	return g
 }
 
@@ -236,6 +244,7 @@ func New(opts Options) *Guard {
 func (g *Guard) Close() {
 	g.stop()
 	g.bg.Wait()
+	g.limits.close()
 }
 
 // Call is one tool call as a transport hands it over.
@@ -262,6 +271,9 @@ func (g *Guard) Handle(ctx context.Context, c Call) *mcp.CallToolResult {
 		return g.refuseClosing(ctx, c.Agent, c.Tool)
 	}
 	defer g.leave()
+	if res := g.admitCall(ctx, c.Agent, c.Tool); res != nil {
+		return res
+	}
 	entry := audit.Entry{Agent: c.Agent, Tool: c.Tool}
 	spec, ok := g.opts.Catalog.Lookup(c.Tool)
 	if !ok {
@@ -363,6 +375,11 @@ func (g *Guard) Handle(ctx context.Context, c Call) *mcp.CallToolResult {
 		}
 		return res
 	case config.LevelHigh, config.LevelCritical:
+		ctx, res := g.admitRequest(ctx, c.Agent, c.Tool)
+		if res != nil {
+			g.usage.release(counted)
+			return res
+		}
 		return g.countersign(ctx, c, spec, call, canon, conf, d, entry, counted)
 	default:
 		entry.Kind = audit.KindCallDenied

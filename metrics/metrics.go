@@ -22,6 +22,7 @@
 //	countersign_audit_queue_depth                gauge, appends waiting to be committed
 //	countersign_notifications_total{channel,outcome}  channel: webhook, slack, ntfy;
 //	                                             outcome: sent, retry, failed, dropped
+//	countersign_approval_page_refusals_total{check}  approver page: Host, Origin, CSRF, format, rate
 //
 // plus the Go runtime and process collectors. Each [Metrics] has its own
 // registry, never the global default, so two in one process (tests) do not
@@ -71,6 +72,9 @@ type Metrics struct {
 	appendSeconds prometheus.Histogram
 	queue         prometheus.Gauge
 	notified      *prometheus.CounterVec
+
+	pageOnce     sync.Once
+	pageRefusals *prometheus.CounterVec // see ApproverPage
 
 	mu        sync.Mutex
 	requested map[string]time.Time // pending approval requests by id, for their wait time

@@ -192,10 +192,14 @@ func TestCIBAApprovedInTheBrowserAndVerifiedOffline(t *testing.T) {
 		t.Errorf("request page heading %q", h)
 	}
 	display := approvaltest.Text(t, tab, "#display")
-	for _, want := range []string{"EUR 12,500.00", "Globex Logistics", "DE89370400440532013000", "Invoice 2026-117"} {
+	for _, want := range []string{"EUR 12,500.00", "Globex Logistics", "DE89370400440532013000"} {
 		if !strings.Contains(display, want) {
 			t.Errorf("the page does not show %q:\n%s", want, display)
 		}
+	}
+	// The reference is the client's text: quoted apart, not a server line.
+	if quote := approvaltest.Text(t, tab, "#agent-text"); !strings.Contains(quote, "“Invoice 2026-117”") || strings.Contains(display, "Invoice 2026-117") {
+		t.Errorf("the reference is not shown as the agent's quotation:\n%s\n%s", display, quote)
 	}
 	approvaltest.Approve(t, tab, reqURL)
 	approvaltest.WaitText(t, tab, "state", "approved")

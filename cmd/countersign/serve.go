@@ -180,6 +180,8 @@ func assemble(ctx context.Context, c *config.Config, log *slog.Logger) (_ *stack
 		History: s.audit, Marks: store.Marks{DB: s.db},
 		Tools: c.Tools, Logger: log.With("component", "guard"),
 		MaxArgBytes: c.Limits.MaxArgBytes, MaxArgDepth: c.Limits.MaxArgDepth,
+		Limits: guard.Limits{PendingPerAgent: c.Limits.PendingPerAgent, PendingTotal: c.Limits.PendingTotal,
+			CallsPerSecond: float64(c.Limits.CallsPerSecond), CallBurst: c.Limits.CallBurst},
 	})
 	if _, ok := c.Tools["approval_status"]; ok {
 		if err := s.tools.Replace("guard", []*tools.Spec{s.guard.StatusSpec()}); err != nil {
@@ -473,7 +475,7 @@ func drain(g *guard.Guard, timeout time.Duration, log *slog.Logger) {
 // pageHandler is the approver listener: the page, and the operations
 // endpoints.
 func (s *stack) pageHandler() http.Handler {
-	return s.withOps(s.approvals.Handler(), approverHosts(s.cfg.Approval.AllowedHosts))
+	return s.withOps(s.metrics.ApproverPage(s.approvals.Handler()), approverHosts(s.cfg.Approval.AllowedHosts))
 }
 
 // agentHandler is the agent listener of serve --http: MCP, and the
@@ -497,7 +499,8 @@ func approvalOptions(c *config.Config) approval.Options {
 		PublicURL: c.Approval.PublicURL, AllowedHosts: c.Approval.AllowedHosts,
 		Approvers: approvers, PollInterval: c.Approval.PollInterval,
 		EnrollTTL: c.Approval.EnrollTTL, MaxBodyBytes: c.Approval.MaxBodyBytes,
-		Attestation: c.Approval.Attestation,
+		Attestation:   c.Approval.Attestation,
+		RequireSignIn: c.Approval.Remote(),
 	}
 }
 

@@ -220,3 +220,25 @@ if (req) requestPage(req);
 const pending = document.getElementById("pending");
 if (pending) indexPage(pending);
 if (document.getElementById("enroll")) enrollPage();
+
+// Sign-in page (a page reachable beyond loopback): an assertion over a
+// fresh challenge, naming no credential; the server answers with a session.
+function signinPage() {
+  const button = document.getElementById("signin-key");
+  button.addEventListener("click", async () => {
+    button.disabled = true;
+    setOutcome("Touch your security key…", "");
+    try {
+      const begin = await post("/api/signin/begin", {});
+      const publicKey = PublicKeyCredential.parseRequestOptionsFromJSON(begin.publicKey);
+      const cred = await navigator.credentials.get({ publicKey });
+      await post("/api/signin/finish", { ceremony: begin.ceremony, credential: cred.toJSON() });
+      location.href = "/";
+    } catch (e) {
+      button.disabled = false;
+      setOutcome("Not signed in: " + e.message, "bad");
+    }
+  });
+}
+
+if (document.getElementById("signin")) signinPage();

@@ -1,0 +1,310 @@
+package guard
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"golang.org/x/time/rate"
+
+	"github.com/countersign/countersign/approval"
+	"github.com/countersign/countersign/audit"
+	"github.com/mark3labs/mcp-go/mcp"
+)
+
+// Limits bound what one agent can make Countersign do, whatever the
+// policy says (config limits:). Zero fields get the defaults below.
+type Limits struct {
+	// PendingPerAgent and PendingTotal cap the approval requests waiting
+	// for a human: of one agent, and of all agents. A call that would
+	// raise one more is refused before the request is created.
+	PendingPerAgent int
+	PendingTotal    int
+	// CallsPerSecond and CallBurst are each agent's token bucket for tool
+	// calls; a call over it is refused before anything else.
+	CallsPerSecond float64
+	CallBurst      int
+}
+
+// Defaults of Limits.
+const (
+	DefaultPendingPerAgent = 20
+	DefaultPendingTotal    = 200
+	DefaultCallsPerSecond  = 50
+	DefaultCallBurst       = 100
+)
+
+// rateLimitedEvery is how often, at most, a call.rate_limited entry is
+// written for one agent: a flood of refused calls grows the log by one
+// bounded entry a minute, carrying how many calls it stands for.
+const rateLimitedEvery = time.Minute
+
+// PendingCounter counts waiting approval requests; *approval.Service
+// satisfies it. Approvals that do not (test doubles) get no pending caps.
+type PendingCounter interface {
+	PendingFor(ctx context.Context, agent string) (int, error)
+	PendingCount(ctx context.Context) (int, error)
+}
+
+// limiter keeps the per-agent buckets, the requests being raised, and the
+// tally of refusals not yet in the log.
+type limiter struct {
+	opts    Limits
+	counter PendingCounter // nil: no pending caps
+	rec     func(context.Context, audit.Entry) bool
+	now     func() time.Time
+
+	mu       sync.Mutex
+	buckets  map[string]*rate.Limiter
+	raising  map[string]int // passed the pending check, request not yet created
+	raisingN int
+	tallies  map[string]*tally
+	closed   bool
+}
+
+// tally is one agent's refusals since its last call.rate_limited entry.
+type tally struct {
+	last    time.Time // when the last entry was written
+	count   int       // refusals since, not yet recorded
+	tool    string    // of the latest refusal
+	limit   string    // the limit the latest refusal passed
+	flusher *time.Timer
+}
+
+func newLimiter(opts Limits, approvals Approvals, rec func(context.Context, audit.Entry) bool, now func() time.Time) *limiter {
+	if opts.PendingPerAgent <= 0 {
+		opts.PendingPerAgent = DefaultPendingPerAgent
+	}
+	if opts.PendingTotal <= 0 {
+		opts.PendingTotal = DefaultPendingTotal
+	}
+	if opts.CallsPerSecond <= 0 {
+		opts.CallsPerSecond = DefaultCallsPerSecond
+	}
+	if opts.CallBurst <= 0 {
+		opts.CallBurst = DefaultCallBurst
+	}
+	l := &limiter{opts: opts, rec: rec, now: now,
+		buckets: map[string]*rate.Limiter{}, raising: map[string]int{}, tallies: map[string]*tally{}}
+	l.counter, _ = approvals.(PendingCounter)
+	return l
+}
+
+// admitCall takes a token from the agent's bucket; over it, the call is
+// refused (and tallied) before anything else is done.
+func (g *Guard) admitCall(ctx context.Context, agent, tool string) *mcp.CallToolResult {
+	l := g.limits
+	l.mu.Lock()
+	b, ok := l.buckets[agent]
+	if !ok {
+		if len(l.buckets) >= 4096 {
+			// Agents are configured or "unknown", so this is rare: forget
+			// the buckets that have refilled.
+			for k, v := range l.buckets {
+				if v.TokensAt(l.now()) >= float64(l.opts.CallBurst) {
+					delete(l.buckets, k)
+				}
+			}
+		}
+		b = rate.NewLimiter(rate.Limit(l.opts.CallsPerSecond), l.opts.CallBurst)
+		l.buckets[agent] = b
+	}
+	allowed := b.AllowN(l.now(), 1)
+	l.mu.Unlock()
+	if allowed {
+		return nil
+	}
+	limit := fmt.Sprintf("limits.calls_per_second (%g, burst %d)", l.opts.CallsPerSecond, l.opts.CallBurst)
+	l.refused(ctx, agent, tool, limit)
+	return toolError("refused: over %s for agent %s; slow down and retry", limit, agent)
+}
+
+// reservationKey carries a pending-cap reservation from admitRequest to the
+// Create it allows (countingApprovals.Create).
+type reservationKey struct{}
+
+// admitRequest checks the pending caps before a call raises an approval
+// request. On success it returns ctx carrying a reservation that counts as
+// one pending request of agent until Create has stored the request, so
+// calls made in parallel cannot all pass the check.
+func (g *Guard) admitRequest(ctx context.Context, agent, tool string) (context.Context, *mcp.CallToolResult) {
+	ctx, err := g.reservePending(ctx, agent, tool)
+	var le *limitError
+	switch {
+	case errors.As(err, &le):
+		return ctx, toolError("refused: %v", le)
+	case err != nil:
+		return ctx, toolError("refused: cannot count the approval requests waiting (%v); try again", err)
+	}
+	return ctx, nil
+}
+
+// reservePending is admitRequest for callers that want an error (Raise):
+// a *limitError, already tallied for call.rate_limited, or a failure to
+// count.
+func (g *Guard) reservePending(ctx context.Context, agent, tool string) (context.Context, error) {
+	l := g.limits
+	if l.counter == nil {
+		return ctx, nil
+	}
+	if err := l.reserve(ctx, agent); err != nil {
+		var le *limitError
+		if !errors.As(err, &le) {
+			g.log.Error("cannot count pending approval requests", "agent", agent, "err", err)
+			return ctx, err
+		}
+		l.refused(ctx, agent, tool, le.limit)
+		return ctx, le
+	}
+	return context.WithValue(ctx, reservationKey{}, agent), nil
+}
+
+// limitError is a pending cap that refused a request.
+type limitError struct {
+	limit, msg string
+}
+
+func (e *limitError) Error() string { return e.msg }
+
+// reserve counts agent's waiting requests (stored, and being raised) and
+// takes a slot, or says which cap refused it.
+func (l *limiter) reserve(ctx context.Context, agent string) error {
+	// Count outside the lock (a database read); the reservations taken
+	// meanwhile are added under it.
+	mine, err := l.counter.PendingFor(ctx, agent)
+	if err != nil {
+		return err
+	}
+	all, err := l.counter.PendingCount(ctx)
+	if err != nil {
+		return err
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if n := mine + l.raising[agent]; n >= l.opts.PendingPerAgent {
+		lim := fmt.Sprintf("limits.pending_per_agent (%d)", l.opts.PendingPerAgent)
+		return &limitError{limit: lim, msg: fmt.Sprintf("agent %s already has %d approval requests waiting for a human, the most %s allows; "+
+			"wait for them to be decided or to expire", agent, n, lim)}
+	}
+	if n := all + l.raisingN; n >= l.opts.PendingTotal {
+		lim := fmt.Sprintf("limits.pending_total (%d)", l.opts.PendingTotal)
+		return &limitError{limit: lim, msg: fmt.Sprintf("%d approval requests are waiting for a human, the most %s allows; try again later", n, lim)}
+	}
+	l.raising[agent]++
+	l.raisingN++
+	return nil
+}
+
+func (l *limiter) unreserve(agent string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.raising[agent] > 0 {
+		l.raising[agent]--
+		l.raisingN--
+	}
+	if l.raising[agent] == 0 {
+		delete(l.raising, agent)
+	}
+}
+
+// countingApprovals is the Approvals the guard uses: its Create gives back
+// the reservation admitRequest took once the request is stored (or failed).
+// A Create without one (a backchannel request, Guard.Raise) checks the caps
+// itself and fails with the limit's error.
+type countingApprovals struct {
+	Approvals
+	l *limiter
+}
+
+func (a countingApprovals) Create(ctx context.Context, r approval.NewRequest) (*approval.Request, error) {
+	agent, ok := ctx.Value(reservationKey{}).(string)
+	if !ok && a.l.counter != nil {
+		if err := a.l.reserve(ctx, r.Agent); err != nil {
+			return nil, err
+		}
+		agent = r.Agent
+	}
+	if ok || a.l.counter != nil {
+		defer a.l.unreserve(agent)
+	}
+	return a.Approvals.Create(ctx, r)
+}
+
+// refused tallies one refusal and writes call.rate_limited when the
+// agent's last one is a minute old; otherwise a timer writes the tally
+// when the minute is up, so a flood that stops is still recorded.
+func (l *limiter) refused(ctx context.Context, agent, tool, limit string) {
+	l.mu.Lock()
+	t, ok := l.tallies[agent]
+	if !ok {
+		t = &tally{}
+		l.tallies[agent] = t
+	}
+	t.count++
+	t.tool, t.limit = boundName(tool), limit
+	now := l.now()
+	if !t.last.IsZero() && now.Sub(t.last) < rateLimitedEvery {
+		if t.flusher == nil && !l.closed {
+			t.flusher = time.AfterFunc(rateLimitedEvery-now.Sub(t.last), func() { l.flush(agent) })
+		}
+		l.mu.Unlock()
+		return
+	}
+	e := l.takeEntry(agent, t, now)
+	l.mu.Unlock()
+	l.rec(context.WithoutCancel(ctx), e)
+}
+
+// takeEntry forms the entry for t's refusals and resets it; l.mu is held.
+func (l *limiter) takeEntry(agent string, t *tally, now time.Time) audit.Entry {
+	calls := "calls"
+	if t.count == 1 {
+		calls = "call"
+	}
+	e := audit.Entry{Kind: audit.KindCallRateLimited, Agent: agent, Tool: t.tool,
+		Reason: fmt.Sprintf("%d %s refused over limits since the previous call.rate_limited entry; the last: %s", t.count, calls, t.limit)}
+	t.count, t.last = 0, now
+	if t.flusher != nil {
+		t.flusher.Stop()
+		t.flusher = nil
+	}
+	return e
+}
+
+// flush records agent's tally if it has refusals not yet recorded.
+func (l *limiter) flush(agent string) {
+	l.mu.Lock()
+	t, ok := l.tallies[agent]
+	if !ok || t.count == 0 {
+		if ok {
+			t.flusher = nil
+		}
+		l.mu.Unlock()
+		return
+	}
+	e := l.takeEntry(agent, t, l.now())
+	l.mu.Unlock()
+	l.rec(context.Background(), e)
+}
+
+// close stops the timers and records every tally not yet recorded.
+func (l *limiter) close() {
+	l.mu.Lock()
+	l.closed = true
+	var agents []string
+	for a, t := range l.tallies {
+		if t.flusher != nil {
+			t.flusher.Stop()
+			t.flusher = nil
+		}
+		if t.count > 0 {
+			agents = append(agents, a)
+		}
+	}
+	l.mu.Unlock()
+	for _, a := range agents {
+		l.flush(a)
+	}
+}
