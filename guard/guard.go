@@ -254,6 +254,9 @@ type Call struct {
 	// Args are the JSON arguments as the transport decoded them: nil or a
 	// JSON object.
 	Args any
+	// Raw, when the transport kept it, is the arguments' JSON as sent:
+	// numbers a float64 cannot hold exactly are refused, not changed.
+	Raw json.RawMessage
 	// Waiting, when set, keeps the caller informed while its call waits
 	// for a human (progress, log messages, elicitation); the function it
 	// returns is called when the wait ends.
@@ -297,6 +300,14 @@ func (g *Guard) Handle(ctx context.Context, c Call) *mcp.CallToolResult {
 	case n > g.opts.MaxArgBytes:
 		return g.rejectArgs(ctx, entry, args, fmt.Sprintf("arguments larger than %d bytes", g.opts.MaxArgBytes),
 			"invalid arguments: larger than %d bytes", g.opts.MaxArgBytes)
+	}
+	if path, n := inexact(c.Raw); n != "" {
+		field := path
+		if field == "" {
+			field = "arguments"
+		}
+		return g.rejectArgs(ctx, entry, args, fmt.Sprintf("invalid arguments: %.64s: the number %.40s cannot be held exactly; send fewer digits", field, n),
+			"invalid arguments: %.64s: the number %.40s cannot be held exactly (it would be approved and acted on as a different value); send fewer digits", field, n)
 	}
 	sch, err := g.schema(spec)
 	if err == nil {

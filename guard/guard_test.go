@@ -556,8 +556,8 @@ func TestOversizedOrDeepArgumentsAreRefusedFirstAndNotKept(t *testing.T) {
 	}
 }
 
-// A flood of refused calls, each carrying 60 KiB of junk, grows the real
-// signed log by a bounded record per call, not by the junk.
+// A flood of 10,000 refused calls, each carrying 4 KiB of junk, grows the
+// real signed log by a bounded record per call, not by the junk.
 func TestRefusedFloodGrowsTheLogByABoundedAmount(t *testing.T) {
 	dir := t.TempDir()
 	db, err := store.Open(context.Background(), filepath.Join(dir, store.FileName))
@@ -576,8 +576,8 @@ func TestRefusedFloodGrowsTheLogByABoundedAmount(t *testing.T) {
 	defer log.Close()
 	f := newFixture(t, config.LevelLow)
 	g := New(Options{Catalog: f.cat, Policy: f.policy, Audit: log, Approvals: f.humans})
-	const calls = 500
-	junk := strings.Repeat("J", 60<<10)
+	const calls = 10000
+	junk := strings.Repeat("J", 4<<10)
 	var wg sync.WaitGroup
 	for i := range calls {
 		wg.Add(1)
@@ -594,7 +594,7 @@ func TestRefusedFloodGrowsTheLogByABoundedAmount(t *testing.T) {
 	if per := bytes / calls; per > 1024 {
 		t.Errorf("%d refused calls grew the log by %d bytes, %d per call; want at most 1 KiB each", calls, bytes, per)
 	}
-	t.Logf("%d refused calls of 60 KiB each: %d bytes of log entries", calls, bytes)
+	t.Logf("%d refused calls of 4 KiB each: %d bytes of log entries", calls, bytes)
 }
 
 // The shipped policy, compiled for real, against a transfer-like tool.
@@ -690,6 +690,34 @@ func TestUsageIsRestoredFromTheLog(t *testing.T) {
 	for _, k := range authz.UsageKeys {
 		if _, ok := u[k]; !ok {
 			t.Errorf("usage lacks %s", k)
+		}
+	}
+}
+
+func TestNumbersADoubleCannotHoldAreRefusedNotChanged(t *testing.T) {
+	for _, tc := range []struct {
+		raw  string
+		want string // "" = accepted
+	}{
+		{`{"amount":12.5}`, ""},
+		{`{"amount":1e2}`, ""},
+		{`{"amount":9007199254740992}`, ""}, // 2^53 is exact
+		{`{"amount":12345678901234567890}`, "amount: the number 12345678901234567890 cannot be held exactly"},
+		{`{"amount":9007199254740993}`, "amount: the number 9007199254740993 cannot be held exactly"},
+		{`{"amount":0.1000000000000000055511151231257827}`, "cannot be held exactly"},
+		{`{"amount":1,"to":"x","n":[1,{"deep":123456789012345678901234567890}]}`, "n[1].deep: the number"},
+	} {
+		f := newFixture(t, config.LevelLow)
+		var args map[string]any
+		json.Unmarshal([]byte(tc.raw), &args)
+		res := f.g.Handle(context.Background(), Call{Tool: "pay", Args: args, Raw: json.RawMessage(tc.raw)})
+		switch {
+		case tc.want == "" && res.IsError && !strings.Contains(text(res), "additional") && !strings.Contains(text(res), "unknown argument"):
+			t.Errorf("%s refused: %s", tc.raw, text(res))
+		case tc.want != "" && (!res.IsError || !strings.Contains(text(res), tc.want)):
+			t.Errorf("%s: %q, want it refused with %q", tc.raw, text(res), tc.want)
+		case tc.want != "" && f.tool.count() != 0:
+			t.Errorf("%s ran", tc.raw)
 		}
 	}
 }

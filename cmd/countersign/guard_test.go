@@ -460,3 +460,40 @@ func TestUsageSurvivesARestart(t *testing.T) {
 	go cs2.CallTool(ctx, &sdk.CallToolParams{Name: "transfer", Arguments: transferArgs(9999)})
 	waitFor(t, func() bool { return len(entries(t, s2, audit.KindApprovalRequested)) == 1 })
 }
+
+// A number the agent sends that a double cannot hold is refused through
+// the real transport, never approved or paid as another value.
+func TestInexactNumbersAreRefusedOverTheWire(t *testing.T) {
+	s, base := startHTTP(t, testConfig(t, nil))
+	cs := connect(t, &sdk.StreamableClientTransport{Endpoint: base + "/mcp", MaxRetries: -1}, protocolVersions[0], nil)
+	res, err := cs.CallTool(context.Background(), &sdk.CallToolParams{Name: "transfer",
+		Arguments: json.RawMessage(`{"from":"operating","to":"Acme Supplies","amount":12345678901234567890,"currency":"USD"}`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.IsError || !strings.Contains(resultText(res), "amount: the number 12345678901234567890 cannot be held exactly") {
+		t.Fatalf("result %q", resultText(res))
+	}
+	if n := len(entries(t, s, audit.KindApprovalRequested)) + len(entries(t, s, audit.KindCallExecuted)); n != 0 {
+		t.Errorf("%d requests or executions for a refused amount", n)
+	}
+	// Oversized and over-deep arguments are refused the same way.
+	deep := strings.Repeat(`{"x":`, 40) + "1" + strings.Repeat("}", 40)
+	for _, raw := range []string{
+		`{"account":"` + strings.Repeat("a", 70<<10) + `"}`,
+		`{"account":` + deep + `}`,
+	} {
+		res, err := cs.CallTool(context.Background(), &sdk.CallToolParams{Name: "get_balance", Arguments: json.RawMessage(raw)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !res.IsError || !strings.Contains(resultText(res), "invalid arguments: ") {
+			t.Errorf("%.40s...: %q", raw, resultText(res))
+		}
+	}
+	for _, e := range entries(t, s, audit.KindCallRejected) {
+		if len(e.Args) != 0 {
+			t.Errorf("a refused call kept %d bytes of arguments", len(e.Args))
+		}
+	}
+}

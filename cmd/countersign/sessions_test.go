@@ -104,6 +104,9 @@ func TestSessionsAreIssuedBoundToTheirAgentAndEndForReal(t *testing.T) {
 	if resp, _ := rawMCP(t, http.MethodDelete, url, tokens["alpha"], cs.ID(), ""); resp.StatusCode != http.StatusOK {
 		t.Fatalf("DELETE of the client's session: %d", resp.StatusCode)
 	}
+	if _, err := cs.CallTool(context.Background(), &sdk.CallToolParams{Name: "get_balance"}); err == nil {
+		t.Error("the go-sdk client's deleted session still served a call")
+	}
 	for {
 		r, err := s.approvals.Get(context.Background(), id)
 		if err == nil && r.State == "cancelled" {
