@@ -211,6 +211,12 @@ func countersignEnv(dir, page string) []string {
 		"COUNTERSIGN_SERVER_LOG_LEVEL=warn",
 		"COUNTERSIGN_APPROVAL_LISTEN="+page,
 		"COUNTERSIGN_APPROVAL_PUBLIC_URL=http://localhost:"+port,
+		// The per-agent caps protect against a runaway agent; here one
+		// agent is the load on purpose.
+		"COUNTERSIGN_LIMITS_CALLS_PER_SECOND=1000000",
+		"COUNTERSIGN_LIMITS_CALL_BURST=1000000",
+		"COUNTERSIGN_LIMITS_PENDING_PER_AGENT=100000",
+		"COUNTERSIGN_LIMITS_PENDING_TOTAL=100000",
 	)
 }
 
