@@ -33,15 +33,24 @@ type Page struct {
 
 // NewPage returns a page client for the listener at addr, speaking as
 // origin.
-func NewPage(addr, origin string) *Page {
+func NewPage(addr, origin string) *Page { return NewPageFrom(addr, origin, nil) }
+
+// NewPageFrom is NewPage connecting from the local address from (nil: any),
+// so that a load test can be many visitors at once (127.0.0.2, 127.0.0.3,
+// ...) as the page's per-address limits see them.
+func NewPageFrom(addr, origin string, from net.IP) *Page {
 	tok := make([]byte, 32)
 	rand.Read(tok)
+	dialer := &net.Dialer{}
+	if from != nil {
+		dialer.LocalAddr = &net.TCPAddr{IP: from}
+	}
 	return &Page{
 		Addr: addr, Origin: origin, csrf: base64.RawURLEncoding.EncodeToString(tok),
 		client: &http.Client{
 			Timeout: 30 * time.Second,
 			Transport: &http.Transport{DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
-				return (&net.Dialer{}).DialContext(ctx, network, addr)
+				return dialer.DialContext(ctx, network, addr)
 			}},
 		},
 	}

@@ -256,6 +256,12 @@ func approvalLatency(ctx context.Context, r *report, work, bin string, n int) er
 	if err := pg.Enroll(strings.TrimSpace(string(link)), key); err != nil {
 		return err
 	}
+	// The page limits taps per client address; spread the approver's taps
+	// over loopback addresses so the limit is not what is measured.
+	var taps []*approvaltest.Page
+	for i := range 64 {
+		taps = append(taps, approvaltest.NewPageFrom(page, origin, net.IPv4(127, 0, 1, byte(i+1))))
+	}
 	d := make([]time.Duration, 0, n)
 	for i := range n {
 		// A payee the ledger does not know: each call needs a human, and
@@ -284,7 +290,7 @@ func approvalLatency(ctx context.Context, r *report, work, bin string, n int) er
 			return errors.New("no request appeared on the page")
 		}
 		tap := time.Now()
-		if _, err := pg.Decide(id, "approve", key); err != nil {
+		if _, err := taps[i%len(taps)].Decide(id, "approve", key); err != nil {
 			return err
 		}
 		if err := <-done; err != nil {
