@@ -64,3 +64,31 @@ func TestOnlyAttestedKeysEnrollAndTheExportProvesIt(t *testing.T) {
 		t.Errorf("verify with another maker's root: %v\n%s", err, out)
 	}
 }
+
+// A key enrolled with no attestation (a server without roots, or one whose
+// operator enrolled a software key behind the auditor's back) is refused
+// by an auditor who verifies with the roots.
+func TestVerifyWithRootsRefusesAKeyEnrolledWithoutAttestation(t *testing.T) {
+	maker := approvaltest.NewMaker(t, "Yubi Test")
+	dir := t.TempDir()
+	root := maker.RootPEM(t, dir)
+	p := startProduct(t, nil)
+	u, _ := url.Parse(p.page)
+	link, err := p.approvals.CreateEnrollment(context.Background(), "alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := approvaltest.NewPage("127.0.0.1:"+u.Port(), p.page).Enroll(link, approvaltest.NewSoftKey(t, "localhost", p.page)); err != nil {
+		t.Fatal(err)
+	}
+	p.stop()
+	export := filepath.Join(dir, "audit.jsonl")
+	runCLI(t, p.cfg, "audit", "export", "--out", export)
+	keyFile := filepath.Join(dir, "server.pub")
+	os.WriteFile(keyFile, []byte(runCLI(t, p.cfg, "audit", "pubkey")), 0o600)
+	runCLI(t, p.cfg, "audit", "verify", export, "--key", keyFile) // without roots, it verifies
+	out, err := cliCommand(p.cfg, "audit", "verify", export, "--key", keyFile, "--attestation-roots", root).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "made no attestation a root can vouch for") {
+		t.Errorf("verify with roots over a key enrolled without attestation: %v\n%s", err, out)
+	}
+}
