@@ -8,12 +8,16 @@ import (
 	"strconv"
 )
 
-// inexact names the first number in raw JSON arguments that a float64 —
-// the form every step after the transport works with — cannot hold
-// exactly, such as 12345678901234567890 or 0.1000000000000000055511151231257827,
-// or "" when there is none. Such a number would be hashed, approved and
-// acted on as a different value from the one the agent sent, so the call is
-// refused instead of silently changed.
+// inexact names the first number in raw JSON arguments that does not
+// survive canonicalisation: the float64 every step after the transport
+// works with, written back in its shortest form (as RFC 8785 and the tools
+// write it), is a different decimal from the one the agent sent, such as
+// 12345678901234567890 (which comes back as 12345678901234567000) or
+// 0.1000000000000000055511151231257827 (which comes back as 0.1). It
+// returns "" when there is none. Such a number would be hashed, approved
+// and acted on as a different value from the one the agent sent, so the
+// call is refused instead of silently changed. 0.01 survives: its shortest
+// form is 0.01.
 func inexact(raw json.RawMessage) (path, number string) {
 	if len(raw) == 0 {
 		return "", ""
@@ -53,7 +57,8 @@ func walkNumbers(v any, path string) (string, string) {
 	return "", ""
 }
 
-// exactInFloat64 reports whether the decimal s is exactly a float64.
+// exactInFloat64 reports whether the decimal s comes back as the same
+// value from a float64 written in its shortest form.
 func exactInFloat64(s string) bool {
 	f, err := strconv.ParseFloat(s, 64)
 	if err != nil {
@@ -63,9 +68,6 @@ func exactInFloat64(s string) bool {
 	if !ok {
 		return false
 	}
-	got := new(big.Rat)
-	if got.SetFloat64(f) == nil {
-		return false
-	}
-	return got.Cmp(want) == 0
+	got, ok := new(big.Rat).SetString(strconv.FormatFloat(f, 'g', -1, 64))
+	return ok && got.Cmp(want) == 0
 }

@@ -700,6 +700,8 @@ func TestNumbersADoubleCannotHoldAreRefusedNotChanged(t *testing.T) {
 		want string // "" = accepted
 	}{
 		{`{"amount":12.5}`, ""},
+		{`{"amount":0.01}`, ""}, // not a binary fraction, but it comes back as 0.01
+		{`{"amount":19.99}`, ""},
 		{`{"amount":1e2}`, ""},
 		{`{"amount":9007199254740992}`, ""}, // 2^53 is exact
 		{`{"amount":12345678901234567890}`, "amount: the number 12345678901234567890 cannot be held exactly"},

@@ -109,6 +109,10 @@ func (r *run) configure() error {
 	c.Deploy.Command[0] = filepath.Join(r.o.Root, c.Deploy.Command[0])
 	c.Secrets.Dir = filepath.Join(r.o.Root, c.Secrets.Dir)
 	c.Audit.CheckpointEvery = 2 * time.Second
+	// Every session is the same anonymous agent, and the load is on
+	// purpose: lift the per-agent caps a runaway agent would meet.
+	c.Limits.CallsPerSecond, c.Limits.CallBurst = 1_000_000, 1_000_000
+	c.Limits.PendingPerAgent, c.Limits.PendingTotal = 100_000, 100_000
 	// Payments wait in poll mode, production deploys in block mode: a kill
 	// finds both kinds waiting.
 	t := c.Tools["transfer"]
