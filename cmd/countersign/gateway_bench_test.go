@@ -22,6 +22,8 @@ func BenchmarkUpstreamCall(b *testing.B) {
 	b.Cleanup(up.Close)
 	_, base := startHTTP(b, testConfig(b, func(c *config.Config) {
 		c.Upstreams = []config.Upstream{{Name: "notes", Prefix: "notes__", URL: up.URL, ConnectTimeout: 10 * time.Second}}
+		// One agent is the load on purpose: lift the per-agent rate cap.
+		c.Limits.CallsPerSecond, c.Limits.CallBurst = 1_000_000, 1_000_000
 	}))
 	for _, tc := range []struct{ name, endpoint, tool string }{
 		{"direct", up.URL, "read_note"},
