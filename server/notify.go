@@ -15,7 +15,7 @@ import (
 // waiting keeps the caller of a call that waits for a human informed: a
 // log message with the approval URL, progress heartbeats, and URL
 // elicitation where the client supports it.
-func (s *Server) waiting(req mcp.CallToolRequest, p *progress) func(ctx context.Context, r *approval.Request) func() {
+func (s *Server) waiting(p *progress) func(ctx context.Context, r *approval.Request) func() {
 	return func(ctx context.Context, r *approval.Request) func() {
 		s.tell(ctx, r)
 		stop := s.heartbeat(ctx, p, r)

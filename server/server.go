@@ -135,7 +135,7 @@ func (s *Server) handle(ctx context.Context, req mcp.CallToolRequest) (*mcp.Call
 	}
 	return s.opts.Guard.Handle(ctx, guard.Call{
 		Tool: req.Params.Name, Agent: AgentFrom(ctx), Args: req.Params.Arguments, Raw: req.Params.RawArguments,
-		Waiting: s.waiting(req, p),
+		Waiting: s.waiting(p),
 	}), nil
 }
 
