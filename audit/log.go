@@ -71,8 +71,8 @@ type Log struct {
 	// Used by the single writer only. Stored tree hashes never change once
 	// written, so remembering them is always right; it spares the writer
 	// the O(log n) reads of the tree's frontier on every append.
-	hashes   map[int64]tlog.Hash
-	treeStmt *sql.Stmt // SELECT hash FROM audit_tree WHERE idx = ?, parsed once
+	hashes map[int64]tlog.Hash
+	stmts  *writerStmts
 
 	policy atomic.Pointer[string] // hex SHA-256 of the policy LoadPolicy recorded last
 
@@ -110,7 +110,9 @@ CREATE TABLE IF NOT EXISTS audit_checkpoints (
 	size    INTEGER NOT NULL,
 	note    TEXT NOT NULL,
 	created TEXT NOT NULL
-);`
+);
+-- Every append reads the largest checkpointed size.
+CREATE INDEX IF NOT EXISTS audit_checkpoints_size ON audit_checkpoints (size);`
 
 // Open creates the audit tables if needed and checks the stored log: every
 // entry's hash and link, the signatures of the first entry and of every
@@ -161,8 +163,8 @@ func Open(ctx context.Context, db *sql.DB, key ed25519.PrivateKey, opts Options)
 		return nil, err
 	}
 	l.broken = tamper
-	if l.treeStmt, err = db.PrepareContext(ctx, `SELECT hash FROM audit_tree WHERE idx = ?`); err != nil {
-		return nil, fmt.Errorf("audit: %w", err)
+	if l.stmts, err = prepareWriter(ctx, db); err != nil {
+		return nil, err
 	}
 	go l.writer()
 	if opts.CheckpointEvery > 0 && tamper == nil {
@@ -414,24 +416,29 @@ type querier interface {
 	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
 }
 
+// headQuery reads the chain's end in one statement: the writer runs it on
+// every commit, and each statement costs a parse unless prepared.
+const headQuery = `SELECT
+	COALESCE((SELECT seq FROM audit_entries ORDER BY seq DESC LIMIT 1), 0),
+	COALESCE((SELECT hash FROM audit_entries ORDER BY seq DESC LIMIT 1), ''),
+	(SELECT COALESCE(MAX(idx)+1, 0) FROM audit_tree),
+	(SELECT COALESCE(MAX(size), 0) FROM audit_checkpoints)`
+
 func readHead(ctx context.Context, q querier) (head, error) {
+	return scanHead(q.QueryRowContext(ctx, headQuery))
+}
+
+func scanHead(row *sql.Row) (head, error) {
 	var h head
 	var hashHex string
-	err := q.QueryRowContext(ctx, `SELECT seq, hash FROM audit_entries ORDER BY seq DESC LIMIT 1`).Scan(&h.seq, &hashHex)
-	switch {
-	case errors.Is(err, sql.ErrNoRows):
-	case err != nil:
+	if err := row.Scan(&h.seq, &hashHex, &h.treeSize, &h.cpSize); err != nil {
 		return h, err
-	default:
+	}
+	if h.seq > 0 {
+		var err error
 		if h.hash, err = decodeHash(hashHex); err != nil {
 			return h, &TamperError{h.seq, "stored hash " + err.Error()}
 		}
-	}
-	if err := q.QueryRowContext(ctx, `SELECT COALESCE(MAX(idx)+1, 0) FROM audit_tree`).Scan(&h.treeSize); err != nil {
-		return h, err
-	}
-	if err := q.QueryRowContext(ctx, `SELECT COALESCE(MAX(size), 0) FROM audit_checkpoints`).Scan(&h.cpSize); err != nil {
-		return h, err
 	}
 	return h, nil
 }
@@ -445,7 +452,7 @@ func (l *Log) commitTx(batch []*appendReq) ([]Entry, error) {
 		return nil, fmt.Errorf("audit: append: %w", err)
 	}
 	defer tx.Rollback()
-	h, err := readHead(ctx, tx)
+	h, err := scanHead(tx.StmtContext(ctx, l.stmts.head).QueryRowContext(ctx))
 	if err != nil {
 		return nil, fmt.Errorf("audit: append: %w", err)
 	}
@@ -458,7 +465,7 @@ func (l *Log) commitTx(batch []*appendReq) ([]Entry, error) {
 	if l.hashes == nil || len(l.hashes) > maxCachedHashes {
 		l.hashes = map[int64]tlog.Hash{} // a restart of the cache costs a few reads
 	}
-	reader := &txHashReader{ctx: ctx, tx: tx, fresh: map[int64]tlog.Hash{}, known: l.hashes, shared: l.treeStmt}
+	reader := &txHashReader{ctx: ctx, tx: tx, fresh: map[int64]tlog.Hash{}, known: l.hashes, shared: l.stmts.tree}
 	defer reader.close()
 
 	// Chain first (cheap, sequential); then sign on every core while the
@@ -509,10 +516,10 @@ func (l *Log) commitTx(batch []*appendReq) ([]Entry, error) {
 		e.Sig = encodeSig(sigs[i])
 		entryRows = append(entryRows, e.Seq, e.Hash, r.pre.line(e))
 	}
-	if err := insertRows(ctx, tx, `INSERT INTO audit_entries (seq, hash, body) VALUES `, 3, entryRows); err != nil {
+	if err := l.stmts.entries.exec(ctx, tx, entryRows); err != nil {
 		return nil, fmt.Errorf("audit: append: %w", err)
 	}
-	if err := insertRows(ctx, tx, `INSERT INTO audit_tree (idx, hash) VALUES `, 2, treeRows); err != nil {
+	if err := l.stmts.treeRows.exec(ctx, tx, treeRows); err != nil {
 		return nil, fmt.Errorf("audit: append: %w", err)
 	}
 	if err := tx.Commit(); err != nil {
@@ -522,20 +529,95 @@ func (l *Log) commitTx(batch []*appendReq) ([]Entry, error) {
 	return out, nil
 }
 
-// insertRows inserts rows of width columns with multi-row INSERTs, far
-// cheaper per row than one statement each.
-func insertRows(ctx context.Context, tx *sql.Tx, prefix string, width int, args []any) error {
-	const perStatement = 200
-	tuple := "(?" + strings.Repeat(", ?", width-1) + ")"
+// writerStmts are the writer's statements, parsed once: parsing SQL was
+// a fifth of an append's CPU.
+type writerStmts struct {
+	head     *sql.Stmt // headQuery
+	tree     *sql.Stmt // SELECT hash FROM audit_tree WHERE idx = ?
+	entries  *inserter
+	treeRows *inserter
+}
+
+func prepareWriter(ctx context.Context, db *sql.DB) (*writerStmts, error) {
+	w := &writerStmts{
+		entries:  &inserter{db: db, prefix: `INSERT INTO audit_entries (seq, hash, body) VALUES `, width: 3},
+		treeRows: &inserter{db: db, prefix: `INSERT INTO audit_tree (idx, hash) VALUES `, width: 2},
+	}
+	var err error
+	if w.head, err = db.PrepareContext(ctx, headQuery); err != nil {
+		return nil, fmt.Errorf("audit: %w", err)
+	}
+	if w.tree, err = db.PrepareContext(ctx, `SELECT hash FROM audit_tree WHERE idx = ?`); err != nil {
+		w.head.Close()
+		return nil, fmt.Errorf("audit: %w", err)
+	}
+	return w, nil
+}
+
+func (w *writerStmts) close() {
+	w.head.Close()
+	w.tree.Close()
+	w.entries.close()
+	w.treeRows.close()
+}
+
+// An inserter inserts rows of width columns with multi-row INSERTs, far
+// cheaper per row than one statement each, keeping the statements for
+// the small row counts a commit group usually has.
+type inserter struct {
+	db     *sql.DB
+	prefix string
+	width  int
+	byRows map[int]*sql.Stmt
+}
+
+const (
+	rowsPerInsert  = 200
+	maxCachedWidth = 32 // row counts above this are rare enough to parse each time
+)
+
+func (in *inserter) exec(ctx context.Context, tx *sql.Tx, args []any) error {
 	for len(args) > 0 {
-		n := min(len(args)/width, perStatement)
-		q := prefix + tuple + strings.Repeat(", "+tuple, n-1)
-		if _, err := tx.ExecContext(ctx, q, args[:n*width]...); err != nil {
+		n := min(len(args)/in.width, rowsPerInsert)
+		tuple := "(?" + strings.Repeat(", ?", in.width-1) + ")"
+		q := in.prefix + tuple + strings.Repeat(", "+tuple, n-1)
+		var err error
+		if stmt := in.stmt(ctx, n, q); stmt != nil {
+			_, err = tx.StmtContext(ctx, stmt).ExecContext(ctx, args[:n*in.width]...)
+		} else {
+			_, err = tx.ExecContext(ctx, q, args[:n*in.width]...)
+		}
+		if err != nil {
 			return err
 		}
-		args = args[n*width:]
+		args = args[n*in.width:]
 	}
 	return nil
+}
+
+// stmt returns the prepared statement for n rows, or nil to run q unprepared.
+func (in *inserter) stmt(ctx context.Context, n int, q string) *sql.Stmt {
+	if n > maxCachedWidth {
+		return nil
+	}
+	if st, ok := in.byRows[n]; ok {
+		return st
+	}
+	st, err := in.db.PrepareContext(ctx, q)
+	if err != nil {
+		return nil // the unprepared run reports the error
+	}
+	if in.byRows == nil {
+		in.byRows = map[int]*sql.Stmt{}
+	}
+	in.byRows[n] = st
+	return st
+}
+
+func (in *inserter) close() {
+	for _, st := range in.byRows {
+		st.Close()
+	}
 }
 
 // maxCachedHashes bounds the writer's memory of stored tree hashes.
@@ -676,7 +758,7 @@ func (l *Log) Close() error {
 	l.mu.Unlock()
 	<-l.done
 	<-l.bgDone
-	defer l.treeStmt.Close()
+	defer l.stmts.close()
 	if l.broken != nil {
 		return nil
 	}

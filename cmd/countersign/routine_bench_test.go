@@ -1,0 +1,58 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"runtime"
+	"testing"
+
+	"github.com/countersign/countersign/config"
+	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
+)
+
+// BenchmarkRoutineCall is the in-process twin of csbench's routine-call
+// scenario, there to be profiled: get_balance over Streamable HTTP from
+// one session, and from 16 at once.
+//
+//	go test -run XXX -bench RoutineCall -cpuprofile cpu.out ./cmd/countersign
+func BenchmarkRoutineCall(b *testing.B) {
+	for _, sync := range []string{"full", "normal"} {
+		_, base := startHTTP(b, testConfig(b, func(c *config.Config) {
+			c.Audit.Sync = sync
+			c.Limits.CallsPerSecond, c.Limits.CallBurst = 1_000_000, 1_000_000
+		}))
+		for _, sessions := range []int{1, 16} {
+			b.Run(fmt.Sprintf("sync=%s/sessions=%d", sync, sessions), func(b *testing.B) {
+				clients := make(chan *sdk.ClientSession, sessions)
+				for range sessions {
+					clients <- connect(b, &sdk.StreamableClientTransport{Endpoint: base + "/mcp", MaxRetries: -1}, protocolVersions[0], nil)
+				}
+				params := &sdk.CallToolParams{Name: "get_balance", Arguments: map[string]any{"account": "operating"}}
+				b.ResetTimer()
+				if sessions == 1 {
+					cs := <-clients
+					for b.Loop() {
+						if res, err := cs.CallTool(context.Background(), params); err != nil || res.IsError {
+							b.Fatalf("%v %+v", err, res)
+						}
+					}
+					return
+				}
+				// RunParallel starts parallelism×GOMAXPROCS goroutines;
+				// each takes a session of its own.
+				b.SetParallelism(max(1, sessions/runtime.GOMAXPROCS(0)))
+				b.RunParallel(func(pb *testing.PB) {
+					cs := <-clients
+					defer func() { clients <- cs }()
+					for pb.Next() {
+						res, err := cs.CallTool(context.Background(), params)
+						if err != nil || res.IsError {
+							b.Errorf("%v %+v", err, res)
+							return
+						}
+					}
+				})
+			})
+		}
+	}
+}
