@@ -551,12 +551,29 @@ func prepareWriter(ctx context.Context, db *sql.DB) (*writerStmts, error) {
 		w.head.Close()
 		return nil, fmt.Errorf("audit: %w", err)
 	}
+	// Prepared now, not on first use: the writer holds the write lock
+	// when it needs them, and preparing on the database takes a second
+	// connection.
+	for _, in := range []*inserter{w.entries, w.treeRows} {
+		in.byRows = map[int]*sql.Stmt{}
+		for n := 1; n <= maxCachedWidth; n++ {
+			st, err := db.PrepareContext(ctx, in.query(n))
+			if err != nil {
+				w.close()
+				return nil, fmt.Errorf("audit: %w", err)
+			}
+			in.byRows[n] = st
+		}
+	}
 	return w, nil
 }
 
 func (w *writerStmts) close() {
-	w.head.Close()
-	w.tree.Close()
+	for _, st := range []*sql.Stmt{w.head, w.tree} {
+		if st != nil {
+			st.Close()
+		}
+	}
 	w.entries.close()
 	w.treeRows.close()
 }
@@ -579,13 +596,11 @@ const (
 func (in *inserter) exec(ctx context.Context, tx *sql.Tx, args []any) error {
 	for len(args) > 0 {
 		n := min(len(args)/in.width, rowsPerInsert)
-		tuple := "(?" + strings.Repeat(", ?", in.width-1) + ")"
-		q := in.prefix + tuple + strings.Repeat(", "+tuple, n-1)
 		var err error
-		if stmt := in.stmt(ctx, n, q); stmt != nil {
+		if stmt, ok := in.byRows[n]; ok {
 			_, err = tx.StmtContext(ctx, stmt).ExecContext(ctx, args[:n*in.width]...)
 		} else {
-			_, err = tx.ExecContext(ctx, q, args[:n*in.width]...)
+			_, err = tx.ExecContext(ctx, in.query(n), args[:n*in.width]...)
 		}
 		if err != nil {
 			return err
@@ -595,23 +610,9 @@ func (in *inserter) exec(ctx context.Context, tx *sql.Tx, args []any) error {
 	return nil
 }
 
-// stmt returns the prepared statement for n rows, or nil to run q unprepared.
-func (in *inserter) stmt(ctx context.Context, n int, q string) *sql.Stmt {
-	if n > maxCachedWidth {
-		return nil
-	}
-	if st, ok := in.byRows[n]; ok {
-		return st
-	}
-	st, err := in.db.PrepareContext(ctx, q)
-	if err != nil {
-		return nil // the unprepared run reports the error
-	}
-	if in.byRows == nil {
-		in.byRows = map[int]*sql.Stmt{}
-	}
-	in.byRows[n] = st
-	return st
+func (in *inserter) query(n int) string {
+	tuple := "(?" + strings.Repeat(", ?", in.width-1) + ")"
+	return in.prefix + tuple + strings.Repeat(", "+tuple, n-1)
 }
 
 func (in *inserter) close() {

@@ -11,7 +11,15 @@ import (
 	"os"
 	"path/filepath"
 
-	_ "modernc.org/sqlite" // registers the "sqlite" driver (pure Go, no cgo)
+	"time"
+
+	"modernc.org/sqlite" // pure Go, no cgo
+)
+
+const (
+	// busyTimeout is how long a write waits for another to finish.
+	busyTimeout = 10 * time.Second
+	idleConns   = 32
 )
 
 // FileName is the database file inside the data directory.
@@ -29,7 +37,12 @@ const (
 // Option adjusts how Open opens the database.
 type Option func(*options)
 
-type options struct{ sync string }
+type options struct {
+	sync string
+	// busy is SQLite's own wait for another connection's write lock;
+	// lockWait is this process's wait for one of its own writes.
+	busy, lockWait time.Duration
+}
 
 // WithSync sets the durability of commits: Full or Normal.
 func WithSync(mode string) Option { return func(o *options) { o.sync = mode } }
@@ -39,7 +52,7 @@ func WithSync(mode string) Option { return func(o *options) { o.sync = mode } }
 // instead of failing. Foreign keys are enforced. Commits are synced to disk
 // (Full) unless WithSync says Normal.
 func Open(ctx context.Context, path string, opts ...Option) (*sql.DB, error) {
-	o := options{sync: Full}
+	o := options{sync: Full, busy: busyTimeout, lockWait: busyTimeout}
 	for _, f := range opts {
 		f(&o)
 	}
@@ -57,17 +70,18 @@ func Open(ctx context.Context, path string, opts ...Option) (*sql.DB, error) {
 	q := url.Values{}
 	for _, p := range []string{
 		"journal_mode(WAL)",
-		"busy_timeout(10000)",
+		fmt.Sprintf("busy_timeout(%d)", o.busy.Milliseconds()),
 		"foreign_keys(ON)",
 		"synchronous(" + sync + ")",
 	} {
 		q.Add("_pragma", p)
 	}
 	q.Set("_txlock", "immediate")
-	db, err := sql.Open("sqlite", "file:"+path+"?"+q.Encode())
-	if err != nil {
-		return nil, fmt.Errorf("store: open %s: %w", path, err)
-	}
+	db := sql.OpenDB(&connector{dsn: "file:" + path + "?" + q.Encode(), lock: newWriteLock(o.lockWait), drv: &sqlite.Driver{}})
+	// database/sql keeps two idle connections by default: under a burst
+	// of calls it opened and closed one per query, each open re-running
+	// the pragmas (a sixth of the CPU of a run of transfers).
+	db.SetMaxIdleConns(idleConns)
 	if err := db.PingContext(ctx); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("store: open %s: %w", path, err)

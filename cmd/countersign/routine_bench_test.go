@@ -4,7 +4,10 @@ import (
 	"context"
 	"fmt"
 	"runtime"
+	"slices"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/countersign/countersign/config"
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
@@ -54,5 +57,46 @@ func BenchmarkRoutineCall(b *testing.B) {
 				})
 			})
 		}
+	}
+}
+
+// BenchmarkSmallTransfers is csbench's write scenario in process: small
+// (low) transfers from many sessions at once, each a ledger write and its
+// audit entries. It reports the p99 of one call alongside ns/op.
+//
+//	go test -run XXX -bench SmallTransfers -benchtime 800x ./cmd/countersign
+func BenchmarkSmallTransfers(b *testing.B) {
+	_, base := startHTTP(b, testConfig(b, func(c *config.Config) {
+		c.Limits.CallsPerSecond, c.Limits.CallBurst = 1_000_000, 1_000_000
+	}))
+	const sessions = 200
+	clients := make(chan *sdk.ClientSession, sessions)
+	for range sessions {
+		clients <- connect(b, &sdk.StreamableClientTransport{Endpoint: base + "/mcp", MaxRetries: -1}, protocolVersions[0], nil)
+	}
+	params := &sdk.CallToolParams{Name: "transfer", Arguments: map[string]any{"from": "operating", "to": "Acme Supplies", "amount": 1, "currency": "USD"}}
+	var mu sync.Mutex
+	var took []time.Duration
+	b.SetParallelism(sessions / runtime.GOMAXPROCS(0))
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		cs := <-clients
+		defer func() { clients <- cs }()
+		for pb.Next() {
+			start := time.Now()
+			res, err := cs.CallTool(context.Background(), params)
+			if err != nil || res.IsError {
+				b.Errorf("%v %s", err, resultText(res))
+				return
+			}
+			mu.Lock()
+			took = append(took, time.Since(start))
+			mu.Unlock()
+		}
+	})
+	b.StopTimer()
+	slices.Sort(took)
+	if len(took) > 0 {
+		b.ReportMetric(float64(took[len(took)*99/100].Milliseconds()), "p99-ms")
 	}
 }
