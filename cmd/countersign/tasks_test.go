@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net/http"
 	"os/exec"
 	"strings"
 	"sync"
@@ -92,9 +93,10 @@ func newTaskClient(t *testing.T, tr transport.Interface) *taskClient {
 // stream for notifications.
 func httpTaskClient(t *testing.T, url, agent string) *taskClient {
 	t.Helper()
-	tr, err := transport.NewStreamableHTTP(url,
-		transport.WithHTTPHeaders(map[string]string{"Authorization": "Bearer " + taskAgents[agent]}),
-		transport.WithContinuousListening())
+	// The bearer goes on every request, the session's closing DELETE too
+	// (mcp-go's static headers are not sent with that one).
+	hc := &http.Client{Transport: bearer{taskAgents[agent], http.DefaultTransport}}
+	tr, err := transport.NewStreamableHTTP(url, transport.WithHTTPBasicClient(hc), transport.WithContinuousListening())
 	if err != nil {
 		t.Fatal(err)
 	}
