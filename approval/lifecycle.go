@@ -76,7 +76,7 @@ func (s *Service) migrateWaitMode(ctx context.Context) error {
 //     [ReasonRestarted], recorded: its caller died with the process, and an
 //     approval would run nothing. It can never be approved afterwards.
 //
-// Pending poll-mode requests keep their expiry and approved requests stay
+// Pending poll-mode and task requests keep their expiry and approved requests stay
 // approved; the caller resumes both (see [Service.Unfinished]). Restart
 // returns the ids it cancelled.
 func (s *Service) Restart(ctx context.Context) ([]string, error) {

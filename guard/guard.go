@@ -36,7 +36,9 @@
 //     stored arguments prepared again and required to come out as the
 //     approved bytes; an upstream tool is waited for up to ToolWait, then
 //     the request fails saying so). The agent gets the result from
-//     approval_status with the same auth_req_id. An approved request
+//     approval_status with the same auth_req_id. A task's request (an MCP
+//     task-augmented call, tasks.go) is resumed the same way, and its
+//     agent gets the result from tasks/result. An approved request
 //     nobody claimed runs the same way: nothing of it had started.
 //   - A request whose run was claimed when the process died depends on the
 //     backend. The ledger keeps the call id in the transfer row, written in
