@@ -22,6 +22,11 @@ const (
 	// token endpoint and redeems the approval for a token; no tool runs.
 	// Like poll mode it outlives the process.
 	WaitBackchannel = "backchannel"
+	// WaitTask: an MCP task-augmented tool call. The call returned a task
+	// (its id is the auth_req_id) and the agent's client asks tasks/get
+	// and tasks/result. Otherwise it is poll mode: the server runs the
+	// tool once approved, in whichever process serves by then.
+	WaitTask = "task"
 )
 
 // Reasons a request is cancelled by the server rather than by its caller.
@@ -71,7 +76,7 @@ func (s *Service) migrateWaitMode(ctx context.Context) error {
 //     [ReasonRestarted], recorded: its caller died with the process, and an
 //     approval would run nothing. It can never be approved afterwards.
 //
-// Pending poll-mode requests keep their expiry and approved requests stay
+// Pending poll-mode and task requests keep their expiry and approved requests stay
 // approved; the caller resumes both (see [Service.Unfinished]). Restart
 // returns the ids it cancelled.
 func (s *Service) Restart(ctx context.Context) ([]string, error) {
@@ -158,12 +163,12 @@ type Unfinished struct {
 }
 
 // Unfinished returns, oldest first, the requests a server must see to
-// their end: pending poll-mode requests (run them once approved) and
+// their end: pending poll-mode and task requests (run them once approved) and
 // approved ones, claimed or not (a backchannel one only matters when
 // claimed: otherwise its client redeems it). Call it after Restart.
 func (s *Service) Unfinished(ctx context.Context) ([]Unfinished, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT id FROM approval_requests
-		WHERE state = 'approved' OR (state = 'pending' AND wait_mode = ?) ORDER BY created_at`, WaitPoll)
+		WHERE state = 'approved' OR (state = 'pending' AND wait_mode IN (?, ?)) ORDER BY created_at`, WaitPoll, WaitTask)
 	if err != nil {
 		return nil, fmt.Errorf("approval: unfinished: %w", err)
 	}

@@ -38,7 +38,7 @@ type NewRequest struct {
 	UserVerification string // "required" | "preferred" | "discouraged"; critical is always required
 	Timeout          time.Duration
 	RedactArgs       bool // audit entries keep only args_sha256
-	// Wait is how the call waits: WaitBlock (default) or WaitPoll. It
+	// Wait is how the call waits: WaitBlock (default), WaitPoll or WaitTask. It
 	// decides what a restart does with the request (see Restart).
 	Wait string
 }
@@ -61,7 +61,10 @@ type Request struct {
 	DecidedAt      time.Time
 	Reason         string
 	Result         json.RawMessage
-	Wait           string // WaitBlock | WaitPoll
+	Wait           string // WaitBlock | WaitPoll | WaitBackchannel | WaitTask
+	// Running says an approved request's one run was claimed (it is
+	// executing, or the process running it died).
+	Running bool
 
 	// Shown on the page.
 	Level                string
@@ -153,9 +156,9 @@ func (s *Service) Create(ctx context.Context, r NewRequest) (*Request, error) {
 	switch r.Wait {
 	case "":
 		r.Wait = WaitBlock
-	case WaitBlock, WaitPoll, WaitBackchannel:
+	case WaitBlock, WaitPoll, WaitBackchannel, WaitTask:
 	default:
-		return nil, fmt.Errorf("%w: wait %q (want block or poll)", ErrInvalidRequest, r.Wait)
+		return nil, fmt.Errorf("%w: wait %q (want block, poll, backchannel or task)", ErrInvalidRequest, r.Wait)
 	}
 
 	nonce := make([]byte, 32)
@@ -291,6 +294,7 @@ func (s *Service) scanRow(sc scanner) (*row, error) {
 		r.DecidedAt = time.Unix(0, decided).UTC()
 	}
 	r.URL = s.requestURL(r.ID)
+	r.Running = r.State == StateApproved && r.execClaim > 0
 	// An approval counts only once the log has it.
 	if r.State == StateApproved && r.unlogged {
 		r.State = StatePending
@@ -523,6 +527,7 @@ func (s *Service) BeginExecution(ctx context.Context, id string) error {
 		}
 		return ErrNotApproved
 	}
+	s.notify() // a task's watcher reports the run as started
 	return nil
 }
 

@@ -612,3 +612,25 @@ func (c *compiler) checkApprovers(p string, t *tool, ct config.Tool) {
 		}
 	}
 }
+
+// MayCountersign reports whether some call of tool can need a human's
+// countersignature: its level, or a rule's, is high or critical. A tool
+// switched off (deny) never does; its rules are not evaluated.
+func (p *Policy) MayCountersign(tool string, readOnly bool) bool {
+	if p == nil {
+		return false
+	}
+	t, _, ok := p.lookup(tool, readOnly)
+	if !ok || t.base == rankDeny {
+		return false
+	}
+	if t.base == rankHigh || t.base == rankCritical {
+		return true
+	}
+	for _, r := range t.rules {
+		if r.level == rankHigh || r.level == rankCritical {
+			return true
+		}
+	}
+	return false
+}

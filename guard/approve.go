@@ -30,6 +30,10 @@ func (g *Guard) countersign(ctx context.Context, c Call, spec *tools.Spec, call 
 		g.record(ctx, entry)
 		return toolError("approval required (%s): %s; no approval service is running", d.Level, d.Reason)
 	}
+	wait := waitMode(d.Wait)
+	if c.task != nil {
+		wait = approval.WaitTask // the client chose: a task, whatever the policy's wait
+	}
 	// Raising the request completes even if the caller leaves meanwhile:
 	// half a request would sit approvable with nobody waiting. Wait below
 	// sees the caller gone and cancels it, on the record.
@@ -38,7 +42,7 @@ func (g *Guard) countersign(ctx context.Context, c Call, spec *tools.Spec, call 
 		AuthorizationDetails: call.Details, Summary: call.Summary,
 		Level: d.Level, Rule: entry.Rule, Approvers: d.Approvers, Quorum: d.Quorum,
 		UserVerification: d.UserVerification, Timeout: d.Timeout, RedactArgs: conf.RedactArgs,
-		Wait: waitMode(d.Wait),
+		Wait: wait,
 	})
 	if err != nil {
 		g.log.Error("cannot raise approval request", "tool", spec.Def.Name, "err", err)
@@ -50,7 +54,11 @@ func (g *Guard) countersign(ctx context.Context, c Call, spec *tools.Spec, call 
 	g.log.Info("approval required", "tool", spec.Def.Name, "agent", entry.Agent,
 		"level", d.Level, "auth_req_id", r.ID, "code", r.Code, "url", r.URL)
 
-	if d.Wait == authz.WaitPoll {
+	if wait != approval.WaitBlock {
+		// Poll mode and tasks: the server runs the tool once approved.
+		if c.task != nil {
+			c.task(r)
+		}
 		done = true // executeWhenApproved gives the share back if it never runs
 		g.mu.Lock() // Shutdown may be waiting on bg: add under the same lock as closing
 		closing := g.closing

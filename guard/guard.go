@@ -36,7 +36,9 @@
 //     stored arguments prepared again and required to come out as the
 //     approved bytes; an upstream tool is waited for up to ToolWait, then
 //     the request fails saying so). The agent gets the result from
-//     approval_status with the same auth_req_id. An approved request
+//     approval_status with the same auth_req_id. A task's request (an MCP
+//     task-augmented call, tasks.go) is resumed the same way, and its
+//     agent gets the result from tasks/result. An approved request
 //     nobody claimed runs the same way: nothing of it had started.
 //   - A request whose run was claimed when the process died depends on the
 //     backend. The ledger keeps the call id in the transfer row, written in
@@ -104,6 +106,9 @@ type Policy interface {
 	// UsesUsage says a tool's rules read the usage variable; its
 	// decisions then record the usage they saw, for replay.
 	UsesUsage(tool string) bool
+	// MayCountersign says some call of a tool can need a human's
+	// countersignature; such a tool is offered as a task (tasks.go).
+	MayCountersign(tool string, readOnly bool) bool
 }
 
 // Recorder appends to the audit log; *audit.Log satisfies it. An append
@@ -135,6 +140,9 @@ type Approvals interface {
 	BeginExecution(ctx context.Context, id string) error
 	Finish(ctx context.Context, id string, o approval.Outcome) error
 	Poll(ctx context.Context, id, agent string) (*approval.PollStatus, error)
+	Own(ctx context.Context, id, agent, wait string) (*approval.Request, error)
+	ListOwn(ctx context.Context, agent, wait, after string, limit int) ([]*approval.Request, error)
+	Await(ctx context.Context, id string, done func(*approval.Request) bool) (*approval.Request, error)
 	Restart(ctx context.Context) ([]string, error)
 	Unfinished(ctx context.Context) ([]approval.Unfinished, error)
 }
@@ -261,6 +269,10 @@ type Call struct {
 	// for a human (progress, log messages, elicitation); the function it
 	// returns is called when the wait ends.
 	Waiting func(ctx context.Context, r *approval.Request) (done func())
+
+	// task, set by HandleTask, hears of the request a countersigned call
+	// raised as a task.
+	task func(r *approval.Request)
 }
 
 // Handle runs one call through the whole path and returns what the agent

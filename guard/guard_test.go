@@ -32,6 +32,8 @@ type fixedPolicy struct {
 
 func (p *fixedPolicy) UsesUsage(string) bool { return false }
 
+func (p *fixedPolicy) MayCountersign(string, bool) bool { return true }
+
 func (p *fixedPolicy) Decide(in authz.Input) authz.Decision {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -171,6 +173,19 @@ func (h *humans) Cancel(_ context.Context, id, reason string) error {
 func (h *humans) Restart(context.Context) ([]string, error) { return nil, nil }
 
 func (h *humans) Unfinished(context.Context) ([]approval.Unfinished, error) { return nil, nil }
+
+// The task methods: this stand-in raises no tasks.
+func (h *humans) Own(context.Context, string, string, string) (*approval.Request, error) {
+	return nil, approval.ErrNotFound
+}
+
+func (h *humans) ListOwn(context.Context, string, string, string, int) ([]*approval.Request, error) {
+	return nil, nil
+}
+
+func (h *humans) Await(context.Context, string, func(*approval.Request) bool) (*approval.Request, error) {
+	return nil, approval.ErrNotFound
+}
 
 // counter is a tool that counts its runs and keeps the arguments it ran on.
 type counter struct {

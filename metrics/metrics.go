@@ -296,6 +296,7 @@ func (m *Metrics) forgetOld(now time.Time) {
 type Policy interface {
 	Decide(in authz.Input) authz.Decision
 	UsesUsage(tool string) bool
+	MayCountersign(tool string, readOnly bool) bool
 }
 
 // Policy wraps next so that every decision is timed.
@@ -307,6 +308,10 @@ type policy struct {
 }
 
 func (p *policy) UsesUsage(tool string) bool { return p.next.UsesUsage(tool) }
+
+func (p *policy) MayCountersign(tool string, readOnly bool) bool {
+	return p.next.MayCountersign(tool, readOnly)
+}
 
 func (p *policy) Decide(in authz.Input) authz.Decision {
 	start := time.Now()

@@ -48,17 +48,32 @@ type Server struct {
 	callers  sessions
 	sessions *agentSessions // Streamable HTTP session ids and their agents
 
-	syncMu  sync.Mutex
-	offered map[string]*tools.Spec // what the MCP server lists now
+	syncMu   sync.Mutex
+	offered  map[string]*tools.Spec // what the MCP server lists now
+	taskable map[string]bool        // offered tools a client may call as a task
+
+	// MCP tasks (tasks.go).
+	routine    routineTasks
+	life       context.Context // ends with Close: task watchers stop
+	stop       context.CancelFunc
+	watchMu    sync.Mutex
+	watching   map[string]bool // task ids whose status is being reported
+	watchers   sync.WaitGroup
+	stdioMu    sync.Mutex
+	stdioOut   io.Writer // while ServeStdio runs
+	stdioAgent string
 }
 
 // New builds the MCP server and offers every tool in the catalog, now and
 // as it changes.
 func New(opts Options) (*Server, error) {
-	s := &Server{opts: opts, log: opts.Logger, offered: map[string]*tools.Spec{}, sessions: newAgentSessions()}
+	s := &Server{opts: opts, log: opts.Logger, offered: map[string]*tools.Spec{}, taskable: map[string]bool{},
+		sessions: newAgentSessions(), watching: map[string]bool{}}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
+	s.routine.now = time.Now
+	s.life, s.stop = context.WithCancel(context.Background())
 	s.callers.cancels = map[string]map[*context.CancelFunc]struct{}{}
 	hooks := &mcpserver.Hooks{}
 	hooks.AddOnUnregisterSession(func(_ context.Context, cs mcpserver.ClientSession) {
@@ -76,6 +91,9 @@ func New(opts Options) (*Server, error) {
 	})
 	s.mcp = mcpserver.NewMCPServer(opts.Config.Server.Name, opts.Version,
 		mcpserver.WithToolCapabilities(true),
+		// tasks/list, tasks/cancel and task-augmented tools/call; the
+		// methods themselves are answered in tasks.go, not by mcp-go.
+		mcpserver.WithTaskCapabilities(true, true, true),
 		mcpserver.WithLogging(),
 		mcpserver.WithRecovery(),
 		mcpserver.WithHooks(hooks),
@@ -96,10 +114,18 @@ func (s *Server) sync() {
 	specs := s.opts.Catalog.Specs()
 	var add []mcpserver.ServerTool
 	now := make(map[string]*tools.Spec, len(specs))
+	taskable := make(map[string]bool, len(specs))
 	for _, spec := range specs {
 		now[spec.Def.Name] = spec
+		def := spec.Def
+		if s.opts.Guard.MayCountersign(spec) {
+			// A call that may wait for a human may be a task; one
+			// that never waits gains nothing from being one.
+			taskable[def.Name] = true
+			def.Execution = &mcp.ToolExecution{TaskSupport: mcp.TaskSupportOptional}
+		}
 		if s.offered[spec.Def.Name] != spec {
-			add = append(add, mcpserver.ServerTool{Tool: spec.Def, Handler: s.handle})
+			add = append(add, mcpserver.ServerTool{Tool: def, Handler: s.handle})
 		}
 	}
 	var remove []string
@@ -109,7 +135,7 @@ func (s *Server) sync() {
 		}
 	}
 	slices.Sort(remove)
-	s.offered = now
+	s.offered, s.taskable = now, taskable
 	if len(remove) > 0 {
 		s.mcp.DeleteTools(remove...)
 	}
@@ -151,7 +177,27 @@ func (s *Server) ServeStdio(ctx context.Context, in io.Reader, out io.Writer) er
 		agent = "stdio"
 	}
 	stdio.SetContextFunc(func(ctx context.Context) context.Context { return WithAgent(ctx, agent) })
-	return stdio.Listen(ctx, in, out)
+	locked := &lockedWriter{w: out}
+	s.stdioMu.Lock()
+	s.stdioOut, s.stdioAgent = locked, agent
+	s.stdioMu.Unlock()
+	defer func() {
+		s.stdioMu.Lock()
+		s.stdioOut = nil
+		s.stdioMu.Unlock()
+	}()
+	in, stopTasks := s.stdioTasks(ctx, agent, in, locked)
+	defer stopTasks()
+	return stdio.Listen(ctx, in, locked)
+}
+
+// Close stops reporting task status changes. Tasks themselves live on in
+// the approval store.
+func (s *Server) Close() {
+	s.watchMu.Lock()
+	s.stop()
+	s.watchMu.Unlock()
+	s.watchers.Wait()
 }
 
 // HTTPHandler serves Streamable HTTP at /mcp and SSE at /sse and /message,
@@ -181,9 +227,9 @@ func (s *Server) HTTPHandler(baseURL string) (h http.Handler, shutdown func(cont
 		mcpserver.WithKeepAlive(true),
 	)
 	mux := http.NewServeMux()
-	mux.Handle("/mcp", s.sessions.checkSession(streamable, s.callers.cancelAll))
+	mux.Handle("/mcp", s.sessions.checkSession(s.answerTasksHTTP(streamable), s.callers.cancelAll))
 	mux.Handle("/sse", sse.SSEHandler())
-	mux.Handle("/message", sse.MessageHandler())
+	mux.Handle("/message", refuseTasksSSE(sse.MessageHandler()))
 	root := http.NewServeMux()
 	root.Handle("/", authenticate(cfg.Agents, s.log, limitBody(cfg.MaxBodyBytes, mux)))
 	for path, rh := range s.opts.Routes {

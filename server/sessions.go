@@ -77,6 +77,19 @@ func (v agentSessionView) Terminate(id string) (notAllowed bool, err error) {
 	return false, nil
 }
 
+// of returns agent's live session ids.
+func (a *agentSessions) of(agent string) []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var ids []string
+	for id, owner := range a.owner {
+		if owner == agent {
+			ids = append(ids, id)
+		}
+	}
+	return ids
+}
+
 // end forgets a session the transport ended on its own (idle, shutdown).
 func (a *agentSessions) end(id string) {
 	a.mu.Lock()

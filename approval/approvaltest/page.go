@@ -140,6 +140,7 @@ type Request struct {
 	ID        string   `json:"id"`
 	Tool      string   `json:"tool"`
 	State     string   `json:"state"`
+	Code      string   `json:"code"` // the binding code the agent is shown too
 	Reason    string   `json:"reason"`
 	DecidedBy string   `json:"decidedBy"`
 	Approvals []string `json:"approvals"`

@@ -316,6 +316,9 @@ func prepareDataDir(c *config.Config) error {
 // checkpoint), then the database.
 func (s *stack) close() error {
 	var errs []error
+	if s.server != nil {
+		s.server.Close()
+	}
 	if s.guard != nil {
 		s.guard.Close()
 	}
