@@ -215,6 +215,23 @@ func (w *world) waitState(p *process, id, state string) *approval.Request {
 	}
 }
 
+// waitKinds waits for the request's log to read want. A request's state
+// can be final before its entry leaves the approval outbox for the log.
+func (w *world) waitKinds(id string, want ...string) {
+	w.t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		got := w.kinds(id)
+		if slices.Equal(got, want) {
+			return
+		}
+		if len(got) > len(want) || time.Now().After(deadline) {
+			w.t.Fatalf("log of %s: %v, want %v", id, got, want)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 func (w *world) kinds(id string) []string {
 	w.log.mu.Lock()
 	defer w.log.mu.Unlock()
@@ -258,10 +275,7 @@ func TestRestartCancelsBlockModeAndRunsPollModeOnceApproved(t *testing.T) {
 	if err := json.Unmarshal(r.Result, &res); err != nil || res["note"] != "keep me" || res["call_id"] != "request:"+poll {
 		t.Fatalf("result %s (%v)", r.Result, err)
 	}
-	want := []string{audit.KindApprovalRequested, audit.KindApprovalAssertion, audit.KindApprovalApproved, audit.KindCallExecuted}
-	if got := w.kinds(poll); !slices.Equal(got, want) {
-		t.Fatalf("log of the resumed request %v, want %v", got, want)
-	}
+	w.waitKinds(poll, audit.KindApprovalRequested, audit.KindApprovalAssertion, audit.KindApprovalApproved, audit.KindCallExecuted)
 }
 
 // A claimed request whose process died: the backend that can tell gets
@@ -307,10 +321,7 @@ func TestRestartSettlesClaimedRequests(t *testing.T) {
 		t.Fatalf("book has %d effects, want the recovered one and the one run now", w.book.count())
 	}
 	for _, id := range []string{doneID, neverID} {
-		want := []string{audit.KindApprovalRequested, audit.KindApprovalAssertion, audit.KindApprovalApproved, audit.KindCallExecuted}
-		if got := w.kinds(id); !slices.Equal(got, want) {
-			t.Errorf("log of %s: %v, want %v", id, got, want)
-		}
+		w.waitKinds(id, audit.KindApprovalRequested, audit.KindApprovalAssertion, audit.KindApprovalApproved, audit.KindCallExecuted)
 	}
 	r = w.waitState(p2, unknownID, approval.StateInterrupted)
 	if w.once.count() != 0 {
