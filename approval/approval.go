@@ -143,6 +143,10 @@ type Service struct {
 
 	mu      sync.Mutex
 	changed chan struct{} // closed and replaced on every change
+	// watched holds, per request, a channel closed at its next change:
+	// thousands of waiters must not all wake (and re-read) whenever any
+	// one request changes.
+	watched map[string]chan struct{}
 	closed  bool
 
 	stop  chan struct{}
@@ -205,6 +209,7 @@ func New(ctx context.Context, db *sql.DB, rec Recorder, opts Options) (*Service,
 		owner:     uuid.NewString(),
 		approvers: map[string]Approver{},
 		changed:   make(chan struct{}),
+		watched:   map[string]chan struct{}{},
 		stop:      make(chan struct{}),
 		done:      make(chan struct{}),
 	}
@@ -246,12 +251,50 @@ func (s *Service) Close() error {
 
 func (s *Service) now() time.Time { return s.opts.Now() }
 
-// notify wakes every waiter and event stream.
-func (s *Service) notify() {
+// notify wakes the event streams and the waiters on the requests ids,
+// or, given no ids, every waiter.
+func (s *Service) notify(ids ...string) {
 	s.mu.Lock()
 	close(s.changed)
 	s.changed = make(chan struct{})
+	if len(ids) == 0 {
+		for id, ch := range s.watched {
+			close(ch)
+			delete(s.watched, id)
+		}
+	}
+	for _, id := range ids {
+		if ch, ok := s.watched[id]; ok {
+			close(ch)
+			delete(s.watched, id)
+		}
+	}
 	s.mu.Unlock()
+}
+
+// unwatch forgets request id's channel once a waiter is done with it, so
+// that ended requests leave nothing behind; any other waiter on it wakes
+// and reads the request again.
+func (s *Service) unwatch(id string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if ch, ok := s.watched[id]; ok {
+		close(ch)
+		delete(s.watched, id)
+	}
+}
+
+// changesOf returns a channel closed at request id's next change (or at a
+// change notify could not attribute).
+func (s *Service) changesOf(id string) <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ch, ok := s.watched[id]
+	if !ok {
+		ch = make(chan struct{})
+		s.watched[id] = ch
+	}
+	return ch
 }
 
 // changes returns a channel closed at the next change.

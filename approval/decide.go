@@ -390,7 +390,7 @@ func (s *Service) FinishDecision(ctx context.Context, requestID, ceremonyID stri
 	if err := s.flush(ctx, false); err != nil {
 		return nil, err
 	}
-	s.notify()
+	s.notify(requestID)
 	got, err := s.Get(ctx, requestID)
 	s.announceDecision(got, v.cred.approverID)
 	return got, err

@@ -229,7 +229,7 @@ func (s *Service) Create(ctx context.Context, r NewRequest) (*Request, error) {
 		return nil, err
 	}
 	s.opts.Logger.Info("approval requested", "id", id, "tool", r.Tool, "agent", r.Agent, "url", s.requestURL(id), "code", code)
-	s.notify()
+	s.notify(id)
 	req, err := s.Get(ctx, id)
 	if err != nil {
 		s.endRequest(ctx, id, StateCancelled, "", "cannot read the request back: "+err.Error())
@@ -396,22 +396,20 @@ func (s *Service) Watch(ctx context.Context, id string) (*Request, error) {
 
 func (s *Service) await(ctx context.Context, id string, cancelOnDone bool) (*Request, error) {
 	for {
-		ch := s.changes()
+		ch := s.changesOf(id)
 		r, err := s.load(context.WithoutCancel(ctx), s.db, id)
 		if err != nil {
 			return nil, err
 		}
 		if r.State != StatePending {
+			s.unwatch(id)
 			return &r.Request, nil
 		}
 		if !s.now().Before(r.ExpiresAt) {
 			s.expire(context.WithoutCancel(ctx), id)
 			continue
 		}
-		wait := time.Until(r.ExpiresAt)
-		// Re-read at least every second: decisions may come from another
-		// process, and Now may be a test clock.
-		wait = min(wait, time.Second)
+		wait := min(time.Until(r.ExpiresAt), rereadEvery)
 		t := time.NewTimer(max(wait, 10*time.Millisecond))
 		select {
 		case <-ctx.Done():
@@ -438,6 +436,12 @@ func (s *Service) await(ctx context.Context, id string, cancelOnDone bool) (*Req
 		t.Stop()
 	}
 }
+
+// rereadEvery bounds how long a waiter goes without reading its request.
+// This process wakes it at every change it makes, and its expiry loop
+// expires requests on time (also by a test clock); the re-read only
+// catches a decision made by another process.
+const rereadEvery = 5 * time.Second
 
 // Cancel ends a pending request as cancelled. It returns ErrNotPending if
 // the request was already decided.
@@ -482,7 +486,7 @@ func (s *Service) endRequest(ctx context.Context, id, state, by, reason string) 
 		return err
 	}
 	err = s.flush(ctx, false)
-	s.notify()
+	s.notify(id)
 	return err
 }
 
@@ -527,7 +531,7 @@ func (s *Service) BeginExecution(ctx context.Context, id string) error {
 		}
 		return ErrNotApproved
 	}
-	s.notify() // a task's watcher reports the run as started
+	s.notify(id) // a task's watcher reports the run as started
 	return nil
 }
 
@@ -581,7 +585,7 @@ func (s *Service) Finish(ctx context.Context, id string, o Outcome) error {
 		return err
 	}
 	err = s.flush(ctx, false)
-	s.notify()
+	s.notify(id)
 	return err
 }
 

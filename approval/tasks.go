@@ -71,7 +71,7 @@ func (s *Service) ListOwn(ctx context.Context, agent, wait, after string, limit 
 // up, as any waiter does.
 func (s *Service) Await(ctx context.Context, id string, done func(*Request) bool) (*Request, error) {
 	for {
-		ch := s.changes()
+		ch := s.changesOf(id)
 		r, err := s.load(context.WithoutCancel(ctx), s.db, id)
 		if err != nil {
 			return nil, err
@@ -81,11 +81,10 @@ func (s *Service) Await(ctx context.Context, id string, done func(*Request) bool
 			continue
 		}
 		if done(&r.Request) {
+			s.unwatch(id)
 			return &r.Request, nil
 		}
-		// Re-read at least every second: decisions may come from another
-		// process, and Now may be a test clock.
-		t := time.NewTimer(time.Second)
+		t := time.NewTimer(rereadEvery)
 		select {
 		case <-ctx.Done():
 			t.Stop()

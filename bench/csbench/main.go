@@ -54,8 +54,21 @@ import (
 func main() {
 	short := flag.Bool("short", false, "a quick run that only checks the suite works (CI)")
 	out := flag.String("out", "bench-results.json", "where to write the results as JSON")
+	only := flag.String("only", "", "run only these groups, comma-separated: calls, approval, memory, micro (default: all)")
 	flag.Parse()
-	if err := run(*short, *out); err != nil {
+	groups := map[string]bool{}
+	for _, g := range strings.Split(*only, ",") {
+		switch g = strings.TrimSpace(g); g {
+		case "":
+		case "calls", "approval", "memory", "micro":
+			groups[g] = true
+		default:
+			fmt.Fprintf(os.Stderr, "csbench: -only: unknown group %q (expected calls, approval, memory or micro)\n", g)
+			os.Exit(2)
+		}
+	}
+	want := func(g string) bool { return len(groups) == 0 || groups[g] }
+	if err := run(*short, *out, want); err != nil {
 		fmt.Fprintln(os.Stderr, "csbench:", err)
 		os.Exit(1)
 	}
@@ -72,7 +85,7 @@ type sizes struct {
 	benchtime    string
 }
 
-func run(short bool, outPath string) error {
+func run(short bool, outPath string, want func(group string) bool) error {
 	sz := sizes{approvals: 1000, latencyCalls: 2000, window: 5 * time.Second, transfers: 800, waiting: 1000, pending: 10000, benchtime: "1s"}
 	if short {
 		sz = sizes{approvals: 5, latencyCalls: 50, window: 300 * time.Millisecond, transfers: 40, waiting: 20, pending: 50, benchtime: "1x"}
@@ -100,7 +113,7 @@ func run(short bool, outPath string) error {
 	get := call{"get_balance", map[string]any{"account": "operating"}}
 	transfer := call{"transfer", map[string]any{"from": "operating", "to": "Acme Supplies", "amount": 1, "currency": "USD"}}
 
-	for _, target := range []struct {
+	targets := []struct {
 		name string
 		cmd  func(dir string, http string) *exec.Cmd
 	}{
@@ -115,7 +128,11 @@ func run(short bool, outPath string) error {
 		{"countersign sync=normal", func(dir, addr string) *exec.Cmd {
 			return countersign(cs, dir, addr, []string{"COUNTERSIGN_AUDIT_SYNC=normal"})
 		}},
-	} {
+	}
+	if !want("calls") {
+		targets = nil
+	}
+	for _, target := range targets {
 		// Streamable HTTP.
 		srv, err := startHTTP(ctx, work, target.cmd)
 		if err != nil {
@@ -176,14 +193,20 @@ func run(short bool, outPath string) error {
 		st.stop()
 	}
 
-	if err := approvalLatency(ctx, r, work, cs, sz.approvals); err != nil {
-		return fmt.Errorf("approval latency: %w", err)
+	if want("approval") {
+		if err := approvalLatency(ctx, r, work, cs, sz.approvals); err != nil {
+			return fmt.Errorf("approval latency: %w", err)
+		}
 	}
-	if err := memory(ctx, r, work, cs, sz); err != nil {
-		return err
+	if want("memory") {
+		if err := memory(ctx, r, work, cs, sz); err != nil {
+			return err
+		}
 	}
-	if err := micro(r, root, sz.benchtime); err != nil {
-		return err
+	if want("micro") {
+		if err := micro(r, root, sz.benchtime); err != nil {
+			return err
+		}
 	}
 	r.print(os.Stdout)
 	raw, _ := json.MarshalIndent(r, "", "  ")

@@ -100,3 +100,44 @@ func BenchmarkSmallTransfers(b *testing.B) {
 		b.ReportMetric(float64(took[len(took)*99/100].Milliseconds()), "p99-ms")
 	}
 }
+
+// BenchmarkPendingRequests raises b.N poll-mode transfers that wait for a
+// human and leaves them pending, to profile what a pending request costs
+// the server to hold:
+//
+//	go test -run XXX -bench PendingRequests -benchtime 10000x -memprofile mem.out ./cmd/countersign
+func BenchmarkPendingRequests(b *testing.B) {
+	_, base := startHTTP(b, testConfig(b, func(c *config.Config) {
+		c.Limits.CallsPerSecond, c.Limits.CallBurst = 1_000_000, 1_000_000
+		c.Limits.PendingPerAgent, c.Limits.PendingTotal = 1_000_000, 1_000_000
+		tr := c.Tools["transfer"]
+		tr.Wait = "poll"
+		c.Tools["transfer"] = tr
+	}))
+	const sessions = 50
+	clients := make(chan *sdk.ClientSession, sessions)
+	for range sessions {
+		clients <- connect(b, &sdk.StreamableClientTransport{Endpoint: base + "/mcp", MaxRetries: -1}, protocolVersions[0], nil)
+	}
+	params := &sdk.CallToolParams{Name: "transfer", Arguments: map[string]any{"from": "operating", "to": "Acme Supplies", "amount": 20000, "currency": "USD"}}
+	b.SetParallelism(sessions / runtime.GOMAXPROCS(0))
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		cs := <-clients
+		defer func() { clients <- cs }()
+		for pb.Next() {
+			res, err := cs.CallTool(context.Background(), params)
+			if err != nil || res.IsError {
+				b.Errorf("%v %s", err, resultText(res))
+				return
+			}
+		}
+	})
+	b.StopTimer()
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	b.ReportMetric(float64(runtime.NumGoroutine()), "goroutines")
+	b.ReportMetric(float64(m.HeapInuse)/(1<<20), "heap-MB")
+	b.ReportMetric(float64(m.StackInuse)/(1<<20), "stack-MB")
+}
