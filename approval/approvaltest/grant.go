@@ -1,7 +1,6 @@
 package approvaltest
 
 import (
-	"encoding/json"
 	"net/http"
 	"net/url"
 	"time"
@@ -26,23 +25,7 @@ type Grant struct {
 // request is approved and, with the same assertion, a grant for the
 // duration (whole seconds) and number of calls given is created.
 func (p *Page) ApproveWithGrant(id string, key *SoftKey, d time.Duration, calls int) (*Request, error) {
-	var begin struct {
-		Ceremony  string `json:"ceremony"`
-		PublicKey struct {
-			Challenge string `json:"challenge"`
-		} `json:"publicKey"`
-	}
-	body := map[string]any{"decision": "approve", "grant": map[string]any{"seconds": int64(d / time.Second), "calls": calls}}
-	if err := p.do(http.MethodPost, "/api/requests/"+url.PathEscape(id)+"/begin", body, &begin); err != nil {
-		return nil, err
-	}
-	var r Request
-	err := p.do(http.MethodPost, "/api/requests/"+url.PathEscape(id)+"/finish",
-		map[string]any{"ceremony": begin.Ceremony, "credential": json.RawMessage(key.Get(begin.PublicKey.Challenge))}, &r)
-	if err != nil {
-		return nil, err
-	}
-	return &r, nil
+	return p.decide(id, map[string]any{"decision": "approve", "grant": map[string]any{"seconds": int64(d / time.Second), "calls": calls}}, key)
 }
 
 // Grants lists the grants the page shows, newest first.
