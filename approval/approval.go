@@ -416,6 +416,9 @@ var schema = []string{
 	)`,
 	createVoteAssertions,
 	createNotified,
+	createGrantOffers,
+	createGrantCeremonies,
+	createGrants,
 }
 
 // outboxStaleAfter is how long another process's unflushed entries wait
@@ -480,6 +483,11 @@ func (s *Service) flush(ctx context.Context, stale bool) error {
 		}
 		if e.Kind == audit.KindApprovalApproved {
 			if err := s.linkAssertions(ctx, &e); err != nil {
+				return fmt.Errorf("%w: outbox entry %d: %v", ErrRecord, it.id, err)
+			}
+		}
+		if e.Kind == audit.KindGrantRevoked && e.GrantSeq == 0 {
+			if err := s.linkGrant(ctx, &e); err != nil {
 				return fmt.Errorf("%w: outbox entry %d: %v", ErrRecord, it.id, err)
 			}
 		}

@@ -83,6 +83,13 @@ type DecisionOptions struct {
 // digest of (request, decision). It allows the keys of every approver
 // allowed for the request; for approve, minus those already counted.
 func (s *Service) BeginDecision(ctx context.Context, requestID, decision string) (*DecisionOptions, error) {
+	return s.beginDecision(ctx, requestID, decision, nil)
+}
+
+// beginDecision is BeginDecision; with choice, the approval also creates
+// the grant the approver chose (BeginGrant), and the challenge is the
+// grant digest.
+func (s *Service) beginDecision(ctx context.Context, requestID, decision string, choice *GrantChoice) (*DecisionOptions, error) {
 	if decision != digest.Approve && decision != digest.Deny {
 		return nil, fmt.Errorf("%w: decision must be approve or deny", ErrInvalidRequest)
 	}
@@ -119,6 +126,15 @@ func (s *Service) BeginDecision(ctx context.Context, requestID, decision string)
 	if err != nil {
 		return nil, err
 	}
+	var terms *grantTerms
+	if choice != nil {
+		if terms, err = s.chooseGrant(ctx, r, *choice); err != nil {
+			return nil, err
+		}
+		if challenge, err = terms.digest(challenge); err != nil {
+			return nil, err
+		}
+	}
 	assertion, session, err := s.wa.BeginDiscoverableLogin(
 		webauthn.WithChallenge(challenge[:]),
 		webauthn.WithAllowedCredentials(allow),
@@ -132,6 +148,11 @@ func (s *Service) BeginDecision(ctx context.Context, requestID, decision string)
 	id, err := s.storeCeremony(ctx, "decision", requestID, nil, decision, session, s.now().Add(ceremonyTTL))
 	if err != nil {
 		return nil, err
+	}
+	if terms != nil {
+		if err := s.storeGrantCeremony(ctx, id, terms); err != nil {
+			return nil, err
+		}
 	}
 	return &DecisionOptions{Ceremony: id, Decision: decision, PublicKey: assertion.Response}, nil
 }
@@ -218,6 +239,7 @@ type verified struct {
 	cred     *storedCred
 	updated  *webauthn.Credential
 	replayID []byte
+	grant    *grantTerms // the grant this approval creates, if any
 }
 
 // assertionCheck is everything verifyAssertion needs; it touches no
@@ -230,6 +252,9 @@ type assertionCheck struct {
 	lookup   func(rawID []byte) (*storedCred, error)
 	handle   func(approverID string) ([]byte, error)
 	seen     func(replayID []byte) (bool, error)
+	// grant, when the ceremony approves with a grant: the key must have
+	// signed the grant digest over the request's action digest.
+	grant *grantTerms
 }
 
 // parseAssertion is the untrusted-input parser: the page's cred.toJSON().
@@ -275,6 +300,11 @@ func (s *Service) verifyAssertion(ac assertionCheck, p *protocol.ParsedCredentia
 	want, err := s.digest(r, ac.decision)
 	if err != nil {
 		return nil, err
+	}
+	if ac.grant != nil {
+		if want, err = ac.grant.digest(want); err != nil {
+			return nil, err
+		}
 	}
 	if cd.Challenge != b64(want[:]) || ac.session.Challenge != b64(want[:]) {
 		return nil, failf(ErrChallenge, "the key signed a different action than %s of request %s", ac.decision, r.ID)
@@ -340,7 +370,7 @@ func (s *Service) verifyAssertion(ac assertionCheck, p *protocol.ParsedCredentia
 	if updated.Authenticator.CloneWarning {
 		return nil, failf(ErrCounter, "go-webauthn flagged a possible clone")
 	}
-	return &verified{parsed: p, cred: cred, updated: updated, replayID: replayID[:]}, nil
+	return &verified{parsed: p, cred: cred, updated: updated, replayID: replayID[:], grant: ac.grant}, nil
 }
 
 // FinishDecision verifies the page's assertion for a ceremony started by
@@ -352,6 +382,10 @@ func (s *Service) FinishDecision(ctx context.Context, requestID, ceremonyID stri
 	}
 	decision, session, err := s.takeCeremony(ctx, ceremonyID, "decision", requestID, nil)
 	var p *protocol.ParsedCredentialAssertionData
+	var grant *grantTerms
+	if err == nil {
+		grant, err = s.grantCeremony(ctx, ceremonyID)
+	}
 	if err == nil {
 		p, err = parseAssertion(response)
 	}
@@ -362,7 +396,7 @@ func (s *Service) FinishDecision(ctx context.Context, requestID, ceremonyID stri
 	}
 	if err == nil {
 		v, err = s.verifyAssertion(assertionCheck{
-			req: r, decision: decision, session: session, now: s.now(),
+			req: r, decision: decision, session: session, now: s.now(), grant: grant,
 			lookup: func(id []byte) (*storedCred, error) { return s.credential(ctx, s.db, id) },
 			handle: func(a string) ([]byte, error) { return s.handle(ctx, a) },
 			seen: func(id []byte) (bool, error) {
@@ -440,6 +474,11 @@ func (s *Service) commitDecision(ctx context.Context, r0 *row, decision string, 
 			return err
 		}
 		entry := s.assertionEntry(r, decision, v, now)
+		if v.grant != nil {
+			if err := s.createGrant(ctx, tx, r, approver, v.grant, &entry, now); err != nil {
+				return err
+			}
+		}
 		switch decision {
 		case digest.Deny:
 			entry.Kind = audit.KindApprovalDenied

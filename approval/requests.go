@@ -41,6 +41,9 @@ type NewRequest struct {
 	// Wait is how the call waits: WaitBlock (default), WaitPoll or WaitTask. It
 	// decides what a restart does with the request (see Restart).
 	Wait string
+	// Grant, when set, is the standing grant the approver is offered with
+	// this request (grant.go); the server derived it, the page shows it.
+	Grant *GrantOffer
 }
 
 // Request is a snapshot of one request.
@@ -213,6 +216,9 @@ func (s *Service) Create(ctx context.Context, r NewRequest) (*Request, error) {
 			summary, display, r.Level, r.Rule, string(approversJSON), r.Quorum, r.UserVerification, code, binding, nonce,
 			now.UnixNano(), expires.Unix(), s.opts.PollInterval.Milliseconds(), StatePending, r.Wait)
 		if err != nil {
+			return err
+		}
+		if err := s.offerGrant(ctx, tx, id, r); err != nil {
 			return err
 		}
 		return s.enqueue(ctx, tx, id, entry)

@@ -92,8 +92,10 @@ func (s *Service) requireSession(ss *sessions, next http.Handler) http.Handler {
 			return
 		}
 		if c, err := r.Cookie(sessionCookie); err == nil {
-			if _, ok := ss.get(c.Value, time.Now()); ok {
-				next.ServeHTTP(w, r)
+			if sess, ok := ss.get(c.Value, time.Now()); ok {
+				// Who is signed in, for what the page records in their
+				// name without a tap (a grant's revocation).
+				next.ServeHTTP(w, r.WithContext(withSignedIn(r.Context(), sess.approver)))
 				return
 			}
 		}

@@ -31,6 +31,7 @@ var pages = template.Must(template.New("").Funcs(template.FuncMap{
 	"short":    func(t time.Time) string { return t.UTC().Format("2006-01-02 15:04:05 UTC") },
 	"join":     strings.Join,
 	"contains": slices.Contains[[]string],
+	"minutes":  func(d time.Duration) int { return int(d / time.Minute) },
 }).ParseFS(webFS, "web/*.html"))
 
 // displayLine is one "Label: value" line of the display text; the page
@@ -108,6 +109,8 @@ func (s *Service) Handler() http.Handler {
 	}
 	mux.Handle("POST /api/requests/{id}/begin", ceremony("id", validID, s.apiBegin))
 	mux.Handle("POST /api/requests/{id}/finish", ceremony("id", validID, s.apiFinish))
+	mux.HandleFunc("GET /api/grants", s.apiGrants)
+	mux.Handle("POST /api/grants/{id}/revoke", ceremony("id", validID, s.apiRevokeGrant))
 	mux.Handle("POST /api/enroll/{token}/begin", ceremony("token", validToken, s.apiEnrollBegin))
 	mux.Handle("POST /api/enroll/{token}/finish", ceremony("token", validToken, s.apiEnrollFinish))
 
@@ -311,6 +314,9 @@ type pageData struct {
 	Request      *Request
 	Approver     string
 	NotFound     bool
+	Offer        *GrantOffer // the grant offered with Request (grant.go)
+	Grants       []*Grant    // standing grants, newest first
+	Now          time.Time
 }
 
 func (s *Service) render(w http.ResponseWriter, r *http.Request, name string, d pageData) {
@@ -342,7 +348,12 @@ func (s *Service) pageIndex(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, err)
 		return
 	}
-	s.render(w, r, "index.html", pageData{Title: "Approvals", Pending: pending, PendingTotal: total, History: history, Keys: keys})
+	grants, err := s.Grants(r.Context(), grantsShown)
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	s.render(w, r, "index.html", pageData{Title: "Approvals", Pending: pending, PendingTotal: total, History: history, Keys: keys, Grants: grants, Now: s.now()})
 }
 
 func (s *Service) pageRequest(w http.ResponseWriter, r *http.Request) {
@@ -356,7 +367,12 @@ func (s *Service) pageRequest(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, err)
 		return
 	}
-	s.render(w, r, "request.html", pageData{Title: req.Tool + " " + req.Code, Request: req})
+	offer, err := s.Offer(r.Context(), req.ID)
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	s.render(w, r, "request.html", pageData{Title: req.Tool + " " + req.Code, Request: req, Offer: offer})
 }
 
 func (s *Service) pageEnroll(w http.ResponseWriter, r *http.Request) {
@@ -477,12 +493,23 @@ func (s *Service) apiEvents(w http.ResponseWriter, r *http.Request) {
 
 func (s *Service) apiBegin(w http.ResponseWriter, r *http.Request) {
 	var body struct {
-		Decision string `json:"decision"`
+		Decision string     `json:"decision"`
+		Grant    *grantBody `json:"grant"` // approve and grant (grant.go)
 	}
 	if !decodeJSON(w, r, &body) {
 		return
 	}
-	opts, err := s.BeginDecision(r.Context(), r.PathValue("id"), body.Decision)
+	var opts *DecisionOptions
+	var err error
+	if body.Grant != nil {
+		if body.Decision != "approve" {
+			writeError(w, http.StatusBadRequest, "invalid", "only an approval can create a grant")
+			return
+		}
+		opts, err = s.BeginGrant(r.Context(), r.PathValue("id"), body.Grant.choice())
+	} else {
+		opts, err = s.BeginDecision(r.Context(), r.PathValue("id"), body.Decision)
+	}
 	if err != nil {
 		s.fail(w, err)
 		return

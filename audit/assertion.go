@@ -165,6 +165,11 @@ func checkAssertion(e *Entry, cr *credential) error {
 	if err != nil {
 		return fmt.Errorf("action digest: %v", err)
 	}
+	if e.GrantID != "" {
+		if challenge, err = grantChallenge(e, challenge); err != nil {
+			return err
+		}
+	}
 
 	cdj, err := decodeB64URL(e.ClientDataJSON)
 	if err != nil {

@@ -91,6 +91,12 @@ func (k *softKey) sign(e *Entry, origin, rpID string, flags byte) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if e.GrantID != "" {
+		// Approving with a grant: the key signs the grant digest.
+		if d, err = grantChallenge(e, d); err != nil {
+			t.Fatal(err)
+		}
+	}
 	cdj, _ := json.Marshal(map[string]any{"type": "webauthn.get", "challenge": base64.RawURLEncoding.EncodeToString(d[:]), "origin": origin, "crossOrigin": false})
 	rp := sha256.Sum256([]byte(rpID))
 	k.counter++

@@ -185,6 +185,7 @@ var entryKeys = []string{
 	"result", "approver", "credential_id", "public_key", "attestation_object", "authorization_details",
 	"display", "nonce", "expires_at", "decided_at", "origin", "rp_id", "user_verified", "authenticator_data",
 	"client_data_json", "signature",
+	"grant_id", "grant_seq", "grant_condition", "grant_max_calls", "grant_expires_at",
 }
 
 // canonicalMembers is the RFC 8785 form of e's members other than seq,
@@ -294,6 +295,11 @@ func canonicalMembers(e *Entry) ([][]byte, error) {
 	str("authenticator_data", e.AuthenticatorData)
 	str("client_data_json", e.ClientDataJSON)
 	str("signature", e.Signature)
+	str("grant_id", e.GrantID)
+	integer("grant_seq", e.GrantSeq)
+	str("grant_condition", e.GrantCondition)
+	integer("grant_max_calls", int64(e.GrantMaxCalls))
+	str("grant_expires_at", e.GrantExpiresAt)
 	sort.Slice(out, func(i, j int) bool { return bytes.Compare(memberKey(out[i]), memberKey(out[j])) < 0 })
 	return out, nil
 }

@@ -23,6 +23,7 @@ const (
 	KindEnrollmentCreated = "enrollment.created" // a one-time enrollment link was issued
 	KindPolicyLoaded      = "policy.loaded"      // the policy in force from here on; Policy carries it
 	KindNotifySent        = "notify.sent"        // people were told of a request's event; Reason names the channel types
+	KindGrantRevoked      = "grant.revoked"      // a standing grant was revoked on the page; Approver says by whom
 )
 
 // Format is the version of the entry format that Append writes, recorded
@@ -96,6 +97,17 @@ type Entry struct {
 	AuthenticatorData    string          `json:"authenticator_data,omitempty"`
 	ClientDataJSON       string          `json:"client_data_json,omitempty"`
 	Signature            string          `json:"signature,omitempty"`
+
+	// Standing grants (grant.go). On the approval.assertion whose tap
+	// approved a request and created a grant: its id, condition, limits;
+	// the assertion signs the grant digest (digest.ComputeGrant). On a
+	// call a grant let through (call.allowed and its outcome) and on
+	// grant.revoked: grant_id, and grant_seq, the seq of that assertion.
+	GrantID        string `json:"grant_id,omitempty"`
+	GrantSeq       int64  `json:"grant_seq,omitempty"`
+	GrantCondition string `json:"grant_condition,omitempty"`
+	GrantMaxCalls  int    `json:"grant_max_calls,omitempty"`
+	GrantExpiresAt string `json:"grant_expires_at,omitempty"`
 
 	PrevHash string `json:"prev_hash"`
 	Hash     string `json:"hash,omitempty"`

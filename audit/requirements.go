@@ -58,6 +58,8 @@ type requirements struct {
 
 	approvals  int // approval.approved entries checked
 	executions int // countersigned executions checked
+
+	grants grantBook // standing grants and the calls they let through (grant.go)
 }
 
 // callKey identifies calls of one agent, tool and arguments: a SHA-256
@@ -97,7 +99,7 @@ type request struct {
 }
 
 func newRequirements() *requirements {
-	return &requirements{requests: map[string]*request{}, allowed: map[callKey]int32{}, unrun: map[callKey]int32{}}
+	return &requirements{requests: map[string]*request{}, allowed: map[callKey]int32{}, unrun: map[callKey]int32{}, grants: newGrantBook()}
 }
 
 // legacyRequest notes a format 1 approval.requested, so that a format 2
@@ -110,6 +112,9 @@ func (q *requirements) legacyRequest(e *Entry) {
 
 // check applies a format 2 entry and returns why it breaks a rule, or "".
 func (q *requirements) check(e *Entry) string {
+	if reason := grantFields(e); reason != "" {
+		return reason
+	}
 	switch e.Kind {
 	case KindApprovalRequested:
 		return q.requested(e)
@@ -126,12 +131,20 @@ func (q *requirements) check(e *Entry) string {
 			q.end(r, e)
 		}
 	case KindCallAllowed:
+		if e.GrantID != "" || e.GrantSeq != 0 {
+			return q.grants.allowed(q, e)
+		}
 		if e.Decision == LevelLow {
 			q.allowed[keyOf(e)]++
 		}
 	case KindCallExecuted, KindCallFailed, KindCallInterrupted:
+		if e.GrantID != "" || e.GrantSeq != 0 {
+			return q.grants.execution(e)
+		}
 		// An interrupted run may have acted: it counts as the one run.
 		return q.execution(e)
+	case KindGrantRevoked:
+		return q.grants.revoked(e)
 	}
 	return ""
 }
@@ -228,6 +241,11 @@ func (q *requirements) decision(e *Entry) string {
 	if req.UserVerification == UVRequired && !e.UserVerified {
 		return fmt.Sprintf("request %s requires user verification; %s's assertion has none", e.RequestID, e.Approver)
 	}
+	if e.GrantID != "" || e.GrantCondition != "" {
+		if reason := q.grants.proposed(req, e, decided); reason != "" {
+			return reason
+		}
+	}
 	if e.Kind == KindApprovalDenied {
 		q.end(r, e)
 		return ""
@@ -271,6 +289,7 @@ func (q *requirements) approved(e *Entry) string {
 	}
 	q.end(r, e)
 	q.approvals++
+	q.grants.activate(e.Assertions)
 	return ""
 }
 

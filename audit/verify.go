@@ -40,6 +40,7 @@ type Summary struct {
 	Assertions int    // WebAuthn assertions checked
 	Approvals  int    // approval.approved entries whose quorum of assertions was checked
 	Executions int    // countersigned executions matched to their approval
+	GrantCalls int    // calls let through by a standing grant, checked against it
 	Format1    int64  // entries in format 1, which record no requirements to check
 	Replayed   int    // decisions replayed against their policy (VerifyOptions.ReplayPolicy)
 	Unreplayed int    // decisions that name no policy, so could not be replayed
@@ -56,6 +57,9 @@ func (s Summary) String() string {
 	}
 	out := fmt.Sprintf("OK: %d entries (seq %d..%d), %d key assertions verified, %d approvals met their quorum, %d countersigned executions matched their approval, checkpoint size %d root %s",
 		s.Entries, s.FirstSeq, s.LastSeq, s.Assertions, s.Approvals, s.Executions, s.TreeSize, s.Root)
+	if s.GrantCalls > 0 {
+		out += fmt.Sprintf(", %d calls let through by standing grants checked against their grant", s.GrantCalls)
+	}
 	if s.Attested > 0 {
 		out += fmt.Sprintf(", %d enrolled keys attested by a trusted root", s.Attested)
 	}
@@ -156,7 +160,8 @@ func Verify(export io.Reader, publicKey string, opts VerifyOptions) (Summary, er
 		TreeSize: st.cp.Size, Root: base64.StdEncoding.EncodeToString(st.cp.Root[:]),
 		Assertions: st.assertions, Signatures: st.signatures,
 		Approvals: st.state.req.approvals, Executions: st.state.req.executions, Format1: st.state.format1,
-		Replayed: st.state.replayed, Unreplayed: st.state.unreplayed, Attested: st.state.attested,
+		GrantCalls: st.state.req.grants.calls,
+		Replayed:   st.state.replayed, Unreplayed: st.state.unreplayed, Attested: st.state.attested,
 	}
 	if prev != nil {
 		s.Extends = prev.cp.Size

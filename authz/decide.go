@@ -48,6 +48,9 @@ type Decision struct {
 	UserVerification string
 	Timeout          time.Duration // approval lifetime
 	Wait             string        // "block" | "poll"
+	// Grant, at high only, is what the tool allows of standing grants
+	// (nil: none): the approver of this call's request may be offered one.
+	Grant *GrantTerms
 }
 
 // UsageKeys are the fields of the usage variable.
@@ -162,6 +165,7 @@ func (p *Policy) Decide(in Input) (d Decision) {
 		d.Approvers = slices.Clone(approvers)
 		if level == rankHigh {
 			d.Quorum = 1
+			d.Grant = t.grants
 		} else {
 			d.UserVerification = UVRequired
 			d.Quorum = cmp(quorum, t.quorum, DefaultCriticalQuorum)

@@ -35,13 +35,22 @@ type DocumentUpstream struct {
 
 // DocumentTool is config.Tool without what does not decide (redaction).
 type DocumentTool struct {
-	Level            string         `json:"level"`
-	Rules            []DocumentRule `json:"rules,omitempty"`
-	Approvers        []string       `json:"approvers,omitempty"`
-	Quorum           int            `json:"quorum,omitempty"`
-	UserVerification string         `json:"user_verification,omitempty"`
-	Timeout          string         `json:"timeout,omitempty"`
-	Wait             string         `json:"wait,omitempty"`
+	Level            string          `json:"level"`
+	Rules            []DocumentRule  `json:"rules,omitempty"`
+	Approvers        []string        `json:"approvers,omitempty"`
+	Quorum           int             `json:"quorum,omitempty"`
+	UserVerification string          `json:"user_verification,omitempty"`
+	Timeout          string          `json:"timeout,omitempty"`
+	Wait             string          `json:"wait,omitempty"`
+	Grants           *DocumentGrants `json:"grants,omitempty"`
+}
+
+// DocumentGrants is config.Grants: what a tool allows of standing grants.
+type DocumentGrants struct {
+	MaxDuration string   `json:"max_duration"`
+	MaxCalls    int      `json:"max_calls"`
+	AtMost      []string `json:"at_most,omitempty"`
+	Free        []string `json:"free,omitempty"`
 }
 
 // DocumentRule is config.Rule.
@@ -67,6 +76,9 @@ func NewDocument(tools map[string]config.Tool, approvers []config.Approver, opts
 		dt := DocumentTool{Level: t.Level, Approvers: t.Approvers, Quorum: t.Quorum, UserVerification: t.UserVerification, Wait: t.Wait}
 		if t.Timeout != 0 {
 			dt.Timeout = t.Timeout.String()
+		}
+		if g := t.Grants; g.Enabled() {
+			dt.Grants = &DocumentGrants{MaxDuration: g.MaxDuration.String(), MaxCalls: g.MaxCalls, AtMost: g.AtMost, Free: g.Free}
 		}
 		for _, r := range t.Rules {
 			dt.Rules = append(dt.Rules, DocumentRule{Name: r.Name, When: r.When, Level: r.Level, Approvers: r.Approvers, Quorum: r.Quorum})
@@ -115,6 +127,13 @@ func (d Document) Compile() (*Policy, error) {
 			return nil, err
 		}
 		t := config.Tool{Level: dt.Level, Approvers: dt.Approvers, Quorum: dt.Quorum, UserVerification: dt.UserVerification, Timeout: timeout, Wait: dt.Wait}
+		if g := dt.Grants; g != nil {
+			d, err := parse("tools."+name+".grants.max_duration", g.MaxDuration)
+			if err != nil {
+				return nil, err
+			}
+			t.Grants = config.Grants{MaxDuration: d, MaxCalls: g.MaxCalls, AtMost: g.AtMost, Free: g.Free}
+		}
 		for _, r := range dt.Rules {
 			t.Rules = append(t.Rules, config.Rule{Name: r.Name, When: r.When, Level: r.Level, Approvers: r.Approvers, Quorum: r.Quorum})
 		}

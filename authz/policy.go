@@ -167,7 +167,8 @@ type tool struct {
 	timeout   time.Duration
 	wait      string
 	facts     []string
-	baseWhy   string // Reason when no rule raises the base level
+	baseWhy   string      // Reason when no rule raises the base level
+	grants    *GrantTerms // nil: no standing grants (grant.go)
 }
 
 type rule struct {
@@ -192,14 +193,7 @@ func Compile(tools map[string]config.Tool, approvers []config.Approver, opts Opt
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
 	c := compiler{approvers: approvers, opts: opts}
-	base, err := cel.NewEnv(
-		cel.CrossTypeNumericComparisons(true),
-		cel.Variable("args", cel.MapType(cel.StringType, cel.DynType)),
-		cel.Variable("agent", cel.StringType),
-		cel.Variable("tool", cel.StringType),
-		cel.Variable("now", cel.TimestampType),
-		cel.Variable("usage", cel.MapType(cel.StringType, cel.DynType)),
-	)
+	base, err := baseEnv()
 	if err != nil {
 		return nil, fmt.Errorf("authz: building the CEL environment: %w", err)
 	}
@@ -426,6 +420,7 @@ func (c *compiler) tool(name string, ct config.Tool) *tool {
 		t.rules = append(t.rules, r)
 	}
 
+	t.grants = c.grantTerms(p, name, ct, t)
 	t.baseWhy = fmt.Sprintf("%s is %s: no rule raised it", name, ct.Level)
 	if base == rankDeny {
 		t.baseWhy = fmt.Sprintf("%s is denied by its configured level", name)

@@ -22,6 +22,8 @@ type Recorded struct {
 	// Usage is the usage variable the decision saw, when the log kept it;
 	// nil leaves it unknown.
 	Usage map[string]any
+	// Granted says a standing grant let the call through (grant_id).
+	Granted bool
 }
 
 // Requirement is what an approval needs: its eligible approvers, how many
@@ -70,6 +72,11 @@ func (p *Policy) Replay(r Recorded) error {
 	}
 	if level < t.base {
 		return fail("the policy puts the tool at %s; the log says %s", levels[t.base], r.Level)
+	}
+	if r.Granted {
+		if err := t.replayGrant(level); err != "" {
+			return fail("%s", err)
+		}
 	}
 	var named []*rule
 	for _, name := range r.Rules {

@@ -198,6 +198,7 @@ type Tool struct {
 	Timeout          time.Duration `mapstructure:"timeout"`
 	Wait             string        `mapstructure:"wait"`        // block | poll
 	RedactArgs       bool          `mapstructure:"redact_args"` // keep only the args digest in the audit log
+	Grants           Grants        `mapstructure:"grants"`      // standing grants an approver may give (grant.go); none by default
 }
 
 // Rule raises a tool's level when its CEL condition holds.

@@ -226,3 +226,19 @@ func TestEncodeRoundTrips(t *testing.T) {
 		t.Errorf("round trip changed the config:\n%s\nvs\n%s", out, a)
 	}
 }
+
+func TestGrantsValidation(t *testing.T) {
+	for _, tc := range []struct{ tool, want string }{
+		{`{level: critical, approvers: [alice], grants: {max_duration: 15m, max_calls: 10}}`, "tools.transfer.grants: not allowed on a critical tool"},
+		{`{level: high, approvers: [alice], grants: {max_duration: 30s, max_calls: 10}}`, "tools.transfer.grants.max_duration: expected a duration from 1m to 24h0m0s"},
+		{`{level: high, approvers: [alice], grants: {max_duration: 15m, max_calls: 0}}`, "tools.transfer.grants.max_calls: expected 1 to 1000, got 0"},
+		{`{level: high, approvers: [alice], grants: {max_duration: 15m, max_calls: 2, at_most: [amount], free: [amount]}}`, `tools.transfer.grants.free[0]: "amount" is already listed`},
+		{`{level: high, approvers: [alice], redact_args: true, grants: {max_duration: 15m, max_calls: 2}}`, "not allowed with redact_args"},
+	} {
+		src := strings.Replace(minimal, "  get_balance:\n    level: low\n", "  get_balance:\n    level: low\n  transfer: "+tc.tool+"\n", 1) + "approvers: [{id: alice, name: Alice}]\n"
+		_, err := Parse([]byte(src), "g.yaml")
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want %q", tc.tool, err, tc.want)
+		}
+	}
+}

@@ -219,6 +219,11 @@ func (c *Config) validate() []problem {
 		if t.Timeout < 0 {
 			v.fail(p+".timeout", "expected a positive duration, got %s", t.Timeout)
 		}
+		if name == "ciba" && t.Grants.Enabled() {
+			v.fail(p+".grants", "not allowed: CIBA requests are redeemed by their client, not run as tool calls a grant could cover")
+		} else {
+			t.validateGrants(&v, p)
+		}
 		for i, r := range t.Rules {
 			rp := fmt.Sprintf("%s.rules[%d]", p, i)
 			v.nonEmpty(rp+".when", r.When)

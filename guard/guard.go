@@ -153,6 +153,9 @@ type Options struct {
 	Policy    Policy
 	Audit     Recorder
 	Approvals Approvals // nil: high and critical calls are refused
+	// Grants, when set, lets standing grants carry calls at high
+	// (grant.go); nil: every such call waits for a human.
+	Grants Grants
 	// Evidence and Tokens issue approval tokens (package token): the
 	// result of a countersigned call carries one in
 	// _meta["countersign/approval"], the tool gets it in tools.Call.Approval
@@ -201,6 +204,7 @@ type Guard struct {
 
 	usage  usageBook
 	limits *limiter
+	conds  grantConditions
 
 	bg   sync.WaitGroup  // poll-mode executions still running
 	life context.Context // cancelled by Close: poll-mode waits stop then
@@ -381,23 +385,11 @@ func (g *Guard) Handle(ctx context.Context, c Call) *mcp.CallToolResult {
 			res, _, _ := g.run(ctx, spec, call, entry)
 			return res
 		}
-		entry.Kind = audit.KindCallAllowed
-		g.routine.appending()
-		allowed, err := g.opts.Audit.Append(context.WithoutCancel(ctx), entry)
-		g.routine.allowed(allowed.Seq, err == nil)
-		if err != nil {
-			g.log.Error("audit append failed", "kind", entry.Kind, "tool", entry.Tool, "err", err)
-			g.usage.release(counted)
-			return toolError("refused: the audit log cannot record this call")
-		}
-		call.ID = entryCallID(allowed.Seq)
-		res, outcome, ok := g.run(ctx, spec, call, entry)
-		g.routine.end(allowed.Seq, outcome)
-		if !ok {
-			g.usage.release(counted)
-		}
-		return res
+		return g.allowAndRun(ctx, spec, call, entry, counted)
 	case config.LevelHigh, config.LevelCritical:
+		if res, ok := g.viaGrant(ctx, spec, call, d, entry, counted); ok {
+			return res
+		}
 		ctx, res := g.admitRequest(ctx, c.Agent, c.Tool)
 		if res != nil {
 			g.usage.release(counted)
@@ -409,6 +401,29 @@ func (g *Guard) Handle(ctx context.Context, c Call) *mcp.CallToolResult {
 		g.record(ctx, entry)
 		return toolError("denied by policy: %s", d.Reason)
 	}
+}
+
+// allowAndRun records call.allowed, runs the tool once and records its
+// outcome: a routine call, or one a standing grant let through.
+func (g *Guard) allowAndRun(ctx context.Context, spec *tools.Spec, call *tools.Call, entry audit.Entry, counted *reservation) *mcp.CallToolResult {
+	entry.Kind = audit.KindCallAllowed
+	g.routine.appending()
+	allowed, err := g.opts.Audit.Append(context.WithoutCancel(ctx), entry)
+	g.routine.allowed(allowed.Seq, err == nil)
+	if err != nil {
+		g.log.Error("audit append failed", "kind", entry.Kind, "tool", entry.Tool, "err", err)
+		g.usage.release(counted)
+		return toolError("refused: the audit log cannot record this call")
+	}
+	call.ID = entryCallID(allowed.Seq)
+	// The outcome names the grant too (and not when the call was decided).
+	entry.DecidedAt = ""
+	res, outcome, ok := g.run(ctx, spec, call, entry)
+	g.routine.end(allowed.Seq, outcome)
+	if !ok {
+		g.usage.release(counted)
+	}
+	return res
 }
 
 // rejectArgs records and refuses a call whose arguments are bad. The log

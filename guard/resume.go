@@ -420,7 +420,8 @@ func (g *Guard) settleOpenCall(ctx context.Context, a audit.Entry) error {
 	spec, ok := g.opts.Catalog.Lookup(a.Tool)
 	// The policy that allowed the call decided it, whatever is loaded now.
 	rec := audit.Entry{Agent: a.Agent, Tool: a.Tool, Args: a.Args, ArgsRedact: a.ArgsRedact,
-		ArgsSHA256: a.ArgsSHA256, Decision: a.Decision, Rule: a.Rule, PolicySHA256: a.PolicySHA256}
+		ArgsSHA256: a.ArgsSHA256, Decision: a.Decision, Rule: a.Rule, PolicySHA256: a.PolicySHA256,
+		GrantID: a.GrantID, GrantSeq: a.GrantSeq}
 	where := fmt.Sprintf(" (allowed at seq %d)", a.Seq)
 	switch {
 	case ok && spec.Recover != nil:

@@ -174,13 +174,19 @@ func (p *Page) Pending() ([]string, error) {
 // Decide taps Approve or Deny ("approve" | "deny") on a request with key
 // and returns the request as the page then shows it.
 func (p *Page) Decide(id, decision string, key *SoftKey) (*Request, error) {
+	return p.decide(id, map[string]any{"decision": decision}, key)
+}
+
+// decide begins a decision ceremony with body, signs its challenge with
+// key, and finishes it.
+func (p *Page) decide(id string, body any, key *SoftKey) (*Request, error) {
 	var begin struct {
 		Ceremony  string `json:"ceremony"`
 		PublicKey struct {
 			Challenge string `json:"challenge"`
 		} `json:"publicKey"`
 	}
-	if err := p.do(http.MethodPost, "/api/requests/"+url.PathEscape(id)+"/begin", map[string]string{"decision": decision}, &begin); err != nil {
+	if err := p.do(http.MethodPost, "/api/requests/"+url.PathEscape(id)+"/begin", body, &begin); err != nil {
 		return nil, err
 	}
 	var r Request

@@ -50,7 +50,7 @@ func (r *policyReplayer) Replay(doc json.RawMessage, e *audit.Entry) error {
 		}
 		r.compiled[e.PolicySHA256] = p
 	}
-	rec := authz.Recorded{Tool: e.Tool, Agent: e.Agent, Level: e.Decision}
+	rec := authz.Recorded{Tool: e.Tool, Agent: e.Agent, Level: e.Decision, Granted: e.GrantID != ""}
 	if e.Kind == audit.KindApprovalRequested {
 		rec.Level = e.Level
 		rec.Requirement = &authz.Requirement{Approvers: e.Eligible, Quorum: e.Quorum, UserVerification: e.UserVerification}

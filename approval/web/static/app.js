@@ -46,6 +46,8 @@ function requestPage(section) {
   const approve = document.getElementById("approve");
   const deny = document.getElementById("deny");
   let busy = false;
+  const grantOffer = document.getElementById("grant-offer");
+  const grantButton = document.getElementById("approve-grant");
 
   function render(r) {
     section.dataset.state = r.state;
@@ -56,6 +58,10 @@ function requestPage(section) {
     const pending = r.state === "pending";
     approve.disabled = deny.disabled = busy || !pending;
     document.getElementById("actions").hidden = !pending;
+    if (grantOffer) {
+      grantOffer.hidden = !pending;
+      grantButton.disabled = busy || !pending;
+    }
     if (!pending && !busy) {
       let t = "This request is " + r.state;
       if (r.decidedBy) t += " (" + r.decidedBy + ")";
@@ -76,12 +82,16 @@ function requestPage(section) {
       section.dataset.state === "pending" ? (left === 0 ? "expired" : m + "m " + String(s).padStart(2, "0") + "s") : "—";
   }
 
-  async function decide(decision) {
+  // grant: {seconds, calls} to approve and create a standing grant.
+  async function decide(decision, grant) {
     busy = true;
     approve.disabled = deny.disabled = true;
+    if (grantButton) grantButton.disabled = true;
     setOutcome(decision === "approve" ? "Touch your security key to approve…" : "Touch your security key to deny…", "");
     try {
-      const begin = await post("/api/requests/" + encodeURIComponent(id) + "/begin", { decision });
+      const body = { decision };
+      if (grant) body.grant = grant;
+      const begin = await post("/api/requests/" + encodeURIComponent(id) + "/begin", body);
       const publicKey = PublicKeyCredential.parseRequestOptionsFromJSON(begin.publicKey);
       const cred = await navigator.credentials.get({ publicKey });
       const r = await post("/api/requests/" + encodeURIComponent(id) + "/finish", {
@@ -101,6 +111,13 @@ function requestPage(section) {
   }
 
   approve.addEventListener("click", () => decide("approve"));
+  if (grantButton) {
+    grantButton.addEventListener("click", () => {
+      const minutes = Number(document.getElementById("grant-minutes").value);
+      const calls = Number(document.getElementById("grant-calls").value);
+      decide("approve", { seconds: Math.round(minutes * 60), calls });
+    });
+  }
   deny.addEventListener("click", () => decide("deny"));
   events(refresh);
   tick();
@@ -181,6 +198,57 @@ function indexPage(list) {
   }
   events(refresh);
 }
+
+// Standing grants on the main page: listed with their use, revocable with
+// one click (the server records who, from the sign-in session).
+function grantsList(table) {
+  const body = table.querySelector("tbody");
+  async function refresh() {
+    const res = await fetch("/api/grants", { credentials: "same-origin" });
+    if (!res.ok) return;
+    const data = await res.json();
+    body.replaceChildren();
+    if (data.grants.length === 0) {
+      const td = el("td", "empty", "No grants.");
+      td.colSpan = 4;
+      const tr = el("tr");
+      tr.append(td);
+      body.append(tr);
+    }
+    for (const g of data.grants) {
+      const tr = el("tr");
+      tr.dataset.grant = g.id;
+      const what = el("td");
+      what.append(el("span", "sub", "granted by " + g.approver + " for agent " + g.agent + ", " + g.tool), el("pre", "condition", g.condition));
+      const status = el("td", "status");
+      if (g.revokedAt) status.append(el("span", "state-denied", "revoked by " + g.revokedBy));
+      else if (g.active) {
+        const b = el("button", "revoke", "Revoke");
+        b.type = "button";
+        b.dataset.grant = g.id;
+        status.append(el("span", "state-approved", "active"), " ", b);
+      } else status.append("ended");
+      tr.append(what, el("td", "used", g.used + " of " + g.maxCalls),
+        el("td", "", new Date(g.expiresAt).toISOString().replace("T", " ").slice(0, 19) + " UTC"), status);
+      body.append(tr);
+    }
+  }
+  table.addEventListener("click", async (ev) => {
+    const b = ev.target.closest("button.revoke");
+    if (!b) return;
+    b.disabled = true;
+    try {
+      await post("/api/grants/" + encodeURIComponent(b.dataset.grant) + "/revoke", {});
+    } catch (e) {
+      setOutcome("Not revoked: " + e.message, "bad");
+    }
+    refresh();
+  });
+  events(refresh);
+}
+
+const grantsTable = document.getElementById("grants");
+if (grantsTable) grantsList(grantsTable);
 
 // Enrollment page.
 function enrollPage() {
