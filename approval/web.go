@@ -311,6 +311,7 @@ type pageData struct {
 	Request      *Request
 	Approver     string
 	NotFound     bool
+	QR           *qrCode // this page's public URL, for a phone to scan
 }
 
 func (s *Service) render(w http.ResponseWriter, r *http.Request, name string, d pageData) {
@@ -356,7 +357,7 @@ func (s *Service) pageRequest(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, err)
 		return
 	}
-	s.render(w, r, "request.html", pageData{Title: req.Tool + " " + req.Code, Request: req})
+	s.render(w, r, "request.html", pageData{Title: req.Tool + " " + req.Code, Request: req, QR: s.pageQR(s.requestURL(req.ID))})
 }
 
 func (s *Service) pageEnroll(w http.ResponseWriter, r *http.Request) {
@@ -366,7 +367,19 @@ func (s *Service) pageEnroll(w http.ResponseWriter, r *http.Request) {
 		s.render(w, r, "enroll.html", pageData{Title: "Enrollment link not valid", NotFound: true})
 		return
 	}
-	s.render(w, r, "enroll.html", pageData{Title: "Register a security key", Approver: s.approverName(e.approverID)})
+	s.render(w, r, "enroll.html", pageData{Title: "Register a security key", Approver: s.approverName(e.approverID),
+		QR: s.pageQR(s.enrollURL(r.PathValue("token")))})
+}
+
+// pageQR is the QR code of link, or nil (the page then shows none) when it
+// cannot be drawn: the code is a convenience, the page works without it.
+func (s *Service) pageQR(link string) *qrCode {
+	q, err := pageQR(link)
+	if err != nil {
+		s.opts.Logger.Warn("approval page: no QR code", "err", err)
+		return nil
+	}
+	return q
 }
 
 // requestJSON is the page's view of a request.
