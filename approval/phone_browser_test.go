@@ -91,7 +91,7 @@ func checkPhoneLayout(t *testing.T, tab context.Context, page string, buttons ..
 			const r = e.getBoundingClientRect();
 			return r.width > 0 && (r.left < -0.5 || r.right > w + 0.5);
 		}).map(e => e.tagName.toLowerCase() + (e.id ? "#" + e.id : "") + (e.className ? "." + e.className : ""));
-		const buttons = ` + string(ids) + `.map(id => {
+		const buttons = `+string(ids)+`.map(id => {
 			const e = document.getElementById(id);
 			if (!e) return { ID: id, Display: "(missing)" };
 			e.scrollIntoView({ block: "center" });
