@@ -2,17 +2,11 @@ package main
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -22,54 +16,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/countersign/countersign/approval/approvaltest"
 )
-
-// localCA is a certificate authority made for one test, as README's "Approve
-// from a phone" makes one with openssl, and the page's certificate it signs.
-type localCA struct {
-	pool              *x509.CertPool
-	leaf              *x509.Certificate
-	certFile, keyFile string
-}
-
-func newLocalCA(t *testing.T, dir, name string) *localCA {
-	t.Helper()
-	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	caTmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "Countersign local CA"},
-		NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, _ := x509.ParseCertificate(caDER)
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: name}, DNSNames: []string{name},
-		NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, _ := x509.ParseCertificate(der)
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := &localCA{pool: x509.NewCertPool(), leaf: leaf, certFile: filepath.Join(dir, name+".crt"), keyFile: filepath.Join(dir, name+".key")}
-	c.pool.AddCert(ca)
-	if err := os.WriteFile(c.certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(c.keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return c
-}
 
 // freePort is a loopback port nobody listened on a moment ago: the page's
 // public_url names its port, so it must be known before serve starts.
@@ -93,15 +42,15 @@ func freePort(t *testing.T) int {
 func TestServePageOverTLSUnderAName(t *testing.T) {
 	const name = "approve.local"
 	dir := t.TempDir()
-	ca := newLocalCA(t, dir, name)
+	ca := approvaltest.NewLocalCA(t, dir, name)
 	port := freePort(t)
 	base := fmt.Sprintf("https://%s:%d", name, port)
 	env := append(os.Environ(),
 		"COUNTERSIGN_SERVER_DATA_DIR="+filepath.Join(dir, "data"),
 		fmt.Sprintf("COUNTERSIGN_APPROVAL_LISTEN=127.0.0.1:%d", port),
 		"COUNTERSIGN_APPROVAL_PUBLIC_URL="+base,
-		"COUNTERSIGN_APPROVAL_TLS_CERT_FILE="+ca.certFile,
-		"COUNTERSIGN_APPROVAL_TLS_KEY_FILE="+ca.keyFile,
+		"COUNTERSIGN_APPROVAL_TLS_CERT_FILE="+ca.CertFile,
+		"COUNTERSIGN_APPROVAL_TLS_KEY_FILE="+ca.KeyFile,
 	)
 	cmd := exec.Command(binPath, "serve", "--http", "127.0.0.1:0")
 	cmd.Dir, cmd.Env = repoRoot, env
@@ -144,12 +93,12 @@ func TestServePageOverTLSUnderAName(t *testing.T) {
 		return resp, string(b)
 	}
 
-	phone := client(ca.pool)
+	phone := client(ca.Pool)
 	resp, _ := get(phone, base+"/")
 	if resp.StatusCode != http.StatusSeeOther || resp.Header.Get("Location") != "/signin" {
 		t.Errorf("GET / over TLS: %d to %q, want 303 to /signin", resp.StatusCode, resp.Header.Get("Location"))
 	}
-	if resp.TLS == nil || len(resp.TLS.PeerCertificates) == 0 || !resp.TLS.PeerCertificates[0].Equal(ca.leaf) {
+	if resp.TLS == nil || len(resp.TLS.PeerCertificates) == 0 || !resp.TLS.PeerCertificates[0].Equal(ca.Leaf) {
 		t.Error("the page did not present the certificate of tls_cert_file")
 	}
 	if resp, body := get(phone, base+"/signin"); resp.StatusCode != http.StatusOK || !strings.Contains(body, "<h1>Sign in</h1>") {
