@@ -102,7 +102,7 @@ func (s *Service) Handler() http.Handler {
 	mux.HandleFunc("GET /api/events", s.apiEvents)
 	// Ceremony endpoints: the id must look like one we issued, then the
 	// rate limits apply (visitor.go).
-	lim := newPageLimits(s.refuse)
+	lim := newPageLimits(s.refuse, s.now)
 	ceremony := func(name string, valid func(string) bool, h http.HandlerFunc) http.Handler {
 		return s.requirePathID(name, valid, lim.limit(name, h))
 	}
