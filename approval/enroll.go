@@ -52,7 +52,7 @@ func (s *Service) CreateEnrollment(ctx context.Context, approverID string) (stri
 		s.db.ExecContext(context.WithoutCancel(ctx), `UPDATE approval_enrollments SET used_at = ? WHERE token_hash = ?`, now.UnixNano(), hash[:])
 		return "", err
 	}
-	return s.opts.PublicURL + "/enroll/" + token, nil
+	return s.enrollURL(token), nil
 }
 
 // enrollment is a usable enrollment link.
@@ -331,3 +331,6 @@ func (s *Service) conveyance() protocol.ConveyancePreference {
 	}
 	return protocol.PreferNoAttestation
 }
+
+// enrollURL is the one-time link of an enrollment token on the public URL.
+func (s *Service) enrollURL(token string) string { return s.opts.PublicURL + "/enroll/" + token }

@@ -193,10 +193,13 @@ func (l *limiters) allow(key string, now time.Time) bool {
 type pageLimits struct {
 	byAddr, byTarget *limiters
 	refuse           func(w http.ResponseWriter, r *http.Request, status int, check, msg string)
+	// now is the service's clock (Options.Now), so that buckets refill by
+	// the same time as ceremonies expire, and a test's clock decides both.
+	now func() time.Time
 }
 
-func newPageLimits(refuse func(w http.ResponseWriter, r *http.Request, status int, check, msg string)) *pageLimits {
-	return &pageLimits{byAddr: newLimiters(perAddressRate, perAddressBurst), byTarget: newLimiters(perRequestRate, perRequestBurst), refuse: refuse}
+func newPageLimits(refuse func(w http.ResponseWriter, r *http.Request, status int, check, msg string), now func() time.Time) *pageLimits {
+	return &pageLimits{byAddr: newLimiters(perAddressRate, perAddressBurst), byTarget: newLimiters(perRequestRate, perRequestBurst), refuse: refuse, now: now}
 }
 
 // limit wraps a ceremony endpoint whose target (request id or enrollment
@@ -204,7 +207,7 @@ func newPageLimits(refuse func(w http.ResponseWriter, r *http.Request, status in
 // table's keys are ids the server could have issued.
 func (p *pageLimits) limit(name string, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		now := time.Now()
+		now := p.now()
 		addr := r.RemoteAddr
 		if host, _, err := net.SplitHostPort(addr); err == nil {
 			addr = host

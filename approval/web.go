@@ -103,7 +103,7 @@ func (s *Service) Handler() http.Handler {
 	mux.HandleFunc("GET /api/events", s.apiEvents)
 	// Ceremony endpoints: the id must look like one we issued, then the
 	// rate limits apply (visitor.go).
-	lim := newPageLimits(s.refuse)
+	lim := newPageLimits(s.refuse, s.now)
 	ceremony := func(name string, valid func(string) bool, h http.HandlerFunc) http.Handler {
 		return s.requirePathID(name, valid, lim.limit(name, h))
 	}
@@ -317,6 +317,7 @@ type pageData struct {
 	Offer        *GrantOffer // the grant offered with Request (grant.go)
 	Grants       []*Grant    // standing grants, newest first
 	Now          time.Time
+	QR           *qrCode // this page's public URL, for a phone to scan
 }
 
 func (s *Service) render(w http.ResponseWriter, r *http.Request, name string, d pageData) {
@@ -372,7 +373,7 @@ func (s *Service) pageRequest(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, err)
 		return
 	}
-	s.render(w, r, "request.html", pageData{Title: req.Tool + " " + req.Code, Request: req, Offer: offer})
+	s.render(w, r, "request.html", pageData{Title: req.Tool + " " + req.Code, Request: req, Offer: offer, QR: s.pageQR(s.requestURL(req.ID))})
 }
 
 func (s *Service) pageEnroll(w http.ResponseWriter, r *http.Request) {
@@ -382,7 +383,19 @@ func (s *Service) pageEnroll(w http.ResponseWriter, r *http.Request) {
 		s.render(w, r, "enroll.html", pageData{Title: "Enrollment link not valid", NotFound: true})
 		return
 	}
-	s.render(w, r, "enroll.html", pageData{Title: "Register a security key", Approver: s.approverName(e.approverID)})
+	s.render(w, r, "enroll.html", pageData{Title: "Register a security key", Approver: s.approverName(e.approverID),
+		QR: s.pageQR(s.enrollURL(r.PathValue("token")))})
+}
+
+// pageQR is the QR code of link, or nil (the page then shows none) when it
+// cannot be drawn: the code is a convenience, the page works without it.
+func (s *Service) pageQR(link string) *qrCode {
+	q, err := pageQR(link)
+	if err != nil {
+		s.opts.Logger.Warn("approval page: no QR code", "err", err)
+		return nil
+	}
+	return q
 }
 
 // requestJSON is the page's view of a request.

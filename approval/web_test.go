@@ -32,7 +32,7 @@ type httpFixture struct {
 // newServedFixture serves the service's Handler on a real listener,
 // reachable as base = http://localhost:PORT (RP ID localhost); addr is the
 // listener's 127.0.0.1 address.
-func newServedFixture(t *testing.T, edit func(*Options)) (f *fixture, base, addr string) {
+func newServedFixture(t testing.TB, edit func(*Options)) (f *fixture, base, addr string) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
