@@ -48,6 +48,9 @@ type Decision struct {
 	UserVerification string
 	Timeout          time.Duration // approval lifetime
 	Wait             string        // "block" | "poll"
+	// Batchable: the request may be approved together with others in one
+	// tap. Only ever at high: a critical call keeps its own taps.
+	Batchable bool
 }
 
 // UsageKeys are the fields of the usage variable.
@@ -162,6 +165,7 @@ func (p *Policy) Decide(in Input) (d Decision) {
 		d.Approvers = slices.Clone(approvers)
 		if level == rankHigh {
 			d.Quorum = 1
+			d.Batchable = t.batchable
 		} else {
 			d.UserVerification = UVRequired
 			d.Quorum = cmp(quorum, t.quorum, DefaultCriticalQuorum)

@@ -90,6 +90,9 @@ func (c *Config) validate() []problem {
 	if ap.MaxBodyBytes < 1024 {
 		v.fail("approval.max_body_bytes", "expected at least 1024, got %d", ap.MaxBodyBytes)
 	}
+	if ap.MaxBatch < 1 || ap.MaxBatch > MaxBatchLimit {
+		v.fail("approval.max_batch", "expected 1 (no batches) to %d, got %d", MaxBatchLimit, ap.MaxBatch)
+	}
 	v.oneOf("approval.attestation", ap.Attestation, "none", "direct")
 	if len(ap.AttestationRoots) > 0 && ap.Attestation != "direct" {
 		v.fail("approval.attestation", "attestation_roots need attestation: direct")
@@ -218,6 +221,9 @@ func (c *Config) validate() []problem {
 		}
 		if t.Timeout < 0 {
 			v.fail(p+".timeout", "expected a positive duration, got %s", t.Timeout)
+		}
+		if t.Batchable && t.Level == LevelCritical {
+			v.fail(p+".batchable", "a critical tool cannot be batchable: each critical call keeps its own tap with user verification")
 		}
 		for i, r := range t.Rules {
 			rp := fmt.Sprintf("%s.rules[%d]", p, i)
