@@ -31,6 +31,8 @@ var pages = template.Must(template.New("").Funcs(template.FuncMap{
 	"short":    func(t time.Time) string { return t.UTC().Format("2006-01-02 15:04:05 UTC") },
 	"join":     strings.Join,
 	"contains": slices.Contains[[]string],
+	"single":   singleDisplay,
+	"inBatch":  batchDisplay,
 }).ParseFS(webFS, "web/*.html"))
 
 // displayLine is one "Label: value" line of the display text; the page
@@ -110,6 +112,10 @@ func (s *Service) Handler() http.Handler {
 	mux.Handle("POST /api/requests/{id}/finish", ceremony("id", validID, s.apiFinish))
 	mux.Handle("POST /api/enroll/{token}/begin", ceremony("token", validToken, s.apiEnrollBegin))
 	mux.Handle("POST /api/enroll/{token}/finish", ceremony("token", validToken, s.apiEnrollFinish))
+	mux.HandleFunc("GET /batch", s.pageBatch)
+	// A batch names its requests in the body: only the address is limited.
+	mux.Handle("POST /api/batch/begin", lim.limit("", http.HandlerFunc(s.apiBatchBegin)))
+	mux.Handle("POST /api/batch/finish", lim.limit("", http.HandlerFunc(s.apiBatchFinish)))
 
 	var h http.Handler = mux
 	if s.opts.RequireSignIn {
@@ -311,6 +317,8 @@ type pageData struct {
 	Request      *Request
 	Approver     string
 	NotFound     bool
+	MaxBatch     int        // the pending list: how many one tap may approve
+	Batch        *batchView // the batch confirmation page
 }
 
 func (s *Service) render(w http.ResponseWriter, r *http.Request, name string, d pageData) {
@@ -342,7 +350,7 @@ func (s *Service) pageIndex(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, err)
 		return
 	}
-	s.render(w, r, "index.html", pageData{Title: "Approvals", Pending: pending, PendingTotal: total, History: history, Keys: keys})
+	s.render(w, r, "index.html", pageData{Title: "Approvals", Pending: pending, PendingTotal: total, History: history, Keys: keys, MaxBatch: s.maxBatch()})
 }
 
 func (s *Service) pageRequest(w http.ResponseWriter, r *http.Request) {
@@ -389,6 +397,7 @@ type requestJSON struct {
 	DecidedAt      *time.Time      `json:"decidedAt,omitempty"`
 	Reason         string          `json:"reason,omitempty"`
 	URL            string          `json:"url"`
+	Batchable      bool            `json:"batchable"`
 }
 
 func toJSON(r *Request) requestJSON {
@@ -397,6 +406,7 @@ func toJSON(r *Request) requestJSON {
 		BindingMessage: r.BindingMessage, Display: r.Display, Details: r.AuthorizationDetails,
 		ExpiresAt: r.ExpiresAt, Approvers: r.Approvers, ApproverNames: r.ApproverNames,
 		Approvals: r.Approvals, Quorum: r.Quorum, DecidedBy: r.DecidedBy, Reason: r.Reason, URL: "/requests/" + r.ID,
+		Batchable: r.Batchable && r.Level == "high",
 	}
 	if out.Approvals == nil {
 		out.Approvals = []string{}
