@@ -219,16 +219,7 @@ func (s *Service) FinishBatch(ctx context.Context, ids []string, ceremonyID stri
 		b, err = s.loadBatch(ctx, s.db, ids)
 	}
 	if err == nil {
-		v, err = s.verifyAssertion(assertionCheck{
-			batch: b, decision: digest.Approve, session: session, now: s.now(),
-			lookup: func(id []byte) (*storedCred, error) { return s.credential(ctx, s.db, id) },
-			handle: func(a string) ([]byte, error) { return s.handle(ctx, a) },
-			seen: func(id []byte) (bool, error) {
-				var n int
-				err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM approval_used_assertions WHERE hash = ?`, id).Scan(&n)
-				return n > 0, err
-			},
-		}, p)
+		v, err = s.verifyAssertion(s.stored(ctx, assertionCheck{batch: b, decision: digest.Approve, session: session}), p)
 	}
 	if err == nil {
 		err = s.inTx(ctx, func(tx *sql.Tx) error {

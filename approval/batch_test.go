@@ -6,7 +6,6 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -15,7 +14,6 @@ import (
 
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/digest"
-	"github.com/countersign/countersign/store"
 )
 
 // batchRequest is a batchable high request of approvers, with quorum.
@@ -325,27 +323,8 @@ func TestBatchRefusals(t *testing.T) {
 // key.
 func TestBatchExportVerifies(t *testing.T) {
 	ctx := context.Background()
-	dir := t.TempDir()
-	db, err := store.Open(ctx, filepath.Join(dir, store.FileName))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	key, err := audit.LoadOrCreateKey(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	log, err := audit.Open(ctx, db, key, audit.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { log.Close() })
-	svc, err := New(ctx, db, log, Options{RPID: "localhost", Origins: []string{testOrigin}, Approvers: testApprovers})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { svc.Close() })
-	f := &fixture{svc: svc, db: db, dir: dir}
+	f, log, key := newLoggedFixture(t)
+	svc := f.svc
 	alice := newSoftKey(t, "localhost", testOrigin)
 	f.enroll(t, "alice", alice)
 	ids := []string{f.create(t, batchRequest(1, "alice")), f.create(t, batchRequest(1, "alice", "bob")), f.create(t, batchRequest(1, "alice"))}

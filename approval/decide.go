@@ -235,6 +235,20 @@ type assertionCheck struct {
 	seen     func(replayID []byte) (bool, error)
 }
 
+// stored completes ac with the time and this service's database: the
+// credentials, user handles and assertions already used.
+func (s *Service) stored(ctx context.Context, ac assertionCheck) assertionCheck {
+	ac.now = s.now()
+	ac.lookup = func(id []byte) (*storedCred, error) { return s.credential(ctx, s.db, id) }
+	ac.handle = func(a string) ([]byte, error) { return s.handle(ctx, a) }
+	ac.seen = func(id []byte) (bool, error) {
+		var n int
+		err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM approval_used_assertions WHERE hash = ?`, id).Scan(&n)
+		return n > 0, err
+	}
+	return ac
+}
+
 // parseAssertion is the untrusted-input parser: the page's cred.toJSON().
 func parseAssertion(raw []byte) (*protocol.ParsedCredentialAssertionData, error) {
 	if !json.Valid(raw) {
@@ -388,16 +402,7 @@ func (s *Service) FinishDecision(ctx context.Context, requestID, ceremonyID stri
 		r, err = s.load(ctx, s.db, requestID)
 	}
 	if err == nil {
-		v, err = s.verifyAssertion(assertionCheck{
-			req: r, decision: decision, session: session, now: s.now(),
-			lookup: func(id []byte) (*storedCred, error) { return s.credential(ctx, s.db, id) },
-			handle: func(a string) ([]byte, error) { return s.handle(ctx, a) },
-			seen: func(id []byte) (bool, error) {
-				var n int
-				err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM approval_used_assertions WHERE hash = ?`, id).Scan(&n)
-				return n > 0, err
-			},
-		}, p)
+		v, err = s.verifyAssertion(s.stored(ctx, assertionCheck{req: r, decision: decision, session: session}), p)
 	}
 	if err == nil {
 		err = s.commitDecision(ctx, r, decision, v)
