@@ -76,6 +76,7 @@ type Options struct {
 	PollInterval time.Duration // CIBA interval; default 5s
 	EnrollTTL    time.Duration // enrollment link lifetime; default 10m
 	MaxBodyBytes int64         // approver page POST limit; default 64 KiB
+	MaxBatch     int           // requests one tap may approve together; default DefaultMaxBatch
 	Now          func() time.Time
 	Logger       *slog.Logger // default: discard
 
@@ -419,6 +420,7 @@ var schema = []string{
 	createGrantOffers,
 	createGrantCeremonies,
 	createGrants,
+	createBatchable,
 }
 
 // outboxStaleAfter is how long another process's unflushed entries wait

@@ -29,27 +29,8 @@ import (
 // signature against the enrolled COSE keys.
 func TestRealAuditLogExportVerifies(t *testing.T) {
 	ctx := context.Background()
-	dir := t.TempDir()
-	db, err := store.Open(ctx, filepath.Join(dir, store.FileName))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	key, err := audit.LoadOrCreateKey(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	log, err := audit.Open(ctx, db, key, audit.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { log.Close() })
-	svc, err := New(ctx, db, log, Options{RPID: "localhost", Origins: []string{testOrigin}, Approvers: testApprovers})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { svc.Close() })
-	f := &fixture{svc: svc, db: db, dir: dir, rec: nil}
+	f, log, key := newLoggedFixture(t)
+	svc, db := f.svc, f.db
 
 	alice, bob := newSoftKey(t, "localhost", testOrigin), newSoftKey(t, "localhost", testOrigin)
 	f.enroll(t, "alice", alice)
@@ -136,6 +117,34 @@ func TestRealAuditLogExportVerifies(t *testing.T) {
 	if !errors.As(err, &ve) || !strings.Contains(ve.Reason, "an execution of it relabelled low") {
 		t.Fatalf("execution relabelled low: %v", err)
 	}
+}
+
+// newLoggedFixture is a service whose recorder is the real audit log, in
+// the same database, and that log's server key.
+func newLoggedFixture(t *testing.T) (*fixture, *audit.Log, ed25519.PrivateKey) {
+	t.Helper()
+	ctx := context.Background()
+	dir := t.TempDir()
+	db, err := store.Open(ctx, filepath.Join(dir, store.FileName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	key, err := audit.LoadOrCreateKey(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log, err := audit.Open(ctx, db, key, audit.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { log.Close() })
+	svc, err := New(ctx, db, log, Options{RPID: "localhost", Origins: []string{testOrigin}, Approvers: testApprovers})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { svc.Close() })
+	return &fixture{svc: svc, db: db, dir: dir}, log, key
 }
 
 // ran claims an approved request and finishes it with its execution's

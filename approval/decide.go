@@ -245,7 +245,10 @@ type verified struct {
 // assertionCheck is everything verifyAssertion needs; it touches no
 // database, so it can be fuzzed.
 type assertionCheck struct {
-	req      *row
+	req *row
+	// batch, when set instead of req, is the set of requests one
+	// assertion approves together (batch.go).
+	batch    *batchSet
 	decision string
 	session  webauthn.SessionData
 	now      time.Time
@@ -255,6 +258,20 @@ type assertionCheck struct {
 	// grant, when the ceremony approves with a grant: the key must have
 	// signed the grant digest over the request's action digest.
 	grant *grantTerms
+}
+
+// stored completes ac with the time and this service's database: the
+// credentials, user handles and assertions already used.
+func (s *Service) stored(ctx context.Context, ac assertionCheck) assertionCheck {
+	ac.now = s.now()
+	ac.lookup = func(id []byte) (*storedCred, error) { return s.credential(ctx, s.db, id) }
+	ac.handle = func(a string) ([]byte, error) { return s.handle(ctx, a) }
+	ac.seen = func(id []byte) (bool, error) {
+		var n int
+		err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM approval_used_assertions WHERE hash = ?`, id).Scan(&n)
+		return n > 0, err
+	}
+	return ac
 }
 
 // parseAssertion is the untrusted-input parser: the page's cred.toJSON().
@@ -285,19 +302,30 @@ func protoDetail(err error) string {
 
 // verifyAssertion runs every check on one assertion, each with its own
 // named error, then lets go-webauthn verify the signature and the rest.
+// The assertion decides ac.req, or every request of ac.batch: each check
+// about a request holds for each of them, and the key signed the batch
+// challenge instead of one request's digest.
 func (s *Service) verifyAssertion(ac assertionCheck, p *protocol.ParsedCredentialAssertionData) (*verified, error) {
-	r := ac.req
-	if r.State == StateExpired || (r.State == StatePending && !ac.now.Before(r.ExpiresAt)) {
-		return nil, failf(ErrExpired, "expired at %s", digest.FormatTime(r.ExpiresAt))
+	reqs := []*row{ac.req}
+	if ac.batch != nil {
+		if ac.grant != nil {
+			return nil, failf(ErrChallenge, "a batch approval cannot create a standing grant")
+		}
+		reqs = ac.batch.rows
 	}
-	if r.State != StatePending {
-		return nil, failf(ErrNotPending, "request is %s", r.State)
+	for _, r := range reqs {
+		if r.State == StateExpired || (r.State == StatePending && !ac.now.Before(r.ExpiresAt)) {
+			return nil, failf(ErrExpired, "request %s expired at %s", r.ID, digest.FormatTime(r.ExpiresAt))
+		}
+		if r.State != StatePending {
+			return nil, failf(ErrNotPending, "request %s is %s", r.ID, r.State)
+		}
 	}
 	cd := p.Response.CollectedClientData
 	if cd.Type != protocol.AssertCeremony {
 		return nil, failf(ErrCeremonyType, "clientData.type is %q", cd.Type)
 	}
-	want, err := s.digest(r, ac.decision)
+	want, what, err := s.challenge(ac)
 	if err != nil {
 		return nil, err
 	}
@@ -307,7 +335,7 @@ func (s *Service) verifyAssertion(ac assertionCheck, p *protocol.ParsedCredentia
 		}
 	}
 	if cd.Challenge != b64(want[:]) || ac.session.Challenge != b64(want[:]) {
-		return nil, failf(ErrChallenge, "the key signed a different action than %s of request %s", ac.decision, r.ID)
+		return nil, failf(ErrChallenge, "the key signed a different action than %s", what)
 	}
 	replayID := sha256.Sum256(append(append([]byte{}, p.RawID...), p.Response.Signature...))
 	if seen, err := ac.seen(replayID[:]); err != nil {
@@ -325,11 +353,17 @@ func (s *Service) verifyAssertion(ac assertionCheck, p *protocol.ParsedCredentia
 	if cred.revoked {
 		return nil, failf(ErrRevokedCredential, "credential %s was revoked", b64(p.RawID))
 	}
-	if !slices.Contains(r.Approvers, cred.approverID) {
-		return nil, failf(ErrApproverNotAllowed, "%s may not decide this request", cred.approverID)
-	}
-	if ac.decision == digest.Approve && slices.Contains(r.Approvals, cred.approverID) {
-		return nil, failf(ErrAlreadyCounted, "%s already approved this request", cred.approverID)
+	uv := ""
+	for _, r := range reqs {
+		if !slices.Contains(r.Approvers, cred.approverID) {
+			return nil, failf(ErrApproverNotAllowed, "%s may not decide request %s", cred.approverID, r.ID)
+		}
+		if ac.decision == digest.Approve && slices.Contains(r.Approvals, cred.approverID) {
+			return nil, failf(ErrAlreadyCounted, "%s already approved request %s", cred.approverID, r.ID)
+		}
+		if uv == "" || r.uv == "required" {
+			uv = r.uv
+		}
 	}
 	if !slices.ContainsFunc(ac.session.AllowedCredentialIDs, func(id []byte) bool { return bytes.Equal(id, p.RawID) }) {
 		return nil, failf(ErrCredentialNotOffered, "credential %s was not offered for this ceremony", b64(p.RawID))
@@ -345,8 +379,8 @@ func (s *Service) verifyAssertion(ac assertionCheck, p *protocol.ParsedCredentia
 	if !ad.Flags.HasUserPresent() {
 		return nil, failf(ErrUserPresence, "the key did not report user presence")
 	}
-	if r.uv == "required" && !ad.Flags.HasUserVerified() {
-		return nil, failf(ErrUserVerification, "%s requires user verification (PIN or biometric)", r.Level)
+	if uv == "required" && !ad.Flags.HasUserVerified() {
+		return nil, failf(ErrUserVerification, "%s requires user verification (PIN or biometric)", what)
 	}
 	if ad.Counter != 0 || cred.signCount != 0 {
 		if ad.Counter <= cred.signCount {
@@ -361,7 +395,7 @@ func (s *Service) verifyAssertion(ac assertionCheck, p *protocol.ParsedCredentia
 	sess.UserID = h
 	sess.AllowedCredentialIDs = [][]byte{p.RawID}
 	sess.Challenge = b64(want[:])
-	sess.UserVerification = uvRequirement(r.uv)
+	sess.UserVerification = uvRequirement(uv)
 	user := approverUser{id: cred.approverID, name: s.approverName(cred.approverID), handle: h, creds: []webauthn.Credential{cred.cred}}
 	updated, err := s.wa.ValidateLogin(user, sess, p)
 	if err != nil {
@@ -371,6 +405,16 @@ func (s *Service) verifyAssertion(ac assertionCheck, p *protocol.ParsedCredentia
 		return nil, failf(ErrCounter, "go-webauthn flagged a possible clone")
 	}
 	return &verified{parsed: p, cred: cred, updated: updated, replayID: replayID[:], grant: ac.grant}, nil
+}
+
+// challenge is what the key must have signed for ac, and how to name it:
+// the action digest of (request, decision), or a batch's challenge.
+func (s *Service) challenge(ac assertionCheck) ([32]byte, string, error) {
+	if ac.batch != nil {
+		return ac.batch.challenge, fmt.Sprintf("approve of these %d requests together", len(ac.batch.rows)), nil
+	}
+	want, err := s.digest(ac.req, ac.decision)
+	return want, fmt.Sprintf("%s of request %s", ac.decision, ac.req.ID), err
 }
 
 // FinishDecision verifies the page's assertion for a ceremony started by
@@ -395,16 +439,7 @@ func (s *Service) FinishDecision(ctx context.Context, requestID, ceremonyID stri
 		r, err = s.load(ctx, s.db, requestID)
 	}
 	if err == nil {
-		v, err = s.verifyAssertion(assertionCheck{
-			req: r, decision: decision, session: session, now: s.now(), grant: grant,
-			lookup: func(id []byte) (*storedCred, error) { return s.credential(ctx, s.db, id) },
-			handle: func(a string) ([]byte, error) { return s.handle(ctx, a) },
-			seen: func(id []byte) (bool, error) {
-				var n int
-				err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM approval_used_assertions WHERE hash = ?`, id).Scan(&n)
-				return n > 0, err
-			},
-		}, p)
+		v, err = s.verifyAssertion(s.stored(ctx, assertionCheck{req: r, decision: decision, session: session, grant: grant}), p)
 	}
 	if err == nil {
 		err = s.commitDecision(ctx, r, decision, v)
@@ -434,79 +469,103 @@ func (s *Service) FinishDecision(ctx context.Context, requestID, ceremonyID stri
 // re-checks everything another decision could have changed meanwhile.
 func (s *Service) commitDecision(ctx context.Context, r0 *row, decision string, v *verified) error {
 	return s.inTx(ctx, func(tx *sql.Tx) error {
-		r, err := s.load(ctx, tx, r0.ID)
-		if err != nil {
+		if err := s.useAssertion(ctx, tx, r0.ID, v); err != nil {
 			return err
 		}
-		now := s.now()
-		if r.State != StatePending {
-			return failf(ErrNotPending, "request became %s", r.State)
-		}
-		if !now.Before(r.ExpiresAt) {
-			return failf(ErrExpired, "expired at %s", digest.FormatTime(r.ExpiresAt))
-		}
-		approver := v.cred.approverID
-		if decision == digest.Approve && slices.Contains(r.Approvals, approver) {
-			return failf(ErrAlreadyCounted, "%s already approved this request", approver)
-		}
-		if _, err := tx.ExecContext(ctx, `INSERT INTO approval_used_assertions (hash, request_id, created_at) VALUES (?,?,?)`, v.replayID, r.ID, now.UnixNano()); err != nil {
-			return failf(ErrReplay, "this assertion was already used")
-		}
-		newCount := v.parsed.Response.AuthenticatorData.Counter
-		credJSON, err := json.Marshal(v.updated)
-		if err != nil {
-			return err
-		}
-		res, err := tx.ExecContext(ctx, `UPDATE approval_credentials SET sign_count = ?, credential = ?, last_used_at = ?
-			WHERE id = ? AND revoked_at = 0 AND (sign_count < ? OR (sign_count = 0 AND ? = 0))`,
-			newCount, credJSON, now.UnixNano(), v.cred.id, newCount, newCount)
-		if err != nil {
-			return err
-		}
-		if n, _ := res.RowsAffected(); n != 1 {
-			return failf(ErrCounter, "sign counter %d did not increase (or the key was revoked meanwhile)", newCount)
-		}
-		if _, err := tx.ExecContext(ctx, `INSERT INTO approval_votes (request_id, approver_id, credential_id, decision, created_at) VALUES (?,?,?,?,?)`,
-			r.ID, approver, v.cred.id, decision, now.UnixNano()); err != nil {
-			return failf(ErrAlreadyCounted, "%s already decided this request", approver)
-		}
-		if err := keepAssertion(ctx, tx, r.ID, approver, decision, v); err != nil {
-			return err
-		}
-		entry := s.assertionEntry(r, decision, v, now)
-		if v.grant != nil {
-			if err := s.createGrant(ctx, tx, r, approver, v.grant, &entry, now); err != nil {
-				return err
-			}
-		}
-		switch decision {
-		case digest.Deny:
-			entry.Kind = audit.KindApprovalDenied
-			if err := s.transition(ctx, tx, r.ID, StateDenied, approver, "denied by "+approver); err != nil {
-				return err
-			}
-			return s.enqueue(ctx, tx, r.ID, entry)
-		default:
-			entry.Kind = audit.KindApprovalAssertion
-			if err := s.enqueue(ctx, tx, r.ID, entry); err != nil {
-				return err
-			}
-			approvals := append(slices.Clone(r.Approvals), approver)
-			if len(approvals) < r.Quorum {
-				return nil
-			}
-			by := joinComma(approvals)
-			if err := s.transition(ctx, tx, r.ID, StateApproved, by, fmt.Sprintf("quorum %d reached", r.Quorum)); err != nil {
-				return err
-			}
-			// Assertions (their seqs) are filled in when the outbox
-			// appends this entry, after the assertions themselves.
-			done := s.requestEntry(r, audit.KindApprovalApproved, fmt.Sprintf("quorum %d of %d reached", len(approvals), r.Quorum))
-			done.Approvers = approvals
-			done.Decision = digest.Approve
-			return s.enqueue(ctx, tx, r.ID, done)
-		}
+		return s.countDecision(ctx, tx, r0.ID, decision, v, nil)
 	})
+}
+
+// useAssertion spends a verified assertion inside tx: it can never be
+// used again, and its key's sign counter moves up to it.
+func (s *Service) useAssertion(ctx context.Context, tx *sql.Tx, requestID string, v *verified) error {
+	now := s.now()
+	if _, err := tx.ExecContext(ctx, `INSERT INTO approval_used_assertions (hash, request_id, created_at) VALUES (?,?,?)`, v.replayID, requestID, now.UnixNano()); err != nil {
+		return failf(ErrReplay, "this assertion was already used")
+	}
+	newCount := v.parsed.Response.AuthenticatorData.Counter
+	credJSON, err := json.Marshal(v.updated)
+	if err != nil {
+		return err
+	}
+	res, err := tx.ExecContext(ctx, `UPDATE approval_credentials SET sign_count = ?, credential = ?, last_used_at = ?
+		WHERE id = ? AND revoked_at = 0 AND (sign_count < ? OR (sign_count = 0 AND ? = 0))`,
+		newCount, credJSON, now.UnixNano(), v.cred.id, newCount, newCount)
+	if err != nil {
+		return err
+	}
+	if n, _ := res.RowsAffected(); n != 1 {
+		return failf(ErrCounter, "sign counter %d did not increase (or the key was revoked meanwhile)", newCount)
+	}
+	return nil
+}
+
+// countDecision records a verified assertion's decision on one request
+// inside tx, re-reading the request: its vote, its audit entries, and,
+// when it completes the quorum or denies, the request's new state. in,
+// when set, is the request's place in the batch the assertion signed.
+func (s *Service) countDecision(ctx context.Context, tx *sql.Tx, id, decision string, v *verified, in *batchPlace) error {
+	r, err := s.load(ctx, tx, id)
+	if err != nil {
+		return err
+	}
+	now := s.now()
+	if r.State != StatePending {
+		return failf(ErrNotPending, "request %s became %s", r.ID, r.State)
+	}
+	if !now.Before(r.ExpiresAt) {
+		return failf(ErrExpired, "request %s expired at %s", r.ID, digest.FormatTime(r.ExpiresAt))
+	}
+	approver := v.cred.approverID
+	if decision == digest.Approve && slices.Contains(r.Approvals, approver) {
+		return failf(ErrAlreadyCounted, "%s already approved request %s", approver, r.ID)
+	}
+	if _, err := tx.ExecContext(ctx, `INSERT INTO approval_votes (request_id, approver_id, credential_id, decision, created_at) VALUES (?,?,?,?,?)`,
+		r.ID, approver, v.cred.id, decision, now.UnixNano()); err != nil {
+		return failf(ErrAlreadyCounted, "%s already decided request %s", approver, r.ID)
+	}
+	if err := keepAssertion(ctx, tx, r.ID, approver, decision, v); err != nil {
+		return err
+	}
+	entry := s.assertionEntry(r, decision, v, now)
+	if in != nil {
+		entry.BatchDigests, entry.BatchPosition = in.digests, in.position
+	}
+	if v.grant != nil {
+		if in != nil {
+			return failf(ErrChallenge, "a batch approval cannot create a standing grant")
+		}
+		if err := s.createGrant(ctx, tx, r, approver, v.grant, &entry, now); err != nil {
+			return err
+		}
+	}
+	switch decision {
+	case digest.Deny:
+		entry.Kind = audit.KindApprovalDenied
+		if err := s.transition(ctx, tx, r.ID, StateDenied, approver, "denied by "+approver); err != nil {
+			return err
+		}
+		return s.enqueue(ctx, tx, r.ID, entry)
+	default:
+		entry.Kind = audit.KindApprovalAssertion
+		if err := s.enqueue(ctx, tx, r.ID, entry); err != nil {
+			return err
+		}
+		approvals := append(slices.Clone(r.Approvals), approver)
+		if len(approvals) < r.Quorum {
+			return nil
+		}
+		by := joinComma(approvals)
+		if err := s.transition(ctx, tx, r.ID, StateApproved, by, fmt.Sprintf("quorum %d reached", r.Quorum)); err != nil {
+			return err
+		}
+		// Assertions (their seqs) are filled in when the outbox
+		// appends this entry, after the assertions themselves.
+		done := s.requestEntry(r, audit.KindApprovalApproved, fmt.Sprintf("quorum %d of %d reached", len(approvals), r.Quorum))
+		done.Approvers = approvals
+		done.Decision = digest.Approve
+		return s.enqueue(ctx, tx, r.ID, done)
+	}
 }
 
 func joinComma(xs []string) string {

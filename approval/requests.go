@@ -44,6 +44,10 @@ type NewRequest struct {
 	// Grant, when set, is the standing grant the approver is offered with
 	// this request (grant.go); the server derived it, the page shows it.
 	Grant *GrantOffer
+	// Batchable lets an approver approve it together with others in one
+	// tap (batch.go). Ignored at critical: each critical approval keeps
+	// its own tap.
+	Batchable bool
 }
 
 // Request is a snapshot of one request.
@@ -65,6 +69,7 @@ type Request struct {
 	Reason         string
 	Result         json.RawMessage
 	Wait           string // WaitBlock | WaitPoll | WaitBackchannel | WaitTask
+	Batchable      bool   // may be approved in a batch (batch.go)
 	// Running says an approved request's one run was claimed (it is
 	// executing, or the process running it died).
 	Running bool
@@ -156,6 +161,7 @@ func (s *Service) Create(ctx context.Context, r NewRequest) (*Request, error) {
 	if r.Timeout <= 0 {
 		r.Timeout = 5 * time.Minute
 	}
+	r.Batchable = r.Batchable && r.Level == "high"
 	switch r.Wait {
 	case "":
 		r.Wait = WaitBlock
@@ -195,6 +201,7 @@ func (s *Service) Create(ctx context.Context, r NewRequest) (*Request, error) {
 		Quorum:               r.Quorum,
 		Eligible:             approvers,
 		UserVerification:     r.UserVerification,
+		Batchable:            r.Batchable,
 		ArgsSHA256:           hex.EncodeToString(argsSum[:]),
 		AuthorizationDetails: r.AuthorizationDetails,
 		Display:              display,
@@ -220,6 +227,11 @@ func (s *Service) Create(ctx context.Context, r NewRequest) (*Request, error) {
 		}
 		if err := s.offerGrant(ctx, tx, id, r); err != nil {
 			return err
+		}
+		if r.Batchable {
+			if err := markBatchable(ctx, tx, id); err != nil {
+				return err
+			}
 		}
 		return s.enqueue(ctx, tx, id, entry)
 	})
@@ -266,7 +278,8 @@ type row struct {
 const rowColumns = `id, tool, agent, args, args_sha256, redact_args, authorization_details, summary, display, level, rule,
 	approvers, quorum, user_verification, code, binding_message, nonce, created_at, expires_at, interval_ms, state,
 	decided_by, decided_at, reason, exec_claimed_at, result, last_poll, wait_mode,
-	EXISTS (SELECT 1 FROM approval_outbox o WHERE o.request_id = approval_requests.id)`
+	EXISTS (SELECT 1 FROM approval_outbox o WHERE o.request_id = approval_requests.id),
+	EXISTS (SELECT 1 FROM approval_batchable b WHERE b.request_id = approval_requests.id)`
 
 type scanner interface{ Scan(...any) error }
 
@@ -279,7 +292,7 @@ func (s *Service) scanRow(sc scanner) (*row, error) {
 	)
 	err := sc.Scan(&r.ID, &r.Tool, &r.Agent, &r.args, &r.argsSHA256, &r.redact, &details, &r.summary, &r.Display,
 		&r.Level, &r.rule, &approvers, &r.Quorum, &r.uv, &r.Code, &r.BindingMessage, &r.nonce, &created,
-		&r.expiresSec, &interval, &r.State, &r.DecidedBy, &decided, &r.Reason, &r.execClaim, &result, &r.lastPoll, &r.Wait, &r.unlogged)
+		&r.expiresSec, &interval, &r.State, &r.DecidedBy, &decided, &r.Reason, &r.execClaim, &result, &r.lastPoll, &r.Wait, &r.unlogged, &r.Batchable)
 	if err != nil {
 		return nil, err
 	}

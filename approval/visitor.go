@@ -86,6 +86,8 @@ var reasons = map[string]string{
 	ErrSignature.Check:            "the signature did not verify",
 	ErrCounter.Check:              "the sign counter did not increase: possible cloned key",
 	ErrNoCredentials.Check:        "nobody allowed has an enrolled key",
+	ErrNotBatchable.Check:         "a request of the batch may not be approved in a batch",
+	ErrBatchSize.Check:            "the batch is empty, repeats a request or is over approval.max_batch",
 }
 
 // rejectedReason is the audit reason for a refusal: the check's name and its

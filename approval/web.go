@@ -32,6 +32,8 @@ var pages = template.Must(template.New("").Funcs(template.FuncMap{
 	"join":     strings.Join,
 	"contains": slices.Contains[[]string],
 	"minutes":  func(d time.Duration) int { return int(d / time.Minute) },
+	"single":   singleDisplay,
+	"inBatch":  batchDisplay,
 }).ParseFS(webFS, "web/*.html"))
 
 // displayLine is one "Label: value" line of the display text; the page
@@ -113,6 +115,10 @@ func (s *Service) Handler() http.Handler {
 	mux.Handle("POST /api/grants/{id}/revoke", ceremony("id", validID, s.apiRevokeGrant))
 	mux.Handle("POST /api/enroll/{token}/begin", ceremony("token", validToken, s.apiEnrollBegin))
 	mux.Handle("POST /api/enroll/{token}/finish", ceremony("token", validToken, s.apiEnrollFinish))
+	mux.HandleFunc("GET /batch", s.pageBatch)
+	// A batch names its requests in the body: only the address is limited.
+	mux.Handle("POST /api/batch/begin", lim.limit("", http.HandlerFunc(s.apiBatchBegin)))
+	mux.Handle("POST /api/batch/finish", lim.limit("", http.HandlerFunc(s.apiBatchFinish)))
 
 	var h http.Handler = mux
 	if s.opts.RequireSignIn {
@@ -317,7 +323,9 @@ type pageData struct {
 	Offer        *GrantOffer // the grant offered with Request (grant.go)
 	Grants       []*Grant    // standing grants, newest first
 	Now          time.Time
-	QR           *qrCode // this page's public URL, for a phone to scan
+	QR           *qrCode    // this page's public URL, for a phone to scan
+	MaxBatch     int        // the pending list: how many one tap may approve
+	Batch        *batchView // the batch confirmation page
 }
 
 func (s *Service) render(w http.ResponseWriter, r *http.Request, name string, d pageData) {
@@ -354,7 +362,7 @@ func (s *Service) pageIndex(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, err)
 		return
 	}
-	s.render(w, r, "index.html", pageData{Title: "Approvals", Pending: pending, PendingTotal: total, History: history, Keys: keys, Grants: grants, Now: s.now()})
+	s.render(w, r, "index.html", pageData{Title: "Approvals", Pending: pending, PendingTotal: total, History: history, Keys: keys, Grants: grants, Now: s.now(), MaxBatch: s.maxBatch()})
 }
 
 func (s *Service) pageRequest(w http.ResponseWriter, r *http.Request) {
@@ -418,6 +426,7 @@ type requestJSON struct {
 	DecidedAt      *time.Time      `json:"decidedAt,omitempty"`
 	Reason         string          `json:"reason,omitempty"`
 	URL            string          `json:"url"`
+	Batchable      bool            `json:"batchable"`
 }
 
 func toJSON(r *Request) requestJSON {
@@ -426,6 +435,7 @@ func toJSON(r *Request) requestJSON {
 		BindingMessage: r.BindingMessage, Display: r.Display, Details: r.AuthorizationDetails,
 		ExpiresAt: r.ExpiresAt, Approvers: r.Approvers, ApproverNames: r.ApproverNames,
 		Approvals: r.Approvals, Quorum: r.Quorum, DecidedBy: r.DecidedBy, Reason: r.Reason, URL: "/requests/" + r.ID,
+		Batchable: r.Batchable && r.Level == "high",
 	}
 	if out.Approvals == nil {
 		out.Approvals = []string{}

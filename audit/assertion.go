@@ -161,14 +161,24 @@ func checkAssertion(e *Entry, cr *credential) error {
 		ExpiresAt:            expires,
 	}
 	copy(a.ArgsSHA256[:], args)
-	challenge, err := digest.Compute(a)
+	own, err := digest.Compute(a)
 	if err != nil {
 		return fmt.Errorf("action digest: %v", err)
 	}
+	challenge, what, err := signedChallenge(e, own)
+	if err != nil {
+		return err
+	}
 	if e.GrantID != "" {
-		if challenge, err = grantChallenge(e, challenge); err != nil {
+		// Approving with a grant: the key signs the grant digest over the
+		// request's action digest. A batch carries no grant.
+		if len(e.BatchDigests) > 0 {
+			return fmt.Errorf("a batch approval cannot create a standing grant")
+		}
+		if challenge, err = grantChallenge(e, own); err != nil {
 			return err
 		}
+		what = "the grant digest of this entry (grant id, condition, limits or the request differ)"
 	}
 
 	cdj, err := decodeB64URL(e.ClientDataJSON)
@@ -188,7 +198,7 @@ func checkAssertion(e *Entry, cr *credential) error {
 	case cd.Type != "webauthn.get":
 		return fmt.Errorf("client data type %q, want webauthn.get", cd.Type)
 	case cd.Challenge != base64.RawURLEncoding.EncodeToString(challenge[:]):
-		return fmt.Errorf("challenge is not the action digest of this entry (decision, request, arguments, display, nonce or expiry differ)")
+		return fmt.Errorf("challenge is not %s", what)
 	case e.Origin == "":
 		return fmt.Errorf("entry has no origin")
 	case cd.Origin != e.Origin:

@@ -77,7 +77,12 @@ func (k *softKey) cose() string {
 
 // sign fills e's assertion fields for the digest of e as it stands.
 func (k *softKey) sign(e *Entry, origin, rpID string, flags byte) {
-	t := k.t
+	k.signChallenge(e, actionDigest(k.t, e), origin, rpID, flags)
+}
+
+// actionDigest is the action digest of e as it stands.
+func actionDigest(t *testing.T, e *Entry) [32]byte {
+	t.Helper()
 	args, _ := hex.DecodeString(e.ArgsSHA256)
 	nonce, _ := base64.RawURLEncoding.DecodeString(e.Nonce)
 	exp, err := time.Parse(time.RFC3339, e.ExpiresAt)
@@ -97,6 +102,13 @@ func (k *softKey) sign(e *Entry, origin, rpID string, flags byte) {
 			t.Fatal(err)
 		}
 	}
+	return d
+}
+
+// signChallenge fills e's assertion fields for an assertion over d.
+func (k *softKey) signChallenge(e *Entry, d [32]byte, origin, rpID string, flags byte) {
+	t := k.t
+	var err error
 	cdj, _ := json.Marshal(map[string]any{"type": "webauthn.get", "challenge": base64.RawURLEncoding.EncodeToString(d[:]), "origin": origin, "crossOrigin": false})
 	rp := sha256.Sum256([]byte(rpID))
 	k.counter++

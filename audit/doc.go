@@ -51,6 +51,10 @@
 // requirements). [Log.LoadPolicy] records the policy in force
 // (policy.loaded) and every later decision names it in policy_sha256, so
 // that [VerifyOptions.ReplayPolicy] can check decisions against it.
+// A batch approval (one assertion over several requests, batch.go) is
+// recorded as format 2 with batchable on approval.requested and
+// batch_digests and batch_position on each approval.assertion; logs
+// without batches are unchanged by it.
 // Format 1 entries (no "v") are still read: their chain,
 // checkpoint and assertions are checked, but they record no requirement,
 // and a log never returns to format 1 once format 2 began.

@@ -182,9 +182,9 @@ var entryKeys = []string{
 	"v", "kind", "agent", "tool", "args", "args_redacted", "args_sha256", "decision", "level", "rule", "usage",
 	"policy_sha256", "policy", "reason",
 	"request_id", "quorum", "eligible", "user_verification", "approvers", "assertions",
-	"result", "approver", "credential_id", "public_key", "attestation_object", "authorization_details",
+	"batchable", "result", "approver", "credential_id", "public_key", "attestation_object", "authorization_details",
 	"display", "nonce", "expires_at", "decided_at", "origin", "rp_id", "user_verified", "authenticator_data",
-	"client_data_json", "signature",
+	"client_data_json", "signature", "batch_digests", "batch_position",
 	"grant_id", "grant_seq", "grant_condition", "grant_max_calls", "grant_expires_at",
 }
 
@@ -272,6 +272,7 @@ func canonicalMembers(e *Entry) ([][]byte, error) {
 	str("user_verification", e.UserVerification)
 	strs("approvers", e.Approvers)
 	ints("assertions", e.Assertions)
+	boolean("batchable", e.Batchable)
 	if err := raw("result", e.Result); err != nil {
 		return nil, err
 	}
@@ -295,6 +296,8 @@ func canonicalMembers(e *Entry) ([][]byte, error) {
 	str("authenticator_data", e.AuthenticatorData)
 	str("client_data_json", e.ClientDataJSON)
 	str("signature", e.Signature)
+	strs("batch_digests", e.BatchDigests)
+	integer("batch_position", int64(e.BatchPosition))
 	str("grant_id", e.GrantID)
 	integer("grant_seq", e.GrantSeq)
 	str("grant_condition", e.GrantCondition)

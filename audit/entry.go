@@ -75,6 +75,10 @@ type Entry struct {
 	Approvers        []string `json:"approvers,omitempty"`         // approval.approved: who approved, in order
 	Assertions       []int64  `json:"assertions,omitempty"`        // approval.approved: seq of each approver's approval.assertion
 
+	// Batchable (approval.requested): the policy lets this request be
+	// approved in a batch, one assertion over several requests (batch.go).
+	Batchable bool `json:"batchable,omitempty"`
+
 	Result json.RawMessage `json:"result,omitempty"` // backend result summary (never secret values)
 
 	// Approval and enrollment fields: what the auditor needs to recompute the
@@ -98,6 +102,12 @@ type Entry struct {
 	ClientDataJSON       string          `json:"client_data_json,omitempty"`
 	Signature            string          `json:"signature,omitempty"`
 
+	// BatchDigests and BatchPosition (approval.assertion) say that the
+	// assertion above signed a batch: the action digests of every request
+	// in it, hex, in the order signed, and the index of this entry's
+	// request among them (absent when 0). See batch.go.
+	BatchDigests  []string `json:"batch_digests,omitempty"`
+	BatchPosition int      `json:"batch_position,omitempty"`
 	// Standing grants (grant.go). On the approval.assertion whose tap
 	// approved a request and created a grant: its id, condition, limits;
 	// the assertion signs the grant digest (digest.ComputeGrant). On a

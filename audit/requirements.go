@@ -170,6 +170,8 @@ func (q *requirements) requested(e *Entry) string {
 		return fmt.Sprintf("approval.requested has user_verification %q", e.UserVerification)
 	case e.Level == LevelCritical && e.UserVerification != UVRequired:
 		return "a critical request must require user verification"
+	case e.Level == LevelCritical && e.Batchable:
+		return "a critical request cannot be batchable"
 	case e.Tool == "" || e.Nonce == "" || len(e.AuthorizationDetails) == 0:
 		return "approval.requested lacks tool, nonce or authorization_details"
 	}
@@ -240,6 +242,9 @@ func (q *requirements) decision(e *Entry) string {
 	}
 	if req.UserVerification == UVRequired && !e.UserVerified {
 		return fmt.Sprintf("request %s requires user verification; %s's assertion has none", e.RequestID, e.Approver)
+	}
+	if reason := batchRule(req, e); reason != "" {
+		return reason
 	}
 	if e.GrantID != "" || e.GrantCondition != "" {
 		if reason := q.grants.proposed(req, e, decided); reason != "" {
@@ -372,7 +377,7 @@ func differentInput(req, e *Entry) string {
 // sameRequest reports whether two approval.requested entries state the
 // same request (a re-append after a crash differs only in writer fields).
 func sameRequest(a, b *Entry) bool {
-	return a.Level == b.Level && a.Quorum == b.Quorum && slices.Equal(a.Eligible, b.Eligible) &&
+	return a.Level == b.Level && a.Quorum == b.Quorum && slices.Equal(a.Eligible, b.Eligible) && a.Batchable == b.Batchable &&
 		a.UserVerification == b.UserVerification && a.Agent == b.Agent && differentInput(a, b) == ""
 }
 

@@ -51,6 +51,9 @@ type Decision struct {
 	// Grant, at high only, is what the tool allows of standing grants
 	// (nil: none): the approver of this call's request may be offered one.
 	Grant *GrantTerms
+	// Batchable: the request may be approved together with others in one
+	// tap. Only ever at high: a critical call keeps its own taps.
+	Batchable bool
 }
 
 // UsageKeys are the fields of the usage variable.
@@ -166,6 +169,7 @@ func (p *Policy) Decide(in Input) (d Decision) {
 		if level == rankHigh {
 			d.Quorum = 1
 			d.Grant = t.grants
+			d.Batchable = t.batchable
 		} else {
 			d.UserVerification = UVRequired
 			d.Quorum = cmp(quorum, t.quorum, DefaultCriticalQuorum)

@@ -43,6 +43,10 @@ type DocumentTool struct {
 	Timeout          string          `json:"timeout,omitempty"`
 	Wait             string          `json:"wait,omitempty"`
 	Grants           *DocumentGrants `json:"grants,omitempty"`
+	// Batchable is left out when false, so that the document (and the
+	// policy_sha256 naming it) of a policy without batches is what it was
+	// before batches existed.
+	Batchable bool `json:"batchable,omitempty"`
 }
 
 // DocumentGrants is config.Grants: what a tool allows of standing grants.
@@ -73,7 +77,7 @@ type DocumentApprover struct {
 func NewDocument(tools map[string]config.Tool, approvers []config.Approver, opts Options) Document {
 	d := Document{Tools: map[string]DocumentTool{}, DefaultTimeout: opts.DefaultTimeout.String()}
 	for name, t := range tools {
-		dt := DocumentTool{Level: t.Level, Approvers: t.Approvers, Quorum: t.Quorum, UserVerification: t.UserVerification, Wait: t.Wait}
+		dt := DocumentTool{Level: t.Level, Approvers: t.Approvers, Quorum: t.Quorum, UserVerification: t.UserVerification, Wait: t.Wait, Batchable: t.Batchable}
 		if t.Timeout != 0 {
 			dt.Timeout = t.Timeout.String()
 		}
@@ -126,7 +130,7 @@ func (d Document) Compile() (*Policy, error) {
 		if err != nil {
 			return nil, err
 		}
-		t := config.Tool{Level: dt.Level, Approvers: dt.Approvers, Quorum: dt.Quorum, UserVerification: dt.UserVerification, Timeout: timeout, Wait: dt.Wait}
+		t := config.Tool{Level: dt.Level, Approvers: dt.Approvers, Quorum: dt.Quorum, UserVerification: dt.UserVerification, Timeout: timeout, Wait: dt.Wait, Batchable: dt.Batchable}
 		if g := dt.Grants; g != nil {
 			d, err := parse("tools."+name+".grants.max_duration", g.MaxDuration)
 			if err != nil {

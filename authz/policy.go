@@ -166,6 +166,7 @@ type tool struct {
 	uv        string
 	timeout   time.Duration
 	wait      string
+	batchable bool // config's batchable: its high calls may be approved in a batch
 	facts     []string
 	baseWhy   string      // Reason when no rule raises the base level
 	grants    *GrantTerms // nil: no standing grants (grant.go)
@@ -314,7 +315,7 @@ func (c *compiler) tool(name string, ct config.Tool) *tool {
 	p := "tools." + name
 	nerr := len(c.errs)
 	c.badApprovers = false
-	t := &tool{name: name, quorum: ct.Quorum, uv: ct.UserVerification, timeout: ct.Timeout, wait: ct.Wait}
+	t := &tool{name: name, quorum: ct.Quorum, uv: ct.UserVerification, timeout: ct.Timeout, wait: ct.Wait, batchable: ct.Batchable}
 
 	base, ok := rankOf(ct.Level)
 	if !ok {
@@ -346,6 +347,9 @@ func (c *compiler) tool(name string, ct config.Tool) *tool {
 	}
 	if t.quorum < 0 {
 		c.fail(p+".quorum", "expected 0 (the level's default) or more, got %d", t.quorum)
+	}
+	if t.batchable && t.base == rankCritical {
+		c.fail(p+".batchable", "a critical tool cannot be batchable: each critical call keeps its own tap with user verification")
 	}
 	t.approvers = c.resolve(p+".approvers", ct.Approvers)
 

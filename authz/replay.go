@@ -32,6 +32,7 @@ type Requirement struct {
 	Approvers        []string
 	Quorum           int
 	UserVerification string
+	Batchable        bool // may be approved in a batch
 }
 
 // ReplayError says how a logged decision contradicts the policy.
@@ -56,8 +57,9 @@ func (e *ReplayError) Error() string { return e.Tool + ": " + e.Msg }
 //     above the logged level, or to it without being named;
 //   - a rule cannot be evaluated on the logged arguments, whatever the
 //     facts: the policy would have denied the call (fail closed);
-//   - for an approval request, the approvers, quorum or user-verification
-//     requirement differ from what the level and the rules give.
+//   - for an approval request, the approvers, quorum, user-verification
+//     requirement or batchability differ from what the level and the
+//     rules give.
 func (p *Policy) Replay(r Recorded) error {
 	fail := func(format string, args ...any) error {
 		return &ReplayError{Tool: r.Tool, Msg: fmt.Sprintf(format, args...)}
@@ -132,6 +134,8 @@ func (p *Policy) Replay(r Recorded) error {
 		return fail("quorum %d, the policy gives %d", got.Quorum, want.Quorum)
 	case got.UserVerification != want.UserVerification:
 		return fail("user verification %q, the policy gives %q", got.UserVerification, want.UserVerification)
+	case got.Batchable != want.Batchable:
+		return fail("batchable %v, the policy gives %v", got.Batchable, want.Batchable)
 	}
 	return nil
 }
@@ -152,6 +156,7 @@ func (t *tool) requirement(level int, matched []*rule) Requirement {
 	}
 	if level == rankHigh {
 		req.Quorum = 1
+		req.Batchable = t.batchable
 	} else {
 		req.UserVerification = UVRequired
 		req.Quorum = cmp(quorum, t.quorum, DefaultCriticalQuorum)

@@ -41,7 +41,7 @@ func shippedCases(t *testing.T) []Case {
 func recorded(in Input, d Decision) Recorded {
 	r := Recorded{Tool: in.Tool, Agent: in.Agent, Args: in.Args, Level: d.Level, Rules: d.Rules}
 	if d.Level == "high" || d.Level == "critical" {
-		r.Requirement = &Requirement{Approvers: d.Approvers, Quorum: d.Quorum, UserVerification: d.UserVerification}
+		r.Requirement = &Requirement{Approvers: d.Approvers, Quorum: d.Quorum, UserVerification: d.UserVerification, Batchable: d.Batchable}
 	}
 	return r
 }

@@ -187,3 +187,8 @@ func isUnspecified(host string) bool {
 	ip := net.ParseIP(strings.Trim(host, "[]"))
 	return ip != nil && ip.IsUnspecified()
 }
+
+// MaxBatchLimit is the largest approval.max_batch: every request of a
+// batch is shown in full before the one tap, and past a few dozen nobody
+// reads them.
+const MaxBatchLimit = 50

@@ -98,6 +98,9 @@ type Approval struct {
 	// InsecureNoTLS lets the page listen beyond loopback without TLS, for
 	// an https proxy in front that terminates it. Approvers still sign in.
 	InsecureNoTLS bool `mapstructure:"insecure_no_tls"`
+	// MaxBatch bounds how many requests one tap may approve together
+	// (tools marked batchable); 1 turns batches off.
+	MaxBatch int `mapstructure:"max_batch"`
 
 	derived derivedFields // which of the fields above Derive filled in
 }
@@ -199,6 +202,10 @@ type Tool struct {
 	Wait             string        `mapstructure:"wait"`        // block | poll
 	RedactArgs       bool          `mapstructure:"redact_args"` // keep only the args digest in the audit log
 	Grants           Grants        `mapstructure:"grants"`      // standing grants an approver may give (grant.go); none by default
+	// Batchable lets an approver approve this tool's high calls together
+	// with others in one tap (approval.max_batch). A call raised to
+	// critical is never batchable; a critical tool may not say true.
+	Batchable bool `mapstructure:"batchable"`
 }
 
 // Rule raises a tool's level when its CEL condition holds.

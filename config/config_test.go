@@ -242,3 +242,25 @@ func TestGrantsValidation(t *testing.T) {
 		}
 	}
 }
+
+func TestBatchSettingsAreValidated(t *testing.T) {
+	c, err := Parse([]byte(minimal), "ok.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Approval.MaxBatch != 10 {
+		t.Errorf("approval.max_batch defaults to %d, want 10", c.Approval.MaxBatch)
+	}
+	for name, tc := range map[string]struct{ yaml, want string }{
+		"no batch size":    {minimal + "approval:\n  max_batch: 0\n", "approval.max_batch: expected 1 (no batches) to 50, got 0"},
+		"huge batch":       {minimal + "approval:\n  max_batch: 500\n", "approval.max_batch: expected 1 (no batches) to 50, got 500"},
+		"critical batched": {"tools:\n  transfer: {level: critical, batchable: true}\nledger:\n  accounts: [{id: a, currency: USD, balance: '1'}]\n", "tools.transfer.batchable: a critical tool cannot be batchable"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, err := Parse([]byte(tc.yaml), "bad.yaml")
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v, want %q", err, tc.want)
+			}
+		})
+	}
+}

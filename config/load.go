@@ -250,6 +250,7 @@ var defaults = map[string]any{
 	"approval.progress_every":        "5s",
 	"approval.enroll_ttl":            "10m",
 	"approval.max_body_bytes":        64 << 10,
+	"approval.max_batch":             10,
 	"approval.tls_cert_file":         "",
 	"approval.attestation":           "none",
 	"approval.tls_key_file":          "",

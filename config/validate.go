@@ -90,6 +90,9 @@ func (c *Config) validate() []problem {
 	if ap.MaxBodyBytes < 1024 {
 		v.fail("approval.max_body_bytes", "expected at least 1024, got %d", ap.MaxBodyBytes)
 	}
+	if ap.MaxBatch < 1 || ap.MaxBatch > MaxBatchLimit {
+		v.fail("approval.max_batch", "expected 1 (no batches) to %d, got %d", MaxBatchLimit, ap.MaxBatch)
+	}
 	v.oneOf("approval.attestation", ap.Attestation, "none", "direct")
 	if len(ap.AttestationRoots) > 0 && ap.Attestation != "direct" {
 		v.fail("approval.attestation", "attestation_roots need attestation: direct")
@@ -223,6 +226,9 @@ func (c *Config) validate() []problem {
 			v.fail(p+".grants", "not allowed: CIBA requests are redeemed by their client, not run as tool calls a grant could cover")
 		} else {
 			t.validateGrants(&v, p)
+		}
+		if t.Batchable && t.Level == LevelCritical {
+			v.fail(p+".batchable", "a critical tool cannot be batchable: each critical call keeps its own tap with user verification")
 		}
 		for i, r := range t.Rules {
 			rp := fmt.Sprintf("%s.rules[%d]", p, i)

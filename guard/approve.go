@@ -42,7 +42,7 @@ func (g *Guard) countersign(ctx context.Context, c Call, spec *tools.Spec, call 
 		AuthorizationDetails: call.Details, Summary: call.Summary,
 		Level: d.Level, Rule: entry.Rule, Approvers: d.Approvers, Quorum: d.Quorum,
 		UserVerification: d.UserVerification, Timeout: d.Timeout, RedactArgs: conf.RedactArgs,
-		Wait: wait, Grant: g.grantOffer(entry.Agent, spec.Def.Name, call, d),
+		Wait: wait, Grant: g.grantOffer(entry.Agent, spec.Def.Name, call, d), Batchable: d.Batchable,
 	})
 	if err != nil {
 		g.log.Error("cannot raise approval request", "tool", spec.Def.Name, "err", err)

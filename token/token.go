@@ -19,14 +19,17 @@
 //	args_sha256            hex SHA-256 of the RFC 8785 form of the approved arguments
 //	authorization_details  the RFC 9396 array the approvers were shown
 //	digest                 hex action digest (package digest) of (request, "approve"):
-//	                       the WebAuthn challenge every approver's key signed
+//	                       the WebAuthn challenge every approver's key signed, or,
+//	                       for an approval given in a batch, one of the digests
+//	                       its batch challenge covers (digest.BatchChallenge)
 //	approvers              [{"id": "alice", "at": "2026-05-01T12:00:00Z",
 //	                         "assertion_sha256": "<hex>"}], one per approval counted
 //
 // assertion_sha256 is [digest.AssertionSHA256] of the approver's assertion,
 // so an auditor holding the audit export finds each approval's entry (and
 // checks the key's own signature there) from the token alone; digest equals
-// the challenge recomputed from that entry. The token does not repeat what
+// the challenge recomputed from that entry, or for a batched approval the
+// entry's batch_digests at its batch_position. The token does not repeat what
 // only the log can prove: it is the server's word, checked against its key.
 //
 // The signing key is dedicated to tokens: an Ed25519 key derived with HKDF

@@ -197,3 +197,39 @@ func (p *Page) decide(id string, body any, key *SoftKey) (*Request, error) {
 	}
 	return &r, nil
 }
+
+// BeginBatch starts one tap over the requests ids, as the batch
+// confirmation page does, and returns the ceremony and the challenge.
+func (p *Page) BeginBatch(ids []string) (ceremony, challenge string, err error) {
+	var begin struct {
+		Ceremony  string `json:"ceremony"`
+		PublicKey struct {
+			Challenge string `json:"challenge"`
+		} `json:"publicKey"`
+	}
+	if err := p.do(http.MethodPost, "/api/batch/begin", map[string]any{"requests": ids}, &begin); err != nil {
+		return "", "", err
+	}
+	return begin.Ceremony, begin.PublicKey.Challenge, nil
+}
+
+// FinishBatch sends assertion (a key's answer, see SoftKey.Get) for the
+// batch ceremony of ids and returns the requests as the page then shows
+// them.
+func (p *Page) FinishBatch(ids []string, ceremony string, assertion []byte) ([]Request, error) {
+	var out struct {
+		Requests []Request `json:"requests"`
+	}
+	err := p.do(http.MethodPost, "/api/batch/finish",
+		map[string]any{"requests": ids, "ceremony": ceremony, "credential": json.RawMessage(assertion)}, &out)
+	return out.Requests, err
+}
+
+// ApproveBatch approves every request in ids with one tap of key.
+func (p *Page) ApproveBatch(ids []string, key *SoftKey) ([]Request, error) {
+	ceremony, challenge, err := p.BeginBatch(ids)
+	if err != nil {
+		return nil, err
+	}
+	return p.FinishBatch(ids, ceremony, key.Get(challenge))
+}

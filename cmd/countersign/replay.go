@@ -53,7 +53,7 @@ func (r *policyReplayer) Replay(doc json.RawMessage, e *audit.Entry) error {
 	rec := authz.Recorded{Tool: e.Tool, Agent: e.Agent, Level: e.Decision, Granted: e.GrantID != ""}
 	if e.Kind == audit.KindApprovalRequested {
 		rec.Level = e.Level
-		rec.Requirement = &authz.Requirement{Approvers: e.Eligible, Quorum: e.Quorum, UserVerification: e.UserVerification}
+		rec.Requirement = &authz.Requirement{Approvers: e.Eligible, Quorum: e.Quorum, UserVerification: e.UserVerification, Batchable: e.Batchable}
 		if rec.Agent == "anonymous" {
 			rec.Agent = "" // approval names an unauthenticated agent so; the policy saw ""
 		}

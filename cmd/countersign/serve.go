@@ -501,7 +501,7 @@ func approvalOptions(c *config.Config) approval.Options {
 		RPID: c.Approval.RPID, RPName: c.Approval.RPName, Origins: c.Approval.Origins,
 		PublicURL: c.Approval.PublicURL, AllowedHosts: c.Approval.AllowedHosts,
 		Approvers: approvers, PollInterval: c.Approval.PollInterval,
-		EnrollTTL: c.Approval.EnrollTTL, MaxBodyBytes: c.Approval.MaxBodyBytes,
+		EnrollTTL: c.Approval.EnrollTTL, MaxBodyBytes: c.Approval.MaxBodyBytes, MaxBatch: c.Approval.MaxBatch,
 		Attestation:   c.Approval.Attestation,
 		RequireSignIn: c.Approval.Remote(),
 	}

@@ -160,19 +160,54 @@ function browserNotifications(list) {
   };
 }
 
+// Batch selection on the pending list: a checkbox on each request the
+// policy lets be approved together; "Review N selected" submits the form
+// (GET /batch?id=…), which shows each of them in full before the one tap.
+function batchSelection(list) {
+  const form = document.getElementById("batch-form");
+  const bar = document.getElementById("batch-bar");
+  const button = document.getElementById("review-batch");
+  if (!form || !bar || !button) return { checked: () => new Set(), update: () => {} };
+  const max = Number(form.dataset.max) || 1;
+  const boxes = () => [...list.querySelectorAll("input[name=id]")];
+  function update() {
+    const picked = boxes().filter((b) => b.checked);
+    bar.hidden = boxes().length === 0;
+    button.disabled = picked.length === 0 || picked.length > max;
+    button.textContent = picked.length === 0 ? "Review selected" :
+      picked.length > max ? "Select at most " + max : "Review " + picked.length + " selected";
+  }
+  list.addEventListener("change", update);
+  update();
+  return { checked: () => new Set(boxes().filter((b) => b.checked).map((b) => b.value)), update };
+}
+
 // Pending list and history.
 function indexPage(list) {
   const history = document.querySelector("#history tbody");
   const notifyNew = browserNotifications(list);
+  const selection = batchSelection(list);
   async function refresh() {
     const res = await fetch("/api/requests", { credentials: "same-origin" });
     if (!res.ok) return;
     const data = await res.json();
     notifyNew(data.pending);
+    const picked = selection.checked();
     list.replaceChildren();
     if (data.pending.length === 0) list.append(el("li", "empty", "Nothing is waiting."));
     for (const r of data.pending) {
-      const li = el("li", "card level-" + r.level);
+      const li = el("li", "card level-" + r.level + (r.batchable ? " pickable" : ""));
+      if (r.batchable) {
+        const label = el("label", "pick");
+        const box = el("input");
+        box.type = "checkbox";
+        box.name = "id";
+        box.value = r.id;
+        box.checked = picked.has(r.id);
+        box.setAttribute("aria-label", "Select for one-tap approval");
+        label.append(box);
+        li.append(label);
+      }
       const a = el("a");
       a.href = r.url;
       a.append(el("span", "badge level-" + r.level, r.level), " ", el("span", "msg", r.bindingMessage),
@@ -195,6 +230,7 @@ function indexPage(list) {
         el("td", "", r.decidedAt ? new Date(r.decidedAt).toISOString().replace("T", " ").slice(0, 19) + " UTC" : ""));
       history.append(tr);
     }
+    selection.update();
   }
   events(refresh);
 }
@@ -250,6 +286,41 @@ function grantsList(table) {
 const grantsTable = document.getElementById("grants");
 if (grantsTable) grantsList(grantsTable);
 
+// Batch confirmation page: every selected request is shown above in full;
+// one tap signs the batch challenge the server derives from all of them.
+function batchPage(section) {
+  const ids = section.dataset.ids.split(",");
+  const button = document.getElementById("approve-batch");
+  function render(reqs) {
+    for (const r of reqs) {
+      const item = section.querySelector('.batch-item[data-id="' + r.id + '"]');
+      if (!item) continue;
+      const st = item.querySelector(".state");
+      st.textContent = r.state;
+      st.className = "state state-" + r.state;
+      item.querySelector(".count").textContent = String(r.approvals.length);
+    }
+  }
+  button.addEventListener("click", async () => {
+    button.disabled = true;
+    setOutcome("Touch your security key to approve all " + ids.length + "…", "");
+    try {
+      const begin = await post("/api/batch/begin", { requests: ids });
+      const publicKey = PublicKeyCredential.parseRequestOptionsFromJSON(begin.publicKey);
+      const cred = await navigator.credentials.get({ publicKey });
+      const r = await post("/api/batch/finish", { requests: ids, ceremony: begin.ceremony, credential: cred.toJSON() });
+      render(r.requests);
+      const waiting = r.requests.filter((x) => x.state === "pending").length;
+      setOutcome(waiting === 0 ? "Approved all " + r.requests.length + " with one tap." :
+        "Your approval is counted on all " + r.requests.length + "; " + waiting + " wait for other approvers.", "ok");
+      document.getElementById("actions").hidden = true;
+    } catch (e) {
+      button.disabled = false;
+      setOutcome("Not recorded, none of them: " + e.message, "bad");
+    }
+  });
+}
+
 // Enrollment page.
 function enrollPage() {
   const button = document.getElementById("register");
@@ -288,6 +359,8 @@ if (req) requestPage(req);
 const pending = document.getElementById("pending");
 if (pending) indexPage(pending);
 if (document.getElementById("enroll")) enrollPage();
+const batch = document.getElementById("batch");
+if (batch) batchPage(batch);
 
 // Sign-in page (a page reachable beyond loopback): an assertion over a
 // fresh challenge, naming no credential; the server answers with a session.
