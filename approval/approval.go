@@ -148,6 +148,7 @@ type Service struct {
 	// thousands of waiters must not all wake (and re-read) whenever any
 	// one request changes.
 	watched map[string]chan struct{}
+	hooks   []func(id string) // OnChange
 	closed  bool
 
 	stop  chan struct{}
@@ -270,7 +271,26 @@ func (s *Service) notify(ids ...string) {
 			delete(s.watched, id)
 		}
 	}
+	hooks := s.hooks
 	s.mu.Unlock()
+	for _, fn := range hooks {
+		if len(ids) == 0 {
+			fn("")
+		}
+		for _, id := range ids {
+			fn(id)
+		}
+	}
+}
+
+// OnChange registers fn to be told, after each change, which request
+// changed, or "" for a change that may concern any. It lets one watcher
+// follow thousands of requests without a goroutine each. fn runs on the
+// changing goroutine and must not block.
+func (s *Service) OnChange(fn func(id string)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.hooks = append(s.hooks, fn)
 }
 
 // unwatch forgets request id's channel once a waiter is done with it, so

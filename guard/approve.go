@@ -59,23 +59,14 @@ func (g *Guard) countersign(ctx context.Context, c Call, spec *tools.Spec, call 
 		if c.task != nil {
 			c.task(r)
 		}
-		done = true // executeWhenApproved gives the share back if it never runs
-		g.mu.Lock() // Shutdown may be waiting on bg: add under the same lock as closing
+		done = true // the dispatcher gives the share back if it never runs
+		g.mu.Lock()
 		closing := g.closing
-		if !closing {
-			g.bg.Add(1)
-		}
 		g.mu.Unlock()
-		if closing {
+		if closing || !g.park(r.ID, &parked{spec: spec, call: call, entry: entry, counted: counted}) {
 			// Pending for the next start to resume.
 			return structured(pendingResult(r, g.now()))
 		}
-		go func() {
-			defer g.bg.Done()
-			if !g.executeWhenApproved(r.ID, spec, call, entry) {
-				g.usage.release(counted)
-			}
-		}()
 		return structured(pendingResult(r, g.now()))
 	}
 
@@ -101,24 +92,6 @@ func waitMode(w string) string {
 		return approval.WaitPoll
 	}
 	return approval.WaitBlock
-}
-
-// executeWhenApproved is the poll-mode path: the agent has its auth_req_id
-// and asks approval_status; the tool runs here once the humans approve.
-// It only watches the request: when the server stops first, the request
-// stays pending for the next start to resume. It reports whether the tool
-// ran successfully.
-func (g *Guard) executeWhenApproved(id string, spec *tools.Spec, call *tools.Call, entry audit.Entry) bool {
-	ctx, cancel := context.WithCancel(g.life)
-	defer cancel()
-	final, err := g.opts.Approvals.Watch(ctx, id)
-	if err != nil || final.State != approval.StateApproved {
-		return false
-	}
-	// The run is not cut short by a shutdown: it finishes, or the process
-	// dies and the next start settles it.
-	_, ok := g.runApproved(context.WithoutCancel(ctx), id, spec, call, entry)
-	return ok
 }
 
 // runApproved claims the approved request for its one execution, runs it

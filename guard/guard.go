@@ -135,7 +135,6 @@ type Marks interface {
 type Approvals interface {
 	Create(ctx context.Context, r approval.NewRequest) (*approval.Request, error)
 	Wait(ctx context.Context, id string) (*approval.Request, error)
-	Watch(ctx context.Context, id string) (*approval.Request, error)
 	Cancel(ctx context.Context, id, reason string) error
 	BeginExecution(ctx context.Context, id string) error
 	Finish(ctx context.Context, id string, o approval.Outcome) error
@@ -143,6 +142,8 @@ type Approvals interface {
 	Own(ctx context.Context, id, agent, wait string) (*approval.Request, error)
 	ListOwn(ctx context.Context, agent, wait, after string, limit int) ([]*approval.Request, error)
 	Await(ctx context.Context, id string, done func(*approval.Request) bool) (*approval.Request, error)
+	Get(ctx context.Context, id string) (*approval.Request, error)
+	OnChange(fn func(id string))
 	Restart(ctx context.Context) ([]string, error)
 	Unfinished(ctx context.Context) ([]approval.Unfinished, error)
 }
@@ -206,9 +207,16 @@ type Guard struct {
 	limits *limiter
 	conds  grantConditions
 
-	bg   sync.WaitGroup  // poll-mode executions still running
-	life context.Context // cancelled by Close: poll-mode waits stop then
+	bg   sync.WaitGroup  // the dispatcher and the runs it started
+	life context.Context // cancelled by Close: parked requests wait for the next start
 	stop context.CancelFunc
+
+	parkMu     sync.Mutex
+	parked     map[string]*parked  // poll-mode and task requests (parked.go)
+	dirty      map[string]struct{} // parked requests to read again
+	allDirty   bool
+	parkedDone bool          // the dispatcher stopped: park no more
+	kick       chan struct{} // wakes the dispatcher
 
 	routine  routineCalls // routine calls between call.allowed and outcome
 	lastMark atomic.Int64 // the routine-call mark as last stored
@@ -228,7 +236,8 @@ func New(opts Options) *Guard {
 	if opts.MaxArgDepth <= 0 {
 		opts.MaxArgDepth = DefaultMaxArgDepth
 	}
-	g := &Guard{opts: opts, log: opts.Logger, now: opts.Now, schemas: map[*tools.Spec]*schema{}, waiting: map[string]struct{}{}}
+	g := &Guard{opts: opts, log: opts.Logger, now: opts.Now, schemas: map[*tools.Spec]*schema{}, waiting: map[string]struct{}{},
+		parked: map[string]*parked{}, dirty: map[string]struct{}{}, kick: make(chan struct{}, 1)}
 	if g.log == nil {
 		g.log = slog.New(slog.DiscardHandler)
 	}
@@ -247,6 +256,9 @@ func New(opts Options) *Guard {
 	g.limits = newLimiter(opts.Limits, opts.Approvals, g.record, g.now)
 	if opts.Approvals != nil {
 		g.opts.Approvals = countingApprovals{Approvals: opts.Approvals, l: g.limits}
+		opts.Approvals.OnChange(g.changed)
+		g.bg.Add(1)
+		go g.dispatch()
 	}
 	return g
 }

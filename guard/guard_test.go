@@ -110,6 +110,36 @@ type humans struct {
 	finished  []bool
 	cancelled []string // reasons
 	log       *memLog  // where Finish records the outcome, as the real service does through its outbox
+	state     string   // what Get says; settle sets it
+	hooks     []func(string)
+}
+
+// settle decides the request as the page would, for a caller that is not
+// waiting (poll mode): Get reports state, and the OnChange hooks hear it.
+func (h *humans) settle(state string) {
+	h.mu.Lock()
+	h.state = state
+	hooks := h.hooks
+	h.mu.Unlock()
+	for _, fn := range hooks {
+		fn("req-1")
+	}
+}
+
+func (h *humans) Get(_ context.Context, id string) (*approval.Request, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	state := h.state
+	if state == "" {
+		state = approval.StatePending
+	}
+	return &approval.Request{ID: id, State: state}, nil
+}
+
+func (h *humans) OnChange(fn func(string)) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.hooks = append(h.hooks, fn)
 }
 
 func (h *humans) Create(_ context.Context, r approval.NewRequest) (*approval.Request, error) {
@@ -127,10 +157,6 @@ func (h *humans) Wait(ctx context.Context, id string) (*approval.Request, error)
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
-}
-
-func (h *humans) Watch(ctx context.Context, id string) (*approval.Request, error) {
-	return h.Wait(ctx, id)
 }
 
 func (h *humans) BeginExecution(context.Context, string) error {
@@ -425,7 +451,7 @@ func TestPollModeReturnsAtOnceAndRunsOnceWhenApproved(t *testing.T) {
 	if f.tool.count() != 0 {
 		t.Fatal("ran before approval")
 	}
-	f.humans.decide <- approval.StateApproved
+	f.humans.settle(approval.StateApproved)
 	deadline := time.Now().Add(10 * time.Second)
 	for f.tool.count() == 0 && time.Now().Before(deadline) {
 		time.Sleep(5 * time.Millisecond)

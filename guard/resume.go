@@ -84,11 +84,7 @@ func (g *Guard) Resume(ctx context.Context) error {
 				continue
 			}
 			g.log.Info("resuming approval request", "auth_req_id", u.ID, "tool", u.Tool, "state", u.State, "wait", u.Wait)
-			g.bg.Add(1)
-			go func() {
-				defer g.bg.Done()
-				g.resume(u)
-			}()
+			g.park(u.ID, &parked{stored: &u})
 		}
 	}
 	return g.reconcileRoutine(ctx)
@@ -164,38 +160,6 @@ func (g *Guard) finishErr(ctx context.Context, id string, content json.RawMessag
 		state = approval.StateExecuted
 	}
 	return g.opts.Approvals.Finish(ctx, id, approval.Outcome{State: state, Result: content, Record: rec})
-}
-
-// resume sees a pending or approved, unclaimed request to its one run. It
-// stops, leaving the request as it is, when the guard closes.
-func (g *Guard) resume(u approval.Unfinished) {
-	ctx, cancel := context.WithCancel(g.life)
-	defer cancel()
-	final, err := g.opts.Approvals.Watch(ctx, u.ID)
-	if err != nil || final.State != approval.StateApproved {
-		return
-	}
-	entry := storedEntry(u)
-	spec, err := g.waitTool(ctx, u.Tool)
-	if ctx.Err() != nil {
-		return // shutting down: the next start resumes it
-	}
-	var call *tools.Call
-	if err == nil {
-		call, err = g.prepareStored(ctx, spec, u)
-	}
-	if err != nil {
-		if cerr := g.opts.Approvals.BeginExecution(context.WithoutCancel(ctx), u.ID); cerr != nil {
-			g.log.Error("cannot claim a request to fail it", "auth_req_id", u.ID, "err", cerr)
-			return
-		}
-		if ferr := g.failClaimed(context.WithoutCancel(ctx), u, entry, err); ferr != nil {
-			g.log.Error("cannot store approval outcome", "auth_req_id", u.ID, "err", ferr)
-		}
-		return
-	}
-	call.Agent = u.Agent
-	g.runApproved(context.WithoutCancel(ctx), u.ID, spec, call, entry)
 }
 
 // waitTool finds a tool by name, waiting up to Options.ToolWait for it to

@@ -186,7 +186,12 @@ func (w *world) approve(p *process, id string) {
 // raise has the guard raise a poll-mode request and returns its id.
 func (w *world) raise(p *process, tool string, args map[string]any) string {
 	w.t.Helper()
-	res := p.g.Handle(context.Background(), Call{Tool: tool, Agent: "bot", Args: args})
+	return w.raiseFor(p, "bot", tool, args)
+}
+
+func (w *world) raiseFor(p *process, agent, tool string, args map[string]any) string {
+	w.t.Helper()
+	res := p.g.Handle(context.Background(), Call{Tool: tool, Agent: agent, Args: args})
 	var out struct {
 		Status string `json:"status"`
 		ID     string `json:"auth_req_id"`
