@@ -187,13 +187,21 @@ func (s *Service) Unfinished(ctx context.Context) ([]Unfinished, error) {
 	}
 	out := make([]Unfinished, 0, len(ids))
 	for _, id := range ids {
-		r, err := s.load(ctx, s.db, id)
+		u, err := s.Stored(ctx, id)
 		if err != nil {
 			return nil, fmt.Errorf("approval: unfinished %s: %w", id, err)
 		}
-		out = append(out, Unfinished{
-			Request: r.Request, Args: r.args, RedactArgs: r.redact, Rule: r.rule, Claimed: r.execClaim > 0,
-		})
+		out = append(out, *u)
 	}
 	return out, nil
+}
+
+// Stored returns request id with what its one run needs: the approved
+// arguments and the rule that raised it.
+func (s *Service) Stored(ctx context.Context, id string) (*Unfinished, error) {
+	r, err := s.load(ctx, s.db, id)
+	if err != nil {
+		return nil, err
+	}
+	return &Unfinished{Request: r.Request, Args: r.args, RedactArgs: r.redact, Rule: r.rule, Claimed: r.execClaim > 0}, nil
 }

@@ -63,7 +63,7 @@ func (g *Guard) countersign(ctx context.Context, c Call, spec *tools.Spec, call 
 		g.mu.Lock()
 		closing := g.closing
 		g.mu.Unlock()
-		if closing || !g.park(r.ID, &parked{spec: spec, call: call, entry: entry, counted: counted}) {
+		if closing || !g.park(r.ID, counted) {
 			// Pending for the next start to resume.
 			return structured(pendingResult(r, g.now()))
 		}

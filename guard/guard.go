@@ -142,7 +142,7 @@ type Approvals interface {
 	Own(ctx context.Context, id, agent, wait string) (*approval.Request, error)
 	ListOwn(ctx context.Context, agent, wait, after string, limit int) ([]*approval.Request, error)
 	Await(ctx context.Context, id string, done func(*approval.Request) bool) (*approval.Request, error)
-	Get(ctx context.Context, id string) (*approval.Request, error)
+	Stored(ctx context.Context, id string) (*approval.Unfinished, error)
 	OnChange(fn func(id string))
 	Restart(ctx context.Context) ([]string, error)
 	Unfinished(ctx context.Context) ([]approval.Unfinished, error)
@@ -212,8 +212,8 @@ type Guard struct {
 	stop context.CancelFunc
 
 	parkMu     sync.Mutex
-	parked     map[string]*parked  // poll-mode and task requests (parked.go)
-	dirty      map[string]struct{} // parked requests to read again
+	parked     map[string]*reservation // poll-mode and task requests, and their usage share (parked.go)
+	dirty      map[string]struct{}     // parked requests to read again
 	allDirty   bool
 	parkedDone bool          // the dispatcher stopped: park no more
 	kick       chan struct{} // wakes the dispatcher
@@ -237,7 +237,7 @@ func New(opts Options) *Guard {
 		opts.MaxArgDepth = DefaultMaxArgDepth
 	}
 	g := &Guard{opts: opts, log: opts.Logger, now: opts.Now, schemas: map[*tools.Spec]*schema{}, waiting: map[string]struct{}{},
-		parked: map[string]*parked{}, dirty: map[string]struct{}{}, kick: make(chan struct{}, 1)}
+		parked: map[string]*reservation{}, dirty: map[string]struct{}{}, kick: make(chan struct{}, 1)}
 	if g.log == nil {
 		g.log = slog.New(slog.DiscardHandler)
 	}

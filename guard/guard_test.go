@@ -126,14 +126,19 @@ func (h *humans) settle(state string) {
 	}
 }
 
-func (h *humans) Get(_ context.Context, id string) (*approval.Request, error) {
+func (h *humans) Stored(_ context.Context, id string) (*approval.Unfinished, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	state := h.state
 	if state == "" {
 		state = approval.StatePending
 	}
-	return &approval.Request{ID: id, State: state}, nil
+	u := &approval.Unfinished{Request: approval.Request{ID: id, State: state}}
+	if n := len(h.created); n > 0 {
+		c := h.created[n-1]
+		u.Tool, u.Agent, u.Level, u.Args = c.Tool, c.Agent, c.Level, c.Args
+	}
+	return u, nil
 }
 
 func (h *humans) OnChange(fn func(string)) {

@@ -6,27 +6,15 @@ import (
 	"time"
 
 	"github.com/countersign/countersign/approval"
-	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/tools"
 )
 
 // A poll-mode or task request waits for its humans with nobody holding a
-// call open: the guard parks it and runs its call once, when approved. A
-// parked request is a map entry, not a goroutine: 10,000 pending requests
-// held a goroutine each, 8 KiB of stack apiece, and each re-read its
-// request every second.
-
-// parked is what the guard keeps to run a request's call once approved.
-type parked struct {
-	// In-process: the call as prepared when it came in.
-	spec    *tools.Spec
-	call    *tools.Call
-	entry   audit.Entry
-	counted *reservation
-	// Resumed after a restart: prepared again from the stored arguments
-	// when it runs.
-	stored *approval.Unfinished
-}
+// call open: the guard parks it and runs its call once, when approved,
+// from the request as stored (the arguments the approvers signed, prepared
+// again), as after a restart. A parked request is a map entry holding its
+// usage share, not a goroutine: 10,000 pending requests held a goroutine
+// each, 8 KiB of stack apiece, and each re-read its request every second.
 
 // parkedSweep is how often every parked request is read again, for a
 // decision another process made; this process's own changes arrive at
@@ -35,13 +23,13 @@ const parkedSweep = 30 * time.Second
 
 // park hands request id to the dispatcher. It reports false when the
 // guard is shutting down: the request stays pending for the next start.
-func (g *Guard) park(id string, p *parked) bool {
+func (g *Guard) park(id string, counted *reservation) bool {
 	g.parkMu.Lock()
 	defer g.parkMu.Unlock()
 	if g.parkedDone {
 		return false
 	}
-	g.parked[id] = p
+	g.parked[id] = counted
 	g.markDirty(id)
 	return true
 }
@@ -117,25 +105,25 @@ func (g *Guard) dispatch() {
 
 // settleParked acts on parked request id's state.
 func (g *Guard) settleParked(id string) {
-	r, err := g.opts.Approvals.Get(g.life, id)
+	u, err := g.opts.Approvals.Stored(g.life, id)
 	if err != nil {
 		if !errors.Is(err, context.Canceled) {
 			g.log.Error("cannot read a parked approval request; the next change or sweep tries again", "auth_req_id", id, "err", err)
 		}
 		return
 	}
-	if r.State == approval.StatePending {
+	if u.State == approval.StatePending {
 		return
 	}
 	g.parkMu.Lock()
-	p, ok := g.parked[id]
+	counted, ok := g.parked[id]
 	delete(g.parked, id)
 	g.parkMu.Unlock()
 	if !ok {
 		return
 	}
-	if r.State != approval.StateApproved {
-		g.usage.release(p.counted)
+	if u.State != approval.StateApproved || u.Claimed {
+		g.usage.release(counted)
 		return
 	}
 	// The dispatcher runs while life lasts, and Shutdown waits on bg only
@@ -145,13 +133,8 @@ func (g *Guard) settleParked(id string) {
 		defer g.bg.Done()
 		// The run is not cut short by a shutdown: it finishes, or the
 		// process dies and the next start settles it.
-		ctx := context.WithoutCancel(g.life)
-		if p.stored != nil {
-			g.runStored(ctx, *p.stored)
-			return
-		}
-		if _, ok := g.runApproved(ctx, id, p.spec, p.call, p.entry); !ok {
-			g.usage.release(p.counted)
+		if !g.runStored(context.WithoutCancel(g.life), *u) {
+			g.usage.release(counted)
 		}
 	}()
 }
@@ -159,11 +142,12 @@ func (g *Guard) settleParked(id string) {
 // runStored runs an approved request resumed from the store: the tool is
 // found and the call prepared again, and must come out as the approved
 // bytes, or the request fails without running.
-func (g *Guard) runStored(ctx context.Context, u approval.Unfinished) {
+// It reports whether the tool ran successfully.
+func (g *Guard) runStored(ctx context.Context, u approval.Unfinished) bool {
 	entry := storedEntry(u)
 	spec, err := g.waitTool(g.life, u.Tool)
 	if g.life.Err() != nil {
-		return // shutting down: the next start runs it
+		return true // shutting down: the next start runs it, and it keeps counting
 	}
 	var call *tools.Call
 	if err == nil {
@@ -172,13 +156,14 @@ func (g *Guard) runStored(ctx context.Context, u approval.Unfinished) {
 	if err != nil {
 		if cerr := g.opts.Approvals.BeginExecution(ctx, u.ID); cerr != nil {
 			g.log.Error("cannot claim a request to fail it", "auth_req_id", u.ID, "err", cerr)
-			return
+			return false
 		}
 		if ferr := g.failClaimed(ctx, u, entry, err); ferr != nil {
 			g.log.Error("cannot store approval outcome", "auth_req_id", u.ID, "err", ferr)
 		}
-		return
+		return false
 	}
 	call.Agent = u.Agent
-	g.runApproved(ctx, u.ID, spec, call, entry)
+	_, ok := g.runApproved(ctx, u.ID, spec, call, entry)
+	return ok
 }

@@ -84,7 +84,7 @@ func (g *Guard) Resume(ctx context.Context) error {
 				continue
 			}
 			g.log.Info("resuming approval request", "auth_req_id", u.ID, "tool", u.Tool, "state", u.State, "wait", u.Wait)
-			g.park(u.ID, &parked{stored: &u})
+			g.park(u.ID, nil)
 		}
 	}
 	return g.reconcileRoutine(ctx)

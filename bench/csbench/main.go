@@ -540,9 +540,10 @@ func memory(ctx context.Context, r *report, work, bin string, sz sizes) error {
 		name string
 		n    int
 		env  []string
+		poll bool
 	}{
-		{fmt.Sprintf("RSS, %d calls waiting for approval", sz.waiting), sz.waiting, nil},
-		{fmt.Sprintf("RSS, %d poll-mode requests pending", sz.pending), sz.pending, []string{"COUNTERSIGN_TOOLS_TRANSFER_WAIT=poll"}},
+		{fmt.Sprintf("RSS, %d calls waiting for approval", sz.waiting), sz.waiting, nil, false},
+		{fmt.Sprintf("RSS, %d poll-mode requests pending", sz.pending), sz.pending, []string{"COUNTERSIGN_TOOLS_TRANSFER_WAIT=poll"}, true},
 	} {
 		srv, err := startHTTP(ctx, work, func(dir, addr string) *exec.Cmd { return countersign(bin, dir, addr, m.env) })
 		if err != nil {
@@ -557,12 +558,25 @@ func memory(ctx context.Context, r *report, work, bin string, sz sizes) error {
 		cctx, cancel := context.WithCancel(ctx)
 		var started atomic.Int64
 		var wg sync.WaitGroup
+		// A block-mode call waits inside its request, so all n are in
+		// flight at once. A poll-mode call returns at once: raise them
+		// one per session at a time, so the figure is what holding n
+		// pending requests costs, not what absorbing n simultaneous HTTP
+		// requests does.
+		inFlight := make(chan struct{}, m.n)
+		if m.poll {
+			inFlight = make(chan struct{}, len(sessions))
+		}
 		for i := range m.n {
 			wg.Add(1)
+			inFlight <- struct{}{}
 			go func() {
 				defer wg.Done()
 				started.Add(1)
 				big.do(cctx, sessions[i%len(sessions)])
+				if m.poll {
+					<-inFlight
+				}
 			}()
 		}
 		// Block-mode calls never return by themselves; wait until the
