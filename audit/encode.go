@@ -192,7 +192,12 @@ var entryKeys = []string{
 // time, prev_hash, hash and sig, sorted by key, as jcs.Transform of
 // json.Marshal(e) would give them, without parsing anything but the raw
 // JSON fields.
-func canonicalMembers(e *Entry) ([][]byte, error) {
+func canonicalMembers(e *Entry) ([][]byte, error) { return membersOf(e, jcs.Transform) }
+
+// membersOf is canonicalMembers with canon as the RFC 8785 form of the
+// JSON members; a caller that has checked they already are in it passes
+// them through.
+func membersOf(e *Entry, canon func([]byte) ([]byte, error)) ([][]byte, error) {
 	var out [][]byte
 	str := func(key, v string) {
 		if v != "" {
@@ -203,7 +208,7 @@ func canonicalMembers(e *Entry) ([][]byte, error) {
 		if len(v) == 0 {
 			return nil
 		}
-		c, err := jcs.Transform(v)
+		c, err := canon(v)
 		if err != nil {
 			return fmt.Errorf("%s: %w", key, err)
 		}

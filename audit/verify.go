@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/gowebpki/jcs"
 	"io"
 	"runtime"
 	"sync"
@@ -601,7 +602,35 @@ func checkItem(it *item) (r result) {
 	if it.fromDB && it.rowHash != e.Hash {
 		return fail("the row's hash column differs from the entry's hash")
 	}
-	sum, err := chainHash(r.prev, &e)
+	// Format 2 stores JSON members in their RFC 8785 form (lineJSON);
+	// older servers stored them as the caller wrote them. Members checked
+	// to be in that form, and holding no \u2028 or \u2029 (the only
+	// escapes lineJSON adds), are already what the hash covers.
+	canon := jcs.Transform
+	switch e.V {
+	case 0:
+	case Format:
+		asIs := true
+		for name, m := range map[string]json.RawMessage{"args": e.Args, "result": e.Result, "authorization_details": e.AuthorizationDetails, "policy": e.Policy, "usage": e.Usage} {
+			if len(m) == 0 {
+				continue
+			}
+			if c, err := lineJSON(m); err != nil || !bytes.Equal(c, m) {
+				if name == "usage" {
+					asIs = false // not held to the form; the hash decides
+					continue
+				}
+				return fail("%s is not in RFC 8785 form", name)
+			}
+			asIs = asIs && !bytes.Contains(m, []byte(`\u2028`)) && !bytes.Contains(m, []byte(`\u2029`))
+		}
+		if asIs {
+			canon = func(m []byte) ([]byte, error) { return m, nil }
+		}
+	default:
+		return fail("entry format v %d is not one this verifier knows (1 or %d)", e.V, Format)
+	}
+	sum, err := chainHashWith(r.prev, &e, canon)
 	if err != nil {
 		return fail("entry cannot be canonicalized: %v", err)
 	}
@@ -614,22 +643,6 @@ func checkItem(it *item) (r result) {
 	}
 	if it.checkSig {
 		r.sig, r.signed = sig, sum[:] // verified by runChecks' worker
-	}
-	switch e.V {
-	case 0:
-	case Format:
-		// Format 2 stores JSON members in their RFC 8785 form (lineJSON);
-		// older servers stored them as the caller wrote them.
-		for name, m := range map[string]json.RawMessage{"args": e.Args, "result": e.Result, "authorization_details": e.AuthorizationDetails, "policy": e.Policy} {
-			if len(m) == 0 {
-				continue
-			}
-			if canon, err := lineJSON(m); err != nil || !bytes.Equal(canon, m) {
-				return fail("%s is not in RFC 8785 form", name)
-			}
-		}
-	default:
-		return fail("entry format v %d is not one this verifier knows (1 or %d)", e.V, Format)
 	}
 	r.entry = &e
 	return r
