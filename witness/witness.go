@@ -121,6 +121,11 @@ func (f *File) Check(ctx context.Context, t Tree) error {
 	if err != nil || cp == nil {
 		return err
 	}
+	return f.check(ctx, t, cp)
+}
+
+// check reports whether the log extends cp, naming f.Path in the error.
+func (f *File) check(ctx context.Context, t Tree, cp *Checkpoint) error {
 	last, err := t.LastSeq(ctx)
 	if err != nil {
 		return err
