@@ -174,11 +174,12 @@ func Verify(export io.Reader, publicKey string, opts VerifyOptions) (Summary, er
 	}
 	var prev *verified
 	var anchor *checkpoint
+	var anchorSigners []string
 	if opts.Previous != nil {
 		pr := bufio.NewReaderSize(opts.Previous, 1<<16)
 		if first, err := pr.Peek(1); err == nil && first[0] != '{' {
 			// A bare checkpoint, such as a witness's cosigned one.
-			if anchor, err = previousCheckpoint(pr, v, wp); err != nil {
+			if anchor, anchorSigners, err = previousCheckpoint(pr, v, wp); err != nil {
 				return Summary{}, err
 			}
 			opts.anchored = true
@@ -199,13 +200,13 @@ func Verify(export io.Reader, publicKey string, opts VerifyOptions) (Summary, er
 	if err != nil {
 		return Summary{}, err
 	}
-	if err := st.checkWitnessed(wp); err != nil {
-		return Summary{}, err
-	}
 	if anchor != nil {
 		if err := st.extends(anchor); err != nil {
 			return Summary{}, err
 		}
+	}
+	if err := st.checkWitnessed(wp, anchor, anchorSigners); err != nil {
+		return Summary{}, err
 	}
 	s := Summary{
 		Entries: st.entries, FirstSeq: st.first, LastSeq: st.last,

@@ -267,11 +267,18 @@ type witnessedCP struct {
 // checkWitnessed checks the export's cosignatures against the trusted
 // witnesses: every cosignature by a trusted key must verify, and the
 // quorum must have cosigned some checkpoint the export extends.
-func (st *verified) checkWitnessed(p *witnessPolicy) error {
+//
+// A previous checkpoint the export extends counts as witnessed by those
+// who cosigned it (prevSigners; cosigned by the quorum, or refused
+// before).
+func (st *verified) checkWitnessed(p *witnessPolicy, prev *checkpoint, prevSigners []string) error {
 	if p == nil {
 		return nil
 	}
 	sizes := map[string]int64{}
+	for _, n := range prevSigners {
+		sizes[n] = prev.Size
+	}
 	for _, w := range st.witnessed {
 		names, err := p.cosigners(w.msg)
 		if err != nil {
@@ -300,28 +307,29 @@ func (st *verified) checkWitnessed(p *witnessPolicy) error {
 // previousCheckpoint reads a bare checkpoint given as the previous state
 // of the log (audit verify --previous FILE): signed by the server and, when
 // the auditor trusts witnesses, cosigned by their quorum.
-func previousCheckpoint(r io.Reader, v note.Verifier, p *witnessPolicy) (*checkpoint, error) {
+func previousCheckpoint(r io.Reader, v note.Verifier, p *witnessPolicy) (*checkpoint, []string, error) {
 	msg, err := io.ReadAll(io.LimitReader(r, MaxLine+1))
 	if err != nil {
-		return nil, fmt.Errorf("previous checkpoint: %w", err)
+		return nil, nil, fmt.Errorf("previous checkpoint: %w", err)
 	}
 	if len(msg) > MaxLine {
-		return nil, errors.New("previous checkpoint: longer than a checkpoint can be")
+		return nil, nil, errors.New("previous checkpoint: longer than a checkpoint can be")
 	}
 	cp, err := openCheckpoint(msg, v)
 	if err != nil {
-		return nil, fmt.Errorf("previous %w", err)
+		return nil, nil, fmt.Errorf("previous %w", err)
 	}
-	if p != nil {
-		names, err := p.cosigners(msg)
-		if err != nil {
-			return nil, fmt.Errorf("previous checkpoint: %w", err)
-		}
-		if len(names) < p.quorum {
-			return nil, fmt.Errorf("previous checkpoint (size %d): cosigned by %d of the %d trusted witnesses, %d required", cp.Size, len(names), len(p.keys), p.quorum)
-		}
+	if p == nil {
+		return cp, nil, nil
 	}
-	return cp, nil
+	names, err := p.cosigners(msg)
+	if err != nil {
+		return nil, nil, fmt.Errorf("previous checkpoint: %w", err)
+	}
+	if len(names) < p.quorum {
+		return nil, nil, fmt.Errorf("previous checkpoint (size %d): cosigned by %d of the %d trusted witnesses, %d required", cp.Size, len(names), len(p.keys), p.quorum)
+	}
+	return cp, names, nil
 }
 
 // extends proves the export's tree extends the checkpoint cp. The export
