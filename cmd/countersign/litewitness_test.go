@@ -38,7 +38,9 @@ func TestLitewitnessGuardsTheLogAgainstRollback(t *testing.T) {
 
 	n := s.start()
 	callTool(t, n.agent(), "transfer", small)
-	waitReady(t, n, func(body string) bool { return strings.Contains(body, "cosigned tree size") && !strings.Contains(body, "behind") })
+	waitReady(t, n, func(body string) bool {
+		return strings.Contains(body, "cosigned tree size") && !strings.Contains(body, "behind")
+	})
 	n.term()
 	first := s.exportFile()
 	witnessedNote := witnessedIn(t, first)
