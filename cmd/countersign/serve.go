@@ -50,7 +50,13 @@ default) and its URL is printed on stderr at start.
 
 Both listeners also answer /healthz (the process is up), /readyz (the
 database takes a write, the audit log passed its check at start, every
-upstream is connected; 503 and why, otherwise) and /metrics (Prometheus).
+upstream is connected, no witness refuses the log; 503 and why, otherwise;
+each witness's lag is reported) and /metrics (Prometheus).
+
+With audit.witness_file or audit.witnesses, a log that does not extend the
+checkpoint a witness holds (a database restored from an older copy) is
+refused at start, naming both tree sizes; --accept-rollback serves it and
+records that in the log.
 
 The configuration is checked as config validate checks it before anything
 is created; the data directory is then made (mode 0700) if needed, and with
