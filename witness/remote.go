@@ -161,6 +161,16 @@ func (r *Remote) Check(ctx context.Context) error {
 	return r.Submit(ctx, msg)
 }
 
+// due notes a checkpoint of size n that the witness should cosign.
+func (r *Remote) due(n int64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.status.Latest = max(r.status.Latest, n)
+	if r.status.Latest > r.status.Cosigned && r.status.BehindSince.IsZero() {
+		r.status.BehindSince = time.Now()
+	}
+}
+
 func (r *Remote) setCosigned(size int64, at time.Time) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -183,11 +193,8 @@ func (r *Remote) Submit(ctx context.Context, msg []byte) (err error) {
 	if err != nil {
 		return fmt.Errorf("witness %s: our checkpoint: %w", r.Name(), err)
 	}
+	r.due(cp.N)
 	r.mu.Lock()
-	r.status.Latest = max(r.status.Latest, cp.N)
-	if r.status.Latest > r.status.Cosigned && r.status.BehindSince.IsZero() {
-		r.status.BehindSince = time.Now()
-	}
 	old := max(r.known, 0)
 	r.mu.Unlock()
 	defer func() {
@@ -306,9 +313,6 @@ func (r *Remote) Keep(ctx context.Context, every, retryMax time.Duration) {
 			return
 		case <-tick.C:
 		}
-		if time.Now().Before(notTill) {
-			continue
-		}
 		msg, err := r.Store.Checkpoint(ctx)
 		if err != nil {
 			if ctx.Err() == nil {
@@ -316,7 +320,15 @@ func (r *Remote) Keep(ctx context.Context, every, retryMax time.Duration) {
 			}
 			continue
 		}
-		if size, ok := checkpointSize(msg); ok && size <= r.Status().Cosigned && r.Status().Err == nil {
+		size, ok := checkpointSize(msg)
+		if ok {
+			// Counted as due even while backing off, so the lag shows.
+			r.due(size)
+		}
+		if time.Now().Before(notTill) {
+			continue
+		}
+		if ok && size <= r.Status().Cosigned && r.Status().Err == nil {
 			continue // already cosigned
 		}
 		err = r.Submit(ctx, msg)
