@@ -190,7 +190,9 @@ func (e *SinceError) Error() string {
 }
 
 // Export writes the entries after seq since, one JSON object a line as
-// stored, then a final line {"checkpoint":"<signed note>"} covering them.
+// stored, then for each witness its newest cosigned checkpoint with a
+// consistency proof ({"witnessed":"<note>","proof":[...]}), then a final
+// line {"checkpoint":"<signed note>"} covering them.
 // since may equal the last seq (the export then holds only the checkpoint,
 // and proves with the previous export that nothing changed); beyond it
 // Export fails with a *SinceError and writes nothing.
@@ -256,6 +258,18 @@ func (l *Log) Export(ctx context.Context, w io.Writer, since int64) error {
 		}
 		if n < page {
 			break
+		}
+	}
+	if l.broken == nil {
+		// The witnesses' cosigned checkpoints, each with its proof that
+		// the final checkpoint extends it (docs/audit-export.md).
+		wlines, err := l.witnessedLines(ctx, upto)
+		if err != nil {
+			return fmt.Errorf("audit: export: %w", err)
+		}
+		for _, wl := range wlines {
+			bw.Write(wl)
+			bw.WriteByte('\n')
 		}
 	}
 	line, err := encodeCheckpointLine(cpNote)

@@ -35,7 +35,11 @@
 //
 // [Log.Export] writes one entry per line, as stored (compact JSON, fields in
 // [Entry] order), then one final line {"checkpoint":"<note text>"} whose tree
-// size equals the last seq exported. [Verify] checks such a file offline,
+// size equals the last seq exported. Between the entries and that line,
+// each C2SP witness's newest cosigned checkpoint ([Log.StoreWitnessed]) is
+// one line {"witnessed":"<note with cosignature>","proof":[...]} with the
+// consistency proof from its tree to the final one; [Verify] checks the
+// cosignatures against [VerifyOptions.WitnessKeys]. [Verify] checks such a file offline,
 // including each approver's WebAuthn assertion against the action digest of
 // package digest and the key from the approver's enrollment entry.
 //

@@ -112,7 +112,16 @@ CREATE TABLE IF NOT EXISTS audit_checkpoints (
 	created TEXT NOT NULL
 );
 -- Every append reads the largest checkpointed size.
-CREATE INDEX IF NOT EXISTS audit_checkpoints_size ON audit_checkpoints (size);`
+CREATE INDEX IF NOT EXISTS audit_checkpoints_size ON audit_checkpoints (size);
+
+CREATE TABLE IF NOT EXISTS audit_witnessed (
+	id      INTEGER PRIMARY KEY AUTOINCREMENT,
+	witness TEXT NOT NULL,
+	size    INTEGER NOT NULL,
+	note    TEXT NOT NULL,
+	created TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_witnessed_by_witness ON audit_witnessed (witness, size);`
 
 // Open creates the audit tables if needed and checks the stored log: every
 // entry's hash and link, the signatures of the first entry and of every

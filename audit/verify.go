@@ -12,6 +12,7 @@ import (
 	"github.com/gowebpki/jcs"
 	"io"
 	"runtime"
+	"strings"
 	"sync"
 	"time"
 
@@ -49,6 +50,18 @@ type Summary struct {
 	Attested   int    // enrolled keys whose attestation chains to a trusted root (VerifyOptions.AttestationRoots)
 	Extends    int64  // tree size of the previous export proven to be a prefix; 0 without one
 	NothingNew bool   // no entries: only that the checkpoint matches the previous export is proven
+
+	// WitnessedLines counts the export's cosigned checkpoints (each
+	// server-signed and proven a prefix of the final checkpoint).
+	WitnessedLines int
+	// Witnessed is the largest tree size cosigned by the quorum of the
+	// trusted witnesses (VerifyOptions.WitnessKeys), and Cosigners their
+	// names; 0 and nil without witness keys.
+	Witnessed int64
+	Cosigners []string
+	// PreviousWitnessed: the previous was a bare (cosigned) checkpoint,
+	// not an export.
+	PreviousWitnessed bool
 }
 
 func (s Summary) String() string {
@@ -79,7 +92,17 @@ func (s Summary) String() string {
 		out += ", entries authenticated by the signed checkpoint"
 	}
 	if s.Extends > 0 {
-		out += fmt.Sprintf(", consistent with the previous export (size %d)", s.Extends)
+		if s.PreviousWitnessed {
+			out += fmt.Sprintf(", consistent with the previous checkpoint (size %d)", s.Extends)
+		} else {
+			out += fmt.Sprintf(", consistent with the previous export (size %d)", s.Extends)
+		}
+	}
+	switch {
+	case s.Cosigners != nil:
+		out += fmt.Sprintf(", tree size %d witnessed by %s", s.Witnessed, strings.Join(s.Cosigners, ", "))
+	case s.WitnessedLines > 0:
+		out += fmt.Sprintf(", %d witnessed checkpoints whose cosignatures were not checked (no --witness-key)", s.WitnessedLines)
 	}
 	return out
 }
@@ -105,6 +128,15 @@ type VerifyOptions struct {
 	// attestation that verifies and chains to one of these roots (package
 	// attest), as of its enrollment.
 	AttestationRoots *x509.CertPool
+
+	// WitnessKeys are the C2SP tlog-cosignature keys (vkeys) of the
+	// witnesses the auditor trusts. With them, the export must carry a
+	// checkpoint cosigned by WitnessQuorum of them (0: all), and a
+	// Previous that is a bare checkpoint must be cosigned so too.
+	WitnessKeys   []string
+	WitnessQuorum int
+
+	anchored bool // Previous is a bare checkpoint: keep the tree for a proof
 }
 
 // MaxLine bounds one line of an export.
@@ -141,8 +173,25 @@ func Verify(export io.Reader, publicKey string, opts VerifyOptions) (Summary, er
 	if err != nil {
 		return Summary{}, err
 	}
+	wp, err := newWitnessPolicy(opts.WitnessKeys, opts.WitnessQuorum)
+	if err != nil {
+		return Summary{}, err
+	}
 	var prev *verified
+	var anchor *checkpoint
+	var anchorSigners []string
 	if opts.Previous != nil {
+		pr := bufio.NewReaderSize(opts.Previous, 1<<16)
+		if first, err := pr.Peek(1); err == nil && first[0] != '{' {
+			// A bare checkpoint, such as a witness's cosigned one.
+			if anchor, anchorSigners, err = previousCheckpoint(pr, v, wp); err != nil {
+				return Summary{}, err
+			}
+			opts.anchored = true
+		}
+		opts.Previous = pr
+	}
+	if opts.Previous != nil && anchor == nil {
 		prev, err = verifyStream(opts.Previous, pub, v, nil, true, opts)
 		if err != nil {
 			var ve *VerifyError
@@ -156,6 +205,14 @@ func Verify(export io.Reader, publicKey string, opts VerifyOptions) (Summary, er
 	if err != nil {
 		return Summary{}, err
 	}
+	if anchor != nil {
+		if err := st.extends(anchor); err != nil {
+			return Summary{}, err
+		}
+	}
+	if err := st.checkWitnessed(wp, anchor, anchorSigners); err != nil {
+		return Summary{}, err
+	}
 	s := Summary{
 		Entries: st.entries, FirstSeq: st.first, LastSeq: st.last,
 		TreeSize: st.cp.Size, Root: base64.StdEncoding.EncodeToString(st.cp.Root[:]),
@@ -167,6 +224,13 @@ func Verify(export io.Reader, publicKey string, opts VerifyOptions) (Summary, er
 	if prev != nil {
 		s.Extends = prev.cp.Size
 		s.NothingNew = st.empty
+	}
+	if anchor != nil {
+		s.Extends, s.PreviousWitnessed = anchor.Size, true
+	}
+	s.WitnessedLines = len(st.witnessed)
+	if wp != nil {
+		s.Witnessed, s.Cosigners = st.witnessedSize, st.cosigners
 	}
 	return s, nil
 }
@@ -182,6 +246,11 @@ type verified struct {
 	empty      bool       // no entries: the checkpoint repeats the previous export's tree
 	hashes     [][32]byte // entry hashes by seq-1, kept for a previous export
 	state      *logState  // what the entries so far established, for a later export
+
+	tree          *memTree      // every stored hash, when a proof against a previous tree is due
+	witnessed     []witnessedCP // the export's cosigned checkpoints
+	witnessedSize int64
+	cosigners     []string
 }
 
 // logState is what replaying the entries in order has established: the
@@ -318,6 +387,7 @@ func verifyStream(r io.Reader, pub ed25519.PublicKey, v note.Verifier, prev *ver
 	allSigs, replayer := opts.AllSignatures, opts.ReplayPolicy
 	br := bufio.NewReaderSize(r, 1<<16)
 	var cpLine []byte
+	var wLines [][]byte
 	lineNo := 0
 	next := func() (item, bool, error) {
 		for {
@@ -332,6 +402,13 @@ func verifyStream(r io.Reader, pub ed25519.PublicKey, v note.Verifier, prev *ver
 			if bytes.HasPrefix(line, []byte(`{"checkpoint"`)) {
 				cpLine = line
 				return item{}, false, nil
+			}
+			if bytes.HasPrefix(line, []byte(`{"witnessed"`)) {
+				wLines = append(wLines, line)
+				continue
+			}
+			if wLines != nil {
+				return item{}, false, errors.New("an entry after a witnessed line: witnessed lines come after the last entry")
 			}
 			return item{line: line, checkSig: allSigs}, true, nil
 		}
@@ -354,9 +431,12 @@ func verifyStream(r io.Reader, pub ed25519.PublicKey, v note.Verifier, prev *ver
 	state.replayer = replayer
 	state.roots = opts.AttestationRoots
 	st.state = state
-	if prev != nil {
+	if prev != nil || opts.anchored {
+		// A previous export or bare checkpoint is proven a prefix by a
+		// consistency proof over the whole tree.
 		tree = &memTree{}
 	}
+	st.tree = tree
 	startAt := func(seq int64) *VerifyError {
 		if seq <= 1 {
 			return nil
@@ -477,6 +557,23 @@ func verifyStream(r io.Reader, pub ed25519.PublicKey, v note.Verifier, prev *ver
 		return nil, &VerifyError{last, "the checkpoint's root hash is not the Merkle root of the entries"}
 	}
 	st.cp = cp
+	for _, line := range wLines {
+		msg, proof, err := decodeWitnessedLine(line)
+		if err != nil {
+			return nil, &VerifyError{last, err.Error()}
+		}
+		wcp, err := openCheckpoint(msg, v)
+		if err != nil {
+			return nil, &VerifyError{last, "witnessed " + err.Error()}
+		}
+		if wcp.Size > cp.Size {
+			return nil, &VerifyError{cp.Size + 1, fmt.Sprintf("missing: a witnessed checkpoint covers %d entries, the export's checkpoint %d", wcp.Size, cp.Size)}
+		}
+		if err := tlog.CheckTree(proof, cp.Size, cp.Root, wcp.Size, wcp.Root); err != nil {
+			return nil, &VerifyError{wcp.Size, "the witnessed checkpoint of size " + fmt.Sprint(wcp.Size) + " is not a prefix of the export's checkpoint: " + err.Error()}
+		}
+		st.witnessed = append(st.witnessed, witnessedCP{wcp, msg})
+	}
 	if prev != nil {
 		if last < prev.last {
 			return nil, &VerifyError{last + 1, fmt.Sprintf("missing: the previous export reaches seq %d, this one ends at %d", prev.last, last)}

@@ -163,6 +163,14 @@ type Audit struct {
 	// the log must extend the one there (package witness). Put it on
 	// storage that a restore of the data directory does not roll back.
 	WitnessFile string `mapstructure:"witness_file"`
+	// Witnesses are C2SP tlog-witnesses (e.g. torchwood's litewitness)
+	// that cosign every new checkpoint; at start the log must extend the
+	// tree each of them holds (package witness).
+	Witnesses []Witness `mapstructure:"witnesses"`
+	// WitnessMaxLag, when positive, makes /readyz fail while a witness
+	// has left a checkpoint uncosigned for longer; zero: the lag is only
+	// reported (/readyz, countersign_witness_lag_seconds).
+	WitnessMaxLag time.Duration `mapstructure:"witness_max_lag"`
 	// AcceptRollback is set by serve --accept-rollback, never by the file.
 	AcceptRollback bool `mapstructure:"-"`
 	// Sync is the durability of every commit to the data directory's
@@ -170,6 +178,17 @@ type Audit struct {
 	// syncs each commit group to disk and survives a power loss; "normal"
 	// survives the process being killed, not the machine losing power.
 	Sync string `mapstructure:"sync"`
+}
+
+// Witness is one C2SP tlog-witness.
+type Witness struct {
+	// URL is its submission prefix: checkpoints are POSTed to
+	// URL/add-checkpoint.
+	URL string `mapstructure:"url"`
+	// Key is its cosignature verifier key (vkey, name+hash+base64), as
+	// the witness prints it; cosignatures that do not verify with it are
+	// refused.
+	Key string `mapstructure:"key"`
 }
 
 // Limits bound what one agent can make Countersign do or keep, whatever

@@ -264,3 +264,27 @@ func TestBatchSettingsAreValidated(t *testing.T) {
 		})
 	}
 }
+
+func TestWitnessesAreValidated(t *testing.T) {
+	const vkey = "witness.example/w1+0ad7d35e+BIqI4910CfGV/VLbLTy6XXLKZwm/HZQSG/N0iAG0D29c" // a cosignature key (alg 4)
+	ok := minimal + "audit:\n  witness_max_lag: 10m\n  witnesses:\n    - url: http://127.0.0.1:7380\n      key: " + vkey + "\n"
+	c, err := Parse([]byte(ok), "w.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Audit.Witnesses) != 1 || c.Audit.Witnesses[0].Key != vkey || c.Audit.WitnessMaxLag != 10*time.Minute {
+		t.Fatalf("witnesses %+v", c.Audit)
+	}
+	for _, tc := range []struct{ yaml, want string }{
+		{"audit:\n  witnesses:\n    - url: 127.0.0.1:7380\n      key: " + vkey, "audit.witnesses[0].url"},
+		{"audit:\n  witnesses:\n    - url: http://w\n      key: countersign+00000000+AQ==", "audit.witnesses[0].key: expected the witness's cosignature verifier key"},
+		{"audit:\n  witnesses:\n    - {url: http://a, key: " + vkey + "}\n    - {url: http://b, key: " + vkey + "}", "audit.witnesses[1].key: the same witness key as audit.witnesses[0]"},
+		{"audit:\n  witnesses:\n    - {url: http://a, key: " + vkey + ", name: x}", "name"},
+		{"audit:\n  witness_max_lag: 5m", "audit.witness_max_lag: set without audit.witnesses"},
+	} {
+		_, err := Parse([]byte(minimal+tc.yaml+"\n"), "w.yaml")
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s:\ngot %v, want %q", tc.yaml, err, tc.want)
+		}
+	}
+}

@@ -261,6 +261,7 @@ var defaults = map[string]any{
 	"secrets.default_classification": "internal",
 	"audit.checkpoint_every":         "1m",
 	"audit.sync":                     "full",
+	"audit.witness_max_lag":          "0s",
 	"limits.max_arg_bytes":           64 << 10,
 	"limits.max_arg_depth":           32,
 	"limits.pending_per_agent":       20,

@@ -9,6 +9,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"filippo.io/torchwood"
 )
 
 var (
@@ -173,6 +175,7 @@ func (c *Config) validate() []problem {
 	}
 	v.positive("audit.checkpoint_every", c.Audit.CheckpointEvery)
 	v.oneOf("audit.sync", c.Audit.Sync, "full", "normal")
+	c.validateWitnesses(&v)
 	if c.Limits.MaxArgBytes < 1024 || c.Limits.MaxArgBytes > 16<<20 {
 		v.fail("limits.max_arg_bytes", "expected 1024 to 16777216, got %d", c.Limits.MaxArgBytes)
 	}
@@ -360,5 +363,31 @@ func (v *validator) url(path, s string) {
 	u, err := url.Parse(s)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		v.fail(path, "expected an http(s) URL such as http://localhost:8710, got %q", s)
+	}
+}
+
+// validateWitnesses checks audit.witnesses: each an http(s) URL and a
+// tlog-cosignature key, no key twice (a witness counted twice would fake
+// a quorum), and a lag bound that is not negative.
+func (c *Config) validateWitnesses(v *validator) {
+	seen := map[string]int{}
+	for i, w := range c.Audit.Witnesses {
+		p := fmt.Sprintf("audit.witnesses[%d]", i)
+		v.url(p+".url", w.URL)
+		k, err := torchwood.NewCosignatureVerifier(strings.TrimSpace(w.Key))
+		if err != nil {
+			v.fail(p+".key", "expected the witness's cosignature verifier key (name+hash+base64, as litewitness prints it): %v, got %q", err, w.Key)
+			continue
+		}
+		if j, dup := seen[k.String()]; dup {
+			v.fail(p+".key", "the same witness key as audit.witnesses[%d]", j)
+		}
+		seen[k.String()] = i
+	}
+	if c.Audit.WitnessMaxLag < 0 {
+		v.fail("audit.witness_max_lag", "expected 0 (report only) or a positive duration such as 10m, got %s", c.Audit.WitnessMaxLag)
+	}
+	if c.Audit.WitnessMaxLag > 0 && len(c.Audit.Witnesses) == 0 {
+		v.fail("audit.witness_max_lag", "set without audit.witnesses")
 	}
 }

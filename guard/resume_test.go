@@ -539,8 +539,14 @@ func TestResumedRequestFailsWhenItsToolNeverReturns(t *testing.T) {
 	if !strings.Contains(string(r.Result), "tool note is not available") {
 		t.Fatalf("result %s", r.Result)
 	}
-	if e := w.log.last(audit.KindCallFailed); e.RequestID != id {
-		t.Fatalf("failure not recorded: %+v", e)
+	// The state is final before the entry leaves the approval outbox for
+	// the log (see waitKinds).
+	deadline := time.Now().Add(10 * time.Second)
+	for e := w.log.last(audit.KindCallFailed); e.RequestID != id; e = w.log.last(audit.KindCallFailed) {
+		if time.Now().After(deadline) {
+			t.Fatalf("failure not recorded: %+v", e)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 

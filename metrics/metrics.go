@@ -23,6 +23,10 @@
 //	countersign_notifications_total{channel,outcome}  channel: webhook, slack, ntfy;
 //	                                             outcome: sent, retry, failed, dropped
 //	countersign_approval_page_refusals_total{check}  approver page: Host, Origin, CSRF, format, rate
+//	countersign_witness_cosigned_tree_size{witness}  newest checkpoint a C2SP witness cosigned
+//	countersign_witness_lag_entries{witness}     entries checkpointed, not yet cosigned
+//	countersign_witness_lag_seconds{witness}     age of the oldest uncosigned checkpoint
+//	countersign_witness_refused{witness}         1 while the witness refuses the log
 //
 // plus the Go runtime and process collectors. Each [Metrics] has its own
 // registry, never the global default, so two in one process (tests) do not
@@ -53,6 +57,9 @@ type Options struct {
 	// does not have is counted under tool="(unknown)": the name is the
 	// agent's, and labels must not grow with what agents send.
 	KnownTool func(name string) bool
+	// Witnesses reports each configured C2SP witness's progress
+	// (countersign_witness_*); nil when there are none.
+	Witnesses func() []WitnessStatus
 	// Version labels countersign_build_info.
 	Version string
 	Logger  *slog.Logger
@@ -159,6 +166,9 @@ func New(opts Options) *Metrics {
 	m.reg.MustRegister(m.calls, m.decision, m.approvals, m.approvalWait, m.appends, m.appendErrors,
 		m.appendSeconds, m.queue, m.notified, pending, build,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if opts.Witnesses != nil {
+		m.reg.MustRegister(witnessCollector{opts.Witnesses})
+	}
 	return m
 }
 

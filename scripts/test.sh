@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs Countersign's whole test suite on a fresh Debian machine with Go.
-# The browser tests drive a real headless Chromium; install it when missing
-# rather than skip them.
+# The browser tests drive a real headless Chromium, and the witness tests a
+# real litewitness with its ssh-agent; install what is missing rather than
+# skip them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +12,15 @@ if ! command -v chromium >/dev/null 2>&1; then
 	if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
 	$sudo apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
+fi
+
+# The witness tests run litewitness, whose key lives in an ssh-agent.
+if ! command -v ssh-agent >/dev/null 2>&1 || ! command -v ssh-keygen >/dev/null 2>&1 || ! command -v ssh-add >/dev/null 2>&1; then
+	echo "test.sh: installing Debian's openssh-client for the witness tests (ssh-agent)" >&2
+	sudo=""
+	if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+	$sudo apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq openssh-client >/dev/null
 fi
 
 go vet ./...

@@ -1,6 +1,7 @@
 // Package witness keeps the audit log's newest signed checkpoint where the
 // database cannot take it along when it is rolled back: in a file on
-// another disk (config audit.witness_file).
+// another disk (config audit.witness_file), and with C2SP tlog-witnesses
+// (audit.witnesses).
 //
 // The log's hash chain and signatures prove that nothing inside a log was
 // changed, but a database file restored from an older copy is a valid log
@@ -17,8 +18,10 @@
 // The file holds the checkpoint exactly as the server signed it (a C2SP
 // signed note), so anyone with the server's public key can check it. This
 // is the simplest witness, one the operator must place on storage the
-// database's host cannot roll back together with the database; a C2SP
-// tlog-witness cosigning over the network is the fuller form.
+// database's host cannot roll back together with the database. A [Remote]
+// is the fuller form: a C2SP tlog-witness on the network (config
+// audit.witnesses) that cosigns each checkpoint and refuses any tree that
+// does not extend the ones it saw.
 package witness
 
 import (
@@ -121,6 +124,11 @@ func (f *File) Check(ctx context.Context, t Tree) error {
 	if err != nil || cp == nil {
 		return err
 	}
+	return f.check(ctx, t, cp)
+}
+
+// check reports whether the log extends cp, naming f.Path in the error.
+func (f *File) check(ctx context.Context, t Tree, cp *Checkpoint) error {
 	last, err := t.LastSeq(ctx)
 	if err != nil {
 		return err

@@ -105,7 +105,8 @@ func writeFileAtomic(path string, write func(io.Writer) error) error {
 
 func newAuditVerifyCmd() *cobra.Command {
 	var keyArg, previous string
-	var rootFiles []string
+	var rootFiles, witnessArgs []string
+	var witnessQuorum int
 	var allSigs, replay bool
 	cmd := &cobra.Command{
 		Use:   "verify FILE --key PUBKEY-or-FILE",
@@ -130,7 +131,19 @@ against it; a rule the logged arguments settle is.
 
 --attestation-roots ROOT.pem (repeatable) requires every enrolled key to carry
 an attestation that verifies and chains to one of these roots, as of its
-enrollment: the proof that approvals came from genuine hardware keys.`,
+enrollment: the proof that approvals came from genuine hardware keys.
+
+--witness-key VKEY-or-FILE (repeatable; a file holds one key a line) names the
+C2SP tlog-witnesses the auditor trusts, by their cosignature keys. The export's
+witnessed checkpoints must then carry cosignatures of --witness-quorum of them
+(default: all), and every cosignature by one of them must verify. A witness
+cosigns only a tree that extends every tree of this log it saw, so a witnessed
+checkpoint is the server's word held where the server cannot take it back.
+
+--previous also accepts a bare checkpoint, such as a witnessed one kept from an
+earlier export (jq -r 'select(.witnessed).witnessed' OLD > cp.txt): the export
+(complete, from seq 1) must extend it, and with --witness-key it must carry
+the quorum's cosignatures.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			key, err := readPublicKey(keyArg)
@@ -151,6 +164,10 @@ enrollment: the proof that approvals came from genuine hardware keys.`,
 			if replay {
 				opts.ReplayPolicy = newPolicyReplayer()
 			}
+			if opts.WitnessKeys, err = readWitnessKeys(witnessArgs); err != nil {
+				return err
+			}
+			opts.WitnessQuorum = witnessQuorum
 			if previous != "" {
 				pf, err := os.Open(previous)
 				if err != nil {
@@ -172,8 +189,35 @@ enrollment: the proof that approvals came from genuine hardware keys.`,
 	cmd.Flags().BoolVar(&allSigs, "all-signatures", false, "also verify every entry's own signature (slower; the checkpoint already covers them)")
 	cmd.Flags().StringArrayVar(&rootFiles, "attestation-roots", nil, "PEM file of root certificates every enrolled key's attestation must chain to (repeatable)")
 	cmd.Flags().BoolVar(&replay, "replay-policy", false, "check every decision against the policy it names (policy.loaded): level, rules and approval requirement")
+	cmd.Flags().StringArrayVar(&witnessArgs, "witness-key", nil, "a trusted witness's cosignature key (name+hash+base64), or a file of them one a line (repeatable)")
+	cmd.Flags().IntVar(&witnessQuorum, "witness-quorum", 0, "how many of the --witness-key witnesses must have cosigned (default: all)")
 	cmd.MarkFlagRequired("key")
 	return cmd
+}
+
+// readWitnessKeys accepts vkeys and files of them, one a line; blank
+// lines and # comments in files are skipped.
+func readWitnessKeys(args []string) ([]string, error) {
+	var keys []string
+	for _, arg := range args {
+		if strings.Count(arg, "+") >= 2 && !strings.ContainsAny(arg, " \n") {
+			if _, err := os.Stat(arg); err != nil {
+				keys = append(keys, arg)
+				continue
+			}
+		}
+		data, err := os.ReadFile(arg)
+		if err != nil {
+			return nil, fmt.Errorf("--witness-key %q is neither a witness key (name+hash+base64) nor a readable file: %w", arg, err)
+		}
+		for line := range strings.Lines(string(data)) {
+			line, _, _ = strings.Cut(line, "#")
+			if line = strings.TrimSpace(line); line != "" {
+				keys = append(keys, line)
+			}
+		}
+	}
+	return keys, nil
 }
 
 // readPublicKey accepts the key text itself or the name of a file with it.

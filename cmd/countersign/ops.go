@@ -17,7 +17,10 @@ import (
 //	/healthz  200 while the process serves HTTP at all (liveness)
 //	/readyz   200 when it can do its work: the database takes a write, the
 //	          audit log passed its check at start, every configured upstream
-//	          is connected; else 503 naming what is not
+//	          is connected, no witness refuses the log; else 503 naming what
+//	          is not. A C2SP witness that lags (down, slow) is reported on
+//	          its line but keeps the server ready, since calls do not wait
+//	          for it, unless audit.witness_max_lag is set and exceeded
 //	/metrics  Prometheus text format (package metrics)
 //
 // They answer GET and HEAD only. /metrics is behind the listener's Host
@@ -51,7 +54,7 @@ func (s *stack) withOps(next http.Handler, allowHost func(string) bool) http.Han
 func (s *stack) readyz(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
 	defer cancel()
-	type check struct{ name, err string }
+	type check struct{ name, err, note string }
 	checks := []check{{name: "database"}, {name: "audit"}}
 	if err := s.dbProbe.writable(ctx); err != nil {
 		checks[0].err = "not writable: " + err.Error()
@@ -71,6 +74,31 @@ func (s *stack) readyz(w http.ResponseWriter, r *http.Request) {
 			checks = append(checks, c)
 		}
 	}
+	now := time.Now()
+	for _, r := range s.remotes {
+		st := r.Status()
+		c := check{name: "witness " + st.Name}
+		lag := st.Lag(now).Truncate(time.Second)
+		switch {
+		case st.Refused():
+			c.err = "refuses the log: " + st.Err.Error()
+		case s.cfg.Audit.WitnessMaxLag > 0 && lag > s.cfg.Audit.WitnessMaxLag:
+			c.err = fmt.Sprintf("%d entries (%s) not cosigned, over audit.witness_max_lag %s", st.Behind(), lag, s.cfg.Audit.WitnessMaxLag)
+		case st.Behind() > 0 || st.Err != nil:
+			c.note = fmt.Sprintf("cosigned tree size %d, %d entries (%s) behind", st.Cosigned, st.Behind(), lag)
+		default:
+			c.note = fmt.Sprintf("cosigned tree size %d", st.Cosigned)
+		}
+		if st.Err != nil && !st.Refused() {
+			// Why it lags: down, slow, or answering with errors.
+			if c.err != "" {
+				c.err += "; last attempt: " + st.Err.Error()
+			} else {
+				c.note += "; last attempt: " + st.Err.Error()
+			}
+		}
+		checks = append(checks, c)
+	}
 	ready := !slices.ContainsFunc(checks, func(c check) bool { return c.err != "" })
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
@@ -78,9 +106,12 @@ func (s *stack) readyz(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusServiceUnavailable)
 	}
 	for _, c := range checks {
-		if c.err == "" {
+		switch {
+		case c.err == "" && c.note != "":
+			fmt.Fprintf(w, "ok    %s: %s\n", c.name, oneLine(c.note))
+		case c.err == "":
 			fmt.Fprintf(w, "ok    %s\n", c.name)
-		} else {
+		default:
 			fmt.Fprintf(w, "FAIL  %s: %s\n", c.name, oneLine(c.err))
 		}
 	}

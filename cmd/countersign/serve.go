@@ -12,6 +12,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"syscall"
 	"time"
 
@@ -49,7 +50,13 @@ default) and its URL is printed on stderr at start.
 
 Both listeners also answer /healthz (the process is up), /readyz (the
 database takes a write, the audit log passed its check at start, every
-upstream is connected; 503 and why, otherwise) and /metrics (Prometheus).
+upstream is connected, no witness refuses the log; 503 and why, otherwise;
+each witness's lag is reported) and /metrics (Prometheus).
+
+With audit.witness_file or audit.witnesses, a log that does not extend the
+checkpoint a witness holds (a database restored from an older copy) is
+refused at start, naming both tree sizes; --accept-rollback serves it and
+records that in the log.
 
 The configuration is checked as config validate checks it before anything
 is created; the data directory is then made (mode 0700) if needed, and with
@@ -75,7 +82,7 @@ the embedded default the demo files it names are written into it.`,
 		},
 	}
 	cmd.Flags().String("http", "", "serve agents over HTTP on ADDR (e.g. 127.0.0.1:8711) instead of stdio")
-	cmd.Flags().Bool("accept-rollback", false, "serve although the audit log does not extend the checkpoint in audit.witness_file (recorded in the log)")
+	cmd.Flags().Bool("accept-rollback", false, "serve although the audit log does not extend the checkpoint in audit.witness_file or held by an audit.witnesses witness (recorded in the log)")
 	return cmd
 }
 
@@ -94,7 +101,8 @@ type stack struct {
 	upstreams *upstream.Manager
 	server    *server.Server
 	witness   *witness.File
-	stopKeep  func() // stops the witness loop and waits for it
+	remotes   []*witness.Remote // audit.witnesses
+	stopKeep  func()            // stops the witness loops and waits for them
 }
 
 // assemble opens the data directory and wires the packages: the one place
@@ -116,7 +124,7 @@ func assemble(ctx context.Context, c *config.Config, log *slog.Logger) (_ *stack
 	}
 	// Before anything is appended: a database restored from an older
 	// copy is refused (package witness).
-	if c.Audit.WitnessFile != "" {
+	if c.Audit.WitnessFile != "" || len(c.Audit.Witnesses) > 0 {
 		if err := s.startWitness(ctx, c, log); err != nil {
 			return nil, err
 		}
@@ -139,6 +147,7 @@ func assemble(ctx context.Context, c *config.Config, log *slog.Logger) (_ *stack
 			return s.approvals.PendingCount(ctx)
 		},
 		KnownTool: func(name string) bool { _, ok := s.tools.Lookup(name); return ok },
+		Witnesses: s.witnessMetrics(),
 		Version:   buildVersion(),
 		Logger:    log.With("component", "metrics"),
 	})
@@ -213,42 +222,82 @@ func assemble(ctx context.Context, c *config.Config, log *slog.Logger) (_ *stack
 	return s, nil
 }
 
-// startWitness refuses a log that does not extend the witnessed checkpoint
-// (unless the operator accepts the rollback, which is recorded and makes
-// the current checkpoint the witnessed one), then keeps the witness up to
-// date while the server runs.
+// startWitness refuses a log that does not extend the witnessed
+// checkpoints: the file witness's, the one each C2SP witness cosigned last
+// (kept in the database) and the tree each C2SP witness holds (asked by
+// submitting the current checkpoint). With --accept-rollback the loss is
+// recorded, once per witness that saw it, and the server serves. Then it
+// keeps every witness up to date while the server runs.
+//
+// A C2SP witness that cannot be reached at start does not stop the server
+// (it would make the witness a single point of failure for every restart):
+// the refusal is logged, /readyz names it, and the first answer that shows
+// a rollback is logged and fails /readyz.
 func (s *stack) startWitness(ctx context.Context, c *config.Config, log *slog.Logger) error {
 	_, v, err := audit.ParsePublicKey(s.audit.PublicKey())
 	if err != nil {
 		return err
 	}
-	s.witness = &witness.File{Path: c.Audit.WitnessFile, Verifier: v}
-	err = s.witness.Check(ctx, s.audit)
-	var rb *witness.RollbackError
-	switch {
-	case errors.As(err, &rb) && c.Audit.AcceptRollback:
-		log.Warn("serving a rolled-back audit log, as --accept-rollback asks", "witnessed_size", rb.Witnessed, "log_size", rb.Log)
+	var rollbacks []*witness.RollbackError
+	check := func(err error) error {
+		var rb *witness.RollbackError
+		if errors.As(err, &rb) {
+			rollbacks = append(rollbacks, rb)
+			return nil
+		}
+		return err
+	}
+	if c.Audit.WitnessFile != "" {
+		s.witness = &witness.File{Path: c.Audit.WitnessFile, Verifier: v}
+		if err := check(s.witness.Check(ctx, s.audit)); err != nil {
+			return err
+		}
+	}
+	for i, wc := range c.Audit.Witnesses {
+		r, err := witness.NewRemote(wc.URL, wc.Key, s.audit, log.With("component", "witness"))
+		if err != nil {
+			return configError(fmt.Errorf("%s: audit.witnesses[%d]: %w", c.Source, i, err))
+		}
+		s.remotes = append(s.remotes, r)
+		cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+		err = check(r.Check(cctx))
+		cancel()
+		if err != nil {
+			log.Error("cannot check the audit log against its witness; serving without its word, /readyz says so until it answers",
+				"witness", r.Name(), "url", wc.URL, "err", err)
+		}
+	}
+	if len(rollbacks) > 0 && !c.Audit.AcceptRollback {
+		errs := make([]error, len(rollbacks))
+		for i, rb := range rollbacks {
+			errs[i] = rb
+		}
+		return errors.Join(errs...)
+	}
+	for _, rb := range rollbacks {
+		log.Warn("serving a rolled-back audit log, as --accept-rollback asks", "witness", rb.Path, "witnessed_size", rb.Witnessed, "log_size", rb.Log)
 		if _, err := s.audit.Append(ctx, audit.Entry{Kind: audit.KindRollbackAccepted, Reason: rb.Error()}); err != nil {
 			return fmt.Errorf("recording the accepted rollback: %w", err)
 		}
+	}
+	if s.witness != nil {
+		// Witness the log as it is now: after an accepted rollback the
+		// file follows the new history; on a first start it protects
+		// from now on.
 		msg, err := s.audit.Checkpoint(ctx)
 		if err == nil {
-			err = s.witness.Record(msg, true)
+			err = s.witness.Record(msg, len(rollbacks) > 0)
 		}
 		if err != nil {
 			return err
 		}
-	case err != nil:
-		return err
-	default:
-		// Witness the log as it is now, so that a first start with a
-		// witness protects from now on.
-		msg, err := s.audit.Checkpoint(ctx)
-		if err == nil {
-			err = s.witness.Record(msg, false)
-		}
-		if err != nil {
-			return err
+	}
+	for _, r := range s.remotes {
+		if st := r.Status(); st.Refused() {
+			// A witness never forgets a tree it cosigned: it refuses this
+			// log for good. /readyz fails until it is replaced.
+			log.Error("this witness refuses the audit log; remove it from audit.witnesses or register the log with a fresh witness",
+				"witness", r.Name(), "err", st.Err)
 		}
 	}
 	every := c.Audit.CheckpointEvery
@@ -256,15 +305,37 @@ func (s *stack) startWitness(ctx context.Context, c *config.Config, log *slog.Lo
 		every = time.Minute
 	}
 	kctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		s.witness.Keep(kctx, s.audit, every, func(err error) {
-			log.Error("cannot update the audit witness; rollbacks are not caught until it works again", "file", c.Audit.WitnessFile, "err", err)
+	var wg sync.WaitGroup
+	if s.witness != nil {
+		wg.Go(func() {
+			s.witness.Keep(kctx, s.audit, every, func(err error) {
+				log.Error("cannot update the audit witness; rollbacks are not caught until it works again", "file", c.Audit.WitnessFile, "err", err)
+			})
 		})
-	}()
-	s.stopKeep = func() { cancel(); <-done }
+	}
+	for _, r := range s.remotes {
+		// Retries back off up to the checkpoint interval, at most a
+		// minute: a witness back up is caught up within that.
+		wg.Go(func() { r.Keep(kctx, every, min(every, time.Minute)) })
+	}
+	s.stopKeep = func() { cancel(); wg.Wait() }
 	return nil
+}
+
+// witnessMetrics reports the C2SP witnesses' progress to the metrics.
+func (s *stack) witnessMetrics() func() []metrics.WitnessStatus {
+	if len(s.remotes) == 0 {
+		return nil
+	}
+	return func() []metrics.WitnessStatus {
+		now := time.Now()
+		var out []metrics.WitnessStatus
+		for _, r := range s.remotes {
+			st := r.Status()
+			out = append(out, metrics.WitnessStatus{Name: st.Name, Cosigned: st.Cosigned, Behind: st.Behind(), Lag: st.Lag(now), Refused: st.Refused()})
+		}
+		return out
+	}
 }
 
 // openAudit opens the data directory's database and audit log. A log that
@@ -347,6 +418,21 @@ func (s *stack) close() error {
 			err = s.witness.Record(msg, false)
 		}
 		errs = append(errs, err)
+	}
+	if len(s.remotes) > 0 && s.audit.Err() == nil {
+		// The C2SP witnesses get the final checkpoint too, if they
+		// answer soon: shutting down must not wait on the network, and
+		// the next start sends it anyway.
+		if msg, err := s.audit.Checkpoint(context.Background()); err == nil {
+			for _, r := range s.remotes {
+				if r.Status().Refused() {
+					continue
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				r.Submit(ctx, msg)
+				cancel()
+			}
+		}
 	}
 	if s.db != nil {
 		errs = append(errs, s.db.Close())
