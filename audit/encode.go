@@ -28,10 +28,19 @@ const (
 	lineSuffix = `,"prev_hash":""}`
 )
 
-func prepareEncoding(e *Entry) (*prepared, error) {
+// prepareEncoding encodes e; inLineForm says its JSON members were put
+// in their line form (lineJSON) already.
+func prepareEncoding(e *Entry, inLineForm bool) (*prepared, error) {
 	c := *e
 	c.Seq, c.Time, c.PrevHash, c.Hash, c.Sig = 0, "", "", "", ""
-	members, err := canonicalMembers(&c)
+	// prepare has put the JSON members in their line form (lineJSON);
+	// without a \u2028 or \u2029 escape that is already their RFC 8785
+	// form, and a second pass over them is spared.
+	canon := jcs.Transform
+	if inLineForm && !escapesSeparators(c.Args, c.Result, c.AuthorizationDetails, c.Policy, c.Usage) {
+		canon = func(m []byte) ([]byte, error) { return m, nil }
+	}
+	members, err := membersOf(&c, canon)
 	if err != nil {
 		return nil, err
 	}
@@ -45,6 +54,17 @@ func prepareEncoding(e *Entry) (*prepared, error) {
 	}
 	p.middle = line[len(linePrefix) : len(line)-len(lineSuffix)]
 	return p, nil
+}
+
+// escapesSeparators reports whether any of ms holds the \u2028 or \u2029
+// escape lineJSON writes.
+func escapesSeparators(ms ...json.RawMessage) bool {
+	for _, m := range ms {
+		if bytes.Contains(m, []byte(`\u2028`)) || bytes.Contains(m, []byte(`\u2029`)) {
+			return true
+		}
+	}
+	return false
 }
 
 // hash is chainHash for the entry with seq, time and prev_hash set.

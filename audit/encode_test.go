@@ -23,7 +23,7 @@ func TestPreparedMatchesReference(t *testing.T) {
 		if _, err := prepare(&e); err != nil {
 			t.Fatal(err)
 		}
-		pre, err := prepareEncoding(&e)
+		pre, err := prepareEncoding(&e, false)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -70,7 +70,7 @@ func FuzzCanonicalMembers(f *testing.F) {
 			return
 		}
 		e := Entry{Kind: kind, Display: text, Reason: text + kind, Args: args, UserVerified: uv}
-		pre, err := prepareEncoding(&e)
+		pre, err := prepareEncoding(&e, false)
 		e.Seq, e.Time, e.PrevHash = 5, "2026-03-01T09:30:01.000000001Z", strings.Repeat("0", 64)
 		want, refErr := chainHash([32]byte{}, &e)
 		if (err != nil) != (refErr != nil) {
