@@ -11,7 +11,7 @@
 //     latency with one caller; throughput with 1, 16 and 64 concurrent
 //     callers (HTTP: one session each; stdio: concurrent calls on the one
 //     session a stdio server has);
-//   - small transfers (low risk, they write) at 16 and 200 concurrent
+//   - small transfers (low risk, they write) at 16, 200 and 400 concurrent
 //     sessions: throughput, p99, errors;
 //   - machine-side approval latency: from a software key's tap reaching
 //     the approver page to the result reaching the waiting agent;
@@ -156,7 +156,7 @@ func run(short bool, outPath string, want func(group string) bool) error {
 			r.add(target.name, name, "calls_per_s", tp.perSecond)
 			r.add(target.name, name, "errors", float64(tp.errors))
 		}
-		for _, n := range []int{16, 200} {
+		for _, n := range []int{16, 200, 400} {
 			sessions, err := srv.sessions(ctx, n)
 			if err != nil {
 				srv.stop()
