@@ -57,7 +57,7 @@ func benchEntry(i int) Entry {
 }
 
 func BenchmarkAppend(b *testing.B) {
-	for _, writers := range []int{1, 64} {
+	for _, writers := range []int{1, 16, 64} {
 		b.Run(fmt.Sprintf("writers=%d", writers), func(b *testing.B) {
 			db := openDB(b, b.TempDir())
 			l := openLog(b, db, seededKey(1), Options{})

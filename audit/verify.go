@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/gowebpki/jcs"
+	fastjson "github.com/segmentio/encoding/json"
 	"io"
 	"runtime"
 	"strings"
@@ -674,7 +675,11 @@ func checkItem(it *item) (r result) {
 		r.parsed, r.seq = true, it.rowSeq
 	}
 	var e Entry
-	if err := json.Unmarshal(it.line, &e); err != nil {
+	// segmentio's decoder is several times faster than encoding/json's on
+	// these lines. What it decodes is held to the line just below: the
+	// entry must encode (with encoding/json) to exactly these bytes, and
+	// only one entry does.
+	if err := fastjson.Unmarshal(it.line, &e); err != nil {
 		return fail("not a JSON entry: %v", err)
 	}
 	if !it.fromDB {
