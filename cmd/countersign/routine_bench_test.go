@@ -13,9 +13,59 @@ import (
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
 )
 
-// BenchmarkRoutineCall is the in-process twin of csbench's routine-call
-// scenario, there to be profiled: get_balance over Streamable HTTP from
-// one session, and from 16 at once.
+// The in-process twins of csbench's scenarios, there to be profiled
+// (-cpuprofile, -blockprofile, -memprofile); bench/csbench is the suite
+// of record.
+
+// callFrom has sessions go-sdk clients, one session each, call params in
+// parallel b.N times in all, and returns how long each call took.
+func callFrom(b *testing.B, base string, sessions int, params *sdk.CallToolParams) []time.Duration {
+	clients := make(chan *sdk.ClientSession, sessions)
+	for range sessions {
+		clients <- connect(b, &sdk.StreamableClientTransport{Endpoint: base + "/mcp", MaxRetries: -1}, protocolVersions[0], nil)
+	}
+	var mu sync.Mutex
+	var took []time.Duration
+	call := func(cs *sdk.ClientSession) bool {
+		start := time.Now()
+		res, err := cs.CallTool(context.Background(), params)
+		if err != nil || res.IsError {
+			b.Errorf("%s: %v %s", params.Name, err, resultText(res))
+			return false
+		}
+		mu.Lock()
+		took = append(took, time.Since(start))
+		mu.Unlock()
+		return true
+	}
+	b.ResetTimer()
+	if sessions == 1 {
+		cs := <-clients
+		for b.Loop() {
+			if !call(cs) {
+				b.FailNow()
+			}
+		}
+	} else {
+		// RunParallel starts parallelism×GOMAXPROCS goroutines; each
+		// takes a session of its own.
+		b.SetParallelism(max(1, sessions/runtime.GOMAXPROCS(0)))
+		b.RunParallel(func(pb *testing.PB) {
+			cs := <-clients
+			defer func() { clients <- cs }()
+			for pb.Next() {
+				if !call(cs) {
+					return
+				}
+			}
+		})
+	}
+	b.StopTimer()
+	return took
+}
+
+// BenchmarkRoutineCall: get_balance over Streamable HTTP from one
+// session, and from 16 at once.
 //
 //	go test -run XXX -bench RoutineCall -cpuprofile cpu.out ./cmd/countersign
 func BenchmarkRoutineCall(b *testing.B) {
@@ -26,75 +76,23 @@ func BenchmarkRoutineCall(b *testing.B) {
 		}))
 		for _, sessions := range []int{1, 16} {
 			b.Run(fmt.Sprintf("sync=%s/sessions=%d", sync, sessions), func(b *testing.B) {
-				clients := make(chan *sdk.ClientSession, sessions)
-				for range sessions {
-					clients <- connect(b, &sdk.StreamableClientTransport{Endpoint: base + "/mcp", MaxRetries: -1}, protocolVersions[0], nil)
-				}
-				params := &sdk.CallToolParams{Name: "get_balance", Arguments: map[string]any{"account": "operating"}}
-				b.ResetTimer()
-				if sessions == 1 {
-					cs := <-clients
-					for b.Loop() {
-						if res, err := cs.CallTool(context.Background(), params); err != nil || res.IsError {
-							b.Fatalf("%v %+v", err, res)
-						}
-					}
-					return
-				}
-				// RunParallel starts parallelism×GOMAXPROCS goroutines;
-				// each takes a session of its own.
-				b.SetParallelism(max(1, sessions/runtime.GOMAXPROCS(0)))
-				b.RunParallel(func(pb *testing.PB) {
-					cs := <-clients
-					defer func() { clients <- cs }()
-					for pb.Next() {
-						res, err := cs.CallTool(context.Background(), params)
-						if err != nil || res.IsError {
-							b.Errorf("%v %+v", err, res)
-							return
-						}
-					}
-				})
+				callFrom(b, base, sessions, &sdk.CallToolParams{Name: "get_balance", Arguments: map[string]any{"account": "operating"}})
 			})
 		}
 	}
 }
 
-// BenchmarkSmallTransfers is csbench's write scenario in process: small
-// (low) transfers from many sessions at once, each a ledger write and its
-// audit entries. It reports the p99 of one call alongside ns/op.
+// BenchmarkSmallTransfers: small (low) transfers from 200 sessions at
+// once, each a ledger write and its audit entries. It reports the p99 of
+// one call alongside ns/op.
 //
 //	go test -run XXX -bench SmallTransfers -benchtime 800x ./cmd/countersign
 func BenchmarkSmallTransfers(b *testing.B) {
 	_, base := startHTTP(b, testConfig(b, func(c *config.Config) {
 		c.Limits.CallsPerSecond, c.Limits.CallBurst = 1_000_000, 1_000_000
 	}))
-	const sessions = 200
-	clients := make(chan *sdk.ClientSession, sessions)
-	for range sessions {
-		clients <- connect(b, &sdk.StreamableClientTransport{Endpoint: base + "/mcp", MaxRetries: -1}, protocolVersions[0], nil)
-	}
-	params := &sdk.CallToolParams{Name: "transfer", Arguments: map[string]any{"from": "operating", "to": "Acme Supplies", "amount": 1, "currency": "USD"}}
-	var mu sync.Mutex
-	var took []time.Duration
-	b.SetParallelism(sessions / runtime.GOMAXPROCS(0))
-	b.ResetTimer()
-	b.RunParallel(func(pb *testing.PB) {
-		cs := <-clients
-		defer func() { clients <- cs }()
-		for pb.Next() {
-			start := time.Now()
-			res, err := cs.CallTool(context.Background(), params)
-			if err != nil || res.IsError {
-				b.Errorf("%v %s", err, resultText(res))
-				return
-			}
-			mu.Lock()
-			took = append(took, time.Since(start))
-			mu.Unlock()
-		}
-	})
-	b.StopTimer()
+	took := callFrom(b, base, 200, &sdk.CallToolParams{Name: "transfer",
+		Arguments: map[string]any{"from": "operating", "to": "Acme Supplies", "amount": 1, "currency": "USD"}})
 	slices.Sort(took)
 	if len(took) > 0 {
 		b.ReportMetric(float64(took[len(took)*99/100].Milliseconds()), "p99-ms")
@@ -114,26 +112,8 @@ func BenchmarkPendingRequests(b *testing.B) {
 		tr.Wait = "poll"
 		c.Tools["transfer"] = tr
 	}))
-	const sessions = 50
-	clients := make(chan *sdk.ClientSession, sessions)
-	for range sessions {
-		clients <- connect(b, &sdk.StreamableClientTransport{Endpoint: base + "/mcp", MaxRetries: -1}, protocolVersions[0], nil)
-	}
-	params := &sdk.CallToolParams{Name: "transfer", Arguments: map[string]any{"from": "operating", "to": "Acme Supplies", "amount": 20000, "currency": "USD"}}
-	b.SetParallelism(sessions / runtime.GOMAXPROCS(0))
-	b.ResetTimer()
-	b.RunParallel(func(pb *testing.PB) {
-		cs := <-clients
-		defer func() { clients <- cs }()
-		for pb.Next() {
-			res, err := cs.CallTool(context.Background(), params)
-			if err != nil || res.IsError {
-				b.Errorf("%v %s", err, resultText(res))
-				return
-			}
-		}
-	})
-	b.StopTimer()
+	callFrom(b, base, 50, &sdk.CallToolParams{Name: "transfer",
+		Arguments: map[string]any{"from": "operating", "to": "Acme Supplies", "amount": 20000, "currency": "USD"}})
 	runtime.GC()
 	var m runtime.MemStats
 	runtime.ReadMemStats(&m)
