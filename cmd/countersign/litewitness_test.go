@@ -55,7 +55,11 @@ func TestLitewitnessGuardsTheLogAgainstRollback(t *testing.T) {
 	for range 3 {
 		callTool(t, cs, "transfer", small)
 	}
-	body := waitReady(t, n, func(body string) bool { return strings.Contains(body, "behind") })
+	// Lag shows as soon as entries are uncosigned; the failed attempt
+	// once the sender has tried.
+	body := waitReady(t, n, func(body string) bool {
+		return strings.Contains(body, "behind") && strings.Contains(body, "last attempt")
+	})
 	if !strings.Contains(body, "ok    witness "+witnesstest.Name+": cosigned tree size") || !strings.Contains(body, "last attempt") {
 		t.Fatalf("/readyz with the witness down:\n%s", body)
 	}
