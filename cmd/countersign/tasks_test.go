@@ -109,8 +109,11 @@ func httpTaskClient(t *testing.T, url, agent string) *taskClient {
 // which has no content.
 func (tc *taskClient) rpc(ctx context.Context, method string, params any) (json.RawMessage, *mcp.JSONRPCErrorDetails) {
 	tc.t.Helper()
+	// The transport routes answers by id, and the client numbers its own
+	// requests 1, 2, ...: ids of its own kind here could collide with one
+	// in flight and take its answer.
 	resp, err := tc.c.GetTransport().SendRequest(ctx, transport.JSONRPCRequest{
-		JSONRPC: mcp.JSONRPC_VERSION, ID: mcp.NewRequestId(tc.id.Add(1)), Method: method, Params: params,
+		JSONRPC: mcp.JSONRPC_VERSION, ID: mcp.NewRequestId(fmt.Sprintf("task-%d", tc.id.Add(1))), Method: method, Params: params,
 	})
 	if err != nil {
 		tc.t.Fatalf("%s: %v", method, err)
