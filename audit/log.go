@@ -73,11 +73,6 @@ type Log struct {
 	// the O(log n) reads of the tree's frontier on every append.
 	hashes map[int64]tlog.Hash
 	stmts  *writerStmts
-	// The head the next batch is sealed onto while the last one commits;
-	// predicted is false when it is not known (at start, after a failure).
-	predSeq   int64
-	predHash  [32]byte
-	predicted bool
 
 	policy atomic.Pointer[string] // hex SHA-256 of the policy LoadPolicy recorded last
 
@@ -367,138 +362,53 @@ func validUTF8(s string) string {
 }
 
 // writer is the single goroutine that commits appends, many per
-// transaction (group commit). It seals (chains and signs) the next batch
-// while the last one's COMMIT, and so its fsync, runs: signing was a third
-// of an append's CPU, and the disk wait left that core idle.
+// transaction (group commit).
 func (l *Log) writer() {
 	defer close(l.done)
-	var inflight *committing
 	for {
 		select {
 		case r := <-l.reqs:
-			batch := l.fill(r)
-			var s *sealed
-			if l.predicted {
-				s = l.seal(batch, l.predSeq, l.predHash)
-			}
-			if inflight != nil {
-				l.finish(inflight)
-			}
-			inflight = l.start(batch, s)
-		case err := <-inflight.doneCh():
-			inflight.done <- err // finish reads it
-			l.finish(inflight)
-			inflight = nil
-		case <-l.quit:
-			if inflight != nil {
-				l.finish(inflight)
-			}
-			for {
+			batch := []*appendReq{r}
+		fill:
+			for len(batch) < l.maxBatch {
 				select {
 				case r := <-l.reqs:
-					if c := l.start(l.fill(r), nil); c != nil {
-						l.finish(c)
-					}
+					batch = append(batch, r)
 				default:
+					break fill
+				}
+			}
+			l.commit(batch)
+		case <-l.quit:
+			for {
+				var batch []*appendReq
+			drain:
+				for len(batch) < l.maxBatch {
+					select {
+					case r := <-l.reqs:
+						batch = append(batch, r)
+					default:
+						break drain
+					}
+				}
+				if len(batch) == 0 {
 					return
 				}
+				l.commit(batch)
 			}
 		}
 	}
 }
 
-// fill gathers what else is queued behind r, up to maxBatch.
-func (l *Log) fill(r *appendReq) []*appendReq {
-	batch := []*appendReq{r}
-	for len(batch) < l.maxBatch {
-		select {
-		case r := <-l.reqs:
-			batch = append(batch, r)
-		default:
-			return batch
-		}
-	}
-	return batch
-}
-
-// committing is a batch whose transaction is written and whose COMMIT
-// runs on its own goroutine.
-type committing struct {
-	batch  []*appendReq
-	out    []Entry
-	reader *txHashReader
-	done   chan error
-}
-
-func (c *committing) doneCh() <-chan error {
-	if c == nil {
-		return nil
-	}
-	return c.done
-}
-
-// start writes batch in a transaction (resealing it if s was sealed onto
-// another head) and starts its COMMIT. A failure before COMMIT is
-// answered at once and returns nil.
-func (l *Log) start(batch []*appendReq, s *sealed) *committing {
-	tx, out, reader, err := l.writeTx(batch, s)
-	if err != nil {
-		l.predicted = false
-		for _, r := range batch {
-			r.done <- appendResult{err: err}
-		}
-		return nil
-	}
-	last := out[len(out)-1]
-	l.predSeq, l.predicted = last.Seq, true
-	l.predHash, _ = decodeHash(last.Hash)
-	c := &committing{batch: batch, out: out, reader: reader, done: make(chan error, 1)}
-	go func() { c.done <- tx.Commit() }()
-	return c
-}
-
-// finish waits for c's COMMIT and answers its appends.
-func (l *Log) finish(c *committing) {
-	err := <-c.done
-	c.reader.close()
-	if err != nil {
-		l.predicted = false
-		err = fmt.Errorf("audit: append: commit: %w", err)
-	} else {
-		c.reader.commit()
-	}
-	for i, r := range c.batch {
+func (l *Log) commit(batch []*appendReq) {
+	out, err := l.commitTx(batch)
+	for i, r := range batch {
 		if err != nil {
 			r.done <- appendResult{err: err}
 		} else {
-			r.done <- appendResult{e: c.out[i]}
+			r.done <- appendResult{e: out[i]}
 		}
 	}
-}
-
-// sealed is a batch chained onto a head and signed.
-type sealed struct {
-	seq  int64 // the head's seq and hash
-	prev [32]byte
-	out  []Entry
-	sums [][32]byte
-}
-
-func (l *Log) seal(batch []*appendReq, seq int64, prev [32]byte) *sealed {
-	s := &sealed{seq: seq, prev: prev, out: make([]Entry, len(batch)), sums: make([][32]byte, len(batch))}
-	for i, r := range batch {
-		e := r.e
-		seq++
-		e.Seq = seq
-		e.Time = l.now().UTC().Format(TimeFormat)
-		e.PrevHash = hex.EncodeToString(prev[:])
-		s.sums[i] = r.pre.hash(prev, e.Seq, e.Time)
-		e.Hash = hex.EncodeToString(s.sums[i][:])
-		s.out[i] = e
-		prev = s.sums[i]
-	}
-	parallel(len(batch), func(i int) { s.out[i].Sig = encodeSig(ed25519.Sign(l.key, s.sums[i][:])) })
-	return s
 }
 
 // head is the chain's end as stored.
@@ -542,44 +452,61 @@ func scanHead(row *sql.Row) (head, error) {
 	return h, nil
 }
 
-// writeTx writes batch in a write transaction and returns it for COMMIT.
-// The head is read inside it: the store begins with BEGIN IMMEDIATE, so
-// no other process's append can come between. A batch sealed onto another
-// head than the one read is sealed again.
-func (l *Log) writeTx(batch []*appendReq, s *sealed) (*sql.Tx, []Entry, *txHashReader, error) {
+func (l *Log) commitTx(batch []*appendReq) ([]Entry, error) {
 	ctx := context.Background()
+	// The store opens transactions with BEGIN IMMEDIATE, so the head read
+	// below cannot be overtaken by another process's append.
 	tx, err := l.db.BeginTx(ctx, nil)
 	if err != nil {
-		return nil, nil, nil, fmt.Errorf("audit: append: %w", err)
+		return nil, fmt.Errorf("audit: append: %w", err)
 	}
-	fail := func(err error) (*sql.Tx, []Entry, *txHashReader, error) {
-		tx.Rollback()
-		return nil, nil, nil, err
-	}
+	defer tx.Rollback()
 	h, err := scanHead(tx.StmtContext(ctx, l.stmts.head).QueryRowContext(ctx))
 	if err != nil {
-		return fail(fmt.Errorf("audit: append: %w", err))
+		return nil, fmt.Errorf("audit: append: %w", err)
 	}
 	if h.treeSize != tlog.StoredHashCount(h.seq) {
-		return fail(&TamperError{h.seq, fmt.Sprintf("tree has %d stored hashes, want %d", h.treeSize, tlog.StoredHashCount(h.seq))})
+		return nil, &TamperError{h.seq, fmt.Sprintf("tree has %d stored hashes, want %d", h.treeSize, tlog.StoredHashCount(h.seq))}
 	}
 	if h.cpSize > h.seq {
-		return fail(&TamperError{h.seq + 1, fmt.Sprintf("missing: a checkpoint covers %d entries, the log ends at %d", h.cpSize, h.seq)})
-	}
-	if s == nil || s.seq != h.seq || s.prev != h.hash {
-		s = l.seal(batch, h.seq, h.hash)
+		return nil, &TamperError{h.seq + 1, fmt.Sprintf("missing: a checkpoint covers %d entries, the log ends at %d", h.cpSize, h.seq)}
 	}
 	if l.hashes == nil || len(l.hashes) > maxCachedHashes {
 		l.hashes = map[int64]tlog.Hash{} // a restart of the cache costs a few reads
 	}
 	reader := &txHashReader{ctx: ctx, tx: tx, fresh: map[int64]tlog.Hash{}, known: l.hashes, shared: l.stmts.tree}
+	defer reader.close()
+
+	// Chain first (cheap, sequential); then sign on every core while the
+	// tree hashes are computed.
+	out := make([]Entry, len(batch))
+	sums := make([][32]byte, len(batch))
+	sigs := make([][]byte, len(batch))
+	seq, prev := h.seq, h.hash
+	for i, r := range batch {
+		e := r.e
+		seq++
+		e.Seq = seq
+		e.Time = l.now().UTC().Format(TimeFormat)
+		e.PrevHash = hex.EncodeToString(prev[:])
+		sums[i] = r.pre.hash(prev, e.Seq, e.Time)
+		e.Hash = hex.EncodeToString(sums[i][:])
+		out[i] = e
+		prev = sums[i]
+	}
+	signed := make(chan struct{})
+	go func() {
+		parallel(len(batch), func(i int) { sigs[i] = ed25519.Sign(l.key, sums[i][:]) })
+		close(signed)
+	}()
 	var treeRows []any
-	for i := range s.out {
-		n := s.out[i].Seq - 1
-		hashes, err := tlog.StoredHashesForRecordHash(n, leafHash(s.sums[i]), reader)
+	var treeErr error
+	for i := range out {
+		n := out[i].Seq - 1
+		hashes, err := tlog.StoredHashesForRecordHash(n, leafHash(sums[i]), reader)
 		if err != nil {
-			reader.close()
-			return fail(fmt.Errorf("audit: append: tree: %w", err))
+			treeErr = fmt.Errorf("audit: append: tree: %w", err)
+			break
 		}
 		base := tlog.StoredHashCount(n)
 		for j, th := range hashes {
@@ -588,20 +515,27 @@ func (l *Log) writeTx(batch []*appendReq, s *sealed) (*sql.Tx, []Entry, *txHashR
 			treeRows = append(treeRows, idx, th[:])
 		}
 	}
-	entryRows := make([]any, 0, 3*len(s.out))
+	<-signed
+	if treeErr != nil {
+		return nil, treeErr
+	}
+	entryRows := make([]any, 0, 3*len(out))
 	for i, r := range batch {
-		e := &s.out[i]
+		e := &out[i]
+		e.Sig = encodeSig(sigs[i])
 		entryRows = append(entryRows, e.Seq, e.Hash, r.pre.line(e))
 	}
 	if err := l.stmts.entries.exec(ctx, tx, entryRows); err != nil {
-		reader.close()
-		return fail(fmt.Errorf("audit: append: %w", err))
+		return nil, fmt.Errorf("audit: append: %w", err)
 	}
 	if err := l.stmts.treeRows.exec(ctx, tx, treeRows); err != nil {
-		reader.close()
-		return fail(fmt.Errorf("audit: append: %w", err))
+		return nil, fmt.Errorf("audit: append: %w", err)
 	}
-	return tx, s.out, reader, nil
+	if err := tx.Commit(); err != nil {
+		return nil, fmt.Errorf("audit: append: commit: %w", err)
+	}
+	reader.commit()
+	return out, nil
 }
 
 // writerStmts are the writer's statements, parsed once: parsing SQL was
