@@ -67,7 +67,12 @@ func (c *connector) Connect(context.Context) (driver.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &conn{inner: inner, lock: c.lock}, nil
+	ic, ok := inner.(innerConn)
+	if !ok {
+		inner.Close()
+		return nil, errors.New("store: the sqlite driver's connection lacks a method database/sql needs")
+	}
+	return &conn{inner: ic, lock: c.lock}, nil
 }
 
 func (c *connector) Driver() driver.Driver { return c.drv }
@@ -90,17 +95,9 @@ type innerConn interface {
 // that writes. A prepared statement run outside a transaction is not
 // seen; it falls back on SQLite's busy handler.
 type conn struct {
-	inner driver.Conn
+	inner innerConn
 	lock  *writeLock
 	inTx  bool // only the goroutine using the connection touches it
-}
-
-func (c *conn) ic() (innerConn, error) {
-	ic, ok := c.inner.(innerConn)
-	if !ok {
-		return nil, errors.New("store: the sqlite driver's connection lacks a method database/sql needs")
-	}
-	return ic, nil
 }
 
 func (c *conn) Prepare(query string) (driver.Stmt, error) { return c.inner.Prepare(query) }
@@ -110,17 +107,13 @@ func (c *conn) Begin() (driver.Tx, error) {
 }
 
 func (c *conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, error) {
-	ic, err := c.ic()
-	if err != nil {
-		return nil, err
-	}
 	if opts.ReadOnly {
-		return ic.BeginTx(ctx, opts)
+		return c.inner.BeginTx(ctx, opts)
 	}
 	if err := c.lock.acquire(ctx); err != nil {
 		return nil, err
 	}
-	tx, err := ic.BeginTx(ctx, opts)
+	tx, err := c.inner.BeginTx(ctx, opts)
 	if err != nil {
 		c.lock.release()
 		return nil, err
@@ -130,68 +123,55 @@ func (c *conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, e
 }
 
 func (c *conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, error) {
-	ic, err := c.ic()
-	if err != nil {
+	return c.inner.PrepareContext(ctx, query)
+}
+
+// lockStatement takes the write lock for query when it writes outside a
+// transaction, and returns what gives it back; nil when it took nothing.
+func (c *conn) lockStatement(ctx context.Context, query string) (release func(), err error) {
+	if c.inTx || !writes(query) {
+		return nil, nil
+	}
+	if err := c.lock.acquire(ctx); err != nil {
 		return nil, err
 	}
-	return ic.PrepareContext(ctx, query)
+	return sync.OnceFunc(c.lock.release), nil
 }
 
 func (c *conn) ExecContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
-	ic, err := c.ic()
+	release, err := c.lockStatement(ctx, query)
 	if err != nil {
 		return nil, err
 	}
-	if !c.inTx && writes(query) {
-		if err := c.lock.acquire(ctx); err != nil {
-			return nil, err
-		}
-		defer c.lock.release()
+	if release != nil {
+		defer release()
 	}
-	return ic.ExecContext(ctx, query, args)
+	return c.inner.ExecContext(ctx, query, args)
 }
 
 func (c *conn) QueryContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
-	ic, err := c.ic()
+	release, err := c.lockStatement(ctx, query)
 	if err != nil {
 		return nil, err
 	}
-	if !c.inTx && writes(query) {
-		// UPDATE ... RETURNING: the write is done once the first row is
-		// read, but rows may be read later; hold the lock until closed.
-		if err := c.lock.acquire(ctx); err != nil {
-			return nil, err
-		}
-		rows, err := ic.QueryContext(ctx, query, args)
-		if err != nil {
-			c.lock.release()
-			return nil, err
-		}
-		return &lockedRows{Rows: rows, release: sync.OnceFunc(c.lock.release)}, nil
+	if release == nil {
+		return c.inner.QueryContext(ctx, query, args)
 	}
-	return ic.QueryContext(ctx, query, args)
-}
-
-func (c *conn) Ping(ctx context.Context) error {
-	ic, err := c.ic()
+	rows, err := c.inner.QueryContext(ctx, query, args)
 	if err != nil {
-		return err
+		release()
+		return nil, err
 	}
-	return ic.Ping(ctx)
+	// UPDATE ... RETURNING: the write is done once the first row is read,
+	// but rows may be read later; the lock is held until they are closed.
+	return &lockedRows{Rows: rows, release: release}, nil
 }
 
-func (c *conn) ResetSession(ctx context.Context) error {
-	ic, err := c.ic()
-	if err != nil {
-		return err
-	}
-	return ic.ResetSession(ctx)
-}
+func (c *conn) Ping(ctx context.Context) error { return c.inner.Ping(ctx) }
 
-func (c *conn) IsValid() bool {
-	ic, err := c.ic()
-	return err == nil && ic.IsValid()
-}
+func (c *conn) ResetSession(ctx context.Context) error { return c.inner.ResetSession(ctx) }
+
+func (c *conn) IsValid() bool { return c.inner.IsValid() }
 
 type lockedTx struct {
 	inner driver.Tx
