@@ -260,16 +260,12 @@ func (s *Service) notify(ids ...string) {
 	close(s.changed)
 	s.changed = make(chan struct{})
 	if len(ids) == 0 {
-		for id, ch := range s.watched {
-			close(ch)
-			delete(s.watched, id)
+		for id := range s.watched {
+			s.wake(id)
 		}
 	}
 	for _, id := range ids {
-		if ch, ok := s.watched[id]; ok {
-			close(ch)
-			delete(s.watched, id)
-		}
+		s.wake(id)
 	}
 	hooks := s.hooks
 	s.mu.Unlock()
@@ -299,6 +295,11 @@ func (s *Service) OnChange(fn func(id string)) {
 func (s *Service) unwatch(id string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.wake(id)
+}
+
+// wake closes and forgets request id's channel; s.mu is held.
+func (s *Service) wake(id string) {
 	if ch, ok := s.watched[id]; ok {
 		close(ch)
 		delete(s.watched, id)

@@ -414,46 +414,23 @@ func (s *Service) Watch(ctx context.Context, id string) (*Request, error) {
 }
 
 func (s *Service) await(ctx context.Context, id string, cancelOnDone bool) (*Request, error) {
-	for {
-		ch := s.changesOf(id)
-		r, err := s.load(context.WithoutCancel(ctx), s.db, id)
-		if err != nil {
-			return nil, err
-		}
-		if r.State != StatePending {
-			s.unwatch(id)
-			return &r.Request, nil
-		}
-		if !s.now().Before(r.ExpiresAt) {
-			s.expire(context.WithoutCancel(ctx), id)
-			continue
-		}
-		wait := min(time.Until(r.ExpiresAt), rereadEvery)
-		t := time.NewTimer(max(wait, 10*time.Millisecond))
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			if !cancelOnDone {
-				return nil, ctx.Err()
-			}
-			err := s.Cancel(context.WithoutCancel(ctx), id, "caller went away: "+context.Cause(ctx).Error())
-			if err != nil && !errors.Is(err, ErrNotPending) {
-				return nil, err
-			}
-			got, gerr := s.Get(context.WithoutCancel(ctx), id)
-			if gerr != nil {
-				return nil, gerr
-			}
-			if got.State == StatePending {
-				// Approved but not yet logged: report what ctx says.
-				return got, ctx.Err()
-			}
-			return got, nil
-		case <-ch:
-		case <-t.C:
-		}
-		t.Stop()
+	r, err := s.Await(ctx, id, func(r *Request) bool { return r.State != StatePending })
+	if err == nil || ctx.Err() == nil || !cancelOnDone {
+		return r, err
 	}
+	err = s.Cancel(context.WithoutCancel(ctx), id, "caller went away: "+context.Cause(ctx).Error())
+	if err != nil && !errors.Is(err, ErrNotPending) {
+		return nil, err
+	}
+	got, gerr := s.Get(context.WithoutCancel(ctx), id)
+	if gerr != nil {
+		return nil, gerr
+	}
+	if got.State == StatePending {
+		// Approved but not yet logged: report what ctx says.
+		return got, ctx.Err()
+	}
+	return got, nil
 }
 
 // rereadEvery bounds how long a waiter goes without reading its request.
