@@ -38,7 +38,7 @@ func prepareEncoding(e *Entry, inLineForm bool) (*prepared, error) {
 	// form, and a second pass over them is spared.
 	canon := jcs.Transform
 	if inLineForm && !escapesSeparators(c.Args, c.Result, c.AuthorizationDetails, c.Policy, c.Usage) {
-		canon = func(m []byte) ([]byte, error) { return m, nil }
+		canon = alreadyCanonical
 	}
 	members, err := membersOf(&c, canon)
 	if err != nil {
@@ -55,6 +55,10 @@ func prepareEncoding(e *Entry, inLineForm bool) (*prepared, error) {
 	p.middle = line[len(linePrefix) : len(line)-len(lineSuffix)]
 	return p, nil
 }
+
+// alreadyCanonical is membersOf's canon for members known to be in RFC
+// 8785 form already.
+func alreadyCanonical(m []byte) ([]byte, error) { return m, nil }
 
 // escapesSeparators reports whether any of ms holds the \u2028 or \u2029
 // escape lineJSON writes.

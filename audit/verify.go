@@ -724,10 +724,10 @@ func checkItem(it *item) (r result) {
 				}
 				return fail("%s is not in RFC 8785 form", name)
 			}
-			asIs = asIs && !bytes.Contains(m, []byte(`\u2028`)) && !bytes.Contains(m, []byte(`\u2029`))
+			asIs = asIs && !escapesSeparators(m)
 		}
 		if asIs {
-			canon = func(m []byte) ([]byte, error) { return m, nil }
+			canon = alreadyCanonical
 		}
 	default:
 		return fail("entry format v %d is not one this verifier knows (1 or %d)", e.V, Format)
