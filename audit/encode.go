@@ -7,7 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
-	"sort"
+	"slices"
 	"strconv"
 	"sync"
 	"unicode/utf8"
@@ -277,62 +277,65 @@ func membersOf(e *Entry, canon func([]byte) ([]byte, error)) ([][]byte, error) {
 		}
 		out = append(out, append(m, ']'))
 	}
-	integer("v", int64(e.V))
-	// Kind is never empty (prepare refuses that), matching its lack of omitempty.
-	out = append(out, appendJCSString([]byte(`"kind":`), e.Kind))
+	// In key order, so the sort below is only a check.
 	str("agent", e.Agent)
-	str("tool", e.Tool)
+	str("approver", e.Approver)
+	strs("approvers", e.Approvers)
 	if err := raw("args", e.Args); err != nil {
 		return nil, err
 	}
 	boolean("args_redacted", e.ArgsRedact)
 	str("args_sha256", e.ArgsSHA256)
-	str("decision", e.Decision)
-	str("level", e.Level)
-	str("rule", e.Rule)
-	str("policy_sha256", e.PolicySHA256)
-	if err := raw("policy", e.Policy); err != nil {
-		return nil, err
-	}
-	str("reason", e.Reason)
-	str("request_id", e.RequestID)
-	integer("quorum", int64(e.Quorum))
-	strs("eligible", e.Eligible)
-	str("user_verification", e.UserVerification)
-	strs("approvers", e.Approvers)
 	ints("assertions", e.Assertions)
-	boolean("batchable", e.Batchable)
-	if err := raw("result", e.Result); err != nil {
-		return nil, err
-	}
-	if err := raw("usage", e.Usage); err != nil {
-		return nil, err
-	}
-	str("approver", e.Approver)
-	str("credential_id", e.CredentialID)
-	str("public_key", e.PublicKey)
 	str("attestation_object", e.AttestationObject)
+	str("authenticator_data", e.AuthenticatorData)
 	if err := raw("authorization_details", e.AuthorizationDetails); err != nil {
 		return nil, err
 	}
-	str("display", e.Display)
-	str("nonce", e.Nonce)
-	str("expires_at", e.ExpiresAt)
-	str("decided_at", e.DecidedAt)
-	str("origin", e.Origin)
-	str("rp_id", e.RPID)
-	boolean("user_verified", e.UserVerified)
-	str("authenticator_data", e.AuthenticatorData)
-	str("client_data_json", e.ClientDataJSON)
-	str("signature", e.Signature)
 	strs("batch_digests", e.BatchDigests)
 	integer("batch_position", int64(e.BatchPosition))
-	str("grant_id", e.GrantID)
-	integer("grant_seq", e.GrantSeq)
+	boolean("batchable", e.Batchable)
+	str("client_data_json", e.ClientDataJSON)
+	str("credential_id", e.CredentialID)
+	str("decided_at", e.DecidedAt)
+	str("decision", e.Decision)
+	str("display", e.Display)
+	strs("eligible", e.Eligible)
+	str("expires_at", e.ExpiresAt)
 	str("grant_condition", e.GrantCondition)
-	integer("grant_max_calls", int64(e.GrantMaxCalls))
 	str("grant_expires_at", e.GrantExpiresAt)
-	sort.Slice(out, func(i, j int) bool { return bytes.Compare(memberKey(out[i]), memberKey(out[j])) < 0 })
+	str("grant_id", e.GrantID)
+	integer("grant_max_calls", int64(e.GrantMaxCalls))
+	integer("grant_seq", e.GrantSeq)
+	// Kind is never empty (prepare refuses that), matching its lack of omitempty.
+	out = append(out, appendJCSString([]byte(`"kind":`), e.Kind))
+	str("level", e.Level)
+	str("nonce", e.Nonce)
+	str("origin", e.Origin)
+	if err := raw("policy", e.Policy); err != nil {
+		return nil, err
+	}
+	str("policy_sha256", e.PolicySHA256)
+	str("public_key", e.PublicKey)
+	integer("quorum", int64(e.Quorum))
+	str("reason", e.Reason)
+	str("request_id", e.RequestID)
+	if err := raw("result", e.Result); err != nil {
+		return nil, err
+	}
+	str("rp_id", e.RPID)
+	str("rule", e.Rule)
+	str("signature", e.Signature)
+	str("tool", e.Tool)
+	if err := raw("usage", e.Usage); err != nil {
+		return nil, err
+	}
+	str("user_verification", e.UserVerification)
+	boolean("user_verified", e.UserVerified)
+	integer("v", int64(e.V))
+	if byKey := func(a, b []byte) int { return bytes.Compare(memberKey(a), memberKey(b)) }; !slices.IsSortedFunc(out, byKey) {
+		slices.SortFunc(out, byKey)
+	}
 	return out, nil
 }
 

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/countersign/countersign/digest"
 	"github.com/gowebpki/jcs"
 	"golang.org/x/mod/sumdb/note"
 	"golang.org/x/mod/sumdb/tlog"
@@ -104,6 +105,23 @@ func lineJSON(raw []byte) ([]byte, error) {
 	// byte sequences are the two characters, inside strings.
 	canon = bytes.ReplaceAll(canon, []byte("\u2028"), []byte(`\u2028`))
 	return bytes.ReplaceAll(canon, []byte("\u2029"), []byte(`\u2029`)), nil
+}
+
+// sameLineForm reports whether m is already its own line form, by the
+// transform; inLineForm answers the same question quickly for most m.
+func sameLineForm(m []byte) bool {
+	c, err := lineJSON(m)
+	return err == nil && bytes.Equal(c, m)
+}
+
+// argsSHA256 is digest.ArgsSHA256 for args already in line form (as
+// prepare leaves them), hashed as they are when that is their RFC 8785
+// form too, which saves a second transform of every call's arguments.
+func argsSHA256(args []byte) ([32]byte, error) {
+	if inLineForm(args) && !escapesSeparators(args) {
+		return sha256.Sum256(args), nil
+	}
+	return digest.ArgsSHA256(args)
 }
 
 func decodeHash(s string) ([32]byte, error) {

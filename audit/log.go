@@ -17,7 +17,6 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/countersign/countersign/digest"
 	"github.com/gowebpki/jcs"
 	"golang.org/x/mod/sumdb/note"
 	"golang.org/x/mod/sumdb/tlog"
@@ -294,7 +293,7 @@ func prepare(e *Entry) (*prepared, error) {
 		name string
 		raw  *json.RawMessage
 	}{{"args", &e.Args}, {"result", &e.Result}, {"authorization_details", &e.AuthorizationDetails}, {"policy", &e.Policy}, {"usage", &e.Usage}} {
-		if len(*f.raw) == 0 {
+		if len(*f.raw) == 0 || inLineForm(*f.raw) {
 			continue
 		}
 		if !json.Valid(*f.raw) {
@@ -307,7 +306,7 @@ func prepare(e *Entry) (*prepared, error) {
 		*f.raw = canon
 	}
 	if len(e.Args) > 0 {
-		sum, err := digest.ArgsSHA256(e.Args)
+		sum, err := argsSHA256(e.Args)
 		if err != nil {
 			return nil, fmt.Errorf("audit: %w", err)
 		}

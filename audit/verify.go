@@ -717,7 +717,7 @@ func checkItem(it *item) (r result) {
 			if len(m) == 0 {
 				continue
 			}
-			if c, err := lineJSON(m); err != nil || !bytes.Equal(c, m) {
+			if !inLineForm(m) && !sameLineForm(m) {
 				if name == "usage" {
 					asIs = false // not held to the form; the hash decides
 					continue
