@@ -49,10 +49,13 @@ func FuzzVerify(f *testing.F) {
 	})
 }
 
+// benchEntry is a routine call's entry as the guard appends it: its
+// arguments already in RFC 8785 form (the guard canonicalises them once
+// for the policy, the digest and the log).
 func benchEntry(i int) Entry {
 	return Entry{
 		Kind: KindCallAllowed, Agent: "agent-1", Tool: "transfer", Decision: "low", Rule: "tools.transfer.base",
-		Args: json.RawMessage(fmt.Sprintf(`{"to":"Vendor %d","amount":%d,"currency":"USD","memo":"invoice 2026-%06d"}`, i%97, i, i)),
+		Args: json.RawMessage(fmt.Sprintf(`{"amount":%d,"currency":"USD","memo":"invoice 2026-%06d","to":"Vendor %d"}`, i, i, i%97)),
 	}
 }
 
