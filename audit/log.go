@@ -361,53 +361,131 @@ func validUTF8(s string) string {
 }
 
 // writer is the single goroutine that commits appends, many per
-// transaction (group commit).
+// transaction (group commit). A batch's COMMIT, and so its fsync, runs on
+// a goroutine of its own while the writer seals (chains and signs) the
+// next batch onto the head that COMMIT will leave: signing is a third of
+// an append's CPU, and the disk wait would leave the cores idle.
 func (l *Log) writer() {
 	defer close(l.done)
+	var fly *inflight
 	for {
 		select {
 		case r := <-l.reqs:
-			batch := []*appendReq{r}
-		fill:
-			for len(batch) < l.maxBatch {
+			batch := l.fill(r)
+			var s *sealed
+			if fly != nil {
+				s = l.seal(batch, fly.next)
+				l.finish(fly, <-fly.done)
+			}
+			fly = l.start(batch, s)
+		case err := <-fly.committed():
+			l.finish(fly, err)
+			fly = nil
+		case <-l.quit:
+			if fly != nil {
+				l.finish(fly, <-fly.done)
+			}
+			for {
 				select {
 				case r := <-l.reqs:
-					batch = append(batch, r)
-				default:
-					break fill
-				}
-			}
-			l.commit(batch)
-		case <-l.quit:
-			for {
-				var batch []*appendReq
-			drain:
-				for len(batch) < l.maxBatch {
-					select {
-					case r := <-l.reqs:
-						batch = append(batch, r)
-					default:
-						break drain
+					if c := l.start(l.fill(r), nil); c != nil {
+						l.finish(c, <-c.done)
 					}
-				}
-				if len(batch) == 0 {
+				default:
 					return
 				}
-				l.commit(batch)
 			}
 		}
 	}
 }
 
-func (l *Log) commit(batch []*appendReq) {
-	out, err := l.commitTx(batch)
+// fill gathers what else is queued behind r, up to maxBatch.
+func (l *Log) fill(r *appendReq) []*appendReq {
+	batch := []*appendReq{r}
+	for len(batch) < l.maxBatch {
+		select {
+		case r := <-l.reqs:
+			batch = append(batch, r)
+		default:
+			return batch
+		}
+	}
+	return batch
+}
+
+// sealed is a batch chained and signed onto base.
+type sealed struct {
+	base head
+	out  []Entry
+	sums [][32]byte
+}
+
+// seal chains batch onto base and signs every entry, on every core.
+func (l *Log) seal(batch []*appendReq, base head) *sealed {
+	s := &sealed{base: base, out: make([]Entry, len(batch)), sums: make([][32]byte, len(batch))}
+	seq, prev := base.seq, base.hash
 	for i, r := range batch {
+		e := r.e
+		seq++
+		e.Seq = seq
+		e.Time = l.now().UTC().Format(TimeFormat)
+		e.PrevHash = hex.EncodeToString(prev[:])
+		s.sums[i] = r.pre.hash(prev, e.Seq, e.Time)
+		e.Hash = hex.EncodeToString(s.sums[i][:])
+		s.out[i] = e
+		prev = s.sums[i]
+	}
+	parallel(len(batch), func(i int) { s.out[i].Sig = encodeSig(ed25519.Sign(l.key, s.sums[i][:])) })
+	return s
+}
+
+// inflight is a batch whose transaction is written and whose COMMIT runs.
+type inflight struct {
+	batch  []*appendReq
+	out    []Entry
+	reader *txHashReader
+	next   head // the head once it commits
+	done   chan error
+}
+
+// committed is ready once c's COMMIT returned; never, for no c.
+func (c *inflight) committed() <-chan error {
+	if c == nil {
+		return nil
+	}
+	return c.done
+}
+
+// finish answers c's appends with what its COMMIT returned.
+func (l *Log) finish(c *inflight, err error) {
+	if err != nil {
+		err = fmt.Errorf("audit: append: commit: %w", err)
+	} else {
+		c.reader.commit()
+	}
+	c.reader.close()
+	for i, r := range c.batch {
 		if err != nil {
 			r.done <- appendResult{err: err}
 		} else {
-			r.done <- appendResult{e: out[i]}
+			r.done <- appendResult{e: c.out[i]}
 		}
 	}
+}
+
+// start writes batch in a transaction, using s if it was sealed onto the
+// head the transaction finds (and sealing it again if not: the last
+// COMMIT failed, or another process appended), and starts its COMMIT. A
+// failure before COMMIT answers the batch at once and returns nil.
+func (l *Log) start(batch []*appendReq, s *sealed) *inflight {
+	c, err := l.write(batch, s)
+	if err != nil {
+		for _, r := range batch {
+			r.done <- appendResult{err: err}
+		}
+		return nil
+	}
+	return c
 }
 
 // head is the chain's end as stored.
@@ -451,7 +529,7 @@ func scanHead(row *sql.Row) (head, error) {
 	return h, nil
 }
 
-func (l *Log) commitTx(batch []*appendReq) ([]Entry, error) {
+func (l *Log) write(batch []*appendReq, s *sealed) (*inflight, error) {
 	ctx := context.Background()
 	// The store opens transactions with BEGIN IMMEDIATE, so the head read
 	// below cannot be overtaken by another process's append.
@@ -459,7 +537,12 @@ func (l *Log) commitTx(batch []*appendReq) ([]Entry, error) {
 	if err != nil {
 		return nil, fmt.Errorf("audit: append: %w", err)
 	}
-	defer tx.Rollback()
+	committing := false
+	defer func() {
+		if !committing {
+			tx.Rollback()
+		}
+	}()
 	h, err := scanHead(tx.StmtContext(ctx, l.stmts.head).QueryRowContext(ctx))
 	if err != nil {
 		return nil, fmt.Errorf("audit: append: %w", err)
@@ -470,42 +553,24 @@ func (l *Log) commitTx(batch []*appendReq) ([]Entry, error) {
 	if h.cpSize > h.seq {
 		return nil, &TamperError{h.seq + 1, fmt.Sprintf("missing: a checkpoint covers %d entries, the log ends at %d", h.cpSize, h.seq)}
 	}
+	if s == nil || s.base.seq != h.seq || s.base.hash != h.hash {
+		s = l.seal(batch, h)
+	}
 	if l.hashes == nil || len(l.hashes) > maxCachedHashes {
 		l.hashes = map[int64]tlog.Hash{} // a restart of the cache costs a few reads
 	}
 	reader := &txHashReader{ctx: ctx, tx: tx, fresh: map[int64]tlog.Hash{}, known: l.hashes, shared: l.stmts.tree}
-	defer reader.close()
-
-	// Chain first (cheap, sequential); then sign on every core while the
-	// tree hashes are computed.
-	out := make([]Entry, len(batch))
-	sums := make([][32]byte, len(batch))
-	sigs := make([][]byte, len(batch))
-	seq, prev := h.seq, h.hash
-	for i, r := range batch {
-		e := r.e
-		seq++
-		e.Seq = seq
-		e.Time = l.now().UTC().Format(TimeFormat)
-		e.PrevHash = hex.EncodeToString(prev[:])
-		sums[i] = r.pre.hash(prev, e.Seq, e.Time)
-		e.Hash = hex.EncodeToString(sums[i][:])
-		out[i] = e
-		prev = sums[i]
-	}
-	signed := make(chan struct{})
-	go func() {
-		parallel(len(batch), func(i int) { sigs[i] = ed25519.Sign(l.key, sums[i][:]) })
-		close(signed)
+	defer func() {
+		if !committing {
+			reader.close()
+		}
 	}()
 	var treeRows []any
-	var treeErr error
-	for i := range out {
-		n := out[i].Seq - 1
-		hashes, err := tlog.StoredHashesForRecordHash(n, leafHash(sums[i]), reader)
+	for i := range s.out {
+		n := s.out[i].Seq - 1
+		hashes, err := tlog.StoredHashesForRecordHash(n, leafHash(s.sums[i]), reader)
 		if err != nil {
-			treeErr = fmt.Errorf("audit: append: tree: %w", err)
-			break
+			return nil, fmt.Errorf("audit: append: tree: %w", err)
 		}
 		base := tlog.StoredHashCount(n)
 		for j, th := range hashes {
@@ -514,14 +579,9 @@ func (l *Log) commitTx(batch []*appendReq) ([]Entry, error) {
 			treeRows = append(treeRows, idx, th[:])
 		}
 	}
-	<-signed
-	if treeErr != nil {
-		return nil, treeErr
-	}
-	entryRows := make([]any, 0, 3*len(out))
+	entryRows := make([]any, 0, 3*len(s.out))
 	for i, r := range batch {
-		e := &out[i]
-		e.Sig = encodeSig(sigs[i])
+		e := &s.out[i]
 		entryRows = append(entryRows, e.Seq, e.Hash, r.pre.line(e))
 	}
 	if err := l.stmts.entries.exec(ctx, tx, entryRows); err != nil {
@@ -530,11 +590,12 @@ func (l *Log) commitTx(batch []*appendReq) ([]Entry, error) {
 	if err := l.stmts.treeRows.exec(ctx, tx, treeRows); err != nil {
 		return nil, fmt.Errorf("audit: append: %w", err)
 	}
-	if err := tx.Commit(); err != nil {
-		return nil, fmt.Errorf("audit: append: commit: %w", err)
-	}
-	reader.commit()
-	return out, nil
+	last := len(s.out) - 1
+	c := &inflight{batch: batch, out: s.out, reader: reader, done: make(chan error, 1),
+		next: head{seq: s.out[last].Seq, hash: s.sums[last]}}
+	committing = true
+	go func() { c.done <- tx.Commit() }()
+	return c, nil
 }
 
 // writerStmts are the writer's statements, parsed once: parsing SQL was
