@@ -212,7 +212,7 @@ func (l *Log) Export(ctx context.Context, w io.Writer, since int64) error {
 			return err
 		}
 		cpNote = msg
-		upto, _ = checkpointSize(msg)
+		upto, _ = CheckpointSize(msg)
 		if since > upto {
 			return &SinceError{Since: since, Last: upto}
 		}
@@ -284,9 +284,9 @@ func (l *Log) Export(ctx context.Context, w io.Writer, since int64) error {
 	return nil
 }
 
-// checkpointSize reads the tree size of a checkpoint note without
+// CheckpointSize reads the tree size of a checkpoint note without
 // verifying it.
-func checkpointSize(msg []byte) (int64, bool) {
+func CheckpointSize(msg []byte) (int64, bool) {
 	lines := strings.SplitN(string(msg), "\n", 3)
 	if len(lines) < 3 {
 		return 0, false

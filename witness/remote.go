@@ -320,7 +320,7 @@ func (r *Remote) Keep(ctx context.Context, every, retryMax time.Duration) {
 			}
 			continue
 		}
-		size, ok := checkpointSize(msg)
+		size, ok := audit.CheckpointSize(msg)
 		if ok {
 			// Counted as due even while backing off, so the lag shows.
 			r.due(size)
@@ -351,13 +351,4 @@ func (r *Remote) Keep(ctx context.Context, every, retryMax time.Duration) {
 			delay, failing = 0, false
 		}
 	}
-}
-
-func checkpointSize(msg []byte) (int64, bool) {
-	lines := strings.SplitN(string(msg), "\n", 3)
-	if len(lines) < 3 {
-		return 0, false
-	}
-	n, err := strconv.ParseInt(lines[1], 10, 64)
-	return n, err == nil
 }
