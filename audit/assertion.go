@@ -133,7 +133,7 @@ func checkAssertion(e *Entry, cr *credential) error {
 		return fmt.Errorf("args_sha256 is not 64 hex digits")
 	}
 	if len(e.Args) > 0 {
-		sum, err := digest.ArgsSHA256(e.Args)
+		sum, err := argsSHA256(e.Args)
 		if err != nil || !bytes.Equal(sum[:], args) {
 			return fmt.Errorf("args do not match args_sha256")
 		}

@@ -201,7 +201,7 @@ func (b *grantBook) allowed(q *requirements, e *Entry) string {
 	if err != nil {
 		return err.Error()
 	}
-	if got, err := digest.ArgsSHA256(e.Args); err != nil || got != sum {
+	if got, err := argsSHA256(e.Args); err != nil || got != sum {
 		return "args do not match args_sha256"
 	}
 	var args map[string]any

@@ -114,9 +114,9 @@ func sameLineForm(m []byte) bool {
 	return err == nil && bytes.Equal(c, m)
 }
 
-// argsSHA256 is digest.ArgsSHA256 for args already in line form (as
-// prepare leaves them), hashed as they are when that is their RFC 8785
-// form too, which saves a second transform of every call's arguments.
+// argsSHA256 is digest.ArgsSHA256, hashing args as they are when their
+// line form is also their RFC 8785 form, as it is for nearly every entry
+// the writer prepares or verify reads: a transform saved per entry.
 func argsSHA256(args []byte) ([32]byte, error) {
 	if inLineForm(args) && !escapesSeparators(args) {
 		return sha256.Sum256(args), nil
