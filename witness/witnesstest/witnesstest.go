@@ -181,10 +181,7 @@ func (w *Witness) Log() string { return w.stderr.String() }
 func (w *Witness) AddLog(origin, vkey string) {
 	t := w.t
 	t.Helper()
-	db, err := sql.Open("sqlite", filepath.Join(w.dir, "litewitness.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	db := w.db()
 	defer db.Close()
 	empty := sha256.Sum256(nil) // the RFC 6962 hash of the empty tree
 	ctx := context.Background()
@@ -197,14 +194,21 @@ func (w *Witness) AddLog(origin, vkey string) {
 	}
 }
 
+// db opens litewitness's own database.
+func (w *Witness) db() *sql.DB {
+	w.t.Helper()
+	db, err := sql.Open("sqlite", filepath.Join(w.dir, "litewitness.db"))
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	return db
+}
+
 // Size is the tree size litewitness holds for origin.
 func (w *Witness) Size(origin string) int64 {
 	t := w.t
 	t.Helper()
-	db, err := sql.Open("sqlite", filepath.Join(w.dir, "litewitness.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	db := w.db()
 	defer db.Close()
 	var n int64
 	if err := db.QueryRow(`SELECT tree_size FROM log WHERE origin = ?`, origin).Scan(&n); err != nil {
