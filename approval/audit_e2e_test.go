@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/sha256"
+	"database/sql"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
@@ -119,26 +120,33 @@ func TestRealAuditLogExportVerifies(t *testing.T) {
 	}
 }
 
-// newLoggedFixture is a service whose recorder is the real audit log, in
-// the same database, and that log's server key.
-func newLoggedFixture(t *testing.T) (*fixture, *audit.Log, ed25519.PrivateKey) {
+// openLogged opens a database in a fresh directory and the real audit log
+// in it, with that directory's server key; both close with the test.
+func openLogged(t *testing.T) (dir string, db *sql.DB, log *audit.Log, key ed25519.PrivateKey) {
 	t.Helper()
 	ctx := context.Background()
-	dir := t.TempDir()
+	dir = t.TempDir()
 	db, err := store.Open(ctx, filepath.Join(dir, store.FileName))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { db.Close() })
-	key, err := audit.LoadOrCreateKey(dir)
-	if err != nil {
+	if key, err = audit.LoadOrCreateKey(dir); err != nil {
 		t.Fatal(err)
 	}
-	log, err := audit.Open(ctx, db, key, audit.Options{})
-	if err != nil {
+	if log, err = audit.Open(ctx, db, key, audit.Options{}); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { log.Close() })
+	return dir, db, log, key
+}
+
+// newLoggedFixture is a service whose recorder is the real audit log, in
+// the same database, and that log's server key.
+func newLoggedFixture(t *testing.T) (*fixture, *audit.Log, ed25519.PrivateKey) {
+	t.Helper()
+	ctx := context.Background()
+	dir, db, log, key := openLogged(t)
 	svc, err := New(ctx, db, log, Options{RPID: "localhost", Origins: []string{testOrigin}, Approvers: testApprovers})
 	if err != nil {
 		t.Fatal(err)

@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -16,7 +15,6 @@ import (
 
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/digest"
-	"github.com/countersign/countersign/store"
 )
 
 // marker is what the attacker writes wherever the page takes text; it must
@@ -48,21 +46,7 @@ func (c *testClock) add(d time.Duration) {
 func newHostileFixture(t *testing.T) *hostileFixture {
 	t.Helper()
 	ctx := context.Background()
-	dir := t.TempDir()
-	db, err := store.Open(ctx, filepath.Join(dir, store.FileName))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	key, err := audit.LoadOrCreateKey(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	log, err := audit.Open(ctx, db, key, audit.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { log.Close() })
+	dir, db, log, _ := openLogged(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
