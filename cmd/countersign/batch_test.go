@@ -1,10 +1,8 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"os"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -25,13 +23,7 @@ func TestBrowserBatchApprovesThreeTransfersOnce(t *testing.T) {
 		tr.Batchable = true
 		c.Tools["transfer"] = tr
 	})
-	ctx := context.Background()
-	tab := approvaltest.Tab(t, approvaltest.NewBrowser(t), true)
-	link, err := p.approvals.CreateEnrollment(ctx, "alice")
-	if err != nil {
-		t.Fatal(err)
-	}
-	approvaltest.Enroll(t, tab, link)
+	tab := enrollInBrowser(t, p.stack, "alice")
 	a := newAgent(t, p)
 	before := operating(t, a)
 
@@ -71,15 +63,7 @@ func TestBrowserBatchApprovesThreeTransfersOnce(t *testing.T) {
 		t.Fatalf("operating balance %d cents after three transfers from %d, want %d", got, before, want)
 	}
 
-	p.stop()
-	dir := t.TempDir()
-	export := filepath.Join(dir, "audit.jsonl")
-	runCLI(t, p.cfg, "audit", "export", "--out", export)
-	keyFile := filepath.Join(dir, "server.pub")
-	if err := os.WriteFile(keyFile, []byte(runCLI(t, p.cfg, "audit", "pubkey")), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	summary := runCLI(t, p.cfg, "audit", "verify", export, "--key", keyFile, "--replay-policy")
+	export, summary := exportAndVerify(t, p)
 	if !strings.Contains(summary, "3 approvals met their quorum, 3 countersigned executions matched their approval") {
 		t.Fatalf("verify summary %q does not show 3 approvals and 3 executions", summary)
 	}

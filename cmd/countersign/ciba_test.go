@@ -154,13 +154,7 @@ func get(t *testing.T, u string) []byte {
 func TestCIBAApprovedInTheBrowserAndVerifiedOffline(t *testing.T) {
 	p := startCIBA(t, nil)
 	ctx := context.Background()
-	browser := approvaltest.NewBrowser(t)
-	tab := approvaltest.Tab(t, browser, true)
-	link, err := p.approvals.CreateEnrollment(ctx, "alice")
-	if err != nil {
-		t.Fatal(err)
-	}
-	approvaltest.Enroll(t, tab, link)
+	tab := enrollInBrowser(t, p.stack, "alice")
 
 	var meta map[string]any
 	json.Unmarshal(get(t, p.base+ciba.PathDiscovery), &meta)
@@ -301,14 +295,7 @@ func TestCIBAScriptWithCurl(t *testing.T) {
 		t.Fatal("curl is required for the script test: apt-get install -y curl")
 	}
 	p := startCIBA(t, nil)
-	ctx := context.Background()
-	browser := approvaltest.NewBrowser(t)
-	tab := approvaltest.Tab(t, browser, true)
-	link, err := p.approvals.CreateEnrollment(ctx, "alice")
-	if err != nil {
-		t.Fatal(err)
-	}
-	approvaltest.Enroll(t, tab, link)
+	tab := enrollInBrowser(t, p.stack, "alice")
 
 	cmd := exec.Command("bash", filepath.Join(repoRoot, "scripts", "ciba.sh"))
 	cmd.Env = append(os.Environ(), "COUNTERSIGN_URL="+p.base, "CLIENT_ID=ci-bot", "CLIENT_SECRET="+cibaClientToken,
@@ -347,6 +334,7 @@ func TestCIBAScriptWithCurl(t *testing.T) {
 	approvaltest.Approve(t, tab, p.page+"/requests/"+id)
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
+	var err error
 	select {
 	case err = <-done:
 	case <-time.After(60 * time.Second):
@@ -370,14 +358,7 @@ func TestApprovalTokenReachesTheUpstreamAndTheAgent(t *testing.T) {
 		c.Upstreams = []config.Upstream{up}
 		c.Tools["notes__write_note"] = config.Tool{Level: "high", Approvers: []string{"role:ops"}}
 	})
-	ctx := context.Background()
-	browser := approvaltest.NewBrowser(t)
-	tab := approvaltest.Tab(t, browser, true)
-	link, err := p.approvals.CreateEnrollment(ctx, "alice")
-	if err != nil {
-		t.Fatal(err)
-	}
-	approvaltest.Enroll(t, tab, link)
+	tab := enrollInBrowser(t, p.stack, "alice")
 	a := newAgent(t, p)
 	call := a.start("notes__write_note", map[string]any{"name": "plan", "text": "ship it"})
 	reqURL, id := a.approvalURL(t, 1, call)

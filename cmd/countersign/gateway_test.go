@@ -67,13 +67,7 @@ func TestGatewayReadsPassWritesWaitForATap(t *testing.T) {
 		c.Tools["notes__write_note"] = config.Tool{Level: "high", Approvers: []string{"role:ops"}}
 	})
 	ctx := context.Background()
-	browser := approvaltest.NewBrowser(t)
-	tab := approvaltest.Tab(t, browser, true)
-	link, err := p.approvals.CreateEnrollment(ctx, "alice")
-	if err != nil {
-		t.Fatal(err)
-	}
-	approvaltest.Enroll(t, tab, link)
+	tab := enrollInBrowser(t, p.stack, "alice")
 
 	a := newAgent(t, p)
 	// One listener per protocol version clients speak today.

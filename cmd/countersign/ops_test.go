@@ -67,12 +67,7 @@ func getWithHost(t *testing.T, url, host string) (int, string) {
 func TestMetricsCountWhatHappened(t *testing.T) {
 	p := startProduct(t, nil)
 	ctx := context.Background()
-	tab := approvaltest.Tab(t, approvaltest.NewBrowser(t), true)
-	link, err := p.approvals.CreateEnrollment(ctx, "alice")
-	if err != nil {
-		t.Fatal(err)
-	}
-	approvaltest.Enroll(t, tab, link)
+	tab := enrollInBrowser(t, p.stack, "alice")
 	a := newAgent(t, p)
 
 	before := scrape(t, p.page)

@@ -274,6 +274,19 @@ func checkWorking(t *testing.T, got *mcp.GetTaskResult, code, url string) {
 	}
 }
 
+// enrollInBrowser enrolls name's key in a new headless Chromium tab with
+// a user-verifying virtual authenticator, and returns the tab.
+func enrollInBrowser(t *testing.T, s *stack, name string) context.Context {
+	t.Helper()
+	tab := approvaltest.Tab(t, approvaltest.NewBrowser(t), true)
+	link, err := s.approvals.CreateEnrollment(context.Background(), name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	approvaltest.Enroll(t, tab, link)
+	return tab
+}
+
 // enrollSoftKey enrolls a software key for alice on p's page.
 func enrollSoftKey(t *testing.T, p *product) (*approvaltest.Page, *approvaltest.SoftKey) {
 	t.Helper()
@@ -291,12 +304,7 @@ func enrollSoftKey(t *testing.T, p *product) (*approvaltest.Page, *approvaltest.
 
 func TestTaskApprovedInBrowserRunsOnceAndIsTheAgentsOwn(t *testing.T) {
 	p := startProduct(t, withTaskAgents)
-	tab := approvaltest.Tab(t, approvaltest.NewBrowser(t), true)
-	link, err := p.approvals.CreateEnrollment(context.Background(), "alice")
-	if err != nil {
-		t.Fatal(err)
-	}
-	approvaltest.Enroll(t, tab, link)
+	tab := enrollInBrowser(t, p.stack, "alice")
 	a := httpTaskClient(t, p.agent, "agent-a")
 	b := httpTaskClient(t, p.agent, "agent-b")
 
