@@ -70,14 +70,7 @@ func TestRealAuditLogExportVerifies(t *testing.T) {
 	}
 	svc.Cancel(ctx, r4.ID, "test over")
 
-	var export bytes.Buffer
-	if err := log.Export(ctx, &export, 0); err != nil {
-		t.Fatal(err)
-	}
-	sum, err := audit.Verify(bytes.NewReader(export.Bytes()), log.PublicKey(), audit.VerifyOptions{AllSignatures: true})
-	if err != nil {
-		t.Fatalf("offline verify: %v\n%s", err, export.String())
-	}
+	export, sum := verifiedExport(t, log)
 	// 1 + 2 approve assertions + 1 deny; both approvals met their quorum
 	// and both executions match them.
 	if sum.Assertions != 4 || sum.Approvals != 2 || sum.Executions != 2 {
@@ -87,7 +80,7 @@ func TestRealAuditLogExportVerifies(t *testing.T) {
 	// The forgery: bob's assertion deleted from the 2-of-2
 	// approval, everything re-signed with the server key from this data
 	// directory. It used to verify.
-	entries := exportEntries(t, export.Bytes())
+	entries := exportEntries(t, export)
 	var bobSeq, approvedSeq int64
 	for _, e := range entries {
 		if e.RequestID == r2.ID && e.Kind == audit.KindApprovalAssertion && e.Approver == "bob" {
@@ -101,14 +94,14 @@ func TestRealAuditLogExportVerifies(t *testing.T) {
 		}
 	}
 	forged := resignExport(t, key, slices.DeleteFunc(entries, func(e audit.Entry) bool { return e.Seq == bobSeq }))
-	_, err = audit.Verify(bytes.NewReader(forged), log.PublicKey(), audit.VerifyOptions{})
+	_, err := audit.Verify(bytes.NewReader(forged), log.PublicKey(), audit.VerifyOptions{})
 	var ve *audit.VerifyError
 	if !errors.As(err, &ve) || ve.Seq != approvedSeq-1 || !strings.Contains(ve.Reason, "is not an earlier approval.assertion of request "+r2.ID) {
 		t.Fatalf("export without bob's assertion: %v", err)
 	}
 
 	// A countersigned execution relabelled as a routine one.
-	entries = exportEntries(t, export.Bytes())
+	entries = exportEntries(t, export)
 	for i, e := range entries {
 		if e.Kind == audit.KindCallExecuted && e.RequestID == r2.ID {
 			entries[i].Decision, entries[i].RequestID = "low", ""
@@ -118,6 +111,21 @@ func TestRealAuditLogExportVerifies(t *testing.T) {
 	if !errors.As(err, &ve) || !strings.Contains(ve.Reason, "an execution of it relabelled low") {
 		t.Fatalf("execution relabelled low: %v", err)
 	}
+}
+
+// verifiedExport exports the whole log and verifies it offline with every
+// entry's signature checked, failing the test if it does not verify.
+func verifiedExport(t *testing.T, log *audit.Log) ([]byte, audit.Summary) {
+	t.Helper()
+	var export bytes.Buffer
+	if err := log.Export(context.Background(), &export, 0); err != nil {
+		t.Fatal(err)
+	}
+	sum, err := audit.Verify(bytes.NewReader(export.Bytes()), log.PublicKey(), audit.VerifyOptions{AllSignatures: true})
+	if err != nil {
+		t.Fatalf("offline verify: %v\n%s", err, export.String())
+	}
+	return export.Bytes(), sum
 }
 
 // openLogged opens a database in a fresh directory and the real audit log

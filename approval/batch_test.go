@@ -337,21 +337,14 @@ func TestBatchExportVerifies(t *testing.T) {
 		ran(t, svc, log, r)
 	}
 
-	var export bytes.Buffer
-	if err := log.Export(ctx, &export, 0); err != nil {
-		t.Fatal(err)
-	}
-	sum, err := audit.Verify(bytes.NewReader(export.Bytes()), log.PublicKey(), audit.VerifyOptions{AllSignatures: true})
-	if err != nil {
-		t.Fatalf("offline verify: %v\n%s", err, export.String())
-	}
+	export, sum := verifiedExport(t, log)
 	if sum.Assertions != 3 || sum.Approvals != 3 || sum.Executions != 3 {
 		t.Fatalf("verified %d assertions, %d approvals, %d executions, want 3 each: %s", sum.Assertions, sum.Approvals, sum.Executions, sum)
 	}
 
 	middle := opts.Requests[1] // at batch_position 1
 	forge := func(change func(e *audit.Entry)) error {
-		entries := exportEntries(t, export.Bytes())
+		entries := exportEntries(t, export)
 		for i := range entries {
 			if entries[i].Kind == audit.KindApprovalAssertion && entries[i].RequestID == middle {
 				change(&entries[i])
