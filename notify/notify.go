@@ -122,8 +122,10 @@ type Message struct {
 
 // Channel is one configured destination, its secret already expanded.
 type Channel struct {
-	Type   string
-	URL    string
+	Type string
+	URL  string
+	// Secret is a webhook's Standard Webhooks secret, whsec_ and base64
+	// (another string is used as the key's bytes), or an ntfy token.
 	Secret string
 	For    []string // approver ids and role:NAME; empty: every request
 	Events []string // empty: all
@@ -452,9 +454,9 @@ func (n *Notifier) request(ctx context.Context, j *job) (*http.Request, error) {
 	m := j.m
 	switch j.ch.Type {
 	case Webhook:
-		wh, err := standardwebhooks.NewWebhook(j.ch.Secret)
+		wh, err := webhookSigner(j.ch.Secret)
 		if err != nil {
-			return nil, errors.New("webhook secret is not a whsec_ base64 key")
+			return nil, err
 		}
 		// Signed at each attempt: the timestamp is the attempt's, so a
 		// receiver's freshness check holds for retries too.
@@ -616,6 +618,19 @@ func headerValue(s string) string {
 		return enc
 	}
 	return "=?utf-8?b?" + base64.StdEncoding.EncodeToString([]byte(s)) + "?="
+}
+
+// webhookSigner signs with a Standard Webhooks secret (whsec_ and base64,
+// what config accepts); any other string is taken as the key's bytes.
+func webhookSigner(secret string) (*standardwebhooks.Webhook, error) {
+	if !strings.HasPrefix(secret, "whsec_") {
+		return standardwebhooks.NewWebhookRaw([]byte(secret))
+	}
+	wh, err := standardwebhooks.NewWebhook(secret)
+	if err != nil {
+		return nil, errors.New("webhook secret: whsec_ is not followed by base64")
+	}
+	return wh, nil
 }
 
 // newDeliveryID is a message's webhook-id, unique per message and

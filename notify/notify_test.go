@@ -515,3 +515,25 @@ func TestWebhookCarriesHostileTextAsData(t *testing.T) {
 		t.Errorf("decoded summary %q event %q", body.Summary, body.Event)
 	}
 }
+
+// A secret without the whsec_ prefix is the key's bytes, as a receiver's
+// NewWebhookRaw takes it; a whsec_ secret that is not base64 sends nothing.
+func TestWebhookSecretForms(t *testing.T) {
+	srv, got := receiver(t, ok)
+	o := newOutcomes()
+	n := New(Options{Channels: []Channel{{Type: Webhook, URL: srv.URL, Secret: "raw key bytes"}, {Type: Webhook, URL: srv.URL + "/bad", Secret: "whsec_***"}},
+		Attempts: 1, Outcome: o.outcome, Delivered: o.done})
+	defer n.Close()
+	n.Notify(message(Requested))
+	r := wait(t, got)
+	wh, _ := standardwebhooks.NewWebhookRaw([]byte("raw key bytes"))
+	if err := wh.Verify(r.body, r.header); err != nil || r.path == "/bad" {
+		t.Errorf("%s: %v", r.path, err)
+	}
+	if types := wait(t, o.delivered); !slices.Equal(types, []string{Webhook}) {
+		t.Errorf("delivered to %v", types)
+	}
+	if outs := o.get(); !slices.Contains(outs, "webhook/failed") {
+		t.Errorf("outcomes %v: the malformed secret's channel must fail", outs)
+	}
+}
