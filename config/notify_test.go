@@ -14,7 +14,7 @@ approvers:
 
 func TestNotifyChannelsDecodeWithDefaults(t *testing.T) {
 	t.Setenv("XDG_STATE_HOME", t.TempDir())
-	t.Setenv("HOOK_SECRET", "s3cret")
+	t.Setenv("HOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
 	c, err := Parse([]byte(notifyBase+`
 notify:
   - type: webhook
@@ -38,7 +38,7 @@ notify:
 	if w.Secret != "${HOOK_SECRET}" {
 		t.Errorf("secret %q: the config keeps the reference, not the value", w.Secret)
 	}
-	if got := w.ExpandSecret(nil); got != "s3cret" {
+	if got := w.ExpandSecret(nil); got != "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw" {
 		t.Errorf("ExpandSecret = %q", got)
 	}
 	if !slices.Equal(c.Notify[1].Events, []string{"requested", "expiring"}) {
@@ -80,6 +80,48 @@ notify:
 	} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error does not say %q:\n%v", want, err)
+		}
+	}
+}
+
+// A webhook secret is a Standard Webhooks secret; what is wrong with one
+// is said without quoting it.
+func TestWebhookSecretMustBeAStandardWebhooksSecret(t *testing.T) {
+	t.Setenv("XDG_STATE_HOME", t.TempDir())
+	t.Setenv("PLAIN_HOOK_SECRET", "plain-password")
+	_, err := Parse([]byte(notifyBase+`
+notify:
+  - type: webhook
+    url: http://127.0.0.1:9099/hook
+    secret: "${PLAIN_HOOK_SECRET}"
+  - type: webhook
+    url: http://127.0.0.1:9099/hook
+    secret: "whsec_not*base64"
+  - type: webhook
+    url: http://127.0.0.1:9099/hook
+    secret: "whsec_c2hvcnQ="
+  - type: webhook
+    url: http://127.0.0.1:9099/hook
+    secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+  - type: ntfy
+    url: https://ntfy.example/t
+    secret: "tk_plain_token"
+`), "n.yaml")
+	if err == nil {
+		t.Fatal("accepted")
+	}
+	for _, want := range []string{
+		`notify[0].secret: expected a Standard Webhooks secret, whsec_ and base64`,
+		`notify[1].secret: the part after whsec_ is not standard base64`,
+		`notify[2].secret: the key is 5 bytes; at least 24 are needed`,
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not say %q:\n%v", want, err)
+		}
+	}
+	for _, not := range []string{"notify[3]", "notify[4]", "plain-password"} {
+		if strings.Contains(err.Error(), not) {
+			t.Errorf("error mentions %q:\n%v", not, err)
 		}
 	}
 }

@@ -5,19 +5,33 @@
 //
 // Channels:
 //
-//   - webhook: POST of a JSON [Message] (Content-Type: application/json)
-//     with the header X-Countersign-Signature: sha256=<hex>, the lowercase
-//     hex HMAC-SHA256 of the exact body bytes keyed with the channel's
-//     secret. A receiver recomputes it over the body it read and compares
-//     in constant time (hmac.Equal) before trusting anything in it.
-//     X-Countersign-Event repeats the event, and X-Countersign-Delivery is
-//     the same for every attempt of one message, so a receiver can drop a
-//     retry it already handled.
+//   - webhook: POST of a JSON [Message] (Content-Type: application/json),
+//     signed by the Standard Webhooks scheme (https://www.standardwebhooks.com):
+//     webhook-id (the same for every attempt of one message, so a receiver
+//     drops a retry it already handled), webhook-timestamp (Unix seconds of
+//     the attempt) and webhook-signature ("v1," and the base64
+//     HMAC-SHA256 of "id.timestamp.body" under the channel's whsec_
+//     secret). A receiver verifies with any Standard Webhooks library,
+//     which also refuses a timestamp more than five minutes off: a
+//     captured delivery cannot be replayed later. X-Countersign-Event
+//     repeats the event.
 //   - slack: POST {"text": ...}, the shape of Slack, Mattermost and
-//     Rocket.Chat incoming webhooks.
+//     Rocket.Chat incoming webhooks, with link previews off.
 //   - ntfy: POST of the text to the topic URL with the headers Title,
 //     Priority (high for requested and expiring), Tags and Click (the
 //     request's page); the secret, if any, as Authorization: Bearer.
+//
+// Text that an agent or an upstream can shape (a payee in the summary, a
+// tool's name) is escaped for each channel, so that it reads as text and
+// never acts: on one line always (no forged "Code" line); for Slack,
+// & < > as Slack's formatting rules ask, so that no <!channel>, <@U...>
+// or <url|label> an agent wrote is live, and every @ followed by an
+// invisible word joiner, so that Mattermost and Rocket.Chat, which turn
+// a plain @channel into a mention, do not; for ntfy headers, one line,
+// RFC 2047 encoded when not plain ASCII or when it looks encoded already.
+// The webhook's JSON encoding is its escaping. Slack's * _ ~ ` styling is
+// left alone: it cannot add a link, a mention or a line, and names such
+// as read_secret are common.
 //
 // Every message carries only what the server itself wrote: the request's
 // summary (e.g. "Pay USD 500,000.00 from operating to Vendor X"), the
@@ -37,9 +51,8 @@ package notify
 import (
 	"bytes"
 	"context"
-	"crypto/hmac"
 	"crypto/rand"
-	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -49,9 +62,13 @@ import (
 	"mime"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
+	"unicode"
+
+	standardwebhooks "github.com/standard-webhooks/standard-webhooks/libraries/go"
 )
 
 // Events.
@@ -77,8 +94,12 @@ const (
 	OutcomeDropped = "dropped" // the queue was full, or the notifier closed
 )
 
-// SignatureHeader carries a webhook body's HMAC-SHA256.
-const SignatureHeader = "X-Countersign-Signature"
+// The Standard Webhooks headers of a webhook delivery.
+const (
+	HeaderID        = standardwebhooks.HeaderWebhookID
+	HeaderTimestamp = standardwebhooks.HeaderWebhookTimestamp
+	HeaderSignature = standardwebhooks.HeaderWebhookSignature
+)
 
 // Message is what a channel is told; a webhook receives it as JSON.
 type Message struct {
@@ -101,8 +122,10 @@ type Message struct {
 
 // Channel is one configured destination, its secret already expanded.
 type Channel struct {
-	Type   string
-	URL    string
+	Type string
+	URL  string
+	// Secret is a webhook's Standard Webhooks secret, whsec_ and base64
+	// (another string is used as the key's bytes), or an ntfy token.
 	Secret string
 	For    []string // approver ids and role:NAME; empty: every request
 	Events []string // empty: all
@@ -431,17 +454,29 @@ func (n *Notifier) request(ctx context.Context, j *job) (*http.Request, error) {
 	m := j.m
 	switch j.ch.Type {
 	case Webhook:
+		wh, err := webhookSigner(j.ch.Secret)
+		if err != nil {
+			return nil, err
+		}
+		// Signed at each attempt: the timestamp is the attempt's, so a
+		// receiver's freshness check holds for retries too.
+		now := time.Now()
+		sig, err := wh.Sign(j.delivery, now, j.body)
+		if err != nil {
+			return nil, err
+		}
 		req, err := http.NewRequestWithContext(ctx, http.MethodPost, j.ch.URL, bytes.NewReader(j.body))
 		if err != nil {
 			return nil, errors.New("bad channel URL")
 		}
 		req.Header.Set("Content-Type", "application/json")
-		req.Header.Set(SignatureHeader, Sign(j.ch.Secret, j.body))
+		req.Header.Set(HeaderID, j.delivery)
+		req.Header.Set(HeaderTimestamp, strconv.FormatInt(now.Unix(), 10))
+		req.Header.Set(HeaderSignature, sig)
 		req.Header.Set("X-Countersign-Event", m.Event)
-		req.Header.Set("X-Countersign-Delivery", j.delivery)
 		return req, nil
 	case Slack:
-		body, err := json.Marshal(map[string]string{"text": slackText(m)})
+		body, err := json.Marshal(slackPayload{Text: slackText(m)})
 		if err != nil {
 			return nil, err
 		}
@@ -469,58 +504,88 @@ func (n *Notifier) request(ctx context.Context, j *job) (*http.Request, error) {
 	return nil, fmt.Errorf("unknown channel type %q", j.ch.Type)
 }
 
-// Sign returns the X-Countersign-Signature value of body: "sha256=" and
-// the lowercase hex HMAC-SHA256 of body keyed with secret.
-func Sign(secret string, body []byte) string {
-	mac := hmac.New(sha256.New, []byte(secret))
-	mac.Write(body)
-	return "sha256=" + hex.EncodeToString(mac.Sum(nil))
-}
+// Title is the one-line headline of m, as plain text.
+func Title(m *Message) string { return title(m, oneLine) }
 
-// Verify reports whether signature is body's signature under secret, in
-// constant time. A receiver written in Go can use it as is.
-func Verify(secret string, body []byte, signature string) bool {
-	return hmac.Equal([]byte(Sign(secret, body)), []byte(signature))
-}
-
-// Title is the one-line headline of m.
-func Title(m *Message) string {
+func title(m *Message, quote func(string) string) string {
+	summary := quote(m.Summary)
 	switch m.Event {
 	case Requested:
-		return "Approval needed: " + m.Summary
+		return "Approval needed: " + summary
 	case Approved:
-		return "Approved: " + m.Summary
+		return "Approved: " + summary
 	case Denied:
-		return "Denied: " + m.Summary
+		return "Denied: " + summary
 	case Expiring:
-		return "Expiring soon: " + m.Summary
+		return "Expiring soon: " + summary
 	}
-	return m.Event + ": " + m.Summary
+	return quote(m.Event) + ": " + summary
 }
 
-// Text is the body of a slack or ntfy message: the headline, the code to
-// compare on the page, who decided or until when it waits, and the link.
-func Text(m *Message) string {
+// Text is the body of an ntfy message: the headline, the code to compare
+// on the page, who decided or until when it waits, and the link.
+func Text(m *Message) string { return text(m, oneLine, oneLine) }
+
+// text lays out the message with quote applied to every value and link to
+// the request's page.
+func text(m *Message, quote, link func(string) string) string {
 	var b strings.Builder
-	b.WriteString(Title(m))
-	b.WriteString("\nCode " + m.Code)
+	b.WriteString(title(m, quote))
+	b.WriteString("\nCode " + quote(m.Code))
 	switch m.Event {
 	case Approved:
-		b.WriteString(", approved by " + m.DecidedBy)
+		b.WriteString(", approved by " + quote(m.DecidedBy))
 	case Denied:
-		b.WriteString(", denied by " + m.DecidedBy)
+		b.WriteString(", denied by " + quote(m.DecidedBy))
 	default:
 		b.WriteString(", expires " + m.ExpiresAt.UTC().Format(time.RFC3339))
 	}
-	b.WriteString("\n" + m.URL)
+	b.WriteString("\n" + link(m.URL))
 	return b.String()
 }
 
-// slackText is Text with the link in Slack's <url|label> form, which
-// Mattermost and Rocket.Chat also render.
+// slackPayload is an incoming-webhook message. Previews are off: a link
+// in a payee's name must not unfurl into a card that looks like ours.
+type slackPayload struct {
+	Text        string `json:"text"`
+	UnfurlLinks bool   `json:"unfurl_links"`
+	UnfurlMedia bool   `json:"unfurl_media"`
+}
+
+// slackText is the text in Slack's mrkdwn, the link to the request in its
+// <url|label> form, which Mattermost and Rocket.Chat also render.
 func slackText(m *Message) string {
-	t := Text(m)
-	return strings.TrimSuffix(t, m.URL) + "<" + m.URL + "|Open the request>"
+	return text(m, slackEscape, func(u string) string {
+		return "<" + slackURL.Replace(u) + "|Open the request>"
+	})
+}
+
+// slackEscape makes s plain text in Slack mrkdwn. Slack asks for & < > to
+// be sent as &amp; &lt; &gt;; after that nothing s holds is a link, a
+// mention or a command (<!channel>, <@U123>, <https://...|label>). The
+// word joiner after @ keeps Mattermost and Rocket.Chat, which also mention
+// on a plain @channel or @name, from doing so.
+func slackEscape(s string) string {
+	return slackReplacer.Replace(oneLine(s))
+}
+
+var slackReplacer = strings.NewReplacer("&", "&amp;", "<", "&lt;", ">", "&gt;", "@", "@\u2060")
+
+// slackURL keeps a URL inside <url|label>: the characters that would end
+// it are percent-encoded.
+var slackURL = strings.NewReplacer("<", "%3C", ">", "%3E", "|", "%7C", " ", "%20")
+
+// oneLine puts s on one line: control characters, line and paragraph
+// separators and bidirectional controls become spaces, so that a value
+// cannot start a line of its own (a forged "Code ..." line) or reorder
+// what follows it.
+func oneLine(s string) string {
+	return strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) || unicode.In(r, unicode.Zl, unicode.Zp) || unicode.Is(unicode.Bidi_Control, r) {
+			return ' '
+		}
+		return r
+	}, s)
 }
 
 func ntfyPriority(event string) string {
@@ -543,20 +608,35 @@ func ntfyTags(event string) string {
 }
 
 // headerValue puts s on one header line: control characters become
-// spaces, and text that is not ASCII (a currency sign, a payee's name) is
-// RFC 2047 encoded, which ntfy decodes.
+// spaces, and text that is not plain ASCII (a currency sign, a payee's
+// name) is RFC 2047 encoded, which ntfy decodes. So is ASCII that holds
+// "=?", which ntfy would otherwise decode as an encoded word of the
+// sender's choosing.
 func headerValue(s string) string {
-	s = strings.Map(func(r rune) rune {
-		if r < 0x20 || r == 0x7f {
-			return ' '
-		}
-		return r
-	}, s)
-	return mime.BEncoding.Encode("utf-8", s)
+	s = oneLine(s)
+	if enc := mime.BEncoding.Encode("utf-8", s); enc != s || !strings.Contains(s, "=?") {
+		return enc
+	}
+	return "=?utf-8?b?" + base64.StdEncoding.EncodeToString([]byte(s)) + "?="
 }
 
+// webhookSigner signs with a Standard Webhooks secret (whsec_ and base64,
+// what config accepts); any other string is taken as the key's bytes.
+func webhookSigner(secret string) (*standardwebhooks.Webhook, error) {
+	if !strings.HasPrefix(secret, "whsec_") {
+		return standardwebhooks.NewWebhookRaw([]byte(secret))
+	}
+	wh, err := standardwebhooks.NewWebhook(secret)
+	if err != nil {
+		return nil, errors.New("webhook secret: whsec_ is not followed by base64")
+	}
+	return wh, nil
+}
+
+// newDeliveryID is a message's webhook-id, unique per message and
+// channel and kept across retries.
 func newDeliveryID() string {
 	var b [12]byte
 	rand.Read(b[:])
-	return hex.EncodeToString(b[:])
+	return "msg_" + hex.EncodeToString(b[:])
 }

@@ -1,17 +1,26 @@
 package notify
 
 import (
+	"bytes"
+	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"io"
 	"mime"
 	"net/http"
 	"net/http/httptest"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	standardwebhooks "github.com/standard-webhooks/standard-webhooks/libraries/go"
 )
+
+// testSecret is the Standard Webhooks specification's example secret.
+const testSecret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 // received is one request a test receiver got.
 type received struct {
@@ -97,16 +106,50 @@ func wait[T any](t *testing.T, ch <-chan T) T {
 func TestWebhookBodyIsSignedWithTheSecret(t *testing.T) {
 	srv, got := receiver(t, ok)
 	o := newOutcomes()
-	n := start(t, o, Channel{Type: Webhook, URL: srv.URL + "/hook", Secret: "s3cret"})
+	n := start(t, o, Channel{Type: Webhook, URL: srv.URL + "/hook", Secret: testSecret})
 	n.Notify(message(Requested))
 	r := wait(t, got)
 
-	// What a receiver does: recompute the HMAC over the bytes it read.
-	if !Verify("s3cret", r.body, r.header.Get(SignatureHeader)) {
-		t.Fatalf("signature %q does not verify over %s", r.header.Get(SignatureHeader), r.body)
+	// What a receiver does: verify with a Standard Webhooks library over
+	// the bytes it read, before parsing them.
+	wh, err := standardwebhooks.NewWebhook(testSecret)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if Verify("other", r.body, r.header.Get(SignatureHeader)) {
-		t.Fatal("signature verifies under another secret")
+	if err := wh.Verify(r.body, r.header); err != nil {
+		t.Fatalf("delivery does not verify (%v): headers %v, body %s", err, r.header, r.body)
+	}
+	other, _ := standardwebhooks.NewWebhook("whsec_" + base64.StdEncoding.EncodeToString([]byte("another secret of 24 bytes")))
+	if other.Verify(r.body, r.header) == nil {
+		t.Fatal("delivery verifies under another secret")
+	}
+	// Change any signed part and the signature no longer holds.
+	ts, _ := strconv.ParseInt(r.header.Get(HeaderTimestamp), 10, 64)
+	for name, change := range map[string]func(h http.Header, body []byte) []byte{
+		"body": func(h http.Header, body []byte) []byte {
+			return bytes.Replace(body, []byte("500,000.00"), []byte("500,000.01"), 1)
+		},
+		"timestamp": func(h http.Header, body []byte) []byte {
+			h.Set(HeaderTimestamp, strconv.FormatInt(ts-1, 10))
+			return body
+		},
+		"id": func(h http.Header, body []byte) []byte {
+			h.Set(HeaderID, h.Get(HeaderID)+"x")
+			return body
+		},
+	} {
+		h := r.header.Clone()
+		body := change(h, slices.Clone(r.body))
+		if err := wh.Verify(body, h); !errors.Is(err, standardwebhooks.ErrNoMatchingSignature) {
+			t.Errorf("with the %s changed: %v, want no matching signature", name, err)
+		}
+	}
+	// A delivery kept and replayed later is refused by its timestamp.
+	if ts < time.Now().Add(-time.Minute).Unix() || ts > time.Now().Add(time.Minute).Unix() {
+		t.Errorf("webhook-timestamp %d is not the time of the attempt", ts)
+	}
+	if id := r.header.Get(HeaderID); !strings.HasPrefix(id, "msg_") || len(id) < 20 {
+		t.Errorf("webhook-id %q", id)
 	}
 	var body map[string]any
 	if err := json.Unmarshal(r.body, &body); err != nil {
@@ -143,9 +186,10 @@ func TestSlackGetsText(t *testing.T) {
 	m.DecidedBy = "alice"
 	n.Notify(m)
 	r := wait(t, got)
-	var body map[string]string
-	if err := json.Unmarshal(r.body, &body); err != nil || len(body) != 1 {
-		t.Fatalf("body %s: want exactly {\"text\": ...} (%v)", r.body, err)
+	var body map[string]any
+	if err := json.Unmarshal(r.body, &body); err != nil || len(body) != 3 ||
+		body["unfurl_links"] != false || body["unfurl_media"] != false {
+		t.Fatalf("body %s: want {\"text\": ..., \"unfurl_links\": false, \"unfurl_media\": false} (%v)", r.body, err)
 	}
 	want := "Approved: Pay USD 500,000.00 from operating to Vendor X\nCode K7WQ2M, approved by alice\n" +
 		"<http://localhost:8710/requests/0b7e4c1e-9d43-4b8e-9a55-5a1f3c2f7d10|Open the request>"
@@ -188,11 +232,16 @@ func TestRetriesUntilTheReceiverAccepts(t *testing.T) {
 		return http.StatusOK
 	})
 	o := newOutcomes()
-	n := start(t, o, Channel{Type: Webhook, URL: srv.URL, Secret: "s"})
+	n := start(t, o, Channel{Type: Webhook, URL: srv.URL, Secret: testSecret})
 	n.Notify(message(Requested))
+	wh, _ := standardwebhooks.NewWebhook(testSecret)
 	var deliveries []string
 	for range 3 {
-		deliveries = append(deliveries, wait(t, got).header.Get("X-Countersign-Delivery"))
+		r := wait(t, got)
+		if err := wh.Verify(r.body, r.header); err != nil {
+			t.Errorf("attempt %d: %v", len(deliveries)+1, err)
+		}
+		deliveries = append(deliveries, r.header.Get(HeaderID))
 	}
 	if types := wait(t, o.delivered); !slices.Equal(types, []string{Webhook}) {
 		t.Errorf("delivered to %v", types)
@@ -241,7 +290,7 @@ func TestHangingReceiverDoesNotHoldNotify(t *testing.T) {
 	defer hang.Close()
 	defer close(release)
 	fast, got := receiver(t, ok)
-	n := start(t, newOutcomes(), Channel{Type: Webhook, URL: hang.URL, Secret: "s"}, Channel{Type: Slack, URL: fast.URL})
+	n := start(t, newOutcomes(), Channel{Type: Webhook, URL: hang.URL, Secret: testSecret}, Channel{Type: Slack, URL: fast.URL})
 	n.Notify(message(Requested))
 	wait(t, entered)
 	n.Notify(message(Expiring)) // returns although a worker is stuck
@@ -282,7 +331,7 @@ func TestChannelsGetOnlyTheirApproversAndEvents(t *testing.T) {
 func TestCloseDropsRetriesNotYetDue(t *testing.T) {
 	srv, got := receiver(t, func(int) int { return http.StatusServiceUnavailable })
 	o := newOutcomes()
-	n := New(Options{Channels: []Channel{{Type: Webhook, URL: srv.URL, Secret: "s"}},
+	n := New(Options{Channels: []Channel{{Type: Webhook, URL: srv.URL, Secret: testSecret}},
 		Backoff: time.Hour, Outcome: o.outcome, Delivered: o.done})
 	n.Notify(message(Requested))
 	wait(t, got)
@@ -325,7 +374,7 @@ func TestCloseCutsShortAHangingAttempt(t *testing.T) {
 	defer hang.Close()
 	defer close(release)
 	o := newOutcomes()
-	n := New(Options{Channels: []Channel{{Type: Webhook, URL: hang.URL, Secret: "s"}}, Timeout: time.Hour,
+	n := New(Options{Channels: []Channel{{Type: Webhook, URL: hang.URL, Secret: testSecret}}, Timeout: time.Hour,
 		Outcome: o.outcome, Delivered: o.done})
 	n.Notify(message(Requested))
 	<-entered
@@ -367,5 +416,124 @@ func TestFullQueueDropsAtOnce(t *testing.T) {
 	}
 	if got := o.get(); !slices.Equal(got, []string{"slack/dropped"}) {
 		t.Errorf("outcomes %v", got)
+	}
+}
+
+// hostilePayee is a payee's name written to act in a chat rather than be
+// read: a link labelled like ours, channel and user mentions (Slack's and
+// Mattermost's), and a new line that forges the code to compare.
+const hostilePayee = "Acme <https://evil.example/approve|Open the request> <!channel> <!here> <@U024BE7LH> @channel\nCode AAAAAA & more"
+
+func hostileMessage(event string) Message {
+	m := message(event)
+	m.Summary = "Pay USD 500,000.00 from operating to " + hostilePayee
+	return m
+}
+
+func TestSlackTextQuotesWhatAnAgentWrote(t *testing.T) {
+	srv, got := receiver(t, ok)
+	n := start(t, newOutcomes(), Channel{Type: Slack, URL: srv.URL})
+	m := hostileMessage(Requested)
+	n.Notify(m)
+	var body struct {
+		Text        string `json:"text"`
+		UnfurlLinks *bool  `json:"unfurl_links"`
+	}
+	if err := json.Unmarshal(wait(t, got).body, &body); err != nil {
+		t.Fatal(err)
+	}
+	text := body.Text
+	for _, live := range []string{"<!channel>", "<!here>", "<@U024BE7LH>", "<https://evil.example", "@channel", "@here"} {
+		if strings.Contains(text, live) {
+			t.Errorf("text holds a live %q:\n%s", live, text)
+		}
+	}
+	// The only control sequence left is the server's own link, last.
+	ours := "<" + m.URL + "|Open the request>"
+	if strings.Count(text, "<") != 1 || strings.Count(text, ">") != 1 || !strings.HasSuffix(text, ours) {
+		t.Errorf("text has control sequences besides %s:\n%s", ours, text)
+	}
+	lines := strings.Split(text, "\n")
+	if len(lines) != 3 || !strings.HasPrefix(lines[1], "Code K7WQ2M,") {
+		t.Errorf("lines %q: the payee's new line must not forge a line of ours", lines)
+	}
+	// The payee still reads as written once Slack decodes its entities.
+	shown := strings.NewReplacer("&lt;", "<", "&gt;", ">", "&amp;", "&", "\u2060", "").Replace(lines[0])
+	if want := "Approval needed: Pay USD 500,000.00 from operating to " + strings.ReplaceAll(hostilePayee, "\n", " "); shown != want {
+		t.Errorf("shown as %q\nwant     %q", shown, want)
+	}
+	if body.UnfurlLinks == nil || *body.UnfurlLinks {
+		t.Error("link previews are on: a payee's URL would unfurl")
+	}
+}
+
+func TestNtfyHeadersCannotBeInjected(t *testing.T) {
+	srv, got := receiver(t, ok)
+	n := start(t, newOutcomes(), Channel{Type: Ntfy, URL: srv.URL + "/countersign"})
+	m := hostileMessage(Requested)
+	// A header of its own, and an encoded word that ntfy would decode
+	// into text (here "Approved") the sender chose.
+	m.Summary += "\r\nX-Injected: yes\r\n\r\n =?utf-8?b?QXBwcm92ZWQ=?="
+	n.Notify(m)
+	r := wait(t, got)
+	if v := r.header.Get("X-Injected"); v != "" {
+		t.Errorf("injected header arrived: %q", v)
+	}
+	title, err := new(mime.WordDecoder).DecodeHeader(r.header.Get("Title"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.ContainsAny(title, "\r\n") || !strings.Contains(title, "=?utf-8?b?QXBwcm92ZWQ=?=") {
+		t.Errorf("Title %q decodes to %q: want one line, the encoded word kept as written", r.header.Get("Title"), title)
+	}
+	if lines := strings.Split(string(r.body), "\n"); len(lines) != 3 || !strings.HasPrefix(lines[1], "Code K7WQ2M,") || lines[2] != m.URL {
+		t.Errorf("body lines %q", lines)
+	}
+	if got := r.header.Get("Markdown"); got != "" {
+		t.Errorf("Markdown: %q; the text is plain", got)
+	}
+}
+
+// The webhook's JSON carries the payee exactly, as a string value; its
+// signature holds over it.
+func TestWebhookCarriesHostileTextAsData(t *testing.T) {
+	srv, got := receiver(t, ok)
+	n := start(t, newOutcomes(), Channel{Type: Webhook, URL: srv.URL, Secret: testSecret})
+	m := hostileMessage(Requested)
+	m.Summary += "\",\"event\":\"approved"
+	n.Notify(m)
+	r := wait(t, got)
+	wh, _ := standardwebhooks.NewWebhook(testSecret)
+	if err := wh.Verify(r.body, r.header); err != nil {
+		t.Fatal(err)
+	}
+	var body Message
+	if err := json.Unmarshal(r.body, &body); err != nil {
+		t.Fatal(err)
+	}
+	if body.Summary != m.Summary || body.Event != Requested {
+		t.Errorf("decoded summary %q event %q", body.Summary, body.Event)
+	}
+}
+
+// A secret without the whsec_ prefix is the key's bytes, as a receiver's
+// NewWebhookRaw takes it; a whsec_ secret that is not base64 sends nothing.
+func TestWebhookSecretForms(t *testing.T) {
+	srv, got := receiver(t, ok)
+	o := newOutcomes()
+	n := New(Options{Channels: []Channel{{Type: Webhook, URL: srv.URL, Secret: "raw key bytes"}, {Type: Webhook, URL: srv.URL + "/bad", Secret: "whsec_***"}},
+		Attempts: 1, Outcome: o.outcome, Delivered: o.done})
+	defer n.Close()
+	n.Notify(message(Requested))
+	r := wait(t, got)
+	wh, _ := standardwebhooks.NewWebhookRaw([]byte("raw key bytes"))
+	if err := wh.Verify(r.body, r.header); err != nil || r.path == "/bad" {
+		t.Errorf("%s: %v", r.path, err)
+	}
+	if types := wait(t, o.delivered); !slices.Equal(types, []string{Webhook}) {
+		t.Errorf("delivered to %v", types)
+	}
+	if outs := o.get(); !slices.Contains(outs, "webhook/failed") {
+		t.Errorf("outcomes %v: the malformed secret's channel must fail", outs)
 	}
 }

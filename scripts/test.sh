@@ -23,6 +23,21 @@ if ! command -v ssh-agent >/dev/null 2>&1 || ! command -v ssh-keygen >/dev/null 
 	DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq openssh-client >/dev/null
 fi
 
+# The gateway tests run the reference MCP filesystem server from npm, pinned
+# with its dependencies in testdata/npm/package-lock.json (Node.js 20 or later).
+if ! command -v npm >/dev/null 2>&1; then
+	echo "test.sh: installing Debian's nodejs and npm for the gateway tests" >&2
+	sudo=""
+	if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+	$sudo apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq nodejs npm >/dev/null
+fi
+if [ ! -x testdata/npm/node_modules/.bin/mcp-server-filesystem ]; then
+	echo "test.sh: installing the MCP filesystem server into testdata/npm (npm ci)" >&2
+	npm ci --prefix testdata/npm --no-audit --no-fund >/dev/null
+fi
+export COUNTERSIGN_TEST_FILESYSTEM_SERVER="$PWD/testdata/npm/node_modules/.bin/mcp-server-filesystem"
+
 go vet ./...
 unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
 if [ -n "$unformatted" ]; then

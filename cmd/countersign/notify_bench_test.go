@@ -43,7 +43,7 @@ func BenchmarkNotifyLatency(b *testing.B) {
 		tool := c.Tools["transfer"]
 		tool.Wait = "poll"
 		c.Tools["transfer"] = tool
-		c.Notify = []config.Notify{{Type: "webhook", URL: hook.URL, Secret: "bench-secret", Events: []string{"requested"}}}
+		c.Notify = []config.Notify{{Type: "webhook", URL: hook.URL, Secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", Events: []string{"requested"}}}
 		// One agent raising request after request is the load on purpose.
 		c.Limits.CallsPerSecond, c.Limits.CallBurst = 1_000_000, 1_000_000
 		c.Limits.PendingPerAgent, c.Limits.PendingTotal = 1_000_000, 1_000_000

@@ -14,6 +14,7 @@ import (
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/notify"
+	standardwebhooks "github.com/standard-webhooks/standard-webhooks/libraries/go"
 )
 
 // A raised request reaches the webhook of its approvers' role, signed,
@@ -21,13 +22,13 @@ import (
 // hears nothing; the log records that the message went out.
 func TestRaisedRequestIsSentToItsApproversWebhook(t *testing.T) {
 	type hit struct {
-		sig  string
-		body []byte
+		header http.Header
+		body   []byte
 	}
 	hooks := make(chan hit, 8)
 	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		b, _ := io.ReadAll(r.Body)
-		hooks <- hit{r.Header.Get(notify.SignatureHeader), b}
+		hooks <- hit{r.Header.Clone(), b}
 	}))
 	defer hook.Close()
 	others := make(chan string, 8)
@@ -36,7 +37,8 @@ func TestRaisedRequestIsSentToItsApproversWebhook(t *testing.T) {
 	}))
 	defer other.Close()
 
-	t.Setenv("TEST_HOOK_SECRET", "s3cret")
+	const secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+	t.Setenv("TEST_HOOK_SECRET", secret)
 	c := testConfig(t, func(c *config.Config) {
 		tool := c.Tools["transfer"]
 		tool.Wait = "poll"
@@ -63,8 +65,12 @@ func TestRaisedRequestIsSentToItsApproversWebhook(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the webhook heard nothing")
 	}
-	if !notify.Verify("s3cret", h.body, h.sig) {
-		t.Fatalf("signature %q does not verify with the expanded secret", h.sig)
+	wh, err := standardwebhooks.NewWebhook(secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := wh.Verify(h.body, h.header); err != nil {
+		t.Fatalf("delivery does not verify with the expanded secret: %v", err)
 	}
 	var msg notify.Message
 	if err := json.Unmarshal(h.body, &msg); err != nil {
@@ -92,5 +98,43 @@ func TestRaisedRequestIsSentToItsApproversWebhook(t *testing.T) {
 	}
 	if _, err := audit.Verify(bytes.NewReader(export.Bytes()), s.audit.PublicKey(), audit.VerifyOptions{}); err != nil {
 		t.Fatalf("export with notify.sent does not verify: %v", err)
+	}
+}
+
+// Issue 22, row 10: a payee named to act in Slack (a link labelled like
+// ours, an @channel) reaches the channel as quoted text through the real
+// server, not as a link or a mention.
+func TestHostilePayeeReachesSlackAsText(t *testing.T) {
+	texts := make(chan string, 8)
+	slack := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var body struct{ Text string }
+		json.NewDecoder(r.Body).Decode(&body)
+		texts <- body.Text
+	}))
+	defer slack.Close()
+	c := testConfig(t, func(c *config.Config) {
+		tool := c.Tools["transfer"]
+		tool.Wait = "poll"
+		c.Tools["transfer"] = tool
+		c.Notify = []config.Notify{{Type: "slack", URL: slack.URL, Events: []string{"requested"}}}
+	})
+	_, base := startHTTP(t, c)
+	cs := streamable(t, base)
+	payee := "Acme <https://evil.example/approve|Open the request> <!channel>"
+	res := callTool(t, cs, "transfer", map[string]any{"from": "operating", "to": payee, "amount": 50000, "currency": "USD"})
+	if res.IsError {
+		t.Fatalf("transfer: %s", resultText(res))
+	}
+	var text string
+	select {
+	case text = <-texts:
+	case <-time.After(10 * time.Second):
+		t.Fatal("slack heard nothing")
+	}
+	if strings.Contains(text, "<!channel>") || strings.Contains(text, "<https://evil") || strings.Count(text, "<") != 1 {
+		t.Errorf("slack text holds a live mention or link:\n%s", text)
+	}
+	if !strings.Contains(text, "Acme &lt;https://evil.example/approve|Open the request&gt; &lt;!channel&gt;") {
+		t.Errorf("the payee is not shown as written:\n%s", text)
 	}
 }
