@@ -2,6 +2,7 @@ package guard
 
 import (
 	"context"
+	"fmt"
 
 	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/audit"
@@ -17,11 +18,20 @@ type Freezes interface {
 }
 
 // refuseFrozen refuses every call of a frozen agent before anything else
-// is done. The refusals are recorded as call.denied, one entry per agent
-// a minute at most (with their count), as the limits' refusals are: a
-// frozen agent that keeps calling grows the log by a bounded amount. When
-// the freeze cannot be read the call is refused too.
+// is done (see frozen).
 func (g *Guard) refuseFrozen(ctx context.Context, agent, tool string) *mcp.CallToolResult {
+	if err := g.frozen(ctx, agent, tool); err != nil {
+		return toolError("refused: %v", err)
+	}
+	return nil
+}
+
+// frozen returns a *approval.FrozenError when agent is frozen, or an
+// error when that cannot be told (fail closed). Such refusals are
+// recorded as call.denied, one entry per agent a minute at most (with
+// their count), as the limits' refusals are: a frozen agent that keeps
+// calling grows the log by a bounded amount.
+func (g *Guard) frozen(ctx context.Context, agent, tool string) error {
 	if g.opts.Freezes == nil {
 		return nil
 	}
@@ -29,12 +39,12 @@ func (g *Guard) refuseFrozen(ctx context.Context, agent, tool string) *mcp.CallT
 	if err != nil {
 		g.log.Error("cannot tell whether the agent is frozen; its call is refused", "agent", agent, "tool", boundName(tool), "err", err)
 		g.limits.refusedAs(ctx, audit.KindCallDenied, agent, tool, "cannot tell whether the agent is frozen")
-		return toolError("refused: cannot tell whether agent %s is frozen; try again", agent)
+		return fmt.Errorf("cannot tell whether agent %s is frozen; try again", agent)
 	}
 	if f == nil {
 		return nil
 	}
-	why := (&approval.FrozenError{Freeze: *f}).Error()
-	g.limits.refusedAs(ctx, audit.KindCallDenied, agent, tool, why)
-	return toolError("refused: %s", why)
+	fe := &approval.FrozenError{Freeze: *f}
+	g.limits.refusedAs(ctx, audit.KindCallDenied, agent, tool, fe.Error())
+	return fe
 }
