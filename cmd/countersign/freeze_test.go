@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"net/url"
 	"slices"
 	"strings"
@@ -13,6 +14,7 @@ import (
 	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/approval/approvaltest"
 	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/ciba"
 	"github.com/countersign/countersign/config"
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
 )
@@ -199,5 +201,51 @@ func TestAgentsFreeze(t *testing.T) {
 
 	if _, out := exportAndVerify(t, p); !strings.HasPrefix(out, "OK: ") {
 		t.Errorf("audit verify: %s", out)
+	}
+}
+
+// A CIBA client frozen with `agents freeze`: its approved request not yet
+// redeemed never yields a token, its pending one is cancelled, and a new
+// backchannel request is refused, each as access_denied.
+func TestAgentsFreezeStopsCIBA(t *testing.T) {
+	p := startCIBA(t, nil)
+	u, _ := url.Parse(p.page)
+	page := approvaltest.NewPage("127.0.0.1:"+u.Port(), p.page)
+	key := approvaltest.NewSoftKey(t, "localhost", p.page)
+	link, err := p.approvals.CreateEnrollment(context.Background(), "alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := page.Enroll(link, key); err != nil {
+		t.Fatal(err)
+	}
+	authorize := func() map[string]any {
+		return p.postForm(t, ciba.PathAuthorize, url.Values{"scope": {"openid"}, "login_hint": {"alice"}, "binding_message": {"Pay invoice 7"},
+			"authorization_details": {`[{"type":"payment_initiation","actions":["initiate"],"instructedAmount":{"currency":"EUR","amount":"12500.00"},"creditorName":"Globex Logistics"}]`}})
+	}
+	approved, _ := authorize()["auth_req_id"].(string)
+	pending, _ := authorize()["auth_req_id"].(string)
+	if approved == "" || pending == "" {
+		t.Fatal("bc-authorize raised no request")
+	}
+	if r, err := page.Decide(approved, "approve", key); err != nil || r.State != approval.StateApproved {
+		t.Fatalf("approve: %v %+v", err, r)
+	}
+
+	runCLI(t, p.cfg, "agents", "freeze", "ci-bot")
+	for _, id := range []string{approved, pending} {
+		r := p.postForm(t, ciba.PathToken, url.Values{"grant_type": {ciba.GrantType}, "auth_req_id": {id}})
+		if r["error"] != "access_denied" || r["access_token"] != nil {
+			t.Fatalf("token for %s after the freeze: %v", id, r)
+		}
+	}
+	if r, _ := page.Get(approved); r.State != approval.StateFailed || !strings.Contains(r.Reason, "not run: agent ci-bot is frozen") {
+		t.Fatalf("the approved request: %+v", r)
+	}
+	if r, _ := page.Get(pending); r.State != approval.StateCancelled {
+		t.Fatalf("the pending request: %+v", r)
+	}
+	if r := authorize(); r["error"] != "access_denied" || !strings.Contains(fmt.Sprint(r["error_description"]), "agent ci-bot is frozen by") {
+		t.Fatalf("bc-authorize after the freeze: %v", r)
 	}
 }
