@@ -156,6 +156,9 @@ type Service struct {
 	swept chan struct{} // closed when the ceremony sweep (visitor.go) ends
 
 	freezesDone chan struct{} // closed when watchFreezes (freeze.go) ends
+	frozenOnce  sync.Once
+	frozenQ     *sql.Stmt // Frozen's query, prepared once
+	frozenErr   error
 }
 
 // New creates the approval tables if needed and starts the expiry loop, so
@@ -253,6 +256,9 @@ func (s *Service) Close() error {
 	s.alive()
 	<-s.swept
 	<-s.freezesDone
+	if s.frozenQ != nil {
+		s.frozenQ.Close()
+	}
 	return nil
 }
 
