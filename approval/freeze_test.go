@@ -305,3 +305,27 @@ func TestPageFreezesAnAgent(t *testing.T) {
 		}
 	}
 }
+
+// On a page that needs a sign-in, Freeze is refused before it and
+// recorded with the signed-in approver after.
+func TestSignedInApproverFreezes(t *testing.T) {
+	p := newTLSPage(t)
+	alice := newSoftKey(t, "localhost", p.base)
+	p.enroll(t, "alice", alice)
+	if code, _, _ := p.post(t, "/api/agents/agent-1/freeze", map[string]any{}); code != http.StatusUnauthorized {
+		t.Fatalf("freeze before sign-in: %d", code)
+	}
+	if code, c := p.signIn(t, alice); code != http.StatusOK || c == nil {
+		t.Fatalf("sign-in: %d", code)
+	}
+	if code, raw, _ := p.post(t, "/api/agents/agent-1/freeze", map[string]any{}); code != http.StatusOK {
+		t.Fatalf("freeze: %d %s", code, raw)
+	}
+	fz, err := p.svc.Frozen(context.Background(), "agent-1")
+	if err != nil || fz == nil || fz.By != "alice" {
+		t.Fatalf("frozen %+v, %v: want by alice", fz, err)
+	}
+	if e, ok := p.rec.last(audit.KindAgentFrozen); !ok || e.Approver != "alice" {
+		t.Fatalf("agent.frozen: %+v", e)
+	}
+}
