@@ -63,8 +63,8 @@ func (e *FrozenError) Error() string {
 
 func (e *FrozenError) Is(target error) bool { return target == ErrAgentFrozen }
 
-// CheckError form of a freeze, for the decide path (recorded as
-// approval.rejected with this check's name).
+// ErrFrozenCheck is a freeze as a decision check: a tap on a request of a
+// frozen agent is refused and recorded as approval.rejected with it.
 var ErrFrozenCheck = &CheckError{Check: "agent_frozen"}
 
 // agentName is what may be frozen: a configured agent id (config.ValidID),
@@ -193,7 +193,6 @@ func (s *Service) FreezeAgent(ctx context.Context, agent, by, reason string) (*S
 	reason = clean(reason, 300)
 	var stopped *Stopped
 	err := s.inTx(ctx, func(tx *sql.Tx) error {
-		var existing *Freeze
 		existing, err := scanFreeze(tx.QueryRowContext(ctx, `SELECT agent, frozen_by, frozen_at, reason FROM agent_freezes WHERE agent = ?`, agent))
 		if err == nil {
 			return &FrozenError{Freeze: *existing}
