@@ -154,6 +154,11 @@ type Service struct {
 	stop  chan struct{}
 	done  chan struct{}
 	swept chan struct{} // closed when the ceremony sweep (visitor.go) ends
+
+	freezesDone chan struct{} // closed when watchFreezes (freeze.go) ends
+	frozenOnce  sync.Once
+	frozenQ     *sql.Stmt // Frozen's query, prepared once
+	frozenErr   error
 }
 
 // New creates the approval tables if needed and starts the expiry loop, so
@@ -232,6 +237,8 @@ func New(ctx context.Context, db *sql.DB, rec Recorder, opts Options) (*Service,
 	go s.expiryLoop()
 	s.swept = make(chan struct{})
 	go s.sweepCeremonies(s.stop, s.swept)
+	s.freezesDone = make(chan struct{})
+	go s.watchFreezes()
 	return s, nil
 }
 
@@ -248,6 +255,10 @@ func (s *Service) Close() error {
 	<-s.done
 	s.alive()
 	<-s.swept
+	<-s.freezesDone
+	if s.frozenQ != nil {
+		s.frozenQ.Close()
+	}
 	return nil
 }
 
@@ -442,6 +453,8 @@ var schema = []string{
 	createGrantCeremonies,
 	createGrants,
 	createBatchable,
+	createFreezes,
+	createFreezeChanges,
 }
 
 // outboxStaleAfter is how long another process's unflushed entries wait

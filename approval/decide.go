@@ -107,6 +107,9 @@ func (s *Service) beginDecision(ctx context.Context, requestID, decision string,
 		s.expire(ctx, requestID)
 		return nil, failf(ErrExpired, "expired at %s", digest.FormatTime(r.ExpiresAt))
 	}
+	if err := frozenCheck(ctx, s.db, r.Agent); err != nil {
+		return nil, err
+	}
 	who := r.Approvers
 	if decision == digest.Approve {
 		who = slices.DeleteFunc(slices.Clone(who), func(a string) bool { return slices.Contains(r.Approvals, a) })
@@ -515,6 +518,11 @@ func (s *Service) countDecision(ctx context.Context, tx *sql.Tx, id, decision st
 	}
 	if !now.Before(r.ExpiresAt) {
 		return failf(ErrExpired, "request %s expired at %s", r.ID, digest.FormatTime(r.ExpiresAt))
+	}
+	// The freeze's transaction cancels what it can; this refuses any
+	// decision on a request of a frozen agent that it could not.
+	if err := frozenCheck(ctx, tx, r.Agent); err != nil {
+		return err
 	}
 	approver := v.cred.approverID
 	if decision == digest.Approve && slices.Contains(r.Approvals, approver) {

@@ -215,6 +215,12 @@ func (s *Service) Create(ctx context.Context, r NewRequest) (*Request, error) {
 		entry.Args = r.Args
 	}
 	err = s.inTx(ctx, func(tx *sql.Tx) error {
+		// A frozen agent raises nothing: checked under the write lock, so
+		// a freeze committed before this is seen, and one after it finds
+		// this request pending and cancels it.
+		if f, err := frozenIn(ctx, tx, r.Agent); err != nil || f != nil {
+			return errors.Join(err, frozenErr(f))
+		}
 		_, err := tx.ExecContext(ctx, `INSERT INTO approval_requests
 			(id, tool, agent, args, args_sha256, redact_args, authorization_details, summary, display, level, rule,
 			 approvers, quorum, user_verification, code, binding_message, nonce, created_at, expires_at, interval_ms, state, wait_mode)
@@ -516,14 +522,23 @@ func (s *Service) BeginExecution(ctx context.Context, id string) error {
 	res, err := s.db.ExecContext(ctx, `UPDATE approval_requests SET exec_claimed_at = ?
 		WHERE id = ? AND state = 'approved' AND exec_claimed_at = 0
 		  AND decided_at > 0 AND decided_at < expires_at * 1000000000
-		  AND NOT EXISTS (SELECT 1 FROM approval_outbox o WHERE o.request_id = approval_requests.id)`,
+		  AND NOT EXISTS (SELECT 1 FROM approval_outbox o WHERE o.request_id = approval_requests.id)
+		  AND NOT EXISTS (SELECT 1 FROM agent_freezes f WHERE f.agent IN (approval_requests.agent, '*'))`,
 		s.now().UnixNano(), id)
 	if err != nil {
 		return fmt.Errorf("approval: begin execution: %w", err)
 	}
 	if n, _ := res.RowsAffected(); n != 1 {
-		if _, err := s.Get(ctx, id); err != nil {
+		r, err := s.Get(ctx, id)
+		if err != nil {
 			return err
+		}
+		// Approved, then its agent was frozen: it never runs, now or
+		// after an unfreeze.
+		if f, err := s.Frozen(ctx, r.Agent); err != nil {
+			return err
+		} else if f != nil && r.State == StateApproved && !r.Running {
+			return s.failFrozen(context.WithoutCancel(ctx), id, f)
 		}
 		return ErrNotApproved
 	}

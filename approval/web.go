@@ -113,6 +113,8 @@ func (s *Service) Handler() http.Handler {
 	mux.Handle("POST /api/requests/{id}/finish", ceremony("id", validID, s.apiFinish))
 	mux.HandleFunc("GET /api/grants", s.apiGrants)
 	mux.Handle("POST /api/grants/{id}/revoke", ceremony("id", validID, s.apiRevokeGrant))
+	mux.HandleFunc("GET /api/agents", s.apiAgents)
+	mux.Handle("POST /api/agents/{name}/freeze", ceremony("name", agentName.MatchString, s.apiFreezeAgent))
 	mux.Handle("POST /api/enroll/{token}/begin", ceremony("token", validToken, s.apiEnrollBegin))
 	mux.Handle("POST /api/enroll/{token}/finish", ceremony("token", validToken, s.apiEnrollFinish))
 	mux.HandleFunc("GET /batch", s.pageBatch)
@@ -322,6 +324,7 @@ type pageData struct {
 	NotFound     bool
 	Offer        *GrantOffer // the grant offered with Request (grant.go)
 	Grants       []*Grant    // standing grants, newest first
+	Agents       []agentJSON // agents the page can freeze, and frozen ones (freeze.go)
 	Now          time.Time
 	QR           *qrCode    // this page's public URL, for a phone to scan
 	MaxBatch     int        // the pending list: how many one tap may approve
@@ -362,7 +365,13 @@ func (s *Service) pageIndex(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, err)
 		return
 	}
-	s.render(w, r, "index.html", pageData{Title: "Approvals", Pending: pending, PendingTotal: total, History: history, Keys: keys, Grants: grants, Now: s.now(), MaxBatch: s.maxBatch()})
+	agents, err := s.Agents(r.Context())
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	s.render(w, r, "index.html", pageData{Title: "Approvals", Pending: pending, PendingTotal: total, History: history, Keys: keys, Grants: grants,
+		Agents: agents, Now: s.now(), MaxBatch: s.maxBatch()})
 }
 
 func (s *Service) pageRequest(w http.ResponseWriter, r *http.Request) {

@@ -24,6 +24,8 @@ const (
 	KindPolicyLoaded      = "policy.loaded"      // the policy in force from here on; Policy carries it
 	KindNotifySent        = "notify.sent"        // people were told of a request's event; Reason names the channel types
 	KindGrantRevoked      = "grant.revoked"      // a standing grant was revoked on the page; Approver says by whom
+	KindAgentFrozen       = "agent.frozen"       // an agent's calls are refused from now on ("*": every agent); Approver says by whom
+	KindAgentUnfrozen     = "agent.unfrozen"     // a freeze was lifted; Approver says by whom
 )
 
 // Format is the version of the entry format that Append writes, recorded

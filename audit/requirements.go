@@ -145,6 +145,8 @@ func (q *requirements) check(e *Entry) string {
 		return q.execution(e)
 	case KindGrantRevoked:
 		return q.grants.revoked(e)
+	case KindAgentFrozen, KindAgentUnfrozen:
+		return agentSwitch(e)
 	}
 	return ""
 }
@@ -394,4 +396,19 @@ func hexArgs(s string) ([32]byte, error) {
 	}
 	copy(sum[:], b)
 	return sum, nil
+}
+
+// agentSwitch checks an agent.frozen or agent.unfrozen entry: it names the
+// agent ("*" for every agent) and who acted, and nothing about a call.
+// Calls of a frozen agent may still be logged after it, in order of their
+// append rather than of the freeze's commit (another process may have
+// written it), so the verifier does not hold later entries to it.
+func agentSwitch(e *Entry) string {
+	switch {
+	case e.Agent == "" || e.Approver == "":
+		return e.Kind + " does not say which agent, or who acted"
+	case e.Tool != "" || e.RequestID != "" || len(e.Args) > 0 || e.ArgsSHA256 != "" || e.Decision != "":
+		return e.Kind + " carries call fields"
+	}
+	return ""
 }

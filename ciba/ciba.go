@@ -203,12 +203,16 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request) {
 	})
 	var ce *Error
 	var refusal *guard.Refusal
+	var frozen *approval.FrozenError
 	switch {
 	case errors.As(err, &ce):
 		ce.write(w)
 		return
 	case errors.As(err, &refusal):
 		authError(CodeAccessDenied, "%s", refusal.Reason).write(w)
+		return
+	case errors.As(err, &frozen):
+		authError(CodeAccessDenied, "%v", frozen).write(w)
 		return
 	case err != nil:
 		s.log.Error("ciba: cannot raise the request", "agent", agent, "err", err)
@@ -273,6 +277,12 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request) {
 	ps, tok, err := s.opts.Guard.Redeem(r.Context(), Tool, id, agent)
 	if errors.Is(err, approval.ErrNotFound) {
 		tokenError(CodeInvalidGrant, "auth_req_id is unknown, or was not issued to this client").write(w)
+		return
+	}
+	var frozen *approval.FrozenError
+	if errors.As(err, &frozen) {
+		// Approved before its agent was frozen: the token is never issued.
+		tokenError(CodeAccessDenied, "%v", frozen).write(w)
 		return
 	}
 	if err != nil {

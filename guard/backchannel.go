@@ -58,6 +58,9 @@ func (g *Guard) Raise(ctx context.Context, b Backchannel) (*approval.Request, er
 	if b.Agent == "" {
 		b.Agent = "unknown"
 	}
+	if err := g.frozen(ctx, b.Agent, b.Tool); err != nil {
+		return nil, err // a *approval.FrozenError, tallied as call.denied
+	}
 	entry := audit.Entry{Agent: b.Agent, Tool: boundName(b.Tool)}
 	conf := g.opts.Tools[b.Tool]
 	canon, err := canonicalize(b.Args)

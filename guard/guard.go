@@ -186,6 +186,9 @@ type Options struct {
 	// Limits cap each agent's call rate and waiting approval requests
 	// (limits.go).
 	Limits Limits
+	// Freezes, when set, is asked first on every call whether its agent
+	// is frozen (freeze.go); nil: no agent is.
+	Freezes Freezes
 }
 
 // Defaults of Options.MaxArgBytes and MaxArgDepth.
@@ -302,6 +305,9 @@ func (g *Guard) Handle(ctx context.Context, c Call) *mcp.CallToolResult {
 		return g.refuseClosing(ctx, c.Agent, c.Tool)
 	}
 	defer g.leave()
+	if res := g.refuseFrozen(ctx, c.Agent, c.Tool); res != nil {
+		return res
+	}
 	if res := g.admitCall(ctx, c.Agent, c.Tool); res != nil {
 		return res
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/config"
 	"github.com/mark3labs/mcp-go/mcp"
 )
 
@@ -60,11 +61,15 @@ type limiter struct {
 	buckets  map[string]*rate.Limiter
 	raising  map[string]int // passed the pending check, request not yet created
 	raisingN int
-	tallies  map[string]*tally
+	tallies  map[tallyKey]*tally
 	closed   bool
 }
 
-// tally is one agent's refusals since its last call.rate_limited entry.
+// tallyKey names one agent's refusals of one kind: call.rate_limited
+// (over a limit) or call.denied (the agent is frozen, freeze.go).
+type tallyKey struct{ agent, kind string }
+
+// tally is one agent's refusals since its last entry of their kind.
 type tally struct {
 	last    time.Time // when the last entry was written
 	count   int       // refusals since, not yet recorded
@@ -87,7 +92,7 @@ func newLimiter(opts Limits, approvals Approvals, rec func(context.Context, audi
 		opts.CallBurst = DefaultCallBurst
 	}
 	l := &limiter{opts: opts, rec: rec, now: now,
-		buckets: map[string]*rate.Limiter{}, raising: map[string]int{}, tallies: map[string]*tally{}}
+		buckets: map[string]*rate.Limiter{}, raising: map[string]int{}, tallies: map[tallyKey]*tally{}}
 	l.counter, _ = approvals.(PendingCounter)
 	return l
 }
@@ -236,35 +241,46 @@ func (a countingApprovals) Create(ctx context.Context, r approval.NewRequest) (*
 // agent's last one is a minute old; otherwise a timer writes the tally
 // when the minute is up, so a flood that stops is still recorded.
 func (l *limiter) refused(ctx context.Context, agent, tool, limit string) {
+	l.refusedAs(ctx, audit.KindCallRateLimited, agent, tool, limit)
+}
+
+// refusedAs is refused for refusals recorded as kind; why is the limit
+// passed, or for call.denied the reason.
+func (l *limiter) refusedAs(ctx context.Context, kind, agent, tool, why string) {
+	key := tallyKey{agent, kind}
 	l.mu.Lock()
-	t, ok := l.tallies[agent]
+	t, ok := l.tallies[key]
 	if !ok {
 		t = &tally{}
-		l.tallies[agent] = t
+		l.tallies[key] = t
 	}
 	t.count++
-	t.tool, t.limit = boundName(tool), limit
+	t.tool, t.limit = boundName(tool), why
 	now := l.now()
 	if !t.last.IsZero() && now.Sub(t.last) < rateLimitedEvery {
 		if t.flusher == nil && !l.closed {
-			t.flusher = time.AfterFunc(rateLimitedEvery-now.Sub(t.last), func() { l.flush(agent) })
+			t.flusher = time.AfterFunc(rateLimitedEvery-now.Sub(t.last), func() { l.flush(key) })
 		}
 		l.mu.Unlock()
 		return
 	}
-	e := l.takeEntry(agent, t, now)
+	e := l.takeEntry(key, t, now)
 	l.mu.Unlock()
 	l.rec(context.WithoutCancel(ctx), e)
 }
 
 // takeEntry forms the entry for t's refusals and resets it; l.mu is held.
-func (l *limiter) takeEntry(agent string, t *tally, now time.Time) audit.Entry {
+func (l *limiter) takeEntry(key tallyKey, t *tally, now time.Time) audit.Entry {
 	calls := "calls"
 	if t.count == 1 {
 		calls = "call"
 	}
-	e := audit.Entry{Kind: audit.KindCallRateLimited, Agent: agent, Tool: t.tool,
+	e := audit.Entry{Kind: audit.KindCallRateLimited, Agent: key.agent, Tool: t.tool,
 		Reason: fmt.Sprintf("%d %s refused over limits since the previous call.rate_limited entry; the last: %s", t.count, calls, t.limit)}
+	if key.kind == audit.KindCallDenied {
+		e = audit.Entry{Kind: audit.KindCallDenied, Agent: key.agent, Tool: t.tool, Decision: config.LevelDeny,
+			Reason: fmt.Sprintf("%s (%d %s refused so since the previous such entry)", t.limit, t.count, calls)}
+	}
 	t.count, t.last = 0, now
 	if t.flusher != nil {
 		t.flusher.Stop()
@@ -273,10 +289,10 @@ func (l *limiter) takeEntry(agent string, t *tally, now time.Time) audit.Entry {
 	return e
 }
 
-// flush records agent's tally if it has refusals not yet recorded.
-func (l *limiter) flush(agent string) {
+// flush records a tally if it has refusals not yet recorded.
+func (l *limiter) flush(key tallyKey) {
 	l.mu.Lock()
-	t, ok := l.tallies[agent]
+	t, ok := l.tallies[key]
 	if !ok || t.count == 0 {
 		if ok {
 			t.flusher = nil
@@ -284,7 +300,7 @@ func (l *limiter) flush(agent string) {
 		l.mu.Unlock()
 		return
 	}
-	e := l.takeEntry(agent, t, l.now())
+	e := l.takeEntry(key, t, l.now())
 	l.mu.Unlock()
 	l.rec(context.Background(), e)
 }
@@ -293,18 +309,18 @@ func (l *limiter) flush(agent string) {
 func (l *limiter) close() {
 	l.mu.Lock()
 	l.closed = true
-	var agents []string
-	for a, t := range l.tallies {
+	var keys []tallyKey
+	for k, t := range l.tallies {
 		if t.flusher != nil {
 			t.flusher.Stop()
 			t.flusher = nil
 		}
 		if t.count > 0 {
-			agents = append(agents, a)
+			keys = append(keys, k)
 		}
 	}
 	l.mu.Unlock()
-	for _, a := range agents {
-		l.flush(a)
+	for _, k := range keys {
+		l.flush(k)
 	}
 }

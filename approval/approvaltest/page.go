@@ -180,6 +180,20 @@ func (p *Page) Decide(id, decision string, key *SoftKey) (*Request, error) {
 // decide begins a decision ceremony with body, signs its challenge with
 // key, and finishes it.
 func (p *Page) decide(id string, body any, key *SoftKey) (*Request, error) {
+	ceremony, challenge, err := p.begin(id, body)
+	if err != nil {
+		return nil, err
+	}
+	return p.FinishDecision(id, ceremony, key.Get(challenge))
+}
+
+// BeginDecision is the first half of a tap on Approve or Deny: the page
+// asks for the ceremony whose challenge the key then signs.
+func (p *Page) BeginDecision(id, decision string) (ceremony, challenge string, err error) {
+	return p.begin(id, map[string]any{"decision": decision})
+}
+
+func (p *Page) begin(id string, body any) (ceremony, challenge string, err error) {
 	var begin struct {
 		Ceremony  string `json:"ceremony"`
 		PublicKey struct {
@@ -187,15 +201,26 @@ func (p *Page) decide(id string, body any, key *SoftKey) (*Request, error) {
 		} `json:"publicKey"`
 	}
 	if err := p.do(http.MethodPost, "/api/requests/"+url.PathEscape(id)+"/begin", body, &begin); err != nil {
-		return nil, err
+		return "", "", err
 	}
+	return begin.Ceremony, begin.PublicKey.Challenge, nil
+}
+
+// FinishDecision sends assertion (a key's answer, see SoftKey.Get) for
+// the decision ceremony of request id.
+func (p *Page) FinishDecision(id, ceremony string, assertion []byte) (*Request, error) {
 	var r Request
 	err := p.do(http.MethodPost, "/api/requests/"+url.PathEscape(id)+"/finish",
-		map[string]any{"ceremony": begin.Ceremony, "credential": json.RawMessage(key.Get(begin.PublicKey.Challenge))}, &r)
+		map[string]any{"ceremony": ceremony, "credential": json.RawMessage(assertion)}, &r)
 	if err != nil {
 		return nil, err
 	}
 	return &r, nil
+}
+
+// FreezeAgent presses an agent's Freeze button.
+func (p *Page) FreezeAgent(name string) error {
+	return p.do(http.MethodPost, "/api/agents/"+url.PathEscape(name)+"/freeze", struct{}{}, nil)
 }
 
 // BeginBatch starts one tap over the requests ids, as the batch

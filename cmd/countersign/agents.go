@@ -13,6 +13,7 @@ import (
 	"strings"
 	"text/tabwriter"
 
+	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/config"
 	"github.com/spf13/cobra"
 	"go.yaml.in/yaml/v3"
@@ -21,8 +22,9 @@ import (
 func newAgentsCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "agents",
-		Short: "Manage the agents allowed on the HTTP listener (bearer tokens)",
+		Short: "Manage the agents allowed on the HTTP listener (bearer tokens); freeze and unfreeze agents",
 	}
+	cmd.AddCommand(newFreezeCmds()...)
 	cmd.AddCommand(&cobra.Command{
 		Use:   "add NAME",
 		Short: "Create a bearer token for a new agent; print it once, store only its hash",
@@ -82,14 +84,33 @@ serve picks the new agent up when restarted.`,
 			if err != nil {
 				return err
 			}
+			freezes, err := storedFreezes(cmd, c)
+			if err != nil {
+				return err
+			}
+			status := func(agent string) string {
+				for _, f := range freezes {
+					if f.Agent == agent || f.Agent == approval.AllAgents {
+						return "frozen: " + freezeStatus(f)
+					}
+				}
+				return "active"
+			}
 			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(w, "AGENT\tTRANSPORT\tTOKEN SHA-256")
-			fmt.Fprintf(w, "%s\tstdio\t(none: the process that starts serve; server.stdio_agent)\n", c.Server.StdioAgent)
+			fmt.Fprintln(w, "AGENT\tTRANSPORT\tTOKEN SHA-256\tSTATUS")
+			fmt.Fprintf(w, "%s\tstdio\t(none: the process that starts serve; server.stdio_agent)\t%s\n", c.Server.StdioAgent, status(c.Server.StdioAgent))
 			if len(c.HTTP.Agents) == 0 {
-				fmt.Fprintln(w, "anonymous\thttp\t(none: no http.agents, so loopback only)")
+				fmt.Fprintf(w, "anonymous\thttp\t(none: no http.agents, so loopback only)\t%s\n", status("anonymous"))
 			}
 			for _, a := range c.HTTP.Agents {
-				fmt.Fprintf(w, "%s\thttp\t%s…\n", a.ID, a.TokenSHA256[:16])
+				fmt.Fprintf(w, "%s\thttp\t%s…\t%s\n", a.ID, a.TokenSHA256[:16], status(a.ID))
+			}
+			// Frozen names the configuration does not list.
+			known := configuredAgents(c)
+			for _, f := range freezes {
+				if f.Agent != approval.AllAgents && !slices.Contains(known, f.Agent) {
+					fmt.Fprintf(w, "%s\t-\t(not in config)\tfrozen: %s\n", f.Agent, freezeStatus(f))
+				}
 			}
 			return w.Flush()
 		},

@@ -187,7 +187,7 @@ func assemble(ctx context.Context, c *config.Config, log *slog.Logger) (_ *stack
 		Catalog: s.tools, Policy: s.metrics.Policy(policy), Audit: recorder, Approvals: s.approvals, Grants: s.approvals,
 		Evidence: s.approvals, Tokens: s.tokens,
 		History: s.audit, Marks: store.Marks{DB: s.db},
-		Tools: c.Tools, Logger: log.With("component", "guard"),
+		Tools: c.Tools, Logger: log.With("component", "guard"), Freezes: s.approvals,
 		MaxArgBytes: c.Limits.MaxArgBytes, MaxArgDepth: c.Limits.MaxArgDepth,
 		Limits: guard.Limits{PendingPerAgent: c.Limits.PendingPerAgent, PendingTotal: c.Limits.PendingTotal,
 			CallsPerSecond: float64(c.Limits.CallsPerSecond), CallBurst: c.Limits.CallBurst},

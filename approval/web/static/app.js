@@ -286,6 +286,73 @@ function grantsList(table) {
 const grantsTable = document.getElementById("grants");
 if (grantsTable) grantsList(grantsTable);
 
+// Freeze an agent: one click and a confirmation, no key (a freeze only
+// takes authority away; the server records who, from the sign-in session).
+async function freezeAgent(name) {
+  if (!window.confirm("Freeze agent " + name + "? Every call of it is refused at once, its waiting requests are " +
+    "cancelled and its grants revoked. Only an admin can unfreeze it.")) return;
+  try {
+    await post("/api/agents/" + encodeURIComponent(name) + "/freeze", {});
+    setOutcome("Agent " + name + " is frozen.", "ok");
+  } catch (e) {
+    setOutcome("Not frozen: " + e.message, "bad");
+  }
+}
+
+// Agents on the main page, each with its Freeze button or its freeze.
+function agentsList(table) {
+  const body = table.querySelector("tbody");
+  async function refresh() {
+    const res = await fetch("/api/agents", { credentials: "same-origin" });
+    if (!res.ok) return;
+    const data = await res.json();
+    body.replaceChildren();
+    if (data.agents.length === 0) {
+      const td = el("td", "empty", "No agent is waiting, holding a grant or frozen.");
+      td.colSpan = 2;
+      const tr = el("tr");
+      tr.append(td);
+      body.append(tr);
+    }
+    for (const a of data.agents) {
+      const tr = el("tr");
+      tr.dataset.agent = a.name;
+      const status = el("td", "status");
+      if (a.frozen) {
+        status.append(el("span", "state-denied", "frozen by " + a.frozen.frozenBy + " since " +
+          new Date(a.frozen.frozenAt).toISOString().replace("T", " ").slice(0, 19) + " UTC"));
+      } else {
+        const b = el("button", "revoke freeze", "Freeze");
+        b.type = "button";
+        b.dataset.agent = a.name;
+        status.append("calls run ", b);
+      }
+      tr.append(el("td", "", a.name), status);
+      body.append(tr);
+    }
+  }
+  table.addEventListener("click", async (ev) => {
+    const b = ev.target.closest("button.freeze");
+    if (!b) return;
+    b.disabled = true;
+    await freezeAgent(b.dataset.agent);
+    refresh();
+  });
+  events(refresh);
+}
+
+const agentsTable = document.getElementById("agents");
+if (agentsTable) agentsList(agentsTable);
+
+const freezeButton = document.getElementById("freeze-agent");
+if (freezeButton) {
+  freezeButton.addEventListener("click", async () => {
+    freezeButton.disabled = true;
+    await freezeAgent(freezeButton.dataset.agent);
+    freezeButton.disabled = false;
+  });
+}
+
 // Batch confirmation page: every selected request is shown above in full;
 // one tap signs the batch challenge the server derives from all of them.
 function batchPage(section) {

@@ -1,0 +1,551 @@
+package approval
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"regexp"
+	"time"
+
+	"github.com/countersign/countersign/audit"
+)
+
+// The kill switch. A freeze names an agent (or AllAgents) and who froze
+// it. From its commit on, whatever process wrote it:
+//
+//   - the guard refuses every call of the agent (it asks Frozen first);
+//   - no request of the agent can be raised (Create checks in its
+//     transaction), decided (countDecision) or claimed for its run
+//     (BeginExecution, which ends an approved request it refuses as
+//     failed, so it never runs later);
+//   - its pending requests are cancelled and its standing grants revoked,
+//     in the freeze's transaction as far as this process can order their
+//     entries in the log after the entries that raised them, and the rest
+//     by the process whose outbox holds those (enforceFreezes), which
+//     watches for freezes written elsewhere (watchFreezes) and wakes its
+//     waiters.
+//
+// A call already running finishes. Unfreeze lifts the freeze; what it
+// cancelled and revoked stays so.
+
+// AllAgents is the agent name of a freeze of every agent (--all).
+const AllAgents = "*"
+
+// Freeze is one agent's freeze as stored.
+type Freeze struct {
+	Agent  string // AllAgents for every agent
+	By     string // who froze it: the signed-in approver, LoopbackRevoker, or the CLI's "cli:USER"
+	At     time.Time
+	Reason string
+}
+
+// ErrAgentFrozen is what errors.Is finds in a *FrozenError.
+var ErrAgentFrozen = errors.New("approval: agent is frozen")
+
+// ErrNotFrozen: Unfreeze of an agent that is not frozen.
+var ErrNotFrozen = errors.New("approval: agent is not frozen")
+
+// FrozenError refuses something an agent's freeze forbids. Its text is
+// what the agent is told.
+type FrozenError struct{ Freeze Freeze }
+
+func (e *FrozenError) Error() string {
+	f := e.Freeze
+	at := f.At.UTC().Format(time.RFC3339)
+	if f.Agent == AllAgents {
+		return fmt.Sprintf("all agents are frozen by %s since %s; an admin can run `countersign agents unfreeze --all`", f.By, at)
+	}
+	return fmt.Sprintf("agent %s is frozen by %s since %s; an admin can run `countersign agents unfreeze %s`", f.Agent, f.By, at, f.Agent)
+}
+
+func (e *FrozenError) Is(target error) bool { return target == ErrAgentFrozen }
+
+// ErrFrozenCheck is a freeze as a decision check: a tap on a request of a
+// frozen agent is refused and recorded as approval.rejected with it.
+var ErrFrozenCheck = &CheckError{Check: "agent_frozen"}
+
+// agentName is what may be frozen: a configured agent id (config.ValidID),
+// or one of the names the server gives callers it cannot name otherwise
+// ("anonymous", "unknown", which match it too).
+var agentName = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,63}$`)
+
+// ValidAgent reports whether name can be frozen.
+func ValidAgent(name string) bool { return name == AllAgents || agentName.MatchString(name) }
+
+const (
+	createFreezes = `CREATE TABLE IF NOT EXISTS agent_freezes (
+		agent TEXT PRIMARY KEY,
+		frozen_by TEXT NOT NULL,
+		frozen_at INTEGER NOT NULL,
+		reason TEXT NOT NULL DEFAULT ''
+	)`
+	// One row counting every freeze and unfreeze: what another process
+	// polls to learn that one happened.
+	createFreezeChanges = `CREATE TABLE IF NOT EXISTS agent_freeze_changes (
+		id INTEGER PRIMARY KEY CHECK (id = 1),
+		n INTEGER NOT NULL
+	)`
+)
+
+// frozenQuery finds the freeze that holds an agent: its own, else --all.
+const frozenQuery = `SELECT agent, frozen_by, frozen_at, reason FROM agent_freezes WHERE agent IN (?, '*') ORDER BY agent = '*' LIMIT 1`
+
+func scanFreeze(sc scanner) (*Freeze, error) {
+	var f Freeze
+	var at int64
+	if err := sc.Scan(&f.Agent, &f.By, &at, &f.Reason); err != nil {
+		return nil, err
+	}
+	f.At = time.Unix(0, at).UTC()
+	return &f, nil
+}
+
+func frozenIn(ctx context.Context, q querier, agent string) (*Freeze, error) {
+	f, err := scanFreeze(q.QueryRowContext(ctx, frozenQuery, agent))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, nil
+	}
+	return f, err
+}
+
+// frozenErr is f as an error, or nil.
+func frozenErr(f *Freeze) error {
+	if f == nil {
+		return nil
+	}
+	return &FrozenError{Freeze: *f}
+}
+
+// frozenCheck refuses a decision on a request of a frozen agent, with a
+// check name for approval.rejected.
+func frozenCheck(ctx context.Context, q querier, agent string) error {
+	f, err := frozenIn(ctx, q, agent)
+	if err != nil || f == nil {
+		return err
+	}
+	return failf(ErrFrozenCheck, "%v", &FrozenError{Freeze: *f})
+}
+
+// Frozen returns the freeze that holds agent, or nil. It reads the
+// database every time (one indexed read of a table that is usually
+// empty), so a freeze written by another process holds from the next
+// call on.
+func (s *Service) Frozen(ctx context.Context, agent string) (*Freeze, error) {
+	stmt, err := s.frozenStmt()
+	if err != nil {
+		return nil, err
+	}
+	f, err := scanFreeze(stmt.QueryRowContext(ctx, agent))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, nil
+	}
+	return f, err
+}
+
+// frozenStmt is frozenQuery prepared once: parsing it was half of the
+// check's cost.
+func (s *Service) frozenStmt() (*sql.Stmt, error) {
+	s.frozenOnce.Do(func() {
+		s.frozenQ, s.frozenErr = s.db.PrepareContext(context.Background(), frozenQuery)
+	})
+	return s.frozenQ, s.frozenErr
+}
+
+// Freezes lists the freezes in force, oldest first.
+func (s *Service) Freezes(ctx context.Context) ([]Freeze, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT agent, frozen_by, frozen_at, reason FROM agent_freezes ORDER BY frozen_at`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []Freeze
+	for rows.Next() {
+		f, err := scanFreeze(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, *f)
+	}
+	return out, rows.Err()
+}
+
+// Stopped is what a freeze ended at once.
+type Stopped struct {
+	Cancelled []string // pending requests cancelled
+	Revoked   []string // standing grants revoked
+}
+
+// FreezeAgent freezes agent (AllAgents: every agent) and records
+// agent.frozen with by as who did it. In the same transaction it cancels
+// the agent's pending requests and revokes its standing grants, each
+// recorded (approval.cancelled, grant.revoked). An agent already frozen
+// is left as it is: the existing freeze is returned in a *FrozenError.
+func (s *Service) FreezeAgent(ctx context.Context, agent, by, reason string) (*Stopped, error) {
+	if !ValidAgent(agent) {
+		return nil, fmt.Errorf("%w: agent name %q", ErrInvalidRequest, agent)
+	}
+	if by == "" {
+		return nil, fmt.Errorf("%w: who freezes the agent is required", ErrInvalidRequest)
+	}
+	reason = clean(reason, 300)
+	var stopped *Stopped
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		existing, err := scanFreeze(tx.QueryRowContext(ctx, `SELECT agent, frozen_by, frozen_at, reason FROM agent_freezes WHERE agent = ?`, agent))
+		if err == nil {
+			return &FrozenError{Freeze: *existing}
+		}
+		if !errors.Is(err, sql.ErrNoRows) {
+			return err
+		}
+		now := s.now()
+		if _, err := tx.ExecContext(ctx, `INSERT INTO agent_freezes (agent, frozen_by, frozen_at, reason) VALUES (?,?,?,?)`,
+			agent, by, now.UnixNano(), reason); err != nil {
+			return err
+		}
+		if err := bumpFreezes(ctx, tx); err != nil {
+			return err
+		}
+		why := "frozen"
+		if reason != "" {
+			why += ": " + reason
+		}
+		if err := s.enqueue(ctx, tx, "", audit.Entry{Kind: audit.KindAgentFrozen, Agent: agent, Approver: by,
+			DecidedAt: now.UTC().Format(audit.TimeFormat), Reason: why}); err != nil {
+			return err
+		}
+		stopped, err = s.stopAgent(ctx, tx, Freeze{Agent: agent, By: by, At: now})
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.opts.Logger.Warn("approval: agent frozen", "agent", agent, "by", by, "cancelled", len(stopped.Cancelled), "revoked", len(stopped.Revoked))
+	err = s.flush(ctx, false)
+	s.notify()
+	return stopped, err
+}
+
+// UnfreezeAgent lifts agent's freeze (AllAgents: the freeze of every
+// agent; freezes of single agents stay) and records agent.unfrozen.
+func (s *Service) UnfreezeAgent(ctx context.Context, agent, by, reason string) error {
+	if !ValidAgent(agent) {
+		return fmt.Errorf("%w: agent name %q", ErrInvalidRequest, agent)
+	}
+	if by == "" {
+		return fmt.Errorf("%w: who unfreezes the agent is required", ErrInvalidRequest)
+	}
+	reason = clean(reason, 300)
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `DELETE FROM agent_freezes WHERE agent = ?`, agent)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n != 1 {
+			return fmt.Errorf("%w: %s", ErrNotFrozen, agent)
+		}
+		if err := bumpFreezes(ctx, tx); err != nil {
+			return err
+		}
+		why := "unfrozen"
+		if reason != "" {
+			why += ": " + reason
+		}
+		return s.enqueue(ctx, tx, "", audit.Entry{Kind: audit.KindAgentUnfrozen, Agent: agent, Approver: by,
+			DecidedAt: s.now().UTC().Format(audit.TimeFormat), Reason: why})
+	})
+	if err != nil {
+		return err
+	}
+	s.opts.Logger.Warn("approval: agent unfrozen", "agent", agent, "by", by)
+	err = s.flush(ctx, false)
+	s.notify()
+	return err
+}
+
+func bumpFreezes(ctx context.Context, tx *sql.Tx) error {
+	_, err := tx.ExecContext(ctx, `INSERT INTO agent_freeze_changes (id, n) VALUES (1, 1) ON CONFLICT (id) DO UPDATE SET n = n + 1`)
+	return err
+}
+
+// stopAgent cancels the pending requests and revokes the standing grants
+// f holds, inside tx, with their audit entries. It leaves those whose
+// entries another process has yet to append: an entry of ours about them
+// could reach the log first. That process ends them (enforceFreezes).
+func (s *Service) stopAgent(ctx context.Context, tx *sql.Tx, f Freeze) (*Stopped, error) {
+	who := "agent " + f.Agent
+	if f.Agent == AllAgents {
+		who = "all agents"
+	}
+	reason := fmt.Sprintf("%s frozen by %s", who, f.By)
+	var out Stopped
+	ids, err := column(ctx, tx, `SELECT id FROM approval_requests r WHERE state = 'pending' AND (agent = ? OR ? = '*')
+		AND NOT EXISTS (SELECT 1 FROM approval_outbox o WHERE o.request_id = r.id AND o.owner <> ?) ORDER BY created_at`, f.Agent, f.Agent, s.owner)
+	if err != nil {
+		return nil, err
+	}
+	now := s.now()
+	for _, id := range ids {
+		r, err := s.load(ctx, tx, id)
+		if err != nil {
+			return nil, err
+		}
+		res, err := tx.ExecContext(ctx, `UPDATE approval_requests SET state = ?, decided_at = ?, reason = ? WHERE id = ? AND state = 'pending'`,
+			StateCancelled, now.UnixNano(), reason, id)
+		if err != nil {
+			return nil, err
+		}
+		if n, _ := res.RowsAffected(); n != 1 {
+			continue
+		}
+		if err := s.enqueue(ctx, tx, id, s.requestEntry(r, audit.KindApprovalCancelled, reason)); err != nil {
+			return nil, err
+		}
+		out.Cancelled = append(out.Cancelled, id)
+	}
+	grants, err := s.queryGrants(ctx, tx, `(g.agent = ? OR ? = '*') AND g.revoked_at = 0 AND g.used < g.max_calls AND g.expires_at > ?
+		AND NOT EXISTS (SELECT 1 FROM approval_outbox o WHERE o.request_id = g.request_id AND o.owner <> ?) ORDER BY g.created_at`,
+		f.Agent, f.Agent, now.Unix(), s.owner)
+	if err != nil {
+		return nil, err
+	}
+	for _, g := range grants {
+		res, err := tx.ExecContext(ctx, `UPDATE approval_grants SET revoked_at = ?, revoked_by = ? WHERE id = ? AND revoked_at = 0`, now.UnixNano(), f.By, g.ID)
+		if err != nil {
+			return nil, err
+		}
+		if n, _ := res.RowsAffected(); n != 1 {
+			continue
+		}
+		// As RevokeGrant: queued under no request, its grant_seq filled
+		// in when appended if the approval is not logged yet.
+		if err := s.enqueue(ctx, tx, "", audit.Entry{
+			Kind: audit.KindGrantRevoked, Agent: g.Agent, Tool: g.Tool, GrantID: g.ID, GrantSeq: g.Seq,
+			Approver: f.By, DecidedAt: now.UTC().Format(audit.TimeFormat),
+			Reason: fmt.Sprintf("%s, after %d of %d calls", reason, g.Used, g.MaxCalls),
+		}); err != nil {
+			return nil, err
+		}
+		out.Revoked = append(out.Revoked, g.ID)
+	}
+	return &out, nil
+}
+
+func column(ctx context.Context, q querier, query string, args ...any) ([]string, error) {
+	rows, err := q.QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var v string
+		if err := rows.Scan(&v); err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, rows.Err()
+}
+
+// enforceFreezes ends what the freezes in force hold and a freeze's own
+// transaction left to this process: requests and grants whose entries
+// were still in this process's outbox when another process froze their
+// agent.
+func (s *Service) enforceFreezes(ctx context.Context) error {
+	fs, err := s.Freezes(ctx)
+	if err != nil || len(fs) == 0 {
+		return err
+	}
+	ended := 0
+	for _, f := range fs {
+		err := s.inTx(ctx, func(tx *sql.Tx) error {
+			st, err := s.stopAgent(ctx, tx, f)
+			if err == nil {
+				ended += len(st.Cancelled) + len(st.Revoked)
+			}
+			return err
+		})
+		if err != nil {
+			return err
+		}
+	}
+	if ended > 0 {
+		s.opts.Logger.Warn("approval: ended requests and grants of frozen agents", "count", ended)
+	}
+	return s.flush(ctx, false)
+}
+
+// freezePoll is how often a process looks for a freeze another process
+// wrote, to end the waits and grants it holds. Calls need no poll: the
+// guard reads the freeze for each one.
+const freezePoll = 200 * time.Millisecond
+
+// watchFreezes wakes every waiter (and the guard's parked requests) when
+// a freeze or unfreeze was committed, by this process or another, and
+// ends what the freeze holds that only this process may end.
+func (s *Service) watchFreezes() {
+	defer close(s.freezesDone)
+	ctx := context.Background()
+	last := int64(-1)
+	t := time.NewTicker(freezePoll)
+	defer t.Stop()
+	for {
+		var n int64
+		err := s.db.QueryRowContext(ctx, `SELECT n FROM agent_freeze_changes WHERE id = 1`).Scan(&n)
+		if err != nil && !errors.Is(err, sql.ErrNoRows) {
+			s.opts.Logger.Warn("approval: cannot read freezes", "err", err)
+		} else if n != last {
+			if last >= 0 || n > 0 {
+				if err := s.enforceFreezes(ctx); err != nil {
+					s.opts.Logger.Error("approval: cannot end the requests and grants of a frozen agent", "err", err)
+					n = last // try again
+				}
+				s.notify()
+			}
+			last = n
+		}
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// failFrozen ends approved request id, not yet claimed, as failed without
+// running it: its agent was frozen after the approval. Recorded as
+// call.failed in the same transaction.
+func (s *Service) failFrozen(ctx context.Context, id string, f *Freeze) error {
+	ferr := &FrozenError{Freeze: *f}
+	msg, _ := json.Marshal(map[string]string{"error": "not run: " + ferr.Error()})
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		r, err := s.load(ctx, tx, id)
+		if err != nil {
+			return err
+		}
+		res, err := tx.ExecContext(ctx, `UPDATE approval_requests SET exec_claimed_at = ?, state = ?, result = ?,
+			reason = CASE WHEN reason = '' THEN ? ELSE reason || '; ' || ? END
+			WHERE id = ? AND state = 'approved' AND exec_claimed_at = 0`,
+			s.now().UnixNano(), StateFailed, msg, "not run: "+ferr.Error(), "not run: "+ferr.Error(), id)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n != 1 {
+			return ErrNotApproved
+		}
+		e := audit.Entry{Kind: audit.KindCallFailed, Agent: r.Agent, Tool: r.Tool, ArgsSHA256: r.argsSHA256,
+			Decision: r.Level, Rule: r.rule, RequestID: r.ID, Reason: "not run: " + ferr.Error()}
+		if r.redact {
+			e.ArgsRedact = true
+		} else {
+			e.Args = r.args
+		}
+		return s.enqueue(ctx, tx, id, e)
+	})
+	if err != nil {
+		return err
+	}
+	err = s.flush(ctx, false)
+	s.notify(id)
+	if err != nil {
+		return err
+	}
+	return ferr
+}
+
+// freezeJSON is the page's view of a freeze.
+type freezeJSON struct {
+	Agent    string    `json:"agent"`
+	FrozenBy string    `json:"frozenBy"`
+	FrozenAt time.Time `json:"frozenAt"`
+	Reason   string    `json:"reason,omitempty"`
+}
+
+// agentJSON is one agent the page can freeze: one seen in a pending
+// request or a grant in force, or a frozen one.
+type agentJSON struct {
+	Name   string      `json:"name"`
+	Frozen *freezeJSON `json:"frozen,omitempty"`
+}
+
+func toFreezeJSON(f *Freeze) *freezeJSON {
+	return &freezeJSON{Agent: f.Agent, FrozenBy: f.By, FrozenAt: f.At, Reason: f.Reason}
+}
+
+// Agents lists the agents the page shows: frozen, with pending requests,
+// or with grants in force; the freeze of every agent comes first, as
+// AllAgents.
+func (s *Service) Agents(ctx context.Context) ([]agentJSON, error) {
+	names, err := column(ctx, s.db, `SELECT agent FROM agent_freezes
+		UNION SELECT agent FROM approval_requests WHERE state = 'pending'
+		UNION SELECT agent FROM approval_grants WHERE revoked_at = 0 AND used < max_calls AND expires_at > ?
+		ORDER BY 1`, s.now().Unix())
+	if err != nil {
+		return nil, err
+	}
+	out := []agentJSON{}
+	for _, n := range names {
+		f, err := frozenIn(ctx, s.db, n)
+		if err != nil {
+			return nil, err
+		}
+		a := agentJSON{Name: n}
+		if f != nil { // its own freeze, or that of every agent
+			a.Frozen = toFreezeJSON(f)
+		}
+		out = append(out, a)
+	}
+	return out, nil
+}
+
+func (s *Service) apiAgents(w http.ResponseWriter, r *http.Request) {
+	agents, err := s.Agents(r.Context())
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	writeJSON(w, struct {
+		Agents []agentJSON `json:"agents"`
+	}{agents})
+}
+
+// apiFreezeAgent is the page's Freeze button: no tap, since it only takes
+// authority away (as Revoke of a grant); recorded with the signed-in
+// approver, or LoopbackRevoker on a page that needs no sign-in.
+// Unfreezing is not offered here: giving authority back is the CLI's.
+func (s *Service) apiFreezeAgent(w http.ResponseWriter, r *http.Request) {
+	var body struct {
+		Reason string `json:"reason"`
+	}
+	if !decodeJSON(w, r, &body) {
+		return
+	}
+	by, _ := r.Context().Value(signedInKey{}).(string)
+	if by == "" {
+		by = LoopbackRevoker
+	}
+	agent := r.PathValue("name")
+	st, err := s.FreezeAgent(r.Context(), agent, by, body.Reason)
+	var fe *FrozenError
+	if errors.As(err, &fe) {
+		writeError(w, http.StatusConflict, "already_frozen", fe.Error())
+		return
+	}
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	f, err := s.Frozen(r.Context(), agent)
+	if err != nil || f == nil {
+		s.fail(w, errors.Join(err, errors.New("the freeze is not in the database")))
+		return
+	}
+	writeJSON(w, struct {
+		Frozen    *freezeJSON `json:"frozen"`
+		Cancelled []string    `json:"cancelled"`
+		Revoked   []string    `json:"revoked"`
+	}{toFreezeJSON(f), append([]string{}, st.Cancelled...), append([]string{}, st.Revoked...)})
+}
