@@ -116,6 +116,9 @@ func (s *Server) sync() {
 	now := make(map[string]*tools.Spec, len(specs))
 	taskable := make(map[string]bool, len(specs))
 	for _, spec := range specs {
+		if spec.Held != nil {
+			continue // held back: not offered until it is let go
+		}
 		now[spec.Def.Name] = spec
 		def := spec.Def
 		if s.opts.Guard.MayCountersign(spec) {
