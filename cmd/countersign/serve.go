@@ -30,6 +30,7 @@ import (
 	"github.com/countersign/countersign/token"
 	"github.com/countersign/countersign/tools"
 	"github.com/countersign/countersign/tools/upstream"
+	"github.com/countersign/countersign/tools/upstream/pinstore"
 	"github.com/countersign/countersign/witness"
 	"github.com/spf13/cobra"
 )
@@ -164,8 +165,13 @@ func assemble(ctx context.Context, c *config.Config, log *slog.Logger) (_ *stack
 		return nil, err
 	}
 	if len(c.Upstreams) > 0 {
+		pins, err := pinstore.Open(ctx, s.db, recorder)
+		if err != nil {
+			return nil, err
+		}
 		s.upstreams, err = upstream.Start(ctx, c.Upstreams, s.tools, upstream.Options{
 			Logger: log.With("component", "upstream"), Version: buildVersion(),
+			Pins: pins, Policy: func(name string) bool { _, ok := c.Tools[name]; return ok },
 		})
 		if err != nil {
 			return nil, err
