@@ -282,7 +282,7 @@ func (c *conn) connect(ctx context.Context) error {
 	c.mu.Lock()
 	c.session, c.lastErr = session, nil
 	c.mu.Unlock()
-	c.log.Info("upstream connected", "tools", c.tools)
+	c.log.Info("upstream connected", "tools", c.offeredCount())
 	return nil
 }
 
@@ -479,6 +479,13 @@ func (c *conn) release(ctx context.Context, tool string) error {
 	return nil
 }
 
+// offeredCount is how many of the upstream's tools are offered.
+func (c *conn) offeredCount() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.tools
+}
+
 // hasHeld reports whether any tool of the upstream is held.
 func (c *conn) hasHeld() bool {
 	c.mu.Lock()
@@ -532,7 +539,7 @@ func (c *conn) keep(life context.Context) {
 				if err := c.list(ctx, session); err != nil {
 					c.log.Error("re-listing tools after list_changed failed", "err", err)
 				} else {
-					c.log.Info("upstream tools changed", "tools", c.tools)
+					c.log.Info("upstream tools changed", "tools", c.offeredCount())
 				}
 				cancel()
 			case err := <-closed:
