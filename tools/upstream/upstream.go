@@ -383,8 +383,14 @@ func (c *conn) settle(ctx context.Context, relisted bool) error {
 	listing := c.listing
 	c.mu.Unlock()
 	changes, err := c.compare(ctx, listing)
+	if err != nil && !relisted {
+		// A re-read that failed (the caller went away, the database is
+		// busy) changes nothing: what is offered still matches its pin.
+		return fmt.Errorf("pinned tool definitions: %w", err)
+	}
 	if err != nil {
-		// Fail closed: without its pins, nothing of the upstream runs.
+		// Fail closed: a new listing that cannot be compared with the
+		// pins offers nothing.
 		c.mu.Lock()
 		c.offered, c.held, c.tools = nil, nil, 0
 		c.mu.Unlock()
