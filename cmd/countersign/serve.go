@@ -52,7 +52,12 @@ default) and its URL is printed on stderr at start.
 Both listeners also answer /healthz (the process is up), /readyz (the
 database takes a write, the audit log passed its check at start, every
 upstream is connected, no witness refuses the log; 503 and why, otherwise;
-each witness's lag is reported) and /metrics (Prometheus).
+each witness's lag is reported; WARN lines, which keep it ready, name upstream
+tools held since their listing changed and policies that name no tool) and
+/metrics (Prometheus).
+
+Each upstream's tools are pinned on its first connection; a tool whose later
+listing differs is held until an admin accepts it (countersign upstreams).
 
 With audit.witness_file or audit.witnesses, a log that does not extend the
 checkpoint a witness holds (a database restored from an older copy) is
