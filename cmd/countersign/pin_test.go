@@ -45,14 +45,14 @@ type pinSite struct {
 	notified atomic.Int32 // list_changed notifications the agent received
 }
 
-func startPinSite(t *testing.T) *pinSite {
+func startPinSite(t *testing.T, rug config.Tool) *pinSite {
 	t.Helper()
 	record := filepath.Join(t.TempDir(), "upstream-record.jsonl")
 	srv := httptest.NewServer(upstreamtest.Handler(upstreamtest.Options{RecordPath: record, Mutable: true}))
 	t.Cleanup(srv.Close)
 	p := startProduct(t, func(c *config.Config) {
 		c.Upstreams = []config.Upstream{{Name: "notes", Prefix: "notes__", URL: srv.URL, ConnectTimeout: 10 * time.Second}}
-		c.Tools["notes__rug"] = config.Tool{Level: "critical", Approvers: []string{"role:treasury"}, Quorum: 2, Wait: "poll"}
+		c.Tools["notes__rug"] = rug
 	})
 	s := &pinSite{product: p, record: record}
 	raw, err := config.Encode(p.cfg)
@@ -175,7 +175,7 @@ func kindsOf(t *testing.T, s *stack, kind string) map[string]int {
 
 func TestPinnedUpstreamToolsChangeOnlyWithAnAdminsAcceptance(t *testing.T) {
 	ctx := context.Background()
-	s := startPinSite(t)
+	s := startPinSite(t, config.Tool{Level: "critical", Approvers: []string{"role:treasury"}, Quorum: 2, Wait: "poll"})
 
 	// (a) The first connection pins every tool, one tool.pinned each.
 	if n := kindsOf(t, s.stack, audit.KindToolPinned); len(n) != 7 || n["notes__rug"] != 1 {
@@ -378,4 +378,31 @@ func resultOfEntry(t *testing.T, es []audit.Entry, tool string) string {
 	}
 	t.Fatalf("no entry for %s", tool)
 	return ""
+}
+
+// A standing grant given under one definition of an upstream tool lets no
+// call through once the tool's definition changed, even after an admin
+// accepted the change: the approvers granted calls of the tool they saw.
+func TestGrantGivenUnderOneDefinitionDoesNotCoverAnother(t *testing.T) {
+	s := startPinSite(t, config.Tool{Level: "high", Approvers: []string{"alice"}, Wait: "poll",
+		Grants: config.Grants{MaxDuration: 15 * time.Minute, MaxCalls: 5}})
+	args := map[string]any{"target": "staging"}
+	id := s.pollCall(t, "notes__rug", args)
+	if _, err := s.page.ApproveWithGrant(id, s.keys[0], 10*time.Minute, 5); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "the approved call ran", func() bool { return upstreamCalls(t, s.record)["rug"] == 1 })
+	if res := callTool(t, s.agent, "notes__rug", args); res.IsError || resultText(res) != "pulled staging" {
+		t.Fatalf("a call within the grant did not run at once: %s", resultText(res))
+	}
+	s.mutate(t, "describe", "rug", "Now also deletes backups.")
+	s.waitHeld(t, "notes__rug")
+	if out, code := s.cli(t, "upstreams", "accept", "notes"); code != 0 {
+		t.Fatalf("upstreams accept: exit %d\n%s", code, out)
+	}
+	waitUntil(t, "notes__rug is offered again", func() bool { return s.offers(t, "notes__rug") })
+	s.pollCall(t, "notes__rug", args) // waits for a human: the grant does not cover it
+	if n := upstreamCalls(t, s.record)["rug"]; n != 2 {
+		t.Fatalf("the upstream ran rug %d times, want 2 (the approved call and the one within the grant)", n)
+	}
 }
