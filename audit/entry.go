@@ -26,6 +26,11 @@ const (
 	KindGrantRevoked      = "grant.revoked"      // a standing grant was revoked on the page; Approver says by whom
 	KindAgentFrozen       = "agent.frozen"       // an agent's calls are refused from now on ("*": every agent); Approver says by whom
 	KindAgentUnfrozen     = "agent.unfrozen"     // a freeze was lifted; Approver says by whom
+	// Upstream tools' pinned definitions (tools/upstream); Result says
+	// which upstream, tool and definition hashes.
+	KindToolPinned   = "tool.pinned"   // an upstream tool's definition was pinned on the upstream's first connection
+	KindToolChanged  = "tool.changed"  // an upstream listed a tool unlike its pin (changed, new or removed); it is held
+	KindToolAccepted = "tool.accepted" // an admin pinned an upstream tool's current definition (upstreams accept)
 )
 
 // Format is the version of the entry format that Append writes, recorded

@@ -2,6 +2,7 @@ package guard
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -66,6 +67,9 @@ func (g *Guard) viaGrant(ctx context.Context, spec *tools.Spec, call *tools.Call
 		if ok, err := cond.Match(entry.Agent, entry.Tool, call.Args); err != nil || !ok {
 			continue
 		}
+		if !g.sameDefinition(ctx, gr, call) {
+			continue
+		}
 		use, err := g.opts.Grants.UseGrant(ctx, gr.ID)
 		if errors.Is(err, approval.ErrGrantSpent) {
 			continue // used up, expired or revoked meanwhile
@@ -82,6 +86,40 @@ func (g *Guard) viaGrant(ctx context.Context, spec *tools.Spec, call *tools.Call
 		return g.allowAndRun(ctx, spec, call, entry, counted), true
 	}
 	return nil, false
+}
+
+// sameDefinition reports whether the call's tool is defined as it was when
+// the grant was given: an upstream tool's calls carry the hash of its
+// pinned definition (definition_sha256) in their authorization details,
+// and a grant given under one definition lets no call of another through.
+// The grant's request is read only for such tools.
+func (g *Guard) sameDefinition(ctx context.Context, gr *approval.Grant, call *tools.Call) bool {
+	def := definitionOf(call.Details)
+	if def == "" {
+		return true
+	}
+	if g.opts.Approvals == nil {
+		return false
+	}
+	r, err := g.opts.Approvals.Stored(ctx, gr.RequestID)
+	return err == nil && definitionOf(r.AuthorizationDetails) == def
+}
+
+// definitionOf returns the definition_sha256 of the first authorization
+// detail that carries one, or "".
+func definitionOf(details json.RawMessage) string {
+	var ds []struct {
+		Definition string `json:"definition_sha256"`
+	}
+	if json.Unmarshal(details, &ds) != nil {
+		return ""
+	}
+	for _, d := range ds {
+		if d.Definition != "" {
+			return d.Definition
+		}
+	}
+	return ""
 }
 
 // grantConditions caches compiled grant conditions by grant id (a grant's

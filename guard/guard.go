@@ -316,6 +316,18 @@ func (g *Guard) Handle(ctx context.Context, c Call) *mcp.CallToolResult {
 	if !ok {
 		return g.Reject(ctx, c.Agent, c.Tool)
 	}
+	if spec.Held != nil {
+		// A held tool (an upstream's listing changed since it was pinned)
+		// is refused before anything else looks at the call.
+		if err := spec.Held(ctx); err != nil {
+			entry.Kind, entry.Decision, entry.Reason = audit.KindCallDenied, config.LevelDeny, err.Error()
+			g.record(ctx, entry)
+			return toolError("refused: %v", err)
+		}
+		if spec, ok = g.opts.Catalog.Lookup(c.Tool); !ok || spec.Held != nil {
+			return g.Reject(ctx, c.Agent, c.Tool)
+		}
+	}
 	conf := g.opts.Tools[c.Tool]
 	args, ok := c.Args.(map[string]any)
 	if c.Args == nil {

@@ -210,6 +210,10 @@ func (g *Guard) prepareStored(ctx context.Context, spec *tools.Spec, u approval.
 		return nil, errors.New("the tool now prepares the arguments differently from what was approved")
 	}
 	call.Agent = u.Agent
+	// What the approvers signed, not what is prepared now: a tool that
+	// checks at run time what was approved (an upstream tool's pinned
+	// definition) sees the approved details.
+	call.Details = u.AuthorizationDetails
 	return call, nil
 }
 

@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/countersign/countersign/config"
@@ -49,8 +50,9 @@ type Server struct {
 	sessions *agentSessions // Streamable HTTP session ids and their agents
 
 	syncMu   sync.Mutex
-	offered  map[string]*tools.Spec // what the MCP server lists now
-	taskable map[string]bool        // offered tools a client may call as a task
+	offered  map[string]*tools.Spec          // what the MCP server has registered now
+	taskable map[string]bool                 // offered tools a client may call as a task
+	hidden   atomic.Pointer[map[string]bool] // registered tools left out of tools/list: held ones
 
 	// MCP tasks (tasks.go).
 	routine    routineTasks
@@ -79,6 +81,12 @@ func New(opts Options) (*Server, error) {
 	hooks.AddOnUnregisterSession(func(_ context.Context, cs mcpserver.ClientSession) {
 		s.callers.cancelAll(cs.SessionID())
 		s.sessions.end(cs.SessionID())
+	})
+	// Held tools (tools.Spec.Held) are registered but not listed.
+	hooks.AddAfterListTools(func(_ context.Context, _ any, _ *mcp.ListToolsRequest, res *mcp.ListToolsResult) {
+		if hidden := s.hidden.Load(); res != nil && hidden != nil && len(*hidden) > 0 {
+			res.Tools = slices.DeleteFunc(res.Tools, func(t mcp.Tool) bool { return (*hidden)[t.Name] })
+		}
 	})
 	// mcp-go answers a call to a tool it does not list before any handler
 	// runs; record those refusals as well.
@@ -114,9 +122,19 @@ func (s *Server) sync() {
 	specs := s.opts.Catalog.Specs()
 	var add []mcpserver.ServerTool
 	now := make(map[string]*tools.Spec, len(specs))
+	hidden := map[string]bool{}
 	taskable := make(map[string]bool, len(specs))
 	for _, spec := range specs {
 		now[spec.Def.Name] = spec
+		if spec.Held != nil {
+			// Registered, so that its calls reach the guard and are
+			// refused with the reason, but left out of tools/list.
+			hidden[spec.Def.Name] = true
+			if s.offered[spec.Def.Name] != spec {
+				add = append(add, mcpserver.ServerTool{Tool: spec.Def, Handler: s.handle})
+			}
+			continue
+		}
 		def := spec.Def
 		if s.opts.Guard.MayCountersign(spec) {
 			// A call that may wait for a human may be a task; one
@@ -136,6 +154,7 @@ func (s *Server) sync() {
 	}
 	slices.Sort(remove)
 	s.offered, s.taskable = now, taskable
+	s.hidden.Store(&hidden)
 	if len(remove) > 0 {
 		s.mcp.DeleteTools(remove...)
 	}

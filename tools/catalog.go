@@ -55,6 +55,14 @@ type Spec struct {
 	// Run executes the tool once with call.Args.
 	Run func(ctx context.Context, call *Call) (*Result, error)
 
+	// Held, when set, holds the tool back: it is not offered to agents
+	// (tools/list), and the guard asks it first about every call of the
+	// tool, before the schema and the policy. An error refuses the call,
+	// recorded, with its text, and nothing runs; nil says the tool was let
+	// go meanwhile, and the catalog now has it as offered. An upstream tool
+	// whose listing differs from its pinned definition is held.
+	Held func(ctx context.Context) error
+
 	// Recover, when set, tells what became of a call whose run started
 	// but whose outcome was never recorded, because the process died: the
 	// result the run gave (done), or that it never took effect (!done), in

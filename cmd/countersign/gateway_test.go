@@ -21,6 +21,7 @@ import (
 	"github.com/countersign/countersign/approval/approvaltest"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/tools/upstream/pinstore"
 	"github.com/countersign/countersign/tools/upstream/upstreamtest"
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
 )
@@ -177,6 +178,21 @@ func TestGatewayReadsPassWritesWaitForATap(t *testing.T) {
 	t.Run("list_changed reaches the agent", func(t *testing.T) {
 		if res := callTool(t, a.cs, "notes__add_tool", map[string]any{"name": "echo"}); res.IsError {
 			t.Fatalf("add_tool: %s", resultText(res))
+		}
+		// A tool added after the upstream's tools were pinned is held
+		// until an admin accepts it. (The CLI would start an upstream
+		// process of its own, without echo: accept through the store.)
+		waitUntil(t, "notes__echo is listed", func() bool { _, ok := p.tools.Lookup("notes__echo"); return ok })
+		if res := callTool(t, a.cs, "notes__echo", nil); !res.IsError || !strings.Contains(resultText(res), "is new since its tools were pinned") {
+			t.Fatalf("a tool added after pinning ran: %s", resultText(res))
+		}
+		pins, err := pinstore.Open(ctx, p.db, p.audit)
+		if err != nil {
+			t.Fatal(err)
+		}
+		listed, _ := p.upstreams.Listed("notes")
+		if _, err := pins.Accept(ctx, "notes", listed, "echo", "test"); err != nil {
+			t.Fatal(err)
 		}
 		deadline := time.After(20 * time.Second)
 		for i, lc := range listeners {

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -10,6 +11,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/countersign/countersign/config"
 )
 
 // Operations endpoints, on the approver listener and on the agent listener:
@@ -20,7 +23,10 @@ import (
 //	          is connected, no witness refuses the log; else 503 naming what
 //	          is not. A C2SP witness that lags (down, slow) is reported on
 //	          its line but keeps the server ready, since calls do not wait
-//	          for it, unless audit.witness_max_lag is set and exceeded
+//	          for it, unless audit.witness_max_lag is set and exceeded.
+//	          WARN lines keep it ready too: upstream tools held since
+//	          their listing changed, and policies under tools: that name
+//	          no tool their upstream offers (the other tools serve on)
 //	/metrics  Prometheus text format (package metrics)
 //
 // They answer GET and HEAD only. /metrics is behind the listener's Host
@@ -54,7 +60,7 @@ func (s *stack) withOps(next http.Handler, allowHost func(string) bool) http.Han
 func (s *stack) readyz(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
 	defer cancel()
-	type check struct{ name, err, note string }
+	type check struct{ name, err, note, warn string }
 	checks := []check{{name: "database"}, {name: "audit"}}
 	if err := s.dbProbe.writable(ctx); err != nil {
 		checks[0].err = "not writable: " + err.Error()
@@ -63,7 +69,9 @@ func (s *stack) readyz(w http.ResponseWriter, r *http.Request) {
 		checks[1].err = err.Error()
 	}
 	if s.upstreams != nil {
+		up := map[string]bool{}
 		for _, st := range s.upstreams.Status() {
+			up[st.Name] = st.Up
 			c := check{name: "upstream " + st.Name}
 			if !st.Up {
 				c.err = "not connected"
@@ -71,7 +79,21 @@ func (s *stack) readyz(w http.ResponseWriter, r *http.Request) {
 					c.err += ": " + st.Err
 				}
 			}
+			if len(st.Held) > 0 {
+				c.warn = "held until an admin accepts their listing (countersign upstreams diff " + st.Name + "): " + strings.Join(st.Held, ", ")
+			}
 			checks = append(checks, c)
+		}
+		for _, err := range unknownUpstreamTools(s.cfg, s.tools) {
+			var ce *config.Error
+			if !errors.As(err, &ce) {
+				continue
+			}
+			// A policy of a tool of an upstream that is down is not
+			// judged: its tools are not listed.
+			if u, _ := s.cfg.UpstreamOf(strings.TrimPrefix(ce.Path, "tools.")); up[u.Name] {
+				checks = append(checks, check{name: "policy " + ce.Path, warn: "names no tool: " + ce.Msg})
+			}
 		}
 	}
 	now := time.Now()
@@ -107,6 +129,8 @@ func (s *stack) readyz(w http.ResponseWriter, r *http.Request) {
 	}
 	for _, c := range checks {
 		switch {
+		case c.err == "" && c.warn != "":
+			fmt.Fprintf(w, "WARN  %s: %s\n", c.name, oneLine(c.warn))
 		case c.err == "" && c.note != "":
 			fmt.Fprintf(w, "ok    %s: %s\n", c.name, oneLine(c.note))
 		case c.err == "":

@@ -30,6 +30,7 @@ import (
 	"github.com/countersign/countersign/token"
 	"github.com/countersign/countersign/tools"
 	"github.com/countersign/countersign/tools/upstream"
+	"github.com/countersign/countersign/tools/upstream/pinstore"
 	"github.com/countersign/countersign/witness"
 	"github.com/spf13/cobra"
 )
@@ -51,7 +52,12 @@ default) and its URL is printed on stderr at start.
 Both listeners also answer /healthz (the process is up), /readyz (the
 database takes a write, the audit log passed its check at start, every
 upstream is connected, no witness refuses the log; 503 and why, otherwise;
-each witness's lag is reported) and /metrics (Prometheus).
+each witness's lag is reported; WARN lines, which keep it ready, name upstream
+tools held since their listing changed and policies that name no tool) and
+/metrics (Prometheus).
+
+Each upstream's tools are pinned on its first connection; a tool whose later
+listing differs is held until an admin accepts it (countersign upstreams).
 
 With audit.witness_file or audit.witnesses, a log that does not extend the
 checkpoint a witness holds (a database restored from an older copy) is
@@ -164,8 +170,13 @@ func assemble(ctx context.Context, c *config.Config, log *slog.Logger) (_ *stack
 		return nil, err
 	}
 	if len(c.Upstreams) > 0 {
+		pins, err := pinstore.Open(ctx, s.db, recorder)
+		if err != nil {
+			return nil, err
+		}
 		s.upstreams, err = upstream.Start(ctx, c.Upstreams, s.tools, upstream.Options{
 			Logger: log.With("component", "upstream"), Version: buildVersion(),
+			Pins: pins, Policy: func(name string) bool { _, ok := c.Tools[name]; return ok },
 		})
 		if err != nil {
 			return nil, err

@@ -18,6 +18,10 @@
 // Values in env and headers may name variables of Countersign's
 // environment as ${NAME}; they are expanded only when connecting, and never
 // logged.
+//
+// With [Options].Pins, each tool's definition is pinned on the upstream's
+// first connection, and a tool whose later listing differs from its pin is
+// held, not offered, until an admin accepts it (see pin.go).
 package upstream
 
 import (
@@ -27,12 +31,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"net/url"
 	"os"
 	"os/exec"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -56,6 +62,10 @@ const (
 	maxListPages = 100
 	maxBackoff   = 30 * time.Second
 	minBackoff   = 250 * time.Millisecond
+	// recheckHeld is how often the pins of an upstream with held tools
+	// are read again, so that an accept made by another process (the
+	// CLI) is honoured without a restart, even if no agent calls the tool.
+	recheckHeld = 5 * time.Second
 )
 
 // Manager keeps every configured upstream connected and its tools in the
@@ -64,6 +74,9 @@ type Manager struct {
 	cat     *tools.Catalog
 	log     *slog.Logger
 	version string
+	pins    Pins
+	policy  func(exposed string) bool
+	recheck time.Duration
 	conns   []*conn
 	stop    context.CancelFunc
 	wg      sync.WaitGroup
@@ -75,6 +88,17 @@ type Options struct {
 	Version string // sent to upstreams as the client's version
 	// Getenv expands ${NAME} in env and header values; default os.Getenv.
 	Getenv func(string) string
+	// Pins, when set, pins every upstream's tools and holds those whose
+	// listing changed. Without it every listed tool is offered as listed
+	// (config validate --connect, upstreams diff).
+	Pins Pins
+	// Policy reports whether a policy under tools: names an exposed tool
+	// name; a removed tool's tool.changed entry says its policy now names
+	// nothing.
+	Policy func(exposed string) bool
+	// RecheckHeld is how often the pins of an upstream with held tools are
+	// read again; default 5s.
+	RecheckHeld time.Duration
 }
 
 // Start connects to every upstream, at once and in parallel, and adds their
@@ -90,7 +114,11 @@ func Start(ctx context.Context, ups []config.Upstream, cat *tools.Catalog, opts 
 		opts.Getenv = os.Getenv
 	}
 	life, stop := context.WithCancel(context.WithoutCancel(ctx))
-	m := &Manager{cat: cat, log: opts.Logger, version: opts.Version, stop: stop}
+	if opts.RecheckHeld <= 0 {
+		opts.RecheckHeld = recheckHeld
+	}
+	m := &Manager{cat: cat, log: opts.Logger, version: opts.Version, stop: stop,
+		pins: opts.Pins, policy: opts.Policy, recheck: opts.RecheckHeld}
 	for _, u := range ups {
 		m.conns = append(m.conns, &conn{
 			cfg: u, m: m, getenv: opts.Getenv,
@@ -150,7 +178,8 @@ type Status struct {
 	Name  string
 	Up    bool
 	Tools int
-	Err   string // the last connection error while down
+	Err   string   // the last connection error while down
+	Held  []string // exposed names of the tools held until an admin accepts them
 }
 
 // Status reports every upstream's state.
@@ -162,6 +191,10 @@ func (m *Manager) Status() []Status {
 		if c.lastErr != nil && c.session == nil {
 			s.Err = c.lastErr.Error()
 		}
+		for _, ch := range c.held {
+			s.Held = append(s.Held, ch.Exposed)
+		}
+		slices.Sort(s.Held)
 		c.mu.Unlock()
 		out = append(out, s)
 	}
@@ -191,7 +224,29 @@ type conn struct {
 	session  *sdk.ClientSession // nil while down
 	lastErr  error
 	tools    int
-	progress sync.Map // upstream progress token -> tools.Progress
+	listing  []listedTool      // the last listing
+	offered  map[string]string // tool -> hash of the pin its calls run under
+	held     map[string]Change // tool -> how its listing differs from its pin
+	progress sync.Map          // upstream progress token -> tools.Progress
+
+	settleMu sync.Mutex // one settle at a time
+}
+
+// Listed returns the tools server listed last, as pins, and whether
+// server is one of the manager's upstreams.
+func (m *Manager) Listed(server string) ([]Pin, bool) {
+	for _, c := range m.conns {
+		if c.cfg.Name == server {
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			out := make([]Pin, len(c.listing))
+			for i, l := range c.listing {
+				out[i] = l.pin
+			}
+			return out, true
+		}
+	}
+	return nil, false
 }
 
 // connect opens a session and lists the tools into the catalog.
@@ -227,7 +282,7 @@ func (c *conn) connect(ctx context.Context) error {
 	c.mu.Lock()
 	c.session, c.lastErr = session, nil
 	c.mu.Unlock()
-	c.log.Info("upstream connected", "tools", c.tools)
+	c.log.Info("upstream connected", "tools", c.offeredCount())
 	return nil
 }
 
@@ -307,17 +362,141 @@ func (c *conn) list(ctx context.Context, session *sdk.ClientSession) error {
 		}
 		params = &sdk.ListToolsParams{Cursor: res.NextCursor}
 	}
-	specs, err := Specs(c.cfg, all, c.call)
+	listing, err := describe(c.cfg, all)
 	if err != nil {
 		return err
 	}
-	if err := c.m.cat.Replace(c.cfg.Name, specs); err != nil {
-		return err
+	c.mu.Lock()
+	c.listing = listing
+	c.mu.Unlock()
+	return c.settle(ctx, true)
+}
+
+// settle compares the last listing with the pins and offers the tools
+// whose listing matches their pin; the others are held. With relisted
+// false (a re-read of the pins) the catalog is touched only if what is
+// offered or held changed.
+func (c *conn) settle(ctx context.Context, relisted bool) error {
+	c.settleMu.Lock()
+	defer c.settleMu.Unlock()
+	c.mu.Lock()
+	listing := c.listing
+	c.mu.Unlock()
+	changes, err := c.compare(ctx, listing)
+	if err != nil && !relisted {
+		// A re-read that failed (the caller went away, the database is
+		// busy) changes nothing: what is offered still matches its pin.
+		return fmt.Errorf("pinned tool definitions: %w", err)
+	}
+	if err != nil {
+		// Fail closed: a new listing that cannot be compared with the
+		// pins offers nothing.
+		c.mu.Lock()
+		c.offered, c.held, c.tools = nil, nil, 0
+		c.mu.Unlock()
+		c.m.cat.Replace(c.cfg.Name, nil)
+		return fmt.Errorf("pinned tool definitions: %w", err)
+	}
+	byTool := make(map[string]Change, len(changes))
+	for _, ch := range changes {
+		byTool[ch.Tool] = ch
+	}
+	specs := make([]*tools.Spec, 0, len(listing))
+	offered := make(map[string]string, len(listing))
+	held := map[string]Change{}
+	for _, l := range listing {
+		tool := l.pin.Tool
+		if ch, ok := byTool[tool]; ok {
+			held[tool] = ch
+			specs = append(specs, heldSpec(c.cfg.Name, l.def, ch, func(ctx context.Context) error { return c.release(ctx, tool) }))
+			continue
+		}
+		offered[tool] = l.pin.SHA256
+		specs = append(specs, spec(c.cfg.Name, tool, l.def, l.pin.SHA256, c.call, c.pinned))
 	}
 	c.mu.Lock()
-	c.tools = len(specs)
+	same := maps.Equal(offered, c.offered) && maps.EqualFunc(held, c.held, func(a, b Change) bool { return a.Listed == b.Listed })
+	c.offered, c.held, c.tools = offered, held, len(offered)
 	c.mu.Unlock()
+	if same && !relisted {
+		return nil
+	}
+	for _, ch := range changes {
+		c.log.Warn("upstream tool differs from its pinned definition; held until an admin accepts it",
+			"tool", ch.Exposed, "what", strings.Join(ch.What, ","), "pinned_sha256", ch.Pinned, "listed_sha256", ch.Listed, "policy", ch.Policy)
+	}
+	return c.m.cat.Replace(c.cfg.Name, specs)
+}
+
+// compare reads the pins (pinning the listing on a first connection) and
+// returns how the listing differs from them, recorded.
+func (c *conn) compare(ctx context.Context, listing []listedTool) ([]Change, error) {
+	if c.m.pins == nil {
+		return nil, nil
+	}
+	listed := make([]Pin, len(listing))
+	for i, l := range listing {
+		listed[i] = l.pin
+	}
+	pins, err := c.m.pins.Pinned(ctx, c.cfg.Name)
+	if err != nil {
+		return nil, err
+	}
+	if len(pins) == 0 && len(listed) > 0 {
+		if err := c.m.pins.PinFirst(ctx, c.cfg.Name, listed); err != nil {
+			return nil, err
+		}
+		c.log.Info("first connection: pinned every tool's definition", "tools", len(listed))
+		return nil, nil
+	}
+	changes := Compare(pins, listed, c.m.policy)
+	if len(changes) > 0 {
+		if err := c.m.pins.Changed(ctx, c.cfg.Name, changes); err != nil {
+			return nil, err
+		}
+	}
+	return changes, nil
+}
+
+// pinned returns the hash of the definition tool's calls may run under
+// now, or "" when it is not offered.
+func (c *conn) pinned(tool string) string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.offered[tool]
+}
+
+// release reads the pins again for a call of a held tool: an admin may
+// have accepted its listing meanwhile, from another process.
+func (c *conn) release(ctx context.Context, tool string) error {
+	if err := c.settle(ctx, false); err != nil {
+		return fmt.Errorf("upstream %s: %w", c.cfg.Name, err)
+	}
+	c.mu.Lock()
+	ch, held := c.held[tool]
+	_, offered := c.offered[tool]
+	c.mu.Unlock()
+	switch {
+	case held:
+		return &HeldError{Server: c.cfg.Name, Change: ch}
+	case !offered:
+		return fmt.Errorf("tool %s of upstream %s is no longer listed", tool, c.cfg.Name)
+	}
 	return nil
+}
+
+// offeredCount is how many of the upstream's tools are offered.
+func (c *conn) offeredCount() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.tools
+}
+
+// hasHeld reports whether any tool of the upstream is held.
+func (c *conn) hasHeld() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.held) > 0
 }
 
 // keep holds the connection until life ends: it re-lists on
@@ -348,17 +527,25 @@ func (c *conn) keep(life context.Context) {
 		}
 		closed := make(chan error, 1)
 		go func() { closed <- session.Wait() }()
+		recheck := time.NewTicker(c.m.recheck)
 	watch:
 		for {
 			select {
 			case <-life.Done():
+				recheck.Stop()
 				return
+			case <-recheck.C:
+				if c.hasHeld() {
+					if err := c.settle(life, false); err != nil {
+						c.log.Error("reading the pins of held tools failed", "err", err)
+					}
+				}
 			case <-c.relist:
 				ctx, cancel := context.WithTimeout(life, c.cfg.ConnectTimeout)
 				if err := c.list(ctx, session); err != nil {
 					c.log.Error("re-listing tools after list_changed failed", "err", err)
 				} else {
-					c.log.Info("upstream tools changed", "tools", c.tools)
+					c.log.Info("upstream tools changed", "tools", c.offeredCount())
 				}
 				cancel()
 			case err := <-closed:
@@ -368,6 +555,7 @@ func (c *conn) keep(life context.Context) {
 				c.log.Error("upstream went away; reconnecting", "err", err)
 				session.Close()
 				c.setDown(err)
+				recheck.Stop()
 				break watch
 			}
 		}

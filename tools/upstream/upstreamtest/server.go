@@ -26,14 +26,15 @@ type server struct {
 	mcp    *mcp.Server
 	record string
 
-	mu    sync.Mutex
-	notes map[string]string
+	mu      sync.Mutex
+	notes   map[string]string
+	mutable mutable
 }
 
 // NewServer returns a go-sdk server with the tools described in the package
 // comment, recording to opts.RecordPath.
 func NewServer(opts Options) *mcp.Server {
-	s := &server{record: opts.RecordPath, notes: map[string]string{}}
+	s := &server{record: opts.RecordPath, notes: map[string]string{}, mutable: mutable{tools: map[string]mutableTool{}}}
 	s.mcp = mcp.NewServer(
 		&mcp.Implementation{Name: "countersign-upstreamtest", Version: "0.1.0"},
 		&mcp.ServerOptions{
@@ -84,6 +85,9 @@ func NewServer(opts Options) *mcp.Server {
 		Annotations: &mcp.ToolAnnotations{ReadOnlyHint: false},
 	}, s.addTool)
 
+	if opts.Mutable {
+		s.addMutable()
+	}
 	return s.mcp
 }
 
@@ -213,12 +217,16 @@ func (s *server) addTool(_ context.Context, req *mcp.CallToolRequest, in addTool
 		return nil, nil, fmt.Errorf("add_tool: %s is a built-in tool", in.Name)
 	}
 	name := in.Name
-	s.mcp.AddTool(&mcp.Tool{
+	t := &mcp.Tool{
 		Name:        name,
 		Description: "Echo the arguments (added at run time by add_tool).",
 		InputSchema: &jsonschema.Schema{Type: "object"},
 		Annotations: &mcp.ToolAnnotations{ReadOnlyHint: true, DestructiveHint: ptr(false)},
-	}, s.echo)
+	}
+	s.mu.Lock()
+	s.mutable.tools[name] = mutableTool{t, s.echo}
+	s.mu.Unlock()
+	s.mcp.AddTool(t, s.echo)
 	return textResult("added %s", name), nil, nil
 }
 

@@ -53,6 +53,7 @@
 //	COUNTERSIGN_UPSTREAMTEST_RECORD=<path>  the record file (optional; empty means no record)
 //	COUNTERSIGN_UPSTREAMTEST_CRASH_AFTER=N  exit abruptly with status 3 right after the
 //	                                        response to the Nth tools/call has been written
+//	COUNTERSIGN_UPSTREAMTEST_MUTABLE=1      also offer rug and mutate (see mutate.go)
 //
 // For example:
 //
@@ -89,6 +90,7 @@ const (
 	EnvMode       = "COUNTERSIGN_UPSTREAMTEST"
 	EnvRecord     = "COUNTERSIGN_UPSTREAMTEST_RECORD"
 	EnvCrashAfter = "COUNTERSIGN_UPSTREAMTEST_CRASH_AFTER"
+	EnvMutable    = "COUNTERSIGN_UPSTREAMTEST_MUTABLE"
 )
 
 // crashExitCode is the status a process started with EnvCrashAfter exits
@@ -100,6 +102,9 @@ type Options struct {
 	// RecordPath is the file every tool invocation appends a JSON line to.
 	// Empty means nothing is recorded.
 	RecordPath string
+	// Mutable adds the tools rug and mutate, with which a test makes the
+	// server rename, relabel or change its tools (see mutate.go).
+	Mutable bool
 }
 
 // stderrLogger logs warnings and errors of the go-sdk to stderr; stdout may
@@ -133,7 +138,7 @@ func Main() bool {
 		fmt.Fprintf(os.Stderr, "upstreamtest: %s=%q: the only mode is \"stdio\"\n", EnvMode, mode)
 		os.Exit(2)
 	}
-	opts := Options{RecordPath: os.Getenv(EnvRecord)}
+	opts := Options{RecordPath: os.Getenv(EnvRecord), Mutable: os.Getenv(EnvMutable) == "1"}
 	var t mcp.Transport = &mcp.StdioTransport{}
 	if s := os.Getenv(EnvCrashAfter); s != "" {
 		n, err := strconv.Atoi(s)
