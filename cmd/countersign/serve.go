@@ -183,10 +183,14 @@ func assemble(ctx context.Context, c *config.Config, log *slog.Logger) (_ *stack
 	if s.tokens, err = tokenSigner(c); err != nil {
 		return nil, err
 	}
+	amounts, err := store.OpenAmounts(ctx, s.db)
+	if err != nil {
+		return nil, err
+	}
 	s.guard = guard.New(guard.Options{
 		Catalog: s.tools, Policy: s.metrics.Policy(policy), Audit: recorder, Approvals: s.approvals, Grants: s.approvals,
 		Evidence: s.approvals, Tokens: s.tokens,
-		History: s.audit, Marks: store.Marks{DB: s.db},
+		History: s.audit, Marks: store.Marks{DB: s.db}, Amounts: amounts,
 		Tools: c.Tools, Logger: log.With("component", "guard"),
 		MaxArgBytes: c.Limits.MaxArgBytes, MaxArgDepth: c.Limits.MaxArgDepth,
 		Limits: guard.Limits{PendingPerAgent: c.Limits.PendingPerAgent, PendingTotal: c.Limits.PendingTotal,
@@ -207,7 +211,9 @@ func assemble(ctx context.Context, c *config.Config, log *slog.Logger) (_ *stack
 	if err != nil {
 		return nil, fmt.Errorf("reading the last day of the audit log for usage windows: %w", err)
 	}
-	s.guard.RestoreUsage(ctx, recent)
+	if err := s.guard.RestoreUsage(ctx, recent); err != nil {
+		return nil, fmt.Errorf("rebuilding the usage windows: %w", err)
+	}
 	routes, err := cibaRoutes(c, s.guard, s.tokens, log.With("component", "ciba"))
 	if err != nil {
 		return nil, err
