@@ -451,6 +451,14 @@ func serve(ctx context.Context, c *config.Config, log *slog.Logger) (err error) 
 	if c.HTTP.Addr != "" && len(c.HTTP.Agents) == 0 && !loopback(c.HTTP.Addr) {
 		return configError(fmt.Errorf("%s: http.agents: an HTTP listener on %s (not loopback) needs at least one agent token: run countersign agents add NAME", c.Source, c.HTTP.Addr))
 	}
+	// One server per data directory, before anything is written there (the
+	// database, the keys, the demo files): a second would keep usage
+	// windows and caps of its own beside the first's.
+	lock, err := lockDataDir(c)
+	if err != nil {
+		return err
+	}
+	defer lock.Close()
 	// The page listens before anything is assembled: on port 0 its real
 	// port is known only now, and the links and origins derived from
 	// listen must carry it.
@@ -477,6 +485,9 @@ func serve(ctx context.Context, c *config.Config, log *slog.Logger) (err error) 
 		if c.HTTP.Issuer == "" && !loopback(c.HTTP.Addr) {
 			log.Warn("approval tokens name the agent listener by its address; set http.issuer to the URL clients use", "issuer", issuer(c))
 		}
+	}
+	if err := lock.Listening(page.Addr(), agentLn); err != nil {
+		return err
 	}
 	s, err := assemble(ctx, c, log)
 	if err != nil {
