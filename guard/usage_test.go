@@ -143,6 +143,8 @@ func TestRestoreCountsRedactedEntriesByTheirKeptAmounts(t *testing.T) {
 		e(audit.KindCallExecuted, 5, "r5", 30*time.Minute),
 		e(audit.KindCallAllowed, 6, "", 30*time.Minute),
 		e(audit.KindCallFailed, 6, "", 30*time.Minute),
+		// Written before amounts were kept: no row, the arguments count.
+		{Kind: audit.KindCallExecuted, Tool: "transfer", Agent: "a", Args: []byte(`{"amount":2}`), ArgsSHA256: sha(9), Time: at(30 * time.Minute)},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -150,11 +152,11 @@ func TestRestoreCountsRedactedEntriesByTheirKeptAmounts(t *testing.T) {
 	g.usage.mu.Lock()
 	u := g.usage.facts(keysOf("a", "transfer", &tools.Value{Currency: "USD", Counterparty: "acme supplies"}), now)
 	g.usage.mu.Unlock()
-	if want := 1000.0 + 20000 + 300 + 7000; u["agent_payee_amount_24h"] != want {
+	if want := 1000.0 + 20000 + 300 + 7000 + 2; u["agent_payee_amount_24h"] != want {
 		t.Errorf("restored %v to the payee, want %v (usage %v)", u["agent_payee_amount_24h"], want, u)
 	}
-	if u["calls_1h"] != 4.0 {
-		t.Errorf("calls_1h %v, want 4 (executed, interrupted, pending, approved)", u["calls_1h"])
+	if u["calls_1h"] != 5.0 {
+		t.Errorf("calls_1h %v, want 5 (executed, interrupted, pending, approved, old executed)", u["calls_1h"])
 	}
 	// The week-old rows are forgotten at the rebuild.
 	keep(8, 1, "x", 8*24*time.Hour)
