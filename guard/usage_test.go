@@ -38,6 +38,7 @@ func realLog(t *testing.T) (*audit.Log, *store.Amounts) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { amounts.Close() })
 	return log, amounts
 }
 
@@ -183,6 +184,7 @@ func TestCallWhoseAmountCannotBeKeptIsRefused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	amounts.Close()
 	db.Close()
 	f := newFixture(t, config.LevelLow)
 	ran := 0

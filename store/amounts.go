@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"time"
 )
@@ -17,7 +18,15 @@ import (
 // The rows are not the log: they are not signed and are never exported, so
 // a payee whose name redaction keeps out of the log is not written into it
 // here (the database already holds it: the request and the ledger keep it).
-type Amounts struct{ DB *sql.DB }
+//
+// A row is written on a connection of its own that commits without
+// syncing (synchronous=NORMAL), and is made durable by the next synced
+// commit on the database, which in WAL mode syncs every frame written
+// before it: the audit entry that counts the call, appended after the row
+// commits. A crash can lose a row only with every entry after it, so the
+// log never counts a call whose row is lost, and a value-moving call pays
+// for no sync of its own.
+type Amounts struct{ conn *sql.Conn }
 
 // Amount is one call's row.
 type Amount struct {
@@ -39,20 +48,37 @@ const amountsSchema = `CREATE TABLE IF NOT EXISTS usage_amounts (
 ) STRICT, WITHOUT ROWID`
 
 // OpenAmounts creates the table if needed, once, so that the call path
-// does not take the write lock for it.
+// does not take the write lock for it, and takes the connection rows are
+// written on. Close gives it back.
 func OpenAmounts(ctx context.Context, db *sql.DB) (*Amounts, error) {
-	if _, err := db.ExecContext(ctx, amountsSchema); err != nil {
+	conn, err := db.Conn(ctx)
+	if err != nil {
 		return nil, fmt.Errorf("store: usage amounts: %w", err)
 	}
-	return &Amounts{DB: db}, nil
+	for _, q := range []string{amountsSchema, "PRAGMA synchronous = NORMAL"} {
+		if _, err := conn.ExecContext(ctx, q); err != nil {
+			conn.Close()
+			return nil, fmt.Errorf("store: usage amounts: %w", err)
+		}
+	}
+	return &Amounts{conn: conn}, nil
+}
+
+// Close gives the connection back to the database's pool; again, it does
+// nothing.
+func (a *Amounts) Close() error {
+	if err := a.conn.Close(); err != nil && !errors.Is(err, sql.ErrConnDone) {
+		return err
+	}
+	return nil
 }
 
 // KeepAmount stores a call's row, replacing the row of the same tool and
 // arguments (the same arguments move the same amount). It returns once the
-// row is committed: the caller appends the audit entry that counts the call
-// only after, so the log never counts a call whose amount was lost.
+// row is committed; the caller appends the audit entry that counts the call
+// only after (see Amounts on durability).
 func (a *Amounts) KeepAmount(ctx context.Context, r Amount) error {
-	_, err := a.DB.ExecContext(ctx, `INSERT INTO usage_amounts (tool, args_sha256, amount, currency, counterparty, at)
+	_, err := a.conn.ExecContext(ctx, `INSERT INTO usage_amounts (tool, args_sha256, amount, currency, counterparty, at)
 		VALUES (?, ?, ?, ?, ?, ?)
 		ON CONFLICT (tool, args_sha256) DO UPDATE SET amount = excluded.amount, currency = excluded.currency,
 			counterparty = excluded.counterparty, at = MAX(at, excluded.at)`,
@@ -66,7 +92,7 @@ func (a *Amounts) KeepAmount(ctx context.Context, r Amount) error {
 // AmountsSince returns the rows of calls decided at or after since, by
 // tool and args_sha256 (Key).
 func (a *Amounts) AmountsSince(ctx context.Context, since time.Time) (map[string]Amount, error) {
-	rows, err := a.DB.QueryContext(ctx, `SELECT tool, args_sha256, amount, currency, counterparty, at
+	rows, err := a.conn.QueryContext(ctx, `SELECT tool, args_sha256, amount, currency, counterparty, at
 		FROM usage_amounts WHERE at >= ?`, since.Unix())
 	if err != nil {
 		return nil, fmt.Errorf("store: usage amounts: %w", err)
@@ -90,7 +116,7 @@ func (a *Amounts) AmountsSince(ctx context.Context, since time.Time) (map[string
 
 // ForgetAmounts deletes the rows of calls decided before before.
 func (a *Amounts) ForgetAmounts(ctx context.Context, before time.Time) error {
-	if _, err := a.DB.ExecContext(ctx, `DELETE FROM usage_amounts WHERE at < ?`, before.Unix()); err != nil {
+	if _, err := a.conn.ExecContext(ctx, `DELETE FROM usage_amounts WHERE at < ?`, before.Unix()); err != nil {
 		return fmt.Errorf("store: forget usage amounts: %w", err)
 	}
 	return nil

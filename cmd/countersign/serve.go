@@ -97,6 +97,7 @@ type stack struct {
 	approvals *approval.Service
 	notifier  *notify.Notifier
 	tokens    *token.Signer
+	amounts   *store.Amounts // what counted calls moved (guard.Options.Amounts)
 	guard     *guard.Guard
 	upstreams *upstream.Manager
 	server    *server.Server
@@ -183,14 +184,13 @@ func assemble(ctx context.Context, c *config.Config, log *slog.Logger) (_ *stack
 	if s.tokens, err = tokenSigner(c); err != nil {
 		return nil, err
 	}
-	amounts, err := store.OpenAmounts(ctx, s.db)
-	if err != nil {
+	if s.amounts, err = store.OpenAmounts(ctx, s.db); err != nil {
 		return nil, err
 	}
 	s.guard = guard.New(guard.Options{
 		Catalog: s.tools, Policy: s.metrics.Policy(policy), Audit: recorder, Approvals: s.approvals, Grants: s.approvals,
 		Evidence: s.approvals, Tokens: s.tokens,
-		History: s.audit, Marks: store.Marks{DB: s.db}, Amounts: amounts,
+		History: s.audit, Marks: store.Marks{DB: s.db}, Amounts: s.amounts,
 		Tools: c.Tools, Logger: log.With("component", "guard"),
 		MaxArgBytes: c.Limits.MaxArgBytes, MaxArgDepth: c.Limits.MaxArgDepth,
 		Limits: guard.Limits{PendingPerAgent: c.Limits.PendingPerAgent, PendingTotal: c.Limits.PendingTotal,
@@ -439,6 +439,9 @@ func (s *stack) close() error {
 				cancel()
 			}
 		}
+	}
+	if s.amounts != nil {
+		errs = append(errs, s.amounts.Close())
 	}
 	if s.db != nil {
 		errs = append(errs, s.db.Close())
