@@ -168,6 +168,9 @@ type Options struct {
 	// without an outcome; without them it does not look.
 	History History
 	Marks   Marks
+	// Amounts keep what each counted call moved, for RestoreUsage
+	// (usage.go); nil: a restart counts only what the log's arguments say.
+	Amounts Amounts
 	// Tools is the tools section of the config, for per-tool settings the
 	// guard applies itself (redact_args).
 	Tools  map[string]config.Tool
@@ -408,6 +411,9 @@ func (g *Guard) Handle(ctx context.Context, c Call) *mcp.CallToolResult {
 		entry.Usage, _ = json.Marshal(usage)
 	}
 	entry.Decision, entry.Rule, entry.Reason = d.Level, strings.Join(d.Rules, ","), d.Reason
+	if res := g.keepAmount(ctx, entry, canon, call.Value, counted, now); res != nil {
+		return res
+	}
 	switch d.Level {
 	case config.LevelLow:
 		if spec.Pure {

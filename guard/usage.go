@@ -2,13 +2,17 @@ package guard
 
 import (
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/tools"
+	"github.com/mark3labs/mcp-go/mcp"
 )
 
 // The policy sees what came before a call (the usage variable), so that a
@@ -168,11 +172,74 @@ func (b *usageBook) sweep(now time.Time) {
 	}
 }
 
+// Amounts keep what each counted call moved; store.Amounts satisfies it.
+//
+// Why a table and not the log: a restart used to rebuild the windows from
+// the arguments logged with each entry, and with redact_args the log keeps
+// only their SHA-256, so a restart forgot every redacted amount. The
+// amounts the windows need (amount, currency, counterparty; agent, tool
+// and time are on the entry) could ride in the entry instead, but the
+// signed log is what an auditor receives: a payee that redaction keeps out
+// of it must not come back in another member, and the log's format would
+// change for a number the verifier never checks. So the log keeps saying
+// which calls count and when (entries, their kinds and times, unchanged),
+// and a row beside it, keyed by tool and args_sha256, says what each
+// moved. The row commits before the entry that counts the call is
+// appended, so no entry in the log lacks its amount; a row whose entry was
+// never appended counts nothing.
+type Amounts interface {
+	KeepAmount(ctx context.Context, r store.Amount) error
+	AmountsSince(ctx context.Context, since time.Time) (map[string]store.Amount, error)
+	ForgetAmounts(ctx context.Context, before time.Time) error
+}
+
+// amountsKept is how long a row outlives its call. A row is needed while
+// an entry of the last 24 hours names its call, and an entry can be
+// written long after the call: a start records the outcome of a call the
+// previous process left open (resume.go) however long the server was
+// down. A week covers that; an older row only keeps the table small.
+const amountsKept = 7 * 24 * time.Hour
+
+// keepAmount stores what a counted call moves before any entry counts it
+// (call.allowed, approval.requested). A call whose amount cannot be kept
+// is refused and recorded: after a restart it would no longer count.
+func (g *Guard) keepAmount(ctx context.Context, entry audit.Entry, canon canonical, v *tools.Value, counted *reservation, at time.Time) *mcp.CallToolResult {
+	if v == nil || counted == nil || g.opts.Amounts == nil {
+		return nil
+	}
+	err := g.opts.Amounts.KeepAmount(context.WithoutCancel(ctx), store.Amount{
+		Tool: entry.Tool, ArgsSHA256: hex.EncodeToString(canon.SHA256[:]),
+		Amount: v.Amount, Currency: v.Currency, Counterparty: v.Counterparty, At: at,
+	})
+	if err == nil {
+		return nil
+	}
+	g.usage.release(counted)
+	g.log.Error("cannot keep the amount of a call for the usage windows", "tool", entry.Tool, "err", err)
+	entry.Kind, entry.Decision, entry.Rule = audit.KindCallDenied, config.LevelDeny, ""
+	entry.Reason = "cannot keep the amount for the usage windows: " + err.Error()
+	g.record(ctx, entry)
+	return toolError("refused: cannot keep the amount this call moves for the usage windows (%v); try again", err)
+}
+
 // RestoreUsage rebuilds the rolling record from the audit log's entries of
 // the last 24 hours (oldest first), so that a restart does not reset what
 // an agent has already moved: executed calls count, and so do requests
-// still waiting for a human.
-func (g *Guard) RestoreUsage(ctx context.Context, entries []audit.Entry) {
+// still waiting for a human, and calls whose outcome a crash left unknown.
+// What each moved comes from Options.Amounts, or for entries written
+// before those were kept, from their logged arguments.
+func (g *Guard) RestoreUsage(ctx context.Context, entries []audit.Entry) error {
+	var kept map[string]store.Amount
+	if a := g.opts.Amounts; a != nil {
+		since := g.now().Add(-amountsKept)
+		if err := a.ForgetAmounts(ctx, since); err != nil {
+			return err
+		}
+		var err error
+		if kept, err = a.AmountsSince(ctx, since); err != nil {
+			return err
+		}
+	}
 	pending := map[string]*reservation{}
 	cutoff := g.now().Add(-usageHorizon)
 	g.usage.mu.Lock()
@@ -183,12 +250,13 @@ func (g *Guard) RestoreUsage(ctx context.Context, entries []audit.Entry) {
 			continue
 		}
 		switch e.Kind {
-		case audit.KindApprovalRequested, audit.KindCallExecuted:
-			if e.Kind == audit.KindCallExecuted && e.RequestID != "" {
+		case audit.KindApprovalRequested, audit.KindCallExecuted, audit.KindCallInterrupted:
+			if e.Kind != audit.KindApprovalRequested && e.RequestID != "" {
 				delete(pending, e.RequestID) // its request already counts
 				continue
 			}
-			v := g.valueOf(ctx, e)
+			// A routine call counts once it ran, or may have (interrupted).
+			v := g.valueOf(ctx, e, kept)
 			r := g.usage.add(keysOf(e.Agent, e.Tool, v), v, at)
 			if e.Kind == audit.KindApprovalRequested {
 				pending[e.RequestID] = r
@@ -200,12 +268,16 @@ func (g *Guard) RestoreUsage(ctx context.Context, entries []audit.Entry) {
 			}
 		}
 	}
+	return nil
 }
 
-// valueOf asks the tool what a logged call moved, from its logged
-// arguments; nil when the tool moves nothing or the arguments were not
-// kept.
-func (g *Guard) valueOf(ctx context.Context, e audit.Entry) *tools.Value {
+// valueOf is what a logged call moved: its kept row, or else what the tool
+// makes of its logged arguments; nil when the tool moves nothing or
+// neither was kept.
+func (g *Guard) valueOf(ctx context.Context, e audit.Entry, kept map[string]store.Amount) *tools.Value {
+	if r, ok := kept[store.AmountKey(e.Tool, e.ArgsSHA256)]; ok && e.ArgsSHA256 != "" {
+		return &tools.Value{Amount: r.Amount, Currency: r.Currency, Counterparty: r.Counterparty}
+	}
 	spec, ok := g.opts.Catalog.Lookup(e.Tool)
 	if !ok || len(e.Args) == 0 {
 		return nil

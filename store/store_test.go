@@ -2,9 +2,11 @@ package store
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 )
 
 func TestOpenCreatesPrivateWALDatabase(t *testing.T) {
@@ -75,5 +77,66 @@ func TestSyncModes(t *testing.T) {
 	}
 	if _, err := Open(context.Background(), filepath.Join(t.TempDir(), FileName), WithSync("off")); err == nil {
 		t.Error("sync off was accepted")
+	}
+}
+
+// BenchmarkKeepAmount is what keeping a counted call's amount adds to a
+// call that moves value: one small committed write.
+func BenchmarkKeepAmount(b *testing.B) {
+	for _, mode := range []string{Full, Normal} {
+		b.Run("sync="+mode, func(b *testing.B) {
+			ctx := context.Background()
+			db, err := Open(ctx, filepath.Join(b.TempDir(), FileName), WithSync(mode))
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer db.Close()
+			a, err := OpenAmounts(ctx, db)
+			if err != nil {
+				b.Fatal(err)
+			}
+			now := time.Now()
+			b.ResetTimer()
+			for i := range b.N {
+				if err := a.KeepAmount(ctx, Amount{Tool: "transfer", ArgsSHA256: fmt.Sprintf("%064x", i), Amount: 9999, Currency: "USD",
+					Counterparty: "Acme Supplies", At: now}); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// The rows' connection commits without a sync of its own (see Amounts);
+// the database's other connections keep the configured sync.
+func TestAmountsCommitWithoutASyncOfTheirOwn(t *testing.T) {
+	ctx := context.Background()
+	db, err := Open(ctx, filepath.Join(t.TempDir(), FileName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	a, err := OpenAmounts(ctx, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	var mine, others int
+	if err := a.conn.QueryRowContext(ctx, "PRAGMA synchronous").Scan(&mine); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.QueryRowContext(ctx, "PRAGMA synchronous").Scan(&others); err != nil {
+		t.Fatal(err)
+	}
+	if mine != 1 || others != 2 {
+		t.Errorf("synchronous: %d on the rows' connection, %d on the others; want 1 (NORMAL) and 2 (FULL)", mine, others)
+	}
+	at := time.Now()
+	if err := a.KeepAmount(ctx, Amount{Tool: "transfer", ArgsSHA256: "ab", Amount: 12.5, Currency: "USD", Counterparty: "Acme", At: at}); err != nil {
+		t.Fatal(err)
+	}
+	var amount float64
+	if err := db.QueryRowContext(ctx, "SELECT amount FROM usage_amounts WHERE args_sha256 = 'ab'").Scan(&amount); err != nil || amount != 12.5 {
+		t.Errorf("another connection reads %v (%v)", amount, err)
 	}
 }

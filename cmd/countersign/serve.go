@@ -103,6 +103,7 @@ type stack struct {
 	approvals *approval.Service
 	notifier  *notify.Notifier
 	tokens    *token.Signer
+	amounts   *store.Amounts // what counted calls moved (guard.Options.Amounts)
 	guard     *guard.Guard
 	upstreams *upstream.Manager
 	server    *server.Server
@@ -194,10 +195,13 @@ func assemble(ctx context.Context, c *config.Config, log *slog.Logger) (_ *stack
 	if s.tokens, err = tokenSigner(c); err != nil {
 		return nil, err
 	}
+	if s.amounts, err = store.OpenAmounts(ctx, s.db); err != nil {
+		return nil, err
+	}
 	s.guard = guard.New(guard.Options{
 		Catalog: s.tools, Policy: s.metrics.Policy(policy), Audit: recorder, Approvals: s.approvals, Grants: s.approvals,
 		Evidence: s.approvals, Tokens: s.tokens,
-		History: s.audit, Marks: store.Marks{DB: s.db},
+		History: s.audit, Marks: store.Marks{DB: s.db}, Amounts: s.amounts,
 		Tools: c.Tools, Logger: log.With("component", "guard"), Freezes: s.approvals,
 		MaxArgBytes: c.Limits.MaxArgBytes, MaxArgDepth: c.Limits.MaxArgDepth,
 		Limits: guard.Limits{PendingPerAgent: c.Limits.PendingPerAgent, PendingTotal: c.Limits.PendingTotal,
@@ -218,7 +222,9 @@ func assemble(ctx context.Context, c *config.Config, log *slog.Logger) (_ *stack
 	if err != nil {
 		return nil, fmt.Errorf("reading the last day of the audit log for usage windows: %w", err)
 	}
-	s.guard.RestoreUsage(ctx, recent)
+	if err := s.guard.RestoreUsage(ctx, recent); err != nil {
+		return nil, fmt.Errorf("rebuilding the usage windows: %w", err)
+	}
 	routes, err := cibaRoutes(c, s.guard, s.tokens, log.With("component", "ciba"))
 	if err != nil {
 		return nil, err
@@ -445,6 +451,9 @@ func (s *stack) close() error {
 			}
 		}
 	}
+	if s.amounts != nil {
+		errs = append(errs, s.amounts.Close())
+	}
 	if s.db != nil {
 		errs = append(errs, s.db.Close())
 	}
@@ -456,6 +465,14 @@ func serve(ctx context.Context, c *config.Config, log *slog.Logger) (err error) 
 	if c.HTTP.Addr != "" && len(c.HTTP.Agents) == 0 && !loopback(c.HTTP.Addr) {
 		return configError(fmt.Errorf("%s: http.agents: an HTTP listener on %s (not loopback) needs at least one agent token: run countersign agents add NAME", c.Source, c.HTTP.Addr))
 	}
+	// One server per data directory, before anything is written there (the
+	// database, the keys, the demo files): a second would keep usage
+	// windows and caps of its own beside the first's.
+	lock, err := lockDataDir(c)
+	if err != nil {
+		return err
+	}
+	defer lock.Close()
 	// The page listens before anything is assembled: on port 0 its real
 	// port is known only now, and the links and origins derived from
 	// listen must carry it.
@@ -482,6 +499,9 @@ func serve(ctx context.Context, c *config.Config, log *slog.Logger) (err error) 
 		if c.HTTP.Issuer == "" && !loopback(c.HTTP.Addr) {
 			log.Warn("approval tokens name the agent listener by its address; set http.issuer to the URL clients use", "issuer", issuer(c))
 		}
+	}
+	if err := lock.Listening(page.Addr(), agentLn); err != nil {
+		return err
 	}
 	s, err := assemble(ctx, c, log)
 	if err != nil {

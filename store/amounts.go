@@ -1,0 +1,126 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Amounts keep what each call that moves value moved (the amount, its
+// currency and the counterparty), keyed by the tool and the SHA-256 of the
+// call's canonical arguments, the args_sha256 every audit entry of the
+// call carries whether or not its arguments are redacted. A start rebuilds
+// the usage windows (package guard) from the audit log's entries and these
+// rows, so that redacted arguments lose nothing the policy counts.
+//
+// The rows are not the log: they are not signed and are never exported, so
+// a payee whose name redaction keeps out of the log is not written into it
+// here (the database already holds it: the request and the ledger keep it).
+//
+// A row is written on a connection of its own that commits without
+// syncing (synchronous=NORMAL), and is made durable by the next synced
+// commit on the database, which in WAL mode syncs every frame written
+// before it: the audit entry that counts the call, appended after the row
+// commits. A crash can lose a row only with every entry after it, so the
+// log never counts a call whose row is lost, and a value-moving call pays
+// for no sync of its own.
+type Amounts struct{ conn *sql.Conn }
+
+// Amount is one call's row.
+type Amount struct {
+	Tool, ArgsSHA256 string
+	Amount           float64
+	Currency         string
+	Counterparty     string
+	At               time.Time // when the call was decided (the latest, for repeated arguments)
+}
+
+const amountsSchema = `CREATE TABLE IF NOT EXISTS usage_amounts (
+	tool         TEXT NOT NULL,
+	args_sha256  TEXT NOT NULL,
+	amount       REAL NOT NULL,
+	currency     TEXT NOT NULL,
+	counterparty TEXT NOT NULL,
+	at           INTEGER NOT NULL, -- unix seconds
+	PRIMARY KEY (tool, args_sha256)
+) STRICT, WITHOUT ROWID`
+
+// OpenAmounts creates the table if needed, once, so that the call path
+// does not take the write lock for it, and takes the connection rows are
+// written on. Close gives it back.
+func OpenAmounts(ctx context.Context, db *sql.DB) (*Amounts, error) {
+	conn, err := db.Conn(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("store: usage amounts: %w", err)
+	}
+	for _, q := range []string{amountsSchema, "PRAGMA synchronous = NORMAL"} {
+		if _, err := conn.ExecContext(ctx, q); err != nil {
+			conn.Close()
+			return nil, fmt.Errorf("store: usage amounts: %w", err)
+		}
+	}
+	return &Amounts{conn: conn}, nil
+}
+
+// Close gives the connection back to the database's pool; again, it does
+// nothing.
+func (a *Amounts) Close() error {
+	if err := a.conn.Close(); err != nil && !errors.Is(err, sql.ErrConnDone) {
+		return err
+	}
+	return nil
+}
+
+// KeepAmount stores a call's row, replacing the row of the same tool and
+// arguments (the same arguments move the same amount). It returns once the
+// row is committed; the caller appends the audit entry that counts the call
+// only after (see Amounts on durability).
+func (a *Amounts) KeepAmount(ctx context.Context, r Amount) error {
+	_, err := a.conn.ExecContext(ctx, `INSERT INTO usage_amounts (tool, args_sha256, amount, currency, counterparty, at)
+		VALUES (?, ?, ?, ?, ?, ?)
+		ON CONFLICT (tool, args_sha256) DO UPDATE SET amount = excluded.amount, currency = excluded.currency,
+			counterparty = excluded.counterparty, at = MAX(at, excluded.at)`,
+		r.Tool, r.ArgsSHA256, r.Amount, r.Currency, r.Counterparty, r.At.Unix())
+	if err != nil {
+		return fmt.Errorf("store: keep usage amount: %w", err)
+	}
+	return nil
+}
+
+// AmountsSince returns the rows of calls decided at or after since, by
+// tool and args_sha256 (Key).
+func (a *Amounts) AmountsSince(ctx context.Context, since time.Time) (map[string]Amount, error) {
+	rows, err := a.conn.QueryContext(ctx, `SELECT tool, args_sha256, amount, currency, counterparty, at
+		FROM usage_amounts WHERE at >= ?`, since.Unix())
+	if err != nil {
+		return nil, fmt.Errorf("store: usage amounts: %w", err)
+	}
+	defer rows.Close()
+	out := map[string]Amount{}
+	for rows.Next() {
+		var r Amount
+		var at int64
+		if err := rows.Scan(&r.Tool, &r.ArgsSHA256, &r.Amount, &r.Currency, &r.Counterparty, &at); err != nil {
+			return nil, fmt.Errorf("store: usage amounts: %w", err)
+		}
+		r.At = time.Unix(at, 0)
+		out[AmountKey(r.Tool, r.ArgsSHA256)] = r
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("store: usage amounts: %w", err)
+	}
+	return out, nil
+}
+
+// ForgetAmounts deletes the rows of calls decided before before.
+func (a *Amounts) ForgetAmounts(ctx context.Context, before time.Time) error {
+	if _, err := a.conn.ExecContext(ctx, `DELETE FROM usage_amounts WHERE at < ?`, before.Unix()); err != nil {
+		return fmt.Errorf("store: forget usage amounts: %w", err)
+	}
+	return nil
+}
+
+// AmountKey is the key of AmountsSince's map.
+func AmountKey(tool, argsSHA256 string) string { return tool + "\x00" + argsSHA256 }
