@@ -100,8 +100,7 @@ func objectSchema(s any) (json.RawMessage, error) {
 
 func spec(server, tool string, def mcp.Tool, call caller) *tools.Spec {
 	return &tools.Spec{
-		Def:          def,
-		FollowCancel: true,
+		Def: def,
 		Prepare: func(_ context.Context, args map[string]any) (*tools.Call, error) {
 			args = maps.Clone(args)
 			if args == nil {

@@ -84,6 +84,9 @@ func NewServer(opts Options) *mcp.Server {
 		Annotations: &mcp.ToolAnnotations{ReadOnlyHint: false},
 	}, s.addTool)
 
+	if opts.Stubborn {
+		s.addStubborn()
+	}
 	return s.mcp
 }
 

@@ -100,6 +100,8 @@ type Options struct {
 	// RecordPath is the file every tool invocation appends a JSON line to.
 	// Empty means nothing is recorded.
 	RecordPath string
+	// Stubborn adds the hostile tool [Stubborn] (stubborn.go).
+	Stubborn bool
 }
 
 // stderrLogger logs warnings and errors of the go-sdk to stderr; stdout may
