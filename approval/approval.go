@@ -40,6 +40,7 @@
 package approval
 
 import (
+	"crypto/cipher"
 	"context"
 	"crypto/x509"
 	"database/sql"
@@ -95,6 +96,13 @@ type Options struct {
 	// for a page reachable beyond loopback. SessionTTL: default 15m.
 	RequireSignIn bool
 	SessionTTL    time.Duration
+
+	// ResultKey (32 bytes, DeriveResultKey) seals the results of approved
+	// calls while they are kept; nil: a random key for this process
+	// alone. ResultTTL is how long a result is kept after its run for the
+	// agent to collect; default DefaultResultTTL (results.go).
+	ResultKey []byte
+	ResultTTL time.Duration
 }
 
 // Approver is a human who may countersign (from config).
@@ -154,6 +162,9 @@ type Service struct {
 	stop  chan struct{}
 	done  chan struct{}
 	swept chan struct{} // closed when the ceremony sweep (visitor.go) ends
+
+	results      cipher.AEAD   // seals kept results (results.go)
+	resultsSwept chan struct{} // closed when the result sweep ends
 }
 
 // New creates the approval tables if needed and starts the expiry loop, so
@@ -179,6 +190,13 @@ func New(ctx context.Context, db *sql.DB, rec Recorder, opts Options) (*Service,
 	}
 	if opts.RPName == "" {
 		opts.RPName = "Countersign"
+	}
+	if opts.ResultTTL <= 0 {
+		opts.ResultTTL = DefaultResultTTL
+	}
+	results, err := resultAEAD(opts.ResultKey)
+	if err != nil {
+		return nil, err
 	}
 	if len(opts.Origins) == 0 {
 		return nil, errors.New("approval: at least one origin is required")
@@ -214,6 +232,7 @@ func New(ctx context.Context, db *sql.DB, rec Recorder, opts Options) (*Service,
 		watched:   map[string]chan struct{}{},
 		stop:      make(chan struct{}),
 		done:      make(chan struct{}),
+		results:   results,
 	}
 	for _, a := range opts.Approvers {
 		if a.ID == "" {
@@ -232,6 +251,8 @@ func New(ctx context.Context, db *sql.DB, rec Recorder, opts Options) (*Service,
 	go s.expiryLoop()
 	s.swept = make(chan struct{})
 	go s.sweepCeremonies(s.stop, s.swept)
+	s.resultsSwept = make(chan struct{})
+	go s.sweepResults(s.stop, s.resultsSwept)
 	return s, nil
 }
 
@@ -248,6 +269,7 @@ func (s *Service) Close() error {
 	<-s.done
 	s.alive()
 	<-s.swept
+	<-s.resultsSwept
 	return nil
 }
 
@@ -442,6 +464,7 @@ var schema = []string{
 	createGrantCeremonies,
 	createGrants,
 	createBatchable,
+	createResultIndex,
 }
 
 // outboxStaleAfter is how long another process's unflushed entries wait

@@ -152,6 +152,19 @@ func Outcome(r *approval.Request) string {
 	return fmt.Sprintf("approval request %s ended in state %s", r.ID, r.State)
 }
 
+// resultGone says why a request that ran has no result to hand over: it
+// was kept, sealed, for its agent to collect for a while after the run,
+// and that while is over (approval.Options.ResultTTL).
+func resultGone(r *approval.Request) string {
+	if len(r.Result) > 0 || (r.State != approval.StateExecuted && r.State != approval.StateFailed) {
+		return ""
+	}
+	if r.ResultUntil.IsZero() {
+		return "its result is no longer kept"
+	}
+	return fmt.Sprintf("its result was kept for collection until %s and has been erased", r.ResultUntil.UTC().Format(time.RFC3339))
+}
+
 func because(reason string) string {
 	if reason == "" {
 		return ""
@@ -206,6 +219,8 @@ func (g *Guard) StatusSpec() *tools.Spec {
 				out["state"] = r.State
 				if len(r.Result) > 0 {
 					out["result"] = r.Result
+				} else if gone := resultGone(r); gone != "" {
+					out["result_erased"] = gone
 				}
 				switch r.State {
 				case approval.StateDenied, approval.StateExpired, approval.StateCancelled, approval.StateInterrupted:
