@@ -40,8 +40,8 @@
 package approval
 
 import (
-	"crypto/cipher"
 	"context"
+	"crypto/cipher"
 	"crypto/x509"
 	"database/sql"
 	"encoding/json"
