@@ -465,6 +465,7 @@ var schema = []string{
 	createGrants,
 	createBatchable,
 	createResultIndex,
+	createReconciled,
 }
 
 // outboxStaleAfter is how long another process's unflushed entries wait

@@ -24,6 +24,7 @@ const (
 	KindPolicyLoaded      = "policy.loaded"      // the policy in force from here on; Policy carries it
 	KindNotifySent        = "notify.sent"        // people were told of a request's event; Reason names the channel types
 	KindGrantRevoked      = "grant.revoked"      // a standing grant was revoked on the page; Approver says by whom
+	KindCallReconciled    = "call.reconciled"    // a person recorded whether an interrupted call ran; Reason says what and who
 )
 
 // Format is the version of the entry format that Append writes, recorded

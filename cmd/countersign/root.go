@@ -68,6 +68,7 @@ Start with:
 	root.PersistentFlags().String("log-format", "", "log format on stderr: text or json (default from config)")
 	root.AddCommand(newServeCmd(), newInitCmd(), newConfigCmd(), newVersionCmd(), newPolicyCmd(), newAuditCmd(),
 		newApproversCmd(), newAgentsCmd(), newTokenCmd())
+	root.AddCommand(newCallsCmd())
 	return root
 }
 
