@@ -264,6 +264,10 @@ func TestUpstreamCallWithoutAnAnswerIsInterruptedNeverFailedAndReconciled(t *tes
 	if _, errOut, code := cli(t, dir, "calls", "reconcile", "3f1c4f8e-0000-4000-8000-000000000000", "--ran"); code == 0 || !strings.Contains(errOut, "no approval request") {
 		t.Errorf("unknown request: exit %d %s", code, errOut)
 	}
+	if got, err := page.Get(cut); err != nil || got.State != approval.StateInterrupted ||
+		!strings.Contains(got.Reason, "outcome unknown") || !strings.Contains(got.Reason, "did not run, reconciled by jo") {
+		t.Errorf("the approver page shows %+v (%v)", got, err)
+	}
 	st := status(t, sessionOf(t, p, "agent-a"), cut)
 	if st["status"] != "interrupted" || !strings.Contains(toJSON(st["error_description"]), "did not run, reconciled by jo") {
 		t.Errorf("approval_status after reconcile: %v", st)
