@@ -19,6 +19,19 @@
 // package server, which hands each call to [Guard.Handle] and, while a call
 // waits for a human, keeps its client informed through [Call.Waiting].
 //
+// # Honest outcomes
+//
+// What the log says of a run is what is known of it. An approved run is
+// not cancelled when its caller leaves: it runs to its end (an upstream
+// call is bounded by its upstream's call_timeout) and its result is kept,
+// sealed, for its agent to collect (approval.Options.ResultTTL). A run
+// error is recorded for what it says about the action (execute):
+// call.failed when the backend answered with an error, or when the call
+// never reached it ("not sent"); call.interrupted, outcome unknown, when
+// the call was handed over and no answer came (tools.UnknownOutcomeError),
+// never call.failed. An interrupted request is terminal; a person records
+// what they found out with `countersign calls reconcile`.
+//
 // # Crashes and restarts
 //
 // A call's life can outlast the process. Each run is given a call id
