@@ -146,8 +146,8 @@ func Outcome(r *approval.Request) string {
 	case approval.StateCancelled:
 		return fmt.Sprintf("approval request %s was cancelled%s", r.ID, because(r.Reason))
 	case approval.StateInterrupted:
-		return fmt.Sprintf("approval request %s was approved and its call started, but its outcome is unknown%s: "+
-			"it may have taken effect, and it is not run again", r.ID, because(r.Reason))
+		return fmt.Sprintf("approval request %s was approved and its call started, but its outcome is unknown: "+
+			"it may have taken effect, and it is never run again (%s)", r.ID, r.Reason)
 	}
 	return fmt.Sprintf("approval request %s ended in state %s", r.ID, r.State)
 }
