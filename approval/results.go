@@ -174,8 +174,23 @@ func (s *Service) EraseResults(ctx context.Context) (int, error) {
 	if err := rows.Err(); err != nil {
 		return 0, err
 	}
+	if len(ids) == 0 {
+		return 0, nil
+	}
+	// secure_delete overwrites the erased bytes in the page instead of
+	// leaving them in its free space: a plain result an older version
+	// wrote must not linger in the file after it is erased.
+	conn, err := s.db.Conn(ctx)
+	if err != nil {
+		return 0, err
+	}
+	defer conn.Close()
+	if _, err := conn.ExecContext(ctx, `PRAGMA secure_delete = ON`); err != nil {
+		return 0, err
+	}
+	defer conn.ExecContext(context.WithoutCancel(ctx), `PRAGMA secure_delete = OFF`)
 	for _, id := range ids {
-		if _, err := s.db.ExecContext(ctx, `UPDATE approval_requests SET result = NULL WHERE id = ?`, id); err != nil {
+		if _, err := conn.ExecContext(ctx, `UPDATE approval_requests SET result = NULL WHERE id = ?`, id); err != nil {
 			return 0, err
 		}
 	}

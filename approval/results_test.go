@@ -125,6 +125,12 @@ func TestResultsAreSealedAtRestAndErasedAfterTheirWindow(t *testing.T) {
 		if n != 1 {
 			t.Error("the plain result was not erased")
 		}
+		if _, err := f.db.ExecContext(ctx, `PRAGMA wal_checkpoint(TRUNCATE)`); err != nil {
+			t.Fatal(err)
+		}
+		if where := inFiles(t, f.dir, secret); len(where) > 0 {
+			t.Errorf("the erased plain result lingers in %v", where)
+		}
 	})
 
 	t.Run("past the window it is gone, and the sweep erases it", func(t *testing.T) {
