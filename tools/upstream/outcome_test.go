@@ -3,6 +3,7 @@ package upstream_test
 import (
 	"context"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
@@ -45,8 +46,8 @@ func TestCallErrorsSayWhetherTheUpstreamMayHaveActed(t *testing.T) {
 	t.Run("an answer past call_timeout is an unknown outcome", func(t *testing.T) {
 		_, cat, record := stubbornUpstream(t, 200*time.Millisecond)
 		_, err := run(t, context.Background(), cat, "hostile__stubborn", map[string]any{"name": "n", "text": "t", "ms": 1000})
-		if !tools.OutcomeUnknown(err) {
-			t.Fatalf("error %v, want an unknown outcome", err)
+		if !tools.OutcomeUnknown(err) || !strings.Contains(err.Error(), "no answer within call_timeout 200ms") {
+			t.Fatalf("error %v, want an unknown outcome after call_timeout", err)
 		}
 		// And the upstream did act: why the outcome is unknown, not failed.
 		waitEvent(t, record, upstreamtest.Stubborn, upstreamtest.EventCompleted)

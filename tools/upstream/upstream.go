@@ -404,7 +404,7 @@ func (c *conn) call(ctx context.Context, tool string, args map[string]any, appro
 	}
 	// However long the agent waits, an upstream that never answers is
 	// waited for no longer than this.
-	ctx, cancel := context.WithTimeout(ctx, c.cfg.CallTimeout)
+	ctx, cancel := context.WithTimeoutCause(ctx, c.cfg.CallTimeout, errCallTimeout)
 	defer cancel()
 	params := &sdk.CallToolParams{Name: tool, Arguments: args}
 	if p := tools.ProgressFrom(ctx); p != nil {
@@ -440,7 +440,7 @@ func (c *conn) call(ctx context.Context, tool string, args map[string]any, appro
 // Only a call made while no session is up is known not to have left.
 func (c *conn) callError(ctx context.Context, err error) error {
 	err = fmt.Errorf("upstream %s: %w", c.cfg.Name, err)
-	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+	if context.Cause(ctx) == errCallTimeout {
 		err = fmt.Errorf("%w (no answer within call_timeout %s)", err, c.cfg.CallTimeout)
 	}
 	var wire *jsonrpc.Error
@@ -454,6 +454,9 @@ func (c *conn) callError(ctx context.Context, err error) error {
 	}
 	return &tools.UnknownOutcomeError{Err: err}
 }
+
+// errCallTimeout is why a call's context ends after call_timeout.
+var errCallTimeout = errors.New("no answer within call_timeout")
 
 // JSON-RPC error codes the go-sdk client makes up itself, never sent by an
 // upstream: calls cut off by the connection closing, and a transport
