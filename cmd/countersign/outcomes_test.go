@@ -313,13 +313,24 @@ func TestApprovedSecretIsNotAtRestInTheDatabaseOnceDelivered(t *testing.T) {
 	if _, err := p.stack.db.ExecContext(context.Background(), `PRAGMA wal_checkpoint(TRUNCATE)`); err != nil {
 		t.Fatal(err)
 	}
-	for _, name := range []string{store.FileName, store.FileName + "-wal"} {
-		b, err := os.ReadFile(filepath.Join(p.cfg.Server.DataDir, name))
-		if err != nil && !os.IsNotExist(err) {
-			t.Fatal(err)
+	// Every file of the data directory: the database, its WAL, and
+	// whatever else lives there.
+	files, err := os.ReadDir(p.cfg.Server.DataDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	for _, f := range files {
+		b, err := os.ReadFile(filepath.Join(p.cfg.Server.DataDir, f.Name()))
+		if err != nil {
+			continue // a directory, or a file gone meanwhile
 		}
+		seen[f.Name()] = true
 		if strings.Contains(string(b), string(secret)) {
-			t.Errorf("the secret's value is in plain text in %s", name)
+			t.Errorf("the secret's value is in plain text in %s", f.Name())
 		}
+	}
+	if !seen[store.FileName] {
+		t.Fatalf("no %s among %v", store.FileName, seen)
 	}
 }
