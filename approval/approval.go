@@ -148,6 +148,9 @@ type Service struct {
 
 	approvers map[string]Approver
 
+	results      cipher.AEAD   // seals kept results (results.go)
+	resultsSwept chan struct{} // closed when the result sweep ends
+
 	flushMu sync.Mutex
 
 	mu      sync.Mutex
@@ -162,9 +165,6 @@ type Service struct {
 	stop  chan struct{}
 	done  chan struct{}
 	swept chan struct{} // closed when the ceremony sweep (visitor.go) ends
-
-	results      cipher.AEAD   // seals kept results (results.go)
-	resultsSwept chan struct{} // closed when the result sweep ends
 }
 
 // New creates the approval tables if needed and starts the expiry loop, so
@@ -248,11 +248,11 @@ func New(ctx context.Context, db *sql.DB, rec Recorder, opts Options) (*Service,
 	if err := s.flush(ctx, true); err != nil {
 		s.opts.Logger.Warn("approval: outbox flush at start failed", "err", err)
 	}
+	s.resultsSwept = make(chan struct{})
+	go s.sweepResults(s.stop, s.resultsSwept)
 	go s.expiryLoop()
 	s.swept = make(chan struct{})
 	go s.sweepCeremonies(s.stop, s.swept)
-	s.resultsSwept = make(chan struct{})
-	go s.sweepResults(s.stop, s.resultsSwept)
 	return s, nil
 }
 
@@ -267,9 +267,9 @@ func (s *Service) Close() error {
 	close(s.stop)
 	s.mu.Unlock()
 	<-s.done
+	<-s.resultsSwept
 	s.alive()
 	<-s.swept
-	<-s.resultsSwept
 	return nil
 }
 
@@ -459,13 +459,13 @@ var schema = []string{
 		PRIMARY KEY (request_id, approver_id)
 	)`,
 	createVoteAssertions,
+	createResultIndex,
+	createReconciled,
 	createNotified,
 	createGrantOffers,
 	createGrantCeremonies,
 	createGrants,
 	createBatchable,
-	createResultIndex,
-	createReconciled,
 }
 
 // outboxStaleAfter is how long another process's unflushed entries wait

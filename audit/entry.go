@@ -11,6 +11,7 @@ const (
 	KindCallExecuted      = "call.executed"      // backend ran and succeeded
 	KindCallFailed        = "call.failed"        // backend ran and failed
 	KindCallInterrupted   = "call.interrupted"   // the server stopped while the backend ran; outcome unknown, never rerun
+	KindCallReconciled    = "call.reconciled"    // a person recorded whether an interrupted call ran; Reason says what and who
 	KindApprovalRequested = "approval.requested" // a request was raised
 	KindApprovalAssertion = "approval.assertion" // one approver's verified key assertion (quorum may need more)
 	KindApprovalApproved  = "approval.approved"  // quorum reached
@@ -24,7 +25,6 @@ const (
 	KindPolicyLoaded      = "policy.loaded"      // the policy in force from here on; Policy carries it
 	KindNotifySent        = "notify.sent"        // people were told of a request's event; Reason names the channel types
 	KindGrantRevoked      = "grant.revoked"      // a standing grant was revoked on the page; Approver says by whom
-	KindCallReconciled    = "call.reconciled"    // a person recorded whether an interrupted call ran; Reason says what and who
 )
 
 // Format is the version of the entry format that Append writes, recorded

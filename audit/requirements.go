@@ -149,10 +149,10 @@ func (q *requirements) check(e *Entry) string {
 		}
 		// An interrupted run may have acted: it counts as the one run.
 		return q.execution(e)
-	case KindGrantRevoked:
-		return q.grants.revoked(e)
 	case KindCallReconciled:
 		return q.reconciled(e)
+	case KindGrantRevoked:
+		return q.grants.revoked(e)
 	}
 	return ""
 }
