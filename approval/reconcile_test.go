@@ -70,6 +70,9 @@ func TestReconcileRecordsAFindingOnceAndOnlyForAnInterruptedCall(t *testing.T) {
 		t.Errorf("a finding without who: %v", err)
 	}
 
+	if open, err := f.svc.Unreconciled(ctx); err != nil || len(open) != 1 || open[0].ID != lost.ID {
+		t.Fatalf("unreconciled before: %v (%v)", open, err)
+	}
 	r, err := f.svc.Reconcile(ctx, lost.ID, Finding{Ran: true, By: "admin (ops-jo)", Note: "the note is on the server"})
 	if err != nil {
 		t.Fatal(err)
@@ -80,6 +83,9 @@ func TestReconcileRecordsAFindingOnceAndOnlyForAnInterruptedCall(t *testing.T) {
 	}
 	if _, err := f.svc.Reconcile(ctx, lost.ID, Finding{Ran: false, By: "someone else"}); !errors.Is(err, ErrReconciled) {
 		t.Errorf("second reconcile: %v", err)
+	}
+	if open, err := f.svc.Unreconciled(ctx); err != nil || len(open) != 0 {
+		t.Errorf("unreconciled after: %v (%v)", open, err)
 	}
 	if err := f.svc.BeginExecution(ctx, lost.ID); !errors.Is(err, ErrNotApproved) {
 		t.Errorf("an interrupted request claimed again: %v", err)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/user"
+	"text/tabwriter"
 
 	"github.com/countersign/countersign/approval"
 	"github.com/spf13/cobra"
@@ -58,7 +59,26 @@ be reconciled once, and only when its call was interrupted.`,
 	reconcile.Flags().BoolVar(&didNotRun, "did-not-run", false, "the call did not take effect")
 	reconcile.Flags().StringVar(&note, "note", "", "how you know, for the audit log")
 	reconcile.Flags().StringVar(&by, "by", "", "who found out, for the audit log (default: admin and your login name)")
-	cmd.AddCommand(reconcile)
+	interrupted := &cobra.Command{
+		Use:   "interrupted",
+		Short: "List interrupted calls nobody has reconciled yet",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return withApprovals(cmd, func(ctx context.Context, svc *approval.Service) error {
+				rs, err := svc.Unreconciled(ctx)
+				if err != nil {
+					return err
+				}
+				w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+				fmt.Fprintln(w, "AUTH_REQ_ID\tTOOL\tAGENT\tAPPROVED\tWHY UNKNOWN")
+				for _, r := range rs {
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", r.ID, r.Tool, r.Agent, r.DecidedAt.Format("2006-01-02 15:04"), r.Reason)
+				}
+				return w.Flush()
+			})
+		},
+	}
+	cmd.AddCommand(reconcile, interrupted)
 	return cmd
 }
 

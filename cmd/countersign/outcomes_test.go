@@ -248,6 +248,9 @@ func TestUpstreamCallWithoutAnAnswerIsInterruptedNeverFailedAndReconciled(t *tes
 
 	// A person finds out, and says so once.
 	dir := p.cfg.Server.DataDir
+	if out, errOut, code := cli(t, dir, "calls", "interrupted"); code != 0 || !strings.Contains(out, task.TaskId) || !strings.Contains(out, cut) {
+		t.Fatalf("calls interrupted: exit %d %s %s", code, out, errOut)
+	}
 	if _, errOut, code := cli(t, dir, "calls", "reconcile", cut, "--ran", "--did-not-run"); code == 0 || !strings.Contains(errOut, "contradict") {
 		t.Errorf("--ran with --did-not-run: exit %d %s", code, errOut)
 	}
@@ -260,6 +263,9 @@ func TestUpstreamCallWithoutAnAnswerIsInterruptedNeverFailedAndReconciled(t *tes
 	}
 	if _, errOut, code := cli(t, dir, "calls", "reconcile", cut, "--ran"); code == 0 || !strings.Contains(errOut, "already reconciled") {
 		t.Errorf("second reconcile: exit %d %s", code, errOut)
+	}
+	if out, _, _ := cli(t, dir, "calls", "interrupted"); strings.Contains(out, cut) || !strings.Contains(out, task.TaskId) {
+		t.Errorf("calls interrupted after reconciling %s: %s", cut, out)
 	}
 	if _, errOut, code := cli(t, dir, "calls", "reconcile", "3f1c4f8e-0000-4000-8000-000000000000", "--ran"); code == 0 || !strings.Contains(errOut, "no approval request") {
 		t.Errorf("unknown request: exit %d %s", code, errOut)
