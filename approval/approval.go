@@ -41,6 +41,7 @@ package approval
 
 import (
 	"context"
+	"crypto/cipher"
 	"crypto/x509"
 	"database/sql"
 	"encoding/json"
@@ -95,6 +96,13 @@ type Options struct {
 	// for a page reachable beyond loopback. SessionTTL: default 15m.
 	RequireSignIn bool
 	SessionTTL    time.Duration
+
+	// ResultKey (32 bytes, DeriveResultKey) seals the results of approved
+	// calls while they are kept; nil: a random key for this process
+	// alone. ResultTTL is how long a result is kept after its run for the
+	// agent to collect; default DefaultResultTTL (results.go).
+	ResultKey []byte
+	ResultTTL time.Duration
 }
 
 // Approver is a human who may countersign (from config).
@@ -139,6 +147,9 @@ type Service struct {
 	alive func() // releases the owner's liveness lock (owner.go)
 
 	approvers map[string]Approver
+
+	results      cipher.AEAD   // seals kept results (results.go)
+	resultsSwept chan struct{} // closed when the result sweep ends
 
 	flushMu sync.Mutex
 
@@ -185,6 +196,13 @@ func New(ctx context.Context, db *sql.DB, rec Recorder, opts Options) (*Service,
 	if opts.RPName == "" {
 		opts.RPName = "Countersign"
 	}
+	if opts.ResultTTL <= 0 {
+		opts.ResultTTL = DefaultResultTTL
+	}
+	results, err := resultAEAD(opts.ResultKey)
+	if err != nil {
+		return nil, err
+	}
 	if len(opts.Origins) == 0 {
 		return nil, errors.New("approval: at least one origin is required")
 	}
@@ -219,6 +237,7 @@ func New(ctx context.Context, db *sql.DB, rec Recorder, opts Options) (*Service,
 		watched:   map[string]chan struct{}{},
 		stop:      make(chan struct{}),
 		done:      make(chan struct{}),
+		results:   results,
 	}
 	for _, a := range opts.Approvers {
 		if a.ID == "" {
@@ -234,6 +253,8 @@ func New(ctx context.Context, db *sql.DB, rec Recorder, opts Options) (*Service,
 	if err := s.flush(ctx, true); err != nil {
 		s.opts.Logger.Warn("approval: outbox flush at start failed", "err", err)
 	}
+	s.resultsSwept = make(chan struct{})
+	go s.sweepResults(s.stop, s.resultsSwept)
 	go s.expiryLoop()
 	s.swept = make(chan struct{})
 	go s.sweepCeremonies(s.stop, s.swept)
@@ -253,6 +274,7 @@ func (s *Service) Close() error {
 	close(s.stop)
 	s.mu.Unlock()
 	<-s.done
+	<-s.resultsSwept
 	s.alive()
 	<-s.swept
 	<-s.freezesDone
@@ -448,6 +470,8 @@ var schema = []string{
 		PRIMARY KEY (request_id, approver_id)
 	)`,
 	createVoteAssertions,
+	createResultIndex,
+	createReconciled,
 	createNotified,
 	createGrantOffers,
 	createGrantCeremonies,

@@ -67,9 +67,12 @@ type Request struct {
 	DecidedBy      string
 	DecidedAt      time.Time
 	Reason         string
-	Result         json.RawMessage
-	Wait           string // WaitBlock | WaitPoll | WaitBackchannel | WaitTask
-	Batchable      bool   // may be approved in a batch (batch.go)
+	// Result is what the run returned, for its agent to collect, while it
+	// is kept (results.go); nil before the run and after ResultUntil.
+	Result      json.RawMessage
+	ResultUntil time.Time // when the result is erased; zero if none was kept
+	Wait        string    // WaitBlock | WaitPoll | WaitBackchannel | WaitTask
+	Batchable   bool      // may be approved in a batch (batch.go)
 	// Running says an approved request's one run was claimed (it is
 	// executing, or the process running it died).
 	Running bool
@@ -304,7 +307,7 @@ func (s *Service) scanRow(sc scanner) (*row, error) {
 	}
 	r.AuthorizationDetails = details
 	if len(result) > 0 {
-		r.Result = result
+		r.Result, r.ResultUntil = s.openResult(r.ID, result)
 	}
 	if err := json.Unmarshal([]byte(approvers), &r.Approvers); err != nil {
 		return nil, fmt.Errorf("approval: stored approvers of %s: %w", r.ID, err)
@@ -570,11 +573,16 @@ func (s *Service) Finish(ctx context.Context, id string, o Outcome) error {
 	if len(o.Result) > 0 && !json.Valid(o.Result) {
 		return fmt.Errorf("%w: result is not JSON", ErrInvalidRequest)
 	}
-	err := s.inTx(ctx, func(tx *sql.Tx) error {
+	// Kept sealed, for a while, never in plain text (results.go).
+	sealed, err := s.sealResult(id, o.Result, s.now().Add(s.opts.ResultTTL))
+	if err != nil {
+		return fmt.Errorf("approval: finish: seal result: %w", err)
+	}
+	err = s.inTx(ctx, func(tx *sql.Tx) error {
 		res, err := tx.ExecContext(ctx, `UPDATE approval_requests SET state = ?, result = ?,
 			reason = CASE WHEN ? = '' THEN reason WHEN reason = '' THEN ? ELSE reason || '; ' || ? END
 			WHERE id = ? AND state = 'approved' AND exec_claimed_at > 0`,
-			o.State, []byte(o.Result), o.Note, o.Note, o.Note, id)
+			o.State, sealed, o.Note, o.Note, o.Note, id)
 		if err != nil {
 			return fmt.Errorf("approval: finish: %w", err)
 		}

@@ -10,7 +10,8 @@ const (
 	KindCallRateLimited   = "call.rate_limited"  // calls refused over a limit; one entry per agent per minute at most, with the count
 	KindCallExecuted      = "call.executed"      // backend ran and succeeded
 	KindCallFailed        = "call.failed"        // backend ran and failed
-	KindCallInterrupted   = "call.interrupted"   // the server stopped while the backend ran; outcome unknown, never rerun
+	KindCallInterrupted   = "call.interrupted"   // the call was handed over and no answer came (server stopped, timeout, connection lost); outcome unknown, never rerun
+	KindCallReconciled    = "call.reconciled"    // a person recorded whether an interrupted call ran; Reason says what and who
 	KindApprovalRequested = "approval.requested" // a request was raised
 	KindApprovalAssertion = "approval.assertion" // one approver's verified key assertion (quorum may need more)
 	KindApprovalApproved  = "approval.approved"  // quorum reached

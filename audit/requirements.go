@@ -45,6 +45,8 @@ const (
 //     nothing), they stand alone; either way they may not run the
 //     arguments of an approved request that has not run (an execution of
 //     it relabelled low).
+//   - call.reconciled follows a call.interrupted of its request, once: a
+//     person's finding about a call whose outcome was unknown.
 type requirements struct {
 	requests map[string]*request
 	// allowed counts call.allowed entries not yet followed by their
@@ -94,6 +96,10 @@ type request struct {
 	ended    *Entry // the terminal entry: approval.approved, .denied, .expired or .cancelled
 	endedSeq int64
 	executed int64 // seq of its call.executed or call.failed
+	// interrupted: its run was call.interrupted; reconciled: the seq of
+	// the call.reconciled that settled it.
+	interrupted bool
+	reconciled  int64
 
 	assertions map[int64]*Entry // its approval.assertion entries by seq, while pending
 }
@@ -143,11 +149,28 @@ func (q *requirements) check(e *Entry) string {
 		}
 		// An interrupted run may have acted: it counts as the one run.
 		return q.execution(e)
+	case KindCallReconciled:
+		return q.reconciled(e)
 	case KindGrantRevoked:
 		return q.grants.revoked(e)
 	case KindAgentFrozen, KindAgentUnfrozen:
 		return agentSwitch(e)
 	}
+	return ""
+}
+
+// reconciled checks a person's finding about an interrupted call.
+func (q *requirements) reconciled(e *Entry) string {
+	r := q.requests[e.RequestID]
+	switch {
+	case e.RequestID == "" || r == nil:
+		return fmt.Sprintf("call.reconciled names request %q, which no earlier approval.requested raised", e.RequestID)
+	case !r.interrupted:
+		return fmt.Sprintf("call.reconciled of request %s, whose call was not interrupted", e.RequestID)
+	case r.reconciled != 0:
+		return fmt.Sprintf("request %s was already reconciled at seq %d", e.RequestID, r.reconciled)
+	}
+	r.reconciled = e.Seq
 	return ""
 }
 
@@ -351,6 +374,7 @@ func (q *requirements) execution(e *Entry) string {
 		delete(q.unrun, a)
 	}
 	r.executed = e.Seq
+	r.interrupted = e.Kind == KindCallInterrupted
 	r.entry = nil
 	q.executions++
 	return ""

@@ -101,6 +101,10 @@ type Approval struct {
 	// MaxBatch bounds how many requests one tap may approve together
 	// (tools marked batchable); 1 turns batches off.
 	MaxBatch int `mapstructure:"max_batch"`
+	// ResultTTL is how long the result of an approved call is kept,
+	// sealed, for its agent to collect (approval_status, tasks/result)
+	// after the run ended; then it is erased.
+	ResultTTL time.Duration `mapstructure:"result_ttl"`
 
 	derived derivedFields // which of the fields above Derive filled in
 }
@@ -269,6 +273,11 @@ type Upstream struct {
 	// reached; otherwise it starts, logs, and keeps retrying.
 	Required       bool          `mapstructure:"required"`
 	ConnectTimeout time.Duration `mapstructure:"connect_timeout"`
+	// CallTimeout bounds one tool call upstream (default 10m). An
+	// approved call runs to its end even if its agent leaves; this is the
+	// end of waiting for an upstream that never answers, and the call is
+	// then recorded as interrupted (outcome unknown).
+	CallTimeout time.Duration `mapstructure:"call_timeout"`
 }
 
 // ExposedName is the name an agent sees for the upstream's tool.

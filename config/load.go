@@ -190,6 +190,9 @@ func keepCase(data []byte, settings map[string]any) error {
 	return nil
 }
 
+// DefaultUpstreamCallTimeout is upstreams[].call_timeout when unset.
+const DefaultUpstreamCallTimeout = 10 * time.Minute
+
 func (c *Config) applyUpstreamDefaults() {
 	for i := range c.Upstreams {
 		u := &c.Upstreams[i]
@@ -198,6 +201,9 @@ func (c *Config) applyUpstreamDefaults() {
 		}
 		if u.ConnectTimeout == 0 {
 			u.ConnectTimeout = 30 * time.Second
+		}
+		if u.CallTimeout == 0 {
+			u.CallTimeout = DefaultUpstreamCallTimeout
 		}
 	}
 }
@@ -251,6 +257,7 @@ var defaults = map[string]any{
 	"approval.enroll_ttl":            "10m",
 	"approval.max_body_bytes":        64 << 10,
 	"approval.max_batch":             10,
+	"approval.result_ttl":            "1h",
 	"approval.tls_cert_file":         "",
 	"approval.attestation":           "none",
 	"approval.tls_key_file":          "",

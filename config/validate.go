@@ -89,6 +89,7 @@ func (c *Config) validate() []problem {
 	v.positive("approval.poll_interval", ap.PollInterval)
 	v.positive("approval.progress_every", ap.ProgressEvery)
 	v.positive("approval.enroll_ttl", ap.EnrollTTL)
+	v.positive("approval.result_ttl", ap.ResultTTL)
 	if ap.MaxBodyBytes < 1024 {
 		v.fail("approval.max_body_bytes", "expected at least 1024, got %d", ap.MaxBodyBytes)
 	}
@@ -299,6 +300,9 @@ func (c *Config) validateUpstreams(v *validator) {
 		}
 		if u.ConnectTimeout <= 0 {
 			v.fail(p+".connect_timeout", "expected a positive duration such as 30s, got %s", u.ConnectTimeout)
+		}
+		if u.CallTimeout <= 0 {
+			v.fail(p+".call_timeout", "expected a positive duration such as 10m, got %s", u.CallTimeout)
 		}
 		for j, w := range c.Upstreams[:i] {
 			if strings.HasPrefix(u.Prefix, w.Prefix) || strings.HasPrefix(w.Prefix, u.Prefix) {

@@ -95,8 +95,13 @@ func waitMode(w string) string {
 }
 
 // runApproved claims the approved request for its one execution, runs it
-// (to completion even if the caller leaves now, unless the tool follows its
-// caller's cancellation) and stores the outcome with its audit entry.
+// and stores the outcome with its audit entry. The run is not cancelled
+// when its caller leaves: the humans approved the action, not the agent's
+// patience, and an upstream told to cancel may act all the same, leaving
+// an outcome nobody knows. It runs to its end (an upstream call is bounded
+// by its upstream's call_timeout), and its result is kept, sealed, for the
+// agent to collect with approval_status or tasks/result
+// (approval.Options.ResultTTL).
 func (g *Guard) runApproved(ctx context.Context, id string, spec *tools.Spec, call *tools.Call, entry audit.Entry) (*mcp.CallToolResult, bool) {
 	// Claimed even if the caller has just left: an approved request that
 	// nobody claims would never run nor end.
@@ -114,12 +119,8 @@ func (g *Guard) runApproved(ctx context.Context, id string, spec *tools.Spec, ca
 		return toolError("refused to run approved request %s: cannot issue its approval token: %v", id, err), false
 	}
 	call.Approval = tok
-	runCtx := ctx
-	if !spec.FollowCancel {
-		runCtx = context.WithoutCancel(ctx)
-	}
 	call.ID = requestCallID(id)
-	res, content, rec, ok := g.execute(runCtx, spec, call, entry)
+	res, content, rec, ok := g.execute(context.WithoutCancel(ctx), spec, call, entry)
 	if err := g.finishErr(context.WithoutCancel(ctx), id, content, rec, ok); err != nil {
 		g.log.Error("cannot store approval outcome", "auth_req_id", id, "err", err)
 		// An outcome stored with its entry still in the outbox is durable
@@ -145,10 +146,23 @@ func Outcome(r *approval.Request) string {
 	case approval.StateCancelled:
 		return fmt.Sprintf("approval request %s was cancelled%s", r.ID, because(r.Reason))
 	case approval.StateInterrupted:
-		return fmt.Sprintf("approval request %s was approved and started, but the server stopped while it ran: "+
-			"whether it took effect is unknown, and it is not run again", r.ID)
+		return fmt.Sprintf("approval request %s was approved and its call started, but its outcome is unknown: "+
+			"it may have taken effect, and it is never run again (%s)", r.ID, r.Reason)
 	}
 	return fmt.Sprintf("approval request %s ended in state %s", r.ID, r.State)
+}
+
+// resultGone says why a request that ran has no result to hand over: it
+// was kept, sealed, for its agent to collect for a while after the run,
+// and that while is over (approval.Options.ResultTTL).
+func resultGone(r *approval.Request) string {
+	if len(r.Result) > 0 || (r.State != approval.StateExecuted && r.State != approval.StateFailed) {
+		return ""
+	}
+	if r.ResultUntil.IsZero() {
+		return "its result is no longer kept"
+	}
+	return fmt.Sprintf("its result was kept for collection until %s and has been erased", r.ResultUntil.UTC().Format(time.RFC3339))
 }
 
 func because(reason string) string {
@@ -205,6 +219,8 @@ func (g *Guard) StatusSpec() *tools.Spec {
 				out["state"] = r.State
 				if len(r.Result) > 0 {
 					out["result"] = r.Result
+				} else if gone := resultGone(r); gone != "" {
+					out["result_erased"] = gone
 				}
 				switch r.State {
 				case approval.StateDenied, approval.StateExpired, approval.StateCancelled, approval.StateInterrupted:

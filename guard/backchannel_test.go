@@ -38,7 +38,7 @@ type realStack struct {
 	keys   map[string]*approvaltest.SoftKey
 }
 
-func newRealStack(t *testing.T, policy map[string]config.Tool) *realStack {
+func newRealStack(t *testing.T, policy map[string]config.Tool, tweak ...func(*approval.Options)) *realStack {
 	t.Helper()
 	ctx := context.Background()
 	db, err := store.Open(ctx, filepath.Join(t.TempDir(), store.FileName))
@@ -57,7 +57,11 @@ func newRealStack(t *testing.T, policy map[string]config.Tool) *realStack {
 	for _, a := range people {
 		approvers = append(approvers, approval.Approver{ID: a.ID, Name: a.Name, Roles: a.Roles})
 	}
-	svc, err := approval.New(ctx, db, log, approval.Options{RPID: "localhost", Origins: []string{origin}, Approvers: approvers, PollInterval: time.Second})
+	opts := approval.Options{RPID: "localhost", Origins: []string{origin}, Approvers: approvers, PollInterval: time.Second}
+	for _, f := range tweak {
+		f(&opts)
+	}
+	svc, err := approval.New(ctx, db, log, opts)
 	if err != nil {
 		t.Fatal(err)
 	}

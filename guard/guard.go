@@ -19,6 +19,19 @@
 // package server, which hands each call to [Guard.Handle] and, while a call
 // waits for a human, keeps its client informed through [Call.Waiting].
 //
+// # Honest outcomes
+//
+// What the log says of a run is what is known of it. An approved run is
+// not cancelled when its caller leaves: it runs to its end (an upstream
+// call is bounded by its upstream's call_timeout) and its result is kept,
+// sealed, for its agent to collect (approval.Options.ResultTTL). A run
+// error is recorded for what it says about the action (execute):
+// call.failed when the backend answered with an error, or when the call
+// never reached it ("not sent"); call.interrupted, outcome unknown, when
+// the call was handed over and no answer came (tools.UnknownOutcomeError),
+// never call.failed. An interrupted request is terminal; a person records
+// what they found out with `countersign calls reconcile`.
+//
 // # Crashes and restarts
 //
 // A call's life can outlast the process. Each run is given a call id
@@ -563,9 +576,25 @@ func withheld(spec *tools.Spec) *mcp.CallToolResult {
 
 // execute runs the tool once. It returns what the agent gets, the result
 // as JSON (for approval_status), and the entry that records the run
-// (call.executed or call.failed), which the caller appends.
+// (call.executed, call.failed or call.interrupted), which the caller
+// appends. It reports false only when the tool surely did not act: an
+// interrupted call may have, and keeps counting as run.
+//
+// An error is recorded for what it says about the action: the backend's
+// own error answer is call.failed (it ran, or refused, and failed); a
+// call that never reached its backend is call.failed saying "not sent";
+// a call handed over whose answer never came (tools.UnknownOutcomeError:
+// cancelled upstream after it was sent, timed out, connection lost) is
+// call.interrupted, never call.failed.
 func (g *Guard) execute(ctx context.Context, spec *tools.Spec, call *tools.Call, entry audit.Entry) (*mcp.CallToolResult, json.RawMessage, audit.Entry, bool) {
 	res, err := safeRun(ctx, spec, call)
+	if err != nil && tools.OutcomeUnknown(err) {
+		entry.Kind, entry.Reason = audit.KindCallInterrupted, err.Error()
+		msg, _ := json.Marshal(map[string]string{"error": "interrupted: " + err.Error()})
+		g.log.Warn("call sent, outcome unknown", "tool", spec.Def.Name, "agent", entry.Agent, "err", err)
+		return toolError("%s was sent, but its outcome is unknown (%v): it may have taken effect, and it is not run again",
+			spec.Def.Name, err), msg, entry, true
+	}
 	if err != nil {
 		entry.Kind, entry.Reason = audit.KindCallFailed, err.Error()
 		msg, _ := json.Marshal(map[string]string{"error": err.Error()})

@@ -497,27 +497,64 @@ func TestUpstreamResultPassesUnchangedAndIsHashed(t *testing.T) {
 	}
 }
 
-func TestOnlyToolsThatFollowCancelSeeTheCallerLeaveAfterApproval(t *testing.T) {
-	for _, follow := range []bool{false, true} {
-		f := newFixture(t, config.LevelHigh)
-		ctx, cancel := context.WithCancel(context.Background())
-		var sawCancel bool
-		f.tool.result = func(runCtx context.Context) (*tools.Result, error) {
-			cancel()
-			select {
-			case <-runCtx.Done():
-				sawCancel = true
-			case <-time.After(50 * time.Millisecond):
+func TestApprovedRunIsNotCancelledWhenItsCallerLeaves(t *testing.T) {
+	f := newFixture(t, config.LevelHigh)
+	ctx, cancel := context.WithCancel(context.Background())
+	var sawCancel bool
+	f.tool.result = func(runCtx context.Context) (*tools.Result, error) {
+		cancel() // the agent leaves once its approved call has started
+		select {
+		case <-runCtx.Done():
+			sawCancel = true
+		case <-time.After(50 * time.Millisecond):
+		}
+		return &tools.Result{Content: "done"}, nil
+	}
+	f.humans.decide <- approval.StateApproved
+	f.g.Handle(ctx, Call{Tool: "pay", Args: map[string]any{"amount": 1.0}})
+	if sawCancel {
+		t.Error("the approved run saw its caller's cancellation")
+	}
+	if k := f.log.kinds(); k[len(k)-1] != audit.KindCallExecuted {
+		t.Errorf("log %v, want it to end with call.executed", k)
+	}
+}
+
+func TestRunErrorsAreRecordedForWhatTheySayAboutTheAction(t *testing.T) {
+	for _, c := range []struct {
+		name, kind, reason string
+		err                error
+		counts             bool // the call may have acted: it stays counted as run
+	}{
+		{"upstream answered with an error", audit.KindCallFailed, "invalid params", errors.New("invalid params"), false},
+		{"never sent", audit.KindCallFailed, "not sent: upstream down",
+			&tools.NotSentError{Err: errors.New("upstream down")}, false},
+		{"sent, no answer", audit.KindCallInterrupted, "outcome unknown: connection lost",
+			&tools.UnknownOutcomeError{Err: errors.New("connection lost")}, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			for _, level := range []string{config.LevelLow, config.LevelHigh} {
+				f := newFixture(t, level)
+				f.tool.result = func(context.Context) (*tools.Result, error) { return nil, c.err }
+				if level == config.LevelHigh {
+					f.humans.decide <- approval.StateApproved
+				}
+				res := f.g.Handle(context.Background(), Call{Tool: "pay", Args: map[string]any{"amount": 1.0}})
+				if !res.IsError {
+					t.Fatalf("%s: agent got success", level)
+				}
+				last := f.log.entries[len(f.log.entries)-1]
+				if last.Kind != c.kind || last.Reason != c.reason {
+					t.Errorf("%s: recorded %s %q, want %s %q", level, last.Kind, last.Reason, c.kind, c.reason)
+				}
+				if c.kind == audit.KindCallInterrupted && !strings.Contains(text(res), "outcome is unknown") {
+					t.Errorf("%s: the agent was told %q", level, text(res))
+				}
+				if level == config.LevelHigh && f.humans.finished[0] {
+					t.Errorf("%s: request finished as executed", level)
+				}
 			}
-			return &tools.Result{Content: "done"}, nil
-		}
-		spec, _ := f.cat.Lookup("pay")
-		spec.FollowCancel = follow
-		f.humans.decide <- approval.StateApproved
-		f.g.Handle(ctx, Call{Tool: "pay", Args: map[string]any{"amount": 1.0}})
-		if sawCancel != follow {
-			t.Errorf("FollowCancel %v: run saw the cancellation: %v", follow, sawCancel)
-		}
+		})
 	}
 }
 

@@ -154,12 +154,16 @@ func (g *Guard) failClaimed(ctx context.Context, u approval.Unfinished, entry au
 	return g.opts.Approvals.Finish(ctx, u.ID, approval.Outcome{State: approval.StateFailed, Result: result, Record: entry})
 }
 
+// finishErr stores a run's outcome, in the state its record names.
 func (g *Guard) finishErr(ctx context.Context, id string, content json.RawMessage, rec audit.Entry, ok bool) error {
-	state := approval.StateFailed
-	if ok {
-		state = approval.StateExecuted
+	o := approval.Outcome{State: approval.StateFailed, Result: content, Record: rec}
+	switch {
+	case rec.Kind == audit.KindCallInterrupted:
+		o.State, o.Note = approval.StateInterrupted, rec.Reason
+	case ok:
+		o.State = approval.StateExecuted
 	}
-	return g.opts.Approvals.Finish(ctx, id, approval.Outcome{State: state, Result: content, Record: rec})
+	return g.opts.Approvals.Finish(ctx, id, o)
 }
 
 // waitTool finds a tool by name, waiting up to Options.ToolWait for it to

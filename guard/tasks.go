@@ -102,8 +102,10 @@ func (g *Guard) CancelTask(ctx context.Context, id, agent string) (*approval.Req
 
 // TaskResult waits until agent's task id has settled and returns what the
 // call returns in block mode: the tool's result (with its approval token)
-// after its one run, or the denial, expiry, cancellation or failure as a
-// tool error.
+// after its one run, or the denial, expiry, cancellation, failure or
+// interruption (outcome unknown) as a tool error. The result can be asked
+// for again while it is kept (approval.Options.ResultTTL); after that the
+// answer says it ran and its result was erased.
 func (g *Guard) TaskResult(ctx context.Context, id, agent string) (*mcp.CallToolResult, *approval.Request, error) {
 	r, err := g.AwaitTask(ctx, id, agent, approval.Settled)
 	if err != nil {
@@ -117,6 +119,9 @@ func (g *Guard) TaskResult(ctx context.Context, id, agent string) (*mcp.CallTool
 	tok, err := g.issueToken(ctx, id)
 	if err != nil {
 		return toolError("%s ran, but its approval token cannot be issued: %v", r.Tool, err), r, nil
+	}
+	if gone := resultGone(r); gone != "" {
+		return withToken(toolError("%s %s once; %s", r.Tool, r.State, gone), tok), r, nil
 	}
 	if r.State == approval.StateFailed {
 		var failed struct{ Error string }

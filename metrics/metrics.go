@@ -91,6 +91,7 @@ type Metrics struct {
 var outcomes = map[string]string{
 	audit.KindCallExecuted:      "executed",
 	audit.KindCallFailed:        "failed",
+	audit.KindCallInterrupted:   "interrupted", // sent, no answer: outcome unknown
 	audit.KindCallRejected:      "rejected",
 	audit.KindCallDenied:        "denied",
 	audit.KindApprovalDenied:    "approval_denied",

@@ -67,6 +67,7 @@ func TestCountsFollowTheAuditLog(t *testing.T) {
 	appendAll(
 		audit.Entry{Kind: audit.KindCallAllowed, Tool: "get_balance", Agent: "a"},
 		audit.Entry{Kind: audit.KindCallExecuted, Tool: "get_balance", Agent: "a"},
+		audit.Entry{Kind: audit.KindCallInterrupted, Tool: "get_balance", Agent: "a"},
 		audit.Entry{Kind: audit.KindCallRejected, Tool: "launch_missiles", Agent: "a", Reason: "unknown tool"},
 		audit.Entry{Kind: audit.KindCallRejected, Tool: "drop_tables", Agent: "a", Reason: "unknown tool"},
 		audit.Entry{Kind: audit.KindApprovalRequested, Tool: "transfer", Agent: "a", RequestID: "r1"},
@@ -77,6 +78,7 @@ func TestCountsFollowTheAuditLog(t *testing.T) {
 	text := exposition(t, m)
 	for series, want := range map[string]float64{
 		`countersign_tool_calls_total{outcome="executed",tool="get_balance"}`:     1,
+		`countersign_tool_calls_total{outcome="interrupted",tool="get_balance"}`:  1,
 		`countersign_tool_calls_total{outcome="rejected",tool="(unknown)"}`:       2,
 		`countersign_tool_calls_total{outcome="approval_denied",tool="transfer"}`: 1,
 		`countersign_approval_requests_total{state="requested"}`:                  1,

@@ -37,10 +37,6 @@ type Spec struct {
 	Source string
 	// Facts names the fact variables Prepare supplies to the policy.
 	Facts []string
-	// FollowCancel says the caller's cancellation reaches Run even once
-	// the call was approved: an upstream call is cancelled upstream when
-	// its agent gives up. Built-in backends finish what they started.
-	FollowCancel bool
 	// Pure says Run changes nothing anywhere: a built-in tool that only
 	// reads. The guard then records a routine call once, after it ran,
 	// rather than before and after, since nothing needs undoing or

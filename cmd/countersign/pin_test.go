@@ -164,8 +164,8 @@ func (s *pinSite) pollCall(t *testing.T, name string, args map[string]any) strin
 	return out.AuthReqID
 }
 
-// kindsOf counts the entries of kind per tool.
-func kindsOf(t *testing.T, s *stack, kind string) map[string]int {
+// toolCounts counts the entries of kind per tool.
+func toolCounts(t *testing.T, s *stack, kind string) map[string]int {
 	n := map[string]int{}
 	for _, e := range entries(t, s, kind) {
 		n[e.Tool]++
@@ -178,7 +178,7 @@ func TestPinnedUpstreamToolsChangeOnlyWithAnAdminsAcceptance(t *testing.T) {
 	s := startPinSite(t, config.Tool{Level: "critical", Approvers: []string{"role:treasury"}, Quorum: 2, Wait: "poll"})
 
 	// (a) The first connection pins every tool, one tool.pinned each.
-	if n := kindsOf(t, s.stack, audit.KindToolPinned); len(n) != 7 || n["notes__rug"] != 1 {
+	if n := toolCounts(t, s.stack, audit.KindToolPinned); len(n) != 7 || n["notes__rug"] != 1 {
 		t.Fatalf("tool.pinned per tool: %v", n)
 	}
 	readNote := func(t *testing.T) {
@@ -223,7 +223,7 @@ func TestPinnedUpstreamToolsChangeOnlyWithAnAdminsAcceptance(t *testing.T) {
 		if len(denied) == 0 || denied[len(denied)-1].Tool != "notes__rug" || !strings.Contains(denied[len(denied)-1].Reason, want) {
 			t.Fatalf("the refused call is not recorded: %+v", denied)
 		}
-		if n := kindsOf(t, s.stack, audit.KindToolChanged)["notes__rug"]; n != 1 {
+		if n := toolCounts(t, s.stack, audit.KindToolChanged)["notes__rug"]; n != 1 {
 			t.Fatalf("tool.changed of notes__rug: %d entries, want 1", n)
 		}
 		if n := upstreamCalls(t, s.record)["rug"]; n != 0 {
@@ -311,7 +311,7 @@ func TestPinnedUpstreamToolsChangeOnlyWithAnAdminsAcceptance(t *testing.T) {
 			!strings.Contains(removed[0].Reason, "the policy tools.notes__rug now names no tool") {
 			t.Fatalf("removal of notes__rug recorded as %+v", removed)
 		}
-		if n := kindsOf(t, s.stack, audit.KindToolChanged)["notes__rug2"]; n != 1 {
+		if n := toolCounts(t, s.stack, audit.KindToolChanged)["notes__rug2"]; n != 1 {
 			t.Fatalf("tool.changed of notes__rug2: %d entries, want 1", n)
 		}
 		// (h) /readyz stays ready and names the policy that names nothing

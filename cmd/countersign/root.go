@@ -69,6 +69,7 @@ Start with:
 	root.AddCommand(newServeCmd(), newInitCmd(), newConfigCmd(), newVersionCmd(), newPolicyCmd(), newAuditCmd(),
 		newApproversCmd(), newAgentsCmd(), newTokenCmd())
 	root.AddCommand(newUpstreamsCmd())
+	root.AddCommand(newCallsCmd())
 	return root
 }
 

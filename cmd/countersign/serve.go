@@ -166,6 +166,9 @@ func assemble(ctx context.Context, c *config.Config, log *slog.Logger) (_ *stack
 			return nil, configError(fmt.Errorf("%s: approval.attestation_roots: %w", c.Source, err))
 		}
 	}
+	if aopts.ResultKey, err = resultKey(c); err != nil {
+		return nil, err
+	}
 	s.notifier, aopts.Notify = notifier(c, recorder, s.metrics, log.With("component", "notify"))
 	if s.approvals, err = approval.New(ctx, s.db, recorder, aopts); err != nil {
 		return nil, err
@@ -621,7 +624,19 @@ func approvalOptions(c *config.Config) approval.Options {
 		EnrollTTL: c.Approval.EnrollTTL, MaxBodyBytes: c.Approval.MaxBodyBytes, MaxBatch: c.Approval.MaxBatch,
 		Attestation:   c.Approval.Attestation,
 		RequireSignIn: c.Approval.Remote(),
+		ResultTTL:     c.Approval.ResultTTL,
 	}
+}
+
+// resultKey is the key approved calls' results are sealed with while they
+// wait for their agent, derived from the server key in the data directory
+// (approval/results.go says why there).
+func resultKey(c *config.Config) ([]byte, error) {
+	serverKey, err := audit.LoadOrCreateKey(c.Server.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	return approval.DeriveResultKey(serverKey)
 }
 
 func listen(addr string) (net.Listener, error) {

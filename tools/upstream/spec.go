@@ -133,8 +133,7 @@ func objectSchema(s any) (json.RawMessage, error) {
 // run): Run refuses a call approved under another definition.
 func spec(server, tool string, def mcp.Tool, sha string, call caller, pinned func(tool string) string) *tools.Spec {
 	return &tools.Spec{
-		Def:          def,
-		FollowCancel: true,
+		Def: def,
 		Prepare: func(_ context.Context, args map[string]any) (*tools.Call, error) {
 			args = maps.Clone(args)
 			if args == nil {
@@ -184,9 +183,8 @@ func orNone(s string) string {
 func heldSpec(server string, def mcp.Tool, change Change, held func(ctx context.Context) error) *tools.Spec {
 	refuse := func() error { return &HeldError{Server: server, Change: change} }
 	return &tools.Spec{
-		Def:          def,
-		FollowCancel: true,
-		Held:         held,
+		Def:  def,
+		Held: held,
 		Prepare: func(context.Context, map[string]any) (*tools.Call, error) {
 			return nil, refuse()
 		},

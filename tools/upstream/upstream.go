@@ -8,8 +8,12 @@
 // and offers each as <prefix><tool> with the upstream's own description,
 // schemas and annotations. A call that the guard lets through is one
 // tools/call upstream; the upstream's result goes back to the agent
-// unchanged. Progress from the upstream reaches the agent, and an agent that
-// cancels cancels the upstream call.
+// unchanged. Progress from the upstream reaches the agent. An agent that
+// cancels a routine call cancels the upstream call; an approved call is
+// not cancelled by its agent leaving (package guard). A call that was sent
+// and got no answer (cancelled, timed out after call_timeout, connection
+// lost) is a tools.UnknownOutcomeError: the guard records it as
+// interrupted, never as failed.
 //
 // The connection is kept alive: notifications/tools/list_changed re-lists
 // the tools (and the catalog tells Countersign's own clients); an upstream
@@ -48,6 +52,7 @@ import (
 	"github.com/countersign/countersign/tools"
 	"github.com/google/uuid"
 	"github.com/mark3labs/mcp-go/mcp"
+	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
 )
 
@@ -120,6 +125,9 @@ func Start(ctx context.Context, ups []config.Upstream, cat *tools.Catalog, opts 
 	m := &Manager{cat: cat, log: opts.Logger, version: opts.Version, stop: stop,
 		pins: opts.Pins, policy: opts.Policy, recheck: opts.RecheckHeld}
 	for _, u := range ups {
+		if u.CallTimeout <= 0 {
+			u.CallTimeout = config.DefaultUpstreamCallTimeout
+		}
 		m.conns = append(m.conns, &conn{
 			cfg: u, m: m, getenv: opts.Getenv,
 			log:    opts.Logger.With("upstream", u.Name),
@@ -587,8 +595,12 @@ func (c *conn) call(ctx context.Context, tool string, args map[string]any, appro
 		if lastErr == nil {
 			lastErr = errors.New("not connected")
 		}
-		return nil, fmt.Errorf("upstream %s is unavailable (reconnecting): %v", c.cfg.Name, lastErr)
+		return nil, &tools.NotSentError{Err: fmt.Errorf("upstream %s is unavailable (reconnecting): %v", c.cfg.Name, lastErr)}
 	}
+	// However long the agent waits, an upstream that never answers is
+	// waited for no longer than this.
+	ctx, cancel := context.WithTimeoutCause(ctx, c.cfg.CallTimeout, errCallTimeout)
+	defer cancel()
 	params := &sdk.CallToolParams{Name: tool, Arguments: args}
 	if p := tools.ProgressFrom(ctx); p != nil {
 		token := uuid.NewString()
@@ -608,10 +620,47 @@ func (c *conn) call(ctx context.Context, tool string, args map[string]any, appro
 	}
 	res, err := session.CallTool(ctx, params)
 	if err != nil {
-		return nil, fmt.Errorf("upstream %s: %w", c.cfg.Name, err)
+		return nil, c.callError(ctx, err)
 	}
 	return convertResult(res)
 }
+
+// callError says what a failed tools/call tells about the upstream's
+// action. A JSON-RPC error the upstream sent is its answer: the tool ran,
+// or refused, and failed. Anything else (the connection lost, the call
+// cancelled upstream after it was sent, no answer within call_timeout)
+// leaves the outcome unknown: the upstream may have acted. That includes
+// the go-sdk's "rejected by transport", which its Streamable HTTP client
+// also reports when the POST was delivered and its response was cut off.
+// Only a call made while no session is up is known not to have left.
+func (c *conn) callError(ctx context.Context, err error) error {
+	err = fmt.Errorf("upstream %s: %w", c.cfg.Name, err)
+	if context.Cause(ctx) == errCallTimeout {
+		err = fmt.Errorf("%w (no answer within call_timeout %s)", err, c.cfg.CallTimeout)
+	}
+	var wire *jsonrpc.Error
+	if errors.As(err, &wire) {
+		switch wire.Code {
+		case codeServerClosing, codeClientClosing, codeRejected:
+			// Made up on our side: the upstream never answered.
+		default:
+			return err
+		}
+	}
+	return &tools.UnknownOutcomeError{Err: err}
+}
+
+// errCallTimeout is why a call's context ends after call_timeout.
+var errCallTimeout = errors.New("no answer within call_timeout")
+
+// JSON-RPC error codes the go-sdk client makes up itself, never sent by an
+// upstream: calls cut off by the connection closing, and a transport
+// failure around the request.
+const (
+	codeClientClosing = -32003
+	codeServerClosing = -32004
+	codeRejected      = -32005
+)
 
 // convertResult carries the upstream's result over to the server library's
 // type through its JSON form, so that nothing of it (content of any kind,

@@ -91,8 +91,8 @@ func TestStdioUpstreamToolsAreOfferedUnderThePrefixAsTheyAre(t *testing.T) {
 	}
 	read, _ := cat.Lookup("notes__read_note")
 	write, _ := cat.Lookup("notes__write_note")
-	if !read.ReadOnly() || write.ReadOnly() || read.Source != "notes" || !read.FollowCancel {
-		t.Errorf("read-only %v/%v source %q follow %v", read.ReadOnly(), write.ReadOnly(), read.Source, read.FollowCancel)
+	if !read.ReadOnly() || write.ReadOnly() || read.Source != "notes" {
+		t.Errorf("read-only %v/%v source %q", read.ReadOnly(), write.ReadOnly(), read.Source)
 	}
 	if h := write.Def.Annotations.DestructiveHint; h == nil || !*h {
 		t.Error("write_note lost its destructiveHint")

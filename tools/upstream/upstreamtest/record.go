@@ -14,8 +14,8 @@ import (
 // Events of a [Record].
 const (
 	EventCalled    = "called"    // a tool handler was invoked
-	EventCancelled = "cancelled" // slow saw its context cancelled and stopped
-	EventCompleted = "completed" // slow ran all its steps
+	EventCancelled = "cancelled" // slow saw its context cancelled and stopped; stubborn saw it and carried on
+	EventCompleted = "completed" // slow ran all its steps; stubborn wrote its note
 )
 
 // Record is one line of the record file.

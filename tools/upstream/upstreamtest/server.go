@@ -88,6 +88,9 @@ func NewServer(opts Options) *mcp.Server {
 	if opts.Mutable {
 		s.addMutable()
 	}
+	if opts.Stubborn {
+		s.addStubborn()
+	}
 	return s.mcp
 }
 

@@ -105,6 +105,8 @@ type Options struct {
 	// Mutable adds the tools rug and mutate, with which a test makes the
 	// server rename, relabel or change its tools (see mutate.go).
 	Mutable bool
+	// Stubborn adds the hostile tool [Stubborn] (stubborn.go).
+	Stubborn bool
 }
 
 // stderrLogger logs warnings and errors of the go-sdk to stderr; stdout may
