@@ -66,6 +66,7 @@ import (
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/guard"
 	"github.com/countersign/countersign/token"
+	"github.com/countersign/countersign/tools"
 )
 
 // Tool is the policy entry of CIBA requests: tools.ciba.
@@ -86,6 +87,8 @@ const (
 // tokens; *guard.Guard satisfies it.
 type Countersigner interface {
 	Raise(ctx context.Context, b guard.Backchannel) (*approval.Request, error)
+	Offers(tool string) bool
+	PrepareAction(ctx context.Context, tool string, args map[string]any) (*tools.Call, error)
 	Redeem(ctx context.Context, tool, id, agent string) (*approval.PollStatus, string, error)
 	RecordRejected(ctx context.Context, agent, tool, reason string)
 }
@@ -105,6 +108,10 @@ type Options struct {
 	Keys      KeySet
 	Agents    []config.Agent    // http.agents; none: anonymous clients from loopback
 	Approvers []config.Approver // whom login_hint can name
+	// Accounts are the ledger's accounts: a payment that names no
+	// debtorAccount is judged as a transfer from the one account in its
+	// currency (actions.go).
+	Accounts []config.Account
 	// Enabled says tools.ciba is configured. Without it the backchannel
 	// endpoint refuses every request (unauthorized_client) and discovery
 	// does not offer it; the key set is published all the same, for the
@@ -192,6 +199,11 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request) {
 		reject(authError(CodeUnknownUserID, "login_hint %s names no approver and no role with approvers", quote(req.LoginHint)))
 		return
 	}
+	actions, e := s.judge(r.Context(), req)
+	if e != nil {
+		reject(e)
+		return
+	}
 	summary := fmt.Sprintf("%s asks for a countersignature over CIBA", agent)
 	if req.BindingMessage != "" {
 		summary = fmt.Sprintf("%s asks: %q", agent, req.BindingMessage)
@@ -200,6 +212,7 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request) {
 		Tool: Tool, Agent: agent, Args: req.args(), Details: req.Details, Summary: summary,
 		Timeout:   req.RequestedExpiry,
 		Approvers: narrow(req.LoginHint, named),
+		Actions:   actions,
 	})
 	var ce *Error
 	var refusal *guard.Refusal
