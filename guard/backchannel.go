@@ -339,6 +339,13 @@ func (g *Guard) Redeem(ctx context.Context, tool, id, agent string) (*approval.P
 	if err != nil {
 		return fail("cannot read the approval: " + err.Error())
 	}
+	// The record names the rules that decided, as a tool call's does, so
+	// that replay can hold it to the policy.
+	stored, err := g.opts.Approvals.Stored(ctx, id)
+	if err != nil {
+		return fail("cannot read the request: " + err.Error())
+	}
+	entry.Rule = stored.Rule
 	if !g.now().Before(r.ExpiresAt) {
 		// Approved in time, but the auth_req_id lives only until
 		// expires_at (CIBA): an exchange after that gets expired_token.
