@@ -21,6 +21,9 @@
 // (package guard) decides it with the same policy (level, rules over args,
 // approvers, quorum), raises it, and records every step in the audit log;
 // the approver page shows its authorization_details and binding_message.
+// A detail that describes what a built-in tool does (a payment, a
+// deployment, a secret read) is also judged by that tool's policy, with
+// the facts the tool gathers, and tools.ciba is the floor (actions.go).
 // login_hint names an approver or a role ("alice", "role:treasury") and
 // narrows the approvers policy allows to those; it must leave enough of
 // them for the quorum. The token endpoint hands out the approval token
