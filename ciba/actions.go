@@ -48,6 +48,16 @@ func (s *Server) judge(ctx context.Context, req *authRequest) ([]guard.Action, *
 	for i, v := range req.details {
 		d, _ := v.(map[string]any)
 		typ, _ := d["type"].(string)
+		if typ == "mcp_tool_call" {
+			a, e := s.upstreamAction(ctx, i, d)
+			if e != nil {
+				return nil, e
+			}
+			if a != nil {
+				actions = append(actions, *a)
+			}
+			continue
+		}
 		tool, ok := detailTools[typ]
 		if !ok || !s.opts.Guard.Offers(tool) {
 			continue
@@ -182,4 +192,39 @@ func sameAmount(client, own map[string]any) error {
 		return fmt.Errorf("instructedAmount.amount %s cannot be judged exactly; send fewer digits", text)
 	}
 	return nil
+}
+
+// upstreamAction is the action of an mcp_tool_call detail naming an
+// upstream Countersign fronts: the call of its tool as agents see it
+// (prefix and name), judged by that tool's policy, or by the upstream's
+// default when tools: does not list it. A tool the upstream does not
+// offer now (not connected, or its listing changed) is judged by policy
+// alone, which gives an unknown tool of a known upstream its default
+// level: never weaker than a tool it offers. A server Countersign does
+// not front is no action: tools.ciba alone judges it.
+func (s *Server) upstreamAction(ctx context.Context, i int, d map[string]any) (*guard.Action, *Error) {
+	server, _ := d["server"].(string)
+	name, _ := d["tool"].(string)
+	args, _ := d["arguments"].(map[string]any)
+	if args == nil {
+		args = map[string]any{}
+	}
+	for _, u := range s.opts.Upstreams {
+		if u.Name != server {
+			continue
+		}
+		tool := u.ExposedName(name)
+		call, err := s.opts.Guard.PrepareAction(ctx, tool, args)
+		var argErr *tools.ArgError
+		switch {
+		case errors.Is(err, guard.ErrNoTool):
+			return &guard.Action{Tool: tool, Call: &tools.Call{Args: args}}, nil
+		case errors.As(err, &argErr):
+			return nil, authError(CodeInvalidAuthzDetails, "authorization_details[%d] (mcp_tool_call) is judged as a %s call, which refuses it: %v", i, tool, err)
+		case err != nil:
+			return nil, authError(CodeAccessDenied, "authorization_details[%d] (mcp_tool_call): %s: %v", i, tool, err)
+		}
+		return &guard.Action{Tool: tool, Call: call}, nil
+	}
+	return nil, nil
 }

@@ -71,7 +71,7 @@ func newToolStack(t *testing.T, edit func(*config.Config)) *stack {
 	for name, s := range tools.Schemas(c) {
 		schemas[name] = authz.Schema(s)
 	}
-	pol, err := authz.Compile(c.Tools, c.Approvers, authz.Options{Facts: tools.Facts(), Schemas: schemas})
+	pol, err := authz.Compile(c.Tools, c.Approvers, authz.Options{Facts: tools.Facts(), Schemas: schemas, Upstreams: c.Upstreams})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -94,7 +94,7 @@ func newToolStack(t *testing.T, edit func(*config.Config)) *stack {
 	g := guard.New(guard.Options{Catalog: cat, Policy: pol, Audit: log, Approvals: svc, Evidence: svc, Tokens: s.signer, Tools: c.Tools})
 	t.Cleanup(g.Close)
 	cs, err := New(Options{Issuer: srv.URL, Guard: g, Keys: s.signer, Agents: agents, Approvers: c.Approvers,
-		Accounts: c.Ledger.Accounts, Enabled: true})
+		Accounts: c.Ledger.Accounts, Upstreams: c.Upstreams, Enabled: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -316,5 +316,29 @@ func TestCIBADetailOfADeniedToolRefused(t *testing.T) {
 	if len(added) != 1 || added[0].Kind != audit.KindCallDenied || added[0].Decision != config.LevelDeny ||
 		added[0].Rule != "read_secret:never-payments-key" || added[0].Tool != Tool {
 		t.Fatalf("recorded %+v", added)
+	}
+}
+
+// An mcp_tool_call detail naming an upstream Countersign fronts is judged
+// by that tool's policy, or the upstream's default for a tool tools: does
+// not list, connected or not; one naming another server by tools.ciba.
+func TestCIBAUpstreamToolCallJudgedByItsPolicy(t *testing.T) {
+	s := newToolStack(t, func(c *config.Config) {
+		c.Upstreams = []config.Upstream{{Name: "files", Prefix: "files__", Command: []string{"true"}, DefaultLevel: "critical"}}
+		c.Tools["files__delete_all"] = config.Tool{Level: "deny"}
+	})
+	call := func(server, tool string) string {
+		return `[{"type":"mcp_tool_call","server":"` + server + `","tool":"` + tool + `","arguments":{"path":"/srv"}}]`
+	}
+	r := s.raise(t, call("files", "write_file"))
+	if req := s.request(t, r.str("auth_req_id")); r.status != 200 || req.Level != config.LevelCritical || req.Quorum != 2 {
+		t.Fatalf("upstream default critical: %d %v", r.status, r.body)
+	}
+	if r := s.raise(t, call("files", "delete_all")); r.status != 403 || r.str("error") != CodeAccessDenied {
+		t.Fatalf("denied upstream tool: %d %v", r.status, r.body)
+	}
+	r = s.raise(t, call("elsewhere", "delete_all"))
+	if req := s.request(t, r.str("auth_req_id")); r.status != 200 || req.Level != config.LevelHigh {
+		t.Fatalf("a server Countersign does not front: %d %v", r.status, r.body)
 	}
 }

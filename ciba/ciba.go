@@ -115,6 +115,9 @@ type Options struct {
 	// debtorAccount is judged as a transfer from the one account in its
 	// currency (actions.go).
 	Accounts []config.Account
+	// Upstreams are the MCP servers Countersign fronts: an mcp_tool_call
+	// detail naming one is judged by its tool's policy (actions.go).
+	Upstreams []config.Upstream
 	// Enabled says tools.ciba is configured. Without it the backchannel
 	// endpoint refuses every request (unauthorized_client) and discovery
 	// does not offer it; the key set is published all the same, for the

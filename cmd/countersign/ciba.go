@@ -50,8 +50,8 @@ func cibaRoutes(c *config.Config, g *guard.Guard, keys *token.Signer, log *slog.
 	_, enabled := c.Tools[ciba.Tool]
 	srv, err := ciba.New(ciba.Options{
 		Issuer: issuer(c), Guard: g, Keys: keys, Agents: c.HTTP.Agents, Approvers: c.Approvers,
-		Accounts: c.Ledger.Accounts,
-		Enabled:  enabled, Logger: log,
+		Accounts: c.Ledger.Accounts, Upstreams: c.Upstreams,
+		Enabled: enabled, Logger: log,
 	})
 	if err != nil {
 		return nil, err
