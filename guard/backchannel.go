@@ -213,7 +213,8 @@ func (g *Guard) countWhileLive(id string, counted []*reservation) {
 
 // combine is the decision of a backchannel request given floor, its own
 // policy's decision (combined with its earlier actions'), and d, the
-// decision of one of its actions by tool's policy. The stricter wins in every part:
+// decision of one of its actions by tool's policy. The stricter wins in
+// every part:
 //
 //   - level: the higher; deny if either denies;
 //   - approvers: those both allow (each policy names who may approve what
