@@ -40,6 +40,7 @@ func renderDisplay(details []json.RawMessage, tool, agent, code string) string {
 			lines = append(lines, l)
 		}
 	}
+	quoted = append(quoted, claimLines(details)...)
 	if len(details) == 0 {
 		lines = append(lines, "Action: "+clean(tool, 100)+" (no details given)")
 	}
@@ -54,33 +55,7 @@ func renderDisplay(details []json.RawMessage, tool, agent, code string) string {
 // WarningPrefix starts a display line the page shows as a warning.
 const WarningPrefix = "Warning: "
 
-// ClientClaims is the member of an authorization detail that holds what
-// the client claimed of a fact the server established itself (a CIBA
-// payment's counterpartyKnown, a secret's classification), where the two
-// differ: the detail states the server's fact, and the display quotes the
-// claim as the agent's words, after the server's lines.
-const ClientClaims = "clientClaims"
-
 func renderDetail(raw json.RawMessage) []string {
-	lines := renderFields(raw)
-	var d struct {
-		Claims map[string]json.RawMessage `json:"clientClaims"`
-	}
-	if json.Unmarshal(raw, &d) != nil {
-		return lines
-	}
-	keys := make([]string, 0, len(d.Claims))
-	for k := range d.Claims {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	for _, k := range keys {
-		lines = append(lines, agentLine("claim "+clean(k, 40)+", not what the server found", compact(d.Claims[k]), 80))
-	}
-	return lines
-}
-
-func renderFields(raw json.RawMessage) []string {
 	var d map[string]json.RawMessage
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.UseNumber()
@@ -147,7 +122,7 @@ func renderFields(raw json.RawMessage) []string {
 	lines := []string{"Action: " + clean(orDefault(typ, "(untyped)"), 80)}
 	keys := make([]string, 0, len(d))
 	for k := range d {
-		if k != "type" && k != ClientClaims {
+		if k != "type" {
 			keys = append(keys, k)
 		}
 	}
