@@ -44,7 +44,7 @@ var serverFacts = map[string][]string{
 // under a weaker one.
 func (s *Server) judge(ctx context.Context, req *authRequest) ([]guard.Action, *Error) {
 	var actions []guard.Action
-	changed := false
+	changed := map[int]bool{}
 	for i, v := range req.details {
 		d, _ := v.(map[string]any)
 		typ, _ := d["type"].(string)
@@ -95,7 +95,7 @@ func (s *Server) judge(ctx context.Context, req *authRequest) ([]guard.Action, *
 				claims[m] = said
 			}
 			if !reflect.DeepEqual(d[m], fact) {
-				d[m], changed = fact, true
+				d[m], changed[i] = fact, true
 			}
 		}
 		if len(claims) > 0 {
@@ -103,19 +103,42 @@ func (s *Server) judge(ctx context.Context, req *authRequest) ([]guard.Action, *
 		}
 		actions = append(actions, guard.Action{Tool: tool, Call: call})
 	}
-	if changed {
-		raw, err := json.Marshal(req.details)
-		if err == nil {
-			raw, err = jcs.Transform(raw)
-		}
-		if err != nil {
+	if len(changed) > 0 {
+		if err := rewrite(req, changed); err != nil {
 			return nil, authError(CodeServerError, "authorization_details: %v", err)
 		}
-		var value []any
-		json.Unmarshal(raw, &value)
-		req.Details, req.details = raw, value
 	}
 	return actions, nil
+}
+
+// rewrite puts the changed details into the request's canonical details.
+// Only those are encoded again, from their decoded values (strings and
+// booleans); every other detail keeps its canonical bytes as they were.
+func rewrite(req *authRequest, changed map[int]bool) error {
+	var raws []json.RawMessage
+	if err := json.Unmarshal(req.Details, &raws); err != nil {
+		return err
+	}
+	for i := range changed {
+		b, err := json.Marshal(req.details[i])
+		if err != nil {
+			return err
+		}
+		raws[i] = b
+	}
+	raw, err := json.Marshal(raws)
+	if err == nil {
+		raw, err = jcs.Transform(raw)
+	}
+	if err != nil {
+		return err
+	}
+	var value []any
+	if err := json.Unmarshal(raw, &value); err != nil {
+		return err
+	}
+	req.Details, req.details = raw, value
+	return nil
 }
 
 // toolArgs are the arguments of the tool call a detail describes.

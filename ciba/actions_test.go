@@ -342,3 +342,19 @@ func TestCIBAUpstreamToolCallJudgedByItsPolicy(t *testing.T) {
 		t.Fatalf("a server Countersign does not front: %d %v", r.status, r.body)
 	}
 }
+
+// Writing the server's facts into one detail leaves the others as the
+// client sent them, and the whole in RFC 8785 form.
+func TestCIBAFactsChangeOnlyTheirDetail(t *testing.T) {
+	s := newToolStack(t, nil)
+	other := `{"arguments":{"n":0.1,"path":"/srv/a"},"server":"elsewhere","tool":"write","type":"mcp_tool_call"}`
+	r := s.raise(t, `[`+other+`,{"type":"payment_initiation","instructedAmount":{"currency":"USD","amount":"10.00"},"creditorName":"Acme Supplies","debtorAccount":{"id":"operating"}}]`)
+	if r.status != 200 {
+		t.Fatalf("bc-authorize: %d %v", r.status, r.body)
+	}
+	got := string(s.request(t, r.str("auth_req_id")).AuthorizationDetails)
+	want := `[` + other + `,{"counterpartyKnown":true,"creditorName":"Acme Supplies","debtorAccount":{"id":"operating"},"instructedAmount":{"amount":"10.00","currency":"USD"},"newCounterparty":false,"type":"payment_initiation"}]`
+	if got != want {
+		t.Errorf("details\n%s\nwant\n%s", got, want)
+	}
+}
