@@ -11,6 +11,7 @@ import (
 	"github.com/gowebpki/jcs"
 
 	"github.com/countersign/countersign/approval"
+	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/guard"
 	"github.com/countersign/countersign/tools"
 	"github.com/countersign/countersign/tools/ledger"
@@ -109,6 +110,33 @@ func (s *Server) judge(ctx context.Context, req *authRequest) ([]guard.Action, *
 		}
 	}
 	return actions, nil
+}
+
+// RestoreUsage counts again, after a restart, the amounts of the CIBA
+// payments of the last day in the transfer usage windows (entries oldest
+// first, as for guard.RestoreUsage), from their logged
+// authorization_details, which hold the payments as they were judged.
+func (s *Server) RestoreUsage(ctx context.Context, entries []audit.Entry) {
+	s.opts.Guard.RestoreBackchannel(ctx, Tool, entries, func(ctx context.Context, args map[string]any) []guard.Action {
+		details, _ := args["authorization_details"].([]any)
+		var out []guard.Action
+		for _, v := range details {
+			d, _ := v.(map[string]any)
+			typ, _ := d["type"].(string)
+			tool, ok := detailTools[typ]
+			if !ok {
+				continue
+			}
+			a, err := s.toolArgs(typ, d)
+			if err != nil {
+				continue
+			}
+			if call, err := s.opts.Guard.PrepareAction(ctx, tool, a); err == nil {
+				out = append(out, guard.Action{Tool: tool, Call: call})
+			}
+		}
+		return out
+	})
 }
 
 // rewrite puts the changed details into the request's canonical details.

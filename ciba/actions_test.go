@@ -17,6 +17,7 @@ import (
 	"net/url"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -91,15 +92,28 @@ func newToolStack(t *testing.T, edit func(*config.Config)) *stack {
 	if s.signer, err = token.NewSigner(tk, srv.URL, token.SignerOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	g := guard.New(guard.Options{Catalog: cat, Policy: pol, Audit: log, Approvals: svc, Evidence: svc, Tokens: s.signer, Tools: c.Tools})
-	t.Cleanup(g.Close)
-	cs, err := New(Options{Issuer: srv.URL, Guard: g, Keys: s.signer, Agents: agents, Approvers: c.Approvers,
-		Accounts: c.Ledger.Accounts, Upstreams: c.Upstreams, Enabled: true})
-	if err != nil {
-		t.Fatal(err)
+	// start builds the guard and the CIBA server, as a process start does,
+	// restoring the usage windows from the log; restart replaces them.
+	var current atomic.Pointer[Server]
+	var stop func()
+	start := func() {
+		g := guard.New(guard.Options{Catalog: cat, Policy: pol, Audit: log, Approvals: svc, Evidence: svc, Tokens: s.signer, Tools: c.Tools})
+		cs, err := New(Options{Issuer: srv.URL, Guard: g, Keys: s.signer, Agents: agents, Approvers: c.Approvers,
+			Accounts: c.Ledger.Accounts, Upstreams: c.Upstreams, Enabled: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		recent := s.entries(t)
+		g.RestoreUsage(ctx, recent)
+		cs.RestoreUsage(ctx, recent)
+		current.Store(cs)
+		stop = g.Close
 	}
-	for p, h := range cs.Routes() {
-		mux.Handle(p, h)
+	start()
+	t.Cleanup(func() { stop() })
+	s.restart = func() { stop(); start() }
+	for p := range current.Load().Routes() {
+		mux.Handle(p, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { current.Load().Routes()[p].ServeHTTP(w, r) }))
 	}
 	for _, a := range []string{"alice", "bob"} {
 		s.enroll(t, a)
@@ -356,5 +370,36 @@ func TestCIBAFactsChangeOnlyTheirDetail(t *testing.T) {
 	want := `[` + other + `,{"counterpartyKnown":true,"creditorName":"Acme Supplies","debtorAccount":{"id":"operating"},"instructedAmount":{"amount":"10.00","currency":"USD"},"newCounterparty":false,"type":"payment_initiation"}]`
 	if got != want {
 		t.Errorf("details\n%s\nwant\n%s", got, want)
+	}
+}
+
+// A restart forgets no CIBA payment: those approved or still waiting count
+// again in the transfer windows, a denied one does not.
+func TestCIBAPaymentsCountAfterARestart(t *testing.T) {
+	s := newToolStack(t, nil)
+	ids := make([]string, 4)
+	for i := range ids {
+		r := s.raise(t, payment("240000.00", "Acme Supplies", ""))
+		if r.status != 200 {
+			t.Fatalf("bc-authorize: %d %v", r.status, r.body)
+		}
+		ids[i] = r.str("auth_req_id")
+	}
+	s.tap(t, "alice", ids[0], "approve")
+	if got := s.post(t, PathToken, "ci-bot", pollForm(ids[0])); got.status != 200 {
+		t.Fatalf("token: %d %v", got.status, got.body)
+	}
+	s.tap(t, "alice", ids[1], "deny")
+	s.restart()
+	// 720,000 counts (approved, and two waiting): 250,000 more stays
+	// under 1,000,000 only if the denied one does not count...
+	r := s.raise(t, payment("250000.00", "Acme Supplies", ""))
+	if req := s.request(t, r.str("auth_req_id")); r.status != 200 || req.Level != config.LevelHigh {
+		t.Fatalf("970,000 in a day after a restart: %d %v, level %s, want high", r.status, r.body, req.Level)
+	}
+	// ...and 40,000 more passes it only if the others do.
+	r = s.raise(t, payment("40000.00", "Acme Supplies", ""))
+	if req := s.request(t, r.str("auth_req_id")); r.status != 200 || req.Level != config.LevelCritical {
+		t.Fatalf("1,010,000 in a day after a restart: %d %v, level %s, want critical", r.status, r.body, req.Level)
 	}
 }

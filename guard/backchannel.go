@@ -370,3 +370,51 @@ func (g *Guard) Redeem(ctx context.Context, tool, id, agent string) (*approval.P
 	}
 	return ps, tok, nil
 }
+
+// RestoreBackchannel counts again, after a restart, what the backchannel
+// requests of the last day (entries of tool, oldest first, as for
+// RestoreUsage) moved in their actions' usage windows: RestoreUsage
+// counts an entry under the tool it names, and a CIBA payment counts as a
+// transfer. actions maps a request's logged arguments to its actions, as
+// when it was raised; a request whose arguments were redacted is not
+// restored. A request that ended without its token stops counting; one
+// still live counts until it does.
+func (g *Guard) RestoreBackchannel(ctx context.Context, tool string, entries []audit.Entry,
+	actions func(ctx context.Context, args map[string]any) []Action) {
+	live := map[string][]*reservation{}
+	cutoff := g.now().Add(-usageHorizon)
+	for _, e := range entries {
+		if e.Tool != tool || e.RequestID == "" {
+			continue
+		}
+		switch e.Kind {
+		case audit.KindApprovalRequested:
+			at, err := time.Parse(time.RFC3339Nano, e.Time)
+			var args map[string]any
+			if err != nil || at.Before(cutoff) || json.Unmarshal(e.Args, &args) != nil {
+				continue
+			}
+			var counted []*reservation
+			g.usage.mu.Lock()
+			for _, a := range actions(ctx, args) {
+				if a.Call != nil && a.Call.Value != nil {
+					counted = append(counted, g.usage.add(keysOf(e.Agent, a.Tool, a.Call.Value), a.Call.Value, at))
+				}
+			}
+			g.usage.mu.Unlock()
+			if len(counted) > 0 {
+				live[e.RequestID] = counted
+			}
+		case audit.KindApprovalDenied, audit.KindApprovalExpired, audit.KindApprovalCancelled, audit.KindCallFailed:
+			for _, r := range live[e.RequestID] {
+				g.usage.release(r)
+			}
+			delete(live, e.RequestID)
+		case audit.KindCallExecuted:
+			delete(live, e.RequestID) // its token was issued: it keeps counting
+		}
+	}
+	for id, counted := range live {
+		go g.countWhileLive(id, counted)
+	}
+}

@@ -208,7 +208,7 @@ func assemble(ctx context.Context, c *config.Config, log *slog.Logger) (_ *stack
 		return nil, fmt.Errorf("reading the last day of the audit log for usage windows: %w", err)
 	}
 	s.guard.RestoreUsage(ctx, recent)
-	routes, err := cibaRoutes(c, s.guard, s.tokens, log.With("component", "ciba"))
+	routes, err := cibaRoutes(ctx, c, s.guard, s.tokens, recent, log.With("component", "ciba"))
 	if err != nil {
 		return nil, err
 	}
