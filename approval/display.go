@@ -40,6 +40,7 @@ func renderDisplay(details []json.RawMessage, tool, agent, code string) string {
 			lines = append(lines, l)
 		}
 	}
+	quoted = append(quoted, claimLines(details)...)
 	if len(details) == 0 {
 		lines = append(lines, "Action: "+clean(tool, 100)+" (no details given)")
 	}

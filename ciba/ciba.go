@@ -21,6 +21,9 @@
 // (package guard) decides it with the same policy (level, rules over args,
 // approvers, quorum), raises it, and records every step in the audit log;
 // the approver page shows its authorization_details and binding_message.
+// A detail that describes what a built-in tool does (a payment, a
+// deployment, a secret read) is also judged by that tool's policy, with
+// the facts the tool gathers, and tools.ciba is the floor (actions.go).
 // login_hint names an approver or a role ("alice", "role:treasury") and
 // narrows the approvers policy allows to those; it must leave enough of
 // them for the quorum. The token endpoint hands out the approval token
@@ -63,9 +66,11 @@ import (
 	jose "github.com/go-jose/go-jose/v4"
 
 	"github.com/countersign/countersign/approval"
+	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/guard"
 	"github.com/countersign/countersign/token"
+	"github.com/countersign/countersign/tools"
 )
 
 // Tool is the policy entry of CIBA requests: tools.ciba.
@@ -86,6 +91,9 @@ const (
 // tokens; *guard.Guard satisfies it.
 type Countersigner interface {
 	Raise(ctx context.Context, b guard.Backchannel) (*approval.Request, error)
+	Offers(tool string) bool
+	RestoreBackchannel(ctx context.Context, tool string, entries []audit.Entry, actions func(context.Context, map[string]any) []guard.Action)
+	PrepareAction(ctx context.Context, tool string, args map[string]any) (*tools.Call, error)
 	Redeem(ctx context.Context, tool, id, agent string) (*approval.PollStatus, string, error)
 	RecordRejected(ctx context.Context, agent, tool, reason string)
 }
@@ -105,6 +113,13 @@ type Options struct {
 	Keys      KeySet
 	Agents    []config.Agent    // http.agents; none: anonymous clients from loopback
 	Approvers []config.Approver // whom login_hint can name
+	// Accounts are the ledger's accounts: a payment that names no
+	// debtorAccount is judged as a transfer from the one account in its
+	// currency (actions.go).
+	Accounts []config.Account
+	// Upstreams are the MCP servers Countersign fronts: an mcp_tool_call
+	// detail naming one is judged by its tool's policy (actions.go).
+	Upstreams []config.Upstream
 	// Enabled says tools.ciba is configured. Without it the backchannel
 	// endpoint refuses every request (unauthorized_client) and discovery
 	// does not offer it; the key set is published all the same, for the
@@ -192,6 +207,11 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request) {
 		reject(authError(CodeUnknownUserID, "login_hint %s names no approver and no role with approvers", quote(req.LoginHint)))
 		return
 	}
+	actions, e := s.judge(r.Context(), req)
+	if e != nil {
+		reject(e)
+		return
+	}
 	summary := fmt.Sprintf("%s asks for a countersignature over CIBA", agent)
 	if req.BindingMessage != "" {
 		summary = fmt.Sprintf("%s asks: %q", agent, req.BindingMessage)
@@ -200,6 +220,7 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request) {
 		Tool: Tool, Agent: agent, Args: req.args(), Details: req.Details, Summary: summary,
 		Timeout:   req.RequestedExpiry,
 		Approvers: narrow(req.LoginHint, named),
+		Actions:   actions,
 	})
 	var ce *Error
 	var refusal *guard.Refusal

@@ -62,6 +62,8 @@ type stack struct {
 	signer *token.Signer
 	keys   map[string]*approvaltest.SoftKey
 	tokens map[string]string // agent id -> bearer token
+	// restart, where set, starts the server again on the same database.
+	restart func()
 }
 
 type stackOptions struct {

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/authz"
 	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/tools"
 )
 
 // Backchannel is a request for a countersignature that arrives outside MCP:
@@ -42,6 +44,48 @@ type Backchannel struct {
 	// those the caller names (CIBA login_hint). An error refuses the
 	// request and is recorded as its reason; Raise returns it as is.
 	Approvers func(allowed []string, quorum int) ([]string, error)
+	// Actions are the details that describe what a tool does, each
+	// prepared by that tool ([Guard.PrepareAction]). Each is decided by
+	// its tool's policy, with the facts the tool gathered, and the request
+	// gets the strictest of those decisions and Tool's (see [combine]).
+	Actions []Action
+}
+
+// Action is one authorization detail judged as a call of a tool.
+type Action struct {
+	Tool string
+	Call *tools.Call
+}
+
+// ErrNoTool says no tool of the catalog can judge an action: the detail
+// is judged by the backchannel's own policy alone.
+var ErrNoTool = errors.New("no such tool")
+
+// Offers reports whether the catalog has tool: whether an action for it
+// can be prepared.
+func (g *Guard) Offers(tool string) bool {
+	_, ok := g.opts.Catalog.Lookup(tool)
+	return ok
+}
+
+// PrepareAction checks args against tool's schema and runs the tool's own
+// Prepare: its argument checks and the facts it gathers (the ledger's
+// counterparty, the secrets directory's classification), with no side
+// effect. A tool not in the catalog is ErrNoTool; arguments the tool
+// refuses are a *tools.ArgError or a schema error, which say why.
+func (g *Guard) PrepareAction(ctx context.Context, tool string, args map[string]any) (*tools.Call, error) {
+	spec, ok := g.opts.Catalog.Lookup(tool)
+	if !ok {
+		return nil, ErrNoTool
+	}
+	sch, err := g.schema(spec)
+	if err == nil {
+		err = sch.validate(args)
+	}
+	if err != nil {
+		return nil, &tools.ArgError{Field: tool, Msg: err.Error()}
+	}
+	return spec.Prepare(ctx, args)
 }
 
 // Refusal is a backchannel request that policy refused. Reason is what
@@ -70,7 +114,31 @@ func (g *Guard) Raise(ctx context.Context, b Backchannel) (*approval.Request, er
 		return nil, err
 	}
 	canon.setOn(&entry, conf.RedactArgs)
-	d := g.opts.Policy.Decide(authz.Input{Tool: b.Tool, Agent: b.Agent, Args: b.Args, Now: g.now()})
+	now := g.now()
+	d := g.opts.Policy.Decide(authz.Input{Tool: b.Tool, Agent: b.Agent, Args: b.Args, Now: now})
+	// Each action is decided as its tool's call, and counts where that
+	// call would: a payment approved here is judged with, and adds to, the
+	// agent's transfers in the usage windows.
+	g.usage.mu.Lock()
+	var counted []*reservation
+	for _, a := range b.Actions {
+		keys := keysOf(b.Agent, a.Tool, a.Call.Value)
+		ad := g.opts.Policy.Decide(authz.Input{
+			Tool: a.Tool, Agent: b.Agent, Args: a.Call.Args, Facts: a.Call.Facts, Now: now,
+			Usage: g.usage.facts(keys, now),
+		})
+		counted = append(counted, g.usage.add(keys, a.Call.Value, now))
+		d = combine(d, a.Tool, ad)
+	}
+	g.usage.mu.Unlock()
+	keep := false
+	defer func() {
+		if !keep {
+			for _, r := range counted {
+				g.usage.release(r)
+			}
+		}
+	}()
 	entry.Decision, entry.Rule, entry.Reason = d.Level, strings.Join(d.Rules, ","), d.Reason
 	refuse := func(reason string) (*approval.Request, error) {
 		entry.Kind, entry.Reason = audit.KindCallDenied, reason
@@ -124,7 +192,98 @@ func (g *Guard) Raise(ctx context.Context, b Backchannel) (*approval.Request, er
 	}
 	g.log.Info("approval required", "tool", b.Tool, "agent", b.Agent,
 		"level", d.Level, "auth_req_id", r.ID, "code", r.Code, "url", r.URL)
+	if len(counted) > 0 {
+		keep = true
+		go g.countWhileLive(r.ID, counted)
+	}
 	return r, nil
+}
+
+// countWhileLive keeps a backchannel request's actions in the usage
+// windows until it ends without an approval token (denied, expired,
+// cancelled, failed); an approved request counts from then on, as an
+// executed call does. A goroutine per request is bounded by the pending
+// caps (limits.go) and by the humans who approve.
+func (g *Guard) countWhileLive(id string, counted []*reservation) {
+	r, err := g.opts.Approvals.Await(g.life, id, approval.Settled)
+	if err != nil || r.State == approval.StateExecuted {
+		return // closing, or the token was issued: it keeps counting
+	}
+	for _, c := range counted {
+		g.usage.release(c)
+	}
+}
+
+// combine is the decision of a backchannel request given floor, its own
+// policy's decision (combined with its earlier actions'), and d, the
+// decision of one of its actions by tool's policy. The stricter wins in
+// every part:
+//
+//   - level: the higher; deny if either denies;
+//   - approvers: those both allow (each policy names who may approve what
+//     it guards; a request under both needs someone both trust);
+//   - quorum: the larger; user verification: the stronger;
+//   - timeout: the shorter.
+//
+// Rules are named tool:rule for the action's policy. Standing grants and
+// batches never apply to a backchannel request.
+func combine(floor authz.Decision, tool string, d authz.Decision) authz.Decision {
+	qualified := make([]string, len(d.Rules))
+	for i, r := range d.Rules {
+		qualified[i] = tool + ":" + r
+	}
+	if floor.Level == config.LevelDeny {
+		return floor
+	}
+	if d.Level == config.LevelDeny {
+		d.Rules = qualified
+		d.Reason = fmt.Sprintf("%s policy: %s", tool, d.Reason)
+		return d
+	}
+	rank := map[string]int{config.LevelLow: 0, config.LevelHigh: 1, config.LevelCritical: 2}
+	out := floor
+	out.Grant, out.Batchable = nil, false
+	if rank[d.Level] > rank[floor.Level] {
+		out.Level = d.Level
+	}
+	if len(qualified) > 0 || rank[d.Level] >= rank[out.Level] {
+		out.Rules = append(slices.Clone(floor.Rules), qualified...)
+		out.Reason = strings.TrimPrefix(floor.Reason+"; "+tool+" policy: "+d.Reason, "; ")
+	}
+	if d.Level == config.LevelLow {
+		return out // the tool's policy asks nobody; the floor's people decide
+	}
+	if out.Level == config.LevelLow {
+		out.Approvers = nil
+	}
+	switch {
+	case len(out.Approvers) == 0:
+		out.Approvers = slices.Clone(d.Approvers)
+	default:
+		out.Approvers = slices.DeleteFunc(slices.Clone(out.Approvers), func(a string) bool { return !slices.Contains(d.Approvers, a) })
+		if len(out.Approvers) == 0 {
+			return authz.Decision{Level: config.LevelDeny, Rules: out.Rules,
+				Reason: fmt.Sprintf("no approver is allowed both by the backchannel policy and by %s's: nobody may countersign this request", tool)}
+		}
+	}
+	out.Quorum = max(out.Quorum, d.Quorum, 1)
+	if out.Level == config.LevelCritical {
+		out.UserVerification = authz.UVRequired
+	} else {
+		out.UserVerification = strongerUV(out.UserVerification, d.UserVerification)
+	}
+	if d.Timeout > 0 && (out.Timeout <= 0 || d.Timeout < out.Timeout) {
+		out.Timeout = d.Timeout
+	}
+	return out
+}
+
+func strongerUV(a, b string) string {
+	rank := map[string]int{authz.UVDiscouraged: 0, authz.UVPreferred: 1, authz.UVRequired: 2}
+	if rank[b] > rank[a] || a == "" {
+		return b
+	}
+	return a
 }
 
 // RecordRejected records a backchannel request refused before it reached
@@ -184,6 +343,13 @@ func (g *Guard) Redeem(ctx context.Context, tool, id, agent string) (*approval.P
 	if err != nil {
 		return fail("cannot read the approval: " + err.Error())
 	}
+	// The record names the rules that decided, as a tool call's does, so
+	// that replay can hold it to the policy.
+	stored, err := g.opts.Approvals.Stored(ctx, id)
+	if err != nil {
+		return fail("cannot read the request: " + err.Error())
+	}
+	entry.Rule = stored.Rule
 	if !g.now().Before(r.ExpiresAt) {
 		// Approved in time, but the auth_req_id lives only until
 		// expires_at (CIBA): an exchange after that gets expired_token.
@@ -206,4 +372,52 @@ func (g *Guard) Redeem(ctx context.Context, tool, id, agent string) (*approval.P
 		return nil, "", errors.New("the audit log cannot record the approval token")
 	}
 	return ps, tok, nil
+}
+
+// RestoreBackchannel counts again, after a restart, what the backchannel
+// requests of the last day (entries of tool, oldest first, as for
+// RestoreUsage) moved in their actions' usage windows: RestoreUsage
+// counts an entry under the tool it names, and a CIBA payment counts as a
+// transfer. actions maps a request's logged arguments to its actions, as
+// when it was raised; a request whose arguments were redacted is not
+// restored. A request that ended without its token stops counting; one
+// still live counts until it does.
+func (g *Guard) RestoreBackchannel(ctx context.Context, tool string, entries []audit.Entry,
+	actions func(ctx context.Context, args map[string]any) []Action) {
+	live := map[string][]*reservation{}
+	cutoff := g.now().Add(-usageHorizon)
+	for _, e := range entries {
+		if e.Tool != tool || e.RequestID == "" {
+			continue
+		}
+		switch e.Kind {
+		case audit.KindApprovalRequested:
+			at, err := time.Parse(time.RFC3339Nano, e.Time)
+			var args map[string]any
+			if err != nil || at.Before(cutoff) || json.Unmarshal(e.Args, &args) != nil {
+				continue
+			}
+			var counted []*reservation
+			g.usage.mu.Lock()
+			for _, a := range actions(ctx, args) {
+				if a.Call != nil && a.Call.Value != nil {
+					counted = append(counted, g.usage.add(keysOf(e.Agent, a.Tool, a.Call.Value), a.Call.Value, at))
+				}
+			}
+			g.usage.mu.Unlock()
+			if len(counted) > 0 {
+				live[e.RequestID] = counted
+			}
+		case audit.KindApprovalDenied, audit.KindApprovalExpired, audit.KindApprovalCancelled, audit.KindCallFailed:
+			for _, r := range live[e.RequestID] {
+				g.usage.release(r)
+			}
+			delete(live, e.RequestID)
+		case audit.KindCallExecuted:
+			delete(live, e.RequestID) // its token was issued: it keeps counting
+		}
+	}
+	for id, counted := range live {
+		go g.countWhileLive(id, counted)
+	}
 }

@@ -358,3 +358,95 @@ func TestBackchannelRedeemedTooLateIsExpired(t *testing.T) {
 		t.Error("redeemable after all")
 	}
 }
+
+// The decisions of a backchannel request and of the tools its details
+// describe combine, the stricter winning in every part.
+func TestCombineTakesTheStricter(t *testing.T) {
+	floor := authz.Decision{Level: "high", Rules: []string{"r"}, Reason: "floor", Approvers: []string{"alice", "bob", "carol"},
+		Quorum: 1, UserVerification: authz.UVDiscouraged, Timeout: 5 * time.Minute}
+	for _, tc := range []struct {
+		name string
+		d    authz.Decision
+		want authz.Decision
+	}{
+		{"a low action adds nothing", authz.Decision{Level: "low"}, floor},
+		{"critical raises, intersects, needs UV", authz.Decision{Level: "critical", Rules: []string{"big"}, Approvers: []string{"bob", "carol", "dave"},
+			Quorum: 2, UserVerification: authz.UVRequired, Timeout: time.Minute},
+			authz.Decision{Level: "critical", Rules: []string{"r", "transfer:big"}, Approvers: []string{"bob", "carol"}, Quorum: 2,
+				UserVerification: authz.UVRequired, Timeout: time.Minute}},
+		{"high keeps the stronger UV and the shorter timeout", authz.Decision{Level: "high", Approvers: []string{"alice"}, Quorum: 1,
+			UserVerification: authz.UVPreferred, Timeout: 10 * time.Minute},
+			authz.Decision{Level: "high", Rules: []string{"r"}, Approvers: []string{"alice"}, Quorum: 1, UserVerification: authz.UVPreferred, Timeout: 5 * time.Minute}},
+		{"deny wins", authz.Decision{Level: "deny", Rules: []string{"never"}, Reason: "no"}, authz.Decision{Level: "deny", Rules: []string{"transfer:never"}}},
+		{"nobody both allow", authz.Decision{Level: "high", Approvers: []string{"erin"}, Quorum: 1}, authz.Decision{Level: "deny", Rules: []string{"r"}}},
+	} {
+		got := combine(floor, "transfer", tc.d)
+		if got.Level != tc.want.Level || strings.Join(got.Rules, ",") != strings.Join(tc.want.Rules, ",") ||
+			strings.Join(got.Approvers, ",") != strings.Join(tc.want.Approvers, ",") || got.Quorum != tc.want.Quorum ||
+			got.UserVerification != tc.want.UserVerification || got.Timeout != tc.want.Timeout {
+			t.Errorf("%s: got %+v, want %+v", tc.name, got, tc.want)
+		}
+	}
+}
+
+// An action that moves value counts in its tool's usage windows while
+// its request lives, and stops counting when the request is denied.
+func TestBackchannelActionCountsUntilDenied(t *testing.T) {
+	s := newRealStack(t, map[string]config.Tool{
+		"ciba": {Level: "high", Approvers: []string{"role:ops"}},
+		"pay":  {Level: "low", Rules: []config.Rule{{Name: "sum", When: "usage.agent_amount_24h > 0.0", Level: "critical"}}, Approvers: []string{"role:ops"}},
+	})
+	pay := &tools.Spec{
+		Def: mcp.NewToolWithRawSchema("pay", "", json.RawMessage(`{"type":"object"}`)),
+		Prepare: func(_ context.Context, args map[string]any) (*tools.Call, error) {
+			amount, _ := args["amount"].(float64)
+			return &tools.Call{Args: args, Details: json.RawMessage(`[]`),
+				Value: &tools.Value{Amount: amount, Currency: "USD", Counterparty: "X"}}, nil
+		},
+	}
+	if err := s.cat.Replace("test", []*tools.Spec{pay}); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	raise := func() *approval.Request {
+		t.Helper()
+		call, err := s.g.PrepareAction(ctx, "pay", map[string]any{"amount": 100.0})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := backchannel(nil)
+		b.Actions = []Action{{Tool: "pay", Call: call}}
+		r, err := s.g.Raise(ctx, b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	first := raise()
+	if first.Level != "high" {
+		t.Fatalf("first payment %s, want high", first.Level)
+	}
+	if second := raise(); second.Level != "critical" || second.Quorum != 2 {
+		t.Fatalf("second payment %s quorum %d, want critical 2: the first counts", second.Level, second.Quorum)
+	} else {
+		s.tap(t, "alice", second.ID, digest.Deny)
+	}
+	s.tap(t, "alice", first.ID, digest.Deny)
+	// The release follows the denials as the guard hears of them.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		s.g.usage.mu.Lock()
+		left := s.g.usage.facts(keysOf("ci-bot", "pay", &tools.Value{Currency: "USD", Counterparty: "X"}), s.g.now())["agent_amount_24h"]
+		s.g.usage.mu.Unlock()
+		if left == 0.0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("denied payments still count: %v", left)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if _, err := s.g.PrepareAction(ctx, "nothing", nil); !errors.Is(err, ErrNoTool) {
+		t.Errorf("an unknown tool: %v", err)
+	}
+}

@@ -145,6 +145,8 @@ type Request struct {
 	DecidedBy string   `json:"decidedBy"`
 	Approvals []string `json:"approvals"`
 	Quorum    int      `json:"quorum"`
+	Level     string   `json:"level"`
+	Display   string   `json:"display"` // the text the key signs over
 }
 
 // Get reads a request as the page shows it.

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"log/slog"
 	"net"
 	"net/http"
@@ -45,15 +46,18 @@ func tokenSigner(c *config.Config) (*token.Signer, error) {
 }
 
 // cibaRoutes are the CIBA endpoints, discovery and the key set, for the
-// agent listener.
-func cibaRoutes(c *config.Config, g *guard.Guard, keys *token.Signer, log *slog.Logger) (map[string]http.Handler, error) {
+// agent listener. recent is the last day of the audit log, oldest first:
+// the CIBA payments in it count again in the transfer usage windows.
+func cibaRoutes(ctx context.Context, c *config.Config, g *guard.Guard, keys *token.Signer, recent []audit.Entry, log *slog.Logger) (map[string]http.Handler, error) {
 	_, enabled := c.Tools[ciba.Tool]
 	srv, err := ciba.New(ciba.Options{
 		Issuer: issuer(c), Guard: g, Keys: keys, Agents: c.HTTP.Agents, Approvers: c.Approvers,
+		Accounts: c.Ledger.Accounts, Upstreams: c.Upstreams,
 		Enabled: enabled, Logger: log,
 	})
 	if err != nil {
 		return nil, err
 	}
+	srv.RestoreUsage(ctx, recent)
 	return srv.Routes(), nil
 }

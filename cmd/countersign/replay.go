@@ -9,6 +9,7 @@ import (
 
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/authz"
+	"github.com/countersign/countersign/ciba"
 	"github.com/countersign/countersign/config"
 )
 
@@ -73,6 +74,11 @@ func (r *policyReplayer) Replay(doc json.RawMessage, e *audit.Entry) error {
 		if rec.Args == nil {
 			rec.Args = map[string]any{}
 		}
+	}
+	if e.Tool == ciba.Tool {
+		// tools.ciba is a floor: login_hint narrows its approvers, and
+		// the policies of the tools its details describe can raise it.
+		return p.ReplayFloor(rec)
 	}
 	return p.Replay(rec)
 }

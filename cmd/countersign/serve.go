@@ -228,7 +228,7 @@ func assemble(ctx context.Context, c *config.Config, log *slog.Logger) (_ *stack
 	if err := s.guard.RestoreUsage(ctx, recent); err != nil {
 		return nil, fmt.Errorf("rebuilding the usage windows: %w", err)
 	}
-	routes, err := cibaRoutes(c, s.guard, s.tokens, log.With("component", "ciba"))
+	routes, err := cibaRoutes(ctx, c, s.guard, s.tokens, recent, log.With("component", "ciba"))
 	if err != nil {
 		return nil, err
 	}
