@@ -176,7 +176,7 @@ func TestDisplayBuiltinsWhole(t *testing.T) {
 	memo := "  " + strings.Repeat("m", 136) + "  "
 	for _, tc := range []struct {
 		name, details, args string
-		want               []string
+		want                []string
 	}{
 		{"secret name", `[{"type":"secret_access","name":"` + name + `","classification":"restricted"}]`, "",
 			[]string{"Read secret: " + name}},
