@@ -239,8 +239,9 @@ func TestBrowserMCPDisplayWraps(t *testing.T) {
 	b := newBrowserFixture(t)
 	tab := b.tab(t, b.alloc, true)
 	nr := paymentRequest("alice")
+	long := strings.Repeat("z", 1500)
 	nr.AuthorizationDetails = json.RawMessage(`[{"type":"mcp_tool_call","server":"files","tool":"write_file","arguments":{"` +
-		strings.Repeat("k", 60) + `":{"` + strings.Repeat("K", 60) + `":"` + strings.Repeat("x", 190) + `"},"spaced":"a     b"}}]`)
+		strings.Repeat("k", 60) + `":{"` + strings.Repeat("K", 60) + `":"` + strings.Repeat("x", 190) + `"},"spaced":"a     b","long":"` + long + `"}}]`)
 	req, err := b.svc.Create(context.Background(), nr)
 	if err != nil {
 		t.Fatal(err)
@@ -260,6 +261,60 @@ func TestBrowserMCPDisplayWraps(t *testing.T) {
 	}
 	if spaced != `"a     b"` {
 		t.Errorf("runs of spaces collapsed on the page: %q", spaced)
+	}
+
+	// A long value is folded to its start; a tap shows all of it, and
+	// the page still does not scroll sideways.
+	const longDD = `[...document.querySelectorAll("#display dd")].find(d => d.previousElementSibling.textContent === "args.long")`
+	folded, err := chromedp.Run(tab, chromedp.Evaluate[string](longDD+`.innerText`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(folded, long) || !strings.HasPrefix(folded, `"`+long[:pageFoldHead-1]) || !strings.Contains(folded, "show all 1502 characters") {
+		t.Errorf("folded value reads %q", folded)
+	}
+	do(t, tab, chromedp.Click(chromedp.CSS(`#display details.fold summary`)))
+	opened, err := chromedp.Run(tab, chromedp.Evaluate[string](longDD+`.innerText`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(opened, `"`+long+`"`) || strings.Contains(opened, "show all") {
+		t.Errorf("opened value reads %q", opened)
+	}
+	overflow, err = chromedp.Run(tab, chromedp.Evaluate[bool](`document.documentElement.scrollWidth > document.documentElement.clientWidth ||
+		[...document.querySelectorAll("#display dt, #display dd")].some(e => e.scrollWidth > e.clientWidth)`))
+	if err != nil || overflow {
+		t.Errorf("the opened value overflows (%v)", err)
+	}
+}
+
+// The page folds a long value but holds it whole: the display it was
+// rendered from, and signed, is unchanged.
+func TestDisplayPageFoldsLongValuesWhole(t *testing.T) {
+	h := newHTTPFixture(t)
+	long := strings.Repeat("0123456789", 50)
+	req, err := h.svc.Create(context.Background(), mcpRequest(map[string]any{"content": long, "path": "/srv/a"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(req.Display, `args.content: "`+long+`"`) {
+		t.Fatalf("display %s", req.Display)
+	}
+	resp, err := h.client.Get(h.base + "/requests/" + req.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	body := string(raw)
+	for _, want := range []string{
+		`<dt>args.content</dt><dd><details class="fold"><summary><bdi class="head">&#34;` + long[:pageFoldHead-1] + `</bdi>` +
+			`<span class="more">… show all 502 characters</span><span class="less">fold</span></summary><bdi>&#34;` + long + `&#34;</bdi></details></dd>`,
+		`<dt>args.path</dt><dd><bdi>&#34;/srv/a&#34;</bdi></dd>`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("page lacks %s", want)
+		}
 	}
 }
 
