@@ -127,6 +127,15 @@ func TestShowLimitsRefuseBeforeARequest(t *testing.T) {
 	}
 }
 
+// A tool without details is bound by the same limits on its arguments.
+func TestShowLimitsBindArgumentsWithoutDetails(t *testing.T) {
+	args, _ := manyValues(MaxShownValues + 1)
+	err := CheckShown(json.RawMessage(`[]`), mustJSON(t, args), "list_transfers", "bot")
+	if !errors.Is(err, ErrTooLargeToShow) || !strings.Contains(err.Error(), fmt.Sprintf("%d values", MaxShownValues+1)) {
+		t.Fatalf("CheckShown: %v", err)
+	}
+}
+
 // Changing any argument, the last of many included, changes the display
 // and so the digest the key signs.
 func TestDisplayDigestCoversEveryArgument(t *testing.T) {
@@ -190,6 +199,14 @@ func TestDisplayBuiltinsWhole(t *testing.T) {
 			[]string{strings.Repeat("k", 50) + ": " + strings.Repeat("v", 300)}},
 		{"no details", `[]`, `{"account":"ops","limit":20}`,
 			[]string{"Action: get_balance (no details given)", `args.account: "ops"`, "args.limit: 20"}},
+		// The longest arguments transfer takes (payee 100, memo 140, key
+		// 128 characters, account ids 64) are within the limits, whole.
+		{"largest transfer", `[{"type":"payment_initiation","instructedAmount":{"currency":"USD","amount":"99999999999.99"},` +
+			`"creditorName":"` + strings.Repeat("P", 100) + `","debtorAccount":{"id":"` + strings.Repeat("a", 64) + `"},` +
+			`"remittanceInformationUnstructured":"` + strings.Repeat("M", 140) + `","idempotencyKey":"` + strings.Repeat("K", 128) + `"}]`, "",
+			[]string{"To: " + strings.Repeat("P", 100), "From: " + strings.Repeat("a", 64), "Payment: USD 99,999,999,999.99",
+				"Idempotency key: " + strings.Repeat("K", 128) + " (a repeat with this key pays once)",
+				"The agent wrote (reference): “" + strings.Repeat("M", 140) + "”"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got := display(t, splitDetails(t, tc.details), json.RawMessage(tc.args), "get_balance", "a", "C")
