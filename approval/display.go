@@ -82,7 +82,7 @@ func renderDetail(raw json.RawMessage, sh *shown) []string {
 			Amount   json.RawMessage `json:"amount"`
 		}
 		json.Unmarshal(d["instructedAmount"], &amt)
-		payee := sh.whole("To", str(d["creditorName"]))
+		payee := sh.full("To", str(d["creditorName"]))
 		lines := []string{
 			"Payment: " + formatAmount(amt.Currency, amt.Amount, sh),
 			"To: " + payee,
@@ -100,7 +100,7 @@ func renderDetail(raw json.RawMessage, sh *shown) []string {
 			lines = append(lines, WarningPrefix+"NEW COUNTERPARTY, never paid before")
 		}
 		if key := str(d["idempotencyKey"]); key != "" {
-			lines = append(lines, "Idempotency key: "+sh.whole("Idempotency key", key)+" (a repeat with this key pays once)")
+			lines = append(lines, "Idempotency key: "+sh.full("Idempotency key", key)+" (a repeat with this key pays once)")
 		}
 		if ref := str(d["remittanceInformationUnstructured"]); ref != "" {
 			sh.text("reference", ref)
@@ -108,9 +108,9 @@ func renderDetail(raw json.RawMessage, sh *shown) []string {
 		}
 		return lines
 	case "deployment":
-		env := sh.whole("Environment", str(d["environment"]))
+		env := sh.full("Environment", str(d["environment"]))
 		lines := []string{
-			"Deploy: " + sh.whole("Deploy", str(d["service"])) + " version " + sh.whole("version", str(d["version"])),
+			"Deploy: " + sh.full("Deploy", str(d["service"])) + " version " + sh.full("version", str(d["version"])),
 			"Environment: " + env,
 		}
 		if strings.EqualFold(env, "production") || strings.EqualFold(env, "prod") {
@@ -122,9 +122,9 @@ func renderDetail(raw json.RawMessage, sh *shown) []string {
 		if name == "" {
 			name = str(d["secret"])
 		}
-		class := sh.whole("Classification", str(d["classification"]))
+		class := sh.full("Classification", str(d["classification"]))
 		lines := []string{
-			"Read secret: " + sh.whole("Read secret", name),
+			"Read secret: " + sh.full("Read secret", name),
 			"Classification: " + class,
 		}
 		if strings.EqualFold(class, "restricted") || strings.EqualFold(class, "confidential") {
@@ -135,7 +135,7 @@ func renderDetail(raw json.RawMessage, sh *shown) []string {
 		return renderMCPToolCall(raw, sh)
 	}
 	// Generic: type, actions, then every other field in key order.
-	lines := []string{"Action: " + sh.whole("Action", orDefault(typ, "(untyped)"))}
+	lines := []string{"Action: " + sh.full("Action", orDefault(typ, "(untyped)"))}
 	keys := make([]string, 0, len(d))
 	for k := range d {
 		if k != "type" {
@@ -145,7 +145,7 @@ func renderDetail(raw json.RawMessage, sh *shown) []string {
 	slices.Sort(keys)
 	for _, k := range keys {
 		sh.value()
-		label := sh.whole("a key", k)
+		label := sh.full("a key", k)
 		v := compact(d[k])
 		sh.text(label, v)
 		if freeText[k] {
@@ -199,14 +199,14 @@ func account(raw json.RawMessage, sh *shown) string {
 	}
 	var m map[string]json.RawMessage
 	if json.Unmarshal(raw, &m) != nil {
-		return sh.whole("account", str(raw))
+		return sh.full("account", str(raw))
 	}
 	for _, k := range []string{"id", "iban", "name", "number"} {
 		if v := str(m[k]); v != "" {
-			return sh.whole("account", v)
+			return sh.full("account", v)
 		}
 	}
-	return sh.whole("account", compact(raw))
+	return sh.full("account", compact(raw))
 }
 
 // formatAmount renders "USD 500,000.00" from a decimal string or number.
@@ -214,7 +214,7 @@ func account(raw json.RawMessage, sh *shown) string {
 func formatAmount(currency string, raw json.RawMessage, sh *shown) string {
 	amount := str(raw)
 	sh.text("amount", amount)
-	cur := sh.whole("currency", strings.ToUpper(currency))
+	cur := sh.full("currency", strings.ToUpper(currency))
 	if cur == "" {
 		cur = "(no currency)"
 	}
@@ -258,8 +258,8 @@ func allDigits(s string) bool {
 // receives (the display limits bound it instead).
 const whole = -1
 
-// whole cleans a value shown in full and tallies it under label at.
-func (s *shown) whole(at, v string) string {
+// full cleans a value shown whole and tallies it under label at.
+func (s *shown) full(at, v string) string {
 	s.text(at, v)
 	return clean(v, whole)
 }
