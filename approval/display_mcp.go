@@ -77,7 +77,7 @@ func renderMCPToolCall(raw json.RawMessage, sh *shown) []string {
 		}
 	}
 	f := &flattener{sh: sh}
-	f.repeats(root, "")
+	f.repeats(root, nil)
 	lines := []string{"Upstream tool: " + mcpName(byKey["server"], "server", sh) + " / " + mcpName(byKey["tool"], "tool", sh)}
 	if len(f.repeated) > 0 {
 		named := f.repeated[:min(len(f.repeated), mcpMaxRepeats)]
@@ -92,12 +92,13 @@ func renderMCPToolCall(raw json.RawMessage, sh *shown) []string {
 		lines = append(lines, "Arguments: (none)")
 	} else {
 		for _, a := range args {
-			f.flatten(a, "args")
+			f.flatten(a, "args", len("args"))
 		}
 	}
 	slices.SortStableFunc(other, func(a, b jmember) int { return strings.Compare(a.key, b.key) })
 	for _, m := range other {
-		f.flatten(m.val, "detail"+f.key(m.key))
+		label := "detail" + f.key(m.key)
+		f.flatten(m.val, label, len(label))
 	}
 	return append(lines, f.lines...)
 }
@@ -114,7 +115,7 @@ func renderArgs(raw json.RawMessage, sh *shown) []string {
 		return []string{"Arguments: (none)"}
 	}
 	f := &flattener{sh: sh}
-	f.flatten(root, "args")
+	f.flatten(root, "args", len("args"))
 	return f.lines
 }
 
@@ -149,9 +150,15 @@ type flattener struct {
 	named    map[string]bool // the set of repeated
 }
 
-func (f *flattener) emit(label, value string) {
+// emit adds the line "label: value"; n is the label's length. Past
+// MaxShownBytes the display is refused anyway: lines are then counted
+// (for the error's figures) but no longer built, so that a long key
+// above many values, repeated in every label, costs nothing to refuse.
+func (f *flattener) emit(label string, n int, value string) {
 	f.sh.value()
-	f.lines = append(f.lines, label+": "+value)
+	if f.sh.line(n + len(": ") + len(value)) {
+		f.lines = append(f.lines, label+": "+value)
+	}
 }
 
 // key is the path segment of an object key, tallied as a text.
@@ -160,67 +167,82 @@ func (f *flattener) key(k string) string {
 	return pathKey(k)
 }
 
-// flatten emits one line per leaf of v, labelled by its path.
-func (f *flattener) flatten(v *jvalue, path string) {
+// join is path+seg, or "" once lines are only counted; n is the length
+// of path+seg either way.
+func (f *flattener) join(path string, n int, seg string) (string, int) {
+	if f.sh.over() {
+		return "", n + len(seg)
+	}
+	return path + seg, n + len(seg)
+}
+
+// flatten emits one line per leaf of v, labelled by its path (of length
+// n).
+func (f *flattener) flatten(v *jvalue, path string, n int) {
 	switch v.kind {
 	case kindObject:
 		if len(v.members) == 0 {
-			f.emit(path, "{}")
+			f.emit(path, n, "{}")
 			return
 		}
 		members := slices.Clone(v.members)
 		slices.SortStableFunc(members, func(a, b jmember) int { return strings.Compare(a.key, b.key) })
 		for _, m := range members {
-			f.flatten(m.val, path+f.key(m.key))
+			p, pn := f.join(path, n, f.key(m.key))
+			f.flatten(m.val, p, pn)
 		}
 	case kindArray:
 		if len(v.elems) == 0 {
-			f.emit(path, "[]")
+			f.emit(path, n, "[]")
 			return
 		}
 		for i, e := range v.elems {
-			f.flatten(e, path+"["+strconv.Itoa(i)+"]")
+			p, pn := f.join(path, n, "["+strconv.Itoa(i)+"]")
+			f.flatten(e, p, pn)
 		}
 	case kindString:
 		f.sh.text(path, v.text)
-		f.emit(path, visibleQuote(v.text, false))
+		f.emit(path, n, visibleQuote(v.text, false))
 	default: // number exactly as written, or true/false/null
 		f.sh.text(path, v.text)
-		f.emit(path, v.text)
+		f.emit(path, n, v.text)
 	}
 }
 
 // repeats records the path of every object key that occurs more than once
-// in v ("server", "args.path", "detail.x").
-func (f *flattener) repeats(v *jvalue, path string) {
+// in v ("server", "args.path", "detail.x"). The path is kept as segments
+// and joined only for a repeated key.
+func (f *flattener) repeats(v *jvalue, path []string) {
 	switch v.kind {
 	case kindObject:
 		seen := make(map[string]bool, len(v.members))
 		for _, m := range v.members {
-			var child string
+			var child []string
 			switch {
-			case path == "" && m.key == "arguments":
-				child = "args"
-			case path == "" && (m.key == "type" || m.key == "server" || m.key == "tool"):
-				child = m.key
-			case path == "":
-				child = "detail" + pathKey(m.key)
+			case len(path) == 0 && m.key == "arguments":
+				child = []string{"args"}
+			case len(path) == 0 && (m.key == "type" || m.key == "server" || m.key == "tool"):
+				child = []string{m.key}
+			case len(path) == 0:
+				child = []string{"detail", pathKey(m.key)}
 			default:
-				child = path + pathKey(m.key)
+				child = append(path[:len(path):len(path)], pathKey(m.key))
 			}
-			if seen[m.key] && !f.named[child] {
-				if f.named == nil {
-					f.named = map[string]bool{}
+			if seen[m.key] {
+				if p := strings.Join(child, ""); !f.named[p] {
+					if f.named == nil {
+						f.named = map[string]bool{}
+					}
+					f.named[p] = true
+					f.repeated = append(f.repeated, p)
 				}
-				f.named[child] = true
-				f.repeated = append(f.repeated, child)
 			}
 			seen[m.key] = true
 			f.repeats(m.val, child)
 		}
 	case kindArray:
 		for i, e := range v.elems {
-			f.repeats(e, path+"["+strconv.Itoa(i)+"]")
+			f.repeats(e, append(path[:len(path):len(path)], "["+strconv.Itoa(i)+"]"))
 		}
 	}
 }

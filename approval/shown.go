@@ -33,7 +33,7 @@ var ErrTooLargeToShow = errors.New("arguments too large to show the approver in 
 type ShowLimitError struct {
 	Values    int    // values to show
 	Longest   int    // characters of the longest value or key
-	LongestAt string // the display label it is under
+	LongestAt string // the display label it is under ("" past MaxShownBytes, where labels are not built)
 	Bytes     int    // bytes of the display text
 }
 
@@ -47,7 +47,10 @@ func (e *ShowLimitError) Error() string {
 		if utf8.RuneCountInString(at) > 80 {
 			at = string([]rune(at)[:80]) + "…"
 		}
-		over = append(over, fmt.Sprintf("a value of %d characters (%s), at most %d", e.Longest, at, MaxShownChars))
+		if at != "" {
+			at = " (" + at + ")"
+		}
+		over = append(over, fmt.Sprintf("a value of %d characters%s, at most %d", e.Longest, at, MaxShownChars))
 	}
 	if e.Bytes > MaxShownBytes {
 		over = append(over, fmt.Sprintf("%d bytes of text, at most %d", e.Bytes, MaxShownBytes))
@@ -63,7 +66,24 @@ type shown struct {
 	values    int
 	longest   int
 	longestAt string
+	bytes     int // of the value lines so far, built or not
+	dropped   int // of the value lines not built, newlines included
 }
+
+// line tallies a value line of n bytes and reports whether to build it:
+// not once the lines alone are over MaxShownBytes, the display is then
+// refused whatever follows.
+func (s *shown) line(n int) bool {
+	s.bytes += n + 1
+	if s.bytes > MaxShownBytes {
+		s.dropped += n + 1
+		return false
+	}
+	return true
+}
+
+// over reports whether lines are only counted now.
+func (s *shown) over() bool { return s.bytes > MaxShownBytes }
 
 func (s *shown) value() { s.values++ }
 
@@ -74,9 +94,10 @@ func (s *shown) text(at, v string) {
 	}
 }
 
-// check returns a *ShowLimitError when a display of size bytes, with the
-// tallies, is over any limit.
+// check returns a *ShowLimitError when a display of size bytes (and the
+// lines not built), with the tallies, is over any limit.
 func (s *shown) check(size int) error {
+	size += s.dropped
 	if s.values <= MaxShownValues && s.longest <= MaxShownChars && size <= MaxShownBytes {
 		return nil
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -217,5 +218,30 @@ func TestDisplayBuiltinsWhole(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// Refusing a call costs about what its arguments weigh, not what their
+// display would: a long key above many values would repeat in every
+// path label (here 16,000 × 30 KB, half a gigabyte) if the labels were
+// built past the limit.
+func TestShowLimitRefusalIsCheap(t *testing.T) {
+	many := make([]any, 16000)
+	for i := range many {
+		many[i] = 0
+	}
+	args := map[string]any{strings.Repeat("k", 30000): many}
+	nr := mcpRequest(args)
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	CheckShown(nr.AuthorizationDetails, nr.Args, nr.Tool, nr.Agent)
+	runtime.ReadMemStats(&after)
+	if allocs := after.TotalAlloc - before.TotalAlloc; allocs > 64<<20 {
+		t.Fatalf("refusing %d bytes of arguments allocated %d bytes", len(nr.Args), allocs)
+	}
+	err := CheckShown(nr.AuthorizationDetails, nr.Args, nr.Tool, nr.Agent)
+	var le *ShowLimitError
+	if !errors.As(err, &le) || le.Values != 16000 || le.Bytes < 16000*30000 {
+		t.Fatalf("CheckShown: %v (%+v)", err, le)
 	}
 }
