@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"unicode"
@@ -390,5 +391,35 @@ func FuzzRenderMCPToolCall(f *testing.F) {
 		if other := mcpDisplay(t, string(re)); other != got {
 			t.Fatalf("re-encoded %s as %s and the display changed:\n%s\nvs\n%s", args, re, got, other)
 		}
+		// Nothing is elided: every leaf is on a line of its own, whole.
+		lines := strings.Split(got, "\n")
+		var leaves func(v any)
+		leaves = func(v any) {
+			var want string
+			switch x := v.(type) {
+			case map[string]any:
+				for _, e := range x {
+					leaves(e)
+				}
+				return
+			case []any:
+				for _, e := range x {
+					leaves(e)
+				}
+				return
+			case string:
+				want = visibleQuote(x, false)
+			case json.Number:
+				want = x.String()
+			case nil:
+				want = "null"
+			default:
+				want = fmt.Sprint(x)
+			}
+			if !slices.ContainsFunc(lines, func(l string) bool { return strings.HasSuffix(l, ": "+want) }) {
+				t.Fatalf("value %s not shown whole in\n%s", want, got)
+			}
+		}
+		leaves(v)
 	})
 }
