@@ -91,9 +91,11 @@ func renderMCPToolCall(raw json.RawMessage, sh *shown) []string {
 	if len(args) == 0 || (len(args) == 1 && args[0].kind == kindObject && len(args[0].members) == 0) {
 		lines = append(lines, "Arguments: (none)")
 	} else {
+		f.args = true
 		for _, a := range args {
 			f.flatten(a, "args", len("args"))
 		}
+		f.args = false
 	}
 	slices.SortStableFunc(other, func(a, b jmember) int { return strings.Compare(a.key, b.key) })
 	for _, m := range other {
@@ -114,7 +116,7 @@ func renderArgs(raw json.RawMessage, sh *shown) []string {
 	if root.kind == kindObject && len(root.members) == 0 {
 		return []string{"Arguments: (none)"}
 	}
-	f := &flattener{sh: sh}
+	f := &flattener{sh: sh, args: true}
 	f.flatten(root, "args", len("args"))
 	return f.lines
 }
@@ -144,7 +146,11 @@ func mcpName(vs []*jvalue, what string, sh *shown) string {
 }
 
 type flattener struct {
-	sh       *shown
+	sh *shown
+	// args says the values flattened now are arguments, which count
+	// against MaxShownValues (the server's own detail members, such as a
+	// pinned definition's hash, do not: the figure is the agent's).
+	args     bool
 	lines    []string
 	repeated []string        // paths of repeated keys, in the order found
 	named    map[string]bool // the set of repeated
@@ -155,7 +161,9 @@ type flattener struct {
 // (for the error's figures) but no longer built, so that a long key
 // above many values, repeated in every label, costs nothing to refuse.
 func (f *flattener) emit(label string, n int, value string) {
-	f.sh.value()
+	if f.args {
+		f.sh.value()
+	}
 	if f.sh.line(n + len(": ") + len(value)) {
 		f.lines = append(f.lines, label+": "+value)
 	}

@@ -16,8 +16,9 @@ import (
 // characters a line and a thousand a screen, so one value is at most two
 // screens, and the whole text about sixteen screens.
 const (
-	// MaxShownValues bounds the values (one display line each: a string,
-	// number, true, false, null, {} or []) of all the details together.
+	// MaxShownValues bounds the argument values (one display line each: a
+	// string, number, true, false, null, {} or []) of all the details
+	// together, with the fields of a detail of a type rendered generically.
 	MaxShownValues = 100
 	// MaxShownChars bounds the characters of one value or object key.
 	MaxShownChars = 2000

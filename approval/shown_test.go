@@ -128,6 +128,25 @@ func TestShowLimitsRefuseBeforeARequest(t *testing.T) {
 	}
 }
 
+// The count is of the agent's arguments: a member the server adds to an
+// upstream call's detail (a pinned definition's hash) is shown, and
+// counts as text, but not as one of the values.
+func TestShowLimitsCountTheArgumentValues(t *testing.T) {
+	args, _ := manyValues(MaxShownValues)
+	nr := mcpRequest(args)
+	nr.AuthorizationDetails, _ = json.Marshal([]map[string]any{{
+		"type": "mcp_tool_call", "server": "files", "tool": "write_file", "arguments": args,
+		"definition_sha256": strings.Repeat("ab", 32),
+	}})
+	if err := CheckShown(nr.AuthorizationDetails, nr.Args, nr.Tool, nr.Agent); err != nil {
+		t.Fatalf("%d argument values and a server member: %v", MaxShownValues, err)
+	}
+	got := display(t, splitDetails(t, string(nr.AuthorizationDetails)), nil, "t", "a", "C")
+	if !strings.Contains(got, "\ndetail.definition_sha256: \""+strings.Repeat("ab", 32)+"\"\n") {
+		t.Fatalf("display\n%s", got)
+	}
+}
+
 // A tool without details is bound by the same limits on its arguments.
 func TestShowLimitsBindArgumentsWithoutDetails(t *testing.T) {
 	args, _ := manyValues(MaxShownValues + 1)
