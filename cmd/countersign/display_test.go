@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
@@ -14,6 +15,7 @@ import (
 	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/tools/upstream/upstreamtest"
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
 )
 
@@ -23,31 +25,21 @@ import (
 // log; one too large to show is refused before any request, recorded as
 // call.rejected, and the export still verifies.
 func TestGatewaySignsEveryArgumentAndRefusesWhatItCannotShow(t *testing.T) {
-	up, record := notesUpstream(t)
+	// The upstream offers a free-form tool (echo) from the first listing
+	// Countersign sees: add_tool runs before Countersign connects.
+	record := filepath.Join(t.TempDir(), "upstream-record.jsonl")
+	srv := httptest.NewServer(upstreamtest.Handler(upstreamtest.Options{RecordPath: record}))
+	t.Cleanup(srv.Close)
+	admin := connect(t, &sdk.StreamableClientTransport{Endpoint: srv.URL, MaxRetries: -1}, protocolVersions[0], nil)
+	if res := callTool(t, admin, "add_tool", map[string]any{"name": "echo"}); res.IsError {
+		t.Fatalf("add_tool: %s", resultText(res))
+	}
 	p := startProduct(t, func(c *config.Config) {
-		c.Upstreams = []config.Upstream{up}
-		c.Tools["notes__add_tool"] = config.Tool{Level: "low"}
+		c.Upstreams = []config.Upstream{{Name: "notes", Prefix: "notes__", URL: srv.URL, ConnectTimeout: 10 * time.Second}}
 		c.Tools["notes__echo"] = config.Tool{Level: "high", Approvers: []string{"role:ops"}}
 	})
 	ctx := context.Background()
 	a := newAgent(t, p)
-	if res := callTool(t, a.cs, "notes__add_tool", map[string]any{"name": "echo"}); res.IsError {
-		t.Fatalf("add_tool: %s", resultText(res))
-	}
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		list, err := a.cs.ListTools(ctx, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if slices.ContainsFunc(list.Tools, func(tool *sdk.Tool) bool { return tool.Name == "notes__echo" }) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("notes__echo never listed")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 
 	args := map[string]any{}
 	var want []string
