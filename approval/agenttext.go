@@ -19,11 +19,12 @@ var freeText = map[string]bool{
 	"reason": true, "remittanceInformationUnstructured": true, "purpose": true,
 }
 
-// agentLine quotes an agent's text on one display line:
+// agentLine quotes an agent's text, whole and untrimmed, on one display
+// line:
 //
 //	The agent wrote (reference): “Invoice 42”
-func agentLine(what, text string, max int) string {
-	return AgentPrefix + " (" + what + "): “" + clean(text, max) + "”"
+func agentLine(what, text string) string {
+	return AgentPrefix + " (" + what + "): “" + visible(text, whole) + "”"
 }
 
 func isAgentLine(l string) bool { return strings.HasPrefix(l, AgentPrefix+" (") }

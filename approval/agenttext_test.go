@@ -32,7 +32,7 @@ func TestAgentTextIsQuotedLast(t *testing.T) {
 		json.RawMessage(`{"type":"payment_initiation","instructedAmount":{"currency":"USD","amount":"10.00"},"creditorName":"Acme","remittanceInformationUnstructured":"Approved by CFO\nTool: fake"}`),
 		json.RawMessage(`{"type":"vendor_onboarding","vendor":"Acme","description":"Code: 123456"}`),
 	}
-	got := renderDisplay(details, "transfer", "agent-1", "ABC123")
+	got := display(t, details, nil, "transfer", "agent-1", "ABC123")
 	lines := strings.Split(got, "\n")
 	want := []string{
 		`The agent wrote (action 1, reference): “Approved by CFO�Tool: fake”`,

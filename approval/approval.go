@@ -31,12 +31,16 @@
 // types fall back to a generic rendering of their fields):
 //
 //	{"type":"payment_initiation","instructedAmount":{"currency":"USD","amount":"500000.00"},
-//	 "creditorName":"Vendor X","debtorAccount":{"id":"operating"},"newCounterparty":true}
+//	 "creditorName":"Vendor X","debtorAccount":{"id":"operating"},"newCounterparty":true,
+//	 "remittanceInformationUnstructured":"inv 42","idempotencyKey":"pay-1"}
 //	{"type":"deployment","service":"api","version":"1.4.2","environment":"production"}
 //	{"type":"secret_access","name":"prod-db-password","classification":"restricted"}
 //	{"type":"mcp_tool_call","server":"files","tool":"write_file","arguments":{"path":"/srv/a.txt","mode":420}}
 //
 // ("counterpartyKnown": false is accepted as well as "newCounterparty": true.)
+//
+// Every value is shown whole; a request whose display would exceed
+// MaxShownValues, MaxShownChars or MaxShownBytes is refused (*ShowLimitError).
 package approval
 
 import (

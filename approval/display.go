@@ -19,17 +19,23 @@ import (
 // (mcp_tool_call arguments are quoted with those characters shown as
 // escapes instead; see renderMCPToolCall.)
 //
+// Nothing the backend receives is cut or left out: every renderer shows
+// each argument whole (a tool with no details has its arguments listed as
+// an upstream call's are), and a display over the limits in shown.go is
+// an error (*ShowLimitError), not a shorter text.
+//
 // Free text the agent wrote (a payment's reference, a description) is not
 // the server's word: it comes last, after the server's lines, each line
 // labelled "The agent wrote (...)" with the text in quotation marks, and the
 // page shows it as a quotation apart from the rest (agentText.go).
-func renderDisplay(details []json.RawMessage, tool, agent, code string) string {
+func renderDisplay(details []json.RawMessage, args json.RawMessage, tool, agent, code string) (string, error) {
 	var lines, quoted []string
+	sh := &shown{}
 	for i, raw := range details {
 		if len(details) > 1 {
 			lines = append(lines, fmt.Sprintf("Action %d of %d", i+1, len(details)))
 		}
-		for _, l := range renderDetail(raw) {
+		for _, l := range renderDetail(raw, sh) {
 			if isAgentLine(l) {
 				if len(details) > 1 {
 					l = strings.Replace(l, AgentPrefix+" (", fmt.Sprintf("%s (action %d, ", AgentPrefix, i+1), 1)
@@ -43,19 +49,26 @@ func renderDisplay(details []json.RawMessage, tool, agent, code string) string {
 	quoted = append(quoted, claimLines(details)...)
 	if len(details) == 0 {
 		lines = append(lines, "Action: "+clean(tool, 100)+" (no details given)")
+		if len(args) > 0 {
+			lines = append(lines, renderArgs(args, sh)...)
+		}
 	}
 	lines = append(lines,
 		"Tool: "+clean(tool, 100),
 		"Agent: "+clean(agent, 100),
 		"Code: "+code,
 	)
-	return strings.Join(append(lines, quoted...), "\n")
+	display := strings.Join(append(lines, quoted...), "\n")
+	if err := sh.check(len(display)); err != nil {
+		return "", err
+	}
+	return display, nil
 }
 
 // WarningPrefix starts a display line the page shows as a warning.
 const WarningPrefix = "Warning: "
 
-func renderDetail(raw json.RawMessage) []string {
+func renderDetail(raw json.RawMessage, sh *shown) []string {
 	var d map[string]json.RawMessage
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.UseNumber()
@@ -70,31 +83,35 @@ func renderDetail(raw json.RawMessage) []string {
 			Amount   json.RawMessage `json:"amount"`
 		}
 		json.Unmarshal(d["instructedAmount"], &amt)
-		payee := clean(str(d["creditorName"]), 120)
+		payee := sh.full("To", str(d["creditorName"]))
 		lines := []string{
-			"Payment: " + formatAmount(amt.Currency, amt.Amount),
+			"Payment: " + formatAmount(amt.Currency, amt.Amount, sh),
 			"To: " + payee,
 		}
 		if w := scriptWarning("PAYEE NAME", payee); w != "" {
 			lines = append(lines, w)
 		}
-		if acct := account(d["creditorAccount"]); acct != "" {
+		if acct := account(d["creditorAccount"], sh); acct != "" {
 			lines = append(lines, "To account: "+acct)
 		}
-		if acct := account(d["debtorAccount"]); acct != "" {
+		if acct := account(d["debtorAccount"], sh); acct != "" {
 			lines = append(lines, "From: "+acct)
 		}
 		if isTrue(d["newCounterparty"]) || isFalse(d["counterpartyKnown"]) {
 			lines = append(lines, WarningPrefix+"NEW COUNTERPARTY, never paid before")
 		}
+		if key := str(d["idempotencyKey"]); key != "" {
+			lines = append(lines, "Idempotency key: "+sh.full("Idempotency key", key)+" (a repeat with this key pays once)")
+		}
 		if ref := str(d["remittanceInformationUnstructured"]); ref != "" {
-			lines = append(lines, agentLine("reference", ref, 140))
+			sh.text("reference", ref)
+			lines = append(lines, agentLine("reference", ref))
 		}
 		return lines
 	case "deployment":
-		env := clean(str(d["environment"]), 60)
+		env := sh.full("Environment", str(d["environment"]))
 		lines := []string{
-			"Deploy: " + clean(str(d["service"]), 80) + " version " + clean(str(d["version"]), 80),
+			"Deploy: " + sh.full("Deploy", str(d["service"])) + " version " + sh.full("version", str(d["version"])),
 			"Environment: " + env,
 		}
 		if strings.EqualFold(env, "production") || strings.EqualFold(env, "prod") {
@@ -106,9 +123,9 @@ func renderDetail(raw json.RawMessage) []string {
 		if name == "" {
 			name = str(d["secret"])
 		}
-		class := clean(str(d["classification"]), 40)
+		class := sh.full("Classification", str(d["classification"]))
 		lines := []string{
-			"Read secret: " + clean(name, 120),
+			"Read secret: " + sh.full("Read secret", name),
 			"Classification: " + class,
 		}
 		if strings.EqualFold(class, "restricted") || strings.EqualFold(class, "confidential") {
@@ -116,10 +133,10 @@ func renderDetail(raw json.RawMessage) []string {
 		}
 		return lines
 	case "mcp_tool_call":
-		return renderMCPToolCall(raw)
+		return renderMCPToolCall(raw, sh)
 	}
 	// Generic: type, actions, then every other field in key order.
-	lines := []string{"Action: " + clean(orDefault(typ, "(untyped)"), 80)}
+	lines := []string{"Action: " + sh.full("Action", orDefault(typ, "(untyped)"))}
 	keys := make([]string, 0, len(d))
 	for k := range d {
 		if k != "type" {
@@ -128,11 +145,15 @@ func renderDetail(raw json.RawMessage) []string {
 	}
 	slices.Sort(keys)
 	for _, k := range keys {
+		sh.value()
+		label := sh.full("a key", k)
+		v := compact(d[k])
+		sh.text(label, v)
 		if freeText[k] {
-			lines = append(lines, agentLine(clean(k, 40), compact(d[k]), 200))
+			lines = append(lines, agentLine(label, v))
 			continue
 		}
-		lines = append(lines, clean(k, 40)+": "+clean(compact(d[k]), 200))
+		lines = append(lines, label+": "+clean(v, whole))
 	}
 	return lines
 }
@@ -173,27 +194,28 @@ func isFalse(raw json.RawMessage) bool { return string(bytes.TrimSpace(raw)) == 
 
 // account renders an RFC 9396 account object ({"iban":...} or {"id":...})
 // or a plain string.
-func account(raw json.RawMessage) string {
+func account(raw json.RawMessage, sh *shown) string {
 	if len(raw) == 0 {
 		return ""
 	}
 	var m map[string]json.RawMessage
 	if json.Unmarshal(raw, &m) != nil {
-		return clean(str(raw), 80)
+		return sh.full("account", str(raw))
 	}
 	for _, k := range []string{"id", "iban", "name", "number"} {
 		if v := str(m[k]); v != "" {
-			return clean(v, 80)
+			return sh.full("account", v)
 		}
 	}
-	return clean(compact(raw), 80)
+	return sh.full("account", compact(raw))
 }
 
 // formatAmount renders "USD 500,000.00" from a decimal string or number.
 // Anything that is not a plain decimal is shown quoted, never reinterpreted.
-func formatAmount(currency string, raw json.RawMessage) string {
+func formatAmount(currency string, raw json.RawMessage, sh *shown) string {
 	amount := str(raw)
-	cur := clean(strings.ToUpper(currency), 8)
+	sh.text("amount", amount)
+	cur := sh.full("currency", strings.ToUpper(currency))
 	if cur == "" {
 		cur = "(no currency)"
 	}
@@ -201,7 +223,7 @@ func formatAmount(currency string, raw json.RawMessage) string {
 	digits := strings.TrimPrefix(amount, "-")
 	intPart, frac, hasFrac := strings.Cut(digits, ".")
 	if intPart == "" || !allDigits(intPart) || (hasFrac && (frac == "" || !allDigits(frac))) {
-		return cur + " " + fmt.Sprintf("%q", clean(amount, 60)) + " (not a plain decimal)"
+		return cur + " " + fmt.Sprintf("%q", clean(amount, whole)) + " (not a plain decimal)"
 	}
 	intPart = strings.TrimLeft(intPart, "0")
 	if intPart == "" {
@@ -233,11 +255,27 @@ func allDigits(s string) bool {
 	return true
 }
 
+// whole is clean's max for a value that must not be cut: one the backend
+// receives (the display limits bound it instead).
+const whole = -1
+
+// full cleans a value shown whole and tallies it under label at.
+func (s *shown) full(at, v string) string {
+	s.text(at, v)
+	return clean(v, whole)
+}
+
 // clean makes an untrusted value safe to put on one display line: control
 // and formatting characters (newlines, bidi overrides, zero-width joiners)
 // become U+FFFD so their presence stays visible, invalid UTF-8 likewise, and
-// the value is cut at max runes.
+// the value is cut at max runes (never, with max = whole), and trimmed.
 func clean(s string, max int) string {
+	return strings.TrimSpace(visible(s, max))
+}
+
+// visible is clean without the trim: for a quotation, whose quotation
+// marks show a leading or trailing space.
+func visible(s string, max int) string {
 	var b strings.Builder
 	n := 0
 	for i, w := 0, 0; i < len(s); i += w {
@@ -256,5 +294,5 @@ func clean(s string, max int) string {
 		b.WriteRune(r)
 		n++
 	}
-	return strings.TrimSpace(b.String())
+	return b.String()
 }

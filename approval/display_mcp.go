@@ -10,17 +10,13 @@ import (
 	"strconv"
 	"strings"
 	"unicode"
-	"unicode/utf8"
 )
 
-// Bounds of the mcp_tool_call rendering. They keep the display (which is
-// stored, hashed and exported) a readable size whatever the arguments are.
+// Thresholds of the mcp_tool_call rendering's layout. None of them cuts
+// anything: they decide only how a name or key is written.
 const (
-	mcpMaxDepth   = 8   // path segments below args; deeper containers are not expanded
-	mcpMaxLines   = 60  // value lines per detail; the rest are counted, not shown
-	mcpMaxString  = 200 // characters of one string (or number) shown
-	mcpMaxKey     = 64  // characters of one object key shown in a path
-	mcpMaxName    = 128 // characters of a server or tool name shown bare
+	mcpMaxKey     = 64  // characters of an object key written bare in a path; longer ones are quoted
+	mcpMaxName    = 128 // characters of a server or tool name written bare; longer ones are quoted
 	mcpMaxMarks   = 4   // combining marks in a row shown as they are; more are escaped
 	mcpMaxRepeats = 3   // repeated-key paths named in the warning
 )
@@ -36,17 +32,35 @@ const (
 //	args.path: "/srv/share/a.txt"
 //
 // one line per leaf value in key order, labelled with its path below args
-// (the name the policy rules use). Strings are quoted with every invisible,
-// control, bidi and line-breaking character written as an escape (\n, \t,
-// \u202E), so the approver sees that it is there and it cannot forge or
-// reorder a line. A path segment that is not a plain ASCII name is quoted,
-// args["a b"], with ": " broken as \u003A so a key cannot end the label.
+// (the name the policy rules use). Every value is shown in full, at every
+// depth: the key signs this text, so nothing that runs may be missing
+// from it (a call too large to show is refused before a request exists;
+// see [ShowLimitError]).
+//
+// The rendering reads back to exactly one JSON value:
+//   - A path is "args" followed by one segment per level: .name for an
+//     object key that is a plain ASCII name (letters, digits, _ and -, at
+//     most mcpMaxKey characters), ["quoted"] for any other key, [3] for
+//     an array index. A plain name holds no ".", "[" or quote, and a
+//     quoted key escapes its quotes and backslashes, so a path names one
+//     sequence of keys and indexes; ["0"] (a key) is not [0] (an index).
+//   - A string value is always in quotes, with every invisible, control,
+//     bidi and line-breaking character written as an escape (\n, \t,
+//     \u202E) and quote and backslash escaped, so each escape stands for
+//     one character, the approver sees that it is there, and it cannot
+//     forge or reorder a line. "1" and "null" (strings) read apart from 1
+//     and null.
+//   - A number is written exactly as sent; true, false and null bare.
+//   - An empty object or array is a line of its own, {} or [], so that
+//     {"a":{}}, {"a":[]} and {} all read apart.
+//
+// In a quoted key ": " is broken as \u003A so a key cannot end the label.
 // Every label starts with "args", "detail" or a fixed word, so no key can
 // pass itself off as a line the server writes (Code, Tool, Warning).
 // A key that occurs twice in one object is shown every time, in the order
 // written, under a warning: two readers of that JSON may take different
 // values.
-func renderMCPToolCall(raw json.RawMessage) []string {
+func renderMCPToolCall(raw json.RawMessage, sh *shown) []string {
 	root, err := parseOrdered(raw)
 	if err != nil || root.kind != kindObject {
 		return []string{"Action: (unreadable authorization detail)"}
@@ -62,9 +76,9 @@ func renderMCPToolCall(raw json.RawMessage) []string {
 			other = append(other, m)
 		}
 	}
-	f := &flattener{}
-	f.repeats(root, "", 0)
-	lines := []string{"Upstream tool: " + mcpName(byKey["server"]) + " / " + mcpName(byKey["tool"])}
+	f := &flattener{sh: sh}
+	f.repeats(root, nil)
+	lines := []string{"Upstream tool: " + mcpName(byKey["server"], "server", sh) + " / " + mcpName(byKey["tool"], "tool", sh)}
 	if len(f.repeated) > 0 {
 		named := f.repeated[:min(len(f.repeated), mcpMaxRepeats)]
 		w := WarningPrefix + "REPEATED KEY " + strings.Join(named, ", ")
@@ -77,24 +91,39 @@ func renderMCPToolCall(raw json.RawMessage) []string {
 	if len(args) == 0 || (len(args) == 1 && args[0].kind == kindObject && len(args[0].members) == 0) {
 		lines = append(lines, "Arguments: (none)")
 	} else {
+		f.args = true
 		for _, a := range args {
-			f.flatten(a, "args", 0)
+			f.flatten(a, "args", len("args"))
 		}
+		f.args = false
 	}
 	slices.SortStableFunc(other, func(a, b jmember) int { return strings.Compare(a.key, b.key) })
 	for _, m := range other {
-		f.flatten(m.val, "detail"+pathKey(m.key), 1)
+		label := "detail" + f.key(m.key)
+		f.flatten(m.val, label, len(label))
 	}
-	lines = append(lines, f.lines...)
-	if f.omitted > 0 {
-		lines = append(lines, fmt.Sprintf("… %d more values not shown; the full arguments are in the audit log", f.omitted))
+	return append(lines, f.lines...)
+}
+
+// renderArgs renders a tool's arguments as renderMCPToolCall does, for a
+// request whose tool gave no authorization_details: what runs is shown
+// even then.
+func renderArgs(raw json.RawMessage, sh *shown) []string {
+	root, err := parseOrdered(raw)
+	if err != nil {
+		return []string{"Arguments: (unreadable)"}
 	}
-	return lines
+	if root.kind == kindObject && len(root.members) == 0 {
+		return []string{"Arguments: (none)"}
+	}
+	f := &flattener{sh: sh, args: true}
+	f.flatten(root, "args", len("args"))
+	return f.lines
 }
 
 // mcpName renders the server or tool name: bare when it is a plain name,
 // else quoted like any string.
-func mcpName(vs []*jvalue) string {
+func mcpName(vs []*jvalue, what string, sh *shown) string {
 	switch {
 	case len(vs) == 0:
 		return "(missing)"
@@ -104,6 +133,7 @@ func mcpName(vs []*jvalue) string {
 		return "(not a string)"
 	}
 	s := vs[0].text
+	sh.text(what, s)
 	plain := s != "" && len(s) <= mcpMaxName
 	for i := 0; plain && i < len(s); i++ {
 		c := s[i]
@@ -112,107 +142,117 @@ func mcpName(vs []*jvalue) string {
 	if plain {
 		return s
 	}
-	return visibleQuote(s, mcpMaxString, false)
+	return visibleQuote(s, false)
 }
 
 type flattener struct {
+	sh *shown
+	// args says the values flattened now are arguments, which count
+	// against MaxShownValues (the server's own detail members, such as a
+	// pinned definition's hash, do not: the figure is the agent's).
+	args     bool
 	lines    []string
-	omitted  int
 	repeated []string        // paths of repeated keys, in the order found
 	named    map[string]bool // the set of repeated
 }
 
-func (f *flattener) emit(label, value string) {
-	if len(f.lines) >= mcpMaxLines {
-		f.omitted++
-		return
+// emit adds the line "label: value"; n is the label's length. Past
+// MaxShownBytes the display is refused anyway: lines are then counted
+// (for the error's figures) but no longer built, so that a long key
+// above many values, repeated in every label, costs nothing to refuse.
+func (f *flattener) emit(label string, n int, value string) {
+	if f.args {
+		f.sh.value()
 	}
-	f.lines = append(f.lines, label+": "+value)
+	if f.sh.line(n + len(": ") + len(value)) {
+		f.lines = append(f.lines, label+": "+value)
+	}
 }
 
-// flatten emits one line per leaf of v, labelled by its path; depth is the
-// number of segments below the root.
-func (f *flattener) flatten(v *jvalue, path string, depth int) {
+// key is the path segment of an object key, tallied as a text.
+func (f *flattener) key(k string) string {
+	f.sh.text("a key", k)
+	return pathKey(k)
+}
+
+// join is path+seg, or "" once lines are only counted; n is the length
+// of path+seg either way.
+func (f *flattener) join(path string, n int, seg string) (string, int) {
+	if f.sh.over() {
+		return "", n + len(seg)
+	}
+	return path + seg, n + len(seg)
+}
+
+// flatten emits one line per leaf of v, labelled by its path (of length
+// n).
+func (f *flattener) flatten(v *jvalue, path string, n int) {
 	switch v.kind {
 	case kindObject:
 		if len(v.members) == 0 {
-			f.emit(path, "{}")
-			return
-		}
-		if depth >= mcpMaxDepth {
-			f.emit(path, "(nested too deep)")
+			f.emit(path, n, "{}")
 			return
 		}
 		members := slices.Clone(v.members)
 		slices.SortStableFunc(members, func(a, b jmember) int { return strings.Compare(a.key, b.key) })
 		for _, m := range members {
-			f.flatten(m.val, path+pathKey(m.key), depth+1)
+			p, pn := f.join(path, n, f.key(m.key))
+			f.flatten(m.val, p, pn)
 		}
 	case kindArray:
 		if len(v.elems) == 0 {
-			f.emit(path, "[]")
-			return
-		}
-		if depth >= mcpMaxDepth {
-			f.emit(path, "(nested too deep)")
+			f.emit(path, n, "[]")
 			return
 		}
 		for i, e := range v.elems {
-			f.flatten(e, path+"["+strconv.Itoa(i)+"]", depth+1)
+			p, pn := f.join(path, n, "["+strconv.Itoa(i)+"]")
+			f.flatten(e, p, pn)
 		}
 	case kindString:
-		f.emit(path, visibleQuote(v.text, mcpMaxString, false))
+		f.sh.text(path, v.text)
+		f.emit(path, n, visibleQuote(v.text, false))
 	default: // number exactly as written, or true/false/null
-		f.emit(path, fold(v.text, mcpMaxString))
+		f.sh.text(path, v.text)
+		f.emit(path, n, v.text)
 	}
 }
 
 // repeats records the path of every object key that occurs more than once
-// in v ("server", "args.path", "detail.x"). Below the depth that is shown,
-// the path is cut to its shown part and marked with "…".
-func (f *flattener) repeats(v *jvalue, path string, depth int) {
+// in v ("server", "args.path", "detail.x"). The path is kept as segments
+// and joined only for a repeated key.
+func (f *flattener) repeats(v *jvalue, path []string) {
 	switch v.kind {
 	case kindObject:
 		seen := make(map[string]bool, len(v.members))
 		for _, m := range v.members {
-			var child string
+			var child []string
 			switch {
-			case depth == 0 && m.key == "arguments":
-				child = "args"
-			case depth == 0 && (m.key == "type" || m.key == "server" || m.key == "tool"):
-				child = m.key
-			case depth == 0:
-				child = "detail" + pathKey(m.key)
+			case len(path) == 0 && m.key == "arguments":
+				child = []string{"args"}
+			case len(path) == 0 && (m.key == "type" || m.key == "server" || m.key == "tool"):
+				child = []string{m.key}
+			case len(path) == 0:
+				child = []string{"detail", pathKey(m.key)}
 			default:
-				child = f.below(path, pathKey(m.key), depth)
+				child = append(path[:len(path):len(path)], pathKey(m.key))
 			}
-			if seen[m.key] && !f.named[child] {
-				if f.named == nil {
-					f.named = map[string]bool{}
+			if seen[m.key] {
+				if p := strings.Join(child, ""); !f.named[p] {
+					if f.named == nil {
+						f.named = map[string]bool{}
+					}
+					f.named[p] = true
+					f.repeated = append(f.repeated, p)
 				}
-				f.named[child] = true
-				f.repeated = append(f.repeated, child)
 			}
 			seen[m.key] = true
-			f.repeats(m.val, child, depth+1)
+			f.repeats(m.val, child)
 		}
 	case kindArray:
 		for i, e := range v.elems {
-			f.repeats(e, f.below(path, "["+strconv.Itoa(i)+"]", depth), depth+1)
+			f.repeats(e, append(path[:len(path):len(path)], "["+strconv.Itoa(i)+"]"))
 		}
 	}
-}
-
-// below is the path of a child of path (at depth) for the repeated-key
-// warning: path+seg while it is shown, then cut.
-func (f *flattener) below(path, seg string, depth int) string {
-	switch {
-	case depth <= mcpMaxDepth:
-		return path + seg
-	case strings.HasSuffix(path, "…"):
-		return path
-	}
-	return path + "…"
 }
 
 // pathKey is the path segment of an object key: .name for a plain ASCII
@@ -226,41 +266,20 @@ func pathKey(k string) string {
 	if plain {
 		return "." + k
 	}
-	return "[" + visibleQuote(k, mcpMaxKey, true) + "]"
+	return "[" + visibleQuote(k, true) + "]"
 }
 
-// fold cuts an unquoted token (a number) at max characters.
-func fold(s string, max int) string {
-	n := utf8.RuneCountInString(s)
-	if n <= max {
-		return s
-	}
-	cut := 0
-	for range max {
-		_, w := utf8.DecodeRuneInString(s[cut:])
-		cut += w
-	}
-	return s[:cut] + fmt.Sprintf("… (%d more characters)", n-max)
-}
-
-// visibleQuote quotes s for one display line. Quote and backslash are
-// escaped, so every escape in the output stands for exactly one character
-// of s; \n, \r and \t keep their usual names and every other character
-// that would not be seen as itself (see mustEscape) becomes \uXXXX or
-// \UXXXXXXXX. Past max characters the rest is counted, outside the quotes.
-// In a key (inKey), a colon before a space is escaped so the key cannot
-// contain the ": " that ends a display label.
-func visibleQuote(s string, max int, inKey bool) string {
+// visibleQuote quotes s, whole, for one display line. Quote and backslash
+// are escaped, so every escape in the output stands for exactly one
+// character of s; \n, \r and \t keep their usual names and every other
+// character that would not be seen as itself (see mustEscape) becomes
+// \uXXXX or \UXXXXXXXX. In a key (inKey), a colon before a space is
+// escaped so the key cannot contain the ": " that ends a display label.
+func visibleQuote(s string, inKey bool) string {
 	var b strings.Builder
 	b.WriteByte('"')
-	n, marks := 0, 0
+	marks := 0
 	for i, r := range s {
-		if n == max {
-			b.WriteByte('"')
-			fmt.Fprintf(&b, "… (%d more characters)", utf8.RuneCountInString(s[i:]))
-			return b.String()
-		}
-		n++
 		if unicode.In(r, unicode.Mn, unicode.Me) {
 			marks++
 		} else {

@@ -3,9 +3,11 @@ package approval
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"unicode"
@@ -21,7 +23,17 @@ func mcpDisplay(t testing.TB, args string) string {
 	if args != "" {
 		d += `,"arguments":` + args
 	}
-	return renderDisplay([]json.RawMessage{json.RawMessage(d + "}")}, "files__write_file", "agent-1", "ABCDEF")
+	return display(t, []json.RawMessage{json.RawMessage(d + "}")}, nil, "files__write_file", "agent-1", "ABCDEF")
+}
+
+// display renders a display that must be within the limits.
+func display(t testing.TB, details []json.RawMessage, args json.RawMessage, tool, agent, code string) string {
+	t.Helper()
+	got, err := renderDisplay(details, args, tool, agent, code)
+	if err != nil {
+		t.Fatalf("render: %v", err)
+	}
+	return got
 }
 
 const mcpTrailer = "\nTool: files__write_file\nAgent: agent-1\nCode: ABCDEF"
@@ -30,14 +42,13 @@ func TestDisplayMCPToolCall(t *testing.T) {
 	long := strings.Repeat("a", 250)
 	var many, manyWant strings.Builder
 	many.WriteString("{")
-	for i := range 100 {
+	for i := range MaxShownValues {
 		if i > 0 {
 			many.WriteString(",")
+			manyWant.WriteString("\n")
 		}
 		fmt.Fprintf(&many, `"k%03d":%d`, i, i)
-		if i < mcpMaxLines {
-			fmt.Fprintf(&manyWant, "args.k%03d: %d\n", i, i)
-		}
+		fmt.Fprintf(&manyWant, "args.k%03d: %d", i, i)
 	}
 	many.WriteString("}")
 	deep := func(n int) string { return strings.Repeat(`{"a":`, n) + "1" + strings.Repeat("}", n) }
@@ -52,9 +63,9 @@ func TestDisplayMCPToolCall(t *testing.T) {
 		{"empty containers", `{"a":{},"b":[]}`, "args.a: {}\nargs.b: []"},
 		{"numbers exactly as written", `{"big":123456789012345678901234567890,"neg":-0,"exp":1E+2,"frac":0.10}`,
 			"args.big: 123456789012345678901234567890\nargs.exp: 1E+2\nargs.frac: 0.10\nargs.neg: -0"},
-		{"long string folded", `{"s":"` + long + `"}`, `args.s: "` + long[:200] + `"… (50 more characters)`},
-		{"long number folded", `{"n":` + strings.Repeat("9", 230) + `}`, "args.n: " + strings.Repeat("9", 200) + "… (30 more characters)"},
-		{"long key folded", `{"` + strings.Repeat("k", 100) + `":1}`, `args["` + strings.Repeat("k", 64) + `"… (36 more characters)]: 1`},
+		{"long string whole", `{"s":"` + long + `"}`, `args.s: "` + long + `"`},
+		{"long number whole", `{"n":` + strings.Repeat("9", 230) + `}`, "args.n: " + strings.Repeat("9", 230)},
+		{"long key whole", `{"` + strings.Repeat("k", 100) + `":1}`, `args["` + strings.Repeat("k", 100) + `"]: 1`},
 		{"markup is text", `{"html":"<script>alert(1)</script>","attr":"\"><img src=x onerror=alert(1)>"}`,
 			`args.attr: "\"><img src=x onerror=alert(1)>"` + "\n" + `args.html: "<script>alert(1)</script>"`},
 		{"a newline cannot forge a line", `{"v":"x\nCode: QQQQQQ"}`, `args.v: "x\nCode: QQQQQQ"`},
@@ -66,10 +77,9 @@ func TestDisplayMCPToolCall(t *testing.T) {
 		{"array arguments", `["a",{"b":[1,[]]}]`, "args[0]: \"a\"\nargs[1].b[0]: 1\nargs[1].b[1]: []"},
 		{"null arguments", `null`, "args: null"},
 		{"string arguments", `"rm -rf /"`, `args: "rm -rf /"`},
-		{"line bound", many.String(), manyWant.String() + "… 40 more values not shown; the full arguments are in the audit log"},
-		{"depth within the bound", deep(8), "args.a.a.a.a.a.a.a.a: 1"},
-		{"depth beyond the bound", deep(12), "args.a.a.a.a.a.a.a.a: (nested too deep)"},
-		{"arrays count as depth", strings.Repeat("[", 10) + "1" + strings.Repeat("]", 10), "args[0][0][0][0][0][0][0][0]: (nested too deep)"},
+		{"every value up to the bound", many.String(), manyWant.String()},
+		{"every level", deep(12), "args" + strings.Repeat(".a", 12) + ": 1"},
+		{"every level of arrays", strings.Repeat("[", 10) + "1" + strings.Repeat("]", 10), "args" + strings.Repeat("[0]", 10) + ": 1"},
 		{"repeated key", `{"path":"/srv/share/a.txt","mode":1,"path":"/etc/passwd"}`,
 			"Warning: REPEATED KEY args.path; every value is shown, a reader may take either\n" +
 				"args.mode: 1\nargs.path: \"/srv/share/a.txt\"\nargs.path: \"/etc/passwd\""},
@@ -141,7 +151,7 @@ func TestDisplayMCPNames(t *testing.T) {
 		{`{"type":"mcp_tool_call","server":"files","tool":"w","arguments":{},"risk":"low","Code":["x"]}`,
 			"Upstream tool: files / w\nArguments: (none)\ndetail.Code[0]: \"x\"\ndetail.risk: \"low\""},
 	} {
-		got := renderDisplay([]json.RawMessage{json.RawMessage(tc.detail)}, "t", "a", "C")
+		got := display(t, []json.RawMessage{json.RawMessage(tc.detail)}, nil, "t", "a", "C")
 		if !strings.HasPrefix(got, tc.want+"\n") {
 			t.Errorf("%s:\n%s\nwant prefix\n%s", tc.detail, got, tc.want)
 		}
@@ -230,8 +240,9 @@ func TestBrowserMCPDisplayWraps(t *testing.T) {
 	b := newBrowserFixture(t)
 	tab := b.tab(t, b.alloc, true)
 	nr := paymentRequest("alice")
+	long := strings.Repeat("z", 1500)
 	nr.AuthorizationDetails = json.RawMessage(`[{"type":"mcp_tool_call","server":"files","tool":"write_file","arguments":{"` +
-		strings.Repeat("k", 60) + `":{"` + strings.Repeat("K", 60) + `":"` + strings.Repeat("x", 190) + `"},"spaced":"a     b"}}]`)
+		strings.Repeat("k", 60) + `":{"` + strings.Repeat("K", 60) + `":"` + strings.Repeat("x", 190) + `"},"spaced":"a     b","long":"` + long + `"}}]`)
 	req, err := b.svc.Create(context.Background(), nr)
 	if err != nil {
 		t.Fatal(err)
@@ -252,6 +263,60 @@ func TestBrowserMCPDisplayWraps(t *testing.T) {
 	if spaced != `"a     b"` {
 		t.Errorf("runs of spaces collapsed on the page: %q", spaced)
 	}
+
+	// A long value is folded to its start; a tap shows all of it, and
+	// the page still does not scroll sideways.
+	const longDD = `[...document.querySelectorAll("#display dd")].find(d => d.previousElementSibling.textContent === "args.long")`
+	folded, err := chromedp.Run(tab, chromedp.Evaluate[string](longDD+`.innerText`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(folded, long) || !strings.HasPrefix(folded, `"`+long[:pageFoldHead-1]) || !strings.Contains(folded, "show all 1502 characters") {
+		t.Errorf("folded value reads %q", folded)
+	}
+	do(t, tab, chromedp.Click(chromedp.CSS(`#display details.fold summary`)))
+	opened, err := chromedp.Run(tab, chromedp.Evaluate[string](longDD+`.innerText`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(opened, `"`+long+`"`) || strings.Contains(opened, "show all") {
+		t.Errorf("opened value reads %q", opened)
+	}
+	overflow, err = chromedp.Run(tab, chromedp.Evaluate[bool](`document.documentElement.scrollWidth > document.documentElement.clientWidth ||
+		[...document.querySelectorAll("#display dt, #display dd")].some(e => e.scrollWidth > e.clientWidth)`))
+	if err != nil || overflow {
+		t.Errorf("the opened value overflows (%v)", err)
+	}
+}
+
+// The page folds a long value but holds it whole: the display it was
+// rendered from, and signed, is unchanged.
+func TestDisplayPageFoldsLongValuesWhole(t *testing.T) {
+	h := newHTTPFixture(t)
+	long := strings.Repeat("0123456789", 50)
+	req, err := h.svc.Create(context.Background(), mcpRequest(map[string]any{"content": long, "path": "/srv/a"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(req.Display, `args.content: "`+long+`"`) {
+		t.Fatalf("display %s", req.Display)
+	}
+	resp, err := h.client.Get(h.base + "/requests/" + req.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	body := string(raw)
+	for _, want := range []string{
+		`<dt>args.content</dt><dd><details class="fold"><summary><bdi class="head">&#34;` + long[:pageFoldHead-1] + `</bdi>` +
+			`<span class="more">… show all 502 characters</span><span class="less">fold</span></summary><bdi>&#34;` + long + `&#34;</bdi></details></dd>`,
+		`<dt>args.path</dt><dd><bdi>&#34;/srv/a&#34;</bdi></dd>`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("page lacks %s", want)
+		}
+	}
 }
 
 // assertDisplaySafe checks the display's line structure: no line holds a
@@ -268,7 +333,6 @@ func assertDisplaySafe(t testing.TB, display string) {
 		switch {
 		case l.Label == "args" || strings.HasPrefix(l.Label, "args.") || strings.HasPrefix(l.Label, "args["),
 			strings.HasPrefix(l.Label, "detail.") || strings.HasPrefix(l.Label, "detail["):
-		case l.Label == "" && strings.HasPrefix(l.Value, "… "):
 		case l.Label == "Upstream tool", l.Label == "Arguments", l.Label == "Tool", l.Label == "Agent", l.Label == "Code":
 		case l.Warning && strings.HasPrefix(l.Value, "REPEATED KEY "):
 		default:
@@ -289,15 +353,25 @@ func FuzzRenderMCPToolCall(f *testing.F) {
 		if !json.Valid(args) {
 			return
 		}
+		detail := `{"type":"mcp_tool_call","server":"files","tool":"write_file","arguments":` + string(args) + "}"
+		if _, err := renderDisplay([]json.RawMessage{json.RawMessage(detail)}, nil, "files__write_file", "agent-1", "ABCDEF"); err != nil {
+			var le *ShowLimitError
+			if !errors.As(err, &le) || (le.Values <= MaxShownValues && le.Longest <= MaxShownChars && le.Bytes <= MaxShownBytes) {
+				t.Fatalf("refused within the limits: %v", err)
+			}
+			return
+		}
 		got := mcpDisplay(t, string(args))
 		if again := mcpDisplay(t, string(args)); again != got {
 			t.Fatalf("not deterministic:\n%s\nvs\n%s", got, again)
 		}
 		assertDisplaySafe(t, got)
-		// Upstream tool, a warning, the argument lines, the omitted count,
-		// Tool, Agent, Code.
-		if n := strings.Count(got, "\n") + 1; n > mcpMaxLines+6 {
+		// Upstream tool, a warning, the argument lines, Tool, Agent, Code.
+		if n := strings.Count(got, "\n") + 1; n > MaxShownValues+5 {
 			t.Fatalf("%d lines", n)
+		}
+		if len(got) > MaxShownBytes {
+			t.Fatalf("%d bytes", len(got))
 		}
 		if strings.Contains(got, "\n"+WarningPrefix) {
 			return // repeated keys: encoding/json would keep only the last
@@ -317,5 +391,35 @@ func FuzzRenderMCPToolCall(f *testing.F) {
 		if other := mcpDisplay(t, string(re)); other != got {
 			t.Fatalf("re-encoded %s as %s and the display changed:\n%s\nvs\n%s", args, re, got, other)
 		}
+		// Nothing is elided: every leaf is on a line of its own, whole.
+		lines := strings.Split(got, "\n")
+		var leaves func(v any)
+		leaves = func(v any) {
+			var want string
+			switch x := v.(type) {
+			case map[string]any:
+				for _, e := range x {
+					leaves(e)
+				}
+				return
+			case []any:
+				for _, e := range x {
+					leaves(e)
+				}
+				return
+			case string:
+				want = visibleQuote(x, false)
+			case json.Number:
+				want = x.String()
+			case nil:
+				want = "null"
+			default:
+				want = fmt.Sprint(x)
+			}
+			if !slices.ContainsFunc(lines, func(l string) bool { return strings.HasSuffix(l, ": "+want) }) {
+				t.Fatalf("value %s not shown whole in\n%s", want, got)
+			}
+		}
+		leaves(v)
 	})
 }

@@ -48,6 +48,7 @@ func longGatewayCall(approvers ...string) NewRequest {
 	args := `{"path":"/srv/share/projects/2026/quarterly-reports/finance/consolidated-statements/drafts/final-final-v7-approved-by-legal.xlsx",` +
 		`"source":"https://storage.internal.example.com/buckets/finance-archive/objects/2026/Q3/consolidated?versionId=3HL4kqtJlcpXroDTDmJ.rmSpXd3dIbrHY&partNumber=17",` +
 		`"checksum":"sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a089f86d081884c7d659a2feaa0c55ad015",` +
+		`"content":"` + strings.Repeat("Quarterly consolidated statement, final draft; ", 12) + `",` + // folded on the page
 		`"overwrite":true}`
 	return NewRequest{
 		Tool:                 "files__write_file",

@@ -90,10 +90,13 @@ func (r *Request) Terminal() bool { return r.State != StatePending }
 // codeAlphabet has no 0/O, 1/I/L: a human compares it across two screens.
 const codeAlphabet = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
 
+// codeLength is the characters of a code.
+const codeLength = 6
+
 func newCode() (string, error) {
 	var b strings.Builder
 	max := big.NewInt(int64(len(codeAlphabet)))
-	for range 6 {
+	for range codeLength {
 		n, err := rand.Int(rand.Reader, max)
 		if err != nil {
 			return "", err
@@ -189,7 +192,10 @@ func (s *Service) Create(ctx context.Context, r NewRequest) (*Request, error) {
 		summary = r.Tool
 	}
 	binding := summary + " (code " + code + ")"
-	display := renderDisplay(details, r.Tool, r.Agent, code)
+	display, err := renderDisplay(details, r.Args, r.Tool, r.Agent, code)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalidRequest, err)
+	}
 	approversJSON, _ := json.Marshal(approvers)
 
 	// The requirement is recorded as fields, so that an auditor can check

@@ -385,7 +385,7 @@ func TestCreateValidates(t *testing.T) {
 }
 
 func TestDisplay(t *testing.T) {
-	got := renderDisplay(splitDetails(t, `[{"type":"payment_initiation","instructedAmount":{"currency":"usd","amount":"1234567.5"},"creditorName":"Vendor X\nTo: Someone Else\u202e","debtorAccount":{"id":"operating"},"counterpartyKnown":false}]`), "transfer", "agent-1", "ABCDEF")
+	got := display(t, splitDetails(t, `[{"type":"payment_initiation","instructedAmount":{"currency":"usd","amount":"1234567.5"},"creditorName":"Vendor X\nTo: Someone Else\u202e","debtorAccount":{"id":"operating"},"counterpartyKnown":false}]`), nil, "transfer", "agent-1", "ABCDEF")
 	want := "Payment: USD 1,234,567.5\nTo: Vendor X\uFFFDTo: Someone Else\uFFFD\nFrom: operating\nWarning: NEW COUNTERPARTY, never paid before\nTool: transfer\nAgent: agent-1\nCode: ABCDEF"
 	if got != want {
 		t.Fatalf("display\n%s\nwant\n%s", got, want)
@@ -396,7 +396,7 @@ func TestDisplay(t *testing.T) {
 		{`[{"type":"custom","b":2,"a":"x"}]`, "Action: custom\na: x\nb: 2"},
 		{`[{"type":"payment_initiation","instructedAmount":{"currency":"EUR","amount":"1e9"},"creditorName":"Y"}]`, `Payment: EUR "1e9" (not a plain decimal)` + "\nTo: Y"},
 	} {
-		got := renderDisplay(splitDetails(t, tc.details), "t", "a", "C")
+		got := display(t, splitDetails(t, tc.details), nil, "t", "a", "C")
 		if !strings.HasPrefix(got, tc.want+"\n") {
 			t.Errorf("%s:\n%s\nwant prefix\n%s", tc.details, got, tc.want)
 		}

@@ -17,6 +17,7 @@ import (
 	"strings"
 	"time"
 	"unicode/utf16"
+	"unicode/utf8"
 )
 
 //go:embed web
@@ -42,7 +43,20 @@ type displayLine struct {
 	Label, Value string
 	Warning      bool
 	Quote        bool // text the agent wrote (AgentPrefix), shown as its quotation
+	// Head, set when Value is longer than pageFoldChars, is its start: the
+	// page shows it folded, Head first and the whole Value a tap away. Only
+	// the page folds; the display text that is signed and stored is whole.
+	Head  string
+	Chars int // characters of Value, when folded
 }
+
+// Values longer than pageFoldChars are folded on the page to their first
+// pageFoldHead characters, so that a long one does not push the rest of
+// the request (and the buttons) screens away.
+const (
+	pageFoldChars = 200
+	pageFoldHead  = 120
+)
 
 // pickLines returns the server's lines, or the agent's quoted ones.
 func pickLines(display string, quoted bool) []displayLine {
@@ -62,7 +76,11 @@ func displayLines(display string) []displayLine {
 		if !ok {
 			label, value = "", l
 		}
-		out = append(out, displayLine{Label: label, Value: value, Warning: strings.HasPrefix(l, WarningPrefix), Quote: isAgentLine(l)})
+		dl := displayLine{Label: label, Value: value, Warning: strings.HasPrefix(l, WarningPrefix), Quote: isAgentLine(l)}
+		if n := utf8.RuneCountInString(value); n > pageFoldChars {
+			dl.Head, dl.Chars = string([]rune(value)[:pageFoldHead]), n
+		}
+		out = append(out, dl)
 	}
 	return out
 }

@@ -439,6 +439,16 @@ func (g *Guard) Handle(ctx context.Context, c Call) *mcp.CallToolResult {
 		if res, ok := g.viaGrant(ctx, spec, call, d, entry, counted); ok {
 			return res
 		}
+		// The approver's key signs every argument, shown whole; a call too
+		// large to show is refused before any request exists. It is a
+		// call.rejected, like a schema violation: a property of the
+		// arguments the agent can fix by sending less, not a decision of
+		// policy or of a person; and like one, the log keeps only the
+		// arguments' digest and size.
+		if err := approval.CheckShown(call.Details, canon.JSON, c.Tool, c.Agent); err != nil {
+			g.usage.release(counted)
+			return g.rejectArgs(ctx, entry, args, err.Error(), "refused: %v", err)
+		}
 		ctx, res := g.admitRequest(ctx, c.Agent, c.Tool)
 		if res != nil {
 			g.usage.release(counted)

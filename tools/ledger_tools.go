@@ -325,8 +325,9 @@ func (lt *ledgerTools) parseTransfer(args map[string]any) (transferArgs, error) 
 	return ta, nil
 }
 
-// checkText refuses over-long text and control or invisible formatting
-// characters, which could forge a line or reorder text on the approval page.
+// checkText refuses over-long text, and control, invisible formatting and
+// line or paragraph separator characters, which could forge a line or
+// reorder text on the approval page (or be shown only as U+FFFD there).
 func checkText(s string, max int) error {
 	if !utf8.ValidString(s) {
 		return errors.New("is not valid UTF-8")
@@ -335,7 +336,7 @@ func checkText(s string, max int) error {
 		return fmt.Errorf("is %d characters long, at most %d allowed", n, max)
 	}
 	for _, r := range s {
-		if unicode.IsControl(r) || unicode.Is(unicode.Cf, r) {
+		if unicode.IsControl(r) || unicode.In(r, unicode.Cf, unicode.Zl, unicode.Zp) {
 			return fmt.Errorf("contains the control or formatting character %U", r)
 		}
 	}
@@ -399,6 +400,11 @@ func (lt *ledgerTools) transfer() *Spec {
 			}
 			if ta.req.Memo != "" {
 				detail["remittanceInformationUnstructured"] = ta.req.Memo
+			}
+			// Every argument the ledger acts on is in what the approver
+			// signs, the key that can turn a payment into a replay too.
+			if ta.req.IdempotencyKey != "" {
+				detail["idempotencyKey"] = ta.req.IdempotencyKey
 			}
 			return &Call{
 				Args: copyArgs(args),
