@@ -2,7 +2,7 @@
 // go-sdk) that tests use as an "upstream": the server a Countersign gateway
 // connects to as a client and whose tools it re-exposes.
 //
-// It has five tools, whose names other packages' tests depend on:
+// It has six tools, whose names other packages' tests depend on:
 //
 //   - read_note {name}: returns "note <name>: <text>" and structured content
 //     {name, text, found}; text is what write_note last stored under that
@@ -22,8 +22,12 @@
 //     that name that echoes its arguments (as JSON text and structured
 //     content) and returns "added <name>". The go-sdk then sends
 //     notifications/tools/list_changed to the connected clients. Names of
-//     the five built-in tools are refused (isError); re-adding an added name
+//     the built-in tools are refused (isError); re-adding an added name
 //     replaces it.
+//   - rpc_error {size 0..8 MiB, secret}: answers the call with a JSON-RPC
+//     error (code -32000, not a tool result) whose message is size bytes
+//     of filler, then, if secret, a space and [ErrorSecret]: a hostile
+//     upstream's huge error, or one holding a secret past its first KiB.
 //
 // # Record
 //
