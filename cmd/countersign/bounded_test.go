@@ -155,3 +155,12 @@ func storedBytes(t *testing.T, p *product) int64 {
 	}
 	return n
 }
+
+// audit tail shows where an outcome's arguments are, since format 3 stores
+// them once.
+func TestHumanLineNamesWhereTheArgsAre(t *testing.T) {
+	line := humanLine(audit.Entry{Seq: 7, Kind: audit.KindCallExecuted, Tool: "notes__read_note", ArgsSeq: 6})
+	if !strings.Contains(line, "args=(as in #6)") {
+		t.Fatalf("line %q does not name the entry holding the args", line)
+	}
+}
