@@ -18,7 +18,7 @@ import (
 )
 
 func TestGatewayLogKeepsBoundedRecordsOfWhatUpstreamsSay(t *testing.T) {
-	up, _ := notesUpstream(t)
+	up, _ := notesUpstream(t, upstreamtest.EnvRPCError+"=1")
 	p := startProduct(t, func(c *config.Config) {
 		c.Upstreams = []config.Upstream{up}
 		// In the policy document, so that verify --replay-policy replays them.

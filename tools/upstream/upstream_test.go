@@ -86,7 +86,7 @@ func TestStdioUpstreamToolsAreOfferedUnderThePrefixAsTheyAre(t *testing.T) {
 	for _, s := range cat.Specs() {
 		names = append(names, s.Def.Name)
 	}
-	if got := strings.Join(names, ","); got != "notes__add_tool,notes__fail,notes__read_note,notes__rpc_error,notes__slow,notes__write_note" {
+	if got := strings.Join(names, ","); got != "notes__add_tool,notes__fail,notes__read_note,notes__slow,notes__write_note" {
 		t.Fatalf("offered %s", got)
 	}
 	read, _ := cat.Lookup("notes__read_note")

@@ -4,6 +4,7 @@ import (
 	"context"
 	"strings"
 
+	"github.com/google/jsonschema-go/jsonschema"
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 )
@@ -18,6 +19,18 @@ const ErrorSecret = "api_key=sk_live_4eC39HqLyjWDarjtT1zdp7dc"
 type rpcErrorArgs struct {
 	Size   int  `json:"size" jsonschema:"bytes of filler"`
 	Secret bool `json:"secret,omitempty" jsonschema:"end the message with ErrorSecret"`
+}
+
+// addRPCError adds the rpc_error tool.
+func (s *server) addRPCError() {
+	mcp.AddTool(s.mcp, &mcp.Tool{
+		Name:        "rpc_error",
+		Description: "Answer with a JSON-RPC error whose message is size bytes of filler, then a secret if asked.",
+		InputSchema: objectSchema[rpcErrorArgs](func(p map[string]*jsonschema.Schema) {
+			p["size"].Minimum, p["size"].Maximum = ptr(0.0), ptr(float64(maxRPCErrorSize))
+		}),
+		Annotations: &mcp.ToolAnnotations{ReadOnlyHint: true},
+	}, s.rpcError)
 }
 
 // rpcError answers with a JSON-RPC error: the go-sdk passes a

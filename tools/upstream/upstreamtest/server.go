@@ -16,7 +16,7 @@ import (
 // their names.
 var builtinTools = map[string]bool{
 	"read_note": true, "write_note": true, "slow": true, "fail": true, "add_tool": true,
-	"rpc_error": true,
+	"rpc_error": true, // with Options.RPCError
 }
 
 // addedToolName is what add_tool accepts as a name (also in its schema).
@@ -86,15 +86,9 @@ func NewServer(opts Options) *mcp.Server {
 		Annotations: &mcp.ToolAnnotations{ReadOnlyHint: false},
 	}, s.addTool)
 
-	mcp.AddTool(s.mcp, &mcp.Tool{
-		Name:        "rpc_error",
-		Description: "Answer with a JSON-RPC error whose message is size bytes of filler, then a secret if asked.",
-		InputSchema: objectSchema[rpcErrorArgs](func(p map[string]*jsonschema.Schema) {
-			p["size"].Minimum, p["size"].Maximum = ptr(0.0), ptr(float64(maxRPCErrorSize))
-		}),
-		Annotations: &mcp.ToolAnnotations{ReadOnlyHint: true},
-	}, s.rpcError)
-
+	if opts.RPCError {
+		s.addRPCError()
+	}
 	if opts.Mutable {
 		s.addMutable()
 	}

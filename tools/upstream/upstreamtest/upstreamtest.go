@@ -2,7 +2,7 @@
 // go-sdk) that tests use as an "upstream": the server a Countersign gateway
 // connects to as a client and whose tools it re-exposes.
 //
-// It has six tools, whose names other packages' tests depend on:
+// It has five tools, whose names other packages' tests depend on:
 //
 //   - read_note {name}: returns "note <name>: <text>" and structured content
 //     {name, text, found}; text is what write_note last stored under that
@@ -24,10 +24,12 @@
 //     notifications/tools/list_changed to the connected clients. Names of
 //     the built-in tools are refused (isError); re-adding an added name
 //     replaces it.
-//   - rpc_error {size 0..8 MiB, secret}: answers the call with a JSON-RPC
-//     error (code -32000, not a tool result) whose message is size bytes
-//     of filler, then, if secret, a space and [ErrorSecret]: a hostile
-//     upstream's huge error, or one holding a secret past its first KiB.
+//
+// With [Options].RPCError it also has rpc_error {size 0..8 MiB, secret},
+// which answers the call with a JSON-RPC error (code -32000, not a tool
+// result) whose message is size bytes of filler, then, if secret, a space
+// and [ErrorSecret]: a hostile upstream's huge error, or one holding a
+// secret past its first KiB.
 //
 // # Record
 //
@@ -58,6 +60,7 @@
 //	COUNTERSIGN_UPSTREAMTEST_CRASH_AFTER=N  exit abruptly with status 3 right after the
 //	                                        response to the Nth tools/call has been written
 //	COUNTERSIGN_UPSTREAMTEST_MUTABLE=1      also offer rug and mutate (see mutate.go)
+//	COUNTERSIGN_UPSTREAMTEST_RPC_ERROR=1    also offer rpc_error
 //
 // For example:
 //
@@ -95,6 +98,7 @@ const (
 	EnvRecord     = "COUNTERSIGN_UPSTREAMTEST_RECORD"
 	EnvCrashAfter = "COUNTERSIGN_UPSTREAMTEST_CRASH_AFTER"
 	EnvMutable    = "COUNTERSIGN_UPSTREAMTEST_MUTABLE"
+	EnvRPCError   = "COUNTERSIGN_UPSTREAMTEST_RPC_ERROR"
 )
 
 // crashExitCode is the status a process started with EnvCrashAfter exits
@@ -111,6 +115,8 @@ type Options struct {
 	Mutable bool
 	// Stubborn adds the hostile tool [Stubborn] (stubborn.go).
 	Stubborn bool
+	// RPCError adds the tool rpc_error (rpcerror.go).
+	RPCError bool
 }
 
 // stderrLogger logs warnings and errors of the go-sdk to stderr; stdout may
@@ -144,7 +150,7 @@ func Main() bool {
 		fmt.Fprintf(os.Stderr, "upstreamtest: %s=%q: the only mode is \"stdio\"\n", EnvMode, mode)
 		os.Exit(2)
 	}
-	opts := Options{RecordPath: os.Getenv(EnvRecord), Mutable: os.Getenv(EnvMutable) == "1"}
+	opts := Options{RecordPath: os.Getenv(EnvRecord), Mutable: os.Getenv(EnvMutable) == "1", RPCError: os.Getenv(EnvRPCError) == "1"}
 	var t mcp.Transport = &mcp.StdioTransport{}
 	if s := os.Getenv(EnvCrashAfter); s != "" {
 		n, err := strconv.Atoi(s)

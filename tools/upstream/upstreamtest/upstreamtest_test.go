@@ -17,7 +17,6 @@ import (
 	"time"
 
 	"github.com/countersign/countersign/tools/upstream/upstreamtest"
-	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 )
 
@@ -230,7 +229,7 @@ func TestListTools(t *testing.T) {
 				}
 			}
 		})
-		if want := []string{"add_tool", "fail", "read_note", "rpc_error", "slow", "write_note"}; !slices.Equal(names, want) {
+		if want := []string{"add_tool", "fail", "read_note", "slow", "write_note"}; !slices.Equal(names, want) {
 			t.Fatalf("tools %v, want %v", names, want)
 		}
 		type hints struct {
@@ -244,7 +243,6 @@ func TestListTools(t *testing.T) {
 			"slow":       {true, nil},
 			"fail":       {true, nil},
 			"add_tool":   {false, nil},
-			"rpc_error":  {true, nil},
 		}
 		for name, h := range want {
 			tool := tools[name]
@@ -449,23 +447,6 @@ func TestFail(t *testing.T) {
 	})
 }
 
-// rpc_error answers with a JSON-RPC error, not a tool result, holding
-// exactly the message asked for.
-func TestRPCError(t *testing.T) {
-	forEachTransport(t, func(t *testing.T, p *peer) {
-		ctx, cancel := context.WithTimeout(context.Background(), wait)
-		defer cancel()
-		_, err := p.cs.CallTool(ctx, &mcp.CallToolParams{Name: "rpc_error", Arguments: map[string]any{"size": 100000, "secret": true}})
-		var wire *jsonrpc.Error
-		if !errors.As(err, &wire) || wire.Code != -32000 {
-			t.Fatalf("rpc_error: %v, want a JSON-RPC error -32000", err)
-		}
-		if len(wire.Message) != 100000+1+len(upstreamtest.ErrorSecret) || !strings.HasSuffix(wire.Message, " "+upstreamtest.ErrorSecret) {
-			t.Fatalf("message of %d bytes ending %q", len(wire.Message), wire.Message[max(0, len(wire.Message)-10):])
-		}
-	})
-}
-
 func TestAddTool(t *testing.T) {
 	forEachTransport(t, func(t *testing.T, p *peer) {
 		res := p.call(t, "add_tool", map[string]any{"name": "echo_it"})
@@ -485,8 +466,8 @@ func TestAddTool(t *testing.T) {
 		if echo.Annotations == nil || !echo.Annotations.ReadOnlyHint || echo.Annotations.DestructiveHint == nil || *echo.Annotations.DestructiveHint {
 			t.Errorf("echo_it annotations %s", dump(echo.Annotations))
 		}
-		if len(tools) != 7 {
-			t.Errorf("%d tools after add_tool, want 7", len(tools))
+		if len(tools) != 6 {
+			t.Errorf("%d tools after add_tool, want 6", len(tools))
 		}
 
 		args := map[string]any{"a": 1.0, "b": "x"}
@@ -506,7 +487,7 @@ func TestAddTool(t *testing.T) {
 		if res := p.call(t, "add_tool", map[string]any{"name": "write_note"}); !res.IsError {
 			t.Errorf("add_tool write_note: %s", dump(res))
 		}
-		if tools := p.tools(t); len(tools) != 7 || tools["write_note"].Annotations.ReadOnlyHint {
+		if tools := p.tools(t); len(tools) != 6 || tools["write_note"].Annotations.ReadOnlyHint {
 			t.Errorf("tools after refused add_tool calls: %s", dump(tools))
 		}
 
