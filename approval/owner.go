@@ -152,6 +152,8 @@ func (s *Service) inLog(ctx context.Context, e audit.Entry, created int64) (audi
 	if err != nil {
 		return audit.Entry{}, false, err
 	}
+	// The log keeps a long reason cut (audit.Bound): compare it so.
+	audit.Bound(&e)
 	// The log's clock may lag the outbox's a little.
 	since := time.Unix(0, created).Add(-time.Second)
 	const page = 256

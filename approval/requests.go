@@ -516,11 +516,9 @@ func (s *Service) requestEntry(r *row, kind, reason string) audit.Entry {
 		Nonce:                base64.RawURLEncoding.EncodeToString(r.nonce),
 		ExpiresAt:            digest.FormatTime(r.ExpiresAt),
 	}
-	if r.redact {
-		e.ArgsRedact = true
-	} else {
-		e.Args = r.args
-	}
+	// The args are in the request's approval.requested; this entry
+	// finds them through request_id (audit format 3).
+	e.ArgsRedact = r.redact
 	return e
 }
 

@@ -45,7 +45,10 @@
 //
 // # Formats and requirements
 //
-// Append writes format [Format] (2): every entry carries "v":2, JSON
+// Append writes format [Format] (3): format 2 with a call's arguments
+// stored once and reasons and results bounded to [MaxText] bytes (see
+// [Bound]); format 2 entries still verify. In format 2 every entry
+// carries "v", JSON
 // members are stored in RFC 8785 form, approval.requested records the
 // requirement as fields (level, quorum, eligible, user_verification,
 // expires_at), key decisions record decided_at, and approval.approved

@@ -203,10 +203,10 @@ func parallel(n int, f func(int)) {
 // entryKeys are the JSON keys of Entry that canonicalMembers writes, less
 // the writer's; a test holds it to Entry's fields.
 var entryKeys = []string{
-	"v", "kind", "agent", "tool", "args", "args_redacted", "args_sha256", "decision", "level", "rule", "usage",
-	"policy_sha256", "policy", "reason",
+	"v", "kind", "agent", "tool", "args", "args_redacted", "args_seq", "args_sha256", "decision", "level", "rule", "usage",
+	"policy_sha256", "policy", "reason", "reason_sha256", "reason_size",
 	"request_id", "quorum", "eligible", "user_verification", "approvers", "assertions",
-	"batchable", "result", "approver", "credential_id", "public_key", "attestation_object", "authorization_details",
+	"batchable", "result", "result_sha256", "result_size", "approver", "credential_id", "public_key", "attestation_object", "authorization_details",
 	"display", "nonce", "expires_at", "decided_at", "origin", "rp_id", "user_verified", "authenticator_data",
 	"client_data_json", "signature", "batch_digests", "batch_position",
 	"grant_id", "grant_seq", "grant_condition", "grant_max_calls", "grant_expires_at",
@@ -285,6 +285,7 @@ func membersOf(e *Entry, canon func([]byte) ([]byte, error)) ([][]byte, error) {
 		return nil, err
 	}
 	boolean("args_redacted", e.ArgsRedact)
+	integer("args_seq", e.ArgsSeq)
 	str("args_sha256", e.ArgsSHA256)
 	ints("assertions", e.Assertions)
 	str("attestation_object", e.AttestationObject)
@@ -319,10 +320,14 @@ func membersOf(e *Entry, canon func([]byte) ([]byte, error)) ([][]byte, error) {
 	str("public_key", e.PublicKey)
 	integer("quorum", int64(e.Quorum))
 	str("reason", e.Reason)
+	str("reason_sha256", e.ReasonSHA256)
+	integer("reason_size", e.ReasonSize)
 	str("request_id", e.RequestID)
 	if err := raw("result", e.Result); err != nil {
 		return nil, err
 	}
+	str("result_sha256", e.ResultSHA256)
+	integer("result_size", e.ResultSize)
 	str("rp_id", e.RPID)
 	str("rule", e.Rule)
 	str("signature", e.Signature)

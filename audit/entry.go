@@ -36,8 +36,10 @@ const (
 
 // Format is the version of the entry format that Append writes, recorded
 // in every entry's V. Format 1 entries (written by older servers) have no
-// V; docs/audit-export.md lists what each version added.
-const Format = 2
+// V; docs/audit-export.md lists what each version added. Format 3 stores
+// a call's arguments once (args_seq, request_id: see bound.go) and
+// bounds reason and result (see Bound).
+const Format = 3
 
 // User-verification requirements of an approval request.
 const (
@@ -59,6 +61,7 @@ type Entry struct {
 	Args       json.RawMessage `json:"args,omitempty"` // omitted when redacted
 	ArgsRedact bool            `json:"args_redacted,omitempty"`
 	ArgsSHA256 string          `json:"args_sha256,omitempty"` // hex SHA-256 of JCS(args), always kept
+	ArgsSeq    int64           `json:"args_seq,omitempty"`    // format 3, on a call's outcome: seq of its call.allowed, which holds the args
 	Decision   string          `json:"decision,omitempty"`    // call.*: the policy level; key entries: approve|deny
 	Level      string          `json:"level,omitempty"`       // approval.requested: high|critical
 	Rule       string          `json:"rule,omitempty"`        // the rule(s) that decided
@@ -70,8 +73,10 @@ type Entry struct {
 	// approval.requested), and on policy.loaded the policy it carries: hex
 	// SHA-256 of the JCS form of Policy.
 	PolicySHA256 string          `json:"policy_sha256,omitempty"`
-	Policy       json.RawMessage `json:"policy,omitempty"` // policy.loaded: the policy document
-	Reason       string          `json:"reason,omitempty"` // human text: why denied, failed, rejected
+	Policy       json.RawMessage `json:"policy,omitempty"`        // policy.loaded: the policy document
+	Reason       string          `json:"reason,omitempty"`        // human text: why denied, failed, rejected
+	ReasonSHA256 string          `json:"reason_sha256,omitempty"` // format 3: set only when reason was cut (Bound): hex SHA-256 of the whole
+	ReasonSize   int64           `json:"reason_size,omitempty"`   // format 3: set only when reason was cut: the whole's size in bytes
 	RequestID    string          `json:"request_id,omitempty"`
 
 	// The requirement an approval request must meet (approval.requested),
@@ -88,6 +93,12 @@ type Entry struct {
 	Batchable bool `json:"batchable,omitempty"`
 
 	Result json.RawMessage `json:"result,omitempty"` // backend result summary (never secret values)
+	// ResultSHA256 and ResultSize (format 3) are set only when the result
+	// was cut (Bound): Result is then a JSON string holding the first
+	// MaxText bytes of the whole result's JCS form, and these are that
+	// form's hex SHA-256 and size in bytes.
+	ResultSHA256 string `json:"result_sha256,omitempty"`
+	ResultSize   int64  `json:"result_size,omitempty"`
 
 	// Approval and enrollment fields: what the auditor needs to recompute the
 	// action digest and check the key's signature offline.

@@ -202,8 +202,10 @@ func (l *Log) PublicKey() string { return PublicKeyText(l.key.Public().(ed25519.
 // the chain link, its hash and signature, and returns it once it is
 // durably committed. Fields
 // set by Append are ignored on input. If Args is present, ArgsSHA256 is
-// computed (or checked, if given); with ArgsRedact set Args is dropped
-// before storing. An error means the entry may not be relied on: the
+// computed (or checked, if given); with ArgsRedact set, or on a later
+// entry of a call whose args an earlier entry holds (ArgsSeq or
+// RequestID: bound.go), Args is dropped before storing. Reason and Result
+// are bounded (Bound). An error means the entry may not be relied on: the
 // caller must not proceed.
 func (l *Log) Append(ctx context.Context, e Entry) (Entry, error) {
 	if l.broken != nil {
@@ -285,6 +287,10 @@ func prepare(e *Entry) (*prepared, error) {
 	e.Seq, e.Time, e.PrevHash, e.Hash, e.Sig = 0, "", "", "", ""
 	e.V = Format
 	validUTF8Strings(e)
+	Bound(e)
+	if why := boundsBroken(e); why != "" {
+		return nil, errors.New("audit: " + why)
+	}
 	// JSON members are stored in their RFC 8785 form, the form the hash
 	// already covers, so the line shows exactly what is hashed: no HTML
 	// escapes (\u003c) from a caller's json.Marshal, one number form,
@@ -316,7 +322,7 @@ func prepare(e *Entry) (*prepared, error) {
 		}
 		e.ArgsSHA256 = got
 	}
-	if e.ArgsRedact {
+	if e.ArgsRedact || argsStoredEarlier(e) {
 		e.Args = nil
 	}
 	pre, err := prepareEncoding(e, true)

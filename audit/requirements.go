@@ -62,6 +62,10 @@ type requirements struct {
 	executions int // countersigned executions checked
 
 	grants grantBook // standing grants and the calls they let through (grant.go)
+
+	// open holds the format 3 call.allowed entries whose outcome has not
+	// come, by seq: the outcome names one in args_seq (bound.go).
+	open map[int64]*Entry
 }
 
 // callKey identifies calls of one agent, tool and arguments: a SHA-256
@@ -95,7 +99,8 @@ type request struct {
 	expires  time.Time
 	ended    *Entry // the terminal entry: approval.approved, .denied, .expired or .cancelled
 	endedSeq int64
-	executed int64 // seq of its call.executed or call.failed
+	executed int64  // seq of its call.executed or call.failed
+	args     string // its args_sha256, which every later entry of it repeats (format 3)
 	// interrupted: its run was call.interrupted; reconciled: the seq of
 	// the call.reconciled that settled it.
 	interrupted bool
@@ -105,14 +110,15 @@ type request struct {
 }
 
 func newRequirements() *requirements {
-	return &requirements{requests: map[string]*request{}, allowed: map[callKey]int32{}, unrun: map[callKey]int32{}, grants: newGrantBook()}
+	return &requirements{requests: map[string]*request{}, allowed: map[callKey]int32{}, unrun: map[callKey]int32{}, grants: newGrantBook(),
+		open: map[int64]*Entry{}}
 }
 
 // legacyRequest notes a format 1 approval.requested, so that a format 2
 // execution of it is recognised (its requirement cannot be checked).
 func (q *requirements) legacyRequest(e *Entry) {
 	if e.Kind == KindApprovalRequested && e.RequestID != "" && q.requests[e.RequestID] == nil {
-		q.requests[e.RequestID] = &request{seq: e.Seq, legacy: true}
+		q.requests[e.RequestID] = &request{seq: e.Seq, legacy: true, args: e.ArgsSHA256}
 	}
 }
 
@@ -214,7 +220,7 @@ func (q *requirements) requested(e *Entry) string {
 	if _, err := hexArgs(e.ArgsSHA256); err != nil {
 		return "approval.requested: " + err.Error()
 	}
-	q.requests[e.RequestID] = &request{seq: e.Seq, entry: e, expires: expires}
+	q.requests[e.RequestID] = &request{seq: e.Seq, entry: e, expires: expires, args: e.ArgsSHA256}
 	return ""
 }
 
@@ -435,4 +441,55 @@ func agentSwitch(e *Entry) string {
 		return e.Kind + " carries call fields"
 	}
 	return ""
+}
+
+// argsAt checks, once the entry passed the rules of its kind, that a
+// format 3 entry that does not hold its call's args names an earlier
+// entry that does, of the same call: its call.allowed (args_seq) or its
+// approval.requested (request_id). It notes the call.allowed entries an
+// outcome may name.
+func (q *requirements) argsAt(e *Entry) string {
+	if e.V < 3 {
+		return ""
+	}
+	switch {
+	case e.Kind == KindCallAllowed:
+		q.open[e.Seq] = e
+	case e.ArgsSeq != 0:
+		a := q.open[e.ArgsSeq]
+		switch {
+		case a == nil:
+			return fmt.Sprintf("args_seq %d is not a call.allowed whose outcome is still to come", e.ArgsSeq)
+		case a.Agent != e.Agent || a.Tool != e.Tool || a.ArgsSHA256 != e.ArgsSHA256:
+			return fmt.Sprintf("%s's agent, tool or args_sha256 differ from its call.allowed at args_seq %d", e.Kind, e.ArgsSeq)
+		case a.ArgsRedact != e.ArgsRedact:
+			return fmt.Sprintf("%s and its call.allowed at args_seq %d differ in args_redacted", e.Kind, e.ArgsSeq)
+		}
+		delete(q.open, e.ArgsSeq)
+	case len(e.Args) > 0 || e.ArgsSHA256 == "" || e.Kind == KindApprovalRequested:
+	case e.RequestID == "" && e.ArgsRedact:
+	case e.RequestID == "":
+		return fmt.Sprintf("%s has args_sha256 but no args, args_redacted, args_seq or request_id: its args are nowhere", e.Kind)
+	default:
+		r := q.requests[e.RequestID]
+		switch {
+		case r == nil:
+			return fmt.Sprintf("%s names request %q, which no earlier approval.requested raised: its args are nowhere", e.Kind, e.RequestID)
+		case r.args != e.ArgsSHA256:
+			return fmt.Sprintf("%s's args_sha256 %s differs from that of request %s (seq %d), which holds the args", e.Kind, e.ArgsSHA256, e.RequestID, r.seq)
+		}
+	}
+	return ""
+}
+
+// argsOf finds the args of a format 3 entry that names the entry holding
+// them, if the verifier still has it; nil otherwise.
+func (q *requirements) argsOf(e *Entry) []byte {
+	if a := q.open[e.ArgsSeq]; e.ArgsSeq != 0 && a != nil {
+		return a.Args
+	}
+	if r := q.requests[e.RequestID]; e.RequestID != "" && r != nil && r.entry != nil {
+		return r.entry.Args
+	}
+	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"crypto/ed25519"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -114,7 +115,7 @@ func exampleEntries(t *testing.T, k exampleKeys) []Entry {
 		{Kind: KindPolicyLoaded, Policy: policy},
 		enrolled(k.alice), enrolled(k.bob), enrolled(k.carol),
 		{Kind: KindCallAllowed, Agent: "agent-1", Tool: "get_balance", Args: json.RawMessage(`{}`), Decision: "low", Rule: "tools.get_balance"},
-		{Kind: KindCallExecuted, Agent: "agent-1", Tool: "get_balance", Args: json.RawMessage(`{}`), Decision: "low", Rule: "tools.get_balance",
+		{Kind: KindCallExecuted, Agent: "agent-1", Tool: "get_balance", Args: json.RawMessage(`{}`), ArgsSeq: 5, Decision: "low", Rule: "tools.get_balance",
 			Result: json.RawMessage(`{"balance":"1200.50","currency":"EUR"}`)},
 		request("req-A", "critical", 2, UVRequired, "alice", "bob", "carol"),
 		decide(k.alice, "req-A", digest.Approve, uv),
@@ -161,12 +162,12 @@ func appendExample(t *testing.T, l *Log, e Entry) {
 	mustAppend(t, l, e)
 }
 
-// testdata/audit/export-v2.jsonl pins the format 2 byte form: the example
+// testdata/audit/export-v3.jsonl pins the format 3 byte form: the example
 // log, exported, must come out byte for byte the same, and verify.
 // AUDIT_UPDATE_GOLDEN=1 rewrites it.
-func TestGoldenExportFormat2(t *testing.T) {
+func TestGoldenExportFormat3(t *testing.T) {
 	got := exampleExport(t, t.TempDir(), seededKey(1))
-	golden := filepath.Join("..", "testdata", "audit", "export-v2.jsonl")
+	golden := filepath.Join("..", "testdata", "audit", "export-v3.jsonl")
 	if updateGolden {
 		if err := os.WriteFile(golden, got, 0o644); err != nil {
 			t.Fatal(err)
@@ -179,22 +180,47 @@ func TestGoldenExportFormat2(t *testing.T) {
 	if !bytes.Equal(got, want) {
 		t.Fatalf("export differs from %s (set AUDIT_UPDATE_GOLDEN=1 if the format changed on purpose)\ngot:\n%s", golden, got)
 	}
+	verifyGolden(t, want)
+	for _, frag := range []string{`"v":3,"kind"`, `Söhne <ltd>`, `"status":"<booked>"`, `line\u2028break`, `"eligible":["alice","bob","carol"]`, `"assertions":[8,10]`,
+		`"policy_sha256":"`,
+		// The args are stored once: the outcomes name where.
+		`"kind":"call.executed","agent":"agent-1","tool":"get_balance","args_sha256":"44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","args_seq":5,"decision"`,
+		`"kind":"call.executed","agent":"agent-1","tool":"transfer","args_sha256":`} {
+		if !bytes.Contains(want, []byte(frag)) {
+			t.Errorf("golden export lacks %s", frag)
+		}
+	}
+}
+
+// testdata/audit/export-v2.jsonl is the same example log as written in
+// format 2 (args repeated on every entry of a call), frozen: exports made
+// before format 3 must still verify.
+func TestGoldenExportFormat2StillVerifies(t *testing.T) {
+	want, err := os.ReadFile(filepath.Join("..", "testdata", "audit", "export-v2.jsonl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	verifyGolden(t, want)
+	for _, frag := range []string{`"v":2,"kind"`, `"kind":"call.executed","agent":"agent-1","tool":"transfer","args":`} {
+		if !bytes.Contains(want, []byte(frag)) {
+			t.Errorf("golden export lacks %s", frag)
+		}
+	}
+}
+
+func verifyGolden(t *testing.T, export []byte) {
+	t.Helper()
 	pub, err := os.ReadFile(filepath.Join("..", "testdata", "audit", "server.pub"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, all := range []bool{false, true} {
-		s, err := Verify(bytes.NewReader(want), string(pub), VerifyOptions{AllSignatures: all})
+		s, err := Verify(bytes.NewReader(export), string(pub), VerifyOptions{AllSignatures: all})
 		if err != nil {
 			t.Fatalf("golden export does not verify: %v", err)
 		}
 		if s.Entries != 24 || s.Assertions != 4 || s.Approvals != 2 || s.Executions != 2 || s.Format1 != 0 {
 			t.Fatalf("summary %+v", s)
-		}
-	}
-	for _, frag := range []string{`"v":2,"kind"`, `Söhne <ltd>`, `"status":"<booked>"`, `line\u2028break`, `"eligible":["alice","bob","carol"]`, `"assertions":[8,10]`, `"kind":"call.executed","agent":"agent-1","tool":"transfer","args":`, `"policy_sha256":"`} {
-		if !bytes.Contains(want, []byte(frag)) {
-			t.Errorf("golden export lacks %s", frag)
 		}
 	}
 }
@@ -371,7 +397,37 @@ func TestVerifyRefusesForgedApprovals(t *testing.T) {
 			e.Policy = json.RawMessage(strings.Replace(string(e.Policy), "10000", "99999999", 1))
 		}), 1, "is not the SHA-256 of the policy's JCS form"},
 		{"a format 1 entry after format 2", at(15, func(e *Entry) { e.V = 0 }), 15, "format 1 entry after format 2 began at seq 1"},
-		{"an unknown format", at(15, func(e *Entry) { e.V = 3 }), 15, "entry format v 3 is not one this verifier knows"},
+		{"an unknown format", at(15, func(e *Entry) { e.V = Format + 1 }), 15, fmt.Sprintf("entry format v %d is not one this verifier knows", Format+1)},
+		{"a format 2 entry after format 3", at(15, func(e *Entry) { e.V = 2 }), 15, "format 2 entry after format 3: a log never goes back to an older format"},
+		// Format 3 stores a call's args once; later entries name them.
+		{"an outcome's args_sha256 other than its call.allowed's", at(6, func(e *Entry) {
+			e.ArgsSHA256 = strings.Repeat("ab", 32)
+		}), 6, "call.executed's agent, tool or args_sha256 differ from its call.allowed at args_seq 5"},
+		{"an outcome naming no call.allowed", at(6, func(e *Entry) { e.ArgsSeq = 4 }), 6, "args_seq 4 is not a call.allowed whose outcome is still to come"},
+		{"args_seq naming a later entry", at(6, func(e *Entry) { e.ArgsSeq = 9 }), 6, "args_seq 9 is not an earlier entry"},
+		{"a second outcome naming the same call.allowed", func(es []Entry) []Entry {
+			return slices.Insert(es, 6, es[5])
+		}, 7, "args_seq 5 is not a call.allowed whose outcome is still to come"},
+		{"args_seq on a request's entry", at(12, func(e *Entry) { e.ArgsSeq = 5 }), 12, "call.executed carries both args_seq and request_id"},
+		{"args_seq on a call.allowed", at(5, func(e *Entry) { e.ArgsSeq = 1 }), 5, "call.allowed carries args_seq; only a call's outcome does"},
+		{"a request's entry with other args_sha256 than the request", at(18, func(e *Entry) {
+			e.ArgsSHA256 = strings.Repeat("ab", 32)
+		}), 18, "approval.expired's args_sha256 abab"},
+		{"an outcome whose args are nowhere", at(6, func(e *Entry) { e.ArgsSeq, e.Args = 0, nil }), 6,
+			"call.executed has args_sha256 but no args, args_redacted, args_seq or request_id: its args are nowhere"},
+		{"args that do not match args_sha256", at(5, func(e *Entry) { e.Args = json.RawMessage(`{"x":1}`) }), 5, "args do not match args_sha256"},
+		// Format 3 bounds reasons and results.
+		{"a reason over 1 KiB", at(16, func(e *Entry) { e.Reason = strings.Repeat("x", 2000) }), 16,
+			"reason of 2000 bytes, over 1024, without reason_sha256 and reason_size"},
+		{"a cut reason whose whole is short", at(16, func(e *Entry) { e.ReasonSHA256, e.ReasonSize = strings.Repeat("0", 64), 10 }), 16,
+			"reason size 10: a text of at most 1024 bytes is kept whole"},
+		{"a cut reason that keeps too little", at(16, func(e *Entry) { e.ReasonSHA256, e.ReasonSize = strings.Repeat("0", 64), 5000 }), 16,
+			"reason keeps 24 bytes of the whole; the log keeps the first 1024"},
+		{"a result over 1 KiB", at(12, func(e *Entry) { e.Result = json.RawMessage(`"` + strings.Repeat("x", 2000) + `"`) }), 12,
+			"result of 2002 bytes, over 1024, without result_sha256 and result_size"},
+		{"a cut result that is not a string", at(12, func(e *Entry) { e.ResultSHA256, e.ResultSize = strings.Repeat("0", 64), 5000 }), 12,
+			"result_sha256 is set, but result is not the JSON string of its first bytes"},
+		{"format 3 members in a format 2 entry", at(16, func(e *Entry) { e.V, e.ReasonSize = 2, 3000 }), 16, "format 2 entry carries args_seq, reason_sha256"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -260,7 +260,8 @@ type verified struct {
 type logState struct {
 	creds   credentials
 	req     *requirements
-	format2 int64 // seq of the first format 2 entry; 0 before one
+	format2 int64 // seq of the first format 2 (or later) entry; 0 before one
+	format  int   // the newest format seen
 	format1 int64 // format 1 entries seen
 
 	policies    map[string]*Entry // policy.loaded entries by policy_sha256
@@ -326,6 +327,15 @@ func (s *logState) policyRules(e *Entry) string {
 		s.unreplayed++
 		return ""
 	}
+	if len(e.Args) == 0 && !e.ArgsRedact {
+		// The call's args are in an earlier entry (format 3): replay
+		// on them, as the decision was made.
+		if args := s.req.argsOf(e); len(args) > 0 {
+			c := *e
+			c.Args = args
+			e = &c
+		}
+	}
 	if err := s.replayer.Replay(loaded.Policy, e); err != nil {
 		return fmt.Sprintf("policy replay (policy.loaded at seq %d): %v", loaded.Seq, err)
 	}
@@ -342,10 +352,14 @@ func (s *logState) apply(e *Entry) string {
 			return fmt.Sprintf("format 1 entry after format 2 began at seq %d: a log never goes back to an older format", s.format2)
 		}
 		s.format1++
-	case Format:
+	default:
 		if s.format2 == 0 {
 			s.format2 = e.Seq
 		}
+		if e.V < s.format {
+			return fmt.Sprintf("format %d entry after format %d: a log never goes back to an older format", e.V, s.format)
+		}
+		s.format = e.V
 	}
 	if reason := s.creds.check(e); reason != "" {
 		return reason
@@ -362,7 +376,10 @@ func (s *logState) apply(e *Entry) string {
 	if reason := s.policyRules(e); reason != "" {
 		return reason
 	}
-	return s.req.check(e)
+	if reason := s.req.check(e); reason != "" {
+		return reason
+	}
+	return s.req.argsAt(e)
 }
 
 // attestation checks an enrollment's attestation against the roots, as of
@@ -711,7 +728,7 @@ func checkItem(it *item) (r result) {
 	canon := jcs.Transform
 	switch e.V {
 	case 0:
-	case Format:
+	case 2, Format:
 		asIs := true
 		for name, m := range map[string]json.RawMessage{"args": e.Args, "result": e.Result, "authorization_details": e.AuthorizationDetails, "policy": e.Policy, "usage": e.Usage} {
 			if len(m) == 0 {
@@ -730,8 +747,9 @@ func checkItem(it *item) (r result) {
 			canon = alreadyCanonical
 		}
 	default:
-		return fail("entry format v %d is not one this verifier knows (1 or %d)", e.V, Format)
+		return fail("entry format v %d is not one this verifier knows (1, 2 or %d)", e.V, Format)
 	}
+
 	sum, err := chainHashWith(r.prev, &e, canon)
 	if err != nil {
 		return fail("entry cannot be canonicalized: %v", err)
@@ -742,6 +760,9 @@ func checkItem(it *item) (r result) {
 	sig, err := decodeSig(e.Sig)
 	if err != nil {
 		return fail("sig is %v", err)
+	}
+	if why := formatRules(&e); why != "" {
+		return fail("%s", why)
 	}
 	if it.checkSig {
 		r.sig, r.signed = sig, sum[:] // verified by runChecks' worker

@@ -475,8 +475,10 @@ func (g *Guard) allowAndRun(ctx context.Context, spec *tools.Spec, call *tools.C
 		return toolError("refused: the audit log cannot record this call")
 	}
 	call.ID = entryCallID(allowed.Seq)
-	// The outcome names the grant too (and not when the call was decided).
+	// The outcome names the grant too (and not when the call was decided),
+	// and finds the arguments in call.allowed: they are stored once.
 	entry.DecidedAt = ""
+	entry.Args, entry.ArgsSeq = nil, allowed.Seq
 	res, outcome, ok := g.run(ctx, spec, call, entry)
 	g.routine.end(allowed.Seq, outcome)
 	if !ok {

@@ -358,10 +358,13 @@ func TestRoutineCallRunsOnceOnTheCanonicalArguments(t *testing.T) {
 	}
 	want := `{"amount":12.5,"to":"Acme"}`
 	sum := sha256.Sum256([]byte(want))
-	for _, e := range f.log.entries {
-		if string(e.Args) != want || e.ArgsSHA256 != hex.EncodeToString(sum[:]) {
-			t.Errorf("%s args %s sha %s, want %s", e.Kind, e.Args, e.ArgsSHA256, want)
-		}
+	allowed, executed := f.log.entries[0], f.log.entries[1]
+	if string(allowed.Args) != want || allowed.ArgsSHA256 != hex.EncodeToString(sum[:]) {
+		t.Errorf("call.allowed args %s sha %s, want %s", allowed.Args, allowed.ArgsSHA256, want)
+	}
+	// Stored once: the outcome names the call.allowed that holds them.
+	if len(executed.Args) != 0 || executed.ArgsSHA256 != allowed.ArgsSHA256 || executed.ArgsSeq != allowed.Seq || allowed.Seq == 0 {
+		t.Errorf("call.executed args %s sha %s args_seq %d, want no args, the same sha and args_seq %d", executed.Args, executed.ArgsSHA256, executed.ArgsSeq, allowed.Seq)
 	}
 	if in := f.policy.seen[0]; in.Agent != "bot" || in.Args["to"] != "Acme" {
 		t.Errorf("policy saw %+v", in)
@@ -371,7 +374,7 @@ func TestRoutineCallRunsOnceOnTheCanonicalArguments(t *testing.T) {
 func TestDefaultsAppliedByPrepareAreWhatIsRecorded(t *testing.T) {
 	f := newFixture(t, config.LevelLow)
 	f.g.Handle(context.Background(), Call{Tool: "pay", Agent: "bot", Args: map[string]any{"amount": 1.0}})
-	if got := string(f.log.last(audit.KindCallExecuted).Args); got != `{"amount":1,"to":"default payee"}` {
+	if got := string(f.log.last(audit.KindCallAllowed).Args); got != `{"amount":1,"to":"default payee"}` {
 		t.Errorf("recorded args %s", got)
 	}
 }

@@ -394,6 +394,10 @@ func (g *Guard) settleOpenCall(ctx context.Context, a audit.Entry) error {
 	rec := audit.Entry{Agent: a.Agent, Tool: a.Tool, Args: a.Args, ArgsRedact: a.ArgsRedact,
 		ArgsSHA256: a.ArgsSHA256, Decision: a.Decision, Rule: a.Rule, PolicySHA256: a.PolicySHA256,
 		GrantID: a.GrantID, GrantSeq: a.GrantSeq}
+	if a.V >= 3 {
+		// Format 3: the outcome names the call.allowed holding the args.
+		rec.Args, rec.ArgsSeq = nil, a.Seq
+	}
 	where := fmt.Sprintf(" (allowed at seq %d)", a.Seq)
 	switch {
 	case ok && spec.Recover != nil:

@@ -241,10 +241,18 @@ func (g *Guard) RestoreUsage(ctx context.Context, entries []audit.Entry) error {
 		}
 	}
 	pending := map[string]*reservation{}
+	allowedArgs := map[int64]json.RawMessage{} // a routine call.executed names its call.allowed (args_seq)
 	cutoff := g.now().Add(-usageHorizon)
 	g.usage.mu.Lock()
 	defer g.usage.mu.Unlock()
 	for _, e := range entries {
+		if e.Kind == audit.KindCallAllowed && len(e.Args) > 0 {
+			allowedArgs[e.Seq] = e.Args
+		}
+		if e.ArgsSeq != 0 && len(e.Args) == 0 {
+			e.Args = allowedArgs[e.ArgsSeq]
+			delete(allowedArgs, e.ArgsSeq)
+		}
 		at, err := time.Parse(time.RFC3339Nano, e.Time)
 		if err != nil || at.Before(cutoff) {
 			continue

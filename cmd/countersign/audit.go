@@ -315,6 +315,8 @@ func humanLine(e audit.Entry) string {
 			args = args[:117] + "..."
 		}
 		fmt.Fprintf(&b, " args=%s", args)
+	} else if e.ArgsSeq != 0 {
+		fmt.Fprintf(&b, " args=(as in #%d)", e.ArgsSeq) // stored once, in the call's call.allowed
 	}
 	return b.String()
 }

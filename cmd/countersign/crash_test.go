@@ -340,6 +340,22 @@ func (s *site) exportAndVerify() *export {
 	return ex
 }
 
+// argsOf is e's arguments, from the entry that holds them: e itself, or
+// (audit format 3) the call.allowed its args_seq names.
+func (ex *export) argsOf(t *testing.T, e audit.Entry) json.RawMessage {
+	t.Helper()
+	if e.ArgsSeq == 0 {
+		return e.Args
+	}
+	for _, a := range ex.entries {
+		if a.Seq == e.ArgsSeq {
+			return a.Args
+		}
+	}
+	t.Fatalf("args_seq %d of %s is not in the export", e.ArgsSeq, e.Kind)
+	return nil
+}
+
 func (ex *export) kinds(requestID string) []string {
 	var out []string
 	for _, e := range ex.entries {
@@ -614,8 +630,8 @@ func TestKillWhileDeploysRun(t *testing.T) {
 	for _, e := range ex.entries {
 		if e.Tool == "deploy" && e.RequestID == "" {
 			routine = append(routine, e.Kind)
-			if e.Kind == audit.KindCallInterrupted && !strings.Contains(string(e.Args), "staging") {
-				t.Errorf("call.interrupted does not repeat the call's arguments: %+v", e)
+			if e.Kind == audit.KindCallInterrupted && !strings.Contains(string(ex.argsOf(t, e)), "staging") {
+				t.Errorf("call.interrupted does not name the call's arguments: %+v", e)
 			}
 		}
 	}
@@ -690,7 +706,7 @@ func TestKillBetweenTransferCommitAndRecord(t *testing.T) {
 				if !strings.HasPrefix(e.Reason, "recorded at start") {
 					t.Errorf("call.executed does not say it was recorded at start: %q", e.Reason)
 				}
-				if tc.name == "routine" && (e.Agent != "anonymous" || !strings.Contains(string(e.Args), "Acme Supplies")) {
+				if tc.name == "routine" && (e.Agent != "anonymous" || !strings.Contains(string(ex.argsOf(t, e)), "Acme Supplies")) {
 					t.Errorf("recovered entry lacks the call's agent and arguments: %+v", e)
 				}
 			}

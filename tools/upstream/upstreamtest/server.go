@@ -16,6 +16,7 @@ import (
 // their names.
 var builtinTools = map[string]bool{
 	"read_note": true, "write_note": true, "slow": true, "fail": true, "add_tool": true,
+	"rpc_error": true, // with Options.RPCError
 }
 
 // addedToolName is what add_tool accepts as a name (also in its schema).
@@ -85,12 +86,16 @@ func NewServer(opts Options) *mcp.Server {
 		Annotations: &mcp.ToolAnnotations{ReadOnlyHint: false},
 	}, s.addTool)
 
+	if opts.RPCError {
+		s.addRPCError()
+	}
 	if opts.Mutable {
 		s.addMutable()
 	}
 	if opts.Stubborn {
 		s.addStubborn()
 	}
+
 	return s.mcp
 }
 

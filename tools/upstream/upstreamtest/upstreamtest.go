@@ -22,8 +22,14 @@
 //     that name that echoes its arguments (as JSON text and structured
 //     content) and returns "added <name>". The go-sdk then sends
 //     notifications/tools/list_changed to the connected clients. Names of
-//     the five built-in tools are refused (isError); re-adding an added name
+//     the built-in tools are refused (isError); re-adding an added name
 //     replaces it.
+//
+// With [Options].RPCError it also has rpc_error {size 0..8 MiB, secret},
+// which answers the call with a JSON-RPC error (code -32000, not a tool
+// result) whose message is size bytes of filler, then, if secret, a space
+// and [ErrorSecret]: a hostile upstream's huge error, or one holding a
+// secret past its first KiB.
 //
 // # Record
 //
@@ -54,6 +60,7 @@
 //	COUNTERSIGN_UPSTREAMTEST_CRASH_AFTER=N  exit abruptly with status 3 right after the
 //	                                        response to the Nth tools/call has been written
 //	COUNTERSIGN_UPSTREAMTEST_MUTABLE=1      also offer rug and mutate (see mutate.go)
+//	COUNTERSIGN_UPSTREAMTEST_RPC_ERROR=1    also offer rpc_error
 //
 // For example:
 //
@@ -91,6 +98,7 @@ const (
 	EnvRecord     = "COUNTERSIGN_UPSTREAMTEST_RECORD"
 	EnvCrashAfter = "COUNTERSIGN_UPSTREAMTEST_CRASH_AFTER"
 	EnvMutable    = "COUNTERSIGN_UPSTREAMTEST_MUTABLE"
+	EnvRPCError   = "COUNTERSIGN_UPSTREAMTEST_RPC_ERROR"
 )
 
 // crashExitCode is the status a process started with EnvCrashAfter exits
@@ -107,6 +115,8 @@ type Options struct {
 	Mutable bool
 	// Stubborn adds the hostile tool [Stubborn] (stubborn.go).
 	Stubborn bool
+	// RPCError adds the tool rpc_error (rpcerror.go).
+	RPCError bool
 }
 
 // stderrLogger logs warnings and errors of the go-sdk to stderr; stdout may
@@ -140,7 +150,7 @@ func Main() bool {
 		fmt.Fprintf(os.Stderr, "upstreamtest: %s=%q: the only mode is \"stdio\"\n", EnvMode, mode)
 		os.Exit(2)
 	}
-	opts := Options{RecordPath: os.Getenv(EnvRecord), Mutable: os.Getenv(EnvMutable) == "1"}
+	opts := Options{RecordPath: os.Getenv(EnvRecord), Mutable: os.Getenv(EnvMutable) == "1", RPCError: os.Getenv(EnvRPCError) == "1"}
 	var t mcp.Transport = &mcp.StdioTransport{}
 	if s := os.Getenv(EnvCrashAfter); s != "" {
 		n, err := strconv.Atoi(s)
