@@ -114,10 +114,12 @@ func (s *Server) judge(ctx context.Context, req *authRequest) ([]guard.Action, *
 
 // RestoreUsage counts again, after a restart, the amounts of the CIBA
 // payments of the last day in the transfer usage windows (entries oldest
-// first, as for guard.RestoreUsage), from their logged
+// first, as for guard.RestoreUsage), from the amounts the guard kept when
+// each was raised, whether or not tools.ciba redacts its arguments; a
+// request raised before those were kept counts from its logged
 // authorization_details, which hold the payments as they were judged.
-func (s *Server) RestoreUsage(ctx context.Context, entries []audit.Entry) {
-	s.opts.Guard.RestoreBackchannel(ctx, Tool, entries, func(ctx context.Context, args map[string]any) []guard.Action {
+func (s *Server) RestoreUsage(ctx context.Context, entries []audit.Entry) error {
+	return s.opts.Guard.RestoreBackchannel(ctx, Tool, entries, func(ctx context.Context, args map[string]any) []guard.Action {
 		details, _ := args["authorization_details"].([]any)
 		var out []guard.Action
 		for _, v := range details {

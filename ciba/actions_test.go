@@ -93,25 +93,36 @@ func newToolStack(t *testing.T, edit func(*config.Config)) *stack {
 		t.Fatal(err)
 	}
 	// start builds the guard and the CIBA server, as a process start does,
-	// restoring the usage windows from the log; restart replaces them.
+	// restoring the usage windows from the log and the kept amounts;
+	// restart replaces them.
 	var current atomic.Pointer[Server]
-	var stop func()
+	var g *guard.Guard
 	start := func() {
-		g := guard.New(guard.Options{Catalog: cat, Policy: pol, Audit: log, Approvals: svc, Evidence: svc, Tokens: s.signer, Tools: c.Tools})
+		amounts, err := store.OpenAmounts(ctx, db)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { amounts.Close() })
+		g = guard.New(guard.Options{Catalog: cat, Policy: pol, Audit: log, Approvals: svc, Evidence: svc, Tokens: s.signer,
+			Amounts: amounts, Tools: c.Tools})
 		cs, err := New(Options{Issuer: srv.URL, Guard: g, Keys: s.signer, Agents: agents, Approvers: c.Approvers,
 			Accounts: c.Ledger.Accounts, Upstreams: c.Upstreams, Enabled: true})
 		if err != nil {
 			t.Fatal(err)
 		}
 		recent := s.entries(t)
-		g.RestoreUsage(ctx, recent)
-		cs.RestoreUsage(ctx, recent)
+		if err := g.RestoreUsage(ctx, recent); err != nil {
+			t.Fatal(err)
+		}
+		if err := cs.RestoreUsage(ctx, recent); err != nil {
+			t.Fatal(err)
+		}
 		current.Store(cs)
-		stop = g.Close
 	}
 	start()
-	t.Cleanup(func() { stop() })
-	s.restart = func() { stop(); start() }
+	t.Cleanup(func() { g.Close() })
+	s.guard = func() *guard.Guard { return g }
+	s.restart = func() { g.Close(); start() }
 	for p := range current.Load().Routes() {
 		mux.Handle(p, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { current.Load().Routes()[p].ServeHTTP(w, r) }))
 	}
@@ -373,33 +384,128 @@ func TestCIBAFactsChangeOnlyTheirDetail(t *testing.T) {
 	}
 }
 
-// A restart forgets no CIBA payment: those approved or still waiting count
-// again in the transfer windows, a denied one does not.
+// A restart forgets no CIBA payment, whether or not the log keeps its
+// arguments (issue 22, row 8, through CIBA): those approved or still
+// waiting count again in the transfer windows, a denied one does not.
 func TestCIBAPaymentsCountAfterARestart(t *testing.T) {
-	s := newToolStack(t, nil)
-	ids := make([]string, 4)
-	for i := range ids {
-		r := s.raise(t, payment("240000.00", "Acme Supplies", ""))
-		if r.status != 200 {
-			t.Fatalf("bc-authorize: %d %v", r.status, r.body)
+	for _, redact := range []bool{true, false} {
+		t.Run(redactedName(redact), func(t *testing.T) {
+			s := newToolStack(t, redactCIBA(redact))
+			ids := make([]string, 4)
+			for i := range ids {
+				r := s.raise(t, payment("240000.00", "Acme Supplies", ""))
+				if r.status != 200 {
+					t.Fatalf("bc-authorize: %d %v", r.status, r.body)
+				}
+				ids[i] = r.str("auth_req_id")
+			}
+			s.tap(t, "alice", ids[0], "approve")
+			if got := s.post(t, PathToken, "ci-bot", pollForm(ids[0])); got.status != 200 {
+				t.Fatalf("token: %d %v", got.status, got.body)
+			}
+			s.tap(t, "alice", ids[1], "deny")
+			s.checkRedacted(t, redact)
+			s.restart()
+			// 720,000 counts (approved, and two waiting): 250,000 more stays
+			// under 1,000,000 only if the denied one does not count...
+			r := s.raise(t, payment("250000.00", "Acme Supplies", ""))
+			if req := s.request(t, r.str("auth_req_id")); r.status != 200 || req.Level != config.LevelHigh {
+				t.Fatalf("970,000 in a day after a restart: %d %v, level %s, want high", r.status, r.body, req.Level)
+			}
+			// ...and 40,000 more passes it only if the others do.
+			r = s.raise(t, payment("40000.00", "Acme Supplies", ""))
+			if req := s.request(t, r.str("auth_req_id")); r.status != 200 || req.Level != config.LevelCritical {
+				t.Fatalf("1,010,000 in a day after a restart: %d %v, level %s, want critical", r.status, r.body, req.Level)
+			}
+		})
+	}
+}
+
+// Issue 22, row 8, through CIBA: with redact_args on tools.ciba and on
+// transfer, a CIBA payment of 9,999 to a payee, a restart, then 9,999
+// more to the same payee, as a transfer call or as a CIBA payment: the
+// 19,998 they add up to (over 10,000) needs the transfer policy's
+// approval. The same without redaction.
+func TestCIBAPaymentAndTransferAddUpAcrossARestart(t *testing.T) {
+	for _, redact := range []bool{true, false} {
+		t.Run(redactedName(redact), func(t *testing.T) {
+			s := newToolStack(t, func(c *config.Config) {
+				redactCIBA(redact)(c)
+				tr := c.Tools["transfer"]
+				tr.Wait = "poll" // the call returns with its request pending
+				c.Tools["transfer"] = tr
+			})
+			r := s.raise(t, payment("9999.00", "Acme Supplies", ""))
+			if r.status != 200 {
+				t.Fatalf("bc-authorize: %d %v", r.status, r.body)
+			}
+			id := r.str("auth_req_id")
+			if rule := s.requestedRule(t, id); strings.Contains(rule, "transfer:") {
+				t.Fatalf("the first 9,999 is judged by transfer rule %q", rule)
+			}
+			s.tap(t, "alice", id, "approve")
+			if got := s.post(t, PathToken, "ci-bot", pollForm(id)); got.status != 200 {
+				t.Fatalf("token: %d %v", got.status, got.body)
+			}
+			s.checkRedacted(t, redact)
+			s.restart()
+
+			// A transfer call of 9,999 more waits for a human.
+			before := len(s.entries(t))
+			res := s.guard().Handle(context.Background(), guard.Call{Tool: "transfer", Agent: "ci-bot",
+				Args: map[string]any{"from": "operating", "to": "Acme Supplies", "amount": 9999.0, "currency": "USD"}})
+			var requested *audit.Entry
+			for _, e := range s.entries(t)[before:] {
+				if e.Kind == audit.KindApprovalRequested && e.Tool == "transfer" {
+					requested = &e
+				}
+			}
+			if requested == nil || !strings.Contains(requested.Rule, "large-or-new-payee") {
+				t.Fatalf("after a restart, a transfer of 9,999 more to the payee of a CIBA payment of 9,999 was not held for approval: %+v %+v", requested, res.Content)
+			}
+			// A CIBA payment of 9,999 more is judged by the same rule.
+			r = s.raise(t, payment("9999.00", "Acme Supplies", ""))
+			if rule := s.requestedRule(t, r.str("auth_req_id")); r.status != 200 || !strings.Contains(rule, "transfer:large-or-new-payee") {
+				t.Fatalf("after a restart, a second CIBA payment of 9,999: %d %v, rule %q", r.status, r.body, rule)
+			}
+		})
+	}
+}
+
+// requestedRule is the rule its approval.requested entry names.
+func (s *stack) requestedRule(t *testing.T, id string) string {
+	t.Helper()
+	for _, e := range s.entries(t) {
+		if e.Kind == audit.KindApprovalRequested && e.RequestID == id {
+			return e.Rule
 		}
-		ids[i] = r.str("auth_req_id")
 	}
-	s.tap(t, "alice", ids[0], "approve")
-	if got := s.post(t, PathToken, "ci-bot", pollForm(ids[0])); got.status != 200 {
-		t.Fatalf("token: %d %v", got.status, got.body)
+	t.Fatalf("no approval.requested for %s", id)
+	return ""
+}
+
+func redactedName(redact bool) string {
+	return map[bool]string{true: "redacted", false: "in the log"}[redact]
+}
+
+// redactCIBA sets redact_args on tools.ciba and on transfer.
+func redactCIBA(redact bool) func(*config.Config) {
+	return func(c *config.Config) {
+		for _, name := range []string{Tool, "transfer"} {
+			tc := c.Tools[name]
+			tc.RedactArgs = redact
+			c.Tools[name] = tc
+		}
 	}
-	s.tap(t, "alice", ids[1], "deny")
-	s.restart()
-	// 720,000 counts (approved, and two waiting): 250,000 more stays
-	// under 1,000,000 only if the denied one does not count...
-	r := s.raise(t, payment("250000.00", "Acme Supplies", ""))
-	if req := s.request(t, r.str("auth_req_id")); r.status != 200 || req.Level != config.LevelHigh {
-		t.Fatalf("970,000 in a day after a restart: %d %v, level %s, want high", r.status, r.body, req.Level)
-	}
-	// ...and 40,000 more passes it only if the others do.
-	r = s.raise(t, payment("40000.00", "Acme Supplies", ""))
-	if req := s.request(t, r.str("auth_req_id")); r.status != 200 || req.Level != config.LevelCritical {
-		t.Fatalf("1,010,000 in a day after a restart: %d %v, level %s, want critical", r.status, r.body, req.Level)
+}
+
+// checkRedacted fails unless the log keeps the CIBA requests' arguments
+// exactly when it should: the restart must not find them there.
+func (s *stack) checkRedacted(t *testing.T, redact bool) {
+	t.Helper()
+	for _, e := range s.entries(t) {
+		if e.Tool == Tool && e.Kind == audit.KindApprovalRequested && (len(e.Args) == 0) != redact {
+			t.Fatalf("redact %v, and %s keeps arguments %s", redact, e.Kind, e.Args)
+		}
 	}
 }

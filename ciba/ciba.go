@@ -92,7 +92,7 @@ const (
 type Countersigner interface {
 	Raise(ctx context.Context, b guard.Backchannel) (*approval.Request, error)
 	Offers(tool string) bool
-	RestoreBackchannel(ctx context.Context, tool string, entries []audit.Entry, actions func(context.Context, map[string]any) []guard.Action)
+	RestoreBackchannel(ctx context.Context, tool string, entries []audit.Entry, actions func(context.Context, map[string]any) []guard.Action) error
 	PrepareAction(ctx context.Context, tool string, args map[string]any) (*tools.Call, error)
 	Redeem(ctx context.Context, tool, id, agent string) (*approval.PollStatus, string, error)
 	RecordRejected(ctx context.Context, agent, tool, reason string)

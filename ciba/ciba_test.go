@@ -64,6 +64,8 @@ type stack struct {
 	tokens map[string]string // agent id -> bearer token
 	// restart, where set, starts the server again on the same database.
 	restart func()
+	// guard, where set, is the running server's guard.
+	guard func() *guard.Guard
 }
 
 type stackOptions struct {

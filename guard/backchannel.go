@@ -15,6 +15,7 @@ import (
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/authz"
 	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/tools"
 )
 
@@ -166,6 +167,14 @@ func (g *Guard) Raise(ctx context.Context, b Backchannel) (*approval.Request, er
 			}
 			return nil, err
 		}
+	}
+	// What each action moves is kept before approval.requested counts
+	// it, as a tool call's is (keepAmount): a restart rebuilds the windows
+	// from these rows, whatever redact_args keeps out of the log.
+	if err := g.keepActions(ctx, canon, b.Actions, now); err != nil {
+		g.log.Error("cannot keep the amounts of a backchannel request for the usage windows", "tool", b.Tool, "err", err)
+		entry.Decision, entry.Rule = config.LevelDeny, ""
+		return refuse("cannot keep the amounts this request moves for the usage windows: " + err.Error())
 	}
 	// Over a pending cap: refused, and tallied into call.rate_limited
 	// rather than a call.denied each, so a flood stays a bounded record.
@@ -374,16 +383,51 @@ func (g *Guard) Redeem(ctx context.Context, tool, id, agent string) (*approval.P
 	return ps, tok, nil
 }
 
+// keepActions stores what each action of a backchannel request moves
+// (nothing, for most), one row per action under its tool and
+// actionSHA256: the request's entries name only its own arguments.
+func (g *Guard) keepActions(ctx context.Context, canon canonical, actions []Action, at time.Time) error {
+	if g.opts.Amounts == nil {
+		return nil
+	}
+	request := hex.EncodeToString(canon.SHA256[:])
+	for i, a := range actions {
+		if err := g.keepValue(ctx, a.Tool, actionSHA256(request, i), a.Call.Value, at); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// actionSHA256 is the args_sha256 of the amounts row of the i-th action
+// of a backchannel request whose arguments' SHA-256 is request (hex). It
+// cannot be the digest of any call's canonical arguments (its preimage is
+// not JSON), so a tool call's row and an action's never meet.
+func actionSHA256(request string, i int) string {
+	sum := sha256.Sum256(fmt.Appendf(nil, "backchannel action %d of %s", i, request))
+	return hex.EncodeToString(sum[:])
+}
+
 // RestoreBackchannel counts again, after a restart, what the backchannel
 // requests of the last day (entries of tool, oldest first, as for
 // RestoreUsage) moved in their actions' usage windows: RestoreUsage
 // counts an entry under the tool it names, and a CIBA payment counts as a
-// transfer. actions maps a request's logged arguments to its actions, as
-// when it was raised; a request whose arguments were redacted is not
-// restored. A request that ended without its token stops counting; one
-// still live counts until it does.
+// transfer. Each request's actions come from the rows kept when it was
+// raised (keepActions), so a request whose arguments were redacted counts
+// too; for a request raised before those were kept, actions maps its
+// logged arguments to its actions, as when it was raised (one whose
+// arguments were redacted then is not restored). A request that ended
+// without its token stops counting; one still live counts until it does.
 func (g *Guard) RestoreBackchannel(ctx context.Context, tool string, entries []audit.Entry,
-	actions func(ctx context.Context, args map[string]any) []Action) {
+	actions func(ctx context.Context, args map[string]any) []Action) error {
+	kept, err := g.keptAmounts(ctx)
+	if err != nil {
+		return err
+	}
+	byArgs := make(map[string]store.Amount, len(kept))
+	for _, r := range kept {
+		byArgs[r.ArgsSHA256] = r
+	}
 	live := map[string][]*reservation{}
 	cutoff := g.now().Add(-usageHorizon)
 	for _, e := range entries {
@@ -393,14 +437,18 @@ func (g *Guard) RestoreBackchannel(ctx context.Context, tool string, entries []a
 		switch e.Kind {
 		case audit.KindApprovalRequested:
 			at, err := time.Parse(time.RFC3339Nano, e.Time)
-			var args map[string]any
-			if err != nil || at.Before(cutoff) || json.Unmarshal(e.Args, &args) != nil {
+			if err != nil || at.Before(cutoff) {
 				continue
+			}
+			acts := keptActions(e.ArgsSHA256, byArgs)
+			var args map[string]any
+			if acts == nil && json.Unmarshal(e.Args, &args) == nil {
+				acts = actions(ctx, args)
 			}
 			var counted []*reservation
 			g.usage.mu.Lock()
-			for _, a := range actions(ctx, args) {
-				if a.Call != nil && a.Call.Value != nil {
+			for _, a := range acts {
+				if a.Call != nil {
 					counted = append(counted, g.usage.add(keysOf(e.Agent, a.Tool, a.Call.Value), a.Call.Value, at))
 				}
 			}
@@ -419,5 +467,23 @@ func (g *Guard) RestoreBackchannel(ctx context.Context, tool string, entries []a
 	}
 	for id, counted := range live {
 		go g.countWhileLive(id, counted)
+	}
+	return nil
+}
+
+// keptActions are the actions of the backchannel request whose arguments'
+// SHA-256 is request, as keepActions kept them (tool and value, which is
+// all the windows need); nil when none were kept.
+func keptActions(request string, byArgs map[string]store.Amount) []Action {
+	if request == "" {
+		return nil
+	}
+	var out []Action
+	for i := 0; ; i++ {
+		r, ok := byArgs[actionSHA256(request, i)]
+		if !ok {
+			return out
+		}
+		out = append(out, Action{Tool: r.Tool, Call: &tools.Call{Value: keptValue(r)}})
 	}
 }

@@ -207,10 +207,7 @@ func (g *Guard) keepAmount(ctx context.Context, entry audit.Entry, canon canonic
 	if v == nil || counted == nil || g.opts.Amounts == nil {
 		return nil
 	}
-	err := g.opts.Amounts.KeepAmount(context.WithoutCancel(ctx), store.Amount{
-		Tool: entry.Tool, ArgsSHA256: hex.EncodeToString(canon.SHA256[:]),
-		Amount: v.Amount, Currency: v.Currency, Counterparty: v.Counterparty, At: at,
-	})
+	err := g.keepValue(ctx, entry.Tool, hex.EncodeToString(canon.SHA256[:]), v, at)
 	if err == nil {
 		return nil
 	}
@@ -222,6 +219,34 @@ func (g *Guard) keepAmount(ctx context.Context, entry audit.Entry, canon canonic
 	return toolError("refused: cannot keep the amount this call moves for the usage windows (%v); try again", err)
 }
 
+// keepValue stores v, what a call of tool with arguments argsSHA256
+// moves; a nil v (a backchannel action that moves nothing, counted as a
+// call) is kept as a row with no currency.
+func (g *Guard) keepValue(ctx context.Context, tool, argsSHA256 string, v *tools.Value, at time.Time) error {
+	r := store.Amount{Tool: tool, ArgsSHA256: argsSHA256, At: at}
+	if v != nil {
+		r.Amount, r.Currency, r.Counterparty = v.Amount, v.Currency, v.Counterparty
+	}
+	return g.opts.Amounts.KeepAmount(context.WithoutCancel(ctx), r)
+}
+
+// keptValue is what a kept row says its call moved (see keepValue).
+func keptValue(r store.Amount) *tools.Value {
+	if r.Currency == "" {
+		return nil
+	}
+	return &tools.Value{Amount: r.Amount, Currency: r.Currency, Counterparty: r.Counterparty}
+}
+
+// keptAmounts are the rows a rebuild may need, by store.AmountKey; nil
+// without Options.Amounts.
+func (g *Guard) keptAmounts(ctx context.Context) (map[string]store.Amount, error) {
+	if g.opts.Amounts == nil {
+		return nil, nil
+	}
+	return g.opts.Amounts.AmountsSince(ctx, g.now().Add(-amountsKept))
+}
+
 // RestoreUsage rebuilds the rolling record from the audit log's entries of
 // the last 24 hours (oldest first), so that a restart does not reset what
 // an agent has already moved: executed calls count, and so do requests
@@ -229,16 +254,14 @@ func (g *Guard) keepAmount(ctx context.Context, entry audit.Entry, canon canonic
 // What each moved comes from Options.Amounts, or for entries written
 // before those were kept, from their logged arguments.
 func (g *Guard) RestoreUsage(ctx context.Context, entries []audit.Entry) error {
-	var kept map[string]store.Amount
 	if a := g.opts.Amounts; a != nil {
-		since := g.now().Add(-amountsKept)
-		if err := a.ForgetAmounts(ctx, since); err != nil {
+		if err := a.ForgetAmounts(ctx, g.now().Add(-amountsKept)); err != nil {
 			return err
 		}
-		var err error
-		if kept, err = a.AmountsSince(ctx, since); err != nil {
-			return err
-		}
+	}
+	kept, err := g.keptAmounts(ctx)
+	if err != nil {
+		return err
 	}
 	pending := map[string]*reservation{}
 	allowedArgs := map[int64]json.RawMessage{} // a routine call.executed names its call.allowed (args_seq)
@@ -284,7 +307,7 @@ func (g *Guard) RestoreUsage(ctx context.Context, entries []audit.Entry) error {
 // neither was kept.
 func (g *Guard) valueOf(ctx context.Context, e audit.Entry, kept map[string]store.Amount) *tools.Value {
 	if r, ok := kept[store.AmountKey(e.Tool, e.ArgsSHA256)]; ok && e.ArgsSHA256 != "" {
-		return &tools.Value{Amount: r.Amount, Currency: r.Currency, Counterparty: r.Counterparty}
+		return keptValue(r)
 	}
 	spec, ok := g.opts.Catalog.Lookup(e.Tool)
 	if !ok || len(e.Args) == 0 {

@@ -13,7 +13,11 @@ import (
 // call's canonical arguments, the args_sha256 every audit entry of the
 // call carries whether or not its arguments are redacted. A start rebuilds
 // the usage windows (package guard) from the audit log's entries and these
-// rows, so that redacted arguments lose nothing the policy counts.
+// rows, so that redacted arguments lose nothing the policy counts. A
+// backchannel (CIBA) request keeps one row per action it is judged as,
+// under the action's tool and a digest derived from the request's
+// args_sha256 (package guard); a row with no currency is an action that
+// moves nothing and counts as a call.
 //
 // The rows are not the log: they are not signed and are never exported, so
 // a payee whose name redaction keeps out of the log is not written into it

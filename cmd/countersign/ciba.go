@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
@@ -58,6 +59,8 @@ func cibaRoutes(ctx context.Context, c *config.Config, g *guard.Guard, keys *tok
 	if err != nil {
 		return nil, err
 	}
-	srv.RestoreUsage(ctx, recent)
+	if err := srv.RestoreUsage(ctx, recent); err != nil {
+		return nil, fmt.Errorf("rebuilding the usage windows of CIBA requests: %w", err)
+	}
 	return srv.Routes(), nil
 }
