@@ -404,6 +404,14 @@ func TestRoutineUpstreamCallWithoutAnAnswerIsInterruptedAndReconciledBySeq(t *te
 	}
 }
 
+// audit tail names the interrupted call a finding without a request settles.
+func TestHumanLineNamesTheInterruptedCallAReconcileSettles(t *testing.T) {
+	line := humanLine(audit.Entry{Seq: 9, Kind: audit.KindCallReconciled, Tool: "hostile__stubborn", InterruptedSeq: 4})
+	if !strings.Contains(line, "settles=#4") {
+		t.Fatalf("line %q does not name the interrupted call", line)
+	}
+}
+
 func TestApprovedSecretIsNotAtRestInTheDatabaseOnceDelivered(t *testing.T) {
 	p := startProduct(t, func(c *config.Config) {
 		withTaskAgents(c)
