@@ -202,6 +202,10 @@ func (s *Service) ReconcileCall(ctx context.Context, seq int64, f Finding) (audi
 	}
 	if call.RequestID != "" {
 		r, err := s.Reconcile(ctx, call.RequestID, f)
+		if errors.Is(err, ErrNotFound) {
+			// Not "no such entry": the entry is there, its request is not.
+			return audit.Entry{}, fmt.Errorf("approval: #%d is the call of request %s, which this database does not hold", seq, call.RequestID)
+		}
 		if err != nil {
 			return audit.Entry{}, err
 		}
