@@ -476,6 +476,7 @@ var schema = []string{
 	createVoteAssertions,
 	createResultIndex,
 	createReconciled,
+	createReconciledCalls,
 	createNotified,
 	createGrantOffers,
 	createGrantCeremonies,

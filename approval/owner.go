@@ -182,5 +182,6 @@ func (s *Service) inLog(ctx context.Context, e audit.Entry, created int64) (audi
 func sameEntry(a, b audit.Entry) bool {
 	return a.Kind == b.Kind && a.RequestID == b.RequestID && a.Agent == b.Agent && a.Tool == b.Tool &&
 		a.Approver == b.Approver && a.CredentialID == b.CredentialID && a.Signature == b.Signature &&
-		a.Decision == b.Decision && a.ExpiresAt == b.ExpiresAt && a.Reason == b.Reason
+		a.Decision == b.Decision && a.ExpiresAt == b.ExpiresAt && a.Reason == b.Reason &&
+		a.InterruptedSeq == b.InterruptedSeq
 }

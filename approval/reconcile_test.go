@@ -128,3 +128,122 @@ func TestReconcileRecordsAFindingOnceAndOnlyForAnInterruptedCall(t *testing.T) {
 		}
 	}
 }
+
+// A call that had no request (a routine call) is reconciled by the seq of
+// its call.interrupted entry, once, and only when it was interrupted; the
+// same seq form names a request's interrupted call too.
+func TestReconcileCallWithoutARequestBySeq(t *testing.T) {
+	ctx := context.Background()
+	f, log, _ := newLoggedFixture(t)
+	args := json.RawMessage(`{"name":"late","text":"x"}`)
+	sum, _ := digest.ArgsSHA256(args)
+	call := audit.Entry{Agent: "agent-a", Tool: "hostile__stubborn", ArgsSHA256: hex.EncodeToString(sum[:]), Decision: audit.LevelLow}
+	appendCall := func(outcome string) int64 {
+		t.Helper()
+		allowed := call
+		allowed.Kind, allowed.Args = audit.KindCallAllowed, args
+		a, err := log.Append(ctx, allowed)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := call
+		out.Kind, out.ArgsSeq, out.Reason = outcome, a.Seq, "outcome unknown: no answer within call_timeout"
+		e, err := log.Append(ctx, out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return e.Seq
+	}
+	lost := appendCall(audit.KindCallInterrupted)
+	done := appendCall(audit.KindCallExecuted)
+
+	alice := newSoftKey(t, "localhost", testOrigin)
+	f.enroll(t, "alice", alice)
+	r, err := f.svc.Create(ctx, paymentRequest("alice"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.decide(t, r.ID, digest.Approve, alice); err != nil {
+		t.Fatal(err)
+	}
+	interrupted(t, f.svc, r)
+	var requestSeq int64
+	all, _ := log.Interrupted(ctx)
+	for _, e := range all {
+		if e.RequestID == r.ID {
+			requestSeq = e.Seq
+		}
+	}
+	if requestSeq == 0 {
+		t.Fatalf("no call.interrupted of request %s among %+v", r.ID, all)
+	}
+
+	if open, err := f.svc.UnreconciledCalls(ctx); err != nil || len(open) != 1 || open[0].Seq != lost {
+		t.Fatalf("unreconciled calls before: %+v (%v)", open, err)
+	}
+	finding := Finding{Ran: true, By: "admin (ops-jo)"}
+	for _, c := range []struct {
+		seq  int64
+		f    Finding
+		want error
+	}{{done, finding, ErrNotInterrupted}, {1, finding, ErrNotInterrupted}, {999, finding, ErrNotFound}, {0, finding, ErrNotFound},
+		{lost, Finding{Ran: true}, ErrInvalidRequest}} {
+		if _, err := f.svc.ReconcileCall(ctx, c.seq, c.f); !errors.Is(err, c.want) {
+			t.Errorf("reconcile #%d: %v, want %v", c.seq, err, c.want)
+		}
+	}
+
+	// Two people at once: one finding is recorded.
+	results := make(chan error, 2)
+	for range 2 {
+		go func() {
+			_, err := f.svc.ReconcileCall(ctx, lost, Finding{Ran: true, By: "admin (ops-jo)", Note: "the note is upstream"})
+			results <- err
+		}()
+	}
+	var ok, refused int
+	for range 2 {
+		switch err := <-results; {
+		case err == nil:
+			ok++
+		case errors.Is(err, ErrReconciled):
+			refused++
+		default:
+			t.Errorf("concurrent reconcile: %v", err)
+		}
+	}
+	if ok != 1 || refused != 1 {
+		t.Fatalf("concurrent reconciles: %d recorded, %d refused", ok, refused)
+	}
+	if _, err := f.svc.ReconcileCall(ctx, lost, Finding{Ran: false, By: "someone else"}); !errors.Is(err, ErrReconciled) {
+		t.Errorf("second reconcile: %v", err)
+	}
+	if open, err := f.svc.UnreconciledCalls(ctx); err != nil || len(open) != 0 {
+		t.Errorf("unreconciled calls after: %+v (%v)", open, err)
+	}
+
+	// #SEQ of a request's call reconciles the request.
+	e, err := f.svc.ReconcileCall(ctx, requestSeq, Finding{Ran: false, By: "admin"})
+	if err != nil || e.RequestID != r.ID || e.InterruptedSeq != 0 {
+		t.Fatalf("reconcile the request's call by seq: %+v (%v)", e, err)
+	}
+	if open, err := f.svc.Unreconciled(ctx); err != nil || len(open) != 0 {
+		t.Errorf("unreconciled requests after: %v (%v)", open, err)
+	}
+	if _, err := f.svc.Reconcile(ctx, r.ID, Finding{Ran: true, By: "admin"}); !errors.Is(err, ErrReconciled) {
+		t.Errorf("the request reconciled again by its id: %v", err)
+	}
+
+	export, _ := verifiedExport(t, log)
+	var findings []audit.Entry
+	for _, e := range exportEntries(t, export) {
+		if e.Kind == audit.KindCallReconciled {
+			findings = append(findings, e)
+		}
+	}
+	want := "reconciled: ran, reconciled by admin (ops-jo): the note is upstream"
+	if len(findings) != 2 || findings[0].InterruptedSeq != lost || findings[0].RequestID != "" || findings[0].Reason != want ||
+		findings[0].Tool != call.Tool || findings[0].ArgsSHA256 != call.ArgsSHA256 || findings[1].RequestID != r.ID {
+		t.Fatalf("call.reconciled entries %+v", findings)
+	}
+}

@@ -210,6 +210,7 @@ var entryKeys = []string{
 	"display", "nonce", "expires_at", "decided_at", "origin", "rp_id", "user_verified", "authenticator_data",
 	"client_data_json", "signature", "batch_digests", "batch_position",
 	"grant_id", "grant_seq", "grant_condition", "grant_max_calls", "grant_expires_at",
+	"interrupted_seq",
 }
 
 // canonicalMembers is the RFC 8785 form of e's members other than seq,
@@ -308,6 +309,7 @@ func membersOf(e *Entry, canon func([]byte) ([]byte, error)) ([][]byte, error) {
 	str("grant_id", e.GrantID)
 	integer("grant_max_calls", int64(e.GrantMaxCalls))
 	integer("grant_seq", e.GrantSeq)
+	integer("interrupted_seq", e.InterruptedSeq)
 	// Kind is never empty (prepare refuses that), matching its lack of omitempty.
 	out = append(out, appendJCSString([]byte(`"kind":`), e.Kind))
 	str("level", e.Level)

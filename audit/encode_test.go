@@ -70,7 +70,7 @@ func FuzzCanonicalMembers(f *testing.F) {
 			return
 		}
 		e := Entry{Kind: kind, Display: text, Reason: text + kind, Args: args, UserVerified: uv,
-			ArgsSeq: int64(len(text)), ReasonSHA256: kind, ResultSize: int64(len(args))}
+			ArgsSeq: int64(len(text)), ReasonSHA256: kind, ResultSize: int64(len(args)), InterruptedSeq: int64(len(kind))}
 		pre, err := prepareEncoding(&e, false)
 		e.Seq, e.Time, e.PrevHash = 5, "2026-03-01T09:30:01.000000001Z", strings.Repeat("0", 64)
 		want, refErr := chainHash([32]byte{}, &e)

@@ -138,6 +138,12 @@ type Entry struct {
 	GrantMaxCalls  int    `json:"grant_max_calls,omitempty"`
 	GrantExpiresAt string `json:"grant_expires_at,omitempty"`
 
+	// InterruptedSeq is set on the call.reconciled of a call that had no
+	// approval request (a routine call, or one a grant let through): the
+	// seq of its call.interrupted, which the finding settles. A
+	// request's call.reconciled names its request_id instead.
+	InterruptedSeq int64 `json:"interrupted_seq,omitempty"`
+
 	PrevHash string `json:"prev_hash"`
 	Hash     string `json:"hash,omitempty"`
 	Sig      string `json:"sig,omitempty"`

@@ -2,6 +2,9 @@ package audit
 
 import (
 	"bytes"
+	"context"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"strings"
 	"testing"
@@ -43,5 +46,70 @@ func TestInterruptedRunIsTheOneRun(t *testing.T) {
 	var ve *VerifyError
 	if !errors.As(err, &ve) || ve.Seq != failedSeq+1 || !strings.Contains(ve.Reason, "already ran") {
 		t.Fatalf("a run after the interrupted one: %v", err)
+	}
+}
+
+// A call without a request (routine, or let through by a grant) whose
+// outcome is unknown is reconciled by the seq of its call.interrupted: the
+// finding must name such an entry, repeat its call, and come once.
+func TestReconciledCallWithoutARequest(t *testing.T) {
+	key := seededKey(1)
+	pub := pubText(key)
+	args := json.RawMessage(`{"name":"late","text":"x"}`)
+	sum, err := argsSHA256(args)
+	if err != nil {
+		t.Fatal(err)
+	}
+	argsSum := hex.EncodeToString(sum[:])
+	call := Entry{Agent: "agent-a", Tool: "hostile__stubborn", ArgsSHA256: argsSum, Decision: LevelLow}
+	with := func(kind string, edit func(*Entry)) Entry {
+		e := call
+		e.Kind = kind
+		edit(&e)
+		return e
+	}
+	l := openLogWith(t, key, []Entry{
+		with(KindCallAllowed, func(e *Entry) { e.Args = args }),                                                // 1
+		with(KindCallInterrupted, func(e *Entry) { e.ArgsSeq, e.Reason = 1, "outcome unknown: call_timeout" }), // 2
+		with(KindCallAllowed, func(e *Entry) { e.Args = args }),                                                // 3
+		with(KindCallExecuted, func(e *Entry) { e.ArgsSeq = 3 }),                                               // 4
+		{Kind: KindCallReconciled, Agent: call.Agent, Tool: call.Tool, ArgsSHA256: argsSum, InterruptedSeq: 2,
+			Reason: "reconciled: ran, reconciled by jo"}, // 5
+	})
+	got, err := l.Interrupted(context.Background())
+	if err != nil || len(got) != 1 || got[0].Seq != 2 || got[0].Kind != KindCallInterrupted {
+		t.Fatalf("Interrupted: %+v (%v)", got, err)
+	}
+	export := exportBytes(t, l, 0)
+	if _, err := Verify(bytes.NewReader(export), pub, VerifyOptions{}); err != nil {
+		t.Fatalf("a reconciled routine call: %v", err)
+	}
+
+	again := func(edit func(*Entry)) func([]Entry) []Entry {
+		return func(es []Entry) []Entry {
+			e := es[4]
+			edit(&e)
+			return append(es, e)
+		}
+	}
+	for _, c := range []struct {
+		name   string
+		edit   func([]Entry) []Entry
+		seq    int64
+		reason string
+	}{
+		{"a second finding", again(func(*Entry) {}), 6, "the call interrupted at seq 2 was already reconciled at seq 5"},
+		{"a finding about a call that ran", at(5, func(e *Entry) { e.InterruptedSeq = 4 }), 5,
+			"seq 4, which is not the call.interrupted of a call without a request"},
+		{"a finding about another call", at(5, func(e *Entry) { e.Tool = "transfer" }), 5, "agent, tool or args_sha256 differ"},
+		{"a finding naming a later entry", at(5, func(e *Entry) { e.InterruptedSeq = 5 }), 5, "names neither a request nor an earlier call"},
+		{"a finding naming nothing", at(5, func(e *Entry) { e.InterruptedSeq = 0 }), 5, "names neither a request nor an earlier call"},
+		{"a finding naming a request too", at(5, func(e *Entry) { e.RequestID = "5f2b6c1e-8d0e-4c1b-9f3a-2b7c1d0e9a11" }), 5,
+			"names both request_id and interrupted_seq"},
+		{"interrupted_seq on an outcome", at(4, func(e *Entry) { e.InterruptedSeq = 2 }), 4, "only call.reconciled does"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			wantVerifyErr(t, forge(t, export, key, c.edit), pub, nil, c.seq, c.reason)
+		})
 	}
 }

@@ -46,7 +46,11 @@ const (
 //     arguments of an approved request that has not run (an execution of
 //     it relabelled low).
 //   - call.reconciled follows a call.interrupted of its request, once: a
-//     person's finding about a call whose outcome was unknown.
+//     person's finding about a call whose outcome was unknown. A call that
+//     had no request (routine, or let through by a grant) is named by
+//     interrupted_seq instead: the seq of its call.interrupted, whose
+//     agent, tool and args_sha256 the finding repeats; it too is settled
+//     once. No other entry carries interrupted_seq.
 type requirements struct {
 	requests map[string]*request
 	// allowed counts call.allowed entries not yet followed by their
@@ -66,6 +70,18 @@ type requirements struct {
 	// open holds the format 3 call.allowed entries whose outcome has not
 	// come, by seq: the outcome names one in args_seq (bound.go).
 	open map[int64]*Entry
+
+	// interrupted holds the calls without a request whose outcome was
+	// recorded unknown, by the seq of their call.interrupted: what a
+	// call.reconciled may name in interrupted_seq. They are rare.
+	interrupted map[int64]*interruptedCall
+}
+
+// interruptedCall is a call.interrupted without a request, and the seq of
+// the call.reconciled that settled it (0 while none has).
+type interruptedCall struct {
+	call       callKey
+	reconciled int64
 }
 
 // callKey identifies calls of one agent, tool and arguments: a SHA-256
@@ -111,7 +127,7 @@ type request struct {
 
 func newRequirements() *requirements {
 	return &requirements{requests: map[string]*request{}, allowed: map[callKey]int32{}, unrun: map[callKey]int32{}, grants: newGrantBook(),
-		open: map[int64]*Entry{}}
+		open: map[int64]*Entry{}, interrupted: map[int64]*interruptedCall{}}
 }
 
 // legacyRequest notes a format 1 approval.requested, so that a format 2
@@ -126,6 +142,9 @@ func (q *requirements) legacyRequest(e *Entry) {
 func (q *requirements) check(e *Entry) string {
 	if reason := grantFields(e); reason != "" {
 		return reason
+	}
+	if e.InterruptedSeq != 0 && e.Kind != KindCallReconciled {
+		return e.Kind + " carries interrupted_seq; only call.reconciled does"
 	}
 	switch e.Kind {
 	case KindApprovalRequested:
@@ -150,11 +169,17 @@ func (q *requirements) check(e *Entry) string {
 			q.allowed[keyOf(e)]++
 		}
 	case KindCallExecuted, KindCallFailed, KindCallInterrupted:
+		var reason string
 		if e.GrantID != "" || e.GrantSeq != 0 {
-			return q.grants.execution(e)
+			reason = q.grants.execution(e)
+		} else {
+			// An interrupted run may have acted: it counts as the one run.
+			reason = q.execution(e)
 		}
-		// An interrupted run may have acted: it counts as the one run.
-		return q.execution(e)
+		if reason == "" && e.Kind == KindCallInterrupted && e.RequestID == "" {
+			q.interrupted[e.Seq] = &interruptedCall{call: keyOf(e)}
+		}
+		return reason
 	case KindCallReconciled:
 		return q.reconciled(e)
 	case KindGrantRevoked:
@@ -167,6 +192,9 @@ func (q *requirements) check(e *Entry) string {
 
 // reconciled checks a person's finding about an interrupted call.
 func (q *requirements) reconciled(e *Entry) string {
+	if e.InterruptedSeq != 0 || e.RequestID == "" {
+		return q.reconciledCall(e)
+	}
 	r := q.requests[e.RequestID]
 	switch {
 	case e.RequestID == "" || r == nil:
@@ -177,6 +205,26 @@ func (q *requirements) reconciled(e *Entry) string {
 		return fmt.Sprintf("request %s was already reconciled at seq %d", e.RequestID, r.reconciled)
 	}
 	r.reconciled = e.Seq
+	return ""
+}
+
+// reconciledCall checks a finding about an interrupted call that had no
+// request: it names the call by the seq of its call.interrupted.
+func (q *requirements) reconciledCall(e *Entry) string {
+	c := q.interrupted[e.InterruptedSeq]
+	switch {
+	case e.RequestID != "":
+		return "call.reconciled names both request_id and interrupted_seq; a finding settles one call"
+	case e.InterruptedSeq <= 0 || e.InterruptedSeq >= e.Seq:
+		return fmt.Sprintf("call.reconciled names neither a request nor an earlier call (interrupted_seq %d)", e.InterruptedSeq)
+	case c == nil:
+		return fmt.Sprintf("call.reconciled of seq %d, which is not the call.interrupted of a call without a request", e.InterruptedSeq)
+	case c.call != keyOf(e):
+		return fmt.Sprintf("call.reconciled's agent, tool or args_sha256 differ from the call.interrupted at seq %d", e.InterruptedSeq)
+	case c.reconciled != 0:
+		return fmt.Sprintf("the call interrupted at seq %d was already reconciled at seq %d", e.InterruptedSeq, c.reconciled)
+	}
+	c.reconciled = e.Seq
 	return ""
 }
 
@@ -466,6 +514,9 @@ func (q *requirements) argsAt(e *Entry) string {
 			return fmt.Sprintf("%s and its call.allowed at args_seq %d differ in args_redacted", e.Kind, e.ArgsSeq)
 		}
 		delete(q.open, e.ArgsSeq)
+	case e.InterruptedSeq != 0:
+		// A finding about a call without a request: reconciledCall
+		// checked it repeats that call's args_sha256.
 	case len(e.Args) > 0 || e.ArgsSHA256 == "" || e.Kind == KindApprovalRequested:
 	case e.RequestID == "" && e.ArgsRedact:
 	case e.RequestID == "":

@@ -307,6 +307,9 @@ func humanLine(e audit.Entry) string {
 			fmt.Fprintf(&b, " %s=%q", f.name, f.value)
 		}
 	}
+	if e.InterruptedSeq != 0 {
+		fmt.Fprintf(&b, " settles=#%d", e.InterruptedSeq) // the call.interrupted a finding is about
+	}
 	if e.ArgsRedact {
 		b.WriteString(" args=(redacted)")
 	} else if len(e.Args) > 0 {

@@ -12,10 +12,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -289,6 +291,124 @@ func TestUpstreamCallWithoutAnAnswerIsInterruptedNeverFailedAndReconciled(t *tes
 	raw, _ := os.ReadFile(file)
 	if !strings.Contains(string(raw), `"kind":"call.reconciled"`) {
 		t.Error("the export has no call.reconciled entry")
+	}
+}
+
+// A routine call (no approval request) whose upstream never answers within
+// call_timeout is interrupted like an approved one, and a person settles
+// it the same way, naming it #SEQ: the seq of its call.interrupted.
+func TestRoutineUpstreamCallWithoutAnAnswerIsInterruptedAndReconciledBySeq(t *testing.T) {
+	up, _, record := stubbornUpstream(t, "hostile", 300*time.Millisecond)
+	up.DefaultLevel = config.LevelLow
+	p := startProduct(t, func(c *config.Config) {
+		withTaskAgents(c)
+		c.Upstreams = []config.Upstream{up}
+	})
+	ctx := context.Background()
+	res := callTool(t, sessionOf(t, p, "agent-a"), "hostile__stubborn", map[string]any{"name": "late", "text": "x", "ms": 1500})
+	if !res.IsError || !strings.Contains(resultText(res), "outcome is unknown") {
+		t.Fatalf("a routine call past call_timeout answered: %s", resultText(res))
+	}
+	waitUpstream(t, record, upstreamtest.Stubborn, upstreamtest.EventCalled, upstreamtest.EventCancelled, upstreamtest.EventCompleted)
+
+	all, err := p.stack.audit.Since(ctx, 0, 100000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lost, allowed int64
+	for _, e := range all {
+		if e.Tool != "hostile__stubborn" {
+			continue
+		}
+		switch {
+		case e.RequestID != "" || e.Kind == audit.KindApprovalRequested:
+			t.Fatalf("the routine call raised a request: %+v", e)
+		case e.Kind == audit.KindCallAllowed:
+			allowed = e.Seq
+		case e.Kind == audit.KindCallInterrupted:
+			lost = e.Seq
+		case e.Kind == audit.KindCallFailed:
+			t.Fatalf("the call without an answer is call.failed: %+v", e)
+		}
+	}
+	if lost == 0 || allowed == 0 {
+		t.Fatalf("no call.allowed (%d) and call.interrupted (%d) of the routine call", allowed, lost)
+	}
+	id := fmt.Sprintf("#%d", lost)
+
+	dir := p.cfg.Server.DataDir
+	if out, errOut, code := cli(t, dir, "calls", "interrupted"); code != 0 || !strings.Contains(out, id+" ") || !strings.Contains(out, "hostile__stubborn") {
+		t.Fatalf("calls interrupted: exit %d %s %s", code, out, errOut)
+	}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{id, "--ran", "--did-not-run"}, "contradict"},
+		{[]string{id}, "say what you found"},
+		{[]string{fmt.Sprintf("#%d", allowed), "--ran"}, "not interrupted"},
+		{[]string{"#999999", "--ran"}, "no interrupted call #999999"},
+	} {
+		if _, errOut, code := cli(t, dir, append([]string{"calls", "reconcile"}, c.args...)...); code == 0 || !strings.Contains(errOut, c.want) {
+			t.Errorf("calls reconcile %v: exit %d %s, want %q", c.args, code, errOut, c.want)
+		}
+	}
+	out, errOut, code := cli(t, dir, "calls", "reconcile", id, "--ran", "--by", "jo", "--note", "the note late is upstream")
+	if code != 0 || !strings.Contains(out, id+" hostile__stubborn: reconciled: ran, reconciled by jo: the note late is upstream") {
+		t.Fatalf("reconcile %s: exit %d %s %s", id, code, out, errOut)
+	}
+	// Named again, by the bare number this time.
+	if _, errOut, code := cli(t, dir, "calls", "reconcile", strconv.FormatInt(lost, 10), "--did-not-run"); code == 0 || !strings.Contains(errOut, "already reconciled") {
+		t.Errorf("second reconcile: exit %d %s", code, errOut)
+	}
+	if out, _, _ := cli(t, dir, "calls", "interrupted"); strings.Contains(out, id+" ") {
+		t.Errorf("calls interrupted after reconciling %s: %s", id, out)
+	}
+	all, err = p.stack.audit.Since(ctx, lost, 100000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var found []audit.Entry
+	for _, e := range all {
+		if e.Kind == audit.KindCallReconciled {
+			found = append(found, e)
+		}
+	}
+	if len(found) != 1 || found[0].InterruptedSeq != lost || found[0].Tool != "hostile__stubborn" || found[0].Agent != "agent-a" {
+		t.Fatalf("call.reconciled entries %+v, want one naming seq %d", found, lost)
+	}
+
+	verify := func() (string, int) {
+		t.Helper()
+		file := filepath.Join(t.TempDir(), "export.jsonl")
+		runCLI(t, p.cfg, "audit", "export", "--out", file)
+		pub := strings.TrimSpace(runCLI(t, p.cfg, "audit", "pubkey"))
+		out, errOut, code := cli(t, dir, "audit", "verify", file, "--key", pub)
+		return out + errOut, code
+	}
+	if v, code := verify(); code != 0 || !strings.HasPrefix(v, "OK:") {
+		t.Fatalf("audit verify: exit %d %s", code, v)
+	}
+	// Someone with the server key appends a second finding: the log's
+	// signatures hold, and verify refuses it.
+	second := found[0]
+	second.Seq, second.Time, second.PrevHash, second.Hash, second.Sig, second.V = 0, "", "", "", "", 0
+	second.Reason = "reconciled: did not run, reconciled by mallory"
+	forged, err := p.stack.audit.Append(ctx, second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := fmt.Sprintf("seq %d: the call interrupted at seq %d was already reconciled at seq %d", forged.Seq, lost, found[0].Seq)
+	if v, code := verify(); code == 0 || !strings.Contains(v, want) {
+		t.Fatalf("audit verify of a second call.reconciled: exit %d %s, want %q", code, v, want)
+	}
+}
+
+// audit tail names the interrupted call a finding without a request settles.
+func TestHumanLineNamesTheInterruptedCallAReconcileSettles(t *testing.T) {
+	line := humanLine(audit.Entry{Seq: 9, Kind: audit.KindCallReconciled, Tool: "hostile__stubborn", InterruptedSeq: 4})
+	if !strings.Contains(line, "settles=#4") {
+		t.Fatalf("line %q does not name the interrupted call", line)
 	}
 }
 
