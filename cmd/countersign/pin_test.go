@@ -257,6 +257,14 @@ func TestPinnedUpstreamToolsChangeOnlyWithAnAdminsAcceptance(t *testing.T) {
 		if out, code := s.cli(t, "upstreams", "accept", "notes", "rug"); code != 0 || !strings.Contains(out, "accepted: tool rug of upstream notes changed") {
 			t.Fatalf("upstreams accept: exit %d\n%s", code, out)
 		}
+		// Accepting again is already done, not a failure; a tool that is
+		// neither listed nor pinned is a typo, and says so.
+		if out, code := s.cli(t, "upstreams", "accept", "notes"); code != 0 || !strings.Contains(out, "nothing to accept") {
+			t.Errorf("a second upstreams accept: exit %d, want 0\n%s", code, out)
+		}
+		if out, code := s.cli(t, "upstreams", "accept", "notes", "no_such_tool"); code == 0 || !strings.Contains(out, "no_such_tool") {
+			t.Errorf("accepting a tool nobody lists: exit %d, want an error\n%s", code, out)
+		}
 		waitUntil(t, "the agent is offered notes__rug and told so", func() bool {
 			return s.notified.Load() > notified && s.offers(t, "notes__rug")
 		})

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -131,6 +132,14 @@ offers an accepted tool again within seconds, without a restart.`,
 			}
 			return withPins(cmd, args[0], func(ctx context.Context, _ *config.Config, st *pinstore.Store, listed []upstream.Pin) error {
 				accepted, err := st.Accept(ctx, args[0], listed, tool, osUser())
+				if errors.Is(err, pinstore.ErrNothingToAccept) && tool == "" {
+					// Accepting a server whose listing matches its pins is
+					// already done: a script that runs accept after a
+					// deploy must not fail for it. A named tool that is
+					// neither listed nor pinned stays an error (a typo).
+					fmt.Fprintln(cmd.ErrOrStderr(), err)
+					return nil
+				}
 				if err != nil {
 					return err
 				}
