@@ -17,9 +17,16 @@ var (
 	idPattern       = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,63}$`)
 	currencyPattern = regexp.MustCompile(`^[A-Z]{3}$`)
 	decimalPattern  = regexp.MustCompile(`^[0-9]{1,18}(\.[0-9]{1,4})?$`)
-	Levels          = []string{LevelLow, LevelHigh, LevelCritical, LevelDeny}
-	Classifications = []string{"public", "internal", "confidential", "restricted"}
 )
+
+// Levels returns the levels a tool or rule may have, lowest first.
+func Levels() []string { return []string{LevelLow, LevelHigh, LevelCritical, LevelDeny} }
+
+// Classifications returns the classifications a secret may have, least
+// sensitive first.
+func Classifications() []string {
+	return []string{"public", "internal", "confidential", "restricted"}
+}
 
 // validate checks what decoding cannot: required values, ranges, enums,
 // addresses and references between sections.
@@ -168,11 +175,11 @@ func (c *Config) validate() []problem {
 	if readSecret || listSecrets {
 		v.nonEmpty("secrets.dir", c.Secrets.Dir)
 	}
-	v.oneOf("secrets.default_classification", c.Secrets.DefaultClassification, Classifications...)
+	v.oneOf("secrets.default_classification", c.Secrets.DefaultClassification, Classifications()...)
 	for i, s := range c.Secrets.Classified {
 		p := fmt.Sprintf("secrets.classified[%d]", i)
 		v.nonEmpty(p+".name", s.Name)
-		v.oneOf(p+".classification", s.Classification, Classifications...)
+		v.oneOf(p+".classification", s.Classification, Classifications()...)
 	}
 	v.positive("audit.checkpoint_every", c.Audit.CheckpointEvery)
 	v.oneOf("audit.sync", c.Audit.Sync, "full", "normal")
@@ -199,7 +206,7 @@ func (c *Config) validate() []problem {
 	c.validateUpstreams(&v)
 	c.validateNotify(&v)
 	if len(c.Tools) == 0 && len(c.Upstreams) == 0 {
-		v.fail("tools", "expected at least one tool or upstream (built-in tools: %s)", strings.Join(BuiltinTools, ", "))
+		v.fail("tools", "expected at least one tool or upstream (built-in tools: %s)", strings.Join(BuiltinTools(), ", "))
 	}
 	names := make([]string, 0, len(c.Tools))
 	for name := range c.Tools {
@@ -209,11 +216,11 @@ func (c *Config) validate() []problem {
 	for _, name := range names {
 		t := c.Tools[name]
 		p := "tools." + name
-		if _, upstream := c.UpstreamOf(name); !upstream && !slices.Contains(BuiltinTools, name) {
-			v.fail(p, "unknown tool (built-in tools: %s; upstream tools are named <prefix><tool>, e.g. files__read_file)", strings.Join(BuiltinTools, ", "))
+		if _, upstream := c.UpstreamOf(name); !upstream && !slices.Contains(BuiltinTools(), name) {
+			v.fail(p, "unknown tool (built-in tools: %s; upstream tools are named <prefix><tool>, e.g. files__read_file)", strings.Join(BuiltinTools(), ", "))
 			continue
 		}
-		v.oneOf(p+".level", t.Level, Levels...)
+		v.oneOf(p+".level", t.Level, Levels()...)
 		if t.Quorum < 0 {
 			v.fail(p+".quorum", "expected 0 (the level's default) or more, got %d", t.Quorum)
 		}
@@ -237,7 +244,7 @@ func (c *Config) validate() []problem {
 		for i, r := range t.Rules {
 			rp := fmt.Sprintf("%s.rules[%d]", p, i)
 			v.nonEmpty(rp+".when", r.When)
-			v.oneOf(rp+".level", r.Level, Levels...)
+			v.oneOf(rp+".level", r.Level, Levels()...)
 			if r.Quorum < 0 {
 				v.fail(rp+".quorum", "expected 0 (the level's default) or more, got %d", r.Quorum)
 			}
@@ -296,7 +303,7 @@ func (c *Config) validateUpstreams(v *validator) {
 			v.fail(p+".prefix", "expected 1 to 40 letters, digits, _ or -, got %q", u.Prefix)
 		}
 		if u.DefaultLevel != "" {
-			v.oneOf(p+".default_level", u.DefaultLevel, Levels...)
+			v.oneOf(p+".default_level", u.DefaultLevel, Levels()...)
 		}
 		if u.ConnectTimeout <= 0 {
 			v.fail(p+".connect_timeout", "expected a positive duration such as 30s, got %s", u.ConnectTimeout)
@@ -309,7 +316,7 @@ func (c *Config) validateUpstreams(v *validator) {
 				v.fail(p+".prefix", "%q overlaps the prefix %q of upstreams[%d]: a tool name would be ambiguous", u.Prefix, w.Prefix, j)
 			}
 		}
-		for _, b := range BuiltinTools {
+		for _, b := range BuiltinTools() {
 			if strings.HasPrefix(b, u.Prefix) {
 				v.fail(p+".prefix", "%q would also match the built-in tool %s", u.Prefix, b)
 			}
