@@ -686,7 +686,7 @@ func TestRefusedFloodGrowsTheLogByABoundedAmount(t *testing.T) {
 // The shipped policy, compiled for real, against a transfer-like tool.
 func shippedPolicy(t *testing.T) *authz.Policy {
 	t.Helper()
-	c, err := config.Parse(countersign.DefaultConfig, "shipped")
+	c, err := config.Parse(countersign.DefaultConfig(), "shipped")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -59,7 +59,7 @@ func TestMain(m *testing.M) {
 // the relative paths of the deploy script and secrets resolve.
 func testConfig(t testing.TB, edit func(*config.Config)) *config.Config {
 	t.Helper()
-	c, err := config.Parse(countersign.DefaultConfig, "test")
+	c, err := config.Parse(countersign.DefaultConfig(), "test")
 	if err != nil {
 		t.Fatal(err)
 	}
