@@ -317,34 +317,7 @@ func (c *Config) validateUpstreams(v *validator) {
 			v.fail(p+".name", "duplicate upstream name %q", u.Name)
 		}
 		names[u.Name] = true
-		switch {
-		case len(u.Command) > 0 && u.URL != "":
-			v.fail(p, "set either command (stdio) or url (HTTP), not both")
-		case len(u.Command) == 0 && u.URL == "":
-			v.fail(p, "expected command: [program, args...] or url: http://host:port/mcp")
-		case len(u.Command) > 0 && u.Command[0] == "":
-			v.fail(p+".command[0]", "required: the program to run")
-		case u.URL != "":
-			v.url(p+".url", u.URL)
-		}
-		if u.URL == "" && len(u.Headers) > 0 {
-			v.fail(p+".headers", "headers apply to url upstreams only")
-		}
-		if len(u.Command) == 0 && (u.Dir != "" || len(u.Env) > 0) {
-			v.fail(p, "dir and env apply to command upstreams only")
-		}
-		for _, kv := range []struct {
-			what string
-			m    map[string]string
-		}{{"env", u.Env}, {"headers", u.Headers}} {
-			for k, val := range kv.m {
-				for _, ref := range envRefPattern.FindAllString(val, -1) {
-					if !envNamePattern.MatchString(ref) {
-						v.fail(p+"."+kv.what+"."+k, "malformed variable reference %q: expected ${NAME}", ref)
-					}
-				}
-			}
-		}
+		validateUpstreamTransport(v, p, u)
 		if !prefixPattern.MatchString(u.Prefix) {
 			v.fail(p+".prefix", "expected 1 to 40 letters, digits, _ or -, got %q", u.Prefix)
 		}
@@ -357,15 +330,57 @@ func (c *Config) validateUpstreams(v *validator) {
 		if u.CallTimeout <= 0 {
 			v.fail(p+".call_timeout", "expected a positive duration such as 10m, got %s", u.CallTimeout)
 		}
-		for j, w := range c.Upstreams[:i] {
-			if strings.HasPrefix(u.Prefix, w.Prefix) || strings.HasPrefix(w.Prefix, u.Prefix) {
-				v.fail(p+".prefix", "%q overlaps the prefix %q of upstreams[%d]: a tool name would be ambiguous", u.Prefix, w.Prefix, j)
+		c.validatePrefixClashes(v, p, i)
+	}
+}
+
+// validateUpstreamTransport checks how an upstream is reached: a command
+// or a URL, each with only its own settings, and well-formed ${NAME}
+// references in env and headers.
+func validateUpstreamTransport(v *validator, p string, u Upstream) {
+	switch {
+	case len(u.Command) > 0 && u.URL != "":
+		v.fail(p, "set either command (stdio) or url (HTTP), not both")
+	case len(u.Command) == 0 && u.URL == "":
+		v.fail(p, "expected command: [program, args...] or url: http://host:port/mcp")
+	case len(u.Command) > 0 && u.Command[0] == "":
+		v.fail(p+".command[0]", "required: the program to run")
+	case u.URL != "":
+		v.url(p+".url", u.URL)
+	}
+	if u.URL == "" && len(u.Headers) > 0 {
+		v.fail(p+".headers", "headers apply to url upstreams only")
+	}
+	if len(u.Command) == 0 && (u.Dir != "" || len(u.Env) > 0) {
+		v.fail(p, "dir and env apply to command upstreams only")
+	}
+	for _, kv := range []struct {
+		what string
+		m    map[string]string
+	}{{"env", u.Env}, {"headers", u.Headers}} {
+		for k, val := range kv.m {
+			for _, ref := range envRefPattern.FindAllString(val, -1) {
+				if !envNamePattern.MatchString(ref) {
+					v.fail(p+"."+kv.what+"."+k, "malformed variable reference %q: expected ${NAME}", ref)
+				}
 			}
 		}
-		for _, b := range BuiltinTools() {
-			if strings.HasPrefix(b, u.Prefix) {
-				v.fail(p+".prefix", "%q would also match the built-in tool %s", u.Prefix, b)
-			}
+	}
+}
+
+// validatePrefixClashes refuses a prefix of upstreams[i] that would make a
+// tool name ambiguous: one that overlaps an earlier upstream's, or that a
+// built-in tool's name starts with.
+func (c *Config) validatePrefixClashes(v *validator, p string, i int) {
+	u := c.Upstreams[i]
+	for j, w := range c.Upstreams[:i] {
+		if strings.HasPrefix(u.Prefix, w.Prefix) || strings.HasPrefix(w.Prefix, u.Prefix) {
+			v.fail(p+".prefix", "%q overlaps the prefix %q of upstreams[%d]: a tool name would be ambiguous", u.Prefix, w.Prefix, j)
+		}
+	}
+	for _, b := range BuiltinTools() {
+		if strings.HasPrefix(b, u.Prefix) {
+			v.fail(p+".prefix", "%q would also match the built-in tool %s", u.Prefix, b)
 		}
 	}
 }
