@@ -4,6 +4,7 @@
 package countersign
 
 import (
+	"bytes"
 	"embed"
 	"errors"
 	"fmt"
@@ -12,11 +13,13 @@ import (
 	"path/filepath"
 )
 
-// DefaultConfig is the repository's mcp.yaml, embedded at build time. It is
-// also what `countersign init` writes.
-//
 //go:embed mcp.yaml
-var DefaultConfig []byte
+var defaultConfig []byte
+
+// DefaultConfig returns the repository's mcp.yaml, embedded at build time:
+// a copy, so no caller can change it for the others. It is also what
+// `countersign init` writes.
+func DefaultConfig() []byte { return bytes.Clone(defaultConfig) }
 
 // Demo holds the demo backends DefaultConfig names, under demo/: the deploy
 // command (demo/deploy.sh, a shell script that logs the deploy in the data

@@ -56,14 +56,17 @@ type Decision struct {
 	Batchable bool
 }
 
-// UsageKeys are the fields of the usage variable.
-var UsageKeys = []string{"calls_10m", "calls_1h", "agent_amount_1h", "agent_amount_24h", "agent_payee_amount_24h", "total_amount_24h"}
+// UsageKeys returns the fields of the usage variable.
+func UsageKeys() []string {
+	return []string{"calls_10m", "calls_1h", "agent_amount_1h", "agent_amount_24h", "agent_payee_amount_24h", "total_amount_24h"}
+}
 
 // NoUsage is the usage of an agent that has done nothing yet, with the
 // fields of give set: what policy tests assume unless they say otherwise.
 func NoUsage(give map[string]any) map[string]any {
-	u := make(map[string]any, len(UsageKeys))
-	for _, k := range UsageKeys {
+	keys := UsageKeys()
+	u := make(map[string]any, len(keys))
+	for _, k := range keys {
 		u[k] = 0.0
 	}
 	for k, v := range give {

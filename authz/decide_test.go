@@ -22,7 +22,7 @@ var testNow = time.Date(2026, 3, 14, 15, 9, 26, 0, time.UTC)
 
 func shippedPolicy(t testing.TB) (*Policy, *config.Config) {
 	t.Helper()
-	c, err := config.Parse(countersign.DefaultConfig, "mcp.yaml")
+	c, err := config.Parse(countersign.DefaultConfig(), "mcp.yaml")
 	if err != nil {
 		t.Fatalf("parse shipped config: %v", err)
 	}

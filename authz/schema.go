@@ -148,10 +148,10 @@ func (c *compiler) typedEnv(tool string, facts []string) (*cel.Env, error) {
 }
 
 // usageSchema is the JSON Schema of the usage variable: a number per
-// field of UsageKeys, and nothing else, so a misspelt field is caught.
+// field of UsageKeys(), and nothing else, so a misspelt field is caught.
 func usageSchema() any {
 	props := map[string]any{}
-	for _, k := range UsageKeys {
+	for _, k := range UsageKeys() {
 		props[k] = map[string]any{"type": "number"}
 	}
 	return map[string]any{"type": "object", "properties": props, "additionalProperties": false}

@@ -38,7 +38,7 @@ import (
 func newToolStack(t *testing.T, edit func(*config.Config)) *stack {
 	t.Helper()
 	ctx := context.Background()
-	c, err := config.Parse(countersign.DefaultConfig, "test")
+	c, err := config.Parse(countersign.DefaultConfig(), "test")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -151,6 +151,9 @@ func New(opts Options) (*Server, error) {
 		return nil, fmt.Errorf("ciba: issuer %q is not an http(s) URL without query or fragment", opts.Issuer)
 	}
 	opts.Issuer = strings.TrimRight(opts.Issuer, "/")
+	if _, err := detailSchemas(); err != nil {
+		return nil, err
+	}
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}

@@ -10,6 +10,7 @@ import (
 	"path"
 	"slices"
 	"strings"
+	"sync"
 	"unicode"
 	"unicode/utf8"
 
@@ -39,44 +40,52 @@ const (
 	maxArgKey    = 64
 )
 
-// detailSchemas are the compiled schemas by type.
-var detailSchemas = mustCompileSchemas()
+// detailSchemas returns the compiled schemas by type, compiling them on
+// first use: once, so the request path only looks them up. New calls it,
+// so a server never starts with a schema that does not compile.
+var detailSchemas = sync.OnceValues(func() (map[string]*jsonschema.Schema, error) {
+	return compileSchemas(schemaFiles)
+})
 
-func mustCompileSchemas() map[string]*jsonschema.Schema {
-	out := map[string]*jsonschema.Schema{}
-	files, err := fs.Glob(schemaFiles, "schemas/*.json")
+// compileSchemas compiles schemas/*.json of fsys, keyed by file name
+// without .json.
+func compileSchemas(fsys fs.FS) (map[string]*jsonschema.Schema, error) {
+	files, err := fs.Glob(fsys, "schemas/*.json")
 	if err != nil {
-		panic(err)
+		return nil, fmt.Errorf("ciba: detail schemas: %w", err)
 	}
 	c := jsonschema.NewCompiler()
 	for _, f := range files {
-		raw, err := schemaFiles.ReadFile(f)
+		raw, err := fs.ReadFile(fsys, f)
 		if err != nil {
-			panic(err)
+			return nil, fmt.Errorf("ciba: %s: %w", f, err)
 		}
 		doc, err := jsonschema.UnmarshalJSON(bytes.NewReader(raw))
 		if err != nil {
-			panic(fmt.Sprintf("ciba: %s: %v", f, err))
+			return nil, fmt.Errorf("ciba: %s: %w", f, err)
 		}
 		if err := c.AddResource("mem:///countersign/"+f, doc); err != nil {
-			panic(fmt.Sprintf("ciba: %s: %v", f, err))
+			return nil, fmt.Errorf("ciba: %s: %w", f, err)
 		}
 	}
+	out := map[string]*jsonschema.Schema{}
 	for _, f := range files {
 		s, err := c.Compile("mem:///countersign/" + f)
 		if err != nil {
-			panic(fmt.Sprintf("ciba: %s: %v", f, err))
+			return nil, fmt.Errorf("ciba: %s: %w", f, err)
 		}
 		out[strings.TrimSuffix(path.Base(f), ".json")] = s
 	}
-	return out
+	return out, nil
 }
 
 // DetailTypes are the authorization_details types Countersign accepts,
-// sorted (discovery's authorization_details_types_supported).
+// sorted (discovery's authorization_details_types_supported); none if the
+// schemas do not compile, which New refuses.
 func DetailTypes() []string {
-	var out []string
-	for t := range detailSchemas {
+	schemas, _ := detailSchemas()
+	out := make([]string, 0, len(schemas))
+	for t := range schemas {
 		out = append(out, t)
 	}
 	slices.Sort(out)
@@ -86,7 +95,11 @@ func DetailTypes() []string {
 // DetailSchema returns the JSON Schema of one type.
 func DetailSchema(typ string) ([]byte, bool) {
 	b, err := schemaFiles.ReadFile("schemas/" + typ + ".json")
-	return b, err == nil && detailSchemas[typ] != nil
+	if err != nil {
+		return nil, false
+	}
+	schemas, err := detailSchemas()
+	return b, err == nil && schemas[typ] != nil
 }
 
 // parseDetails checks an authorization_details parameter and returns it in
@@ -101,6 +114,10 @@ func parseDetails(raw string) (json.RawMessage, []any, error) {
 		return nil, nil, errors.New("not valid UTF-8")
 	}
 	if err := strictJSON([]byte(raw)); err != nil {
+		return nil, nil, err
+	}
+	schemas, err := detailSchemas()
+	if err != nil {
 		return nil, nil, err
 	}
 	canon, err := jcs.Transform([]byte(raw))
@@ -126,7 +143,7 @@ func parseDetails(raw string) (json.RawMessage, []any, error) {
 			return nil, nil, fmt.Errorf("[%d]: expected an object", i)
 		}
 		typ, _ := obj["type"].(string)
-		s := detailSchemas[typ]
+		s := schemas[typ]
 		if s == nil {
 			return nil, nil, fmt.Errorf("[%d]: unknown type %s (known: %s)", i, quote(typ), strings.Join(DetailTypes(), ", "))
 		}

@@ -17,7 +17,7 @@ import (
 // CIBA client can ask for a countersignature of anything an agent's tool
 // call would show the approver.
 func TestToolsDetailsFitTheSchemas(t *testing.T) {
-	c, err := config.Parse(countersign.DefaultConfig, "test")
+	c, err := config.Parse(countersign.DefaultConfig(), "test")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -240,14 +240,16 @@ type Rule struct {
 	Quorum    int      `mapstructure:"quorum"`
 }
 
-// BuiltinTools are the tools Countersign itself provides; each runs only
-// when named under tools. Upstream tools are named <prefix><tool>.
-var BuiltinTools = []string{
-	"get_balance", "list_counterparties", "list_transfers", "transfer",
-	"deploy", "read_secret", "list_secrets", "approval_status",
-	// ciba is not an MCP tool: it is the policy of CIBA backchannel
-	// requests on the agent listener.
-	"ciba",
+// BuiltinTools returns the tools Countersign itself provides; each runs
+// only when named under tools. Upstream tools are named <prefix><tool>.
+func BuiltinTools() []string {
+	return []string{
+		"get_balance", "list_counterparties", "list_transfers", "transfer",
+		"deploy", "read_secret", "list_secrets", "approval_status",
+		// ciba is not an MCP tool: it is the policy of CIBA backchannel
+		// requests on the agent listener.
+		"ciba",
+	}
 }
 
 // Upstream is an MCP server whose tools Countersign guards and re-exposes

@@ -11,7 +11,7 @@ import (
 )
 
 func TestEmbeddedDefaultValidates(t *testing.T) {
-	c, err := Parse(countersign.DefaultConfig, Embedded)
+	c, err := Parse(countersign.DefaultConfig(), Embedded)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -131,7 +131,7 @@ func TestEnvironmentOverridesScalars(t *testing.T) {
 	t.Setenv("COUNTERSIGN_SERVER_WORKERS", "7")
 	t.Setenv("COUNTERSIGN_APPROVAL_TIMEOUT", "90s")
 	t.Setenv("COUNTERSIGN_SERVER_LOG_FORMAT", "json")
-	c, err := Parse(countersign.DefaultConfig, Embedded)
+	c, err := Parse(countersign.DefaultConfig(), Embedded)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -142,7 +142,7 @@ func TestEnvironmentOverridesScalars(t *testing.T) {
 
 func TestEnvironmentOverrideIsValidated(t *testing.T) {
 	t.Setenv("COUNTERSIGN_SERVER_WORKERS", "lots")
-	_, err := Parse(countersign.DefaultConfig, Embedded)
+	_, err := Parse(countersign.DefaultConfig(), Embedded)
 	if err == nil || !strings.Contains(err.Error(), "server.workers (set by environment variable COUNTERSIGN_SERVER_WORKERS): expected an integer") {
 		t.Fatalf("err = %v", err)
 	}
@@ -191,7 +191,7 @@ func TestEnsureDataDirIsPrivate(t *testing.T) {
 }
 
 func FuzzLoad(f *testing.F) {
-	f.Add(countersign.DefaultConfig)
+	f.Add(countersign.DefaultConfig())
 	f.Add([]byte(minimal))
 	f.Add([]byte("tools:\n  transfer:\n    rules: [{when: x, level: high, quorum: -1}]\n"))
 	f.Add([]byte("server: {workers: 1e99, shutdown_timeout: 1h}\n"))
@@ -208,7 +208,7 @@ func FuzzLoad(f *testing.F) {
 }
 
 func TestEncodeRoundTrips(t *testing.T) {
-	c, err := Parse(countersign.DefaultConfig, Embedded)
+	c, err := Parse(countersign.DefaultConfig(), Embedded)
 	if err != nil {
 		t.Fatal(err)
 	}

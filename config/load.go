@@ -52,7 +52,7 @@ func Check(path string) (*Config, error) {
 		}
 	}
 	if path == "" {
-		return parse(countersign.DefaultConfig, Embedded, "", true)
+		return parse(countersign.DefaultConfig(), Embedded, "", true)
 	}
 	data, err := os.ReadFile(path)
 	if err != nil {

@@ -27,7 +27,7 @@ type Notify struct {
 	// matches when any of its eligible approvers is named or has the role.
 	// Empty: every request.
 	For []string `mapstructure:"for"`
-	// Events to send; default all of NotifyEvents.
+	// Events to send; default all of NotifyEvents().
 	Events []string `mapstructure:"events"`
 }
 
@@ -59,8 +59,8 @@ func webhookSecretProblem(secret string) string {
 	return ""
 }
 
-// NotifyEvents are the events a channel can be sent.
-var NotifyEvents = []string{"requested", "approved", "denied", "expiring"}
+// NotifyEvents returns the events a channel can be sent.
+func NotifyEvents() []string { return []string{"requested", "approved", "denied", "expiring"} }
 
 // ExpandSecret returns the secret with ${NAME} references replaced from
 // getenv (os.Getenv when nil).
@@ -74,7 +74,7 @@ func (n Notify) ExpandSecret(getenv func(string) string) string {
 func (c *Config) applyNotifyDefaults() {
 	for i := range c.Notify {
 		if len(c.Notify[i].Events) == 0 {
-			c.Notify[i].Events = slices.Clone(NotifyEvents)
+			c.Notify[i].Events = NotifyEvents()
 		}
 	}
 }
@@ -129,7 +129,7 @@ func (c *Config) validateNotify(v *validator) {
 		}
 		for j, e := range n.Events {
 			ep := fmt.Sprintf("%s.events[%d]", p, j)
-			v.oneOf(ep, e, NotifyEvents...)
+			v.oneOf(ep, e, NotifyEvents()...)
 			if slices.Contains(n.Events[:j], e) {
 				v.fail(ep, "duplicate event %q", e)
 			}

@@ -32,7 +32,7 @@ notify:
 		t.Fatalf("notify = %+v", c.Notify)
 	}
 	w := c.Notify[0]
-	if w.Type != "webhook" || !slices.Equal(w.For, []string{"role:treasury", "bob"}) || !slices.Equal(w.Events, NotifyEvents) {
+	if w.Type != "webhook" || !slices.Equal(w.For, []string{"role:treasury", "bob"}) || !slices.Equal(w.Events, NotifyEvents()) {
 		t.Errorf("webhook channel = %+v, want all events by default", w)
 	}
 	if w.Secret != "${HOOK_SECRET}" {

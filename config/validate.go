@@ -17,14 +17,38 @@ var (
 	idPattern       = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,63}$`)
 	currencyPattern = regexp.MustCompile(`^[A-Z]{3}$`)
 	decimalPattern  = regexp.MustCompile(`^[0-9]{1,18}(\.[0-9]{1,4})?$`)
-	Levels          = []string{LevelLow, LevelHigh, LevelCritical, LevelDeny}
-	Classifications = []string{"public", "internal", "confidential", "restricted"}
 )
 
+// Levels returns the levels a tool or rule may have, lowest first.
+func Levels() []string { return []string{LevelLow, LevelHigh, LevelCritical, LevelDeny} }
+
+// Classifications returns the classifications a secret may have, least
+// sensitive first.
+func Classifications() []string {
+	return []string{"public", "internal", "confidential", "restricted"}
+}
+
 // validate checks what decoding cannot: required values, ranges, enums,
-// addresses and references between sections.
+// addresses and references between sections. Each section has its step;
+// they run in this order, which is the order problems are reported in.
 func (c *Config) validate() []problem {
 	var v validator
+	c.validateServer(&v)
+	c.validateHTTP(&v)
+	c.validateApproval(&v)
+	c.validateApprovers(&v)
+	c.validateLedger(&v)
+	c.validateDeploy(&v)
+	c.validateSecrets(&v)
+	c.validateAudit(&v)
+	c.validateLimits(&v)
+	c.validateUpstreams(&v)
+	c.validateNotify(&v)
+	c.validateTools(&v)
+	return v.problems
+}
+
+func (c *Config) validateServer(v *validator) {
 	s := c.Server
 	v.nonEmpty("server.name", s.Name)
 	v.id("server.stdio_agent", s.StdioAgent)
@@ -34,7 +58,9 @@ func (c *Config) validate() []problem {
 	if s.Workers < 1 || s.Workers > 100 {
 		v.fail("server.workers", "expected 1 to 100, got %d", s.Workers)
 	}
+}
 
+func (c *Config) validateHTTP(v *validator) {
 	h := c.HTTP
 	if h.Addr != "" {
 		v.hostPort("http.addr", h.Addr)
@@ -63,7 +89,9 @@ func (c *Config) validate() []problem {
 			v.fail(p+".token_sha256", "expected 64 hex digits (the SHA-256 of the token)")
 		}
 	}
+}
 
+func (c *Config) validateApproval(v *validator) {
 	ap := c.Approval
 	v.hostPort("approval.listen", ap.Listen)
 	// With a malformed listen nothing could be derived from it, and
@@ -103,8 +131,10 @@ func (c *Config) validate() []problem {
 	if (ap.TLSCertFile == "") != (ap.TLSKeyFile == "") {
 		v.fail("approval.tls_cert_file", "tls_cert_file and tls_key_file go together")
 	}
-	c.checkApproval(&v)
+	c.checkApproval(v)
+}
 
+func (c *Config) validateApprovers(v *validator) {
 	approvers := map[string]bool{}
 	for i, a := range c.Approvers {
 		p := fmt.Sprintf("approvers[%d]", i)
@@ -118,7 +148,11 @@ func (c *Config) validate() []problem {
 			v.id(fmt.Sprintf("%s.roles[%d]", p, j), r)
 		}
 	}
+}
 
+// validateLedger checks the ledger's accounts and counterparties, and that
+// the transfer tool has an account to move money from.
+func (c *Config) validateLedger(v *validator) {
 	accounts := map[string]bool{}
 	for i, a := range c.Ledger.Accounts {
 		p := fmt.Sprintf("ledger.accounts[%d]", i)
@@ -143,63 +177,80 @@ func (c *Config) validate() []problem {
 		}
 		payees[cp.Name] = true
 	}
-
 	if _, ok := c.Tools["transfer"]; ok && len(c.Ledger.Accounts) == 0 {
 		v.fail("ledger.accounts", "the transfer tool needs at least one account")
 	}
-	if _, ok := c.Tools["deploy"]; ok {
-		d := c.Deploy
-		if len(d.Command) == 0 || d.Command[0] == "" {
-			v.fail("deploy.command", "expected an argv list such as [./deploy.sh, \"{service}\", \"{version}\", \"{environment}\"]")
-		}
-		if len(d.Services) == 0 {
-			v.fail("deploy.services", "expected at least one service")
-		}
-		if len(d.Environments) == 0 {
-			v.fail("deploy.environments", "expected at least one environment")
-		}
-		v.positive("deploy.timeout", d.Timeout)
-		if d.MaxOutputBytes < 1 {
-			v.fail("deploy.max_output_bytes", "expected a positive size, got %d", d.MaxOutputBytes)
-		}
+}
+
+// validateDeploy checks the deploy section, which only the deploy tool
+// uses.
+func (c *Config) validateDeploy(v *validator) {
+	if _, ok := c.Tools["deploy"]; !ok {
+		return
 	}
+	d := c.Deploy
+	if len(d.Command) == 0 || d.Command[0] == "" {
+		v.fail("deploy.command", "expected an argv list such as [./deploy.sh, \"{service}\", \"{version}\", \"{environment}\"]")
+	}
+	if len(d.Services) == 0 {
+		v.fail("deploy.services", "expected at least one service")
+	}
+	if len(d.Environments) == 0 {
+		v.fail("deploy.environments", "expected at least one environment")
+	}
+	v.positive("deploy.timeout", d.Timeout)
+	if d.MaxOutputBytes < 1 {
+		v.fail("deploy.max_output_bytes", "expected a positive size, got %d", d.MaxOutputBytes)
+	}
+}
+
+func (c *Config) validateSecrets(v *validator) {
 	_, readSecret := c.Tools["read_secret"]
 	_, listSecrets := c.Tools["list_secrets"]
 	if readSecret || listSecrets {
 		v.nonEmpty("secrets.dir", c.Secrets.Dir)
 	}
-	v.oneOf("secrets.default_classification", c.Secrets.DefaultClassification, Classifications...)
+	v.oneOf("secrets.default_classification", c.Secrets.DefaultClassification, Classifications()...)
 	for i, s := range c.Secrets.Classified {
 		p := fmt.Sprintf("secrets.classified[%d]", i)
 		v.nonEmpty(p+".name", s.Name)
-		v.oneOf(p+".classification", s.Classification, Classifications...)
+		v.oneOf(p+".classification", s.Classification, Classifications()...)
 	}
+}
+
+func (c *Config) validateAudit(v *validator) {
 	v.positive("audit.checkpoint_every", c.Audit.CheckpointEvery)
 	v.oneOf("audit.sync", c.Audit.Sync, "full", "normal")
-	c.validateWitnesses(&v)
-	if c.Limits.MaxArgBytes < 1024 || c.Limits.MaxArgBytes > 16<<20 {
-		v.fail("limits.max_arg_bytes", "expected 1024 to 16777216, got %d", c.Limits.MaxArgBytes)
-	}
-	if c.Limits.MaxArgDepth < 2 || c.Limits.MaxArgDepth > 1000 {
-		v.fail("limits.max_arg_depth", "expected 2 to 1000, got %d", c.Limits.MaxArgDepth)
-	}
-	if c.Limits.PendingPerAgent < 1 || c.Limits.PendingPerAgent > 100000 {
-		v.fail("limits.pending_per_agent", "expected 1 to 100000, got %d", c.Limits.PendingPerAgent)
-	}
-	if c.Limits.PendingTotal < c.Limits.PendingPerAgent || c.Limits.PendingTotal > 1000000 {
-		v.fail("limits.pending_total", "expected pending_per_agent (%d) to 1000000, got %d", c.Limits.PendingPerAgent, c.Limits.PendingTotal)
-	}
-	if c.Limits.CallsPerSecond < 1 || c.Limits.CallsPerSecond > 1000000 {
-		v.fail("limits.calls_per_second", "expected 1 to 1000000, got %d", c.Limits.CallsPerSecond)
-	}
-	if c.Limits.CallBurst < 1 || c.Limits.CallBurst > 1000000 {
-		v.fail("limits.call_burst", "expected 1 to 1000000, got %d", c.Limits.CallBurst)
-	}
+	c.validateWitnesses(v)
+}
 
-	c.validateUpstreams(&v)
-	c.validateNotify(&v)
+func (c *Config) validateLimits(v *validator) {
+	l := c.Limits
+	if l.MaxArgBytes < 1024 || l.MaxArgBytes > 16<<20 {
+		v.fail("limits.max_arg_bytes", "expected 1024 to 16777216, got %d", l.MaxArgBytes)
+	}
+	if l.MaxArgDepth < 2 || l.MaxArgDepth > 1000 {
+		v.fail("limits.max_arg_depth", "expected 2 to 1000, got %d", l.MaxArgDepth)
+	}
+	if l.PendingPerAgent < 1 || l.PendingPerAgent > 100000 {
+		v.fail("limits.pending_per_agent", "expected 1 to 100000, got %d", l.PendingPerAgent)
+	}
+	if l.PendingTotal < l.PendingPerAgent || l.PendingTotal > 1000000 {
+		v.fail("limits.pending_total", "expected pending_per_agent (%d) to 1000000, got %d", l.PendingPerAgent, l.PendingTotal)
+	}
+	if l.CallsPerSecond < 1 || l.CallsPerSecond > 1000000 {
+		v.fail("limits.calls_per_second", "expected 1 to 1000000, got %d", l.CallsPerSecond)
+	}
+	if l.CallBurst < 1 || l.CallBurst > 1000000 {
+		v.fail("limits.call_burst", "expected 1 to 1000000, got %d", l.CallBurst)
+	}
+}
+
+// validateTools checks each tool under tools, in name order so problems
+// come out the same on every run.
+func (c *Config) validateTools(v *validator) {
 	if len(c.Tools) == 0 && len(c.Upstreams) == 0 {
-		v.fail("tools", "expected at least one tool or upstream (built-in tools: %s)", strings.Join(BuiltinTools, ", "))
+		v.fail("tools", "expected at least one tool or upstream (built-in tools: %s)", strings.Join(BuiltinTools(), ", "))
 	}
 	names := make([]string, 0, len(c.Tools))
 	for name := range c.Tools {
@@ -207,43 +258,45 @@ func (c *Config) validate() []problem {
 	}
 	slices.Sort(names)
 	for _, name := range names {
-		t := c.Tools[name]
-		p := "tools." + name
-		if _, upstream := c.UpstreamOf(name); !upstream && !slices.Contains(BuiltinTools, name) {
-			v.fail(p, "unknown tool (built-in tools: %s; upstream tools are named <prefix><tool>, e.g. files__read_file)", strings.Join(BuiltinTools, ", "))
-			continue
-		}
-		v.oneOf(p+".level", t.Level, Levels...)
-		if t.Quorum < 0 {
-			v.fail(p+".quorum", "expected 0 (the level's default) or more, got %d", t.Quorum)
-		}
-		if t.UserVerification != "" {
-			v.oneOf(p+".user_verification", t.UserVerification, "required", "preferred", "discouraged")
-		}
-		if t.Wait != "" {
-			v.oneOf(p+".wait", t.Wait, "block", "poll")
-		}
-		if t.Timeout < 0 {
-			v.fail(p+".timeout", "expected a positive duration, got %s", t.Timeout)
-		}
-		if name == "ciba" && t.Grants.Enabled() {
-			v.fail(p+".grants", "not allowed: CIBA requests are redeemed by their client, not run as tool calls a grant could cover")
-		} else {
-			t.validateGrants(&v, p)
-		}
-		if t.Batchable && t.Level == LevelCritical {
-			v.fail(p+".batchable", "a critical tool cannot be batchable: each critical call keeps its own tap with user verification")
-		}
-		for i, r := range t.Rules {
-			rp := fmt.Sprintf("%s.rules[%d]", p, i)
-			v.nonEmpty(rp+".when", r.When)
-			v.oneOf(rp+".level", r.Level, Levels...)
-			if r.Quorum < 0 {
-				v.fail(rp+".quorum", "expected 0 (the level's default) or more, got %d", r.Quorum)
-			}
+		c.validateTool(v, name, c.Tools[name])
+	}
+}
+
+func (c *Config) validateTool(v *validator, name string, t Tool) {
+	p := "tools." + name
+	if _, upstream := c.UpstreamOf(name); !upstream && !slices.Contains(BuiltinTools(), name) {
+		v.fail(p, "unknown tool (built-in tools: %s; upstream tools are named <prefix><tool>, e.g. files__read_file)", strings.Join(BuiltinTools(), ", "))
+		return
+	}
+	v.oneOf(p+".level", t.Level, Levels()...)
+	if t.Quorum < 0 {
+		v.fail(p+".quorum", "expected 0 (the level's default) or more, got %d", t.Quorum)
+	}
+	if t.UserVerification != "" {
+		v.oneOf(p+".user_verification", t.UserVerification, "required", "preferred", "discouraged")
+	}
+	if t.Wait != "" {
+		v.oneOf(p+".wait", t.Wait, "block", "poll")
+	}
+	if t.Timeout < 0 {
+		v.fail(p+".timeout", "expected a positive duration, got %s", t.Timeout)
+	}
+	if name == "ciba" && t.Grants.Enabled() {
+		v.fail(p+".grants", "not allowed: CIBA requests are redeemed by their client, not run as tool calls a grant could cover")
+	} else {
+		t.validateGrants(v, p)
+	}
+	if t.Batchable && t.Level == LevelCritical {
+		v.fail(p+".batchable", "a critical tool cannot be batchable: each critical call keeps its own tap with user verification")
+	}
+	for i, r := range t.Rules {
+		rp := fmt.Sprintf("%s.rules[%d]", p, i)
+		v.nonEmpty(rp+".when", r.When)
+		v.oneOf(rp+".level", r.Level, Levels()...)
+		if r.Quorum < 0 {
+			v.fail(rp+".quorum", "expected 0 (the level's default) or more, got %d", r.Quorum)
 		}
 	}
-	return v.problems
 }
 
 var (
@@ -264,39 +317,12 @@ func (c *Config) validateUpstreams(v *validator) {
 			v.fail(p+".name", "duplicate upstream name %q", u.Name)
 		}
 		names[u.Name] = true
-		switch {
-		case len(u.Command) > 0 && u.URL != "":
-			v.fail(p, "set either command (stdio) or url (HTTP), not both")
-		case len(u.Command) == 0 && u.URL == "":
-			v.fail(p, "expected command: [program, args...] or url: http://host:port/mcp")
-		case len(u.Command) > 0 && u.Command[0] == "":
-			v.fail(p+".command[0]", "required: the program to run")
-		case u.URL != "":
-			v.url(p+".url", u.URL)
-		}
-		if u.URL == "" && len(u.Headers) > 0 {
-			v.fail(p+".headers", "headers apply to url upstreams only")
-		}
-		if len(u.Command) == 0 && (u.Dir != "" || len(u.Env) > 0) {
-			v.fail(p, "dir and env apply to command upstreams only")
-		}
-		for _, kv := range []struct {
-			what string
-			m    map[string]string
-		}{{"env", u.Env}, {"headers", u.Headers}} {
-			for k, val := range kv.m {
-				for _, ref := range envRefPattern.FindAllString(val, -1) {
-					if !envNamePattern.MatchString(ref) {
-						v.fail(p+"."+kv.what+"."+k, "malformed variable reference %q: expected ${NAME}", ref)
-					}
-				}
-			}
-		}
+		validateUpstreamTransport(v, p, u)
 		if !prefixPattern.MatchString(u.Prefix) {
 			v.fail(p+".prefix", "expected 1 to 40 letters, digits, _ or -, got %q", u.Prefix)
 		}
 		if u.DefaultLevel != "" {
-			v.oneOf(p+".default_level", u.DefaultLevel, Levels...)
+			v.oneOf(p+".default_level", u.DefaultLevel, Levels()...)
 		}
 		if u.ConnectTimeout <= 0 {
 			v.fail(p+".connect_timeout", "expected a positive duration such as 30s, got %s", u.ConnectTimeout)
@@ -304,15 +330,57 @@ func (c *Config) validateUpstreams(v *validator) {
 		if u.CallTimeout <= 0 {
 			v.fail(p+".call_timeout", "expected a positive duration such as 10m, got %s", u.CallTimeout)
 		}
-		for j, w := range c.Upstreams[:i] {
-			if strings.HasPrefix(u.Prefix, w.Prefix) || strings.HasPrefix(w.Prefix, u.Prefix) {
-				v.fail(p+".prefix", "%q overlaps the prefix %q of upstreams[%d]: a tool name would be ambiguous", u.Prefix, w.Prefix, j)
+		c.validatePrefixClashes(v, p, i)
+	}
+}
+
+// validateUpstreamTransport checks how an upstream is reached: a command
+// or a URL, each with only its own settings, and well-formed ${NAME}
+// references in env and headers.
+func validateUpstreamTransport(v *validator, p string, u Upstream) {
+	switch {
+	case len(u.Command) > 0 && u.URL != "":
+		v.fail(p, "set either command (stdio) or url (HTTP), not both")
+	case len(u.Command) == 0 && u.URL == "":
+		v.fail(p, "expected command: [program, args...] or url: http://host:port/mcp")
+	case len(u.Command) > 0 && u.Command[0] == "":
+		v.fail(p+".command[0]", "required: the program to run")
+	case u.URL != "":
+		v.url(p+".url", u.URL)
+	}
+	if u.URL == "" && len(u.Headers) > 0 {
+		v.fail(p+".headers", "headers apply to url upstreams only")
+	}
+	if len(u.Command) == 0 && (u.Dir != "" || len(u.Env) > 0) {
+		v.fail(p, "dir and env apply to command upstreams only")
+	}
+	for _, kv := range []struct {
+		what string
+		m    map[string]string
+	}{{"env", u.Env}, {"headers", u.Headers}} {
+		for k, val := range kv.m {
+			for _, ref := range envRefPattern.FindAllString(val, -1) {
+				if !envNamePattern.MatchString(ref) {
+					v.fail(p+"."+kv.what+"."+k, "malformed variable reference %q: expected ${NAME}", ref)
+				}
 			}
 		}
-		for _, b := range BuiltinTools {
-			if strings.HasPrefix(b, u.Prefix) {
-				v.fail(p+".prefix", "%q would also match the built-in tool %s", u.Prefix, b)
-			}
+	}
+}
+
+// validatePrefixClashes refuses a prefix of upstreams[i] that would make a
+// tool name ambiguous: one that overlaps an earlier upstream's, or that a
+// built-in tool's name starts with.
+func (c *Config) validatePrefixClashes(v *validator, p string, i int) {
+	u := c.Upstreams[i]
+	for j, w := range c.Upstreams[:i] {
+		if strings.HasPrefix(u.Prefix, w.Prefix) || strings.HasPrefix(w.Prefix, u.Prefix) {
+			v.fail(p+".prefix", "%q overlaps the prefix %q of upstreams[%d]: a tool name would be ambiguous", u.Prefix, w.Prefix, j)
+		}
+	}
+	for _, b := range BuiltinTools() {
+		if strings.HasPrefix(b, u.Prefix) {
+			v.fail(p+".prefix", "%q would also match the built-in tool %s", u.Prefix, b)
 		}
 	}
 }

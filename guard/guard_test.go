@@ -686,7 +686,7 @@ func TestRefusedFloodGrowsTheLogByABoundedAmount(t *testing.T) {
 // The shipped policy, compiled for real, against a transfer-like tool.
 func shippedPolicy(t *testing.T) *authz.Policy {
 	t.Helper()
-	c, err := config.Parse(countersign.DefaultConfig, "shipped")
+	c, err := config.Parse(countersign.DefaultConfig(), "shipped")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -773,7 +773,7 @@ func TestUsageIsRestoredFromTheLog(t *testing.T) {
 	if u["agent_payee_amount_24h"] != 6000.0 || u["calls_1h"] != 0.0 && u["calls_1h"] != 1.0 {
 		t.Errorf("restored usage %v, want 6000 moved (one executed; the old one and the denied one do not count)", u)
 	}
-	for _, k := range authz.UsageKeys {
+	for _, k := range authz.UsageKeys() {
 		if _, ok := u[k]; !ok {
 			t.Errorf("usage lacks %s", k)
 		}

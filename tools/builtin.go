@@ -30,7 +30,7 @@ var factSchemas = map[string]map[string]json.RawMessage{
 	})},
 	"read_secret": {"secret": schemaObject(map[string]any{
 		"name":           map[string]any{"type": "string"},
-		"classification": map[string]any{"type": "string", "enum": config.Classifications},
+		"classification": map[string]any{"type": "string", "enum": config.Classifications()},
 		"exists":         map[string]any{"type": "boolean"},
 	})},
 }
@@ -106,7 +106,7 @@ func builtins(ctx context.Context, cfg *config.Config, db *sql.DB, c *Catalog) (
 	for name := range cfg.Tools {
 		// approval_status is the guard's; ciba is the policy of CIBA
 		// requests, never an MCP tool.
-		if slices.Contains(config.BuiltinTools, name) && name != "approval_status" && name != "ciba" {
+		if slices.Contains(config.BuiltinTools(), name) && name != "approval_status" && name != "ciba" {
 			names = append(names, name)
 		}
 	}

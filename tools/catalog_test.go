@@ -29,7 +29,7 @@ func shipped(t *testing.T) *config.Config { return shippedFor(t) }
 
 func shippedFor(t testing.TB) *config.Config {
 	t.Helper()
-	c, err := config.Parse(countersign.DefaultConfig, "mcp.yaml")
+	c, err := config.Parse(countersign.DefaultConfig(), "mcp.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}

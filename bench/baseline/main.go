@@ -48,7 +48,7 @@ func run(data, addr string, log *slog.Logger) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	// The same accounts and payees as Countersign's embedded default.
-	c, err := config.Parse(countersign.DefaultConfig, config.Embedded)
+	c, err := config.Parse(countersign.DefaultConfig(), config.Embedded)
 	if err != nil {
 		return err
 	}

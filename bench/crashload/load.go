@@ -95,7 +95,7 @@ type run struct {
 }
 
 func (r *run) configure() error {
-	c, err := config.Parse(countersign.DefaultConfig, "crashload")
+	c, err := config.Parse(countersign.DefaultConfig(), "crashload")
 	if err != nil {
 		return err
 	}

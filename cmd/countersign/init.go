@@ -74,7 +74,7 @@ func writeInit(dir string) ([]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("init: %w", err)
 	}
-	_, werr := f.Write(countersign.DefaultConfig)
+	_, werr := f.Write(countersign.DefaultConfig())
 	if cerr := f.Close(); werr == nil {
 		werr = cerr
 	}

@@ -286,7 +286,7 @@ func TestInitValidateServeFromElsewhere(t *testing.T) {
 		t.Fatalf("init: %d\n%s%s", code, out, errOut)
 	}
 	written, _ := os.ReadFile(file)
-	if string(written) != string(countersign.DefaultConfig) {
+	if string(written) != string(countersign.DefaultConfig()) {
 		t.Error("init did not write the embedded default")
 	}
 	for _, section := range []string{"\nupstreams:", "# upstreams:", "\n  # data_dir:", "stdio_agent:", "countersign agents add"} {

@@ -59,7 +59,7 @@ func TestMain(m *testing.M) {
 // the relative paths of the deploy script and secrets resolve.
 func testConfig(t testing.TB, edit func(*config.Config)) *config.Config {
 	t.Helper()
-	c, err := config.Parse(countersign.DefaultConfig, "test")
+	c, err := config.Parse(countersign.DefaultConfig(), "test")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -242,6 +242,19 @@ func TestStdioServesOnlyJSONRPCOnStdout(t *testing.T) {
 			}
 			if !strings.Contains(stderr.String(), `"msg":"approver page"`) || !strings.Contains(stderr.String(), `"msg":"serving MCP on stdio"`) {
 				t.Errorf("expected JSON log lines on stderr, got:\n%s", stderr.String())
+			}
+			// Every line on stderr is a record of the configured logger: none
+			// went through a default logger in another format.
+			sc = bufio.NewScanner(bytes.NewReader(stderr.Bytes()))
+			sc.Buffer(nil, 1<<20)
+			for sc.Scan() {
+				var rec struct {
+					Level string `json:"level"`
+					Msg   string `json:"msg"`
+				}
+				if err := json.Unmarshal(sc.Bytes(), &rec); err != nil || rec.Level == "" || rec.Msg == "" {
+					t.Errorf("stderr line is not a JSON log record: %q", sc.Text())
+				}
 			}
 		})
 	}

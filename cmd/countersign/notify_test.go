@@ -44,7 +44,7 @@ func TestRaisedRequestIsSentToItsApproversWebhook(t *testing.T) {
 		tool.Wait = "poll"
 		c.Tools["transfer"] = tool
 		c.Notify = []config.Notify{
-			{Type: "webhook", URL: hook.URL, Secret: "${TEST_HOOK_SECRET}", For: []string{"role:treasury"}, Events: config.NotifyEvents},
+			{Type: "webhook", URL: hook.URL, Secret: "${TEST_HOOK_SECRET}", For: []string{"role:treasury"}, Events: config.NotifyEvents()},
 			{Type: "ntfy", URL: other.URL + "/approved-only", Events: []string{"approved"}},
 		}
 	})

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"path/filepath"
 	"strings"
 	"text/tabwriter"
@@ -53,7 +54,7 @@ which depends on the tool's readOnlyHint: --connect asks the upstream, or
 			if err != nil {
 				return err
 			}
-			facts := newFactSource(c)
+			facts := newFactSource(c, warnings(cmd))
 			defer facts.close()
 			out := cmd.OutOrStdout()
 			if casesFile != "" {
@@ -189,12 +190,13 @@ func orNone(s string) string {
 // the data directory only when a case needs it.
 type factSource struct {
 	c     *config.Config
+	log   *slog.Logger
 	reg   *tools.Catalog
 	close func()
 }
 
-func newFactSource(c *config.Config) *factSource {
-	return &factSource{c: c, close: func() {}}
+func newFactSource(c *config.Config, log *slog.Logger) *factSource {
+	return &factSource{c: c, log: log, close: func() {}}
 }
 
 func (f *factSource) lookup(ctx context.Context, tool string, args map[string]any) (map[string]any, error) {
@@ -202,7 +204,7 @@ func (f *factSource) lookup(ctx context.Context, tool string, args map[string]an
 		return nil, nil
 	}
 	if f.reg == nil {
-		if err := prepareDataDir(f.c); err != nil {
+		if err := prepareDataDir(f.c, f.log); err != nil {
 			return nil, err
 		}
 		db, err := store.Open(ctx, filepath.Join(f.c.Server.DataDir, store.FileName))

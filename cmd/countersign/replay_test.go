@@ -21,7 +21,7 @@ import (
 func TestReplayPolicyAgainstTheLoggedPolicy(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	c, err := config.Parse(countersign.DefaultConfig, "mcp.yaml")
+	c, err := config.Parse(countersign.DefaultConfig(), "mcp.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}

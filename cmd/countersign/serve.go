@@ -81,7 +81,6 @@ the embedded default the demo files it names are written into it.`,
 			if err != nil {
 				return err
 			}
-			slog.SetDefault(log)
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			return serve(ctx, c, log)
@@ -362,7 +361,7 @@ func (s *stack) witnessMetrics() func() []metrics.WitnessStatus {
 // fails its startup check comes back with its *audit.TamperError: it can
 // still be read and exported, but it refuses every append.
 func openAudit(ctx context.Context, c *config.Config, opts audit.Options) (*sql.DB, *audit.Log, error) {
-	if err := prepareDataDir(c); err != nil {
+	if err := prepareDataDir(c, opts.Logger); err != nil {
 		return nil, nil, err
 	}
 	db, err := store.Open(ctx, filepath.Join(c.Server.DataDir, store.FileName), store.WithSync(c.Audit.Sync))
@@ -388,8 +387,8 @@ func openAudit(ctx context.Context, c *config.Config, opts audit.Options) (*sql.
 // prepareDataDir creates the data directory (0700) of a validated
 // configuration and, for the embedded default, writes the demo files it
 // names there if they are missing: the one place anything is written
-// before the database opens.
-func prepareDataDir(c *config.Config) error {
+// before the database opens. log (nil: none) hears of each file written.
+func prepareDataDir(c *config.Config, log *slog.Logger) error {
 	if err := c.EnsureDataDir(); err != nil {
 		return err
 	}
@@ -397,8 +396,11 @@ func prepareDataDir(c *config.Config) error {
 		return nil
 	}
 	created, err := countersign.InstallDemo(c.Dir)
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	for _, p := range created {
-		slog.Info("wrote demo file", "path", p)
+		log.Info("wrote demo file", "path", p)
 	}
 	return err
 }
