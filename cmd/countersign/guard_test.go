@@ -226,40 +226,6 @@ func waitFor(t *testing.T, cond func() bool) {
 	}
 }
 
-// Clients that support URL elicitation (2025-11-25 sessions) are sent the
-// approval page's URL while the call waits.
-func TestWaitingCallOffersTheApprovalURLByElicitation(t *testing.T) {
-	c := testConfig(t, func(c *config.Config) {
-		tool := c.Tools["transfer"]
-		tool.Timeout = 2 * time.Second
-		c.Tools["transfer"] = tool
-	})
-	_, base := startHTTP(t, c)
-	urls := make(chan string, 1)
-	cs := connect(t, &sdk.StreamableClientTransport{Endpoint: base + "/mcp", MaxRetries: -1}, protocolVersions[1], &sdk.ClientOptions{
-		Capabilities: &sdk.ClientCapabilities{Elicitation: &sdk.ElicitationCapabilities{URL: &sdk.URLElicitationCapabilities{}}},
-		ElicitationHandler: func(_ context.Context, r *sdk.ElicitRequest) (*sdk.ElicitResult, error) {
-			select {
-			case urls <- r.Params.URL:
-			default:
-			}
-			return &sdk.ElicitResult{Action: "accept"}, nil
-		},
-	})
-	res := callTool(t, cs, "transfer", map[string]any{"from": "operating", "to": "Acme Supplies", "amount": 50000, "currency": "USD"})
-	if !res.IsError {
-		t.Fatalf("unapproved transfer succeeded: %s", resultText(res))
-	}
-	select {
-	case u := <-urls:
-		if !strings.Contains(u, "/requests/") {
-			t.Errorf("elicited URL %q is not a request page", u)
-		}
-	default:
-		t.Error("no URL elicitation while the call waited")
-	}
-}
-
 func TestFailedBackendIsRecordedAsFailed(t *testing.T) {
 	c := testConfig(t, func(c *config.Config) { c.Deploy.Command = []string{"/bin/false", "{service}"} })
 	s, base := startHTTP(t, c)
