@@ -12,6 +12,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"log/slog"
 	"net"
 	"net/http"
@@ -31,6 +32,7 @@ import (
 	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/token"
 	"github.com/countersign/countersign/tools"
+	"github.com/mark3labs/mcp-go/mcp"
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
 )
 
@@ -58,6 +60,7 @@ type stack struct {
 	audit     *audit.Log
 	approvals *approval.Service
 	guard     *guard.Guard
+	catalog   *tools.Catalog
 	server    *server.Server
 	key       *approvaltest.SoftKey // alice's
 }
@@ -96,6 +99,7 @@ func newStack(t *testing.T, edit func(*config.Config)) *stack {
 	if err != nil {
 		t.Fatal(err)
 	}
+	s.catalog = catalog
 	var approvers []approval.Approver
 	for _, a := range c.Approvers {
 		approvers = append(approvers, approval.Approver{ID: a.ID, Name: a.Name, Roles: a.Roles})
@@ -330,4 +334,80 @@ func checkServes(t *testing.T, cs *sdk.ClientSession) {
 
 func transferArgs(amount float64) map[string]any {
 	return map[string]any{"from": "operating", "to": "Acme Supplies", "amount": amount, "currency": "USD"}
+}
+
+// The tools offered are the catalog's, as it changes: clients are told, a
+// held tool is not listed but its calls are refused with the reason, and
+// a call of a tool not offered is refused and recorded.
+func TestToolsFollowTheCatalog(t *testing.T) {
+	s := newStack(t, nil)
+	changed := make(chan struct{}, 10)
+	client := sdk.NewClient(&sdk.Implementation{Name: "countersign-server-test", Version: "1"}, &sdk.ClientOptions{
+		ToolListChangedHandler: func(context.Context, *sdk.ToolListChangedRequest) { changed <- struct{}{} },
+	})
+	cs, err := client.Connect(t.Context(), &sdk.StreamableClientTransport{Endpoint: s.serveHTTP(t) + "/mcp", MaxRetries: -1},
+		&sdk.ClientSessionOptions{ProtocolVersion: "2025-11-25"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cs.Close() })
+	listed := func() map[string]bool {
+		t.Helper()
+		list, err := cs.ListTools(t.Context(), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]bool{}
+		for _, tool := range list.Tools {
+			out[tool.Name] = true
+		}
+		return out
+	}
+	heardChange := func() {
+		t.Helper()
+		select {
+		case <-changed:
+		case <-time.After(30 * time.Second):
+			t.Fatal("no notifications/tools/list_changed")
+		}
+	}
+	spec := func(name string, held func(context.Context) error) *tools.Spec {
+		return &tools.Spec{Def: mcp.NewTool(name, mcp.WithDescription("a tool of a test source")), Source: "extra", Held: held,
+			Prepare: func(context.Context, map[string]any) (*tools.Call, error) { return &tools.Call{Summary: name}, nil },
+			Run: func(context.Context, *tools.Call) (*tools.Result, error) {
+				return &tools.Result{Content: map[string]any{"ran": name}}, nil
+			}}
+	}
+	const reason = "its listing changed; an admin must accept it"
+	if err := s.catalog.Replace("extra", []*tools.Spec{
+		spec("extra_new", nil),
+		spec("extra_held", func(context.Context) error { return errors.New(reason) }),
+	}); err != nil {
+		t.Fatal(err)
+	}
+	heardChange()
+	if got := listed(); !got["extra_new"] || got["extra_held"] || !got["get_balance"] {
+		t.Errorf("after the catalog changed: %v, want extra_new and not the held extra_held", got)
+	}
+	res := callTool(t, cs, "extra_held", map[string]any{})
+	if !res.IsError || !strings.Contains(resultText(res), reason) {
+		t.Errorf("a held tool's call: %s, want refused with the reason", resultText(res))
+	}
+
+	if err := s.catalog.Replace("extra", nil); err != nil {
+		t.Fatal(err)
+	}
+	heardChange()
+	if got := listed(); got["extra_new"] {
+		t.Errorf("a removed tool is still listed: %v", got)
+	}
+	// A call of a tool not offered is answered by mcp-go before any
+	// handler runs; it is recorded all the same.
+	if res, err := cs.CallTool(t.Context(), &sdk.CallToolParams{Name: "extra_new"}); err == nil && !res.IsError {
+		t.Errorf("a removed tool was called: %s", resultText(res))
+	}
+	rejected := s.entries(t, audit.KindCallRejected)
+	if len(rejected) == 0 || rejected[len(rejected)-1].Tool != "extra_new" || rejected[len(rejected)-1].Agent != "anonymous" {
+		t.Errorf("the call of a tool not offered was not recorded as rejected: %+v", rejected)
+	}
 }
