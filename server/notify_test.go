@@ -12,11 +12,10 @@ import (
 
 // heard is what a waiting caller's client was told.
 type heard struct {
-	mu        sync.Mutex
-	progress  []*sdk.ProgressNotificationParams
-	logged    []string
-	elicited  []string
-	completed int
+	mu       sync.Mutex
+	progress []*sdk.ProgressNotificationParams
+	logged   []string
+	elicited []string
 }
 
 func (h *heard) options() *sdk.ClientOptions {
@@ -38,11 +37,6 @@ func (h *heard) options() *sdk.ClientOptions {
 			defer h.mu.Unlock()
 			h.elicited = append(h.elicited, r.Params.URL)
 			return &sdk.ElicitResult{Action: "accept"}, nil
-		},
-		ElicitationCompleteHandler: func(context.Context, *sdk.ElicitationCompleteNotificationRequest) {
-			h.mu.Lock()
-			defer h.mu.Unlock()
-			h.completed++
 		},
 	}
 }
@@ -94,13 +88,6 @@ func TestWaitingCallerHearsWhereToApprove(t *testing.T) {
 			}
 			if res := <-results; res == nil || res.IsError {
 				t.Fatalf("approved transfer: %+v", res)
-			}
-			if old {
-				waitFor(t, "notifications/elicitation/complete", func() bool {
-					h.mu.Lock()
-					defer h.mu.Unlock()
-					return h.completed > 0
-				})
 			}
 
 			h.mu.Lock()
