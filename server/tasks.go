@@ -361,7 +361,10 @@ func (s *Server) tellTask(agent string, t mcp.Task) {
 	out, stdioAgent := s.stdioOut, s.stdioAgent
 	s.stdioMu.Unlock()
 	if out != nil && stdioAgent == agent {
-		frame, _ := json.Marshal(mcp.NewTaskStatusNotification(t))
+		// The same notification as on HTTP, framed as JSON-RPC 2.0: a
+		// frame without "jsonrpc" is not a message to a strict client.
+		frame, _ := json.Marshal(mcp.JSONRPCNotification{JSONRPC: mcp.JSONRPC_VERSION, Notification: mcp.Notification{
+			Method: mcp.MethodNotificationTasksStatus, Params: mcp.NotificationParams{AdditionalFields: params}}})
 		if _, err := out.Write(append(frame, '\n')); err != nil {
 			s.log.Debug("task status not delivered on stdio", "err", err)
 		}

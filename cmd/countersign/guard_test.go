@@ -3,10 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"net"
-	"net/http"
 	"os"
-	"os/exec"
 	"strings"
 	"sync"
 	"testing"
@@ -218,106 +215,6 @@ func TestPollModeAnswersInCIBATerms(t *testing.T) {
 	}
 }
 
-// Calls waiting for a human hold stdio workers; routine calls must still
-// run while more approvals wait than mcp-go's default pool of five.
-func TestRoutineCallsRunWhileApprovalsWaitOverStdio(t *testing.T) {
-	cmd := exec.Command(binPath, "serve")
-	cmd.Dir = repoRoot
-	cmd.Env = append(os.Environ(), "COUNTERSIGN_SERVER_DATA_DIR="+t.TempDir(), "COUNTERSIGN_APPROVAL_LISTEN=127.0.0.1:0")
-	var stderr syncBuffer
-	cmd.Stderr = &stderr
-	stdin, _ := cmd.StdinPipe()
-	stdout, _ := cmd.StdoutPipe()
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { stdin.Close(); cmd.Wait() })
-	cs := connect(t, &sdk.IOTransport{Reader: stdout, Writer: stdin}, protocolVersions[0], nil)
-
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	const waiting = 8
-	for range waiting {
-		go cs.CallTool(ctx, &sdk.CallToolParams{Name: "transfer", Arguments: map[string]any{
-			"from": "operating", "to": "Acme Supplies", "amount": 50000, "currency": "USD"}})
-	}
-	deadline := time.Now().Add(30 * time.Second)
-	for strings.Count(stderr.String(), "approval required") < waiting {
-		if time.Now().After(deadline) {
-			t.Fatalf("approvals not raised:\n%s", stderr.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	checkBalance(t, cs)
-}
-
-// A waiting call whose client goes away becomes cancelled and never runs.
-// SSE does not cancel handlers on disconnect; the session hook must.
-func TestDisconnectCancelsTheWaitingRequest(t *testing.T) {
-	for _, name := range []string{"sse", "streamable"} {
-		t.Run(name, func(t *testing.T) {
-			s, base := startHTTP(t, testConfig(t, nil))
-			conns := &connTracker{}
-			hc := &http.Client{Transport: &http.Transport{DialContext: conns.dial}}
-			var transport sdk.Transport = &sdk.SSEClientTransport{Endpoint: base + "/sse", HTTPClient: hc}
-			if name == "streamable" {
-				transport = &sdk.StreamableClientTransport{Endpoint: base + "/mcp", MaxRetries: -1, HTTPClient: hc}
-			}
-			cs := connect(t, transport, protocolVersions[1], nil)
-			go cs.CallTool(context.Background(), &sdk.CallToolParams{Name: "transfer", Arguments: map[string]any{
-				"from": "operating", "to": "Acme Supplies", "amount": 50000, "currency": "USD"}})
-			waitFor(t, func() bool { return len(entries(t, s, audit.KindApprovalRequested)) == 1 })
-			conns.closeAll() // the client vanishes without a word
-			waitFor(t, func() bool { return len(entries(t, s, audit.KindApprovalCancelled)) == 1 })
-			for _, e := range entries(t, s, audit.KindCallExecuted) {
-				if e.Tool == "transfer" {
-					t.Error("a cancelled request ran")
-				}
-			}
-		})
-	}
-}
-
-func TestClientCancellationCancelsTheWaitingRequest(t *testing.T) {
-	s, base := startHTTP(t, testConfig(t, nil))
-	cs := streamable(t, base)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		_, err := cs.CallTool(ctx, &sdk.CallToolParams{Name: "transfer", Arguments: map[string]any{
-			"from": "operating", "to": "Acme Supplies", "amount": 50000, "currency": "USD"}})
-		done <- err
-	}()
-	waitFor(t, func() bool { return len(entries(t, s, audit.KindApprovalRequested)) == 1 })
-	cancel()
-	<-done
-	waitFor(t, func() bool { return len(entries(t, s, audit.KindApprovalCancelled)) == 1 })
-}
-
-// connTracker lets a test cut a client's connections as a crash would.
-type connTracker struct {
-	mu    sync.Mutex
-	conns []net.Conn
-}
-
-func (c *connTracker) dial(ctx context.Context, network, addr string) (net.Conn, error) {
-	conn, err := (&net.Dialer{}).DialContext(ctx, network, addr)
-	if err == nil {
-		c.mu.Lock()
-		c.conns = append(c.conns, conn)
-		c.mu.Unlock()
-	}
-	return conn, err
-}
-
-func (c *connTracker) closeAll() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for _, conn := range c.conns {
-		conn.Close()
-	}
-}
-
 func waitFor(t *testing.T, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
@@ -326,40 +223,6 @@ func waitFor(t *testing.T, cond func() bool) {
 			t.Fatal("condition not met in 20s")
 		}
 		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-// Clients that support URL elicitation (2025-11-25 sessions) are sent the
-// approval page's URL while the call waits.
-func TestWaitingCallOffersTheApprovalURLByElicitation(t *testing.T) {
-	c := testConfig(t, func(c *config.Config) {
-		tool := c.Tools["transfer"]
-		tool.Timeout = 2 * time.Second
-		c.Tools["transfer"] = tool
-	})
-	_, base := startHTTP(t, c)
-	urls := make(chan string, 1)
-	cs := connect(t, &sdk.StreamableClientTransport{Endpoint: base + "/mcp", MaxRetries: -1}, protocolVersions[1], &sdk.ClientOptions{
-		Capabilities: &sdk.ClientCapabilities{Elicitation: &sdk.ElicitationCapabilities{URL: &sdk.URLElicitationCapabilities{}}},
-		ElicitationHandler: func(_ context.Context, r *sdk.ElicitRequest) (*sdk.ElicitResult, error) {
-			select {
-			case urls <- r.Params.URL:
-			default:
-			}
-			return &sdk.ElicitResult{Action: "accept"}, nil
-		},
-	})
-	res := callTool(t, cs, "transfer", map[string]any{"from": "operating", "to": "Acme Supplies", "amount": 50000, "currency": "USD"})
-	if !res.IsError {
-		t.Fatalf("unapproved transfer succeeded: %s", resultText(res))
-	}
-	select {
-	case u := <-urls:
-		if !strings.Contains(u, "/requests/") {
-			t.Errorf("elicited URL %q is not a request page", u)
-		}
-	default:
-		t.Error("no URL elicitation while the call waited")
 	}
 }
 
