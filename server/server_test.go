@@ -70,7 +70,7 @@ type stack struct {
 func newStack(t *testing.T, edit func(*config.Config)) *stack {
 	t.Helper()
 	ctx := context.Background()
-	c, err := config.Parse(countersign.DefaultConfig, "test")
+	c, err := config.Parse(countersign.DefaultConfig(), "test")
 	if err != nil {
 		t.Fatal(err)
 	}
