@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
-	"os/user"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -50,7 +48,7 @@ names a call that had a request, which is then reconciled as its request.`,
 				return errors.New("say what you found: --ran or --did-not-run")
 			}
 			if by == "" {
-				by = operator()
+				by = cliActor()
 			}
 			f := approval.Finding{Ran: ran, By: by, Note: note}
 			return withApprovals(cmd, func(ctx context.Context, svc *approval.Service) error {
@@ -130,17 +128,4 @@ interrupted).`,
 func callSeq(id string) (int64, bool) {
 	seq, err := strconv.ParseInt(strings.TrimPrefix(id, "#"), 10, 64)
 	return seq, err == nil
-}
-
-// operator names the person running a command, for the audit log: what
-// the machine says they are logged in as.
-func operator() string {
-	name := os.Getenv("USER")
-	if u, err := user.Current(); err == nil && u.Username != "" {
-		name = u.Username
-	}
-	if name == "" {
-		return "admin"
-	}
-	return "admin (" + name + ")"
 }

@@ -164,8 +164,9 @@ func configuredAgents(c *config.Config) []string {
 	return out
 }
 
-// cliActor is who an admin command is recorded as having been run by:
-// the OS user running it.
+// cliActor is who an admin command (freeze, upstreams accept, calls
+// reconcile) is recorded as having been run by: cli: and the OS user
+// running it, one form for every command so an auditor can search for it.
 func cliActor() string {
 	if u, err := user.Current(); err == nil && u.Username != "" {
 		return "cli:" + u.Username

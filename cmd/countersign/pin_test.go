@@ -282,7 +282,7 @@ func TestPinnedUpstreamToolsChangeOnlyWithAnAdminsAcceptance(t *testing.T) {
 			t.Fatalf("the upstream ran rug %d times, want 1", n)
 		}
 		acc := entries(t, s.stack, audit.KindToolAccepted)
-		if len(acc) != 1 || acc[0].Tool != "notes__rug" || !strings.Contains(string(acc[0].Result), `"accepted_by":"`+osUser()+`"`) {
+		if len(acc) != 1 || acc[0].Tool != "notes__rug" || !strings.Contains(string(acc[0].Result), `"accepted_by":"`+cliActor()+`"`) {
 			t.Fatalf("tool.accepted %+v", acc)
 		}
 		if out, code := s.cli(t, "upstreams", "diff", "notes"); code != 0 || !strings.Contains(out, "all 7 tools are as pinned") {

@@ -7,8 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
-	"os/user"
 	"slices"
 	"strings"
 
@@ -131,7 +129,7 @@ offers an accepted tool again within seconds, without a restart.`,
 				tool = args[1]
 			}
 			return withPins(cmd, args[0], func(ctx context.Context, _ *config.Config, st *pinstore.Store, listed []upstream.Pin) error {
-				accepted, err := st.Accept(ctx, args[0], listed, tool, osUser())
+				accepted, err := st.Accept(ctx, args[0], listed, tool, cliActor())
 				if errors.Is(err, pinstore.ErrNothingToAccept) && tool == "" {
 					// Accepting a server whose listing matches its pins is
 					// already done: a script that runs accept after a
@@ -193,17 +191,6 @@ func withPins(cmd *cobra.Command, server string, fn func(context.Context, *confi
 	defer m.Close()
 	listed, _ := m.Listed(server)
 	return fn(ctx, c, st, listed)
-}
-
-// osUser names who runs the command, for the audit log.
-func osUser() string {
-	if u, err := user.Current(); err == nil && u.Username != "" {
-		return u.Username
-	}
-	if n := os.Getenv("USER"); n != "" {
-		return n
-	}
-	return "unknown"
 }
 
 // hashOrNone shows a definition hash, "" being no definition.
