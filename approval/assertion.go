@@ -135,8 +135,49 @@ func protoDetail(err error) string {
 // named error, then lets go-webauthn verify the signature and the rest.
 // The assertion decides ac.req, or every request of ac.batch: each check
 // about a request holds for each of them, and the key signed the batch
-// challenge instead of one request's digest.
+// challenge instead of one request's digest. A refusal names the first
+// check that failed.
 func (s *Service) verifyAssertion(ac assertionCheck, p *protocol.ParsedCredentialAssertionData) (*verified, error) {
+	reqs, err := ac.decided()
+	if err != nil {
+		return nil, err
+	}
+	cd := p.Response.CollectedClientData
+	if cd.Type != protocol.AssertCeremony {
+		return nil, failf(ErrCeremonyType, "clientData.type is %q", cd.Type)
+	}
+	want, what, err := s.signedChallenge(ac, cd)
+	if err != nil {
+		return nil, err
+	}
+	replayID, err := ac.notReplayed(p)
+	if err != nil {
+		return nil, err
+	}
+	cred, err := ac.enrolled(p.RawID)
+	if err != nil {
+		return nil, err
+	}
+	uv, err := ac.allowed(reqs, cred)
+	if err != nil {
+		return nil, err
+	}
+	if !slices.ContainsFunc(ac.session.AllowedCredentialIDs, func(id []byte) bool { return bytes.Equal(id, p.RawID) }) {
+		return nil, failf(ErrCredentialNotOffered, "credential %s was not offered for this ceremony", b64(p.RawID))
+	}
+	if err := s.checkAuthenticator(cd, p.Response.AuthenticatorData, cred, uv, what); err != nil {
+		return nil, err
+	}
+	updated, err := s.checkSignature(ac, p, cred, uv, want)
+	if err != nil {
+		return nil, err
+	}
+	return &verified{parsed: p, cred: cred, updated: updated, replayID: replayID, grant: ac.grant}, nil
+}
+
+// decided is the requests the assertion decides, each still pending and
+// unexpired. A batch cannot create a grant.
+func (ac assertionCheck) decided() ([]*row, error) {
 	reqs := []*row{ac.req}
 	if ac.batch != nil {
 		if ac.grant != nil {
@@ -152,72 +193,103 @@ func (s *Service) verifyAssertion(ac assertionCheck, p *protocol.ParsedCredentia
 			return nil, failf(ErrNotPending, "request %s is %s", r.ID, r.State)
 		}
 	}
-	cd := p.Response.CollectedClientData
-	if cd.Type != protocol.AssertCeremony {
-		return nil, failf(ErrCeremonyType, "clientData.type is %q", cd.Type)
-	}
+	return reqs, nil
+}
+
+// signedChallenge checks that the client data and the ceremony both carry
+// the challenge ac needs signed (over a grant's terms when it creates one),
+// and returns it and how to name it.
+func (s *Service) signedChallenge(ac assertionCheck, cd protocol.CollectedClientData) ([32]byte, string, error) {
 	want, what, err := s.challenge(ac)
 	if err != nil {
-		return nil, err
+		return want, what, err
 	}
 	if ac.grant != nil {
 		if want, err = ac.grant.digest(want); err != nil {
-			return nil, err
+			return want, what, err
 		}
 	}
 	if cd.Challenge != b64(want[:]) || ac.session.Challenge != b64(want[:]) {
-		return nil, failf(ErrChallenge, "the key signed a different action than %s", what)
+		return want, what, failf(ErrChallenge, "the key signed a different action than %s", what)
 	}
+	return want, what, nil
+}
+
+// notReplayed returns the assertion's replay id, refusing one already used.
+func (ac assertionCheck) notReplayed(p *protocol.ParsedCredentialAssertionData) ([]byte, error) {
 	replayID := sha256.Sum256(append(append([]byte{}, p.RawID...), p.Response.Signature...))
-	if seen, err := ac.seen(replayID[:]); err != nil {
+	seen, err := ac.seen(replayID[:])
+	if err != nil {
 		return nil, err
-	} else if seen {
+	}
+	if seen {
 		return nil, failf(ErrReplay, "this assertion was already used")
 	}
-	cred, err := ac.lookup(p.RawID)
+	return replayID[:], nil
+}
+
+// enrolled is the enrolled, unrevoked key that made the assertion.
+func (ac assertionCheck) enrolled(rawID []byte) (*storedCred, error) {
+	cred, err := ac.lookup(rawID)
 	if err != nil {
 		return nil, err
 	}
 	if cred == nil {
-		return nil, failf(ErrUnknownCredential, "credential %s is not enrolled", b64(p.RawID))
+		return nil, failf(ErrUnknownCredential, "credential %s is not enrolled", b64(rawID))
 	}
 	if cred.revoked {
-		return nil, failf(ErrRevokedCredential, "credential %s was revoked", b64(p.RawID))
+		return nil, failf(ErrRevokedCredential, "credential %s was revoked", b64(rawID))
 	}
+	return cred, nil
+}
+
+// allowed checks that the key's approver may decide every request and, to
+// approve, was not counted on it yet. It returns the user verification
+// the strictest of them needs.
+func (ac assertionCheck) allowed(reqs []*row, cred *storedCred) (string, error) {
 	uv := ""
 	for _, r := range reqs {
 		if !slices.Contains(r.Approvers, cred.approverID) {
-			return nil, failf(ErrApproverNotAllowed, "%s may not decide request %s", cred.approverID, r.ID)
+			return "", failf(ErrApproverNotAllowed, "%s may not decide request %s", cred.approverID, r.ID)
 		}
 		if ac.decision == digest.Approve && slices.Contains(r.Approvals, cred.approverID) {
-			return nil, failf(ErrAlreadyCounted, "%s already approved request %s", cred.approverID, r.ID)
+			return "", failf(ErrAlreadyCounted, "%s already approved request %s", cred.approverID, r.ID)
 		}
 		if uv == "" || r.uv == "required" {
 			uv = r.uv
 		}
 	}
-	if !slices.ContainsFunc(ac.session.AllowedCredentialIDs, func(id []byte) bool { return bytes.Equal(id, p.RawID) }) {
-		return nil, failf(ErrCredentialNotOffered, "credential %s was not offered for this ceremony", b64(p.RawID))
-	}
+	return uv, nil
+}
+
+// checkAuthenticator checks where the assertion was made and what the key
+// reports: a configured origin, our RP ID, user presence, user
+// verification when uv requires it, and a sign counter that moved up.
+func (s *Service) checkAuthenticator(cd protocol.CollectedClientData, ad protocol.AuthenticatorData, cred *storedCred, uv, what string) error {
 	if !slices.Contains(s.opts.Origins, cd.Origin) || cd.CrossOrigin {
-		return nil, failf(ErrOrigin, "origin %q (cross-origin %v) is not one of %v", cd.Origin, cd.CrossOrigin, s.opts.Origins)
+		return failf(ErrOrigin, "origin %q (cross-origin %v) is not one of %v", cd.Origin, cd.CrossOrigin, s.opts.Origins)
 	}
 	rpHash := sha256.Sum256([]byte(s.opts.RPID))
-	ad := p.Response.AuthenticatorData
 	if !bytes.Equal(ad.RPIDHash, rpHash[:]) {
-		return nil, failf(ErrRPID, "authenticator data is not for RP ID %q", s.opts.RPID)
+		return failf(ErrRPID, "authenticator data is not for RP ID %q", s.opts.RPID)
 	}
 	if !ad.Flags.HasUserPresent() {
-		return nil, failf(ErrUserPresence, "the key did not report user presence")
+		return failf(ErrUserPresence, "the key did not report user presence")
 	}
 	if uv == "required" && !ad.Flags.HasUserVerified() {
-		return nil, failf(ErrUserVerification, "%s requires user verification (PIN or biometric)", what)
+		return failf(ErrUserVerification, "%s requires user verification (PIN or biometric)", what)
 	}
 	if ad.Counter != 0 || cred.signCount != 0 {
 		if ad.Counter <= cred.signCount {
-			return nil, failf(ErrCounter, "sign counter %d is not above the stored %d: possible cloned key", ad.Counter, cred.signCount)
+			return failf(ErrCounter, "sign counter %d is not above the stored %d: possible cloned key", ad.Counter, cred.signCount)
 		}
 	}
+	return nil
+}
+
+// checkSignature lets go-webauthn verify the signature (and the rest) for
+// the one key, the challenge want and the user verification uv.
+func (s *Service) checkSignature(ac assertionCheck, p *protocol.ParsedCredentialAssertionData, cred *storedCred, uv string, want [32]byte) (*webauthn.Credential, error) {
 	h, err := ac.handle(cred.approverID)
 	if err != nil {
 		return nil, err
@@ -235,7 +307,7 @@ func (s *Service) verifyAssertion(ac assertionCheck, p *protocol.ParsedCredentia
 	if updated.Authenticator.CloneWarning {
 		return nil, failf(ErrCounter, "go-webauthn flagged a possible clone")
 	}
-	return &verified{parsed: p, cred: cred, updated: updated, replayID: replayID[:], grant: ac.grant}, nil
+	return updated, nil
 }
 
 // challenge is what the key must have signed for ac, and how to name it:
