@@ -181,44 +181,13 @@ func New(ctx context.Context, db *sql.DB, rec Recorder, opts Options) (*Service,
 	if db == nil || rec == nil {
 		return nil, errors.New("approval: db and recorder are required")
 	}
-	if opts.Now == nil {
-		opts.Now = time.Now
-	}
-	if opts.Logger == nil {
-		opts.Logger = slog.New(slog.DiscardHandler)
-	}
-	if opts.PollInterval <= 0 {
-		opts.PollInterval = 5 * time.Second
-	}
-	if opts.EnrollTTL <= 0 {
-		opts.EnrollTTL = 10 * time.Minute
-	}
-	if opts.MaxBodyBytes <= 0 {
-		opts.MaxBodyBytes = 64 << 10
-	}
-	if opts.RPName == "" {
-		opts.RPName = "Countersign"
-	}
-	if opts.ResultTTL <= 0 {
-		opts.ResultTTL = DefaultResultTTL
-	}
+	opts.setDefaults()
 	results, err := resultAEAD(opts.ResultKey)
 	if err != nil {
 		return nil, err
 	}
-	if len(opts.Origins) == 0 {
-		return nil, errors.New("approval: at least one origin is required")
-	}
-	if opts.PublicURL == "" {
-		opts.PublicURL = opts.Origins[0]
-	}
-	opts.PublicURL = strings.TrimRight(opts.PublicURL, "/")
-	if len(opts.AllowedHosts) == 0 {
-		for _, o := range opts.Origins {
-			if u, err := url.Parse(o); err == nil && u.Host != "" {
-				opts.AllowedHosts = append(opts.AllowedHosts, u.Host)
-			}
-		}
+	if err := opts.deriveAddresses(); err != nil {
+		return nil, err
 	}
 	wa, err := webauthn.New(&webauthn.Config{
 		RPID:                  opts.RPID,
@@ -251,6 +220,58 @@ func New(ctx context.Context, db *sql.DB, rec Recorder, opts Options) (*Service,
 	if err := s.migrate(ctx); err != nil {
 		return nil, err
 	}
+	s.start(ctx)
+	return s, nil
+}
+
+// setDefaults gives zero options their defaults.
+func (o *Options) setDefaults() {
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.PollInterval <= 0 {
+		o.PollInterval = 5 * time.Second
+	}
+	if o.EnrollTTL <= 0 {
+		o.EnrollTTL = 10 * time.Minute
+	}
+	if o.MaxBodyBytes <= 0 {
+		o.MaxBodyBytes = 64 << 10
+	}
+	if o.RPName == "" {
+		o.RPName = "Countersign"
+	}
+	if o.ResultTTL <= 0 {
+		o.ResultTTL = DefaultResultTTL
+	}
+}
+
+// deriveAddresses derives the page's public URL and allowed hosts, when
+// unset, from its origins, of which there must be one at least.
+func (o *Options) deriveAddresses() error {
+	if len(o.Origins) == 0 {
+		return errors.New("approval: at least one origin is required")
+	}
+	if o.PublicURL == "" {
+		o.PublicURL = o.Origins[0]
+	}
+	o.PublicURL = strings.TrimRight(o.PublicURL, "/")
+	if len(o.AllowedHosts) == 0 {
+		for _, origin := range o.Origins {
+			if u, err := url.Parse(origin); err == nil && u.Host != "" {
+				o.AllowedHosts = append(o.AllowedHosts, u.Host)
+			}
+		}
+	}
+	return nil
+}
+
+// start takes this process's liveness lock, appends what another process
+// left in the outbox, and starts the background loops Close stops.
+func (s *Service) start(ctx context.Context) {
 	s.alive = s.holdOwner(ctx)
 	// Entries another process left unflushed are appended now.
 	if err := s.flush(ctx, true); err != nil {
@@ -263,7 +284,6 @@ func New(ctx context.Context, db *sql.DB, rec Recorder, opts Options) (*Service,
 	go s.sweepCeremonies(s.stop, s.swept)
 	s.freezesDone = make(chan struct{})
 	go s.watchFreezes()
-	return s, nil
 }
 
 // Close stops the expiry loop. It does not close the database.
