@@ -192,6 +192,9 @@ func (s *Service) FinishEnrollment(ctx context.Context, token, ceremonyID string
 	return res, nil
 }
 
+// finishEnrollment finishes an enrollment link's ceremony: an assertion
+// by one of the approver's keys vouching for the link ("enroll-get"), or
+// the new key's registration ("enroll-create").
 func (s *Service) finishEnrollment(ctx context.Context, token, ceremonyID string, response []byte) (*EnrollmentResult, error) {
 	e, err := s.enrollment(ctx, token)
 	if err != nil {
@@ -222,106 +225,120 @@ func (s *Service) finishEnrollment(ctx context.Context, token, ceremonyID string
 	}
 	switch kind {
 	case "enroll-get":
-		p, err := parseAssertion(response)
-		if err != nil {
-			return nil, err
-		}
-		var found *storedCred
-		for _, c := range existing {
-			if string(c.id) == string(p.RawID) {
-				found = c
-			}
-		}
-		if found == nil {
-			return nil, failf(ErrUnknownCredential, "credential %s is not an active key of %s", b64(p.RawID), e.approverID)
-		}
-		updated, err := s.wa.ValidateLogin(user, session, p)
-		if err != nil {
-			return nil, failf(ErrSignature, "%s", protoDetail(err))
-		}
-		c := p.Response.AuthenticatorData.Counter
-		if (c != 0 || found.signCount != 0) && c <= found.signCount {
-			return nil, failf(ErrCounter, "sign counter %d is not above the stored %d", c, found.signCount)
-		}
-		credJSON, _ := json.Marshal(updated)
-		if _, err := s.db.ExecContext(ctx, `UPDATE approval_credentials SET sign_count = ?, credential = ?, last_used_at = ? WHERE id = ?`,
-			c, credJSON, s.now().UnixNano(), found.id); err != nil {
-			return nil, err
-		}
-		if _, err := s.db.ExecContext(ctx, `UPDATE approval_enrollments SET verified_at = ?, verified_by = ? WHERE token_hash = ? AND used_at = 0`, s.now().UnixNano(), found.id, e.hash); err != nil {
-			return nil, err
-		}
-		return &EnrollmentResult{Done: false}, nil
+		return s.vouchForLink(ctx, e, existing, user, session, response)
 	case "enroll-create":
-		if len(existing) > 0 && !e.verified {
-			return nil, failf(ErrCeremony, "%s already has a key: one of them must vouch for the new one first", e.approverID)
-		}
-		if !json.Valid(response) {
-			return nil, failf(ErrMalformed, "not JSON")
-		}
-		p, err := protocol.ParseCredentialCreationResponseBytes(response)
-		if err != nil {
-			return nil, failf(ErrMalformed, "%s", protoDetail(err))
-		}
-		cred, err := s.wa.CreateCredential(user, session, p)
-		if err != nil {
-			return nil, failf(ErrSignature, "%s", protoDetail(err))
-		}
-		rawAtt, rawCD := []byte(p.Raw.AttestationResponse.AttestationObject), []byte(p.Raw.AttestationResponse.ClientDataJSON)
-		if s.opts.AttestationRoots != nil {
-			if _, err := attest.Check(rawAtt, rawCD, s.opts.AttestationRoots, s.now()); err != nil {
-				// The detail names the key's certificate, which the
-				// visitor chose: the log, not the refusal, gets it.
-				s.opts.Logger.Warn("approval: enrollment refused: attestation", "approver", e.approverID, "err", err)
-				return nil, failf(ErrSignature, "the key's attestation is missing, invalid, or from a maker the configured roots do not vouch for")
-			}
-		}
-		credJSON, err := json.Marshal(cred)
-		if err != nil {
-			return nil, err
-		}
-		credID := base64.RawURLEncoding.EncodeToString(cred.ID)
-		vouch := ""
-		if len(e.vouchedBy) > 0 {
-			vouch = "; vouched for by key " + b64(e.vouchedBy)
-		}
-		err = s.inTx(ctx, func(tx *sql.Tx) error {
-			res, err := tx.ExecContext(ctx, `UPDATE approval_enrollments SET used_at = ? WHERE token_hash = ? AND used_at = 0 AND expires_at > ?`,
-				s.now().UnixNano(), e.hash, s.now().UnixNano())
-			if err != nil {
-				return err
-			}
-			if n, _ := res.RowsAffected(); n != 1 {
-				return ErrEnrollment
-			}
-			if _, err := tx.ExecContext(ctx, `INSERT INTO approval_credentials (id, approver_id, credential, sign_count, created_at) VALUES (?,?,?,?,?)`,
-				cred.ID, e.approverID, credJSON, cred.Authenticator.SignCount, s.now().UnixNano()); err != nil {
-				return failf(ErrCeremony, "credential %s is already enrolled", credID)
-			}
-			return s.enqueue(ctx, tx, "", audit.Entry{
-				Kind:         audit.KindApproverEnrolled,
-				Approver:     e.approverID,
-				CredentialID: credID,
-				PublicKey:    b64(cred.PublicKey),
-				// What the key attested, so an auditor holding the roots
-				// can check it offline (audit verify --attestation-roots).
-				AttestationObject: b64(rawAtt),
-				ClientDataJSON:    b64(rawCD),
-				Origin:            p.Response.CollectedClientData.Origin,
-				RPID:              s.opts.RPID,
-				UserVerified:      p.Response.AttestationObject.AuthData.Flags.HasUserVerified(),
-				Reason:            fmt.Sprintf("key %d of %s; attestation %s%s", len(existing)+1, e.approverID, orDefault(cred.AttestationFormat, "none"), vouch),
-			})
-		})
-		if err != nil {
-			return nil, err
-		}
-		if err := s.flush(ctx, false); err != nil {
-			return nil, err
-		}
-		return &EnrollmentResult{Done: true, CredentialID: credID}, nil
+		return s.registerKey(ctx, e, existing, user, session, response)
 	}
 	return nil, failf(ErrCeremony, "ceremony %s is not an enrollment", ceremonyID)
+}
+
+// vouchForLink verifies an assertion by one of the approver's active keys
+// and marks the link verified by it, so that the link may add a further
+// key. The enrollment is not done yet.
+func (s *Service) vouchForLink(ctx context.Context, e *enrollment, existing []*storedCred, user approverUser, session webauthn.SessionData, response []byte) (*EnrollmentResult, error) {
+	p, err := parseAssertion(response)
+	if err != nil {
+		return nil, err
+	}
+	var found *storedCred
+	for _, c := range existing {
+		if string(c.id) == string(p.RawID) {
+			found = c
+		}
+	}
+	if found == nil {
+		return nil, failf(ErrUnknownCredential, "credential %s is not an active key of %s", b64(p.RawID), e.approverID)
+	}
+	updated, err := s.wa.ValidateLogin(user, session, p)
+	if err != nil {
+		return nil, failf(ErrSignature, "%s", protoDetail(err))
+	}
+	c := p.Response.AuthenticatorData.Counter
+	if (c != 0 || found.signCount != 0) && c <= found.signCount {
+		return nil, failf(ErrCounter, "sign counter %d is not above the stored %d", c, found.signCount)
+	}
+	credJSON, _ := json.Marshal(updated)
+	if _, err := s.db.ExecContext(ctx, `UPDATE approval_credentials SET sign_count = ?, credential = ?, last_used_at = ? WHERE id = ?`,
+		c, credJSON, s.now().UnixNano(), found.id); err != nil {
+		return nil, err
+	}
+	if _, err := s.db.ExecContext(ctx, `UPDATE approval_enrollments SET verified_at = ?, verified_by = ? WHERE token_hash = ? AND used_at = 0`, s.now().UnixNano(), found.id, e.hash); err != nil {
+		return nil, err
+	}
+	return &EnrollmentResult{Done: false}, nil
+}
+
+// registerKey verifies the new key's registration (and its attestation,
+// when roots are configured), then uses up the link, stores the key and
+// records approver.enrolled in one transaction.
+func (s *Service) registerKey(ctx context.Context, e *enrollment, existing []*storedCred, user approverUser, session webauthn.SessionData, response []byte) (*EnrollmentResult, error) {
+	if len(existing) > 0 && !e.verified {
+		return nil, failf(ErrCeremony, "%s already has a key: one of them must vouch for the new one first", e.approverID)
+	}
+	if !json.Valid(response) {
+		return nil, failf(ErrMalformed, "not JSON")
+	}
+	p, err := protocol.ParseCredentialCreationResponseBytes(response)
+	if err != nil {
+		return nil, failf(ErrMalformed, "%s", protoDetail(err))
+	}
+	cred, err := s.wa.CreateCredential(user, session, p)
+	if err != nil {
+		return nil, failf(ErrSignature, "%s", protoDetail(err))
+	}
+	rawAtt, rawCD := []byte(p.Raw.AttestationResponse.AttestationObject), []byte(p.Raw.AttestationResponse.ClientDataJSON)
+	if s.opts.AttestationRoots != nil {
+		if _, err := attest.Check(rawAtt, rawCD, s.opts.AttestationRoots, s.now()); err != nil {
+			// The detail names the key's certificate, which the
+			// visitor chose: the log, not the refusal, gets it.
+			s.opts.Logger.Warn("approval: enrollment refused: attestation", "approver", e.approverID, "err", err)
+			return nil, failf(ErrSignature, "the key's attestation is missing, invalid, or from a maker the configured roots do not vouch for")
+		}
+	}
+	credJSON, err := json.Marshal(cred)
+	if err != nil {
+		return nil, err
+	}
+	credID := base64.RawURLEncoding.EncodeToString(cred.ID)
+	vouch := ""
+	if len(e.vouchedBy) > 0 {
+		vouch = "; vouched for by key " + b64(e.vouchedBy)
+	}
+	err = s.inTx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `UPDATE approval_enrollments SET used_at = ? WHERE token_hash = ? AND used_at = 0 AND expires_at > ?`,
+			s.now().UnixNano(), e.hash, s.now().UnixNano())
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n != 1 {
+			return ErrEnrollment
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO approval_credentials (id, approver_id, credential, sign_count, created_at) VALUES (?,?,?,?,?)`,
+			cred.ID, e.approverID, credJSON, cred.Authenticator.SignCount, s.now().UnixNano()); err != nil {
+			return failf(ErrCeremony, "credential %s is already enrolled", credID)
+		}
+		return s.enqueue(ctx, tx, "", audit.Entry{
+			Kind:         audit.KindApproverEnrolled,
+			Approver:     e.approverID,
+			CredentialID: credID,
+			PublicKey:    b64(cred.PublicKey),
+			// What the key attested, so an auditor holding the roots
+			// can check it offline (audit verify --attestation-roots).
+			AttestationObject: b64(rawAtt),
+			ClientDataJSON:    b64(rawCD),
+			Origin:            p.Response.CollectedClientData.Origin,
+			RPID:              s.opts.RPID,
+			UserVerified:      p.Response.AttestationObject.AuthData.Flags.HasUserVerified(),
+			Reason:            fmt.Sprintf("key %d of %s; attestation %s%s", len(existing)+1, e.approverID, orDefault(cred.AttestationFormat, "none"), vouch),
+		})
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := s.flush(ctx, false); err != nil {
+		return nil, err
+	}
+	return &EnrollmentResult{Done: true, CredentialID: credID}, nil
 }
 
 // conveyance is the attestation asked of keys at enrollment.

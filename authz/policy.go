@@ -311,10 +311,48 @@ func (c *compiler) fail(path, format string, args ...any) {
 	c.errs = append(c.errs, &CompileError{Path: path, Msg: fmt.Sprintf(format, args...)})
 }
 
+// tool compiles one tool's policy: its settings, the environment its
+// rules see, its rules, its grants and its approver sets. Every problem is
+// reported to c; a tool with any problem compiles to nil.
 func (c *compiler) tool(name string, ct config.Tool) *tool {
 	p := "tools." + name
 	nerr := len(c.errs)
 	c.badApprovers = false
+	t := c.settings(p, name, ct)
+	env, ok := c.factEnv(p, name, t)
+	if !ok {
+		return nil
+	}
+	typed, err := c.typedEnv(name, t.facts)
+	if err != nil {
+		c.fail(p, "schema of %s: %v", name, err)
+	}
+	seen := map[string]int{}
+	for i, cr := range ct.Rules {
+		if r, ok := c.rule(p, i, cr, ct, t, env, typed, seen); ok {
+			t.rules = append(t.rules, r)
+		}
+	}
+
+	t.grants = c.grantTerms(p, name, ct, t)
+	t.baseWhy = fmt.Sprintf("%s is %s: no rule raised it", name, ct.Level)
+	if t.base == rankDeny {
+		t.baseWhy = fmt.Sprintf("%s is denied by its configured level", name)
+	}
+	if !c.badApprovers {
+		// With an unknown approver or empty role the sets are incomplete,
+		// and a complaint about them would only repeat that error.
+		c.checkApprovers(p, t, ct)
+	}
+	if len(c.errs) > nerr {
+		return nil
+	}
+	return t
+}
+
+// settings checks the tool's own settings (level, user verification,
+// wait, timeout, quorum, batchable, approvers) and fills in their defaults.
+func (c *compiler) settings(p, name string, ct config.Tool) *tool {
 	t := &tool{name: name, quorum: ct.Quorum, uv: ct.UserVerification, timeout: ct.Timeout, wait: ct.Wait, batchable: ct.Batchable}
 
 	base, ok := rankOf(ct.Level)
@@ -352,8 +390,13 @@ func (c *compiler) tool(name string, ct config.Tool) *tool {
 		c.fail(p+".batchable", "a critical tool cannot be batchable: each critical call keeps its own tap with user verification")
 	}
 	t.approvers = c.resolve(p+".approvers", ct.Approvers)
+	return t
+}
 
-	env := c.env
+// factEnv checks the tool's fact variables (Options.Facts), records them
+// in t.facts, and returns the environment its rules are compiled in: c.env
+// with the facts declared. ok is false when they cannot be declared.
+func (c *compiler) factEnv(p, name string, t *tool) (env *cel.Env, ok bool) {
 	for _, f := range c.opts.Facts[name] {
 		if !identPattern.MatchString(f) || slices.Contains(builtinVars, f) || slices.Contains(t.facts, f) {
 			c.fail(p, "fact variable %q: expected a unique CEL identifier other than %s", f, strings.Join(builtinVars, ", "))
@@ -361,83 +404,69 @@ func (c *compiler) tool(name string, ct config.Tool) *tool {
 		}
 		t.facts = append(t.facts, f)
 	}
-	if len(t.facts) > 0 {
-		opts := make([]cel.EnvOption, len(t.facts))
-		for i, f := range t.facts {
-			opts[i] = cel.Variable(f, cel.MapType(cel.StringType, cel.DynType))
-		}
-		var err error
-		if env, err = c.env.Extend(opts...); err != nil {
-			c.fail(p, "declaring fact variables %v: %v", t.facts, err)
-			return nil
-		}
+	if len(t.facts) == 0 {
+		return c.env, true
 	}
-
-	typed, err := c.typedEnv(name, t.facts)
+	opts := make([]cel.EnvOption, len(t.facts))
+	for i, f := range t.facts {
+		opts[i] = cel.Variable(f, cel.MapType(cel.StringType, cel.DynType))
+	}
+	env, err := c.env.Extend(opts...)
 	if err != nil {
-		c.fail(p, "schema of %s: %v", name, err)
+		c.fail(p, "declaring fact variables %v: %v", t.facts, err)
+		return nil, false
 	}
-	seen := map[string]int{}
-	for i, cr := range ct.Rules {
-		rp := fmt.Sprintf("%s.rules[%d]", p, i)
-		r := rule{index: i, name: cr.Name, quorum: cr.Quorum}
-		if r.name == "" {
-			r.name = fmt.Sprintf("rules[%d]", i)
-		} else if j, dup := seen[r.name]; dup {
-			c.fail(rp+".name", "%q is already the name of rules[%d]", r.name, j)
-		}
-		seen[r.name] = i
+	return env, true
+}
 
-		level, ok := rankOf(cr.Level)
-		if !ok {
-			c.fail(rp+".level", "expected one of %s, got %q", strings.Join(levels, ", "), cr.Level)
-		}
-		r.level = level
-		if r.quorum < 0 {
-			c.fail(rp+".quorum", "expected 0 (the level's default) or more, got %d", r.quorum)
-		} else if r.quorum > 1 && ok && level != rankCritical {
-			c.fail(rp+".quorum", "quorum %d applies only to critical rules; %s needs one approver", r.quorum, cr.Level)
-		}
-		if cr.Approvers != nil {
-			r.approvers = c.resolve(rp+".approvers", cr.Approvers)
-		}
-		r.prg, r.replayPrg, r.refs = c.program(rp+".when", env, cr.When)
-		if r.prg != nil && typed != nil {
-			c.checkTyped(rp+".when", typed, cr.When, name, t.facts)
-		}
+// rule compiles the tool's rules[i]. ok is false for a rule that is never
+// evaluated: one that does not raise the tool's level (an error, unless the
+// tool is denied, whose rules are checked for the day it is switched back
+// on). seen maps the rule names so far to their index.
+func (c *compiler) rule(p string, i int, cr config.Rule, ct config.Tool, t *tool, env, typed *cel.Env, seen map[string]int) (r rule, ok bool) {
+	rp := fmt.Sprintf("%s.rules[%d]", p, i)
+	r = rule{index: i, name: cr.Name, quorum: cr.Quorum}
+	if r.name == "" {
+		r.name = fmt.Sprintf("rules[%d]", i)
+	} else if j, dup := seen[r.name]; dup {
+		c.fail(rp+".name", "%q is already the name of rules[%d]", r.name, j)
+	}
+	seen[r.name] = i
 
-		if ok && level <= base {
-			if base != rankDeny {
-				// Its approvers or quorum would silently never apply.
-				c.fail(rp+".level", "%s does not raise the tool's level %s; rules only raise", cr.Level, ct.Level)
-				continue
-			}
-			// A tool switched off with level: deny keeps its rules checked
-			// for the day it is switched back on.
-			c.opts.Logger.Warn("authz: tool is denied; its rules are checked but not evaluated", "path", rp)
-			continue
-		}
-		r.raised = fmt.Sprintf("rule %s raised %s to %s", r.name, name, cr.Level)
-		if level == rankDeny {
-			r.raised = fmt.Sprintf("rule %s denied %s", r.name, name)
-		}
-		t.rules = append(t.rules, r)
+	level, known := rankOf(cr.Level)
+	if !known {
+		c.fail(rp+".level", "expected one of %s, got %q", strings.Join(levels, ", "), cr.Level)
+	}
+	r.level = level
+	if r.quorum < 0 {
+		c.fail(rp+".quorum", "expected 0 (the level's default) or more, got %d", r.quorum)
+	} else if r.quorum > 1 && known && level != rankCritical {
+		c.fail(rp+".quorum", "quorum %d applies only to critical rules; %s needs one approver", r.quorum, cr.Level)
+	}
+	if cr.Approvers != nil {
+		r.approvers = c.resolve(rp+".approvers", cr.Approvers)
+	}
+	r.prg, r.replayPrg, r.refs = c.program(rp+".when", env, cr.When)
+	if r.prg != nil && typed != nil {
+		c.checkTyped(rp+".when", typed, cr.When, t.name, t.facts)
 	}
 
-	t.grants = c.grantTerms(p, name, ct, t)
-	t.baseWhy = fmt.Sprintf("%s is %s: no rule raised it", name, ct.Level)
-	if base == rankDeny {
-		t.baseWhy = fmt.Sprintf("%s is denied by its configured level", name)
+	if known && level <= t.base {
+		if t.base != rankDeny {
+			// Its approvers or quorum would silently never apply.
+			c.fail(rp+".level", "%s does not raise the tool's level %s; rules only raise", cr.Level, ct.Level)
+			return r, false
+		}
+		// A tool switched off with level: deny keeps its rules checked
+		// for the day it is switched back on.
+		c.opts.Logger.Warn("authz: tool is denied; its rules are checked but not evaluated", "path", rp)
+		return r, false
 	}
-	if !c.badApprovers {
-		// With an unknown approver or empty role the sets are incomplete,
-		// and a complaint about them would only repeat that error.
-		c.checkApprovers(p, t, ct)
+	r.raised = fmt.Sprintf("rule %s raised %s to %s", r.name, t.name, cr.Level)
+	if level == rankDeny {
+		r.raised = fmt.Sprintf("rule %s denied %s", r.name, t.name)
 	}
-	if len(c.errs) > nerr {
-		return nil
-	}
-	return t
+	return r, true
 }
 
 // program parses and type-checks one rule, insisting on a bool result. It

@@ -92,7 +92,7 @@ func publicURLFor(listen string, tls bool) (string, error) {
 // of which would leave a page that refuses every approval (403, or a
 // WebAuthn error in the browser) or a link that points nowhere.
 func (c *Config) checkApproval(v *validator) {
-	a := c.Approval
+	a := &c.Approval
 	pub, err := url.Parse(a.PublicURL)
 	if err != nil || (pub.Scheme != "http" && pub.Scheme != "https") || pub.Host == "" {
 		return // v.url has said so
@@ -100,11 +100,17 @@ func (c *Config) checkApproval(v *validator) {
 	if (pub.Path != "" && pub.Path != "/") || pub.RawQuery != "" || pub.Fragment != "" {
 		v.fail("approval.public_url", "expected a URL with no path, query or fragment (the page serves at its root), got %q", a.PublicURL)
 	}
-	host := pub.Hostname()
-	origin := pub.Scheme + "://" + pub.Host
-	lhost, lport, lerr := net.SplitHostPort(a.Listen)
+	a.checkTransport(v, pub)
+	a.checkListenReaches(v, pub)
+	a.checkOriginAndHost(v, pub)
+	a.checkRPID(v, pub.Hostname())
+}
 
-	if pub.Scheme == "http" && !isLoopbackHost(host) {
+// checkTransport refuses a page that browsers would not run WebAuthn on, or
+// that is reachable from beyond this machine without TLS.
+func (a *Approval) checkTransport(v *validator, pub *url.URL) {
+	lhost, _, lerr := net.SplitHostPort(a.Listen)
+	if pub.Scheme == "http" && !isLoopbackHost(pub.Hostname()) {
 		v.fail("approval.public_url", "%s is plain http on a host other than localhost: browsers allow WebAuthn there only over https (set tls_cert_file and tls_key_file, or put an https proxy in front)", a.PublicURL)
 	}
 	if lerr == nil && !isLoopbackHost(lhost) && a.TLSCertFile == "" && !a.InsecureNoTLS {
@@ -114,32 +120,54 @@ func (c *Config) checkApproval(v *validator) {
 	if pub.Scheme == "http" && a.TLSCertFile != "" {
 		v.fail("approval.public_url", "%s is http, but tls_cert_file makes the page serve https", a.PublicURL)
 	}
-	if lerr == nil && isLoopbackHost(host) && !isLoopbackHost(lhost) && !isUnspecified(lhost) {
-		v.fail("approval.public_url", "%s is on this machine's loopback, but approval.listen is %s: nothing would answer there", a.PublicURL, a.Listen)
+}
+
+// checkListenReaches refuses a public_url on this machine's loopback that
+// the listen address would not answer: another interface, or another port.
+func (a *Approval) checkListenReaches(v *validator, pub *url.URL) {
+	lhost, lport, lerr := net.SplitHostPort(a.Listen)
+	if lerr != nil || !isLoopbackHost(pub.Hostname()) {
+		return
 	}
-	if lerr == nil && isLoopbackHost(host) && (isLoopbackHost(lhost) || isUnspecified(lhost)) && portOf(pub) != lport && lport != "0" {
+	if !isLoopbackHost(lhost) && !isUnspecified(lhost) {
+		v.fail("approval.public_url", "%s is on this machine's loopback, but approval.listen is %s: nothing would answer there", a.PublicURL, a.Listen)
+		return
+	}
+	if portOf(pub) != lport && lport != "0" {
 		v.fail("approval.public_url", "%s points at port %s, but approval.listen is %s: the link would reach nothing (leave public_url, origins and allowed_hosts unset to derive them from listen)",
 			a.PublicURL, portOf(pub), a.Listen)
 	}
-	if len(a.Origins) > 0 && !slices.Contains(a.Origins, origin) {
+}
+
+// checkOriginAndHost refuses origins and allowed_hosts lists that leave
+// out public_url's own.
+func (a *Approval) checkOriginAndHost(v *validator, pub *url.URL) {
+	if origin := pub.Scheme + "://" + pub.Host; len(a.Origins) > 0 && !slices.Contains(a.Origins, origin) {
 		v.fail("approval.origins", "does not include %s, the origin of public_url: the page would refuse every approval made from it", origin)
 	}
 	if len(a.AllowedHosts) > 0 && !slices.ContainsFunc(a.AllowedHosts, func(h string) bool { return strings.EqualFold(h, pub.Host) }) {
 		v.fail("approval.allowed_hosts", "does not include %s, the host of public_url: the page would answer 403 to everyone who follows its links", pub.Host)
 	}
-	if a.RPID != "" && net.ParseIP(a.RPID) == nil {
-		for i, o := range a.Origins {
-			u, err := url.Parse(o)
-			if err != nil || u.Host == "" {
-				continue // v.url has said so
-			}
-			if h := u.Hostname(); !withinRPID(h, a.RPID) {
-				v.fail(fmt.Sprintf("approval.origins[%d]", i), "host %s is not %s or a subdomain of it (approval.rp_id): WebAuthn would refuse every key there", h, a.RPID)
-			}
+}
+
+// checkRPID refuses an rp_id that an origin's host or public_url's host
+// (host) is neither equal to nor a subdomain of: WebAuthn would refuse
+// every key there. An rp_id that is an IP address is not checked here.
+func (a *Approval) checkRPID(v *validator, host string) {
+	if a.RPID == "" || net.ParseIP(a.RPID) != nil {
+		return
+	}
+	for i, o := range a.Origins {
+		u, err := url.Parse(o)
+		if err != nil || u.Host == "" {
+			continue // v.url has said so
 		}
-		if !withinRPID(host, a.RPID) {
-			v.fail("approval.rp_id", "%s is not public_url's host %s nor a parent domain of it: WebAuthn would refuse every key", a.RPID, host)
+		if h := u.Hostname(); !withinRPID(h, a.RPID) {
+			v.fail(fmt.Sprintf("approval.origins[%d]", i), "host %s is not %s or a subdomain of it (approval.rp_id): WebAuthn would refuse every key there", h, a.RPID)
 		}
+	}
+	if !withinRPID(host, a.RPID) {
+		v.fail("approval.rp_id", "%s is not public_url's host %s nor a parent domain of it: WebAuthn would refuse every key", a.RPID, host)
 	}
 }
 

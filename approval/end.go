@@ -1,0 +1,141 @@
+package approval
+
+import (
+	"context"
+	"database/sql"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/digest"
+)
+
+// Cancel ends a pending request as cancelled. It returns ErrNotPending if
+// the request was already decided.
+func (s *Service) Cancel(ctx context.Context, id, reason string) error {
+	if reason == "" {
+		reason = "cancelled"
+	}
+	return s.endRequest(ctx, id, StateCancelled, "", reason)
+}
+
+// expire ends the request if its time is up.
+func (s *Service) expire(ctx context.Context, id string) {
+	if err := s.endRequest(ctx, id, StateExpired, "", "nobody decided before expires_at"); err != nil && !errors.Is(err, ErrNotPending) {
+		s.opts.Logger.Error("approval: expire", "id", id, "err", err)
+	}
+}
+
+// endRequest moves a pending request to a terminal state without an
+// assertion (cancelled, expired), recording it.
+func (s *Service) endRequest(ctx context.Context, id, state, by, reason string) error {
+	kind := map[string]string{StateCancelled: audit.KindApprovalCancelled, StateExpired: audit.KindApprovalExpired}[state]
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		r, err := s.load(ctx, tx, id)
+		if err != nil {
+			return err
+		}
+		cond := ``
+		if state == StateExpired {
+			cond = ` AND expires_at <= ` + fmt.Sprint(s.now().Unix())
+		}
+		res, err := tx.ExecContext(ctx, `UPDATE approval_requests SET state = ?, decided_by = ?, decided_at = ?, reason = ?
+			WHERE id = ? AND state = 'pending'`+cond, state, by, s.now().UnixNano(), reason, id)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n != 1 {
+			return ErrNotPending
+		}
+		return s.enqueue(ctx, tx, id, s.requestEntry(r, kind, reason))
+	})
+	if err != nil {
+		return err
+	}
+	err = s.flush(ctx, false)
+	s.notify(id)
+	return err
+}
+
+// requestEntry is the audit entry for r with the fields every request
+// entry carries.
+func (s *Service) requestEntry(r *row, kind, reason string) audit.Entry {
+	e := audit.Entry{
+		Kind:                 kind,
+		RequestID:            r.ID,
+		Agent:                r.Agent,
+		Tool:                 r.Tool,
+		ArgsSHA256:           r.argsSHA256,
+		Reason:               reason,
+		AuthorizationDetails: r.AuthorizationDetails,
+		Display:              r.Display,
+		Nonce:                base64.RawURLEncoding.EncodeToString(r.nonce),
+		ExpiresAt:            digest.FormatTime(r.ExpiresAt),
+	}
+	// The args are in the request's approval.requested; this entry
+	// finds them through request_id (audit format 3).
+	e.ArgsRedact = r.redact
+	return e
+}
+
+// expiryLoop expires pending requests whose time is up, whether or not
+// anyone waits or looks.
+func (s *Service) expiryLoop() {
+	defer close(s.done)
+	ctx := context.Background()
+	for {
+		var next sql.NullInt64
+		err := s.db.QueryRowContext(ctx, `SELECT MIN(expires_at) FROM approval_requests WHERE state = 'pending'`).Scan(&next)
+		if err != nil {
+			s.opts.Logger.Error("approval: expiry loop", "err", err)
+		}
+		wait := time.Second
+		if next.Valid {
+			if d := time.Unix(next.Int64, 0).Sub(s.now()); d < wait {
+				wait = max(d, 0)
+			}
+		}
+		if wait == 0 {
+			rows, err := s.db.QueryContext(ctx, `SELECT id FROM approval_requests WHERE state = 'pending' AND expires_at <= ?`, s.now().Unix())
+			var ids []string
+			if err == nil {
+				for rows.Next() {
+					var id string
+					if rows.Scan(&id) == nil {
+						ids = append(ids, id)
+					}
+				}
+				rows.Close()
+			}
+			for _, id := range ids {
+				s.expire(ctx, id)
+			}
+			if err := s.flush(ctx, true); err != nil {
+				s.opts.Logger.Warn("approval: outbox flush", "err", err)
+			}
+			wait = 50 * time.Millisecond
+		}
+		if d := s.announceExpiring(ctx); d < wait {
+			wait = max(d, 10*time.Millisecond)
+		}
+		// Retry entries a failed append or another process left behind, so
+		// a recovered log catches up without anyone asking.
+		var queued int
+		if s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM approval_outbox`).Scan(&queued) == nil && queued > 0 {
+			if err := s.flush(ctx, true); err != nil {
+				s.opts.Logger.Warn("approval: outbox flush", "err", err, "queued", queued)
+			}
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-s.stop:
+			t.Stop()
+			return
+		case <-s.changes():
+		case <-t.C:
+		}
+		t.Stop()
+	}
+}

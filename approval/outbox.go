@@ -1,0 +1,194 @@
+package approval
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/countersign/countersign/audit"
+)
+
+// outboxStaleAfter is how long another process's unflushed entries wait
+// before this one appends them (that process probably died).
+const outboxStaleAfter = 30 * time.Second
+
+// enqueue adds an audit entry to the outbox inside tx.
+func (s *Service) enqueue(ctx context.Context, tx *sql.Tx, requestID string, e audit.Entry) error {
+	b, err := json.Marshal(e)
+	if err != nil {
+		return err
+	}
+	_, err = tx.ExecContext(ctx, `INSERT INTO approval_outbox (request_id, entry, owner, created_at) VALUES (?, ?, ?, ?)`,
+		requestID, b, s.owner, s.now().UnixNano())
+	return err
+}
+
+// flush appends outbox entries to the log in order, deleting each once it
+// is appended. With stale, it also takes entries other processes left
+// behind for longer than outboxStaleAfter.
+func (s *Service) flush(ctx context.Context, stale bool) error {
+	s.flushMu.Lock()
+	defer s.flushMu.Unlock()
+	cutoff := int64(-1)
+	dead := []any{}
+	if stale {
+		cutoff = s.now().Add(-outboxStaleAfter).UnixNano()
+		var err error
+		if dead, err = s.deadOwners(ctx); err != nil {
+			return fmt.Errorf("%w: %v", ErrRecord, err)
+		}
+	}
+	rows, err := s.db.QueryContext(ctx, `SELECT id, entry, owner, created_at FROM approval_outbox
+		WHERE owner = ? OR created_at < ? OR owner IN (SELECT value FROM json_each(?)) ORDER BY id`,
+		s.owner, cutoff, jsonArray(dead))
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrRecord, err)
+	}
+	type item struct {
+		id      int64
+		entry   []byte
+		owner   string
+		created int64
+	}
+	var items []item
+	for rows.Next() {
+		var it item
+		if err := rows.Scan(&it.id, &it.entry, &it.owner, &it.created); err != nil {
+			rows.Close()
+			return fmt.Errorf("%w: %v", ErrRecord, err)
+		}
+		items = append(items, it)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("%w: %v", ErrRecord, err)
+	}
+	for _, it := range items {
+		var e audit.Entry
+		if err := json.Unmarshal(it.entry, &e); err != nil {
+			return fmt.Errorf("%w: outbox entry %d: %v", ErrRecord, it.id, err)
+		}
+		if e.Kind == audit.KindApprovalApproved {
+			if err := s.linkAssertions(ctx, &e); err != nil {
+				return fmt.Errorf("%w: outbox entry %d: %v", ErrRecord, it.id, err)
+			}
+		}
+		if e.Kind == audit.KindGrantRevoked && e.GrantSeq == 0 {
+			if err := s.linkGrant(ctx, &e); err != nil {
+				return fmt.Errorf("%w: outbox entry %d: %v", ErrRecord, it.id, err)
+			}
+		}
+		// Another process may have appended it and died before deleting it.
+		var logged audit.Entry
+		found := false
+		if it.owner != s.owner {
+			if logged, found, err = s.inLog(ctx, e, it.created); err != nil {
+				return fmt.Errorf("%w: %v", ErrRecord, err)
+			}
+		}
+		if found {
+			s.opts.Logger.Info("approval: an outbox entry left by a stopped process was already in the log", "kind", e.Kind, "request", e.RequestID, "seq", logged.Seq)
+		} else if logged, err = s.rec.Append(ctx, e); err != nil {
+			return fmt.Errorf("%w: %v", ErrRecord, err)
+		}
+		// A crash between the append and this transaction leaves the entry
+		// to the next process, which finds it in the log (inLog) rather
+		// than appending it again.
+		err = s.inTx(context.WithoutCancel(ctx), func(tx *sql.Tx) error {
+			if e.Kind == audit.KindApprovalAssertion {
+				if _, err := tx.ExecContext(ctx, `INSERT OR REPLACE INTO approval_logged_assertions (request_id, approver_id, seq) VALUES (?,?,?)`,
+					e.RequestID, e.Approver, logged.Seq); err != nil {
+					return err
+				}
+			}
+			_, err := tx.ExecContext(ctx, `DELETE FROM approval_outbox WHERE id = ?`, it.id)
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("%w: %v", ErrRecord, err)
+		}
+	}
+	return nil
+}
+
+// linkAssertions fills an approval.approved entry's Assertions with the
+// seqs of its approvers' approval.assertion entries. The outbox appends in
+// order, so they are in the log by now.
+func (s *Service) linkAssertions(ctx context.Context, e *audit.Entry) error {
+	e.Assertions = nil
+	for _, a := range e.Approvers {
+		var seq int64
+		err := s.db.QueryRowContext(ctx, `SELECT seq FROM approval_logged_assertions WHERE request_id = ? AND approver_id = ?`, e.RequestID, a).Scan(&seq)
+		if errors.Is(err, sql.ErrNoRows) {
+			// Appended before seqs were recorded (by an older server,
+			// for a request decided across the upgrade): find it in the
+			// log itself.
+			seq, err = s.findAssertion(ctx, e.RequestID, a)
+		}
+		if err != nil {
+			return fmt.Errorf("the approval.assertion of %s for request %s: %w", a, e.RequestID, err)
+		}
+		e.Assertions = append(e.Assertions, seq)
+	}
+	return nil
+}
+
+// logReader is the part of *audit.Log that findAssertion reads with.
+type logReader interface {
+	Since(ctx context.Context, seq int64, limit int) ([]audit.Entry, error)
+}
+
+// findAssertion scans the log for the latest approval.assertion of
+// approver on request. It is slow and rarely needed.
+func (s *Service) findAssertion(ctx context.Context, request, approver string) (int64, error) {
+	lr, ok := s.rec.(logReader)
+	if !ok {
+		return 0, errors.New("not recorded, and the log cannot be searched")
+	}
+	var found, after int64
+	for {
+		page, err := lr.Since(ctx, after, 1000)
+		if err != nil {
+			return 0, err
+		}
+		for _, e := range page {
+			if e.Kind == audit.KindApprovalAssertion && e.RequestID == request && e.Approver == approver {
+				found = e.Seq
+			}
+			after = e.Seq
+		}
+		if len(page) < 1000 {
+			break
+		}
+	}
+	if found == 0 {
+		return 0, errors.New("not in the log")
+	}
+	return found, nil
+}
+
+// record appends an entry that changes no state (a rejected assertion).
+func (s *Service) record(ctx context.Context, e audit.Entry) error {
+	if _, err := s.rec.Append(context.WithoutCancel(ctx), e); err != nil {
+		s.opts.Logger.Error("approval: audit append failed", "kind", e.Kind, "err", err)
+		return fmt.Errorf("%w: %v", ErrRecord, err)
+	}
+	return nil
+}
+
+// inTx runs fn in one transaction (BEGIN IMMEDIATE through the store's
+// _txlock), committing only when fn succeeds.
+func (s *Service) inTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	if err := fn(tx); err != nil {
+		tx.Rollback()
+		return err
+	}
+	return tx.Commit()
+}

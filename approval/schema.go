@@ -1,0 +1,121 @@
+package approval
+
+import (
+	"context"
+	"fmt"
+)
+
+func (s *Service) migrate(ctx context.Context) error {
+	for _, stmt := range schema {
+		if _, err := s.db.ExecContext(ctx, stmt); err != nil {
+			return fmt.Errorf("approval: create tables: %w", err)
+		}
+	}
+	return s.migrateWaitMode(ctx)
+}
+
+var schema = []string{
+	`CREATE TABLE IF NOT EXISTS approval_requests (
+		id TEXT PRIMARY KEY,
+		tool TEXT NOT NULL,
+		agent TEXT NOT NULL,
+		args BLOB NOT NULL,
+		args_sha256 TEXT NOT NULL,
+		redact_args INTEGER NOT NULL,
+		authorization_details BLOB NOT NULL,
+		summary TEXT NOT NULL,
+		display TEXT NOT NULL,
+		level TEXT NOT NULL,
+		rule TEXT NOT NULL,
+		approvers TEXT NOT NULL,
+		quorum INTEGER NOT NULL,
+		user_verification TEXT NOT NULL,
+		code TEXT NOT NULL,
+		binding_message TEXT NOT NULL,
+		nonce BLOB NOT NULL,
+		created_at INTEGER NOT NULL,
+		expires_at INTEGER NOT NULL,
+		interval_ms INTEGER NOT NULL,
+		state TEXT NOT NULL,
+		decided_by TEXT NOT NULL DEFAULT '',
+		decided_at INTEGER NOT NULL DEFAULT 0,
+		reason TEXT NOT NULL DEFAULT '',
+		exec_claimed_at INTEGER NOT NULL DEFAULT 0,
+		result BLOB,
+		last_poll INTEGER NOT NULL DEFAULT 0
+	)`,
+	`CREATE INDEX IF NOT EXISTS approval_requests_state ON approval_requests (state, expires_at)`,
+	`CREATE TABLE IF NOT EXISTS approval_votes (
+		request_id TEXT NOT NULL REFERENCES approval_requests(id),
+		approver_id TEXT NOT NULL,
+		credential_id BLOB NOT NULL,
+		decision TEXT NOT NULL,
+		created_at INTEGER NOT NULL,
+		PRIMARY KEY (request_id, approver_id, decision)
+	)`,
+	`CREATE TABLE IF NOT EXISTS approval_ceremonies (
+		id TEXT PRIMARY KEY,
+		kind TEXT NOT NULL,
+		request_id TEXT NOT NULL DEFAULT '',
+		enrollment BLOB,
+		decision TEXT NOT NULL DEFAULT '',
+		session BLOB NOT NULL,
+		expires_at INTEGER NOT NULL,
+		used INTEGER NOT NULL DEFAULT 0
+	)`,
+	`CREATE TABLE IF NOT EXISTS approval_used_assertions (
+		hash BLOB PRIMARY KEY,
+		request_id TEXT NOT NULL,
+		created_at INTEGER NOT NULL
+	)`,
+	`CREATE TABLE IF NOT EXISTS approval_users (
+		approver_id TEXT PRIMARY KEY,
+		handle BLOB NOT NULL UNIQUE
+	)`,
+	`CREATE TABLE IF NOT EXISTS approval_credentials (
+		id BLOB PRIMARY KEY,
+		approver_id TEXT NOT NULL,
+		credential BLOB NOT NULL,
+		sign_count INTEGER NOT NULL,
+		created_at INTEGER NOT NULL,
+		last_used_at INTEGER NOT NULL DEFAULT 0,
+		revoked_at INTEGER NOT NULL DEFAULT 0,
+		revoke_reason TEXT NOT NULL DEFAULT ''
+	)`,
+	`CREATE TABLE IF NOT EXISTS approval_enrollments (
+		token_hash BLOB PRIMARY KEY,
+		approver_id TEXT NOT NULL,
+		created_at INTEGER NOT NULL,
+		expires_at INTEGER NOT NULL,
+		verified_at INTEGER NOT NULL DEFAULT 0,
+		verified_by BLOB,
+		used_at INTEGER NOT NULL DEFAULT 0
+	)`,
+	`CREATE TABLE IF NOT EXISTS approval_outbox (
+		id INTEGER PRIMARY KEY AUTOINCREMENT,
+		request_id TEXT NOT NULL DEFAULT '',
+		entry BLOB NOT NULL,
+		owner TEXT NOT NULL,
+		created_at INTEGER NOT NULL
+	)`,
+	// The audit seq of each approver's approval.assertion entry, so the
+	// approval.approved entry can name them: seqs are only known once the
+	// outbox has appended the entries.
+	`CREATE TABLE IF NOT EXISTS approval_logged_assertions (
+		request_id TEXT NOT NULL,
+		approver_id TEXT NOT NULL,
+		seq INTEGER NOT NULL,
+		PRIMARY KEY (request_id, approver_id)
+	)`,
+	createVoteAssertions,
+	createResultIndex,
+	createReconciled,
+	createReconciledCalls,
+	createNotified,
+	createGrantOffers,
+	createGrantCeremonies,
+	createGrants,
+	createBatchable,
+	createFreezes,
+	createFreezeChanges,
+}
