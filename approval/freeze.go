@@ -455,29 +455,30 @@ func (s *Service) failFrozen(ctx context.Context, id string, f *Freeze) error {
 	return ferr
 }
 
-// freezeJSON is the page's view of a freeze.
-type freezeJSON struct {
+// FreezeView is the page's view of a freeze.
+type FreezeView struct {
 	Agent    string    `json:"agent"`
 	FrozenBy string    `json:"frozenBy"`
 	FrozenAt time.Time `json:"frozenAt"`
 	Reason   string    `json:"reason,omitempty"`
 }
 
-// agentJSON is one agent the page can freeze: one seen in a pending
+// AgentView is one agent the page can freeze: one seen in a pending
 // request or a grant in force, or a frozen one.
-type agentJSON struct {
+type AgentView struct {
 	Name   string      `json:"name"`
-	Frozen *freezeJSON `json:"frozen,omitempty"`
+	Frozen *FreezeView `json:"frozen,omitempty"`
 }
 
-func toFreezeJSON(f *Freeze) *freezeJSON {
-	return &freezeJSON{Agent: f.Agent, FrozenBy: f.By, FrozenAt: f.At, Reason: f.Reason}
+// View is the page's view of the freeze.
+func (f *Freeze) View() *FreezeView {
+	return &FreezeView{Agent: f.Agent, FrozenBy: f.By, FrozenAt: f.At, Reason: f.Reason}
 }
 
 // Agents lists the agents the page shows: frozen, with pending requests,
 // or with grants in force; the freeze of every agent comes first, as
 // AllAgents.
-func (s *Service) Agents(ctx context.Context) ([]agentJSON, error) {
+func (s *Service) Agents(ctx context.Context) ([]AgentView, error) {
 	names, err := column(ctx, s.db, `SELECT agent FROM agent_freezes
 		UNION SELECT agent FROM approval_requests WHERE state = 'pending'
 		UNION SELECT agent FROM approval_grants WHERE revoked_at = 0 AND used < max_calls AND expires_at > ?
@@ -485,15 +486,15 @@ func (s *Service) Agents(ctx context.Context) ([]agentJSON, error) {
 	if err != nil {
 		return nil, err
 	}
-	out := []agentJSON{}
+	out := []AgentView{}
 	for _, n := range names {
 		f, err := frozenIn(ctx, s.db, n)
 		if err != nil {
 			return nil, err
 		}
-		a := agentJSON{Name: n}
+		a := AgentView{Name: n}
 		if f != nil { // its own freeze, or that of every agent
-			a.Frozen = toFreezeJSON(f)
+			a.Frozen = f.View()
 		}
 		out = append(out, a)
 	}

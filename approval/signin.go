@@ -14,7 +14,7 @@ import (
 // enrolled, unrevoked key that they are an approver. The assertion is over
 // a random challenge and discoverable: the options name no credential, so
 // they leak no ids. What the proof earns (a session) is the page's
-// (signin_web.go).
+// (approval/page).
 
 // SignInOptions is what the sign-in page passes to
 // PublicKeyCredential.parseRequestOptionsFromJSON.

@@ -1,10 +1,12 @@
-package approval
+package page
 
 import (
 	"context"
 	"errors"
 	"net/http"
 	"time"
+
+	"github.com/countersign/countersign/approval"
 )
 
 // The page's grants: the list, approving with a grant, and Revoke.
@@ -18,8 +20,8 @@ type grantBody struct {
 	Calls   int   `json:"calls"`
 }
 
-func (b grantBody) choice() GrantChoice {
-	return GrantChoice{Duration: time.Duration(b.Seconds) * time.Second, Calls: b.Calls}
+func (b grantBody) choice() approval.GrantChoice {
+	return approval.GrantChoice{Duration: time.Duration(b.Seconds) * time.Second, Calls: b.Calls}
 }
 
 type signedInKey struct{}
@@ -44,7 +46,7 @@ type grantJSON struct {
 	RevokedBy string     `json:"revokedBy,omitempty"`
 }
 
-func grantToJSON(g *Grant, now time.Time) grantJSON {
+func grantToJSON(g *approval.Grant, now time.Time) grantJSON {
 	out := grantJSON{ID: g.ID, RequestID: g.RequestID, Agent: g.Agent, Tool: g.Tool, Approver: g.ApproverName,
 		Condition: g.Condition, MaxCalls: g.MaxCalls, Used: g.Used, ExpiresAt: g.ExpiresAt, Active: g.Active(now), RevokedBy: g.RevokedByName}
 	if !g.RevokedAt.IsZero() {
@@ -53,8 +55,8 @@ func grantToJSON(g *Grant, now time.Time) grantJSON {
 	return out
 }
 
-func (s *Service) apiGrants(w http.ResponseWriter, r *http.Request) {
-	gs, err := s.Grants(r.Context(), grantsShown)
+func (s *server) apiGrants(w http.ResponseWriter, r *http.Request) {
+	gs, err := s.svc.Grants(r.Context(), grantsShown)
 	if err != nil {
 		s.fail(w, err)
 		return
@@ -62,24 +64,24 @@ func (s *Service) apiGrants(w http.ResponseWriter, r *http.Request) {
 	out := struct {
 		Grants []grantJSON `json:"grants"`
 	}{Grants: []grantJSON{}}
-	now := s.now()
+	now := s.svc.Now()
 	for _, g := range gs {
 		out.Grants = append(out.Grants, grantToJSON(g, now))
 	}
 	writeJSON(w, out)
 }
 
-func (s *Service) apiRevokeGrant(w http.ResponseWriter, r *http.Request) {
+func (s *server) apiRevokeGrant(w http.ResponseWriter, r *http.Request) {
 	var body struct{}
 	if !decodeJSON(w, r, &body) {
 		return
 	}
 	by, _ := r.Context().Value(signedInKey{}).(string)
 	if by == "" {
-		by = LoopbackRevoker
+		by = approval.LoopbackRevoker
 	}
-	g, err := s.RevokeGrant(r.Context(), r.PathValue("id"), by)
-	if errors.Is(err, ErrNoGrant) {
+	g, err := s.svc.RevokeGrant(r.Context(), r.PathValue("id"), by)
+	if errors.Is(err, approval.ErrNoGrant) {
 		writeError(w, http.StatusNotFound, "not_found", "no such grant")
 		return
 	}
@@ -87,5 +89,5 @@ func (s *Service) apiRevokeGrant(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, err)
 		return
 	}
-	writeJSON(w, grantToJSON(g, s.now()))
+	writeJSON(w, grantToJSON(g, s.svc.Now()))
 }

@@ -1,20 +1,22 @@
-package approval
+package page
 
 import (
 	"errors"
 	"net/http"
+
+	"github.com/countersign/countersign/approval"
 )
 
 // The page's agents: the list, and the Freeze button.
 
-func (s *Service) apiAgents(w http.ResponseWriter, r *http.Request) {
-	agents, err := s.Agents(r.Context())
+func (s *server) apiAgents(w http.ResponseWriter, r *http.Request) {
+	agents, err := s.svc.Agents(r.Context())
 	if err != nil {
 		s.fail(w, err)
 		return
 	}
 	writeJSON(w, struct {
-		Agents []agentJSON `json:"agents"`
+		Agents []approval.AgentView `json:"agents"`
 	}{agents})
 }
 
@@ -22,7 +24,7 @@ func (s *Service) apiAgents(w http.ResponseWriter, r *http.Request) {
 // authority away (as Revoke of a grant); recorded with the signed-in
 // approver, or LoopbackRevoker on a page that needs no sign-in.
 // Unfreezing is not offered here: giving authority back is the CLI's.
-func (s *Service) apiFreezeAgent(w http.ResponseWriter, r *http.Request) {
+func (s *server) apiFreezeAgent(w http.ResponseWriter, r *http.Request) {
 	var body struct {
 		Reason string `json:"reason"`
 	}
@@ -31,11 +33,11 @@ func (s *Service) apiFreezeAgent(w http.ResponseWriter, r *http.Request) {
 	}
 	by, _ := r.Context().Value(signedInKey{}).(string)
 	if by == "" {
-		by = LoopbackRevoker
+		by = approval.LoopbackRevoker
 	}
 	agent := r.PathValue("name")
-	st, err := s.FreezeAgent(r.Context(), agent, by, body.Reason)
-	var fe *FrozenError
+	st, err := s.svc.FreezeAgent(r.Context(), agent, by, body.Reason)
+	var fe *approval.FrozenError
 	if errors.As(err, &fe) {
 		writeError(w, http.StatusConflict, "already_frozen", fe.Error())
 		return
@@ -44,14 +46,14 @@ func (s *Service) apiFreezeAgent(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, err)
 		return
 	}
-	f, err := s.Frozen(r.Context(), agent)
+	f, err := s.svc.Frozen(r.Context(), agent)
 	if err != nil || f == nil {
 		s.fail(w, errors.Join(err, errors.New("the freeze is not in the database")))
 		return
 	}
 	writeJSON(w, struct {
-		Frozen    *freezeJSON `json:"frozen"`
-		Cancelled []string    `json:"cancelled"`
-		Revoked   []string    `json:"revoked"`
-	}{toFreezeJSON(f), append([]string{}, st.Cancelled...), append([]string{}, st.Revoked...)})
+		Frozen    *approval.FreezeView `json:"frozen"`
+		Cancelled []string             `json:"cancelled"`
+		Revoked   []string             `json:"revoked"`
+	}{f.View(), append([]string{}, st.Cancelled...), append([]string{}, st.Revoked...)})
 }

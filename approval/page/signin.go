@@ -1,8 +1,9 @@
-package approval
+package page
 
 import (
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/base64"
 	"net/http"
 	"strings"
 	"sync"
@@ -44,7 +45,7 @@ func (ss *sessions) add(approver string, expires time.Time) (string, error) {
 	if _, err := rand.Read(b); err != nil {
 		return "", err
 	}
-	tok := b64(b)
+	tok := base64.RawURLEncoding.EncodeToString(b)
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	now := time.Now()
@@ -80,7 +81,7 @@ func signInOpen(path string) bool {
 
 // requireSession gates everything else behind a session: a page request
 // is sent to /signin, an API request refused with 401.
-func (s *Service) requireSession(ss *sessions, next http.Handler) http.Handler {
+func (s *server) requireSession(ss *sessions, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if signInOpen(r.URL.Path) {
 			next.ServeHTTP(w, r)
@@ -103,12 +104,12 @@ func (s *Service) requireSession(ss *sessions, next http.Handler) http.Handler {
 	})
 }
 
-func (s *Service) apiSignInBegin(w http.ResponseWriter, r *http.Request) {
+func (s *server) apiSignInBegin(w http.ResponseWriter, r *http.Request) {
 	var body struct{}
 	if !decodeJSON(w, r, &body) {
 		return
 	}
-	opts, err := s.BeginSignIn(r.Context())
+	opts, err := s.svc.BeginSignIn(r.Context())
 	if err != nil {
 		s.fail(w, err)
 		return
@@ -118,13 +119,13 @@ func (s *Service) apiSignInBegin(w http.ResponseWriter, r *http.Request) {
 
 // apiSignInFinish verifies the assertion against the enrolled key it names
 // and starts a session for that key's approver.
-func (s *Service) apiSignInFinish(ss *sessions) http.HandlerFunc {
+func (s *server) apiSignInFinish(ss *sessions) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		var body finishBody
 		if !decodeJSON(w, r, &body) {
 			return
 		}
-		approver, err := s.FinishSignIn(r.Context(), body.Ceremony, body.Credential)
+		approver, err := s.svc.FinishSignIn(r.Context(), body.Ceremony, body.Credential)
 		if err != nil {
 			s.opts.Logger.Warn("approval page: sign-in refused", "err", err, "remote", r.RemoteAddr)
 			w.Header().Set(RefusedHeader, "signin")
@@ -147,6 +148,6 @@ func (s *Service) apiSignInFinish(ss *sessions) http.HandlerFunc {
 	}
 }
 
-func (s *Service) pageSignIn(w http.ResponseWriter, r *http.Request) {
+func (s *server) pageSignIn(w http.ResponseWriter, r *http.Request) {
 	s.render(w, r, "signin.html", pageData{Title: "Sign in"})
 }

@@ -1,4 +1,4 @@
-package approval
+package page
 
 import (
 	"net"
@@ -34,7 +34,7 @@ const (
 // refuse answers a request refused before it reached a handler's logic: it
 // logs it (visitor text only as bounded, quoted attributes), labels the
 // response for the metrics, and writes the JSON error.
-func (s *Service) refuse(w http.ResponseWriter, r *http.Request, status int, check, msg string) {
+func (s *server) refuse(w http.ResponseWriter, r *http.Request, status int, check, msg string) {
 	s.opts.Logger.Warn("approval page: refused", "check", check, "method", r.Method, "path", bounded(r.URL.Path), "remote", r.RemoteAddr)
 	w.Header().Set(RefusedHeader, check)
 	writeError(w, status, check, msg)
@@ -42,7 +42,7 @@ func (s *Service) refuse(w http.ResponseWriter, r *http.Request, status int, che
 
 // requirePathID refuses a request whose {id} (or {token}) path value does
 // not have the shape the server issues, before anything looks it up.
-func (s *Service) requirePathID(name string, valid func(string) bool, next http.Handler) http.Handler {
+func (s *server) requirePathID(name string, valid func(string) bool, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !valid(r.PathValue(name)) {
 			s.refuse(w, r, http.StatusNotFound, "bad_id", "no such "+name+" (malformed)")
@@ -120,4 +120,13 @@ func (p *pageLimits) limit(name string, next http.Handler) http.Handler {
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// bounded cuts visitor text for the process log (slog quotes it).
+func bounded(s string) string {
+	const n = 200
+	if len(s) > n {
+		return s[:n] + "…"
+	}
+	return s
 }

@@ -1,10 +1,18 @@
-package approval
+// Package page is the approver page: the HTTP handlers, templates and
+// static files through which a person reads a pending request and answers
+// it with a security-key tap, and the layers that guard them (CSP and
+// security headers, Host, Origin and CSRF checks, body limits, rate
+// limits, sign-in). It holds no state of its own beyond sign-in sessions
+// and rate-limit buckets: every read and every decision is a method of
+// approval.Service, which checks it.
+package page
 
 import (
 	"context"
 	"crypto/rand"
 	"crypto/subtle"
 	"embed"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -18,6 +26,8 @@ import (
 	"time"
 	"unicode/utf16"
 	"unicode/utf8"
+
+	"github.com/countersign/countersign/approval"
 )
 
 //go:embed web
@@ -76,7 +86,7 @@ func displayLines(display string) []displayLine {
 		if !ok {
 			label, value = "", l
 		}
-		dl := displayLine{Label: label, Value: value, Warning: strings.HasPrefix(l, WarningPrefix), Quote: isAgentLine(l)}
+		dl := displayLine{Label: label, Value: value, Warning: strings.HasPrefix(l, approval.WarningPrefix), Quote: approval.IsAgentLine(l)}
 		if n := utf8.RuneCountInString(value); n > pageFoldChars {
 			dl.Head, dl.Chars = string([]rune(value)[:pageFoldHead]), n
 		}
@@ -94,7 +104,7 @@ func visibleJSON(raw []byte) string {
 	var b strings.Builder
 	for _, r := range string(raw) {
 		switch {
-		case r == '\n' || r == '\r' || r == '\t' || !mustEscape(r):
+		case r == '\n' || r == '\r' || r == '\t' || !approval.Invisible(r):
 			b.WriteRune(r)
 		case r > 0xFFFF:
 			hi, lo := utf16.EncodeRune(r)
@@ -108,10 +118,19 @@ func visibleJSON(raw []byte) string {
 
 const csrfCookie = "countersign_csrf"
 
-// Handler is the approver page and its JSON and event-stream endpoints,
-// wrapped in every protective layer: security headers and CSP, Host check,
-// cross-origin and CSRF checks on every POST, body size limit, JSON only.
-func (s *Service) Handler() http.Handler {
+// server is the page of one approval service.
+type server struct {
+	svc  *approval.Service
+	opts approval.Options // the service's, defaults filled in
+}
+
+// Handler is the approver page of svc and its JSON and event-stream
+// endpoints, wrapped in every protective layer: security headers and CSP,
+// Host check, cross-origin and CSRF checks on every POST, body size limit,
+// JSON only. Origins, allowed hosts, the body limit and sign-in are svc's
+// options.
+func Handler(svc *approval.Service) http.Handler {
+	s := &server{svc: svc, opts: svc.Options()}
 	mux := http.NewServeMux()
 	static, _ := fs.Sub(webFS, "web/static")
 	mux.Handle("GET /static/", http.StripPrefix("/static/", http.FileServerFS(static)))
@@ -119,22 +138,22 @@ func (s *Service) Handler() http.Handler {
 	mux.HandleFunc("GET /requests/{id}", s.pageRequest)
 	mux.HandleFunc("GET /enroll/{token}", s.pageEnroll)
 	mux.HandleFunc("GET /api/requests", s.apiList)
-	mux.Handle("GET /api/requests/{id}", s.requirePathID("id", validID, http.HandlerFunc(s.apiGet)))
+	mux.Handle("GET /api/requests/{id}", s.requirePathID("id", approval.ValidID, http.HandlerFunc(s.apiGet)))
 	mux.HandleFunc("GET /api/events", s.apiEvents)
 	// Ceremony endpoints: the id must look like one we issued, then the
 	// rate limits apply (visitor.go).
-	lim := newPageLimits(s.refuse, s.now)
+	lim := newPageLimits(s.refuse, s.svc.Now)
 	ceremony := func(name string, valid func(string) bool, h http.HandlerFunc) http.Handler {
 		return s.requirePathID(name, valid, lim.limit(name, h))
 	}
-	mux.Handle("POST /api/requests/{id}/begin", ceremony("id", validID, s.apiBegin))
-	mux.Handle("POST /api/requests/{id}/finish", ceremony("id", validID, s.apiFinish))
+	mux.Handle("POST /api/requests/{id}/begin", ceremony("id", approval.ValidID, s.apiBegin))
+	mux.Handle("POST /api/requests/{id}/finish", ceremony("id", approval.ValidID, s.apiFinish))
 	mux.HandleFunc("GET /api/grants", s.apiGrants)
-	mux.Handle("POST /api/grants/{id}/revoke", ceremony("id", validID, s.apiRevokeGrant))
+	mux.Handle("POST /api/grants/{id}/revoke", ceremony("id", approval.ValidID, s.apiRevokeGrant))
 	mux.HandleFunc("GET /api/agents", s.apiAgents)
-	mux.Handle("POST /api/agents/{name}/freeze", ceremony("name", agentName.MatchString, s.apiFreezeAgent))
-	mux.Handle("POST /api/enroll/{token}/begin", ceremony("token", validToken, s.apiEnrollBegin))
-	mux.Handle("POST /api/enroll/{token}/finish", ceremony("token", validToken, s.apiEnrollFinish))
+	mux.Handle("POST /api/agents/{name}/freeze", ceremony("name", freezable, s.apiFreezeAgent))
+	mux.Handle("POST /api/enroll/{token}/begin", ceremony("token", approval.ValidToken, s.apiEnrollBegin))
+	mux.Handle("POST /api/enroll/{token}/finish", ceremony("token", approval.ValidToken, s.apiEnrollFinish))
 	mux.HandleFunc("GET /batch", s.pageBatch)
 	// A batch names its requests in the body: only the address is limited.
 	mux.Handle("POST /api/batch/begin", lim.limit("", http.HandlerFunc(s.apiBatchBegin)))
@@ -172,7 +191,7 @@ func securityHeaders(next http.Handler) http.Handler {
 
 // checkHost refuses any Host header not in AllowedHosts: a page reached
 // through another name (DNS rebinding) gets 403.
-func (s *Service) checkHost(next http.Handler) http.Handler {
+func (s *server) checkHost(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !slices.ContainsFunc(s.opts.AllowedHosts, func(h string) bool { return strings.EqualFold(h, r.Host) }) {
 			s.opts.Logger.Warn("approval page: refused host", "host", bounded(r.Host), "remote", r.RemoteAddr)
@@ -186,7 +205,7 @@ func (s *Service) checkHost(next http.Handler) http.Handler {
 // checkOrigin requires every state-changing request to come from one of
 // our origins: Origin must be configured, and Sec-Fetch-Site, when sent,
 // same-origin.
-func (s *Service) checkOrigin(next http.Handler) http.Handler {
+func (s *server) checkOrigin(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if isSafe(r.Method) {
 			next.ServeHTTP(w, r)
@@ -208,7 +227,7 @@ func (s *Service) checkOrigin(next http.Handler) http.Handler {
 
 // checkCSRF is a double-submit token: pages set a random cookie and put
 // the same value in a meta tag; POSTs echo it in X-CSRF-Token.
-func (s *Service) checkCSRF(next http.Handler) http.Handler {
+func (s *server) checkCSRF(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if isSafe(r.Method) {
 			next.ServeHTTP(w, r)
@@ -226,7 +245,7 @@ func (s *Service) checkCSRF(next http.Handler) http.Handler {
 
 // limitJSONBody refuses non-JSON POSTs (415) and bodies over MaxBodyBytes
 // (413).
-func (s *Service) limitJSONBody(next http.Handler) http.Handler {
+func (s *server) limitJSONBody(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if isSafe(r.Method) {
 			next.ServeHTTP(w, r)
@@ -244,6 +263,10 @@ func (s *Service) limitJSONBody(next http.Handler) http.Handler {
 		next.ServeHTTP(w, r)
 	})
 }
+
+// freezable reports whether the page may freeze name: an agent's own
+// name, not every agent at once (that is the CLI's).
+func freezable(name string) bool { return approval.ValidAgent(name) && name != approval.AllAgents }
 
 func isSafe(method string) bool {
 	return method == http.MethodGet || method == http.MethodHead || method == http.MethodOptions
@@ -266,21 +289,21 @@ func writeJSON(w http.ResponseWriter, v any) {
 }
 
 // fail maps a service error to a status and a JSON body.
-func (s *Service) fail(w http.ResponseWriter, err error) {
-	var ce *CheckError
+func (s *server) fail(w http.ResponseWriter, err error) {
+	var ce *approval.CheckError
 	switch {
 	case errors.As(err, &ce):
 		status := http.StatusForbidden
-		if errors.Is(err, ErrNotPending) || errors.Is(err, ErrExpired) {
+		if errors.Is(err, approval.ErrNotPending) || errors.Is(err, approval.ErrExpired) {
 			status = http.StatusConflict
 		}
-		if errors.Is(err, ErrMalformed) {
+		if errors.Is(err, approval.ErrMalformed) {
 			status = http.StatusBadRequest
 		}
 		writeError(w, status, ce.Check, "refused: "+err.Error())
-	case errors.Is(err, ErrNotFound), errors.Is(err, ErrEnrollment):
+	case errors.Is(err, approval.ErrNotFound), errors.Is(err, approval.ErrEnrollment):
 		writeError(w, http.StatusNotFound, "not_found", err.Error())
-	case errors.Is(err, ErrInvalidRequest):
+	case errors.Is(err, approval.ErrInvalidRequest):
 		writeError(w, http.StatusBadRequest, "invalid", err.Error())
 	case errors.Is(err, context.Canceled):
 		// The browser went away; nobody to answer.
@@ -322,7 +345,7 @@ func csrfToken(w http.ResponseWriter, r *http.Request) string {
 	}
 	b := make([]byte, 32)
 	rand.Read(b)
-	tok := b64(b)
+	tok := base64.RawURLEncoding.EncodeToString(b)
 	http.SetCookie(w, &http.Cookie{Name: csrfCookie, Value: tok, Path: "/", HttpOnly: true, SameSite: http.SameSiteStrictMode})
 	return tok
 }
@@ -333,23 +356,23 @@ const pendingShown = 100
 type pageData struct {
 	Title        string
 	CSRF         string
-	Pending      []*Request
+	Pending      []*approval.Request
 	PendingTotal int // all pending requests, of which Pending lists the first
-	History      []*Request
-	Keys         []Credential
-	Request      *Request
+	History      []*approval.Request
+	Keys         []approval.Credential
+	Request      *approval.Request
 	Approver     string
 	NotFound     bool
-	Offer        *GrantOffer // the grant offered with Request (grant.go)
-	Grants       []*Grant    // standing grants, newest first
-	Agents       []agentJSON // agents the page can freeze, and frozen ones (freeze.go)
+	Offer        *approval.GrantOffer // the grant offered with Request (approval/grant.go)
+	Grants       []*approval.Grant    // standing grants, newest first
+	Agents       []approval.AgentView // agents the page can freeze, and frozen ones (approval/freeze.go)
 	Now          time.Time
 	QR           *qrCode    // this page's public URL, for a phone to scan
 	MaxBatch     int        // the pending list: how many one tap may approve
 	Batch        *batchView // the batch confirmation page
 }
 
-func (s *Service) render(w http.ResponseWriter, r *http.Request, name string, d pageData) {
+func (s *server) render(w http.ResponseWriter, r *http.Request, name string, d pageData) {
 	d.CSRF = csrfToken(w, r)
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	if err := pages.ExecuteTemplate(w, name, d); err != nil {
@@ -357,44 +380,44 @@ func (s *Service) render(w http.ResponseWriter, r *http.Request, name string, d 
 	}
 }
 
-func (s *Service) pageIndex(w http.ResponseWriter, r *http.Request) {
-	pending, err := s.list(r.Context(), true, pendingShown)
+func (s *server) pageIndex(w http.ResponseWriter, r *http.Request) {
+	pending, err := s.svc.Pending(r.Context(), pendingShown)
 	if err != nil {
 		s.fail(w, err)
 		return
 	}
-	total, err := s.PendingCount(r.Context())
+	total, err := s.svc.PendingCount(r.Context())
 	if err != nil {
 		s.fail(w, err)
 		return
 	}
-	history, err := s.list(r.Context(), false, 50)
+	history, err := s.svc.History(r.Context(), 50)
 	if err != nil {
 		s.fail(w, err)
 		return
 	}
-	keys, err := s.Credentials(r.Context())
+	keys, err := s.svc.Credentials(r.Context())
 	if err != nil {
 		s.fail(w, err)
 		return
 	}
-	grants, err := s.Grants(r.Context(), grantsShown)
+	grants, err := s.svc.Grants(r.Context(), grantsShown)
 	if err != nil {
 		s.fail(w, err)
 		return
 	}
-	agents, err := s.Agents(r.Context())
+	agents, err := s.svc.Agents(r.Context())
 	if err != nil {
 		s.fail(w, err)
 		return
 	}
 	s.render(w, r, "index.html", pageData{Title: "Approvals", Pending: pending, PendingTotal: total, History: history, Keys: keys, Grants: grants,
-		Agents: agents, Now: s.now(), MaxBatch: s.maxBatch()})
+		Agents: agents, Now: s.svc.Now(), MaxBatch: s.svc.MaxBatch()})
 }
 
-func (s *Service) pageRequest(w http.ResponseWriter, r *http.Request) {
-	req, err := s.Get(r.Context(), r.PathValue("id"))
-	if errors.Is(err, ErrNotFound) {
+func (s *server) pageRequest(w http.ResponseWriter, r *http.Request) {
+	req, err := s.svc.Get(r.Context(), r.PathValue("id"))
+	if errors.Is(err, approval.ErrNotFound) {
 		w.WriteHeader(http.StatusNotFound)
 		s.render(w, r, "request.html", pageData{Title: "Not found", NotFound: true})
 		return
@@ -403,28 +426,28 @@ func (s *Service) pageRequest(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, err)
 		return
 	}
-	offer, err := s.Offer(r.Context(), req.ID)
+	offer, err := s.svc.Offer(r.Context(), req.ID)
 	if err != nil {
 		s.fail(w, err)
 		return
 	}
-	s.render(w, r, "request.html", pageData{Title: req.Tool + " " + req.Code, Request: req, Offer: offer, QR: s.pageQR(s.requestURL(req.ID))})
+	s.render(w, r, "request.html", pageData{Title: req.Tool + " " + req.Code, Request: req, Offer: offer, QR: s.pageQR(s.svc.RequestURL(req.ID))})
 }
 
-func (s *Service) pageEnroll(w http.ResponseWriter, r *http.Request) {
-	e, err := s.enrollment(r.Context(), r.PathValue("token"))
+func (s *server) pageEnroll(w http.ResponseWriter, r *http.Request) {
+	approver, err := s.svc.EnrollmentApprover(r.Context(), r.PathValue("token"))
 	if err != nil {
 		w.WriteHeader(http.StatusNotFound)
 		s.render(w, r, "enroll.html", pageData{Title: "Enrollment link not valid", NotFound: true})
 		return
 	}
-	s.render(w, r, "enroll.html", pageData{Title: "Register a security key", Approver: s.approverName(e.approverID),
-		QR: s.pageQR(s.enrollURL(r.PathValue("token")))})
+	s.render(w, r, "enroll.html", pageData{Title: "Register a security key", Approver: approver,
+		QR: s.pageQR(s.svc.EnrollURL(r.PathValue("token")))})
 }
 
 // pageQR is the QR code of link, or nil (the page then shows none) when it
 // cannot be drawn: the code is a convenience, the page works without it.
-func (s *Service) pageQR(link string) *qrCode {
+func (s *server) pageQR(link string) *qrCode {
 	q, err := pageQR(link)
 	if err != nil {
 		s.opts.Logger.Warn("approval page: no QR code", "err", err)
@@ -456,7 +479,7 @@ type requestJSON struct {
 	Batchable      bool            `json:"batchable"`
 }
 
-func toJSON(r *Request) requestJSON {
+func toJSON(r *approval.Request) requestJSON {
 	out := requestJSON{
 		ID: r.ID, Tool: r.Tool, Agent: r.Agent, Level: r.Level, State: r.State, Code: r.Code,
 		BindingMessage: r.BindingMessage, Display: r.Display, Details: r.AuthorizationDetails,
@@ -473,18 +496,18 @@ func toJSON(r *Request) requestJSON {
 	return out
 }
 
-func (s *Service) apiList(w http.ResponseWriter, r *http.Request) {
-	pending, err := s.list(r.Context(), true, pendingShown)
+func (s *server) apiList(w http.ResponseWriter, r *http.Request) {
+	pending, err := s.svc.Pending(r.Context(), pendingShown)
 	if err != nil {
 		s.fail(w, err)
 		return
 	}
-	total, err := s.PendingCount(r.Context())
+	total, err := s.svc.PendingCount(r.Context())
 	if err != nil {
 		s.fail(w, err)
 		return
 	}
-	history, err := s.list(r.Context(), false, 50)
+	history, err := s.svc.History(r.Context(), 50)
 	if err != nil {
 		s.fail(w, err)
 		return
@@ -503,8 +526,8 @@ func (s *Service) apiList(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, out)
 }
 
-func (s *Service) apiGet(w http.ResponseWriter, r *http.Request) {
-	req, err := s.Get(r.Context(), r.PathValue("id"))
+func (s *server) apiGet(w http.ResponseWriter, r *http.Request) {
+	req, err := s.svc.Get(r.Context(), r.PathValue("id"))
 	if err != nil {
 		s.fail(w, err)
 		return
@@ -513,7 +536,7 @@ func (s *Service) apiGet(w http.ResponseWriter, r *http.Request) {
 }
 
 // apiEvents streams "change" events; the page then re-reads what it shows.
-func (s *Service) apiEvents(w http.ResponseWriter, r *http.Request) {
+func (s *server) apiEvents(w http.ResponseWriter, r *http.Request) {
 	rc := http.NewResponseController(w)
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.Header().Set("X-Accel-Buffering", "no")
@@ -524,11 +547,11 @@ func (s *Service) apiEvents(w http.ResponseWriter, r *http.Request) {
 	heartbeat := time.NewTicker(15 * time.Second)
 	defer heartbeat.Stop()
 	for {
-		ch := s.changes()
+		ch := s.svc.Changes()
 		select {
 		case <-r.Context().Done():
 			return
-		case <-s.stop:
+		case <-s.svc.Done():
 			return
 		case <-heartbeat.C:
 			io.WriteString(w, ": keep-alive\n\n")
@@ -541,24 +564,24 @@ func (s *Service) apiEvents(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-func (s *Service) apiBegin(w http.ResponseWriter, r *http.Request) {
+func (s *server) apiBegin(w http.ResponseWriter, r *http.Request) {
 	var body struct {
 		Decision string     `json:"decision"`
-		Grant    *grantBody `json:"grant"` // approve and grant (grant.go)
+		Grant    *grantBody `json:"grant"` // approve and grant (approval/grant.go)
 	}
 	if !decodeJSON(w, r, &body) {
 		return
 	}
-	var opts *DecisionOptions
+	var opts *approval.DecisionOptions
 	var err error
 	if body.Grant != nil {
 		if body.Decision != "approve" {
 			writeError(w, http.StatusBadRequest, "invalid", "only an approval can create a grant")
 			return
 		}
-		opts, err = s.BeginGrant(r.Context(), r.PathValue("id"), body.Grant.choice())
+		opts, err = s.svc.BeginGrant(r.Context(), r.PathValue("id"), body.Grant.choice())
 	} else {
-		opts, err = s.BeginDecision(r.Context(), r.PathValue("id"), body.Decision)
+		opts, err = s.svc.BeginDecision(r.Context(), r.PathValue("id"), body.Decision)
 	}
 	if err != nil {
 		s.fail(w, err)
@@ -572,12 +595,12 @@ type finishBody struct {
 	Credential json.RawMessage `json:"credential"`
 }
 
-func (s *Service) apiFinish(w http.ResponseWriter, r *http.Request) {
+func (s *server) apiFinish(w http.ResponseWriter, r *http.Request) {
 	var body finishBody
 	if !decodeJSON(w, r, &body) {
 		return
 	}
-	req, err := s.FinishDecision(r.Context(), r.PathValue("id"), body.Ceremony, body.Credential)
+	req, err := s.svc.FinishDecision(r.Context(), r.PathValue("id"), body.Ceremony, body.Credential)
 	if err != nil {
 		s.fail(w, err)
 		return
@@ -585,12 +608,12 @@ func (s *Service) apiFinish(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, toJSON(req))
 }
 
-func (s *Service) apiEnrollBegin(w http.ResponseWriter, r *http.Request) {
+func (s *server) apiEnrollBegin(w http.ResponseWriter, r *http.Request) {
 	var body struct{}
 	if !decodeJSON(w, r, &body) {
 		return
 	}
-	opts, err := s.BeginEnrollment(r.Context(), r.PathValue("token"))
+	opts, err := s.svc.BeginEnrollment(r.Context(), r.PathValue("token"))
 	if err != nil {
 		s.fail(w, err)
 		return
@@ -598,12 +621,12 @@ func (s *Service) apiEnrollBegin(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, opts)
 }
 
-func (s *Service) apiEnrollFinish(w http.ResponseWriter, r *http.Request) {
+func (s *server) apiEnrollFinish(w http.ResponseWriter, r *http.Request) {
 	var body finishBody
 	if !decodeJSON(w, r, &body) {
 		return
 	}
-	res, err := s.FinishEnrollment(r.Context(), r.PathValue("token"), body.Ceremony, body.Credential)
+	res, err := s.svc.FinishEnrollment(r.Context(), r.PathValue("token"), body.Ceremony, body.Credential)
 	if err != nil {
 		s.fail(w, err)
 		return
