@@ -226,7 +226,7 @@ func TestFreezeRefusesATapAfterIt(t *testing.T) {
 	if got, _ := f.svc.Get(ctx, r2.ID); got.State != StatePending || len(got.Approvals) != 0 {
 		t.Fatalf("request %s with approvals %v", got.State, got.Approvals)
 	}
-	f.rec.requireRejected(t, ErrFrozenCheck)
+	f.rec.RequireRejected(t, ErrFrozenCheck.Check)
 	// The serving process ends it once it looks (watchFreezes does on the
 	// next change; here, directly).
 	if err := f.svc.enforceFreezes(ctx); err != nil {

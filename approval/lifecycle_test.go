@@ -78,10 +78,10 @@ func TestRestartCancelsBlockModeAndKeepsPollMode(t *testing.T) {
 	if got.State != StateCancelled || got.Reason != ReasonRestarted {
 		t.Fatalf("block-mode request after restart: %s %q", got.State, got.Reason)
 	}
-	if kinds := f.rec.kinds(block.ID); kinds[len(kinds)-1] != audit.KindApprovalCancelled {
+	if kinds := f.rec.Kinds(block.ID); kinds[len(kinds)-1] != audit.KindApprovalCancelled {
 		t.Fatalf("cancellation not recorded: %v", kinds)
 	}
-	if e, _ := f.rec.last(audit.KindApprovalCancelled); e.Reason != ReasonRestarted || e.RequestID != block.ID {
+	if e, _ := f.rec.Last(audit.KindApprovalCancelled); e.Reason != ReasonRestarted || e.RequestID != block.ID {
 		t.Fatalf("cancel entry %+v", e)
 	}
 	// Never approvable afterwards.
@@ -141,7 +141,7 @@ func TestFinishRecordsOutcomeWithState(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e, ok := f.rec.last(audit.KindCallInterrupted)
+	e, ok := f.rec.Last(audit.KindCallInterrupted)
 	if !ok || e.RequestID != req.ID {
 		t.Fatalf("call.interrupted not recorded with the request id: %+v", e)
 	}
@@ -224,7 +224,7 @@ func TestRestartAppendsLeftoverEntriesFirst(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []string{audit.KindApprovalRequested, audit.KindApprovalRejected, audit.KindApprovalCancelled}
-	if got := f.rec.kinds(req.ID); !slices.Equal(got, want) {
+	if got := f.rec.Kinds(req.ID); !slices.Equal(got, want) {
 		t.Fatalf("kinds %v, want %v", got, want)
 	}
 }
@@ -272,7 +272,7 @@ func TestOutboxOfADeadProcessIsTakenOnceAndAtOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	var reasons []string
-	for _, e := range f.rec.entries {
+	for _, e := range f.rec.Entries() {
 		if e.Kind == audit.KindApprovalRejected {
 			reasons = append(reasons, e.Reason)
 		}

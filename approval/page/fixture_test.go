@@ -2,7 +2,6 @@ package page
 
 import (
 	"context"
-	"crypto/ed25519"
 	"database/sql"
 	"encoding/base64"
 	"encoding/json"
@@ -13,7 +12,6 @@ import (
 
 	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/approval/approvaltest"
-	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/store"
 )
 
@@ -139,25 +137,4 @@ func (f *fixture) requireUntouched(t *testing.T, ids ...string) {
 			t.Fatalf("request %s after a refused batch: %s with approvals %v", id, r.State, r.Approvals)
 		}
 	}
-}
-
-// openLogged opens a database in a fresh directory and the real audit log
-// in it, with that directory's server key; both close with the test.
-func openLogged(t *testing.T) (dir string, db *sql.DB, log *audit.Log, key ed25519.PrivateKey) {
-	t.Helper()
-	ctx := context.Background()
-	dir = t.TempDir()
-	db, err := store.Open(ctx, filepath.Join(dir, store.FileName))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	if key, err = audit.LoadOrCreateKey(dir); err != nil {
-		t.Fatal(err)
-	}
-	if log, err = audit.Open(ctx, db, key, audit.Options{}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { log.Close() })
-	return dir, db, log, key
 }

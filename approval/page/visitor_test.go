@@ -35,7 +35,7 @@ type hostileFixture struct {
 func newHostileFixture(t *testing.T) *hostileFixture {
 	t.Helper()
 	ctx := context.Background()
-	dir, db, log, _ := openLogged(t)
+	dir, db, log, _ := approvaltest.OpenLog(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
