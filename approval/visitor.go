@@ -20,7 +20,8 @@ import (
 //     issues (a UUID, a 32-byte base64url token) before anything looks them up;
 //   - approval.rejected reasons are fixed words ([rejectedReason]) plus ids the
 //     server issued, never text from the request;
-//   - begin and finish are rate limited per client address and per request;
+//   - begin and finish are rate limited per client address and per request
+//     (by the page, approval/page);
 //   - ceremonies nobody finished are deleted once they expire.
 
 // ceremonySweep is how often expired ceremonies are deleted.

@@ -24,7 +24,7 @@ import (
 
 const (
 	sessionCookie = "countersign_session"
-	// DefaultSessionTTL bounds a sign-in when Options.SessionTTL is zero.
+	// DefaultSessionTTL bounds a sign-in when approval.Options.SessionTTL is zero.
 	DefaultSessionTTL = 15 * time.Minute
 )
 
