@@ -35,7 +35,7 @@ func TestReplayIsRejected(t *testing.T) {
 	if _, err := f.svc.FinishDecision(ctx, req.ID, ceremony, captured); !errors.Is(err, ErrCeremony) {
 		t.Fatalf("replay on used ceremony: %v", err)
 	}
-	f.rec.requireRejected(t, ErrCeremony)
+	f.rec.RequireRejected(t, ErrCeremony.Check)
 
 	// A fresh ceremony on the same request: the digest is the same, so
 	// the replay check must catch it.
@@ -46,7 +46,7 @@ func TestReplayIsRejected(t *testing.T) {
 	if _, err := f.svc.FinishDecision(ctx, req.ID, opts.Ceremony, captured); !errors.Is(err, ErrReplay) {
 		t.Fatalf("replay on same request: %v", err)
 	}
-	f.rec.requireRejected(t, ErrReplay)
+	f.rec.RequireRejected(t, ErrReplay.Check)
 
 	// Another request: the digest differs.
 	other, _ := f.svc.Create(ctx, nr)
@@ -54,7 +54,7 @@ func TestReplayIsRejected(t *testing.T) {
 	if _, err := f.svc.FinishDecision(ctx, other.ID, opts.Ceremony, captured); !errors.Is(err, ErrChallenge) {
 		t.Fatalf("replay on another request: %v", err)
 	}
-	f.rec.requireRejected(t, ErrChallenge)
+	f.rec.RequireRejected(t, ErrChallenge.Check)
 
 	for _, id := range []string{req.ID, other.ID} {
 		if r, _ := f.svc.Get(ctx, id); r.State != StatePending || (id == other.ID && len(r.Approvals) != 0) {
@@ -78,11 +78,11 @@ func TestDecisionCannotBeSwapped(t *testing.T) {
 	if _, err := f.svc.FinishDecision(ctx, req.ID, denyOpts.Ceremony, signedApprove); !errors.Is(err, ErrChallenge) {
 		t.Fatalf("approve assertion as deny: %v", err)
 	}
-	f.rec.requireRejected(t, ErrChallenge)
+	f.rec.RequireRejected(t, ErrChallenge.Check)
 	if _, err := f.svc.FinishDecision(ctx, req.ID, approveOpts.Ceremony, signedDeny); !errors.Is(err, ErrChallenge) {
 		t.Fatalf("deny assertion as approve: %v", err)
 	}
-	f.rec.requireRejected(t, ErrChallenge)
+	f.rec.RequireRejected(t, ErrChallenge.Check)
 	if r, _ := f.svc.Get(ctx, req.ID); r.State != StatePending {
 		t.Fatalf("state %s", r.State)
 	}
@@ -105,7 +105,7 @@ func TestAssertionChecks(t *testing.T) {
 		if _, err := f.decide(t, req.ID, digest.Approve, key); !errors.Is(err, want) {
 			t.Fatalf("got %v, want %s", err, want.Check)
 		}
-		f.rec.requireRejected(t, want)
+		f.rec.RequireRejected(t, want.Check)
 		if r, _ := f.svc.Get(ctx, req.ID); r.State != StatePending || len(r.Approvals) != 0 {
 			t.Fatalf("after refused assertion: %+v", r)
 		}
@@ -149,7 +149,7 @@ func TestAssertionChecks(t *testing.T) {
 		if err := f.svc.RevokeCredential(ctx, enc(carol.id), "lost"); err != nil {
 			t.Fatal(err)
 		}
-		if e, _ := f.rec.last(audit.KindCredentialRevoked); e.CredentialID != enc(carol.id) || e.Reason != "lost" {
+		if e, _ := f.rec.Last(audit.KindCredentialRevoked); e.CredentialID != enc(carol.id) || e.Reason != "lost" {
 			t.Fatalf("revoked entry %+v", e)
 		}
 		try(t, carol, []string{"alice", "carol"}, ErrRevokedCredential)
@@ -192,7 +192,7 @@ func TestSameApproverTwiceIsOneVote(t *testing.T) {
 	if _, err := f.svc.FinishEnrollment(ctx, token, step.Ceremony, key2.create(t, step.PublicKey)); err != nil {
 		t.Fatal(err)
 	}
-	if e, _ := f.rec.last(audit.KindApproverEnrolled); e.CredentialID != enc(key2.id) || !strings.Contains(e.Reason, "vouched for by key "+enc(key1.id)) {
+	if e, _ := f.rec.Last(audit.KindApproverEnrolled); e.CredentialID != enc(key2.id) || !strings.Contains(e.Reason, "vouched for by key "+enc(key1.id)) {
 		t.Fatalf("enrolled entry %+v", e)
 	}
 	if _, err := f.svc.BeginEnrollment(ctx, token); !errors.Is(err, ErrEnrollment) {
@@ -219,7 +219,7 @@ func TestSameApproverTwiceIsOneVote(t *testing.T) {
 	if _, err := f.svc.FinishDecision(ctx, req.ID, opts2.Ceremony, key2.get(opts2.PublicKey.Challenge.String())); !errors.Is(err, ErrAlreadyCounted) {
 		t.Fatalf("alice twice: %v", err)
 	}
-	f.rec.requireRejected(t, ErrAlreadyCounted)
+	f.rec.RequireRejected(t, ErrAlreadyCounted.Check)
 	if r, _ := f.svc.Get(ctx, req.ID); r.State != StatePending || len(r.Approvals) != 1 {
 		t.Fatalf("after alice twice: %+v", r)
 	}
@@ -244,7 +244,7 @@ func TestApproveAfterExpiry(t *testing.T) {
 	if _, err := f.svc.FinishDecision(ctx, req.ID, ceremony, resp); !errors.Is(err, ErrExpired) {
 		t.Fatalf("approve after expiry: %v", err)
 	}
-	f.rec.requireRejected(t, ErrExpired)
+	f.rec.RequireRejected(t, ErrExpired.Check)
 	r, _ := f.svc.Get(ctx, req.ID)
 	if r.State != StateExpired {
 		t.Fatalf("state %s", r.State)
@@ -294,7 +294,7 @@ func TestConcurrentApprovalsOneWins(t *testing.T) {
 			t.Fatalf("round %d: %d executions claimed", round, wins.Load())
 		}
 		n := 0
-		for _, k := range f.rec.kinds(req.ID) {
+		for _, k := range f.rec.Kinds(req.ID) {
 			if k == audit.KindApprovalApproved {
 				n++
 			}

@@ -5,13 +5,11 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/sha256"
-	"database/sql"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -19,9 +17,9 @@ import (
 	"github.com/gowebpki/jcs"
 	"golang.org/x/mod/sumdb/note"
 
+	"github.com/countersign/countersign/approval/approvaltest"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/digest"
-	"github.com/countersign/countersign/store"
 )
 
 // With the real audit log in the same database, an export of enrollment,
@@ -128,33 +126,12 @@ func verifiedExport(t *testing.T, log *audit.Log) ([]byte, audit.Summary) {
 	return export.Bytes(), sum
 }
 
-// openLogged opens a database in a fresh directory and the real audit log
-// in it, with that directory's server key; both close with the test.
-func openLogged(t *testing.T) (dir string, db *sql.DB, log *audit.Log, key ed25519.PrivateKey) {
-	t.Helper()
-	ctx := context.Background()
-	dir = t.TempDir()
-	db, err := store.Open(ctx, filepath.Join(dir, store.FileName))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	if key, err = audit.LoadOrCreateKey(dir); err != nil {
-		t.Fatal(err)
-	}
-	if log, err = audit.Open(ctx, db, key, audit.Options{}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { log.Close() })
-	return dir, db, log, key
-}
-
 // newLoggedFixture is a service whose recorder is the real audit log, in
 // the same database, and that log's server key.
 func newLoggedFixture(t *testing.T) (*fixture, *audit.Log, ed25519.PrivateKey) {
 	t.Helper()
 	ctx := context.Background()
-	dir, db, log, key := openLogged(t)
+	dir, db, log, key := approvaltest.OpenLog(t)
 	svc, err := New(ctx, db, log, Options{RPID: "localhost", Origins: []string{testOrigin}, Approvers: testApprovers})
 	if err != nil {
 		t.Fatal(err)

@@ -104,7 +104,7 @@ func TestBatchApprovesEachRequestOnce(t *testing.T) {
 	if _, err := f.svc.FinishBatch(ctx, ids, again.Ceremony, signed); !errors.Is(err, ErrReplay) {
 		t.Fatalf("replayed batch assertion: %v", err)
 	}
-	f.rec.requireRejected(t, ErrReplay)
+	f.rec.RequireRejected(t, ErrReplay.Check)
 	// alice is counted on all three, so a batch of them is bob's alone.
 	if _, err := f.svc.FinishBatch(ctx, ids, opts.Ceremony, signed); !errors.Is(err, ErrCeremony) {
 		t.Fatalf("used ceremony: %v", err)
@@ -130,21 +130,19 @@ func TestBatchApprovesEachRequestOnce(t *testing.T) {
 		if err := f.svc.BeginExecution(ctx, id); !errors.Is(err, ErrNotApproved) {
 			t.Fatalf("second execution of %s: %v", id, err)
 		}
-		if want := []string{audit.KindApprovalRequested, audit.KindApprovalAssertion, audit.KindApprovalRejected, audit.KindApprovalRejected, audit.KindApprovalAssertion, audit.KindApprovalApproved}; !slices.Equal(f.rec.kinds(id), want) {
-			t.Fatalf("kinds of %s: %v, want %v", id, f.rec.kinds(id), want)
+		if want := []string{audit.KindApprovalRequested, audit.KindApprovalAssertion, audit.KindApprovalRejected, audit.KindApprovalRejected, audit.KindApprovalAssertion, audit.KindApprovalApproved}; !slices.Equal(f.rec.Kinds(id), want) {
+			t.Fatalf("kinds of %s: %v, want %v", id, f.rec.Kinds(id), want)
 		}
 	}
 
 	// Each assertion entry carries bob's one assertion, the list and its
 	// request's place in it.
-	f.rec.mu.Lock()
 	var bobs []audit.Entry
-	for _, e := range f.rec.entries {
+	for _, e := range f.rec.Entries() {
 		if e.Kind == audit.KindApprovalAssertion && e.Approver == "bob" {
 			bobs = append(bobs, e)
 		}
 	}
-	f.rec.mu.Unlock()
 	if len(bobs) != 3 {
 		t.Fatalf("%d assertion entries of bob, want 3", len(bobs))
 	}
@@ -188,7 +186,7 @@ func TestBatchRefusals(t *testing.T) {
 		if _, err := f.svc.FinishBatch(ctx, ids, opts.Ceremony, signed); !errors.Is(err, ErrApproverNotAllowed) {
 			t.Fatalf("got %v", err)
 		}
-		f.rec.requireRejected(t, ErrApproverNotAllowed)
+		f.rec.RequireRejected(t, ErrApproverNotAllowed.Check)
 		f.requireUntouched(t, ids...)
 		// Nobody may approve both a request of alice's and one of bob's.
 		if _, err := f.svc.BeginBatch(ctx, []string{f.create(t, batchRequest(1, "alice")), ids[2]}); !errors.Is(err, ErrNoCredentials) {
@@ -211,7 +209,7 @@ func TestBatchRefusals(t *testing.T) {
 		if _, err := f.svc.FinishBatch(ctx, ids, opts.Ceremony, signed); !errors.Is(err, ErrCeremony) {
 			t.Fatalf("finish with another selection's ceremony: %v", err)
 		}
-		f.rec.requireRejected(t, ErrCeremony)
+		f.rec.RequireRejected(t, ErrCeremony.Check)
 		f.requireUntouched(t, ids...)
 	})
 
@@ -232,7 +230,7 @@ func TestBatchRefusals(t *testing.T) {
 		if _, err := f.svc.FinishBatch(ctx, ids, opts.Ceremony, signed); !errors.Is(err, ErrNotPending) {
 			t.Fatalf("got %v", err)
 		}
-		f.rec.requireRejected(t, ErrNotPending)
+		f.rec.RequireRejected(t, ErrNotPending.Check)
 		f.requireUntouched(t, ids[0])
 		// All or nothing: the assertion was not spent on ids[0] either.
 		if _, err := f.svc.BeginBatch(ctx, ids); !errors.Is(err, ErrNotPending) {
@@ -247,7 +245,7 @@ func TestBatchRefusals(t *testing.T) {
 		if _, err := f.svc.FinishBatch(ctx, ids, opts.Ceremony, signed); !errors.Is(err, ErrExpired) {
 			t.Fatalf("got %v", err)
 		}
-		f.rec.requireRejected(t, ErrExpired)
+		f.rec.RequireRejected(t, ErrExpired.Check)
 		for _, id := range ids {
 			if r, _ := f.svc.Get(ctx, id); r.State != StateExpired {
 				t.Fatalf("%s is %s", id, r.State)
@@ -266,7 +264,7 @@ func TestBatchRefusals(t *testing.T) {
 		if _, err := f.svc.FinishBatch(ctx, ac, opts.Ceremony, signed); !errors.Is(err, ErrChallenge) {
 			t.Fatalf("got %v", err)
 		}
-		f.rec.requireRejected(t, ErrChallenge)
+		f.rec.RequireRejected(t, ErrChallenge.Check)
 		// A subset is another set too.
 		opts, err = f.svc.BeginBatch(ctx, ab[:1])
 		if err != nil {

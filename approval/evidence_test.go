@@ -46,7 +46,7 @@ func TestEvidenceMatchesTheAuditLog(t *testing.T) {
 		t.Fatalf("votes %+v", ev.Votes)
 	}
 	byApprover := map[string]audit.Entry{}
-	for _, e := range f.rec.entries {
+	for _, e := range f.rec.Entries() {
 		if e.Kind == audit.KindApprovalAssertion && e.RequestID == req.ID {
 			byApprover[e.Approver] = e
 		}

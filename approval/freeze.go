@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net/http"
 	"regexp"
 	"time"
 
@@ -456,29 +455,30 @@ func (s *Service) failFrozen(ctx context.Context, id string, f *Freeze) error {
 	return ferr
 }
 
-// freezeJSON is the page's view of a freeze.
-type freezeJSON struct {
+// FreezeView is the page's view of a freeze.
+type FreezeView struct {
 	Agent    string    `json:"agent"`
 	FrozenBy string    `json:"frozenBy"`
 	FrozenAt time.Time `json:"frozenAt"`
 	Reason   string    `json:"reason,omitempty"`
 }
 
-// agentJSON is one agent the page can freeze: one seen in a pending
+// AgentView is one agent the page can freeze: one seen in a pending
 // request or a grant in force, or a frozen one.
-type agentJSON struct {
+type AgentView struct {
 	Name   string      `json:"name"`
-	Frozen *freezeJSON `json:"frozen,omitempty"`
+	Frozen *FreezeView `json:"frozen,omitempty"`
 }
 
-func toFreezeJSON(f *Freeze) *freezeJSON {
-	return &freezeJSON{Agent: f.Agent, FrozenBy: f.By, FrozenAt: f.At, Reason: f.Reason}
+// View is the page's view of the freeze.
+func (f *Freeze) View() *FreezeView {
+	return &FreezeView{Agent: f.Agent, FrozenBy: f.By, FrozenAt: f.At, Reason: f.Reason}
 }
 
 // Agents lists the agents the page shows: frozen, with pending requests,
 // or with grants in force; the freeze of every agent comes first, as
 // AllAgents.
-func (s *Service) Agents(ctx context.Context) ([]agentJSON, error) {
+func (s *Service) Agents(ctx context.Context) ([]AgentView, error) {
 	names, err := column(ctx, s.db, `SELECT agent FROM agent_freezes
 		UNION SELECT agent FROM approval_requests WHERE state = 'pending'
 		UNION SELECT agent FROM approval_grants WHERE revoked_at = 0 AND used < max_calls AND expires_at > ?
@@ -486,66 +486,17 @@ func (s *Service) Agents(ctx context.Context) ([]agentJSON, error) {
 	if err != nil {
 		return nil, err
 	}
-	out := []agentJSON{}
+	out := []AgentView{}
 	for _, n := range names {
 		f, err := frozenIn(ctx, s.db, n)
 		if err != nil {
 			return nil, err
 		}
-		a := agentJSON{Name: n}
+		a := AgentView{Name: n}
 		if f != nil { // its own freeze, or that of every agent
-			a.Frozen = toFreezeJSON(f)
+			a.Frozen = f.View()
 		}
 		out = append(out, a)
 	}
 	return out, nil
-}
-
-func (s *Service) apiAgents(w http.ResponseWriter, r *http.Request) {
-	agents, err := s.Agents(r.Context())
-	if err != nil {
-		s.fail(w, err)
-		return
-	}
-	writeJSON(w, struct {
-		Agents []agentJSON `json:"agents"`
-	}{agents})
-}
-
-// apiFreezeAgent is the page's Freeze button: no tap, since it only takes
-// authority away (as Revoke of a grant); recorded with the signed-in
-// approver, or LoopbackRevoker on a page that needs no sign-in.
-// Unfreezing is not offered here: giving authority back is the CLI's.
-func (s *Service) apiFreezeAgent(w http.ResponseWriter, r *http.Request) {
-	var body struct {
-		Reason string `json:"reason"`
-	}
-	if !decodeJSON(w, r, &body) {
-		return
-	}
-	by, _ := r.Context().Value(signedInKey{}).(string)
-	if by == "" {
-		by = LoopbackRevoker
-	}
-	agent := r.PathValue("name")
-	st, err := s.FreezeAgent(r.Context(), agent, by, body.Reason)
-	var fe *FrozenError
-	if errors.As(err, &fe) {
-		writeError(w, http.StatusConflict, "already_frozen", fe.Error())
-		return
-	}
-	if err != nil {
-		s.fail(w, err)
-		return
-	}
-	f, err := s.Frozen(r.Context(), agent)
-	if err != nil || f == nil {
-		s.fail(w, errors.Join(err, errors.New("the freeze is not in the database")))
-		return
-	}
-	writeJSON(w, struct {
-		Frozen    *freezeJSON `json:"frozen"`
-		Cancelled []string    `json:"cancelled"`
-		Revoked   []string    `json:"revoked"`
-	}{toFreezeJSON(f), append([]string{}, st.Cancelled...), append([]string{}, st.Revoked...)})
 }

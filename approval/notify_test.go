@@ -26,7 +26,7 @@ func observed(f **fixture) (func(*Options), <-chan event) {
 	ch := make(chan event, 16)
 	return func(o *Options) {
 		o.Notify = func(name string, r *Request) {
-			ch <- event{name, *r, (*f).rec.kinds(r.ID)}
+			ch <- event{name, *r, (*f).rec.Kinds(r.ID)}
 		}
 	}, ch
 }

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/countersign/countersign/approval/approvaltest"
 	"github.com/countersign/countersign/digest"
 	"github.com/countersign/countersign/store"
 )
@@ -38,8 +39,8 @@ func TestResultsAreSealedAtRestAndErasedAfterTheirWindow(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	clock := &testClock{t: time.Now()}
-	f := newFixture(t, func(o *Options) { o.ResultKey, o.ResultTTL, o.Now = key, time.Hour, clock.now })
+	clock := approvaltest.NewClock(time.Now())
+	f := newFixture(t, func(o *Options) { o.ResultKey, o.ResultTTL, o.Now = key, time.Hour, clock.Now })
 	alice := newSoftKey(t, "localhost", testOrigin)
 	f.enroll(t, "alice", alice)
 	secret := []byte("hunter2-c0rrect-h0rse-b4ttery")
@@ -65,7 +66,7 @@ func TestResultsAreSealedAtRestAndErasedAfterTheirWindow(t *testing.T) {
 	id := ran()
 
 	got, err := f.svc.Get(ctx, id)
-	if err != nil || !bytes.Equal(got.Result, result) || !got.ResultUntil.Equal(clock.now().Add(time.Hour).Truncate(0).UTC()) {
+	if err != nil || !bytes.Equal(got.Result, result) || !got.ResultUntil.Equal(clock.Now().Add(time.Hour).Truncate(0).UTC()) {
 		t.Fatalf("result %s until %v (%v), want it kept for an hour", got.Result, got.ResultUntil, err)
 	}
 	if where := inFiles(t, f.dir, secret); len(where) > 0 {
@@ -80,7 +81,7 @@ func TestResultsAreSealedAtRestAndErasedAfterTheirWindow(t *testing.T) {
 
 	t.Run("another process with the server's key can hand it over; without it, nothing", func(t *testing.T) {
 		same, err := New(ctx, f.db, f.rec, Options{RPID: "localhost", Origins: []string{testOrigin}, Approvers: testApprovers,
-			ResultKey: key, Now: clock.now})
+			ResultKey: key, Now: clock.Now})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -88,7 +89,7 @@ func TestResultsAreSealedAtRestAndErasedAfterTheirWindow(t *testing.T) {
 		if r, _ := same.Get(ctx, id); !bytes.Equal(r.Result, result) {
 			t.Errorf("with the key: %s", r.Result)
 		}
-		other, err := New(ctx, f.db, f.rec, Options{RPID: "localhost", Origins: []string{testOrigin}, Approvers: testApprovers, Now: clock.now})
+		other, err := New(ctx, f.db, f.rec, Options{RPID: "localhost", Origins: []string{testOrigin}, Approvers: testApprovers, Now: clock.Now})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -137,7 +138,7 @@ func TestResultsAreSealedAtRestAndErasedAfterTheirWindow(t *testing.T) {
 		if n, err := f.svc.EraseResults(ctx); err != nil || n != 0 {
 			t.Fatalf("erased %d within the window (%v)", n, err)
 		}
-		clock.add(time.Hour)
+		clock.Add(time.Hour)
 		r, _ := f.svc.Get(ctx, id)
 		if r.Result != nil || r.ResultUntil.IsZero() || r.State != StateExecuted {
 			t.Fatalf("past the window: %s %s until %v", r.State, r.Result, r.ResultUntil)

@@ -35,7 +35,7 @@ func TestApproveWaitExecuteOnce(t *testing.T) {
 	if !strings.HasSuffix(req.URL, "/requests/"+req.ID) || req.ExpiresAt.Nanosecond() != 0 {
 		t.Fatalf("url %q expires %v", req.URL, req.ExpiresAt)
 	}
-	if got := f.rec.kinds(req.ID); !slices.Equal(got, []string{audit.KindApprovalRequested}) {
+	if got := f.rec.Kinds(req.ID); !slices.Equal(got, []string{audit.KindApprovalRequested}) {
 		t.Fatalf("kinds after create %v", got)
 	}
 
@@ -54,8 +54,8 @@ func TestApproveWaitExecuteOnce(t *testing.T) {
 	if got.State != StateApproved || got.DecidedBy != "alice" || !slices.Equal(got.Approvals, []string{"alice"}) {
 		t.Fatalf("wait returned %+v", got)
 	}
-	if want := []string{audit.KindApprovalRequested, audit.KindApprovalAssertion, audit.KindApprovalApproved}; !slices.Equal(f.rec.kinds(req.ID), want) {
-		t.Fatalf("kinds %v, want %v", f.rec.kinds(req.ID), want)
+	if want := []string{audit.KindApprovalRequested, audit.KindApprovalAssertion, audit.KindApprovalApproved}; !slices.Equal(f.rec.Kinds(req.ID), want) {
+		t.Fatalf("kinds %v, want %v", f.rec.Kinds(req.ID), want)
 	}
 
 	if err := f.svc.BeginExecution(ctx, req.ID); err != nil {
@@ -92,8 +92,8 @@ func TestAssertionEntryVerifiesOffline(t *testing.T) {
 	if _, err := f.decide(t, req.ID, digest.Approve, alice); err != nil {
 		t.Fatal(err)
 	}
-	enrolled, _ := f.rec.last(audit.KindApproverEnrolled)
-	e, _ := f.rec.last(audit.KindApprovalAssertion)
+	enrolled, _ := f.rec.Last(audit.KindApproverEnrolled)
+	e, _ := f.rec.Last(audit.KindApprovalAssertion)
 	if len(e.Args) != 0 || !e.ArgsRedact {
 		t.Fatalf("redacted request leaked args: %s", e.Args)
 	}
@@ -144,7 +144,7 @@ func TestDenyEndsRequest(t *testing.T) {
 	if got.State != StateDenied || got.DecidedBy != "bob" {
 		t.Fatalf("after deny %+v", got)
 	}
-	if e, _ := f.rec.last(audit.KindApprovalDenied); e.Decision != "deny" || e.Signature == "" || e.Approver != "bob" {
+	if e, _ := f.rec.Last(audit.KindApprovalDenied); e.Decision != "deny" || e.Signature == "" || e.Approver != "bob" {
 		t.Fatalf("denied entry %+v", e)
 	}
 	w, err := f.svc.Wait(ctx, req.ID)
@@ -179,8 +179,8 @@ func TestExpiryWithoutWaiter(t *testing.T) {
 		}
 		<-f.svc.changes()
 	}
-	if !slices.Contains(f.rec.kinds(req.ID), audit.KindApprovalExpired) {
-		t.Fatalf("kinds %v", f.rec.kinds(req.ID))
+	if !slices.Contains(f.rec.Kinds(req.ID), audit.KindApprovalExpired) {
+		t.Fatalf("kinds %v", f.rec.Kinds(req.ID))
 	}
 	// An assertion made before expiry does not count after it.
 	if _, err := f.svc.FinishDecision(ctx, req.ID, ceremony, resp); err == nil {
@@ -223,7 +223,7 @@ func TestCriticalNeedsQuorumWithUV(t *testing.T) {
 	if _, err := f.decide(t, req.ID, digest.Approve, bob); !errors.Is(err, ErrUserVerification) {
 		t.Fatalf("no-UV assertion: %v", err)
 	}
-	f.rec.requireRejected(t, ErrUserVerification)
+	f.rec.RequireRejected(t, ErrUserVerification.Check)
 	bob.uv = true
 
 	got, err := f.decide(t, req.ID, digest.Approve, alice)
@@ -250,7 +250,7 @@ func TestCriticalNeedsQuorumWithUV(t *testing.T) {
 	if got.State != StateApproved || got.DecidedBy != "alice,bob" {
 		t.Fatalf("after two of two: %+v", got)
 	}
-	for _, e := range f.rec.entries {
+	for _, e := range f.rec.Entries() {
 		if e.Kind == audit.KindApprovalAssertion && !e.UserVerified {
 			t.Fatalf("critical assertion entry without UV: %+v", e)
 		}
@@ -319,8 +319,8 @@ func TestWaitCancelledWhenCallerGoes(t *testing.T) {
 	if r.State != StateCancelled {
 		t.Fatalf("state %s", r.State)
 	}
-	if !slices.Contains(f.rec.kinds(req.ID), audit.KindApprovalCancelled) {
-		t.Fatalf("kinds %v", f.rec.kinds(req.ID))
+	if !slices.Contains(f.rec.Kinds(req.ID), audit.KindApprovalCancelled) {
+		t.Fatalf("kinds %v", f.rec.Kinds(req.ID))
 	}
 }
 
@@ -331,17 +331,17 @@ func TestAuditFailureFailsClosed(t *testing.T) {
 	alice := newSoftKey(t, "localhost", testOrigin)
 	f.enroll(t, "alice", alice)
 
-	f.rec.setFail(true)
+	f.rec.SetFail(true)
 	if _, err := f.svc.Create(ctx, paymentRequest("alice")); !errors.Is(err, ErrRecord) {
 		t.Fatalf("create with broken log: %v", err)
 	}
-	f.rec.setFail(false)
+	f.rec.SetFail(false)
 
 	req, err := f.svc.Create(ctx, paymentRequest("alice"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.rec.setFail(true)
+	f.rec.SetFail(true)
 	if _, err := f.decide(t, req.ID, digest.Approve, alice); !errors.Is(err, ErrRecord) {
 		t.Fatalf("approve with broken log: %v", err)
 	}
@@ -352,15 +352,15 @@ func TestAuditFailureFailsClosed(t *testing.T) {
 		t.Fatalf("BeginExecution of unlogged approval: %v", err)
 	}
 	// Once the log works again the outbox is appended and it counts.
-	f.rec.setFail(false)
+	f.rec.SetFail(false)
 	if err := f.svc.flush(ctx, false); err != nil {
 		t.Fatal(err)
 	}
 	if err := f.svc.BeginExecution(ctx, req.ID); err != nil {
 		t.Fatalf("after log recovered: %v", err)
 	}
-	if want := []string{audit.KindApprovalRequested, audit.KindApprovalAssertion, audit.KindApprovalApproved}; !slices.Equal(f.rec.kinds(req.ID), want) {
-		t.Fatalf("kinds %v", f.rec.kinds(req.ID))
+	if want := []string{audit.KindApprovalRequested, audit.KindApprovalAssertion, audit.KindApprovalApproved}; !slices.Equal(f.rec.Kinds(req.ID), want) {
+		t.Fatalf("kinds %v", f.rec.Kinds(req.ID))
 	}
 }
 

@@ -51,7 +51,7 @@ func TestDisplayHoldsEveryArgumentWhole(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	entry, ok := f.rec.last(audit.KindApprovalRequested)
+	entry, ok := f.rec.Last(audit.KindApprovalRequested)
 	if !ok {
 		t.Fatal("no approval.requested entry")
 	}
@@ -117,7 +117,7 @@ func TestShowLimitsRefuseBeforeARequest(t *testing.T) {
 			if !errors.Is(cerr, ErrTooLargeToShow) || !errors.Is(cerr, ErrInvalidRequest) || !strings.Contains(cerr.Error(), tc.want) {
 				t.Fatalf("Create: %v", cerr)
 			}
-			if kinds := f.rec.kinds(""); len(kinds) != 0 {
+			if kinds := f.rec.Kinds(""); len(kinds) != 0 {
 				t.Fatalf("entries recorded for a refused request: %v", kinds)
 			}
 			var n int

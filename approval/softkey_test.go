@@ -10,16 +10,14 @@ import (
 	"encoding/base64"
 	"encoding/binary"
 	"encoding/json"
-	"errors"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/fxamacker/cbor/v2"
 
-	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/approval/approvaltest"
 	"github.com/countersign/countersign/store"
 )
 
@@ -135,82 +133,11 @@ func (k *softKey) sign(cd, ad []byte) []byte {
 	return b
 }
 
-// memRecorder keeps entries in memory; fail makes Append fail.
-type memRecorder struct {
-	mu      sync.Mutex
-	entries []audit.Entry
-	fail    bool
-}
-
-func (m *memRecorder) Append(_ context.Context, e audit.Entry) (audit.Entry, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.fail {
-		return audit.Entry{}, errors.New("disk full")
-	}
-	e.Seq = int64(len(m.entries) + 1)
-	if e.Time == "" {
-		e.Time = time.Now().UTC().Format(time.RFC3339Nano)
-	}
-	m.entries = append(m.entries, e)
-	return e, nil
-}
-
-func (m *memRecorder) setFail(v bool) { m.mu.Lock(); m.fail = v; m.mu.Unlock() }
-
-func (m *memRecorder) LastSeq(context.Context) (int64, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return int64(len(m.entries)), nil
-}
-
-func (m *memRecorder) Since(_ context.Context, seq int64, limit int) ([]audit.Entry, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	out := m.entries[min(seq, int64(len(m.entries))):]
-	return append([]audit.Entry(nil), out[:min(limit, len(out))]...), nil
-}
-
-func (m *memRecorder) kinds(requestID string) []string {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	var out []string
-	for _, e := range m.entries {
-		if requestID == "" || e.RequestID == requestID {
-			out = append(out, e.Kind)
-		}
-	}
-	return out
-}
-
-func (m *memRecorder) last(kind string) (audit.Entry, bool) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	for i := len(m.entries) - 1; i >= 0; i-- {
-		if m.entries[i].Kind == kind {
-			return m.entries[i], true
-		}
-	}
-	return audit.Entry{}, false
-}
-
-// requireRejected asserts the last approval.rejected entry names check.
-func (m *memRecorder) requireRejected(t *testing.T, check *CheckError) {
-	t.Helper()
-	e, ok := m.last(audit.KindApprovalRejected)
-	if !ok {
-		t.Fatalf("no approval.rejected entry; kinds %v", m.kinds(""))
-	}
-	if !strings.HasPrefix(e.Reason, check.Check) {
-		t.Fatalf("rejected reason %q, want check %q", e.Reason, check.Check)
-	}
-}
-
 const testOrigin = "http://localhost:8710"
 
 type fixture struct {
 	svc *Service
-	rec *memRecorder
+	rec *approvaltest.Recorder
 	db  *sql.DB
 	dir string
 }
@@ -230,7 +157,7 @@ func newFixture(t testing.TB, tweak ...func(*Options)) *fixture {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { db.Close() })
-	rec := &memRecorder{}
+	rec := &approvaltest.Recorder{}
 	opts := Options{
 		RPID: "localhost", RPName: "Countersign", Origins: []string{testOrigin}, PublicURL: testOrigin,
 		Approvers: testApprovers, PollInterval: time.Second,

@@ -7,7 +7,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// refusedHeader is approval.RefusedHeader: the approver page names the check
+// refusedHeader is page.RefusedHeader (approval/page): the approver page names the check
 // that refused a request at the HTTP layer in it. (metrics does not import
 // approval; a test in cmd checks the two agree by counting a real refusal.)
 const refusedHeader = "Countersign-Refused"

@@ -149,7 +149,12 @@ func (k *SoftKey) Register(publicKey json.RawMessage) ([]byte, error) {
 // one tap, so the sign counter goes up by one.
 func (k *SoftKey) Get(challenge string) []byte {
 	k.counter++
-	cd := k.clientData("webauthn.get", challenge)
+	return k.assert(k.clientData("webauthn.get", challenge))
+}
+
+// assert signs clientDataJSON with authenticator data at the current
+// counter, as an assertion response.
+func (k *SoftKey) assert(cd []byte) []byte {
 	ad := k.authData(nil)
 	h := sha256.Sum256(cd)
 	msg := sha256.Sum256(append(append([]byte{}, ad...), h[:]...))

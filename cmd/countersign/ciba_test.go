@@ -32,6 +32,7 @@ import (
 	jwxjwt "github.com/lestrrat-go/jwx/v3/jwt"
 
 	"github.com/countersign/countersign/approval/approvaltest"
+	approvalpage "github.com/countersign/countersign/approval/page"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/ciba"
 	"github.com/countersign/countersign/config"
@@ -80,7 +81,7 @@ func startCIBA(t *testing.T, edit func(*config.Config)) *cibaProduct {
 		t.Fatal(err)
 	}
 	base := "http://" + agentLn.Addr().String()
-	pageSrv := newHTTPServer(s.approvals.Handler(), log)
+	pageSrv := newHTTPServer(approvalpage.Handler(s.approvals), log)
 	go pageSrv.Serve(pageLn)
 	h, closeSessions := s.server.HTTPHandler(base)
 	agentSrv := newHTTPServer(h, log)

@@ -18,6 +18,7 @@ import (
 
 	"github.com/countersign/countersign"
 	"github.com/countersign/countersign/approval"
+	"github.com/countersign/countersign/approval/page"
 	"github.com/countersign/countersign/attest"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/ciba"
@@ -600,7 +601,7 @@ func drain(g *guard.Guard, timeout time.Duration, log *slog.Logger) {
 // pageHandler is the approver listener: the page, and the operations
 // endpoints.
 func (s *stack) pageHandler() http.Handler {
-	return s.withOps(s.metrics.ApproverPage(s.approvals.Handler()), approverHosts(s.cfg.Approval.AllowedHosts))
+	return s.withOps(s.metrics.ApproverPage(page.Handler(s.approvals)), approverHosts(s.cfg.Approval.AllowedHosts))
 }
 
 // agentHandler is the agent listener of serve --http: MCP, and the

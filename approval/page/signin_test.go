@@ -1,4 +1,4 @@
-package approval
+package page
 
 import (
 	"bytes"
@@ -18,6 +18,7 @@ import (
 
 	"github.com/chromedp/chromedp"
 
+	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/approval/approvaltest"
 )
 
@@ -39,11 +40,11 @@ func newTLSPage(t *testing.T) *tlsPage {
 	}
 	port := ln.Addr().(*net.TCPAddr).Port
 	base := fmt.Sprintf("https://localhost:%d", port)
-	f := newFixture(t, func(o *Options) {
+	f := newFixture(t, func(o *approval.Options) {
 		o.Origins, o.PublicURL, o.RequireSignIn = []string{base}, base, true
 		o.AllowedHosts = []string{fmt.Sprintf("localhost:%d", port)}
 	})
-	srv := &http.Server{Handler: f.svc.Handler(), ReadHeaderTimeout: 5 * time.Second,
+	srv := &http.Server{Handler: Handler(f.svc), ReadHeaderTimeout: 5 * time.Second,
 		TLSConfig: &tls.Config{Certificates: []tls.Certificate{ca.Cert}}}
 	go srv.ServeTLS(ln, "", "")
 	t.Cleanup(func() { srv.Close() })
@@ -97,14 +98,14 @@ func (p *tlsPage) post(t *testing.T, path string, body any) (int, []byte, *http.
 func (p *tlsPage) signIn(t *testing.T, key *softKey) (int, *http.Cookie) {
 	t.Helper()
 	code, raw, _ := p.post(t, "/api/signin/begin", map[string]any{})
-	var opts SignInOptions
+	var opts approval.SignInOptions
 	if code != 200 || json.Unmarshal(raw, &opts) != nil {
 		t.Fatalf("sign-in begin: %d %s", code, raw)
 	}
 	if len(opts.PublicKey.AllowedCredentials) != 0 {
 		t.Fatalf("sign-in options name credentials: %s", raw)
 	}
-	code, raw, resp := p.post(t, "/api/signin/finish", map[string]any{"ceremony": opts.Ceremony, "credential": json.RawMessage(key.get(opts.PublicKey.Challenge.String()))})
+	code, raw, resp := p.post(t, "/api/signin/finish", map[string]any{"ceremony": opts.Ceremony, "credential": json.RawMessage(key.Get(opts.PublicKey.Challenge.String()))})
 	for _, c := range resp.Cookies() {
 		if c.Name == sessionCookie {
 			return code, c
@@ -122,7 +123,7 @@ func TestRemotePageNeedsSignInOverTLS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	credID := enc(alice.id)
+	credID := enc(alice.ID())
 
 	// Before signing in: nothing about requests, history or keys.
 	for _, path := range []string{"/", "/requests/" + req.ID} {
@@ -147,7 +148,7 @@ func TestRemotePageNeedsSignInOverTLS(t *testing.T) {
 	}
 	// A key that signs for alice's credential id without her private key does not either.
 	forger := newSoftKey(t, "localhost", p.base)
-	forger.id, forger.counter = alice.id, 1000
+	forger.Claim(alice.ID(), 1000)
 	if code, c := p.signIn(t, forger); code == http.StatusOK || c != nil {
 		t.Fatalf("forged assertion signed in: %d %v", code, c)
 	}
@@ -167,11 +168,11 @@ func TestRemotePageNeedsSignInOverTLS(t *testing.T) {
 	}
 	// And she approves, over TLS, with the same key.
 	code, raw, _ := p.post(t, "/api/requests/"+req.ID+"/begin", map[string]any{"decision": "approve"})
-	var opts DecisionOptions
+	var opts approval.DecisionOptions
 	if code != 200 || json.Unmarshal(raw, &opts) != nil {
 		t.Fatalf("begin: %d %s", code, raw)
 	}
-	code, raw, _ = p.post(t, "/api/requests/"+req.ID+"/finish", map[string]any{"ceremony": opts.Ceremony, "credential": json.RawMessage(alice.get(opts.PublicKey.Challenge.String()))})
+	code, raw, _ = p.post(t, "/api/requests/"+req.ID+"/finish", map[string]any{"ceremony": opts.Ceremony, "credential": json.RawMessage(alice.Get(opts.PublicKey.Challenge.String()))})
 	if code != 200 || !strings.Contains(string(raw), `"state":"approved"`) {
 		t.Fatalf("finish: %d %s", code, raw)
 	}
@@ -188,7 +189,7 @@ func c2u(base string) *url.URL { u, _ := url.Parse(base); return u }
 // is sent to /signin, taps, and lands on the list.
 func TestBrowserSignIn(t *testing.T) {
 	alloc := approvaltest.NewBrowser(t)
-	f, base, _ := newServedFixture(t, func(o *Options) { o.RequireSignIn = true })
+	f, base, _ := newServedFixture(t, func(o *approval.Options) { o.RequireSignIn = true })
 	b := &browserFixture{fixture: f, base: base, alloc: alloc}
 	tab := b.tab(t, alloc, true)
 	b.enrollInBrowser(t, tab, "alice") // enrollment links need no session
@@ -206,5 +207,5 @@ func TestBrowserSignIn(t *testing.T) {
 		t.Fatalf("the list after signing in: %s", list)
 	}
 	approvaltest.Approve(t, tab, base+"/requests/"+req.ID)
-	waitText(t, tab, "state", StateApproved)
+	waitText(t, tab, "state", approval.StateApproved)
 }

@@ -1,10 +1,12 @@
-package approval
+package page
 
 import (
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
+
+	"github.com/countersign/countersign/approval"
 )
 
 // The batch pages: the pending list has a checkbox on each batchable
@@ -15,12 +17,12 @@ import (
 // displayOf is what the "requestdisplay" template renders: a request, and
 // whether it is the page's only one (which alone gets element ids).
 type displayOf struct {
-	*Request
+	*approval.Request
 	Single bool
 }
 
-func singleDisplay(r *Request) displayOf { return displayOf{Request: r, Single: true} }
-func batchDisplay(r *Request) displayOf  { return displayOf{Request: r} }
+func singleDisplay(r *approval.Request) displayOf { return displayOf{Request: r, Single: true} }
+func batchDisplay(r *approval.Request) displayOf  { return displayOf{Request: r} }
 
 // batchView is the confirmation page of a selection.
 type batchView struct {
@@ -31,28 +33,28 @@ type batchView struct {
 }
 
 type batchItem struct {
-	*Request
+	*approval.Request
 	Pos, Of int
 	Refused string // why this one cannot be in a batch now, or ""
 }
 
-func (s *Service) pageBatch(w http.ResponseWriter, r *http.Request) {
+func (s *server) pageBatch(w http.ResponseWriter, r *http.Request) {
 	ids := r.URL.Query()["id"]
-	d := pageData{MaxBatch: s.maxBatch()}
+	d := pageData{MaxBatch: s.svc.MaxBatch()}
 	d.Title = "Approve together"
 	d.Batch = &batchView{IDs: ids, OK: true}
-	if _, err := s.batchKey(ids); err != nil {
+	if err := s.svc.CheckBatch(ids); err != nil {
 		w.WriteHeader(http.StatusBadRequest)
-		d.Batch.Problem = fmt.Sprintf("Select 1 to %d different requests to approve together.", s.maxBatch())
-		if errors.Is(err, ErrNotFound) {
+		d.Batch.Problem = fmt.Sprintf("Select 1 to %d different requests to approve together.", s.svc.MaxBatch())
+		if errors.Is(err, approval.ErrNotFound) {
 			d.Batch.Problem = "One of the selected requests does not exist."
 		}
 		s.render(w, r, "batch.html", d)
 		return
 	}
 	for i, id := range ids {
-		req, err := s.Get(r.Context(), id)
-		if errors.Is(err, ErrNotFound) {
+		req, err := s.svc.Get(r.Context(), id)
+		if errors.Is(err, approval.ErrNotFound) {
 			w.WriteHeader(http.StatusNotFound)
 			d.Batch.Problem = "One of the selected requests does not exist."
 			s.render(w, r, "batch.html", d)
@@ -64,7 +66,7 @@ func (s *Service) pageBatch(w http.ResponseWriter, r *http.Request) {
 		}
 		it := batchItem{Request: req, Pos: i + 1, Of: len(ids)}
 		switch {
-		case req.State != StatePending:
+		case req.State != approval.StatePending:
 			it.Refused = "This request is " + req.State + "; it can no longer be approved."
 		case req.Level != "high" || !req.Batchable:
 			it.Refused = "This request cannot be approved together with others: it needs its own tap on its own page."
@@ -81,12 +83,12 @@ type batchBody struct {
 	Credential json.RawMessage `json:"credential,omitempty"`
 }
 
-func (s *Service) apiBatchBegin(w http.ResponseWriter, r *http.Request) {
+func (s *server) apiBatchBegin(w http.ResponseWriter, r *http.Request) {
 	var body batchBody
 	if !decodeJSON(w, r, &body) {
 		return
 	}
-	opts, err := s.BeginBatch(r.Context(), body.Requests)
+	opts, err := s.svc.BeginBatch(r.Context(), body.Requests)
 	if err != nil {
 		s.fail(w, err)
 		return
@@ -94,12 +96,12 @@ func (s *Service) apiBatchBegin(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, opts)
 }
 
-func (s *Service) apiBatchFinish(w http.ResponseWriter, r *http.Request) {
+func (s *server) apiBatchFinish(w http.ResponseWriter, r *http.Request) {
 	var body batchBody
 	if !decodeJSON(w, r, &body) {
 		return
 	}
-	reqs, err := s.FinishBatch(r.Context(), body.Requests, body.Ceremony, body.Credential)
+	reqs, err := s.svc.FinishBatch(r.Context(), body.Requests, body.Ceremony, body.Credential)
 	if err != nil {
 		s.fail(w, err)
 		return

@@ -1,4 +1,4 @@
-package approval
+package page
 
 import (
 	"bytes"
@@ -13,6 +13,7 @@ import (
 
 	"github.com/chromedp/chromedp"
 
+	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/approval/approvaltest"
 	"github.com/countersign/countersign/audit"
 )
@@ -71,8 +72,8 @@ func TestBrowserApproveDenyExpireQuorum(t *testing.T) {
 	if err != nil || len(creds) != 2 || creds[0].ApproverID != "alice" || creds[1].ApproverID != "bob" {
 		t.Fatalf("credentials %+v %v", creds, err)
 	}
-	if n := slices.Index(b.rec.kinds(""), audit.KindApproverEnrolled); n < 0 {
-		t.Fatalf("no approver.enrolled entry: %v", b.rec.kinds(""))
+	if n := slices.Index(b.rec.Kinds(""), audit.KindApproverEnrolled); n < 0 {
+		t.Fatalf("no approver.enrolled entry: %v", b.rec.Kinds(""))
 	}
 
 	t.Run("approve", func(t *testing.T) {
@@ -94,15 +95,15 @@ func TestBrowserApproveDenyExpireQuorum(t *testing.T) {
 		}
 		b.screenshot(t, aliceTab)
 
-		waited := make(chan *Request, 1)
+		waited := make(chan *approval.Request, 1)
 		go func() { r, _ := b.svc.Wait(ctx, req.ID); waited <- r }()
 		do(t, aliceTab, chromedp.Click(chromedp.CSS("#approve")))
 		got := <-waited
-		if got.State != StateApproved || got.DecidedBy != "alice" {
+		if got.State != approval.StateApproved || got.DecidedBy != "alice" {
 			t.Fatalf("wait: %+v", got)
 		}
 		waitText(t, aliceTab, "state", "approved")
-		e, _ := b.rec.last(audit.KindApprovalAssertion)
+		e, _ := b.rec.Last(audit.KindApprovalAssertion)
 		if e.Origin != b.base || e.RequestID != req.ID {
 			t.Fatalf("assertion entry origin %q request %q", e.Origin, e.RequestID)
 		}
@@ -118,7 +119,7 @@ func TestBrowserApproveDenyExpireQuorum(t *testing.T) {
 		}
 		do(t, bobTab, chromedp.Navigate(b.base+"/requests/"+req.ID), chromedp.WaitVisible(chromedp.CSS("#deny")), chromedp.Click(chromedp.CSS("#deny")))
 		got, err := b.svc.Wait(ctx, req.ID)
-		if err != nil || got.State != StateDenied || got.DecidedBy != "bob" {
+		if err != nil || got.State != approval.StateDenied || got.DecidedBy != "bob" {
 			t.Fatalf("wait: %+v %v", got, err)
 		}
 		waitText(t, bobTab, "state", "denied")
@@ -134,7 +135,7 @@ func TestBrowserApproveDenyExpireQuorum(t *testing.T) {
 		do(t, aliceTab, chromedp.Navigate(b.base+"/requests/"+req.ID), chromedp.WaitVisible(chromedp.CSS("#approve")))
 		// The page learns of the expiry through the event stream.
 		waitText(t, aliceTab, "state", "expired")
-		if r, _ := b.svc.Get(ctx, req.ID); r.State != StateExpired {
+		if r, _ := b.svc.Get(ctx, req.ID); r.State != approval.StateExpired {
 			t.Fatalf("state %s", r.State)
 		}
 	})
@@ -148,17 +149,17 @@ func TestBrowserApproveDenyExpireQuorum(t *testing.T) {
 		}
 		do(t, aliceTab, chromedp.Navigate(b.base+"/requests/"+req.ID), chromedp.WaitVisible(chromedp.CSS("#approve")), chromedp.Click(chromedp.CSS("#approve")))
 		waitText(t, aliceTab, "outcome", "Your approval is counted: 1 of 2")
-		if r, _ := b.svc.Get(ctx, req.ID); r.State != StatePending {
+		if r, _ := b.svc.Get(ctx, req.ID); r.State != approval.StatePending {
 			t.Fatalf("one of two approved it: %s", r.State)
 		}
 		do(t, bobTab, chromedp.Navigate(b.base+"/requests/"+req.ID), chromedp.WaitVisible(chromedp.CSS("#approve")), chromedp.Click(chromedp.CSS("#approve")))
 		got, err := b.svc.Wait(ctx, req.ID)
-		if err != nil || got.State != StateApproved || got.DecidedBy != "alice,bob" {
+		if err != nil || got.State != approval.StateApproved || got.DecidedBy != "alice,bob" {
 			t.Fatalf("wait: %+v %v", got, err)
 		}
 		// Alice's tab updates live.
 		waitText(t, aliceTab, "state", "approved")
-		for _, e := range b.rec.entries {
+		for _, e := range b.rec.Entries() {
 			if e.RequestID == req.ID && e.Kind == audit.KindApprovalAssertion && !e.UserVerified {
 				t.Fatalf("critical assertion without UV: %+v", e)
 			}
@@ -198,7 +199,7 @@ func (b *browserFixture) screenshot(t *testing.T, tab context.Context) {
 		path = p
 	}
 	if *updateScreenshot {
-		path = filepath.Join("..", "docs", "approver-page.png")
+		path = filepath.Join("..", "..", "docs", "approver-page.png")
 		os.MkdirAll(filepath.Dir(path), 0o755)
 	}
 	if err := os.WriteFile(path, png, 0o644); err != nil {

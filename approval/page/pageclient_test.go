@@ -1,10 +1,11 @@
-package approval
+package page
 
 import (
 	"context"
 	"errors"
 	"testing"
 
+	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/approval/approvaltest"
 	"github.com/countersign/countersign/digest"
 )
@@ -31,7 +32,7 @@ func TestPageClientEnrollsAndDecides(t *testing.T) {
 		t.Fatalf("pending %v (%v)", ids, err)
 	}
 	got, err := page.Decide(req.ID, digest.Approve, alice)
-	if err != nil || got.State != StateApproved {
+	if err != nil || got.State != approval.StateApproved {
 		t.Fatalf("decide: %+v (%v)", got, err)
 	}
 	_, err = page.Decide(req.ID, digest.Deny, alice)
@@ -39,7 +40,7 @@ func TestPageClientEnrollsAndDecides(t *testing.T) {
 	if !errors.As(err, &pe) || pe.Check != "not_pending" {
 		t.Fatalf("deciding a decided request: %v", err)
 	}
-	if r, err := page.Get(req.ID); err != nil || r.State != StateApproved || r.DecidedBy != "alice" {
+	if r, err := page.Get(req.ID); err != nil || r.State != approval.StateApproved || r.DecidedBy != "alice" {
 		t.Fatalf("get: %+v (%v)", r, err)
 	}
 }

@@ -1,4 +1,4 @@
-package approval
+package page
 
 import (
 	"bytes"
@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/digest"
 )
@@ -32,7 +33,7 @@ type httpFixture struct {
 // newServedFixture serves the service's Handler on a real listener,
 // reachable as base = http://localhost:PORT (RP ID localhost); addr is the
 // listener's 127.0.0.1 address.
-func newServedFixture(t testing.TB, edit func(*Options)) (f *fixture, base, addr string) {
+func newServedFixture(t testing.TB, edit func(*approval.Options)) (f *fixture, base, addr string) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -40,7 +41,7 @@ func newServedFixture(t testing.TB, edit func(*Options)) (f *fixture, base, addr
 	}
 	port := ln.Addr().(*net.TCPAddr).Port
 	base = fmt.Sprintf("http://localhost:%d", port)
-	f = newFixture(t, func(o *Options) {
+	f = newFixture(t, func(o *approval.Options) {
 		o.Origins = []string{base}
 		o.PublicURL = base
 		o.AllowedHosts = []string{fmt.Sprintf("localhost:%d", port)}
@@ -48,7 +49,7 @@ func newServedFixture(t testing.TB, edit func(*Options)) (f *fixture, base, addr
 			edit(o)
 		}
 	})
-	srv := &http.Server{Handler: f.svc.Handler(), ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{Handler: Handler(f.svc), ReadHeaderTimeout: 5 * time.Second}
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
 	return f, base, ln.Addr().String()
@@ -56,7 +57,7 @@ func newServedFixture(t testing.TB, edit func(*Options)) (f *fixture, base, addr
 
 func newHTTPFixture(t *testing.T) *httpFixture {
 	t.Helper()
-	f, base, addr := newServedFixture(t, func(o *Options) { o.MaxBodyBytes = 8 << 10 })
+	f, base, addr := newServedFixture(t, func(o *approval.Options) { o.MaxBodyBytes = 8 << 10 })
 	jar, _ := cookiejar.New(nil)
 	h := &httpFixture{fixture: f, base: base, addr: addr, client: &http.Client{Jar: jar, Timeout: 10 * time.Second,
 		// "localhost" resolves to the listener, whatever the resolver says.
@@ -111,16 +112,16 @@ func TestHTTPApproveThroughAPI(t *testing.T) {
 	if code != 200 {
 		t.Fatalf("begin: %d %+v", code, e)
 	}
-	var opts DecisionOptions
+	var opts approval.DecisionOptions
 	json.Unmarshal(raw, &opts)
-	body, _ := json.Marshal(finishBody{Ceremony: opts.Ceremony, Credential: alice.get(opts.PublicKey.Challenge.String())})
+	body, _ := json.Marshal(finishBody{Ceremony: opts.Ceremony, Credential: alice.Get(opts.PublicKey.Challenge.String())})
 	code, e, raw = h.post(t, "/api/requests/"+req.ID+"/finish", body, nil)
 	if code != 200 {
 		t.Fatalf("finish: %d %+v", code, e)
 	}
 	var got requestJSON
 	json.Unmarshal(raw, &got)
-	if got.State != StateApproved {
+	if got.State != approval.StateApproved {
 		t.Fatalf("state %q", got.State)
 	}
 	// The same body again: refused, named, recorded.
@@ -128,7 +129,7 @@ func TestHTTPApproveThroughAPI(t *testing.T) {
 	if code != http.StatusForbidden || e.Check != "ceremony" {
 		t.Fatalf("replayed finish: %d %+v", code, e)
 	}
-	h.rec.requireRejected(t, ErrCeremony)
+	h.rec.RequireRejected(t, approval.ErrCeremony.Check)
 }
 
 func TestHTTPProtectiveLayers(t *testing.T) {
@@ -209,7 +210,7 @@ func TestHTTPProtectiveLayers(t *testing.T) {
 		if code != 403 || e.Check != "ceremony" {
 			t.Fatalf("%d %+v", code, e)
 		}
-		h.rec.requireRejected(t, ErrCeremony)
+		h.rec.RequireRejected(t, approval.ErrCeremony.Check)
 		opts, err := h.svc.BeginDecision(ctx, req.ID, digest.Approve)
 		if err != nil {
 			t.Fatal(err)
@@ -219,7 +220,7 @@ func TestHTTPProtectiveLayers(t *testing.T) {
 		if code != 400 || e.Check != "malformed" {
 			t.Fatalf("%d %+v", code, e)
 		}
-		h.rec.requireRejected(t, ErrMalformed)
+		h.rec.RequireRejected(t, approval.ErrMalformed.Check)
 	})
 
 	t.Run("unknown request", func(t *testing.T) {
@@ -229,7 +230,7 @@ func TestHTTPProtectiveLayers(t *testing.T) {
 		}
 	})
 
-	if r, _ := h.svc.Get(ctx, req.ID); r.State != StatePending {
+	if r, _ := h.svc.Get(ctx, req.ID); r.State != approval.StatePending {
 		t.Fatalf("state after attacks: %s", r.State)
 	}
 }
@@ -260,7 +261,7 @@ func TestHTTPEventsAndEnrollPage(t *testing.T) {
 	}
 
 	link, _ := h.svc.CreateEnrollment(ctx, "bob")
-	if e, _ := h.rec.last(audit.KindEnrollmentCreated); e.Approver != "bob" {
+	if e, _ := h.rec.Last(audit.KindEnrollmentCreated); e.Approver != "bob" {
 		t.Fatalf("enrollment entry %+v", e)
 	}
 	u, _ := url.Parse(link)

@@ -1,4 +1,4 @@
-package approval
+package page
 
 import (
 	"context"
@@ -8,6 +8,7 @@ import (
 
 	"github.com/chromedp/chromedp"
 
+	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/audit"
 )
 
@@ -22,7 +23,7 @@ func TestBrowserApproveWithGrantThenRevoke(t *testing.T) {
 
 	nr := paymentRequest("alice")
 	cond := `agent == "agent-1" && tool == "transfer" && args.amount <= 500000 && args.to == "Vendor X"`
-	nr.Grant = &GrantOffer{Condition: cond, MaxDuration: 15 * time.Minute, MaxCalls: 10}
+	nr.Grant = &approval.GrantOffer{Condition: cond, MaxDuration: 15 * time.Minute, MaxCalls: 10}
 	req, err := b.svc.Create(ctx, nr)
 	if err != nil {
 		t.Fatal(err)
@@ -37,7 +38,7 @@ func TestBrowserApproveWithGrantThenRevoke(t *testing.T) {
 		chromedp.Click(chromedp.CSS("#approve-grant")))
 	waitText(t, tab, "state", "approved")
 
-	e, _ := b.rec.last(audit.KindApprovalAssertion)
+	e, _ := b.rec.Last(audit.KindApprovalAssertion)
 	if e.GrantID == "" || e.GrantMaxCalls != 2 || e.GrantCondition != cond {
 		t.Fatalf("the approval does not carry the grant chosen: %+v", e)
 	}
@@ -65,8 +66,8 @@ func TestBrowserApproveWithGrantThenRevoke(t *testing.T) {
 	if _, err := b.svc.UseGrant(ctx, e.GrantID); err == nil {
 		t.Fatal("a revoked grant gave a use")
 	}
-	r, _ := b.rec.last(audit.KindGrantRevoked)
-	if r.GrantID != e.GrantID || r.Approver != LoopbackRevoker || r.GrantSeq != e.Seq {
+	r, _ := b.rec.Last(audit.KindGrantRevoked)
+	if r.GrantID != e.GrantID || r.Approver != approval.LoopbackRevoker || r.GrantSeq != e.Seq {
 		t.Fatalf("grant.revoked %+v (grant_seq want %d)", r, e.Seq)
 	}
 }

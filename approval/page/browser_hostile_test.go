@@ -1,4 +1,4 @@
-package approval
+package page
 
 import (
 	"bytes"
@@ -11,6 +11,7 @@ import (
 
 	"github.com/chromedp/chromedp"
 
+	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/approval/approvaltest"
 )
 
@@ -39,7 +40,7 @@ func TestBrowserShowsAgentTextAsAQuotationAndFlagsMixedScripts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.HasSuffix(req.Display, "\n"+AgentPrefix+" (reference): “"+memo+"”") {
+	if !strings.HasSuffix(req.Display, "\n"+approval.AgentPrefix+" (reference): “"+memo+"”") {
 		t.Fatalf("the signed display does not end with the quoted memo:\n%s", req.Display)
 	}
 
@@ -86,7 +87,7 @@ func TestBrowserShowsAgentTextAsAQuotationAndFlagsMixedScripts(t *testing.T) {
 
 	// What the approver signs covers the quotation: approving still works.
 	approvaltest.Approve(t, tab, b.base+"/requests/"+req.ID)
-	waitText(t, tab, "state", StateApproved)
+	waitText(t, tab, "state", approval.StateApproved)
 }
 
 // screenshotAs keeps the page as docs/NAME with -update-screenshot, else
@@ -102,7 +103,7 @@ func (b *browserFixture) screenshotAs(t *testing.T, tab context.Context, name st
 	}
 	path := filepath.Join(t.TempDir(), name)
 	if *updateScreenshot {
-		path = filepath.Join("..", "docs", name)
+		path = filepath.Join("..", "..", "docs", name)
 	}
 	if err := os.WriteFile(path, png, 0o644); err != nil {
 		t.Fatal(err)

@@ -1,4 +1,4 @@
-package approval
+package page
 
 import (
 	"bytes"
@@ -16,6 +16,7 @@ import (
 	"github.com/makiuchi-d/gozxing"
 	gozxingqr "github.com/makiuchi-d/gozxing/qrcode"
 
+	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/approval/approvaltest"
 )
 
@@ -31,7 +32,7 @@ var emulatePhone = chromedp.EmulateViewport(phoneWidth, phoneHeight, chromedp.Em
 
 // longTransfer is a transfer whose payee, accounts and reference are as
 // long as the display keeps them, with no spaces to break at.
-func longTransfer(approvers ...string) NewRequest {
+func longTransfer(approvers ...string) approval.NewRequest {
 	nr := paymentRequest(approvers...)
 	payee := "Nordwestdeutsche Landesbausparkassen-Treuhandgesellschaft für Infrastrukturfinanzierung mbH & Co. KG (Zweigniederlassung)"
 	nr.AuthorizationDetails = json.RawMessage(`[{"type":"payment_initiation","actions":["transfer"],` +
@@ -44,13 +45,13 @@ func longTransfer(approvers ...string) NewRequest {
 
 // longGatewayCall is a call through the MCP gateway whose argument values
 // are long unbroken strings: a deep path, a URL, a token-like blob.
-func longGatewayCall(approvers ...string) NewRequest {
+func longGatewayCall(approvers ...string) approval.NewRequest {
 	args := `{"path":"/srv/share/projects/2026/quarterly-reports/finance/consolidated-statements/drafts/final-final-v7-approved-by-legal.xlsx",` +
 		`"source":"https://storage.internal.example.com/buckets/finance-archive/objects/2026/Q3/consolidated?versionId=3HL4kqtJlcpXroDTDmJ.rmSpXd3dIbrHY&partNumber=17",` +
 		`"checksum":"sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a089f86d081884c7d659a2feaa0c55ad015",` +
 		`"content":"` + strings.Repeat("Quarterly consolidated statement, final draft; ", 12) + `",` + // folded on the page
 		`"overwrite":true}`
-	return NewRequest{
+	return approval.NewRequest{
 		Tool:                 "files__write_file",
 		Agent:                "agent-reporting-pipeline-eu-west-1",
 		Args:                 json.RawMessage(args),
@@ -168,7 +169,7 @@ func TestBrowserPhoneLayout(t *testing.T) {
 
 	for _, tc := range []struct {
 		name string
-		req  *Request
+		req  *approval.Request
 		want []string
 	}{
 		{"transfer", transfer, []string{"EUR 1,234,567.89", "Zweigniederlassung", "DE89370400440532013000", "NEW COUNTERPARTY", transfer.Code}},
@@ -195,7 +196,7 @@ func TestBrowserPhoneLayout(t *testing.T) {
 	waitText(t, tab, "state", "approved")
 	do(t, tab, chromedp.Navigate(b.base+"/requests/"+gateway.ID), chromedp.WaitVisible(chromedp.CSS("#deny")), chromedp.Click(chromedp.CSS("#deny")))
 	waitText(t, tab, "state", "denied")
-	for id, want := range map[string]string{transfer.ID: StateApproved, gateway.ID: StateDenied} {
+	for id, want := range map[string]string{transfer.ID: approval.StateApproved, gateway.ID: approval.StateDenied} {
 		if r, err := b.svc.Get(ctx, id); err != nil || r.State != want {
 			t.Errorf("request %s: %v %v, want %s", id, r, err, want)
 		}
@@ -220,7 +221,7 @@ func phoneScreenshot(t *testing.T, tab context.Context) {
 	}
 	path := filepath.Join(t.TempDir(), "approver-phone.png")
 	if os.Getenv("COUNTERSIGN_UPDATE_SCREENSHOT") == "1" {
-		path = filepath.Join("..", "docs", "approver-phone.png")
+		path = filepath.Join("..", "..", "docs", "approver-phone.png")
 	}
 	if err := os.WriteFile(path, shot, 0o644); err != nil {
 		t.Fatal(err)

@@ -1,4 +1,4 @@
-package approval
+package page
 
 import (
 	"context"
@@ -9,13 +9,14 @@ import (
 
 	"github.com/chromedp/chromedp"
 
+	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/approval/approvaltest"
 )
 
 // The page's batch endpoints, driven as its script drives them: one tap
 // approves the selection, and the refusals come back with their check.
 func TestPageClientApprovesABatch(t *testing.T) {
-	f, base, addr := newServedFixture(t, func(o *Options) { o.MaxBatch = 3 })
+	f, base, addr := newServedFixture(t, func(o *approval.Options) { o.MaxBatch = 3 })
 	ctx := context.Background()
 	page := approvaltest.NewPage(addr, base)
 	alice := approvaltest.NewSoftKey(t, "localhost", base)
@@ -65,11 +66,11 @@ func TestPageClientApprovesABatch(t *testing.T) {
 		t.Fatalf("%d requests back, want 3", len(got))
 	}
 	for _, r := range got {
-		if r.State != StateApproved || r.DecidedBy != "alice" {
+		if r.State != approval.StateApproved || r.DecidedBy != "alice" {
 			t.Fatalf("after the batch: %+v", r)
 		}
 	}
-	if r, _ := page.Get(plain); r.State != StatePending {
+	if r, _ := page.Get(plain); r.State != approval.StatePending {
 		t.Fatalf("the request left out is %s", r.State)
 	}
 }
@@ -132,11 +133,11 @@ func TestBrowserApprovesABatchWithOneTap(t *testing.T) {
 	waitText(t, tab, "outcome", "Approved all 3 with one tap.")
 	for _, id := range ids {
 		r, err := b.svc.Get(ctx, id)
-		if err != nil || r.State != StateApproved || r.DecidedBy != "alice" {
+		if err != nil || r.State != approval.StateApproved || r.DecidedBy != "alice" {
 			t.Fatalf("request %s after the tap: %+v (%v)", id, r, err)
 		}
 	}
-	if r, _ := b.svc.Get(ctx, alone.ID); r.State != StatePending {
+	if r, _ := b.svc.Get(ctx, alone.ID); r.State != approval.StatePending {
 		t.Fatalf("the request not selected is %s", r.State)
 	}
 }

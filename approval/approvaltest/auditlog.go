@@ -1,0 +1,33 @@
+package approvaltest
+
+import (
+	"context"
+	"crypto/ed25519"
+	"database/sql"
+	"path/filepath"
+	"testing"
+
+	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/store"
+)
+
+// OpenLog opens a database in a fresh directory and the real audit log in
+// it, with that directory's server key; both close with the test.
+func OpenLog(t testing.TB) (dir string, db *sql.DB, log *audit.Log, key ed25519.PrivateKey) {
+	t.Helper()
+	ctx := context.Background()
+	dir = t.TempDir()
+	db, err := store.Open(ctx, filepath.Join(dir, store.FileName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	if key, err = audit.LoadOrCreateKey(dir); err != nil {
+		t.Fatal(err)
+	}
+	if log, err = audit.Open(ctx, db, key, audit.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { log.Close() })
+	return dir, db, log, key
+}

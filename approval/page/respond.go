@@ -1,0 +1,81 @@
+package page
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+
+	"github.com/countersign/countersign/approval"
+)
+
+// Answers: JSON bodies in and out, and service errors as HTTP statuses.
+
+type apiError struct {
+	Error string `json:"error"`
+	Check string `json:"check,omitempty"`
+}
+
+func writeError(w http.ResponseWriter, status int, check, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(apiError{Error: msg, Check: check})
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(v)
+}
+
+// fail maps a service error to a status and a JSON body.
+func (s *server) fail(w http.ResponseWriter, err error) {
+	var ce *approval.CheckError
+	switch {
+	case errors.As(err, &ce):
+		status := http.StatusForbidden
+		if errors.Is(err, approval.ErrNotPending) || errors.Is(err, approval.ErrExpired) {
+			status = http.StatusConflict
+		}
+		if errors.Is(err, approval.ErrMalformed) {
+			status = http.StatusBadRequest
+		}
+		writeError(w, status, ce.Check, "refused: "+err.Error())
+	case errors.Is(err, approval.ErrNotFound), errors.Is(err, approval.ErrEnrollment):
+		writeError(w, http.StatusNotFound, "not_found", err.Error())
+	case errors.Is(err, approval.ErrInvalidRequest):
+		writeError(w, http.StatusBadRequest, "invalid", err.Error())
+	case errors.Is(err, context.Canceled):
+		// The browser went away; nobody to answer.
+	default:
+		s.opts.Logger.Error("approval page", "err", err)
+		writeError(w, http.StatusInternalServerError, "internal", "internal error; see the server log")
+	}
+}
+
+// decodeJSON reads a size-limited JSON body into v, strictly.
+func decodeJSON(w http.ResponseWriter, r *http.Request, v any) bool {
+	body, err := io.ReadAll(r.Body)
+	var mbe *http.MaxBytesError
+	if errors.As(err, &mbe) {
+		writeError(w, http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("body over %d bytes", mbe.Limit))
+		return false
+	}
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "malformed", "cannot read body")
+		return false
+	}
+	dec := json.NewDecoder(strings.NewReader(string(body)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		writeError(w, http.StatusBadRequest, "malformed", "bad JSON: "+err.Error())
+		return false
+	}
+	if dec.More() {
+		writeError(w, http.StatusBadRequest, "malformed", "bad JSON: trailing data")
+		return false
+	}
+	return true
+}
