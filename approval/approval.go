@@ -95,7 +95,7 @@ type Options struct {
 	// queue and return, never deliver. See approval/notify.go.
 	Notify func(event string, r *Request)
 
-	// RequireSignIn gates the page behind a WebAuthn sign-in (signin.go);
+	// RequireSignIn gates the page behind a WebAuthn sign-in (approval/page/signin.go; the ceremony is in signin.go);
 	// for a page reachable beyond loopback. SessionTTL: default 15m.
 	RequireSignIn bool
 	SessionTTL    time.Duration
