@@ -54,7 +54,7 @@ func TestEntryKeysCoverEntry(t *testing.T) {
 	for i := range typ.NumField() {
 		key, _, _ := strings.Cut(typ.Field(i).Tag.Get("json"), ",")
 		if !writer[key] && !known[key] {
-			t.Errorf("Entry field %s (%q) is not in entryKeys/canonicalMembers: the writer would hash it differently from Verify", typ.Field(i).Name, key)
+			t.Errorf("Entry field %s (%q) is not in entryKeys/membersOf: the writer would hash it differently from Verify", typ.Field(i).Name, key)
 		}
 	}
 	if len(entryKeys)+len(writer) != typ.NumField() {

@@ -32,7 +32,7 @@ func encodeLine(e *Entry) ([]byte, error) {
 
 // chainHash computes hash = SHA-256(prev || JCS(e without hash and sig)).
 //
-// It first tries the writer's encoding (canonicalMembers), which builds
+// It first tries the writer's encoding (membersOf), which builds
 // the same bytes from the struct without parsing the whole entry back (a
 // full JCS pass was most of a verify's time). That encoding is injective,
 // so when it gives the entry's recorded hash, the entry is the one the
