@@ -162,16 +162,3 @@ func exportLine(t *testing.T, l *Log, seq int64) []byte {
 	lines, _ := splitExport(t, exportBytes(t, l, seq-1))
 	return lines[0]
 }
-
-// Bytes that are not UTF-8 become U+FFFD, one per byte, before the entry
-// is hashed, so the line reads back as written and verifies.
-func TestInvalidUTF8IsReplacedBeforeHashing(t *testing.T) {
-	l := openLogWith(t, seededKey(1), nil)
-	e := mustAppend(t, l, Entry{Kind: KindCallRejected, Reason: "backend said \xff\xfe!", Args: json.RawMessage(`{"a":"\u00e9"}`)})
-	if e.Reason != "backend said \ufffd\ufffd!" {
-		t.Fatalf("reason %q", e.Reason)
-	}
-	if _, err := Verify(bytes.NewReader(exportBytes(t, l, 0)), pubText(seededKey(1)), VerifyOptions{AllSignatures: true}); err != nil {
-		t.Fatal(err)
-	}
-}

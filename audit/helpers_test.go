@@ -7,9 +7,7 @@ import (
 	"database/sql"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -125,7 +123,7 @@ func resign(t testing.TB, export []byte, key ed25519.PrivateKey, mutate func(*En
 	t.Helper()
 	lines, _ := splitExport(t, export)
 	var prev [32]byte
-	var fr frontier
+	var fr Frontier
 	var out [][]byte
 	for _, line := range lines {
 		var e Entry
@@ -145,10 +143,10 @@ func resign(t testing.TB, export []byte, key ed25519.PrivateKey, mutate func(*En
 			t.Fatal(err)
 		}
 		out = append(out, b)
-		fr.add(leafHash(sum))
+		fr.Add(LeafHash(sum))
 		prev = sum
 	}
-	return joinExport(out, checkpointLineFor(t, key, fr.n, fr.root()))
+	return joinExport(out, checkpointLineFor(t, key, fr.Size(), fr.Root()))
 }
 
 func checkpointLineFor(t testing.TB, key ed25519.PrivateKey, size int64, root tlog.Hash) []byte {
@@ -161,7 +159,7 @@ func checkpointLineFor(t testing.TB, key ed25519.PrivateKey, size int64, root tl
 	if err != nil {
 		t.Fatal(err)
 	}
-	line, err := encodeCheckpointLine(msg)
+	line, err := EncodeCheckpointLine(msg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -169,24 +167,3 @@ func checkpointLineFor(t testing.TB, key ed25519.PrivateKey, size int64, root tl
 }
 
 func pubText(key ed25519.PrivateKey) string { return PublicKeyText(key.Public().(ed25519.PublicKey)) }
-
-// wantVerifyErr runs Verify, with and without AllSignatures, and requires
-// the same *VerifyError at seq from both: apart from an entry's own sig
-// (see TestSignatureRule), the two modes prove the same.
-func wantVerifyErr(t *testing.T, export []byte, key string, previous []byte, seq int64, reason string) {
-	t.Helper()
-	for _, all := range []bool{false, true} {
-		opts := VerifyOptions{AllSignatures: all}
-		if previous != nil {
-			opts.Previous = bytes.NewReader(previous)
-		}
-		_, err := Verify(bytes.NewReader(export), key, opts)
-		var ve *VerifyError
-		if !errors.As(err, &ve) {
-			t.Fatalf("Verify (all signatures %v): got %v, want a *VerifyError at seq %d", all, err, seq)
-		}
-		if ve.Seq != seq || !strings.Contains(ve.Reason, reason) {
-			t.Fatalf("Verify (all signatures %v): got seq %d %q, want seq %d containing %q", all, ve.Seq, ve.Reason, seq, reason)
-		}
-	}
-}

@@ -211,7 +211,7 @@ func (l *Log) Append(ctx context.Context, e Entry) (Entry, error) {
 	if l.broken != nil {
 		return Entry{}, l.broken
 	}
-	if p := l.policy.Load(); p != nil && e.PolicySHA256 == "" && decidedByPolicy(e.Kind) {
+	if p := l.policy.Load(); p != nil && e.PolicySHA256 == "" && DecidedByPolicy(e.Kind) {
 		e.PolicySHA256 = *p
 	}
 	pre, err := prepare(&e)
@@ -237,9 +237,9 @@ func (l *Log) Append(ctx context.Context, e Entry) (Entry, error) {
 	return res.e, res.err
 }
 
-// decidedByPolicy reports whether entries of kind record a policy decision
+// DecidedByPolicy reports whether entries of kind record a policy decision
 // and so name the policy that made it.
-func decidedByPolicy(kind string) bool {
+func DecidedByPolicy(kind string) bool {
 	switch kind {
 	case KindCallAllowed, KindCallDenied, KindCallExecuted, KindCallFailed, KindApprovalRequested:
 		return true
@@ -254,7 +254,7 @@ func decidedByPolicy(kind string) bool {
 // and replay it offline. Call it once the policy is compiled, before any
 // decision.
 func (l *Log) LoadPolicy(ctx context.Context, doc json.RawMessage) (Entry, error) {
-	sum, err := policyHash(doc)
+	sum, err := PolicySHA256(doc)
 	if err != nil {
 		return Entry{}, fmt.Errorf("audit: policy: %w", err)
 	}
@@ -266,8 +266,8 @@ func (l *Log) LoadPolicy(ctx context.Context, doc json.RawMessage) (Entry, error
 	return e, nil
 }
 
-// policyHash is the hex SHA-256 of the JCS form of a policy document.
-func policyHash(doc []byte) (string, error) {
+// PolicySHA256 is the hex SHA-256 of the JCS form of a policy document.
+func PolicySHA256(doc []byte) (string, error) {
 	canon, err := jcs.Transform(doc)
 	if err != nil {
 		return "", err
@@ -312,7 +312,7 @@ func prepare(e *Entry) (*prepared, error) {
 		*f.raw = canon
 	}
 	if len(e.Args) > 0 {
-		sum, err := argsSHA256(e.Args)
+		sum, err := ArgsSHA256(e.Args)
 		if err != nil {
 			return nil, fmt.Errorf("audit: %w", err)
 		}
@@ -574,7 +574,7 @@ func (l *Log) write(batch []*appendReq, s *sealed) (*inflight, error) {
 	var treeRows []any
 	for i := range s.out {
 		n := s.out[i].Seq - 1
-		hashes, err := tlog.StoredHashesForRecordHash(n, leafHash(s.sums[i]), reader)
+		hashes, err := tlog.StoredHashesForRecordHash(n, LeafHash(s.sums[i]), reader)
 		if err != nil {
 			return nil, fmt.Errorf("audit: append: tree: %w", err)
 		}

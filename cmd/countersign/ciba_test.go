@@ -33,6 +33,7 @@ import (
 
 	"github.com/countersign/countersign/approval/approvaltest"
 	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/audit/verify"
 	"github.com/countersign/countersign/ciba"
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/digest"
@@ -227,7 +228,7 @@ func TestCIBAApprovedInTheBrowserAndVerifiedOffline(t *testing.T) {
 	if err := p.audit.Export(ctx, &export, 0); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := audit.Verify(bytes.NewReader(export.Bytes()), p.audit.PublicKey(), audit.VerifyOptions{}); err != nil {
+	if _, err := verify.Export(bytes.NewReader(export.Bytes()), p.audit.PublicKey(), verify.Options{}); err != nil {
 		t.Fatalf("export does not verify: %v", err)
 	}
 	var approved, executed audit.Entry

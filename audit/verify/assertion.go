@@ -1,4 +1,4 @@
-package audit
+package verify
 
 import (
 	"bytes"
@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/digest"
 	"github.com/go-webauthn/webauthn/protocol/webauthncbor"
 	"github.com/go-webauthn/webauthn/protocol/webauthncose"
@@ -22,7 +23,7 @@ const (
 )
 
 func isAssertionKind(kind string) bool {
-	return kind == KindApprovalAssertion || kind == KindApprovalDenied
+	return kind == audit.KindApprovalAssertion || kind == audit.KindApprovalDenied
 }
 
 // acceptedAlgorithms are the COSE algorithms of the credentials the
@@ -68,11 +69,11 @@ type credential struct {
 // credentials replays enrollments and revocations in log order.
 type credentials map[string]*credential
 
-func (c credentials) apply(e *Entry, key any) {
+func (c credentials) apply(e *audit.Entry, key any) {
 	switch e.Kind {
-	case KindApproverEnrolled:
+	case audit.KindApproverEnrolled:
 		c[e.CredentialID] = &credential{key: key, approver: e.Approver, enrolled: e.Seq}
-	case KindCredentialRevoked:
+	case audit.KindCredentialRevoked:
 		if cr := c[e.CredentialID]; cr != nil && cr.revokedSeq == 0 {
 			cr.revokedSeq = e.Seq
 		}
@@ -82,10 +83,10 @@ func (c credentials) apply(e *Entry, key any) {
 // check interprets an entry whose kind matters to credentials, applying
 // enrollments and revocations and checking assertions; it returns why an
 // assertion fails, or "".
-func (c credentials) check(e *Entry) string {
+func (c credentials) check(e *audit.Entry) string {
 	if !isAssertionKind(e.Kind) {
 		var key any
-		if e.Kind == KindApproverEnrolled {
+		if e.Kind == audit.KindApproverEnrolled {
 			if e.CredentialID == "" || e.PublicKey == "" {
 				return "approver.enrolled entry without credential_id and public_key"
 			}
@@ -120,9 +121,9 @@ func (c credentials) check(e *Entry) string {
 // checkAssertion recomputes the action digest from the entry and checks
 // the WebAuthn assertion over it with the enrolled key. Each step fails
 // with its own message.
-func checkAssertion(e *Entry, cr *credential) error {
+func checkAssertion(e *audit.Entry, cr *credential) error {
 	decision := digest.Approve
-	if e.Kind == KindApprovalDenied {
+	if e.Kind == audit.KindApprovalDenied {
 		decision = digest.Deny
 	}
 	if e.Decision != decision {
@@ -133,7 +134,7 @@ func checkAssertion(e *Entry, cr *credential) error {
 		return fmt.Errorf("args_sha256 is not 64 hex digits")
 	}
 	if len(e.Args) > 0 {
-		sum, err := argsSHA256(e.Args)
+		sum, err := audit.ArgsSHA256(e.Args)
 		if err != nil || !bytes.Equal(sum[:], args) {
 			return fmt.Errorf("args do not match args_sha256")
 		}
