@@ -18,7 +18,7 @@ import (
 
 // prepared is an entry's encoding without the fields the writer sets
 // (seq, time, prev_hash, hash, sig). It gives the same bytes as
-// chainHash and encodeLine, which stay the reference (Verify uses them).
+// chainHash and encodeLine, which stay the reference (CheckLines uses them).
 type prepared struct {
 	members [][]byte // JCS members `"key":value`, sorted, writer fields left out
 	middle  []byte   // the stored line between `"time":"…"` and `,"prev_hash"`
