@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/ed25519"
 	"database/sql"
-	"encoding/hex"
 	"encoding/json"
 	"path/filepath"
 	"sync"
@@ -13,7 +12,6 @@ import (
 	"time"
 
 	"github.com/countersign/countersign/store"
-	"golang.org/x/mod/sumdb/tlog"
 )
 
 // seededKey is a fixed key for reproducible output.
@@ -102,68 +100,3 @@ func splitExport(t testing.TB, b []byte) ([][]byte, []byte) {
 	lines := bytes.Split(bytes.TrimSuffix(b, []byte{'\n'}), []byte{'\n'})
 	return lines[:len(lines)-1], lines[len(lines)-1]
 }
-
-func joinExport(entries [][]byte, cp []byte) []byte {
-	var buf bytes.Buffer
-	for _, l := range entries {
-		buf.Write(l)
-		buf.WriteByte('\n')
-	}
-	if cp != nil {
-		buf.Write(cp)
-		buf.WriteByte('\n')
-	}
-	return buf.Bytes()
-}
-
-// resign plays an attacker holding the server key: it applies mutate to
-// the entries, then rebuilds every hash, signature and the checkpoint so
-// the export is self-consistent.
-func resign(t testing.TB, export []byte, key ed25519.PrivateKey, mutate func(*Entry)) []byte {
-	t.Helper()
-	lines, _ := splitExport(t, export)
-	var prev [32]byte
-	var fr Frontier
-	var out [][]byte
-	for _, line := range lines {
-		var e Entry
-		if err := json.Unmarshal(line, &e); err != nil {
-			t.Fatal(err)
-		}
-		mutate(&e)
-		e.PrevHash = hex.EncodeToString(prev[:])
-		sum, err := chainHash(prev, &e)
-		if err != nil {
-			t.Fatal(err)
-		}
-		e.Hash = hex.EncodeToString(sum[:])
-		e.Sig = encodeSig(ed25519.Sign(key, sum[:]))
-		b, err := encodeLine(&e)
-		if err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, b)
-		fr.Add(LeafHash(sum))
-		prev = sum
-	}
-	return joinExport(out, checkpointLineFor(t, key, fr.Size(), fr.Root()))
-}
-
-func checkpointLineFor(t testing.TB, key ed25519.PrivateKey, size int64, root tlog.Hash) []byte {
-	t.Helper()
-	s, err := newSigner(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	msg, err := signCheckpoint(s, size, root)
-	if err != nil {
-		t.Fatal(err)
-	}
-	line, err := EncodeCheckpointLine(msg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return line
-}
-
-func pubText(key ed25519.PrivateKey) string { return PublicKeyText(key.Public().(ed25519.PublicKey)) }
