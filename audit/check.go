@@ -1,12 +1,10 @@
 package audit
 
 import (
-	"bufio"
 	"bytes"
 	"crypto/ed25519"
 	"encoding/json"
 	"fmt"
-	"io"
 	"runtime"
 	"sync"
 
@@ -17,32 +15,6 @@ import (
 // The checks of one line on its own, shared by [Open]'s check of the
 // stored log and the offline verifier (package verify), which checks
 // the links between lines in order.
-
-// MaxLine bounds one line of an export.
-const MaxLine = 16 << 20
-
-// ReadLine returns the next line without its newline, io.EOF at the end,
-// and refuses lines over MaxLine. A last line without a newline is
-// accepted.
-func ReadLine(br *bufio.Reader) ([]byte, error) {
-	var line []byte
-	for {
-		frag, err := br.ReadSlice('\n')
-		line = append(line, frag...)
-		if len(line) > MaxLine {
-			return nil, fmt.Errorf("line longer than %d bytes", MaxLine)
-		}
-		switch {
-		case err == bufio.ErrBufferFull:
-			continue
-		case err == io.EOF && len(line) > 0:
-			return line, nil
-		case err != nil:
-			return nil, err
-		}
-		return line[:len(line)-1], nil
-	}
-}
 
 type checkpointLine struct {
 	Checkpoint string `json:"checkpoint"`

@@ -9,7 +9,7 @@
 //
 // # What Export proves
 //
-// [Export] reads the export line by line, at most [audit.MaxLine] bytes a
+// [Export] reads the export line by line, at most [MaxLine] bytes a
 // line, and refuses it at the first problem with an [*Error] naming the
 // seq and the reason. In order:
 //

@@ -102,7 +102,7 @@ func newStream(r io.Reader, prev *verified, keep bool, opts Options) *stream {
 // at the checkpoint line.
 func (s *stream) next() (audit.Line, bool, error) {
 	for {
-		line, err := audit.ReadLine(s.br)
+		line, err := readLine(s.br)
 		if err == io.EOF {
 			return audit.Line{}, false, nil
 		}
@@ -212,7 +212,7 @@ func (s *stream) checkpoint(v note.Verifier) (*audit.Checkpoint, error) {
 	if s.cpLine == nil {
 		return nil, &Error{last + 1, "missing: the export does not end with a checkpoint line"}
 	}
-	if line, err := audit.ReadLine(s.br); err != io.EOF {
+	if line, err := readLine(s.br); err != io.EOF {
 		if err == nil {
 			err = fmt.Errorf("%.40q", line)
 		}
@@ -305,6 +305,32 @@ func (s *stream) extendsPrevious(cp *audit.Checkpoint, last int64) error {
 		return &Error{prev.cp.Size, "the previous checkpoint is not a prefix of this one: " + err.Error()}
 	}
 	return nil
+}
+
+// MaxLine bounds one line of an export.
+const MaxLine = 16 << 20
+
+// readLine returns the next line without its newline, io.EOF at the end,
+// and refuses lines over MaxLine. A last line without a newline is
+// accepted.
+func readLine(br *bufio.Reader) ([]byte, error) {
+	var line []byte
+	for {
+		frag, err := br.ReadSlice('\n')
+		line = append(line, frag...)
+		if len(line) > MaxLine {
+			return nil, fmt.Errorf("line longer than %d bytes", MaxLine)
+		}
+		switch {
+		case err == bufio.ErrBufferFull:
+			continue
+		case err == io.EOF && len(line) > 0:
+			return line, nil
+		case err != nil:
+			return nil, err
+		}
+		return line[:len(line)-1], nil
+	}
 }
 
 // decodeCheckpointLine reads the final line, in the one form

@@ -164,11 +164,11 @@ func (st *verified) checkWitnessed(p *witnessPolicy, prev *audit.Checkpoint, pre
 // of the log (audit verify --previous FILE): signed by the server and, when
 // the auditor trusts witnesses, cosigned by their quorum.
 func previousCheckpoint(r io.Reader, v note.Verifier, p *witnessPolicy) (*audit.Checkpoint, []string, error) {
-	msg, err := io.ReadAll(io.LimitReader(r, audit.MaxLine+1))
+	msg, err := io.ReadAll(io.LimitReader(r, MaxLine+1))
 	if err != nil {
 		return nil, nil, fmt.Errorf("previous checkpoint: %w", err)
 	}
-	if len(msg) > audit.MaxLine {
+	if len(msg) > MaxLine {
 		return nil, nil, errors.New("previous checkpoint: longer than a checkpoint can be")
 	}
 	cp, err := audit.OpenCheckpoint(msg, v)

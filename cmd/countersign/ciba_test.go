@@ -233,7 +233,7 @@ func TestCIBAApprovedInTheBrowserAndVerifiedOffline(t *testing.T) {
 	}
 	var approved, executed audit.Entry
 	sc := bufio.NewScanner(&export)
-	sc.Buffer(nil, audit.MaxLine)
+	sc.Buffer(nil, verify.MaxLine)
 	for sc.Scan() {
 		var e audit.Entry
 		json.Unmarshal(sc.Bytes(), &e)
