@@ -19,6 +19,7 @@ import (
 
 	"github.com/countersign/countersign/approval/approvaltest"
 	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/audit/verify"
 	"github.com/countersign/countersign/digest"
 )
 
@@ -92,8 +93,8 @@ func TestRealAuditLogExportVerifies(t *testing.T) {
 		}
 	}
 	forged := resignExport(t, key, slices.DeleteFunc(entries, func(e audit.Entry) bool { return e.Seq == bobSeq }))
-	_, err := audit.Verify(bytes.NewReader(forged), log.PublicKey(), audit.VerifyOptions{})
-	var ve *audit.VerifyError
+	_, err := verify.Export(bytes.NewReader(forged), log.PublicKey(), verify.Options{})
+	var ve *verify.Error
 	if !errors.As(err, &ve) || ve.Seq != approvedSeq-1 || !strings.Contains(ve.Reason, "is not an earlier approval.assertion of request "+r2.ID) {
 		t.Fatalf("export without bob's assertion: %v", err)
 	}
@@ -105,7 +106,7 @@ func TestRealAuditLogExportVerifies(t *testing.T) {
 			entries[i].Decision, entries[i].RequestID = "low", ""
 		}
 	}
-	_, err = audit.Verify(bytes.NewReader(resignExport(t, key, entries)), log.PublicKey(), audit.VerifyOptions{})
+	_, err = verify.Export(bytes.NewReader(resignExport(t, key, entries)), log.PublicKey(), verify.Options{})
 	if !errors.As(err, &ve) || !strings.Contains(ve.Reason, "an execution of it relabelled low") {
 		t.Fatalf("execution relabelled low: %v", err)
 	}
@@ -113,13 +114,13 @@ func TestRealAuditLogExportVerifies(t *testing.T) {
 
 // verifiedExport exports the whole log and verifies it offline with every
 // entry's signature checked, failing the test if it does not verify.
-func verifiedExport(t *testing.T, log *audit.Log) ([]byte, audit.Summary) {
+func verifiedExport(t *testing.T, log *audit.Log) ([]byte, verify.Summary) {
 	t.Helper()
 	var export bytes.Buffer
 	if err := log.Export(context.Background(), &export, 0); err != nil {
 		t.Fatal(err)
 	}
-	sum, err := audit.Verify(bytes.NewReader(export.Bytes()), log.PublicKey(), audit.VerifyOptions{AllSignatures: true})
+	sum, err := verify.Export(bytes.NewReader(export.Bytes()), log.PublicKey(), verify.Options{AllSignatures: true})
 	if err != nil {
 		t.Fatalf("offline verify: %v\n%s", err, export.String())
 	}

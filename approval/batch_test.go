@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/audit/verify"
 	"github.com/countersign/countersign/digest"
 )
 
@@ -348,10 +349,10 @@ func TestBatchExportVerifies(t *testing.T) {
 				change(&entries[i])
 			}
 		}
-		_, err := audit.Verify(bytes.NewReader(resignExport(t, key, entries)), log.PublicKey(), audit.VerifyOptions{})
+		_, err := verify.Export(bytes.NewReader(resignExport(t, key, entries)), log.PublicKey(), verify.Options{})
 		return err
 	}
-	var ve *audit.VerifyError
+	var ve *verify.Error
 	err = forge(func(e *audit.Entry) {
 		e.BatchDigests = slices.Clone(e.BatchDigests)
 		e.BatchDigests[1] = strings.Repeat("0", 64)

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/audit/verify"
 	"github.com/countersign/countersign/digest"
 )
 
@@ -121,8 +122,8 @@ func TestReconcileRecordsAFindingOnceAndOnlyForAnInterruptedCall(t *testing.T) {
 		"already reconciled":             func(e audit.Entry) audit.Entry { return e },
 	} {
 		forged := append(slices.Clone(entries), forge(rec))
-		_, err := audit.Verify(bytes.NewReader(resignExport(t, key, forged)), log.PublicKey(), audit.VerifyOptions{})
-		var ve *audit.VerifyError
+		_, err := verify.Export(bytes.NewReader(resignExport(t, key, forged)), log.PublicKey(), verify.Options{})
+		var ve *verify.Error
 		if !errors.As(err, &ve) || !strings.Contains(ve.Reason, name) {
 			t.Errorf("forged call.reconciled %s: %v", name, err)
 		}

@@ -1,53 +1,13 @@
 package audit
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
-	"os"
 	"sync"
 	"sync/atomic"
 	"testing"
 )
-
-func FuzzVerify(f *testing.F) {
-	key := seededKey(1)
-	pub := pubText(key)
-	db := openDB(f, f.TempDir())
-	l := openLog(f, db, key, Options{Now: stepClock()})
-	var exports [][]byte
-	for _, e := range sampleEntries() {
-		mustAppend(f, l, e)
-		exports = append(exports, exportBytes(f, l, 0))
-	}
-	// Roots of every genuine checkpoint: nothing else may verify, since
-	// the fuzzer cannot sign with the server key.
-	roots := map[string]bool{}
-	for _, exp := range exports {
-		s, err := Verify(bytes.NewReader(exp), pub, VerifyOptions{})
-		if err != nil {
-			f.Fatal(err)
-		}
-		roots[fmt.Sprint(s.TreeSize, s.Root)] = true
-		f.Add(exp)
-	}
-	f.Add([]byte(""))
-	f.Add([]byte("{\"checkpoint\":\"\"}\n"))
-	f.Add([]byte("{\"seq\":1}\n"))
-	f.Fuzz(func(t *testing.T, data []byte) {
-		s, err := Verify(bytes.NewReader(data), pub, VerifyOptions{})
-		if err != nil {
-			return
-		}
-		if !roots[fmt.Sprint(s.TreeSize, s.Root)] {
-			t.Fatalf("verified an export whose checkpoint the server never signed: %+v", s)
-		}
-		if !bytes.HasPrefix(exports[len(exports)-1], data[:bytes.LastIndex(bytes.TrimSuffix(data, []byte("\n")), []byte("\n"))+1]) {
-			t.Fatalf("verified entries the server never wrote:\n%s", data)
-		}
-	})
-}
 
 // benchEntry is a routine call's entry as the guard appends it: its
 // arguments already in RFC 8785 form (the guard canonicalises them once
@@ -85,75 +45,6 @@ func BenchmarkAppend(b *testing.B) {
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "appends/s")
 		})
 	}
-}
-
-// benchExport builds (once per size, cached under the test temp dir
-// or AUDIT_BENCH_DIR) an export of n entries.
-var benchExports sync.Map
-
-func benchExport(b *testing.B, n int) []byte {
-	if v, ok := benchExports.Load(n); ok {
-		return v.([]byte)
-	}
-	path := ""
-	if dir := os.Getenv("AUDIT_BENCH_DIR"); dir != "" {
-		path = fmt.Sprintf("%s/export-%d.jsonl", dir, n)
-		if data, err := os.ReadFile(path); err == nil {
-			benchExports.Store(n, data)
-			return data
-		}
-	}
-	db := openDB(b, b.TempDir())
-	l := openLog(b, db, seededKey(1), Options{})
-	var wg sync.WaitGroup
-	var next atomic.Int64
-	for range 64 {
-		wg.Go(func() {
-			for i := next.Add(1); i <= int64(n); i = next.Add(1) {
-				if _, err := l.Append(context.Background(), benchEntry(int(i))); err != nil {
-					b.Error(err)
-					return
-				}
-			}
-		})
-	}
-	wg.Wait()
-	data := exportBytes(b, l, 0)
-	if path != "" {
-		os.WriteFile(path, data, 0o644)
-	}
-	benchExports.Store(n, data)
-	return data
-}
-
-// benchVerify measures Verify by default (entries authenticated by the
-// signed checkpoint) and with AllSignatures (one Ed25519 verification per
-// entry on top).
-func benchVerify(b *testing.B, n int) {
-	data := benchExport(b, n)
-	pub := pubText(seededKey(1))
-	for _, all := range []bool{false, true} {
-		b.Run(fmt.Sprintf("all-signatures=%v", all), func(b *testing.B) {
-			b.SetBytes(int64(len(data)))
-			for b.Loop() {
-				s, err := Verify(bytes.NewReader(data), pub, VerifyOptions{AllSignatures: all})
-				if err != nil || s.Entries != int64(n) {
-					b.Fatal(err, s)
-				}
-			}
-			b.ReportMetric(float64(n)*float64(b.N)/b.Elapsed().Seconds(), "entries/s")
-		})
-	}
-}
-
-func BenchmarkVerify(b *testing.B) { benchVerify(b, 100_000) }
-
-// BenchmarkVerifyMillion is run by bench/audit.sh.
-func BenchmarkVerifyMillion(b *testing.B) {
-	if os.Getenv("AUDIT_BENCH_BIG") == "" {
-		b.Skip("set AUDIT_BENCH_BIG=1 (bench/audit.sh does)")
-	}
-	benchVerify(b, 1_000_000)
 }
 
 // BenchmarkOpen measures the startup check of a 100,000-entry log

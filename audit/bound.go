@@ -119,11 +119,11 @@ func formatRules(e *Entry) string {
 		return ""
 	}
 	if len(e.Args) > 0 {
-		sum, err := hexArgs(e.ArgsSHA256)
+		sum, err := DecodeArgsSHA256(e.ArgsSHA256)
 		if err != nil {
 			return err.Error()
 		}
-		if got, err := argsSHA256(e.Args); err != nil || got != sum {
+		if got, err := ArgsSHA256(e.Args); err != nil || got != sum {
 			return "args do not match args_sha256"
 		}
 	}

@@ -58,7 +58,7 @@ func (l *Log) Checkpoint(ctx context.Context) ([]byte, error) {
 
 // latestCheckpoint returns the stored checkpoint with the largest size,
 // verified, or nil if there is none.
-func (l *Log) latestCheckpoint(ctx context.Context, q querier) (*checkpoint, error) {
+func (l *Log) latestCheckpoint(ctx context.Context, q querier) (*Checkpoint, error) {
 	var size int64
 	var msg string
 	err := q.QueryRowContext(ctx, `SELECT size, note FROM audit_checkpoints ORDER BY size DESC, id DESC LIMIT 1`).Scan(&size, &msg)
@@ -68,7 +68,7 @@ func (l *Log) latestCheckpoint(ctx context.Context, q querier) (*checkpoint, err
 	if err != nil {
 		return nil, fmt.Errorf("audit: read checkpoint: %w", err)
 	}
-	cp, err := openCheckpoint([]byte(msg), l.verifier)
+	cp, err := OpenCheckpoint([]byte(msg), l.verifier)
 	if err != nil {
 		return nil, &TamperError{size, err.Error()}
 	}
@@ -111,51 +111,51 @@ func (l *Log) checkStored(ctx context.Context, q querier) (*TamperError, error) 
 		return nil, fmt.Errorf("audit: read log: %w", err)
 	}
 	defer rows.Close()
-	next := func() (item, bool, error) {
+	next := func() (Line, bool, error) {
 		if !rows.Next() {
-			return item{}, false, rows.Err()
+			return Line{}, false, rows.Err()
 		}
-		var it item
-		if err := rows.Scan(&it.rowSeq, &it.rowHash, &it.line); err != nil {
+		var it Line
+		if err := rows.Scan(&it.rowSeq, &it.rowHash, &it.Bytes); err != nil {
 			return it, false, err
 		}
 		it.fromDB = true
 		// Signatures are implied by a verified checkpoint's root; check
 		// the first one (a swapped key shows at seq 1) and the tail.
-		it.checkSig = it.rowSeq == 1 || it.rowSeq > cpSize
+		it.CheckSig = it.rowSeq == 1 || it.rowSeq > cpSize
 		return it, true, nil
 	}
 	pub := l.key.Public().(ed25519.PublicKey)
 	var (
 		want = int64(1)
 		prev [32]byte
-		fr   frontier
+		fr   Frontier
 	)
-	chainErr := runChecks(next, pub, func(r *result) *VerifyError {
-		if r.seq != want {
-			if r.seq > want {
-				return &VerifyError{want, fmt.Sprintf("missing: the next stored entry is seq %d", r.seq)}
+	chainErr := CheckLines(next, pub, func(r *Checked) error {
+		if r.Seq != want {
+			if r.Seq > want {
+				return &TamperError{want, fmt.Sprintf("missing: the next stored entry is seq %d", r.Seq)}
 			}
-			return &VerifyError{want, fmt.Sprintf("out of order: found seq %d", r.seq)}
+			return &TamperError{want, fmt.Sprintf("out of order: found seq %d", r.Seq)}
 		}
-		if r.err != nil {
-			return &VerifyError{want, r.err.Reason}
+		if r.Problem != "" {
+			return &TamperError{want, r.Problem}
 		}
-		if r.prev != prev {
-			return &VerifyError{r.seq, "prev_hash does not match the hash of the entry before"}
+		if r.Prev != prev {
+			return &TamperError{r.Seq, "prev_hash does not match the hash of the entry before"}
 		}
-		prev = r.hash
-		fr.add(leafHash(r.hash))
-		if cp != nil && fr.n == cp.Size && fr.root() != cp.Root {
-			return &VerifyError{cp.Size, "checkpoint root does not match the entries up to this seq"}
+		prev = r.Hash
+		fr.Add(LeafHash(r.Hash))
+		if cp != nil && fr.Size() == cp.Size && fr.Root() != cp.Root {
+			return &TamperError{cp.Size, "checkpoint root does not match the entries up to this seq"}
 		}
 		want++
 		return nil
 	})
-	var ve *VerifyError
+	var ve *TamperError
 	switch {
 	case errors.As(chainErr, &ve):
-		note(&TamperError{ve.Seq, ve.Reason})
+		note(ve)
 	case chainErr != nil:
 		return nil, fmt.Errorf("audit: read log: %w", chainErr)
 	}
@@ -170,7 +170,7 @@ func (l *Log) checkStored(ctx context.Context, q querier) (*TamperError, error) 
 		}
 		if treeSize != tlog.StoredHashCount(last) {
 			note(&TamperError{last, fmt.Sprintf("tree has %d stored hashes, want %d", treeSize, tlog.StoredHashCount(last))})
-		} else if root, err := tlog.TreeHash(last, dbHashReader{ctx, q}); err != nil || root != fr.root() {
+		} else if root, err := tlog.TreeHash(last, dbHashReader{ctx, q}); err != nil || root != fr.Root() {
 			note(&TamperError{0, "stored Merkle tree does not match the entries"})
 		}
 	}
@@ -272,7 +272,7 @@ func (l *Log) Export(ctx context.Context, w io.Writer, since int64) error {
 			bw.WriteByte('\n')
 		}
 	}
-	line, err := encodeCheckpointLine(cpNote)
+	line, err := EncodeCheckpointLine(cpNote)
 	if err != nil {
 		return fmt.Errorf("audit: export: %w", err)
 	}

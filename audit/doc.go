@@ -1,7 +1,10 @@
 // Package audit is Countersign's tamper-evident audit log: an append-only,
 // hash-chained, signed sequence of [Entry] values in SQLite, with a Merkle
-// tree over the entries, signed checkpoints, a JSON Lines export and an
-// offline verifier. docs/audit-export.md is the auditor's version of this
+// tree over the entries, signed checkpoints and a JSON Lines export. The
+// offline verifier is package [github.com/countersign/countersign/audit/verify];
+// it and this package share the entry, its line form and hash, and the
+// check of one line on its own ([CheckLines], which [Open] also runs over
+// the stored log). docs/audit-export.md is the auditor's version of this
 // comment.
 //
 // # Entries
@@ -38,8 +41,8 @@
 // size equals the last seq exported. Between the entries and that line,
 // each C2SP witness's newest cosigned checkpoint ([Log.StoreWitnessed]) is
 // one line {"witnessed":"<note with cosignature>","proof":[...]} with the
-// consistency proof from its tree to the final one; [Verify] checks the
-// cosignatures against [VerifyOptions.WitnessKeys]. [Verify] checks such a file offline,
+// consistency proof from its tree to the final one; verify.Export checks the
+// cosignatures against verify.Options.WitnessKeys. verify.Export checks such a file offline,
 // including each approver's WebAuthn assertion against the action digest of
 // package digest and the key from the approver's enrollment entry.
 //
@@ -53,12 +56,12 @@
 // requirement as fields (level, quorum, eligible, user_verification,
 // expires_at), key decisions record decided_at, and approval.approved
 // lists its approvers and the seqs of their approval.assertion entries.
-// [Verify] replays format 2 entries and refuses an export in which a
+// verify.Export replays format 2 entries and refuses an export in which a
 // countersigned action ran without what its request required (see
-// requirements). [Log.LoadPolicy] records the policy in force
+// verify/requirements.go). [Log.LoadPolicy] records the policy in force
 // (policy.loaded) and every later decision names it in policy_sha256, so
-// that [VerifyOptions.ReplayPolicy] can check decisions against it.
-// A batch approval (one assertion over several requests, batch.go) is
+// that verify.Options.ReplayPolicy can check decisions against it.
+// A batch approval (one assertion over several requests, verify/batch.go) is
 // recorded as format 2 with batchable on approval.requested and
 // batch_digests and batch_position on each approval.assertion; logs
 // without batches are unchanged by it.
@@ -69,8 +72,8 @@
 // # Signatures
 //
 // An entry's sig or the checkpoint's signature is valid exactly when
-// crypto/ed25519's Verify accepts it. [Verify] authenticates the entries of
+// crypto/ed25519's Verify accepts it ([ValidSig]). verify.Export authenticates the entries of
 // a complete export through the signed checkpoint (every entry hash is a
 // leaf under its root) and checks each entry's own sig only with
-// [VerifyOptions.AllSignatures].
+// verify.Options.AllSignatures.
 package audit

@@ -3,6 +3,7 @@ package audit
 import (
 	"bytes"
 	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -17,7 +18,7 @@ import (
 
 // prepared is an entry's encoding without the fields the writer sets
 // (seq, time, prev_hash, hash, sig). It gives the same bytes as
-// chainHash and encodeLine, which stay the reference (Verify uses them).
+// chainHash and encodeLine, which stay the reference (CheckLines uses them).
 type prepared struct {
 	members [][]byte // JCS members `"key":value`, sorted, writer fields left out
 	middle  []byte   // the stored line between `"time":"…"` and `,"prev_hash"`
@@ -123,44 +124,6 @@ func (p *prepared) line(e *Entry) []byte {
 	return append(b, `"}`...)
 }
 
-// splitMembers splits a JSON object in canonical form (no insignificant
-// space) into its top-level members.
-func splitMembers(obj []byte) [][]byte {
-	var out [][]byte
-	if len(obj) <= 2 {
-		return nil
-	}
-	depth, inString, escaped, start := 0, false, false, 1
-	for i := 1; i < len(obj)-1; i++ {
-		c := obj[i]
-		if inString {
-			switch {
-			case escaped:
-				escaped = false
-			case c == '\\':
-				escaped = true
-			case c == '"':
-				inString = false
-			}
-			continue
-		}
-		switch c {
-		case '"':
-			inString = true
-		case '{', '[':
-			depth++
-		case '}', ']':
-			depth--
-		case ',':
-			if depth == 0 {
-				out = append(out, obj[start:i])
-				start = i + 1
-			}
-		}
-	}
-	return append(out, obj[start:len(obj)-1])
-}
-
 // memberKey is the key of a member `"key":value`; Entry's keys are plain
 // ASCII, so byte order is JCS's UTF-16 order.
 func memberKey(m []byte) []byte {
@@ -171,14 +134,7 @@ func memberKey(m []byte) []byte {
 	return m[1 : 1+end]
 }
 
-func hexString(b []byte) []byte {
-	const digits = "0123456789abcdef"
-	out := make([]byte, 2*len(b))
-	for i, c := range b {
-		out[2*i], out[2*i+1] = digits[c>>4], digits[c&15]
-	}
-	return out
-}
+func hexString(b []byte) []byte { return hex.AppendEncode(nil, b) }
 
 // parallel runs f(0..n-1) on every core.
 func parallel(n int, f func(int)) {
@@ -200,7 +156,7 @@ func parallel(n int, f func(int)) {
 	wg.Wait()
 }
 
-// entryKeys are the JSON keys of Entry that canonicalMembers writes, less
+// entryKeys are the JSON keys of Entry that membersOf writes, less
 // the writer's; a test holds it to Entry's fields.
 var entryKeys = []string{
 	"v", "kind", "agent", "tool", "args", "args_redacted", "args_seq", "args_sha256", "decision", "level", "rule", "usage",
@@ -213,20 +169,17 @@ var entryKeys = []string{
 	"interrupted_seq",
 }
 
-// canonicalMembers is the RFC 8785 form of e's members other than seq,
-// time, prev_hash, hash and sig, sorted by key, as jcs.Transform of
+// membersOf is the RFC 8785 form of e's members other than seq, time,
+// prev_hash, hash and sig, sorted by key, as jcs.Transform of
 // json.Marshal(e) would give them, without parsing anything but the raw
-// JSON fields.
-func canonicalMembers(e *Entry) ([][]byte, error) { return membersOf(e, jcs.Transform) }
-
-// membersOf is canonicalMembers with canon as the RFC 8785 form of the
-// JSON members; a caller that has checked they already are in it passes
-// them through.
+// JSON fields. canon puts a JSON member in RFC 8785 form; a caller that
+// has checked they already are in it passes them through.
 func membersOf(e *Entry, canon func([]byte) ([]byte, error)) ([][]byte, error) {
 	var out [][]byte
+	member := func(key string) []byte { return append(append([]byte{'"'}, key...), '"', ':') }
 	str := func(key, v string) {
 		if v != "" {
-			out = append(out, appendJCSString(append(append([]byte{'"'}, key...), '"', ':'), v))
+			out = append(out, appendJCSString(member(key), v))
 		}
 	}
 	raw := func(key string, v json.RawMessage) error {
@@ -237,46 +190,23 @@ func membersOf(e *Entry, canon func([]byte) ([]byte, error)) ([][]byte, error) {
 		if err != nil {
 			return fmt.Errorf("%s: %w", key, err)
 		}
-		out = append(out, append(append(append([]byte{'"'}, key...), '"', ':'), c...))
+		out = append(out, append(member(key), c...))
 		return nil
 	}
 	boolean := func(key string, v bool) {
 		if v {
-			out = append(out, append(append([]byte{'"'}, key...), `":true`...))
+			out = append(out, append(member(key), "true"...))
 		}
 	}
-	member := func(key string) []byte { return append(append([]byte{'"'}, key...), '"', ':') }
 	// Integers below 2^53 are their decimal digits in JCS.
 	integer := func(key string, v int64) {
 		if v != 0 {
 			out = append(out, strconv.AppendInt(member(key), v, 10))
 		}
 	}
-	strs := func(key string, vs []string) {
-		if len(vs) == 0 {
-			return
-		}
-		m := append(member(key), '[')
-		for i, v := range vs {
-			if i > 0 {
-				m = append(m, ',')
-			}
-			m = appendJCSString(m, v)
-		}
-		out = append(out, append(m, ']'))
-	}
+	strs := func(key string, vs []string) { out = appendList(out, member(key), vs, appendJCSString) }
 	ints := func(key string, vs []int64) {
-		if len(vs) == 0 {
-			return
-		}
-		m := append(member(key), '[')
-		for i, v := range vs {
-			if i > 0 {
-				m = append(m, ',')
-			}
-			m = strconv.AppendInt(m, v, 10)
-		}
-		out = append(out, append(m, ']'))
+		out = appendList(out, member(key), vs, func(b []byte, v int64) []byte { return strconv.AppendInt(b, v, 10) })
 	}
 	// In key order, so the sort below is only a check.
 	str("agent", e.Agent)
@@ -344,6 +274,22 @@ func membersOf(e *Entry, canon func([]byte) ([]byte, error)) ([][]byte, error) {
 		slices.SortFunc(out, byKey)
 	}
 	return out, nil
+}
+
+// appendList appends the member m holding the JSON array of vs, each
+// written by each, unless vs is empty.
+func appendList[T any](out [][]byte, m []byte, vs []T, each func([]byte, T) []byte) [][]byte {
+	if len(vs) == 0 {
+		return out
+	}
+	m = append(m, '[')
+	for i, v := range vs {
+		if i > 0 {
+			m = append(m, ',')
+		}
+		m = each(m, v)
+	}
+	return append(out, append(m, ']'))
 }
 
 // appendJCSString appends s as an RFC 8785 string: only '"', '\\' and

@@ -148,3 +148,10 @@ type Entry struct {
 	Hash     string `json:"hash,omitempty"`
 	Sig      string `json:"sig,omitempty"`
 }
+
+// Policy levels as the log records them.
+const (
+	LevelLow      = "low"
+	LevelHigh     = "high"
+	LevelCritical = "critical"
+)

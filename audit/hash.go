@@ -32,7 +32,7 @@ func encodeLine(e *Entry) ([]byte, error) {
 
 // chainHash computes hash = SHA-256(prev || JCS(e without hash and sig)).
 //
-// It first tries the writer's encoding (canonicalMembers), which builds
+// It first tries the writer's encoding (membersOf), which builds
 // the same bytes from the struct without parsing the whole entry back (a
 // full JCS pass was most of a verify's time). That encoding is injective,
 // so when it gives the entry's recorded hash, the entry is the one the
@@ -114,10 +114,10 @@ func sameLineForm(m []byte) bool {
 	return err == nil && bytes.Equal(c, m)
 }
 
-// argsSHA256 is digest.ArgsSHA256, hashing args as they are when their
+// ArgsSHA256 is digest.ArgsSHA256, hashing args as they are when their
 // line form is also their RFC 8785 form, as it is for nearly every entry
 // the writer prepares or verify reads: a transform saved per entry.
-func argsSHA256(args []byte) ([32]byte, error) {
+func ArgsSHA256(args []byte) ([32]byte, error) {
 	if inLineForm(args) && !escapesSeparators(args) {
 		return sha256.Sum256(args), nil
 	}
@@ -150,18 +150,20 @@ func decodeSig(s string) ([]byte, error) {
 
 func decodeStdBase64(s string) ([]byte, error) { return base64.StdEncoding.Strict().DecodeString(s) }
 
-// leafHash is the Merkle tree leaf of an entry.
-func leafHash(entryHash [32]byte) tlog.Hash { return tlog.RecordHash(entryHash[:]) }
+// LeafHash is the Merkle tree leaf of an entry with this hash.
+func LeafHash(entryHash [32]byte) tlog.Hash { return tlog.RecordHash(entryHash[:]) }
 
-// frontier computes RFC 6962 tree roots incrementally, keeping only the
+// Frontier computes RFC 6962 tree roots incrementally, keeping only the
 // roots of the complete subtrees on the right edge (at most log₂ n hashes).
-type frontier struct {
+// The zero value is the empty tree.
+type Frontier struct {
 	n     int64
 	nodes []tlog.Hash // left to right, strictly decreasing sizes
 	sizes []int64
 }
 
-func (f *frontier) add(leaf tlog.Hash) {
+// Add appends a leaf.
+func (f *Frontier) Add(leaf tlog.Hash) {
 	f.nodes = append(f.nodes, leaf)
 	f.sizes = append(f.sizes, 1)
 	f.n++
@@ -172,7 +174,11 @@ func (f *frontier) add(leaf tlog.Hash) {
 	}
 }
 
-func (f *frontier) root() tlog.Hash {
+// Size is the number of leaves added.
+func (f *Frontier) Size() int64 { return f.n }
+
+// Root is the tree's root hash.
+func (f *Frontier) Root() tlog.Hash {
 	if len(f.nodes) == 0 {
 		return tlog.Hash(sha256.Sum256(nil)) // RFC 6962: the empty tree
 	}
@@ -183,31 +189,8 @@ func (f *frontier) root() tlog.Hash {
 	return h
 }
 
-// memTree keeps every stored hash of a tree in memory, for proofs.
-type memTree []tlog.Hash
-
-func (m *memTree) add(n int64, leaf tlog.Hash) error {
-	hs, err := tlog.StoredHashesForRecordHash(n, leaf, m)
-	if err != nil {
-		return err
-	}
-	*m = append(*m, hs...)
-	return nil
-}
-
-func (m *memTree) ReadHashes(idx []int64) ([]tlog.Hash, error) {
-	out := make([]tlog.Hash, len(idx))
-	for i, x := range idx {
-		if x < 0 || x >= int64(len(*m)) {
-			return nil, fmt.Errorf("audit: tree hash %d not stored", x)
-		}
-		out[i] = (*m)[x]
-	}
-	return out, nil
-}
-
-// checkpoint is a parsed, verified checkpoint.
-type checkpoint struct {
+// Checkpoint is a parsed, verified checkpoint.
+type Checkpoint struct {
 	Origin string
 	Size   int64
 	Root   tlog.Hash
@@ -222,9 +205,10 @@ func signCheckpoint(s note.Signer, size int64, root tlog.Hash) ([]byte, error) {
 	return note.Sign(&note.Note{Text: checkpointText(size, root)}, s)
 }
 
-// openCheckpoint verifies a signed checkpoint note and parses its body.
-// Extension lines after the root are refused: we never write them.
-func openCheckpoint(msg []byte, v note.Verifier) (*checkpoint, error) {
+// OpenCheckpoint verifies a signed checkpoint note with v (the server
+// key's verifier, [ParsePublicKey]) and parses its body. Extension lines
+// after the root are refused: we never write them.
+func OpenCheckpoint(msg []byte, v note.Verifier) (*Checkpoint, error) {
 	n, err := note.Open(msg, note.VerifierList(v))
 	if err != nil {
 		var unverified *note.UnverifiedNoteError
@@ -252,7 +236,19 @@ func openCheckpoint(msg []byte, v note.Verifier) (*checkpoint, error) {
 	if err != nil || len(root) != tlog.HashSize {
 		return nil, errors.New("checkpoint: bad root hash")
 	}
-	c := &checkpoint{Origin: lines[0], Size: size, Note: msg}
+	c := &Checkpoint{Origin: lines[0], Size: size, Note: msg}
 	copy(c.Root[:], root)
 	return c, nil
+}
+
+// DecodeArgsSHA256 decodes an entry's args_sha256, refusing any form but
+// 64 lowercase hex digits.
+func DecodeArgsSHA256(s string) ([32]byte, error) {
+	var sum [32]byte
+	b, err := hex.DecodeString(s)
+	if err != nil || len(b) != 32 || hex.EncodeToString(b) != s {
+		return sum, fmt.Errorf("args_sha256 %q is not 64 lowercase hex digits", s)
+	}
+	copy(sum[:], b)
+	return sum, nil
 }

@@ -5,17 +5,13 @@ import (
 	"context"
 	"crypto/ed25519"
 	"database/sql"
-	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/countersign/countersign/store"
-	"golang.org/x/mod/sumdb/tlog"
 )
 
 // seededKey is a fixed key for reproducible output.
@@ -103,90 +99,4 @@ func splitExport(t testing.TB, b []byte) ([][]byte, []byte) {
 	t.Helper()
 	lines := bytes.Split(bytes.TrimSuffix(b, []byte{'\n'}), []byte{'\n'})
 	return lines[:len(lines)-1], lines[len(lines)-1]
-}
-
-func joinExport(entries [][]byte, cp []byte) []byte {
-	var buf bytes.Buffer
-	for _, l := range entries {
-		buf.Write(l)
-		buf.WriteByte('\n')
-	}
-	if cp != nil {
-		buf.Write(cp)
-		buf.WriteByte('\n')
-	}
-	return buf.Bytes()
-}
-
-// resign plays an attacker holding the server key: it applies mutate to
-// the entries, then rebuilds every hash, signature and the checkpoint so
-// the export is self-consistent.
-func resign(t testing.TB, export []byte, key ed25519.PrivateKey, mutate func(*Entry)) []byte {
-	t.Helper()
-	lines, _ := splitExport(t, export)
-	var prev [32]byte
-	var fr frontier
-	var out [][]byte
-	for _, line := range lines {
-		var e Entry
-		if err := json.Unmarshal(line, &e); err != nil {
-			t.Fatal(err)
-		}
-		mutate(&e)
-		e.PrevHash = hex.EncodeToString(prev[:])
-		sum, err := chainHash(prev, &e)
-		if err != nil {
-			t.Fatal(err)
-		}
-		e.Hash = hex.EncodeToString(sum[:])
-		e.Sig = encodeSig(ed25519.Sign(key, sum[:]))
-		b, err := encodeLine(&e)
-		if err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, b)
-		fr.add(leafHash(sum))
-		prev = sum
-	}
-	return joinExport(out, checkpointLineFor(t, key, fr.n, fr.root()))
-}
-
-func checkpointLineFor(t testing.TB, key ed25519.PrivateKey, size int64, root tlog.Hash) []byte {
-	t.Helper()
-	s, err := newSigner(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	msg, err := signCheckpoint(s, size, root)
-	if err != nil {
-		t.Fatal(err)
-	}
-	line, err := encodeCheckpointLine(msg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return line
-}
-
-func pubText(key ed25519.PrivateKey) string { return PublicKeyText(key.Public().(ed25519.PublicKey)) }
-
-// wantVerifyErr runs Verify, with and without AllSignatures, and requires
-// the same *VerifyError at seq from both: apart from an entry's own sig
-// (see TestSignatureRule), the two modes prove the same.
-func wantVerifyErr(t *testing.T, export []byte, key string, previous []byte, seq int64, reason string) {
-	t.Helper()
-	for _, all := range []bool{false, true} {
-		opts := VerifyOptions{AllSignatures: all}
-		if previous != nil {
-			opts.Previous = bytes.NewReader(previous)
-		}
-		_, err := Verify(bytes.NewReader(export), key, opts)
-		var ve *VerifyError
-		if !errors.As(err, &ve) {
-			t.Fatalf("Verify (all signatures %v): got %v, want a *VerifyError at seq %d", all, err, seq)
-		}
-		if ve.Seq != seq || !strings.Contains(ve.Reason, reason) {
-			t.Fatalf("Verify (all signatures %v): got seq %d %q, want seq %d containing %q", all, ve.Seq, ve.Reason, seq, reason)
-		}
-	}
 }

@@ -5,11 +5,7 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
-	"slices"
-	"strings"
 
 	"filippo.io/torchwood"
 	"golang.org/x/mod/sumdb/note"
@@ -57,7 +53,7 @@ func (l *Log) ConsistencyProof(ctx context.Context, m, n int64) (tlog.TreeProof,
 // valid cosignature by that witness: what is stored is proof, never a
 // claim.
 func (l *Log) StoreWitnessed(ctx context.Context, witness string, cosigned []byte) error {
-	cp, err := openCheckpoint(cosigned, l.verifier)
+	cp, err := OpenCheckpoint(cosigned, l.verifier)
 	if err != nil {
 		return fmt.Errorf("audit: witnessed checkpoint: %w", err)
 	}
@@ -104,7 +100,7 @@ func (l *Log) latestWitnessed(ctx context.Context, q querier) ([]Witnessed, erro
 		if err := rows.Scan(&w.Witness, &w.Size, &msg); err != nil {
 			return nil, fmt.Errorf("audit: read witnessed checkpoints: %w", err)
 		}
-		cp, err := openCheckpoint([]byte(msg), l.verifier)
+		cp, err := OpenCheckpoint([]byte(msg), l.verifier)
 		if err != nil {
 			return nil, &TamperError{w.Size, "witnessed checkpoint: " + err.Error()}
 		}
@@ -124,7 +120,10 @@ type witnessedLine struct {
 	Proof     []string `json:"proof"`
 }
 
-func encodeWitnessedLine(msg []byte, proof tlog.TreeProof) ([]byte, error) {
+// EncodeWitnessedLine is an export's line of a witness's cosigned
+// checkpoint msg with the consistency proof from its tree to the
+// export's, in the one form an export holds it.
+func EncodeWitnessedLine(msg []byte, proof tlog.TreeProof) ([]byte, error) {
 	wl := witnessedLine{Witnessed: string(msg), Proof: []string{}}
 	for _, h := range proof {
 		wl.Proof = append(wl.Proof, h.String())
@@ -136,27 +135,6 @@ func encodeWitnessedLine(msg []byte, proof tlog.TreeProof) ([]byte, error) {
 		return nil, err
 	}
 	return bytes.TrimSuffix(buf.Bytes(), []byte{'\n'}), nil
-}
-
-func decodeWitnessedLine(line []byte) ([]byte, tlog.TreeProof, error) {
-	var wl witnessedLine
-	dec := json.NewDecoder(bytes.NewReader(line))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&wl); err != nil {
-		return nil, nil, fmt.Errorf("witnessed line: %v", err)
-	}
-	var proof tlog.TreeProof
-	for _, s := range wl.Proof {
-		h, err := tlog.ParseHash(s)
-		if err != nil {
-			return nil, nil, fmt.Errorf("witnessed line: bad proof hash %q", s)
-		}
-		proof = append(proof, h)
-	}
-	if again, err := encodeWitnessedLine([]byte(wl.Witnessed), proof); err != nil || !bytes.Equal(again, line) {
-		return nil, nil, errors.New("witnessed line is not in canonical form")
-	}
-	return []byte(wl.Witnessed), proof, nil
 }
 
 // witnessedLines returns the export lines of the newest cosigned
@@ -176,178 +154,11 @@ func (l *Log) witnessedLines(ctx context.Context, n int64) ([][]byte, error) {
 		if err != nil {
 			return nil, err
 		}
-		line, err := encodeWitnessedLine(w.Note, proof)
+		line, err := EncodeWitnessedLine(w.Note, proof)
 		if err != nil {
 			return nil, err
 		}
 		lines = append(lines, line)
 	}
 	return lines, nil
-}
-
-// witnessPolicy is what the auditor trusts of witnesses: their keys and
-// how many must have cosigned.
-type witnessPolicy struct {
-	keys   []*torchwood.CosignatureVerifier
-	quorum int
-}
-
-func newWitnessPolicy(keys []string, quorum int) (*witnessPolicy, error) {
-	if len(keys) == 0 {
-		if quorum > 0 {
-			return nil, errors.New("audit: a witness quorum without witness keys")
-		}
-		return nil, nil
-	}
-	p := &witnessPolicy{quorum: quorum}
-	for _, k := range keys {
-		v, err := torchwood.NewCosignatureVerifier(strings.TrimSpace(k))
-		if err != nil {
-			return nil, fmt.Errorf("audit: witness key %q: %w (want a tlog-cosignature vkey, name+hash+base64)", k, err)
-		}
-		if slices.ContainsFunc(p.keys, func(o *torchwood.CosignatureVerifier) bool { return o.String() == v.String() }) {
-			return nil, fmt.Errorf("audit: witness key %s given twice", v.Name())
-		}
-		p.keys = append(p.keys, v)
-	}
-	if p.quorum == 0 {
-		p.quorum = len(p.keys)
-	}
-	if p.quorum < 0 || p.quorum > len(p.keys) {
-		return nil, fmt.Errorf("audit: witness quorum %d with %d witness keys", quorum, len(p.keys))
-	}
-	return p, nil
-}
-
-// cosigners returns the names of the trusted witnesses whose cosignatures
-// on msg verify. A cosignature by a trusted key that does not verify is an
-// error: someone altered the note or forged the line.
-func (p *witnessPolicy) cosigners(msg []byte) ([]string, error) {
-	var vs []note.Verifier
-	for _, k := range p.keys {
-		vs = append(vs, k)
-	}
-	n, err := note.Open(msg, note.VerifierList(vs...))
-	var unverified *note.UnverifiedNoteError
-	switch {
-	case errors.As(err, &unverified):
-		return nil, nil
-	case err != nil:
-		return nil, fmt.Errorf("cosignature: %v", err)
-	}
-	var names []string
-	for _, s := range n.Sigs {
-		names = append(names, s.Name)
-	}
-	return names, nil
-}
-
-// witnessedSize is the largest tree size that at least quorum of the
-// trusted witnesses cosigned: each cosigned tree is a prefix of the final
-// one, so the quorum-th largest of their sizes is a tree all of them saw.
-func (p *witnessPolicy) witnessedSize(sizes map[string]int64) (int64, bool) {
-	if len(sizes) < p.quorum {
-		return 0, false
-	}
-	all := make([]int64, 0, len(sizes))
-	for _, s := range sizes {
-		all = append(all, s)
-	}
-	slices.Sort(all)
-	slices.Reverse(all)
-	return all[p.quorum-1], true
-}
-
-// witnessedCP is a verified cosigned checkpoint of an export.
-type witnessedCP struct {
-	cp  *checkpoint
-	msg []byte
-}
-
-// checkWitnessed checks the export's cosignatures against the trusted
-// witnesses: every cosignature by a trusted key must verify, and the
-// quorum must have cosigned some checkpoint the export extends.
-//
-// A previous checkpoint the export extends counts as witnessed by those
-// who cosigned it (prevSigners; cosigned by the quorum, or refused
-// before).
-func (st *verified) checkWitnessed(p *witnessPolicy, prev *checkpoint, prevSigners []string) error {
-	if p == nil {
-		return nil
-	}
-	sizes := map[string]int64{}
-	for _, n := range prevSigners {
-		sizes[n] = prev.Size
-	}
-	for _, w := range st.witnessed {
-		names, err := p.cosigners(w.msg)
-		if err != nil {
-			return &VerifyError{w.cp.Size, "witnessed checkpoint: " + err.Error()}
-		}
-		for _, n := range names {
-			sizes[n] = max(sizes[n], w.cp.Size)
-		}
-	}
-	size, ok := p.witnessedSize(sizes)
-	if !ok {
-		return &VerifyError{st.cp.Size, fmt.Sprintf("the export carries checkpoints cosigned by %d of the %d trusted witnesses, %d required",
-			len(sizes), len(p.keys), p.quorum)}
-	}
-	st.witnessedSize = size
-	st.cosigners = []string{}
-	for n, s := range sizes {
-		if s >= size {
-			st.cosigners = append(st.cosigners, n)
-		}
-	}
-	slices.Sort(st.cosigners)
-	return nil
-}
-
-// previousCheckpoint reads a bare checkpoint given as the previous state
-// of the log (audit verify --previous FILE): signed by the server and, when
-// the auditor trusts witnesses, cosigned by their quorum.
-func previousCheckpoint(r io.Reader, v note.Verifier, p *witnessPolicy) (*checkpoint, []string, error) {
-	msg, err := io.ReadAll(io.LimitReader(r, MaxLine+1))
-	if err != nil {
-		return nil, nil, fmt.Errorf("previous checkpoint: %w", err)
-	}
-	if len(msg) > MaxLine {
-		return nil, nil, errors.New("previous checkpoint: longer than a checkpoint can be")
-	}
-	cp, err := openCheckpoint(msg, v)
-	if err != nil {
-		return nil, nil, fmt.Errorf("previous %w", err)
-	}
-	if p == nil {
-		return cp, nil, nil
-	}
-	names, err := p.cosigners(msg)
-	if err != nil {
-		return nil, nil, fmt.Errorf("previous checkpoint: %w", err)
-	}
-	if len(names) < p.quorum {
-		return nil, nil, fmt.Errorf("previous checkpoint (size %d): cosigned by %d of the %d trusted witnesses, %d required", cp.Size, len(names), len(p.keys), p.quorum)
-	}
-	return cp, names, nil
-}
-
-// extends proves the export's tree extends the checkpoint cp. The export
-// must start at seq 1 (verifyStream refuses a later start without a
-// previous export), so its whole tree is at hand.
-func (st *verified) extends(cp *checkpoint) error {
-	if cp.Size > st.cp.Size {
-		return &VerifyError{st.cp.Size + 1, fmt.Sprintf("missing: the previous checkpoint covers %d entries, this export ends at seq %d", cp.Size, st.cp.Size)}
-	}
-	if cp.Size == 0 {
-		return nil
-	}
-	proof, err := tlog.ProveTree(st.cp.Size, cp.Size, st.tree)
-	if err == nil {
-		err = tlog.CheckTree(proof, st.cp.Size, st.cp.Root, cp.Size, cp.Root)
-	}
-	if err != nil {
-		return &VerifyError{cp.Size, "the previous checkpoint is not a prefix of this one: " + err.Error()}
-	}
-	return nil
 }

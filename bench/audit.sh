@@ -15,5 +15,5 @@ export AUDIT_BENCH_DIR="${AUDIT_BENCH_DIR:-/tmp/countersign-audit-bench}"
 export AUDIT_BENCH_BIG=1
 mkdir -p "$AUDIT_BENCH_DIR"
 go test ./audit/ -run '^$' -bench 'BenchmarkAppend' -benchtime 100000x "$@"
-go test ./audit/ -run '^$' -bench 'BenchmarkVerify$' -benchtime 3x "$@"
-go test ./audit/ -run '^$' -bench 'BenchmarkVerifyMillion' -benchtime 1x -timeout 30m "$@"
+go test ./audit/verify/ -run '^$' -bench 'BenchmarkVerify$' -benchtime 3x "$@"
+go test ./audit/verify/ -run '^$' -bench 'BenchmarkVerifyMillion' -benchtime 1x -timeout 30m "$@"

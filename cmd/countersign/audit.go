@@ -16,6 +16,7 @@ import (
 
 	"github.com/countersign/countersign/attest"
 	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/audit/verify"
 	"github.com/spf13/cobra"
 )
 
@@ -155,7 +156,7 @@ the quorum's cosignatures.`,
 				return err
 			}
 			defer f.Close()
-			opts := audit.VerifyOptions{AllSignatures: allSigs}
+			opts := verify.Options{AllSignatures: allSigs}
 			if len(rootFiles) > 0 {
 				if opts.AttestationRoots, err = attest.LoadRoots(rootFiles); err != nil {
 					return err
@@ -176,7 +177,7 @@ the quorum's cosignatures.`,
 				defer pf.Close()
 				opts.Previous = bufio.NewReaderSize(pf, 1<<20)
 			}
-			summary, err := audit.Verify(bufio.NewReaderSize(f, 1<<20), key, opts)
+			summary, err := verify.Export(bufio.NewReaderSize(f, 1<<20), key, opts)
 			if err != nil {
 				return err
 			}

@@ -34,6 +34,7 @@ import (
 	"github.com/countersign/countersign/approval/approvaltest"
 	approvalpage "github.com/countersign/countersign/approval/page"
 	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/audit/verify"
 	"github.com/countersign/countersign/ciba"
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/digest"
@@ -228,12 +229,12 @@ func TestCIBAApprovedInTheBrowserAndVerifiedOffline(t *testing.T) {
 	if err := p.audit.Export(ctx, &export, 0); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := audit.Verify(bytes.NewReader(export.Bytes()), p.audit.PublicKey(), audit.VerifyOptions{}); err != nil {
+	if _, err := verify.Export(bytes.NewReader(export.Bytes()), p.audit.PublicKey(), verify.Options{}); err != nil {
 		t.Fatalf("export does not verify: %v", err)
 	}
 	var approved, executed audit.Entry
 	sc := bufio.NewScanner(&export)
-	sc.Buffer(nil, audit.MaxLine)
+	sc.Buffer(nil, verify.MaxLine)
 	for sc.Scan() {
 		var e audit.Entry
 		json.Unmarshal(sc.Bytes(), &e)

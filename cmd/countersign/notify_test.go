@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/audit/verify"
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/notify"
 	standardwebhooks "github.com/standard-webhooks/standard-webhooks/libraries/go"
@@ -96,7 +97,7 @@ func TestRaisedRequestIsSentToItsApproversWebhook(t *testing.T) {
 	if err := s.audit.Export(context.Background(), &export, 0); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := audit.Verify(bytes.NewReader(export.Bytes()), s.audit.PublicKey(), audit.VerifyOptions{}); err != nil {
+	if _, err := verify.Export(bytes.NewReader(export.Bytes()), s.audit.PublicKey(), verify.Options{}); err != nil {
 		t.Fatalf("export with notify.sent does not verify: %v", err)
 	}
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/countersign/countersign"
 	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/audit/verify"
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/store"
 )
@@ -59,7 +60,7 @@ func TestReplayPolicyAgainstTheLoggedPolicy(t *testing.T) {
 	small := `{"to":"Acme Supplies","amount":100,"currency":"USD"}`
 	call(audit.KindCallAllowed, "low", small)
 	call(audit.KindCallExecuted, "low", small)
-	s, err := audit.Verify(bytes.NewReader(export()), log.PublicKey(), audit.VerifyOptions{ReplayPolicy: newPolicyReplayer()})
+	s, err := verify.Export(bytes.NewReader(export()), log.PublicKey(), verify.Options{ReplayPolicy: newPolicyReplayer()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -74,11 +75,11 @@ func TestReplayPolicyAgainstTheLoggedPolicy(t *testing.T) {
 	call(audit.KindCallAllowed, "low", big)
 	call(audit.KindCallExecuted, "low", big)
 	exp := export()
-	if _, err := audit.Verify(bytes.NewReader(exp), log.PublicKey(), audit.VerifyOptions{}); err != nil {
+	if _, err := verify.Export(bytes.NewReader(exp), log.PublicKey(), verify.Options{}); err != nil {
 		t.Fatalf("without replay the relabelled call passes, as it should: %v", err)
 	}
-	_, err = audit.Verify(bytes.NewReader(exp), log.PublicKey(), audit.VerifyOptions{ReplayPolicy: newPolicyReplayer()})
-	var ve *audit.VerifyError
+	_, err = verify.Export(bytes.NewReader(exp), log.PublicKey(), verify.Options{ReplayPolicy: newPolicyReplayer()})
+	var ve *verify.Error
 	if !errors.As(err, &ve) || ve.Seq != 4 || !strings.Contains(ve.Reason, "rule very-large holds on the logged arguments and raises the call to critical; the log says low") {
 		t.Fatalf("replay of the relabelled call: %v", err)
 	}

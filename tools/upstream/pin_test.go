@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/audit/verify"
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/tools"
@@ -351,7 +352,7 @@ func TestPinsHoldChangedToolsUntilAccepted(t *testing.T) {
 	if err := p.log.Export(ctx, &export, 0); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := audit.Verify(strings.NewReader(export.String()), p.pub, audit.VerifyOptions{}); err != nil {
+	if _, err := verify.Export(strings.NewReader(export.String()), p.pub, verify.Options{}); err != nil {
 		t.Fatalf("audit verify of a log with tool.* entries: %v", err)
 	}
 }

@@ -1,4 +1,4 @@
-package audit
+package verify
 
 import (
 	"bytes"
@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"path/filepath"
 	"testing"
+
+	"github.com/countersign/countersign/audit"
 )
 
 // The fast hash writes time as the writer sets it, unescaped. An entry
@@ -13,7 +15,7 @@ import (
 // the same bytes under that encoding; verify must judge it by the full
 // encoding and refuse it, keeping the recorded hash and signature.
 func TestVerifyRefusesMembersSmuggledIntoTime(t *testing.T) {
-	l := openLog(t, openDB(t, filepath.Join(t.TempDir(), "a.db")), seededKey(7), Options{Now: stepClock()})
+	l := openLog(t, openDB(t, filepath.Join(t.TempDir(), "a.db")), seededKey(7), audit.Options{Now: stepClock()})
 	for _, e := range sampleEntries() {
 		mustAppend(t, l, e)
 	}
@@ -21,11 +23,11 @@ func TestVerifyRefusesMembersSmuggledIntoTime(t *testing.T) {
 		t.Fatal(err)
 	}
 	export := exportBytes(t, l, 0)
-	if _, err := Verify(bytes.NewReader(export), pubText(seededKey(7)), VerifyOptions{}); err != nil {
+	if _, err := Export(bytes.NewReader(export), pubText(seededKey(7)), Options{}); err != nil {
 		t.Fatalf("the honest export: %v", err)
 	}
 	lines, cp := splitExport(t, export)
-	var e Entry
+	var e audit.Entry
 	if err := json.Unmarshal(lines[0], &e); err != nil {
 		t.Fatal(err)
 	}

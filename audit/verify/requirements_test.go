@@ -1,4 +1,4 @@
-package audit
+package verify
 
 import (
 	"bytes"
@@ -13,6 +13,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/digest"
 )
 
@@ -50,91 +51,91 @@ func newExampleKeys(t *testing.T) exampleKeys {
 //	22 approval.approved    req-D by alice
 //	23 call.failed          req-D, at high
 //	24 enrollment.created   a link for dave
-func exampleEntries(t *testing.T, k exampleKeys) []Entry {
+func exampleEntries(t *testing.T, k exampleKeys) []audit.Entry {
 	const uv, up = flagUserPresent | flagUserVerified, flagUserPresent
 	args := json.RawMessage(`{"to":"Vendor X & Söhne <ltd>","amount":500000,"currency":"USD","memo":"line` + "\u2028" + `break"}`)
 	sum, _ := digest.ArgsSHA256(args)
-	forRequest := func(kind, id string) Entry {
+	forRequest := func(kind, id string) audit.Entry {
 		e := requestFields(id)
 		e.Kind, e.Args, e.ArgsSHA256 = kind, args, hex.EncodeToString(sum[:])
 		return e
 	}
-	request := func(id, level string, quorum int, uvReq string, eligible ...string) Entry {
-		e := forRequest(KindApprovalRequested, id)
+	request := func(id, level string, quorum int, uvReq string, eligible ...string) audit.Entry {
+		e := forRequest(audit.KindApprovalRequested, id)
 		e.Level, e.Rule, e.Quorum, e.Eligible, e.UserVerification = level, "tools.transfer.rules[1]", quorum, eligible, uvReq
 		e.Reason = `binding message "Pay USD 500,000.00 to Vendor X (code 7KQ2MP)"`
 		return e
 	}
-	decide := func(key *softKey, id, decision string, flags byte) Entry {
-		e := forRequest(KindApprovalAssertion, id)
+	decide := func(key *softKey, id, decision string, flags byte) audit.Entry {
+		e := forRequest(audit.KindApprovalAssertion, id)
 		e.Decision, e.DecidedAt = decision, "2026-03-01T09:31:00.000000000Z"
 		if decision == digest.Deny {
-			e.Kind = KindApprovalDenied
+			e.Kind = audit.KindApprovalDenied
 		}
 		key.sign(&e, origin, rpID, flags)
 		return e
 	}
-	approved := func(id string, approvers []string, seqs ...int64) Entry {
-		e := forRequest(KindApprovalApproved, id)
+	approved := func(id string, approvers []string, seqs ...int64) audit.Entry {
+		e := forRequest(audit.KindApprovalApproved, id)
 		e.Decision, e.Approvers, e.Assertions = digest.Approve, approvers, seqs
 		e.Reason = "quorum reached"
 		return e
 	}
-	ran := func(kind, id, level string) Entry {
-		return Entry{Kind: kind, Agent: "agent-1", Tool: "transfer", Args: args, ArgsSHA256: hex.EncodeToString(sum[:]),
+	ran := func(kind, id, level string) audit.Entry {
+		return audit.Entry{Kind: kind, Agent: "agent-1", Tool: "transfer", Args: args, ArgsSHA256: hex.EncodeToString(sum[:]),
 			Decision: level, Rule: "tools.transfer.rules[1]", RequestID: id}
 	}
-	enrolled := func(key *softKey) Entry {
-		return Entry{Kind: KindApproverEnrolled, Approver: key.approver, CredentialID: key.id, PublicKey: key.cose(),
+	enrolled := func(key *softKey) audit.Entry {
+		return audit.Entry{Kind: audit.KindApproverEnrolled, Approver: key.approver, CredentialID: key.id, PublicKey: key.cose(),
 			Origin: origin, RPID: rpID, UserVerified: true, Reason: "key 1 of " + key.approver + "; attestation none"}
 	}
 
-	rejected := forRequest(KindApprovalRejected, "req-A")
+	rejected := forRequest(audit.KindApprovalRejected, "req-A")
 	rejected.Decision = digest.Approve
 	k.carol.sign(&rejected, "http://evil.example", rpID, uv)
 	rejected.Reason = `origin: origin "http://evil.example" (cross-origin false) is not one of [http://localhost:8710]`
 
-	executed := ran(KindCallExecuted, "req-A", "critical")
+	executed := ran(audit.KindCallExecuted, "req-A", "critical")
 	executed.Result = json.RawMessage(`{"transfer_id":"t-1","status":"<booked>"}`)
-	failed := ran(KindCallFailed, "req-D", "high")
+	failed := ran(audit.KindCallFailed, "req-D", "high")
 	failed.Reason = "backend: connection refused"
 
-	secret := forRequest(KindApprovalRequested, "req-C")
+	secret := forRequest(audit.KindApprovalRequested, "req-C")
 	secret.Tool, secret.Args, secret.ArgsRedact = "read_secret", json.RawMessage(`{"name":"db-password"}`), true
 	secretSum, _ := digest.ArgsSHA256(secret.Args)
 	secret.ArgsSHA256 = hex.EncodeToString(secretSum[:])
-	secret.Level, secret.Quorum, secret.Eligible, secret.UserVerification = "high", 1, []string{"carol"}, UVPreferred
+	secret.Level, secret.Quorum, secret.Eligible, secret.UserVerification = "high", 1, []string{"carol"}, audit.UVPreferred
 	secretExpired := secret
-	secretExpired.Kind, secretExpired.Level, secretExpired.Quorum, secretExpired.Eligible, secretExpired.UserVerification = KindApprovalExpired, "", 0, nil, ""
+	secretExpired.Kind, secretExpired.Level, secretExpired.Quorum, secretExpired.Eligible, secretExpired.UserVerification = audit.KindApprovalExpired, "", 0, nil, ""
 	secretExpired.Reason = "nobody decided before expires_at"
 
 	policy := json.RawMessage(`{"tools":{"transfer":{"level":"low","approvers":["role:treasury"],"rules":[` +
 		`{"name":"large","when":"args.amount > 10000","level":"high"},{"when":"args.amount > 250000","level":"critical","quorum":2}]}},` +
 		`"approvers":[{"id":"alice","roles":["treasury"]},{"id":"bob","roles":["treasury"]},{"id":"carol","roles":["treasury"]}],"default_timeout":"5m0s"}`)
-	return []Entry{
-		{Kind: KindPolicyLoaded, Policy: policy},
+	return []audit.Entry{
+		{Kind: audit.KindPolicyLoaded, Policy: policy},
 		enrolled(k.alice), enrolled(k.bob), enrolled(k.carol),
-		{Kind: KindCallAllowed, Agent: "agent-1", Tool: "get_balance", Args: json.RawMessage(`{}`), Decision: "low", Rule: "tools.get_balance"},
-		{Kind: KindCallExecuted, Agent: "agent-1", Tool: "get_balance", Args: json.RawMessage(`{}`), ArgsSeq: 5, Decision: "low", Rule: "tools.get_balance",
+		{Kind: audit.KindCallAllowed, Agent: "agent-1", Tool: "get_balance", Args: json.RawMessage(`{}`), Decision: "low", Rule: "tools.get_balance"},
+		{Kind: audit.KindCallExecuted, Agent: "agent-1", Tool: "get_balance", Args: json.RawMessage(`{}`), ArgsSeq: 5, Decision: "low", Rule: "tools.get_balance",
 			Result: json.RawMessage(`{"balance":"1200.50","currency":"EUR"}`)},
-		request("req-A", "critical", 2, UVRequired, "alice", "bob", "carol"),
+		request("req-A", "critical", 2, audit.UVRequired, "alice", "bob", "carol"),
 		decide(k.alice, "req-A", digest.Approve, uv),
 		rejected,
 		decide(k.bob, "req-A", digest.Approve, uv),
 		approved("req-A", []string{"alice", "bob"}, 8, 10),
 		executed,
-		request("req-B", "high", 1, UVPreferred, "alice", "bob"),
+		request("req-B", "high", 1, audit.UVPreferred, "alice", "bob"),
 		decide(k.bob, "req-B", digest.Deny, up),
-		{Kind: KindCallDenied, Agent: "agent-2", Tool: "run_command", Args: json.RawMessage(`{"cmd":"rm -rf /"}`), Decision: "deny", Rule: "tools.run_command.rules[2]", Reason: "denied by policy"},
-		{Kind: KindCallRejected, Agent: "agent-2", Tool: "transfer", Reason: "args.amount: must be > 0"},
+		{Kind: audit.KindCallDenied, Agent: "agent-2", Tool: "run_command", Args: json.RawMessage(`{"cmd":"rm -rf /"}`), Decision: "deny", Rule: "tools.run_command.rules[2]", Reason: "denied by policy"},
+		{Kind: audit.KindCallRejected, Agent: "agent-2", Tool: "transfer", Reason: "args.amount: must be > 0"},
 		secret,
 		secretExpired,
-		{Kind: KindCredentialRevoked, Approver: "carol", CredentialID: k.carol.id, PublicKey: k.carol.cose(), Reason: "lost"},
-		request("req-D", "high", 1, UVPreferred, "alice"),
+		{Kind: audit.KindCredentialRevoked, Approver: "carol", CredentialID: k.carol.id, PublicKey: k.carol.cose(), Reason: "lost"},
+		request("req-D", "high", 1, audit.UVPreferred, "alice"),
 		decide(k.alice, "req-D", digest.Approve, up),
 		approved("req-D", []string{"alice"}, 21),
 		failed,
-		{Kind: KindEnrollmentCreated, Approver: "dave", ExpiresAt: "2026-03-01T09:40:00Z", Reason: "one-time enrollment link issued"},
+		{Kind: audit.KindEnrollmentCreated, Approver: "dave", ExpiresAt: "2026-03-01T09:40:00Z", Reason: "one-time enrollment link issued"},
 	}
 }
 
@@ -142,7 +143,7 @@ func exampleEntries(t *testing.T, k exampleKeys) []Entry {
 // key and exports it.
 func exampleExport(t *testing.T, dir string, key ed25519.PrivateKey) []byte {
 	t.Helper()
-	l := openLog(t, openDB(t, dir), key, Options{Now: stepClock()})
+	l := openLog(t, openDB(t, dir), key, audit.Options{Now: stepClock()})
 	for _, e := range exampleEntries(t, newExampleKeys(t)) {
 		appendExample(t, l, e)
 	}
@@ -151,9 +152,9 @@ func exampleExport(t *testing.T, dir string, key ed25519.PrivateKey) []byte {
 
 // appendExample appends e, through LoadPolicy for policy.loaded, so that
 // later decisions name the policy.
-func appendExample(t *testing.T, l *Log, e Entry) {
+func appendExample(t *testing.T, l *audit.Log, e audit.Entry) {
 	t.Helper()
-	if e.Kind == KindPolicyLoaded {
+	if e.Kind == audit.KindPolicyLoaded {
 		if _, err := l.LoadPolicy(context.Background(), e.Policy); err != nil {
 			t.Fatal(err)
 		}
@@ -167,7 +168,7 @@ func appendExample(t *testing.T, l *Log, e Entry) {
 // AUDIT_UPDATE_GOLDEN=1 rewrites it.
 func TestGoldenExportFormat3(t *testing.T) {
 	got := exampleExport(t, t.TempDir(), seededKey(1))
-	golden := filepath.Join("..", "testdata", "audit", "export-v3.jsonl")
+	golden := filepath.Join("..", "..", "testdata", "audit", "export-v3.jsonl")
 	if updateGolden {
 		if err := os.WriteFile(golden, got, 0o644); err != nil {
 			t.Fatal(err)
@@ -196,7 +197,7 @@ func TestGoldenExportFormat3(t *testing.T) {
 // format 2 (args repeated on every entry of a call), frozen: exports made
 // before format 3 must still verify.
 func TestGoldenExportFormat2StillVerifies(t *testing.T) {
-	want, err := os.ReadFile(filepath.Join("..", "testdata", "audit", "export-v2.jsonl"))
+	want, err := os.ReadFile(filepath.Join("..", "..", "testdata", "audit", "export-v2.jsonl"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -210,12 +211,12 @@ func TestGoldenExportFormat2StillVerifies(t *testing.T) {
 
 func verifyGolden(t *testing.T, export []byte) {
 	t.Helper()
-	pub, err := os.ReadFile(filepath.Join("..", "testdata", "audit", "server.pub"))
+	pub, err := os.ReadFile(filepath.Join("..", "..", "testdata", "audit", "server.pub"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, all := range []bool{false, true} {
-		s, err := Verify(bytes.NewReader(export), string(pub), VerifyOptions{AllSignatures: all})
+		s, err := Export(bytes.NewReader(export), string(pub), Options{AllSignatures: all})
 		if err != nil {
 			t.Fatalf("golden export does not verify: %v", err)
 		}
@@ -228,19 +229,19 @@ func verifyGolden(t *testing.T, export []byte) {
 // forge plays an attacker who holds the server key: edit gets the
 // exported entries and returns the forged ones, which are renumbered from
 // seq 1, linked, hashed, signed, and covered by a new signed checkpoint.
-func forge(t *testing.T, export []byte, key ed25519.PrivateKey, edit func([]Entry) []Entry) []byte {
+func forge(t *testing.T, export []byte, key ed25519.PrivateKey, edit func([]audit.Entry) []audit.Entry) []byte {
 	t.Helper()
 	lines, _ := splitExport(t, export)
-	var entries []Entry
+	var entries []audit.Entry
 	for _, line := range lines {
-		var e Entry
+		var e audit.Entry
 		if err := json.Unmarshal(line, &e); err != nil {
 			t.Fatal(err)
 		}
 		entries = append(entries, e)
 	}
 	var prev [32]byte
-	var fr frontier
+	var fr audit.Frontier
 	var out [][]byte
 	for i, e := range edit(entries) {
 		e.Seq = int64(i + 1)
@@ -256,23 +257,23 @@ func forge(t *testing.T, export []byte, key ed25519.PrivateKey, edit func([]Entr
 			t.Fatal(err)
 		}
 		out = append(out, b)
-		fr.add(leafHash(sum))
+		fr.Add(audit.LeafHash(sum))
 		prev = sum
 	}
-	return joinExport(out, checkpointLineFor(t, key, fr.n, fr.root()))
+	return joinExport(out, checkpointLineFor(t, key, fr.Size(), fr.Root()))
 }
 
 // at edits the entry at seq.
-func at(seq int64, edit func(*Entry)) func([]Entry) []Entry {
-	return func(es []Entry) []Entry {
+func at(seq int64, edit func(*audit.Entry)) func([]audit.Entry) []audit.Entry {
+	return func(es []audit.Entry) []audit.Entry {
 		edit(&es[seq-1])
 		return es
 	}
 }
 
 // without drops the entries at seqs.
-func without(es []Entry, seqs ...int64) []Entry {
-	return slices.DeleteFunc(es, func(e Entry) bool { return slices.Contains(seqs, e.Seq) })
+func without(es []audit.Entry, seqs ...int64) []audit.Entry {
+	return slices.DeleteFunc(es, func(e audit.Entry) bool { return slices.Contains(seqs, e.Seq) })
 }
 
 // Each forgery is made with the real server key, taken from the test's
@@ -280,154 +281,154 @@ func without(es []Entry, seqs ...int64) []Entry {
 // only the approval requirements can catch it.
 func TestVerifyRefusesForgedApprovals(t *testing.T) {
 	dir := t.TempDir()
-	key, err := LoadOrCreateKey(dir)
+	key, err := audit.LoadOrCreateKey(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	pub := pubText(key)
 	keys := newExampleKeys(t)
 	export := exampleExport(t, dir, key)
-	if _, err := Verify(bytes.NewReader(export), pub, VerifyOptions{}); err != nil {
+	if _, err := Export(bytes.NewReader(export), pub, Options{}); err != nil {
 		t.Fatal(err)
 	}
 
 	cases := []struct {
 		name   string
-		edit   func([]Entry) []Entry
+		edit   func([]audit.Entry) []audit.Entry
 		seq    int64
 		reason string
 	}{
-		{"assertion removed from a quorum, approval shortened to match", func(es []Entry) []Entry {
+		{"assertion removed from a quorum, approval shortened to match", func(es []audit.Entry) []audit.Entry {
 			es[10].Approvers, es[10].Assertions = []string{"alice"}, []int64{8}
 			return without(es, 10)
 		}, 10, "request req-A needs 2 distinct eligible approvers, approval.approved shows 1 (alice)"},
-		{"assertion removed from a quorum, approval left as it was", func(es []Entry) []Entry {
+		{"assertion removed from a quorum, approval left as it was", func(es []audit.Entry) []audit.Entry {
 			return without(es, 10)
 		}, 10, "assertion seq 10 is not an earlier approval.assertion of request req-A"},
-		{"approval naming one assertion twice", at(11, func(e *Entry) {
+		{"approval naming one assertion twice", at(11, func(e *audit.Entry) {
 			e.Approvers, e.Assertions = []string{"alice", "alice"}, []int64{8, 8}
 		}), 11, "a second one by alice"},
-		{"approval naming an assertion of another request", at(22, func(e *Entry) {
+		{"approval naming an assertion of another request", at(22, func(e *audit.Entry) {
 			e.Assertions = []int64{8}
 		}), 22, "assertion seq 8 is not an earlier approval.assertion of request req-D"},
-		{"approvers that are not the assertions'", at(11, func(e *Entry) {
+		{"approvers that are not the assertions'", at(11, func(e *audit.Entry) {
 			e.Approvers = []string{"alice", "carol"}
 		}), 11, "approvers [alice, carol] are not the approvers of the assertions it lists [alice, bob]"},
-		{"approver not eligible", at(7, func(e *Entry) {
+		{"approver not eligible", at(7, func(e *audit.Entry) {
 			e.Eligible = []string{"alice", "carol"}
 		}), 10, `approver "bob" is not eligible for request req-A (eligible: alice, carol)`},
-		{"missing UV where required (a tap without PIN)", at(8, func(e *Entry) {
+		{"missing UV where required (a tap without PIN)", at(8, func(e *audit.Entry) {
 			keys.alice.sign(e, origin, rpID, flagUserPresent)
 		}), 8, "request req-A requires user verification; alice's assertion has none"},
-		{"UV claimed that the key did not report", at(21, func(e *Entry) {
+		{"UV claimed that the key did not report", at(21, func(e *audit.Entry) {
 			e.UserVerified = true
 		}), 21, "UV flag is not set"},
-		{"UV required afterwards, on a request approved without", at(20, func(e *Entry) {
-			e.UserVerification = UVRequired
+		{"UV required afterwards, on a request approved without", at(20, func(e *audit.Entry) {
+			e.UserVerification = audit.UVRequired
 		}), 21, "request req-D requires user verification; alice's assertion has none"},
-		{"assertion after expiry", at(10, func(e *Entry) {
+		{"assertion after expiry", at(10, func(e *audit.Entry) {
 			e.DecidedAt = "2026-03-01T09:35:00.000000000Z"
 		}), 10, "decided at 2026-03-01T09:35:00.000000000Z, after request req-A expired at 2026-03-01T09:35:00Z"},
-		{"assertion over other terms than the request shows", at(7, func(e *Entry) {
+		{"assertion over other terms than the request shows", at(7, func(e *audit.Entry) {
 			e.Display = "Approve $5.00 transfer to Vendor X"
 		}), 8, "the assertion's display differs from request req-A at seq 7"},
-		{"quorum below what the eligible list allows", at(7, func(e *Entry) { e.Quorum = 4 }), 7, "quorum 4 of 3 eligible approvers"},
-		{"critical request without UV required", at(7, func(e *Entry) { e.UserVerification = UVPreferred }), 7, "a critical request must require user verification"},
-		{"execution without approval (request expired)", func(es []Entry) []Entry {
+		{"quorum below what the eligible list allows", at(7, func(e *audit.Entry) { e.Quorum = 4 }), 7, "quorum 4 of 3 eligible approvers"},
+		{"critical request without UV required", at(7, func(e *audit.Entry) { e.UserVerification = audit.UVPreferred }), 7, "a critical request must require user verification"},
+		{"execution without approval (request expired)", func(es []audit.Entry) []audit.Entry {
 			x := es[11]
 			x.RequestID, x.Decision = "req-C", "high"
 			x.Tool, x.ArgsSHA256 = es[16].Tool, es[16].ArgsSHA256
 			return slices.Insert(es, 18, x)
 		}, 19, "call.executed of request req-C, which was not approved (ended at seq 18 by approval.expired)"},
-		{"execution without any request", func(es []Entry) []Entry {
+		{"execution without any request", func(es []audit.Entry) []audit.Entry {
 			x := es[11]
 			x.RequestID = ""
 			return append(es, x)
 		}, 25, "call.executed of transfer at level critical without request_id: it ran without an approval"},
-		{"execution of a request nobody raised", func(es []Entry) []Entry {
+		{"execution of a request nobody raised", func(es []audit.Entry) []audit.Entry {
 			x := es[11]
 			x.RequestID = "req-Z"
 			return append(es, x)
 		}, 25, "names request req-Z, which no earlier approval.requested raised"},
-		{"approved request run twice", func(es []Entry) []Entry {
+		{"approved request run twice", func(es []audit.Entry) []audit.Entry {
 			return append(es, es[11])
 		}, 25, "request req-A already ran at seq 12"},
-		{"execution before its approval", func(es []Entry) []Entry {
+		{"execution before its approval", func(es []audit.Entry) []audit.Entry {
 			es[10], es[11] = es[11], es[10]
 			return es
 		}, 11, "call.executed of request req-A, which was not approved (still pending)"},
-		{"approved call run with other arguments", at(12, func(e *Entry) {
+		{"approved call run with other arguments", at(12, func(e *audit.Entry) {
 			e.Args = json.RawMessage(`{"amount":900000,"currency":"USD","to":"Mallory"}`)
 			s, _ := digest.ArgsSHA256(e.Args)
 			e.ArgsSHA256 = hex.EncodeToString(s[:])
 		}), 12, "call.executed is for other tool or arguments than the approved request req-A"},
-		{"executed high call relabelled low", at(12, func(e *Entry) {
+		{"executed high call relabelled low", at(12, func(e *audit.Entry) {
 			e.Decision, e.RequestID = "low", ""
 		}), 12, "call.executed of transfer at level low runs the arguments of an approved request that has not run: an execution of it relabelled low"},
-		{"executed critical call relabelled high", at(12, func(e *Entry) {
+		{"executed critical call relabelled high", at(12, func(e *audit.Entry) {
 			e.Decision = "high"
 		}), 12, "call.executed at level high, but request req-A was raised at level critical"},
-		{"execution without a level", at(6, func(e *Entry) { e.Decision = "" }), 6, `call.executed of get_balance with decision "", want the level it ran at`},
-		{"an exact repeat of a denial, as a crash can leave", func(es []Entry) []Entry {
+		{"execution without a level", at(6, func(e *audit.Entry) { e.Decision = "" }), 6, `call.executed of get_balance with decision "", want the level it ran at`},
+		{"an exact repeat of a denial, as a crash can leave", func(es []audit.Entry) []audit.Entry {
 			return append(es, es[13])
 		}, 0, ""},
-		{"a decision after the request ended", func(es []Entry) []Entry {
+		{"a decision after the request ended", func(es []audit.Entry) []audit.Entry {
 			x := es[13]
-			x.Kind, x.Decision = KindApprovalAssertion, digest.Approve
+			x.Kind, x.Decision = audit.KindApprovalAssertion, digest.Approve
 			keys.alice.sign(&x, origin, rpID, flagUserPresent)
 			return slices.Insert(es, 19, x)
 		}, 20, "approval.assertion for request req-B, which already ended at seq 14 (approval.denied)"},
-		{"an approval of a denied request", func(es []Entry) []Entry {
+		{"an approval of a denied request", func(es []audit.Entry) []audit.Entry {
 			x := es[10]
 			x.RequestID = "req-B"
 			return slices.Insert(es, 14, x)
 		}, 15, "approval.approved for request req-B, which already ended at seq 14 (approval.denied)"},
-		{"request raised twice", func(es []Entry) []Entry {
+		{"request raised twice", func(es []audit.Entry) []audit.Entry {
 			x := es[6]
 			x.Quorum = 1
 			return slices.Insert(es, 12, x)
 		}, 13, "request req-A was already requested at seq 7"},
-		{"a decision naming a policy never loaded", at(5, func(e *Entry) {
+		{"a decision naming a policy never loaded", at(5, func(e *audit.Entry) {
 			e.PolicySHA256 = strings.Repeat("0", 64)
 		}), 5, "decided by policy 0000000000000000000000000000000000000000000000000000000000000000, which no earlier policy.loaded carries"},
-		{"a decision naming no policy after one was loaded", at(7, func(e *Entry) {
+		{"a decision naming no policy after one was loaded", at(7, func(e *audit.Entry) {
 			e.PolicySHA256 = ""
 		}), 7, "approval.requested names no policy, after a policy was loaded at seq 1"},
-		{"the loaded policy altered", at(1, func(e *Entry) {
+		{"the loaded policy altered", at(1, func(e *audit.Entry) {
 			e.Policy = json.RawMessage(strings.Replace(string(e.Policy), "10000", "99999999", 1))
 		}), 1, "is not the SHA-256 of the policy's JCS form"},
-		{"a format 1 entry after format 2", at(15, func(e *Entry) { e.V = 0 }), 15, "format 1 entry after format 2 began at seq 1"},
-		{"an unknown format", at(15, func(e *Entry) { e.V = Format + 1 }), 15, fmt.Sprintf("entry format v %d is not one this verifier knows", Format+1)},
-		{"a format 2 entry after format 3", at(15, func(e *Entry) { e.V = 2 }), 15, "format 2 entry after format 3: a log never goes back to an older format"},
+		{"a format 1 entry after format 2", at(15, func(e *audit.Entry) { e.V = 0 }), 15, "format 1 entry after format 2 began at seq 1"},
+		{"an unknown format", at(15, func(e *audit.Entry) { e.V = audit.Format + 1 }), 15, fmt.Sprintf("entry format v %d is not one this verifier knows", audit.Format+1)},
+		{"a format 2 entry after format 3", at(15, func(e *audit.Entry) { e.V = 2 }), 15, "format 2 entry after format 3: a log never goes back to an older format"},
 		// Format 3 stores a call's args once; later entries name them.
-		{"an outcome's args_sha256 other than its call.allowed's", at(6, func(e *Entry) {
+		{"an outcome's args_sha256 other than its call.allowed's", at(6, func(e *audit.Entry) {
 			e.ArgsSHA256 = strings.Repeat("ab", 32)
 		}), 6, "call.executed's agent, tool or args_sha256 differ from its call.allowed at args_seq 5"},
-		{"an outcome naming no call.allowed", at(6, func(e *Entry) { e.ArgsSeq = 4 }), 6, "args_seq 4 is not a call.allowed whose outcome is still to come"},
-		{"args_seq naming a later entry", at(6, func(e *Entry) { e.ArgsSeq = 9 }), 6, "args_seq 9 is not an earlier entry"},
-		{"a second outcome naming the same call.allowed", func(es []Entry) []Entry {
+		{"an outcome naming no call.allowed", at(6, func(e *audit.Entry) { e.ArgsSeq = 4 }), 6, "args_seq 4 is not a call.allowed whose outcome is still to come"},
+		{"args_seq naming a later entry", at(6, func(e *audit.Entry) { e.ArgsSeq = 9 }), 6, "args_seq 9 is not an earlier entry"},
+		{"a second outcome naming the same call.allowed", func(es []audit.Entry) []audit.Entry {
 			return slices.Insert(es, 6, es[5])
 		}, 7, "args_seq 5 is not a call.allowed whose outcome is still to come"},
-		{"args_seq on a request's entry", at(12, func(e *Entry) { e.ArgsSeq = 5 }), 12, "call.executed carries both args_seq and request_id"},
-		{"args_seq on a call.allowed", at(5, func(e *Entry) { e.ArgsSeq = 1 }), 5, "call.allowed carries args_seq; only a call's outcome does"},
-		{"a request's entry with other args_sha256 than the request", at(18, func(e *Entry) {
+		{"args_seq on a request's entry", at(12, func(e *audit.Entry) { e.ArgsSeq = 5 }), 12, "call.executed carries both args_seq and request_id"},
+		{"args_seq on a call.allowed", at(5, func(e *audit.Entry) { e.ArgsSeq = 1 }), 5, "call.allowed carries args_seq; only a call's outcome does"},
+		{"a request's entry with other args_sha256 than the request", at(18, func(e *audit.Entry) {
 			e.ArgsSHA256 = strings.Repeat("ab", 32)
 		}), 18, "approval.expired's args_sha256 abab"},
-		{"an outcome whose args are nowhere", at(6, func(e *Entry) { e.ArgsSeq, e.Args = 0, nil }), 6,
+		{"an outcome whose args are nowhere", at(6, func(e *audit.Entry) { e.ArgsSeq, e.Args = 0, nil }), 6,
 			"call.executed has args_sha256 but no args, args_redacted, args_seq or request_id: its args are nowhere"},
-		{"args that do not match args_sha256", at(5, func(e *Entry) { e.Args = json.RawMessage(`{"x":1}`) }), 5, "args do not match args_sha256"},
+		{"args that do not match args_sha256", at(5, func(e *audit.Entry) { e.Args = json.RawMessage(`{"x":1}`) }), 5, "args do not match args_sha256"},
 		// Format 3 bounds reasons and results.
-		{"a reason over 1 KiB", at(16, func(e *Entry) { e.Reason = strings.Repeat("x", 2000) }), 16,
+		{"a reason over 1 KiB", at(16, func(e *audit.Entry) { e.Reason = strings.Repeat("x", 2000) }), 16,
 			"reason of 2000 bytes, over 1024, without reason_sha256 and reason_size"},
-		{"a cut reason whose whole is short", at(16, func(e *Entry) { e.ReasonSHA256, e.ReasonSize = strings.Repeat("0", 64), 10 }), 16,
+		{"a cut reason whose whole is short", at(16, func(e *audit.Entry) { e.ReasonSHA256, e.ReasonSize = strings.Repeat("0", 64), 10 }), 16,
 			"reason size 10: a text of at most 1024 bytes is kept whole"},
-		{"a cut reason that keeps too little", at(16, func(e *Entry) { e.ReasonSHA256, e.ReasonSize = strings.Repeat("0", 64), 5000 }), 16,
+		{"a cut reason that keeps too little", at(16, func(e *audit.Entry) { e.ReasonSHA256, e.ReasonSize = strings.Repeat("0", 64), 5000 }), 16,
 			"reason keeps 24 bytes of the whole; the log keeps the first 1024"},
-		{"a result over 1 KiB", at(12, func(e *Entry) { e.Result = json.RawMessage(`"` + strings.Repeat("x", 2000) + `"`) }), 12,
+		{"a result over 1 KiB", at(12, func(e *audit.Entry) { e.Result = json.RawMessage(`"` + strings.Repeat("x", 2000) + `"`) }), 12,
 			"result of 2002 bytes, over 1024, without result_sha256 and result_size"},
-		{"a cut result that is not a string", at(12, func(e *Entry) { e.ResultSHA256, e.ResultSize = strings.Repeat("0", 64), 5000 }), 12,
+		{"a cut result that is not a string", at(12, func(e *audit.Entry) { e.ResultSHA256, e.ResultSize = strings.Repeat("0", 64), 5000 }), 12,
 			"result_sha256 is set, but result is not the JSON string of its first bytes"},
-		{"format 3 members in a format 2 entry", at(16, func(e *Entry) { e.V, e.ReasonSize = 2, 3000 }), 16, "format 2 entry carries args_seq, reason_sha256"},
+		{"format 3 members in a format 2 entry", at(16, func(e *audit.Entry) { e.V, e.ReasonSize = 2, 3000 }), 16, "format 2 entry carries args_seq, reason_sha256"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -435,7 +436,7 @@ func TestVerifyRefusesForgedApprovals(t *testing.T) {
 			if tc.reason == "" {
 				// An exact repeat of a key decision is what a crash
 				// between append and outbox delete leaves: accepted.
-				if _, err := Verify(bytes.NewReader(forged), pub, VerifyOptions{}); err != nil {
+				if _, err := Export(bytes.NewReader(forged), pub, Options{}); err != nil {
 					t.Fatal(err)
 				}
 				return
@@ -452,7 +453,7 @@ func TestRequirementsAcrossExports(t *testing.T) {
 	dir := t.TempDir()
 	key := seededKey(1)
 	entries := exampleEntries(t, newExampleKeys(t))
-	l := openLog(t, openDB(t, dir), key, Options{Now: stepClock()})
+	l := openLog(t, openDB(t, dir), key, audit.Options{Now: stepClock()})
 	for _, e := range entries[:11] { // up to req-A's approval
 		appendExample(t, l, e)
 	}
@@ -461,7 +462,7 @@ func TestRequirementsAcrossExports(t *testing.T) {
 		appendExample(t, l, e)
 	}
 	newer := exportBytes(t, l, 11)
-	s, err := Verify(bytes.NewReader(newer), pubText(key), VerifyOptions{Previous: bytes.NewReader(older)})
+	s, err := Export(bytes.NewReader(newer), pubText(key), Options{Previous: bytes.NewReader(older)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -470,7 +471,7 @@ func TestRequirementsAcrossExports(t *testing.T) {
 	}
 	// A forger who drops bob's assertion from the older export and
 	// shortens the approval to match is refused there already.
-	forgedOlder := forge(t, older, key, func(es []Entry) []Entry {
+	forgedOlder := forge(t, older, key, func(es []audit.Entry) []audit.Entry {
 		es[10].Approvers, es[10].Assertions = []string{"alice"}, []int64{8}
 		return without(es, 10)
 	})
@@ -480,11 +481,11 @@ func TestRequirementsAcrossExports(t *testing.T) {
 // Format 1 entries (the old golden export) verify, and the summary says
 // that they record no requirements.
 func TestFormat1IsReadButNotChecked(t *testing.T) {
-	data, err := os.ReadFile(filepath.Join("..", "testdata", "audit", "export.jsonl"))
+	data, err := os.ReadFile(filepath.Join("..", "..", "testdata", "audit", "export.jsonl"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := Verify(bytes.NewReader(data), pubText(seededKey(1)), VerifyOptions{})
+	s, err := Export(bytes.NewReader(data), pubText(seededKey(1)), Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package audit
+package verify
 
 import (
 	"bytes"
@@ -8,6 +8,7 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/digest"
 )
 
@@ -16,17 +17,17 @@ import (
 // approved. It returns the export and the digests in signed order.
 func batchLog(t *testing.T, k *softKey) []byte {
 	db := openDB(t, t.TempDir())
-	l := openLog(t, db, seededKey(1), Options{Now: stepClock()})
-	mustAppend(t, l, Entry{Kind: KindApproverEnrolled, Approver: "alice", CredentialID: k.id, PublicKey: k.cose(), Origin: origin, RPID: rpID})
+	l := openLog(t, db, seededKey(1), audit.Options{Now: stepClock()})
+	mustAppend(t, l, audit.Entry{Kind: audit.KindApproverEnrolled, Approver: "alice", CredentialID: k.id, PublicKey: k.cose(), Origin: origin, RPID: rpID})
 	ids := []string{"req-1", "req-2", "req-3"}
-	var decisions []*Entry
+	var decisions []*audit.Entry
 	for i, id := range ids {
-		r := requested(id, LevelHigh, 1, UVPreferred, "alice", "bob")
+		r := requested(id, audit.LevelHigh, 1, audit.UVPreferred, "alice", "bob")
 		r.Batchable = true
 		r.Nonce = base64.RawURLEncoding.EncodeToString(bytes.Repeat([]byte{byte(i + 1)}, 32))
 		mustAppend(t, l, r)
 		d := r
-		d.Kind, d.Decision, d.DecidedAt = KindApprovalAssertion, digest.Approve, "2026-03-01T09:31:00.000000000Z"
+		d.Kind, d.Decision, d.DecidedAt = audit.KindApprovalAssertion, digest.Approve, "2026-03-01T09:31:00.000000000Z"
 		d.Level, d.Rule, d.Quorum, d.Eligible, d.UserVerification, d.Batchable = "", "", 0, nil, "", false
 		decisions = append(decisions, &d)
 	}
@@ -36,7 +37,7 @@ func batchLog(t *testing.T, k *softKey) []byte {
 	}
 	for i, id := range ids {
 		done := *decisions[i]
-		done.Kind, done.Approvers, done.Assertions = KindApprovalApproved, []string{"alice"}, []int64{int64(5 + i)}
+		done.Kind, done.Approvers, done.Assertions = audit.KindApprovalApproved, []string{"alice"}, []int64{int64(5 + i)}
 		done.Approver, done.CredentialID, done.DecidedAt, done.Origin, done.RPID, done.UserVerified = "", "", "", "", "", false
 		done.AuthenticatorData, done.ClientDataJSON, done.Signature, done.BatchDigests, done.BatchPosition = "", "", "", nil, 0
 		_ = id
@@ -47,7 +48,7 @@ func batchLog(t *testing.T, k *softKey) []byte {
 
 // signBatch signs one assertion over the batch of entries and records it
 // on each with the list and its position, as the server does.
-func signBatch(t *testing.T, k *softKey, entries []*Entry, flags byte) {
+func signBatch(t *testing.T, k *softKey, entries []*audit.Entry, flags byte) {
 	var list [][32]byte
 	for _, e := range entries {
 		list = append(list, actionDigest(t, e))
@@ -64,7 +65,7 @@ func signBatch(t *testing.T, k *softKey, entries []*Entry, flags byte) {
 	for _, d := range sorted {
 		hexes = append(hexes, hex.EncodeToString(d[:]))
 	}
-	var signed Entry
+	var signed audit.Entry
 	k.signChallenge(&signed, challenge, origin, rpID, flags)
 	for i, e := range entries {
 		e.Approver, e.CredentialID, e.Origin, e.RPID, e.UserVerified = signed.Approver, signed.CredentialID, signed.Origin, signed.RPID, signed.UserVerified
@@ -79,7 +80,7 @@ func TestVerifyBatchApproval(t *testing.T) {
 	pub := pubText(key)
 	k := newSoftKey(t)
 	export := batchLog(t, k)
-	s, err := Verify(bytes.NewReader(export), pub, VerifyOptions{AllSignatures: true})
+	s, err := Export(bytes.NewReader(export), pub, Options{AllSignatures: true})
 	if err != nil {
 		t.Fatalf("%v\n%s", err, export)
 	}
@@ -93,8 +94,8 @@ func TestVerifyBatchApproval(t *testing.T) {
 
 	// Each forgery is re-signed with the server key, so only the
 	// approver's signature and the recorded batch can catch it.
-	at := func(seq int64, f func(*Entry)) func(*Entry) {
-		return func(e *Entry) {
+	at := func(seq int64, f func(*audit.Entry)) func(*audit.Entry) {
+		return func(e *audit.Entry) {
 			if e.Seq == seq {
 				f(e)
 			}
@@ -102,35 +103,35 @@ func TestVerifyBatchApproval(t *testing.T) {
 	}
 	cases := []struct {
 		name   string
-		mutate func(*Entry)
+		mutate func(*audit.Entry)
 		seq    int64
 		reason string
 	}{
-		{"request's digest changed in the list", at(6, func(e *Entry) {
+		{"request's digest changed in the list", at(6, func(e *audit.Entry) {
 			e.BatchDigests = slices.Clone(e.BatchDigests)
 			e.BatchDigests[e.BatchPosition] = hex.EncodeToString(bytes.Repeat([]byte{0xee}, 32))
 		}), 6, "this entry's action digest is not batch_digests["},
-		{"request's digest removed from the list", at(6, func(e *Entry) {
+		{"request's digest removed from the list", at(6, func(e *audit.Entry) {
 			e.BatchDigests = slices.Delete(slices.Clone(e.BatchDigests), e.BatchPosition, e.BatchPosition+1)
 			e.BatchPosition = 0
 		}), 6, "this entry's action digest is not batch_digests[0]"},
-		{"another request removed from the list", at(6, func(e *Entry) {
+		{"another request removed from the list", at(6, func(e *audit.Entry) {
 			other := (e.BatchPosition + 1) % 3
 			e.BatchDigests = slices.Delete(slices.Clone(e.BatchDigests), other, other+1)
 			if other < e.BatchPosition {
 				e.BatchPosition--
 			}
 		}), 6, "challenge is not the batch challenge of batch_digests (2 requests)"},
-		{"list reordered", at(6, func(e *Entry) {
+		{"list reordered", at(6, func(e *audit.Entry) {
 			e.BatchDigests = []string{e.BatchDigests[2], e.BatchDigests[1], e.BatchDigests[0]}
 			e.BatchPosition = 2 - e.BatchPosition
 		}), 6, "batch_digests: digest: a batch is one or more distinct action digests: digest 1 is not above digest 0"},
-		{"wrong position", at(6, func(e *Entry) { e.BatchPosition = (e.BatchPosition + 1) % 3 }), 6, "is not batch_digests["},
-		{"position outside the list", at(6, func(e *Entry) { e.BatchPosition = 3 }), 6, "batch_position 3 is outside batch_digests (3 digests)"},
-		{"batch dropped: a single approval's challenge", at(6, func(e *Entry) { e.BatchDigests, e.BatchPosition = nil, 0 }), 6, "challenge is not the action digest of this entry"},
-		{"request's display changed", at(6, func(e *Entry) { e.Display = "Approve $5 transfer" }), 6, "this entry's action digest is not batch_digests["},
-		{"request raised not batchable", at(3, func(e *Entry) { e.Batchable = false }), 6, "request req-2 was not raised batchable"},
-		{"batchable critical request", at(3, func(e *Entry) { e.Level, e.UserVerification = LevelCritical, UVRequired }), 3, "a critical request cannot be batchable"},
+		{"wrong position", at(6, func(e *audit.Entry) { e.BatchPosition = (e.BatchPosition + 1) % 3 }), 6, "is not batch_digests["},
+		{"position outside the list", at(6, func(e *audit.Entry) { e.BatchPosition = 3 }), 6, "batch_position 3 is outside batch_digests (3 digests)"},
+		{"batch dropped: a single approval's challenge", at(6, func(e *audit.Entry) { e.BatchDigests, e.BatchPosition = nil, 0 }), 6, "challenge is not the action digest of this entry"},
+		{"request's display changed", at(6, func(e *audit.Entry) { e.Display = "Approve $5 transfer" }), 6, "this entry's action digest is not batch_digests["},
+		{"request raised not batchable", at(3, func(e *audit.Entry) { e.Batchable = false }), 6, "request req-2 was not raised batchable"},
+		{"batchable critical request", at(3, func(e *audit.Entry) { e.Level, e.UserVerification = audit.LevelCritical, audit.UVRequired }), 3, "a critical request cannot be batchable"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -139,13 +140,13 @@ func TestVerifyBatchApproval(t *testing.T) {
 	}
 
 	t.Run("a batch denial", func(t *testing.T) {
-		forged := resign(t, export, key, at(6, func(e *Entry) { e.Kind, e.Decision = KindApprovalDenied, digest.Deny }))
+		forged := resign(t, export, key, at(6, func(e *audit.Entry) { e.Kind, e.Decision = audit.KindApprovalDenied, digest.Deny }))
 		wantVerifyErr(t, forged, pub, nil, 6, "approval.denied cannot be part of a batch")
 	})
 	t.Run("a batch assertion on a request outside it", func(t *testing.T) {
 		// Request req-2's entry claims req-1's place in the batch: its own
 		// digest is not there.
-		forged := resign(t, export, key, func(e *Entry) {
+		forged := resign(t, export, key, func(e *audit.Entry) {
 			if e.Seq == 6 {
 				e.BatchPosition = slices.IndexFunc(e.BatchDigests, func(h string) bool { return h != e.BatchDigests[e.BatchPosition] })
 			}

@@ -1,4 +1,4 @@
-package audit
+package verify
 
 import (
 	"bytes"
@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/digest"
 	"github.com/go-webauthn/webauthn/protocol/webauthncbor"
 	"github.com/go-webauthn/webauthn/protocol/webauthncose"
@@ -76,12 +77,12 @@ func (k *softKey) cose() string {
 }
 
 // sign fills e's assertion fields for the digest of e as it stands.
-func (k *softKey) sign(e *Entry, origin, rpID string, flags byte) {
+func (k *softKey) sign(e *audit.Entry, origin, rpID string, flags byte) {
 	k.signChallenge(e, actionDigest(k.t, e), origin, rpID, flags)
 }
 
 // actionDigest is the action digest of e as it stands.
-func actionDigest(t *testing.T, e *Entry) [32]byte {
+func actionDigest(t *testing.T, e *audit.Entry) [32]byte {
 	t.Helper()
 	args, _ := hex.DecodeString(e.ArgsSHA256)
 	nonce, _ := base64.RawURLEncoding.DecodeString(e.Nonce)
@@ -106,7 +107,7 @@ func actionDigest(t *testing.T, e *Entry) [32]byte {
 }
 
 // signChallenge fills e's assertion fields for an assertion over d.
-func (k *softKey) signChallenge(e *Entry, d [32]byte, origin, rpID string, flags byte) {
+func (k *softKey) signChallenge(e *audit.Entry, d [32]byte, origin, rpID string, flags byte) {
 	t := k.t
 	var err error
 	cdj, _ := json.Marshal(map[string]any{"type": "webauthn.get", "challenge": base64.RawURLEncoding.EncodeToString(d[:]), "origin": origin, "crossOrigin": false})
@@ -133,10 +134,10 @@ func (k *softKey) signChallenge(e *Entry, d [32]byte, origin, rpID string, flags
 
 // requestFields are the digest inputs of a request, as every entry about
 // it carries them.
-func requestFields(id string) Entry {
+func requestFields(id string) audit.Entry {
 	args := json.RawMessage(`{"to":"Vendor X","amount":500000,"currency":"USD"}`)
 	sum, _ := digest.ArgsSHA256(args)
-	return Entry{
+	return audit.Entry{
 		Agent: "agent-1", Tool: "transfer", Args: args, ArgsSHA256: hex.EncodeToString(sum[:]), RequestID: id,
 		AuthorizationDetails: json.RawMessage(`[{"type":"payment_initiation","actions":["transfer"],"instructedAmount":{"currency":"USD","amount":"500000.00"},"creditorName":"Vendor X"}]`),
 		Display:              "Approve $500,000.00 transfer to Vendor X", Nonce: base64.RawURLEncoding.EncodeToString(bytes.Repeat([]byte{9}, 32)),
@@ -145,18 +146,18 @@ func requestFields(id string) Entry {
 }
 
 // requested is the approval.requested entry of request id.
-func requested(id, level string, quorum int, uv string, eligible ...string) Entry {
+func requested(id, level string, quorum int, uv string, eligible ...string) audit.Entry {
 	e := requestFields(id)
-	e.Kind, e.Level, e.Rule, e.Quorum, e.Eligible, e.UserVerification = KindApprovalRequested, level, "tools.transfer.rules[0]", quorum, eligible, uv
+	e.Kind, e.Level, e.Rule, e.Quorum, e.Eligible, e.UserVerification = audit.KindApprovalRequested, level, "tools.transfer.rules[0]", quorum, eligible, uv
 	return e
 }
 
 // decided is a key decision on request id, signed by k.
-func decided(k *softKey, id, decision string, flags byte) Entry {
+func decided(k *softKey, id, decision string, flags byte) audit.Entry {
 	e := requestFields(id)
-	e.Kind, e.Decision, e.DecidedAt = KindApprovalAssertion, decision, "2026-03-01T09:31:00.000000000Z"
+	e.Kind, e.Decision, e.DecidedAt = audit.KindApprovalAssertion, decision, "2026-03-01T09:31:00.000000000Z"
 	if decision == digest.Deny {
-		e.Kind = KindApprovalDenied
+		e.Kind = audit.KindApprovalDenied
 	}
 	k.sign(&e, origin, rpID, flags)
 	return e
@@ -168,15 +169,15 @@ const origin, rpID = "http://localhost:8710", "localhost"
 // UV), 4 approved, 5 requested, 6 denied with the key.
 func assertionLog(t *testing.T, k *softKey) []byte {
 	db := openDB(t, t.TempDir())
-	l := openLog(t, db, seededKey(1), Options{Now: stepClock()})
-	mustAppend(t, l, Entry{Kind: KindApproverEnrolled, Approver: "alice", CredentialID: k.id, PublicKey: k.cose(), Origin: origin, RPID: rpID})
-	mustAppend(t, l, requested("req-1", "high", 1, UVPreferred, "alice"))
+	l := openLog(t, db, seededKey(1), audit.Options{Now: stepClock()})
+	mustAppend(t, l, audit.Entry{Kind: audit.KindApproverEnrolled, Approver: "alice", CredentialID: k.id, PublicKey: k.cose(), Origin: origin, RPID: rpID})
+	mustAppend(t, l, requested("req-1", "high", 1, audit.UVPreferred, "alice"))
 	mustAppend(t, l, decided(k, "req-1", digest.Approve, flagUserPresent|flagUserVerified))
 	done := requestFields("req-1")
-	done.Kind, done.Decision, done.Approvers, done.Assertions = KindApprovalApproved, digest.Approve, []string{"alice"}, []int64{3}
+	done.Kind, done.Decision, done.Approvers, done.Assertions = audit.KindApprovalApproved, digest.Approve, []string{"alice"}, []int64{3}
 	mustAppend(t, l, done)
 
-	req2 := requested("req-2", "high", 1, UVPreferred, "alice")
+	req2 := requested("req-2", "high", 1, audit.UVPreferred, "alice")
 	req2.ArgsRedact = true
 	mustAppend(t, l, req2)
 	den := decided(k, "req-2", digest.Deny, flagUserPresent)
@@ -190,7 +191,7 @@ func TestVerifyAssertions(t *testing.T) {
 	pub := pubText(key)
 	k := newSoftKey(t)
 	export := assertionLog(t, k)
-	s, err := Verify(bytes.NewReader(export), pub, VerifyOptions{})
+	s, err := Export(bytes.NewReader(export), pub, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -203,34 +204,34 @@ func TestVerifyAssertions(t *testing.T) {
 	cases := []struct {
 		name   string
 		seq    int64
-		mutate func(*Entry)
+		mutate func(*audit.Entry)
 		reason string
 	}{
-		{"approve turned into deny", 3, func(e *Entry) { e.Kind, e.Decision = KindApprovalDenied, digest.Deny }, "challenge is not the action digest"},
-		{"decision field flipped", 3, func(e *Entry) { e.Decision = digest.Deny }, "does not match kind"},
-		{"deny turned into approve", 6, func(e *Entry) { e.Kind, e.Decision = KindApprovalAssertion, digest.Approve }, "challenge is not the action digest"},
-		{"other origin", 3, func(e *Entry) { e.Origin = "http://evil.example" }, "origin"},
-		{"other rp id", 3, func(e *Entry) { e.RPID = "evil.example" }, "rpIdHash"},
-		{"other amount", 3, func(e *Entry) {
+		{"approve turned into deny", 3, func(e *audit.Entry) { e.Kind, e.Decision = audit.KindApprovalDenied, digest.Deny }, "challenge is not the action digest"},
+		{"decision field flipped", 3, func(e *audit.Entry) { e.Decision = digest.Deny }, "does not match kind"},
+		{"deny turned into approve", 6, func(e *audit.Entry) { e.Kind, e.Decision = audit.KindApprovalAssertion, digest.Approve }, "challenge is not the action digest"},
+		{"other origin", 3, func(e *audit.Entry) { e.Origin = "http://evil.example" }, "origin"},
+		{"other rp id", 3, func(e *audit.Entry) { e.RPID = "evil.example" }, "rpIdHash"},
+		{"other amount", 3, func(e *audit.Entry) {
 			e.Args = json.RawMessage(`{"amount":900000,"currency":"USD","to":"Vendor X"}`)
 			sum, _ := digest.ArgsSHA256(e.Args)
 			e.ArgsSHA256 = hex.EncodeToString(sum[:])
 		}, "challenge is not the action digest"},
-		{"args not matching their digest", 3, func(e *Entry) { e.Args = json.RawMessage(`{"amount":1}`) }, "args do not match"},
-		{"other display", 6, func(e *Entry) { e.Display = "Approve $5 transfer" }, "challenge"},
-		{"signature byte flipped", 3, func(e *Entry) {
+		{"args not matching their digest", 3, func(e *audit.Entry) { e.Args = json.RawMessage(`{"amount":1}`) }, "args do not match"},
+		{"other display", 6, func(e *audit.Entry) { e.Display = "Approve $5 transfer" }, "challenge"},
+		{"signature byte flipped", 3, func(e *audit.Entry) {
 			sig, _ := base64.RawURLEncoding.DecodeString(e.Signature)
 			sig[len(sig)-1] ^= 1
 			e.Signature = base64.RawURLEncoding.EncodeToString(sig)
 		}, "signature does not verify"},
-		{"claims UV it lacks", 6, func(e *Entry) { e.UserVerified = true }, "UV flag"},
-		{"unknown credential", 3, func(e *Entry) { e.CredentialID = "AAAA" }, "was not enrolled"},
-		{"other approver", 3, func(e *Entry) { e.Approver = "mallory" }, "is not the owner"},
-		{"assertion removed", 6, func(e *Entry) { e.Signature = "" }, "carries no WebAuthn assertion"},
+		{"claims UV it lacks", 6, func(e *audit.Entry) { e.UserVerified = true }, "UV flag"},
+		{"unknown credential", 3, func(e *audit.Entry) { e.CredentialID = "AAAA" }, "was not enrolled"},
+		{"other approver", 3, func(e *audit.Entry) { e.Approver = "mallory" }, "is not the owner"},
+		{"assertion removed", 6, func(e *audit.Entry) { e.Signature = "" }, "carries no WebAuthn assertion"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			forged := resign(t, export, key, func(e *Entry) {
+			forged := resign(t, export, key, func(e *audit.Entry) {
 				if e.Seq == tc.seq {
 					tc.mutate(e)
 				}
@@ -241,10 +242,10 @@ func TestVerifyAssertions(t *testing.T) {
 
 	t.Run("revoked before use", func(t *testing.T) {
 		lines, cp := splitExport(t, export)
-		revoke, _ := encodeLine(&Entry{Seq: 2, V: Format, Kind: KindCredentialRevoked, CredentialID: k.id, Approver: "alice"})
+		revoke, _ := encodeLine(&audit.Entry{Seq: 2, V: audit.Format, Kind: audit.KindCredentialRevoked, CredentialID: k.id, Approver: "alice"})
 		withRevoke := append([][]byte{lines[0], revoke}, lines[1:]...)
-		forged := resign(t, joinExport(withRevoke, cp), key, func(e *Entry) {
-			if e.Kind != KindCredentialRevoked && e.Seq >= 2 {
+		forged := resign(t, joinExport(withRevoke, cp), key, func(e *audit.Entry) {
+			if e.Kind != audit.KindCredentialRevoked && e.Seq >= 2 {
 				e.Seq++
 			}
 		})
@@ -253,8 +254,8 @@ func TestVerifyAssertions(t *testing.T) {
 
 	t.Run("enrolled key of a refused algorithm", func(t *testing.T) {
 		for _, alg := range []webauthncose.COSEAlgorithmIdentifier{webauthncose.AlgRS1, webauthncose.AlgES256K, 0} {
-			forged := resign(t, export, key, func(e *Entry) {
-				if e.Kind == KindApproverEnrolled {
+			forged := resign(t, export, key, func(e *audit.Entry) {
+				if e.Kind == audit.KindApproverEnrolled {
 					b, _ := webauthncbor.Marshal(webauthncose.RSAPublicKeyData{
 						PublicKeyData: webauthncose.PublicKeyData{KeyType: int64(webauthncose.RSAKey), Algorithm: int64(alg)},
 						Modulus:       bytes.Repeat([]byte{0xc5}, 256), Exponent: []byte{1, 0, 1},
@@ -268,8 +269,8 @@ func TestVerifyAssertions(t *testing.T) {
 
 	t.Run("enrolled key of someone else", func(t *testing.T) {
 		other := newSoftKey(t)
-		forged := resign(t, export, key, func(e *Entry) {
-			if e.Kind == KindApproverEnrolled {
+		forged := resign(t, export, key, func(e *audit.Entry) {
+			if e.Kind == audit.KindApproverEnrolled {
 				e.PublicKey = other.cose()
 			}
 		})

@@ -1,23 +1,16 @@
-package audit
+package verify
 
 import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
-	"encoding/hex"
 	"fmt"
 	"slices"
 	"strings"
 	"time"
 
+	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/digest"
-)
-
-// Policy levels as the log records them.
-const (
-	LevelLow      = "low"
-	LevelHigh     = "high"
-	LevelCritical = "critical"
 )
 
 // requirements replays the approval requests of a log in order and checks
@@ -69,7 +62,7 @@ type requirements struct {
 
 	// open holds the format 3 call.allowed entries whose outcome has not
 	// come, by seq: the outcome names one in args_seq (bound.go).
-	open map[int64]*Entry
+	open map[int64]*audit.Entry
 
 	// interrupted holds the calls without a request whose outcome was
 	// recorded unknown, by the seq of their call.interrupted: what a
@@ -88,7 +81,7 @@ type interruptedCall struct {
 // of the three, length-prefixed.
 type callKey [32]byte
 
-func keyOf(e *Entry) callKey {
+func keyOf(e *audit.Entry) callKey {
 	h := sha256.New()
 	for _, s := range []string{e.Agent, e.Tool, e.ArgsSHA256} {
 		var n [8]byte
@@ -103,17 +96,17 @@ func keyOf(e *Entry) callKey {
 
 // actionOf identifies what a call does, whoever made it: its tool and
 // arguments.
-func actionOf(e *Entry) callKey {
-	return keyOf(&Entry{Tool: e.Tool, ArgsSHA256: e.ArgsSHA256})
+func actionOf(e *audit.Entry) callKey {
+	return keyOf(&audit.Entry{Tool: e.Tool, ArgsSHA256: e.ArgsSHA256})
 }
 
 // request is what the log said about one approval request so far.
 type request struct {
-	seq      int64  // of approval.requested
-	entry    *Entry // approval.requested; nil once the request can no longer run
-	legacy   bool   // requested in format 1: no requirement recorded
+	seq      int64        // of approval.requested
+	entry    *audit.Entry // approval.requested; nil once the request can no longer run
+	legacy   bool         // requested in format 1: no requirement recorded
 	expires  time.Time
-	ended    *Entry // the terminal entry: approval.approved, .denied, .expired or .cancelled
+	ended    *audit.Entry // the terminal entry: approval.approved, .denied, .expired or .cancelled
 	endedSeq int64
 	executed int64  // seq of its call.executed or call.failed
 	args     string // its args_sha256, which every later entry of it repeats (format 3)
@@ -122,38 +115,38 @@ type request struct {
 	interrupted bool
 	reconciled  int64
 
-	assertions map[int64]*Entry // its approval.assertion entries by seq, while pending
+	assertions map[int64]*audit.Entry // its approval.assertion entries by seq, while pending
 }
 
 func newRequirements() *requirements {
 	return &requirements{requests: map[string]*request{}, allowed: map[callKey]int32{}, unrun: map[callKey]int32{}, grants: newGrantBook(),
-		open: map[int64]*Entry{}, interrupted: map[int64]*interruptedCall{}}
+		open: map[int64]*audit.Entry{}, interrupted: map[int64]*interruptedCall{}}
 }
 
 // legacyRequest notes a format 1 approval.requested, so that a format 2
 // execution of it is recognised (its requirement cannot be checked).
-func (q *requirements) legacyRequest(e *Entry) {
-	if e.Kind == KindApprovalRequested && e.RequestID != "" && q.requests[e.RequestID] == nil {
+func (q *requirements) legacyRequest(e *audit.Entry) {
+	if e.Kind == audit.KindApprovalRequested && e.RequestID != "" && q.requests[e.RequestID] == nil {
 		q.requests[e.RequestID] = &request{seq: e.Seq, legacy: true, args: e.ArgsSHA256}
 	}
 }
 
 // check applies a format 2 entry and returns why it breaks a rule, or "".
-func (q *requirements) check(e *Entry) string {
+func (q *requirements) check(e *audit.Entry) string {
 	if reason := grantFields(e); reason != "" {
 		return reason
 	}
-	if e.InterruptedSeq != 0 && e.Kind != KindCallReconciled {
+	if e.InterruptedSeq != 0 && e.Kind != audit.KindCallReconciled {
 		return e.Kind + " carries interrupted_seq; only call.reconciled does"
 	}
 	switch e.Kind {
-	case KindApprovalRequested:
+	case audit.KindApprovalRequested:
 		return q.requested(e)
-	case KindApprovalAssertion, KindApprovalDenied:
+	case audit.KindApprovalAssertion, audit.KindApprovalDenied:
 		return q.decision(e)
-	case KindApprovalApproved:
+	case audit.KindApprovalApproved:
 		return q.approved(e)
-	case KindApprovalExpired, KindApprovalCancelled:
+	case audit.KindApprovalExpired, audit.KindApprovalCancelled:
 		r, reason := q.pending(e)
 		if reason != "" {
 			return reason
@@ -161,14 +154,14 @@ func (q *requirements) check(e *Entry) string {
 		if r != nil {
 			q.end(r, e)
 		}
-	case KindCallAllowed:
+	case audit.KindCallAllowed:
 		if e.GrantID != "" || e.GrantSeq != 0 {
 			return q.grants.allowed(q, e)
 		}
-		if e.Decision == LevelLow {
+		if e.Decision == audit.LevelLow {
 			q.allowed[keyOf(e)]++
 		}
-	case KindCallExecuted, KindCallFailed, KindCallInterrupted:
+	case audit.KindCallExecuted, audit.KindCallFailed, audit.KindCallInterrupted:
 		var reason string
 		if e.GrantID != "" || e.GrantSeq != 0 {
 			reason = q.grants.execution(e)
@@ -176,22 +169,22 @@ func (q *requirements) check(e *Entry) string {
 			// An interrupted run may have acted: it counts as the one run.
 			reason = q.execution(e)
 		}
-		if reason == "" && e.Kind == KindCallInterrupted && e.RequestID == "" {
+		if reason == "" && e.Kind == audit.KindCallInterrupted && e.RequestID == "" {
 			q.interrupted[e.Seq] = &interruptedCall{call: keyOf(e)}
 		}
 		return reason
-	case KindCallReconciled:
+	case audit.KindCallReconciled:
 		return q.reconciled(e)
-	case KindGrantRevoked:
+	case audit.KindGrantRevoked:
 		return q.grants.revoked(e)
-	case KindAgentFrozen, KindAgentUnfrozen:
+	case audit.KindAgentFrozen, audit.KindAgentUnfrozen:
 		return agentSwitch(e)
 	}
 	return ""
 }
 
 // reconciled checks a person's finding about an interrupted call.
-func (q *requirements) reconciled(e *Entry) string {
+func (q *requirements) reconciled(e *audit.Entry) string {
 	if e.InterruptedSeq != 0 || e.RequestID == "" {
 		return q.reconciledCall(e)
 	}
@@ -210,7 +203,7 @@ func (q *requirements) reconciled(e *Entry) string {
 
 // reconciledCall checks a finding about an interrupted call that had no
 // request: it names the call by the seq of its call.interrupted.
-func (q *requirements) reconciledCall(e *Entry) string {
+func (q *requirements) reconciledCall(e *audit.Entry) string {
 	c := q.interrupted[e.InterruptedSeq]
 	switch {
 	case e.RequestID != "":
@@ -228,7 +221,7 @@ func (q *requirements) reconciledCall(e *Entry) string {
 	return ""
 }
 
-func (q *requirements) requested(e *Entry) string {
+func (q *requirements) requested(e *audit.Entry) string {
 	if e.RequestID == "" {
 		return "approval.requested without request_id"
 	}
@@ -239,17 +232,17 @@ func (q *requirements) requested(e *Entry) string {
 		return fmt.Sprintf("request %s was already requested at seq %d", e.RequestID, r.seq)
 	}
 	switch {
-	case e.Level != LevelHigh && e.Level != LevelCritical:
+	case e.Level != audit.LevelHigh && e.Level != audit.LevelCritical:
 		return fmt.Sprintf("approval.requested has level %q, want high or critical", e.Level)
 	case len(e.Eligible) == 0:
 		return "approval.requested names no eligible approvers"
 	case e.Quorum < 1 || e.Quorum > len(e.Eligible):
 		return fmt.Sprintf("approval.requested has quorum %d of %d eligible approvers", e.Quorum, len(e.Eligible))
-	case e.UserVerification != UVRequired && e.UserVerification != UVPreferred && e.UserVerification != UVDiscouraged:
+	case e.UserVerification != audit.UVRequired && e.UserVerification != audit.UVPreferred && e.UserVerification != audit.UVDiscouraged:
 		return fmt.Sprintf("approval.requested has user_verification %q", e.UserVerification)
-	case e.Level == LevelCritical && e.UserVerification != UVRequired:
+	case e.Level == audit.LevelCritical && e.UserVerification != audit.UVRequired:
 		return "a critical request must require user verification"
-	case e.Level == LevelCritical && e.Batchable:
+	case e.Level == audit.LevelCritical && e.Batchable:
 		return "a critical request cannot be batchable"
 	case e.Tool == "" || e.Nonce == "" || len(e.AuthorizationDetails) == 0:
 		return "approval.requested lacks tool, nonce or authorization_details"
@@ -265,7 +258,7 @@ func (q *requirements) requested(e *Entry) string {
 	if err != nil || digest.FormatTime(expires) != e.ExpiresAt {
 		return fmt.Sprintf("approval.requested has expires_at %q, want RFC 3339 UTC in whole seconds", e.ExpiresAt)
 	}
-	if _, err := hexArgs(e.ArgsSHA256); err != nil {
+	if _, err := audit.DecodeArgsSHA256(e.ArgsSHA256); err != nil {
 		return "approval.requested: " + err.Error()
 	}
 	q.requests[e.RequestID] = &request{seq: e.Seq, entry: e, expires: expires, args: e.ArgsSHA256}
@@ -274,7 +267,7 @@ func (q *requirements) requested(e *Entry) string {
 
 // pending finds the request e belongs to and requires that it has not
 // ended. A legacy request is returned as nil with no complaint.
-func (q *requirements) pending(e *Entry) (*request, string) {
+func (q *requirements) pending(e *audit.Entry) (*request, string) {
 	r := q.requests[e.RequestID]
 	switch {
 	case r == nil:
@@ -289,10 +282,10 @@ func (q *requirements) pending(e *Entry) (*request, string) {
 	return r, ""
 }
 
-func (q *requirements) end(r *request, e *Entry) {
+func (q *requirements) end(r *request, e *audit.Entry) {
 	r.ended, r.endedSeq = e, e.Seq
 	r.assertions = nil
-	if e.Kind != KindApprovalApproved {
+	if e.Kind != audit.KindApprovalApproved {
 		r.entry = nil // nothing can run on it any more
 		return
 	}
@@ -300,7 +293,7 @@ func (q *requirements) end(r *request, e *Entry) {
 }
 
 // decision checks an approver's key decision against the request.
-func (q *requirements) decision(e *Entry) string {
+func (q *requirements) decision(e *audit.Entry) string {
 	r, reason := q.pending(e)
 	if r == nil {
 		return reason
@@ -312,14 +305,14 @@ func (q *requirements) decision(e *Entry) string {
 	if field := differentInput(req, e); field != "" {
 		return fmt.Sprintf("the assertion's %s differs from request %s at seq %d", field, e.RequestID, r.seq)
 	}
-	decided, err := time.Parse(TimeFormat, e.DecidedAt)
+	decided, err := time.Parse(audit.TimeFormat, e.DecidedAt)
 	if err != nil {
 		return fmt.Sprintf("decided_at %q is not a time in the log's format", e.DecidedAt)
 	}
 	if !decided.Before(r.expires) {
 		return fmt.Sprintf("decided at %s, after request %s expired at %s", e.DecidedAt, e.RequestID, req.ExpiresAt)
 	}
-	if req.UserVerification == UVRequired && !e.UserVerified {
+	if req.UserVerification == audit.UVRequired && !e.UserVerified {
 		return fmt.Sprintf("request %s requires user verification; %s's assertion has none", e.RequestID, e.Approver)
 	}
 	if reason := batchRule(req, e); reason != "" {
@@ -330,19 +323,19 @@ func (q *requirements) decision(e *Entry) string {
 			return reason
 		}
 	}
-	if e.Kind == KindApprovalDenied {
+	if e.Kind == audit.KindApprovalDenied {
 		q.end(r, e)
 		return ""
 	}
 	if r.assertions == nil {
-		r.assertions = map[int64]*Entry{}
+		r.assertions = map[int64]*audit.Entry{}
 	}
 	r.assertions[e.Seq] = e
 	return ""
 }
 
 // approved checks that the assertions an approval names meet the quorum.
-func (q *requirements) approved(e *Entry) string {
+func (q *requirements) approved(e *audit.Entry) string {
 	r, reason := q.pending(e)
 	if r == nil {
 		return reason
@@ -378,9 +371,9 @@ func (q *requirements) approved(e *Entry) string {
 }
 
 // execution checks that a backend ran only with what its level required.
-func (q *requirements) execution(e *Entry) string {
+func (q *requirements) execution(e *audit.Entry) string {
 	switch e.Decision {
-	case LevelLow:
+	case audit.LevelLow:
 		if e.RequestID != "" {
 			return fmt.Sprintf("%s at level low names request %s", e.Kind, e.RequestID)
 		}
@@ -395,7 +388,7 @@ func (q *requirements) execution(e *Entry) string {
 			delete(q.allowed, k)
 		}
 		return ""
-	case LevelHigh, LevelCritical:
+	case audit.LevelHigh, audit.LevelCritical:
 	default:
 		return fmt.Sprintf("%s of %s with decision %q, want the level it ran at (low, high or critical)", e.Kind, e.Tool, e.Decision)
 	}
@@ -411,7 +404,7 @@ func (q *requirements) execution(e *Entry) string {
 	case r.legacy:
 		r.executed = e.Seq
 		return ""
-	case r.ended == nil || r.ended.Kind != KindApprovalApproved:
+	case r.ended == nil || r.ended.Kind != audit.KindApprovalApproved:
 		state := "still pending"
 		if r.ended != nil {
 			state = fmt.Sprintf("ended at seq %d by %s", r.endedSeq, r.ended.Kind)
@@ -428,7 +421,7 @@ func (q *requirements) execution(e *Entry) string {
 		delete(q.unrun, a)
 	}
 	r.executed = e.Seq
-	r.interrupted = e.Kind == KindCallInterrupted
+	r.interrupted = e.Kind == audit.KindCallInterrupted
 	r.entry = nil
 	q.executions++
 	return ""
@@ -436,7 +429,7 @@ func (q *requirements) execution(e *Entry) string {
 
 // differentInput names the first digest input in which a key decision
 // differs from its request, or "".
-func differentInput(req, e *Entry) string {
+func differentInput(req, e *audit.Entry) string {
 	switch {
 	case e.Tool != req.Tool:
 		return "tool"
@@ -456,24 +449,14 @@ func differentInput(req, e *Entry) string {
 
 // sameRequest reports whether two approval.requested entries state the
 // same request (a re-append after a crash differs only in writer fields).
-func sameRequest(a, b *Entry) bool {
+func sameRequest(a, b *audit.Entry) bool {
 	return a.Level == b.Level && a.Quorum == b.Quorum && slices.Equal(a.Eligible, b.Eligible) && a.Batchable == b.Batchable &&
 		a.UserVerification == b.UserVerification && a.Agent == b.Agent && differentInput(a, b) == ""
 }
 
-func sameTerminal(a, b *Entry) bool {
+func sameTerminal(a, b *audit.Entry) bool {
 	return a.Kind == b.Kind && a.Approver == b.Approver && a.Signature == b.Signature &&
 		slices.Equal(a.Approvers, b.Approvers) && slices.Equal(a.Assertions, b.Assertions)
-}
-
-func hexArgs(s string) ([32]byte, error) {
-	var sum [32]byte
-	b, err := hex.DecodeString(s)
-	if err != nil || len(b) != 32 || hex.EncodeToString(b) != s {
-		return sum, fmt.Errorf("args_sha256 %q is not 64 lowercase hex digits", s)
-	}
-	copy(sum[:], b)
-	return sum, nil
 }
 
 // agentSwitch checks an agent.frozen or agent.unfrozen entry: it names the
@@ -481,7 +464,7 @@ func hexArgs(s string) ([32]byte, error) {
 // Calls of a frozen agent may still be logged after it, in order of their
 // append rather than of the freeze's commit (another process may have
 // written it), so the verifier does not hold later entries to it.
-func agentSwitch(e *Entry) string {
+func agentSwitch(e *audit.Entry) string {
 	switch {
 	case e.Agent == "" || e.Approver == "":
 		return e.Kind + " does not say which agent, or who acted"
@@ -496,12 +479,12 @@ func agentSwitch(e *Entry) string {
 // entry that does, of the same call: its call.allowed (args_seq) or its
 // approval.requested (request_id). It notes the call.allowed entries an
 // outcome may name.
-func (q *requirements) argsAt(e *Entry) string {
+func (q *requirements) argsAt(e *audit.Entry) string {
 	if e.V < 3 {
 		return ""
 	}
 	switch {
-	case e.Kind == KindCallAllowed:
+	case e.Kind == audit.KindCallAllowed:
 		q.open[e.Seq] = e
 	case e.ArgsSeq != 0:
 		a := q.open[e.ArgsSeq]
@@ -517,7 +500,7 @@ func (q *requirements) argsAt(e *Entry) string {
 	case e.InterruptedSeq != 0:
 		// A finding about a call without a request: reconciledCall
 		// checked it repeats that call's args_sha256.
-	case len(e.Args) > 0 || e.ArgsSHA256 == "" || e.Kind == KindApprovalRequested:
+	case len(e.Args) > 0 || e.ArgsSHA256 == "" || e.Kind == audit.KindApprovalRequested:
 	case e.RequestID == "" && e.ArgsRedact:
 	case e.RequestID == "":
 		return fmt.Sprintf("%s has args_sha256 but no args, args_redacted, args_seq or request_id: its args are nowhere", e.Kind)
@@ -535,7 +518,7 @@ func (q *requirements) argsAt(e *Entry) string {
 
 // argsOf finds the args of a format 3 entry that names the entry holding
 // them, if the verifier still has it; nil otherwise.
-func (q *requirements) argsOf(e *Entry) []byte {
+func (q *requirements) argsOf(e *audit.Entry) []byte {
 	if a := q.open[e.ArgsSeq]; e.ArgsSeq != 0 && a != nil {
 		return a.Args
 	}

@@ -1,4 +1,4 @@
-package audit
+package verify
 
 import (
 	"bytes"
@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/digest"
 	"github.com/go-webauthn/webauthn/protocol/webauthncbor"
 	"github.com/go-webauthn/webauthn/protocol/webauthncose"
@@ -22,7 +23,7 @@ const (
 )
 
 func isAssertionKind(kind string) bool {
-	return kind == KindApprovalAssertion || kind == KindApprovalDenied
+	return kind == audit.KindApprovalAssertion || kind == audit.KindApprovalDenied
 }
 
 // acceptedAlgorithms are the COSE algorithms of the credentials the
@@ -68,11 +69,11 @@ type credential struct {
 // credentials replays enrollments and revocations in log order.
 type credentials map[string]*credential
 
-func (c credentials) apply(e *Entry, key any) {
+func (c credentials) apply(e *audit.Entry, key any) {
 	switch e.Kind {
-	case KindApproverEnrolled:
+	case audit.KindApproverEnrolled:
 		c[e.CredentialID] = &credential{key: key, approver: e.Approver, enrolled: e.Seq}
-	case KindCredentialRevoked:
+	case audit.KindCredentialRevoked:
 		if cr := c[e.CredentialID]; cr != nil && cr.revokedSeq == 0 {
 			cr.revokedSeq = e.Seq
 		}
@@ -82,10 +83,10 @@ func (c credentials) apply(e *Entry, key any) {
 // check interprets an entry whose kind matters to credentials, applying
 // enrollments and revocations and checking assertions; it returns why an
 // assertion fails, or "".
-func (c credentials) check(e *Entry) string {
+func (c credentials) check(e *audit.Entry) string {
 	if !isAssertionKind(e.Kind) {
 		var key any
-		if e.Kind == KindApproverEnrolled {
+		if e.Kind == audit.KindApproverEnrolled {
 			if e.CredentialID == "" || e.PublicKey == "" {
 				return "approver.enrolled entry without credential_id and public_key"
 			}
@@ -118,38 +119,71 @@ func (c credentials) check(e *Entry) string {
 }
 
 // checkAssertion recomputes the action digest from the entry and checks
-// the WebAuthn assertion over it with the enrolled key. Each step fails
-// with its own message.
-func checkAssertion(e *Entry, cr *credential) error {
+// the WebAuthn assertion over it with the enrolled key: the challenge the
+// key signed, the client data, the authenticator data and the signature.
+// Each step fails with its own message.
+func checkAssertion(e *audit.Entry, cr *credential) error {
+	own, err := entryDigest(e)
+	if err != nil {
+		return err
+	}
+	challenge, what, err := assertionChallenge(e, own)
+	if err != nil {
+		return err
+	}
+	cdj, err := checkClientData(e, challenge, what)
+	if err != nil {
+		return err
+	}
+	ad, err := checkAuthenticatorData(e)
+	if err != nil {
+		return err
+	}
+	sig, err := decodeB64URL(e.Signature)
+	if err != nil {
+		return fmt.Errorf("signature is not base64url")
+	}
+	cdHash := sha256.Sum256(cdj)
+	signed := append(append([]byte{}, ad...), cdHash[:]...)
+	ok, err := webauthncose.VerifySignature(cr.key, signed, sig)
+	if err != nil || !ok {
+		return fmt.Errorf("signature does not verify with the key enrolled at seq %d", cr.enrolled)
+	}
+	return nil
+}
+
+// entryDigest is the action digest (package digest) of the request and
+// decision the entry records.
+func entryDigest(e *audit.Entry) ([32]byte, error) {
 	decision := digest.Approve
-	if e.Kind == KindApprovalDenied {
+	if e.Kind == audit.KindApprovalDenied {
 		decision = digest.Deny
 	}
 	if e.Decision != decision {
-		return fmt.Errorf("decision %q does not match kind %s (want %q)", e.Decision, e.Kind, decision)
+		return [32]byte{}, fmt.Errorf("decision %q does not match kind %s (want %q)", e.Decision, e.Kind, decision)
 	}
 	args, err := hex.DecodeString(e.ArgsSHA256)
 	if err != nil || len(args) != 32 {
-		return fmt.Errorf("args_sha256 is not 64 hex digits")
+		return [32]byte{}, fmt.Errorf("args_sha256 is not 64 hex digits")
 	}
 	if len(e.Args) > 0 {
-		sum, err := argsSHA256(e.Args)
+		sum, err := audit.ArgsSHA256(e.Args)
 		if err != nil || !bytes.Equal(sum[:], args) {
-			return fmt.Errorf("args do not match args_sha256")
+			return [32]byte{}, fmt.Errorf("args do not match args_sha256")
 		}
 	}
 	nonce, err := decodeB64URL(e.Nonce)
 	if err != nil || len(nonce) == 0 {
-		return fmt.Errorf("nonce is not base64url")
+		return [32]byte{}, fmt.Errorf("nonce is not base64url")
 	}
 	if len(e.AuthorizationDetails) == 0 {
 		// The server records at least [], and the digest has no form
 		// for "absent".
-		return fmt.Errorf("entry has no authorization_details")
+		return [32]byte{}, fmt.Errorf("entry has no authorization_details")
 	}
 	expires, err := time.Parse(time.RFC3339, e.ExpiresAt)
 	if err != nil {
-		return fmt.Errorf("expires_at: %v", err)
+		return [32]byte{}, fmt.Errorf("expires_at: %v", err)
 	}
 	a := digest.Action{
 		RequestID:            e.RequestID,
@@ -163,27 +197,37 @@ func checkAssertion(e *Entry, cr *credential) error {
 	copy(a.ArgsSHA256[:], args)
 	own, err := digest.Compute(a)
 	if err != nil {
-		return fmt.Errorf("action digest: %v", err)
+		return [32]byte{}, fmt.Errorf("action digest: %v", err)
 	}
-	challenge, what, err := signedChallenge(e, own)
-	if err != nil {
-		return err
-	}
-	if e.GrantID != "" {
-		// Approving with a grant: the key signs the grant digest over the
-		// request's action digest. A batch carries no grant.
-		if len(e.BatchDigests) > 0 {
-			return fmt.Errorf("a batch approval cannot create a standing grant")
-		}
-		if challenge, err = grantChallenge(e, own); err != nil {
-			return err
-		}
-		what = "the grant digest of this entry (grant id, condition, limits or the request differ)"
-	}
+	return own, nil
+}
 
+// assertionChallenge is what the key must have signed over the entry's
+// own action digest: it, a batch's digest (batch.go) or a grant's
+// (grant.go), and what to call it in a failure.
+func assertionChallenge(e *audit.Entry, own [32]byte) ([32]byte, string, error) {
+	challenge, what, err := signedChallenge(e, own)
+	if err != nil || e.GrantID == "" {
+		return challenge, what, err
+	}
+	// Approving with a grant: the key signs the grant digest over the
+	// request's action digest. A batch carries no grant.
+	if len(e.BatchDigests) > 0 {
+		return challenge, what, fmt.Errorf("a batch approval cannot create a standing grant")
+	}
+	if challenge, err = grantChallenge(e, own); err != nil {
+		return challenge, what, err
+	}
+	return challenge, "the grant digest of this entry (grant id, condition, limits or the request differ)", nil
+}
+
+// checkClientData checks the client data JSON the key signed over: a
+// webauthn.get of this challenge from the entry's origin, not cross
+// origin. It returns the client data's bytes.
+func checkClientData(e *audit.Entry, challenge [32]byte, what string) ([]byte, error) {
 	cdj, err := decodeB64URL(e.ClientDataJSON)
 	if err != nil {
-		return fmt.Errorf("client_data_json is not base64url")
+		return nil, fmt.Errorf("client_data_json is not base64url")
 	}
 	var cd struct {
 		Type        string `json:"type"`
@@ -192,50 +236,45 @@ func checkAssertion(e *Entry, cr *credential) error {
 		CrossOrigin bool   `json:"crossOrigin"`
 	}
 	if err := json.Unmarshal(cdj, &cd); err != nil {
-		return fmt.Errorf("client data: %v", err)
+		return nil, fmt.Errorf("client data: %v", err)
 	}
 	switch {
 	case cd.Type != "webauthn.get":
-		return fmt.Errorf("client data type %q, want webauthn.get", cd.Type)
+		return nil, fmt.Errorf("client data type %q, want webauthn.get", cd.Type)
 	case cd.Challenge != base64.RawURLEncoding.EncodeToString(challenge[:]):
-		return fmt.Errorf("challenge is not %s", what)
+		return nil, fmt.Errorf("challenge is not %s", what)
 	case e.Origin == "":
-		return fmt.Errorf("entry has no origin")
+		return nil, fmt.Errorf("entry has no origin")
 	case cd.Origin != e.Origin:
-		return fmt.Errorf("client data origin %q, entry says %q", cd.Origin, e.Origin)
+		return nil, fmt.Errorf("client data origin %q, entry says %q", cd.Origin, e.Origin)
 	case cd.CrossOrigin:
-		return fmt.Errorf("cross-origin assertion")
+		return nil, fmt.Errorf("cross-origin assertion")
 	}
+	return cdj, nil
+}
 
+// checkAuthenticatorData checks the authenticator data: the entry's RP ID,
+// user present, and user verified when the entry says so. It returns the
+// data's bytes.
+func checkAuthenticatorData(e *audit.Entry) ([]byte, error) {
 	ad, err := decodeB64URL(e.AuthenticatorData)
 	if err != nil || len(ad) < 37 {
-		return fmt.Errorf("authenticator_data is not base64url of at least 37 bytes")
+		return nil, fmt.Errorf("authenticator_data is not base64url of at least 37 bytes")
 	}
 	if e.RPID == "" {
-		return fmt.Errorf("entry has no rp_id")
+		return nil, fmt.Errorf("entry has no rp_id")
 	}
 	rpHash := sha256.Sum256([]byte(e.RPID))
 	flags := ad[32]
 	switch {
 	case !bytes.Equal(ad[:32], rpHash[:]):
-		return fmt.Errorf("authenticator data rpIdHash is not SHA-256(%q)", e.RPID)
+		return nil, fmt.Errorf("authenticator data rpIdHash is not SHA-256(%q)", e.RPID)
 	case flags&flagUserPresent == 0:
-		return fmt.Errorf("user-present flag not set")
+		return nil, fmt.Errorf("user-present flag not set")
 	case e.UserVerified && flags&flagUserVerified == 0:
-		return fmt.Errorf("entry claims user verification but the UV flag is not set")
+		return nil, fmt.Errorf("entry claims user verification but the UV flag is not set")
 	}
-
-	sig, err := decodeB64URL(e.Signature)
-	if err != nil {
-		return fmt.Errorf("signature is not base64url")
-	}
-	cdHash := sha256.Sum256(cdj)
-	signed := append(append([]byte{}, ad...), cdHash[:]...)
-	ok, err := webauthncose.VerifySignature(cr.key, signed, sig)
-	if err != nil || !ok {
-		return fmt.Errorf("signature does not verify with the key enrolled at seq %d", cr.enrolled)
-	}
-	return nil
+	return ad, nil
 }
 
 // decodeB64URL accepts base64url with or without padding, as WebAuthn

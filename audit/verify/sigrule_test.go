@@ -1,4 +1,4 @@
-package audit
+package verify
 
 import (
 	"bytes"
@@ -9,11 +9,13 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
 
 	"filippo.io/edwards25519"
+	"github.com/countersign/countersign/audit"
 	"golang.org/x/mod/sumdb/note"
 )
 
@@ -185,18 +187,23 @@ func sigVectors(t *testing.T) []sigVector {
 // signature checked, as Verify does with AllSignatures.
 func entrySigPath(pub ed25519.PublicKey, line []byte) error {
 	done := false
-	return runChecks(func() (item, bool, error) {
+	return audit.CheckLines(func() (audit.Line, bool, error) {
 		if done {
-			return item{}, false, nil
+			return audit.Line{}, false, nil
 		}
 		done = true
-		return item{line: line, checkSig: true}, true, nil
-	}, pub, func(r *result) *VerifyError { return r.err })
+		return audit.Line{Bytes: line, CheckSig: true}, true, nil
+	}, pub, func(r *audit.Checked) error {
+		if r.Problem != "" {
+			return errors.New(r.Problem)
+		}
+		return nil
+	})
 }
 
 // checkpointSigPath opens a checkpoint note signed with sig.
 func checkpointSigPath(pub ed25519.PublicKey, text string, sig []byte) error {
-	vkey, err := note.NewEd25519VerifierKey(KeyName, pub)
+	vkey, err := note.NewEd25519VerifierKey(audit.KeyName, pub)
 	if err != nil {
 		return err
 	}
@@ -206,19 +213,19 @@ func checkpointSigPath(pub ed25519.PublicKey, text string, sig []byte) error {
 	}
 	var hash [4]byte
 	binary.BigEndian.PutUint32(hash[:], v.KeyHash())
-	msg := text + "\n— " + KeyName + " " + base64.StdEncoding.EncodeToString(append(hash[:], sig...)) + "\n"
-	_, err = openCheckpoint([]byte(msg), v)
+	msg := text + "\n— " + audit.KeyName + " " + base64.StdEncoding.EncodeToString(append(hash[:], sig...)) + "\n"
+	_, err = audit.OpenCheckpoint([]byte(msg), v)
 	return err
 }
 
 func TestSignatureRule(t *testing.T) {
-	entry := Entry{Seq: 1, Time: "2026-03-01T09:30:01.000000001Z", Kind: KindCallAllowed, Tool: "t", PrevHash: hex.EncodeToString(make([]byte, 32))}
+	entry := audit.Entry{Seq: 1, Time: "2026-03-01T09:30:01.000000001Z", Kind: audit.KindCallAllowed, Tool: "t", PrevHash: hex.EncodeToString(make([]byte, 32))}
 	sum, err := chainHash([32]byte{}, &entry)
 	if err != nil {
 		t.Fatal(err)
 	}
 	entry.Hash = hex.EncodeToString(sum[:])
-	cpText := checkpointText(1, leafHash(sum))
+	cpText := checkpointText(1, audit.LeafHash(sum))
 
 	disagreements := 0
 	for _, v := range sigVectors(t) {
@@ -261,7 +268,7 @@ func TestSignatureRule(t *testing.T) {
 func TestSmallOrderSignatureInExport(t *testing.T) {
 	key := seededKey(1)
 	pub := pubText(key)
-	l := openLog(t, openDB(t, t.TempDir()), key, Options{Now: stepClock()})
+	l := openLog(t, openDB(t, t.TempDir()), key, audit.Options{Now: stepClock()})
 	for _, e := range sampleEntries() {
 		mustAppend(t, l, e)
 	}
@@ -269,7 +276,7 @@ func TestSmallOrderSignatureInExport(t *testing.T) {
 	lines, cp := splitExport(t, export)
 	T := torsion(t)
 
-	var e Entry
+	var e audit.Entry
 	if err := json.Unmarshal(lines[3], &e); err != nil {
 		t.Fatal(err)
 	}
@@ -281,10 +288,10 @@ func TestSmallOrderSignatureInExport(t *testing.T) {
 	e.Sig = encodeSig(mixed)
 	lines[3], _ = encodeLine(&e)
 	forged := joinExport(lines, cp)
-	if _, err := Verify(bytes.NewReader(forged), pub, VerifyOptions{}); err != nil {
+	if _, err := Export(bytes.NewReader(forged), pub, Options{}); err != nil {
 		t.Fatalf("default verify: %v", err)
 	}
-	if _, err := Verify(bytes.NewReader(forged), pub, VerifyOptions{AllSignatures: true}); err == nil || !bytes.Contains([]byte(err.Error()), []byte("seq 4: sig does not verify")) {
+	if _, err := Export(bytes.NewReader(forged), pub, Options{AllSignatures: true}); err == nil || !bytes.Contains([]byte(err.Error()), []byte("seq 4: sig does not verify")) {
 		t.Fatalf("all signatures: %v", err)
 	}
 
@@ -295,7 +302,7 @@ func TestSmallOrderSignatureInExport(t *testing.T) {
 	var kh [4]byte
 	binary.BigEndian.PutUint32(kh[:], s.KeyHash())
 	sig := signWithR(key, []byte(text), T[1], nil)
-	badCP, _ := encodeCheckpointLine([]byte(text + "\n— " + KeyName + " " + base64.StdEncoding.EncodeToString(append(kh[:], sig...)) + "\n"))
+	badCP, _ := audit.EncodeCheckpointLine([]byte(text + "\n— " + audit.KeyName + " " + base64.StdEncoding.EncodeToString(append(kh[:], sig...)) + "\n"))
 	entries, _ := splitExport(t, export)
 	wantVerifyErr(t, joinExport(entries, badCP), pub, nil, 10, "checkpoint signature does not verify with the server key")
 }
@@ -304,8 +311,8 @@ func TestSmallOrderSignatureInExport(t *testing.T) {
 // at: crypto/ed25519 would accept signatures for it that need no secret.
 func TestSmallOrderPublicKeyRefused(t *testing.T) {
 	for i, p := range torsion(t) {
-		text := PublicKeyText(ed25519.PublicKey(p.Bytes()))
-		if _, _, err := ParsePublicKey(text); err == nil || !strings.Contains(err.Error(), "small order") {
+		text := audit.PublicKeyText(ed25519.PublicKey(p.Bytes()))
+		if _, _, err := audit.ParsePublicKey(text); err == nil || !strings.Contains(err.Error(), "small order") {
 			t.Errorf("T·%d (%s): %v", i, text, err)
 		}
 	}

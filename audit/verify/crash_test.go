@@ -1,4 +1,4 @@
-package audit
+package verify
 
 import (
 	"bufio"
@@ -13,54 +13,9 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/store"
 )
-
-const crashEnv = "COUNTERSIGN_AUDIT_CRASH_DIR"
-
-// TestMain lets the crash test re-execute this binary as the writer.
-func TestMain(m *testing.M) {
-	if dir := os.Getenv(crashEnv); dir != "" {
-		crashWriter(dir)
-		return
-	}
-	os.Exit(m.Run())
-}
-
-// crashWriter appends forever from many goroutines, printing each
-// acknowledged seq, until it is killed.
-func crashWriter(dir string) {
-	ctx := context.Background()
-	db, err := store.Open(ctx, filepath.Join(dir, store.FileName))
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(2)
-	}
-	l, err := Open(ctx, db, seededKey(1), Options{})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(2)
-	}
-	var mu sync.Mutex
-	out := bufio.NewWriter(os.Stdout)
-	var wg sync.WaitGroup
-	for g := range 32 {
-		wg.Go(func() {
-			for i := 0; ; i++ {
-				e, err := l.Append(ctx, Entry{Kind: KindCallAllowed, Agent: fmt.Sprint("g", g), Args: []byte(fmt.Sprintf(`{"i":%d}`, i))})
-				if err != nil {
-					fmt.Fprintln(os.Stderr, err)
-					os.Exit(3)
-				}
-				mu.Lock()
-				fmt.Fprintln(out, e.Seq)
-				out.Flush()
-				mu.Unlock()
-			}
-		})
-	}
-	wg.Wait()
-}
 
 func TestCrashKeepsAcknowledgedEntries(t *testing.T) {
 	dir := t.TempDir()
@@ -97,7 +52,7 @@ func TestCrashKeepsAcknowledgedEntries(t *testing.T) {
 	}
 
 	db := openDB(t, dir)
-	l, err := Open(context.Background(), db, seededKey(1), Options{})
+	l, err := audit.Open(context.Background(), db, seededKey(1), audit.Options{})
 	if err != nil {
 		t.Fatalf("reopen after crash: %v", err)
 	}
@@ -112,12 +67,58 @@ func TestCrashKeepsAcknowledgedEntries(t *testing.T) {
 		}
 	}
 	// Gapless by Open's check; and the chain keeps growing and verifies.
-	mustAppend(t, l, Entry{Kind: KindCallAllowed})
-	s, err := Verify(bytes.NewReader(exportBytes(t, l, 0)), l.PublicKey(), VerifyOptions{})
+	mustAppend(t, l, audit.Entry{Kind: audit.KindCallAllowed})
+	s, err := Export(bytes.NewReader(exportBytes(t, l, 0)), l.PublicKey(), Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if s.LastSeq != last+1 {
 		t.Fatalf("summary %+v, want last seq %d", s, last+1)
 	}
+}
+
+const crashEnv = "COUNTERSIGN_AUDIT_CRASH_DIR"
+
+// TestMain lets the crash test re-execute this binary as the writer.
+func TestMain(m *testing.M) {
+	if dir := os.Getenv(crashEnv); dir != "" {
+		crashWriter(dir)
+		return
+	}
+	os.Exit(m.Run())
+}
+
+// crashWriter appends forever from many goroutines, printing each
+// acknowledged seq, until it is killed.
+func crashWriter(dir string) {
+	ctx := context.Background()
+	db, err := store.Open(ctx, filepath.Join(dir, store.FileName))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	l, err := audit.Open(ctx, db, seededKey(1), audit.Options{})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	var mu sync.Mutex
+	out := bufio.NewWriter(os.Stdout)
+	var wg sync.WaitGroup
+	for g := range 32 {
+		wg.Go(func() {
+			for i := 0; ; i++ {
+				e, err := l.Append(ctx, audit.Entry{Kind: audit.KindCallAllowed, Agent: fmt.Sprint("g", g), Args: []byte(fmt.Sprintf(`{"i":%d}`, i))})
+				if err != nil {
+					fmt.Fprintln(os.Stderr, err)
+					os.Exit(3)
+				}
+				mu.Lock()
+				fmt.Fprintln(out, e.Seq)
+				out.Flush()
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
 }

@@ -1,4 +1,4 @@
-package audit
+package verify
 
 import (
 	"encoding/json"
@@ -11,6 +11,7 @@ import (
 	"cel.dev/cel-go/cel"
 	"cel.dev/cel-go/common/types"
 
+	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/digest"
 )
 
@@ -70,16 +71,16 @@ func newGrantBook() grantBook {
 
 // grantFields refuses grant fields on entries that have no business with
 // them, so that a forged reference cannot hide in an unchecked kind.
-func grantFields(e *Entry) string {
+func grantFields(e *audit.Entry) string {
 	creates := e.GrantCondition != "" || e.GrantMaxCalls != 0 || e.GrantExpiresAt != ""
 	refers := e.GrantID != "" || e.GrantSeq != 0
 	switch e.Kind {
-	case KindApprovalAssertion:
+	case audit.KindApprovalAssertion:
 		if e.GrantSeq != 0 {
 			return "approval.assertion carries grant_seq; only granted calls and grant.revoked do"
 		}
 		return ""
-	case KindCallAllowed, KindCallExecuted, KindCallFailed, KindCallInterrupted, KindGrantRevoked:
+	case audit.KindCallAllowed, audit.KindCallExecuted, audit.KindCallFailed, audit.KindCallInterrupted, audit.KindGrantRevoked:
 		if creates {
 			return e.Kind + " carries a grant's condition or limits; only the approval.assertion that creates it does"
 		}
@@ -93,7 +94,7 @@ func grantFields(e *Entry) string {
 
 // grantChallenge is the grant digest an approval.assertion creating a
 // grant signs, over the request's action digest.
-func grantChallenge(e *Entry, action [32]byte) ([32]byte, error) {
+func grantChallenge(e *audit.Entry, action [32]byte) ([32]byte, error) {
 	expires, err := parseWholeSeconds(e.GrantExpiresAt)
 	if err != nil {
 		return [32]byte{}, fmt.Errorf("grant_expires_at: %v", err)
@@ -115,11 +116,11 @@ func parseWholeSeconds(s string) (time.Time, error) {
 }
 
 // proposed notes the grant an approval.assertion of request req creates.
-func (b *grantBook) proposed(req *Entry, e *Entry, decided time.Time) string {
+func (b *grantBook) proposed(req *audit.Entry, e *audit.Entry, decided time.Time) string {
 	switch {
-	case e.Kind != KindApprovalAssertion:
+	case e.Kind != audit.KindApprovalAssertion:
 		return e.Kind + " creates a grant; only an approval counts"
-	case req.Level != LevelHigh || req.Quorum != 1:
+	case req.Level != audit.LevelHigh || req.Quorum != 1:
 		return fmt.Sprintf("grant %s on request %s at level %s with quorum %d: grants cover high requests with one approver only", e.GrantID, e.RequestID, req.Level, req.Quorum)
 	case b.byID[e.GrantID] != nil:
 		return fmt.Sprintf("grant %s was already created at seq %d", e.GrantID, b.byID[e.GrantID].seq)
@@ -153,7 +154,7 @@ func (b *grantBook) activate(assertions []int64) {
 }
 
 // in finds the grant a granted call or revocation names.
-func (b *grantBook) in(e *Entry) (*grant, string) {
+func (b *grantBook) in(e *audit.Entry) (*grant, string) {
 	g := b.byID[e.GrantID]
 	switch {
 	case e.GrantID == "" || e.GrantSeq == 0:
@@ -166,19 +167,19 @@ func (b *grantBook) in(e *Entry) (*grant, string) {
 	return g, ""
 }
 
-func grantCallKey(e *Entry) string { k := keyOf(e); return e.GrantID + "\x00" + string(k[:]) }
+func grantCallKey(e *audit.Entry) string { k := keyOf(e); return e.GrantID + "\x00" + string(k[:]) }
 
 // allowed checks a call.allowed that a grant let through.
-func (b *grantBook) allowed(q *requirements, e *Entry) string {
+func (b *grantBook) allowed(q *requirements, e *audit.Entry) string {
 	g, reason := b.in(e)
 	if g == nil {
 		return reason
 	}
-	decided, err := time.Parse(TimeFormat, e.DecidedAt)
+	decided, err := time.Parse(audit.TimeFormat, e.DecidedAt)
 	switch {
 	case !g.active:
 		return fmt.Sprintf("grant %s was never in force: the approval of its request does not list the assertion at seq %d", g.id, g.seq)
-	case e.Decision != LevelHigh:
+	case e.Decision != audit.LevelHigh:
 		return fmt.Sprintf("a grant covers calls at level high only; this one is at %q", e.Decision)
 	case e.RequestID != "":
 		return "a granted call names an approval request; it has none of its own"
@@ -187,7 +188,7 @@ func (b *grantBook) allowed(q *requirements, e *Entry) string {
 	case err != nil:
 		return fmt.Sprintf("granted call has decided_at %q, not a time in the log's format", e.DecidedAt)
 	case decided.Before(g.created):
-		return fmt.Sprintf("granted call decided at %s, before grant %s was created at %s", e.DecidedAt, g.id, g.created.Format(TimeFormat))
+		return fmt.Sprintf("granted call decided at %s, before grant %s was created at %s", e.DecidedAt, g.id, g.created.Format(audit.TimeFormat))
 	case !decided.Before(g.expires):
 		return fmt.Sprintf("granted call decided at %s, after grant %s expired at %s", e.DecidedAt, g.id, digest.FormatTime(g.expires))
 	case g.revokedSeq != 0 && !decided.Before(g.revoked):
@@ -197,11 +198,11 @@ func (b *grantBook) allowed(q *requirements, e *Entry) string {
 	case e.ArgsRedact || len(e.Args) == 0:
 		return fmt.Sprintf("granted call without its arguments: grant %s's condition cannot be checked", g.id)
 	}
-	sum, err := hexArgs(e.ArgsSHA256)
+	sum, err := audit.DecodeArgsSHA256(e.ArgsSHA256)
 	if err != nil {
 		return err.Error()
 	}
-	if got, err := argsSHA256(e.Args); err != nil || got != sum {
+	if got, err := audit.ArgsSHA256(e.Args); err != nil || got != sum {
 		return "args do not match args_sha256"
 	}
 	var args map[string]any
@@ -222,12 +223,12 @@ func (b *grantBook) allowed(q *requirements, e *Entry) string {
 }
 
 // execution checks the outcome of a granted call.
-func (b *grantBook) execution(e *Entry) string {
+func (b *grantBook) execution(e *audit.Entry) string {
 	if _, reason := b.in(e); reason != "" {
 		return reason
 	}
 	k := grantCallKey(e)
-	if e.Decision != LevelHigh || b.open[k] == 0 {
+	if e.Decision != audit.LevelHigh || b.open[k] == 0 {
 		return fmt.Sprintf("%s under grant %s follows no call.allowed of the same agent, tool, arguments and grant", e.Kind, e.GrantID)
 	}
 	if b.open[k]--; b.open[k] == 0 {
@@ -237,12 +238,12 @@ func (b *grantBook) execution(e *Entry) string {
 }
 
 // revoked ends a grant.
-func (b *grantBook) revoked(e *Entry) string {
+func (b *grantBook) revoked(e *audit.Entry) string {
 	g, reason := b.in(e)
 	if g == nil {
 		return reason
 	}
-	at, err := time.Parse(TimeFormat, e.DecidedAt)
+	at, err := time.Parse(audit.TimeFormat, e.DecidedAt)
 	switch {
 	case err != nil:
 		return fmt.Sprintf("grant.revoked has decided_at %q, not a time in the log's format", e.DecidedAt)

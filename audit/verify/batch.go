@@ -1,9 +1,10 @@
-package audit
+package verify
 
 import (
 	"encoding/hex"
 	"fmt"
 
+	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/digest"
 )
 
@@ -28,14 +29,14 @@ import (
 // signedChallenge returns what the key must have signed for the key
 // decision e whose own action digest is own, and how to name it in an
 // error: own itself, or for a batch member the batch challenge.
-func signedChallenge(e *Entry, own [32]byte) ([32]byte, string, error) {
+func signedChallenge(e *audit.Entry, own [32]byte) ([32]byte, string, error) {
 	if len(e.BatchDigests) == 0 {
 		if e.BatchPosition != 0 {
 			return own, "", fmt.Errorf("batch_position %d without batch_digests", e.BatchPosition)
 		}
 		return own, "the action digest of this entry (decision, request, arguments, display, nonce or expiry differ)", nil
 	}
-	if e.Kind != KindApprovalAssertion {
+	if e.Kind != audit.KindApprovalAssertion {
 		return own, "", fmt.Errorf("%s cannot be part of a batch: only approvals are batched", e.Kind)
 	}
 	list := make([][32]byte, len(e.BatchDigests))
@@ -62,12 +63,12 @@ func signedChallenge(e *Entry, own [32]byte) ([32]byte, string, error) {
 // batchRule is the requirement a batched approval adds: its request was
 // raised batchable, and not critical (where each approver taps for that
 // request alone, with user verification).
-func batchRule(req, e *Entry) string {
+func batchRule(req, e *audit.Entry) string {
 	if len(e.BatchDigests) == 0 {
 		return ""
 	}
 	switch {
-	case req.Level == LevelCritical:
+	case req.Level == audit.LevelCritical:
 		return fmt.Sprintf("request %s is critical; it cannot be approved in a batch", e.RequestID)
 	case !req.Batchable:
 		return fmt.Sprintf("request %s was not raised batchable; it cannot be approved in a batch", e.RequestID)

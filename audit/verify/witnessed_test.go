@@ -1,4 +1,4 @@
-package audit
+package verify
 
 import (
 	"bytes"
@@ -9,41 +9,16 @@ import (
 	"testing"
 
 	"filippo.io/torchwood"
+	"github.com/countersign/countersign/audit"
 	"golang.org/x/mod/sumdb/note"
 )
 
-// cosigner is a tlog-cosignature witness key (torchwood's own signer, the
-// one litewitness uses; the end-to-end tests run litewitness itself).
-func cosigner(t *testing.T, name string, seed byte) *torchwood.CosignatureSigner {
-	t.Helper()
-	s, err := torchwood.NewCosignatureSigner(name, seededKey(seed))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
-}
-
-// cosign appends s's cosignature to the server-signed checkpoint msg.
-func cosign(t *testing.T, key ed25519.PrivateKey, msg []byte, s ...note.Signer) []byte {
-	t.Helper()
-	_, v, _ := ParsePublicKey(pubText(key))
-	n, err := note.Open(msg, note.VerifierList(v))
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := note.Sign(n, s...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return out
-}
-
 func verifyWith(export, previous []byte, key string, witnesses ...string) (Summary, error) {
-	opts := VerifyOptions{WitnessKeys: witnesses}
+	opts := Options{WitnessKeys: witnesses}
 	if previous != nil {
 		opts.Previous = bytes.NewReader(previous)
 	}
-	return Verify(bytes.NewReader(export), key, opts)
+	return Export(bytes.NewReader(export), key, opts)
 }
 
 func TestExportCarriesWitnessedCheckpointsThatVerifyCheck(t *testing.T) {
@@ -89,7 +64,7 @@ func TestExportCarriesWitnessedCheckpointsThatVerifyCheck(t *testing.T) {
 	if err != nil || s.Witnessed != 4 || strings.Join(s.Cosigners, ",") != "w1.example,w2.example" {
 		t.Fatalf("both witnesses: %v %+v", err, s)
 	}
-	s, err = Verify(bytes.NewReader(export), pub, VerifyOptions{WitnessKeys: []string{w1.Verifier().String(), w2.Verifier().String()}, WitnessQuorum: 1})
+	s, err = Export(bytes.NewReader(export), pub, Options{WitnessKeys: []string{w1.Verifier().String(), w2.Verifier().String()}, WitnessQuorum: 1})
 	if err != nil || s.Witnessed != 10 || strings.Join(s.Cosigners, ",") != "w2.example" {
 		t.Fatalf("one of two: %v %+v", err, s)
 	}
@@ -153,9 +128,9 @@ func TestWitnessedCheckpointAsPrevious(t *testing.T) {
 		t.Fatalf("a bare previous checkpoint: %v", err)
 	}
 	// The history the witness saw was rewritten.
-	rewritten := openLogWith(t, key, append([]Entry{sampleEntries()[1]}, sampleEntries()[1:]...))
+	rewritten := openLogWith(t, key, append([]audit.Entry{sampleEntries()[1]}, sampleEntries()[1:]...))
 	_, err = verifyWith(exportBytes(t, rewritten, 0), witnessed, pub, w.Verifier().String())
-	var ve *VerifyError
+	var ve *Error
 	if !errors.As(err, &ve) || ve.Seq != 6 || !strings.Contains(ve.Reason, "not a prefix") {
 		t.Fatalf("a rewritten history: %v", err)
 	}
@@ -164,4 +139,30 @@ func TestWitnessedCheckpointAsPrevious(t *testing.T) {
 	if _, err := verifyWith(exportBytes(t, short, 0), witnessed, pub); err == nil || !strings.Contains(err.Error(), "covers 6 entries") {
 		t.Fatalf("a shorter log: %v", err)
 	}
+}
+
+// cosigner is a tlog-cosignature witness key (torchwood's own signer, the
+// one litewitness uses; the end-to-end tests run litewitness itself).
+func cosigner(t *testing.T, name string, seed byte) *torchwood.CosignatureSigner {
+	t.Helper()
+	s, err := torchwood.NewCosignatureSigner(name, seededKey(seed))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// cosign appends s's cosignature to the server-signed checkpoint msg.
+func cosign(t *testing.T, key ed25519.PrivateKey, msg []byte, s ...note.Signer) []byte {
+	t.Helper()
+	_, v, _ := audit.ParsePublicKey(pubText(key))
+	n, err := note.Open(msg, note.VerifierList(v))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := note.Sign(n, s...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
 }
