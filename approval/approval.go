@@ -1,5 +1,7 @@
 // Package approval is the human countersignature: CIBA-style approval
-// requests, WebAuthn enrollment and assertions, and the approver web page.
+// requests, WebAuthn enrollment and assertions, decisions and their outbox
+// to the audit log. The web page through which people answer them is
+// package approval/page, which works over this package's exported methods.
 //
 // A request moves through these states, each move one SQL transaction that
 // checks the state it starts from, so two concurrent decisions cannot both
