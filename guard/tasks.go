@@ -50,10 +50,10 @@ func (g *Guard) MayCountersign(spec *tools.Spec) bool {
 }
 
 // Task returns agent's task id. Another agent's task, or any request that
-// is not a task, is approval.ErrNotFound, like an id that does not exist.
+// is not a task, is ErrNoTask, like an id that does not exist.
 func (g *Guard) Task(ctx context.Context, id, agent string) (*approval.Request, error) {
 	if g.opts.Approvals == nil {
-		return nil, approval.ErrNotFound
+		return nil, ErrNoTask
 	}
 	return g.opts.Approvals.Own(ctx, id, agent, approval.WaitTask)
 }
