@@ -43,7 +43,7 @@ const (
 const rateLimitedEvery = time.Minute
 
 // PendingCounter counts waiting approval requests; *approval.Service
-// satisfies it. Approvals that do not (test doubles) get no pending caps.
+// satisfies it. Requests that do not (test doubles) get no pending caps.
 type PendingCounter interface {
 	PendingFor(ctx context.Context, agent string) (int, error)
 	PendingCount(ctx context.Context) (int, error)
@@ -78,7 +78,7 @@ type tally struct {
 	flusher *time.Timer
 }
 
-func newLimiter(opts Limits, approvals Approvals, rec func(context.Context, audit.Entry) bool, now func() time.Time) *limiter {
+func newLimiter(opts Limits, requests Requests, rec func(context.Context, audit.Entry) bool, now func() time.Time) *limiter {
 	if opts.PendingPerAgent <= 0 {
 		opts.PendingPerAgent = DefaultPendingPerAgent
 	}
@@ -93,7 +93,7 @@ func newLimiter(opts Limits, approvals Approvals, rec func(context.Context, audi
 	}
 	l := &limiter{opts: opts, rec: rec, now: now,
 		buckets: map[string]*rate.Limiter{}, raising: map[string]int{}, tallies: map[tallyKey]*tally{}}
-	l.counter, _ = approvals.(PendingCounter)
+	l.counter, _ = requests.(PendingCounter)
 	return l
 }
 
@@ -127,7 +127,7 @@ func (g *Guard) admitCall(ctx context.Context, agent, tool string) *mcp.CallTool
 }
 
 // reservationKey carries a pending-cap reservation from admitRequest to the
-// Create it allows (countingApprovals.Create).
+// Create it allows (countingRequests.Create).
 type reservationKey struct{}
 
 // admitRequest checks the pending caps before a call raises an approval
@@ -214,16 +214,16 @@ func (l *limiter) unreserve(agent string) {
 	}
 }
 
-// countingApprovals is the Approvals the guard uses: its Create gives back
+// countingRequests is the Requests the guard uses: its Create gives back
 // the reservation admitRequest took once the request is stored (or failed).
 // A Create without one (a backchannel request, Guard.Raise) checks the caps
 // itself and fails with the limit's error.
-type countingApprovals struct {
-	Approvals
+type countingRequests struct {
+	Requests
 	l *limiter
 }
 
-func (a countingApprovals) Create(ctx context.Context, r approval.NewRequest) (*approval.Request, error) {
+func (a countingRequests) Create(ctx context.Context, r approval.NewRequest) (*approval.Request, error) {
 	agent, ok := ctx.Value(reservationKey{}).(string)
 	if !ok && a.l.counter != nil {
 		if err := a.l.reserve(ctx, r.Agent); err != nil {
@@ -234,7 +234,7 @@ func (a countingApprovals) Create(ctx context.Context, r approval.NewRequest) (*
 	if ok || a.l.counter != nil {
 		defer a.l.unreserve(agent)
 	}
-	return a.Approvals.Create(ctx, r)
+	return a.Requests.Create(ctx, r)
 }
 
 // refused tallies one refusal and writes call.rate_limited when the
