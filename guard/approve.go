@@ -30,7 +30,7 @@ type Requests interface {
 // countersign raises an approval request and, in block mode, waits for a
 // terminal decision before running the tool once.
 func (g *Guard) countersign(ctx context.Context, c Call, spec *tools.Spec, call *tools.Call,
-	canon canonical, conf config.Tool, d authz.Decision, entry audit.Entry, counted *reservation) *mcp.CallToolResult {
+	canon canonical, conf config.Tool, d authz.Decision, entry audit.Entry, counted *reservation, slot pendingSlot) *mcp.CallToolResult {
 	done := false // the call ran, or may still run: it keeps counting
 	defer func() {
 		if !done {
@@ -49,7 +49,7 @@ func (g *Guard) countersign(ctx context.Context, c Call, spec *tools.Spec, call 
 	// Raising the request completes even if the caller leaves meanwhile:
 	// half a request would sit approvable with nobody waiting. Wait below
 	// sees the caller gone and cancels it, on the record.
-	r, err := g.opts.Requests.Create(context.WithoutCancel(ctx), approval.NewRequest{
+	r, err := g.createRequest(context.WithoutCancel(ctx), slot, approval.NewRequest{
 		Tool: spec.Def.Name, Agent: entry.Agent, Args: canon.JSON,
 		AuthorizationDetails: call.Details, Summary: call.Summary,
 		Level: d.Level, Rule: entry.Rule, Approvers: d.Approvers, Quorum: d.Quorum,

@@ -178,7 +178,7 @@ func (g *Guard) Raise(ctx context.Context, b Backchannel) (*approval.Request, er
 	}
 	// Over a pending cap: refused, and tallied into call.rate_limited
 	// rather than a call.denied each, so a flood stays a bounded record.
-	ctx, err = g.reservePending(ctx, b.Agent, b.Tool)
+	slot, err := g.reservePending(ctx, b.Agent, b.Tool)
 	if err != nil {
 		return nil, &Refusal{Reason: err.Error()}
 	}
@@ -186,7 +186,7 @@ func (g *Guard) Raise(ctx context.Context, b Backchannel) (*approval.Request, er
 	if b.Timeout > 0 && b.Timeout < timeout {
 		timeout = b.Timeout
 	}
-	r, err := g.opts.Requests.Create(ctx, approval.NewRequest{
+	r, err := g.createRequest(ctx, slot, approval.NewRequest{
 		Tool: b.Tool, Agent: b.Agent, Args: canon.JSON,
 		AuthorizationDetails: b.Details, Summary: b.Summary,
 		Level: d.Level, Rule: entry.Rule, Approvers: approvers, Quorum: d.Quorum,

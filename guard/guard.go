@@ -262,9 +262,6 @@ func New(opts Options) *Guard {
 	g.bg.Add(1)
 	go g.markLoop(g.opts.MarkEvery)
 	g.limits = newLimiter(opts.Limits, opts.Requests, g.record, g.now)
-	if opts.Requests != nil {
-		g.opts.Requests = countingRequests{Requests: opts.Requests, l: g.limits}
-	}
 	if opts.Runs != nil {
 		opts.Runs.OnChange(g.changed)
 		g.bg.Add(1)
@@ -440,12 +437,12 @@ func (g *Guard) Handle(ctx context.Context, c Call) *mcp.CallToolResult {
 			g.usage.release(counted)
 			return g.rejectArgs(ctx, entry, args, err.Error(), "refused: %v", err)
 		}
-		ctx, res := g.admitRequest(ctx, c.Agent, c.Tool)
+		slot, res := g.admitRequest(ctx, c.Agent, c.Tool)
 		if res != nil {
 			g.usage.release(counted)
 			return res
 		}
-		return g.countersign(ctx, c, spec, call, canon, conf, d, entry, counted)
+		return g.countersign(ctx, c, spec, call, canon, conf, d, entry, counted, slot)
 	default:
 		entry.Kind = audit.KindCallDenied
 		g.record(ctx, entry)
