@@ -103,7 +103,7 @@ func newToolStack(t *testing.T, edit func(*config.Config)) *stack {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { amounts.Close() })
-		g = guard.New(guard.Options{Catalog: cat, Policy: pol, Audit: log, Approvals: svc, Evidence: svc, Tokens: s.signer,
+		g = guard.New(guard.Options{Catalog: cat, Policy: pol, Audit: log, Requests: svc, Runs: svc, Recovery: svc, Tasks: svc, Evidence: svc, Tokens: s.signer,
 			Amounts: amounts, Tools: c.Tools})
 		cs, err := New(Options{Issuer: srv.URL, Guard: g, Keys: s.signer, Agents: agents, Approvers: c.Approvers,
 			Accounts: c.Ledger.Accounts, Upstreams: c.Upstreams, Enabled: true})

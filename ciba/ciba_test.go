@@ -122,7 +122,7 @@ func newStack(t *testing.T, o stackOptions) *stack {
 	if s.signer, err = token.NewSigner(tk, srv.URL, token.SignerOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	g := guard.New(guard.Options{Catalog: tools.NewCatalog(), Policy: pol, Audit: log, Approvals: svc, Evidence: svc, Tokens: s.signer, Tools: policy})
+	g := guard.New(guard.Options{Catalog: tools.NewCatalog(), Policy: pol, Audit: log, Requests: svc, Runs: svc, Recovery: svc, Tasks: svc, Evidence: svc, Tokens: s.signer, Tools: policy})
 	t.Cleanup(g.Close)
 	c, err := New(Options{Issuer: srv.URL, Guard: g, Keys: s.signer, Agents: agents, Approvers: people, Enabled: o.enabled})
 	if err != nil {

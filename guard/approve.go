@@ -15,17 +15,29 @@ import (
 	"github.com/mark3labs/mcp-go/mcp"
 )
 
+// Requests raises a call's approval request and gets its decision:
+// waited on in block mode, polled in poll mode, awaited by a backchannel
+// client; a block-mode wait is cancelled at shutdown.
+// *approval.Service satisfies it.
+type Requests interface {
+	Create(ctx context.Context, r approval.NewRequest) (*approval.Request, error)
+	Wait(ctx context.Context, id string) (*approval.Request, error)
+	Poll(ctx context.Context, id, agent string) (*approval.PollStatus, error)
+	Await(ctx context.Context, id string, done func(*approval.Request) bool) (*approval.Request, error)
+	Cancel(ctx context.Context, id, reason string) error
+}
+
 // countersign raises an approval request and, in block mode, waits for a
 // terminal decision before running the tool once.
 func (g *Guard) countersign(ctx context.Context, c Call, spec *tools.Spec, call *tools.Call,
-	canon canonical, conf config.Tool, d authz.Decision, entry audit.Entry, counted *reservation) *mcp.CallToolResult {
+	canon canonical, conf config.Tool, d authz.Decision, entry audit.Entry, counted *reservation, slot pendingSlot) *mcp.CallToolResult {
 	done := false // the call ran, or may still run: it keeps counting
 	defer func() {
 		if !done {
 			g.usage.release(counted)
 		}
 	}()
-	if g.opts.Approvals == nil {
+	if g.opts.Requests == nil {
 		entry.Kind, entry.Reason = audit.KindCallDenied, "approval required, but approvals are not available"
 		g.record(ctx, entry)
 		return toolError("approval required (%s): %s; no approval service is running", d.Level, d.Reason)
@@ -37,7 +49,7 @@ func (g *Guard) countersign(ctx context.Context, c Call, spec *tools.Spec, call 
 	// Raising the request completes even if the caller leaves meanwhile:
 	// half a request would sit approvable with nobody waiting. Wait below
 	// sees the caller gone and cancels it, on the record.
-	r, err := g.opts.Approvals.Create(context.WithoutCancel(ctx), approval.NewRequest{
+	r, err := g.createRequest(context.WithoutCancel(ctx), slot, approval.NewRequest{
 		Tool: spec.Def.Name, Agent: entry.Agent, Args: canon.JSON,
 		AuthorizationDetails: call.Details, Summary: call.Summary,
 		Level: d.Level, Rule: entry.Rule, Approvers: d.Approvers, Quorum: d.Quorum,
@@ -74,7 +86,7 @@ func (g *Guard) countersign(ctx context.Context, c Call, spec *tools.Spec, call 
 	if c.Waiting != nil {
 		defer c.Waiting(ctx, r)()
 	}
-	final, err := g.opts.Approvals.Wait(ctx, r.ID)
+	final, err := g.opts.Requests.Wait(ctx, r.ID)
 	if err != nil {
 		return toolError("approval request %s: %v", r.ID, err)
 	}
@@ -105,7 +117,7 @@ func waitMode(w string) string {
 func (g *Guard) runApproved(ctx context.Context, id string, spec *tools.Spec, call *tools.Call, entry audit.Entry) (*mcp.CallToolResult, bool) {
 	// Claimed even if the caller has just left: an approved request that
 	// nobody claims would never run nor end.
-	if err := g.opts.Approvals.BeginExecution(context.WithoutCancel(ctx), id); err != nil {
+	if err := g.opts.Runs.BeginExecution(context.WithoutCancel(ctx), id); err != nil {
 		return toolError("refused to run approved request %s: %v", id, err), false
 	}
 	tok, err := g.issueToken(context.WithoutCancel(ctx), id)
@@ -205,11 +217,11 @@ func (g *Guard) StatusSpec() *tools.Spec {
 			return &tools.Call{Args: args, Summary: "Check an approval request"}, nil
 		},
 		Run: func(ctx context.Context, call *tools.Call) (*tools.Result, error) {
-			if g.opts.Approvals == nil {
+			if g.opts.Requests == nil {
 				return nil, fmt.Errorf("no approval service is running")
 			}
 			id, _ := call.Args["auth_req_id"].(string)
-			ps, err := g.opts.Approvals.Poll(ctx, id, call.Agent)
+			ps, err := g.opts.Requests.Poll(ctx, id, call.Agent)
 			if err != nil {
 				return nil, err
 			}

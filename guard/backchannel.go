@@ -155,7 +155,7 @@ func (g *Guard) Raise(ctx context.Context, b Backchannel) (*approval.Request, er
 	default:
 		return refuse(d.Reason)
 	}
-	if g.opts.Approvals == nil {
+	if g.opts.Requests == nil {
 		return refuse("approval required, but approvals are not available")
 	}
 	approvers := d.Approvers
@@ -178,7 +178,7 @@ func (g *Guard) Raise(ctx context.Context, b Backchannel) (*approval.Request, er
 	}
 	// Over a pending cap: refused, and tallied into call.rate_limited
 	// rather than a call.denied each, so a flood stays a bounded record.
-	ctx, err = g.reservePending(ctx, b.Agent, b.Tool)
+	slot, err := g.reservePending(ctx, b.Agent, b.Tool)
 	if err != nil {
 		return nil, &Refusal{Reason: err.Error()}
 	}
@@ -186,7 +186,7 @@ func (g *Guard) Raise(ctx context.Context, b Backchannel) (*approval.Request, er
 	if b.Timeout > 0 && b.Timeout < timeout {
 		timeout = b.Timeout
 	}
-	r, err := g.opts.Approvals.Create(ctx, approval.NewRequest{
+	r, err := g.createRequest(ctx, slot, approval.NewRequest{
 		Tool: b.Tool, Agent: b.Agent, Args: canon.JSON,
 		AuthorizationDetails: b.Details, Summary: b.Summary,
 		Level: d.Level, Rule: entry.Rule, Approvers: approvers, Quorum: d.Quorum,
@@ -214,7 +214,7 @@ func (g *Guard) Raise(ctx context.Context, b Backchannel) (*approval.Request, er
 // executed call does. A goroutine per request is bounded by the pending
 // caps (limits.go) and by the humans who approve.
 func (g *Guard) countWhileLive(id string, counted []*reservation) {
-	r, err := g.opts.Approvals.Await(g.life, id, approval.Settled)
+	r, err := g.opts.Requests.Await(g.life, id, approval.Settled)
 	if err != nil || r.State == approval.StateExecuted {
 		return // closing, or the token was issued: it keeps counting
 	}
@@ -318,10 +318,10 @@ func (g *Guard) RecordRejected(ctx context.Context, agent, tool, reason string) 
 // recorded as call.failed): the auth_req_id lives until then, approved or
 // not. A request of another agent or another tool is approval.ErrNotFound.
 func (g *Guard) Redeem(ctx context.Context, tool, id, agent string) (*approval.PollStatus, string, error) {
-	if g.opts.Approvals == nil || g.opts.Tokens == nil || g.opts.Evidence == nil {
+	if g.opts.Requests == nil || g.opts.Runs == nil || g.opts.Tokens == nil || g.opts.Evidence == nil {
 		return nil, "", errors.New("approvals or approval tokens are not available")
 	}
-	ps, err := g.opts.Approvals.Poll(ctx, id, agent)
+	ps, err := g.opts.Requests.Poll(ctx, id, agent)
 	if err != nil {
 		return nil, "", err
 	}
@@ -332,7 +332,7 @@ func (g *Guard) Redeem(ctx context.Context, tool, id, agent string) (*approval.P
 	if ps.Status != approval.PollApproved {
 		return ps, "", nil
 	}
-	if err := g.opts.Approvals.BeginExecution(ctx, id); err != nil {
+	if err := g.opts.Runs.BeginExecution(ctx, id); err != nil {
 		if errors.Is(err, approval.ErrNotApproved) {
 			// Another poll redeemed it first.
 			return &approval.PollStatus{Status: approval.PollExecuted, Request: r}, "", nil
@@ -343,7 +343,7 @@ func (g *Guard) Redeem(ctx context.Context, tool, id, agent string) (*approval.P
 	entry := audit.Entry{Agent: r.Agent, Tool: r.Tool, RequestID: r.ID, Decision: r.Level}
 	fail := func(reason string) (*approval.PollStatus, string, error) {
 		entry.Kind, entry.Reason = audit.KindCallFailed, reason
-		if err := g.opts.Approvals.Finish(ctx, id, approval.Outcome{State: approval.StateFailed, Record: entry}); err != nil {
+		if err := g.opts.Runs.Finish(ctx, id, approval.Outcome{State: approval.StateFailed, Record: entry}); err != nil {
 			g.log.Error("cannot store approval outcome", "auth_req_id", id, "err", err)
 		}
 		return nil, "", errors.New(reason)
@@ -354,7 +354,7 @@ func (g *Guard) Redeem(ctx context.Context, tool, id, agent string) (*approval.P
 	}
 	// The record names the rules that decided, as a tool call's does, so
 	// that replay can hold it to the policy.
-	stored, err := g.opts.Approvals.Stored(ctx, id)
+	stored, err := g.opts.Runs.Stored(ctx, id)
 	if err != nil {
 		return fail("cannot read the request: " + err.Error())
 	}
@@ -376,7 +376,7 @@ func (g *Guard) Redeem(ctx context.Context, tool, id, agent string) (*approval.P
 	// The token goes out only once the log says it was issued. The record
 	// is written with the request's state, so a crash cannot leave one
 	// without the other (guard.Resume settles a claim it interrupted).
-	if err := g.opts.Approvals.Finish(ctx, id, approval.Outcome{State: approval.StateExecuted, Result: result, Record: entry}); err != nil {
+	if err := g.opts.Runs.Finish(ctx, id, approval.Outcome{State: approval.StateExecuted, Result: result, Record: entry}); err != nil {
 		g.log.Error("cannot record the approval token", "auth_req_id", id, "err", err)
 		return nil, "", errors.New("the audit log cannot record the approval token")
 	}

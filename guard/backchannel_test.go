@@ -76,7 +76,7 @@ func newRealStack(t *testing.T, policy map[string]config.Tool, tweak ...func(*ap
 		t.Fatal(err)
 	}
 	s := &realStack{log: log, svc: svc, signer: signer, cat: tools.NewCatalog(), keys: map[string]*approvaltest.SoftKey{}}
-	s.g = New(Options{Catalog: s.cat, Policy: pol, Audit: log, Approvals: svc, Evidence: svc, Tokens: signer, Tools: policy})
+	s.g = New(Options{Catalog: s.cat, Policy: pol, Audit: log, Requests: svc, Runs: svc, Recovery: svc, Tasks: svc, Evidence: svc, Tokens: signer, Tools: policy})
 	t.Cleanup(s.g.Close)
 	for _, a := range people {
 		s.enroll(t, a.ID)

@@ -25,7 +25,7 @@ func TestRestoreBackchannelCountsRedactedRequestsByTheirKeptActions(t *testing.T
 	_, amounts := realLog(t)
 	ctx := context.Background()
 	f := newFixture(t, config.LevelHigh)
-	g := New(Options{Catalog: f.cat, Policy: shippedPolicy(t), Audit: f.log, Approvals: f.humans, Amounts: amounts})
+	g := New(Options{Catalog: f.cat, Policy: shippedPolicy(t), Audit: f.log, Requests: f.humans, Runs: f.humans, Recovery: f.humans, Tasks: f.humans, Amounts: amounts})
 	defer g.Close()
 	now := time.Now().UTC()
 	pay := func(amount float64) Action {
@@ -98,7 +98,7 @@ func TestBackchannelWhoseAmountsCannotBeKeptIsRefused(t *testing.T) {
 	amounts.Close()
 	db.Close()
 	f := newFixture(t, config.LevelHigh)
-	g := New(Options{Catalog: f.cat, Policy: shippedPolicy(t), Audit: f.log, Approvals: f.humans, Amounts: amounts})
+	g := New(Options{Catalog: f.cat, Policy: shippedPolicy(t), Audit: f.log, Requests: f.humans, Runs: f.humans, Recovery: f.humans, Tasks: f.humans, Amounts: amounts})
 	defer g.Close()
 	b := backchannel(nil)
 	b.Actions = []Action{{Tool: "transfer", Call: &tools.Call{Args: map[string]any{"amount": 10.0},

@@ -98,10 +98,10 @@ func (g *Guard) sameDefinition(ctx context.Context, gr *approval.Grant, call *to
 	if def == "" {
 		return true
 	}
-	if g.opts.Approvals == nil {
+	if g.opts.Runs == nil {
 		return false
 	}
-	r, err := g.opts.Approvals.Stored(ctx, gr.RequestID)
+	r, err := g.opts.Runs.Stored(ctx, gr.RequestID)
 	return err == nil && definitionOf(r.AuthorizationDetails) == def
 }
 

@@ -144,29 +144,18 @@ type Marks interface {
 	SetMark(ctx context.Context, name string, value int64) error
 }
 
-// Approvals gets a human's countersignature; *approval.Service satisfies it.
-type Approvals interface {
-	Create(ctx context.Context, r approval.NewRequest) (*approval.Request, error)
-	Wait(ctx context.Context, id string) (*approval.Request, error)
-	Cancel(ctx context.Context, id, reason string) error
-	BeginExecution(ctx context.Context, id string) error
-	Finish(ctx context.Context, id string, o approval.Outcome) error
-	Poll(ctx context.Context, id, agent string) (*approval.PollStatus, error)
-	Own(ctx context.Context, id, agent, wait string) (*approval.Request, error)
-	ListOwn(ctx context.Context, agent, wait, after string, limit int) ([]*approval.Request, error)
-	Await(ctx context.Context, id string, done func(*approval.Request) bool) (*approval.Request, error)
-	Stored(ctx context.Context, id string) (*approval.Unfinished, error)
-	OnChange(fn func(id string))
-	Restart(ctx context.Context) ([]string, error)
-	Unfinished(ctx context.Context) ([]approval.Unfinished, error)
-}
-
 // Options wire a Guard.
 type Options struct {
-	Catalog   Catalog
-	Policy    Policy
-	Audit     Recorder
-	Approvals Approvals // nil: high and critical calls are refused
+	Catalog Catalog
+	Policy  Policy
+	Audit   Recorder
+	// Requests, Runs, Recovery and Tasks are the faces of one approval
+	// service (*approval.Service satisfies each), set all or none. Nil:
+	// high and critical calls are refused.
+	Requests Requests // raise a request, wait for or poll its decision (approve.go)
+	Runs     Runs     // claim, finish and read an approved request's one run (parked.go)
+	Recovery Recovery // what a restart finds unfinished (resume.go)
+	Tasks    Tasks    // an agent's MCP tasks (tasks.go)
 	// Grants, when set, lets standing grants carry calls at high
 	// (grant.go); nil: every such call waits for a human.
 	Grants Grants
@@ -272,10 +261,9 @@ func New(opts Options) *Guard {
 	g.life, g.stop = context.WithCancel(context.Background())
 	g.bg.Add(1)
 	go g.markLoop(g.opts.MarkEvery)
-	g.limits = newLimiter(opts.Limits, opts.Approvals, g.record, g.now)
-	if opts.Approvals != nil {
-		g.opts.Approvals = countingApprovals{Approvals: opts.Approvals, l: g.limits}
-		opts.Approvals.OnChange(g.changed)
+	g.limits = newLimiter(opts.Limits, opts.Requests, g.record, g.now)
+	if opts.Runs != nil {
+		opts.Runs.OnChange(g.changed)
 		g.bg.Add(1)
 		go g.dispatch()
 	}
@@ -449,12 +437,12 @@ func (g *Guard) Handle(ctx context.Context, c Call) *mcp.CallToolResult {
 			g.usage.release(counted)
 			return g.rejectArgs(ctx, entry, args, err.Error(), "refused: %v", err)
 		}
-		ctx, res := g.admitRequest(ctx, c.Agent, c.Tool)
+		slot, res := g.admitRequest(ctx, c.Agent, c.Tool)
 		if res != nil {
 			g.usage.release(counted)
 			return res
 		}
-		return g.countersign(ctx, c, spec, call, canon, conf, d, entry, counted)
+		return g.countersign(ctx, c, spec, call, canon, conf, d, entry, counted, slot)
 	default:
 		entry.Kind = audit.KindCallDenied
 		g.record(ctx, entry)

@@ -282,7 +282,7 @@ func newFixture(t *testing.T, level string) *fixture {
 	if err := f.cat.Replace("test", []*tools.Spec{f.tool.spec("pay")}); err != nil {
 		t.Fatal(err)
 	}
-	f.g = New(Options{Catalog: f.cat, Policy: f.policy, Audit: f.log, Approvals: f.humans,
+	f.g = New(Options{Catalog: f.cat, Policy: f.policy, Audit: f.log, Requests: f.humans, Runs: f.humans, Recovery: f.humans, Tasks: f.humans,
 		Tools: map[string]config.Tool{"pay": {}}})
 	t.Cleanup(f.g.Close)
 	return f
@@ -661,7 +661,7 @@ func TestRefusedFloodGrowsTheLogByABoundedAmount(t *testing.T) {
 	}
 	defer log.Close()
 	f := newFixture(t, config.LevelLow)
-	g := New(Options{Catalog: f.cat, Policy: f.policy, Audit: log, Approvals: f.humans})
+	g := New(Options{Catalog: f.cat, Policy: f.policy, Audit: log, Requests: f.humans, Runs: f.humans, Recovery: f.humans, Tasks: f.humans})
 	const calls = 10000
 	junk := strings.Repeat("J", 4<<10)
 	var wg sync.WaitGroup
@@ -716,7 +716,7 @@ func TestSplitTransfersAreJudgedAsTheirSumAndRefusalsStopCounting(t *testing.T) 
 	for range 10 {
 		f.humans.decide <- approval.StateDenied
 	}
-	g := New(Options{Catalog: f.cat, Policy: shippedPolicy(t), Audit: f.log, Approvals: f.humans})
+	g := New(Options{Catalog: f.cat, Policy: shippedPolicy(t), Audit: f.log, Requests: f.humans, Runs: f.humans, Recovery: f.humans, Tasks: f.humans})
 	var wg sync.WaitGroup
 	for range 11 {
 		wg.Add(1)
@@ -757,7 +757,7 @@ func TestSplitTransfersAreJudgedAsTheirSumAndRefusalsStopCounting(t *testing.T) 
 func TestUsageIsRestoredFromTheLog(t *testing.T) {
 	f := newFixture(t, config.LevelLow)
 	f.cat.Replace("test", []*tools.Spec{payTo("Acme Supplies")})
-	g := New(Options{Catalog: f.cat, Policy: shippedPolicy(t), Audit: f.log, Approvals: f.humans})
+	g := New(Options{Catalog: f.cat, Policy: shippedPolicy(t), Audit: f.log, Requests: f.humans, Runs: f.humans, Recovery: f.humans, Tasks: f.humans})
 	now := time.Now().UTC()
 	at := func(d time.Duration) string { return now.Add(-d).Format(time.RFC3339Nano) }
 	args := json.RawMessage(`{"amount":6000}`)

@@ -43,7 +43,7 @@ const (
 const rateLimitedEvery = time.Minute
 
 // PendingCounter counts waiting approval requests; *approval.Service
-// satisfies it. Approvals that do not (test doubles) get no pending caps.
+// satisfies it. Requests that do not (test doubles) get no pending caps.
 type PendingCounter interface {
 	PendingFor(ctx context.Context, agent string) (int, error)
 	PendingCount(ctx context.Context) (int, error)
@@ -78,7 +78,7 @@ type tally struct {
 	flusher *time.Timer
 }
 
-func newLimiter(opts Limits, approvals Approvals, rec func(context.Context, audit.Entry) bool, now func() time.Time) *limiter {
+func newLimiter(opts Limits, requests Requests, rec func(context.Context, audit.Entry) bool, now func() time.Time) *limiter {
 	if opts.PendingPerAgent <= 0 {
 		opts.PendingPerAgent = DefaultPendingPerAgent
 	}
@@ -93,7 +93,7 @@ func newLimiter(opts Limits, approvals Approvals, rec func(context.Context, audi
 	}
 	l := &limiter{opts: opts, rec: rec, now: now,
 		buckets: map[string]*rate.Limiter{}, raising: map[string]int{}, tallies: map[tallyKey]*tally{}}
-	l.counter, _ = approvals.(PendingCounter)
+	l.counter, _ = requests.(PendingCounter)
 	return l
 }
 
@@ -126,44 +126,62 @@ func (g *Guard) admitCall(ctx context.Context, agent, tool string) *mcp.CallTool
 	return toolError("refused: over %s for agent %s; slow down and retry", limit, agent)
 }
 
-// reservationKey carries a pending-cap reservation from admitRequest to the
-// Create it allows (countingApprovals.Create).
-type reservationKey struct{}
+// pendingSlot is a pending-cap reservation (admitRequest): it counts as
+// one pending request of its agent until the request is stored, so calls
+// made in parallel cannot all pass the check. The zero slot holds nothing:
+// there are no pending caps.
+type pendingSlot struct {
+	l     *limiter
+	agent string
+}
+
+// release gives the slot back; the stored request now counts instead.
+func (s pendingSlot) release() {
+	if s.l != nil {
+		s.l.unreserve(s.agent)
+	}
+}
 
 // admitRequest checks the pending caps before a call raises an approval
-// request. On success it returns ctx carrying a reservation that counts as
-// one pending request of agent until Create has stored the request, so
-// calls made in parallel cannot all pass the check.
-func (g *Guard) admitRequest(ctx context.Context, agent, tool string) (context.Context, *mcp.CallToolResult) {
-	ctx, err := g.reservePending(ctx, agent, tool)
+// request. On success it returns the slot the request takes until
+// createRequest has stored it.
+func (g *Guard) admitRequest(ctx context.Context, agent, tool string) (pendingSlot, *mcp.CallToolResult) {
+	slot, err := g.reservePending(ctx, agent, tool)
 	var le *limitError
 	switch {
 	case errors.As(err, &le):
-		return ctx, toolError("refused: %v", le)
+		return slot, toolError("refused: %v", le)
 	case err != nil:
-		return ctx, toolError("refused: cannot count the approval requests waiting (%v); try again", err)
+		return slot, toolError("refused: cannot count the approval requests waiting (%v); try again", err)
 	}
-	return ctx, nil
+	return slot, nil
 }
 
 // reservePending is admitRequest for callers that want an error (Raise):
 // a *limitError, already tallied for call.rate_limited, or a failure to
 // count.
-func (g *Guard) reservePending(ctx context.Context, agent, tool string) (context.Context, error) {
+func (g *Guard) reservePending(ctx context.Context, agent, tool string) (pendingSlot, error) {
 	l := g.limits
 	if l.counter == nil {
-		return ctx, nil
+		return pendingSlot{}, nil
 	}
 	if err := l.reserve(ctx, agent); err != nil {
 		var le *limitError
 		if !errors.As(err, &le) {
 			g.log.Error("cannot count pending approval requests", "agent", agent, "err", err)
-			return ctx, err
+			return pendingSlot{}, err
 		}
 		l.refused(ctx, agent, tool, le.limit)
-		return ctx, le
+		return pendingSlot{}, le
 	}
-	return context.WithValue(ctx, reservationKey{}, agent), nil
+	return pendingSlot{l: l, agent: agent}, nil
+}
+
+// createRequest raises r in the slot admitRequest took for it, and gives
+// the slot back once the request is stored (or failed).
+func (g *Guard) createRequest(ctx context.Context, slot pendingSlot, r approval.NewRequest) (*approval.Request, error) {
+	defer slot.release()
+	return g.opts.Requests.Create(ctx, r)
 }
 
 // limitError is a pending cap that refused a request.
@@ -212,29 +230,6 @@ func (l *limiter) unreserve(agent string) {
 	if l.raising[agent] == 0 {
 		delete(l.raising, agent)
 	}
-}
-
-// countingApprovals is the Approvals the guard uses: its Create gives back
-// the reservation admitRequest took once the request is stored (or failed).
-// A Create without one (a backchannel request, Guard.Raise) checks the caps
-// itself and fails with the limit's error.
-type countingApprovals struct {
-	Approvals
-	l *limiter
-}
-
-func (a countingApprovals) Create(ctx context.Context, r approval.NewRequest) (*approval.Request, error) {
-	agent, ok := ctx.Value(reservationKey{}).(string)
-	if !ok && a.l.counter != nil {
-		if err := a.l.reserve(ctx, r.Agent); err != nil {
-			return nil, err
-		}
-		agent = r.Agent
-	}
-	if ok || a.l.counter != nil {
-		defer a.l.unreserve(agent)
-	}
-	return a.Approvals.Create(ctx, r)
 }
 
 // refused tallies one refusal and writes call.rate_limited when the

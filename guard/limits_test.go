@@ -19,7 +19,7 @@ func TestRateLimitedEntriesCarryTheCount(t *testing.T) {
 	var mu sync.Mutex
 	now := time.Now()
 	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
-	g := New(Options{Catalog: f.cat, Policy: f.policy, Audit: f.log, Approvals: f.humans, Now: clock,
+	g := New(Options{Catalog: f.cat, Policy: f.policy, Audit: f.log, Requests: f.humans, Runs: f.humans, Recovery: f.humans, Tasks: f.humans, Now: clock,
 		Limits: Limits{CallsPerSecond: 1, CallBurst: 1}, Tools: map[string]config.Tool{"pay": {}}})
 	call := func() bool {
 		res := g.Handle(context.Background(), Call{Tool: "pay", Agent: "bot", Args: map[string]any{"amount": 1.0}})

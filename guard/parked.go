@@ -9,6 +9,16 @@ import (
 	"github.com/countersign/countersign/tools"
 )
 
+// Runs is the one run of an approved request: claimed, then finished with
+// its outcome, read back as stored; OnChange wakes the dispatcher of
+// parked requests. *approval.Service satisfies it.
+type Runs interface {
+	BeginExecution(ctx context.Context, id string) error
+	Finish(ctx context.Context, id string, o approval.Outcome) error
+	Stored(ctx context.Context, id string) (*approval.Unfinished, error)
+	OnChange(fn func(id string))
+}
+
 // A poll-mode or task request waits for its humans with nobody holding a
 // call open: the guard parks it and runs its call once, when approved,
 // from the request as stored (the arguments the approvers signed, prepared
@@ -105,7 +115,7 @@ func (g *Guard) dispatch() {
 
 // settleParked acts on parked request id's state.
 func (g *Guard) settleParked(id string) {
-	u, err := g.opts.Approvals.Stored(g.life, id)
+	u, err := g.opts.Runs.Stored(g.life, id)
 	if err != nil {
 		if !errors.Is(err, context.Canceled) {
 			g.log.Error("cannot read a parked approval request; the next change or sweep tries again", "auth_req_id", id, "err", err)
@@ -154,7 +164,7 @@ func (g *Guard) runStored(ctx context.Context, u approval.Unfinished) bool {
 		call, err = g.prepareStored(ctx, spec, u)
 	}
 	if err != nil {
-		if cerr := g.opts.Approvals.BeginExecution(ctx, u.ID); cerr != nil {
+		if cerr := g.opts.Runs.BeginExecution(ctx, u.ID); cerr != nil {
 			g.log.Error("cannot claim a request to fail it", "auth_req_id", u.ID, "err", cerr)
 			return false
 		}

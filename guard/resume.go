@@ -18,6 +18,14 @@ import (
 	"github.com/countersign/countersign/tools"
 )
 
+// Recovery is what a start finds the previous process left: block-mode
+// requests whose callers died (cancelled) and requests not yet run.
+// *approval.Service satisfies it.
+type Recovery interface {
+	Restart(ctx context.Context) ([]string, error)
+	Unfinished(ctx context.Context) ([]approval.Unfinished, error)
+}
+
 // Call ids, as a backend sees them in Call.ID: a countersigned call is
 // named by its approval request, a routine one by the seq of its
 // call.allowed entry. Either way an auditor finds the call from the id.
@@ -50,8 +58,8 @@ const (
 // An error means something could not be recorded; the server must not
 // serve then.
 func (g *Guard) Resume(ctx context.Context) error {
-	if g.opts.Approvals != nil {
-		cancelled, err := g.opts.Approvals.Restart(ctx)
+	if g.opts.Recovery != nil {
+		cancelled, err := g.opts.Recovery.Restart(ctx)
 		if err != nil {
 			return err
 		}
@@ -59,7 +67,7 @@ func (g *Guard) Resume(ctx context.Context) error {
 			g.log.Info("cancelled block-mode requests whose callers died with the previous process",
 				"count", len(cancelled), "reason", approval.ReasonRestarted)
 		}
-		unfinished, err := g.opts.Approvals.Unfinished(ctx)
+		unfinished, err := g.opts.Recovery.Unfinished(ctx)
 		if err != nil {
 			return err
 		}
@@ -141,7 +149,7 @@ func (g *Guard) interrupt(ctx context.Context, u approval.Unfinished, entry audi
 	result, _ := json.Marshal(map[string]string{"error": "interrupted: " + noteInterrupted})
 	g.log.Warn("approved request was running when the previous process stopped; outcome unknown",
 		"auth_req_id", u.ID, "tool", u.Tool)
-	return g.opts.Approvals.Finish(ctx, u.ID, approval.Outcome{
+	return g.opts.Runs.Finish(ctx, u.ID, approval.Outcome{
 		State: approval.StateInterrupted, Result: result, Note: noteInterrupted, Record: entry,
 	})
 }
@@ -151,7 +159,7 @@ func (g *Guard) failClaimed(ctx context.Context, u approval.Unfinished, entry au
 	entry.Kind, entry.Reason = audit.KindCallFailed, "not run after restart: "+cause.Error()
 	result, _ := json.Marshal(map[string]string{"error": entry.Reason})
 	g.log.Error("approved request cannot run after restart", "auth_req_id", u.ID, "tool", u.Tool, "err", cause)
-	return g.opts.Approvals.Finish(ctx, u.ID, approval.Outcome{State: approval.StateFailed, Result: result, Record: entry})
+	return g.opts.Runs.Finish(ctx, u.ID, approval.Outcome{State: approval.StateFailed, Result: result, Record: entry})
 }
 
 // finishErr stores a run's outcome, in the state its record names.
@@ -163,7 +171,7 @@ func (g *Guard) finishErr(ctx context.Context, id string, content json.RawMessag
 	case ok:
 		o.State = approval.StateExecuted
 	}
-	return g.opts.Approvals.Finish(ctx, id, o)
+	return g.opts.Runs.Finish(ctx, id, o)
 }
 
 // waitTool finds a tool by name, waiting up to Options.ToolWait for it to

@@ -136,7 +136,7 @@ func (w *world) start() *process {
 	}
 	w.t.Cleanup(func() { svc.Close() })
 	g := New(Options{Catalog: w.cat, Policy: w.policy, Audit: w.log, History: w.log, Marks: store.Marks{DB: w.db},
-		Approvals: svc, Tools: map[string]config.Tool{}, ToolWait: time.Second})
+		Requests: svc, Runs: svc, Recovery: svc, Tasks: svc, Tools: map[string]config.Tool{}, ToolWait: time.Second})
 	w.t.Cleanup(g.Close)
 	if w.alice == nil {
 		w.alice = enroll(w.t, svc)

@@ -58,7 +58,7 @@ func (g *Guard) waitOn(ctx context.Context, id string) (done func()) {
 }
 
 func (g *Guard) cancelWait(ctx context.Context, id string) {
-	err := g.opts.Approvals.Cancel(context.WithoutCancel(ctx), id, approval.ReasonShuttingDown)
+	err := g.opts.Requests.Cancel(context.WithoutCancel(ctx), id, approval.ReasonShuttingDown)
 	if err != nil && !errors.Is(err, approval.ErrNotPending) {
 		g.log.Error("cannot cancel a waiting request at shutdown", "auth_req_id", id, "err", err)
 	}

@@ -11,6 +11,15 @@ import (
 	"github.com/mark3labs/mcp-go/mcp"
 )
 
+// Tasks reads, awaits and cancels an agent's own task requests.
+// *approval.Service satisfies it.
+type Tasks interface {
+	Own(ctx context.Context, id, agent, wait string) (*approval.Request, error)
+	ListOwn(ctx context.Context, agent, wait, after string, limit int) ([]*approval.Request, error)
+	Await(ctx context.Context, id string, done func(*approval.Request) bool) (*approval.Request, error)
+	Cancel(ctx context.Context, id, reason string) error
+}
+
 // MCP tasks (task-augmented tool calls) are the third way a call waits for
 // a human, beside block mode and poll mode. The task is the approval
 // request: its id is the auth_req_id, its state is the request's, kept in
@@ -50,21 +59,21 @@ func (g *Guard) MayCountersign(spec *tools.Spec) bool {
 }
 
 // Task returns agent's task id. Another agent's task, or any request that
-// is not a task, is approval.ErrNotFound, like an id that does not exist.
+// is not a task, is ErrNoTask, like an id that does not exist.
 func (g *Guard) Task(ctx context.Context, id, agent string) (*approval.Request, error) {
-	if g.opts.Approvals == nil {
-		return nil, approval.ErrNotFound
+	if g.opts.Tasks == nil {
+		return nil, ErrNoTask
 	}
-	return g.opts.Approvals.Own(ctx, id, agent, approval.WaitTask)
+	return g.opts.Tasks.Own(ctx, id, agent, approval.WaitTask)
 }
 
 // Tasks lists agent's tasks, newest first, limit at a time after the task
 // named by after.
 func (g *Guard) Tasks(ctx context.Context, agent, after string, limit int) ([]*approval.Request, error) {
-	if g.opts.Approvals == nil {
+	if g.opts.Tasks == nil {
 		return nil, nil
 	}
-	return g.opts.Approvals.ListOwn(ctx, agent, approval.WaitTask, after, limit)
+	return g.opts.Tasks.ListOwn(ctx, agent, approval.WaitTask, after, limit)
 }
 
 // AwaitTask waits until done says agent's task id has got where its caller
@@ -73,7 +82,7 @@ func (g *Guard) AwaitTask(ctx context.Context, id, agent string, done func(*appr
 	if _, err := g.Task(ctx, id, agent); err != nil {
 		return nil, err
 	}
-	return g.opts.Approvals.Await(ctx, id, done)
+	return g.opts.Tasks.Await(ctx, id, done)
 }
 
 // CancelTask cancels agent's task id while its request is pending; the
@@ -84,7 +93,7 @@ func (g *Guard) CancelTask(ctx context.Context, id, agent string) (*approval.Req
 	if _, err := g.Task(ctx, id, agent); err != nil {
 		return nil, err
 	}
-	err := g.opts.Approvals.Cancel(context.WithoutCancel(ctx), id, ReasonTaskCancelled)
+	err := g.opts.Tasks.Cancel(context.WithoutCancel(ctx), id, ReasonTaskCancelled)
 	if err != nil && !errors.Is(err, approval.ErrNotPending) {
 		return nil, err
 	}

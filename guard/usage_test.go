@@ -60,7 +60,7 @@ func TestRedactedAmountsSurviveARestart(t *testing.T) {
 			log, amounts := realLog(t)
 			f := newFixture(t, config.LevelLow)
 			f.cat.Replace("test", []*tools.Spec{payTo("Acme Supplies")})
-			opts := Options{Catalog: f.cat, Policy: shippedPolicy(t), Audit: log, Approvals: f.humans, Amounts: amounts,
+			opts := Options{Catalog: f.cat, Policy: shippedPolicy(t), Audit: log, Requests: f.humans, Runs: f.humans, Recovery: f.humans, Tasks: f.humans, Amounts: amounts,
 				Tools: map[string]config.Tool{"transfer": {RedactArgs: redact}}}
 			first := New(opts)
 			pay := func(g *Guard) {
@@ -109,7 +109,7 @@ func TestRestoreCountsRedactedEntriesByTheirKeptAmounts(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t, config.LevelLow)
 	f.cat.Replace("test", []*tools.Spec{payTo("Acme Supplies")})
-	g := New(Options{Catalog: f.cat, Policy: shippedPolicy(t), Audit: f.log, Approvals: f.humans, Amounts: amounts})
+	g := New(Options{Catalog: f.cat, Policy: shippedPolicy(t), Audit: f.log, Requests: f.humans, Runs: f.humans, Recovery: f.humans, Tasks: f.humans, Amounts: amounts})
 	defer g.Close()
 	now := time.Now().UTC()
 	sha := func(n int) string { return strings.Repeat(string(rune('a'+n)), 64) }
@@ -194,7 +194,7 @@ func TestCallWhoseAmountCannotBeKeptIsRefused(t *testing.T) {
 		return &tools.Result{Content: "paid"}, nil
 	}
 	f.cat.Replace("test", []*tools.Spec{spec})
-	g := New(Options{Catalog: f.cat, Policy: shippedPolicy(t), Audit: f.log, Approvals: f.humans, Amounts: amounts})
+	g := New(Options{Catalog: f.cat, Policy: shippedPolicy(t), Audit: f.log, Requests: f.humans, Runs: f.humans, Recovery: f.humans, Tasks: f.humans, Amounts: amounts})
 	defer g.Close()
 	res := g.Handle(context.Background(), Call{Tool: "transfer", Agent: "a", Args: map[string]any{"amount": 10.0}})
 	if !res.IsError || !strings.Contains(text(res), "cannot keep the amount") || ran != 0 {

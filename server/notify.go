@@ -7,7 +7,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/countersign/countersign/approval"
+	"github.com/countersign/countersign/guard"
 	"github.com/mark3labs/mcp-go/mcp"
 	mcpserver "github.com/mark3labs/mcp-go/server"
 )
@@ -15,8 +15,8 @@ import (
 // waiting keeps the caller of a call that waits for a human informed: a
 // log message with the approval URL, progress heartbeats, and URL
 // elicitation where the client supports it.
-func (s *Server) waiting(p *progress) func(ctx context.Context, r *approval.Request) func() {
-	return func(ctx context.Context, r *approval.Request) func() {
+func (s *Server) waiting(p *progress) func(ctx context.Context, r *guard.Request) func() {
+	return func(ctx context.Context, r *guard.Request) func() {
 		s.tell(ctx, r)
 		stop := s.heartbeat(ctx, p, r)
 		elicited := s.elicit(ctx, r)
@@ -26,7 +26,7 @@ func (s *Server) waiting(p *progress) func(ctx context.Context, r *approval.Requ
 
 // tell sends the agent, once, where a human approves this request. Clients
 // show MCP log messages to their user; the URL is also printed on stderr.
-func (s *Server) tell(ctx context.Context, r *approval.Request) {
+func (s *Server) tell(ctx context.Context, r *guard.Request) {
 	msg := mcp.NewLoggingMessageNotification(mcp.LoggingLevelNotice, "countersign", map[string]any{
 		"message":         "approval required: " + r.BindingMessage,
 		"auth_req_id":     r.ID,
@@ -42,7 +42,7 @@ func (s *Server) tell(ctx context.Context, r *approval.Request) {
 // heartbeat sends progress notifications while the call waits. Many clients
 // give up on a silent call after 60 s, and a notification sent just before
 // the result can be lost, so it beats steadily rather than only on change.
-func (s *Server) heartbeat(ctx context.Context, p *progress, r *approval.Request) (stop func()) {
+func (s *Server) heartbeat(ctx context.Context, p *progress, r *guard.Request) (stop func()) {
 	if p == nil {
 		return func() {}
 	}
@@ -70,7 +70,7 @@ func (s *Server) heartbeat(ctx context.Context, p *progress, r *approval.Request
 	return func() { cancel(); <-done }
 }
 
-func waitingFor(r *approval.Request) string {
+func waitingFor(r *guard.Request) string {
 	who := strings.Join(r.ApproverNames, ", ")
 	if who == "" {
 		who = strings.Join(r.Approvers, ", ")
@@ -86,7 +86,7 @@ func waitingFor(r *approval.Request) string {
 // requests, and SSE sessions cannot carry them: there the log message and
 // progress carry the URL. The answer does not matter: the decision is made
 // with a security key on the page, never by the agent's client.
-func (s *Server) elicit(ctx context.Context, r *approval.Request) (done func()) {
+func (s *Server) elicit(ctx context.Context, r *guard.Request) (done func()) {
 	cs, ok := mcpserver.ClientSessionFromContext(ctx).(mcpserver.SessionWithClientInfo)
 	if !ok {
 		return func() {}

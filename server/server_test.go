@@ -130,7 +130,8 @@ func newStack(t *testing.T, edit func(*config.Config)) *stack {
 		t.Fatal(err)
 	}
 	s.guard = guard.New(guard.Options{
-		Catalog: catalog, Policy: policy, Audit: s.audit, Approvals: s.approvals, Grants: s.approvals,
+		Catalog: catalog, Policy: policy, Audit: s.audit,
+		Requests: s.approvals, Runs: s.approvals, Recovery: s.approvals, Tasks: s.approvals, Grants: s.approvals,
 		Evidence: s.approvals, Tokens: signer, History: s.audit, Marks: store.Marks{DB: db}, Amounts: amounts,
 		Tools: c.Tools, Logger: log, Freezes: s.approvals,
 	})

@@ -29,7 +29,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/guard"
 	"github.com/google/uuid"
 	"github.com/mark3labs/mcp-go/mcp"
@@ -176,9 +175,9 @@ func boundTool(name string) string {
 }
 
 // ownTask returns agent's task id from the approval store.
-func (s *Server) ownTask(ctx context.Context, agent, id string) (*approval.Request, error) {
+func (s *Server) ownTask(ctx context.Context, agent, id string) (*guard.Request, error) {
 	r, err := s.opts.Guard.Task(ctx, id, agent)
-	if errors.Is(err, approval.ErrNotFound) {
+	if errors.Is(err, guard.ErrNoTask) {
 		return nil, errNoTask
 	}
 	return r, err
@@ -208,7 +207,7 @@ func (s *Server) taskResult(ctx context.Context, agent, id string) (any, error) 
 	s.watchTask(id, agent)
 	res, _, err := s.opts.Guard.TaskResult(ctx, id, agent)
 	switch {
-	case errors.Is(err, approval.ErrNotFound):
+	case errors.Is(err, guard.ErrNoTask):
 		return nil, errNoTask
 	case ctx.Err() != nil:
 		return nil, &rpcErr{mcp.REQUEST_INTERRUPTED, "request interrupted before the task settled"}
@@ -239,7 +238,7 @@ func (s *Server) cancelTask(ctx context.Context, agent, id string) (any, error) 
 	}
 	r, err := s.opts.Guard.CancelTask(ctx, id, agent)
 	switch {
-	case errors.Is(err, approval.ErrNotFound):
+	case errors.Is(err, guard.ErrNoTask):
 		return nil, errNoTask
 	case errors.Is(err, guard.ErrTaskRunning), errors.Is(err, guard.ErrTaskEnded):
 		return nil, &rpcErr{mcp.INVALID_PARAMS, "cannot cancel task: " + err.Error()}
@@ -274,7 +273,7 @@ func (s *Server) listTasks(ctx context.Context, agent, cursor string) (any, erro
 }
 
 // taskOf is the MCP task a request is.
-func taskOf(r *approval.Request) mcp.Task {
+func taskOf(r *guard.Request) mcp.Task {
 	updated := r.CreatedAt
 	if !r.DecidedAt.IsZero() {
 		updated = r.DecidedAt
@@ -285,21 +284,21 @@ func taskOf(r *approval.Request) mcp.Task {
 		LastUpdatedAt: updated.UTC().Format(time.RFC3339), PollInterval: &poll,
 	}
 	switch r.State {
-	case approval.StatePending:
+	case guard.StatePending:
 		t.Status = mcp.TaskStatusWorking
 		t.StatusMessage = fmt.Sprintf("waiting for approval by %s at %s, code %s, expires at %s",
 			waitingFor(r), r.URL, r.Code, r.ExpiresAt.UTC().Format(time.RFC3339))
-	case approval.StateApproved:
+	case guard.StateApproved:
 		t.Status = mcp.TaskStatusWorking
 		t.StatusMessage = "approved; about to run"
 		if r.Running {
 			t.StatusMessage = "approved; running"
 		}
-	case approval.StateExecuted:
+	case guard.StateExecuted:
 		t.Status, t.StatusMessage = mcp.TaskStatusCompleted, "approved and ran once; tasks/result has its result"
-	case approval.StateFailed:
+	case guard.StateFailed:
 		t.Status, t.StatusMessage = mcp.TaskStatusFailed, "approved, but the tool failed; tasks/result says why"
-	case approval.StateCancelled:
+	case guard.StateCancelled:
 		t.Status, t.StatusMessage = mcp.TaskStatusCancelled, guard.Outcome(r)
 	default: // denied, expired, interrupted
 		t.Status, t.StatusMessage = mcp.TaskStatusFailed, guard.Outcome(r)
@@ -326,7 +325,7 @@ func (s *Server) watchTask(id, agent string) {
 		}()
 		last := ""
 		for {
-			r, err := s.opts.Guard.AwaitTask(s.life, id, agent, func(r *approval.Request) bool {
+			r, err := s.opts.Guard.AwaitTask(s.life, id, agent, func(r *guard.Request) bool {
 				return stage(r) != last
 			})
 			if err != nil {
@@ -334,7 +333,7 @@ func (s *Server) watchTask(id, agent string) {
 			}
 			last = stage(r)
 			s.tellTask(agent, taskOf(r))
-			if approval.Settled(r) {
+			if guard.Settled(r) {
 				return
 			}
 		}
@@ -343,7 +342,7 @@ func (s *Server) watchTask(id, agent string) {
 
 // stage is what a notification reports: a change of state, or the run
 // starting.
-func stage(r *approval.Request) string { return fmt.Sprint(r.State, r.Running) }
+func stage(r *guard.Request) string { return fmt.Sprint(r.State, r.Running) }
 
 // tellTask sends a task's status to every connection of its agent: its
 // Streamable HTTP sessions and, when it is the stdio agent, stdout.

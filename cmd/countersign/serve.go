@@ -202,7 +202,8 @@ func assemble(ctx context.Context, c *config.Config, log *slog.Logger) (_ *stack
 		return nil, err
 	}
 	s.guard = guard.New(guard.Options{
-		Catalog: s.tools, Policy: s.metrics.Policy(policy), Audit: recorder, Approvals: s.approvals, Grants: s.approvals,
+		Catalog: s.tools, Policy: s.metrics.Policy(policy), Audit: recorder,
+		Requests: s.approvals, Runs: s.approvals, Recovery: s.approvals, Tasks: s.approvals, Grants: s.approvals,
 		Evidence: s.approvals, Tokens: s.tokens,
 		History: s.audit, Marks: store.Marks{DB: s.db}, Amounts: s.amounts,
 		Tools: c.Tools, Logger: log.With("component", "guard"), Freezes: s.approvals,
