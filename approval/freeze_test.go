@@ -3,7 +3,6 @@ package approval
 import (
 	"context"
 	"errors"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -11,7 +10,7 @@ import (
 	"github.com/countersign/countersign/approval/approvaltest"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/digest"
-	"github.com/countersign/countersign/store"
+	"github.com/countersign/countersign/store/storetest"
 )
 
 // cliService opens the data directory of f a second time, as the
@@ -20,11 +19,7 @@ import (
 func cliService(t *testing.T, f *fixture) *Service {
 	t.Helper()
 	ctx := context.Background()
-	db, err := store.Open(ctx, filepath.Join(f.dir, store.FileName))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
+	db := storetest.Open(t, f.dir)
 	key, err := audit.LoadOrCreateKey(f.dir)
 	if err != nil {
 		t.Fatal(err)
