@@ -19,12 +19,6 @@ import (
 
 const testOrigin = "http://localhost:8710"
 
-type softKey = approvaltest.SoftKey
-
-func newSoftKey(t testing.TB, rpID, origin string) *softKey {
-	return approvaltest.NewSoftKey(t, rpID, origin)
-}
-
 func enc(b []byte) string { return base64.RawURLEncoding.EncodeToString(b) }
 
 type fixture struct {
@@ -62,7 +56,7 @@ func newFixture(t testing.TB, tweak ...func(*approval.Options)) *fixture {
 }
 
 // enroll registers key for approver through a one-time link, in Go.
-func (f *fixture) enroll(t testing.TB, approver string, key *softKey) {
+func (f *fixture) enroll(t testing.TB, approver string, key *approvaltest.SoftKey) {
 	t.Helper()
 	ctx := context.Background()
 	link, err := f.svc.CreateEnrollment(ctx, approver)
@@ -90,7 +84,7 @@ func (f *fixture) create(t testing.TB, nr approval.NewRequest) string {
 }
 
 // decide runs one decision ceremony with key, in Go.
-func (f *fixture) decide(t *testing.T, id, decision string, key *softKey) (*approval.Request, error) {
+func (f *fixture) decide(t *testing.T, id, decision string, key *approvaltest.SoftKey) (*approval.Request, error) {
 	t.Helper()
 	opts, err := f.svc.BeginDecision(context.Background(), id, decision)
 	if err != nil {
