@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/countersign/countersign/approval/approvaltest"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/digest"
 )
@@ -20,7 +21,7 @@ import (
 func TestReplayIsRejected(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
-	alice, bob := newSoftKey(t, "localhost", testOrigin), newSoftKey(t, "localhost", testOrigin)
+	alice, bob := approvaltest.NewSoftKey(t, "localhost", testOrigin), approvaltest.NewSoftKey(t, "localhost", testOrigin)
 	f.enroll(t, "alice", alice)
 	f.enroll(t, "bob", bob)
 	nr := paymentRequest("alice", "bob")
@@ -66,14 +67,14 @@ func TestReplayIsRejected(t *testing.T) {
 func TestDecisionCannotBeSwapped(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
-	alice := newSoftKey(t, "localhost", testOrigin)
+	alice := approvaltest.NewSoftKey(t, "localhost", testOrigin)
 	f.enroll(t, "alice", alice)
 	req, _ := f.svc.Create(ctx, paymentRequest("alice"))
 
 	approveOpts, _ := f.svc.BeginDecision(ctx, req.ID, digest.Approve)
 	denyOpts, _ := f.svc.BeginDecision(ctx, req.ID, digest.Deny)
-	signedApprove := alice.get(approveOpts.PublicKey.Challenge.String())
-	signedDeny := alice.get(denyOpts.PublicKey.Challenge.String())
+	signedApprove := alice.Get(approveOpts.PublicKey.Challenge.String())
+	signedDeny := alice.Get(denyOpts.PublicKey.Challenge.String())
 
 	if _, err := f.svc.FinishDecision(ctx, req.ID, denyOpts.Ceremony, signedApprove); !errors.Is(err, ErrChallenge) {
 		t.Fatalf("approve assertion as deny: %v", err)
@@ -91,12 +92,12 @@ func TestDecisionCannotBeSwapped(t *testing.T) {
 func TestAssertionChecks(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
-	alice, bob, carol := newSoftKey(t, "localhost", testOrigin), newSoftKey(t, "localhost", testOrigin), newSoftKey(t, "localhost", testOrigin)
+	alice, bob, carol := approvaltest.NewSoftKey(t, "localhost", testOrigin), approvaltest.NewSoftKey(t, "localhost", testOrigin), approvaltest.NewSoftKey(t, "localhost", testOrigin)
 	f.enroll(t, "alice", alice)
 	f.enroll(t, "bob", bob)
 	f.enroll(t, "carol", carol)
 
-	try := func(t *testing.T, key *softKey, approvers []string, want *CheckError) {
+	try := func(t *testing.T, key *approvaltest.SoftKey, approvers []string, want *CheckError) {
 		t.Helper()
 		req, err := f.svc.Create(ctx, paymentRequest(approvers...))
 		if err != nil {
@@ -115,25 +116,24 @@ func TestAssertionChecks(t *testing.T) {
 	}
 
 	t.Run("wrong origin", func(t *testing.T) {
-		alice.origin = "http://evil.example:8710"
-		defer func() { alice.origin = testOrigin }()
+		alice.Origin = "http://evil.example:8710"
+		defer func() { alice.Origin = testOrigin }()
 		try(t, alice, []string{"alice"}, ErrOrigin)
 	})
 	t.Run("wrong rp id", func(t *testing.T) {
-		alice.rpID = "evil.example"
-		defer func() { alice.rpID = "localhost" }()
+		alice.RPID = "evil.example"
+		defer func() { alice.RPID = "localhost" }()
 		try(t, alice, []string{"alice"}, ErrRPID)
 	})
 	t.Run("unknown credential", func(t *testing.T) {
-		try(t, newSoftKey(t, "localhost", testOrigin), []string{"alice"}, ErrUnknownCredential)
+		try(t, approvaltest.NewSoftKey(t, "localhost", testOrigin), []string{"alice"}, ErrUnknownCredential)
 	})
 	t.Run("approver not allowed", func(t *testing.T) {
 		try(t, carol, []string{"alice", "bob"}, ErrApproverNotAllowed)
 	})
 	t.Run("bad signature", func(t *testing.T) {
-		forger := newSoftKey(t, "localhost", testOrigin)
-		forger.id = bob.id // claims bob's credential, signs with another key
-		forger.counter = 100
+		forger := approvaltest.NewSoftKey(t, "localhost", testOrigin)
+		forger.Claim(bob.ID(), 100) // claims bob's credential, signs with another key
 		try(t, forger, []string{"bob"}, ErrSignature)
 	})
 	t.Run("counter regression", func(t *testing.T) {
@@ -141,15 +141,15 @@ func TestAssertionChecks(t *testing.T) {
 		if _, err := f.decide(t, req.ID, digest.Approve, alice); err != nil {
 			t.Fatal(err)
 		}
-		alice.counter -= 2 // a clone that is behind
+		alice.Counter -= 2 // a clone that is behind
 		try(t, alice, []string{"alice"}, ErrCounter)
-		alice.counter += 10
+		alice.Counter += 10
 	})
 	t.Run("revoked credential", func(t *testing.T) {
-		if err := f.svc.RevokeCredential(ctx, enc(carol.id), "lost"); err != nil {
+		if err := f.svc.RevokeCredential(ctx, enc(carol.ID()), "lost"); err != nil {
 			t.Fatal(err)
 		}
-		if e, _ := f.rec.Last(audit.KindCredentialRevoked); e.CredentialID != enc(carol.id) || e.Reason != "lost" {
+		if e, _ := f.rec.Last(audit.KindCredentialRevoked); e.CredentialID != enc(carol.ID()) || e.Reason != "lost" {
 			t.Fatalf("revoked entry %+v", e)
 		}
 		try(t, carol, []string{"alice", "carol"}, ErrRevokedCredential)
@@ -159,7 +159,7 @@ func TestAssertionChecks(t *testing.T) {
 func TestSameApproverTwiceIsOneVote(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
-	key1, key2 := newSoftKey(t, "localhost", testOrigin), newSoftKey(t, "localhost", testOrigin)
+	key1, key2 := approvaltest.NewSoftKey(t, "localhost", testOrigin), approvaltest.NewSoftKey(t, "localhost", testOrigin)
 	f.enroll(t, "alice", key1)
 
 	// Alice's second key: the link needs one of her keys to vouch first.
@@ -176,30 +176,30 @@ func TestSameApproverTwiceIsOneVote(t *testing.T) {
 	if err := json.Unmarshal(step.PublicKey, &opts); err != nil {
 		t.Fatal(err)
 	}
-	key2.handle = key1.handle
-	if _, err := f.svc.FinishEnrollment(ctx, token, step.Ceremony, key2.get(opts.Challenge)); !errors.Is(err, ErrUnknownCredential) {
+	key2.UserHandle = key1.UserHandle
+	if _, err := f.svc.FinishEnrollment(ctx, token, step.Ceremony, key2.Get(opts.Challenge)); !errors.Is(err, ErrUnknownCredential) {
 		t.Fatalf("new key vouching for itself: %v", err)
 	}
 	step, _ = f.svc.BeginEnrollment(ctx, token)
 	json.Unmarshal(step.PublicKey, &opts)
-	if res, err := f.svc.FinishEnrollment(ctx, token, step.Ceremony, key1.get(opts.Challenge)); err != nil || res.Done {
+	if res, err := f.svc.FinishEnrollment(ctx, token, step.Ceremony, key1.Get(opts.Challenge)); err != nil || res.Done {
 		t.Fatalf("vouching: %+v %v", res, err)
 	}
 	step, _ = f.svc.BeginEnrollment(ctx, token)
 	if step.Step != "create" {
 		t.Fatalf("after vouching step %q", step.Step)
 	}
-	if _, err := f.svc.FinishEnrollment(ctx, token, step.Ceremony, key2.create(t, step.PublicKey)); err != nil {
+	if _, err := f.svc.FinishEnrollment(ctx, token, step.Ceremony, key2.Create(t, step.PublicKey)); err != nil {
 		t.Fatal(err)
 	}
-	if e, _ := f.rec.Last(audit.KindApproverEnrolled); e.CredentialID != enc(key2.id) || !strings.Contains(e.Reason, "vouched for by key "+enc(key1.id)) {
+	if e, _ := f.rec.Last(audit.KindApproverEnrolled); e.CredentialID != enc(key2.ID()) || !strings.Contains(e.Reason, "vouched for by key "+enc(key1.ID())) {
 		t.Fatalf("enrolled entry %+v", e)
 	}
 	if _, err := f.svc.BeginEnrollment(ctx, token); !errors.Is(err, ErrEnrollment) {
 		t.Fatalf("link reused: %v", err)
 	}
 
-	bob := newSoftKey(t, "localhost", testOrigin)
+	bob := approvaltest.NewSoftKey(t, "localhost", testOrigin)
 	f.enroll(t, "bob", bob)
 	nr := paymentRequest("alice", "bob")
 	nr.Level = "critical"
@@ -213,10 +213,10 @@ func TestSameApproverTwiceIsOneVote(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(opts2.PublicKey.AllowedCredentials) != 1 || string(opts2.PublicKey.AllowedCredentials[0].CredentialID) != string(bob.id) {
+	if len(opts2.PublicKey.AllowedCredentials) != 1 || string(opts2.PublicKey.AllowedCredentials[0].CredentialID) != string(bob.ID()) {
 		t.Fatalf("offered %+v, want only bob's key", opts2.PublicKey.AllowedCredentials)
 	}
-	if _, err := f.svc.FinishDecision(ctx, req.ID, opts2.Ceremony, key2.get(opts2.PublicKey.Challenge.String())); !errors.Is(err, ErrAlreadyCounted) {
+	if _, err := f.svc.FinishDecision(ctx, req.ID, opts2.Ceremony, key2.Get(opts2.PublicKey.Challenge.String())); !errors.Is(err, ErrAlreadyCounted) {
 		t.Fatalf("alice twice: %v", err)
 	}
 	f.rec.RequireRejected(t, ErrAlreadyCounted.Check)
@@ -236,7 +236,7 @@ func TestApproveAfterExpiry(t *testing.T) {
 	nowNS.Store(time.Now().UnixNano())
 	f := newFixture(t, func(o *Options) { o.Now = func() time.Time { return time.Unix(0, nowNS.Load()) } })
 	ctx := context.Background()
-	alice := newSoftKey(t, "localhost", testOrigin)
+	alice := approvaltest.NewSoftKey(t, "localhost", testOrigin)
 	f.enroll(t, "alice", alice)
 	req, _ := f.svc.Create(ctx, paymentRequest("alice"))
 	ceremony, resp := f.sign(t, req.ID, digest.Approve, alice)
@@ -257,7 +257,7 @@ func TestApproveAfterExpiry(t *testing.T) {
 func TestConcurrentApprovalsOneWins(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
-	alice, bob := newSoftKey(t, "localhost", testOrigin), newSoftKey(t, "localhost", testOrigin)
+	alice, bob := approvaltest.NewSoftKey(t, "localhost", testOrigin), approvaltest.NewSoftKey(t, "localhost", testOrigin)
 	f.enroll(t, "alice", alice)
 	f.enroll(t, "bob", bob)
 	for round := range 5 {

@@ -32,7 +32,7 @@ func TestRealAuditLogExportVerifies(t *testing.T) {
 	f, log, key := newLoggedFixture(t)
 	svc, db := f.svc, f.db
 
-	alice, bob := newSoftKey(t, "localhost", testOrigin), newSoftKey(t, "localhost", testOrigin)
+	alice, bob := approvaltest.NewSoftKey(t, "localhost", testOrigin), approvaltest.NewSoftKey(t, "localhost", testOrigin)
 	f.enroll(t, "alice", alice)
 	f.enroll(t, "bob", bob)
 
@@ -63,7 +63,7 @@ func TestRealAuditLogExportVerifies(t *testing.T) {
 		t.Fatal(err)
 	}
 	r4, _ := svc.Create(ctx, paymentRequest("alice"))
-	alice.origin = "http://evil.example"
+	alice.Origin = "http://evil.example"
 	if _, err := f.decide(t, r4.ID, digest.Approve, alice); err == nil {
 		t.Fatal("wrong origin accepted")
 	}

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/countersign/countersign/approval/approvaltest"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/audit/verify"
 	"github.com/countersign/countersign/digest"
@@ -34,13 +35,13 @@ func (f *fixture) create(t testing.TB, nr NewRequest) string {
 }
 
 // signBatch begins a batch of ids and has key sign it.
-func (f *fixture) signBatch(t testing.TB, ids []string, key *softKey) (*BatchOptions, []byte) {
+func (f *fixture) signBatch(t testing.TB, ids []string, key *approvaltest.SoftKey) (*BatchOptions, []byte) {
 	t.Helper()
 	opts, err := f.svc.BeginBatch(context.Background(), ids)
 	if err != nil {
 		t.Fatalf("begin batch: %v", err)
 	}
-	return opts, key.get(opts.PublicKey.Challenge.String())
+	return opts, key.Get(opts.PublicKey.Challenge.String())
 }
 
 // requireUntouched fails unless every request is pending with no approval:
@@ -65,7 +66,7 @@ func (f *fixture) requireUntouched(t *testing.T, ids ...string) {
 func TestBatchApprovesEachRequestOnce(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
-	alice, bob := newSoftKey(t, "localhost", testOrigin), newSoftKey(t, "localhost", testOrigin)
+	alice, bob := approvaltest.NewSoftKey(t, "localhost", testOrigin), approvaltest.NewSoftKey(t, "localhost", testOrigin)
 	f.enroll(t, "alice", alice)
 	f.enroll(t, "bob", bob)
 	ids := []string{f.create(t, batchRequest(2, "alice", "bob")), f.create(t, batchRequest(2, "alice", "bob")), f.create(t, batchRequest(2, "alice", "bob"))}
@@ -173,7 +174,7 @@ func TestBatchRefusals(t *testing.T) {
 		o.MaxBatch = 3
 	})
 	ctx := context.Background()
-	alice, bob := newSoftKey(t, "localhost", testOrigin), newSoftKey(t, "localhost", testOrigin)
+	alice, bob := approvaltest.NewSoftKey(t, "localhost", testOrigin), approvaltest.NewSoftKey(t, "localhost", testOrigin)
 	f.enroll(t, "alice", alice)
 	f.enroll(t, "bob", bob)
 	pair := func() []string {
@@ -324,7 +325,7 @@ func TestBatchExportVerifies(t *testing.T) {
 	ctx := context.Background()
 	f, log, key := newLoggedFixture(t)
 	svc := f.svc
-	alice := newSoftKey(t, "localhost", testOrigin)
+	alice := approvaltest.NewSoftKey(t, "localhost", testOrigin)
 	f.enroll(t, "alice", alice)
 	ids := []string{f.create(t, batchRequest(1, "alice")), f.create(t, batchRequest(1, "alice", "bob")), f.create(t, batchRequest(1, "alice"))}
 	opts, signed := f.signBatch(t, ids, alice)

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"testing"
 
+	"github.com/countersign/countersign/approval/approvaltest"
 	"github.com/countersign/countersign/digest"
 )
 
@@ -16,7 +17,7 @@ func BenchmarkCreateApprove(b *testing.B) {
 	defer slog.SetLogLoggerLevel(slog.LevelInfo)
 	f := newFixture(b)
 	ctx := context.Background()
-	alice := newSoftKey(b, "localhost", testOrigin)
+	alice := approvaltest.NewSoftKey(b, "localhost", testOrigin)
 	f.enroll(b, "alice", alice)
 	for b.Loop() {
 		req, err := f.svc.Create(ctx, paymentRequest("alice"))

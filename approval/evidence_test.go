@@ -8,6 +8,7 @@ import (
 	"errors"
 	"testing"
 
+	"github.com/countersign/countersign/approval/approvaltest"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/digest"
 )
@@ -17,7 +18,7 @@ import (
 func TestEvidenceMatchesTheAuditLog(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
-	alice, bob := newSoftKey(t, "localhost", testOrigin), newSoftKey(t, "localhost", testOrigin)
+	alice, bob := approvaltest.NewSoftKey(t, "localhost", testOrigin), approvaltest.NewSoftKey(t, "localhost", testOrigin)
 	f.enroll(t, "alice", alice)
 	f.enroll(t, "bob", bob)
 	nr := paymentRequest("alice", "bob")

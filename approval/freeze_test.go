@@ -3,14 +3,14 @@ package approval
 import (
 	"context"
 	"errors"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/countersign/countersign/approval/approvaltest"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/digest"
-	"github.com/countersign/countersign/store"
+	"github.com/countersign/countersign/store/storetest"
 )
 
 // cliService opens the data directory of f a second time, as the
@@ -19,11 +19,7 @@ import (
 func cliService(t *testing.T, f *fixture) *Service {
 	t.Helper()
 	ctx := context.Background()
-	db, err := store.Open(ctx, filepath.Join(f.dir, store.FileName))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
+	db := storetest.Open(t, f.dir)
 	key, err := audit.LoadOrCreateKey(f.dir)
 	if err != nil {
 		t.Fatal(err)
@@ -59,7 +55,7 @@ func TestFreezeFromAnotherProcess(t *testing.T) {
 	ctx := context.Background()
 	f, log, _ := newLoggedFixture(t)
 	svc := f.svc
-	alice := newSoftKey(t, "localhost", testOrigin)
+	alice := approvaltest.NewSoftKey(t, "localhost", testOrigin)
 	f.enroll(t, "alice", alice)
 
 	// agent-1 holds a grant, an approved request not yet run, and a
@@ -72,7 +68,7 @@ func TestFreezeFromAnotherProcess(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r, err := svc.FinishDecision(ctx, granted.ID, opts.Ceremony, alice.get(opts.PublicKey.Challenge.String())); err != nil || r.State != StateApproved {
+	if r, err := svc.FinishDecision(ctx, granted.ID, opts.Ceremony, alice.Get(opts.PublicKey.Challenge.String())); err != nil || r.State != StateApproved {
 		t.Fatalf("approve with grant: %v %+v", err, r)
 	}
 	ran(t, svc, log, granted)
@@ -191,7 +187,7 @@ func withAgent(r NewRequest, agent string) NewRequest {
 func TestFreezeRefusesATapAfterIt(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t)
-	alice := newSoftKey(t, "localhost", testOrigin)
+	alice := approvaltest.NewSoftKey(t, "localhost", testOrigin)
 	f.enroll(t, "alice", alice)
 
 	r, _ := f.svc.Create(ctx, paymentRequest("alice"))

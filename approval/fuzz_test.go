@@ -8,6 +8,7 @@ import (
 
 	"github.com/go-webauthn/webauthn/webauthn"
 
+	"github.com/countersign/countersign/approval/approvaltest"
 	"github.com/countersign/countersign/digest"
 )
 
@@ -19,7 +20,7 @@ import (
 func FuzzAssertionResponse(f *testing.F) {
 	fx := newFixture(f)
 	ctx := context.Background()
-	alice := newSoftKey(f, "localhost", testOrigin)
+	alice := approvaltest.NewSoftKey(f, "localhost", testOrigin)
 	fx.enroll(f, "alice", alice)
 	nr := paymentRequest("alice")
 	nr.Timeout = 24 * time.Hour // long fuzz runs still reach the signature check
@@ -44,10 +45,10 @@ func FuzzAssertionResponse(f *testing.F) {
 		f.Fatal(err)
 	}
 	denyDigest, _ := fx.svc.digest(r, digest.Deny)
-	f.Add(alice.get(enc(denyDigest[:])))
-	forger := newSoftKey(f, "localhost", testOrigin)
-	forger.id, forger.counter = alice.id, 50
-	f.Add(forger.get(opts.PublicKey.Challenge.String()))
+	f.Add(alice.Get(enc(denyDigest[:])))
+	forger := approvaltest.NewSoftKey(f, "localhost", testOrigin)
+	forger.Claim(alice.ID(), 50)
+	f.Add(forger.Get(opts.PublicKey.Challenge.String()))
 	f.Add([]byte(`{}`))
 	f.Add([]byte(`{"id":"AA","rawId":"AA","type":"public-key","response":{"clientDataJSON":"e30","authenticatorData":"AA","signature":"AA"}}`))
 

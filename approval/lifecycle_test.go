@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/countersign/countersign/approval/approvaltest"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/digest"
 )
@@ -37,7 +38,7 @@ func pollRequest(approvers ...string) NewRequest {
 func TestRestartCancelsBlockModeAndKeepsPollMode(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
-	alice := newSoftKey(t, "localhost", testOrigin)
+	alice := approvaltest.NewSoftKey(t, "localhost", testOrigin)
 	f.enroll(t, "alice", alice)
 
 	block, err := f.svc.Create(ctx, paymentRequest("alice"))
@@ -122,7 +123,7 @@ func TestRestartCancelsBlockModeAndKeepsPollMode(t *testing.T) {
 func TestFinishRecordsOutcomeWithState(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
-	alice := newSoftKey(t, "localhost", testOrigin)
+	alice := approvaltest.NewSoftKey(t, "localhost", testOrigin)
 	f.enroll(t, "alice", alice)
 	req, err := f.svc.Create(ctx, pollRequest("alice"))
 	if err != nil {

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/countersign/countersign/approval/approvaltest"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/digest"
 	"github.com/countersign/countersign/notify"
@@ -56,8 +57,8 @@ func TestNotifyAfterEachCommittedChange(t *testing.T) {
 	tweak, events := observed(&f)
 	f = newFixture(t, tweak)
 	ctx := context.Background()
-	alice := newSoftKey(t, "localhost", testOrigin)
-	bob := newSoftKey(t, "localhost", testOrigin)
+	alice := approvaltest.NewSoftKey(t, "localhost", testOrigin)
+	bob := approvaltest.NewSoftKey(t, "localhost", testOrigin)
 	f.enroll(t, "alice", alice)
 	f.enroll(t, "bob", bob)
 

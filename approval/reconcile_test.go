@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/countersign/countersign/approval/approvaltest"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/audit/verify"
 	"github.com/countersign/countersign/digest"
@@ -38,7 +39,7 @@ func interrupted(t *testing.T, svc *Service, r *Request) {
 func TestReconcileRecordsAFindingOnceAndOnlyForAnInterruptedCall(t *testing.T) {
 	ctx := context.Background()
 	f, log, key := newLoggedFixture(t)
-	alice := newSoftKey(t, "localhost", testOrigin)
+	alice := approvaltest.NewSoftKey(t, "localhost", testOrigin)
 	f.enroll(t, "alice", alice)
 	approved := func() *Request {
 		t.Helper()
@@ -158,7 +159,7 @@ func TestReconcileCallWithoutARequestBySeq(t *testing.T) {
 	lost := appendCall(audit.KindCallInterrupted)
 	done := appendCall(audit.KindCallExecuted)
 
-	alice := newSoftKey(t, "localhost", testOrigin)
+	alice := approvaltest.NewSoftKey(t, "localhost", testOrigin)
 	f.enroll(t, "alice", alice)
 	r, err := f.svc.Create(ctx, paymentRequest("alice"))
 	if err != nil {

@@ -41,7 +41,7 @@ func TestResultsAreSealedAtRestAndErasedAfterTheirWindow(t *testing.T) {
 	}
 	clock := approvaltest.NewClock(time.Now())
 	f := newFixture(t, func(o *Options) { o.ResultKey, o.ResultTTL, o.Now = key, time.Hour, clock.Now })
-	alice := newSoftKey(t, "localhost", testOrigin)
+	alice := approvaltest.NewSoftKey(t, "localhost", testOrigin)
 	f.enroll(t, "alice", alice)
 	secret := []byte("hunter2-c0rrect-h0rse-b4ttery")
 	result := []byte(`{"name":"db_password","value":"` + string(secret) + `"}`)

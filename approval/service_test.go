@@ -15,6 +15,7 @@ import (
 
 	"github.com/go-webauthn/webauthn/protocol/webauthncose"
 
+	"github.com/countersign/countersign/approval/approvaltest"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/digest"
 )
@@ -22,7 +23,7 @@ import (
 func TestApproveWaitExecuteOnce(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
-	alice := newSoftKey(t, "localhost", testOrigin)
+	alice := approvaltest.NewSoftKey(t, "localhost", testOrigin)
 	f.enroll(t, "alice", alice)
 
 	req, err := f.svc.Create(ctx, paymentRequest("alice", "bob"))
@@ -81,7 +82,7 @@ func TestApproveWaitExecuteOnce(t *testing.T) {
 func TestAssertionEntryVerifiesOffline(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
-	alice := newSoftKey(t, "localhost", testOrigin)
+	alice := approvaltest.NewSoftKey(t, "localhost", testOrigin)
 	f.enroll(t, "alice", alice)
 	nr := paymentRequest("alice")
 	nr.RedactArgs = true
@@ -133,7 +134,7 @@ func TestAssertionEntryVerifiesOffline(t *testing.T) {
 func TestDenyEndsRequest(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
-	alice, bob := newSoftKey(t, "localhost", testOrigin), newSoftKey(t, "localhost", testOrigin)
+	alice, bob := approvaltest.NewSoftKey(t, "localhost", testOrigin), approvaltest.NewSoftKey(t, "localhost", testOrigin)
 	f.enroll(t, "alice", alice)
 	f.enroll(t, "bob", bob)
 	req, _ := f.svc.Create(ctx, paymentRequest("alice", "bob"))
@@ -163,7 +164,7 @@ func TestDenyEndsRequest(t *testing.T) {
 func TestExpiryWithoutWaiter(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
-	alice := newSoftKey(t, "localhost", testOrigin)
+	alice := approvaltest.NewSoftKey(t, "localhost", testOrigin)
 	f.enroll(t, "alice", alice)
 	nr := paymentRequest("alice")
 	nr.Timeout = 1500 * time.Millisecond
@@ -198,7 +199,7 @@ func TestExpiryWithoutWaiter(t *testing.T) {
 func TestCriticalNeedsQuorumWithUV(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
-	alice, bob := newSoftKey(t, "localhost", testOrigin), newSoftKey(t, "localhost", testOrigin)
+	alice, bob := approvaltest.NewSoftKey(t, "localhost", testOrigin), approvaltest.NewSoftKey(t, "localhost", testOrigin)
 	f.enroll(t, "alice", alice)
 	f.enroll(t, "bob", bob)
 	nr := paymentRequest("alice", "bob")
@@ -219,12 +220,12 @@ func TestCriticalNeedsQuorumWithUV(t *testing.T) {
 		t.Fatalf("critical user verification %q", opts.PublicKey.UserVerification)
 	}
 	// Bob's key without UV is refused.
-	bob.uv = false
+	bob.UV = false
 	if _, err := f.decide(t, req.ID, digest.Approve, bob); !errors.Is(err, ErrUserVerification) {
 		t.Fatalf("no-UV assertion: %v", err)
 	}
 	f.rec.RequireRejected(t, ErrUserVerification.Check)
-	bob.uv = true
+	bob.UV = true
 
 	got, err := f.decide(t, req.ID, digest.Approve, alice)
 	if err != nil {
@@ -239,7 +240,7 @@ func TestCriticalNeedsQuorumWithUV(t *testing.T) {
 	c, resp := f.sign(t, req.ID, digest.Approve, bob)
 	opts2, _ := f.svc.BeginDecision(ctx, req.ID, digest.Approve)
 	for _, cr := range opts2.PublicKey.AllowedCredentials {
-		if string(cr.CredentialID) == string(alice.id) {
+		if string(cr.CredentialID) == string(alice.ID()) {
 			t.Fatal("an already-counted approver's key is offered again")
 		}
 	}
@@ -328,7 +329,7 @@ func TestWaitCancelledWhenCallerGoes(t *testing.T) {
 func TestAuditFailureFailsClosed(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
-	alice := newSoftKey(t, "localhost", testOrigin)
+	alice := approvaltest.NewSoftKey(t, "localhost", testOrigin)
 	f.enroll(t, "alice", alice)
 
 	f.rec.SetFail(true)

@@ -16,7 +16,7 @@ func TestExpiredCeremoniesAreSwept(t *testing.T) {
 	ctx := context.Background()
 	clock := approvaltest.NewClock(time.Now())
 	f := newFixture(t, func(o *Options) { o.Now = clock.Now })
-	f.enroll(t, "alice", newSoftKey(t, "localhost", testOrigin))
+	f.enroll(t, "alice", approvaltest.NewSoftKey(t, "localhost", testOrigin))
 	req, err := f.svc.Create(ctx, paymentRequest("alice"))
 	if err != nil {
 		t.Fatal(err)

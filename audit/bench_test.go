@@ -7,6 +7,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+
+	"github.com/countersign/countersign/store/storetest"
 )
 
 // benchEntry is a routine call's entry as the guard appends it: its
@@ -22,7 +24,7 @@ func benchEntry(i int) Entry {
 func BenchmarkAppend(b *testing.B) {
 	for _, writers := range []int{1, 16, 64} {
 		b.Run(fmt.Sprintf("writers=%d", writers), func(b *testing.B) {
-			db := openDB(b, b.TempDir())
+			db := storetest.Open(b, b.TempDir())
 			l := openLog(b, db, seededKey(1), Options{})
 			var n atomic.Int64
 			b.ResetTimer()
@@ -51,7 +53,7 @@ func BenchmarkAppend(b *testing.B) {
 // (every hash and link; signatures after the last checkpoint).
 func BenchmarkOpen(b *testing.B) {
 	dir := b.TempDir()
-	db := openDB(b, dir)
+	db := storetest.Open(b, dir)
 	l, err := Open(context.Background(), db, seededKey(1), Options{})
 	if err != nil {
 		b.Fatal(err)

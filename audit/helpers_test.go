@@ -6,12 +6,9 @@ import (
 	"crypto/ed25519"
 	"database/sql"
 	"encoding/json"
-	"path/filepath"
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/countersign/countersign/store"
 )
 
 // seededKey is a fixed key for reproducible output.
@@ -29,16 +26,6 @@ func stepClock() func() time.Time {
 		t = t.Add(time.Second + time.Nanosecond)
 		return t
 	}
-}
-
-func openDB(t testing.TB, dir string) *sql.DB {
-	t.Helper()
-	db, err := store.Open(context.Background(), filepath.Join(dir, store.FileName))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	return db
 }
 
 func openLog(t testing.TB, db *sql.DB, key ed25519.PrivateKey, opts Options) *Log {

@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/countersign/countersign/store/storetest"
 )
 
 func TestLoadOrCreateKey(t *testing.T) {
@@ -69,7 +71,7 @@ func TestPublicKeyTextWithPlusInKeyData(t *testing.T) {
 		if err != nil || !bytes.Equal(pub, key.Public().(ed25519.PublicKey)) {
 			t.Fatalf("key %d (%s): %v", b, text, err)
 		}
-		if _, err := Open(context.Background(), openDB(t, t.TempDir()), key, Options{}); err != nil {
+		if _, err := Open(context.Background(), storetest.Open(t, t.TempDir()), key, Options{}); err != nil {
 			t.Fatalf("Open with key %d: %v", b, err)
 		}
 	}

@@ -8,10 +8,12 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/countersign/countersign/store/storetest"
 )
 
 func TestAppendSetsChainFields(t *testing.T) {
-	db := openDB(t, t.TempDir())
+	db := storetest.Open(t, t.TempDir())
 	l := openLog(t, db, seededKey(1), Options{})
 	first := mustAppend(t, l, Entry{Kind: KindCallAllowed, Tool: "t", Args: []byte(`{"b":1, "a":2}`), Seq: 99, Hash: "x"})
 	if first.Seq != 1 || first.PrevHash != strings.Repeat("0", 64) || len(first.Hash) != 64 || first.Sig == "" {
@@ -50,7 +52,7 @@ func TestAppendSetsChainFields(t *testing.T) {
 
 func TestCloseWritesCheckpointAndReopenAppends(t *testing.T) {
 	dir := t.TempDir()
-	db := openDB(t, dir)
+	db := storetest.Open(t, dir)
 	key := seededKey(1)
 	l, err := Open(context.Background(), db, key, Options{})
 	if err != nil {
@@ -76,7 +78,7 @@ func TestCloseWritesCheckpointAndReopenAppends(t *testing.T) {
 }
 
 func TestBackgroundCheckpoints(t *testing.T) {
-	db := openDB(t, t.TempDir())
+	db := storetest.Open(t, t.TempDir())
 	l := openLog(t, db, seededKey(1), Options{CheckpointEvery: 5 * time.Millisecond})
 	mustAppend(t, l, Entry{Kind: KindCallAllowed})
 	mustAppend(t, l, Entry{Kind: KindCallAllowed})
@@ -105,7 +107,7 @@ func TestBackgroundCheckpoints(t *testing.T) {
 // openLogWith is a fresh log of entries, appended with the step clock.
 func openLogWith(t *testing.T, key ed25519.PrivateKey, entries []Entry) *Log {
 	t.Helper()
-	l := openLog(t, openDB(t, t.TempDir()), key, Options{Now: stepClock()})
+	l := openLog(t, storetest.Open(t, t.TempDir()), key, Options{Now: stepClock()})
 	for _, e := range entries {
 		mustAppend(t, l, e)
 	}

@@ -4,11 +4,10 @@ import (
 	"context"
 	"crypto/ed25519"
 	"database/sql"
-	"path/filepath"
 	"testing"
 
 	"github.com/countersign/countersign/audit"
-	"github.com/countersign/countersign/store"
+	"github.com/countersign/countersign/store/storetest"
 )
 
 // OpenLog opens a database in a fresh directory and the real audit log in
@@ -17,11 +16,8 @@ func OpenLog(t testing.TB) (dir string, db *sql.DB, log *audit.Log, key ed25519.
 	t.Helper()
 	ctx := context.Background()
 	dir = t.TempDir()
-	db, err := store.Open(ctx, filepath.Join(dir, store.FileName))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
+	db = storetest.Open(t, dir)
+	var err error
 	if key, err = audit.LoadOrCreateKey(dir); err != nil {
 		t.Fatal(err)
 	}

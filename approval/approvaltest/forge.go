@@ -6,12 +6,12 @@ package approvaltest
 // its sign counter at counter: what it signs then claims to be that key,
 // and the signature must not verify.
 func (k *SoftKey) Claim(id []byte, counter uint32) {
-	k.id, k.counter = append([]byte(nil), id...), counter
+	k.id, k.Counter = append([]byte(nil), id...), counter
 }
 
 // GetWith answers navigator.credentials.get() with clientDataJSON as the
 // test wrote it (another origin, extra members), signed as Get signs.
 func (k *SoftKey) GetWith(clientData []byte) []byte {
-	k.counter++
+	k.Counter++
 	return k.assert(clientData)
 }

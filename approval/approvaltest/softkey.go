@@ -26,10 +26,16 @@ type SoftKey struct {
 	Origin string
 	UV     bool // report user verification (PIN or biometric)
 
-	priv    *ecdsa.PrivateKey
-	id      []byte
-	counter uint32
-	handle  []byte
+	// Counter is the signature counter: Get raises it by one before it
+	// signs. Tests set it to play a clone that lags or a forger ahead.
+	Counter uint32
+	// UserHandle is what assertions return as userHandle: the user.id of
+	// the creation options Create answered. Tests copy another key's to
+	// claim that approver.
+	UserHandle []byte
+
+	priv *ecdsa.PrivateKey
+	id   []byte
 
 	attKey  *ecdsa.PrivateKey // set by Maker.Attest: enrollments attest ("packed")
 	attCert []byte
@@ -79,7 +85,7 @@ func (k *SoftKey) authData(attested []byte) []byte {
 		flags |= 0x40
 	}
 	out := append(rp[:], flags)
-	out = binary.BigEndian.AppendUint32(out, k.counter)
+	out = binary.BigEndian.AppendUint32(out, k.Counter)
 	return append(out, attested...)
 }
 
@@ -116,7 +122,7 @@ func (k *SoftKey) Register(publicKey json.RawMessage) ([]byte, error) {
 	if err := json.Unmarshal(publicKey, &opts); err != nil {
 		return nil, fmt.Errorf("soft key: creation options: %w", err)
 	}
-	k.handle, _ = base64.RawURLEncoding.DecodeString(opts.User.ID)
+	k.UserHandle, _ = base64.RawURLEncoding.DecodeString(opts.User.ID)
 	cd := k.clientData("webauthn.create", opts.Challenge)
 	attested := make([]byte, 16) // zero AAGUID
 	attested = binary.BigEndian.AppendUint16(attested, uint16(len(k.id)))
@@ -148,7 +154,7 @@ func (k *SoftKey) Register(publicKey json.RawMessage) ([]byte, error) {
 // Get answers navigator.credentials.get() for a challenge (base64url):
 // one tap, so the sign counter goes up by one.
 func (k *SoftKey) Get(challenge string) []byte {
-	k.counter++
+	k.Counter++
 	return k.assert(k.clientData("webauthn.get", challenge))
 }
 
@@ -163,8 +169,8 @@ func (k *SoftKey) assert(cd []byte) []byte {
 		panic(err)
 	}
 	resp := map[string]any{"clientDataJSON": b64(cd), "authenticatorData": b64(ad), "signature": b64(sig)}
-	if k.handle != nil {
-		resp["userHandle"] = b64(k.handle)
+	if k.UserHandle != nil {
+		resp["userHandle"] = b64(k.UserHandle)
 	}
 	b, _ := json.Marshal(map[string]any{
 		"id": b64(k.id), "rawId": b64(k.id), "type": "public-key",

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/countersign/countersign/approval"
+	"github.com/countersign/countersign/approval/approvaltest"
 	"github.com/countersign/countersign/audit"
 )
 
@@ -82,7 +83,7 @@ func TestPageFreezesAnAgent(t *testing.T) {
 // recorded with the signed-in approver after.
 func TestSignedInApproverFreezes(t *testing.T) {
 	p := newTLSPage(t)
-	alice := newSoftKey(t, "localhost", p.base)
+	alice := approvaltest.NewSoftKey(t, "localhost", p.base)
 	p.enroll(t, "alice", alice)
 	if code, _, _ := p.post(t, "/api/agents/agent-1/freeze", map[string]any{}); code != http.StatusUnauthorized {
 		t.Fatalf("freeze before sign-in: %d", code)

@@ -5,26 +5,19 @@ import (
 	"database/sql"
 	"encoding/base64"
 	"encoding/json"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/approval/approvaltest"
-	"github.com/countersign/countersign/store"
+	"github.com/countersign/countersign/store/storetest"
 )
 
 // The service the page tests serve: a real database, an audit log in
 // memory, approvers alice and bob (treasury) and carol (ops).
 
 const testOrigin = "http://localhost:8710"
-
-type softKey = approvaltest.SoftKey
-
-func newSoftKey(t testing.TB, rpID, origin string) *softKey {
-	return approvaltest.NewSoftKey(t, rpID, origin)
-}
 
 func enc(b []byte) string { return base64.RawURLEncoding.EncodeToString(b) }
 
@@ -45,11 +38,7 @@ func newFixture(t testing.TB, tweak ...func(*approval.Options)) *fixture {
 	t.Helper()
 	ctx := context.Background()
 	dir := t.TempDir()
-	db, err := store.Open(ctx, filepath.Join(dir, store.FileName))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
+	db := storetest.Open(t, dir)
 	rec := &approvaltest.Recorder{}
 	opts := approval.Options{
 		RPID: "localhost", RPName: "Countersign", Origins: []string{testOrigin}, PublicURL: testOrigin,
@@ -67,7 +56,7 @@ func newFixture(t testing.TB, tweak ...func(*approval.Options)) *fixture {
 }
 
 // enroll registers key for approver through a one-time link, in Go.
-func (f *fixture) enroll(t testing.TB, approver string, key *softKey) {
+func (f *fixture) enroll(t testing.TB, approver string, key *approvaltest.SoftKey) {
 	t.Helper()
 	ctx := context.Background()
 	link, err := f.svc.CreateEnrollment(ctx, approver)
@@ -95,7 +84,7 @@ func (f *fixture) create(t testing.TB, nr approval.NewRequest) string {
 }
 
 // decide runs one decision ceremony with key, in Go.
-func (f *fixture) decide(t *testing.T, id, decision string, key *softKey) (*approval.Request, error) {
+func (f *fixture) decide(t *testing.T, id, decision string, key *approvaltest.SoftKey) (*approval.Request, error) {
 	t.Helper()
 	opts, err := f.svc.BeginDecision(context.Background(), id, decision)
 	if err != nil {

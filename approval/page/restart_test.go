@@ -8,13 +8,14 @@ import (
 	"testing"
 
 	"github.com/countersign/countersign/approval"
+	"github.com/countersign/countersign/approval/approvaltest"
 )
 
 // A request cancelled because the server restarted says so on its page.
 func TestRequestPageSaysARestartCancelledIt(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t)
-	f.enroll(t, "alice", newSoftKey(t, "localhost", testOrigin))
+	f.enroll(t, "alice", approvaltest.NewSoftKey(t, "localhost", testOrigin))
 	block := f.create(t, paymentRequest("alice"))
 
 	f.svc.Close()

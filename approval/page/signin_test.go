@@ -95,7 +95,7 @@ func (p *tlsPage) post(t *testing.T, path string, body any) (int, []byte, *http.
 
 // signIn runs the sign-in ceremony with key; it returns the status and the
 // session cookie set, if any.
-func (p *tlsPage) signIn(t *testing.T, key *softKey) (int, *http.Cookie) {
+func (p *tlsPage) signIn(t *testing.T, key *approvaltest.SoftKey) (int, *http.Cookie) {
 	t.Helper()
 	code, raw, _ := p.post(t, "/api/signin/begin", map[string]any{})
 	var opts approval.SignInOptions
@@ -117,7 +117,7 @@ func (p *tlsPage) signIn(t *testing.T, key *softKey) (int, *http.Cookie) {
 func TestRemotePageNeedsSignInOverTLS(t *testing.T) {
 	p := newTLSPage(t)
 	ctx := context.Background()
-	alice := newSoftKey(t, "localhost", p.base)
+	alice := approvaltest.NewSoftKey(t, "localhost", p.base)
 	p.enroll(t, "alice", alice)
 	req, err := p.svc.Create(ctx, paymentRequest("alice"))
 	if err != nil {
@@ -143,11 +143,11 @@ func TestRemotePageNeedsSignInOverTLS(t *testing.T) {
 	}
 
 	// A key that is not enrolled does not sign in.
-	if code, c := p.signIn(t, newSoftKey(t, "localhost", p.base)); code == http.StatusOK || c != nil {
+	if code, c := p.signIn(t, approvaltest.NewSoftKey(t, "localhost", p.base)); code == http.StatusOK || c != nil {
 		t.Fatalf("unenrolled key signed in: %d %v", code, c)
 	}
 	// A key that signs for alice's credential id without her private key does not either.
-	forger := newSoftKey(t, "localhost", p.base)
+	forger := approvaltest.NewSoftKey(t, "localhost", p.base)
 	forger.Claim(alice.ID(), 1000)
 	if code, c := p.signIn(t, forger); code == http.StatusOK || c != nil {
 		t.Fatalf("forged assertion signed in: %d %v", code, c)

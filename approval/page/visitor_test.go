@@ -126,7 +126,7 @@ func (h *hostileFixture) requireNoMarker(t *testing.T) {
 func TestVisitorTextNeverReachesTheLog(t *testing.T) {
 	h := newHostileFixture(t)
 	ctx := context.Background()
-	alice := newSoftKey(t, "localhost", h.base)
+	alice := approvaltest.NewSoftKey(t, "localhost", h.base)
 	h.enroll(t, "alice", alice)
 	req, err := h.svc.Create(ctx, paymentRequest("alice"))
 	if err != nil {
@@ -157,7 +157,7 @@ func TestVisitorTextNeverReachesTheLog(t *testing.T) {
 		}
 		// mallory's key, alice's credential id, the right challenge; the
 		// origin member carries the attacker's text.
-		mallory := newSoftKey(t, "localhost", h.base)
+		mallory := approvaltest.NewSoftKey(t, "localhost", h.base)
 		cd, _ := json.Marshal(map[string]any{"type": "webauthn.get", "challenge": opts.PublicKey.Challenge.String(),
 			"origin": h.base, "crossOrigin": false, "note": marker})
 		mallory.Claim(alice.ID(), 100)
@@ -252,7 +252,7 @@ func TestVisitorTextNeverReachesTheLog(t *testing.T) {
 func TestBeginFloodIsLimitedAndSwept(t *testing.T) {
 	h := newHostileFixture(t)
 	ctx := context.Background()
-	h.enroll(t, "alice", newSoftKey(t, "localhost", h.base))
+	h.enroll(t, "alice", approvaltest.NewSoftKey(t, "localhost", h.base))
 	req, err := h.svc.Create(ctx, paymentRequest("alice"))
 	if err != nil {
 		t.Fatal(err)

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/countersign/countersign/approval"
+	"github.com/countersign/countersign/approval/approvaltest"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/digest"
 )
@@ -104,7 +105,7 @@ func (h *httpFixture) post(t *testing.T, path string, body []byte, mod func(*htt
 func TestHTTPApproveThroughAPI(t *testing.T) {
 	h := newHTTPFixture(t)
 	ctx := context.Background()
-	alice := newSoftKey(t, "localhost", h.base)
+	alice := approvaltest.NewSoftKey(t, "localhost", h.base)
 	h.enroll(t, "alice", alice)
 	req, _ := h.svc.Create(ctx, paymentRequest("alice"))
 
@@ -135,7 +136,7 @@ func TestHTTPApproveThroughAPI(t *testing.T) {
 func TestHTTPProtectiveLayers(t *testing.T) {
 	h := newHTTPFixture(t)
 	ctx := context.Background()
-	h.enroll(t, "alice", newSoftKey(t, "localhost", h.base))
+	h.enroll(t, "alice", approvaltest.NewSoftKey(t, "localhost", h.base))
 	req, _ := h.svc.Create(ctx, paymentRequest("alice"))
 	begin := "/api/requests/" + req.ID + "/begin"
 

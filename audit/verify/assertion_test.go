@@ -15,6 +15,7 @@ import (
 
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/digest"
+	"github.com/countersign/countersign/store/storetest"
 	"github.com/go-webauthn/webauthn/protocol/webauthncbor"
 	"github.com/go-webauthn/webauthn/protocol/webauthncose"
 )
@@ -168,7 +169,7 @@ const origin, rpID = "http://localhost:8710", "localhost"
 // assertionLog builds: 1 enrolled, 2 requested, 3 assertion (approve,
 // UV), 4 approved, 5 requested, 6 denied with the key.
 func assertionLog(t *testing.T, k *softKey) []byte {
-	db := openDB(t, t.TempDir())
+	db := storetest.Open(t, t.TempDir())
 	l := openLog(t, db, seededKey(1), audit.Options{Now: stepClock()})
 	mustAppend(t, l, audit.Entry{Kind: audit.KindApproverEnrolled, Approver: "alice", CredentialID: k.id, PublicKey: k.cose(), Origin: origin, RPID: rpID})
 	mustAppend(t, l, requested("req-1", "high", 1, audit.UVPreferred, "alice"))

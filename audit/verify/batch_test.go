@@ -10,13 +10,14 @@ import (
 
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/digest"
+	"github.com/countersign/countersign/store/storetest"
 )
 
 // batchLog builds: 1 enrolled alice, 2-4 requested req-1..3 (high,
 // batchable), 5-7 one batch assertion recorded once per request, 8-10
 // approved. It returns the export and the digests in signed order.
 func batchLog(t *testing.T, k *softKey) []byte {
-	db := openDB(t, t.TempDir())
+	db := storetest.Open(t, t.TempDir())
 	l := openLog(t, db, seededKey(1), audit.Options{Now: stepClock()})
 	mustAppend(t, l, audit.Entry{Kind: audit.KindApproverEnrolled, Approver: "alice", CredentialID: k.id, PublicKey: k.cose(), Origin: origin, RPID: rpID})
 	ids := []string{"req-1", "req-2", "req-3"}

@@ -11,12 +11,13 @@ import (
 	"testing"
 
 	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/store/storetest"
 )
 
 func FuzzVerify(f *testing.F) {
 	key := seededKey(1)
 	pub := pubText(key)
-	db := openDB(f, f.TempDir())
+	db := storetest.Open(f, f.TempDir())
 	l := openLog(f, db, key, audit.Options{Now: stepClock()})
 	var exports [][]byte
 	for _, e := range sampleEntries() {
@@ -107,7 +108,7 @@ func benchExport(b *testing.B, n int) []byte {
 			return data
 		}
 	}
-	db := openDB(b, b.TempDir())
+	db := storetest.Open(b, b.TempDir())
 	l := openLog(b, db, seededKey(1), audit.Options{})
 	var wg sync.WaitGroup
 	var next atomic.Int64

@@ -9,6 +9,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/store/storetest"
 )
 
 // What an upstream says is kept to its first KiB, with the hash and size
@@ -16,7 +17,7 @@ import (
 // KiB, a long result. The export verifies.
 func TestAppendBoundsReasonAndResult(t *testing.T) {
 	key := seededKey(7)
-	l := openLog(t, openDB(t, t.TempDir()), key, audit.Options{})
+	l := openLog(t, storetest.Open(t, t.TempDir()), key, audit.Options{})
 	const secret = "sk_live_DO_NOT_LOG_0123456789"
 	huge := strings.Repeat("upstream said no; ", 5<<20/18)
 	// A 2-byte rune across the cut: the head ends before it.

@@ -15,6 +15,7 @@ import (
 
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/store"
+	"github.com/countersign/countersign/store/storetest"
 )
 
 func TestCrashKeepsAcknowledgedEntries(t *testing.T) {
@@ -51,7 +52,7 @@ func TestCrashKeepsAcknowledgedEntries(t *testing.T) {
 		t.Fatalf("writer stopped after %d appends: %s", len(acked), stderr.String())
 	}
 
-	db := openDB(t, dir)
+	db := storetest.Open(t, dir)
 	l, err := audit.Open(context.Background(), db, seededKey(1), audit.Options{})
 	if err != nil {
 		t.Fatalf("reopen after crash: %v", err)

@@ -16,6 +16,7 @@ import (
 	"testing"
 
 	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/store/storetest"
 	"github.com/gowebpki/jcs"
 )
 
@@ -82,8 +83,8 @@ func TestConcurrentAppendsAndTwoLogs(t *testing.T) {
 	key := seededKey(1)
 	// Two Logs on two connections pools stand for serve and the CLI
 	// appending to the same file.
-	a := openLog(t, openDB(t, dir), key, audit.Options{})
-	b := openLog(t, openDB(t, dir), key, audit.Options{})
+	a := openLog(t, storetest.Open(t, dir), key, audit.Options{})
+	b := openLog(t, storetest.Open(t, dir), key, audit.Options{})
 	var wg sync.WaitGroup
 	seen := make(chan int64, 400)
 	for i := range 8 {
@@ -167,7 +168,7 @@ func TestOpenRefusesTamperedLog(t *testing.T) {
 			return key
 		}, 10, "not signed by the server key"},
 		{"splice in rows of another log", func(t *testing.T, db *sql.DB, _ string) ed25519.PrivateKey {
-			other := openDB(t, t.TempDir())
+			other := storetest.Open(t, t.TempDir())
 			ol := openLog(t, other, key, audit.Options{Now: stepClock()})
 			for _, e := range sampleEntries()[5:] {
 				mustAppend(t, ol, e)
@@ -193,7 +194,7 @@ func TestOpenRefusesTamperedLog(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
-			db := openDB(t, dir)
+			db := storetest.Open(t, dir)
 			l, err := audit.Open(context.Background(), db, key, audit.Options{Now: stepClock()})
 			if err != nil {
 				t.Fatal(err)
@@ -235,7 +236,7 @@ func TestOpenRefusesTamperedLog(t *testing.T) {
 
 func TestVerifyCatchesTamperedExport(t *testing.T) {
 	key := seededKey(1)
-	db := openDB(t, t.TempDir())
+	db := storetest.Open(t, t.TempDir())
 	l := openLog(t, db, key, audit.Options{Now: stepClock()})
 	for _, e := range sampleEntries() {
 		mustAppend(t, l, e)
@@ -283,7 +284,7 @@ func TestVerifyCatchesTamperedExport(t *testing.T) {
 	wantVerifyErr(t, joinExport(clone(), wrongRoot), pub, nil, 10, "not the Merkle root")
 
 	// Splice the first half of another log (same key, other history).
-	db2 := openDB(t, t.TempDir())
+	db2 := storetest.Open(t, t.TempDir())
 	l2 := openLog(t, db2, key, audit.Options{Now: stepClock()})
 	for _, e := range sampleEntries() {
 		if e.Agent != "" {
@@ -305,7 +306,7 @@ func TestVerifyCatchesTamperedExport(t *testing.T) {
 
 func TestVerifyPreviousConsistency(t *testing.T) {
 	key := seededKey(1)
-	db := openDB(t, t.TempDir())
+	db := storetest.Open(t, t.TempDir())
 	l := openLog(t, db, key, audit.Options{Now: stepClock()})
 	for _, e := range sampleEntries() {
 		mustAppend(t, l, e)
@@ -370,7 +371,7 @@ func TestVerifyPreviousConsistency(t *testing.T) {
 
 func TestVerifyAgainstEmptyPrevious(t *testing.T) {
 	key := seededKey(1)
-	l := openLog(t, openDB(t, t.TempDir()), key, audit.Options{Now: stepClock()})
+	l := openLog(t, storetest.Open(t, t.TempDir()), key, audit.Options{Now: stepClock()})
 	empty := exportBytes(t, l, 0)
 	mustAppend(t, l, sampleEntries()[0])
 	s, err := Export(bytes.NewReader(exportBytes(t, l, 0)), pubText(key), Options{Previous: bytes.NewReader(empty)})
@@ -388,7 +389,7 @@ func TestVerifyAgainstEmptyPrevious(t *testing.T) {
 func TestExportWithNothingNew(t *testing.T) {
 	key := seededKey(1)
 	pub := pubText(key)
-	l := openLog(t, openDB(t, t.TempDir()), key, audit.Options{Now: stepClock()})
+	l := openLog(t, storetest.Open(t, t.TempDir()), key, audit.Options{Now: stepClock()})
 	for _, e := range sampleEntries() {
 		mustAppend(t, l, e)
 	}

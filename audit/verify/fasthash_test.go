@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/store/storetest"
 )
 
 // The fast hash writes time as the writer sets it, unescaped. An entry
@@ -15,7 +16,7 @@ import (
 // the same bytes under that encoding; verify must judge it by the full
 // encoding and refuse it, keeping the recorded hash and signature.
 func TestVerifyRefusesMembersSmuggledIntoTime(t *testing.T) {
-	l := openLog(t, openDB(t, filepath.Join(t.TempDir(), "a.db")), seededKey(7), audit.Options{Now: stepClock()})
+	l := openLog(t, storetest.Open(t, filepath.Join(t.TempDir(), "a.db")), seededKey(7), audit.Options{Now: stepClock()})
 	for _, e := range sampleEntries() {
 		mustAppend(t, l, e)
 	}

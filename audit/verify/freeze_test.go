@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/store/storetest"
 )
 
 // An export with agent.frozen and agent.unfrozen verifies; one that does
@@ -28,7 +29,7 @@ func TestVerifyAcceptsAgentFreezes(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			l := openLog(t, openDB(t, dir), key, audit.Options{Now: stepClock()})
+			l := openLog(t, storetest.Open(t, dir), key, audit.Options{Now: stepClock()})
 			keys := newExampleKeys(t)
 			for _, e := range append(exampleEntries(t, keys), tc.frozen,
 				audit.Entry{Kind: audit.KindAgentUnfrozen, Agent: tc.frozen.Agent, Approver: "cli:alice", Reason: "unfrozen"}) {

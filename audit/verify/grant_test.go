@@ -9,6 +9,7 @@ import (
 
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/digest"
+	"github.com/countersign/countersign/store/storetest"
 )
 
 // grantEntries continue the example log (24 entries) with a standing grant:
@@ -51,7 +52,7 @@ func TestVerifyChecksGrants(t *testing.T) {
 	}
 	pub := pubText(key)
 	keys := newExampleKeys(t)
-	l := openLog(t, openDB(t, dir), key, audit.Options{Now: stepClock()})
+	l := openLog(t, storetest.Open(t, dir), key, audit.Options{Now: stepClock()})
 	for _, e := range append(exampleEntries(t, keys), grantEntries(t, keys)...) {
 		appendExample(t, l, e)
 	}

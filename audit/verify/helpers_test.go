@@ -11,14 +11,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/countersign/countersign/audit"
-	"github.com/countersign/countersign/store"
+	"github.com/countersign/countersign/store/storetest"
 	"github.com/gowebpki/jcs"
 	"golang.org/x/mod/sumdb/note"
 	"golang.org/x/mod/sumdb/tlog"
@@ -60,16 +59,6 @@ func stepClock() func() time.Time {
 		t = t.Add(time.Second + time.Nanosecond)
 		return t
 	}
-}
-
-func openDB(t testing.TB, dir string) *sql.DB {
-	t.Helper()
-	db, err := store.Open(context.Background(), filepath.Join(dir, store.FileName))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	return db
 }
 
 func openLog(t testing.TB, db *sql.DB, key ed25519.PrivateKey, opts audit.Options) *audit.Log {
@@ -269,7 +258,7 @@ func signCheckpoint(s note.Signer, size int64, root tlog.Hash) ([]byte, error) {
 
 func openLogWith(t *testing.T, key ed25519.PrivateKey, entries []audit.Entry) *audit.Log {
 	t.Helper()
-	l := openLog(t, openDB(t, t.TempDir()), key, audit.Options{Now: stepClock()})
+	l := openLog(t, storetest.Open(t, t.TempDir()), key, audit.Options{Now: stepClock()})
 	for _, e := range entries {
 		mustAppend(t, l, e)
 	}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/digest"
+	"github.com/countersign/countersign/store/storetest"
 )
 
 var updateGolden = os.Getenv("AUDIT_UPDATE_GOLDEN") != ""
@@ -143,7 +144,7 @@ func exampleEntries(t *testing.T, k exampleKeys) []audit.Entry {
 // key and exports it.
 func exampleExport(t *testing.T, dir string, key ed25519.PrivateKey) []byte {
 	t.Helper()
-	l := openLog(t, openDB(t, dir), key, audit.Options{Now: stepClock()})
+	l := openLog(t, storetest.Open(t, dir), key, audit.Options{Now: stepClock()})
 	for _, e := range exampleEntries(t, newExampleKeys(t)) {
 		appendExample(t, l, e)
 	}
@@ -453,7 +454,7 @@ func TestRequirementsAcrossExports(t *testing.T) {
 	dir := t.TempDir()
 	key := seededKey(1)
 	entries := exampleEntries(t, newExampleKeys(t))
-	l := openLog(t, openDB(t, dir), key, audit.Options{Now: stepClock()})
+	l := openLog(t, storetest.Open(t, dir), key, audit.Options{Now: stepClock()})
 	for _, e := range entries[:11] { // up to req-A's approval
 		appendExample(t, l, e)
 	}

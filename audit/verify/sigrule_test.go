@@ -16,6 +16,7 @@ import (
 
 	"filippo.io/edwards25519"
 	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/store/storetest"
 	"golang.org/x/mod/sumdb/note"
 )
 
@@ -268,7 +269,7 @@ func TestSignatureRule(t *testing.T) {
 func TestSmallOrderSignatureInExport(t *testing.T) {
 	key := seededKey(1)
 	pub := pubText(key)
-	l := openLog(t, openDB(t, t.TempDir()), key, audit.Options{Now: stepClock()})
+	l := openLog(t, storetest.Open(t, t.TempDir()), key, audit.Options{Now: stepClock()})
 	for _, e := range sampleEntries() {
 		mustAppend(t, l, e)
 	}
