@@ -10,8 +10,8 @@ import (
 
 	"github.com/gowebpki/jcs"
 
-	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/authzdetails"
 	"github.com/countersign/countersign/guard"
 	"github.com/countersign/countersign/tools"
 	"github.com/countersign/countersign/tools/ledger"
@@ -100,7 +100,7 @@ func (s *Server) judge(ctx context.Context, req *authRequest) ([]guard.Action, *
 			}
 		}
 		if len(claims) > 0 {
-			d[approval.ClientClaims] = claims
+			d[authzdetails.ClientClaims] = claims
 		}
 		actions = append(actions, guard.Action{Tool: tool, Call: call})
 	}
