@@ -1,4 +1,4 @@
-package ciba
+package authzdetails
 
 import (
 	"io/fs"
@@ -27,13 +27,13 @@ func TestEmbeddedDetailSchemasCompile(t *testing.T) {
 		if schemas[typ] == nil {
 			t.Errorf("%s did not compile to a schema", f)
 		}
-		if _, ok := DetailSchema(typ); !ok {
-			t.Errorf("DetailSchema(%q) not found", typ)
+		if _, ok := Schema(typ); !ok {
+			t.Errorf("Schema(%q) not found", typ)
 		}
 	}
 	slices.Sort(want)
-	if got := DetailTypes(); !slices.Equal(got, want) {
-		t.Errorf("DetailTypes() = %v, want %v", got, want)
+	if got := Types(); !slices.Equal(got, want) {
+		t.Errorf("Types() = %v, want %v", got, want)
 	}
 }
 
