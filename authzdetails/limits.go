@@ -25,6 +25,18 @@ const (
 	MaxShownBytes = 16 << 10
 )
 
+// Two sets of figures bound an mcp_tool_call's arguments, on purpose.
+// These limits are what the approver can be shown whole, and every
+// request meets them (the guard refuses an MCP call over them before a
+// request exists, and approval's Create refuses any request over them,
+// a CIBA one included). A CIBA client's authorization_details
+// must also keep within ciba's narrower figures (60 values, 8 levels,
+// strings of 200 characters, keys of 64: ciba/details.go), checked before
+// the guard: those are a published part of the CIBA contract
+// (docs/ciba.md) that clients and a test rely on, and widening them to
+// these would admit requests that are refused today. Both apply to a CIBA
+// request; only these apply to an MCP call.
+
 // ErrTooLargeToShow is the sentinel under every [ShowLimitError].
 var ErrTooLargeToShow = errors.New("arguments too large to show the approver in full")
 

@@ -24,7 +24,10 @@ const (
 	maxDetailsBytes = 32 << 10
 	maxDetails      = 8
 	maxDepth        = 16
-	// mcp_tool_call arguments, within what the page shows without eliding.
+	// mcp_tool_call arguments: CIBA's published figures (docs/ciba.md),
+	// narrower than the display limits (authzdetails.MaxShown*), which
+	// approval applies to this request as well; see authzdetails/limits.go
+	// for why there are two.
 	maxArgLeaves = 60
 	maxArgDepth  = 8
 	maxArgString = 200
