@@ -86,7 +86,7 @@ func renderDetail(raw json.RawMessage, sh *shown) []string {
 	}
 	typ := str(d["type"])
 	switch typ {
-	case "payment_initiation":
+	case TypePayment:
 		var amt struct {
 			Currency string          `json:"currency"`
 			Amount   json.RawMessage `json:"amount"`
@@ -117,7 +117,7 @@ func renderDetail(raw json.RawMessage, sh *shown) []string {
 			lines = append(lines, agentLine("reference", ref))
 		}
 		return lines
-	case "deployment":
+	case TypeDeployment:
 		env := sh.full("Environment", str(d["environment"]))
 		lines := []string{
 			"Deploy: " + sh.full("Deploy", str(d["service"])) + " version " + sh.full("version", str(d["version"])),
@@ -127,7 +127,7 @@ func renderDetail(raw json.RawMessage, sh *shown) []string {
 			lines = append(lines, WarningPrefix+"PRODUCTION environment")
 		}
 		return lines
-	case "secret_access":
+	case TypeSecretAccess:
 		name := str(d["name"])
 		if name == "" {
 			name = str(d["secret"])
@@ -141,7 +141,7 @@ func renderDetail(raw json.RawMessage, sh *shown) []string {
 			lines = append(lines, WarningPrefix+strings.ToUpper(class)+" secret")
 		}
 		return lines
-	case "mcp_tool_call":
+	case TypeMCPToolCall:
 		return renderMCPToolCall(raw, sh)
 	}
 	// Generic: type, actions, then every other field in key order.

@@ -79,7 +79,7 @@ func parseDetails(raw string) (json.RawMessage, []any, error) {
 		if err := printable(d, fmt.Sprintf("[%d]", i)); err != nil {
 			return nil, nil, err
 		}
-		if typ == "mcp_tool_call" {
+		if typ == authzdetails.TypeMCPToolCall {
 			if err := argsShown(obj["arguments"]); err != nil {
 				return nil, nil, fmt.Errorf("[%d] (mcp_tool_call): arguments: %v", i, err)
 			}
