@@ -42,7 +42,8 @@
 // ("counterpartyKnown": false is accepted as well as "newCounterparty": true.)
 //
 // Every value is shown whole; a request whose display would exceed
-// MaxShownValues, MaxShownChars or MaxShownBytes is refused (*ShowLimitError).
+// authzdetails.MaxShownValues, MaxShownChars or MaxShownBytes is refused
+// (*authzdetails.ShowLimitError). The rendering itself is authzdetails'.
 package approval
 
 import (

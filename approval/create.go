@@ -17,6 +17,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/authzdetails"
 	"github.com/countersign/countersign/digest"
 )
 
@@ -102,12 +103,12 @@ func (s *Service) prepare(r NewRequest) (*creation, error) {
 	c.id = uuid.NewString()
 	c.created = s.now()
 	c.expires = c.created.Add(r.Timeout).Truncate(time.Second)
-	c.summary = clean(r.Summary, 300)
+	c.summary = authzdetails.Clean(r.Summary, 300)
 	if c.summary == "" {
 		c.summary = r.Tool
 	}
 	c.binding = c.summary + " (code " + c.code + ")"
-	if c.display, err = renderDisplay(details, r.Args, r.Tool, r.Agent, c.code); err != nil {
+	if c.display, err = authzdetails.Render(details, r.Args, r.Tool, r.Agent, c.code); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalidRequest, err)
 	}
 	return c, nil

@@ -1,6 +1,7 @@
 package approval
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -9,8 +10,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/countersign/countersign/attest"
 	"time"
+
+	"github.com/countersign/countersign/attest"
 
 	"github.com/go-webauthn/webauthn/protocol"
 	"github.com/go-webauthn/webauthn/webauthn"
@@ -329,7 +331,7 @@ func (s *Service) registerKey(ctx context.Context, e *enrollment, existing []*st
 			Origin:            p.Response.CollectedClientData.Origin,
 			RPID:              s.opts.RPID,
 			UserVerified:      p.Response.AttestationObject.AuthData.Flags.HasUserVerified(),
-			Reason:            fmt.Sprintf("key %d of %s; attestation %s%s", len(existing)+1, e.approverID, orDefault(cred.AttestationFormat, "none"), vouch),
+			Reason:            fmt.Sprintf("key %d of %s; attestation %s%s", len(existing)+1, e.approverID, cmp.Or(cred.AttestationFormat, "none"), vouch),
 		})
 	})
 	if err != nil {

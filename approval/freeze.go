@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/authzdetails"
 )
 
 // The kill switch. A freeze names an agent (or AllAgents) and who froze
@@ -189,7 +190,7 @@ func (s *Service) FreezeAgent(ctx context.Context, agent, by, reason string) (*S
 	if by == "" {
 		return nil, fmt.Errorf("%w: who freezes the agent is required", ErrInvalidRequest)
 	}
-	reason = clean(reason, 300)
+	reason = authzdetails.Clean(reason, 300)
 	var stopped *Stopped
 	err := s.inTx(ctx, func(tx *sql.Tx) error {
 		existing, err := scanFreeze(tx.QueryRowContext(ctx, `SELECT agent, frozen_by, frozen_at, reason FROM agent_freezes WHERE agent = ?`, agent))
@@ -236,7 +237,7 @@ func (s *Service) UnfreezeAgent(ctx context.Context, agent, by, reason string) e
 	if by == "" {
 		return fmt.Errorf("%w: who unfreezes the agent is required", ErrInvalidRequest)
 	}
-	reason = clean(reason, 300)
+	reason = authzdetails.Clean(reason, 300)
 	err := s.inTx(ctx, func(tx *sql.Tx) error {
 		res, err := tx.ExecContext(ctx, `DELETE FROM agent_freezes WHERE agent = ?`, agent)
 		if err != nil {

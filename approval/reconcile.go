@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/authzdetails"
 )
 
 // A request whose run was interrupted (outcome unknown) may have acted or
@@ -74,8 +75,8 @@ func (f Finding) String() string {
 
 // checked is the finding bounded for the log, or why it cannot be recorded.
 func (f Finding) checked() (Finding, error) {
-	f.By = clean(strings.TrimSpace(f.By), maxReconcileText)
-	f.Note = clean(strings.TrimSpace(f.Note), maxReconcileText)
+	f.By = authzdetails.Clean(strings.TrimSpace(f.By), maxReconcileText)
+	f.Note = authzdetails.Clean(strings.TrimSpace(f.Note), maxReconcileText)
 	if f.By == "" {
 		return f, fmt.Errorf("%w: who found out is required", ErrInvalidRequest)
 	}

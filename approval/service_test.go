@@ -385,25 +385,6 @@ func TestCreateValidates(t *testing.T) {
 	}
 }
 
-func TestDisplay(t *testing.T) {
-	got := display(t, splitDetails(t, `[{"type":"payment_initiation","instructedAmount":{"currency":"usd","amount":"1234567.5"},"creditorName":"Vendor X\nTo: Someone Else\u202e","debtorAccount":{"id":"operating"},"counterpartyKnown":false}]`), nil, "transfer", "agent-1", "ABCDEF")
-	want := "Payment: USD 1,234,567.5\nTo: Vendor X\uFFFDTo: Someone Else\uFFFD\nFrom: operating\nWarning: NEW COUNTERPARTY, never paid before\nTool: transfer\nAgent: agent-1\nCode: ABCDEF"
-	if got != want {
-		t.Fatalf("display\n%s\nwant\n%s", got, want)
-	}
-	for _, tc := range []struct{ details, want string }{
-		{`[{"type":"deployment","service":"api","version":"1.4.2","environment":"production"}]`, "Deploy: api version 1.4.2\nEnvironment: production\nWarning: PRODUCTION environment"},
-		{`[{"type":"secret_access","name":"prod-db-password","classification":"restricted"}]`, "Read secret: prod-db-password\nClassification: restricted\nWarning: RESTRICTED secret"},
-		{`[{"type":"custom","b":2,"a":"x"}]`, "Action: custom\na: x\nb: 2"},
-		{`[{"type":"payment_initiation","instructedAmount":{"currency":"EUR","amount":"1e9"},"creditorName":"Y"}]`, `Payment: EUR "1e9" (not a plain decimal)` + "\nTo: Y"},
-	} {
-		got := display(t, splitDetails(t, tc.details), nil, "t", "a", "C")
-		if !strings.HasPrefix(got, tc.want+"\n") {
-			t.Errorf("%s:\n%s\nwant prefix\n%s", tc.details, got, tc.want)
-		}
-	}
-}
-
 func splitDetails(t *testing.T, s string) []json.RawMessage {
 	t.Helper()
 	var out []json.RawMessage

@@ -72,12 +72,3 @@ func ValidID(id string) bool { return validID(id) }
 // ValidToken reports whether token has the shape of an enrollment token
 // the server issues.
 func ValidToken(token string) bool { return validToken(token) }
-
-// IsAgentLine reports whether a display line quotes the agent's own text
-// (AgentPrefix); the page shows those apart, as quotations.
-func IsAgentLine(line string) bool { return isAgentLine(line) }
-
-// Invisible reports whether r would not be seen as itself on the page
-// (bidi controls, zero-width and other invisible characters): the page
-// writes it as an escape instead.
-func Invisible(r rune) bool { return mustEscape(r) }

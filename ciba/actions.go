@@ -10,8 +10,8 @@ import (
 
 	"github.com/gowebpki/jcs"
 
-	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/authzdetails"
 	"github.com/countersign/countersign/guard"
 	"github.com/countersign/countersign/tools"
 	"github.com/countersign/countersign/tools/ledger"
@@ -23,9 +23,9 @@ import (
 // guard combines the decisions). A type whose tool is not configured is
 // judged by tools.ciba alone.
 var detailTools = map[string]string{
-	"payment_initiation": "transfer",
-	"deployment":         "deploy",
-	"secret_access":      "read_secret",
+	authzdetails.TypePayment:      "transfer",
+	authzdetails.TypeDeployment:   "deploy",
+	authzdetails.TypeSecretAccess: "read_secret",
 }
 
 // serverFacts are the members of a detail that state a fact the server
@@ -33,8 +33,8 @@ var detailTools = map[string]string{
 // authorization detail, and a client's different value is kept apart, in
 // clientClaims, which the page quotes as the client's words.
 var serverFacts = map[string][]string{
-	"payment_initiation": {"counterpartyKnown", "newCounterparty"},
-	"secret_access":      {"classification"},
+	authzdetails.TypePayment:      {"counterpartyKnown", "newCounterparty"},
+	authzdetails.TypeSecretAccess: {"classification"},
 }
 
 // judge prepares each detail that describes a tool's call with that tool,
@@ -49,7 +49,7 @@ func (s *Server) judge(ctx context.Context, req *authRequest) ([]guard.Action, *
 	for i, v := range req.details {
 		d, _ := v.(map[string]any)
 		typ, _ := d["type"].(string)
-		if typ == "mcp_tool_call" {
+		if typ == authzdetails.TypeMCPToolCall {
 			a, e := s.upstreamAction(ctx, i, d)
 			if e != nil {
 				return nil, e
@@ -81,7 +81,7 @@ func (s *Server) judge(ctx context.Context, req *authRequest) ([]guard.Action, *
 		if json.Unmarshal(call.Details, &own) != nil || len(own) != 1 {
 			return nil, authError(CodeServerError, "authorization_details[%d] (%s): %s describes the call unexpectedly", i, typ, tool)
 		}
-		if typ == "payment_initiation" {
+		if typ == authzdetails.TypePayment {
 			if err := sameAmount(d, own[0]); err != nil {
 				return nil, authError(CodeInvalidAuthzDetails, "authorization_details[%d] (%s): %v", i, typ, err)
 			}
@@ -100,7 +100,7 @@ func (s *Server) judge(ctx context.Context, req *authRequest) ([]guard.Action, *
 			}
 		}
 		if len(claims) > 0 {
-			d[approval.ClientClaims] = claims
+			d[authzdetails.ClientClaims] = claims
 		}
 		actions = append(actions, guard.Action{Tool: tool, Call: call})
 	}
@@ -175,7 +175,7 @@ func rewrite(req *authRequest, changed map[int]bool) error {
 func (s *Server) toolArgs(typ string, d map[string]any) (map[string]any, error) {
 	str := func(m map[string]any, k string) string { v, _ := m[k].(string); return v }
 	switch typ {
-	case "payment_initiation":
+	case authzdetails.TypePayment:
 		amt, _ := d["instructedAmount"].(map[string]any)
 		currency := str(amt, "currency")
 		amount, err := strconv.ParseFloat(str(amt, "amount"), 64)
@@ -191,9 +191,9 @@ func (s *Server) toolArgs(typ string, d map[string]any) (map[string]any, error) 
 			args["memo"] = memo
 		}
 		return args, nil
-	case "deployment":
+	case authzdetails.TypeDeployment:
 		return map[string]any{"service": str(d, "service"), "version": str(d, "version"), "environment": str(d, "environment")}, nil
-	case "secret_access":
+	case authzdetails.TypeSecretAccess:
 		return map[string]any{"name": str(d, "name")}, nil
 	}
 	return nil, fmt.Errorf("no tool judges type %s", typ)

@@ -26,6 +26,7 @@ import (
 	"github.com/countersign/countersign/approval/approvaltest"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/authz"
+	"github.com/countersign/countersign/authzdetails"
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/guard"
 	"github.com/countersign/countersign/store"
@@ -173,13 +174,13 @@ func TestCIBAPaymentJudgedAsTransfer(t *testing.T) {
 	lines := strings.Split(req.Display, "\n")
 	var server, quoted []string
 	for _, l := range lines {
-		if strings.HasPrefix(l, approval.AgentPrefix) {
+		if strings.HasPrefix(l, authzdetails.AgentPrefix) {
 			quoted = append(quoted, l)
 		} else {
 			server = append(server, l)
 		}
 	}
-	if !strings.Contains(strings.Join(server, "\n"), approval.WarningPrefix+"NEW COUNTERPARTY") {
+	if !strings.Contains(strings.Join(server, "\n"), authzdetails.WarningPrefix+"NEW COUNTERPARTY") {
 		t.Errorf("the display does not warn of a new counterparty:\n%s", req.Display)
 	}
 	if strings.Contains(strings.Join(server, "\n"), "counterpartyKnown") {
@@ -196,7 +197,7 @@ func TestCIBAPaymentJudgedAsTransfer(t *testing.T) {
 	if details[0]["counterpartyKnown"] != false || details[0]["newCounterparty"] != true {
 		t.Errorf("details %s do not state the ledger's facts", req.AuthorizationDetails)
 	}
-	if c, _ := details[0][approval.ClientClaims].(map[string]any); c["counterpartyKnown"] != true {
+	if c, _ := details[0][authzdetails.ClientClaims].(map[string]any); c["counterpartyKnown"] != true {
 		t.Errorf("details %s lose the client's claim", req.AuthorizationDetails)
 	}
 
@@ -257,7 +258,7 @@ func TestCIBASmallPaymentKeepsTheFloor(t *testing.T) {
 	if req.Level != config.LevelHigh || req.Quorum != 1 {
 		t.Fatalf("level %s quorum %d, want the floor: high 1", req.Level, req.Quorum)
 	}
-	if strings.Contains(req.Display, "NEW COUNTERPARTY") || strings.Contains(req.Display, approval.AgentPrefix) {
+	if strings.Contains(req.Display, "NEW COUNTERPARTY") || strings.Contains(req.Display, authzdetails.AgentPrefix) {
 		t.Errorf("display of a known payee:\n%s", req.Display)
 	}
 	// A payee the ledger knows, whose client says it is new: the ledger

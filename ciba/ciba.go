@@ -67,6 +67,7 @@ import (
 
 	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/authzdetails"
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/guard"
 	"github.com/countersign/countersign/token"
@@ -151,7 +152,7 @@ func New(opts Options) (*Server, error) {
 		return nil, fmt.Errorf("ciba: issuer %q is not an http(s) URL without query or fragment", opts.Issuer)
 	}
 	opts.Issuer = strings.TrimRight(opts.Issuer, "/")
-	if _, err := detailSchemas(); err != nil {
+	if err := authzdetails.CheckSchemas(); err != nil {
 		return nil, err
 	}
 	if opts.Now == nil {

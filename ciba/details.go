@@ -2,105 +2,37 @@ package ciba
 
 import (
 	"bytes"
-	"embed"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
-	"path"
-	"slices"
 	"strings"
-	"sync"
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/countersign/countersign/authzdetails"
 	"github.com/gowebpki/jcs"
 	"github.com/santhosh-tekuri/jsonschema/v6"
 )
 
-// The authorization_details types Countersign knows, each with the JSON
-// Schema in schemas/ that an object of that type must satisfy. The approver
-// page renders each type field by field; the schemas admit exactly the
-// fields it shows, no longer than it shows them in full, so nothing a
-// client sends is approved unseen (RFC 9396 section 5: unknown types and
-// unknown fields are refused).
-//
-//go:embed schemas/*.json
-var schemaFiles embed.FS
+// The types, their schemas and their rendering are authzdetails'; ciba
+// adds what a CIBA request must also satisfy (one reading of the JSON,
+// bounds on its size, no invisible characters) and words each refusal
+// for the client.
 
 // Limits on authorization_details as a whole.
 const (
 	maxDetailsBytes = 32 << 10
 	maxDetails      = 8
 	maxDepth        = 16
-	// mcp_tool_call arguments, within what the page shows without eliding.
+	// mcp_tool_call arguments: CIBA's published figures (docs/ciba.md),
+	// narrower than the display limits (authzdetails.MaxShown*), which
+	// approval applies to this request as well; see authzdetails/limits.go
+	// for why there are two.
 	maxArgLeaves = 60
 	maxArgDepth  = 8
 	maxArgString = 200
 	maxArgKey    = 64
 )
-
-// detailSchemas returns the compiled schemas by type, compiling them on
-// first use: once, so the request path only looks them up. New calls it,
-// so a server never starts with a schema that does not compile.
-var detailSchemas = sync.OnceValues(func() (map[string]*jsonschema.Schema, error) {
-	return compileSchemas(schemaFiles)
-})
-
-// compileSchemas compiles schemas/*.json of fsys, keyed by file name
-// without .json.
-func compileSchemas(fsys fs.FS) (map[string]*jsonschema.Schema, error) {
-	files, err := fs.Glob(fsys, "schemas/*.json")
-	if err != nil {
-		return nil, fmt.Errorf("ciba: detail schemas: %w", err)
-	}
-	c := jsonschema.NewCompiler()
-	for _, f := range files {
-		raw, err := fs.ReadFile(fsys, f)
-		if err != nil {
-			return nil, fmt.Errorf("ciba: %s: %w", f, err)
-		}
-		doc, err := jsonschema.UnmarshalJSON(bytes.NewReader(raw))
-		if err != nil {
-			return nil, fmt.Errorf("ciba: %s: %w", f, err)
-		}
-		if err := c.AddResource("mem:///countersign/"+f, doc); err != nil {
-			return nil, fmt.Errorf("ciba: %s: %w", f, err)
-		}
-	}
-	out := map[string]*jsonschema.Schema{}
-	for _, f := range files {
-		s, err := c.Compile("mem:///countersign/" + f)
-		if err != nil {
-			return nil, fmt.Errorf("ciba: %s: %w", f, err)
-		}
-		out[strings.TrimSuffix(path.Base(f), ".json")] = s
-	}
-	return out, nil
-}
-
-// DetailTypes are the authorization_details types Countersign accepts,
-// sorted (discovery's authorization_details_types_supported); none if the
-// schemas do not compile, which New refuses.
-func DetailTypes() []string {
-	schemas, _ := detailSchemas()
-	out := make([]string, 0, len(schemas))
-	for t := range schemas {
-		out = append(out, t)
-	}
-	slices.Sort(out)
-	return out
-}
-
-// DetailSchema returns the JSON Schema of one type.
-func DetailSchema(typ string) ([]byte, bool) {
-	b, err := schemaFiles.ReadFile("schemas/" + typ + ".json")
-	if err != nil {
-		return nil, false
-	}
-	schemas, err := detailSchemas()
-	return b, err == nil && schemas[typ] != nil
-}
 
 // parseDetails checks an authorization_details parameter and returns it in
 // RFC 8785 form, the one form the page, the digest and the token all use,
@@ -114,10 +46,6 @@ func parseDetails(raw string) (json.RawMessage, []any, error) {
 		return nil, nil, errors.New("not valid UTF-8")
 	}
 	if err := strictJSON([]byte(raw)); err != nil {
-		return nil, nil, err
-	}
-	schemas, err := detailSchemas()
-	if err != nil {
 		return nil, nil, err
 	}
 	canon, err := jcs.Transform([]byte(raw))
@@ -143,17 +71,15 @@ func parseDetails(raw string) (json.RawMessage, []any, error) {
 			return nil, nil, fmt.Errorf("[%d]: expected an object", i)
 		}
 		typ, _ := obj["type"].(string)
-		s := schemas[typ]
-		if s == nil {
-			return nil, nil, fmt.Errorf("[%d]: unknown type %s (known: %s)", i, quote(typ), strings.Join(DetailTypes(), ", "))
-		}
-		if err := s.Validate(d); err != nil {
+		if err := authzdetails.Validate(typ, d); errors.Is(err, authzdetails.ErrUnknownType) {
+			return nil, nil, fmt.Errorf("[%d]: unknown type %s (known: %s)", i, quote(typ), strings.Join(authzdetails.Types(), ", "))
+		} else if err != nil {
 			return nil, nil, fmt.Errorf("[%d] (%s): %s", i, typ, schemaError(err))
 		}
 		if err := printable(d, fmt.Sprintf("[%d]", i)); err != nil {
 			return nil, nil, err
 		}
-		if typ == "mcp_tool_call" {
+		if typ == authzdetails.TypeMCPToolCall {
 			if err := argsShown(obj["arguments"]); err != nil {
 				return nil, nil, fmt.Errorf("[%d] (mcp_tool_call): arguments: %v", i, err)
 			}

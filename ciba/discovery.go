@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"net/http"
 
+	"github.com/countersign/countersign/authzdetails"
 	"github.com/countersign/countersign/token"
 )
 
@@ -18,7 +19,7 @@ func (s *Server) Metadata() map[string]any {
 		"jwks_uri":                              iss + PathJWKS,
 		"token_endpoint":                        iss + PathToken,
 		"scopes_supported":                      supportedScopes,
-		"authorization_details_types_supported": DetailTypes(),
+		"authorization_details_types_supported": authzdetails.Types(),
 		"grant_types_supported":                 []string{},
 		"token_endpoint_auth_methods_supported": []string{"client_secret_basic"},
 		// Countersign's own: how approval tokens are signed and typed.

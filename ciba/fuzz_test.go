@@ -7,6 +7,7 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/countersign/countersign/authzdetails"
 	"github.com/gowebpki/jcs"
 )
 
@@ -49,7 +50,7 @@ func FuzzAuthorizationDetails(f *testing.F) {
 		}
 		for _, d := range value {
 			typ, _ := d.(map[string]any)["type"].(string)
-			if !slices.Contains(DetailTypes(), typ) {
+			if !slices.Contains(authzdetails.Types(), typ) {
 				t.Fatalf("accepted unknown type %q", typ)
 			}
 		}

@@ -13,6 +13,7 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/countersign/countersign/authzdetails"
 	"github.com/countersign/countersign/config"
 )
 
@@ -156,7 +157,7 @@ func parseAuthRequest(form url.Values) (*authRequest, *Error) {
 
 	raw := form.Get("authorization_details")
 	if !form.Has("authorization_details") || raw == "" {
-		return nil, authError(CodeInvalidRequest, "authorization_details is required: Countersign countersigns actions it can show the approver (types: %s)", strings.Join(DetailTypes(), ", "))
+		return nil, authError(CodeInvalidRequest, "authorization_details is required: Countersign countersigns actions it can show the approver (types: %s)", strings.Join(authzdetails.Types(), ", "))
 	}
 	details, value, err := parseDetails(raw)
 	if err != nil {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/authzdetails"
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/tools/upstream"
 	"github.com/mark3labs/mcp-go/mcp"
@@ -48,17 +49,17 @@ func values(n int) map[string]any {
 // call.rejected with the reason; a routine call with the same arguments
 // is not affected, and one within the limits raises its request.
 func TestArgumentsTooLargeToShowAreRefusedBeforeARequest(t *testing.T) {
-	over := values(approval.MaxShownValues + 1)
-	long := map[string]any{"content": strings.Repeat("x", approval.MaxShownChars+1)}
+	over := values(authzdetails.MaxShownValues + 1)
+	long := map[string]any{"content": strings.Repeat("x", authzdetails.MaxShownChars+1)}
 	for _, tc := range []struct {
 		name string
 		args map[string]any
 		want string
 	}{
 		{"too many values", over, fmt.Sprintf("arguments too large to show the approver in full: %d values, at most %d",
-			approval.MaxShownValues+1, approval.MaxShownValues)},
+			authzdetails.MaxShownValues+1, authzdetails.MaxShownValues)},
 		{"a string too long", long, fmt.Sprintf("a value of %d characters (args.content), at most %d",
-			approval.MaxShownChars+1, approval.MaxShownChars)},
+			authzdetails.MaxShownChars+1, authzdetails.MaxShownChars)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newFixture(t, config.LevelHigh)
@@ -92,8 +93,8 @@ func TestArgumentsTooLargeToShowAreRefusedBeforeARequest(t *testing.T) {
 	f := newFixture(t, config.LevelHigh)
 	withUpstream(t, f)
 	f.humans.decide <- approval.StateDenied
-	within := values(approval.MaxShownValues - 1)
-	within["content"] = strings.Repeat("y", approval.MaxShownChars)
+	within := values(authzdetails.MaxShownValues - 1)
+	within["content"] = strings.Repeat("y", authzdetails.MaxShownChars)
 	f.g.Handle(context.Background(), Call{Tool: "files__write_file", Agent: "bot", Args: within})
 	if len(f.humans.created) != 1 {
 		t.Fatalf("a call within the limits raised %d requests", len(f.humans.created))

@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"slices"
 
+	"github.com/countersign/countersign/authzdetails"
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/tools/deploy"
 	"github.com/mark3labs/mcp-go/mcp"
@@ -73,7 +74,7 @@ func deployTool(r *deploy.Runner, cfg config.Deploy) (*Spec, error) {
 			return &Call{
 				Args: copyArgs(args),
 				Details: mustJSON([]any{map[string]any{
-					"type": "deployment", "actions": []string{"deploy"},
+					"type": authzdetails.TypeDeployment, "actions": []string{"deploy"},
 					"service": t.Service, "version": t.Version, "environment": t.Environment,
 				}}),
 				Summary: fmt.Sprintf("Deploy %s %s to %s", t.Service, t.Version, t.Environment),

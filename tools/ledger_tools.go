@@ -11,6 +11,7 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/countersign/countersign/authzdetails"
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/tools/ledger"
 	"github.com/mark3labs/mcp-go/mcp"
@@ -390,7 +391,7 @@ func (lt *ledgerTools) transfer() *Spec {
 			}
 			amount := ledger.FormatAmount(ta.req.Amount, ta.currency)
 			detail := map[string]any{
-				"type":              "payment_initiation",
+				"type":              authzdetails.TypePayment,
 				"actions":           []string{"transfer"},
 				"instructedAmount":  map[string]any{"currency": ta.currency, "amount": amount},
 				"debtorAccount":     map[string]any{"id": ta.req.From},

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"unicode/utf8"
 
+	"github.com/countersign/countersign/authzdetails"
 	"github.com/countersign/countersign/tools/secrets"
 	"github.com/mark3labs/mcp-go/mcp"
 )
@@ -85,7 +86,7 @@ func readSecret(s *secrets.Store, mac secrets.MACKey) *Spec {
 					"name": info.Name, "classification": info.Classification, "exists": info.Exists,
 				}},
 				Details: mustJSON([]any{map[string]any{
-					"type": "secret_access", "actions": []string{"read"},
+					"type": authzdetails.TypeSecretAccess, "actions": []string{"read"},
 					"name": info.Name, "classification": info.Classification,
 				}}),
 				Summary: fmt.Sprintf("Read %s secret %s", info.Classification, info.Name),

@@ -13,6 +13,7 @@ import (
 
 	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/approval/approvaltest"
+	"github.com/countersign/countersign/authzdetails"
 )
 
 // A request written to fool the approver: the memo claims authority and a
@@ -40,7 +41,7 @@ func TestBrowserShowsAgentTextAsAQuotationAndFlagsMixedScripts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.HasSuffix(req.Display, "\n"+approval.AgentPrefix+" (reference): “"+memo+"”") {
+	if !strings.HasSuffix(req.Display, "\n"+authzdetails.AgentPrefix+" (reference): “"+memo+"”") {
 		t.Fatalf("the signed display does not end with the quoted memo:\n%s", req.Display)
 	}
 

@@ -12,6 +12,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/countersign/countersign/approval"
+	"github.com/countersign/countersign/authzdetails"
 )
 
 // Rendering: the templates and static files, and what the templates are
@@ -39,7 +40,7 @@ var pages = template.Must(template.New("").Funcs(template.FuncMap{
 type displayLine struct {
 	Label, Value string
 	Warning      bool
-	Quote        bool // text the agent wrote (AgentPrefix), shown as its quotation
+	Quote        bool // text the agent wrote (authzdetails.AgentPrefix), shown as its quotation
 	// Head, set when Value is longer than pageFoldChars, is its start: the
 	// page shows it folded, Head first and the whole Value a tap away. Only
 	// the page folds; the display text that is signed and stored is whole.
@@ -73,7 +74,7 @@ func displayLines(display string) []displayLine {
 		if !ok {
 			label, value = "", l
 		}
-		dl := displayLine{Label: label, Value: value, Warning: strings.HasPrefix(l, approval.WarningPrefix), Quote: approval.IsAgentLine(l)}
+		dl := displayLine{Label: label, Value: value, Warning: strings.HasPrefix(l, authzdetails.WarningPrefix), Quote: authzdetails.IsAgentLine(l)}
 		if n := utf8.RuneCountInString(value); n > pageFoldChars {
 			dl.Head, dl.Chars = string([]rune(value)[:pageFoldHead]), n
 		}
@@ -83,7 +84,7 @@ func displayLines(display string) []displayLine {
 }
 
 // visibleJSON is raw JSON for the page with every character that would
-// not be seen as itself (approval.Invisible: bidi controls, zero-width and other
+// not be seen as itself (authzdetails.Invisible: bidi controls, zero-width and other
 // invisible characters) written as a JSON \u escape. It is the same JSON
 // value, but an override in a string shows as text instead of reordering
 // what is read. JSON whitespace between tokens is kept.
@@ -91,7 +92,7 @@ func visibleJSON(raw []byte) string {
 	var b strings.Builder
 	for _, r := range string(raw) {
 		switch {
-		case r == '\n' || r == '\r' || r == '\t' || !approval.Invisible(r):
+		case r == '\n' || r == '\r' || r == '\t' || !authzdetails.Invisible(r):
 			b.WriteRune(r)
 		case r > 0xFFFF:
 			hi, lo := utf16.EncodeRune(r)

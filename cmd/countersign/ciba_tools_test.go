@@ -10,6 +10,7 @@ import (
 
 	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/approval/approvaltest"
+	"github.com/countersign/countersign/authzdetails"
 	"github.com/countersign/countersign/ciba"
 	"github.com/countersign/countersign/config"
 )
@@ -50,7 +51,7 @@ func TestCIBAPaymentJudgedAsTransferInTheBrowser(t *testing.T) {
 		t.Fatalf("the page shows level %s quorum %d, want critical 2", shown.Level, shown.Quorum)
 	}
 	for _, l := range strings.Split(shown.Display, "\n") {
-		if strings.Contains(l, "counterpartyKnown") && !strings.HasPrefix(l, approval.AgentPrefix) {
+		if strings.Contains(l, "counterpartyKnown") && !strings.HasPrefix(l, authzdetails.AgentPrefix) {
 			t.Errorf("the client's claim is a server line: %q", l)
 		}
 	}

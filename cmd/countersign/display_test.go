@@ -12,8 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/authzdetails"
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/tools/upstream/upstreamtest"
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
@@ -72,11 +72,11 @@ func TestGatewaySignsEveryArgumentAndRefusesWhatItCannotShow(t *testing.T) {
 	}
 
 	over := map[string]any{}
-	for i := range approval.MaxShownValues + 2 {
+	for i := range authzdetails.MaxShownValues + 2 {
 		over[fmt.Sprintf("k%03d", i)] = i
 	}
 	res := callTool(t, a.cs, "notes__echo", over)
-	wantErr := fmt.Sprintf("arguments too large to show the approver in full: %d values, at most %d", approval.MaxShownValues+2, approval.MaxShownValues)
+	wantErr := fmt.Sprintf("arguments too large to show the approver in full: %d values, at most %d", authzdetails.MaxShownValues+2, authzdetails.MaxShownValues)
 	if !res.IsError || !strings.Contains(resultText(res), wantErr) {
 		t.Fatalf("oversized call: isError=%v %s", res.IsError, resultText(res))
 	}

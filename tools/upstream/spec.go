@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 
+	"github.com/countersign/countersign/authzdetails"
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/tools"
 	"github.com/mark3labs/mcp-go/mcp"
@@ -17,7 +18,7 @@ import (
 // "definition_sha256": ...}. definition_sha256 is the hash of the tool's
 // pinned definition (see Pin), so the approver's key signs which
 // definition it approved, and the call runs only under that one.
-const DetailType = "mcp_tool_call"
+const DetailType = authzdetails.TypeMCPToolCall
 
 // caller runs one tool upstream; approval, when set, is the call's
 // approval token, sent in the request's _meta.

@@ -1,7 +1,15 @@
-package approval
+// Package authzdetails owns the RFC 9396 authorization_details types
+// Countersign knows (payment_initiation, deployment, secret_access,
+// mcp_tool_call, and any other rendered generically): how each is rendered
+// into the display text the approver's key signs, and the limits on what
+// can be shown in full. The approval service stores and signs that text,
+// the approver page lays it out, and CIBA validates requests against the
+// same types, so all three read one source. It imports nothing of ours.
+package authzdetails
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"slices"
@@ -10,7 +18,7 @@ import (
 	"unicode/utf8"
 )
 
-// renderDisplay is the exact text the approver is shown and signs over
+// Render is the exact text the approver is shown and signs over
 // (through its SHA-256 in the digest). It is rendered from
 // authorization_details, never from free text the agent wrote, one
 // "Label: value" line each, so the page can lay it out without changing a
@@ -21,14 +29,15 @@ import (
 //
 // Nothing the backend receives is cut or left out: every renderer shows
 // each argument whole (a tool with no details has its arguments listed as
-// an upstream call's are), and a display over the limits in shown.go is
-// an error (*ShowLimitError), not a shorter text.
+// an upstream call's are), and a display over the limits in limits.go is
+// an error (*ShowLimitError), not a shorter text. code is the
+// request's code, shown last; its length counts against MaxShownBytes.
 //
 // Free text the agent wrote (a payment's reference, a description) is not
 // the server's word: it comes last, after the server's lines, each line
 // labelled "The agent wrote (...)" with the text in quotation marks, and the
-// page shows it as a quotation apart from the rest (agentText.go).
-func renderDisplay(details []json.RawMessage, args json.RawMessage, tool, agent, code string) (string, error) {
+// page shows it as a quotation apart from the rest (agenttext.go).
+func Render(details []json.RawMessage, args json.RawMessage, tool, agent, code string) (string, error) {
 	var lines, quoted []string
 	sh := &shown{}
 	for i, raw := range details {
@@ -36,7 +45,7 @@ func renderDisplay(details []json.RawMessage, args json.RawMessage, tool, agent,
 			lines = append(lines, fmt.Sprintf("Action %d of %d", i+1, len(details)))
 		}
 		for _, l := range renderDetail(raw, sh) {
-			if isAgentLine(l) {
+			if IsAgentLine(l) {
 				if len(details) > 1 {
 					l = strings.Replace(l, AgentPrefix+" (", fmt.Sprintf("%s (action %d, ", AgentPrefix, i+1), 1)
 				}
@@ -48,14 +57,14 @@ func renderDisplay(details []json.RawMessage, args json.RawMessage, tool, agent,
 	}
 	quoted = append(quoted, claimLines(details)...)
 	if len(details) == 0 {
-		lines = append(lines, "Action: "+clean(tool, 100)+" (no details given)")
+		lines = append(lines, "Action: "+Clean(tool, 100)+" (no details given)")
 		if len(args) > 0 {
 			lines = append(lines, renderArgs(args, sh)...)
 		}
 	}
 	lines = append(lines,
-		"Tool: "+clean(tool, 100),
-		"Agent: "+clean(agent, 100),
+		"Tool: "+Clean(tool, 100),
+		"Agent: "+Clean(agent, 100),
 		"Code: "+code,
 	)
 	display := strings.Join(append(lines, quoted...), "\n")
@@ -77,7 +86,7 @@ func renderDetail(raw json.RawMessage, sh *shown) []string {
 	}
 	typ := str(d["type"])
 	switch typ {
-	case "payment_initiation":
+	case TypePayment:
 		var amt struct {
 			Currency string          `json:"currency"`
 			Amount   json.RawMessage `json:"amount"`
@@ -108,7 +117,7 @@ func renderDetail(raw json.RawMessage, sh *shown) []string {
 			lines = append(lines, agentLine("reference", ref))
 		}
 		return lines
-	case "deployment":
+	case TypeDeployment:
 		env := sh.full("Environment", str(d["environment"]))
 		lines := []string{
 			"Deploy: " + sh.full("Deploy", str(d["service"])) + " version " + sh.full("version", str(d["version"])),
@@ -118,7 +127,7 @@ func renderDetail(raw json.RawMessage, sh *shown) []string {
 			lines = append(lines, WarningPrefix+"PRODUCTION environment")
 		}
 		return lines
-	case "secret_access":
+	case TypeSecretAccess:
 		name := str(d["name"])
 		if name == "" {
 			name = str(d["secret"])
@@ -132,11 +141,11 @@ func renderDetail(raw json.RawMessage, sh *shown) []string {
 			lines = append(lines, WarningPrefix+strings.ToUpper(class)+" secret")
 		}
 		return lines
-	case "mcp_tool_call":
+	case TypeMCPToolCall:
 		return renderMCPToolCall(raw, sh)
 	}
 	// Generic: type, actions, then every other field in key order.
-	lines := []string{"Action: " + sh.full("Action", orDefault(typ, "(untyped)"))}
+	lines := []string{"Action: " + sh.full("Action", cmp.Or(typ, "(untyped)"))}
 	keys := make([]string, 0, len(d))
 	for k := range d {
 		if k != "type" {
@@ -153,16 +162,9 @@ func renderDetail(raw json.RawMessage, sh *shown) []string {
 			lines = append(lines, agentLine(label, v))
 			continue
 		}
-		lines = append(lines, label+": "+clean(v, whole))
+		lines = append(lines, label+": "+Clean(v, whole))
 	}
 	return lines
-}
-
-func orDefault(s, def string) string {
-	if s == "" {
-		return def
-	}
-	return s
 }
 
 // str returns a JSON string's value, or the compact JSON of anything else.
@@ -223,7 +225,7 @@ func formatAmount(currency string, raw json.RawMessage, sh *shown) string {
 	digits := strings.TrimPrefix(amount, "-")
 	intPart, frac, hasFrac := strings.Cut(digits, ".")
 	if intPart == "" || !allDigits(intPart) || (hasFrac && (frac == "" || !allDigits(frac))) {
-		return cur + " " + fmt.Sprintf("%q", clean(amount, whole)) + " (not a plain decimal)"
+		return cur + " " + fmt.Sprintf("%q", Clean(amount, whole)) + " (not a plain decimal)"
 	}
 	intPart = strings.TrimLeft(intPart, "0")
 	if intPart == "" {
@@ -255,25 +257,25 @@ func allDigits(s string) bool {
 	return true
 }
 
-// whole is clean's max for a value that must not be cut: one the backend
+// whole is Clean's max for a value that must not be cut: one the backend
 // receives (the display limits bound it instead).
 const whole = -1
 
 // full cleans a value shown whole and tallies it under label at.
 func (s *shown) full(at, v string) string {
 	s.text(at, v)
-	return clean(v, whole)
+	return Clean(v, whole)
 }
 
-// clean makes an untrusted value safe to put on one display line: control
+// Clean makes an untrusted value safe to put on one display line: control
 // and formatting characters (newlines, bidi overrides, zero-width joiners)
 // become U+FFFD so their presence stays visible, invalid UTF-8 likewise, and
 // the value is cut at max runes (never, with max = whole), and trimmed.
-func clean(s string, max int) string {
+func Clean(s string, max int) string {
 	return strings.TrimSpace(visible(s, max))
 }
 
-// visible is clean without the trim: for a quotation, whose quotation
+// visible is Clean without the trim: for a quotation, whose quotation
 // marks show a leading or trailing space.
 func visible(s string, max int) string {
 	var b strings.Builder

@@ -1,4 +1,4 @@
-package approval
+package authzdetails
 
 import (
 	"encoding/json"
@@ -32,11 +32,11 @@ func claimLines(details []json.RawMessage) []string {
 		}
 		slices.Sort(keys)
 		for _, k := range keys {
-			what := "claim " + clean(k, 40) + ", not what the server found"
+			what := "claim " + Clean(k, 40) + ", not what the server found"
 			if len(details) > 1 {
 				what = fmt.Sprintf("action %d, %s", i+1, what)
 			}
-			out = append(out, AgentPrefix+" ("+what+"): “"+clean(compact(d.Claims[k]), 80)+"”")
+			out = append(out, AgentPrefix+" ("+what+"): “"+Clean(compact(d.Claims[k]), 80)+"”")
 		}
 	}
 	return out

@@ -1,4 +1,4 @@
-package approval
+package authzdetails
 
 import (
 	"slices"
@@ -27,7 +27,9 @@ func agentLine(what, text string) string {
 	return AgentPrefix + " (" + what + "): “" + visible(text, whole) + "”"
 }
 
-func isAgentLine(l string) bool { return strings.HasPrefix(l, AgentPrefix+" (") }
+// IsAgentLine reports whether a display line quotes the agent's own text
+// (AgentPrefix); the page shows those apart, as quotations.
+func IsAgentLine(l string) bool { return strings.HasPrefix(l, AgentPrefix+" (") }
 
 // scriptWarning flags a name whose letters come from more than one script
 // (Latin "Acme" spelled with a Cyrillic "А"): it may be made to look like a

@@ -1,4 +1,4 @@
-package approval
+package authzdetails
 
 import (
 	"encoding/json"

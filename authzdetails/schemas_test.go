@@ -1,6 +1,7 @@
-package ciba
+package authzdetails
 
 import (
+	"encoding/json"
 	"io/fs"
 	"path"
 	"slices"
@@ -27,13 +28,13 @@ func TestEmbeddedDetailSchemasCompile(t *testing.T) {
 		if schemas[typ] == nil {
 			t.Errorf("%s did not compile to a schema", f)
 		}
-		if _, ok := DetailSchema(typ); !ok {
-			t.Errorf("DetailSchema(%q) not found", typ)
+		if _, ok := Schema(typ); !ok {
+			t.Errorf("Schema(%q) not found", typ)
 		}
 	}
 	slices.Sort(want)
-	if got := DetailTypes(); !slices.Equal(got, want) {
-		t.Errorf("DetailTypes() = %v, want %v", got, want)
+	if got := Types(); !slices.Equal(got, want) {
+		t.Errorf("Types() = %v, want %v", got, want)
 	}
 }
 
@@ -50,6 +51,24 @@ func TestDetailSchemaThatDoesNotCompileIsAnError(t *testing.T) {
 		schemas, err := compileSchemas(fsys)
 		if err == nil || !strings.Contains(err.Error(), "schemas/broken.json") {
 			t.Errorf("%s: got %v, %v; want an error naming schemas/broken.json", name, schemas, err)
+		}
+	}
+}
+
+// Every type with a schema has a renderer of its own, and every type with
+// a renderer of its own has a schema: a client is never admitted a type
+// the page would show only generically, and no named type is unreachable
+// from CIBA.
+func TestEachSchemaHasItsRenderer(t *testing.T) {
+	named := []string{TypeDeployment, TypeMCPToolCall, TypePayment, TypeSecretAccess}
+	slices.Sort(named)
+	if got := Types(); !slices.Equal(got, named) {
+		t.Fatalf("types with a schema %v, types rendered by name %v", got, named)
+	}
+	for _, typ := range named {
+		got := display(t, []json.RawMessage{json.RawMessage(`{"type":"` + typ + `"}`)}, nil, "t", "a", "C")
+		if strings.HasPrefix(got, "Action: "+typ+"\n") {
+			t.Errorf("%s is rendered generically:\n%s", typ, got)
 		}
 	}
 }

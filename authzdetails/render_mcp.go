@@ -1,4 +1,4 @@
-package approval
+package authzdetails
 
 import (
 	"bytes"
@@ -272,7 +272,7 @@ func pathKey(k string) string {
 // visibleQuote quotes s, whole, for one display line. Quote and backslash
 // are escaped, so every escape in the output stands for exactly one
 // character of s; \n, \r and \t keep their usual names and every other
-// character that would not be seen as itself (see mustEscape) becomes
+// character that would not be seen as itself (see Invisible) becomes
 // \uXXXX or \UXXXXXXXX. In a key (inKey), a colon before a space is
 // escaped so the key cannot contain the ": " that ends a display label.
 func visibleQuote(s string, inKey bool) string {
@@ -298,7 +298,7 @@ func visibleQuote(s string, inKey bool) string {
 			b.WriteString(`\t`)
 		case inKey && r == ':' && strings.HasPrefix(s[i+1:], " "):
 			b.WriteString(`\u003A`)
-		case mustEscape(r) || marks > mcpMaxMarks:
+		case Invisible(r) || marks > mcpMaxMarks:
 			if r <= 0xFFFF {
 				fmt.Fprintf(&b, `\u%04X`, r)
 			} else {
@@ -312,14 +312,14 @@ func visibleQuote(s string, inKey bool) string {
 	return b.String()
 }
 
-// mustEscape reports whether r would not be seen as itself on the page:
+// Invisible reports whether r would not be seen as itself on the page:
 // controls (C0, DEL, C1), format characters (bidi controls and marks,
 // zero-width space and joiners, word joiner, BOM, soft hyphen, U+180E, tag
 // characters), line and paragraph separators, private-use, surrogate and
 // unassigned code points, every space other than U+0020 (they look like
 // it), variation selectors and the other default-ignorable characters
 // (U+034F, Hangul fillers), and the blank braille pattern.
-func mustEscape(r rune) bool {
+func Invisible(r rune) bool {
 	if r == ' ' {
 		return false
 	}

@@ -1,4 +1,4 @@
-package approval
+package authzdetails
 
 import (
 	"encoding/json"
@@ -19,16 +19,6 @@ func mcpDisplay(t testing.TB, args string) string {
 		d += `,"arguments":` + args
 	}
 	return display(t, []json.RawMessage{json.RawMessage(d + "}")}, nil, "files__write_file", "agent-1", "ABCDEF")
-}
-
-// display renders a display that must be within the limits.
-func display(t testing.TB, details []json.RawMessage, args json.RawMessage, tool, agent, code string) string {
-	t.Helper()
-	got, err := renderDisplay(details, args, tool, agent, code)
-	if err != nil {
-		t.Fatalf("render: %v", err)
-	}
-	return got
 }
 
 const mcpTrailer = "\nTool: files__write_file\nAgent: agent-1\nCode: ABCDEF"
@@ -217,7 +207,7 @@ func FuzzRenderMCPToolCall(f *testing.F) {
 			return
 		}
 		detail := `{"type":"mcp_tool_call","server":"files","tool":"write_file","arguments":` + string(args) + "}"
-		if _, err := renderDisplay([]json.RawMessage{json.RawMessage(detail)}, nil, "files__write_file", "agent-1", "ABCDEF"); err != nil {
+		if _, err := Render([]json.RawMessage{json.RawMessage(detail)}, nil, "files__write_file", "agent-1", "ABCDEF"); err != nil {
 			var le *ShowLimitError
 			if !errors.As(err, &le) || (le.Values <= MaxShownValues && le.Longest <= MaxShownChars && le.Bytes <= MaxShownBytes) {
 				t.Fatalf("refused within the limits: %v", err)
