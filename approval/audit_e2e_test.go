@@ -153,7 +153,7 @@ func ran(t *testing.T, svc *Service, log *audit.Log, r *Request) {
 	sum, _ := digest.ArgsSHA256(args)
 	err := svc.Finish(ctx, r.ID, Outcome{State: StateExecuted, Result: json.RawMessage(`{"ok":true}`),
 		Record: audit.Entry{Kind: audit.KindCallExecuted, Agent: r.Agent, Tool: r.Tool, Args: args,
-			ArgsSHA256: hex.EncodeToString(sum[:]), Decision: r.Level, Result: json.RawMessage(`{"ok":true}`)}})
+			ArgsSHA256: hex.EncodeToString(sum[:]), Decision: string(r.Level), Result: json.RawMessage(`{"ok":true}`)}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/go-webauthn/webauthn/webauthn"
 
 	"github.com/countersign/countersign/digest"
+	"github.com/countersign/countersign/vocab"
 )
 
 // Batch approval: against fatigue, an approver may approve several pending
@@ -111,7 +112,7 @@ func (s *Service) loadBatch(ctx context.Context, q querier, ids []string) (*batc
 		if err != nil {
 			return nil, err
 		}
-		if r.Level != "high" || !r.Batchable {
+		if r.Level != vocab.LevelHigh || !r.Batchable {
 			return nil, failf(ErrNotBatchable, "request %s (%s, %s) is not batchable: it needs its own tap", r.ID, r.Tool, r.Level)
 		}
 		d, err := s.digest(r, digest.Approve)

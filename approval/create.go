@@ -18,6 +18,7 @@ import (
 
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/digest"
+	"github.com/countersign/countersign/vocab"
 )
 
 // codeAlphabet has no 0/O, 1/I/L: a human compares it across two screens.
@@ -86,7 +87,7 @@ func (s *Service) prepare(r NewRequest) (*creation, error) {
 	if r.Timeout <= 0 {
 		r.Timeout = 5 * time.Minute
 	}
-	r.Batchable = r.Batchable && r.Level == "high"
+	r.Batchable = r.Batchable && r.Level == vocab.LevelHigh
 	if err := checkWait(&r); err != nil {
 		return nil, err
 	}
@@ -144,11 +145,11 @@ func checkPayload(r *NewRequest) ([32]byte, []json.RawMessage, error) {
 // critical needs two approvers and always user verification.
 func applyLevel(r *NewRequest) error {
 	switch r.Level {
-	case "high":
+	case vocab.LevelHigh:
 		if r.Quorum <= 0 {
 			r.Quorum = 1
 		}
-	case "critical":
+	case vocab.LevelCritical:
 		if r.Quorum <= 0 {
 			r.Quorum = 2
 		}

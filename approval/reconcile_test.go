@@ -13,6 +13,7 @@ import (
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/audit/verify"
 	"github.com/countersign/countersign/digest"
+	"github.com/countersign/countersign/vocab"
 )
 
 // interrupted claims an approved request and ends it interrupted, with the
@@ -29,7 +30,7 @@ func interrupted(t *testing.T, svc *Service, r *Request) {
 	const why = "outcome unknown: upstream notes: connection lost"
 	err := svc.Finish(ctx, r.ID, Outcome{State: StateInterrupted, Note: why, Result: json.RawMessage(`{"error":"interrupted"}`),
 		Record: audit.Entry{Kind: audit.KindCallInterrupted, Agent: r.Agent, Tool: r.Tool, Args: args,
-			ArgsSHA256: hex.EncodeToString(sum[:]), Decision: r.Level, Reason: why}})
+			ArgsSHA256: hex.EncodeToString(sum[:]), Decision: string(r.Level), Reason: why}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -138,7 +139,7 @@ func TestReconcileCallWithoutARequestBySeq(t *testing.T) {
 	f, log, _ := newLoggedFixture(t)
 	args := json.RawMessage(`{"name":"late","text":"x"}`)
 	sum, _ := digest.ArgsSHA256(args)
-	call := audit.Entry{Agent: "agent-a", Tool: "hostile__stubborn", ArgsSHA256: hex.EncodeToString(sum[:]), Decision: audit.LevelLow}
+	call := audit.Entry{Agent: "agent-a", Tool: "hostile__stubborn", ArgsSHA256: hex.EncodeToString(sum[:]), Decision: string(vocab.LevelLow)}
 	appendCall := func(outcome string) int64 {
 		t.Helper()
 		allowed := call

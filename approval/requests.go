@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/countersign/countersign/digest"
+	"github.com/countersign/countersign/vocab"
 )
 
 // NewRequest is what the MCP server asks a human to countersign.
@@ -22,8 +23,8 @@ type NewRequest struct {
 	AuthorizationDetails json.RawMessage
 	// Summary is a short binding text from the tool.
 	Summary          string
-	Level            string // "high" | "critical"
-	Rule             string // rule(s) that raised it
+	Level            vocab.Level // high or critical
+	Rule             string      // rule(s) that raised it
 	Approvers        []string
 	Quorum           int
 	UserVerification string // "required" | "preferred" | "discouraged"; critical is always required
@@ -69,7 +70,7 @@ type Request struct {
 	Running bool
 
 	// Shown on the page.
-	Level                string
+	Level                vocab.Level
 	Display              string
 	AuthorizationDetails json.RawMessage
 	CreatedAt            time.Time

@@ -242,7 +242,7 @@ func membersOf(e *Entry, canon func([]byte) ([]byte, error)) ([][]byte, error) {
 	integer("interrupted_seq", e.InterruptedSeq)
 	// Kind is never empty (prepare refuses that), matching its lack of omitempty.
 	out = append(out, appendJCSString([]byte(`"kind":`), e.Kind))
-	str("level", e.Level)
+	str("level", string(e.Level))
 	str("nonce", e.Nonce)
 	str("origin", e.Origin)
 	if err := raw("policy", e.Policy); err != nil {

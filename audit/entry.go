@@ -1,6 +1,10 @@
 package audit
 
-import "encoding/json"
+import (
+	"encoding/json"
+
+	"github.com/countersign/countersign/vocab"
+)
 
 // Entry kinds.
 const (
@@ -63,7 +67,7 @@ type Entry struct {
 	ArgsSHA256 string          `json:"args_sha256,omitempty"` // hex SHA-256 of JCS(args), always kept
 	ArgsSeq    int64           `json:"args_seq,omitempty"`    // format 3, on a call's outcome: seq of its call.allowed, which holds the args
 	Decision   string          `json:"decision,omitempty"`    // call.*: the policy level; key entries: approve|deny
-	Level      string          `json:"level,omitempty"`       // approval.requested: high|critical
+	Level      vocab.Level     `json:"level,omitempty"`       // approval.requested: high|critical
 	Rule       string          `json:"rule,omitempty"`        // the rule(s) that decided
 	// Usage is the usage variable the policy saw (what the agent had done
 	// in rolling windows), on decisions of tools whose rules use it, so a
@@ -148,10 +152,3 @@ type Entry struct {
 	Hash     string `json:"hash,omitempty"`
 	Sig      string `json:"sig,omitempty"`
 }
-
-// Policy levels as the log records them.
-const (
-	LevelLow      = "low"
-	LevelHigh     = "high"
-	LevelCritical = "critical"
-)

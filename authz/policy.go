@@ -62,6 +62,7 @@ import (
 	"cel.dev/cel-go/common"
 
 	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/vocab"
 )
 
 // Options are the parts of a policy that come from outside the tools section.
@@ -129,7 +130,7 @@ func (e *CompileError) Error() string { return e.Path + ": " + e.Msg }
 func (e *CompileError) Is(target error) bool { return target == ErrInvalid }
 
 // Level ranks, lowest first; the index is the order.
-var levels = []string{config.LevelLow, config.LevelHigh, config.LevelCritical, config.LevelDeny}
+var levels = []vocab.Level{vocab.LevelLow, vocab.LevelHigh, vocab.LevelCritical, vocab.LevelDeny}
 
 const (
 	rankLow = iota
@@ -138,7 +139,7 @@ const (
 	rankDeny
 )
 
-func rankOf(level string) (int, bool) {
+func rankOf(level vocab.Level) (int, bool) {
 	i := slices.Index(levels, level)
 	return i, i >= 0
 }
@@ -233,10 +234,10 @@ func (c *compiler) upstreamDefault(i int, u config.Upstream) (upstreamDefault, b
 	nerr := len(c.errs)
 	approvers := c.resolve(p+".approvers", entries)
 	d := upstreamDefault{name: u.Name, prefix: u.Prefix}
-	mk := func(level string) *tool {
+	mk := func(level vocab.Level) *tool {
 		rank, ok := rankOf(level)
 		if !ok {
-			c.fail(p+".default_level", "expected one of %s, got %q", strings.Join(levels, ", "), level)
+			c.fail(p+".default_level", "expected one of %s, got %q", levelList(), level)
 			return nil
 		}
 		if (rank == rankHigh || rank == rankCritical) && len(approvers) == 0 {
@@ -252,7 +253,7 @@ func (c *compiler) upstreamDefault(i int, u config.Upstream) (upstreamDefault, b
 		d.readOnly = mk(u.DefaultLevel)
 		d.other, d.why = d.readOnly, "default_level"
 	} else {
-		d.readOnly, d.other = mk(config.LevelLow), mk(config.LevelHigh)
+		d.readOnly, d.other = mk(vocab.LevelLow), mk(vocab.LevelHigh)
 	}
 	return d, len(c.errs) == nerr
 }
@@ -357,7 +358,7 @@ func (c *compiler) settings(p, name string, ct config.Tool) *tool {
 
 	base, ok := rankOf(ct.Level)
 	if !ok {
-		c.fail(p+".level", "expected one of %s, got %q", strings.Join(levels, ", "), ct.Level)
+		c.fail(p+".level", "expected one of %s, got %q", levelList(), ct.Level)
 	}
 	t.base = base
 	switch t.uv {
@@ -435,7 +436,7 @@ func (c *compiler) rule(p string, i int, cr config.Rule, ct config.Tool, t *tool
 
 	level, known := rankOf(cr.Level)
 	if !known {
-		c.fail(rp+".level", "expected one of %s, got %q", strings.Join(levels, ", "), cr.Level)
+		c.fail(rp+".level", "expected one of %s, got %q", levelList(), cr.Level)
 	}
 	r.level = level
 	if r.quorum < 0 {
@@ -661,4 +662,13 @@ func (p *Policy) MayCountersign(tool string, readOnly bool) bool {
 		}
 	}
 	return false
+}
+
+// levelList names the levels for an error message, lowest first.
+func levelList() string {
+	names := make([]string, len(levels))
+	for i, l := range levels {
+		names[i] = string(l)
+	}
+	return strings.Join(names, ", ")
 }

@@ -101,7 +101,7 @@ func (g *Guard) Resume(ctx context.Context) error {
 // storedEntry is the audit entry of a stored request's call, as the guard
 // made it when the call came in.
 func storedEntry(u approval.Unfinished) audit.Entry {
-	e := audit.Entry{Agent: u.Agent, Tool: u.Tool, Decision: u.Level, Rule: u.Rule, RequestID: u.ID}
+	e := audit.Entry{Agent: u.Agent, Tool: u.Tool, Decision: string(u.Level), Rule: u.Rule, RequestID: u.ID}
 	canonical{JSON: u.Args, SHA256: sha256.Sum256(u.Args)}.setOn(&e, u.RedactArgs)
 	return e
 }

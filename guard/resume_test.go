@@ -20,6 +20,7 @@ import (
 	"github.com/countersign/countersign/digest"
 	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/tools"
+	"github.com/countersign/countersign/vocab"
 	"github.com/mark3labs/mcp-go/mcp"
 )
 
@@ -117,7 +118,7 @@ func newWorld(t *testing.T) *world {
 	}
 	t.Cleanup(func() { db.Close() })
 	w := &world{t: t, db: db, log: &memLog{}, cat: tools.NewCatalog(), book: &book{}, once: &counter{},
-		policy: &fixedPolicy{d: authz.Decision{Level: config.LevelHigh, Reason: "test", Quorum: 1, Approvers: []string{"alice"}, Wait: authz.WaitPoll}}}
+		policy: &fixedPolicy{d: authz.Decision{Level: vocab.LevelHigh, Reason: "test", Quorum: 1, Approvers: []string{"alice"}, Wait: authz.WaitPoll}}}
 	if err := w.cat.Replace("test", []*tools.Spec{w.book.spec("note"), w.once.spec("pay")}); err != nil {
 		t.Fatal(err)
 	}
@@ -350,7 +351,7 @@ func TestRestartSettlesClaimedRequests(t *testing.T) {
 // more.
 func TestRestartSettlesRoutineCallsLeftOpen(t *testing.T) {
 	w := newWorld(t)
-	w.policy.d = authz.Decision{Level: config.LevelLow}
+	w.policy.d = authz.Decision{Level: vocab.LevelLow}
 	ctx := context.Background()
 	ro := &counter{}
 	roSpec := ro.spec("peek")

@@ -11,6 +11,7 @@ import (
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/tools/upstream"
+	"github.com/countersign/countersign/vocab"
 	"github.com/mark3labs/mcp-go/mcp"
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
 )
@@ -61,7 +62,7 @@ func TestArgumentsTooLargeToShowAreRefusedBeforeARequest(t *testing.T) {
 			approval.MaxShownChars+1, approval.MaxShownChars)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			f := newFixture(t, config.LevelHigh)
+			f := newFixture(t, vocab.LevelHigh)
 			runs := withUpstream(t, f)
 			res := f.g.Handle(context.Background(), Call{Tool: "files__write_file", Agent: "bot", Args: tc.args})
 			if !res.IsError || !strings.Contains(text(res), tc.want) {
@@ -71,7 +72,7 @@ func TestArgumentsTooLargeToShowAreRefusedBeforeARequest(t *testing.T) {
 				t.Fatalf("%d requests raised, %d runs", len(f.humans.created), runs.Load())
 			}
 			e := f.log.last(audit.KindCallRejected)
-			if e.Tool != "files__write_file" || e.Decision != config.LevelHigh || !strings.Contains(e.Reason, tc.want) ||
+			if e.Tool != "files__write_file" || e.Decision != string(vocab.LevelHigh) || !strings.Contains(e.Reason, tc.want) ||
 				e.Args != nil || len(e.ArgsSHA256) != 64 {
 				t.Fatalf("call.rejected %+v", e)
 			}
@@ -81,7 +82,7 @@ func TestArgumentsTooLargeToShowAreRefusedBeforeARequest(t *testing.T) {
 				}
 			}
 
-			low := newFixture(t, config.LevelLow)
+			low := newFixture(t, vocab.LevelLow)
 			lowRuns := withUpstream(t, low)
 			if res := low.g.Handle(context.Background(), Call{Tool: "files__write_file", Agent: "bot", Args: tc.args}); res.IsError || lowRuns.Load() != 1 {
 				t.Fatalf("routine call: %q, %d runs", text(res), lowRuns.Load())
@@ -89,7 +90,7 @@ func TestArgumentsTooLargeToShowAreRefusedBeforeARequest(t *testing.T) {
 		})
 	}
 
-	f := newFixture(t, config.LevelHigh)
+	f := newFixture(t, vocab.LevelHigh)
 	withUpstream(t, f)
 	f.humans.decide <- approval.StateDenied
 	within := values(approval.MaxShownValues - 1)

@@ -7,6 +7,7 @@ import (
 	"net/http"
 
 	"github.com/countersign/countersign/approval"
+	"github.com/countersign/countersign/vocab"
 )
 
 // The batch pages: the pending list has a checkbox on each batchable
@@ -68,7 +69,7 @@ func (s *server) pageBatch(w http.ResponseWriter, r *http.Request) {
 		switch {
 		case req.State != approval.StatePending:
 			it.Refused = "This request is " + req.State + "; it can no longer be approved."
-		case req.Level != "high" || !req.Batchable:
+		case req.Level != vocab.LevelHigh || !req.Batchable:
 			it.Refused = "This request cannot be approved together with others: it needs its own tap on its own page."
 		}
 		d.Batch.OK = d.Batch.OK && it.Refused == ""

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/countersign/countersign/approval"
+	"github.com/countersign/countersign/vocab"
 )
 
 // server is the page of one approval service.
@@ -160,7 +161,7 @@ type requestJSON struct {
 	ID             string          `json:"id"`
 	Tool           string          `json:"tool"`
 	Agent          string          `json:"agent"`
-	Level          string          `json:"level"`
+	Level          vocab.Level     `json:"level"`
 	State          string          `json:"state"`
 	Code           string          `json:"code"`
 	BindingMessage string          `json:"bindingMessage"`
@@ -184,7 +185,7 @@ func toJSON(r *approval.Request) requestJSON {
 		BindingMessage: r.BindingMessage, Display: r.Display, Details: r.AuthorizationDetails,
 		ExpiresAt: r.ExpiresAt, Approvers: r.Approvers, ApproverNames: r.ApproverNames,
 		Approvals: r.Approvals, Quorum: r.Quorum, DecidedBy: r.DecidedBy, Reason: r.Reason, URL: "/requests/" + r.ID,
-		Batchable: r.Batchable && r.Level == "high",
+		Batchable: r.Batchable && r.Level == vocab.LevelHigh,
 	}
 	if out.Approvals == nil {
 		out.Approvals = []string{}

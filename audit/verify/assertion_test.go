@@ -15,6 +15,7 @@ import (
 
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/digest"
+	"github.com/countersign/countersign/vocab"
 	"github.com/go-webauthn/webauthn/protocol/webauthncbor"
 	"github.com/go-webauthn/webauthn/protocol/webauthncose"
 )
@@ -146,7 +147,7 @@ func requestFields(id string) audit.Entry {
 }
 
 // requested is the approval.requested entry of request id.
-func requested(id, level string, quorum int, uv string, eligible ...string) audit.Entry {
+func requested(id string, level vocab.Level, quorum int, uv string, eligible ...string) audit.Entry {
 	e := requestFields(id)
 	e.Kind, e.Level, e.Rule, e.Quorum, e.Eligible, e.UserVerification = audit.KindApprovalRequested, level, "tools.transfer.rules[0]", quorum, eligible, uv
 	return e

@@ -15,6 +15,7 @@ import (
 
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/digest"
+	"github.com/countersign/countersign/vocab"
 )
 
 var updateGolden = os.Getenv("AUDIT_UPDATE_GOLDEN") != ""
@@ -60,7 +61,7 @@ func exampleEntries(t *testing.T, k exampleKeys) []audit.Entry {
 		e.Kind, e.Args, e.ArgsSHA256 = kind, args, hex.EncodeToString(sum[:])
 		return e
 	}
-	request := func(id, level string, quorum int, uvReq string, eligible ...string) audit.Entry {
+	request := func(id string, level vocab.Level, quorum int, uvReq string, eligible ...string) audit.Entry {
 		e := forRequest(audit.KindApprovalRequested, id)
 		e.Level, e.Rule, e.Quorum, e.Eligible, e.UserVerification = level, "tools.transfer.rules[1]", quorum, eligible, uvReq
 		e.Reason = `binding message "Pay USD 500,000.00 to Vendor X (code 7KQ2MP)"`

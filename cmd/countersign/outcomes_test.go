@@ -28,6 +28,7 @@ import (
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/tools/upstream/upstreamtest"
+	"github.com/countersign/countersign/vocab"
 	"github.com/mark3labs/mcp-go/mcp"
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
 )
@@ -299,7 +300,7 @@ func TestUpstreamCallWithoutAnAnswerIsInterruptedNeverFailedAndReconciled(t *tes
 // it the same way, naming it #SEQ: the seq of its call.interrupted.
 func TestRoutineUpstreamCallWithoutAnAnswerIsInterruptedAndReconciledBySeq(t *testing.T) {
 	up, _, record := stubbornUpstream(t, "hostile", 300*time.Millisecond)
-	up.DefaultLevel = config.LevelLow
+	up.DefaultLevel = vocab.LevelLow
 	p := startProduct(t, func(c *config.Config) {
 		withTaskAgents(c)
 		c.Upstreams = []config.Upstream{up}
