@@ -5,7 +5,7 @@ import (
 	"log/slog"
 	"testing"
 
-	"github.com/countersign/countersign/digest"
+	"github.com/countersign/countersign/vocab"
 )
 
 // BenchmarkCreateApprove measures one request's life up to BeginExecution:
@@ -23,7 +23,7 @@ func BenchmarkCreateApprove(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		c, resp := f.sign(b, req.ID, digest.Approve, alice)
+		c, resp := f.sign(b, req.ID, vocab.Approve, alice)
 		if _, err := f.svc.FinishDecision(ctx, req.ID, c, resp); err != nil {
 			b.Fatal(err)
 		}

@@ -153,14 +153,14 @@ func applyLevel(r *NewRequest) error {
 		if r.Quorum <= 0 {
 			r.Quorum = 2
 		}
-		r.UserVerification = "required"
+		r.UserVerification = vocab.UVRequired
 	default:
 		return fmt.Errorf("%w: level %q (want high or critical)", ErrInvalidRequest, r.Level)
 	}
 	switch r.UserVerification {
 	case "":
-		r.UserVerification = "preferred"
-	case "required", "preferred", "discouraged":
+		r.UserVerification = vocab.UVPreferred
+	case vocab.UVRequired, vocab.UVPreferred, vocab.UVDiscouraged:
 	default:
 		return fmt.Errorf("%w: user_verification %q", ErrInvalidRequest, r.UserVerification)
 	}

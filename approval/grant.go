@@ -160,7 +160,7 @@ func (s *Service) Offer(ctx context.Context, requestID string) (*GrantOffer, err
 // within the request's offer. Its challenge is the grant digest; it is
 // finished with FinishDecision like any other decision.
 func (s *Service) BeginGrant(ctx context.Context, requestID string, choice GrantChoice) (*DecisionOptions, error) {
-	return s.beginDecision(ctx, requestID, digest.Approve, &choice)
+	return s.beginDecision(ctx, requestID, vocab.Approve, &choice)
 }
 
 // chooseGrant checks the approver's choice against the request's offer and

@@ -47,7 +47,7 @@ func TestReconcileRecordsAFindingOnceAndOnlyForAnInterruptedCall(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := f.decide(t, r.ID, digest.Approve, alice); err != nil {
+		if _, err := f.decide(t, r.ID, vocab.Approve, alice); err != nil {
 			t.Fatal(err)
 		}
 		return r
@@ -165,7 +165,7 @@ func TestReconcileCallWithoutARequestBySeq(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.decide(t, r.ID, digest.Approve, alice); err != nil {
+	if _, err := f.decide(t, r.ID, vocab.Approve, alice); err != nil {
 		t.Fatal(err)
 	}
 	interrupted(t, f.svc, r)

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/countersign/countersign/digest"
 	"github.com/countersign/countersign/vocab"
 )
 
@@ -27,7 +26,7 @@ type NewRequest struct {
 	Rule             string      // rule(s) that raised it
 	Approvers        []string
 	Quorum           int
-	UserVerification string // "required" | "preferred" | "discouraged"; critical is always required
+	UserVerification vocab.UserVerification // critical is always required
 	Timeout          time.Duration
 	RedactArgs       bool // audit entries keep only args_sha256
 	// Wait is how the call waits: WaitBlock (default), WaitPoll or WaitTask. It
@@ -89,7 +88,7 @@ type row struct {
 	redact     bool
 	summary    string
 	rule       string
-	uv         string
+	uv         vocab.UserVerification
 	nonce      []byte
 	expiresSec int64
 	execClaim  int64
@@ -156,7 +155,7 @@ func (s *Service) load(ctx context.Context, q querier, id string) (*row, error) 
 	if err != nil {
 		return nil, err
 	}
-	rows, err := q.QueryContext(ctx, `SELECT approver_id FROM approval_votes WHERE request_id = ? AND decision = ? ORDER BY created_at`, id, digest.Approve)
+	rows, err := q.QueryContext(ctx, `SELECT approver_id FROM approval_votes WHERE request_id = ? AND decision = ? ORDER BY created_at`, id, vocab.Approve)
 	if err != nil {
 		return nil, err
 	}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/digest"
+	"github.com/countersign/countersign/vocab"
 )
 
 // mcpRequest is a request for an upstream call with these arguments.
@@ -174,7 +175,7 @@ func TestDisplayDigestCoversEveryArgument(t *testing.T) {
 		at := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 		sum := func(display string) [32]byte {
 			d, err := digest.Compute(digest.Action{
-				RequestID: "r", Decision: digest.Approve, AuthorizationDetails: []byte(`[]`), Tool: "t",
+				RequestID: "r", Decision: vocab.Approve, AuthorizationDetails: []byte(`[]`), Tool: "t",
 				Display: display, Nonce: make([]byte, 32), ExpiresAt: at,
 			})
 			if err != nil {

@@ -19,6 +19,7 @@ import (
 
 	"github.com/countersign/countersign/approval/approvaltest"
 	"github.com/countersign/countersign/store"
+	"github.com/countersign/countersign/vocab"
 )
 
 // softKey is a security key in software: an ECDSA P-256 credential that
@@ -200,7 +201,7 @@ func (f *fixture) enroll(t testing.TB, approver string, key *softKey) {
 
 // sign runs one decision ceremony with key and returns the raw response
 // and the ceremony id it answered.
-func (f *fixture) sign(t testing.TB, id, decision string, key *softKey) (ceremony string, response []byte) {
+func (f *fixture) sign(t testing.TB, id string, decision vocab.Decision, key *softKey) (ceremony string, response []byte) {
 	t.Helper()
 	opts, err := f.svc.BeginDecision(context.Background(), id, decision)
 	if err != nil {
@@ -209,7 +210,7 @@ func (f *fixture) sign(t testing.TB, id, decision string, key *softKey) (ceremon
 	return opts.Ceremony, key.get(opts.PublicKey.Challenge.String())
 }
 
-func (f *fixture) decide(t *testing.T, id, decision string, key *softKey) (*Request, error) {
+func (f *fixture) decide(t *testing.T, id string, decision vocab.Decision, key *softKey) (*Request, error) {
 	t.Helper()
 	c, resp := f.sign(t, id, decision, key)
 	return f.svc.FinishDecision(context.Background(), id, c, resp)

@@ -44,7 +44,7 @@ type Decision struct {
 	Quorum int
 	// UserVerification is "required" for critical, else the tool's setting
 	// (default "preferred").
-	UserVerification string
+	UserVerification vocab.UserVerification
 	Timeout          time.Duration // approval lifetime
 	Wait             string        // "block" | "poll"
 	// Grant, at high only, is what the tool allows of standing grants
@@ -173,7 +173,7 @@ func (p *Policy) Decide(in Input) (d Decision) {
 			d.Grant = t.grants
 			d.Batchable = t.batchable
 		} else {
-			d.UserVerification = UVRequired
+			d.UserVerification = vocab.UVRequired
 			d.Quorum = cmp(quorum, t.quorum, DefaultCriticalQuorum)
 		}
 	}

@@ -95,20 +95,20 @@ func TestShippedPolicy(t *testing.T) {
 		rules     []string
 		approvers []string
 		quorum    int
-		uv        string
+		uv        vocab.UserVerification
 	}{
-		{"small transfer to known payee", transfer(100, true), vocab.LevelLow, nil, nil, 0, UVPreferred},
-		{"exactly 10000 stays low", transfer(10000, true), vocab.LevelLow, nil, nil, 0, UVPreferred},
-		{"10001 is high", transfer(10001, true), vocab.LevelHigh, []string{"large-or-new-payee"}, []string{"alice", "bob"}, 1, UVPreferred},
-		{"small to unknown payee is high", transfer(5, false), vocab.LevelHigh, []string{"large-or-new-payee"}, []string{"alice", "bob"}, 1, UVPreferred},
-		{"exactly 250000 stays high", transfer(250000, true), vocab.LevelHigh, []string{"large-or-new-payee"}, []string{"alice", "bob"}, 1, UVPreferred},
-		{"250001 is critical", transfer(250001, true), vocab.LevelCritical, []string{"very-large"}, []string{"alice", "bob"}, 2, UVRequired},
-		{"critical to unknown payee", transfer(500000, false), vocab.LevelCritical, []string{"very-large"}, []string{"alice", "bob"}, 2, UVRequired},
-		{"deploy staging", deploy("staging"), vocab.LevelLow, nil, nil, 0, UVPreferred},
-		{"deploy production", deploy("production"), vocab.LevelHigh, []string{"production"}, []string{"alice"}, 1, UVPreferred},
-		{"restricted secret", secret("restricted"), vocab.LevelHigh, []string{"restricted-secret"}, []string{"alice"}, 1, UVPreferred},
-		{"internal secret", secret("internal"), vocab.LevelLow, nil, nil, 0, UVPreferred},
-		{"routine read", Input{Tool: "get_balance", Now: testNow}, vocab.LevelLow, nil, nil, 0, UVPreferred},
+		{"small transfer to known payee", transfer(100, true), vocab.LevelLow, nil, nil, 0, vocab.UVPreferred},
+		{"exactly 10000 stays low", transfer(10000, true), vocab.LevelLow, nil, nil, 0, vocab.UVPreferred},
+		{"10001 is high", transfer(10001, true), vocab.LevelHigh, []string{"large-or-new-payee"}, []string{"alice", "bob"}, 1, vocab.UVPreferred},
+		{"small to unknown payee is high", transfer(5, false), vocab.LevelHigh, []string{"large-or-new-payee"}, []string{"alice", "bob"}, 1, vocab.UVPreferred},
+		{"exactly 250000 stays high", transfer(250000, true), vocab.LevelHigh, []string{"large-or-new-payee"}, []string{"alice", "bob"}, 1, vocab.UVPreferred},
+		{"250001 is critical", transfer(250001, true), vocab.LevelCritical, []string{"very-large"}, []string{"alice", "bob"}, 2, vocab.UVRequired},
+		{"critical to unknown payee", transfer(500000, false), vocab.LevelCritical, []string{"very-large"}, []string{"alice", "bob"}, 2, vocab.UVRequired},
+		{"deploy staging", deploy("staging"), vocab.LevelLow, nil, nil, 0, vocab.UVPreferred},
+		{"deploy production", deploy("production"), vocab.LevelHigh, []string{"production"}, []string{"alice"}, 1, vocab.UVPreferred},
+		{"restricted secret", secret("restricted"), vocab.LevelHigh, []string{"restricted-secret"}, []string{"alice"}, 1, vocab.UVPreferred},
+		{"internal secret", secret("internal"), vocab.LevelLow, nil, nil, 0, vocab.UVPreferred},
+		{"routine read", Input{Tool: "get_balance", Now: testNow}, vocab.LevelLow, nil, nil, 0, vocab.UVPreferred},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -299,7 +299,7 @@ func TestHighestLevelWinsAndNamesEveryRule(t *testing.T) {
 			t.Errorf("n=%v agent=%q: got %s %q approvers %q quorum %d, want %s %q %q %d (reason %q)",
 				tc.n, tc.agent, d.Level, d.Rules, d.Approvers, d.Quorum, tc.level, tc.rules, tc.approvers, tc.quorum, d.Reason)
 		}
-		if tc.level == vocab.LevelCritical && d.UserVerification != UVRequired {
+		if tc.level == vocab.LevelCritical && d.UserVerification != vocab.UVRequired {
 			t.Errorf("n=%v: critical with user verification %q", tc.n, d.UserVerification)
 		}
 	}
@@ -321,11 +321,11 @@ func TestToolSettings(t *testing.T) {
 		t.Errorf("off: %+v", d)
 	}
 	d := p.Decide(Input{Tool: "slow"})
-	if d.Level != vocab.LevelHigh || d.UserVerification != UVDiscouraged || d.Wait != WaitPoll || d.Timeout != time.Hour || d.Quorum != 1 {
+	if d.Level != vocab.LevelHigh || d.UserVerification != vocab.UVDiscouraged || d.Wait != WaitPoll || d.Timeout != time.Hour || d.Quorum != 1 {
 		t.Errorf("slow: %+v", d)
 	}
 	d = p.Decide(Input{Tool: "dflt"})
-	if d.Level != vocab.LevelCritical || d.UserVerification != UVRequired || d.Wait != WaitBlock || d.Timeout != 90*time.Second || d.Quorum != 2 {
+	if d.Level != vocab.LevelCritical || d.UserVerification != vocab.UVRequired || d.Wait != WaitBlock || d.Timeout != 90*time.Second || d.Quorum != 2 {
 		t.Errorf("dflt: %+v", d)
 	}
 }

@@ -36,14 +36,14 @@ type DocumentUpstream struct {
 
 // DocumentTool is config.Tool without what does not decide (redaction).
 type DocumentTool struct {
-	Level            vocab.Level     `json:"level"`
-	Rules            []DocumentRule  `json:"rules,omitempty"`
-	Approvers        []string        `json:"approvers,omitempty"`
-	Quorum           int             `json:"quorum,omitempty"`
-	UserVerification string          `json:"user_verification,omitempty"`
-	Timeout          string          `json:"timeout,omitempty"`
-	Wait             string          `json:"wait,omitempty"`
-	Grants           *DocumentGrants `json:"grants,omitempty"`
+	Level            vocab.Level            `json:"level"`
+	Rules            []DocumentRule         `json:"rules,omitempty"`
+	Approvers        []string               `json:"approvers,omitempty"`
+	Quorum           int                    `json:"quorum,omitempty"`
+	UserVerification vocab.UserVerification `json:"user_verification,omitempty"`
+	Timeout          string                 `json:"timeout,omitempty"`
+	Wait             string                 `json:"wait,omitempty"`
+	Grants           *DocumentGrants        `json:"grants,omitempty"`
 	// Batchable is left out when false, so that the document (and the
 	// policy_sha256 naming it) of a policy without batches is what it was
 	// before batches existed.

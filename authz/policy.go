@@ -90,12 +90,8 @@ type Options struct {
 	replay bool
 }
 
-// User verification settings, and wait modes, as written in the config.
+// Wait modes, as written in the config.
 const (
-	UVRequired    = "required"
-	UVPreferred   = "preferred"
-	UVDiscouraged = "discouraged"
-
 	WaitBlock = "block"
 	WaitPoll  = "poll"
 )
@@ -164,7 +160,7 @@ type tool struct {
 	rules     []rule   // only rules that can raise the base level, config order
 	approvers []string // resolved ids, sorted
 	quorum    int      // 0 = level default
-	uv        string
+	uv        vocab.UserVerification
 	timeout   time.Duration
 	wait      string
 	batchable bool // config's batchable: its high calls may be approved in a batch
@@ -243,7 +239,7 @@ func (c *compiler) upstreamDefault(i int, u config.Upstream) (upstreamDefault, b
 		if (rank == rankHigh || rank == rankCritical) && len(approvers) == 0 {
 			c.fail(p, "its tools that are not read-only default to %s, which needs approvers: declare approvers, or set default_level", level)
 		}
-		t := &tool{base: rank, approvers: approvers, uv: UVPreferred, wait: WaitBlock, timeout: c.opts.DefaultTimeout}
+		t := &tool{base: rank, approvers: approvers, uv: vocab.UVPreferred, wait: WaitBlock, timeout: c.opts.DefaultTimeout}
 		if t.timeout <= 0 {
 			t.timeout = defaultTimeout
 		}
@@ -363,8 +359,8 @@ func (c *compiler) settings(p, name string, ct config.Tool) *tool {
 	t.base = base
 	switch t.uv {
 	case "":
-		t.uv = UVPreferred
-	case UVRequired, UVPreferred, UVDiscouraged:
+		t.uv = vocab.UVPreferred
+	case vocab.UVRequired, vocab.UVPreferred, vocab.UVDiscouraged:
 	default:
 		c.fail(p+".user_verification", "expected one of required, preferred, discouraged, got %q", t.uv)
 	}

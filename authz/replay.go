@@ -32,7 +32,7 @@ type Recorded struct {
 type Requirement struct {
 	Approvers        []string
 	Quorum           int
-	UserVerification string
+	UserVerification vocab.UserVerification
 	Batchable        bool // may be approved in a batch
 }
 
@@ -159,7 +159,7 @@ func (t *tool) requirement(level int, matched []*rule) Requirement {
 		req.Quorum = 1
 		req.Batchable = t.batchable
 	} else {
-		req.UserVerification = UVRequired
+		req.UserVerification = vocab.UVRequired
 		req.Quorum = cmp(quorum, t.quorum, DefaultCriticalQuorum)
 	}
 	return req

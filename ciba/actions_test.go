@@ -241,7 +241,7 @@ func TestCIBAPaymentJudgedAsTransfer(t *testing.T) {
 			requested = e
 		}
 	}
-	if !strings.Contains(requested.Rule, "transfer:very-large") || requested.Quorum != 2 || requested.UserVerification != authz.UVRequired {
+	if !strings.Contains(requested.Rule, "transfer:very-large") || requested.Quorum != 2 || requested.UserVerification != vocab.UVRequired {
 		t.Errorf("approval.requested rule %q quorum %d uv %q", requested.Rule, requested.Quorum, requested.UserVerification)
 	}
 }

@@ -218,15 +218,15 @@ type Limits struct {
 
 // Tool is the policy and behaviour of one guarded tool.
 type Tool struct {
-	Level            vocab.Level   `mapstructure:"level"` // low | high | critical | deny
-	Rules            []Rule        `mapstructure:"rules"`
-	Approvers        []string      `mapstructure:"approvers"` // approver ids and role:NAME
-	Quorum           int           `mapstructure:"quorum"`
-	UserVerification string        `mapstructure:"user_verification"` // required | preferred | discouraged
-	Timeout          time.Duration `mapstructure:"timeout"`
-	Wait             string        `mapstructure:"wait"`        // block | poll
-	RedactArgs       bool          `mapstructure:"redact_args"` // keep only the args digest in the audit log
-	Grants           Grants        `mapstructure:"grants"`      // standing grants an approver may give (grant.go); none by default
+	Level            vocab.Level            `mapstructure:"level"` // low | high | critical | deny
+	Rules            []Rule                 `mapstructure:"rules"`
+	Approvers        []string               `mapstructure:"approvers"` // approver ids and role:NAME
+	Quorum           int                    `mapstructure:"quorum"`
+	UserVerification vocab.UserVerification `mapstructure:"user_verification"`
+	Timeout          time.Duration          `mapstructure:"timeout"`
+	Wait             string                 `mapstructure:"wait"`        // block | poll
+	RedactArgs       bool                   `mapstructure:"redact_args"` // keep only the args digest in the audit log
+	Grants           Grants                 `mapstructure:"grants"`      // standing grants an approver may give (grant.go); none by default
 	// Batchable lets an approver approve this tool's high calls together
 	// with others in one tap (approval.max_batch). A call raised to
 	// critical is never batchable; a critical tool may not say true.

@@ -277,7 +277,7 @@ func combine(floor authz.Decision, tool string, d authz.Decision) authz.Decision
 	}
 	out.Quorum = max(out.Quorum, d.Quorum, 1)
 	if out.Level == vocab.LevelCritical {
-		out.UserVerification = authz.UVRequired
+		out.UserVerification = vocab.UVRequired
 	} else {
 		out.UserVerification = strongerUV(out.UserVerification, d.UserVerification)
 	}
@@ -287,8 +287,8 @@ func combine(floor authz.Decision, tool string, d authz.Decision) authz.Decision
 	return out
 }
 
-func strongerUV(a, b string) string {
-	rank := map[string]int{authz.UVDiscouraged: 0, authz.UVPreferred: 1, authz.UVRequired: 2}
+func strongerUV(a, b vocab.UserVerification) vocab.UserVerification {
+	rank := map[vocab.UserVerification]int{vocab.UVDiscouraged: 0, vocab.UVPreferred: 1, vocab.UVRequired: 2}
 	if rank[b] > rank[a] || a == "" {
 		return b
 	}

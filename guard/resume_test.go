@@ -17,7 +17,6 @@ import (
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/authz"
 	"github.com/countersign/countersign/config"
-	"github.com/countersign/countersign/digest"
 	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/tools"
 	"github.com/countersign/countersign/vocab"
@@ -175,7 +174,7 @@ func enroll(t *testing.T, svc *approval.Service) *approvaltest.SoftKey {
 func (w *world) approve(p *process, id string) {
 	w.t.Helper()
 	ctx := context.Background()
-	opts, err := p.svc.BeginDecision(ctx, id, digest.Approve)
+	opts, err := p.svc.BeginDecision(ctx, id, vocab.Approve)
 	if err != nil {
 		w.t.Fatal(err)
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/approval/approvaltest"
 	"github.com/countersign/countersign/store"
+	"github.com/countersign/countersign/vocab"
 )
 
 // The service the page tests serve: a real database, an audit log in
@@ -95,7 +96,7 @@ func (f *fixture) create(t testing.TB, nr approval.NewRequest) string {
 }
 
 // decide runs one decision ceremony with key, in Go.
-func (f *fixture) decide(t *testing.T, id, decision string, key *softKey) (*approval.Request, error) {
+func (f *fixture) decide(t *testing.T, id string, decision vocab.Decision, key *softKey) (*approval.Request, error) {
 	t.Helper()
 	opts, err := f.svc.BeginDecision(context.Background(), id, decision)
 	if err != nil {

@@ -266,8 +266,8 @@ func (s *server) apiEvents(w http.ResponseWriter, r *http.Request) {
 
 func (s *server) apiBegin(w http.ResponseWriter, r *http.Request) {
 	var body struct {
-		Decision string     `json:"decision"`
-		Grant    *grantBody `json:"grant"` // approve and grant (approval/grant.go)
+		Decision vocab.Decision `json:"decision"`
+		Grant    *grantBody     `json:"grant"` // approve and grant (approval/grant.go)
 	}
 	if !decodeJSON(w, r, &body) {
 		return
@@ -275,7 +275,7 @@ func (s *server) apiBegin(w http.ResponseWriter, r *http.Request) {
 	var opts *approval.DecisionOptions
 	var err error
 	if body.Grant != nil {
-		if body.Decision != "approve" {
+		if body.Decision != vocab.Approve {
 			writeError(w, http.StatusBadRequest, "invalid", "only an approval can create a grant")
 			return
 		}

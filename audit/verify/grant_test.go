@@ -22,15 +22,15 @@ import (
 //	31 grant.revoked       G1, by bob
 func grantEntries(t *testing.T, k exampleKeys) []audit.Entry {
 	const uv = flagUserPresent | flagUserVerified
-	req := requested("req-G", vocab.LevelHigh, 1, audit.UVPreferred, "alice", "bob")
+	req := requested("req-G", vocab.LevelHigh, 1, vocab.UVPreferred, "alice", "bob")
 	assertion := requestFields("req-G")
-	assertion.Kind, assertion.Decision, assertion.DecidedAt = audit.KindApprovalAssertion, digest.Approve, "2026-03-01T09:31:00.000000000Z"
+	assertion.Kind, assertion.Decision, assertion.DecidedAt = audit.KindApprovalAssertion, string(vocab.Approve), "2026-03-01T09:31:00.000000000Z"
 	assertion.GrantID, assertion.GrantMaxCalls, assertion.GrantExpiresAt = "G1", 2, "2026-03-01T09:45:00Z"
 	assertion.GrantCondition = `agent == "agent-1" && tool == "transfer" && args.to == "Vendor X" && args.amount <= 500000 && ` +
 		`args.all(k, k in ["amount", "currency", "to"])`
 	k.alice.sign(&assertion, origin, rpID, uv)
 	approved := requestFields("req-G")
-	approved.Kind, approved.Decision, approved.Approvers, approved.Assertions = audit.KindApprovalApproved, digest.Approve, []string{"alice"}, []int64{26}
+	approved.Kind, approved.Decision, approved.Approvers, approved.Assertions = audit.KindApprovalApproved, string(vocab.Approve), []string{"alice"}, []int64{26}
 	ran := requestFields("req-G")
 	ran = audit.Entry{Kind: audit.KindCallExecuted, Agent: ran.Agent, Tool: ran.Tool, Args: ran.Args, ArgsSHA256: ran.ArgsSHA256, Decision: string(vocab.LevelHigh), RequestID: "req-G"}
 	args := json.RawMessage(`{"to":"Vendor X","amount":400000,"currency":"USD"}`)
@@ -106,7 +106,7 @@ func TestVerifyChecksGrants(t *testing.T) {
 		{"an outcome without its granted call.allowed", func(es []audit.Entry) []audit.Entry { return without(es, 29) }, 29, "follows no call.allowed"},
 		{"the grant's limits raised after the tap", at(26, func(e *audit.Entry) { e.GrantMaxCalls = 50 }), 26, "challenge is not the grant digest"},
 		{"the grant's condition widened after the tap", at(26, func(e *audit.Entry) { e.GrantCondition = "true" }), 26, "challenge is not the grant digest"},
-		{"a grant on a critical request", at(25, func(e *audit.Entry) { e.Level, e.UserVerification = vocab.LevelCritical, audit.UVRequired }), 26, "grants cover high requests with one approver only"},
+		{"a grant on a critical request", at(25, func(e *audit.Entry) { e.Level, e.UserVerification = vocab.LevelCritical, vocab.UVRequired }), 26, "grants cover high requests with one approver only"},
 		{"grant terms on a call", at(29, func(e *audit.Entry) { e.GrantMaxCalls = 5 }), 29, "carries a grant's condition or limits"},
 		{"a revocation of an unknown grant", at(31, func(e *audit.Entry) { e.GrantID = "G9" }), 31, "names grant G9"},
 		{"a revocation twice", func(es []audit.Entry) []audit.Entry { return append(es, es[30]) }, 32, "grant G1 was already revoked at seq 31"},

@@ -239,9 +239,9 @@ func (q *requirements) requested(e *audit.Entry) string {
 		return "approval.requested names no eligible approvers"
 	case e.Quorum < 1 || e.Quorum > len(e.Eligible):
 		return fmt.Sprintf("approval.requested has quorum %d of %d eligible approvers", e.Quorum, len(e.Eligible))
-	case e.UserVerification != audit.UVRequired && e.UserVerification != audit.UVPreferred && e.UserVerification != audit.UVDiscouraged:
+	case e.UserVerification != vocab.UVRequired && e.UserVerification != vocab.UVPreferred && e.UserVerification != vocab.UVDiscouraged:
 		return fmt.Sprintf("approval.requested has user_verification %q", e.UserVerification)
-	case e.Level == vocab.LevelCritical && e.UserVerification != audit.UVRequired:
+	case e.Level == vocab.LevelCritical && e.UserVerification != vocab.UVRequired:
 		return "a critical request must require user verification"
 	case e.Level == vocab.LevelCritical && e.Batchable:
 		return "a critical request cannot be batchable"
@@ -313,7 +313,7 @@ func (q *requirements) decision(e *audit.Entry) string {
 	if !decided.Before(r.expires) {
 		return fmt.Sprintf("decided at %s, after request %s expired at %s", e.DecidedAt, e.RequestID, req.ExpiresAt)
 	}
-	if req.UserVerification == audit.UVRequired && !e.UserVerified {
+	if req.UserVerification == vocab.UVRequired && !e.UserVerified {
 		return fmt.Sprintf("request %s requires user verification; %s's assertion has none", e.RequestID, e.Approver)
 	}
 	if reason := batchRule(req, e); reason != "" {
@@ -342,7 +342,7 @@ func (q *requirements) approved(e *audit.Entry) string {
 		return reason
 	}
 	req := r.entry
-	if e.Decision != digest.Approve {
+	if vocab.Decision(e.Decision) != vocab.Approve {
 		return fmt.Sprintf("approval.approved with decision %q", e.Decision)
 	}
 	if e.Tool != req.Tool || e.ArgsSHA256 != req.ArgsSHA256 {
