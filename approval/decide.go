@@ -314,7 +314,7 @@ func joinComma(xs []string) string {
 	return b.String()
 }
 
-func (s *Service) transition(ctx context.Context, tx *sql.Tx, id, state, by, reason string) error {
+func (s *Service) transition(ctx context.Context, tx *sql.Tx, id string, state vocab.State, by, reason string) error {
 	res, err := tx.ExecContext(ctx, `UPDATE approval_requests SET state = ?, decided_by = ?, decided_at = ?, reason = ?
 		WHERE id = ? AND state = 'pending' AND expires_at > ?`, state, by, s.now().UnixNano(), reason, id, s.now().Unix())
 	if err != nil {

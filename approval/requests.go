@@ -45,7 +45,7 @@ type NewRequest struct {
 type Request struct {
 	ID             string
 	Tool, Agent    string
-	State          string
+	State          vocab.State
 	Code           string
 	BindingMessage string
 	URL            string

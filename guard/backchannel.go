@@ -215,7 +215,7 @@ func (g *Guard) Raise(ctx context.Context, b Backchannel) (*approval.Request, er
 // caps (limits.go) and by the humans who approve.
 func (g *Guard) countWhileLive(id string, counted []*reservation) {
 	r, err := g.opts.Requests.Await(g.life, id, approval.Settled)
-	if err != nil || r.State == approval.StateExecuted {
+	if err != nil || r.State == vocab.StateExecuted {
 		return // closing, or the token was issued: it keeps counting
 	}
 	for _, c := range counted {
@@ -343,7 +343,7 @@ func (g *Guard) Redeem(ctx context.Context, tool, id, agent string) (*approval.P
 	entry := audit.Entry{Agent: r.Agent, Tool: r.Tool, RequestID: r.ID, Decision: string(r.Level)}
 	fail := func(reason string) (*approval.PollStatus, string, error) {
 		entry.Kind, entry.Reason = audit.KindCallFailed, reason
-		if err := g.opts.Runs.Finish(ctx, id, approval.Outcome{State: approval.StateFailed, Record: entry}); err != nil {
+		if err := g.opts.Runs.Finish(ctx, id, approval.Outcome{State: vocab.StateFailed, Record: entry}); err != nil {
 			g.log.Error("cannot store approval outcome", "auth_req_id", id, "err", err)
 		}
 		return nil, "", errors.New(reason)
@@ -376,7 +376,7 @@ func (g *Guard) Redeem(ctx context.Context, tool, id, agent string) (*approval.P
 	// The token goes out only once the log says it was issued. The record
 	// is written with the request's state, so a crash cannot leave one
 	// without the other (guard.Resume settles a claim it interrupted).
-	if err := g.opts.Runs.Finish(ctx, id, approval.Outcome{State: approval.StateExecuted, Result: result, Record: entry}); err != nil {
+	if err := g.opts.Runs.Finish(ctx, id, approval.Outcome{State: vocab.StateExecuted, Result: result, Record: entry}); err != nil {
 		g.log.Error("cannot record the approval token", "auth_req_id", id, "err", err)
 		return nil, "", errors.New("the audit log cannot record the approval token")
 	}

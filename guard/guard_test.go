@@ -106,18 +106,18 @@ func (l *memLog) last(kind string) audit.Entry {
 type humans struct {
 	mu        sync.Mutex
 	created   []approval.NewRequest
-	decide    chan string // the final state of the next request waited on
+	decide    chan vocab.State // the final state of the next request waited on
 	claimed   int
 	finished  []bool
-	cancelled []string // reasons
-	log       *memLog  // where Finish records the outcome, as the real service does through its outbox
-	state     string   // what Get says; settle sets it
+	cancelled []string    // reasons
+	log       *memLog     // where Finish records the outcome, as the real service does through its outbox
+	state     vocab.State // what Get says; settle sets it
 	hooks     []func(string)
 }
 
 // settle decides the request as the page would, for a caller that is not
 // waiting (poll mode): Get reports state, and the OnChange hooks hear it.
-func (h *humans) settle(state string) {
+func (h *humans) settle(state vocab.State) {
 	h.mu.Lock()
 	h.state = state
 	hooks := h.hooks
@@ -276,7 +276,7 @@ func newFixture(t *testing.T, level vocab.Level) *fixture {
 	f := &fixture{
 		log:    log,
 		policy: &fixedPolicy{d: authz.Decision{Level: level, Reason: "test says " + string(level), Quorum: 1, Approvers: []string{"alice"}, Wait: authz.WaitBlock}},
-		humans: &humans{decide: make(chan string, 1), log: log},
+		humans: &humans{decide: make(chan vocab.State, 1), log: log},
 		tool:   &counter{},
 		cat:    tools.NewCatalog(),
 	}
@@ -424,8 +424,8 @@ func TestApprovedCallRunsOnceOnTheApprovedBytes(t *testing.T) {
 }
 
 func TestDeniedOrExpiredCallNeverRuns(t *testing.T) {
-	for _, state := range []string{approval.StateDenied, approval.StateExpired, approval.StateCancelled} {
-		t.Run(state, func(t *testing.T) {
+	for _, state := range []vocab.State{approval.StateDenied, approval.StateExpired, approval.StateCancelled} {
+		t.Run(string(state), func(t *testing.T) {
 			f := newFixture(t, vocab.LevelHigh)
 			f.humans.decide <- state
 			res := f.g.Handle(context.Background(), Call{Tool: "pay", Args: map[string]any{"amount": 1.0}})
@@ -713,7 +713,7 @@ func payTo(payee string) *tools.Spec {
 func TestSplitTransfersAreJudgedAsTheirSumAndRefusalsStopCounting(t *testing.T) {
 	f := newFixture(t, vocab.LevelLow)
 	f.cat.Replace("test", []*tools.Spec{payTo("Acme Supplies")})
-	f.humans.decide = make(chan string, 100)
+	f.humans.decide = make(chan vocab.State, 100)
 	for range 10 {
 		f.humans.decide <- approval.StateDenied
 	}

@@ -202,7 +202,7 @@ func (w *world) raiseFor(p *process, agent, tool string, args map[string]any) st
 	return out.ID
 }
 
-func (w *world) waitState(p *process, id, state string) *approval.Request {
+func (w *world) waitState(p *process, id string, state vocab.State) *approval.Request {
 	w.t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -608,7 +608,7 @@ func TestRestartLeavesBackchannelRequestsToTheirClients(t *testing.T) {
 		t.Fatal(err)
 	}
 	time.Sleep(1200 * time.Millisecond) // longer than ToolWait: nothing may fail them meanwhile
-	for id, want := range map[string]string{pending: approval.StatePending, approved: approval.StateApproved} {
+	for id, want := range map[string]vocab.State{pending: approval.StatePending, approved: approval.StateApproved} {
 		if r, _ := p2.svc.Get(ctx, id); r.State != want {
 			t.Errorf("backchannel request %s after restart: %s (%s), want %s", id, r.State, r.Reason, want)
 		}

@@ -213,7 +213,7 @@ func (s *stack) waitRequest(t *testing.T) string {
 }
 
 // waitState waits until request id is in state.
-func (s *stack) waitState(t *testing.T, id, state string) {
+func (s *stack) waitState(t *testing.T, id string, state vocab.State) {
 	t.Helper()
 	var (
 		r   *approval.Request

@@ -162,7 +162,7 @@ type requestJSON struct {
 	Tool           string          `json:"tool"`
 	Agent          string          `json:"agent"`
 	Level          vocab.Level     `json:"level"`
-	State          string          `json:"state"`
+	State          vocab.State     `json:"state"`
 	Code           string          `json:"code"`
 	BindingMessage string          `json:"bindingMessage"`
 	Display        string          `json:"display"`

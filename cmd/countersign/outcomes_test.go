@@ -126,7 +126,7 @@ func toJSON(v any) string {
 	return string(b)
 }
 
-func waitState(t *testing.T, p *product, id, state string) *approval.Request {
+func waitState(t *testing.T, p *product, id string, state vocab.State) *approval.Request {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
