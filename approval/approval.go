@@ -64,6 +64,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/vocab"
 )
 
 // Recorder is satisfied by *audit.Log. Every step is recorded; if Append
@@ -117,18 +118,17 @@ type Approver struct {
 	Roles    []string
 }
 
-// Request states.
+// Request states, kept as aliases of package vocab's while callers move
+// to vocab.State* directly.
 const (
-	StatePending   = "pending"
-	StateApproved  = "approved"
-	StateDenied    = "denied"
-	StateExpired   = "expired"
-	StateCancelled = "cancelled"
-	StateExecuted  = "executed"
-	StateFailed    = "failed"
-	// StateInterrupted: the process died while the request ran and the
-	// backend cannot tell whether it took effect; it is never run again.
-	StateInterrupted = "interrupted"
+	StatePending     = vocab.StatePending
+	StateApproved    = vocab.StateApproved
+	StateDenied      = vocab.StateDenied
+	StateExpired     = vocab.StateExpired
+	StateCancelled   = vocab.StateCancelled
+	StateExecuted    = vocab.StateExecuted
+	StateFailed      = vocab.StateFailed
+	StateInterrupted = vocab.StateInterrupted
 )
 
 // Errors callers can test with errors.Is.

@@ -14,6 +14,7 @@ import (
 	"github.com/go-webauthn/webauthn/webauthn"
 
 	"github.com/countersign/countersign/digest"
+	"github.com/countersign/countersign/vocab"
 )
 
 // CheckError names the check that refused an assertion or a ceremony. The
@@ -80,7 +81,7 @@ type assertionCheck struct {
 	// batch, when set instead of req, is the set of requests one
 	// assertion approves together (batch.go).
 	batch    *batchSet
-	decision string
+	decision vocab.Decision
 	session  webauthn.SessionData
 	now      time.Time
 	lookup   func(rawID []byte) (*storedCred, error)
@@ -246,16 +247,16 @@ func (ac assertionCheck) enrolled(rawID []byte) (*storedCred, error) {
 // allowed checks that the key's approver may decide every request and, to
 // approve, was not counted on it yet. It returns the user verification
 // the strictest of them needs.
-func (ac assertionCheck) allowed(reqs []*row, cred *storedCred) (string, error) {
-	uv := ""
+func (ac assertionCheck) allowed(reqs []*row, cred *storedCred) (vocab.UserVerification, error) {
+	var uv vocab.UserVerification
 	for _, r := range reqs {
 		if !slices.Contains(r.Approvers, cred.approverID) {
 			return "", failf(ErrApproverNotAllowed, "%s may not decide request %s", cred.approverID, r.ID)
 		}
-		if ac.decision == digest.Approve && slices.Contains(r.Approvals, cred.approverID) {
+		if ac.decision == vocab.Approve && slices.Contains(r.Approvals, cred.approverID) {
 			return "", failf(ErrAlreadyCounted, "%s already approved request %s", cred.approverID, r.ID)
 		}
-		if uv == "" || r.uv == "required" {
+		if uv == "" || r.uv == vocab.UVRequired {
 			uv = r.uv
 		}
 	}
@@ -265,7 +266,7 @@ func (ac assertionCheck) allowed(reqs []*row, cred *storedCred) (string, error) 
 // checkAuthenticator checks where the assertion was made and what the key
 // reports: a configured origin, our RP ID, user presence, user
 // verification when uv requires it, and a sign counter that moved up.
-func (s *Service) checkAuthenticator(cd protocol.CollectedClientData, ad protocol.AuthenticatorData, cred *storedCred, uv, what string) error {
+func (s *Service) checkAuthenticator(cd protocol.CollectedClientData, ad protocol.AuthenticatorData, cred *storedCred, uv vocab.UserVerification, what string) error {
 	if !slices.Contains(s.opts.Origins, cd.Origin) || cd.CrossOrigin {
 		return failf(ErrOrigin, "origin %q (cross-origin %v) is not one of %v", cd.Origin, cd.CrossOrigin, s.opts.Origins)
 	}
@@ -276,7 +277,7 @@ func (s *Service) checkAuthenticator(cd protocol.CollectedClientData, ad protoco
 	if !ad.Flags.HasUserPresent() {
 		return failf(ErrUserPresence, "the key did not report user presence")
 	}
-	if uv == "required" && !ad.Flags.HasUserVerified() {
+	if uv == vocab.UVRequired && !ad.Flags.HasUserVerified() {
 		return failf(ErrUserVerification, "%s requires user verification (PIN or biometric)", what)
 	}
 	if ad.Counter != 0 || cred.signCount != 0 {
@@ -289,7 +290,7 @@ func (s *Service) checkAuthenticator(cd protocol.CollectedClientData, ad protoco
 
 // checkSignature lets go-webauthn verify the signature (and the rest) for
 // the one key, the challenge want and the user verification uv.
-func (s *Service) checkSignature(ac assertionCheck, p *protocol.ParsedCredentialAssertionData, cred *storedCred, uv string, want [32]byte) (*webauthn.Credential, error) {
+func (s *Service) checkSignature(ac assertionCheck, p *protocol.ParsedCredentialAssertionData, cred *storedCred, uv vocab.UserVerification, want [32]byte) (*webauthn.Credential, error) {
 	h, err := ac.handle(cred.approverID)
 	if err != nil {
 		return nil, err

@@ -12,7 +12,7 @@ import (
 
 	"github.com/countersign/countersign/approval/approvaltest"
 	"github.com/countersign/countersign/audit"
-	"github.com/countersign/countersign/digest"
+	"github.com/countersign/countersign/vocab"
 )
 
 // Every attack must fail closed and leave an approval.rejected entry that
@@ -27,7 +27,7 @@ func TestReplayIsRejected(t *testing.T) {
 	nr := paymentRequest("alice", "bob")
 	nr.Level = "critical"
 	req, _ := f.svc.Create(ctx, nr)
-	ceremony, captured := f.sign(t, req.ID, digest.Approve, alice)
+	ceremony, captured := f.sign(t, req.ID, vocab.Approve, alice)
 	if _, err := f.svc.FinishDecision(ctx, req.ID, ceremony, captured); err != nil {
 		t.Fatal(err)
 	}
@@ -40,7 +40,7 @@ func TestReplayIsRejected(t *testing.T) {
 
 	// A fresh ceremony on the same request: the digest is the same, so
 	// the replay check must catch it.
-	opts, err := f.svc.BeginDecision(ctx, req.ID, digest.Approve)
+	opts, err := f.svc.BeginDecision(ctx, req.ID, vocab.Approve)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -51,7 +51,7 @@ func TestReplayIsRejected(t *testing.T) {
 
 	// Another request: the digest differs.
 	other, _ := f.svc.Create(ctx, nr)
-	opts, _ = f.svc.BeginDecision(ctx, other.ID, digest.Approve)
+	opts, _ = f.svc.BeginDecision(ctx, other.ID, vocab.Approve)
 	if _, err := f.svc.FinishDecision(ctx, other.ID, opts.Ceremony, captured); !errors.Is(err, ErrChallenge) {
 		t.Fatalf("replay on another request: %v", err)
 	}
@@ -71,8 +71,8 @@ func TestDecisionCannotBeSwapped(t *testing.T) {
 	f.enroll(t, "alice", alice)
 	req, _ := f.svc.Create(ctx, paymentRequest("alice"))
 
-	approveOpts, _ := f.svc.BeginDecision(ctx, req.ID, digest.Approve)
-	denyOpts, _ := f.svc.BeginDecision(ctx, req.ID, digest.Deny)
+	approveOpts, _ := f.svc.BeginDecision(ctx, req.ID, vocab.Approve)
+	denyOpts, _ := f.svc.BeginDecision(ctx, req.ID, vocab.Deny)
 	signedApprove := alice.Get(approveOpts.PublicKey.Challenge.String())
 	signedDeny := alice.Get(denyOpts.PublicKey.Challenge.String())
 
@@ -103,7 +103,7 @@ func TestAssertionChecks(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := f.decide(t, req.ID, digest.Approve, key); !errors.Is(err, want) {
+		if _, err := f.decide(t, req.ID, vocab.Approve, key); !errors.Is(err, want) {
 			t.Fatalf("got %v, want %s", err, want.Check)
 		}
 		f.rec.RequireRejected(t, want.Check)
@@ -138,7 +138,7 @@ func TestAssertionChecks(t *testing.T) {
 	})
 	t.Run("counter regression", func(t *testing.T) {
 		req, _ := f.svc.Create(ctx, paymentRequest("alice"))
-		if _, err := f.decide(t, req.ID, digest.Approve, alice); err != nil {
+		if _, err := f.decide(t, req.ID, vocab.Approve, alice); err != nil {
 			t.Fatal(err)
 		}
 		alice.Counter -= 2 // a clone that is behind
@@ -204,12 +204,12 @@ func TestSameApproverTwiceIsOneVote(t *testing.T) {
 	nr := paymentRequest("alice", "bob")
 	nr.Level = "critical"
 	req, _ := f.svc.Create(ctx, nr)
-	if _, err := f.decide(t, req.ID, digest.Approve, key1); err != nil {
+	if _, err := f.decide(t, req.ID, vocab.Approve, key1); err != nil {
 		t.Fatal(err)
 	}
 	// Alice's other key is no longer offered; a page that uses it anyway
 	// is refused, and alice still counts once.
-	opts2, err := f.svc.BeginDecision(ctx, req.ID, digest.Approve)
+	opts2, err := f.svc.BeginDecision(ctx, req.ID, vocab.Approve)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -223,7 +223,7 @@ func TestSameApproverTwiceIsOneVote(t *testing.T) {
 	if r, _ := f.svc.Get(ctx, req.ID); r.State != StatePending || len(r.Approvals) != 1 {
 		t.Fatalf("after alice twice: %+v", r)
 	}
-	if _, err := f.decide(t, req.ID, digest.Approve, bob); err != nil {
+	if _, err := f.decide(t, req.ID, vocab.Approve, bob); err != nil {
 		t.Fatal(err)
 	}
 	if r, _ := f.svc.Get(ctx, req.ID); r.State != StateApproved {
@@ -239,7 +239,7 @@ func TestApproveAfterExpiry(t *testing.T) {
 	alice := approvaltest.NewSoftKey(t, "localhost", testOrigin)
 	f.enroll(t, "alice", alice)
 	req, _ := f.svc.Create(ctx, paymentRequest("alice"))
-	ceremony, resp := f.sign(t, req.ID, digest.Approve, alice)
+	ceremony, resp := f.sign(t, req.ID, vocab.Approve, alice)
 	nowNS.Add(int64(2 * time.Minute))
 	if _, err := f.svc.FinishDecision(ctx, req.ID, ceremony, resp); !errors.Is(err, ErrExpired) {
 		t.Fatalf("approve after expiry: %v", err)
@@ -262,8 +262,8 @@ func TestConcurrentApprovalsOneWins(t *testing.T) {
 	f.enroll(t, "bob", bob)
 	for round := range 5 {
 		req, _ := f.svc.Create(ctx, paymentRequest("alice", "bob"))
-		c1, r1 := f.sign(t, req.ID, digest.Approve, alice)
-		c2, r2 := f.sign(t, req.ID, digest.Approve, bob)
+		c1, r1 := f.sign(t, req.ID, vocab.Approve, alice)
+		c2, r2 := f.sign(t, req.ID, vocab.Approve, bob)
 		var wg sync.WaitGroup
 		errs := make([]error, 2)
 		for i, job := range []struct {

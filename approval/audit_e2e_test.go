@@ -21,6 +21,7 @@ import (
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/audit/verify"
 	"github.com/countersign/countersign/digest"
+	"github.com/countersign/countersign/vocab"
 )
 
 // With the real audit log in the same database, an export of enrollment,
@@ -39,19 +40,19 @@ func TestRealAuditLogExportVerifies(t *testing.T) {
 	redacted := paymentRequest("alice")
 	redacted.RedactArgs = true
 	r1, _ := svc.Create(ctx, redacted)
-	if _, err := f.decide(t, r1.ID, digest.Approve, alice); err != nil {
+	if _, err := f.decide(t, r1.ID, vocab.Approve, alice); err != nil {
 		t.Fatal(err)
 	}
 	critical := paymentRequest("alice", "bob")
 	critical.Level = "critical"
 	r2, _ := svc.Create(ctx, critical)
-	f.decide(t, r2.ID, digest.Approve, alice)
+	f.decide(t, r2.ID, vocab.Approve, alice)
 	// As if alice's assertion had been appended by a server that did not
 	// yet note seqs: the approval finds it in the log.
 	if _, err := db.Exec(`DELETE FROM approval_logged_assertions WHERE request_id = ?`, r2.ID); err != nil {
 		t.Fatal(err)
 	}
-	if r, err := f.decide(t, r2.ID, digest.Approve, bob); err != nil || r.State != StateApproved {
+	if r, err := f.decide(t, r2.ID, vocab.Approve, bob); err != nil || r.State != StateApproved {
 		t.Fatalf("quorum: %v %v", r, err)
 	}
 	// The MCP server's part: run each approved request once and record it.
@@ -59,12 +60,12 @@ func TestRealAuditLogExportVerifies(t *testing.T) {
 		ran(t, svc, log, r)
 	}
 	r3, _ := svc.Create(ctx, paymentRequest("bob"))
-	if _, err := f.decide(t, r3.ID, digest.Deny, bob); err != nil {
+	if _, err := f.decide(t, r3.ID, vocab.Deny, bob); err != nil {
 		t.Fatal(err)
 	}
 	r4, _ := svc.Create(ctx, paymentRequest("alice"))
 	alice.Origin = "http://evil.example"
-	if _, err := f.decide(t, r4.ID, digest.Approve, alice); err == nil {
+	if _, err := f.decide(t, r4.ID, vocab.Approve, alice); err == nil {
 		t.Fatal("wrong origin accepted")
 	}
 	svc.Cancel(ctx, r4.ID, "test over")
@@ -153,7 +154,7 @@ func ran(t *testing.T, svc *Service, log *audit.Log, r *Request) {
 	sum, _ := digest.ArgsSHA256(args)
 	err := svc.Finish(ctx, r.ID, Outcome{State: StateExecuted, Result: json.RawMessage(`{"ok":true}`),
 		Record: audit.Entry{Kind: audit.KindCallExecuted, Agent: r.Agent, Tool: r.Tool, Args: args,
-			ArgsSHA256: hex.EncodeToString(sum[:]), Decision: r.Level, Result: json.RawMessage(`{"ok":true}`)}})
+			ArgsSHA256: hex.EncodeToString(sum[:]), Decision: string(r.Level), Result: json.RawMessage(`{"ok":true}`)}})
 	if err != nil {
 		t.Fatal(err)
 	}

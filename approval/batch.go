@@ -13,6 +13,7 @@ import (
 	"github.com/go-webauthn/webauthn/webauthn"
 
 	"github.com/countersign/countersign/digest"
+	"github.com/countersign/countersign/vocab"
 )
 
 // Batch approval: against fatigue, an approver may approve several pending
@@ -111,10 +112,10 @@ func (s *Service) loadBatch(ctx context.Context, q querier, ids []string) (*batc
 		if err != nil {
 			return nil, err
 		}
-		if r.Level != "high" || !r.Batchable {
+		if r.Level != vocab.LevelHigh || !r.Batchable {
 			return nil, failf(ErrNotBatchable, "request %s (%s, %s) is not batchable: it needs its own tap", r.ID, r.Tool, r.Level)
 		}
-		d, err := s.digest(r, digest.Approve)
+		d, err := s.digest(r, vocab.Approve)
 		if err != nil {
 			return nil, err
 		}
@@ -149,7 +150,7 @@ func (s *Service) BeginBatch(ctx context.Context, ids []string) (*BatchOptions, 
 		return nil, err
 	}
 	var who []string
-	uv := ""
+	var uv vocab.UserVerification
 	for i, r := range b.rows {
 		if r.State != StatePending {
 			return nil, failf(ErrNotPending, "request %s is %s", r.ID, r.State)
@@ -164,7 +165,7 @@ func (s *Service) BeginBatch(ctx context.Context, ids []string) (*BatchOptions, 
 		} else {
 			who = slices.DeleteFunc(who, func(a string) bool { return !slices.Contains(eligible, a) })
 		}
-		if uv == "" || r.uv == "required" {
+		if uv == "" || r.uv == vocab.UVRequired {
 			uv = r.uv
 		}
 	}
@@ -187,7 +188,7 @@ func (s *Service) BeginBatch(ctx context.Context, ids []string) (*BatchOptions, 
 	if err != nil {
 		return nil, fmt.Errorf("approval: begin assertion: %w", err)
 	}
-	id, err := s.storeCeremony(ctx, "batch", key, nil, digest.Approve, session, s.now().Add(ceremonyTTL))
+	id, err := s.storeCeremony(ctx, "batch", key, nil, vocab.Approve, session, s.now().Add(ceremonyTTL))
 	if err != nil {
 		return nil, err
 	}
@@ -219,7 +220,7 @@ func (s *Service) FinishBatch(ctx context.Context, ids []string, ceremonyID stri
 		b, err = s.loadBatch(ctx, s.db, ids)
 	}
 	if err == nil {
-		v, err = s.verifyAssertion(s.stored(ctx, assertionCheck{batch: b, decision: digest.Approve, session: session}), p)
+		v, err = s.verifyAssertion(s.stored(ctx, assertionCheck{batch: b, decision: vocab.Approve, session: session}), p)
 	}
 	if err == nil {
 		err = s.inTx(ctx, func(tx *sql.Tx) error {
@@ -227,7 +228,7 @@ func (s *Service) FinishBatch(ctx context.Context, ids []string, ceremonyID stri
 				return err
 			}
 			for i, r := range b.rows {
-				if err := s.countDecision(ctx, tx, r.ID, digest.Approve, v, &batchPlace{digests: b.digests, position: i}); err != nil {
+				if err := s.countDecision(ctx, tx, r.ID, vocab.Approve, v, &batchPlace{digests: b.digests, position: i}); err != nil {
 					return err
 				}
 			}
@@ -239,7 +240,7 @@ func (s *Service) FinishBatch(ctx context.Context, ids []string, ceremonyID stri
 		if errors.As(err, &ce) || errors.Is(err, ErrNotFound) {
 			var rerrs []error
 			for _, id := range ids {
-				rerrs = append(rerrs, s.recordRejected(ctx, id, digest.Approve, p, err))
+				rerrs = append(rerrs, s.recordRejected(ctx, id, vocab.Approve, p, err))
 			}
 			if rerr := errors.Join(rerrs...); rerr != nil {
 				return nil, errors.Join(err, rerr)

@@ -16,6 +16,7 @@ import (
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/audit/verify"
 	"github.com/countersign/countersign/digest"
+	"github.com/countersign/countersign/vocab"
 )
 
 // batchRequest is a batchable high request of approvers, with quorum.
@@ -77,7 +78,7 @@ func TestBatchApprovesEachRequestOnce(t *testing.T) {
 	var digests [][32]byte
 	for _, id := range ids {
 		r, _ := f.svc.load(ctx, f.db, id)
-		d, _ := f.svc.digest(r, digest.Approve)
+		d, _ := f.svc.digest(r, vocab.Approve)
 		digests = append(digests, d)
 	}
 	sorted, _ := digest.SortBatch(digests)
@@ -153,7 +154,7 @@ func TestBatchApprovesEachRequestOnce(t *testing.T) {
 			t.Fatalf("entries of one batch differ: %+v", e)
 		}
 		r, _ := f.svc.load(ctx, f.db, e.RequestID)
-		d, _ := f.svc.digest(r, digest.Approve)
+		d, _ := f.svc.digest(r, vocab.Approve)
 		if e.BatchDigests[e.BatchPosition] != hex.EncodeToString(d[:]) {
 			t.Fatalf("request %s is not at batch_position %d", e.RequestID, e.BatchPosition)
 		}
@@ -226,7 +227,7 @@ func TestBatchRefusals(t *testing.T) {
 	t.Run("one decided meanwhile", func(t *testing.T) {
 		ids := pair()
 		opts, signed := f.signBatch(t, ids, alice)
-		if _, err := f.decide(t, ids[1], digest.Deny, bob); err != nil {
+		if _, err := f.decide(t, ids[1], vocab.Deny, bob); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := f.svc.FinishBatch(ctx, ids, opts.Ceremony, signed); !errors.Is(err, ErrNotPending) {
@@ -276,7 +277,7 @@ func TestBatchRefusals(t *testing.T) {
 			t.Fatalf("subset: %v", err)
 		}
 		// And a single request's own decision.
-		single, err := f.svc.BeginDecision(ctx, ab[0], digest.Approve)
+		single, err := f.svc.BeginDecision(ctx, ab[0], vocab.Approve)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -288,7 +289,7 @@ func TestBatchRefusals(t *testing.T) {
 
 	t.Run("a single decision's assertion as a batch of one", func(t *testing.T) {
 		id := f.create(t, batchRequest(1, "alice", "bob"))
-		_, signed := f.sign(t, id, digest.Approve, alice)
+		_, signed := f.sign(t, id, vocab.Approve, alice)
 		opts, err := f.svc.BeginBatch(ctx, []string{id})
 		if err != nil {
 			t.Fatal(err)

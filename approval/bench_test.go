@@ -6,7 +6,7 @@ import (
 	"testing"
 
 	"github.com/countersign/countersign/approval/approvaltest"
-	"github.com/countersign/countersign/digest"
+	"github.com/countersign/countersign/vocab"
 )
 
 // BenchmarkCreateApprove measures one request's life up to BeginExecution:
@@ -24,7 +24,7 @@ func BenchmarkCreateApprove(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		c, resp := f.sign(b, req.ID, digest.Approve, alice)
+		c, resp := f.sign(b, req.ID, vocab.Approve, alice)
 		if _, err := f.svc.FinishDecision(ctx, req.ID, c, resp); err != nil {
 			b.Fatal(err)
 		}

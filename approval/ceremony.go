@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/countersign/countersign/vocab"
 	"github.com/go-webauthn/webauthn/webauthn"
 	"github.com/google/uuid"
 )
@@ -15,7 +16,7 @@ import (
 // ceremonyTTL bounds how long a started ceremony can be finished.
 const ceremonyTTL = 5 * time.Minute
 
-func (s *Service) storeCeremony(ctx context.Context, kind, requestID string, enrollment []byte, decision string, session *webauthn.SessionData, expires time.Time) (string, error) {
+func (s *Service) storeCeremony(ctx context.Context, kind, requestID string, enrollment []byte, decision vocab.Decision, session *webauthn.SessionData, expires time.Time) (string, error) {
 	b, err := json.Marshal(session)
 	if err != nil {
 		return "", err
@@ -28,7 +29,7 @@ func (s *Service) storeCeremony(ctx context.Context, kind, requestID string, enr
 
 // takeCeremony consumes a ceremony: it is used up by the first attempt to
 // finish it, whatever the outcome.
-func (s *Service) takeCeremony(ctx context.Context, id, kind, requestID string, enrollment []byte) (decision string, session webauthn.SessionData, err error) {
+func (s *Service) takeCeremony(ctx context.Context, id, kind, requestID string, enrollment []byte) (decision vocab.Decision, session webauthn.SessionData, err error) {
 	if !validID(id) {
 		return "", session, failf(ErrCeremony, "malformed ceremony id")
 	}

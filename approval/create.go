@@ -19,6 +19,7 @@ import (
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/authzdetails"
 	"github.com/countersign/countersign/digest"
+	"github.com/countersign/countersign/vocab"
 )
 
 // codeAlphabet has no 0/O, 1/I/L: a human compares it across two screens.
@@ -87,7 +88,7 @@ func (s *Service) prepare(r NewRequest) (*creation, error) {
 	if r.Timeout <= 0 {
 		r.Timeout = 5 * time.Minute
 	}
-	r.Batchable = r.Batchable && r.Level == "high"
+	r.Batchable = r.Batchable && r.Level == vocab.LevelHigh
 	if err := checkWait(&r); err != nil {
 		return nil, err
 	}
@@ -145,22 +146,22 @@ func checkPayload(r *NewRequest) ([32]byte, []json.RawMessage, error) {
 // critical needs two approvers and always user verification.
 func applyLevel(r *NewRequest) error {
 	switch r.Level {
-	case "high":
+	case vocab.LevelHigh:
 		if r.Quorum <= 0 {
 			r.Quorum = 1
 		}
-	case "critical":
+	case vocab.LevelCritical:
 		if r.Quorum <= 0 {
 			r.Quorum = 2
 		}
-		r.UserVerification = "required"
+		r.UserVerification = vocab.UVRequired
 	default:
 		return fmt.Errorf("%w: level %q (want high or critical)", ErrInvalidRequest, r.Level)
 	}
 	switch r.UserVerification {
 	case "":
-		r.UserVerification = "preferred"
-	case "required", "preferred", "discouraged":
+		r.UserVerification = vocab.UVPreferred
+	case vocab.UVRequired, vocab.UVPreferred, vocab.UVDiscouraged:
 	default:
 		return fmt.Errorf("%w: user_verification %q", ErrInvalidRequest, r.UserVerification)
 	}

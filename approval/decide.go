@@ -16,28 +16,29 @@ import (
 
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/digest"
+	"github.com/countersign/countersign/vocab"
 )
 
 // DecisionOptions is what the page passes to
 // PublicKeyCredential.parseRequestOptionsFromJSON.
 type DecisionOptions struct {
 	Ceremony  string                                     `json:"ceremony"`
-	Decision  string                                     `json:"decision"`
+	Decision  vocab.Decision                             `json:"decision"`
 	PublicKey protocol.PublicKeyCredentialRequestOptions `json:"publicKey"`
 }
 
 // BeginDecision starts a WebAuthn assertion whose challenge is the action
 // digest of (request, decision). It allows the keys of every approver
 // allowed for the request; for approve, minus those already counted.
-func (s *Service) BeginDecision(ctx context.Context, requestID, decision string) (*DecisionOptions, error) {
+func (s *Service) BeginDecision(ctx context.Context, requestID string, decision vocab.Decision) (*DecisionOptions, error) {
 	return s.beginDecision(ctx, requestID, decision, nil)
 }
 
 // beginDecision is BeginDecision; with choice, the approval also creates
 // the grant the approver chose (BeginGrant), and the challenge is the
 // grant digest.
-func (s *Service) beginDecision(ctx context.Context, requestID, decision string, choice *GrantChoice) (*DecisionOptions, error) {
-	if decision != digest.Approve && decision != digest.Deny {
+func (s *Service) beginDecision(ctx context.Context, requestID string, decision vocab.Decision, choice *GrantChoice) (*DecisionOptions, error) {
+	if decision != vocab.Approve && decision != vocab.Deny {
 		return nil, fmt.Errorf("%w: decision must be approve or deny", ErrInvalidRequest)
 	}
 	if !validID(requestID) {
@@ -58,7 +59,7 @@ func (s *Service) beginDecision(ctx context.Context, requestID, decision string,
 		return nil, err
 	}
 	who := r.Approvers
-	if decision == digest.Approve {
+	if decision == vocab.Approve {
 		who = slices.DeleteFunc(slices.Clone(who), func(a string) bool { return slices.Contains(r.Approvals, a) })
 	}
 	creds, err := s.activeCredentials(ctx, who)
@@ -107,18 +108,18 @@ func (s *Service) beginDecision(ctx context.Context, requestID, decision string,
 	return &DecisionOptions{Ceremony: id, Decision: decision, PublicKey: assertion.Response}, nil
 }
 
-func uvRequirement(uv string) protocol.UserVerificationRequirement {
+func uvRequirement(uv vocab.UserVerification) protocol.UserVerificationRequirement {
 	switch uv {
-	case "required":
+	case vocab.UVRequired:
 		return protocol.VerificationRequired
-	case "discouraged":
+	case vocab.UVDiscouraged:
 		return protocol.VerificationDiscouraged
 	}
 	return protocol.VerificationPreferred
 }
 
 // digest is the action digest of r for decision.
-func (s *Service) digest(r *row, decision string) ([32]byte, error) {
+func (s *Service) digest(r *row, decision vocab.Decision) ([32]byte, error) {
 	var sum [32]byte
 	b, err := hexDecode32(r.argsSHA256)
 	if err != nil {
@@ -196,7 +197,7 @@ func (s *Service) FinishDecision(ctx context.Context, requestID, ceremonyID stri
 
 // commitDecision counts a verified assertion in one transaction that
 // re-checks everything another decision could have changed meanwhile.
-func (s *Service) commitDecision(ctx context.Context, r0 *row, decision string, v *verified) error {
+func (s *Service) commitDecision(ctx context.Context, r0 *row, decision vocab.Decision, v *verified) error {
 	return s.inTx(ctx, func(tx *sql.Tx) error {
 		if err := s.useAssertion(ctx, tx, r0.ID, v); err != nil {
 			return err
@@ -233,7 +234,7 @@ func (s *Service) useAssertion(ctx context.Context, tx *sql.Tx, requestID string
 // inside tx, re-reading the request: its vote, its audit entries, and,
 // when it completes the quorum or denies, the request's new state. in,
 // when set, is the request's place in the batch the assertion signed.
-func (s *Service) countDecision(ctx context.Context, tx *sql.Tx, id, decision string, v *verified, in *batchPlace) error {
+func (s *Service) countDecision(ctx context.Context, tx *sql.Tx, id string, decision vocab.Decision, v *verified, in *batchPlace) error {
 	r, err := s.load(ctx, tx, id)
 	if err != nil {
 		return err
@@ -251,7 +252,7 @@ func (s *Service) countDecision(ctx context.Context, tx *sql.Tx, id, decision st
 		return err
 	}
 	approver := v.cred.approverID
-	if decision == digest.Approve && slices.Contains(r.Approvals, approver) {
+	if decision == vocab.Approve && slices.Contains(r.Approvals, approver) {
 		return failf(ErrAlreadyCounted, "%s already approved request %s", approver, r.ID)
 	}
 	if _, err := tx.ExecContext(ctx, `INSERT INTO approval_votes (request_id, approver_id, credential_id, decision, created_at) VALUES (?,?,?,?,?)`,
@@ -274,7 +275,7 @@ func (s *Service) countDecision(ctx context.Context, tx *sql.Tx, id, decision st
 		}
 	}
 	switch decision {
-	case digest.Deny:
+	case vocab.Deny:
 		entry.Kind = audit.KindApprovalDenied
 		if err := s.transition(ctx, tx, r.ID, StateDenied, approver, "denied by "+approver); err != nil {
 			return err
@@ -297,7 +298,7 @@ func (s *Service) countDecision(ctx context.Context, tx *sql.Tx, id, decision st
 		// appends this entry, after the assertions themselves.
 		done := s.requestEntry(r, audit.KindApprovalApproved, fmt.Sprintf("quorum %d of %d reached", len(approvals), r.Quorum))
 		done.Approvers = approvals
-		done.Decision = digest.Approve
+		done.Decision = string(vocab.Approve)
 		return s.enqueue(ctx, tx, r.ID, done)
 	}
 }
@@ -313,7 +314,7 @@ func joinComma(xs []string) string {
 	return b.String()
 }
 
-func (s *Service) transition(ctx context.Context, tx *sql.Tx, id, state, by, reason string) error {
+func (s *Service) transition(ctx context.Context, tx *sql.Tx, id string, state vocab.State, by, reason string) error {
 	res, err := tx.ExecContext(ctx, `UPDATE approval_requests SET state = ?, decided_by = ?, decided_at = ?, reason = ?
 		WHERE id = ? AND state = 'pending' AND expires_at > ?`, state, by, s.now().UnixNano(), reason, id, s.now().Unix())
 	if err != nil {
@@ -328,12 +329,12 @@ func (s *Service) transition(ctx context.Context, tx *sql.Tx, id, state, by, rea
 // assertionEntry carries everything the offline verifier needs to
 // recompute the digest and check the signature against the enrolled key,
 // and when it was counted (decided at now), to check it beat the expiry.
-func (s *Service) assertionEntry(r *row, decision string, v *verified, now time.Time) audit.Entry {
+func (s *Service) assertionEntry(r *row, decision vocab.Decision, v *verified, now time.Time) audit.Entry {
 	e := s.requestEntry(r, "", "")
 	raw := v.parsed.Raw.AssertionResponse
 	e.Approver = v.cred.approverID
 	e.CredentialID = b64(v.cred.id)
-	e.Decision = decision
+	e.Decision = string(decision)
 	e.DecidedAt = now.UTC().Format(audit.TimeFormat)
 	e.Origin = v.parsed.Response.CollectedClientData.Origin
 	e.RPID = s.opts.RPID
@@ -350,7 +351,7 @@ func (s *Service) assertionEntry(r *row, decision string, v *verified, now time.
 // sent is quoted: not the error's detail, not the origin or client data of
 // an unverified response. A refusal for a request that does not exist is
 // not recorded (its id is the visitor's, not ours); the process log has it.
-func (s *Service) recordRejected(ctx context.Context, requestID, decision string, p *protocol.ParsedCredentialAssertionData, cause error) error {
+func (s *Service) recordRejected(ctx context.Context, requestID string, decision vocab.Decision, p *protocol.ParsedCredentialAssertionData, cause error) error {
 	r, err := s.load(ctx, s.db, requestID)
 	if errors.Is(err, ErrNotFound) {
 		s.opts.Logger.Warn("approval: refused a decision on an unknown request", "request", bounded(requestID), "err", cause)
@@ -364,7 +365,7 @@ func (s *Service) recordRejected(ctx context.Context, requestID, decision string
 		claimed = s.claimedCredential(ctx, p.RawID)
 	}
 	e := s.requestEntry(r, audit.KindApprovalRejected, rejectedReason(cause, claimed))
-	e.Decision = decision
+	e.Decision = string(decision)
 	e.RPID = s.opts.RPID
 	return s.record(ctx, e)
 }

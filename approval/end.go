@@ -10,6 +10,7 @@ import (
 
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/digest"
+	"github.com/countersign/countersign/vocab"
 )
 
 // Cancel ends a pending request as cancelled. It returns ErrNotPending if
@@ -30,8 +31,8 @@ func (s *Service) expire(ctx context.Context, id string) {
 
 // endRequest moves a pending request to a terminal state without an
 // assertion (cancelled, expired), recording it.
-func (s *Service) endRequest(ctx context.Context, id, state, by, reason string) error {
-	kind := map[string]string{StateCancelled: audit.KindApprovalCancelled, StateExpired: audit.KindApprovalExpired}[state]
+func (s *Service) endRequest(ctx context.Context, id string, state vocab.State, by, reason string) error {
+	kind := map[vocab.State]string{StateCancelled: audit.KindApprovalCancelled, StateExpired: audit.KindApprovalExpired}[state]
 	err := s.inTx(ctx, func(tx *sql.Tx) error {
 		r, err := s.load(ctx, tx, id)
 		if err != nil {

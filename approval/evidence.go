@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/countersign/countersign/digest"
+	"github.com/countersign/countersign/vocab"
 )
 
 // Evidence is what an approved request proves, and all an approval token
@@ -42,7 +43,7 @@ const createVoteAssertions = `CREATE TABLE IF NOT EXISTS approval_vote_assertion
 
 // keepAssertion records which assertion a vote was, in the vote's
 // transaction.
-func keepAssertion(ctx context.Context, tx *sql.Tx, requestID, approver, decision string, v *verified) error {
+func keepAssertion(ctx context.Context, tx *sql.Tx, requestID, approver string, decision vocab.Decision, v *verified) error {
 	raw := v.parsed.Raw.AssertionResponse
 	sum := digest.AssertionSHA256(raw.AuthenticatorData, raw.ClientDataJSON, raw.Signature)
 	_, err := tx.ExecContext(ctx, `INSERT INTO approval_vote_assertions (request_id, approver_id, decision, assertion_sha256) VALUES (?,?,?,?)`,
@@ -67,13 +68,13 @@ func (s *Service) Evidence(ctx context.Context, id string) (*Evidence, error) {
 	if ev.ArgsSHA256, err = hexDecode32(r.argsSHA256); err != nil {
 		return nil, err
 	}
-	if ev.Digest, err = s.digest(r, digest.Approve); err != nil {
+	if ev.Digest, err = s.digest(r, vocab.Approve); err != nil {
 		return nil, err
 	}
 	rows, err := s.db.QueryContext(ctx, `SELECT v.approver_id, v.created_at, a.assertion_sha256
 		FROM approval_votes v LEFT JOIN approval_vote_assertions a
 		  ON a.request_id = v.request_id AND a.approver_id = v.approver_id AND a.decision = v.decision
-		WHERE v.request_id = ? AND v.decision = ? ORDER BY v.created_at`, id, digest.Approve)
+		WHERE v.request_id = ? AND v.decision = ? ORDER BY v.created_at`, id, vocab.Approve)
 	if err != nil {
 		return nil, err
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/countersign/countersign/approval/approvaltest"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/digest"
+	"github.com/countersign/countersign/vocab"
 )
 
 // Evidence names each counted approval by the hash of the very assertion
@@ -30,13 +31,13 @@ func TestEvidenceMatchesTheAuditLog(t *testing.T) {
 	if _, err := f.svc.Evidence(ctx, req.ID); !errors.Is(err, ErrNotApproved) {
 		t.Fatalf("evidence of a pending request: %v", err)
 	}
-	if _, err := f.decide(t, req.ID, digest.Approve, alice); err != nil {
+	if _, err := f.decide(t, req.ID, vocab.Approve, alice); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := f.svc.Evidence(ctx, req.ID); !errors.Is(err, ErrNotApproved) {
 		t.Fatalf("evidence with one of two approvals: %v", err)
 	}
-	if _, err := f.decide(t, req.ID, digest.Approve, bob); err != nil {
+	if _, err := f.decide(t, req.ID, vocab.Approve, bob); err != nil {
 		t.Fatal(err)
 	}
 	ev, err := f.svc.Evidence(ctx, req.ID)
@@ -85,7 +86,7 @@ func TestEvidenceMatchesTheAuditLog(t *testing.T) {
 	}
 
 	denied, _ := f.svc.Create(ctx, paymentRequest("alice"))
-	if _, err := f.decide(t, denied.ID, digest.Deny, alice); err != nil {
+	if _, err := f.decide(t, denied.ID, vocab.Deny, alice); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := f.svc.Evidence(ctx, denied.ID); !errors.Is(err, ErrNotApproved) {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 
 	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/vocab"
 )
 
 // BeginExecution claims an approved request for its single execution. It
@@ -43,7 +44,7 @@ func (s *Service) BeginExecution(ctx context.Context, id string) error {
 
 // Outcome is how the one run of an approved request ended.
 type Outcome struct {
-	State  string          // StateExecuted, StateFailed or StateInterrupted
+	State  vocab.State     // StateExecuted, StateFailed or StateInterrupted
 	Result json.RawMessage // what approval_status hands the agent; JSON or empty
 	// Note, when set, is added to the request's reason for the approver
 	// page (an interruption says so there).

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/countersign/countersign/vocab"
+
 	"github.com/countersign/countersign/approval/approvaltest"
 	"github.com/countersign/countersign/store/storetest"
 )
@@ -80,7 +82,7 @@ func (f *fixture) enroll(t testing.TB, approver string, key *approvaltest.SoftKe
 
 // sign runs one decision ceremony with key and returns the raw response
 // and the ceremony id it answered.
-func (f *fixture) sign(t testing.TB, id, decision string, key *approvaltest.SoftKey) (ceremony string, response []byte) {
+func (f *fixture) sign(t testing.TB, id string, decision vocab.Decision, key *approvaltest.SoftKey) (ceremony string, response []byte) {
 	t.Helper()
 	opts, err := f.svc.BeginDecision(context.Background(), id, decision)
 	if err != nil {
@@ -89,7 +91,7 @@ func (f *fixture) sign(t testing.TB, id, decision string, key *approvaltest.Soft
 	return opts.Ceremony, key.Get(opts.PublicKey.Challenge.String())
 }
 
-func (f *fixture) decide(t *testing.T, id, decision string, key *approvaltest.SoftKey) (*Request, error) {
+func (f *fixture) decide(t *testing.T, id string, decision vocab.Decision, key *approvaltest.SoftKey) (*Request, error) {
 	t.Helper()
 	c, resp := f.sign(t, id, decision, key)
 	return f.svc.FinishDecision(context.Background(), id, c, resp)

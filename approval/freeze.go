@@ -437,7 +437,7 @@ func (s *Service) failFrozen(ctx context.Context, id string, f *Freeze) error {
 			return ErrNotApproved
 		}
 		e := audit.Entry{Kind: audit.KindCallFailed, Agent: r.Agent, Tool: r.Tool, ArgsSHA256: r.argsSHA256,
-			Decision: r.Level, Rule: r.rule, RequestID: r.ID, Reason: "not run: " + ferr.Error()}
+			Decision: string(r.Level), Rule: r.rule, RequestID: r.ID, Reason: "not run: " + ferr.Error()}
 		if r.redact {
 			e.ArgsRedact = true
 		} else {

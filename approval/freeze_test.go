@@ -9,8 +9,8 @@ import (
 
 	"github.com/countersign/countersign/approval/approvaltest"
 	"github.com/countersign/countersign/audit"
-	"github.com/countersign/countersign/digest"
 	"github.com/countersign/countersign/store/storetest"
+	"github.com/countersign/countersign/vocab"
 )
 
 // cliService opens the data directory of f a second time, as the
@@ -73,7 +73,7 @@ func TestFreezeFromAnotherProcess(t *testing.T) {
 	}
 	ran(t, svc, log, granted)
 	approved, _ := svc.Create(ctx, withAgent(paymentRequest("alice"), "agent-1"))
-	if r, err := f.decide(t, approved.ID, digest.Approve, alice); err != nil || r.State != StateApproved {
+	if r, err := f.decide(t, approved.ID, vocab.Approve, alice); err != nil || r.State != StateApproved {
 		t.Fatalf("approve: %v %+v", err, r)
 	}
 	waiting, _ := svc.Create(ctx, withAgent(paymentRequest("alice"), "agent-1"))
@@ -139,7 +139,7 @@ func TestFreezeFromAnotherProcess(t *testing.T) {
 	}
 
 	// agent-2 goes on.
-	if r, err := f.decide(t, other.ID, digest.Approve, alice); err != nil || r.State != StateApproved {
+	if r, err := f.decide(t, other.ID, vocab.Approve, alice); err != nil || r.State != StateApproved {
 		t.Fatalf("approve agent-2's request: %v %+v", err, r)
 	}
 	ran(t, svc, log, other)
@@ -191,7 +191,7 @@ func TestFreezeRefusesATapAfterIt(t *testing.T) {
 	f.enroll(t, "alice", alice)
 
 	r, _ := f.svc.Create(ctx, paymentRequest("alice"))
-	ceremony, resp := f.sign(t, r.ID, digest.Approve, alice) // the page, before the freeze
+	ceremony, resp := f.sign(t, r.ID, vocab.Approve, alice) // the page, before the freeze
 	if _, err := f.svc.FreezeAgent(ctx, "agent-1", "alice", ""); err != nil {
 		t.Fatal(err)
 	}
@@ -209,11 +209,11 @@ func TestFreezeRefusesATapAfterIt(t *testing.T) {
 	f = newFixture(t)
 	f.enroll(t, "alice", alice)
 	r2, _ := f.svc.Create(ctx, paymentRequest("alice"))
-	ceremony, resp = f.sign(t, r2.ID, digest.Approve, alice)
+	ceremony, resp = f.sign(t, r2.ID, vocab.Approve, alice)
 	if _, err := f.db.Exec(`INSERT INTO agent_freezes (agent, frozen_by, frozen_at) VALUES ('*', 'cli:root', ?)`, time.Now().UnixNano()); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.svc.BeginDecision(ctx, r2.ID, digest.Deny); !errors.Is(err, ErrFrozenCheck) {
+	if _, err := f.svc.BeginDecision(ctx, r2.ID, vocab.Deny); !errors.Is(err, ErrFrozenCheck) {
 		t.Fatalf("begin a decision while every agent is frozen: %v", err)
 	}
 	if _, err := f.svc.FinishDecision(ctx, r2.ID, ceremony, resp); !errors.Is(err, ErrFrozenCheck) || !strings.Contains(err.Error(), "all agents are frozen by cli:root") {

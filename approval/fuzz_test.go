@@ -6,10 +6,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/countersign/countersign/vocab"
 	"github.com/go-webauthn/webauthn/webauthn"
 
 	"github.com/countersign/countersign/approval/approvaltest"
-	"github.com/countersign/countersign/digest"
 )
 
 // FuzzAssertionResponse feeds arbitrary bytes through the assertion path
@@ -28,7 +28,7 @@ func FuzzAssertionResponse(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	opts, err := fx.svc.BeginDecision(ctx, req.ID, digest.Approve)
+	opts, err := fx.svc.BeginDecision(ctx, req.ID, vocab.Approve)
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -44,7 +44,7 @@ func FuzzAssertionResponse(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	denyDigest, _ := fx.svc.digest(r, digest.Deny)
+	denyDigest, _ := fx.svc.digest(r, vocab.Deny)
 	f.Add(alice.Get(enc(denyDigest[:])))
 	forger := approvaltest.NewSoftKey(f, "localhost", testOrigin)
 	forger.Claim(alice.ID(), 50)
@@ -53,7 +53,7 @@ func FuzzAssertionResponse(f *testing.F) {
 	f.Add([]byte(`{"id":"AA","rawId":"AA","type":"public-key","response":{"clientDataJSON":"e30","authenticatorData":"AA","signature":"AA"}}`))
 
 	ac := assertionCheck{
-		req: r, decision: digest.Approve, session: session,
+		req: r, decision: vocab.Approve, session: session,
 		lookup: func(id []byte) (*storedCred, error) { return fx.svc.credential(ctx, fx.db, id) },
 		handle: func(a string) ([]byte, error) { return fx.svc.handle(ctx, a) },
 		seen:   func([]byte) (bool, error) { return false, nil },

@@ -11,6 +11,7 @@ import (
 
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/digest"
+	"github.com/countersign/countersign/vocab"
 )
 
 // Standing grants. A request may come with a grant offer (NewRequest.Grant):
@@ -128,7 +129,7 @@ func (s *Service) offerGrant(ctx context.Context, tx *sql.Tx, id string, r NewRe
 		return nil
 	}
 	switch {
-	case r.Level != "high" || r.Quorum != 1:
+	case r.Level != vocab.LevelHigh || r.Quorum != 1:
 		return fmt.Errorf("%w: a grant can be offered on a high request with one approver only, not %s with quorum %d", ErrInvalidRequest, r.Level, r.Quorum)
 	case o.Condition == "" || o.MaxCalls < 1 || o.MaxDuration < time.Second:
 		return fmt.Errorf("%w: a grant offer needs a condition, max calls and a max duration", ErrInvalidRequest)
@@ -159,7 +160,7 @@ func (s *Service) Offer(ctx context.Context, requestID string) (*GrantOffer, err
 // within the request's offer. Its challenge is the grant digest; it is
 // finished with FinishDecision like any other decision.
 func (s *Service) BeginGrant(ctx context.Context, requestID string, choice GrantChoice) (*DecisionOptions, error) {
-	return s.beginDecision(ctx, requestID, digest.Approve, &choice)
+	return s.beginDecision(ctx, requestID, vocab.Approve, &choice)
 }
 
 // chooseGrant checks the approver's choice against the request's offer and
@@ -172,7 +173,7 @@ func (s *Service) chooseGrant(ctx context.Context, r *row, c GrantChoice) (*gran
 	switch {
 	case o == nil:
 		return nil, failf(ErrGrantChoice, "no grant is offered with this request (its tool allows none)")
-	case r.Level != "high" || r.Quorum != 1:
+	case r.Level != vocab.LevelHigh || r.Quorum != 1:
 		return nil, failf(ErrGrantChoice, "a %s request with quorum %d cannot create a grant", r.Level, r.Quorum)
 	case c.Calls < 1 || c.Calls > o.MaxCalls:
 		return nil, failf(ErrGrantChoice, "calls must be 1 to %d (the policy's cap), got %d", o.MaxCalls, c.Calls)

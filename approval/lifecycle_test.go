@@ -13,7 +13,7 @@ import (
 
 	"github.com/countersign/countersign/approval/approvaltest"
 	"github.com/countersign/countersign/audit"
-	"github.com/countersign/countersign/digest"
+	"github.com/countersign/countersign/vocab"
 )
 
 // restart stops f's service, as a process that dies does (its in-memory
@@ -53,14 +53,14 @@ func TestRestartCancelsBlockModeAndKeepsPollMode(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.decide(t, approved.ID, digest.Approve, alice); err != nil {
+	if _, err := f.decide(t, approved.ID, vocab.Approve, alice); err != nil {
 		t.Fatal(err)
 	}
 	claimed, err := f.svc.Create(ctx, pollRequest("alice"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.decide(t, claimed.ID, digest.Approve, alice); err != nil {
+	if _, err := f.decide(t, claimed.ID, vocab.Approve, alice); err != nil {
 		t.Fatal(err)
 	}
 	if err := f.svc.BeginExecution(ctx, claimed.ID); err != nil {
@@ -86,7 +86,7 @@ func TestRestartCancelsBlockModeAndKeepsPollMode(t *testing.T) {
 		t.Fatalf("cancel entry %+v", e)
 	}
 	// Never approvable afterwards.
-	if _, err := f.svc.BeginDecision(ctx, block.ID, digest.Approve); !errors.Is(err, ErrNotPending) {
+	if _, err := f.svc.BeginDecision(ctx, block.ID, vocab.Approve); !errors.Is(err, ErrNotPending) {
 		t.Fatalf("BeginDecision on a request cancelled by restart: %v", err)
 	}
 
@@ -115,7 +115,7 @@ func TestRestartCancelsBlockModeAndKeepsPollMode(t *testing.T) {
 		t.Fatalf("stored args %s (%v)", byID[poll.ID].Args, err)
 	}
 	// The poll-mode request can still be decided after the restart.
-	if _, err := f.decide(t, poll.ID, digest.Approve, alice); err != nil {
+	if _, err := f.decide(t, poll.ID, vocab.Approve, alice); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -129,7 +129,7 @@ func TestFinishRecordsOutcomeWithState(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.decide(t, req.ID, digest.Approve, alice); err != nil {
+	if _, err := f.decide(t, req.ID, vocab.Approve, alice); err != nil {
 		t.Fatal(err)
 	}
 	if err := f.svc.BeginExecution(ctx, req.ID); err != nil {

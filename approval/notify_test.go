@@ -11,8 +11,8 @@ import (
 
 	"github.com/countersign/countersign/approval/approvaltest"
 	"github.com/countersign/countersign/audit"
-	"github.com/countersign/countersign/digest"
 	"github.com/countersign/countersign/notify"
+	"github.com/countersign/countersign/vocab"
 )
 
 // event is one call of Options.Notify, with what the log held then.
@@ -77,11 +77,11 @@ func TestNotifyAfterEachCommittedChange(t *testing.T) {
 	}
 
 	// The first of a quorum of two changes nothing anyone is told about.
-	if _, err := f.decide(t, req.ID, digest.Approve, alice); err != nil {
+	if _, err := f.decide(t, req.ID, vocab.Approve, alice); err != nil {
 		t.Fatal(err)
 	}
 	none(t, events)
-	if _, err := f.decide(t, req.ID, digest.Approve, bob); err != nil {
+	if _, err := f.decide(t, req.ID, vocab.Approve, bob); err != nil {
 		t.Fatal(err)
 	}
 	e = next(t, events)
@@ -96,7 +96,7 @@ func TestNotifyAfterEachCommittedChange(t *testing.T) {
 		t.Fatal(err)
 	}
 	next(t, events)
-	if _, err := f.decide(t, req.ID, digest.Deny, bob); err != nil {
+	if _, err := f.decide(t, req.ID, vocab.Deny, bob); err != nil {
 		t.Fatal(err)
 	}
 	e = next(t, events)

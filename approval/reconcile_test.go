@@ -14,6 +14,7 @@ import (
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/audit/verify"
 	"github.com/countersign/countersign/digest"
+	"github.com/countersign/countersign/vocab"
 )
 
 // interrupted claims an approved request and ends it interrupted, with the
@@ -30,7 +31,7 @@ func interrupted(t *testing.T, svc *Service, r *Request) {
 	const why = "outcome unknown: upstream notes: connection lost"
 	err := svc.Finish(ctx, r.ID, Outcome{State: StateInterrupted, Note: why, Result: json.RawMessage(`{"error":"interrupted"}`),
 		Record: audit.Entry{Kind: audit.KindCallInterrupted, Agent: r.Agent, Tool: r.Tool, Args: args,
-			ArgsSHA256: hex.EncodeToString(sum[:]), Decision: r.Level, Reason: why}})
+			ArgsSHA256: hex.EncodeToString(sum[:]), Decision: string(r.Level), Reason: why}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -47,7 +48,7 @@ func TestReconcileRecordsAFindingOnceAndOnlyForAnInterruptedCall(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := f.decide(t, r.ID, digest.Approve, alice); err != nil {
+		if _, err := f.decide(t, r.ID, vocab.Approve, alice); err != nil {
 			t.Fatal(err)
 		}
 		return r
@@ -139,7 +140,7 @@ func TestReconcileCallWithoutARequestBySeq(t *testing.T) {
 	f, log, _ := newLoggedFixture(t)
 	args := json.RawMessage(`{"name":"late","text":"x"}`)
 	sum, _ := digest.ArgsSHA256(args)
-	call := audit.Entry{Agent: "agent-a", Tool: "hostile__stubborn", ArgsSHA256: hex.EncodeToString(sum[:]), Decision: audit.LevelLow}
+	call := audit.Entry{Agent: "agent-a", Tool: "hostile__stubborn", ArgsSHA256: hex.EncodeToString(sum[:]), Decision: string(vocab.LevelLow)}
 	appendCall := func(outcome string) int64 {
 		t.Helper()
 		allowed := call
@@ -165,7 +166,7 @@ func TestReconcileCallWithoutARequestBySeq(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.decide(t, r.ID, digest.Approve, alice); err != nil {
+	if _, err := f.decide(t, r.ID, vocab.Approve, alice); err != nil {
 		t.Fatal(err)
 	}
 	interrupted(t, f.svc, r)

@@ -8,7 +8,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/countersign/countersign/digest"
+	"github.com/countersign/countersign/vocab"
 )
 
 // NewRequest is what the MCP server asks a human to countersign.
@@ -22,11 +22,11 @@ type NewRequest struct {
 	AuthorizationDetails json.RawMessage
 	// Summary is a short binding text from the tool.
 	Summary          string
-	Level            string // "high" | "critical"
-	Rule             string // rule(s) that raised it
+	Level            vocab.Level // high or critical
+	Rule             string      // rule(s) that raised it
 	Approvers        []string
 	Quorum           int
-	UserVerification string // "required" | "preferred" | "discouraged"; critical is always required
+	UserVerification vocab.UserVerification // critical is always required
 	Timeout          time.Duration
 	RedactArgs       bool // audit entries keep only args_sha256
 	// Wait is how the call waits: WaitBlock (default), WaitPoll or WaitTask. It
@@ -45,7 +45,7 @@ type NewRequest struct {
 type Request struct {
 	ID             string
 	Tool, Agent    string
-	State          string
+	State          vocab.State
 	Code           string
 	BindingMessage string
 	URL            string
@@ -69,7 +69,7 @@ type Request struct {
 	Running bool
 
 	// Shown on the page.
-	Level                string
+	Level                vocab.Level
 	Display              string
 	AuthorizationDetails json.RawMessage
 	CreatedAt            time.Time
@@ -88,7 +88,7 @@ type row struct {
 	redact     bool
 	summary    string
 	rule       string
-	uv         string
+	uv         vocab.UserVerification
 	nonce      []byte
 	expiresSec int64
 	execClaim  int64
@@ -155,7 +155,7 @@ func (s *Service) load(ctx context.Context, q querier, id string) (*row, error) 
 	if err != nil {
 		return nil, err
 	}
-	rows, err := q.QueryContext(ctx, `SELECT approver_id FROM approval_votes WHERE request_id = ? AND decision = ? ORDER BY created_at`, id, digest.Approve)
+	rows, err := q.QueryContext(ctx, `SELECT approver_id FROM approval_votes WHERE request_id = ? AND decision = ? ORDER BY created_at`, id, vocab.Approve)
 	if err != nil {
 		return nil, err
 	}

@@ -11,8 +11,8 @@ import (
 	"time"
 
 	"github.com/countersign/countersign/approval/approvaltest"
-	"github.com/countersign/countersign/digest"
 	"github.com/countersign/countersign/store"
+	"github.com/countersign/countersign/vocab"
 )
 
 // inFiles names the database's files (the main file and its WAL, read as
@@ -52,7 +52,7 @@ func TestResultsAreSealedAtRestAndErasedAfterTheirWindow(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := f.decide(t, req.ID, digest.Approve, alice); err != nil {
+		if _, err := f.decide(t, req.ID, vocab.Approve, alice); err != nil {
 			t.Fatal(err)
 		}
 		if err := f.svc.BeginExecution(ctx, req.ID); err != nil {

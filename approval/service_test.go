@@ -18,6 +18,7 @@ import (
 	"github.com/countersign/countersign/approval/approvaltest"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/digest"
+	"github.com/countersign/countersign/vocab"
 )
 
 func TestApproveWaitExecuteOnce(t *testing.T) {
@@ -48,7 +49,7 @@ func TestApproveWaitExecuteOnce(t *testing.T) {
 		}
 		waited <- r
 	}()
-	if _, err := f.decide(t, req.ID, digest.Approve, alice); err != nil {
+	if _, err := f.decide(t, req.ID, vocab.Approve, alice); err != nil {
 		t.Fatal(err)
 	}
 	got := <-waited
@@ -90,7 +91,7 @@ func TestAssertionEntryVerifiesOffline(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.decide(t, req.ID, digest.Approve, alice); err != nil {
+	if _, err := f.decide(t, req.ID, vocab.Approve, alice); err != nil {
 		t.Fatal(err)
 	}
 	enrolled, _ := f.rec.Last(audit.KindApproverEnrolled)
@@ -111,7 +112,7 @@ func TestAssertionEntryVerifiesOffline(t *testing.T) {
 	argsSum, _ := hex.DecodeString(e.ArgsSHA256)
 	exp, _ := time.Parse(time.RFC3339, e.ExpiresAt)
 	want, err := digest.Compute(digest.Action{
-		RequestID: e.RequestID, Decision: e.Decision, AuthorizationDetails: e.AuthorizationDetails,
+		RequestID: e.RequestID, Decision: vocab.Decision(e.Decision), AuthorizationDetails: e.AuthorizationDetails,
 		Tool: e.Tool, ArgsSHA256: [32]byte(argsSum), Display: e.Display, Nonce: d(e.Nonce), ExpiresAt: exp,
 	})
 	if err != nil {
@@ -138,7 +139,7 @@ func TestDenyEndsRequest(t *testing.T) {
 	f.enroll(t, "alice", alice)
 	f.enroll(t, "bob", bob)
 	req, _ := f.svc.Create(ctx, paymentRequest("alice", "bob"))
-	got, err := f.decide(t, req.ID, digest.Deny, bob)
+	got, err := f.decide(t, req.ID, vocab.Deny, bob)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -152,7 +153,7 @@ func TestDenyEndsRequest(t *testing.T) {
 	if err != nil || w.State != StateDenied {
 		t.Fatalf("wait after deny: %v %v", w, err)
 	}
-	if _, err := f.svc.BeginDecision(ctx, req.ID, digest.Approve); !errors.Is(err, ErrNotPending) {
+	if _, err := f.svc.BeginDecision(ctx, req.ID, vocab.Approve); !errors.Is(err, ErrNotPending) {
 		t.Fatalf("begin on denied request: %v", err)
 	}
 	if err := f.svc.BeginExecution(ctx, req.ID); !errors.Is(err, ErrNotApproved) {
@@ -172,7 +173,7 @@ func TestExpiryWithoutWaiter(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ceremony, resp := f.sign(t, req.ID, digest.Approve, alice)
+	ceremony, resp := f.sign(t, req.ID, vocab.Approve, alice)
 	for {
 		r, _ := f.svc.Get(ctx, req.ID)
 		if r.State == StateExpired {
@@ -212,7 +213,7 @@ func TestCriticalNeedsQuorumWithUV(t *testing.T) {
 	if req.Quorum != 2 {
 		t.Fatalf("quorum %d", req.Quorum)
 	}
-	opts, err := f.svc.BeginDecision(ctx, req.ID, digest.Approve)
+	opts, err := f.svc.BeginDecision(ctx, req.ID, vocab.Approve)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -221,13 +222,13 @@ func TestCriticalNeedsQuorumWithUV(t *testing.T) {
 	}
 	// Bob's key without UV is refused.
 	bob.UV = false
-	if _, err := f.decide(t, req.ID, digest.Approve, bob); !errors.Is(err, ErrUserVerification) {
+	if _, err := f.decide(t, req.ID, vocab.Approve, bob); !errors.Is(err, ErrUserVerification) {
 		t.Fatalf("no-UV assertion: %v", err)
 	}
 	f.rec.RequireRejected(t, ErrUserVerification.Check)
 	bob.UV = true
 
-	got, err := f.decide(t, req.ID, digest.Approve, alice)
+	got, err := f.decide(t, req.ID, vocab.Approve, alice)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -237,8 +238,8 @@ func TestCriticalNeedsQuorumWithUV(t *testing.T) {
 	if err := f.svc.BeginExecution(ctx, req.ID); !errors.Is(err, ErrNotApproved) {
 		t.Fatalf("BeginExecution with 1 of 2: %v", err)
 	}
-	c, resp := f.sign(t, req.ID, digest.Approve, bob)
-	opts2, _ := f.svc.BeginDecision(ctx, req.ID, digest.Approve)
+	c, resp := f.sign(t, req.ID, vocab.Approve, bob)
+	opts2, _ := f.svc.BeginDecision(ctx, req.ID, vocab.Approve)
 	for _, cr := range opts2.PublicKey.AllowedCredentials {
 		if string(cr.CredentialID) == string(alice.ID()) {
 			t.Fatal("an already-counted approver's key is offered again")
@@ -343,7 +344,7 @@ func TestAuditFailureFailsClosed(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.rec.SetFail(true)
-	if _, err := f.decide(t, req.ID, digest.Approve, alice); !errors.Is(err, ErrRecord) {
+	if _, err := f.decide(t, req.ID, vocab.Approve, alice); !errors.Is(err, ErrRecord) {
 		t.Fatalf("approve with broken log: %v", err)
 	}
 	if r, _ := f.svc.Get(ctx, req.ID); r.State != StatePending {

@@ -6,7 +6,7 @@ import (
 	"time"
 
 	"github.com/countersign/countersign/approval/approvaltest"
-	"github.com/countersign/countersign/digest"
+	"github.com/countersign/countersign/vocab"
 )
 
 // Ceremonies nobody finished are deleted once they expire: a flood of
@@ -22,7 +22,7 @@ func TestExpiredCeremoniesAreSwept(t *testing.T) {
 		t.Fatal(err)
 	}
 	for range 5 {
-		if _, err := f.svc.BeginDecision(ctx, req.ID, digest.Approve); err != nil {
+		if _, err := f.svc.BeginDecision(ctx, req.ID, vocab.Approve); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -242,7 +242,7 @@ func membersOf(e *Entry, canon func([]byte) ([]byte, error)) ([][]byte, error) {
 	integer("interrupted_seq", e.InterruptedSeq)
 	// Kind is never empty (prepare refuses that), matching its lack of omitempty.
 	out = append(out, appendJCSString([]byte(`"kind":`), e.Kind))
-	str("level", e.Level)
+	str("level", string(e.Level))
 	str("nonce", e.Nonce)
 	str("origin", e.Origin)
 	if err := raw("policy", e.Policy); err != nil {
@@ -267,7 +267,7 @@ func membersOf(e *Entry, canon func([]byte) ([]byte, error)) ([][]byte, error) {
 	if err := raw("usage", e.Usage); err != nil {
 		return nil, err
 	}
-	str("user_verification", e.UserVerification)
+	str("user_verification", string(e.UserVerification))
 	boolean("user_verified", e.UserVerified)
 	integer("v", int64(e.V))
 	if byKey := func(a, b []byte) int { return bytes.Compare(memberKey(a), memberKey(b)) }; !slices.IsSortedFunc(out, byKey) {

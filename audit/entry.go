@@ -1,6 +1,10 @@
 package audit
 
-import "encoding/json"
+import (
+	"encoding/json"
+
+	"github.com/countersign/countersign/vocab"
+)
 
 // Entry kinds.
 const (
@@ -41,13 +45,6 @@ const (
 // bounds reason and result (see Bound).
 const Format = 3
 
-// User-verification requirements of an approval request.
-const (
-	UVRequired    = "required"    // every assertion must carry the UV flag
-	UVPreferred   = "preferred"   // asked for, not required
-	UVDiscouraged = "discouraged" // not asked for
-)
-
 // Entry is one audit record. Everything but Hash and Sig is covered by the
 // hash chain; byte fields are base64url without padding, hashes hex. The
 // field order is the order of the members on an exported line.
@@ -63,7 +60,7 @@ type Entry struct {
 	ArgsSHA256 string          `json:"args_sha256,omitempty"` // hex SHA-256 of JCS(args), always kept
 	ArgsSeq    int64           `json:"args_seq,omitempty"`    // format 3, on a call's outcome: seq of its call.allowed, which holds the args
 	Decision   string          `json:"decision,omitempty"`    // call.*: the policy level; key entries: approve|deny
-	Level      string          `json:"level,omitempty"`       // approval.requested: high|critical
+	Level      vocab.Level     `json:"level,omitempty"`       // approval.requested: high|critical
 	Rule       string          `json:"rule,omitempty"`        // the rule(s) that decided
 	// Usage is the usage variable the policy saw (what the agent had done
 	// in rolling windows), on decisions of tools whose rules use it, so a
@@ -82,11 +79,11 @@ type Entry struct {
 	// The requirement an approval request must meet (approval.requested),
 	// and what met it (approval.approved): the verifier checks one against
 	// the other offline.
-	Quorum           int      `json:"quorum,omitempty"`            // distinct eligible approvers needed
-	Eligible         []string `json:"eligible,omitempty"`          // approver ids who may decide, resolved when requested
-	UserVerification string   `json:"user_verification,omitempty"` // UVRequired, UVPreferred or UVDiscouraged
-	Approvers        []string `json:"approvers,omitempty"`         // approval.approved: who approved, in order
-	Assertions       []int64  `json:"assertions,omitempty"`        // approval.approved: seq of each approver's approval.assertion
+	Quorum           int                    `json:"quorum,omitempty"`   // distinct eligible approvers needed
+	Eligible         []string               `json:"eligible,omitempty"` // approver ids who may decide, resolved when requested
+	UserVerification vocab.UserVerification `json:"user_verification,omitempty"`
+	Approvers        []string               `json:"approvers,omitempty"`  // approval.approved: who approved, in order
+	Assertions       []int64                `json:"assertions,omitempty"` // approval.approved: seq of each approver's approval.assertion
 
 	// Batchable (approval.requested): the policy lets this request be
 	// approved in a batch, one assertion over several requests (batch.go).
@@ -148,10 +145,3 @@ type Entry struct {
 	Hash     string `json:"hash,omitempty"`
 	Sig      string `json:"sig,omitempty"`
 }
-
-// Policy levels as the log records them.
-const (
-	LevelLow      = "low"
-	LevelHigh     = "high"
-	LevelCritical = "critical"
-)

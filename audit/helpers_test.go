@@ -9,6 +9,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/countersign/countersign/vocab"
 )
 
 // seededKey is a fixed key for reproducible output.
@@ -56,7 +58,7 @@ func sampleEntries() []Entry {
 		{Kind: KindCallAllowed, Agent: "agent-1", Tool: "get_balance", Args: json.RawMessage(`{"account":"ops"}`), Decision: "low"},
 		{Kind: KindCallExecuted, Agent: "agent-1", Tool: "get_balance", Args: json.RawMessage(`{"account":"ops"}`), Decision: "low", Result: json.RawMessage(`{"balance":"1200.50","currency":"EUR"}`)},
 		{Kind: KindApprovalRequested, Agent: "agent-1", Tool: "transfer", Args: json.RawMessage(`{"to":"Vendor X & Söhne <ltd>","amount":500000,"currency":"USD"}`),
-			Level: "high", Rule: "tools.transfer.rules[0]", RequestID: request, Quorum: 1, Eligible: []string{"alice", "bob"}, UserVerification: UVPreferred,
+			Level: "high", Rule: "tools.transfer.rules[0]", RequestID: request, Quorum: 1, Eligible: []string{"alice", "bob"}, UserVerification: vocab.UVPreferred,
 			AuthorizationDetails: json.RawMessage(`[{"type":"payment_initiation","actions":["transfer"],"instructedAmount":{"currency":"USD","amount":"500000.00"},"creditorName":"Vendor X"}]`),
 			Display:              "Approve $500,000.00 transfer to Vendor X", Nonce: "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8", ExpiresAt: "2026-03-01T09:35:00Z"},
 		{Kind: KindCallDenied, Agent: "agent-2", Tool: "run_command", Args: json.RawMessage(`{"cmd":"rm -rf /"}`), Decision: "deny", Rule: "tools.run_command.rules[2]", Reason: "denied by policy"},

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/vocab"
 )
 
 // batchTool is a batchable tool that rules raise to high and to critical.
@@ -26,7 +27,7 @@ func TestBatchableOnlyAtHigh(t *testing.T) {
 	p := compileOne(t, batchTool())
 	for _, tc := range []struct {
 		amount    float64
-		level     string
+		level     vocab.Level
 		batchable bool
 	}{{5, "low", false}, {50, "high", true}, {500, "critical", false}} {
 		d := p.Decide(Input{Tool: "x", Args: map[string]any{"amount": tc.amount}})

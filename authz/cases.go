@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/countersign/countersign/vocab"
 	"go.yaml.in/yaml/v3"
 )
 
@@ -30,7 +31,7 @@ type Case struct {
 	Args              map[string]any
 	Facts             map[string]any
 	Now               time.Time
-	Expect            string   // level
+	Expect            vocab.Level
 	ExpectRules       []string // nil: not checked; empty: no rule may decide
 }
 
@@ -136,7 +137,7 @@ func parseCase(n *yaml.Node, path, file string) (Case, []error) {
 		case "expect":
 			err = v.Decode(&c.Expect)
 			if err == nil && !slices.Contains(levels, c.Expect) {
-				err = fmt.Errorf("expected one of %s, got %q", strings.Join(levels, ", "), c.Expect)
+				err = fmt.Errorf("expected one of %s, got %q", levelList(), c.Expect)
 			}
 		case "expect_rules":
 			c.ExpectRules = []string{}
@@ -171,7 +172,7 @@ func parseCase(n *yaml.Node, path, file string) (Case, []error) {
 		fail(n, path+".tool", "required")
 	}
 	if !seen["expect"] {
-		fail(n, path+".expect", "required: one of %s", strings.Join(levels, ", "))
+		fail(n, path+".expect", "required: one of %s", levelList())
 	}
 	if c.Name == "" {
 		c.Name = path

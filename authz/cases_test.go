@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/vocab"
 )
 
 func TestShippedCasesPass(t *testing.T) {
@@ -20,7 +20,7 @@ func TestShippedCasesPass(t *testing.T) {
 	if len(cases) < 10 {
 		t.Fatalf("only %d cases loaded", len(cases))
 	}
-	seen := map[string]bool{}
+	seen := map[vocab.Level]bool{}
 	for _, r := range p.RunCases(cases) {
 		seen[r.Got.Level] = true
 		if !r.OK || r.Diff != "" {
@@ -114,10 +114,10 @@ func TestRunCasesReportsDiffs(t *testing.T) {
 	p, _ := shippedPolicy(t)
 	in := transfer(10001, true)
 	results := p.RunCases([]Case{
-		{Name: "wrong level", Tool: in.Tool, Args: in.Args, Facts: in.Facts, Now: in.Now, Expect: config.LevelLow},
-		{Name: "wrong rules", Tool: in.Tool, Args: in.Args, Facts: in.Facts, Now: in.Now, Expect: config.LevelHigh, ExpectRules: []string{"very-large"}},
-		{Name: "no rules expected", Tool: in.Tool, Args: in.Args, Facts: in.Facts, Now: in.Now, Expect: config.LevelHigh, ExpectRules: []string{}},
-		{Name: "right", Tool: in.Tool, Args: in.Args, Facts: in.Facts, Now: time.Time{}, Expect: config.LevelHigh},
+		{Name: "wrong level", Tool: in.Tool, Args: in.Args, Facts: in.Facts, Now: in.Now, Expect: vocab.LevelLow},
+		{Name: "wrong rules", Tool: in.Tool, Args: in.Args, Facts: in.Facts, Now: in.Now, Expect: vocab.LevelHigh, ExpectRules: []string{"very-large"}},
+		{Name: "no rules expected", Tool: in.Tool, Args: in.Args, Facts: in.Facts, Now: in.Now, Expect: vocab.LevelHigh, ExpectRules: []string{}},
+		{Name: "right", Tool: in.Tool, Args: in.Args, Facts: in.Facts, Now: time.Time{}, Expect: vocab.LevelHigh},
 	})
 	wants := []string{
 		"level: got high, want low; reason: rule large-or-new-payee raised transfer to high",

@@ -8,8 +8,7 @@ import (
 
 	"cel.dev/cel-go/common/types"
 	"cel.dev/cel-go/interpreter"
-
-	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/vocab"
 )
 
 // Input is one tool call as the policy sees it.
@@ -32,7 +31,7 @@ type Input struct {
 
 // Decision is the policy's answer for one call.
 type Decision struct {
-	Level string // config.LevelLow | LevelHigh | LevelCritical | LevelDeny
+	Level vocab.Level
 	// Rules names the rules that matched at the deciding level (or the rule
 	// that failed to evaluate); empty when the base level stands.
 	Rules  []string
@@ -45,7 +44,7 @@ type Decision struct {
 	Quorum int
 	// UserVerification is "required" for critical, else the tool's setting
 	// (default "preferred").
-	UserVerification string
+	UserVerification vocab.UserVerification
 	Timeout          time.Duration // approval lifetime
 	Wait             string        // "block" | "poll"
 	// Grant, at high only, is what the tool allows of standing grants
@@ -174,7 +173,7 @@ func (p *Policy) Decide(in Input) (d Decision) {
 			d.Grant = t.grants
 			d.Batchable = t.batchable
 		} else {
-			d.UserVerification = UVRequired
+			d.UserVerification = vocab.UVRequired
 			d.Quorum = cmp(quorum, t.quorum, DefaultCriticalQuorum)
 		}
 	}
@@ -192,7 +191,7 @@ func cmp(vs ...int) int {
 }
 
 func deny(rules []string, reason string) Decision {
-	return Decision{Level: config.LevelDeny, Rules: rules, Reason: reason}
+	return Decision{Level: vocab.LevelDeny, Rules: rules, Reason: reason}
 }
 
 // activation hands CEL the call's variables without building a map per call.

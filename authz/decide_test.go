@@ -10,6 +10,7 @@ import (
 
 	"github.com/countersign/countersign"
 	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/vocab"
 )
 
 // shippedFacts are the fact variables the shipped backends supply.
@@ -56,9 +57,9 @@ func TestShippedPolicySeesSplitTransfers(t *testing.T) {
 		in := transfer(9999, true)
 		in.Usage = NoUsage(map[string]any{"agent_payee_amount_24h": moved, "agent_amount_24h": moved})
 		d := p.Decide(in)
-		want := config.LevelLow
+		want := vocab.LevelLow
 		if i >= 2 {
-			want = config.LevelHigh // 9,999 + 9,999 > 10,000
+			want = vocab.LevelHigh // 9,999 + 9,999 > 10,000
 		}
 		if d.Level != want {
 			t.Fatalf("transfer %d of 9,999 after %.0f: %s (%s), want %s", i, moved, d.Level, d.Reason, want)
@@ -67,11 +68,11 @@ func TestShippedPolicySeesSplitTransfers(t *testing.T) {
 	}
 	in := transfer(100, true)
 	in.Usage = NoUsage(map[string]any{"agent_amount_24h": 999950.0})
-	if d := p.Decide(in); d.Level != config.LevelCritical {
+	if d := p.Decide(in); d.Level != vocab.LevelCritical {
 		t.Errorf("100 after 999,950 in a day: %s, want critical", d.Level)
 	}
 	in.Usage = nil
-	if d := p.Decide(in); d.Level != config.LevelDeny {
+	if d := p.Decide(in); d.Level != vocab.LevelDeny {
 		t.Errorf("without usage facts: %s, want deny (fail closed)", d.Level)
 	}
 }
@@ -90,24 +91,24 @@ func TestShippedPolicy(t *testing.T) {
 	tests := []struct {
 		name      string
 		in        Input
-		level     string
+		level     vocab.Level
 		rules     []string
 		approvers []string
 		quorum    int
-		uv        string
+		uv        vocab.UserVerification
 	}{
-		{"small transfer to known payee", transfer(100, true), config.LevelLow, nil, nil, 0, UVPreferred},
-		{"exactly 10000 stays low", transfer(10000, true), config.LevelLow, nil, nil, 0, UVPreferred},
-		{"10001 is high", transfer(10001, true), config.LevelHigh, []string{"large-or-new-payee"}, []string{"alice", "bob"}, 1, UVPreferred},
-		{"small to unknown payee is high", transfer(5, false), config.LevelHigh, []string{"large-or-new-payee"}, []string{"alice", "bob"}, 1, UVPreferred},
-		{"exactly 250000 stays high", transfer(250000, true), config.LevelHigh, []string{"large-or-new-payee"}, []string{"alice", "bob"}, 1, UVPreferred},
-		{"250001 is critical", transfer(250001, true), config.LevelCritical, []string{"very-large"}, []string{"alice", "bob"}, 2, UVRequired},
-		{"critical to unknown payee", transfer(500000, false), config.LevelCritical, []string{"very-large"}, []string{"alice", "bob"}, 2, UVRequired},
-		{"deploy staging", deploy("staging"), config.LevelLow, nil, nil, 0, UVPreferred},
-		{"deploy production", deploy("production"), config.LevelHigh, []string{"production"}, []string{"alice"}, 1, UVPreferred},
-		{"restricted secret", secret("restricted"), config.LevelHigh, []string{"restricted-secret"}, []string{"alice"}, 1, UVPreferred},
-		{"internal secret", secret("internal"), config.LevelLow, nil, nil, 0, UVPreferred},
-		{"routine read", Input{Tool: "get_balance", Now: testNow}, config.LevelLow, nil, nil, 0, UVPreferred},
+		{"small transfer to known payee", transfer(100, true), vocab.LevelLow, nil, nil, 0, vocab.UVPreferred},
+		{"exactly 10000 stays low", transfer(10000, true), vocab.LevelLow, nil, nil, 0, vocab.UVPreferred},
+		{"10001 is high", transfer(10001, true), vocab.LevelHigh, []string{"large-or-new-payee"}, []string{"alice", "bob"}, 1, vocab.UVPreferred},
+		{"small to unknown payee is high", transfer(5, false), vocab.LevelHigh, []string{"large-or-new-payee"}, []string{"alice", "bob"}, 1, vocab.UVPreferred},
+		{"exactly 250000 stays high", transfer(250000, true), vocab.LevelHigh, []string{"large-or-new-payee"}, []string{"alice", "bob"}, 1, vocab.UVPreferred},
+		{"250001 is critical", transfer(250001, true), vocab.LevelCritical, []string{"very-large"}, []string{"alice", "bob"}, 2, vocab.UVRequired},
+		{"critical to unknown payee", transfer(500000, false), vocab.LevelCritical, []string{"very-large"}, []string{"alice", "bob"}, 2, vocab.UVRequired},
+		{"deploy staging", deploy("staging"), vocab.LevelLow, nil, nil, 0, vocab.UVPreferred},
+		{"deploy production", deploy("production"), vocab.LevelHigh, []string{"production"}, []string{"alice"}, 1, vocab.UVPreferred},
+		{"restricted secret", secret("restricted"), vocab.LevelHigh, []string{"restricted-secret"}, []string{"alice"}, 1, vocab.UVPreferred},
+		{"internal secret", secret("internal"), vocab.LevelLow, nil, nil, 0, vocab.UVPreferred},
+		{"routine read", Input{Tool: "get_balance", Now: testNow}, vocab.LevelLow, nil, nil, 0, vocab.UVPreferred},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -160,12 +161,12 @@ func TestUnknownToolDenied(t *testing.T) {
 	p, _ := shippedPolicy(t)
 	for _, name := range []string{"rm_rf", "", "Transfer", "transfer "} {
 		d := p.Decide(Input{Tool: name, Now: testNow})
-		if d.Level != config.LevelDeny || !strings.Contains(d.Reason, "unknown tool") {
+		if d.Level != vocab.LevelDeny || !strings.Contains(d.Reason, "unknown tool") {
 			t.Errorf("tool %q: got %s %q, want deny for unknown tool", name, d.Level, d.Reason)
 		}
 	}
 	var nilPolicy *Policy
-	if d := nilPolicy.Decide(transfer(1, true)); d.Level != config.LevelDeny {
+	if d := nilPolicy.Decide(transfer(1, true)); d.Level != vocab.LevelDeny {
 		t.Errorf("nil policy: got %s, want deny", d.Level)
 	}
 }
@@ -213,7 +214,7 @@ func TestFailClosed(t *testing.T) {
 			p := compileOne(t, config.Tool{Level: "low", Approvers: []string{"alice"},
 				Rules: []config.Rule{{Name: "r", When: tc.when, Level: "high"}}}, tc.facts...)
 			d := p.Decide(Input{Tool: "x", Args: tc.args, Facts: tc.inFct, Now: testNow})
-			if d.Level != config.LevelDeny {
+			if d.Level != vocab.LevelDeny {
 				t.Fatalf("level = %s, want deny (reason %q)", d.Level, d.Reason)
 			}
 			if !slices.Equal(d.Rules, []string{"r"}) {
@@ -244,7 +245,7 @@ func TestFailClosedWhateverTheOrder(t *testing.T) {
 		{Name: "broken", When: "args.missing > 1", Level: "high"},
 	}})
 	d := p.Decide(Input{Tool: "x", Args: map[string]any{"amount": 1000.0}, Now: testNow})
-	if d.Level != config.LevelDeny || !strings.Contains(d.Reason, "broken") {
+	if d.Level != vocab.LevelDeny || !strings.Contains(d.Reason, "broken") {
 		t.Fatalf("got %s %q, want deny naming rule broken", d.Level, d.Reason)
 	}
 }
@@ -255,11 +256,11 @@ func TestHasGuardsMissingArg(t *testing.T) {
 		{Name: "new", When: "has(counterparty.known) && !counterparty.known", Level: "high"},
 	}}, "counterparty")
 	in := Input{Tool: "x", Args: map[string]any{}, Facts: map[string]any{"counterparty": map[string]any{}}, Now: testNow}
-	if d := p.Decide(in); d.Level != config.LevelLow {
+	if d := p.Decide(in); d.Level != vocab.LevelLow {
 		t.Fatalf("guarded rules on missing fields: got %s %q, want low", d.Level, d.Reason)
 	}
 	in.Args["amount"] = 101.0
-	if d := p.Decide(in); d.Level != config.LevelHigh {
+	if d := p.Decide(in); d.Level != vocab.LevelHigh {
 		t.Fatalf("guarded rule on present field: got %s %q, want high", d.Level, d.Reason)
 	}
 }
@@ -276,20 +277,20 @@ func TestHighestLevelWinsAndNamesEveryRule(t *testing.T) {
 	tests := []struct {
 		n         float64
 		agent     string
-		level     string
+		level     vocab.Level
 		rules     []string
 		approvers []string
 		quorum    int
 	}{
-		{1, "", config.LevelLow, nil, nil, 0},
-		{2, "", config.LevelHigh, []string{"a"}, []string{"alice", "bob"}, 1},
-		{3, "", config.LevelCritical, []string{"b"}, []string{"alice", "bob"}, 2},
-		{4, "", config.LevelCritical, []string{"b", "rules[2]"}, []string{"alice", "carol"}, 2},
-		{5, "", config.LevelCritical, []string{"b", "rules[2]", "d"}, []string{"alice", "carol"}, 1},
-		{11, "", config.LevelDeny, []string{"no"}, nil, 0},
-		{0, "night-bot", config.LevelHigh, []string{"ops-hours"}, []string{"carol"}, 1},
+		{1, "", vocab.LevelLow, nil, nil, 0},
+		{2, "", vocab.LevelHigh, []string{"a"}, []string{"alice", "bob"}, 1},
+		{3, "", vocab.LevelCritical, []string{"b"}, []string{"alice", "bob"}, 2},
+		{4, "", vocab.LevelCritical, []string{"b", "rules[2]"}, []string{"alice", "carol"}, 2},
+		{5, "", vocab.LevelCritical, []string{"b", "rules[2]", "d"}, []string{"alice", "carol"}, 1},
+		{11, "", vocab.LevelDeny, []string{"no"}, nil, 0},
+		{0, "night-bot", vocab.LevelHigh, []string{"ops-hours"}, []string{"carol"}, 1},
 		// The first matching rule at the level that sets approvers decides them.
-		{2, "night-bot", config.LevelHigh, []string{"a", "ops-hours"}, []string{"carol"}, 1},
+		{2, "night-bot", vocab.LevelHigh, []string{"a", "ops-hours"}, []string{"carol"}, 1},
 	}
 	night := time.Date(2026, 1, 1, 3, 0, 0, 0, time.UTC)
 	for _, tc := range tests {
@@ -298,7 +299,7 @@ func TestHighestLevelWinsAndNamesEveryRule(t *testing.T) {
 			t.Errorf("n=%v agent=%q: got %s %q approvers %q quorum %d, want %s %q %q %d (reason %q)",
 				tc.n, tc.agent, d.Level, d.Rules, d.Approvers, d.Quorum, tc.level, tc.rules, tc.approvers, tc.quorum, d.Reason)
 		}
-		if tc.level == config.LevelCritical && d.UserVerification != UVRequired {
+		if tc.level == vocab.LevelCritical && d.UserVerification != vocab.UVRequired {
 			t.Errorf("n=%v: critical with user verification %q", tc.n, d.UserVerification)
 		}
 	}
@@ -316,15 +317,15 @@ func TestToolSettings(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d := p.Decide(Input{Tool: "off"}); d.Level != config.LevelDeny || d.Rules != nil || !strings.Contains(d.Reason, "configured level") {
+	if d := p.Decide(Input{Tool: "off"}); d.Level != vocab.LevelDeny || d.Rules != nil || !strings.Contains(d.Reason, "configured level") {
 		t.Errorf("off: %+v", d)
 	}
 	d := p.Decide(Input{Tool: "slow"})
-	if d.Level != config.LevelHigh || d.UserVerification != UVDiscouraged || d.Wait != WaitPoll || d.Timeout != time.Hour || d.Quorum != 1 {
+	if d.Level != vocab.LevelHigh || d.UserVerification != vocab.UVDiscouraged || d.Wait != WaitPoll || d.Timeout != time.Hour || d.Quorum != 1 {
 		t.Errorf("slow: %+v", d)
 	}
 	d = p.Decide(Input{Tool: "dflt"})
-	if d.Level != config.LevelCritical || d.UserVerification != UVRequired || d.Wait != WaitBlock || d.Timeout != 90*time.Second || d.Quorum != 2 {
+	if d.Level != vocab.LevelCritical || d.UserVerification != vocab.UVRequired || d.Wait != WaitBlock || d.Timeout != 90*time.Second || d.Quorum != 2 {
 		t.Errorf("dflt: %+v", d)
 	}
 }
@@ -357,10 +358,10 @@ func FuzzDecide(f *testing.F) {
 		if d.Reason == "" {
 			t.Fatal("empty reason")
 		}
-		if _, ok := p.tools[tool]; !ok && d.Level != config.LevelDeny {
+		if _, ok := p.tools[tool]; !ok && d.Level != vocab.LevelDeny {
 			t.Fatalf("tool %q is not configured but got %s", tool, d.Level)
 		}
-		if (d.Level == config.LevelHigh || d.Level == config.LevelCritical) && (len(d.Approvers) == 0 || d.Quorum < 1 || d.Quorum > len(d.Approvers)) {
+		if (d.Level == vocab.LevelHigh || d.Level == vocab.LevelCritical) && (len(d.Approvers) == 0 || d.Quorum < 1 || d.Quorum > len(d.Approvers)) {
 			t.Fatalf("%s decision that no one can approve: %+v", d.Level, d)
 		}
 	})
@@ -371,7 +372,7 @@ func BenchmarkDecide(b *testing.B) {
 	in := transfer(12000, true)
 	b.ReportAllocs()
 	for b.Loop() {
-		if d := p.Decide(in); d.Level != config.LevelHigh {
+		if d := p.Decide(in); d.Level != vocab.LevelHigh {
 			b.Fatal(d.Level, d.Reason)
 		}
 	}
@@ -381,12 +382,12 @@ func TestDecideConcurrently(t *testing.T) {
 	p, _ := shippedPolicy(t)
 	inputs := []struct {
 		in   Input
-		want string
+		want vocab.Level
 	}{
-		{transfer(1, true), config.LevelLow},
-		{transfer(20000, true), config.LevelHigh},
-		{transfer(300000, true), config.LevelCritical},
-		{Input{Tool: "transfer", Args: map[string]any{}, Facts: known(true), Now: testNow, Usage: NoUsage(nil)}, config.LevelDeny},
+		{transfer(1, true), vocab.LevelLow},
+		{transfer(20000, true), vocab.LevelHigh},
+		{transfer(300000, true), vocab.LevelCritical},
+		{Input{Tool: "transfer", Args: map[string]any{}, Facts: known(true), Now: testNow, Usage: NoUsage(nil)}, vocab.LevelDeny},
 	}
 	done := make(chan error)
 	for g := range 8 {

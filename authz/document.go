@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/vocab"
 )
 
 // Document is a policy as the audit log records it (policy.loaded): what
@@ -27,22 +28,22 @@ type Document struct {
 // DocumentUpstream is what of a config.Upstream decides: how its tools are
 // named and the default for those the policy does not list.
 type DocumentUpstream struct {
-	Name         string   `json:"name"`
-	Prefix       string   `json:"prefix"`
-	DefaultLevel string   `json:"default_level,omitempty"`
-	Approvers    []string `json:"approvers,omitempty"`
+	Name         string      `json:"name"`
+	Prefix       string      `json:"prefix"`
+	DefaultLevel vocab.Level `json:"default_level,omitempty"`
+	Approvers    []string    `json:"approvers,omitempty"`
 }
 
 // DocumentTool is config.Tool without what does not decide (redaction).
 type DocumentTool struct {
-	Level            string          `json:"level"`
-	Rules            []DocumentRule  `json:"rules,omitempty"`
-	Approvers        []string        `json:"approvers,omitempty"`
-	Quorum           int             `json:"quorum,omitempty"`
-	UserVerification string          `json:"user_verification,omitempty"`
-	Timeout          string          `json:"timeout,omitempty"`
-	Wait             string          `json:"wait,omitempty"`
-	Grants           *DocumentGrants `json:"grants,omitempty"`
+	Level            vocab.Level            `json:"level"`
+	Rules            []DocumentRule         `json:"rules,omitempty"`
+	Approvers        []string               `json:"approvers,omitempty"`
+	Quorum           int                    `json:"quorum,omitempty"`
+	UserVerification vocab.UserVerification `json:"user_verification,omitempty"`
+	Timeout          string                 `json:"timeout,omitempty"`
+	Wait             string                 `json:"wait,omitempty"`
+	Grants           *DocumentGrants        `json:"grants,omitempty"`
 	// Batchable is left out when false, so that the document (and the
 	// policy_sha256 naming it) of a policy without batches is what it was
 	// before batches existed.
@@ -59,11 +60,11 @@ type DocumentGrants struct {
 
 // DocumentRule is config.Rule.
 type DocumentRule struct {
-	Name      string   `json:"name,omitempty"`
-	When      string   `json:"when"`
-	Level     string   `json:"level"`
-	Approvers []string `json:"approvers,omitempty"`
-	Quorum    int      `json:"quorum,omitempty"`
+	Name      string      `json:"name,omitempty"`
+	When      string      `json:"when"`
+	Level     vocab.Level `json:"level"`
+	Approvers []string    `json:"approvers,omitempty"`
+	Quorum    int         `json:"quorum,omitempty"`
 }
 
 // DocumentApprover is an approver's id and roles (names do not decide).

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+
+	"github.com/countersign/countersign/vocab"
 )
 
 // ReplayFloor checks a logged approval request that r.Tool's policy
@@ -87,7 +89,7 @@ func (p *Policy) ReplayFloor(r Recorded) error {
 	}
 	want := t.requirement(floor, named)
 	got := *r.Requirement
-	uv := map[string]int{UVDiscouraged: 0, UVPreferred: 1, UVRequired: 2}
+	uv := map[vocab.UserVerification]int{vocab.UVDiscouraged: 0, vocab.UVPreferred: 1, vocab.UVRequired: 2}
 	for _, a := range got.Approvers {
 		if !slices.Contains(want.Approvers, a) {
 			return fail("eligible approver %s, whom the policy does not allow", a)

@@ -7,11 +7,12 @@ import (
 	"time"
 
 	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/vocab"
 )
 
 var grantApprovers = []config.Approver{{ID: "alice", Roles: []string{"treasury"}}}
 
-func grantTool(level string, g config.Grants, rules ...config.Rule) config.Tool {
+func grantTool(level vocab.Level, g config.Grants, rules ...config.Rule) config.Tool {
 	return config.Tool{Level: level, Approvers: []string{"alice"}, Rules: rules, Grants: g}
 }
 

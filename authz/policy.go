@@ -62,6 +62,7 @@ import (
 	"cel.dev/cel-go/common"
 
 	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/vocab"
 )
 
 // Options are the parts of a policy that come from outside the tools section.
@@ -89,12 +90,8 @@ type Options struct {
 	replay bool
 }
 
-// User verification settings, and wait modes, as written in the config.
+// Wait modes, as written in the config.
 const (
-	UVRequired    = "required"
-	UVPreferred   = "preferred"
-	UVDiscouraged = "discouraged"
-
 	WaitBlock = "block"
 	WaitPoll  = "poll"
 )
@@ -129,7 +126,7 @@ func (e *CompileError) Error() string { return e.Path + ": " + e.Msg }
 func (e *CompileError) Is(target error) bool { return target == ErrInvalid }
 
 // Level ranks, lowest first; the index is the order.
-var levels = []string{config.LevelLow, config.LevelHigh, config.LevelCritical, config.LevelDeny}
+var levels = []vocab.Level{vocab.LevelLow, vocab.LevelHigh, vocab.LevelCritical, vocab.LevelDeny}
 
 const (
 	rankLow = iota
@@ -138,7 +135,7 @@ const (
 	rankDeny
 )
 
-func rankOf(level string) (int, bool) {
+func rankOf(level vocab.Level) (int, bool) {
 	i := slices.Index(levels, level)
 	return i, i >= 0
 }
@@ -163,7 +160,7 @@ type tool struct {
 	rules     []rule   // only rules that can raise the base level, config order
 	approvers []string // resolved ids, sorted
 	quorum    int      // 0 = level default
-	uv        string
+	uv        vocab.UserVerification
 	timeout   time.Duration
 	wait      string
 	batchable bool // config's batchable: its high calls may be approved in a batch
@@ -233,16 +230,16 @@ func (c *compiler) upstreamDefault(i int, u config.Upstream) (upstreamDefault, b
 	nerr := len(c.errs)
 	approvers := c.resolve(p+".approvers", entries)
 	d := upstreamDefault{name: u.Name, prefix: u.Prefix}
-	mk := func(level string) *tool {
+	mk := func(level vocab.Level) *tool {
 		rank, ok := rankOf(level)
 		if !ok {
-			c.fail(p+".default_level", "expected one of %s, got %q", strings.Join(levels, ", "), level)
+			c.fail(p+".default_level", "expected one of %s, got %q", levelList(), level)
 			return nil
 		}
 		if (rank == rankHigh || rank == rankCritical) && len(approvers) == 0 {
 			c.fail(p, "its tools that are not read-only default to %s, which needs approvers: declare approvers, or set default_level", level)
 		}
-		t := &tool{base: rank, approvers: approvers, uv: UVPreferred, wait: WaitBlock, timeout: c.opts.DefaultTimeout}
+		t := &tool{base: rank, approvers: approvers, uv: vocab.UVPreferred, wait: WaitBlock, timeout: c.opts.DefaultTimeout}
 		if t.timeout <= 0 {
 			t.timeout = defaultTimeout
 		}
@@ -252,7 +249,7 @@ func (c *compiler) upstreamDefault(i int, u config.Upstream) (upstreamDefault, b
 		d.readOnly = mk(u.DefaultLevel)
 		d.other, d.why = d.readOnly, "default_level"
 	} else {
-		d.readOnly, d.other = mk(config.LevelLow), mk(config.LevelHigh)
+		d.readOnly, d.other = mk(vocab.LevelLow), mk(vocab.LevelHigh)
 	}
 	return d, len(c.errs) == nerr
 }
@@ -357,13 +354,13 @@ func (c *compiler) settings(p, name string, ct config.Tool) *tool {
 
 	base, ok := rankOf(ct.Level)
 	if !ok {
-		c.fail(p+".level", "expected one of %s, got %q", strings.Join(levels, ", "), ct.Level)
+		c.fail(p+".level", "expected one of %s, got %q", levelList(), ct.Level)
 	}
 	t.base = base
 	switch t.uv {
 	case "":
-		t.uv = UVPreferred
-	case UVRequired, UVPreferred, UVDiscouraged:
+		t.uv = vocab.UVPreferred
+	case vocab.UVRequired, vocab.UVPreferred, vocab.UVDiscouraged:
 	default:
 		c.fail(p+".user_verification", "expected one of required, preferred, discouraged, got %q", t.uv)
 	}
@@ -435,7 +432,7 @@ func (c *compiler) rule(p string, i int, cr config.Rule, ct config.Tool, t *tool
 
 	level, known := rankOf(cr.Level)
 	if !known {
-		c.fail(rp+".level", "expected one of %s, got %q", strings.Join(levels, ", "), cr.Level)
+		c.fail(rp+".level", "expected one of %s, got %q", levelList(), cr.Level)
 	}
 	r.level = level
 	if r.quorum < 0 {
@@ -661,4 +658,13 @@ func (p *Policy) MayCountersign(tool string, readOnly bool) bool {
 		}
 	}
 	return false
+}
+
+// levelList names the levels for an error message, lowest first.
+func levelList() string {
+	names := make([]string, len(levels))
+	for i, l := range levels {
+		names[i] = string(l)
+	}
+	return strings.Join(names, ", ")
 }

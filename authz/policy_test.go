@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/vocab"
 )
 
 func TestCompileErrors(t *testing.T) {
@@ -114,10 +115,10 @@ func TestCompileAcceptsEdgeConfigs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d := p.Decide(Input{Tool: "a", Args: map[string]any{"n": 2.0}}); d.Level != config.LevelCritical || d.Quorum != 2 || len(d.Approvers) != 2 {
+	if d := p.Decide(Input{Tool: "a", Args: map[string]any{"n": 2.0}}); d.Level != vocab.LevelCritical || d.Quorum != 2 || len(d.Approvers) != 2 {
 		t.Errorf("a: %+v", d)
 	}
-	if d := p.Decide(Input{Tool: "b", Args: map[string]any{"x": 5.0}}); d.Level != config.LevelDeny {
+	if d := p.Decide(Input{Tool: "b", Args: map[string]any{"x": 5.0}}); d.Level != vocab.LevelDeny {
 		t.Errorf("b: %+v", d)
 	}
 }

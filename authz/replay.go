@@ -7,6 +7,7 @@ import (
 
 	"cel.dev/cel-go/cel"
 	"cel.dev/cel-go/common/types"
+	"github.com/countersign/countersign/vocab"
 )
 
 // Recorded is one decision as the audit log records it.
@@ -15,8 +16,8 @@ type Recorded struct {
 	// Args are the logged arguments, JSON-decoded (numbers float64); nil
 	// when the log redacts them.
 	Args  map[string]any
-	Level string   // the level the call was given
-	Rules []string // the rules the log says decided it (Decision.Rules)
+	Level vocab.Level // the level the call was given
+	Rules []string    // the rules the log says decided it (Decision.Rules)
 	// Requirement is what an approval request recorded; nil for a call.
 	Requirement *Requirement
 	// Usage is the usage variable the decision saw, when the log kept it;
@@ -31,7 +32,7 @@ type Recorded struct {
 type Requirement struct {
 	Approvers        []string
 	Quorum           int
-	UserVerification string
+	UserVerification vocab.UserVerification
 	Batchable        bool // may be approved in a batch
 }
 
@@ -158,7 +159,7 @@ func (t *tool) requirement(level int, matched []*rule) Requirement {
 		req.Quorum = 1
 		req.Batchable = t.batchable
 	} else {
-		req.UserVerification = UVRequired
+		req.UserVerification = vocab.UVRequired
 		req.Quorum = cmp(quorum, t.quorum, DefaultCriticalQuorum)
 	}
 	return req

@@ -6,6 +6,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/countersign/countersign/vocab"
 )
 
 // replayPolicy is the shipped policy as the audit log would record it,
@@ -77,7 +79,7 @@ func TestReplayRefusesDecisionsThePolicyDoesNotGive(t *testing.T) {
 	big := map[string]any{"to": "Vendor X", "amount": 500000.0, "currency": "USD"}
 	mid := map[string]any{"to": "Vendor X", "amount": 20000.0, "currency": "USD"}
 	treasury := []string{"alice", "bob"}
-	critical := &Requirement{Approvers: treasury, Quorum: 2, UserVerification: UVRequired}
+	critical := &Requirement{Approvers: treasury, Quorum: 2, UserVerification: vocab.UVRequired}
 	cases := []struct {
 		name string
 		r    Recorded
@@ -88,14 +90,14 @@ func TestReplayRefusesDecisionsThePolicyDoesNotGive(t *testing.T) {
 		{"a 20,000 transfer relabelled low", Recorded{Tool: "transfer", Args: mid, Level: "low", Usage: NoUsage(nil)},
 			"rule large-or-new-payee holds on the logged arguments and raises the call to high; the log says low"},
 		{"a 500,000 transfer at high", Recorded{Tool: "transfer", Args: big, Level: "high", Rules: []string{"large-or-new-payee"},
-			Requirement: &Requirement{Approvers: treasury, Quorum: 1, UserVerification: UVPreferred}},
+			Requirement: &Requirement{Approvers: treasury, Quorum: 1, UserVerification: vocab.UVPreferred}},
 			"rule very-large holds on the logged arguments and raises the call to critical; the log says high"},
 		{"critical with a quorum of one", Recorded{Tool: "transfer", Args: big, Level: "critical", Rules: []string{"very-large"},
-			Requirement: &Requirement{Approvers: treasury, Quorum: 1, UserVerification: UVRequired}}, "quorum 1, the policy gives 2"},
+			Requirement: &Requirement{Approvers: treasury, Quorum: 1, UserVerification: vocab.UVRequired}}, "quorum 1, the policy gives 2"},
 		{"critical without UV", Recorded{Tool: "transfer", Args: big, Level: "critical", Rules: []string{"very-large"},
-			Requirement: &Requirement{Approvers: treasury, Quorum: 2, UserVerification: UVPreferred}}, `user verification "preferred", the policy gives "required"`},
+			Requirement: &Requirement{Approvers: treasury, Quorum: 2, UserVerification: vocab.UVPreferred}}, `user verification "preferred", the policy gives "required"`},
 		{"an approver from outside treasury", Recorded{Tool: "transfer", Args: big, Level: "critical", Rules: []string{"very-large"},
-			Requirement: &Requirement{Approvers: []string{"alice", "mallory"}, Quorum: 2, UserVerification: UVRequired}}, "eligible approvers [alice, mallory], the policy gives [alice, bob]"},
+			Requirement: &Requirement{Approvers: []string{"alice", "mallory"}, Quorum: 2, UserVerification: vocab.UVRequired}}, "eligible approvers [alice, mallory], the policy gives [alice, bob]"},
 		{"a rule the policy does not have", Recorded{Tool: "transfer", Args: big, Level: "critical", Rules: []string{"ceo-said-so"}, Requirement: critical},
 			`names rule "ceo-said-so"`},
 		{"a rule that is false on the arguments", Recorded{Tool: "transfer", Args: mid, Level: "critical", Rules: []string{"very-large"}, Requirement: critical, Usage: NoUsage(nil)},

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/vocab"
 )
 
 // transferSchema has the shape of the built-in transfer tool's.
@@ -76,10 +77,10 @@ func TestTypedRulesDecideAsBefore(t *testing.T) {
 		t.Fatal(err)
 	}
 	now := time.Now()
-	if d := p.Decide(Input{Tool: "transfer", Args: map[string]any{"memo": "x", "amount": 1.0}, Facts: map[string]any{"counterparty": map[string]any{}}, Now: now}); d.Level != config.LevelHigh {
+	if d := p.Decide(Input{Tool: "transfer", Args: map[string]any{"memo": "x", "amount": 1.0}, Facts: map[string]any{"counterparty": map[string]any{}}, Now: now}); d.Level != vocab.LevelHigh {
 		t.Errorf("memo x: %+v", d)
 	}
-	if d := p.Decide(Input{Tool: "transfer", Args: map[string]any{"amount": 1.0}, Facts: map[string]any{"counterparty": map[string]any{}}, Now: now}); d.Level != config.LevelDeny {
+	if d := p.Decide(Input{Tool: "transfer", Args: map[string]any{"amount": 1.0}, Facts: map[string]any{"counterparty": map[string]any{}}, Now: now}); d.Level != vocab.LevelDeny {
 		t.Errorf("no memo should fail closed: %+v", d)
 	}
 }

@@ -3,6 +3,7 @@ package authzdetails
 import (
 	"encoding/json"
 	"fmt"
+	"github.com/countersign/countersign/vocab"
 	"slices"
 	"strings"
 	"testing"
@@ -70,7 +71,7 @@ func TestDisplayDigestCoversEveryArgument(t *testing.T) {
 		at := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 		sum := func(display string) [32]byte {
 			d, err := digest.Compute(digest.Action{
-				RequestID: "r", Decision: digest.Approve, AuthorizationDetails: []byte(`[]`), Tool: "t",
+				RequestID: "r", Decision: vocab.Approve, AuthorizationDetails: []byte(`[]`), Tool: "t",
 				Display: display, Nonce: make([]byte, 32), ExpiresAt: at,
 			})
 			if err != nil {

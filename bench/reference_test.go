@@ -14,6 +14,7 @@ import (
 
 	"github.com/countersign/countersign/digest"
 	"github.com/countersign/countersign/store"
+	"github.com/countersign/countersign/vocab"
 )
 
 func BenchmarkEd25519Sign(b *testing.B) {
@@ -57,7 +58,7 @@ func BenchmarkSQLiteDurableCommit(b *testing.B) {
 func BenchmarkDigest(b *testing.B) {
 	sum, _ := digest.ArgsSHA256([]byte(`{"amount":500000,"currency":"USD","from":"operating","to":"Vendor X"}`))
 	a := digest.Action{
-		RequestID: "6f1c2f7e-1d7a-4a57-9a8e-2b1f3c4d5e6f", Decision: digest.Approve, Tool: "transfer",
+		RequestID: "6f1c2f7e-1d7a-4a57-9a8e-2b1f3c4d5e6f", Decision: vocab.Approve, Tool: "transfer",
 		AuthorizationDetails: []byte(`[{"type":"payment_initiation","instructedAmount":{"currency":"USD","amount":"500000.00"},"creditorName":"Vendor X"}]`),
 		ArgsSHA256:           sum, Display: "Payment: USD 500,000.00\nTo: Vendor X", Nonce: make([]byte, 32),
 	}

@@ -32,6 +32,7 @@ import (
 	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/token"
 	"github.com/countersign/countersign/tools"
+	"github.com/countersign/countersign/vocab"
 )
 
 // newToolStack is a stack over the shipped configuration (edit may change
@@ -168,7 +169,7 @@ func TestCIBAPaymentJudgedAsTransfer(t *testing.T) {
 	}
 	id := r.str("auth_req_id")
 	req := s.request(t, id)
-	if req.Level != config.LevelCritical || req.Quorum != 2 || strings.Join(req.Approvers, ",") != "alice,bob" {
+	if req.Level != vocab.LevelCritical || req.Quorum != 2 || strings.Join(req.Approvers, ",") != "alice,bob" {
 		t.Fatalf("request level %s quorum %d approvers %v, want critical 2 [alice bob]", req.Level, req.Quorum, req.Approvers)
 	}
 	lines := strings.Split(req.Display, "\n")
@@ -241,7 +242,7 @@ func TestCIBAPaymentJudgedAsTransfer(t *testing.T) {
 			requested = e
 		}
 	}
-	if !strings.Contains(requested.Rule, "transfer:very-large") || requested.Quorum != 2 || requested.UserVerification != authz.UVRequired {
+	if !strings.Contains(requested.Rule, "transfer:very-large") || requested.Quorum != 2 || requested.UserVerification != vocab.UVRequired {
 		t.Errorf("approval.requested rule %q quorum %d uv %q", requested.Rule, requested.Quorum, requested.UserVerification)
 	}
 }
@@ -255,7 +256,7 @@ func TestCIBASmallPaymentKeepsTheFloor(t *testing.T) {
 		t.Fatalf("bc-authorize: %d %v", r.status, r.body)
 	}
 	req := s.request(t, r.str("auth_req_id"))
-	if req.Level != config.LevelHigh || req.Quorum != 1 {
+	if req.Level != vocab.LevelHigh || req.Quorum != 1 {
 		t.Fatalf("level %s quorum %d, want the floor: high 1", req.Level, req.Quorum)
 	}
 	if strings.Contains(req.Display, "NEW COUNTERPARTY") || strings.Contains(req.Display, authzdetails.AgentPrefix) {
@@ -282,7 +283,7 @@ func TestCIBAPaymentsCountInTransferWindows(t *testing.T) {
 		}
 		last = s.request(t, r.str("auth_req_id"))
 	}
-	if last.Level != config.LevelCritical {
+	if last.Level != vocab.LevelCritical {
 		t.Fatalf("the fifth 240,000 in a day is %s, want critical (over 1,000,000 in 24h)", last.Level)
 	}
 }
@@ -295,7 +296,7 @@ func TestCIBADeploymentAndSecretJudgedByTheirTools(t *testing.T) {
 		c.Tools["deploy"] = prod
 	})
 	r := s.raise(t, `[{"type":"deployment","service":"api","version":"1.4.2","environment":"production"}]`)
-	if req := s.request(t, r.str("auth_req_id")); r.status != 200 || req.Level != config.LevelCritical || req.Quorum != 2 {
+	if req := s.request(t, r.str("auth_req_id")); r.status != 200 || req.Level != vocab.LevelCritical || req.Quorum != 2 {
 		t.Fatalf("production deployment: %d %v", r.status, r.body)
 	}
 	// An environment the deploy tool does not know cannot dodge its rule.
@@ -313,7 +314,7 @@ func TestCIBADeploymentAndSecretJudgedByTheirTools(t *testing.T) {
 		t.Fatalf("secret: %d %v", r.status, r.body)
 	}
 	req := s.request(t, r.str("auth_req_id"))
-	if req.Level != config.LevelHigh || strings.Join(req.Approvers, ",") != "alice" ||
+	if req.Level != vocab.LevelHigh || strings.Join(req.Approvers, ",") != "alice" ||
 		!strings.Contains(req.Display, "Classification: restricted") || !strings.Contains(req.Display, "claim classification, not what the server found): “public”") {
 		t.Fatalf("restricted secret: level %s approvers %v display:\n%s", req.Level, req.Approvers, req.Display)
 	}
@@ -339,7 +340,7 @@ func TestCIBADetailOfADeniedToolRefused(t *testing.T) {
 		t.Fatalf("denied tool: %d %v", r.status, r.body)
 	}
 	added := s.entries(t)[before:]
-	if len(added) != 1 || added[0].Kind != audit.KindCallDenied || added[0].Decision != config.LevelDeny ||
+	if len(added) != 1 || added[0].Kind != audit.KindCallDenied || added[0].Decision != string(vocab.LevelDeny) ||
 		added[0].Rule != "read_secret:never-payments-key" || added[0].Tool != Tool {
 		t.Fatalf("recorded %+v", added)
 	}
@@ -357,14 +358,14 @@ func TestCIBAUpstreamToolCallJudgedByItsPolicy(t *testing.T) {
 		return `[{"type":"mcp_tool_call","server":"` + server + `","tool":"` + tool + `","arguments":{"path":"/srv"}}]`
 	}
 	r := s.raise(t, call("files", "write_file"))
-	if req := s.request(t, r.str("auth_req_id")); r.status != 200 || req.Level != config.LevelCritical || req.Quorum != 2 {
+	if req := s.request(t, r.str("auth_req_id")); r.status != 200 || req.Level != vocab.LevelCritical || req.Quorum != 2 {
 		t.Fatalf("upstream default critical: %d %v", r.status, r.body)
 	}
 	if r := s.raise(t, call("files", "delete_all")); r.status != 403 || r.str("error") != CodeAccessDenied {
 		t.Fatalf("denied upstream tool: %d %v", r.status, r.body)
 	}
 	r = s.raise(t, call("elsewhere", "delete_all"))
-	if req := s.request(t, r.str("auth_req_id")); r.status != 200 || req.Level != config.LevelHigh {
+	if req := s.request(t, r.str("auth_req_id")); r.status != 200 || req.Level != vocab.LevelHigh {
 		t.Fatalf("a server Countersign does not front: %d %v", r.status, r.body)
 	}
 }
@@ -410,12 +411,12 @@ func TestCIBAPaymentsCountAfterARestart(t *testing.T) {
 			// 720,000 counts (approved, and two waiting): 250,000 more stays
 			// under 1,000,000 only if the denied one does not count...
 			r := s.raise(t, payment("250000.00", "Acme Supplies", ""))
-			if req := s.request(t, r.str("auth_req_id")); r.status != 200 || req.Level != config.LevelHigh {
+			if req := s.request(t, r.str("auth_req_id")); r.status != 200 || req.Level != vocab.LevelHigh {
 				t.Fatalf("970,000 in a day after a restart: %d %v, level %s, want high", r.status, r.body, req.Level)
 			}
 			// ...and 40,000 more passes it only if the others do.
 			r = s.raise(t, payment("40000.00", "Acme Supplies", ""))
-			if req := s.request(t, r.str("auth_req_id")); r.status != 200 || req.Level != config.LevelCritical {
+			if req := s.request(t, r.str("auth_req_id")); r.status != 200 || req.Level != vocab.LevelCritical {
 				t.Fatalf("1,010,000 in a day after a restart: %d %v, level %s, want critical", r.status, r.body, req.Level)
 			}
 		})

@@ -35,6 +35,7 @@ import (
 	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/token"
 	"github.com/countersign/countersign/tools"
+	"github.com/countersign/countersign/vocab"
 )
 
 const pageOrigin = "http://localhost:8710"
@@ -156,7 +157,7 @@ func (s *stack) enroll(t *testing.T, approver string) {
 	s.keys[approver] = key
 }
 
-func (s *stack) tap(t *testing.T, approver, id, decision string) *approval.Request {
+func (s *stack) tap(t *testing.T, approver, id string, decision vocab.Decision) *approval.Request {
 	t.Helper()
 	ctx := context.Background()
 	opts, err := s.svc.BeginDecision(ctx, id, decision)
@@ -436,7 +437,7 @@ func TestTokenEndpointWalk(t *testing.T) {
 		}
 	}
 
-	s.tap(t, "alice", id, digest.Approve)
+	s.tap(t, "alice", id, vocab.Approve)
 	r := s.post(t, PathToken, "ci-bot", pollForm(id))
 	if r.status != 200 || r.str("token_type") != "N_A" || r.str("approval_token") == "" || r.str("access_token") != r.str("approval_token") ||
 		r.num("expires_in") < 290 || r.num("expires_in") > 300 || r.header.Get("Cache-Control") != "no-store" {
@@ -454,7 +455,7 @@ func TestTokenEndpointWalk(t *testing.T) {
 
 	// Denied.
 	denied := s.post(t, PathAuthorize, "ci-bot", authForm(set("login_hint", "role:treasury"))).str("auth_req_id")
-	s.tap(t, "bob", denied, digest.Deny)
+	s.tap(t, "bob", denied, vocab.Deny)
 	if r := s.post(t, PathToken, "ci-bot", pollForm(denied)); r.status != 400 || r.str("error") != CodeAccessDenied || !strings.Contains(r.str("error_description"), "bob") {
 		t.Errorf("denied: %d %v", r.status, r.body)
 	}
@@ -465,7 +466,7 @@ func TestTokenEndpointWalk(t *testing.T) {
 		t.Errorf("requested_expiry 1 gave expires_in %v", short.body)
 	}
 	late := s.post(t, PathAuthorize, "ci-bot", authForm(set("requested_expiry", "2")))
-	lateReq := s.tap(t, "alice", late.str("auth_req_id"), digest.Approve)
+	lateReq := s.tap(t, "alice", late.str("auth_req_id"), vocab.Approve)
 	time.Sleep(time.Until(lateReq.ExpiresAt) + 100*time.Millisecond)
 	for _, id := range []string{short.str("auth_req_id"), late.str("auth_req_id"), late.str("auth_req_id")} {
 		if r := s.post(t, PathToken, "ci-bot", pollForm(id)); r.str("error") != CodeExpiredToken {
@@ -531,7 +532,7 @@ func checkToken(t *testing.T, s *stack, tok, id string) {
 	nonce, _ := base64.RawURLEncoding.DecodeString(approved.Nonce)
 	expires, _ := time.Parse(time.RFC3339, approved.ExpiresAt)
 	want, err := digest.Compute(digest.Action{
-		RequestID: id, Decision: digest.Approve, AuthorizationDetails: approved.AuthorizationDetails,
+		RequestID: id, Decision: vocab.Approve, AuthorizationDetails: approved.AuthorizationDetails,
 		Tool: approved.Tool, ArgsSHA256: [32]byte(args), Display: approved.Display, Nonce: nonce, ExpiresAt: expires,
 	})
 	if err != nil {
@@ -584,7 +585,7 @@ func TestAnonymousFromLoopback(t *testing.T) {
 	if r.status != 200 {
 		t.Fatalf("anonymous: %d %v", r.status, r.body)
 	}
-	s.tap(t, "alice", r.str("auth_req_id"), digest.Approve)
+	s.tap(t, "alice", r.str("auth_req_id"), vocab.Approve)
 	got := s.post(t, PathToken, "", pollForm(r.str("auth_req_id")))
 	if got.status != 200 {
 		t.Fatalf("anonymous token: %d %v", got.status, got.body)

@@ -3,6 +3,8 @@ package config
 import (
 	"strings"
 	"testing"
+
+	"github.com/countersign/countersign/vocab"
 )
 
 // ciba is a policy entry, not a tool: configuring it is valid, and so is an
@@ -12,7 +14,7 @@ func TestCIBAPolicyAndIssuer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Tools["ciba"].Level != LevelHigh || c.HTTP.Issuer != "https://countersign.example.com" {
+	if c.Tools["ciba"].Level != vocab.LevelHigh || c.HTTP.Issuer != "https://countersign.example.com" {
 		t.Errorf("tools.ciba %+v, http.issuer %q", c.Tools["ciba"], c.HTTP.Issuer)
 	}
 	for _, bad := range []string{"ftp://x", "https://x/?a=b", "https://x/#f", "not a url"} {

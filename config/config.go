@@ -8,6 +8,8 @@ package config
 import (
 	"strings"
 	"time"
+
+	"github.com/countersign/countersign/vocab"
 )
 
 // Config is the whole of mcp.yaml after defaults and environment overrides.
@@ -216,15 +218,15 @@ type Limits struct {
 
 // Tool is the policy and behaviour of one guarded tool.
 type Tool struct {
-	Level            string        `mapstructure:"level"` // low | high | critical | deny
-	Rules            []Rule        `mapstructure:"rules"`
-	Approvers        []string      `mapstructure:"approvers"` // approver ids and role:NAME
-	Quorum           int           `mapstructure:"quorum"`
-	UserVerification string        `mapstructure:"user_verification"` // required | preferred | discouraged
-	Timeout          time.Duration `mapstructure:"timeout"`
-	Wait             string        `mapstructure:"wait"`        // block | poll
-	RedactArgs       bool          `mapstructure:"redact_args"` // keep only the args digest in the audit log
-	Grants           Grants        `mapstructure:"grants"`      // standing grants an approver may give (grant.go); none by default
+	Level            vocab.Level            `mapstructure:"level"` // low | high | critical | deny
+	Rules            []Rule                 `mapstructure:"rules"`
+	Approvers        []string               `mapstructure:"approvers"` // approver ids and role:NAME
+	Quorum           int                    `mapstructure:"quorum"`
+	UserVerification vocab.UserVerification `mapstructure:"user_verification"`
+	Timeout          time.Duration          `mapstructure:"timeout"`
+	Wait             string                 `mapstructure:"wait"`        // block | poll
+	RedactArgs       bool                   `mapstructure:"redact_args"` // keep only the args digest in the audit log
+	Grants           Grants                 `mapstructure:"grants"`      // standing grants an approver may give (grant.go); none by default
 	// Batchable lets an approver approve this tool's high calls together
 	// with others in one tap (approval.max_batch). A call raised to
 	// critical is never batchable; a critical tool may not say true.
@@ -233,11 +235,11 @@ type Tool struct {
 
 // Rule raises a tool's level when its CEL condition holds.
 type Rule struct {
-	Name      string   `mapstructure:"name"`
-	When      string   `mapstructure:"when"`
-	Level     string   `mapstructure:"level"`
-	Approvers []string `mapstructure:"approvers"`
-	Quorum    int      `mapstructure:"quorum"`
+	Name      string      `mapstructure:"name"`
+	When      string      `mapstructure:"when"`
+	Level     vocab.Level `mapstructure:"level"`
+	Approvers []string    `mapstructure:"approvers"`
+	Quorum    int         `mapstructure:"quorum"`
 }
 
 // BuiltinTools returns the tools Countersign itself provides; each runs
@@ -268,7 +270,7 @@ type Upstream struct {
 	Prefix string `mapstructure:"prefix"`
 	// DefaultLevel is the level of a tool not listed under tools. Empty:
 	// low for a tool annotated readOnlyHint: true, high for anything else.
-	DefaultLevel string `mapstructure:"default_level"`
+	DefaultLevel vocab.Level `mapstructure:"default_level"`
 	// Approvers of tools not listed under tools; default every approver.
 	Approvers []string `mapstructure:"approvers"`
 	// Required makes serve refuse to start while the upstream cannot be
@@ -294,11 +296,3 @@ func (c *Config) UpstreamOf(name string) (Upstream, bool) {
 	}
 	return Upstream{}, false
 }
-
-// Risk levels, lowest first.
-const (
-	LevelLow      = "low"
-	LevelHigh     = "high"
-	LevelCritical = "critical"
-	LevelDeny     = "deny"
-)

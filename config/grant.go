@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"slices"
 	"time"
+
+	"github.com/countersign/countersign/vocab"
 )
 
 // Grants lets an approver, when approving one of a tool's requests, also
@@ -52,13 +54,13 @@ func (t Tool) validateGrants(v *validator, p string) {
 	}
 	p += ".grants"
 	switch {
-	case t.Level == LevelCritical:
+	case t.Level == vocab.LevelCritical:
 		v.fail(p, "not allowed on a critical tool: a critical call always needs its quorum of fresh taps")
-	case t.Level == LevelDeny:
+	case t.Level == vocab.LevelDeny:
 		v.fail(p, "not allowed on a denied tool")
 	case t.RedactArgs:
 		v.fail(p, "not allowed with redact_args: audit verify checks each granted call's arguments against the grant, so they must be in the log")
-	case t.Level == LevelLow && !slices.ContainsFunc(t.Rules, func(r Rule) bool { return r.Level == LevelHigh }):
+	case t.Level == vocab.LevelLow && !slices.ContainsFunc(t.Rules, func(r Rule) bool { return r.Level == vocab.LevelHigh }):
 		v.fail(p, "has no effect: no rule raises the tool to high, the only level a grant can cover")
 	}
 	if g.MaxDuration < time.Minute || g.MaxDuration > MaxGrantDuration {

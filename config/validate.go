@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"filippo.io/torchwood"
+	"github.com/countersign/countersign/vocab"
 )
 
 var (
@@ -19,8 +20,14 @@ var (
 	decimalPattern  = regexp.MustCompile(`^[0-9]{1,18}(\.[0-9]{1,4})?$`)
 )
 
-// Levels returns the levels a tool or rule may have, lowest first.
-func Levels() []string { return []string{LevelLow, LevelHigh, LevelCritical, LevelDeny} }
+// spell spells a vocabulary's values as oneOf lists them.
+func spell[T ~string](vs []T) []string {
+	out := make([]string, len(vs))
+	for i, v := range vs {
+		out[i] = string(v)
+	}
+	return out
+}
 
 // Classifications returns the classifications a secret may have, least
 // sensitive first.
@@ -268,12 +275,12 @@ func (c *Config) validateTool(v *validator, name string, t Tool) {
 		v.fail(p, "unknown tool (built-in tools: %s; upstream tools are named <prefix><tool>, e.g. files__read_file)", strings.Join(BuiltinTools(), ", "))
 		return
 	}
-	v.oneOf(p+".level", t.Level, Levels()...)
+	v.oneOf(p+".level", string(t.Level), spell(vocab.Levels())...)
 	if t.Quorum < 0 {
 		v.fail(p+".quorum", "expected 0 (the level's default) or more, got %d", t.Quorum)
 	}
 	if t.UserVerification != "" {
-		v.oneOf(p+".user_verification", t.UserVerification, "required", "preferred", "discouraged")
+		v.oneOf(p+".user_verification", string(t.UserVerification), spell(vocab.UserVerifications())...)
 	}
 	if t.Wait != "" {
 		v.oneOf(p+".wait", t.Wait, "block", "poll")
@@ -286,13 +293,13 @@ func (c *Config) validateTool(v *validator, name string, t Tool) {
 	} else {
 		t.validateGrants(v, p)
 	}
-	if t.Batchable && t.Level == LevelCritical {
+	if t.Batchable && t.Level == vocab.LevelCritical {
 		v.fail(p+".batchable", "a critical tool cannot be batchable: each critical call keeps its own tap with user verification")
 	}
 	for i, r := range t.Rules {
 		rp := fmt.Sprintf("%s.rules[%d]", p, i)
 		v.nonEmpty(rp+".when", r.When)
-		v.oneOf(rp+".level", r.Level, Levels()...)
+		v.oneOf(rp+".level", string(r.Level), spell(vocab.Levels())...)
 		if r.Quorum < 0 {
 			v.fail(rp+".quorum", "expected 0 (the level's default) or more, got %d", r.Quorum)
 		}
@@ -322,7 +329,7 @@ func (c *Config) validateUpstreams(v *validator) {
 			v.fail(p+".prefix", "expected 1 to 40 letters, digits, _ or -, got %q", u.Prefix)
 		}
 		if u.DefaultLevel != "" {
-			v.oneOf(p+".default_level", u.DefaultLevel, Levels()...)
+			v.oneOf(p+".default_level", string(u.DefaultLevel), spell(vocab.Levels())...)
 		}
 		if u.ConnectTimeout <= 0 {
 			v.fail(p+".connect_timeout", "expected a positive duration such as 30s, got %s", u.ConnectTimeout)

@@ -28,22 +28,17 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/countersign/countersign/vocab"
 	"github.com/gowebpki/jcs"
 )
 
 // Prefix is the domain separator; a new format gets a new version.
 const Prefix = "countersign/approval/v1\n"
 
-// Decisions a key can sign.
-const (
-	Approve = "approve"
-	Deny    = "deny"
-)
-
 // Action is everything an approval is bound to.
 type Action struct {
 	RequestID            string
-	Decision             string // Approve or Deny
+	Decision             vocab.Decision
 	AuthorizationDetails []byte // JSON, any formatting
 	Tool                 string
 	ArgsSHA256           [32]byte // ArgsSHA256 of the validated arguments
@@ -52,12 +47,12 @@ type Action struct {
 	ExpiresAt            time.Time
 }
 
-// ErrDecision reports a decision other than Approve or Deny.
+// ErrDecision reports a decision other than vocab.Approve or vocab.Deny.
 var ErrDecision = errors.New("digest: decision must be \"approve\" or \"deny\"")
 
 // Compute returns the action digest.
 func Compute(a Action) ([32]byte, error) {
-	if a.Decision != Approve && a.Decision != Deny {
+	if a.Decision != vocab.Approve && a.Decision != vocab.Deny {
 		return [32]byte{}, ErrDecision
 	}
 	if a.RequestID == "" || a.Tool == "" || len(a.Nonce) == 0 {

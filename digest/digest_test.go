@@ -4,12 +4,14 @@ import (
 	"encoding/hex"
 	"testing"
 	"time"
+
+	"github.com/countersign/countersign/vocab"
 )
 
 func sample() Action {
 	return Action{
 		RequestID:            "9d0c0a4e-8f5c-4a34-9c1e-2b8f0e6f3a11",
-		Decision:             Approve,
+		Decision:             vocab.Approve,
 		AuthorizationDetails: []byte(`[{"type":"payment_initiation","instructedAmount":{"currency":"USD","amount":"500000.00"}}]`),
 		Tool:                 "transfer",
 		ArgsSHA256:           mustArgs(`{"to":"Vendor X","amount":500000,"currency":"USD"}`),
@@ -54,7 +56,7 @@ func TestEveryFieldChangesTheDigest(t *testing.T) {
 	base, _ := Compute(sample())
 	mutations := map[string]func(*Action){
 		"request id": func(a *Action) { a.RequestID = "other" },
-		"decision":   func(a *Action) { a.Decision = Deny },
+		"decision":   func(a *Action) { a.Decision = vocab.Deny },
 		"details":    func(a *Action) { a.AuthorizationDetails = []byte(`[{"type":"deployment"}]`) },
 		"tool":       func(a *Action) { a.Tool = "deploy" },
 		"args":       func(a *Action) { a.ArgsSHA256 = mustArgs(`{"to":"Vendor Y","amount":500000,"currency":"USD"}`) },

@@ -12,6 +12,7 @@ import (
 	"github.com/countersign/countersign/authz"
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/tools"
+	"github.com/countersign/countersign/vocab"
 	"github.com/mark3labs/mcp-go/mcp"
 )
 
@@ -90,7 +91,7 @@ func (g *Guard) countersign(ctx context.Context, c Call, spec *tools.Spec, call 
 	if err != nil {
 		return toolError("approval request %s: %v", r.ID, err)
 	}
-	if final.State != approval.StateApproved {
+	if final.State != vocab.StateApproved {
 		return toolError("%s", Outcome(final))
 	}
 	res, ok := g.runApproved(ctx, r.ID, spec, call, entry)
@@ -149,15 +150,15 @@ func (g *Guard) runApproved(ctx context.Context, id string, spec *tools.Spec, ca
 // Outcome says, for the agent, how a request that did not run ended.
 func Outcome(r *approval.Request) string {
 	switch r.State {
-	case approval.StateDenied:
+	case vocab.StateDenied:
 		return fmt.Sprintf("denied by %s at %s%s (auth_req_id %s)", r.DecidedBy,
 			r.DecidedAt.UTC().Format(time.RFC3339), because(r.Reason), r.ID)
-	case approval.StateExpired:
+	case vocab.StateExpired:
 		return fmt.Sprintf("approval request %s expired at %s without a decision",
 			r.ID, r.ExpiresAt.UTC().Format(time.RFC3339))
-	case approval.StateCancelled:
+	case vocab.StateCancelled:
 		return fmt.Sprintf("approval request %s was cancelled%s", r.ID, because(r.Reason))
-	case approval.StateInterrupted:
+	case vocab.StateInterrupted:
 		return fmt.Sprintf("approval request %s was approved and its call started, but its outcome is unknown: "+
 			"it may have taken effect, and it is never run again (%s)", r.ID, r.Reason)
 	}
@@ -168,7 +169,7 @@ func Outcome(r *approval.Request) string {
 // was kept, sealed, for its agent to collect for a while after the run,
 // and that while is over (approval.Options.ResultTTL).
 func resultGone(r *approval.Request) string {
-	if len(r.Result) > 0 || (r.State != approval.StateExecuted && r.State != approval.StateFailed) {
+	if len(r.Result) > 0 || (r.State != vocab.StateExecuted && r.State != vocab.StateFailed) {
 		return ""
 	}
 	if r.ResultUntil.IsZero() {
@@ -235,12 +236,12 @@ func (g *Guard) StatusSpec() *tools.Spec {
 					out["result_erased"] = gone
 				}
 				switch r.State {
-				case approval.StateDenied, approval.StateExpired, approval.StateCancelled, approval.StateInterrupted:
+				case vocab.StateDenied, vocab.StateExpired, vocab.StateCancelled, vocab.StateInterrupted:
 					out["error_description"] = Outcome(r)
 				}
 			}
 			record := map[string]any{"auth_req_id": id, "status": ps.Status}
-			if r := ps.Request; r != nil && (r.State == approval.StateExecuted || r.State == approval.StateFailed) {
+			if r := ps.Request; r != nil && (r.State == vocab.StateExecuted || r.State == vocab.StateFailed) {
 				// The call ran on the humans' approval: the agent gets its
 				// approval token as a blocking call's result carries it.
 				tok, err := g.issueToken(ctx, id)

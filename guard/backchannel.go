@@ -14,9 +14,9 @@ import (
 	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/authz"
-	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/tools"
+	"github.com/countersign/countersign/vocab"
 )
 
 // Backchannel is a request for a countersignature that arrives outside MCP:
@@ -140,7 +140,7 @@ func (g *Guard) Raise(ctx context.Context, b Backchannel) (*approval.Request, er
 			}
 		}
 	}()
-	entry.Decision, entry.Rule, entry.Reason = d.Level, strings.Join(d.Rules, ","), d.Reason
+	entry.Decision, entry.Rule, entry.Reason = string(d.Level), strings.Join(d.Rules, ","), d.Reason
 	refuse := func(reason string) (*approval.Request, error) {
 		entry.Kind, entry.Reason = audit.KindCallDenied, reason
 		if !g.record(ctx, entry) {
@@ -149,8 +149,8 @@ func (g *Guard) Raise(ctx context.Context, b Backchannel) (*approval.Request, er
 		return nil, &Refusal{Reason: reason}
 	}
 	switch d.Level {
-	case config.LevelHigh, config.LevelCritical:
-	case config.LevelLow:
+	case vocab.LevelHigh, vocab.LevelCritical:
+	case vocab.LevelLow:
 		return refuse(fmt.Sprintf("policy level low for %s: nothing for a human to countersign (%s)", b.Tool, d.Reason))
 	default:
 		return refuse(d.Reason)
@@ -173,7 +173,7 @@ func (g *Guard) Raise(ctx context.Context, b Backchannel) (*approval.Request, er
 	// from these rows, whatever redact_args keeps out of the log.
 	if err := g.keepActions(ctx, canon, b.Actions, now); err != nil {
 		g.log.Error("cannot keep the amounts of a backchannel request for the usage windows", "tool", b.Tool, "err", err)
-		entry.Decision, entry.Rule = config.LevelDeny, ""
+		entry.Decision, entry.Rule = string(vocab.LevelDeny), ""
 		return refuse("cannot keep the amounts this request moves for the usage windows: " + err.Error())
 	}
 	// Over a pending cap: refused, and tallied into call.rate_limited
@@ -215,7 +215,7 @@ func (g *Guard) Raise(ctx context.Context, b Backchannel) (*approval.Request, er
 // caps (limits.go) and by the humans who approve.
 func (g *Guard) countWhileLive(id string, counted []*reservation) {
 	r, err := g.opts.Requests.Await(g.life, id, approval.Settled)
-	if err != nil || r.State == approval.StateExecuted {
+	if err != nil || r.State == vocab.StateExecuted {
 		return // closing, or the token was issued: it keeps counting
 	}
 	for _, c := range counted {
@@ -241,15 +241,15 @@ func combine(floor authz.Decision, tool string, d authz.Decision) authz.Decision
 	for i, r := range d.Rules {
 		qualified[i] = tool + ":" + r
 	}
-	if floor.Level == config.LevelDeny {
+	if floor.Level == vocab.LevelDeny {
 		return floor
 	}
-	if d.Level == config.LevelDeny {
+	if d.Level == vocab.LevelDeny {
 		d.Rules = qualified
 		d.Reason = fmt.Sprintf("%s policy: %s", tool, d.Reason)
 		return d
 	}
-	rank := map[string]int{config.LevelLow: 0, config.LevelHigh: 1, config.LevelCritical: 2}
+	rank := map[vocab.Level]int{vocab.LevelLow: 0, vocab.LevelHigh: 1, vocab.LevelCritical: 2}
 	out := floor
 	out.Grant, out.Batchable = nil, false
 	if rank[d.Level] > rank[floor.Level] {
@@ -259,10 +259,10 @@ func combine(floor authz.Decision, tool string, d authz.Decision) authz.Decision
 		out.Rules = append(slices.Clone(floor.Rules), qualified...)
 		out.Reason = strings.TrimPrefix(floor.Reason+"; "+tool+" policy: "+d.Reason, "; ")
 	}
-	if d.Level == config.LevelLow {
+	if d.Level == vocab.LevelLow {
 		return out // the tool's policy asks nobody; the floor's people decide
 	}
-	if out.Level == config.LevelLow {
+	if out.Level == vocab.LevelLow {
 		out.Approvers = nil
 	}
 	switch {
@@ -271,13 +271,13 @@ func combine(floor authz.Decision, tool string, d authz.Decision) authz.Decision
 	default:
 		out.Approvers = slices.DeleteFunc(slices.Clone(out.Approvers), func(a string) bool { return !slices.Contains(d.Approvers, a) })
 		if len(out.Approvers) == 0 {
-			return authz.Decision{Level: config.LevelDeny, Rules: out.Rules,
+			return authz.Decision{Level: vocab.LevelDeny, Rules: out.Rules,
 				Reason: fmt.Sprintf("no approver is allowed both by the backchannel policy and by %s's: nobody may countersign this request", tool)}
 		}
 	}
 	out.Quorum = max(out.Quorum, d.Quorum, 1)
-	if out.Level == config.LevelCritical {
-		out.UserVerification = authz.UVRequired
+	if out.Level == vocab.LevelCritical {
+		out.UserVerification = vocab.UVRequired
 	} else {
 		out.UserVerification = strongerUV(out.UserVerification, d.UserVerification)
 	}
@@ -287,8 +287,8 @@ func combine(floor authz.Decision, tool string, d authz.Decision) authz.Decision
 	return out
 }
 
-func strongerUV(a, b string) string {
-	rank := map[string]int{authz.UVDiscouraged: 0, authz.UVPreferred: 1, authz.UVRequired: 2}
+func strongerUV(a, b vocab.UserVerification) vocab.UserVerification {
+	rank := map[vocab.UserVerification]int{vocab.UVDiscouraged: 0, vocab.UVPreferred: 1, vocab.UVRequired: 2}
 	if rank[b] > rank[a] || a == "" {
 		return b
 	}
@@ -340,10 +340,10 @@ func (g *Guard) Redeem(ctx context.Context, tool, id, agent string) (*approval.P
 		return nil, "", err
 	}
 	ctx = context.WithoutCancel(ctx) // claimed: see it through
-	entry := audit.Entry{Agent: r.Agent, Tool: r.Tool, RequestID: r.ID, Decision: r.Level}
+	entry := audit.Entry{Agent: r.Agent, Tool: r.Tool, RequestID: r.ID, Decision: string(r.Level)}
 	fail := func(reason string) (*approval.PollStatus, string, error) {
 		entry.Kind, entry.Reason = audit.KindCallFailed, reason
-		if err := g.opts.Runs.Finish(ctx, id, approval.Outcome{State: approval.StateFailed, Record: entry}); err != nil {
+		if err := g.opts.Runs.Finish(ctx, id, approval.Outcome{State: vocab.StateFailed, Record: entry}); err != nil {
 			g.log.Error("cannot store approval outcome", "auth_req_id", id, "err", err)
 		}
 		return nil, "", errors.New(reason)
@@ -376,7 +376,7 @@ func (g *Guard) Redeem(ctx context.Context, tool, id, agent string) (*approval.P
 	// The token goes out only once the log says it was issued. The record
 	// is written with the request's state, so a crash cannot leave one
 	// without the other (guard.Resume settles a claim it interrupted).
-	if err := g.opts.Runs.Finish(ctx, id, approval.Outcome{State: approval.StateExecuted, Result: result, Record: entry}); err != nil {
+	if err := g.opts.Runs.Finish(ctx, id, approval.Outcome{State: vocab.StateExecuted, Result: result, Record: entry}); err != nil {
 		g.log.Error("cannot record the approval token", "auth_req_id", id, "err", err)
 		return nil, "", errors.New("the audit log cannot record the approval token")
 	}

@@ -18,10 +18,10 @@ import (
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/authz"
 	"github.com/countersign/countersign/config"
-	"github.com/countersign/countersign/digest"
 	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/token"
 	"github.com/countersign/countersign/tools"
+	"github.com/countersign/countersign/vocab"
 	"github.com/mark3labs/mcp-go/mcp"
 )
 
@@ -104,7 +104,7 @@ func (s *realStack) enroll(t *testing.T, approver string) {
 }
 
 // tap has approver decide request id with their key.
-func (s *realStack) tap(t *testing.T, approver, id, decision string) {
+func (s *realStack) tap(t *testing.T, approver, id string, decision vocab.Decision) {
 	t.Helper()
 	ctx := context.Background()
 	opts, err := s.svc.BeginDecision(ctx, id, decision)
@@ -156,7 +156,7 @@ func TestBackchannelRaiseRedeemOnce(t *testing.T) {
 			t.Errorf("redeem as %+v: %v", who, err)
 		}
 	}
-	s.tap(t, "alice", r.ID, digest.Approve)
+	s.tap(t, "alice", r.ID, vocab.Approve)
 	ps, tok, err := s.g.Redeem(ctx, "ciba", r.ID, "ci-bot")
 	if err != nil || ps.Status != approval.PollApproved || tok == "" {
 		t.Fatalf("approved redeem: %+v %q %v", ps, tok, err)
@@ -254,7 +254,7 @@ func TestCountersignedCallCarriesItsToken(t *testing.T) {
 		done <- tok
 	}()
 	id := waitPending(t, s)
-	s.tap(t, "bob", id, digest.Approve)
+	s.tap(t, "bob", id, vocab.Approve)
 	tok := <-done
 	if tok == "" || tok != gotToken {
 		t.Fatalf("result token %q, tool saw %q", tok, gotToken)
@@ -292,7 +292,7 @@ func TestPollModeStatusCarriesTheToken(t *testing.T) {
 	if err := json.Unmarshal([]byte(text(res)), &pending); err != nil || pending.ID == "" {
 		t.Fatalf("poll-mode answer %s", text(res))
 	}
-	s.tap(t, "bob", pending.ID, digest.Approve)
+	s.tap(t, "bob", pending.ID, vocab.Approve)
 	deadline := time.Now().Add(10 * time.Second)
 	for c.count() == 0 && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
@@ -337,7 +337,7 @@ func TestBackchannelRedeemedTooLateIsExpired(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.tap(t, "alice", r.ID, digest.Approve)
+	s.tap(t, "alice", r.ID, vocab.Approve)
 	time.Sleep(time.Until(r.ExpiresAt) + 50*time.Millisecond)
 	ps, tok, err := s.g.Redeem(ctx, "ciba", r.ID, "ci-bot")
 	if err != nil || ps.Status != approval.PollExpired || tok != "" {
@@ -363,7 +363,7 @@ func TestBackchannelRedeemedTooLateIsExpired(t *testing.T) {
 // describe combine, the stricter winning in every part.
 func TestCombineTakesTheStricter(t *testing.T) {
 	floor := authz.Decision{Level: "high", Rules: []string{"r"}, Reason: "floor", Approvers: []string{"alice", "bob", "carol"},
-		Quorum: 1, UserVerification: authz.UVDiscouraged, Timeout: 5 * time.Minute}
+		Quorum: 1, UserVerification: vocab.UVDiscouraged, Timeout: 5 * time.Minute}
 	for _, tc := range []struct {
 		name string
 		d    authz.Decision
@@ -371,12 +371,12 @@ func TestCombineTakesTheStricter(t *testing.T) {
 	}{
 		{"a low action adds nothing", authz.Decision{Level: "low"}, floor},
 		{"critical raises, intersects, needs UV", authz.Decision{Level: "critical", Rules: []string{"big"}, Approvers: []string{"bob", "carol", "dave"},
-			Quorum: 2, UserVerification: authz.UVRequired, Timeout: time.Minute},
+			Quorum: 2, UserVerification: vocab.UVRequired, Timeout: time.Minute},
 			authz.Decision{Level: "critical", Rules: []string{"r", "transfer:big"}, Approvers: []string{"bob", "carol"}, Quorum: 2,
-				UserVerification: authz.UVRequired, Timeout: time.Minute}},
+				UserVerification: vocab.UVRequired, Timeout: time.Minute}},
 		{"high keeps the stronger UV and the shorter timeout", authz.Decision{Level: "high", Approvers: []string{"alice"}, Quorum: 1,
-			UserVerification: authz.UVPreferred, Timeout: 10 * time.Minute},
-			authz.Decision{Level: "high", Rules: []string{"r"}, Approvers: []string{"alice"}, Quorum: 1, UserVerification: authz.UVPreferred, Timeout: 5 * time.Minute}},
+			UserVerification: vocab.UVPreferred, Timeout: 10 * time.Minute},
+			authz.Decision{Level: "high", Rules: []string{"r"}, Approvers: []string{"alice"}, Quorum: 1, UserVerification: vocab.UVPreferred, Timeout: 5 * time.Minute}},
 		{"deny wins", authz.Decision{Level: "deny", Rules: []string{"never"}, Reason: "no"}, authz.Decision{Level: "deny", Rules: []string{"transfer:never"}}},
 		{"nobody both allow", authz.Decision{Level: "high", Approvers: []string{"erin"}, Quorum: 1}, authz.Decision{Level: "deny", Rules: []string{"r"}}},
 	} {
@@ -429,9 +429,9 @@ func TestBackchannelActionCountsUntilDenied(t *testing.T) {
 	if second := raise(); second.Level != "critical" || second.Quorum != 2 {
 		t.Fatalf("second payment %s quorum %d, want critical 2: the first counts", second.Level, second.Quorum)
 	} else {
-		s.tap(t, "alice", second.ID, digest.Deny)
+		s.tap(t, "alice", second.ID, vocab.Deny)
 	}
-	s.tap(t, "alice", first.ID, digest.Deny)
+	s.tap(t, "alice", first.ID, vocab.Deny)
 	// The release follows the denials as the guard hears of them.
 	deadline := time.Now().Add(10 * time.Second)
 	for {

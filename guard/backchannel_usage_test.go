@@ -10,9 +10,9 @@ import (
 	"time"
 
 	"github.com/countersign/countersign/audit"
-	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/tools"
+	"github.com/countersign/countersign/vocab"
 )
 
 // The rebuild of backchannel requests follows the rules of the running
@@ -24,7 +24,7 @@ import (
 func TestRestoreBackchannelCountsRedactedRequestsByTheirKeptActions(t *testing.T) {
 	_, amounts := realLog(t)
 	ctx := context.Background()
-	f := newFixture(t, config.LevelHigh)
+	f := newFixture(t, vocab.LevelHigh)
 	g := New(Options{Catalog: f.cat, Policy: shippedPolicy(t), Audit: f.log, Requests: f.humans, Runs: f.humans, Recovery: f.humans, Tasks: f.humans, Amounts: amounts})
 	defer g.Close()
 	now := time.Now().UTC()
@@ -97,7 +97,7 @@ func TestBackchannelWhoseAmountsCannotBeKeptIsRefused(t *testing.T) {
 	}
 	amounts.Close()
 	db.Close()
-	f := newFixture(t, config.LevelHigh)
+	f := newFixture(t, vocab.LevelHigh)
 	g := New(Options{Catalog: f.cat, Policy: shippedPolicy(t), Audit: f.log, Requests: f.humans, Runs: f.humans, Recovery: f.humans, Tasks: f.humans, Amounts: amounts})
 	defer g.Close()
 	b := backchannel(nil)
@@ -112,7 +112,7 @@ func TestBackchannelWhoseAmountsCannotBeKeptIsRefused(t *testing.T) {
 	if len(f.humans.created) != 0 {
 		t.Fatalf("a request was raised: %+v", f.humans.created)
 	}
-	if e := f.log.last(audit.KindCallDenied); e.Decision != config.LevelDeny || !strings.Contains(e.Reason, "cannot keep the amounts") {
+	if e := f.log.last(audit.KindCallDenied); e.Decision != string(vocab.LevelDeny) || !strings.Contains(e.Reason, "cannot keep the amounts") {
 		t.Fatalf("call.denied %+v", e)
 	}
 	g.usage.mu.Lock()

@@ -14,6 +14,7 @@ import (
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/tools"
+	"github.com/countersign/countersign/vocab"
 )
 
 // freezes is a real approval service on a fresh database, for its
@@ -40,7 +41,7 @@ func freezes(t testing.TB, log *memLog) *approval.Service {
 // one call.denied entry per agent a minute, with their count. An
 // unfreeze lets the agent's calls run again.
 func TestFrozenAgentIsRefusedFirst(t *testing.T) {
-	f := newFixture(t, config.LevelLow)
+	f := newFixture(t, vocab.LevelLow)
 	svc := freezes(t, f.log)
 	var mu sync.Mutex
 	now := time.Now()
@@ -123,7 +124,7 @@ func BenchmarkFreezeCheck(b *testing.B) {
 			if err := cat.Replace("test", []*tools.Spec{(&counter{}).spec("pay")}); err != nil {
 				b.Fatal(err)
 			}
-			opts := Options{Catalog: cat, Policy: &fixedPolicy{d: authz.Decision{Level: config.LevelLow}}, Audit: log, Tools: map[string]config.Tool{"pay": {}},
+			opts := Options{Catalog: cat, Policy: &fixedPolicy{d: authz.Decision{Level: vocab.LevelLow}}, Audit: log, Tools: map[string]config.Tool{"pay": {}},
 				Limits: Limits{CallsPerSecond: 1e9, CallBurst: 1 << 30}}
 			if check {
 				opts.Freezes = freezes(b, log)

@@ -11,8 +11,8 @@ import (
 	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/authz"
-	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/tools"
+	"github.com/countersign/countersign/vocab"
 	"github.com/mark3labs/mcp-go/mcp"
 )
 
@@ -28,7 +28,7 @@ type Grants interface {
 // the policy allows grants on the tool: its condition derived from the
 // call (authz.ProposeGrant) and the policy's caps. nil when none.
 func (g *Guard) grantOffer(agent, tool string, call *tools.Call, d authz.Decision) *approval.GrantOffer {
-	if g.opts.Grants == nil || d.Grant == nil || d.Level != config.LevelHigh || d.Quorum != 1 {
+	if g.opts.Grants == nil || d.Grant == nil || d.Level != vocab.LevelHigh || d.Quorum != 1 {
 		return nil
 	}
 	cond, err := authz.ProposeGrant(d.Grant, agent, tool, call.Args)
@@ -47,7 +47,7 @@ func (g *Guard) grantOffer(agent, tool string, call *tools.Call, d authz.Decisio
 // created it. A call at critical or deny never gets here. Anything that
 // goes wrong means no grant applies: the call waits for a human.
 func (g *Guard) viaGrant(ctx context.Context, spec *tools.Spec, call *tools.Call, d authz.Decision, entry audit.Entry, counted *reservation) (*mcp.CallToolResult, bool) {
-	if g.opts.Grants == nil || d.Level != config.LevelHigh || d.Grant == nil {
+	if g.opts.Grants == nil || d.Level != vocab.LevelHigh || d.Grant == nil {
 		return nil, false
 	}
 	grants, err := g.opts.Grants.ActiveGrants(ctx, entry.Agent, entry.Tool)

@@ -103,6 +103,7 @@ import (
 	"github.com/countersign/countersign/authz"
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/tools"
+	"github.com/countersign/countersign/vocab"
 	"github.com/gowebpki/jcs"
 	"github.com/mark3labs/mcp-go/mcp"
 )
@@ -324,7 +325,7 @@ func (g *Guard) Handle(ctx context.Context, c Call) *mcp.CallToolResult {
 		// A held tool (an upstream's listing changed since it was pinned)
 		// is refused before anything else looks at the call.
 		if err := spec.Held(ctx); err != nil {
-			entry.Kind, entry.Decision, entry.Reason = audit.KindCallDenied, config.LevelDeny, err.Error()
+			entry.Kind, entry.Decision, entry.Reason = audit.KindCallDenied, string(vocab.LevelDeny), err.Error()
 			g.record(ctx, entry)
 			return toolError("refused: %v", err)
 		}
@@ -376,7 +377,7 @@ func (g *Guard) Handle(ctx context.Context, c Call) *mcp.CallToolResult {
 		if c, cerr := canonicalize(args); cerr == nil {
 			c.setOn(&entry, conf.RedactArgs)
 		}
-		entry.Kind, entry.Decision, entry.Reason = audit.KindCallDenied, config.LevelDeny, "cannot evaluate policy: "+err.Error()
+		entry.Kind, entry.Decision, entry.Reason = audit.KindCallDenied, string(vocab.LevelDeny), "cannot evaluate policy: "+err.Error()
 		g.record(ctx, entry)
 		return toolError("refused: cannot evaluate policy: %v", err)
 	}
@@ -404,26 +405,26 @@ func (g *Guard) Handle(ctx context.Context, c Call) *mcp.CallToolResult {
 		Usage: usage,
 	})
 	var counted *reservation
-	if d.Level != config.LevelDeny {
+	if d.Level != vocab.LevelDeny {
 		counted = g.usage.add(keys, call.Value, now)
 	}
 	g.usage.mu.Unlock()
 	if g.opts.Policy.UsesUsage(c.Tool) {
 		entry.Usage, _ = json.Marshal(usage)
 	}
-	entry.Decision, entry.Rule, entry.Reason = d.Level, strings.Join(d.Rules, ","), d.Reason
+	entry.Decision, entry.Rule, entry.Reason = string(d.Level), strings.Join(d.Rules, ","), d.Reason
 	if res := g.keepAmount(ctx, entry, canon, call.Value, counted, now); res != nil {
 		return res
 	}
 	switch d.Level {
-	case config.LevelLow:
+	case vocab.LevelLow:
 		if spec.Pure {
 			// One entry, after the run: call.executed carries the decision.
 			res, _, _ := g.run(ctx, spec, call, entry)
 			return res
 		}
 		return g.allowAndRun(ctx, spec, call, entry, counted)
-	case config.LevelHigh, config.LevelCritical:
+	case vocab.LevelHigh, vocab.LevelCritical:
 		if res, ok := g.viaGrant(ctx, spec, call, d, entry, counted); ok {
 			return res
 		}

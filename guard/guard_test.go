@@ -20,6 +20,7 @@ import (
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/tools"
+	"github.com/countersign/countersign/vocab"
 	"github.com/mark3labs/mcp-go/mcp"
 )
 
@@ -105,18 +106,18 @@ func (l *memLog) last(kind string) audit.Entry {
 type humans struct {
 	mu        sync.Mutex
 	created   []approval.NewRequest
-	decide    chan string // the final state of the next request waited on
+	decide    chan vocab.State // the final state of the next request waited on
 	claimed   int
 	finished  []bool
-	cancelled []string // reasons
-	log       *memLog  // where Finish records the outcome, as the real service does through its outbox
-	state     string   // what Get says; settle sets it
+	cancelled []string    // reasons
+	log       *memLog     // where Finish records the outcome, as the real service does through its outbox
+	state     vocab.State // what Get says; settle sets it
 	hooks     []func(string)
 }
 
 // settle decides the request as the page would, for a caller that is not
 // waiting (poll mode): Get reports state, and the OnChange hooks hear it.
-func (h *humans) settle(state string) {
+func (h *humans) settle(state vocab.State) {
 	h.mu.Lock()
 	h.state = state
 	hooks := h.hooks
@@ -269,13 +270,13 @@ type fixture struct {
 	cat    *tools.Catalog
 }
 
-func newFixture(t *testing.T, level string) *fixture {
+func newFixture(t *testing.T, level vocab.Level) *fixture {
 	t.Helper()
 	log := &memLog{}
 	f := &fixture{
 		log:    log,
-		policy: &fixedPolicy{d: authz.Decision{Level: level, Reason: "test says " + level, Quorum: 1, Approvers: []string{"alice"}, Wait: authz.WaitBlock}},
-		humans: &humans{decide: make(chan string, 1), log: log},
+		policy: &fixedPolicy{d: authz.Decision{Level: level, Reason: "test says " + string(level), Quorum: 1, Approvers: []string{"alice"}, Wait: authz.WaitBlock}},
+		humans: &humans{decide: make(chan vocab.State, 1), log: log},
 		tool:   &counter{},
 		cat:    tools.NewCatalog(),
 	}
@@ -299,7 +300,7 @@ func text(res *mcp.CallToolResult) string {
 }
 
 func TestUnknownToolIsRejectedAndRecorded(t *testing.T) {
-	f := newFixture(t, config.LevelLow)
+	f := newFixture(t, vocab.LevelLow)
 	res := f.g.Handle(context.Background(), Call{Tool: "launch_missiles", Agent: "bot"})
 	if !res.IsError || !strings.Contains(text(res), `unknown tool "launch_missiles"`) {
 		t.Fatalf("result %q", text(res))
@@ -324,7 +325,7 @@ func TestBadArgumentsNeverReachPolicyOrTool(t *testing.T) {
 		{"prepare refuses", map[string]any{"amount": 1.0, "to": "nobody"}, "invalid arguments: to: unknown payee"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			f := newFixture(t, config.LevelLow)
+			f := newFixture(t, vocab.LevelLow)
 			res := f.g.Handle(context.Background(), Call{Tool: "pay", Agent: "bot", Args: tc.args})
 			if !res.IsError || text(res) != tc.want {
 				t.Fatalf("result %q, want %q", text(res), tc.want)
@@ -345,7 +346,7 @@ func TestBadArgumentsNeverReachPolicyOrTool(t *testing.T) {
 }
 
 func TestRoutineCallRunsOnceOnTheCanonicalArguments(t *testing.T) {
-	f := newFixture(t, config.LevelLow)
+	f := newFixture(t, vocab.LevelLow)
 	res := f.g.Handle(context.Background(), Call{Tool: "pay", Agent: "bot", Args: map[string]any{"to": "Acme", "amount": 12.5}})
 	if res.IsError {
 		t.Fatal(text(res))
@@ -372,7 +373,7 @@ func TestRoutineCallRunsOnceOnTheCanonicalArguments(t *testing.T) {
 }
 
 func TestDefaultsAppliedByPrepareAreWhatIsRecorded(t *testing.T) {
-	f := newFixture(t, config.LevelLow)
+	f := newFixture(t, vocab.LevelLow)
 	f.g.Handle(context.Background(), Call{Tool: "pay", Agent: "bot", Args: map[string]any{"amount": 1.0}})
 	if got := string(f.log.last(audit.KindCallAllowed).Args); got != `{"amount":1,"to":"default payee"}` {
 		t.Errorf("recorded args %s", got)
@@ -380,7 +381,7 @@ func TestDefaultsAppliedByPrepareAreWhatIsRecorded(t *testing.T) {
 }
 
 func TestUnrecordableCallDoesNotRun(t *testing.T) {
-	f := newFixture(t, config.LevelLow)
+	f := newFixture(t, vocab.LevelLow)
 	f.log.fail = true
 	res := f.g.Handle(context.Background(), Call{Tool: "pay", Args: map[string]any{"amount": 1.0}})
 	if !res.IsError || f.tool.count() != 0 {
@@ -389,18 +390,18 @@ func TestUnrecordableCallDoesNotRun(t *testing.T) {
 }
 
 func TestDenyNeverRuns(t *testing.T) {
-	f := newFixture(t, config.LevelDeny)
+	f := newFixture(t, vocab.LevelDeny)
 	res := f.g.Handle(context.Background(), Call{Tool: "pay", Args: map[string]any{"amount": 1.0}})
 	if !res.IsError || !strings.Contains(text(res), "denied by policy: test says deny") || f.tool.count() != 0 {
 		t.Fatalf("result %q, ran %d", text(res), f.tool.count())
 	}
-	if e := f.log.last(audit.KindCallDenied); e.Decision != config.LevelDeny {
+	if e := f.log.last(audit.KindCallDenied); e.Decision != string(vocab.LevelDeny) {
 		t.Errorf("entry %+v", e)
 	}
 }
 
 func TestApprovedCallRunsOnceOnTheApprovedBytes(t *testing.T) {
-	f := newFixture(t, config.LevelHigh)
+	f := newFixture(t, vocab.LevelHigh)
 	f.humans.decide <- approval.StateApproved
 	res := f.g.Handle(context.Background(), Call{Tool: "pay", Agent: "bot", Args: map[string]any{"amount": 20000.0, "to": "X"}})
 	if res.IsError {
@@ -423,9 +424,9 @@ func TestApprovedCallRunsOnceOnTheApprovedBytes(t *testing.T) {
 }
 
 func TestDeniedOrExpiredCallNeverRuns(t *testing.T) {
-	for _, state := range []string{approval.StateDenied, approval.StateExpired, approval.StateCancelled} {
-		t.Run(state, func(t *testing.T) {
-			f := newFixture(t, config.LevelHigh)
+	for _, state := range []vocab.State{approval.StateDenied, approval.StateExpired, approval.StateCancelled} {
+		t.Run(string(state), func(t *testing.T) {
+			f := newFixture(t, vocab.LevelHigh)
 			f.humans.decide <- state
 			res := f.g.Handle(context.Background(), Call{Tool: "pay", Args: map[string]any{"amount": 1.0}})
 			if !res.IsError || f.tool.count() != 0 {
@@ -436,7 +437,7 @@ func TestDeniedOrExpiredCallNeverRuns(t *testing.T) {
 }
 
 func TestWaitingCallerIsKeptInformedUntilTheDecision(t *testing.T) {
-	f := newFixture(t, config.LevelHigh)
+	f := newFixture(t, vocab.LevelHigh)
 	var began, ended bool
 	go func() { time.Sleep(20 * time.Millisecond); f.humans.decide <- approval.StateApproved }()
 	f.g.Handle(context.Background(), Call{Tool: "pay", Args: map[string]any{"amount": 1.0},
@@ -450,7 +451,7 @@ func TestWaitingCallerIsKeptInformedUntilTheDecision(t *testing.T) {
 }
 
 func TestPollModeReturnsAtOnceAndRunsOnceWhenApproved(t *testing.T) {
-	f := newFixture(t, config.LevelHigh)
+	f := newFixture(t, vocab.LevelHigh)
 	f.policy.d.Wait = authz.WaitPoll
 	res := f.g.Handle(context.Background(), Call{Tool: "pay", Args: map[string]any{"amount": 1.0}})
 	if res.IsError || !strings.Contains(text(res), "authorization_pending") {
@@ -471,7 +472,7 @@ func TestPollModeReturnsAtOnceAndRunsOnceWhenApproved(t *testing.T) {
 }
 
 func TestPanickingToolIsRecordedAsFailed(t *testing.T) {
-	f := newFixture(t, config.LevelLow)
+	f := newFixture(t, vocab.LevelLow)
 	f.tool.result = func(context.Context) (*tools.Result, error) { panic("boom") }
 	res := f.g.Handle(context.Background(), Call{Tool: "pay", Args: map[string]any{"amount": 1.0}})
 	if !res.IsError || !strings.Contains(f.log.last(audit.KindCallFailed).Reason, "panicked: boom") {
@@ -480,7 +481,7 @@ func TestPanickingToolIsRecordedAsFailed(t *testing.T) {
 }
 
 func TestUpstreamResultPassesUnchangedAndIsHashed(t *testing.T) {
-	f := newFixture(t, config.LevelLow)
+	f := newFixture(t, vocab.LevelLow)
 	upstream := &mcp.CallToolResult{
 		Content:           []mcp.Content{mcp.NewTextContent("<b>as is</b>")},
 		StructuredContent: map[string]any{"n": 1.0},
@@ -501,7 +502,7 @@ func TestUpstreamResultPassesUnchangedAndIsHashed(t *testing.T) {
 }
 
 func TestApprovedRunIsNotCancelledWhenItsCallerLeaves(t *testing.T) {
-	f := newFixture(t, config.LevelHigh)
+	f := newFixture(t, vocab.LevelHigh)
 	ctx, cancel := context.WithCancel(context.Background())
 	var sawCancel bool
 	f.tool.result = func(runCtx context.Context) (*tools.Result, error) {
@@ -536,10 +537,10 @@ func TestRunErrorsAreRecordedForWhatTheySayAboutTheAction(t *testing.T) {
 			&tools.UnknownOutcomeError{Err: errors.New("connection lost")}, true},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			for _, level := range []string{config.LevelLow, config.LevelHigh} {
+			for _, level := range []vocab.Level{vocab.LevelLow, vocab.LevelHigh} {
 				f := newFixture(t, level)
 				f.tool.result = func(context.Context) (*tools.Result, error) { return nil, c.err }
-				if level == config.LevelHigh {
+				if level == vocab.LevelHigh {
 					f.humans.decide <- approval.StateApproved
 				}
 				res := f.g.Handle(context.Background(), Call{Tool: "pay", Args: map[string]any{"amount": 1.0}})
@@ -553,7 +554,7 @@ func TestRunErrorsAreRecordedForWhatTheySayAboutTheAction(t *testing.T) {
 				if c.kind == audit.KindCallInterrupted && !strings.Contains(text(res), "outcome is unknown") {
 					t.Errorf("%s: the agent was told %q", level, text(res))
 				}
-				if level == config.LevelHigh && f.humans.finished[0] {
+				if level == vocab.LevelHigh && f.humans.finished[0] {
 					t.Errorf("%s: request finished as executed", level)
 				}
 			}
@@ -562,7 +563,7 @@ func TestRunErrorsAreRecordedForWhatTheySayAboutTheAction(t *testing.T) {
 }
 
 func TestPureRoutineCallIsRecordedOnceAfterItRan(t *testing.T) {
-	f := newFixture(t, config.LevelLow)
+	f := newFixture(t, vocab.LevelLow)
 	spec, _ := f.cat.Lookup("pay")
 	spec.Pure = true
 	res := f.g.Handle(context.Background(), Call{Tool: "pay", Args: map[string]any{"amount": 1.0}})
@@ -572,14 +573,14 @@ func TestPureRoutineCallIsRecordedOnceAfterItRan(t *testing.T) {
 	if got := f.log.kinds(); strings.Join(got, ",") != "call.executed" {
 		t.Fatalf("log %v, want one call.executed", got)
 	}
-	if e := f.log.last(audit.KindCallExecuted); e.Decision != config.LevelLow || e.Reason != "test says low" {
+	if e := f.log.last(audit.KindCallExecuted); e.Decision != string(vocab.LevelLow) || e.Reason != "test says low" {
 		t.Errorf("call.executed does not carry the decision: %+v", e)
 	}
 }
 
 func TestResultIsWithheldWhenItsRecordCannotBeMade(t *testing.T) {
 	for _, pure := range []bool{true, false} {
-		f := newFixture(t, config.LevelLow)
+		f := newFixture(t, vocab.LevelLow)
 		spec, _ := f.cat.Lookup("pay")
 		spec.Pure = pure
 		f.tool.result = func(context.Context) (*tools.Result, error) {
@@ -621,7 +622,7 @@ func TestOversizedOrDeepArgumentsAreRefusedFirstAndNotKept(t *testing.T) {
 		{"deep", nested(5000), "nested deeper than 32 levels"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			f := newFixture(t, config.LevelLow)
+			f := newFixture(t, vocab.LevelLow)
 			res := f.g.Handle(context.Background(), Call{Tool: "pay", Args: tc.args})
 			if !res.IsError || !strings.Contains(text(res), tc.want) {
 				t.Fatalf("result %q", text(res))
@@ -636,7 +637,7 @@ func TestOversizedOrDeepArgumentsAreRefusedFirstAndNotKept(t *testing.T) {
 		})
 	}
 	// Just inside the limits passes.
-	f := newFixture(t, config.LevelLow)
+	f := newFixture(t, vocab.LevelLow)
 	if res := f.g.Handle(context.Background(), Call{Tool: "pay", Args: map[string]any{"amount": 1.0, "to": strings.Repeat("A", 60<<10)}}); res.IsError {
 		t.Errorf("60 KiB argument refused: %s", text(res))
 	}
@@ -660,7 +661,7 @@ func TestRefusedFloodGrowsTheLogByABoundedAmount(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer log.Close()
-	f := newFixture(t, config.LevelLow)
+	f := newFixture(t, vocab.LevelLow)
 	g := New(Options{Catalog: f.cat, Policy: f.policy, Audit: log, Requests: f.humans, Runs: f.humans, Recovery: f.humans, Tasks: f.humans})
 	const calls = 10000
 	junk := strings.Repeat("J", 4<<10)
@@ -710,9 +711,9 @@ func payTo(payee string) *tools.Spec {
 }
 
 func TestSplitTransfersAreJudgedAsTheirSumAndRefusalsStopCounting(t *testing.T) {
-	f := newFixture(t, config.LevelLow)
+	f := newFixture(t, vocab.LevelLow)
 	f.cat.Replace("test", []*tools.Spec{payTo("Acme Supplies")})
-	f.humans.decide = make(chan string, 100)
+	f.humans.decide = make(chan vocab.State, 100)
 	for range 10 {
 		f.humans.decide <- approval.StateDenied
 	}
@@ -755,7 +756,7 @@ func TestSplitTransfersAreJudgedAsTheirSumAndRefusalsStopCounting(t *testing.T) 
 }
 
 func TestUsageIsRestoredFromTheLog(t *testing.T) {
-	f := newFixture(t, config.LevelLow)
+	f := newFixture(t, vocab.LevelLow)
 	f.cat.Replace("test", []*tools.Spec{payTo("Acme Supplies")})
 	g := New(Options{Catalog: f.cat, Policy: shippedPolicy(t), Audit: f.log, Requests: f.humans, Runs: f.humans, Recovery: f.humans, Tasks: f.humans})
 	now := time.Now().UTC()
@@ -795,7 +796,7 @@ func TestNumbersADoubleCannotHoldAreRefusedNotChanged(t *testing.T) {
 		{`{"amount":0.1000000000000000055511151231257827}`, "cannot be held exactly"},
 		{`{"amount":1,"to":"x","n":[1,{"deep":123456789012345678901234567890}]}`, "n[1].deep: the number"},
 	} {
-		f := newFixture(t, config.LevelLow)
+		f := newFixture(t, vocab.LevelLow)
 		var args map[string]any
 		json.Unmarshal([]byte(tc.raw), &args)
 		res := f.g.Handle(context.Background(), Call{Tool: "pay", Args: args, Raw: json.RawMessage(tc.raw)})

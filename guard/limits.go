@@ -11,7 +11,7 @@ import (
 
 	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/audit"
-	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/vocab"
 	"github.com/mark3labs/mcp-go/mcp"
 )
 
@@ -273,7 +273,7 @@ func (l *limiter) takeEntry(key tallyKey, t *tally, now time.Time) audit.Entry {
 	e := audit.Entry{Kind: audit.KindCallRateLimited, Agent: key.agent, Tool: t.tool,
 		Reason: fmt.Sprintf("%d %s refused over limits since the previous call.rate_limited entry; the last: %s", t.count, calls, t.limit)}
 	if key.kind == audit.KindCallDenied {
-		e = audit.Entry{Kind: audit.KindCallDenied, Agent: key.agent, Tool: t.tool, Decision: config.LevelDeny,
+		e = audit.Entry{Kind: audit.KindCallDenied, Agent: key.agent, Tool: t.tool, Decision: string(vocab.LevelDeny),
 			Reason: fmt.Sprintf("%s (%d %s refused so since the previous such entry)", t.limit, t.count, calls)}
 	}
 	t.count, t.last = 0, now

@@ -9,13 +9,14 @@ import (
 
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/vocab"
 )
 
 // Refusals over the call rate are tallied: the first is recorded at once,
 // the rest of the minute in the next entry, and what is left when the guard
 // closes is recorded then.
 func TestRateLimitedEntriesCarryTheCount(t *testing.T) {
-	f := newFixture(t, config.LevelLow)
+	f := newFixture(t, vocab.LevelLow)
 	var mu sync.Mutex
 	now := time.Now()
 	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }

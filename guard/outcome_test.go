@@ -9,9 +9,9 @@ import (
 
 	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/config"
-	"github.com/countersign/countersign/digest"
 	"github.com/countersign/countersign/token"
 	"github.com/countersign/countersign/tools"
+	"github.com/countersign/countersign/vocab"
 )
 
 // A task's result can be asked for again while it is kept, and afterwards
@@ -38,7 +38,7 @@ func TestResultCanBeCollectedAgainUntilItsWindowEnds(t *testing.T) {
 	if r == nil {
 		t.Fatalf("no task: %s", text(res))
 	}
-	s.tap(t, "bob", r.ID, digest.Approve)
+	s.tap(t, "bob", r.ID, vocab.Approve)
 	var first string
 	for i := range 2 {
 		got, _, err := s.g.TaskResult(ctx, r.ID, "agent-7")

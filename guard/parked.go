@@ -7,6 +7,7 @@ import (
 
 	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/tools"
+	"github.com/countersign/countersign/vocab"
 )
 
 // Runs is the one run of an approved request: claimed, then finished with
@@ -122,7 +123,7 @@ func (g *Guard) settleParked(id string) {
 		}
 		return
 	}
-	if u.State == approval.StatePending {
+	if u.State == vocab.StatePending {
 		return
 	}
 	g.parkMu.Lock()
@@ -132,7 +133,7 @@ func (g *Guard) settleParked(id string) {
 	if !ok {
 		return
 	}
-	if u.State != approval.StateApproved || u.Claimed {
+	if u.State != vocab.StateApproved || u.Claimed {
 		g.usage.release(counted)
 		return
 	}

@@ -1,26 +1,16 @@
 package guard
 
-import "github.com/countersign/countersign/approval"
+import (
+	"github.com/countersign/countersign/approval"
+)
 
 // What package server sees of an approval request. The server reaches the
 // approval store only through the guard (DESIGN): it reads a waiting call's
-// or a task's request, and its state, under these names.
+// or a task's request under this name; its state is a vocab.State.
 
 // Request is an approval request: a countersigned call waiting for, or
 // decided by, its approvers, and a task's state.
 type Request = approval.Request
-
-// The states of a Request.
-const (
-	StatePending     = approval.StatePending
-	StateApproved    = approval.StateApproved
-	StateDenied      = approval.StateDenied
-	StateExpired     = approval.StateExpired
-	StateCancelled   = approval.StateCancelled
-	StateExecuted    = approval.StateExecuted
-	StateFailed      = approval.StateFailed
-	StateInterrupted = approval.StateInterrupted
-)
 
 // ErrNoTask is the answer about a task that does not exist, or is another
 // agent's (Guard.Task).

@@ -16,6 +16,7 @@ import (
 	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/tools"
+	"github.com/countersign/countersign/vocab"
 )
 
 // Recovery is what a start finds the previous process left: block-mode
@@ -101,7 +102,7 @@ func (g *Guard) Resume(ctx context.Context) error {
 // storedEntry is the audit entry of a stored request's call, as the guard
 // made it when the call came in.
 func storedEntry(u approval.Unfinished) audit.Entry {
-	e := audit.Entry{Agent: u.Agent, Tool: u.Tool, Decision: u.Level, Rule: u.Rule, RequestID: u.ID}
+	e := audit.Entry{Agent: u.Agent, Tool: u.Tool, Decision: string(u.Level), Rule: u.Rule, RequestID: u.ID}
 	canonical{JSON: u.Args, SHA256: sha256.Sum256(u.Args)}.setOn(&e, u.RedactArgs)
 	return e
 }
@@ -150,7 +151,7 @@ func (g *Guard) interrupt(ctx context.Context, u approval.Unfinished, entry audi
 	g.log.Warn("approved request was running when the previous process stopped; outcome unknown",
 		"auth_req_id", u.ID, "tool", u.Tool)
 	return g.opts.Runs.Finish(ctx, u.ID, approval.Outcome{
-		State: approval.StateInterrupted, Result: result, Note: noteInterrupted, Record: entry,
+		State: vocab.StateInterrupted, Result: result, Note: noteInterrupted, Record: entry,
 	})
 }
 
@@ -159,17 +160,17 @@ func (g *Guard) failClaimed(ctx context.Context, u approval.Unfinished, entry au
 	entry.Kind, entry.Reason = audit.KindCallFailed, "not run after restart: "+cause.Error()
 	result, _ := json.Marshal(map[string]string{"error": entry.Reason})
 	g.log.Error("approved request cannot run after restart", "auth_req_id", u.ID, "tool", u.Tool, "err", cause)
-	return g.opts.Runs.Finish(ctx, u.ID, approval.Outcome{State: approval.StateFailed, Result: result, Record: entry})
+	return g.opts.Runs.Finish(ctx, u.ID, approval.Outcome{State: vocab.StateFailed, Result: result, Record: entry})
 }
 
 // finishErr stores a run's outcome, in the state its record names.
 func (g *Guard) finishErr(ctx context.Context, id string, content json.RawMessage, rec audit.Entry, ok bool) error {
-	o := approval.Outcome{State: approval.StateFailed, Result: content, Record: rec}
+	o := approval.Outcome{State: vocab.StateFailed, Result: content, Record: rec}
 	switch {
 	case rec.Kind == audit.KindCallInterrupted:
-		o.State, o.Note = approval.StateInterrupted, rec.Reason
+		o.State, o.Note = vocab.StateInterrupted, rec.Reason
 	case ok:
-		o.State = approval.StateExecuted
+		o.State = vocab.StateExecuted
 	}
 	return g.opts.Runs.Finish(ctx, id, o)
 }

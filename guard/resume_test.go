@@ -17,9 +17,9 @@ import (
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/authz"
 	"github.com/countersign/countersign/config"
-	"github.com/countersign/countersign/digest"
 	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/tools"
+	"github.com/countersign/countersign/vocab"
 	"github.com/mark3labs/mcp-go/mcp"
 )
 
@@ -117,7 +117,7 @@ func newWorld(t *testing.T) *world {
 	}
 	t.Cleanup(func() { db.Close() })
 	w := &world{t: t, db: db, log: &memLog{}, cat: tools.NewCatalog(), book: &book{}, once: &counter{},
-		policy: &fixedPolicy{d: authz.Decision{Level: config.LevelHigh, Reason: "test", Quorum: 1, Approvers: []string{"alice"}, Wait: authz.WaitPoll}}}
+		policy: &fixedPolicy{d: authz.Decision{Level: vocab.LevelHigh, Reason: "test", Quorum: 1, Approvers: []string{"alice"}, Wait: authz.WaitPoll}}}
 	if err := w.cat.Replace("test", []*tools.Spec{w.book.spec("note"), w.once.spec("pay")}); err != nil {
 		t.Fatal(err)
 	}
@@ -174,7 +174,7 @@ func enroll(t *testing.T, svc *approval.Service) *approvaltest.SoftKey {
 func (w *world) approve(p *process, id string) {
 	w.t.Helper()
 	ctx := context.Background()
-	opts, err := p.svc.BeginDecision(ctx, id, digest.Approve)
+	opts, err := p.svc.BeginDecision(ctx, id, vocab.Approve)
 	if err != nil {
 		w.t.Fatal(err)
 	}
@@ -202,7 +202,7 @@ func (w *world) raiseFor(p *process, agent, tool string, args map[string]any) st
 	return out.ID
 }
 
-func (w *world) waitState(p *process, id, state string) *approval.Request {
+func (w *world) waitState(p *process, id string, state vocab.State) *approval.Request {
 	w.t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -350,7 +350,7 @@ func TestRestartSettlesClaimedRequests(t *testing.T) {
 // more.
 func TestRestartSettlesRoutineCallsLeftOpen(t *testing.T) {
 	w := newWorld(t)
-	w.policy.d = authz.Decision{Level: config.LevelLow}
+	w.policy.d = authz.Decision{Level: vocab.LevelLow}
 	ctx := context.Background()
 	ro := &counter{}
 	roSpec := ro.spec("peek")
@@ -608,7 +608,7 @@ func TestRestartLeavesBackchannelRequestsToTheirClients(t *testing.T) {
 		t.Fatal(err)
 	}
 	time.Sleep(1200 * time.Millisecond) // longer than ToolWait: nothing may fail them meanwhile
-	for id, want := range map[string]string{pending: approval.StatePending, approved: approval.StateApproved} {
+	for id, want := range map[string]vocab.State{pending: approval.StatePending, approved: approval.StateApproved} {
 		if r, _ := p2.svc.Get(ctx, id); r.State != want {
 			t.Errorf("backchannel request %s after restart: %s (%s), want %s", id, r.State, r.Reason, want)
 		}

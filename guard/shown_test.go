@@ -12,6 +12,7 @@ import (
 	"github.com/countersign/countersign/authzdetails"
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/tools/upstream"
+	"github.com/countersign/countersign/vocab"
 	"github.com/mark3labs/mcp-go/mcp"
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
 )
@@ -62,7 +63,7 @@ func TestArgumentsTooLargeToShowAreRefusedBeforeARequest(t *testing.T) {
 			authzdetails.MaxShownChars+1, authzdetails.MaxShownChars)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			f := newFixture(t, config.LevelHigh)
+			f := newFixture(t, vocab.LevelHigh)
 			runs := withUpstream(t, f)
 			res := f.g.Handle(context.Background(), Call{Tool: "files__write_file", Agent: "bot", Args: tc.args})
 			if !res.IsError || !strings.Contains(text(res), tc.want) {
@@ -72,7 +73,7 @@ func TestArgumentsTooLargeToShowAreRefusedBeforeARequest(t *testing.T) {
 				t.Fatalf("%d requests raised, %d runs", len(f.humans.created), runs.Load())
 			}
 			e := f.log.last(audit.KindCallRejected)
-			if e.Tool != "files__write_file" || e.Decision != config.LevelHigh || !strings.Contains(e.Reason, tc.want) ||
+			if e.Tool != "files__write_file" || e.Decision != string(vocab.LevelHigh) || !strings.Contains(e.Reason, tc.want) ||
 				e.Args != nil || len(e.ArgsSHA256) != 64 {
 				t.Fatalf("call.rejected %+v", e)
 			}
@@ -82,7 +83,7 @@ func TestArgumentsTooLargeToShowAreRefusedBeforeARequest(t *testing.T) {
 				}
 			}
 
-			low := newFixture(t, config.LevelLow)
+			low := newFixture(t, vocab.LevelLow)
 			lowRuns := withUpstream(t, low)
 			if res := low.g.Handle(context.Background(), Call{Tool: "files__write_file", Agent: "bot", Args: tc.args}); res.IsError || lowRuns.Load() != 1 {
 				t.Fatalf("routine call: %q, %d runs", text(res), lowRuns.Load())
@@ -90,7 +91,7 @@ func TestArgumentsTooLargeToShowAreRefusedBeforeARequest(t *testing.T) {
 		})
 	}
 
-	f := newFixture(t, config.LevelHigh)
+	f := newFixture(t, vocab.LevelHigh)
 	withUpstream(t, f)
 	f.humans.decide <- approval.StateDenied
 	within := values(authzdetails.MaxShownValues - 1)

@@ -8,6 +8,7 @@ import (
 
 	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/tools"
+	"github.com/countersign/countersign/vocab"
 	"github.com/mark3labs/mcp-go/mcp"
 )
 
@@ -103,7 +104,7 @@ func (g *Guard) CancelTask(ctx context.Context, id, agent string) (*approval.Req
 		return nil, gerr
 	case err == nil:
 		return r, nil
-	case r.State == approval.StateApproved:
+	case r.State == vocab.StateApproved:
 		return r, ErrTaskRunning
 	}
 	return r, fmt.Errorf("%w: %s", ErrTaskEnded, r.State)
@@ -121,7 +122,7 @@ func (g *Guard) TaskResult(ctx context.Context, id, agent string) (*mcp.CallTool
 		return nil, nil, err
 	}
 	switch r.State {
-	case approval.StateExecuted, approval.StateFailed:
+	case vocab.StateExecuted, vocab.StateFailed:
 	default:
 		return toolError("%s", Outcome(r)), r, nil
 	}
@@ -132,7 +133,7 @@ func (g *Guard) TaskResult(ctx context.Context, id, agent string) (*mcp.CallTool
 	if gone := resultGone(r); gone != "" {
 		return withToken(toolError("%s %s once; %s", r.Tool, r.State, gone), tok), r, nil
 	}
-	if r.State == approval.StateFailed {
+	if r.State == vocab.StateFailed {
 		var failed struct{ Error string }
 		_ = json.Unmarshal(r.Result, &failed)
 		return withToken(toolError("%s failed: %s", r.Tool, failed.Error), tok), r, nil

@@ -9,9 +9,9 @@ import (
 	"time"
 
 	"github.com/countersign/countersign/audit"
-	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/tools"
+	"github.com/countersign/countersign/vocab"
 	"github.com/mark3labs/mcp-go/mcp"
 )
 
@@ -213,7 +213,7 @@ func (g *Guard) keepAmount(ctx context.Context, entry audit.Entry, canon canonic
 	}
 	g.usage.release(counted)
 	g.log.Error("cannot keep the amount of a call for the usage windows", "tool", entry.Tool, "err", err)
-	entry.Kind, entry.Decision, entry.Rule = audit.KindCallDenied, config.LevelDeny, ""
+	entry.Kind, entry.Decision, entry.Rule = audit.KindCallDenied, string(vocab.LevelDeny), ""
 	entry.Reason = "cannot keep the amount for the usage windows: " + err.Error()
 	g.record(ctx, entry)
 	return toolError("refused: cannot keep the amount this call moves for the usage windows (%v); try again", err)

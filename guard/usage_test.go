@@ -12,6 +12,7 @@ import (
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/tools"
+	"github.com/countersign/countersign/vocab"
 )
 
 // realLog opens a real audit log and the amounts table in one database, as
@@ -58,7 +59,7 @@ func TestRedactedAmountsSurviveARestart(t *testing.T) {
 	for _, redact := range []bool{true, false} {
 		t.Run(map[bool]string{true: "redacted", false: "in the log"}[redact], func(t *testing.T) {
 			log, amounts := realLog(t)
-			f := newFixture(t, config.LevelLow)
+			f := newFixture(t, vocab.LevelLow)
 			f.cat.Replace("test", []*tools.Spec{payTo("Acme Supplies")})
 			opts := Options{Catalog: f.cat, Policy: shippedPolicy(t), Audit: log, Requests: f.humans, Runs: f.humans, Recovery: f.humans, Tasks: f.humans, Amounts: amounts,
 				Tools: map[string]config.Tool{"transfer": {RedactArgs: redact}}}
@@ -107,7 +108,7 @@ func kindsOf(es []audit.Entry) []string {
 func TestRestoreCountsRedactedEntriesByTheirKeptAmounts(t *testing.T) {
 	_, amounts := realLog(t)
 	ctx := context.Background()
-	f := newFixture(t, config.LevelLow)
+	f := newFixture(t, vocab.LevelLow)
 	f.cat.Replace("test", []*tools.Spec{payTo("Acme Supplies")})
 	g := New(Options{Catalog: f.cat, Policy: shippedPolicy(t), Audit: f.log, Requests: f.humans, Runs: f.humans, Recovery: f.humans, Tasks: f.humans, Amounts: amounts})
 	defer g.Close()
@@ -186,7 +187,7 @@ func TestCallWhoseAmountCannotBeKeptIsRefused(t *testing.T) {
 	}
 	amounts.Close()
 	db.Close()
-	f := newFixture(t, config.LevelLow)
+	f := newFixture(t, vocab.LevelLow)
 	ran := 0
 	spec := payTo("Acme Supplies")
 	spec.Run = func(context.Context, *tools.Call) (*tools.Result, error) {
@@ -200,7 +201,7 @@ func TestCallWhoseAmountCannotBeKeptIsRefused(t *testing.T) {
 	if !res.IsError || !strings.Contains(text(res), "cannot keep the amount") || ran != 0 {
 		t.Fatalf("ran %d times: %s", ran, text(res))
 	}
-	if e := f.log.last(audit.KindCallDenied); e.Decision != config.LevelDeny || !strings.Contains(e.Reason, "cannot keep the amount") {
+	if e := f.log.last(audit.KindCallDenied); e.Decision != string(vocab.LevelDeny) || !strings.Contains(e.Reason, "cannot keep the amount") {
 		t.Fatalf("call.denied %+v", e)
 	}
 	// It does not count either: the usage is given back.

@@ -327,6 +327,6 @@ func (p *policy) MayCountersign(tool string, readOnly bool) bool {
 func (p *policy) Decide(in authz.Input) authz.Decision {
 	start := time.Now()
 	d := p.next.Decide(in)
-	p.m.decision.WithLabelValues(d.Level).Observe(time.Since(start).Seconds())
+	p.m.decision.WithLabelValues(string(d.Level)).Observe(time.Since(start).Seconds())
 	return d
 }

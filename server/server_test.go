@@ -32,6 +32,7 @@ import (
 	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/token"
 	"github.com/countersign/countersign/tools"
+	"github.com/countersign/countersign/vocab"
 	"github.com/mark3labs/mcp-go/mcp"
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
 )
@@ -171,7 +172,7 @@ func (s *stack) enroll(t *testing.T) {
 }
 
 // decide has alice approve or deny request id with her key.
-func (s *stack) decide(t *testing.T, id, decision string) error {
+func (s *stack) decide(t *testing.T, id string, decision vocab.Decision) error {
 	t.Helper()
 	ctx := context.Background()
 	opts, err := s.approvals.BeginDecision(ctx, id, decision)
@@ -212,7 +213,7 @@ func (s *stack) waitRequest(t *testing.T) string {
 }
 
 // waitState waits until request id is in state.
-func (s *stack) waitState(t *testing.T, id, state string) {
+func (s *stack) waitState(t *testing.T, id string, state vocab.State) {
 	t.Helper()
 	var (
 		r   *approval.Request

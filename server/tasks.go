@@ -30,6 +30,7 @@ import (
 	"time"
 
 	"github.com/countersign/countersign/guard"
+	"github.com/countersign/countersign/vocab"
 	"github.com/google/uuid"
 	"github.com/mark3labs/mcp-go/mcp"
 )
@@ -284,21 +285,21 @@ func taskOf(r *guard.Request) mcp.Task {
 		LastUpdatedAt: updated.UTC().Format(time.RFC3339), PollInterval: &poll,
 	}
 	switch r.State {
-	case guard.StatePending:
+	case vocab.StatePending:
 		t.Status = mcp.TaskStatusWorking
 		t.StatusMessage = fmt.Sprintf("waiting for approval by %s at %s, code %s, expires at %s",
 			waitingFor(r), r.URL, r.Code, r.ExpiresAt.UTC().Format(time.RFC3339))
-	case guard.StateApproved:
+	case vocab.StateApproved:
 		t.Status = mcp.TaskStatusWorking
 		t.StatusMessage = "approved; about to run"
 		if r.Running {
 			t.StatusMessage = "approved; running"
 		}
-	case guard.StateExecuted:
+	case vocab.StateExecuted:
 		t.Status, t.StatusMessage = mcp.TaskStatusCompleted, "approved and ran once; tasks/result has its result"
-	case guard.StateFailed:
+	case vocab.StateFailed:
 		t.Status, t.StatusMessage = mcp.TaskStatusFailed, "approved, but the tool failed; tasks/result says why"
-	case guard.StateCancelled:
+	case vocab.StateCancelled:
 		t.Status, t.StatusMessage = mcp.TaskStatusCancelled, guard.Outcome(r)
 	default: // denied, expired, interrupted
 		t.Status, t.StatusMessage = mcp.TaskStatusFailed, guard.Outcome(r)

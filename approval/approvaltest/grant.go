@@ -4,6 +4,8 @@ import (
 	"net/http"
 	"net/url"
 	"time"
+
+	"github.com/countersign/countersign/vocab"
 )
 
 // Grant is a standing grant as the page lists it (GET /api/grants).
@@ -25,7 +27,7 @@ type Grant struct {
 // request is approved and, with the same assertion, a grant for the
 // duration (whole seconds) and number of calls given is created.
 func (p *Page) ApproveWithGrant(id string, key *SoftKey, d time.Duration, calls int) (*Request, error) {
-	return p.decide(id, map[string]any{"decision": "approve", "grant": map[string]any{"seconds": int64(d / time.Second), "calls": calls}}, key)
+	return p.decide(id, map[string]any{"decision": vocab.Approve, "grant": map[string]any{"seconds": int64(d / time.Second), "calls": calls}}, key)
 }
 
 // Grants lists the grants the page shows, newest first.

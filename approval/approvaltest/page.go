@@ -13,6 +13,8 @@ import (
 	"net/url"
 	"strings"
 	"time"
+
+	"github.com/countersign/countersign/vocab"
 )
 
 // Page drives the approver page's JSON endpoints as its JavaScript does,
@@ -137,16 +139,16 @@ func (p *Page) Enroll(link string, key *SoftKey) error {
 
 // Request is the page's view of a request (GET /api/requests/ID).
 type Request struct {
-	ID        string   `json:"id"`
-	Tool      string   `json:"tool"`
-	State     string   `json:"state"`
-	Code      string   `json:"code"` // the binding code the agent is shown too
-	Reason    string   `json:"reason"`
-	DecidedBy string   `json:"decidedBy"`
-	Approvals []string `json:"approvals"`
-	Quorum    int      `json:"quorum"`
-	Level     string   `json:"level"`
-	Display   string   `json:"display"` // the text the key signs over
+	ID        string      `json:"id"`
+	Tool      string      `json:"tool"`
+	State     vocab.State `json:"state"`
+	Code      string      `json:"code"` // the binding code the agent is shown too
+	Reason    string      `json:"reason"`
+	DecidedBy string      `json:"decidedBy"`
+	Approvals []string    `json:"approvals"`
+	Quorum    int         `json:"quorum"`
+	Level     string      `json:"level"`
+	Display   string      `json:"display"` // the text the key signs over
 }
 
 // Get reads a request as the page shows it.

@@ -7,6 +7,7 @@ import (
 	"net/http"
 
 	"github.com/countersign/countersign/approval"
+	"github.com/countersign/countersign/vocab"
 )
 
 // The batch pages: the pending list has a checkbox on each batchable
@@ -67,8 +68,8 @@ func (s *server) pageBatch(w http.ResponseWriter, r *http.Request) {
 		it := batchItem{Request: req, Pos: i + 1, Of: len(ids)}
 		switch {
 		case req.State != approval.StatePending:
-			it.Refused = "This request is " + req.State + "; it can no longer be approved."
-		case req.Level != "high" || !req.Batchable:
+			it.Refused = "This request is " + string(req.State) + "; it can no longer be approved."
+		case req.Level != vocab.LevelHigh || !req.Batchable:
 			it.Refused = "This request cannot be approved together with others: it needs its own tap on its own page."
 		}
 		d.Batch.OK = d.Batch.OK && it.Refused == ""

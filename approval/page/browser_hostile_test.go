@@ -88,7 +88,7 @@ func TestBrowserShowsAgentTextAsAQuotationAndFlagsMixedScripts(t *testing.T) {
 
 	// What the approver signs covers the quotation: approving still works.
 	approvaltest.Approve(t, tab, b.base+"/requests/"+req.ID)
-	waitText(t, tab, "state", approval.StateApproved)
+	waitText(t, tab, "state", string(approval.StateApproved))
 }
 
 // screenshotAs keeps the page as docs/NAME with -update-screenshot, else

@@ -12,6 +12,7 @@ import (
 	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/approval/approvaltest"
 	"github.com/countersign/countersign/store/storetest"
+	"github.com/countersign/countersign/vocab"
 )
 
 // The service the page tests serve: a real database, an audit log in
@@ -84,7 +85,7 @@ func (f *fixture) create(t testing.TB, nr approval.NewRequest) string {
 }
 
 // decide runs one decision ceremony with key, in Go.
-func (f *fixture) decide(t *testing.T, id, decision string, key *approvaltest.SoftKey) (*approval.Request, error) {
+func (f *fixture) decide(t *testing.T, id string, decision vocab.Decision, key *approvaltest.SoftKey) (*approval.Request, error) {
 	t.Helper()
 	opts, err := f.svc.BeginDecision(context.Background(), id, decision)
 	if err != nil {

@@ -7,7 +7,7 @@ import (
 
 	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/approval/approvaltest"
-	"github.com/countersign/countersign/digest"
+	"github.com/countersign/countersign/vocab"
 )
 
 // approvaltest.Page, which tests of the real binary use, speaks to the
@@ -31,11 +31,11 @@ func TestPageClientEnrollsAndDecides(t *testing.T) {
 	if ids, err := page.Pending(); err != nil || len(ids) != 1 || ids[0] != req.ID {
 		t.Fatalf("pending %v (%v)", ids, err)
 	}
-	got, err := page.Decide(req.ID, digest.Approve, alice)
+	got, err := page.Decide(req.ID, string(vocab.Approve), alice)
 	if err != nil || got.State != approval.StateApproved {
 		t.Fatalf("decide: %+v (%v)", got, err)
 	}
-	_, err = page.Decide(req.ID, digest.Deny, alice)
+	_, err = page.Decide(req.ID, string(vocab.Deny), alice)
 	var pe *approvaltest.Error
 	if !errors.As(err, &pe) || pe.Check != "not_pending" {
 		t.Fatalf("deciding a decided request: %v", err)

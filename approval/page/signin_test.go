@@ -207,5 +207,5 @@ func TestBrowserSignIn(t *testing.T) {
 		t.Fatalf("the list after signing in: %s", list)
 	}
 	approvaltest.Approve(t, tab, base+"/requests/"+req.ID)
-	waitText(t, tab, "state", approval.StateApproved)
+	waitText(t, tab, "state", string(approval.StateApproved))
 }

@@ -15,7 +15,7 @@ import (
 	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/approval/approvaltest"
 	"github.com/countersign/countersign/audit"
-	"github.com/countersign/countersign/digest"
+	"github.com/countersign/countersign/vocab"
 )
 
 // marker is what the attacker writes wherever the page takes text; it must
@@ -151,7 +151,7 @@ func TestVisitorTextNeverReachesTheLog(t *testing.T) {
 		if code != http.StatusOK {
 			t.Fatalf("begin: %d %+v", code, e)
 		}
-		opts, err := h.svc.BeginDecision(ctx, req.ID, digest.Approve)
+		opts, err := h.svc.BeginDecision(ctx, req.ID, vocab.Approve)
 		if err != nil {
 			t.Fatal(err)
 		}

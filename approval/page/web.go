@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/countersign/countersign/approval"
+	"github.com/countersign/countersign/vocab"
 )
 
 // server is the page of one approval service.
@@ -160,8 +161,8 @@ type requestJSON struct {
 	ID             string          `json:"id"`
 	Tool           string          `json:"tool"`
 	Agent          string          `json:"agent"`
-	Level          string          `json:"level"`
-	State          string          `json:"state"`
+	Level          vocab.Level     `json:"level"`
+	State          vocab.State     `json:"state"`
 	Code           string          `json:"code"`
 	BindingMessage string          `json:"bindingMessage"`
 	Display        string          `json:"display"`
@@ -184,7 +185,7 @@ func toJSON(r *approval.Request) requestJSON {
 		BindingMessage: r.BindingMessage, Display: r.Display, Details: r.AuthorizationDetails,
 		ExpiresAt: r.ExpiresAt, Approvers: r.Approvers, ApproverNames: r.ApproverNames,
 		Approvals: r.Approvals, Quorum: r.Quorum, DecidedBy: r.DecidedBy, Reason: r.Reason, URL: "/requests/" + r.ID,
-		Batchable: r.Batchable && r.Level == "high",
+		Batchable: r.Batchable && r.Level == vocab.LevelHigh,
 	}
 	if out.Approvals == nil {
 		out.Approvals = []string{}
@@ -265,8 +266,8 @@ func (s *server) apiEvents(w http.ResponseWriter, r *http.Request) {
 
 func (s *server) apiBegin(w http.ResponseWriter, r *http.Request) {
 	var body struct {
-		Decision string     `json:"decision"`
-		Grant    *grantBody `json:"grant"` // approve and grant (approval/grant.go)
+		Decision vocab.Decision `json:"decision"`
+		Grant    *grantBody     `json:"grant"` // approve and grant (approval/grant.go)
 	}
 	if !decodeJSON(w, r, &body) {
 		return
@@ -274,7 +275,7 @@ func (s *server) apiBegin(w http.ResponseWriter, r *http.Request) {
 	var opts *approval.DecisionOptions
 	var err error
 	if body.Grant != nil {
-		if body.Decision != "approve" {
+		if body.Decision != vocab.Approve {
 			writeError(w, http.StatusBadRequest, "invalid", "only an approval can create a grant")
 			return
 		}

@@ -18,7 +18,7 @@ import (
 	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/approval/approvaltest"
 	"github.com/countersign/countersign/audit"
-	"github.com/countersign/countersign/digest"
+	"github.com/countersign/countersign/vocab"
 )
 
 // httpFixture serves Handler on a real listener and talks to it as the
@@ -212,7 +212,7 @@ func TestHTTPProtectiveLayers(t *testing.T) {
 			t.Fatalf("%d %+v", code, e)
 		}
 		h.rec.RequireRejected(t, approval.ErrCeremony.Check)
-		opts, err := h.svc.BeginDecision(ctx, req.ID, digest.Approve)
+		opts, err := h.svc.BeginDecision(ctx, req.ID, vocab.Approve)
 		if err != nil {
 			t.Fatal(err)
 		}

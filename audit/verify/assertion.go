@@ -12,6 +12,7 @@ import (
 
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/digest"
+	"github.com/countersign/countersign/vocab"
 	"github.com/go-webauthn/webauthn/protocol/webauthncbor"
 	"github.com/go-webauthn/webauthn/protocol/webauthncose"
 )
@@ -155,11 +156,11 @@ func checkAssertion(e *audit.Entry, cr *credential) error {
 // entryDigest is the action digest (package digest) of the request and
 // decision the entry records.
 func entryDigest(e *audit.Entry) ([32]byte, error) {
-	decision := digest.Approve
+	decision := vocab.Approve
 	if e.Kind == audit.KindApprovalDenied {
-		decision = digest.Deny
+		decision = vocab.Deny
 	}
-	if e.Decision != decision {
+	if vocab.Decision(e.Decision) != decision {
 		return [32]byte{}, fmt.Errorf("decision %q does not match kind %s (want %q)", e.Decision, e.Kind, decision)
 	}
 	args, err := hex.DecodeString(e.ArgsSHA256)

@@ -16,6 +16,7 @@ import (
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/digest"
 	"github.com/countersign/countersign/store/storetest"
+	"github.com/countersign/countersign/vocab"
 	"github.com/go-webauthn/webauthn/protocol/webauthncbor"
 	"github.com/go-webauthn/webauthn/protocol/webauthncose"
 )
@@ -91,7 +92,7 @@ func actionDigest(t *testing.T, e *audit.Entry) [32]byte {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := digest.Action{RequestID: e.RequestID, Decision: e.Decision, AuthorizationDetails: e.AuthorizationDetails,
+	a := digest.Action{RequestID: e.RequestID, Decision: vocab.Decision(e.Decision), AuthorizationDetails: e.AuthorizationDetails,
 		Tool: e.Tool, Display: e.Display, Nonce: nonce, ExpiresAt: exp}
 	copy(a.ArgsSHA256[:], args)
 	d, err := digest.Compute(a)
@@ -147,17 +148,17 @@ func requestFields(id string) audit.Entry {
 }
 
 // requested is the approval.requested entry of request id.
-func requested(id, level string, quorum int, uv string, eligible ...string) audit.Entry {
+func requested(id string, level vocab.Level, quorum int, uv vocab.UserVerification, eligible ...string) audit.Entry {
 	e := requestFields(id)
 	e.Kind, e.Level, e.Rule, e.Quorum, e.Eligible, e.UserVerification = audit.KindApprovalRequested, level, "tools.transfer.rules[0]", quorum, eligible, uv
 	return e
 }
 
 // decided is a key decision on request id, signed by k.
-func decided(k *softKey, id, decision string, flags byte) audit.Entry {
+func decided(k *softKey, id string, decision vocab.Decision, flags byte) audit.Entry {
 	e := requestFields(id)
-	e.Kind, e.Decision, e.DecidedAt = audit.KindApprovalAssertion, decision, "2026-03-01T09:31:00.000000000Z"
-	if decision == digest.Deny {
+	e.Kind, e.Decision, e.DecidedAt = audit.KindApprovalAssertion, string(decision), "2026-03-01T09:31:00.000000000Z"
+	if decision == vocab.Deny {
 		e.Kind = audit.KindApprovalDenied
 	}
 	k.sign(&e, origin, rpID, flags)
@@ -172,16 +173,16 @@ func assertionLog(t *testing.T, k *softKey) []byte {
 	db := storetest.Open(t, t.TempDir())
 	l := openLog(t, db, seededKey(1), audit.Options{Now: stepClock()})
 	mustAppend(t, l, audit.Entry{Kind: audit.KindApproverEnrolled, Approver: "alice", CredentialID: k.id, PublicKey: k.cose(), Origin: origin, RPID: rpID})
-	mustAppend(t, l, requested("req-1", "high", 1, audit.UVPreferred, "alice"))
-	mustAppend(t, l, decided(k, "req-1", digest.Approve, flagUserPresent|flagUserVerified))
+	mustAppend(t, l, requested("req-1", "high", 1, vocab.UVPreferred, "alice"))
+	mustAppend(t, l, decided(k, "req-1", vocab.Approve, flagUserPresent|flagUserVerified))
 	done := requestFields("req-1")
-	done.Kind, done.Decision, done.Approvers, done.Assertions = audit.KindApprovalApproved, digest.Approve, []string{"alice"}, []int64{3}
+	done.Kind, done.Decision, done.Approvers, done.Assertions = audit.KindApprovalApproved, string(vocab.Approve), []string{"alice"}, []int64{3}
 	mustAppend(t, l, done)
 
-	req2 := requested("req-2", "high", 1, audit.UVPreferred, "alice")
+	req2 := requested("req-2", "high", 1, vocab.UVPreferred, "alice")
 	req2.ArgsRedact = true
 	mustAppend(t, l, req2)
-	den := decided(k, "req-2", digest.Deny, flagUserPresent)
+	den := decided(k, "req-2", vocab.Deny, flagUserPresent)
 	den.ArgsRedact = true
 	mustAppend(t, l, den)
 	return exportBytes(t, l, 0)
@@ -208,9 +209,9 @@ func TestVerifyAssertions(t *testing.T) {
 		mutate func(*audit.Entry)
 		reason string
 	}{
-		{"approve turned into deny", 3, func(e *audit.Entry) { e.Kind, e.Decision = audit.KindApprovalDenied, digest.Deny }, "challenge is not the action digest"},
-		{"decision field flipped", 3, func(e *audit.Entry) { e.Decision = digest.Deny }, "does not match kind"},
-		{"deny turned into approve", 6, func(e *audit.Entry) { e.Kind, e.Decision = audit.KindApprovalAssertion, digest.Approve }, "challenge is not the action digest"},
+		{"approve turned into deny", 3, func(e *audit.Entry) { e.Kind, e.Decision = audit.KindApprovalDenied, string(vocab.Deny) }, "challenge is not the action digest"},
+		{"decision field flipped", 3, func(e *audit.Entry) { e.Decision = string(vocab.Deny) }, "does not match kind"},
+		{"deny turned into approve", 6, func(e *audit.Entry) { e.Kind, e.Decision = audit.KindApprovalAssertion, string(vocab.Approve) }, "challenge is not the action digest"},
 		{"other origin", 3, func(e *audit.Entry) { e.Origin = "http://evil.example" }, "origin"},
 		{"other rp id", 3, func(e *audit.Entry) { e.RPID = "evil.example" }, "rpIdHash"},
 		{"other amount", 3, func(e *audit.Entry) {

@@ -6,6 +6,7 @@ import (
 
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/digest"
+	"github.com/countersign/countersign/vocab"
 )
 
 // A batch approval is one WebAuthn assertion over several requests: the
@@ -68,7 +69,7 @@ func batchRule(req, e *audit.Entry) string {
 		return ""
 	}
 	switch {
-	case req.Level == audit.LevelCritical:
+	case req.Level == vocab.LevelCritical:
 		return fmt.Sprintf("request %s is critical; it cannot be approved in a batch", e.RequestID)
 	case !req.Batchable:
 		return fmt.Sprintf("request %s was not raised batchable; it cannot be approved in a batch", e.RequestID)

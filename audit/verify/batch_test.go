@@ -11,6 +11,7 @@ import (
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/digest"
 	"github.com/countersign/countersign/store/storetest"
+	"github.com/countersign/countersign/vocab"
 )
 
 // batchLog builds: 1 enrolled alice, 2-4 requested req-1..3 (high,
@@ -23,12 +24,12 @@ func batchLog(t *testing.T, k *softKey) []byte {
 	ids := []string{"req-1", "req-2", "req-3"}
 	var decisions []*audit.Entry
 	for i, id := range ids {
-		r := requested(id, audit.LevelHigh, 1, audit.UVPreferred, "alice", "bob")
+		r := requested(id, vocab.LevelHigh, 1, vocab.UVPreferred, "alice", "bob")
 		r.Batchable = true
 		r.Nonce = base64.RawURLEncoding.EncodeToString(bytes.Repeat([]byte{byte(i + 1)}, 32))
 		mustAppend(t, l, r)
 		d := r
-		d.Kind, d.Decision, d.DecidedAt = audit.KindApprovalAssertion, digest.Approve, "2026-03-01T09:31:00.000000000Z"
+		d.Kind, d.Decision, d.DecidedAt = audit.KindApprovalAssertion, string(vocab.Approve), "2026-03-01T09:31:00.000000000Z"
 		d.Level, d.Rule, d.Quorum, d.Eligible, d.UserVerification, d.Batchable = "", "", 0, nil, "", false
 		decisions = append(decisions, &d)
 	}
@@ -132,7 +133,7 @@ func TestVerifyBatchApproval(t *testing.T) {
 		{"batch dropped: a single approval's challenge", at(6, func(e *audit.Entry) { e.BatchDigests, e.BatchPosition = nil, 0 }), 6, "challenge is not the action digest of this entry"},
 		{"request's display changed", at(6, func(e *audit.Entry) { e.Display = "Approve $5 transfer" }), 6, "this entry's action digest is not batch_digests["},
 		{"request raised not batchable", at(3, func(e *audit.Entry) { e.Batchable = false }), 6, "request req-2 was not raised batchable"},
-		{"batchable critical request", at(3, func(e *audit.Entry) { e.Level, e.UserVerification = audit.LevelCritical, audit.UVRequired }), 3, "a critical request cannot be batchable"},
+		{"batchable critical request", at(3, func(e *audit.Entry) { e.Level, e.UserVerification = vocab.LevelCritical, vocab.UVRequired }), 3, "a critical request cannot be batchable"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -141,7 +142,7 @@ func TestVerifyBatchApproval(t *testing.T) {
 	}
 
 	t.Run("a batch denial", func(t *testing.T) {
-		forged := resign(t, export, key, at(6, func(e *audit.Entry) { e.Kind, e.Decision = audit.KindApprovalDenied, digest.Deny }))
+		forged := resign(t, export, key, at(6, func(e *audit.Entry) { e.Kind, e.Decision = audit.KindApprovalDenied, string(vocab.Deny) }))
 		wantVerifyErr(t, forged, pub, nil, 6, "approval.denied cannot be part of a batch")
 	})
 	t.Run("a batch assertion on a request outside it", func(t *testing.T) {

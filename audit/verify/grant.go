@@ -13,6 +13,7 @@ import (
 
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/digest"
+	"github.com/countersign/countersign/vocab"
 )
 
 // Standing grants, as the verifier replays them.
@@ -120,7 +121,7 @@ func (b *grantBook) proposed(req *audit.Entry, e *audit.Entry, decided time.Time
 	switch {
 	case e.Kind != audit.KindApprovalAssertion:
 		return e.Kind + " creates a grant; only an approval counts"
-	case req.Level != audit.LevelHigh || req.Quorum != 1:
+	case req.Level != vocab.LevelHigh || req.Quorum != 1:
 		return fmt.Sprintf("grant %s on request %s at level %s with quorum %d: grants cover high requests with one approver only", e.GrantID, e.RequestID, req.Level, req.Quorum)
 	case b.byID[e.GrantID] != nil:
 		return fmt.Sprintf("grant %s was already created at seq %d", e.GrantID, b.byID[e.GrantID].seq)
@@ -179,7 +180,7 @@ func (b *grantBook) allowed(q *requirements, e *audit.Entry) string {
 	switch {
 	case !g.active:
 		return fmt.Sprintf("grant %s was never in force: the approval of its request does not list the assertion at seq %d", g.id, g.seq)
-	case e.Decision != audit.LevelHigh:
+	case vocab.Level(e.Decision) != vocab.LevelHigh:
 		return fmt.Sprintf("a grant covers calls at level high only; this one is at %q", e.Decision)
 	case e.RequestID != "":
 		return "a granted call names an approval request; it has none of its own"
@@ -228,7 +229,7 @@ func (b *grantBook) execution(e *audit.Entry) string {
 		return reason
 	}
 	k := grantCallKey(e)
-	if e.Decision != audit.LevelHigh || b.open[k] == 0 {
+	if vocab.Level(e.Decision) != vocab.LevelHigh || b.open[k] == 0 {
 		return fmt.Sprintf("%s under grant %s follows no call.allowed of the same agent, tool, arguments and grant", e.Kind, e.GrantID)
 	}
 	if b.open[k]--; b.open[k] == 0 {

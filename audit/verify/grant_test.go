@@ -10,6 +10,7 @@ import (
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/digest"
 	"github.com/countersign/countersign/store/storetest"
+	"github.com/countersign/countersign/vocab"
 )
 
 // grantEntries continue the example log (24 entries) with a standing grant:
@@ -22,21 +23,21 @@ import (
 //	31 grant.revoked       G1, by bob
 func grantEntries(t *testing.T, k exampleKeys) []audit.Entry {
 	const uv = flagUserPresent | flagUserVerified
-	req := requested("req-G", audit.LevelHigh, 1, audit.UVPreferred, "alice", "bob")
+	req := requested("req-G", vocab.LevelHigh, 1, vocab.UVPreferred, "alice", "bob")
 	assertion := requestFields("req-G")
-	assertion.Kind, assertion.Decision, assertion.DecidedAt = audit.KindApprovalAssertion, digest.Approve, "2026-03-01T09:31:00.000000000Z"
+	assertion.Kind, assertion.Decision, assertion.DecidedAt = audit.KindApprovalAssertion, string(vocab.Approve), "2026-03-01T09:31:00.000000000Z"
 	assertion.GrantID, assertion.GrantMaxCalls, assertion.GrantExpiresAt = "G1", 2, "2026-03-01T09:45:00Z"
 	assertion.GrantCondition = `agent == "agent-1" && tool == "transfer" && args.to == "Vendor X" && args.amount <= 500000 && ` +
 		`args.all(k, k in ["amount", "currency", "to"])`
 	k.alice.sign(&assertion, origin, rpID, uv)
 	approved := requestFields("req-G")
-	approved.Kind, approved.Decision, approved.Approvers, approved.Assertions = audit.KindApprovalApproved, digest.Approve, []string{"alice"}, []int64{26}
+	approved.Kind, approved.Decision, approved.Approvers, approved.Assertions = audit.KindApprovalApproved, string(vocab.Approve), []string{"alice"}, []int64{26}
 	ran := requestFields("req-G")
-	ran = audit.Entry{Kind: audit.KindCallExecuted, Agent: ran.Agent, Tool: ran.Tool, Args: ran.Args, ArgsSHA256: ran.ArgsSHA256, Decision: audit.LevelHigh, RequestID: "req-G"}
+	ran = audit.Entry{Kind: audit.KindCallExecuted, Agent: ran.Agent, Tool: ran.Tool, Args: ran.Args, ArgsSHA256: ran.ArgsSHA256, Decision: string(vocab.LevelHigh), RequestID: "req-G"}
 	args := json.RawMessage(`{"to":"Vendor X","amount":400000,"currency":"USD"}`)
 	sum, _ := digest.ArgsSHA256(args)
 	allowed := audit.Entry{Kind: audit.KindCallAllowed, Agent: "agent-1", Tool: "transfer", Args: args, ArgsSHA256: hex.EncodeToString(sum[:]),
-		Decision: audit.LevelHigh, GrantID: "G1", GrantSeq: 26, DecidedAt: "2026-03-01T09:32:00.000000000Z"}
+		Decision: string(vocab.LevelHigh), GrantID: "G1", GrantSeq: 26, DecidedAt: "2026-03-01T09:32:00.000000000Z"}
 	executed := allowed
 	executed.Kind, executed.DecidedAt = audit.KindCallExecuted, ""
 	revoked := audit.Entry{Kind: audit.KindGrantRevoked, Agent: "agent-1", Tool: "transfer", GrantID: "G1", GrantSeq: 26, Approver: "bob",
@@ -98,7 +99,7 @@ func TestVerifyChecksGrants(t *testing.T) {
 		}), 29, "do not satisfy grant G1's condition"},
 		{"a call of another agent", at(29, func(e *audit.Entry) { e.Agent = "agent-2" }), 29, "granted call by agent-2 of transfer"},
 		{"a call after the grant expired", at(29, func(e *audit.Entry) { e.DecidedAt = "2026-03-01T09:45:00.000000000Z" }), 29, "after grant G1 expired at 2026-03-01T09:45:00Z"},
-		{"a call at critical", at(29, func(e *audit.Entry) { e.Decision = audit.LevelCritical }), 29, "a grant covers calls at level high only"},
+		{"a call at critical", at(29, func(e *audit.Entry) { e.Decision = string(vocab.LevelCritical) }), 29, "a grant covers calls at level high only"},
 		{"a call with its arguments redacted", at(29, func(e *audit.Entry) { e.Args, e.ArgsRedact = nil, true }), 29, "condition cannot be checked"},
 		{"a call naming another approval", at(29, func(e *audit.Entry) { e.GrantSeq = 8 }), 29, "grant_seq 8 is not the approval.assertion that created grant G1 (seq 26)"},
 		{"a call naming an unknown grant", at(29, func(e *audit.Entry) { e.GrantID = "G9" }), 29, "names grant G9, which no earlier approval created"},
@@ -106,7 +107,7 @@ func TestVerifyChecksGrants(t *testing.T) {
 		{"an outcome without its granted call.allowed", func(es []audit.Entry) []audit.Entry { return without(es, 29) }, 29, "follows no call.allowed"},
 		{"the grant's limits raised after the tap", at(26, func(e *audit.Entry) { e.GrantMaxCalls = 50 }), 26, "challenge is not the grant digest"},
 		{"the grant's condition widened after the tap", at(26, func(e *audit.Entry) { e.GrantCondition = "true" }), 26, "challenge is not the grant digest"},
-		{"a grant on a critical request", at(25, func(e *audit.Entry) { e.Level, e.UserVerification = audit.LevelCritical, audit.UVRequired }), 26, "grants cover high requests with one approver only"},
+		{"a grant on a critical request", at(25, func(e *audit.Entry) { e.Level, e.UserVerification = vocab.LevelCritical, vocab.UVRequired }), 26, "grants cover high requests with one approver only"},
 		{"grant terms on a call", at(29, func(e *audit.Entry) { e.GrantMaxCalls = 5 }), 29, "carries a grant's condition or limits"},
 		{"a revocation of an unknown grant", at(31, func(e *audit.Entry) { e.GrantID = "G9" }), 31, "names grant G9"},
 		{"a revocation twice", func(es []audit.Entry) []audit.Entry { return append(es, es[30]) }, 32, "grant G1 was already revoked at seq 31"},

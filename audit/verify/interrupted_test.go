@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/vocab"
 )
 
 // A call.interrupted entry (the server stopped while an approved call ran)
@@ -63,7 +64,7 @@ func TestReconciledCallWithoutARequest(t *testing.T) {
 		t.Fatal(err)
 	}
 	argsSum := hex.EncodeToString(sum[:])
-	call := audit.Entry{Agent: "agent-a", Tool: "hostile__stubborn", ArgsSHA256: argsSum, Decision: audit.LevelLow}
+	call := audit.Entry{Agent: "agent-a", Tool: "hostile__stubborn", ArgsSHA256: argsSum, Decision: string(vocab.LevelLow)}
 	with := func(kind string, edit func(*audit.Entry)) audit.Entry {
 		e := call
 		e.Kind = kind

@@ -11,6 +11,7 @@ import (
 
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/digest"
+	"github.com/countersign/countersign/vocab"
 )
 
 // requirements replays the approval requests of a log in order and checks
@@ -158,7 +159,7 @@ func (q *requirements) check(e *audit.Entry) string {
 		if e.GrantID != "" || e.GrantSeq != 0 {
 			return q.grants.allowed(q, e)
 		}
-		if e.Decision == audit.LevelLow {
+		if vocab.Level(e.Decision) == vocab.LevelLow {
 			q.allowed[keyOf(e)]++
 		}
 	case audit.KindCallExecuted, audit.KindCallFailed, audit.KindCallInterrupted:
@@ -232,17 +233,17 @@ func (q *requirements) requested(e *audit.Entry) string {
 		return fmt.Sprintf("request %s was already requested at seq %d", e.RequestID, r.seq)
 	}
 	switch {
-	case e.Level != audit.LevelHigh && e.Level != audit.LevelCritical:
+	case e.Level != vocab.LevelHigh && e.Level != vocab.LevelCritical:
 		return fmt.Sprintf("approval.requested has level %q, want high or critical", e.Level)
 	case len(e.Eligible) == 0:
 		return "approval.requested names no eligible approvers"
 	case e.Quorum < 1 || e.Quorum > len(e.Eligible):
 		return fmt.Sprintf("approval.requested has quorum %d of %d eligible approvers", e.Quorum, len(e.Eligible))
-	case e.UserVerification != audit.UVRequired && e.UserVerification != audit.UVPreferred && e.UserVerification != audit.UVDiscouraged:
+	case e.UserVerification != vocab.UVRequired && e.UserVerification != vocab.UVPreferred && e.UserVerification != vocab.UVDiscouraged:
 		return fmt.Sprintf("approval.requested has user_verification %q", e.UserVerification)
-	case e.Level == audit.LevelCritical && e.UserVerification != audit.UVRequired:
+	case e.Level == vocab.LevelCritical && e.UserVerification != vocab.UVRequired:
 		return "a critical request must require user verification"
-	case e.Level == audit.LevelCritical && e.Batchable:
+	case e.Level == vocab.LevelCritical && e.Batchable:
 		return "a critical request cannot be batchable"
 	case e.Tool == "" || e.Nonce == "" || len(e.AuthorizationDetails) == 0:
 		return "approval.requested lacks tool, nonce or authorization_details"
@@ -312,7 +313,7 @@ func (q *requirements) decision(e *audit.Entry) string {
 	if !decided.Before(r.expires) {
 		return fmt.Sprintf("decided at %s, after request %s expired at %s", e.DecidedAt, e.RequestID, req.ExpiresAt)
 	}
-	if req.UserVerification == audit.UVRequired && !e.UserVerified {
+	if req.UserVerification == vocab.UVRequired && !e.UserVerified {
 		return fmt.Sprintf("request %s requires user verification; %s's assertion has none", e.RequestID, e.Approver)
 	}
 	if reason := batchRule(req, e); reason != "" {
@@ -341,7 +342,7 @@ func (q *requirements) approved(e *audit.Entry) string {
 		return reason
 	}
 	req := r.entry
-	if e.Decision != digest.Approve {
+	if vocab.Decision(e.Decision) != vocab.Approve {
 		return fmt.Sprintf("approval.approved with decision %q", e.Decision)
 	}
 	if e.Tool != req.Tool || e.ArgsSHA256 != req.ArgsSHA256 {
@@ -372,8 +373,8 @@ func (q *requirements) approved(e *audit.Entry) string {
 
 // execution checks that a backend ran only with what its level required.
 func (q *requirements) execution(e *audit.Entry) string {
-	switch e.Decision {
-	case audit.LevelLow:
+	switch vocab.Level(e.Decision) {
+	case vocab.LevelLow:
 		if e.RequestID != "" {
 			return fmt.Sprintf("%s at level low names request %s", e.Kind, e.RequestID)
 		}
@@ -388,7 +389,7 @@ func (q *requirements) execution(e *audit.Entry) string {
 			delete(q.allowed, k)
 		}
 		return ""
-	case audit.LevelHigh, audit.LevelCritical:
+	case vocab.LevelHigh, vocab.LevelCritical:
 	default:
 		return fmt.Sprintf("%s of %s with decision %q, want the level it ran at (low, high or critical)", e.Kind, e.Tool, e.Decision)
 	}
@@ -412,7 +413,7 @@ func (q *requirements) execution(e *audit.Entry) string {
 		return fmt.Sprintf("%s of request %s, which was not approved (%s)", e.Kind, e.RequestID, state)
 	case e.Tool != r.entry.Tool || e.ArgsSHA256 != r.entry.ArgsSHA256:
 		return fmt.Sprintf("%s is for other tool or arguments than the approved request %s (seq %d)", e.Kind, e.RequestID, r.seq)
-	case e.Decision != r.entry.Level:
+	case vocab.Level(e.Decision) != r.entry.Level:
 		return fmt.Sprintf("%s at level %s, but request %s was raised at level %s", e.Kind, e.Decision, e.RequestID, r.entry.Level)
 	}
 	if a := actionOf(r.entry); q.unrun[a] > 1 {

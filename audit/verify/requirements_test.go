@@ -16,6 +16,7 @@ import (
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/digest"
 	"github.com/countersign/countersign/store/storetest"
+	"github.com/countersign/countersign/vocab"
 )
 
 var updateGolden = os.Getenv("AUDIT_UPDATE_GOLDEN") != ""
@@ -61,16 +62,16 @@ func exampleEntries(t *testing.T, k exampleKeys) []audit.Entry {
 		e.Kind, e.Args, e.ArgsSHA256 = kind, args, hex.EncodeToString(sum[:])
 		return e
 	}
-	request := func(id, level string, quorum int, uvReq string, eligible ...string) audit.Entry {
+	request := func(id string, level vocab.Level, quorum int, uvReq vocab.UserVerification, eligible ...string) audit.Entry {
 		e := forRequest(audit.KindApprovalRequested, id)
 		e.Level, e.Rule, e.Quorum, e.Eligible, e.UserVerification = level, "tools.transfer.rules[1]", quorum, eligible, uvReq
 		e.Reason = `binding message "Pay USD 500,000.00 to Vendor X (code 7KQ2MP)"`
 		return e
 	}
-	decide := func(key *softKey, id, decision string, flags byte) audit.Entry {
+	decide := func(key *softKey, id string, decision vocab.Decision, flags byte) audit.Entry {
 		e := forRequest(audit.KindApprovalAssertion, id)
-		e.Decision, e.DecidedAt = decision, "2026-03-01T09:31:00.000000000Z"
-		if decision == digest.Deny {
+		e.Decision, e.DecidedAt = string(decision), "2026-03-01T09:31:00.000000000Z"
+		if decision == vocab.Deny {
 			e.Kind = audit.KindApprovalDenied
 		}
 		key.sign(&e, origin, rpID, flags)
@@ -78,7 +79,7 @@ func exampleEntries(t *testing.T, k exampleKeys) []audit.Entry {
 	}
 	approved := func(id string, approvers []string, seqs ...int64) audit.Entry {
 		e := forRequest(audit.KindApprovalApproved, id)
-		e.Decision, e.Approvers, e.Assertions = digest.Approve, approvers, seqs
+		e.Decision, e.Approvers, e.Assertions = string(vocab.Approve), approvers, seqs
 		e.Reason = "quorum reached"
 		return e
 	}
@@ -92,7 +93,7 @@ func exampleEntries(t *testing.T, k exampleKeys) []audit.Entry {
 	}
 
 	rejected := forRequest(audit.KindApprovalRejected, "req-A")
-	rejected.Decision = digest.Approve
+	rejected.Decision = string(vocab.Approve)
 	k.carol.sign(&rejected, "http://evil.example", rpID, uv)
 	rejected.Reason = `origin: origin "http://evil.example" (cross-origin false) is not one of [http://localhost:8710]`
 
@@ -105,7 +106,7 @@ func exampleEntries(t *testing.T, k exampleKeys) []audit.Entry {
 	secret.Tool, secret.Args, secret.ArgsRedact = "read_secret", json.RawMessage(`{"name":"db-password"}`), true
 	secretSum, _ := digest.ArgsSHA256(secret.Args)
 	secret.ArgsSHA256 = hex.EncodeToString(secretSum[:])
-	secret.Level, secret.Quorum, secret.Eligible, secret.UserVerification = "high", 1, []string{"carol"}, audit.UVPreferred
+	secret.Level, secret.Quorum, secret.Eligible, secret.UserVerification = "high", 1, []string{"carol"}, vocab.UVPreferred
 	secretExpired := secret
 	secretExpired.Kind, secretExpired.Level, secretExpired.Quorum, secretExpired.Eligible, secretExpired.UserVerification = audit.KindApprovalExpired, "", 0, nil, ""
 	secretExpired.Reason = "nobody decided before expires_at"
@@ -119,21 +120,21 @@ func exampleEntries(t *testing.T, k exampleKeys) []audit.Entry {
 		{Kind: audit.KindCallAllowed, Agent: "agent-1", Tool: "get_balance", Args: json.RawMessage(`{}`), Decision: "low", Rule: "tools.get_balance"},
 		{Kind: audit.KindCallExecuted, Agent: "agent-1", Tool: "get_balance", Args: json.RawMessage(`{}`), ArgsSeq: 5, Decision: "low", Rule: "tools.get_balance",
 			Result: json.RawMessage(`{"balance":"1200.50","currency":"EUR"}`)},
-		request("req-A", "critical", 2, audit.UVRequired, "alice", "bob", "carol"),
-		decide(k.alice, "req-A", digest.Approve, uv),
+		request("req-A", "critical", 2, vocab.UVRequired, "alice", "bob", "carol"),
+		decide(k.alice, "req-A", vocab.Approve, uv),
 		rejected,
-		decide(k.bob, "req-A", digest.Approve, uv),
+		decide(k.bob, "req-A", vocab.Approve, uv),
 		approved("req-A", []string{"alice", "bob"}, 8, 10),
 		executed,
-		request("req-B", "high", 1, audit.UVPreferred, "alice", "bob"),
-		decide(k.bob, "req-B", digest.Deny, up),
+		request("req-B", "high", 1, vocab.UVPreferred, "alice", "bob"),
+		decide(k.bob, "req-B", vocab.Deny, up),
 		{Kind: audit.KindCallDenied, Agent: "agent-2", Tool: "run_command", Args: json.RawMessage(`{"cmd":"rm -rf /"}`), Decision: "deny", Rule: "tools.run_command.rules[2]", Reason: "denied by policy"},
 		{Kind: audit.KindCallRejected, Agent: "agent-2", Tool: "transfer", Reason: "args.amount: must be > 0"},
 		secret,
 		secretExpired,
 		{Kind: audit.KindCredentialRevoked, Approver: "carol", CredentialID: k.carol.id, PublicKey: k.carol.cose(), Reason: "lost"},
-		request("req-D", "high", 1, audit.UVPreferred, "alice"),
-		decide(k.alice, "req-D", digest.Approve, up),
+		request("req-D", "high", 1, vocab.UVPreferred, "alice"),
+		decide(k.alice, "req-D", vocab.Approve, up),
 		approved("req-D", []string{"alice"}, 21),
 		failed,
 		{Kind: audit.KindEnrollmentCreated, Approver: "dave", ExpiresAt: "2026-03-01T09:40:00Z", Reason: "one-time enrollment link issued"},
@@ -325,7 +326,7 @@ func TestVerifyRefusesForgedApprovals(t *testing.T) {
 			e.UserVerified = true
 		}), 21, "UV flag is not set"},
 		{"UV required afterwards, on a request approved without", at(20, func(e *audit.Entry) {
-			e.UserVerification = audit.UVRequired
+			e.UserVerification = vocab.UVRequired
 		}), 21, "request req-D requires user verification; alice's assertion has none"},
 		{"assertion after expiry", at(10, func(e *audit.Entry) {
 			e.DecidedAt = "2026-03-01T09:35:00.000000000Z"
@@ -334,7 +335,7 @@ func TestVerifyRefusesForgedApprovals(t *testing.T) {
 			e.Display = "Approve $5.00 transfer to Vendor X"
 		}), 8, "the assertion's display differs from request req-A at seq 7"},
 		{"quorum below what the eligible list allows", at(7, func(e *audit.Entry) { e.Quorum = 4 }), 7, "quorum 4 of 3 eligible approvers"},
-		{"critical request without UV required", at(7, func(e *audit.Entry) { e.UserVerification = audit.UVPreferred }), 7, "a critical request must require user verification"},
+		{"critical request without UV required", at(7, func(e *audit.Entry) { e.UserVerification = vocab.UVPreferred }), 7, "a critical request must require user verification"},
 		{"execution without approval (request expired)", func(es []audit.Entry) []audit.Entry {
 			x := es[11]
 			x.RequestID, x.Decision = "req-C", "high"
@@ -375,7 +376,7 @@ func TestVerifyRefusesForgedApprovals(t *testing.T) {
 		}, 0, ""},
 		{"a decision after the request ended", func(es []audit.Entry) []audit.Entry {
 			x := es[13]
-			x.Kind, x.Decision = audit.KindApprovalAssertion, digest.Approve
+			x.Kind, x.Decision = audit.KindApprovalAssertion, string(vocab.Approve)
 			keys.alice.sign(&x, origin, rpID, flagUserPresent)
 			return slices.Insert(es, 19, x)
 		}, 20, "approval.assertion for request req-B, which already ended at seq 14 (approval.denied)"},

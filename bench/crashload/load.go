@@ -23,6 +23,7 @@ import (
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/store"
+	"github.com/countersign/countersign/vocab"
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
 )
 
@@ -314,12 +315,12 @@ func (r *run) approver(ctx context.Context, s *server) {
 			return
 		}
 		for _, id := range ids {
-			decision := "approve"
+			decision := vocab.Approve
 			if rng.IntN(5) == 0 {
-				decision = "deny"
+				decision = vocab.Deny
 			}
-			if _, err := s.page.Decide(id, decision, r.key); err == nil {
-				if decision == "approve" {
+			if _, err := s.page.Decide(id, string(decision), r.key); err == nil {
+				if decision == vocab.Approve {
 					atomic.AddInt64(&r.rep.Approved, 1)
 				} else {
 					atomic.AddInt64(&r.rep.Denied, 1)

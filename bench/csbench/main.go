@@ -48,6 +48,7 @@ import (
 	"time"
 
 	"github.com/countersign/countersign/approval/approvaltest"
+	"github.com/countersign/countersign/vocab"
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
 )
 
@@ -313,7 +314,7 @@ func approvalLatency(ctx context.Context, r *report, work, bin string, n int) er
 			return errors.New("no request appeared on the page")
 		}
 		tap := time.Now()
-		if _, err := taps[i%len(taps)].Decide(id, "approve", key); err != nil {
+		if _, err := taps[i%len(taps)].Decide(id, string(vocab.Approve), key); err != nil {
 			return err
 		}
 		if err := <-done; err != nil {

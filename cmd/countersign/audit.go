@@ -300,7 +300,7 @@ func humanLine(e audit.Entry) string {
 	}
 	fmt.Fprintf(&b, "#%-6d %s  %-20s", e.Seq, t, e.Kind)
 	for _, f := range []struct{ name, value string }{
-		{"agent", e.Agent}, {"tool", e.Tool}, {"decision", e.Decision}, {"level", e.Level}, {"request", e.RequestID},
+		{"agent", e.Agent}, {"tool", e.Tool}, {"decision", e.Decision}, {"level", string(e.Level)}, {"request", e.RequestID},
 		{"approver", e.Approver}, {"approvers", strings.Join(e.Approvers, ",")}, {"eligible", strings.Join(e.Eligible, ",")},
 		{"rule", e.Rule}, {"display", e.Display}, {"reason", e.Reason},
 	} {

@@ -40,6 +40,7 @@ import (
 	"github.com/countersign/countersign/digest"
 	"github.com/countersign/countersign/token"
 	"github.com/countersign/countersign/tools/upstream/upstreamtest"
+	"github.com/countersign/countersign/vocab"
 )
 
 const cibaClientToken = "ci-bot-secret-token"
@@ -248,7 +249,7 @@ func TestCIBAApprovedInTheBrowserAndVerifiedOffline(t *testing.T) {
 	args, _ := hex.DecodeString(approved.ArgsSHA256)
 	nonce, _ := base64.RawURLEncoding.DecodeString(approved.Nonce)
 	expires, _ := time.Parse(time.RFC3339, approved.ExpiresAt)
-	want, err := digest.Compute(digest.Action{RequestID: id, Decision: digest.Approve, AuthorizationDetails: approved.AuthorizationDetails,
+	want, err := digest.Compute(digest.Action{RequestID: id, Decision: vocab.Approve, AuthorizationDetails: approved.AuthorizationDetails,
 		Tool: approved.Tool, ArgsSHA256: [32]byte(args), Display: approved.Display, Nonce: nonce, ExpiresAt: expires})
 	if err != nil || tokDigest != hex.EncodeToString(want[:]) {
 		t.Errorf("token digest %s, audit log's %x (%v)", tokDigest, want, err)

@@ -13,6 +13,7 @@ import (
 	"github.com/countersign/countersign/authzdetails"
 	"github.com/countersign/countersign/ciba"
 	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/vocab"
 )
 
 // Issue 22, row 7, end to end: a CIBA payment of USD 5,000,000 to a payee
@@ -47,7 +48,7 @@ func TestCIBAPaymentJudgedAsTransferInTheBrowser(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if shown.Level != config.LevelCritical || shown.Quorum != 2 {
+	if shown.Level != string(vocab.LevelCritical) || shown.Quorum != 2 {
 		t.Fatalf("the page shows level %s quorum %d, want critical 2", shown.Level, shown.Quorum)
 	}
 	for _, l := range strings.Split(shown.Display, "\n") {

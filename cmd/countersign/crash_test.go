@@ -28,6 +28,7 @@ import (
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/store"
+	"github.com/countersign/countersign/vocab"
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
 )
 
@@ -244,7 +245,7 @@ func (n *node) waitPending(count int) []string {
 }
 
 // waitState waits until the page shows the request in state.
-func (n *node) waitState(id, state string) *approvaltest.Request {
+func (n *node) waitState(id string, state vocab.State) *approvaltest.Request {
 	n.s.t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {

@@ -16,6 +16,7 @@ import (
 	"github.com/countersign/countersign/authzdetails"
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/tools/upstream/upstreamtest"
+	"github.com/countersign/countersign/vocab"
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
 )
 
@@ -115,7 +116,7 @@ func TestGatewaySignsEveryArgumentAndRefusesWhatItCannotShow(t *testing.T) {
 			}
 		case audit.KindCallRejected:
 			rejected++
-			if !strings.Contains(e.Reason, wantErr) || e.Args != nil || e.Decision != config.LevelHigh {
+			if !strings.Contains(e.Reason, wantErr) || e.Args != nil || e.Decision != string(vocab.LevelHigh) {
 				t.Errorf("call.rejected %+v", e)
 			}
 		}

@@ -19,6 +19,7 @@ import (
 	"github.com/countersign/countersign/approval/approvaltest"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/vocab"
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
 )
 
@@ -177,7 +178,7 @@ func TestGrantLetsMatchingCallsThroughAndRefusesOthers(t *testing.T) {
 		t.Fatalf("the approval that created the grant: %+v", created)
 	}
 	for _, c := range calls {
-		if c.GrantSeq != created.Seq || c.Decision != config.LevelHigh || c.RequestID != "" || c.DecidedAt == "" {
+		if c.GrantSeq != created.Seq || c.Decision != string(vocab.LevelHigh) || c.RequestID != "" || c.DecidedAt == "" {
 			t.Errorf("granted call %d: grant_seq %d (want %d), decision %s, request %q, decided_at %q", c.Seq, c.GrantSeq, created.Seq, c.Decision, c.RequestID, c.DecidedAt)
 		}
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/vocab"
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
 )
 
@@ -90,7 +91,7 @@ func TestSchemaViolationNamesTheFieldAndIsAudited(t *testing.T) {
 func TestDenyLevelNeverRuns(t *testing.T) {
 	c := testConfig(t, func(c *config.Config) {
 		tool := c.Tools["deploy"]
-		tool.Level = config.LevelDeny
+		tool.Level = vocab.LevelDeny
 		c.Tools["deploy"] = tool
 	})
 	s, base := startHTTP(t, c)

@@ -55,7 +55,7 @@ func notifier(c *config.Config, rec metrics.Recorder, m *metrics.Metrics, log *s
 	})
 	return n, func(event string, r *approval.Request) {
 		msg := notify.Message{
-			Event: event, RequestID: r.ID, Tool: r.Tool, Agent: r.Agent, Level: r.Level,
+			Event: event, RequestID: r.ID, Tool: r.Tool, Agent: r.Agent, Level: string(r.Level),
 			Summary: r.Summary(), Code: r.Code, URL: r.URL, ExpiresAt: r.ExpiresAt,
 			Approvers: slices.Clone(r.Approvers), DecidedBy: r.DecidedBy,
 		}

@@ -28,6 +28,7 @@ import (
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/tools/upstream/upstreamtest"
+	"github.com/countersign/countersign/vocab"
 	"github.com/mark3labs/mcp-go/mcp"
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
 )
@@ -125,7 +126,7 @@ func toJSON(v any) string {
 	return string(b)
 }
 
-func waitState(t *testing.T, p *product, id, state string) *approval.Request {
+func waitState(t *testing.T, p *product, id string, state vocab.State) *approval.Request {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
@@ -299,7 +300,7 @@ func TestUpstreamCallWithoutAnAnswerIsInterruptedNeverFailedAndReconciled(t *tes
 // it the same way, naming it #SEQ: the seq of its call.interrupted.
 func TestRoutineUpstreamCallWithoutAnAnswerIsInterruptedAndReconciledBySeq(t *testing.T) {
 	up, _, record := stubbornUpstream(t, "hostile", 300*time.Millisecond)
-	up.DefaultLevel = config.LevelLow
+	up.DefaultLevel = vocab.LevelLow
 	p := startProduct(t, func(c *config.Config) {
 		withTaskAgents(c)
 		c.Upstreams = []config.Upstream{up}

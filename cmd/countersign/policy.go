@@ -16,6 +16,7 @@ import (
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/tools"
+	"github.com/countersign/countersign/vocab"
 	"github.com/spf13/cobra"
 )
 
@@ -148,7 +149,7 @@ func printDecision(w io.Writer, d authz.Decision) error {
 	fmt.Fprintf(tw, "decision:\t%s\n", d.Level)
 	fmt.Fprintf(tw, "rules:\t%s\n", orNone(strings.Join(d.Rules, ", ")))
 	fmt.Fprintf(tw, "reason:\t%s\n", d.Reason)
-	if d.Level == config.LevelHigh || d.Level == config.LevelCritical {
+	if d.Level == vocab.LevelHigh || d.Level == vocab.LevelCritical {
 		fmt.Fprintf(tw, "approvers:\t%s\n", strings.Join(d.Approvers, ", "))
 		fmt.Fprintf(tw, "quorum:\t%d\n", d.Quorum)
 		fmt.Fprintf(tw, "user verification:\t%s\n", d.UserVerification)

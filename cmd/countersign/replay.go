@@ -11,6 +11,7 @@ import (
 	"github.com/countersign/countersign/authz"
 	"github.com/countersign/countersign/ciba"
 	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/vocab"
 )
 
 // policyOptions are the compile options of the configured policy.
@@ -51,7 +52,7 @@ func (r *policyReplayer) Replay(doc json.RawMessage, e *audit.Entry) error {
 		}
 		r.compiled[e.PolicySHA256] = p
 	}
-	rec := authz.Recorded{Tool: e.Tool, Agent: e.Agent, Level: e.Decision, Granted: e.GrantID != ""}
+	rec := authz.Recorded{Tool: e.Tool, Agent: e.Agent, Level: vocab.Level(e.Decision), Granted: e.GrantID != ""}
 	if e.Kind == audit.KindApprovalRequested {
 		rec.Level = e.Level
 		rec.Requirement = &authz.Requirement{Approvers: e.Eligible, Quorum: e.Quorum, UserVerification: e.UserVerification, Batchable: e.Batchable}
