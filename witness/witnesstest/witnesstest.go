@@ -13,6 +13,7 @@ import (
 	"crypto/sha256"
 	"database/sql"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -145,6 +146,11 @@ func (w *Witness) Restart() {
 			return err
 		}
 		resp.Body.Close()
+		// litewitness may answer before its log line with the key
+		// reaches our buffer: on a loaded machine CI saw an empty one.
+		if !vkeyRE.MatchString(w.stderr.String()) {
+			return errors.New("listening, but no vkey= line on stderr yet")
+		}
 		return nil
 	})
 	if err != nil {
