@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/countersign/countersign/approval/approvaltest"
-	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/vocab"
 )
 
@@ -149,7 +148,7 @@ func TestAssertionChecks(t *testing.T) {
 		if err := f.svc.RevokeCredential(ctx, enc(carol.ID()), "lost"); err != nil {
 			t.Fatal(err)
 		}
-		if e, _ := f.rec.Last(audit.KindCredentialRevoked); e.CredentialID != enc(carol.ID()) || e.Reason != "lost" {
+		if e, _ := f.rec.Last(vocab.KindCredentialRevoked); e.CredentialID != enc(carol.ID()) || e.Reason != "lost" {
 			t.Fatalf("revoked entry %+v", e)
 		}
 		try(t, carol, []string{"alice", "carol"}, ErrRevokedCredential)
@@ -192,7 +191,7 @@ func TestSameApproverTwiceIsOneVote(t *testing.T) {
 	if _, err := f.svc.FinishEnrollment(ctx, token, step.Ceremony, key2.Create(t, step.PublicKey)); err != nil {
 		t.Fatal(err)
 	}
-	if e, _ := f.rec.Last(audit.KindApproverEnrolled); e.CredentialID != enc(key2.ID()) || !strings.Contains(e.Reason, "vouched for by key "+enc(key1.ID())) {
+	if e, _ := f.rec.Last(vocab.KindApproverEnrolled); e.CredentialID != enc(key2.ID()) || !strings.Contains(e.Reason, "vouched for by key "+enc(key1.ID())) {
 		t.Fatalf("enrolled entry %+v", e)
 	}
 	if _, err := f.svc.BeginEnrollment(ctx, token); !errors.Is(err, ErrEnrollment) {
@@ -295,7 +294,7 @@ func TestConcurrentApprovalsOneWins(t *testing.T) {
 		}
 		n := 0
 		for _, k := range f.rec.Kinds(req.ID) {
-			if k == audit.KindApprovalApproved {
+			if k == vocab.KindApprovalApproved {
 				n++
 			}
 		}

@@ -133,7 +133,7 @@ func TestBatchApprovesEachRequestOnce(t *testing.T) {
 		if err := f.svc.BeginExecution(ctx, id); !errors.Is(err, ErrNotApproved) {
 			t.Fatalf("second execution of %s: %v", id, err)
 		}
-		if want := []string{audit.KindApprovalRequested, audit.KindApprovalAssertion, audit.KindApprovalRejected, audit.KindApprovalRejected, audit.KindApprovalAssertion, audit.KindApprovalApproved}; !slices.Equal(f.rec.Kinds(id), want) {
+		if want := []vocab.Kind{vocab.KindApprovalRequested, vocab.KindApprovalAssertion, vocab.KindApprovalRejected, vocab.KindApprovalRejected, vocab.KindApprovalAssertion, vocab.KindApprovalApproved}; !slices.Equal(f.rec.Kinds(id), want) {
 			t.Fatalf("kinds of %s: %v, want %v", id, f.rec.Kinds(id), want)
 		}
 	}
@@ -142,7 +142,7 @@ func TestBatchApprovesEachRequestOnce(t *testing.T) {
 	// request's place in it.
 	var bobs []audit.Entry
 	for _, e := range f.rec.Entries() {
-		if e.Kind == audit.KindApprovalAssertion && e.Approver == "bob" {
+		if e.Kind == vocab.KindApprovalAssertion && e.Approver == "bob" {
 			bobs = append(bobs, e)
 		}
 	}
@@ -347,7 +347,7 @@ func TestBatchExportVerifies(t *testing.T) {
 	forge := func(change func(e *audit.Entry)) error {
 		entries := exportEntries(t, export)
 		for i := range entries {
-			if entries[i].Kind == audit.KindApprovalAssertion && entries[i].RequestID == middle {
+			if entries[i].Kind == vocab.KindApprovalAssertion && entries[i].RequestID == middle {
 				change(&entries[i])
 			}
 		}

@@ -206,7 +206,7 @@ func checkWait(r *NewRequest) error {
 // approval met it.
 func requestedEntry(c *creation) audit.Entry {
 	entry := audit.Entry{
-		Kind:                 audit.KindApprovalRequested,
+		Kind:                 vocab.KindApprovalRequested,
 		RequestID:            c.id,
 		Agent:                c.Agent,
 		Tool:                 c.Tool,

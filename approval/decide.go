@@ -276,13 +276,13 @@ func (s *Service) countDecision(ctx context.Context, tx *sql.Tx, id string, deci
 	}
 	switch decision {
 	case vocab.Deny:
-		entry.Kind = audit.KindApprovalDenied
+		entry.Kind = vocab.KindApprovalDenied
 		if err := s.transition(ctx, tx, r.ID, StateDenied, approver, "denied by "+approver); err != nil {
 			return err
 		}
 		return s.enqueue(ctx, tx, r.ID, entry)
 	default:
-		entry.Kind = audit.KindApprovalAssertion
+		entry.Kind = vocab.KindApprovalAssertion
 		if err := s.enqueue(ctx, tx, r.ID, entry); err != nil {
 			return err
 		}
@@ -296,7 +296,7 @@ func (s *Service) countDecision(ctx context.Context, tx *sql.Tx, id string, deci
 		}
 		// Assertions (their seqs) are filled in when the outbox
 		// appends this entry, after the assertions themselves.
-		done := s.requestEntry(r, audit.KindApprovalApproved, fmt.Sprintf("quorum %d of %d reached", len(approvals), r.Quorum))
+		done := s.requestEntry(r, vocab.KindApprovalApproved, fmt.Sprintf("quorum %d of %d reached", len(approvals), r.Quorum))
 		done.Approvers = approvals
 		done.Decision = string(vocab.Approve)
 		return s.enqueue(ctx, tx, r.ID, done)
@@ -364,7 +364,7 @@ func (s *Service) recordRejected(ctx context.Context, requestID string, decision
 	if p != nil {
 		claimed = s.claimedCredential(ctx, p.RawID)
 	}
-	e := s.requestEntry(r, audit.KindApprovalRejected, rejectedReason(cause, claimed))
+	e := s.requestEntry(r, vocab.KindApprovalRejected, rejectedReason(cause, claimed))
 	e.Decision = string(decision)
 	e.RPID = s.opts.RPID
 	return s.record(ctx, e)

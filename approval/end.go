@@ -32,7 +32,7 @@ func (s *Service) expire(ctx context.Context, id string) {
 // endRequest moves a pending request to a terminal state without an
 // assertion (cancelled, expired), recording it.
 func (s *Service) endRequest(ctx context.Context, id string, state vocab.State, by, reason string) error {
-	kind := map[vocab.State]string{StateCancelled: audit.KindApprovalCancelled, StateExpired: audit.KindApprovalExpired}[state]
+	kind := map[vocab.State]vocab.Kind{StateCancelled: vocab.KindApprovalCancelled, StateExpired: vocab.KindApprovalExpired}[state]
 	err := s.inTx(ctx, func(tx *sql.Tx) error {
 		r, err := s.load(ctx, tx, id)
 		if err != nil {
@@ -62,7 +62,7 @@ func (s *Service) endRequest(ctx context.Context, id string, state vocab.State, 
 
 // requestEntry is the audit entry for r with the fields every request
 // entry carries.
-func (s *Service) requestEntry(r *row, kind, reason string) audit.Entry {
+func (s *Service) requestEntry(r *row, kind vocab.Kind, reason string) audit.Entry {
 	e := audit.Entry{
 		Kind:                 kind,
 		RequestID:            r.ID,

@@ -49,7 +49,7 @@ func TestEvidenceMatchesTheAuditLog(t *testing.T) {
 	}
 	byApprover := map[string]audit.Entry{}
 	for _, e := range f.rec.Entries() {
-		if e.Kind == audit.KindApprovalAssertion && e.RequestID == req.ID {
+		if e.Kind == vocab.KindApprovalAssertion && e.RequestID == req.ID {
 			byApprover[e.Approver] = e
 		}
 	}

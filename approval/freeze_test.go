@@ -160,13 +160,13 @@ func TestFreezeFromAnotherProcess(t *testing.T) {
 	var frozen, unfrozen, failed int
 	for _, e := range exportEntries(t, export) {
 		switch {
-		case e.Kind == audit.KindAgentFrozen && e.Agent == "agent-1" && e.Approver == "cli:tester" && e.Reason == "frozen: incident 42":
+		case e.Kind == vocab.KindAgentFrozen && e.Agent == "agent-1" && e.Approver == "cli:tester" && e.Reason == "frozen: incident 42":
 			frozen++
-		case e.Kind == audit.KindAgentUnfrozen && e.Agent == "agent-1" && e.Approver == "cli:tester":
+		case e.Kind == vocab.KindAgentUnfrozen && e.Agent == "agent-1" && e.Approver == "cli:tester":
 			unfrozen++
-		case e.Kind == audit.KindCallFailed && e.RequestID == approved.ID && strings.HasPrefix(e.Reason, "not run: agent agent-1 is frozen"):
+		case e.Kind == vocab.KindCallFailed && e.RequestID == approved.ID && strings.HasPrefix(e.Reason, "not run: agent agent-1 is frozen"):
 			failed++
-		case e.Kind == audit.KindGrantRevoked && (e.Approver != "cli:tester" || e.GrantSeq == 0):
+		case e.Kind == vocab.KindGrantRevoked && (e.Approver != "cli:tester" || e.GrantSeq == 0):
 			t.Errorf("grant.revoked: %+v", e)
 		}
 	}

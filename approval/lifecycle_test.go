@@ -79,10 +79,10 @@ func TestRestartCancelsBlockModeAndKeepsPollMode(t *testing.T) {
 	if got.State != StateCancelled || got.Reason != ReasonRestarted {
 		t.Fatalf("block-mode request after restart: %s %q", got.State, got.Reason)
 	}
-	if kinds := f.rec.Kinds(block.ID); kinds[len(kinds)-1] != audit.KindApprovalCancelled {
+	if kinds := f.rec.Kinds(block.ID); kinds[len(kinds)-1] != vocab.KindApprovalCancelled {
 		t.Fatalf("cancellation not recorded: %v", kinds)
 	}
-	if e, _ := f.rec.Last(audit.KindApprovalCancelled); e.Reason != ReasonRestarted || e.RequestID != block.ID {
+	if e, _ := f.rec.Last(vocab.KindApprovalCancelled); e.Reason != ReasonRestarted || e.RequestID != block.ID {
 		t.Fatalf("cancel entry %+v", e)
 	}
 	// Never approvable afterwards.
@@ -137,12 +137,12 @@ func TestFinishRecordsOutcomeWithState(t *testing.T) {
 	}
 	err = f.svc.Finish(ctx, req.ID, Outcome{
 		State: StateInterrupted, Note: "the server stopped while it ran",
-		Record: audit.Entry{Kind: audit.KindCallInterrupted, Tool: "transfer", Reason: "outcome unknown"},
+		Record: audit.Entry{Kind: vocab.KindCallInterrupted, Tool: "transfer", Reason: "outcome unknown"},
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	e, ok := f.rec.Last(audit.KindCallInterrupted)
+	e, ok := f.rec.Last(vocab.KindCallInterrupted)
 	if !ok || e.RequestID != req.ID {
 		t.Fatalf("call.interrupted not recorded with the request id: %+v", e)
 	}
@@ -214,7 +214,7 @@ func TestRestartAppendsLeftoverEntriesFirst(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	leftover, _ := json.Marshal(audit.Entry{Kind: audit.KindApprovalRejected, RequestID: req.ID, Reason: "left behind"})
+	leftover, _ := json.Marshal(audit.Entry{Kind: vocab.KindApprovalRejected, RequestID: req.ID, Reason: "left behind"})
 	old := time.Now().Add(-2 * outboxStaleAfter).UnixNano()
 	if _, err := f.db.Exec(`INSERT INTO approval_outbox (request_id, entry, owner, created_at) VALUES (?, ?, 'dead-process', ?)`,
 		req.ID, leftover, old); err != nil {
@@ -224,7 +224,7 @@ func TestRestartAppendsLeftoverEntriesFirst(t *testing.T) {
 	if _, err := f.svc.Restart(ctx); err != nil {
 		t.Fatal(err)
 	}
-	want := []string{audit.KindApprovalRequested, audit.KindApprovalRejected, audit.KindApprovalCancelled}
+	want := []vocab.Kind{vocab.KindApprovalRequested, vocab.KindApprovalRejected, vocab.KindApprovalCancelled}
 	if got := f.rec.Kinds(req.ID); !slices.Equal(got, want) {
 		t.Fatalf("kinds %v, want %v", got, want)
 	}
@@ -256,25 +256,25 @@ func TestOutboxOfADeadProcessIsTakenOnceAndAtOnce(t *testing.T) {
 		return fh
 	}
 	// The dead process appended this one and died before deleting it.
-	appended := audit.Entry{Kind: audit.KindApprovalRejected, RequestID: req.ID, Reason: "appended, not deleted"}
+	appended := audit.Entry{Kind: vocab.KindApprovalRejected, RequestID: req.ID, Reason: "appended, not deleted"}
 	if _, err := f.rec.Append(ctx, appended); err != nil {
 		t.Fatal(err)
 	}
 	put("dead", appended)
-	put("dead", audit.Entry{Kind: audit.KindApprovalRejected, RequestID: req.ID, Reason: "never appended"})
+	put("dead", audit.Entry{Kind: vocab.KindApprovalRejected, RequestID: req.ID, Reason: "never appended"})
 	ownerFile("dead").Close() // exists, unlocked: its process is gone
 	live := ownerFile("live")
 	if err := lockFile(live); err != nil {
 		t.Fatal(err)
 	}
-	put("live", audit.Entry{Kind: audit.KindApprovalRejected, RequestID: req.ID, Reason: "still to be appended by its process"})
+	put("live", audit.Entry{Kind: vocab.KindApprovalRejected, RequestID: req.ID, Reason: "still to be appended by its process"})
 
 	if err := f.svc.flush(ctx, true); err != nil {
 		t.Fatal(err)
 	}
 	var reasons []string
 	for _, e := range f.rec.Entries() {
-		if e.Kind == audit.KindApprovalRejected {
+		if e.Kind == vocab.KindApprovalRejected {
 			reasons = append(reasons, e.Reason)
 		}
 	}

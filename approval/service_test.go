@@ -16,7 +16,6 @@ import (
 	"github.com/go-webauthn/webauthn/protocol/webauthncose"
 
 	"github.com/countersign/countersign/approval/approvaltest"
-	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/digest"
 	"github.com/countersign/countersign/vocab"
 )
@@ -37,7 +36,7 @@ func TestApproveWaitExecuteOnce(t *testing.T) {
 	if !strings.HasSuffix(req.URL, "/requests/"+req.ID) || req.ExpiresAt.Nanosecond() != 0 {
 		t.Fatalf("url %q expires %v", req.URL, req.ExpiresAt)
 	}
-	if got := f.rec.Kinds(req.ID); !slices.Equal(got, []string{audit.KindApprovalRequested}) {
+	if got := f.rec.Kinds(req.ID); !slices.Equal(got, []vocab.Kind{vocab.KindApprovalRequested}) {
 		t.Fatalf("kinds after create %v", got)
 	}
 
@@ -56,7 +55,7 @@ func TestApproveWaitExecuteOnce(t *testing.T) {
 	if got.State != StateApproved || got.DecidedBy != "alice" || !slices.Equal(got.Approvals, []string{"alice"}) {
 		t.Fatalf("wait returned %+v", got)
 	}
-	if want := []string{audit.KindApprovalRequested, audit.KindApprovalAssertion, audit.KindApprovalApproved}; !slices.Equal(f.rec.Kinds(req.ID), want) {
+	if want := []vocab.Kind{vocab.KindApprovalRequested, vocab.KindApprovalAssertion, vocab.KindApprovalApproved}; !slices.Equal(f.rec.Kinds(req.ID), want) {
 		t.Fatalf("kinds %v, want %v", f.rec.Kinds(req.ID), want)
 	}
 
@@ -94,8 +93,8 @@ func TestAssertionEntryVerifiesOffline(t *testing.T) {
 	if _, err := f.decide(t, req.ID, vocab.Approve, alice); err != nil {
 		t.Fatal(err)
 	}
-	enrolled, _ := f.rec.Last(audit.KindApproverEnrolled)
-	e, _ := f.rec.Last(audit.KindApprovalAssertion)
+	enrolled, _ := f.rec.Last(vocab.KindApproverEnrolled)
+	e, _ := f.rec.Last(vocab.KindApprovalAssertion)
 	if len(e.Args) != 0 || !e.ArgsRedact {
 		t.Fatalf("redacted request leaked args: %s", e.Args)
 	}
@@ -146,7 +145,7 @@ func TestDenyEndsRequest(t *testing.T) {
 	if got.State != StateDenied || got.DecidedBy != "bob" {
 		t.Fatalf("after deny %+v", got)
 	}
-	if e, _ := f.rec.Last(audit.KindApprovalDenied); e.Decision != "deny" || e.Signature == "" || e.Approver != "bob" {
+	if e, _ := f.rec.Last(vocab.KindApprovalDenied); e.Decision != "deny" || e.Signature == "" || e.Approver != "bob" {
 		t.Fatalf("denied entry %+v", e)
 	}
 	w, err := f.svc.Wait(ctx, req.ID)
@@ -181,7 +180,7 @@ func TestExpiryWithoutWaiter(t *testing.T) {
 		}
 		<-f.svc.changes()
 	}
-	if !slices.Contains(f.rec.Kinds(req.ID), audit.KindApprovalExpired) {
+	if !slices.Contains(f.rec.Kinds(req.ID), vocab.KindApprovalExpired) {
 		t.Fatalf("kinds %v", f.rec.Kinds(req.ID))
 	}
 	// An assertion made before expiry does not count after it.
@@ -253,7 +252,7 @@ func TestCriticalNeedsQuorumWithUV(t *testing.T) {
 		t.Fatalf("after two of two: %+v", got)
 	}
 	for _, e := range f.rec.Entries() {
-		if e.Kind == audit.KindApprovalAssertion && !e.UserVerified {
+		if e.Kind == vocab.KindApprovalAssertion && !e.UserVerified {
 			t.Fatalf("critical assertion entry without UV: %+v", e)
 		}
 	}
@@ -321,7 +320,7 @@ func TestWaitCancelledWhenCallerGoes(t *testing.T) {
 	if r.State != StateCancelled {
 		t.Fatalf("state %s", r.State)
 	}
-	if !slices.Contains(f.rec.Kinds(req.ID), audit.KindApprovalCancelled) {
+	if !slices.Contains(f.rec.Kinds(req.ID), vocab.KindApprovalCancelled) {
 		t.Fatalf("kinds %v", f.rec.Kinds(req.ID))
 	}
 }
@@ -361,7 +360,7 @@ func TestAuditFailureFailsClosed(t *testing.T) {
 	if err := f.svc.BeginExecution(ctx, req.ID); err != nil {
 		t.Fatalf("after log recovered: %v", err)
 	}
-	if want := []string{audit.KindApprovalRequested, audit.KindApprovalAssertion, audit.KindApprovalApproved}; !slices.Equal(f.rec.Kinds(req.ID), want) {
+	if want := []vocab.Kind{vocab.KindApprovalRequested, vocab.KindApprovalAssertion, vocab.KindApprovalApproved}; !slices.Equal(f.rec.Kinds(req.ID), want) {
 		t.Fatalf("kinds %v", f.rec.Kinds(req.ID))
 	}
 }

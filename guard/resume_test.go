@@ -14,7 +14,6 @@ import (
 
 	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/approval/approvaltest"
-	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/authz"
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/store"
@@ -222,7 +221,7 @@ func (w *world) waitState(p *process, id string, state vocab.State) *approval.Re
 
 // waitKinds waits for the request's log to read want. A request's state
 // can be final before its entry leaves the approval outbox for the log.
-func (w *world) waitKinds(id string, want ...string) {
+func (w *world) waitKinds(id string, want ...vocab.Kind) {
 	w.t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -237,10 +236,10 @@ func (w *world) waitKinds(id string, want ...string) {
 	}
 }
 
-func (w *world) kinds(id string) []string {
+func (w *world) kinds(id string) []vocab.Kind {
 	w.log.mu.Lock()
 	defer w.log.mu.Unlock()
-	var out []string
+	var out []vocab.Kind
 	for _, e := range w.log.entries {
 		if e.RequestID == id {
 			out = append(out, e.Kind)
@@ -280,7 +279,7 @@ func TestRestartCancelsBlockModeAndRunsPollModeOnceApproved(t *testing.T) {
 	if err := json.Unmarshal(r.Result, &res); err != nil || res["note"] != "keep me" || res["call_id"] != "request:"+poll {
 		t.Fatalf("result %s (%v)", r.Result, err)
 	}
-	w.waitKinds(poll, audit.KindApprovalRequested, audit.KindApprovalAssertion, audit.KindApprovalApproved, audit.KindCallExecuted)
+	w.waitKinds(poll, vocab.KindApprovalRequested, vocab.KindApprovalAssertion, vocab.KindApprovalApproved, vocab.KindCallExecuted)
 }
 
 // A claimed request whose process died: the backend that can tell gets
@@ -326,7 +325,7 @@ func TestRestartSettlesClaimedRequests(t *testing.T) {
 		t.Fatalf("book has %d effects, want the recovered one and the one run now", w.book.count())
 	}
 	for _, id := range []string{doneID, neverID} {
-		w.waitKinds(id, audit.KindApprovalRequested, audit.KindApprovalAssertion, audit.KindApprovalApproved, audit.KindCallExecuted)
+		w.waitKinds(id, vocab.KindApprovalRequested, vocab.KindApprovalAssertion, vocab.KindApprovalApproved, vocab.KindCallExecuted)
 	}
 	r = w.waitState(p2, unknownID, approval.StateInterrupted)
 	if w.once.count() != 0 {
@@ -335,7 +334,7 @@ func TestRestartSettlesClaimedRequests(t *testing.T) {
 	if !strings.Contains(r.Reason, "not run again") {
 		t.Fatalf("interrupted reason %q", r.Reason)
 	}
-	if kinds := w.kinds(unknownID); kinds[len(kinds)-1] != audit.KindCallInterrupted {
+	if kinds := w.kinds(unknownID); kinds[len(kinds)-1] != vocab.KindCallInterrupted {
 		t.Fatalf("log of the interrupted request %v", kinds)
 	}
 	ps, err := p2.svc.Poll(ctx, unknownID, "bot")
@@ -371,7 +370,7 @@ func TestRestartSettlesRoutineCallsLeftOpen(t *testing.T) {
 	call("pay", map[string]any{"amount": 1.0})
 	// Took effect; the record was lost.
 	w.log.mu.Lock()
-	w.log.failKind = audit.KindCallExecuted
+	w.log.failKind = vocab.KindCallExecuted
 	w.log.mu.Unlock()
 	p1.g.Handle(ctx, Call{Tool: "note", Agent: "bot", Args: map[string]any{"note": "lost"}})
 	w.log.mu.Lock()
@@ -407,13 +406,13 @@ func TestRestartSettlesRoutineCallsLeftOpen(t *testing.T) {
 	w.log.mu.Unlock()
 	got := map[string]string{}
 	for _, e := range added {
-		got[string(e.Args)] = e.Kind + ": " + e.Reason
+		got[string(e.Args)] = string(e.Kind) + ": " + e.Reason
 	}
 	want := map[string]string{
-		`{"note":"lost"}`:                   audit.KindCallExecuted + ": recorded at start",
-		`{"note":"never"}`:                  audit.KindCallFailed + ": recorded at start: the server stopped before this took effect",
-		`{"amount":2,"to":"default payee"}`: audit.KindCallInterrupted + ": the server stopped while this ran",
-		`{"amount":3,"to":"default payee"}`: audit.KindCallInterrupted + ": the server stopped while this ran",
+		`{"note":"lost"}`:                   string(vocab.KindCallExecuted) + ": recorded at start",
+		`{"note":"never"}`:                  string(vocab.KindCallFailed) + ": recorded at start: the server stopped before this took effect",
+		`{"amount":2,"to":"default payee"}`: string(vocab.KindCallInterrupted) + ": the server stopped while this ran",
+		`{"amount":3,"to":"default payee"}`: string(vocab.KindCallInterrupted) + ": the server stopped while this ran",
 	}
 	if len(got) != len(want) {
 		t.Fatalf("recorded at start: %v, want %v", got, want)
@@ -514,7 +513,7 @@ func TestShutdownCancelsBlockWaitsKeepsPollAndRefusesNewCalls(t *testing.T) {
 	if !res.IsError || !strings.Contains(text(res), "shutting down") {
 		t.Fatalf("call during shutdown: %q", text(res))
 	}
-	if e := w.log.last(audit.KindCallRejected); e.Reason != "server shutting down" {
+	if e := w.log.last(vocab.KindCallRejected); e.Reason != "server shutting down" {
 		t.Fatalf("refusal not recorded: %+v", e)
 	}
 }
@@ -542,7 +541,7 @@ func TestResumedRequestFailsWhenItsToolNeverReturns(t *testing.T) {
 	// The state is final before the entry leaves the approval outbox for
 	// the log (see waitKinds).
 	deadline := time.Now().Add(10 * time.Second)
-	for e := w.log.last(audit.KindCallFailed); e.RequestID != id; e = w.log.last(audit.KindCallFailed) {
+	for e := w.log.last(vocab.KindCallFailed); e.RequestID != id; e = w.log.last(vocab.KindCallFailed) {
 		if time.Now().After(deadline) {
 			t.Fatalf("failure not recorded: %+v", e)
 		}

@@ -15,7 +15,7 @@ import (
 
 	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/approval/approvaltest"
-	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/vocab"
 )
 
 var updateScreenshot = flag.Bool("update-screenshot", false, "write the request page screenshot to docs/approver-page.png")
@@ -72,7 +72,7 @@ func TestBrowserApproveDenyExpireQuorum(t *testing.T) {
 	if err != nil || len(creds) != 2 || creds[0].ApproverID != "alice" || creds[1].ApproverID != "bob" {
 		t.Fatalf("credentials %+v %v", creds, err)
 	}
-	if n := slices.Index(b.rec.Kinds(""), audit.KindApproverEnrolled); n < 0 {
+	if n := slices.Index(b.rec.Kinds(""), vocab.KindApproverEnrolled); n < 0 {
 		t.Fatalf("no approver.enrolled entry: %v", b.rec.Kinds(""))
 	}
 
@@ -103,7 +103,7 @@ func TestBrowserApproveDenyExpireQuorum(t *testing.T) {
 			t.Fatalf("wait: %+v", got)
 		}
 		waitText(t, aliceTab, "state", "approved")
-		e, _ := b.rec.Last(audit.KindApprovalAssertion)
+		e, _ := b.rec.Last(vocab.KindApprovalAssertion)
 		if e.Origin != b.base || e.RequestID != req.ID {
 			t.Fatalf("assertion entry origin %q request %q", e.Origin, e.RequestID)
 		}
@@ -160,7 +160,7 @@ func TestBrowserApproveDenyExpireQuorum(t *testing.T) {
 		// Alice's tab updates live.
 		waitText(t, aliceTab, "state", "approved")
 		for _, e := range b.rec.Entries() {
-			if e.RequestID == req.ID && e.Kind == audit.KindApprovalAssertion && !e.UserVerified {
+			if e.RequestID == req.ID && e.Kind == vocab.KindApprovalAssertion && !e.UserVerified {
 				t.Fatalf("critical assertion without UV: %+v", e)
 			}
 		}

@@ -17,7 +17,6 @@ import (
 
 	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/approval/approvaltest"
-	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/vocab"
 )
 
@@ -262,7 +261,7 @@ func TestHTTPEventsAndEnrollPage(t *testing.T) {
 	}
 
 	link, _ := h.svc.CreateEnrollment(ctx, "bob")
-	if e, _ := h.rec.Last(audit.KindEnrollmentCreated); e.Approver != "bob" {
+	if e, _ := h.rec.Last(vocab.KindEnrollmentCreated); e.Approver != "bob" {
 		t.Fatalf("enrollment entry %+v", e)
 	}
 	u, _ := url.Parse(link)

@@ -13,9 +13,9 @@ import (
 
 	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/approval/approvaltest"
-	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/ciba"
 	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/vocab"
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
 )
 
@@ -142,7 +142,7 @@ func TestAgentsFreeze(t *testing.T) {
 		t.Fatalf("agents list:\n%s", out)
 	}
 	denied := 0
-	for _, e := range entries(t, p.stack, audit.KindCallDenied) {
+	for _, e := range entries(t, p.stack, vocab.KindCallDenied) {
 		if e.Agent == "ci" && strings.Contains(e.Reason, "agent ci is frozen by "+actor) {
 			denied++
 		}
@@ -189,13 +189,13 @@ func TestAgentsFreeze(t *testing.T) {
 		t.Fatalf("other's call after the page froze it: %s", text)
 	}
 	var frozen []string
-	for _, e := range entries(t, p.stack, audit.KindAgentFrozen) {
+	for _, e := range entries(t, p.stack, vocab.KindAgentFrozen) {
 		frozen = append(frozen, e.Agent+" by "+e.Approver)
 	}
 	if want := []string{"ci by " + actor, "* by " + actor, "other by " + approval.LoopbackRevoker}; !slices.Equal(frozen, want) {
 		t.Fatalf("agent.frozen entries %q, want %q", frozen, want)
 	}
-	if n := len(entries(t, p.stack, audit.KindAgentUnfrozen)); n != 2 {
+	if n := len(entries(t, p.stack, vocab.KindAgentUnfrozen)); n != 2 {
 		t.Fatalf("%d agent.unfrozen entries, want 2", n)
 	}
 

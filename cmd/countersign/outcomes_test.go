@@ -17,6 +17,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -105,13 +106,13 @@ func approveNext(t *testing.T, page *approvaltest.Page, key *approvaltest.SoftKe
 }
 
 // kindsOf lists the kinds of the log's entries about request id.
-func kindsOf(t *testing.T, s *stack, id string) []string {
+func kindsOf(t *testing.T, s *stack, id string) []vocab.Kind {
 	t.Helper()
 	all, err := s.audit.Since(context.Background(), 0, 100000)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var out []string
+	var out []vocab.Kind
 	for _, e := range all {
 		if e.RequestID == id {
 			out = append(out, e.Kind)
@@ -172,9 +173,9 @@ func TestApprovedUpstreamCallOutlivesItsAgentAndItsResultWaits(t *testing.T) {
 	waitState(t, p, id, approval.StateExecuted)
 	// The upstream was never told to cancel, and completed.
 	waitUpstream(t, record, upstreamtest.Stubborn, upstreamtest.EventCalled, upstreamtest.EventCompleted)
-	want := []string{audit.KindApprovalRequested, audit.KindApprovalAssertion, audit.KindApprovalApproved, audit.KindCallExecuted}
+	want := []vocab.Kind{vocab.KindApprovalRequested, vocab.KindApprovalAssertion, vocab.KindApprovalApproved, vocab.KindCallExecuted}
 	deadline := time.Now().Add(10 * time.Second)
-	for got := kindsOf(t, p.stack, id); strings.Join(got, ",") != strings.Join(want, ","); got = kindsOf(t, p.stack, id) {
+	for got := kindsOf(t, p.stack, id); !slices.Equal(got, want); got = kindsOf(t, p.stack, id) {
 		if time.Now().After(deadline) {
 			t.Fatalf("log of %s: %v, want %v", id, got, want)
 		}
@@ -244,7 +245,7 @@ func TestUpstreamCallWithoutAnAnswerIsInterruptedNeverFailedAndReconciled(t *tes
 
 	for _, id := range []string{task.TaskId, cut} {
 		kinds := kindsOf(t, p.stack, id)
-		if n := len(kinds); n == 0 || kinds[n-1] != audit.KindCallInterrupted || strings.Contains(strings.Join(kinds, ","), audit.KindCallFailed) {
+		if n := len(kinds); n == 0 || kinds[n-1] != vocab.KindCallInterrupted || slices.Contains(kinds, vocab.KindCallFailed) {
 			t.Errorf("log of %s: %v, want it to end call.interrupted and never call.failed", id, kinds)
 		}
 	}
@@ -322,13 +323,13 @@ func TestRoutineUpstreamCallWithoutAnAnswerIsInterruptedAndReconciledBySeq(t *te
 			continue
 		}
 		switch {
-		case e.RequestID != "" || e.Kind == audit.KindApprovalRequested:
+		case e.RequestID != "" || e.Kind == vocab.KindApprovalRequested:
 			t.Fatalf("the routine call raised a request: %+v", e)
-		case e.Kind == audit.KindCallAllowed:
+		case e.Kind == vocab.KindCallAllowed:
 			allowed = e.Seq
-		case e.Kind == audit.KindCallInterrupted:
+		case e.Kind == vocab.KindCallInterrupted:
 			lost = e.Seq
-		case e.Kind == audit.KindCallFailed:
+		case e.Kind == vocab.KindCallFailed:
 			t.Fatalf("the call without an answer is call.failed: %+v", e)
 		}
 	}
@@ -371,7 +372,7 @@ func TestRoutineUpstreamCallWithoutAnAnswerIsInterruptedAndReconciledBySeq(t *te
 	}
 	var found []audit.Entry
 	for _, e := range all {
-		if e.Kind == audit.KindCallReconciled {
+		if e.Kind == vocab.KindCallReconciled {
 			found = append(found, e)
 		}
 	}
@@ -407,7 +408,7 @@ func TestRoutineUpstreamCallWithoutAnAnswerIsInterruptedAndReconciledBySeq(t *te
 
 // audit tail names the interrupted call a finding without a request settles.
 func TestHumanLineNamesTheInterruptedCallAReconcileSettles(t *testing.T) {
-	line := humanLine(audit.Entry{Seq: 9, Kind: audit.KindCallReconciled, Tool: "hostile__stubborn", InterruptedSeq: 4})
+	line := humanLine(audit.Entry{Seq: 9, Kind: vocab.KindCallReconciled, Tool: "hostile__stubborn", InterruptedSeq: 4})
 	if !strings.Contains(line, "settles=#4") {
 		t.Fatalf("line %q does not name the interrupted call", line)
 	}
