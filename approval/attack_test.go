@@ -57,7 +57,7 @@ func TestReplayIsRejected(t *testing.T) {
 	f.rec.RequireRejected(t, ErrChallenge.Check)
 
 	for _, id := range []string{req.ID, other.ID} {
-		if r, _ := f.svc.Get(ctx, id); r.State != StatePending || (id == other.ID && len(r.Approvals) != 0) {
+		if r, _ := f.svc.Get(ctx, id); r.State != vocab.StatePending || (id == other.ID && len(r.Approvals) != 0) {
 			t.Fatalf("%s after replays: %+v", id, r)
 		}
 	}
@@ -83,7 +83,7 @@ func TestDecisionCannotBeSwapped(t *testing.T) {
 		t.Fatalf("deny assertion as approve: %v", err)
 	}
 	f.rec.RequireRejected(t, ErrChallenge.Check)
-	if r, _ := f.svc.Get(ctx, req.ID); r.State != StatePending {
+	if r, _ := f.svc.Get(ctx, req.ID); r.State != vocab.StatePending {
 		t.Fatalf("state %s", r.State)
 	}
 }
@@ -106,7 +106,7 @@ func TestAssertionChecks(t *testing.T) {
 			t.Fatalf("got %v, want %s", err, want.Check)
 		}
 		f.rec.RequireRejected(t, want.Check)
-		if r, _ := f.svc.Get(ctx, req.ID); r.State != StatePending || len(r.Approvals) != 0 {
+		if r, _ := f.svc.Get(ctx, req.ID); r.State != vocab.StatePending || len(r.Approvals) != 0 {
 			t.Fatalf("after refused assertion: %+v", r)
 		}
 		if err := f.svc.BeginExecution(ctx, req.ID); !errors.Is(err, ErrNotApproved) {
@@ -219,13 +219,13 @@ func TestSameApproverTwiceIsOneVote(t *testing.T) {
 		t.Fatalf("alice twice: %v", err)
 	}
 	f.rec.RequireRejected(t, ErrAlreadyCounted.Check)
-	if r, _ := f.svc.Get(ctx, req.ID); r.State != StatePending || len(r.Approvals) != 1 {
+	if r, _ := f.svc.Get(ctx, req.ID); r.State != vocab.StatePending || len(r.Approvals) != 1 {
 		t.Fatalf("after alice twice: %+v", r)
 	}
 	if _, err := f.decide(t, req.ID, vocab.Approve, bob); err != nil {
 		t.Fatal(err)
 	}
-	if r, _ := f.svc.Get(ctx, req.ID); r.State != StateApproved {
+	if r, _ := f.svc.Get(ctx, req.ID); r.State != vocab.StateApproved {
 		t.Fatalf("alice and bob: %s", r.State)
 	}
 }
@@ -245,7 +245,7 @@ func TestApproveAfterExpiry(t *testing.T) {
 	}
 	f.rec.RequireRejected(t, ErrExpired.Check)
 	r, _ := f.svc.Get(ctx, req.ID)
-	if r.State != StateExpired {
+	if r.State != vocab.StateExpired {
 		t.Fatalf("state %s", r.State)
 	}
 	if err := f.svc.BeginExecution(ctx, req.ID); !errors.Is(err, ErrNotApproved) {

@@ -52,7 +52,7 @@ func TestRealAuditLogExportVerifies(t *testing.T) {
 	if _, err := db.Exec(`DELETE FROM approval_logged_assertions WHERE request_id = ?`, r2.ID); err != nil {
 		t.Fatal(err)
 	}
-	if r, err := f.decide(t, r2.ID, vocab.Approve, bob); err != nil || r.State != StateApproved {
+	if r, err := f.decide(t, r2.ID, vocab.Approve, bob); err != nil || r.State != vocab.StateApproved {
 		t.Fatalf("quorum: %v %v", r, err)
 	}
 	// The MCP server's part: run each approved request once and record it.
@@ -152,7 +152,7 @@ func ran(t *testing.T, svc *Service, log *audit.Log, r *Request) {
 	}
 	args := paymentRequest().Args
 	sum, _ := digest.ArgsSHA256(args)
-	err := svc.Finish(ctx, r.ID, Outcome{State: StateExecuted, Result: json.RawMessage(`{"ok":true}`),
+	err := svc.Finish(ctx, r.ID, Outcome{State: vocab.StateExecuted, Result: json.RawMessage(`{"ok":true}`),
 		Record: audit.Entry{Kind: vocab.KindCallExecuted, Agent: r.Agent, Tool: r.Tool, Args: args,
 			ArgsSHA256: hex.EncodeToString(sum[:]), Decision: string(r.Level), Result: json.RawMessage(`{"ok":true}`)}})
 	if err != nil {

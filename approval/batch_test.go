@@ -54,7 +54,7 @@ func (f *fixture) requireUntouched(t *testing.T, ids ...string) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if r.State != StatePending || len(r.Approvals) != 0 {
+		if r.State != vocab.StatePending || len(r.Approvals) != 0 {
 			t.Fatalf("request %s after a refused batch: %s with approvals %v", id, r.State, r.Approvals)
 		}
 	}
@@ -94,7 +94,7 @@ func TestBatchApprovesEachRequestOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, r := range got {
-		if r.State != StatePending || !slices.Equal(r.Approvals, []string{"alice"}) {
+		if r.State != vocab.StatePending || !slices.Equal(r.Approvals, []string{"alice"}) {
 			t.Fatalf("after alice's batch, one of two: %s %v", r.State, r.Approvals)
 		}
 	}
@@ -119,7 +119,7 @@ func TestBatchApprovesEachRequestOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i, r := range got {
-		if r.State != StateApproved || r.DecidedBy != "alice,bob" {
+		if r.State != vocab.StateApproved || r.DecidedBy != "alice,bob" {
 			t.Fatalf("after bob's batch: %s by %q", r.State, r.DecidedBy)
 		}
 		if r.ID != opts.Requests[i] {
@@ -250,7 +250,7 @@ func TestBatchRefusals(t *testing.T) {
 		}
 		f.rec.RequireRejected(t, ErrExpired.Check)
 		for _, id := range ids {
-			if r, _ := f.svc.Get(ctx, id); r.State != StateExpired {
+			if r, _ := f.svc.Get(ctx, id); r.State != vocab.StateExpired {
 				t.Fatalf("%s is %s", id, r.State)
 			}
 		}

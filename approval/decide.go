@@ -48,7 +48,7 @@ func (s *Service) beginDecision(ctx context.Context, requestID string, decision 
 	if err != nil {
 		return nil, err
 	}
-	if r.State != StatePending {
+	if r.State != vocab.StatePending {
 		return nil, failf(ErrNotPending, "request is %s", r.State)
 	}
 	if !s.now().Before(r.ExpiresAt) {
@@ -240,7 +240,7 @@ func (s *Service) countDecision(ctx context.Context, tx *sql.Tx, id string, deci
 		return err
 	}
 	now := s.now()
-	if r.State != StatePending {
+	if r.State != vocab.StatePending {
 		return failf(ErrNotPending, "request %s became %s", r.ID, r.State)
 	}
 	if !now.Before(r.ExpiresAt) {
@@ -277,7 +277,7 @@ func (s *Service) countDecision(ctx context.Context, tx *sql.Tx, id string, deci
 	switch decision {
 	case vocab.Deny:
 		entry.Kind = vocab.KindApprovalDenied
-		if err := s.transition(ctx, tx, r.ID, StateDenied, approver, "denied by "+approver); err != nil {
+		if err := s.transition(ctx, tx, r.ID, vocab.StateDenied, approver, "denied by "+approver); err != nil {
 			return err
 		}
 		return s.enqueue(ctx, tx, r.ID, entry)
@@ -291,7 +291,7 @@ func (s *Service) countDecision(ctx context.Context, tx *sql.Tx, id string, deci
 			return nil
 		}
 		by := joinComma(approvals)
-		if err := s.transition(ctx, tx, r.ID, StateApproved, by, fmt.Sprintf("quorum %d reached", r.Quorum)); err != nil {
+		if err := s.transition(ctx, tx, r.ID, vocab.StateApproved, by, fmt.Sprintf("quorum %d reached", r.Quorum)); err != nil {
 			return err
 		}
 		// Assertions (their seqs) are filled in when the outbox

@@ -294,7 +294,7 @@ func (s *Service) stopAgent(ctx context.Context, tx *sql.Tx, f Freeze) (*Stopped
 			return nil, err
 		}
 		res, err := tx.ExecContext(ctx, `UPDATE approval_requests SET state = ?, decided_at = ?, reason = ? WHERE id = ? AND state = 'pending'`,
-			StateCancelled, now.UnixNano(), reason, id)
+			vocab.StateCancelled, now.UnixNano(), reason, id)
 		if err != nil {
 			return nil, err
 		}
@@ -430,7 +430,7 @@ func (s *Service) failFrozen(ctx context.Context, id string, f *Freeze) error {
 		res, err := tx.ExecContext(ctx, `UPDATE approval_requests SET exec_claimed_at = ?, state = ?, result = ?,
 			reason = CASE WHEN reason = '' THEN ? ELSE reason || '; ' || ? END
 			WHERE id = ? AND state = 'approved' AND exec_claimed_at = 0`,
-			s.now().UnixNano(), StateFailed, msg, "not run: "+ferr.Error(), "not run: "+ferr.Error(), id)
+			s.now().UnixNano(), vocab.StateFailed, msg, "not run: "+ferr.Error(), "not run: "+ferr.Error(), id)
 		if err != nil {
 			return err
 		}

@@ -76,7 +76,7 @@ func TestRestartCancelsBlockModeAndKeepsPollMode(t *testing.T) {
 		t.Fatalf("Restart cancelled %v, want only the block-mode request %s", cancelled, block.ID)
 	}
 	got, _ := f.svc.Get(ctx, block.ID)
-	if got.State != StateCancelled || got.Reason != ReasonRestarted {
+	if got.State != vocab.StateCancelled || got.Reason != ReasonRestarted {
 		t.Fatalf("block-mode request after restart: %s %q", got.State, got.Reason)
 	}
 	if kinds := f.rec.Kinds(block.ID); kinds[len(kinds)-1] != vocab.KindApprovalCancelled {
@@ -101,13 +101,13 @@ func TestRestartCancelsBlockModeAndKeepsPollMode(t *testing.T) {
 	if len(un) != 3 {
 		t.Fatalf("unfinished %d requests, want the poll-mode, approved and claimed ones: %+v", len(un), un)
 	}
-	if u := byID[poll.ID]; u.State != StatePending || u.Wait != WaitPoll || u.Claimed || !u.ExpiresAt.Equal(poll.ExpiresAt) {
+	if u := byID[poll.ID]; u.State != vocab.StatePending || u.Wait != WaitPoll || u.Claimed || !u.ExpiresAt.Equal(poll.ExpiresAt) {
 		t.Fatalf("poll-mode request after restart: %+v", u)
 	}
-	if u := byID[approved.ID]; u.State != StateApproved || u.Wait != WaitBlock || u.Claimed {
+	if u := byID[approved.ID]; u.State != vocab.StateApproved || u.Wait != WaitBlock || u.Claimed {
 		t.Fatalf("approved request after restart: %+v", u)
 	}
-	if u := byID[claimed.ID]; u.State != StateApproved || !u.Claimed || u.Rule != "amount > 10000" {
+	if u := byID[claimed.ID]; u.State != vocab.StateApproved || !u.Claimed || u.Rule != "amount > 10000" {
 		t.Fatalf("claimed request after restart: %+v", u)
 	}
 	var args map[string]any
@@ -136,7 +136,7 @@ func TestFinishRecordsOutcomeWithState(t *testing.T) {
 		t.Fatal(err)
 	}
 	err = f.svc.Finish(ctx, req.ID, Outcome{
-		State: StateInterrupted, Note: "the server stopped while it ran",
+		State: vocab.StateInterrupted, Note: "the server stopped while it ran",
 		Record: audit.Entry{Kind: vocab.KindCallInterrupted, Tool: "transfer", Reason: "outcome unknown"},
 	})
 	if err != nil {
@@ -153,10 +153,10 @@ func TestFinishRecordsOutcomeWithState(t *testing.T) {
 	if ps.Status != PollInterrupted || !strings.HasSuffix(ps.Request.Reason, "; the server stopped while it ran") {
 		t.Fatalf("poll after interruption: %s %q", ps.Status, ps.Request.Reason)
 	}
-	if err := f.svc.Finish(ctx, req.ID, Outcome{State: StateExecuted}); !errors.Is(err, ErrNotExecuting) {
+	if err := f.svc.Finish(ctx, req.ID, Outcome{State: vocab.StateExecuted}); !errors.Is(err, ErrNotExecuting) {
 		t.Fatalf("Finish after interrupted: %v", err)
 	}
-	if err := f.svc.Finish(ctx, req.ID, Outcome{State: StatePending}); !errors.Is(err, ErrInvalidRequest) {
+	if err := f.svc.Finish(ctx, req.ID, Outcome{State: vocab.StatePending}); !errors.Is(err, ErrInvalidRequest) {
 		t.Fatalf("Finish with a non-terminal state: %v", err)
 	}
 }
@@ -172,7 +172,7 @@ func TestWatchLeavesRequestPendingWhenItStops(t *testing.T) {
 	if _, err := f.svc.Watch(ctx, req.ID); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Watch: %v", err)
 	}
-	if got, _ := f.svc.Get(context.Background(), req.ID); got.State != StatePending {
+	if got, _ := f.svc.Get(context.Background(), req.ID); got.State != vocab.StatePending {
 		t.Fatalf("after Watch stopped the request is %s", got.State)
 	}
 }
@@ -200,7 +200,7 @@ func TestMigrateAddsWaitMode(t *testing.T) {
 	if _, err := f.svc.Restart(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if got, _ := f.svc.Get(ctx, req.ID); got.State != StateCancelled {
+	if got, _ := f.svc.Get(ctx, req.ID); got.State != vocab.StateCancelled {
 		t.Fatalf("old pending request after restart: %s", got.State)
 	}
 }

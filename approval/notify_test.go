@@ -84,7 +84,7 @@ func TestNotifyAfterEachCommittedChange(t *testing.T) {
 		t.Fatal(err)
 	}
 	e = next(t, events)
-	if e.name != EventApproved || e.req.State != StateApproved || e.req.DecidedBy != "alice,bob" ||
+	if e.name != EventApproved || e.req.State != vocab.StateApproved || e.req.DecidedBy != "alice,bob" ||
 		!slices.Contains(e.logged, vocab.KindApprovalApproved) {
 		t.Fatalf("after the quorum: %s state %s by %s, log %v", e.name, e.req.State, e.req.DecidedBy, e.logged)
 	}
@@ -118,7 +118,7 @@ func TestExpiringIsAnnouncedOnceBeforeExpiry(t *testing.T) {
 	}
 	next(t, events) // requested
 	e := next(t, events)
-	if e.name != EventExpiring || e.req.ID != req.ID || e.req.State != StatePending {
+	if e.name != EventExpiring || e.req.ID != req.ID || e.req.State != vocab.StatePending {
 		t.Fatalf("got %s for %s in state %s", e.name, e.req.ID, e.req.State)
 	}
 	if slices.Contains(e.logged, vocab.KindApprovalExpired) {
@@ -126,7 +126,7 @@ func TestExpiringIsAnnouncedOnceBeforeExpiry(t *testing.T) {
 	}
 	for {
 		r, _ := f.svc.Get(ctx, req.ID)
-		if r.State == StateExpired {
+		if r.State == vocab.StateExpired {
 			break
 		}
 		<-f.svc.changes()

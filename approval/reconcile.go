@@ -97,7 +97,7 @@ func (s *Service) Reconcile(ctx context.Context, id string, f Finding) (*Request
 		if err != nil {
 			return err
 		}
-		if r.State != StateInterrupted {
+		if r.State != vocab.StateInterrupted {
 			return fmt.Errorf("%w (it is %s)", ErrNotInterrupted, r.State)
 		}
 		res, err := tx.ExecContext(ctx, `INSERT INTO approval_reconciled (request_id, ran, found_by, note, created_at)
@@ -131,7 +131,7 @@ func (s *Service) Reconcile(ctx context.Context, id string, f Finding) (*Request
 func (s *Service) Unreconciled(ctx context.Context) ([]*Request, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT id FROM approval_requests WHERE state = ?
 		AND NOT EXISTS (SELECT 1 FROM approval_reconciled c WHERE c.request_id = approval_requests.id)
-		ORDER BY decided_at, id`, StateInterrupted)
+		ORDER BY decided_at, id`, vocab.StateInterrupted)
 	if err != nil {
 		return nil, err
 	}

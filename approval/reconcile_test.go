@@ -29,7 +29,7 @@ func interrupted(t *testing.T, svc *Service, r *Request) {
 	args := paymentRequest().Args
 	sum, _ := digest.ArgsSHA256(args)
 	const why = "outcome unknown: upstream notes: connection lost"
-	err := svc.Finish(ctx, r.ID, Outcome{State: StateInterrupted, Note: why, Result: json.RawMessage(`{"error":"interrupted"}`),
+	err := svc.Finish(ctx, r.ID, Outcome{State: vocab.StateInterrupted, Note: why, Result: json.RawMessage(`{"error":"interrupted"}`),
 		Record: audit.Entry{Kind: vocab.KindCallInterrupted, Agent: r.Agent, Tool: r.Tool, Args: args,
 			ArgsSHA256: hex.EncodeToString(sum[:]), Decision: string(r.Level), Reason: why}})
 	if err != nil {
@@ -81,7 +81,7 @@ func TestReconcileRecordsAFindingOnceAndOnlyForAnInterruptedCall(t *testing.T) {
 		t.Fatal(err)
 	}
 	const finding = "reconciled: ran, reconciled by admin (ops-jo): the note is on the server"
-	if r.State != StateInterrupted || !strings.HasSuffix(r.Reason, "; "+finding) {
+	if r.State != vocab.StateInterrupted || !strings.HasSuffix(r.Reason, "; "+finding) {
 		t.Fatalf("after reconcile: %s %q", r.State, r.Reason)
 	}
 	if _, err := f.svc.Reconcile(ctx, lost.ID, Finding{Ran: false, By: "someone else"}); !errors.Is(err, ErrReconciled) {

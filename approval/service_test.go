@@ -30,7 +30,7 @@ func TestApproveWaitExecuteOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if req.State != StatePending || len(req.Code) != 6 || !strings.Contains(req.BindingMessage, req.Code) {
+	if req.State != vocab.StatePending || len(req.Code) != 6 || !strings.Contains(req.BindingMessage, req.Code) {
 		t.Fatalf("created %+v", req)
 	}
 	if !strings.HasSuffix(req.URL, "/requests/"+req.ID) || req.ExpiresAt.Nanosecond() != 0 {
@@ -52,7 +52,7 @@ func TestApproveWaitExecuteOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := <-waited
-	if got.State != StateApproved || got.DecidedBy != "alice" || !slices.Equal(got.Approvals, []string{"alice"}) {
+	if got.State != vocab.StateApproved || got.DecidedBy != "alice" || !slices.Equal(got.Approvals, []string{"alice"}) {
 		t.Fatalf("wait returned %+v", got)
 	}
 	if want := []vocab.Kind{vocab.KindApprovalRequested, vocab.KindApprovalAssertion, vocab.KindApprovalApproved}; !slices.Equal(f.rec.Kinds(req.ID), want) {
@@ -65,14 +65,14 @@ func TestApproveWaitExecuteOnce(t *testing.T) {
 	if err := f.svc.BeginExecution(ctx, req.ID); !errors.Is(err, ErrNotApproved) {
 		t.Fatalf("second BeginExecution: %v", err)
 	}
-	if err := f.svc.Finish(ctx, req.ID, Outcome{State: StateExecuted, Result: []byte(`{"ok":true}`)}); err != nil {
+	if err := f.svc.Finish(ctx, req.ID, Outcome{State: vocab.StateExecuted, Result: []byte(`{"ok":true}`)}); err != nil {
 		t.Fatal(err)
 	}
 	final, _ := f.svc.Get(ctx, req.ID)
-	if final.State != StateExecuted || string(final.Result) != `{"ok":true}` {
+	if final.State != vocab.StateExecuted || string(final.Result) != `{"ok":true}` {
 		t.Fatalf("final %+v", final)
 	}
-	if err := f.svc.Finish(ctx, req.ID, Outcome{State: StateFailed}); !errors.Is(err, ErrNotExecuting) {
+	if err := f.svc.Finish(ctx, req.ID, Outcome{State: vocab.StateFailed}); !errors.Is(err, ErrNotExecuting) {
 		t.Fatalf("second Finish: %v", err)
 	}
 }
@@ -142,14 +142,14 @@ func TestDenyEndsRequest(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.State != StateDenied || got.DecidedBy != "bob" {
+	if got.State != vocab.StateDenied || got.DecidedBy != "bob" {
 		t.Fatalf("after deny %+v", got)
 	}
 	if e, _ := f.rec.Last(vocab.KindApprovalDenied); e.Decision != "deny" || e.Signature == "" || e.Approver != "bob" {
 		t.Fatalf("denied entry %+v", e)
 	}
 	w, err := f.svc.Wait(ctx, req.ID)
-	if err != nil || w.State != StateDenied {
+	if err != nil || w.State != vocab.StateDenied {
 		t.Fatalf("wait after deny: %v %v", w, err)
 	}
 	if _, err := f.svc.BeginDecision(ctx, req.ID, vocab.Approve); !errors.Is(err, ErrNotPending) {
@@ -175,7 +175,7 @@ func TestExpiryWithoutWaiter(t *testing.T) {
 	ceremony, resp := f.sign(t, req.ID, vocab.Approve, alice)
 	for {
 		r, _ := f.svc.Get(ctx, req.ID)
-		if r.State == StateExpired {
+		if r.State == vocab.StateExpired {
 			break
 		}
 		<-f.svc.changes()
@@ -231,7 +231,7 @@ func TestCriticalNeedsQuorumWithUV(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.State != StatePending || !slices.Equal(got.Approvals, []string{"alice"}) {
+	if got.State != vocab.StatePending || !slices.Equal(got.Approvals, []string{"alice"}) {
 		t.Fatalf("after one of two: %+v", got)
 	}
 	if err := f.svc.BeginExecution(ctx, req.ID); !errors.Is(err, ErrNotApproved) {
@@ -248,7 +248,7 @@ func TestCriticalNeedsQuorumWithUV(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.State != StateApproved || got.DecidedBy != "alice,bob" {
+	if got.State != vocab.StateApproved || got.DecidedBy != "alice,bob" {
 		t.Fatalf("after two of two: %+v", got)
 	}
 	for _, e := range f.rec.Entries() {
@@ -317,7 +317,7 @@ func TestWaitCancelledWhenCallerGoes(t *testing.T) {
 	}()
 	cancel()
 	r := <-done
-	if r.State != StateCancelled {
+	if r.State != vocab.StateCancelled {
 		t.Fatalf("state %s", r.State)
 	}
 	if !slices.Contains(f.rec.Kinds(req.ID), vocab.KindApprovalCancelled) {
@@ -346,7 +346,7 @@ func TestAuditFailureFailsClosed(t *testing.T) {
 	if _, err := f.decide(t, req.ID, vocab.Approve, alice); !errors.Is(err, ErrRecord) {
 		t.Fatalf("approve with broken log: %v", err)
 	}
-	if r, _ := f.svc.Get(ctx, req.ID); r.State != StatePending {
+	if r, _ := f.svc.Get(ctx, req.ID); r.State != vocab.StatePending {
 		t.Fatalf("unlogged approval visible as %s", r.State)
 	}
 	if err := f.svc.BeginExecution(ctx, req.ID); !errors.Is(err, ErrNotApproved) {

@@ -218,7 +218,7 @@ func TestCIBAPaymentJudgedAsTransfer(t *testing.T) {
 	if got := s.post(t, PathToken, "ci-bot", pollForm(id)); got.str("error") != CodeAuthorizationPending {
 		t.Fatalf("after one tap: %d %v", got.status, got.body)
 	}
-	if s.tap(t, "bob", id, "approve").State != approval.StateApproved {
+	if s.tap(t, "bob", id, "approve").State != vocab.StateApproved {
 		t.Fatal("two approvers did not approve")
 	}
 	got := s.post(t, PathToken, "ci-bot", pollForm(id))

@@ -345,7 +345,7 @@ func TestBackchannelRedeemedTooLateIsExpired(t *testing.T) {
 		t.Fatalf("late redeem: %+v %q %v", ps, tok, err)
 	}
 	got, _ := s.svc.Get(ctx, r.ID)
-	if got.State != approval.StateFailed {
+	if got.State != vocab.StateFailed {
 		t.Errorf("state %s, want failed", got.State)
 	}
 	var failed bool

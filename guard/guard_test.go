@@ -133,7 +133,7 @@ func (h *humans) Stored(_ context.Context, id string) (*approval.Unfinished, err
 	defer h.mu.Unlock()
 	state := h.state
 	if state == "" {
-		state = approval.StatePending
+		state = vocab.StatePending
 	}
 	u := &approval.Unfinished{Request: approval.Request{ID: id, State: state}}
 	if n := len(h.created); n > 0 {
@@ -153,7 +153,7 @@ func (h *humans) Create(_ context.Context, r approval.NewRequest) (*approval.Req
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.created = append(h.created, r)
-	return &approval.Request{ID: "req-1", State: approval.StatePending, ExpiresAt: time.Now().Add(time.Minute),
+	return &approval.Request{ID: "req-1", State: vocab.StatePending, ExpiresAt: time.Now().Add(time.Minute),
 		Interval: 5 * time.Second, Code: "ABC123"}, nil
 }
 
@@ -178,7 +178,7 @@ func (h *humans) BeginExecution(context.Context, string) error {
 
 func (h *humans) Finish(ctx context.Context, id string, o approval.Outcome) error {
 	h.mu.Lock()
-	h.finished = append(h.finished, o.State == approval.StateExecuted)
+	h.finished = append(h.finished, o.State == vocab.StateExecuted)
 	h.mu.Unlock()
 	if o.Record.Kind != "" {
 		o.Record.RequestID = id
@@ -197,7 +197,7 @@ func (h *humans) Cancel(_ context.Context, id, reason string) error {
 	defer h.mu.Unlock()
 	h.cancelled = append(h.cancelled, reason)
 	select {
-	case h.decide <- approval.StateCancelled:
+	case h.decide <- vocab.StateCancelled:
 	default:
 	}
 	return nil
@@ -403,7 +403,7 @@ func TestDenyNeverRuns(t *testing.T) {
 
 func TestApprovedCallRunsOnceOnTheApprovedBytes(t *testing.T) {
 	f := newFixture(t, vocab.LevelHigh)
-	f.humans.decide <- approval.StateApproved
+	f.humans.decide <- vocab.StateApproved
 	res := f.g.Handle(context.Background(), Call{Tool: "pay", Agent: "bot", Args: map[string]any{"amount": 20000.0, "to": "X"}})
 	if res.IsError {
 		t.Fatal(text(res))
@@ -425,7 +425,7 @@ func TestApprovedCallRunsOnceOnTheApprovedBytes(t *testing.T) {
 }
 
 func TestDeniedOrExpiredCallNeverRuns(t *testing.T) {
-	for _, state := range []vocab.State{approval.StateDenied, approval.StateExpired, approval.StateCancelled} {
+	for _, state := range []vocab.State{vocab.StateDenied, vocab.StateExpired, vocab.StateCancelled} {
 		t.Run(string(state), func(t *testing.T) {
 			f := newFixture(t, vocab.LevelHigh)
 			f.humans.decide <- state
@@ -440,7 +440,7 @@ func TestDeniedOrExpiredCallNeverRuns(t *testing.T) {
 func TestWaitingCallerIsKeptInformedUntilTheDecision(t *testing.T) {
 	f := newFixture(t, vocab.LevelHigh)
 	var began, ended bool
-	go func() { time.Sleep(20 * time.Millisecond); f.humans.decide <- approval.StateApproved }()
+	go func() { time.Sleep(20 * time.Millisecond); f.humans.decide <- vocab.StateApproved }()
 	f.g.Handle(context.Background(), Call{Tool: "pay", Args: map[string]any{"amount": 1.0},
 		Waiting: func(context.Context, *approval.Request) func() {
 			began = true
@@ -461,7 +461,7 @@ func TestPollModeReturnsAtOnceAndRunsOnceWhenApproved(t *testing.T) {
 	if f.tool.count() != 0 {
 		t.Fatal("ran before approval")
 	}
-	f.humans.settle(approval.StateApproved)
+	f.humans.settle(vocab.StateApproved)
 	deadline := time.Now().Add(10 * time.Second)
 	for f.tool.count() == 0 && time.Now().Before(deadline) {
 		time.Sleep(5 * time.Millisecond)
@@ -515,7 +515,7 @@ func TestApprovedRunIsNotCancelledWhenItsCallerLeaves(t *testing.T) {
 		}
 		return &tools.Result{Content: "done"}, nil
 	}
-	f.humans.decide <- approval.StateApproved
+	f.humans.decide <- vocab.StateApproved
 	f.g.Handle(ctx, Call{Tool: "pay", Args: map[string]any{"amount": 1.0}})
 	if sawCancel {
 		t.Error("the approved run saw its caller's cancellation")
@@ -544,7 +544,7 @@ func TestRunErrorsAreRecordedForWhatTheySayAboutTheAction(t *testing.T) {
 				f := newFixture(t, level)
 				f.tool.result = func(context.Context) (*tools.Result, error) { return nil, c.err }
 				if level == vocab.LevelHigh {
-					f.humans.decide <- approval.StateApproved
+					f.humans.decide <- vocab.StateApproved
 				}
 				res := f.g.Handle(context.Background(), Call{Tool: "pay", Args: map[string]any{"amount": 1.0}})
 				if !res.IsError {
@@ -718,7 +718,7 @@ func TestSplitTransfersAreJudgedAsTheirSumAndRefusalsStopCounting(t *testing.T) 
 	f.cat.Replace("test", []*tools.Spec{payTo("Acme Supplies")})
 	f.humans.decide = make(chan vocab.State, 100)
 	for range 10 {
-		f.humans.decide <- approval.StateDenied
+		f.humans.decide <- vocab.StateDenied
 	}
 	g := New(Options{Catalog: f.cat, Policy: shippedPolicy(t), Audit: f.log, Requests: f.humans, Runs: f.humans, Recovery: f.humans, Tasks: f.humans})
 	var wg sync.WaitGroup
@@ -746,7 +746,7 @@ func TestSplitTransfersAreJudgedAsTheirSumAndRefusalsStopCounting(t *testing.T) 
 	if kinds2 := f.log.kinds(); kinds2[len(kinds2)-1] != vocab.KindCallExecuted {
 		t.Errorf("1 more after 9,999 ran and 99,990 were denied: %v, want it to run", kinds2[len(kinds2)-1])
 	}
-	f.humans.decide <- approval.StateDenied
+	f.humans.decide <- vocab.StateDenied
 	g.Handle(context.Background(), Call{Tool: "transfer", Agent: "salami", Args: map[string]any{"amount": 1.0 + 9999}})
 	if len(f.humans.created) != 11 {
 		t.Errorf("10,000 after 10,000 moved did not wait for a human")

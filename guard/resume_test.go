@@ -264,14 +264,14 @@ func TestRestartCancelsBlockModeAndRunsPollModeOnceApproved(t *testing.T) {
 	if err := p2.g.Resume(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if r, _ := p2.svc.Get(ctx, block.ID); r.State != approval.StateCancelled || r.Reason != approval.ReasonRestarted {
+	if r, _ := p2.svc.Get(ctx, block.ID); r.State != vocab.StateCancelled || r.Reason != approval.ReasonRestarted {
 		t.Fatalf("block-mode request after restart: %s %q", r.State, r.Reason)
 	}
 	if w.book.count() != 0 {
 		t.Fatal("ran before approval")
 	}
 	w.approve(p2, poll)
-	r := w.waitState(p2, poll, approval.StateExecuted)
+	r := w.waitState(p2, poll, vocab.StateExecuted)
 	if w.book.count() != 1 {
 		t.Fatalf("ran %d times", w.book.count())
 	}
@@ -316,18 +316,18 @@ func TestRestartSettlesClaimedRequests(t *testing.T) {
 	if err := p2.g.Resume(ctx); err != nil {
 		t.Fatal(err)
 	}
-	r := w.waitState(p2, doneID, approval.StateExecuted)
+	r := w.waitState(p2, doneID, vocab.StateExecuted)
 	if !strings.Contains(string(r.Result), `"note":"paid"`) {
 		t.Fatalf("recovered result %s", r.Result)
 	}
-	w.waitState(p2, neverID, approval.StateExecuted)
+	w.waitState(p2, neverID, vocab.StateExecuted)
 	if w.book.count() != 2 {
 		t.Fatalf("book has %d effects, want the recovered one and the one run now", w.book.count())
 	}
 	for _, id := range []string{doneID, neverID} {
 		w.waitKinds(id, vocab.KindApprovalRequested, vocab.KindApprovalAssertion, vocab.KindApprovalApproved, vocab.KindCallExecuted)
 	}
-	r = w.waitState(p2, unknownID, approval.StateInterrupted)
+	r = w.waitState(p2, unknownID, vocab.StateInterrupted)
 	if w.once.count() != 0 {
 		t.Fatal("a backend that cannot tell ran after the restart")
 	}
@@ -506,7 +506,7 @@ func TestShutdownCancelsBlockWaitsKeepsPollAndRefusesNewCalls(t *testing.T) {
 	if !res.IsError || !strings.Contains(text(res), "cancelled: server shutting down") {
 		t.Fatalf("the waiting agent was told %q", text(res))
 	}
-	if r, _ := p.svc.Get(ctx, poll); r.State != approval.StatePending {
+	if r, _ := p.svc.Get(ctx, poll); r.State != vocab.StatePending {
 		t.Fatalf("poll-mode request after shutdown: %s", r.State)
 	}
 	res = p.g.Handle(ctx, Call{Tool: "note", Agent: "bot", Args: map[string]any{"note": "late"}})
@@ -534,7 +534,7 @@ func TestResumedRequestFailsWhenItsToolNeverReturns(t *testing.T) {
 		t.Fatal(err)
 	}
 	w.approve(p2, id)
-	r := w.waitState(p2, id, approval.StateFailed)
+	r := w.waitState(p2, id, vocab.StateFailed)
 	if !strings.Contains(string(r.Result), "tool note is not available") {
 		t.Fatalf("result %s", r.Result)
 	}
@@ -566,13 +566,13 @@ func TestResumedRequestWaitsForItsTool(t *testing.T) {
 	}
 	w.approve(p2, id)
 	time.Sleep(300 * time.Millisecond)
-	if r, _ := p2.svc.Get(ctx, id); r.State != approval.StateApproved {
+	if r, _ := p2.svc.Get(ctx, id); r.State != vocab.StateApproved {
 		t.Fatalf("while its tool is missing the request is %s", r.State)
 	}
 	if err := w.cat.Replace("test", []*tools.Spec{w.once.spec("pay"), w.book.spec("note")}); err != nil {
 		t.Fatal(err)
 	}
-	w.waitState(p2, id, approval.StateExecuted)
+	w.waitState(p2, id, vocab.StateExecuted)
 	if w.book.count() != 1 {
 		t.Fatalf("ran %d times", w.book.count())
 	}
@@ -607,13 +607,13 @@ func TestRestartLeavesBackchannelRequestsToTheirClients(t *testing.T) {
 		t.Fatal(err)
 	}
 	time.Sleep(1200 * time.Millisecond) // longer than ToolWait: nothing may fail them meanwhile
-	for id, want := range map[string]vocab.State{pending: approval.StatePending, approved: approval.StateApproved} {
+	for id, want := range map[string]vocab.State{pending: vocab.StatePending, approved: vocab.StateApproved} {
 		if r, _ := p2.svc.Get(ctx, id); r.State != want {
 			t.Errorf("backchannel request %s after restart: %s (%s), want %s", id, r.State, r.Reason, want)
 		}
 	}
 	r, _ := p2.svc.Get(ctx, claimed)
-	if r.State != approval.StateFailed || !strings.Contains(string(r.Result), "before the approval token was issued") {
+	if r.State != vocab.StateFailed || !strings.Contains(string(r.Result), "before the approval token was issued") {
 		t.Errorf("a redemption cut short: %s %s", r.State, r.Result)
 	}
 }

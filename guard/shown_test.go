@@ -7,7 +7,6 @@ import (
 	"sync/atomic"
 	"testing"
 
-	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/authzdetails"
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/tools/upstream"
@@ -92,7 +91,7 @@ func TestArgumentsTooLargeToShowAreRefusedBeforeARequest(t *testing.T) {
 
 	f := newFixture(t, vocab.LevelHigh)
 	withUpstream(t, f)
-	f.humans.decide <- approval.StateDenied
+	f.humans.decide <- vocab.StateDenied
 	within := values(authzdetails.MaxShownValues - 1)
 	within["content"] = strings.Repeat("y", authzdetails.MaxShownChars)
 	f.g.Handle(context.Background(), Call{Tool: "files__write_file", Agent: "bot", Args: within})

@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/store"
@@ -84,7 +83,7 @@ func TestRedactedAmountsSurviveARestart(t *testing.T) {
 			if err := second.RestoreUsage(context.Background(), es); err != nil {
 				t.Fatal(err)
 			}
-			f.humans.decide <- approval.StateDenied
+			f.humans.decide <- vocab.StateDenied
 			pay(second)
 			if len(f.humans.created) != 1 {
 				t.Fatalf("after a restart, 9,999 more to the same payee did not wait for a human (log %v)", kindsOf(allEntries(t, log)))

@@ -43,7 +43,7 @@ func TestPageFreezesAnAgent(t *testing.T) {
 	if err := json.Unmarshal(raw, &out); err != nil || out.Frozen.FrozenBy != approval.LoopbackRevoker || len(out.Cancelled) != 1 || out.Cancelled[0] != r.ID {
 		t.Fatalf("freeze answered %s (%v)", raw, err)
 	}
-	if got, _ := h.svc.Get(ctx, r.ID); got.State != approval.StateCancelled {
+	if got, _ := h.svc.Get(ctx, r.ID); got.State != vocab.StateCancelled {
 		t.Fatalf("the agent's request is %s", got.State)
 	}
 	if e, ok := h.rec.Last(vocab.KindAgentFrozen); !ok || e.Agent != "agent-1" || e.Approver != approval.LoopbackRevoker || e.Reason != "frozen: looks wrong" {

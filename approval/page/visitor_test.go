@@ -177,7 +177,7 @@ func TestVisitorTextNeverReachesTheLog(t *testing.T) {
 			}
 		}
 		h.requireNoMarker(t)
-		if got, _ := h.svc.Get(ctx, req.ID); got.State != approval.StatePending {
+		if got, _ := h.svc.Get(ctx, req.ID); got.State != vocab.StatePending {
 			t.Fatalf("state %s", got.State)
 		}
 	})

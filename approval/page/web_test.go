@@ -121,7 +121,7 @@ func TestHTTPApproveThroughAPI(t *testing.T) {
 	}
 	var got requestJSON
 	json.Unmarshal(raw, &got)
-	if got.State != approval.StateApproved {
+	if got.State != vocab.StateApproved {
 		t.Fatalf("state %q", got.State)
 	}
 	// The same body again: refused, named, recorded.
@@ -230,7 +230,7 @@ func TestHTTPProtectiveLayers(t *testing.T) {
 		}
 	})
 
-	if r, _ := h.svc.Get(ctx, req.ID); r.State != approval.StatePending {
+	if r, _ := h.svc.Get(ctx, req.ID); r.State != vocab.StatePending {
 		t.Fatalf("state after attacks: %s", r.State)
 	}
 }

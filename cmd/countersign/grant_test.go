@@ -91,7 +91,7 @@ func (s *grantSite) grantFor(t *testing.T, cs *sdk.ClientSession, args map[strin
 		t.Fatalf("the first transfer did not wait for a human: %s", st)
 	}
 	r, err := s.page.ApproveWithGrant(id, s.key, d, calls)
-	if err != nil || r.State != approval.StateApproved {
+	if err != nil || r.State != vocab.StateApproved {
 		t.Fatalf("approve with grant: %v %+v", err, r)
 	}
 	grants, err := s.page.Grants()

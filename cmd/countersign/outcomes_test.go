@@ -170,7 +170,7 @@ func TestApprovedUpstreamCallOutlivesItsAgentAndItsResultWaits(t *testing.T) {
 		t.Fatal("the call returned to an agent that had left")
 	}
 	cs.Close()
-	waitState(t, p, id, approval.StateExecuted)
+	waitState(t, p, id, vocab.StateExecuted)
 	// The upstream was never told to cancel, and completed.
 	waitUpstream(t, record, upstreamtest.Stubborn, upstreamtest.EventCalled, upstreamtest.EventCompleted)
 	want := []vocab.Kind{vocab.KindApprovalRequested, vocab.KindApprovalAssertion, vocab.KindApprovalApproved, vocab.KindCallExecuted}
@@ -220,7 +220,7 @@ func TestUpstreamCallWithoutAnAnswerIsInterruptedNeverFailedAndReconciled(t *tes
 	// It did act, after the gateway stopped waiting: why "unknown" and
 	// never "failed".
 	waitUpstream(t, record, upstreamtest.Stubborn, upstreamtest.EventCalled, upstreamtest.EventCancelled, upstreamtest.EventCompleted)
-	r := waitState(t, p, task.TaskId, approval.StateInterrupted)
+	r := waitState(t, p, task.TaskId, vocab.StateInterrupted)
 	if err := p.approvals.BeginExecution(context.Background(), r.ID); !errors.Is(err, approval.ErrNotApproved) {
 		t.Errorf("the interrupted approval was claimed again: %v", err)
 	}
@@ -239,7 +239,7 @@ func TestUpstreamCallWithoutAnAnswerIsInterruptedNeverFailedAndReconciled(t *tes
 	if res := <-dropped; res == nil || !res.IsError || !strings.Contains(resultText(res), "outcome is unknown") {
 		t.Fatalf("a dropped call answered %+v", res)
 	}
-	if r := waitState(t, p, cut, approval.StateInterrupted); strings.Contains(r.Reason, "call_timeout") {
+	if r := waitState(t, p, cut, vocab.StateInterrupted); strings.Contains(r.Reason, "call_timeout") {
 		t.Errorf("the dropped call was waited out, not dropped: %s", r.Reason)
 	}
 
@@ -274,7 +274,7 @@ func TestUpstreamCallWithoutAnAnswerIsInterruptedNeverFailedAndReconciled(t *tes
 	if _, errOut, code := cli(t, dir, "calls", "reconcile", "3f1c4f8e-0000-4000-8000-000000000000", "--ran"); code == 0 || !strings.Contains(errOut, "no approval request") {
 		t.Errorf("unknown request: exit %d %s", code, errOut)
 	}
-	if got, err := page.Get(cut); err != nil || got.State != approval.StateInterrupted ||
+	if got, err := page.Get(cut); err != nil || got.State != vocab.StateInterrupted ||
 		!strings.Contains(got.Reason, "outcome unknown") || !strings.Contains(got.Reason, "did not run, reconciled by jo") {
 		t.Errorf("the approver page shows %+v (%v)", got, err)
 	}
