@@ -64,7 +64,6 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/countersign/countersign/audit"
-	"github.com/countersign/countersign/vocab"
 )
 
 // Recorder is satisfied by *audit.Log. Every step is recorded; if Append
@@ -117,19 +116,6 @@ type Approver struct {
 	ID, Name string
 	Roles    []string
 }
-
-// Request states, kept as aliases of package vocab's while callers move
-// to vocab.State* directly.
-const (
-	StatePending     = vocab.StatePending
-	StateApproved    = vocab.StateApproved
-	StateDenied      = vocab.StateDenied
-	StateExpired     = vocab.StateExpired
-	StateCancelled   = vocab.StateCancelled
-	StateExecuted    = vocab.StateExecuted
-	StateFailed      = vocab.StateFailed
-	StateInterrupted = vocab.StateInterrupted
-)
 
 // Errors callers can test with errors.Is.
 var (

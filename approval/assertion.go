@@ -187,10 +187,10 @@ func (ac assertionCheck) decided() ([]*row, error) {
 		reqs = ac.batch.rows
 	}
 	for _, r := range reqs {
-		if r.State == StateExpired || (r.State == StatePending && !ac.now.Before(r.ExpiresAt)) {
+		if r.State == vocab.StateExpired || (r.State == vocab.StatePending && !ac.now.Before(r.ExpiresAt)) {
 			return nil, failf(ErrExpired, "request %s expired at %s", r.ID, digest.FormatTime(r.ExpiresAt))
 		}
-		if r.State != StatePending {
+		if r.State != vocab.StatePending {
 			return nil, failf(ErrNotPending, "request %s is %s", r.ID, r.State)
 		}
 	}

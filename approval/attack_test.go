@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/countersign/countersign/approval/approvaltest"
-	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/vocab"
 )
 
@@ -58,7 +57,7 @@ func TestReplayIsRejected(t *testing.T) {
 	f.rec.RequireRejected(t, ErrChallenge.Check)
 
 	for _, id := range []string{req.ID, other.ID} {
-		if r, _ := f.svc.Get(ctx, id); r.State != StatePending || (id == other.ID && len(r.Approvals) != 0) {
+		if r, _ := f.svc.Get(ctx, id); r.State != vocab.StatePending || (id == other.ID && len(r.Approvals) != 0) {
 			t.Fatalf("%s after replays: %+v", id, r)
 		}
 	}
@@ -84,7 +83,7 @@ func TestDecisionCannotBeSwapped(t *testing.T) {
 		t.Fatalf("deny assertion as approve: %v", err)
 	}
 	f.rec.RequireRejected(t, ErrChallenge.Check)
-	if r, _ := f.svc.Get(ctx, req.ID); r.State != StatePending {
+	if r, _ := f.svc.Get(ctx, req.ID); r.State != vocab.StatePending {
 		t.Fatalf("state %s", r.State)
 	}
 }
@@ -107,7 +106,7 @@ func TestAssertionChecks(t *testing.T) {
 			t.Fatalf("got %v, want %s", err, want.Check)
 		}
 		f.rec.RequireRejected(t, want.Check)
-		if r, _ := f.svc.Get(ctx, req.ID); r.State != StatePending || len(r.Approvals) != 0 {
+		if r, _ := f.svc.Get(ctx, req.ID); r.State != vocab.StatePending || len(r.Approvals) != 0 {
 			t.Fatalf("after refused assertion: %+v", r)
 		}
 		if err := f.svc.BeginExecution(ctx, req.ID); !errors.Is(err, ErrNotApproved) {
@@ -149,7 +148,7 @@ func TestAssertionChecks(t *testing.T) {
 		if err := f.svc.RevokeCredential(ctx, enc(carol.ID()), "lost"); err != nil {
 			t.Fatal(err)
 		}
-		if e, _ := f.rec.Last(audit.KindCredentialRevoked); e.CredentialID != enc(carol.ID()) || e.Reason != "lost" {
+		if e, _ := f.rec.Last(vocab.KindCredentialRevoked); e.CredentialID != enc(carol.ID()) || e.Reason != "lost" {
 			t.Fatalf("revoked entry %+v", e)
 		}
 		try(t, carol, []string{"alice", "carol"}, ErrRevokedCredential)
@@ -192,7 +191,7 @@ func TestSameApproverTwiceIsOneVote(t *testing.T) {
 	if _, err := f.svc.FinishEnrollment(ctx, token, step.Ceremony, key2.Create(t, step.PublicKey)); err != nil {
 		t.Fatal(err)
 	}
-	if e, _ := f.rec.Last(audit.KindApproverEnrolled); e.CredentialID != enc(key2.ID()) || !strings.Contains(e.Reason, "vouched for by key "+enc(key1.ID())) {
+	if e, _ := f.rec.Last(vocab.KindApproverEnrolled); e.CredentialID != enc(key2.ID()) || !strings.Contains(e.Reason, "vouched for by key "+enc(key1.ID())) {
 		t.Fatalf("enrolled entry %+v", e)
 	}
 	if _, err := f.svc.BeginEnrollment(ctx, token); !errors.Is(err, ErrEnrollment) {
@@ -220,13 +219,13 @@ func TestSameApproverTwiceIsOneVote(t *testing.T) {
 		t.Fatalf("alice twice: %v", err)
 	}
 	f.rec.RequireRejected(t, ErrAlreadyCounted.Check)
-	if r, _ := f.svc.Get(ctx, req.ID); r.State != StatePending || len(r.Approvals) != 1 {
+	if r, _ := f.svc.Get(ctx, req.ID); r.State != vocab.StatePending || len(r.Approvals) != 1 {
 		t.Fatalf("after alice twice: %+v", r)
 	}
 	if _, err := f.decide(t, req.ID, vocab.Approve, bob); err != nil {
 		t.Fatal(err)
 	}
-	if r, _ := f.svc.Get(ctx, req.ID); r.State != StateApproved {
+	if r, _ := f.svc.Get(ctx, req.ID); r.State != vocab.StateApproved {
 		t.Fatalf("alice and bob: %s", r.State)
 	}
 }
@@ -246,7 +245,7 @@ func TestApproveAfterExpiry(t *testing.T) {
 	}
 	f.rec.RequireRejected(t, ErrExpired.Check)
 	r, _ := f.svc.Get(ctx, req.ID)
-	if r.State != StateExpired {
+	if r.State != vocab.StateExpired {
 		t.Fatalf("state %s", r.State)
 	}
 	if err := f.svc.BeginExecution(ctx, req.ID); !errors.Is(err, ErrNotApproved) {
@@ -295,7 +294,7 @@ func TestConcurrentApprovalsOneWins(t *testing.T) {
 		}
 		n := 0
 		for _, k := range f.rec.Kinds(req.ID) {
-			if k == audit.KindApprovalApproved {
+			if k == vocab.KindApprovalApproved {
 				n++
 			}
 		}

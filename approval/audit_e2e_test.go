@@ -52,7 +52,7 @@ func TestRealAuditLogExportVerifies(t *testing.T) {
 	if _, err := db.Exec(`DELETE FROM approval_logged_assertions WHERE request_id = ?`, r2.ID); err != nil {
 		t.Fatal(err)
 	}
-	if r, err := f.decide(t, r2.ID, vocab.Approve, bob); err != nil || r.State != StateApproved {
+	if r, err := f.decide(t, r2.ID, vocab.Approve, bob); err != nil || r.State != vocab.StateApproved {
 		t.Fatalf("quorum: %v %v", r, err)
 	}
 	// The MCP server's part: run each approved request once and record it.
@@ -83,10 +83,10 @@ func TestRealAuditLogExportVerifies(t *testing.T) {
 	entries := exportEntries(t, export)
 	var bobSeq, approvedSeq int64
 	for _, e := range entries {
-		if e.RequestID == r2.ID && e.Kind == audit.KindApprovalAssertion && e.Approver == "bob" {
+		if e.RequestID == r2.ID && e.Kind == vocab.KindApprovalAssertion && e.Approver == "bob" {
 			bobSeq = e.Seq
 		}
-		if e.RequestID == r2.ID && e.Kind == audit.KindApprovalApproved {
+		if e.RequestID == r2.ID && e.Kind == vocab.KindApprovalApproved {
 			approvedSeq = e.Seq
 			if !slices.Equal(e.Approvers, []string{"alice", "bob"}) || len(e.Assertions) != 2 || e.Assertions[1] != bobSeq {
 				t.Fatalf("approval.approved of the 2-of-2 request: approvers %v assertions %v (bob's is seq %d)", e.Approvers, e.Assertions, bobSeq)
@@ -103,7 +103,7 @@ func TestRealAuditLogExportVerifies(t *testing.T) {
 	// A countersigned execution relabelled as a routine one.
 	entries = exportEntries(t, export)
 	for i, e := range entries {
-		if e.Kind == audit.KindCallExecuted && e.RequestID == r2.ID {
+		if e.Kind == vocab.KindCallExecuted && e.RequestID == r2.ID {
 			entries[i].Decision, entries[i].RequestID = "low", ""
 		}
 	}
@@ -152,8 +152,8 @@ func ran(t *testing.T, svc *Service, log *audit.Log, r *Request) {
 	}
 	args := paymentRequest().Args
 	sum, _ := digest.ArgsSHA256(args)
-	err := svc.Finish(ctx, r.ID, Outcome{State: StateExecuted, Result: json.RawMessage(`{"ok":true}`),
-		Record: audit.Entry{Kind: audit.KindCallExecuted, Agent: r.Agent, Tool: r.Tool, Args: args,
+	err := svc.Finish(ctx, r.ID, Outcome{State: vocab.StateExecuted, Result: json.RawMessage(`{"ok":true}`),
+		Record: audit.Entry{Kind: vocab.KindCallExecuted, Agent: r.Agent, Tool: r.Tool, Args: args,
 			ArgsSHA256: hex.EncodeToString(sum[:]), Decision: string(r.Level), Result: json.RawMessage(`{"ok":true}`)}})
 	if err != nil {
 		t.Fatal(err)

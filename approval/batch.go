@@ -152,7 +152,7 @@ func (s *Service) BeginBatch(ctx context.Context, ids []string) (*BatchOptions, 
 	var who []string
 	var uv vocab.UserVerification
 	for i, r := range b.rows {
-		if r.State != StatePending {
+		if r.State != vocab.StatePending {
 			return nil, failf(ErrNotPending, "request %s is %s", r.ID, r.State)
 		}
 		if !s.now().Before(r.ExpiresAt) {

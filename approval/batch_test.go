@@ -54,7 +54,7 @@ func (f *fixture) requireUntouched(t *testing.T, ids ...string) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if r.State != StatePending || len(r.Approvals) != 0 {
+		if r.State != vocab.StatePending || len(r.Approvals) != 0 {
 			t.Fatalf("request %s after a refused batch: %s with approvals %v", id, r.State, r.Approvals)
 		}
 	}
@@ -94,7 +94,7 @@ func TestBatchApprovesEachRequestOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, r := range got {
-		if r.State != StatePending || !slices.Equal(r.Approvals, []string{"alice"}) {
+		if r.State != vocab.StatePending || !slices.Equal(r.Approvals, []string{"alice"}) {
 			t.Fatalf("after alice's batch, one of two: %s %v", r.State, r.Approvals)
 		}
 	}
@@ -119,7 +119,7 @@ func TestBatchApprovesEachRequestOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i, r := range got {
-		if r.State != StateApproved || r.DecidedBy != "alice,bob" {
+		if r.State != vocab.StateApproved || r.DecidedBy != "alice,bob" {
 			t.Fatalf("after bob's batch: %s by %q", r.State, r.DecidedBy)
 		}
 		if r.ID != opts.Requests[i] {
@@ -133,7 +133,7 @@ func TestBatchApprovesEachRequestOnce(t *testing.T) {
 		if err := f.svc.BeginExecution(ctx, id); !errors.Is(err, ErrNotApproved) {
 			t.Fatalf("second execution of %s: %v", id, err)
 		}
-		if want := []string{audit.KindApprovalRequested, audit.KindApprovalAssertion, audit.KindApprovalRejected, audit.KindApprovalRejected, audit.KindApprovalAssertion, audit.KindApprovalApproved}; !slices.Equal(f.rec.Kinds(id), want) {
+		if want := []vocab.Kind{vocab.KindApprovalRequested, vocab.KindApprovalAssertion, vocab.KindApprovalRejected, vocab.KindApprovalRejected, vocab.KindApprovalAssertion, vocab.KindApprovalApproved}; !slices.Equal(f.rec.Kinds(id), want) {
 			t.Fatalf("kinds of %s: %v, want %v", id, f.rec.Kinds(id), want)
 		}
 	}
@@ -142,7 +142,7 @@ func TestBatchApprovesEachRequestOnce(t *testing.T) {
 	// request's place in it.
 	var bobs []audit.Entry
 	for _, e := range f.rec.Entries() {
-		if e.Kind == audit.KindApprovalAssertion && e.Approver == "bob" {
+		if e.Kind == vocab.KindApprovalAssertion && e.Approver == "bob" {
 			bobs = append(bobs, e)
 		}
 	}
@@ -250,7 +250,7 @@ func TestBatchRefusals(t *testing.T) {
 		}
 		f.rec.RequireRejected(t, ErrExpired.Check)
 		for _, id := range ids {
-			if r, _ := f.svc.Get(ctx, id); r.State != StateExpired {
+			if r, _ := f.svc.Get(ctx, id); r.State != vocab.StateExpired {
 				t.Fatalf("%s is %s", id, r.State)
 			}
 		}
@@ -347,7 +347,7 @@ func TestBatchExportVerifies(t *testing.T) {
 	forge := func(change func(e *audit.Entry)) error {
 		entries := exportEntries(t, export)
 		for i := range entries {
-			if entries[i].Kind == audit.KindApprovalAssertion && entries[i].RequestID == middle {
+			if entries[i].Kind == vocab.KindApprovalAssertion && entries[i].RequestID == middle {
 				change(&entries[i])
 			}
 		}

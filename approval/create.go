@@ -206,7 +206,7 @@ func checkWait(r *NewRequest) error {
 // approval met it.
 func requestedEntry(c *creation) audit.Entry {
 	entry := audit.Entry{
-		Kind:                 audit.KindApprovalRequested,
+		Kind:                 vocab.KindApprovalRequested,
 		RequestID:            c.id,
 		Agent:                c.Agent,
 		Tool:                 c.Tool,
@@ -249,7 +249,7 @@ func (s *Service) insert(ctx context.Context, c *creation) error {
 			VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
 			c.id, c.Tool, c.Agent, []byte(c.Args), c.argsSHA256, c.RedactArgs, []byte(c.AuthorizationDetails),
 			c.summary, c.display, c.Level, c.Rule, string(approversJSON), c.Quorum, c.UserVerification, c.code, c.binding, c.nonce,
-			c.created.UnixNano(), c.expires.Unix(), s.opts.PollInterval.Milliseconds(), StatePending, c.Wait)
+			c.created.UnixNano(), c.expires.Unix(), s.opts.PollInterval.Milliseconds(), vocab.StatePending, c.Wait)
 		if err != nil {
 			return err
 		}
@@ -271,14 +271,14 @@ func (s *Service) insert(ctx context.Context, c *creation) error {
 func (s *Service) publish(ctx context.Context, c *creation) (*Request, error) {
 	if err := s.flush(ctx, false); err != nil {
 		// Not recorded, so it must not be decided: end it.
-		s.endRequest(ctx, c.id, StateCancelled, "", "audit log unavailable")
+		s.endRequest(ctx, c.id, vocab.StateCancelled, "", "audit log unavailable")
 		return nil, err
 	}
 	s.opts.Logger.Info("approval requested", "id", c.id, "tool", c.Tool, "agent", c.Agent, "url", s.requestURL(c.id), "code", c.code)
 	s.notify(c.id)
 	req, err := s.Get(ctx, c.id)
 	if err != nil {
-		s.endRequest(ctx, c.id, StateCancelled, "", "cannot read the request back: "+err.Error())
+		s.endRequest(ctx, c.id, vocab.StateCancelled, "", "cannot read the request back: "+err.Error())
 		return nil, err
 	}
 	s.announce(EventRequested, req)

@@ -13,6 +13,7 @@ import (
 	"github.com/go-webauthn/webauthn/webauthn"
 
 	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/vocab"
 )
 
 // Credential is one enrolled security key.
@@ -201,7 +202,7 @@ func (s *Service) RevokeCredential(ctx context.Context, credentialID, reason str
 			return err
 		}
 		return s.enqueue(ctx, tx, "", audit.Entry{
-			Kind:         audit.KindCredentialRevoked,
+			Kind:         vocab.KindCredentialRevoked,
 			Approver:     c.approverID,
 			CredentialID: credentialID,
 			PublicKey:    b64(c.cred.PublicKey),

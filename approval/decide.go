@@ -48,7 +48,7 @@ func (s *Service) beginDecision(ctx context.Context, requestID string, decision 
 	if err != nil {
 		return nil, err
 	}
-	if r.State != StatePending {
+	if r.State != vocab.StatePending {
 		return nil, failf(ErrNotPending, "request is %s", r.State)
 	}
 	if !s.now().Before(r.ExpiresAt) {
@@ -240,7 +240,7 @@ func (s *Service) countDecision(ctx context.Context, tx *sql.Tx, id string, deci
 		return err
 	}
 	now := s.now()
-	if r.State != StatePending {
+	if r.State != vocab.StatePending {
 		return failf(ErrNotPending, "request %s became %s", r.ID, r.State)
 	}
 	if !now.Before(r.ExpiresAt) {
@@ -276,13 +276,13 @@ func (s *Service) countDecision(ctx context.Context, tx *sql.Tx, id string, deci
 	}
 	switch decision {
 	case vocab.Deny:
-		entry.Kind = audit.KindApprovalDenied
-		if err := s.transition(ctx, tx, r.ID, StateDenied, approver, "denied by "+approver); err != nil {
+		entry.Kind = vocab.KindApprovalDenied
+		if err := s.transition(ctx, tx, r.ID, vocab.StateDenied, approver, "denied by "+approver); err != nil {
 			return err
 		}
 		return s.enqueue(ctx, tx, r.ID, entry)
 	default:
-		entry.Kind = audit.KindApprovalAssertion
+		entry.Kind = vocab.KindApprovalAssertion
 		if err := s.enqueue(ctx, tx, r.ID, entry); err != nil {
 			return err
 		}
@@ -291,12 +291,12 @@ func (s *Service) countDecision(ctx context.Context, tx *sql.Tx, id string, deci
 			return nil
 		}
 		by := joinComma(approvals)
-		if err := s.transition(ctx, tx, r.ID, StateApproved, by, fmt.Sprintf("quorum %d reached", r.Quorum)); err != nil {
+		if err := s.transition(ctx, tx, r.ID, vocab.StateApproved, by, fmt.Sprintf("quorum %d reached", r.Quorum)); err != nil {
 			return err
 		}
 		// Assertions (their seqs) are filled in when the outbox
 		// appends this entry, after the assertions themselves.
-		done := s.requestEntry(r, audit.KindApprovalApproved, fmt.Sprintf("quorum %d of %d reached", len(approvals), r.Quorum))
+		done := s.requestEntry(r, vocab.KindApprovalApproved, fmt.Sprintf("quorum %d of %d reached", len(approvals), r.Quorum))
 		done.Approvers = approvals
 		done.Decision = string(vocab.Approve)
 		return s.enqueue(ctx, tx, r.ID, done)
@@ -364,7 +364,7 @@ func (s *Service) recordRejected(ctx context.Context, requestID string, decision
 	if p != nil {
 		claimed = s.claimedCredential(ctx, p.RawID)
 	}
-	e := s.requestEntry(r, audit.KindApprovalRejected, rejectedReason(cause, claimed))
+	e := s.requestEntry(r, vocab.KindApprovalRejected, rejectedReason(cause, claimed))
 	e.Decision = string(decision)
 	e.RPID = s.opts.RPID
 	return s.record(ctx, e)

@@ -19,12 +19,12 @@ func (s *Service) Cancel(ctx context.Context, id, reason string) error {
 	if reason == "" {
 		reason = "cancelled"
 	}
-	return s.endRequest(ctx, id, StateCancelled, "", reason)
+	return s.endRequest(ctx, id, vocab.StateCancelled, "", reason)
 }
 
 // expire ends the request if its time is up.
 func (s *Service) expire(ctx context.Context, id string) {
-	if err := s.endRequest(ctx, id, StateExpired, "", "nobody decided before expires_at"); err != nil && !errors.Is(err, ErrNotPending) {
+	if err := s.endRequest(ctx, id, vocab.StateExpired, "", "nobody decided before expires_at"); err != nil && !errors.Is(err, ErrNotPending) {
 		s.opts.Logger.Error("approval: expire", "id", id, "err", err)
 	}
 }
@@ -32,14 +32,14 @@ func (s *Service) expire(ctx context.Context, id string) {
 // endRequest moves a pending request to a terminal state without an
 // assertion (cancelled, expired), recording it.
 func (s *Service) endRequest(ctx context.Context, id string, state vocab.State, by, reason string) error {
-	kind := map[vocab.State]string{StateCancelled: audit.KindApprovalCancelled, StateExpired: audit.KindApprovalExpired}[state]
+	kind := map[vocab.State]vocab.Kind{vocab.StateCancelled: vocab.KindApprovalCancelled, vocab.StateExpired: vocab.KindApprovalExpired}[state]
 	err := s.inTx(ctx, func(tx *sql.Tx) error {
 		r, err := s.load(ctx, tx, id)
 		if err != nil {
 			return err
 		}
 		cond := ``
-		if state == StateExpired {
+		if state == vocab.StateExpired {
 			cond = ` AND expires_at <= ` + fmt.Sprint(s.now().Unix())
 		}
 		res, err := tx.ExecContext(ctx, `UPDATE approval_requests SET state = ?, decided_by = ?, decided_at = ?, reason = ?
@@ -62,7 +62,7 @@ func (s *Service) endRequest(ctx context.Context, id string, state vocab.State, 
 
 // requestEntry is the audit entry for r with the fields every request
 // entry carries.
-func (s *Service) requestEntry(r *row, kind, reason string) audit.Entry {
+func (s *Service) requestEntry(r *row, kind vocab.Kind, reason string) audit.Entry {
 	e := audit.Entry{
 		Kind:                 kind,
 		RequestID:            r.ID,

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/countersign/countersign/attest"
+	"github.com/countersign/countersign/vocab"
 
 	"github.com/go-webauthn/webauthn/protocol"
 	"github.com/go-webauthn/webauthn/webauthn"
@@ -41,7 +42,7 @@ func (s *Service) CreateEnrollment(ctx context.Context, approverID string) (stri
 			return err
 		}
 		return s.enqueue(ctx, tx, "", audit.Entry{
-			Kind:      audit.KindEnrollmentCreated,
+			Kind:      vocab.KindEnrollmentCreated,
 			Approver:  approverID,
 			ExpiresAt: expires.UTC().Format(time.RFC3339),
 			Reason:    "one-time enrollment link issued",
@@ -183,7 +184,7 @@ func (s *Service) FinishEnrollment(ctx context.Context, token, ceremonyID string
 			if en, eerr := s.enrollment(ctx, token); eerr == nil {
 				reason += "; link of " + en.approverID
 			}
-			e := audit.Entry{Kind: audit.KindApprovalRejected, Reason: reason, RPID: s.opts.RPID}
+			e := audit.Entry{Kind: vocab.KindApprovalRejected, Reason: reason, RPID: s.opts.RPID}
 			if rerr := s.record(ctx, e); rerr != nil {
 				return nil, errors.Join(err, rerr)
 			}
@@ -320,7 +321,7 @@ func (s *Service) registerKey(ctx context.Context, e *enrollment, existing []*st
 			return failf(ErrCeremony, "credential %s is already enrolled", credID)
 		}
 		return s.enqueue(ctx, tx, "", audit.Entry{
-			Kind:         audit.KindApproverEnrolled,
+			Kind:         vocab.KindApproverEnrolled,
 			Approver:     e.approverID,
 			CredentialID: credID,
 			PublicKey:    b64(cred.PublicKey),

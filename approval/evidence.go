@@ -60,7 +60,7 @@ func (s *Service) Evidence(ctx context.Context, id string) (*Evidence, error) {
 		return nil, err
 	}
 	switch r.State {
-	case StateApproved, StateExecuted, StateFailed:
+	case vocab.StateApproved, vocab.StateExecuted, vocab.StateFailed:
 	default:
 		return nil, fmt.Errorf("%w: request %s is %s", ErrNotApproved, id, r.State)
 	}

@@ -49,7 +49,7 @@ func TestEvidenceMatchesTheAuditLog(t *testing.T) {
 	}
 	byApprover := map[string]audit.Entry{}
 	for _, e := range f.rec.Entries() {
-		if e.Kind == audit.KindApprovalAssertion && e.RequestID == req.ID {
+		if e.Kind == vocab.KindApprovalAssertion && e.RequestID == req.ID {
 			byApprover[e.Approver] = e
 		}
 	}
@@ -78,7 +78,7 @@ func TestEvidenceMatchesTheAuditLog(t *testing.T) {
 	if err := f.svc.BeginExecution(ctx, req.ID); err != nil {
 		t.Fatal(err)
 	}
-	if err := f.svc.Finish(ctx, req.ID, Outcome{State: StateExecuted}); err != nil {
+	if err := f.svc.Finish(ctx, req.ID, Outcome{State: vocab.StateExecuted}); err != nil {
 		t.Fatal(err)
 	}
 	if after, err := f.svc.Evidence(ctx, req.ID); err != nil || after.Digest != ev.Digest || len(after.Votes) != 2 {

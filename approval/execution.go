@@ -33,7 +33,7 @@ func (s *Service) BeginExecution(ctx context.Context, id string) error {
 		// after an unfreeze.
 		if f, err := s.Frozen(ctx, r.Agent); err != nil {
 			return err
-		} else if f != nil && r.State == StateApproved && !r.Running {
+		} else if f != nil && r.State == vocab.StateApproved && !r.Running {
 			return s.failFrozen(context.WithoutCancel(ctx), id, f)
 		}
 		return ErrNotApproved
@@ -44,7 +44,7 @@ func (s *Service) BeginExecution(ctx context.Context, id string) error {
 
 // Outcome is how the one run of an approved request ended.
 type Outcome struct {
-	State  vocab.State     // StateExecuted, StateFailed or StateInterrupted
+	State  vocab.State     // vocab.StateExecuted, vocab.StateFailed or vocab.StateInterrupted
 	Result json.RawMessage // what approval_status hands the agent; JSON or empty
 	// Note, when set, is added to the request's reason for the approver
 	// page (an interruption says so there).
@@ -59,7 +59,7 @@ type Outcome struct {
 // Finish ends a claimed request with its outcome.
 func (s *Service) Finish(ctx context.Context, id string, o Outcome) error {
 	switch o.State {
-	case StateExecuted, StateFailed, StateInterrupted:
+	case vocab.StateExecuted, vocab.StateFailed, vocab.StateInterrupted:
 	default:
 		return fmt.Errorf("%w: outcome state %q", ErrInvalidRequest, o.State)
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/authzdetails"
+	"github.com/countersign/countersign/vocab"
 )
 
 // The kill switch. A freeze names an agent (or AllAgents) and who froze
@@ -212,7 +213,7 @@ func (s *Service) FreezeAgent(ctx context.Context, agent, by, reason string) (*S
 		if reason != "" {
 			why += ": " + reason
 		}
-		if err := s.enqueue(ctx, tx, "", audit.Entry{Kind: audit.KindAgentFrozen, Agent: agent, Approver: by,
+		if err := s.enqueue(ctx, tx, "", audit.Entry{Kind: vocab.KindAgentFrozen, Agent: agent, Approver: by,
 			DecidedAt: now.UTC().Format(audit.TimeFormat), Reason: why}); err != nil {
 			return err
 		}
@@ -253,7 +254,7 @@ func (s *Service) UnfreezeAgent(ctx context.Context, agent, by, reason string) e
 		if reason != "" {
 			why += ": " + reason
 		}
-		return s.enqueue(ctx, tx, "", audit.Entry{Kind: audit.KindAgentUnfrozen, Agent: agent, Approver: by,
+		return s.enqueue(ctx, tx, "", audit.Entry{Kind: vocab.KindAgentUnfrozen, Agent: agent, Approver: by,
 			DecidedAt: s.now().UTC().Format(audit.TimeFormat), Reason: why})
 	})
 	if err != nil {
@@ -293,14 +294,14 @@ func (s *Service) stopAgent(ctx context.Context, tx *sql.Tx, f Freeze) (*Stopped
 			return nil, err
 		}
 		res, err := tx.ExecContext(ctx, `UPDATE approval_requests SET state = ?, decided_at = ?, reason = ? WHERE id = ? AND state = 'pending'`,
-			StateCancelled, now.UnixNano(), reason, id)
+			vocab.StateCancelled, now.UnixNano(), reason, id)
 		if err != nil {
 			return nil, err
 		}
 		if n, _ := res.RowsAffected(); n != 1 {
 			continue
 		}
-		if err := s.enqueue(ctx, tx, id, s.requestEntry(r, audit.KindApprovalCancelled, reason)); err != nil {
+		if err := s.enqueue(ctx, tx, id, s.requestEntry(r, vocab.KindApprovalCancelled, reason)); err != nil {
 			return nil, err
 		}
 		out.Cancelled = append(out.Cancelled, id)
@@ -322,7 +323,7 @@ func (s *Service) stopAgent(ctx context.Context, tx *sql.Tx, f Freeze) (*Stopped
 		// As RevokeGrant: queued under no request, its grant_seq filled
 		// in when appended if the approval is not logged yet.
 		if err := s.enqueue(ctx, tx, "", audit.Entry{
-			Kind: audit.KindGrantRevoked, Agent: g.Agent, Tool: g.Tool, GrantID: g.ID, GrantSeq: g.Seq,
+			Kind: vocab.KindGrantRevoked, Agent: g.Agent, Tool: g.Tool, GrantID: g.ID, GrantSeq: g.Seq,
 			Approver: f.By, DecidedAt: now.UTC().Format(audit.TimeFormat),
 			Reason: fmt.Sprintf("%s, after %d of %d calls", reason, g.Used, g.MaxCalls),
 		}); err != nil {
@@ -429,14 +430,14 @@ func (s *Service) failFrozen(ctx context.Context, id string, f *Freeze) error {
 		res, err := tx.ExecContext(ctx, `UPDATE approval_requests SET exec_claimed_at = ?, state = ?, result = ?,
 			reason = CASE WHEN reason = '' THEN ? ELSE reason || '; ' || ? END
 			WHERE id = ? AND state = 'approved' AND exec_claimed_at = 0`,
-			s.now().UnixNano(), StateFailed, msg, "not run: "+ferr.Error(), "not run: "+ferr.Error(), id)
+			s.now().UnixNano(), vocab.StateFailed, msg, "not run: "+ferr.Error(), "not run: "+ferr.Error(), id)
 		if err != nil {
 			return err
 		}
 		if n, _ := res.RowsAffected(); n != 1 {
 			return ErrNotApproved
 		}
-		e := audit.Entry{Kind: audit.KindCallFailed, Agent: r.Agent, Tool: r.Tool, ArgsSHA256: r.argsSHA256,
+		e := audit.Entry{Kind: vocab.KindCallFailed, Agent: r.Agent, Tool: r.Tool, ArgsSHA256: r.argsSHA256,
 			Decision: string(r.Level), Rule: r.rule, RequestID: r.ID, Reason: "not run: " + ferr.Error()}
 		if r.redact {
 			e.ArgsRedact = true

@@ -68,12 +68,12 @@ func TestFreezeFromAnotherProcess(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r, err := svc.FinishDecision(ctx, granted.ID, opts.Ceremony, alice.Get(opts.PublicKey.Challenge.String())); err != nil || r.State != StateApproved {
+	if r, err := svc.FinishDecision(ctx, granted.ID, opts.Ceremony, alice.Get(opts.PublicKey.Challenge.String())); err != nil || r.State != vocab.StateApproved {
 		t.Fatalf("approve with grant: %v %+v", err, r)
 	}
 	ran(t, svc, log, granted)
 	approved, _ := svc.Create(ctx, withAgent(paymentRequest("alice"), "agent-1"))
-	if r, err := f.decide(t, approved.ID, vocab.Approve, alice); err != nil || r.State != StateApproved {
+	if r, err := f.decide(t, approved.ID, vocab.Approve, alice); err != nil || r.State != vocab.StateApproved {
 		t.Fatalf("approve: %v %+v", err, r)
 	}
 	waiting, _ := svc.Create(ctx, withAgent(paymentRequest("alice"), "agent-1"))
@@ -101,7 +101,7 @@ func TestFreezeFromAnotherProcess(t *testing.T) {
 	// serving process notices the freeze (watchFreezes) and wakes it.
 	select {
 	case r := <-waited:
-		if r.State != StateCancelled || !strings.Contains(r.Reason, "agent agent-1 frozen by cli:tester") {
+		if r.State != vocab.StateCancelled || !strings.Contains(r.Reason, "agent agent-1 frozen by cli:tester") {
 			t.Fatalf("the waiting request ended %s: %q", r.State, r.Reason)
 		}
 	case <-time.After(rereadEvery - time.Second):
@@ -130,7 +130,7 @@ func TestFreezeFromAnotherProcess(t *testing.T) {
 	if err := svc.BeginExecution(ctx, approved.ID); !errors.Is(err, ErrAgentFrozen) {
 		t.Fatalf("claiming the approved request: %v", err)
 	}
-	if r, _ := svc.Get(ctx, approved.ID); r.State != StateFailed || !strings.Contains(r.Reason, "not run: agent agent-1 is frozen") {
+	if r, _ := svc.Get(ctx, approved.ID); r.State != vocab.StateFailed || !strings.Contains(r.Reason, "not run: agent agent-1 is frozen") {
 		t.Fatalf("the approved request after the refused claim: %s %q", r.State, r.Reason)
 	}
 	// Freezing it again changes nothing, and says by whom it is frozen.
@@ -139,7 +139,7 @@ func TestFreezeFromAnotherProcess(t *testing.T) {
 	}
 
 	// agent-2 goes on.
-	if r, err := f.decide(t, other.ID, vocab.Approve, alice); err != nil || r.State != StateApproved {
+	if r, err := f.decide(t, other.ID, vocab.Approve, alice); err != nil || r.State != vocab.StateApproved {
 		t.Fatalf("approve agent-2's request: %v %+v", err, r)
 	}
 	ran(t, svc, log, other)
@@ -160,13 +160,13 @@ func TestFreezeFromAnotherProcess(t *testing.T) {
 	var frozen, unfrozen, failed int
 	for _, e := range exportEntries(t, export) {
 		switch {
-		case e.Kind == audit.KindAgentFrozen && e.Agent == "agent-1" && e.Approver == "cli:tester" && e.Reason == "frozen: incident 42":
+		case e.Kind == vocab.KindAgentFrozen && e.Agent == "agent-1" && e.Approver == "cli:tester" && e.Reason == "frozen: incident 42":
 			frozen++
-		case e.Kind == audit.KindAgentUnfrozen && e.Agent == "agent-1" && e.Approver == "cli:tester":
+		case e.Kind == vocab.KindAgentUnfrozen && e.Agent == "agent-1" && e.Approver == "cli:tester":
 			unfrozen++
-		case e.Kind == audit.KindCallFailed && e.RequestID == approved.ID && strings.HasPrefix(e.Reason, "not run: agent agent-1 is frozen"):
+		case e.Kind == vocab.KindCallFailed && e.RequestID == approved.ID && strings.HasPrefix(e.Reason, "not run: agent agent-1 is frozen"):
 			failed++
-		case e.Kind == audit.KindGrantRevoked && (e.Approver != "cli:tester" || e.GrantSeq == 0):
+		case e.Kind == vocab.KindGrantRevoked && (e.Approver != "cli:tester" || e.GrantSeq == 0):
 			t.Errorf("grant.revoked: %+v", e)
 		}
 	}
@@ -198,7 +198,7 @@ func TestFreezeRefusesATapAfterIt(t *testing.T) {
 	if got, err := f.svc.FinishDecision(ctx, r.ID, ceremony, resp); err == nil {
 		t.Fatalf("a tap after the freeze approved %+v", got)
 	}
-	if got, _ := f.svc.Get(ctx, r.ID); got.State != StateCancelled {
+	if got, _ := f.svc.Get(ctx, r.ID); got.State != vocab.StateCancelled {
 		t.Fatalf("request %s after the freeze and tap", got.State)
 	}
 
@@ -219,7 +219,7 @@ func TestFreezeRefusesATapAfterIt(t *testing.T) {
 	if _, err := f.svc.FinishDecision(ctx, r2.ID, ceremony, resp); !errors.Is(err, ErrFrozenCheck) || !strings.Contains(err.Error(), "all agents are frozen by cli:root") {
 		t.Fatalf("a tap while every agent is frozen: %v", err)
 	}
-	if got, _ := f.svc.Get(ctx, r2.ID); got.State != StatePending || len(got.Approvals) != 0 {
+	if got, _ := f.svc.Get(ctx, r2.ID); got.State != vocab.StatePending || len(got.Approvals) != 0 {
 		t.Fatalf("request %s with approvals %v", got.State, got.Approvals)
 	}
 	f.rec.RequireRejected(t, ErrFrozenCheck.Check)
@@ -228,7 +228,7 @@ func TestFreezeRefusesATapAfterIt(t *testing.T) {
 	if err := f.svc.enforceFreezes(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if got, _ := f.svc.Get(ctx, r2.ID); got.State != StateCancelled || got.Reason != "all agents frozen by cli:root" {
+	if got, _ := f.svc.Get(ctx, r2.ID); got.State != vocab.StateCancelled || got.Reason != "all agents frozen by cli:root" {
 		t.Fatalf("request %s (%q) after enforceFreezes", got.State, got.Reason)
 	}
 }

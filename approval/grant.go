@@ -362,7 +362,7 @@ func (s *Service) RevokeGrant(ctx context.Context, id, by string) (*Grant, error
 		// approval is not logged yet gets its grant_seq when the outbox
 		// appends this entry, after the approval (linkGrant).
 		return s.enqueue(ctx, tx, "", audit.Entry{
-			Kind: audit.KindGrantRevoked, Agent: g.Agent, Tool: g.Tool, GrantID: g.ID, GrantSeq: g.Seq,
+			Kind: vocab.KindGrantRevoked, Agent: g.Agent, Tool: g.Tool, GrantID: g.ID, GrantSeq: g.Seq,
 			Approver: by, DecidedAt: now.UTC().Format(audit.TimeFormat), Reason: reason,
 		})
 	})

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/countersign/countersign/vocab"
 )
 
 // Wait modes: how the call that raised a request waits for its decision.
@@ -103,7 +105,7 @@ func (s *Service) Restart(ctx context.Context) ([]string, error) {
 	}
 	var cancelled []string
 	for _, id := range ids {
-		err := s.endRequest(ctx, id, StateCancelled, "", ReasonRestarted)
+		err := s.endRequest(ctx, id, vocab.StateCancelled, "", ReasonRestarted)
 		if errors.Is(err, ErrNotPending) {
 			continue // expired meanwhile
 		}

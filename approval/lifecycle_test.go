@@ -76,13 +76,13 @@ func TestRestartCancelsBlockModeAndKeepsPollMode(t *testing.T) {
 		t.Fatalf("Restart cancelled %v, want only the block-mode request %s", cancelled, block.ID)
 	}
 	got, _ := f.svc.Get(ctx, block.ID)
-	if got.State != StateCancelled || got.Reason != ReasonRestarted {
+	if got.State != vocab.StateCancelled || got.Reason != ReasonRestarted {
 		t.Fatalf("block-mode request after restart: %s %q", got.State, got.Reason)
 	}
-	if kinds := f.rec.Kinds(block.ID); kinds[len(kinds)-1] != audit.KindApprovalCancelled {
+	if kinds := f.rec.Kinds(block.ID); kinds[len(kinds)-1] != vocab.KindApprovalCancelled {
 		t.Fatalf("cancellation not recorded: %v", kinds)
 	}
-	if e, _ := f.rec.Last(audit.KindApprovalCancelled); e.Reason != ReasonRestarted || e.RequestID != block.ID {
+	if e, _ := f.rec.Last(vocab.KindApprovalCancelled); e.Reason != ReasonRestarted || e.RequestID != block.ID {
 		t.Fatalf("cancel entry %+v", e)
 	}
 	// Never approvable afterwards.
@@ -101,13 +101,13 @@ func TestRestartCancelsBlockModeAndKeepsPollMode(t *testing.T) {
 	if len(un) != 3 {
 		t.Fatalf("unfinished %d requests, want the poll-mode, approved and claimed ones: %+v", len(un), un)
 	}
-	if u := byID[poll.ID]; u.State != StatePending || u.Wait != WaitPoll || u.Claimed || !u.ExpiresAt.Equal(poll.ExpiresAt) {
+	if u := byID[poll.ID]; u.State != vocab.StatePending || u.Wait != WaitPoll || u.Claimed || !u.ExpiresAt.Equal(poll.ExpiresAt) {
 		t.Fatalf("poll-mode request after restart: %+v", u)
 	}
-	if u := byID[approved.ID]; u.State != StateApproved || u.Wait != WaitBlock || u.Claimed {
+	if u := byID[approved.ID]; u.State != vocab.StateApproved || u.Wait != WaitBlock || u.Claimed {
 		t.Fatalf("approved request after restart: %+v", u)
 	}
-	if u := byID[claimed.ID]; u.State != StateApproved || !u.Claimed || u.Rule != "amount > 10000" {
+	if u := byID[claimed.ID]; u.State != vocab.StateApproved || !u.Claimed || u.Rule != "amount > 10000" {
 		t.Fatalf("claimed request after restart: %+v", u)
 	}
 	var args map[string]any
@@ -136,13 +136,13 @@ func TestFinishRecordsOutcomeWithState(t *testing.T) {
 		t.Fatal(err)
 	}
 	err = f.svc.Finish(ctx, req.ID, Outcome{
-		State: StateInterrupted, Note: "the server stopped while it ran",
-		Record: audit.Entry{Kind: audit.KindCallInterrupted, Tool: "transfer", Reason: "outcome unknown"},
+		State: vocab.StateInterrupted, Note: "the server stopped while it ran",
+		Record: audit.Entry{Kind: vocab.KindCallInterrupted, Tool: "transfer", Reason: "outcome unknown"},
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	e, ok := f.rec.Last(audit.KindCallInterrupted)
+	e, ok := f.rec.Last(vocab.KindCallInterrupted)
 	if !ok || e.RequestID != req.ID {
 		t.Fatalf("call.interrupted not recorded with the request id: %+v", e)
 	}
@@ -153,10 +153,10 @@ func TestFinishRecordsOutcomeWithState(t *testing.T) {
 	if ps.Status != PollInterrupted || !strings.HasSuffix(ps.Request.Reason, "; the server stopped while it ran") {
 		t.Fatalf("poll after interruption: %s %q", ps.Status, ps.Request.Reason)
 	}
-	if err := f.svc.Finish(ctx, req.ID, Outcome{State: StateExecuted}); !errors.Is(err, ErrNotExecuting) {
+	if err := f.svc.Finish(ctx, req.ID, Outcome{State: vocab.StateExecuted}); !errors.Is(err, ErrNotExecuting) {
 		t.Fatalf("Finish after interrupted: %v", err)
 	}
-	if err := f.svc.Finish(ctx, req.ID, Outcome{State: StatePending}); !errors.Is(err, ErrInvalidRequest) {
+	if err := f.svc.Finish(ctx, req.ID, Outcome{State: vocab.StatePending}); !errors.Is(err, ErrInvalidRequest) {
 		t.Fatalf("Finish with a non-terminal state: %v", err)
 	}
 }
@@ -172,7 +172,7 @@ func TestWatchLeavesRequestPendingWhenItStops(t *testing.T) {
 	if _, err := f.svc.Watch(ctx, req.ID); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Watch: %v", err)
 	}
-	if got, _ := f.svc.Get(context.Background(), req.ID); got.State != StatePending {
+	if got, _ := f.svc.Get(context.Background(), req.ID); got.State != vocab.StatePending {
 		t.Fatalf("after Watch stopped the request is %s", got.State)
 	}
 }
@@ -200,7 +200,7 @@ func TestMigrateAddsWaitMode(t *testing.T) {
 	if _, err := f.svc.Restart(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if got, _ := f.svc.Get(ctx, req.ID); got.State != StateCancelled {
+	if got, _ := f.svc.Get(ctx, req.ID); got.State != vocab.StateCancelled {
 		t.Fatalf("old pending request after restart: %s", got.State)
 	}
 }
@@ -214,7 +214,7 @@ func TestRestartAppendsLeftoverEntriesFirst(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	leftover, _ := json.Marshal(audit.Entry{Kind: audit.KindApprovalRejected, RequestID: req.ID, Reason: "left behind"})
+	leftover, _ := json.Marshal(audit.Entry{Kind: vocab.KindApprovalRejected, RequestID: req.ID, Reason: "left behind"})
 	old := time.Now().Add(-2 * outboxStaleAfter).UnixNano()
 	if _, err := f.db.Exec(`INSERT INTO approval_outbox (request_id, entry, owner, created_at) VALUES (?, ?, 'dead-process', ?)`,
 		req.ID, leftover, old); err != nil {
@@ -224,7 +224,7 @@ func TestRestartAppendsLeftoverEntriesFirst(t *testing.T) {
 	if _, err := f.svc.Restart(ctx); err != nil {
 		t.Fatal(err)
 	}
-	want := []string{audit.KindApprovalRequested, audit.KindApprovalRejected, audit.KindApprovalCancelled}
+	want := []vocab.Kind{vocab.KindApprovalRequested, vocab.KindApprovalRejected, vocab.KindApprovalCancelled}
 	if got := f.rec.Kinds(req.ID); !slices.Equal(got, want) {
 		t.Fatalf("kinds %v, want %v", got, want)
 	}
@@ -256,25 +256,25 @@ func TestOutboxOfADeadProcessIsTakenOnceAndAtOnce(t *testing.T) {
 		return fh
 	}
 	// The dead process appended this one and died before deleting it.
-	appended := audit.Entry{Kind: audit.KindApprovalRejected, RequestID: req.ID, Reason: "appended, not deleted"}
+	appended := audit.Entry{Kind: vocab.KindApprovalRejected, RequestID: req.ID, Reason: "appended, not deleted"}
 	if _, err := f.rec.Append(ctx, appended); err != nil {
 		t.Fatal(err)
 	}
 	put("dead", appended)
-	put("dead", audit.Entry{Kind: audit.KindApprovalRejected, RequestID: req.ID, Reason: "never appended"})
+	put("dead", audit.Entry{Kind: vocab.KindApprovalRejected, RequestID: req.ID, Reason: "never appended"})
 	ownerFile("dead").Close() // exists, unlocked: its process is gone
 	live := ownerFile("live")
 	if err := lockFile(live); err != nil {
 		t.Fatal(err)
 	}
-	put("live", audit.Entry{Kind: audit.KindApprovalRejected, RequestID: req.ID, Reason: "still to be appended by its process"})
+	put("live", audit.Entry{Kind: vocab.KindApprovalRejected, RequestID: req.ID, Reason: "still to be appended by its process"})
 
 	if err := f.svc.flush(ctx, true); err != nil {
 		t.Fatal(err)
 	}
 	var reasons []string
 	for _, e := range f.rec.Entries() {
-		if e.Kind == audit.KindApprovalRejected {
+		if e.Kind == vocab.KindApprovalRejected {
 			reasons = append(reasons, e.Reason)
 		}
 	}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"strings"
 	"time"
+
+	"github.com/countersign/countersign/vocab"
 )
 
 // Events reported to Options.Notify.
@@ -63,9 +65,9 @@ func (s *Service) announceDecision(r *Request, approver string) {
 		return
 	}
 	switch r.State {
-	case StateApproved, StateExecuted, StateFailed:
+	case vocab.StateApproved, vocab.StateExecuted, vocab.StateFailed:
 		s.announce(EventApproved, r)
-	case StateDenied:
+	case vocab.StateDenied:
 		s.announce(EventDenied, r)
 	}
 }
@@ -112,7 +114,7 @@ func (s *Service) announceExpiring(ctx context.Context) time.Duration {
 		if n, _ := res.RowsAffected(); n != 1 {
 			continue // another process announced it
 		}
-		if r, err := s.Get(ctx, id); err == nil && r.State == StatePending {
+		if r, err := s.Get(ctx, id); err == nil && r.State == vocab.StatePending {
 			s.announce(EventExpiring, r)
 		}
 	}

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/countersign/countersign/approval/approvaltest"
-	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/notify"
 	"github.com/countersign/countersign/vocab"
 )
@@ -19,7 +18,7 @@ import (
 type event struct {
 	name   string
 	req    Request
-	logged []string
+	logged []vocab.Kind
 }
 
 // observed wires Options.Notify to a channel.
@@ -69,7 +68,7 @@ func TestNotifyAfterEachCommittedChange(t *testing.T) {
 		t.Fatal(err)
 	}
 	e := next(t, events)
-	if e.name != EventRequested || e.req.ID != req.ID || !slices.Equal(e.logged, []string{audit.KindApprovalRequested}) {
+	if e.name != EventRequested || e.req.ID != req.ID || !slices.Equal(e.logged, []vocab.Kind{vocab.KindApprovalRequested}) {
 		t.Fatalf("after Create: %s %s, log %v", e.name, e.req.ID, e.logged)
 	}
 	if got := e.req.Summary(); got != "Pay USD 500,000.00 from operating to Vendor X" {
@@ -85,8 +84,8 @@ func TestNotifyAfterEachCommittedChange(t *testing.T) {
 		t.Fatal(err)
 	}
 	e = next(t, events)
-	if e.name != EventApproved || e.req.State != StateApproved || e.req.DecidedBy != "alice,bob" ||
-		!slices.Contains(e.logged, audit.KindApprovalApproved) {
+	if e.name != EventApproved || e.req.State != vocab.StateApproved || e.req.DecidedBy != "alice,bob" ||
+		!slices.Contains(e.logged, vocab.KindApprovalApproved) {
 		t.Fatalf("after the quorum: %s state %s by %s, log %v", e.name, e.req.State, e.req.DecidedBy, e.logged)
 	}
 	none(t, events)
@@ -100,7 +99,7 @@ func TestNotifyAfterEachCommittedChange(t *testing.T) {
 		t.Fatal(err)
 	}
 	e = next(t, events)
-	if e.name != EventDenied || e.req.DecidedBy != "bob" || !slices.Contains(e.logged, audit.KindApprovalDenied) {
+	if e.name != EventDenied || e.req.DecidedBy != "bob" || !slices.Contains(e.logged, vocab.KindApprovalDenied) {
 		t.Fatalf("after deny: %s by %s, log %v", e.name, e.req.DecidedBy, e.logged)
 	}
 	none(t, events)
@@ -119,15 +118,15 @@ func TestExpiringIsAnnouncedOnceBeforeExpiry(t *testing.T) {
 	}
 	next(t, events) // requested
 	e := next(t, events)
-	if e.name != EventExpiring || e.req.ID != req.ID || e.req.State != StatePending {
+	if e.name != EventExpiring || e.req.ID != req.ID || e.req.State != vocab.StatePending {
 		t.Fatalf("got %s for %s in state %s", e.name, e.req.ID, e.req.State)
 	}
-	if slices.Contains(e.logged, audit.KindApprovalExpired) {
+	if slices.Contains(e.logged, vocab.KindApprovalExpired) {
 		t.Fatal("announced as expiring after it expired")
 	}
 	for {
 		r, _ := f.svc.Get(ctx, req.ID)
-		if r.State == StateExpired {
+		if r.State == vocab.StateExpired {
 			break
 		}
 		<-f.svc.changes()

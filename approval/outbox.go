@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/vocab"
 )
 
 // outboxStaleAfter is how long another process's unflushed entries wait
@@ -71,12 +72,12 @@ func (s *Service) flush(ctx context.Context, stale bool) error {
 		if err := json.Unmarshal(it.entry, &e); err != nil {
 			return fmt.Errorf("%w: outbox entry %d: %v", ErrRecord, it.id, err)
 		}
-		if e.Kind == audit.KindApprovalApproved {
+		if e.Kind == vocab.KindApprovalApproved {
 			if err := s.linkAssertions(ctx, &e); err != nil {
 				return fmt.Errorf("%w: outbox entry %d: %v", ErrRecord, it.id, err)
 			}
 		}
-		if e.Kind == audit.KindGrantRevoked && e.GrantSeq == 0 {
+		if e.Kind == vocab.KindGrantRevoked && e.GrantSeq == 0 {
 			if err := s.linkGrant(ctx, &e); err != nil {
 				return fmt.Errorf("%w: outbox entry %d: %v", ErrRecord, it.id, err)
 			}
@@ -98,7 +99,7 @@ func (s *Service) flush(ctx context.Context, stale bool) error {
 		// to the next process, which finds it in the log (inLog) rather
 		// than appending it again.
 		err = s.inTx(context.WithoutCancel(ctx), func(tx *sql.Tx) error {
-			if e.Kind == audit.KindApprovalAssertion {
+			if e.Kind == vocab.KindApprovalAssertion {
 				if _, err := tx.ExecContext(ctx, `INSERT OR REPLACE INTO approval_logged_assertions (request_id, approver_id, seq) VALUES (?,?,?)`,
 					e.RequestID, e.Approver, logged.Seq); err != nil {
 					return err
@@ -155,7 +156,7 @@ func (s *Service) findAssertion(ctx context.Context, request, approver string) (
 			return 0, err
 		}
 		for _, e := range page {
-			if e.Kind == audit.KindApprovalAssertion && e.RequestID == request && e.Approver == approver {
+			if e.Kind == vocab.KindApprovalAssertion && e.RequestID == request && e.Approver == approver {
 				found = e.Seq
 			}
 			after = e.Seq

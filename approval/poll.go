@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"time"
+
+	"github.com/countersign/countersign/vocab"
 )
 
 // PollStatus is a CIBA poll answer.
@@ -47,7 +49,7 @@ func (s *Service) Poll(ctx context.Context, id, agent string) (*PollStatus, erro
 	if _, err := s.db.ExecContext(ctx, `UPDATE approval_requests SET last_poll = ? WHERE id = ?`, now.UnixNano(), id); err != nil {
 		return nil, err
 	}
-	if r.State == StatePending && !now.Before(r.ExpiresAt) {
+	if r.State == vocab.StatePending && !now.Before(r.ExpiresAt) {
 		s.expire(ctx, id)
 		if r, err = s.load(ctx, s.db, id); err != nil {
 			return nil, err
@@ -55,7 +57,7 @@ func (s *Service) Poll(ctx context.Context, id, agent string) (*PollStatus, erro
 	}
 	st := &PollStatus{Request: &r.Request}
 	switch r.State {
-	case StatePending:
+	case vocab.StatePending:
 		st.Status = PollPending
 		if r.lastPoll != 0 && now.Sub(time.Unix(0, r.lastPoll)) < r.Interval {
 			st.Status = PollSlowDown
@@ -67,17 +69,17 @@ func (s *Service) Poll(ctx context.Context, id, agent string) (*PollStatus, erro
 				return nil, err
 			}
 		}
-	case StateApproved:
+	case vocab.StateApproved:
 		st.Status = PollApproved
-	case StateExpired:
+	case vocab.StateExpired:
 		st.Status = PollExpired
-	case StateDenied, StateCancelled:
+	case vocab.StateDenied, vocab.StateCancelled:
 		st.Status = PollDenied
-	case StateExecuted:
+	case vocab.StateExecuted:
 		st.Status = PollExecuted
-	case StateFailed:
+	case vocab.StateFailed:
 		st.Status = PollFailed
-	case StateInterrupted:
+	case vocab.StateInterrupted:
 		st.Status = PollInterrupted
 	default:
 		return nil, fmt.Errorf("approval: request %s in unknown state %q", id, r.State)

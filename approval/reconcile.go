@@ -9,6 +9,7 @@ import (
 
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/authzdetails"
+	"github.com/countersign/countersign/vocab"
 )
 
 // A request whose run was interrupted (outcome unknown) may have acted or
@@ -96,7 +97,7 @@ func (s *Service) Reconcile(ctx context.Context, id string, f Finding) (*Request
 		if err != nil {
 			return err
 		}
-		if r.State != StateInterrupted {
+		if r.State != vocab.StateInterrupted {
 			return fmt.Errorf("%w (it is %s)", ErrNotInterrupted, r.State)
 		}
 		res, err := tx.ExecContext(ctx, `INSERT INTO approval_reconciled (request_id, ran, found_by, note, created_at)
@@ -112,7 +113,7 @@ func (s *Service) Reconcile(ctx context.Context, id string, f Finding) (*Request
 			reason = CASE WHEN reason = '' THEN ? ELSE reason || '; ' || ? END WHERE id = ?`, text, text, id); err != nil {
 			return err
 		}
-		return s.enqueue(ctx, tx, id, s.requestEntry(r, audit.KindCallReconciled, text))
+		return s.enqueue(ctx, tx, id, s.requestEntry(r, vocab.KindCallReconciled, text))
 	})
 	if err != nil {
 		return nil, err
@@ -130,7 +131,7 @@ func (s *Service) Reconcile(ctx context.Context, id string, f Finding) (*Request
 func (s *Service) Unreconciled(ctx context.Context) ([]*Request, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT id FROM approval_requests WHERE state = ?
 		AND NOT EXISTS (SELECT 1 FROM approval_reconciled c WHERE c.request_id = approval_requests.id)
-		ORDER BY decided_at, id`, StateInterrupted)
+		ORDER BY decided_at, id`, vocab.StateInterrupted)
 	if err != nil {
 		return nil, err
 	}
@@ -198,7 +199,7 @@ func (s *Service) ReconcileCall(ctx context.Context, seq int64, f Finding) (audi
 		return audit.Entry{}, fmt.Errorf("%w: the audit log has no entry #%d", ErrNotFound, seq)
 	}
 	call := es[0]
-	if call.Kind != audit.KindCallInterrupted {
+	if call.Kind != vocab.KindCallInterrupted {
 		return audit.Entry{}, fmt.Errorf("%w (#%d is %s)", ErrNotInterrupted, seq, call.Kind)
 	}
 	if call.RequestID != "" {
@@ -210,9 +211,9 @@ func (s *Service) ReconcileCall(ctx context.Context, seq int64, f Finding) (audi
 		if err != nil {
 			return audit.Entry{}, err
 		}
-		return audit.Entry{Kind: audit.KindCallReconciled, RequestID: r.ID, Agent: r.Agent, Tool: r.Tool, Reason: f.String()}, nil
+		return audit.Entry{Kind: vocab.KindCallReconciled, RequestID: r.ID, Agent: r.Agent, Tool: r.Tool, Reason: f.String()}, nil
 	}
-	rec := audit.Entry{Kind: audit.KindCallReconciled, Agent: call.Agent, Tool: call.Tool, ArgsSHA256: call.ArgsSHA256,
+	rec := audit.Entry{Kind: vocab.KindCallReconciled, Agent: call.Agent, Tool: call.Tool, ArgsSHA256: call.ArgsSHA256,
 		Reason: f.String(), InterruptedSeq: seq}
 	err = s.inTx(ctx, func(tx *sql.Tx) error {
 		res, err := tx.ExecContext(ctx, `INSERT INTO approval_reconciled_calls (interrupted_seq, ran, found_by, note, created_at)

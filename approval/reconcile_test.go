@@ -29,8 +29,8 @@ func interrupted(t *testing.T, svc *Service, r *Request) {
 	args := paymentRequest().Args
 	sum, _ := digest.ArgsSHA256(args)
 	const why = "outcome unknown: upstream notes: connection lost"
-	err := svc.Finish(ctx, r.ID, Outcome{State: StateInterrupted, Note: why, Result: json.RawMessage(`{"error":"interrupted"}`),
-		Record: audit.Entry{Kind: audit.KindCallInterrupted, Agent: r.Agent, Tool: r.Tool, Args: args,
+	err := svc.Finish(ctx, r.ID, Outcome{State: vocab.StateInterrupted, Note: why, Result: json.RawMessage(`{"error":"interrupted"}`),
+		Record: audit.Entry{Kind: vocab.KindCallInterrupted, Agent: r.Agent, Tool: r.Tool, Args: args,
 			ArgsSHA256: hex.EncodeToString(sum[:]), Decision: string(r.Level), Reason: why}})
 	if err != nil {
 		t.Fatal(err)
@@ -81,7 +81,7 @@ func TestReconcileRecordsAFindingOnceAndOnlyForAnInterruptedCall(t *testing.T) {
 		t.Fatal(err)
 	}
 	const finding = "reconciled: ran, reconciled by admin (ops-jo): the note is on the server"
-	if r.State != StateInterrupted || !strings.HasSuffix(r.Reason, "; "+finding) {
+	if r.State != vocab.StateInterrupted || !strings.HasSuffix(r.Reason, "; "+finding) {
 		t.Fatalf("after reconcile: %s %q", r.State, r.Reason)
 	}
 	if _, err := f.svc.Reconcile(ctx, lost.ID, Finding{Ran: false, By: "someone else"}); !errors.Is(err, ErrReconciled) {
@@ -95,17 +95,17 @@ func TestReconcileRecordsAFindingOnceAndOnlyForAnInterruptedCall(t *testing.T) {
 	}
 
 	export, _ := verifiedExport(t, log)
-	var kinds []string
+	var kinds []vocab.Kind
 	for _, e := range exportEntries(t, export) {
 		if e.RequestID == lost.ID {
 			kinds = append(kinds, e.Kind)
-			if e.Kind == audit.KindCallReconciled && e.Reason != finding {
+			if e.Kind == vocab.KindCallReconciled && e.Reason != finding {
 				t.Errorf("call.reconciled reason %q", e.Reason)
 			}
 		}
 	}
-	want := []string{audit.KindApprovalRequested, audit.KindApprovalAssertion, audit.KindApprovalApproved,
-		audit.KindCallInterrupted, audit.KindCallReconciled}
+	want := []vocab.Kind{vocab.KindApprovalRequested, vocab.KindApprovalAssertion, vocab.KindApprovalApproved,
+		vocab.KindCallInterrupted, vocab.KindCallReconciled}
 	if !slices.Equal(kinds, want) {
 		t.Fatalf("log of the interrupted request %v, want %v", kinds, want)
 	}
@@ -115,7 +115,7 @@ func TestReconcileRecordsAFindingOnceAndOnlyForAnInterruptedCall(t *testing.T) {
 	entries := exportEntries(t, export)
 	var rec audit.Entry
 	for _, e := range entries {
-		if e.Kind == audit.KindCallReconciled {
+		if e.Kind == vocab.KindCallReconciled {
 			rec = e
 		}
 	}
@@ -141,10 +141,10 @@ func TestReconcileCallWithoutARequestBySeq(t *testing.T) {
 	args := json.RawMessage(`{"name":"late","text":"x"}`)
 	sum, _ := digest.ArgsSHA256(args)
 	call := audit.Entry{Agent: "agent-a", Tool: "hostile__stubborn", ArgsSHA256: hex.EncodeToString(sum[:]), Decision: string(vocab.LevelLow)}
-	appendCall := func(outcome string) int64 {
+	appendCall := func(outcome vocab.Kind) int64 {
 		t.Helper()
 		allowed := call
-		allowed.Kind, allowed.Args = audit.KindCallAllowed, args
+		allowed.Kind, allowed.Args = vocab.KindCallAllowed, args
 		a, err := log.Append(ctx, allowed)
 		if err != nil {
 			t.Fatal(err)
@@ -157,8 +157,8 @@ func TestReconcileCallWithoutARequestBySeq(t *testing.T) {
 		}
 		return e.Seq
 	}
-	lost := appendCall(audit.KindCallInterrupted)
-	done := appendCall(audit.KindCallExecuted)
+	lost := appendCall(vocab.KindCallInterrupted)
+	done := appendCall(vocab.KindCallExecuted)
 
 	alice := approvaltest.NewSoftKey(t, "localhost", testOrigin)
 	f.enroll(t, "alice", alice)
@@ -240,7 +240,7 @@ func TestReconcileCallWithoutARequestBySeq(t *testing.T) {
 	export, _ := verifiedExport(t, log)
 	var findings []audit.Entry
 	for _, e := range exportEntries(t, export) {
-		if e.Kind == audit.KindCallReconciled {
+		if e.Kind == vocab.KindCallReconciled {
 			findings = append(findings, e)
 		}
 	}

@@ -76,7 +76,7 @@ type Request struct {
 }
 
 // Terminal reports whether no further decision can change the request.
-func (r *Request) Terminal() bool { return r.State != StatePending }
+func (r *Request) Terminal() bool { return r.State != vocab.StatePending }
 
 func (s *Service) requestURL(id string) string { return s.opts.PublicURL + "/requests/" + id }
 
@@ -134,10 +134,10 @@ func (s *Service) scanRow(sc scanner) (*row, error) {
 		r.DecidedAt = time.Unix(0, decided).UTC()
 	}
 	r.URL = s.requestURL(r.ID)
-	r.Running = r.State == StateApproved && r.execClaim > 0
+	r.Running = r.State == vocab.StateApproved && r.execClaim > 0
 	// An approval counts only once the log has it.
-	if r.State == StateApproved && r.unlogged {
-		r.State = StatePending
+	if r.State == vocab.StateApproved && r.unlogged {
+		r.State = vocab.StatePending
 	}
 	return &r, nil
 }

@@ -58,7 +58,7 @@ func TestResultsAreSealedAtRestAndErasedAfterTheirWindow(t *testing.T) {
 		if err := f.svc.BeginExecution(ctx, req.ID); err != nil {
 			t.Fatal(err)
 		}
-		if err := f.svc.Finish(ctx, req.ID, Outcome{State: StateExecuted, Result: result}); err != nil {
+		if err := f.svc.Finish(ctx, req.ID, Outcome{State: vocab.StateExecuted, Result: result}); err != nil {
 			t.Fatal(err)
 		}
 		return req.ID
@@ -94,7 +94,7 @@ func TestResultsAreSealedAtRestAndErasedAfterTheirWindow(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer other.Close()
-		if r, _ := other.Get(ctx, id); r.Result != nil || r.State != StateExecuted {
+		if r, _ := other.Get(ctx, id); r.Result != nil || r.State != vocab.StateExecuted {
 			t.Errorf("without the key: %s %s", r.State, r.Result)
 		}
 	})
@@ -140,7 +140,7 @@ func TestResultsAreSealedAtRestAndErasedAfterTheirWindow(t *testing.T) {
 		}
 		clock.Add(time.Hour)
 		r, _ := f.svc.Get(ctx, id)
-		if r.Result != nil || r.ResultUntil.IsZero() || r.State != StateExecuted {
+		if r.Result != nil || r.ResultUntil.IsZero() || r.State != vocab.StateExecuted {
 			t.Fatalf("past the window: %s %s until %v", r.State, r.Result, r.ResultUntil)
 		}
 		if n, err := f.svc.EraseResults(ctx); err != nil || n == 0 {

@@ -16,7 +16,6 @@ import (
 	"github.com/go-webauthn/webauthn/protocol/webauthncose"
 
 	"github.com/countersign/countersign/approval/approvaltest"
-	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/digest"
 	"github.com/countersign/countersign/vocab"
 )
@@ -31,13 +30,13 @@ func TestApproveWaitExecuteOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if req.State != StatePending || len(req.Code) != 6 || !strings.Contains(req.BindingMessage, req.Code) {
+	if req.State != vocab.StatePending || len(req.Code) != 6 || !strings.Contains(req.BindingMessage, req.Code) {
 		t.Fatalf("created %+v", req)
 	}
 	if !strings.HasSuffix(req.URL, "/requests/"+req.ID) || req.ExpiresAt.Nanosecond() != 0 {
 		t.Fatalf("url %q expires %v", req.URL, req.ExpiresAt)
 	}
-	if got := f.rec.Kinds(req.ID); !slices.Equal(got, []string{audit.KindApprovalRequested}) {
+	if got := f.rec.Kinds(req.ID); !slices.Equal(got, []vocab.Kind{vocab.KindApprovalRequested}) {
 		t.Fatalf("kinds after create %v", got)
 	}
 
@@ -53,10 +52,10 @@ func TestApproveWaitExecuteOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := <-waited
-	if got.State != StateApproved || got.DecidedBy != "alice" || !slices.Equal(got.Approvals, []string{"alice"}) {
+	if got.State != vocab.StateApproved || got.DecidedBy != "alice" || !slices.Equal(got.Approvals, []string{"alice"}) {
 		t.Fatalf("wait returned %+v", got)
 	}
-	if want := []string{audit.KindApprovalRequested, audit.KindApprovalAssertion, audit.KindApprovalApproved}; !slices.Equal(f.rec.Kinds(req.ID), want) {
+	if want := []vocab.Kind{vocab.KindApprovalRequested, vocab.KindApprovalAssertion, vocab.KindApprovalApproved}; !slices.Equal(f.rec.Kinds(req.ID), want) {
 		t.Fatalf("kinds %v, want %v", f.rec.Kinds(req.ID), want)
 	}
 
@@ -66,14 +65,14 @@ func TestApproveWaitExecuteOnce(t *testing.T) {
 	if err := f.svc.BeginExecution(ctx, req.ID); !errors.Is(err, ErrNotApproved) {
 		t.Fatalf("second BeginExecution: %v", err)
 	}
-	if err := f.svc.Finish(ctx, req.ID, Outcome{State: StateExecuted, Result: []byte(`{"ok":true}`)}); err != nil {
+	if err := f.svc.Finish(ctx, req.ID, Outcome{State: vocab.StateExecuted, Result: []byte(`{"ok":true}`)}); err != nil {
 		t.Fatal(err)
 	}
 	final, _ := f.svc.Get(ctx, req.ID)
-	if final.State != StateExecuted || string(final.Result) != `{"ok":true}` {
+	if final.State != vocab.StateExecuted || string(final.Result) != `{"ok":true}` {
 		t.Fatalf("final %+v", final)
 	}
-	if err := f.svc.Finish(ctx, req.ID, Outcome{State: StateFailed}); !errors.Is(err, ErrNotExecuting) {
+	if err := f.svc.Finish(ctx, req.ID, Outcome{State: vocab.StateFailed}); !errors.Is(err, ErrNotExecuting) {
 		t.Fatalf("second Finish: %v", err)
 	}
 }
@@ -94,8 +93,8 @@ func TestAssertionEntryVerifiesOffline(t *testing.T) {
 	if _, err := f.decide(t, req.ID, vocab.Approve, alice); err != nil {
 		t.Fatal(err)
 	}
-	enrolled, _ := f.rec.Last(audit.KindApproverEnrolled)
-	e, _ := f.rec.Last(audit.KindApprovalAssertion)
+	enrolled, _ := f.rec.Last(vocab.KindApproverEnrolled)
+	e, _ := f.rec.Last(vocab.KindApprovalAssertion)
 	if len(e.Args) != 0 || !e.ArgsRedact {
 		t.Fatalf("redacted request leaked args: %s", e.Args)
 	}
@@ -143,14 +142,14 @@ func TestDenyEndsRequest(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.State != StateDenied || got.DecidedBy != "bob" {
+	if got.State != vocab.StateDenied || got.DecidedBy != "bob" {
 		t.Fatalf("after deny %+v", got)
 	}
-	if e, _ := f.rec.Last(audit.KindApprovalDenied); e.Decision != "deny" || e.Signature == "" || e.Approver != "bob" {
+	if e, _ := f.rec.Last(vocab.KindApprovalDenied); e.Decision != "deny" || e.Signature == "" || e.Approver != "bob" {
 		t.Fatalf("denied entry %+v", e)
 	}
 	w, err := f.svc.Wait(ctx, req.ID)
-	if err != nil || w.State != StateDenied {
+	if err != nil || w.State != vocab.StateDenied {
 		t.Fatalf("wait after deny: %v %v", w, err)
 	}
 	if _, err := f.svc.BeginDecision(ctx, req.ID, vocab.Approve); !errors.Is(err, ErrNotPending) {
@@ -176,12 +175,12 @@ func TestExpiryWithoutWaiter(t *testing.T) {
 	ceremony, resp := f.sign(t, req.ID, vocab.Approve, alice)
 	for {
 		r, _ := f.svc.Get(ctx, req.ID)
-		if r.State == StateExpired {
+		if r.State == vocab.StateExpired {
 			break
 		}
 		<-f.svc.changes()
 	}
-	if !slices.Contains(f.rec.Kinds(req.ID), audit.KindApprovalExpired) {
+	if !slices.Contains(f.rec.Kinds(req.ID), vocab.KindApprovalExpired) {
 		t.Fatalf("kinds %v", f.rec.Kinds(req.ID))
 	}
 	// An assertion made before expiry does not count after it.
@@ -232,7 +231,7 @@ func TestCriticalNeedsQuorumWithUV(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.State != StatePending || !slices.Equal(got.Approvals, []string{"alice"}) {
+	if got.State != vocab.StatePending || !slices.Equal(got.Approvals, []string{"alice"}) {
 		t.Fatalf("after one of two: %+v", got)
 	}
 	if err := f.svc.BeginExecution(ctx, req.ID); !errors.Is(err, ErrNotApproved) {
@@ -249,11 +248,11 @@ func TestCriticalNeedsQuorumWithUV(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.State != StateApproved || got.DecidedBy != "alice,bob" {
+	if got.State != vocab.StateApproved || got.DecidedBy != "alice,bob" {
 		t.Fatalf("after two of two: %+v", got)
 	}
 	for _, e := range f.rec.Entries() {
-		if e.Kind == audit.KindApprovalAssertion && !e.UserVerified {
+		if e.Kind == vocab.KindApprovalAssertion && !e.UserVerified {
 			t.Fatalf("critical assertion entry without UV: %+v", e)
 		}
 	}
@@ -318,10 +317,10 @@ func TestWaitCancelledWhenCallerGoes(t *testing.T) {
 	}()
 	cancel()
 	r := <-done
-	if r.State != StateCancelled {
+	if r.State != vocab.StateCancelled {
 		t.Fatalf("state %s", r.State)
 	}
-	if !slices.Contains(f.rec.Kinds(req.ID), audit.KindApprovalCancelled) {
+	if !slices.Contains(f.rec.Kinds(req.ID), vocab.KindApprovalCancelled) {
 		t.Fatalf("kinds %v", f.rec.Kinds(req.ID))
 	}
 }
@@ -347,7 +346,7 @@ func TestAuditFailureFailsClosed(t *testing.T) {
 	if _, err := f.decide(t, req.ID, vocab.Approve, alice); !errors.Is(err, ErrRecord) {
 		t.Fatalf("approve with broken log: %v", err)
 	}
-	if r, _ := f.svc.Get(ctx, req.ID); r.State != StatePending {
+	if r, _ := f.svc.Get(ctx, req.ID); r.State != vocab.StatePending {
 		t.Fatalf("unlogged approval visible as %s", r.State)
 	}
 	if err := f.svc.BeginExecution(ctx, req.ID); !errors.Is(err, ErrNotApproved) {
@@ -361,7 +360,7 @@ func TestAuditFailureFailsClosed(t *testing.T) {
 	if err := f.svc.BeginExecution(ctx, req.ID); err != nil {
 		t.Fatalf("after log recovered: %v", err)
 	}
-	if want := []string{audit.KindApprovalRequested, audit.KindApprovalAssertion, audit.KindApprovalApproved}; !slices.Equal(f.rec.Kinds(req.ID), want) {
+	if want := []vocab.Kind{vocab.KindApprovalRequested, vocab.KindApprovalAssertion, vocab.KindApprovalApproved}; !slices.Equal(f.rec.Kinds(req.ID), want) {
 		t.Fatalf("kinds %v", f.rec.Kinds(req.ID))
 	}
 }

@@ -10,8 +10,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/authzdetails"
+	"github.com/countersign/countersign/vocab"
 )
 
 // mcpRequest is a request for an upstream call with these arguments.
@@ -50,7 +50,7 @@ func TestDisplayHoldsEveryArgumentWhole(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	entry, ok := f.rec.Last(audit.KindApprovalRequested)
+	entry, ok := f.rec.Last(vocab.KindApprovalRequested)
 	if !ok {
 		t.Fatal("no approval.requested entry")
 	}

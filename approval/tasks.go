@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"time"
+
+	"github.com/countersign/countersign/vocab"
 )
 
 // Own returns request id if agent raised it in wait mode wait. A request of
@@ -18,7 +20,7 @@ func (s *Service) Own(ctx context.Context, id, agent, wait string) (*Request, er
 	if r.Agent != agent || r.Wait != wait {
 		return nil, ErrNotFound
 	}
-	if r.State == StatePending && !s.now().Before(r.ExpiresAt) {
+	if r.State == vocab.StatePending && !s.now().Before(r.ExpiresAt) {
 		s.expire(context.WithoutCancel(ctx), id)
 		return s.Own(ctx, id, agent, wait)
 	}
@@ -76,7 +78,7 @@ func (s *Service) Await(ctx context.Context, id string, done func(*Request) bool
 		if err != nil {
 			return nil, err
 		}
-		if r.State == StatePending && !s.now().Before(r.ExpiresAt) {
+		if r.State == vocab.StatePending && !s.now().Before(r.ExpiresAt) {
 			s.expire(context.WithoutCancel(ctx), id)
 			continue
 		}
@@ -99,5 +101,5 @@ func (s *Service) Await(ctx context.Context, id string, done func(*Request) bool
 // Settled reports whether nothing more will happen to r: it was denied,
 // expired or cancelled, or its one run ended.
 func Settled(r *Request) bool {
-	return r.State != StatePending && r.State != StateApproved
+	return r.State != vocab.StatePending && r.State != vocab.StateApproved
 }

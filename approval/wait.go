@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"time"
+
+	"github.com/countersign/countersign/vocab"
 )
 
 // Wait blocks until the request is approved, denied, expired or cancelled.
@@ -21,7 +23,7 @@ func (s *Service) Watch(ctx context.Context, id string) (*Request, error) {
 }
 
 func (s *Service) await(ctx context.Context, id string, cancelOnDone bool) (*Request, error) {
-	r, err := s.Await(ctx, id, func(r *Request) bool { return r.State != StatePending })
+	r, err := s.Await(ctx, id, func(r *Request) bool { return r.State != vocab.StatePending })
 	if err == nil || ctx.Err() == nil || !cancelOnDone {
 		return r, err
 	}
@@ -33,7 +35,7 @@ func (s *Service) await(ctx context.Context, id string, cancelOnDone bool) (*Req
 	if gerr != nil {
 		return nil, gerr
 	}
-	if got.State == StatePending {
+	if got.State == vocab.StatePending {
 		// Approved but not yet logged: report what ctx says.
 		return got, ctx.Err()
 	}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"testing"
 	"time"
+
+	"github.com/countersign/countersign/vocab"
 )
 
 // Each waiter wakes at its own request's change, well before the re-read
@@ -53,7 +55,7 @@ func TestWaitersWakeAtTheirOwnRequestAndLeaveNothing(t *testing.T) {
 	}
 	for range n {
 		r := <-ended
-		if r == nil || r.State != StateCancelled {
+		if r == nil || r.State != vocab.StateCancelled {
 			t.Fatalf("waiter returned %+v", r)
 		}
 	}

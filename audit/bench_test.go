@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/countersign/countersign/store/storetest"
+	"github.com/countersign/countersign/vocab"
 )
 
 // benchEntry is a routine call's entry as the guard appends it: its
@@ -16,7 +17,7 @@ import (
 // for the policy, the digest and the log).
 func benchEntry(i int) Entry {
 	return Entry{
-		Kind: KindCallAllowed, Agent: "agent-1", Tool: "transfer", Decision: "low", Rule: "tools.transfer.base",
+		Kind: vocab.KindCallAllowed, Agent: "agent-1", Tool: "transfer", Decision: "low", Rule: "tools.transfer.base",
 		Args: json.RawMessage(fmt.Sprintf(`{"amount":%d,"currency":"USD","memo":"invoice 2026-%06d","to":"Vendor %d"}`, i, i, i%97)),
 	}
 }

@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"unicode/utf8"
+
+	"github.com/countersign/countersign/vocab"
 )
 
 // Bounds on what a call's parties can make the log keep (format 3).
@@ -108,7 +110,7 @@ func cut(s string) (head, sum string, size int64) {
 // arguments an earlier entry holds: an outcome naming its call.allowed
 // (args_seq), or any entry of an approval request but the request itself.
 func argsStoredEarlier(e *Entry) bool {
-	return e.ArgsSeq != 0 || e.RequestID != "" && e.Kind != KindApprovalRequested
+	return e.ArgsSeq != 0 || e.RequestID != "" && e.Kind != vocab.KindApprovalRequested
 }
 
 // formatRules checks what one entry of format 2 or later must hold on its
@@ -138,10 +140,10 @@ func formatRules(e *Entry) string {
 	}
 	switch {
 	case e.ArgsSeq == 0:
-	case e.Kind != KindCallExecuted && e.Kind != KindCallFailed && e.Kind != KindCallInterrupted:
-		return e.Kind + " carries args_seq; only a call's outcome does"
+	case e.Kind != vocab.KindCallExecuted && e.Kind != vocab.KindCallFailed && e.Kind != vocab.KindCallInterrupted:
+		return string(e.Kind) + " carries args_seq; only a call's outcome does"
 	case e.RequestID != "":
-		return e.Kind + " carries both args_seq and request_id; a request's entries find the args through request_id"
+		return string(e.Kind) + " carries both args_seq and request_id; a request's entries find the args through request_id"
 	case e.ArgsSeq < 0 || e.ArgsSeq >= e.Seq:
 		return fmt.Sprintf("args_seq %d is not an earlier entry", e.ArgsSeq)
 	}

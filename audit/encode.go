@@ -241,7 +241,7 @@ func membersOf(e *Entry, canon func([]byte) ([]byte, error)) ([][]byte, error) {
 	integer("grant_seq", e.GrantSeq)
 	integer("interrupted_seq", e.InterruptedSeq)
 	// Kind is never empty (prepare refuses that), matching its lack of omitempty.
-	out = append(out, appendJCSString([]byte(`"kind":`), e.Kind))
+	out = append(out, appendJCSString([]byte(`"kind":`), string(e.Kind)))
 	str("level", string(e.Level))
 	str("nonce", e.Nonce)
 	str("origin", e.Origin)

@@ -8,6 +8,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/countersign/countersign/vocab"
 )
 
 // The writer's spliced encoding must equal the reference one the
@@ -16,7 +18,7 @@ func TestPreparedMatchesReference(t *testing.T) {
 	entries := append(sampleEntries(),
 		Entry{Kind: "x"},
 		Entry{Kind: "a\"b\\c,{}[]", Agent: "é\u2028\x01", Args: json.RawMessage(`{"z":[1,{"y":"}"}],"a":1.50,"m":"\"seq\":"}`), UserVerified: true},
-		Entry{Kind: KindApproverEnrolled, Approver: "alice", CredentialID: "abc", PublicKey: "pQECAyYgASFYIA", Origin: "http://localhost:8710", RPID: "localhost"},
+		Entry{Kind: vocab.KindApproverEnrolled, Approver: "alice", CredentialID: "abc", PublicKey: "pQECAyYgASFYIA", Origin: "http://localhost:8710", RPID: "localhost"},
 	)
 	prev := [32]byte{1, 2, 3}
 	for i, e := range entries {
@@ -69,7 +71,7 @@ func FuzzCanonicalMembers(f *testing.F) {
 		if kind == "" || !json.Valid(args) {
 			return
 		}
-		e := Entry{Kind: kind, Display: text, Reason: text + kind, Args: args, UserVerified: uv,
+		e := Entry{Kind: vocab.Kind(kind), Display: text, Reason: text + kind, Args: args, UserVerified: uv,
 			ArgsSeq: int64(len(text)), ReasonSHA256: kind, ResultSize: int64(len(args)), InterruptedSeq: int64(len(kind))}
 		pre, err := prepareEncoding(&e, false)
 		e.Seq, e.Time, e.PrevHash = 5, "2026-03-01T09:30:01.000000001Z", strings.Repeat("0", 64)
@@ -95,7 +97,7 @@ func TestLineByteForm(t *testing.T) {
 	if !bytes.Contains(args, []byte(`\u003c`)) {
 		t.Fatalf("json.Marshal no longer escapes HTML: %s", args)
 	}
-	e := mustAppend(t, l, Entry{Kind: KindCallAllowed, Tool: "t", Args: args, Display: "<b>&</b>"})
+	e := mustAppend(t, l, Entry{Kind: vocab.KindCallAllowed, Tool: "t", Args: args, Display: "<b>&</b>"})
 	line := exportLine(t, l, e.Seq)
 	want := `"args":{"amount":1.5,"note":"\u2028","to":"A & B <ltd>"}`
 	if !bytes.Contains(line, []byte(want)) || !bytes.Contains(line, []byte(`"display":"<b>&</b>"`)) {
@@ -112,7 +114,7 @@ func TestLineByteForm(t *testing.T) {
 	}
 	b.WriteString("\U0001F600\U0010FFFF")
 	s := b.String()
-	got, err := encodeLine(&Entry{Kind: KindCallAllowed, Display: s})
+	got, err := encodeLine(&Entry{Kind: vocab.KindCallAllowed, Display: s})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,38 +6,6 @@ import (
 	"github.com/countersign/countersign/vocab"
 )
 
-// Entry kinds.
-const (
-	KindCallAllowed       = "call.allowed"       // policy said low: runs at once
-	KindCallDenied        = "call.denied"        // policy said deny, or failed closed
-	KindCallRejected      = "call.rejected"      // schema or argument validation failed
-	KindCallRateLimited   = "call.rate_limited"  // calls refused over a limit; one entry per agent per minute at most, with the count
-	KindCallExecuted      = "call.executed"      // backend ran and succeeded
-	KindCallFailed        = "call.failed"        // backend ran and failed
-	KindCallInterrupted   = "call.interrupted"   // the call was handed over and no answer came (server stopped, timeout, connection lost); outcome unknown, never rerun
-	KindCallReconciled    = "call.reconciled"    // a person recorded whether an interrupted call ran; Reason says what and who
-	KindApprovalRequested = "approval.requested" // a request was raised
-	KindApprovalAssertion = "approval.assertion" // one approver's verified key assertion (quorum may need more)
-	KindApprovalApproved  = "approval.approved"  // quorum reached
-	KindApprovalDenied    = "approval.denied"    // an approver denied with their key
-	KindApprovalExpired   = "approval.expired"   // nobody decided in time
-	KindApprovalCancelled = "approval.cancelled" // the agent went away or cancelled
-	KindApprovalRejected  = "approval.rejected"  // an assertion was refused; Reason says which check
-	KindApproverEnrolled  = "approver.enrolled"  // a credential was registered; PublicKey carries it
-	KindCredentialRevoked = "credential.revoked" // a credential was revoked
-	KindEnrollmentCreated = "enrollment.created" // a one-time enrollment link was issued
-	KindPolicyLoaded      = "policy.loaded"      // the policy in force from here on; Policy carries it
-	KindNotifySent        = "notify.sent"        // people were told of a request's event; Reason names the channel types
-	KindGrantRevoked      = "grant.revoked"      // a standing grant was revoked on the page; Approver says by whom
-	KindAgentFrozen       = "agent.frozen"       // an agent's calls are refused from now on ("*": every agent); Approver says by whom
-	KindAgentUnfrozen     = "agent.unfrozen"     // a freeze was lifted; Approver says by whom
-	// Upstream tools' pinned definitions (tools/upstream); Result says
-	// which upstream, tool and definition hashes.
-	KindToolPinned   = "tool.pinned"   // an upstream tool's definition was pinned on the upstream's first connection
-	KindToolChanged  = "tool.changed"  // an upstream listed a tool unlike its pin (changed, new or removed); it is held
-	KindToolAccepted = "tool.accepted" // an admin pinned an upstream tool's current definition (upstreams accept)
-)
-
 // Format is the version of the entry format that Append writes, recorded
 // in every entry's V. Format 1 entries (written by older servers) have no
 // V; docs/audit-export.md lists what each version added. Format 3 stores
@@ -52,7 +20,7 @@ type Entry struct {
 	Seq        int64           `json:"seq"`
 	Time       string          `json:"time"`        // RFC 3339, UTC, nanoseconds; set by Append
 	V          int             `json:"v,omitempty"` // entry format, set by Append; absent in format 1
-	Kind       string          `json:"kind"`
+	Kind       vocab.Kind      `json:"kind"`
 	Agent      string          `json:"agent,omitempty"`
 	Tool       string          `json:"tool,omitempty"`
 	Args       json.RawMessage `json:"args,omitempty"` // omitted when redacted

@@ -55,20 +55,20 @@ func mustAppend(t testing.TB, l *Log, e Entry) Entry {
 func sampleEntries() []Entry {
 	const request = "5f2b6c1e-8d0e-4c1b-9f3a-2b7c1d0e9a11"
 	return []Entry{
-		{Kind: KindCallAllowed, Agent: "agent-1", Tool: "get_balance", Args: json.RawMessage(`{"account":"ops"}`), Decision: "low"},
-		{Kind: KindCallExecuted, Agent: "agent-1", Tool: "get_balance", Args: json.RawMessage(`{"account":"ops"}`), Decision: "low", Result: json.RawMessage(`{"balance":"1200.50","currency":"EUR"}`)},
-		{Kind: KindApprovalRequested, Agent: "agent-1", Tool: "transfer", Args: json.RawMessage(`{"to":"Vendor X & Söhne <ltd>","amount":500000,"currency":"USD"}`),
+		{Kind: vocab.KindCallAllowed, Agent: "agent-1", Tool: "get_balance", Args: json.RawMessage(`{"account":"ops"}`), Decision: "low"},
+		{Kind: vocab.KindCallExecuted, Agent: "agent-1", Tool: "get_balance", Args: json.RawMessage(`{"account":"ops"}`), Decision: "low", Result: json.RawMessage(`{"balance":"1200.50","currency":"EUR"}`)},
+		{Kind: vocab.KindApprovalRequested, Agent: "agent-1", Tool: "transfer", Args: json.RawMessage(`{"to":"Vendor X & Söhne <ltd>","amount":500000,"currency":"USD"}`),
 			Level: "high", Rule: "tools.transfer.rules[0]", RequestID: request, Quorum: 1, Eligible: []string{"alice", "bob"}, UserVerification: vocab.UVPreferred,
 			AuthorizationDetails: json.RawMessage(`[{"type":"payment_initiation","actions":["transfer"],"instructedAmount":{"currency":"USD","amount":"500000.00"},"creditorName":"Vendor X"}]`),
 			Display:              "Approve $500,000.00 transfer to Vendor X", Nonce: "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8", ExpiresAt: "2026-03-01T09:35:00Z"},
-		{Kind: KindCallDenied, Agent: "agent-2", Tool: "run_command", Args: json.RawMessage(`{"cmd":"rm -rf /"}`), Decision: "deny", Rule: "tools.run_command.rules[2]", Reason: "denied by policy"},
-		{Kind: KindCallRejected, Agent: "agent-2", Tool: "transfer", Reason: "args.amount: must be > 0"},
-		{Kind: KindCallAllowed, Agent: "agent-1", Tool: "read_secret", Args: json.RawMessage(`{"name":"db-password"}`), ArgsRedact: true, Decision: "low"},
-		{Kind: KindCallExecuted, Agent: "agent-1", Tool: "read_secret", Args: json.RawMessage(`{"name":"db-password"}`), ArgsRedact: true, Decision: "low",
+		{Kind: vocab.KindCallDenied, Agent: "agent-2", Tool: "run_command", Args: json.RawMessage(`{"cmd":"rm -rf /"}`), Decision: "deny", Rule: "tools.run_command.rules[2]", Reason: "denied by policy"},
+		{Kind: vocab.KindCallRejected, Agent: "agent-2", Tool: "transfer", Reason: "args.amount: must be > 0"},
+		{Kind: vocab.KindCallAllowed, Agent: "agent-1", Tool: "read_secret", Args: json.RawMessage(`{"name":"db-password"}`), ArgsRedact: true, Decision: "low"},
+		{Kind: vocab.KindCallExecuted, Agent: "agent-1", Tool: "read_secret", Args: json.RawMessage(`{"name":"db-password"}`), ArgsRedact: true, Decision: "low",
 			Result: json.RawMessage(`{"name":"db-password","sha256":"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"}`)},
-		{Kind: KindApprovalExpired, RequestID: request, Tool: "transfer", Reason: "nobody decided before expires_at"},
-		{Kind: KindCallAllowed, Agent: "agent-1", Tool: "transfer", Args: json.RawMessage(`{"to":"Vendor Y","amount":50,"currency":"EUR"}`), Decision: "low"},
-		{Kind: KindCallFailed, Agent: "agent-1", Tool: "transfer", Args: json.RawMessage(`{"to":"Vendor Y","amount":50,"currency":"EUR"}`), Decision: "low",
+		{Kind: vocab.KindApprovalExpired, RequestID: request, Tool: "transfer", Reason: "nobody decided before expires_at"},
+		{Kind: vocab.KindCallAllowed, Agent: "agent-1", Tool: "transfer", Args: json.RawMessage(`{"to":"Vendor Y","amount":50,"currency":"EUR"}`), Decision: "low"},
+		{Kind: vocab.KindCallFailed, Agent: "agent-1", Tool: "transfer", Args: json.RawMessage(`{"to":"Vendor Y","amount":50,"currency":"EUR"}`), Decision: "low",
 			Reason: "backend: connection refused \u2028 \"quoted\""},
 	}
 }

@@ -4,13 +4,15 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+
+	"github.com/countersign/countersign/vocab"
 )
 
 // interruptedMember is how the stored line of a call.interrupted entry
 // names its kind (encodeLine: compact JSON, struct order). The text of a
 // reason or an argument cannot hold it unescaped, and every hit is decoded
 // and checked, so it only spares decoding the lines that cannot match.
-const interruptedMember = `"kind":"` + KindCallInterrupted + `"`
+const interruptedMember = `"kind":"` + string(vocab.KindCallInterrupted) + `"`
 
 // Interrupted returns, in order, the log's call.interrupted entries:
 // the calls whose outcome is unknown, which a person may reconcile. They
@@ -32,7 +34,7 @@ func (l *Log) Interrupted(ctx context.Context) ([]Entry, error) {
 		if err := json.Unmarshal(body, &e); err != nil {
 			return nil, fmt.Errorf("audit: read an interrupted call: %w", err)
 		}
-		if e.Kind == KindCallInterrupted {
+		if e.Kind == vocab.KindCallInterrupted {
 			out = append(out, e)
 		}
 	}

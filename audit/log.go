@@ -17,6 +17,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/countersign/countersign/vocab"
 	"github.com/gowebpki/jcs"
 	"golang.org/x/mod/sumdb/note"
 	"golang.org/x/mod/sumdb/tlog"
@@ -239,9 +240,9 @@ func (l *Log) Append(ctx context.Context, e Entry) (Entry, error) {
 
 // DecidedByPolicy reports whether entries of kind record a policy decision
 // and so name the policy that made it.
-func DecidedByPolicy(kind string) bool {
+func DecidedByPolicy(kind vocab.Kind) bool {
 	switch kind {
-	case KindCallAllowed, KindCallDenied, KindCallExecuted, KindCallFailed, KindApprovalRequested:
+	case vocab.KindCallAllowed, vocab.KindCallDenied, vocab.KindCallExecuted, vocab.KindCallFailed, vocab.KindApprovalRequested:
 		return true
 	}
 	return false
@@ -258,7 +259,7 @@ func (l *Log) LoadPolicy(ctx context.Context, doc json.RawMessage) (Entry, error
 	if err != nil {
 		return Entry{}, fmt.Errorf("audit: policy: %w", err)
 	}
-	e, err := l.Append(ctx, Entry{Kind: KindPolicyLoaded, Policy: doc, PolicySHA256: sum, Reason: "policy in force from here on"})
+	e, err := l.Append(ctx, Entry{Kind: vocab.KindPolicyLoaded, Policy: doc, PolicySHA256: sum, Reason: "policy in force from here on"})
 	if err != nil {
 		return e, err
 	}

@@ -10,19 +10,20 @@ import (
 	"time"
 
 	"github.com/countersign/countersign/store/storetest"
+	"github.com/countersign/countersign/vocab"
 )
 
 func TestAppendSetsChainFields(t *testing.T) {
 	db := storetest.Open(t, t.TempDir())
 	l := openLog(t, db, seededKey(1), Options{})
-	first := mustAppend(t, l, Entry{Kind: KindCallAllowed, Tool: "t", Args: []byte(`{"b":1, "a":2}`), Seq: 99, Hash: "x"})
+	first := mustAppend(t, l, Entry{Kind: vocab.KindCallAllowed, Tool: "t", Args: []byte(`{"b":1, "a":2}`), Seq: 99, Hash: "x"})
 	if first.Seq != 1 || first.PrevHash != strings.Repeat("0", 64) || len(first.Hash) != 64 || first.Sig == "" {
 		t.Fatalf("first entry %+v", first)
 	}
 	if first.ArgsSHA256 == "" {
 		t.Fatal("args_sha256 not computed")
 	}
-	second := mustAppend(t, l, Entry{Kind: KindCallAllowed, Tool: "read_secret", Args: []byte(`{"name":"x"}`), ArgsRedact: true})
+	second := mustAppend(t, l, Entry{Kind: vocab.KindCallAllowed, Tool: "read_secret", Args: []byte(`{"name":"x"}`), ArgsRedact: true})
 	if second.Seq != 2 || second.PrevHash != first.Hash {
 		t.Fatalf("second entry does not link: %+v", second)
 	}
@@ -36,16 +37,16 @@ func TestAppendSetsChainFields(t *testing.T) {
 
 	for _, bad := range []Entry{
 		{},
-		{Kind: KindCallAllowed, Args: []byte(`{"a":`)},
-		{Kind: KindCallAllowed, Args: []byte(`{"a":1}`), ArgsSHA256: strings.Repeat("0", 64)},
-		{Kind: KindCallAllowed, Result: []byte(`1e400`)},
+		{Kind: vocab.KindCallAllowed, Args: []byte(`{"a":`)},
+		{Kind: vocab.KindCallAllowed, Args: []byte(`{"a":1}`), ArgsSHA256: strings.Repeat("0", 64)},
+		{Kind: vocab.KindCallAllowed, Result: []byte(`1e400`)},
 	} {
 		if _, err := l.Append(context.Background(), bad); err == nil {
 			t.Errorf("Append(%+v) succeeded", bad)
 		}
 	}
 	// Bad entries consumed no seq.
-	if e := mustAppend(t, l, Entry{Kind: KindCallAllowed}); e.Seq != 3 {
+	if e := mustAppend(t, l, Entry{Kind: vocab.KindCallAllowed}); e.Seq != 3 {
 		t.Fatalf("seq %d after rejected appends, want 3", e.Seq)
 	}
 }
@@ -64,7 +65,7 @@ func TestCloseWritesCheckpointAndReopenAppends(t *testing.T) {
 	if err := l.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := l.Append(context.Background(), Entry{Kind: KindCallAllowed}); !errors.Is(err, ErrClosed) {
+	if _, err := l.Append(context.Background(), Entry{Kind: vocab.KindCallAllowed}); !errors.Is(err, ErrClosed) {
 		t.Fatalf("Append after Close: %v", err)
 	}
 	var size int64
@@ -72,7 +73,7 @@ func TestCloseWritesCheckpointAndReopenAppends(t *testing.T) {
 		t.Fatalf("final checkpoint size %d (%v), want 3", size, err)
 	}
 	l2 := openLog(t, db, key, Options{})
-	if e := mustAppend(t, l2, Entry{Kind: KindCallAllowed}); e.Seq != 4 {
+	if e := mustAppend(t, l2, Entry{Kind: vocab.KindCallAllowed}); e.Seq != 4 {
 		t.Fatalf("seq %d", e.Seq)
 	}
 }
@@ -80,8 +81,8 @@ func TestCloseWritesCheckpointAndReopenAppends(t *testing.T) {
 func TestBackgroundCheckpoints(t *testing.T) {
 	db := storetest.Open(t, t.TempDir())
 	l := openLog(t, db, seededKey(1), Options{CheckpointEvery: 5 * time.Millisecond})
-	mustAppend(t, l, Entry{Kind: KindCallAllowed})
-	mustAppend(t, l, Entry{Kind: KindCallAllowed})
+	mustAppend(t, l, Entry{Kind: vocab.KindCallAllowed})
+	mustAppend(t, l, Entry{Kind: vocab.KindCallAllowed})
 	// Wait (without a timing assertion) for the ticker to sign size 2.
 	for {
 		var n int

@@ -8,11 +8,6 @@ import (
 	"golang.org/x/mod/sumdb/tlog"
 )
 
-// KindRollbackAccepted records that an operator started the server on a
-// log that does not extend the checkpoint its witness kept (serve
-// --accept-rollback): the entries after the restored copy are gone.
-const KindRollbackAccepted = "audit.rollback_accepted"
-
 // TreeHash is the Merkle root of the log's first n entries, from the stored
 // tree. A witness compares it with the root of a checkpoint it kept: equal
 // roots mean the log extends that checkpoint; different ones, or a log

@@ -218,7 +218,7 @@ func TestCIBAPaymentJudgedAsTransfer(t *testing.T) {
 	if got := s.post(t, PathToken, "ci-bot", pollForm(id)); got.str("error") != CodeAuthorizationPending {
 		t.Fatalf("after one tap: %d %v", got.status, got.body)
 	}
-	if s.tap(t, "bob", id, "approve").State != approval.StateApproved {
+	if s.tap(t, "bob", id, "approve").State != vocab.StateApproved {
 		t.Fatal("two approvers did not approve")
 	}
 	got := s.post(t, PathToken, "ci-bot", pollForm(id))
@@ -238,7 +238,7 @@ func TestCIBAPaymentJudgedAsTransfer(t *testing.T) {
 	// The log names the transfer policy's rule that decided.
 	var requested audit.Entry
 	for _, e := range s.entries(t) {
-		if e.Kind == audit.KindApprovalRequested && e.RequestID == id {
+		if e.Kind == vocab.KindApprovalRequested && e.RequestID == id {
 			requested = e
 		}
 	}
@@ -340,7 +340,7 @@ func TestCIBADetailOfADeniedToolRefused(t *testing.T) {
 		t.Fatalf("denied tool: %d %v", r.status, r.body)
 	}
 	added := s.entries(t)[before:]
-	if len(added) != 1 || added[0].Kind != audit.KindCallDenied || added[0].Decision != string(vocab.LevelDeny) ||
+	if len(added) != 1 || added[0].Kind != vocab.KindCallDenied || added[0].Decision != string(vocab.LevelDeny) ||
 		added[0].Rule != "read_secret:never-payments-key" || added[0].Tool != Tool {
 		t.Fatalf("recorded %+v", added)
 	}
@@ -458,7 +458,7 @@ func TestCIBAPaymentAndTransferAddUpAcrossARestart(t *testing.T) {
 				Args: map[string]any{"from": "operating", "to": "Acme Supplies", "amount": 9999.0, "currency": "USD"}})
 			var requested *audit.Entry
 			for _, e := range s.entries(t)[before:] {
-				if e.Kind == audit.KindApprovalRequested && e.Tool == "transfer" {
+				if e.Kind == vocab.KindApprovalRequested && e.Tool == "transfer" {
 					requested = &e
 				}
 			}
@@ -478,7 +478,7 @@ func TestCIBAPaymentAndTransferAddUpAcrossARestart(t *testing.T) {
 func (s *stack) requestedRule(t *testing.T, id string) string {
 	t.Helper()
 	for _, e := range s.entries(t) {
-		if e.Kind == audit.KindApprovalRequested && e.RequestID == id {
+		if e.Kind == vocab.KindApprovalRequested && e.RequestID == id {
 			return e.Rule
 		}
 	}
@@ -506,7 +506,7 @@ func redactCIBA(redact bool) func(*config.Config) {
 func (s *stack) checkRedacted(t *testing.T, redact bool) {
 	t.Helper()
 	for _, e := range s.entries(t) {
-		if e.Tool == Tool && e.Kind == audit.KindApprovalRequested && (len(e.Args) == 0) != redact {
+		if e.Tool == Tool && e.Kind == vocab.KindApprovalRequested && (len(e.Args) == 0) != redact {
 			t.Fatalf("redact %v, and %s keeps arguments %s", redact, e.Kind, e.Args)
 		}
 	}

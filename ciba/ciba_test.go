@@ -369,7 +369,7 @@ func TestAuthenticationRequestErrors(t *testing.T) {
 				return
 			}
 			if len(added) != 1 || added[0].Tool != Tool || added[0].Agent != tc.agent ||
-				(added[0].Kind != audit.KindCallRejected && added[0].Kind != audit.KindCallDenied) {
+				(added[0].Kind != vocab.KindCallRejected && added[0].Kind != vocab.KindCallDenied) {
 				t.Errorf("recorded %+v, want one call.rejected or call.denied by %s", added, tc.agent)
 			}
 		})
@@ -521,10 +521,10 @@ func checkToken(t *testing.T, s *stack, tok, id string) {
 
 	var approved, assertion audit.Entry
 	for _, e := range s.entries(t) {
-		if e.RequestID == id && e.Kind == audit.KindApprovalApproved {
+		if e.RequestID == id && e.Kind == vocab.KindApprovalApproved {
 			approved = e
 		}
-		if e.RequestID == id && e.Kind == audit.KindApprovalAssertion {
+		if e.RequestID == id && e.Kind == vocab.KindApprovalAssertion {
 			assertion = e
 		}
 	}

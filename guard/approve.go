@@ -39,7 +39,7 @@ func (g *Guard) countersign(ctx context.Context, c Call, spec *tools.Spec, call 
 		}
 	}()
 	if g.opts.Requests == nil {
-		entry.Kind, entry.Reason = audit.KindCallDenied, "approval required, but approvals are not available"
+		entry.Kind, entry.Reason = vocab.KindCallDenied, "approval required, but approvals are not available"
 		g.record(ctx, entry)
 		return toolError("approval required (%s): %s; no approval service is running", d.Level, d.Reason)
 	}
@@ -59,7 +59,7 @@ func (g *Guard) countersign(ctx context.Context, c Call, spec *tools.Spec, call 
 	})
 	if err != nil {
 		g.log.Error("cannot raise approval request", "tool", spec.Def.Name, "err", err)
-		entry.Kind, entry.Reason = audit.KindCallDenied, "cannot raise an approval request: "+err.Error()
+		entry.Kind, entry.Reason = vocab.KindCallDenied, "cannot raise an approval request: "+err.Error()
 		g.record(ctx, entry)
 		return toolError("refused: cannot raise an approval request: %v", err)
 	}
@@ -125,7 +125,7 @@ func (g *Guard) runApproved(ctx context.Context, id string, spec *tools.Spec, ca
 	if err != nil {
 		// The tool may hand the action on with its token; without one it
 		// does not run at all.
-		entry.Kind, entry.Reason = audit.KindCallFailed, "cannot issue the approval token: "+err.Error()
+		entry.Kind, entry.Reason = vocab.KindCallFailed, "cannot issue the approval token: "+err.Error()
 		if err := g.finishErr(context.WithoutCancel(ctx), id, nil, entry, false); err != nil {
 			g.log.Error("cannot store approval outcome", "auth_req_id", id, "err", err)
 		}

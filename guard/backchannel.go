@@ -110,7 +110,7 @@ func (g *Guard) Raise(ctx context.Context, b Backchannel) (*approval.Request, er
 	conf := g.opts.Tools[b.Tool]
 	canon, err := canonicalize(b.Args)
 	if err != nil {
-		entry.Kind, entry.Reason = audit.KindCallRejected, err.Error()
+		entry.Kind, entry.Reason = vocab.KindCallRejected, err.Error()
 		g.record(ctx, entry)
 		return nil, err
 	}
@@ -142,7 +142,7 @@ func (g *Guard) Raise(ctx context.Context, b Backchannel) (*approval.Request, er
 	}()
 	entry.Decision, entry.Rule, entry.Reason = string(d.Level), strings.Join(d.Rules, ","), d.Reason
 	refuse := func(reason string) (*approval.Request, error) {
-		entry.Kind, entry.Reason = audit.KindCallDenied, reason
+		entry.Kind, entry.Reason = vocab.KindCallDenied, reason
 		if !g.record(ctx, entry) {
 			return nil, errors.New("the audit log cannot record this request")
 		}
@@ -161,7 +161,7 @@ func (g *Guard) Raise(ctx context.Context, b Backchannel) (*approval.Request, er
 	approvers := d.Approvers
 	if b.Approvers != nil {
 		if approvers, err = b.Approvers(d.Approvers, d.Quorum); err != nil {
-			entry.Kind, entry.Reason = audit.KindCallDenied, err.Error()
+			entry.Kind, entry.Reason = vocab.KindCallDenied, err.Error()
 			if !g.record(ctx, entry) {
 				return nil, errors.New("the audit log cannot record this request")
 			}
@@ -195,7 +195,7 @@ func (g *Guard) Raise(ctx context.Context, b Backchannel) (*approval.Request, er
 	})
 	if err != nil {
 		g.log.Error("cannot raise approval request", "tool", b.Tool, "err", err)
-		entry.Kind, entry.Reason = audit.KindCallDenied, "cannot raise an approval request: "+err.Error()
+		entry.Kind, entry.Reason = vocab.KindCallDenied, "cannot raise an approval request: "+err.Error()
 		g.record(ctx, entry)
 		return nil, fmt.Errorf("cannot raise an approval request: %w", err)
 	}
@@ -305,7 +305,7 @@ func (g *Guard) RecordRejected(ctx context.Context, agent, tool, reason string) 
 	if len(reason) > max {
 		reason = reason[:max] + "…"
 	}
-	g.record(ctx, audit.Entry{Kind: audit.KindCallRejected, Agent: agent, Tool: boundName(tool), Reason: reason})
+	g.record(ctx, audit.Entry{Kind: vocab.KindCallRejected, Agent: agent, Tool: boundName(tool), Reason: reason})
 }
 
 // Redeem answers a poll for a backchannel request raised by agent under
@@ -342,7 +342,7 @@ func (g *Guard) Redeem(ctx context.Context, tool, id, agent string) (*approval.P
 	ctx = context.WithoutCancel(ctx) // claimed: see it through
 	entry := audit.Entry{Agent: r.Agent, Tool: r.Tool, RequestID: r.ID, Decision: string(r.Level)}
 	fail := func(reason string) (*approval.PollStatus, string, error) {
-		entry.Kind, entry.Reason = audit.KindCallFailed, reason
+		entry.Kind, entry.Reason = vocab.KindCallFailed, reason
 		if err := g.opts.Runs.Finish(ctx, id, approval.Outcome{State: vocab.StateFailed, Record: entry}); err != nil {
 			g.log.Error("cannot store approval outcome", "auth_req_id", id, "err", err)
 		}
@@ -372,7 +372,7 @@ func (g *Guard) Redeem(ctx context.Context, tool, id, agent string) (*approval.P
 	entry.ArgsSHA256 = hex.EncodeToString(ev.ArgsSHA256[:])
 	sum := sha256.Sum256([]byte(tok))
 	result, _ := json.Marshal(map[string]string{"approval_token_sha256": hex.EncodeToString(sum[:])})
-	entry.Kind, entry.Result = audit.KindCallExecuted, result
+	entry.Kind, entry.Result = vocab.KindCallExecuted, result
 	// The token goes out only once the log says it was issued. The record
 	// is written with the request's state, so a crash cannot leave one
 	// without the other (guard.Resume settles a claim it interrupted).
@@ -435,7 +435,7 @@ func (g *Guard) RestoreBackchannel(ctx context.Context, tool string, entries []a
 			continue
 		}
 		switch e.Kind {
-		case audit.KindApprovalRequested:
+		case vocab.KindApprovalRequested:
 			at, err := time.Parse(time.RFC3339Nano, e.Time)
 			if err != nil || at.Before(cutoff) {
 				continue
@@ -456,12 +456,12 @@ func (g *Guard) RestoreBackchannel(ctx context.Context, tool string, entries []a
 			if len(counted) > 0 {
 				live[e.RequestID] = counted
 			}
-		case audit.KindApprovalDenied, audit.KindApprovalExpired, audit.KindApprovalCancelled, audit.KindCallFailed:
+		case vocab.KindApprovalDenied, vocab.KindApprovalExpired, vocab.KindApprovalCancelled, vocab.KindCallFailed:
 			for _, r := range live[e.RequestID] {
 				g.usage.release(r)
 			}
 			delete(live, e.RequestID)
-		case audit.KindCallExecuted:
+		case vocab.KindCallExecuted:
 			delete(live, e.RequestID) // its token was issued: it keeps counting
 		}
 	}

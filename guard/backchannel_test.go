@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -177,18 +178,18 @@ func TestBackchannelRaiseRedeemOnce(t *testing.T) {
 
 	// The log has the request, the approval and one execution whose result
 	// names this token.
-	var kinds []string
+	var kinds []vocab.Kind
 	var executed audit.Entry
 	for _, e := range s.entries(t) {
 		if e.RequestID == r.ID {
 			kinds = append(kinds, e.Kind)
-			if e.Kind == audit.KindCallExecuted {
+			if e.Kind == vocab.KindCallExecuted {
 				executed = e
 			}
 		}
 	}
-	want := []string{audit.KindApprovalRequested, audit.KindApprovalAssertion, audit.KindApprovalApproved, audit.KindCallExecuted}
-	if strings.Join(kinds, " ") != strings.Join(want, " ") {
+	want := []vocab.Kind{vocab.KindApprovalRequested, vocab.KindApprovalAssertion, vocab.KindApprovalApproved, vocab.KindCallExecuted}
+	if !slices.Equal(kinds, want) {
 		t.Fatalf("entries %v, want %v", kinds, want)
 	}
 	sum := sha256.Sum256([]byte(tok))
@@ -219,7 +220,7 @@ func TestBackchannelRefusals(t *testing.T) {
 	}
 	var reasons []string
 	for _, e := range s.entries(t) {
-		if e.Kind == audit.KindCallDenied && e.Tool == "ciba" {
+		if e.Kind == vocab.KindCallDenied && e.Tool == "ciba" {
 			reasons = append(reasons, e.Reason)
 		}
 	}
@@ -316,7 +317,7 @@ func waitPending(t *testing.T, s *realStack) string {
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
 		for _, e := range s.entries(t) {
-			if e.Kind == audit.KindApprovalRequested {
+			if e.Kind == vocab.KindApprovalRequested {
 				return e.RequestID
 			}
 		}
@@ -344,12 +345,12 @@ func TestBackchannelRedeemedTooLateIsExpired(t *testing.T) {
 		t.Fatalf("late redeem: %+v %q %v", ps, tok, err)
 	}
 	got, _ := s.svc.Get(ctx, r.ID)
-	if got.State != approval.StateFailed {
+	if got.State != vocab.StateFailed {
 		t.Errorf("state %s, want failed", got.State)
 	}
 	var failed bool
 	for _, e := range s.entries(t) {
-		failed = failed || (e.RequestID == r.ID && e.Kind == audit.KindCallFailed && strings.Contains(e.Reason, "expired"))
+		failed = failed || (e.RequestID == r.ID && e.Kind == vocab.KindCallFailed && strings.Contains(e.Reason, "expired"))
 	}
 	if !failed {
 		t.Error("no call.failed entry")

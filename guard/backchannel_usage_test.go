@@ -35,7 +35,7 @@ func TestRestoreBackchannelCountsRedactedRequestsByTheirKeptActions(t *testing.T
 	var entries []audit.Entry
 	// request raises request id with actions kept (none: raised before
 	// amounts were kept), and logs kinds after its approval.requested.
-	request := func(id string, amount float64, kept bool, kinds ...string) {
+	request := func(id string, amount float64, kept bool, kinds ...vocab.Kind) {
 		canon, err := canonicalize(map[string]any{"id": id, "amount": amount})
 		if err != nil {
 			t.Fatal(err)
@@ -45,7 +45,7 @@ func TestRestoreBackchannelCountsRedactedRequestsByTheirKeptActions(t *testing.T
 				t.Fatal(err)
 			}
 		}
-		e := audit.Entry{Kind: audit.KindApprovalRequested, Tool: "ciba", Agent: "a", RequestID: id,
+		e := audit.Entry{Kind: vocab.KindApprovalRequested, Tool: "ciba", Agent: "a", RequestID: id,
 			ArgsSHA256: hex.EncodeToString(canon.SHA256[:]), ArgsRedact: true, Time: now.Add(-time.Minute).Format(time.RFC3339Nano)}
 		if id == "logged" {
 			e.Args, e.ArgsRedact = canon.JSON, false
@@ -57,11 +57,11 @@ func TestRestoreBackchannelCountsRedactedRequestsByTheirKeptActions(t *testing.T
 		}
 	}
 	request("pending", 100, true)
-	request("denied", 1000, true, audit.KindApprovalDenied)
-	request("expired", 2000, true, audit.KindApprovalExpired)
-	request("cancelled", 4000, true, audit.KindApprovalCancelled)
-	request("exchange-failed", 8000, true, audit.KindApprovalApproved, audit.KindCallFailed)
-	request("token-issued", 16000, true, audit.KindApprovalApproved, audit.KindCallExecuted)
+	request("denied", 1000, true, vocab.KindApprovalDenied)
+	request("expired", 2000, true, vocab.KindApprovalExpired)
+	request("cancelled", 4000, true, vocab.KindApprovalCancelled)
+	request("exchange-failed", 8000, true, vocab.KindApprovalApproved, vocab.KindCallFailed)
+	request("token-issued", 16000, true, vocab.KindApprovalApproved, vocab.KindCallExecuted)
 	request("logged", 32000, false)       // before amounts were kept, arguments in the log
 	request("redacted-old", 64000, false) // before amounts were kept, arguments redacted: lost
 	fromArgs := func(_ context.Context, args map[string]any) []Action {
@@ -112,7 +112,7 @@ func TestBackchannelWhoseAmountsCannotBeKeptIsRefused(t *testing.T) {
 	if len(f.humans.created) != 0 {
 		t.Fatalf("a request was raised: %+v", f.humans.created)
 	}
-	if e := f.log.last(audit.KindCallDenied); e.Decision != string(vocab.LevelDeny) || !strings.Contains(e.Reason, "cannot keep the amounts") {
+	if e := f.log.last(vocab.KindCallDenied); e.Decision != string(vocab.LevelDeny) || !strings.Contains(e.Reason, "cannot keep the amounts") {
 		t.Fatalf("call.denied %+v", e)
 	}
 	g.usage.mu.Lock()

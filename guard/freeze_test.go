@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/countersign/countersign/approval"
-	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/authz"
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/store"
@@ -59,7 +58,7 @@ func TestFrozenAgentIsRefusedFirst(t *testing.T) {
 		defer f.log.mu.Unlock()
 		var out []string
 		for _, e := range f.log.entries {
-			if e.Kind == audit.KindCallDenied {
+			if e.Kind == vocab.KindCallDenied {
 				out = append(out, e.Agent+" "+e.Tool+" "+e.Decision+": "+e.Reason)
 			}
 		}

@@ -325,7 +325,7 @@ func (g *Guard) Handle(ctx context.Context, c Call) *mcp.CallToolResult {
 		// A held tool (an upstream's listing changed since it was pinned)
 		// is refused before anything else looks at the call.
 		if err := spec.Held(ctx); err != nil {
-			entry.Kind, entry.Decision, entry.Reason = audit.KindCallDenied, string(vocab.LevelDeny), err.Error()
+			entry.Kind, entry.Decision, entry.Reason = vocab.KindCallDenied, string(vocab.LevelDeny), err.Error()
 			g.record(ctx, entry)
 			return toolError("refused: %v", err)
 		}
@@ -340,7 +340,7 @@ func (g *Guard) Handle(ctx context.Context, c Call) *mcp.CallToolResult {
 	}
 	if !ok {
 		const msg = "invalid arguments: expected a JSON object"
-		entry.Kind, entry.Reason = audit.KindCallRejected, msg
+		entry.Kind, entry.Reason = vocab.KindCallRejected, msg
 		g.record(ctx, entry)
 		return toolError(msg)
 	}
@@ -377,7 +377,7 @@ func (g *Guard) Handle(ctx context.Context, c Call) *mcp.CallToolResult {
 		if c, cerr := canonicalize(args); cerr == nil {
 			c.setOn(&entry, conf.RedactArgs)
 		}
-		entry.Kind, entry.Decision, entry.Reason = audit.KindCallDenied, string(vocab.LevelDeny), "cannot evaluate policy: "+err.Error()
+		entry.Kind, entry.Decision, entry.Reason = vocab.KindCallDenied, string(vocab.LevelDeny), "cannot evaluate policy: "+err.Error()
 		g.record(ctx, entry)
 		return toolError("refused: cannot evaluate policy: %v", err)
 	}
@@ -445,7 +445,7 @@ func (g *Guard) Handle(ctx context.Context, c Call) *mcp.CallToolResult {
 		}
 		return g.countersign(ctx, c, spec, call, canon, conf, d, entry, counted, slot)
 	default:
-		entry.Kind = audit.KindCallDenied
+		entry.Kind = vocab.KindCallDenied
 		g.record(ctx, entry)
 		return toolError("denied by policy: %s", d.Reason)
 	}
@@ -454,7 +454,7 @@ func (g *Guard) Handle(ctx context.Context, c Call) *mcp.CallToolResult {
 // allowAndRun records call.allowed, runs the tool once and records its
 // outcome: a routine call, or one a standing grant let through.
 func (g *Guard) allowAndRun(ctx context.Context, spec *tools.Spec, call *tools.Call, entry audit.Entry, counted *reservation) *mcp.CallToolResult {
-	entry.Kind = audit.KindCallAllowed
+	entry.Kind = vocab.KindCallAllowed
 	g.routine.appending()
 	allowed, err := g.opts.Audit.Append(context.WithoutCancel(ctx), entry)
 	g.routine.allowed(allowed.Seq, err == nil)
@@ -487,7 +487,7 @@ func (g *Guard) rejectArgs(ctx context.Context, entry audit.Entry, args map[stri
 		entry.ArgsSHA256 = hex.EncodeToString(sum[:])
 		reason += fmt.Sprintf(" (arguments: %d bytes, not kept)", len(raw))
 	}
-	entry.Kind, entry.Reason = audit.KindCallRejected, reason
+	entry.Kind, entry.Reason = vocab.KindCallRejected, reason
 	g.record(ctx, entry)
 	return toolError(format, v...)
 }
@@ -540,7 +540,7 @@ func (g *Guard) Reject(ctx context.Context, agent, tool string) *mcp.CallToolRes
 	if agent == "" {
 		agent = "unknown"
 	}
-	g.record(ctx, audit.Entry{Kind: audit.KindCallRejected, Agent: agent, Tool: boundName(tool), Reason: "unknown tool"})
+	g.record(ctx, audit.Entry{Kind: vocab.KindCallRejected, Agent: agent, Tool: boundName(tool), Reason: "unknown tool"})
 	return toolError("unknown tool %q", boundName(tool))
 }
 
@@ -590,14 +590,14 @@ func withheld(spec *tools.Spec) *mcp.CallToolResult {
 func (g *Guard) execute(ctx context.Context, spec *tools.Spec, call *tools.Call, entry audit.Entry) (*mcp.CallToolResult, json.RawMessage, audit.Entry, bool) {
 	res, err := safeRun(ctx, spec, call)
 	if err != nil && tools.OutcomeUnknown(err) {
-		entry.Kind, entry.Reason = audit.KindCallInterrupted, err.Error()
+		entry.Kind, entry.Reason = vocab.KindCallInterrupted, err.Error()
 		msg, _ := json.Marshal(map[string]string{"error": "interrupted: " + err.Error()})
 		g.log.Warn("call sent, outcome unknown", "tool", spec.Def.Name, "agent", entry.Agent, "err", err)
 		return toolError("%s was sent, but its outcome is unknown (%v): it may have taken effect, and it is not run again",
 			spec.Def.Name, err), msg, entry, true
 	}
 	if err != nil {
-		entry.Kind, entry.Reason = audit.KindCallFailed, err.Error()
+		entry.Kind, entry.Reason = vocab.KindCallFailed, err.Error()
 		msg, _ := json.Marshal(map[string]string{"error": err.Error()})
 		return toolError("%s failed: %v", spec.Def.Name, err), msg, entry, false
 	}
@@ -618,10 +618,10 @@ func (g *Guard) executed(spec *tools.Spec, res *tools.Result, entry audit.Entry)
 		out = mcp.NewToolResultStructured(res.Content, string(content))
 	}
 	if err != nil {
-		entry.Kind, entry.Reason = audit.KindCallFailed, "cannot encode result: "+err.Error()
+		entry.Kind, entry.Reason = vocab.KindCallFailed, "cannot encode result: "+err.Error()
 		return toolError("%s: cannot encode result: %v", spec.Def.Name, err), nil, entry, false
 	}
-	entry.Kind = audit.KindCallExecuted
+	entry.Kind = vocab.KindCallExecuted
 	record := res.Record
 	if record == nil && res.MCP != nil {
 		sum := sha256.Sum256(content)

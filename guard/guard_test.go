@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -47,7 +48,7 @@ type memLog struct {
 	mu       sync.Mutex
 	entries  []audit.Entry
 	fail     bool
-	failKind string // entries of this kind fail to append
+	failKind vocab.Kind // entries of this kind fail to append
 }
 
 func (l *memLog) Append(_ context.Context, e audit.Entry) (audit.Entry, error) {
@@ -80,17 +81,17 @@ func (l *memLog) Since(_ context.Context, seq int64, limit int) ([]audit.Entry, 
 	return append([]audit.Entry(nil), out...), nil
 }
 
-func (l *memLog) kinds() []string {
+func (l *memLog) kinds() []vocab.Kind {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	var out []string
+	var out []vocab.Kind
 	for _, e := range l.entries {
 		out = append(out, e.Kind)
 	}
 	return out
 }
 
-func (l *memLog) last(kind string) audit.Entry {
+func (l *memLog) last(kind vocab.Kind) audit.Entry {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for i := len(l.entries) - 1; i >= 0; i-- {
@@ -132,7 +133,7 @@ func (h *humans) Stored(_ context.Context, id string) (*approval.Unfinished, err
 	defer h.mu.Unlock()
 	state := h.state
 	if state == "" {
-		state = approval.StatePending
+		state = vocab.StatePending
 	}
 	u := &approval.Unfinished{Request: approval.Request{ID: id, State: state}}
 	if n := len(h.created); n > 0 {
@@ -152,7 +153,7 @@ func (h *humans) Create(_ context.Context, r approval.NewRequest) (*approval.Req
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.created = append(h.created, r)
-	return &approval.Request{ID: "req-1", State: approval.StatePending, ExpiresAt: time.Now().Add(time.Minute),
+	return &approval.Request{ID: "req-1", State: vocab.StatePending, ExpiresAt: time.Now().Add(time.Minute),
 		Interval: 5 * time.Second, Code: "ABC123"}, nil
 }
 
@@ -177,7 +178,7 @@ func (h *humans) BeginExecution(context.Context, string) error {
 
 func (h *humans) Finish(ctx context.Context, id string, o approval.Outcome) error {
 	h.mu.Lock()
-	h.finished = append(h.finished, o.State == approval.StateExecuted)
+	h.finished = append(h.finished, o.State == vocab.StateExecuted)
 	h.mu.Unlock()
 	if o.Record.Kind != "" {
 		o.Record.RequestID = id
@@ -196,7 +197,7 @@ func (h *humans) Cancel(_ context.Context, id, reason string) error {
 	defer h.mu.Unlock()
 	h.cancelled = append(h.cancelled, reason)
 	select {
-	case h.decide <- approval.StateCancelled:
+	case h.decide <- vocab.StateCancelled:
 	default:
 	}
 	return nil
@@ -305,7 +306,7 @@ func TestUnknownToolIsRejectedAndRecorded(t *testing.T) {
 	if !res.IsError || !strings.Contains(text(res), `unknown tool "launch_missiles"`) {
 		t.Fatalf("result %q", text(res))
 	}
-	e := f.log.last(audit.KindCallRejected)
+	e := f.log.last(vocab.KindCallRejected)
 	if e.Tool != "launch_missiles" || e.Agent != "bot" || e.Reason != "unknown tool" {
 		t.Errorf("entry %+v", e)
 	}
@@ -332,13 +333,13 @@ func TestBadArgumentsNeverReachPolicyOrTool(t *testing.T) {
 			}
 			// The auditor reads the same sentence the agent did, with no Go
 			// values in it (and the size of arguments the log does not keep).
-			if e := f.log.last(audit.KindCallRejected); e.Reason != tc.want && !strings.HasPrefix(e.Reason, tc.want+" (arguments: ") {
+			if e := f.log.last(vocab.KindCallRejected); e.Reason != tc.want && !strings.HasPrefix(e.Reason, tc.want+" (arguments: ") {
 				t.Errorf("audit reason %q, want %q", e.Reason, tc.want)
 			}
 			if f.tool.count() != 0 || len(f.policy.seen) != 0 {
 				t.Errorf("ran %d times, policy asked %d times", f.tool.count(), len(f.policy.seen))
 			}
-			if got := f.log.kinds(); len(got) != 1 || got[0] != audit.KindCallRejected {
+			if got := f.log.kinds(); len(got) != 1 || got[0] != vocab.KindCallRejected {
 				t.Errorf("log %v, want one call.rejected", got)
 			}
 		})
@@ -354,7 +355,7 @@ func TestRoutineCallRunsOnceOnTheCanonicalArguments(t *testing.T) {
 	if f.tool.count() != 1 {
 		t.Fatalf("ran %d times", f.tool.count())
 	}
-	if got := f.log.kinds(); strings.Join(got, ",") != "call.allowed,call.executed" {
+	if got := f.log.kinds(); !slices.Equal(got, []vocab.Kind{vocab.KindCallAllowed, vocab.KindCallExecuted}) {
 		t.Fatalf("log %v", got)
 	}
 	want := `{"amount":12.5,"to":"Acme"}`
@@ -375,7 +376,7 @@ func TestRoutineCallRunsOnceOnTheCanonicalArguments(t *testing.T) {
 func TestDefaultsAppliedByPrepareAreWhatIsRecorded(t *testing.T) {
 	f := newFixture(t, vocab.LevelLow)
 	f.g.Handle(context.Background(), Call{Tool: "pay", Agent: "bot", Args: map[string]any{"amount": 1.0}})
-	if got := string(f.log.last(audit.KindCallAllowed).Args); got != `{"amount":1,"to":"default payee"}` {
+	if got := string(f.log.last(vocab.KindCallAllowed).Args); got != `{"amount":1,"to":"default payee"}` {
 		t.Errorf("recorded args %s", got)
 	}
 }
@@ -395,14 +396,14 @@ func TestDenyNeverRuns(t *testing.T) {
 	if !res.IsError || !strings.Contains(text(res), "denied by policy: test says deny") || f.tool.count() != 0 {
 		t.Fatalf("result %q, ran %d", text(res), f.tool.count())
 	}
-	if e := f.log.last(audit.KindCallDenied); e.Decision != string(vocab.LevelDeny) {
+	if e := f.log.last(vocab.KindCallDenied); e.Decision != string(vocab.LevelDeny) {
 		t.Errorf("entry %+v", e)
 	}
 }
 
 func TestApprovedCallRunsOnceOnTheApprovedBytes(t *testing.T) {
 	f := newFixture(t, vocab.LevelHigh)
-	f.humans.decide <- approval.StateApproved
+	f.humans.decide <- vocab.StateApproved
 	res := f.g.Handle(context.Background(), Call{Tool: "pay", Agent: "bot", Args: map[string]any{"amount": 20000.0, "to": "X"}})
 	if res.IsError {
 		t.Fatal(text(res))
@@ -411,7 +412,7 @@ func TestApprovedCallRunsOnceOnTheApprovedBytes(t *testing.T) {
 		t.Fatalf("ran %d times", f.tool.count())
 	}
 	approved := f.humans.created[0].Args
-	executed := f.log.last(audit.KindCallExecuted)
+	executed := f.log.last(vocab.KindCallExecuted)
 	if string(approved) != string(executed.Args) || string(approved) != `{"amount":20000,"to":"X"}` {
 		t.Errorf("approved %s, executed %s", approved, executed.Args)
 	}
@@ -424,7 +425,7 @@ func TestApprovedCallRunsOnceOnTheApprovedBytes(t *testing.T) {
 }
 
 func TestDeniedOrExpiredCallNeverRuns(t *testing.T) {
-	for _, state := range []vocab.State{approval.StateDenied, approval.StateExpired, approval.StateCancelled} {
+	for _, state := range []vocab.State{vocab.StateDenied, vocab.StateExpired, vocab.StateCancelled} {
 		t.Run(string(state), func(t *testing.T) {
 			f := newFixture(t, vocab.LevelHigh)
 			f.humans.decide <- state
@@ -439,7 +440,7 @@ func TestDeniedOrExpiredCallNeverRuns(t *testing.T) {
 func TestWaitingCallerIsKeptInformedUntilTheDecision(t *testing.T) {
 	f := newFixture(t, vocab.LevelHigh)
 	var began, ended bool
-	go func() { time.Sleep(20 * time.Millisecond); f.humans.decide <- approval.StateApproved }()
+	go func() { time.Sleep(20 * time.Millisecond); f.humans.decide <- vocab.StateApproved }()
 	f.g.Handle(context.Background(), Call{Tool: "pay", Args: map[string]any{"amount": 1.0},
 		Waiting: func(context.Context, *approval.Request) func() {
 			began = true
@@ -460,7 +461,7 @@ func TestPollModeReturnsAtOnceAndRunsOnceWhenApproved(t *testing.T) {
 	if f.tool.count() != 0 {
 		t.Fatal("ran before approval")
 	}
-	f.humans.settle(approval.StateApproved)
+	f.humans.settle(vocab.StateApproved)
 	deadline := time.Now().Add(10 * time.Second)
 	for f.tool.count() == 0 && time.Now().Before(deadline) {
 		time.Sleep(5 * time.Millisecond)
@@ -475,7 +476,7 @@ func TestPanickingToolIsRecordedAsFailed(t *testing.T) {
 	f := newFixture(t, vocab.LevelLow)
 	f.tool.result = func(context.Context) (*tools.Result, error) { panic("boom") }
 	res := f.g.Handle(context.Background(), Call{Tool: "pay", Args: map[string]any{"amount": 1.0}})
-	if !res.IsError || !strings.Contains(f.log.last(audit.KindCallFailed).Reason, "panicked: boom") {
+	if !res.IsError || !strings.Contains(f.log.last(vocab.KindCallFailed).Reason, "panicked: boom") {
 		t.Fatalf("result %q, log %v", text(res), f.log.kinds())
 	}
 }
@@ -495,7 +496,7 @@ func TestUpstreamResultPassesUnchangedAndIsHashed(t *testing.T) {
 	raw, _ := json.Marshal(upstream)
 	sum := sha256.Sum256(raw)
 	var rec map[string]any
-	json.Unmarshal(f.log.last(audit.KindCallExecuted).Result, &rec)
+	json.Unmarshal(f.log.last(vocab.KindCallExecuted).Result, &rec)
 	if rec["result_sha256"] != hex.EncodeToString(sum[:]) || rec["is_error"] != true {
 		t.Errorf("recorded %v", rec)
 	}
@@ -514,26 +515,28 @@ func TestApprovedRunIsNotCancelledWhenItsCallerLeaves(t *testing.T) {
 		}
 		return &tools.Result{Content: "done"}, nil
 	}
-	f.humans.decide <- approval.StateApproved
+	f.humans.decide <- vocab.StateApproved
 	f.g.Handle(ctx, Call{Tool: "pay", Args: map[string]any{"amount": 1.0}})
 	if sawCancel {
 		t.Error("the approved run saw its caller's cancellation")
 	}
-	if k := f.log.kinds(); k[len(k)-1] != audit.KindCallExecuted {
+	if k := f.log.kinds(); k[len(k)-1] != vocab.KindCallExecuted {
 		t.Errorf("log %v, want it to end with call.executed", k)
 	}
 }
 
 func TestRunErrorsAreRecordedForWhatTheySayAboutTheAction(t *testing.T) {
 	for _, c := range []struct {
-		name, kind, reason string
-		err                error
-		counts             bool // the call may have acted: it stays counted as run
+		name   string
+		kind   vocab.Kind
+		reason string
+		err    error
+		counts bool // the call may have acted: it stays counted as run
 	}{
-		{"upstream answered with an error", audit.KindCallFailed, "invalid params", errors.New("invalid params"), false},
-		{"never sent", audit.KindCallFailed, "not sent: upstream down",
+		{"upstream answered with an error", vocab.KindCallFailed, "invalid params", errors.New("invalid params"), false},
+		{"never sent", vocab.KindCallFailed, "not sent: upstream down",
 			&tools.NotSentError{Err: errors.New("upstream down")}, false},
-		{"sent, no answer", audit.KindCallInterrupted, "outcome unknown: connection lost",
+		{"sent, no answer", vocab.KindCallInterrupted, "outcome unknown: connection lost",
 			&tools.UnknownOutcomeError{Err: errors.New("connection lost")}, true},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -541,7 +544,7 @@ func TestRunErrorsAreRecordedForWhatTheySayAboutTheAction(t *testing.T) {
 				f := newFixture(t, level)
 				f.tool.result = func(context.Context) (*tools.Result, error) { return nil, c.err }
 				if level == vocab.LevelHigh {
-					f.humans.decide <- approval.StateApproved
+					f.humans.decide <- vocab.StateApproved
 				}
 				res := f.g.Handle(context.Background(), Call{Tool: "pay", Args: map[string]any{"amount": 1.0}})
 				if !res.IsError {
@@ -551,7 +554,7 @@ func TestRunErrorsAreRecordedForWhatTheySayAboutTheAction(t *testing.T) {
 				if last.Kind != c.kind || last.Reason != c.reason {
 					t.Errorf("%s: recorded %s %q, want %s %q", level, last.Kind, last.Reason, c.kind, c.reason)
 				}
-				if c.kind == audit.KindCallInterrupted && !strings.Contains(text(res), "outcome is unknown") {
+				if c.kind == vocab.KindCallInterrupted && !strings.Contains(text(res), "outcome is unknown") {
 					t.Errorf("%s: the agent was told %q", level, text(res))
 				}
 				if level == vocab.LevelHigh && f.humans.finished[0] {
@@ -570,10 +573,10 @@ func TestPureRoutineCallIsRecordedOnceAfterItRan(t *testing.T) {
 	if res.IsError || f.tool.count() != 1 {
 		t.Fatalf("result %q, ran %d", text(res), f.tool.count())
 	}
-	if got := f.log.kinds(); strings.Join(got, ",") != "call.executed" {
+	if got := f.log.kinds(); !slices.Equal(got, []vocab.Kind{vocab.KindCallExecuted}) {
 		t.Fatalf("log %v, want one call.executed", got)
 	}
-	if e := f.log.last(audit.KindCallExecuted); e.Decision != string(vocab.LevelLow) || e.Reason != "test says low" {
+	if e := f.log.last(vocab.KindCallExecuted); e.Decision != string(vocab.LevelLow) || e.Reason != "test says low" {
 		t.Errorf("call.executed does not carry the decision: %+v", e)
 	}
 }
@@ -630,7 +633,7 @@ func TestOversizedOrDeepArgumentsAreRefusedFirstAndNotKept(t *testing.T) {
 			if f.tool.count() != 0 || len(f.policy.seen) != 0 {
 				t.Fatal("an oversized call went past the limits")
 			}
-			e := f.log.last(audit.KindCallRejected)
+			e := f.log.last(vocab.KindCallRejected)
 			if e.Args != nil || len(e.ArgsSHA256) != 64 || !strings.Contains(e.Reason, "bytes, not kept") {
 				t.Errorf("rejected entry keeps %d bytes of args, sha %q, reason %q", len(e.Args), e.ArgsSHA256, e.Reason)
 			}
@@ -715,7 +718,7 @@ func TestSplitTransfersAreJudgedAsTheirSumAndRefusalsStopCounting(t *testing.T) 
 	f.cat.Replace("test", []*tools.Spec{payTo("Acme Supplies")})
 	f.humans.decide = make(chan vocab.State, 100)
 	for range 10 {
-		f.humans.decide <- approval.StateDenied
+		f.humans.decide <- vocab.StateDenied
 	}
 	g := New(Options{Catalog: f.cat, Policy: shippedPolicy(t), Audit: f.log, Requests: f.humans, Runs: f.humans, Recovery: f.humans, Tasks: f.humans})
 	var wg sync.WaitGroup
@@ -727,12 +730,12 @@ func TestSplitTransfersAreJudgedAsTheirSumAndRefusalsStopCounting(t *testing.T) 
 		}()
 	}
 	wg.Wait()
-	kinds := map[string]int{}
+	kinds := map[vocab.Kind]int{}
 	for _, k := range f.log.kinds() {
 		kinds[k]++
 	}
-	if kinds[audit.KindCallExecuted] != 1 || len(f.humans.created) != 10 {
-		t.Fatalf("%d ran and %d waited for a human, want 1 and 10 (log %v)", kinds[audit.KindCallExecuted], len(f.humans.created), kinds)
+	if kinds[vocab.KindCallExecuted] != 1 || len(f.humans.created) != 10 {
+		t.Fatalf("%d ran and %d waited for a human, want 1 and 10 (log %v)", kinds[vocab.KindCallExecuted], len(f.humans.created), kinds)
 	}
 	// The ten denied never ran and no longer count; the one that ran does.
 	in := map[string]any{"amount": 1.0}
@@ -740,10 +743,10 @@ func TestSplitTransfersAreJudgedAsTheirSumAndRefusalsStopCounting(t *testing.T) 
 	if got := f.policy.seen; len(got) != 0 {
 		t.Fatal("the fixture's policy was used")
 	}
-	if kinds2 := f.log.kinds(); kinds2[len(kinds2)-1] != audit.KindCallExecuted {
+	if kinds2 := f.log.kinds(); kinds2[len(kinds2)-1] != vocab.KindCallExecuted {
 		t.Errorf("1 more after 9,999 ran and 99,990 were denied: %v, want it to run", kinds2[len(kinds2)-1])
 	}
-	f.humans.decide <- approval.StateDenied
+	f.humans.decide <- vocab.StateDenied
 	g.Handle(context.Background(), Call{Tool: "transfer", Agent: "salami", Args: map[string]any{"amount": 1.0 + 9999}})
 	if len(f.humans.created) != 11 {
 		t.Errorf("10,000 after 10,000 moved did not wait for a human")
@@ -763,10 +766,10 @@ func TestUsageIsRestoredFromTheLog(t *testing.T) {
 	at := func(d time.Duration) string { return now.Add(-d).Format(time.RFC3339Nano) }
 	args := json.RawMessage(`{"amount":6000}`)
 	g.RestoreUsage(context.Background(), []audit.Entry{
-		{Kind: audit.KindCallExecuted, Tool: "transfer", Agent: "a", Args: args, Time: at(25 * time.Hour)}, // too old
-		{Kind: audit.KindCallExecuted, Tool: "transfer", Agent: "a", Args: args, Time: at(time.Hour)},
-		{Kind: audit.KindApprovalRequested, Tool: "transfer", Agent: "a", Args: args, RequestID: "r1", Time: at(time.Minute)},
-		{Kind: audit.KindApprovalDenied, Tool: "transfer", Agent: "a", RequestID: "r1", Time: at(time.Minute)},
+		{Kind: vocab.KindCallExecuted, Tool: "transfer", Agent: "a", Args: args, Time: at(25 * time.Hour)}, // too old
+		{Kind: vocab.KindCallExecuted, Tool: "transfer", Agent: "a", Args: args, Time: at(time.Hour)},
+		{Kind: vocab.KindApprovalRequested, Tool: "transfer", Agent: "a", Args: args, RequestID: "r1", Time: at(time.Minute)},
+		{Kind: vocab.KindApprovalDenied, Tool: "transfer", Agent: "a", RequestID: "r1", Time: at(time.Minute)},
 	})
 	g.usage.mu.Lock()
 	u := g.usage.facts(keysOf("a", "transfer", &tools.Value{Currency: "USD", Counterparty: "acme supplies"}), now)

@@ -67,7 +67,10 @@ type limiter struct {
 
 // tallyKey names one agent's refusals of one kind: call.rate_limited
 // (over a limit) or call.denied (the agent is frozen, freeze.go).
-type tallyKey struct{ agent, kind string }
+type tallyKey struct {
+	agent string
+	kind  vocab.Kind
+}
 
 // tally is one agent's refusals since its last entry of their kind.
 type tally struct {
@@ -236,12 +239,12 @@ func (l *limiter) unreserve(agent string) {
 // agent's last one is a minute old; otherwise a timer writes the tally
 // when the minute is up, so a flood that stops is still recorded.
 func (l *limiter) refused(ctx context.Context, agent, tool, limit string) {
-	l.refusedAs(ctx, audit.KindCallRateLimited, agent, tool, limit)
+	l.refusedAs(ctx, vocab.KindCallRateLimited, agent, tool, limit)
 }
 
 // refusedAs is refused for refusals recorded as kind; why is the limit
 // passed, or for call.denied the reason.
-func (l *limiter) refusedAs(ctx context.Context, kind, agent, tool, why string) {
+func (l *limiter) refusedAs(ctx context.Context, kind vocab.Kind, agent, tool, why string) {
 	key := tallyKey{agent, kind}
 	l.mu.Lock()
 	t, ok := l.tallies[key]
@@ -270,10 +273,10 @@ func (l *limiter) takeEntry(key tallyKey, t *tally, now time.Time) audit.Entry {
 	if t.count == 1 {
 		calls = "call"
 	}
-	e := audit.Entry{Kind: audit.KindCallRateLimited, Agent: key.agent, Tool: t.tool,
+	e := audit.Entry{Kind: vocab.KindCallRateLimited, Agent: key.agent, Tool: t.tool,
 		Reason: fmt.Sprintf("%d %s refused over limits since the previous call.rate_limited entry; the last: %s", t.count, calls, t.limit)}
-	if key.kind == audit.KindCallDenied {
-		e = audit.Entry{Kind: audit.KindCallDenied, Agent: key.agent, Tool: t.tool, Decision: string(vocab.LevelDeny),
+	if key.kind == vocab.KindCallDenied {
+		e = audit.Entry{Kind: vocab.KindCallDenied, Agent: key.agent, Tool: t.tool, Decision: string(vocab.LevelDeny),
 			Reason: fmt.Sprintf("%s (%d %s refused so since the previous such entry)", t.limit, t.count, calls)}
 	}
 	t.count, t.last = 0, now

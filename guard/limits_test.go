@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/vocab"
 )
@@ -30,7 +29,7 @@ func TestRateLimitedEntriesCarryTheCount(t *testing.T) {
 		f.log.mu.Lock()
 		defer f.log.mu.Unlock()
 		for _, e := range f.log.entries {
-			if e.Kind == audit.KindCallRateLimited {
+			if e.Kind == vocab.KindCallRateLimited {
 				n++
 				reasons = append(reasons, e.Reason)
 			}

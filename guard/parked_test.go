@@ -6,7 +6,7 @@ import (
 	"runtime"
 	"testing"
 
-	"github.com/countersign/countersign/approval"
+	"github.com/countersign/countersign/vocab"
 )
 
 // Pending poll-mode requests are parked, not waited on: raising many adds
@@ -25,12 +25,12 @@ func TestParkedRequestsHoldNoGoroutineAndRunOnce(t *testing.T) {
 		t.Fatalf("%d pending requests added %d goroutines", n, grew)
 	}
 	w.approve(p, ids[0])
-	w.waitState(p, ids[0], approval.StateExecuted)
+	w.waitState(p, ids[0], vocab.StateExecuted)
 	if err := p.svc.Cancel(context.Background(), ids[1], "test"); err != nil {
 		t.Fatal(err)
 	}
 	w.approve(p, ids[2])
-	w.waitState(p, ids[2], approval.StateExecuted)
+	w.waitState(p, ids[2], vocab.StateExecuted)
 	if got := w.book.count(); got != 2 {
 		t.Fatalf("ran %d times, want 2 (the two approved)", got)
 	}

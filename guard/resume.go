@@ -146,7 +146,7 @@ func (g *Guard) settleClaimed(ctx context.Context, u approval.Unfinished) error 
 }
 
 func (g *Guard) interrupt(ctx context.Context, u approval.Unfinished, entry audit.Entry) error {
-	entry.Kind, entry.Reason = audit.KindCallInterrupted, noteInterrupted
+	entry.Kind, entry.Reason = vocab.KindCallInterrupted, noteInterrupted
 	result, _ := json.Marshal(map[string]string{"error": "interrupted: " + noteInterrupted})
 	g.log.Warn("approved request was running when the previous process stopped; outcome unknown",
 		"auth_req_id", u.ID, "tool", u.Tool)
@@ -157,7 +157,7 @@ func (g *Guard) interrupt(ctx context.Context, u approval.Unfinished, entry audi
 
 // failClaimed ends a claimed request that cannot run, saying why.
 func (g *Guard) failClaimed(ctx context.Context, u approval.Unfinished, entry audit.Entry, cause error) error {
-	entry.Kind, entry.Reason = audit.KindCallFailed, "not run after restart: "+cause.Error()
+	entry.Kind, entry.Reason = vocab.KindCallFailed, "not run after restart: "+cause.Error()
 	result, _ := json.Marshal(map[string]string{"error": entry.Reason})
 	g.log.Error("approved request cannot run after restart", "auth_req_id", u.ID, "tool", u.Tool, "err", cause)
 	return g.opts.Runs.Finish(ctx, u.ID, approval.Outcome{State: vocab.StateFailed, Result: result, Record: entry})
@@ -167,7 +167,7 @@ func (g *Guard) failClaimed(ctx context.Context, u approval.Unfinished, entry au
 func (g *Guard) finishErr(ctx context.Context, id string, content json.RawMessage, rec audit.Entry, ok bool) error {
 	o := approval.Outcome{State: vocab.StateFailed, Result: content, Record: rec}
 	switch {
-	case rec.Kind == audit.KindCallInterrupted:
+	case rec.Kind == vocab.KindCallInterrupted:
 		o.State, o.Note = vocab.StateInterrupted, rec.Reason
 	case ok:
 		o.State = vocab.StateExecuted
@@ -373,9 +373,9 @@ func (g *Guard) settleOpenCalls(ctx context.Context, from int64) error {
 			}
 			k := key{e.Agent, e.Tool, e.ArgsSHA256}
 			switch e.Kind {
-			case audit.KindCallAllowed:
+			case vocab.KindCallAllowed:
 				open[k] = append(open[k], e)
-			case audit.KindCallExecuted, audit.KindCallFailed, audit.KindCallInterrupted:
+			case vocab.KindCallExecuted, vocab.KindCallFailed, vocab.KindCallInterrupted:
 				if q := open[k]; len(q) > 0 {
 					open[k] = q[1:]
 				}
@@ -424,11 +424,11 @@ func (g *Guard) settleOpenCall(ctx context.Context, a audit.Entry) error {
 			_, _, rec, _ = g.executed(spec, res, rec)
 			rec.Reason = noteRecovered + where
 		} else {
-			rec.Kind, rec.Reason = audit.KindCallFailed, noteNeverRan+where
+			rec.Kind, rec.Reason = vocab.KindCallFailed, noteNeverRan+where
 		}
 	default:
 		// Not a decision: it names no policy.
-		rec.Kind, rec.Reason, rec.PolicySHA256 = audit.KindCallInterrupted, noteInterrupted+where, ""
+		rec.Kind, rec.Reason, rec.PolicySHA256 = vocab.KindCallInterrupted, noteInterrupted+where, ""
 	}
 	if _, err := g.opts.Audit.Append(ctx, rec); err != nil {
 		return err

@@ -14,7 +14,6 @@ import (
 
 	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/approval/approvaltest"
-	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/authz"
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/store"
@@ -222,7 +221,7 @@ func (w *world) waitState(p *process, id string, state vocab.State) *approval.Re
 
 // waitKinds waits for the request's log to read want. A request's state
 // can be final before its entry leaves the approval outbox for the log.
-func (w *world) waitKinds(id string, want ...string) {
+func (w *world) waitKinds(id string, want ...vocab.Kind) {
 	w.t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -237,10 +236,10 @@ func (w *world) waitKinds(id string, want ...string) {
 	}
 }
 
-func (w *world) kinds(id string) []string {
+func (w *world) kinds(id string) []vocab.Kind {
 	w.log.mu.Lock()
 	defer w.log.mu.Unlock()
-	var out []string
+	var out []vocab.Kind
 	for _, e := range w.log.entries {
 		if e.RequestID == id {
 			out = append(out, e.Kind)
@@ -265,14 +264,14 @@ func TestRestartCancelsBlockModeAndRunsPollModeOnceApproved(t *testing.T) {
 	if err := p2.g.Resume(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if r, _ := p2.svc.Get(ctx, block.ID); r.State != approval.StateCancelled || r.Reason != approval.ReasonRestarted {
+	if r, _ := p2.svc.Get(ctx, block.ID); r.State != vocab.StateCancelled || r.Reason != approval.ReasonRestarted {
 		t.Fatalf("block-mode request after restart: %s %q", r.State, r.Reason)
 	}
 	if w.book.count() != 0 {
 		t.Fatal("ran before approval")
 	}
 	w.approve(p2, poll)
-	r := w.waitState(p2, poll, approval.StateExecuted)
+	r := w.waitState(p2, poll, vocab.StateExecuted)
 	if w.book.count() != 1 {
 		t.Fatalf("ran %d times", w.book.count())
 	}
@@ -280,7 +279,7 @@ func TestRestartCancelsBlockModeAndRunsPollModeOnceApproved(t *testing.T) {
 	if err := json.Unmarshal(r.Result, &res); err != nil || res["note"] != "keep me" || res["call_id"] != "request:"+poll {
 		t.Fatalf("result %s (%v)", r.Result, err)
 	}
-	w.waitKinds(poll, audit.KindApprovalRequested, audit.KindApprovalAssertion, audit.KindApprovalApproved, audit.KindCallExecuted)
+	w.waitKinds(poll, vocab.KindApprovalRequested, vocab.KindApprovalAssertion, vocab.KindApprovalApproved, vocab.KindCallExecuted)
 }
 
 // A claimed request whose process died: the backend that can tell gets
@@ -317,25 +316,25 @@ func TestRestartSettlesClaimedRequests(t *testing.T) {
 	if err := p2.g.Resume(ctx); err != nil {
 		t.Fatal(err)
 	}
-	r := w.waitState(p2, doneID, approval.StateExecuted)
+	r := w.waitState(p2, doneID, vocab.StateExecuted)
 	if !strings.Contains(string(r.Result), `"note":"paid"`) {
 		t.Fatalf("recovered result %s", r.Result)
 	}
-	w.waitState(p2, neverID, approval.StateExecuted)
+	w.waitState(p2, neverID, vocab.StateExecuted)
 	if w.book.count() != 2 {
 		t.Fatalf("book has %d effects, want the recovered one and the one run now", w.book.count())
 	}
 	for _, id := range []string{doneID, neverID} {
-		w.waitKinds(id, audit.KindApprovalRequested, audit.KindApprovalAssertion, audit.KindApprovalApproved, audit.KindCallExecuted)
+		w.waitKinds(id, vocab.KindApprovalRequested, vocab.KindApprovalAssertion, vocab.KindApprovalApproved, vocab.KindCallExecuted)
 	}
-	r = w.waitState(p2, unknownID, approval.StateInterrupted)
+	r = w.waitState(p2, unknownID, vocab.StateInterrupted)
 	if w.once.count() != 0 {
 		t.Fatal("a backend that cannot tell ran after the restart")
 	}
 	if !strings.Contains(r.Reason, "not run again") {
 		t.Fatalf("interrupted reason %q", r.Reason)
 	}
-	if kinds := w.kinds(unknownID); kinds[len(kinds)-1] != audit.KindCallInterrupted {
+	if kinds := w.kinds(unknownID); kinds[len(kinds)-1] != vocab.KindCallInterrupted {
 		t.Fatalf("log of the interrupted request %v", kinds)
 	}
 	ps, err := p2.svc.Poll(ctx, unknownID, "bot")
@@ -371,7 +370,7 @@ func TestRestartSettlesRoutineCallsLeftOpen(t *testing.T) {
 	call("pay", map[string]any{"amount": 1.0})
 	// Took effect; the record was lost.
 	w.log.mu.Lock()
-	w.log.failKind = audit.KindCallExecuted
+	w.log.failKind = vocab.KindCallExecuted
 	w.log.mu.Unlock()
 	p1.g.Handle(ctx, Call{Tool: "note", Agent: "bot", Args: map[string]any{"note": "lost"}})
 	w.log.mu.Lock()
@@ -407,13 +406,13 @@ func TestRestartSettlesRoutineCallsLeftOpen(t *testing.T) {
 	w.log.mu.Unlock()
 	got := map[string]string{}
 	for _, e := range added {
-		got[string(e.Args)] = e.Kind + ": " + e.Reason
+		got[string(e.Args)] = string(e.Kind) + ": " + e.Reason
 	}
 	want := map[string]string{
-		`{"note":"lost"}`:                   audit.KindCallExecuted + ": recorded at start",
-		`{"note":"never"}`:                  audit.KindCallFailed + ": recorded at start: the server stopped before this took effect",
-		`{"amount":2,"to":"default payee"}`: audit.KindCallInterrupted + ": the server stopped while this ran",
-		`{"amount":3,"to":"default payee"}`: audit.KindCallInterrupted + ": the server stopped while this ran",
+		`{"note":"lost"}`:                   string(vocab.KindCallExecuted) + ": recorded at start",
+		`{"note":"never"}`:                  string(vocab.KindCallFailed) + ": recorded at start: the server stopped before this took effect",
+		`{"amount":2,"to":"default payee"}`: string(vocab.KindCallInterrupted) + ": the server stopped while this ran",
+		`{"amount":3,"to":"default payee"}`: string(vocab.KindCallInterrupted) + ": the server stopped while this ran",
 	}
 	if len(got) != len(want) {
 		t.Fatalf("recorded at start: %v, want %v", got, want)
@@ -507,14 +506,14 @@ func TestShutdownCancelsBlockWaitsKeepsPollAndRefusesNewCalls(t *testing.T) {
 	if !res.IsError || !strings.Contains(text(res), "cancelled: server shutting down") {
 		t.Fatalf("the waiting agent was told %q", text(res))
 	}
-	if r, _ := p.svc.Get(ctx, poll); r.State != approval.StatePending {
+	if r, _ := p.svc.Get(ctx, poll); r.State != vocab.StatePending {
 		t.Fatalf("poll-mode request after shutdown: %s", r.State)
 	}
 	res = p.g.Handle(ctx, Call{Tool: "note", Agent: "bot", Args: map[string]any{"note": "late"}})
 	if !res.IsError || !strings.Contains(text(res), "shutting down") {
 		t.Fatalf("call during shutdown: %q", text(res))
 	}
-	if e := w.log.last(audit.KindCallRejected); e.Reason != "server shutting down" {
+	if e := w.log.last(vocab.KindCallRejected); e.Reason != "server shutting down" {
 		t.Fatalf("refusal not recorded: %+v", e)
 	}
 }
@@ -535,14 +534,14 @@ func TestResumedRequestFailsWhenItsToolNeverReturns(t *testing.T) {
 		t.Fatal(err)
 	}
 	w.approve(p2, id)
-	r := w.waitState(p2, id, approval.StateFailed)
+	r := w.waitState(p2, id, vocab.StateFailed)
 	if !strings.Contains(string(r.Result), "tool note is not available") {
 		t.Fatalf("result %s", r.Result)
 	}
 	// The state is final before the entry leaves the approval outbox for
 	// the log (see waitKinds).
 	deadline := time.Now().Add(10 * time.Second)
-	for e := w.log.last(audit.KindCallFailed); e.RequestID != id; e = w.log.last(audit.KindCallFailed) {
+	for e := w.log.last(vocab.KindCallFailed); e.RequestID != id; e = w.log.last(vocab.KindCallFailed) {
 		if time.Now().After(deadline) {
 			t.Fatalf("failure not recorded: %+v", e)
 		}
@@ -567,13 +566,13 @@ func TestResumedRequestWaitsForItsTool(t *testing.T) {
 	}
 	w.approve(p2, id)
 	time.Sleep(300 * time.Millisecond)
-	if r, _ := p2.svc.Get(ctx, id); r.State != approval.StateApproved {
+	if r, _ := p2.svc.Get(ctx, id); r.State != vocab.StateApproved {
 		t.Fatalf("while its tool is missing the request is %s", r.State)
 	}
 	if err := w.cat.Replace("test", []*tools.Spec{w.once.spec("pay"), w.book.spec("note")}); err != nil {
 		t.Fatal(err)
 	}
-	w.waitState(p2, id, approval.StateExecuted)
+	w.waitState(p2, id, vocab.StateExecuted)
 	if w.book.count() != 1 {
 		t.Fatalf("ran %d times", w.book.count())
 	}
@@ -608,13 +607,13 @@ func TestRestartLeavesBackchannelRequestsToTheirClients(t *testing.T) {
 		t.Fatal(err)
 	}
 	time.Sleep(1200 * time.Millisecond) // longer than ToolWait: nothing may fail them meanwhile
-	for id, want := range map[string]vocab.State{pending: approval.StatePending, approved: approval.StateApproved} {
+	for id, want := range map[string]vocab.State{pending: vocab.StatePending, approved: vocab.StateApproved} {
 		if r, _ := p2.svc.Get(ctx, id); r.State != want {
 			t.Errorf("backchannel request %s after restart: %s (%s), want %s", id, r.State, r.Reason, want)
 		}
 	}
 	r, _ := p2.svc.Get(ctx, claimed)
-	if r.State != approval.StateFailed || !strings.Contains(string(r.Result), "before the approval token was issued") {
+	if r.State != vocab.StateFailed || !strings.Contains(string(r.Result), "before the approval token was issued") {
 		t.Errorf("a redemption cut short: %s %s", r.State, r.Result)
 	}
 }

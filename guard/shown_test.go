@@ -7,8 +7,6 @@ import (
 	"sync/atomic"
 	"testing"
 
-	"github.com/countersign/countersign/approval"
-	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/authzdetails"
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/tools/upstream"
@@ -72,13 +70,13 @@ func TestArgumentsTooLargeToShowAreRefusedBeforeARequest(t *testing.T) {
 			if len(f.humans.created) != 0 || runs.Load() != 0 {
 				t.Fatalf("%d requests raised, %d runs", len(f.humans.created), runs.Load())
 			}
-			e := f.log.last(audit.KindCallRejected)
+			e := f.log.last(vocab.KindCallRejected)
 			if e.Tool != "files__write_file" || e.Decision != string(vocab.LevelHigh) || !strings.Contains(e.Reason, tc.want) ||
 				e.Args != nil || len(e.ArgsSHA256) != 64 {
 				t.Fatalf("call.rejected %+v", e)
 			}
 			for _, k := range f.log.kinds() {
-				if k == audit.KindApprovalRequested || k == audit.KindCallAllowed {
+				if k == vocab.KindApprovalRequested || k == vocab.KindCallAllowed {
 					t.Fatalf("entries %v", f.log.kinds())
 				}
 			}
@@ -93,7 +91,7 @@ func TestArgumentsTooLargeToShowAreRefusedBeforeARequest(t *testing.T) {
 
 	f := newFixture(t, vocab.LevelHigh)
 	withUpstream(t, f)
-	f.humans.decide <- approval.StateDenied
+	f.humans.decide <- vocab.StateDenied
 	within := values(authzdetails.MaxShownValues - 1)
 	within["content"] = strings.Repeat("y", authzdetails.MaxShownChars)
 	f.g.Handle(context.Background(), Call{Tool: "files__write_file", Agent: "bot", Args: within})

@@ -9,6 +9,7 @@ import (
 
 	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/vocab"
 	"github.com/mark3labs/mcp-go/mcp"
 )
 
@@ -32,7 +33,7 @@ func (g *Guard) leave() {
 
 // refuseClosing records and refuses a call that arrives during shutdown.
 func (g *Guard) refuseClosing(ctx context.Context, agent, tool string) *mcp.CallToolResult {
-	g.record(ctx, audit.Entry{Kind: audit.KindCallRejected, Agent: agent, Tool: boundName(tool), Reason: "server shutting down"})
+	g.record(ctx, audit.Entry{Kind: vocab.KindCallRejected, Agent: agent, Tool: boundName(tool), Reason: "server shutting down"})
 	return toolError("refused: the server is shutting down; call again once it is back")
 }
 

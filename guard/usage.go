@@ -213,7 +213,7 @@ func (g *Guard) keepAmount(ctx context.Context, entry audit.Entry, canon canonic
 	}
 	g.usage.release(counted)
 	g.log.Error("cannot keep the amount of a call for the usage windows", "tool", entry.Tool, "err", err)
-	entry.Kind, entry.Decision, entry.Rule = audit.KindCallDenied, string(vocab.LevelDeny), ""
+	entry.Kind, entry.Decision, entry.Rule = vocab.KindCallDenied, string(vocab.LevelDeny), ""
 	entry.Reason = "cannot keep the amount for the usage windows: " + err.Error()
 	g.record(ctx, entry)
 	return toolError("refused: cannot keep the amount this call moves for the usage windows (%v); try again", err)
@@ -269,7 +269,7 @@ func (g *Guard) RestoreUsage(ctx context.Context, entries []audit.Entry) error {
 	g.usage.mu.Lock()
 	defer g.usage.mu.Unlock()
 	for _, e := range entries {
-		if e.Kind == audit.KindCallAllowed && len(e.Args) > 0 {
+		if e.Kind == vocab.KindCallAllowed && len(e.Args) > 0 {
 			allowedArgs[e.Seq] = e.Args
 		}
 		if e.ArgsSeq != 0 && len(e.Args) == 0 {
@@ -281,18 +281,18 @@ func (g *Guard) RestoreUsage(ctx context.Context, entries []audit.Entry) error {
 			continue
 		}
 		switch e.Kind {
-		case audit.KindApprovalRequested, audit.KindCallExecuted, audit.KindCallInterrupted:
-			if e.Kind != audit.KindApprovalRequested && e.RequestID != "" {
+		case vocab.KindApprovalRequested, vocab.KindCallExecuted, vocab.KindCallInterrupted:
+			if e.Kind != vocab.KindApprovalRequested && e.RequestID != "" {
 				delete(pending, e.RequestID) // its request already counts
 				continue
 			}
 			// A routine call counts once it ran, or may have (interrupted).
 			v := g.valueOf(ctx, e, kept)
 			r := g.usage.add(keysOf(e.Agent, e.Tool, v), v, at)
-			if e.Kind == audit.KindApprovalRequested {
+			if e.Kind == vocab.KindApprovalRequested {
 				pending[e.RequestID] = r
 			}
-		case audit.KindApprovalDenied, audit.KindApprovalExpired, audit.KindApprovalCancelled, audit.KindCallFailed:
+		case vocab.KindApprovalDenied, vocab.KindApprovalExpired, vocab.KindApprovalCancelled, vocab.KindCallFailed:
 			if r := pending[e.RequestID]; r != nil && e.RequestID != "" {
 				g.usage.bump(r, -1)
 				delete(pending, e.RequestID)

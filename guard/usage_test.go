@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/store"
@@ -70,7 +69,7 @@ func TestRedactedAmountsSurviveARestart(t *testing.T) {
 			pay(first)
 			first.Close()
 			es := allEntries(t, log)
-			if len(f.humans.created) != 0 || es[len(es)-1].Kind != audit.KindCallExecuted {
+			if len(f.humans.created) != 0 || es[len(es)-1].Kind != vocab.KindCallExecuted {
 				t.Fatalf("the first 9,999 did not run at once: %+v", es)
 			}
 			for _, e := range es {
@@ -84,7 +83,7 @@ func TestRedactedAmountsSurviveARestart(t *testing.T) {
 			if err := second.RestoreUsage(context.Background(), es); err != nil {
 				t.Fatal(err)
 			}
-			f.humans.decide <- approval.StateDenied
+			f.humans.decide <- vocab.StateDenied
 			pay(second)
 			if len(f.humans.created) != 1 {
 				t.Fatalf("after a restart, 9,999 more to the same payee did not wait for a human (log %v)", kindsOf(allEntries(t, log)))
@@ -93,8 +92,8 @@ func TestRedactedAmountsSurviveARestart(t *testing.T) {
 	}
 }
 
-func kindsOf(es []audit.Entry) []string {
-	var out []string
+func kindsOf(es []audit.Entry) []vocab.Kind {
+	var out []vocab.Kind
 	for _, e := range es {
 		out = append(out, e.Kind)
 	}
@@ -129,24 +128,24 @@ func TestRestoreCountsRedactedEntriesByTheirKeptAmounts(t *testing.T) {
 	keep(6, 5, "Acme Supplies", 30*time.Minute)     // routine, allowed, failed
 	keep(7, 9e9, "Acme Supplies", 30*time.Minute)   // decided, but no entry counts it (the process died first)
 	at := func(d time.Duration) string { return now.Add(-d).Format(time.RFC3339Nano) }
-	e := func(kind string, n int, req string, age time.Duration) audit.Entry {
+	e := func(kind vocab.Kind, n int, req string, age time.Duration) audit.Entry {
 		return audit.Entry{Kind: kind, Tool: "transfer", Agent: "a", ArgsRedact: true, ArgsSHA256: sha(n), RequestID: req, Time: at(age)}
 	}
 	err := g.RestoreUsage(ctx, []audit.Entry{
-		e(audit.KindCallExecuted, 0, "", 25*time.Hour),
-		e(audit.KindCallExecuted, 1, "", 30*time.Minute),
-		e(audit.KindCallAllowed, 2, "", 30*time.Minute),
-		e(audit.KindCallInterrupted, 2, "", 30*time.Minute),
-		e(audit.KindApprovalRequested, 3, "r3", 30*time.Minute),
-		e(audit.KindApprovalDenied, 3, "r3", 30*time.Minute),
-		e(audit.KindApprovalRequested, 4, "r4", 30*time.Minute),
-		e(audit.KindApprovalRequested, 5, "r5", 30*time.Minute),
-		e(audit.KindApprovalApproved, 5, "r5", 30*time.Minute),
-		e(audit.KindCallExecuted, 5, "r5", 30*time.Minute),
-		e(audit.KindCallAllowed, 6, "", 30*time.Minute),
-		e(audit.KindCallFailed, 6, "", 30*time.Minute),
+		e(vocab.KindCallExecuted, 0, "", 25*time.Hour),
+		e(vocab.KindCallExecuted, 1, "", 30*time.Minute),
+		e(vocab.KindCallAllowed, 2, "", 30*time.Minute),
+		e(vocab.KindCallInterrupted, 2, "", 30*time.Minute),
+		e(vocab.KindApprovalRequested, 3, "r3", 30*time.Minute),
+		e(vocab.KindApprovalDenied, 3, "r3", 30*time.Minute),
+		e(vocab.KindApprovalRequested, 4, "r4", 30*time.Minute),
+		e(vocab.KindApprovalRequested, 5, "r5", 30*time.Minute),
+		e(vocab.KindApprovalApproved, 5, "r5", 30*time.Minute),
+		e(vocab.KindCallExecuted, 5, "r5", 30*time.Minute),
+		e(vocab.KindCallAllowed, 6, "", 30*time.Minute),
+		e(vocab.KindCallFailed, 6, "", 30*time.Minute),
 		// Written before amounts were kept: no row, the arguments count.
-		{Kind: audit.KindCallExecuted, Tool: "transfer", Agent: "a", Args: []byte(`{"amount":2}`), ArgsSHA256: sha(9), Time: at(30 * time.Minute)},
+		{Kind: vocab.KindCallExecuted, Tool: "transfer", Agent: "a", Args: []byte(`{"amount":2}`), ArgsSHA256: sha(9), Time: at(30 * time.Minute)},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -201,7 +200,7 @@ func TestCallWhoseAmountCannotBeKeptIsRefused(t *testing.T) {
 	if !res.IsError || !strings.Contains(text(res), "cannot keep the amount") || ran != 0 {
 		t.Fatalf("ran %d times: %s", ran, text(res))
 	}
-	if e := f.log.last(audit.KindCallDenied); e.Decision != string(vocab.LevelDeny) || !strings.Contains(e.Reason, "cannot keep the amount") {
+	if e := f.log.last(vocab.KindCallDenied); e.Decision != string(vocab.LevelDeny) || !strings.Contains(e.Reason, "cannot keep the amount") {
 		t.Fatalf("call.denied %+v", e)
 	}
 	// It does not count either: the usage is given back.

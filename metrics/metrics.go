@@ -47,6 +47,7 @@ import (
 
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/authz"
+	"github.com/countersign/countersign/vocab"
 )
 
 // Options wire what the metrics read on each scrape.
@@ -88,24 +89,24 @@ type Metrics struct {
 }
 
 // Outcomes of a tool call, by the kind of the audit entry that ends it.
-var outcomes = map[string]string{
-	audit.KindCallExecuted:      "executed",
-	audit.KindCallFailed:        "failed",
-	audit.KindCallInterrupted:   "interrupted", // sent, no answer: outcome unknown
-	audit.KindCallRejected:      "rejected",
-	audit.KindCallDenied:        "denied",
-	audit.KindApprovalDenied:    "approval_denied",
-	audit.KindApprovalExpired:   "expired",
-	audit.KindApprovalCancelled: "cancelled",
+var outcomes = map[vocab.Kind]string{
+	vocab.KindCallExecuted:      "executed",
+	vocab.KindCallFailed:        "failed",
+	vocab.KindCallInterrupted:   "interrupted", // sent, no answer: outcome unknown
+	vocab.KindCallRejected:      "rejected",
+	vocab.KindCallDenied:        "denied",
+	vocab.KindApprovalDenied:    "approval_denied",
+	vocab.KindApprovalExpired:   "expired",
+	vocab.KindApprovalCancelled: "cancelled",
 }
 
 // States of an approval request, by the kind of the entry that records it.
-var states = map[string]string{
-	audit.KindApprovalRequested: "requested",
-	audit.KindApprovalApproved:  "approved",
-	audit.KindApprovalDenied:    "denied",
-	audit.KindApprovalExpired:   "expired",
-	audit.KindApprovalCancelled: "cancelled",
+var states = map[vocab.Kind]string{
+	vocab.KindApprovalRequested: "requested",
+	vocab.KindApprovalApproved:  "approved",
+	vocab.KindApprovalDenied:    "denied",
+	vocab.KindApprovalExpired:   "expired",
+	vocab.KindApprovalCancelled: "cancelled",
 }
 
 // New returns the collectors of one process, registered on their own
@@ -259,7 +260,7 @@ func (r *recorder) LastSeq(ctx context.Context) (int64, error) {
 
 // observe counts one committed entry.
 func (m *Metrics) observe(e audit.Entry) {
-	m.appends.WithLabelValues(e.Kind).Inc()
+	m.appends.WithLabelValues(string(e.Kind)).Inc()
 	if outcome, ok := outcomes[e.Kind]; ok {
 		tool := e.Tool
 		if m.opts.KnownTool != nil && !m.opts.KnownTool(tool) {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/store"
+	"github.com/countersign/countersign/vocab"
 )
 
 // clock is the audit log's clock, moved by the test.
@@ -65,15 +66,15 @@ func TestCountsFollowTheAuditLog(t *testing.T) {
 		}
 	}
 	appendAll(
-		audit.Entry{Kind: audit.KindCallAllowed, Tool: "get_balance", Agent: "a"},
-		audit.Entry{Kind: audit.KindCallExecuted, Tool: "get_balance", Agent: "a"},
-		audit.Entry{Kind: audit.KindCallInterrupted, Tool: "get_balance", Agent: "a"},
-		audit.Entry{Kind: audit.KindCallRejected, Tool: "launch_missiles", Agent: "a", Reason: "unknown tool"},
-		audit.Entry{Kind: audit.KindCallRejected, Tool: "drop_tables", Agent: "a", Reason: "unknown tool"},
-		audit.Entry{Kind: audit.KindApprovalRequested, Tool: "transfer", Agent: "a", RequestID: "r1"},
+		audit.Entry{Kind: vocab.KindCallAllowed, Tool: "get_balance", Agent: "a"},
+		audit.Entry{Kind: vocab.KindCallExecuted, Tool: "get_balance", Agent: "a"},
+		audit.Entry{Kind: vocab.KindCallInterrupted, Tool: "get_balance", Agent: "a"},
+		audit.Entry{Kind: vocab.KindCallRejected, Tool: "launch_missiles", Agent: "a", Reason: "unknown tool"},
+		audit.Entry{Kind: vocab.KindCallRejected, Tool: "drop_tables", Agent: "a", Reason: "unknown tool"},
+		audit.Entry{Kind: vocab.KindApprovalRequested, Tool: "transfer", Agent: "a", RequestID: "r1"},
 	)
 	clk.add(42 * time.Second)
-	appendAll(audit.Entry{Kind: audit.KindApprovalDenied, Tool: "transfer", Agent: "a", RequestID: "r1", Approver: "bob"})
+	appendAll(audit.Entry{Kind: vocab.KindApprovalDenied, Tool: "transfer", Agent: "a", RequestID: "r1", Approver: "bob"})
 
 	text := exposition(t, m)
 	for series, want := range map[string]float64{

@@ -6,8 +6,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/vocab"
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
 )
 
@@ -51,7 +51,7 @@ func TestStreamableHTTPAndSSEOnBothVersions(t *testing.T) {
 		}
 	}
 	// With no agents configured every caller is anonymous.
-	for _, e := range s.entries(t, audit.KindCallExecuted) {
+	for _, e := range s.entries(t, vocab.KindCallExecuted) {
 		if e.Agent != "anonymous" {
 			t.Errorf("an unauthenticated call was recorded as agent %q, want anonymous", e.Agent)
 		}
@@ -112,7 +112,7 @@ func TestBearerTokenAuthenticatesTheAgent(t *testing.T) {
 					if res := callTool(t, cs, "get_balance", map[string]any{}); res.IsError {
 						t.Fatalf("get_balance: %s", resultText(res))
 					}
-					es := s.entries(t, audit.KindCallExecuted)
+					es := s.entries(t, vocab.KindCallExecuted)
 					if len(es) == 0 || es[len(es)-1].Agent != agent || es[len(es)-1].Tool != "get_balance" {
 						t.Errorf("the audit log does not name %s as the caller: %+v", agent, es)
 					}

@@ -184,7 +184,7 @@ func (s *stack) decide(t *testing.T, id string, decision vocab.Decision) error {
 }
 
 // entries returns the audit entries of kind.
-func (s *stack) entries(t *testing.T, kind string) []audit.Entry {
+func (s *stack) entries(t *testing.T, kind vocab.Kind) []audit.Entry {
 	t.Helper()
 	all, err := s.audit.Since(context.Background(), 0, 10000)
 	if err != nil {
@@ -204,7 +204,7 @@ func (s *stack) entries(t *testing.T, kind string) []audit.Entry {
 func (s *stack) waitRequest(t *testing.T) string {
 	t.Helper()
 	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-		if es := s.entries(t, audit.KindApprovalRequested); len(es) > 0 {
+		if es := s.entries(t, vocab.KindApprovalRequested); len(es) > 0 {
 			return es[len(es)-1].RequestID
 		}
 	}
@@ -408,7 +408,7 @@ func TestToolsFollowTheCatalog(t *testing.T) {
 	if res, err := cs.CallTool(t.Context(), &sdk.CallToolParams{Name: "extra_new"}); err == nil && !res.IsError {
 		t.Errorf("a removed tool was called: %s", resultText(res))
 	}
-	rejected := s.entries(t, audit.KindCallRejected)
+	rejected := s.entries(t, vocab.KindCallRejected)
 	if len(rejected) == 0 || rejected[len(rejected)-1].Tool != "extra_new" || rejected[len(rejected)-1].Agent != "anonymous" {
 		t.Errorf("the call of a tool not offered was not recorded as rejected: %+v", rejected)
 	}

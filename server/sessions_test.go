@@ -10,8 +10,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/vocab"
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
 )
 
@@ -177,8 +177,8 @@ func TestDisconnectCancelsTheWaitingRequest(t *testing.T) {
 			id := s.waitRequest(t)
 			conns.closeAll() // the client vanishes without a word
 			s.waitState(t, id, "cancelled")
-			waitFor(t, "approval.cancelled recorded", func() bool { return len(s.entries(t, audit.KindApprovalCancelled)) == 1 })
-			for _, e := range s.entries(t, audit.KindCallExecuted) {
+			waitFor(t, "approval.cancelled recorded", func() bool { return len(s.entries(t, vocab.KindApprovalCancelled)) == 1 })
+			for _, e := range s.entries(t, vocab.KindCallExecuted) {
 				if e.Tool == "transfer" {
 					t.Error("a cancelled request ran")
 				}

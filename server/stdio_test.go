@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/vocab"
 	"github.com/mark3labs/mcp-go/client/transport"
 	"github.com/mark3labs/mcp-go/mcp"
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
@@ -143,7 +143,7 @@ func TestStdioWritesOnlyMCPFrames(t *testing.T) {
 			if methods["notifications/progress"] == 0 {
 				t.Errorf("no progress notifications on stdout while the call waited: %v", methods)
 			}
-			for _, e := range s.entries(t, audit.KindCallExecuted) {
+			for _, e := range s.entries(t, vocab.KindCallExecuted) {
 				if e.Agent != "desk-agent" {
 					t.Errorf("a stdio call recorded as agent %q, want the configured stdio agent", e.Agent)
 				}
@@ -164,7 +164,7 @@ func TestRoutineCallsRunWhileApprovalsWaitOverStdio(t *testing.T) {
 	for range waiting {
 		go cs.CallTool(ctx, &sdk.CallToolParams{Name: "transfer", Arguments: transferArgs(50000)})
 	}
-	waitFor(t, "approvals raised", func() bool { return len(s.entries(t, audit.KindApprovalRequested)) == waiting })
+	waitFor(t, "approvals raised", func() bool { return len(s.entries(t, vocab.KindApprovalRequested)) == waiting })
 	checkServes(t, cs)
 }
 

@@ -16,9 +16,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/tools/ledger"
+	"github.com/countersign/countersign/vocab"
 	"github.com/mark3labs/mcp-go/client"
 	"github.com/mark3labs/mcp-go/client/transport"
 	"github.com/mark3labs/mcp-go/mcp"
@@ -273,7 +273,7 @@ func checkWorking(t *testing.T, got *mcp.GetTaskResult, code, url string) {
 }
 
 // executed counts the entries of kind for request id.
-func (s *stack) count(t *testing.T, kind, id string) int {
+func (s *stack) count(t *testing.T, kind vocab.Kind, id string) int {
 	t.Helper()
 	n := 0
 	for _, e := range s.entries(t, kind) {
@@ -379,7 +379,7 @@ func TestTaskApprovedRunsOnceAndIsTheAgentsOwn(t *testing.T) {
 	if !listed {
 		t.Errorf("tasks/list of its agent lacks the completed %s", task.TaskId)
 	}
-	if n := s.count(t, audit.KindCallExecuted, task.TaskId); n != 1 {
+	if n := s.count(t, vocab.KindCallExecuted, task.TaskId); n != 1 {
 		t.Errorf("%d call.executed entries for the task's request, want 1", n)
 	}
 	// Another agent hears nothing of it.
@@ -478,7 +478,7 @@ func TestTaskDeniedExpiredCancelledMoveNoMoney(t *testing.T) {
 		if err := s.decide(t, task.TaskId, "approve"); err == nil {
 			t.Error("a cancelled task's request was approved")
 		}
-		if n := s.count(t, audit.KindApprovalCancelled, task.TaskId); n != 1 {
+		if n := s.count(t, vocab.KindApprovalCancelled, task.TaskId); n != 1 {
 			t.Errorf("%d approval.cancelled entries for the cancelled task, want 1", n)
 		}
 		a.waitStatus(task.TaskId, mcp.TaskStatusCancelled)
@@ -504,7 +504,7 @@ func TestTaskRefusals(t *testing.T) {
 	if _, rerr := a.tryStart(long, nil); rerr == nil || len(rerr.Message) > 200 {
 		t.Errorf("an unknown tool with a long name as a task: %+v, want a bounded message", rerr)
 	}
-	if es := s.entries(t, audit.KindCallRejected); len(es) != 2 || es[0].Tool != "no_such_tool" || es[0].Agent != "agent-a" {
+	if es := s.entries(t, vocab.KindCallRejected); len(es) != 2 || es[0].Tool != "no_such_tool" || es[0].Agent != "agent-a" {
 		t.Errorf("unknown tools called as tasks were not recorded as rejected: %+v", es)
 	}
 	for _, method := range []mcp.MCPMethod{mcp.MethodTasksGet, mcp.MethodTasksResult, mcp.MethodTasksCancel} {
@@ -540,7 +540,7 @@ func TestTaskResultCollectedByANewSessionAfterDisconnect(t *testing.T) {
 	if got := second.balance(); got != before-2_000_000 {
 		t.Fatalf("operating %d cents, want exactly one transfer from %d", got, before)
 	}
-	if n := s.count(t, audit.KindCallExecuted, task.TaskId); n != 1 {
+	if n := s.count(t, vocab.KindCallExecuted, task.TaskId); n != 1 {
 		t.Errorf("%d call.executed entries, want 1", n)
 	}
 }
@@ -593,7 +593,7 @@ func TestSSERefusesTaskAugmentedCalls(t *testing.T) {
 	if code, msg := post(initBody); code != http.StatusAccepted {
 		t.Errorf("initialize over SSE after refused task messages: %d %s", code, msg)
 	}
-	if es := s.entries(t, audit.KindApprovalRequested); len(es) != 0 {
+	if es := s.entries(t, vocab.KindApprovalRequested); len(es) != 0 {
 		t.Errorf("a refused task message raised a request: %+v", es)
 	}
 }

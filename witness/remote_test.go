@@ -8,13 +8,14 @@ import (
 	"time"
 
 	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/vocab"
 	"github.com/countersign/countersign/witness/witnesstest"
 )
 
 func appendN(t *testing.T, l *audit.Log, n int) {
 	t.Helper()
 	for range n {
-		if _, err := l.Append(context.Background(), audit.Entry{Kind: audit.KindCallAllowed, Tool: "t"}); err != nil {
+		if _, err := l.Append(context.Background(), audit.Entry{Kind: vocab.KindCallAllowed, Tool: "t"}); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/store"
+	"github.com/countersign/countersign/vocab"
 )
 
 // newLog opens a log in its own database signed with the key in keyDir,
@@ -33,7 +34,7 @@ func newLog(t *testing.T, keyDir, tag string, n int) *audit.Log {
 	}
 	t.Cleanup(func() { l.Close() })
 	for i := range n {
-		if _, err := l.Append(ctx, audit.Entry{Kind: audit.KindCallAllowed, Tool: "t", Reason: fmt.Sprintf("%s %d", tag, i)}); err != nil {
+		if _, err := l.Append(ctx, audit.Entry{Kind: vocab.KindCallAllowed, Tool: "t", Reason: fmt.Sprintf("%s %d", tag, i)}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -69,7 +70,7 @@ func TestLogThatExtendsTheWitnessPasses(t *testing.T) {
 		t.Fatalf("no witness yet: %v", err)
 	}
 	record(t, w, l)
-	if _, err := l.Append(ctx, audit.Entry{Kind: audit.KindCallAllowed, Tool: "t"}); err != nil {
+	if _, err := l.Append(ctx, audit.Entry{Kind: vocab.KindCallAllowed, Tool: "t"}); err != nil {
 		t.Fatal(err)
 	}
 	if err := w.Check(ctx, l); err != nil {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/vocab"
 )
 
 // Recorder is an audit log in memory, for a service under test: it numbers
@@ -61,8 +62,8 @@ func (m *Recorder) Entries() []audit.Entry {
 }
 
 // Kinds lists the kinds of the entries of requestID ("": of all), in order.
-func (m *Recorder) Kinds(requestID string) []string {
-	var out []string
+func (m *Recorder) Kinds(requestID string) []vocab.Kind {
+	var out []vocab.Kind
 	for _, e := range m.Entries() {
 		if requestID == "" || e.RequestID == requestID {
 			out = append(out, e.Kind)
@@ -72,7 +73,7 @@ func (m *Recorder) Kinds(requestID string) []string {
 }
 
 // Last returns the newest entry of kind.
-func (m *Recorder) Last(kind string) (audit.Entry, bool) {
+func (m *Recorder) Last(kind vocab.Kind) (audit.Entry, bool) {
 	es := m.Entries()
 	for i := len(es) - 1; i >= 0; i-- {
 		if es[i].Kind == kind {
@@ -86,7 +87,7 @@ func (m *Recorder) Last(kind string) (audit.Entry, bool) {
 // check (a CheckError's Check).
 func (m *Recorder) RequireRejected(t testing.TB, check string) {
 	t.Helper()
-	e, ok := m.Last(audit.KindApprovalRejected)
+	e, ok := m.Last(vocab.KindApprovalRejected)
 	if !ok {
 		t.Fatalf("no approval.rejected entry; kinds %v", m.Kinds(""))
 	}

@@ -10,7 +10,7 @@ import (
 
 	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/approval/approvaltest"
-	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/vocab"
 )
 
 // The page's Freeze button: a POST with the CSRF token, no tap, recorded
@@ -43,10 +43,10 @@ func TestPageFreezesAnAgent(t *testing.T) {
 	if err := json.Unmarshal(raw, &out); err != nil || out.Frozen.FrozenBy != approval.LoopbackRevoker || len(out.Cancelled) != 1 || out.Cancelled[0] != r.ID {
 		t.Fatalf("freeze answered %s (%v)", raw, err)
 	}
-	if got, _ := h.svc.Get(ctx, r.ID); got.State != approval.StateCancelled {
+	if got, _ := h.svc.Get(ctx, r.ID); got.State != vocab.StateCancelled {
 		t.Fatalf("the agent's request is %s", got.State)
 	}
-	if e, ok := h.rec.Last(audit.KindAgentFrozen); !ok || e.Agent != "agent-1" || e.Approver != approval.LoopbackRevoker || e.Reason != "frozen: looks wrong" {
+	if e, ok := h.rec.Last(vocab.KindAgentFrozen); !ok || e.Agent != "agent-1" || e.Approver != approval.LoopbackRevoker || e.Reason != "frozen: looks wrong" {
 		t.Fatalf("agent.frozen: %+v", e)
 	}
 	if code, e, _ := h.post(t, "/api/agents/agent-1/freeze", []byte(`{}`), nil); code != http.StatusConflict || e.Check != "already_frozen" {
@@ -98,7 +98,7 @@ func TestSignedInApproverFreezes(t *testing.T) {
 	if err != nil || fz == nil || fz.By != "alice" {
 		t.Fatalf("frozen %+v, %v: want by alice", fz, err)
 	}
-	if e, ok := p.rec.Last(audit.KindAgentFrozen); !ok || e.Approver != "alice" {
+	if e, ok := p.rec.Last(vocab.KindAgentFrozen); !ok || e.Approver != "alice" {
 		t.Fatalf("agent.frozen: %+v", e)
 	}
 }

@@ -67,7 +67,7 @@ func (s *server) pageBatch(w http.ResponseWriter, r *http.Request) {
 		}
 		it := batchItem{Request: req, Pos: i + 1, Of: len(ids)}
 		switch {
-		case req.State != approval.StatePending:
+		case req.State != vocab.StatePending:
 			it.Refused = "This request is " + string(req.State) + "; it can no longer be approved."
 		case req.Level != vocab.LevelHigh || !req.Batchable:
 			it.Refused = "This request cannot be approved together with others: it needs its own tap on its own page."

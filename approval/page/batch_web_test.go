@@ -11,6 +11,7 @@ import (
 
 	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/approval/approvaltest"
+	"github.com/countersign/countersign/vocab"
 )
 
 // The page's batch endpoints, driven as its script drives them: one tap
@@ -66,11 +67,11 @@ func TestPageClientApprovesABatch(t *testing.T) {
 		t.Fatalf("%d requests back, want 3", len(got))
 	}
 	for _, r := range got {
-		if r.State != approval.StateApproved || r.DecidedBy != "alice" {
+		if r.State != vocab.StateApproved || r.DecidedBy != "alice" {
 			t.Fatalf("after the batch: %+v", r)
 		}
 	}
-	if r, _ := page.Get(plain); r.State != approval.StatePending {
+	if r, _ := page.Get(plain); r.State != vocab.StatePending {
 		t.Fatalf("the request left out is %s", r.State)
 	}
 }
@@ -133,11 +134,11 @@ func TestBrowserApprovesABatchWithOneTap(t *testing.T) {
 	waitText(t, tab, "outcome", "Approved all 3 with one tap.")
 	for _, id := range ids {
 		r, err := b.svc.Get(ctx, id)
-		if err != nil || r.State != approval.StateApproved || r.DecidedBy != "alice" {
+		if err != nil || r.State != vocab.StateApproved || r.DecidedBy != "alice" {
 			t.Fatalf("request %s after the tap: %+v (%v)", id, r, err)
 		}
 	}
-	if r, _ := b.svc.Get(ctx, alone.ID); r.State != approval.StatePending {
+	if r, _ := b.svc.Get(ctx, alone.ID); r.State != vocab.StatePending {
 		t.Fatalf("the request not selected is %s", r.State)
 	}
 }

@@ -11,9 +11,9 @@ import (
 
 	"github.com/chromedp/chromedp"
 
-	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/approval/approvaltest"
 	"github.com/countersign/countersign/authzdetails"
+	"github.com/countersign/countersign/vocab"
 )
 
 // A request written to fool the approver: the memo claims authority and a
@@ -88,7 +88,7 @@ func TestBrowserShowsAgentTextAsAQuotationAndFlagsMixedScripts(t *testing.T) {
 
 	// What the approver signs covers the quotation: approving still works.
 	approvaltest.Approve(t, tab, b.base+"/requests/"+req.ID)
-	waitText(t, tab, "state", string(approval.StateApproved))
+	waitText(t, tab, "state", string(vocab.StateApproved))
 }
 
 // screenshotAs keeps the page as docs/NAME with -update-screenshot, else

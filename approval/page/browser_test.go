@@ -15,7 +15,7 @@ import (
 
 	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/approval/approvaltest"
-	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/vocab"
 )
 
 var updateScreenshot = flag.Bool("update-screenshot", false, "write the request page screenshot to docs/approver-page.png")
@@ -72,7 +72,7 @@ func TestBrowserApproveDenyExpireQuorum(t *testing.T) {
 	if err != nil || len(creds) != 2 || creds[0].ApproverID != "alice" || creds[1].ApproverID != "bob" {
 		t.Fatalf("credentials %+v %v", creds, err)
 	}
-	if n := slices.Index(b.rec.Kinds(""), audit.KindApproverEnrolled); n < 0 {
+	if n := slices.Index(b.rec.Kinds(""), vocab.KindApproverEnrolled); n < 0 {
 		t.Fatalf("no approver.enrolled entry: %v", b.rec.Kinds(""))
 	}
 
@@ -99,11 +99,11 @@ func TestBrowserApproveDenyExpireQuorum(t *testing.T) {
 		go func() { r, _ := b.svc.Wait(ctx, req.ID); waited <- r }()
 		do(t, aliceTab, chromedp.Click(chromedp.CSS("#approve")))
 		got := <-waited
-		if got.State != approval.StateApproved || got.DecidedBy != "alice" {
+		if got.State != vocab.StateApproved || got.DecidedBy != "alice" {
 			t.Fatalf("wait: %+v", got)
 		}
 		waitText(t, aliceTab, "state", "approved")
-		e, _ := b.rec.Last(audit.KindApprovalAssertion)
+		e, _ := b.rec.Last(vocab.KindApprovalAssertion)
 		if e.Origin != b.base || e.RequestID != req.ID {
 			t.Fatalf("assertion entry origin %q request %q", e.Origin, e.RequestID)
 		}
@@ -119,7 +119,7 @@ func TestBrowserApproveDenyExpireQuorum(t *testing.T) {
 		}
 		do(t, bobTab, chromedp.Navigate(b.base+"/requests/"+req.ID), chromedp.WaitVisible(chromedp.CSS("#deny")), chromedp.Click(chromedp.CSS("#deny")))
 		got, err := b.svc.Wait(ctx, req.ID)
-		if err != nil || got.State != approval.StateDenied || got.DecidedBy != "bob" {
+		if err != nil || got.State != vocab.StateDenied || got.DecidedBy != "bob" {
 			t.Fatalf("wait: %+v %v", got, err)
 		}
 		waitText(t, bobTab, "state", "denied")
@@ -135,7 +135,7 @@ func TestBrowserApproveDenyExpireQuorum(t *testing.T) {
 		do(t, aliceTab, chromedp.Navigate(b.base+"/requests/"+req.ID), chromedp.WaitVisible(chromedp.CSS("#approve")))
 		// The page learns of the expiry through the event stream.
 		waitText(t, aliceTab, "state", "expired")
-		if r, _ := b.svc.Get(ctx, req.ID); r.State != approval.StateExpired {
+		if r, _ := b.svc.Get(ctx, req.ID); r.State != vocab.StateExpired {
 			t.Fatalf("state %s", r.State)
 		}
 	})
@@ -149,18 +149,18 @@ func TestBrowserApproveDenyExpireQuorum(t *testing.T) {
 		}
 		do(t, aliceTab, chromedp.Navigate(b.base+"/requests/"+req.ID), chromedp.WaitVisible(chromedp.CSS("#approve")), chromedp.Click(chromedp.CSS("#approve")))
 		waitText(t, aliceTab, "outcome", "Your approval is counted: 1 of 2")
-		if r, _ := b.svc.Get(ctx, req.ID); r.State != approval.StatePending {
+		if r, _ := b.svc.Get(ctx, req.ID); r.State != vocab.StatePending {
 			t.Fatalf("one of two approved it: %s", r.State)
 		}
 		do(t, bobTab, chromedp.Navigate(b.base+"/requests/"+req.ID), chromedp.WaitVisible(chromedp.CSS("#approve")), chromedp.Click(chromedp.CSS("#approve")))
 		got, err := b.svc.Wait(ctx, req.ID)
-		if err != nil || got.State != approval.StateApproved || got.DecidedBy != "alice,bob" {
+		if err != nil || got.State != vocab.StateApproved || got.DecidedBy != "alice,bob" {
 			t.Fatalf("wait: %+v %v", got, err)
 		}
 		// Alice's tab updates live.
 		waitText(t, aliceTab, "state", "approved")
 		for _, e := range b.rec.Entries() {
-			if e.RequestID == req.ID && e.Kind == audit.KindApprovalAssertion && !e.UserVerified {
+			if e.RequestID == req.ID && e.Kind == vocab.KindApprovalAssertion && !e.UserVerified {
 				t.Fatalf("critical assertion without UV: %+v", e)
 			}
 		}

@@ -123,7 +123,7 @@ func (f *fixture) requireUntouched(t *testing.T, ids ...string) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if r.State != approval.StatePending || len(r.Approvals) != 0 {
+		if r.State != vocab.StatePending || len(r.Approvals) != 0 {
 			t.Fatalf("request %s after a refused batch: %s with approvals %v", id, r.State, r.Approvals)
 		}
 	}

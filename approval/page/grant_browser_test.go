@@ -9,7 +9,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/countersign/countersign/approval"
-	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/vocab"
 )
 
 // In the browser: the request page shows the grant the server proposes;
@@ -38,7 +38,7 @@ func TestBrowserApproveWithGrantThenRevoke(t *testing.T) {
 		chromedp.Click(chromedp.CSS("#approve-grant")))
 	waitText(t, tab, "state", "approved")
 
-	e, _ := b.rec.Last(audit.KindApprovalAssertion)
+	e, _ := b.rec.Last(vocab.KindApprovalAssertion)
 	if e.GrantID == "" || e.GrantMaxCalls != 2 || e.GrantCondition != cond {
 		t.Fatalf("the approval does not carry the grant chosen: %+v", e)
 	}
@@ -66,7 +66,7 @@ func TestBrowserApproveWithGrantThenRevoke(t *testing.T) {
 	if _, err := b.svc.UseGrant(ctx, e.GrantID); err == nil {
 		t.Fatal("a revoked grant gave a use")
 	}
-	r, _ := b.rec.Last(audit.KindGrantRevoked)
+	r, _ := b.rec.Last(vocab.KindGrantRevoked)
 	if r.GrantID != e.GrantID || r.Approver != approval.LoopbackRevoker || r.GrantSeq != e.Seq {
 		t.Fatalf("grant.revoked %+v (grant_seq want %d)", r, e.Seq)
 	}

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"testing"
 
-	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/approval/approvaltest"
 	"github.com/countersign/countersign/vocab"
 )
@@ -32,7 +31,7 @@ func TestPageClientEnrollsAndDecides(t *testing.T) {
 		t.Fatalf("pending %v (%v)", ids, err)
 	}
 	got, err := page.Decide(req.ID, string(vocab.Approve), alice)
-	if err != nil || got.State != approval.StateApproved {
+	if err != nil || got.State != vocab.StateApproved {
 		t.Fatalf("decide: %+v (%v)", got, err)
 	}
 	_, err = page.Decide(req.ID, string(vocab.Deny), alice)
@@ -40,7 +39,7 @@ func TestPageClientEnrollsAndDecides(t *testing.T) {
 	if !errors.As(err, &pe) || pe.Check != "not_pending" {
 		t.Fatalf("deciding a decided request: %v", err)
 	}
-	if r, err := page.Get(req.ID); err != nil || r.State != approval.StateApproved || r.DecidedBy != "alice" {
+	if r, err := page.Get(req.ID); err != nil || r.State != vocab.StateApproved || r.DecidedBy != "alice" {
 		t.Fatalf("get: %+v (%v)", r, err)
 	}
 }

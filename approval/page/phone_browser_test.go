@@ -197,7 +197,7 @@ func TestBrowserPhoneLayout(t *testing.T) {
 	waitText(t, tab, "state", "approved")
 	do(t, tab, chromedp.Navigate(b.base+"/requests/"+gateway.ID), chromedp.WaitVisible(chromedp.CSS("#deny")), chromedp.Click(chromedp.CSS("#deny")))
 	waitText(t, tab, "state", "denied")
-	for id, want := range map[string]vocab.State{transfer.ID: approval.StateApproved, gateway.ID: approval.StateDenied} {
+	for id, want := range map[string]vocab.State{transfer.ID: vocab.StateApproved, gateway.ID: vocab.StateDenied} {
 		if r, err := b.svc.Get(ctx, id); err != nil || r.State != want {
 			t.Errorf("request %s: %v %v, want %s", id, r, err, want)
 		}

@@ -20,6 +20,7 @@ import (
 
 	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/approval/approvaltest"
+	"github.com/countersign/countersign/vocab"
 )
 
 // tlsPage serves the page with RequireSignIn over real TLS, with a
@@ -207,5 +208,5 @@ func TestBrowserSignIn(t *testing.T) {
 		t.Fatalf("the list after signing in: %s", list)
 	}
 	approvaltest.Approve(t, tab, base+"/requests/"+req.ID)
-	waitText(t, tab, "state", string(approval.StateApproved))
+	waitText(t, tab, "state", string(vocab.StateApproved))
 }

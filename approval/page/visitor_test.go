@@ -106,7 +106,7 @@ func (h *hostileFixture) rejected(t *testing.T) map[string]any {
 	var last map[string]any
 	for _, line := range strings.Split(h.export(t), "\n") {
 		var m map[string]any
-		if json.Unmarshal([]byte(line), &m) == nil && m["kind"] == audit.KindApprovalRejected {
+		if json.Unmarshal([]byte(line), &m) == nil && m["kind"] == string(vocab.KindApprovalRejected) {
 			last = m
 		}
 	}
@@ -177,7 +177,7 @@ func TestVisitorTextNeverReachesTheLog(t *testing.T) {
 			}
 		}
 		h.requireNoMarker(t)
-		if got, _ := h.svc.Get(ctx, req.ID); got.State != approval.StatePending {
+		if got, _ := h.svc.Get(ctx, req.ID); got.State != vocab.StatePending {
 			t.Fatalf("state %s", got.State)
 		}
 	})

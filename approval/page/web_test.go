@@ -17,7 +17,6 @@ import (
 
 	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/approval/approvaltest"
-	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/vocab"
 )
 
@@ -122,7 +121,7 @@ func TestHTTPApproveThroughAPI(t *testing.T) {
 	}
 	var got requestJSON
 	json.Unmarshal(raw, &got)
-	if got.State != approval.StateApproved {
+	if got.State != vocab.StateApproved {
 		t.Fatalf("state %q", got.State)
 	}
 	// The same body again: refused, named, recorded.
@@ -231,7 +230,7 @@ func TestHTTPProtectiveLayers(t *testing.T) {
 		}
 	})
 
-	if r, _ := h.svc.Get(ctx, req.ID); r.State != approval.StatePending {
+	if r, _ := h.svc.Get(ctx, req.ID); r.State != vocab.StatePending {
 		t.Fatalf("state after attacks: %s", r.State)
 	}
 }
@@ -262,7 +261,7 @@ func TestHTTPEventsAndEnrollPage(t *testing.T) {
 	}
 
 	link, _ := h.svc.CreateEnrollment(ctx, "bob")
-	if e, _ := h.rec.Last(audit.KindEnrollmentCreated); e.Approver != "bob" {
+	if e, _ := h.rec.Last(vocab.KindEnrollmentCreated); e.Approver != "bob" {
 		t.Fatalf("enrollment entry %+v", e)
 	}
 	u, _ := url.Parse(link)

@@ -23,8 +23,8 @@ const (
 	flagUserVerified = 0x04
 )
 
-func isAssertionKind(kind string) bool {
-	return kind == audit.KindApprovalAssertion || kind == audit.KindApprovalDenied
+func isAssertionKind(kind vocab.Kind) bool {
+	return kind == vocab.KindApprovalAssertion || kind == vocab.KindApprovalDenied
 }
 
 // acceptedAlgorithms are the COSE algorithms of the credentials the
@@ -72,9 +72,9 @@ type credentials map[string]*credential
 
 func (c credentials) apply(e *audit.Entry, key any) {
 	switch e.Kind {
-	case audit.KindApproverEnrolled:
+	case vocab.KindApproverEnrolled:
 		c[e.CredentialID] = &credential{key: key, approver: e.Approver, enrolled: e.Seq}
-	case audit.KindCredentialRevoked:
+	case vocab.KindCredentialRevoked:
 		if cr := c[e.CredentialID]; cr != nil && cr.revokedSeq == 0 {
 			cr.revokedSeq = e.Seq
 		}
@@ -87,7 +87,7 @@ func (c credentials) apply(e *audit.Entry, key any) {
 func (c credentials) check(e *audit.Entry) string {
 	if !isAssertionKind(e.Kind) {
 		var key any
-		if e.Kind == audit.KindApproverEnrolled {
+		if e.Kind == vocab.KindApproverEnrolled {
 			if e.CredentialID == "" || e.PublicKey == "" {
 				return "approver.enrolled entry without credential_id and public_key"
 			}
@@ -100,7 +100,7 @@ func (c credentials) check(e *audit.Entry) string {
 		return ""
 	}
 	if e.Signature == "" {
-		return e.Kind + " entry carries no WebAuthn assertion"
+		return string(e.Kind) + " entry carries no WebAuthn assertion"
 	}
 	cr := c[e.CredentialID]
 	switch {
@@ -157,7 +157,7 @@ func checkAssertion(e *audit.Entry, cr *credential) error {
 // decision the entry records.
 func entryDigest(e *audit.Entry) ([32]byte, error) {
 	decision := vocab.Approve
-	if e.Kind == audit.KindApprovalDenied {
+	if e.Kind == vocab.KindApprovalDenied {
 		decision = vocab.Deny
 	}
 	if vocab.Decision(e.Decision) != decision {

@@ -150,16 +150,16 @@ func requestFields(id string) audit.Entry {
 // requested is the approval.requested entry of request id.
 func requested(id string, level vocab.Level, quorum int, uv vocab.UserVerification, eligible ...string) audit.Entry {
 	e := requestFields(id)
-	e.Kind, e.Level, e.Rule, e.Quorum, e.Eligible, e.UserVerification = audit.KindApprovalRequested, level, "tools.transfer.rules[0]", quorum, eligible, uv
+	e.Kind, e.Level, e.Rule, e.Quorum, e.Eligible, e.UserVerification = vocab.KindApprovalRequested, level, "tools.transfer.rules[0]", quorum, eligible, uv
 	return e
 }
 
 // decided is a key decision on request id, signed by k.
 func decided(k *softKey, id string, decision vocab.Decision, flags byte) audit.Entry {
 	e := requestFields(id)
-	e.Kind, e.Decision, e.DecidedAt = audit.KindApprovalAssertion, string(decision), "2026-03-01T09:31:00.000000000Z"
+	e.Kind, e.Decision, e.DecidedAt = vocab.KindApprovalAssertion, string(decision), "2026-03-01T09:31:00.000000000Z"
 	if decision == vocab.Deny {
-		e.Kind = audit.KindApprovalDenied
+		e.Kind = vocab.KindApprovalDenied
 	}
 	k.sign(&e, origin, rpID, flags)
 	return e
@@ -172,11 +172,11 @@ const origin, rpID = "http://localhost:8710", "localhost"
 func assertionLog(t *testing.T, k *softKey) []byte {
 	db := storetest.Open(t, t.TempDir())
 	l := openLog(t, db, seededKey(1), audit.Options{Now: stepClock()})
-	mustAppend(t, l, audit.Entry{Kind: audit.KindApproverEnrolled, Approver: "alice", CredentialID: k.id, PublicKey: k.cose(), Origin: origin, RPID: rpID})
+	mustAppend(t, l, audit.Entry{Kind: vocab.KindApproverEnrolled, Approver: "alice", CredentialID: k.id, PublicKey: k.cose(), Origin: origin, RPID: rpID})
 	mustAppend(t, l, requested("req-1", "high", 1, vocab.UVPreferred, "alice"))
 	mustAppend(t, l, decided(k, "req-1", vocab.Approve, flagUserPresent|flagUserVerified))
 	done := requestFields("req-1")
-	done.Kind, done.Decision, done.Approvers, done.Assertions = audit.KindApprovalApproved, string(vocab.Approve), []string{"alice"}, []int64{3}
+	done.Kind, done.Decision, done.Approvers, done.Assertions = vocab.KindApprovalApproved, string(vocab.Approve), []string{"alice"}, []int64{3}
 	mustAppend(t, l, done)
 
 	req2 := requested("req-2", "high", 1, vocab.UVPreferred, "alice")
@@ -209,9 +209,9 @@ func TestVerifyAssertions(t *testing.T) {
 		mutate func(*audit.Entry)
 		reason string
 	}{
-		{"approve turned into deny", 3, func(e *audit.Entry) { e.Kind, e.Decision = audit.KindApprovalDenied, string(vocab.Deny) }, "challenge is not the action digest"},
+		{"approve turned into deny", 3, func(e *audit.Entry) { e.Kind, e.Decision = vocab.KindApprovalDenied, string(vocab.Deny) }, "challenge is not the action digest"},
 		{"decision field flipped", 3, func(e *audit.Entry) { e.Decision = string(vocab.Deny) }, "does not match kind"},
-		{"deny turned into approve", 6, func(e *audit.Entry) { e.Kind, e.Decision = audit.KindApprovalAssertion, string(vocab.Approve) }, "challenge is not the action digest"},
+		{"deny turned into approve", 6, func(e *audit.Entry) { e.Kind, e.Decision = vocab.KindApprovalAssertion, string(vocab.Approve) }, "challenge is not the action digest"},
 		{"other origin", 3, func(e *audit.Entry) { e.Origin = "http://evil.example" }, "origin"},
 		{"other rp id", 3, func(e *audit.Entry) { e.RPID = "evil.example" }, "rpIdHash"},
 		{"other amount", 3, func(e *audit.Entry) {
@@ -244,10 +244,10 @@ func TestVerifyAssertions(t *testing.T) {
 
 	t.Run("revoked before use", func(t *testing.T) {
 		lines, cp := splitExport(t, export)
-		revoke, _ := encodeLine(&audit.Entry{Seq: 2, V: audit.Format, Kind: audit.KindCredentialRevoked, CredentialID: k.id, Approver: "alice"})
+		revoke, _ := encodeLine(&audit.Entry{Seq: 2, V: audit.Format, Kind: vocab.KindCredentialRevoked, CredentialID: k.id, Approver: "alice"})
 		withRevoke := append([][]byte{lines[0], revoke}, lines[1:]...)
 		forged := resign(t, joinExport(withRevoke, cp), key, func(e *audit.Entry) {
-			if e.Kind != audit.KindCredentialRevoked && e.Seq >= 2 {
+			if e.Kind != vocab.KindCredentialRevoked && e.Seq >= 2 {
 				e.Seq++
 			}
 		})
@@ -257,7 +257,7 @@ func TestVerifyAssertions(t *testing.T) {
 	t.Run("enrolled key of a refused algorithm", func(t *testing.T) {
 		for _, alg := range []webauthncose.COSEAlgorithmIdentifier{webauthncose.AlgRS1, webauthncose.AlgES256K, 0} {
 			forged := resign(t, export, key, func(e *audit.Entry) {
-				if e.Kind == audit.KindApproverEnrolled {
+				if e.Kind == vocab.KindApproverEnrolled {
 					b, _ := webauthncbor.Marshal(webauthncose.RSAPublicKeyData{
 						PublicKeyData: webauthncose.PublicKeyData{KeyType: int64(webauthncose.RSAKey), Algorithm: int64(alg)},
 						Modulus:       bytes.Repeat([]byte{0xc5}, 256), Exponent: []byte{1, 0, 1},
@@ -272,7 +272,7 @@ func TestVerifyAssertions(t *testing.T) {
 	t.Run("enrolled key of someone else", func(t *testing.T) {
 		other := newSoftKey(t)
 		forged := resign(t, export, key, func(e *audit.Entry) {
-			if e.Kind == audit.KindApproverEnrolled {
+			if e.Kind == vocab.KindApproverEnrolled {
 				e.PublicKey = other.cose()
 			}
 		})

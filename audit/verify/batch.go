@@ -37,7 +37,7 @@ func signedChallenge(e *audit.Entry, own [32]byte) ([32]byte, string, error) {
 		}
 		return own, "the action digest of this entry (decision, request, arguments, display, nonce or expiry differ)", nil
 	}
-	if e.Kind != audit.KindApprovalAssertion {
+	if e.Kind != vocab.KindApprovalAssertion {
 		return own, "", fmt.Errorf("%s cannot be part of a batch: only approvals are batched", e.Kind)
 	}
 	list := make([][32]byte, len(e.BatchDigests))

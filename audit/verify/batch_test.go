@@ -20,7 +20,7 @@ import (
 func batchLog(t *testing.T, k *softKey) []byte {
 	db := storetest.Open(t, t.TempDir())
 	l := openLog(t, db, seededKey(1), audit.Options{Now: stepClock()})
-	mustAppend(t, l, audit.Entry{Kind: audit.KindApproverEnrolled, Approver: "alice", CredentialID: k.id, PublicKey: k.cose(), Origin: origin, RPID: rpID})
+	mustAppend(t, l, audit.Entry{Kind: vocab.KindApproverEnrolled, Approver: "alice", CredentialID: k.id, PublicKey: k.cose(), Origin: origin, RPID: rpID})
 	ids := []string{"req-1", "req-2", "req-3"}
 	var decisions []*audit.Entry
 	for i, id := range ids {
@@ -29,7 +29,7 @@ func batchLog(t *testing.T, k *softKey) []byte {
 		r.Nonce = base64.RawURLEncoding.EncodeToString(bytes.Repeat([]byte{byte(i + 1)}, 32))
 		mustAppend(t, l, r)
 		d := r
-		d.Kind, d.Decision, d.DecidedAt = audit.KindApprovalAssertion, string(vocab.Approve), "2026-03-01T09:31:00.000000000Z"
+		d.Kind, d.Decision, d.DecidedAt = vocab.KindApprovalAssertion, string(vocab.Approve), "2026-03-01T09:31:00.000000000Z"
 		d.Level, d.Rule, d.Quorum, d.Eligible, d.UserVerification, d.Batchable = "", "", 0, nil, "", false
 		decisions = append(decisions, &d)
 	}
@@ -39,7 +39,7 @@ func batchLog(t *testing.T, k *softKey) []byte {
 	}
 	for i, id := range ids {
 		done := *decisions[i]
-		done.Kind, done.Approvers, done.Assertions = audit.KindApprovalApproved, []string{"alice"}, []int64{int64(5 + i)}
+		done.Kind, done.Approvers, done.Assertions = vocab.KindApprovalApproved, []string{"alice"}, []int64{int64(5 + i)}
 		done.Approver, done.CredentialID, done.DecidedAt, done.Origin, done.RPID, done.UserVerified = "", "", "", "", "", false
 		done.AuthenticatorData, done.ClientDataJSON, done.Signature, done.BatchDigests, done.BatchPosition = "", "", "", nil, 0
 		_ = id
@@ -142,7 +142,7 @@ func TestVerifyBatchApproval(t *testing.T) {
 	}
 
 	t.Run("a batch denial", func(t *testing.T) {
-		forged := resign(t, export, key, at(6, func(e *audit.Entry) { e.Kind, e.Decision = audit.KindApprovalDenied, string(vocab.Deny) }))
+		forged := resign(t, export, key, at(6, func(e *audit.Entry) { e.Kind, e.Decision = vocab.KindApprovalDenied, string(vocab.Deny) }))
 		wantVerifyErr(t, forged, pub, nil, 6, "approval.denied cannot be part of a batch")
 	})
 	t.Run("a batch assertion on a request outside it", func(t *testing.T) {

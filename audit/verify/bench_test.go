@@ -12,6 +12,7 @@ import (
 
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/store/storetest"
+	"github.com/countersign/countersign/vocab"
 )
 
 func FuzzVerify(f *testing.F) {
@@ -87,7 +88,7 @@ func BenchmarkVerifyMillion(b *testing.B) {
 // for the policy, the digest and the log).
 func benchEntry(i int) audit.Entry {
 	return audit.Entry{
-		Kind: audit.KindCallAllowed, Agent: "agent-1", Tool: "transfer", Decision: "low", Rule: "tools.transfer.base",
+		Kind: vocab.KindCallAllowed, Agent: "agent-1", Tool: "transfer", Decision: "low", Rule: "tools.transfer.base",
 		Args: json.RawMessage(fmt.Sprintf(`{"amount":%d,"currency":"USD","memo":"invoice 2026-%06d","to":"Vendor %d"}`, i, i, i%97)),
 	}
 }

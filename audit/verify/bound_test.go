@@ -10,6 +10,7 @@ import (
 
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/store/storetest"
+	"github.com/countersign/countersign/vocab"
 )
 
 // What an upstream says is kept to its first KiB, with the hash and size
@@ -28,8 +29,8 @@ func TestAppendBoundsReasonAndResult(t *testing.T) {
 		whole string
 	}{{"5 MB error", huge}, {"secret past the first KiB", tail}} {
 		t.Run(tc.name, func(t *testing.T) {
-			allowed := mustAppend(t, l, audit.Entry{Kind: audit.KindCallAllowed, Agent: "a", Tool: "up__x", Args: json.RawMessage(`{}`), Decision: "low"})
-			e := mustAppend(t, l, audit.Entry{Kind: audit.KindCallFailed, Agent: "a", Tool: "up__x", Args: json.RawMessage(`{}`), ArgsSeq: allowed.Seq, Decision: "low", Reason: tc.whole})
+			allowed := mustAppend(t, l, audit.Entry{Kind: vocab.KindCallAllowed, Agent: "a", Tool: "up__x", Args: json.RawMessage(`{}`), Decision: "low"})
+			e := mustAppend(t, l, audit.Entry{Kind: vocab.KindCallFailed, Agent: "a", Tool: "up__x", Args: json.RawMessage(`{}`), ArgsSeq: allowed.Seq, Decision: "low", Reason: tc.whole})
 			if len(e.Reason) > audit.MaxText || !strings.HasPrefix(tc.whole, e.Reason) || !utf8.ValidString(e.Reason) || len(e.Reason) < audit.MaxText-3 {
 				t.Fatalf("stored reason of %d bytes is not the first KiB of the whole", len(e.Reason))
 			}
@@ -42,7 +43,7 @@ func TestAppendBoundsReasonAndResult(t *testing.T) {
 			}
 		})
 	}
-	e := mustAppend(t, l, audit.Entry{Kind: audit.KindCallExecuted, Agent: "a", Tool: "up__y", Args: json.RawMessage(`{}`), Decision: "low", Result: json.RawMessage(result)})
+	e := mustAppend(t, l, audit.Entry{Kind: vocab.KindCallExecuted, Agent: "a", Tool: "up__y", Args: json.RawMessage(`{}`), Decision: "low", Result: json.RawMessage(result)})
 	var head string
 	if err := json.Unmarshal(e.Result, &head); err != nil || len(head) != audit.MaxText || !strings.HasPrefix(result, head) {
 		t.Fatalf("stored result %.80s… is not a string of the first KiB", e.Result)

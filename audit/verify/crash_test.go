@@ -16,6 +16,7 @@ import (
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/store/storetest"
+	"github.com/countersign/countersign/vocab"
 )
 
 func TestCrashKeepsAcknowledgedEntries(t *testing.T) {
@@ -68,7 +69,7 @@ func TestCrashKeepsAcknowledgedEntries(t *testing.T) {
 		}
 	}
 	// Gapless by Open's check; and the chain keeps growing and verifies.
-	mustAppend(t, l, audit.Entry{Kind: audit.KindCallAllowed})
+	mustAppend(t, l, audit.Entry{Kind: vocab.KindCallAllowed})
 	s, err := Export(bytes.NewReader(exportBytes(t, l, 0)), l.PublicKey(), Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -109,7 +110,7 @@ func crashWriter(dir string) {
 	for g := range 32 {
 		wg.Go(func() {
 			for i := 0; ; i++ {
-				e, err := l.Append(ctx, audit.Entry{Kind: audit.KindCallAllowed, Agent: fmt.Sprint("g", g), Args: []byte(fmt.Sprintf(`{"i":%d}`, i))})
+				e, err := l.Append(ctx, audit.Entry{Kind: vocab.KindCallAllowed, Agent: fmt.Sprint("g", g), Args: []byte(fmt.Sprintf(`{"i":%d}`, i))})
 				if err != nil {
 					fmt.Fprintln(os.Stderr, err)
 					os.Exit(3)

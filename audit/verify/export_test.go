@@ -17,6 +17,7 @@ import (
 
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/store/storetest"
+	"github.com/countersign/countersign/vocab"
 	"github.com/gowebpki/jcs"
 )
 
@@ -94,7 +95,7 @@ func TestConcurrentAppendsAndTwoLogs(t *testing.T) {
 				l = b
 			}
 			for range 50 {
-				e, err := l.Append(context.Background(), audit.Entry{Kind: audit.KindCallAllowed, Agent: fmt.Sprint("agent-", i)})
+				e, err := l.Append(context.Background(), audit.Entry{Kind: vocab.KindCallAllowed, Agent: fmt.Sprint("agent-", i)})
 				if err != nil {
 					t.Error(err)
 					return
@@ -216,7 +217,7 @@ func TestOpenRefusesTamperedLog(t *testing.T) {
 			if te.Seq != tc.seq || !strings.Contains(te.Reason, tc.reason) {
 				t.Fatalf("tamper reported at seq %d %q, want seq %d containing %q", te.Seq, te.Reason, tc.seq, tc.reason)
 			}
-			_, err = l2.Append(context.Background(), audit.Entry{Kind: audit.KindCallAllowed})
+			_, err = l2.Append(context.Background(), audit.Entry{Kind: vocab.KindCallAllowed})
 			var te2 *audit.TamperError
 			if !errors.As(err, &te2) || te2.Seq != tc.seq {
 				t.Fatalf("Append on a tampered log: %v", err)

@@ -8,6 +8,7 @@ import (
 
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/store/storetest"
+	"github.com/countersign/countersign/vocab"
 )
 
 // An export with agent.frozen and agent.unfrozen verifies; one that does
@@ -18,10 +19,10 @@ func TestVerifyAcceptsAgentFreezes(t *testing.T) {
 		frozen audit.Entry
 		want   string
 	}{
-		{"well formed", audit.Entry{Kind: audit.KindAgentFrozen, Agent: "agent-1", Approver: "cli:alice", DecidedAt: "2026-03-01T09:40:00.000000000Z", Reason: "frozen: incident"}, ""},
-		{"every agent", audit.Entry{Kind: audit.KindAgentFrozen, Agent: "*", Approver: "loopback-page", Reason: "frozen"}, ""},
-		{"nobody froze it", audit.Entry{Kind: audit.KindAgentFrozen, Agent: "agent-1", Reason: "frozen"}, "agent.frozen does not say which agent, or who acted"},
-		{"with call fields", audit.Entry{Kind: audit.KindAgentFrozen, Agent: "agent-1", Approver: "bob", Tool: "transfer"}, "agent.frozen carries call fields"},
+		{"well formed", audit.Entry{Kind: vocab.KindAgentFrozen, Agent: "agent-1", Approver: "cli:alice", DecidedAt: "2026-03-01T09:40:00.000000000Z", Reason: "frozen: incident"}, ""},
+		{"every agent", audit.Entry{Kind: vocab.KindAgentFrozen, Agent: "*", Approver: "loopback-page", Reason: "frozen"}, ""},
+		{"nobody froze it", audit.Entry{Kind: vocab.KindAgentFrozen, Agent: "agent-1", Reason: "frozen"}, "agent.frozen does not say which agent, or who acted"},
+		{"with call fields", audit.Entry{Kind: vocab.KindAgentFrozen, Agent: "agent-1", Approver: "bob", Tool: "transfer"}, "agent.frozen carries call fields"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
@@ -32,7 +33,7 @@ func TestVerifyAcceptsAgentFreezes(t *testing.T) {
 			l := openLog(t, storetest.Open(t, dir), key, audit.Options{Now: stepClock()})
 			keys := newExampleKeys(t)
 			for _, e := range append(exampleEntries(t, keys), tc.frozen,
-				audit.Entry{Kind: audit.KindAgentUnfrozen, Agent: tc.frozen.Agent, Approver: "cli:alice", Reason: "unfrozen"}) {
+				audit.Entry{Kind: vocab.KindAgentUnfrozen, Agent: tc.frozen.Agent, Approver: "cli:alice", Reason: "unfrozen"}) {
 				appendExample(t, l, e)
 			}
 			_, err = Export(bytes.NewReader(exportBytes(t, l, 0)), pubText(key), Options{})

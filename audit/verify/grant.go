@@ -76,19 +76,19 @@ func grantFields(e *audit.Entry) string {
 	creates := e.GrantCondition != "" || e.GrantMaxCalls != 0 || e.GrantExpiresAt != ""
 	refers := e.GrantID != "" || e.GrantSeq != 0
 	switch e.Kind {
-	case audit.KindApprovalAssertion:
+	case vocab.KindApprovalAssertion:
 		if e.GrantSeq != 0 {
 			return "approval.assertion carries grant_seq; only granted calls and grant.revoked do"
 		}
 		return ""
-	case audit.KindCallAllowed, audit.KindCallExecuted, audit.KindCallFailed, audit.KindCallInterrupted, audit.KindGrantRevoked:
+	case vocab.KindCallAllowed, vocab.KindCallExecuted, vocab.KindCallFailed, vocab.KindCallInterrupted, vocab.KindGrantRevoked:
 		if creates {
-			return e.Kind + " carries a grant's condition or limits; only the approval.assertion that creates it does"
+			return string(e.Kind) + " carries a grant's condition or limits; only the approval.assertion that creates it does"
 		}
 		return ""
 	}
 	if creates || refers {
-		return e.Kind + " carries grant fields"
+		return string(e.Kind) + " carries grant fields"
 	}
 	return ""
 }
@@ -119,8 +119,8 @@ func parseWholeSeconds(s string) (time.Time, error) {
 // proposed notes the grant an approval.assertion of request req creates.
 func (b *grantBook) proposed(req *audit.Entry, e *audit.Entry, decided time.Time) string {
 	switch {
-	case e.Kind != audit.KindApprovalAssertion:
-		return e.Kind + " creates a grant; only an approval counts"
+	case e.Kind != vocab.KindApprovalAssertion:
+		return string(e.Kind) + " creates a grant; only an approval counts"
 	case req.Level != vocab.LevelHigh || req.Quorum != 1:
 		return fmt.Sprintf("grant %s on request %s at level %s with quorum %d: grants cover high requests with one approver only", e.GrantID, e.RequestID, req.Level, req.Quorum)
 	case b.byID[e.GrantID] != nil:
@@ -159,7 +159,7 @@ func (b *grantBook) in(e *audit.Entry) (*grant, string) {
 	g := b.byID[e.GrantID]
 	switch {
 	case e.GrantID == "" || e.GrantSeq == 0:
-		return nil, e.Kind + " names a grant without both grant_id and grant_seq"
+		return nil, string(e.Kind) + " names a grant without both grant_id and grant_seq"
 	case g == nil:
 		return nil, fmt.Sprintf("%s names grant %s, which no earlier approval created", e.Kind, e.GrantID)
 	case g.seq != e.GrantSeq:

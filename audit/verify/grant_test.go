@@ -25,22 +25,22 @@ func grantEntries(t *testing.T, k exampleKeys) []audit.Entry {
 	const uv = flagUserPresent | flagUserVerified
 	req := requested("req-G", vocab.LevelHigh, 1, vocab.UVPreferred, "alice", "bob")
 	assertion := requestFields("req-G")
-	assertion.Kind, assertion.Decision, assertion.DecidedAt = audit.KindApprovalAssertion, string(vocab.Approve), "2026-03-01T09:31:00.000000000Z"
+	assertion.Kind, assertion.Decision, assertion.DecidedAt = vocab.KindApprovalAssertion, string(vocab.Approve), "2026-03-01T09:31:00.000000000Z"
 	assertion.GrantID, assertion.GrantMaxCalls, assertion.GrantExpiresAt = "G1", 2, "2026-03-01T09:45:00Z"
 	assertion.GrantCondition = `agent == "agent-1" && tool == "transfer" && args.to == "Vendor X" && args.amount <= 500000 && ` +
 		`args.all(k, k in ["amount", "currency", "to"])`
 	k.alice.sign(&assertion, origin, rpID, uv)
 	approved := requestFields("req-G")
-	approved.Kind, approved.Decision, approved.Approvers, approved.Assertions = audit.KindApprovalApproved, string(vocab.Approve), []string{"alice"}, []int64{26}
+	approved.Kind, approved.Decision, approved.Approvers, approved.Assertions = vocab.KindApprovalApproved, string(vocab.Approve), []string{"alice"}, []int64{26}
 	ran := requestFields("req-G")
-	ran = audit.Entry{Kind: audit.KindCallExecuted, Agent: ran.Agent, Tool: ran.Tool, Args: ran.Args, ArgsSHA256: ran.ArgsSHA256, Decision: string(vocab.LevelHigh), RequestID: "req-G"}
+	ran = audit.Entry{Kind: vocab.KindCallExecuted, Agent: ran.Agent, Tool: ran.Tool, Args: ran.Args, ArgsSHA256: ran.ArgsSHA256, Decision: string(vocab.LevelHigh), RequestID: "req-G"}
 	args := json.RawMessage(`{"to":"Vendor X","amount":400000,"currency":"USD"}`)
 	sum, _ := digest.ArgsSHA256(args)
-	allowed := audit.Entry{Kind: audit.KindCallAllowed, Agent: "agent-1", Tool: "transfer", Args: args, ArgsSHA256: hex.EncodeToString(sum[:]),
+	allowed := audit.Entry{Kind: vocab.KindCallAllowed, Agent: "agent-1", Tool: "transfer", Args: args, ArgsSHA256: hex.EncodeToString(sum[:]),
 		Decision: string(vocab.LevelHigh), GrantID: "G1", GrantSeq: 26, DecidedAt: "2026-03-01T09:32:00.000000000Z"}
 	executed := allowed
-	executed.Kind, executed.DecidedAt = audit.KindCallExecuted, ""
-	revoked := audit.Entry{Kind: audit.KindGrantRevoked, Agent: "agent-1", Tool: "transfer", GrantID: "G1", GrantSeq: 26, Approver: "bob",
+	executed.Kind, executed.DecidedAt = vocab.KindCallExecuted, ""
+	revoked := audit.Entry{Kind: vocab.KindGrantRevoked, Agent: "agent-1", Tool: "transfer", GrantID: "G1", GrantSeq: 26, Approver: "bob",
 		DecidedAt: "2026-03-01T09:33:00.000000000Z", Reason: "revoked on the approver page after 1 of 2 calls"}
 	return []audit.Entry{req, assertion, approved, ran, allowed, executed, revoked}
 }

@@ -35,14 +35,14 @@ func TestInterruptedRunIsTheOneRun(t *testing.T) {
 		t.Fatal("the example log has no call.failed")
 	}
 	interrupted := forge(t, export, key, at(failedSeq, func(e *audit.Entry) {
-		e.Kind, e.Reason, e.PolicySHA256 = audit.KindCallInterrupted, "the server stopped while this ran", "" // not a decision
+		e.Kind, e.Reason, e.PolicySHA256 = vocab.KindCallInterrupted, "the server stopped while this ran", "" // not a decision
 	}))
 	if _, err := Export(bytes.NewReader(interrupted), pub, Options{}); err != nil {
 		t.Fatalf("an interrupted run in place of the failure: %v", err)
 	}
 	ranAgain := forge(t, interrupted, key, func(es []audit.Entry) []audit.Entry {
 		again := es[failedSeq-1]
-		again.Kind, again.Reason, again.PolicySHA256 = audit.KindCallExecuted, "", es[0].PolicySHA256 // the policy.loaded one
+		again.Kind, again.Reason, again.PolicySHA256 = vocab.KindCallExecuted, "", es[0].PolicySHA256 // the policy.loaded one
 		return append(es[:failedSeq:failedSeq], append([]audit.Entry{again}, es[failedSeq:]...)...)
 	})
 	_, err = Export(bytes.NewReader(ranAgain), pub, Options{})
@@ -65,22 +65,22 @@ func TestReconciledCallWithoutARequest(t *testing.T) {
 	}
 	argsSum := hex.EncodeToString(sum[:])
 	call := audit.Entry{Agent: "agent-a", Tool: "hostile__stubborn", ArgsSHA256: argsSum, Decision: string(vocab.LevelLow)}
-	with := func(kind string, edit func(*audit.Entry)) audit.Entry {
+	with := func(kind vocab.Kind, edit func(*audit.Entry)) audit.Entry {
 		e := call
 		e.Kind = kind
 		edit(&e)
 		return e
 	}
 	l := openLogWith(t, key, []audit.Entry{
-		with(audit.KindCallAllowed, func(e *audit.Entry) { e.Args = args }),                                                // 1
-		with(audit.KindCallInterrupted, func(e *audit.Entry) { e.ArgsSeq, e.Reason = 1, "outcome unknown: call_timeout" }), // 2
-		with(audit.KindCallAllowed, func(e *audit.Entry) { e.Args = args }),                                                // 3
-		with(audit.KindCallExecuted, func(e *audit.Entry) { e.ArgsSeq = 3 }),                                               // 4
-		{Kind: audit.KindCallReconciled, Agent: call.Agent, Tool: call.Tool, ArgsSHA256: argsSum, InterruptedSeq: 2,
+		with(vocab.KindCallAllowed, func(e *audit.Entry) { e.Args = args }),                                                // 1
+		with(vocab.KindCallInterrupted, func(e *audit.Entry) { e.ArgsSeq, e.Reason = 1, "outcome unknown: call_timeout" }), // 2
+		with(vocab.KindCallAllowed, func(e *audit.Entry) { e.Args = args }),                                                // 3
+		with(vocab.KindCallExecuted, func(e *audit.Entry) { e.ArgsSeq = 3 }),                                               // 4
+		{Kind: vocab.KindCallReconciled, Agent: call.Agent, Tool: call.Tool, ArgsSHA256: argsSum, InterruptedSeq: 2,
 			Reason: "reconciled: ran, reconciled by jo"}, // 5
 	})
 	got, err := l.Interrupted(context.Background())
-	if err != nil || len(got) != 1 || got[0].Seq != 2 || got[0].Kind != audit.KindCallInterrupted {
+	if err != nil || len(got) != 1 || got[0].Seq != 2 || got[0].Kind != vocab.KindCallInterrupted {
 		t.Fatalf("Interrupted: %+v (%v)", got, err)
 	}
 	export := exportBytes(t, l, 0)

@@ -127,7 +127,7 @@ func newRequirements() *requirements {
 // legacyRequest notes a format 1 approval.requested, so that a format 2
 // execution of it is recognised (its requirement cannot be checked).
 func (q *requirements) legacyRequest(e *audit.Entry) {
-	if e.Kind == audit.KindApprovalRequested && e.RequestID != "" && q.requests[e.RequestID] == nil {
+	if e.Kind == vocab.KindApprovalRequested && e.RequestID != "" && q.requests[e.RequestID] == nil {
 		q.requests[e.RequestID] = &request{seq: e.Seq, legacy: true, args: e.ArgsSHA256}
 	}
 }
@@ -137,17 +137,17 @@ func (q *requirements) check(e *audit.Entry) string {
 	if reason := grantFields(e); reason != "" {
 		return reason
 	}
-	if e.InterruptedSeq != 0 && e.Kind != audit.KindCallReconciled {
-		return e.Kind + " carries interrupted_seq; only call.reconciled does"
+	if e.InterruptedSeq != 0 && e.Kind != vocab.KindCallReconciled {
+		return string(e.Kind) + " carries interrupted_seq; only call.reconciled does"
 	}
 	switch e.Kind {
-	case audit.KindApprovalRequested:
+	case vocab.KindApprovalRequested:
 		return q.requested(e)
-	case audit.KindApprovalAssertion, audit.KindApprovalDenied:
+	case vocab.KindApprovalAssertion, vocab.KindApprovalDenied:
 		return q.decision(e)
-	case audit.KindApprovalApproved:
+	case vocab.KindApprovalApproved:
 		return q.approved(e)
-	case audit.KindApprovalExpired, audit.KindApprovalCancelled:
+	case vocab.KindApprovalExpired, vocab.KindApprovalCancelled:
 		r, reason := q.pending(e)
 		if reason != "" {
 			return reason
@@ -155,14 +155,14 @@ func (q *requirements) check(e *audit.Entry) string {
 		if r != nil {
 			q.end(r, e)
 		}
-	case audit.KindCallAllowed:
+	case vocab.KindCallAllowed:
 		if e.GrantID != "" || e.GrantSeq != 0 {
 			return q.grants.allowed(q, e)
 		}
 		if vocab.Level(e.Decision) == vocab.LevelLow {
 			q.allowed[keyOf(e)]++
 		}
-	case audit.KindCallExecuted, audit.KindCallFailed, audit.KindCallInterrupted:
+	case vocab.KindCallExecuted, vocab.KindCallFailed, vocab.KindCallInterrupted:
 		var reason string
 		if e.GrantID != "" || e.GrantSeq != 0 {
 			reason = q.grants.execution(e)
@@ -170,15 +170,15 @@ func (q *requirements) check(e *audit.Entry) string {
 			// An interrupted run may have acted: it counts as the one run.
 			reason = q.execution(e)
 		}
-		if reason == "" && e.Kind == audit.KindCallInterrupted && e.RequestID == "" {
+		if reason == "" && e.Kind == vocab.KindCallInterrupted && e.RequestID == "" {
 			q.interrupted[e.Seq] = &interruptedCall{call: keyOf(e)}
 		}
 		return reason
-	case audit.KindCallReconciled:
+	case vocab.KindCallReconciled:
 		return q.reconciled(e)
-	case audit.KindGrantRevoked:
+	case vocab.KindGrantRevoked:
 		return q.grants.revoked(e)
-	case audit.KindAgentFrozen, audit.KindAgentUnfrozen:
+	case vocab.KindAgentFrozen, vocab.KindAgentUnfrozen:
 		return agentSwitch(e)
 	}
 	return ""
@@ -286,7 +286,7 @@ func (q *requirements) pending(e *audit.Entry) (*request, string) {
 func (q *requirements) end(r *request, e *audit.Entry) {
 	r.ended, r.endedSeq = e, e.Seq
 	r.assertions = nil
-	if e.Kind != audit.KindApprovalApproved {
+	if e.Kind != vocab.KindApprovalApproved {
 		r.entry = nil // nothing can run on it any more
 		return
 	}
@@ -324,7 +324,7 @@ func (q *requirements) decision(e *audit.Entry) string {
 			return reason
 		}
 	}
-	if e.Kind == audit.KindApprovalDenied {
+	if e.Kind == vocab.KindApprovalDenied {
 		q.end(r, e)
 		return ""
 	}
@@ -405,7 +405,7 @@ func (q *requirements) execution(e *audit.Entry) string {
 	case r.legacy:
 		r.executed = e.Seq
 		return ""
-	case r.ended == nil || r.ended.Kind != audit.KindApprovalApproved:
+	case r.ended == nil || r.ended.Kind != vocab.KindApprovalApproved:
 		state := "still pending"
 		if r.ended != nil {
 			state = fmt.Sprintf("ended at seq %d by %s", r.endedSeq, r.ended.Kind)
@@ -422,7 +422,7 @@ func (q *requirements) execution(e *audit.Entry) string {
 		delete(q.unrun, a)
 	}
 	r.executed = e.Seq
-	r.interrupted = e.Kind == audit.KindCallInterrupted
+	r.interrupted = e.Kind == vocab.KindCallInterrupted
 	r.entry = nil
 	q.executions++
 	return ""
@@ -468,9 +468,9 @@ func sameTerminal(a, b *audit.Entry) bool {
 func agentSwitch(e *audit.Entry) string {
 	switch {
 	case e.Agent == "" || e.Approver == "":
-		return e.Kind + " does not say which agent, or who acted"
+		return string(e.Kind) + " does not say which agent, or who acted"
 	case e.Tool != "" || e.RequestID != "" || len(e.Args) > 0 || e.ArgsSHA256 != "" || e.Decision != "":
-		return e.Kind + " carries call fields"
+		return string(e.Kind) + " carries call fields"
 	}
 	return ""
 }
@@ -485,7 +485,7 @@ func (q *requirements) argsAt(e *audit.Entry) string {
 		return ""
 	}
 	switch {
-	case e.Kind == audit.KindCallAllowed:
+	case e.Kind == vocab.KindCallAllowed:
 		q.open[e.Seq] = e
 	case e.ArgsSeq != 0:
 		a := q.open[e.ArgsSeq]
@@ -501,7 +501,7 @@ func (q *requirements) argsAt(e *audit.Entry) string {
 	case e.InterruptedSeq != 0:
 		// A finding about a call without a request: reconciledCall
 		// checked it repeats that call's args_sha256.
-	case len(e.Args) > 0 || e.ArgsSHA256 == "" || e.Kind == audit.KindApprovalRequested:
+	case len(e.Args) > 0 || e.ArgsSHA256 == "" || e.Kind == vocab.KindApprovalRequested:
 	case e.RequestID == "" && e.ArgsRedact:
 	case e.RequestID == "":
 		return fmt.Sprintf("%s has args_sha256 but no args, args_redacted, args_seq or request_id: its args are nowhere", e.Kind)

@@ -57,68 +57,68 @@ func exampleEntries(t *testing.T, k exampleKeys) []audit.Entry {
 	const uv, up = flagUserPresent | flagUserVerified, flagUserPresent
 	args := json.RawMessage(`{"to":"Vendor X & Söhne <ltd>","amount":500000,"currency":"USD","memo":"line` + "\u2028" + `break"}`)
 	sum, _ := digest.ArgsSHA256(args)
-	forRequest := func(kind, id string) audit.Entry {
+	forRequest := func(kind vocab.Kind, id string) audit.Entry {
 		e := requestFields(id)
 		e.Kind, e.Args, e.ArgsSHA256 = kind, args, hex.EncodeToString(sum[:])
 		return e
 	}
 	request := func(id string, level vocab.Level, quorum int, uvReq vocab.UserVerification, eligible ...string) audit.Entry {
-		e := forRequest(audit.KindApprovalRequested, id)
+		e := forRequest(vocab.KindApprovalRequested, id)
 		e.Level, e.Rule, e.Quorum, e.Eligible, e.UserVerification = level, "tools.transfer.rules[1]", quorum, eligible, uvReq
 		e.Reason = `binding message "Pay USD 500,000.00 to Vendor X (code 7KQ2MP)"`
 		return e
 	}
 	decide := func(key *softKey, id string, decision vocab.Decision, flags byte) audit.Entry {
-		e := forRequest(audit.KindApprovalAssertion, id)
+		e := forRequest(vocab.KindApprovalAssertion, id)
 		e.Decision, e.DecidedAt = string(decision), "2026-03-01T09:31:00.000000000Z"
 		if decision == vocab.Deny {
-			e.Kind = audit.KindApprovalDenied
+			e.Kind = vocab.KindApprovalDenied
 		}
 		key.sign(&e, origin, rpID, flags)
 		return e
 	}
 	approved := func(id string, approvers []string, seqs ...int64) audit.Entry {
-		e := forRequest(audit.KindApprovalApproved, id)
+		e := forRequest(vocab.KindApprovalApproved, id)
 		e.Decision, e.Approvers, e.Assertions = string(vocab.Approve), approvers, seqs
 		e.Reason = "quorum reached"
 		return e
 	}
-	ran := func(kind, id, level string) audit.Entry {
+	ran := func(kind vocab.Kind, id, level string) audit.Entry {
 		return audit.Entry{Kind: kind, Agent: "agent-1", Tool: "transfer", Args: args, ArgsSHA256: hex.EncodeToString(sum[:]),
 			Decision: level, Rule: "tools.transfer.rules[1]", RequestID: id}
 	}
 	enrolled := func(key *softKey) audit.Entry {
-		return audit.Entry{Kind: audit.KindApproverEnrolled, Approver: key.approver, CredentialID: key.id, PublicKey: key.cose(),
+		return audit.Entry{Kind: vocab.KindApproverEnrolled, Approver: key.approver, CredentialID: key.id, PublicKey: key.cose(),
 			Origin: origin, RPID: rpID, UserVerified: true, Reason: "key 1 of " + key.approver + "; attestation none"}
 	}
 
-	rejected := forRequest(audit.KindApprovalRejected, "req-A")
+	rejected := forRequest(vocab.KindApprovalRejected, "req-A")
 	rejected.Decision = string(vocab.Approve)
 	k.carol.sign(&rejected, "http://evil.example", rpID, uv)
 	rejected.Reason = `origin: origin "http://evil.example" (cross-origin false) is not one of [http://localhost:8710]`
 
-	executed := ran(audit.KindCallExecuted, "req-A", "critical")
+	executed := ran(vocab.KindCallExecuted, "req-A", "critical")
 	executed.Result = json.RawMessage(`{"transfer_id":"t-1","status":"<booked>"}`)
-	failed := ran(audit.KindCallFailed, "req-D", "high")
+	failed := ran(vocab.KindCallFailed, "req-D", "high")
 	failed.Reason = "backend: connection refused"
 
-	secret := forRequest(audit.KindApprovalRequested, "req-C")
+	secret := forRequest(vocab.KindApprovalRequested, "req-C")
 	secret.Tool, secret.Args, secret.ArgsRedact = "read_secret", json.RawMessage(`{"name":"db-password"}`), true
 	secretSum, _ := digest.ArgsSHA256(secret.Args)
 	secret.ArgsSHA256 = hex.EncodeToString(secretSum[:])
 	secret.Level, secret.Quorum, secret.Eligible, secret.UserVerification = "high", 1, []string{"carol"}, vocab.UVPreferred
 	secretExpired := secret
-	secretExpired.Kind, secretExpired.Level, secretExpired.Quorum, secretExpired.Eligible, secretExpired.UserVerification = audit.KindApprovalExpired, "", 0, nil, ""
+	secretExpired.Kind, secretExpired.Level, secretExpired.Quorum, secretExpired.Eligible, secretExpired.UserVerification = vocab.KindApprovalExpired, "", 0, nil, ""
 	secretExpired.Reason = "nobody decided before expires_at"
 
 	policy := json.RawMessage(`{"tools":{"transfer":{"level":"low","approvers":["role:treasury"],"rules":[` +
 		`{"name":"large","when":"args.amount > 10000","level":"high"},{"when":"args.amount > 250000","level":"critical","quorum":2}]}},` +
 		`"approvers":[{"id":"alice","roles":["treasury"]},{"id":"bob","roles":["treasury"]},{"id":"carol","roles":["treasury"]}],"default_timeout":"5m0s"}`)
 	return []audit.Entry{
-		{Kind: audit.KindPolicyLoaded, Policy: policy},
+		{Kind: vocab.KindPolicyLoaded, Policy: policy},
 		enrolled(k.alice), enrolled(k.bob), enrolled(k.carol),
-		{Kind: audit.KindCallAllowed, Agent: "agent-1", Tool: "get_balance", Args: json.RawMessage(`{}`), Decision: "low", Rule: "tools.get_balance"},
-		{Kind: audit.KindCallExecuted, Agent: "agent-1", Tool: "get_balance", Args: json.RawMessage(`{}`), ArgsSeq: 5, Decision: "low", Rule: "tools.get_balance",
+		{Kind: vocab.KindCallAllowed, Agent: "agent-1", Tool: "get_balance", Args: json.RawMessage(`{}`), Decision: "low", Rule: "tools.get_balance"},
+		{Kind: vocab.KindCallExecuted, Agent: "agent-1", Tool: "get_balance", Args: json.RawMessage(`{}`), ArgsSeq: 5, Decision: "low", Rule: "tools.get_balance",
 			Result: json.RawMessage(`{"balance":"1200.50","currency":"EUR"}`)},
 		request("req-A", "critical", 2, vocab.UVRequired, "alice", "bob", "carol"),
 		decide(k.alice, "req-A", vocab.Approve, uv),
@@ -128,16 +128,16 @@ func exampleEntries(t *testing.T, k exampleKeys) []audit.Entry {
 		executed,
 		request("req-B", "high", 1, vocab.UVPreferred, "alice", "bob"),
 		decide(k.bob, "req-B", vocab.Deny, up),
-		{Kind: audit.KindCallDenied, Agent: "agent-2", Tool: "run_command", Args: json.RawMessage(`{"cmd":"rm -rf /"}`), Decision: "deny", Rule: "tools.run_command.rules[2]", Reason: "denied by policy"},
-		{Kind: audit.KindCallRejected, Agent: "agent-2", Tool: "transfer", Reason: "args.amount: must be > 0"},
+		{Kind: vocab.KindCallDenied, Agent: "agent-2", Tool: "run_command", Args: json.RawMessage(`{"cmd":"rm -rf /"}`), Decision: "deny", Rule: "tools.run_command.rules[2]", Reason: "denied by policy"},
+		{Kind: vocab.KindCallRejected, Agent: "agent-2", Tool: "transfer", Reason: "args.amount: must be > 0"},
 		secret,
 		secretExpired,
-		{Kind: audit.KindCredentialRevoked, Approver: "carol", CredentialID: k.carol.id, PublicKey: k.carol.cose(), Reason: "lost"},
+		{Kind: vocab.KindCredentialRevoked, Approver: "carol", CredentialID: k.carol.id, PublicKey: k.carol.cose(), Reason: "lost"},
 		request("req-D", "high", 1, vocab.UVPreferred, "alice"),
 		decide(k.alice, "req-D", vocab.Approve, up),
 		approved("req-D", []string{"alice"}, 21),
 		failed,
-		{Kind: audit.KindEnrollmentCreated, Approver: "dave", ExpiresAt: "2026-03-01T09:40:00Z", Reason: "one-time enrollment link issued"},
+		{Kind: vocab.KindEnrollmentCreated, Approver: "dave", ExpiresAt: "2026-03-01T09:40:00Z", Reason: "one-time enrollment link issued"},
 	}
 }
 
@@ -156,7 +156,7 @@ func exampleExport(t *testing.T, dir string, key ed25519.PrivateKey) []byte {
 // later decisions name the policy.
 func appendExample(t *testing.T, l *audit.Log, e audit.Entry) {
 	t.Helper()
-	if e.Kind == audit.KindPolicyLoaded {
+	if e.Kind == vocab.KindPolicyLoaded {
 		if _, err := l.LoadPolicy(context.Background(), e.Policy); err != nil {
 			t.Fatal(err)
 		}
@@ -376,7 +376,7 @@ func TestVerifyRefusesForgedApprovals(t *testing.T) {
 		}, 0, ""},
 		{"a decision after the request ended", func(es []audit.Entry) []audit.Entry {
 			x := es[13]
-			x.Kind, x.Decision = audit.KindApprovalAssertion, string(vocab.Approve)
+			x.Kind, x.Decision = vocab.KindApprovalAssertion, string(vocab.Approve)
 			keys.alice.sign(&x, origin, rpID, flagUserPresent)
 			return slices.Insert(es, 19, x)
 		}, 20, "approval.assertion for request req-B, which already ended at seq 14 (approval.denied)"},

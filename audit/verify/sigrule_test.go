@@ -17,6 +17,7 @@ import (
 	"filippo.io/edwards25519"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/store/storetest"
+	"github.com/countersign/countersign/vocab"
 	"golang.org/x/mod/sumdb/note"
 )
 
@@ -220,7 +221,7 @@ func checkpointSigPath(pub ed25519.PublicKey, text string, sig []byte) error {
 }
 
 func TestSignatureRule(t *testing.T) {
-	entry := audit.Entry{Seq: 1, Time: "2026-03-01T09:30:01.000000001Z", Kind: audit.KindCallAllowed, Tool: "t", PrevHash: hex.EncodeToString(make([]byte, 32))}
+	entry := audit.Entry{Seq: 1, Time: "2026-03-01T09:30:01.000000001Z", Kind: vocab.KindCallAllowed, Tool: "t", PrevHash: hex.EncodeToString(make([]byte, 32))}
 	sum, err := chainHash([32]byte{}, &entry)
 	if err != nil {
 		t.Fatal(err)

@@ -9,6 +9,7 @@ import (
 
 	"github.com/countersign/countersign/attest"
 	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/vocab"
 )
 
 // logState is what replaying the entries in order has established: the
@@ -39,7 +40,7 @@ type PolicyReplayer interface {
 
 // policyRules checks the policy links of a format 2 entry and replays it.
 func (s *logState) policyRules(e *audit.Entry) string {
-	if e.Kind == audit.KindPolicyLoaded {
+	if e.Kind == vocab.KindPolicyLoaded {
 		if len(e.Policy) == 0 {
 			return "policy.loaded without a policy"
 		}
@@ -58,11 +59,11 @@ func (s *logState) policyRules(e *audit.Entry) string {
 		return ""
 	}
 	if len(e.Policy) > 0 {
-		return e.Kind + " carries a policy; only policy.loaded does"
+		return string(e.Kind) + " carries a policy; only policy.loaded does"
 	}
 	if !audit.DecidedByPolicy(e.Kind) {
 		if e.PolicySHA256 != "" {
-			return e.Kind + " names a policy; only decisions do"
+			return string(e.Kind) + " names a policy; only decisions do"
 		}
 		return ""
 	}
@@ -75,7 +76,7 @@ func (s *logState) policyRules(e *audit.Entry) string {
 	case s.firstPolicy != 0:
 		return fmt.Sprintf("%s names no policy, after a policy was loaded at seq %d", e.Kind, s.firstPolicy)
 	}
-	if s.replayer == nil || e.Kind == audit.KindCallDenied {
+	if s.replayer == nil || e.Kind == vocab.KindCallDenied {
 		// A denial lets nothing run; replay checks what ran or was
 		// put to the approvers.
 		return ""
@@ -121,7 +122,7 @@ func (s *logState) apply(e *audit.Entry) string {
 	if reason := s.creds.check(e); reason != "" {
 		return reason
 	}
-	if e.Kind == audit.KindApproverEnrolled && s.roots != nil {
+	if e.Kind == vocab.KindApproverEnrolled && s.roots != nil {
 		if reason := s.attestation(e); reason != "" {
 			return reason
 		}

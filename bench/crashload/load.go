@@ -361,7 +361,7 @@ func (r *run) check() error {
 			continue
 		}
 		r.rep.Entries++
-		if e.Kind == audit.KindCallExecuted && e.Tool == "transfer" {
+		if e.Kind == vocab.KindCallExecuted && e.Tool == "transfer" {
 			var rec struct {
 				TransferID string `json:"transfer_id"`
 				Replay     bool   `json:"idempotent_replay"`
@@ -373,9 +373,9 @@ func (r *run) check() error {
 		if e.RequestID == "" {
 			k := e.Agent + "\x00" + e.Tool + "\x00" + e.ArgsSHA256
 			switch e.Kind {
-			case audit.KindCallAllowed:
+			case vocab.KindCallAllowed:
 				open[k]++
-			case audit.KindCallExecuted, audit.KindCallFailed, audit.KindCallInterrupted:
+			case vocab.KindCallExecuted, vocab.KindCallFailed, vocab.KindCallInterrupted:
 				open[k]--
 			}
 		}

@@ -15,6 +15,7 @@ import (
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/tools/upstream/upstreamtest"
+	"github.com/countersign/countersign/vocab"
 )
 
 func TestGatewayLogKeepsBoundedRecordsOfWhatUpstreamsSay(t *testing.T) {
@@ -43,7 +44,7 @@ func TestGatewayLogKeepsBoundedRecordsOfWhatUpstreamsSay(t *testing.T) {
 				t.Fatalf("rpc_error: isError=%v %.200q", res.IsError, text)
 			}
 			whole := strings.TrimPrefix(text, prefix) // the error the gateway got, as it tells the agent
-			e := lastEntry(t, p.audit, audit.KindCallFailed)
+			e := lastEntry(t, p.audit, vocab.KindCallFailed)
 			if e.Tool != "notes__rpc_error" || len(e.Reason) > audit.MaxText || !strings.HasPrefix(whole, e.Reason) || len(e.Reason) < audit.MaxText-3 {
 				t.Fatalf("call.failed of %s keeps a reason of %d bytes, not the first KiB of the error", e.Tool, len(e.Reason))
 			}
@@ -73,7 +74,7 @@ func TestGatewayLogKeepsBoundedRecordsOfWhatUpstreamsSay(t *testing.T) {
 	if limit := int64(calls * (argSize + perCall)); grew > limit {
 		t.Fatalf("the log grew by %d bytes, over %d: the arguments are stored more than once", grew, limit)
 	}
-	executed := lastEntry(t, p.audit, audit.KindCallExecuted)
+	executed := lastEntry(t, p.audit, vocab.KindCallExecuted)
 	if len(executed.Args) != 0 || executed.ArgsSeq == 0 {
 		t.Fatalf("call.executed stores %d bytes of args, args_seq %d", len(executed.Args), executed.ArgsSeq)
 	}
@@ -122,7 +123,7 @@ func TestGatewayLogKeepsBoundedRecordsOfWhatUpstreamsSay(t *testing.T) {
 }
 
 // lastEntry is the newest entry of kind in the log.
-func lastEntry(t *testing.T, l *audit.Log, kind string) audit.Entry {
+func lastEntry(t *testing.T, l *audit.Log, kind vocab.Kind) audit.Entry {
 	t.Helper()
 	var last audit.Entry
 	for seq := int64(0); ; {
@@ -159,7 +160,7 @@ func storedBytes(t *testing.T, p *product) int64 {
 // audit tail shows where an outcome's arguments are, since format 3 stores
 // them once.
 func TestHumanLineNamesWhereTheArgsAre(t *testing.T) {
-	line := humanLine(audit.Entry{Seq: 7, Kind: audit.KindCallExecuted, Tool: "notes__read_note", ArgsSeq: 6})
+	line := humanLine(audit.Entry{Seq: 7, Kind: vocab.KindCallExecuted, Tool: "notes__read_note", ArgsSeq: 6})
 	if !strings.Contains(line, "args=(as in #6)") {
 		t.Fatalf("line %q does not name the entry holding the args", line)
 	}

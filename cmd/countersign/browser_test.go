@@ -20,10 +20,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/approval/approvaltest"
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/tools/ledger"
+	"github.com/countersign/countersign/vocab"
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
 )
 
@@ -436,7 +436,7 @@ func TestBrowserExpiredApprovalFailsTheCall(t *testing.T) {
 		t.Errorf("expiry result %q does not say %s expired", text, id)
 	}
 	approvaltest.WaitText(t, tab, "state", "expired")
-	if r, err := p.approvals.Get(context.Background(), id); err != nil || r.State != approval.StateExpired {
+	if r, err := p.approvals.Get(context.Background(), id); err != nil || r.State != vocab.StateExpired {
 		t.Fatalf("request after expiry: %+v %v", r, err)
 	}
 	if got := operating(t, a); got != before {

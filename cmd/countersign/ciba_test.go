@@ -239,10 +239,10 @@ func TestCIBAApprovedInTheBrowserAndVerifiedOffline(t *testing.T) {
 	for sc.Scan() {
 		var e audit.Entry
 		json.Unmarshal(sc.Bytes(), &e)
-		if e.RequestID == id && e.Kind == audit.KindApprovalApproved {
+		if e.RequestID == id && e.Kind == vocab.KindApprovalApproved {
 			approved = e
 		}
-		if e.RequestID == id && e.Kind == audit.KindCallExecuted {
+		if e.RequestID == id && e.Kind == vocab.KindCallExecuted {
 			executed = e
 		}
 	}

@@ -8,7 +8,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/approval/approvaltest"
 	"github.com/countersign/countersign/authzdetails"
 	"github.com/countersign/countersign/ciba"
@@ -70,13 +69,13 @@ func TestCIBAPaymentJudgedAsTransferInTheBrowser(t *testing.T) {
 	}
 	approvaltest.Approve(t, tab, reqURL)
 	approvaltest.WaitText(t, tab, "outcome", "Your approval is counted: 1 of 2")
-	if r, err := page.Get(id); err != nil || r.State != approval.StatePending || len(r.Approvals) != 1 {
+	if r, err := page.Get(id); err != nil || r.State != vocab.StatePending || len(r.Approvals) != 1 {
 		t.Fatalf("after the first tap: %v %+v", err, r)
 	}
 	if r := p.postForm(t, ciba.PathToken, url.Values{"grant_type": {ciba.GrantType}, "auth_req_id": {id}}); r["error"] != "authorization_pending" {
 		t.Fatalf("one tap of two issued: %v", r)
 	}
-	if r, err := page.Decide(id, "approve", bob); err != nil || r.State != approval.StateApproved {
+	if r, err := page.Decide(id, "approve", bob); err != nil || r.State != vocab.StateApproved {
 		t.Fatalf("second tap: %v %+v", err, r)
 	}
 	if r := p.postForm(t, ciba.PathToken, url.Values{"grant_type": {ciba.GrantType}, "auth_req_id": {id}}); r["status"] != 200.0 || r["approval_token"] == nil {

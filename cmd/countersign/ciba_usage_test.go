@@ -9,9 +9,9 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/ciba"
 	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/vocab"
 )
 
 // Issue 22, row 8, through CIBA, on the real server: with redact_args on
@@ -62,7 +62,7 @@ func TestCIBAPaymentsAddUpAcrossARestartOfServe(t *testing.T) {
 				if redact && len(e.Args) != 0 {
 					t.Errorf("%s keeps the arguments: %s", e.Kind, e.Args)
 				}
-				if e.Kind == audit.KindApprovalRequested {
+				if e.Kind == vocab.KindApprovalRequested {
 					rules[e.RequestID] = e.Rule
 				}
 			}

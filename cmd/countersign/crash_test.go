@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -357,8 +358,8 @@ func (ex *export) argsOf(t *testing.T, e audit.Entry) json.RawMessage {
 	return nil
 }
 
-func (ex *export) kinds(requestID string) []string {
-	var out []string
+func (ex *export) kinds(requestID string) []vocab.Kind {
+	var out []vocab.Kind
 	for _, e := range ex.entries {
 		if e.RequestID == requestID {
 			out = append(out, e.Kind)
@@ -373,7 +374,7 @@ func (ex *export) kinds(requestID string) []string {
 func (ex *export) executedTransfers() map[string]int {
 	out := map[string]int{}
 	for _, e := range ex.entries {
-		if e.Kind != audit.KindCallExecuted || e.Tool != "transfer" {
+		if e.Kind != vocab.KindCallExecuted || e.Tool != "transfer" {
 			continue
 		}
 		var rec struct {
@@ -443,9 +444,9 @@ func checkEveryCallHasOutcome(t *testing.T, ex *export) {
 		}
 		k := e.Agent + "\x00" + e.Tool + "\x00" + e.ArgsSHA256
 		switch e.Kind {
-		case audit.KindCallAllowed:
+		case vocab.KindCallAllowed:
 			open[k]++
-		case audit.KindCallExecuted, audit.KindCallFailed, audit.KindCallInterrupted:
+		case vocab.KindCallExecuted, vocab.KindCallFailed, vocab.KindCallInterrupted:
 			open[k]--
 		}
 	}
@@ -499,8 +500,8 @@ func TestKillWithBlockModeRequestsPending(t *testing.T) {
 	n.kill()
 	ex := s.exportAndVerify()
 	for _, id := range ids {
-		want := []string{audit.KindApprovalRequested, audit.KindApprovalCancelled}
-		if got := ex.kinds(id); strings.Join(got, ",") != strings.Join(want, ",") {
+		want := []vocab.Kind{vocab.KindApprovalRequested, vocab.KindApprovalCancelled}
+		if got := ex.kinds(id); !slices.Equal(got, want) {
 			t.Errorf("log of %s: %v, want %v", id, got, want)
 		}
 	}
@@ -536,8 +537,8 @@ func TestPollModeRequestResumesAfterKillAndRunsOnce(t *testing.T) {
 	}
 	n.kill()
 	ex := s.exportAndVerify()
-	want := []string{audit.KindApprovalRequested, audit.KindApprovalAssertion, audit.KindApprovalApproved, audit.KindCallExecuted}
-	if got := ex.kinds(id); strings.Join(got, ",") != strings.Join(want, ",") {
+	want := []vocab.Kind{vocab.KindApprovalRequested, vocab.KindApprovalAssertion, vocab.KindApprovalApproved, vocab.KindCallExecuted}
+	if got := ex.kinds(id); !slices.Equal(got, want) {
 		t.Errorf("log of %s: %v, want %v", id, got, want)
 	}
 	ledger := s.ledgerTransfers()
@@ -623,20 +624,20 @@ func TestKillWhileDeploysRun(t *testing.T) {
 	}
 	n.kill()
 	ex := s.exportAndVerify()
-	want := []string{audit.KindApprovalRequested, audit.KindApprovalAssertion, audit.KindApprovalApproved, audit.KindCallInterrupted}
-	if got := ex.kinds(id); strings.Join(got, ",") != strings.Join(want, ",") {
+	want := []vocab.Kind{vocab.KindApprovalRequested, vocab.KindApprovalAssertion, vocab.KindApprovalApproved, vocab.KindCallInterrupted}
+	if got := ex.kinds(id); !slices.Equal(got, want) {
 		t.Errorf("log of %s: %v, want %v", id, got, want)
 	}
-	var routine []string
+	var routine []vocab.Kind
 	for _, e := range ex.entries {
 		if e.Tool == "deploy" && e.RequestID == "" {
 			routine = append(routine, e.Kind)
-			if e.Kind == audit.KindCallInterrupted && !strings.Contains(string(ex.argsOf(t, e)), "staging") {
+			if e.Kind == vocab.KindCallInterrupted && !strings.Contains(string(ex.argsOf(t, e)), "staging") {
 				t.Errorf("call.interrupted does not name the call's arguments: %+v", e)
 			}
 		}
 	}
-	if strings.Join(routine, ",") != audit.KindCallAllowed+","+audit.KindCallInterrupted {
+	if !slices.Equal(routine, []vocab.Kind{vocab.KindCallAllowed, vocab.KindCallInterrupted}) {
 		t.Errorf("log of the routine deploy: %v, want call.allowed then call.interrupted", routine)
 	}
 }
@@ -701,7 +702,7 @@ func TestKillBetweenTransferCommitAndRecord(t *testing.T) {
 			checkLedgerAgainstLog(t, ledger, ex)
 			checkEveryCallHasOutcome(t, ex)
 			for _, e := range ex.entries {
-				if e.Kind != audit.KindCallExecuted || e.Tool != "transfer" {
+				if e.Kind != vocab.KindCallExecuted || e.Tool != "transfer" {
 					continue
 				}
 				if !strings.HasPrefix(e.Reason, "recorded at start") {
@@ -779,7 +780,7 @@ func TestKillDuringBurstOfTransfers(t *testing.T) {
 	ledger := s.ledgerTransfers()
 	recovered := 0
 	for _, e := range ex.entries {
-		if e.Kind == audit.KindCallExecuted && strings.HasPrefix(e.Reason, "recorded at start") {
+		if e.Kind == vocab.KindCallExecuted && strings.HasPrefix(e.Reason, "recorded at start") {
 			recovered++
 		}
 	}

@@ -106,7 +106,7 @@ func TestGatewaySignsEveryArgumentAndRefusesWhatItCannotShow(t *testing.T) {
 			continue
 		}
 		switch e.Kind {
-		case audit.KindApprovalRequested:
+		case vocab.KindApprovalRequested:
 			requested++
 			got := strings.Split(e.Display, "\n")
 			for _, w := range want {
@@ -114,7 +114,7 @@ func TestGatewaySignsEveryArgumentAndRefusesWhatItCannotShow(t *testing.T) {
 					t.Fatalf("logged display lacks %q:\n%s", w, e.Display)
 				}
 			}
-		case audit.KindCallRejected:
+		case vocab.KindCallRejected:
 			rejected++
 			if !strings.Contains(e.Reason, wantErr) || e.Args != nil || e.Decision != string(vocab.LevelHigh) {
 				t.Errorf("call.rejected %+v", e)

@@ -13,9 +13,9 @@ import (
 
 	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/approval/approvaltest"
-	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/ciba"
 	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/vocab"
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
 )
 
@@ -104,7 +104,7 @@ func TestAgentsFreeze(t *testing.T) {
 
 	// ci's grant, and a call of ci waiting for a human.
 	id, done := waitingCall(t, p, page, ci, pay("Acme Supplies", 20000))
-	if r, err := page.ApproveWithGrant(id, key, 10*time.Minute, 5); err != nil || r.State != approval.StateApproved {
+	if r, err := page.ApproveWithGrant(id, key, 10*time.Minute, 5); err != nil || r.State != vocab.StateApproved {
 		t.Fatalf("approve with grant: %v %+v", err, r)
 	}
 	if res := result(t, done); res.IsError {
@@ -142,7 +142,7 @@ func TestAgentsFreeze(t *testing.T) {
 		t.Fatalf("agents list:\n%s", out)
 	}
 	denied := 0
-	for _, e := range entries(t, p.stack, audit.KindCallDenied) {
+	for _, e := range entries(t, p.stack, vocab.KindCallDenied) {
 		if e.Agent == "ci" && strings.Contains(e.Reason, "agent ci is frozen by "+actor) {
 			denied++
 		}
@@ -179,7 +179,7 @@ func TestAgentsFreeze(t *testing.T) {
 	if r, err := page.FinishDecision(id, ceremony, key.Get(challenge)); err == nil {
 		t.Fatalf("a tap after the freeze: %+v", r)
 	}
-	if r, _ := page.Get(id); r.State != approval.StateCancelled {
+	if r, _ := page.Get(id); r.State != vocab.StateCancelled {
 		t.Fatalf("other's request after the freeze and the tap: %+v", r)
 	}
 	if res := result(t, done); !res.IsError || !strings.Contains(resultText(res), "agent other frozen by "+approval.LoopbackRevoker) {
@@ -189,13 +189,13 @@ func TestAgentsFreeze(t *testing.T) {
 		t.Fatalf("other's call after the page froze it: %s", text)
 	}
 	var frozen []string
-	for _, e := range entries(t, p.stack, audit.KindAgentFrozen) {
+	for _, e := range entries(t, p.stack, vocab.KindAgentFrozen) {
 		frozen = append(frozen, e.Agent+" by "+e.Approver)
 	}
 	if want := []string{"ci by " + actor, "* by " + actor, "other by " + approval.LoopbackRevoker}; !slices.Equal(frozen, want) {
 		t.Fatalf("agent.frozen entries %q, want %q", frozen, want)
 	}
-	if n := len(entries(t, p.stack, audit.KindAgentUnfrozen)); n != 2 {
+	if n := len(entries(t, p.stack, vocab.KindAgentUnfrozen)); n != 2 {
 		t.Fatalf("%d agent.unfrozen entries, want 2", n)
 	}
 
@@ -228,7 +228,7 @@ func TestAgentsFreezeStopsCIBA(t *testing.T) {
 	if approved == "" || pending == "" {
 		t.Fatal("bc-authorize raised no request")
 	}
-	if r, err := page.Decide(approved, "approve", key); err != nil || r.State != approval.StateApproved {
+	if r, err := page.Decide(approved, "approve", key); err != nil || r.State != vocab.StateApproved {
 		t.Fatalf("approve: %v %+v", err, r)
 	}
 
@@ -239,10 +239,10 @@ func TestAgentsFreezeStopsCIBA(t *testing.T) {
 			t.Fatalf("token for %s after the freeze: %v", id, r)
 		}
 	}
-	if r, _ := page.Get(approved); r.State != approval.StateFailed || !strings.Contains(r.Reason, "not run: agent ci-bot is frozen") {
+	if r, _ := page.Get(approved); r.State != vocab.StateFailed || !strings.Contains(r.Reason, "not run: agent ci-bot is frozen") {
 		t.Fatalf("the approved request: %+v", r)
 	}
-	if r, _ := page.Get(pending); r.State != approval.StateCancelled {
+	if r, _ := page.Get(pending); r.State != vocab.StateCancelled {
 		t.Fatalf("the pending request: %+v", r)
 	}
 	if r := authorize(); r["error"] != "access_denied" || !strings.Contains(fmt.Sprint(r["error_description"]), "agent ci-bot is frozen by") {

@@ -19,10 +19,10 @@ import (
 	"time"
 
 	"github.com/countersign/countersign/approval/approvaltest"
-	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/tools/upstream/pinstore"
 	"github.com/countersign/countersign/tools/upstream/upstreamtest"
+	"github.com/countersign/countersign/vocab"
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
 )
 
@@ -235,14 +235,15 @@ func TestGatewayReadsPassWritesWaitForATap(t *testing.T) {
 		kinds := map[string]int{}
 		for _, line := range strings.Split(strings.TrimSpace(string(raw)), "\n") {
 			var e struct {
-				Kind, Tool, Reason string
-				Result             json.RawMessage
+				Kind         vocab.Kind
+				Tool, Reason string
+				Result       json.RawMessage
 			}
 			if json.Unmarshal([]byte(line), &e) != nil || !strings.HasPrefix(e.Tool, "notes__") {
 				continue
 			}
-			kinds[e.Tool+" "+e.Kind]++
-			if e.Kind == audit.KindCallExecuted && !strings.Contains(string(e.Result), "result_sha256") {
+			kinds[e.Tool+" "+string(e.Kind)]++
+			if e.Kind == vocab.KindCallExecuted && !strings.Contains(string(e.Result), "result_sha256") {
 				t.Errorf("upstream call.executed keeps no result hash: %s", line)
 			}
 		}
@@ -289,7 +290,7 @@ func TestGatewayCrashedUpstreamIsRestartedWithAClearErrorMeanwhile(t *testing.T)
 	if n := upstreamCalls(t, record)["read_note"]; n < 2 {
 		t.Errorf("the restarted upstream recorded %d read_note calls", n)
 	}
-	if len(entries(t, s, audit.KindCallFailed)) == 0 {
+	if len(entries(t, s, vocab.KindCallFailed)) == 0 {
 		t.Error("calls while the upstream was down are not audited as call.failed")
 	}
 }

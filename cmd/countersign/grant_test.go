@@ -91,7 +91,7 @@ func (s *grantSite) grantFor(t *testing.T, cs *sdk.ClientSession, args map[strin
 		t.Fatalf("the first transfer did not wait for a human: %s", st)
 	}
 	r, err := s.page.ApproveWithGrant(id, s.key, d, calls)
-	if err != nil || r.State != approval.StateApproved {
+	if err != nil || r.State != vocab.StateApproved {
 		t.Fatalf("approve with grant: %v %+v", err, r)
 	}
 	grants, err := s.page.Grants()
@@ -105,7 +105,7 @@ func (s *grantSite) grantFor(t *testing.T, cs *sdk.ClientSession, args map[strin
 func grantedCalls(t *testing.T, s *stack, grant string) []audit.Entry {
 	t.Helper()
 	var out []audit.Entry
-	for _, e := range entries(t, s, audit.KindCallAllowed) {
+	for _, e := range entries(t, s, vocab.KindCallAllowed) {
 		if e.GrantID == grant {
 			out = append(out, e)
 		}
@@ -168,7 +168,7 @@ func TestGrantLetsMatchingCallsThroughAndRefusesOthers(t *testing.T) {
 		t.Fatalf("%d calls name the grant, want 2", len(calls))
 	}
 	var created audit.Entry
-	for _, e := range entries(t, s.stack, audit.KindApprovalAssertion) {
+	for _, e := range entries(t, s.stack, vocab.KindApprovalAssertion) {
 		if e.GrantID == grant {
 			created = e
 		}
@@ -183,7 +183,7 @@ func TestGrantLetsMatchingCallsThroughAndRefusesOthers(t *testing.T) {
 		}
 	}
 	executed := 0
-	for _, e := range entries(t, s.stack, audit.KindCallExecuted) {
+	for _, e := range entries(t, s.stack, vocab.KindCallExecuted) {
 		if e.GrantID == grant && e.GrantSeq == created.Seq {
 			executed++
 		}
@@ -265,7 +265,7 @@ func TestGrantEndsOnRevocationAndExpiry(t *testing.T) {
 	if _, err := s.page.RevokeGrant(grant); err == nil {
 		t.Error("a grant was revoked twice")
 	}
-	revoked := entries(t, s.stack, audit.KindGrantRevoked)
+	revoked := entries(t, s.stack, vocab.KindGrantRevoked)
 	if len(revoked) != 1 || revoked[0].GrantID != grant || revoked[0].Approver != approval.LoopbackRevoker || revoked[0].GrantSeq == 0 {
 		t.Fatalf("grant.revoked entries: %+v", revoked)
 	}

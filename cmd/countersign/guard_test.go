@@ -27,7 +27,7 @@ func operatingBalance(t *testing.T, cs *sdk.ClientSession) string {
 }
 
 // entries returns the audit log's entries of the given kind.
-func entries(t *testing.T, s *stack, kind string) []audit.Entry {
+func entries(t *testing.T, s *stack, kind vocab.Kind) []audit.Entry {
 	t.Helper()
 	all, err := s.audit.Since(context.Background(), 0, 100000)
 	if err != nil {
@@ -58,7 +58,7 @@ func TestSmallTransferRunsAndIsAudited(t *testing.T) {
 	if before == after || !strings.Contains(after, "999,874.50") {
 		t.Errorf("balance did not move by 125.50: before %s after %s", before, after)
 	}
-	if len(entries(t, s, audit.KindCallAllowed)) < 1 || len(entries(t, s, audit.KindCallExecuted)) < 1 {
+	if len(entries(t, s, vocab.KindCallAllowed)) < 1 || len(entries(t, s, vocab.KindCallExecuted)) < 1 {
 		t.Error("allowed + executed entries missing from the audit log")
 	}
 }
@@ -80,10 +80,10 @@ func TestSchemaViolationNamesTheFieldAndIsAudited(t *testing.T) {
 			t.Errorf("%v: result %q does not name %s", tc.args, resultText(res), tc.field)
 		}
 	}
-	if got := len(entries(t, s, audit.KindCallRejected)); got != 4 {
+	if got := len(entries(t, s, vocab.KindCallRejected)); got != 4 {
 		t.Errorf("%d call.rejected entries, want 4", got)
 	}
-	if len(entries(t, s, audit.KindCallExecuted)) != 0 {
+	if len(entries(t, s, vocab.KindCallExecuted)) != 0 {
 		t.Error("a rejected call ran")
 	}
 }
@@ -100,7 +100,7 @@ func TestDenyLevelNeverRuns(t *testing.T) {
 	if !res.IsError || !strings.Contains(resultText(res), "denied by policy") {
 		t.Fatalf("deploy at level deny: %s", resultText(res))
 	}
-	if len(entries(t, s, audit.KindCallDenied)) != 1 || len(entries(t, s, audit.KindCallExecuted)) != 0 {
+	if len(entries(t, s, vocab.KindCallDenied)) != 1 || len(entries(t, s, vocab.KindCallExecuted)) != 0 {
 		t.Error("deny not audited exactly once, or the backend ran")
 	}
 	if _, err := os.Stat(c.Server.DataDir + "/deploys.log"); err == nil {
@@ -150,11 +150,11 @@ func TestLargeTransferWaitsReportsProgressAndExpires(t *testing.T) {
 	if after := operatingBalance(t, cs); after != before {
 		t.Errorf("balance moved without approval: %s -> %s", before, after)
 	}
-	requested := entries(t, s, audit.KindApprovalRequested)
-	if len(requested) != 1 || len(entries(t, s, audit.KindApprovalExpired)) != 1 {
+	requested := entries(t, s, vocab.KindApprovalRequested)
+	if len(requested) != 1 || len(entries(t, s, vocab.KindApprovalExpired)) != 1 {
 		t.Errorf("want 1 approval.requested and 1 approval.expired, got %d requested", len(requested))
 	}
-	for _, e := range entries(t, s, audit.KindCallExecuted) {
+	for _, e := range entries(t, s, vocab.KindCallExecuted) {
 		if e.Tool == "transfer" {
 			t.Error("the transfer ran without approval")
 		}
@@ -235,7 +235,7 @@ func TestFailedBackendIsRecordedAsFailed(t *testing.T) {
 	if !res.IsError || !strings.Contains(resultText(res), "deploy failed") {
 		t.Fatalf("failing deploy: %s", resultText(res))
 	}
-	failed := entries(t, s, audit.KindCallFailed)
+	failed := entries(t, s, vocab.KindCallFailed)
 	if len(failed) != 1 || failed[0].Tool != "deploy" || failed[0].Reason == "" {
 		t.Errorf("call.failed entries: %+v", failed)
 	}
@@ -265,7 +265,7 @@ func TestSecretValuesNeverReachTheAuditLog(t *testing.T) {
 			t.Errorf("audit entry %d carries the secret value: %s", e.Seq, b)
 		}
 	}
-	if len(entries(t, s, audit.KindCallExecuted)) != 1 {
+	if len(entries(t, s, vocab.KindCallExecuted)) != 1 {
 		t.Error("the read was not recorded")
 	}
 }
@@ -291,14 +291,14 @@ func TestSplitTransfersInParallelWaitForAHuman(t *testing.T) {
 		}()
 	}
 	waitFor(t, func() bool {
-		return len(entries(t, s, audit.KindApprovalRequested)) == 10 && len(entries(t, s, audit.KindCallExecuted)) == 1
+		return len(entries(t, s, vocab.KindApprovalRequested)) == 10 && len(entries(t, s, vocab.KindCallExecuted)) == 1
 	})
-	for _, e := range entries(t, s, audit.KindApprovalRequested) {
+	for _, e := range entries(t, s, vocab.KindApprovalRequested) {
 		if !strings.Contains(e.Reason, "large-or-new-payee") && e.Tool != "transfer" {
 			t.Errorf("request %+v", e)
 		}
 	}
-	if n := len(entries(t, s, audit.KindCallExecuted)); n != 1 {
+	if n := len(entries(t, s, vocab.KindCallExecuted)); n != 1 {
 		t.Errorf("%d transfers ran, want 1", n)
 	}
 	cancel()
@@ -322,7 +322,7 @@ func TestUsageSurvivesARestart(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go cs2.CallTool(ctx, &sdk.CallToolParams{Name: "transfer", Arguments: transferArgs(9999)})
-	waitFor(t, func() bool { return len(entries(t, s2, audit.KindApprovalRequested)) == 1 })
+	waitFor(t, func() bool { return len(entries(t, s2, vocab.KindApprovalRequested)) == 1 })
 }
 
 // A number the agent sends that a double cannot hold is refused through
@@ -338,7 +338,7 @@ func TestInexactNumbersAreRefusedOverTheWire(t *testing.T) {
 	if !res.IsError || !strings.Contains(resultText(res), "amount: the number 12345678901234567890 cannot be held exactly") {
 		t.Fatalf("result %q", resultText(res))
 	}
-	if n := len(entries(t, s, audit.KindApprovalRequested)) + len(entries(t, s, audit.KindCallExecuted)); n != 0 {
+	if n := len(entries(t, s, vocab.KindApprovalRequested)) + len(entries(t, s, vocab.KindCallExecuted)); n != 0 {
 		t.Errorf("%d requests or executions for a refused amount", n)
 	}
 	// Oversized and over-deep arguments are refused the same way.
@@ -355,7 +355,7 @@ func TestInexactNumbersAreRefusedOverTheWire(t *testing.T) {
 			t.Errorf("%.40s...: %q", raw, resultText(res))
 		}
 	}
-	for _, e := range entries(t, s, audit.KindCallRejected) {
+	for _, e := range entries(t, s, vocab.KindCallRejected) {
 		if len(e.Args) != 0 {
 			t.Errorf("a refused call kept %d bytes of arguments", len(e.Args))
 		}

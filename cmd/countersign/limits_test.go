@@ -11,9 +11,9 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/ciba"
 	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/vocab"
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
 )
 
@@ -67,10 +67,10 @@ func TestPendingRequestsPerAgentAreCapped(t *testing.T) {
 	if n := pendingOf(t, s, "greedy"); n != 3 {
 		t.Fatalf("greedy has %d pending, want 3: the refused call created a request", n)
 	}
-	if n := len(entries(t, s, audit.KindApprovalRequested)); n != 3 {
+	if n := len(entries(t, s, vocab.KindApprovalRequested)); n != 3 {
 		t.Fatalf("%d approval.requested entries, want 3", n)
 	}
-	rl := entries(t, s, audit.KindCallRateLimited)
+	rl := entries(t, s, vocab.KindCallRateLimited)
 	if len(rl) != 1 || rl[0].Agent != "greedy" || !strings.HasPrefix(rl[0].Reason, "1 call refused") || !strings.Contains(rl[0].Reason, "pending_per_agent") {
 		t.Fatalf("call.rate_limited entries %+v", rl)
 	}
@@ -120,7 +120,7 @@ func TestCallsPerSecondAreLimitedPerAgent(t *testing.T) {
 	if res := callTool(t, agentSession(t, base, "slow"), "get_balance", map[string]any{"account": "operating"}); res.IsError {
 		t.Fatalf("another agent's call: %s", resultText(res))
 	}
-	if rl := entries(t, s, audit.KindCallRateLimited); len(rl) != 1 || rl[0].Agent != "fast" {
+	if rl := entries(t, s, vocab.KindCallRateLimited); len(rl) != 1 || rl[0].Agent != "fast" {
 		t.Fatalf("call.rate_limited entries %+v", rl)
 	}
 }
@@ -154,7 +154,7 @@ func TestRefusedFloodOverLimitsGrowsTheLogByABoundedAmount(t *testing.T) {
 	if grown > 2048 {
 		t.Errorf("%d refused calls grew the log by %d bytes; want one bounded entry", calls, grown)
 	}
-	if rl := entries(t, s, audit.KindCallRateLimited); len(rl) != 1 {
+	if rl := entries(t, s, vocab.KindCallRateLimited); len(rl) != 1 {
 		t.Errorf("%d call.rate_limited entries for a flood within a minute, want 1", len(rl))
 	}
 	if n := pendingOf(t, s, "flood"); n != 2 {
@@ -174,17 +174,17 @@ func TestBackchannelRequestsAreCapped(t *testing.T) {
 			t.Fatalf("request %d: %v", i+1, out)
 		}
 	}
-	denied := len(entries(t, p.stack, audit.KindCallDenied))
+	denied := len(entries(t, p.stack, vocab.KindCallDenied))
 	for range 20 {
 		out := p.postForm(t, ciba.PathAuthorize, form)
 		if out["error"] != "access_denied" || !strings.Contains(fmt.Sprint(out["error_description"]), "limits.pending_per_agent (2)") {
 			t.Fatalf("over the cap: %v", out)
 		}
 	}
-	if n := len(entries(t, p.stack, audit.KindCallDenied)); n != denied {
+	if n := len(entries(t, p.stack, vocab.KindCallDenied)); n != denied {
 		t.Errorf("%d call.denied entries for refusals over the cap", n-denied)
 	}
-	if rl := entries(t, p.stack, audit.KindCallRateLimited); len(rl) != 1 || rl[0].Agent != "ci-bot" {
+	if rl := entries(t, p.stack, vocab.KindCallRateLimited); len(rl) != 1 || rl[0].Agent != "ci-bot" {
 		t.Errorf("call.rate_limited entries %+v", rl)
 	}
 }

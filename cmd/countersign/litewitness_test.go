@@ -17,6 +17,7 @@ import (
 
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/vocab"
 	"github.com/countersign/countersign/witness/witnesstest"
 )
 
@@ -127,7 +128,7 @@ func TestLitewitnessGuardsTheLogAgainstRollback(t *testing.T) {
 	n.term()
 	accepted := 0
 	for _, e := range s.exportAndVerify().entries {
-		if e.Kind == audit.KindRollbackAccepted {
+		if e.Kind == vocab.KindRollbackAccepted {
 			accepted++
 			if !strings.Contains(e.Reason, witnesstest.Name) || !strings.Contains(e.Reason, "tree size "+strconv.FormatInt(witnessedSize, 10)) {
 				t.Errorf("the accepted rollback does not say what was lost: %q", e.Reason)

@@ -12,6 +12,7 @@ import (
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/metrics"
 	"github.com/countersign/countersign/notify"
+	"github.com/countersign/countersign/vocab"
 )
 
 // notifier starts the notification channels of c and returns the observer
@@ -45,7 +46,7 @@ func notifier(c *config.Config, rec metrics.Recorder, m *metrics.Metrics, log *s
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 			_, err := rec.Append(ctx, audit.Entry{
-				Kind: audit.KindNotifySent, RequestID: msg.RequestID, Agent: msg.Agent, Tool: msg.Tool,
+				Kind: vocab.KindNotifySent, RequestID: msg.RequestID, Agent: msg.Agent, Tool: msg.Tool,
 				Reason: msg.Event + " sent to " + strings.Join(types, ", "),
 			})
 			if err != nil {

@@ -11,10 +11,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/audit/verify"
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/notify"
+	"github.com/countersign/countersign/vocab"
 	standardwebhooks "github.com/standard-webhooks/standard-webhooks/libraries/go"
 )
 
@@ -82,8 +82,8 @@ func TestRaisedRequestIsSentToItsApproversWebhook(t *testing.T) {
 		strings.Contains(msg.Summary, msg.Code) || msg.ExpiresAt.IsZero() {
 		t.Errorf("message %+v", msg)
 	}
-	waitFor(t, func() bool { return len(entries(t, s, audit.KindNotifySent)) == 1 })
-	e := entries(t, s, audit.KindNotifySent)[0]
+	waitFor(t, func() bool { return len(entries(t, s, vocab.KindNotifySent)) == 1 })
+	e := entries(t, s, vocab.KindNotifySent)[0]
 	if e.RequestID != pending.ID || e.Reason != "requested sent to webhook" || strings.Contains(e.Reason, hook.URL) {
 		t.Errorf("notify.sent entry %+v", e)
 	}

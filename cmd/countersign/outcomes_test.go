@@ -17,6 +17,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -105,13 +106,13 @@ func approveNext(t *testing.T, page *approvaltest.Page, key *approvaltest.SoftKe
 }
 
 // kindsOf lists the kinds of the log's entries about request id.
-func kindsOf(t *testing.T, s *stack, id string) []string {
+func kindsOf(t *testing.T, s *stack, id string) []vocab.Kind {
 	t.Helper()
 	all, err := s.audit.Since(context.Background(), 0, 100000)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var out []string
+	var out []vocab.Kind
 	for _, e := range all {
 		if e.RequestID == id {
 			out = append(out, e.Kind)
@@ -169,12 +170,12 @@ func TestApprovedUpstreamCallOutlivesItsAgentAndItsResultWaits(t *testing.T) {
 		t.Fatal("the call returned to an agent that had left")
 	}
 	cs.Close()
-	waitState(t, p, id, approval.StateExecuted)
+	waitState(t, p, id, vocab.StateExecuted)
 	// The upstream was never told to cancel, and completed.
 	waitUpstream(t, record, upstreamtest.Stubborn, upstreamtest.EventCalled, upstreamtest.EventCompleted)
-	want := []string{audit.KindApprovalRequested, audit.KindApprovalAssertion, audit.KindApprovalApproved, audit.KindCallExecuted}
+	want := []vocab.Kind{vocab.KindApprovalRequested, vocab.KindApprovalAssertion, vocab.KindApprovalApproved, vocab.KindCallExecuted}
 	deadline := time.Now().Add(10 * time.Second)
-	for got := kindsOf(t, p.stack, id); strings.Join(got, ",") != strings.Join(want, ","); got = kindsOf(t, p.stack, id) {
+	for got := kindsOf(t, p.stack, id); !slices.Equal(got, want); got = kindsOf(t, p.stack, id) {
 		if time.Now().After(deadline) {
 			t.Fatalf("log of %s: %v, want %v", id, got, want)
 		}
@@ -219,7 +220,7 @@ func TestUpstreamCallWithoutAnAnswerIsInterruptedNeverFailedAndReconciled(t *tes
 	// It did act, after the gateway stopped waiting: why "unknown" and
 	// never "failed".
 	waitUpstream(t, record, upstreamtest.Stubborn, upstreamtest.EventCalled, upstreamtest.EventCancelled, upstreamtest.EventCompleted)
-	r := waitState(t, p, task.TaskId, approval.StateInterrupted)
+	r := waitState(t, p, task.TaskId, vocab.StateInterrupted)
 	if err := p.approvals.BeginExecution(context.Background(), r.ID); !errors.Is(err, approval.ErrNotApproved) {
 		t.Errorf("the interrupted approval was claimed again: %v", err)
 	}
@@ -238,13 +239,13 @@ func TestUpstreamCallWithoutAnAnswerIsInterruptedNeverFailedAndReconciled(t *tes
 	if res := <-dropped; res == nil || !res.IsError || !strings.Contains(resultText(res), "outcome is unknown") {
 		t.Fatalf("a dropped call answered %+v", res)
 	}
-	if r := waitState(t, p, cut, approval.StateInterrupted); strings.Contains(r.Reason, "call_timeout") {
+	if r := waitState(t, p, cut, vocab.StateInterrupted); strings.Contains(r.Reason, "call_timeout") {
 		t.Errorf("the dropped call was waited out, not dropped: %s", r.Reason)
 	}
 
 	for _, id := range []string{task.TaskId, cut} {
 		kinds := kindsOf(t, p.stack, id)
-		if n := len(kinds); n == 0 || kinds[n-1] != audit.KindCallInterrupted || strings.Contains(strings.Join(kinds, ","), audit.KindCallFailed) {
+		if n := len(kinds); n == 0 || kinds[n-1] != vocab.KindCallInterrupted || slices.Contains(kinds, vocab.KindCallFailed) {
 			t.Errorf("log of %s: %v, want it to end call.interrupted and never call.failed", id, kinds)
 		}
 	}
@@ -273,7 +274,7 @@ func TestUpstreamCallWithoutAnAnswerIsInterruptedNeverFailedAndReconciled(t *tes
 	if _, errOut, code := cli(t, dir, "calls", "reconcile", "3f1c4f8e-0000-4000-8000-000000000000", "--ran"); code == 0 || !strings.Contains(errOut, "no approval request") {
 		t.Errorf("unknown request: exit %d %s", code, errOut)
 	}
-	if got, err := page.Get(cut); err != nil || got.State != approval.StateInterrupted ||
+	if got, err := page.Get(cut); err != nil || got.State != vocab.StateInterrupted ||
 		!strings.Contains(got.Reason, "outcome unknown") || !strings.Contains(got.Reason, "did not run, reconciled by jo") {
 		t.Errorf("the approver page shows %+v (%v)", got, err)
 	}
@@ -322,13 +323,13 @@ func TestRoutineUpstreamCallWithoutAnAnswerIsInterruptedAndReconciledBySeq(t *te
 			continue
 		}
 		switch {
-		case e.RequestID != "" || e.Kind == audit.KindApprovalRequested:
+		case e.RequestID != "" || e.Kind == vocab.KindApprovalRequested:
 			t.Fatalf("the routine call raised a request: %+v", e)
-		case e.Kind == audit.KindCallAllowed:
+		case e.Kind == vocab.KindCallAllowed:
 			allowed = e.Seq
-		case e.Kind == audit.KindCallInterrupted:
+		case e.Kind == vocab.KindCallInterrupted:
 			lost = e.Seq
-		case e.Kind == audit.KindCallFailed:
+		case e.Kind == vocab.KindCallFailed:
 			t.Fatalf("the call without an answer is call.failed: %+v", e)
 		}
 	}
@@ -371,7 +372,7 @@ func TestRoutineUpstreamCallWithoutAnAnswerIsInterruptedAndReconciledBySeq(t *te
 	}
 	var found []audit.Entry
 	for _, e := range all {
-		if e.Kind == audit.KindCallReconciled {
+		if e.Kind == vocab.KindCallReconciled {
 			found = append(found, e)
 		}
 	}
@@ -407,7 +408,7 @@ func TestRoutineUpstreamCallWithoutAnAnswerIsInterruptedAndReconciledBySeq(t *te
 
 // audit tail names the interrupted call a finding without a request settles.
 func TestHumanLineNamesTheInterruptedCallAReconcileSettles(t *testing.T) {
-	line := humanLine(audit.Entry{Seq: 9, Kind: audit.KindCallReconciled, Tool: "hostile__stubborn", InterruptedSeq: 4})
+	line := humanLine(audit.Entry{Seq: 9, Kind: vocab.KindCallReconciled, Tool: "hostile__stubborn", InterruptedSeq: 4})
 	if !strings.Contains(line, "settles=#4") {
 		t.Fatalf("line %q does not name the interrupted call", line)
 	}

@@ -29,6 +29,7 @@ import (
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/tools/upstream/upstreamtest"
+	"github.com/countersign/countersign/vocab"
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
 )
 
@@ -165,7 +166,7 @@ func (s *pinSite) pollCall(t *testing.T, name string, args map[string]any) strin
 }
 
 // toolCounts counts the entries of kind per tool.
-func toolCounts(t *testing.T, s *stack, kind string) map[string]int {
+func toolCounts(t *testing.T, s *stack, kind vocab.Kind) map[string]int {
 	n := map[string]int{}
 	for _, e := range entries(t, s, kind) {
 		n[e.Tool]++
@@ -178,7 +179,7 @@ func TestPinnedUpstreamToolsChangeOnlyWithAnAdminsAcceptance(t *testing.T) {
 	s := startPinSite(t, config.Tool{Level: "critical", Approvers: []string{"role:treasury"}, Quorum: 2, Wait: "poll"})
 
 	// (a) The first connection pins every tool, one tool.pinned each.
-	if n := toolCounts(t, s.stack, audit.KindToolPinned); len(n) != 7 || n["notes__rug"] != 1 {
+	if n := toolCounts(t, s.stack, vocab.KindToolPinned); len(n) != 7 || n["notes__rug"] != 1 {
 		t.Fatalf("tool.pinned per tool: %v", n)
 	}
 	readNote := func(t *testing.T) {
@@ -195,7 +196,7 @@ func TestPinnedUpstreamToolsChangeOnlyWithAnAdminsAcceptance(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		pinned := resultOfEntry(t, entries(t, s.stack, audit.KindToolPinned), "notes__rug")
+		pinned := resultOfEntry(t, entries(t, s.stack, vocab.KindToolPinned), "notes__rug")
 		if !strings.Contains(string(r.AuthorizationDetails), `"definition_sha256":"`+pinned+`"`) {
 			t.Fatalf("authorization_details %s lack the pinned definition %s", r.AuthorizationDetails, pinned)
 		}
@@ -203,7 +204,7 @@ func TestPinnedUpstreamToolsChangeOnlyWithAnAdminsAcceptance(t *testing.T) {
 		s.waitHeld(t, "notes__rug")
 		s.approveAll(t, id)
 		waitUntil(t, "the approved call has its outcome", func() bool {
-			return slices.ContainsFunc(entries(t, s.stack, audit.KindCallFailed), func(e audit.Entry) bool { return e.RequestID == id })
+			return slices.ContainsFunc(entries(t, s.stack, vocab.KindCallFailed), func(e audit.Entry) bool { return e.RequestID == id })
 		})
 		if n := upstreamCalls(t, s.record)["rug"]; n != 0 {
 			t.Fatalf("the upstream ran rug %d times under a definition nobody approved", n)
@@ -219,11 +220,11 @@ func TestPinnedUpstreamToolsChangeOnlyWithAnAdminsAcceptance(t *testing.T) {
 		if !res.IsError || !strings.Contains(resultText(res), want) {
 			t.Fatalf("call of a held tool: %s", resultText(res))
 		}
-		denied := entries(t, s.stack, audit.KindCallDenied)
+		denied := entries(t, s.stack, vocab.KindCallDenied)
 		if len(denied) == 0 || denied[len(denied)-1].Tool != "notes__rug" || !strings.Contains(denied[len(denied)-1].Reason, want) {
 			t.Fatalf("the refused call is not recorded: %+v", denied)
 		}
-		if n := toolCounts(t, s.stack, audit.KindToolChanged)["notes__rug"]; n != 1 {
+		if n := toolCounts(t, s.stack, vocab.KindToolChanged)["notes__rug"]; n != 1 {
 			t.Fatalf("tool.changed of notes__rug: %d entries, want 1", n)
 		}
 		if n := upstreamCalls(t, s.record)["rug"]; n != 0 {
@@ -276,12 +277,12 @@ func TestPinnedUpstreamToolsChangeOnlyWithAnAdminsAcceptance(t *testing.T) {
 		}
 		s.approveAll(t, id)
 		waitUntil(t, "the approved call ran", func() bool {
-			return slices.ContainsFunc(entries(t, s.stack, audit.KindCallExecuted), func(e audit.Entry) bool { return e.RequestID == id })
+			return slices.ContainsFunc(entries(t, s.stack, vocab.KindCallExecuted), func(e audit.Entry) bool { return e.RequestID == id })
 		})
 		if n := upstreamCalls(t, s.record)["rug"]; n != 1 {
 			t.Fatalf("the upstream ran rug %d times, want 1", n)
 		}
-		acc := entries(t, s.stack, audit.KindToolAccepted)
+		acc := entries(t, s.stack, vocab.KindToolAccepted)
 		if len(acc) != 1 || acc[0].Tool != "notes__rug" || !strings.Contains(string(acc[0].Result), `"accepted_by":"`+cliActor()+`"`) {
 			t.Fatalf("tool.accepted %+v", acc)
 		}
@@ -310,7 +311,7 @@ func TestPinnedUpstreamToolsChangeOnlyWithAnAdminsAcceptance(t *testing.T) {
 		}
 		s.waitHeld(t, "notes__zed")
 		var removed []audit.Entry
-		for _, e := range entries(t, s.stack, audit.KindToolChanged) {
+		for _, e := range entries(t, s.stack, vocab.KindToolChanged) {
 			if e.Tool == "notes__rug" && strings.Contains(string(e.Result), `"definition_sha256":""`) {
 				removed = append(removed, e)
 			}
@@ -319,7 +320,7 @@ func TestPinnedUpstreamToolsChangeOnlyWithAnAdminsAcceptance(t *testing.T) {
 			!strings.Contains(removed[0].Reason, "the policy tools.notes__rug now names no tool") {
 			t.Fatalf("removal of notes__rug recorded as %+v", removed)
 		}
-		if n := toolCounts(t, s.stack, audit.KindToolChanged)["notes__rug2"]; n != 1 {
+		if n := toolCounts(t, s.stack, vocab.KindToolChanged)["notes__rug2"]; n != 1 {
 			t.Fatalf("tool.changed of notes__rug2: %d entries, want 1", n)
 		}
 		// (h) /readyz stays ready and names the policy that names nothing
@@ -339,7 +340,7 @@ func TestPinnedUpstreamToolsChangeOnlyWithAnAdminsAcceptance(t *testing.T) {
 
 	// (g) The log with tool.pinned, tool.changed and tool.accepted
 	// verifies (exportAndVerify fails the test unless audit verify exits 0).
-	changed := len(entries(t, s.stack, audit.KindToolChanged))
+	changed := len(entries(t, s.stack, vocab.KindToolChanged))
 	s.stop()
 	dir := t.TempDir()
 	export := filepath.Join(dir, "audit.jsonl")
@@ -350,7 +351,7 @@ func TestPinnedUpstreamToolsChangeOnlyWithAnAdminsAcceptance(t *testing.T) {
 	}
 	runCLI(t, s.cfg, "audit", "verify", export, "--key", keyFile)
 	raw, _ := os.ReadFile(export)
-	for _, kind := range []string{audit.KindToolPinned, audit.KindToolChanged, audit.KindToolAccepted} {
+	for _, kind := range []vocab.Kind{vocab.KindToolPinned, vocab.KindToolChanged, vocab.KindToolAccepted} {
 		if !bytes.Contains(raw, []byte(`"kind":"`+kind+`"`)) {
 			t.Errorf("the export has no %s entry", kind)
 		}
@@ -367,7 +368,7 @@ func TestPinnedUpstreamToolsChangeOnlyWithAnAdminsAcceptance(t *testing.T) {
 	if !strings.Contains(logged.String(), "policy for a tool no upstream offers") || !strings.Contains(logged.String(), "tools.notes__rug") {
 		t.Errorf("serve start did not warn of tools.notes__rug:\n%s", logged.String())
 	}
-	if n := len(entries(t, again, audit.KindToolChanged)); n != changed {
+	if n := len(entries(t, again, vocab.KindToolChanged)); n != changed {
 		t.Errorf("a restart recorded %d tool.changed entries again", n-changed)
 	}
 }

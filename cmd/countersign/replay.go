@@ -53,7 +53,7 @@ func (r *policyReplayer) Replay(doc json.RawMessage, e *audit.Entry) error {
 		r.compiled[e.PolicySHA256] = p
 	}
 	rec := authz.Recorded{Tool: e.Tool, Agent: e.Agent, Level: vocab.Level(e.Decision), Granted: e.GrantID != ""}
-	if e.Kind == audit.KindApprovalRequested {
+	if e.Kind == vocab.KindApprovalRequested {
 		rec.Level = e.Level
 		rec.Requirement = &authz.Requirement{Approvers: e.Eligible, Quorum: e.Quorum, UserVerification: e.UserVerification, Batchable: e.Batchable}
 		if rec.Agent == "anonymous" {

@@ -14,6 +14,7 @@ import (
 	"github.com/countersign/countersign/audit/verify"
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/store"
+	"github.com/countersign/countersign/vocab"
 )
 
 // A log written under the shipped policy: replayed against the policy it
@@ -43,7 +44,7 @@ func TestReplayPolicyAgainstTheLoggedPolicy(t *testing.T) {
 	if err := logPolicy(ctx, log, c); err != nil {
 		t.Fatal(err)
 	}
-	call := func(kind, level string, args string) {
+	call := func(kind vocab.Kind, level string, args string) {
 		t.Helper()
 		if _, err := log.Append(ctx, audit.Entry{Kind: kind, Agent: "agent-1", Tool: "transfer", Args: json.RawMessage(args), Decision: level}); err != nil {
 			t.Fatal(err)
@@ -58,8 +59,8 @@ func TestReplayPolicyAgainstTheLoggedPolicy(t *testing.T) {
 		return buf.Bytes()
 	}
 	small := `{"to":"Acme Supplies","amount":100,"currency":"USD"}`
-	call(audit.KindCallAllowed, "low", small)
-	call(audit.KindCallExecuted, "low", small)
+	call(vocab.KindCallAllowed, "low", small)
+	call(vocab.KindCallExecuted, "low", small)
 	s, err := verify.Export(bytes.NewReader(export()), log.PublicKey(), verify.Options{ReplayPolicy: newPolicyReplayer()})
 	if err != nil {
 		t.Fatal(err)
@@ -72,8 +73,8 @@ func TestReplayPolicyAgainstTheLoggedPolicy(t *testing.T) {
 	// requirements (it has its call.allowed) and every signature hold;
 	// the policy says very-large makes it critical.
 	big := `{"to":"Vendor X","amount":500000,"currency":"USD"}`
-	call(audit.KindCallAllowed, "low", big)
-	call(audit.KindCallExecuted, "low", big)
+	call(vocab.KindCallAllowed, "low", big)
+	call(vocab.KindCallExecuted, "low", big)
 	exp := export()
 	if _, err := verify.Export(bytes.NewReader(exp), log.PublicKey(), verify.Options{}); err != nil {
 		t.Fatalf("without replay the relabelled call passes, as it should: %v", err)

@@ -32,6 +32,7 @@ import (
 	"github.com/countersign/countersign/tools"
 	"github.com/countersign/countersign/tools/upstream"
 	"github.com/countersign/countersign/tools/upstream/pinstore"
+	"github.com/countersign/countersign/vocab"
 	"github.com/countersign/countersign/witness"
 	"github.com/spf13/cobra"
 )
@@ -297,7 +298,7 @@ func (s *stack) startWitness(ctx context.Context, c *config.Config, log *slog.Lo
 	}
 	for _, rb := range rollbacks {
 		log.Warn("serving a rolled-back audit log, as --accept-rollback asks", "witness", rb.Path, "witnessed_size", rb.Witnessed, "log_size", rb.Log)
-		if _, err := s.audit.Append(ctx, audit.Entry{Kind: audit.KindRollbackAccepted, Reason: rb.Error()}); err != nil {
+		if _, err := s.audit.Append(ctx, audit.Entry{Kind: vocab.KindRollbackAccepted, Reason: rb.Error()}); err != nil {
 			return fmt.Errorf("recording the accepted rollback: %w", err)
 		}
 	}

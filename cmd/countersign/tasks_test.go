@@ -18,9 +18,9 @@ import (
 	"time"
 
 	"github.com/countersign/countersign/approval/approvaltest"
-	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/tools/ledger"
+	"github.com/countersign/countersign/vocab"
 	"github.com/mark3labs/mcp-go/client"
 	"github.com/mark3labs/mcp-go/client/transport"
 	"github.com/mark3labs/mcp-go/mcp"
@@ -273,7 +273,7 @@ func TestTaskPendingAcrossKillRunsOnceAfterRestart(t *testing.T) {
 	ex := s.exportAndVerify()
 	var executed int
 	for _, k := range ex.kinds(task.TaskId) {
-		if k == audit.KindCallExecuted {
+		if k == vocab.KindCallExecuted {
 			executed++
 		}
 	}

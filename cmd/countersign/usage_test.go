@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/vocab"
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
 )
 
@@ -94,7 +94,7 @@ func TestUsageWindowsSurviveRestartWithRedactedArguments(t *testing.T) {
 				if tc.redact && (len(e.Args) != 0 || !e.ArgsRedact) {
 					t.Errorf("%s keeps the arguments: %s", e.Kind, e.Args)
 				}
-				if e.Kind == audit.KindCallExecuted {
+				if e.Kind == vocab.KindCallExecuted {
 					executed++
 				}
 			}

@@ -10,9 +10,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/store"
+	"github.com/countersign/countersign/vocab"
 )
 
 // A database restored from an older copy is a valid log, only shorter; the
@@ -79,7 +79,7 @@ func TestRestoredDatabaseIsRefusedUnlessTheRollbackIsAccepted(t *testing.T) {
 	ex := s.exportAndVerify()
 	accepted := 0
 	for _, e := range ex.entries {
-		if e.Kind == audit.KindRollbackAccepted {
+		if e.Kind == vocab.KindRollbackAccepted {
 			accepted++
 			if !strings.Contains(e.Reason, "tree size") {
 				t.Errorf("the accepted rollback does not say what was lost: %q", e.Reason)

@@ -18,6 +18,7 @@ import (
 	"github.com/countersign/countersign/tools/upstream"
 	"github.com/countersign/countersign/tools/upstream/pinstore"
 	"github.com/countersign/countersign/tools/upstream/upstreamtest"
+	"github.com/countersign/countersign/vocab"
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
 )
 
@@ -104,7 +105,7 @@ func openPins(t *testing.T) *pinDB {
 }
 
 // entries returns the log's entries of kind.
-func (p *pinDB) entries(t *testing.T, kind string) []audit.Entry {
+func (p *pinDB) entries(t *testing.T, kind vocab.Kind) []audit.Entry {
 	t.Helper()
 	all, err := p.log.Since(context.Background(), 0, 100000)
 	if err != nil {
@@ -142,7 +143,7 @@ func resultOf(t *testing.T, e audit.Entry) pinResult {
 // changesOf counts the tool.changed entries per exposed tool.
 func (p *pinDB) changesOf(t *testing.T) map[string]int {
 	n := map[string]int{}
-	for _, e := range p.entries(t, audit.KindToolChanged) {
+	for _, e := range p.entries(t, vocab.KindToolChanged) {
 		n[e.Tool]++
 	}
 	return n
@@ -210,7 +211,7 @@ func TestPinsHoldChangedToolsUntilAccepted(t *testing.T) {
 	p := openPins(t)
 	m, cat := startPinned(t, h.cfg, p)
 
-	pinned := p.entries(t, audit.KindToolPinned)
+	pinned := p.entries(t, vocab.KindToolPinned)
 	if len(pinned) != 7 {
 		t.Fatalf("first connection recorded %d tool.pinned entries, want 7 (one per tool)", len(pinned))
 	}
@@ -279,7 +280,7 @@ func TestPinsHoldChangedToolsUntilAccepted(t *testing.T) {
 		if changes["notes__rug"] != 1 || changes["notes__zed"] != 1 {
 			t.Fatalf("tool.changed per tool: %v", changes)
 		}
-		zed := p.entries(t, audit.KindToolChanged)[1]
+		zed := p.entries(t, vocab.KindToolChanged)[1]
 		if r := resultOf(t, zed); r.Previous != "" || r.Definition == "" || r.Changed[0] != "new" {
 			t.Errorf("tool.changed of a new tool: %s", zed.Result)
 		}
@@ -316,7 +317,7 @@ func TestPinsHoldChangedToolsUntilAccepted(t *testing.T) {
 		if _, err := now.Run(ctx, before); err == nil {
 			t.Fatal("a call prepared under the first definition ran under the accepted one")
 		}
-		acc := p.entries(t, audit.KindToolAccepted)
+		acc := p.entries(t, vocab.KindToolAccepted)
 		if len(acc) != 1 {
 			t.Fatalf("%d tool.accepted entries", len(acc))
 		}
@@ -338,7 +339,7 @@ func TestPinsHoldChangedToolsUntilAccepted(t *testing.T) {
 			t.Fatal("the renamed tool is offered")
 		}
 		var removed *audit.Entry
-		for _, e := range p.entries(t, audit.KindToolChanged) {
+		for _, e := range p.entries(t, vocab.KindToolChanged) {
 			if e.Tool == "notes__rug" && resultOf(t, e).Definition == "" {
 				removed = &e
 			}

@@ -28,6 +28,7 @@ import (
 
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/tools/upstream"
+	"github.com/countersign/countersign/vocab"
 )
 
 // Recorder appends to the audit log.
@@ -96,7 +97,7 @@ func (s *Store) Pinned(ctx context.Context, server string) (map[string]upstream.
 // PinFirst pins every listed tool of server, which has no pins yet.
 func (s *Store) PinFirst(ctx context.Context, server string, listed []upstream.Pin) error {
 	for _, p := range listed {
-		err := s.record(ctx, audit.KindToolPinned, p.Exposed, "pinned on the upstream's first connection", map[string]any{
+		err := s.record(ctx, vocab.KindToolPinned, p.Exposed, "pinned on the upstream's first connection", map[string]any{
 			"server": server, "upstream_tool": p.Tool, "definition_sha256": p.SHA256,
 		})
 		if err != nil {
@@ -121,7 +122,7 @@ func (s *Store) Changed(ctx context.Context, server string, changes []upstream.C
 		if seen > 0 {
 			continue
 		}
-		if err := s.record(ctx, audit.KindToolChanged, c.Exposed, c.Describe(server), changeResult(server, c, "")); err != nil {
+		if err := s.record(ctx, vocab.KindToolChanged, c.Exposed, c.Describe(server), changeResult(server, c, "")); err != nil {
 			return err
 		}
 		var def any
@@ -167,7 +168,7 @@ func (s *Store) Accept(ctx context.Context, server string, listed []upstream.Pin
 	}
 	for _, c := range accepted {
 		reason := fmt.Sprintf("%s accepted by %s", c.Describe(server), actor)
-		if err := s.record(ctx, audit.KindToolAccepted, c.Exposed, reason, changeResult(server, c, actor)); err != nil {
+		if err := s.record(ctx, vocab.KindToolAccepted, c.Exposed, reason, changeResult(server, c, actor)); err != nil {
 			return nil, err
 		}
 		if c.Listed == "" {
@@ -207,7 +208,7 @@ func (s *Store) pin(ctx context.Context, server string, p upstream.Pin) error {
 	return nil
 }
 
-func (s *Store) record(ctx context.Context, kind, tool, reason string, result map[string]any) error {
+func (s *Store) record(ctx context.Context, kind vocab.Kind, tool, reason string, result map[string]any) error {
 	raw, err := json.Marshal(result)
 	if err != nil {
 		return err

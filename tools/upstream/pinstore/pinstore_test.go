@@ -12,6 +12,7 @@ import (
 	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/tools/upstream"
 	"github.com/countersign/countersign/tools/upstream/pinstore"
+	"github.com/countersign/countersign/vocab"
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
 )
 
@@ -26,7 +27,7 @@ func pinOf(t *testing.T, name, description string) upstream.Pin {
 	return p
 }
 
-func count(t *testing.T, log *audit.Log, kind string) int {
+func count(t *testing.T, log *audit.Log, kind vocab.Kind) int {
 	t.Helper()
 	all, err := log.Since(context.Background(), 0, 1000)
 	if err != nil {
@@ -87,7 +88,7 @@ func TestChangesAreRecordedOnceAndAccepted(t *testing.T) {
 	if err := again.Changed(ctx, "notes", changes); err != nil {
 		t.Fatal(err)
 	}
-	if n := count(t, log, audit.KindToolChanged); n != 2 {
+	if n := count(t, log, vocab.KindToolChanged); n != 2 {
 		t.Fatalf("%d tool.changed entries, want 2", n)
 	}
 	if _, err := st.Accept(ctx, "notes", listed, "nope", "tester"); !errors.Is(err, pinstore.ErrNothingToAccept) {
@@ -104,7 +105,7 @@ func TestChangesAreRecordedOnceAndAccepted(t *testing.T) {
 	if _, err := st.Accept(ctx, "notes", listed, "", "tester"); !errors.Is(err, pinstore.ErrNothingToAccept) {
 		t.Fatalf("second accept: %v", err)
 	}
-	if n := count(t, log, audit.KindToolAccepted); n != 2 {
+	if n := count(t, log, vocab.KindToolAccepted); n != 2 {
 		t.Fatalf("%d tool.accepted entries, want 2", n)
 	}
 }
