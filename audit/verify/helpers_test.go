@@ -140,16 +140,37 @@ func joinExport(entries [][]byte, cp []byte) []byte {
 // the export is self-consistent.
 func resign(t testing.TB, export []byte, key ed25519.PrivateKey, mutate func(*audit.Entry)) []byte {
 	t.Helper()
+	entries := decodeEntries(t, export)
+	for i := range entries {
+		mutate(&entries[i])
+	}
+	return signChain(t, key, entries)
+}
+
+// decodeEntries reads the entries of an export, checkpoint left out.
+func decodeEntries(t testing.TB, export []byte) []audit.Entry {
+	t.Helper()
 	lines, _ := splitExport(t, export)
-	var prev [32]byte
-	var fr audit.Frontier
-	var out [][]byte
+	entries := make([]audit.Entry, 0, len(lines))
 	for _, line := range lines {
 		var e audit.Entry
 		if err := json.Unmarshal(line, &e); err != nil {
 			t.Fatal(err)
 		}
-		mutate(&e)
+		entries = append(entries, e)
+	}
+	return entries
+}
+
+// signChain links, hashes and signs entries as they stand, in order, with
+// key, and ends them with a checkpoint signed by it: what only the holder
+// of the server key can make.
+func signChain(t testing.TB, key ed25519.PrivateKey, entries []audit.Entry) []byte {
+	t.Helper()
+	var prev [32]byte
+	var fr audit.Frontier
+	out := make([][]byte, 0, len(entries))
+	for _, e := range entries {
 		e.PrevHash = hex.EncodeToString(prev[:])
 		sum, err := chainHash(prev, &e)
 		if err != nil {

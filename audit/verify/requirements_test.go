@@ -233,36 +233,11 @@ func verifyGolden(t *testing.T, export []byte) {
 // seq 1, linked, hashed, signed, and covered by a new signed checkpoint.
 func forge(t *testing.T, export []byte, key ed25519.PrivateKey, edit func([]audit.Entry) []audit.Entry) []byte {
 	t.Helper()
-	lines, _ := splitExport(t, export)
-	var entries []audit.Entry
-	for _, line := range lines {
-		var e audit.Entry
-		if err := json.Unmarshal(line, &e); err != nil {
-			t.Fatal(err)
-		}
-		entries = append(entries, e)
+	entries := edit(decodeEntries(t, export))
+	for i := range entries {
+		entries[i].Seq = int64(i + 1)
 	}
-	var prev [32]byte
-	var fr audit.Frontier
-	var out [][]byte
-	for i, e := range edit(entries) {
-		e.Seq = int64(i + 1)
-		e.PrevHash = hex.EncodeToString(prev[:])
-		sum, err := chainHash(prev, &e)
-		if err != nil {
-			t.Fatal(err)
-		}
-		e.Hash = hex.EncodeToString(sum[:])
-		e.Sig = encodeSig(ed25519.Sign(key, sum[:]))
-		b, err := encodeLine(&e)
-		if err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, b)
-		fr.Add(audit.LeafHash(sum))
-		prev = sum
-	}
-	return joinExport(out, checkpointLineFor(t, key, fr.Size(), fr.Root()))
+	return signChain(t, key, entries)
 }
 
 // at edits the entry at seq.
