@@ -129,34 +129,9 @@ func (s *Service) Reconcile(ctx context.Context, id string, f Finding) (*Request
 // interrupted and that nobody has reconciled yet: what a person still has
 // to look into.
 func (s *Service) Unreconciled(ctx context.Context) ([]*Request, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT id FROM approval_requests WHERE state = ?
+	return s.selected(ctx, `SELECT id FROM approval_requests WHERE state = ?
 		AND NOT EXISTS (SELECT 1 FROM approval_reconciled c WHERE c.request_id = approval_requests.id)
 		ORDER BY decided_at, id`, vocab.StateInterrupted)
-	if err != nil {
-		return nil, err
-	}
-	var ids []string
-	for rows.Next() {
-		var id string
-		if err := rows.Scan(&id); err != nil {
-			rows.Close()
-			return nil, err
-		}
-		ids = append(ids, id)
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-	out := make([]*Request, 0, len(ids))
-	for _, id := range ids {
-		r, err := s.Get(ctx, id)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, r)
-	}
-	return out, nil
 }
 
 // callLog is the part of *audit.Log that reconciling a call without a

@@ -187,7 +187,13 @@ func (s *Service) list(ctx context.Context, pending bool, limit int) ([]*Request
 		where = `state <> 'pending'`
 		order = `decided_at DESC, created_at DESC`
 	}
-	rows, err := s.db.QueryContext(ctx, `SELECT id FROM approval_requests WHERE `+where+` ORDER BY `+order+` LIMIT ?`, limit)
+	return s.selected(ctx, `SELECT id FROM approval_requests WHERE `+where+` ORDER BY `+order+` LIMIT ?`, limit)
+}
+
+// selected returns the requests whose ids query selects, in its order:
+// the ids are read first and the rows closed, since Get queries again.
+func (s *Service) selected(ctx context.Context, query string, args ...any) ([]*Request, error) {
+	rows, err := s.db.QueryContext(ctx, query, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -201,7 +207,10 @@ func (s *Service) list(ctx context.Context, pending bool, limit int) ([]*Request
 		ids = append(ids, id)
 	}
 	rows.Close()
-	var out []*Request
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	out := make([]*Request, 0, len(ids))
 	for _, id := range ids {
 		r, err := s.Get(ctx, id)
 		if err != nil {
