@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"slices"
@@ -131,6 +132,21 @@ func withApprovals(cmd *cobra.Command, fn func(context.Context, *approval.Servic
 	if err != nil {
 		return err
 	}
+	return withLog(cmd, c, func(ctx context.Context, db *sql.DB, log *audit.Log) error {
+		svc, err := approval.New(ctx, db, log, approvalOptions(c))
+		if err != nil {
+			return err
+		}
+		defer svc.Close()
+		return fn(ctx, svc)
+	})
+}
+
+// withLog opens the data directory's database and its audit log for one
+// admin command, and closes them after. A log that fails its check at
+// open (tampered) refuses the command: what the command would record
+// could not be appended anyway.
+func withLog(cmd *cobra.Command, c *config.Config, fn func(context.Context, *sql.DB, *audit.Log) error) error {
 	ctx := cmd.Context() // cobra's Execute never leaves it nil
 	db, log, err := openAudit(ctx, c, audit.Options{Logger: warnings(cmd)})
 	if db != nil {
@@ -140,12 +156,7 @@ func withApprovals(cmd *cobra.Command, fn func(context.Context, *approval.Servic
 		defer log.Close()
 	}
 	if err != nil {
-		return err // a tampered log refuses to record enrollments: refuse now
-	}
-	svc, err := approval.New(ctx, db, log, approvalOptions(c))
-	if err != nil {
 		return err
 	}
-	defer svc.Close()
-	return fn(ctx, svc)
+	return fn(ctx, db, log)
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -167,30 +168,21 @@ func withPins(cmd *cobra.Command, server string, fn func(context.Context, *confi
 		}
 		return configError(fmt.Errorf("%s: no upstream %q (upstreams: %s)", c.Source, server, strings.Join(names, ", ")))
 	}
-	ctx := cmd.Context()
-	db, log, err := openAudit(ctx, c, audit.Options{Logger: warnings(cmd)})
-	if db != nil {
-		defer db.Close()
-	}
-	if log != nil {
-		defer log.Close()
-	}
-	if err != nil {
-		return err // a tampered log refuses to record acceptances: refuse now
-	}
-	st, err := pinstore.Open(ctx, db, log)
-	if err != nil {
-		return err
-	}
-	u := c.Upstreams[i]
-	u.Required = true
-	m, err := upstream.Start(ctx, []config.Upstream{u}, tools.NewCatalog(), upstream.Options{Logger: warnings(cmd), Version: buildVersion()})
-	if err != nil {
-		return err
-	}
-	defer m.Close()
-	listed, _ := m.Listed(server)
-	return fn(ctx, c, st, listed)
+	return withLog(cmd, c, func(ctx context.Context, db *sql.DB, log *audit.Log) error {
+		st, err := pinstore.Open(ctx, db, log)
+		if err != nil {
+			return err
+		}
+		u := c.Upstreams[i]
+		u.Required = true
+		m, err := upstream.Start(ctx, []config.Upstream{u}, tools.NewCatalog(), upstream.Options{Logger: warnings(cmd), Version: buildVersion()})
+		if err != nil {
+			return err
+		}
+		defer m.Close()
+		listed, _ := m.Listed(server)
+		return fn(ctx, c, st, listed)
+	})
 }
 
 // hashOrNone shows a definition hash, "" being no definition.
