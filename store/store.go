@@ -10,6 +10,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"log/slog"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -45,6 +46,7 @@ type options struct {
 	// busy is SQLite's own wait for another connection's write lock;
 	// lockWait is this process's wait for one of its own writes.
 	busy, lockWait time.Duration
+	log            *slog.Logger // Connect's; Open logs nothing
 }
 
 // WithSync sets the durability of commits: Full or Normal.
