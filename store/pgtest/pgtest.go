@@ -206,4 +206,3 @@ func chownToPostgres(dir string) error {
 	}
 	return nil
 }
-
