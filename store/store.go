@@ -4,6 +4,12 @@
 // Beside it, the package keeps what belongs to the data directory as a
 // whole: the lock that lets one serve at a time use it (lock.go), and the
 // amounts the usage windows are rebuilt from (amounts.go).
+//
+// Connect (db.go) opens either SQLite or, for a postgres:// URL, a
+// PostgreSQL server that several replicas share, behind one DB: the same
+// SQL with `?` placeholders (placeholders.go), transactions that run as
+// if alone (InTx), consistent reads (Snapshot) and notifications between
+// replicas (notify.go). Open stays SQLite's, for today's callers.
 package store
 
 import (

@@ -118,7 +118,7 @@ func start() (*server, error) {
 	if u := os.Getenv(EnvURL); u != "" {
 		return &server{adminURL: u}, nil
 	}
-	bin, err := findBin()
+	bin, err := findBin(debianBins)
 	if err != nil {
 		return nil, err
 	}
@@ -165,15 +165,19 @@ func (s *server) command(name string, args ...string) *exec.Cmd {
 	return exec.Command(name, args...)
 }
 
+// debianBins is where Debian's postgresql-NN packages put the server's
+// binaries, off PATH.
+const debianBins = "/usr/lib/postgresql/*/bin"
+
 // findBin finds the directory of initdb and pg_ctl: PATH first, then
-// Debian's versioned directories, newest first.
-func findBin() (string, error) {
+// the directories matching glob (Debian's), newest version first.
+func findBin(glob string) (string, error) {
 	if p, err := exec.LookPath("initdb"); err == nil {
 		if _, err := exec.LookPath("pg_ctl"); err == nil {
 			return filepath.Dir(p), nil
 		}
 	}
-	dirs, _ := filepath.Glob("/usr/lib/postgresql/*/bin")
+	dirs, _ := filepath.Glob(glob)
 	slices.SortFunc(dirs, func(a, b string) int { return version(b) - version(a) })
 	for _, d := range dirs {
 		if isExec(filepath.Join(d, "initdb")) && isExec(filepath.Join(d, "pg_ctl")) {
