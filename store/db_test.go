@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
+
 	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/store/pgtest"
 	"github.com/countersign/countersign/store/storetest"
@@ -103,7 +105,10 @@ func TestInTxRerunsAConflictingTransaction(t *testing.T) {
 		var runs atomic.Int32
 		write := func(tx *sql.Tx) error {
 			first := runs.Add(1) <= 2
-			n := count(t, tx, "n")
+			var n int
+			if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM n`).Scan(&n); err != nil {
+				return err
+			}
 			if first && db.Dialect() == store.PostgreSQL {
 				read.Done()
 				read.Wait()
@@ -182,6 +187,28 @@ func TestInTxReturnsOtherErrorsAtOnce(t *testing.T) {
 			t.Errorf("retries %d", db.Retries())
 		}
 	})
+}
+
+// A conflict that never goes away is retried a bounded number of times,
+// then returned as the database's error; a deadlock is retried too.
+func TestInTxGivesUpOnAConflictThatPersists(t *testing.T) {
+	db := storetest.Connect(t, pgtest.URL(t))
+	ctx := context.Background()
+	for _, code := range []string{"40001", "40P01"} {
+		before, runs := db.Retries(), 0
+		err := db.InTx(ctx, func(tx *sql.Tx) error {
+			runs++
+			_, err := tx.ExecContext(ctx, `DO $$ BEGIN RAISE EXCEPTION 'conflict?' USING ERRCODE = '`+code+`'; END $$`)
+			return err
+		})
+		var pg *pgconn.PgError
+		if !errors.As(err, &pg) || pg.Code != code {
+			t.Fatalf("%s: InTx = %v, want the database's error", code, err)
+		}
+		if runs < 2 || runs > 20 || db.Retries()-before != uint64(runs-1) {
+			t.Errorf("%s: %d runs, %d retries counted: want a few runs, each after the first counted", code, runs, db.Retries()-before)
+		}
+	}
 }
 
 // A read in a snapshot does not see a row committed after its first

@@ -110,6 +110,7 @@ type hub struct {
 	asks      []ask           // channels to LISTEN, with who waits
 	interrupt func()          // ends the listener's wait, to take asks
 	down      bool            // no LISTEN connection: a "" will follow one
+	closed    bool
 	stop      context.CancelFunc
 	done      chan struct{} // closed when the listener has stopped
 }
@@ -141,6 +142,10 @@ func (h *hub) subscribe(ctx context.Context, channel string, s *subscriber) erro
 			delete(h.subs, channel)
 		}
 	})
+	if h.closed {
+		h.mu.Unlock()
+		return errors.New("store: subscribe: the database is closed")
+	}
 	if h.cfg == nil || h.listening[channel] || h.down {
 		h.mu.Unlock()
 		return nil
@@ -212,6 +217,7 @@ func (h *hub) rereadAll() {
 
 func (h *hub) close() {
 	h.mu.Lock()
+	h.closed = true
 	stop, done := h.stop, h.done
 	h.mu.Unlock()
 	if stop != nil {
@@ -232,7 +238,7 @@ func (h *hub) listen(ctx context.Context) {
 	}()
 	lost, failures := false, 0
 	drop := func(err error) {
-		h.db.log.Warn("store: notifications: connection lost; reconnecting", "err", err)
+		h.db.log.Warn("store: notifications: no LISTEN connection; reconnecting", "err", err)
 		if conn != nil {
 			conn.Close(context.Background())
 			conn = nil

@@ -101,3 +101,13 @@ func alignedParams(t *testing.T, in, out string) int {
 	}
 	return k
 }
+
+// BenchmarkRewritePlaceholders is what the rewriting adds to each
+// statement sent to PostgreSQL.
+func BenchmarkRewritePlaceholders(b *testing.B) {
+	q := `INSERT INTO approval_requests (id, tool, args, state, created_at, expires_at, display, nonce)
+		VALUES (?, ?, ?, 'pending', ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`
+	for range b.N {
+		rewritePlaceholders(q)
+	}
+}
