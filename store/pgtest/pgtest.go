@@ -36,11 +36,15 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
 )
+
+// dirPrefix begins the name of each cluster's temporary directory.
+const dirPrefix = "cspg"
 
 // EnvURL names the environment variable that points the tests at an
 // existing server instead of a cluster of their own.
@@ -107,11 +111,41 @@ func Stop() {
 	if cluster == nil || cluster.dir == "" {
 		return
 	}
-	if out, err := cluster.command(cluster.pgCtl, "-D", cluster.data, "-m", "fast", "-w", "stop").CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "pgtest: pg_ctl stop: %v\n%s", err, out)
-	}
-	os.RemoveAll(cluster.dir)
+	cluster.stop()
 	cluster = nil
+}
+
+// stop stops the cluster, if it runs, and removes its directory.
+func (s *server) stop() {
+	if _, err := os.Stat(filepath.Join(s.data, "postmaster.pid")); err == nil {
+		if out, err := s.command(s.pgCtl, "-D", s.data, "-m", "immediate", "-w", "stop").CombinedOutput(); err != nil {
+			fmt.Fprintf(os.Stderr, "pgtest: pg_ctl stop: %v\n%s", err, out)
+		}
+	}
+	os.RemoveAll(s.dir)
+}
+
+// ownerFile names, in a cluster's directory, the pid of the test binary
+// that started it.
+const ownerFile = "owner"
+
+// reapOrphans stops the clusters of test binaries that died without
+// calling Stop (a test timeout or a panic ends the binary before TestMain
+// resumes), so they do not pile up on a shared machine. A cluster whose
+// binary still runs is left alone.
+func reapOrphans(pgCtl string) {
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), dirPrefix+"*"))
+	for _, d := range dirs {
+		b, err := os.ReadFile(filepath.Join(d, ownerFile))
+		if err != nil {
+			continue
+		}
+		pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+		if err != nil || pid == os.Getpid() || alive(pid) {
+			continue
+		}
+		(&server{dir: d, data: filepath.Join(d, "data"), pgCtl: pgCtl, asPostgres: os.Geteuid() == 0}).stop()
+	}
 }
 
 func start() (*server, error) {
@@ -123,8 +157,13 @@ func start() (*server, error) {
 		return nil, err
 	}
 	s := &server{pgCtl: filepath.Join(bin, "pg_ctl"), asPostgres: os.Geteuid() == 0}
+	reapOrphans(s.pgCtl)
 	// A short path: the socket's must fit in 107 bytes.
-	if s.dir, err = os.MkdirTemp("", "cspg"); err != nil {
+	if s.dir, err = os.MkdirTemp("", dirPrefix); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(s.dir, ownerFile), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
+		os.RemoveAll(s.dir)
 		return nil, err
 	}
 	s.data = filepath.Join(s.dir, "data")

@@ -2,8 +2,11 @@ package pgtest
 
 import (
 	"context"
+	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -74,5 +77,43 @@ func TestFindBinPrefersTheNewestVersion(t *testing.T) {
 	got, err := findBin(filepath.Join(root, "*", "bin"))
 	if want := filepath.Join(root, "15", "bin"); err != nil || got != want {
 		t.Errorf("findBin = %q (%v), want %q", got, err, want)
+	}
+}
+
+// A cluster whose test binary died is stopped and removed by the next
+// binary that starts one.
+func TestStartReapsClustersOfDeadBinaries(t *testing.T) {
+	if os.Getenv(EnvURL) != "" {
+		t.Skip("uses a server of its own: " + EnvURL + " names one")
+	}
+	orphan, err := start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer orphan.stop()
+	dead := exec.Command("true")
+	if err := dead.Run(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(orphan.dir, ownerFile), []byte(strconv.Itoa(dead.Process.Pid)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, orphan.adminURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn.Close(ctx)
+	// This binary's own cluster is not an orphan.
+	URL(t)
+	reapOrphans(orphan.pgCtl)
+	if _, err := os.Stat(orphan.dir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the orphan's directory is still there: %v", err)
+	}
+	if _, err := pgx.Connect(ctx, orphan.adminURL); err == nil {
+		t.Error("the orphan cluster still accepts connections")
+	}
+	if _, err := os.Stat(cluster.dir); err != nil {
+		t.Errorf("the live binary's cluster was reaped: %v", err)
 	}
 }
