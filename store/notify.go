@@ -20,7 +20,8 @@ import (
 // On PostgreSQL, Publish is pg_notify inside the transaction that
 // changed the row, so it is sent only if that transaction commits, and
 // reaches every replica's listener, this process's own included. Each
-// process holds one LISTEN connection; when it is lost, the listener
+// DB (a process opens one) holds one LISTEN connection, from its first
+// Subscribe; when it is lost, the listener
 // reconnects with backoff and then calls every subscriber with the id
 // "", since notifications sent meanwhile are gone: "reread everything".
 //
