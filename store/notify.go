@@ -30,13 +30,10 @@ import (
 // commit, and drops it on a rollback. Another process writing the same
 // file (the CLI) notifies nobody; subscribers still reread now and then.
 
-// listenApp is the application_name of the LISTEN connection, so that an
-// operator (or a test) can tell it in pg_stat_activity.
-const listenApp = "countersign listen"
-
 // ListenApplicationName is the application_name of the connection a
-// process's notifications arrive on (see pg_stat_activity).
-const ListenApplicationName = listenApp
+// process's notifications arrive on, so that an operator (or a test) can
+// tell it in pg_stat_activity.
+const ListenApplicationName = "countersign listen"
 
 type note struct{ channel, id string }
 
@@ -124,7 +121,7 @@ type ask struct {
 func newHub(db *DB, cfg *pgx.ConnConfig) *hub {
 	if cfg != nil {
 		cfg = cfg.Copy()
-		cfg.RuntimeParams["application_name"] = listenApp
+		cfg.RuntimeParams["application_name"] = ListenApplicationName
 	}
 	return &hub{db: db, cfg: cfg, subs: map[string]map[*subscriber]struct{}{}, listening: map[string]bool{}}
 }
