@@ -3,6 +3,7 @@ package upstream_test
 import (
 	"context"
 	"encoding/json"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -77,4 +78,40 @@ func TestUpstreamSchemasReachAgentsWhole(t *testing.T) {
 		}
 		t.Fatalf("mcp-go's client did not list %s", tool)
 	})
+}
+
+// A go-sdk server over Streamable HTTP is stateful unless told otherwise,
+// and answers server/discover listing only protocol versions before
+// 2026-07-28. The gateway's go-sdk client then falls back to the
+// initialize handshake and works (TestHTTPUpstreamWithHeadersFromTheEnvironment).
+// mcp-go's client takes the answer as a stateless connection at 2026-07-28,
+// which the server refuses on every later request: it cannot list the
+// tools. The second reason tools/upstream keeps the go-sdk client; if
+// this test fails, mcp-go's client falls back now.
+func TestMCPGoClientCannotListAStatefulGoSDKServer(t *testing.T) {
+	srv := httptest.NewServer(upstreamtest.Handler(upstreamtest.Options{}))
+	t.Cleanup(srv.Close)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c, err := client.NewStreamableHttpClient(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	init := mcp.InitializeRequest{}
+	init.Params.ClientInfo = mcp.Implementation{Name: "countersign-test", Version: "0"}
+	if _, err := c.Initialize(ctx, init); err != nil {
+		t.Fatalf("initialize: %v", err)
+	}
+	_, err = c.ListTools(ctx, mcp.ListToolsRequest{})
+	if err == nil {
+		t.Fatalf("mcp-go's client lists a stateful go-sdk server now (protocol %s): try porting tools/upstream to it", c.ProtocolVersion())
+	}
+	if !strings.Contains(err.Error(), "unsupported protocol version") {
+		t.Fatalf("tools/list failed otherwise than expected: %v", err)
+	}
+	t.Logf("mcp-go's client at protocol %s: tools/list: %v", c.ProtocolVersion(), err)
 }
