@@ -11,6 +11,7 @@ import (
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/tools/upstream/upstreamtest"
 	"github.com/mark3labs/mcp-go/client"
+	"github.com/mark3labs/mcp-go/client/transport"
 	"github.com/mark3labs/mcp-go/mcp"
 )
 
@@ -46,19 +47,8 @@ func TestUpstreamSchemasReachAgentsWhole(t *testing.T) {
 	})
 
 	t.Run("mcp-go's client drops the keyword", func(t *testing.T) {
-		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-		defer cancel()
-		c, err := client.NewStdioMCPClient(server, nil, root)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		init := mcp.InitializeRequest{}
-		init.Params.ClientInfo = mcp.Implementation{Name: "countersign-test", Version: "0"}
-		if _, err := c.Initialize(ctx, init); err != nil {
-			t.Fatal(err)
-		}
-		list, err := c.ListTools(ctx, mcp.ListToolsRequest{})
+		c := connectMCPGo(t, transport.NewStdio(server, nil, root))
+		list, err := c.ListTools(context.Background(), mcp.ListToolsRequest{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -91,22 +81,12 @@ func TestUpstreamSchemasReachAgentsWhole(t *testing.T) {
 func TestMCPGoClientCannotListAStatefulGoSDKServer(t *testing.T) {
 	srv := httptest.NewServer(upstreamtest.Handler(upstreamtest.Options{}))
 	t.Cleanup(srv.Close)
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	c, err := client.NewStreamableHttpClient(srv.URL)
+	tr, err := transport.NewStreamableHTTP(srv.URL)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
-	if err := c.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	init := mcp.InitializeRequest{}
-	init.Params.ClientInfo = mcp.Implementation{Name: "countersign-test", Version: "0"}
-	if _, err := c.Initialize(ctx, init); err != nil {
-		t.Fatalf("initialize: %v", err)
-	}
-	_, err = c.ListTools(ctx, mcp.ListToolsRequest{})
+	c := connectMCPGo(t, tr)
+	_, err = c.ListTools(context.Background(), mcp.ListToolsRequest{})
 	if err == nil {
 		t.Fatalf("mcp-go's client lists a stateful go-sdk server now (protocol %s): try porting tools/upstream to it", c.ProtocolVersion())
 	}
@@ -114,4 +94,24 @@ func TestMCPGoClientCannotListAStatefulGoSDKServer(t *testing.T) {
 		t.Fatalf("tools/list failed otherwise than expected: %v", err)
 	}
 	t.Logf("mcp-go's client at protocol %s: tools/list: %v", c.ProtocolVersion(), err)
+}
+
+// connectMCPGo starts and initializes an mcp-go client over tr, closed
+// when the test ends.
+func connectMCPGo(tb testing.TB, tr transport.Interface, opts ...client.ClientOption) *client.Client {
+	tb.Helper()
+	c := client.NewClient(tr, opts...)
+	tb.Cleanup(func() { c.Close() })
+	// A stdio transport's process lives as long as Start's context.
+	if err := c.Start(context.Background()); err != nil {
+		tb.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	init := mcp.InitializeRequest{}
+	init.Params.ClientInfo = mcp.Implementation{Name: "countersign-test", Version: "0"}
+	if _, err := c.Initialize(ctx, init); err != nil {
+		tb.Fatalf("initialize: %v", err)
+	}
+	return c
 }
