@@ -64,6 +64,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/store"
 )
 
 // Recorder is satisfied by *audit.Log. Every step is recorded; if Append
@@ -131,12 +132,13 @@ var (
 
 // Service owns the approval tables, the WebAuthn relying party and the page.
 type Service struct {
-	db    *sql.DB
-	rec   Recorder
-	opts  Options
-	wa    *webauthn.WebAuthn
-	owner string // this process, for the outbox
-	alive func() // releases the owner's liveness lock (owner.go)
+	db     *sql.DB
+	rec    Recorder
+	opts   Options
+	wa     *webauthn.WebAuthn
+	owner  string        // this process, for the outbox
+	owners *store.Owners // tells the outbox's owners dead or alive (owner.go)
+	alive  func()        // releases the owner's liveness lock
 
 	approvers map[string]Approver
 
@@ -261,6 +263,7 @@ func (o *Options) deriveAddresses() error {
 // start takes this process's liveness lock, appends what another process
 // left in the outbox, and starts the background loops Close stops.
 func (s *Service) start(ctx context.Context) {
+	s.owners = store.OwnersOf(ctx, s.db)
 	s.alive = s.holdOwner(ctx)
 	// Entries another process left unflushed are appended now.
 	if err := s.flush(ctx, true); err != nil {
