@@ -52,17 +52,15 @@ import (
 	"crypto/x509"
 	"database/sql"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net/url"
 	"strings"
 	"sync"
 	"time"
 
-	"github.com/go-webauthn/webauthn/protocol"
-	"github.com/go-webauthn/webauthn/webauthn"
 	"github.com/google/uuid"
 
+	"github.com/countersign/countersign/approval/ceremony"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/store"
 )
@@ -124,8 +122,8 @@ var (
 	ErrInvalidRequest  = errors.New("approval: invalid request")
 	ErrNotApproved     = errors.New("approval: request is not approved, or was already claimed")
 	ErrNotExecuting    = errors.New("approval: request is not claimed for execution")
-	ErrUnknownApprover = errors.New("approval: unknown approver")
-	ErrEnrollment      = errors.New("approval: enrollment link is invalid, used or expired")
+	ErrUnknownApprover = ceremony.ErrUnknownApprover
+	ErrEnrollment      = ceremony.ErrEnrollment
 	ErrRecord          = errors.New("approval: audit log append failed")
 	ErrClosed          = errors.New("approval: service closed")
 )
@@ -135,7 +133,7 @@ type Service struct {
 	db     *sql.DB
 	rec    Recorder
 	opts   Options
-	wa     *webauthn.WebAuthn
+	keys   *ceremony.RP  // the WebAuthn relying party: keys, links, ceremonies
 	owner  string        // this process, for the outbox
 	owners *store.Owners // tells the outbox's owners dead or alive (owner.go)
 	alive  func()        // releases the owner's liveness lock
@@ -158,7 +156,7 @@ type Service struct {
 
 	stop  chan struct{}
 	done  chan struct{}
-	swept chan struct{} // closed when the ceremony sweep (visitor.go) ends
+	swept chan struct{} // closed when the ceremony sweep ends
 
 	freezesDone chan struct{} // closed when watchFreezes (freeze.go) ends
 	frozenOnce  sync.Once
@@ -180,20 +178,10 @@ func New(ctx context.Context, db *sql.DB, rec Recorder, opts Options) (*Service,
 	if err := opts.deriveAddresses(); err != nil {
 		return nil, err
 	}
-	wa, err := webauthn.New(&webauthn.Config{
-		RPID:                  opts.RPID,
-		RPDisplayName:         opts.RPName,
-		RPOrigins:             opts.Origins,
-		AttestationPreference: protocol.PreferNoAttestation,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("approval: webauthn: %w", err)
-	}
 	s := &Service{
 		db:        db,
 		rec:       rec,
 		opts:      opts,
-		wa:        wa,
 		owner:     uuid.NewString(),
 		approvers: map[string]Approver{},
 		changed:   make(chan struct{}),
@@ -207,6 +195,18 @@ func New(ctx context.Context, db *sql.DB, rec Recorder, opts Options) (*Service,
 			return nil, errors.New("approval: approver with empty id")
 		}
 		s.approvers[a.ID] = a
+	}
+	s.keys, err = ceremony.New(ctx, db, ceremony.Config{
+		RPID: opts.RPID, RPName: opts.RPName, Origins: opts.Origins,
+		EnrollTTL: opts.EnrollTTL, Now: opts.Now, Logger: opts.Logger,
+		Attestation: opts.Attestation, AttestationRoots: opts.AttestationRoots,
+		Approver: func(id string) (string, bool) {
+			a, ok := s.approvers[id]
+			return a.Name, ok
+		},
+	})
+	if err != nil {
+		return nil, err
 	}
 	if err := s.migrate(ctx); err != nil {
 		return nil, err
@@ -273,7 +273,7 @@ func (s *Service) start(ctx context.Context) {
 	go s.sweepResults(s.stop, s.resultsSwept)
 	go s.expiryLoop()
 	s.swept = make(chan struct{})
-	go s.sweepCeremonies(s.stop, s.swept)
+	go s.keys.Sweep(s.stop, s.swept)
 	s.freezesDone = make(chan struct{})
 	go s.watchFreezes()
 }

@@ -58,11 +58,11 @@ func (s *Service) EnrollURL(token string) string { return s.enrollURL(token) }
 // EnrollmentApprover is the display name of the approver an unused,
 // unexpired enrollment token is for; ErrEnrollment when there is none.
 func (s *Service) EnrollmentApprover(ctx context.Context, token string) (string, error) {
-	e, err := s.enrollment(ctx, token)
+	approver, err := s.keys.LinkApprover(ctx, token)
 	if err != nil {
 		return "", err
 	}
-	return s.approverName(e.approverID), nil
+	return s.approverName(approver), nil
 }
 
 // ValidID reports whether id has the shape of a request or ceremony id the

@@ -2,12 +2,10 @@ package approval
 
 import (
 	"context"
-	"encoding/base64"
 	"errors"
 	"fmt"
-	"time"
 
-	"github.com/google/uuid"
+	"github.com/countersign/countersign/approval/ceremony"
 )
 
 // What a visitor of the approver page sends is untrusted: anyone on the
@@ -22,27 +20,15 @@ import (
 //     server issued, never text from the request;
 //   - begin and finish are rate limited per client address and per request
 //     (by the page, approval/page);
-//   - ceremonies nobody finished are deleted once they expire.
-
-// ceremonySweep is how often expired ceremonies are deleted.
-const ceremonySweep = time.Minute
+//   - ceremonies nobody finished are deleted once they expire (ceremony.RP.Sweep).
 
 // validID reports whether s is a request or ceremony id as the server
 // issues them: a UUID in its canonical 36-character form.
-func validID(s string) bool {
-	if len(s) != 36 {
-		return false
-	}
-	u, err := uuid.Parse(s)
-	return err == nil && u.String() == s
-}
+func validID(s string) bool { return ceremony.ValidID(s) }
 
 // validToken reports whether s is an enrollment token as CreateEnrollment
 // issues them: 32 random bytes, base64url without padding.
-func validToken(s string) bool {
-	b, err := base64.RawURLEncoding.DecodeString(s)
-	return err == nil && len(b) == 32 && b64(b) == s
-}
+func validToken(s string) bool { return ceremony.ValidToken(s) }
 
 // reasons are the words an approval.rejected entry gives for each check.
 // They are written here, not formatted from the error, because a CheckError's
@@ -99,11 +85,11 @@ func (s *Service) claimedCredential(ctx context.Context, rawID []byte) string {
 	if len(rawID) == 0 || len(rawID) > 1023 {
 		return ""
 	}
-	c, err := s.credential(ctx, s.db, rawID)
+	c, err := s.keys.Lookup(ctx, s.db, rawID)
 	if err != nil || c == nil {
 		return ""
 	}
-	return fmt.Sprintf("claimed credential %s (enrolled to %s), not verified", b64(c.id), c.approverID)
+	return fmt.Sprintf("claimed credential %s (enrolled to %s), not verified", b64(c.ID), c.Approver)
 }
 
 // bounded cuts visitor text for the process log (slog quotes it).
@@ -113,32 +99,4 @@ func bounded(s string) string {
 		return s[:n] + "…"
 	}
 	return s
-}
-
-// sweepCeremonies deletes ceremonies past their expiry, finished or not,
-// until the service stops: a begin nobody finishes leaves no row behind for
-// longer than ceremonyTTL plus one sweep.
-func (s *Service) sweepCeremonies(stop <-chan struct{}, done chan<- struct{}) {
-	defer close(done)
-	t := time.NewTicker(ceremonySweep)
-	defer t.Stop()
-	for {
-		select {
-		case <-stop:
-			return
-		case <-t.C:
-			if _, err := s.deleteExpiredCeremonies(context.Background()); err != nil {
-				s.opts.Logger.Warn("approval: ceremony sweep", "err", err)
-			}
-		}
-	}
-}
-
-// deleteExpiredCeremonies removes every ceremony whose expiry has passed.
-func (s *Service) deleteExpiredCeremonies(ctx context.Context) (int64, error) {
-	res, err := s.db.ExecContext(ctx, `DELETE FROM approval_ceremonies WHERE expires_at <= ?`, s.now().UnixNano())
-	if err != nil {
-		return 0, err
-	}
-	return res.RowsAffected()
 }

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/countersign/countersign/approval/approvaltest"
+	"github.com/countersign/countersign/approval/ceremony"
 	"github.com/countersign/countersign/vocab"
 )
 
@@ -31,11 +32,11 @@ func TestExpiredCeremoniesAreSwept(t *testing.T) {
 	if rows < 5 {
 		t.Fatalf("%d ceremony rows after 5 begins", rows)
 	}
-	if n, err := f.svc.deleteExpiredCeremonies(ctx); err != nil || n != 0 {
+	if n, err := f.svc.keys.DeleteExpired(ctx); err != nil || n != 0 {
 		t.Fatalf("sweep before expiry deleted %d: %v", n, err)
 	}
-	clock.Add(ceremonyTTL + time.Second)
-	if n, err := f.svc.deleteExpiredCeremonies(ctx); err != nil || int(n) != rows {
+	clock.Add(ceremony.TTL + time.Second)
+	if n, err := f.svc.keys.DeleteExpired(ctx); err != nil || int(n) != rows {
 		t.Fatalf("sweep deleted %d of %d: %v", n, rows, err)
 	}
 	f.db.QueryRow(`SELECT COUNT(*) FROM approval_ceremonies`).Scan(&rows)
