@@ -48,7 +48,6 @@ package approval
 
 import (
 	"context"
-	"crypto/cipher"
 	"crypto/x509"
 	"database/sql"
 	"errors"
@@ -61,6 +60,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/countersign/countersign/approval/ceremony"
+	"github.com/countersign/countersign/approval/sealed"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/store"
 )
@@ -140,7 +140,7 @@ type Service struct {
 
 	approvers map[string]Approver
 
-	results      cipher.AEAD   // seals kept results (results.go)
+	results      *sealed.Box   // seals kept results (results.go)
 	resultsSwept chan struct{} // closed when the result sweep ends
 
 	flushMu sync.Mutex
@@ -171,7 +171,7 @@ func New(ctx context.Context, db *sql.DB, rec Recorder, opts Options) (*Service,
 		return nil, errors.New("approval: db and recorder are required")
 	}
 	opts.setDefaults()
-	results, err := resultAEAD(opts.ResultKey)
+	results, err := sealed.NewBox(opts.ResultKey)
 	if err != nil {
 		return nil, err
 	}
