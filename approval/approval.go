@@ -60,6 +60,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/countersign/countersign/approval/ceremony"
+	"github.com/countersign/countersign/approval/freeze"
 	"github.com/countersign/countersign/approval/sealed"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/store"
@@ -159,9 +160,7 @@ type Service struct {
 	swept chan struct{} // closed when the ceremony sweep ends
 
 	freezesDone chan struct{} // closed when watchFreezes (freeze.go) ends
-	frozenOnce  sync.Once
-	frozenQ     *sql.Stmt // Frozen's query, prepared once
-	frozenErr   error
+	frozen      *freeze.Reader
 }
 
 // New creates the approval tables if needed and starts the expiry loop, so
@@ -206,6 +205,10 @@ func New(ctx context.Context, db *sql.DB, rec Recorder, opts Options) (*Service,
 		},
 	})
 	if err != nil {
+		return nil, err
+	}
+	s.frozen = freeze.NewReader(db)
+	if err := freeze.Migrate(ctx, db); err != nil {
 		return nil, err
 	}
 	if err := s.migrate(ctx); err != nil {
@@ -293,9 +296,7 @@ func (s *Service) Close() error {
 	s.alive()
 	<-s.swept
 	<-s.freezesDone
-	if s.frozenQ != nil {
-		s.frozenQ.Close()
-	}
+	s.frozen.Close()
 	return nil
 }
 

@@ -116,6 +116,4 @@ var schema = []string{
 	createGrantCeremonies,
 	createGrants,
 	createBatchable,
-	createFreezes,
-	createFreezeChanges,
 }
