@@ -45,7 +45,9 @@ func TestFreezesHoldUntilLifted(t *testing.T) {
 	if !errors.As(err, &fe) || !errors.Is(err, ErrAgentFrozen) || fe.Freeze.By != "cli:ops" {
 		t.Fatalf("second freeze of bot: %v", err)
 	}
-	if err := inTx(func(tx *sql.Tx) error { return Put(ctx, tx, Freeze{Agent: AllAgents, By: "alice", At: at.Add(time.Minute)}) }); err != nil {
+	if err := inTx(func(tx *sql.Tx) error {
+		return Put(ctx, tx, Freeze{Agent: AllAgents, By: "alice", At: at.Add(time.Minute)})
+	}); err != nil {
 		t.Fatal(err)
 	}
 	for agent, by := range map[string]string{"bot": "cli:ops", "other": "alice"} {
