@@ -61,6 +61,7 @@ import (
 
 	"github.com/countersign/countersign/approval/ceremony"
 	"github.com/countersign/countersign/approval/freeze"
+	"github.com/countersign/countersign/approval/grant"
 	"github.com/countersign/countersign/approval/sealed"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/store"
@@ -161,6 +162,7 @@ type Service struct {
 
 	freezesDone chan struct{} // closed when watchFreezes (freeze.go) ends
 	frozen      *freeze.Reader
+	grants      *grant.Store
 }
 
 // New creates the approval tables if needed and starts the expiry loop, so
@@ -205,6 +207,9 @@ func New(ctx context.Context, db *sql.DB, rec Recorder, opts Options) (*Service,
 		},
 	})
 	if err != nil {
+		return nil, err
+	}
+	if s.grants, err = grant.New(ctx, db, s.approverName); err != nil {
 		return nil, err
 	}
 	s.frozen = freeze.NewReader(db)

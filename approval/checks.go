@@ -10,6 +10,7 @@ import (
 	"github.com/go-webauthn/webauthn/webauthn"
 
 	"github.com/countersign/countersign/approval/ceremony"
+	"github.com/countersign/countersign/approval/grant"
 	"github.com/countersign/countersign/digest"
 	"github.com/countersign/countersign/vocab"
 )
@@ -50,7 +51,7 @@ var (
 // verified is an assertion that passed every check.
 type verified struct {
 	*ceremony.Verified
-	grant *grantTerms // the grant this approval creates, if any
+	grant *grant.Terms // the grant this approval creates, if any
 }
 
 // assertionCheck is what an assertion must prove about requests.
@@ -63,7 +64,7 @@ type assertionCheck struct {
 	session  webauthn.SessionData
 	// grant, when the ceremony approves with a grant: the key must have
 	// signed the grant digest over the request's action digest.
-	grant *grantTerms
+	grant *grant.Terms
 }
 
 // verifyAssertion runs every check on one assertion, each with its own
@@ -140,6 +141,6 @@ func (s *Service) challenge(ac assertionCheck) ([32]byte, string, error) {
 	if err != nil || ac.grant == nil {
 		return want, what, err
 	}
-	want, err = ac.grant.digest(want)
+	want, err = ac.grant.Digest(want)
 	return want, what, err
 }

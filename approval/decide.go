@@ -13,6 +13,7 @@ import (
 	"github.com/go-webauthn/webauthn/protocol"
 
 	"github.com/countersign/countersign/approval/ceremony"
+	"github.com/countersign/countersign/approval/grant"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/digest"
 	"github.com/countersign/countersign/vocab"
@@ -72,12 +73,12 @@ func (s *Service) beginDecision(ctx context.Context, requestID string, decision 
 	if err != nil {
 		return nil, err
 	}
-	var terms *grantTerms
+	var terms *grant.Terms
 	if choice != nil {
 		if terms, err = s.chooseGrant(ctx, r, *choice); err != nil {
 			return nil, err
 		}
-		if challenge, err = terms.digest(challenge); err != nil {
+		if challenge, err = terms.Digest(challenge); err != nil {
 			return nil, err
 		}
 	}
@@ -86,7 +87,7 @@ func (s *Service) beginDecision(ctx context.Context, requestID string, decision 
 		return nil, err
 	}
 	if terms != nil {
-		if err := s.storeGrantCeremony(ctx, id, terms); err != nil {
+		if err := s.grants.PutCeremony(ctx, id, terms); err != nil {
 			return nil, err
 		}
 	}
@@ -131,9 +132,9 @@ func (s *Service) FinishDecision(ctx context.Context, requestID, ceremonyID stri
 	}
 	decision, session, err := s.keys.Take(ctx, ceremonyID, "decision", requestID)
 	var p *protocol.ParsedCredentialAssertionData
-	var grant *grantTerms
+	var terms *grant.Terms
 	if err == nil {
-		grant, err = s.grantCeremony(ctx, ceremonyID)
+		terms, err = s.grants.Ceremony(ctx, ceremonyID)
 	}
 	if err == nil {
 		p, err = ceremony.ParseAssertion(response)
@@ -144,7 +145,7 @@ func (s *Service) FinishDecision(ctx context.Context, requestID, ceremonyID stri
 		r, err = s.load(ctx, s.db, requestID)
 	}
 	if err == nil {
-		v, err = s.verifyAssertion(ctx, assertionCheck{req: r, decision: decision, session: session, grant: grant}, p)
+		v, err = s.verifyAssertion(ctx, assertionCheck{req: r, decision: decision, session: session, grant: terms}, p)
 	}
 	if err == nil {
 		err = s.commitDecision(ctx, r, decision, v)

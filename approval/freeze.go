@@ -4,10 +4,12 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
 	"github.com/countersign/countersign/approval/freeze"
+	"github.com/countersign/countersign/approval/grant"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/authzdetails"
 	"github.com/countersign/countersign/vocab"
@@ -193,19 +195,17 @@ func (s *Service) stopAgent(ctx context.Context, tx *sql.Tx, f Freeze) (*Stopped
 		}
 		out.Cancelled = append(out.Cancelled, id)
 	}
-	grants, err := s.queryGrants(ctx, tx, `(g.agent = ? OR ? = '*') AND g.revoked_at = 0 AND g.used < g.max_calls AND g.expires_at > ?
+	grants, err := s.grants.Query(ctx, tx, `(g.agent = ? OR ? = '*') AND g.revoked_at = 0 AND g.used < g.max_calls AND g.expires_at > ?
 		AND NOT EXISTS (SELECT 1 FROM approval_outbox o WHERE o.request_id = g.request_id AND o.owner <> ?) ORDER BY g.created_at`,
 		f.Agent, f.Agent, now.Unix(), s.owner)
 	if err != nil {
 		return nil, err
 	}
 	for _, g := range grants {
-		res, err := tx.ExecContext(ctx, `UPDATE approval_grants SET revoked_at = ?, revoked_by = ? WHERE id = ? AND revoked_at = 0`, now.UnixNano(), f.By, g.ID)
-		if err != nil {
-			return nil, err
-		}
-		if n, _ := res.RowsAffected(); n != 1 {
+		if err := grant.Revoke(ctx, tx, g.ID, f.By, now); errors.Is(err, grant.ErrRevoked) {
 			continue
+		} else if err != nil {
+			return nil, err
 		}
 		// As RevokeGrant: queued under no request, its grant_seq filled
 		// in when appended if the approval is not logged yet.

@@ -112,8 +112,5 @@ var schema = []string{
 	createReconciled,
 	createReconciledCalls,
 	createNotified,
-	createGrantOffers,
-	createGrantCeremonies,
-	createGrants,
 	createBatchable,
 }
