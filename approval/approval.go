@@ -62,6 +62,7 @@ import (
 	"github.com/countersign/countersign/approval/ceremony"
 	"github.com/countersign/countersign/approval/freeze"
 	"github.com/countersign/countersign/approval/grant"
+	"github.com/countersign/countersign/approval/reconcile"
 	"github.com/countersign/countersign/approval/sealed"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/store"
@@ -197,30 +198,41 @@ func New(ctx context.Context, db *sql.DB, rec Recorder, opts Options) (*Service,
 		}
 		s.approvers[a.ID] = a
 	}
-	s.keys, err = ceremony.New(ctx, db, ceremony.Config{
-		RPID: opts.RPID, RPName: opts.RPName, Origins: opts.Origins,
-		EnrollTTL: opts.EnrollTTL, Now: opts.Now, Logger: opts.Logger,
-		Attestation: opts.Attestation, AttestationRoots: opts.AttestationRoots,
+	if err := s.openParts(ctx); err != nil {
+		return nil, err
+	}
+	s.start(ctx)
+	return s, nil
+}
+
+// openParts opens the packages that keep the service's other tables (the
+// WebAuthn relying party, grants, freezes, findings), creating every
+// table if needed.
+func (s *Service) openParts(ctx context.Context) (err error) {
+	o := s.opts
+	s.keys, err = ceremony.New(ctx, s.db, ceremony.Config{
+		RPID: o.RPID, RPName: o.RPName, Origins: o.Origins,
+		EnrollTTL: o.EnrollTTL, Now: o.Now, Logger: o.Logger,
+		Attestation: o.Attestation, AttestationRoots: o.AttestationRoots,
 		Approver: func(id string) (string, bool) {
 			a, ok := s.approvers[id]
 			return a.Name, ok
 		},
 	})
 	if err != nil {
-		return nil, err
+		return err
 	}
-	if s.grants, err = grant.New(ctx, db, s.approverName); err != nil {
-		return nil, err
+	if s.grants, err = grant.New(ctx, s.db, s.approverName); err != nil {
+		return err
 	}
-	s.frozen = freeze.NewReader(db)
-	if err := freeze.Migrate(ctx, db); err != nil {
-		return nil, err
-	}
+	s.frozen = freeze.NewReader(s.db)
 	if err := s.migrate(ctx); err != nil {
-		return nil, err
+		return err
 	}
-	s.start(ctx)
-	return s, nil
+	if err := freeze.Migrate(ctx, s.db); err != nil {
+		return err
+	}
+	return reconcile.Migrate(ctx, s.db)
 }
 
 // setDefaults gives zero options their defaults.

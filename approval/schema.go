@@ -109,8 +109,6 @@ var schema = []string{
 	)`,
 	createVoteAssertions,
 	createResultIndex,
-	createReconciled,
-	createReconciledCalls,
 	createNotified,
 	createBatchable,
 }
