@@ -37,8 +37,8 @@ import (
 
 // Batch refusals, besides the checks of decide.go.
 var (
-	ErrNotBatchable = &CheckError{Check: "not_batchable"} // request is critical or its tool not batchable
-	ErrBatchSize    = &CheckError{Check: "batch_size"}    // empty, repeated or over Options.MaxBatch
+	ErrNotBatchable = &CheckError{Check: "not_batchable", Words: "a request of the batch may not be approved in a batch"}            // request is critical or its tool not batchable
+	ErrBatchSize    = &CheckError{Check: "batch_size", Words: "the batch is empty, repeats a request or is over approval.max_batch"} // empty, repeated or over Options.MaxBatch
 )
 
 // DefaultMaxBatch is Options.MaxBatch when it is 0.

@@ -29,12 +29,12 @@ func failf(base *CheckError, format string, args ...any) *CheckError {
 var (
 	ErrCeremony             = ceremony.ErrCeremony
 	ErrMalformed            = ceremony.ErrMalformed
-	ErrNotPending           = &CheckError{Check: "not_pending"} // request already decided
-	ErrExpired              = &CheckError{Check: "expired"}     // request past expires_at
+	ErrNotPending           = &CheckError{Check: "not_pending", Words: "the request is no longer pending"} // request already decided
+	ErrExpired              = &CheckError{Check: "expired", Words: "the request has expired"}              // request past expires_at
 	ErrUnknownCredential    = ceremony.ErrUnknownCredential
 	ErrRevokedCredential    = ceremony.ErrRevokedCredential
 	ErrApproverNotAllowed   = ceremony.ErrApproverNotAllowed
-	ErrAlreadyCounted       = &CheckError{Check: "already_counted"} // approver already counted towards quorum
+	ErrAlreadyCounted       = &CheckError{Check: "already_counted", Words: "the credential's approver was already counted"} // approver already counted towards quorum
 	ErrCredentialNotOffered = ceremony.ErrCredentialNotOffered
 	ErrCeremonyType         = ceremony.ErrCeremonyType
 	ErrChallenge            = ceremony.ErrChallenge
@@ -45,7 +45,7 @@ var (
 	ErrUserVerification     = ceremony.ErrUserVerification
 	ErrSignature            = ceremony.ErrSignature
 	ErrCounter              = ceremony.ErrCounter
-	ErrNoCredentials        = &CheckError{Check: "no_credentials"} // nobody left who could sign
+	ErrNoCredentials        = &CheckError{Check: "no_credentials", Words: "nobody allowed has an enrolled key"} // nobody left who could sign
 )
 
 // verified is an assertion that passed every check.

@@ -314,9 +314,9 @@ func (s *Service) recordRejected(ctx context.Context, requestID string, decision
 	}
 	var claimed string
 	if p != nil {
-		claimed = s.claimedCredential(ctx, p.RawID)
+		claimed = s.keys.Claimed(ctx, p.RawID)
 	}
-	e := s.requestEntry(r, vocab.KindApprovalRejected, rejectedReason(cause, claimed))
+	e := s.requestEntry(r, vocab.KindApprovalRejected, ceremony.Reason(cause, claimed))
 	e.Decision = string(decision)
 	e.RPID = s.opts.RPID
 	return s.record(ctx, e)

@@ -71,7 +71,7 @@ func (s *Service) FinishEnrollment(ctx context.Context, token, ceremonyID string
 		if errors.As(err, &ce) {
 			// Fixed words and the link's approver (from our table, not
 			// the visitor); no approver member: no key was verified.
-			reason := "enrollment: " + rejectedReason(err, "")
+			reason := "enrollment: " + ceremony.Reason(err, "")
 			if approver, lerr := s.keys.LinkApprover(ctx, token); lerr == nil {
 				reason += "; link of " + approver
 			}

@@ -7,60 +7,12 @@ import (
 	"database/sql"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"slices"
 
 	"github.com/go-webauthn/webauthn/protocol"
 	"github.com/go-webauthn/webauthn/webauthn"
 
 	"github.com/countersign/countersign/vocab"
-)
-
-// CheckError names the check that refused an assertion or a ceremony. The
-// approval.rejected audit entry's reason is its Error text, which starts
-// with the check name. Test with errors.Is against the Err* values below.
-type CheckError struct {
-	Check  string
-	Detail string
-}
-
-func (e *CheckError) Error() string {
-	if e.Detail == "" {
-		return e.Check
-	}
-	return e.Check + ": " + e.Detail
-}
-
-// Is matches any CheckError with the same Check.
-func (e *CheckError) Is(target error) bool {
-	t, ok := target.(*CheckError)
-	return ok && t.Check == e.Check
-}
-
-// Failf is base with a detail.
-func Failf(base *CheckError, format string, args ...any) *CheckError {
-	return &CheckError{Check: base.Check, Detail: fmt.Sprintf(format, args...)}
-}
-
-// The checks of keys and ceremonies. Package approval adds those about
-// the request (not_pending, expired, already_counted, ...) and says the
-// order they all run in.
-var (
-	ErrCeremony             = &CheckError{Check: "ceremony"}               // unknown, used, expired or foreign ceremony
-	ErrMalformed            = &CheckError{Check: "malformed"}              // the response does not parse
-	ErrUnknownCredential    = &CheckError{Check: "unknown_credential"}     // key not enrolled
-	ErrRevokedCredential    = &CheckError{Check: "revoked_credential"}     // key revoked
-	ErrApproverNotAllowed   = &CheckError{Check: "approver_not_allowed"}   // key's approver not allowed for this request
-	ErrCredentialNotOffered = &CheckError{Check: "credential_not_offered"} // key not in the ceremony's allowCredentials
-	ErrCeremonyType         = &CheckError{Check: "type"}                   // clientData.type is not webauthn.get
-	ErrChallenge            = &CheckError{Check: "challenge"}              // signed digest is not this (request, decision)
-	ErrReplay               = &CheckError{Check: "replay"}                 // this exact assertion was used before
-	ErrOrigin               = &CheckError{Check: "origin"}                 // origin not configured
-	ErrRPID                 = &CheckError{Check: "rp_id"}                  // rpIdHash is not our RP ID
-	ErrUserPresence         = &CheckError{Check: "user_presence"}          // UP flag not set
-	ErrUserVerification     = &CheckError{Check: "user_verification"}      // UV required and not set
-	ErrSignature            = &CheckError{Check: "signature"}              // go-webauthn refused it (signature and the rest)
-	ErrCounter              = &CheckError{Check: "counter"}                // sign counter did not increase
 )
 
 // Verified is an assertion that passed every check.

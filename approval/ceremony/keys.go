@@ -229,3 +229,19 @@ func (rp *RP) use(ctx context.Context, q Execer, k *Key, updated *webauthn.Crede
 	}
 	return nil
 }
+
+// Claimed describes the key an unverified response named, in ids the
+// server issued: only an enrolled key is named, with the approver it is
+// enrolled to, as a claim. An approval.rejected entry never attributes the
+// attempt to that approver: the signature did not verify, so anyone could
+// have sent it.
+func (rp *RP) Claimed(ctx context.Context, rawID []byte) string {
+	if len(rawID) == 0 || len(rawID) > 1023 {
+		return ""
+	}
+	c, err := rp.Lookup(ctx, rp.db, rawID)
+	if err != nil || c == nil {
+		return ""
+	}
+	return fmt.Sprintf("claimed credential %s (enrolled to %s), not verified", B64(c.ID), c.Approver)
+}
