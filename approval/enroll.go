@@ -3,17 +3,13 @@ package approval
 import (
 	"context"
 	"database/sql"
-	"errors"
-	"fmt"
-	"time"
 
 	"github.com/countersign/countersign/approval/ceremony"
 	"github.com/countersign/countersign/audit"
-	"github.com/countersign/countersign/vocab"
 )
 
-// Enrollment links and their ceremonies are package ceremony's; this file
-// records them.
+// Enrollment links, their ceremonies and revocation are package
+// ceremony's; it records them through this service's outbox.
 
 // EnrollmentOptions is the next WebAuthn step of an enrollment: "get" (an
 // existing key vouches for the new one) or "create" (register the new key).
@@ -22,32 +18,24 @@ type EnrollmentOptions = ceremony.EnrollmentOptions
 // EnrollmentResult says what FinishEnrollment did.
 type EnrollmentResult = ceremony.EnrollmentResult
 
+// keyOutbox is this service's outbox as package ceremony uses it.
+type keyOutbox struct{ s *Service }
+
+func (o keyOutbox) InTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
+	return o.s.inTx(ctx, fn)
+}
+func (o keyOutbox) Enqueue(ctx context.Context, tx *sql.Tx, e audit.Entry) error {
+	return o.s.enqueue(ctx, tx, "", e)
+}
+func (o keyOutbox) Flush(ctx context.Context) error                 { return o.s.flush(ctx, false) }
+func (o keyOutbox) Record(ctx context.Context, e audit.Entry) error { return o.s.record(ctx, e) }
+
 // CreateEnrollment issues a one-time enrollment link for an approver:
 // single use, valid for EnrollTTL, bound to that approver. Recorded as
 // enrollment.created.
 func (s *Service) CreateEnrollment(ctx context.Context, approverID string) (string, error) {
-	if _, ok := s.approvers[approverID]; !ok {
-		return "", fmt.Errorf("%w %q (not in config)", ErrUnknownApprover, approverID)
-	}
-	var token string
-	err := s.inTx(ctx, func(tx *sql.Tx) error {
-		t, expires, err := s.keys.AddLink(ctx, tx, approverID)
-		if err != nil {
-			return err
-		}
-		token = t
-		return s.enqueue(ctx, tx, "", audit.Entry{
-			Kind:      vocab.KindEnrollmentCreated,
-			Approver:  approverID,
-			ExpiresAt: expires.UTC().Format(time.RFC3339),
-			Reason:    "one-time enrollment link issued",
-		})
-	})
+	token, err := s.keys.CreateEnrollment(ctx, keyOutbox{s}, approverID)
 	if err != nil {
-		return "", fmt.Errorf("approval: create enrollment: %w", err)
-	}
-	if err := s.flush(ctx, false); err != nil {
-		s.keys.SpoilLink(ctx, token)
 		return "", err
 	}
 	return s.enrollURL(token), nil
@@ -62,60 +50,19 @@ func (s *Service) BeginEnrollment(ctx context.Context, token string) (*Enrollmen
 // approval.rejected; a registered key as approver.enrolled with its COSE
 // public key.
 func (s *Service) FinishEnrollment(ctx context.Context, token, ceremonyID string, response []byte) (*EnrollmentResult, error) {
-	res, reg, err := s.keys.FinishEnrollment(ctx, token, ceremonyID, response)
-	if err == nil && reg != nil {
-		err = s.recordEnrolled(ctx, reg)
+	res, err := s.keys.Enroll(ctx, keyOutbox{s}, token, ceremonyID, response)
+	if err == nil {
+		s.notify()
 	}
-	if err != nil {
-		var ce *CheckError
-		if errors.As(err, &ce) {
-			// Fixed words and the link's approver (from our table, not
-			// the visitor); no approver member: no key was verified.
-			reason := "enrollment: " + ceremony.Reason(err, "")
-			if approver, lerr := s.keys.LinkApprover(ctx, token); lerr == nil {
-				reason += "; link of " + approver
-			}
-			e := audit.Entry{Kind: vocab.KindApprovalRejected, Reason: reason, RPID: s.opts.RPID}
-			if rerr := s.record(ctx, e); rerr != nil {
-				return nil, errors.Join(err, rerr)
-			}
-		}
-		return nil, err
-	}
-	s.notify()
-	return res, nil
+	return res, err
 }
 
-// recordEnrolled uses up the link, stores the key and records
-// approver.enrolled in one transaction.
-func (s *Service) recordEnrolled(ctx context.Context, reg *ceremony.Registration) error {
-	vouch := ""
-	if reg.VouchedBy != "" {
-		vouch = "; vouched for by key " + reg.VouchedBy
-	}
-	err := s.inTx(ctx, func(tx *sql.Tx) error {
-		if err := s.keys.StoreKey(ctx, tx, reg); err != nil {
-			return err
-		}
-		return s.enqueue(ctx, tx, "", audit.Entry{
-			Kind:         vocab.KindApproverEnrolled,
-			Approver:     reg.Approver,
-			CredentialID: reg.CredentialID,
-			PublicKey:    reg.PublicKey,
-			// What the key attested, so an auditor holding the roots
-			// can check it offline (audit verify --attestation-roots).
-			AttestationObject: reg.AttestationObject,
-			ClientDataJSON:    reg.ClientDataJSON,
-			Origin:            reg.Origin,
-			RPID:              s.opts.RPID,
-			UserVerified:      reg.UserVerified,
-			Reason:            fmt.Sprintf("key %d of %s; attestation %s%s", reg.Number, reg.Approver, reg.Format, vouch),
-		})
-	})
-	if err != nil {
-		return err
-	}
-	return s.flush(ctx, false)
+// RevokeCredential revokes a key (by its base64url id); it can no longer
+// approve, deny or vouch for a new key. Recorded as credential.revoked.
+func (s *Service) RevokeCredential(ctx context.Context, credentialID, reason string) error {
+	err := s.keys.RevokeAndRecord(ctx, keyOutbox{s}, credentialID, reason)
+	s.notify()
+	return err
 }
 
 // enrollURL is the one-time link of an enrollment token on the public URL.
