@@ -64,6 +64,7 @@ import (
 	"github.com/countersign/countersign/approval/grant"
 	"github.com/countersign/countersign/approval/reconcile"
 	"github.com/countersign/countersign/approval/sealed"
+	"github.com/countersign/countersign/approval/watch"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/store"
 )
@@ -148,14 +149,9 @@ type Service struct {
 
 	flushMu sync.Mutex
 
-	mu      sync.Mutex
-	changed chan struct{} // closed and replaced on every change
-	// watched holds, per request, a channel closed at its next change:
-	// thousands of waiters must not all wake (and re-read) whenever any
-	// one request changes.
-	watched map[string]chan struct{}
-	hooks   []func(id string) // OnChange
-	closed  bool
+	watch  *watch.Hub // wakes waiters when a request changes
+	mu     sync.Mutex
+	closed bool
 
 	stop  chan struct{}
 	done  chan struct{}
@@ -186,8 +182,7 @@ func New(ctx context.Context, db *sql.DB, rec Recorder, opts Options) (*Service,
 		opts:      opts,
 		owner:     uuid.NewString(),
 		approvers: map[string]Approver{},
-		changed:   make(chan struct{}),
-		watched:   map[string]chan struct{}{},
+		watch:     watch.New(),
 		stop:      make(chan struct{}),
 		done:      make(chan struct{}),
 		results:   results,
@@ -318,6 +313,16 @@ func (s *Service) Close() error {
 }
 
 func (s *Service) now() time.Time { return s.opts.Now() }
+
+// notify wakes the waiters on the requests ids, or, given no ids, every
+// waiter.
+func (s *Service) notify(ids ...string) { s.watch.Notify(ids...) }
+
+// OnChange registers fn to be told, after each change, which request
+// changed, or "" for a change that may concern any. It lets one watcher
+// follow thousands of requests without a goroutine each. fn runs on the
+// changing goroutine and must not block.
+func (s *Service) OnChange(fn func(id string)) { s.watch.OnChange(fn) }
 
 // approverName is the configured display name, or the id.
 func (s *Service) approverName(id string) string {

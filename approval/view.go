@@ -32,7 +32,7 @@ func (s *Service) History(ctx context.Context, limit int) ([]*Request, error) {
 
 // Changes returns a channel closed at the next change of any request,
 // credential, grant or freeze: the page's event stream re-reads then.
-func (s *Service) Changes() <-chan struct{} { return s.changes() }
+func (s *Service) Changes() <-chan struct{} { return s.watch.Any() }
 
 // Done is closed when the service closes.
 func (s *Service) Done() <-chan struct{} { return s.stop }
