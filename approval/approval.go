@@ -1,7 +1,12 @@
 // Package approval is the human countersignature: CIBA-style approval
-// requests, WebAuthn enrollment and assertions, decisions and their outbox
-// to the audit log. The web page through which people answer them is
-// package approval/page, which works over this package's exported methods.
+// requests, their states and decisions, and the outbox that writes every
+// step to the audit log. What surrounds them has a package each:
+// approval/ceremony (the WebAuthn relying party: keys, enrollment links,
+// the checks an assertion must pass), approval/grant (standing grants),
+// approval/freeze (the kill switch's record), approval/reconcile (findings
+// about interrupted calls), approval/sealed (results sealed at rest),
+// approval/watch (waking waiters), and approval/page, the web page through
+// which people answer requests, over this package's exported methods.
 //
 // A request moves through these states, each move one SQL transaction that
 // checks the state it starts from, so two concurrent decisions cannot both
@@ -22,28 +27,6 @@
 // log; an approval does not count (Wait does not report it, BeginExecution
 // refuses it) until its entries are in the log. If the log cannot be
 // appended to, the step fails.
-//
-// Enrollment: the first key of an approver comes from a one-time link that an
-// admin creates (`countersign approvers enroll ID`). Further keys also need a
-// link, and the link's page first asks for an assertion from one of the
-// approver's existing, unrevoked keys before it registers the new one. So a
-// leaked link alone never adds a key to an approver who already has one.
-//
-// authorization_details shapes rendered specially (RFC 9396 objects; other
-// types fall back to a generic rendering of their fields):
-//
-//	{"type":"payment_initiation","instructedAmount":{"currency":"USD","amount":"500000.00"},
-//	 "creditorName":"Vendor X","debtorAccount":{"id":"operating"},"newCounterparty":true,
-//	 "remittanceInformationUnstructured":"inv 42","idempotencyKey":"pay-1"}
-//	{"type":"deployment","service":"api","version":"1.4.2","environment":"production"}
-//	{"type":"secret_access","name":"prod-db-password","classification":"restricted"}
-//	{"type":"mcp_tool_call","server":"files","tool":"write_file","arguments":{"path":"/srv/a.txt","mode":420}}
-//
-// ("counterpartyKnown": false is accepted as well as "newCounterparty": true.)
-//
-// Every value is shown whole; a request whose display would exceed
-// authzdetails.MaxShownValues, MaxShownChars or MaxShownBytes is refused
-// (*authzdetails.ShowLimitError). The rendering itself is authzdetails'.
 package approval
 
 import (
@@ -101,7 +84,7 @@ type Options struct {
 	// queue and return, never deliver. See approval/notify.go.
 	Notify func(event string, r *Request)
 
-	// RequireSignIn gates the page behind a WebAuthn sign-in (approval/page/signin.go; the ceremony is in signin.go);
+	// RequireSignIn gates the page behind a WebAuthn sign-in (approval/page/signin.go; the ceremony is approval/ceremony/signin.go);
 	// for a page reachable beyond loopback. SessionTTL: default 15m.
 	RequireSignIn bool
 	SessionTTL    time.Duration

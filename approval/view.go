@@ -8,7 +8,7 @@ import (
 // What the approver page (its own package, approval/page) reads of the
 // service beyond the ceremonies: lists, links, limits and wake-ups. Each
 // is a read; everything that changes state is a method with its own
-// checks (decide.go, enroll.go, grant.go, freeze.go, batch.go, signin.go).
+// checks (decide.go, enroll.go, grant.go, freeze.go, batch.go, keys.go).
 
 // Options returns the options the service runs with, defaults filled in:
 // the page takes its origins, hosts, body limit, sign-in and logger from

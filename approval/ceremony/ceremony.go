@@ -12,6 +12,12 @@
 //
 // Every ceremony is single use: the first attempt to finish it uses it up,
 // whatever the outcome. A refusal is a *CheckError that names the check.
+//
+// Enrollment: the first key of an approver comes from a one-time link that an
+// admin creates (`countersign approvers enroll ID`). Further keys also need a
+// link, and the link's page first asks for an assertion from one of the
+// approver's existing, unrevoked keys before it registers the new one. So a
+// leaked link alone never adds a key to an approver who already has one.
 package ceremony
 
 import (
