@@ -2,10 +2,8 @@ package approval
 
 import (
 	"context"
-	"database/sql"
 
 	"github.com/countersign/countersign/approval/ceremony"
-	"github.com/countersign/countersign/audit"
 )
 
 // Enrollment links, their ceremonies and revocation are package
@@ -18,23 +16,11 @@ type EnrollmentOptions = ceremony.EnrollmentOptions
 // EnrollmentResult says what FinishEnrollment did.
 type EnrollmentResult = ceremony.EnrollmentResult
 
-// keyOutbox is this service's outbox as package ceremony uses it.
-type keyOutbox struct{ s *Service }
-
-func (o keyOutbox) InTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
-	return o.s.inTx(ctx, fn)
-}
-func (o keyOutbox) Enqueue(ctx context.Context, tx *sql.Tx, e audit.Entry) error {
-	return o.s.enqueue(ctx, tx, "", e)
-}
-func (o keyOutbox) Flush(ctx context.Context) error                 { return o.s.flush(ctx, false) }
-func (o keyOutbox) Record(ctx context.Context, e audit.Entry) error { return o.s.record(ctx, e) }
-
 // CreateEnrollment issues a one-time enrollment link for an approver:
 // single use, valid for EnrollTTL, bound to that approver. Recorded as
 // enrollment.created.
 func (s *Service) CreateEnrollment(ctx context.Context, approverID string) (string, error) {
-	token, err := s.keys.CreateEnrollment(ctx, keyOutbox{s}, approverID)
+	token, err := s.keys.CreateEnrollment(ctx, outboxPort{s}, approverID)
 	if err != nil {
 		return "", err
 	}
@@ -50,7 +36,7 @@ func (s *Service) BeginEnrollment(ctx context.Context, token string) (*Enrollmen
 // approval.rejected; a registered key as approver.enrolled with its COSE
 // public key.
 func (s *Service) FinishEnrollment(ctx context.Context, token, ceremonyID string, response []byte) (*EnrollmentResult, error) {
-	res, err := s.keys.Enroll(ctx, keyOutbox{s}, token, ceremonyID, response)
+	res, err := s.keys.Enroll(ctx, outboxPort{s}, token, ceremonyID, response)
 	if err == nil {
 		s.notify()
 	}
@@ -60,7 +46,7 @@ func (s *Service) FinishEnrollment(ctx context.Context, token, ceremonyID string
 // RevokeCredential revokes a key (by its base64url id); it can no longer
 // approve, deny or vouch for a new key. Recorded as credential.revoked.
 func (s *Service) RevokeCredential(ctx context.Context, credentialID, reason string) error {
-	err := s.keys.RevokeAndRecord(ctx, keyOutbox{s}, credentialID, reason)
+	err := s.keys.RevokeAndRecord(ctx, outboxPort{s}, credentialID, reason)
 	s.notify()
 	return err
 }

@@ -347,24 +347,5 @@ func (s *Service) failFrozen(ctx context.Context, id string, f *Freeze) error {
 // or with grants in force; the freeze of every agent comes first, as
 // AllAgents.
 func (s *Service) Agents(ctx context.Context) ([]AgentView, error) {
-	names, err := column(ctx, s.db, `SELECT agent FROM agent_freezes
-		UNION SELECT agent FROM approval_requests WHERE state = 'pending'
-		UNION SELECT agent FROM approval_grants WHERE revoked_at = 0 AND used < max_calls AND expires_at > ?
-		ORDER BY 1`, s.now().Unix())
-	if err != nil {
-		return nil, err
-	}
-	out := []AgentView{}
-	for _, n := range names {
-		f, err := frozenIn(ctx, s.db, n)
-		if err != nil {
-			return nil, err
-		}
-		a := AgentView{Name: n}
-		if f != nil { // its own freeze, or that of every agent
-			a.Frozen = f.View()
-		}
-		out = append(out, a)
-	}
-	return out, nil
+	return freeze.Agents(ctx, s.db, s.now())
 }

@@ -82,15 +82,8 @@ func (s *Service) Unreconciled(ctx context.Context) ([]*Request, error) {
 		ORDER BY decided_at, id`, vocab.StateInterrupted)
 }
 
-// callLog is the part of *audit.Log that reconciling a call without a
-// request reads: the call's own entry, and the interrupted calls.
-type callLog interface {
-	Since(ctx context.Context, seq int64, limit int) ([]audit.Entry, error)
-	Interrupted(ctx context.Context) ([]audit.Entry, error)
-}
-
-func (s *Service) callLog() (callLog, error) {
-	l, ok := s.rec.(callLog)
+func (s *Service) callLog() (reconcile.Log, error) {
+	l, ok := s.rec.(reconcile.Log)
 	if !ok {
 		return nil, errors.New("approval: the audit log cannot be read, so interrupted calls cannot be found")
 	}
@@ -112,45 +105,24 @@ func (s *Service) ReconcileCall(ctx context.Context, seq int64, f Finding) (audi
 	if err != nil {
 		return audit.Entry{}, err
 	}
-	var es []audit.Entry
-	if seq > 0 {
-		if es, err = l.Since(ctx, seq-1, 1); err != nil {
-			return audit.Entry{}, err
-		}
-	}
-	if len(es) == 0 || es[0].Seq != seq {
+	call, err := reconcile.Interrupted(ctx, l, seq)
+	switch {
+	case errors.Is(err, reconcile.ErrNoEntry):
 		return audit.Entry{}, fmt.Errorf("%w: the audit log has no entry #%d", ErrNotFound, seq)
+	case err != nil:
+		return audit.Entry{}, err
+	case call.RequestID == "":
+		return reconcile.RecordCall(ctx, outboxPort{s}, call, f, s.now())
 	}
-	call := es[0]
-	if call.Kind != vocab.KindCallInterrupted {
-		return audit.Entry{}, fmt.Errorf("%w (#%d is %s)", ErrNotInterrupted, seq, call.Kind)
+	r, err := s.Reconcile(ctx, call.RequestID, f)
+	if errors.Is(err, ErrNotFound) {
+		// Not "no such entry": the entry is there, its request is not.
+		return audit.Entry{}, fmt.Errorf("approval: #%d is the call of request %s, which this database does not hold", seq, call.RequestID)
 	}
-	if call.RequestID != "" {
-		r, err := s.Reconcile(ctx, call.RequestID, f)
-		if errors.Is(err, ErrNotFound) {
-			// Not "no such entry": the entry is there, its request is not.
-			return audit.Entry{}, fmt.Errorf("approval: #%d is the call of request %s, which this database does not hold", seq, call.RequestID)
-		}
-		if err != nil {
-			return audit.Entry{}, err
-		}
-		return audit.Entry{Kind: vocab.KindCallReconciled, RequestID: r.ID, Agent: r.Agent, Tool: r.Tool, Reason: f.String()}, nil
-	}
-	rec := audit.Entry{Kind: vocab.KindCallReconciled, Agent: call.Agent, Tool: call.Tool, ArgsSHA256: call.ArgsSHA256,
-		Reason: f.String(), InterruptedSeq: seq}
-	err = s.inTx(ctx, func(tx *sql.Tx) error {
-		if err := reconcile.PutCall(ctx, tx, seq, f, s.now()); err != nil {
-			return err
-		}
-		return s.enqueue(ctx, tx, "", rec)
-	})
 	if err != nil {
 		return audit.Entry{}, err
 	}
-	if err := s.flush(ctx, false); err != nil {
-		return audit.Entry{}, err
-	}
-	return rec, nil
+	return audit.Entry{Kind: vocab.KindCallReconciled, RequestID: r.ID, Agent: r.Agent, Tool: r.Tool, Reason: f.String()}, nil
 }
 
 // UnreconciledCalls returns, oldest first, the call.interrupted entries
@@ -161,19 +133,5 @@ func (s *Service) UnreconciledCalls(ctx context.Context) ([]audit.Entry, error) 
 	if err != nil {
 		return nil, err
 	}
-	es, err := l.Interrupted(ctx)
-	if err != nil {
-		return nil, err
-	}
-	done, err := reconcile.Calls(ctx, s.db)
-	if err != nil {
-		return nil, err
-	}
-	out := es[:0]
-	for _, e := range es {
-		if e.RequestID == "" && !done[e.Seq] {
-			out = append(out, e)
-		}
-	}
-	return out, nil
+	return reconcile.UnreconciledCalls(ctx, s.db, l)
 }

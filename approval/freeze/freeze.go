@@ -237,3 +237,42 @@ type AgentView struct {
 func (f *Freeze) View() *View {
 	return &View{Agent: f.Agent, FrozenBy: f.By, FrozenAt: f.At, Reason: f.Reason}
 }
+
+// Agents lists the agents the page shows: frozen, with pending requests,
+// or with grants in force at now (read from approval's and grant's
+// tables); the freeze of every agent comes first, as AllAgents.
+func Agents(ctx context.Context, db *sql.DB, now time.Time) ([]AgentView, error) {
+	rows, err := db.QueryContext(ctx, `SELECT agent FROM agent_freezes
+		UNION SELECT agent FROM approval_requests WHERE state = 'pending'
+		UNION SELECT agent FROM approval_grants WHERE revoked_at = 0 AND used < max_calls AND expires_at > ?
+		ORDER BY 1`, now.Unix())
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for rows.Next() {
+		var n string
+		if err := rows.Scan(&n); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		names = append(names, n)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	out := []AgentView{}
+	for _, n := range names {
+		f, err := In(ctx, db, n)
+		if err != nil {
+			return nil, err
+		}
+		a := AgentView{Name: n}
+		if f != nil { // its own freeze, or that of every agent
+			a.Frozen = f.View()
+		}
+		out = append(out, a)
+	}
+	return out, nil
+}

@@ -20,7 +20,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/authzdetails"
+	"github.com/countersign/countersign/vocab"
 )
 
 // Errors of findings.
@@ -115,9 +117,9 @@ func PutCall(ctx context.Context, tx *sql.Tx, seq int64, f Finding, now time.Tim
 	return nil
 }
 
-// Calls returns the seqs of the call.interrupted entries that have a
+// calls returns the seqs of the call.interrupted entries that have a
 // finding.
-func Calls(ctx context.Context, db *sql.DB) (map[int64]bool, error) {
+func calls(ctx context.Context, db *sql.DB) (map[int64]bool, error) {
 	rows, err := db.QueryContext(ctx, `SELECT interrupted_seq FROM approval_reconciled_calls`)
 	if err != nil {
 		return nil, err
@@ -132,4 +134,83 @@ func Calls(ctx context.Context, db *sql.DB) (map[int64]bool, error) {
 		done[seq] = true
 	}
 	return done, rows.Err()
+}
+
+// Log is the part of *audit.Log that reconciling a call without a request
+// reads: the call's own entry, and the interrupted calls.
+type Log interface {
+	Since(ctx context.Context, seq int64, limit int) ([]audit.Entry, error)
+	Interrupted(ctx context.Context) ([]audit.Entry, error)
+}
+
+// Outbox is where a finding's call.reconciled entry goes: approval's
+// outbox, which writes it in the finding's own transaction, then appends
+// it to the log.
+type Outbox interface {
+	InTx(ctx context.Context, fn func(tx *sql.Tx) error) error
+	Enqueue(ctx context.Context, tx *sql.Tx, e audit.Entry) error
+	Flush(ctx context.Context) error
+}
+
+// ErrNoEntry: the audit log has no entry at that seq.
+var ErrNoEntry = errors.New("approval: no such entry")
+
+// Interrupted returns the call.interrupted entry at seq; ErrNoEntry if
+// there is no entry, ErrNotInterrupted if it is of another kind.
+func Interrupted(ctx context.Context, l Log, seq int64) (audit.Entry, error) {
+	var es []audit.Entry
+	if seq > 0 {
+		var err error
+		if es, err = l.Since(ctx, seq-1, 1); err != nil {
+			return audit.Entry{}, err
+		}
+	}
+	if len(es) == 0 || es[0].Seq != seq {
+		return audit.Entry{}, ErrNoEntry
+	}
+	if es[0].Kind != vocab.KindCallInterrupted {
+		return audit.Entry{}, fmt.Errorf("%w (#%d is %s)", ErrNotInterrupted, seq, es[0].Kind)
+	}
+	return es[0], nil
+}
+
+// RecordCall stores finding f about call, the call.interrupted entry of a
+// call without a request, and records call.reconciled in the same
+// transaction; it returns that entry.
+func RecordCall(ctx context.Context, out Outbox, call audit.Entry, f Finding, now time.Time) (audit.Entry, error) {
+	rec := audit.Entry{Kind: vocab.KindCallReconciled, Agent: call.Agent, Tool: call.Tool, ArgsSHA256: call.ArgsSHA256,
+		Reason: f.String(), InterruptedSeq: call.Seq}
+	err := out.InTx(ctx, func(tx *sql.Tx) error {
+		if err := PutCall(ctx, tx, call.Seq, f, now); err != nil {
+			return err
+		}
+		return out.Enqueue(ctx, tx, rec)
+	})
+	if err != nil {
+		return audit.Entry{}, err
+	}
+	if err := out.Flush(ctx); err != nil {
+		return audit.Entry{}, err
+	}
+	return rec, nil
+}
+
+// UnreconciledCalls returns, oldest first, the call.interrupted entries of
+// calls without a request that nobody has reconciled yet.
+func UnreconciledCalls(ctx context.Context, db *sql.DB, l Log) ([]audit.Entry, error) {
+	es, err := l.Interrupted(ctx)
+	if err != nil {
+		return nil, err
+	}
+	done, err := calls(ctx, db)
+	if err != nil {
+		return nil, err
+	}
+	out := es[:0]
+	for _, e := range es {
+		if e.RequestID == "" && !done[e.Seq] {
+			out = append(out, e)
+		}
+	}
+	return out, nil
 }
