@@ -41,15 +41,7 @@ func newFixture(t *testing.T) *fixture {
 
 func (f *fixture) inTx(t *testing.T, fn func(tx *sql.Tx) error) error {
 	t.Helper()
-	tx, err := f.db.Begin()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := fn(tx); err != nil {
-		tx.Rollback()
-		return err
-	}
-	return tx.Commit()
+	return storetest.InTx(t, f.db, fn)
 }
 
 // enroll registers key as approver's first key through a link.

@@ -22,17 +22,7 @@ func TestFreezesHoldUntilLifted(t *testing.T) {
 	}
 	r := NewReader(db)
 	t.Cleanup(r.Close)
-	inTx := func(fn func(tx *sql.Tx) error) error {
-		tx, err := db.Begin()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := fn(tx); err != nil {
-			tx.Rollback()
-			return err
-		}
-		return tx.Commit()
-	}
+	inTx := func(fn func(tx *sql.Tx) error) error { return storetest.InTx(t, db, fn) }
 	at := time.Date(2026, 3, 1, 9, 30, 0, 0, time.UTC)
 	if f, err := r.Frozen(ctx, "bot"); f != nil || err != nil {
 		t.Fatalf("before any freeze: %v, %v", f, err)

@@ -32,17 +32,7 @@ func TestAFindingIsStoredOnce(t *testing.T) {
 	if got := (Finding{Ran: false, By: "ops"}).String(); got != "reconciled: did not run, reconciled by ops" {
 		t.Fatalf("finding says %q", got)
 	}
-	put := func(fn func(tx *sql.Tx) error) error {
-		tx, err := db.Begin()
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer tx.Rollback()
-		if err := fn(tx); err != nil {
-			return err
-		}
-		return tx.Commit()
-	}
+	put := func(fn func(tx *sql.Tx) error) error { return storetest.InTx(t, db, fn) }
 	now := time.Now()
 	for i := range 2 {
 		err := put(func(tx *sql.Tx) error { return PutRequest(ctx, tx, "r1", f, now) })
