@@ -2,9 +2,8 @@
 // directory holding the ledger, approvers, credentials, approval requests and
 // the audit log. Each package owns its own tables and creates them itself.
 // Beside it, the package keeps what belongs to the data directory as a
-// whole: the lock that lets one serve at a time use it (lock.go), the
-// amounts the usage windows are rebuilt from (amounts.go), and which of the
-// processes sharing the database still live (owner.go).
+// whole: the lock that lets one serve at a time use it (lock.go), and the
+// amounts the usage windows are rebuilt from (amounts.go).
 package store
 
 import (
