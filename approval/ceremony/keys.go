@@ -178,7 +178,7 @@ func (rp *RP) Credentials(ctx context.Context) ([]Credential, error) {
 	return out, rows.Err()
 }
 
-// ErrUnknownCredentialID is returned by RevokeCredential for an id that is
+// ErrUnknownCredentialID is returned by Revoke for an id that is
 // not enrolled.
 var ErrUnknownCredentialID = errors.New("approval: no such credential")
 
