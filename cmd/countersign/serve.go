@@ -635,7 +635,7 @@ func approvalOptions(c *config.Config) approval.Options {
 
 // resultKey is the key approved calls' results are sealed with while they
 // wait for their agent, derived from the server key in the data directory
-// (approval/results.go says why there).
+// (package approval/sealed says why there).
 func resultKey(c *config.Config) ([]byte, error) {
 	serverKey, err := audit.LoadOrCreateKey(c.Server.DataDir)
 	if err != nil {
