@@ -29,7 +29,7 @@ func operatingBalance(t *testing.T, cs *sdk.ClientSession) string {
 // entries returns the audit log's entries of the given kind.
 func entries(t *testing.T, s *stack, kind vocab.Kind) []audit.Entry {
 	t.Helper()
-	all, err := s.audit.Since(context.Background(), 0, 100000)
+	all, err := s.Audit().Since(context.Background(), 0, 100000)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -255,7 +255,7 @@ func TestSecretValuesNeverReachTheAuditLog(t *testing.T) {
 	if res.IsError || !strings.Contains(resultText(res), secret) {
 		t.Fatalf("read_secret: %s", resultText(res))
 	}
-	all, err := s.audit.Since(context.Background(), 0, 1000)
+	all, err := s.Audit().Since(context.Background(), 0, 1000)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -314,7 +314,7 @@ func TestUsageSurvivesARestart(t *testing.T) {
 		t.Fatalf("first 9,999: %s", resultText(res))
 	}
 	cs1.Close()
-	if err := s1.close(); err != nil {
+	if err := s1.Close(); err != nil {
 		t.Fatal(err)
 	}
 	s2, base2 := startHTTP(t, c)

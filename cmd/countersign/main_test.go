@@ -20,6 +20,7 @@ import (
 
 	"github.com/countersign/countersign"
 	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/internal/daemon"
 	"github.com/countersign/countersign/tools/upstream/upstreamtest"
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
 )
@@ -72,6 +73,14 @@ func testConfig(t testing.TB, edit func(*config.Config)) *config.Config {
 	return c
 }
 
+// stack is an assembled Countersign as the in-process tests drive it.
+type stack = daemon.Stack
+
+// assemble assembles a Countersign in-process, as serve does.
+func assemble(ctx context.Context, c *config.Config, log *slog.Logger) (*stack, error) {
+	return daemon.Assemble(ctx, c, daemon.Options{Logger: log, Version: buildVersion()})
+}
+
 // startHTTP assembles a full Countersign in-process and serves agents on a
 // real listener at 127.0.0.1 with a random port.
 func startHTTP(t testing.TB, c *config.Config) (*stack, string) {
@@ -86,15 +95,15 @@ func startHTTP(t testing.TB, c *config.Config) (*stack, string) {
 		t.Fatal(err)
 	}
 	base := "http://" + ln.Addr().String()
-	h, closeSessions := s.server.HTTPHandler(base)
-	srv := newHTTPServer(h, log)
+	h, closeSessions := s.Server().HTTPHandler(base)
+	srv := daemon.NewHTTPServer(h, log)
 	go srv.Serve(ln)
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		closeSessions(ctx)
 		srv.Shutdown(ctx)
-		if err := s.close(); err != nil {
+		if err := s.Close(); err != nil {
 			t.Errorf("close: %v", err)
 		}
 	})

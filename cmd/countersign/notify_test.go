@@ -94,10 +94,10 @@ func TestRaisedRequestIsSentToItsApproversWebhook(t *testing.T) {
 	}
 	// The entry is part of a log that still verifies.
 	var export bytes.Buffer
-	if err := s.audit.Export(context.Background(), &export, 0); err != nil {
+	if err := s.Audit().Export(context.Background(), &export, 0); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := verify.Export(bytes.NewReader(export.Bytes()), s.audit.PublicKey(), verify.Options{}); err != nil {
+	if _, err := verify.Export(bytes.NewReader(export.Bytes()), s.Audit().PublicKey(), verify.Options{}); err != nil {
 		t.Fatalf("export with notify.sent does not verify: %v", err)
 	}
 }
