@@ -18,9 +18,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/countersign/countersign"
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/internal/daemon"
+	"github.com/countersign/countersign/internal/daemon/daemontest"
 	"github.com/countersign/countersign/tools/upstream/upstreamtest"
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
 )
@@ -54,23 +54,10 @@ func TestMain(m *testing.M) {
 }
 
 // testConfig is the shipped configuration with a private data directory,
-// ephemeral listeners and short approval timeouts, loaded from repoRoot so
-// the relative paths of the deploy script and secrets resolve.
+// ephemeral listeners and short approval timeouts (daemontest.Config).
 func testConfig(t testing.TB, edit func(*config.Config)) *config.Config {
 	t.Helper()
-	c, err := config.Parse(countersign.DefaultConfig(), "test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.Server.DataDir = t.TempDir()
-	c.Approval.Listen = "127.0.0.1:0"
-	c.Deploy.Command[0] = filepath.Join(repoRoot, c.Deploy.Command[0])
-	c.Secrets.Dir = filepath.Join(repoRoot, c.Secrets.Dir)
-	c.Approval.ProgressEvery = 200 * time.Millisecond
-	if edit != nil {
-		edit(c)
-	}
-	return c
+	return daemontest.Config(t, edit)
 }
 
 // stack is an assembled Countersign as the in-process tests drive it.

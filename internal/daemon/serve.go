@@ -16,46 +16,102 @@ import (
 	"github.com/countersign/countersign/guard"
 )
 
-// Serve runs Countersign until ctx ends: it locks the data directory,
-// opens the listeners, assembles the stack, serves the approver page and
-// the agents (over stdio, or HTTP when http.addr is set), and on the end
-// of ctx drains the calls before it closes the transports and the stack.
-func Serve(ctx context.Context, c *config.Config, opts Options) (err error) {
-	log := opts.logger()
-	if c.HTTP.Addr != "" && len(c.HTTP.Agents) == 0 && !Loopback(c.HTTP.Addr) {
-		return &ConfigError{fmt.Errorf("%s: http.agents: an HTTP listener on %s (not loopback) needs at least one agent token: run countersign agents add NAME", c.Source, c.HTTP.Addr)}
+// Serve runs Countersign until ctx ends: [Open], then [Daemon.Run].
+func Serve(ctx context.Context, c *config.Config, opts Options) error {
+	d, err := Open(ctx, c, opts)
+	if err != nil {
+		return err
 	}
+	return d.Run(ctx)
+}
+
+// Daemon is a Countersign that holds its data directory and its
+// listeners, assembled and about to serve.
+type Daemon struct {
+	opts  Options
+	log   *slog.Logger
+	lock  *dataLock
+	ln    *listeners
+	stack *Stack
+}
+
+// Open locks the data directory, opens the listeners (writing their bound
+// addresses back into c) and assembles the stack. Nothing is served until
+// [Daemon.Run].
+func Open(ctx context.Context, c *config.Config, opts Options) (_ *Daemon, err error) {
+	d := &Daemon{opts: opts, log: opts.logger()}
+	if c.HTTP.Addr != "" && len(c.HTTP.Agents) == 0 && !Loopback(c.HTTP.Addr) {
+		return nil, &ConfigError{fmt.Errorf("%s: http.agents: an HTTP listener on %s (not loopback) needs at least one agent token: run countersign agents add NAME", c.Source, c.HTTP.Addr)}
+	}
+	defer func() {
+		if err != nil {
+			d.close()
+		}
+	}()
 	// One server per data directory, before anything is written there (the
 	// database, the keys, the demo files): a second would keep usage
 	// windows and caps of its own beside the first's.
-	lock, err := lockDataDir(c)
-	if err != nil {
-		return err
+	if d.lock, err = lockDataDir(c); err != nil {
+		return nil, err
 	}
-	defer lock.Close()
-	l, err := openListeners(c, log)
-	if err != nil {
-		return err
+	if d.ln, err = openListeners(c, d.log); err != nil {
+		return nil, err
 	}
-	defer l.close()
-	if err := lock.Listening(l.page.Addr(), l.agents); err != nil {
-		return err
+	if err := d.lock.Listening(d.ln.page.Addr(), d.ln.agents); err != nil {
+		return nil, err
 	}
-	s, err := Assemble(ctx, c, opts)
-	if err != nil {
-		return err
+	if d.stack, err = Assemble(ctx, c, opts); err != nil {
+		return nil, err
 	}
-	defer func() { err = errors.Join(err, s.Close()) }()
+	return d, nil
+}
 
-	pageSrv := s.servePage(l.page, log)
-	defer shutdown(pageSrv, c.Server.ShutdownTimeout)
-	log.Info("approver page", "url", c.Approval.PublicURL, "listen", l.page.Addr().String())
-	log.Info("countersign started", "version", opts.Version, "config", c.Source,
-		"data_dir", c.Server.DataDir, "tools", len(s.tools.Specs()))
-	if l.agents == nil {
-		return s.serveStdio(ctx, opts, log)
+// PageAddr is the approver page's bound address.
+func (d *Daemon) PageAddr() net.Addr { return d.ln.page.Addr() }
+
+// AgentAddr is the agent listener's bound address; nil when agents are
+// served on stdio.
+func (d *Daemon) AgentAddr() net.Addr {
+	if d.ln.agents == nil {
+		return nil
 	}
-	return s.serveHTTP(ctx, l.agents, log)
+	return d.ln.agents.Addr()
+}
+
+// Stack is the assembled Countersign the daemon serves.
+func (d *Daemon) Stack() *Stack { return d.stack }
+
+// Run serves the approver page and the agents (over stdio, or HTTP when
+// http.addr is set) until ctx ends or the stdio agent leaves; then it
+// drains the calls, closes the transports, the stack, the listeners and
+// the lock, in that order.
+func (d *Daemon) Run(ctx context.Context) (err error) {
+	defer func() { err = errors.Join(err, d.close()) }()
+	s, c, log := d.stack, d.stack.cfg, d.log
+	pageSrv := s.servePage(d.ln.page, log)
+	defer shutdown(pageSrv, c.Server.ShutdownTimeout)
+	log.Info("approver page", "url", c.Approval.PublicURL, "listen", d.ln.page.Addr().String())
+	log.Info("countersign started", "version", d.opts.Version, "config", c.Source,
+		"data_dir", c.Server.DataDir, "tools", len(s.tools.Specs()))
+	if d.ln.agents == nil {
+		return s.serveStdio(ctx, d.opts, log)
+	}
+	return s.serveHTTP(ctx, d.ln.agents, log)
+}
+
+// close releases what Open took, the last taken first.
+func (d *Daemon) close() error {
+	var err error
+	if d.stack != nil {
+		err = d.stack.Close()
+	}
+	if d.ln != nil {
+		d.ln.close()
+	}
+	if d.lock != nil {
+		d.lock.Close()
+	}
+	return err
 }
 
 // listeners are the approver page's and, serving HTTP, the agents'.

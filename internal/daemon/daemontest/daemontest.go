@@ -1,0 +1,43 @@
+// Package daemontest gives tests a configuration to assemble a Countersign
+// from: the shipped default with a private data directory and ephemeral
+// listeners. It is shared by the daemon's own tests and the command's.
+package daemontest
+
+import (
+	"path/filepath"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/countersign/countersign"
+	"github.com/countersign/countersign/config"
+)
+
+// RepoRoot is the module's root directory, found from this file's path:
+// the default configuration's deploy script and secrets are relative to it.
+func RepoRoot() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(file), "..", "..", "..")
+}
+
+// Config is the shipped configuration with a private data directory, an
+// approver page on an ephemeral loopback port and short progress
+// intervals, its relative paths resolved against [RepoRoot]. edit, if not
+// nil, changes it further.
+func Config(t testing.TB, edit func(*config.Config)) *config.Config {
+	t.Helper()
+	c, err := config.Parse(countersign.DefaultConfig(), "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	root := RepoRoot()
+	c.Server.DataDir = t.TempDir()
+	c.Approval.Listen = "127.0.0.1:0"
+	c.Deploy.Command[0] = filepath.Join(root, c.Deploy.Command[0])
+	c.Secrets.Dir = filepath.Join(root, c.Secrets.Dir)
+	c.Approval.ProgressEvery = 200 * time.Millisecond
+	if edit != nil {
+		edit(c)
+	}
+	return c
+}
