@@ -83,10 +83,12 @@ func (s *Stack) Audit() *audit.Log            { return s.audit }
 func (s *Stack) Tools() *tools.Catalog        { return s.tools }
 func (s *Stack) Approvals() *approval.Service { return s.approvals }
 func (s *Stack) Tokens() *token.Signer        { return s.tokens }
-func (s *Stack) Upstreams() *upstream.Manager { return s.upstreams }
+func (s *Stack) Upstreams() *upstream.Manager { return s.upstreams } // nil without upstreams
 func (s *Stack) Server() *server.Server       { return s.server }
-func (s *Stack) PageHandler() http.Handler    { return s.pageHandler() }
-func (s *Stack) Guard() *guard.Guard          { return s.guard }
+
+// PageHandler is what the approver listener serves: the page and the
+// operations endpoints.
+func (s *Stack) PageHandler() http.Handler { return s.pageHandler() }
 
 // Close stops background work first, then the log (which writes a final
 // checkpoint) and the witnesses that keep it, then the database.

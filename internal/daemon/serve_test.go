@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -187,4 +188,36 @@ func TestOpenRefusesAnOpenHTTPListenerWithoutAgents(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(c.Server.DataDir, store.FileName)); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("the data directory was written: %v", err)
 	}
+}
+
+// A stack that fails to assemble (here: a witness key that does not parse,
+// found only once the log is open) leaves nothing behind: the error is the
+// configuration's, and the data directory and the page's port are free
+// for the next start.
+func TestOpenReleasesWhatItTookWhenAssemblyFails(t *testing.T) {
+	c := daemontest.Config(t, func(c *config.Config) {
+		c.Audit.Witnesses = []config.Witness{{URL: "http://127.0.0.1:1", Key: "not a verifier key"}}
+	})
+	_, err := Open(context.Background(), c, testOptions(t))
+	var ce *ConfigError
+	if !errors.As(err, &ce) || !strings.Contains(err.Error(), "audit.witnesses[0]") {
+		t.Fatalf("err = %v, want a ConfigError naming audit.witnesses[0]", err)
+	}
+	// Open derived the page's URL from the port it bound.
+	u, err := url.Parse(c.Approval.PublicURL)
+	if err != nil || u.Port() == "" {
+		t.Fatalf("public URL %q", c.Approval.PublicURL)
+	}
+	page := "127.0.0.1:" + u.Port()
+	if ln, err := net.Listen("tcp", page); err != nil {
+		t.Errorf("the page's address %s is still taken: %v", page, err)
+	} else {
+		ln.Close()
+	}
+	c.Audit.Witnesses = nil
+	d, err := Open(context.Background(), c, testOptions(t))
+	if err != nil {
+		t.Fatalf("the next start on the data directory: %v", err)
+	}
+	d.close()
 }
