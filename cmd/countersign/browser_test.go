@@ -23,6 +23,7 @@ import (
 	"github.com/countersign/countersign/approval/approvaltest"
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/internal/daemon"
+	"github.com/countersign/countersign/internal/daemon/daemontest"
 	"github.com/countersign/countersign/tools/ledger"
 	"github.com/countersign/countersign/vocab"
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
@@ -58,7 +59,7 @@ func startProduct(t *testing.T, edit func(*config.Config)) *product {
 			edit(c)
 		}
 	})
-	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	log := daemontest.Logger(t, slog.LevelWarn)
 	s, err := assemble(context.Background(), c, log)
 	if err != nil {
 		pageLn.Close()

@@ -39,6 +39,7 @@ import (
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/digest"
 	"github.com/countersign/countersign/internal/daemon"
+	"github.com/countersign/countersign/internal/daemon/daemontest"
 	"github.com/countersign/countersign/token"
 	"github.com/countersign/countersign/tools/upstream/upstreamtest"
 	"github.com/countersign/countersign/vocab"
@@ -78,7 +79,7 @@ func startCIBA(t *testing.T, edit func(*config.Config)) *cibaProduct {
 			edit(c)
 		}
 	})
-	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	log := daemontest.Logger(t, slog.LevelWarn)
 	s, err := assemble(context.Background(), c, log)
 	if err != nil {
 		t.Fatal(err)

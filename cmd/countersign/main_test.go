@@ -72,7 +72,7 @@ func assemble(ctx context.Context, c *config.Config, log *slog.Logger) (*stack, 
 // real listener at 127.0.0.1 with a random port.
 func startHTTP(t testing.TB, c *config.Config) (*stack, string) {
 	t.Helper()
-	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	log := daemontest.Logger(t, slog.LevelWarn)
 	s, err := assemble(context.Background(), c, log)
 	if err != nil {
 		t.Fatal(err)
@@ -95,13 +95,6 @@ func startHTTP(t testing.TB, c *config.Config) (*stack, string) {
 		}
 	})
 	return s, base
-}
-
-type testWriter struct{ t testing.TB }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimSpace(string(p)))
-	return len(p), nil
 }
 
 func connect(t testing.TB, transport sdk.Transport, version string, opts *sdk.ClientOptions) *sdk.ClientSession {

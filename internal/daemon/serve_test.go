@@ -20,15 +20,8 @@ import (
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
 )
 
-type testWriter struct{ t testing.TB }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimSpace(string(p)))
-	return len(p), nil
-}
-
 func testOptions(t testing.TB) Options {
-	return Options{Logger: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo})), Version: "test"}
+	return Options{Logger: daemontest.Logger(t, slog.LevelInfo), Version: "test"}
 }
 
 // running is a daemon serving in the background; stop ends its context

@@ -1,11 +1,14 @@
-// Package daemontest gives tests a configuration to assemble a Countersign
-// from: the shipped default with a private data directory and ephemeral
-// listeners. It is shared by the daemon's own tests and the command's.
+// Package daemontest gives tests what they need to assemble a Countersign:
+// the shipped configuration with a private data directory and ephemeral
+// listeners, and a logger into the test's log. The daemon's own tests and
+// the command's share it.
 package daemontest
 
 import (
+	"log/slog"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -40,4 +43,17 @@ func Config(t testing.TB, edit func(*config.Config)) *config.Config {
 		edit(c)
 	}
 	return c
+}
+
+// Logger logs at level and above into the test's log, so a failing test
+// shows what the server said.
+func Logger(t testing.TB, level slog.Level) *slog.Logger {
+	return slog.New(slog.NewTextHandler(testLog{t}, &slog.HandlerOptions{Level: level}))
+}
+
+type testLog struct{ t testing.TB }
+
+func (w testLog) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
 }
