@@ -66,12 +66,18 @@ func connect(t *testing.T, transport sdk.Transport) *sdk.ClientSession {
 	return cs
 }
 
-// checkBalance calls the routine get_balance and checks it answered.
-func checkBalance(t *testing.T, cs *sdk.ClientSession) {
+// streamable connects to the agent listener of a daemon serving c.
+func streamable(t *testing.T, c *config.Config) *sdk.ClientSession {
 	t.Helper()
-	res, err := cs.CallTool(t.Context(), &sdk.CallToolParams{Name: "get_balance", Arguments: map[string]any{}})
+	return connect(t, &sdk.StreamableClientTransport{Endpoint: "http://" + c.HTTP.Addr + "/mcp", MaxRetries: -1})
+}
+
+// callTool calls name and returns the result with its text.
+func callTool(t *testing.T, cs *sdk.ClientSession, name string, args map[string]any) (*sdk.CallToolResult, string) {
+	t.Helper()
+	res, err := cs.CallTool(t.Context(), &sdk.CallToolParams{Name: name, Arguments: args})
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("call %s: %v", name, err)
 	}
 	var text strings.Builder
 	for _, c := range res.Content {
@@ -79,8 +85,14 @@ func checkBalance(t *testing.T, cs *sdk.ClientSession) {
 			text.WriteString(tc.Text)
 		}
 	}
-	if res.IsError || !strings.Contains(text.String(), "operating") {
-		t.Fatalf("get_balance: error=%v %s", res.IsError, text.String())
+	return res, text.String()
+}
+
+// checkBalance calls the routine get_balance and checks it answered.
+func checkBalance(t *testing.T, cs *sdk.ClientSession) {
+	t.Helper()
+	if res, text := callTool(t, cs, "get_balance", map[string]any{}); res.IsError || !strings.Contains(text, "operating") {
+		t.Fatalf("get_balance: error=%v %s", res.IsError, text)
 	}
 }
 
@@ -104,7 +116,7 @@ func TestServeHTTPUntilTheContextEnds(t *testing.T) {
 	agents := "http://" + d.AgentAddr().String()
 	page := "http://" + d.PageAddr().String()
 
-	checkBalance(t, connect(t, &sdk.StreamableClientTransport{Endpoint: agents + "/mcp", MaxRetries: -1}))
+	checkBalance(t, streamable(t, c))
 	for _, base := range []string{page, agents} {
 		if code, body := get(t, base+"/healthz"); code != http.StatusOK || body != "ok\n" {
 			t.Errorf("%s/healthz: %d %q", base, code, body)

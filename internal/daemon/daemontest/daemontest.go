@@ -5,6 +5,7 @@
 package daemontest
 
 import (
+	"context"
 	"log/slog"
 	"path/filepath"
 	"runtime"
@@ -13,7 +14,9 @@ import (
 	"time"
 
 	"github.com/countersign/countersign"
+	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/vocab"
 )
 
 // RepoRoot is the module's root directory, found from this file's path:
@@ -56,4 +59,32 @@ type testLog struct{ t testing.TB }
 func (w testLog) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimSpace(string(p)))
 	return len(p), nil
+}
+
+// Entries are the audit log's entries of kind, oldest first.
+func Entries(t testing.TB, log *audit.Log, kind vocab.Kind) []audit.Entry {
+	t.Helper()
+	all, err := log.Since(context.Background(), 0, 100000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []audit.Entry
+	for _, e := range all {
+		if e.Kind == kind {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// WaitFor polls cond until it holds, failing the test after 20 seconds.
+func WaitFor(t testing.TB, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met in 20s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
