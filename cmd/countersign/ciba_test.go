@@ -32,7 +32,6 @@ import (
 	jwxjwt "github.com/lestrrat-go/jwx/v3/jwt"
 
 	"github.com/countersign/countersign/approval/approvaltest"
-	approvalpage "github.com/countersign/countersign/approval/page"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/audit/verify"
 	"github.com/countersign/countersign/ciba"
@@ -85,7 +84,7 @@ func startCIBA(t *testing.T, edit func(*config.Config)) *cibaProduct {
 		t.Fatal(err)
 	}
 	base := "http://" + agentLn.Addr().String()
-	pageSrv := daemon.NewHTTPServer(approvalpage.Handler(s.Approvals()), log)
+	pageSrv := daemon.NewHTTPServer(s.PageHandler(), log)
 	go pageSrv.Serve(pageLn)
 	h, closeSessions := s.Server().HTTPHandler(base)
 	agentSrv := daemon.NewHTTPServer(h, log)
