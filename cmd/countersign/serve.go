@@ -57,7 +57,7 @@ the embedded default the demo files it names are written into it.`,
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			return daemon.Serve(ctx, c, daemon.Options{Logger: log, Version: buildVersion(), Stdin: os.Stdin, Stdout: os.Stdout})
+			return daemon.Serve(ctx, c, daemon.Options{Logger: log, Version: buildVersion()})
 		},
 	}
 	cmd.Flags().String("http", "", "serve agents over HTTP on ADDR (e.g. 127.0.0.1:8711) instead of stdio")

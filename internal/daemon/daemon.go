@@ -17,6 +17,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"os"
 
 	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/audit"
@@ -40,9 +41,21 @@ type Options struct {
 	Logger *slog.Logger
 	// Version is reported at start, in /metrics and to upstream servers.
 	Version string
-	// Stdin and Stdout carry MCP when no HTTP listener is configured.
+	// Stdin and Stdout carry MCP when no HTTP listener is configured;
+	// nil is the process's own.
 	Stdin  io.Reader
 	Stdout io.Writer
+}
+
+func (o Options) stdio() (io.Reader, io.Writer) {
+	in, out := o.Stdin, o.Stdout
+	if in == nil {
+		in = os.Stdin
+	}
+	if out == nil {
+		out = os.Stdout
+	}
+	return in, out
 }
 
 func (o Options) logger() *slog.Logger {

@@ -189,8 +189,9 @@ func (s *Stack) serveStdio(ctx context.Context, opts Options, log *slog.Logger) 
 	// stops.
 	stdioCtx, stopStdio := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopStdio()
+	stdin, stdout := opts.stdio()
 	errc := make(chan error, 1)
-	go func() { errc <- s.server.ServeStdio(stdioCtx, opts.Stdin, opts.Stdout) }()
+	go func() { errc <- s.server.ServeStdio(stdioCtx, stdin, stdout) }()
 	log.Info("serving MCP on stdio")
 	select {
 	case err := <-errc:
