@@ -1,6 +1,6 @@
 //go:build !crashtest
 
-package main
+package daemon
 
 import "github.com/countersign/countersign/tools"
 

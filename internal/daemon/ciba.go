@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"context"
@@ -15,11 +15,11 @@ import (
 	"github.com/countersign/countersign/token"
 )
 
-// issuer is the iss of approval tokens and of CIBA discovery: http.issuer,
+// Issuer is the iss of approval tokens and of CIBA discovery: http.issuer,
 // else the agent listener's URL, else (serving stdio, with no listener for
 // agents) the approver page's public URL, which names this Countersign to
 // people.
-func issuer(c *config.Config) string {
+func Issuer(c *config.Config) string {
 	if c.HTTP.Issuer != "" {
 		return strings.TrimRight(c.HTTP.Issuer, "/")
 	}
@@ -32,9 +32,9 @@ func issuer(c *config.Config) string {
 	return strings.TrimRight(c.Approval.PublicURL, "/")
 }
 
-// tokenSigner signs approval tokens with the key derived from the server
+// TokenSigner signs approval tokens with the key derived from the server
 // key in the data directory.
-func tokenSigner(c *config.Config) (*token.Signer, error) {
+func TokenSigner(c *config.Config) (*token.Signer, error) {
 	serverKey, err := audit.LoadOrCreateKey(c.Server.DataDir)
 	if err != nil {
 		return nil, err
@@ -43,7 +43,7 @@ func tokenSigner(c *config.Config) (*token.Signer, error) {
 	if err != nil {
 		return nil, err
 	}
-	return token.NewSigner(key, issuer(c), token.SignerOptions{})
+	return token.NewSigner(key, Issuer(c), token.SignerOptions{})
 }
 
 // cibaRoutes are the CIBA endpoints, discovery and the key set, for the
@@ -52,7 +52,7 @@ func tokenSigner(c *config.Config) (*token.Signer, error) {
 func cibaRoutes(ctx context.Context, c *config.Config, g *guard.Guard, keys *token.Signer, recent []audit.Entry, log *slog.Logger) (map[string]http.Handler, error) {
 	_, enabled := c.Tools[ciba.Tool]
 	srv, err := ciba.New(ciba.Options{
-		Issuer: issuer(c), Guard: g, Keys: keys, Agents: c.HTTP.Agents, Approvers: c.Approvers,
+		Issuer: Issuer(c), Guard: g, Keys: keys, Agents: c.HTTP.Agents, Approvers: c.Approvers,
 		Accounts: c.Ledger.Accounts, Upstreams: c.Upstreams,
 		Enabled: enabled, Logger: log,
 	})

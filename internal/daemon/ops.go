@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"context"
@@ -36,7 +36,7 @@ import (
 
 // withOps serves the operations endpoints in front of next; allowHost
 // decides which Host headers may read /metrics.
-func (s *stack) withOps(next http.Handler, allowHost func(string) bool) http.Handler {
+func (s *Stack) withOps(next http.Handler, allowHost func(string) bool) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
@@ -57,7 +57,7 @@ func (s *stack) withOps(next http.Handler, allowHost func(string) bool) http.Han
 }
 
 // readyz runs the readiness checks; each says "ok" or why not.
-func (s *stack) readyz(w http.ResponseWriter, r *http.Request) {
+func (s *Stack) readyz(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
 	defer cancel()
 	type check struct{ name, err, note, warn string }
@@ -84,7 +84,7 @@ func (s *stack) readyz(w http.ResponseWriter, r *http.Request) {
 			}
 			checks = append(checks, c)
 		}
-		for _, err := range unknownUpstreamTools(s.cfg, s.tools) {
+		for _, err := range UnknownUpstreamTools(s.cfg, s.tools) {
 			var ce *config.Error
 			if !errors.As(err, &ce) {
 				continue

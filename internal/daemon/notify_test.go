@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"bytes"
@@ -13,6 +13,7 @@ import (
 
 	"github.com/countersign/countersign/audit/verify"
 	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/internal/daemon/daemontest"
 	"github.com/countersign/countersign/notify"
 	"github.com/countersign/countersign/vocab"
 	standardwebhooks "github.com/standard-webhooks/standard-webhooks/libraries/go"
@@ -40,7 +41,8 @@ func TestRaisedRequestIsSentToItsApproversWebhook(t *testing.T) {
 
 	const secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 	t.Setenv("TEST_HOOK_SECRET", secret)
-	c := testConfig(t, func(c *config.Config) {
+	c := daemontest.Config(t, func(c *config.Config) {
+		c.HTTP.Addr = "127.0.0.1:0"
 		tool := c.Tools["transfer"]
 		tool.Wait = "poll"
 		c.Tools["transfer"] = tool
@@ -49,16 +51,16 @@ func TestRaisedRequestIsSentToItsApproversWebhook(t *testing.T) {
 			{Type: "ntfy", URL: other.URL + "/approved-only", Events: []string{"approved"}},
 		}
 	})
-	s, base := startHTTP(t, c)
-	cs := streamable(t, base)
-	res := callTool(t, cs, "transfer", map[string]any{"from": "operating", "to": "Acme Supplies", "amount": 50000, "currency": "USD"})
+	s := startDaemon(t, c, testOptions(t)).Stack()
+	cs := streamable(t, c)
+	res, text := callTool(t, cs, "transfer", map[string]any{"from": "operating", "to": "Acme Supplies", "amount": 50000, "currency": "USD"})
 	if res.IsError {
-		t.Fatalf("transfer: %s", resultText(res))
+		t.Fatalf("transfer: %s", text)
 	}
 	var pending struct {
 		ID string `json:"auth_req_id"`
 	}
-	json.Unmarshal([]byte(resultText(res)), &pending)
+	json.Unmarshal([]byte(text), &pending)
 
 	var h hit
 	select {
@@ -82,8 +84,8 @@ func TestRaisedRequestIsSentToItsApproversWebhook(t *testing.T) {
 		strings.Contains(msg.Summary, msg.Code) || msg.ExpiresAt.IsZero() {
 		t.Errorf("message %+v", msg)
 	}
-	waitFor(t, func() bool { return len(entries(t, s, vocab.KindNotifySent)) == 1 })
-	e := entries(t, s, vocab.KindNotifySent)[0]
+	daemontest.WaitFor(t, func() bool { return len(daemontest.Entries(t, s.Audit(), vocab.KindNotifySent)) == 1 })
+	e := daemontest.Entries(t, s.Audit(), vocab.KindNotifySent)[0]
 	if e.RequestID != pending.ID || e.Reason != "requested sent to webhook" || strings.Contains(e.Reason, hook.URL) {
 		t.Errorf("notify.sent entry %+v", e)
 	}
@@ -94,10 +96,10 @@ func TestRaisedRequestIsSentToItsApproversWebhook(t *testing.T) {
 	}
 	// The entry is part of a log that still verifies.
 	var export bytes.Buffer
-	if err := s.audit.Export(context.Background(), &export, 0); err != nil {
+	if err := s.Audit().Export(context.Background(), &export, 0); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := verify.Export(bytes.NewReader(export.Bytes()), s.audit.PublicKey(), verify.Options{}); err != nil {
+	if _, err := verify.Export(bytes.NewReader(export.Bytes()), s.Audit().PublicKey(), verify.Options{}); err != nil {
 		t.Fatalf("export with notify.sent does not verify: %v", err)
 	}
 }
@@ -113,18 +115,18 @@ func TestHostilePayeeReachesSlackAsText(t *testing.T) {
 		texts <- body.Text
 	}))
 	defer slack.Close()
-	c := testConfig(t, func(c *config.Config) {
+	c := daemontest.Config(t, func(c *config.Config) {
+		c.HTTP.Addr = "127.0.0.1:0"
 		tool := c.Tools["transfer"]
 		tool.Wait = "poll"
 		c.Tools["transfer"] = tool
 		c.Notify = []config.Notify{{Type: "slack", URL: slack.URL, Events: []string{"requested"}}}
 	})
-	_, base := startHTTP(t, c)
-	cs := streamable(t, base)
+	startDaemon(t, c, testOptions(t))
+	cs := streamable(t, c)
 	payee := "Acme <https://evil.example/approve|Open the request> <!channel>"
-	res := callTool(t, cs, "transfer", map[string]any{"from": "operating", "to": payee, "amount": 50000, "currency": "USD"})
-	if res.IsError {
-		t.Fatalf("transfer: %s", resultText(res))
+	if res, text := callTool(t, cs, "transfer", map[string]any{"from": "operating", "to": payee, "amount": 50000, "currency": "USD"}); res.IsError {
+		t.Fatalf("transfer: %s", text)
 	}
 	var text string
 	select {
