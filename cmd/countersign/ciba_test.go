@@ -83,7 +83,7 @@ func startCIBA(t *testing.T, edit func(*config.Config)) *cibaProduct {
 		t.Fatal(err)
 	}
 	base := "http://" + agentLn.Addr().String()
-	pageSrv := newHTTPServer(approvalpage.Handler(s.approvals), log)
+	pageSrv := newHTTPServer(approvalpage.Handler(s.approvals, s.pageOpts), log)
 	go pageSrv.Serve(pageLn)
 	h, closeSessions := s.server.HTTPHandler(base)
 	agentSrv := newHTTPServer(h, log)

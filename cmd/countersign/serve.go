@@ -102,6 +102,7 @@ type stack struct {
 	audit     *audit.Log
 	tools     *tools.Catalog
 	approvals *approval.Service
+	pageOpts  page.Options // the approver page's, from the same config as the approvals'
 	notifier  *notify.Notifier
 	tokens    *token.Signer
 	amounts   *store.Amounts // what counted calls moved (guard.Options.Amounts)
@@ -174,6 +175,7 @@ func assemble(ctx context.Context, c *config.Config, log *slog.Logger) (_ *stack
 	if s.approvals, err = approval.New(ctx, s.db, recorder, aopts); err != nil {
 		return nil, err
 	}
+	s.pageOpts = pageOptions(c, aopts.Logger)
 	if len(c.Upstreams) > 0 {
 		pins, err := pinstore.Open(ctx, s.db, recorder)
 		if err != nil {
@@ -603,7 +605,7 @@ func drain(g *guard.Guard, timeout time.Duration, log *slog.Logger) {
 // pageHandler is the approver listener: the page, and the operations
 // endpoints.
 func (s *stack) pageHandler() http.Handler {
-	return s.withOps(s.metrics.ApproverPage(page.Handler(s.approvals)), approverHosts(s.cfg.Approval.AllowedHosts))
+	return s.withOps(s.metrics.ApproverPage(page.Handler(s.approvals, s.pageOpts)), approverHosts(s.cfg.Approval.AllowedHosts))
 }
 
 // agentHandler is the agent listener of serve --http: MCP, and the
@@ -624,12 +626,20 @@ func approvalOptions(c *config.Config) approval.Options {
 	}
 	return approval.Options{
 		RPID: c.Approval.RPID, RPName: c.Approval.RPName, Origins: c.Approval.Origins,
-		PublicURL: c.Approval.PublicURL, AllowedHosts: c.Approval.AllowedHosts,
+		PublicURL: c.Approval.PublicURL,
 		Approvers: approvers, PollInterval: c.Approval.PollInterval,
-		EnrollTTL: c.Approval.EnrollTTL, MaxBodyBytes: c.Approval.MaxBodyBytes, MaxBatch: c.Approval.MaxBatch,
-		Attestation:   c.Approval.Attestation,
-		RequireSignIn: c.Approval.Remote(),
-		ResultTTL:     c.Approval.ResultTTL,
+		EnrollTTL: c.Approval.EnrollTTL, MaxBatch: c.Approval.MaxBatch,
+		Attestation: c.Approval.Attestation,
+		ResultTTL:   c.Approval.ResultTTL,
+	}
+}
+
+// pageOptions are the approver page's options, from the same approval
+// section as approvalOptions: both check a visitor's origin.
+func pageOptions(c *config.Config, log *slog.Logger) page.Options {
+	return page.Options{
+		Origins: c.Approval.Origins, PublicURL: c.Approval.PublicURL, AllowedHosts: c.Approval.AllowedHosts,
+		MaxBodyBytes: c.Approval.MaxBodyBytes, RequireSignIn: c.Approval.Remote(), Logger: log,
 	}
 }
 
