@@ -35,7 +35,6 @@ import (
 	"database/sql"
 	"errors"
 	"log/slog"
-	"net/url"
 	"strings"
 	"sync"
 	"time"
@@ -63,12 +62,10 @@ type Options struct {
 	RPID, RPName string
 	Origins      []string // exact origins, with port: "http://localhost:8710"
 	PublicURL    string   // base of the links shown to people
-	AllowedHosts []string // Host header allow-list for the page (DNS rebinding)
 	Approvers    []Approver
 
 	PollInterval time.Duration // CIBA interval; default 5s
 	EnrollTTL    time.Duration // enrollment link lifetime; default 10m
-	MaxBodyBytes int64         // approver page POST limit; default 64 KiB
 	MaxBatch     int           // requests one tap may approve together; default DefaultMaxBatch
 	Now          func() time.Time
 	Logger       *slog.Logger // default: discard
@@ -83,11 +80,6 @@ type Options struct {
 	// is committed and logged. It runs on the caller's goroutine: it must
 	// queue and return, never deliver. See approval/notify.go.
 	Notify func(event string, r *Request)
-
-	// RequireSignIn gates the page behind a WebAuthn sign-in (approval/page/signin.go; the ceremony is approval/ceremony/signin.go);
-	// for a page reachable beyond loopback. SessionTTL: default 15m.
-	RequireSignIn bool
-	SessionTTL    time.Duration
 
 	// ResultKey (32 bytes, DeriveResultKey) seals the results of approved
 	// calls while they are kept; nil: a random key for this process
@@ -227,9 +219,6 @@ func (o *Options) setDefaults() {
 	if o.EnrollTTL <= 0 {
 		o.EnrollTTL = 10 * time.Minute
 	}
-	if o.MaxBodyBytes <= 0 {
-		o.MaxBodyBytes = 64 << 10
-	}
 	if o.RPName == "" {
 		o.RPName = "Countersign"
 	}
@@ -238,8 +227,8 @@ func (o *Options) setDefaults() {
 	}
 }
 
-// deriveAddresses derives the page's public URL and allowed hosts, when
-// unset, from its origins, of which there must be one at least.
+// deriveAddresses derives the public URL of the links, when unset, from
+// the origins, of which there must be one at least.
 func (o *Options) deriveAddresses() error {
 	if len(o.Origins) == 0 {
 		return errors.New("approval: at least one origin is required")
@@ -248,13 +237,6 @@ func (o *Options) deriveAddresses() error {
 		o.PublicURL = o.Origins[0]
 	}
 	o.PublicURL = strings.TrimRight(o.PublicURL, "/")
-	if len(o.AllowedHosts) == 0 {
-		for _, origin := range o.Origins {
-			if u, err := url.Parse(origin); err == nil && u.Host != "" {
-				o.AllowedHosts = append(o.AllowedHosts, u.Host)
-			}
-		}
-	}
 	return nil
 }
 

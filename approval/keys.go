@@ -28,7 +28,7 @@ func (s *Service) Credentials(ctx context.Context) ([]Credential, error) {
 	return s.keys.Credentials(ctx)
 }
 
-// BeginSignIn starts a sign-in ceremony (Options.RequireSignIn): its
+// BeginSignIn starts a sign-in ceremony (page.Options.RequireSignIn): its
 // options for the browser.
 func (s *Service) BeginSignIn(ctx context.Context) (*SignInOptions, error) {
 	return s.keys.BeginSignIn(ctx)

@@ -10,11 +10,6 @@ import (
 // is a read; everything that changes state is a method with its own
 // checks (decide.go, enroll.go, grant.go, freeze.go, batch.go, keys.go).
 
-// Options returns the options the service runs with, defaults filled in:
-// the page takes its origins, hosts, body limit, sign-in and logger from
-// them, so that both halves of the listener agree.
-func (s *Service) Options() Options { return s.opts }
-
 // Now is the service's clock (Options.Now), so that the page's rate
 // limits refill by the same time as ceremonies expire.
 func (s *Service) Now() time.Time { return s.now() }

@@ -1,6 +1,7 @@
-// Package store opens Countersign's SQLite database: one file in the data
-// directory holding the ledger, approvers, credentials, approval requests and
-// the audit log. Each package owns its own tables and creates them itself.
+// Package store is Countersign's data directory: it opens the SQLite
+// database, one file in the directory holding the ledger, approvers,
+// credentials, approval requests and the audit log. Each package owns its
+// own tables and creates them itself.
 // Beside it, the package keeps what belongs to the data directory as a
 // whole: the lock that lets one serve at a time use it (lock.go), and the
 // amounts the usage windows are rebuilt from (amounts.go).

@@ -10,7 +10,7 @@ import (
 )
 
 // The sign-in ceremony: a visitor of a page that needs sign-in
-// (approval.Options.RequireSignIn) proves with a WebAuthn assertion from an
+// (page.Options.RequireSignIn) proves with a WebAuthn assertion from an
 // enrolled, unrevoked key that they are an approver. The assertion is over
 // a random challenge and discoverable: the options name no credential, so
 // they leak no ids. What the proof earns (a session) is the page's

@@ -29,7 +29,7 @@ func TestApproverPageSignInFollowsListen(t *testing.T) {
 			c.Approval.PublicURL = ""
 			c.Approval.Derive(tc.listen)
 		}
-		if got := daemon.ApprovalOptions(c).RequireSignIn; got != tc.want {
+		if got := daemon.PageOptions(c, nil).RequireSignIn; got != tc.want {
 			t.Errorf("listen %s public_url %q: RequireSignIn %v, want %v", tc.listen, c.Approval.PublicURL, got, tc.want)
 		}
 	}

@@ -118,8 +118,11 @@ func (s *Stack) openApprovals(ctx context.Context, recorder metrics.Recorder, lo
 		return err
 	}
 	s.notifier, aopts.Notify = notifier(c, recorder, s.metrics, log.With("component", "notify"))
-	s.approvals, err = approval.New(ctx, s.db, recorder, aopts)
-	return err
+	if s.approvals, err = approval.New(ctx, s.db, recorder, aopts); err != nil {
+		return err
+	}
+	s.pageOpts = PageOptions(c, aopts.Logger)
+	return nil
 }
 
 // startUpstreams connects to the upstream MCP servers, whose tools join

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/countersign/countersign/approval"
+	"github.com/countersign/countersign/approval/page"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/authz"
 	"github.com/countersign/countersign/config"
@@ -101,12 +102,20 @@ func ApprovalOptions(c *config.Config) approval.Options {
 	}
 	return approval.Options{
 		RPID: c.Approval.RPID, RPName: c.Approval.RPName, Origins: c.Approval.Origins,
-		PublicURL: c.Approval.PublicURL, AllowedHosts: c.Approval.AllowedHosts,
+		PublicURL: c.Approval.PublicURL,
 		Approvers: approvers, PollInterval: c.Approval.PollInterval,
-		EnrollTTL: c.Approval.EnrollTTL, MaxBodyBytes: c.Approval.MaxBodyBytes, MaxBatch: c.Approval.MaxBatch,
-		Attestation:   c.Approval.Attestation,
-		RequireSignIn: c.Approval.Remote(),
-		ResultTTL:     c.Approval.ResultTTL,
+		EnrollTTL: c.Approval.EnrollTTL, MaxBatch: c.Approval.MaxBatch,
+		Attestation: c.Approval.Attestation,
+		ResultTTL:   c.Approval.ResultTTL,
+	}
+}
+
+// PageOptions are the approver page's options, from the same approval
+// section as ApprovalOptions: both check a visitor's origin.
+func PageOptions(c *config.Config, log *slog.Logger) page.Options {
+	return page.Options{
+		Origins: c.Approval.Origins, PublicURL: c.Approval.PublicURL, AllowedHosts: c.Approval.AllowedHosts,
+		MaxBodyBytes: c.Approval.MaxBodyBytes, RequireSignIn: c.Approval.Remote(), Logger: log,
 	}
 }
 

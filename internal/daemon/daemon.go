@@ -20,6 +20,7 @@ import (
 	"os"
 
 	"github.com/countersign/countersign/approval"
+	"github.com/countersign/countersign/approval/page"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/guard"
@@ -76,6 +77,7 @@ type Stack struct {
 	audit     *audit.Log
 	tools     *tools.Catalog
 	approvals *approval.Service
+	pageOpts  page.Options // the approver page's, from the same config as the approvals'
 	notifier  *notify.Notifier
 	tokens    *token.Signer
 	amounts   *store.Amounts // what counted calls moved (guard.Options.Amounts)

@@ -255,7 +255,7 @@ func drain(g *guard.Guard, timeout time.Duration, log *slog.Logger) {
 // pageHandler is the approver listener: the page, and the operations
 // endpoints.
 func (s *Stack) pageHandler() http.Handler {
-	return s.withOps(s.metrics.ApproverPage(page.Handler(s.approvals)), approverHosts(s.cfg.Approval.AllowedHosts))
+	return s.withOps(s.metrics.ApproverPage(page.Handler(s.approvals, s.pageOpts)), approverHosts(s.cfg.Approval.AllowedHosts))
 }
 
 // AgentHandler is the agent listener of serve --http at base: MCP, CIBA
