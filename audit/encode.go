@@ -11,8 +11,8 @@ import (
 	"slices"
 	"strconv"
 	"sync"
-	"unicode/utf8"
 
+	"github.com/countersign/countersign/digest"
 	"github.com/gowebpki/jcs"
 )
 
@@ -292,45 +292,6 @@ func appendList[T any](out [][]byte, m []byte, vs []T, each func([]byte, T) []by
 	return append(out, append(m, ']'))
 }
 
-// appendJCSString appends s as an RFC 8785 string: only '"', '\\' and
-// control characters are escaped; invalid UTF-8 becomes U+FFFD, as
-// encoding/json does before JCS sees it.
-func appendJCSString(b []byte, s string) []byte {
-	const hexDigits = "0123456789abcdef"
-	b = append(b, '"')
-	for i := 0; i < len(s); {
-		c := s[i]
-		if c < utf8.RuneSelf {
-			switch c {
-			case '"', '\\':
-				b = append(b, '\\', c)
-			case '\b':
-				b = append(b, '\\', 'b')
-			case '\f':
-				b = append(b, '\\', 'f')
-			case '\n':
-				b = append(b, '\\', 'n')
-			case '\r':
-				b = append(b, '\\', 'r')
-			case '\t':
-				b = append(b, '\\', 't')
-			default:
-				if c < 0x20 {
-					b = append(b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&15])
-				} else {
-					b = append(b, c)
-				}
-			}
-			i++
-			continue
-		}
-		r, size := utf8.DecodeRuneInString(s[i:])
-		if r == utf8.RuneError && size == 1 {
-			b = utf8.AppendRune(b, utf8.RuneError)
-		} else {
-			b = append(b, s[i:i+size]...)
-		}
-		i += size
-	}
-	return append(b, '"')
-}
+// appendJCSString is digest.AppendJCSString: one writer of RFC 8785
+// strings for the arguments and the entries alike.
+func appendJCSString(b []byte, s string) []byte { return digest.AppendJCSString(b, s) }

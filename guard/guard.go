@@ -102,9 +102,9 @@ import (
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/authz"
 	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/digest"
 	"github.com/countersign/countersign/tools"
 	"github.com/countersign/countersign/vocab"
-	"github.com/gowebpki/jcs"
 	"github.com/mark3labs/mcp-go/mcp"
 )
 
@@ -352,13 +352,9 @@ func (g *Guard) Handle(ctx context.Context, c Call) *mcp.CallToolResult {
 		return g.rejectArgs(ctx, entry, args, fmt.Sprintf("arguments larger than %d bytes", g.opts.MaxArgBytes),
 			"invalid arguments: larger than %d bytes", g.opts.MaxArgBytes)
 	}
-	if path, n := inexact(c.Raw); n != "" {
-		field := path
-		if field == "" {
-			field = "arguments"
-		}
-		return g.rejectArgs(ctx, entry, args, fmt.Sprintf("invalid arguments: %.64s: the number %.40s cannot be held exactly; send fewer digits", field, n),
-			"invalid arguments: %.64s: the number %.40s cannot be held exactly (it would be approved and acted on as a different value); send fewer digits", field, n)
+	if err := digest.CheckExact(c.Raw); err != nil {
+		return g.rejectArgs(ctx, entry, args, fmt.Sprintf("invalid arguments: %v; send fewer digits", err),
+			"invalid arguments: %v (it would be approved and acted on as a different value); send fewer digits", err)
 	}
 	sch, err := g.schema(spec)
 	if err == nil {
@@ -374,8 +370,8 @@ func (g *Guard) Handle(ctx context.Context, c Call) *mcp.CallToolResult {
 			return g.rejectArgs(ctx, entry, args, "invalid arguments: "+err.Error(), "invalid arguments: %v", err)
 		}
 		// The tool could not gather the facts the policy needs: deny.
-		if c, cerr := canonicalize(args); cerr == nil {
-			c.setOn(&entry, conf.RedactArgs)
+		if a, aerr := digest.NewArgs(args, 0); aerr == nil {
+			setArgs(&entry, a, conf.RedactArgs)
 		}
 		entry.Kind, entry.Decision, entry.Reason = vocab.KindCallDenied, string(vocab.LevelDeny), "cannot evaluate policy: "+err.Error()
 		g.record(ctx, entry)
@@ -384,15 +380,15 @@ func (g *Guard) Handle(ctx context.Context, c Call) *mcp.CallToolResult {
 	call.Agent = c.Agent
 	// The one canonical form of what is decided, approved, run and audited:
 	// Prepare's output, with any defaults it applied.
-	canon, err := canonicalize(call.Args)
-	if err != nil {
-		return g.rejectArgs(ctx, entry, args, err.Error(), "%v", err)
-	}
-	if len(canon.JSON) > g.opts.MaxArgBytes {
+	canon, err := digest.NewArgs(call.Args, g.opts.MaxArgBytes)
+	if errors.Is(err, digest.ErrTooLarge) {
 		return g.rejectArgs(ctx, entry, args, fmt.Sprintf("arguments larger than %d bytes", g.opts.MaxArgBytes),
 			"invalid arguments: larger than %d bytes", g.opts.MaxArgBytes)
 	}
-	canon.setOn(&entry, conf.RedactArgs)
+	if err != nil {
+		return g.rejectArgs(ctx, entry, args, err.Error(), "%v", err)
+	}
+	setArgs(&entry, canon, conf.RedactArgs)
 
 	// Decide and count under one lock, so that calls made in parallel see
 	// each other (a sum split across them is judged as the sum).
@@ -434,7 +430,7 @@ func (g *Guard) Handle(ctx context.Context, c Call) *mcp.CallToolResult {
 		// arguments the agent can fix by sending less, not a decision of
 		// policy or of a person; and like one, the log keeps only the
 		// arguments' digest and size.
-		if err := approval.CheckShown(call.Details, canon.JSON, c.Tool, c.Agent); err != nil {
+		if err := approval.CheckShown(call.Details, canon.JSON(), c.Tool, c.Agent); err != nil {
 			g.usage.release(counted)
 			return g.rejectArgs(ctx, entry, args, err.Error(), "refused: %v", err)
 		}
@@ -681,32 +677,13 @@ func (g *Guard) schema(spec *tools.Spec) (*schema, error) {
 	return s, nil
 }
 
-// canonical is a call's arguments in the one form every step uses.
-type canonical struct {
-	JSON   []byte // RFC 8785
-	SHA256 [32]byte
-}
-
-func canonicalize(args map[string]any) (canonical, error) {
-	if args == nil {
-		args = map[string]any{}
-	}
-	raw, err := json.Marshal(args)
-	if err != nil {
-		return canonical{}, fmt.Errorf("invalid arguments: %w", err)
-	}
-	b, err := jcs.Transform(raw)
-	if err != nil {
-		return canonical{}, fmt.Errorf("invalid arguments: %w", err)
-	}
-	return canonical{JSON: b, SHA256: sha256.Sum256(b)}, nil
-}
-
-func (c canonical) setOn(e *audit.Entry, redact bool) {
-	e.ArgsSHA256 = hex.EncodeToString(c.SHA256[:])
+// setArgs puts a call's one canonical value in its audit entry: the
+// digest always, the arguments unless the tool's are redacted.
+func setArgs(e *audit.Entry, a digest.Args, redact bool) {
+	e.ArgsSHA256 = a.Hex()
 	e.Args, e.ArgsRedact = nil, redact
 	if !redact {
-		e.Args = json.RawMessage(c.JSON)
+		e.Args = a.JSON()
 	}
 }
 
