@@ -7,9 +7,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"reflect"
 	"runtime"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 
 	"github.com/countersign/countersign/digest"
@@ -46,6 +48,12 @@ func prepareEncoding(e *Entry, inLineForm bool) (*prepared, error) {
 		return nil, err
 	}
 	p := &prepared{members: members}
+	if inLineForm {
+		if middle, ok := lineMiddle(members); ok {
+			p.middle = middle
+			return p, nil
+		}
+	}
 	line, err := encodeLine(&c)
 	if err != nil {
 		return nil, err
@@ -56,6 +64,49 @@ func prepareEncoding(e *Entry, inLineForm bool) (*prepared, error) {
 	p.middle = line[len(linePrefix) : len(line)-len(lineSuffix)]
 	return p, nil
 }
+
+// lineMiddle is the stored line's middle built from the hashed members,
+// so an entry's bytes are encoded once: for entries whose JSON members
+// prepare has put in their line form, of valid UTF-8 and without
+// U+2028 or U+2029 (nearly all), encoding/json writes each member exactly
+// as RFC 8785 does, and only their order differs (Entry's field order on
+// the line, key order in the hash). It reports false for the rest, which
+// encodeLine writes. A raw U+FFFD may stand for invalid UTF-8 that
+// encoding/json would write as \ufffd: such members take encodeLine too.
+func lineMiddle(members [][]byte) ([]byte, bool) {
+	size := 0
+	for _, m := range members {
+		if bytes.Contains(m, []byte("\u2028")) || bytes.Contains(m, []byte("\u2029")) || bytes.Contains(m, []byte("\uFFFD")) {
+			return nil, false
+		}
+		if _, ok := lineOrder[string(memberKey(m))]; !ok {
+			return nil, false
+		}
+		size += 1 + len(m)
+	}
+	ordered := slices.Clone(members)
+	slices.SortFunc(ordered, func(a, b []byte) int {
+		return lineOrder[string(memberKey(a))] - lineOrder[string(memberKey(b))]
+	})
+	middle := make([]byte, 0, size)
+	for _, m := range ordered {
+		middle = append(append(middle, ','), m...)
+	}
+	return middle, true
+}
+
+// lineOrder is each JSON key's place on a stored line: Entry's field
+// order, which encoding/json follows. It is read, never written, after
+// start.
+var lineOrder = func() map[string]int {
+	order := map[string]int{}
+	typ := reflect.TypeOf(Entry{})
+	for i := range typ.NumField() {
+		key, _, _ := strings.Cut(typ.Field(i).Tag.Get("json"), ",")
+		order[key] = i
+	}
+	return order
+}()
 
 // alreadyCanonical is membersOf's canon for members known to be in RFC
 // 8785 form already.
