@@ -6,9 +6,12 @@
 //	one run -> result
 //
 // and the audit log hears of each step. The arguments are canonicalised
-// once (RFC 8785 bytes and their SHA-256); policy, approval, execution and
-// audit all use that one value, and the tool runs on exactly the arguments
-// that were approved.
+// once, after the tool's Prepare has applied its defaults, into a
+// [digest.Args] (RFC 8785 bytes and their SHA-256); the approval request,
+// the usage keys, the approval token and every audit entry of the call
+// take that one value, and the tool runs on exactly the arguments that
+// were approved. Policy and the tool read the decoded arguments those
+// bytes were made from.
 //
 // A request for a countersignature that comes from outside MCP (a CIBA
 // backchannel request, package ciba) takes the same path to the humans
