@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -17,23 +18,24 @@ const alsoTarget = "countersign -also"
 
 // cpuPerCall is the server process's CPU time (user and system, from
 // /proc) per call over n calls spread over the sessions, in µs. Unlike
-// throughput it does not depend on how the client shares the machine's
-// cores, so it compares two servers driven by the same client.
-func cpuPerCall(ctx context.Context, s *server, sessions []*sdk.ClientSession, c call, n int) (float64, error) {
+// throughput it depends little on how the client shares the machine's
+// cores, so it compares two servers driven by the same client. It also
+// returns the calls' rate.
+func cpuPerCall(ctx context.Context, s *server, sessions []*sdk.ClientSession, c call, n int) (float64, rate, error) {
 	pid := s.cmd.Process.Pid
 	before, err := cpuTime(pid)
 	if err != nil {
-		return 0, err
+		return 0, rate{}, err
 	}
 	res := fixedCalls(ctx, sessions, c, n)
 	after, err := cpuTime(pid)
 	if err != nil {
-		return 0, err
+		return 0, rate{}, err
 	}
 	if res.errors > 0 {
-		return 0, fmt.Errorf("%d of %d calls failed", res.errors, n)
+		return 0, rate{}, fmt.Errorf("%d of %d calls failed", res.errors, n)
 	}
-	return float64((after - before).Microseconds()) / float64(n), nil
+	return float64((after - before).Microseconds()) / float64(n), res, nil
 }
 
 // cpuTime is a process's utime+stime: fields 14 and 15 of /proc/PID/stat,
@@ -72,4 +74,72 @@ func clockTicks() int64 {
 		return 100
 	}
 	return n
+}
+
+// cpuRounds measures every target's server CPU per routine call at 16
+// HTTP sessions, its throughput over those calls, and one session's p50
+// latency, in rounds that take the targets in turn, all servers started
+// first and only one loaded at a time; each figure is the median of its
+// rounds. On a machine whose other load comes and goes, interleaving puts
+// each server under about the same load, so their ratios hold better
+// than figures measured one server after another.
+func cpuRounds(ctx context.Context, r *report, work string, targets []target, c call, sz sizes) error {
+	type running struct {
+		srv                 *server
+		sessions            []*sdk.ClientSession
+		cpu, perSecond, p50 []float64
+	}
+	all := make([]*running, len(targets))
+	defer func() {
+		for _, x := range all {
+			if x != nil {
+				x.srv.stop()
+			}
+		}
+	}()
+	for i, t := range targets {
+		srv, err := startHTTP(ctx, work, t.cmd)
+		if err != nil {
+			return fmt.Errorf("%s: %w", t.name, err)
+		}
+		all[i] = &running{srv: srv}
+		if all[i].sessions, err = srv.sessions(ctx, 16); err != nil {
+			return fmt.Errorf("%s: %w", t.name, err)
+		}
+		if _, err := latency(ctx, srv.session, c, 100); err != nil { // warm up
+			return fmt.Errorf("%s: %w", t.name, err)
+		}
+	}
+	for range sz.cpuRounds {
+		for i, t := range targets {
+			x := all[i]
+			us, res, err := cpuPerCall(ctx, x.srv, x.sessions, c, sz.cpuCalls)
+			if err != nil {
+				return fmt.Errorf("%s: %w", t.name, err)
+			}
+			x.cpu = append(x.cpu, us)
+			x.perSecond = append(x.perSecond, res.perSecond)
+			lat, err := latency(ctx, x.srv.session, c, sz.cpuCalls/8)
+			if err != nil {
+				return fmt.Errorf("%s: %w", t.name, err)
+			}
+			x.p50 = append(x.p50, lat.p50)
+		}
+	}
+	for i, t := range targets {
+		x := all[i]
+		r.add(t.name, "routine call, HTTP, 16 sessions, interleaved", "server_cpu_us_per_call", median(x.cpu))
+		r.add(t.name, "routine call, HTTP, 16 sessions, interleaved", "calls_per_s", median(x.perSecond))
+		r.add(t.name, "routine call, HTTP, 1 session, interleaved", "p50_ms", median(x.p50))
+	}
+	return nil
+}
+
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	return s[len(s)/2]
 }

@@ -48,17 +48,17 @@ import (
 func main() {
 	short := flag.Bool("short", false, "a quick run that only checks the suite works (CI)")
 	out := flag.String("out", "bench-results.json", "where to write the results as JSON")
-	only := flag.String("only", "", "run only these groups, comma-separated: calls, approval, memory, micro (default: all)")
+	only := flag.String("only", "", "run only these groups, comma-separated: cpu, calls, approval, memory, micro (default: all)")
 	also := flag.String("also", "", "a second, prebuilt countersign binary (e.g. built from main) whose routine calls are measured in the same run, as target \""+alsoTarget+"\"")
 	flag.Parse()
 	groups := map[string]bool{}
 	for _, g := range strings.Split(*only, ",") {
 		switch g = strings.TrimSpace(g); g {
 		case "":
-		case "calls", "approval", "memory", "micro":
+		case "cpu", "calls", "approval", "memory", "micro":
 			groups[g] = true
 		default:
-			fmt.Fprintf(os.Stderr, "csbench: -only: unknown group %q (expected calls, approval, memory or micro)\n", g)
+			fmt.Fprintf(os.Stderr, "csbench: -only: unknown group %q (expected cpu, calls, approval, memory or micro)\n", g)
 			os.Exit(2)
 		}
 	}
@@ -79,12 +79,20 @@ type sizes struct {
 	pending      int
 	benchtime    string
 	cpuCalls     int
+	cpuRounds    int
+}
+
+// target is one server under test, started by cmd with its own data
+// directory and, for HTTP, its listen address ("" for stdio).
+type target struct {
+	name string
+	cmd  func(dir, addr string) *exec.Cmd
 }
 
 func run(short bool, outPath, also string, want func(group string) bool) error {
-	sz := sizes{approvals: 1000, latencyCalls: 2000, window: 5 * time.Second, transfers: 800, waiting: 1000, pending: 10000, benchtime: "1s", cpuCalls: 4000}
+	sz := sizes{approvals: 1000, latencyCalls: 2000, window: 5 * time.Second, transfers: 800, waiting: 1000, pending: 10000, benchtime: "1s", cpuCalls: 4000, cpuRounds: 5}
 	if short {
-		sz = sizes{approvals: 5, latencyCalls: 50, window: 300 * time.Millisecond, transfers: 40, waiting: 20, pending: 50, benchtime: "1x", cpuCalls: 50}
+		sz = sizes{approvals: 5, latencyCalls: 50, window: 300 * time.Millisecond, transfers: 40, waiting: 20, pending: 50, benchtime: "1x", cpuCalls: 50, cpuRounds: 1}
 	}
 	root, err := moduleRoot()
 	if err != nil {
@@ -109,10 +117,7 @@ func run(short bool, outPath, also string, want func(group string) bool) error {
 	get := call{"get_balance", map[string]any{"account": "operating"}}
 	transfer := call{"transfer", map[string]any{"from": "operating", "to": "Acme Supplies", "amount": 1, "currency": "USD"}}
 
-	targets := []struct {
-		name string
-		cmd  func(dir string, http string) *exec.Cmd
-	}{
+	targets := []target{
 		{"baseline", func(dir, addr string) *exec.Cmd {
 			args := []string{"-data", dir}
 			if addr != "" {
@@ -132,10 +137,12 @@ func run(short bool, outPath, also string, want func(group string) bool) error {
 		if _, err := os.Stat(also); err != nil {
 			return fmt.Errorf("-also: %w", err)
 		}
-		targets = append(targets, struct {
-			name string
-			cmd  func(dir string, http string) *exec.Cmd
-		}{alsoTarget, func(dir, addr string) *exec.Cmd { return countersign(also, dir, addr, nil) }})
+		targets = append(targets, target{alsoTarget, func(dir, addr string) *exec.Cmd { return countersign(also, dir, addr, nil) }})
+	}
+	if want("cpu") {
+		if err := cpuRounds(ctx, r, work, targets, get, sz); err != nil {
+			return fmt.Errorf("server CPU: %w", err)
+		}
 	}
 	if !want("calls") {
 		targets = nil
@@ -164,7 +171,7 @@ func run(short bool, outPath, also string, want func(group string) bool) error {
 			r.add(target.name, name, "calls_per_s", tp.perSecond)
 			r.add(target.name, name, "errors", float64(tp.errors))
 			if n == 16 {
-				us, err := cpuPerCall(ctx, srv, sessions, get, sz.cpuCalls)
+				us, _, err := cpuPerCall(ctx, srv, sessions, get, sz.cpuCalls)
 				if err != nil {
 					srv.stop()
 					return fmt.Errorf("%s: server CPU: %w", target.name, err)
