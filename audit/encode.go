@@ -74,23 +74,27 @@ func prepareEncoding(e *Entry, inLineForm bool) (*prepared, error) {
 // encodeLine writes. A raw U+FFFD may stand for invalid UTF-8 that
 // encoding/json would write as \ufffd: such members take encodeLine too.
 func lineMiddle(members [][]byte) ([]byte, bool) {
+	// Each member goes to its field's slot; the slots read in order are
+	// the line's order. Entry has fewer fields than slots; a field past
+	// them would take encodeLine.
+	var slots [64][]byte
 	size := 0
 	for _, m := range members {
 		if bytes.Contains(m, []byte("\u2028")) || bytes.Contains(m, []byte("\u2029")) || bytes.Contains(m, []byte("\uFFFD")) {
 			return nil, false
 		}
-		if _, ok := lineOrder[string(memberKey(m))]; !ok {
+		i, ok := lineOrder[string(memberKey(m))]
+		if !ok || i >= len(slots) || slots[i] != nil {
 			return nil, false
 		}
+		slots[i] = m
 		size += 1 + len(m)
 	}
-	ordered := slices.Clone(members)
-	slices.SortFunc(ordered, func(a, b []byte) int {
-		return lineOrder[string(memberKey(a))] - lineOrder[string(memberKey(b))]
-	})
 	middle := make([]byte, 0, size)
-	for _, m := range ordered {
-		middle = append(append(middle, ','), m...)
+	for _, m := range slots {
+		if m != nil {
+			middle = append(append(middle, ','), m...)
+		}
 	}
 	return middle, true
 }
