@@ -37,10 +37,10 @@ func (e *InexactError) Error() string {
 //
 // It runs before the arguments are decoded again for the schema and the
 // tool, on the bytes only the transport has; [NewArgs] then makes the one
-// value from the decoded arguments. Nearly every number is an integer of
-// at most 15 digits, which a float64 holds exactly: a scan of the bytes
-// finds them without building anything, and only other numbers are
-// checked one by one, and only an inexact one has its path found.
+// value from the decoded arguments. Nearly every number is an integer or
+// a decimal of at most 15 digits, which a float64 holds exactly: a scan
+// of the bytes passes them without building anything, only other numbers
+// are checked one by one, and only an inexact one has its path found.
 func CheckExact(raw []byte) *InexactError {
 	if len(raw) == 0 || allNumbersExact(raw) {
 		return nil
@@ -81,7 +81,7 @@ func allNumbersExact(raw []byte) bool {
 			for j < len(raw) && (raw[j] == '-' || raw[j] == '+' || raw[j] == '.' || raw[j] == 'e' || raw[j] == 'E' || '0' <= raw[j] && raw[j] <= '9') {
 				j++
 			}
-			if !smallInteger(raw[i:j]) && !exactInFloat64(string(raw[i:j])) {
+			if !shortDecimal(raw[i:j]) && !exactInFloat64(string(raw[i:j])) {
 				return false
 			}
 			i = j - 1
@@ -90,21 +90,27 @@ func allNumbersExact(raw []byte) bool {
 	return true
 }
 
-// smallInteger reports whether tok is an integer of 1 to 15 digits, which
-// a float64 holds exactly (2^53 has 16).
-func smallInteger(tok []byte) bool {
+// shortDecimal reports whether tok is a decimal without exponent of at
+// most 15 digits, which a float64 holds exactly: 15 is DBL_DIG, so two
+// such decimals never share a float64, and the shortest form of the one
+// they parse to is the decimal itself (with 15 digits and no exponent it
+// is far from the subnormal range).
+func shortDecimal(tok []byte) bool {
 	if len(tok) > 0 && tok[0] == '-' {
 		tok = tok[1:]
 	}
-	if len(tok) == 0 || len(tok) > 15 {
-		return false
-	}
-	for _, c := range tok {
-		if c < '0' || c > '9' {
+	digits, point := 0, false
+	for i, c := range tok {
+		switch {
+		case '0' <= c && c <= '9':
+			digits++
+		case c == '.' && !point && i > 0 && i < len(tok)-1:
+			point = true
+		default:
 			return false
 		}
 	}
-	return true
+	return digits > 0 && digits <= 15
 }
 
 func walkNumbers(v any, path string) (string, string) {

@@ -3,6 +3,7 @@ package digest
 import (
 	"bytes"
 	"encoding/json"
+	"math/rand/v2"
 	"testing"
 )
 
@@ -62,4 +63,35 @@ func walkOf(raw []byte) (string, string) {
 		return "", ""
 	}
 	return walkNumbers(v, "")
+}
+
+// What the scan passes without the exact check must pass the exact check:
+// decimals of up to 15 digits, the point anywhere.
+func TestShortDecimalsAreExact(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 2))
+	for range 200_000 {
+		n := 1 + r.IntN(15)
+		digits := make([]byte, n)
+		for i := range digits {
+			digits[i] = byte('0' + r.IntN(10))
+		}
+		tok := string(digits)
+		if p := r.IntN(n); p > 0 {
+			tok = tok[:p] + "." + tok[p:]
+		}
+		if r.IntN(2) == 0 {
+			tok = "-" + tok
+		}
+		if !shortDecimal([]byte(tok)) {
+			t.Fatalf("shortDecimal(%s) = false", tok)
+		}
+		if !exactInFloat64(tok) {
+			t.Fatalf("%s passes the scan but is not exact in a float64", tok)
+		}
+	}
+	for _, tok := range []string{"1234567890123456", "1.234567890123456", "1e5", ".5", "5.", "1.2.3", "-", ""} {
+		if shortDecimal([]byte(tok)) {
+			t.Errorf("shortDecimal(%q) = true", tok)
+		}
+	}
 }
