@@ -96,6 +96,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"reflect"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -626,10 +627,18 @@ func (g *Guard) executed(spec *tools.Spec, res *tools.Result, entry audit.Entry)
 		sum := sha256.Sum256(content)
 		record = map[string]any{"result_sha256": hex.EncodeToString(sum[:]), "is_error": res.MCP.IsError}
 	}
-	if rec, err := json.Marshal(record); err == nil && record != nil {
+	if record != nil && res.MCP == nil && sameMap(record, res.Content) {
+		entry.Result = content // a tool that records its whole result: its JSON is written once
+	} else if rec, err := json.Marshal(record); err == nil && record != nil {
 		entry.Result = rec
 	}
 	return out, content, entry, true
+}
+
+// sameMap reports whether a and b are one map (not two equal ones).
+func sameMap(a, b any) bool {
+	va, vb := reflect.ValueOf(a), reflect.ValueOf(b)
+	return va.Kind() == reflect.Map && vb.Kind() == reflect.Map && va.Type() == vb.Type() && va.UnsafePointer() == vb.UnsafePointer()
 }
 
 func safeRun(ctx context.Context, spec *tools.Spec, call *tools.Call) (res *tools.Result, err error) {
