@@ -50,6 +50,7 @@ func main() {
 	out := flag.String("out", "bench-results.json", "where to write the results as JSON")
 	only := flag.String("only", "", "run only these groups, comma-separated: cpu, calls, approval, memory, micro (default: all)")
 	also := flag.String("also", "", "a second, prebuilt countersign binary (e.g. built from main) whose routine calls are measured in the same run, as target \""+alsoTarget+"\"")
+	rounds := flag.Int("rounds", 0, "rounds of the cpu group (default 5; 1 with -short)")
 	flag.Parse()
 	groups := map[string]bool{}
 	for _, g := range strings.Split(*only, ",") {
@@ -63,7 +64,7 @@ func main() {
 		}
 	}
 	want := func(g string) bool { return len(groups) == 0 || groups[g] }
-	if err := run(*short, *out, *also, want); err != nil {
+	if err := run(*short, *out, *also, *rounds, want); err != nil {
 		fmt.Fprintln(os.Stderr, "csbench:", err)
 		os.Exit(1)
 	}
@@ -89,10 +90,13 @@ type target struct {
 	cmd  func(dir, addr string) *exec.Cmd
 }
 
-func run(short bool, outPath, also string, want func(group string) bool) error {
+func run(short bool, outPath, also string, rounds int, want func(group string) bool) error {
 	sz := sizes{approvals: 1000, latencyCalls: 2000, window: 5 * time.Second, transfers: 800, waiting: 1000, pending: 10000, benchtime: "1s", cpuCalls: 4000, cpuRounds: 5}
 	if short {
 		sz = sizes{approvals: 5, latencyCalls: 50, window: 300 * time.Millisecond, transfers: 40, waiting: 20, pending: 50, benchtime: "1x", cpuCalls: 50, cpuRounds: 1}
+	}
+	if rounds > 0 {
+		sz.cpuRounds = rounds
 	}
 	root, err := moduleRoot()
 	if err != nil {
