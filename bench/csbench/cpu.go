@@ -13,8 +13,11 @@ import (
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
 )
 
-// alsoTarget names the -also binary's figures in the report.
-const alsoTarget = "countersign -also"
+// alsoOf names the -also binary's target that runs as countersign target
+// name does, with the same settings.
+func alsoOf(name string) string {
+	return strings.Replace(name, "countersign", "countersign -also", 1)
+}
 
 // cpuPerCall is the server process's CPU time (user and system, from
 // /proc) per call over n calls spread over the sessions, in µs. Unlike

@@ -23,9 +23,10 @@
 //     sign/verify, one durable SQLite commit).
 //
 // With -also, a second, prebuilt countersign binary (say, built from main
-// before a change) runs the same calls group as target "countersign -also",
-// driven by the same client in the same run, so a change is judged by a
-// ratio measured under the same load.
+// before a change) runs the same calls and cpu groups as targets
+// "countersign -also" and "countersign -also sync=normal", driven by the
+// same client in the same run, so a change is judged by a ratio measured
+// under the same load (the "÷ -also" column).
 //
 // The same figures are written as JSON to -out for comparison between runs.
 // Everything it starts listens on 127.0.0.1 and stops when it ends.
@@ -49,7 +50,7 @@ func main() {
 	short := flag.Bool("short", false, "a quick run that only checks the suite works (CI)")
 	out := flag.String("out", "bench-results.json", "where to write the results as JSON")
 	only := flag.String("only", "", "run only these groups, comma-separated: cpu, calls, approval, memory, micro (default: all)")
-	also := flag.String("also", "", "a second, prebuilt countersign binary (e.g. built from main) whose routine calls are measured in the same run, as target \""+alsoTarget+"\"")
+	also := flag.String("also", "", "a second, prebuilt countersign binary (e.g. built from main) whose routine calls are measured in the same run, as targets \"countersign -also\" and \"countersign -also sync=normal\"")
 	rounds := flag.Int("rounds", 0, "rounds of the cpu group (default 5; 1 with -short)")
 	flag.Parse()
 	groups := map[string]bool{}
@@ -141,7 +142,11 @@ func run(short bool, outPath, also string, rounds int, want func(group string) b
 		if _, err := os.Stat(also); err != nil {
 			return fmt.Errorf("-also: %w", err)
 		}
-		targets = append(targets, target{alsoTarget, func(dir, addr string) *exec.Cmd { return countersign(also, dir, addr, nil) }})
+		targets = append(targets,
+			target{alsoOf("countersign"), func(dir, addr string) *exec.Cmd { return countersign(also, dir, addr, nil) }},
+			target{alsoOf("countersign sync=normal"), func(dir, addr string) *exec.Cmd {
+				return countersign(also, dir, addr, []string{"COUNTERSIGN_AUDIT_SYNC=normal"})
+			}})
 	}
 	if want("cpu") {
 		if err := cpuRounds(ctx, r, work, targets, get, sz); err != nil {

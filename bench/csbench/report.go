@@ -85,7 +85,7 @@ func (r *report) print(w io.Writer) {
 			base = fmt.Sprintf("%.2f", b)
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%.2f\t%s\n", x.Target, x.Scenario, x.Metric,
-			ratio(x, "baseline"), ratio(x, alsoTarget), x.Value, base)
+			ratio(x, "baseline"), ratio(x, alsoOf(x.Target)), x.Value, base)
 	}
 	tw.Flush()
 	fmt.Fprintln(w)
