@@ -20,7 +20,6 @@ import (
 	"github.com/countersign/countersign/approval/approvaltest"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/audit/verify"
-	"github.com/countersign/countersign/digest"
 	"github.com/countersign/countersign/vocab"
 )
 
@@ -151,10 +150,9 @@ func ran(t *testing.T, svc *Service, log *audit.Log, r *Request) {
 		t.Fatal(err)
 	}
 	args := paymentRequest().Args
-	sum, _ := digest.ArgsSHA256(args)
 	err := svc.Finish(ctx, r.ID, Outcome{State: vocab.StateExecuted, Result: json.RawMessage(`{"ok":true}`),
-		Record: audit.Entry{Kind: vocab.KindCallExecuted, Agent: r.Agent, Tool: r.Tool, Args: args,
-			ArgsSHA256: hex.EncodeToString(sum[:]), Decision: string(r.Level), Result: json.RawMessage(`{"ok":true}`)}})
+		Record: audit.Entry{Kind: vocab.KindCallExecuted, Agent: r.Agent, Tool: r.Tool, Args: args.JSON(),
+			ArgsSHA256: args.Hex(), Decision: string(r.Level), Result: json.RawMessage(`{"ok":true}`)}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -109,7 +109,7 @@ func (s *Service) prepare(r NewRequest) (*creation, error) {
 		c.summary = r.Tool
 	}
 	c.binding = c.summary + " (code " + c.code + ")"
-	if c.display, err = authzdetails.Render(details, r.Args, r.Tool, r.Agent, c.code); err != nil {
+	if c.display, err = authzdetails.Render(details, r.Args.JSON(), r.Tool, r.Agent, c.code); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalidRequest, err)
 	}
 	return c, nil
@@ -125,12 +125,8 @@ func checkPayload(r *NewRequest) ([32]byte, []json.RawMessage, error) {
 	if r.Agent == "" {
 		r.Agent = "anonymous"
 	}
-	if len(r.Args) == 0 {
-		r.Args = json.RawMessage(`{}`)
-	}
-	argsSum, err := digest.ArgsSHA256(r.Args)
-	if err != nil {
-		return [32]byte{}, nil, fmt.Errorf("%w: args: %v", ErrInvalidRequest, err)
+	if r.Args.IsZero() {
+		r.Args, _ = digest.ParseArgs(nil) // {}
 	}
 	if len(r.AuthorizationDetails) == 0 {
 		r.AuthorizationDetails = json.RawMessage(`[]`)
@@ -139,7 +135,7 @@ func checkPayload(r *NewRequest) ([32]byte, []json.RawMessage, error) {
 	if err := json.Unmarshal(r.AuthorizationDetails, &details); err != nil {
 		return [32]byte{}, nil, fmt.Errorf("%w: authorization_details must be a JSON array: %v", ErrInvalidRequest, err)
 	}
-	return argsSum, details, nil
+	return r.Args.SHA256(), details, nil
 }
 
 // applyLevel gives r its level's default quorum and user verification:
@@ -226,7 +222,7 @@ func requestedEntry(c *creation) audit.Entry {
 	if c.RedactArgs {
 		entry.ArgsRedact = true
 	} else {
-		entry.Args = c.Args
+		entry.Args = c.Args.JSON()
 	}
 	return entry
 }
@@ -247,7 +243,7 @@ func (s *Service) insert(ctx context.Context, c *creation) error {
 			(id, tool, agent, args, args_sha256, redact_args, authorization_details, summary, display, level, rule,
 			 approvers, quorum, user_verification, code, binding_message, nonce, created_at, expires_at, interval_ms, state, wait_mode)
 			VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
-			c.id, c.Tool, c.Agent, []byte(c.Args), c.argsSHA256, c.RedactArgs, []byte(c.AuthorizationDetails),
+			c.id, c.Tool, c.Agent, []byte(c.Args.JSON()), c.argsSHA256, c.RedactArgs, []byte(c.AuthorizationDetails),
 			c.summary, c.display, c.Level, c.Rule, string(approversJSON), c.Quorum, c.UserVerification, c.code, c.binding, c.nonce,
 			c.created.UnixNano(), c.expires.Unix(), s.opts.PollInterval.Milliseconds(), vocab.StatePending, c.Wait)
 		if err != nil {

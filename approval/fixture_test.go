@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/countersign/countersign/digest"
 	"github.com/countersign/countersign/vocab"
 
 	"github.com/countersign/countersign/approval/approvaltest"
@@ -101,7 +102,7 @@ func paymentRequest(approvers ...string) NewRequest {
 	return NewRequest{
 		Tool:                 "transfer",
 		Agent:                "agent-1",
-		Args:                 json.RawMessage(`{"to":"Vendor X","amount":500000,"currency":"USD","from":"operating"}`),
+		Args:                 digest.MustParseArgs(`{"to":"Vendor X","amount":500000,"currency":"USD","from":"operating"}`),
 		AuthorizationDetails: json.RawMessage(`[{"type":"payment_initiation","actions":["transfer"],"instructedAmount":{"currency":"USD","amount":"500000.00"},"creditorName":"Vendor X","debtorAccount":{"id":"operating"},"newCounterparty":true}]`),
 		Summary:              "Pay USD 500,000.00 from operating to Vendor X",
 		Level:                "high",

@@ -3,7 +3,6 @@ package approval
 import (
 	"bytes"
 	"context"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"slices"
@@ -27,11 +26,10 @@ func interrupted(t *testing.T, svc *Service, r *Request) {
 		t.Fatal(err)
 	}
 	args := paymentRequest().Args
-	sum, _ := digest.ArgsSHA256(args)
 	const why = "outcome unknown: upstream notes: connection lost"
 	err := svc.Finish(ctx, r.ID, Outcome{State: vocab.StateInterrupted, Note: why, Result: json.RawMessage(`{"error":"interrupted"}`),
-		Record: audit.Entry{Kind: vocab.KindCallInterrupted, Agent: r.Agent, Tool: r.Tool, Args: args,
-			ArgsSHA256: hex.EncodeToString(sum[:]), Decision: string(r.Level), Reason: why}})
+		Record: audit.Entry{Kind: vocab.KindCallInterrupted, Agent: r.Agent, Tool: r.Tool, Args: args.JSON(),
+			ArgsSHA256: args.Hex(), Decision: string(r.Level), Reason: why}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -138,13 +136,12 @@ func TestReconcileRecordsAFindingOnceAndOnlyForAnInterruptedCall(t *testing.T) {
 func TestReconcileCallWithoutARequestBySeq(t *testing.T) {
 	ctx := context.Background()
 	f, log, _ := newLoggedFixture(t)
-	args := json.RawMessage(`{"name":"late","text":"x"}`)
-	sum, _ := digest.ArgsSHA256(args)
-	call := audit.Entry{Agent: "agent-a", Tool: "hostile__stubborn", ArgsSHA256: hex.EncodeToString(sum[:]), Decision: string(vocab.LevelLow)}
+	args := digest.MustParseArgs(`{"name":"late","text":"x"}`)
+	call := audit.Entry{Agent: "agent-a", Tool: "hostile__stubborn", ArgsSHA256: args.Hex(), Decision: string(vocab.LevelLow)}
 	appendCall := func(outcome vocab.Kind) int64 {
 		t.Helper()
 		allowed := call
-		allowed.Kind, allowed.Args = vocab.KindCallAllowed, args
+		allowed.Kind, allowed.Args = vocab.KindCallAllowed, args.JSON()
 		a, err := log.Append(ctx, allowed)
 		if err != nil {
 			t.Fatal(err)

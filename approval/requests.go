@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/countersign/countersign/digest"
 	"github.com/countersign/countersign/vocab"
 )
 
@@ -15,8 +16,9 @@ import (
 type NewRequest struct {
 	Tool  string
 	Agent string
-	// Args are the validated arguments: exactly what will run.
-	Args json.RawMessage
+	// Args are the validated arguments, canonical: exactly what will
+	// run. The request stores and hashes them as they are.
+	Args digest.Args
 	// AuthorizationDetails is the RFC 9396 array the tool describes the
 	// action with; the page is rendered from it, not from agent text.
 	AuthorizationDetails json.RawMessage

@@ -375,7 +375,6 @@ func TestCreateValidates(t *testing.T) {
 		"no approvers":     func(r *NewRequest) { r.Approvers = nil },
 		"quorum too big":   func(r *NewRequest) { r.Quorum = 3 },
 		"details object":   func(r *NewRequest) { r.AuthorizationDetails = []byte(`{"type":"x"}`) },
-		"args not json":    func(r *NewRequest) { r.Args = []byte(`{`) },
 	} {
 		nr := paymentRequest("alice", "bob")
 		mut(&nr)

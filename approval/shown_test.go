@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/countersign/countersign/authzdetails"
+	"github.com/countersign/countersign/digest"
 	"github.com/countersign/countersign/vocab"
 )
 
@@ -19,7 +20,7 @@ func mcpRequest(args map[string]any) NewRequest {
 	nr := paymentRequest("alice")
 	nr.Tool = "files__write_file"
 	raw, _ := json.Marshal(args)
-	nr.Args = raw
+	nr.Args, _ = digest.ParseArgs(raw)
 	nr.AuthorizationDetails, _ = json.Marshal([]map[string]any{{
 		"type": "mcp_tool_call", "server": "files", "tool": "write_file", "arguments": args,
 	}})
@@ -104,7 +105,7 @@ func TestShowLimitsRefuseBeforeARequest(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newFixture(t)
 			nr := mcpRequest(tc.args)
-			err := CheckShown(nr.AuthorizationDetails, nr.Args, nr.Tool, nr.Agent)
+			err := CheckShown(nr.AuthorizationDetails, nr.Args.JSON(), nr.Tool, nr.Agent)
 			req, cerr := f.svc.Create(context.Background(), nr)
 			if tc.want == "" {
 				if err != nil || cerr != nil {
@@ -144,7 +145,7 @@ func TestShowLimitsCountTheArgumentValues(t *testing.T) {
 		"type": "mcp_tool_call", "server": "files", "tool": "write_file", "arguments": args,
 		"definition_sha256": strings.Repeat("ab", 32),
 	}})
-	if err := CheckShown(nr.AuthorizationDetails, nr.Args, nr.Tool, nr.Agent); err != nil {
+	if err := CheckShown(nr.AuthorizationDetails, nr.Args.JSON(), nr.Tool, nr.Agent); err != nil {
 		t.Fatalf("%d argument values and a server member: %v", authzdetails.MaxShownValues, err)
 	}
 	got, err := authzdetails.Render(splitDetails(t, string(nr.AuthorizationDetails)), nil, "t", "a", "C")
@@ -179,12 +180,12 @@ func TestShowLimitRefusalIsCheap(t *testing.T) {
 	nr := mcpRequest(args)
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
-	CheckShown(nr.AuthorizationDetails, nr.Args, nr.Tool, nr.Agent)
+	CheckShown(nr.AuthorizationDetails, nr.Args.JSON(), nr.Tool, nr.Agent)
 	runtime.ReadMemStats(&after)
 	if allocs := after.TotalAlloc - before.TotalAlloc; allocs > 64<<20 {
-		t.Fatalf("refusing %d bytes of arguments allocated %d bytes", len(nr.Args), allocs)
+		t.Fatalf("refusing %d bytes of arguments allocated %d bytes", len(nr.Args.JSON()), allocs)
 	}
-	err := CheckShown(nr.AuthorizationDetails, nr.Args, nr.Tool, nr.Agent)
+	err := CheckShown(nr.AuthorizationDetails, nr.Args.JSON(), nr.Tool, nr.Agent)
 	var le *authzdetails.ShowLimitError
 	if !errors.As(err, &le) || le.Values != 16000 || le.Bytes < 16000*30000 {
 		t.Fatalf("CheckShown: %v (%+v)", err, le)

@@ -7,12 +7,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"reflect"
 	"runtime"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
-	"unicode/utf8"
 
+	"github.com/countersign/countersign/digest"
 	"github.com/gowebpki/jcs"
 )
 
@@ -46,6 +48,12 @@ func prepareEncoding(e *Entry, inLineForm bool) (*prepared, error) {
 		return nil, err
 	}
 	p := &prepared{members: members}
+	if inLineForm {
+		if middle, ok := lineMiddle(members); ok {
+			p.middle = middle
+			return p, nil
+		}
+	}
 	line, err := encodeLine(&c)
 	if err != nil {
 		return nil, err
@@ -56,6 +64,53 @@ func prepareEncoding(e *Entry, inLineForm bool) (*prepared, error) {
 	p.middle = line[len(linePrefix) : len(line)-len(lineSuffix)]
 	return p, nil
 }
+
+// lineMiddle is the stored line's middle built from the hashed members,
+// so an entry's bytes are encoded once: for entries whose JSON members
+// prepare has put in their line form, of valid UTF-8 and without
+// U+2028 or U+2029 (nearly all), encoding/json writes each member exactly
+// as RFC 8785 does, and only their order differs (Entry's field order on
+// the line, key order in the hash). It reports false for the rest, which
+// encodeLine writes. A raw U+FFFD may stand for invalid UTF-8 that
+// encoding/json would write as \ufffd: such members take encodeLine too.
+func lineMiddle(members [][]byte) ([]byte, bool) {
+	// Each member goes to its field's slot; the slots read in order are
+	// the line's order. Entry has fewer fields than slots; a field past
+	// them would take encodeLine.
+	var slots [64][]byte
+	size := 0
+	for _, m := range members {
+		if bytes.Contains(m, []byte("\u2028")) || bytes.Contains(m, []byte("\u2029")) || bytes.Contains(m, []byte("\uFFFD")) {
+			return nil, false
+		}
+		i, ok := lineOrder[string(memberKey(m))]
+		if !ok || i >= len(slots) || slots[i] != nil {
+			return nil, false
+		}
+		slots[i] = m
+		size += 1 + len(m)
+	}
+	middle := make([]byte, 0, size)
+	for _, m := range slots {
+		if m != nil {
+			middle = append(append(middle, ','), m...)
+		}
+	}
+	return middle, true
+}
+
+// lineOrder is each JSON key's place on a stored line: Entry's field
+// order, which encoding/json follows. It is read, never written, after
+// start.
+var lineOrder = func() map[string]int {
+	order := map[string]int{}
+	typ := reflect.TypeOf(Entry{})
+	for i := range typ.NumField() {
+		key, _, _ := strings.Cut(typ.Field(i).Tag.Get("json"), ",")
+		order[key] = i
+	}
+	return order
+}()
 
 // alreadyCanonical is membersOf's canon for members known to be in RFC
 // 8785 form already.
@@ -292,45 +347,6 @@ func appendList[T any](out [][]byte, m []byte, vs []T, each func([]byte, T) []by
 	return append(out, append(m, ']'))
 }
 
-// appendJCSString appends s as an RFC 8785 string: only '"', '\\' and
-// control characters are escaped; invalid UTF-8 becomes U+FFFD, as
-// encoding/json does before JCS sees it.
-func appendJCSString(b []byte, s string) []byte {
-	const hexDigits = "0123456789abcdef"
-	b = append(b, '"')
-	for i := 0; i < len(s); {
-		c := s[i]
-		if c < utf8.RuneSelf {
-			switch c {
-			case '"', '\\':
-				b = append(b, '\\', c)
-			case '\b':
-				b = append(b, '\\', 'b')
-			case '\f':
-				b = append(b, '\\', 'f')
-			case '\n':
-				b = append(b, '\\', 'n')
-			case '\r':
-				b = append(b, '\\', 'r')
-			case '\t':
-				b = append(b, '\\', 't')
-			default:
-				if c < 0x20 {
-					b = append(b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&15])
-				} else {
-					b = append(b, c)
-				}
-			}
-			i++
-			continue
-		}
-		r, size := utf8.DecodeRuneInString(s[i:])
-		if r == utf8.RuneError && size == 1 {
-			b = utf8.AppendRune(b, utf8.RuneError)
-		} else {
-			b = append(b, s[i:i+size]...)
-		}
-		i += size
-	}
-	return append(b, '"')
-}
+// appendJCSString is digest.AppendJCSString: one writer of RFC 8785
+// strings for the arguments and the entries alike.
+func appendJCSString(b []byte, s string) []byte { return digest.AppendJCSString(b, s) }

@@ -164,3 +164,61 @@ func exportLine(t *testing.T, l *Log, seq int64) []byte {
 	lines, _ := splitExport(t, exportBytes(t, l, seq-1))
 	return lines[0]
 }
+
+// An entry as Append prepares it is encoded once: its line is built from
+// the hashed members, and must be encodeLine's byte for byte.
+func TestPreparedLineIsEncodeLine(t *testing.T) {
+	entries := append(sampleEntries(),
+		Entry{Kind: "x"},
+		Entry{Kind: "a\"b\\c,{}[]", Agent: "é\x01<>&\x7f\b\f", Args: json.RawMessage(`{"z":[1,{"y":"}"}],"a":1.50,"m":"\"seq\":"}`), UserVerified: true},
+		Entry{Kind: vocab.KindCallAllowed, Display: "sep \u2028 \u2029", Reason: "bad \xff utf8", Args: json.RawMessage(`{"s":"\u2028"}`)},
+		Entry{Kind: vocab.KindCallAllowed, Display: "replacement \ufffd as sent"},
+		Entry{Kind: vocab.KindApproverEnrolled, Approver: "alice", CredentialID: "abc", PublicKey: "pQECAyYgASFYIA", Origin: "http://localhost:8710", RPID: "localhost"},
+	)
+	for i, e := range entries {
+		checkPreparedLine(t, fmt.Sprint("entry ", i), e)
+	}
+}
+
+func checkPreparedLine(t *testing.T, name string, e Entry) {
+	t.Helper()
+	pre, err := prepare(&e)
+	if err != nil {
+		return
+	}
+	e.Seq, e.Time, e.PrevHash, e.Hash, e.Sig = 9, "2026-03-01T09:30:01.000000001Z", strings.Repeat("0", 64), strings.Repeat("1", 64), "c2ln"
+	want, err := encodeLine(&e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := pre.line(&e); !bytes.Equal(got, want) {
+		t.Fatalf("%s: line\n%s\nwant\n%s", name, got, want)
+	}
+}
+
+func FuzzPreparedLine(f *testing.F) {
+	f.Add("transfer", "Vendor X & Söhne", []byte(`{"a":1}`), true)
+	f.Add("\x00\x1f\"\\\u2028\xff", "\t\n\r\b\f\u007f\ufffd", []byte(`[1e3,-0,"\u00e9","\u2029"]`), false)
+	f.Fuzz(func(t *testing.T, kind, text string, args []byte, uv bool) {
+		if kind == "" || !json.Valid(args) {
+			return
+		}
+		checkPreparedLine(t, fmt.Sprintf("%q %q %s", kind, text, args), Entry{Kind: vocab.Kind(kind), Display: text, Reason: text + kind,
+			Args: args, UserVerified: uv, Eligible: []string{text, kind}, Quorum: len(text), Result: args})
+	})
+}
+
+// A routine call's entry takes the one-encoding way, not encodeLine.
+func TestRoutineEntryIsEncodedOnce(t *testing.T) {
+	e := Entry{Kind: vocab.KindCallAllowed, Agent: "bot", Tool: "get_balance", Args: json.RawMessage(`{"account":"operating"}`), Decision: "low"}
+	if _, err := prepare(&e); err != nil {
+		t.Fatal(err)
+	}
+	members, err := membersOf(&e, alreadyCanonical)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := lineMiddle(members); !ok {
+		t.Fatal("a plain entry's line was not built from its members")
+	}
+}

@@ -18,6 +18,14 @@
 // The arguments enter through their SHA-256 rather than verbatim so that a
 // tool whose arguments are redacted in the audit log (which keeps only
 // args_sha256) can still have every approval checked offline.
+//
+// The package also makes that value of the arguments: [Args] is a call's
+// arguments canonicalised once, where they enter the guard ([CheckExact],
+// then [NewArgs]), and every later step (policy, approval request, run,
+// approval token, audit entry) takes its bytes and SHA-256 instead of
+// encoding the arguments again. It lives here, a leaf that approval, audit
+// and guard already import, because the SHA-256 it carries is the one the
+// digest above and the audit log's args_sha256 are defined over.
 package digest
 
 import (

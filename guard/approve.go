@@ -11,6 +11,7 @@ import (
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/authz"
 	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/digest"
 	"github.com/countersign/countersign/tools"
 	"github.com/countersign/countersign/vocab"
 	"github.com/mark3labs/mcp-go/mcp"
@@ -31,7 +32,7 @@ type Requests interface {
 // countersign raises an approval request and, in block mode, waits for a
 // terminal decision before running the tool once.
 func (g *Guard) countersign(ctx context.Context, c Call, spec *tools.Spec, call *tools.Call,
-	canon canonical, conf config.Tool, d authz.Decision, entry audit.Entry, counted *reservation, slot pendingSlot) *mcp.CallToolResult {
+	canon digest.Args, conf config.Tool, d authz.Decision, entry audit.Entry, counted *reservation, slot pendingSlot) *mcp.CallToolResult {
 	done := false // the call ran, or may still run: it keeps counting
 	defer func() {
 		if !done {
@@ -51,7 +52,7 @@ func (g *Guard) countersign(ctx context.Context, c Call, spec *tools.Spec, call 
 	// half a request would sit approvable with nobody waiting. Wait below
 	// sees the caller gone and cancels it, on the record.
 	r, err := g.createRequest(context.WithoutCancel(ctx), slot, approval.NewRequest{
-		Tool: spec.Def.Name, Agent: entry.Agent, Args: canon.JSON,
+		Tool: spec.Def.Name, Agent: entry.Agent, Args: canon,
 		AuthorizationDetails: call.Details, Summary: call.Summary,
 		Level: d.Level, Rule: entry.Rule, Approvers: d.Approvers, Quorum: d.Quorum,
 		UserVerification: d.UserVerification, Timeout: d.Timeout, RedactArgs: conf.RedactArgs,

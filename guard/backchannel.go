@@ -14,6 +14,7 @@ import (
 	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/authz"
+	"github.com/countersign/countersign/digest"
 	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/tools"
 	"github.com/countersign/countersign/vocab"
@@ -108,13 +109,13 @@ func (g *Guard) Raise(ctx context.Context, b Backchannel) (*approval.Request, er
 	}
 	entry := audit.Entry{Agent: b.Agent, Tool: boundName(b.Tool)}
 	conf := g.opts.Tools[b.Tool]
-	canon, err := canonicalize(b.Args)
+	canon, err := digest.NewArgs(b.Args, 0)
 	if err != nil {
 		entry.Kind, entry.Reason = vocab.KindCallRejected, err.Error()
 		g.record(ctx, entry)
 		return nil, err
 	}
-	canon.setOn(&entry, conf.RedactArgs)
+	setArgs(&entry, canon, conf.RedactArgs)
 	now := g.now()
 	d := g.opts.Policy.Decide(authz.Input{Tool: b.Tool, Agent: b.Agent, Args: b.Args, Now: now})
 	// Each action is decided as its tool's call, and counts where that
@@ -187,7 +188,7 @@ func (g *Guard) Raise(ctx context.Context, b Backchannel) (*approval.Request, er
 		timeout = b.Timeout
 	}
 	r, err := g.createRequest(ctx, slot, approval.NewRequest{
-		Tool: b.Tool, Agent: b.Agent, Args: canon.JSON,
+		Tool: b.Tool, Agent: b.Agent, Args: canon,
 		AuthorizationDetails: b.Details, Summary: b.Summary,
 		Level: d.Level, Rule: entry.Rule, Approvers: approvers, Quorum: d.Quorum,
 		UserVerification: d.UserVerification, Timeout: timeout, RedactArgs: conf.RedactArgs,
@@ -386,11 +387,11 @@ func (g *Guard) Redeem(ctx context.Context, tool, id, agent string) (*approval.P
 // keepActions stores what each action of a backchannel request moves
 // (nothing, for most), one row per action under its tool and
 // actionSHA256: the request's entries name only its own arguments.
-func (g *Guard) keepActions(ctx context.Context, canon canonical, actions []Action, at time.Time) error {
+func (g *Guard) keepActions(ctx context.Context, canon digest.Args, actions []Action, at time.Time) error {
 	if g.opts.Amounts == nil {
 		return nil
 	}
-	request := hex.EncodeToString(canon.SHA256[:])
+	request := canon.Hex()
 	for i, a := range actions {
 		if err := g.keepValue(ctx, a.Tool, actionSHA256(request, i), a.Call.Value, at); err != nil {
 			return err

@@ -19,6 +19,7 @@ import (
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/authz"
 	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/digest"
 	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/token"
 	"github.com/countersign/countersign/tools"
@@ -267,8 +268,8 @@ func TestCountersignedCallCarriesItsToken(t *testing.T) {
 	if claims.Tool != "pay" || claims.AuthReqID != id || claims.Approvers[0].ID != "bob" {
 		t.Errorf("claims %+v", claims)
 	}
-	args, _ := canonicalize(map[string]any{"amount": 5.0, "to": "default payee"})
-	if claims.ArgsSHA256 != hex.EncodeToString(args.SHA256[:]) {
+	args, _ := digest.NewArgs(map[string]any{"amount": 5.0, "to": "default payee"}, 0)
+	if claims.ArgsSHA256 != args.Hex() {
 		t.Errorf("args_sha256 %s is not that of the arguments that ran", claims.ArgsSHA256)
 	}
 }

@@ -2,7 +2,6 @@ package guard
 
 import (
 	"context"
-	"encoding/hex"
 	"errors"
 	"path/filepath"
 	"strings"
@@ -10,6 +9,7 @@ import (
 	"time"
 
 	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/digest"
 	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/tools"
 	"github.com/countersign/countersign/vocab"
@@ -36,7 +36,7 @@ func TestRestoreBackchannelCountsRedactedRequestsByTheirKeptActions(t *testing.T
 	// request raises request id with actions kept (none: raised before
 	// amounts were kept), and logs kinds after its approval.requested.
 	request := func(id string, amount float64, kept bool, kinds ...vocab.Kind) {
-		canon, err := canonicalize(map[string]any{"id": id, "amount": amount})
+		canon, err := digest.NewArgs(map[string]any{"id": id, "amount": amount}, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -46,9 +46,9 @@ func TestRestoreBackchannelCountsRedactedRequestsByTheirKeptActions(t *testing.T
 			}
 		}
 		e := audit.Entry{Kind: vocab.KindApprovalRequested, Tool: "ciba", Agent: "a", RequestID: id,
-			ArgsSHA256: hex.EncodeToString(canon.SHA256[:]), ArgsRedact: true, Time: now.Add(-time.Minute).Format(time.RFC3339Nano)}
+			ArgsSHA256: canon.Hex(), ArgsRedact: true, Time: now.Add(-time.Minute).Format(time.RFC3339Nano)}
 		if id == "logged" {
-			e.Args, e.ArgsRedact = canon.JSON, false
+			e.Args, e.ArgsRedact = canon.JSON(), false
 		}
 		entries = append(entries, e)
 		for _, k := range kinds {

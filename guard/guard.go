@@ -6,9 +6,12 @@
 //	one run -> result
 //
 // and the audit log hears of each step. The arguments are canonicalised
-// once (RFC 8785 bytes and their SHA-256); policy, approval, execution and
-// audit all use that one value, and the tool runs on exactly the arguments
-// that were approved.
+// once, after the tool's Prepare has applied its defaults, into a
+// [digest.Args] (RFC 8785 bytes and their SHA-256); the approval request,
+// the usage keys, the approval token and every audit entry of the call
+// take that one value, and the tool runs on exactly the arguments that
+// were approved. Policy and the tool read the decoded arguments those
+// bytes were made from.
 //
 // A request for a countersignature that comes from outside MCP (a CIBA
 // backchannel request, package ciba) takes the same path to the humans
@@ -93,6 +96,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"reflect"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -102,9 +106,9 @@ import (
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/authz"
 	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/digest"
 	"github.com/countersign/countersign/tools"
 	"github.com/countersign/countersign/vocab"
-	"github.com/gowebpki/jcs"
 	"github.com/mark3labs/mcp-go/mcp"
 )
 
@@ -352,13 +356,9 @@ func (g *Guard) Handle(ctx context.Context, c Call) *mcp.CallToolResult {
 		return g.rejectArgs(ctx, entry, args, fmt.Sprintf("arguments larger than %d bytes", g.opts.MaxArgBytes),
 			"invalid arguments: larger than %d bytes", g.opts.MaxArgBytes)
 	}
-	if path, n := inexact(c.Raw); n != "" {
-		field := path
-		if field == "" {
-			field = "arguments"
-		}
-		return g.rejectArgs(ctx, entry, args, fmt.Sprintf("invalid arguments: %.64s: the number %.40s cannot be held exactly; send fewer digits", field, n),
-			"invalid arguments: %.64s: the number %.40s cannot be held exactly (it would be approved and acted on as a different value); send fewer digits", field, n)
+	if err := digest.CheckExact(c.Raw); err != nil {
+		return g.rejectArgs(ctx, entry, args, fmt.Sprintf("invalid arguments: %v; send fewer digits", err),
+			"invalid arguments: %v (it would be approved and acted on as a different value); send fewer digits", err)
 	}
 	sch, err := g.schema(spec)
 	if err == nil {
@@ -374,8 +374,8 @@ func (g *Guard) Handle(ctx context.Context, c Call) *mcp.CallToolResult {
 			return g.rejectArgs(ctx, entry, args, "invalid arguments: "+err.Error(), "invalid arguments: %v", err)
 		}
 		// The tool could not gather the facts the policy needs: deny.
-		if c, cerr := canonicalize(args); cerr == nil {
-			c.setOn(&entry, conf.RedactArgs)
+		if a, aerr := digest.NewArgs(args, 0); aerr == nil {
+			setArgs(&entry, a, conf.RedactArgs)
 		}
 		entry.Kind, entry.Decision, entry.Reason = vocab.KindCallDenied, string(vocab.LevelDeny), "cannot evaluate policy: "+err.Error()
 		g.record(ctx, entry)
@@ -384,15 +384,15 @@ func (g *Guard) Handle(ctx context.Context, c Call) *mcp.CallToolResult {
 	call.Agent = c.Agent
 	// The one canonical form of what is decided, approved, run and audited:
 	// Prepare's output, with any defaults it applied.
-	canon, err := canonicalize(call.Args)
-	if err != nil {
-		return g.rejectArgs(ctx, entry, args, err.Error(), "%v", err)
-	}
-	if len(canon.JSON) > g.opts.MaxArgBytes {
+	canon, err := digest.NewArgs(call.Args, g.opts.MaxArgBytes)
+	if errors.Is(err, digest.ErrTooLarge) {
 		return g.rejectArgs(ctx, entry, args, fmt.Sprintf("arguments larger than %d bytes", g.opts.MaxArgBytes),
 			"invalid arguments: larger than %d bytes", g.opts.MaxArgBytes)
 	}
-	canon.setOn(&entry, conf.RedactArgs)
+	if err != nil {
+		return g.rejectArgs(ctx, entry, args, err.Error(), "%v", err)
+	}
+	setArgs(&entry, canon, conf.RedactArgs)
 
 	// Decide and count under one lock, so that calls made in parallel see
 	// each other (a sum split across them is judged as the sum).
@@ -434,7 +434,7 @@ func (g *Guard) Handle(ctx context.Context, c Call) *mcp.CallToolResult {
 		// arguments the agent can fix by sending less, not a decision of
 		// policy or of a person; and like one, the log keeps only the
 		// arguments' digest and size.
-		if err := approval.CheckShown(call.Details, canon.JSON, c.Tool, c.Agent); err != nil {
+		if err := approval.CheckShown(call.Details, canon.JSON(), c.Tool, c.Agent); err != nil {
 			g.usage.release(counted)
 			return g.rejectArgs(ctx, entry, args, err.Error(), "refused: %v", err)
 		}
@@ -627,10 +627,18 @@ func (g *Guard) executed(spec *tools.Spec, res *tools.Result, entry audit.Entry)
 		sum := sha256.Sum256(content)
 		record = map[string]any{"result_sha256": hex.EncodeToString(sum[:]), "is_error": res.MCP.IsError}
 	}
-	if rec, err := json.Marshal(record); err == nil && record != nil {
+	if record != nil && res.MCP == nil && sameMap(record, res.Content) {
+		entry.Result = content // a tool that records its whole result: its JSON is written once
+	} else if rec, err := json.Marshal(record); err == nil && record != nil {
 		entry.Result = rec
 	}
 	return out, content, entry, true
+}
+
+// sameMap reports whether a and b are one map (not two equal ones).
+func sameMap(a, b any) bool {
+	va, vb := reflect.ValueOf(a), reflect.ValueOf(b)
+	return va.Kind() == reflect.Map && vb.Kind() == reflect.Map && va.Type() == vb.Type() && va.UnsafePointer() == vb.UnsafePointer()
 }
 
 func safeRun(ctx context.Context, spec *tools.Spec, call *tools.Call) (res *tools.Result, err error) {
@@ -681,32 +689,13 @@ func (g *Guard) schema(spec *tools.Spec) (*schema, error) {
 	return s, nil
 }
 
-// canonical is a call's arguments in the one form every step uses.
-type canonical struct {
-	JSON   []byte // RFC 8785
-	SHA256 [32]byte
-}
-
-func canonicalize(args map[string]any) (canonical, error) {
-	if args == nil {
-		args = map[string]any{}
-	}
-	raw, err := json.Marshal(args)
-	if err != nil {
-		return canonical{}, fmt.Errorf("invalid arguments: %w", err)
-	}
-	b, err := jcs.Transform(raw)
-	if err != nil {
-		return canonical{}, fmt.Errorf("invalid arguments: %w", err)
-	}
-	return canonical{JSON: b, SHA256: sha256.Sum256(b)}, nil
-}
-
-func (c canonical) setOn(e *audit.Entry, redact bool) {
-	e.ArgsSHA256 = hex.EncodeToString(c.SHA256[:])
+// setArgs puts a call's one canonical value in its audit entry: the
+// digest always, the arguments unless the tool's are redacted.
+func setArgs(e *audit.Entry, a digest.Args, redact bool) {
+	e.ArgsSHA256 = a.Hex()
 	e.Args, e.ArgsRedact = nil, redact
 	if !redact {
-		e.Args = json.RawMessage(c.JSON)
+		e.Args = a.JSON()
 	}
 }
 

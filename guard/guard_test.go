@@ -138,7 +138,7 @@ func (h *humans) Stored(_ context.Context, id string) (*approval.Unfinished, err
 	u := &approval.Unfinished{Request: approval.Request{ID: id, State: state}}
 	if n := len(h.created); n > 0 {
 		c := h.created[n-1]
-		u.Tool, u.Agent, u.Level, u.Args = c.Tool, c.Agent, c.Level, c.Args
+		u.Tool, u.Agent, u.Level, u.Args = c.Tool, c.Agent, c.Level, c.Args.JSON()
 	}
 	return u, nil
 }
@@ -411,7 +411,7 @@ func TestApprovedCallRunsOnceOnTheApprovedBytes(t *testing.T) {
 	if f.tool.count() != 1 {
 		t.Fatalf("ran %d times", f.tool.count())
 	}
-	approved := f.humans.created[0].Args
+	approved := f.humans.created[0].Args.JSON()
 	executed := f.log.last(vocab.KindCallExecuted)
 	if string(approved) != string(executed.Args) || string(approved) != `{"amount":20000,"to":"X"}` {
 		t.Errorf("approved %s, executed %s", approved, executed.Args)

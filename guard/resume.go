@@ -5,6 +5,7 @@ import (
 	"cmp"
 	"context"
 	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/digest"
 	"github.com/countersign/countersign/tools"
 	"github.com/countersign/countersign/vocab"
 )
@@ -103,7 +105,13 @@ func (g *Guard) Resume(ctx context.Context) error {
 // made it when the call came in.
 func storedEntry(u approval.Unfinished) audit.Entry {
 	e := audit.Entry{Agent: u.Agent, Tool: u.Tool, Decision: string(u.Level), Rule: u.Rule, RequestID: u.ID}
-	canonical{JSON: u.Args, SHA256: sha256.Sum256(u.Args)}.setOn(&e, u.RedactArgs)
+	// The stored arguments are the request's digest.Args bytes, canonical
+	// as they were made: hashed, not canonicalised again.
+	sum := sha256.Sum256(u.Args)
+	e.ArgsSHA256, e.ArgsRedact = hex.EncodeToString(sum[:]), u.RedactArgs
+	if !u.RedactArgs {
+		e.Args = u.Args
+	}
 	return e
 }
 
@@ -215,11 +223,11 @@ func (g *Guard) prepareStored(ctx context.Context, spec *tools.Spec, u approval.
 	if err != nil {
 		return nil, fmt.Errorf("prepare: %w", err)
 	}
-	canon, err := canonicalize(call.Args)
+	canon, err := digest.NewArgs(call.Args, 0)
 	if err != nil {
 		return nil, err
 	}
-	if !bytes.Equal(canon.JSON, u.Args) {
+	if !bytes.Equal(canon.JSON(), u.Args) {
 		return nil, errors.New("the tool now prepares the arguments differently from what was approved")
 	}
 	call.Agent = u.Agent

@@ -16,6 +16,7 @@ import (
 	"github.com/countersign/countersign/approval/approvaltest"
 	"github.com/countersign/countersign/authz"
 	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/digest"
 	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/tools"
 	"github.com/countersign/countersign/vocab"
@@ -253,7 +254,7 @@ func TestRestartCancelsBlockModeAndRunsPollModeOnceApproved(t *testing.T) {
 	p1 := w.start()
 	ctx := context.Background()
 	poll := w.raise(p1, "note", map[string]any{"note": "keep me"})
-	block, err := p1.svc.Create(ctx, approval.NewRequest{Tool: "note", Agent: "bot", Args: json.RawMessage(`{"note":"x"}`),
+	block, err := p1.svc.Create(ctx, approval.NewRequest{Tool: "note", Agent: "bot", Args: digest.MustParseArgs(`{"note":"x"}`),
 		Level: "high", Approvers: []string{"alice"}, Wait: approval.WaitBlock})
 	if err != nil {
 		t.Fatal(err)
@@ -293,7 +294,7 @@ func TestRestartSettlesClaimedRequests(t *testing.T) {
 	// process dies: after the effect (done), before it (never), or in a
 	// backend that cannot tell (unknown).
 	claimed := func(tool, args string) string {
-		r, err := p1.svc.Create(ctx, approval.NewRequest{Tool: tool, Agent: "bot", Args: json.RawMessage(args),
+		r, err := p1.svc.Create(ctx, approval.NewRequest{Tool: tool, Agent: "bot", Args: digest.MustParseArgs(args),
 			Level: "high", Approvers: []string{"alice"}, Wait: approval.WaitPoll})
 		if err != nil {
 			t.Fatal(err)
@@ -587,7 +588,7 @@ func TestRestartLeavesBackchannelRequestsToTheirClients(t *testing.T) {
 	ctx := context.Background()
 	p1 := w.start()
 	raise := func() string {
-		r, err := p1.svc.Create(ctx, approval.NewRequest{Tool: "ciba", Agent: "client", Args: json.RawMessage(`{"scope":"x"}`),
+		r, err := p1.svc.Create(ctx, approval.NewRequest{Tool: "ciba", Agent: "client", Args: digest.MustParseArgs(`{"scope":"x"}`),
 			Level: "high", Approvers: []string{"alice"}, Wait: approval.WaitBackchannel})
 		if err != nil {
 			t.Fatal(err)

@@ -2,13 +2,13 @@ package guard
 
 import (
 	"context"
-	"encoding/hex"
 	"encoding/json"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/digest"
 	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/tools"
 	"github.com/countersign/countersign/vocab"
@@ -203,11 +203,11 @@ const amountsKept = 7 * 24 * time.Hour
 // keepAmount stores what a counted call moves before any entry counts it
 // (call.allowed, approval.requested). A call whose amount cannot be kept
 // is refused and recorded: after a restart it would no longer count.
-func (g *Guard) keepAmount(ctx context.Context, entry audit.Entry, canon canonical, v *tools.Value, counted *reservation, at time.Time) *mcp.CallToolResult {
+func (g *Guard) keepAmount(ctx context.Context, entry audit.Entry, canon digest.Args, v *tools.Value, counted *reservation, at time.Time) *mcp.CallToolResult {
 	if v == nil || counted == nil || g.opts.Amounts == nil {
 		return nil
 	}
-	err := g.keepValue(ctx, entry.Tool, hex.EncodeToString(canon.SHA256[:]), v, at)
+	err := g.keepValue(ctx, entry.Tool, canon.Hex(), v, at)
 	if err == nil {
 		return nil
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/approval/approvaltest"
+	"github.com/countersign/countersign/digest"
 	"github.com/countersign/countersign/vocab"
 )
 
@@ -86,7 +87,7 @@ func TestBrowserApprovesABatchWithOneTap(t *testing.T) {
 	var ids, codes []string
 	for i := range 3 {
 		nr := batchRequest(1, "alice", "bob")
-		nr.Args = []byte(fmt.Sprintf(`{"to":"Vendor %d","amount":%d,"currency":"USD","from":"operating"}`, i, 20000+i))
+		nr.Args = digest.MustParseArgs(fmt.Sprintf(`{"to":"Vendor %d","amount":%d,"currency":"USD","from":"operating"}`, i, 20000+i))
 		nr.AuthorizationDetails = []byte(fmt.Sprintf(`[{"type":"payment_initiation","actions":["transfer"],"instructedAmount":{"currency":"USD","amount":"%d.00"},"creditorName":"Vendor %d","debtorAccount":{"id":"operating"}}]`, 20000+i, i))
 		r, err := b.svc.Create(ctx, nr)
 		if err != nil {

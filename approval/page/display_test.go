@@ -11,6 +11,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/countersign/countersign/approval"
+	"github.com/countersign/countersign/digest"
 )
 
 // The page shows the server's rendering, as text: markup in an argument
@@ -19,8 +20,8 @@ func TestDisplayMCPPageEscapes(t *testing.T) {
 	h := newHTTPFixture(t)
 	nr := paymentRequest("alice")
 	nr.Tool = "files__write_file"
-	nr.Args = json.RawMessage(`{"path":"<script>alert(1)</script>","content":"\"><img src=x onerror=alert(1)>` + "\u202e" + `"}`)
-	nr.AuthorizationDetails = json.RawMessage(`[{"type":"mcp_tool_call","server":"files","tool":"write_file","arguments":` + string(nr.Args) + `}]`)
+	nr.Args = digest.MustParseArgs(`{"path":"<script>alert(1)</script>","content":"\"><img src=x onerror=alert(1)>` + "\u202e" + `"}`)
+	nr.AuthorizationDetails = json.RawMessage(`[{"type":"mcp_tool_call","server":"files","tool":"write_file","arguments":` + string(nr.Args.JSON()) + `}]`)
 	req, err := h.svc.Create(context.Background(), nr)
 	if err != nil {
 		t.Fatal(err)
@@ -159,7 +160,7 @@ func mcpRequest(args map[string]any) approval.NewRequest {
 	nr := paymentRequest("alice")
 	nr.Tool = "files__write_file"
 	raw, _ := json.Marshal(args)
-	nr.Args = raw
+	nr.Args, _ = digest.ParseArgs(raw)
 	nr.AuthorizationDetails, _ = json.Marshal([]map[string]any{{
 		"type": "mcp_tool_call", "server": "files", "tool": "write_file", "arguments": args,
 	}})

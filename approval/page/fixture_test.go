@@ -11,6 +11,7 @@ import (
 
 	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/approval/approvaltest"
+	"github.com/countersign/countersign/digest"
 	"github.com/countersign/countersign/store/storetest"
 	"github.com/countersign/countersign/vocab"
 )
@@ -99,7 +100,7 @@ func paymentRequest(approvers ...string) approval.NewRequest {
 	return approval.NewRequest{
 		Tool:                 "transfer",
 		Agent:                "agent-1",
-		Args:                 json.RawMessage(`{"to":"Vendor X","amount":500000,"currency":"USD","from":"operating"}`),
+		Args:                 digest.MustParseArgs(`{"to":"Vendor X","amount":500000,"currency":"USD","from":"operating"}`),
 		AuthorizationDetails: json.RawMessage(`[{"type":"payment_initiation","actions":["transfer"],"instructedAmount":{"currency":"USD","amount":"500000.00"},"creditorName":"Vendor X","debtorAccount":{"id":"operating"},"newCounterparty":true}]`),
 		Summary:              "Pay USD 500,000.00 from operating to Vendor X",
 		Level:                "high",

@@ -18,6 +18,7 @@ import (
 
 	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/approval/approvaltest"
+	"github.com/countersign/countersign/digest"
 	"github.com/countersign/countersign/vocab"
 )
 
@@ -55,7 +56,7 @@ func longGatewayCall(approvers ...string) approval.NewRequest {
 	return approval.NewRequest{
 		Tool:                 "files__write_file",
 		Agent:                "agent-reporting-pipeline-eu-west-1",
-		Args:                 json.RawMessage(args),
+		Args:                 digest.MustParseArgs(args),
 		AuthorizationDetails: json.RawMessage(`[{"type":"mcp_tool_call","server":"files","tool":"write_file","arguments":` + args + `}]`),
 		Summary:              "Call write_file on files",
 		Level:                "high",
