@@ -2,7 +2,6 @@ package store
 
 import (
 	"context"
-	"database/sql"
 	"os"
 	"path/filepath"
 	"strings"
@@ -26,8 +25,13 @@ type Owners struct {
 // OwnerFilePrefix starts the name of every owner's lock file.
 const OwnerFilePrefix = ".approval-owner-"
 
-// OwnersOf returns the owners of db, kept beside its file.
-func OwnersOf(ctx context.Context, db *sql.DB) *Owners {
+// OwnersOf returns the owners of db, kept beside its file. On PostgreSQL
+// there is no file beside which to keep them (yet): nobody can be told
+// dead, as with a database in memory.
+func OwnersOf(ctx context.Context, db *DB) *Owners {
+	if db.dialect == PostgreSQL {
+		return &Owners{}
+	}
 	var file string
 	if err := db.QueryRowContext(ctx, `SELECT file FROM pragma_database_list WHERE name = 'main'`).Scan(&file); err != nil || file == "" {
 		return &Owners{}
