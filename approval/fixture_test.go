@@ -2,14 +2,15 @@ package approval
 
 import (
 	"context"
-	"database/sql"
 	"encoding/base64"
 	"encoding/json"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/countersign/countersign/digest"
+	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/vocab"
 
 	"github.com/countersign/countersign/approval/approvaltest"
@@ -25,7 +26,7 @@ const testOrigin = "http://localhost:8710"
 type fixture struct {
 	svc *Service
 	rec *approvaltest.Recorder
-	db  *sql.DB
+	db  *store.DB
 	dir string
 }
 
@@ -39,7 +40,7 @@ func newFixture(t testing.TB, tweak ...func(*Options)) *fixture {
 	t.Helper()
 	ctx := context.Background()
 	dir := t.TempDir()
-	db := storetest.Open(t, dir)
+	db := storetest.Connect(t, filepath.Join(dir, store.FileName))
 	rec := &approvaltest.Recorder{}
 	opts := Options{
 		RPID: "localhost", RPName: "Countersign", Origins: []string{testOrigin}, PublicURL: testOrigin,

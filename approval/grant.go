@@ -135,7 +135,7 @@ func (s *Service) UseGrant(ctx context.Context, id string) (*GrantUse, error) {
 
 // Grants lists the grants for the page, newest first.
 func (s *Service) Grants(ctx context.Context, limit int) ([]*Grant, error) {
-	return s.grants.Query(ctx, s.db, `1 ORDER BY g.created_at DESC LIMIT ?`, limit)
+	return s.grants.Query(ctx, s.db, `TRUE ORDER BY g.created_at DESC LIMIT ?`, limit)
 }
 
 // RevokeGrant ends a grant at once and records grant.revoked with who

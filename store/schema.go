@@ -46,10 +46,26 @@ func (d Dialect) DDL(ddl string) string {
 
 // CreateTables runs the schema statements ddl (CREATE … IF NOT EXISTS,
 // written for SQLite; several may be separated by semicolons) in db's
-// dialect.
+// dialect. On PostgreSQL two replicas creating one table at once collide
+// despite IF NOT EXISTS (a duplicate key in pg_type), so there they run
+// under the migrations' advisory lock, one replica after the other.
 func (db *DB) CreateTables(ctx context.Context, ddl string) error {
-	_, err := db.ExecContext(ctx, db.dialect.DDL(ddl))
-	return err
+	if db.dialect != PostgreSQL {
+		_, err := db.ExecContext(ctx, ddl)
+		return err
+	}
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock(?)`, int64(migrateLock)); err != nil {
+		return err
+	}
+	if _, err := tx.ExecContext(ctx, db.dialect.DDL(ddl)); err != nil {
+		return err
+	}
+	return tx.Commit()
 }
 
 // A Migration changes tables made by an earlier version. It runs once per
@@ -106,15 +122,16 @@ func (db *DB) Migrate(ctx context.Context, component string, migrations ...Migra
 	return nil
 }
 
-// HasColumn reports whether a SQLite table has the named column. Only
-// migrations of databases made before schema_version need it: on
-// PostgreSQL every table was made with every column, and it says true.
+// HasColumn reports whether table has the named column, for a migration
+// that adds one to tables made before it existed.
 func HasColumn(ctx context.Context, tx *sql.Tx, d Dialect, table, column string) (bool, error) {
+	q := `SELECT COUNT(*) FROM pragma_table_info(?) WHERE name = ?`
 	if d == PostgreSQL {
-		return true, nil
+		q = `SELECT COUNT(*) FROM information_schema.columns
+			WHERE table_schema = current_schema() AND table_name = ? AND column_name = ?`
 	}
 	var n int
-	err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM pragma_table_info(?) WHERE name = ?`, table, column).Scan(&n)
+	err := tx.QueryRowContext(ctx, q, table, column).Scan(&n)
 	return n > 0, err
 }
 

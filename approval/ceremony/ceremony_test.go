@@ -6,10 +6,12 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
+	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/countersign/countersign/approval/approvaltest"
+	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/store/storetest"
 )
 
@@ -20,13 +22,13 @@ const (
 
 type fixture struct {
 	rp    *RP
-	db    *sql.DB
+	db    *store.DB
 	clock *approvaltest.Clock
 }
 
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
-	db := storetest.Open(t, t.TempDir())
+	db := storetest.Connect(t, filepath.Join(t.TempDir(), store.FileName))
 	clock := approvaltest.NewClock(time.Now())
 	rp, err := New(context.Background(), db, Config{
 		RPID: testRPID, RPName: "Countersign", Origins: []string{testOrigin},

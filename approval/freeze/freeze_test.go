@@ -4,9 +4,11 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/store/storetest"
 )
 
@@ -16,7 +18,7 @@ import (
 // agent's own freeze outlives the lifting of the freeze of all.
 func TestFreezesHoldUntilLifted(t *testing.T) {
 	ctx := context.Background()
-	db := storetest.Open(t, t.TempDir())
+	db := storetest.Connect(t, filepath.Join(t.TempDir(), store.FileName))
 	if err := Migrate(ctx, db); err != nil {
 		t.Fatal(err)
 	}

@@ -4,10 +4,12 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/store/storetest"
 )
 
@@ -15,7 +17,7 @@ import (
 // stored once per request and once per call.
 func TestAFindingIsStoredOnce(t *testing.T) {
 	ctx := context.Background()
-	db := storetest.Open(t, t.TempDir())
+	db := storetest.Connect(t, filepath.Join(t.TempDir(), store.FileName))
 	if _, err := db.Exec(`CREATE TABLE approval_requests (id TEXT PRIMARY KEY); INSERT INTO approval_requests VALUES ('r1')`); err != nil {
 		t.Fatal(err)
 	}

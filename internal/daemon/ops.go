@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"context"
-	"database/sql"
 	"errors"
 	"fmt"
 	"net"
@@ -11,6 +10,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/countersign/countersign/store"
 
 	"github.com/countersign/countersign/config"
 )
@@ -148,7 +149,7 @@ func (s *Stack) readyz(w http.ResponseWriter, r *http.Request) {
 // fails it; nothing is ever changed. One probe runs at a time, and a
 // result is reused for a second, so probes cannot pile up on the writer.
 type dbProbe struct {
-	db *sql.DB
+	db *store.DB
 
 	mu   sync.Mutex
 	at   time.Time

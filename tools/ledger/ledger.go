@@ -27,6 +27,8 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/countersign/countersign/store"
+
 	"github.com/countersign/countersign/config"
 	"github.com/google/uuid"
 )
@@ -46,7 +48,7 @@ const MaxNameLen = 100
 // Ledger is the money backend. Its methods are safe for concurrent use;
 // SQLite serializes the writers.
 type Ledger struct {
-	db  *sql.DB
+	db  *store.DB
 	now func() time.Time
 }
 
@@ -138,9 +140,9 @@ CREATE TABLE IF NOT EXISTS ledger_transfers (
 // known flag and keeps its first-seen time. An existing account whose
 // currency differs from the config is an error, because its balance would
 // be misread.
-func Open(ctx context.Context, db *sql.DB, seed config.Ledger) (*Ledger, error) {
+func Open(ctx context.Context, db *store.DB, seed config.Ledger) (*Ledger, error) {
 	l := &Ledger{db: db, now: time.Now}
-	if _, err := db.ExecContext(ctx, schema); err != nil {
+	if err := db.CreateTables(ctx, schema); err != nil {
 		return nil, fmt.Errorf("ledger: create tables: %w", err)
 	}
 	if err := l.migrateCalls(ctx); err != nil {

@@ -28,7 +28,7 @@ func openTest(t *testing.T, seed config.Ledger) (*Ledger, string) {
 
 func reopen(t *testing.T, path string, seed config.Ledger) *Ledger {
 	t.Helper()
-	db, err := store.Open(context.Background(), path)
+	db, err := store.Connect(context.Background(), path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -223,7 +223,7 @@ func TestSeedTwiceKeepsBalances(t *testing.T) {
 
 	changed := testSeed
 	changed.Accounts = []config.Account{{ID: "operating", Name: "Operating", Currency: "EUR", Balance: "1000.00"}}
-	db, err := store.Open(ctx, path)
+	db, err := store.Connect(ctx, path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -235,7 +235,7 @@ func TestSeedTwiceKeepsBalances(t *testing.T) {
 
 func TestSeedRefusesBadBalance(t *testing.T) {
 	path := filepath.Join(t.TempDir(), store.FileName)
-	db, err := store.Open(context.Background(), path)
+	db, err := store.Connect(context.Background(), path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -250,7 +250,7 @@ func TestSeedRefusesBadBalance(t *testing.T) {
 // write transaction with synchronous=FULL).
 func BenchmarkTransfer(b *testing.B) {
 	path := filepath.Join(b.TempDir(), store.FileName)
-	db, err := store.Open(context.Background(), path)
+	db, err := store.Connect(context.Background(), path)
 	if err != nil {
 		b.Fatal(err)
 	}
