@@ -179,7 +179,7 @@ func TestWatchLeavesRequestPendingWhenItStops(t *testing.T) {
 }
 
 // A database from before wait_mode existed gets the column, and its
-// requests count as block mode.
+// requests count as block mode; its outbox gets its kind column.
 func TestMigrateAddsWaitMode(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
@@ -187,10 +187,15 @@ func TestMigrateAddsWaitMode(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.db.Exec(`ALTER TABLE approval_requests DROP COLUMN wait_mode`); err != nil {
+	// As it was before wait_mode, the outbox's kind and schema_version.
+	if _, err := f.db.Exec(`ALTER TABLE approval_requests DROP COLUMN wait_mode;
+		ALTER TABLE approval_outbox DROP COLUMN kind; DROP TABLE schema_version`); err != nil {
 		t.Fatal(err)
 	}
 	f.restart(t)
+	if _, err := f.db.Exec(`SELECT kind FROM approval_outbox`); err != nil {
+		t.Fatalf("the outbox after the migration: %v", err)
+	}
 	got, err := f.svc.Get(ctx, req.ID)
 	if err != nil {
 		t.Fatal(err)

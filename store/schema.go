@@ -32,11 +32,20 @@ var pgTypes = []struct {
 	{regexp.MustCompile(`\)\s*(STRICT|WITHOUT ROWID)\b`), ")"},
 }
 
+var nocase = regexp.MustCompile(`\bCOLLATE NOCASE\b`)
+
 // DDL returns the schema statements ddl, written for SQLite, as the
 // dialect d takes them.
 func (d Dialect) DDL(ddl string) string {
 	if d != PostgreSQL {
 		return ddl
+	}
+	if nocase.MatchString(ddl) {
+		// SQLite's NOCASE folds ASCII letters; the nearest PostgreSQL
+		// has is an ICU collation that ignores case (all letters' case,
+		// so it also takes É for é). The unquoted name NOCASE is nocase.
+		ddl = `CREATE COLLATION IF NOT EXISTS nocase (provider = icu, locale = 'und-u-ks-level2', deterministic = false);
+` + ddl
 	}
 	for _, t := range pgTypes {
 		ddl = t.re.ReplaceAllString(ddl, t.with)

@@ -10,8 +10,8 @@ import (
 	"github.com/countersign/countersign/store/storetest"
 )
 
-// Tables written in SQLite's words take 64-bit integers, doubles and
-// bytes on both engines, and number their own keys.
+// Tables written in SQLite's words take 64-bit integers, doubles, bytes
+// and flags (Go bools) on both engines, and number their own keys.
 func TestCreateTablesOnBothDialects(t *testing.T) {
 	storetest.Dialects(t, func(t *testing.T, db *store.DB) {
 		ctx := context.Background()
@@ -19,24 +19,26 @@ func TestCreateTablesOnBothDialects(t *testing.T) {
 			id INTEGER PRIMARY KEY AUTOINCREMENT,
 			n  INTEGER NOT NULL,
 			r  REAL NOT NULL,
-			b  BLOB NOT NULL
+			b  BLOB NOT NULL,
+			f  INTEGER NOT NULL
 		) STRICT;
 		CREATE TABLE IF NOT EXISTS u (k TEXT PRIMARY KEY) STRICT, WITHOUT ROWID`); err != nil {
 			t.Fatal(err)
 		}
 		for range 2 {
-			if _, err := db.ExecContext(ctx, `INSERT INTO t (n, r, b) VALUES (?, ?, ?)`, int64(1)<<50, 0.1, []byte{0, 1}); err != nil {
+			if _, err := db.ExecContext(ctx, `INSERT INTO t (n, r, b, f) VALUES (?, ?, ?, ?)`, int64(1)<<50, 0.1, []byte{0, 1}, true); err != nil {
 				t.Fatal(err)
 			}
 		}
 		var id, n int64
 		var r float64
 		var b []byte
-		if err := db.QueryRowContext(ctx, `SELECT id, n, r, b FROM t ORDER BY id DESC LIMIT 1`).Scan(&id, &n, &r, &b); err != nil {
+		var f bool
+		if err := db.QueryRowContext(ctx, `SELECT id, n, r, b, f FROM t WHERE f = ? ORDER BY id DESC LIMIT 1`, true).Scan(&id, &n, &r, &b, &f); err != nil {
 			t.Fatal(err)
 		}
-		if id != 2 || n != 1<<50 || r != 0.1 || string(b) != "\x00\x01" {
-			t.Errorf("read back id %d n %d r %v b %x", id, n, r, b)
+		if id != 2 || n != 1<<50 || r != 0.1 || string(b) != "\x00\x01" || !f {
+			t.Errorf("read back id %d n %d r %v b %x f %v", id, n, r, b, f)
 		}
 	})
 }

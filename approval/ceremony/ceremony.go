@@ -203,9 +203,11 @@ func (rp *RP) take(ctx context.Context, id, kind, requestID string, enrollment [
 	}
 	var raw []byte
 	var expires int64
+	// An empty enrollment is bytes, not NULL, on both engines.
+	none := append([]byte{}, enrollment...)
 	err = rp.db.QueryRowContext(ctx, `UPDATE approval_ceremonies SET used = 1
-		WHERE id = ? AND kind = ? AND request_id = ? AND COALESCE(enrollment, x'') = ? AND used = 0
-		RETURNING decision, session, expires_at`, id, kind, requestID, append([]byte{}, enrollment...)).Scan(&decision, &raw, &expires)
+		WHERE id = ? AND kind = ? AND request_id = ? AND COALESCE(enrollment, ?) = ? AND used = 0
+		RETURNING decision, session, expires_at`, id, kind, requestID, []byte{}, none).Scan(&decision, &raw, &expires)
 	if errors.Is(err, sql.ErrNoRows) {
 		return "", session, Failf(ErrCeremony, "no unused ceremony %s for this request", id)
 	}

@@ -205,7 +205,7 @@ func Lift(ctx context.Context, tx *sql.Tx, agent string) error {
 }
 
 func bump(ctx context.Context, tx *sql.Tx) error {
-	_, err := tx.ExecContext(ctx, `INSERT INTO agent_freeze_changes (id, n) VALUES (1, 1) ON CONFLICT (id) DO UPDATE SET n = n + 1`)
+	_, err := tx.ExecContext(ctx, `INSERT INTO agent_freeze_changes (id, n) VALUES (1, 1) ON CONFLICT (id) DO UPDATE SET n = agent_freeze_changes.n + 1`)
 	return err
 }
 

@@ -130,8 +130,8 @@ func (s *Store) Changed(ctx context.Context, server string, changes []upstream.C
 		if c.Definition != nil {
 			def = string(c.Definition)
 		}
-		_, err = s.db.ExecContext(ctx, `INSERT OR IGNORE INTO upstream_pin_changes (server, tool, pinned, listed, definition, seen_at)
-			VALUES (?, ?, ?, ?, ?, ?)`, server, c.Tool, c.Pinned, c.Listed, def, time.Now().UnixNano())
+		_, err = s.db.ExecContext(ctx, `INSERT INTO upstream_pin_changes (server, tool, pinned, listed, definition, seen_at)
+			VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`, server, c.Tool, c.Pinned, c.Listed, def, time.Now().UnixNano())
 		if err != nil {
 			return fmt.Errorf("pinstore: %w", err)
 		}
