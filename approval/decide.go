@@ -16,6 +16,7 @@ import (
 	"github.com/countersign/countersign/approval/grant"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/digest"
+	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/vocab"
 )
 
@@ -209,6 +210,11 @@ func (s *Service) countDecision(ctx context.Context, tx *sql.Tx, id string, deci
 	}
 	if _, err := tx.ExecContext(ctx, `INSERT INTO approval_votes (request_id, approver_id, credential_id, decision, created_at) VALUES (?,?,?,?,?)`,
 		r.ID, approver, v.Key.ID, decision, now.UnixNano()); err != nil {
+		if store.Conflict(err) {
+			// Another approver's decision committed first (PostgreSQL):
+			// InTx runs this again, and then sees it.
+			return err
+		}
 		return failf(ErrAlreadyCounted, "%s already decided request %s", approver, r.ID)
 	}
 	if err := keepAssertion(ctx, tx, r.ID, approver, decision, v); err != nil {

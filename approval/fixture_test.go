@@ -38,9 +38,15 @@ var testApprovers = []Approver{
 
 func newFixture(t testing.TB, tweak ...func(*Options)) *fixture {
 	t.Helper()
-	ctx := context.Background()
 	dir := t.TempDir()
-	db := storetest.Connect(t, filepath.Join(dir, store.FileName))
+	return fixtureOn(t, dir, storetest.Connect(t, filepath.Join(dir, store.FileName)), tweak...)
+}
+
+// fixtureOn is a fixture on db, of either dialect; dir is the test's
+// directory.
+func fixtureOn(t testing.TB, dir string, db *store.DB, tweak ...func(*Options)) *fixture {
+	t.Helper()
+	ctx := context.Background()
 	rec := &approvaltest.Recorder{}
 	opts := Options{
 		RPID: "localhost", RPName: "Countersign", Origins: []string{testOrigin}, PublicURL: testOrigin,

@@ -65,7 +65,9 @@ func (s *Service) migrateWaitMode(ctx context.Context) error {
 		if _, err := tx.ExecContext(ctx, `ALTER TABLE approval_outbox ADD COLUMN kind TEXT NOT NULL DEFAULT ''`); err != nil {
 			return err
 		}
-		// Only a SQLite database can predate the column.
+		if d != store.SQLite {
+			return nil // a PostgreSQL database has had the column from its start
+		}
 		_, err = tx.ExecContext(ctx, `UPDATE approval_outbox SET kind = COALESCE(json_extract(entry, '$.kind'), '')`)
 		return err
 	})
