@@ -317,3 +317,53 @@ func TestConcurrentApprovalsOneWins(t *testing.T) {
 		}
 	})
 }
+
+// Two approvers of a quorum of two tapping at the same moment are both
+// counted, and their second vote approves the request once: each
+// decision counts the quorum from what it read, so on PostgreSQL the two
+// transactions must not both read one vote (InTx's SERIALIZABLE re-runs
+// the later one, which then sees the first's vote).
+func TestQuorumOfTwoTappedAtOnceApprovesOnce(t *testing.T) {
+	storetest.Dialects(t, func(t *testing.T, db *store.DB) {
+		f := fixtureOn(t, t.TempDir(), db)
+		ctx := context.Background()
+		alice, bob := approvaltest.NewSoftKey(t, "localhost", testOrigin), approvaltest.NewSoftKey(t, "localhost", testOrigin)
+		f.enroll(t, "alice", alice)
+		f.enroll(t, "bob", bob)
+		for round := range 5 {
+			nr := paymentRequest("alice", "bob")
+			nr.Quorum = 2
+			req, err := f.svc.Create(ctx, nr)
+			if err != nil || req.Quorum != 2 {
+				t.Fatalf("create: %v (quorum %d)", err, req.Quorum)
+			}
+			c1, r1 := f.sign(t, req.ID, vocab.Approve, alice)
+			c2, r2 := f.sign(t, req.ID, vocab.Approve, bob)
+			var wg sync.WaitGroup
+			errs := make([]error, 2)
+			for i, job := range []struct {
+				c string
+				r []byte
+			}{{c1, r1}, {c2, r2}} {
+				wg.Go(func() { _, errs[i] = f.svc.FinishDecision(ctx, req.ID, job.c, job.r) })
+			}
+			wg.Wait()
+			if errs[0] != nil || errs[1] != nil {
+				t.Fatalf("round %d: a vote was not counted: %v", round, errs)
+			}
+			got, err := f.svc.Get(ctx, req.ID)
+			if err != nil || got.State != vocab.StateApproved || len(got.Approvals) != 2 {
+				t.Fatalf("round %d: %+v (%v), want approved by both", round, got, err)
+			}
+			approved := 0
+			for _, k := range f.rec.Kinds(req.ID) {
+				if k == vocab.KindApprovalApproved {
+					approved++
+				}
+			}
+			if approved != 1 {
+				t.Fatalf("round %d: %d approval.approved entries, want 1", round, approved)
+			}
+		}
+	})
+}
