@@ -175,6 +175,10 @@ func (s *Service) FinishDecision(ctx context.Context, requestID, ceremonyID stri
 // commitDecision counts a verified assertion in one transaction that
 // re-checks everything another decision could have changed meanwhile.
 func (s *Service) commitDecision(ctx context.Context, r0 *row, decision vocab.Decision, v *verified) error {
+	// countDecision counts the quorum from the votes it reads: two
+	// approvers deciding at once on PostgreSQL must not both read one
+	// vote, which is why InTx is SERIALIZABLE there; the later one runs
+	// again and reads both. Everything it does is in tx.
 	return s.inTx(ctx, func(tx *sql.Tx) error {
 		if err := s.keys.Spend(ctx, tx, r0.ID, v.Verified); err != nil {
 			return err
