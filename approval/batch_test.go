@@ -329,50 +329,52 @@ func TestBatchRefusals(t *testing.T) {
 // is changed or removed, even with every entry re-signed by the server
 // key.
 func TestBatchExportVerifies(t *testing.T) {
-	ctx := context.Background()
-	f, log, key := newLoggedFixture(t)
-	svc := f.svc
-	alice := approvaltest.NewSoftKey(t, "localhost", testOrigin)
-	f.enroll(t, "alice", alice)
-	ids := []string{f.create(t, batchRequest(1, "alice")), f.create(t, batchRequest(1, "alice", "bob")), f.create(t, batchRequest(1, "alice"))}
-	opts, signed := f.signBatch(t, ids, alice)
-	approved, err := svc.FinishBatch(ctx, ids, opts.Ceremony, signed)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, r := range approved {
-		ran(t, svc, log, r)
-	}
-
-	export, sum := verifiedExport(t, log)
-	if sum.Assertions != 3 || sum.Approvals != 3 || sum.Executions != 3 {
-		t.Fatalf("verified %d assertions, %d approvals, %d executions, want 3 each: %s", sum.Assertions, sum.Approvals, sum.Executions, sum)
-	}
-
-	middle := opts.Requests[1] // at batch_position 1
-	forge := func(change func(e *audit.Entry)) error {
-		entries := exportEntries(t, export)
-		for i := range entries {
-			if entries[i].Kind == vocab.KindApprovalAssertion && entries[i].RequestID == middle {
-				change(&entries[i])
-			}
+	storetest.Dialects(t, func(t *testing.T, db *store.DB) {
+		ctx := context.Background()
+		f, log, key := loggedFixtureOn(t, db)
+		svc := f.svc
+		alice := approvaltest.NewSoftKey(t, "localhost", testOrigin)
+		f.enroll(t, "alice", alice)
+		ids := []string{f.create(t, batchRequest(1, "alice")), f.create(t, batchRequest(1, "alice", "bob")), f.create(t, batchRequest(1, "alice"))}
+		opts, signed := f.signBatch(t, ids, alice)
+		approved, err := svc.FinishBatch(ctx, ids, opts.Ceremony, signed)
+		if err != nil {
+			t.Fatal(err)
 		}
-		_, err := verify.Export(bytes.NewReader(resignExport(t, key, entries)), log.PublicKey(), verify.Options{})
-		return err
-	}
-	var ve *verify.Error
-	err = forge(func(e *audit.Entry) {
-		e.BatchDigests = slices.Clone(e.BatchDigests)
-		e.BatchDigests[1] = strings.Repeat("0", 64)
+		for _, r := range approved {
+			ran(t, svc, log, r)
+		}
+
+		export, sum := verifiedExport(t, log)
+		if sum.Assertions != 3 || sum.Approvals != 3 || sum.Executions != 3 {
+			t.Fatalf("verified %d assertions, %d approvals, %d executions, want 3 each: %s", sum.Assertions, sum.Approvals, sum.Executions, sum)
+		}
+
+		middle := opts.Requests[1] // at batch_position 1
+		forge := func(change func(e *audit.Entry)) error {
+			entries := exportEntries(t, export)
+			for i := range entries {
+				if entries[i].Kind == vocab.KindApprovalAssertion && entries[i].RequestID == middle {
+					change(&entries[i])
+				}
+			}
+			_, err := verify.Export(bytes.NewReader(resignExport(t, key, entries)), log.PublicKey(), verify.Options{})
+			return err
+		}
+		var ve *verify.Error
+		err = forge(func(e *audit.Entry) {
+			e.BatchDigests = slices.Clone(e.BatchDigests)
+			e.BatchDigests[1] = strings.Repeat("0", 64)
+		})
+		if !errors.As(err, &ve) || !strings.Contains(ve.Reason, "this entry's action digest is not batch_digests[1]") {
+			t.Fatalf("request's digest tampered in the list: %v", err)
+		}
+		err = forge(func(e *audit.Entry) {
+			e.BatchDigests = slices.Delete(slices.Clone(e.BatchDigests), 1, 2)
+			e.BatchPosition = 0
+		})
+		if !errors.As(err, &ve) || !strings.Contains(ve.Reason, "this entry's action digest is not batch_digests[0]") {
+			t.Fatalf("request's digest removed from the list: %v", err)
+		}
 	})
-	if !errors.As(err, &ve) || !strings.Contains(ve.Reason, "this entry's action digest is not batch_digests[1]") {
-		t.Fatalf("request's digest tampered in the list: %v", err)
-	}
-	err = forge(func(e *audit.Entry) {
-		e.BatchDigests = slices.Delete(slices.Clone(e.BatchDigests), 1, 2)
-		e.BatchPosition = 0
-	})
-	if !errors.As(err, &ve) || !strings.Contains(ve.Reason, "this entry's action digest is not batch_digests[0]") {
-		t.Fatalf("request's digest removed from the list: %v", err)
-	}
 }
