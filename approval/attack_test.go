@@ -365,5 +365,6 @@ func TestQuorumOfTwoTappedAtOnceApprovesOnce(t *testing.T) {
 				t.Fatalf("round %d: %d approval.approved entries, want 1", round, approved)
 			}
 		}
+		t.Logf("%s: %d transactions re-run after a conflict", db.Dialect(), db.Retries())
 	})
 }
