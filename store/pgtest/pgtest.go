@@ -249,3 +249,26 @@ func chownToPostgres(dir string) error {
 	}
 	return nil
 }
+
+// Restart restarts the server of this binary's cluster (pg_ctl restart,
+// fast: every session is ended, as when an operator restarts it) and
+// returns once it accepts connections again. Sessions' locks are gone;
+// databases and their rows stay. A server named by $COUNTERSIGN_TEST_PG
+// is not this binary's to restart: the test fails.
+func Restart(t testing.TB) {
+	t.Helper()
+	once.Do(func() { cluster, failed = start() })
+	if failed != nil {
+		t.Fatalf("pgtest: %v", failed)
+	}
+	if cluster.dir == "" {
+		t.Fatalf("pgtest: restart: the server is %s's, not this test binary's", EnvURL)
+	}
+	// -l again: without it the server would write to pg_ctl's output,
+	// which would then never end.
+	out, err := cluster.command(cluster.pgCtl, "-D", cluster.data, "-l", filepath.Join(cluster.dir, "log"),
+		"-m", "fast", "-w", "restart").CombinedOutput()
+	if err != nil {
+		t.Fatalf("pgtest: pg_ctl restart: %v\n%s", err, out)
+	}
+}
