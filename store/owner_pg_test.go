@@ -214,6 +214,23 @@ func TestRestartReapsNobody(t *testing.T) {
 	}
 	<-leading
 
+	// Probe all along: while the server is down, and while the locks
+	// are free before the replicas take them back.
+	var reaped atomic.Bool
+	probing, probed := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(probed)
+		for {
+			select {
+			case <-probing:
+				return
+			case <-time.After(10 * time.Millisecond):
+			}
+			if onA.Dead("b") || onB.Dead("a") {
+				reaped.Store(true)
+			}
+		}
+	}()
 	pgtest.Restart(t)
 	select {
 	case <-leading:
@@ -228,11 +245,12 @@ func TestRestartReapsNobody(t *testing.T) {
 			return pid != 0
 		})
 	}
-	// Probe through and past a grace: always alive.
-	for end := time.Now().Add(opts.Grace + time.Second); time.Now().Before(end); time.Sleep(250 * time.Millisecond) {
-		if onA.Dead("b") || onB.Dead("a") {
-			t.Fatal("a replica was told dead after a PostgreSQL restart")
-		}
+	// Through and past a grace: always alive.
+	time.Sleep(opts.Grace + time.Second)
+	close(probing)
+	<-probed
+	if reaped.Load() {
+		t.Fatal("a replica was told dead after a PostgreSQL restart")
 	}
 	if fenced.Load() != 0 {
 		t.Error("a replica was fenced by a PostgreSQL restart")
@@ -397,6 +415,102 @@ func TestPausedOwnerWakesFenced(t *testing.T) {
 	c.expect(t, "fenced child")
 	c.expect(t, "write fenced=true")
 	if n := count(t, db, "writes"); n != 0 {
+		t.Errorf("%d writes committed for a fenced owner", n)
+	}
+}
+
+// A fence waits for a write already made for the owner (it holds the
+// owner's row), then lands; the holder hears of it, and later writes for
+// the owner fail.
+func TestFenceWaitsForWritesInFlightAndStopsTheHolder(t *testing.T) {
+	ctx := context.Background()
+	u := pgtest.URL(t)
+	a, b := storetest.Connect(t, u), storetest.Connect(t, u)
+	exec(t, a, `CREATE TABLE writes (owner TEXT)`)
+	told := make(chan string, 1)
+	opts := testOwners
+	opts.OnFenced = func(id string) { told <- id }
+	onA, onB := ownersFor(t, a, opts), ownersFor(t, b, testOwners)
+	hold(t, onA, "a")
+
+	checked, proceed, wrote := make(chan struct{}), make(chan struct{}), make(chan error, 1)
+	go func() {
+		wrote <- a.InTx(ctx, func(tx *sql.Tx) error {
+			if err := onA.Unfenced(ctx, tx, "a"); err != nil {
+				return err
+			}
+			close(checked)
+			<-proceed
+			_, err := tx.ExecContext(ctx, `INSERT INTO writes (owner) VALUES ('a')`)
+			return err
+		})
+	}()
+	<-checked
+	fenced := make(chan error, 1)
+	go func() { fenced <- onB.Fence(ctx, "a") }()
+	eventually(t, "the fence waiting for the write", func() bool {
+		var n int
+		b.QueryRow(`SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&n)
+		return n == 1
+	})
+	close(proceed)
+	if err := <-wrote; err != nil {
+		t.Fatalf("the write in flight: %v", err)
+	}
+	if err := <-fenced; err != nil {
+		t.Fatal(err)
+	}
+	if n := count(t, b, "writes"); n != 1 {
+		t.Errorf("%d writes, want the one in flight", n)
+	}
+	select {
+	case id := <-told:
+		if id != "a" {
+			t.Errorf("OnFenced(%q), want a", id)
+		}
+	case <-time.After(wait):
+		t.Fatal("the holder was not told it was fenced")
+	}
+	if err := write(ctx, a, onA, "a"); !errors.Is(err, store.ErrFenced) {
+		t.Errorf("a write after the fence: %v, want ErrFenced", err)
+	}
+	if !onB.Dead("a") {
+		t.Error("a fenced owner was not told dead")
+	}
+}
+
+// A fence that commits after a write's transaction began, but before it
+// checked the owner, makes the check conflict; run again, the write sees
+// the fence and commits nothing.
+func TestFenceAfterTheSnapshotIsSeenOnRetry(t *testing.T) {
+	ctx := context.Background()
+	u := pgtest.URL(t)
+	a, b := storetest.Connect(t, u), storetest.Connect(t, u)
+	exec(t, a, `CREATE TABLE writes (owner TEXT)`)
+	onA, onB := ownersFor(t, a, testOwners), ownersFor(t, b, testOwners)
+	hold(t, onA, "a")
+	attempts := 0
+	err := a.InTx(ctx, func(tx *sql.Tx) error {
+		attempts++
+		if attempts == 1 {
+			var n int
+			if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM writes`).Scan(&n); err != nil { // takes the snapshot
+				return err
+			}
+			if err := onB.Fence(ctx, "a"); err != nil {
+				return err
+			}
+		}
+		if err := onA.Unfenced(ctx, tx, "a"); err != nil {
+			return err
+		}
+		_, err := tx.ExecContext(ctx, `INSERT INTO writes (owner) VALUES ('a')`)
+		return err
+	})
+	if !errors.Is(err, store.ErrFenced) || attempts != 2 {
+		t.Errorf("after %d attempts: %v, want ErrFenced on the second", attempts, err)
+	}
+	if n := count(t, a, "writes"); n != 0 {
 		t.Errorf("%d writes committed for a fenced owner", n)
 	}
 }
