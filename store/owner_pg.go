@@ -25,7 +25,8 @@ import (
 // The lock alone cannot tell death: a PostgreSQL restart drops every
 // replica's lock at once, and a replica then needs a moment to take it
 // again. So an owner is dead only when its lock is free AND its row has
-// not been stamped for a Grace. A replica that is merely paused (SIGSTOP,
+// not been stamped for a Grace, on a server up for at least a Grace (after
+// a longer outage every row is stale until its replica is back). A replica that is merely paused (SIGSTOP,
 // a frozen VM) keeps its connection, but the connection is idle: the
 // server ends it after the Grace (idle_session_timeout), which frees the
 // lock, so a pause long enough to look dead is treated as death.
@@ -323,10 +324,16 @@ func (o *pgOwners) dead(id string) bool {
 	return dead
 }
 
+// staleRow holds for a row not stamped for a grace (the first
+// parameter, in seconds) on a server that has been up at least that long
+// (the second): after an outage longer than the grace every row is
+// stale, and the replicas need a heartbeat's time to come back.
+const staleRow = `(seen_at < now() - make_interval(secs => ?) AND pg_postmaster_start_time() < now() - make_interval(secs => ?))`
+
 func (o *pgOwners) fenceIfDead(ctx context.Context, id string) (bool, error) {
 	var fenced, stale bool
-	err := o.db.QueryRowContext(ctx, `SELECT fenced, seen_at < now() - make_interval(secs => ?) FROM replicas WHERE id = ?`,
-		o.opts.Grace.Seconds(), id).Scan(&fenced, &stale)
+	err := o.db.QueryRowContext(ctx, `SELECT fenced, `+staleRow+` FROM replicas WHERE id = ?`,
+		o.opts.Grace.Seconds(), o.opts.Grace.Seconds(), id).Scan(&fenced, &stale)
 	switch {
 	case errors.Is(err, sql.ErrNoRows):
 		return false, nil // never seen, or released: nobody can tell
@@ -351,8 +358,8 @@ func (o *pgOwners) fenceIfDead(ctx context.Context, id string) (bool, error) {
 		return false, nil
 	}
 	defer conn.ExecContext(context.Background(), `SELECT pg_advisory_unlock(?)`, key)
-	res, err := conn.ExecContext(ctx, `UPDATE replicas SET fenced = true
-		WHERE id = ? AND (fenced OR seen_at < now() - make_interval(secs => ?))`, id, o.opts.Grace.Seconds())
+	res, err := conn.ExecContext(ctx, `UPDATE replicas SET fenced = true WHERE id = ? AND (fenced OR `+staleRow+`)`,
+		id, o.opts.Grace.Seconds(), o.opts.Grace.Seconds())
 	if err != nil {
 		return false, err
 	}

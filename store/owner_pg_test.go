@@ -515,3 +515,55 @@ func TestFenceAfterTheSnapshotIsSeenOnRetry(t *testing.T) {
 		t.Errorf("%d writes committed for a fenced owner", n)
 	}
 }
+
+// After an outage longer than the grace every row is stale and every
+// lock free, until the replicas reconnect: nobody is reaped meanwhile.
+func TestLongOutageReapsNobody(t *testing.T) {
+	if os.Getenv(pgtest.EnvURL) != "" {
+		t.Skip("stops a server of its own: " + pgtest.EnvURL + " names one")
+	}
+	ctx := context.Background()
+	u := pgtest.URL(t)
+	a, b := storetest.Connect(t, u), storetest.Connect(t, u)
+	exec(t, a, `CREATE TABLE writes (owner TEXT)`)
+	var fenced atomic.Int32
+	opts := testOwners
+	opts.OnFenced = func(string) { fenced.Add(1) }
+	onA, onB := ownersFor(t, a, opts), ownersFor(t, b, opts)
+	hold(t, onA, "a")
+	hold(t, onB, "b")
+	up := pgtest.Down(t)
+	time.Sleep(opts.Grace + time.Second)
+	var reaped atomic.Bool
+	probing, probed := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(probed)
+		for {
+			select {
+			case <-probing:
+				return
+			case <-time.After(10 * time.Millisecond):
+			}
+			if onA.Dead("b") || onB.Dead("a") {
+				reaped.Store(true)
+			}
+		}
+	}()
+	up()
+	for _, app := range []string{store.OwnerApplicationName + " a", store.OwnerApplicationName + " b"} {
+		eventually(t, app+" connected again", func() bool {
+			var pid int
+			a.QueryRow(`SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name = ?`, app).Scan(&pid)
+			return pid != 0
+		})
+	}
+	time.Sleep(opts.Grace + time.Second)
+	close(probing)
+	<-probed
+	if reaped.Load() || fenced.Load() != 0 {
+		t.Fatalf("a replica was told dead (%v) or fenced (%d) after a long outage", reaped.Load(), fenced.Load())
+	}
+	if err := write(ctx, a, onA, "a"); err != nil {
+		t.Errorf("a write after the outage: %v", err)
+	}
+}
