@@ -27,10 +27,11 @@ import (
 // again. So an owner is dead only when its lock is free AND its row has
 // not been stamped for a Grace, on a server up for at least a Grace
 // (after a longer outage every row is stale until its replica is back).
-// A replica that is merely paused (SIGSTOP, a frozen VM) keeps its
-// connection, but the connection is idle: the server ends it after the
-// Grace (idle_session_timeout), which frees the lock, so a pause long
-// enough to look dead is treated as death.
+// A replica that is merely paused (SIGSTOP, a frozen VM), or whose host
+// vanished, keeps its connection as far as the server knows, but the
+// connection is idle: the server ends it after the Grace
+// (idle_session_timeout), which frees the lock, so a pause long enough
+// to look dead is treated as death.
 //
 // Whoever finds an owner dead fences it (fenced = true) before saying so,
 // and acts for it only after. A write made for an owner first takes a

@@ -268,8 +268,9 @@ func Restart(t testing.TB) {
 
 // Down stops the server of this binary's cluster as Restart does, and
 // returns what starts it again (and waits until it accepts connections),
-// for a test of what happens while it is down. up must be called before
-// the test ends; any failure fails the test.
+// for a test of what happens while it is down. If the test ends without
+// calling up, the server is started then, for the tests after it. Any
+// failure fails the test.
 func Down(t testing.TB) (up func()) {
 	t.Helper()
 	once.Do(func() { cluster, failed = start() })
@@ -282,10 +283,14 @@ func Down(t testing.TB) (up func()) {
 	if out, err := cluster.command(cluster.pgCtl, "-D", cluster.data, "-m", "fast", "-w", "stop").CombinedOutput(); err != nil {
 		t.Fatalf("pgtest: pg_ctl stop: %v\n%s", err, out)
 	}
-	return func() {
-		t.Helper()
-		if out, err := cluster.startServer(); err != nil {
-			t.Fatalf("pgtest: pg_ctl start: %v\n%s", err, out)
-		}
+	var once sync.Once
+	up = func() {
+		once.Do(func() {
+			if out, err := cluster.startServer(); err != nil {
+				t.Errorf("pgtest: pg_ctl start: %v\n%s", err, out)
+			}
+		})
 	}
+	t.Cleanup(up)
+	return up
 }
