@@ -1,7 +1,12 @@
 // Package approval is the human countersignature: CIBA-style approval
-// requests, WebAuthn enrollment and assertions, decisions and their outbox
-// to the audit log. The web page through which people answer them is
-// package approval/page, which works over this package's exported methods.
+// requests, their states and decisions, and the outbox that writes every
+// step to the audit log. What surrounds them has a package each:
+// approval/ceremony (the WebAuthn relying party: keys, enrollment links,
+// the checks an assertion must pass), approval/grant (standing grants),
+// approval/freeze (the kill switch's record), approval/reconcile (findings
+// about interrupted calls), approval/sealed (results sealed at rest),
+// approval/watch (waking waiters), and approval/page, the web page through
+// which people answer requests, over this package's exported methods.
 //
 // A request moves through these states, each move one SQL transaction that
 // checks the state it starts from, so two concurrent decisions cannot both
@@ -22,48 +27,28 @@
 // log; an approval does not count (Wait does not report it, BeginExecution
 // refuses it) until its entries are in the log. If the log cannot be
 // appended to, the step fails.
-//
-// Enrollment: the first key of an approver comes from a one-time link that an
-// admin creates (`countersign approvers enroll ID`). Further keys also need a
-// link, and the link's page first asks for an assertion from one of the
-// approver's existing, unrevoked keys before it registers the new one. So a
-// leaked link alone never adds a key to an approver who already has one.
-//
-// authorization_details shapes rendered specially (RFC 9396 objects; other
-// types fall back to a generic rendering of their fields):
-//
-//	{"type":"payment_initiation","instructedAmount":{"currency":"USD","amount":"500000.00"},
-//	 "creditorName":"Vendor X","debtorAccount":{"id":"operating"},"newCounterparty":true,
-//	 "remittanceInformationUnstructured":"inv 42","idempotencyKey":"pay-1"}
-//	{"type":"deployment","service":"api","version":"1.4.2","environment":"production"}
-//	{"type":"secret_access","name":"prod-db-password","classification":"restricted"}
-//	{"type":"mcp_tool_call","server":"files","tool":"write_file","arguments":{"path":"/srv/a.txt","mode":420}}
-//
-// ("counterpartyKnown": false is accepted as well as "newCounterparty": true.)
-//
-// Every value is shown whole; a request whose display would exceed
-// authzdetails.MaxShownValues, MaxShownChars or MaxShownBytes is refused
-// (*authzdetails.ShowLimitError). The rendering itself is authzdetails'.
 package approval
 
 import (
 	"context"
-	"crypto/cipher"
 	"crypto/x509"
 	"database/sql"
 	"errors"
-	"fmt"
 	"log/slog"
-	"net/url"
 	"strings"
 	"sync"
 	"time"
 
-	"github.com/go-webauthn/webauthn/protocol"
-	"github.com/go-webauthn/webauthn/webauthn"
 	"github.com/google/uuid"
 
+	"github.com/countersign/countersign/approval/ceremony"
+	"github.com/countersign/countersign/approval/freeze"
+	"github.com/countersign/countersign/approval/grant"
+	"github.com/countersign/countersign/approval/reconcile"
+	"github.com/countersign/countersign/approval/sealed"
+	"github.com/countersign/countersign/approval/watch"
 	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/store"
 )
 
 // Recorder is satisfied by *audit.Log. Every step is recorded; if Append
@@ -77,12 +62,10 @@ type Options struct {
 	RPID, RPName string
 	Origins      []string // exact origins, with port: "http://localhost:8710"
 	PublicURL    string   // base of the links shown to people
-	AllowedHosts []string // Host header allow-list for the page (DNS rebinding)
 	Approvers    []Approver
 
 	PollInterval time.Duration // CIBA interval; default 5s
 	EnrollTTL    time.Duration // enrollment link lifetime; default 10m
-	MaxBodyBytes int64         // approver page POST limit; default 64 KiB
 	MaxBatch     int           // requests one tap may approve together; default DefaultMaxBatch
 	Now          func() time.Time
 	Logger       *slog.Logger // default: discard
@@ -97,11 +80,6 @@ type Options struct {
 	// is committed and logged. It runs on the caller's goroutine: it must
 	// queue and return, never deliver. See approval/notify.go.
 	Notify func(event string, r *Request)
-
-	// RequireSignIn gates the page behind a WebAuthn sign-in (approval/page/signin.go; the ceremony is in signin.go);
-	// for a page reachable beyond loopback. SessionTTL: default 15m.
-	RequireSignIn bool
-	SessionTTL    time.Duration
 
 	// ResultKey (32 bytes, DeriveResultKey) seals the results of approved
 	// calls while they are kept; nil: a random key for this process
@@ -123,45 +101,40 @@ var (
 	ErrInvalidRequest  = errors.New("approval: invalid request")
 	ErrNotApproved     = errors.New("approval: request is not approved, or was already claimed")
 	ErrNotExecuting    = errors.New("approval: request is not claimed for execution")
-	ErrUnknownApprover = errors.New("approval: unknown approver")
-	ErrEnrollment      = errors.New("approval: enrollment link is invalid, used or expired")
+	ErrUnknownApprover = ceremony.ErrUnknownApprover
+	ErrEnrollment      = ceremony.ErrEnrollment
 	ErrRecord          = errors.New("approval: audit log append failed")
 	ErrClosed          = errors.New("approval: service closed")
 )
 
 // Service owns the approval tables, the WebAuthn relying party and the page.
 type Service struct {
-	db    *sql.DB
-	rec   Recorder
-	opts  Options
-	wa    *webauthn.WebAuthn
-	owner string // this process, for the outbox
-	alive func() // releases the owner's liveness lock (owner.go)
+	db     *sql.DB
+	rec    Recorder
+	opts   Options
+	keys   *ceremony.RP  // the WebAuthn relying party: keys, links, ceremonies
+	owner  string        // this process, for the outbox
+	owners *store.Owners // tells the outbox's owners dead or alive (owner.go)
+	alive  func()        // releases the owner's liveness lock
 
 	approvers map[string]Approver
 
-	results      cipher.AEAD   // seals kept results (results.go)
+	results      *sealed.Box   // seals kept results (results.go)
 	resultsSwept chan struct{} // closed when the result sweep ends
 
 	flushMu sync.Mutex
 
-	mu      sync.Mutex
-	changed chan struct{} // closed and replaced on every change
-	// watched holds, per request, a channel closed at its next change:
-	// thousands of waiters must not all wake (and re-read) whenever any
-	// one request changes.
-	watched map[string]chan struct{}
-	hooks   []func(id string) // OnChange
-	closed  bool
+	watch  *watch.Hub // wakes waiters when a request changes
+	mu     sync.Mutex
+	closed bool
 
 	stop  chan struct{}
 	done  chan struct{}
-	swept chan struct{} // closed when the ceremony sweep (visitor.go) ends
+	swept chan struct{} // closed when the ceremony sweep ends
 
 	freezesDone chan struct{} // closed when watchFreezes (freeze.go) ends
-	frozenOnce  sync.Once
-	frozenQ     *sql.Stmt // Frozen's query, prepared once
-	frozenErr   error
+	frozen      *freeze.Reader
+	grants      *grant.Store
 }
 
 // New creates the approval tables if needed and starts the expiry loop, so
@@ -171,31 +144,20 @@ func New(ctx context.Context, db *sql.DB, rec Recorder, opts Options) (*Service,
 		return nil, errors.New("approval: db and recorder are required")
 	}
 	opts.setDefaults()
-	results, err := resultAEAD(opts.ResultKey)
+	results, err := sealed.NewBox(opts.ResultKey)
 	if err != nil {
 		return nil, err
 	}
 	if err := opts.deriveAddresses(); err != nil {
 		return nil, err
 	}
-	wa, err := webauthn.New(&webauthn.Config{
-		RPID:                  opts.RPID,
-		RPDisplayName:         opts.RPName,
-		RPOrigins:             opts.Origins,
-		AttestationPreference: protocol.PreferNoAttestation,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("approval: webauthn: %w", err)
-	}
 	s := &Service{
 		db:        db,
 		rec:       rec,
 		opts:      opts,
-		wa:        wa,
 		owner:     uuid.NewString(),
 		approvers: map[string]Approver{},
-		changed:   make(chan struct{}),
-		watched:   map[string]chan struct{}{},
+		watch:     watch.New(),
 		stop:      make(chan struct{}),
 		done:      make(chan struct{}),
 		results:   results,
@@ -206,11 +168,41 @@ func New(ctx context.Context, db *sql.DB, rec Recorder, opts Options) (*Service,
 		}
 		s.approvers[a.ID] = a
 	}
-	if err := s.migrate(ctx); err != nil {
+	if err := s.openParts(ctx); err != nil {
 		return nil, err
 	}
 	s.start(ctx)
 	return s, nil
+}
+
+// openParts opens the packages that keep the service's other tables (the
+// WebAuthn relying party, grants, freezes, findings), creating every
+// table if needed.
+func (s *Service) openParts(ctx context.Context) (err error) {
+	o := s.opts
+	s.keys, err = ceremony.New(ctx, s.db, ceremony.Config{
+		RPID: o.RPID, RPName: o.RPName, Origins: o.Origins,
+		EnrollTTL: o.EnrollTTL, Now: o.Now, Logger: o.Logger,
+		Attestation: o.Attestation, AttestationRoots: o.AttestationRoots,
+		Approver: func(id string) (string, bool) {
+			a, ok := s.approvers[id]
+			return a.Name, ok
+		},
+	})
+	if err != nil {
+		return err
+	}
+	if s.grants, err = grant.New(ctx, s.db, s.approverName); err != nil {
+		return err
+	}
+	s.frozen = freeze.NewReader(s.db)
+	if err := s.migrate(ctx); err != nil {
+		return err
+	}
+	if err := freeze.Migrate(ctx, s.db); err != nil {
+		return err
+	}
+	return reconcile.Migrate(ctx, s.db)
 }
 
 // setDefaults gives zero options their defaults.
@@ -227,9 +219,6 @@ func (o *Options) setDefaults() {
 	if o.EnrollTTL <= 0 {
 		o.EnrollTTL = 10 * time.Minute
 	}
-	if o.MaxBodyBytes <= 0 {
-		o.MaxBodyBytes = 64 << 10
-	}
 	if o.RPName == "" {
 		o.RPName = "Countersign"
 	}
@@ -238,8 +227,8 @@ func (o *Options) setDefaults() {
 	}
 }
 
-// deriveAddresses derives the page's public URL and allowed hosts, when
-// unset, from its origins, of which there must be one at least.
+// deriveAddresses derives the public URL of the links, when unset, from
+// the origins, of which there must be one at least.
 func (o *Options) deriveAddresses() error {
 	if len(o.Origins) == 0 {
 		return errors.New("approval: at least one origin is required")
@@ -248,19 +237,13 @@ func (o *Options) deriveAddresses() error {
 		o.PublicURL = o.Origins[0]
 	}
 	o.PublicURL = strings.TrimRight(o.PublicURL, "/")
-	if len(o.AllowedHosts) == 0 {
-		for _, origin := range o.Origins {
-			if u, err := url.Parse(origin); err == nil && u.Host != "" {
-				o.AllowedHosts = append(o.AllowedHosts, u.Host)
-			}
-		}
-	}
 	return nil
 }
 
 // start takes this process's liveness lock, appends what another process
 // left in the outbox, and starts the background loops Close stops.
 func (s *Service) start(ctx context.Context) {
+	s.owners = store.OwnersOf(ctx, s.db)
 	s.alive = s.holdOwner(ctx)
 	// Entries another process left unflushed are appended now.
 	if err := s.flush(ctx, true); err != nil {
@@ -270,7 +253,7 @@ func (s *Service) start(ctx context.Context) {
 	go s.sweepResults(s.stop, s.resultsSwept)
 	go s.expiryLoop()
 	s.swept = make(chan struct{})
-	go s.sweepCeremonies(s.stop, s.swept)
+	go s.keys.Sweep(s.stop, s.swept)
 	s.freezesDone = make(chan struct{})
 	go s.watchFreezes()
 }
@@ -290,13 +273,21 @@ func (s *Service) Close() error {
 	s.alive()
 	<-s.swept
 	<-s.freezesDone
-	if s.frozenQ != nil {
-		s.frozenQ.Close()
-	}
+	s.frozen.Close()
 	return nil
 }
 
 func (s *Service) now() time.Time { return s.opts.Now() }
+
+// notify wakes the waiters on the requests ids, or, given no ids, every
+// waiter.
+func (s *Service) notify(ids ...string) { s.watch.Notify(ids...) }
+
+// OnChange registers fn to be told, after each change, which request
+// changed, or "" for a change that may concern any. It lets one watcher
+// follow thousands of requests without a goroutine each. fn runs on the
+// changing goroutine and must not block.
+func (s *Service) OnChange(fn func(id string)) { s.watch.OnChange(fn) }
 
 // approverName is the configured display name, or the id.
 func (s *Service) approverName(id string) string {

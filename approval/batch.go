@@ -5,13 +5,12 @@ import (
 	"database/sql"
 	"encoding/hex"
 	"errors"
-	"fmt"
 	"slices"
 	"strings"
 
 	"github.com/go-webauthn/webauthn/protocol"
-	"github.com/go-webauthn/webauthn/webauthn"
 
+	"github.com/countersign/countersign/approval/ceremony"
 	"github.com/countersign/countersign/digest"
 	"github.com/countersign/countersign/vocab"
 )
@@ -38,8 +37,8 @@ import (
 
 // Batch refusals, besides the checks of decide.go.
 var (
-	ErrNotBatchable = &CheckError{Check: "not_batchable"} // request is critical or its tool not batchable
-	ErrBatchSize    = &CheckError{Check: "batch_size"}    // empty, repeated or over Options.MaxBatch
+	ErrNotBatchable = &CheckError{Check: "not_batchable", Words: "a request of the batch may not be approved in a batch"}            // request is critical or its tool not batchable
+	ErrBatchSize    = &CheckError{Check: "batch_size", Words: "the batch is empty, repeats a request or is over approval.max_batch"} // empty, repeated or over Options.MaxBatch
 )
 
 // DefaultMaxBatch is Options.MaxBatch when it is 0.
@@ -169,30 +168,18 @@ func (s *Service) BeginBatch(ctx context.Context, ids []string) (*BatchOptions, 
 			uv = r.uv
 		}
 	}
-	creds, err := s.activeCredentials(ctx, who)
+	keys, err := s.keys.Active(ctx, who)
 	if err != nil {
 		return nil, err
 	}
-	if len(creds) == 0 {
+	if len(keys) == 0 {
 		return nil, failf(ErrNoCredentials, "nobody with an enrolled key may approve all %d of these requests (eligible for all, not yet counted: %v)", len(b.rows), who)
 	}
-	var allow []protocol.CredentialDescriptor
-	for _, c := range creds {
-		allow = append(allow, c.cred.Descriptor())
-	}
-	assertion, session, err := s.wa.BeginDiscoverableLogin(
-		webauthn.WithChallenge(b.challenge[:]),
-		webauthn.WithAllowedCredentials(allow),
-		webauthn.WithUserVerification(uvRequirement(uv)),
-	)
-	if err != nil {
-		return nil, fmt.Errorf("approval: begin assertion: %w", err)
-	}
-	id, err := s.storeCeremony(ctx, "batch", key, nil, vocab.Approve, session, s.now().Add(ceremonyTTL))
+	id, options, err := s.keys.BeginAssertion(ctx, "batch", key, vocab.Approve, b.challenge, keys, uv)
 	if err != nil {
 		return nil, err
 	}
-	out := &BatchOptions{Ceremony: id, PublicKey: assertion.Response}
+	out := &BatchOptions{Ceremony: id, PublicKey: options}
 	for _, r := range b.rows {
 		out.Requests = append(out.Requests, r.ID)
 	}
@@ -212,19 +199,19 @@ func (s *Service) FinishBatch(ctx context.Context, ids []string, ceremonyID stri
 	var p *protocol.ParsedCredentialAssertionData
 	var b *batchSet
 	var v *verified
-	_, session, err := s.takeCeremony(ctx, ceremonyID, "batch", key, nil)
+	_, session, err := s.keys.Take(ctx, ceremonyID, "batch", key)
 	if err == nil {
-		p, err = parseAssertion(response)
+		p, err = ceremony.ParseAssertion(response)
 	}
 	if err == nil {
 		b, err = s.loadBatch(ctx, s.db, ids)
 	}
 	if err == nil {
-		v, err = s.verifyAssertion(s.stored(ctx, assertionCheck{batch: b, decision: vocab.Approve, session: session}), p)
+		v, err = s.verifyAssertion(ctx, assertionCheck{batch: b, decision: vocab.Approve, session: session}, p)
 	}
 	if err == nil {
 		err = s.inTx(ctx, func(tx *sql.Tx) error {
-			if err := s.useAssertion(ctx, tx, b.rows[0].ID, v); err != nil {
+			if err := s.keys.Spend(ctx, tx, b.rows[0].ID, v.Verified); err != nil {
 				return err
 			}
 			for i, r := range b.rows {
@@ -257,14 +244,14 @@ func (s *Service) FinishBatch(ctx context.Context, ids []string, ceremonyID stri
 		return nil, err
 	}
 	s.notify()
-	s.opts.Logger.Info("batch approved", "approver", v.cred.approverID, "requests", len(b.rows))
+	s.opts.Logger.Info("batch approved", "approver", v.Key.Approver, "requests", len(b.rows))
 	var out []*Request
 	for _, r := range b.rows {
 		got, err := s.Get(ctx, r.ID)
 		if err != nil {
 			return nil, err
 		}
-		s.announceDecision(got, v.cred.approverID)
+		s.announceDecision(got, v.Key.Approver)
 		out = append(out, got)
 	}
 	return out, nil

@@ -5,15 +5,15 @@ import (
 	"context"
 	"database/sql"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
 	"time"
 
 	"github.com/go-webauthn/webauthn/protocol"
-	"github.com/go-webauthn/webauthn/webauthn"
 
+	"github.com/countersign/countersign/approval/ceremony"
+	"github.com/countersign/countersign/approval/grant"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/digest"
 	"github.com/countersign/countersign/vocab"
@@ -62,60 +62,36 @@ func (s *Service) beginDecision(ctx context.Context, requestID string, decision 
 	if decision == vocab.Approve {
 		who = slices.DeleteFunc(slices.Clone(who), func(a string) bool { return slices.Contains(r.Approvals, a) })
 	}
-	creds, err := s.activeCredentials(ctx, who)
+	keys, err := s.keys.Active(ctx, who)
 	if err != nil {
 		return nil, err
 	}
-	if len(creds) == 0 {
+	if len(keys) == 0 {
 		return nil, failf(ErrNoCredentials, "none of %v has an enrolled key", who)
-	}
-	var allow []protocol.CredentialDescriptor
-	for _, c := range creds {
-		allow = append(allow, c.cred.Descriptor())
 	}
 	challenge, err := s.digest(r, decision)
 	if err != nil {
 		return nil, err
 	}
-	var terms *grantTerms
+	var terms *grant.Terms
 	if choice != nil {
 		if terms, err = s.chooseGrant(ctx, r, *choice); err != nil {
 			return nil, err
 		}
-		if challenge, err = terms.digest(challenge); err != nil {
+		if challenge, err = terms.Digest(challenge); err != nil {
 			return nil, err
 		}
 	}
-	assertion, session, err := s.wa.BeginDiscoverableLogin(
-		webauthn.WithChallenge(challenge[:]),
-		webauthn.WithAllowedCredentials(allow),
-		webauthn.WithUserVerification(uvRequirement(r.uv)),
-	)
-	if err != nil {
-		return nil, fmt.Errorf("approval: begin assertion: %w", err)
-	}
-	// The ceremony outlives the request on purpose: an assertion that
-	// arrives late is refused by the "expired" check, which says so.
-	id, err := s.storeCeremony(ctx, "decision", requestID, nil, decision, session, s.now().Add(ceremonyTTL))
+	id, options, err := s.keys.BeginAssertion(ctx, "decision", requestID, decision, challenge, keys, r.uv)
 	if err != nil {
 		return nil, err
 	}
 	if terms != nil {
-		if err := s.storeGrantCeremony(ctx, id, terms); err != nil {
+		if err := s.grants.PutCeremony(ctx, id, terms); err != nil {
 			return nil, err
 		}
 	}
-	return &DecisionOptions{Ceremony: id, Decision: decision, PublicKey: assertion.Response}, nil
-}
-
-func uvRequirement(uv vocab.UserVerification) protocol.UserVerificationRequirement {
-	switch uv {
-	case vocab.UVRequired:
-		return protocol.VerificationRequired
-	case vocab.UVDiscouraged:
-		return protocol.VerificationDiscouraged
-	}
-	return protocol.VerificationPreferred
+	return &DecisionOptions{Ceremony: id, Decision: decision, PublicKey: options}, nil
 }
 
 // digest is the action digest of r for decision.
@@ -154,14 +130,14 @@ func (s *Service) FinishDecision(ctx context.Context, requestID, ceremonyID stri
 	if !validID(requestID) {
 		return nil, ErrNotFound
 	}
-	decision, session, err := s.takeCeremony(ctx, ceremonyID, "decision", requestID, nil)
+	decision, session, err := s.keys.Take(ctx, ceremonyID, "decision", requestID)
 	var p *protocol.ParsedCredentialAssertionData
-	var grant *grantTerms
+	var terms *grant.Terms
 	if err == nil {
-		grant, err = s.grantCeremony(ctx, ceremonyID)
+		terms, err = s.grants.Ceremony(ctx, ceremonyID)
 	}
 	if err == nil {
-		p, err = parseAssertion(response)
+		p, err = ceremony.ParseAssertion(response)
 	}
 	var v *verified
 	var r *row
@@ -169,7 +145,7 @@ func (s *Service) FinishDecision(ctx context.Context, requestID, ceremonyID stri
 		r, err = s.load(ctx, s.db, requestID)
 	}
 	if err == nil {
-		v, err = s.verifyAssertion(s.stored(ctx, assertionCheck{req: r, decision: decision, session: session, grant: grant}), p)
+		v, err = s.verifyAssertion(ctx, assertionCheck{req: r, decision: decision, session: session, grant: terms}, p)
 	}
 	if err == nil {
 		err = s.commitDecision(ctx, r, decision, v)
@@ -191,7 +167,7 @@ func (s *Service) FinishDecision(ctx context.Context, requestID, ceremonyID stri
 	}
 	s.notify(requestID)
 	got, err := s.Get(ctx, requestID)
-	s.announceDecision(got, v.cred.approverID)
+	s.announceDecision(got, v.Key.Approver)
 	return got, err
 }
 
@@ -199,35 +175,11 @@ func (s *Service) FinishDecision(ctx context.Context, requestID, ceremonyID stri
 // re-checks everything another decision could have changed meanwhile.
 func (s *Service) commitDecision(ctx context.Context, r0 *row, decision vocab.Decision, v *verified) error {
 	return s.inTx(ctx, func(tx *sql.Tx) error {
-		if err := s.useAssertion(ctx, tx, r0.ID, v); err != nil {
+		if err := s.keys.Spend(ctx, tx, r0.ID, v.Verified); err != nil {
 			return err
 		}
 		return s.countDecision(ctx, tx, r0.ID, decision, v, nil)
 	})
-}
-
-// useAssertion spends a verified assertion inside tx: it can never be
-// used again, and its key's sign counter moves up to it.
-func (s *Service) useAssertion(ctx context.Context, tx *sql.Tx, requestID string, v *verified) error {
-	now := s.now()
-	if _, err := tx.ExecContext(ctx, `INSERT INTO approval_used_assertions (hash, request_id, created_at) VALUES (?,?,?)`, v.replayID, requestID, now.UnixNano()); err != nil {
-		return failf(ErrReplay, "this assertion was already used")
-	}
-	newCount := v.parsed.Response.AuthenticatorData.Counter
-	credJSON, err := json.Marshal(v.updated)
-	if err != nil {
-		return err
-	}
-	res, err := tx.ExecContext(ctx, `UPDATE approval_credentials SET sign_count = ?, credential = ?, last_used_at = ?
-		WHERE id = ? AND revoked_at = 0 AND (sign_count < ? OR (sign_count = 0 AND ? = 0))`,
-		newCount, credJSON, now.UnixNano(), v.cred.id, newCount, newCount)
-	if err != nil {
-		return err
-	}
-	if n, _ := res.RowsAffected(); n != 1 {
-		return failf(ErrCounter, "sign counter %d did not increase (or the key was revoked meanwhile)", newCount)
-	}
-	return nil
 }
 
 // countDecision records a verified assertion's decision on one request
@@ -251,12 +203,12 @@ func (s *Service) countDecision(ctx context.Context, tx *sql.Tx, id string, deci
 	if err := frozenCheck(ctx, tx, r.Agent); err != nil {
 		return err
 	}
-	approver := v.cred.approverID
+	approver := v.Key.Approver
 	if decision == vocab.Approve && slices.Contains(r.Approvals, approver) {
 		return failf(ErrAlreadyCounted, "%s already approved request %s", approver, r.ID)
 	}
 	if _, err := tx.ExecContext(ctx, `INSERT INTO approval_votes (request_id, approver_id, credential_id, decision, created_at) VALUES (?,?,?,?,?)`,
-		r.ID, approver, v.cred.id, decision, now.UnixNano()); err != nil {
+		r.ID, approver, v.Key.ID, decision, now.UnixNano()); err != nil {
 		return failf(ErrAlreadyCounted, "%s already decided request %s", approver, r.ID)
 	}
 	if err := keepAssertion(ctx, tx, r.ID, approver, decision, v); err != nil {
@@ -331,14 +283,14 @@ func (s *Service) transition(ctx context.Context, tx *sql.Tx, id string, state v
 // and when it was counted (decided at now), to check it beat the expiry.
 func (s *Service) assertionEntry(r *row, decision vocab.Decision, v *verified, now time.Time) audit.Entry {
 	e := s.requestEntry(r, "", "")
-	raw := v.parsed.Raw.AssertionResponse
-	e.Approver = v.cred.approverID
-	e.CredentialID = b64(v.cred.id)
+	raw := v.Parsed.Raw.AssertionResponse
+	e.Approver = v.Key.Approver
+	e.CredentialID = b64(v.Key.ID)
 	e.Decision = string(decision)
 	e.DecidedAt = now.UTC().Format(audit.TimeFormat)
-	e.Origin = v.parsed.Response.CollectedClientData.Origin
+	e.Origin = v.Parsed.Response.CollectedClientData.Origin
 	e.RPID = s.opts.RPID
-	e.UserVerified = v.parsed.Response.AuthenticatorData.Flags.HasUserVerified()
+	e.UserVerified = v.Parsed.Response.AuthenticatorData.Flags.HasUserVerified()
 	e.AuthenticatorData = b64(raw.AuthenticatorData)
 	e.ClientDataJSON = b64(raw.ClientDataJSON)
 	e.Signature = b64(raw.Signature)
@@ -362,9 +314,9 @@ func (s *Service) recordRejected(ctx context.Context, requestID string, decision
 	}
 	var claimed string
 	if p != nil {
-		claimed = s.claimedCredential(ctx, p.RawID)
+		claimed = s.keys.Claimed(ctx, p.RawID)
 	}
-	e := s.requestEntry(r, vocab.KindApprovalRejected, rejectedReason(cause, claimed))
+	e := s.requestEntry(r, vocab.KindApprovalRejected, ceremony.Reason(cause, claimed))
 	e.Decision = string(decision)
 	e.RPID = s.opts.RPID
 	return s.record(ctx, e)

@@ -134,7 +134,7 @@ func (s *Service) expiryLoop() {
 		case <-s.stop:
 			t.Stop()
 			return
-		case <-s.changes():
+		case <-s.watch.Any():
 		case <-t.C:
 		}
 		t.Stop()

@@ -44,7 +44,7 @@ const createVoteAssertions = `CREATE TABLE IF NOT EXISTS approval_vote_assertion
 // keepAssertion records which assertion a vote was, in the vote's
 // transaction.
 func keepAssertion(ctx context.Context, tx *sql.Tx, requestID, approver string, decision vocab.Decision, v *verified) error {
-	raw := v.parsed.Raw.AssertionResponse
+	raw := v.Parsed.Raw.AssertionResponse
 	sum := digest.AssertionSHA256(raw.AuthenticatorData, raw.ClientDataJSON, raw.Signature)
 	_, err := tx.ExecContext(ctx, `INSERT INTO approval_vote_assertions (request_id, approver_id, decision, assertion_sha256) VALUES (?,?,?,?)`,
 		requestID, approver, decision, sum[:])

@@ -67,7 +67,7 @@ func (s *Service) Finish(ctx context.Context, id string, o Outcome) error {
 		return fmt.Errorf("%w: result is not JSON", ErrInvalidRequest)
 	}
 	// Kept sealed, for a while, never in plain text (results.go).
-	sealed, err := s.sealResult(id, o.Result, s.now().Add(s.opts.ResultTTL))
+	sealed, err := s.results.Seal(id, o.Result, s.now().Add(s.opts.ResultTTL))
 	if err != nil {
 		return fmt.Errorf("approval: finish: seal result: %w", err)
 	}

@@ -6,9 +6,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"regexp"
 	"time"
 
+	"github.com/countersign/countersign/approval/freeze"
+	"github.com/countersign/countersign/approval/grant"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/authzdetails"
 	"github.com/countersign/countersign/vocab"
@@ -32,93 +33,36 @@ import (
 // A call already running finishes. Unfreeze lifts the freeze; what it
 // cancelled and revoked stays so.
 
+// The freeze's record is package freeze's; these are its names here.
+type (
+	Freeze      = freeze.Freeze
+	FrozenError = freeze.FrozenError
+	FreezeView  = freeze.View
+	AgentView   = freeze.AgentView
+)
+
 // AllAgents is the agent name of a freeze of every agent (--all).
-const AllAgents = "*"
+const AllAgents = freeze.AllAgents
 
-// Freeze is one agent's freeze as stored.
-type Freeze struct {
-	Agent  string // AllAgents for every agent
-	By     string // who froze it: the signed-in approver, LoopbackRevoker, or the CLI's "cli:USER"
-	At     time.Time
-	Reason string
-}
-
-// ErrAgentFrozen is what errors.Is finds in a *FrozenError.
-var ErrAgentFrozen = errors.New("approval: agent is frozen")
-
-// ErrNotFrozen: Unfreeze of an agent that is not frozen.
-var ErrNotFrozen = errors.New("approval: agent is not frozen")
-
-// FrozenError refuses something an agent's freeze forbids. Its text is
-// what the agent is told.
-type FrozenError struct{ Freeze Freeze }
-
-func (e *FrozenError) Error() string {
-	f := e.Freeze
-	at := f.At.UTC().Format(time.RFC3339)
-	if f.Agent == AllAgents {
-		return fmt.Sprintf("all agents are frozen by %s since %s; an admin can run `countersign agents unfreeze --all`", f.By, at)
-	}
-	return fmt.Sprintf("agent %s is frozen by %s since %s; an admin can run `countersign agents unfreeze %s`", f.Agent, f.By, at, f.Agent)
-}
-
-func (e *FrozenError) Is(target error) bool { return target == ErrAgentFrozen }
+// Errors of freezes.
+var (
+	ErrAgentFrozen = freeze.ErrAgentFrozen
+	ErrNotFrozen   = freeze.ErrNotFrozen
+)
 
 // ErrFrozenCheck is a freeze as a decision check: a tap on a request of a
 // frozen agent is refused and recorded as approval.rejected with it.
 var ErrFrozenCheck = &CheckError{Check: "agent_frozen"}
 
-// agentName is what may be frozen: a configured agent id (config.ValidID),
-// or one of the names the server gives callers it cannot name otherwise
-// ("anonymous", "unknown", which match it too).
-var agentName = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,63}$`)
-
 // ValidAgent reports whether name can be frozen.
-func ValidAgent(name string) bool { return name == AllAgents || agentName.MatchString(name) }
-
-const (
-	createFreezes = `CREATE TABLE IF NOT EXISTS agent_freezes (
-		agent TEXT PRIMARY KEY,
-		frozen_by TEXT NOT NULL,
-		frozen_at INTEGER NOT NULL,
-		reason TEXT NOT NULL DEFAULT ''
-	)`
-	// One row counting every freeze and unfreeze: what another process
-	// polls to learn that one happened.
-	createFreezeChanges = `CREATE TABLE IF NOT EXISTS agent_freeze_changes (
-		id INTEGER PRIMARY KEY CHECK (id = 1),
-		n INTEGER NOT NULL
-	)`
-)
-
-// frozenQuery finds the freeze that holds an agent: its own, else --all.
-const frozenQuery = `SELECT agent, frozen_by, frozen_at, reason FROM agent_freezes WHERE agent IN (?, '*') ORDER BY agent = '*' LIMIT 1`
-
-func scanFreeze(sc scanner) (*Freeze, error) {
-	var f Freeze
-	var at int64
-	if err := sc.Scan(&f.Agent, &f.By, &at, &f.Reason); err != nil {
-		return nil, err
-	}
-	f.At = time.Unix(0, at).UTC()
-	return &f, nil
-}
+func ValidAgent(name string) bool { return freeze.ValidAgent(name) }
 
 func frozenIn(ctx context.Context, q querier, agent string) (*Freeze, error) {
-	f, err := scanFreeze(q.QueryRowContext(ctx, frozenQuery, agent))
-	if errors.Is(err, sql.ErrNoRows) {
-		return nil, nil
-	}
-	return f, err
+	return freeze.In(ctx, q, agent)
 }
 
 // frozenErr is f as an error, or nil.
-func frozenErr(f *Freeze) error {
-	if f == nil {
-		return nil
-	}
-	return &FrozenError{Freeze: *f}
-}
+func frozenErr(f *Freeze) error { return freeze.Err(f) }
 
 // frozenCheck refuses a decision on a request of a frozen agent, with a
 // check name for approval.rejected.
@@ -131,47 +75,14 @@ func frozenCheck(ctx context.Context, q querier, agent string) error {
 }
 
 // Frozen returns the freeze that holds agent, or nil. It reads the
-// database every time (one indexed read of a table that is usually
-// empty), so a freeze written by another process holds from the next
-// call on.
+// database every time, so a freeze written by another process holds from
+// the next call on.
 func (s *Service) Frozen(ctx context.Context, agent string) (*Freeze, error) {
-	stmt, err := s.frozenStmt()
-	if err != nil {
-		return nil, err
-	}
-	f, err := scanFreeze(stmt.QueryRowContext(ctx, agent))
-	if errors.Is(err, sql.ErrNoRows) {
-		return nil, nil
-	}
-	return f, err
-}
-
-// frozenStmt is frozenQuery prepared once: parsing it was half of the
-// check's cost.
-func (s *Service) frozenStmt() (*sql.Stmt, error) {
-	s.frozenOnce.Do(func() {
-		s.frozenQ, s.frozenErr = s.db.PrepareContext(context.Background(), frozenQuery)
-	})
-	return s.frozenQ, s.frozenErr
+	return s.frozen.Frozen(ctx, agent)
 }
 
 // Freezes lists the freezes in force, oldest first.
-func (s *Service) Freezes(ctx context.Context) ([]Freeze, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT agent, frozen_by, frozen_at, reason FROM agent_freezes ORDER BY frozen_at`)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var out []Freeze
-	for rows.Next() {
-		f, err := scanFreeze(rows)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, *f)
-	}
-	return out, rows.Err()
-}
+func (s *Service) Freezes(ctx context.Context) ([]Freeze, error) { return freeze.List(ctx, s.db) }
 
 // Stopped is what a freeze ended at once.
 type Stopped struct {
@@ -194,19 +105,8 @@ func (s *Service) FreezeAgent(ctx context.Context, agent, by, reason string) (*S
 	reason = authzdetails.Clean(reason, 300)
 	var stopped *Stopped
 	err := s.inTx(ctx, func(tx *sql.Tx) error {
-		existing, err := scanFreeze(tx.QueryRowContext(ctx, `SELECT agent, frozen_by, frozen_at, reason FROM agent_freezes WHERE agent = ?`, agent))
-		if err == nil {
-			return &FrozenError{Freeze: *existing}
-		}
-		if !errors.Is(err, sql.ErrNoRows) {
-			return err
-		}
 		now := s.now()
-		if _, err := tx.ExecContext(ctx, `INSERT INTO agent_freezes (agent, frozen_by, frozen_at, reason) VALUES (?,?,?,?)`,
-			agent, by, now.UnixNano(), reason); err != nil {
-			return err
-		}
-		if err := bumpFreezes(ctx, tx); err != nil {
+		if err := freeze.Put(ctx, tx, Freeze{Agent: agent, By: by, At: now, Reason: reason}); err != nil {
 			return err
 		}
 		why := "frozen"
@@ -217,7 +117,8 @@ func (s *Service) FreezeAgent(ctx context.Context, agent, by, reason string) (*S
 			DecidedAt: now.UTC().Format(audit.TimeFormat), Reason: why}); err != nil {
 			return err
 		}
-		stopped, err = s.stopAgent(ctx, tx, Freeze{Agent: agent, By: by, At: now})
+		st, err := s.stopAgent(ctx, tx, Freeze{Agent: agent, By: by, At: now})
+		stopped = st
 		return err
 	})
 	if err != nil {
@@ -240,14 +141,7 @@ func (s *Service) UnfreezeAgent(ctx context.Context, agent, by, reason string) e
 	}
 	reason = authzdetails.Clean(reason, 300)
 	err := s.inTx(ctx, func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, `DELETE FROM agent_freezes WHERE agent = ?`, agent)
-		if err != nil {
-			return err
-		}
-		if n, _ := res.RowsAffected(); n != 1 {
-			return fmt.Errorf("%w: %s", ErrNotFrozen, agent)
-		}
-		if err := bumpFreezes(ctx, tx); err != nil {
+		if err := freeze.Lift(ctx, tx, agent); err != nil {
 			return err
 		}
 		why := "unfrozen"
@@ -263,11 +157,6 @@ func (s *Service) UnfreezeAgent(ctx context.Context, agent, by, reason string) e
 	s.opts.Logger.Warn("approval: agent unfrozen", "agent", agent, "by", by)
 	err = s.flush(ctx, false)
 	s.notify()
-	return err
-}
-
-func bumpFreezes(ctx context.Context, tx *sql.Tx) error {
-	_, err := tx.ExecContext(ctx, `INSERT INTO agent_freeze_changes (id, n) VALUES (1, 1) ON CONFLICT (id) DO UPDATE SET n = n + 1`)
 	return err
 }
 
@@ -306,19 +195,17 @@ func (s *Service) stopAgent(ctx context.Context, tx *sql.Tx, f Freeze) (*Stopped
 		}
 		out.Cancelled = append(out.Cancelled, id)
 	}
-	grants, err := s.queryGrants(ctx, tx, `(g.agent = ? OR ? = '*') AND g.revoked_at = 0 AND g.used < g.max_calls AND g.expires_at > ?
+	grants, err := s.grants.Query(ctx, tx, `(g.agent = ? OR ? = '*') AND g.revoked_at = 0 AND g.used < g.max_calls AND g.expires_at > ?
 		AND NOT EXISTS (SELECT 1 FROM approval_outbox o WHERE o.request_id = g.request_id AND o.owner <> ?) ORDER BY g.created_at`,
 		f.Agent, f.Agent, now.Unix(), s.owner)
 	if err != nil {
 		return nil, err
 	}
 	for _, g := range grants {
-		res, err := tx.ExecContext(ctx, `UPDATE approval_grants SET revoked_at = ?, revoked_by = ? WHERE id = ? AND revoked_at = 0`, now.UnixNano(), f.By, g.ID)
-		if err != nil {
-			return nil, err
-		}
-		if n, _ := res.RowsAffected(); n != 1 {
+		if err := grant.Revoke(ctx, tx, g.ID, f.By, now); errors.Is(err, grant.ErrRevoked) {
 			continue
+		} else if err != nil {
+			return nil, err
 		}
 		// As RevokeGrant: queued under no request, its grant_seq filled
 		// in when appended if the approval is not logged yet.
@@ -394,9 +281,8 @@ func (s *Service) watchFreezes() {
 	t := time.NewTicker(freezePoll)
 	defer t.Stop()
 	for {
-		var n int64
-		err := s.db.QueryRowContext(ctx, `SELECT n FROM agent_freeze_changes WHERE id = 1`).Scan(&n)
-		if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		n, err := freeze.Changes(ctx, s.db)
+		if err != nil {
 			s.opts.Logger.Warn("approval: cannot read freezes", "err", err)
 		} else if n != last {
 			if last >= 0 || n > 0 {
@@ -457,48 +343,9 @@ func (s *Service) failFrozen(ctx context.Context, id string, f *Freeze) error {
 	return ferr
 }
 
-// FreezeView is the page's view of a freeze.
-type FreezeView struct {
-	Agent    string    `json:"agent"`
-	FrozenBy string    `json:"frozenBy"`
-	FrozenAt time.Time `json:"frozenAt"`
-	Reason   string    `json:"reason,omitempty"`
-}
-
-// AgentView is one agent the page can freeze: one seen in a pending
-// request or a grant in force, or a frozen one.
-type AgentView struct {
-	Name   string      `json:"name"`
-	Frozen *FreezeView `json:"frozen,omitempty"`
-}
-
-// View is the page's view of the freeze.
-func (f *Freeze) View() *FreezeView {
-	return &FreezeView{Agent: f.Agent, FrozenBy: f.By, FrozenAt: f.At, Reason: f.Reason}
-}
-
 // Agents lists the agents the page shows: frozen, with pending requests,
 // or with grants in force; the freeze of every agent comes first, as
 // AllAgents.
 func (s *Service) Agents(ctx context.Context) ([]AgentView, error) {
-	names, err := column(ctx, s.db, `SELECT agent FROM agent_freezes
-		UNION SELECT agent FROM approval_requests WHERE state = 'pending'
-		UNION SELECT agent FROM approval_grants WHERE revoked_at = 0 AND used < max_calls AND expires_at > ?
-		ORDER BY 1`, s.now().Unix())
-	if err != nil {
-		return nil, err
-	}
-	out := []AgentView{}
-	for _, n := range names {
-		f, err := frozenIn(ctx, s.db, n)
-		if err != nil {
-			return nil, err
-		}
-		a := AgentView{Name: n}
-		if f != nil { // its own freeze, or that of every agent
-			a.Frozen = f.View()
-		}
-		out = append(out, a)
-	}
-	return out, nil
+	return freeze.Agents(ctx, s.db, s.now())
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/countersign/countersign/approval/approvaltest"
 	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/vocab"
 )
 
@@ -247,14 +248,7 @@ func TestOutboxOfADeadProcessIsTakenOnceAndAtOnce(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	ownerFile := func(owner string) *os.File {
-		fh, err := os.OpenFile(filepath.Join(f.dir, ownerFilePrefix+owner), os.O_CREATE|os.O_RDWR, 0o600)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { fh.Close() })
-		return fh
-	}
+	owners := store.OwnersOf(ctx, f.db)
 	// The dead process appended this one and died before deleting it.
 	appended := audit.Entry{Kind: vocab.KindApprovalRejected, RequestID: req.ID, Reason: "appended, not deleted"}
 	if _, err := f.rec.Append(ctx, appended); err != nil {
@@ -262,11 +256,15 @@ func TestOutboxOfADeadProcessIsTakenOnceAndAtOnce(t *testing.T) {
 	}
 	put("dead", appended)
 	put("dead", audit.Entry{Kind: vocab.KindApprovalRejected, RequestID: req.ID, Reason: "never appended"})
-	ownerFile("dead").Close() // exists, unlocked: its process is gone
-	live := ownerFile("live")
-	if err := lockFile(live); err != nil {
+	// exists, unlocked: its process is gone
+	if err := os.WriteFile(filepath.Join(f.dir, store.OwnerFilePrefix+"dead"), nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
+	release, err := owners.Hold("live")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(release)
 	put("live", audit.Entry{Kind: vocab.KindApprovalRejected, RequestID: req.ID, Reason: "still to be appended by its process"})
 
 	if err := f.svc.flush(ctx, true); err != nil {
@@ -292,7 +290,7 @@ func TestOutboxOfADeadProcessIsTakenOnceAndAtOnce(t *testing.T) {
 	if !slices.Equal(left, []string{"live"}) {
 		t.Fatalf("outbox after the flush holds entries of %v, want only the live process's", left)
 	}
-	if _, err := os.Stat(filepath.Join(f.dir, ownerFilePrefix+"dead")); !os.IsNotExist(err) {
+	if _, err := os.Stat(filepath.Join(f.dir, store.OwnerFilePrefix+"dead")); !os.IsNotExist(err) {
 		t.Errorf("the dead owner's lock file is still there: %v", err)
 	}
 }

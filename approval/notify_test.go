@@ -129,7 +129,7 @@ func TestExpiringIsAnnouncedOnceBeforeExpiry(t *testing.T) {
 		if r.State == vocab.StateExpired {
 			break
 		}
-		<-f.svc.changes()
+		<-f.svc.watch.Any()
 	}
 	none(t, events)
 	var n int

@@ -3,9 +3,6 @@ package approval
 import (
 	"context"
 	"encoding/json"
-	"os"
-	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/countersign/countersign/audit"
@@ -15,74 +12,29 @@ import (
 // id and appends them itself. When a process dies, the entries it left
 // must be appended by another, exactly once and in order; but a process
 // that is merely slow must not have its entries appended twice. So each
-// Service holds an exclusive lock on a small file named after its owner id
-// beside the database, for as long as it lives: the kernel drops the lock
-// when the process dies, however it dies. An owner whose file can be
-// locked is dead, and its entries are taken at once; without a file (an
-// older version, or a database in memory) they are taken once they are
-// outboxStaleAfter old. Before appending an entry another process left,
-// the end of the log is searched for it, because that process may have
-// appended it and died before deleting it from the outbox.
-
-const ownerFilePrefix = ".approval-owner-"
-
-// dbDir is the directory of the database file, "" for one in memory.
-func (s *Service) dbDir(ctx context.Context) string {
-	var file string
-	if err := s.db.QueryRowContext(ctx, `SELECT file FROM pragma_database_list WHERE name = 'main'`).Scan(&file); err != nil || file == "" {
-		return ""
-	}
-	return filepath.Dir(file)
-}
+// Service holds its owner's liveness lock (store.Owners) for as long as it
+// lives. An owner that store.Owners tells dead has its entries taken at
+// once; one it cannot tell about (an older version, or a database in
+// memory) has them taken once they are outboxStaleAfter old. Before
+// appending an entry another process left, the end of the log is searched
+// for it, because that process may have appended it and died before
+// deleting it from the outbox.
 
 // holdOwner takes this Service's liveness lock and returns its release.
 // It also removes the files of dead owners that left nothing behind.
 func (s *Service) holdOwner(ctx context.Context) func() {
-	dir := s.dbDir(ctx)
-	if dir == "" {
-		return func() {}
-	}
-	path := filepath.Join(dir, ownerFilePrefix+s.owner)
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_RDWR, 0o600)
-	if err == nil {
-		err = lockFile(f)
-	}
+	release, err := s.owners.Hold(s.owner)
 	if err != nil {
 		s.opts.Logger.Warn("approval: no liveness lock; entries this process leaves behind wait until they are stale", "err", err)
-		if f != nil {
-			f.Close()
-			os.Remove(path)
-		}
 		return func() {}
 	}
-	s.sweepOwners(ctx, dir)
-	return func() {
-		os.Remove(path) // before the lock goes, so nobody finds it unlocked
-		f.Close()
-	}
-}
-
-// ownerDead reports whether the owner's process is gone: its lock file
-// exists and can be locked (and is then removed). Without a file nobody
-// can tell.
-func ownerDead(dir, owner string) bool {
-	path := filepath.Join(dir, ownerFilePrefix+owner)
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
-	if err != nil {
-		return false
-	}
-	defer f.Close()
-	if lockFile(f) != nil {
-		return false
-	}
-	os.Remove(path)
-	return true
+	s.sweepOwners(ctx)
+	return release
 }
 
 // deadOwners returns the owners of outbox entries whose processes are gone.
 func (s *Service) deadOwners(ctx context.Context) ([]any, error) {
-	dir := s.dbDir(ctx)
-	if dir == "" {
+	if !s.owners.Tracked() {
 		return []any{}, nil
 	}
 	rows, err := s.db.QueryContext(ctx, `SELECT DISTINCT owner FROM approval_outbox WHERE owner <> ?`, s.owner)
@@ -104,7 +56,7 @@ func (s *Service) deadOwners(ctx context.Context) ([]any, error) {
 	}
 	dead := []any{}
 	for _, o := range owners {
-		if ownerDead(dir, o) {
+		if s.owners.Dead(o) {
 			dead = append(dead, o)
 		}
 	}
@@ -113,10 +65,8 @@ func (s *Service) deadOwners(ctx context.Context) ([]any, error) {
 
 // sweepOwners removes the lock files of dead owners with nothing in the
 // outbox, so that crashes do not leave files behind for ever.
-func (s *Service) sweepOwners(ctx context.Context, dir string) {
-	matches, _ := filepath.Glob(filepath.Join(dir, ownerFilePrefix+"*"))
-	for _, m := range matches {
-		owner := strings.TrimPrefix(filepath.Base(m), ownerFilePrefix)
+func (s *Service) sweepOwners(ctx context.Context) {
+	for _, owner := range s.owners.Listed() {
 		if owner == s.owner {
 			continue
 		}
@@ -124,7 +74,7 @@ func (s *Service) sweepOwners(ctx context.Context, dir string) {
 		if s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM approval_outbox WHERE owner = ?`, owner).Scan(&n) != nil || n > 0 {
 			continue
 		}
-		ownerDead(dir, owner) // removes the file if its owner is gone
+		s.owners.Dead(owner) // removes the file if its owner is gone
 	}
 }
 

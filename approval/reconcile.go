@@ -5,79 +5,32 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"strings"
 
+	"github.com/countersign/countersign/approval/reconcile"
 	"github.com/countersign/countersign/audit"
-	"github.com/countersign/countersign/authzdetails"
 	"github.com/countersign/countersign/vocab"
 )
 
-// A request whose run was interrupted (outcome unknown) may have acted or
-// not; only a person can find out, by looking at the system it acted on.
-// Reconcile records what they found: a call.reconciled entry, and the
-// finding added to the request's reason, where the page, approval_status
-// and tasks/get show it. It changes nothing else: the request stays
-// interrupted and never runs again, and a finding is recorded once.
-//
-// A call that had no request (a routine call, or one a standing grant let
-// through) can be interrupted too. ReconcileCall settles it, named by the
-// seq of its call.interrupted entry: the log is the only record of it, and
-// a seq names one entry for good. Its finding is a call.reconciled with
-// interrupted_seq, recorded once (approval_reconciled_calls).
+// A request whose run was interrupted may have acted or not; Reconcile
+// records what a person found (package reconcile keeps it): a
+// call.reconciled entry, and the finding added to the request's reason,
+// where the page, approval_status and tasks/get show it. It changes
+// nothing else: the request stays interrupted and never runs again. A call
+// that had no request is settled by ReconcileCall, named by the seq of its
+// call.interrupted entry.
+
+// Finding is what a person found out about an interrupted call.
+type Finding = reconcile.Finding
 
 // Errors of Reconcile.
 var (
-	ErrNotInterrupted = errors.New("approval: the request's call was not interrupted; only an unknown outcome can be reconciled")
-	ErrReconciled     = errors.New("approval: the call was already reconciled; a finding is recorded once")
+	ErrNotInterrupted = reconcile.ErrNotInterrupted
+	ErrReconciled     = reconcile.ErrReconciled
 )
 
-const createReconciled = `CREATE TABLE IF NOT EXISTS approval_reconciled (
-	request_id TEXT PRIMARY KEY REFERENCES approval_requests(id),
-	ran INTEGER NOT NULL,
-	found_by TEXT NOT NULL,
-	note TEXT NOT NULL,
-	created_at INTEGER NOT NULL
-)`
-
-// createReconciledCalls holds the findings about calls without a request,
-// by the seq of their call.interrupted: its primary key makes a second
-// finding fail in the transaction that would record it.
-const createReconciledCalls = `CREATE TABLE IF NOT EXISTS approval_reconciled_calls (
-	interrupted_seq INTEGER PRIMARY KEY,
-	ran INTEGER NOT NULL,
-	found_by TEXT NOT NULL,
-	note TEXT NOT NULL,
-	created_at INTEGER NOT NULL
-)`
-
-// maxReconcileText bounds the who and the note a person gives: they go
-// into the signed log.
-const maxReconcileText = 500
-
-// Finding is what a person found out about an interrupted call.
-type Finding struct {
-	Ran  bool   // the call took effect (false: it did not)
-	By   string // who found out, as the operator names them
-	Note string // how they know, optional
-}
-
-// Finding says the finding as the log and the page show it.
-func (f Finding) String() string {
-	what := "did not run"
-	if f.Ran {
-		what = "ran"
-	}
-	s := fmt.Sprintf("reconciled: %s, reconciled by %s", what, f.By)
-	if f.Note != "" {
-		s += ": " + f.Note
-	}
-	return s
-}
-
 // checked is the finding bounded for the log, or why it cannot be recorded.
-func (f Finding) checked() (Finding, error) {
-	f.By = authzdetails.Clean(strings.TrimSpace(f.By), maxReconcileText)
-	f.Note = authzdetails.Clean(strings.TrimSpace(f.Note), maxReconcileText)
+func checked(f Finding) (Finding, error) {
+	f = f.Bounded()
 	if f.By == "" {
 		return f, fmt.Errorf("%w: who found out is required", ErrInvalidRequest)
 	}
@@ -88,7 +41,7 @@ func (f Finding) checked() (Finding, error) {
 // interrupted. A request in any other state is ErrNotInterrupted; a second
 // finding is ErrReconciled.
 func (s *Service) Reconcile(ctx context.Context, id string, f Finding) (*Request, error) {
-	f, err := f.checked()
+	f, err := checked(f)
 	if err != nil {
 		return nil, err
 	}
@@ -100,13 +53,8 @@ func (s *Service) Reconcile(ctx context.Context, id string, f Finding) (*Request
 		if r.State != vocab.StateInterrupted {
 			return fmt.Errorf("%w (it is %s)", ErrNotInterrupted, r.State)
 		}
-		res, err := tx.ExecContext(ctx, `INSERT INTO approval_reconciled (request_id, ran, found_by, note, created_at)
-			VALUES (?, ?, ?, ?, ?) ON CONFLICT (request_id) DO NOTHING`, id, f.Ran, f.By, f.Note, s.now().UnixNano())
-		if err != nil {
+		if err := reconcile.PutRequest(ctx, tx, id, f, s.now()); err != nil {
 			return err
-		}
-		if n, _ := res.RowsAffected(); n != 1 {
-			return ErrReconciled
 		}
 		text := f.String()
 		if _, err := tx.ExecContext(ctx, `UPDATE approval_requests SET
@@ -134,15 +82,8 @@ func (s *Service) Unreconciled(ctx context.Context) ([]*Request, error) {
 		ORDER BY decided_at, id`, vocab.StateInterrupted)
 }
 
-// callLog is the part of *audit.Log that reconciling a call without a
-// request reads: the call's own entry, and the interrupted calls.
-type callLog interface {
-	Since(ctx context.Context, seq int64, limit int) ([]audit.Entry, error)
-	Interrupted(ctx context.Context) ([]audit.Entry, error)
-}
-
-func (s *Service) callLog() (callLog, error) {
-	l, ok := s.rec.(callLog)
+func (s *Service) callLog() (reconcile.Log, error) {
+	l, ok := s.rec.(reconcile.Log)
 	if !ok {
 		return nil, errors.New("approval: the audit log cannot be read, so interrupted calls cannot be found")
 	}
@@ -156,7 +97,7 @@ func (s *Service) callLog() (callLog, error) {
 // ErrReconciled. A call that had a request is reconciled as its request
 // (Reconcile), so either name of it works.
 func (s *Service) ReconcileCall(ctx context.Context, seq int64, f Finding) (audit.Entry, error) {
-	f, err := f.checked()
+	f, err := checked(f)
 	if err != nil {
 		return audit.Entry{}, err
 	}
@@ -164,50 +105,24 @@ func (s *Service) ReconcileCall(ctx context.Context, seq int64, f Finding) (audi
 	if err != nil {
 		return audit.Entry{}, err
 	}
-	var es []audit.Entry
-	if seq > 0 {
-		if es, err = l.Since(ctx, seq-1, 1); err != nil {
-			return audit.Entry{}, err
-		}
-	}
-	if len(es) == 0 || es[0].Seq != seq {
+	call, err := reconcile.Interrupted(ctx, l, seq)
+	switch {
+	case errors.Is(err, reconcile.ErrNoEntry):
 		return audit.Entry{}, fmt.Errorf("%w: the audit log has no entry #%d", ErrNotFound, seq)
+	case err != nil:
+		return audit.Entry{}, err
+	case call.RequestID == "":
+		return reconcile.RecordCall(ctx, outboxPort{s}, call, f, s.now())
 	}
-	call := es[0]
-	if call.Kind != vocab.KindCallInterrupted {
-		return audit.Entry{}, fmt.Errorf("%w (#%d is %s)", ErrNotInterrupted, seq, call.Kind)
+	r, err := s.Reconcile(ctx, call.RequestID, f)
+	if errors.Is(err, ErrNotFound) {
+		// Not "no such entry": the entry is there, its request is not.
+		return audit.Entry{}, fmt.Errorf("approval: #%d is the call of request %s, which this database does not hold", seq, call.RequestID)
 	}
-	if call.RequestID != "" {
-		r, err := s.Reconcile(ctx, call.RequestID, f)
-		if errors.Is(err, ErrNotFound) {
-			// Not "no such entry": the entry is there, its request is not.
-			return audit.Entry{}, fmt.Errorf("approval: #%d is the call of request %s, which this database does not hold", seq, call.RequestID)
-		}
-		if err != nil {
-			return audit.Entry{}, err
-		}
-		return audit.Entry{Kind: vocab.KindCallReconciled, RequestID: r.ID, Agent: r.Agent, Tool: r.Tool, Reason: f.String()}, nil
-	}
-	rec := audit.Entry{Kind: vocab.KindCallReconciled, Agent: call.Agent, Tool: call.Tool, ArgsSHA256: call.ArgsSHA256,
-		Reason: f.String(), InterruptedSeq: seq}
-	err = s.inTx(ctx, func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, `INSERT INTO approval_reconciled_calls (interrupted_seq, ran, found_by, note, created_at)
-			VALUES (?, ?, ?, ?, ?) ON CONFLICT (interrupted_seq) DO NOTHING`, seq, f.Ran, f.By, f.Note, s.now().UnixNano())
-		if err != nil {
-			return err
-		}
-		if n, _ := res.RowsAffected(); n != 1 {
-			return fmt.Errorf("%w (#%d)", ErrReconciled, seq)
-		}
-		return s.enqueue(ctx, tx, "", rec)
-	})
 	if err != nil {
 		return audit.Entry{}, err
 	}
-	if err := s.flush(ctx, false); err != nil {
-		return audit.Entry{}, err
-	}
-	return rec, nil
+	return audit.Entry{Kind: vocab.KindCallReconciled, RequestID: r.ID, Agent: r.Agent, Tool: r.Tool, Reason: f.String()}, nil
 }
 
 // UnreconciledCalls returns, oldest first, the call.interrupted entries
@@ -218,32 +133,5 @@ func (s *Service) UnreconciledCalls(ctx context.Context) ([]audit.Entry, error) 
 	if err != nil {
 		return nil, err
 	}
-	es, err := l.Interrupted(ctx)
-	if err != nil {
-		return nil, err
-	}
-	rows, err := s.db.QueryContext(ctx, `SELECT interrupted_seq FROM approval_reconciled_calls`)
-	if err != nil {
-		return nil, err
-	}
-	done := map[int64]bool{}
-	for rows.Next() {
-		var seq int64
-		if err := rows.Scan(&seq); err != nil {
-			rows.Close()
-			return nil, err
-		}
-		done[seq] = true
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-	out := es[:0]
-	for _, e := range es {
-		if e.RequestID == "" && !done[e.Seq] {
-			out = append(out, e)
-		}
-	}
-	return out, nil
+	return reconcile.UnreconciledCalls(ctx, s.db, l)
 }

@@ -121,7 +121,7 @@ func (s *Service) scanRow(sc scanner) (*row, error) {
 	}
 	r.AuthorizationDetails = details
 	if len(result) > 0 {
-		r.Result, r.ResultUntil = s.openResult(r.ID, result)
+		r.Result, r.ResultUntil = s.results.Open(r.ID, result, s.now())
 	}
 	if err := json.Unmarshal([]byte(approvers), &r.Approvers); err != nil {
 		return nil, fmt.Errorf("approval: stored approvers of %s: %w", r.ID, err)

@@ -14,6 +14,8 @@ func (s *Service) migrate(ctx context.Context) error {
 	return s.migrateWaitMode(ctx)
 }
 
+// schema is the tables of requests, decisions and the outbox; the other
+// packages of approval create their own (Service.openParts).
 var schema = []string{
 	`CREATE TABLE IF NOT EXISTS approval_requests (
 		id TEXT PRIMARY KEY,
@@ -53,44 +55,6 @@ var schema = []string{
 		created_at INTEGER NOT NULL,
 		PRIMARY KEY (request_id, approver_id, decision)
 	)`,
-	`CREATE TABLE IF NOT EXISTS approval_ceremonies (
-		id TEXT PRIMARY KEY,
-		kind TEXT NOT NULL,
-		request_id TEXT NOT NULL DEFAULT '',
-		enrollment BLOB,
-		decision TEXT NOT NULL DEFAULT '',
-		session BLOB NOT NULL,
-		expires_at INTEGER NOT NULL,
-		used INTEGER NOT NULL DEFAULT 0
-	)`,
-	`CREATE TABLE IF NOT EXISTS approval_used_assertions (
-		hash BLOB PRIMARY KEY,
-		request_id TEXT NOT NULL,
-		created_at INTEGER NOT NULL
-	)`,
-	`CREATE TABLE IF NOT EXISTS approval_users (
-		approver_id TEXT PRIMARY KEY,
-		handle BLOB NOT NULL UNIQUE
-	)`,
-	`CREATE TABLE IF NOT EXISTS approval_credentials (
-		id BLOB PRIMARY KEY,
-		approver_id TEXT NOT NULL,
-		credential BLOB NOT NULL,
-		sign_count INTEGER NOT NULL,
-		created_at INTEGER NOT NULL,
-		last_used_at INTEGER NOT NULL DEFAULT 0,
-		revoked_at INTEGER NOT NULL DEFAULT 0,
-		revoke_reason TEXT NOT NULL DEFAULT ''
-	)`,
-	`CREATE TABLE IF NOT EXISTS approval_enrollments (
-		token_hash BLOB PRIMARY KEY,
-		approver_id TEXT NOT NULL,
-		created_at INTEGER NOT NULL,
-		expires_at INTEGER NOT NULL,
-		verified_at INTEGER NOT NULL DEFAULT 0,
-		verified_by BLOB,
-		used_at INTEGER NOT NULL DEFAULT 0
-	)`,
 	`CREATE TABLE IF NOT EXISTS approval_outbox (
 		id INTEGER PRIMARY KEY AUTOINCREMENT,
 		request_id TEXT NOT NULL DEFAULT '',
@@ -109,13 +73,6 @@ var schema = []string{
 	)`,
 	createVoteAssertions,
 	createResultIndex,
-	createReconciled,
-	createReconciledCalls,
 	createNotified,
-	createGrantOffers,
-	createGrantCeremonies,
-	createGrants,
 	createBatchable,
-	createFreezes,
-	createFreezeChanges,
 }

@@ -178,7 +178,7 @@ func TestExpiryWithoutWaiter(t *testing.T) {
 		if r.State == vocab.StateExpired {
 			break
 		}
-		<-f.svc.changes()
+		<-f.svc.watch.Any()
 	}
 	if !slices.Contains(f.rec.Kinds(req.ID), vocab.KindApprovalExpired) {
 		t.Fatalf("kinds %v", f.rec.Kinds(req.ID))

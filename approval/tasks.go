@@ -73,7 +73,7 @@ func (s *Service) ListOwn(ctx context.Context, agent, wait, after string, limit 
 // up, as any waiter does.
 func (s *Service) Await(ctx context.Context, id string, done func(*Request) bool) (*Request, error) {
 	for {
-		ch := s.changesOf(id)
+		ch := s.watch.Of(id)
 		r, err := s.load(context.WithoutCancel(ctx), s.db, id)
 		if err != nil {
 			return nil, err
@@ -83,7 +83,7 @@ func (s *Service) Await(ctx context.Context, id string, done func(*Request) bool
 			continue
 		}
 		if done(&r.Request) {
-			s.unwatch(id)
+			s.watch.Forget(id)
 			return &r.Request, nil
 		}
 		t := time.NewTimer(rereadEvery)

@@ -8,12 +8,7 @@ import (
 // What the approver page (its own package, approval/page) reads of the
 // service beyond the ceremonies: lists, links, limits and wake-ups. Each
 // is a read; everything that changes state is a method with its own
-// checks (decide.go, enroll.go, grant.go, freeze.go, batch.go, signin.go).
-
-// Options returns the options the service runs with, defaults filled in:
-// the page takes its origins, hosts, body limit, sign-in and logger from
-// them, so that both halves of the listener agree.
-func (s *Service) Options() Options { return s.opts }
+// checks (decide.go, enroll.go, grant.go, freeze.go, batch.go, keys.go).
 
 // Now is the service's clock (Options.Now), so that the page's rate
 // limits refill by the same time as ceremonies expire.
@@ -32,7 +27,7 @@ func (s *Service) History(ctx context.Context, limit int) ([]*Request, error) {
 
 // Changes returns a channel closed at the next change of any request,
 // credential, grant or freeze: the page's event stream re-reads then.
-func (s *Service) Changes() <-chan struct{} { return s.changes() }
+func (s *Service) Changes() <-chan struct{} { return s.watch.Any() }
 
 // Done is closed when the service closes.
 func (s *Service) Done() <-chan struct{} { return s.stop }
@@ -58,11 +53,11 @@ func (s *Service) EnrollURL(token string) string { return s.enrollURL(token) }
 // EnrollmentApprover is the display name of the approver an unused,
 // unexpired enrollment token is for; ErrEnrollment when there is none.
 func (s *Service) EnrollmentApprover(ctx context.Context, token string) (string, error) {
-	e, err := s.enrollment(ctx, token)
+	approver, err := s.keys.LinkApprover(ctx, token)
 	if err != nil {
 		return "", err
 	}
-	return s.approverName(e.approverID), nil
+	return s.approverName(approver), nil
 }
 
 // ValidID reports whether id has the shape of a request or ceremony id the

@@ -36,9 +36,7 @@ func TestWaitersWakeAtTheirOwnRequestAndLeaveNothing(t *testing.T) {
 	// Let the waiters reach their wait before the changes come.
 	deadline := time.Now().Add(rereadEvery / 2)
 	for {
-		f.svc.mu.Lock()
-		watching := len(f.svc.watched)
-		f.svc.mu.Unlock()
+		watching := f.svc.watch.Watched()
 		if watching == n {
 			break
 		}
@@ -62,9 +60,7 @@ func TestWaitersWakeAtTheirOwnRequestAndLeaveNothing(t *testing.T) {
 	if took := time.Since(start); took >= rereadEvery {
 		t.Fatalf("waiters took %s: they were not woken by their request's change", took)
 	}
-	f.svc.mu.Lock()
-	left := len(f.svc.watched)
-	f.svc.mu.Unlock()
+	left := f.svc.watch.Watched()
 	if left != 0 {
 		t.Fatalf("%d watched requests left after every request ended", left)
 	}

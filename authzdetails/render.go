@@ -5,6 +5,22 @@
 // can be shown in full. The approval service stores and signs that text,
 // the approver page lays it out, and CIBA validates requests against the
 // same types, so all three read one source. It imports nothing of ours.
+//
+// The shapes rendered specially (RFC 9396 objects; other types fall back
+// to a generic rendering of their fields):
+//
+//	{"type":"payment_initiation","instructedAmount":{"currency":"USD","amount":"500000.00"},
+//	 "creditorName":"Vendor X","debtorAccount":{"id":"operating"},"newCounterparty":true,
+//	 "remittanceInformationUnstructured":"inv 42","idempotencyKey":"pay-1"}
+//	{"type":"deployment","service":"api","version":"1.4.2","environment":"production"}
+//	{"type":"secret_access","name":"prod-db-password","classification":"restricted"}
+//	{"type":"mcp_tool_call","server":"files","tool":"write_file","arguments":{"path":"/srv/a.txt","mode":420}}
+//
+// ("counterpartyKnown": false is accepted as well as "newCounterparty": true.)
+//
+// Every value is shown whole; a request whose display would exceed
+// MaxShownValues, MaxShownChars or MaxShownBytes is refused
+// (*ShowLimitError).
 package authzdetails
 
 import (

@@ -1,7 +1,7 @@
-// Package bench holds Countersign's benchmark suite (run by bench/csbench)
-// and, in this file, the physical references on the machine at hand: what
-// one Ed25519 signature and one durable SQLite commit cost, the floors
-// under an audit append.
+// The physical references on the machine at hand: what one Ed25519
+// signature and one durable SQLite commit cost, the floors under an audit
+// append.
+
 package bench
 
 import (

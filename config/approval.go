@@ -189,7 +189,7 @@ func portOf(u *url.URL) string {
 // Remote reports whether the page may be reached from beyond this machine:
 // it listens on other than loopback, or its public_url names another host
 // (a proxy in front). Approvers must then sign in with their key before the
-// page shows anything (approval.Options.RequireSignIn).
+// page shows anything (page.Options.RequireSignIn).
 func (a *Approval) Remote() bool {
 	if host, _, err := net.SplitHostPort(a.Listen); err != nil || !isLoopbackHost(host) {
 		return true

@@ -86,7 +86,7 @@ func (g *Guard) countersign(ctx context.Context, c Call, spec *tools.Spec, call 
 
 	defer g.waitOn(ctx, r.ID)()
 	if c.Waiting != nil {
-		defer c.Waiting(ctx, r)()
+		defer c.Waiting(ctx, viewOf(r))()
 	}
 	final, err := g.opts.Requests.Wait(ctx, r.ID)
 	if err != nil {

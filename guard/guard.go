@@ -296,7 +296,7 @@ type Call struct {
 	// Waiting, when set, keeps the caller informed while its call waits
 	// for a human (progress, log messages, elicitation); the function it
 	// returns is called when the wait ends.
-	Waiting func(ctx context.Context, r *approval.Request) (done func())
+	Waiting func(ctx context.Context, r *Request) (done func())
 
 	// task, set by HandleTask, hears of the request a countersigned call
 	// raised as a task.

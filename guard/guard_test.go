@@ -442,7 +442,7 @@ func TestWaitingCallerIsKeptInformedUntilTheDecision(t *testing.T) {
 	var began, ended bool
 	go func() { time.Sleep(20 * time.Millisecond); f.humans.decide <- vocab.StateApproved }()
 	f.g.Handle(context.Background(), Call{Tool: "pay", Args: map[string]any{"amount": 1.0},
-		Waiting: func(context.Context, *approval.Request) func() {
+		Waiting: func(context.Context, *Request) func() {
 			began = true
 			return func() { ended = true }
 		}})

@@ -46,11 +46,11 @@ const ReasonTaskCancelled = "cancelled by the agent (tasks/cancel)"
 // its request in task mode and returns it at once (the result is then
 // nothing to the agent); any other call runs, or is refused, as Handle
 // does, and returns its result with a nil request.
-func (g *Guard) HandleTask(ctx context.Context, c Call) (*approval.Request, *mcp.CallToolResult) {
+func (g *Guard) HandleTask(ctx context.Context, c Call) (*Request, *mcp.CallToolResult) {
 	var r *approval.Request
 	c.task = func(req *approval.Request) { r = req }
 	res := g.Handle(ctx, c)
-	return r, res
+	return viewOf(r), res
 }
 
 // MayCountersign says some call of spec's tool can need a human: the
@@ -61,7 +61,12 @@ func (g *Guard) MayCountersign(spec *tools.Spec) bool {
 
 // Task returns agent's task id. Another agent's task, or any request that
 // is not a task, is ErrNoTask, like an id that does not exist.
-func (g *Guard) Task(ctx context.Context, id, agent string) (*approval.Request, error) {
+func (g *Guard) Task(ctx context.Context, id, agent string) (*Request, error) {
+	r, err := g.ownTask(ctx, id, agent)
+	return viewOf(r), err
+}
+
+func (g *Guard) ownTask(ctx context.Context, id, agent string) (*approval.Request, error) {
 	if g.opts.Tasks == nil {
 		return nil, ErrNoTask
 	}
@@ -70,17 +75,23 @@ func (g *Guard) Task(ctx context.Context, id, agent string) (*approval.Request, 
 
 // Tasks lists agent's tasks, newest first, limit at a time after the task
 // named by after.
-func (g *Guard) Tasks(ctx context.Context, agent, after string, limit int) ([]*approval.Request, error) {
+func (g *Guard) Tasks(ctx context.Context, agent, after string, limit int) ([]*Request, error) {
 	if g.opts.Tasks == nil {
 		return nil, nil
 	}
-	return g.opts.Tasks.ListOwn(ctx, agent, approval.WaitTask, after, limit)
+	rs, err := g.opts.Tasks.ListOwn(ctx, agent, approval.WaitTask, after, limit)
+	return viewsOf(rs), err
 }
 
 // AwaitTask waits until done says agent's task id has got where its caller
 // waits for; ctx ending returns ctx's error and leaves the task alone.
-func (g *Guard) AwaitTask(ctx context.Context, id, agent string, done func(*approval.Request) bool) (*approval.Request, error) {
-	if _, err := g.Task(ctx, id, agent); err != nil {
+func (g *Guard) AwaitTask(ctx context.Context, id, agent string, done func(*Request) bool) (*Request, error) {
+	r, err := g.awaitTask(ctx, id, agent, func(r *approval.Request) bool { return done(viewOf(r)) })
+	return viewOf(r), err
+}
+
+func (g *Guard) awaitTask(ctx context.Context, id, agent string, done func(*approval.Request) bool) (*approval.Request, error) {
+	if _, err := g.ownTask(ctx, id, agent); err != nil {
 		return nil, err
 	}
 	return g.opts.Tasks.Await(ctx, id, done)
@@ -90,8 +101,8 @@ func (g *Guard) AwaitTask(ctx context.Context, id, agent string, done func(*appr
 // cancellation is recorded as approval.cancelled. A request decided
 // already is not changed: an approved one is ErrTaskRunning, one that
 // ended is ErrTaskEnded.
-func (g *Guard) CancelTask(ctx context.Context, id, agent string) (*approval.Request, error) {
-	if _, err := g.Task(ctx, id, agent); err != nil {
+func (g *Guard) CancelTask(ctx context.Context, id, agent string) (*Request, error) {
+	if _, err := g.ownTask(ctx, id, agent); err != nil {
 		return nil, err
 	}
 	err := g.opts.Tasks.Cancel(context.WithoutCancel(ctx), id, ReasonTaskCancelled)
@@ -116,8 +127,13 @@ func (g *Guard) CancelTask(ctx context.Context, id, agent string) (*approval.Req
 // interruption (outcome unknown) as a tool error. The result can be asked
 // for again while it is kept (approval.Options.ResultTTL); after that the
 // answer says it ran and its result was erased.
-func (g *Guard) TaskResult(ctx context.Context, id, agent string) (*mcp.CallToolResult, *approval.Request, error) {
-	r, err := g.AwaitTask(ctx, id, agent, approval.Settled)
+func (g *Guard) TaskResult(ctx context.Context, id, agent string) (*mcp.CallToolResult, *Request, error) {
+	res, r, err := g.taskResult(ctx, id, agent)
+	return res, viewOf(r), err
+}
+
+func (g *Guard) taskResult(ctx context.Context, id, agent string) (*mcp.CallToolResult, *approval.Request, error) {
+	r, err := g.awaitTask(ctx, id, agent, approval.Settled)
 	if err != nil {
 		return nil, nil, err
 	}

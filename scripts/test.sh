@@ -23,6 +23,18 @@ if ! command -v ssh-agent >/dev/null 2>&1 || ! command -v ssh-keygen >/dev/null 
 	DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq openssh-client >/dev/null
 fi
 
+# The PostgreSQL tests (store/pgtest) start a throwaway cluster with the
+# server's initdb and pg_ctl, which Debian keeps off PATH, in
+# /usr/lib/postgresql/NN/bin. COUNTERSIGN_TEST_PG points them at an existing
+# server instead.
+if [ -z "${COUNTERSIGN_TEST_PG:-}" ] && ! command -v initdb >/dev/null 2>&1 && ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
+	echo "test.sh: installing Debian's postgresql for the PostgreSQL tests" >&2
+	sudo=""
+	if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+	$sudo apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq postgresql >/dev/null
+fi
+
 # The gateway tests run the reference MCP filesystem server from npm, pinned
 # with its dependencies in testdata/npm/package-lock.json (Node.js 20 or later).
 if ! command -v npm >/dev/null 2>&1; then

@@ -300,9 +300,9 @@ func taskOf(r *guard.Request) mcp.Task {
 	case vocab.StateFailed:
 		t.Status, t.StatusMessage = mcp.TaskStatusFailed, "approved, but the tool failed; tasks/result says why"
 	case vocab.StateCancelled:
-		t.Status, t.StatusMessage = mcp.TaskStatusCancelled, guard.Outcome(r)
+		t.Status, t.StatusMessage = mcp.TaskStatusCancelled, r.Outcome
 	default: // denied, expired, interrupted
-		t.Status, t.StatusMessage = mcp.TaskStatusFailed, guard.Outcome(r)
+		t.Status, t.StatusMessage = mcp.TaskStatusFailed, r.Outcome
 	}
 	return t
 }

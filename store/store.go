@@ -1,15 +1,23 @@
-// Package store opens Countersign's SQLite database: one file in the data
-// directory holding the ledger, approvers, credentials, approval requests and
-// the audit log. Each package owns its own tables and creates them itself.
+// Package store is Countersign's data directory: it opens the SQLite
+// database, one file in the directory holding the ledger, approvers,
+// credentials, approval requests and the audit log. Each package owns its
+// own tables and creates them itself.
 // Beside it, the package keeps what belongs to the data directory as a
 // whole: the lock that lets one serve at a time use it (lock.go), and the
 // amounts the usage windows are rebuilt from (amounts.go).
+//
+// Connect (db.go) opens either SQLite or, for a postgres:// URL, a
+// PostgreSQL server that several replicas share, behind one DB: the same
+// SQL with `?` placeholders (placeholders.go), transactions that run as
+// if alone (InTx), consistent reads (Snapshot) and notifications between
+// replicas (notify.go). Open stays SQLite's, for today's callers.
 package store
 
 import (
 	"context"
 	"database/sql"
 	"fmt"
+	"log/slog"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -45,6 +53,7 @@ type options struct {
 	// busy is SQLite's own wait for another connection's write lock;
 	// lockWait is this process's wait for one of its own writes.
 	busy, lockWait time.Duration
+	log            *slog.Logger // Connect's; Open logs nothing
 }
 
 // WithSync sets the durability of commits: Full or Normal.

@@ -1,7 +1,10 @@
-// Package approvaltest drives the approver page in a real headless Chromium,
-// for tests only: it starts the browser, gives each tab its own virtual CTAP2
-// security key (through the DevTools WebAuthn domain), enrolls keys via
-// one-time links, and taps Approve or Deny on a request page.
+// Package approvaltest plays the approvers in tests of approval, its page
+// and the whole server: a software security key ([SoftKey]), a client of
+// the page's JSON endpoints ([Page]), and a real headless Chromium whose
+// tabs each get a virtual CTAP2 security key (through the DevTools WebAuthn
+// domain), enroll keys via one-time links and tap Approve or Deny on a
+// request page; with the fixtures those need (an audit log, a clock moved
+// by hand, a local CA, an attestation maker).
 //
 // It deliberately knows nothing of package approval's types (so the
 // approval package's own tests can use it): it speaks URLs and element ids.

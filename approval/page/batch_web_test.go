@@ -18,7 +18,7 @@ import (
 // The page's batch endpoints, driven as its script drives them: one tap
 // approves the selection, and the refusals come back with their check.
 func TestPageClientApprovesABatch(t *testing.T) {
-	f, base, addr := newServedFixture(t, func(o *approval.Options) { o.MaxBatch = 3 })
+	f, base, addr := newServedFixture(t, func(o *approval.Options, _ *Options) { o.MaxBatch = 3 })
 	ctx := context.Background()
 	page := approvaltest.NewPage(addr, base)
 	alice := approvaltest.NewSoftKey(t, "localhost", base)

@@ -24,10 +24,11 @@ const testOrigin = "http://localhost:8710"
 func enc(b []byte) string { return base64.RawURLEncoding.EncodeToString(b) }
 
 type fixture struct {
-	svc *approval.Service
-	rec *approvaltest.Recorder
-	db  *sql.DB
-	dir string
+	svc  *approval.Service
+	opts approval.Options // svc's, to start it again over the same database
+	rec  *approvaltest.Recorder
+	db   *sql.DB
+	dir  string
 }
 
 var testApprovers = []approval.Approver{
@@ -54,7 +55,7 @@ func newFixture(t testing.TB, tweak ...func(*approval.Options)) *fixture {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { svc.Close() })
-	return &fixture{svc: svc, rec: rec, db: db, dir: dir}
+	return &fixture{svc: svc, opts: opts, rec: rec, db: db, dir: dir}
 }
 
 // enroll registers key for approver through a one-time link, in Go.

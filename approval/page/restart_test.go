@@ -19,7 +19,7 @@ func TestRequestPageSaysARestartCancelledIt(t *testing.T) {
 	block := f.create(t, paymentRequest("alice"))
 
 	f.svc.Close()
-	svc, err := approval.New(ctx, f.db, f.rec, f.svc.Options())
+	svc, err := approval.New(ctx, f.db, f.rec, f.opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -30,7 +30,7 @@ func TestRequestPageSaysARestartCancelledIt(t *testing.T) {
 	page := httptest.NewRecorder()
 	req := httptest.NewRequest(http.MethodGet, "/requests/"+block, nil)
 	req.Host = "localhost:8710"
-	Handler(svc).ServeHTTP(page, req)
+	Handler(svc, Options{Origins: f.opts.Origins}).ServeHTTP(page, req)
 	if !strings.Contains(page.Body.String(), "cancelled: server restarted") {
 		t.Fatalf("request page does not say it was cancelled by the restart:\n%s", page.Body.String())
 	}

@@ -24,7 +24,7 @@ import (
 
 const (
 	sessionCookie = "countersign_session"
-	// DefaultSessionTTL bounds a sign-in when approval.Options.SessionTTL is zero.
+	// DefaultSessionTTL bounds a sign-in when Options.SessionTTL is zero.
 	DefaultSessionTTL = 15 * time.Minute
 )
 
@@ -133,9 +133,6 @@ func (s *server) apiSignInFinish(ss *sessions) http.HandlerFunc {
 			return
 		}
 		ttl := s.opts.SessionTTL
-		if ttl <= 0 {
-			ttl = DefaultSessionTTL
-		}
 		tok, err := ss.add(approver, time.Now().Add(ttl))
 		if err != nil {
 			s.fail(w, err)

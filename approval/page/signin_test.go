@@ -41,11 +41,10 @@ func newTLSPage(t *testing.T) *tlsPage {
 	}
 	port := ln.Addr().(*net.TCPAddr).Port
 	base := fmt.Sprintf("https://localhost:%d", port)
-	f := newFixture(t, func(o *approval.Options) {
-		o.Origins, o.PublicURL, o.RequireSignIn = []string{base}, base, true
-		o.AllowedHosts = []string{fmt.Sprintf("localhost:%d", port)}
-	})
-	srv := &http.Server{Handler: Handler(f.svc), ReadHeaderTimeout: 5 * time.Second,
+	f := newFixture(t, func(o *approval.Options) { o.Origins, o.PublicURL = []string{base}, base })
+	po := Options{Origins: []string{base}, PublicURL: base, RequireSignIn: true,
+		AllowedHosts: []string{fmt.Sprintf("localhost:%d", port)}}
+	srv := &http.Server{Handler: Handler(f.svc, po), ReadHeaderTimeout: 5 * time.Second,
 		TLSConfig: &tls.Config{Certificates: []tls.Certificate{ca.Cert}}}
 	go srv.ServeTLS(ln, "", "")
 	t.Cleanup(func() { srv.Close() })
@@ -190,7 +189,7 @@ func c2u(base string) *url.URL { u, _ := url.Parse(base); return u }
 // is sent to /signin, taps, and lands on the list.
 func TestBrowserSignIn(t *testing.T) {
 	alloc := approvaltest.NewBrowser(t)
-	f, base, _ := newServedFixture(t, func(o *approval.Options) { o.RequireSignIn = true })
+	f, base, _ := newServedFixture(t, func(_ *approval.Options, o *Options) { o.RequireSignIn = true })
 	b := &browserFixture{fixture: f, base: base, alloc: alloc}
 	tab := b.tab(t, alloc, true)
 	b.enrollInBrowser(t, tab, "alice") // enrollment links need no session

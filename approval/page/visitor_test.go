@@ -44,12 +44,12 @@ func newHostileFixture(t *testing.T) *hostileFixture {
 	base := fmt.Sprintf("http://localhost:%d", port)
 	clock := approvaltest.NewClock(time.Now())
 	svc, err := approval.New(ctx, db, log, approval.Options{RPID: "localhost", Origins: []string{base}, Approvers: testApprovers,
-		AllowedHosts: []string{fmt.Sprintf("localhost:%d", port)}, Now: clock.Now})
+		Now: clock.Now})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { svc.Close() })
-	srv := &http.Server{Handler: Handler(svc), ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{Handler: Handler(svc, Options{Origins: []string{base}, AllowedHosts: []string{fmt.Sprintf("localhost:%d", port)}}), ReadHeaderTimeout: 5 * time.Second}
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
 	addr := ln.Addr().String()

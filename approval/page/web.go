@@ -22,16 +22,19 @@ import (
 // server is the page of one approval service.
 type server struct {
 	svc  *approval.Service
-	opts approval.Options // the service's, defaults filled in
+	opts Options // defaults filled in
 }
 
 // Handler is the approver page of svc and its JSON and event-stream
 // endpoints, wrapped in every protective layer: security headers and CSP,
 // Host check, cross-origin and CSRF checks on every POST, body size limit,
-// JSON only. Origins, allowed hosts, the body limit and sign-in are svc's
-// options.
-func Handler(svc *approval.Service) http.Handler {
-	s := &server{svc: svc, opts: svc.Options()}
+// JSON only. Origins, allowed hosts, the body limit and sign-in are opts';
+// with no origins every request is refused.
+func Handler(svc *approval.Service, opts Options) http.Handler {
+	s := &server{svc: svc, opts: opts.withDefaults()}
+	if len(s.opts.Origins) == 0 {
+		s.opts.Logger.Error("approval page: no origins configured; every request is refused")
+	}
 	mux := http.NewServeMux()
 	static, _ := fs.Sub(webFS, "web/static")
 	mux.Handle("GET /static/", http.StripPrefix("/static/", http.FileServerFS(static)))

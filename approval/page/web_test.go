@@ -32,8 +32,9 @@ type httpFixture struct {
 
 // newServedFixture serves the service's Handler on a real listener,
 // reachable as base = http://localhost:PORT (RP ID localhost); addr is the
-// listener's 127.0.0.1 address.
-func newServedFixture(t testing.TB, edit func(*approval.Options)) (f *fixture, base, addr string) {
+// listener's 127.0.0.1 address. edit, if not nil, changes the service's
+// and the page's options before either starts.
+func newServedFixture(t testing.TB, edit func(*approval.Options, *Options)) (f *fixture, base, addr string) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -41,15 +42,15 @@ func newServedFixture(t testing.TB, edit func(*approval.Options)) (f *fixture, b
 	}
 	port := ln.Addr().(*net.TCPAddr).Port
 	base = fmt.Sprintf("http://localhost:%d", port)
+	po := Options{Origins: []string{base}, PublicURL: base, AllowedHosts: []string{fmt.Sprintf("localhost:%d", port)}}
 	f = newFixture(t, func(o *approval.Options) {
 		o.Origins = []string{base}
 		o.PublicURL = base
-		o.AllowedHosts = []string{fmt.Sprintf("localhost:%d", port)}
 		if edit != nil {
-			edit(o)
+			edit(o, &po)
 		}
 	})
-	srv := &http.Server{Handler: Handler(f.svc), ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{Handler: Handler(f.svc, po), ReadHeaderTimeout: 5 * time.Second}
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
 	return f, base, ln.Addr().String()
@@ -57,7 +58,7 @@ func newServedFixture(t testing.TB, edit func(*approval.Options)) (f *fixture, b
 
 func newHTTPFixture(t *testing.T) *httpFixture {
 	t.Helper()
-	f, base, addr := newServedFixture(t, func(o *approval.Options) { o.MaxBodyBytes = 8 << 10 })
+	f, base, addr := newServedFixture(t, func(_ *approval.Options, o *Options) { o.MaxBodyBytes = 8 << 10 })
 	jar, _ := cookiejar.New(nil)
 	h := &httpFixture{fixture: f, base: base, addr: addr, client: &http.Client{Jar: jar, Timeout: 10 * time.Second,
 		// "localhost" resolves to the listener, whatever the resolver says.

@@ -12,6 +12,7 @@ import (
 	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/internal/daemon"
 	"github.com/spf13/cobra"
 )
 
@@ -133,7 +134,7 @@ func withApprovals(cmd *cobra.Command, fn func(context.Context, *approval.Servic
 		return err
 	}
 	return withLog(cmd, c, func(ctx context.Context, db *sql.DB, log *audit.Log) error {
-		svc, err := approval.New(ctx, db, log, approvalOptions(c))
+		svc, err := approval.New(ctx, db, log, daemon.ApprovalOptions(c))
 		if err != nil {
 			return err
 		}
@@ -148,7 +149,7 @@ func withApprovals(cmd *cobra.Command, fn func(context.Context, *approval.Servic
 // could not be appended anyway.
 func withLog(cmd *cobra.Command, c *config.Config, fn func(context.Context, *sql.DB, *audit.Log) error) error {
 	ctx := cmd.Context() // cobra's Execute never leaves it nil
-	db, log, err := openAudit(ctx, c, audit.Options{Logger: warnings(cmd)})
+	db, log, err := daemon.OpenAudit(ctx, c, audit.Options{Logger: warnings(cmd)})
 	if db != nil {
 		defer db.Close()
 	}

@@ -30,7 +30,7 @@ func TestOnlyAttestedKeysEnrollAndTheExportProvesIt(t *testing.T) {
 	ctx := context.Background()
 	enroll := func(approver string, key *approvaltest.SoftKey) error {
 		t.Helper()
-		link, err := p.approvals.CreateEnrollment(ctx, approver)
+		link, err := p.Approvals().CreateEnrollment(ctx, approver)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -74,7 +74,7 @@ func TestVerifyWithRootsRefusesAKeyEnrolledWithoutAttestation(t *testing.T) {
 	root := maker.RootPEM(t, dir)
 	p := startProduct(t, nil)
 	u, _ := url.Parse(p.page)
-	link, err := p.approvals.CreateEnrollment(context.Background(), "alice")
+	link, err := p.Approvals().CreateEnrollment(context.Background(), "alice")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/countersign/countersign/attest"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/audit/verify"
+	"github.com/countersign/countersign/internal/daemon"
 	"github.com/spf13/cobra"
 )
 
@@ -42,7 +43,7 @@ func withAuditLog(cmd *cobra.Command, fn func(context.Context, *audit.Log) error
 		return err
 	}
 	ctx := cmd.Context() // cobra's Execute never leaves it nil
-	db, log, openErr := openAudit(ctx, c, audit.Options{Logger: warnings(cmd)})
+	db, log, openErr := daemon.OpenAudit(ctx, c, audit.Options{Logger: warnings(cmd)})
 	var tamper *audit.TamperError
 	if openErr != nil && !errors.As(openErr, &tamper) {
 		return openErr

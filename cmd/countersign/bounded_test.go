@@ -44,7 +44,7 @@ func TestGatewayLogKeepsBoundedRecordsOfWhatUpstreamsSay(t *testing.T) {
 				t.Fatalf("rpc_error: isError=%v %.200q", res.IsError, text)
 			}
 			whole := strings.TrimPrefix(text, prefix) // the error the gateway got, as it tells the agent
-			e := lastEntry(t, p.audit, vocab.KindCallFailed)
+			e := lastEntry(t, p.Audit(), vocab.KindCallFailed)
 			if e.Tool != "notes__rpc_error" || len(e.Reason) > audit.MaxText || !strings.HasPrefix(whole, e.Reason) || len(e.Reason) < audit.MaxText-3 {
 				t.Fatalf("call.failed of %s keeps a reason of %d bytes, not the first KiB of the error", e.Tool, len(e.Reason))
 			}
@@ -74,7 +74,7 @@ func TestGatewayLogKeepsBoundedRecordsOfWhatUpstreamsSay(t *testing.T) {
 	if limit := int64(calls * (argSize + perCall)); grew > limit {
 		t.Fatalf("the log grew by %d bytes, over %d: the arguments are stored more than once", grew, limit)
 	}
-	executed := lastEntry(t, p.audit, vocab.KindCallExecuted)
+	executed := lastEntry(t, p.Audit(), vocab.KindCallExecuted)
 	if len(executed.Args) != 0 || executed.ArgsSeq == 0 {
 		t.Fatalf("call.executed stores %d bytes of args, args_seq %d", len(executed.Args), executed.ArgsSeq)
 	}
@@ -151,7 +151,7 @@ func lastEntry(t *testing.T, l *audit.Log, kind vocab.Kind) audit.Entry {
 func storedBytes(t *testing.T, p *product) int64 {
 	t.Helper()
 	var n int64
-	if err := p.db.QueryRow(`SELECT COALESCE(SUM(LENGTH(body)), 0) FROM audit_entries`).Scan(&n); err != nil {
+	if err := p.DB().QueryRow(`SELECT COALESCE(SUM(LENGTH(body)), 0) FROM audit_entries`).Scan(&n); err != nil {
 		t.Fatal(err)
 	}
 	return n

@@ -22,6 +22,8 @@ import (
 
 	"github.com/countersign/countersign/approval/approvaltest"
 	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/internal/daemon"
+	"github.com/countersign/countersign/internal/daemon/daemontest"
 	"github.com/countersign/countersign/tools/ledger"
 	"github.com/countersign/countersign/vocab"
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
@@ -57,21 +59,21 @@ func startProduct(t *testing.T, edit func(*config.Config)) *product {
 			edit(c)
 		}
 	})
-	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	log := daemontest.Logger(t, slog.LevelWarn)
 	s, err := assemble(context.Background(), c, log)
 	if err != nil {
 		pageLn.Close()
 		t.Fatal(err)
 	}
-	pageSrv := newHTTPServer(s.pageHandler(), log)
+	pageSrv := daemon.NewHTTPServer(s.PageHandler(), log)
 	go pageSrv.Serve(pageLn)
 	agentLn, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	base := "http://" + agentLn.Addr().String()
-	h, closeSessions := s.agentHandler(base)
-	agentSrv := newHTTPServer(h, log)
+	h, closeSessions := s.AgentHandler(base)
+	agentSrv := daemon.NewHTTPServer(h, log)
 	go agentSrv.Serve(agentLn)
 	var once sync.Once
 	stop := func() {
@@ -82,7 +84,7 @@ func startProduct(t *testing.T, edit func(*config.Config)) *product {
 			agentSrv.Shutdown(ctx)
 			// The page holds event streams open; close rather than wait.
 			pageSrv.Close()
-			if err := s.close(); err != nil {
+			if err := s.Close(); err != nil {
 				t.Errorf("close: %v", err)
 			}
 		})
@@ -256,7 +258,7 @@ func TestBrowserApproveDenyQuorumThenAuditVerifies(t *testing.T) {
 	aliceTab := approvaltest.Tab(t, browser, true)
 	bobTab := approvaltest.Tab(t, aliceTab, true)
 	for approver, tab := range map[string]context.Context{"alice": aliceTab, "bob": bobTab} {
-		link, err := p.approvals.CreateEnrollment(ctx, approver)
+		link, err := p.Approvals().CreateEnrollment(ctx, approver)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -276,7 +278,7 @@ func TestBrowserApproveDenyQuorumThenAuditVerifies(t *testing.T) {
 		if url != p.page+"/requests/"+id {
 			t.Fatalf("approval URL %q, want %s/requests/%s", url, p.page, id)
 		}
-		req, err := p.approvals.Get(ctx, id)
+		req, err := p.Approvals().Get(ctx, id)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -325,7 +327,7 @@ func TestBrowserApproveDenyQuorumThenAuditVerifies(t *testing.T) {
 		call := a.start("transfer", transferArgs(300000))
 		approvalsSeen++
 		url, id := a.approvalURL(t, approvalsSeen, call)
-		req, err := p.approvals.Get(ctx, id)
+		req, err := p.Approvals().Get(ctx, id)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -348,7 +350,7 @@ func TestBrowserApproveDenyQuorumThenAuditVerifies(t *testing.T) {
 			t.Fatalf("transfer approved by both failed: %s", resultText(res))
 		}
 		approvaltest.WaitText(t, aliceTab, "state", "executed") // the result came back, so it ran
-		got, err := p.approvals.Get(ctx, id)
+		got, err := p.Approvals().Get(ctx, id)
 		if err != nil || got.DecidedBy != "alice,bob" {
 			t.Fatalf("decided by %q (%v), want alice,bob", got.DecidedBy, err)
 		}
@@ -436,7 +438,7 @@ func TestBrowserExpiredApprovalFailsTheCall(t *testing.T) {
 		t.Errorf("expiry result %q does not say %s expired", text, id)
 	}
 	approvaltest.WaitText(t, tab, "state", "expired")
-	if r, err := p.approvals.Get(context.Background(), id); err != nil || r.State != vocab.StateExpired {
+	if r, err := p.Approvals().Get(context.Background(), id); err != nil || r.State != vocab.StateExpired {
 		t.Fatalf("request after expiry: %+v %v", r, err)
 	}
 	if got := operating(t, a); got != before {

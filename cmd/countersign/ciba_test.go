@@ -32,12 +32,13 @@ import (
 	jwxjwt "github.com/lestrrat-go/jwx/v3/jwt"
 
 	"github.com/countersign/countersign/approval/approvaltest"
-	approvalpage "github.com/countersign/countersign/approval/page"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/audit/verify"
 	"github.com/countersign/countersign/ciba"
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/digest"
+	"github.com/countersign/countersign/internal/daemon"
+	"github.com/countersign/countersign/internal/daemon/daemontest"
 	"github.com/countersign/countersign/token"
 	"github.com/countersign/countersign/tools/upstream/upstreamtest"
 	"github.com/countersign/countersign/vocab"
@@ -77,16 +78,16 @@ func startCIBA(t *testing.T, edit func(*config.Config)) *cibaProduct {
 			edit(c)
 		}
 	})
-	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	log := daemontest.Logger(t, slog.LevelWarn)
 	s, err := assemble(context.Background(), c, log)
 	if err != nil {
 		t.Fatal(err)
 	}
 	base := "http://" + agentLn.Addr().String()
-	pageSrv := newHTTPServer(approvalpage.Handler(s.approvals), log)
+	pageSrv := daemon.NewHTTPServer(s.PageHandler(), log)
 	go pageSrv.Serve(pageLn)
-	h, closeSessions := s.server.HTTPHandler(base)
-	agentSrv := newHTTPServer(h, log)
+	h, closeSessions := s.Server().HTTPHandler(base)
+	agentSrv := daemon.NewHTTPServer(h, log)
 	go agentSrv.Serve(agentLn)
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -94,7 +95,7 @@ func startCIBA(t *testing.T, edit func(*config.Config)) *cibaProduct {
 		closeSessions(ctx)
 		agentSrv.Shutdown(ctx)
 		pageSrv.Close()
-		if err := s.close(); err != nil {
+		if err := s.Close(); err != nil {
 			t.Errorf("close: %v", err)
 		}
 	})
@@ -227,10 +228,10 @@ func TestCIBAApprovedInTheBrowserAndVerifiedOffline(t *testing.T) {
 	// from the exported approval.approved entry of this request, in an
 	// export that verifies.
 	var export bytes.Buffer
-	if err := p.audit.Export(ctx, &export, 0); err != nil {
+	if err := p.Audit().Export(ctx, &export, 0); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := verify.Export(bytes.NewReader(export.Bytes()), p.audit.PublicKey(), verify.Options{}); err != nil {
+	if _, err := verify.Export(bytes.NewReader(export.Bytes()), p.Audit().PublicKey(), verify.Options{}); err != nil {
 		t.Fatalf("export does not verify: %v", err)
 	}
 	var approved, executed audit.Entry
@@ -386,7 +387,7 @@ func TestApprovalTokenReachesTheUpstreamAndTheAgent(t *testing.T) {
 	if fromResult == "" || fromResult != fromUpstream {
 		t.Fatalf("token in the result %q, at the upstream %q", fromResult, fromUpstream)
 	}
-	c, err := token.Verify(fromUpstream, p.tokens.JWKS(), token.VerifyOptions{Audience: "anonymous"})
+	c, err := token.Verify(fromUpstream, p.Tokens().JWKS(), token.VerifyOptions{Audience: "anonymous"})
 	if err != nil {
 		t.Fatal(err)
 	}

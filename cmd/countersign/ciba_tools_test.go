@@ -29,7 +29,7 @@ func TestCIBAPaymentJudgedAsTransferInTheBrowser(t *testing.T) {
 	// alice approves in a browser, with a virtual key that verifies the
 	// user; bob with a software key through the page's endpoints.
 	tab := enrollInBrowser(t, p.stack, "alice")
-	link, err := p.approvals.CreateEnrollment(ctx, "bob")
+	link, err := p.Approvals().CreateEnrollment(ctx, "bob")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,7 +88,7 @@ func TestCIBAPaymentJudgedAsTransferInTheBrowser(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := p.audit.Export(ctx, f, 0); err != nil {
+	if err := p.Audit().Export(ctx, f, 0); err != nil {
 		t.Fatal(err)
 	}
 	f.Close()

@@ -9,6 +9,7 @@ import (
 	"github.com/countersign/countersign/attest"
 	"github.com/countersign/countersign/authz"
 	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/internal/daemon"
 	"github.com/countersign/countersign/tools"
 	"github.com/spf13/cobra"
 )
@@ -37,7 +38,7 @@ offer.`,
 			if err != nil {
 				return err
 			}
-			if _, err := compilePolicy(c, warnings(cmd)); err != nil {
+			if _, err := daemon.CompilePolicy(c, warnings(cmd)); err != nil {
 				return err
 			}
 			if connect, _ := cmd.Flags().GetBool("connect"); connect && len(c.Upstreams) > 0 {
@@ -46,7 +47,7 @@ offer.`,
 					return configError(fmt.Errorf("%s: %w", c.Source, err))
 				}
 				defer closeUpstreams()
-				if errs := unknownUpstreamTools(c, cat); len(errs) > 0 {
+				if errs := daemon.UnknownUpstreamTools(c, cat); len(errs) > 0 {
 					return configError(errors.Join(errs...))
 				}
 				fmt.Fprintf(cmd.OutOrStdout(), "%s: %d upstream tools offered\n", c.Source, len(cat.Specs()))
@@ -100,7 +101,7 @@ func checkConfig(path string) (*config.Config, error) {
 			problems = append(problems, &config.Error{Source: c.Source, Path: "approval.attestation_roots", Msg: err.Error()})
 		}
 	}
-	_, perr := authz.Compile(c.Tools, c.Approvers, policyOptions(c, slog.New(slog.DiscardHandler)))
+	_, perr := authz.Compile(c.Tools, c.Approvers, daemon.PolicyOptions(c, slog.New(slog.DiscardHandler)))
 	for _, e := range unjoin(perr) {
 		var ce *authz.CompileError
 		if !errors.As(e, &ce) {
@@ -139,31 +140,4 @@ func reportedAt(problems []error, key string) bool {
 		}
 	}
 	return false
-}
-
-// policyOptions are the parts of the policy that come from outside the
-// tools section. The built-in tools' schemas come from tools, which authz
-// must not import: rules are checked against them here.
-func policyOptions(c *config.Config, log *slog.Logger) authz.Options {
-	schemas := map[string]authz.Schema{}
-	for name, s := range tools.Schemas(c) {
-		schemas[name] = authz.Schema(s)
-	}
-	return authz.Options{
-		DefaultTimeout: c.Approval.Timeout,
-		Facts:          tools.Facts(),
-		Schemas:        schemas,
-		Upstreams:      c.Upstreams,
-		Logger:         log,
-	}
-}
-
-// compilePolicy compiles the rules of c; a rule that does not compile is a
-// configuration error.
-func compilePolicy(c *config.Config, log *slog.Logger) (*authz.Policy, error) {
-	p, err := authz.Compile(c.Tools, c.Approvers, policyOptions(c, log))
-	if err != nil {
-		return nil, configError(fmt.Errorf("%s: %w", c.Source, err))
-	}
-	return p, nil
 }

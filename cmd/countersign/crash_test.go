@@ -45,7 +45,7 @@ var crashBin struct {
 
 // crashBinary is the countersign binary built with -tags crashtest: the
 // same program plus a hook that can hold a call between the backend's
-// commit and its audit record (crashhook_crashtest.go).
+// commit and its audit record (internal/daemon/crashhook_crashtest.go).
 func crashBinary(t *testing.T) string {
 	t.Helper()
 	crashBin.once.Do(func() {

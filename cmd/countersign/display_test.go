@@ -55,7 +55,7 @@ func TestGatewaySignsEveryArgumentAndRefusesWhatItCannotShow(t *testing.T) {
 
 	call := a.start("notes__echo", args)
 	_, id := a.approvalURL(t, 1, call)
-	req, err := p.approvals.Get(ctx, id)
+	req, err := p.Approvals().Get(ctx, id)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -65,7 +65,7 @@ func TestGatewaySignsEveryArgumentAndRefusesWhatItCannotShow(t *testing.T) {
 			t.Fatalf("stored display lacks %q:\n%s", w, req.Display)
 		}
 	}
-	if err := p.approvals.Cancel(ctx, id, "test ends it"); err != nil {
+	if err := p.Approvals().Cancel(ctx, id, "test ends it"); err != nil {
 		t.Fatal(err)
 	}
 	if res := await(t, call); !res.IsError {
@@ -81,7 +81,7 @@ func TestGatewaySignsEveryArgumentAndRefusesWhatItCannotShow(t *testing.T) {
 	if !res.IsError || !strings.Contains(resultText(res), wantErr) {
 		t.Fatalf("oversized call: isError=%v %s", res.IsError, resultText(res))
 	}
-	if n, err := p.approvals.PendingCount(ctx); err != nil || n != 0 {
+	if n, err := p.Approvals().PendingCount(ctx); err != nil || n != 0 {
 		t.Fatalf("%d requests pending after the refusal (%v)", n, err)
 	}
 	if n := upstreamCalls(t, record)["echo"]; n != 0 {

@@ -35,7 +35,7 @@ func freezeSite(t *testing.T) (*product, *approvaltest.Page, *approvaltest.SoftK
 	u, _ := url.Parse(p.page)
 	page := approvaltest.NewPage("127.0.0.1:"+u.Port(), p.page)
 	key := approvaltest.NewSoftKey(t, "localhost", p.page)
-	link, err := p.approvals.CreateEnrollment(context.Background(), "alice")
+	link, err := p.Approvals().CreateEnrollment(context.Background(), "alice")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -212,7 +212,7 @@ func TestAgentsFreezeStopsCIBA(t *testing.T) {
 	u, _ := url.Parse(p.page)
 	page := approvaltest.NewPage("127.0.0.1:"+u.Port(), p.page)
 	key := approvaltest.NewSoftKey(t, "localhost", p.page)
-	link, err := p.approvals.CreateEnrollment(context.Background(), "alice")
+	link, err := p.Approvals().CreateEnrollment(context.Background(), "alice")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -232,7 +232,7 @@ func TestAgentsFreezeStopsCIBA(t *testing.T) {
 		t.Fatalf("approve: %v %+v", err, r)
 	}
 
-	runCLI(t, p.cfg, "agents", "freeze", "ci-bot")
+	runCLI(t, p.Config(), "agents", "freeze", "ci-bot")
 	for _, id := range []string{approved, pending} {
 		r := p.postForm(t, ciba.PathToken, url.Values{"grant_type": {ciba.GrantType}, "auth_req_id": {id}})
 		if r["error"] != "access_denied" || r["access_token"] != nil {

@@ -20,6 +20,7 @@ import (
 
 	"github.com/countersign/countersign/approval/approvaltest"
 	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/internal/daemon"
 	"github.com/countersign/countersign/tools/upstream/pinstore"
 	"github.com/countersign/countersign/tools/upstream/upstreamtest"
 	"github.com/countersign/countersign/vocab"
@@ -105,7 +106,7 @@ func TestGatewayReadsPassWritesWaitForATap(t *testing.T) {
 		if n := upstreamCalls(t, record)["write_note"]; n != 0 {
 			t.Fatalf("the upstream ran write_note %d times before anyone approved", n)
 		}
-		req, err := p.approvals.Get(ctx, id)
+		req, err := p.Approvals().Get(ctx, id)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -161,7 +162,7 @@ func TestGatewayReadsPassWritesWaitForATap(t *testing.T) {
 		<-done
 		deadline := time.Now().Add(20 * time.Second)
 		for {
-			r, err := p.approvals.Get(ctx, id)
+			r, err := p.Approvals().Get(ctx, id)
 			if err == nil && r.State == "cancelled" {
 				break
 			}
@@ -182,15 +183,15 @@ func TestGatewayReadsPassWritesWaitForATap(t *testing.T) {
 		// A tool added after the upstream's tools were pinned is held
 		// until an admin accepts it. (The CLI would start an upstream
 		// process of its own, without echo: accept through the store.)
-		waitUntil(t, "notes__echo is listed", func() bool { _, ok := p.tools.Lookup("notes__echo"); return ok })
+		waitUntil(t, "notes__echo is listed", func() bool { _, ok := p.Tools().Lookup("notes__echo"); return ok })
 		if res := callTool(t, a.cs, "notes__echo", nil); !res.IsError || !strings.Contains(resultText(res), "is new since its tools were pinned") {
 			t.Fatalf("a tool added after pinning ran: %s", resultText(res))
 		}
-		pins, err := pinstore.Open(ctx, p.db, p.audit)
+		pins, err := pinstore.Open(ctx, p.DB(), p.Audit())
 		if err != nil {
 			t.Fatal(err)
 		}
-		listed, _ := p.upstreams.Listed("notes")
+		listed, _ := p.Upstreams().Listed("notes")
 		if _, err := pins.Accept(ctx, "notes", listed, "echo", "test"); err != nil {
 			t.Fatal(err)
 		}
@@ -372,7 +373,7 @@ func TestReadmeGatewayExampleIsValid(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := compilePolicy(c, nil); err != nil {
+	if _, err := daemon.CompilePolicy(c, nil); err != nil {
 		t.Fatal(err)
 	}
 	if len(c.Upstreams) != 1 || c.Upstreams[0].Prefix != "files__" || c.Upstreams[0].Command[0] != "npx" {

@@ -50,7 +50,7 @@ func startGrants(t *testing.T, maxCalls int, agents ...string) *grantSite {
 	u, _ := url.Parse(p.page)
 	s := &grantSite{product: p, page: approvaltest.NewPage("127.0.0.1:"+u.Port(), p.page),
 		key: approvaltest.NewSoftKey(t, "localhost", p.page), base: strings.TrimSuffix(p.agent, "/mcp")}
-	link, err := p.approvals.CreateEnrollment(context.Background(), "alice")
+	link, err := p.Approvals().CreateEnrollment(context.Background(), "alice")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/internal/daemon/daemontest"
 	"github.com/countersign/countersign/vocab"
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
 )
@@ -29,17 +30,7 @@ func operatingBalance(t *testing.T, cs *sdk.ClientSession) string {
 // entries returns the audit log's entries of the given kind.
 func entries(t *testing.T, s *stack, kind vocab.Kind) []audit.Entry {
 	t.Helper()
-	all, err := s.audit.Since(context.Background(), 0, 100000)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []audit.Entry
-	for _, e := range all {
-		if e.Kind == kind {
-			out = append(out, e)
-		}
-	}
-	return out
+	return daemontest.Entries(t, s.Audit(), kind)
 }
 
 func streamable(t *testing.T, base string) *sdk.ClientSession {
@@ -216,17 +207,6 @@ func TestPollModeAnswersInCIBATerms(t *testing.T) {
 	}
 }
 
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met in 20s")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 func TestFailedBackendIsRecordedAsFailed(t *testing.T) {
 	c := testConfig(t, func(c *config.Config) { c.Deploy.Command = []string{"/bin/false", "{service}"} })
 	s, base := startHTTP(t, c)
@@ -255,7 +235,7 @@ func TestSecretValuesNeverReachTheAuditLog(t *testing.T) {
 	if res.IsError || !strings.Contains(resultText(res), secret) {
 		t.Fatalf("read_secret: %s", resultText(res))
 	}
-	all, err := s.audit.Since(context.Background(), 0, 1000)
+	all, err := s.Audit().Since(context.Background(), 0, 1000)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -290,7 +270,7 @@ func TestSplitTransfersInParallelWaitForAHuman(t *testing.T) {
 			cs.CallTool(ctx, &sdk.CallToolParams{Name: "transfer", Arguments: transferArgs(9999)})
 		}()
 	}
-	waitFor(t, func() bool {
+	daemontest.WaitFor(t, func() bool {
 		return len(entries(t, s, vocab.KindApprovalRequested)) == 10 && len(entries(t, s, vocab.KindCallExecuted)) == 1
 	})
 	for _, e := range entries(t, s, vocab.KindApprovalRequested) {
@@ -314,7 +294,7 @@ func TestUsageSurvivesARestart(t *testing.T) {
 		t.Fatalf("first 9,999: %s", resultText(res))
 	}
 	cs1.Close()
-	if err := s1.close(); err != nil {
+	if err := s1.Close(); err != nil {
 		t.Fatal(err)
 	}
 	s2, base2 := startHTTP(t, c)
@@ -322,7 +302,7 @@ func TestUsageSurvivesARestart(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go cs2.CallTool(ctx, &sdk.CallToolParams{Name: "transfer", Arguments: transferArgs(9999)})
-	waitFor(t, func() bool { return len(entries(t, s2, vocab.KindApprovalRequested)) == 1 })
+	daemontest.WaitFor(t, func() bool { return len(entries(t, s2, vocab.KindApprovalRequested)) == 1 })
 }
 
 // A number the agent sends that a double cannot hold is refused through

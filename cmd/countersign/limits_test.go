@@ -45,7 +45,7 @@ func capTransfer(t *testing.T, cs *sdk.ClientSession) *sdk.CallToolResult {
 }
 
 func pendingOf(t *testing.T, s *stack, agent string) int {
-	n, err := s.approvals.PendingFor(context.Background(), agent)
+	n, err := s.Approvals().PendingFor(context.Background(), agent)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -138,7 +138,7 @@ func TestRefusedFloodOverLimitsGrowsTheLogByABoundedAmount(t *testing.T) {
 	}
 	size := func() int {
 		var b bytes.Buffer
-		if err := s.audit.Export(context.Background(), &b, 0); err != nil {
+		if err := s.Audit().Export(context.Background(), &b, 0); err != nil {
 			t.Fatal(err)
 		}
 		return b.Len()

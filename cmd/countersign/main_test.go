@@ -18,8 +18,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/countersign/countersign"
 	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/internal/daemon"
+	"github.com/countersign/countersign/internal/daemon/daemontest"
 	"github.com/countersign/countersign/tools/upstream/upstreamtest"
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
 )
@@ -53,30 +54,25 @@ func TestMain(m *testing.M) {
 }
 
 // testConfig is the shipped configuration with a private data directory,
-// ephemeral listeners and short approval timeouts, loaded from repoRoot so
-// the relative paths of the deploy script and secrets resolve.
+// ephemeral listeners and short approval timeouts (daemontest.Config).
 func testConfig(t testing.TB, edit func(*config.Config)) *config.Config {
 	t.Helper()
-	c, err := config.Parse(countersign.DefaultConfig(), "test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.Server.DataDir = t.TempDir()
-	c.Approval.Listen = "127.0.0.1:0"
-	c.Deploy.Command[0] = filepath.Join(repoRoot, c.Deploy.Command[0])
-	c.Secrets.Dir = filepath.Join(repoRoot, c.Secrets.Dir)
-	c.Approval.ProgressEvery = 200 * time.Millisecond
-	if edit != nil {
-		edit(c)
-	}
-	return c
+	return daemontest.Config(t, edit)
+}
+
+// stack is an assembled Countersign as the in-process tests drive it.
+type stack = daemon.Stack
+
+// assemble assembles a Countersign in-process, as serve does.
+func assemble(ctx context.Context, c *config.Config, log *slog.Logger) (*stack, error) {
+	return daemon.Assemble(ctx, c, daemon.Options{Logger: log, Version: buildVersion()})
 }
 
 // startHTTP assembles a full Countersign in-process and serves agents on a
 // real listener at 127.0.0.1 with a random port.
 func startHTTP(t testing.TB, c *config.Config) (*stack, string) {
 	t.Helper()
-	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	log := daemontest.Logger(t, slog.LevelWarn)
 	s, err := assemble(context.Background(), c, log)
 	if err != nil {
 		t.Fatal(err)
@@ -86,26 +82,19 @@ func startHTTP(t testing.TB, c *config.Config) (*stack, string) {
 		t.Fatal(err)
 	}
 	base := "http://" + ln.Addr().String()
-	h, closeSessions := s.server.HTTPHandler(base)
-	srv := newHTTPServer(h, log)
+	h, closeSessions := s.Server().HTTPHandler(base)
+	srv := daemon.NewHTTPServer(h, log)
 	go srv.Serve(ln)
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		closeSessions(ctx)
 		srv.Shutdown(ctx)
-		if err := s.close(); err != nil {
+		if err := s.Close(); err != nil {
 			t.Errorf("close: %v", err)
 		}
 	})
 	return s, base
-}
-
-type testWriter struct{ t testing.TB }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimSpace(string(p)))
-	return len(p), nil
 }
 
 func connect(t testing.TB, transport sdk.Transport, version string, opts *sdk.ClientOptions) *sdk.ClientSession {

@@ -5,14 +5,11 @@ import (
 	"context"
 	"io"
 	"net/http"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/countersign/countersign/approval/approvaltest"
-	"github.com/countersign/countersign/store"
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
 )
 
@@ -149,40 +146,5 @@ func TestMetricsCountWhatHappened(t *testing.T) {
 	}
 	if code, body := getWithHost(t, p.page+"/healthz", "10.1.2.3:8710"); code != http.StatusOK || body != "ok\n" {
 		t.Errorf("/healthz: %d %q", code, body)
-	}
-}
-
-// /readyz says not ready, and why, while the database cannot take a write
-// (here: another process holds its write lock), and ready again after.
-func TestReadyzFailsWhenTheDatabaseIsNotWritable(t *testing.T) {
-	p := startProduct(t, nil)
-	agentBase := strings.TrimSuffix(p.agent, "/mcp")
-	for _, base := range []string{p.page, agentBase} {
-		if code, body := getWithHost(t, base+"/readyz", ""); code != http.StatusOK || !strings.Contains(body, "ok    database") || !strings.Contains(body, "ok    audit") {
-			t.Fatalf("%s/readyz at start: %d\n%s", base, code, body)
-		}
-	}
-
-	other, err := store.Open(context.Background(), filepath.Join(p.cfg.Server.DataDir, store.FileName))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer other.Close()
-	tx, err := other.Begin() // BEGIN IMMEDIATE: the write lock, held
-	if err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(1100 * time.Millisecond) // past the probe's one-second reuse
-	code, body := getWithHost(t, p.page+"/readyz", "")
-	if code != http.StatusServiceUnavailable || !strings.Contains(body, "FAIL  database: not writable: database is locked") {
-		t.Errorf("/readyz while the database is locked: %d\n%s", code, body)
-	}
-	if code, _ := getWithHost(t, p.page+"/healthz", ""); code != http.StatusOK {
-		t.Errorf("/healthz while not ready: %d (the process is alive)", code)
-	}
-	tx.Rollback()
-	time.Sleep(1100 * time.Millisecond)
-	if code, body := getWithHost(t, agentBase+"/readyz", ""); code != http.StatusOK {
-		t.Errorf("/readyz after the lock is released: %d\n%s", code, body)
 	}
 }

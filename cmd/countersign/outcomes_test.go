@@ -108,7 +108,7 @@ func approveNext(t *testing.T, page *approvaltest.Page, key *approvaltest.SoftKe
 // kindsOf lists the kinds of the log's entries about request id.
 func kindsOf(t *testing.T, s *stack, id string) []vocab.Kind {
 	t.Helper()
-	all, err := s.audit.Since(context.Background(), 0, 100000)
+	all, err := s.Audit().Since(context.Background(), 0, 100000)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -131,7 +131,7 @@ func waitState(t *testing.T, p *product, id string, state vocab.State) *approval
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		r, err := p.approvals.Get(context.Background(), id)
+		r, err := p.Approvals().Get(context.Background(), id)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -221,7 +221,7 @@ func TestUpstreamCallWithoutAnAnswerIsInterruptedNeverFailedAndReconciled(t *tes
 	// never "failed".
 	waitUpstream(t, record, upstreamtest.Stubborn, upstreamtest.EventCalled, upstreamtest.EventCancelled, upstreamtest.EventCompleted)
 	r := waitState(t, p, task.TaskId, vocab.StateInterrupted)
-	if err := p.approvals.BeginExecution(context.Background(), r.ID); !errors.Is(err, approval.ErrNotApproved) {
+	if err := p.Approvals().BeginExecution(context.Background(), r.ID); !errors.Is(err, approval.ErrNotApproved) {
 		t.Errorf("the interrupted approval was claimed again: %v", err)
 	}
 
@@ -313,7 +313,7 @@ func TestRoutineUpstreamCallWithoutAnAnswerIsInterruptedAndReconciledBySeq(t *te
 	}
 	waitUpstream(t, record, upstreamtest.Stubborn, upstreamtest.EventCalled, upstreamtest.EventCancelled, upstreamtest.EventCompleted)
 
-	all, err := p.stack.audit.Since(ctx, 0, 100000)
+	all, err := p.stack.Audit().Since(ctx, 0, 100000)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -366,7 +366,7 @@ func TestRoutineUpstreamCallWithoutAnAnswerIsInterruptedAndReconciledBySeq(t *te
 	if out, _, _ := cli(t, dir, "calls", "interrupted"); strings.Contains(out, id+" ") {
 		t.Errorf("calls interrupted after reconciling %s: %s", id, out)
 	}
-	all, err = p.stack.audit.Since(ctx, lost, 100000)
+	all, err = p.stack.Audit().Since(ctx, lost, 100000)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -396,7 +396,7 @@ func TestRoutineUpstreamCallWithoutAnAnswerIsInterruptedAndReconciledBySeq(t *te
 	second := found[0]
 	second.Seq, second.Time, second.PrevHash, second.Hash, second.Sig, second.V = 0, "", "", "", "", 0
 	second.Reason = "reconciled: did not run, reconciled by mallory"
-	forged, err := p.stack.audit.Append(ctx, second)
+	forged, err := p.stack.Audit().Append(ctx, second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -438,7 +438,7 @@ func TestApprovedSecretIsNotAtRestInTheDatabaseOnceDelivered(t *testing.T) {
 	if again := status(t, cs, id); !strings.Contains(toJSON(again["result"]), string(secret)) {
 		t.Fatalf("second approval_status: %v", again)
 	}
-	if _, err := p.stack.db.ExecContext(context.Background(), `PRAGMA wal_checkpoint(TRUNCATE)`); err != nil {
+	if _, err := p.stack.DB().ExecContext(context.Background(), `PRAGMA wal_checkpoint(TRUNCATE)`); err != nil {
 		t.Fatal(err)
 	}
 	// Every file of the data directory: the database, its WAL, and

@@ -69,7 +69,7 @@ func startPinSite(t *testing.T, rug config.Tool) *pinSite {
 	s.page = approvaltest.NewPage("127.0.0.1:"+u.Port(), p.page)
 	for _, who := range []string{"alice", "bob"} {
 		key := approvaltest.NewSoftKey(t, "localhost", p.page)
-		link, err := p.approvals.CreateEnrollment(context.Background(), who)
+		link, err := p.Approvals().CreateEnrollment(context.Background(), who)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -125,7 +125,7 @@ func (s *pinSite) offers(t *testing.T, name string) bool {
 func (s *pinSite) waitHeld(t *testing.T, name string) {
 	t.Helper()
 	waitUntil(t, name+" is held", func() bool {
-		spec, ok := s.tools.Lookup(name)
+		spec, ok := s.Tools().Lookup(name)
 		return ok && spec.Held != nil
 	})
 }
@@ -192,7 +192,7 @@ func TestPinnedUpstreamToolsChangeOnlyWithAnAdminsAcceptance(t *testing.T) {
 
 	t.Run("a call approved under one definition does not run under another", func(t *testing.T) {
 		id := s.pollCall(t, "notes__rug", map[string]any{"target": "prod"})
-		r, err := s.approvals.Get(ctx, id)
+		r, err := s.Approvals().Get(ctx, id)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -237,7 +237,7 @@ func TestPinnedUpstreamToolsChangeOnlyWithAnAdminsAcceptance(t *testing.T) {
 		s.mutate(t, "schema", "rug", "")
 		s.mutate(t, "describe", "rug", "Harmless, honestly.")
 		waitUntil(t, "the gateway sees the new description", func() bool {
-			spec, ok := s.tools.Lookup("notes__rug")
+			spec, ok := s.Tools().Lookup("notes__rug")
 			return ok && spec.Def.Description == "Harmless, honestly."
 		})
 		res := callTool(t, s.agent, "notes__rug", map[string]any{"target": "prod"})
@@ -364,7 +364,7 @@ func TestPinnedUpstreamToolsChangeOnlyWithAnAdminsAcceptance(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer again.close()
+	defer again.Close()
 	if !strings.Contains(logged.String(), "policy for a tool no upstream offers") || !strings.Contains(logged.String(), "tools.notes__rug") {
 		t.Errorf("serve start did not warn of tools.notes__rug:\n%s", logged.String())
 	}

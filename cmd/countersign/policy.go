@@ -14,6 +14,7 @@ import (
 
 	"github.com/countersign/countersign/authz"
 	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/internal/daemon"
 	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/tools"
 	"github.com/countersign/countersign/vocab"
@@ -51,7 +52,7 @@ which depends on the tool's readOnlyHint: --connect asks the upstream, or
 			if err != nil {
 				return err
 			}
-			policy, err := compilePolicy(c, warnings(cmd))
+			policy, err := daemon.CompilePolicy(c, warnings(cmd))
 			if err != nil {
 				return err
 			}
@@ -103,7 +104,7 @@ which depends on the tool's readOnlyHint: --connect asks the upstream, or
 					defer closeUpstreams()
 					spec, ok := cat.Lookup(toolName)
 					if !ok {
-						return errors.Join(unknownUpstreamTools(&config.Config{Source: "--tool", Tools: map[string]config.Tool{toolName: {}}, Upstreams: c.Upstreams}, cat)...)
+						return errors.Join(daemon.UnknownUpstreamTools(&config.Config{Source: "--tool", Tools: map[string]config.Tool{toolName: {}}, Upstreams: c.Upstreams}, cat)...)
 					}
 					readOnly = spec.ReadOnly()
 					fmt.Fprintf(out, "upstream tool:\t%s (readOnlyHint %v)\n", toolName, readOnly)
@@ -205,7 +206,7 @@ func (f *factSource) lookup(ctx context.Context, tool string, args map[string]an
 		return nil, nil
 	}
 	if f.reg == nil {
-		if err := prepareDataDir(f.c, f.log); err != nil {
+		if err := daemon.PrepareDataDir(f.c, f.log); err != nil {
 			return nil, err
 		}
 		db, err := store.Open(ctx, filepath.Join(f.c.Server.DataDir, store.FileName))

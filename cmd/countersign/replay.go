@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"strings"
@@ -10,22 +9,8 @@ import (
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/authz"
 	"github.com/countersign/countersign/ciba"
-	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/vocab"
 )
-
-// policyOptions are the compile options of the configured policy.
-// logPolicy records the policy serve decides with, so that every decision
-// in the audit log names it and an auditor can replay decisions offline
-// (audit verify --replay-policy).
-func logPolicy(ctx context.Context, log *audit.Log, c *config.Config) error {
-	doc, err := json.Marshal(authz.NewDocument(c.Tools, c.Approvers, policyOptions(c, nil)))
-	if err != nil {
-		return fmt.Errorf("policy document: %w", err)
-	}
-	_, err = log.LoadPolicy(ctx, doc)
-	return err
-}
 
 // policyReplayer checks logged decisions against the policy each names,
 // compiling every distinct policy document once.

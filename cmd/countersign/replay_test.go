@@ -13,6 +13,7 @@ import (
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/audit/verify"
 	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/internal/daemon"
 	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/vocab"
 )
@@ -41,7 +42,7 @@ func TestReplayPolicyAgainstTheLoggedPolicy(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer log.Close()
-	if err := logPolicy(ctx, log, c); err != nil {
+	if err := daemon.LogPolicy(ctx, log, c); err != nil {
 		t.Fatal(err)
 	}
 	call := func(kind vocab.Kind, level string, args string) {

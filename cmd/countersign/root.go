@@ -8,6 +8,7 @@ import (
 	"os"
 
 	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/internal/daemon"
 	"github.com/spf13/cobra"
 )
 
@@ -84,6 +85,10 @@ func run(args []string) int {
 	var ee *exitError
 	if errors.As(err, &ee) {
 		return ee.code
+	}
+	var ce *daemon.ConfigError
+	if errors.As(err, &ce) {
+		return exitConfig
 	}
 	return exitFail
 }

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/internal/daemon"
 )
 
 // The page asks approvers to sign in exactly when it may be reached from
@@ -28,7 +29,7 @@ func TestApproverPageSignInFollowsListen(t *testing.T) {
 			c.Approval.PublicURL = ""
 			c.Approval.Derive(tc.listen)
 		}
-		if got := approvalOptions(c).RequireSignIn; got != tc.want {
+		if got := daemon.PageOptions(c, nil).RequireSignIn; got != tc.want {
 			t.Errorf("listen %s public_url %q: RequireSignIn %v, want %v", tc.listen, c.Approval.PublicURL, got, tc.want)
 		}
 	}
@@ -40,7 +41,7 @@ func TestPageRefusalsAreCountedNotAudited(t *testing.T) {
 	p := startProduct(t, nil)
 	exported := func() string {
 		var b strings.Builder
-		if err := p.audit.Export(context.Background(), &b, 0); err != nil {
+		if err := p.Audit().Export(context.Background(), &b, 0); err != nil {
 			t.Fatal(err)
 		}
 		return b.String()

@@ -205,7 +205,7 @@ func toolText(content []mcp.Content) string {
 func enrollInBrowser(t *testing.T, s *stack, name string) context.Context {
 	t.Helper()
 	tab := approvaltest.Tab(t, approvaltest.NewBrowser(t), true)
-	link, err := s.approvals.CreateEnrollment(context.Background(), name)
+	link, err := s.Approvals().CreateEnrollment(context.Background(), name)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -216,7 +216,7 @@ func enrollInBrowser(t *testing.T, s *stack, name string) context.Context {
 // enrollSoftKey enrolls a software key for alice on p's page.
 func enrollSoftKey(t *testing.T, p *product) (*approvaltest.Page, *approvaltest.SoftKey) {
 	t.Helper()
-	link, err := p.approvals.CreateEnrollment(context.Background(), "alice")
+	link, err := p.Approvals().CreateEnrollment(context.Background(), "alice")
 	if err != nil {
 		t.Fatal(err)
 	}

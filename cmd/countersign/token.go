@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/internal/daemon"
 	"github.com/countersign/countersign/token"
 )
 
@@ -99,7 +100,7 @@ serves no HTTP listener.`,
 			if err != nil {
 				return err
 			}
-			signer, err := tokenSigner(c)
+			signer, err := daemon.TokenSigner(c)
 			if err != nil {
 				return err
 			}
@@ -123,7 +124,7 @@ func loadKeySet(cmd *cobra.Command, src string) (jose.JSONWebKeySet, string, err
 		if _, err := os.Stat(filepath.Join(c.Server.DataDir, audit.KeyFile)); err != nil {
 			return jose.JSONWebKeySet{}, "", fmt.Errorf("no --jwks given, and %s has no server key to derive the token key from: %w", c.Server.DataDir, err)
 		}
-		signer, err := tokenSigner(c)
+		signer, err := daemon.TokenSigner(c)
 		if err != nil {
 			return jose.JSONWebKeySet{}, "", err
 		}

@@ -42,37 +42,6 @@ func connectUpstreams(ctx context.Context, c *config.Config, log *slog.Logger) (
 	return cat, func() { m.Close() }, nil
 }
 
-// unknownUpstreamTools names the policies under tools for upstream tools
-// that their upstream does not offer: a typo there would otherwise leave
-// the real tool on its default level without a word.
-func unknownUpstreamTools(c *config.Config, cat *tools.Catalog) []error {
-	var errs []error
-	names := make([]string, 0, len(c.Tools))
-	for name := range c.Tools {
-		names = append(names, name)
-	}
-	slices.Sort(names)
-	for _, name := range names {
-		u, ok := c.UpstreamOf(name)
-		if !ok {
-			continue
-		}
-		if _, ok := cat.Lookup(name); ok {
-			continue
-		}
-		var offered []string
-		for _, s := range cat.Specs() {
-			if s.Source == u.Name {
-				offered = append(offered, s.Def.Name)
-			}
-		}
-		errs = append(errs, &config.Error{Source: c.Source, Path: "tools." + name,
-			Msg: fmt.Sprintf("upstream %s offers no tool %q (it offers: %s)", u.Name,
-				strings.TrimPrefix(name, u.Prefix), strings.Join(offered, ", "))})
-	}
-	return errs
-}
-
 func newUpstreamsCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "upstreams",

@@ -26,34 +26,68 @@
 // With [Options].Pins, each tool's definition is pinned on the upstream's
 // first connection, and a tool whose later listing differs from its pin is
 // held, not offered, until an admin accepts it (see pin.go).
+//
+// The files: upstream.go the [Manager]; conn.go one upstream's connection,
+// kept alive; listing.go its tool list against the pins, into the catalog;
+// spec.go and pin.go a listed tool as a catalog spec and as a pin; call.go
+// one tools/call; headers.go the configured headers, kept to the
+// upstream's origin; stderr.go a stdio upstream's stderr, logged.
+//
+// # Two MCP libraries, and why
+//
+// Countersign serves MCP with mcp-go; here, and only here in production
+// code, it is a client of other MCP servers with the official go-sdk.
+// mcp-go's client (v1.2.1) was tried for this package and fails two things
+// a gateway cannot do without, each shown by a test that fails once
+// mcp-go's client no longer does (then try the port again):
+//
+//   - It does not keep a listed tool's schemas whole. It decodes each
+//     inputSchema into its ToolInputSchema, which keeps type, properties,
+//     required, $defs and additionalProperties and drops every other
+//     top-level keyword: the reference filesystem server's "$schema", and
+//     any oneOf, anyOf, allOf, not or description; it also moves draft-07
+//     definitions to $defs, rewriting their $refs. Agents would be offered
+//     other schemas than the upstream's, and every pinned definition would
+//     hash differently, so an upgrade would hold every pinned tool until an
+//     admin accepted it again (TestUpstreamSchemasReachAgentsWhole).
+//   - It cannot use a go-sdk server over Streamable HTTP in that server's
+//     default, stateful mode. Such a server answers server/discover listing
+//     only versions before 2026-07-28; the go-sdk client then falls back to
+//     the initialize handshake, while mcp-go's client goes on at 2026-07-28
+//     and the server refuses its every request
+//     (TestMCPGoClientCannotListAStatefulGoSDKServer).
+//
+// Working around both would mean reading tools/list below mcp-go's client,
+// at its transport, and choosing the protocol version by hand per
+// upstream. Its transports would also need wrapping for what the
+// reconnecting here relies on: the stdio transport says nothing when its
+// process exits, nor the Streamable HTTP transport when its connection is
+// lost (the go-sdk's ClientSession.Wait says both).
+//
+// What keeping two libraries costs, as BenchmarkUpstreamCall measured it
+// (mcp-go v1.2.1, go-sdk v1.8.0; read_note on the Go test upstream, which
+// answers at once): each result goes from the go-sdk's type to mcp-go's
+// through its JSON form (call.go), so that nothing of it is lost or
+// reinterpreted, about 100 allocations and 5 KB a call; and mcp-go's
+// client is quicker, a call through it taking about 0.75 of the gateway's
+// time over Streamable HTTP and 0.55 over stdio, where the go-sdk client
+// allocates 140 KB a call and mcp-go's 11 KB. That is a few hundred
+// microseconds a call, which correct schemas and pins outweigh.
 package upstream
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
-	"net"
-	"net/http"
-	"net/url"
 	"os"
-	"os/exec"
 	"regexp"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/countersign/countersign/config"
-	"github.com/countersign/countersign/token"
 	"github.com/countersign/countersign/tools"
-	"github.com/google/uuid"
-	"github.com/mark3labs/mcp-go/mcp"
-	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
-	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
 )
 
 // NamePattern is what MCP clients accept as a tool name; every exposed name
@@ -220,26 +254,6 @@ func (e *NameError) Error() string {
 		"(1 to 64 of A-Z a-z 0-9 _ -): choose a shorter prefix, or leave the tool out", e.Upstream, e.Tool, e.Exposed)
 }
 
-// conn is one upstream's connection and tools.
-type conn struct {
-	cfg    config.Upstream
-	m      *Manager
-	log    *slog.Logger
-	getenv func(string) string
-	relist chan struct{}
-
-	mu       sync.Mutex
-	session  *sdk.ClientSession // nil while down
-	lastErr  error
-	tools    int
-	listing  []listedTool      // the last listing
-	offered  map[string]string // tool -> hash of the pin its calls run under
-	held     map[string]Change // tool -> how its listing differs from its pin
-	progress sync.Map          // upstream progress token -> tools.Progress
-
-	settleMu sync.Mutex // one settle at a time
-}
-
 // Listed returns the tools server listed last, as pins, and whether
 // server is one of the manager's upstreams.
 func (m *Manager) Listed(server string) ([]Pin, bool) {
@@ -255,518 +269,4 @@ func (m *Manager) Listed(server string) ([]Pin, bool) {
 		}
 	}
 	return nil, false
-}
-
-// connect opens a session and lists the tools into the catalog.
-func (c *conn) connect(ctx context.Context) error {
-	client := sdk.NewClient(&sdk.Implementation{Name: "countersign", Version: c.m.version}, &sdk.ClientOptions{
-		Logger: c.log,
-		// A gateway has no roots of its own to offer; advertising the
-		// capability would let an upstream such as the filesystem server
-		// trade the directories it was started with for an empty list.
-		Capabilities: &sdk.ClientCapabilities{},
-		ToolListChangedHandler: func(context.Context, *sdk.ToolListChangedRequest) {
-			select {
-			case c.relist <- struct{}{}:
-			default:
-			}
-		},
-		ProgressNotificationHandler: func(_ context.Context, req *sdk.ProgressNotificationClientRequest) {
-			if p, ok := c.progress.Load(req.Params.ProgressToken); ok {
-				p.(tools.Progress)(req.Params.Progress, req.Params.Total, req.Params.Message)
-			}
-		},
-	})
-	session, err := c.open(ctx, client)
-	if err != nil {
-		c.setDown(err)
-		return err
-	}
-	if err := c.list(ctx, session); err != nil {
-		session.Close()
-		c.setDown(err)
-		return err
-	}
-	c.mu.Lock()
-	c.session, c.lastErr = session, nil
-	c.mu.Unlock()
-	c.log.Info("upstream connected", "tools", c.offeredCount())
-	return nil
-}
-
-func (c *conn) open(ctx context.Context, client *sdk.Client) (*sdk.ClientSession, error) {
-	if len(c.cfg.Command) > 0 {
-		cmd := exec.Command(c.cfg.Command[0], c.cfg.Command[1:]...)
-		cmd.Dir = c.cfg.Dir
-		cmd.Env = c.environ()
-		cmd.Stderr = &lineLog{log: c.log}
-		return client.Connect(ctx, &sdk.CommandTransport{Command: cmd, TerminateDuration: 2 * time.Second}, nil)
-	}
-	wh, err := newWithHeaders(c.cfg.Name, c.cfg.URL, c.headers(), http.DefaultTransport)
-	if err != nil {
-		return nil, err
-	}
-	hc := &http.Client{Transport: wh, CheckRedirect: wh.checkRedirect}
-	session, err := client.Connect(ctx, &sdk.StreamableClientTransport{Endpoint: c.cfg.URL, HTTPClient: hc, MaxRetries: -1}, nil)
-	if err == nil {
-		return session, nil
-	}
-	if ctx.Err() != nil {
-		return nil, err
-	}
-	session, sseErr := client.Connect(ctx, &sdk.SSEClientTransport{Endpoint: c.cfg.URL, HTTPClient: hc}, nil)
-	if sseErr != nil {
-		return nil, fmt.Errorf("streamable HTTP: %v; SSE: %v", err, sseErr)
-	}
-	return session, nil
-}
-
-// environ is the upstream's whole environment: a few variables programs
-// need to run (npx needs PATH and HOME), plus what the config gives it.
-// Countersign's own environment is not passed on, since it may hold secrets
-// meant for other upstreams.
-func (c *conn) environ() []string {
-	var env []string
-	for _, k := range []string{"PATH", "HOME", "USER", "LANG", "TMPDIR", "SYSTEMROOT"} {
-		if v, ok := os.LookupEnv(k); ok {
-			if _, set := c.cfg.Env[k]; !set {
-				env = append(env, k+"="+v)
-			}
-		}
-	}
-	for k, v := range c.cfg.Env {
-		env = append(env, k+"="+os.Expand(v, c.getenv))
-	}
-	return env
-}
-
-func (c *conn) headers() http.Header {
-	h := http.Header{}
-	for k, v := range c.cfg.Headers {
-		h.Set(k, os.Expand(v, c.getenv))
-	}
-	return h
-}
-
-// list reads the upstream's whole tool list and makes it the upstream's
-// contribution to the catalog.
-func (c *conn) list(ctx context.Context, session *sdk.ClientSession) error {
-	var all []*sdk.Tool
-	params := &sdk.ListToolsParams{}
-	for page := 0; ; page++ {
-		if page == maxListPages {
-			return fmt.Errorf("tool list has more than %d pages", maxListPages)
-		}
-		res, err := session.ListTools(ctx, params)
-		if err != nil {
-			return fmt.Errorf("listing tools: %w", err)
-		}
-		all = append(all, res.Tools...)
-		if len(all) > maxTools {
-			return fmt.Errorf("more than %d tools", maxTools)
-		}
-		if res.NextCursor == "" {
-			break
-		}
-		params = &sdk.ListToolsParams{Cursor: res.NextCursor}
-	}
-	listing, err := describe(c.cfg, all)
-	if err != nil {
-		return err
-	}
-	c.mu.Lock()
-	c.listing = listing
-	c.mu.Unlock()
-	return c.settle(ctx, true)
-}
-
-// settle compares the last listing with the pins and offers the tools
-// whose listing matches their pin; the others are held. With relisted
-// false (a re-read of the pins) the catalog is touched only if what is
-// offered or held changed.
-func (c *conn) settle(ctx context.Context, relisted bool) error {
-	c.settleMu.Lock()
-	defer c.settleMu.Unlock()
-	c.mu.Lock()
-	listing := c.listing
-	c.mu.Unlock()
-	changes, err := c.compare(ctx, listing)
-	if err != nil && !relisted {
-		// A re-read that failed (the caller went away, the database is
-		// busy) changes nothing: what is offered still matches its pin.
-		return fmt.Errorf("pinned tool definitions: %w", err)
-	}
-	if err != nil {
-		// Fail closed: a new listing that cannot be compared with the
-		// pins offers nothing.
-		c.mu.Lock()
-		c.offered, c.held, c.tools = nil, nil, 0
-		c.mu.Unlock()
-		c.m.cat.Replace(c.cfg.Name, nil)
-		return fmt.Errorf("pinned tool definitions: %w", err)
-	}
-	byTool := make(map[string]Change, len(changes))
-	for _, ch := range changes {
-		byTool[ch.Tool] = ch
-	}
-	specs := make([]*tools.Spec, 0, len(listing))
-	offered := make(map[string]string, len(listing))
-	held := map[string]Change{}
-	for _, l := range listing {
-		tool := l.pin.Tool
-		if ch, ok := byTool[tool]; ok {
-			held[tool] = ch
-			specs = append(specs, heldSpec(c.cfg.Name, l.def, ch, func(ctx context.Context) error { return c.release(ctx, tool) }))
-			continue
-		}
-		offered[tool] = l.pin.SHA256
-		specs = append(specs, spec(c.cfg.Name, tool, l.def, l.pin.SHA256, c.call, c.pinned))
-	}
-	c.mu.Lock()
-	same := maps.Equal(offered, c.offered) && maps.EqualFunc(held, c.held, func(a, b Change) bool { return a.Listed == b.Listed })
-	c.offered, c.held, c.tools = offered, held, len(offered)
-	c.mu.Unlock()
-	if same && !relisted {
-		return nil
-	}
-	for _, ch := range changes {
-		c.log.Warn("upstream tool differs from its pinned definition; held until an admin accepts it",
-			"tool", ch.Exposed, "what", strings.Join(ch.What, ","), "pinned_sha256", ch.Pinned, "listed_sha256", ch.Listed, "policy", ch.Policy)
-	}
-	return c.m.cat.Replace(c.cfg.Name, specs)
-}
-
-// compare reads the pins (pinning the listing on a first connection) and
-// returns how the listing differs from them, recorded.
-func (c *conn) compare(ctx context.Context, listing []listedTool) ([]Change, error) {
-	if c.m.pins == nil {
-		return nil, nil
-	}
-	listed := make([]Pin, len(listing))
-	for i, l := range listing {
-		listed[i] = l.pin
-	}
-	pins, err := c.m.pins.Pinned(ctx, c.cfg.Name)
-	if err != nil {
-		return nil, err
-	}
-	if len(pins) == 0 && len(listed) > 0 {
-		if err := c.m.pins.PinFirst(ctx, c.cfg.Name, listed); err != nil {
-			return nil, err
-		}
-		c.log.Info("first connection: pinned every tool's definition", "tools", len(listed))
-		return nil, nil
-	}
-	changes := Compare(pins, listed, c.m.policy)
-	if len(changes) > 0 {
-		if err := c.m.pins.Changed(ctx, c.cfg.Name, changes); err != nil {
-			return nil, err
-		}
-	}
-	return changes, nil
-}
-
-// pinned returns the hash of the definition tool's calls may run under
-// now, or "" when it is not offered.
-func (c *conn) pinned(tool string) string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.offered[tool]
-}
-
-// release reads the pins again for a call of a held tool: an admin may
-// have accepted its listing meanwhile, from another process.
-func (c *conn) release(ctx context.Context, tool string) error {
-	if err := c.settle(ctx, false); err != nil {
-		return fmt.Errorf("upstream %s: %w", c.cfg.Name, err)
-	}
-	c.mu.Lock()
-	ch, held := c.held[tool]
-	_, offered := c.offered[tool]
-	c.mu.Unlock()
-	switch {
-	case held:
-		return &HeldError{Server: c.cfg.Name, Change: ch}
-	case !offered:
-		return fmt.Errorf("tool %s of upstream %s is no longer listed", tool, c.cfg.Name)
-	}
-	return nil
-}
-
-// offeredCount is how many of the upstream's tools are offered.
-func (c *conn) offeredCount() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.tools
-}
-
-// hasHeld reports whether any tool of the upstream is held.
-func (c *conn) hasHeld() bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return len(c.held) > 0
-}
-
-// keep holds the connection until life ends: it re-lists on
-// list_changed, and reconnects with capped exponential backoff when the
-// upstream goes away.
-func (c *conn) keep(life context.Context) {
-	backoff := minBackoff
-	for life.Err() == nil {
-		c.mu.Lock()
-		session := c.session
-		c.mu.Unlock()
-		if session == nil {
-			select {
-			case <-life.Done():
-				return
-			case <-time.After(backoff):
-			}
-			ctx, cancel := context.WithTimeout(life, c.cfg.ConnectTimeout)
-			err := c.connect(ctx)
-			cancel()
-			if err != nil {
-				c.log.Warn("upstream still unreachable", "err", err, "retry_in", min(2*backoff, maxBackoff))
-				backoff = min(2*backoff, maxBackoff)
-				continue
-			}
-			backoff = minBackoff
-			continue
-		}
-		closed := make(chan error, 1)
-		go func() { closed <- session.Wait() }()
-		recheck := time.NewTicker(c.m.recheck)
-	watch:
-		for {
-			select {
-			case <-life.Done():
-				recheck.Stop()
-				return
-			case <-recheck.C:
-				if c.hasHeld() {
-					if err := c.settle(life, false); err != nil {
-						c.log.Error("reading the pins of held tools failed", "err", err)
-					}
-				}
-			case <-c.relist:
-				ctx, cancel := context.WithTimeout(life, c.cfg.ConnectTimeout)
-				if err := c.list(ctx, session); err != nil {
-					c.log.Error("re-listing tools after list_changed failed", "err", err)
-				} else {
-					c.log.Info("upstream tools changed", "tools", c.offeredCount())
-				}
-				cancel()
-			case err := <-closed:
-				if err == nil {
-					err = errors.New("connection closed")
-				}
-				c.log.Error("upstream went away; reconnecting", "err", err)
-				session.Close()
-				c.setDown(err)
-				recheck.Stop()
-				break watch
-			}
-		}
-	}
-}
-
-func (c *conn) setDown(err error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.session, c.lastErr = nil, err
-}
-
-func (c *conn) close() {
-	c.mu.Lock()
-	session := c.session
-	c.session = nil
-	c.mu.Unlock()
-	if session != nil {
-		session.Close()
-	}
-}
-
-// call runs one tool upstream, forwarding progress and cancellation.
-func (c *conn) call(ctx context.Context, tool string, args map[string]any, approval string) (*mcp.CallToolResult, error) {
-	c.mu.Lock()
-	session, lastErr := c.session, c.lastErr
-	c.mu.Unlock()
-	if session == nil {
-		if lastErr == nil {
-			lastErr = errors.New("not connected")
-		}
-		return nil, &tools.NotSentError{Err: fmt.Errorf("upstream %s is unavailable (reconnecting): %v", c.cfg.Name, lastErr)}
-	}
-	// However long the agent waits, an upstream that never answers is
-	// waited for no longer than this.
-	ctx, cancel := context.WithTimeoutCause(ctx, c.cfg.CallTimeout, errCallTimeout)
-	defer cancel()
-	params := &sdk.CallToolParams{Name: tool, Arguments: args}
-	if p := tools.ProgressFrom(ctx); p != nil {
-		token := uuid.NewString()
-		c.progress.Store(token, p)
-		// A notification sent just before the result can be handled just
-		// after it: keep the token a moment longer.
-		defer time.AfterFunc(time.Second, func() { c.progress.Delete(token) })
-		params.Meta = sdk.Meta{"progressToken": token}
-	}
-	// An upstream that wants to can check, against Countersign's published
-	// keys, that humans approved exactly these arguments.
-	if approval != "" {
-		if params.Meta == nil {
-			params.Meta = sdk.Meta{}
-		}
-		params.Meta[token.MCPMetaKey] = approval
-	}
-	res, err := session.CallTool(ctx, params)
-	if err != nil {
-		return nil, c.callError(ctx, err)
-	}
-	return convertResult(res)
-}
-
-// callError says what a failed tools/call tells about the upstream's
-// action. A JSON-RPC error the upstream sent is its answer: the tool ran,
-// or refused, and failed. Anything else (the connection lost, the call
-// cancelled upstream after it was sent, no answer within call_timeout)
-// leaves the outcome unknown: the upstream may have acted. That includes
-// the go-sdk's "rejected by transport", which its Streamable HTTP client
-// also reports when the POST was delivered and its response was cut off.
-// Only a call made while no session is up is known not to have left.
-func (c *conn) callError(ctx context.Context, err error) error {
-	err = fmt.Errorf("upstream %s: %w", c.cfg.Name, err)
-	if context.Cause(ctx) == errCallTimeout {
-		err = fmt.Errorf("%w (no answer within call_timeout %s)", err, c.cfg.CallTimeout)
-	}
-	var wire *jsonrpc.Error
-	if errors.As(err, &wire) {
-		switch wire.Code {
-		case codeServerClosing, codeClientClosing, codeRejected:
-			// Made up on our side: the upstream never answered.
-		default:
-			return err
-		}
-	}
-	return &tools.UnknownOutcomeError{Err: err}
-}
-
-// errCallTimeout is why a call's context ends after call_timeout.
-var errCallTimeout = errors.New("no answer within call_timeout")
-
-// JSON-RPC error codes the go-sdk client makes up itself, never sent by an
-// upstream: calls cut off by the connection closing, and a transport
-// failure around the request.
-const (
-	codeClientClosing = -32003
-	codeServerClosing = -32004
-	codeRejected      = -32005
-)
-
-// convertResult carries the upstream's result over to the server library's
-// type through its JSON form, so that nothing of it (content of any kind,
-// structuredContent, isError, _meta) is lost or reinterpreted.
-func convertResult(res *sdk.CallToolResult) (*mcp.CallToolResult, error) {
-	raw, err := json.Marshal(res)
-	if err != nil {
-		return nil, fmt.Errorf("upstream result: %w", err)
-	}
-	msg := json.RawMessage(raw)
-	out, err := mcp.ParseCallToolResult(&msg)
-	if err != nil {
-		return nil, fmt.Errorf("upstream result: %w", err)
-	}
-	return out, nil
-}
-
-// withHeaders adds the configured headers to every request to an upstream,
-// and sends nothing to any other origin: the headers are the upstream's
-// credentials, and an upstream could otherwise hand them to another host by
-// a redirect or, over SSE, by naming another host as its message endpoint.
-type withHeaders struct {
-	upstream string // its name, for errors
-	origin   string // scheme://host:port of the configured URL
-	headers  http.Header
-	next     http.RoundTripper
-}
-
-func newWithHeaders(upstream, rawURL string, headers http.Header, next http.RoundTripper) (*withHeaders, error) {
-	u, err := url.Parse(rawURL)
-	if err != nil {
-		return nil, fmt.Errorf("upstream %s: url: %w", upstream, err)
-	}
-	return &withHeaders{upstream: upstream, origin: origin(u), headers: headers, next: next}, nil
-}
-
-// origin is u's scheme, host and port, the port made explicit, so that
-// http://h and http://h:80 are one origin and https://h another.
-func origin(u *url.URL) string {
-	scheme, port := strings.ToLower(u.Scheme), u.Port()
-	if port == "" {
-		switch scheme {
-		case "http":
-			port = "80"
-		case "https":
-			port = "443"
-		}
-	}
-	return scheme + "://" + net.JoinHostPort(strings.ToLower(u.Hostname()), port)
-}
-
-// crossOriginError refuses a request to another origin than the upstream's.
-func (t *withHeaders) crossOriginError(how string, u *url.URL) error {
-	return fmt.Errorf("upstream %s: refusing %s %s: it is not the upstream's origin %s, and the upstream's configured headers are never sent elsewhere", t.upstream, how, origin(u), t.origin)
-}
-
-// checkRedirect lets a redirect within the upstream's origin through, and
-// refuses one to another origin, naming it.
-func (t *withHeaders) checkRedirect(r *http.Request, via []*http.Request) error {
-	if origin(r.URL) != t.origin {
-		return t.crossOriginError("the redirect to", r.URL)
-	}
-	if len(via) >= 10 {
-		return fmt.Errorf("upstream %s: stopped after 10 redirects", t.upstream)
-	}
-	return nil
-}
-
-func (t *withHeaders) RoundTrip(r *http.Request) (*http.Response, error) {
-	if origin(r.URL) != t.origin {
-		return nil, t.crossOriginError("a request to", r.URL)
-	}
-	r = r.Clone(r.Context())
-	for k, v := range t.headers {
-		r.Header[k] = v
-	}
-	return t.next.RoundTrip(r)
-}
-
-// lineLog sends a stdio upstream's stderr to our log, one record a line.
-type lineLog struct {
-	log *slog.Logger
-	mu  sync.Mutex
-	buf []byte
-}
-
-const maxLogLine = 4096
-
-func (l *lineLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.buf = append(l.buf, p...)
-	for {
-		i := bytes.IndexByte(l.buf, '\n')
-		if i < 0 {
-			if len(l.buf) > maxLogLine {
-				l.log.Info("upstream stderr", "line", string(l.buf[:maxLogLine]))
-				l.buf = l.buf[:0]
-			}
-			return len(p), nil
-		}
-		line := l.buf[:i]
-		if len(line) > maxLogLine {
-			line = line[:maxLogLine]
-		}
-		l.log.Info("upstream stderr", "line", string(line))
-		l.buf = l.buf[i+1:]
-	}
 }

@@ -41,7 +41,7 @@ func stdioUpstream(t *testing.T, name string, env ...string) (config.Upstream, s
 	return u, record
 }
 
-func start(t *testing.T, ups ...config.Upstream) (*upstream.Manager, *tools.Catalog) {
+func start(t testing.TB, ups ...config.Upstream) (*upstream.Manager, *tools.Catalog) {
 	t.Helper()
 	cat := tools.NewCatalog()
 	m, err := upstream.Start(context.Background(), ups, cat, upstream.Options{})

@@ -48,6 +48,8 @@
 // [ServeStdio] serves it on stdin/stdout, and [Handler] serves it over
 // Streamable HTTP (one server shared by every session of that handler, so
 // add_tool in one session changes the tool list of all of them).
+// [FilesystemServer] finds the other upstream the tests run, one nobody
+// here wrote: the reference filesystem server from npm.
 //
 // # Re-exec contract
 //

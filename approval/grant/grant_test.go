@@ -1,0 +1,84 @@
+package grant
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/countersign/countersign/store/storetest"
+)
+
+// A grant lets calls through only once its approval is logged, at most
+// MaxCalls of them, and none after it is revoked; an offer reads back as
+// it was stored.
+func TestGrantInForceOnlyOnceLoggedAndWithinItsCalls(t *testing.T) {
+	ctx := context.Background()
+	db := storetest.Open(t, t.TempDir())
+	// The outbox tables are approval's; a grant reads them to know whether
+	// its approval is logged.
+	if _, err := db.Exec(`CREATE TABLE approval_outbox (request_id TEXT, entry BLOB);
+		CREATE TABLE approval_logged_assertions (request_id TEXT, approver_id TEXT, seq INTEGER)`); err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(ctx, db, func(id string) string { return "Name of " + id })
+	if err != nil {
+		t.Fatal(err)
+	}
+	offer := &Offer{Condition: `args.amount <= 100`, MaxDuration: time.Hour, MaxCalls: 3}
+	now := time.Now()
+	terms := &Terms{ID: "g1", Condition: offer.Condition, MaxCalls: 1, Expires: now.Add(time.Hour).Truncate(time.Second)}
+	if err := storetest.InTx(t, db, func(tx *sql.Tx) error {
+		if err := PutOffer(ctx, tx, "r1", offer); err != nil {
+			return err
+		}
+		return Create(ctx, tx, terms, "r1", "bot", "transfer", "alice", now)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.Offered(ctx, "r1"); err != nil || *got != *offer {
+		t.Fatalf("offer %+v, %v; want %+v", got, err, offer)
+	}
+	if got, err := s.Offered(ctx, "r2"); err != nil || got != nil {
+		t.Fatalf("offer of a request without one: %+v, %v", got, err)
+	}
+	if gs, err := s.Active(ctx, "bot", "transfer", now); err != nil || len(gs) != 0 {
+		t.Fatalf("before its approval is logged: %d active, %v", len(gs), err)
+	}
+	if _, err := db.Exec(`INSERT INTO approval_logged_assertions VALUES ('r1', 'alice', 7)`); err != nil {
+		t.Fatal(err)
+	}
+	gs, err := s.Active(ctx, "bot", "transfer", now)
+	if err != nil || len(gs) != 1 || gs[0].Seq != 7 || gs[0].ApproverName != "Name of alice" || !gs[0].Active(now) {
+		t.Fatalf("once logged: %+v, %v", gs, err)
+	}
+	take := func() (*Use, error) {
+		var u *Use
+		err := storetest.InTx(t, db, func(tx *sql.Tx) (err error) {
+			u, err = s.Take(ctx, tx, "g1", now)
+			return err
+		})
+		return u, err
+	}
+	if u, err := take(); err != nil || u.Use != 1 {
+		t.Fatalf("first use: %+v, %v", u, err)
+	}
+	if _, err := take(); !errors.Is(err, ErrGrantSpent) {
+		t.Fatalf("a use past MaxCalls: %v, want ErrGrantSpent", err)
+	}
+	revoke := func() error {
+		return storetest.InTx(t, db, func(tx *sql.Tx) error { return Revoke(ctx, tx, "g1", "alice", now) })
+	}
+	if err := revoke(); err != nil {
+		t.Fatal(err)
+	}
+	if err := revoke(); !errors.Is(err, ErrRevoked) {
+		t.Fatalf("second revocation: %v, want ErrRevoked", err)
+	}
+	if d1, err := terms.Digest([32]byte{1}); err != nil {
+		t.Fatal(err)
+	} else if d2, _ := (&Terms{ID: "g1", Condition: terms.Condition, MaxCalls: 2, Expires: terms.Expires}).Digest([32]byte{1}); d1 == d2 {
+		t.Fatal("terms with other max calls have the same digest")
+	}
+}

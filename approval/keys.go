@@ -1,0 +1,41 @@
+package approval
+
+import (
+	"context"
+	"encoding/json"
+
+	"github.com/countersign/countersign/approval/ceremony"
+)
+
+// The approvers' keys and the sign-in ceremony are package ceremony's;
+// what changes a key is recorded here, in the change's transaction.
+
+// Credential is one enrolled security key.
+type Credential = ceremony.Credential
+
+// SignInOptions is what the sign-in page passes to
+// PublicKeyCredential.parseRequestOptionsFromJSON.
+type SignInOptions = ceremony.SignInOptions
+
+// ErrUnknownCredentialID is returned by RevokeCredential for an id that is
+// not enrolled.
+var ErrUnknownCredentialID = ceremony.ErrUnknownCredentialID
+
+func b64(b []byte) string { return ceremony.B64(b) }
+
+// Credentials lists every enrolled key, revoked ones included.
+func (s *Service) Credentials(ctx context.Context) ([]Credential, error) {
+	return s.keys.Credentials(ctx)
+}
+
+// BeginSignIn starts a sign-in ceremony (page.Options.RequireSignIn): its
+// options for the browser.
+func (s *Service) BeginSignIn(ctx context.Context) (*SignInOptions, error) {
+	return s.keys.BeginSignIn(ctx)
+}
+
+// FinishSignIn verifies the assertion of a sign-in ceremony against the
+// enrolled key it names and returns that key's approver.
+func (s *Service) FinishSignIn(ctx context.Context, ceremony string, credential json.RawMessage) (string, error) {
+	return s.keys.FinishSignIn(ctx, ceremony, credential)
+}

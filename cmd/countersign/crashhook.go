@@ -1,9 +1,0 @@
-//go:build !crashtest
-
-package main
-
-import "github.com/countersign/countersign/tools"
-
-// crashHooks is empty in every real build; the crash tests build the
-// binary with -tags crashtest to get a hook (crashhook_crashtest.go).
-func crashHooks(*tools.Catalog) {}

@@ -1,0 +1,62 @@
+package daemon
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+
+	"github.com/countersign/countersign"
+	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/store"
+)
+
+// OpenAudit opens the data directory's database and audit log. A log that
+// fails its startup check comes back with its *audit.TamperError: it can
+// still be read and exported, but it refuses every append.
+func OpenAudit(ctx context.Context, c *config.Config, opts audit.Options) (*sql.DB, *audit.Log, error) {
+	if err := PrepareDataDir(c, opts.Logger); err != nil {
+		return nil, nil, err
+	}
+	db, err := store.Open(ctx, filepath.Join(c.Server.DataDir, store.FileName), store.WithSync(c.Audit.Sync))
+	if err != nil {
+		return nil, nil, err
+	}
+	key, err := audit.LoadOrCreateKey(c.Server.DataDir)
+	if err != nil {
+		db.Close()
+		return nil, nil, err
+	}
+	log, err := audit.Open(ctx, db, key, opts)
+	if log == nil {
+		db.Close()
+		return nil, nil, fmt.Errorf("audit log: %w", err)
+	}
+	if err != nil {
+		return db, log, fmt.Errorf("audit log: %w", err)
+	}
+	return db, log, nil
+}
+
+// PrepareDataDir creates the data directory (0700) of a validated
+// configuration and, for the embedded default, writes the demo files it
+// names there if they are missing: the one place anything is written
+// before the database opens. log (nil: none) hears of each file written.
+func PrepareDataDir(c *config.Config, log *slog.Logger) error {
+	if err := c.EnsureDataDir(); err != nil {
+		return err
+	}
+	if c.Source != config.Embedded {
+		return nil
+	}
+	created, err := countersign.InstallDemo(c.Dir)
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	for _, p := range created {
+		log.Info("wrote demo file", "path", p)
+	}
+	return err
+}

@@ -1,0 +1,50 @@
+package daemon
+
+import (
+	"context"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/internal/daemon/daemontest"
+	"github.com/countersign/countersign/store"
+)
+
+// /readyz says not ready, and why, while the database cannot take a write
+// (here: another process holds its write lock), and ready again after.
+func TestReadyzFailsWhenTheDatabaseIsNotWritable(t *testing.T) {
+	c := daemontest.Config(t, func(c *config.Config) { c.HTTP.Addr = "127.0.0.1:0" })
+	d := startDaemon(t, c, testOptions(t))
+	page, agentBase := "http://"+d.PageAddr().String(), "http://"+d.AgentAddr().String()
+	for _, base := range []string{page, agentBase} {
+		if code, body := get(t, base+"/readyz"); code != http.StatusOK || !strings.Contains(body, "ok    database") || !strings.Contains(body, "ok    audit") {
+			t.Fatalf("%s/readyz at start: %d\n%s", base, code, body)
+		}
+	}
+
+	other, err := store.Open(context.Background(), filepath.Join(c.Server.DataDir, store.FileName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	tx, err := other.Begin() // BEGIN IMMEDIATE: the write lock, held
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1100 * time.Millisecond) // past the probe's one-second reuse
+	code, body := get(t, page+"/readyz")
+	if code != http.StatusServiceUnavailable || !strings.Contains(body, "FAIL  database: not writable: database is locked") {
+		t.Errorf("/readyz while the database is locked: %d\n%s", code, body)
+	}
+	if code, _ := get(t, page+"/healthz"); code != http.StatusOK {
+		t.Errorf("/healthz while not ready: %d (the process is alive)", code)
+	}
+	tx.Rollback()
+	time.Sleep(1100 * time.Millisecond)
+	if code, body := get(t, agentBase+"/readyz"); code != http.StatusOK {
+		t.Errorf("/readyz after the lock is released: %d\n%s", code, body)
+	}
+}

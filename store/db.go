@@ -1,0 +1,264 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/stdlib"
+)
+
+// Dialect is the engine behind a DB. The project's SQL is written once,
+// with `?` placeholders; where the engines differ, a package asks the
+// dialect.
+type Dialect int
+
+const (
+	// SQLite is one file in the data directory (modernc.org/sqlite), the
+	// default: one process writes at a time (see serial.go).
+	SQLite Dialect = iota
+	// PostgreSQL is a server shared by several replicas
+	// (github.com/jackc/pgx/v5).
+	PostgreSQL
+)
+
+func (d Dialect) String() string {
+	if d == PostgreSQL {
+		return "postgresql"
+	}
+	return "sqlite"
+}
+
+// DB is an open database of either dialect: database/sql for the
+// statements, plus what the dialects do differently, transactions that
+// run alone (InTx), consistent reads (Snapshot) and notifications to
+// other replicas (Publish, Subscribe).
+type DB struct {
+	*sql.DB
+	dialect Dialect
+	log     *slog.Logger
+
+	retries atomic.Uint64 // transactions re-run after a conflict
+
+	// txs are the transactions InTx runs, with what Publish queued on
+	// each for after its commit.
+	mu  sync.Mutex
+	txs map[*sql.Tx][]note
+
+	hub *hub
+}
+
+// Dialect says which engine db is.
+func (db *DB) Dialect() Dialect { return db.dialect }
+
+// Retries counts the transactions InTx has re-run after a serialization
+// failure or deadlock since db was opened (always 0 on SQLite).
+func (db *DB) Retries() uint64 { return db.retries.Load() }
+
+// WithLogger sets where a DB logs what it recovers from on its own (a
+// lost notification connection). Nothing is logged without it.
+func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
+
+// Connect opens the database target names: a file path or a sqlite: URL
+// (sqlite:/abs/path, sqlite:rel/path) opens SQLite as Open does; a
+// postgres:// or postgresql:// URL (libpq's form, as pgx parses it)
+// connects to PostgreSQL, where WithSync(Normal) turns synchronous_commit
+// off. Close closes it.
+func Connect(ctx context.Context, target string, opts ...Option) (*DB, error) {
+	o := options{sync: Full, busy: busyTimeout, lockWait: busyTimeout}
+	for _, f := range opts {
+		f(&o)
+	}
+	if o.log == nil {
+		o.log = slog.New(slog.DiscardHandler)
+	}
+	db := &DB{log: o.log, txs: map[*sql.Tx][]note{}}
+	switch {
+	case strings.HasPrefix(target, "postgres://"), strings.HasPrefix(target, "postgresql://"):
+		cfg, err := pgx.ParseConfig(target)
+		if err != nil {
+			return nil, fmt.Errorf("store: %s: %w", redact(target), err)
+		}
+		switch o.sync {
+		case Full:
+		case Normal:
+			cfg.RuntimeParams["synchronous_commit"] = "off"
+		default:
+			return nil, fmt.Errorf("store: sync %q: expected %s or %s", o.sync, Full, Normal)
+		}
+		db.dialect = PostgreSQL
+		db.DB = sql.OpenDB(pgConnector{stdlib.GetConnector(*cfg)})
+		db.DB.SetMaxOpenConns(conns)
+		db.DB.SetMaxIdleConns(conns)
+		if err := db.DB.PingContext(ctx); err != nil {
+			db.DB.Close()
+			return nil, fmt.Errorf("store: connect to %s: %w", redact(target), err)
+		}
+		db.hub = newHub(db, cfg)
+	default:
+		path, err := sqlitePath(target)
+		if err != nil {
+			return nil, err
+		}
+		sdb, err := Open(ctx, path, opts...)
+		if err != nil {
+			return nil, err
+		}
+		db.dialect, db.DB = SQLite, sdb
+		db.hub = newHub(db, nil)
+	}
+	return db, nil
+}
+
+// sqlitePath is the file a path or sqlite: URL names.
+func sqlitePath(target string) (string, error) {
+	if !strings.HasPrefix(target, "sqlite:") {
+		return target, nil
+	}
+	u, err := url.Parse(target)
+	if err != nil {
+		return "", fmt.Errorf("store: %s: %w", target, err)
+	}
+	if u.RawQuery != "" || u.Host != "" {
+		return "", fmt.Errorf("store: %s: a sqlite URL names a file (sqlite:/abs/path or sqlite:rel/path), no host or parameters", target)
+	}
+	p := u.Path
+	if u.Opaque != "" {
+		p = u.Opaque
+	}
+	if p == "" {
+		return "", fmt.Errorf("store: %s: no file named", target)
+	}
+	return p, nil
+}
+
+// redact keeps a password out of messages.
+func redact(target string) string {
+	if u, err := url.Parse(target); err == nil {
+		return u.Redacted()
+	}
+	return "the PostgreSQL URL"
+}
+
+// Close stops listening for notifications and closes the database.
+func (db *DB) Close() error {
+	db.hub.close()
+	return db.DB.Close()
+}
+
+// maxAttempts bounds how often InTx runs a transaction that keeps
+// conflicting; past it the conflict is the caller's error.
+const maxAttempts = 10
+
+// InTx runs fn in a transaction that behaves as if it ran alone, and
+// commits it when fn returns nil (rolls it back and returns fn's error
+// otherwise).
+//
+// On SQLite the transaction takes the write lock at BEGIN (this
+// process's queue, then BEGIN IMMEDIATE), so it does run alone. On
+// PostgreSQL it runs SERIALIZABLE: when it conflicts with a concurrent
+// transaction (SQLSTATE 40001) or deadlocks (40P01), at a statement or at
+// COMMIT, InTx rolls it back and runs fn again after a short random
+// pause, up to maxAttempts times. So fn must be re-runnable: it may run
+// more than once, and only its last run commits. It must compute
+// everything it writes from what it reads in tx, and keep no effects
+// outside tx (sent messages, counters, appended slices) until InTx
+// returns nil. Errors fn returns must wrap the driver's (%w) for a
+// conflict to be seen as one.
+func (db *DB) InTx(ctx context.Context, fn func(*sql.Tx) error) error {
+	opts := &sql.TxOptions{}
+	if db.dialect == PostgreSQL {
+		opts.Isolation = sql.LevelSerializable
+	}
+	for attempt := 1; ; attempt++ {
+		err := db.runTx(ctx, opts, fn)
+		if err == nil || !retryable(err) {
+			return err
+		}
+		if attempt == maxAttempts {
+			return fmt.Errorf("store: transaction still conflicting after %d attempts: %w", attempt, err)
+		}
+		db.retries.Add(1)
+		if err := pause(ctx, attempt); err != nil {
+			return fmt.Errorf("store: retry a conflicting transaction: %w", err)
+		}
+	}
+}
+
+func (db *DB) runTx(ctx context.Context, opts *sql.TxOptions, fn func(*sql.Tx) error) (err error) {
+	tx, err := db.BeginTx(ctx, opts)
+	if err != nil {
+		return err
+	}
+	db.mu.Lock()
+	db.txs[tx] = nil
+	db.mu.Unlock()
+	done := false
+	defer func() {
+		db.mu.Lock()
+		notes := db.txs[tx]
+		delete(db.txs, tx)
+		db.mu.Unlock()
+		if !done {
+			tx.Rollback()
+			return
+		}
+		if err == nil {
+			db.hub.deliverLocal(notes)
+		}
+	}()
+	if err := fn(tx); err != nil {
+		return err
+	}
+	done = true
+	return tx.Commit()
+}
+
+// retryable reports whether err is PostgreSQL's serialization failure
+// or deadlock, after which the whole transaction can run again.
+func retryable(err error) bool {
+	var pg *pgconn.PgError
+	return errors.As(err, &pg) && (pg.Code == "40001" || pg.Code == "40P01")
+}
+
+// pause sleeps before the attempt after attempt: a random time up to a
+// bound that doubles from 2 ms to 128 ms, so conflicting transactions
+// do not meet again in step.
+func pause(ctx context.Context, attempt int) error {
+	limit := 2 * time.Millisecond << min(attempt-1, 6)
+	t := time.NewTimer(limit/2 + rand.N(limit/2))
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Snapshot runs fn in a read-only transaction that sees the database as
+// of one moment, whatever commits meanwhile: REPEATABLE READ READ ONLY on
+// PostgreSQL; on SQLite a read transaction, whose snapshot (WAL) is
+// taken at its first read. Its error is fn's.
+func (db *DB) Snapshot(ctx context.Context, fn func(*sql.Tx) error) error {
+	opts := &sql.TxOptions{ReadOnly: true}
+	if db.dialect == PostgreSQL {
+		opts.Isolation = sql.LevelRepeatableRead
+	}
+	tx, err := db.BeginTx(ctx, opts)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	return fn(tx)
+}

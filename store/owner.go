@@ -1,0 +1,99 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// Owners tells the processes that share one database apart by whether
+// they still live. Each process holds an exclusive lock on a small file
+// named after its owner id beside the database, for as long as it lives:
+// the kernel drops the lock when the process dies, however it dies. An
+// owner whose file can be locked is dead. Without a file (an older
+// version, or a database in memory) nobody can tell, and callers fall back
+// to waiting until what the owner left is old enough.
+//
+// approval's outbox is the user: entries a dead process left must be
+// appended by another exactly once, but a process that is merely slow
+// must not have its entries appended twice.
+type Owners struct {
+	dir string // "" for a database in memory: no owner can be told dead
+}
+
+// OwnerFilePrefix starts the name of every owner's lock file.
+const OwnerFilePrefix = ".approval-owner-"
+
+// OwnersOf returns the owners of db, kept beside its file.
+func OwnersOf(ctx context.Context, db *sql.DB) *Owners {
+	var file string
+	if err := db.QueryRowContext(ctx, `SELECT file FROM pragma_database_list WHERE name = 'main'`).Scan(&file); err != nil || file == "" {
+		return &Owners{}
+	}
+	return &Owners{dir: filepath.Dir(file)}
+}
+
+// Tracked reports whether owners can be told dead at all (the database is
+// a file).
+func (o *Owners) Tracked() bool { return o.dir != "" }
+
+func (o *Owners) path(id string) string { return filepath.Join(o.dir, OwnerFilePrefix+id) }
+
+// Hold takes the liveness lock of owner id, a new id, and returns its
+// release. A database in memory needs none: release does nothing.
+func (o *Owners) Hold(id string) (release func(), err error) {
+	if !o.Tracked() {
+		return func() {}, nil
+	}
+	path := o.path(id)
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_RDWR, 0o600)
+	if err == nil {
+		err = lockOwner(f)
+	}
+	if err != nil {
+		if f != nil {
+			f.Close()
+			os.Remove(path)
+		}
+		return nil, err
+	}
+	return func() {
+		os.Remove(path) // before the lock goes, so nobody finds it unlocked
+		f.Close()
+	}, nil
+}
+
+// Dead reports whether owner id's process is gone: its lock file exists
+// and can be locked (and is then removed). Without a file nobody can tell.
+func (o *Owners) Dead(id string) bool {
+	if !o.Tracked() {
+		return false
+	}
+	path := o.path(id)
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	if lockOwner(f) != nil {
+		return false
+	}
+	os.Remove(path)
+	return true
+}
+
+// Listed returns the ids of the owners that have a lock file, live or
+// dead.
+func (o *Owners) Listed() []string {
+	if !o.Tracked() {
+		return nil
+	}
+	matches, _ := filepath.Glob(filepath.Join(o.dir, OwnerFilePrefix+"*"))
+	ids := make([]string, 0, len(matches))
+	for _, m := range matches {
+		ids = append(ids, strings.TrimPrefix(filepath.Base(m), OwnerFilePrefix))
+	}
+	return ids
+}
