@@ -412,3 +412,45 @@ func TestHeadDiffersFromEntries(t *testing.T) {
 		t.Fatalf("Open with a moved-back head: %v", err)
 	}
 }
+
+// A writer that stops between locking the head and committing (a host
+// paused or gone) loses its session after IdleInTransaction, and with it
+// the lock: the other replica appends, the stopped one's batch fails.
+func TestStalledWriterReleasesTheChain(t *testing.T) {
+	key := seededKey(9)
+	a, b, ba, _, _ := twoReplicas(t, key, audit.Options{}, audit.Options{})
+	mustAppend(t, a, routine(1))
+	stalled, resume := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	ba.beforeCommit = func(conn *pgx.Conn) {
+		once.Do(func() {
+			for name, want := range map[string]string{"idle_in_transaction_session_timeout": "2s", "lock_timeout": "10s"} {
+				var got string
+				if err := conn.QueryRow(context.Background(), "SHOW "+name).Scan(&got); err != nil || got != want {
+					t.Errorf("the writer's %s is %q (%v), want %s", name, got, err, want)
+				}
+			}
+			close(stalled)
+			<-resume
+		})
+	}
+	failed := make(chan error, 1)
+	go func() {
+		_, err := a.Append(context.Background(), routine(2))
+		failed <- err
+	}()
+	<-stalled
+	// b waits for the head until the server ends a's idle transaction.
+	eb := mustAppend(t, b, routine(3))
+	close(resume)
+	if err := <-failed; err == nil {
+		t.Fatal("the stalled writer's append succeeded after its session ended")
+	}
+	if eb.Seq != 2 {
+		t.Fatalf("b's entry got seq %d, want 2", eb.Seq)
+	}
+	if e := mustAppend(t, a, routine(4)); e.Seq != 3 || e.PrevHash != eb.Hash {
+		t.Fatalf("a's next entry: seq %d", e.Seq)
+	}
+	verified(t, a, key)
+}
