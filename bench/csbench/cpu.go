@@ -113,9 +113,12 @@ func cpuRounds(ctx context.Context, r *report, work string, targets []target, c 
 			return fmt.Errorf("%s: %w", t.name, err)
 		}
 	}
-	for range sz.cpuRounds {
-		for i, t := range targets {
-			x := all[i]
+	for round := range sz.cpuRounds {
+		// Each round starts with the next target, so none always follows
+		// the same one.
+		for j := range targets {
+			i := (j + round) % len(targets)
+			t, x := targets[i], all[i]
 			us, res, err := cpuPerCall(ctx, x.srv, x.sessions, c, sz.cpuCalls)
 			if err != nil {
 				return fmt.Errorf("%s: %w", t.name, err)
