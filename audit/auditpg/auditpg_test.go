@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"filippo.io/torchwood"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/audit/verify"
 	"github.com/countersign/countersign/store"
@@ -21,6 +22,7 @@ import (
 	"github.com/countersign/countersign/store/storetest"
 	"github.com/countersign/countersign/vocab"
 	"github.com/jackc/pgx/v5"
+	"golang.org/x/mod/sumdb/note"
 )
 
 func TestMain(m *testing.M) {
@@ -453,4 +455,60 @@ func TestStalledWriterReleasesTheChain(t *testing.T) {
 		t.Fatalf("a's next entry: seq %d", e.Seq)
 	}
 	verified(t, a, key)
+}
+
+// Checkpoints, witnessed checkpoints and exports, on both dialects.
+func TestCheckpointsAndWitnessesOnBothDialects(t *testing.T) {
+	storetest.Dialects(t, func(t *testing.T, db *store.DB) {
+		ctx := context.Background()
+		key := seededKey(10)
+		l := openLog(t, db, key, audit.Options{CheckpointEvery: 5 * time.Millisecond})
+		mustAppend(t, l, routine(1))
+		mustAppend(t, l, routine(2))
+		// Wait (without a timing assertion) for the ticker to sign size 2.
+		for n := 0; n == 0; time.Sleep(5 * time.Millisecond) {
+			if err := db.QueryRow(`SELECT COUNT(*) FROM audit_checkpoints WHERE size = 2`).Scan(&n); err != nil {
+				t.Fatal(err)
+			}
+		}
+		at2, err := l.Checkpoint(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if again, _ := l.Checkpoint(ctx); !bytes.Equal(at2, again) {
+			t.Fatal("an unchanged log got a new checkpoint")
+		}
+		w, err := torchwood.NewCosignatureSigner("w.example", seededKey(11))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, v, _ := audit.ParsePublicKey(l.PublicKey())
+		n, err := note.Open(at2, note.VerifierList(v))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cosigned, err := note.Sign(n, w)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := l.StoreWitnessed(ctx, w.Verifier().String(), cosigned); err != nil {
+			t.Fatal(err)
+		}
+		if ws, err := l.LatestWitnessed(ctx); err != nil || len(ws) != 1 || ws[0].Size != 2 {
+			t.Fatalf("LatestWitnessed: %+v %v", ws, err)
+		}
+		mustAppend(t, l, routine(3))
+		var buf bytes.Buffer
+		if err := l.Export(ctx, &buf, 0); err != nil {
+			t.Fatal(err)
+		}
+		s, err := verify.Export(bytes.NewReader(buf.Bytes()), l.PublicKey(), verify.Options{WitnessKeys: []string{w.Verifier().String()}})
+		if err != nil || s.WitnessedLines != 1 {
+			t.Fatalf("verify: %+v %v", s, err)
+		}
+		var se *audit.SinceError
+		if err := l.Export(ctx, &bytes.Buffer{}, 4); !errors.As(err, &se) || se.Last != 3 {
+			t.Fatalf("Export --since 4 of 3 entries: %v", err)
+		}
+	})
 }
