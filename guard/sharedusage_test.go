@@ -2,18 +2,22 @@ package guard
 
 import (
 	"context"
+	"encoding/json"
 	"maps"
 	"slices"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/countersign/countersign"
+	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/authz"
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/store/storetest"
 	"github.com/countersign/countersign/tools"
 	"github.com/countersign/countersign/vocab"
+	"github.com/mark3labs/mcp-go/mcp"
 )
 
 func TestUsageReadNamesOnlyTheFieldsRulesRead(t *testing.T) {
@@ -121,6 +125,85 @@ func TestSplitTransfersAcrossReplicasAreJudgedAsTheirSum(t *testing.T) {
 		ga.Handle(context.Background(), Call{Tool: "transfer", Agent: "other", Args: map[string]any{"amount": 9999.0}})
 		if len(f.humans.created) != 11 {
 			t.Errorf("another agent's 9,999 waited")
+		}
+	})
+}
+
+// A backchannel request's actions are judged and counted in the shared
+// windows as their tools' calls are: the second payment sees the first,
+// and the denials give both back, in the table.
+func TestBackchannelActionsCountInTheSharedWindows(t *testing.T) {
+	storetest.Dialects(t, func(t *testing.T, db *store.DB) {
+		s := newRealStack(t, map[string]config.Tool{
+			"ciba": {Level: "high", Approvers: []string{"role:ops"}},
+			"pay":  {Level: "low", Rules: []config.Rule{{Name: "sum", When: "usage.agent_amount_24h > 0.0", Level: "critical"}}, Approvers: []string{"role:ops"}},
+		})
+		w, err := store.OpenUsageWindows(context.Background(), db)
+		if err != nil {
+			t.Fatal(err)
+		}
+		opts := s.g.opts
+		opts.SharedUsage = w
+		s.g.Close()
+		s.g = New(opts)
+		t.Cleanup(s.g.Close)
+		pay := &tools.Spec{
+			Def: mcp.NewToolWithRawSchema("pay", "", json.RawMessage(`{"type":"object"}`)),
+			Prepare: func(_ context.Context, args map[string]any) (*tools.Call, error) {
+				amount, _ := args["amount"].(float64)
+				return &tools.Call{Args: args, Details: json.RawMessage(`[]`),
+					Value: &tools.Value{Amount: amount, Currency: "USD", Counterparty: "X"}}, nil
+			},
+		}
+		if err := s.cat.Replace("test", []*tools.Spec{pay}); err != nil {
+			t.Fatal(err)
+		}
+		ctx := context.Background()
+		raise := func() *approval.Request {
+			t.Helper()
+			call, err := s.g.PrepareAction(ctx, "pay", map[string]any{"amount": 100.0})
+			if err != nil {
+				t.Fatal(err)
+			}
+			b := backchannel(nil)
+			b.Actions = []Action{{Tool: "pay", Call: call}}
+			r, err := s.g.Raise(ctx, b)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return r
+		}
+		first := raise()
+		if first.Level != "high" {
+			t.Fatalf("first payment %s, want high", first.Level)
+		}
+		second := raise()
+		if second.Level != "critical" {
+			t.Fatalf("second payment %s, want critical: the first counts", second.Level)
+		}
+		s.g.usage.mu.Lock()
+		inBook := s.g.usage.facts(keysOf("ci-bot", "pay", &tools.Value{Currency: "USD", Counterparty: "X"}), s.g.now())["agent_amount_24h"]
+		s.g.usage.mu.Unlock()
+		if inBook != 0.0 {
+			t.Fatalf("the book counted %v: a shared tool's actions belong in the table", inBook)
+		}
+		s.tap(t, "alice", second.ID, vocab.Deny)
+		s.tap(t, "alice", first.ID, vocab.Deny)
+		key := []byte(keysOf("ci-bot", "pay", &tools.Value{Currency: "USD", Counterparty: "X"}).agent)
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			var left float64
+			w.Decide(ctx, nil, []store.UsageWindow{{Key: key, Since: 0}}, 0, func(s []store.UsageSum) ([]store.UsageAdd, error) {
+				left = s[0].Amount
+				return nil, nil
+			})
+			if left == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("denied payments still count in the table: %v", left)
+			}
+			time.Sleep(20 * time.Millisecond)
 		}
 	})
 }
