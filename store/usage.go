@@ -44,7 +44,8 @@ type UsageWindow struct {
 type UsageSum struct{ Calls, Amount float64 }
 
 // UsageAdd counts Calls and Amount in Key's Minute (negative to give
-// them back).
+// them back). The adds of one Decide or Add name each key and minute
+// once.
 type UsageAdd struct {
 	Key    []byte
 	Minute int64
@@ -93,10 +94,21 @@ func (u *UsageWindows) Decide(ctx context.Context, lock [][]byte, windows []Usag
 	}
 	defer tx.Rollback()
 	if u.db.Dialect() == PostgreSQL {
+		// One statement; its target list is evaluated left to right, so
+		// the locks are taken in ids' order. The commit need not wait
+		// for the disk (SET LOCAL synchronous_commit = off): what counts
+		// a call is the audit entry appended after it (call.allowed,
+		// approval.requested), and that synchronous commit flushes the
+		// write-ahead log up to it, this row's commit included. A crash
+		// loses the row only with the entry, that is, for a call that
+		// never ran.
+		calls := []string{"set_config('synchronous_commit', 'off', true)"}
+		var args []any
 		for _, id := range lockIDs(lock) {
-			if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock(?)`, id); err != nil {
-				return fmt.Errorf("store: usage windows: lock: %w", err)
-			}
+			calls, args = append(calls, "pg_advisory_xact_lock(?)"), append(args, id)
+		}
+		if _, err := tx.ExecContext(ctx, "SELECT "+strings.Join(calls, ", "), args...); err != nil {
+			return fmt.Errorf("store: usage windows: lock: %w", err)
 		}
 	}
 	sums, err := readWindows(ctx, tx, windows)
@@ -191,17 +203,25 @@ func readWindows(ctx context.Context, tx *sql.Tx, windows []UsageWindow) ([]Usag
 	return out, nil
 }
 
+// addUsage upserts adds in one statement. A call's keys differ from each
+// other, so no row is named twice (which PostgreSQL refuses).
 func addUsage(ctx context.Context, tx *sql.Tx, adds []UsageAdd) error {
-	for _, a := range adds {
+	if len(adds) == 0 {
+		return nil
+	}
+	rows := make([]string, len(adds))
+	args := make([]any, 0, 4*len(adds))
+	for i, a := range adds {
 		// The amount goes as its shortest decimal, which NUMERIC keeps
 		// exactly (a float64 parameter could be sent rounded).
-		_, err := tx.ExecContext(ctx, `INSERT INTO usage_minutes (key, minute, calls, amount) VALUES (?, ?, ?, CAST(? AS NUMERIC))
-			ON CONFLICT (key, minute) DO UPDATE SET calls = usage_minutes.calls + excluded.calls,
-				amount = usage_minutes.amount + excluded.amount`,
-			a.Key, a.Minute, a.Calls, strconv.FormatFloat(a.Amount, 'f', -1, 64))
-		if err != nil {
-			return fmt.Errorf("store: usage windows: add: %w", err)
-		}
+		rows[i] = "(?, ?, ?, CAST(? AS NUMERIC))"
+		args = append(args, a.Key, a.Minute, a.Calls, strconv.FormatFloat(a.Amount, 'f', -1, 64))
+	}
+	_, err := tx.ExecContext(ctx, `INSERT INTO usage_minutes (key, minute, calls, amount) VALUES `+strings.Join(rows, ", ")+`
+		ON CONFLICT (key, minute) DO UPDATE SET calls = usage_minutes.calls + excluded.calls,
+			amount = usage_minutes.amount + excluded.amount`, args...)
+	if err != nil {
+		return fmt.Errorf("store: usage windows: add: %w", err)
 	}
 	return nil
 }

@@ -3,10 +3,12 @@ package store_test
 import (
 	"context"
 	"errors"
+	"path/filepath"
 	"sync"
 	"testing"
 
 	"github.com/countersign/countersign/store"
+	"github.com/countersign/countersign/store/pgtest"
 	"github.com/countersign/countersign/store/storetest"
 )
 
@@ -125,4 +127,41 @@ func TestUsageWindowsSplitAcrossReplicasCannotPassTheLimit(t *testing.T) {
 			t.Fatalf("admitted %d calls moving %v; want exactly 14 under the limit %v", calls, amount, limit)
 		}
 	})
+}
+
+// One decision on a payee's windows as a usage-reading call makes it
+// (four keys read, two locked, four rows written), one goroutine; SQLite
+// beside PostgreSQL on the same machine.
+func BenchmarkUsageWindowsDecide(b *testing.B) {
+	for _, d := range []store.Dialect{store.SQLite, store.PostgreSQL} {
+		b.Run(d.String(), func(b *testing.B) {
+			target := filepath.Join(b.TempDir(), store.FileName)
+			if d == store.PostgreSQL {
+				target = pgtest.URL(b)
+			}
+			w, err := store.OpenUsageWindows(context.Background(), storetest.Connect(b, target))
+			if err != nil {
+				b.Fatal(err)
+			}
+			keys := [][]byte{[]byte("c\x00bot\x00transfer"), []byte("a\x00bot\x00transfer\x00EUR"), []byte("p\x00bot\x00transfer\x00EUR\x00acme"), []byte("t\x00transfer\x00EUR")}
+			var windows []store.UsageWindow
+			for _, k := range keys {
+				windows = append(windows, store.UsageWindow{Key: k, Since: 1000})
+			}
+			b.ResetTimer()
+			for i := range b.N {
+				m := int64(2000 + i/100)
+				err := w.Decide(context.Background(), keys[1:3], windows, m-1440, func([]store.UsageSum) ([]store.UsageAdd, error) {
+					adds := make([]store.UsageAdd, len(keys))
+					for j, k := range keys {
+						adds[j] = store.UsageAdd{Key: k, Minute: m, Calls: 1, Amount: 12.5}
+					}
+					return adds, nil
+				})
+				if err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
 }
