@@ -23,16 +23,22 @@ import (
 // usageBook: nothing decides on their windows, and they take no lock.
 //
 // What this does not do yet (a later slice, with the per-owner reaper):
-// a reservation lives in the table, but the pointer that gives it back
-// (reservation, held by the parked map or a waiting call) lives in the
-// process. When a replica dies with calls counted and never run (a
-// pending request later denied, a call.allowed whose run never came), its
-// share stays counted until the window passes it: usage is over-counted,
-// never under. The reaper must rebuild the dead owner's reservations from
-// its requests and open call.allowed entries, as RestoreUsage does, and
-// release those that never ran. RestoreUsage still fills only the
-// usageBook: the table outlives a restart, so counting into it again
-// would count twice.
+// a reservation lives in the table, but what gives it back (the
+// *reservation held by a waiting call, the parked map or countWhileLive)
+// lives in the process. When a replica dies or restarts with calls
+// counted that never run (a pending request later denied, expired or
+// cancelled; a call.allowed whose run never came), their share stays
+// counted until the window passes it: usage is over-counted, never
+// under. Resume parks a restarted request with no reservation (resume.go)
+// and RestoreUsage's pending map releases only in the book. The reaper
+// (or a start, for its own requests) must rebuild those reservations
+// from the requests and open call.allowed entries, as RestoreUsage does,
+// as shared reservations (minute from the entry's time, keys from
+// keysOf, amount from Options.Amounts), hand them to park or
+// countWhileLive, and release at once those whose outcome the log
+// already has. RestoreUsage itself must keep filling only the book: the
+// table outlives a restart, so counting into it again would count
+// twice.
 
 // SharedUsage keeps usage windows in a database replicas share;
 // *store.UsageWindows satisfies it.
