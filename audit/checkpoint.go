@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -23,7 +24,7 @@ func (l *Log) Checkpoint(ctx context.Context) ([]byte, error) {
 	}
 	// Read head, tree and latest checkpoint from one snapshot: another
 	// process may be appending.
-	snap, err := l.db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	snap, _, err := l.backend.Snapshot(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("audit: checkpoint: %w", err)
 	}
@@ -80,7 +81,7 @@ func (l *Log) latestCheckpoint(ctx context.Context, q querier) (*Checkpoint, err
 
 // checkStored verifies the stored log (see Open). It returns the first
 // problem as a *TamperError, or a plain error if it could not read.
-func (l *Log) checkStored(ctx context.Context, q querier) (*TamperError, error) {
+func (l *Log) checkStored(ctx context.Context, q querier, stored *Head) (*TamperError, error) {
 	var first *TamperError
 	note := func(t *TamperError) {
 		if first == nil || t.Seq < first.Seq {
@@ -172,9 +173,27 @@ func (l *Log) checkStored(ctx context.Context, q querier) (*TamperError, error) 
 			note(&TamperError{last, fmt.Sprintf("tree has %d stored hashes, want %d", treeSize, tlog.StoredHashCount(last))})
 		} else if root, err := tlog.TreeHash(last, dbHashReader{ctx, q}); err != nil || root != fr.Root() {
 			note(&TamperError{0, "stored Merkle tree does not match the entries"})
+		} else if stored != nil {
+			if why := headDiffers(stored, last, prev, &fr); why != "" {
+				note(&TamperError{last, why})
+			}
 		}
 	}
 	return first, nil
+}
+
+// headDiffers says how a backend's stored head differs from the end of
+// the entries: last, its hash and the tree's frontier; "" if it does not.
+func headDiffers(h *Head, last int64, hash [32]byte, fr *Frontier) string {
+	switch {
+	case h.Seq != last:
+		return fmt.Sprintf("the stored head is at seq %d, the entries end at %d", h.Seq, last)
+	case h.Hash != hash:
+		return "the stored head's hash is not the last entry's"
+	case !slices.Equal(h.Frontier, fr.nodes):
+		return "the stored head's tree frontier does not match the entries"
+	}
+	return ""
 }
 
 // SinceError reports an export asked to start after the end of the log:

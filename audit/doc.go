@@ -1,5 +1,5 @@
 // Package audit is Countersign's tamper-evident audit log: an append-only,
-// hash-chained, signed sequence of [Entry] values in SQLite, with a Merkle
+// hash-chained, signed sequence of [Entry] values in a database, with a Merkle
 // tree over the entries, signed checkpoints and a JSON Lines export. The
 // offline verifier is package [github.com/countersign/countersign/audit/verify];
 // it and this package share the entry, its line form and hash, and the
@@ -76,4 +76,14 @@
 // a complete export through the signed checkpoint (every entry hash is a
 // leaf under its root) and checks each entry's own sig only with
 // verify.Options.AllSignatures.
+//
+// # Storage
+//
+// A [Backend] stores the chain: one transaction per batch of appends that
+// holds the chain's end against every other writer, so that several
+// processes, or servers, append to one chain. Open's own keeps it in the
+// SQLite database it is given (the last entry is the head; the store's
+// BEGIN IMMEDIATE is the lock); package auditpg keeps it in PostgreSQL
+// behind one locked head row. An entry's time is never before the time of
+// the entry it follows, whatever the appending server's clock says.
 package audit

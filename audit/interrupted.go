@@ -11,7 +11,9 @@ import (
 // interruptedMember is how the stored line of a call.interrupted entry
 // names its kind (encodeLine: compact JSON, struct order). The text of a
 // reason or an argument cannot hold it unescaped, and every hit is decoded
-// and checked, so it only spares decoding the lines that cannot match.
+// and checked, so it only spares decoding the lines that cannot match
+// (SQLite stores the line as a BLOB, which LIKE matches only as TEXT;
+// its case folding only lets more lines through).
 const interruptedMember = `"kind":"` + string(vocab.KindCallInterrupted) + `"`
 
 // Interrupted returns, in order, the log's call.interrupted entries:
@@ -19,7 +21,7 @@ const interruptedMember = `"kind":"` + string(vocab.KindCallInterrupted) + `"`
 // are rare; the log is searched for their kind's text before anything is
 // decoded.
 func (l *Log) Interrupted(ctx context.Context) ([]Entry, error) {
-	rows, err := l.db.QueryContext(ctx, `SELECT body FROM audit_entries WHERE instr(body, ?) > 0 ORDER BY seq`, interruptedMember)
+	rows, err := l.db.QueryContext(ctx, `SELECT body FROM audit_entries WHERE CAST(body AS TEXT) LIKE ? ORDER BY seq`, "%"+interruptedMember+"%")
 	if err != nil {
 		return nil, fmt.Errorf("audit: read: %w", err)
 	}

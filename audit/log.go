@@ -53,12 +53,21 @@ type Options struct {
 	CheckpointEvery time.Duration
 	// MaxBatch caps how many Appends share one transaction; default 1024.
 	MaxBatch int
+	// Backend stores the chain; nil: the SQLite database Open is given
+	// (package auditpg has PostgreSQL's). The Log closes it, and so does
+	// an Open that fails.
+	Backend Backend
+	// Owner names this server on the entries it appends, where the
+	// backend keeps owners (not in the line, so not hashed or exported).
+	Owner string
 }
 
-// Log is the audit log in a shared SQLite database. It is safe for
-// concurrent use, and other processes may append to the same database.
+// Log is the audit log in a shared database. It is safe for concurrent
+// use, and other processes may append to the same database.
 type Log struct {
 	db       *sql.DB
+	backend  Backend
+	owner    string
 	key      ed25519.PrivateKey
 	signer   *signer
 	verifier note.Verifier
@@ -67,12 +76,6 @@ type Log struct {
 
 	broken *TamperError // set by Open, never cleared
 	log    *slog.Logger
-
-	// Used by the single writer only. Stored tree hashes never change once
-	// written, so remembering them is always right; it spares the writer
-	// the O(log n) reads of the tree's frontier on every append.
-	hashes map[int64]tlog.Hash
-	stmts  *writerStmts
 
 	policy atomic.Pointer[string] // hex SHA-256 of the policy LoadPolicy recorded last
 
@@ -123,7 +126,8 @@ CREATE TABLE IF NOT EXISTS audit_witnessed (
 );
 CREATE INDEX IF NOT EXISTS audit_witnessed_by_witness ON audit_witnessed (witness, size);`
 
-// Open creates the audit tables if needed and checks the stored log: every
+// Open creates the audit tables if needed (the backend's, when
+// opts.Backend is set) and checks the stored log: every
 // entry's hash and link, the signatures of the first entry and of every
 // entry after the last checkpoint, and the checkpoint's signature and root.
 //
@@ -142,11 +146,22 @@ func Open(ctx context.Context, db *sql.DB, key ed25519.PrivateKey, opts Options)
 	if err != nil {
 		return nil, err
 	}
-	if _, err := db.ExecContext(ctx, schema); err != nil {
-		return nil, fmt.Errorf("audit: create tables: %w", err)
+	b := opts.Backend
+	if b == nil {
+		if b, err = newSQLiteBackend(ctx, db); err != nil {
+			return nil, err
+		}
 	}
+	l, err := open(ctx, db, b, key, s, v, opts)
+	if l == nil {
+		b.Close()
+	}
+	return l, err
+}
+
+func open(ctx context.Context, db *sql.DB, b Backend, key ed25519.PrivateKey, s *signer, v note.Verifier, opts Options) (*Log, error) {
 	l := &Log{
-		db: db, key: key, signer: s, verifier: v,
+		db: db, backend: b, owner: opts.Owner, key: key, signer: s, verifier: v,
 		now: opts.Now, maxBatch: opts.MaxBatch, log: opts.Logger,
 		reqs: make(chan *appendReq, 4096),
 		quit: make(chan struct{}), done: make(chan struct{}), bgDone: make(chan struct{}),
@@ -160,21 +175,18 @@ func Open(ctx context.Context, db *sql.DB, key ed25519.PrivateKey, opts Options)
 	if l.maxBatch <= 0 {
 		l.maxBatch = 1024
 	}
-	// One read transaction: a consistent snapshot even while another
-	// process appends, without holding the write lock.
-	snap, err := db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	// One snapshot: the log at one moment even while another process
+	// appends, without holding the write lock.
+	snap, stored, err := b.Snapshot(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("audit: read log: %w", err)
 	}
-	tamper, err := l.checkStored(ctx, snap)
+	tamper, err := l.checkStored(ctx, snap, stored)
 	snap.Rollback()
 	if err != nil {
 		return nil, err
 	}
 	l.broken = tamper
-	if l.stmts, err = prepareWriter(ctx, db); err != nil {
-		return nil, err
-	}
 	go l.writer()
 	if opts.CheckpointEvery > 0 && tamper == nil {
 		go l.checkpointLoop(opts.CheckpointEvery)
@@ -422,20 +434,23 @@ func (l *Log) fill(r *appendReq) []*appendReq {
 
 // sealed is a batch chained and signed onto base.
 type sealed struct {
-	base head
+	base Head
 	out  []Entry
 	sums [][32]byte
 }
 
-// seal chains batch onto base and signs every entry, on every core.
-func (l *Log) seal(batch []*appendReq, base head) *sealed {
+// seal chains batch onto base and signs every entry, on every core. An
+// entry's time is never before the one it follows: the order by time is
+// the order by seq, even when servers with skewed clocks share a chain.
+func (l *Log) seal(batch []*appendReq, base Head) *sealed {
 	s := &sealed{base: base, out: make([]Entry, len(batch)), sums: make([][32]byte, len(batch))}
-	seq, prev := base.seq, base.hash
+	seq, prev, last := base.Seq, base.Hash, base.Time
 	for i, r := range batch {
 		e := r.e
 		seq++
 		e.Seq = seq
-		e.Time = l.now().UTC().Format(TimeFormat)
+		e.Time = max(l.now().UTC().Format(TimeFormat), last)
+		last = e.Time
 		e.PrevHash = hex.EncodeToString(prev[:])
 		s.sums[i] = r.pre.hash(prev, e.Seq, e.Time)
 		e.Hash = hex.EncodeToString(s.sums[i][:])
@@ -448,11 +463,10 @@ func (l *Log) seal(batch []*appendReq, base head) *sealed {
 
 // inflight is a batch whose transaction is written and whose COMMIT runs.
 type inflight struct {
-	batch  []*appendReq
-	out    []Entry
-	reader *txHashReader
-	next   head // the head once it commits
-	done   chan error
+	batch []*appendReq
+	out   []Entry
+	next  Head // the head once it commits
+	done  <-chan error
 }
 
 // committed is ready once c's COMMIT returned; never, for no c.
@@ -467,10 +481,7 @@ func (c *inflight) committed() <-chan error {
 func (l *Log) finish(c *inflight, err error) {
 	if err != nil {
 		err = fmt.Errorf("audit: append: commit: %w", err)
-	} else {
-		c.reader.commit()
 	}
-	c.reader.close()
 	for i, r := range c.batch {
 		if err != nil {
 			r.done <- appendResult{err: err}
@@ -496,71 +507,22 @@ func (l *Log) start(batch []*appendReq, s *sealed) *inflight {
 }
 
 func (l *Log) write(batch []*appendReq, s *sealed) (*inflight, error) {
-	ctx := context.Background()
-	// The store opens transactions with BEGIN IMMEDIATE, so the head read
-	// below cannot be overtaken by another process's append.
-	tx, err := l.db.BeginTx(ctx, nil)
-	if err != nil {
-		return nil, fmt.Errorf("audit: append: %w", err)
-	}
-	committing := false
-	defer func() {
-		if !committing {
-			tx.Rollback()
+	c := &inflight{batch: batch}
+	done, err := l.backend.Write(func(h Head, stored tlog.HashReader) (*Batch, error) {
+		if s == nil || s.base.Seq != h.Seq || s.base.Hash != h.Hash {
+			s = l.seal(batch, h)
 		}
-	}()
-	h, err := scanHead(tx.StmtContext(ctx, l.stmts.head).QueryRowContext(ctx))
-	if err != nil {
-		return nil, fmt.Errorf("audit: append: %w", err)
-	}
-	if h.treeSize != tlog.StoredHashCount(h.seq) {
-		return nil, &TamperError{h.seq, fmt.Sprintf("tree has %d stored hashes, want %d", h.treeSize, tlog.StoredHashCount(h.seq))}
-	}
-	if h.cpSize > h.seq {
-		return nil, &TamperError{h.seq + 1, fmt.Sprintf("missing: a checkpoint covers %d entries, the log ends at %d", h.cpSize, h.seq)}
-	}
-	if s == nil || s.base.seq != h.seq || s.base.hash != h.hash {
-		s = l.seal(batch, h)
-	}
-	if l.hashes == nil || len(l.hashes) > maxCachedHashes {
-		l.hashes = map[int64]tlog.Hash{} // a restart of the cache costs a few reads
-	}
-	reader := &txHashReader{ctx: ctx, tx: tx, fresh: map[int64]tlog.Hash{}, known: l.hashes, shared: l.stmts.tree}
-	defer func() {
-		if !committing {
-			reader.close()
-		}
-	}()
-	var treeRows []any
-	for i := range s.out {
-		n := s.out[i].Seq - 1
-		hashes, err := tlog.StoredHashesForRecordHash(n, LeafHash(s.sums[i]), reader)
+		b, err := l.batchOf(s, batch, h, stored)
 		if err != nil {
-			return nil, fmt.Errorf("audit: append: tree: %w", err)
+			return nil, err
 		}
-		base := tlog.StoredHashCount(n)
-		for j, th := range hashes {
-			idx := base + int64(j)
-			reader.fresh[idx] = th
-			treeRows = append(treeRows, idx, th[:])
-		}
+		c.out, c.next = s.out, b.Head
+		return b, nil
+	})
+	if err != nil {
+		return nil, err
 	}
-	entryRows := make([]any, 0, 3*len(s.out))
-	for i, r := range batch {
-		e := &s.out[i]
-		entryRows = append(entryRows, e.Seq, e.Hash, r.pre.line(e))
-	}
-	if err := l.stmts.entries.exec(ctx, tx, entryRows); err != nil {
-		return nil, fmt.Errorf("audit: append: %w", err)
-	}
-	if err := l.stmts.treeRows.exec(ctx, tx, treeRows); err != nil {
-		return nil, fmt.Errorf("audit: append: %w", err)
-	}
-	last := len(s.out) - 1
-	c := &inflight{batch: batch, out: s.out, reader: reader, done: make(chan error, 1),
-		next: head{seq: s.out[last].Seq, hash: s.sums[last]}}
-	committing = true
-	go func() { c.done <- tx.Commit() }()
+	c.done = done
 	return c, nil
 }
 
@@ -616,7 +578,7 @@ func (l *Log) Close() error {
 	l.mu.Unlock()
 	<-l.done
 	<-l.bgDone
-	defer l.stmts.close()
+	defer l.backend.Close()
 	if l.broken != nil {
 		return nil
 	}

@@ -2,7 +2,6 @@ package audit
 
 import (
 	"context"
-	"database/sql"
 	"fmt"
 
 	"golang.org/x/mod/sumdb/tlog"
@@ -13,7 +12,7 @@ import (
 // roots mean the log extends that checkpoint; different ones, or a log
 // shorter than n, mean it was rolled back or rewritten.
 func (l *Log) TreeHash(ctx context.Context, n int64) (tlog.Hash, error) {
-	snap, err := l.db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	snap, _, err := l.backend.Snapshot(ctx)
 	if err != nil {
 		return tlog.Hash{}, fmt.Errorf("audit: tree hash: %w", err)
 	}

@@ -149,34 +149,19 @@ func (in *inserter) close() {
 const maxCachedHashes = 1 << 16
 
 // txHashReader reads stored tree hashes inside the write transaction,
-// preferring those written earlier in the same batch, then those the
-// writer already knows (committed earlier, so never different).
+// preferring those the writer already knows (committed earlier, so never
+// different).
 type txHashReader struct {
 	ctx    context.Context
 	tx     *sql.Tx
 	stmt   *sql.Stmt
 	shared *sql.Stmt // prepared on the database once; nil: prepare here
-	fresh  map[int64]tlog.Hash
 	known  map[int64]tlog.Hash
-}
-
-// commit makes this batch's hashes known once its transaction committed.
-func (r *txHashReader) commit() {
-	if r.known == nil {
-		return
-	}
-	for idx, h := range r.fresh {
-		r.known[idx] = h
-	}
 }
 
 func (r *txHashReader) ReadHashes(idx []int64) ([]tlog.Hash, error) {
 	out := make([]tlog.Hash, len(idx))
 	for i, x := range idx {
-		if h, ok := r.fresh[x]; ok {
-			out[i] = h
-			continue
-		}
 		if h, ok := r.known[x]; ok {
 			out[i] = h
 			continue

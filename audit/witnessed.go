@@ -3,7 +3,6 @@ package audit
 import (
 	"bytes"
 	"context"
-	"database/sql"
 	"encoding/json"
 	"fmt"
 
@@ -29,7 +28,7 @@ type Witnessed struct {
 // ConsistencyProof proves that the log's tree of size m is a prefix of its
 // tree of size n (RFC 6962 consistency proof), read from the stored tree.
 func (l *Log) ConsistencyProof(ctx context.Context, m, n int64) (tlog.TreeProof, error) {
-	snap, err := l.db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	snap, _, err := l.backend.Snapshot(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("audit: consistency proof: %w", err)
 	}

@@ -121,18 +121,22 @@ func (g *Guard) Raise(ctx context.Context, b Backchannel) (*approval.Request, er
 	// Each action is decided as its tool's call, and counts where that
 	// call would: a payment approved here is judged with, and adds to, the
 	// agent's transfers in the usage windows.
-	g.usage.mu.Lock()
 	var counted []*reservation
-	for _, a := range b.Actions {
-		keys := keysOf(b.Agent, a.Tool, a.Call.Value)
-		ad := g.opts.Policy.Decide(authz.Input{
-			Tool: a.Tool, Agent: b.Agent, Args: a.Call.Args, Facts: a.Call.Facts, Now: now,
-			Usage: g.usage.facts(keys, now),
-		})
-		counted = append(counted, g.usage.add(keys, a.Call.Value, now))
-		d = combine(d, a.Tool, ad)
+	if g.opts.SharedUsage != nil {
+		d, counted = g.decideActionsShared(ctx, b, d, now)
+	} else {
+		g.usage.mu.Lock()
+		for _, a := range b.Actions {
+			keys := keysOf(b.Agent, a.Tool, a.Call.Value)
+			ad := g.opts.Policy.Decide(authz.Input{
+				Tool: a.Tool, Agent: b.Agent, Args: a.Call.Args, Facts: a.Call.Facts, Now: now,
+				Usage: g.usage.facts(keys, now),
+			})
+			counted = append(counted, g.usage.add(keys, a.Call.Value, now))
+			d = combine(d, a.Tool, ad)
+		}
+		g.usage.mu.Unlock()
 	}
-	g.usage.mu.Unlock()
 	keep := false
 	defer func() {
 		if !keep {

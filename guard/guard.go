@@ -177,6 +177,10 @@ type Options struct {
 	// Amounts keep what each counted call moved, for RestoreUsage
 	// (usage.go); nil: a restart counts only what the log's arguments say.
 	Amounts Amounts
+	// SharedUsage, when set, keeps the usage windows of tools whose rules
+	// read usage in a database replicas share (sharedusage.go); nil: in
+	// this process's memory, right while one process uses the database.
+	SharedUsage SharedUsage
 	// Tools is the tools section of the config, for per-tool settings the
 	// guard applies itself (redact_args).
 	Tools  map[string]config.Tool
@@ -256,6 +260,7 @@ func New(opts Options) *Guard {
 	if g.now == nil {
 		g.now = time.Now
 	}
+	g.usage.shared, g.usage.log = opts.SharedUsage, g.log
 	if g.opts.ToolWait <= 0 {
 		g.opts.ToolWait = time.Minute
 	}
@@ -397,17 +402,18 @@ func (g *Guard) Handle(ctx context.Context, c Call) *mcp.CallToolResult {
 	// each other (a sum split across them is judged as the sum).
 	now := g.now()
 	keys := keysOf(c.Agent, c.Tool, call.Value)
-	g.usage.mu.Lock()
-	usage := g.usage.facts(keys, now)
-	d := g.opts.Policy.Decide(authz.Input{
-		Tool: c.Tool, Agent: c.Agent, Args: call.Args, Facts: call.Facts, Now: now, ReadOnly: spec.ReadOnly(),
-		Usage: usage,
+	usage, d, counted, err := g.decideCounting(ctx, c.Tool, keys, call.Value, now, func(usage map[string]any) authz.Decision {
+		return g.opts.Policy.Decide(authz.Input{
+			Tool: c.Tool, Agent: c.Agent, Args: call.Args, Facts: call.Facts, Now: now, ReadOnly: spec.ReadOnly(),
+			Usage: usage,
+		})
 	})
-	var counted *reservation
-	if d.Level != vocab.LevelDeny {
-		counted = g.usage.add(keys, call.Value, now)
+	if err != nil {
+		g.log.Error("cannot decide a call against the usage windows", "tool", c.Tool, "err", err)
+		entry.Kind, entry.Decision, entry.Reason = vocab.KindCallDenied, string(vocab.LevelDeny), "cannot read the usage windows: "+err.Error()
+		g.record(ctx, entry)
+		return toolError("refused: cannot read the usage windows this call is judged against (%v); try again", err)
 	}
-	g.usage.mu.Unlock()
 	if g.opts.Policy.UsesUsage(c.Tool) {
 		entry.Usage, _ = json.Marshal(usage)
 	}

@@ -3,6 +3,7 @@ package guard
 import (
 	"context"
 	"encoding/json"
+	"log/slog"
 	"strings"
 	"sync"
 	"time"
@@ -27,6 +28,11 @@ const usageHorizon = 24 * time.Hour
 
 // usageBook is the rolling record.
 type usageBook struct {
+	// shared, when set, holds the windows of tools whose rules read
+	// usage (sharedusage.go); their reservations are given back there.
+	shared SharedUsage
+	log    *slog.Logger
+
 	mu     sync.Mutex
 	series map[string]*series
 	adds   int
@@ -96,6 +102,7 @@ type reservation struct {
 	min    int64
 	keys   usageKeys
 	amount float64
+	shared bool // counted in usageBook.shared, not in the book
 }
 
 func minuteOf(t time.Time) int64 { return t.Unix() / 60 }
@@ -155,6 +162,10 @@ func (b *usageBook) bump(r *reservation, sign float64) {
 // release gives a call's share back: it will never run.
 func (b *usageBook) release(r *reservation) {
 	if r == nil {
+		return
+	}
+	if r.shared {
+		releaseShared(b.shared, b.log, r)
 		return
 	}
 	b.mu.Lock()

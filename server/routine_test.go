@@ -1,10 +1,15 @@
 package server
 
 import (
+	"context"
+	"encoding/json"
 	"fmt"
+	"log/slog"
 	"testing"
 	"time"
 
+	"github.com/countersign/countersign/store"
+	"github.com/countersign/countersign/store/storetest"
 	"github.com/mark3labs/mcp-go/mcp"
 )
 
@@ -39,44 +44,85 @@ func TestIsTaskMessage(t *testing.T) {
 func TestRoutineTasksAreTheAgentsOwnAndKeptForAWhile(t *testing.T) {
 	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
 	rt := routineTasks{now: func() time.Time { return now }}
-	ok := &mcp.CallToolResult{}
-	failed := &mcp.CallToolResult{IsError: true}
-
-	first := rt.add("a", ok)
-	if first.Status != mcp.TaskStatusCompleted || rt.add("a", failed).Status != mcp.TaskStatusFailed {
-		t.Errorf("a routine task is completed, or failed when its result is an error: %+v", first)
-	}
-	if _, found := rt.get("b", first.TaskId); found {
-		t.Error("another agent got a's routine task")
-	}
-	if got := rt.list("b"); len(got) != 0 {
-		t.Errorf("another agent lists a's routine tasks: %+v", got)
-	}
-	if got := rt.list("a"); len(got) != 2 || got[1].TaskId != first.TaskId {
-		t.Errorf("a's routine tasks, newest first: %+v", got)
-	}
-
-	now = now.Add(routineTaskTTL + time.Second)
-	if _, found := rt.get("a", first.TaskId); found {
-		t.Error("a routine task outlived its TTL")
-	}
-	if got := rt.list("a"); len(got) != 0 {
-		t.Errorf("routine tasks past their TTL are listed: %+v", got)
-	}
+	checkRoutineTasks(t, &rt, &rt, &now)
 
 	// At most routineTaskMax are kept: the oldest go first.
+	ok := &mcp.CallToolResult{}
 	var ids []string
 	for i := range routineTaskMax + 5 {
-		ids = append(ids, rt.add(fmt.Sprint("agent-", i%2), ok).TaskId)
+		ids = append(ids, rt.add(context.Background(), fmt.Sprint("agent-", i%2), ok).TaskId)
 	}
-	if _, found := rt.get("agent-0", ids[0]); found {
+	if _, found, _ := rt.get(context.Background(), "agent-0", ids[0]); found {
 		t.Error("the oldest routine task was kept beyond the limit")
 	}
 	last := len(ids) - 1
-	if _, found := rt.get(fmt.Sprint("agent-", last%2), ids[last]); !found {
+	if _, found, _ := rt.get(context.Background(), fmt.Sprint("agent-", last%2), ids[last]); !found {
 		t.Error("the newest routine task was dropped")
 	}
 	if n := len(rt.tasks); n > routineTaskMax {
 		t.Errorf("%d routine tasks kept, want at most %d", n, routineTaskMax)
+	}
+}
+
+// Kept in the database, a routine task made on replica A is read on B,
+// with the same TTL and the same agent's-own rule, and its result is
+// the one A would have answered.
+func TestRoutineTasksKeptAreReadOnAnotherReplica(t *testing.T) {
+	storetest.Replicas(t, func(t *testing.T, dbA, dbB *store.DB) {
+		now := time.Now().UTC()
+		replica := func(db *store.DB) *routineTasks {
+			kept, err := store.OpenRoutineTasks(context.Background(), db)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return &routineTasks{kept: kept, log: slog.New(slog.DiscardHandler), now: func() time.Time { return now }}
+		}
+		a, b := replica(dbA), replica(dbB)
+		res := &mcp.CallToolResult{Content: []mcp.Content{mcp.NewTextContent("paid")}}
+		task := a.add(context.Background(), "a", res)
+		got, found, err := b.get(context.Background(), "a", task.TaskId)
+		if err != nil || !found {
+			t.Fatalf("B does not find A's routine task: %v %v", found, err)
+		}
+		want, _ := json.Marshal(toTaskResult(task.TaskId, res))
+		if raw, _ := json.Marshal(got.result); string(raw) != string(want) || got.task.TaskId != task.TaskId || *got.task.TTL != *task.TTL {
+			t.Errorf("B's answer %s (task %+v), want %s", raw, got.task, want)
+		}
+		if len(a.tasks) != 0 {
+			t.Errorf("a kept task is also held in A's memory")
+		}
+		now = now.Add(time.Second) // past the first's millisecond
+		checkRoutineTasks(t, a, b, &now)
+	})
+}
+
+// checkRoutineTasks adds tasks on a and reads them on b (the same, or
+// another replica).
+func checkRoutineTasks(t *testing.T, a, b *routineTasks, now *time.Time) {
+	t.Helper()
+	ctx := context.Background()
+	ok := &mcp.CallToolResult{}
+	failed := &mcp.CallToolResult{IsError: true}
+
+	first := a.add(ctx, "c", ok)
+	if first.Status != mcp.TaskStatusCompleted || a.add(ctx, "c", failed).Status != mcp.TaskStatusFailed {
+		t.Errorf("a routine task is completed, or failed when its result is an error: %+v", first)
+	}
+	if _, found, err := b.get(ctx, "d", first.TaskId); found || err != nil {
+		t.Errorf("another agent got c's routine task (%v)", err)
+	}
+	if got, err := b.list(ctx, "d"); len(got) != 0 || err != nil {
+		t.Errorf("another agent lists c's routine tasks: %+v (%v)", got, err)
+	}
+	if got, err := b.list(ctx, "c"); len(got) != 2 || got[1].TaskId != first.TaskId || err != nil {
+		t.Errorf("c's routine tasks, newest first: %+v (%v)", got, err)
+	}
+
+	*now = now.Add(routineTaskTTL + time.Second)
+	if _, found, _ := b.get(ctx, "c", first.TaskId); found {
+		t.Error("a routine task outlived its TTL")
+	}
+	if got, _ := b.list(ctx, "c"); len(got) != 0 {
+		t.Errorf("routine tasks past their TTL are listed: %+v", got)
 	}
 }

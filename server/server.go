@@ -39,6 +39,9 @@ type Options struct {
 	// they authenticate their own clients (CIBA, package ciba, whose
 	// discovery document and key set are public).
 	Routes map[string]http.Handler
+	// RoutineTasks, when set, keep routine calls' tasks where every
+	// replica reads them (tasks.go); nil: in this process's memory.
+	RoutineTasks RoutineTasks
 }
 
 // Server is the MCP face of Countersign.
@@ -74,7 +77,7 @@ func New(opts Options) (*Server, error) {
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
-	s.routine.now = time.Now
+	s.routine.now, s.routine.kept, s.routine.log = time.Now, opts.RoutineTasks, s.log
 	s.life, s.stop = context.WithCancel(context.Background())
 	s.callers.cancels = map[string]map[*context.CancelFunc]struct{}{}
 	hooks := &mcpserver.Hooks{}

@@ -14,7 +14,8 @@ package server
 // to answerTask first. A countersigned call's task is its approval request
 // (the task id is the auth_req_id), read from the approval store through
 // the guard; a routine call's task completes at once and its result is
-// kept here, in memory, for a while. SSE cannot carry a response that
+// kept for a while: here, in memory, or where every replica reads it
+// (Options.RoutineTasks). SSE cannot carry a response that
 // mcp-go did not produce, so tasks are refused there.
 
 import (
@@ -25,11 +26,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"sync"
 	"time"
 
 	"github.com/countersign/countersign/guard"
+	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/vocab"
 	"github.com/google/uuid"
 	"github.com/mark3labs/mcp-go/mcp"
@@ -164,7 +167,7 @@ func (s *Server) startTask(ctx context.Context, agent string, raw []byte) (any, 
 		return mcp.CreateTaskResult{Task: task, Result: mcp.Result{Meta: mcp.WithModelImmediateResponse(
 			"Waiting for a human to approve this call with a security key: " + task.StatusMessage)}}, nil
 	}
-	task := s.routine.add(agent, res)
+	task := s.routine.add(ctx, agent, res)
 	return mcp.CreateTaskResult{Task: task}, nil
 }
 
@@ -185,7 +188,10 @@ func (s *Server) ownTask(ctx context.Context, agent, id string) (*guard.Request,
 }
 
 func (s *Server) getTask(ctx context.Context, agent, id string) (any, error) {
-	if t, ok := s.routine.get(agent, id); ok {
+	if t, ok, err := s.routine.get(ctx, agent, id); err != nil || ok {
+		if err != nil {
+			return nil, err
+		}
 		return mcp.NewGetTaskResult(t.task), nil
 	}
 	r, err := s.ownTask(ctx, agent, id)
@@ -199,8 +205,11 @@ func (s *Server) getTask(ctx context.Context, agent, id string) (any, error) {
 // taskResult waits until the task has settled, as tasks/result does, and
 // returns the call's result.
 func (s *Server) taskResult(ctx context.Context, agent, id string) (any, error) {
-	if t, ok := s.routine.get(agent, id); ok {
-		return toTaskResult(id, t.res), nil
+	if t, ok, err := s.routine.get(ctx, agent, id); err != nil || ok {
+		if err != nil {
+			return nil, err
+		}
+		return t.result, nil
 	}
 	if _, err := s.ownTask(ctx, agent, id); err != nil {
 		return nil, err
@@ -234,7 +243,10 @@ func toTaskResult(id string, res *mcp.CallToolResult) *mcp.TaskResultResult {
 }
 
 func (s *Server) cancelTask(ctx context.Context, agent, id string) (any, error) {
-	if t, ok := s.routine.get(agent, id); ok {
+	if t, ok, err := s.routine.get(ctx, agent, id); err != nil || ok {
+		if err != nil {
+			return nil, err
+		}
 		return nil, &rpcErr{mcp.INVALID_PARAMS, fmt.Sprintf("cannot cancel task in terminal status: %s", t.task.Status)}
 	}
 	r, err := s.opts.Guard.CancelTask(ctx, id, agent)
@@ -254,7 +266,10 @@ func (s *Server) cancelTask(ctx context.Context, agent, id string) (any, error) 
 func (s *Server) listTasks(ctx context.Context, agent, cursor string) (any, error) {
 	var out []mcp.Task
 	if cursor == "" {
-		out = s.routine.list(agent)
+		var err error
+		if out, err = s.routine.list(ctx, agent); err != nil {
+			return nil, err
+		}
 	}
 	rs, err := s.opts.Guard.Tasks(ctx, agent, cursor, taskPageSize)
 	if err != nil {
@@ -372,22 +387,35 @@ func (s *Server) tellTask(agent string, t mcp.Task) {
 }
 
 // routineTasks keeps the tasks of routine calls, which completed when they
-// were created: their result is only here, and only for a while.
+// were created: their result is only here, and only for a while. With
+// kept (Options.RoutineTasks) they are kept in the database, where every
+// replica finds them; the memory holds only those the database refused.
 type routineTasks struct {
+	kept RoutineTasks
+	log  *slog.Logger
+
 	mu    sync.Mutex
 	tasks map[string]*routineTask
 	order []string // oldest first
 	now   func() time.Time
 }
 
-type routineTask struct {
-	agent string
-	task  mcp.Task
-	res   *mcp.CallToolResult
-	at    time.Time
+// RoutineTasks keep routine calls' tasks where every replica reads them;
+// *store.RoutineTasks satisfies it.
+type RoutineTasks interface {
+	KeepRoutineTask(ctx context.Context, t store.RoutineTask, forgetBefore time.Time) error
+	RoutineTask(ctx context.Context, agent, id string, since time.Time) (store.RoutineTask, bool, error)
+	RoutineTasksOf(ctx context.Context, agent string, since time.Time, limit int) ([]store.RoutineTask, error)
 }
 
-func (rt *routineTasks) add(agent string, res *mcp.CallToolResult) mcp.Task {
+type routineTask struct {
+	agent  string
+	task   mcp.Task
+	result any // the answer to tasks/result: *mcp.TaskResultResult, or its JSON when kept
+	at     time.Time
+}
+
+func (rt *routineTasks) add(ctx context.Context, agent string, res *mcp.CallToolResult) mcp.Task {
 	now := rt.now()
 	t := mcp.NewTask(uuid.NewString(), mcp.WithTaskCreatedAt(now.UTC().Format(time.RFC3339)))
 	ttl := routineTaskTTL.Milliseconds()
@@ -395,6 +423,16 @@ func (rt *routineTasks) add(agent string, res *mcp.CallToolResult) mcp.Task {
 	t.Status, t.StatusMessage = mcp.TaskStatusCompleted, "ran at once; no approval needed"
 	if res.IsError {
 		t.Status, t.StatusMessage = mcp.TaskStatusFailed, "refused or failed; tasks/result says why"
+	}
+	result := toTaskResult(t.TaskId, res)
+	if rt.kept != nil {
+		err := rt.keep(ctx, agent, t, result, now)
+		if err == nil {
+			return t
+		}
+		// The call has run: its result must not be lost. This replica
+		// still answers for it.
+		rt.log.Error("cannot keep a routine task where every replica reads it; only this one knows it", "task", t.TaskId, "err", err)
 	}
 	rt.mu.Lock()
 	defer rt.mu.Unlock()
@@ -405,31 +443,72 @@ func (rt *routineTasks) add(agent string, res *mcp.CallToolResult) mcp.Task {
 		delete(rt.tasks, rt.order[0])
 		rt.order = rt.order[1:]
 	}
-	rt.tasks[t.TaskId] = &routineTask{agent: agent, task: t, res: res, at: now}
+	rt.tasks[t.TaskId] = &routineTask{agent: agent, task: t, result: result, at: now}
 	rt.order = append(rt.order, t.TaskId)
 	return t
 }
 
-func (rt *routineTasks) get(agent, id string) (*routineTask, bool) {
-	rt.mu.Lock()
-	defer rt.mu.Unlock()
-	t, ok := rt.tasks[id]
-	if !ok || t.agent != agent || rt.now().Sub(t.at) > routineTaskTTL {
-		return nil, false
+func (rt *routineTasks) keep(ctx context.Context, agent string, t mcp.Task, result *mcp.TaskResultResult, now time.Time) error {
+	task, err := json.Marshal(t)
+	if err != nil {
+		return err
 	}
-	return t, true
+	res, err := json.Marshal(result)
+	if err != nil {
+		return err
+	}
+	return rt.kept.KeepRoutineTask(context.WithoutCancel(ctx), store.RoutineTask{ID: t.TaskId, Agent: agent, At: now, Task: task, Result: res},
+		now.Add(-routineTaskTTL))
 }
 
-func (rt *routineTasks) list(agent string) []mcp.Task {
+func (rt *routineTasks) get(ctx context.Context, agent, id string) (*routineTask, bool, error) {
+	rt.mu.Lock()
+	t, ok := rt.tasks[id]
+	rt.mu.Unlock()
+	if ok && t.agent == agent && rt.now().Sub(t.at) <= routineTaskTTL {
+		return t, true, nil
+	}
+	if rt.kept == nil {
+		return nil, false, nil
+	}
+	k, ok, err := rt.kept.RoutineTask(ctx, agent, id, rt.now().Add(-routineTaskTTL))
+	if err != nil || !ok {
+		return nil, false, err
+	}
+	return fromKept(k)
+}
+
+func fromKept(k store.RoutineTask) (*routineTask, bool, error) {
+	t := &routineTask{agent: k.Agent, result: json.RawMessage(k.Result), at: k.At}
+	if err := json.Unmarshal(k.Task, &t.task); err != nil {
+		return nil, false, fmt.Errorf("routine task %s: %w", k.ID, err)
+	}
+	return t, true, nil
+}
+
+func (rt *routineTasks) list(ctx context.Context, agent string) ([]mcp.Task, error) {
+	var out []mcp.Task
+	if rt.kept != nil {
+		kept, err := rt.kept.RoutineTasksOf(ctx, agent, rt.now().Add(-routineTaskTTL), routineTaskMax)
+		if err != nil {
+			return nil, err
+		}
+		for _, k := range kept {
+			t, _, err := fromKept(k)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, t.task)
+		}
+	}
 	rt.mu.Lock()
 	defer rt.mu.Unlock()
-	var out []mcp.Task
 	for i := len(rt.order) - 1; i >= 0; i-- {
 		if t := rt.tasks[rt.order[i]]; t.agent == agent && rt.now().Sub(t.at) <= routineTaskTTL {
 			out = append(out, t.task)
 		}
 	}
-	return out
+	return out, nil
 }
 
 // answerTasksHTTP answers task messages on Streamable HTTP itself, as

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"database/sql"
 	"os"
 	"path/filepath"
 	"strings"
@@ -18,16 +19,20 @@ import (
 // approval's outbox is the user: entries a dead process left must be
 // appended by another exactly once, but a process that is merely slow
 // must not have its entries appended twice.
+//
+// On PostgreSQL (OwnersFor) an owner is a row and a session lock instead
+// (owner_pg.go), with the same methods.
 type Owners struct {
 	dir string // "" for a database in memory: no owner can be told dead
+	pg  *pgOwners
 }
 
 // OwnerFilePrefix starts the name of every owner's lock file.
 const OwnerFilePrefix = ".approval-owner-"
 
-// OwnersOf returns the owners of db, kept beside its file. On PostgreSQL
-// there is no file beside which to keep them (yet): nobody can be told
-// dead, as with a database in memory.
+// OwnersOf returns the owners of a SQLite db, kept beside its file. On
+// PostgreSQL there is no file: OwnersFor gives the replicas table, and
+// OwnersOf owners nobody can tell dead, as with a database in memory.
 func OwnersOf(ctx context.Context, db *DB) *Owners {
 	if db.dialect == PostgreSQL {
 		return &Owners{}
@@ -41,13 +46,16 @@ func OwnersOf(ctx context.Context, db *DB) *Owners {
 
 // Tracked reports whether owners can be told dead at all (the database is
 // a file).
-func (o *Owners) Tracked() bool { return o.dir != "" }
+func (o *Owners) Tracked() bool { return o.dir != "" || o.pg != nil }
 
 func (o *Owners) path(id string) string { return filepath.Join(o.dir, OwnerFilePrefix+id) }
 
 // Hold takes the liveness lock of owner id, a new id, and returns its
 // release. A database in memory needs none: release does nothing.
 func (o *Owners) Hold(id string) (release func(), err error) {
+	if o.pg != nil {
+		return o.pg.hold(id)
+	}
 	if !o.Tracked() {
 		return func() {}, nil
 	}
@@ -71,7 +79,12 @@ func (o *Owners) Hold(id string) (release func(), err error) {
 
 // Dead reports whether owner id's process is gone: its lock file exists
 // and can be locked (and is then removed). Without a file nobody can tell.
+// On PostgreSQL a dead owner is fenced before Dead says so, and stays
+// dead (owner_pg.go).
 func (o *Owners) Dead(id string) bool {
+	if o.pg != nil {
+		return o.pg.dead(id)
+	}
 	if !o.Tracked() {
 		return false
 	}
@@ -91,6 +104,9 @@ func (o *Owners) Dead(id string) bool {
 // Listed returns the ids of the owners that have a lock file, live or
 // dead.
 func (o *Owners) Listed() []string {
+	if o.pg != nil {
+		return o.pg.listed()
+	}
 	if !o.Tracked() {
 		return nil
 	}
@@ -100,4 +116,28 @@ func (o *Owners) Listed() []string {
 		ids = append(ids, strings.TrimPrefix(filepath.Base(m), OwnerFilePrefix))
 	}
 	return ids
+}
+
+// Fence marks owner id as taken over, so that nothing written for it
+// (Unfenced) commits any more and its process, when it runs again,
+// stops. Dead fences an owner before it tells it dead; Fence is for a
+// caller that decides so on its own. On SQLite, where one process owns
+// the database, it does nothing.
+func (o *Owners) Fence(ctx context.Context, id string) error {
+	if o.pg == nil {
+		return nil
+	}
+	return o.pg.fence(ctx, id)
+}
+
+// Unfenced must run in every write transaction made for owner id,
+// before its writes: it returns an error wrapping ErrFenced when id was
+// fenced (or released), and otherwise keeps id from being fenced until
+// tx ends (a share lock on its row), so the write commits before any
+// fence or not at all. On SQLite it checks nothing.
+func (o *Owners) Unfenced(ctx context.Context, tx *sql.Tx, id string) error {
+	if o.pg == nil {
+		return nil
+	}
+	return o.pg.unfenced(ctx, tx, id)
 }

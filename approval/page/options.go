@@ -25,6 +25,9 @@ type Options struct {
 	// default DefaultSessionTTL.
 	RequireSignIn bool
 	SessionTTL    time.Duration
+	// Sessions, when set, keep sign-in sessions where every replica
+	// reads them (the database); nil: in this process's memory.
+	Sessions Sessions
 
 	Logger *slog.Logger // default: discard
 }

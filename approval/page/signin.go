@@ -1,6 +1,7 @@
 package page
 
 import (
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
@@ -20,7 +21,9 @@ import (
 // SameSite=Strict). Enrollment links stay reachable without a session:
 // their token is their authority, and a new approver has no key yet.
 //
-// Sessions live in memory: a restart signs everyone out.
+// Sessions live in memory, where a restart signs everyone out, unless
+// Options.Sessions keeps them (in the database replicas share, so that a
+// session begun on one replica is honoured by all).
 
 const (
 	sessionCookie = "countersign_session"
@@ -34,18 +37,34 @@ type signedIn struct {
 	expires  time.Time
 }
 
-// sessions are the signed-in approvers, by SHA-256 of their cookie.
+// Sessions keep sign-in sessions beyond this process; *store.SignInSessions
+// satisfies it. A session is known by the SHA-256 of its cookie.
+type Sessions interface {
+	StartSession(ctx context.Context, tokenSHA256 [32]byte, approver string, expires time.Time) error
+	Session(ctx context.Context, tokenSHA256 [32]byte, now time.Time) (approver string, ok bool, err error)
+}
+
+// sessions are the signed-in approvers, by SHA-256 of their cookie: in
+// kept when set, else in m.
 type sessions struct {
+	kept Sessions
+
 	mu sync.Mutex
 	m  map[[32]byte]signedIn
 }
 
-func (ss *sessions) add(approver string, expires time.Time) (string, error) {
+func (ss *sessions) add(ctx context.Context, approver string, expires time.Time) (string, error) {
 	b := make([]byte, 32)
 	if _, err := rand.Read(b); err != nil {
 		return "", err
 	}
 	tok := base64.RawURLEncoding.EncodeToString(b)
+	if ss.kept != nil {
+		if err := ss.kept.StartSession(ctx, sha256.Sum256([]byte(tok)), approver, expires); err != nil {
+			return "", err
+		}
+		return tok, nil
+	}
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	now := time.Now()
@@ -58,14 +77,20 @@ func (ss *sessions) add(approver string, expires time.Time) (string, error) {
 	return tok, nil
 }
 
-func (ss *sessions) get(tok string, now time.Time) (signedIn, bool) {
+// get is the session tok names at now. A session that cannot be read
+// is no session (the error says why): the visitor signs in again.
+func (ss *sessions) get(ctx context.Context, tok string, now time.Time) (signedIn, bool, error) {
+	if ss.kept != nil {
+		approver, ok, err := ss.kept.Session(ctx, sha256.Sum256([]byte(tok)), now)
+		return signedIn{approver: approver}, ok && err == nil, err
+	}
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	s, ok := ss.m[sha256.Sum256([]byte(tok))]
 	if !ok || !now.Before(s.expires) {
-		return signedIn{}, false
+		return signedIn{}, false, nil
 	}
-	return s, true
+	return s, true, nil
 }
 
 // signInOpen lists what a visitor may reach without a session: the page
@@ -88,7 +113,11 @@ func (s *server) requireSession(ss *sessions, next http.Handler) http.Handler {
 			return
 		}
 		if c, err := r.Cookie(sessionCookie); err == nil {
-			if sess, ok := ss.get(c.Value, time.Now()); ok {
+			sess, ok, err := ss.get(r.Context(), c.Value, time.Now())
+			if err != nil {
+				s.opts.Logger.Error("approval page: cannot read sign-in sessions", "err", err)
+			}
+			if ok {
 				// Who is signed in, for what the page records in their
 				// name without a tap (a grant's revocation).
 				next.ServeHTTP(w, r.WithContext(withSignedIn(r.Context(), sess.approver)))
@@ -133,7 +162,7 @@ func (s *server) apiSignInFinish(ss *sessions) http.HandlerFunc {
 			return
 		}
 		ttl := s.opts.SessionTTL
-		tok, err := ss.add(approver, time.Now().Add(ttl))
+		tok, err := ss.add(r.Context(), approver, time.Now().Add(ttl))
 		if err != nil {
 			s.fail(w, err)
 			return

@@ -32,7 +32,7 @@ type tlsPage struct {
 	csrf   string
 }
 
-func newTLSPage(t *testing.T) *tlsPage {
+func newTLSPage(t *testing.T, mods ...func(*Options)) *tlsPage {
 	t.Helper()
 	ca := approvaltest.NewLocalCA(t, "", "localhost", "127.0.0.1")
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -44,6 +44,9 @@ func newTLSPage(t *testing.T) *tlsPage {
 	f := newFixture(t, func(o *approval.Options) { o.Origins, o.PublicURL = []string{base}, base })
 	po := Options{Origins: []string{base}, PublicURL: base, RequireSignIn: true,
 		AllowedHosts: []string{fmt.Sprintf("localhost:%d", port)}}
+	for _, m := range mods {
+		m(&po)
+	}
 	srv := &http.Server{Handler: Handler(f.svc, po), ReadHeaderTimeout: 5 * time.Second,
 		TLSConfig: &tls.Config{Certificates: []tls.Certificate{ca.Cert}}}
 	go srv.ServeTLS(ln, "", "")

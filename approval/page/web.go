@@ -65,7 +65,7 @@ func Handler(svc *approval.Service, opts Options) http.Handler {
 
 	var h http.Handler = mux
 	if s.opts.RequireSignIn {
-		ss := &sessions{m: map[[32]byte]signedIn{}}
+		ss := &sessions{kept: s.opts.Sessions, m: map[[32]byte]signedIn{}}
 		mux.HandleFunc("GET /signin", s.pageSignIn)
 		mux.Handle("POST /api/signin/begin", lim.limit("", http.HandlerFunc(s.apiSignInBegin)))
 		mux.Handle("POST /api/signin/finish", lim.limit("", s.apiSignInFinish(ss)))

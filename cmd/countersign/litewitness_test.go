@@ -64,8 +64,15 @@ func TestLitewitnessGuardsTheLogAgainstRollback(t *testing.T) {
 	if !strings.Contains(body, "ok    witness "+witnesstest.Name+": cosigned tree size") || !strings.Contains(body, "last attempt") {
 		t.Fatalf("/readyz with the witness down:\n%s", body)
 	}
+	// The lag is counted against the newest checkpoint, which may have been
+	// made before the last transfer: wait for the next one.
+	lagKey := `countersign_witness_lag_entries{witness="` + witnesstest.Name + `"}`
 	m := scrape(t, n.base())
-	if lag := m[`countersign_witness_lag_entries{witness="`+witnesstest.Name+`"}`]; lag < 3 {
+	for deadline := time.Now().Add(10 * time.Second); m[lagKey] < 3 && time.Now().Before(deadline); {
+		time.Sleep(50 * time.Millisecond)
+		m = scrape(t, n.base())
+	}
+	if lag := m[lagKey]; lag < 3 {
 		t.Fatalf("countersign_witness_lag_entries %v with 3 transfers uncosigned", lag)
 	}
 	if m[`countersign_witness_refused{witness="`+witnesstest.Name+`"}`] != 0 {

@@ -16,10 +16,10 @@ import (
 // still be read and exported, but it refuses every append.
 func OpenAudit(ctx context.Context, c *config.Config, opts audit.Options) (*store.DB, *audit.Log, error) {
 	if c.Store.URL != "" {
-		// Refused before connecting: half a server, its approvals on
+		// Refused before connecting: half a server, say its approvals on
 		// PostgreSQL and its log in a file each replica keeps apart, would
 		// be N chains no export shows whole.
-		return nil, nil, fmt.Errorf("store.url is %s, but the audit log cannot be kept on PostgreSQL yet (its backend is not built): "+
+		return nil, nil, fmt.Errorf("store.url is %s, but serve cannot run on PostgreSQL yet (the audit log and the replicas' recovery are not wired to it): "+
 			"unset store.url (and COUNTERSIGN_STORE_URL) to keep everything in SQLite in the data directory", c.Store.Redacted())
 	}
 	if err := PrepareDataDir(c, opts.Logger); err != nil {

@@ -7,7 +7,7 @@ import (
 	"github.com/countersign/countersign/store/pgtest"
 )
 
-// TestMain stops the PostgreSQL server the tests started (package pgtest).
+// Tests that open PostgreSQL use store/pgtest's cluster, stopped here.
 func TestMain(m *testing.M) {
 	code := m.Run()
 	pgtest.Stop()

@@ -15,7 +15,8 @@ import (
 	"github.com/countersign/countersign/store/storetest"
 )
 
-// Until the audit log can be kept on PostgreSQL, a server given a
+// Until serve is wired to PostgreSQL (the audit log, the replicas'
+// recovery), a server given a
 // PostgreSQL store.url refuses to start, saying why, without connecting
 // or writing anything, and without showing the password.
 func TestServeRefusesAPostgresStoreUntilTheAuditLogRunsThere(t *testing.T) {
@@ -26,7 +27,7 @@ func TestServeRefusesAPostgresStoreUntilTheAuditLogRunsThere(t *testing.T) {
 	if err == nil {
 		t.Fatal("serve started with its audit log nowhere")
 	}
-	for _, want := range []string{"store.url", "audit log cannot be kept on PostgreSQL yet", "127.0.0.1:1"} {
+	for _, want := range []string{"store.url", "cannot run on PostgreSQL yet", "127.0.0.1:1"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not say %q", err, want)
 		}

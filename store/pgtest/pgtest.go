@@ -185,14 +185,20 @@ func start() (*server, error) {
 	}
 	// No TCP listener; the socket lives in the cluster's directory, so
 	// clusters of concurrent test binaries never meet.
-	opts := fmt.Sprintf("-c listen_addresses='' -k %s -c max_connections=200", s.dir)
-	out, err = s.command(s.pgCtl, "-D", s.data, "-l", filepath.Join(s.dir, "log"), "-o", opts, "-w", "start").CombinedOutput()
+	out, err = s.startServer()
 	if err != nil {
 		return fail("pg_ctl start", err, out)
 	}
 	s.adminURL = (&url.URL{Scheme: "postgres", Path: "/postgres",
 		RawQuery: url.Values{"host": {s.dir}, "user": {"postgres"}, "sslmode": {"disable"}}.Encode()}).String()
 	return s, nil
+}
+
+// startServer starts the cluster's server and waits until it accepts
+// connections.
+func (s *server) startServer() ([]byte, error) {
+	opts := fmt.Sprintf("-c listen_addresses='' -k %s -c max_connections=200", s.dir)
+	return s.command(s.pgCtl, "-D", s.data, "-l", filepath.Join(s.dir, "log"), "-o", opts, "-w", "start").CombinedOutput()
 }
 
 // command runs a PostgreSQL binary as the postgres user when this
@@ -248,4 +254,43 @@ func chownToPostgres(dir string) error {
 		return fmt.Errorf("hand %s to the postgres user: %w", dir, err)
 	}
 	return nil
+}
+
+// Restart restarts the server of this binary's cluster (pg_ctl restart,
+// fast: every session is ended, as when an operator restarts it) and
+// returns once it accepts connections again. Sessions' locks are gone;
+// databases and their rows stay. A server named by $COUNTERSIGN_TEST_PG
+// is not this binary's to restart: the test fails.
+func Restart(t testing.TB) {
+	t.Helper()
+	Down(t)()
+}
+
+// Down stops the server of this binary's cluster as Restart does, and
+// returns what starts it again (and waits until it accepts connections),
+// for a test of what happens while it is down. If the test ends without
+// calling up, the server is started then, for the tests after it. Any
+// failure fails the test.
+func Down(t testing.TB) (up func()) {
+	t.Helper()
+	once.Do(func() { cluster, failed = start() })
+	if failed != nil {
+		t.Fatalf("pgtest: %v", failed)
+	}
+	if cluster.dir == "" {
+		t.Fatalf("pgtest: stop: the server is %s's, not this test binary's", EnvURL)
+	}
+	if out, err := cluster.command(cluster.pgCtl, "-D", cluster.data, "-m", "fast", "-w", "stop").CombinedOutput(); err != nil {
+		t.Fatalf("pgtest: pg_ctl stop: %v\n%s", err, out)
+	}
+	var once sync.Once
+	up = func() {
+		once.Do(func() {
+			if out, err := cluster.startServer(); err != nil {
+				t.Errorf("pgtest: pg_ctl start: %v\n%s", err, out)
+			}
+		})
+	}
+	t.Cleanup(up)
+	return up
 }

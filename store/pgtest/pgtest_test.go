@@ -117,3 +117,33 @@ func TestStartReapsClustersOfDeadBinaries(t *testing.T) {
 		t.Errorf("the live binary's cluster was reaped: %v", err)
 	}
 }
+
+// Restart ends every session and keeps every row.
+func TestRestartEndsSessionsAndKeepsData(t *testing.T) {
+	if os.Getenv(EnvURL) != "" {
+		t.Skip("restarts a server of its own: " + EnvURL + " names one")
+	}
+	ctx := context.Background()
+	u := URL(t)
+	conn, err := pgx.Connect(ctx, u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, "CREATE TABLE t (v int); INSERT INTO t VALUES (7)"); err != nil {
+		t.Fatal(err)
+	}
+	Restart(t)
+	if err := conn.Ping(ctx); err == nil {
+		t.Error("a session from before the restart still answers")
+	}
+	again, err := pgx.Connect(ctx, u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer again.Close(ctx)
+	var v int
+	if err := again.QueryRow(ctx, "SELECT v FROM t").Scan(&v); err != nil || v != 7 {
+		t.Errorf("row after the restart: %d (%v)", v, err)
+	}
+}

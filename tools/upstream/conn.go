@@ -90,11 +90,13 @@ func (c *conn) open(ctx context.Context, client *sdk.Client) (*sdk.ClientSession
 	if err == nil {
 		return session, nil
 	}
+	err = wh.explain(err)
 	if ctx.Err() != nil {
 		return nil, err
 	}
 	session, sseErr := client.Connect(ctx, &sdk.SSEClientTransport{Endpoint: c.cfg.URL, HTTPClient: hc}, nil)
 	if sseErr != nil {
+		sseErr = wh.explain(sseErr)
 		return nil, fmt.Errorf("streamable HTTP: %v; SSE: %v", err, sseErr)
 	}
 	return session, nil

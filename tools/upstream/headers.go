@@ -1,11 +1,13 @@
 package upstream
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"net/url"
 	"strings"
+	"sync/atomic"
 )
 
 // withHeaders adds the configured headers to every request to an upstream,
@@ -17,6 +19,12 @@ type withHeaders struct {
 	origin   string // scheme://host:port of the configured URL
 	headers  http.Header
 	next     http.RoundTripper
+
+	// refused is the last cross-origin refusal. A client library may report
+	// the connection it tore down after the refusal instead of the refusal
+	// itself (go-sdk's SSE transport does, depending on timing), and the
+	// operator must learn which origin the upstream tried to reach.
+	refused atomic.Pointer[error]
 }
 
 func newWithHeaders(upstream, rawURL string, headers http.Header, next http.RoundTripper) (*withHeaders, error) {
@@ -44,7 +52,19 @@ func origin(u *url.URL) string {
 
 // crossOriginError refuses a request to another origin than the upstream's.
 func (t *withHeaders) crossOriginError(how string, u *url.URL) error {
-	return fmt.Errorf("upstream %s: refusing %s %s: it is not the upstream's origin %s, and the upstream's configured headers are never sent elsewhere", t.upstream, how, origin(u), t.origin)
+	err := fmt.Errorf("upstream %s: refusing %s %s: it is not the upstream's origin %s, and the upstream's configured headers are never sent elsewhere", t.upstream, how, origin(u), t.origin)
+	t.refused.Store(&err)
+	return err
+}
+
+// explain adds to err the cross-origin refusal made since the last call,
+// when err does not already carry it.
+func (t *withHeaders) explain(err error) error {
+	p := t.refused.Swap(nil)
+	if err == nil || p == nil || errors.Is(err, *p) || strings.Contains(err.Error(), (*p).Error()) {
+		return err
+	}
+	return fmt.Errorf("%w (%w)", err, *p)
 }
 
 // checkRedirect lets a redirect within the upstream's origin through, and

@@ -1,0 +1,261 @@
+package guard
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/countersign/countersign/authz"
+	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/store"
+	"github.com/countersign/countersign/tools"
+	"github.com/countersign/countersign/vocab"
+)
+
+// Replicas sharing one database must share the usage windows too: each
+// with its own usageBook, N replicas would let a sum split between them
+// through N times. With Options.SharedUsage a tool whose rules read usage
+// is decided and counted in the database (store.UsageWindows): one
+// transaction locks the keys its rules read, sums the windows, decides,
+// and counts the call. Tools whose rules do not read usage stay in the
+// usageBook: nothing decides on their windows, and they take no lock.
+//
+// What this does not do yet (a later slice, with the per-owner reaper):
+// a reservation lives in the table, but what gives it back (the
+// *reservation held by a waiting call, the parked map or countWhileLive)
+// lives in the process. When a replica dies or restarts with calls
+// counted that never run (a pending request later denied, expired or
+// cancelled; a call.allowed whose run never came), their share stays
+// counted until the window passes it: usage is over-counted, never
+// under. Resume parks a restarted request with no reservation (resume.go)
+// and RestoreUsage's pending map releases only in the book. The reaper
+// (or a start, for its own requests) must rebuild those reservations
+// from the requests and open call.allowed entries, as RestoreUsage does,
+// as shared reservations (minute from the entry's time, keys from
+// keysOf, amount from Options.Amounts), hand them to park or
+// countWhileLive, and release at once those whose outcome the log
+// already has. RestoreUsage itself must keep filling only the book: the
+// table outlives a restart, so counting into it again would count
+// twice.
+
+// SharedUsage keeps usage windows in a database replicas share;
+// *store.UsageWindows satisfies it.
+type SharedUsage interface {
+	Decide(ctx context.Context, lock [][]byte, windows []store.UsageWindow, horizon int64,
+		decide func([]store.UsageSum) ([]store.UsageAdd, error)) error
+	Add(ctx context.Context, adds []store.UsageAdd) error
+}
+
+// usageField is one field of the usage variable: the key it sums, over
+// how long, and whether it sums calls or amounts.
+type usageField struct {
+	name   string
+	key    func(usageKeys) string
+	window time.Duration
+	amount bool
+}
+
+// The fields are authz.UsageKeys, as facts computes them; a test holds
+// the three together.
+var usageFields = []usageField{
+	{"calls_10m", func(k usageKeys) string { return k.calls }, 10 * time.Minute, false},
+	{"calls_1h", func(k usageKeys) string { return k.calls }, time.Hour, false},
+	{"agent_amount_1h", func(k usageKeys) string { return k.agent }, time.Hour, true},
+	{"agent_amount_24h", func(k usageKeys) string { return k.agent }, usageHorizon, true},
+	{"agent_payee_amount_24h", func(k usageKeys) string { return k.payee }, usageHorizon, true},
+	{"total_amount_24h", func(k usageKeys) string { return k.total }, usageHorizon, true},
+}
+
+// usageRead names the fields of usage a tool's rules may read: those its
+// conditions name as usage.<field>. Anything else that reads the variable
+// (usage["..."], usage passed whole, a name the list does not know) may
+// read any field, and so reads them all. Only the keys of read fields are
+// locked: a rule on total_amount_24h serializes the tool's calls
+// cluster-wide, one on the payee only that agent's calls to that payee.
+func usageRead(rules []config.Rule) map[string]bool {
+	read := map[string]bool{}
+	for _, r := range rules {
+		w := r.When
+		for off := 0; ; {
+			j := strings.Index(w[off:], "usage")
+			if j < 0 {
+				break
+			}
+			i := off + j
+			off = i + 1
+			if i > 0 && (isIdent(w[i-1]) || w[i-1] == '.') {
+				continue // another name ending in usage, or a field of another value
+			}
+			rest := w[i+len("usage"):]
+			if rest != "" && isIdent(rest[0]) {
+				continue // a longer name beginning with usage
+			}
+			name, ok := fieldAfterDot(rest)
+			if !ok {
+				return allUsage()
+			}
+			read[name] = true
+		}
+	}
+	return read
+}
+
+// allUsage is every field: what a tool reads whose rules are unknown.
+func allUsage() map[string]bool {
+	read := map[string]bool{}
+	for _, f := range usageFields {
+		read[f.name] = true
+	}
+	return read
+}
+
+// fieldAfterDot reads ".<field>" at the start of s, for a known field.
+func fieldAfterDot(s string) (string, bool) {
+	if !strings.HasPrefix(s, ".") {
+		return "", false
+	}
+	s = s[1:]
+	n := 0
+	for n < len(s) && isIdent(s[n]) {
+		n++
+	}
+	for _, f := range usageFields {
+		if f.name == s[:n] {
+			return f.name, true
+		}
+	}
+	return "", false
+}
+
+func isIdent(c byte) bool {
+	return c == '_' || c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z'
+}
+
+// decideCounting decides a call with decide, given its usage at now, and
+// counts it unless decide denies it, as one step no other decision on
+// the same windows interleaves with. It returns the usage decide saw.
+// An error (the shared windows cannot be read or written) decides
+// nothing: the caller refuses the call.
+func (g *Guard) decideCounting(ctx context.Context, tool string, k usageKeys, v *tools.Value, now time.Time,
+	decide func(usage map[string]any) authz.Decision) (map[string]any, authz.Decision, *reservation, error) {
+	if g.opts.SharedUsage == nil || !g.opts.Policy.UsesUsage(tool) {
+		g.usage.mu.Lock()
+		defer g.usage.mu.Unlock()
+		usage := g.usage.facts(k, now)
+		d := decide(usage)
+		var counted *reservation
+		if d.Level != vocab.LevelDeny {
+			counted = g.usage.add(k, v, now)
+		}
+		return usage, d, counted, nil
+	}
+	m := minuteOf(now)
+	read := allUsage()
+	if conf, ok := g.opts.Tools[tool]; ok {
+		read = usageRead(conf.Rules)
+	}
+	var lock [][]byte
+	var windows []store.UsageWindow
+	var asked []usageField // the fields of windows, in order
+	for _, f := range usageFields {
+		key := f.key(k)
+		if key == "" {
+			continue // the call moves nothing: the field is 0
+		}
+		if read[f.name] && !containsKey(lock, key) {
+			lock = append(lock, []byte(key))
+		}
+		windows = append(windows, store.UsageWindow{Key: []byte(key), Since: m - int64(f.window/time.Minute) + 1})
+		asked = append(asked, f)
+	}
+	var usage map[string]any
+	var d authz.Decision
+	var counted *reservation
+	err := g.opts.SharedUsage.Decide(ctx, lock, windows, minuteOf(now.Add(-usageHorizon)), func(sums []store.UsageSum) ([]store.UsageAdd, error) {
+		usage = make(map[string]any, len(usageFields))
+		for _, f := range usageFields {
+			usage[f.name] = 0.0
+		}
+		for i, f := range asked {
+			usage[f.name] = sums[i].Calls
+			if f.amount {
+				usage[f.name] = sums[i].Amount
+			}
+		}
+		d, counted = decide(usage), nil
+		if d.Level == vocab.LevelDeny {
+			return nil, nil
+		}
+		counted = &reservation{min: m, keys: k, shared: true}
+		if v != nil {
+			counted.amount = v.Amount
+		}
+		return counted.adds(1), nil
+	})
+	if err != nil {
+		return nil, authz.Decision{}, nil, fmt.Errorf("shared usage windows: %w", err)
+	}
+	return usage, d, counted, nil
+}
+
+func containsKey(keys [][]byte, key string) bool {
+	for _, k := range keys {
+		if string(k) == key {
+			return true
+		}
+	}
+	return false
+}
+
+// adds are r's rows in the shared windows, times sign: one call in each
+// key, and the amount in each amount key.
+func (r *reservation) adds(sign int64) []store.UsageAdd {
+	out := []store.UsageAdd{{Key: []byte(r.keys.calls), Minute: r.min, Calls: sign}}
+	for _, key := range []string{r.keys.agent, r.keys.payee, r.keys.total} {
+		if key != "" {
+			out = append(out, store.UsageAdd{Key: []byte(key), Minute: r.min, Calls: sign, Amount: float64(sign) * r.amount})
+		}
+	}
+	return out
+}
+
+// releaseShared gives a shared reservation back. It outlives the call's
+// context (the call may be ending because it was cancelled); if the
+// database refuses, the share stays counted until the window passes it,
+// which refuses more, never less.
+func releaseShared(shared SharedUsage, log *slog.Logger, r *reservation) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := shared.Add(ctx, r.adds(-1)); err != nil {
+		log.Error("cannot give a call's share back to the shared usage windows; it counts until the window passes it", "err", err)
+	}
+}
+
+// decideActionsShared decides a backchannel request's actions as their
+// tools' calls against the shared windows, one transaction each, so
+// each action is judged with those before it counted (as the book does
+// under one lock). An action the windows cannot judge denies the
+// request. It returns the combined decision and what it counted (the
+// caller releases it if the request is refused).
+func (g *Guard) decideActionsShared(ctx context.Context, b Backchannel, d authz.Decision, now time.Time) (authz.Decision, []*reservation) {
+	var counted []*reservation
+	for _, a := range b.Actions {
+		keys := keysOf(b.Agent, a.Tool, a.Call.Value)
+		_, ad, r, err := g.decideCounting(ctx, a.Tool, keys, a.Call.Value, now, func(usage map[string]any) authz.Decision {
+			return g.opts.Policy.Decide(authz.Input{
+				Tool: a.Tool, Agent: b.Agent, Args: a.Call.Args, Facts: a.Call.Facts, Now: now, Usage: usage,
+			})
+		})
+		if err != nil {
+			g.log.Error("cannot decide a backchannel action against the usage windows", "tool", a.Tool, "err", err)
+			ad = authz.Decision{Level: vocab.LevelDeny, Reason: "cannot read the usage windows: " + err.Error()}
+		}
+		if r != nil {
+			counted = append(counted, r)
+		}
+		d = combine(d, a.Tool, ad)
+	}
+	return d, counted
+}

@@ -1,0 +1,167 @@
+package store_test
+
+import (
+	"context"
+	"errors"
+	"path/filepath"
+	"sync"
+	"testing"
+
+	"github.com/countersign/countersign/store"
+	"github.com/countersign/countersign/store/pgtest"
+	"github.com/countersign/countersign/store/storetest"
+)
+
+func openWindows(t *testing.T, db *store.DB) *store.UsageWindows {
+	t.Helper()
+	w, err := store.OpenUsageWindows(context.Background(), db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return w
+}
+
+// Sums cover the minutes a window asks for, across keys, and a release
+// cancels its add exactly (0.1 + 0.2 - 0.1 - 0.2 is 0, not 5.5e-17, on
+// PostgreSQL's NUMERIC).
+func TestUsageWindowsSumAndRelease(t *testing.T) {
+	storetest.Dialects(t, func(t *testing.T, db *store.DB) {
+		ctx := context.Background()
+		w := openWindows(t, db)
+		k, other := []byte("a\x00agent\x00transfer\x00EUR"), []byte("a\x00other\x00transfer\x00EUR")
+		adds := []store.UsageAdd{{Key: k, Minute: 100, Calls: 1, Amount: 0.1}, {Key: k, Minute: 160, Calls: 1, Amount: 0.2},
+			{Key: other, Minute: 160, Calls: 1, Amount: 50}}
+		if err := w.Add(ctx, adds); err != nil {
+			t.Fatal(err)
+		}
+		var got []store.UsageSum
+		err := w.Decide(ctx, [][]byte{k}, []store.UsageWindow{{Key: k, Since: 0}, {Key: k, Since: 101}, {Key: []byte("none"), Since: 0}}, 0,
+			func(s []store.UsageSum) ([]store.UsageAdd, error) { got = s; return nil, nil })
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := []store.UsageSum{{Calls: 2, Amount: 0.1 + 0.2}, {Calls: 1, Amount: 0.2}, {}}
+		if len(got) != 3 || got[0].Calls != 2 || got[1] != want[1] || got[2] != want[2] {
+			t.Fatalf("sums %+v, want %+v", got, want)
+		}
+		if db.Dialect() == store.PostgreSQL && got[0].Amount != 0.3 {
+			t.Fatalf("NUMERIC sum of 0.1 and 0.2 is %v, want 0.3", got[0].Amount)
+		}
+		for i := range adds[:2] {
+			adds[i].Calls, adds[i].Amount = -adds[i].Calls, -adds[i].Amount
+		}
+		if err := w.Add(ctx, adds[:2]); err != nil {
+			t.Fatal(err)
+		}
+		w.Decide(ctx, nil, []store.UsageWindow{{Key: k, Since: 0}}, 0, func(s []store.UsageSum) ([]store.UsageAdd, error) { got = s; return nil, nil })
+		if got[0].Calls != 0 || (db.Dialect() == store.PostgreSQL && got[0].Amount != 0) {
+			t.Fatalf("after release: %+v", got[0])
+		}
+	})
+}
+
+// What decide refuses with an error is not added; rows past the horizon
+// of a written key are dropped.
+func TestUsageWindowsDecideErrorAddsNothingAndHorizonForgets(t *testing.T) {
+	storetest.Dialects(t, func(t *testing.T, db *store.DB) {
+		ctx := context.Background()
+		w := openWindows(t, db)
+		k := []byte("t\x00transfer\x00EUR")
+		boom := errors.New("boom")
+		err := w.Decide(ctx, [][]byte{k}, nil, 0, func([]store.UsageSum) ([]store.UsageAdd, error) {
+			return []store.UsageAdd{{Key: k, Minute: 1, Calls: 1, Amount: 5}}, boom
+		})
+		if !errors.Is(err, boom) {
+			t.Fatalf("err %v, want boom", err)
+		}
+		w.Add(ctx, []store.UsageAdd{{Key: k, Minute: 1, Calls: 1, Amount: 5}})
+		if err := w.Decide(ctx, [][]byte{k}, nil, 10, func([]store.UsageSum) ([]store.UsageAdd, error) {
+			return []store.UsageAdd{{Key: k, Minute: 10, Calls: 1, Amount: 7}}, nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		var n int
+		db.QueryRowContext(ctx, `SELECT COUNT(*) FROM usage_minutes`).Scan(&n)
+		if n != 1 {
+			t.Fatalf("%d rows, want only minute 10's", n)
+		}
+	})
+}
+
+// Two replicas deciding at once on the same key, 16 goroutines each, admit
+// no more than the limit between them: each decision sees every one
+// committed before it.
+func TestUsageWindowsSplitAcrossReplicasCannotPassTheLimit(t *testing.T) {
+	storetest.Replicas(t, func(t *testing.T, a, b *store.DB) {
+		ctx := context.Background()
+		wa, wb := openWindows(t, a), openWindows(t, b)
+		k := []byte("p\x00salami\x00transfer\x00EUR\x00acme")
+		const limit, each, perReplica = 100.0, 7.0, 16
+		var wg sync.WaitGroup
+		for _, w := range []*store.UsageWindows{wa, wb, wa, wb} {
+			for range perReplica / 2 {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					err := w.Decide(ctx, [][]byte{k}, []store.UsageWindow{{Key: k, Since: 0}}, 0, func(s []store.UsageSum) ([]store.UsageAdd, error) {
+						if s[0].Amount+each > limit {
+							return nil, nil
+						}
+						return []store.UsageAdd{{Key: k, Minute: 5, Calls: 1, Amount: each}}, nil
+					})
+					if err != nil {
+						t.Error(err)
+						return
+					}
+				}()
+			}
+		}
+		wg.Wait()
+		var calls int64
+		var amount float64
+		if err := a.QueryRowContext(ctx, `SELECT calls, amount FROM usage_minutes`).Scan(&calls, &amount); err != nil {
+			t.Fatal(err)
+		}
+		// 14 calls of 7 fit under 100; the 15th would pass it.
+		if amount > limit || calls != 14 {
+			t.Fatalf("admitted %d calls moving %v; want exactly 14 under the limit %v", calls, amount, limit)
+		}
+	})
+}
+
+// One decision on a payee's windows as a usage-reading call makes it
+// (four keys read, two locked, four rows written), one goroutine; SQLite
+// beside PostgreSQL on the same machine.
+func BenchmarkUsageWindowsDecide(b *testing.B) {
+	for _, d := range []store.Dialect{store.SQLite, store.PostgreSQL} {
+		b.Run(d.String(), func(b *testing.B) {
+			target := filepath.Join(b.TempDir(), store.FileName)
+			if d == store.PostgreSQL {
+				target = pgtest.URL(b)
+			}
+			w, err := store.OpenUsageWindows(context.Background(), storetest.Connect(b, target))
+			if err != nil {
+				b.Fatal(err)
+			}
+			keys := [][]byte{[]byte("c\x00bot\x00transfer"), []byte("a\x00bot\x00transfer\x00EUR"), []byte("p\x00bot\x00transfer\x00EUR\x00acme"), []byte("t\x00transfer\x00EUR")}
+			var windows []store.UsageWindow
+			for _, k := range keys {
+				windows = append(windows, store.UsageWindow{Key: k, Since: 1000})
+			}
+			b.ResetTimer()
+			for i := range b.N {
+				m := int64(2000 + i/100)
+				err := w.Decide(context.Background(), keys[1:3], windows, m-1440, func([]store.UsageSum) ([]store.UsageAdd, error) {
+					adds := make([]store.UsageAdd, len(keys))
+					for j, k := range keys {
+						adds[j] = store.UsageAdd{Key: k, Minute: m, Calls: 1, Amount: 12.5}
+					}
+					return adds, nil
+				})
+				if err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
