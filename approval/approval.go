@@ -32,7 +32,6 @@ package approval
 import (
 	"context"
 	"crypto/x509"
-	"database/sql"
 	"errors"
 	"log/slog"
 	"strings"
@@ -109,7 +108,7 @@ var (
 
 // Service owns the approval tables, the WebAuthn relying party and the page.
 type Service struct {
-	db     *sql.DB
+	db     *store.DB
 	rec    Recorder
 	opts   Options
 	keys   *ceremony.RP  // the WebAuthn relying party: keys, links, ceremonies
@@ -139,7 +138,7 @@ type Service struct {
 
 // New creates the approval tables if needed and starts the expiry loop, so
 // requests expire even when no page is open and nobody waits.
-func New(ctx context.Context, db *sql.DB, rec Recorder, opts Options) (*Service, error) {
+func New(ctx context.Context, db *store.DB, rec Recorder, opts Options) (*Service, error) {
 	if db == nil || rec == nil {
 		return nil, errors.New("approval: db and recorder are required")
 	}

@@ -20,6 +20,8 @@ import (
 	"github.com/countersign/countersign/approval/approvaltest"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/audit/verify"
+	"github.com/countersign/countersign/store"
+	"github.com/countersign/countersign/store/storetest"
 	"github.com/countersign/countersign/vocab"
 )
 
@@ -28,88 +30,90 @@ import (
 // pass the offline verifier, which recomputes every digest and checks every
 // signature against the enrolled COSE keys.
 func TestRealAuditLogExportVerifies(t *testing.T) {
-	ctx := context.Background()
-	f, log, key := newLoggedFixture(t)
-	svc, db := f.svc, f.db
+	storetest.Dialects(t, func(t *testing.T, db *store.DB) {
+		ctx := context.Background()
+		f, log, key := loggedFixtureOn(t, db)
+		svc, db := f.svc, f.db
 
-	alice, bob := approvaltest.NewSoftKey(t, "localhost", testOrigin), approvaltest.NewSoftKey(t, "localhost", testOrigin)
-	f.enroll(t, "alice", alice)
-	f.enroll(t, "bob", bob)
+		alice, bob := approvaltest.NewSoftKey(t, "localhost", testOrigin), approvaltest.NewSoftKey(t, "localhost", testOrigin)
+		f.enroll(t, "alice", alice)
+		f.enroll(t, "bob", bob)
 
-	redacted := paymentRequest("alice")
-	redacted.RedactArgs = true
-	r1, _ := svc.Create(ctx, redacted)
-	if _, err := f.decide(t, r1.ID, vocab.Approve, alice); err != nil {
-		t.Fatal(err)
-	}
-	critical := paymentRequest("alice", "bob")
-	critical.Level = "critical"
-	r2, _ := svc.Create(ctx, critical)
-	f.decide(t, r2.ID, vocab.Approve, alice)
-	// As if alice's assertion had been appended by a server that did not
-	// yet note seqs: the approval finds it in the log.
-	if _, err := db.Exec(`DELETE FROM approval_logged_assertions WHERE request_id = ?`, r2.ID); err != nil {
-		t.Fatal(err)
-	}
-	if r, err := f.decide(t, r2.ID, vocab.Approve, bob); err != nil || r.State != vocab.StateApproved {
-		t.Fatalf("quorum: %v %v", r, err)
-	}
-	// The MCP server's part: run each approved request once and record it.
-	for _, r := range []*Request{r1, r2} {
-		ran(t, svc, log, r)
-	}
-	r3, _ := svc.Create(ctx, paymentRequest("bob"))
-	if _, err := f.decide(t, r3.ID, vocab.Deny, bob); err != nil {
-		t.Fatal(err)
-	}
-	r4, _ := svc.Create(ctx, paymentRequest("alice"))
-	alice.Origin = "http://evil.example"
-	if _, err := f.decide(t, r4.ID, vocab.Approve, alice); err == nil {
-		t.Fatal("wrong origin accepted")
-	}
-	svc.Cancel(ctx, r4.ID, "test over")
-
-	export, sum := verifiedExport(t, log)
-	// 1 + 2 approve assertions + 1 deny; both approvals met their quorum
-	// and both executions match them.
-	if sum.Assertions != 4 || sum.Approvals != 2 || sum.Executions != 2 {
-		t.Fatalf("verifier checked %d assertions, %d approvals, %d executions: %s", sum.Assertions, sum.Approvals, sum.Executions, sum)
-	}
-
-	// The issue's forgery: bob's assertion deleted from the 2-of-2
-	// approval, everything re-signed with the server key from this data
-	// directory. It used to verify.
-	entries := exportEntries(t, export)
-	var bobSeq, approvedSeq int64
-	for _, e := range entries {
-		if e.RequestID == r2.ID && e.Kind == vocab.KindApprovalAssertion && e.Approver == "bob" {
-			bobSeq = e.Seq
+		redacted := paymentRequest("alice")
+		redacted.RedactArgs = true
+		r1, _ := svc.Create(ctx, redacted)
+		if _, err := f.decide(t, r1.ID, vocab.Approve, alice); err != nil {
+			t.Fatal(err)
 		}
-		if e.RequestID == r2.ID && e.Kind == vocab.KindApprovalApproved {
-			approvedSeq = e.Seq
-			if !slices.Equal(e.Approvers, []string{"alice", "bob"}) || len(e.Assertions) != 2 || e.Assertions[1] != bobSeq {
-				t.Fatalf("approval.approved of the 2-of-2 request: approvers %v assertions %v (bob's is seq %d)", e.Approvers, e.Assertions, bobSeq)
+		critical := paymentRequest("alice", "bob")
+		critical.Level = "critical"
+		r2, _ := svc.Create(ctx, critical)
+		f.decide(t, r2.ID, vocab.Approve, alice)
+		// As if alice's assertion had been appended by a server that did not
+		// yet note seqs: the approval finds it in the log.
+		if _, err := db.Exec(`DELETE FROM approval_logged_assertions WHERE request_id = ?`, r2.ID); err != nil {
+			t.Fatal(err)
+		}
+		if r, err := f.decide(t, r2.ID, vocab.Approve, bob); err != nil || r.State != vocab.StateApproved {
+			t.Fatalf("quorum: %v %v", r, err)
+		}
+		// The MCP server's part: run each approved request once and record it.
+		for _, r := range []*Request{r1, r2} {
+			ran(t, svc, log, r)
+		}
+		r3, _ := svc.Create(ctx, paymentRequest("bob"))
+		if _, err := f.decide(t, r3.ID, vocab.Deny, bob); err != nil {
+			t.Fatal(err)
+		}
+		r4, _ := svc.Create(ctx, paymentRequest("alice"))
+		alice.Origin = "http://evil.example"
+		if _, err := f.decide(t, r4.ID, vocab.Approve, alice); err == nil {
+			t.Fatal("wrong origin accepted")
+		}
+		svc.Cancel(ctx, r4.ID, "test over")
+
+		export, sum := verifiedExport(t, log)
+		// 1 + 2 approve assertions + 1 deny; both approvals met their quorum
+		// and both executions match them.
+		if sum.Assertions != 4 || sum.Approvals != 2 || sum.Executions != 2 {
+			t.Fatalf("verifier checked %d assertions, %d approvals, %d executions: %s", sum.Assertions, sum.Approvals, sum.Executions, sum)
+		}
+
+		// The issue's forgery: bob's assertion deleted from the 2-of-2
+		// approval, everything re-signed with the server key from this data
+		// directory. It used to verify.
+		entries := exportEntries(t, export)
+		var bobSeq, approvedSeq int64
+		for _, e := range entries {
+			if e.RequestID == r2.ID && e.Kind == vocab.KindApprovalAssertion && e.Approver == "bob" {
+				bobSeq = e.Seq
+			}
+			if e.RequestID == r2.ID && e.Kind == vocab.KindApprovalApproved {
+				approvedSeq = e.Seq
+				if !slices.Equal(e.Approvers, []string{"alice", "bob"}) || len(e.Assertions) != 2 || e.Assertions[1] != bobSeq {
+					t.Fatalf("approval.approved of the 2-of-2 request: approvers %v assertions %v (bob's is seq %d)", e.Approvers, e.Assertions, bobSeq)
+				}
 			}
 		}
-	}
-	forged := resignExport(t, key, slices.DeleteFunc(entries, func(e audit.Entry) bool { return e.Seq == bobSeq }))
-	_, err := verify.Export(bytes.NewReader(forged), log.PublicKey(), verify.Options{})
-	var ve *verify.Error
-	if !errors.As(err, &ve) || ve.Seq != approvedSeq-1 || !strings.Contains(ve.Reason, "is not an earlier approval.assertion of request "+r2.ID) {
-		t.Fatalf("export without bob's assertion: %v", err)
-	}
-
-	// A countersigned execution relabelled as a routine one.
-	entries = exportEntries(t, export)
-	for i, e := range entries {
-		if e.Kind == vocab.KindCallExecuted && e.RequestID == r2.ID {
-			entries[i].Decision, entries[i].RequestID = "low", ""
+		forged := resignExport(t, key, slices.DeleteFunc(entries, func(e audit.Entry) bool { return e.Seq == bobSeq }))
+		_, err := verify.Export(bytes.NewReader(forged), log.PublicKey(), verify.Options{})
+		var ve *verify.Error
+		if !errors.As(err, &ve) || ve.Seq != approvedSeq-1 || !strings.Contains(ve.Reason, "is not an earlier approval.assertion of request "+r2.ID) {
+			t.Fatalf("export without bob's assertion: %v", err)
 		}
-	}
-	_, err = verify.Export(bytes.NewReader(resignExport(t, key, entries)), log.PublicKey(), verify.Options{})
-	if !errors.As(err, &ve) || !strings.Contains(ve.Reason, "an execution of it relabelled low") {
-		t.Fatalf("execution relabelled low: %v", err)
-	}
+
+		// A countersigned execution relabelled as a routine one.
+		entries = exportEntries(t, export)
+		for i, e := range entries {
+			if e.Kind == vocab.KindCallExecuted && e.RequestID == r2.ID {
+				entries[i].Decision, entries[i].RequestID = "low", ""
+			}
+		}
+		_, err = verify.Export(bytes.NewReader(resignExport(t, key, entries)), log.PublicKey(), verify.Options{})
+		if !errors.As(err, &ve) || !strings.Contains(ve.Reason, "an execution of it relabelled low") {
+			t.Fatalf("execution relabelled low: %v", err)
+		}
+	})
 }
 
 // verifiedExport exports the whole log and verifies it offline with every
@@ -134,6 +138,20 @@ func newLoggedFixture(t *testing.T) (*fixture, *audit.Log, ed25519.PrivateKey) {
 	ctx := context.Background()
 	dir, db, log, key := approvaltest.OpenLog(t)
 	svc, err := New(ctx, db, log, Options{RPID: "localhost", Origins: []string{testOrigin}, Approvers: testApprovers})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { svc.Close() })
+	return &fixture{svc: svc, db: db, dir: dir}, log, key
+}
+
+// loggedFixtureOn is newLoggedFixture with the service on db, of either
+// dialect; the log stays in a SQLite file of its own (approvaltest) until
+// audit runs on PostgreSQL.
+func loggedFixtureOn(t *testing.T, db *store.DB) (*fixture, *audit.Log, ed25519.PrivateKey) {
+	t.Helper()
+	dir, _, log, key := approvaltest.OpenLog(t)
+	svc, err := New(context.Background(), db, log, Options{RPID: "localhost", Origins: []string{testOrigin}, Approvers: testApprovers})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/countersign/countersign/approval/grant"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/digest"
+	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/vocab"
 )
 
@@ -174,6 +175,10 @@ func (s *Service) FinishDecision(ctx context.Context, requestID, ceremonyID stri
 // commitDecision counts a verified assertion in one transaction that
 // re-checks everything another decision could have changed meanwhile.
 func (s *Service) commitDecision(ctx context.Context, r0 *row, decision vocab.Decision, v *verified) error {
+	// countDecision counts the quorum from the votes it reads: two
+	// approvers deciding at once on PostgreSQL must not both read one
+	// vote, which is why InTx is SERIALIZABLE there; the later one runs
+	// again and reads both. Everything it does is in tx.
 	return s.inTx(ctx, func(tx *sql.Tx) error {
 		if err := s.keys.Spend(ctx, tx, r0.ID, v.Verified); err != nil {
 			return err
@@ -209,6 +214,11 @@ func (s *Service) countDecision(ctx context.Context, tx *sql.Tx, id string, deci
 	}
 	if _, err := tx.ExecContext(ctx, `INSERT INTO approval_votes (request_id, approver_id, credential_id, decision, created_at) VALUES (?,?,?,?,?)`,
 		r.ID, approver, v.Key.ID, decision, now.UnixNano()); err != nil {
+		if store.Conflict(err) {
+			// Another approver's decision committed first (PostgreSQL):
+			// InTx runs this again, and then sees it.
+			return err
+		}
 		return failf(ErrAlreadyCounted, "%s already decided request %s", approver, r.ID)
 	}
 	if err := keepAssertion(ctx, tx, r.ID, approver, decision, v); err != nil {

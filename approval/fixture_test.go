@@ -2,14 +2,15 @@ package approval
 
 import (
 	"context"
-	"database/sql"
 	"encoding/base64"
 	"encoding/json"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/countersign/countersign/digest"
+	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/vocab"
 
 	"github.com/countersign/countersign/approval/approvaltest"
@@ -25,7 +26,7 @@ const testOrigin = "http://localhost:8710"
 type fixture struct {
 	svc *Service
 	rec *approvaltest.Recorder
-	db  *sql.DB
+	db  *store.DB
 	dir string
 }
 
@@ -37,9 +38,15 @@ var testApprovers = []Approver{
 
 func newFixture(t testing.TB, tweak ...func(*Options)) *fixture {
 	t.Helper()
-	ctx := context.Background()
 	dir := t.TempDir()
-	db := storetest.Open(t, dir)
+	return fixtureOn(t, dir, storetest.Connect(t, filepath.Join(dir, store.FileName)), tweak...)
+}
+
+// fixtureOn is a fixture on db, of either dialect; dir is the test's
+// directory.
+func fixtureOn(t testing.TB, dir string, db *store.DB, tweak ...func(*Options)) *fixture {
+	t.Helper()
+	ctx := context.Background()
 	rec := &approvaltest.Recorder{}
 	opts := Options{
 		RPID: "localhost", RPName: "Countersign", Origins: []string{testOrigin}, PublicURL: testOrigin,

@@ -104,6 +104,7 @@ func (s *Service) FreezeAgent(ctx context.Context, agent, by, reason string) (*S
 	}
 	reason = authzdetails.Clean(reason, 300)
 	var stopped *Stopped
+	// stopped is set by each run, so it is the committed run's.
 	err := s.inTx(ctx, func(tx *sql.Tx) error {
 		now := s.now()
 		if err := freeze.Put(ctx, tx, Freeze{Agent: agent, By: by, At: now, Reason: reason}); err != nil {
@@ -249,16 +250,20 @@ func (s *Service) enforceFreezes(ctx context.Context) error {
 	}
 	ended := 0
 	for _, f := range fs {
+		// The count is the last run's: on PostgreSQL the closure may run
+		// again, and only the run that commits ended anything.
+		var n int
 		err := s.inTx(ctx, func(tx *sql.Tx) error {
 			st, err := s.stopAgent(ctx, tx, f)
 			if err == nil {
-				ended += len(st.Cancelled) + len(st.Revoked)
+				n = len(st.Cancelled) + len(st.Revoked)
 			}
 			return err
 		})
 		if err != nil {
 			return err
 		}
+		ended += n
 	}
 	if ended > 0 {
 		s.opts.Logger.Warn("approval: ended requests and grants of frozen agents", "count", ended)

@@ -3,12 +3,14 @@ package approval
 import (
 	"context"
 	"errors"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/countersign/countersign/approval/approvaltest"
 	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/store/storetest"
 	"github.com/countersign/countersign/vocab"
 )
@@ -19,12 +21,12 @@ import (
 func cliService(t *testing.T, f *fixture) *Service {
 	t.Helper()
 	ctx := context.Background()
-	db := storetest.Open(t, f.dir)
+	db := storetest.Connect(t, filepath.Join(f.dir, store.FileName))
 	key, err := audit.LoadOrCreateKey(f.dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	log, err := audit.Open(ctx, db, key, audit.Options{})
+	log, err := audit.Open(ctx, db.DB, key, audit.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

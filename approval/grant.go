@@ -120,6 +120,7 @@ func (s *Service) ActiveGrants(ctx context.Context, agent, tool string) ([]*Gran
 // It returns ErrGrantSpent when the grant cannot be used.
 func (s *Service) UseGrant(ctx context.Context, id string) (*GrantUse, error) {
 	var use *GrantUse
+	// use is set by each run, so it is the committed run's.
 	err := s.inTx(ctx, func(tx *sql.Tx) (err error) {
 		// Taken under the write lock, so that the order of uses and a
 		// revocation in time is their order in the database.
@@ -135,7 +136,7 @@ func (s *Service) UseGrant(ctx context.Context, id string) (*GrantUse, error) {
 
 // Grants lists the grants for the page, newest first.
 func (s *Service) Grants(ctx context.Context, limit int) ([]*Grant, error) {
-	return s.grants.Query(ctx, s.db, `1 ORDER BY g.created_at DESC LIMIT ?`, limit)
+	return s.grants.Query(ctx, s.db, `TRUE ORDER BY g.created_at DESC LIMIT ?`, limit)
 }
 
 // RevokeGrant ends a grant at once and records grant.revoked with who

@@ -2,11 +2,13 @@ package approval
 
 import (
 	"context"
+	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
 
+	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/vocab"
 )
 
@@ -42,29 +44,33 @@ const (
 // the version that raised them cancelled every waiting request when it
 // stopped, so a restart cancelling the ones still pending is what their
 // agents were promised.
+//
+// The outbox's kind column (migration 2) lets queries tell entries apart
+// without parsing them; entries queued before it get theirs from the
+// entry itself.
 func (s *Service) migrateWaitMode(ctx context.Context) error {
-	has := func() (bool, error) {
-		var n int
-		err := s.db.QueryRowContext(ctx,
-			`SELECT COUNT(*) FROM pragma_table_info('approval_requests') WHERE name = 'wait_mode'`).Scan(&n)
-		return n > 0, err
-	}
-	ok, err := has()
-	if err != nil {
-		return fmt.Errorf("approval: read table layout: %w", err)
-	}
-	if ok {
-		return nil
-	}
-	_, err = s.db.ExecContext(ctx, `ALTER TABLE approval_requests ADD COLUMN wait_mode TEXT NOT NULL DEFAULT 'block'`)
-	if err != nil {
-		// Another process starting at the same time may have added it.
-		if ok, _ := has(); ok {
-			return nil
+	return s.db.Migrate(ctx, "approval", func(ctx context.Context, tx *sql.Tx, d store.Dialect) error {
+		// Databases made before schema_version may have it already.
+		has, err := store.HasColumn(ctx, tx, d, "approval_requests", "wait_mode")
+		if err != nil || has {
+			return err
 		}
-		return fmt.Errorf("approval: add wait_mode column: %w", err)
-	}
-	return nil
+		_, err = tx.ExecContext(ctx, `ALTER TABLE approval_requests ADD COLUMN wait_mode TEXT NOT NULL DEFAULT 'block'`)
+		return err
+	}, func(ctx context.Context, tx *sql.Tx, d store.Dialect) error {
+		has, err := store.HasColumn(ctx, tx, d, "approval_outbox", "kind")
+		if err != nil || has {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, `ALTER TABLE approval_outbox ADD COLUMN kind TEXT NOT NULL DEFAULT ''`); err != nil {
+			return err
+		}
+		if d != store.SQLite {
+			return nil // a PostgreSQL database has had the column from its start
+		}
+		_, err = tx.ExecContext(ctx, `UPDATE approval_outbox SET kind = COALESCE(json_extract(entry, '$.kind'), '')`)
+		return err
+	})
 }
 
 // Restart settles what the previous process left behind. Call it once at

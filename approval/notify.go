@@ -105,7 +105,7 @@ func (s *Service) announceExpiring(ctx context.Context) time.Duration {
 	}
 	rows.Close()
 	for _, id := range due {
-		res, err := s.db.ExecContext(ctx, `INSERT OR IGNORE INTO approval_notified (request_id, event, created_at) VALUES (?,?,?)`,
+		res, err := s.db.ExecContext(ctx, `INSERT INTO approval_notified (request_id, event, created_at) VALUES (?,?,?) ON CONFLICT DO NOTHING`,
 			id, EventExpiring, now.UnixNano())
 		if err != nil {
 			s.opts.Logger.Warn("approval: claiming an expiring announcement", "id", id, "err", err)

@@ -11,6 +11,8 @@ import (
 
 	"github.com/countersign/countersign/approval/approvaltest"
 	"github.com/countersign/countersign/notify"
+	"github.com/countersign/countersign/store"
+	"github.com/countersign/countersign/store/storetest"
 	"github.com/countersign/countersign/vocab"
 )
 
@@ -52,90 +54,94 @@ func none(t *testing.T, ch <-chan event) {
 }
 
 func TestNotifyAfterEachCommittedChange(t *testing.T) {
-	var f *fixture
-	tweak, events := observed(&f)
-	f = newFixture(t, tweak)
-	ctx := context.Background()
-	alice := approvaltest.NewSoftKey(t, "localhost", testOrigin)
-	bob := approvaltest.NewSoftKey(t, "localhost", testOrigin)
-	f.enroll(t, "alice", alice)
-	f.enroll(t, "bob", bob)
+	storetest.Dialects(t, func(t *testing.T, db *store.DB) {
+		var f *fixture
+		tweak, events := observed(&f)
+		f = fixtureOn(t, t.TempDir(), db, tweak)
+		ctx := context.Background()
+		alice := approvaltest.NewSoftKey(t, "localhost", testOrigin)
+		bob := approvaltest.NewSoftKey(t, "localhost", testOrigin)
+		f.enroll(t, "alice", alice)
+		f.enroll(t, "bob", bob)
 
-	nr := paymentRequest("alice", "bob")
-	nr.Quorum = 2
-	req, err := f.svc.Create(ctx, nr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := next(t, events)
-	if e.name != EventRequested || e.req.ID != req.ID || !slices.Equal(e.logged, []vocab.Kind{vocab.KindApprovalRequested}) {
-		t.Fatalf("after Create: %s %s, log %v", e.name, e.req.ID, e.logged)
-	}
-	if got := e.req.Summary(); got != "Pay USD 500,000.00 from operating to Vendor X" {
-		t.Errorf("Summary() = %q", got)
-	}
+		nr := paymentRequest("alice", "bob")
+		nr.Quorum = 2
+		req, err := f.svc.Create(ctx, nr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e := next(t, events)
+		if e.name != EventRequested || e.req.ID != req.ID || !slices.Equal(e.logged, []vocab.Kind{vocab.KindApprovalRequested}) {
+			t.Fatalf("after Create: %s %s, log %v", e.name, e.req.ID, e.logged)
+		}
+		if got := e.req.Summary(); got != "Pay USD 500,000.00 from operating to Vendor X" {
+			t.Errorf("Summary() = %q", got)
+		}
 
-	// The first of a quorum of two changes nothing anyone is told about.
-	if _, err := f.decide(t, req.ID, vocab.Approve, alice); err != nil {
-		t.Fatal(err)
-	}
-	none(t, events)
-	if _, err := f.decide(t, req.ID, vocab.Approve, bob); err != nil {
-		t.Fatal(err)
-	}
-	e = next(t, events)
-	if e.name != EventApproved || e.req.State != vocab.StateApproved || e.req.DecidedBy != "alice,bob" ||
-		!slices.Contains(e.logged, vocab.KindApprovalApproved) {
-		t.Fatalf("after the quorum: %s state %s by %s, log %v", e.name, e.req.State, e.req.DecidedBy, e.logged)
-	}
-	none(t, events)
+		// The first of a quorum of two changes nothing anyone is told about.
+		if _, err := f.decide(t, req.ID, vocab.Approve, alice); err != nil {
+			t.Fatal(err)
+		}
+		none(t, events)
+		if _, err := f.decide(t, req.ID, vocab.Approve, bob); err != nil {
+			t.Fatal(err)
+		}
+		e = next(t, events)
+		if e.name != EventApproved || e.req.State != vocab.StateApproved || e.req.DecidedBy != "alice,bob" ||
+			!slices.Contains(e.logged, vocab.KindApprovalApproved) {
+			t.Fatalf("after the quorum: %s state %s by %s, log %v", e.name, e.req.State, e.req.DecidedBy, e.logged)
+		}
+		none(t, events)
 
-	req, err = f.svc.Create(ctx, paymentRequest("alice", "bob"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	next(t, events)
-	if _, err := f.decide(t, req.ID, vocab.Deny, bob); err != nil {
-		t.Fatal(err)
-	}
-	e = next(t, events)
-	if e.name != EventDenied || e.req.DecidedBy != "bob" || !slices.Contains(e.logged, vocab.KindApprovalDenied) {
-		t.Fatalf("after deny: %s by %s, log %v", e.name, e.req.DecidedBy, e.logged)
-	}
-	none(t, events)
+		req, err = f.svc.Create(ctx, paymentRequest("alice", "bob"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		next(t, events)
+		if _, err := f.decide(t, req.ID, vocab.Deny, bob); err != nil {
+			t.Fatal(err)
+		}
+		e = next(t, events)
+		if e.name != EventDenied || e.req.DecidedBy != "bob" || !slices.Contains(e.logged, vocab.KindApprovalDenied) {
+			t.Fatalf("after deny: %s by %s, log %v", e.name, e.req.DecidedBy, e.logged)
+		}
+		none(t, events)
+	})
 }
 
 func TestExpiringIsAnnouncedOnceBeforeExpiry(t *testing.T) {
-	var f *fixture
-	tweak, events := observed(&f)
-	f = newFixture(t, tweak)
-	ctx := context.Background()
-	nr := paymentRequest("alice")
-	nr.Timeout = 2 * time.Second // announced in its last 400ms
-	req, err := f.svc.Create(ctx, nr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	next(t, events) // requested
-	e := next(t, events)
-	if e.name != EventExpiring || e.req.ID != req.ID || e.req.State != vocab.StatePending {
-		t.Fatalf("got %s for %s in state %s", e.name, e.req.ID, e.req.State)
-	}
-	if slices.Contains(e.logged, vocab.KindApprovalExpired) {
-		t.Fatal("announced as expiring after it expired")
-	}
-	for {
-		r, _ := f.svc.Get(ctx, req.ID)
-		if r.State == vocab.StateExpired {
-			break
+	storetest.Dialects(t, func(t *testing.T, db *store.DB) {
+		var f *fixture
+		tweak, events := observed(&f)
+		f = fixtureOn(t, t.TempDir(), db, tweak)
+		ctx := context.Background()
+		nr := paymentRequest("alice")
+		nr.Timeout = 2 * time.Second // announced in its last 400ms
+		req, err := f.svc.Create(ctx, nr)
+		if err != nil {
+			t.Fatal(err)
 		}
-		<-f.svc.watch.Any()
-	}
-	none(t, events)
-	var n int
-	if err := f.db.QueryRow(`SELECT COUNT(*) FROM approval_notified WHERE request_id = ?`, req.ID).Scan(&n); err != nil || n != 1 {
-		t.Fatalf("claims %d (%v), want 1", n, err)
-	}
+		next(t, events) // requested
+		e := next(t, events)
+		if e.name != EventExpiring || e.req.ID != req.ID || e.req.State != vocab.StatePending {
+			t.Fatalf("got %s for %s in state %s", e.name, e.req.ID, e.req.State)
+		}
+		if slices.Contains(e.logged, vocab.KindApprovalExpired) {
+			t.Fatal("announced as expiring after it expired")
+		}
+		for {
+			r, _ := f.svc.Get(ctx, req.ID)
+			if r.State == vocab.StateExpired {
+				break
+			}
+			<-f.svc.watch.Any()
+		}
+		none(t, events)
+		var n int
+		if err := f.db.QueryRow(`SELECT COUNT(*) FROM approval_notified WHERE request_id = ?`, req.ID).Scan(&n); err != nil || n != 1 {
+			t.Fatalf("claims %d (%v), want 1", n, err)
+		}
+	})
 }
 
 func TestExpiringLead(t *testing.T) {

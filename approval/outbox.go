@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/vocab"
 )
 
@@ -22,8 +23,8 @@ func (s *Service) enqueue(ctx context.Context, tx *sql.Tx, requestID string, e a
 	if err != nil {
 		return err
 	}
-	_, err = tx.ExecContext(ctx, `INSERT INTO approval_outbox (request_id, entry, owner, created_at) VALUES (?, ?, ?, ?)`,
-		requestID, b, s.owner, s.now().UnixNano())
+	_, err = tx.ExecContext(ctx, `INSERT INTO approval_outbox (request_id, entry, kind, owner, created_at) VALUES (?, ?, ?, ?, ?)`,
+		requestID, b, string(e.Kind), s.owner, s.now().UnixNano())
 	return err
 }
 
@@ -43,8 +44,8 @@ func (s *Service) flush(ctx context.Context, stale bool) error {
 		}
 	}
 	rows, err := s.db.QueryContext(ctx, `SELECT id, entry, owner, created_at FROM approval_outbox
-		WHERE owner = ? OR created_at < ? OR owner IN (SELECT value FROM json_each(?)) ORDER BY id`,
-		s.owner, cutoff, jsonArray(dead))
+		WHERE owner = ? OR created_at < ? OR owner IN (`+store.InList(len(dead))+`) ORDER BY id`,
+		append([]any{s.owner, cutoff}, dead...)...)
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrRecord, err)
 	}
@@ -97,10 +98,12 @@ func (s *Service) flush(ctx context.Context, stale bool) error {
 		}
 		// A crash between the append and this transaction leaves the entry
 		// to the next process, which finds it in the log (inLog) rather
-		// than appending it again.
+		// than appending it again. The closure only writes what the append
+		// returned, so running it again is the same.
 		err = s.inTx(context.WithoutCancel(ctx), func(tx *sql.Tx) error {
 			if e.Kind == vocab.KindApprovalAssertion {
-				if _, err := tx.ExecContext(ctx, `INSERT OR REPLACE INTO approval_logged_assertions (request_id, approver_id, seq) VALUES (?,?,?)`,
+				if _, err := tx.ExecContext(ctx, `INSERT INTO approval_logged_assertions (request_id, approver_id, seq) VALUES (?,?,?)
+					ON CONFLICT (request_id, approver_id) DO UPDATE SET seq = excluded.seq`,
 					e.RequestID, e.Approver, logged.Seq); err != nil {
 					return err
 				}
@@ -180,16 +183,9 @@ func (s *Service) record(ctx context.Context, e audit.Entry) error {
 	return nil
 }
 
-// inTx runs fn in one transaction (BEGIN IMMEDIATE through the store's
-// _txlock), committing only when fn succeeds.
+// inTx runs fn in one transaction that runs as if alone (store.DB.InTx):
+// on PostgreSQL fn may run more than once, so it keeps its effects in tx
+// until inTx returns nil.
 func (s *Service) inTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
-	tx, err := s.db.BeginTx(ctx, nil)
-	if err != nil {
-		return err
-	}
-	if err := fn(tx); err != nil {
-		tx.Rollback()
-		return err
-	}
-	return tx.Commit()
+	return s.db.InTx(ctx, fn)
 }

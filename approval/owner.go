@@ -2,7 +2,6 @@ package approval
 
 import (
 	"context"
-	"encoding/json"
 	"time"
 
 	"github.com/countersign/countersign/audit"
@@ -76,11 +75,6 @@ func (s *Service) sweepOwners(ctx context.Context) {
 		}
 		s.owners.Dead(owner) // removes the file if its owner is gone
 	}
-}
-
-func jsonArray(v []any) string {
-	b, _ := json.Marshal(v)
-	return string(b)
 }
 
 // tailReader is what a Recorder whose end can be read offers (*audit.Log).

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/countersign/countersign/approval/sealed"
+	"github.com/countersign/countersign/store"
 )
 
 // The result of an approved call is kept in approval_requests.result,
@@ -69,16 +70,20 @@ func (s *Service) EraseResults(ctx context.Context) (int, error) {
 	}
 	// secure_delete overwrites the erased bytes in the page instead of
 	// leaving them in its free space: a plain result an older version
-	// wrote must not linger in the file after it is erased.
+	// wrote must not linger in the file after it is erased. PostgreSQL has
+	// no such setting (the old row version stays until VACUUM), but only
+	// SQLite databases hold results from versions that did not seal them.
 	conn, err := s.db.Conn(ctx)
 	if err != nil {
 		return 0, err
 	}
 	defer conn.Close()
-	if _, err := conn.ExecContext(ctx, `PRAGMA secure_delete = ON`); err != nil {
-		return 0, err
+	if s.db.Dialect() == store.SQLite {
+		if _, err := conn.ExecContext(ctx, `PRAGMA secure_delete = ON`); err != nil {
+			return 0, err
+		}
+		defer conn.ExecContext(context.WithoutCancel(ctx), `PRAGMA secure_delete = OFF`)
 	}
-	defer conn.ExecContext(context.WithoutCancel(ctx), `PRAGMA secure_delete = OFF`)
 	for _, id := range ids {
 		if _, err := conn.ExecContext(ctx, `UPDATE approval_requests SET result = NULL WHERE id = ?`, id); err != nil {
 			return 0, err

@@ -7,7 +7,7 @@ import (
 
 func (s *Service) migrate(ctx context.Context) error {
 	for _, stmt := range schema {
-		if _, err := s.db.ExecContext(ctx, stmt); err != nil {
+		if err := s.db.CreateTables(ctx, stmt); err != nil {
 			return fmt.Errorf("approval: create tables: %w", err)
 		}
 	}
@@ -59,6 +59,7 @@ var schema = []string{
 		id INTEGER PRIMARY KEY AUTOINCREMENT,
 		request_id TEXT NOT NULL DEFAULT '',
 		entry BLOB NOT NULL,
+		kind TEXT NOT NULL DEFAULT '', -- the entry's, for queries (grant.columns)
 		owner TEXT NOT NULL,
 		created_at INTEGER NOT NULL
 	)`,

@@ -17,371 +17,391 @@ import (
 
 	"github.com/countersign/countersign/approval/approvaltest"
 	"github.com/countersign/countersign/digest"
+	"github.com/countersign/countersign/store"
+	"github.com/countersign/countersign/store/storetest"
 	"github.com/countersign/countersign/vocab"
 )
 
 func TestApproveWaitExecuteOnce(t *testing.T) {
-	f := newFixture(t)
-	ctx := context.Background()
-	alice := approvaltest.NewSoftKey(t, "localhost", testOrigin)
-	f.enroll(t, "alice", alice)
+	storetest.Dialects(t, func(t *testing.T, db *store.DB) {
+		f := fixtureOn(t, t.TempDir(), db)
+		ctx := context.Background()
+		alice := approvaltest.NewSoftKey(t, "localhost", testOrigin)
+		f.enroll(t, "alice", alice)
 
-	req, err := f.svc.Create(ctx, paymentRequest("alice", "bob"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if req.State != vocab.StatePending || len(req.Code) != 6 || !strings.Contains(req.BindingMessage, req.Code) {
-		t.Fatalf("created %+v", req)
-	}
-	if !strings.HasSuffix(req.URL, "/requests/"+req.ID) || req.ExpiresAt.Nanosecond() != 0 {
-		t.Fatalf("url %q expires %v", req.URL, req.ExpiresAt)
-	}
-	if got := f.rec.Kinds(req.ID); !slices.Equal(got, []vocab.Kind{vocab.KindApprovalRequested}) {
-		t.Fatalf("kinds after create %v", got)
-	}
-
-	waited := make(chan *Request, 1)
-	go func() {
-		r, err := f.svc.Wait(ctx, req.ID)
+		req, err := f.svc.Create(ctx, paymentRequest("alice", "bob"))
 		if err != nil {
-			t.Error(err)
+			t.Fatal(err)
 		}
-		waited <- r
-	}()
-	if _, err := f.decide(t, req.ID, vocab.Approve, alice); err != nil {
-		t.Fatal(err)
-	}
-	got := <-waited
-	if got.State != vocab.StateApproved || got.DecidedBy != "alice" || !slices.Equal(got.Approvals, []string{"alice"}) {
-		t.Fatalf("wait returned %+v", got)
-	}
-	if want := []vocab.Kind{vocab.KindApprovalRequested, vocab.KindApprovalAssertion, vocab.KindApprovalApproved}; !slices.Equal(f.rec.Kinds(req.ID), want) {
-		t.Fatalf("kinds %v, want %v", f.rec.Kinds(req.ID), want)
-	}
+		if req.State != vocab.StatePending || len(req.Code) != 6 || !strings.Contains(req.BindingMessage, req.Code) {
+			t.Fatalf("created %+v", req)
+		}
+		if !strings.HasSuffix(req.URL, "/requests/"+req.ID) || req.ExpiresAt.Nanosecond() != 0 {
+			t.Fatalf("url %q expires %v", req.URL, req.ExpiresAt)
+		}
+		if got := f.rec.Kinds(req.ID); !slices.Equal(got, []vocab.Kind{vocab.KindApprovalRequested}) {
+			t.Fatalf("kinds after create %v", got)
+		}
 
-	if err := f.svc.BeginExecution(ctx, req.ID); err != nil {
-		t.Fatal(err)
-	}
-	if err := f.svc.BeginExecution(ctx, req.ID); !errors.Is(err, ErrNotApproved) {
-		t.Fatalf("second BeginExecution: %v", err)
-	}
-	if err := f.svc.Finish(ctx, req.ID, Outcome{State: vocab.StateExecuted, Result: []byte(`{"ok":true}`)}); err != nil {
-		t.Fatal(err)
-	}
-	final, _ := f.svc.Get(ctx, req.ID)
-	if final.State != vocab.StateExecuted || string(final.Result) != `{"ok":true}` {
-		t.Fatalf("final %+v", final)
-	}
-	if err := f.svc.Finish(ctx, req.ID, Outcome{State: vocab.StateFailed}); !errors.Is(err, ErrNotExecuting) {
-		t.Fatalf("second Finish: %v", err)
-	}
+		waited := make(chan *Request, 1)
+		go func() {
+			r, err := f.svc.Wait(ctx, req.ID)
+			if err != nil {
+				t.Error(err)
+			}
+			waited <- r
+		}()
+		if _, err := f.decide(t, req.ID, vocab.Approve, alice); err != nil {
+			t.Fatal(err)
+		}
+		got := <-waited
+		if got.State != vocab.StateApproved || got.DecidedBy != "alice" || !slices.Equal(got.Approvals, []string{"alice"}) {
+			t.Fatalf("wait returned %+v", got)
+		}
+		if want := []vocab.Kind{vocab.KindApprovalRequested, vocab.KindApprovalAssertion, vocab.KindApprovalApproved}; !slices.Equal(f.rec.Kinds(req.ID), want) {
+			t.Fatalf("kinds %v, want %v", f.rec.Kinds(req.ID), want)
+		}
+
+		if err := f.svc.BeginExecution(ctx, req.ID); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.svc.BeginExecution(ctx, req.ID); !errors.Is(err, ErrNotApproved) {
+			t.Fatalf("second BeginExecution: %v", err)
+		}
+		if err := f.svc.Finish(ctx, req.ID, Outcome{State: vocab.StateExecuted, Result: []byte(`{"ok":true}`)}); err != nil {
+			t.Fatal(err)
+		}
+		final, _ := f.svc.Get(ctx, req.ID)
+		if final.State != vocab.StateExecuted || string(final.Result) != `{"ok":true}` {
+			t.Fatalf("final %+v", final)
+		}
+		if err := f.svc.Finish(ctx, req.ID, Outcome{State: vocab.StateFailed}); !errors.Is(err, ErrNotExecuting) {
+			t.Fatalf("second Finish: %v", err)
+		}
+	})
 }
 
 // The assertion entry alone (plus the enrolled COSE key) must let an
 // auditor recompute the digest and check the signature.
 func TestAssertionEntryVerifiesOffline(t *testing.T) {
-	f := newFixture(t)
-	ctx := context.Background()
-	alice := approvaltest.NewSoftKey(t, "localhost", testOrigin)
-	f.enroll(t, "alice", alice)
-	nr := paymentRequest("alice")
-	nr.RedactArgs = true
-	req, err := f.svc.Create(ctx, nr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := f.decide(t, req.ID, vocab.Approve, alice); err != nil {
-		t.Fatal(err)
-	}
-	enrolled, _ := f.rec.Last(vocab.KindApproverEnrolled)
-	e, _ := f.rec.Last(vocab.KindApprovalAssertion)
-	if len(e.Args) != 0 || !e.ArgsRedact {
-		t.Fatalf("redacted request leaked args: %s", e.Args)
-	}
-	if e.CredentialID != enrolled.CredentialID || e.Origin != testOrigin || e.RPID != "localhost" || e.Decision != "approve" {
-		t.Fatalf("entry %+v", e)
-	}
-	d := func(s string) []byte {
-		b, err := base64.RawURLEncoding.DecodeString(s)
+	storetest.Dialects(t, func(t *testing.T, db *store.DB) {
+		f := fixtureOn(t, t.TempDir(), db)
+		ctx := context.Background()
+		alice := approvaltest.NewSoftKey(t, "localhost", testOrigin)
+		f.enroll(t, "alice", alice)
+		nr := paymentRequest("alice")
+		nr.RedactArgs = true
+		req, err := f.svc.Create(ctx, nr)
 		if err != nil {
 			t.Fatal(err)
 		}
-		return b
-	}
-	argsSum, _ := hex.DecodeString(e.ArgsSHA256)
-	exp, _ := time.Parse(time.RFC3339, e.ExpiresAt)
-	want, err := digest.Compute(digest.Action{
-		RequestID: e.RequestID, Decision: vocab.Decision(e.Decision), AuthorizationDetails: e.AuthorizationDetails,
-		Tool: e.Tool, ArgsSHA256: [32]byte(argsSum), Display: e.Display, Nonce: d(e.Nonce), ExpiresAt: exp,
+		if _, err := f.decide(t, req.ID, vocab.Approve, alice); err != nil {
+			t.Fatal(err)
+		}
+		enrolled, _ := f.rec.Last(vocab.KindApproverEnrolled)
+		e, _ := f.rec.Last(vocab.KindApprovalAssertion)
+		if len(e.Args) != 0 || !e.ArgsRedact {
+			t.Fatalf("redacted request leaked args: %s", e.Args)
+		}
+		if e.CredentialID != enrolled.CredentialID || e.Origin != testOrigin || e.RPID != "localhost" || e.Decision != "approve" {
+			t.Fatalf("entry %+v", e)
+		}
+		d := func(s string) []byte {
+			b, err := base64.RawURLEncoding.DecodeString(s)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return b
+		}
+		argsSum, _ := hex.DecodeString(e.ArgsSHA256)
+		exp, _ := time.Parse(time.RFC3339, e.ExpiresAt)
+		want, err := digest.Compute(digest.Action{
+			RequestID: e.RequestID, Decision: vocab.Decision(e.Decision), AuthorizationDetails: e.AuthorizationDetails,
+			Tool: e.Tool, ArgsSHA256: [32]byte(argsSum), Display: e.Display, Nonce: d(e.Nonce), ExpiresAt: exp,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(d(e.ClientDataJSON)), `"challenge":"`+enc(want[:])+`"`) {
+			t.Fatalf("clientDataJSON %s does not carry the recomputed digest", d(e.ClientDataJSON))
+		}
+		key, err := webauthncose.ParsePublicKey(d(enrolled.PublicKey))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cdh := sha256.Sum256(d(e.ClientDataJSON))
+		ok, err := webauthncose.VerifySignature(key, append(d(e.AuthenticatorData), cdh[:]...), d(e.Signature))
+		if err != nil || !ok {
+			t.Fatalf("offline signature check: %v %v", ok, err)
+		}
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !strings.Contains(string(d(e.ClientDataJSON)), `"challenge":"`+enc(want[:])+`"`) {
-		t.Fatalf("clientDataJSON %s does not carry the recomputed digest", d(e.ClientDataJSON))
-	}
-	key, err := webauthncose.ParsePublicKey(d(enrolled.PublicKey))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cdh := sha256.Sum256(d(e.ClientDataJSON))
-	ok, err := webauthncose.VerifySignature(key, append(d(e.AuthenticatorData), cdh[:]...), d(e.Signature))
-	if err != nil || !ok {
-		t.Fatalf("offline signature check: %v %v", ok, err)
-	}
 }
 
 func TestDenyEndsRequest(t *testing.T) {
-	f := newFixture(t)
-	ctx := context.Background()
-	alice, bob := approvaltest.NewSoftKey(t, "localhost", testOrigin), approvaltest.NewSoftKey(t, "localhost", testOrigin)
-	f.enroll(t, "alice", alice)
-	f.enroll(t, "bob", bob)
-	req, _ := f.svc.Create(ctx, paymentRequest("alice", "bob"))
-	got, err := f.decide(t, req.ID, vocab.Deny, bob)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got.State != vocab.StateDenied || got.DecidedBy != "bob" {
-		t.Fatalf("after deny %+v", got)
-	}
-	if e, _ := f.rec.Last(vocab.KindApprovalDenied); e.Decision != "deny" || e.Signature == "" || e.Approver != "bob" {
-		t.Fatalf("denied entry %+v", e)
-	}
-	w, err := f.svc.Wait(ctx, req.ID)
-	if err != nil || w.State != vocab.StateDenied {
-		t.Fatalf("wait after deny: %v %v", w, err)
-	}
-	if _, err := f.svc.BeginDecision(ctx, req.ID, vocab.Approve); !errors.Is(err, ErrNotPending) {
-		t.Fatalf("begin on denied request: %v", err)
-	}
-	if err := f.svc.BeginExecution(ctx, req.ID); !errors.Is(err, ErrNotApproved) {
-		t.Fatalf("BeginExecution on denied: %v", err)
-	}
+	storetest.Dialects(t, func(t *testing.T, db *store.DB) {
+		f := fixtureOn(t, t.TempDir(), db)
+		ctx := context.Background()
+		alice, bob := approvaltest.NewSoftKey(t, "localhost", testOrigin), approvaltest.NewSoftKey(t, "localhost", testOrigin)
+		f.enroll(t, "alice", alice)
+		f.enroll(t, "bob", bob)
+		req, _ := f.svc.Create(ctx, paymentRequest("alice", "bob"))
+		got, err := f.decide(t, req.ID, vocab.Deny, bob)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.State != vocab.StateDenied || got.DecidedBy != "bob" {
+			t.Fatalf("after deny %+v", got)
+		}
+		if e, _ := f.rec.Last(vocab.KindApprovalDenied); e.Decision != "deny" || e.Signature == "" || e.Approver != "bob" {
+			t.Fatalf("denied entry %+v", e)
+		}
+		w, err := f.svc.Wait(ctx, req.ID)
+		if err != nil || w.State != vocab.StateDenied {
+			t.Fatalf("wait after deny: %v %v", w, err)
+		}
+		if _, err := f.svc.BeginDecision(ctx, req.ID, vocab.Approve); !errors.Is(err, ErrNotPending) {
+			t.Fatalf("begin on denied request: %v", err)
+		}
+		if err := f.svc.BeginExecution(ctx, req.ID); !errors.Is(err, ErrNotApproved) {
+			t.Fatalf("BeginExecution on denied: %v", err)
+		}
+	})
 }
 
 // Expiry fires with nobody waiting and no page open.
 func TestExpiryWithoutWaiter(t *testing.T) {
-	f := newFixture(t)
-	ctx := context.Background()
-	alice := approvaltest.NewSoftKey(t, "localhost", testOrigin)
-	f.enroll(t, "alice", alice)
-	nr := paymentRequest("alice")
-	nr.Timeout = 1500 * time.Millisecond
-	req, err := f.svc.Create(ctx, nr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ceremony, resp := f.sign(t, req.ID, vocab.Approve, alice)
-	for {
-		r, _ := f.svc.Get(ctx, req.ID)
-		if r.State == vocab.StateExpired {
-			break
+	storetest.Dialects(t, func(t *testing.T, db *store.DB) {
+		f := fixtureOn(t, t.TempDir(), db)
+		ctx := context.Background()
+		alice := approvaltest.NewSoftKey(t, "localhost", testOrigin)
+		f.enroll(t, "alice", alice)
+		nr := paymentRequest("alice")
+		nr.Timeout = 1500 * time.Millisecond
+		req, err := f.svc.Create(ctx, nr)
+		if err != nil {
+			t.Fatal(err)
 		}
-		<-f.svc.watch.Any()
-	}
-	if !slices.Contains(f.rec.Kinds(req.ID), vocab.KindApprovalExpired) {
-		t.Fatalf("kinds %v", f.rec.Kinds(req.ID))
-	}
-	// An assertion made before expiry does not count after it.
-	if _, err := f.svc.FinishDecision(ctx, req.ID, ceremony, resp); err == nil {
-		t.Fatal("approved after expiry")
-	}
-	if err := f.svc.BeginExecution(ctx, req.ID); !errors.Is(err, ErrNotApproved) {
-		t.Fatalf("BeginExecution after expiry: %v", err)
-	}
-	st, err := f.svc.Poll(ctx, req.ID, "agent-1")
-	if err != nil || st.Status != PollExpired {
-		t.Fatalf("poll %v %v", st, err)
-	}
+		ceremony, resp := f.sign(t, req.ID, vocab.Approve, alice)
+		for {
+			r, _ := f.svc.Get(ctx, req.ID)
+			if r.State == vocab.StateExpired {
+				break
+			}
+			<-f.svc.watch.Any()
+		}
+		if !slices.Contains(f.rec.Kinds(req.ID), vocab.KindApprovalExpired) {
+			t.Fatalf("kinds %v", f.rec.Kinds(req.ID))
+		}
+		// An assertion made before expiry does not count after it.
+		if _, err := f.svc.FinishDecision(ctx, req.ID, ceremony, resp); err == nil {
+			t.Fatal("approved after expiry")
+		}
+		if err := f.svc.BeginExecution(ctx, req.ID); !errors.Is(err, ErrNotApproved) {
+			t.Fatalf("BeginExecution after expiry: %v", err)
+		}
+		st, err := f.svc.Poll(ctx, req.ID, "agent-1")
+		if err != nil || st.Status != PollExpired {
+			t.Fatalf("poll %v %v", st, err)
+		}
+	})
 }
 
 func TestCriticalNeedsQuorumWithUV(t *testing.T) {
-	f := newFixture(t)
-	ctx := context.Background()
-	alice, bob := approvaltest.NewSoftKey(t, "localhost", testOrigin), approvaltest.NewSoftKey(t, "localhost", testOrigin)
-	f.enroll(t, "alice", alice)
-	f.enroll(t, "bob", bob)
-	nr := paymentRequest("alice", "bob")
-	nr.Level = "critical"
-	nr.UserVerification = "preferred" // critical overrides it to required
-	req, err := f.svc.Create(ctx, nr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if req.Quorum != 2 {
-		t.Fatalf("quorum %d", req.Quorum)
-	}
-	opts, err := f.svc.BeginDecision(ctx, req.ID, vocab.Approve)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if opts.PublicKey.UserVerification != "required" {
-		t.Fatalf("critical user verification %q", opts.PublicKey.UserVerification)
-	}
-	// Bob's key without UV is refused.
-	bob.UV = false
-	if _, err := f.decide(t, req.ID, vocab.Approve, bob); !errors.Is(err, ErrUserVerification) {
-		t.Fatalf("no-UV assertion: %v", err)
-	}
-	f.rec.RequireRejected(t, ErrUserVerification.Check)
-	bob.UV = true
+	storetest.Dialects(t, func(t *testing.T, db *store.DB) {
+		f := fixtureOn(t, t.TempDir(), db)
+		ctx := context.Background()
+		alice, bob := approvaltest.NewSoftKey(t, "localhost", testOrigin), approvaltest.NewSoftKey(t, "localhost", testOrigin)
+		f.enroll(t, "alice", alice)
+		f.enroll(t, "bob", bob)
+		nr := paymentRequest("alice", "bob")
+		nr.Level = "critical"
+		nr.UserVerification = "preferred" // critical overrides it to required
+		req, err := f.svc.Create(ctx, nr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if req.Quorum != 2 {
+			t.Fatalf("quorum %d", req.Quorum)
+		}
+		opts, err := f.svc.BeginDecision(ctx, req.ID, vocab.Approve)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if opts.PublicKey.UserVerification != "required" {
+			t.Fatalf("critical user verification %q", opts.PublicKey.UserVerification)
+		}
+		// Bob's key without UV is refused.
+		bob.UV = false
+		if _, err := f.decide(t, req.ID, vocab.Approve, bob); !errors.Is(err, ErrUserVerification) {
+			t.Fatalf("no-UV assertion: %v", err)
+		}
+		f.rec.RequireRejected(t, ErrUserVerification.Check)
+		bob.UV = true
 
-	got, err := f.decide(t, req.ID, vocab.Approve, alice)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got.State != vocab.StatePending || !slices.Equal(got.Approvals, []string{"alice"}) {
-		t.Fatalf("after one of two: %+v", got)
-	}
-	if err := f.svc.BeginExecution(ctx, req.ID); !errors.Is(err, ErrNotApproved) {
-		t.Fatalf("BeginExecution with 1 of 2: %v", err)
-	}
-	c, resp := f.sign(t, req.ID, vocab.Approve, bob)
-	opts2, _ := f.svc.BeginDecision(ctx, req.ID, vocab.Approve)
-	for _, cr := range opts2.PublicKey.AllowedCredentials {
-		if string(cr.CredentialID) == string(alice.ID()) {
-			t.Fatal("an already-counted approver's key is offered again")
+		got, err := f.decide(t, req.ID, vocab.Approve, alice)
+		if err != nil {
+			t.Fatal(err)
 		}
-	}
-	got, err = f.svc.FinishDecision(ctx, req.ID, c, resp)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got.State != vocab.StateApproved || got.DecidedBy != "alice,bob" {
-		t.Fatalf("after two of two: %+v", got)
-	}
-	for _, e := range f.rec.Entries() {
-		if e.Kind == vocab.KindApprovalAssertion && !e.UserVerified {
-			t.Fatalf("critical assertion entry without UV: %+v", e)
+		if got.State != vocab.StatePending || !slices.Equal(got.Approvals, []string{"alice"}) {
+			t.Fatalf("after one of two: %+v", got)
 		}
-	}
+		if err := f.svc.BeginExecution(ctx, req.ID); !errors.Is(err, ErrNotApproved) {
+			t.Fatalf("BeginExecution with 1 of 2: %v", err)
+		}
+		c, resp := f.sign(t, req.ID, vocab.Approve, bob)
+		opts2, _ := f.svc.BeginDecision(ctx, req.ID, vocab.Approve)
+		for _, cr := range opts2.PublicKey.AllowedCredentials {
+			if string(cr.CredentialID) == string(alice.ID()) {
+				t.Fatal("an already-counted approver's key is offered again")
+			}
+		}
+		got, err = f.svc.FinishDecision(ctx, req.ID, c, resp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.State != vocab.StateApproved || got.DecidedBy != "alice,bob" {
+			t.Fatalf("after two of two: %+v", got)
+		}
+		for _, e := range f.rec.Entries() {
+			if e.Kind == vocab.KindApprovalAssertion && !e.UserVerified {
+				t.Fatalf("critical assertion entry without UV: %+v", e)
+			}
+		}
+	})
 }
 
 func TestPollCIBA(t *testing.T) {
-	var nowNS atomic.Int64
-	nowNS.Store(time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC).UnixNano())
-	advance := func(d time.Duration) { nowNS.Add(int64(d)) }
-	clock := func() time.Time { return time.Unix(0, nowNS.Load()) }
-	f := newFixture(t, func(o *Options) { o.Now = clock; o.PollInterval = 5 * time.Second })
-	ctx := context.Background()
-	req, err := f.svc.Create(ctx, paymentRequest("alice"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if req.Interval != 5*time.Second {
-		t.Fatalf("interval %v", req.Interval)
-	}
-	if _, err := f.svc.Poll(ctx, req.ID, "someone-else"); !errors.Is(err, ErrNotFound) {
-		t.Fatalf("foreign agent poll: %v", err)
-	}
-	st, err := f.svc.Poll(ctx, req.ID, "agent-1")
-	if err != nil || st.Status != PollPending {
-		t.Fatalf("first poll %v %v", st, err)
-	}
-	advance(time.Second)
-	if st, _ := f.svc.Poll(ctx, req.ID, "agent-1"); st.Status != PollSlowDown || st.Request.Interval != 10*time.Second {
-		t.Fatalf("fast poll %v, interval %v; want slow_down and 5s more", st.Status, st.Request.Interval)
-	}
-	// The grown interval is the one to keep: 6s is now too fast.
-	advance(6 * time.Second)
-	if st, _ := f.svc.Poll(ctx, req.ID, "agent-1"); st.Status != PollSlowDown || st.Request.Interval != 15*time.Second {
-		t.Fatalf("poll 6s later %v, interval %v; want slow_down and 5s more", st.Status, st.Request.Interval)
-	}
-	advance(15 * time.Second)
-	if st, _ := f.svc.Poll(ctx, req.ID, "agent-1"); st.Status != PollPending || st.Request.Interval != 15*time.Second {
-		t.Fatalf("slow poll %v, interval %v", st.Status, st.Request.Interval)
-	}
-	if err := f.svc.Cancel(ctx, req.ID, "agent gave up"); err != nil {
-		t.Fatal(err)
-	}
-	if st, _ := f.svc.Poll(ctx, req.ID, "agent-1"); st.Status != PollDenied {
-		t.Fatalf("after cancel %v", st.Status)
-	}
-	if err := f.svc.Cancel(ctx, req.ID, "again"); !errors.Is(err, ErrNotPending) {
-		t.Fatalf("second cancel %v", err)
-	}
+	storetest.Dialects(t, func(t *testing.T, db *store.DB) {
+		var nowNS atomic.Int64
+		nowNS.Store(time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC).UnixNano())
+		advance := func(d time.Duration) { nowNS.Add(int64(d)) }
+		clock := func() time.Time { return time.Unix(0, nowNS.Load()) }
+		f := fixtureOn(t, t.TempDir(), db, func(o *Options) { o.Now = clock; o.PollInterval = 5 * time.Second })
+		ctx := context.Background()
+		req, err := f.svc.Create(ctx, paymentRequest("alice"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if req.Interval != 5*time.Second {
+			t.Fatalf("interval %v", req.Interval)
+		}
+		if _, err := f.svc.Poll(ctx, req.ID, "someone-else"); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("foreign agent poll: %v", err)
+		}
+		st, err := f.svc.Poll(ctx, req.ID, "agent-1")
+		if err != nil || st.Status != PollPending {
+			t.Fatalf("first poll %v %v", st, err)
+		}
+		advance(time.Second)
+		if st, _ := f.svc.Poll(ctx, req.ID, "agent-1"); st.Status != PollSlowDown || st.Request.Interval != 10*time.Second {
+			t.Fatalf("fast poll %v, interval %v; want slow_down and 5s more", st.Status, st.Request.Interval)
+		}
+		// The grown interval is the one to keep: 6s is now too fast.
+		advance(6 * time.Second)
+		if st, _ := f.svc.Poll(ctx, req.ID, "agent-1"); st.Status != PollSlowDown || st.Request.Interval != 15*time.Second {
+			t.Fatalf("poll 6s later %v, interval %v; want slow_down and 5s more", st.Status, st.Request.Interval)
+		}
+		advance(15 * time.Second)
+		if st, _ := f.svc.Poll(ctx, req.ID, "agent-1"); st.Status != PollPending || st.Request.Interval != 15*time.Second {
+			t.Fatalf("slow poll %v, interval %v", st.Status, st.Request.Interval)
+		}
+		if err := f.svc.Cancel(ctx, req.ID, "agent gave up"); err != nil {
+			t.Fatal(err)
+		}
+		if st, _ := f.svc.Poll(ctx, req.ID, "agent-1"); st.Status != PollDenied {
+			t.Fatalf("after cancel %v", st.Status)
+		}
+		if err := f.svc.Cancel(ctx, req.ID, "again"); !errors.Is(err, ErrNotPending) {
+			t.Fatalf("second cancel %v", err)
+		}
+	})
 }
 
 func TestWaitCancelledWhenCallerGoes(t *testing.T) {
-	f := newFixture(t)
-	req, err := f.svc.Create(context.Background(), paymentRequest("alice"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan *Request)
-	go func() {
-		r, _ := f.svc.Wait(ctx, req.ID)
-		done <- r
-	}()
-	cancel()
-	r := <-done
-	if r.State != vocab.StateCancelled {
-		t.Fatalf("state %s", r.State)
-	}
-	if !slices.Contains(f.rec.Kinds(req.ID), vocab.KindApprovalCancelled) {
-		t.Fatalf("kinds %v", f.rec.Kinds(req.ID))
-	}
+	storetest.Dialects(t, func(t *testing.T, db *store.DB) {
+		f := fixtureOn(t, t.TempDir(), db)
+		req, err := f.svc.Create(context.Background(), paymentRequest("alice"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan *Request)
+		go func() {
+			r, _ := f.svc.Wait(ctx, req.ID)
+			done <- r
+		}()
+		cancel()
+		r := <-done
+		if r.State != vocab.StateCancelled {
+			t.Fatalf("state %s", r.State)
+		}
+		if !slices.Contains(f.rec.Kinds(req.ID), vocab.KindApprovalCancelled) {
+			t.Fatalf("kinds %v", f.rec.Kinds(req.ID))
+		}
+	})
 }
 
 // If the audit log cannot be appended to, the approval must not count.
 func TestAuditFailureFailsClosed(t *testing.T) {
-	f := newFixture(t)
-	ctx := context.Background()
-	alice := approvaltest.NewSoftKey(t, "localhost", testOrigin)
-	f.enroll(t, "alice", alice)
+	storetest.Dialects(t, func(t *testing.T, db *store.DB) {
+		f := fixtureOn(t, t.TempDir(), db)
+		ctx := context.Background()
+		alice := approvaltest.NewSoftKey(t, "localhost", testOrigin)
+		f.enroll(t, "alice", alice)
 
-	f.rec.SetFail(true)
-	if _, err := f.svc.Create(ctx, paymentRequest("alice")); !errors.Is(err, ErrRecord) {
-		t.Fatalf("create with broken log: %v", err)
-	}
-	f.rec.SetFail(false)
+		f.rec.SetFail(true)
+		if _, err := f.svc.Create(ctx, paymentRequest("alice")); !errors.Is(err, ErrRecord) {
+			t.Fatalf("create with broken log: %v", err)
+		}
+		f.rec.SetFail(false)
 
-	req, err := f.svc.Create(ctx, paymentRequest("alice"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.rec.SetFail(true)
-	if _, err := f.decide(t, req.ID, vocab.Approve, alice); !errors.Is(err, ErrRecord) {
-		t.Fatalf("approve with broken log: %v", err)
-	}
-	if r, _ := f.svc.Get(ctx, req.ID); r.State != vocab.StatePending {
-		t.Fatalf("unlogged approval visible as %s", r.State)
-	}
-	if err := f.svc.BeginExecution(ctx, req.ID); !errors.Is(err, ErrNotApproved) {
-		t.Fatalf("BeginExecution of unlogged approval: %v", err)
-	}
-	// Once the log works again the outbox is appended and it counts.
-	f.rec.SetFail(false)
-	if err := f.svc.flush(ctx, false); err != nil {
-		t.Fatal(err)
-	}
-	if err := f.svc.BeginExecution(ctx, req.ID); err != nil {
-		t.Fatalf("after log recovered: %v", err)
-	}
-	if want := []vocab.Kind{vocab.KindApprovalRequested, vocab.KindApprovalAssertion, vocab.KindApprovalApproved}; !slices.Equal(f.rec.Kinds(req.ID), want) {
-		t.Fatalf("kinds %v", f.rec.Kinds(req.ID))
-	}
+		req, err := f.svc.Create(ctx, paymentRequest("alice"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.rec.SetFail(true)
+		if _, err := f.decide(t, req.ID, vocab.Approve, alice); !errors.Is(err, ErrRecord) {
+			t.Fatalf("approve with broken log: %v", err)
+		}
+		if r, _ := f.svc.Get(ctx, req.ID); r.State != vocab.StatePending {
+			t.Fatalf("unlogged approval visible as %s", r.State)
+		}
+		if err := f.svc.BeginExecution(ctx, req.ID); !errors.Is(err, ErrNotApproved) {
+			t.Fatalf("BeginExecution of unlogged approval: %v", err)
+		}
+		// Once the log works again the outbox is appended and it counts.
+		f.rec.SetFail(false)
+		if err := f.svc.flush(ctx, false); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.svc.BeginExecution(ctx, req.ID); err != nil {
+			t.Fatalf("after log recovered: %v", err)
+		}
+		if want := []vocab.Kind{vocab.KindApprovalRequested, vocab.KindApprovalAssertion, vocab.KindApprovalApproved}; !slices.Equal(f.rec.Kinds(req.ID), want) {
+			t.Fatalf("kinds %v", f.rec.Kinds(req.ID))
+		}
+	})
 }
 
 func TestCreateValidates(t *testing.T) {
-	f := newFixture(t)
-	ctx := context.Background()
-	for name, mut := range map[string]func(*NewRequest){
-		"no tool":          func(r *NewRequest) { r.Tool = "" },
-		"bad level":        func(r *NewRequest) { r.Level = "low" },
-		"unknown approver": func(r *NewRequest) { r.Approvers = []string{"mallory"} },
-		"no approvers":     func(r *NewRequest) { r.Approvers = nil },
-		"quorum too big":   func(r *NewRequest) { r.Quorum = 3 },
-		"details object":   func(r *NewRequest) { r.AuthorizationDetails = []byte(`{"type":"x"}`) },
-	} {
-		nr := paymentRequest("alice", "bob")
-		mut(&nr)
-		if _, err := f.svc.Create(ctx, nr); !errors.Is(err, ErrInvalidRequest) {
-			t.Errorf("%s: %v", name, err)
+	storetest.Dialects(t, func(t *testing.T, db *store.DB) {
+		f := fixtureOn(t, t.TempDir(), db)
+		ctx := context.Background()
+		for name, mut := range map[string]func(*NewRequest){
+			"no tool":          func(r *NewRequest) { r.Tool = "" },
+			"bad level":        func(r *NewRequest) { r.Level = "low" },
+			"unknown approver": func(r *NewRequest) { r.Approvers = []string{"mallory"} },
+			"no approvers":     func(r *NewRequest) { r.Approvers = nil },
+			"quorum too big":   func(r *NewRequest) { r.Quorum = 3 },
+			"details object":   func(r *NewRequest) { r.AuthorizationDetails = []byte(`{"type":"x"}`) },
+		} {
+			nr := paymentRequest("alice", "bob")
+			mut(&nr)
+			if _, err := f.svc.Create(ctx, nr); !errors.Is(err, ErrInvalidRequest) {
+				t.Errorf("%s: %v", name, err)
+			}
 		}
-	}
+	})
 }
 
 func splitDetails(t *testing.T, s string) []json.RawMessage {

@@ -39,7 +39,7 @@ func BenchmarkEd25519Verify(b *testing.B) {
 // BenchmarkSQLiteDurableCommit is one small INSERT committed with the
 // pragmas Countersign's store uses (WAL, synchronous=FULL): one fsync.
 func BenchmarkSQLiteDurableCommit(b *testing.B) {
-	db, err := store.Open(context.Background(), filepath.Join(b.TempDir(), "bench.db"))
+	db, err := store.Connect(context.Background(), filepath.Join(b.TempDir(), "bench.db"))
 	if err != nil {
 		b.Fatal(err)
 	}

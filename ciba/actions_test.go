@@ -50,13 +50,13 @@ func newToolStack(t *testing.T, edit func(*config.Config)) *stack {
 	if edit != nil {
 		edit(c)
 	}
-	db, err := store.Open(ctx, filepath.Join(c.Server.DataDir, store.FileName))
+	db, err := store.Connect(ctx, filepath.Join(c.Server.DataDir, store.FileName))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { db.Close() })
 	_, serverKey, _ := ed25519.GenerateKey(rand.Reader)
-	log, err := audit.Open(ctx, db, serverKey, audit.Options{})
+	log, err := audit.Open(ctx, db.DB, serverKey, audit.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -77,13 +77,13 @@ type stackOptions struct {
 func newStack(t *testing.T, o stackOptions) *stack {
 	t.Helper()
 	ctx := context.Background()
-	db, err := store.Open(ctx, filepath.Join(t.TempDir(), store.FileName))
+	db, err := store.Connect(ctx, filepath.Join(t.TempDir(), store.FileName))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { db.Close() })
 	_, serverKey, _ := ed25519.GenerateKey(rand.Reader)
-	log, err := audit.Open(ctx, db, serverKey, audit.Options{})
+	log, err := audit.Open(ctx, db.DB, serverKey, audit.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -25,7 +25,7 @@ func TestToolsDetailsFitTheSchemas(t *testing.T) {
 	c.Deploy.Command[0] = filepath.Join("..", c.Deploy.Command[0])
 	c.Secrets.Dir = filepath.Join("..", c.Secrets.Dir)
 	ctx := context.Background()
-	db, err := store.Open(ctx, filepath.Join(c.Server.DataDir, store.FileName))
+	db, err := store.Connect(ctx, filepath.Join(c.Server.DataDir, store.FileName))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,6 +6,8 @@
 package config
 
 import (
+	"net/url"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -22,6 +24,7 @@ type Config struct {
 	Deploy    Deploy          `mapstructure:"deploy"`
 	Secrets   Secrets         `mapstructure:"secrets"`
 	Audit     Audit           `mapstructure:"audit"`
+	Store     Store           `mapstructure:"store"`
 	Tools     map[string]Tool `mapstructure:"tools"`
 	Upstreams []Upstream      `mapstructure:"upstreams"`
 	Limits    Limits          `mapstructure:"limits"`
@@ -163,6 +166,33 @@ type Secret struct {
 }
 
 // Audit configures the tamper-evident log.
+// Store says where the database is.
+type Store struct {
+	// URL, when set, is a PostgreSQL server the replicas of a team share
+	// (postgres://user:password@host:5432/db?sslmode=…, libpq's form).
+	// Empty: the SQLite file in the data directory, as always. Its
+	// password is never printed: errors and `config print` redact it.
+	URL string `mapstructure:"url"`
+}
+
+// Target is what store.Connect opens: the URL, or the SQLite file in
+// the data directory.
+func (s Store) Target(dataDir, fileName string) string {
+	if s.URL != "" {
+		return s.URL
+	}
+	return filepath.Join(dataDir, fileName)
+}
+
+// Redacted is the URL with its password replaced by xxxxx, for messages.
+func (s Store) Redacted() string {
+	u, err := url.Parse(s.URL)
+	if err != nil {
+		return "(a store.url that is not a URL)"
+	}
+	return u.Redacted()
+}
+
 type Audit struct {
 	CheckpointEvery time.Duration `mapstructure:"checkpoint_every"`
 	// WitnessFile, when set, receives every new signed checkpoint; at start

@@ -288,3 +288,52 @@ func TestWitnessesAreValidated(t *testing.T) {
 		}
 	}
 }
+
+// store.url takes a PostgreSQL URL, from the file or the environment;
+// anything else is refused, and the password is in no message and not
+// in `config print`.
+func TestStoreURL(t *testing.T) {
+	c, err := Parse(countersign.DefaultConfig(), Embedded)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Store.URL != "" || c.Store.Target("/data", "countersign.db") != "/data/countersign.db" {
+		t.Errorf("default store: %q, target %q", c.Store.URL, c.Store.Target("/data", "countersign.db"))
+	}
+	for _, good := range []string{
+		"postgres://cs:s3cret@db.internal:5432/countersign?sslmode=verify-full",
+		"postgresql:///countersign?host=/run/postgresql",
+	} {
+		t.Setenv("COUNTERSIGN_STORE_URL", good)
+		c, err := Parse(countersign.DefaultConfig(), Embedded)
+		if err != nil {
+			t.Fatalf("%s: %v", good, err)
+		}
+		if c.Store.Target("/data", "countersign.db") != good {
+			t.Errorf("target %q, want %q", c.Store.Target("/data", "countersign.db"), good)
+		}
+		out, err := Encode(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(string(out), "s3cret") {
+			t.Errorf("config print shows the password:\n%s", out)
+		}
+	}
+	for bad, want := range map[string]string{
+		"mysql://cs:s3cret@db/countersign":   "expected a postgres:// or postgresql:// URL",
+		"postgres://cs:s3cret@/countersign":  "names no host",
+		"postgres://cs:s3cret@db.internal":   "names no database",
+		"postgres://cs:s3cret@db:x%zz/count": "not a URL",
+	} {
+		t.Setenv("COUNTERSIGN_STORE_URL", bad)
+		_, err := Parse(countersign.DefaultConfig(), Embedded)
+		if err == nil || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "COUNTERSIGN_STORE_URL") {
+			t.Errorf("%s: err = %v, want %q from the variable", bad, err, want)
+			continue
+		}
+		if strings.Contains(err.Error(), "s3cret") {
+			t.Errorf("%s: the error shows the password: %v", bad, err)
+		}
+	}
+}

@@ -9,8 +9,13 @@ import (
 
 // Encode renders c as YAML in the same shape mcp.yaml is written in, for
 // `countersign config print`.
+// store.url's password is printed as xxxxx.
 func Encode(c *Config) ([]byte, error) {
-	return yaml.Marshal(plain(reflect.ValueOf(*c)))
+	shown := *c
+	if shown.Store.URL != "" {
+		shown.Store.URL = c.Store.Redacted()
+	}
+	return yaml.Marshal(plain(reflect.ValueOf(shown)))
 }
 
 // plain turns a config value into maps, lists and scalars keyed by the

@@ -235,6 +235,7 @@ func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
 // so a short config behaves like the default one.
 var defaults = map[string]any{
 	"server.name":                    "countersign",
+	"store.url":                      "", // the SQLite file in the data directory
 	"server.data_dir":                "", // DefaultDataDir
 	"server.stdio_agent":             "stdio",
 	"server.log_format":              "text",

@@ -48,6 +48,7 @@ func (c *Config) validate() []problem {
 	c.validateDeploy(&v)
 	c.validateSecrets(&v)
 	c.validateAudit(&v)
+	c.validateStore(&v)
 	c.validateLimits(&v)
 	c.validateUpstreams(&v)
 	c.validateNotify(&v)
@@ -229,6 +230,31 @@ func (c *Config) validateAudit(v *validator) {
 	v.positive("audit.checkpoint_every", c.Audit.CheckpointEvery)
 	v.oneOf("audit.sync", c.Audit.Sync, "full", "normal")
 	c.validateWitnesses(v)
+}
+
+// validateStore accepts an empty store.url (SQLite) or a PostgreSQL URL
+// naming a host or socket; messages never carry its password.
+func (c *Config) validateStore(v *validator) {
+	s := c.Store.URL
+	if s == "" {
+		return
+	}
+	u, err := url.Parse(s)
+	if err != nil {
+		// url's error quotes the whole URL, password included.
+		v.fail("store.url", "not a URL")
+		return
+	}
+	if u.Scheme != "postgres" && u.Scheme != "postgresql" {
+		v.fail("store.url", "expected a postgres:// or postgresql:// URL (empty: SQLite in the data directory), got %s", c.Store.Redacted())
+		return
+	}
+	if u.Host == "" && u.Query().Get("host") == "" {
+		v.fail("store.url", "%s names no host (postgres://user@host:5432/db, or ?host=/socket/dir)", c.Store.Redacted())
+	}
+	if strings.Trim(u.Path, "/") == "" && u.Query().Get("dbname") == "" {
+		v.fail("store.url", "%s names no database (postgres://user@host/db)", c.Store.Redacted())
+	}
 }
 
 func (c *Config) validateLimits(v *validator) {

@@ -43,13 +43,13 @@ type realStack struct {
 func newRealStack(t *testing.T, policy map[string]config.Tool, tweak ...func(*approval.Options)) *realStack {
 	t.Helper()
 	ctx := context.Background()
-	db, err := store.Open(ctx, filepath.Join(t.TempDir(), store.FileName))
+	db, err := store.Connect(ctx, filepath.Join(t.TempDir(), store.FileName))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { db.Close() })
 	_, serverKey, _ := ed25519.GenerateKey(rand.Reader)
-	log, err := audit.Open(ctx, db, serverKey, audit.Options{})
+	log, err := audit.Open(ctx, db.DB, serverKey, audit.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

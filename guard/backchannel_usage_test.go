@@ -87,7 +87,7 @@ func TestRestoreBackchannelCountsRedactedRequestsByTheirKeptActions(t *testing.T
 // its approval request exists, and recorded: after a restart it would not
 // count. Its actions stop counting at once.
 func TestBackchannelWhoseAmountsCannotBeKeptIsRefused(t *testing.T) {
-	db, err := store.Open(context.Background(), filepath.Join(t.TempDir(), store.FileName))
+	db, err := store.Connect(context.Background(), filepath.Join(t.TempDir(), store.FileName))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -650,7 +650,7 @@ func TestOversizedOrDeepArgumentsAreRefusedFirstAndNotKept(t *testing.T) {
 // real signed log by a bounded record per call, not by the junk.
 func TestRefusedFloodGrowsTheLogByABoundedAmount(t *testing.T) {
 	dir := t.TempDir()
-	db, err := store.Open(context.Background(), filepath.Join(dir, store.FileName))
+	db, err := store.Connect(context.Background(), filepath.Join(dir, store.FileName))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -659,7 +659,7 @@ func TestRefusedFloodGrowsTheLogByABoundedAmount(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	log, err := audit.Open(context.Background(), db, key, audit.Options{})
+	log, err := audit.Open(context.Background(), db.DB, key, audit.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

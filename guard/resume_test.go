@@ -2,7 +2,6 @@ package guard
 
 import (
 	"context"
-	"database/sql"
 	"encoding/json"
 	"errors"
 	"path/filepath"
@@ -100,7 +99,7 @@ type process struct {
 
 type world struct {
 	t      *testing.T
-	db     *sql.DB
+	db     *store.DB
 	log    *memLog
 	cat    *tools.Catalog
 	book   *book
@@ -111,7 +110,7 @@ type world struct {
 
 func newWorld(t *testing.T) *world {
 	t.Helper()
-	db, err := store.Open(context.Background(), filepath.Join(t.TempDir(), store.FileName))
+	db, err := store.Connect(context.Background(), filepath.Join(t.TempDir(), store.FileName))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -20,7 +20,7 @@ func realLog(t *testing.T) (*audit.Log, *store.Amounts) {
 	t.Helper()
 	ctx := context.Background()
 	dir := t.TempDir()
-	db, err := store.Open(ctx, filepath.Join(dir, store.FileName))
+	db, err := store.Connect(ctx, filepath.Join(dir, store.FileName))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -29,7 +29,7 @@ func realLog(t *testing.T) (*audit.Log, *store.Amounts) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	log, err := audit.Open(ctx, db, key, audit.Options{})
+	log, err := audit.Open(ctx, db.DB, key, audit.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -176,7 +176,7 @@ func TestRestoreCountsRedactedEntriesByTheirKeptAmounts(t *testing.T) {
 // A call whose amount cannot be kept does not run: after a restart it
 // would not count. The refusal is in the log.
 func TestCallWhoseAmountCannotBeKeptIsRefused(t *testing.T) {
-	db, err := store.Open(context.Background(), filepath.Join(t.TempDir(), store.FileName))
+	db, err := store.Connect(context.Background(), filepath.Join(t.TempDir(), store.FileName))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -32,7 +32,7 @@ func (c *clock) add(d time.Duration) {
 func newLog(t *testing.T, now func() time.Time) *audit.Log {
 	t.Helper()
 	dir := t.TempDir()
-	db, err := store.Open(context.Background(), filepath.Join(dir, store.FileName))
+	db, err := store.Connect(context.Background(), filepath.Join(dir, store.FileName))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -41,7 +41,7 @@ func newLog(t *testing.T, now func() time.Time) *audit.Log {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := audit.Open(context.Background(), db, key, audit.Options{Now: now})
+	l, err := audit.Open(context.Background(), db.DB, key, audit.Options{Now: now})
 	if err != nil {
 		t.Fatal(err)
 	}

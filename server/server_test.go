@@ -85,14 +85,14 @@ func newStack(t *testing.T, edit func(*config.Config)) *stack {
 	}
 	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
 
-	db, err := store.Open(ctx, filepath.Join(c.Server.DataDir, store.FileName))
+	db, err := store.Connect(ctx, filepath.Join(c.Server.DataDir, store.FileName))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { db.Close() })
 	_, serverKey, _ := ed25519.GenerateKey(rand.Reader)
 	s := &stack{cfg: c}
-	if s.audit, err = audit.Open(ctx, db, serverKey, audit.Options{}); err != nil {
+	if s.audit, err = audit.Open(ctx, db.DB, serverKey, audit.Options{}); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.audit.Close() })

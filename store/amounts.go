@@ -54,12 +54,18 @@ const amountsSchema = `CREATE TABLE IF NOT EXISTS usage_amounts (
 // OpenAmounts creates the table if needed, once, so that the call path
 // does not take the write lock for it, and takes the connection rows are
 // written on. Close gives it back.
-func OpenAmounts(ctx context.Context, db *sql.DB) (*Amounts, error) {
+func OpenAmounts(ctx context.Context, db *DB) (*Amounts, error) {
 	conn, err := db.Conn(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("store: usage amounts: %w", err)
 	}
-	for _, q := range []string{amountsSchema, "PRAGMA synchronous = NORMAL"} {
+	qs := []string{db.dialect.DDL(amountsSchema), "PRAGMA synchronous = NORMAL"}
+	if db.dialect == PostgreSQL {
+		// The same trade: the audit entry's synced commit, after the
+		// row's, flushes the WAL the row is in.
+		qs[1] = "SET synchronous_commit = off"
+	}
+	for _, q := range qs {
 		if _, err := conn.ExecContext(ctx, q); err != nil {
 			conn.Close()
 			return nil, fmt.Errorf("store: usage amounts: %w", err)
@@ -85,7 +91,7 @@ func (a *Amounts) KeepAmount(ctx context.Context, r Amount) error {
 	_, err := a.conn.ExecContext(ctx, `INSERT INTO usage_amounts (tool, args_sha256, amount, currency, counterparty, at)
 		VALUES (?, ?, ?, ?, ?, ?)
 		ON CONFLICT (tool, args_sha256) DO UPDATE SET amount = excluded.amount, currency = excluded.currency,
-			counterparty = excluded.counterparty, at = MAX(at, excluded.at)`,
+			counterparty = excluded.counterparty, at = CASE WHEN excluded.at > usage_amounts.at THEN excluded.at ELSE usage_amounts.at END`,
 		r.Tool, r.ArgsSHA256, r.Amount, r.Currency, r.Counterparty, r.At.Unix())
 	if err != nil {
 		return fmt.Errorf("store: keep usage amount: %w", err)
@@ -126,5 +132,7 @@ func (a *Amounts) ForgetAmounts(ctx context.Context, before time.Time) error {
 	return nil
 }
 
-// AmountKey is the key of AmountsSince's map.
-func AmountKey(tool, argsSHA256 string) string { return tool + "\x00" + argsSHA256 }
+// AmountKey is the key of AmountsSince's map. args_sha256 is hex, so a
+// space cannot be part of it, and the key stays text PostgreSQL takes
+// (it refuses U+0000).
+func AmountKey(tool, argsSHA256 string) string { return tool + " " + argsSHA256 }

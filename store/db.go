@@ -224,6 +224,11 @@ func (db *DB) runTx(ctx context.Context, opts *sql.TxOptions, fn func(*sql.Tx) e
 	return tx.Commit()
 }
 
+// Conflict reports whether err is a conflict with a concurrent
+// transaction that InTx runs again: code that turns a failed statement
+// into an error of its own must pass these through unchanged.
+func Conflict(err error) bool { return retryable(err) }
+
 // retryable reports whether err is PostgreSQL's serialization failure
 // or deadlock, after which the whole transaction can run again.
 func retryable(err error) bool {

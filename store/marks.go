@@ -10,7 +10,7 @@ import (
 // Marks are named positions kept in the database: how far a
 // reconciliation has reached, so that the next one starts there. A mark
 // only moves forward.
-type Marks struct{ DB *sql.DB }
+type Marks struct{ DB *DB }
 
 const marksSchema = `CREATE TABLE IF NOT EXISTS store_marks (
 	name  TEXT PRIMARY KEY,
@@ -19,7 +19,7 @@ const marksSchema = `CREATE TABLE IF NOT EXISTS store_marks (
 
 // Mark returns the named mark; ok is false when it was never set.
 func (m Marks) Mark(ctx context.Context, name string) (value int64, ok bool, err error) {
-	if _, err := m.DB.ExecContext(ctx, marksSchema); err != nil {
+	if err := m.DB.CreateTables(ctx, marksSchema); err != nil {
 		return 0, false, fmt.Errorf("store: marks: %w", err)
 	}
 	err = m.DB.QueryRowContext(ctx, `SELECT value FROM store_marks WHERE name = ?`, name).Scan(&value)
@@ -34,11 +34,11 @@ func (m Marks) Mark(ctx context.Context, name string) (value int64, ok bool, err
 
 // SetMark moves the named mark forward to value (never back).
 func (m Marks) SetMark(ctx context.Context, name string, value int64) error {
-	if _, err := m.DB.ExecContext(ctx, marksSchema); err != nil {
+	if err := m.DB.CreateTables(ctx, marksSchema); err != nil {
 		return fmt.Errorf("store: marks: %w", err)
 	}
 	_, err := m.DB.ExecContext(ctx, `INSERT INTO store_marks (name, value) VALUES (?, ?)
-		ON CONFLICT (name) DO UPDATE SET value = MAX(value, excluded.value)`, name, value)
+		ON CONFLICT (name) DO UPDATE SET value = CASE WHEN excluded.value > store_marks.value THEN excluded.value ELSE store_marks.value END`, name, value)
 	if err != nil {
 		return fmt.Errorf("store: mark %s: %w", name, err)
 	}

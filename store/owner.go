@@ -30,8 +30,13 @@ type Owners struct {
 // OwnerFilePrefix starts the name of every owner's lock file.
 const OwnerFilePrefix = ".approval-owner-"
 
-// OwnersOf returns the owners of db, kept beside its file.
-func OwnersOf(ctx context.Context, db *sql.DB) *Owners {
+// OwnersOf returns the owners of a SQLite db, kept beside its file. On
+// PostgreSQL there is no file: OwnersFor gives the replicas table, and
+// OwnersOf owners nobody can tell dead, as with a database in memory.
+func OwnersOf(ctx context.Context, db *DB) *Owners {
+	if db.dialect == PostgreSQL {
+		return &Owners{}
+	}
 	var file string
 	if err := db.QueryRowContext(ctx, `SELECT file FROM pragma_database_list WHERE name = 'main'`).Scan(&file); err != nil || file == "" {
 		return &Owners{}

@@ -81,7 +81,7 @@ type OwnerOptions struct {
 // creates if it does not exist yet.
 func OwnersFor(ctx context.Context, db *DB, opts OwnerOptions) (*Owners, error) {
 	if db.dialect != PostgreSQL {
-		return OwnersOf(ctx, db.DB), nil
+		return OwnersOf(ctx, db), nil
 	}
 	if opts.Heartbeat <= 0 {
 		opts.Heartbeat = DefaultHeartbeat

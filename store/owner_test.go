@@ -22,7 +22,7 @@ func TestOwnersTellTheDeadFromTheLiving(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { db.Close() })
-	owners := OwnersOf(ctx, db)
+	owners := OwnersOf(ctx, &DB{DB: db})
 	if !owners.Tracked() {
 		t.Fatal("owners of a database file are not tracked")
 	}
@@ -62,7 +62,7 @@ func TestOwnersTellTheDeadFromTheLiving(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { mem.Close() })
-	inMemory := OwnersOf(ctx, mem)
+	inMemory := OwnersOf(ctx, &DB{DB: mem})
 	if inMemory.Tracked() || inMemory.Dead("dead") {
 		t.Error("owners of a database in memory can be told dead")
 	}

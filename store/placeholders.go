@@ -175,6 +175,20 @@ var (
 	_ driver.NamedValueChecker  = pgConn{}
 )
 
+// CheckNamedValue sends a Go bool as 1 or 0: the project's flags are
+// INTEGER columns, as SQLite keeps them, and pgx encodes no bool as an
+// integer.
+func (c pgConn) CheckNamedValue(nv *driver.NamedValue) error {
+	if b, ok := nv.Value.(bool); ok {
+		nv.Value = int64(0)
+		if b {
+			nv.Value = int64(1)
+		}
+		return nil
+	}
+	return c.Conn.CheckNamedValue(nv)
+}
+
 func (c pgConn) Prepare(query string) (driver.Stmt, error) {
 	return c.PrepareContext(context.Background(), query)
 }

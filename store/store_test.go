@@ -42,27 +42,6 @@ func TestOpenCreatesPrivateWALDatabase(t *testing.T) {
 	}
 }
 
-func TestMarksOnlyMoveForward(t *testing.T) {
-	ctx := context.Background()
-	db, err := Open(ctx, filepath.Join(t.TempDir(), FileName))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	m := Marks{DB: db}
-	if _, ok, err := m.Mark(ctx, "x"); err != nil || ok {
-		t.Fatalf("unset mark: ok %v err %v", ok, err)
-	}
-	for _, v := range []int64{5, 3, 9} {
-		if err := m.SetMark(ctx, "x", v); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if v, ok, err := m.Mark(ctx, "x"); err != nil || !ok || v != 9 {
-		t.Fatalf("mark %d ok %v err %v, want 9", v, ok, err)
-	}
-}
-
 func TestSyncModes(t *testing.T) {
 	for mode, want := range map[string]int{Full: 2, Normal: 1} {
 		db, err := Open(context.Background(), filepath.Join(t.TempDir(), FileName), WithSync(mode))
@@ -91,7 +70,7 @@ func BenchmarkKeepAmount(b *testing.B) {
 				b.Fatal(err)
 			}
 			defer db.Close()
-			a, err := OpenAmounts(ctx, db)
+			a, err := OpenAmounts(ctx, &DB{DB: db})
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -116,7 +95,7 @@ func TestAmountsCommitWithoutASyncOfTheirOwn(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	a, err := OpenAmounts(ctx, db)
+	a, err := OpenAmounts(ctx, &DB{DB: db})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,12 +2,13 @@ package tools
 
 import (
 	"context"
-	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
 	"sort"
+
+	"github.com/countersign/countersign/store"
 
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/tools/deploy"
@@ -87,7 +88,7 @@ func Schemas(cfg *config.Config) map[string]Schema {
 // directory now), and opens the secrets directory. Names that are not
 // built-in tools (approval_status, upstream tools) are left to their own
 // sources.
-func New(ctx context.Context, cfg *config.Config, db *sql.DB) (*Catalog, error) {
+func New(ctx context.Context, cfg *config.Config, db *store.DB) (*Catalog, error) {
 	c := NewCatalog()
 	specs, err := builtins(ctx, cfg, db, c)
 	if err != nil {
@@ -101,7 +102,7 @@ func New(ctx context.Context, cfg *config.Config, db *sql.DB) (*Catalog, error) 
 	return c, nil
 }
 
-func builtins(ctx context.Context, cfg *config.Config, db *sql.DB, c *Catalog) ([]*Spec, error) {
+func builtins(ctx context.Context, cfg *config.Config, db *store.DB, c *Catalog) ([]*Spec, error) {
 	names := make([]string, 0, len(cfg.Tools))
 	for name := range cfg.Tools {
 		// approval_status is the guard's; ciba is the policy of CIBA

@@ -3,7 +3,6 @@ package tools
 import (
 	"bytes"
 	"context"
-	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -39,9 +38,9 @@ func shippedFor(t testing.TB) *config.Config {
 	return c
 }
 
-func openDB(t testing.TB, dir string) *sql.DB {
+func openDB(t testing.TB, dir string) *store.DB {
 	t.Helper()
-	db, err := store.Open(context.Background(), filepath.Join(dir, store.FileName))
+	db, err := store.Connect(context.Background(), filepath.Join(dir, store.FileName))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -49,7 +48,7 @@ func openDB(t testing.TB, dir string) *sql.DB {
 	return db
 }
 
-func registry(t testing.TB, c *config.Config) (*Catalog, *sql.DB) {
+func registry(t testing.TB, c *config.Config) (*Catalog, *store.DB) {
 	t.Helper()
 	db := openDB(t, c.Server.DataDir)
 	r, err := New(context.Background(), c, db)

@@ -19,7 +19,7 @@ import (
 func newLog(t *testing.T, keyDir, tag string, n int) *audit.Log {
 	t.Helper()
 	ctx := context.Background()
-	db, err := store.Open(ctx, filepath.Join(t.TempDir(), store.FileName))
+	db, err := store.Connect(ctx, filepath.Join(t.TempDir(), store.FileName))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -28,7 +28,7 @@ func newLog(t *testing.T, keyDir, tag string, n int) *audit.Log {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := audit.Open(ctx, db, key, audit.Options{})
+	l, err := audit.Open(ctx, db.DB, key, audit.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/go-webauthn/webauthn/protocol"
 	"github.com/go-webauthn/webauthn/webauthn"
 
+	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/vocab"
 )
 
@@ -105,6 +106,9 @@ func (rp *RP) Verify(ctx context.Context, a Assertion, p *protocol.ParsedCredent
 // its key's sign counter moves up to it.
 func (rp *RP) Spend(ctx context.Context, tx *sql.Tx, subject string, v *Verified) error {
 	if _, err := tx.ExecContext(ctx, `INSERT INTO approval_used_assertions (hash, request_id, created_at) VALUES (?,?,?)`, v.ReplayID, subject, rp.now().UnixNano()); err != nil {
+		if store.Conflict(err) {
+			return err // a concurrent spend committed first: InTx runs again
+		}
 		return Failf(ErrReplay, "this assertion was already used")
 	}
 	return rp.use(ctx, tx, v.Key, v.Updated, v.Parsed.Response.AuthenticatorData.Counter)

@@ -30,6 +30,8 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/countersign/countersign/store"
+
 	"github.com/countersign/countersign/vocab"
 	"github.com/go-webauthn/webauthn/protocol"
 	"github.com/go-webauthn/webauthn/webauthn"
@@ -61,13 +63,13 @@ type Config struct {
 
 // RP is the relying party over the database's key and ceremony tables.
 type RP struct {
-	db  *sql.DB
+	db  *store.DB
 	cfg Config
 	wa  *webauthn.WebAuthn
 }
 
 // New creates the tables if needed.
-func New(ctx context.Context, db *sql.DB, cfg Config) (*RP, error) {
+func New(ctx context.Context, db *store.DB, cfg Config) (*RP, error) {
 	wa, err := webauthn.New(&webauthn.Config{
 		RPID:                  cfg.RPID,
 		RPDisplayName:         cfg.RPName,
@@ -78,7 +80,7 @@ func New(ctx context.Context, db *sql.DB, cfg Config) (*RP, error) {
 		return nil, fmt.Errorf("approval: webauthn: %w", err)
 	}
 	for _, stmt := range schema {
-		if _, err := db.ExecContext(ctx, stmt); err != nil {
+		if err := db.CreateTables(ctx, stmt); err != nil {
 			return nil, fmt.Errorf("approval: create tables: %w", err)
 		}
 	}
@@ -201,9 +203,11 @@ func (rp *RP) take(ctx context.Context, id, kind, requestID string, enrollment [
 	}
 	var raw []byte
 	var expires int64
+	// An empty enrollment is bytes, not NULL, on both engines.
+	none := append([]byte{}, enrollment...)
 	err = rp.db.QueryRowContext(ctx, `UPDATE approval_ceremonies SET used = 1
-		WHERE id = ? AND kind = ? AND request_id = ? AND COALESCE(enrollment, x'') = ? AND used = 0
-		RETURNING decision, session, expires_at`, id, kind, requestID, append([]byte{}, enrollment...)).Scan(&decision, &raw, &expires)
+		WHERE id = ? AND kind = ? AND request_id = ? AND COALESCE(enrollment, ?) = ? AND used = 0
+		RETURNING decision, session, expires_at`, id, kind, requestID, []byte{}, none).Scan(&decision, &raw, &expires)
 	if errors.Is(err, sql.ErrNoRows) {
 		return "", session, Failf(ErrCeremony, "no unused ceremony %s for this request", id)
 	}

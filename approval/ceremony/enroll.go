@@ -16,6 +16,7 @@ import (
 	"github.com/go-webauthn/webauthn/webauthn"
 
 	"github.com/countersign/countersign/attest"
+	"github.com/countersign/countersign/store"
 )
 
 // Errors of enrollment links and sign-in.
@@ -345,6 +346,9 @@ func (rp *RP) StoreKey(ctx context.Context, tx *sql.Tx, reg *Registration) error
 	}
 	if _, err := tx.ExecContext(ctx, `INSERT INTO approval_credentials (id, approver_id, credential, sign_count, created_at) VALUES (?,?,?,?,?)`,
 		reg.cred.ID, reg.Approver, reg.json, reg.cred.Authenticator.SignCount, now); err != nil {
+		if store.Conflict(err) {
+			return err // InTx runs it again
+		}
 		return Failf(ErrCeremony, "credential %s is already enrolled", reg.CredentialID)
 	}
 	return nil

@@ -31,6 +31,7 @@ func (rp *RP) CreateEnrollment(ctx context.Context, out Outbox, approverID strin
 		return "", fmt.Errorf("%w %q (not in config)", ErrUnknownApprover, approverID)
 	}
 	var token string
+	// Each run makes a new link; token is the committed run's.
 	err := out.InTx(ctx, func(tx *sql.Tx) error {
 		t, expires, err := rp.AddLink(ctx, tx, approverID)
 		if err != nil {

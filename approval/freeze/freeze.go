@@ -16,6 +16,8 @@ import (
 	"regexp"
 	"sync"
 	"time"
+
+	"github.com/countersign/countersign/store"
 )
 
 // AllAgents is the agent name of a freeze of every agent (--all).
@@ -67,7 +69,7 @@ var agentName = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,63}$`)
 func ValidAgent(name string) bool { return name == AllAgents || agentName.MatchString(name) }
 
 // Migrate creates the freeze tables if needed.
-func Migrate(ctx context.Context, db *sql.DB) error {
+func Migrate(ctx context.Context, db *store.DB) error {
 	for _, stmt := range []string{
 		`CREATE TABLE IF NOT EXISTS agent_freezes (
 			agent TEXT PRIMARY KEY,
@@ -82,7 +84,7 @@ func Migrate(ctx context.Context, db *sql.DB) error {
 			n INTEGER NOT NULL
 		)`,
 	} {
-		if _, err := db.ExecContext(ctx, stmt); err != nil {
+		if err := db.CreateTables(ctx, stmt); err != nil {
 			return fmt.Errorf("approval: create tables: %w", err)
 		}
 	}
@@ -125,14 +127,14 @@ func In(ctx context.Context, q Querier, agent string) (*Freeze, error) {
 // was half of the check's cost). It reads the database every time, so a
 // freeze written by another process holds from the next call on.
 type Reader struct {
-	db   *sql.DB
+	db   *store.DB
 	once sync.Once
 	stmt *sql.Stmt
 	err  error
 }
 
 // NewReader returns a Reader of db.
-func NewReader(db *sql.DB) *Reader { return &Reader{db: db} }
+func NewReader(db *store.DB) *Reader { return &Reader{db: db} }
 
 // Frozen returns the freeze that holds agent, or nil.
 func (r *Reader) Frozen(ctx context.Context, agent string) (*Freeze, error) {
@@ -203,13 +205,13 @@ func Lift(ctx context.Context, tx *sql.Tx, agent string) error {
 }
 
 func bump(ctx context.Context, tx *sql.Tx) error {
-	_, err := tx.ExecContext(ctx, `INSERT INTO agent_freeze_changes (id, n) VALUES (1, 1) ON CONFLICT (id) DO UPDATE SET n = n + 1`)
+	_, err := tx.ExecContext(ctx, `INSERT INTO agent_freeze_changes (id, n) VALUES (1, 1) ON CONFLICT (id) DO UPDATE SET n = agent_freeze_changes.n + 1`)
 	return err
 }
 
 // Changes counts the freezes and unfreezes ever committed, by any process:
 // when it moves, one happened.
-func Changes(ctx context.Context, db *sql.DB) (int64, error) {
+func Changes(ctx context.Context, db *store.DB) (int64, error) {
 	var n int64
 	err := db.QueryRowContext(ctx, `SELECT n FROM agent_freeze_changes WHERE id = 1`).Scan(&n)
 	if errors.Is(err, sql.ErrNoRows) {
@@ -241,7 +243,7 @@ func (f *Freeze) View() *View {
 // Agents lists the agents the page shows: frozen, with pending requests,
 // or with grants in force at now (read from approval's and grant's
 // tables); the freeze of every agent comes first, as AllAgents.
-func Agents(ctx context.Context, db *sql.DB, now time.Time) ([]AgentView, error) {
+func Agents(ctx context.Context, db *store.DB, now time.Time) ([]AgentView, error) {
 	rows, err := db.QueryContext(ctx, `SELECT agent FROM agent_freezes
 		UNION SELECT agent FROM approval_requests WHERE state = 'pending'
 		UNION SELECT agent FROM approval_grants WHERE revoked_at = 0 AND used < max_calls AND expires_at > ?

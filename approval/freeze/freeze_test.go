@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/store/storetest"
 )
 
@@ -15,62 +16,63 @@ import (
 // the first; every change moves the counter other processes poll; an
 // agent's own freeze outlives the lifting of the freeze of all.
 func TestFreezesHoldUntilLifted(t *testing.T) {
-	ctx := context.Background()
-	db := storetest.Open(t, t.TempDir())
-	if err := Migrate(ctx, db); err != nil {
-		t.Fatal(err)
-	}
-	r := NewReader(db)
-	t.Cleanup(r.Close)
-	inTx := func(fn func(tx *sql.Tx) error) error { return storetest.InTx(t, db, fn) }
-	at := time.Date(2026, 3, 1, 9, 30, 0, 0, time.UTC)
-	if f, err := r.Frozen(ctx, "bot"); f != nil || err != nil {
-		t.Fatalf("before any freeze: %v, %v", f, err)
-	}
-	if err := inTx(func(tx *sql.Tx) error { return Put(ctx, tx, Freeze{Agent: "bot", By: "cli:ops", At: at}) }); err != nil {
-		t.Fatal(err)
-	}
-	err := inTx(func(tx *sql.Tx) error { return Put(ctx, tx, Freeze{Agent: "bot", By: "alice", At: at.Add(time.Hour)}) })
-	var fe *FrozenError
-	if !errors.As(err, &fe) || !errors.Is(err, ErrAgentFrozen) || fe.Freeze.By != "cli:ops" {
-		t.Fatalf("second freeze of bot: %v", err)
-	}
-	if err := inTx(func(tx *sql.Tx) error {
-		return Put(ctx, tx, Freeze{Agent: AllAgents, By: "alice", At: at.Add(time.Minute)})
-	}); err != nil {
-		t.Fatal(err)
-	}
-	for agent, by := range map[string]string{"bot": "cli:ops", "other": "alice"} {
-		f, err := r.Frozen(ctx, agent)
-		if err != nil || f == nil || f.By != by {
-			t.Fatalf("%s is held by %+v (%v), want a freeze by %s", agent, f, err, by)
+	storetest.Dialects(t, func(t *testing.T, db *store.DB) {
+		ctx := context.Background()
+		if err := Migrate(ctx, db); err != nil {
+			t.Fatal(err)
 		}
-		if f2, _ := In(ctx, db, agent); f2 == nil || *f2 != *f {
-			t.Fatalf("In and Frozen disagree on %s: %+v, %+v", agent, f2, f)
+		r := NewReader(db)
+		t.Cleanup(r.Close)
+		inTx := func(fn func(tx *sql.Tx) error) error { return storetest.InTx(t, db, fn) }
+		at := time.Date(2026, 3, 1, 9, 30, 0, 0, time.UTC)
+		if f, err := r.Frozen(ctx, "bot"); f != nil || err != nil {
+			t.Fatalf("before any freeze: %v, %v", f, err)
 		}
-	}
-	if n, err := Changes(ctx, db); err != nil || n != 2 {
-		t.Fatalf("changes %d, %v; want 2", n, err)
-	}
-	if err := inTx(func(tx *sql.Tx) error { return Lift(ctx, tx, AllAgents) }); err != nil {
-		t.Fatal(err)
-	}
-	if err := inTx(func(tx *sql.Tx) error { return Lift(ctx, tx, "other") }); !errors.Is(err, ErrNotFrozen) {
-		t.Fatalf("lifting a freeze nobody made: %v", err)
-	}
-	fs, err := List(ctx, db)
-	if err != nil || len(fs) != 1 || fs[0].Agent != "bot" || !fs[0].At.Equal(at) {
-		t.Fatalf("freezes in force %+v, %v; want bot's alone", fs, err)
-	}
-	if f, _ := r.Frozen(ctx, "other"); f != nil {
-		t.Fatalf("other is still held by %+v", f)
-	}
-	if n, _ := Changes(ctx, db); n != 3 {
-		t.Fatalf("changes %d after the lift, want 3", n)
-	}
-	for name, ok := range map[string]bool{"bot": true, AllAgents: true, "anonymous": true, "Bot": false, "": false, "a b": false} {
-		if ValidAgent(name) != ok {
-			t.Errorf("ValidAgent(%q) = %v", name, !ok)
+		if err := inTx(func(tx *sql.Tx) error { return Put(ctx, tx, Freeze{Agent: "bot", By: "cli:ops", At: at}) }); err != nil {
+			t.Fatal(err)
 		}
-	}
+		err := inTx(func(tx *sql.Tx) error { return Put(ctx, tx, Freeze{Agent: "bot", By: "alice", At: at.Add(time.Hour)}) })
+		var fe *FrozenError
+		if !errors.As(err, &fe) || !errors.Is(err, ErrAgentFrozen) || fe.Freeze.By != "cli:ops" {
+			t.Fatalf("second freeze of bot: %v", err)
+		}
+		if err := inTx(func(tx *sql.Tx) error {
+			return Put(ctx, tx, Freeze{Agent: AllAgents, By: "alice", At: at.Add(time.Minute)})
+		}); err != nil {
+			t.Fatal(err)
+		}
+		for agent, by := range map[string]string{"bot": "cli:ops", "other": "alice"} {
+			f, err := r.Frozen(ctx, agent)
+			if err != nil || f == nil || f.By != by {
+				t.Fatalf("%s is held by %+v (%v), want a freeze by %s", agent, f, err, by)
+			}
+			if f2, _ := In(ctx, db, agent); f2 == nil || *f2 != *f {
+				t.Fatalf("In and Frozen disagree on %s: %+v, %+v", agent, f2, f)
+			}
+		}
+		if n, err := Changes(ctx, db); err != nil || n != 2 {
+			t.Fatalf("changes %d, %v; want 2", n, err)
+		}
+		if err := inTx(func(tx *sql.Tx) error { return Lift(ctx, tx, AllAgents) }); err != nil {
+			t.Fatal(err)
+		}
+		if err := inTx(func(tx *sql.Tx) error { return Lift(ctx, tx, "other") }); !errors.Is(err, ErrNotFrozen) {
+			t.Fatalf("lifting a freeze nobody made: %v", err)
+		}
+		fs, err := List(ctx, db)
+		if err != nil || len(fs) != 1 || fs[0].Agent != "bot" || !fs[0].At.Equal(at) {
+			t.Fatalf("freezes in force %+v, %v; want bot's alone", fs, err)
+		}
+		if f, _ := r.Frozen(ctx, "other"); f != nil {
+			t.Fatalf("other is still held by %+v", f)
+		}
+		if n, _ := Changes(ctx, db); n != 3 {
+			t.Fatalf("changes %d after the lift, want 3", n)
+		}
+		for name, ok := range map[string]bool{"bot": true, AllAgents: true, "anonymous": true, "Bot": false, "": false, "a b": false} {
+			if ValidAgent(name) != ok {
+				t.Errorf("ValidAgent(%q) = %v", name, !ok)
+			}
+		}
+	})
 }

@@ -24,6 +24,8 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/countersign/countersign/store"
+
 	"github.com/countersign/countersign/digest"
 )
 
@@ -99,13 +101,13 @@ func (t *Terms) Digest(action [32]byte) ([32]byte, error) {
 
 // Store is the grant tables of one database.
 type Store struct {
-	db *sql.DB
+	db *store.DB
 	// name is an approver's display name.
 	name func(id string) string
 }
 
 // New creates the grant tables if needed.
-func New(ctx context.Context, db *sql.DB, name func(id string) string) (*Store, error) {
+func New(ctx context.Context, db *store.DB, name func(id string) string) (*Store, error) {
 	for _, stmt := range []string{
 		`CREATE TABLE IF NOT EXISTS approval_grant_offers (
 			request_id TEXT PRIMARY KEY,
@@ -134,7 +136,7 @@ func New(ctx context.Context, db *sql.DB, name func(id string) string) (*Store, 
 			revoked_by TEXT NOT NULL DEFAULT ''
 		)`,
 	} {
-		if _, err := db.ExecContext(ctx, stmt); err != nil {
+		if err := db.CreateTables(ctx, stmt); err != nil {
 			return nil, fmt.Errorf("approval: create tables: %w", err)
 		}
 	}
@@ -206,7 +208,7 @@ func Create(ctx context.Context, tx *sql.Tx, t *Terms, requestID, agent, tool, a
 const columns = `g.id, g.request_id, g.agent, g.tool, g.approver, g.condition, g.max_calls, g.used, g.created_at, g.expires_at,
 	g.revoked_at, g.revoked_by, COALESCE(l.seq, 0),
 	NOT EXISTS (SELECT 1 FROM approval_outbox o WHERE o.request_id = g.request_id
-		AND json_extract(o.entry, '$.kind') IN ('approval.assertion', 'approval.approved'))
+		AND o.kind IN ('approval.assertion', 'approval.approved'))
 	FROM approval_grants g LEFT JOIN approval_logged_assertions l ON l.request_id = g.request_id AND l.approver_id = g.approver`
 
 // Querier is a database or a transaction.

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/store/storetest"
 )
 
@@ -14,11 +15,14 @@ import (
 // MaxCalls of them, and none after it is revoked; an offer reads back as
 // it was stored.
 func TestGrantInForceOnlyOnceLoggedAndWithinItsCalls(t *testing.T) {
+	storetest.Dialects(t, testGrantInForce)
+}
+
+func testGrantInForce(t *testing.T, db *store.DB) {
 	ctx := context.Background()
-	db := storetest.Open(t, t.TempDir())
 	// The outbox tables are approval's; a grant reads them to know whether
 	// its approval is logged.
-	if _, err := db.Exec(`CREATE TABLE approval_outbox (request_id TEXT, entry BLOB);
+	if err := db.CreateTables(ctx, `CREATE TABLE approval_outbox (request_id TEXT, entry BLOB, kind TEXT);
 		CREATE TABLE approval_logged_assertions (request_id TEXT, approver_id TEXT, seq INTEGER)`); err != nil {
 		t.Fatal(err)
 	}
@@ -47,6 +51,16 @@ func TestGrantInForceOnlyOnceLoggedAndWithinItsCalls(t *testing.T) {
 		t.Fatalf("before its approval is logged: %d active, %v", len(gs), err)
 	}
 	if _, err := db.Exec(`INSERT INTO approval_logged_assertions VALUES ('r1', 'alice', 7)`); err != nil {
+		t.Fatal(err)
+	}
+	// The approval.approved entry still in the outbox holds it back.
+	if _, err := db.Exec(`INSERT INTO approval_outbox VALUES ('r1', ?, 'approval.approved')`, []byte(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	if gs, err := s.Active(ctx, "bot", "transfer", now); err != nil || len(gs) != 0 {
+		t.Fatalf("while approval.approved is in the outbox: %d active, %v", len(gs), err)
+	}
+	if _, err := db.Exec(`DELETE FROM approval_outbox`); err != nil {
 		t.Fatal(err)
 	}
 	gs, err := s.Active(ctx, "bot", "transfer", now)

@@ -2,9 +2,9 @@ package page
 
 import (
 	"context"
-	"database/sql"
 	"encoding/base64"
 	"encoding/json"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -12,6 +12,7 @@ import (
 	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/approval/approvaltest"
 	"github.com/countersign/countersign/digest"
+	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/store/storetest"
 	"github.com/countersign/countersign/vocab"
 )
@@ -27,7 +28,7 @@ type fixture struct {
 	svc  *approval.Service
 	opts approval.Options // svc's, to start it again over the same database
 	rec  *approvaltest.Recorder
-	db   *sql.DB
+	db   *store.DB
 	dir  string
 }
 
@@ -41,7 +42,7 @@ func newFixture(t testing.TB, tweak ...func(*approval.Options)) *fixture {
 	t.Helper()
 	ctx := context.Background()
 	dir := t.TempDir()
-	db := storetest.Open(t, dir)
+	db := storetest.Connect(t, filepath.Join(dir, store.FileName))
 	rec := &approvaltest.Recorder{}
 	opts := approval.Options{
 		RPID: "localhost", RPName: "Countersign", Origins: []string{testOrigin}, PublicURL: testOrigin,

@@ -20,6 +20,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/countersign/countersign/store"
+
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/authzdetails"
 	"github.com/countersign/countersign/vocab"
@@ -63,7 +65,7 @@ func (f Finding) Bounded() Finding {
 }
 
 // Migrate creates the findings' tables if needed.
-func Migrate(ctx context.Context, db *sql.DB) error {
+func Migrate(ctx context.Context, db *store.DB) error {
 	for _, stmt := range []string{
 		`CREATE TABLE IF NOT EXISTS approval_reconciled (
 			request_id TEXT PRIMARY KEY REFERENCES approval_requests(id),
@@ -82,7 +84,7 @@ func Migrate(ctx context.Context, db *sql.DB) error {
 			created_at INTEGER NOT NULL
 		)`,
 	} {
-		if _, err := db.ExecContext(ctx, stmt); err != nil {
+		if err := db.CreateTables(ctx, stmt); err != nil {
 			return fmt.Errorf("approval: create tables: %w", err)
 		}
 	}
@@ -119,7 +121,7 @@ func PutCall(ctx context.Context, tx *sql.Tx, seq int64, f Finding, now time.Tim
 
 // calls returns the seqs of the call.interrupted entries that have a
 // finding.
-func calls(ctx context.Context, db *sql.DB) (map[int64]bool, error) {
+func calls(ctx context.Context, db *store.DB) (map[int64]bool, error) {
 	rows, err := db.QueryContext(ctx, `SELECT interrupted_seq FROM approval_reconciled_calls`)
 	if err != nil {
 		return nil, err
@@ -197,7 +199,7 @@ func RecordCall(ctx context.Context, out Outbox, call audit.Entry, f Finding, no
 
 // UnreconciledCalls returns, oldest first, the call.interrupted entries of
 // calls without a request that nobody has reconciled yet.
-func UnreconciledCalls(ctx context.Context, db *sql.DB, l Log) ([]audit.Entry, error) {
+func UnreconciledCalls(ctx context.Context, db *store.DB, l Log) ([]audit.Entry, error) {
 	es, err := l.Interrupted(ctx)
 	if err != nil {
 		return nil, err

@@ -52,7 +52,7 @@ func run(data, addr string, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	db, err := store.Open(ctx, filepath.Join(data, store.FileName))
+	db, err := store.Connect(ctx, filepath.Join(data, store.FileName))
 	if err != nil {
 		return err
 	}

@@ -2,12 +2,13 @@ package main
 
 import (
 	"context"
-	"database/sql"
 	"errors"
 	"fmt"
 	"slices"
 	"strings"
 	"text/tabwriter"
+
+	"github.com/countersign/countersign/store"
 
 	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/audit"
@@ -133,7 +134,7 @@ func withApprovals(cmd *cobra.Command, fn func(context.Context, *approval.Servic
 	if err != nil {
 		return err
 	}
-	return withLog(cmd, c, func(ctx context.Context, db *sql.DB, log *audit.Log) error {
+	return withLog(cmd, c, func(ctx context.Context, db *store.DB, log *audit.Log) error {
 		svc, err := approval.New(ctx, db, log, daemon.ApprovalOptions(c))
 		if err != nil {
 			return err
@@ -147,7 +148,7 @@ func withApprovals(cmd *cobra.Command, fn func(context.Context, *approval.Servic
 // admin command, and closes them after. A log that fails its check at
 // open (tampered) refuses the command: what the command would record
 // could not be appended anyway.
-func withLog(cmd *cobra.Command, c *config.Config, fn func(context.Context, *sql.DB, *audit.Log) error) error {
+func withLog(cmd *cobra.Command, c *config.Config, fn func(context.Context, *store.DB, *audit.Log) error) error {
 	ctx := cmd.Context() // cobra's Execute never leaves it nil
 	db, log, err := daemon.OpenAudit(ctx, c, audit.Options{Logger: warnings(cmd)})
 	if db != nil {

@@ -392,7 +392,7 @@ func (ex *export) executedTransfers() map[string]int {
 // database file; the server must be stopped.
 func (s *site) ledgerTransfers() map[string]string {
 	s.t.Helper()
-	db, err := store.Open(context.Background(), filepath.Join(s.cfg.Server.DataDir, store.FileName))
+	db, err := store.Connect(context.Background(), filepath.Join(s.cfg.Server.DataDir, store.FileName))
 	if err != nil {
 		s.t.Fatal(err)
 	}

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -15,7 +14,6 @@ import (
 	"github.com/countersign/countersign/authz"
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/internal/daemon"
-	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/tools"
 	"github.com/countersign/countersign/vocab"
 	"github.com/spf13/cobra"
@@ -209,7 +207,7 @@ func (f *factSource) lookup(ctx context.Context, tool string, args map[string]an
 		if err := daemon.PrepareDataDir(f.c, f.log); err != nil {
 			return nil, err
 		}
-		db, err := store.Open(ctx, filepath.Join(f.c.Server.DataDir, store.FileName))
+		db, err := daemon.OpenStore(ctx, f.c)
 		if err != nil {
 			return nil, err
 		}

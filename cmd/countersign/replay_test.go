@@ -28,7 +28,7 @@ func TestReplayPolicyAgainstTheLoggedPolicy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	db, err := store.Open(ctx, filepath.Join(dir, store.FileName))
+	db, err := store.Connect(ctx, filepath.Join(dir, store.FileName))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -37,7 +37,7 @@ func TestReplayPolicyAgainstTheLoggedPolicy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	log, err := audit.Open(ctx, db, key, audit.Options{})
+	log, err := audit.Open(ctx, db.DB, key, audit.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,13 +3,14 @@ package main
 import (
 	"bytes"
 	"context"
-	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
 	"strings"
+
+	"github.com/countersign/countersign/store"
 
 	"github.com/aymanbagabas/go-udiff"
 	"github.com/countersign/countersign/audit"
@@ -137,7 +138,7 @@ func withPins(cmd *cobra.Command, server string, fn func(context.Context, *confi
 		}
 		return configError(fmt.Errorf("%s: no upstream %q (upstreams: %s)", c.Source, server, strings.Join(names, ", ")))
 	}
-	return withLog(cmd, c, func(ctx context.Context, db *sql.DB, log *audit.Log) error {
+	return withLog(cmd, c, func(ctx context.Context, db *store.DB, log *audit.Log) error {
 		st, err := pinstore.Open(ctx, db, log)
 		if err != nil {
 			return err

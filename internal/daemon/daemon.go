@@ -12,7 +12,6 @@
 package daemon
 
 import (
-	"database/sql"
 	"errors"
 	"io"
 	"log/slog"
@@ -71,7 +70,7 @@ func (o Options) logger() *slog.Logger {
 type Stack struct {
 	cfg       *config.Config
 	version   string
-	db        *sql.DB
+	db        *store.DB
 	dbProbe   *dbProbe
 	metrics   *metrics.Metrics
 	audit     *audit.Log
@@ -93,7 +92,7 @@ type Stack struct {
 // in-process rather than through its listeners.
 
 func (s *Stack) Config() *config.Config       { return s.cfg }
-func (s *Stack) DB() *sql.DB                  { return s.db }
+func (s *Stack) DB() *store.DB                { return s.db }
 func (s *Stack) Audit() *audit.Log            { return s.audit }
 func (s *Stack) Tools() *tools.Catalog        { return s.tools }
 func (s *Stack) Approvals() *approval.Service { return s.approvals }

@@ -2,10 +2,8 @@ package daemon
 
 import (
 	"context"
-	"database/sql"
 	"fmt"
 	"log/slog"
-	"path/filepath"
 
 	"github.com/countersign/countersign"
 	"github.com/countersign/countersign/audit"
@@ -16,11 +14,18 @@ import (
 // OpenAudit opens the data directory's database and audit log. A log that
 // fails its startup check comes back with its *audit.TamperError: it can
 // still be read and exported, but it refuses every append.
-func OpenAudit(ctx context.Context, c *config.Config, opts audit.Options) (*sql.DB, *audit.Log, error) {
+func OpenAudit(ctx context.Context, c *config.Config, opts audit.Options) (*store.DB, *audit.Log, error) {
+	if c.Store.URL != "" {
+		// Refused before connecting: half a server, say its approvals on
+		// PostgreSQL and its log in a file each replica keeps apart, would
+		// be N chains no export shows whole.
+		return nil, nil, fmt.Errorf("store.url is %s, but serve cannot run on PostgreSQL yet (the audit log and the replicas' recovery are not wired to it): "+
+			"unset store.url (and COUNTERSIGN_STORE_URL) to keep everything in SQLite in the data directory", c.Store.Redacted())
+	}
 	if err := PrepareDataDir(c, opts.Logger); err != nil {
 		return nil, nil, err
 	}
-	db, err := store.Open(ctx, filepath.Join(c.Server.DataDir, store.FileName), store.WithSync(c.Audit.Sync))
+	db, err := OpenStore(ctx, c)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -29,7 +34,8 @@ func OpenAudit(ctx context.Context, c *config.Config, opts audit.Options) (*sql.
 		db.Close()
 		return nil, nil, err
 	}
-	log, err := audit.Open(ctx, db, key, opts)
+	// audit keeps the embedded *sql.DB until it has a PostgreSQL backend.
+	log, err := audit.Open(ctx, db.DB, key, opts)
 	if log == nil {
 		db.Close()
 		return nil, nil, fmt.Errorf("audit log: %w", err)
@@ -38,6 +44,12 @@ func OpenAudit(ctx context.Context, c *config.Config, opts audit.Options) (*sql.
 		return db, log, fmt.Errorf("audit log: %w", err)
 	}
 	return db, log, nil
+}
+
+// OpenStore connects to the database c names: store.url, or the SQLite
+// file in the data directory.
+func OpenStore(ctx context.Context, c *config.Config) (*store.DB, error) {
+	return store.Connect(ctx, c.Store.Target(c.Server.DataDir, store.FileName), store.WithSync(c.Audit.Sync))
 }
 
 // PrepareDataDir creates the data directory (0700) of a validated

@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"context"
-	"database/sql"
 	"errors"
 	"fmt"
 	"net"
@@ -11,6 +10,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/countersign/countersign/store"
 
 	"github.com/countersign/countersign/config"
 )
@@ -141,14 +142,15 @@ func (s *Stack) readyz(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// dbProbe checks that the database takes a write: on one connection, with
+// dbProbe checks that the database takes a write (on PostgreSQL, see
+// probePostgres): on one connection, with
 // a short busy timeout, it begins a write transaction, rewrites the
 // schema's user_version with its own value and rolls back. A read-only
 // file, a full or read-only file system, or a lock another process holds
 // fails it; nothing is ever changed. One probe runs at a time, and a
 // result is reused for a second, so probes cannot pile up on the writer.
 type dbProbe struct {
-	db *sql.DB
+	db *store.DB
 
 	mu   sync.Mutex
 	at   time.Time
@@ -169,6 +171,9 @@ func (p *dbProbe) writable(ctx context.Context) error {
 }
 
 func (p *dbProbe) probe(ctx context.Context) (err error) {
+	if p.db.Dialect() == store.PostgreSQL {
+		return p.probePostgres(ctx)
+	}
 	conn, err := p.db.Conn(ctx)
 	if err != nil {
 		return err
@@ -190,6 +195,28 @@ func (p *dbProbe) probe(ctx context.Context) (err error) {
 	}
 	_, err = tx.ExecContext(ctx, fmt.Sprintf("PRAGMA user_version = %d", v))
 	return err
+}
+
+// probePostgres is the probe on PostgreSQL: a transaction that waits at
+// most a second for locks takes a transaction id and updates nothing in
+// schema_version, then rolls back. A standby, a read-only database or a
+// lock held for longer fails it.
+func (p *dbProbe) probePostgres(ctx context.Context) error {
+	tx, err := p.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	for _, q := range []string{
+		fmt.Sprintf("SET LOCAL lock_timeout = %d", probeBusyTimeout),
+		"SELECT pg_current_xact_id()",
+		"UPDATE schema_version SET version = version WHERE component = ''",
+	} {
+		if _, err := tx.ExecContext(ctx, q); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // approverHosts matches Host headers as the approver page does: host:port,

@@ -25,7 +25,7 @@ func TestReadyzFailsWhenTheDatabaseIsNotWritable(t *testing.T) {
 		}
 	}
 
-	other, err := store.Open(context.Background(), filepath.Join(c.Server.DataDir, store.FileName))
+	other, err := store.Connect(context.Background(), filepath.Join(c.Server.DataDir, store.FileName))
 	if err != nil {
 		t.Fatal(err)
 	}

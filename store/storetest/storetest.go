@@ -24,18 +24,9 @@ func Open(t testing.TB, dir string) *sql.DB {
 	return db
 }
 
-// InTx runs fn in one transaction of db, committing only when fn succeeds,
-// and returns fn's error (or the commit's); failing to begin fails the
-// test.
-func InTx(t testing.TB, db *sql.DB, fn func(tx *sql.Tx) error) error {
+// InTx runs fn in one transaction of db (store.DB.InTx), committing only
+// when fn succeeds, and returns fn's error (or the commit's).
+func InTx(t testing.TB, db *store.DB, fn func(tx *sql.Tx) error) error {
 	t.Helper()
-	tx, err := db.Begin()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := fn(tx); err != nil {
-		tx.Rollback()
-		return err
-	}
-	return tx.Commit()
+	return db.InTx(context.Background(), fn)
 }

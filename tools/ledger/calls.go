@@ -5,6 +5,8 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+
+	"github.com/countersign/countersign/store"
 )
 
 // A transfer made by a server call carries that call's id (a column of
@@ -18,26 +20,23 @@ import (
 // migrateCalls adds call_id to a ledger created before it existed; the
 // transfers already there have none.
 func (l *Ledger) migrateCalls(ctx context.Context) error {
-	tx, err := l.db.BeginTx(ctx, nil)
-	if err != nil {
-		return err
-	}
-	defer tx.Rollback()
-	var n int
-	if err := tx.QueryRowContext(ctx,
-		`SELECT COUNT(*) FROM pragma_table_info('ledger_transfers') WHERE name = 'call_id'`).Scan(&n); err != nil {
-		return fmt.Errorf("read table layout: %w", err)
-	}
-	if n == 0 {
-		if _, err := tx.ExecContext(ctx, `ALTER TABLE ledger_transfers ADD COLUMN call_id TEXT`); err != nil {
-			return fmt.Errorf("add call_id column: %w", err)
+	return l.db.Migrate(ctx, "ledger", func(ctx context.Context, tx *sql.Tx, d store.Dialect) error {
+		// Databases made before schema_version may have it already.
+		has, err := store.HasColumn(ctx, tx, d, "ledger_transfers", "call_id")
+		if err != nil {
+			return fmt.Errorf("read table layout: %w", err)
 		}
-	}
-	if _, err := tx.ExecContext(ctx, `CREATE UNIQUE INDEX IF NOT EXISTS ledger_transfers_call_id
-		ON ledger_transfers (call_id) WHERE call_id IS NOT NULL`); err != nil {
-		return fmt.Errorf("call_id index: %w", err)
-	}
-	return tx.Commit()
+		if !has {
+			if _, err := tx.ExecContext(ctx, `ALTER TABLE ledger_transfers ADD COLUMN call_id TEXT`); err != nil {
+				return fmt.Errorf("add call_id column: %w", err)
+			}
+		}
+		if _, err := tx.ExecContext(ctx, `CREATE UNIQUE INDEX IF NOT EXISTS ledger_transfers_call_id
+			ON ledger_transfers (call_id) WHERE call_id IS NOT NULL`); err != nil {
+			return fmt.Errorf("call_id index: %w", err)
+		}
+		return nil
+	})
 }
 
 // TransferByCall returns the transfer the call made; ok is false when it

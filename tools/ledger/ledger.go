@@ -27,6 +27,8 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/countersign/countersign/store"
+
 	"github.com/countersign/countersign/config"
 	"github.com/google/uuid"
 )
@@ -46,7 +48,7 @@ const MaxNameLen = 100
 // Ledger is the money backend. Its methods are safe for concurrent use;
 // SQLite serializes the writers.
 type Ledger struct {
-	db  *sql.DB
+	db  *store.DB
 	now func() time.Time
 }
 
@@ -138,9 +140,9 @@ CREATE TABLE IF NOT EXISTS ledger_transfers (
 // known flag and keeps its first-seen time. An existing account whose
 // currency differs from the config is an error, because its balance would
 // be misread.
-func Open(ctx context.Context, db *sql.DB, seed config.Ledger) (*Ledger, error) {
+func Open(ctx context.Context, db *store.DB, seed config.Ledger) (*Ledger, error) {
 	l := &Ledger{db: db, now: time.Now}
-	if _, err := db.ExecContext(ctx, schema); err != nil {
+	if err := db.CreateTables(ctx, schema); err != nil {
 		return nil, fmt.Errorf("ledger: create tables: %w", err)
 	}
 	if err := l.migrateCalls(ctx); err != nil {
@@ -153,11 +155,11 @@ func Open(ctx context.Context, db *sql.DB, seed config.Ledger) (*Ledger, error) 
 }
 
 func (l *Ledger) seed(ctx context.Context, seed config.Ledger) error {
-	tx, err := l.db.BeginTx(ctx, nil)
-	if err != nil {
-		return err
-	}
-	defer tx.Rollback()
+	// Re-runnable: what it writes follows from what it reads in tx.
+	return l.db.InTx(ctx, func(tx *sql.Tx) error { return l.seedIn(ctx, tx, seed) })
+}
+
+func (l *Ledger) seedIn(ctx context.Context, tx *sql.Tx, seed config.Ledger) error {
 	for i, a := range seed.Accounts {
 		bal, err := ParseBalance(a.Balance, a.Currency)
 		if err != nil {
@@ -190,7 +192,7 @@ func (l *Ledger) seed(ctx context.Context, seed config.Ledger) error {
 			return err
 		}
 	}
-	return tx.Commit()
+	return nil
 }
 
 // NormalizeName returns the canonical form of a payee name: surrounding
@@ -349,13 +351,29 @@ func (l *Ledger) Transfer(ctx context.Context, req TransferRequest) (Transfer, e
 	if req.Amount <= 0 {
 		return Transfer{}, amountErr(ErrAmountNotPositive, "must be greater than zero")
 	}
-	// The database was opened with _txlock=immediate: this takes the write
-	// lock now, so the funds check and the debit see the same balance.
-	tx, err := l.db.BeginTx(ctx, nil)
+	// On SQLite the database was opened with _txlock=immediate: this takes
+	// the write lock now, so the funds check and the debit see the same
+	// balance. On PostgreSQL the transaction is READ COMMITTED and first
+	// locks the paying account's row (FOR UPDATE): transfers from one
+	// account take turns, and each statement after the lock sees what the
+	// one before it committed (its transfer, the balance it left).
+	// SERIALIZABLE would make every transfer from a busy account but one
+	// fail and retry. Rows are locked in one order, the account before the
+	// payee's receipts, so two transfers cannot deadlock.
+	opts := (*sql.TxOptions)(nil)
+	if l.db.Dialect() == store.PostgreSQL {
+		opts = &sql.TxOptions{Isolation: sql.LevelReadCommitted}
+	}
+	tx, err := l.db.BeginTx(ctx, opts)
 	if err != nil {
 		return Transfer{}, fmt.Errorf("ledger: %w", err)
 	}
 	defer tx.Rollback()
+	if l.db.Dialect() == store.PostgreSQL {
+		if _, err := tx.ExecContext(ctx, `SELECT 1 FROM ledger_accounts WHERE id = ? FOR UPDATE`, req.From); err != nil {
+			return Transfer{}, fmt.Errorf("ledger: lock account: %w", err)
+		}
+	}
 
 	if req.CallID != "" {
 		// The same call again (a restart finishing what a crash cut short):
@@ -421,7 +439,7 @@ func (l *Ledger) Transfer(ctx context.Context, req TransferRequest) (Transfer, e
 		return Transfer{}, fmt.Errorf("ledger: counterparty: %w", err)
 	}
 	if _, err := tx.ExecContext(ctx, `INSERT INTO ledger_receipts (counterparty, currency, amount) VALUES (?, ?, ?)
-		ON CONFLICT (counterparty, currency) DO UPDATE SET amount = amount + excluded.amount`, to, currency, req.Amount); err != nil {
+		ON CONFLICT (counterparty, currency) DO UPDATE SET amount = ledger_receipts.amount + excluded.amount`, to, currency, req.Amount); err != nil {
 		return Transfer{}, fmt.Errorf("ledger: credit: %w", err)
 	}
 

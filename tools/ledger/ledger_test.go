@@ -10,6 +10,7 @@ import (
 
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/store"
+	"github.com/countersign/countersign/store/pgtest"
 )
 
 var testSeed = config.Ledger{
@@ -26,9 +27,16 @@ func openTest(t *testing.T, seed config.Ledger) (*Ledger, string) {
 	return reopen(t, path, seed), path
 }
 
+// dialects runs fn on a SQLite file and on a database of its own on a
+// real PostgreSQL (pgtest), each a subtest; target is the database.
+func dialects(t *testing.T, fn func(t *testing.T, target string)) {
+	t.Run(store.SQLite.String(), func(t *testing.T) { fn(t, filepath.Join(t.TempDir(), store.FileName)) })
+	t.Run(store.PostgreSQL.String(), func(t *testing.T) { fn(t, pgtest.URL(t)) })
+}
+
 func reopen(t *testing.T, path string, seed config.Ledger) *Ledger {
 	t.Helper()
-	db, err := store.Open(context.Background(), path)
+	db, err := store.Connect(context.Background(), path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,143 +67,151 @@ func received(t *testing.T, l *Ledger, currency string) int64 {
 }
 
 func TestConcurrentTransfersNeverOverdraw(t *testing.T) {
-	l, _ := openTest(t, testSeed)
-	ctx := context.Background()
-	const workers = 50
-	const amount = 3000 // USD 30.00; 1000.00 covers 33 of the 50
-	var wg sync.WaitGroup
-	errs := make([]error, workers)
-	for i := range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			_, errs[i] = l.Transfer(ctx, TransferRequest{
-				From: "operating", To: fmt.Sprintf("Payee %d", i%7), Currency: "USD", Amount: amount,
-			})
-		}()
-	}
-	wg.Wait()
-	paid := 0
-	for _, err := range errs {
-		switch {
-		case err == nil:
-			paid++
-		case errors.Is(err, ErrInsufficientFunds):
-		default:
-			t.Fatalf("unexpected error: %v", err)
+	dialects(t, func(t *testing.T, target string) {
+		l := reopen(t, target, testSeed)
+		ctx := context.Background()
+		const workers = 50
+		const amount = 3000 // USD 30.00; 1000.00 covers 33 of the 50
+		var wg sync.WaitGroup
+		errs := make([]error, workers)
+		for i := range workers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				_, errs[i] = l.Transfer(ctx, TransferRequest{
+					From: "operating", To: fmt.Sprintf("Payee %d", i%7), Currency: "USD", Amount: amount,
+				})
+			}()
 		}
-	}
-	if paid != 33 {
-		t.Errorf("%d transfers succeeded, want 33 (100000 / 3000)", paid)
-	}
-	bal := balance(t, l, "operating")
-	if bal < 0 || bal != 100000-int64(paid)*amount {
-		t.Errorf("balance %d, want %d", bal, 100000-int64(paid)*amount)
-	}
-	if got := bal + received(t, l, "USD"); got != 100000 {
-		t.Errorf("balances + receipts = %d, want 100000 (money created or lost)", got)
-	}
-	ts, err := l.Transfers(ctx, 0, 100)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(ts) != paid {
-		t.Errorf("%d transfers recorded, want %d", len(ts), paid)
-	}
-	cps, err := l.Counterparties(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(cps) != 8 { // Acme + Payee 0..6
-		t.Errorf("%d counterparties, want 8: %+v", len(cps), cps)
-	}
+		wg.Wait()
+		paid := 0
+		for _, err := range errs {
+			switch {
+			case err == nil:
+				paid++
+			case errors.Is(err, ErrInsufficientFunds):
+			default:
+				t.Fatalf("unexpected error: %v", err)
+			}
+		}
+		if paid != 33 {
+			t.Errorf("%d transfers succeeded, want 33 (100000 / 3000)", paid)
+		}
+		bal := balance(t, l, "operating")
+		if bal < 0 || bal != 100000-int64(paid)*amount {
+			t.Errorf("balance %d, want %d", bal, 100000-int64(paid)*amount)
+		}
+		if got := bal + received(t, l, "USD"); got != 100000 {
+			t.Errorf("balances + receipts = %d, want 100000 (money created or lost)", got)
+		}
+		ts, err := l.Transfers(ctx, 0, 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(ts) != paid {
+			t.Errorf("%d transfers recorded, want %d", len(ts), paid)
+		}
+		cps, err := l.Counterparties(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(cps) != 8 { // Acme + Payee 0..6
+			t.Errorf("%d counterparties, want 8: %+v", len(cps), cps)
+		}
+	})
 }
 
 func TestIdempotentRetryPaysOnce(t *testing.T) {
-	l, _ := openTest(t, testSeed)
-	ctx := context.Background()
-	req := TransferRequest{From: "operating", To: "Vendor X", Currency: "USD", Amount: 25000, Memo: "inv 7", IdempotencyKey: "k-1"}
-	first, err := l.Transfer(ctx, req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if first.Replayed || !first.NewPayee {
-		t.Errorf("first transfer: replayed=%v newPayee=%v", first.Replayed, first.NewPayee)
-	}
-	// Concurrent retries, as a client that times out and retries would send.
-	var wg sync.WaitGroup
-	for range 10 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			again, err := l.Transfer(ctx, req)
-			if err != nil {
-				t.Errorf("retry: %v", err)
-				return
-			}
-			if !again.Replayed || again.ID != first.ID {
-				t.Errorf("retry returned %+v, want replay of %s", again, first.ID)
-			}
-		}()
-	}
-	wg.Wait()
-	if got := balance(t, l, "operating"); got != 100000-25000 {
-		t.Errorf("balance %d after retries, want %d", got, 100000-25000)
-	}
-	diff := req
-	diff.Amount = 25001
-	if _, err := l.Transfer(ctx, diff); !errors.Is(err, ErrIdempotencyConflict) {
-		t.Errorf("same key, different amount: err %v, want ErrIdempotencyConflict", err)
-	}
-	diff = req
-	diff.To = "Vendor Y"
-	if _, err := l.Transfer(ctx, diff); !errors.Is(err, ErrIdempotencyConflict) {
-		t.Errorf("same key, different payee: err %v, want ErrIdempotencyConflict", err)
-	}
-	if got := balance(t, l, "operating"); got != 75000 {
-		t.Errorf("balance %d after conflicts, want 75000", got)
-	}
+	dialects(t, func(t *testing.T, target string) {
+		l := reopen(t, target, testSeed)
+		ctx := context.Background()
+		req := TransferRequest{From: "operating", To: "Vendor X", Currency: "USD", Amount: 25000, Memo: "inv 7", IdempotencyKey: "k-1"}
+		first, err := l.Transfer(ctx, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if first.Replayed || !first.NewPayee {
+			t.Errorf("first transfer: replayed=%v newPayee=%v", first.Replayed, first.NewPayee)
+		}
+		// Concurrent retries, as a client that times out and retries would send.
+		var wg sync.WaitGroup
+		for range 10 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				again, err := l.Transfer(ctx, req)
+				if err != nil {
+					t.Errorf("retry: %v", err)
+					return
+				}
+				if !again.Replayed || again.ID != first.ID {
+					t.Errorf("retry returned %+v, want replay of %s", again, first.ID)
+				}
+			}()
+		}
+		wg.Wait()
+		if got := balance(t, l, "operating"); got != 100000-25000 {
+			t.Errorf("balance %d after retries, want %d", got, 100000-25000)
+		}
+		diff := req
+		diff.Amount = 25001
+		if _, err := l.Transfer(ctx, diff); !errors.Is(err, ErrIdempotencyConflict) {
+			t.Errorf("same key, different amount: err %v, want ErrIdempotencyConflict", err)
+		}
+		diff = req
+		diff.To = "Vendor Y"
+		if _, err := l.Transfer(ctx, diff); !errors.Is(err, ErrIdempotencyConflict) {
+			t.Errorf("same key, different payee: err %v, want ErrIdempotencyConflict", err)
+		}
+		if got := balance(t, l, "operating"); got != 75000 {
+			t.Errorf("balance %d after conflicts, want 75000", got)
+		}
+	})
 }
 
 func TestTransferRefusals(t *testing.T) {
-	l, _ := openTest(t, testSeed)
-	ctx := context.Background()
-	tests := []struct {
-		name string
-		req  TransferRequest
-		want error
-	}{
-		{"unknown account", TransferRequest{From: "nope", To: "A", Currency: "USD", Amount: 1}, ErrUnknownAccount},
-		{"currency mismatch", TransferRequest{From: "operating", To: "A", Currency: "EUR", Amount: 1}, ErrCurrencyMismatch},
-		{"overdraw", TransferRequest{From: "operating", To: "A", Currency: "USD", Amount: 100001}, ErrInsufficientFunds},
-		{"zero", TransferRequest{From: "operating", To: "A", Currency: "USD", Amount: 0}, ErrAmountNotPositive},
-		{"control char payee", TransferRequest{From: "operating", To: "A\nB", Currency: "USD", Amount: 1}, ErrInvalidName},
-		{"bidi payee", TransferRequest{From: "operating", To: "A\u202eB", Currency: "USD", Amount: 1}, ErrInvalidName},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			if _, err := l.Transfer(ctx, tc.req); !errors.Is(err, tc.want) {
-				t.Errorf("err %v, want %v", err, tc.want)
-			}
-		})
-	}
-	if got := balance(t, l, "operating"); got != 100000 {
-		t.Errorf("balance %d after refusals, want 100000", got)
-	}
-	if cps, _ := l.Counterparties(ctx); len(cps) != 1 {
-		t.Errorf("refused transfers created counterparties: %+v", cps)
-	}
+	dialects(t, func(t *testing.T, target string) {
+		l := reopen(t, target, testSeed)
+		ctx := context.Background()
+		tests := []struct {
+			name string
+			req  TransferRequest
+			want error
+		}{
+			{"unknown account", TransferRequest{From: "nope", To: "A", Currency: "USD", Amount: 1}, ErrUnknownAccount},
+			{"currency mismatch", TransferRequest{From: "operating", To: "A", Currency: "EUR", Amount: 1}, ErrCurrencyMismatch},
+			{"overdraw", TransferRequest{From: "operating", To: "A", Currency: "USD", Amount: 100001}, ErrInsufficientFunds},
+			{"zero", TransferRequest{From: "operating", To: "A", Currency: "USD", Amount: 0}, ErrAmountNotPositive},
+			{"control char payee", TransferRequest{From: "operating", To: "A\nB", Currency: "USD", Amount: 1}, ErrInvalidName},
+			{"bidi payee", TransferRequest{From: "operating", To: "A\u202eB", Currency: "USD", Amount: 1}, ErrInvalidName},
+		}
+		for _, tc := range tests {
+			t.Run(tc.name, func(t *testing.T) {
+				if _, err := l.Transfer(ctx, tc.req); !errors.Is(err, tc.want) {
+					t.Errorf("err %v, want %v", err, tc.want)
+				}
+			})
+		}
+		if got := balance(t, l, "operating"); got != 100000 {
+			t.Errorf("balance %d after refusals, want 100000", got)
+		}
+		if cps, _ := l.Counterparties(ctx); len(cps) != 1 {
+			t.Errorf("refused transfers created counterparties: %+v", cps)
+		}
+	})
 }
 
 func TestPayeeMatchesKnownCounterpartyIgnoringCaseAndSpace(t *testing.T) {
-	l, _ := openTest(t, testSeed)
-	tr, err := l.Transfer(context.Background(), TransferRequest{From: "operating", To: "  acme   SUPPLIES ", Currency: "USD", Amount: 100})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if tr.NewPayee || tr.To != "Acme Supplies" {
-		t.Errorf("paid %q newPayee=%v, want the known Acme Supplies", tr.To, tr.NewPayee)
-	}
+	dialects(t, func(t *testing.T, target string) {
+		l := reopen(t, target, testSeed)
+		tr, err := l.Transfer(context.Background(), TransferRequest{From: "operating", To: "  acme   SUPPLIES ", Currency: "USD", Amount: 100})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tr.NewPayee || tr.To != "Acme Supplies" {
+			t.Errorf("paid %q newPayee=%v, want the known Acme Supplies", tr.To, tr.NewPayee)
+		}
+	})
 }
 
 func TestSeedTwiceKeepsBalances(t *testing.T) {
@@ -223,7 +239,7 @@ func TestSeedTwiceKeepsBalances(t *testing.T) {
 
 	changed := testSeed
 	changed.Accounts = []config.Account{{ID: "operating", Name: "Operating", Currency: "EUR", Balance: "1000.00"}}
-	db, err := store.Open(ctx, path)
+	db, err := store.Connect(ctx, path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -235,7 +251,7 @@ func TestSeedTwiceKeepsBalances(t *testing.T) {
 
 func TestSeedRefusesBadBalance(t *testing.T) {
 	path := filepath.Join(t.TempDir(), store.FileName)
-	db, err := store.Open(context.Background(), path)
+	db, err := store.Connect(context.Background(), path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -250,7 +266,7 @@ func TestSeedRefusesBadBalance(t *testing.T) {
 // write transaction with synchronous=FULL).
 func BenchmarkTransfer(b *testing.B) {
 	path := filepath.Join(b.TempDir(), store.FileName)
-	db, err := store.Open(context.Background(), path)
+	db, err := store.Connect(context.Background(), path)
 	if err != nil {
 		b.Fatal(err)
 	}

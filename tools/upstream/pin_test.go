@@ -84,7 +84,7 @@ func openPins(t *testing.T) *pinDB {
 	t.Helper()
 	ctx := context.Background()
 	dir := t.TempDir()
-	db, err := store.Open(ctx, filepath.Join(dir, store.FileName))
+	db, err := store.Connect(ctx, filepath.Join(dir, store.FileName))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,7 +92,7 @@ func openPins(t *testing.T) *pinDB {
 	if err != nil {
 		t.Fatal(err)
 	}
-	log, err := audit.Open(ctx, db, key, audit.Options{})
+	log, err := audit.Open(ctx, db.DB, key, audit.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -20,11 +20,12 @@ package pinstore
 
 import (
 	"context"
-	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/countersign/countersign/store"
 
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/tools/upstream"
@@ -38,7 +39,7 @@ type Recorder interface {
 
 // Store is the pins of every upstream. It implements upstream.Pins.
 type Store struct {
-	db  *sql.DB
+	db  *store.DB
 	rec Recorder
 }
 
@@ -64,8 +65,8 @@ CREATE TABLE IF NOT EXISTS upstream_pin_changes (
 `
 
 // Open creates the tables if needed.
-func Open(ctx context.Context, db *sql.DB, rec Recorder) (*Store, error) {
-	if _, err := db.ExecContext(ctx, schema); err != nil {
+func Open(ctx context.Context, db *store.DB, rec Recorder) (*Store, error) {
+	if err := db.CreateTables(ctx, schema); err != nil {
 		return nil, fmt.Errorf("pinstore: %w", err)
 	}
 	return &Store{db: db, rec: rec}, nil
@@ -129,8 +130,8 @@ func (s *Store) Changed(ctx context.Context, server string, changes []upstream.C
 		if c.Definition != nil {
 			def = string(c.Definition)
 		}
-		_, err = s.db.ExecContext(ctx, `INSERT OR IGNORE INTO upstream_pin_changes (server, tool, pinned, listed, definition, seen_at)
-			VALUES (?, ?, ?, ?, ?, ?)`, server, c.Tool, c.Pinned, c.Listed, def, time.Now().UnixNano())
+		_, err = s.db.ExecContext(ctx, `INSERT INTO upstream_pin_changes (server, tool, pinned, listed, definition, seen_at)
+			VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`, server, c.Tool, c.Pinned, c.Listed, def, time.Now().UnixNano())
 		if err != nil {
 			return fmt.Errorf("pinstore: %w", err)
 		}

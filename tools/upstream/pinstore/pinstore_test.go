@@ -10,6 +10,7 @@ import (
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/store"
+	"github.com/countersign/countersign/store/storetest"
 	"github.com/countersign/countersign/tools/upstream"
 	"github.com/countersign/countersign/tools/upstream/pinstore"
 	"github.com/countersign/countersign/vocab"
@@ -45,19 +46,21 @@ func count(t *testing.T, log *audit.Log, kind vocab.Kind) int {
 // A change is recorded once, also across a reopened store (a restart);
 // accept pins the listing, drops a removed tool's pin, and refuses when
 // there is nothing to accept.
+// The pins are on either engine; the log stays in a SQLite file of its
+// own until audit runs on PostgreSQL.
 func TestChangesAreRecordedOnceAndAccepted(t *testing.T) {
+	storetest.Dialects(t, testChangesRecordedOnce)
+}
+
+func testChangesRecordedOnce(t *testing.T, db *store.DB) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	db, err := store.Open(ctx, filepath.Join(dir, store.FileName))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
+	logDB := storetest.Connect(t, filepath.Join(dir, store.FileName))
 	key, err := audit.LoadOrCreateKey(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	log, err := audit.Open(ctx, db, key, audit.Options{})
+	log, err := audit.Open(ctx, logDB.DB, key, audit.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
