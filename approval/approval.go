@@ -86,6 +86,13 @@ type Options struct {
 	// agent to collect; default DefaultResultTTL (results.go).
 	ResultKey []byte
 	ResultTTL time.Duration
+
+	// Owners tells the processes sharing the database dead or alive: on
+	// PostgreSQL the replicas table (store.OwnersFor), which the daemon
+	// opens once; nil: store.OwnersOf (SQLite's lock files; on
+	// PostgreSQL nobody can be told dead and recovery acts as if this
+	// process were alone).
+	Owners *store.Owners
 }
 
 // Approver is a human who may countersign (from config).
@@ -242,8 +249,12 @@ func (o *Options) deriveAddresses() error {
 // start takes this process's liveness lock, appends what another process
 // left in the outbox, and starts the background loops Close stops.
 func (s *Service) start(ctx context.Context) {
-	s.owners = store.OwnersOf(ctx, s.db)
+	s.owners = s.opts.Owners
+	if s.owners == nil {
+		s.owners = store.OwnersOf(ctx, s.db)
+	}
 	s.alive = s.holdOwner(ctx)
+	s.subscribeChanges(ctx, s.stop)
 	// Entries another process left unflushed are appended now.
 	if err := s.flush(ctx, true); err != nil {
 		s.opts.Logger.Warn("approval: outbox flush at start failed", "err", err)
@@ -277,10 +288,6 @@ func (s *Service) Close() error {
 }
 
 func (s *Service) now() time.Time { return s.opts.Now() }
-
-// notify wakes the waiters on the requests ids, or, given no ids, every
-// waiter.
-func (s *Service) notify(ids ...string) { s.watch.Notify(ids...) }
 
 // OnChange registers fn to be told, after each change, which request
 // changed, or "" for a change that may concern any. It lets one watcher
