@@ -31,37 +31,6 @@ func (s *Service) holdOwner(ctx context.Context) func() {
 	return release
 }
 
-// deadOwners returns the owners of outbox entries whose processes are gone.
-func (s *Service) deadOwners(ctx context.Context) ([]any, error) {
-	if !s.owners.Tracked() {
-		return []any{}, nil
-	}
-	rows, err := s.db.QueryContext(ctx, `SELECT DISTINCT owner FROM approval_outbox WHERE owner <> ?`, s.owner)
-	if err != nil {
-		return nil, err
-	}
-	var owners []string
-	for rows.Next() {
-		var o string
-		if err := rows.Scan(&o); err != nil {
-			rows.Close()
-			return nil, err
-		}
-		owners = append(owners, o)
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-	dead := []any{}
-	for _, o := range owners {
-		if s.owners.Dead(o) {
-			dead = append(dead, o)
-		}
-	}
-	return dead, nil
-}
-
 // sweepOwners removes the lock files of dead owners with nothing in the
 // outbox, so that crashes do not leave files behind for ever.
 func (s *Service) sweepOwners(ctx context.Context) {
@@ -128,4 +97,46 @@ func sameEntry(a, b audit.Entry) bool {
 		a.Approver == b.Approver && a.CredentialID == b.CredentialID && a.Signature == b.Signature &&
 		a.Decision == b.Decision && a.ExpiresAt == b.ExpiresAt && a.Reason == b.Reason &&
 		a.InterruptedSeq == b.InterruptedSeq
+}
+
+// liveness tells, for one recovery pass, which owners live: this Service,
+// and another only while its liveness lock is held (listed and not
+// dead). An owner with no lock at all (released, from before owners were
+// recorded, or on a store where nobody can be told dead) is gone: nobody
+// waits on what it left. Read the rows to settle first and ask after: a
+// process holds its lock before it writes, so a row read first cannot
+// belong to an owner that takes its lock later and is taken for gone.
+type liveness struct {
+	s      *Service
+	listed map[string]bool // nil until first asked
+	known  map[string]bool
+}
+
+func (s *Service) liveness() *liveness { return &liveness{s: s, known: map[string]bool{}} }
+
+// live reports whether owner's process lives.
+func (l *liveness) live(owner string) bool {
+	if owner == l.s.owner {
+		return true
+	}
+	if v, ok := l.known[owner]; ok {
+		return v
+	}
+	if l.listed == nil {
+		l.listed = map[string]bool{}
+		for _, o := range l.s.owners.Listed() {
+			l.listed[o] = true
+		}
+	}
+	v := l.listed[owner] && !l.s.owners.Dead(owner)
+	l.known[owner] = v
+	return v
+}
+
+// listed reports whether owner holds (or held, if dead) a liveness lock:
+// an unlisted owner's outbox entries are taken only once stale, since it
+// may be a process that could not take its lock.
+func (l *liveness) isListed(owner string) bool {
+	l.live(owner)
+	return owner == l.s.owner || l.listed[owner]
 }
