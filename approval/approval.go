@@ -177,7 +177,9 @@ func New(ctx context.Context, db *store.DB, rec Recorder, opts Options) (*Servic
 	if err := s.openParts(ctx); err != nil {
 		return nil, err
 	}
-	s.start(ctx)
+	if err := s.start(ctx); err != nil {
+		return nil, err
+	}
 	return s, nil
 }
 
@@ -248,12 +250,15 @@ func (o *Options) deriveAddresses() error {
 
 // start takes this process's liveness lock, appends what another process
 // left in the outbox, and starts the background loops Close stops.
-func (s *Service) start(ctx context.Context) {
+func (s *Service) start(ctx context.Context) error {
 	s.owners = s.opts.Owners
 	if s.owners == nil {
 		s.owners = store.OwnersOf(ctx, s.db)
 	}
-	s.alive = s.holdOwner(ctx)
+	var err error
+	if s.alive, err = s.holdOwner(ctx); err != nil {
+		return err
+	}
 	s.subscribeChanges(ctx, s.stop)
 	// Entries another process left unflushed are appended now.
 	if err := s.flush(ctx, true); err != nil {
@@ -266,6 +271,7 @@ func (s *Service) start(ctx context.Context) {
 	go s.keys.Sweep(s.stop, s.swept)
 	s.freezesDone = make(chan struct{})
 	go s.watchFreezes()
+	return nil
 }
 
 // Close stops the expiry loop. It does not close the database.

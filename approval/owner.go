@@ -2,9 +2,11 @@ package approval
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/store"
 )
 
 // Every Service writes its audit entries to the outbox under its own owner
@@ -21,14 +23,21 @@ import (
 
 // holdOwner takes this Service's liveness lock and returns its release.
 // It also removes the files of dead owners that left nothing behind.
-func (s *Service) holdOwner(ctx context.Context) func() {
+// Without a lock a SQLite process goes on (what it leaves waits until
+// stale); a replica given Options.Owners must not: every write in its
+// name would be refused (Unfenced), and its peers could not tell it
+// alive.
+func (s *Service) holdOwner(ctx context.Context) (func(), error) {
 	release, err := s.owners.Hold(s.owner)
+	if err != nil && s.opts.Owners != nil && s.db.Dialect() == store.PostgreSQL {
+		return nil, fmt.Errorf("approval: take this replica's liveness lock: %w", err)
+	}
 	if err != nil {
 		s.opts.Logger.Warn("approval: no liveness lock; entries this process leaves behind wait until they are stale", "err", err)
-		return func() {}
+		return func() {}, nil
 	}
 	s.sweepOwners(ctx)
-	return release
+	return release, nil
 }
 
 // sweepOwners removes the lock files of dead owners with nothing in the
@@ -139,4 +148,22 @@ func (l *liveness) live(owner string) bool {
 func (l *liveness) isListed(owner string) bool {
 	l.live(owner)
 	return owner == l.s.owner || l.listed[owner]
+}
+
+// LivePeers reports whether another replica on this PostgreSQL database
+// holds its liveness lock: what the log shows in flight may be its. On
+// SQLite one server owns the file (other processes there are commands,
+// which make no calls), and without Options.Owners recovery acts as if
+// alone: no.
+func (s *Service) LivePeers(ctx context.Context) (bool, error) {
+	if s.db.Dialect() != store.PostgreSQL {
+		return false, nil
+	}
+	l := s.liveness()
+	for _, o := range s.owners.Listed() {
+		if o != s.owner && l.live(o) {
+			return true, nil
+		}
+	}
+	return false, nil
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -296,5 +297,29 @@ func TestEntriesOfOneRequestKeepTheirOrderAcrossReplicas(t *testing.T) {
 	want := []vocab.Kind{vocab.KindApprovalRequested, vocab.KindApprovalRejected, vocab.KindApprovalCancelled}
 	if got := a.rec.Kinds(req.ID); !slices.Equal(got, want) {
 		t.Fatalf("log of the request %v, want %v", got, want)
+	}
+}
+
+// A replica that cannot take its liveness lock does not start: its peers
+// could not tell it alive, and every write in its name would be refused.
+func TestReplicaWithoutItsLivenessLockRefusesToStart(t *testing.T) {
+	db := storetest.Connect(t, pgtest.URL(t))
+	ctx := context.Background()
+	owners, err := store.OwnersFor(ctx, db, store.OwnerOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.ExecContext(ctx, `DROP TABLE replicas`); err != nil {
+		t.Fatal(err)
+	}
+	svc, err := New(ctx, db, &approvaltest.Recorder{}, Options{
+		RPID: "localhost", Origins: []string{testOrigin}, Approvers: testApprovers, Owners: owners,
+	})
+	if err == nil {
+		svc.Close()
+		t.Fatal("a replica started without its liveness lock")
+	}
+	if !strings.Contains(err.Error(), "liveness lock") {
+		t.Fatalf("error %q does not say what failed", err)
 	}
 }

@@ -42,3 +42,25 @@ func (g *Guard) isParked(id string) bool {
 	_, ok := g.parked[id]
 	return ok
 }
+
+// peers is the part of the approval service that tells whether other
+// replicas live (*approval.Service).
+type peers interface {
+	LivePeers(ctx context.Context) (bool, error)
+}
+
+// livePeers reports whether another replica may have calls in flight; if
+// that cannot be told, it says yes (settling a live call would give it a
+// second outcome).
+func (g *Guard) livePeers(ctx context.Context) bool {
+	p, ok := g.opts.Recovery.(peers)
+	if !ok {
+		return false
+	}
+	live, err := p.LivePeers(ctx)
+	if err != nil {
+		g.log.Warn("cannot tell whether other replicas live; taken as yes", "err", err)
+		return true
+	}
+	return live
+}

@@ -3,8 +3,10 @@ package guard
 import (
 	"context"
 	"testing"
+	"time"
 
 	"github.com/countersign/countersign/approval"
+	"github.com/countersign/countersign/authz"
 	"github.com/countersign/countersign/digest"
 	"github.com/countersign/countersign/store/pgtest"
 	"github.com/countersign/countersign/store/storetest"
@@ -85,4 +87,57 @@ func TestReapSettlesWhatAGoneReplicaLeftOnce(t *testing.T) {
 	if n := w.book.count(); n != 2 {
 		t.Fatalf("book has %d effects, want the recovered one and the poll request's one run", n)
 	}
+}
+
+// A replica starting beside a live one does not settle the routine calls
+// the log shows open: they are the live one's, in flight, and get their
+// one outcome from it.
+func TestStartBesideALiveReplicaLeavesItsRoutineCallsInFlight(t *testing.T) {
+	w := newWorldOn(t, storetest.Connect(t, pgtest.URL(t)))
+	w.policy.d = authz.Decision{Level: vocab.LevelLow}
+	ctx := context.Background()
+	p1 := w.start()
+	if err := p1.g.Resume(ctx); err != nil { // sets the mark on a new database
+		t.Fatal(err)
+	}
+	release := w.book.holdRuns(t)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		p1.g.Handle(ctx, Call{Tool: "note", Agent: "bot", Args: map[string]any{"note": "in flight"}})
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for w.routineKinds()[vocab.KindCallAllowed] == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the routine call was not allowed")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+
+	p2 := w.start()
+	if err := p2.g.Resume(ctx); err != nil {
+		t.Fatal(err)
+	}
+	release()
+	<-done
+	kinds := w.routineKinds()
+	if outcomes := kinds[vocab.KindCallExecuted] + kinds[vocab.KindCallFailed] + kinds[vocab.KindCallInterrupted]; outcomes != 1 {
+		t.Fatalf("the routine call has %d outcomes (%v), want its own one", outcomes, kinds)
+	}
+	if kinds[vocab.KindCallInterrupted] != 0 {
+		t.Fatalf("the starting replica interrupted a live one's call: %v", kinds)
+	}
+}
+
+// routineKinds counts the log's entries of calls no request covers, by kind.
+func (w *world) routineKinds() map[vocab.Kind]int {
+	w.log.mu.Lock()
+	defer w.log.mu.Unlock()
+	n := map[vocab.Kind]int{}
+	for _, e := range w.log.entries {
+		if e.RequestID == "" {
+			n[e.Kind]++
+		}
+	}
+	return n
 }
