@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/config"
@@ -112,5 +113,40 @@ func TestDatabaseProbeOnPostgres(t *testing.T) {
 	err = (&dbProbe{db: readOnly}).probe(ctx)
 	if err == nil || !strings.Contains(err.Error(), "read-only") {
 		t.Fatalf("probe of a read-only database: %v", err)
+	}
+}
+
+// A replica its peers fence (they found it dead and act for it) stops
+// serving on its own, and Run says why: the command exits non-zero.
+func TestFencedReplicaStops(t *testing.T) {
+	ctx := context.Background()
+	url := pgtest.URL(t)
+	keyFile := filepath.Join(t.TempDir(), "server.key")
+	if _, err := audit.WriteNewKey(keyFile); err != nil {
+		t.Fatal(err)
+	}
+	c := daemontest.Config(t, func(c *config.Config) {
+		c.Store.URL, c.Audit.KeyFile, c.HTTP.Addr = url, keyFile, "127.0.0.1:0"
+	})
+	d, err := Open(ctx, c, testOptions(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	peers, err := store.OwnersFor(ctx, storetest.Connect(t, url), store.OwnerOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := peers.Fence(ctx, d.Stack().owner); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "fenced") {
+			t.Fatalf("Run of a fenced replica returned %v", err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("a fenced replica still serves a minute later")
 	}
 }
