@@ -66,11 +66,13 @@ func TestTwoReplicasOnPostgresServeAsOne(t *testing.T) {
 	}()
 	ids := nb.waitPending(1)
 	nb.decide(ids[0], "approve")
+	approved := time.Now()
 	select {
 	case res := <-done:
 		if res.IsError {
 			t.Fatalf("the call waiting on A after approval on B: %s", resultText(res))
 		}
+		t.Logf("A's call returned %v after the approval on B returned", time.Since(approved))
 	case <-time.After(time.Minute):
 		t.Fatalf("A's call did not return within a minute of the approval on B\nA:\n%s", na.stderr.String())
 	}
