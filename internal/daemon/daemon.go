@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"sync/atomic"
 
 	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/approval/page"
@@ -92,6 +93,7 @@ type Stack struct {
 	release     func()        // gives up the owner's liveness lock
 	fatal       chan error    // a reason this replica must stop (fenced)
 	stopLeading func()        // stops the leader's duties and waits for them
+	leading     atomic.Bool   // led until now, or until shutdown
 }
 
 // The parts, for commands and tests that drive an assembled stack

@@ -45,18 +45,25 @@ func (s *Stack) holdReplica(ctx context.Context, log *slog.Logger) error {
 // lead runs the duties one replica at a time must do (store's Lead):
 // the audit checkpoints and keeping the witnesses, which sign and
 // submit each checkpoint once rather than once per replica. On SQLite
-// this process always leads.
+// this process always leads. A replica that led until it shut down
+// gives the witnesses the final checkpoint (witnessFinal); the others
+// leave it to the leader.
 func (s *Stack) lead(ctx context.Context, c *config.Config, log *slog.Logger) {
+	s.leading.Store(s.db.Dialect() != store.PostgreSQL) // not waiting for the goroutine
 	lctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		s.db.Lead(lctx, "audit", func(ctx context.Context) {
 			log.Info("leading: audit checkpoints and witnesses")
+			s.leading.Store(true)
 			var wg sync.WaitGroup
 			wg.Go(func() { s.audit.CheckpointLoop(ctx, c.Audit.CheckpointEvery) })
 			wg.Go(func() { s.keepWitnesses(ctx, c, log) })
 			wg.Wait()
+			if lctx.Err() == nil {
+				s.leading.Store(false) // lost, not shutting down
+			}
 		})
 	}()
 	s.stopLeading = func() { cancel(); <-done }

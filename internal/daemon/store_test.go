@@ -17,6 +17,8 @@ import (
 	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/store/pgtest"
 	"github.com/countersign/countersign/store/storetest"
+	"github.com/countersign/countersign/vocab"
+	"github.com/countersign/countersign/witness"
 )
 
 // On PostgreSQL a replica never makes a signing key of its own: with no
@@ -148,5 +150,64 @@ func TestFencedReplicaStops(t *testing.T) {
 		}
 	case <-time.After(time.Minute):
 		t.Fatal("a fenced replica still serves a minute later")
+	}
+}
+
+// Only the replica that leads gives the witness the final checkpoint at
+// shutdown; the others leave the witness alone.
+func TestOnlyTheLeaderGivesTheWitnessTheFinalCheckpoint(t *testing.T) {
+	ctx := context.Background()
+	url := pgtest.URL(t)
+	keyFile := filepath.Join(t.TempDir(), "server.key")
+	if _, err := audit.WriteNewKey(keyFile); err != nil {
+		t.Fatal(err)
+	}
+	replica := func() (*Stack, *witness.File) {
+		c := daemontest.Config(t, func(c *config.Config) {
+			c.Store.URL, c.Audit.KeyFile = url, keyFile
+			c.Audit.WitnessFile = filepath.Join(t.TempDir(), "witness")
+		})
+		s, err := Assemble(ctx, c, testOptions(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, v, err := audit.ParsePublicKey(s.Audit().PublicKey())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s, &witness.File{Path: c.Audit.WitnessFile, Verifier: v}
+	}
+	a, wa := replica()
+	daemontest.WaitFor(t, func() bool { return a.leading.Load() })
+	b, wb := replica()
+	if b.leading.Load() {
+		t.Fatal("both replicas lead")
+	}
+	if _, err := b.Audit().Append(ctx, audit.Entry{Kind: vocab.KindCallAllowed, Agent: "test", Tool: "get_balance"}); err != nil {
+		t.Fatal(err)
+	}
+	size := func(w *witness.File) int64 {
+		cp, err := w.Latest()
+		if err != nil || cp == nil {
+			t.Fatalf("witness %s: %v %v", w.Path, cp, err)
+		}
+		return cp.Size
+	}
+	before := size(wb)
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got := size(wb); got != before {
+		t.Errorf("the follower's witness moved from %d to %d at its shutdown", before, got)
+	}
+	var last int64
+	if err := storetest.Connect(t, url).QueryRowContext(ctx, `SELECT MAX(seq) FROM audit_entries`).Scan(&last); err != nil {
+		t.Fatal(err)
+	}
+	if got := size(wa); got != last {
+		t.Errorf("the leader's witness holds size %d at shutdown, want the whole log, %d", got, last)
 	}
 }

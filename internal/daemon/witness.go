@@ -145,9 +145,10 @@ func (s *Stack) witnessMetrics() func() []metrics.WitnessStatus {
 	}
 }
 
-// witnessFinal gives the witnesses the checkpoint Close wrote last.
+// witnessFinal gives the witnesses the checkpoint Close wrote last, if
+// this replica led (always, on SQLite).
 func (s *Stack) witnessFinal() error {
-	if s.audit == nil || s.audit.Err() != nil {
+	if s.audit == nil || s.audit.Err() != nil || !s.leading.Load() {
 		return nil
 	}
 	var err error
