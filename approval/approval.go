@@ -138,6 +138,8 @@ type Service struct {
 	done  chan struct{}
 	swept chan struct{} // closed when the ceremony sweep ends
 
+	stopPeers context.CancelFunc // stops hearing other replicas' changes (peers.go)
+
 	freezesDone chan struct{} // closed when watchFreezes (freeze.go) ends
 	frozen      *freeze.Reader
 	grants      *grant.Store
@@ -259,7 +261,9 @@ func (s *Service) start(ctx context.Context) error {
 	if s.alive, err = s.holdOwner(ctx); err != nil {
 		return err
 	}
-	s.subscribeChanges(ctx, s.stop)
+	peers, stopPeers := context.WithCancel(context.WithoutCancel(ctx))
+	s.stopPeers = stopPeers
+	s.listenPeers(peers)
 	// Entries another process left unflushed are appended now.
 	if err := s.flush(ctx, true); err != nil {
 		s.opts.Logger.Warn("approval: outbox flush at start failed", "err", err)
@@ -284,6 +288,9 @@ func (s *Service) Close() error {
 	s.closed = true
 	close(s.stop)
 	s.mu.Unlock()
+	if s.stopPeers != nil {
+		s.stopPeers()
+	}
 	<-s.done
 	<-s.resultsSwept
 	s.alive()
@@ -294,6 +301,13 @@ func (s *Service) Close() error {
 }
 
 func (s *Service) now() time.Time { return s.opts.Now() }
+
+// notify wakes the waiters on the requests ids, or, given no ids, every
+// waiter, here and on the other replicas (peers.go).
+func (s *Service) notify(ids ...string) {
+	s.watch.Notify(ids...)
+	s.tellPeers(ids...)
+}
 
 // OnChange registers fn to be told, after each change, which request
 // changed, or "" for a change that may concern any. It lets one watcher

@@ -43,6 +43,21 @@ func LoadOrCreateKey(dir string) (ed25519.PrivateKey, error) {
 	if err != nil {
 		return nil, fmt.Errorf("audit: server key: %w", err)
 	}
+	return loadKey(path, info)
+}
+
+// LoadKey returns the Ed25519 key in the file at path, which must exist:
+// replicas sharing one log each load the one key made for them all
+// ([WriteNewKey]), never a key of their own.
+func LoadKey(path string) (ed25519.PrivateKey, error) {
+	info, err := os.Stat(path)
+	if err != nil {
+		return nil, fmt.Errorf("audit: server key: %w", err)
+	}
+	return loadKey(path, info)
+}
+
+func loadKey(path string, info fs.FileInfo) (ed25519.PrivateKey, error) {
 	if !info.Mode().IsRegular() {
 		return nil, &KeyError{path, "not a regular file"}
 	}
@@ -76,6 +91,18 @@ func createKey(dir, path string) (ed25519.PrivateKey, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("audit: server key: %w", err)
 	}
+	priv, err := WriteNewKey(path)
+	if errors.Is(err, fs.ErrExist) {
+		// Another process created the key meanwhile: use theirs.
+		return LoadOrCreateKey(dir)
+	}
+	return priv, err
+}
+
+// WriteNewKey generates a server key and writes it to path (0600),
+// refusing a path that exists: a key overwritten is a log nobody can
+// extend or sign for again. The error wraps fs.ErrExist then.
+func WriteNewKey(path string) (ed25519.PrivateKey, error) {
 	_, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
 		return nil, fmt.Errorf("audit: server key: %w", err)
@@ -84,11 +111,7 @@ func createKey(dir, path string) (ed25519.PrivateKey, error) {
 	if err != nil {
 		return nil, fmt.Errorf("audit: server key: %w", err)
 	}
-	// O_EXCL: if another process created the key meanwhile, use theirs.
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if errors.Is(err, fs.ErrExist) {
-		return LoadOrCreateKey(dir)
-	}
 	if err != nil {
 		return nil, fmt.Errorf("audit: server key: %w", err)
 	}

@@ -79,3 +79,28 @@ func TestPublicKeyTextWithPlusInKeyData(t *testing.T) {
 		t.Fatal("no key with '+' in its data was tried")
 	}
 }
+
+// WriteNewKey never overwrites a key; LoadKey never creates one.
+func TestWriteNewKeyRefusesAnExistingFileAndLoadKeyReadsIt(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "shared.key")
+	if _, err := LoadKey(path); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("LoadKey of a missing file: %v, want not-exist", err)
+	}
+	if _, err := os.Stat(path); err == nil {
+		t.Fatal("LoadKey created a key")
+	}
+	k, err := WriteNewKey(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info, _ := os.Stat(path); info.Mode().Perm() != 0o600 {
+		t.Fatalf("mode %v, want 0600", info.Mode().Perm())
+	}
+	if _, err := WriteNewKey(path); !errors.Is(err, os.ErrExist) {
+		t.Fatalf("second WriteNewKey: %v, want exists", err)
+	}
+	got, err := LoadKey(path)
+	if err != nil || !got.Equal(k) {
+		t.Fatalf("LoadKey: %v (same key: %v)", err, got.Equal(k))
+	}
+}

@@ -51,6 +51,11 @@ type Options struct {
 	// CheckpointEvery, when positive, writes a checkpoint in the background
 	// this often whenever entries were added since the last one.
 	CheckpointEvery time.Duration
+	// CallerCheckpoints leaves the background checkpoints to the caller,
+	// who runs [Log.CheckpointLoop] when it should: replicas sharing one
+	// log take turns (serve runs it while it leads), where each writing
+	// its own would sign N checkpoints of one tree.
+	CallerCheckpoints bool
 	// MaxBatch caps how many Appends share one transaction; default 1024.
 	MaxBatch int
 	// Backend stores the chain; nil: the SQLite database Open is given
@@ -188,7 +193,7 @@ func open(ctx context.Context, db *sql.DB, b Backend, key ed25519.PrivateKey, s 
 	}
 	l.broken = tamper
 	go l.writer()
-	if opts.CheckpointEvery > 0 && tamper == nil {
+	if opts.CheckpointEvery > 0 && tamper == nil && !opts.CallerCheckpoints {
 		go l.checkpointLoop(opts.CheckpointEvery)
 	} else {
 		close(l.bgDone)
@@ -588,11 +593,24 @@ func (l *Log) Close() error {
 
 func (l *Log) checkpointLoop(every time.Duration) {
 	defer close(l.bgDone)
+	l.CheckpointLoop(context.Background(), every)
+}
+
+// CheckpointLoop writes a checkpoint every interval whenever entries were
+// added since the last one, until ctx ends or the log closes. Each
+// checkpoint is committed before the next step, so whoever reads it after
+// (a witness) reads a stored one.
+func (l *Log) CheckpointLoop(ctx context.Context, every time.Duration) {
+	if l.broken != nil {
+		return
+	}
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
 		select {
 		case <-l.quit:
+			return
+		case <-ctx.Done():
 			return
 		case <-t.C:
 			if _, err := l.Checkpoint(context.Background()); err != nil {

@@ -105,6 +105,39 @@ func TestBackgroundCheckpoints(t *testing.T) {
 	}
 }
 
+// With CallerCheckpoints the log signs nothing in the background; the
+// caller's CheckpointLoop does, until its context ends.
+func TestCallerCheckpointsRunOnlyInTheCallersLoop(t *testing.T) {
+	db := storetest.Open(t, t.TempDir())
+	l := openLog(t, db, seededKey(1), Options{CheckpointEvery: time.Millisecond, CallerCheckpoints: true})
+	mustAppend(t, l, Entry{Kind: vocab.KindCallAllowed})
+	count := func() int {
+		var n int
+		if err := db.QueryRow(`SELECT COUNT(*) FROM audit_checkpoints`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	// Many of the log's own intervals pass: nothing is signed.
+	time.Sleep(50 * time.Millisecond)
+	if n := count(); n != 0 {
+		t.Fatalf("%d checkpoints written without the caller's loop", n)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); l.CheckpointLoop(ctx, time.Millisecond) }()
+	for count() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	cancel()
+	<-done // returns when its context ends
+	mustAppend(t, l, Entry{Kind: vocab.KindCallAllowed})
+	time.Sleep(20 * time.Millisecond)
+	if n := count(); n != 1 {
+		t.Fatalf("%d checkpoints after the caller's loop stopped, want 1", n)
+	}
+}
+
 // openLogWith is a fresh log of entries, appended with the step clock.
 func openLogWith(t *testing.T, key ed25519.PrivateKey, entries []Entry) *Log {
 	t.Helper()

@@ -214,6 +214,11 @@ type Audit struct {
 	// syncs each commit group to disk and survives a power loss; "normal"
 	// survives the process being killed, not the machine losing power.
 	Sync string `mapstructure:"sync"`
+	// KeyFile is the server's signing key when it is not server.key in the
+	// data directory. On PostgreSQL (store.url) every replica must sign
+	// with one key, made once (countersign audit keygen): a replica never
+	// creates one on its own there.
+	KeyFile string `mapstructure:"key_file"`
 }
 
 // Witness is one C2SP tlog-witness.

@@ -269,6 +269,7 @@ var defaults = map[string]any{
 	"secrets.default_classification": "internal",
 	"audit.checkpoint_every":         "1m",
 	"audit.sync":                     "full",
+	"audit.key_file":                 "", // server.key in the data directory
 	"audit.witness_max_lag":          "0s",
 	"limits.max_arg_bytes":           64 << 10,
 	"limits.max_arg_depth":           32,

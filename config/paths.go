@@ -47,6 +47,7 @@ func (c *Config) pathSettings() []pathSetting {
 		{key: "secrets.dir", env: "secrets.dir", p: &c.Secrets.Dir},
 		{key: "approval.tls_cert_file", env: "approval.tls_cert_file", p: &c.Approval.TLSCertFile},
 		{key: "approval.tls_key_file", env: "approval.tls_key_file", p: &c.Approval.TLSKeyFile},
+		{key: "audit.key_file", env: "audit.key_file", p: &c.Audit.KeyFile},
 	}
 	for i := range c.Approval.AttestationRoots {
 		ps = append(ps, pathSetting{key: fmt.Sprintf("approval.attestation_roots[%d]", i), p: &c.Approval.AttestationRoots[i]})

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -30,7 +31,7 @@ checkpoints. Export it, give the export and the server's public key
 (countersign audit pubkey) to an auditor, who checks it offline with
 countersign audit verify. The format is in docs/audit-export.md.`,
 	}
-	cmd.AddCommand(newAuditExportCmd(), newAuditVerifyCmd(), newAuditTailCmd(), newAuditPubkeyCmd())
+	cmd.AddCommand(newAuditExportCmd(), newAuditVerifyCmd(), newAuditTailCmd(), newAuditPubkeyCmd(), newAuditKeygenCmd())
 	return cmd
 }
 
@@ -336,7 +337,7 @@ func newAuditPubkeyCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			key, err := audit.LoadOrCreateKey(c.Server.DataDir)
+			key, err := daemon.ServerKey(c)
 			if err != nil {
 				return err
 			}
@@ -344,4 +345,29 @@ func newAuditPubkeyCmd() *cobra.Command {
 			return nil
 		},
 	}
+}
+
+// newAuditKeygenCmd makes the one server key replicas on PostgreSQL share:
+// none of them makes a key of its own (daemon.ServerKey).
+func newAuditKeygenCmd() *cobra.Command {
+	var out string
+	cmd := &cobra.Command{
+		Use:   "keygen --out FILE",
+		Short: "Make a new server signing key (0600) for every replica to use as audit.key_file",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			key, err := audit.WriteNewKey(out)
+			if errors.Is(err, fs.ErrExist) {
+				return fmt.Errorf("%s exists; keygen never overwrites a key (the log it signs could not be extended): choose another path", out)
+			}
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), audit.PublicKeyText(key.Public().(ed25519.PublicKey)))
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&out, "out", "", "file to write the key to; must not exist")
+	cmd.MarkFlagRequired("out")
+	return cmd
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/internal/daemon"
 	"github.com/countersign/countersign/internal/daemon/daemontest"
+	"github.com/countersign/countersign/store/pgtest"
 	"github.com/countersign/countersign/tools/upstream/upstreamtest"
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
 )
@@ -49,6 +50,7 @@ func TestMain(m *testing.M) {
 		panic("building countersign: " + err.Error())
 	}
 	code := m.Run()
+	pgtest.Stop() // the replicas tests' PostgreSQL, if they started one
 	os.RemoveAll(dir)
 	os.Exit(code)
 }

@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/google/uuid"
+
 	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/attest"
 	"github.com/countersign/countersign/audit"
@@ -67,8 +69,15 @@ func Assemble(ctx context.Context, c *config.Config, opts Options) (_ *Stack, er
 // its witnesses and records the policy it will decide with.
 func (s *Stack) openLog(ctx context.Context, log *slog.Logger) (err error) {
 	c := s.cfg
-	s.db, s.audit, err = OpenAudit(ctx, c, audit.Options{CheckpointEvery: c.Audit.CheckpointEvery, Logger: log.With("component", "audit")})
+	s.owner = uuid.NewString()
+	s.db, s.audit, err = OpenAudit(ctx, c, audit.Options{
+		CheckpointEvery: c.Audit.CheckpointEvery, CallerCheckpoints: true,
+		Owner: s.owner, Logger: log.With("component", "audit"),
+	})
 	if err != nil {
+		return err
+	}
+	if err := s.holdReplica(ctx, log); err != nil {
 		return err
 	}
 	// Before anything is appended: a database restored from an older
@@ -78,6 +87,7 @@ func (s *Stack) openLog(ctx context.Context, log *slog.Logger) (err error) {
 			return err
 		}
 	}
+	s.lead(ctx, c, log)
 	if err = LogPolicy(ctx, s.audit, c); err != nil {
 		return err
 	}
@@ -121,7 +131,11 @@ func (s *Stack) openApprovals(ctx context.Context, recorder metrics.Recorder, lo
 	if s.approvals, err = approval.New(ctx, s.db, recorder, aopts); err != nil {
 		return err
 	}
+	if s.shared, err = openReplicaShared(ctx, s.db); err != nil {
+		return err
+	}
 	s.pageOpts = PageOptions(c, aopts.Logger)
+	s.pageOpts.Sessions = s.shared.sessions
 	return nil
 }
 
@@ -170,6 +184,7 @@ func (s *Stack) newGuard(ctx context.Context, policy *authz.Policy, recorder met
 		Evidence: s.approvals, Tokens: s.tokens,
 		History: s.audit, Marks: store.Marks{DB: s.db}, Amounts: s.amounts,
 		Tools: c.Tools, Logger: log.With("component", "guard"), Freezes: s.approvals,
+		SharedUsage: s.shared.usage,
 		MaxArgBytes: c.Limits.MaxArgBytes, MaxArgDepth: c.Limits.MaxArgDepth,
 		Limits: guard.Limits{PendingPerAgent: c.Limits.PendingPerAgent, PendingTotal: c.Limits.PendingTotal,
 			CallsPerSecond: float64(c.Limits.CallsPerSecond), CallBurst: c.Limits.CallBurst},
@@ -206,7 +221,7 @@ func (s *Stack) newServer(ctx context.Context, recent []audit.Entry, log *slog.L
 	}
 	s.server, err = server.New(server.Options{
 		Config: s.cfg, Catalog: s.tools, Guard: s.guard, Version: s.version, Logger: log.With("component", "server"),
-		Routes: routes,
+		Routes: routes, RoutineTasks: s.shared.tasks,
 	})
 	return err
 }

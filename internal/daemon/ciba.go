@@ -35,7 +35,7 @@ func Issuer(c *config.Config) string {
 // TokenSigner signs approval tokens with the key derived from the server
 // key in the data directory.
 func TokenSigner(c *config.Config) (*token.Signer, error) {
-	serverKey, err := audit.LoadOrCreateKey(c.Server.DataDir)
+	serverKey, err := ServerKey(c)
 	if err != nil {
 		return nil, err
 	}

@@ -120,10 +120,10 @@ func PageOptions(c *config.Config, log *slog.Logger) page.Options {
 }
 
 // resultKey is the key approved calls' results are sealed with while they
-// wait for their agent, derived from the server key in the data directory
+// wait for their agent, derived from the server key ([ServerKey])
 // (package approval/sealed says why there).
 func resultKey(c *config.Config) ([]byte, error) {
-	serverKey, err := audit.LoadOrCreateKey(c.Server.DataDir)
+	serverKey, err := ServerKey(c)
 	if err != nil {
 		return nil, err
 	}

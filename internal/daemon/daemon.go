@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"sync/atomic"
 
 	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/approval/page"
@@ -85,7 +86,14 @@ type Stack struct {
 	server    *server.Server
 	witness   *witness.File
 	remotes   []*witness.Remote // audit.witnesses
-	stopKeep  func()            // stops the witness loops and waits for them
+
+	// On PostgreSQL, where replicas share the database (replica.go).
+	owner       string        // this replica's id: audit entries' owner, its row in replicas
+	shared      replicaShared // usage windows, sign-in sessions, routine tasks
+	release     func()        // gives up the owner's liveness lock
+	fatal       chan error    // a reason this replica must stop (fenced)
+	stopLeading func()        // stops the leader's duties and waits for them
+	leading     atomic.Bool   // led until now, or until shutdown
 }
 
 // The parts, for commands and tests that drive an assembled stack
@@ -126,8 +134,8 @@ func (s *Stack) Close() error {
 	if s.tools != nil {
 		errs = append(errs, s.tools.Close())
 	}
-	if s.stopKeep != nil {
-		s.stopKeep()
+	if s.stopLeading != nil {
+		s.stopLeading() // the checkpoint loop and the witnesses
 	}
 	if s.audit != nil {
 		errs = append(errs, s.audit.Close())
@@ -135,6 +143,9 @@ func (s *Stack) Close() error {
 	errs = append(errs, s.witnessFinal())
 	if s.amounts != nil {
 		errs = append(errs, s.amounts.Close())
+	}
+	if s.release != nil {
+		s.release()
 	}
 	if s.db != nil {
 		errs = append(errs, s.db.Close())

@@ -7,21 +7,16 @@ import (
 
 	"github.com/countersign/countersign"
 	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/audit/auditpg"
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/store"
 )
 
-// OpenAudit opens the data directory's database and audit log. A log that
+// OpenAudit opens the database (the data directory's, or store.url's)
+// and the audit log in it, signed with [ServerKey]. A log that
 // fails its startup check comes back with its *audit.TamperError: it can
 // still be read and exported, but it refuses every append.
 func OpenAudit(ctx context.Context, c *config.Config, opts audit.Options) (*store.DB, *audit.Log, error) {
-	if c.Store.URL != "" {
-		// Refused before connecting: half a server, say its approvals on
-		// PostgreSQL and its log in a file each replica keeps apart, would
-		// be N chains no export shows whole.
-		return nil, nil, fmt.Errorf("store.url is %s, but serve cannot run on PostgreSQL yet (the audit log and the replicas' recovery are not wired to it): "+
-			"unset store.url (and COUNTERSIGN_STORE_URL) to keep everything in SQLite in the data directory", c.Store.Redacted())
-	}
 	if err := PrepareDataDir(c, opts.Logger); err != nil {
 		return nil, nil, err
 	}
@@ -29,13 +24,15 @@ func OpenAudit(ctx context.Context, c *config.Config, opts audit.Options) (*stor
 	if err != nil {
 		return nil, nil, err
 	}
-	key, err := audit.LoadOrCreateKey(c.Server.DataDir)
+	key, err := ServerKey(c)
+	if err == nil {
+		err = claimServerKey(ctx, db, key)
+	}
 	if err != nil {
 		db.Close()
 		return nil, nil, err
 	}
-	// audit keeps the embedded *sql.DB until it has a PostgreSQL backend.
-	log, err := audit.Open(ctx, db.DB, key, opts)
+	log, err := auditpg.Open(ctx, db, key, opts)
 	if log == nil {
 		db.Close()
 		return nil, nil, fmt.Errorf("audit log: %w", err)

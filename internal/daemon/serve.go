@@ -85,9 +85,27 @@ func (d *Daemon) Stack() *Stack { return d.stack }
 // http.addr is set) until ctx ends or the stdio agent leaves; then it
 // drains the calls, closes the transports, the stack, the listeners and
 // the lock, in that order.
+//
+// A replica fenced by its peers (replica.go) stops the same way, and Run
+// returns why.
 func (d *Daemon) Run(ctx context.Context) (err error) {
 	defer func() { err = errors.Join(err, d.close()) }()
 	s, c, log := d.stack, d.stack.cfg, d.log
+	ctx, stop := context.WithCancel(ctx)
+	fatal := make(chan error, 1)
+	go func() {
+		select {
+		case err := <-s.fatal:
+			stop()
+			fatal <- err
+		case <-ctx.Done():
+			fatal <- nil
+		}
+	}()
+	defer func() {
+		stop()
+		err = errors.Join(<-fatal, err)
+	}()
 	pageSrv := s.servePage(d.ln.page, log)
 	defer shutdown(pageSrv, c.Server.ShutdownTimeout)
 	log.Info("approver page", "url", c.Approval.PublicURL, "listen", d.ln.page.Addr().String())

@@ -19,8 +19,8 @@ import (
 // checkpoints: the file witness's, the one each C2SP witness cosigned last
 // (kept in the database) and the tree each C2SP witness holds (asked by
 // submitting the current checkpoint). With --accept-rollback the loss is
-// recorded, once per witness that saw it, and the server serves. Then it
-// keeps every witness up to date while the server runs.
+// recorded, once per witness that saw it, and the server serves. The
+// leader keeps every witness up to date while it leads (lead).
 //
 // A C2SP witness that cannot be reached at start does not stop the server
 // (it would make the witness a single point of failure for every restart):
@@ -64,7 +64,6 @@ func (s *Stack) startWitness(ctx context.Context, c *config.Config, log *slog.Lo
 				"witness", r.Name(), "err", st.Err)
 		}
 	}
-	s.keepWitnesses(ctx, c, log)
 	return nil
 }
 
@@ -107,17 +106,17 @@ func (s *Stack) checkWitnesses(ctx context.Context, c *config.Config, log *slog.
 	return rollbacks, nil
 }
 
-// keepWitnesses keeps every witness up to date until Close.
+// keepWitnesses keeps every witness up to date until ctx ends (the
+// leader's duties, see lead).
 func (s *Stack) keepWitnesses(ctx context.Context, c *config.Config, log *slog.Logger) {
 	every := c.Audit.CheckpointEvery
 	if every <= 0 {
 		every = time.Minute
 	}
-	kctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	var wg sync.WaitGroup
 	if s.witness != nil {
 		wg.Go(func() {
-			s.witness.Keep(kctx, s.audit, every, func(err error) {
+			s.witness.Keep(ctx, s.audit, every, func(err error) {
 				log.Error("cannot update the audit witness; rollbacks are not caught until it works again", "file", c.Audit.WitnessFile, "err", err)
 			})
 		})
@@ -125,9 +124,9 @@ func (s *Stack) keepWitnesses(ctx context.Context, c *config.Config, log *slog.L
 	for _, r := range s.remotes {
 		// Retries back off up to the checkpoint interval, at most a
 		// minute: a witness back up is caught up within that.
-		wg.Go(func() { r.Keep(kctx, every, min(every, time.Minute)) })
+		wg.Go(func() { r.Keep(ctx, every, min(every, time.Minute)) })
 	}
-	s.stopKeep = func() { cancel(); wg.Wait() }
+	wg.Wait()
 }
 
 // witnessMetrics reports the C2SP witnesses' progress to the metrics.
@@ -146,9 +145,10 @@ func (s *Stack) witnessMetrics() func() []metrics.WitnessStatus {
 	}
 }
 
-// witnessFinal gives the witnesses the checkpoint Close wrote last.
+// witnessFinal gives the witnesses the checkpoint Close wrote last, if
+// this replica led (always, on SQLite).
 func (s *Stack) witnessFinal() error {
-	if s.audit == nil || s.audit.Err() != nil {
+	if s.audit == nil || s.audit.Err() != nil || !s.leading.Load() {
 		return nil
 	}
 	var err error

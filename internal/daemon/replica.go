@@ -1,0 +1,70 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+
+	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/store"
+)
+
+// holdReplica makes this process an owner of the database: on
+// PostgreSQL a row of the replicas table and a session lock, by which its
+// peers tell whether it lives (store.OwnersFor). A replica its peers
+// found dead and fenced must stop at once, since they now act for it:
+// Run ends with the reason, and the process exits non-zero. On SQLite
+// serve.lock already says the one process lives.
+func (s *Stack) holdReplica(ctx context.Context, log *slog.Logger) error {
+	s.fatal = make(chan error, 1)
+	if s.db.Dialect() != store.PostgreSQL {
+		return nil
+	}
+	owners, err := store.OwnersFor(ctx, s.db, store.OwnerOptions{
+		Logger: log.With("component", "store"),
+		OnFenced: func(id string) {
+			err := fmt.Errorf("replica %s was found dead by its peers and fenced: they act for it now, so it stops", id)
+			log.Error("fenced: shutting down", "replica", id)
+			select {
+			case s.fatal <- err:
+			default:
+			}
+		},
+	})
+	if err != nil {
+		return err
+	}
+	if s.release, err = owners.Hold(s.owner); err != nil {
+		return fmt.Errorf("holding this replica's row in the database: %w", err)
+	}
+	log.Info("replica", "id", s.owner)
+	return nil
+}
+
+// lead runs the duties one replica at a time must do (store's Lead):
+// the audit checkpoints and keeping the witnesses, which sign and
+// submit each checkpoint once rather than once per replica. On SQLite
+// this process always leads. A replica that led until it shut down
+// gives the witnesses the final checkpoint (witnessFinal); the others
+// leave it to the leader.
+func (s *Stack) lead(ctx context.Context, c *config.Config, log *slog.Logger) {
+	s.leading.Store(s.db.Dialect() != store.PostgreSQL) // not waiting for the goroutine
+	lctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.db.Lead(lctx, "audit", func(ctx context.Context) {
+			log.Info("leading: audit checkpoints and witnesses")
+			s.leading.Store(true)
+			var wg sync.WaitGroup
+			wg.Go(func() { s.audit.CheckpointLoop(ctx, c.Audit.CheckpointEvery) })
+			wg.Go(func() { s.keepWitnesses(ctx, c, log) })
+			wg.Wait()
+			if lctx.Err() == nil {
+				s.leading.Store(false) // lost, not shutting down
+			}
+		})
+	}()
+	s.stopLeading = func() { cancel(); <-done }
+}
