@@ -30,6 +30,7 @@
 package approval
 
 import (
+	"cmp"
 	"context"
 	"crypto/x509"
 	"errors"
@@ -86,6 +87,12 @@ type Options struct {
 	// agent to collect; default DefaultResultTTL (results.go).
 	ResultKey []byte
 	ResultTTL time.Duration
+
+	// Owner, if set, is this process's owner id, whose liveness lock the
+	// caller holds in Owners (the daemon's replica row, so that a fenced
+	// replica's approval writes are refused and it exits); unset: the
+	// Service makes an id and holds its lock itself.
+	Owner string
 
 	// Owners tells the processes sharing the database dead or alive: on
 	// PostgreSQL the replicas table (store.OwnersFor), which the daemon
@@ -163,7 +170,7 @@ func New(ctx context.Context, db *store.DB, rec Recorder, opts Options) (*Servic
 		db:        db,
 		rec:       rec,
 		opts:      opts,
-		owner:     uuid.NewString(),
+		owner:     cmp.Or(opts.Owner, uuid.NewString()),
 		approvers: map[string]Approver{},
 		watch:     watch.New(),
 		stop:      make(chan struct{}),
