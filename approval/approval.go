@@ -30,6 +30,7 @@
 package approval
 
 import (
+	"cmp"
 	"context"
 	"crypto/x509"
 	"errors"
@@ -86,6 +87,19 @@ type Options struct {
 	// agent to collect; default DefaultResultTTL (results.go).
 	ResultKey []byte
 	ResultTTL time.Duration
+
+	// Owner, if set, is this process's owner id, whose liveness lock the
+	// caller holds in Owners (the daemon's replica row, so that a fenced
+	// replica's approval writes are refused and it exits); unset: the
+	// Service makes an id and holds its lock itself.
+	Owner string
+
+	// Owners tells the processes sharing the database dead or alive: on
+	// PostgreSQL the replicas table (store.OwnersFor), which the daemon
+	// opens once; nil: store.OwnersOf (SQLite's lock files; on
+	// PostgreSQL nobody can be told dead and recovery acts as if this
+	// process were alone).
+	Owners *store.Owners
 }
 
 // Approver is a human who may countersign (from config).
@@ -156,7 +170,7 @@ func New(ctx context.Context, db *store.DB, rec Recorder, opts Options) (*Servic
 		db:        db,
 		rec:       rec,
 		opts:      opts,
-		owner:     uuid.NewString(),
+		owner:     cmp.Or(opts.Owner, uuid.NewString()),
 		approvers: map[string]Approver{},
 		watch:     watch.New(),
 		stop:      make(chan struct{}),
@@ -172,7 +186,9 @@ func New(ctx context.Context, db *store.DB, rec Recorder, opts Options) (*Servic
 	if err := s.openParts(ctx); err != nil {
 		return nil, err
 	}
-	s.start(ctx)
+	if err := s.start(ctx); err != nil {
+		return nil, err
+	}
 	return s, nil
 }
 
@@ -243,9 +259,15 @@ func (o *Options) deriveAddresses() error {
 
 // start takes this process's liveness lock, appends what another process
 // left in the outbox, and starts the background loops Close stops.
-func (s *Service) start(ctx context.Context) {
-	s.owners = store.OwnersOf(ctx, s.db)
-	s.alive = s.holdOwner(ctx)
+func (s *Service) start(ctx context.Context) error {
+	s.owners = s.opts.Owners
+	if s.owners == nil {
+		s.owners = store.OwnersOf(ctx, s.db)
+	}
+	var err error
+	if s.alive, err = s.holdOwner(ctx); err != nil {
+		return err
+	}
 	peers, stopPeers := context.WithCancel(context.WithoutCancel(ctx))
 	s.stopPeers = stopPeers
 	s.listenPeers(peers)
@@ -260,6 +282,7 @@ func (s *Service) start(ctx context.Context) {
 	go s.keys.Sweep(s.stop, s.swept)
 	s.freezesDone = make(chan struct{})
 	go s.watchFreezes()
+	return nil
 }
 
 // Close stops the expiry loop. It does not close the database.

@@ -15,16 +15,27 @@ import (
 // fails unless the request was approved before it expired, its approval is
 // in the audit log, and nobody claimed it before.
 func (s *Service) BeginExecution(ctx context.Context, id string) error {
-	res, err := s.db.ExecContext(ctx, `UPDATE approval_requests SET exec_claimed_at = ?
+	var n int64
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		if err := s.owners.Unfenced(ctx, tx, s.owner); err != nil {
+			return err
+		}
+		res, err := tx.ExecContext(ctx, `UPDATE approval_requests SET exec_claimed_at = ?, exec_owner = ?
 		WHERE id = ? AND state = 'approved' AND exec_claimed_at = 0
 		  AND decided_at > 0 AND decided_at < expires_at * 1000000000
 		  AND NOT EXISTS (SELECT 1 FROM approval_outbox o WHERE o.request_id = approval_requests.id)
 		  AND NOT EXISTS (SELECT 1 FROM agent_freezes f WHERE f.agent IN (approval_requests.agent, '*'))`,
-		s.now().UnixNano(), id)
+			s.now().UnixNano(), s.owner, id)
+		if err != nil {
+			return err
+		}
+		n, err = res.RowsAffected()
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("approval: begin execution: %w", err)
 	}
-	if n, _ := res.RowsAffected(); n != 1 {
+	if n != 1 {
 		r, err := s.Get(ctx, id)
 		if err != nil {
 			return err

@@ -70,17 +70,40 @@ func (s *Service) migrateWaitMode(ctx context.Context) error {
 		}
 		_, err = tx.ExecContext(ctx, `UPDATE approval_outbox SET kind = COALESCE(json_extract(entry, '$.kind'), '')`)
 		return err
-	})
+	}, addOwnerColumns)
 }
 
-// Restart settles what the previous process left behind. Call it once at
-// start, before serving anything:
+// addOwnerColumns (migration 3) records which process raised a request
+// (owner) and which claimed its run (exec_owner), so that a process
+// starting beside live replicas settles only what dead ones left
+// (ownedByGone). Requests stored before have neither: nobody alive
+// waits on them.
+func addOwnerColumns(ctx context.Context, tx *sql.Tx, d store.Dialect) error {
+	for _, col := range []string{"owner", "exec_owner"} {
+		has, err := store.HasColumn(ctx, tx, d, "approval_requests", col)
+		if err != nil {
+			return err
+		}
+		if has {
+			continue
+		}
+		if _, err := tx.ExecContext(ctx, `ALTER TABLE approval_requests ADD COLUMN `+col+` TEXT NOT NULL DEFAULT ''`); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Restart settles what gone processes left behind (a previous process,
+// a dead replica; never a live replica's requests or entries: see
+// ofGoneOwners). Call it once at start, before serving anything:
 //
-//   - It first waits until the audit entries that process left in the
-//     outbox are in the log, so that the log keeps their order (an entry of
-//     another process is taken only once it is outboxStaleAfter old,
-//     because that process may still be alive and about to append it).
-//   - Every pending block-mode request is then cancelled with reason
+//   - It first waits until the audit entries they left in the outbox are
+//     in the log, so that the log keeps their order (an entry of an owner
+//     that held no liveness lock is taken only once it is
+//     outboxStaleAfter old, because that process may still be alive and
+//     about to append it).
+//   - Every pending block-mode request of theirs is then cancelled with reason
 //     [ReasonRestarted], recorded: its caller died with the process, and an
 //     approval would run nothing. It can never be approved afterwards.
 //
@@ -91,23 +114,42 @@ func (s *Service) Restart(ctx context.Context) ([]string, error) {
 	if err := s.drainForeignOutbox(ctx); err != nil {
 		return nil, err
 	}
-	rows, err := s.db.QueryContext(ctx, `SELECT id FROM approval_requests
-		WHERE state = 'pending' AND wait_mode = ? ORDER BY created_at`, WaitBlock)
+	return s.cancelGoneBlocking(ctx, "restart")
+}
+
+// Reap settles what dead replicas left, while this one serves: it
+// appends their outbox entries and cancels their pending block-mode
+// requests with reason [ReasonRestarted] (their callers died with them),
+// as a restart does, and returns them; their poll-mode and task requests
+// stay pending for any replica, and come back in unfinished with their
+// approved and claimed ones, for the caller to settle as after a restart
+// (guard.Reap). One replica (the leader) calls it now and then. Where
+// owners cannot be told dead it does nothing: a live peer's requests
+// would look gone.
+func (s *Service) Reap(ctx context.Context) (cancelled []string, unfinished []Unfinished, err error) {
+	if !s.owners.Tracked() {
+		return nil, nil, nil
+	}
+	if err := s.flush(ctx, true); err != nil {
+		return nil, nil, fmt.Errorf("approval: reap: %w", err)
+	}
+	if cancelled, err = s.cancelGoneBlocking(ctx, "reap"); err != nil {
+		return cancelled, nil, err
+	}
+	unfinished, err = s.Unfinished(ctx)
+	return cancelled, unfinished, err
+}
+
+// cancelGoneBlocking cancels the pending block-mode requests of gone
+// owners whose entries are all appended (so the cancellation is logged
+// after them), and returns their ids.
+func (s *Service) cancelGoneBlocking(ctx context.Context, what string) ([]string, error) {
+	ids, err := s.ofGoneOwners(ctx, `SELECT id, owner, '' FROM approval_requests r
+		WHERE state = 'pending' AND wait_mode = ?
+		  AND NOT EXISTS (SELECT 1 FROM approval_outbox o WHERE o.request_id = r.id AND o.owner <> ?)
+		ORDER BY created_at`, WaitBlock, s.owner)
 	if err != nil {
-		return nil, fmt.Errorf("approval: restart: %w", err)
-	}
-	var ids []string
-	for rows.Next() {
-		var id string
-		if err := rows.Scan(&id); err != nil {
-			rows.Close()
-			return nil, fmt.Errorf("approval: restart: %w", err)
-		}
-		ids = append(ids, id)
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("approval: restart: %w", err)
+		return nil, fmt.Errorf("approval: %s: %w", what, err)
 	}
 	var cancelled []string
 	for _, id := range ids {
@@ -116,22 +158,24 @@ func (s *Service) Restart(ctx context.Context) ([]string, error) {
 			continue // expired meanwhile
 		}
 		if err != nil {
-			return cancelled, fmt.Errorf("approval: restart: cancel %s: %w", id, err)
+			return cancelled, fmt.Errorf("approval: %s: cancel %s: %w", what, id, err)
 		}
 		cancelled = append(cancelled, id)
 	}
 	return cancelled, nil
 }
 
-// drainForeignOutbox waits until no other process's entries are in the
-// outbox, appending them once they are stale.
+// drainForeignOutbox waits until no entries of gone processes are in the
+// outbox (flush takes them); a live replica's entries are its own to
+// append, and waiting for a busy one's outbox to empty might never end.
 func (s *Service) drainForeignOutbox(ctx context.Context) error {
 	deadline := time.Now().Add(outboxStaleAfter + 5*time.Second)
 	for logged := false; ; {
-		var n int
-		if err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM approval_outbox WHERE owner <> ?`, s.owner).Scan(&n); err != nil {
+		left, err := s.ofGoneOwners(ctx, `SELECT id, owner, '' FROM approval_outbox WHERE owner <> ?`, s.owner)
+		if err != nil {
 			return fmt.Errorf("approval: restart: %w", err)
 		}
+		n := len(left)
 		if n == 0 {
 			return nil
 		}
@@ -170,27 +214,15 @@ type Unfinished struct {
 	Claimed bool
 }
 
-// Unfinished returns, oldest first, the requests a server must see to
-// their end: pending poll-mode and task requests (run them once approved) and
+// Unfinished returns, oldest first, the requests of gone owners (see
+// ofGoneOwners: a live replica sees its own to their end) that a server
+// must see to their end: pending poll-mode and task requests (run them once approved) and
 // approved ones, claimed or not (a backchannel one only matters when
 // claimed: otherwise its client redeems it). Call it after Restart.
 func (s *Service) Unfinished(ctx context.Context) ([]Unfinished, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT id FROM approval_requests
+	ids, err := s.ofGoneOwners(ctx, `SELECT id, owner, exec_owner FROM approval_requests
 		WHERE state = 'approved' OR (state = 'pending' AND wait_mode IN (?, ?)) ORDER BY created_at`, WaitPoll, WaitTask)
 	if err != nil {
-		return nil, fmt.Errorf("approval: unfinished: %w", err)
-	}
-	var ids []string
-	for rows.Next() {
-		var id string
-		if err := rows.Scan(&id); err != nil {
-			rows.Close()
-			return nil, fmt.Errorf("approval: unfinished: %w", err)
-		}
-		ids = append(ids, id)
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("approval: unfinished: %w", err)
 	}
 	out := make([]Unfinished, 0, len(ids))
@@ -212,4 +244,41 @@ func (s *Service) Stored(ctx context.Context, id string) (*Unfinished, error) {
 		return nil, err
 	}
 	return &Unfinished{Request: r.Request, Args: r.args, RedactArgs: r.redact, Rule: r.rule, Claimed: r.execClaim > 0}, nil
+}
+
+// ofGoneOwners runs query, which selects a row's id, its owner and the
+// owner of its claimed run (” if none), and returns the ids of the rows
+// whose owners are gone: the claimant if there is one, else the owner.
+// Rows of this Service and of live replicas are left to them.
+func (s *Service) ofGoneOwners(ctx context.Context, query string, args ...any) ([]string, error) {
+	rows, err := s.db.QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, err
+	}
+	type row struct{ id, owner string }
+	var got []row
+	for rows.Next() {
+		var r row
+		var execOwner string
+		if err := rows.Scan(&r.id, &r.owner, &execOwner); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		if execOwner != "" {
+			r.owner = execOwner
+		}
+		got = append(got, r)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	l := s.liveness()
+	var ids []string
+	for _, r := range got {
+		if !l.live(r.owner) {
+			ids = append(ids, r.id)
+		}
+	}
+	return ids, nil
 }

@@ -6,10 +6,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/countersign/countersign/audit"
-	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/vocab"
 )
 
@@ -23,29 +23,42 @@ func (s *Service) enqueue(ctx context.Context, tx *sql.Tx, requestID string, e a
 	if err != nil {
 		return err
 	}
+	// Written in this owner's name: not once another replica has taken
+	// it over (store.Owners.Unfenced).
+	if err := s.owners.Unfenced(ctx, tx, s.owner); err != nil {
+		return err
+	}
+	if requestID != "" {
+		// The log keeps each request's entries in the order they were
+		// queued (approval.requested first): while another owner's
+		// entries for it wait, this one must not overtake them.
+		var other int
+		err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM approval_outbox WHERE request_id = ? AND owner <> ?`, requestID, s.owner).Scan(&other)
+		if err != nil {
+			return err
+		}
+		if other > 0 {
+			return errEntriesAhead
+		}
+	}
 	_, err = tx.ExecContext(ctx, `INSERT INTO approval_outbox (request_id, entry, kind, owner, created_at) VALUES (?, ?, ?, ?, ?)`,
 		requestID, b, string(e.Kind), s.owner, s.now().UnixNano())
 	return err
 }
 
 // flush appends outbox entries to the log in order, deleting each once it
-// is appended. With stale, it also takes entries other processes left
-// behind for longer than outboxStaleAfter.
+// is appended. With stale, it also takes the entries of other processes
+// that are gone: at once those of a dead owner, after outboxStaleAfter
+// those of an owner that held no liveness lock; never a live one's, which
+// appends its own (taking them by age would append them twice).
 func (s *Service) flush(ctx context.Context, stale bool) error {
 	s.flushMu.Lock()
 	defer s.flushMu.Unlock()
-	cutoff := int64(-1)
-	dead := []any{}
+	where, args := `WHERE owner = ?`, []any{s.owner}
 	if stale {
-		cutoff = s.now().Add(-outboxStaleAfter).UnixNano()
-		var err error
-		if dead, err = s.deadOwners(ctx); err != nil {
-			return fmt.Errorf("%w: %v", ErrRecord, err)
-		}
+		where, args = ``, nil
 	}
-	rows, err := s.db.QueryContext(ctx, `SELECT id, entry, owner, created_at FROM approval_outbox
-		WHERE owner = ? OR created_at < ? OR owner IN (`+store.InList(len(dead))+`) ORDER BY id`,
-		append([]any{s.owner, cutoff}, dead...)...)
+	rows, err := s.db.QueryContext(ctx, `SELECT id, entry, owner, created_at FROM approval_outbox `+where+` ORDER BY id`, args...)
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrRecord, err)
 	}
@@ -68,6 +81,12 @@ func (s *Service) flush(ctx context.Context, stale bool) error {
 	if err := rows.Err(); err != nil {
 		return fmt.Errorf("%w: %v", ErrRecord, err)
 	}
+	if stale {
+		l, cutoff := s.liveness(), s.now().Add(-outboxStaleAfter).UnixNano()
+		items = slices.DeleteFunc(items, func(it item) bool {
+			return l.live(it.owner) && it.owner != s.owner || !l.isListed(it.owner) && it.created >= cutoff
+		})
+	}
 	for _, it := range items {
 		var e audit.Entry
 		if err := json.Unmarshal(it.entry, &e); err != nil {
@@ -87,6 +106,15 @@ func (s *Service) flush(ctx context.Context, stale bool) error {
 		var logged audit.Entry
 		found := false
 		if it.owner != s.owner {
+			// Replicas flush what dead owners left at once: one takes
+			// each entry over, so only it appends it.
+			took, err := s.takeOver(ctx, it.id, it.owner)
+			if err != nil {
+				return fmt.Errorf("%w: %v", ErrRecord, err)
+			}
+			if !took {
+				continue
+			}
 			if logged, found, err = s.inLog(ctx, e, it.created); err != nil {
 				return fmt.Errorf("%w: %v", ErrRecord, err)
 			}
@@ -116,6 +144,24 @@ func (s *Service) flush(ctx context.Context, stale bool) error {
 		}
 	}
 	return nil
+}
+
+// takeOver makes outbox entry id, left by owner, this Service's, unless
+// another process took it first (then it reports false).
+func (s *Service) takeOver(ctx context.Context, id int64, owner string) (bool, error) {
+	var n int64
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		if err := s.owners.Unfenced(ctx, tx, s.owner); err != nil {
+			return err
+		}
+		res, err := tx.ExecContext(ctx, `UPDATE approval_outbox SET owner = ? WHERE id = ? AND owner = ?`, s.owner, id, owner)
+		if err != nil {
+			return err
+		}
+		n, err = res.RowsAffected()
+		return err
+	})
+	return n == 1, err
 }
 
 // linkAssertions fills an approval.approved entry's Assertions with the
@@ -183,9 +229,33 @@ func (s *Service) record(ctx context.Context, e audit.Entry) error {
 	return nil
 }
 
+// errEntriesAhead refuses to queue an entry for a request while another
+// owner's entries for it are still in the outbox; inTx waits for them.
+var errEntriesAhead = errors.New("approval: another process's audit entries for this request are not appended yet")
+
+// entriesAheadWait bounds how long inTx waits for another owner's entries
+// for a request to be appended: a live one appends them right after its
+// commit; a dead one's wait for a restart or the reaper.
+const entriesAheadWait = 5 * time.Second
+
 // inTx runs fn in one transaction that runs as if alone (store.DB.InTx):
 // on PostgreSQL fn may run more than once, so it keeps its effects in tx
-// until inTx returns nil.
+// until inTx returns nil. While fn finds another owner's entries for its
+// request ahead in the outbox (errEntriesAhead), it runs fn again after
+// a short wait, for at most entriesAheadWait.
 func (s *Service) inTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
-	return s.db.InTx(ctx, fn)
+	deadline := time.Now().Add(entriesAheadWait)
+	for wait := 2 * time.Millisecond; ; wait = min(2*wait, 250*time.Millisecond) {
+		err := s.db.InTx(ctx, fn)
+		if !errors.Is(err, errEntriesAhead) || time.Now().Add(wait).After(deadline) {
+			return err
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return errors.Join(err, ctx.Err())
+		case <-t.C:
+		}
+	}
 }

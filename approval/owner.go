@@ -2,9 +2,11 @@ package approval
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/store"
 )
 
 // Every Service writes its audit entries to the outbox under its own owner
@@ -21,45 +23,24 @@ import (
 
 // holdOwner takes this Service's liveness lock and returns its release.
 // It also removes the files of dead owners that left nothing behind.
-func (s *Service) holdOwner(ctx context.Context) func() {
+// Without a lock a SQLite process goes on (what it leaves waits until
+// stale); a replica given Options.Owners must not: every write in its
+// name would be refused (Unfenced), and its peers could not tell it
+// alive.
+func (s *Service) holdOwner(ctx context.Context) (func(), error) {
+	if s.opts.Owner != "" {
+		return func() {}, nil // the caller holds it
+	}
 	release, err := s.owners.Hold(s.owner)
+	if err != nil && s.opts.Owners != nil && s.db.Dialect() == store.PostgreSQL {
+		return nil, fmt.Errorf("approval: take this replica's liveness lock: %w", err)
+	}
 	if err != nil {
 		s.opts.Logger.Warn("approval: no liveness lock; entries this process leaves behind wait until they are stale", "err", err)
-		return func() {}
+		return func() {}, nil
 	}
 	s.sweepOwners(ctx)
-	return release
-}
-
-// deadOwners returns the owners of outbox entries whose processes are gone.
-func (s *Service) deadOwners(ctx context.Context) ([]any, error) {
-	if !s.owners.Tracked() {
-		return []any{}, nil
-	}
-	rows, err := s.db.QueryContext(ctx, `SELECT DISTINCT owner FROM approval_outbox WHERE owner <> ?`, s.owner)
-	if err != nil {
-		return nil, err
-	}
-	var owners []string
-	for rows.Next() {
-		var o string
-		if err := rows.Scan(&o); err != nil {
-			rows.Close()
-			return nil, err
-		}
-		owners = append(owners, o)
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-	dead := []any{}
-	for _, o := range owners {
-		if s.owners.Dead(o) {
-			dead = append(dead, o)
-		}
-	}
-	return dead, nil
+	return release, nil
 }
 
 // sweepOwners removes the lock files of dead owners with nothing in the
@@ -128,4 +109,64 @@ func sameEntry(a, b audit.Entry) bool {
 		a.Approver == b.Approver && a.CredentialID == b.CredentialID && a.Signature == b.Signature &&
 		a.Decision == b.Decision && a.ExpiresAt == b.ExpiresAt && a.Reason == b.Reason &&
 		a.InterruptedSeq == b.InterruptedSeq
+}
+
+// liveness tells, for one recovery pass, which owners live: this Service,
+// and another only while its liveness lock is held (listed and not
+// dead). An owner with no lock at all (released, from before owners were
+// recorded, or on a store where nobody can be told dead) is gone: nobody
+// waits on what it left. Read the rows to settle first and ask after: a
+// process holds its lock before it writes, so a row read first cannot
+// belong to an owner that takes its lock later and is taken for gone.
+type liveness struct {
+	s      *Service
+	listed map[string]bool // nil until first asked
+	known  map[string]bool
+}
+
+func (s *Service) liveness() *liveness { return &liveness{s: s, known: map[string]bool{}} }
+
+// live reports whether owner's process lives.
+func (l *liveness) live(owner string) bool {
+	if owner == l.s.owner {
+		return true
+	}
+	if v, ok := l.known[owner]; ok {
+		return v
+	}
+	if l.listed == nil {
+		l.listed = map[string]bool{}
+		for _, o := range l.s.owners.Listed() {
+			l.listed[o] = true
+		}
+	}
+	v := l.listed[owner] && !l.s.owners.Dead(owner)
+	l.known[owner] = v
+	return v
+}
+
+// listed reports whether owner holds (or held, if dead) a liveness lock:
+// an unlisted owner's outbox entries are taken only once stale, since it
+// may be a process that could not take its lock.
+func (l *liveness) isListed(owner string) bool {
+	l.live(owner)
+	return owner == l.s.owner || l.listed[owner]
+}
+
+// LivePeers reports whether another replica on this PostgreSQL database
+// holds its liveness lock: what the log shows in flight may be its. On
+// SQLite one server owns the file (other processes there are commands,
+// which make no calls), and without Options.Owners recovery acts as if
+// alone: no.
+func (s *Service) LivePeers(ctx context.Context) (bool, error) {
+	if s.db.Dialect() != store.PostgreSQL {
+		return false, nil
+	}
+	l := s.liveness()
+	for _, o := range s.owners.Listed() {
+		if o != s.owner && l.live(o) {
+			return true, nil
+		}
+	}
+	return false, nil
 }

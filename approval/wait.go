@@ -46,4 +46,4 @@ func (s *Service) await(ctx context.Context, id string, cancelOnDone bool) (*Req
 // This process wakes it at every change it makes, and its expiry loop
 // expires requests on time (also by a test clock); the re-read only
 // catches a decision made by another process.
-const rereadEvery = 5 * time.Second
+var rereadEvery = 5 * time.Second

@@ -74,31 +74,43 @@ func (g *Guard) Resume(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		for _, u := range unfinished {
-			if u.Wait == approval.WaitBackchannel {
-				// No tool runs for it; its client redeems the approval at
-				// the token endpoint. A claim the crash cut short never
-				// handed out a token (the token's record commits with the
-				// request's end).
-				if u.Claimed {
-					err := g.failClaimed(ctx, u, storedEntry(u), errors.New("the server stopped before the approval token was issued"))
-					if err != nil {
-						return fmt.Errorf("guard: settle request %s: %w", u.ID, err)
-					}
-				}
-				continue
-			}
-			if u.Claimed {
-				if err := g.settleClaimed(ctx, u); err != nil {
-					return fmt.Errorf("guard: settle request %s: %w", u.ID, err)
-				}
-				continue
-			}
-			g.log.Info("resuming approval request", "auth_req_id", u.ID, "tool", u.Tool, "state", u.State, "wait", u.Wait)
-			g.park(u.ID, nil)
+		if err := g.settleUnfinished(ctx, unfinished); err != nil {
+			return err
 		}
 	}
 	return g.reconcileRoutine(ctx)
+}
+
+// settleUnfinished settles requests a gone process left (Resume, Reap):
+// claimed runs now, the others parked to run once approved.
+func (g *Guard) settleUnfinished(ctx context.Context, unfinished []approval.Unfinished) error {
+	for _, u := range unfinished {
+		if u.Wait == approval.WaitBackchannel {
+			// No tool runs for it; its client redeems the approval at
+			// the token endpoint. A claim the crash cut short never
+			// handed out a token (the token's record commits with the
+			// request's end).
+			if u.Claimed {
+				err := g.failClaimed(ctx, u, storedEntry(u), errors.New("the server stopped before the approval token was issued"))
+				if err != nil {
+					return fmt.Errorf("guard: settle request %s: %w", u.ID, err)
+				}
+			}
+			continue
+		}
+		if u.Claimed {
+			if err := g.settleClaimed(ctx, u); err != nil {
+				return fmt.Errorf("guard: settle request %s: %w", u.ID, err)
+			}
+			continue
+		}
+		if g.isParked(u.ID) {
+			continue // resumed at an earlier reap
+		}
+		g.log.Info("resuming approval request", "auth_req_id", u.ID, "tool", u.Tool, "state", u.State, "wait", u.Wait)
+		g.park(u.ID, nil)
+	}
+	return nil
 }
 
 // storedEntry is the audit entry of a stored request's call, as the guard
@@ -347,7 +359,12 @@ func (g *Guard) reconcileRoutine(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if ok {
+	if ok && g.livePeers(ctx) {
+		// Whose call an entry is the log does not say yet: an open one
+		// may be a live replica's, still running, and must not get a
+		// second outcome. What dead replicas left stays open.
+		g.log.Warn("routine calls the log shows open are left as they are: another replica lives, and they may be its calls in flight")
+	} else if ok {
 		if err := g.settleOpenCalls(ctx, from); err != nil {
 			return err
 		}

@@ -115,6 +115,13 @@ func newWorld(t *testing.T) *world {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { db.Close() })
+	return newWorldOn(t, db)
+}
+
+// newWorldOn is a world on db, of either dialect. On PostgreSQL each life
+// holds its own owner in the replicas table, as a replica does.
+func newWorldOn(t *testing.T, db *store.DB) *world {
+	t.Helper()
 	w := &world{t: t, db: db, log: &memLog{}, cat: tools.NewCatalog(), book: &book{}, once: &counter{},
 		policy: &fixedPolicy{d: authz.Decision{Level: vocab.LevelHigh, Reason: "test", Quorum: 1, Approvers: []string{"alice"}, Wait: authz.WaitPoll}}}
 	if err := w.cat.Replace("test", []*tools.Spec{w.book.spec("note"), w.once.spec("pay")}); err != nil {
@@ -127,8 +134,13 @@ func newWorld(t *testing.T) *world {
 func (w *world) start() *process {
 	w.t.Helper()
 	ctx := context.Background()
+	owners, err := store.OwnersFor(ctx, w.db, store.OwnerOptions{})
+	if err != nil {
+		w.t.Fatal(err)
+	}
 	svc, err := approval.New(ctx, w.db, w.log, approval.Options{
 		RPID: "localhost", Origins: []string{origin}, Approvers: []approval.Approver{{ID: "alice"}},
+		Owners: owners,
 	})
 	if err != nil {
 		w.t.Fatal(err)

@@ -59,6 +59,7 @@ func Assemble(ctx context.Context, c *config.Config, opts Options) (_ *Stack, er
 	if err != nil {
 		return nil, err
 	}
+	s.startReaping(log)
 	if err := s.newServer(ctx, recent, log); err != nil {
 		return nil, err
 	}
@@ -128,6 +129,9 @@ func (s *Stack) openApprovals(ctx context.Context, recorder metrics.Recorder, lo
 		return err
 	}
 	s.notifier, aopts.Notify = notifier(c, recorder, s.metrics, log.With("component", "notify"))
+	if s.owners != nil {
+		aopts.Owners, aopts.Owner = s.owners, s.owner
+	}
 	if s.approvals, err = approval.New(ctx, s.db, recorder, aopts); err != nil {
 		return err
 	}

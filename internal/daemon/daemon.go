@@ -93,6 +93,8 @@ type Stack struct {
 	release     func()        // gives up the owner's liveness lock
 	fatal       chan error    // a reason this replica must stop (fenced)
 	stopLeading func()        // stops the leader's duties and waits for them
+	owners      *store.Owners // tells replicas dead or alive (nil on SQLite)
+	stopReaping func()        // stops the reaper (replica.go) and waits for it
 	leading     atomic.Bool   // led until now, or until shutdown
 }
 
@@ -118,6 +120,9 @@ func (s *Stack) Close() error {
 	var errs []error
 	if s.server != nil {
 		s.server.Close()
+	}
+	if s.stopReaping != nil {
+		s.stopReaping()
 	}
 	if s.guard != nil {
 		s.guard.Close()

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"time"
 
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/store"
@@ -35,6 +36,7 @@ func (s *Stack) holdReplica(ctx context.Context, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	s.owners = owners
 	if s.release, err = owners.Hold(s.owner); err != nil {
 		return fmt.Errorf("holding this replica's row in the database: %w", err)
 	}
@@ -67,4 +69,37 @@ func (s *Stack) lead(ctx context.Context, c *config.Config, log *slog.Logger) {
 		})
 	}()
 	s.stopLeading = func() { cancel(); <-done }
+}
+
+// reapEvery is how often the reaper looks for what dead replicas left.
+const reapEvery = 2 * time.Second
+
+// startReaping has the replica that leads "reaper" settle, while all
+// serve, what dead replicas left (guard.Reap): their callers get
+// "server restarted", their claimed runs one outcome, their poll and
+// task requests go on here. Call it once Resume has run.
+func (s *Stack) startReaping(log *slog.Logger) {
+	if s.owners == nil {
+		return
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.db.Lead(ctx, "reaper", func(ctx context.Context) {
+			t := time.NewTicker(reapEvery)
+			defer t.Stop()
+			for {
+				if err := s.guard.Reap(ctx); err != nil && ctx.Err() == nil {
+					log.Warn("reaping what dead replicas left", "err", err)
+				}
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+				}
+			}
+		})
+	}()
+	s.stopReaping = func() { cancel(); <-done }
 }
