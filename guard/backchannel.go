@@ -82,7 +82,7 @@ func (g *Guard) PrepareAction(ctx context.Context, tool string, args map[string]
 	}
 	sch, err := g.schema(spec)
 	if err == nil {
-		err = sch.validate(args)
+		err = sch.Validate(args)
 	}
 	if err != nil {
 		return nil, &tools.ArgError{Field: tool, Msg: err.Error()}

@@ -106,6 +106,7 @@ import (
 	"github.com/countersign/countersign/authz"
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/digest"
+	"github.com/countersign/countersign/guard/argschema"
 	"github.com/countersign/countersign/tools"
 	"github.com/countersign/countersign/vocab"
 	"github.com/mark3labs/mcp-go/mcp"
@@ -217,7 +218,7 @@ type Guard struct {
 	now  func() time.Time
 
 	schemaMu sync.Mutex
-	schemas  map[*tools.Spec]*schema
+	schemas  map[*tools.Spec]*argschema.Schema
 
 	usage  usageBook
 	limits *limiter
@@ -252,7 +253,7 @@ func New(opts Options) *Guard {
 	if opts.MaxArgDepth <= 0 {
 		opts.MaxArgDepth = DefaultMaxArgDepth
 	}
-	g := &Guard{opts: opts, log: opts.Logger, now: opts.Now, schemas: map[*tools.Spec]*schema{}, waiting: map[string]struct{}{},
+	g := &Guard{opts: opts, log: opts.Logger, now: opts.Now, schemas: map[*tools.Spec]*argschema.Schema{}, waiting: map[string]struct{}{},
 		parked: map[string]*reservation{}, dirty: map[string]struct{}{}, kick: make(chan struct{}, 1)}
 	if g.log == nil {
 		g.log = slog.New(slog.DiscardHandler)
@@ -366,7 +367,7 @@ func (g *Guard) Handle(ctx context.Context, c Call) *mcp.CallToolResult {
 	}
 	sch, err := g.schema(spec)
 	if err == nil {
-		err = sch.validate(args)
+		err = sch.Validate(args)
 	}
 	if err != nil {
 		return g.rejectArgs(ctx, entry, args, err.Error(), "%v", err)
@@ -569,7 +570,7 @@ func (g *Guard) record(ctx context.Context, e audit.Entry) bool {
 
 // schema compiles a spec's input schema once; specs are replaced, never
 // changed, when an upstream's tools change, so the spec pointer is the key.
-func (g *Guard) schema(spec *tools.Spec) (*schema, error) {
+func (g *Guard) schema(spec *tools.Spec) (*argschema.Schema, error) {
 	g.schemaMu.Lock()
 	defer g.schemaMu.Unlock()
 	if s, ok := g.schemas[spec]; ok {
@@ -582,7 +583,7 @@ func (g *Guard) schema(spec *tools.Spec) (*schema, error) {
 			return nil, fmt.Errorf("tool %s: input schema: %w", spec.Def.Name, err)
 		}
 	}
-	s, err := compileSchema(spec.Def.Name, raw)
+	s, err := argschema.Compile(spec.Def.Name, raw)
 	if err != nil {
 		return nil, err
 	}

@@ -226,7 +226,7 @@ func (g *Guard) prepareStored(ctx context.Context, spec *tools.Spec, u approval.
 	}
 	sch, err := g.schema(spec)
 	if err == nil {
-		err = sch.validate(args)
+		err = sch.Validate(args)
 	}
 	if err != nil {
 		return nil, err

@@ -1,4 +1,4 @@
-package guard
+package argschema
 
 import (
 	"strings"
@@ -78,11 +78,11 @@ func TestSchemaErrorsAreSentences(t *testing.T) {
 			`amount: must be greater than 0; memo: at most 3 characters; missing required argument "from"; unknown argument "evil"`},
 	} {
 		t.Run(tc.keyword, func(t *testing.T) {
-			s, err := compileSchema("t", []byte(tc.schema))
+			s, err := Compile("t", []byte(tc.schema))
 			if err != nil {
 				t.Fatal(err)
 			}
-			err = s.validate(tc.args)
+			err = s.Validate(tc.args)
 			if tc.want == "" {
 				if err != nil {
 					t.Fatalf("unexpected error: %v", err)
@@ -105,12 +105,12 @@ func TestSchemaErrorsAreSentences(t *testing.T) {
 // An agent-chosen argument name is quoted and bounded, so it cannot forge a
 // sentence or flood the audit reason.
 func TestSchemaErrorBoundsUnknownNames(t *testing.T) {
-	s, err := compileSchema("t", []byte(`{"additionalProperties":false}`))
+	s, err := Compile("t", []byte(`{"additionalProperties":false}`))
 	if err != nil {
 		t.Fatal(err)
 	}
 	long := strings.Repeat("x", 500) + "\"; approved"
-	err = s.validate(map[string]any{long: 1.0})
+	err = s.Validate(map[string]any{long: 1.0})
 	if err == nil || len(err.Error()) > 120 || strings.Contains(err.Error(), `"; approved`) {
 		t.Fatalf("unbounded or unquoted: %v", err)
 	}

@@ -1,4 +1,11 @@
-package guard
+// Package argschema checks a tool call's arguments against the tool's input
+// schema (JSON Schema) and says what is wrong in sentences an agent or a
+// person can act on: the field, and what it must be.
+//
+// The guard validates itself rather than through mcp-go's
+// WithInputSchemaValidation, so that a rejected call is audited like every
+// other decision.
+package argschema
 
 import (
 	"bytes"
@@ -15,12 +22,11 @@ import (
 	"github.com/santhosh-tekuri/jsonschema/v6/kind"
 )
 
-// schema validates a tool's arguments against its input schema. We validate
-// inside the guard rather than with mcp-go's WithInputSchemaValidation so
-// that a rejected call is audited like every other decision.
-type schema struct{ compiled *jsonschema.Schema }
+// Schema is one tool's compiled input schema.
+type Schema struct{ compiled *jsonschema.Schema }
 
-func compileSchema(tool string, raw []byte) (*schema, error) {
+// Compile compiles tool's input schema raw.
+func Compile(tool string, raw []byte) (*Schema, error) {
 	doc, err := jsonschema.UnmarshalJSON(bytes.NewReader(raw))
 	if err != nil {
 		return nil, fmt.Errorf("tool %s: input schema: %w", tool, err)
@@ -34,14 +40,14 @@ func compileSchema(tool string, raw []byte) (*schema, error) {
 	if err != nil {
 		return nil, fmt.Errorf("tool %s: input schema: %w", tool, err)
 	}
-	return &schema{compiled}, nil
+	return &Schema{compiled}, nil
 }
 
-// validate returns nil or an error naming each offending field in words an
+// Validate returns nil or an error naming each offending field in words an
 // agent (and the auditor reading the reason) understands, e.g.
 // "invalid arguments: amount: must be greater than 0; unknown argument "evil"".
 // args is the decoded JSON object.
-func (s *schema) validate(args map[string]any) error {
+func (s *Schema) Validate(args map[string]any) error {
 	err := s.compiled.Validate(args)
 	if err == nil {
 		return nil
