@@ -2,7 +2,6 @@ package approval
 
 import (
 	"context"
-	"crypto/ed25519"
 	"time"
 
 	"github.com/countersign/countersign/approval/sealed"
@@ -13,15 +12,8 @@ import (
 // sealed (package sealed), for Options.ResultTTL after its run ended for
 // the agent to collect, and then erased.
 
-// DefaultResultTTL is Options.ResultTTL when unset.
-const DefaultResultTTL = sealed.DefaultTTL
-
 // resultSweep is how often results past their window are erased.
 const resultSweep = 30 * time.Second
-
-// DeriveResultKey returns the key results are sealed with at rest
-// (sealed.DeriveKey).
-func DeriveResultKey(server ed25519.PrivateKey) ([]byte, error) { return sealed.DeriveKey(server) }
 
 // sweepResults erases, every resultSweep, the results whose window ended.
 func (s *Service) sweepResults(stop <-chan struct{}, done chan<- struct{}) {

@@ -3,6 +3,8 @@ package approval
 import (
 	"context"
 	"time"
+
+	"github.com/countersign/countersign/approval/ceremony"
 )
 
 // What the approver page (its own package, approval/page) reads of the
@@ -51,7 +53,7 @@ func (s *Service) RequestURL(id string) string { return s.requestURL(id) }
 func (s *Service) EnrollURL(token string) string { return s.enrollURL(token) }
 
 // EnrollmentApprover is the display name of the approver an unused,
-// unexpired enrollment token is for; ErrEnrollment when there is none.
+// unexpired enrollment token is for; ceremony.ErrEnrollment when there is none.
 func (s *Service) EnrollmentApprover(ctx context.Context, token string) (string, error) {
 	approver, err := s.keys.LinkApprover(ctx, token)
 	if err != nil {
@@ -62,8 +64,8 @@ func (s *Service) EnrollmentApprover(ctx context.Context, token string) (string,
 
 // ValidID reports whether id has the shape of a request or ceremony id the
 // server issues; the page refuses any other before looking it up.
-func ValidID(id string) bool { return validID(id) }
+func ValidID(id string) bool { return ceremony.ValidID(id) }
 
 // ValidToken reports whether token has the shape of an enrollment token
 // the server issues.
-func ValidToken(token string) bool { return validToken(token) }
+func ValidToken(token string) bool { return ceremony.ValidToken(token) }

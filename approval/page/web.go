@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/countersign/countersign/approval"
+	"github.com/countersign/countersign/approval/freeze"
 	"github.com/countersign/countersign/vocab"
 )
 
@@ -81,7 +82,7 @@ func Handler(svc *approval.Service, opts Options) http.Handler {
 
 // freezable reports whether the page may freeze name: an agent's own
 // name, not every agent at once (that is the CLI's).
-func freezable(name string) bool { return approval.ValidAgent(name) && name != approval.AllAgents }
+func freezable(name string) bool { return freeze.ValidAgent(name) && name != freeze.AllAgents }
 
 func (s *server) pageIndex(w http.ResponseWriter, r *http.Request) {
 	pending, err := s.svc.Pending(r.Context(), pendingShown)
