@@ -3,6 +3,8 @@ package approval
 import (
 	"context"
 	"fmt"
+
+	"github.com/countersign/countersign/approval/expiring"
 )
 
 func (s *Service) migrate(ctx context.Context) error {
@@ -74,6 +76,6 @@ var schema = []string{
 	)`,
 	createVoteAssertions,
 	createResultIndex,
-	createNotified,
+	expiring.Schema,
 	createBatchable,
 }
