@@ -3,8 +3,6 @@ package approval
 import (
 	"context"
 	"time"
-
-	"github.com/countersign/countersign/approval/ceremony"
 )
 
 // What the approver page (its own package, approval/page) reads of the
@@ -61,11 +59,3 @@ func (s *Service) EnrollmentApprover(ctx context.Context, token string) (string,
 	}
 	return s.approverName(approver), nil
 }
-
-// ValidID reports whether id has the shape of a request or ceremony id the
-// server issues; the page refuses any other before looking it up.
-func ValidID(id string) bool { return ceremony.ValidID(id) }
-
-// ValidToken reports whether token has the shape of an enrollment token
-// the server issues.
-func ValidToken(token string) bool { return ceremony.ValidToken(token) }
