@@ -14,6 +14,7 @@ import (
 
 	"github.com/countersign/countersign/approval/ceremony"
 	"github.com/countersign/countersign/approval/grant"
+	"github.com/countersign/countersign/approval/votes"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/digest"
 	"github.com/countersign/countersign/store"
@@ -221,7 +222,8 @@ func (s *Service) countDecision(ctx context.Context, tx *sql.Tx, id string, deci
 		}
 		return ceremony.Failf(ErrAlreadyCounted, "%s already decided request %s", approver, r.ID)
 	}
-	if err := keepAssertion(ctx, tx, r.ID, approver, decision, v); err != nil {
+	raw := v.Parsed.Raw.AssertionResponse
+	if err := votes.Keep(ctx, tx, r.ID, approver, decision, digest.AssertionSHA256(raw.AuthenticatorData, raw.ClientDataJSON, raw.Signature)); err != nil {
 		return err
 	}
 	entry := s.assertionEntry(r, decision, v, now)

@@ -5,6 +5,8 @@ import (
 	"fmt"
 
 	"github.com/countersign/countersign/approval/expiring"
+	"github.com/countersign/countersign/approval/sealed"
+	"github.com/countersign/countersign/approval/votes"
 )
 
 func (s *Service) migrate(ctx context.Context) error {
@@ -74,8 +76,8 @@ var schema = []string{
 		seq INTEGER NOT NULL,
 		PRIMARY KEY (request_id, approver_id)
 	)`,
-	createVoteAssertions,
-	createResultIndex,
+	votes.Schema,
+	sealed.ResultIndex,
 	expiring.Schema,
 	createBatchable,
 }
