@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"time"
 
 	"github.com/countersign/countersign/approval/ceremony"
 	"github.com/countersign/countersign/approval/freeze"
@@ -249,40 +248,19 @@ func (s *Service) enforceFreezes(ctx context.Context) error {
 	return s.flush(ctx, false)
 }
 
-// freezePoll is how often a process looks for a freeze another process
-// wrote, to end the waits and grants it holds. Calls need no poll: the
-// guard reads the freeze for each one.
-const freezePoll = 200 * time.Millisecond
-
 // watchFreezes wakes every waiter (and the guard's parked requests) when
 // a freeze or unfreeze was committed, by this process or another, and
 // ends what the freeze holds that only this process may end.
 func (s *Service) watchFreezes() {
 	defer close(s.freezesDone)
-	ctx := context.Background()
-	last := int64(-1)
-	t := time.NewTicker(freezePoll)
-	defer t.Stop()
-	for {
-		n, err := freeze.Changes(ctx, s.db)
+	freeze.Watch(s.db, s.stop, func(ctx context.Context) error {
+		err := s.enforceFreezes(ctx)
 		if err != nil {
-			s.opts.Logger.Warn("approval: cannot read freezes", "err", err)
-		} else if n != last {
-			if last >= 0 || n > 0 {
-				if err := s.enforceFreezes(ctx); err != nil {
-					s.opts.Logger.Error("approval: cannot end the requests and grants of a frozen agent", "err", err)
-					n = last // try again
-				}
-				s.notify()
-			}
-			last = n
+			s.opts.Logger.Error("approval: cannot end the requests and grants of a frozen agent", "err", err)
 		}
-		select {
-		case <-s.stop:
-			return
-		case <-t.C:
-		}
-	}
+		s.notify()
+		return err
+	}, s.opts.Logger)
 }
 
 // failFrozen ends approved request id, not yet claimed, as failed without
