@@ -81,10 +81,10 @@ type Options struct {
 	// queue and return, never deliver. See approval/notify.go.
 	Notify func(event string, r *Request)
 
-	// ResultKey (32 bytes, DeriveResultKey) seals the results of approved
+	// ResultKey (32 bytes, sealed.DeriveKey) seals the results of approved
 	// calls while they are kept; nil: a random key for this process
 	// alone. ResultTTL is how long a result is kept after its run for the
-	// agent to collect; default DefaultResultTTL (results.go).
+	// agent to collect; default sealed.DefaultTTL (results.go).
 	ResultKey []byte
 	ResultTTL time.Duration
 
@@ -110,14 +110,12 @@ type Approver struct {
 
 // Errors callers can test with errors.Is.
 var (
-	ErrNotFound        = errors.New("approval: no such request")
-	ErrInvalidRequest  = errors.New("approval: invalid request")
-	ErrNotApproved     = errors.New("approval: request is not approved, or was already claimed")
-	ErrNotExecuting    = errors.New("approval: request is not claimed for execution")
-	ErrUnknownApprover = ceremony.ErrUnknownApprover
-	ErrEnrollment      = ceremony.ErrEnrollment
-	ErrRecord          = errors.New("approval: audit log append failed")
-	ErrClosed          = errors.New("approval: service closed")
+	ErrNotFound       = errors.New("approval: no such request")
+	ErrInvalidRequest = errors.New("approval: invalid request")
+	ErrNotApproved    = errors.New("approval: request is not approved, or was already claimed")
+	ErrNotExecuting   = errors.New("approval: request is not claimed for execution")
+	ErrRecord         = errors.New("approval: audit log append failed")
+	ErrClosed         = errors.New("approval: service closed")
 )
 
 // Service owns the approval tables, the WebAuthn relying party and the page.
@@ -240,7 +238,7 @@ func (o *Options) setDefaults() {
 		o.RPName = "Countersign"
 	}
 	if o.ResultTTL <= 0 {
-		o.ResultTTL = DefaultResultTTL
+		o.ResultTTL = sealed.DefaultTTL
 	}
 }
 

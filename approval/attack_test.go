@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/countersign/countersign/approval/approvaltest"
+	"github.com/countersign/countersign/approval/ceremony"
 	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/store/storetest"
 	"github.com/countersign/countersign/vocab"
@@ -29,16 +30,16 @@ func TestReplayIsRejected(t *testing.T) {
 		nr := paymentRequest("alice", "bob")
 		nr.Level = "critical"
 		req, _ := f.svc.Create(ctx, nr)
-		ceremony, captured := f.sign(t, req.ID, vocab.Approve, alice)
-		if _, err := f.svc.FinishDecision(ctx, req.ID, ceremony, captured); err != nil {
+		cer, captured := f.sign(t, req.ID, vocab.Approve, alice)
+		if _, err := f.svc.FinishDecision(ctx, req.ID, cer, captured); err != nil {
 			t.Fatal(err)
 		}
 
 		// Same ceremony again.
-		if _, err := f.svc.FinishDecision(ctx, req.ID, ceremony, captured); !errors.Is(err, ErrCeremony) {
+		if _, err := f.svc.FinishDecision(ctx, req.ID, cer, captured); !errors.Is(err, ceremony.ErrCeremony) {
 			t.Fatalf("replay on used ceremony: %v", err)
 		}
-		f.rec.RequireRejected(t, ErrCeremony.Check)
+		f.rec.RequireRejected(t, ceremony.ErrCeremony.Check)
 
 		// A fresh ceremony on the same request: the digest is the same, so
 		// the replay check must catch it.
@@ -46,18 +47,18 @@ func TestReplayIsRejected(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := f.svc.FinishDecision(ctx, req.ID, opts.Ceremony, captured); !errors.Is(err, ErrReplay) {
+		if _, err := f.svc.FinishDecision(ctx, req.ID, opts.Ceremony, captured); !errors.Is(err, ceremony.ErrReplay) {
 			t.Fatalf("replay on same request: %v", err)
 		}
-		f.rec.RequireRejected(t, ErrReplay.Check)
+		f.rec.RequireRejected(t, ceremony.ErrReplay.Check)
 
 		// Another request: the digest differs.
 		other, _ := f.svc.Create(ctx, nr)
 		opts, _ = f.svc.BeginDecision(ctx, other.ID, vocab.Approve)
-		if _, err := f.svc.FinishDecision(ctx, other.ID, opts.Ceremony, captured); !errors.Is(err, ErrChallenge) {
+		if _, err := f.svc.FinishDecision(ctx, other.ID, opts.Ceremony, captured); !errors.Is(err, ceremony.ErrChallenge) {
 			t.Fatalf("replay on another request: %v", err)
 		}
-		f.rec.RequireRejected(t, ErrChallenge.Check)
+		f.rec.RequireRejected(t, ceremony.ErrChallenge.Check)
 
 		for _, id := range []string{req.ID, other.ID} {
 			if r, _ := f.svc.Get(ctx, id); r.State != vocab.StatePending || (id == other.ID && len(r.Approvals) != 0) {
@@ -80,14 +81,14 @@ func TestDecisionCannotBeSwapped(t *testing.T) {
 		signedApprove := alice.Get(approveOpts.PublicKey.Challenge.String())
 		signedDeny := alice.Get(denyOpts.PublicKey.Challenge.String())
 
-		if _, err := f.svc.FinishDecision(ctx, req.ID, denyOpts.Ceremony, signedApprove); !errors.Is(err, ErrChallenge) {
+		if _, err := f.svc.FinishDecision(ctx, req.ID, denyOpts.Ceremony, signedApprove); !errors.Is(err, ceremony.ErrChallenge) {
 			t.Fatalf("approve assertion as deny: %v", err)
 		}
-		f.rec.RequireRejected(t, ErrChallenge.Check)
-		if _, err := f.svc.FinishDecision(ctx, req.ID, approveOpts.Ceremony, signedDeny); !errors.Is(err, ErrChallenge) {
+		f.rec.RequireRejected(t, ceremony.ErrChallenge.Check)
+		if _, err := f.svc.FinishDecision(ctx, req.ID, approveOpts.Ceremony, signedDeny); !errors.Is(err, ceremony.ErrChallenge) {
 			t.Fatalf("deny assertion as approve: %v", err)
 		}
-		f.rec.RequireRejected(t, ErrChallenge.Check)
+		f.rec.RequireRejected(t, ceremony.ErrChallenge.Check)
 		if r, _ := f.svc.Get(ctx, req.ID); r.State != vocab.StatePending {
 			t.Fatalf("state %s", r.State)
 		}
@@ -103,7 +104,7 @@ func TestAssertionChecks(t *testing.T) {
 		f.enroll(t, "bob", bob)
 		f.enroll(t, "carol", carol)
 
-		try := func(t *testing.T, key *approvaltest.SoftKey, approvers []string, want *CheckError) {
+		try := func(t *testing.T, key *approvaltest.SoftKey, approvers []string, want *ceremony.CheckError) {
 			t.Helper()
 			req, err := f.svc.Create(ctx, paymentRequest(approvers...))
 			if err != nil {
@@ -124,23 +125,23 @@ func TestAssertionChecks(t *testing.T) {
 		t.Run("wrong origin", func(t *testing.T) {
 			alice.Origin = "http://evil.example:8710"
 			defer func() { alice.Origin = testOrigin }()
-			try(t, alice, []string{"alice"}, ErrOrigin)
+			try(t, alice, []string{"alice"}, ceremony.ErrOrigin)
 		})
 		t.Run("wrong rp id", func(t *testing.T) {
 			alice.RPID = "evil.example"
 			defer func() { alice.RPID = "localhost" }()
-			try(t, alice, []string{"alice"}, ErrRPID)
+			try(t, alice, []string{"alice"}, ceremony.ErrRPID)
 		})
 		t.Run("unknown credential", func(t *testing.T) {
-			try(t, approvaltest.NewSoftKey(t, "localhost", testOrigin), []string{"alice"}, ErrUnknownCredential)
+			try(t, approvaltest.NewSoftKey(t, "localhost", testOrigin), []string{"alice"}, ceremony.ErrUnknownCredential)
 		})
 		t.Run("approver not allowed", func(t *testing.T) {
-			try(t, carol, []string{"alice", "bob"}, ErrApproverNotAllowed)
+			try(t, carol, []string{"alice", "bob"}, ceremony.ErrApproverNotAllowed)
 		})
 		t.Run("bad signature", func(t *testing.T) {
 			forger := approvaltest.NewSoftKey(t, "localhost", testOrigin)
 			forger.Claim(bob.ID(), 100) // claims bob's credential, signs with another key
-			try(t, forger, []string{"bob"}, ErrSignature)
+			try(t, forger, []string{"bob"}, ceremony.ErrSignature)
 		})
 		t.Run("counter regression", func(t *testing.T) {
 			req, _ := f.svc.Create(ctx, paymentRequest("alice"))
@@ -148,7 +149,7 @@ func TestAssertionChecks(t *testing.T) {
 				t.Fatal(err)
 			}
 			alice.Counter -= 2 // a clone that is behind
-			try(t, alice, []string{"alice"}, ErrCounter)
+			try(t, alice, []string{"alice"}, ceremony.ErrCounter)
 			alice.Counter += 10
 		})
 		t.Run("revoked credential", func(t *testing.T) {
@@ -158,7 +159,7 @@ func TestAssertionChecks(t *testing.T) {
 			if e, _ := f.rec.Last(vocab.KindCredentialRevoked); e.CredentialID != enc(carol.ID()) || e.Reason != "lost" {
 				t.Fatalf("revoked entry %+v", e)
 			}
-			try(t, carol, []string{"alice", "carol"}, ErrRevokedCredential)
+			try(t, carol, []string{"alice", "carol"}, ceremony.ErrRevokedCredential)
 		})
 	})
 }
@@ -185,7 +186,7 @@ func TestSameApproverTwiceIsOneVote(t *testing.T) {
 			t.Fatal(err)
 		}
 		key2.UserHandle = key1.UserHandle
-		if _, err := f.svc.FinishEnrollment(ctx, token, step.Ceremony, key2.Get(opts.Challenge)); !errors.Is(err, ErrUnknownCredential) {
+		if _, err := f.svc.FinishEnrollment(ctx, token, step.Ceremony, key2.Get(opts.Challenge)); !errors.Is(err, ceremony.ErrUnknownCredential) {
 			t.Fatalf("new key vouching for itself: %v", err)
 		}
 		step, _ = f.svc.BeginEnrollment(ctx, token)
@@ -203,7 +204,7 @@ func TestSameApproverTwiceIsOneVote(t *testing.T) {
 		if e, _ := f.rec.Last(vocab.KindApproverEnrolled); e.CredentialID != enc(key2.ID()) || !strings.Contains(e.Reason, "vouched for by key "+enc(key1.ID())) {
 			t.Fatalf("enrolled entry %+v", e)
 		}
-		if _, err := f.svc.BeginEnrollment(ctx, token); !errors.Is(err, ErrEnrollment) {
+		if _, err := f.svc.BeginEnrollment(ctx, token); !errors.Is(err, ceremony.ErrEnrollment) {
 			t.Fatalf("link reused: %v", err)
 		}
 

@@ -37,8 +37,8 @@ import (
 
 // Batch refusals, besides the checks of decide.go.
 var (
-	ErrNotBatchable = &CheckError{Check: "not_batchable", Words: "a request of the batch may not be approved in a batch"}            // request is critical or its tool not batchable
-	ErrBatchSize    = &CheckError{Check: "batch_size", Words: "the batch is empty, repeats a request or is over approval.max_batch"} // empty, repeated or over Options.MaxBatch
+	ErrNotBatchable = &ceremony.CheckError{Check: "not_batchable", Words: "a request of the batch may not be approved in a batch"}            // request is critical or its tool not batchable
+	ErrBatchSize    = &ceremony.CheckError{Check: "batch_size", Words: "the batch is empty, repeats a request or is over approval.max_batch"} // empty, repeated or over Options.MaxBatch
 )
 
 // DefaultMaxBatch is Options.MaxBatch when it is 0.
@@ -85,16 +85,16 @@ func (s *Service) maxBatch() int {
 // be finished for the selection it was begun for.
 func (s *Service) batchKey(ids []string) (string, error) {
 	if len(ids) == 0 || len(ids) > s.maxBatch() {
-		return "", failf(ErrBatchSize, "a batch holds 1 to %d requests, not %d", s.maxBatch(), len(ids))
+		return "", ceremony.Failf(ErrBatchSize, "a batch holds 1 to %d requests, not %d", s.maxBatch(), len(ids))
 	}
 	sorted := slices.Clone(ids)
 	slices.Sort(sorted)
 	for i, id := range sorted {
-		if !validID(id) {
+		if !ceremony.ValidID(id) {
 			return "", ErrNotFound
 		}
 		if i > 0 && sorted[i-1] == id {
-			return "", failf(ErrBatchSize, "request %s is selected twice", id)
+			return "", ceremony.Failf(ErrBatchSize, "request %s is selected twice", id)
 		}
 	}
 	return strings.Join(sorted, ","), nil
@@ -112,7 +112,7 @@ func (s *Service) loadBatch(ctx context.Context, q querier, ids []string) (*batc
 			return nil, err
 		}
 		if r.Level != vocab.LevelHigh || !r.Batchable {
-			return nil, failf(ErrNotBatchable, "request %s (%s, %s) is not batchable: it needs its own tap", r.ID, r.Tool, r.Level)
+			return nil, ceremony.Failf(ErrNotBatchable, "request %s (%s, %s) is not batchable: it needs its own tap", r.ID, r.Tool, r.Level)
 		}
 		d, err := s.digest(r, vocab.Approve)
 		if err != nil {
@@ -123,7 +123,7 @@ func (s *Service) loadBatch(ctx context.Context, q querier, ids []string) (*batc
 	}
 	sorted, err := digest.SortBatch(digests)
 	if err != nil {
-		return nil, failf(ErrBatchSize, "%v", err)
+		return nil, ceremony.Failf(ErrBatchSize, "%v", err)
 	}
 	if b.challenge, err = digest.BatchChallenge(sorted); err != nil {
 		return nil, err
@@ -152,11 +152,11 @@ func (s *Service) BeginBatch(ctx context.Context, ids []string) (*BatchOptions, 
 	var uv vocab.UserVerification
 	for i, r := range b.rows {
 		if r.State != vocab.StatePending {
-			return nil, failf(ErrNotPending, "request %s is %s", r.ID, r.State)
+			return nil, ceremony.Failf(ErrNotPending, "request %s is %s", r.ID, r.State)
 		}
 		if !s.now().Before(r.ExpiresAt) {
 			s.expire(ctx, r.ID)
-			return nil, failf(ErrExpired, "request %s expired at %s", r.ID, digest.FormatTime(r.ExpiresAt))
+			return nil, ceremony.Failf(ErrExpired, "request %s expired at %s", r.ID, digest.FormatTime(r.ExpiresAt))
 		}
 		eligible := slices.DeleteFunc(slices.Clone(r.Approvers), func(a string) bool { return slices.Contains(r.Approvals, a) })
 		if i == 0 {
@@ -173,7 +173,7 @@ func (s *Service) BeginBatch(ctx context.Context, ids []string) (*BatchOptions, 
 		return nil, err
 	}
 	if len(keys) == 0 {
-		return nil, failf(ErrNoCredentials, "nobody with an enrolled key may approve all %d of these requests (eligible for all, not yet counted: %v)", len(b.rows), who)
+		return nil, ceremony.Failf(ErrNoCredentials, "nobody with an enrolled key may approve all %d of these requests (eligible for all, not yet counted: %v)", len(b.rows), who)
 	}
 	id, options, err := s.keys.BeginAssertion(ctx, "batch", key, vocab.Approve, b.challenge, keys, uv)
 	if err != nil {
@@ -223,7 +223,7 @@ func (s *Service) FinishBatch(ctx context.Context, ids []string, ceremonyID stri
 		})
 	}
 	if err != nil {
-		var ce *CheckError
+		var ce *ceremony.CheckError
 		if errors.As(err, &ce) || errors.Is(err, ErrNotFound) {
 			var rerrs []error
 			for _, id := range ids {

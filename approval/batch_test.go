@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/countersign/countersign/approval/approvaltest"
+	"github.com/countersign/countersign/approval/ceremony"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/audit/verify"
 	"github.com/countersign/countersign/digest"
@@ -107,12 +108,12 @@ func TestBatchApprovesEachRequestOnce(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := f.svc.FinishBatch(ctx, ids, again.Ceremony, signed); !errors.Is(err, ErrReplay) {
+		if _, err := f.svc.FinishBatch(ctx, ids, again.Ceremony, signed); !errors.Is(err, ceremony.ErrReplay) {
 			t.Fatalf("replayed batch assertion: %v", err)
 		}
-		f.rec.RequireRejected(t, ErrReplay.Check)
+		f.rec.RequireRejected(t, ceremony.ErrReplay.Check)
 		// alice is counted on all three, so a batch of them is bob's alone.
-		if _, err := f.svc.FinishBatch(ctx, ids, opts.Ceremony, signed); !errors.Is(err, ErrCeremony) {
+		if _, err := f.svc.FinishBatch(ctx, ids, opts.Ceremony, signed); !errors.Is(err, ceremony.ErrCeremony) {
 			t.Fatalf("used ceremony: %v", err)
 		}
 
@@ -191,10 +192,10 @@ func TestBatchRefusals(t *testing.T) {
 			ids := append(pair(), f.create(t, batchRequest(1, "bob")))
 			// Only bob's key is offered; alice's signs anyway.
 			opts, signed := f.signBatch(t, ids, alice)
-			if _, err := f.svc.FinishBatch(ctx, ids, opts.Ceremony, signed); !errors.Is(err, ErrApproverNotAllowed) {
+			if _, err := f.svc.FinishBatch(ctx, ids, opts.Ceremony, signed); !errors.Is(err, ceremony.ErrApproverNotAllowed) {
 				t.Fatalf("got %v", err)
 			}
-			f.rec.RequireRejected(t, ErrApproverNotAllowed.Check)
+			f.rec.RequireRejected(t, ceremony.ErrApproverNotAllowed.Check)
 			f.requireUntouched(t, ids...)
 			// Nobody may approve both a request of alice's and one of bob's.
 			if _, err := f.svc.BeginBatch(ctx, []string{f.create(t, batchRequest(1, "alice")), ids[2]}); !errors.Is(err, ErrNoCredentials) {
@@ -214,10 +215,10 @@ func TestBatchRefusals(t *testing.T) {
 			}
 			// Nor can a ceremony of another selection carry it.
 			opts, signed := f.signBatch(t, ids[:2], alice)
-			if _, err := f.svc.FinishBatch(ctx, ids, opts.Ceremony, signed); !errors.Is(err, ErrCeremony) {
+			if _, err := f.svc.FinishBatch(ctx, ids, opts.Ceremony, signed); !errors.Is(err, ceremony.ErrCeremony) {
 				t.Fatalf("finish with another selection's ceremony: %v", err)
 			}
-			f.rec.RequireRejected(t, ErrCeremony.Check)
+			f.rec.RequireRejected(t, ceremony.ErrCeremony.Check)
 			f.requireUntouched(t, ids...)
 		})
 
@@ -269,16 +270,16 @@ func TestBatchRefusals(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if _, err := f.svc.FinishBatch(ctx, ac, opts.Ceremony, signed); !errors.Is(err, ErrChallenge) {
+			if _, err := f.svc.FinishBatch(ctx, ac, opts.Ceremony, signed); !errors.Is(err, ceremony.ErrChallenge) {
 				t.Fatalf("got %v", err)
 			}
-			f.rec.RequireRejected(t, ErrChallenge.Check)
+			f.rec.RequireRejected(t, ceremony.ErrChallenge.Check)
 			// A subset is another set too.
 			opts, err = f.svc.BeginBatch(ctx, ab[:1])
 			if err != nil {
 				t.Fatal(err)
 			}
-			if _, err := f.svc.FinishBatch(ctx, ab[:1], opts.Ceremony, signed); !errors.Is(err, ErrChallenge) {
+			if _, err := f.svc.FinishBatch(ctx, ab[:1], opts.Ceremony, signed); !errors.Is(err, ceremony.ErrChallenge) {
 				t.Fatalf("subset: %v", err)
 			}
 			// And a single request's own decision.
@@ -286,7 +287,7 @@ func TestBatchRefusals(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if _, err := f.svc.FinishDecision(ctx, ab[0], single.Ceremony, signed); !errors.Is(err, ErrChallenge) {
+			if _, err := f.svc.FinishDecision(ctx, ab[0], single.Ceremony, signed); !errors.Is(err, ceremony.ErrChallenge) {
 				t.Fatalf("batch assertion as a single decision: %v", err)
 			}
 			f.requireUntouched(t, ab[0], ab[1], c)
@@ -299,7 +300,7 @@ func TestBatchRefusals(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if _, err := f.svc.FinishBatch(ctx, []string{id}, opts.Ceremony, signed); !errors.Is(err, ErrChallenge) {
+			if _, err := f.svc.FinishBatch(ctx, []string{id}, opts.Ceremony, signed); !errors.Is(err, ceremony.ErrChallenge) {
 				t.Fatalf("got %v", err)
 			}
 			f.requireUntouched(t, id)

@@ -15,37 +15,15 @@ import (
 	"github.com/countersign/countersign/vocab"
 )
 
-// CheckError names the check that refused an assertion or a ceremony. The
-// approval.rejected audit entry's reason is its Error text, which starts
-// with the check name. Test with errors.Is against the Err* values below.
-type CheckError = ceremony.CheckError
-
-func failf(base *CheckError, format string, args ...any) *CheckError {
-	return ceremony.Failf(base, format, args...)
-}
-
-// The checks, in the order they run: those of keys and ceremonies are
-// package ceremony's, those of requests this package's.
+// The checks of requests, as ceremony.CheckError values (those of keys and
+// ceremonies are package ceremony's). The approval.rejected audit entry's
+// reason is the Error text, which starts with the check name. Test with
+// errors.Is.
 var (
-	ErrCeremony             = ceremony.ErrCeremony
-	ErrMalformed            = ceremony.ErrMalformed
-	ErrNotPending           = &CheckError{Check: "not_pending", Words: "the request is no longer pending"} // request already decided
-	ErrExpired              = &CheckError{Check: "expired", Words: "the request has expired"}              // request past expires_at
-	ErrUnknownCredential    = ceremony.ErrUnknownCredential
-	ErrRevokedCredential    = ceremony.ErrRevokedCredential
-	ErrApproverNotAllowed   = ceremony.ErrApproverNotAllowed
-	ErrAlreadyCounted       = &CheckError{Check: "already_counted", Words: "the credential's approver was already counted"} // approver already counted towards quorum
-	ErrCredentialNotOffered = ceremony.ErrCredentialNotOffered
-	ErrCeremonyType         = ceremony.ErrCeremonyType
-	ErrChallenge            = ceremony.ErrChallenge
-	ErrReplay               = ceremony.ErrReplay
-	ErrOrigin               = ceremony.ErrOrigin
-	ErrRPID                 = ceremony.ErrRPID
-	ErrUserPresence         = ceremony.ErrUserPresence
-	ErrUserVerification     = ceremony.ErrUserVerification
-	ErrSignature            = ceremony.ErrSignature
-	ErrCounter              = ceremony.ErrCounter
-	ErrNoCredentials        = &CheckError{Check: "no_credentials", Words: "nobody allowed has an enrolled key"} // nobody left who could sign
+	ErrNotPending     = &ceremony.CheckError{Check: "not_pending", Words: "the request is no longer pending"}                  // request already decided
+	ErrExpired        = &ceremony.CheckError{Check: "expired", Words: "the request has expired"}                               // request past expires_at
+	ErrAlreadyCounted = &ceremony.CheckError{Check: "already_counted", Words: "the credential's approver was already counted"} // approver already counted towards quorum
+	ErrNoCredentials  = &ceremony.CheckError{Check: "no_credentials", Words: "nobody allowed has an enrolled key"}             // nobody left who could sign
 )
 
 // verified is an assertion that passed every check.
@@ -95,16 +73,16 @@ func (ac assertionCheck) decided(now time.Time) ([]*row, error) {
 	reqs := []*row{ac.req}
 	if ac.batch != nil {
 		if ac.grant != nil {
-			return nil, failf(ErrChallenge, "a batch approval cannot create a standing grant")
+			return nil, ceremony.Failf(ceremony.ErrChallenge, "a batch approval cannot create a standing grant")
 		}
 		reqs = ac.batch.rows
 	}
 	for _, r := range reqs {
 		if r.State == vocab.StateExpired || (r.State == vocab.StatePending && !now.Before(r.ExpiresAt)) {
-			return nil, failf(ErrExpired, "request %s expired at %s", r.ID, digest.FormatTime(r.ExpiresAt))
+			return nil, ceremony.Failf(ErrExpired, "request %s expired at %s", r.ID, digest.FormatTime(r.ExpiresAt))
 		}
 		if r.State != vocab.StatePending {
-			return nil, failf(ErrNotPending, "request %s is %s", r.ID, r.State)
+			return nil, ceremony.Failf(ErrNotPending, "request %s is %s", r.ID, r.State)
 		}
 	}
 	return reqs, nil
@@ -117,10 +95,10 @@ func (ac assertionCheck) allowed(reqs []*row, approver string) (vocab.UserVerifi
 	var uv vocab.UserVerification
 	for _, r := range reqs {
 		if !slices.Contains(r.Approvers, approver) {
-			return "", failf(ErrApproverNotAllowed, "%s may not decide request %s", approver, r.ID)
+			return "", ceremony.Failf(ceremony.ErrApproverNotAllowed, "%s may not decide request %s", approver, r.ID)
 		}
 		if ac.decision == vocab.Approve && slices.Contains(r.Approvals, approver) {
-			return "", failf(ErrAlreadyCounted, "%s already approved request %s", approver, r.ID)
+			return "", ceremony.Failf(ErrAlreadyCounted, "%s already approved request %s", approver, r.ID)
 		}
 		if uv == "" || r.uv == vocab.UVRequired {
 			uv = r.uv

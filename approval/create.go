@@ -16,6 +16,8 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/countersign/countersign/approval/ceremony"
+	"github.com/countersign/countersign/approval/freeze"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/authzdetails"
 	"github.com/countersign/countersign/digest"
@@ -170,7 +172,7 @@ func (s *Service) eligible(r NewRequest) ([]string, error) {
 	var approvers []string
 	for _, id := range r.Approvers {
 		if _, ok := s.approvers[id]; !ok {
-			return nil, fmt.Errorf("%w: %w %q", ErrInvalidRequest, ErrUnknownApprover, id)
+			return nil, fmt.Errorf("%w: %w %q", ErrInvalidRequest, ceremony.ErrUnknownApprover, id)
 		}
 		if !slices.Contains(approvers, id) {
 			approvers = append(approvers, id)
@@ -236,8 +238,8 @@ func (s *Service) insert(ctx context.Context, c *creation) error {
 		// A frozen agent raises nothing: checked under the write lock, so
 		// a freeze committed before this is seen, and one after it finds
 		// this request pending and cancels it.
-		if f, err := frozenIn(ctx, tx, c.Agent); err != nil || f != nil {
-			return errors.Join(err, frozenErr(f))
+		if f, err := freeze.In(ctx, tx, c.Agent); err != nil || f != nil {
+			return errors.Join(err, freeze.Err(f))
 		}
 		_, err := tx.ExecContext(ctx, `INSERT INTO approval_requests
 			(id, tool, agent, args, args_sha256, redact_args, authorization_details, summary, display, level, rule,

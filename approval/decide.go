@@ -14,6 +14,7 @@ import (
 
 	"github.com/countersign/countersign/approval/ceremony"
 	"github.com/countersign/countersign/approval/grant"
+	"github.com/countersign/countersign/approval/votes"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/digest"
 	"github.com/countersign/countersign/store"
@@ -38,11 +39,11 @@ func (s *Service) BeginDecision(ctx context.Context, requestID string, decision 
 // beginDecision is BeginDecision; with choice, the approval also creates
 // the grant the approver chose (BeginGrant), and the challenge is the
 // grant digest.
-func (s *Service) beginDecision(ctx context.Context, requestID string, decision vocab.Decision, choice *GrantChoice) (*DecisionOptions, error) {
+func (s *Service) beginDecision(ctx context.Context, requestID string, decision vocab.Decision, choice *grant.Choice) (*DecisionOptions, error) {
 	if decision != vocab.Approve && decision != vocab.Deny {
 		return nil, fmt.Errorf("%w: decision must be approve or deny", ErrInvalidRequest)
 	}
-	if !validID(requestID) {
+	if !ceremony.ValidID(requestID) {
 		return nil, ErrNotFound
 	}
 	r, err := s.load(ctx, s.db, requestID)
@@ -50,11 +51,11 @@ func (s *Service) beginDecision(ctx context.Context, requestID string, decision 
 		return nil, err
 	}
 	if r.State != vocab.StatePending {
-		return nil, failf(ErrNotPending, "request is %s", r.State)
+		return nil, ceremony.Failf(ErrNotPending, "request is %s", r.State)
 	}
 	if !s.now().Before(r.ExpiresAt) {
 		s.expire(ctx, requestID)
-		return nil, failf(ErrExpired, "expired at %s", digest.FormatTime(r.ExpiresAt))
+		return nil, ceremony.Failf(ErrExpired, "expired at %s", digest.FormatTime(r.ExpiresAt))
 	}
 	if err := frozenCheck(ctx, s.db, r.Agent); err != nil {
 		return nil, err
@@ -68,7 +69,7 @@ func (s *Service) beginDecision(ctx context.Context, requestID string, decision 
 		return nil, err
 	}
 	if len(keys) == 0 {
-		return nil, failf(ErrNoCredentials, "none of %v has an enrolled key", who)
+		return nil, ceremony.Failf(ErrNoCredentials, "none of %v has an enrolled key", who)
 	}
 	challenge, err := s.digest(r, decision)
 	if err != nil {
@@ -128,7 +129,7 @@ func hexDecode32(h string) ([32]byte, error) {
 // BeginDecision and records the decision. Every refusal is recorded as
 // approval.rejected with the failed check as its reason.
 func (s *Service) FinishDecision(ctx context.Context, requestID, ceremonyID string, response []byte) (*Request, error) {
-	if !validID(requestID) {
+	if !ceremony.ValidID(requestID) {
 		return nil, ErrNotFound
 	}
 	decision, session, err := s.keys.Take(ctx, ceremonyID, "decision", requestID)
@@ -152,7 +153,7 @@ func (s *Service) FinishDecision(ctx context.Context, requestID, ceremonyID stri
 		err = s.commitDecision(ctx, r, decision, v)
 	}
 	if err != nil {
-		var ce *CheckError
+		var ce *ceremony.CheckError
 		if errors.As(err, &ce) || errors.Is(err, ErrNotFound) {
 			if rerr := s.recordRejected(ctx, requestID, decision, p, err); rerr != nil {
 				return nil, errors.Join(err, rerr)
@@ -198,10 +199,10 @@ func (s *Service) countDecision(ctx context.Context, tx *sql.Tx, id string, deci
 	}
 	now := s.now()
 	if r.State != vocab.StatePending {
-		return failf(ErrNotPending, "request %s became %s", r.ID, r.State)
+		return ceremony.Failf(ErrNotPending, "request %s became %s", r.ID, r.State)
 	}
 	if !now.Before(r.ExpiresAt) {
-		return failf(ErrExpired, "request %s expired at %s", r.ID, digest.FormatTime(r.ExpiresAt))
+		return ceremony.Failf(ErrExpired, "request %s expired at %s", r.ID, digest.FormatTime(r.ExpiresAt))
 	}
 	// The freeze's transaction cancels what it can; this refuses any
 	// decision on a request of a frozen agent that it could not.
@@ -210,7 +211,7 @@ func (s *Service) countDecision(ctx context.Context, tx *sql.Tx, id string, deci
 	}
 	approver := v.Key.Approver
 	if decision == vocab.Approve && slices.Contains(r.Approvals, approver) {
-		return failf(ErrAlreadyCounted, "%s already approved request %s", approver, r.ID)
+		return ceremony.Failf(ErrAlreadyCounted, "%s already approved request %s", approver, r.ID)
 	}
 	if _, err := tx.ExecContext(ctx, `INSERT INTO approval_votes (request_id, approver_id, credential_id, decision, created_at) VALUES (?,?,?,?,?)`,
 		r.ID, approver, v.Key.ID, decision, now.UnixNano()); err != nil {
@@ -219,9 +220,10 @@ func (s *Service) countDecision(ctx context.Context, tx *sql.Tx, id string, deci
 			// InTx runs this again, and then sees it.
 			return err
 		}
-		return failf(ErrAlreadyCounted, "%s already decided request %s", approver, r.ID)
+		return ceremony.Failf(ErrAlreadyCounted, "%s already decided request %s", approver, r.ID)
 	}
-	if err := keepAssertion(ctx, tx, r.ID, approver, decision, v); err != nil {
+	raw := v.Parsed.Raw.AssertionResponse
+	if err := votes.Keep(ctx, tx, r.ID, approver, decision, digest.AssertionSHA256(raw.AuthenticatorData, raw.ClientDataJSON, raw.Signature)); err != nil {
 		return err
 	}
 	entry := s.assertionEntry(r, decision, v, now)
@@ -230,7 +232,7 @@ func (s *Service) countDecision(ctx context.Context, tx *sql.Tx, id string, deci
 	}
 	if v.grant != nil {
 		if in != nil {
-			return failf(ErrChallenge, "a batch approval cannot create a standing grant")
+			return ceremony.Failf(ceremony.ErrChallenge, "a batch approval cannot create a standing grant")
 		}
 		if err := s.createGrant(ctx, tx, r, approver, v.grant, &entry, now); err != nil {
 			return err
@@ -283,7 +285,7 @@ func (s *Service) transition(ctx context.Context, tx *sql.Tx, id string, state v
 		return err
 	}
 	if n, _ := res.RowsAffected(); n != 1 {
-		return failf(ErrNotPending, "request was decided concurrently")
+		return ceremony.Failf(ErrNotPending, "request was decided concurrently")
 	}
 	return nil
 }
@@ -295,15 +297,15 @@ func (s *Service) assertionEntry(r *row, decision vocab.Decision, v *verified, n
 	e := s.requestEntry(r, "", "")
 	raw := v.Parsed.Raw.AssertionResponse
 	e.Approver = v.Key.Approver
-	e.CredentialID = b64(v.Key.ID)
+	e.CredentialID = ceremony.B64(v.Key.ID)
 	e.Decision = string(decision)
 	e.DecidedAt = now.UTC().Format(audit.TimeFormat)
 	e.Origin = v.Parsed.Response.CollectedClientData.Origin
 	e.RPID = s.opts.RPID
 	e.UserVerified = v.Parsed.Response.AuthenticatorData.Flags.HasUserVerified()
-	e.AuthenticatorData = b64(raw.AuthenticatorData)
-	e.ClientDataJSON = b64(raw.ClientDataJSON)
-	e.Signature = b64(raw.Signature)
+	e.AuthenticatorData = ceremony.B64(raw.AuthenticatorData)
+	e.ClientDataJSON = ceremony.B64(raw.ClientDataJSON)
+	e.Signature = ceremony.B64(raw.Signature)
 	return e
 }
 

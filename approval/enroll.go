@@ -9,13 +9,6 @@ import (
 // Enrollment links, their ceremonies and revocation are package
 // ceremony's; it records them through this service's outbox.
 
-// EnrollmentOptions is the next WebAuthn step of an enrollment: "get" (an
-// existing key vouches for the new one) or "create" (register the new key).
-type EnrollmentOptions = ceremony.EnrollmentOptions
-
-// EnrollmentResult says what FinishEnrollment did.
-type EnrollmentResult = ceremony.EnrollmentResult
-
 // CreateEnrollment issues a one-time enrollment link for an approver:
 // single use, valid for EnrollTTL, bound to that approver. Recorded as
 // enrollment.created.
@@ -28,14 +21,14 @@ func (s *Service) CreateEnrollment(ctx context.Context, approverID string) (stri
 }
 
 // BeginEnrollment starts the next step of the enrollment behind token.
-func (s *Service) BeginEnrollment(ctx context.Context, token string) (*EnrollmentOptions, error) {
+func (s *Service) BeginEnrollment(ctx context.Context, token string) (*ceremony.EnrollmentOptions, error) {
 	return s.keys.BeginEnrollment(ctx, token)
 }
 
 // FinishEnrollment completes one step. A refused step is recorded as
 // approval.rejected; a registered key as approver.enrolled with its COSE
 // public key.
-func (s *Service) FinishEnrollment(ctx context.Context, token, ceremonyID string, response []byte) (*EnrollmentResult, error) {
+func (s *Service) FinishEnrollment(ctx context.Context, token, ceremonyID string, response []byte) (*ceremony.EnrollmentResult, error) {
 	res, err := s.keys.Enroll(ctx, outboxPort{s}, token, ceremonyID, response)
 	if err == nil {
 		s.notify()

@@ -6,8 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"time"
 
+	"github.com/countersign/countersign/approval/ceremony"
 	"github.com/countersign/countersign/approval/freeze"
 	"github.com/countersign/countersign/approval/grant"
 	"github.com/countersign/countersign/audit"
@@ -15,7 +15,7 @@ import (
 	"github.com/countersign/countersign/vocab"
 )
 
-// The kill switch. A freeze names an agent (or AllAgents) and who froze
+// The kill switch. A freeze names an agent (or freeze.AllAgents) and who froze
 // it. From its commit on, whatever process wrote it:
 //
 //   - the guard refuses every call of the agent (it asks Frozen first);
@@ -33,56 +33,33 @@ import (
 // A call already running finishes. Unfreeze lifts the freeze; what it
 // cancelled and revoked stays so.
 
-// The freeze's record is package freeze's; these are its names here.
-type (
-	Freeze      = freeze.Freeze
-	FrozenError = freeze.FrozenError
-	FreezeView  = freeze.View
-	AgentView   = freeze.AgentView
-)
-
-// AllAgents is the agent name of a freeze of every agent (--all).
-const AllAgents = freeze.AllAgents
-
-// Errors of freezes.
-var (
-	ErrAgentFrozen = freeze.ErrAgentFrozen
-	ErrNotFrozen   = freeze.ErrNotFrozen
-)
+// The freeze's record, its errors and freeze.AllAgents are package freeze's.
 
 // ErrFrozenCheck is a freeze as a decision check: a tap on a request of a
 // frozen agent is refused and recorded as approval.rejected with it.
-var ErrFrozenCheck = &CheckError{Check: "agent_frozen"}
-
-// ValidAgent reports whether name can be frozen.
-func ValidAgent(name string) bool { return freeze.ValidAgent(name) }
-
-func frozenIn(ctx context.Context, q querier, agent string) (*Freeze, error) {
-	return freeze.In(ctx, q, agent)
-}
-
-// frozenErr is f as an error, or nil.
-func frozenErr(f *Freeze) error { return freeze.Err(f) }
+var ErrFrozenCheck = &ceremony.CheckError{Check: "agent_frozen"}
 
 // frozenCheck refuses a decision on a request of a frozen agent, with a
 // check name for approval.rejected.
 func frozenCheck(ctx context.Context, q querier, agent string) error {
-	f, err := frozenIn(ctx, q, agent)
+	f, err := freeze.In(ctx, q, agent)
 	if err != nil || f == nil {
 		return err
 	}
-	return failf(ErrFrozenCheck, "%v", &FrozenError{Freeze: *f})
+	return ceremony.Failf(ErrFrozenCheck, "%v", &freeze.FrozenError{Freeze: *f})
 }
 
 // Frozen returns the freeze that holds agent, or nil. It reads the
 // database every time, so a freeze written by another process holds from
 // the next call on.
-func (s *Service) Frozen(ctx context.Context, agent string) (*Freeze, error) {
+func (s *Service) Frozen(ctx context.Context, agent string) (*freeze.Freeze, error) {
 	return s.frozen.Frozen(ctx, agent)
 }
 
 // Freezes lists the freezes in force, oldest first.
-func (s *Service) Freezes(ctx context.Context) ([]Freeze, error) { return freeze.List(ctx, s.db) }
+func (s *Service) Freezes(ctx context.Context) ([]freeze.Freeze, error) {
+	return freeze.List(ctx, s.db)
+}
 
 // Stopped is what a freeze ended at once.
 type Stopped struct {
@@ -90,13 +67,13 @@ type Stopped struct {
 	Revoked   []string // standing grants revoked
 }
 
-// FreezeAgent freezes agent (AllAgents: every agent) and records
+// FreezeAgent freezes agent (freeze.AllAgents: every agent) and records
 // agent.frozen with by as who did it. In the same transaction it cancels
 // the agent's pending requests and revokes its standing grants, each
 // recorded (approval.cancelled, grant.revoked). An agent already frozen
-// is left as it is: the existing freeze is returned in a *FrozenError.
+// is left as it is: the existing freeze is returned in a *freeze.FrozenError.
 func (s *Service) FreezeAgent(ctx context.Context, agent, by, reason string) (*Stopped, error) {
-	if !ValidAgent(agent) {
+	if !freeze.ValidAgent(agent) {
 		return nil, fmt.Errorf("%w: agent name %q", ErrInvalidRequest, agent)
 	}
 	if by == "" {
@@ -107,7 +84,7 @@ func (s *Service) FreezeAgent(ctx context.Context, agent, by, reason string) (*S
 	// stopped is set by each run, so it is the committed run's.
 	err := s.inTx(ctx, func(tx *sql.Tx) error {
 		now := s.now()
-		if err := freeze.Put(ctx, tx, Freeze{Agent: agent, By: by, At: now, Reason: reason}); err != nil {
+		if err := freeze.Put(ctx, tx, freeze.Freeze{Agent: agent, By: by, At: now, Reason: reason}); err != nil {
 			return err
 		}
 		why := "frozen"
@@ -118,7 +95,7 @@ func (s *Service) FreezeAgent(ctx context.Context, agent, by, reason string) (*S
 			DecidedAt: now.UTC().Format(audit.TimeFormat), Reason: why}); err != nil {
 			return err
 		}
-		st, err := s.stopAgent(ctx, tx, Freeze{Agent: agent, By: by, At: now})
+		st, err := s.stopAgent(ctx, tx, freeze.Freeze{Agent: agent, By: by, At: now})
 		stopped = st
 		return err
 	})
@@ -131,10 +108,10 @@ func (s *Service) FreezeAgent(ctx context.Context, agent, by, reason string) (*S
 	return stopped, err
 }
 
-// UnfreezeAgent lifts agent's freeze (AllAgents: the freeze of every
+// UnfreezeAgent lifts agent's freeze (freeze.AllAgents: the freeze of every
 // agent; freezes of single agents stay) and records agent.unfrozen.
 func (s *Service) UnfreezeAgent(ctx context.Context, agent, by, reason string) error {
-	if !ValidAgent(agent) {
+	if !freeze.ValidAgent(agent) {
 		return fmt.Errorf("%w: agent name %q", ErrInvalidRequest, agent)
 	}
 	if by == "" {
@@ -165,9 +142,9 @@ func (s *Service) UnfreezeAgent(ctx context.Context, agent, by, reason string) e
 // f holds, inside tx, with their audit entries. It leaves those whose
 // entries another process has yet to append: an entry of ours about them
 // could reach the log first. That process ends them (enforceFreezes).
-func (s *Service) stopAgent(ctx context.Context, tx *sql.Tx, f Freeze) (*Stopped, error) {
+func (s *Service) stopAgent(ctx context.Context, tx *sql.Tx, f freeze.Freeze) (*Stopped, error) {
 	who := "agent " + f.Agent
-	if f.Agent == AllAgents {
+	if f.Agent == freeze.AllAgents {
 		who = "all agents"
 	}
 	reason := fmt.Sprintf("%s frozen by %s", who, f.By)
@@ -271,47 +248,26 @@ func (s *Service) enforceFreezes(ctx context.Context) error {
 	return s.flush(ctx, false)
 }
 
-// freezePoll is how often a process looks for a freeze another process
-// wrote, to end the waits and grants it holds. Calls need no poll: the
-// guard reads the freeze for each one.
-const freezePoll = 200 * time.Millisecond
-
 // watchFreezes wakes every waiter (and the guard's parked requests) when
 // a freeze or unfreeze was committed, by this process or another, and
 // ends what the freeze holds that only this process may end.
 func (s *Service) watchFreezes() {
 	defer close(s.freezesDone)
-	ctx := context.Background()
-	last := int64(-1)
-	t := time.NewTicker(freezePoll)
-	defer t.Stop()
-	for {
-		n, err := freeze.Changes(ctx, s.db)
+	freeze.Watch(s.db, s.stop, func(ctx context.Context) error {
+		err := s.enforceFreezes(ctx)
 		if err != nil {
-			s.opts.Logger.Warn("approval: cannot read freezes", "err", err)
-		} else if n != last {
-			if last >= 0 || n > 0 {
-				if err := s.enforceFreezes(ctx); err != nil {
-					s.opts.Logger.Error("approval: cannot end the requests and grants of a frozen agent", "err", err)
-					n = last // try again
-				}
-				s.notify()
-			}
-			last = n
+			s.opts.Logger.Error("approval: cannot end the requests and grants of a frozen agent", "err", err)
 		}
-		select {
-		case <-s.stop:
-			return
-		case <-t.C:
-		}
-	}
+		s.notify()
+		return err
+	}, s.opts.Logger)
 }
 
 // failFrozen ends approved request id, not yet claimed, as failed without
 // running it: its agent was frozen after the approval. Recorded as
 // call.failed in the same transaction.
-func (s *Service) failFrozen(ctx context.Context, id string, f *Freeze) error {
-	ferr := &FrozenError{Freeze: *f}
+func (s *Service) failFrozen(ctx context.Context, id string, f *freeze.Freeze) error {
+	ferr := &freeze.FrozenError{Freeze: *f}
 	msg, _ := json.Marshal(map[string]string{"error": "not run: " + ferr.Error()})
 	err := s.inTx(ctx, func(tx *sql.Tx) error {
 		r, err := s.load(ctx, tx, id)
@@ -350,7 +306,7 @@ func (s *Service) failFrozen(ctx context.Context, id string, f *Freeze) error {
 
 // Agents lists the agents the page shows: frozen, with pending requests,
 // or with grants in force; the freeze of every agent comes first, as
-// AllAgents.
-func (s *Service) Agents(ctx context.Context) ([]AgentView, error) {
+// freeze.AllAgents.
+func (s *Service) Agents(ctx context.Context) ([]freeze.AgentView, error) {
 	return freeze.Agents(ctx, s.db, s.now())
 }

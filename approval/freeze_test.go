@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/countersign/countersign/approval/approvaltest"
+	"github.com/countersign/countersign/approval/freeze"
+	"github.com/countersign/countersign/approval/grant"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/store/storetest"
@@ -43,7 +45,7 @@ func cliService(t *testing.T, f *fixture) *Service {
 func grantRequest(agent string) NewRequest {
 	r := paymentRequest("alice")
 	r.Agent = agent
-	r.Grant = &GrantOffer{Condition: `agent == "` + agent + `" && args.amount <= 500000`, MaxDuration: 10 * time.Minute, MaxCalls: 3}
+	r.Grant = &grant.Offer{Condition: `agent == "` + agent + `" && args.amount <= 500000`, MaxDuration: 10 * time.Minute, MaxCalls: 3}
 	return r
 }
 
@@ -66,7 +68,7 @@ func TestFreezeFromAnotherProcess(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	opts, err := svc.BeginGrant(ctx, granted.ID, GrantChoice{Duration: 5 * time.Minute, Calls: 2})
+	opts, err := svc.BeginGrant(ctx, granted.ID, grant.Choice{Duration: 5 * time.Minute, Calls: 2})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -119,17 +121,17 @@ func TestFreezeFromAnotherProcess(t *testing.T) {
 	if gs, _ := svc.ActiveGrants(ctx, "agent-1", "transfer"); len(gs) != 0 {
 		t.Fatalf("grants still in force: %+v", gs)
 	}
-	if _, err := svc.UseGrant(ctx, grants[0].ID); !errors.Is(err, ErrGrantSpent) {
+	if _, err := svc.UseGrant(ctx, grants[0].ID); !errors.Is(err, grant.ErrGrantSpent) {
 		t.Fatalf("a use of the revoked grant: %v", err)
 	}
 	_, err = svc.Create(ctx, withAgent(paymentRequest("alice"), "agent-1"))
-	var fe *FrozenError
+	var fe *freeze.FrozenError
 	if !errors.As(err, &fe) || !strings.Contains(err.Error(), "agent agent-1 is frozen by cli:tester since ") ||
 		!strings.Contains(err.Error(), "`countersign agents unfreeze agent-1`") {
 		t.Fatalf("a request of the frozen agent: %v", err)
 	}
 	// Approved before the freeze, not started: it never runs.
-	if err := svc.BeginExecution(ctx, approved.ID); !errors.Is(err, ErrAgentFrozen) {
+	if err := svc.BeginExecution(ctx, approved.ID); !errors.Is(err, freeze.ErrAgentFrozen) {
 		t.Fatalf("claiming the approved request: %v", err)
 	}
 	if r, _ := svc.Get(ctx, approved.ID); r.State != vocab.StateFailed || !strings.Contains(r.Reason, "not run: agent agent-1 is frozen") {
@@ -149,7 +151,7 @@ func TestFreezeFromAnotherProcess(t *testing.T) {
 	if err := cli.UnfreezeAgent(ctx, "agent-1", "cli:tester", ""); err != nil {
 		t.Fatal(err)
 	}
-	if err := cli.UnfreezeAgent(ctx, "agent-1", "cli:tester", ""); !errors.Is(err, ErrNotFrozen) {
+	if err := cli.UnfreezeAgent(ctx, "agent-1", "cli:tester", ""); !errors.Is(err, freeze.ErrNotFrozen) {
 		t.Fatalf("a second unfreeze: %v", err)
 	}
 	again, err := svc.Create(ctx, withAgent(paymentRequest("alice"), "agent-1"))

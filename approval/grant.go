@@ -9,6 +9,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/countersign/countersign/approval/ceremony"
 	"github.com/countersign/countersign/approval/grant"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/digest"
@@ -21,20 +22,8 @@ import (
 // the grant. The guard takes one use per call (UseGrant); the page revokes
 // (RevokeGrant).
 
-// Grant types, as package grant names them.
-type (
-	GrantOffer  = grant.Offer
-	GrantChoice = grant.Choice
-	Grant       = grant.Grant
-	GrantUse    = grant.Use
-)
-
-// Errors of grants.
-var (
-	ErrNoGrant     = grant.ErrNoGrant
-	ErrGrantSpent  = grant.ErrGrantSpent
-	ErrGrantChoice = &CheckError{Check: "grant"} // the chosen limits are outside the offer
-)
+// ErrGrantChoice refuses an approver's grant limits outside the offer.
+var ErrGrantChoice = &ceremony.CheckError{Check: "grant"}
 
 // offerGrant stores a request's grant offer with it. Only a request one
 // approver decides can carry one: a critical call always needs its quorum
@@ -54,7 +43,7 @@ func (s *Service) offerGrant(ctx context.Context, tx *sql.Tx, id string, r NewRe
 }
 
 // Offer returns the grant offered with a request, or nil.
-func (s *Service) Offer(ctx context.Context, requestID string) (*GrantOffer, error) {
+func (s *Service) Offer(ctx context.Context, requestID string) (*grant.Offer, error) {
 	return s.grants.Offered(ctx, requestID)
 }
 
@@ -62,26 +51,26 @@ func (s *Service) Offer(ctx context.Context, requestID string) (*GrantOffer, err
 // grant with the approver's choice of duration and calls, which must be
 // within the request's offer. Its challenge is the grant digest; it is
 // finished with FinishDecision like any other decision.
-func (s *Service) BeginGrant(ctx context.Context, requestID string, choice GrantChoice) (*DecisionOptions, error) {
+func (s *Service) BeginGrant(ctx context.Context, requestID string, choice grant.Choice) (*DecisionOptions, error) {
 	return s.beginDecision(ctx, requestID, vocab.Approve, &choice)
 }
 
 // chooseGrant checks the approver's choice against the request's offer and
 // fixes the grant's terms.
-func (s *Service) chooseGrant(ctx context.Context, r *row, c GrantChoice) (*grant.Terms, error) {
+func (s *Service) chooseGrant(ctx context.Context, r *row, c grant.Choice) (*grant.Terms, error) {
 	o, err := s.Offer(ctx, r.ID)
 	if err != nil {
 		return nil, err
 	}
 	switch {
 	case o == nil:
-		return nil, failf(ErrGrantChoice, "no grant is offered with this request (its tool allows none)")
+		return nil, ceremony.Failf(ErrGrantChoice, "no grant is offered with this request (its tool allows none)")
 	case r.Level != vocab.LevelHigh || r.Quorum != 1:
-		return nil, failf(ErrGrantChoice, "a %s request with quorum %d cannot create a grant", r.Level, r.Quorum)
+		return nil, ceremony.Failf(ErrGrantChoice, "a %s request with quorum %d cannot create a grant", r.Level, r.Quorum)
 	case c.Calls < 1 || c.Calls > o.MaxCalls:
-		return nil, failf(ErrGrantChoice, "calls must be 1 to %d (the policy's cap), got %d", o.MaxCalls, c.Calls)
+		return nil, ceremony.Failf(ErrGrantChoice, "calls must be 1 to %d (the policy's cap), got %d", o.MaxCalls, c.Calls)
 	case c.Duration < time.Second || c.Duration > o.MaxDuration:
-		return nil, failf(ErrGrantChoice, "duration must be 1s to %s (the policy's cap), got %s", o.MaxDuration, c.Duration)
+		return nil, ceremony.Failf(ErrGrantChoice, "duration must be 1s to %s (the policy's cap), got %s", o.MaxDuration, c.Duration)
 	}
 	// Whole seconds, as the digest writes it; rounded down, so never past
 	// the cap.
@@ -93,10 +82,10 @@ func (s *Service) chooseGrant(ctx context.Context, r *row, c GrantChoice) (*gran
 // transaction, and puts its terms on the approval.assertion entry.
 func (s *Service) createGrant(ctx context.Context, tx *sql.Tx, r *row, approver string, t *grant.Terms, e *audit.Entry, now time.Time) error {
 	if r.Quorum != 1 {
-		return failf(ErrGrantChoice, "a request with quorum %d cannot create a grant", r.Quorum)
+		return ceremony.Failf(ErrGrantChoice, "a request with quorum %d cannot create a grant", r.Quorum)
 	}
 	if !now.Before(t.Expires) {
-		return failf(ErrGrantChoice, "the grant chosen would have expired at %s, before the approval", digest.FormatTime(t.Expires))
+		return ceremony.Failf(ErrGrantChoice, "the grant chosen would have expired at %s, before the approval", digest.FormatTime(t.Expires))
 	}
 	if err := grant.Create(ctx, tx, t, r.ID, r.Agent, r.Tool, approver, now); err != nil {
 		return err
@@ -110,16 +99,16 @@ func (s *Service) createGrant(ctx context.Context, tx *sql.Tx, r *row, approver 
 // ActiveGrants returns the grants that may let a call of agent's to tool
 // through now: logged, not revoked, not expired, not used up. The caller
 // evaluates each one's condition, then takes a use with UseGrant.
-func (s *Service) ActiveGrants(ctx context.Context, agent, tool string) ([]*Grant, error) {
+func (s *Service) ActiveGrants(ctx context.Context, agent, tool string) ([]*grant.Grant, error) {
 	return s.grants.Active(ctx, agent, tool, s.now())
 }
 
 // UseGrant takes one use of a grant for a call, in one transaction that
 // checks, as of its own time, that the grant is logged, not revoked, not
 // expired and not used up: of concurrent calls, at most MaxCalls get one.
-// It returns ErrGrantSpent when the grant cannot be used.
-func (s *Service) UseGrant(ctx context.Context, id string) (*GrantUse, error) {
-	var use *GrantUse
+// It returns grant.ErrGrantSpent when the grant cannot be used.
+func (s *Service) UseGrant(ctx context.Context, id string) (*grant.Use, error) {
+	var use *grant.Use
 	// use is set by each run, so it is the committed run's.
 	err := s.inTx(ctx, func(tx *sql.Tx) (err error) {
 		// Taken under the write lock, so that the order of uses and a
@@ -135,16 +124,16 @@ func (s *Service) UseGrant(ctx context.Context, id string) (*GrantUse, error) {
 }
 
 // Grants lists the grants for the page, newest first.
-func (s *Service) Grants(ctx context.Context, limit int) ([]*Grant, error) {
+func (s *Service) Grants(ctx context.Context, limit int) ([]*grant.Grant, error) {
 	return s.grants.Query(ctx, s.db, `TRUE ORDER BY g.created_at DESC LIMIT ?`, limit)
 }
 
 // RevokeGrant ends a grant at once and records grant.revoked with who
 // revoked it (by: the signed-in approver, or the loopback page). A call
 // that took a use before the revocation committed still runs; none after.
-func (s *Service) RevokeGrant(ctx context.Context, id, by string) (*Grant, error) {
-	if !validID(id) {
-		return nil, ErrNoGrant
+func (s *Service) RevokeGrant(ctx context.Context, id, by string) (*grant.Grant, error) {
+	if !ceremony.ValidID(id) {
+		return nil, grant.ErrNoGrant
 	}
 	err := s.inTx(ctx, func(tx *sql.Tx) error {
 		now := s.now()
@@ -153,7 +142,7 @@ func (s *Service) RevokeGrant(ctx context.Context, id, by string) (*Grant, error
 			return err
 		}
 		if len(gs) != 1 {
-			return ErrNoGrant
+			return grant.ErrNoGrant
 		}
 		g := gs[0]
 		if err := grant.Revoke(ctx, tx, id, by, now); errors.Is(err, grant.ErrRevoked) {
@@ -181,7 +170,7 @@ func (s *Service) RevokeGrant(ctx context.Context, id, by string) (*Grant, error
 	s.opts.Logger.Info("approval: grant revoked", "grant", id, "by", by)
 	gs, err := s.grants.Query(ctx, s.db, `g.id = ?`, id)
 	if err != nil || len(gs) != 1 {
-		return nil, errors.Join(err, ErrNoGrant)
+		return nil, errors.Join(err, grant.ErrNoGrant)
 	}
 	return gs[0], nil
 }

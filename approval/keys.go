@@ -10,27 +10,14 @@ import (
 // The approvers' keys and the sign-in ceremony are package ceremony's;
 // what changes a key is recorded here, in the change's transaction.
 
-// Credential is one enrolled security key.
-type Credential = ceremony.Credential
-
-// SignInOptions is what the sign-in page passes to
-// PublicKeyCredential.parseRequestOptionsFromJSON.
-type SignInOptions = ceremony.SignInOptions
-
-// ErrUnknownCredentialID is returned by RevokeCredential for an id that is
-// not enrolled.
-var ErrUnknownCredentialID = ceremony.ErrUnknownCredentialID
-
-func b64(b []byte) string { return ceremony.B64(b) }
-
 // Credentials lists every enrolled key, revoked ones included.
-func (s *Service) Credentials(ctx context.Context) ([]Credential, error) {
+func (s *Service) Credentials(ctx context.Context) ([]ceremony.Credential, error) {
 	return s.keys.Credentials(ctx)
 }
 
 // BeginSignIn starts a sign-in ceremony (page.Options.RequireSignIn): its
 // options for the browser.
-func (s *Service) BeginSignIn(ctx context.Context) (*SignInOptions, error) {
+func (s *Service) BeginSignIn(ctx context.Context) (*ceremony.SignInOptions, error) {
 	return s.keys.BeginSignIn(ctx)
 }
 

@@ -144,16 +144,6 @@ func TestExpiringIsAnnouncedOnceBeforeExpiry(t *testing.T) {
 	})
 }
 
-func TestExpiringLead(t *testing.T) {
-	for lifetime, want := range map[time.Duration]time.Duration{
-		2 * time.Second: 400 * time.Millisecond, 5 * time.Minute: time.Minute, time.Hour: time.Minute,
-	} {
-		if got := ExpiringLead(lifetime); got != want {
-			t.Errorf("ExpiringLead(%s) = %s, want %s", lifetime, got, want)
-		}
-	}
-}
-
 // Create returns while a notification receiver hangs: it starts after the
 // receiver already holds one delivery, and returns before that receiver
 // is released. The latencies are logged, not asserted.

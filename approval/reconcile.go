@@ -19,17 +19,8 @@ import (
 // that had no request is settled by ReconcileCall, named by the seq of its
 // call.interrupted entry.
 
-// Finding is what a person found out about an interrupted call.
-type Finding = reconcile.Finding
-
-// Errors of Reconcile.
-var (
-	ErrNotInterrupted = reconcile.ErrNotInterrupted
-	ErrReconciled     = reconcile.ErrReconciled
-)
-
 // checked is the finding bounded for the log, or why it cannot be recorded.
-func checked(f Finding) (Finding, error) {
+func checked(f reconcile.Finding) (reconcile.Finding, error) {
 	f = f.Bounded()
 	if f.By == "" {
 		return f, fmt.Errorf("%w: who found out is required", ErrInvalidRequest)
@@ -38,9 +29,9 @@ func checked(f Finding) (Finding, error) {
 }
 
 // Reconcile records a person's finding about request id, whose call was
-// interrupted. A request in any other state is ErrNotInterrupted; a second
-// finding is ErrReconciled.
-func (s *Service) Reconcile(ctx context.Context, id string, f Finding) (*Request, error) {
+// interrupted. A request in any other state is reconcile.ErrNotInterrupted; a second
+// finding is reconcile.ErrReconciled.
+func (s *Service) Reconcile(ctx context.Context, id string, f reconcile.Finding) (*Request, error) {
 	f, err := checked(f)
 	if err != nil {
 		return nil, err
@@ -51,7 +42,7 @@ func (s *Service) Reconcile(ctx context.Context, id string, f Finding) (*Request
 			return err
 		}
 		if r.State != vocab.StateInterrupted {
-			return fmt.Errorf("%w (it is %s)", ErrNotInterrupted, r.State)
+			return fmt.Errorf("%w (it is %s)", reconcile.ErrNotInterrupted, r.State)
 		}
 		if err := reconcile.PutRequest(ctx, tx, id, f, s.now()); err != nil {
 			return err
@@ -93,10 +84,10 @@ func (s *Service) callLog() (reconcile.Log, error) {
 // ReconcileCall records a person's finding about the call whose
 // call.interrupted entry is at seq, and returns the call.reconciled entry
 // recorded. A seq that names no entry is ErrNotFound; an entry other than
-// a call.interrupted is ErrNotInterrupted; a second finding is
-// ErrReconciled. A call that had a request is reconciled as its request
+// a call.interrupted is reconcile.ErrNotInterrupted; a second finding is
+// reconcile.ErrReconciled. A call that had a request is reconciled as its request
 // (Reconcile), so either name of it works.
-func (s *Service) ReconcileCall(ctx context.Context, seq int64, f Finding) (audit.Entry, error) {
+func (s *Service) ReconcileCall(ctx context.Context, seq int64, f reconcile.Finding) (audit.Entry, error) {
 	f, err := checked(f)
 	if err != nil {
 		return audit.Entry{}, err

@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/countersign/countersign/approval/approvaltest"
+	"github.com/countersign/countersign/approval/reconcile"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/audit/verify"
 	"github.com/countersign/countersign/digest"
@@ -62,22 +63,22 @@ func TestReconcileRecordsAFindingOnceAndOnlyForAnInterruptedCall(t *testing.T) {
 		for _, c := range []struct {
 			r    *Request
 			want error
-		}{{done, ErrNotInterrupted}, {pending, ErrNotInterrupted}} {
-			if _, err := f.svc.Reconcile(ctx, c.r.ID, Finding{Ran: true, By: "admin"}); !errors.Is(err, c.want) {
+		}{{done, reconcile.ErrNotInterrupted}, {pending, reconcile.ErrNotInterrupted}} {
+			if _, err := f.svc.Reconcile(ctx, c.r.ID, reconcile.Finding{Ran: true, By: "admin"}); !errors.Is(err, c.want) {
 				t.Errorf("reconcile a %s request: %v, want %v", c.r.State, err, c.want)
 			}
 		}
-		if _, err := f.svc.Reconcile(ctx, "no-such-request", Finding{Ran: true, By: "admin"}); !errors.Is(err, ErrNotFound) {
+		if _, err := f.svc.Reconcile(ctx, "no-such-request", reconcile.Finding{Ran: true, By: "admin"}); !errors.Is(err, ErrNotFound) {
 			t.Errorf("unknown request: %v", err)
 		}
-		if _, err := f.svc.Reconcile(ctx, lost.ID, Finding{Ran: true}); !errors.Is(err, ErrInvalidRequest) {
+		if _, err := f.svc.Reconcile(ctx, lost.ID, reconcile.Finding{Ran: true}); !errors.Is(err, ErrInvalidRequest) {
 			t.Errorf("a finding without who: %v", err)
 		}
 
 		if open, err := f.svc.Unreconciled(ctx); err != nil || len(open) != 1 || open[0].ID != lost.ID {
 			t.Fatalf("unreconciled before: %v (%v)", open, err)
 		}
-		r, err := f.svc.Reconcile(ctx, lost.ID, Finding{Ran: true, By: "admin (ops-jo)", Note: "the note is on the server"})
+		r, err := f.svc.Reconcile(ctx, lost.ID, reconcile.Finding{Ran: true, By: "admin (ops-jo)", Note: "the note is on the server"})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -85,7 +86,7 @@ func TestReconcileRecordsAFindingOnceAndOnlyForAnInterruptedCall(t *testing.T) {
 		if r.State != vocab.StateInterrupted || !strings.HasSuffix(r.Reason, "; "+finding) {
 			t.Fatalf("after reconcile: %s %q", r.State, r.Reason)
 		}
-		if _, err := f.svc.Reconcile(ctx, lost.ID, Finding{Ran: false, By: "someone else"}); !errors.Is(err, ErrReconciled) {
+		if _, err := f.svc.Reconcile(ctx, lost.ID, reconcile.Finding{Ran: false, By: "someone else"}); !errors.Is(err, reconcile.ErrReconciled) {
 			t.Errorf("second reconcile: %v", err)
 		}
 		if open, err := f.svc.Unreconciled(ctx); err != nil || len(open) != 0 {
@@ -186,13 +187,13 @@ func TestReconcileCallWithoutARequestBySeq(t *testing.T) {
 		if open, err := f.svc.UnreconciledCalls(ctx); err != nil || len(open) != 1 || open[0].Seq != lost {
 			t.Fatalf("unreconciled calls before: %+v (%v)", open, err)
 		}
-		finding := Finding{Ran: true, By: "admin (ops-jo)"}
+		finding := reconcile.Finding{Ran: true, By: "admin (ops-jo)"}
 		for _, c := range []struct {
 			seq  int64
-			f    Finding
+			f    reconcile.Finding
 			want error
-		}{{done, finding, ErrNotInterrupted}, {1, finding, ErrNotInterrupted}, {999, finding, ErrNotFound}, {0, finding, ErrNotFound},
-			{lost, Finding{Ran: true}, ErrInvalidRequest}} {
+		}{{done, finding, reconcile.ErrNotInterrupted}, {1, finding, reconcile.ErrNotInterrupted}, {999, finding, ErrNotFound}, {0, finding, ErrNotFound},
+			{lost, reconcile.Finding{Ran: true}, ErrInvalidRequest}} {
 			if _, err := f.svc.ReconcileCall(ctx, c.seq, c.f); !errors.Is(err, c.want) {
 				t.Errorf("reconcile #%d: %v, want %v", c.seq, err, c.want)
 			}
@@ -202,7 +203,7 @@ func TestReconcileCallWithoutARequestBySeq(t *testing.T) {
 		results := make(chan error, 2)
 		for range 2 {
 			go func() {
-				_, err := f.svc.ReconcileCall(ctx, lost, Finding{Ran: true, By: "admin (ops-jo)", Note: "the note is upstream"})
+				_, err := f.svc.ReconcileCall(ctx, lost, reconcile.Finding{Ran: true, By: "admin (ops-jo)", Note: "the note is upstream"})
 				results <- err
 			}()
 		}
@@ -211,7 +212,7 @@ func TestReconcileCallWithoutARequestBySeq(t *testing.T) {
 			switch err := <-results; {
 			case err == nil:
 				ok++
-			case errors.Is(err, ErrReconciled):
+			case errors.Is(err, reconcile.ErrReconciled):
 				refused++
 			default:
 				t.Errorf("concurrent reconcile: %v", err)
@@ -220,7 +221,7 @@ func TestReconcileCallWithoutARequestBySeq(t *testing.T) {
 		if ok != 1 || refused != 1 {
 			t.Fatalf("concurrent reconciles: %d recorded, %d refused", ok, refused)
 		}
-		if _, err := f.svc.ReconcileCall(ctx, lost, Finding{Ran: false, By: "someone else"}); !errors.Is(err, ErrReconciled) {
+		if _, err := f.svc.ReconcileCall(ctx, lost, reconcile.Finding{Ran: false, By: "someone else"}); !errors.Is(err, reconcile.ErrReconciled) {
 			t.Errorf("second reconcile: %v", err)
 		}
 		if open, err := f.svc.UnreconciledCalls(ctx); err != nil || len(open) != 0 {
@@ -228,14 +229,14 @@ func TestReconcileCallWithoutARequestBySeq(t *testing.T) {
 		}
 
 		// #SEQ of a request's call reconciles the request.
-		e, err := f.svc.ReconcileCall(ctx, requestSeq, Finding{Ran: false, By: "admin"})
+		e, err := f.svc.ReconcileCall(ctx, requestSeq, reconcile.Finding{Ran: false, By: "admin"})
 		if err != nil || e.RequestID != r.ID || e.InterruptedSeq != 0 {
 			t.Fatalf("reconcile the request's call by seq: %+v (%v)", e, err)
 		}
 		if open, err := f.svc.Unreconciled(ctx); err != nil || len(open) != 0 {
 			t.Errorf("unreconciled requests after: %v (%v)", open, err)
 		}
-		if _, err := f.svc.Reconcile(ctx, r.ID, Finding{Ran: true, By: "admin"}); !errors.Is(err, ErrReconciled) {
+		if _, err := f.svc.Reconcile(ctx, r.ID, reconcile.Finding{Ran: true, By: "admin"}); !errors.Is(err, reconcile.ErrReconciled) {
 			t.Errorf("the request reconciled again by its id: %v", err)
 		}
 

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/countersign/countersign/approval/grant"
 	"github.com/countersign/countersign/digest"
 	"github.com/countersign/countersign/vocab"
 )
@@ -36,7 +37,7 @@ type NewRequest struct {
 	Wait string
 	// Grant, when set, is the standing grant the approver is offered with
 	// this request (grant.go); the server derived it, the page shows it.
-	Grant *GrantOffer
+	Grant *grant.Offer
 	// Batchable lets an approver approve it together with others in one
 	// tap (batch.go). Ignored at critical: each critical approval keeps
 	// its own tap.

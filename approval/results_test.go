@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/countersign/countersign/approval/approvaltest"
+	"github.com/countersign/countersign/approval/sealed"
 	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/vocab"
 )
@@ -35,7 +36,7 @@ func inFiles(t *testing.T, dir string, needle []byte) []string {
 func TestResultsAreSealedAtRestAndErasedAfterTheirWindow(t *testing.T) {
 	ctx := context.Background()
 	_, server, _ := ed25519.GenerateKey(rand.Reader)
-	key, err := DeriveResultKey(server)
+	key, err := sealed.DeriveKey(server)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,6 +3,10 @@ package approval
 import (
 	"context"
 	"fmt"
+
+	"github.com/countersign/countersign/approval/expiring"
+	"github.com/countersign/countersign/approval/sealed"
+	"github.com/countersign/countersign/approval/votes"
 )
 
 func (s *Service) migrate(ctx context.Context) error {
@@ -72,8 +76,8 @@ var schema = []string{
 		seq INTEGER NOT NULL,
 		PRIMARY KEY (request_id, approver_id)
 	)`,
-	createVoteAssertions,
-	createResultIndex,
-	createNotified,
+	votes.Schema,
+	sealed.ResultIndex,
+	expiring.Schema,
 	createBatchable,
 }

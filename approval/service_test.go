@@ -16,6 +16,7 @@ import (
 	"github.com/go-webauthn/webauthn/protocol/webauthncose"
 
 	"github.com/countersign/countersign/approval/approvaltest"
+	"github.com/countersign/countersign/approval/ceremony"
 	"github.com/countersign/countersign/digest"
 	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/store/storetest"
@@ -232,10 +233,10 @@ func TestCriticalNeedsQuorumWithUV(t *testing.T) {
 		}
 		// Bob's key without UV is refused.
 		bob.UV = false
-		if _, err := f.decide(t, req.ID, vocab.Approve, bob); !errors.Is(err, ErrUserVerification) {
+		if _, err := f.decide(t, req.ID, vocab.Approve, bob); !errors.Is(err, ceremony.ErrUserVerification) {
 			t.Fatalf("no-UV assertion: %v", err)
 		}
-		f.rec.RequireRejected(t, ErrUserVerification.Check)
+		f.rec.RequireRejected(t, ceremony.ErrUserVerification.Check)
 		bob.UV = true
 
 		got, err := f.decide(t, req.ID, vocab.Approve, alice)

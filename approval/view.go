@@ -51,7 +51,7 @@ func (s *Service) RequestURL(id string) string { return s.requestURL(id) }
 func (s *Service) EnrollURL(token string) string { return s.enrollURL(token) }
 
 // EnrollmentApprover is the display name of the approver an unused,
-// unexpired enrollment token is for; ErrEnrollment when there is none.
+// unexpired enrollment token is for; ceremony.ErrEnrollment when there is none.
 func (s *Service) EnrollmentApprover(ctx context.Context, token string) (string, error) {
 	approver, err := s.keys.LinkApprover(ctx, token)
 	if err != nil {
@@ -59,11 +59,3 @@ func (s *Service) EnrollmentApprover(ctx context.Context, token string) (string,
 	}
 	return s.approverName(approver), nil
 }
-
-// ValidID reports whether id has the shape of a request or ceremony id the
-// server issues; the page refuses any other before looking it up.
-func ValidID(id string) bool { return validID(id) }
-
-// ValidToken reports whether token has the shape of an enrollment token
-// the server issues.
-func ValidToken(token string) bool { return validToken(token) }

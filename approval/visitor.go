@@ -1,9 +1,5 @@
 package approval
 
-import (
-	"github.com/countersign/countersign/approval/ceremony"
-)
-
 // What a visitor of the approver page sends is untrusted: anyone on the
 // listener's network can POST with a cookie and header pair of their own
 // choosing, so CSRF protection stops other sites, not other local
@@ -17,14 +13,6 @@ import (
 //   - begin and finish are rate limited per client address and per request
 //     (by the page, approval/page);
 //   - ceremonies nobody finished are deleted once they expire (ceremony.RP.Sweep).
-
-// validID reports whether s is a request or ceremony id as the server
-// issues them: a UUID in its canonical 36-character form.
-func validID(s string) bool { return ceremony.ValidID(s) }
-
-// validToken reports whether s is an enrollment token as CreateEnrollment
-// issues them: 32 random bytes, base64url without padding.
-func validToken(s string) bool { return ceremony.ValidToken(s) }
 
 // bounded cuts visitor text for the process log (slog quotes it).
 func bounded(s string) string {

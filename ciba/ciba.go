@@ -66,6 +66,7 @@ import (
 	jose "github.com/go-jose/go-jose/v4"
 
 	"github.com/countersign/countersign/approval"
+	"github.com/countersign/countersign/approval/freeze"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/authzdetails"
 	"github.com/countersign/countersign/config"
@@ -228,7 +229,7 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request) {
 	})
 	var ce *Error
 	var refusal *guard.Refusal
-	var frozen *approval.FrozenError
+	var frozen *freeze.FrozenError
 	switch {
 	case errors.As(err, &ce):
 		ce.write(w)
@@ -304,7 +305,7 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request) {
 		tokenError(CodeInvalidGrant, "auth_req_id is unknown, or was not issued to this client").write(w)
 		return
 	}
-	var frozen *approval.FrozenError
+	var frozen *freeze.FrozenError
 	if errors.As(err, &frozen) {
 		// Approved before its agent was frozen: the token is never issued.
 		tokenError(CodeAccessDenied, "%v", frozen).write(w)

@@ -105,7 +105,7 @@ func (g *Guard) Raise(ctx context.Context, b Backchannel) (*approval.Request, er
 		b.Agent = "unknown"
 	}
 	if err := g.frozen(ctx, b.Agent, b.Tool); err != nil {
-		return nil, err // a *approval.FrozenError, tallied as call.denied
+		return nil, err // a *freeze.FrozenError, tallied as call.denied
 	}
 	entry := audit.Entry{Agent: b.Agent, Tool: boundName(b.Tool)}
 	conf := g.opts.Tools[b.Tool]

@@ -4,7 +4,7 @@ import (
 	"context"
 	"fmt"
 
-	"github.com/countersign/countersign/approval"
+	"github.com/countersign/countersign/approval/freeze"
 	"github.com/countersign/countersign/vocab"
 	"github.com/mark3labs/mcp-go/mcp"
 )
@@ -14,7 +14,7 @@ import (
 // It is asked on every call, so it reads what is stored, whichever
 // process froze the agent.
 type Freezes interface {
-	Frozen(ctx context.Context, agent string) (*approval.Freeze, error)
+	Frozen(ctx context.Context, agent string) (*freeze.Freeze, error)
 }
 
 // refuseFrozen refuses every call of a frozen agent before anything else
@@ -26,7 +26,7 @@ func (g *Guard) refuseFrozen(ctx context.Context, agent, tool string) *mcp.CallT
 	return nil
 }
 
-// frozen returns a *approval.FrozenError when agent is frozen, or an
+// frozen returns a *freeze.FrozenError when agent is frozen, or an
 // error when that cannot be told (fail closed). Such refusals are
 // recorded as call.denied, one entry per agent a minute at most (with
 // their count), as the limits' refusals are: a frozen agent that keeps
@@ -44,7 +44,7 @@ func (g *Guard) frozen(ctx context.Context, agent, tool string) error {
 	if f == nil {
 		return nil
 	}
-	fe := &approval.FrozenError{Freeze: *f}
+	fe := &freeze.FrozenError{Freeze: *f}
 	g.limits.refusedAs(ctx, vocab.KindCallDenied, agent, tool, fe.Error())
 	return fe
 }

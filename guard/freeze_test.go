@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/countersign/countersign/approval"
+	"github.com/countersign/countersign/approval/freeze"
 	"github.com/countersign/countersign/authz"
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/store"
@@ -99,7 +100,7 @@ func TestFrozenAgentIsRefusedFirst(t *testing.T) {
 	if msg := call("bot"); msg != "" {
 		t.Fatalf("after the unfreeze: %q", msg)
 	}
-	if _, err := svc.FreezeAgent(ctx, approval.AllAgents, "cli:ops", ""); err != nil {
+	if _, err := svc.FreezeAgent(ctx, freeze.AllAgents, "cli:ops", ""); err != nil {
 		t.Fatal(err)
 	}
 	if msg := call("other"); !strings.Contains(msg, "all agents are frozen by cli:ops") || !strings.Contains(msg, "`countersign agents unfreeze --all`") {

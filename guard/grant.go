@@ -8,7 +8,7 @@ import (
 	"slices"
 	"sync"
 
-	"github.com/countersign/countersign/approval"
+	"github.com/countersign/countersign/approval/grant"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/authz"
 	"github.com/countersign/countersign/tools"
@@ -20,14 +20,14 @@ import (
 // for further calls matching a condition to run without a new one;
 // *approval.Service satisfies it.
 type Grants interface {
-	ActiveGrants(ctx context.Context, agent, tool string) ([]*approval.Grant, error)
-	UseGrant(ctx context.Context, id string) (*approval.GrantUse, error)
+	ActiveGrants(ctx context.Context, agent, tool string) ([]*grant.Grant, error)
+	UseGrant(ctx context.Context, id string) (*grant.Use, error)
 }
 
 // grantOffer is the grant the approver of a call's request is offered, if
 // the policy allows grants on the tool: its condition derived from the
 // call (authz.ProposeGrant) and the policy's caps. nil when none.
-func (g *Guard) grantOffer(agent, tool string, call *tools.Call, d authz.Decision) *approval.GrantOffer {
+func (g *Guard) grantOffer(agent, tool string, call *tools.Call, d authz.Decision) *grant.Offer {
 	if g.opts.Grants == nil || d.Grant == nil || d.Level != vocab.LevelHigh || d.Quorum != 1 {
 		return nil
 	}
@@ -36,7 +36,7 @@ func (g *Guard) grantOffer(agent, tool string, call *tools.Call, d authz.Decisio
 		g.log.Info("no grant offered with this request", "tool", tool, "agent", agent, "why", err)
 		return nil
 	}
-	return &approval.GrantOffer{Condition: cond, MaxDuration: d.Grant.MaxDuration, MaxCalls: d.Grant.MaxCalls}
+	return &grant.Offer{Condition: cond, MaxDuration: d.Grant.MaxDuration, MaxCalls: d.Grant.MaxCalls}
 }
 
 // viaGrant lets a call the policy puts at high run without a new tap when
@@ -71,7 +71,7 @@ func (g *Guard) viaGrant(ctx context.Context, spec *tools.Spec, call *tools.Call
 			continue
 		}
 		use, err := g.opts.Grants.UseGrant(ctx, gr.ID)
-		if errors.Is(err, approval.ErrGrantSpent) {
+		if errors.Is(err, grant.ErrGrantSpent) {
 			continue // used up, expired or revoked meanwhile
 		}
 		if err != nil {
@@ -93,7 +93,7 @@ func (g *Guard) viaGrant(ctx context.Context, spec *tools.Spec, call *tools.Call
 // pinned definition (definition_sha256) in their authorization details,
 // and a grant given under one definition lets no call of another through.
 // The grant's request is read only for such tools.
-func (g *Guard) sameDefinition(ctx context.Context, gr *approval.Grant, call *tools.Call) bool {
+func (g *Guard) sameDefinition(ctx context.Context, gr *grant.Grant, call *tools.Call) bool {
 	def := definitionOf(call.Details)
 	if def == "" {
 		return true
@@ -129,7 +129,7 @@ type grantConditions struct {
 	m  map[string]*authz.Condition
 }
 
-func (g *Guard) condition(gr *approval.Grant) (*authz.Condition, error) {
+func (g *Guard) condition(gr *grant.Grant) (*authz.Condition, error) {
 	c := &g.conds
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -13,6 +13,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"log/slog"
 	"regexp"
 	"sync"
 	"time"
@@ -218,6 +219,38 @@ func Changes(ctx context.Context, db *store.DB) (int64, error) {
 		return 0, nil
 	}
 	return n, err
+}
+
+// Poll is how often Watch looks for a freeze another process committed,
+// for that process to end the waits and grants it holds. Calls need no
+// poll: the guard reads the freeze for each one.
+const Poll = 200 * time.Millisecond
+
+// Watch calls changed whenever Changes moves, whichever process committed
+// the freeze or unfreeze, and once at the start if any was ever made,
+// until stop is closed. A changed that fails is called again at the next
+// poll.
+func Watch(db *store.DB, stop <-chan struct{}, changed func(context.Context) error, log *slog.Logger) {
+	ctx := context.Background()
+	last := int64(-1)
+	t := time.NewTicker(Poll)
+	defer t.Stop()
+	for {
+		n, err := Changes(ctx, db)
+		if err != nil {
+			log.Warn("approval: cannot read freezes", "err", err)
+		} else if n != last {
+			if (last >= 0 || n > 0) && changed(ctx) != nil {
+				n = last // try again
+			}
+			last = n
+		}
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		}
+	}
 }
 
 // View is the page's view of a freeze.

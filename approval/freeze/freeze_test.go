@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"log/slog"
 	"testing"
 	"time"
 
@@ -73,6 +74,61 @@ func TestFreezesHoldUntilLifted(t *testing.T) {
 			if ValidAgent(name) != ok {
 				t.Errorf("ValidAgent(%q) = %v", name, !ok)
 			}
+		}
+	})
+}
+
+// Watch calls back on each freeze and unfreeze another process commits,
+// calls again after a failed call, and returns when stopped.
+func TestWatchCallsBackOnEachChange(t *testing.T) {
+	storetest.Dialects(t, func(t *testing.T, db *store.DB) {
+		ctx := context.Background()
+		if err := Migrate(ctx, db); err != nil {
+			t.Fatal(err)
+		}
+		seen := make(chan int64, 16)
+		failed := false
+		stop, done := make(chan struct{}), make(chan struct{})
+		go func() {
+			defer close(done)
+			Watch(db, stop, func(ctx context.Context) error {
+				n, err := Changes(ctx, db)
+				if err != nil {
+					return err
+				}
+				seen <- n
+				if !failed {
+					failed = true
+					return errors.New("cannot act on it yet")
+				}
+				return nil
+			}, slog.New(slog.DiscardHandler))
+		}()
+		next := func(want int64) {
+			t.Helper()
+			select {
+			case n := <-seen:
+				if n != want {
+					t.Fatalf("called back at change %d, want %d", n, want)
+				}
+			case <-time.After(30 * time.Second):
+				t.Fatalf("no call back for change %d", want)
+			}
+		}
+		at := time.Date(2026, 3, 1, 9, 30, 0, 0, time.UTC)
+		if err := storetest.InTx(t, db, func(tx *sql.Tx) error { return Put(ctx, tx, Freeze{Agent: "bot", By: "alice", At: at}) }); err != nil {
+			t.Fatal(err)
+		}
+		next(1)
+		next(1) // the failed call, again
+		if err := storetest.InTx(t, db, func(tx *sql.Tx) error { return Lift(ctx, tx, "bot") }); err != nil {
+			t.Fatal(err)
+		}
+		next(2)
+		close(stop)
+		<-done
+		if len(seen) != 0 {
+			t.Fatalf("%d more call backs than changes", len(seen))
 		}
 	})
 }

@@ -5,6 +5,7 @@ import (
 	"net/http"
 
 	"github.com/countersign/countersign/approval"
+	"github.com/countersign/countersign/approval/freeze"
 )
 
 // The page's agents: the list, and the Freeze button.
@@ -16,7 +17,7 @@ func (s *server) apiAgents(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, struct {
-		Agents []approval.AgentView `json:"agents"`
+		Agents []freeze.AgentView `json:"agents"`
 	}{agents})
 }
 
@@ -37,7 +38,7 @@ func (s *server) apiFreezeAgent(w http.ResponseWriter, r *http.Request) {
 	}
 	agent := r.PathValue("name")
 	st, err := s.svc.FreezeAgent(r.Context(), agent, by, body.Reason)
-	var fe *approval.FrozenError
+	var fe *freeze.FrozenError
 	if errors.As(err, &fe) {
 		writeError(w, http.StatusConflict, "already_frozen", fe.Error())
 		return
@@ -52,8 +53,8 @@ func (s *server) apiFreezeAgent(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, struct {
-		Frozen    *approval.FreezeView `json:"frozen"`
-		Cancelled []string             `json:"cancelled"`
-		Revoked   []string             `json:"revoked"`
+		Frozen    *freeze.View `json:"frozen"`
+		Cancelled []string     `json:"cancelled"`
+		Revoked   []string     `json:"revoked"`
 	}{f.View(), append([]string{}, st.Cancelled...), append([]string{}, st.Revoked...)})
 }

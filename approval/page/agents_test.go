@@ -10,6 +10,7 @@ import (
 
 	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/approval/approvaltest"
+	"github.com/countersign/countersign/approval/freeze"
 	"github.com/countersign/countersign/vocab"
 )
 
@@ -37,8 +38,8 @@ func TestPageFreezesAnAgent(t *testing.T) {
 		t.Fatalf("freeze: %d %+v", code, e)
 	}
 	var out struct {
-		Frozen    approval.FreezeView `json:"frozen"`
-		Cancelled []string            `json:"cancelled"`
+		Frozen    freeze.View `json:"frozen"`
+		Cancelled []string    `json:"cancelled"`
 	}
 	if err := json.Unmarshal(raw, &out); err != nil || out.Frozen.FrozenBy != approval.LoopbackRevoker || len(out.Cancelled) != 1 || out.Cancelled[0] != r.ID {
 		t.Fatalf("freeze answered %s (%v)", raw, err)
@@ -60,7 +61,7 @@ func TestPageFreezesAnAgent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var agents struct{ Agents []approval.AgentView }
+	var agents struct{ Agents []freeze.AgentView }
 	json.NewDecoder(resp.Body).Decode(&agents)
 	resp.Body.Close()
 	if len(agents.Agents) != 1 || agents.Agents[0].Name != "agent-1" || agents.Agents[0].Frozen == nil {

@@ -9,6 +9,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/countersign/countersign/approval"
+	"github.com/countersign/countersign/approval/grant"
 	"github.com/countersign/countersign/vocab"
 )
 
@@ -23,7 +24,7 @@ func TestBrowserApproveWithGrantThenRevoke(t *testing.T) {
 
 	nr := paymentRequest("alice")
 	cond := `agent == "agent-1" && tool == "transfer" && args.amount <= 500000 && args.to == "Vendor X"`
-	nr.Grant = &approval.GrantOffer{Condition: cond, MaxDuration: 15 * time.Minute, MaxCalls: 10}
+	nr.Grant = &grant.Offer{Condition: cond, MaxDuration: 15 * time.Minute, MaxCalls: 10}
 	req, err := b.svc.Create(ctx, nr)
 	if err != nil {
 		t.Fatal(err)

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/countersign/countersign/approval"
+	"github.com/countersign/countersign/approval/grant"
 )
 
 // The page's grants: the list, approving with a grant, and Revoke.
@@ -20,8 +21,8 @@ type grantBody struct {
 	Calls   int   `json:"calls"`
 }
 
-func (b grantBody) choice() approval.GrantChoice {
-	return approval.GrantChoice{Duration: time.Duration(b.Seconds) * time.Second, Calls: b.Calls}
+func (b grantBody) choice() grant.Choice {
+	return grant.Choice{Duration: time.Duration(b.Seconds) * time.Second, Calls: b.Calls}
 }
 
 type signedInKey struct{}
@@ -46,7 +47,7 @@ type grantJSON struct {
 	RevokedBy string     `json:"revokedBy,omitempty"`
 }
 
-func grantToJSON(g *approval.Grant, now time.Time) grantJSON {
+func grantToJSON(g *grant.Grant, now time.Time) grantJSON {
 	out := grantJSON{ID: g.ID, RequestID: g.RequestID, Agent: g.Agent, Tool: g.Tool, Approver: g.ApproverName,
 		Condition: g.Condition, MaxCalls: g.MaxCalls, Used: g.Used, ExpiresAt: g.ExpiresAt, Active: g.Active(now), RevokedBy: g.RevokedByName}
 	if !g.RevokedAt.IsZero() {
@@ -81,7 +82,7 @@ func (s *server) apiRevokeGrant(w http.ResponseWriter, r *http.Request) {
 		by = approval.LoopbackRevoker
 	}
 	g, err := s.svc.RevokeGrant(r.Context(), r.PathValue("id"), by)
-	if errors.Is(err, approval.ErrNoGrant) {
+	if errors.Is(err, grant.ErrNoGrant) {
 		writeError(w, http.StatusNotFound, "not_found", "no such grant")
 		return
 	}

@@ -12,6 +12,9 @@ import (
 	"unicode/utf8"
 
 	"github.com/countersign/countersign/approval"
+	"github.com/countersign/countersign/approval/ceremony"
+	"github.com/countersign/countersign/approval/freeze"
+	"github.com/countersign/countersign/approval/grant"
 	"github.com/countersign/countersign/authzdetails"
 )
 
@@ -113,13 +116,13 @@ type pageData struct {
 	Pending      []*approval.Request
 	PendingTotal int // all pending requests, of which Pending lists the first
 	History      []*approval.Request
-	Keys         []approval.Credential
+	Keys         []ceremony.Credential
 	Request      *approval.Request
 	Approver     string
 	NotFound     bool
-	Offer        *approval.GrantOffer // the grant offered with Request (approval/grant.go)
-	Grants       []*approval.Grant    // standing grants, newest first
-	Agents       []approval.AgentView // agents the page can freeze, and frozen ones (approval/freeze.go)
+	Offer        *grant.Offer       // the grant offered with Request (approval/grant.go)
+	Grants       []*grant.Grant     // standing grants, newest first
+	Agents       []freeze.AgentView // agents the page can freeze, and frozen ones (approval/freeze.go)
 	Now          time.Time
 	QR           *qrCode    // this page's public URL, for a phone to scan
 	MaxBatch     int        // the pending list: how many one tap may approve

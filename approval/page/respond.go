@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/countersign/countersign/approval"
+	"github.com/countersign/countersign/approval/ceremony"
 )
 
 // Answers: JSON bodies in and out, and service errors as HTTP statuses.
@@ -32,18 +33,18 @@ func writeJSON(w http.ResponseWriter, v any) {
 
 // fail maps a service error to a status and a JSON body.
 func (s *server) fail(w http.ResponseWriter, err error) {
-	var ce *approval.CheckError
+	var ce *ceremony.CheckError
 	switch {
 	case errors.As(err, &ce):
 		status := http.StatusForbidden
 		if errors.Is(err, approval.ErrNotPending) || errors.Is(err, approval.ErrExpired) {
 			status = http.StatusConflict
 		}
-		if errors.Is(err, approval.ErrMalformed) {
+		if errors.Is(err, ceremony.ErrMalformed) {
 			status = http.StatusBadRequest
 		}
 		writeError(w, status, ce.Check, "refused: "+err.Error())
-	case errors.Is(err, approval.ErrNotFound), errors.Is(err, approval.ErrEnrollment):
+	case errors.Is(err, approval.ErrNotFound), errors.Is(err, ceremony.ErrEnrollment):
 		writeError(w, http.StatusNotFound, "not_found", err.Error())
 	case errors.Is(err, approval.ErrInvalidRequest):
 		writeError(w, http.StatusBadRequest, "invalid", err.Error())

@@ -20,6 +20,7 @@ import (
 
 	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/approval/approvaltest"
+	"github.com/countersign/countersign/approval/ceremony"
 	"github.com/countersign/countersign/vocab"
 )
 
@@ -101,7 +102,7 @@ func (p *tlsPage) post(t *testing.T, path string, body any) (int, []byte, *http.
 func (p *tlsPage) signIn(t *testing.T, key *approvaltest.SoftKey) (int, *http.Cookie) {
 	t.Helper()
 	code, raw, _ := p.post(t, "/api/signin/begin", map[string]any{})
-	var opts approval.SignInOptions
+	var opts ceremony.SignInOptions
 	if code != 200 || json.Unmarshal(raw, &opts) != nil {
 		t.Fatalf("sign-in begin: %d %s", code, raw)
 	}

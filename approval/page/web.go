@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/countersign/countersign/approval"
+	"github.com/countersign/countersign/approval/ceremony"
+	"github.com/countersign/countersign/approval/freeze"
 	"github.com/countersign/countersign/vocab"
 )
 
@@ -42,22 +44,22 @@ func Handler(svc *approval.Service, opts Options) http.Handler {
 	mux.HandleFunc("GET /requests/{id}", s.pageRequest)
 	mux.HandleFunc("GET /enroll/{token}", s.pageEnroll)
 	mux.HandleFunc("GET /api/requests", s.apiList)
-	mux.Handle("GET /api/requests/{id}", s.requirePathID("id", approval.ValidID, http.HandlerFunc(s.apiGet)))
+	mux.Handle("GET /api/requests/{id}", s.requirePathID("id", ceremony.ValidID, http.HandlerFunc(s.apiGet)))
 	mux.HandleFunc("GET /api/events", s.apiEvents)
 	// Ceremony endpoints: the id must look like one we issued, then the
 	// rate limits apply (visitor.go).
 	lim := newPageLimits(s.refuse, s.svc.Now)
-	ceremony := func(name string, valid func(string) bool, h http.HandlerFunc) http.Handler {
+	limited := func(name string, valid func(string) bool, h http.HandlerFunc) http.Handler {
 		return s.requirePathID(name, valid, lim.limit(name, h))
 	}
-	mux.Handle("POST /api/requests/{id}/begin", ceremony("id", approval.ValidID, s.apiBegin))
-	mux.Handle("POST /api/requests/{id}/finish", ceremony("id", approval.ValidID, s.apiFinish))
+	mux.Handle("POST /api/requests/{id}/begin", limited("id", ceremony.ValidID, s.apiBegin))
+	mux.Handle("POST /api/requests/{id}/finish", limited("id", ceremony.ValidID, s.apiFinish))
 	mux.HandleFunc("GET /api/grants", s.apiGrants)
-	mux.Handle("POST /api/grants/{id}/revoke", ceremony("id", approval.ValidID, s.apiRevokeGrant))
+	mux.Handle("POST /api/grants/{id}/revoke", limited("id", ceremony.ValidID, s.apiRevokeGrant))
 	mux.HandleFunc("GET /api/agents", s.apiAgents)
-	mux.Handle("POST /api/agents/{name}/freeze", ceremony("name", freezable, s.apiFreezeAgent))
-	mux.Handle("POST /api/enroll/{token}/begin", ceremony("token", approval.ValidToken, s.apiEnrollBegin))
-	mux.Handle("POST /api/enroll/{token}/finish", ceremony("token", approval.ValidToken, s.apiEnrollFinish))
+	mux.Handle("POST /api/agents/{name}/freeze", limited("name", freezable, s.apiFreezeAgent))
+	mux.Handle("POST /api/enroll/{token}/begin", limited("token", ceremony.ValidToken, s.apiEnrollBegin))
+	mux.Handle("POST /api/enroll/{token}/finish", limited("token", ceremony.ValidToken, s.apiEnrollFinish))
 	mux.HandleFunc("GET /batch", s.pageBatch)
 	// A batch names its requests in the body: only the address is limited.
 	mux.Handle("POST /api/batch/begin", lim.limit("", http.HandlerFunc(s.apiBatchBegin)))
@@ -81,7 +83,7 @@ func Handler(svc *approval.Service, opts Options) http.Handler {
 
 // freezable reports whether the page may freeze name: an agent's own
 // name, not every agent at once (that is the CLI's).
-func freezable(name string) bool { return approval.ValidAgent(name) && name != approval.AllAgents }
+func freezable(name string) bool { return freeze.ValidAgent(name) && name != freeze.AllAgents }
 
 func (s *server) pageIndex(w http.ResponseWriter, r *http.Request) {
 	pending, err := s.svc.Pending(r.Context(), pendingShown)

@@ -17,6 +17,7 @@ import (
 
 	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/approval/approvaltest"
+	"github.com/countersign/countersign/approval/ceremony"
 	"github.com/countersign/countersign/vocab"
 )
 
@@ -130,7 +131,7 @@ func TestHTTPApproveThroughAPI(t *testing.T) {
 	if code != http.StatusForbidden || e.Check != "ceremony" {
 		t.Fatalf("replayed finish: %d %+v", code, e)
 	}
-	h.rec.RequireRejected(t, approval.ErrCeremony.Check)
+	h.rec.RequireRejected(t, ceremony.ErrCeremony.Check)
 }
 
 func TestHTTPProtectiveLayers(t *testing.T) {
@@ -211,7 +212,7 @@ func TestHTTPProtectiveLayers(t *testing.T) {
 		if code != 403 || e.Check != "ceremony" {
 			t.Fatalf("%d %+v", code, e)
 		}
-		h.rec.RequireRejected(t, approval.ErrCeremony.Check)
+		h.rec.RequireRejected(t, ceremony.ErrCeremony.Check)
 		opts, err := h.svc.BeginDecision(ctx, req.ID, vocab.Approve)
 		if err != nil {
 			t.Fatal(err)
@@ -221,7 +222,7 @@ func TestHTTPProtectiveLayers(t *testing.T) {
 		if code != 400 || e.Check != "malformed" {
 			t.Fatalf("%d %+v", code, e)
 		}
-		h.rec.RequireRejected(t, approval.ErrMalformed.Check)
+		h.rec.RequireRejected(t, ceremony.ErrMalformed.Check)
 	})
 
 	t.Run("unknown request", func(t *testing.T) {

@@ -13,7 +13,7 @@ import (
 	"strings"
 	"text/tabwriter"
 
-	"github.com/countersign/countersign/approval"
+	"github.com/countersign/countersign/approval/freeze"
 	"github.com/countersign/countersign/config"
 	"github.com/spf13/cobra"
 	"go.yaml.in/yaml/v3"
@@ -90,7 +90,7 @@ serve picks the new agent up when restarted.`,
 			}
 			status := func(agent string) string {
 				for _, f := range freezes {
-					if f.Agent == agent || f.Agent == approval.AllAgents {
+					if f.Agent == agent || f.Agent == freeze.AllAgents {
 						return "frozen: " + freezeStatus(f)
 					}
 				}
@@ -108,7 +108,7 @@ serve picks the new agent up when restarted.`,
 			// Frozen names the configuration does not list.
 			known := configuredAgents(c)
 			for _, f := range freezes {
-				if f.Agent != approval.AllAgents && !slices.Contains(known, f.Agent) {
+				if f.Agent != freeze.AllAgents && !slices.Contains(known, f.Agent) {
 					fmt.Fprintf(w, "%s\t-\t(not in config)\tfrozen: %s\n", f.Agent, freezeStatus(f))
 				}
 			}

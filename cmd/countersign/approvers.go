@@ -8,6 +8,7 @@ import (
 	"strings"
 	"text/tabwriter"
 
+	"github.com/countersign/countersign/approval/ceremony"
 	"github.com/countersign/countersign/store"
 
 	"github.com/countersign/countersign/approval"
@@ -107,7 +108,7 @@ them all (revoke-key), then enroll again.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return withApprovals(cmd, func(ctx context.Context, svc *approval.Service) error {
 				if err := svc.RevokeCredential(ctx, args[0], reason); err != nil {
-					if errors.Is(err, approval.ErrUnknownCredentialID) {
+					if errors.Is(err, ceremony.ErrUnknownCredentialID) {
 						return fmt.Errorf("%w (see `countersign approvers list`)", err)
 					}
 					return err

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/countersign/countersign/approval"
+	"github.com/countersign/countersign/approval/reconcile"
 	"github.com/spf13/cobra"
 )
 
@@ -50,7 +51,7 @@ names a call that had a request, which is then reconciled as its request.`,
 			if by == "" {
 				by = cliActor()
 			}
-			f := approval.Finding{Ran: ran, By: by, Note: note}
+			f := reconcile.Finding{Ran: ran, By: by, Note: note}
 			return withApprovals(cmd, func(ctx context.Context, svc *approval.Service) error {
 				if seq, ok := callSeq(args[0]); ok {
 					e, err := svc.ReconcileCall(ctx, seq, f)

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/countersign/countersign/approval"
+	"github.com/countersign/countersign/approval/freeze"
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/store"
 	"github.com/spf13/cobra"
@@ -22,7 +23,7 @@ import (
 func newFreezeCmds() []*cobra.Command {
 	var all bool
 	var reason string
-	freeze := &cobra.Command{
+	freezeCmd := &cobra.Command{
 		Use:   "freeze NAME | --all",
 		Short: "Refuse every call of an agent at once, cancel its waiting requests, revoke its grants",
 		Long: `Freeze stops an agent now, while serve runs (this command writes to the same
@@ -42,7 +43,7 @@ Only this command lifts a freeze: countersign agents unfreeze NAME (--all).`,
 			if err != nil {
 				return err
 			}
-			name := approval.AllAgents
+			name := freeze.AllAgents
 			if !all {
 				name = args[0]
 				if known := configuredAgents(c); !slices.Contains(known, name) {
@@ -51,7 +52,7 @@ Only this command lifts a freeze: countersign agents unfreeze NAME (--all).`,
 			}
 			return withApprovals(cmd, func(ctx context.Context, svc *approval.Service) error {
 				st, err := svc.FreezeAgent(ctx, name, cliActor(), reason)
-				var fe *approval.FrozenError
+				var fe *freeze.FrozenError
 				if errors.As(err, &fe) {
 					fmt.Fprintf(cmd.ErrOrStderr(), "Already frozen: %v\n", fe)
 					return printFreezes(ctx, cmd.ErrOrStderr(), svc)
@@ -65,8 +66,8 @@ Only this command lifts a freeze: countersign agents unfreeze NAME (--all).`,
 			})
 		},
 	}
-	freeze.Flags().BoolVar(&all, "all", false, "freeze every agent")
-	freeze.Flags().StringVar(&reason, "reason", "", "why, for the audit log and the approver page")
+	freezeCmd.Flags().BoolVar(&all, "all", false, "freeze every agent")
+	freezeCmd.Flags().StringVar(&reason, "reason", "", "why, for the audit log and the approver page")
 
 	var unAll bool
 	var unReason string
@@ -80,13 +81,13 @@ freeze of one agent stays until it is lifted by name. Recorded in the audit log
 (agent.unfrozen) with the OS user who ran this command.`,
 		Args: freezeArgs(&unAll),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			name := approval.AllAgents
+			name := freeze.AllAgents
 			if !unAll {
 				name = args[0]
 			}
 			return withApprovals(cmd, func(ctx context.Context, svc *approval.Service) error {
 				if err := svc.UnfreezeAgent(ctx, name, cliActor(), unReason); err != nil {
-					if errors.Is(err, approval.ErrNotFrozen) {
+					if errors.Is(err, freeze.ErrNotFrozen) {
 						return fmt.Errorf("%s not frozen (see `countersign agents list`)", frozenWho(name))
 					}
 					return err
@@ -98,7 +99,7 @@ freeze of one agent stays until it is lifted by name. Recorded in the audit log
 	}
 	unfreeze.Flags().BoolVar(&unAll, "all", false, "lift the freeze of every agent (freeze --all)")
 	unfreeze.Flags().StringVar(&unReason, "reason", "", "why, for the audit log")
-	return []*cobra.Command{freeze, unfreeze}
+	return []*cobra.Command{freezeCmd, unfreeze}
 }
 
 // freezeArgs wants NAME, or --all and no name.
@@ -111,7 +112,7 @@ func freezeArgs(all *bool) cobra.PositionalArgs {
 			return nil
 		case len(args) != 1:
 			return errors.New("give one agent NAME, or --all")
-		case !approval.ValidAgent(args[0]) || args[0] == approval.AllAgents:
+		case !freeze.ValidAgent(args[0]) || args[0] == freeze.AllAgents:
 			return fmt.Errorf("agent name %q: expected a lower-case id (letters, digits, . _ -); --all for every agent", args[0])
 		}
 		return nil
@@ -119,7 +120,7 @@ func freezeArgs(all *bool) cobra.PositionalArgs {
 }
 
 func frozenWho(name string) string {
-	if name == approval.AllAgents {
+	if name == freeze.AllAgents {
 		return "all agents"
 	}
 	return "agent " + name
@@ -143,9 +144,9 @@ func printFreezes(ctx context.Context, w io.Writer, svc *approval.Service) error
 	return nil
 }
 
-func freezeStatus(f approval.Freeze) string {
+func freezeStatus(f freeze.Freeze) string {
 	who := f.Agent
-	if who == approval.AllAgents {
+	if who == freeze.AllAgents {
 		who = "all agents (--all)"
 	}
 	return fmt.Sprintf("%s by %s since %s", who, f.By, f.At.UTC().Format(time.RFC3339))
@@ -176,11 +177,11 @@ func cliActor() string {
 
 // storedFreezes returns the freezes in force, or none when the data
 // directory has no database yet (listing creates nothing).
-func storedFreezes(cmd *cobra.Command, c *config.Config) ([]approval.Freeze, error) {
+func storedFreezes(cmd *cobra.Command, c *config.Config) ([]freeze.Freeze, error) {
 	if _, err := os.Stat(filepath.Join(c.Server.DataDir, store.FileName)); errors.Is(err, os.ErrNotExist) {
 		return nil, nil
 	}
-	var fs []approval.Freeze
+	var fs []freeze.Freeze
 	err := withApprovals(cmd, func(ctx context.Context, svc *approval.Service) error {
 		var err error
 		fs, err = svc.Freezes(ctx)

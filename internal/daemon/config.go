@@ -10,6 +10,7 @@ import (
 
 	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/approval/page"
+	"github.com/countersign/countersign/approval/sealed"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/authz"
 	"github.com/countersign/countersign/config"
@@ -127,5 +128,5 @@ func resultKey(c *config.Config) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	return approval.DeriveResultKey(serverKey)
+	return sealed.DeriveKey(serverKey)
 }

@@ -1,0 +1,15 @@
+package votes
+
+import (
+	"os"
+	"testing"
+
+	"github.com/countersign/countersign/store/pgtest"
+)
+
+// TestMain stops the PostgreSQL server the tests started (package pgtest).
+func TestMain(m *testing.M) {
+	code := m.Run()
+	pgtest.Stop()
+	os.Exit(code)
+}
