@@ -282,16 +282,24 @@ func TestEntriesOfOneRequestKeepTheirOrderAcrossReplicas(t *testing.T) {
 	}
 	done := make(chan error, 1)
 	go func() { done <- b.svc.Cancel(ctx, req.ID, "cancelled on B") }()
-	// Give B every chance to overtake before A appends.
+	// A's own outbox loop may append its entry at any moment (it retries
+	// what is queued); if it has not within 200 ms, A flushes here. Either
+	// way B's step must land after A's entry: had B not waited, its
+	// approval.cancelled would come before A's approval.rejected below.
 	select {
 	case err := <-done:
-		t.Fatalf("B recorded its step before A's queued entry was appended: %v", err)
+		if err != nil {
+			t.Fatal(err)
+		}
 	case <-time.After(200 * time.Millisecond):
+		if err := a.svc.flush(ctx, false); err != nil {
+			t.Fatal(err)
+		}
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
 	}
 	if err := a.svc.flush(ctx, false); err != nil {
-		t.Fatal(err)
-	}
-	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
 	want := []vocab.Kind{vocab.KindApprovalRequested, vocab.KindApprovalRejected, vocab.KindApprovalCancelled}
