@@ -362,7 +362,8 @@ func (g *Guard) reconcileRoutine(ctx context.Context) error {
 	if ok && g.livePeers(ctx) {
 		// Whose call an entry is the log does not say yet: an open one
 		// may be a live replica's, still running, and must not get a
-		// second outcome. What dead replicas left stays open.
+		// second outcome. The reaper settles what dead replicas left,
+		// by owner (reapRoutine).
 		g.log.Warn("routine calls the log shows open are left as they are: another replica lives, and they may be its calls in flight")
 	} else if ok {
 		if err := g.settleOpenCalls(ctx, from); err != nil {
