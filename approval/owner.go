@@ -170,3 +170,20 @@ func (s *Service) LivePeers(ctx context.Context) (bool, error) {
 	}
 	return false, nil
 }
+
+// DeadPeers returns the other replicas on this PostgreSQL database that
+// are dead (and so fenced, store.Owners.Dead): the reaper settles the
+// routine calls they left. On SQLite: none.
+func (s *Service) DeadPeers(ctx context.Context) ([]string, error) {
+	if s.db.Dialect() != store.PostgreSQL {
+		return nil, nil
+	}
+	l := s.liveness()
+	var dead []string
+	for _, o := range s.owners.Listed() {
+		if !l.live(o) {
+			dead = append(dead, o)
+		}
+	}
+	return dead, nil
+}

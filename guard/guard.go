@@ -149,6 +149,12 @@ type Marks interface {
 	SetMark(ctx context.Context, name string, value int64) error
 }
 
+// Owned tells which log entries a replica appended; auditpg.Owned
+// satisfies it.
+type Owned interface {
+	Owned(ctx context.Context, owner string, after int64) ([]int64, error)
+}
+
 // Options wire a Guard.
 type Options struct {
 	Catalog Catalog
@@ -175,6 +181,13 @@ type Options struct {
 	// without an outcome; without them it does not look.
 	History History
 	Marks   Marks
+	// Owner and Owned, on a database replicas share, let the reaper
+	// settle the routine calls a dead replica left (reapRoutine): Owner
+	// is this replica's id, which names its own routine-call mark, and
+	// Owned tells which entries a replica appended (auditpg.Owned). Nil:
+	// one process uses the database.
+	Owner string
+	Owned Owned
 	// Amounts keep what each counted call moved, for RestoreUsage
 	// (usage.go); nil: a restart counts only what the log's arguments say.
 	Amounts Amounts

@@ -2,6 +2,7 @@ package guard
 
 import (
 	"context"
+	"fmt"
 
 	"github.com/countersign/countersign/approval"
 )
@@ -32,7 +33,66 @@ func (g *Guard) Reap(ctx context.Context) error {
 		g.log.Info("cancelled block-mode requests whose callers died with another replica",
 			"count", len(cancelled), "reason", approval.ReasonRestarted)
 	}
-	return g.settleUnfinished(ctx, unfinished)
+	if err := g.settleUnfinished(ctx, unfinished); err != nil {
+		return err
+	}
+	return g.reapRoutine(ctx)
+}
+
+// deadPeers is the part of the approval service that names the dead
+// replicas (*approval.Service).
+type deadPeers interface {
+	DeadPeers(ctx context.Context) ([]string, error)
+}
+
+// ownerMark names the mark up to which every routine call owner allowed
+// has its outcome: each replica moves its own, so that none moves past
+// another's call in flight.
+func ownerMark(owner string) string { return markRoutine + "/" + owner }
+
+// reapRoutine gives each routine call a dead replica left open its one
+// outcome, as reconcileRoutine does at start (settleOpenCall): the calls
+// it allowed after its own mark, read by the log's owner column. The
+// mark then moves past them, so reaping again adds nothing. A dead
+// replica without a mark (an older version) is left alone, as a first
+// start leaves the history before it.
+func (g *Guard) reapRoutine(ctx context.Context) error {
+	d, ok := g.opts.Recovery.(deadPeers)
+	if !ok || g.opts.Owned == nil || g.opts.History == nil || g.opts.Marks == nil {
+		return nil
+	}
+	dead, err := d.DeadPeers(ctx)
+	if err != nil {
+		return err
+	}
+	for _, owner := range dead {
+		from, ok, err := g.opts.Marks.Mark(ctx, ownerMark(owner))
+		if err != nil {
+			return err
+		}
+		if !ok {
+			continue
+		}
+		seqs, err := g.opts.Owned.Owned(ctx, owner, from)
+		if err != nil {
+			return err
+		}
+		if len(seqs) == 0 {
+			continue
+		}
+		owned := make(map[int64]bool, len(seqs))
+		for _, s := range seqs {
+			owned[s] = true
+		}
+		// Fenced, it appends nothing more: what it left ends at its last entry.
+		if _, err := g.settleOpen(ctx, from, owned); err != nil {
+			return fmt.Errorf("guard: settle the routine calls replica %s left: %w", owner, err)
+		}
+		if err := g.opts.Marks.SetMark(ctx, ownerMark(owner), seqs[len(seqs)-1]); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // isParked reports whether request id waits here to run once approved.

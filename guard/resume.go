@@ -362,7 +362,8 @@ func (g *Guard) reconcileRoutine(ctx context.Context) error {
 	if ok && g.livePeers(ctx) {
 		// Whose call an entry is the log does not say yet: an open one
 		// may be a live replica's, still running, and must not get a
-		// second outcome. What dead replicas left stays open.
+		// second outcome. The reaper settles what dead replicas left,
+		// by owner (reapRoutine).
 		g.log.Warn("routine calls the log shows open are left as they are: another replica lives, and they may be its calls in flight")
 	} else if ok {
 		if err := g.settleOpenCalls(ctx, from); err != nil {
@@ -376,17 +377,35 @@ func (g *Guard) reconcileRoutine(ctx context.Context) error {
 	if err := g.opts.Marks.SetMark(ctx, markRoutine, last); err != nil {
 		return err
 	}
+	if g.opts.Owner != "" {
+		// The reaper settles this replica's calls from here should it die.
+		if err := g.opts.Marks.SetMark(ctx, ownerMark(g.opts.Owner), last); err != nil {
+			return err
+		}
+	}
 	g.lastMark.Store(last)
 	return nil
 }
 
 func (g *Guard) settleOpenCalls(ctx context.Context, from int64) error {
+	_, err := g.settleOpen(ctx, from, nil)
+	return err
+}
+
+// settleOpen settles the routine calls allowed after from whose outcome
+// the log lacks, and returns the seq of the last entry it read. With
+// owned set, only the calls whose call.allowed is in owned: an outcome
+// then closes its call by args_seq (format 3), or, without one, when it
+// is in owned too.
+func (g *Guard) settleOpen(ctx context.Context, from int64, owned map[int64]bool) (int64, error) {
 	type key struct{ agent, tool, args string }
 	open := map[key][]audit.Entry{}
-	for seq := from; ; {
+	bySeq := map[int64]bool{} // open calls, by their call.allowed's seq (owned only)
+	seq := from
+	for {
 		page, err := g.opts.History.Since(ctx, seq, 1000)
 		if err != nil {
-			return err
+			return seq, err
 		}
 		if len(page) == 0 {
 			break
@@ -399,9 +418,23 @@ func (g *Guard) settleOpenCalls(ctx context.Context, from int64) error {
 			k := key{e.Agent, e.Tool, e.ArgsSHA256}
 			switch e.Kind {
 			case vocab.KindCallAllowed:
-				open[k] = append(open[k], e)
+				if owned == nil || owned[e.Seq] {
+					open[k] = append(open[k], e)
+					bySeq[e.Seq] = true
+				}
 			case vocab.KindCallExecuted, vocab.KindCallFailed, vocab.KindCallInterrupted:
+				if owned != nil && e.ArgsSeq != 0 {
+					if bySeq[e.ArgsSeq] {
+						delete(bySeq, e.ArgsSeq)
+						open[k] = slices.DeleteFunc(open[k], func(a audit.Entry) bool { return a.Seq == e.ArgsSeq })
+					}
+					continue
+				}
+				if owned != nil && !owned[e.Seq] {
+					continue
+				}
 				if q := open[k]; len(q) > 0 {
+					delete(bySeq, q[0].Seq)
 					open[k] = q[1:]
 				}
 			}
@@ -414,10 +447,10 @@ func (g *Guard) settleOpenCalls(ctx context.Context, from int64) error {
 	slices.SortFunc(left, func(a, b audit.Entry) int { return cmp.Compare(a.Seq, b.Seq) })
 	for _, a := range left {
 		if err := g.settleOpenCall(ctx, a); err != nil {
-			return fmt.Errorf("guard: settle the call allowed at seq %d: %w", a.Seq, err)
+			return seq, fmt.Errorf("guard: settle the call allowed at seq %d: %w", a.Seq, err)
 		}
 	}
-	return nil
+	return seq, nil
 }
 
 // settleOpenCall records the outcome of the routine call allowed by entry
@@ -476,6 +509,12 @@ func (g *Guard) advanceMark(ctx context.Context) {
 	if err := g.opts.Marks.SetMark(ctx, markRoutine, mark); err != nil {
 		g.log.Warn("cannot move the routine-call mark", "err", err)
 		return
+	}
+	if g.opts.Owner != "" {
+		if err := g.opts.Marks.SetMark(ctx, ownerMark(g.opts.Owner), mark); err != nil {
+			g.log.Warn("cannot move this replica's routine-call mark", "err", err)
+			return
+		}
 	}
 	g.lastMark.Store(mark)
 }

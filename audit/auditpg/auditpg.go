@@ -109,6 +109,10 @@ type Backend struct {
 	cfg *pgx.ConnConfig
 
 	conn *pgx.Conn // the writer's; nil until needed, and after a failure
+	// owner is the replica whose entries this writer appends
+	// (audit.Options.Owner), learnt from its first batch; once its peers
+	// fence it, it appends nothing.
+	owner string
 	// The head this writer's last batch left, if it wrote one.
 	wrote   bool
 	lastSeq int64
@@ -254,6 +258,11 @@ func (b *Backend) Write(seal audit.Sealer) (<-chan error, error) {
 	lock.Queue(lockHead).QueryRow(func(row pgx.Row) error {
 		return row.Scan(&h.Seq, &hash, &h.Time, &frontier, &cpSize)
 	})
+	checked := b.owner // the owner whose fence this batch checks under the lock
+	fenced := false
+	if checked != "" {
+		lock.Queue(shareOwner, checked).QueryRow(func(row pgx.Row) error { return scanFenced(row, &fenced) })
+	}
 	if err := conn.SendBatch(ctx, lock).Close(); err != nil {
 		b.drop()
 		return nil, fmt.Errorf("audit: append: lock the head: %w", err)
@@ -264,6 +273,19 @@ func (b *Backend) Write(seal audit.Sealer) (<-chan error, error) {
 	if err != nil {
 		b.drop()
 		return nil, err
+	}
+	if owner := batch.Entries[0].Owner; owner != checked {
+		// The first batch names the owner: one more round trip, once.
+		if fenced, err = b.fencedNow(ctx, conn, owner); err != nil {
+			b.drop()
+			return nil, fmt.Errorf("audit: append: %w", err)
+		}
+	}
+	if fenced {
+		// Its peers act for it now: what they append in its stead
+		// must be the only copy.
+		b.drop()
+		return nil, fmt.Errorf("audit: append: owner %s: %w", b.owner, store.ErrFenced)
 	}
 	n := len(batch.Entries)
 	seqs, hashes, lines, owners := make([]int64, n), make([]string, n), make([]string, n), make([]string, n)
@@ -305,6 +327,40 @@ func (b *Backend) Write(seal audit.Sealer) (<-chan error, error) {
 		done <- err
 	}()
 	return done, nil
+}
+
+// shareOwner reads whether the writer's owner is fenced and holds its
+// row until COMMIT, so a fence (store's Fence) lands either after the
+// batch commits or before it reads, never between (store.Owners.Unfenced).
+// A missing row is not fenced: a fenced row is never deleted, and a
+// replica's row goes when it shuts down.
+const shareOwner = `SELECT fenced FROM replicas WHERE id = $1 FOR SHARE`
+
+// fencedNow learns the writer's owner from its first batch and, if the
+// replicas table exists (it does not in a log used without replicas,
+// such as this package's tests), reads its fence under the head's lock;
+// later batches read it with the lock (Write).
+func (b *Backend) fencedNow(ctx context.Context, conn *pgx.Conn, owner string) (bool, error) {
+	var exists bool
+	if err := conn.QueryRow(ctx, `SELECT to_regclass('replicas') IS NOT NULL`).Scan(&exists); err != nil {
+		return false, fmt.Errorf("look for the replicas table: %w", err)
+	}
+	if !exists || owner == "" {
+		return false, nil
+	}
+	fenced := false
+	if err := scanFenced(conn.QueryRow(ctx, shareOwner, owner), &fenced); err != nil {
+		return false, err
+	}
+	b.owner = owner
+	return fenced, nil
+}
+
+func scanFenced(row pgx.Row, fenced *bool) error {
+	if err := row.Scan(fenced); err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return fmt.Errorf("check this owner is not fenced: %w", err)
+	}
+	return nil
 }
 
 // sealLocked checks the locked head and has the Log seal onto it.

@@ -512,3 +512,32 @@ func TestCheckpointsAndWitnessesOnBothDialects(t *testing.T) {
 		}
 	})
 }
+
+// A replica its peers fenced appends nothing more: they act for it now,
+// and what they append in its stead must be the only copy.
+func TestFencedOwnerAppendsNothing(t *testing.T) {
+	ctx := context.Background()
+	key := seededKey(9)
+	a, b, _, _, db := twoReplicas(t, key, audit.Options{}, audit.Options{})
+	owners, err := store.OwnersFor(ctx, db, store.OwnerOptions{OnFenced: func(string) {}})
+	if err != nil {
+		t.Fatalf("OwnersFor: %v", err)
+	}
+	release, err := owners.Hold("replica-a")
+	if err != nil {
+		t.Fatalf("Hold: %v", err)
+	}
+	t.Cleanup(release)
+	mustAppend(t, a, routine(1)) // its row unfenced: it appends
+	if err := owners.Fence(ctx, "replica-a"); err != nil {
+		t.Fatalf("Fence: %v", err)
+	}
+	if _, err := a.Append(ctx, routine(2)); !errors.Is(err, store.ErrFenced) {
+		t.Fatalf("Append by a fenced owner: %v, want an error wrapping store.ErrFenced", err)
+	}
+	mustAppend(t, b, routine(3)) // its peer goes on
+	got := verified(t, b, key)
+	if len(got) != 2 || got[0].Args == nil || string(got[1].Args) != string(routine(3).Args) {
+		t.Fatalf("the log holds %d entries %+v, want the one before the fence and the peer's", len(got), got)
+	}
+}

@@ -187,6 +187,7 @@ func (s *Stack) newGuard(ctx context.Context, policy *authz.Policy, recorder met
 		Requests: s.approvals, Runs: s.approvals, Recovery: s.approvals, Tasks: s.approvals, Grants: s.approvals,
 		Evidence: s.approvals, Tokens: s.tokens,
 		History: s.audit, Marks: store.Marks{DB: s.db}, Amounts: s.amounts,
+		Owner: s.replicaOwner(), Owned: s.ownedEntries(),
 		Tools: c.Tools, Logger: log.With("component", "guard"), Freezes: s.approvals,
 		SharedUsage: s.shared.usage,
 		MaxArgBytes: c.Limits.MaxArgBytes, MaxArgDepth: c.Limits.MaxArgDepth,

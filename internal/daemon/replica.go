@@ -7,7 +7,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/countersign/countersign/audit/auditpg"
 	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/guard"
 	"github.com/countersign/countersign/store"
 )
 
@@ -102,4 +104,22 @@ func (s *Stack) startReaping(log *slog.Logger) {
 		})
 	}()
 	s.stopReaping = func() { cancel(); <-done }
+}
+
+// replicaOwner is this replica's id for the guard's own routine-call mark
+// on PostgreSQL; on SQLite one process uses the database: none.
+func (s *Stack) replicaOwner() string {
+	if s.db.Dialect() != store.PostgreSQL {
+		return ""
+	}
+	return s.owner
+}
+
+// ownedEntries tells the reaper which entries a dead replica appended, on
+// PostgreSQL; nil on SQLite.
+func (s *Stack) ownedEntries() guard.Owned {
+	if s.db.Dialect() != store.PostgreSQL {
+		return nil
+	}
+	return auditpg.Owned{DB: s.db}
 }

@@ -1,0 +1,173 @@
+package guard
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/countersign/countersign/approval"
+	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/audit/auditpg"
+	"github.com/countersign/countersign/audit/verify"
+	"github.com/countersign/countersign/authz"
+	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/store"
+	"github.com/countersign/countersign/store/pgtest"
+	"github.com/countersign/countersign/store/storetest"
+	"github.com/countersign/countersign/vocab"
+)
+
+// Three replicas on one PostgreSQL database, each with its own audit
+// writer: one dies (its row stays, its lock is free) with a routine call
+// allowed and no outcome, one lives with a routine call in flight. The
+// reaper gives the dead one's call exactly one outcome, in its place,
+// leaves the live one's alone, and reaping again adds nothing. The dead
+// replica, fenced, appends nothing more; the export verifies.
+func TestReapSettlesADeadReplicasRoutineCallsOnce(t *testing.T) {
+	ctx := context.Background()
+	db := storetest.Connect(t, pgtest.URL(t))
+	w := newWorldOn(t, db)
+	w.policy.d = authz.Decision{Level: vocab.LevelLow}
+	key := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{7}, ed25519.SeedSize))
+	owners, err := store.OwnersFor(ctx, db, store.OwnerOptions{Heartbeat: 200 * time.Millisecond, Grace: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The replica that dies: its row, last stamped long ago, and no lock
+	// (as a killed process leaves them). Nobody asks whether it lives
+	// until the reaper does.
+	if _, err := db.ExecContext(ctx, `INSERT INTO replicas (id, seen_at) VALUES ('dead-1', now() - interval '1 minute')`); err != nil {
+		t.Fatal(err)
+	}
+	release, err := owners.Hold("live-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(release)
+
+	replica := func(owner string, recovery Recovery) (*Guard, *audit.Log) {
+		l, err := auditpg.Open(ctx, db, key, audit.Options{Owner: owner})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { l.Close() })
+		g := New(Options{Catalog: w.cat, Policy: w.policy, Audit: l, History: l, Marks: store.Marks{DB: db},
+			Recovery: recovery, Owner: owner, Owned: auditpg.Owned{DB: db}, Tools: map[string]config.Tool{}})
+		t.Cleanup(g.Close)
+		if err := g.Resume(ctx); err != nil {
+			t.Fatal(err)
+		}
+		return g, l
+	}
+	dead, _ := replica("dead-1", nil)
+	live, _ := replica("live-1", nil)
+
+	hold := w.book.holdRuns(t)
+	t.Cleanup(hold)
+	calls := make(chan struct{}, 2)
+	for i, g := range []*Guard{dead, live} {
+		go func() {
+			g.Handle(ctx, Call{Tool: "note", Agent: "bot", Args: map[string]any{"note": []string{"dead", "live"}[i]}})
+			calls <- struct{}{}
+		}()
+	}
+	byOwner := auditpg.Owned{DB: db}
+	for _, owner := range []string{"dead-1", "live-1"} {
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			seqs, err := byOwner.Owned(ctx, owner, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(seqs) > 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s's routine call was not allowed", owner)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+
+	// Its peers tell it dead (and fence it) once its row is a grace old
+	// on a server up at least that long.
+	for deadline := time.Now().Add(10 * time.Second); !owners.Dead("dead-1"); {
+		if time.Now().After(deadline) {
+			t.Fatal("the replica that died is never told dead")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	svc, err := approval.New(ctx, db, w.log, approval.Options{RPID: "localhost", Origins: []string{origin},
+		Approvers: []approval.Approver{{ID: "alice"}}, Owners: owners})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { svc.Close() })
+	reaper, log := replica("reaper-1", svc)
+	for range 2 {
+		if err := reaper.Reap(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	outcomes := routineOutcomes(t, log, key)
+	if n := len(outcomes); n != 2 {
+		t.Fatalf("after reaping: %d routine calls allowed, want 2", n)
+	}
+	if got := outcomes["dead"]; len(got) != 1 || !strings.HasPrefix(got[0], string(vocab.KindCallFailed)+" "+noteNeverRan) {
+		t.Fatalf("the dead replica's call has outcomes %q, want the reaper's one call.failed (it had not run)", got)
+	}
+	if got := outcomes["live"]; len(got) != 0 {
+		t.Fatalf("the reaper settled the live replica's call in flight: %v", got)
+	}
+
+	hold()
+	<-calls
+	<-calls
+	if err := reaper.Reap(ctx); err != nil {
+		t.Fatal(err)
+	}
+	outcomes = routineOutcomes(t, log, key)
+	if got := outcomes["dead"]; len(got) != 1 || !strings.HasPrefix(got[0], string(vocab.KindCallFailed)+" "+noteNeverRan) {
+		t.Fatalf("the dead replica's call, once its run ended: outcomes %q, want only the reaper's (it was fenced)", got)
+	}
+	// Its held run failed ("released"): its own outcome, not the reaper's.
+	if got := outcomes["live"]; len(got) != 1 || got[0] != string(vocab.KindCallFailed)+" released" {
+		t.Fatalf("the live replica's call has outcomes %q, want its own one", got)
+	}
+}
+
+// routineOutcomes exports l, checks the export verifies, and returns the
+// outcomes of each routine call ("kind reason"), by its note argument.
+func routineOutcomes(t *testing.T, l *audit.Log, key ed25519.PrivateKey) map[string][]string {
+	t.Helper()
+	var buf bytes.Buffer
+	if err := l.Export(context.Background(), &buf, 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := verify.Export(bytes.NewReader(buf.Bytes()), audit.PublicKeyText(key.Public().(ed25519.PublicKey)), verify.Options{}); err != nil {
+		t.Fatalf("the export does not verify: %v", err)
+	}
+	note := map[int64]string{}
+	out := map[string][]string{}
+	for _, line := range bytes.Split(bytes.TrimSpace(buf.Bytes()), []byte{'\n'}) {
+		var e audit.Entry
+		if json.Unmarshal(line, &e) != nil || e.Seq == 0 || e.RequestID != "" {
+			continue
+		}
+		switch e.Kind {
+		case vocab.KindCallAllowed:
+			var args struct{ Note string }
+			json.Unmarshal(e.Args, &args)
+			note[e.Seq] = args.Note
+			out[args.Note] = nil
+		case vocab.KindCallExecuted, vocab.KindCallFailed, vocab.KindCallInterrupted:
+			n := note[e.ArgsSeq]
+			out[n] = append(out[n], string(e.Kind)+" "+e.Reason)
+		}
+	}
+	return out
+}
