@@ -68,6 +68,9 @@ func TestSweepsRunOnTheLeaderOnly(t *testing.T) {
 	}
 	c.Add(2 * time.Minute)
 	eventually(t, "the request B created expires", expired(r1.ID))
+	// The loop counts an expiry once its entry is appended, after the
+	// state changed.
+	eventually(t, "a sweep counts the expiry", func() bool { return a.svc.expiredBySweep.Load()+b.svc.expiredBySweep.Load() == 1 })
 	if b.svc.leadingSweeps.Load() {
 		t.Fatal("B leads the sweeps too")
 	}
@@ -83,6 +86,7 @@ func TestSweepsRunOnTheLeaderOnly(t *testing.T) {
 	}
 	c.Add(2 * time.Minute)
 	eventually(t, "the second request expires", expired(r2.ID))
+	eventually(t, "a sweep counts the expiry", func() bool { return a.svc.expiredBySweep.Load()+b.svc.expiredBySweep.Load() == 2 })
 	if n, m := a.svc.expiredBySweep.Load(), b.svc.expiredBySweep.Load(); n != 1 || m != 1 {
 		t.Fatalf("expired by A's sweep %d, by B's %d; want 1 and 1", n, m)
 	}
