@@ -37,6 +37,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -130,8 +131,13 @@ type Service struct {
 
 	approvers map[string]Approver
 
-	results      *sealed.Box   // seals kept results (results.go)
-	resultsSwept chan struct{} // closed when the result sweep ends
+	results *sealed.Box // seals kept results (results.go)
+
+	// The sweeps of shared rows run where this replica leads them (sweeps.go).
+	stopSweeps     context.CancelFunc
+	sweepsDone     chan struct{} // closed when leadSweeps ends
+	leadingSweeps  atomic.Bool   // this replica runs the sweeps now
+	expiredBySweep atomic.Int64  // requests the expiry loop expired here
 
 	flushMu sync.Mutex
 
@@ -139,9 +145,8 @@ type Service struct {
 	mu     sync.Mutex
 	closed bool
 
-	stop  chan struct{}
-	done  chan struct{}
-	swept chan struct{} // closed when the ceremony sweep ends
+	stop chan struct{}
+	done chan struct{}
 
 	stopPeers context.CancelFunc // stops hearing other replicas' changes (peers.go)
 
@@ -273,17 +278,14 @@ func (s *Service) start(ctx context.Context) error {
 	if err := s.flush(ctx, true); err != nil {
 		s.opts.Logger.Warn("approval: outbox flush at start failed", "err", err)
 	}
-	s.resultsSwept = make(chan struct{})
-	go s.sweepResults(s.stop, s.resultsSwept)
+	s.startSweeps(ctx)
 	go s.expiryLoop()
-	s.swept = make(chan struct{})
-	go s.keys.Sweep(s.stop, s.swept)
 	s.freezesDone = make(chan struct{})
 	go s.watchFreezes()
 	return nil
 }
 
-// Close stops the expiry loop. It does not close the database.
+// Close stops the expiry loop and the sweeps. It does not close the database.
 func (s *Service) Close() error {
 	s.mu.Lock()
 	if s.closed {
@@ -297,9 +299,9 @@ func (s *Service) Close() error {
 		s.stopPeers()
 	}
 	<-s.done
-	<-s.resultsSwept
+	s.stopSweeps()
+	<-s.sweepsDone
 	s.alive()
-	<-s.swept
 	<-s.freezesDone
 	s.frozen.Close()
 	return nil

@@ -23,10 +23,12 @@ func (s *Service) Cancel(ctx context.Context, id, reason string) error {
 }
 
 // expire ends the request if its time is up.
-func (s *Service) expire(ctx context.Context, id string) {
-	if err := s.endRequest(ctx, id, vocab.StateExpired, "", "nobody decided before expires_at"); err != nil && !errors.Is(err, ErrNotPending) {
+func (s *Service) expire(ctx context.Context, id string) bool {
+	err := s.endRequest(ctx, id, vocab.StateExpired, "", "nobody decided before expires_at")
+	if err != nil && !errors.Is(err, ErrNotPending) {
 		s.opts.Logger.Error("approval: expire", "id", id, "err", err)
 	}
+	return err == nil
 }
 
 // endRequest moves a pending request to a terminal state without an
@@ -82,7 +84,9 @@ func (s *Service) requestEntry(r *row, kind vocab.Kind, reason string) audit.Ent
 }
 
 // expiryLoop expires pending requests whose time is up, whether or not
-// anyone waits or looks.
+// anyone waits or looks, while this replica leads the sweeps (sweeps.go);
+// on every replica it announces expiring requests (each claimed once) and
+// appends this process's outbox.
 func (s *Service) expiryLoop() {
 	defer close(s.done)
 	ctx := context.Background()
@@ -98,6 +102,11 @@ func (s *Service) expiryLoop() {
 				wait = max(d, 0)
 			}
 		}
+		if wait == 0 && !s.leadingSweeps.Load() {
+			// The replica leading the sweeps expires it (sweeps.go); a
+			// waiter here expires its own request as it reads it.
+			wait = time.Second
+		}
 		if wait == 0 {
 			rows, err := s.db.QueryContext(ctx, `SELECT id FROM approval_requests WHERE state = 'pending' AND expires_at <= ?`, s.now().Unix())
 			var ids []string
@@ -111,7 +120,9 @@ func (s *Service) expiryLoop() {
 				rows.Close()
 			}
 			for _, id := range ids {
-				s.expire(ctx, id)
+				if s.expire(ctx, id) {
+					s.expiredBySweep.Add(1)
+				}
 			}
 			if err := s.flush(ctx, true); err != nil {
 				s.opts.Logger.Warn("approval: outbox flush", "err", err)

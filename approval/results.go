@@ -14,17 +14,18 @@ import (
 // resultSweep is how often results past their window are erased.
 const resultSweep = 30 * time.Second
 
-// sweepResults erases, every resultSweep, the results whose window ended.
-func (s *Service) sweepResults(stop <-chan struct{}, done chan<- struct{}) {
-	defer close(done)
+// sweepResults erases, every resultSweep until ctx ends, the results
+// whose window ended. It runs where this replica leads the sweeps
+// (sweeps.go).
+func (s *Service) sweepResults(ctx context.Context) {
 	t := time.NewTicker(resultSweep)
 	defer t.Stop()
 	for {
-		if _, err := s.EraseResults(context.Background()); err != nil {
+		if _, err := s.EraseResults(ctx); err != nil && ctx.Err() == nil {
 			s.opts.Logger.Warn("approval: result sweep", "err", err)
 		}
 		select {
-		case <-stop:
+		case <-ctx.Done():
 			return
 		case <-t.C:
 		}

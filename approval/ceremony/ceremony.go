@@ -223,19 +223,19 @@ func (rp *RP) take(ctx context.Context, id, kind, requestID string, enrollment [
 	return decision, session, nil
 }
 
-// Sweep deletes ceremonies past their expiry, finished or not, until stop
-// is closed, then closes done: a begin nobody finishes leaves no row behind
-// for longer than TTL plus one sweep.
-func (rp *RP) Sweep(stop <-chan struct{}, done chan<- struct{}) {
-	defer close(done)
+// Sweep deletes ceremonies past their expiry, finished or not, until ctx
+// ends: a begin nobody finishes leaves no row behind for longer than TTL
+// plus one sweep. The rows are shared by all replicas, so one runs it at
+// a time (the caller's leadership).
+func (rp *RP) Sweep(ctx context.Context) {
 	t := time.NewTicker(sweepEvery)
 	defer t.Stop()
 	for {
 		select {
-		case <-stop:
+		case <-ctx.Done():
 			return
 		case <-t.C:
-			if _, err := rp.DeleteExpired(context.Background()); err != nil {
+			if _, err := rp.DeleteExpired(ctx); err != nil && ctx.Err() == nil {
 				rp.cfg.Logger.Warn("approval: ceremony sweep", "err", err)
 			}
 		}
