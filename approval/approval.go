@@ -148,7 +148,7 @@ type Service struct {
 	stop chan struct{}
 	done chan struct{}
 
-	stopPeers context.CancelFunc // stops hearing other replicas' changes (peers.go)
+	stopPeers context.CancelFunc // stops hearing other replicas' changes (watch.Listen)
 
 	freezesDone chan struct{} // closed when watchFreezes (freeze.go) ends
 	frozen      *freeze.Reader
@@ -273,7 +273,7 @@ func (s *Service) start(ctx context.Context) error {
 	}
 	peers, stopPeers := context.WithCancel(context.WithoutCancel(ctx))
 	s.stopPeers = stopPeers
-	s.listenPeers(peers)
+	s.watch.Listen(peers, s.db, s.opts.Logger)
 	// Entries another process left unflushed are appended now.
 	if err := s.flush(ctx, true); err != nil {
 		s.opts.Logger.Warn("approval: outbox flush at start failed", "err", err)
@@ -310,10 +310,10 @@ func (s *Service) Close() error {
 func (s *Service) now() time.Time { return s.opts.Now() }
 
 // notify wakes the waiters on the requests ids, or, given no ids, every
-// waiter, here and on the other replicas (peers.go).
+// waiter, here and on the other replicas (watch.Tell).
 func (s *Service) notify(ids ...string) {
 	s.watch.Notify(ids...)
-	s.tellPeers(ids...)
+	watch.Tell(s.db, s.opts.Logger, ids...)
 }
 
 // OnChange registers fn to be told, after each change, which request

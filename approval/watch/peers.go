@@ -1,8 +1,9 @@
-package approval
+package watch
 
 import (
 	"context"
 	"database/sql"
+	"log/slog"
 
 	"github.com/countersign/countersign/store"
 )
@@ -20,44 +21,43 @@ import (
 // changesChannel is the notification channel of request changes.
 const changesChannel = "approval_changes"
 
-// tellPeers tells the other processes on the database that requests ids
-// changed ("" : any may have). On SQLite one process uses the database:
-// nothing to do.
-func (s *Service) tellPeers(ids ...string) {
-	if s.db.Dialect() != store.PostgreSQL {
+// Tell tells the other processes on db that requests ids changed ("" :
+// any may have). On SQLite one process uses the database: nothing to do.
+func Tell(db *store.DB, log *slog.Logger, ids ...string) {
+	if db.Dialect() != store.PostgreSQL {
 		return
 	}
 	if len(ids) == 0 {
 		ids = []string{""}
 	}
 	ctx := context.Background()
-	err := s.db.InTx(ctx, func(tx *sql.Tx) error {
+	err := db.InTx(ctx, func(tx *sql.Tx) error {
 		for _, id := range ids {
-			if err := s.db.Publish(ctx, tx, changesChannel, id); err != nil {
+			if err := db.Publish(ctx, tx, changesChannel, id); err != nil {
 				return err
 			}
 		}
 		return nil
 	})
 	if err != nil {
-		s.opts.Logger.Warn("approval: cannot tell the other replicas of a change; their waiters see it at their next reread", "err", err)
+		log.Warn("approval: cannot tell the other replicas of a change; their waiters see it at their next reread", "err", err)
 	}
 }
 
-// listenPeers hands the changes other processes publish to this
-// process's waiters until ctx ends.
-func (s *Service) listenPeers(ctx context.Context) {
-	if s.db.Dialect() != store.PostgreSQL {
+// Listen hands the changes other processes publish on db to h's waiters
+// until ctx ends.
+func (h *Hub) Listen(ctx context.Context, db *store.DB, log *slog.Logger) {
+	if db.Dialect() != store.PostgreSQL {
 		return
 	}
-	err := s.db.Subscribe(ctx, changesChannel, func(id string) {
+	err := db.Subscribe(ctx, changesChannel, func(id string) {
 		if id == "" {
-			s.watch.Notify()
+			h.Notify()
 			return
 		}
-		s.watch.Notify(id)
+		h.Notify(id)
 	})
 	if err != nil && ctx.Err() == nil {
-		s.opts.Logger.Warn("approval: not listening to the other replicas' changes; waiters see them at their next reread", "err", err)
+		log.Warn("approval: not listening to the other replicas' changes; waiters see them at their next reread", "err", err)
 	}
 }
