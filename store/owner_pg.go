@@ -95,8 +95,10 @@ func OwnersFor(ctx context.Context, db *DB, opts OwnerOptions) (*Owners, error) 
 	if opts.Logger == nil {
 		opts.Logger = db.log
 	}
-	if err := createReplicas(ctx, db); err != nil {
-		return nil, err
+	// Written in PostgreSQL's words: CreateTables leaves them as they are,
+	// and creates the table once however many replicas start at once.
+	if err := db.CreateTables(ctx, replicasDDL); err != nil {
+		return nil, fmt.Errorf("store: create the replicas table: %w", err)
 	}
 	return &Owners{pg: &pgOwners{db: db, opts: opts}}, nil
 }
@@ -112,29 +114,8 @@ const replicasDDL = `CREATE TABLE IF NOT EXISTS replicas (
 	pid        INT
 )`
 
-// createReplicas creates the replicas table once, however many replicas
-// start at the same moment (concurrent CREATE TABLE IF NOT EXISTS can
-// fail on PostgreSQL's catalog).
-func createReplicas(ctx context.Context, db *DB) error {
-	tx, err := db.BeginTx(ctx, nil)
-	if err != nil {
-		return fmt.Errorf("store: create the replicas table: %w", err)
-	}
-	defer tx.Rollback()
-	if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock(?)`, advisoryKey("schema", "replicas")); err != nil {
-		return fmt.Errorf("store: create the replicas table: %w", err)
-	}
-	if _, err := tx.ExecContext(ctx, replicasDDL); err != nil {
-		return fmt.Errorf("store: create the replicas table: %w", err)
-	}
-	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("store: create the replicas table: %w", err)
-	}
-	return nil
-}
-
 // advisoryKey is the 64-bit advisory lock key of name in space (owner,
-// leader, schema): the first bytes of a hash, so that no two names of
+// leader, usage): the first bytes of a hash, so that no two names of
 // the project meet by accident.
 func advisoryKey(space, name string) int64 {
 	h := sha256.Sum256([]byte("countersign " + space + "\x00" + name))

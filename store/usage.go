@@ -2,9 +2,7 @@ package store
 
 import (
 	"context"
-	"crypto/sha256"
 	"database/sql"
-	"encoding/binary"
 	"fmt"
 	"slices"
 	"strconv"
@@ -150,15 +148,13 @@ func (u *UsageWindows) Add(ctx context.Context, adds []UsageAdd) error {
 	return nil
 }
 
-// lockIDs maps keys to advisory lock ids: the first 8 bytes of each
-// key's SHA-256, sorted and without repeats, so every decider takes its
-// locks in the same order. Two keys sharing an id only wait for each
-// other.
+// lockIDs maps keys to advisory lock ids (advisoryKey in the usage
+// space), sorted and without repeats, so every decider takes its locks in
+// the same order. Two keys sharing an id only wait for each other.
 func lockIDs(keys [][]byte) []int64 {
 	ids := make([]int64, 0, len(keys))
 	for _, k := range keys {
-		h := sha256.Sum256(k)
-		ids = append(ids, int64(binary.BigEndian.Uint64(h[:8])))
+		ids = append(ids, advisoryKey("usage", string(k)))
 	}
 	slices.Sort(ids)
 	return slices.Compact(ids)
