@@ -8,6 +8,7 @@
 package page
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"io"
@@ -85,18 +86,24 @@ func Handler(svc *approval.Service, opts Options) http.Handler {
 // name, not every agent at once (that is the CLI's).
 func freezable(name string) bool { return freeze.ValidAgent(name) && name != freeze.AllAgents }
 
+// lists are what the page and /api/requests both show: the pending
+// requests that expire soonest, how many are pending in all, and the
+// latest decided.
+func (s *server) lists(ctx context.Context) (pending []*approval.Request, total int, history []*approval.Request, err error) {
+	if pending, err = s.svc.Pending(ctx, pendingShown); err != nil {
+		return nil, 0, nil, err
+	}
+	if total, err = s.svc.PendingCount(ctx); err != nil {
+		return nil, 0, nil, err
+	}
+	if history, err = s.svc.History(ctx, 50); err != nil {
+		return nil, 0, nil, err
+	}
+	return pending, total, history, nil
+}
+
 func (s *server) pageIndex(w http.ResponseWriter, r *http.Request) {
-	pending, err := s.svc.Pending(r.Context(), pendingShown)
-	if err != nil {
-		s.fail(w, err)
-		return
-	}
-	total, err := s.svc.PendingCount(r.Context())
-	if err != nil {
-		s.fail(w, err)
-		return
-	}
-	history, err := s.svc.History(r.Context(), 50)
+	pending, total, history, err := s.lists(r.Context())
 	if err != nil {
 		s.fail(w, err)
 		return
@@ -202,17 +209,7 @@ func toJSON(r *approval.Request) requestJSON {
 }
 
 func (s *server) apiList(w http.ResponseWriter, r *http.Request) {
-	pending, err := s.svc.Pending(r.Context(), pendingShown)
-	if err != nil {
-		s.fail(w, err)
-		return
-	}
-	total, err := s.svc.PendingCount(r.Context())
-	if err != nil {
-		s.fail(w, err)
-		return
-	}
-	history, err := s.svc.History(r.Context(), 50)
+	pending, total, history, err := s.lists(r.Context())
 	if err != nil {
 		s.fail(w, err)
 		return
