@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/server/servertest"
 	"github.com/countersign/countersign/vocab"
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
 )
@@ -109,8 +110,8 @@ func TestBearerTokenAuthenticatesTheAgent(t *testing.T) {
 			for _, agent := range []string{"agent-a", "agent-b"} {
 				t.Run(name+"/"+version+"/"+agent, func(t *testing.T) {
 					cs := connect(t, transport(agentTokens[agent]), version)
-					if res := callTool(t, cs, "get_balance", map[string]any{}); res.IsError {
-						t.Fatalf("get_balance: %s", resultText(res))
+					if res := servertest.CallTool(t, cs, "get_balance", map[string]any{}); res.IsError {
+						t.Fatalf("get_balance: %s", servertest.ResultText(res))
 					}
 					es := s.entries(t, vocab.KindCallExecuted)
 					if len(es) == 0 || es[len(es)-1].Agent != agent || es[len(es)-1].Tool != "get_balance" {

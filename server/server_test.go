@@ -29,6 +29,7 @@ import (
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/guard"
 	"github.com/countersign/countersign/server"
+	"github.com/countersign/countersign/server/servertest"
 	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/token"
 	"github.com/countersign/countersign/tools"
@@ -286,27 +287,6 @@ func connect(t testing.TB, transport sdk.Transport, version string) *sdk.ClientS
 	return cs
 }
 
-func callTool(t *testing.T, cs *sdk.ClientSession, name string, args map[string]any) *sdk.CallToolResult {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	res, err := cs.CallTool(ctx, &sdk.CallToolParams{Name: name, Arguments: args})
-	if err != nil {
-		t.Fatalf("call %s: %v", name, err)
-	}
-	return res
-}
-
-func resultText(r *sdk.CallToolResult) string {
-	var b strings.Builder
-	for _, c := range r.Content {
-		if tc, ok := c.(*sdk.TextContent); ok {
-			b.WriteString(tc.Text)
-		}
-	}
-	return b.String()
-}
-
 // checkServes lists the tools and makes a routine call.
 func checkServes(t *testing.T, cs *sdk.ClientSession) {
 	t.Helper()
@@ -328,9 +308,9 @@ func checkServes(t *testing.T, cs *sdk.ClientSession) {
 	if gb := got["get_balance"]; gb == nil || gb.Annotations == nil || !gb.Annotations.ReadOnlyHint || gb.InputSchema == nil {
 		t.Errorf("get_balance is not listed read-only with a schema: %+v", gb)
 	}
-	res := callTool(t, cs, "get_balance", map[string]any{})
-	if res.IsError || !strings.Contains(resultText(res), "operating") {
-		t.Fatalf("get_balance: %s", resultText(res))
+	res := servertest.CallTool(t, cs, "get_balance", map[string]any{})
+	if res.IsError || !strings.Contains(servertest.ResultText(res), "operating") {
+		t.Fatalf("get_balance: %s", servertest.ResultText(res))
 	}
 }
 
@@ -391,9 +371,9 @@ func TestToolsFollowTheCatalog(t *testing.T) {
 	if got := listed(); !got["extra_new"] || got["extra_held"] || !got["get_balance"] {
 		t.Errorf("after the catalog changed: %v, want extra_new and not the held extra_held", got)
 	}
-	res := callTool(t, cs, "extra_held", map[string]any{})
-	if !res.IsError || !strings.Contains(resultText(res), reason) {
-		t.Errorf("a held tool's call: %s, want refused with the reason", resultText(res))
+	res := servertest.CallTool(t, cs, "extra_held", map[string]any{})
+	if !res.IsError || !strings.Contains(servertest.ResultText(res), reason) {
+		t.Errorf("a held tool's call: %s, want refused with the reason", servertest.ResultText(res))
 	}
 
 	if err := s.catalog.Replace("extra", nil); err != nil {
@@ -406,7 +386,7 @@ func TestToolsFollowTheCatalog(t *testing.T) {
 	// A call of a tool not offered is answered by mcp-go before any
 	// handler runs; it is recorded all the same.
 	if res, err := cs.CallTool(t.Context(), &sdk.CallToolParams{Name: "extra_new"}); err == nil && !res.IsError {
-		t.Errorf("a removed tool was called: %s", resultText(res))
+		t.Errorf("a removed tool was called: %s", servertest.ResultText(res))
 	}
 	rejected := s.entries(t, vocab.KindCallRejected)
 	if len(rejected) == 0 || rejected[len(rejected)-1].Tool != "extra_new" || rejected[len(rejected)-1].Agent != "anonymous" {

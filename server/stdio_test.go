@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/server/servertest"
 	"github.com/countersign/countersign/vocab"
 	"github.com/mark3labs/mcp-go/client/transport"
 	"github.com/mark3labs/mcp-go/mcp"
@@ -102,8 +103,8 @@ func TestStdioWritesOnlyMCPFrames(t *testing.T) {
 			io := s.serveStdio(t)
 			cs := connect(t, &sdk.IOTransport{Reader: io.stdout, Writer: io.stdin}, version)
 			checkServes(t, cs)
-			if res := callTool(t, cs, "transfer", transferArgs(12.5)); res.IsError {
-				t.Fatalf("small transfer: %s", resultText(res))
+			if res := servertest.CallTool(t, cs, "transfer", transferArgs(12.5)); res.IsError {
+				t.Fatalf("small transfer: %s", servertest.ResultText(res))
 			}
 			results := make(chan *sdk.CallToolResult, 1)
 			go func() {

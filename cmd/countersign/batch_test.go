@@ -11,6 +11,7 @@ import (
 
 	"github.com/countersign/countersign/approval/approvaltest"
 	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/server/servertest"
 )
 
 // Three transfers wait for a human; the approver ticks them on the page,
@@ -52,7 +53,7 @@ func TestBrowserBatchApprovesThreeTransfersOnce(t *testing.T) {
 	approvaltest.WaitText(t, tab, "outcome", "Approved all 3 with one tap.")
 	for i, call := range calls {
 		if res := await(t, call); res.IsError {
-			t.Fatalf("transfer %d failed after the batch approval: %s", i, resultText(res))
+			t.Fatalf("transfer %d failed after the batch approval: %s", i, servertest.ResultText(res))
 		}
 	}
 	want := int64(before)

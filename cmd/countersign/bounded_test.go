@@ -14,6 +14,7 @@ import (
 
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/server/servertest"
 	"github.com/countersign/countersign/tools/upstream/upstreamtest"
 	"github.com/countersign/countersign/vocab"
 )
@@ -37,9 +38,9 @@ func TestGatewayLogKeepsBoundedRecordsOfWhatUpstreamsSay(t *testing.T) {
 		{"a secret past the first KiB of an error", map[string]any{"size": 1500, "secret": true}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			res := callTool(t, a.cs, "notes__rpc_error", tc.args)
+			res := servertest.CallTool(t, a.cs, "notes__rpc_error", tc.args)
 			const prefix = "notes__rpc_error failed: "
-			text := resultText(res)
+			text := servertest.ResultText(res)
 			if !res.IsError || !strings.HasPrefix(text, prefix) {
 				t.Fatalf("rpc_error: isError=%v %.200q", res.IsError, text)
 			}
@@ -65,8 +66,8 @@ func TestGatewayLogKeepsBoundedRecordsOfWhatUpstreamsSay(t *testing.T) {
 	name := strings.Repeat("n", argSize)
 	before := storedBytes(t, p)
 	for range calls {
-		if res := callTool(t, a.cs, "notes__read_note", map[string]any{"name": name}); res.IsError {
-			t.Fatalf("read_note: %.200s", resultText(res))
+		if res := servertest.CallTool(t, a.cs, "notes__read_note", map[string]any{"name": name}); res.IsError {
+			t.Fatalf("read_note: %.200s", servertest.ResultText(res))
 		}
 	}
 	grew := storedBytes(t, p) - before

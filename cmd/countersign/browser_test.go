@@ -24,6 +24,7 @@ import (
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/internal/daemon"
 	"github.com/countersign/countersign/internal/daemon/daemontest"
+	"github.com/countersign/countersign/server/servertest"
 	"github.com/countersign/countersign/tools/ledger"
 	"github.com/countersign/countersign/vocab"
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
@@ -210,7 +211,7 @@ func resultOf(r callResult) string {
 	if r.res == nil {
 		return "(no result)"
 	}
-	return fmt.Sprintf("isError=%v %s", r.res.IsError, resultText(r.res))
+	return fmt.Sprintf("isError=%v %s", r.res.IsError, servertest.ResultText(r.res))
 }
 
 func await(t *testing.T, c <-chan callResult) *sdk.CallToolResult {
@@ -230,15 +231,15 @@ func await(t *testing.T, c <-chan callResult) *sdk.CallToolResult {
 // operating returns the operating account's balance in cents.
 func operating(t *testing.T, a *agent) int64 {
 	t.Helper()
-	res := callTool(t, a.cs, "get_balance", map[string]any{"account": "operating"})
+	res := servertest.CallTool(t, a.cs, "get_balance", map[string]any{"account": "operating"})
 	if res.IsError {
-		t.Fatalf("get_balance: %s", resultText(res))
+		t.Fatalf("get_balance: %s", servertest.ResultText(res))
 	}
 	var out struct {
 		Accounts []struct{ ID, Balance string }
 	}
-	if err := json.Unmarshal([]byte(resultText(res)), &out); err != nil || len(out.Accounts) != 1 || out.Accounts[0].ID != "operating" {
-		t.Fatalf("get_balance result %s (%v)", resultText(res), err)
+	if err := json.Unmarshal([]byte(servertest.ResultText(res)), &out); err != nil || len(out.Accounts) != 1 || out.Accounts[0].ID != "operating" {
+		t.Fatalf("get_balance result %s (%v)", servertest.ResultText(res), err)
 	}
 	cents, err := ledger.ParseBalance(out.Accounts[0].Balance, "USD")
 	if err != nil {
@@ -296,7 +297,7 @@ func TestBrowserApproveDenyQuorumThenAuditVerifies(t *testing.T) {
 		approvaltest.Approve(t, aliceTab, url)
 		res := await(t, call)
 		if res.IsError {
-			t.Fatalf("approved transfer failed: %s", resultText(res))
+			t.Fatalf("approved transfer failed: %s", servertest.ResultText(res))
 		}
 		approvaltest.WaitText(t, aliceTab, "state", "executed") // the result came back, so it ran
 		if got := operating(t, a); got != before-2_000_000 {
@@ -312,9 +313,9 @@ func TestBrowserApproveDenyQuorumThenAuditVerifies(t *testing.T) {
 		approvaltest.Deny(t, bobTab, url)
 		res := await(t, call)
 		if !res.IsError {
-			t.Fatalf("denied transfer did not fail: %s", resultText(res))
+			t.Fatalf("denied transfer did not fail: %s", servertest.ResultText(res))
 		}
-		if text := resultText(res); !strings.Contains(text, "denied by bob") || !strings.Contains(text, id) {
+		if text := servertest.ResultText(res); !strings.Contains(text, "denied by bob") || !strings.Contains(text, id) {
 			t.Errorf("deny result %q does not say denied by bob on %s", text, id)
 		}
 		approvaltest.WaitText(t, bobTab, "state", "denied")
@@ -347,7 +348,7 @@ func TestBrowserApproveDenyQuorumThenAuditVerifies(t *testing.T) {
 		approvaltest.Approve(t, bobTab, url)
 		res := await(t, call)
 		if res.IsError {
-			t.Fatalf("transfer approved by both failed: %s", resultText(res))
+			t.Fatalf("transfer approved by both failed: %s", servertest.ResultText(res))
 		}
 		approvaltest.WaitText(t, aliceTab, "state", "executed") // the result came back, so it ran
 		got, err := p.Approvals().Get(ctx, id)
@@ -432,9 +433,9 @@ func TestBrowserExpiredApprovalFailsTheCall(t *testing.T) {
 	approvaltest.Open(t, tab, url)
 	res := await(t, call)
 	if !res.IsError {
-		t.Fatalf("expired transfer did not fail: %s", resultText(res))
+		t.Fatalf("expired transfer did not fail: %s", servertest.ResultText(res))
 	}
-	if text := resultText(res); !strings.Contains(text, "expired") || !strings.Contains(text, id) {
+	if text := servertest.ResultText(res); !strings.Contains(text, "expired") || !strings.Contains(text, id) {
 		t.Errorf("expiry result %q does not say %s expired", text, id)
 	}
 	approvaltest.WaitText(t, tab, "state", "expired")

@@ -39,6 +39,7 @@ import (
 	"github.com/countersign/countersign/digest"
 	"github.com/countersign/countersign/internal/daemon"
 	"github.com/countersign/countersign/internal/daemon/daemontest"
+	"github.com/countersign/countersign/server/servertest"
 	"github.com/countersign/countersign/token"
 	"github.com/countersign/countersign/tools/upstream/upstreamtest"
 	"github.com/countersign/countersign/vocab"
@@ -369,7 +370,7 @@ func TestApprovalTokenReachesTheUpstreamAndTheAgent(t *testing.T) {
 	approvaltest.Approve(t, tab, reqURL)
 	res := await(t, call)
 	if res.IsError {
-		t.Fatalf("approved write_note: %s", resultText(res))
+		t.Fatalf("approved write_note: %s", servertest.ResultText(res))
 	}
 	fromResult, _ := res.Meta[token.MCPMetaKey].(string)
 	var fromUpstream string

@@ -28,6 +28,7 @@ import (
 	"github.com/countersign/countersign/approval/approvaltest"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/server/servertest"
 	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/vocab"
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
@@ -267,10 +268,10 @@ func (n *node) waitState(id string, state vocab.State) *approvaltest.Request {
 // status calls approval_status as the agent and returns its answer.
 func status(t *testing.T, cs *sdk.ClientSession, id string) map[string]any {
 	t.Helper()
-	res := callTool(t, cs, "approval_status", map[string]any{"auth_req_id": id})
+	res := servertest.CallTool(t, cs, "approval_status", map[string]any{"auth_req_id": id})
 	var out map[string]any
-	if err := json.Unmarshal([]byte(resultText(res)), &out); err != nil || res.IsError {
-		t.Fatalf("approval_status: %s (%v)", resultText(res), err)
+	if err := json.Unmarshal([]byte(servertest.ResultText(res)), &out); err != nil || res.IsError {
+		t.Fatalf("approval_status: %s (%v)", servertest.ResultText(res), err)
 	}
 	return out
 }
@@ -301,13 +302,13 @@ func pollUntil(t *testing.T, cs *sdk.ClientSession, id string, want ...string) m
 // pending calls a tool that waits in poll mode and returns its auth_req_id.
 func pending(t *testing.T, cs *sdk.ClientSession, tool string, args map[string]any) string {
 	t.Helper()
-	res := callTool(t, cs, tool, args)
+	res := servertest.CallTool(t, cs, tool, args)
 	var out struct {
 		Status string `json:"status"`
 		ID     string `json:"auth_req_id"`
 	}
-	if err := json.Unmarshal([]byte(resultText(res)), &out); err != nil || out.Status != "authorization_pending" {
-		t.Fatalf("%s in poll mode: %s (%v)", tool, resultText(res), err)
+	if err := json.Unmarshal([]byte(servertest.ResultText(res)), &out); err != nil || out.Status != "authorization_pending" {
+		t.Fatalf("%s in poll mode: %s (%v)", tool, servertest.ResultText(res), err)
 	}
 	return out.ID
 }
@@ -751,7 +752,7 @@ func TestKillDuringBurstOfTransfers(t *testing.T) {
 				var out struct {
 					TransferID string `json:"transfer_id"`
 				}
-				if !res.IsError && json.Unmarshal([]byte(resultText(res)), &out) == nil && out.TransferID != "" {
+				if !res.IsError && json.Unmarshal([]byte(servertest.ResultText(res)), &out) == nil && out.TransferID != "" {
 					mu.Lock()
 					acked[out.TransferID] = true
 					mu.Unlock()
@@ -824,8 +825,8 @@ func TestSIGTERMTellsWaitingAgentsAndKeepsPollMode(t *testing.T) {
 	ids := n.waitPending(2)
 	n.term()
 	res := <-answer
-	if !res.IsError || !strings.Contains(resultText(res), "cancelled: server shutting down") {
-		t.Fatalf("the waiting agent was told %q", resultText(res))
+	if !res.IsError || !strings.Contains(servertest.ResultText(res), "cancelled: server shutting down") {
+		t.Fatalf("the waiting agent was told %q", servertest.ResultText(res))
 	}
 	if !strings.Contains(n.stderr.String(), "shutting down") {
 		t.Errorf("no shutdown log:\n%s", n.stderr.String())

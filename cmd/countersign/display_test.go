@@ -15,6 +15,7 @@ import (
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/authzdetails"
 	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/server/servertest"
 	"github.com/countersign/countersign/tools/upstream/upstreamtest"
 	"github.com/countersign/countersign/vocab"
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
@@ -32,8 +33,8 @@ func TestGatewaySignsEveryArgumentAndRefusesWhatItCannotShow(t *testing.T) {
 	srv := httptest.NewServer(upstreamtest.Handler(upstreamtest.Options{RecordPath: record}))
 	t.Cleanup(srv.Close)
 	admin := connect(t, &sdk.StreamableClientTransport{Endpoint: srv.URL, MaxRetries: -1}, protocolVersions[0], nil)
-	if res := callTool(t, admin, "add_tool", map[string]any{"name": "echo"}); res.IsError {
-		t.Fatalf("add_tool: %s", resultText(res))
+	if res := servertest.CallTool(t, admin, "add_tool", map[string]any{"name": "echo"}); res.IsError {
+		t.Fatalf("add_tool: %s", servertest.ResultText(res))
 	}
 	p := startProduct(t, func(c *config.Config) {
 		c.Upstreams = []config.Upstream{{Name: "notes", Prefix: "notes__", URL: srv.URL, ConnectTimeout: 10 * time.Second}}
@@ -69,17 +70,17 @@ func TestGatewaySignsEveryArgumentAndRefusesWhatItCannotShow(t *testing.T) {
 		t.Fatal(err)
 	}
 	if res := await(t, call); !res.IsError {
-		t.Fatalf("cancelled call: %s", resultText(res))
+		t.Fatalf("cancelled call: %s", servertest.ResultText(res))
 	}
 
 	over := map[string]any{}
 	for i := range authzdetails.MaxShownValues + 2 {
 		over[fmt.Sprintf("k%03d", i)] = i
 	}
-	res := callTool(t, a.cs, "notes__echo", over)
+	res := servertest.CallTool(t, a.cs, "notes__echo", over)
 	wantErr := fmt.Sprintf("arguments too large to show the approver in full: %d values, at most %d", authzdetails.MaxShownValues+2, authzdetails.MaxShownValues)
-	if !res.IsError || !strings.Contains(resultText(res), wantErr) {
-		t.Fatalf("oversized call: isError=%v %s", res.IsError, resultText(res))
+	if !res.IsError || !strings.Contains(servertest.ResultText(res), wantErr) {
+		t.Fatalf("oversized call: isError=%v %s", res.IsError, servertest.ResultText(res))
 	}
 	if n, err := p.Approvals().PendingCount(ctx); err != nil || n != 0 {
 		t.Fatalf("%d requests pending after the refusal (%v)", n, err)

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/server/servertest"
 )
 
 // EnvFilesystemServer names the reference filesystem server's executable;
@@ -79,9 +80,9 @@ func TestGatewayInFrontOfTheReferenceFilesystemServer(t *testing.T) {
 	})
 
 	t.Run("a read runs at once", func(t *testing.T) {
-		res := callTool(t, a.cs, "files__read_text_file", map[string]any{"path": plan})
-		if res.IsError || !strings.Contains(resultText(res), "ship it on Friday") {
-			t.Fatalf("read_text_file: isError=%v %s", res.IsError, resultText(res))
+		res := servertest.CallTool(t, a.cs, "files__read_text_file", map[string]any{"path": plan})
+		if res.IsError || !strings.Contains(servertest.ResultText(res), "ship it on Friday") {
+			t.Fatalf("read_text_file: isError=%v %s", res.IsError, servertest.ResultText(res))
 		}
 	})
 
@@ -96,7 +97,7 @@ func TestGatewayInFrontOfTheReferenceFilesystemServer(t *testing.T) {
 			t.Fatal(err)
 		}
 		if res := await(t, call); res.IsError {
-			t.Fatalf("approved write_file: %s", resultText(res))
+			t.Fatalf("approved write_file: %s", servertest.ResultText(res))
 		}
 		if got, err := os.ReadFile(out); err != nil || string(got) != "written after a tap" {
 			t.Fatalf("after approval %s holds %q (%v)", out, got, err)
@@ -110,8 +111,8 @@ func TestGatewayInFrontOfTheReferenceFilesystemServer(t *testing.T) {
 		if _, err := page.Decide(id, "deny", key); err != nil {
 			t.Fatal(err)
 		}
-		if res := await(t, call); !res.IsError || !strings.Contains(resultText(res), "denied by alice") {
-			t.Fatalf("denied write_file: isError=%v %s", res.IsError, resultText(res))
+		if res := await(t, call); !res.IsError || !strings.Contains(servertest.ResultText(res), "denied by alice") {
+			t.Fatalf("denied write_file: isError=%v %s", res.IsError, servertest.ResultText(res))
 		}
 		if _, err := os.Stat(out); !errors.Is(err, fs.ErrNotExist) {
 			t.Fatalf("%s after a denial: %v, want it absent", out, err)

@@ -15,6 +15,7 @@ import (
 	"github.com/countersign/countersign/approval/approvaltest"
 	"github.com/countersign/countersign/ciba"
 	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/server/servertest"
 	"github.com/countersign/countersign/vocab"
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
 )
@@ -87,8 +88,8 @@ func result(t *testing.T, done <-chan *sdk.CallToolResult) *sdk.CallToolResult {
 
 func balance(t *testing.T, cs *sdk.ClientSession) (ok bool, text string) {
 	t.Helper()
-	res := callTool(t, cs, "get_balance", map[string]any{"account": "operating"})
-	return !res.IsError, resultText(res)
+	res := servertest.CallTool(t, cs, "get_balance", map[string]any{"account": "operating"})
+	return !res.IsError, servertest.ResultText(res)
 }
 
 // The kill switch through the real server, the real CLI binary (another
@@ -108,7 +109,7 @@ func TestAgentsFreeze(t *testing.T) {
 		t.Fatalf("approve with grant: %v %+v", err, r)
 	}
 	if res := result(t, done); res.IsError {
-		t.Fatalf("the granted request: %s", resultText(res))
+		t.Fatalf("the granted request: %s", servertest.ResultText(res))
 	}
 	grants, _ := page.Grants()
 	if len(grants) != 1 || !grants[0].Active {
@@ -120,16 +121,16 @@ func TestAgentsFreeze(t *testing.T) {
 	actor := cliActor()
 
 	res := result(t, done)
-	if !res.IsError || !strings.Contains(resultText(res), "approval request "+waiting+" was cancelled: agent ci frozen by "+actor) {
-		t.Fatalf("ci's waiting call after the freeze: %s", resultText(res))
+	if !res.IsError || !strings.Contains(servertest.ResultText(res), "approval request "+waiting+" was cancelled: agent ci frozen by "+actor) {
+		t.Fatalf("ci's waiting call after the freeze: %s", servertest.ResultText(res))
 	}
 	ok, text := balance(t, ci)
 	if ok || !strings.Contains(text, "refused: agent ci is frozen by "+actor+" since ") ||
 		!strings.HasSuffix(text, "an admin can run `countersign agents unfreeze ci`") {
 		t.Fatalf("ci's routine call after the freeze: %v %s", ok, text)
 	}
-	if res := callTool(t, ci, "transfer", pay("Acme Supplies", 20000)); !res.IsError || !strings.Contains(resultText(res), "is frozen") {
-		t.Fatalf("ci's transfer within its former grant: %s", resultText(res))
+	if res := servertest.CallTool(t, ci, "transfer", pay("Acme Supplies", 20000)); !res.IsError || !strings.Contains(servertest.ResultText(res), "is frozen") {
+		t.Fatalf("ci's transfer within its former grant: %s", servertest.ResultText(res))
 	}
 	grants, _ = page.Grants()
 	if grants[0].Active || grants[0].RevokedBy != actor {
@@ -182,8 +183,8 @@ func TestAgentsFreeze(t *testing.T) {
 	if r, _ := page.Get(id); r.State != vocab.StateCancelled {
 		t.Fatalf("other's request after the freeze and the tap: %+v", r)
 	}
-	if res := result(t, done); !res.IsError || !strings.Contains(resultText(res), "agent other frozen by "+approval.LoopbackRevoker) {
-		t.Fatalf("other's waiting call: %s", resultText(res))
+	if res := result(t, done); !res.IsError || !strings.Contains(servertest.ResultText(res), "agent other frozen by "+approval.LoopbackRevoker) {
+		t.Fatalf("other's waiting call: %s", servertest.ResultText(res))
 	}
 	if ok, text := balance(t, other); ok || !strings.Contains(text, "agent other is frozen by "+approval.LoopbackRevoker) {
 		t.Fatalf("other's call after the page froze it: %s", text)

@@ -21,6 +21,7 @@ import (
 	"github.com/countersign/countersign/approval/approvaltest"
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/internal/daemon"
+	"github.com/countersign/countersign/server/servertest"
 	"github.com/countersign/countersign/tools/upstream/pinstore"
 	"github.com/countersign/countersign/tools/upstream/upstreamtest"
 	"github.com/countersign/countersign/vocab"
@@ -83,9 +84,9 @@ func TestGatewayReadsPassWritesWaitForATap(t *testing.T) {
 	approvalsSeen := 0
 
 	t.Run("read-only passes at once", func(t *testing.T) {
-		res := callTool(t, a.cs, "notes__read_note", map[string]any{"name": "plan"})
-		if res.IsError || !strings.HasPrefix(resultText(res), "note plan") {
-			t.Fatalf("read_note: %s", resultText(res))
+		res := servertest.CallTool(t, a.cs, "notes__read_note", map[string]any{"name": "plan"})
+		if res.IsError || !strings.HasPrefix(servertest.ResultText(res), "note plan") {
+			t.Fatalf("read_note: %s", servertest.ResultText(res))
 		}
 		if sc, _ := res.StructuredContent.(map[string]any); sc["name"] != "plan" {
 			t.Errorf("structuredContent did not come through: %#v", res.StructuredContent)
@@ -93,9 +94,9 @@ func TestGatewayReadsPassWritesWaitForATap(t *testing.T) {
 	})
 
 	t.Run("upstream errors reach the agent unchanged", func(t *testing.T) {
-		res := callTool(t, a.cs, "notes__fail", nil)
-		if !res.IsError || resultText(res) != "upstream failure" {
-			t.Fatalf("fail: isError=%v %q", res.IsError, resultText(res))
+		res := servertest.CallTool(t, a.cs, "notes__fail", nil)
+		if !res.IsError || servertest.ResultText(res) != "upstream failure" {
+			t.Fatalf("fail: isError=%v %q", res.IsError, servertest.ResultText(res))
 		}
 	})
 
@@ -124,8 +125,8 @@ func TestGatewayReadsPassWritesWaitForATap(t *testing.T) {
 		}
 		approvaltest.Approve(t, tab, url)
 		res := await(t, call)
-		if res.IsError || resultText(res) != "wrote plan" {
-			t.Fatalf("approved write_note: %s", resultText(res))
+		if res.IsError || servertest.ResultText(res) != "wrote plan" {
+			t.Fatalf("approved write_note: %s", servertest.ResultText(res))
 		}
 		if n := upstreamCalls(t, record)["write_note"]; n != 1 {
 			t.Fatalf("the upstream ran write_note %d times, want 1", n)
@@ -137,8 +138,8 @@ func TestGatewayReadsPassWritesWaitForATap(t *testing.T) {
 		approvalsSeen++
 		url, _ := a.approvalURL(t, approvalsSeen, call)
 		approvaltest.Deny(t, tab, url)
-		if res := await(t, call); !res.IsError || !strings.Contains(resultText(res), "denied by alice") {
-			t.Fatalf("denied write_note: %s", resultText(res))
+		if res := await(t, call); !res.IsError || !strings.Contains(servertest.ResultText(res), "denied by alice") {
+			t.Fatalf("denied write_note: %s", servertest.ResultText(res))
 		}
 		if n := upstreamCalls(t, record)["write_note"]; n != 1 {
 			t.Fatalf("the upstream ran write_note %d times after a denial, want still 1", n)
@@ -177,15 +178,15 @@ func TestGatewayReadsPassWritesWaitForATap(t *testing.T) {
 	})
 
 	t.Run("list_changed reaches the agent", func(t *testing.T) {
-		if res := callTool(t, a.cs, "notes__add_tool", map[string]any{"name": "echo"}); res.IsError {
-			t.Fatalf("add_tool: %s", resultText(res))
+		if res := servertest.CallTool(t, a.cs, "notes__add_tool", map[string]any{"name": "echo"}); res.IsError {
+			t.Fatalf("add_tool: %s", servertest.ResultText(res))
 		}
 		// A tool added after the upstream's tools were pinned is held
 		// until an admin accepts it. (The CLI would start an upstream
 		// process of its own, without echo: accept through the store.)
 		waitUntil(t, "notes__echo is listed", func() bool { _, ok := p.Tools().Lookup("notes__echo"); return ok })
-		if res := callTool(t, a.cs, "notes__echo", nil); !res.IsError || !strings.Contains(resultText(res), "is new since its tools were pinned") {
-			t.Fatalf("a tool added after pinning ran: %s", resultText(res))
+		if res := servertest.CallTool(t, a.cs, "notes__echo", nil); !res.IsError || !strings.Contains(servertest.ResultText(res), "is new since its tools were pinned") {
+			t.Fatalf("a tool added after pinning ran: %s", servertest.ResultText(res))
 		}
 		pins, err := pinstore.Open(ctx, p.DB(), p.Audit())
 		if err != nil {
@@ -266,16 +267,16 @@ func TestGatewayCrashedUpstreamIsRestartedWithAClearErrorMeanwhile(t *testing.T)
 	up, record := notesUpstream(t, upstreamtest.EnvCrashAfter+"=1")
 	s, base := startHTTP(t, testConfig(t, func(c *config.Config) { c.Upstreams = []config.Upstream{up} }))
 	cs := connect(t, &sdk.StreamableClientTransport{Endpoint: base + "/mcp", MaxRetries: -1}, protocolVersions[0], nil)
-	if res := callTool(t, cs, "notes__read_note", map[string]any{"name": "a"}); res.IsError {
-		t.Fatalf("first call: %s", resultText(res))
+	if res := servertest.CallTool(t, cs, "notes__read_note", map[string]any{"name": "a"}); res.IsError {
+		t.Fatalf("first call: %s", servertest.ResultText(res))
 	}
 	sawDown := false
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
-		res := callTool(t, cs, "notes__read_note", map[string]any{"name": "a"})
+		res := servertest.CallTool(t, cs, "notes__read_note", map[string]any{"name": "a"})
 		if res.IsError {
-			if !strings.Contains(resultText(res), "upstream notes") {
-				t.Fatalf("unclear error while the upstream is down: %s", resultText(res))
+			if !strings.Contains(servertest.ResultText(res), "upstream notes") {
+				t.Fatalf("unclear error while the upstream is down: %s", servertest.ResultText(res))
 			}
 			sawDown = true
 		} else if sawDown {
@@ -303,8 +304,8 @@ func TestGatewayOverStreamableHTTPUpstream(t *testing.T) {
 		c.Upstreams = []config.Upstream{{Name: "web", Prefix: "web__", URL: srv.URL, ConnectTimeout: 10 * time.Second, DefaultLevel: "low"}}
 	}))
 	cs := connect(t, &sdk.StreamableClientTransport{Endpoint: base + "/mcp", MaxRetries: -1}, protocolVersions[1], nil)
-	if res := callTool(t, cs, "web__write_note", map[string]any{"name": "a", "text": "b"}); res.IsError || resultText(res) != "wrote a" {
-		t.Fatalf("write_note through default_level low: %s", resultText(res))
+	if res := servertest.CallTool(t, cs, "web__write_note", map[string]any{"name": "a", "text": "b"}); res.IsError || servertest.ResultText(res) != "wrote a" {
+		t.Fatalf("write_note through default_level low: %s", servertest.ResultText(res))
 	}
 }
 

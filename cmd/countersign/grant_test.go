@@ -19,6 +19,7 @@ import (
 	"github.com/countersign/countersign/approval/approvaltest"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/server/servertest"
 	"github.com/countersign/countersign/vocab"
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
 )
@@ -68,16 +69,16 @@ func pay(to string, amount float64) map[string]any {
 // for a human ("authorization_pending"), with the request id then.
 func outcome(t *testing.T, cs *sdk.ClientSession, args map[string]any) (status, id string) {
 	t.Helper()
-	res := callTool(t, cs, "transfer", args)
+	res := servertest.CallTool(t, cs, "transfer", args)
 	if res.IsError {
-		t.Fatalf("transfer %v: %s", args, resultText(res))
+		t.Fatalf("transfer %v: %s", args, servertest.ResultText(res))
 	}
 	var out struct {
 		Status    string `json:"status"`
 		AuthReqID string `json:"auth_req_id"`
 	}
-	if err := json.Unmarshal([]byte(resultText(res)), &out); err != nil {
-		t.Fatalf("transfer %v: %s (%v)", args, resultText(res), err)
+	if err := json.Unmarshal([]byte(servertest.ResultText(res)), &out); err != nil {
+		t.Fatalf("transfer %v: %s (%v)", args, servertest.ResultText(res), err)
 	}
 	return out.Status, out.AuthReqID
 }
@@ -230,7 +231,7 @@ func TestGrantCountHoldsUnderConcurrency(t *testing.T) {
 				return
 			}
 			var out struct{ Status string }
-			json.Unmarshal([]byte(resultText(res)), &out)
+			json.Unmarshal([]byte(servertest.ResultText(res)), &out)
 			got[out.Status]++
 		})
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/internal/daemon/daemontest"
+	"github.com/countersign/countersign/server/servertest"
 	"github.com/countersign/countersign/vocab"
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
 )
@@ -20,11 +21,11 @@ import (
 // the agent sees it.
 func operatingBalance(t *testing.T, cs *sdk.ClientSession) string {
 	t.Helper()
-	res := callTool(t, cs, "get_balance", map[string]any{"account": "operating"})
+	res := servertest.CallTool(t, cs, "get_balance", map[string]any{"account": "operating"})
 	if res.IsError {
-		t.Fatalf("get_balance: %s", resultText(res))
+		t.Fatalf("get_balance: %s", servertest.ResultText(res))
 	}
-	return resultText(res)
+	return servertest.ResultText(res)
 }
 
 // entries returns the audit log's entries of the given kind.
@@ -41,9 +42,9 @@ func TestSmallTransferRunsAndIsAudited(t *testing.T) {
 	s, base := startHTTP(t, testConfig(t, nil))
 	cs := streamable(t, base)
 	before := operatingBalance(t, cs)
-	res := callTool(t, cs, "transfer", map[string]any{"from": "operating", "to": "Acme Supplies", "amount": 125.5, "currency": "USD"})
+	res := servertest.CallTool(t, cs, "transfer", map[string]any{"from": "operating", "to": "Acme Supplies", "amount": 125.5, "currency": "USD"})
 	if res.IsError {
-		t.Fatalf("small transfer refused: %s", resultText(res))
+		t.Fatalf("small transfer refused: %s", servertest.ResultText(res))
 	}
 	after := operatingBalance(t, cs)
 	if before == after || !strings.Contains(after, "999,874.50") {
@@ -66,9 +67,9 @@ func TestSchemaViolationNamesTheFieldAndIsAudited(t *testing.T) {
 		{map[string]any{"from": "operating", "amount": 5, "currency": "USD"}, "to"},
 		{map[string]any{"from": "operating", "to": "Acme Supplies", "amount": 5.001, "currency": "USD"}, "amount"},
 	} {
-		res := callTool(t, cs, "transfer", tc.args)
-		if !res.IsError || !strings.Contains(resultText(res), tc.field) {
-			t.Errorf("%v: result %q does not name %s", tc.args, resultText(res), tc.field)
+		res := servertest.CallTool(t, cs, "transfer", tc.args)
+		if !res.IsError || !strings.Contains(servertest.ResultText(res), tc.field) {
+			t.Errorf("%v: result %q does not name %s", tc.args, servertest.ResultText(res), tc.field)
 		}
 	}
 	if got := len(entries(t, s, vocab.KindCallRejected)); got != 4 {
@@ -87,9 +88,9 @@ func TestDenyLevelNeverRuns(t *testing.T) {
 	})
 	s, base := startHTTP(t, c)
 	cs := streamable(t, base)
-	res := callTool(t, cs, "deploy", map[string]any{"service": "api", "version": "1.2.3", "environment": "staging"})
-	if !res.IsError || !strings.Contains(resultText(res), "denied by policy") {
-		t.Fatalf("deploy at level deny: %s", resultText(res))
+	res := servertest.CallTool(t, cs, "deploy", map[string]any{"service": "api", "version": "1.2.3", "environment": "staging"})
+	if !res.IsError || !strings.Contains(servertest.ResultText(res), "denied by policy") {
+		t.Fatalf("deploy at level deny: %s", servertest.ResultText(res))
 	}
 	if len(entries(t, s, vocab.KindCallDenied)) != 1 || len(entries(t, s, vocab.KindCallExecuted)) != 0 {
 		t.Error("deny not audited exactly once, or the backend ran")
@@ -135,8 +136,8 @@ func TestLargeTransferWaitsReportsProgressAndExpires(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !res.IsError || !strings.Contains(resultText(res), "expired") {
-		t.Fatalf("large transfer: %s", resultText(res))
+	if !res.IsError || !strings.Contains(servertest.ResultText(res), "expired") {
+		t.Fatalf("large transfer: %s", servertest.ResultText(res))
 	}
 	if after := operatingBalance(t, cs); after != before {
 		t.Errorf("balance moved without approval: %s -> %s", before, after)
@@ -172,9 +173,9 @@ func TestPollModeAnswersInCIBATerms(t *testing.T) {
 	})
 	_, base := startHTTP(t, c)
 	cs := streamable(t, base)
-	res := callTool(t, cs, "transfer", map[string]any{"from": "operating", "to": "Acme Supplies", "amount": 50000, "currency": "USD"})
+	res := servertest.CallTool(t, cs, "transfer", map[string]any{"from": "operating", "to": "Acme Supplies", "amount": 50000, "currency": "USD"})
 	if res.IsError {
-		t.Fatalf("poll-mode call: %s", resultText(res))
+		t.Fatalf("poll-mode call: %s", servertest.ResultText(res))
 	}
 	var pending struct {
 		Status    string `json:"status"`
@@ -183,16 +184,16 @@ func TestPollModeAnswersInCIBATerms(t *testing.T) {
 		Interval  int    `json:"interval"`
 		Binding   string `json:"binding_message"`
 	}
-	if err := json.Unmarshal([]byte(resultText(res)), &pending); err != nil {
+	if err := json.Unmarshal([]byte(servertest.ResultText(res)), &pending); err != nil {
 		t.Fatal(err)
 	}
 	if pending.Status != "authorization_pending" || pending.ID == "" || pending.ExpiresIn <= 0 || pending.Interval != 3600 || pending.Binding == "" {
 		t.Fatalf("pending answer %+v", pending)
 	}
 	status := func() string {
-		r := callTool(t, cs, "approval_status", map[string]any{"auth_req_id": pending.ID})
+		r := servertest.CallTool(t, cs, "approval_status", map[string]any{"auth_req_id": pending.ID})
 		var out struct{ Status string }
-		json.Unmarshal([]byte(resultText(r)), &out)
+		json.Unmarshal([]byte(servertest.ResultText(r)), &out)
 		return out.Status
 	}
 	if got := status(); got != "authorization_pending" {
@@ -202,8 +203,8 @@ func TestPollModeAnswersInCIBATerms(t *testing.T) {
 		t.Errorf("immediate second poll: %s, want slow_down", got)
 	}
 	other := connect(t, &sdk.StreamableClientTransport{Endpoint: base + "/mcp", MaxRetries: -1}, protocolVersions[0], nil)
-	if r := callTool(t, other, "approval_status", map[string]any{"auth_req_id": "not-a-uuid"}); !r.IsError {
-		t.Errorf("malformed auth_req_id accepted: %s", resultText(r))
+	if r := servertest.CallTool(t, other, "approval_status", map[string]any{"auth_req_id": "not-a-uuid"}); !r.IsError {
+		t.Errorf("malformed auth_req_id accepted: %s", servertest.ResultText(r))
 	}
 }
 
@@ -211,9 +212,9 @@ func TestFailedBackendIsRecordedAsFailed(t *testing.T) {
 	c := testConfig(t, func(c *config.Config) { c.Deploy.Command = []string{"/bin/false", "{service}"} })
 	s, base := startHTTP(t, c)
 	cs := streamable(t, base)
-	res := callTool(t, cs, "deploy", map[string]any{"service": "api", "version": "1.2.3", "environment": "staging"})
-	if !res.IsError || !strings.Contains(resultText(res), "deploy failed") {
-		t.Fatalf("failing deploy: %s", resultText(res))
+	res := servertest.CallTool(t, cs, "deploy", map[string]any{"service": "api", "version": "1.2.3", "environment": "staging"})
+	if !res.IsError || !strings.Contains(servertest.ResultText(res), "deploy failed") {
+		t.Fatalf("failing deploy: %s", servertest.ResultText(res))
 	}
 	failed := entries(t, s, vocab.KindCallFailed)
 	if len(failed) != 1 || failed[0].Tool != "deploy" || failed[0].Reason == "" {
@@ -231,9 +232,9 @@ func TestSecretValuesNeverReachTheAuditLog(t *testing.T) {
 	secret := strings.TrimSpace(string(value))
 	s, base := startHTTP(t, c)
 	cs := streamable(t, base)
-	res := callTool(t, cs, "read_secret", map[string]any{"name": "staging-db-password"})
-	if res.IsError || !strings.Contains(resultText(res), secret) {
-		t.Fatalf("read_secret: %s", resultText(res))
+	res := servertest.CallTool(t, cs, "read_secret", map[string]any{"name": "staging-db-password"})
+	if res.IsError || !strings.Contains(servertest.ResultText(res), secret) {
+		t.Fatalf("read_secret: %s", servertest.ResultText(res))
 	}
 	all, err := s.Audit().Since(context.Background(), 0, 1000)
 	if err != nil {
@@ -290,8 +291,8 @@ func TestUsageSurvivesARestart(t *testing.T) {
 	c := testConfig(t, nil)
 	s1, base1 := startHTTP(t, c)
 	cs1 := connect(t, &sdk.StreamableClientTransport{Endpoint: base1 + "/mcp", MaxRetries: -1}, protocolVersions[0], nil)
-	if res := callTool(t, cs1, "transfer", transferArgs(9999)); res.IsError {
-		t.Fatalf("first 9,999: %s", resultText(res))
+	if res := servertest.CallTool(t, cs1, "transfer", transferArgs(9999)); res.IsError {
+		t.Fatalf("first 9,999: %s", servertest.ResultText(res))
 	}
 	cs1.Close()
 	if err := s1.Close(); err != nil {
@@ -315,8 +316,8 @@ func TestInexactNumbersAreRefusedOverTheWire(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !res.IsError || !strings.Contains(resultText(res), "amount: the number 12345678901234567890 cannot be held exactly") {
-		t.Fatalf("result %q", resultText(res))
+	if !res.IsError || !strings.Contains(servertest.ResultText(res), "amount: the number 12345678901234567890 cannot be held exactly") {
+		t.Fatalf("result %q", servertest.ResultText(res))
 	}
 	if n := len(entries(t, s, vocab.KindApprovalRequested)) + len(entries(t, s, vocab.KindCallExecuted)); n != 0 {
 		t.Errorf("%d requests or executions for a refused amount", n)
@@ -331,8 +332,8 @@ func TestInexactNumbersAreRefusedOverTheWire(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !res.IsError || !strings.Contains(resultText(res), "invalid arguments: ") {
-			t.Errorf("%.40s...: %q", raw, resultText(res))
+		if !res.IsError || !strings.Contains(servertest.ResultText(res), "invalid arguments: ") {
+			t.Errorf("%.40s...: %q", raw, servertest.ResultText(res))
 		}
 	}
 	for _, e := range entries(t, s, vocab.KindCallRejected) {

@@ -25,6 +25,7 @@ import (
 
 	"github.com/countersign/countersign"
 	"github.com/countersign/countersign/approval/approvaltest"
+	"github.com/countersign/countersign/server/servertest"
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
 )
 
@@ -174,11 +175,11 @@ func tree(t *testing.T, dir string) []string {
 
 func structuredText(t *testing.T, cs *sdk.ClientSession, tool string, args map[string]any) string {
 	t.Helper()
-	res := callTool(t, cs, tool, args)
+	res := servertest.CallTool(t, cs, tool, args)
 	if res.IsError {
-		t.Fatalf("%s %v: %s", tool, args, resultText(res))
+		t.Fatalf("%s %v: %s", tool, args, servertest.ResultText(res))
 	}
-	return resultText(res)
+	return servertest.ResultText(res)
 }
 
 // Every demo tool works from the embedded default, over stdio and over
@@ -217,9 +218,9 @@ func TestFreshInstallRunsAnywhere(t *testing.T) {
 		t.Errorf("read_secret: %s", out)
 	}
 	// approval_status answers as a tool, even about a request it never saw.
-	res := callTool(t, cs, "approval_status", map[string]any{"auth_req_id": "00000000-0000-4000-8000-000000000000"})
-	if !strings.Contains(resultText(res), "no such request") {
-		t.Errorf("approval_status: %s", resultText(res))
+	res := servertest.CallTool(t, cs, "approval_status", map[string]any{"auth_req_id": "00000000-0000-4000-8000-000000000000"})
+	if !strings.Contains(servertest.ResultText(res), "no such request") {
+		t.Errorf("approval_status: %s", servertest.ResultText(res))
 	}
 	logs := stop()
 	if !strings.Contains(logs, "url=http://localhost:") || strings.Contains(logs, "url=http://localhost:0") {
@@ -383,6 +384,6 @@ func TestBrowserApprovalOnAnotherPortByEnvironmentAlone(t *testing.T) {
 	}
 	approvaltest.Approve(t, tab, url)
 	if res := await(t, call); res.IsError {
-		t.Fatalf("approved transfer failed: %s", resultText(res))
+		t.Fatalf("approved transfer failed: %s", servertest.ResultText(res))
 	}
 }

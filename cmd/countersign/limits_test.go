@@ -13,6 +13,7 @@ import (
 
 	"github.com/countersign/countersign/ciba"
 	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/server/servertest"
 	"github.com/countersign/countersign/vocab"
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
 )
@@ -41,7 +42,7 @@ func agentSession(t *testing.T, base, agent string) *sdk.ClientSession {
 
 // capTransfer needs a human: it raises an approval request.
 func capTransfer(t *testing.T, cs *sdk.ClientSession) *sdk.CallToolResult {
-	return callTool(t, cs, "transfer", map[string]any{"from": "operating", "to": "Acme Supplies", "amount": 50000, "currency": "USD"})
+	return servertest.CallTool(t, cs, "transfer", map[string]any{"from": "operating", "to": "Acme Supplies", "amount": 50000, "currency": "USD"})
 }
 
 func pendingOf(t *testing.T, s *stack, agent string) int {
@@ -57,12 +58,12 @@ func TestPendingRequestsPerAgentAreCapped(t *testing.T) {
 	greedy := agentSession(t, base, "greedy")
 	for i := range 3 {
 		if res := capTransfer(t, greedy); res.IsError {
-			t.Fatalf("request %d: %s", i+1, resultText(res))
+			t.Fatalf("request %d: %s", i+1, servertest.ResultText(res))
 		}
 	}
 	res := capTransfer(t, greedy)
-	if !res.IsError || !strings.Contains(resultText(res), "limits.pending_per_agent (3)") {
-		t.Fatalf("fourth request: %s", resultText(res))
+	if !res.IsError || !strings.Contains(servertest.ResultText(res), "limits.pending_per_agent (3)") {
+		t.Fatalf("fourth request: %s", servertest.ResultText(res))
 	}
 	if n := pendingOf(t, s, "greedy"); n != 3 {
 		t.Fatalf("greedy has %d pending, want 3: the refused call created a request", n)
@@ -76,11 +77,11 @@ func TestPendingRequestsPerAgentAreCapped(t *testing.T) {
 	}
 	// Another agent is not held back by greedy's share.
 	if res := capTransfer(t, agentSession(t, base, "modest")); res.IsError {
-		t.Fatalf("another agent: %s", resultText(res))
+		t.Fatalf("another agent: %s", servertest.ResultText(res))
 	}
 	// Routine calls still run.
-	if res := callTool(t, greedy, "get_balance", map[string]any{"account": "operating"}); res.IsError {
-		t.Fatalf("routine call: %s", resultText(res))
+	if res := servertest.CallTool(t, greedy, "get_balance", map[string]any{"account": "operating"}); res.IsError {
+		t.Fatalf("routine call: %s", servertest.ResultText(res))
 	}
 }
 
@@ -89,12 +90,12 @@ func TestPendingRequestsInTotalAreCapped(t *testing.T) {
 	a, b := agentSession(t, base, "a"), agentSession(t, base, "b")
 	for _, cs := range []*sdk.ClientSession{a, a, b} {
 		if res := capTransfer(t, cs); res.IsError {
-			t.Fatal(resultText(res))
+			t.Fatal(servertest.ResultText(res))
 		}
 	}
 	res := capTransfer(t, b)
-	if !res.IsError || !strings.Contains(resultText(res), "limits.pending_total (3)") {
-		t.Fatalf("fourth request in all: %s", resultText(res))
+	if !res.IsError || !strings.Contains(servertest.ResultText(res), "limits.pending_total (3)") {
+		t.Fatalf("fourth request in all: %s", servertest.ResultText(res))
 	}
 	if n := pendingOf(t, s, "b"); n != 1 {
 		t.Fatalf("b has %d pending, want 1", n)
@@ -106,10 +107,10 @@ func TestCallsPerSecondAreLimitedPerAgent(t *testing.T) {
 	fast := agentSession(t, base, "fast")
 	var refused int
 	for range 6 {
-		res := callTool(t, fast, "get_balance", map[string]any{"account": "operating"})
+		res := servertest.CallTool(t, fast, "get_balance", map[string]any{"account": "operating"})
 		if res.IsError {
-			if !strings.Contains(resultText(res), "limits.calls_per_second (1, burst 3)") {
-				t.Fatalf("refusal does not name the limit: %s", resultText(res))
+			if !strings.Contains(servertest.ResultText(res), "limits.calls_per_second (1, burst 3)") {
+				t.Fatalf("refusal does not name the limit: %s", servertest.ResultText(res))
 			}
 			refused++
 		}
@@ -117,8 +118,8 @@ func TestCallsPerSecondAreLimitedPerAgent(t *testing.T) {
 	if refused < 2 {
 		t.Fatalf("%d of 6 calls refused at 1/s with burst 3", refused)
 	}
-	if res := callTool(t, agentSession(t, base, "slow"), "get_balance", map[string]any{"account": "operating"}); res.IsError {
-		t.Fatalf("another agent's call: %s", resultText(res))
+	if res := servertest.CallTool(t, agentSession(t, base, "slow"), "get_balance", map[string]any{"account": "operating"}); res.IsError {
+		t.Fatalf("another agent's call: %s", servertest.ResultText(res))
 	}
 	if rl := entries(t, s, vocab.KindCallRateLimited); len(rl) != 1 || rl[0].Agent != "fast" {
 		t.Fatalf("call.rate_limited entries %+v", rl)
@@ -133,7 +134,7 @@ func TestRefusedFloodOverLimitsGrowsTheLogByABoundedAmount(t *testing.T) {
 	cs := agentSession(t, base, "flood")
 	for range 2 {
 		if res := capTransfer(t, cs); res.IsError {
-			t.Fatal(resultText(res))
+			t.Fatal(servertest.ResultText(res))
 		}
 	}
 	size := func() int {
@@ -147,7 +148,7 @@ func TestRefusedFloodOverLimitsGrowsTheLogByABoundedAmount(t *testing.T) {
 	const calls = 200
 	for i := range calls {
 		if res := capTransfer(t, cs); !res.IsError {
-			t.Fatalf("call %d over the cap ran: %s", i, resultText(res))
+			t.Fatalf("call %d over the cap ran: %s", i, servertest.ResultText(res))
 		}
 	}
 	grown := size() - before

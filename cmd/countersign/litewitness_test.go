@@ -17,6 +17,7 @@ import (
 
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/server/servertest"
 	"github.com/countersign/countersign/vocab"
 	"github.com/countersign/countersign/witness/witnesstest"
 )
@@ -38,7 +39,7 @@ func TestLitewitnessGuardsTheLogAgainstRollback(t *testing.T) {
 	small := map[string]any{"from": "operating", "to": "Acme Supplies", "amount": 1, "currency": "USD"}
 
 	n := s.start()
-	callTool(t, n.agent(), "transfer", small)
+	servertest.CallTool(t, n.agent(), "transfer", small)
 	waitReady(t, n, func(body string) bool {
 		return strings.Contains(body, "cosigned tree size") && !strings.Contains(body, "behind")
 	})
@@ -54,7 +55,7 @@ func TestLitewitnessGuardsTheLogAgainstRollback(t *testing.T) {
 	lw.Stop()
 	cs := n.agent()
 	for range 3 {
-		callTool(t, cs, "transfer", small)
+		servertest.CallTool(t, cs, "transfer", small)
 	}
 	// Lag shows as soon as entries are uncosigned; the failed attempt
 	// once the sender has tried.
@@ -126,7 +127,7 @@ func TestLitewitnessGuardsTheLogAgainstRollback(t *testing.T) {
 	}
 
 	n = s.startWith([]string{"--accept-rollback"})
-	callTool(t, n.agent(), "get_balance", map[string]any{})
+	servertest.CallTool(t, n.agent(), "get_balance", map[string]any{})
 	// The witness will never cosign this history: /readyz fails on it.
 	code, body := getWithHost(t, n.base()+"/readyz", "")
 	if code != http.StatusServiceUnavailable || !strings.Contains(body, "FAIL  witness "+witnesstest.Name+": refuses the log") {

@@ -21,6 +21,7 @@ import (
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/internal/daemon"
 	"github.com/countersign/countersign/internal/daemon/daemontest"
+	"github.com/countersign/countersign/server/servertest"
 	"github.com/countersign/countersign/store/pgtest"
 	"github.com/countersign/countersign/tools/upstream/upstreamtest"
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
@@ -113,27 +114,6 @@ func connect(t testing.TB, transport sdk.Transport, version string, opts *sdk.Cl
 	return cs
 }
 
-func callTool(t *testing.T, cs *sdk.ClientSession, name string, args map[string]any) *sdk.CallToolResult {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	res, err := cs.CallTool(ctx, &sdk.CallToolParams{Name: name, Arguments: args})
-	if err != nil {
-		t.Fatalf("call %s: %v", name, err)
-	}
-	return res
-}
-
-func resultText(r *sdk.CallToolResult) string {
-	var b strings.Builder
-	for _, c := range r.Content {
-		if tc, ok := c.(*sdk.TextContent); ok {
-			b.WriteString(tc.Text)
-		}
-	}
-	return b.String()
-}
-
 func checkTools(t *testing.T, cs *sdk.ClientSession) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -168,12 +148,12 @@ func checkTools(t *testing.T, cs *sdk.ClientSession) {
 
 func checkBalance(t *testing.T, cs *sdk.ClientSession) {
 	t.Helper()
-	res := callTool(t, cs, "get_balance", map[string]any{})
+	res := servertest.CallTool(t, cs, "get_balance", map[string]any{})
 	if res.IsError {
-		t.Fatalf("get_balance failed: %s", resultText(res))
+		t.Fatalf("get_balance failed: %s", servertest.ResultText(res))
 	}
-	if !strings.Contains(resultText(res), "operating") {
-		t.Errorf("get_balance result does not mention the operating account: %s", resultText(res))
+	if !strings.Contains(servertest.ResultText(res), "operating") {
+		t.Errorf("get_balance result does not mention the operating account: %s", servertest.ResultText(res))
 	}
 }
 
@@ -206,9 +186,9 @@ func TestStdioServesOnlyJSONRPCOnStdout(t *testing.T) {
 			cs := connect(t, &sdk.IOTransport{Reader: io.NopCloser(io.TeeReader(stdout, &captured)), Writer: stdin}, version, nil)
 			checkTools(t, cs)
 			checkBalance(t, cs)
-			res := callTool(t, cs, "transfer", map[string]any{"from": "operating", "to": "Acme Supplies", "amount": 12.5, "currency": "USD"})
+			res := servertest.CallTool(t, cs, "transfer", map[string]any{"from": "operating", "to": "Acme Supplies", "amount": 12.5, "currency": "USD"})
 			if res.IsError {
-				t.Fatalf("small transfer failed: %s", resultText(res))
+				t.Fatalf("small transfer failed: %s", servertest.ResultText(res))
 			}
 			cs.Close()
 			stdin.Close()

@@ -12,6 +12,7 @@ import (
 
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/notify"
+	"github.com/countersign/countersign/server/servertest"
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
 )
 
@@ -62,7 +63,7 @@ func BenchmarkNotifyLatency(b *testing.B) {
 		var pending struct {
 			ID string `json:"auth_req_id"`
 		}
-		json.Unmarshal([]byte(resultText(res)), &pending)
+		json.Unmarshal([]byte(servertest.ResultText(res)), &pending)
 		for {
 			h := <-hits
 			if h.id == pending.ID {

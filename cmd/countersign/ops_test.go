@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/countersign/countersign/approval/approvaltest"
+	"github.com/countersign/countersign/server/servertest"
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
 )
 
@@ -68,10 +69,10 @@ func TestMetricsCountWhatHappened(t *testing.T) {
 	a := newAgent(t, p)
 
 	before := scrape(t, p.page)
-	if res := callTool(t, a.cs, "get_balance", map[string]any{}); res.IsError {
-		t.Fatal(resultText(res))
+	if res := servertest.CallTool(t, a.cs, "get_balance", map[string]any{}); res.IsError {
+		t.Fatal(servertest.ResultText(res))
 	}
-	if res := callTool(t, a.cs, "transfer", map[string]any{"from": "operating", "to": "Acme Supplies", "amount": -5, "currency": "USD"}); !res.IsError {
+	if res := servertest.CallTool(t, a.cs, "transfer", map[string]any{"from": "operating", "to": "Acme Supplies", "amount": -5, "currency": "USD"}); !res.IsError {
 		t.Fatal("a negative transfer was not rejected")
 	}
 	// A tool the catalog does not have is counted, under one label: the
@@ -84,7 +85,7 @@ func TestMetricsCountWhatHappened(t *testing.T) {
 	}
 	approvaltest.Approve(t, tab, url)
 	if res := await(t, call); res.IsError {
-		t.Fatalf("approved transfer failed: %s", resultText(res))
+		t.Fatalf("approved transfer failed: %s", servertest.ResultText(res))
 	}
 	approvaltest.WaitText(t, tab, "state", "executed")
 	after := scrape(t, p.page)

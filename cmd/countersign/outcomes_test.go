@@ -27,6 +27,7 @@ import (
 	"github.com/countersign/countersign/approval/approvaltest"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/server/servertest"
 	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/tools/upstream/upstreamtest"
 	"github.com/countersign/countersign/vocab"
@@ -189,9 +190,9 @@ func TestApprovedUpstreamCallOutlivesItsAgentAndItsResultWaits(t *testing.T) {
 		t.Fatalf("approval_status after reconnecting: %v", out)
 	}
 	// Another agent cannot.
-	other := callTool(t, sessionOf(t, p, "agent-b"), "approval_status", map[string]any{"auth_req_id": id})
-	if !other.IsError || strings.Contains(resultText(other), "wrote plan") {
-		t.Errorf("another agent's approval_status: %s", resultText(other))
+	other := servertest.CallTool(t, sessionOf(t, p, "agent-b"), "approval_status", map[string]any{"auth_req_id": id})
+	if !other.IsError || strings.Contains(servertest.ResultText(other), "wrote plan") {
+		t.Errorf("another agent's approval_status: %s", servertest.ResultText(other))
 	}
 }
 
@@ -236,7 +237,7 @@ func TestUpstreamCallWithoutAnAnswerIsInterruptedNeverFailedAndReconciled(t *tes
 	cut := approveNext(t, page, key)
 	waitUpstream(t, flakyRecord, upstreamtest.Stubborn, upstreamtest.EventCalled)
 	srv.CloseClientConnections()
-	if res := <-dropped; res == nil || !res.IsError || !strings.Contains(resultText(res), "outcome is unknown") {
+	if res := <-dropped; res == nil || !res.IsError || !strings.Contains(servertest.ResultText(res), "outcome is unknown") {
 		t.Fatalf("a dropped call answered %+v", res)
 	}
 	if r := waitState(t, p, cut, vocab.StateInterrupted); strings.Contains(r.Reason, "call_timeout") {
@@ -307,9 +308,9 @@ func TestRoutineUpstreamCallWithoutAnAnswerIsInterruptedAndReconciledBySeq(t *te
 		c.Upstreams = []config.Upstream{up}
 	})
 	ctx := context.Background()
-	res := callTool(t, sessionOf(t, p, "agent-a"), "hostile__stubborn", map[string]any{"name": "late", "text": "x", "ms": 1500})
-	if !res.IsError || !strings.Contains(resultText(res), "outcome is unknown") {
-		t.Fatalf("a routine call past call_timeout answered: %s", resultText(res))
+	res := servertest.CallTool(t, sessionOf(t, p, "agent-a"), "hostile__stubborn", map[string]any{"name": "late", "text": "x", "ms": 1500})
+	if !res.IsError || !strings.Contains(servertest.ResultText(res), "outcome is unknown") {
+		t.Fatalf("a routine call past call_timeout answered: %s", servertest.ResultText(res))
 	}
 	waitUpstream(t, record, upstreamtest.Stubborn, upstreamtest.EventCalled, upstreamtest.EventCancelled, upstreamtest.EventCompleted)
 

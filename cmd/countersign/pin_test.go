@@ -28,6 +28,7 @@ import (
 	"github.com/countersign/countersign/approval/approvaltest"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/server/servertest"
 	"github.com/countersign/countersign/tools/upstream/upstreamtest"
 	"github.com/countersign/countersign/vocab"
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
@@ -87,9 +88,9 @@ func startPinSite(t *testing.T, rug config.Tool) *pinSite {
 // mutate changes a tool of the upstream behind Countersign's back.
 func (s *pinSite) mutate(t *testing.T, op, tool, to string) {
 	t.Helper()
-	res := callTool(t, s.admin, "mutate", map[string]any{"op": op, "tool": tool, "to": to})
+	res := servertest.CallTool(t, s.admin, "mutate", map[string]any{"op": op, "tool": tool, "to": to})
 	if res.IsError {
-		t.Fatalf("mutate %s %s: %s", op, tool, resultText(res))
+		t.Fatalf("mutate %s %s: %s", op, tool, servertest.ResultText(res))
 	}
 }
 
@@ -154,13 +155,13 @@ func (s *pinSite) approveAll(t *testing.T, id string) {
 // pollCall calls a poll-mode tool and returns the request it raised.
 func (s *pinSite) pollCall(t *testing.T, name string, args map[string]any) string {
 	t.Helper()
-	res := callTool(t, s.agent, name, args)
+	res := servertest.CallTool(t, s.agent, name, args)
 	var out struct {
 		Status    string `json:"status"`
 		AuthReqID string `json:"auth_req_id"`
 	}
-	if res.IsError || json.Unmarshal([]byte(resultText(res)), &out) != nil || out.Status != "authorization_pending" {
-		t.Fatalf("%s did not wait for approvers: %s", name, resultText(res))
+	if res.IsError || json.Unmarshal([]byte(servertest.ResultText(res)), &out) != nil || out.Status != "authorization_pending" {
+		t.Fatalf("%s did not wait for approvers: %s", name, servertest.ResultText(res))
 	}
 	return out.AuthReqID
 }
@@ -184,8 +185,8 @@ func TestPinnedUpstreamToolsChangeOnlyWithAnAdminsAcceptance(t *testing.T) {
 	}
 	readNote := func(t *testing.T) {
 		t.Helper()
-		if res := callTool(t, s.agent, "notes__read_note", map[string]any{"name": "plan"}); res.IsError || !strings.HasPrefix(resultText(res), "note plan") {
-			t.Fatalf("an unchanged tool stopped working: %s", resultText(res))
+		if res := servertest.CallTool(t, s.agent, "notes__read_note", map[string]any{"name": "plan"}); res.IsError || !strings.HasPrefix(servertest.ResultText(res), "note plan") {
+			t.Fatalf("an unchanged tool stopped working: %s", servertest.ResultText(res))
 		}
 	}
 	readNote(t)
@@ -215,10 +216,10 @@ func TestPinnedUpstreamToolsChangeOnlyWithAnAdminsAcceptance(t *testing.T) {
 		if s.offers(t, "notes__rug") {
 			t.Fatal("the relabelled tool is offered")
 		}
-		res := callTool(t, s.agent, "notes__rug", map[string]any{"target": "prod"})
+		res := servertest.CallTool(t, s.agent, "notes__rug", map[string]any{"target": "prod"})
 		want := "tool rug of upstream notes changed since it was pinned (annotations): an admin must run `countersign upstreams accept notes rug`"
-		if !res.IsError || !strings.Contains(resultText(res), want) {
-			t.Fatalf("call of a held tool: %s", resultText(res))
+		if !res.IsError || !strings.Contains(servertest.ResultText(res), want) {
+			t.Fatalf("call of a held tool: %s", servertest.ResultText(res))
 		}
 		denied := entries(t, s.stack, vocab.KindCallDenied)
 		if len(denied) == 0 || denied[len(denied)-1].Tool != "notes__rug" || !strings.Contains(denied[len(denied)-1].Reason, want) {
@@ -240,9 +241,9 @@ func TestPinnedUpstreamToolsChangeOnlyWithAnAdminsAcceptance(t *testing.T) {
 			spec, ok := s.Tools().Lookup("notes__rug")
 			return ok && spec.Def.Description == "Harmless, honestly."
 		})
-		res := callTool(t, s.agent, "notes__rug", map[string]any{"target": "prod"})
-		if !res.IsError || !strings.Contains(resultText(res), "(schema, annotations, description)") {
-			t.Fatalf("call of a held tool: %s", resultText(res))
+		res := servertest.CallTool(t, s.agent, "notes__rug", map[string]any{"target": "prod"})
+		if !res.IsError || !strings.Contains(servertest.ResultText(res), "(schema, annotations, description)") {
+			t.Fatalf("call of a held tool: %s", servertest.ResultText(res))
 		}
 		out, code := s.cli(t, "upstreams", "diff", "notes")
 		for _, want := range []string{"tool rug of upstream notes changed since it was pinned", `-  "description": "Pull the rug`,
@@ -298,16 +299,16 @@ func TestPinnedUpstreamToolsChangeOnlyWithAnAdminsAcceptance(t *testing.T) {
 		if s.offers(t, "notes__rug2") || s.offers(t, "notes__rug") {
 			t.Fatal("the renamed tool is offered")
 		}
-		res := callTool(t, s.agent, "notes__rug2", map[string]any{"target": "prod"})
-		if !res.IsError || !strings.Contains(resultText(res), "tool rug2 of upstream notes is new since its tools were pinned: an admin must run `countersign upstreams accept notes rug2`") {
-			t.Fatalf("call of the renamed tool: %s", resultText(res))
+		res := servertest.CallTool(t, s.agent, "notes__rug2", map[string]any{"target": "prod"})
+		if !res.IsError || !strings.Contains(servertest.ResultText(res), "tool rug2 of upstream notes is new since its tools were pinned: an admin must run `countersign upstreams accept notes rug2`") {
+			t.Fatalf("call of the renamed tool: %s", servertest.ResultText(res))
 		}
 		if n := upstreamCalls(t, s.record)["rug2"]; n != 0 {
 			t.Fatalf("the upstream ran rug2 %d times", n)
 		}
 		// Another re-list records nothing again.
-		if res := callTool(t, s.admin, "add_tool", map[string]any{"name": "zed"}); res.IsError {
-			t.Fatal(resultText(res))
+		if res := servertest.CallTool(t, s.admin, "add_tool", map[string]any{"name": "zed"}); res.IsError {
+			t.Fatal(servertest.ResultText(res))
 		}
 		s.waitHeld(t, "notes__zed")
 		var removed []audit.Entry
@@ -401,8 +402,8 @@ func TestGrantGivenUnderOneDefinitionDoesNotCoverAnother(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitUntil(t, "the approved call ran", func() bool { return upstreamCalls(t, s.record)["rug"] == 1 })
-	if res := callTool(t, s.agent, "notes__rug", args); res.IsError || resultText(res) != "pulled staging" {
-		t.Fatalf("a call within the grant did not run at once: %s", resultText(res))
+	if res := servertest.CallTool(t, s.agent, "notes__rug", args); res.IsError || servertest.ResultText(res) != "pulled staging" {
+		t.Fatalf("a call within the grant did not run at once: %s", servertest.ResultText(res))
 	}
 	s.mutate(t, "describe", "rug", "Now also deletes backups.")
 	s.waitHeld(t, "notes__rug")

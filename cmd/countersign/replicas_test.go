@@ -16,6 +16,7 @@ import (
 
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/server/servertest"
 	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/store/pgtest"
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
@@ -70,7 +71,7 @@ func TestTwoReplicasOnPostgresServeAsOne(t *testing.T) {
 	select {
 	case res := <-done:
 		if res.IsError {
-			t.Fatalf("the call waiting on A after approval on B: %s", resultText(res))
+			t.Fatalf("the call waiting on A after approval on B: %s", servertest.ResultText(res))
 		}
 		t.Logf("A's call returned %v after the approval on B returned", time.Since(approved))
 	case <-time.After(time.Minute):
@@ -139,9 +140,9 @@ func waitLeader(t *testing.T, x, y *node) (leader, other *node) {
 // checkBalanceOn makes a routine call on n: an entry for the log.
 func checkBalanceOn(t *testing.T, n *node) {
 	t.Helper()
-	res := callTool(t, n.agent(), "get_balance", map[string]any{"account": "operating"})
+	res := servertest.CallTool(t, n.agent(), "get_balance", map[string]any{"account": "operating"})
 	if res.IsError {
-		t.Fatalf("get_balance: %s", resultText(res))
+		t.Fatalf("get_balance: %s", servertest.ResultText(res))
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/server/servertest"
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
 )
 
@@ -30,7 +31,7 @@ func callFrom(b *testing.B, base string, sessions int, params *sdk.CallToolParam
 		start := time.Now()
 		res, err := cs.CallTool(context.Background(), params)
 		if err != nil || res.IsError {
-			b.Errorf("%s: %v %s", params.Name, err, resultText(res))
+			b.Errorf("%s: %v %s", params.Name, err, servertest.ResultText(res))
 			return false
 		}
 		mu.Lock()

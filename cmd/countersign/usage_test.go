@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/server/servertest"
 	"github.com/countersign/countersign/vocab"
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
 )
@@ -21,12 +22,12 @@ var salami = map[string]any{"from": "operating", "to": "Acme Supplies", "amount"
 // once ("completed") or waits for a human ("authorization_pending").
 func transferStatus(t *testing.T, cs *sdk.ClientSession, args map[string]any) string {
 	t.Helper()
-	res := callTool(t, cs, "transfer", args)
+	res := servertest.CallTool(t, cs, "transfer", args)
 	var out struct {
 		Status string `json:"status"`
 	}
-	if err := json.Unmarshal([]byte(resultText(res)), &out); err != nil || res.IsError {
-		t.Fatalf("transfer: %s (%v)", resultText(res), err)
+	if err := json.Unmarshal([]byte(servertest.ResultText(res)), &out); err != nil || res.IsError {
+		t.Fatalf("transfer: %s (%v)", servertest.ResultText(res), err)
 	}
 	return out.Status
 }

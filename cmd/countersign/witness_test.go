@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/server/servertest"
 	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/vocab"
 )
@@ -25,7 +26,7 @@ func TestRestoredDatabaseIsRefusedUnlessTheRollbackIsAccepted(t *testing.T) {
 	small := map[string]any{"from": "operating", "to": "Acme Supplies", "amount": 1, "currency": "USD"}
 
 	n := s.start()
-	callTool(t, n.agent(), "transfer", small)
+	servertest.CallTool(t, n.agent(), "transfer", small)
 	n.term()
 	backup := t.TempDir()
 	copyDB(t, s.cfg.Server.DataDir, backup)
@@ -33,7 +34,7 @@ func TestRestoredDatabaseIsRefusedUnlessTheRollbackIsAccepted(t *testing.T) {
 	n = s.start()
 	cs := n.agent()
 	for range 3 {
-		callTool(t, cs, "transfer", small)
+		servertest.CallTool(t, cs, "transfer", small)
 	}
 	n.term()
 	witnessed := s.exportAndVerify()
@@ -74,7 +75,7 @@ func TestRestoredDatabaseIsRefusedUnlessTheRollbackIsAccepted(t *testing.T) {
 	}
 
 	n = s.startWith([]string{"--accept-rollback"})
-	callTool(t, n.agent(), "get_balance", map[string]any{})
+	servertest.CallTool(t, n.agent(), "get_balance", map[string]any{})
 	n.term()
 	ex := s.exportAndVerify()
 	accepted := 0

@@ -16,6 +16,7 @@ import (
 
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/internal/daemon/daemontest"
+	"github.com/countersign/countersign/server/servertest"
 	"github.com/countersign/countersign/store"
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
 )
@@ -75,17 +76,8 @@ func streamable(t *testing.T, c *config.Config) *sdk.ClientSession {
 // callTool calls name and returns the result with its text.
 func callTool(t *testing.T, cs *sdk.ClientSession, name string, args map[string]any) (*sdk.CallToolResult, string) {
 	t.Helper()
-	res, err := cs.CallTool(t.Context(), &sdk.CallToolParams{Name: name, Arguments: args})
-	if err != nil {
-		t.Fatalf("call %s: %v", name, err)
-	}
-	var text strings.Builder
-	for _, c := range res.Content {
-		if tc, ok := c.(*sdk.TextContent); ok {
-			text.WriteString(tc.Text)
-		}
-	}
-	return res, text.String()
+	res := servertest.CallTool(t, cs, name, args)
+	return res, servertest.ResultText(res)
 }
 
 // checkBalance calls the routine get_balance and checks it answered.
