@@ -2,8 +2,6 @@ package audit
 
 import (
 	"context"
-	"encoding/json"
-	"fmt"
 
 	"github.com/countersign/countersign/vocab"
 )
@@ -21,27 +19,16 @@ const interruptedMember = `"kind":"` + string(vocab.KindCallInterrupted) + `"`
 // are rare; the log is searched for their kind's text before anything is
 // decoded.
 func (l *Log) Interrupted(ctx context.Context) ([]Entry, error) {
-	rows, err := l.db.QueryContext(ctx, `SELECT body FROM audit_entries WHERE CAST(body AS TEXT) LIKE ? ORDER BY seq`, "%"+interruptedMember+"%")
+	found, err := l.read(ctx, "an interrupted call", `SELECT body FROM audit_entries WHERE CAST(body AS TEXT) LIKE ? ORDER BY seq`, "%"+interruptedMember+"%")
 	if err != nil {
-		return nil, fmt.Errorf("audit: read: %w", err)
+		return nil, err
 	}
-	defer rows.Close()
-	var out []Entry
-	for rows.Next() {
-		var body []byte
-		if err := rows.Scan(&body); err != nil {
-			return nil, fmt.Errorf("audit: read: %w", err)
-		}
-		var e Entry
-		if err := json.Unmarshal(body, &e); err != nil {
-			return nil, fmt.Errorf("audit: read an interrupted call: %w", err)
-		}
+	// The text may also stand inside another entry's arguments or reason.
+	out := found[:0]
+	for _, e := range found {
 		if e.Kind == vocab.KindCallInterrupted {
 			out = append(out, e)
 		}
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("audit: read: %w", err)
 	}
 	return out, nil
 }

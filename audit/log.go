@@ -537,7 +537,13 @@ func (l *Log) Since(ctx context.Context, seq int64, limit int) ([]Entry, error) 
 	if limit <= 0 {
 		limit = 1000
 	}
-	rows, err := l.db.QueryContext(ctx, `SELECT body FROM audit_entries WHERE seq > ? ORDER BY seq LIMIT ?`, seq, limit)
+	return l.read(ctx, fmt.Sprintf("seq after %d", seq), `SELECT body FROM audit_entries WHERE seq > ? ORDER BY seq LIMIT ?`, seq, limit)
+}
+
+// read decodes the entries whose bodies query selects; what names them
+// in the error of one that does not decode.
+func (l *Log) read(ctx context.Context, what, query string, args ...any) ([]Entry, error) {
+	rows, err := l.db.QueryContext(ctx, query, args...)
 	if err != nil {
 		return nil, fmt.Errorf("audit: read: %w", err)
 	}
@@ -550,7 +556,7 @@ func (l *Log) Since(ctx context.Context, seq int64, limit int) ([]Entry, error) 
 		}
 		var e Entry
 		if err := json.Unmarshal(body, &e); err != nil {
-			return nil, fmt.Errorf("audit: read seq after %d: %w", seq, err)
+			return nil, fmt.Errorf("audit: read %s: %w", what, err)
 		}
 		out = append(out, e)
 	}
