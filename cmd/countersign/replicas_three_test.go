@@ -54,8 +54,9 @@ func TestThreeReplicasUnderLoad(t *testing.T) {
 	})
 	lw.AddLog(audit.KeyName, pub)
 
-	// A starts alone, so it leads; it holds every approved transfer it
-	// runs after the ledger commits it, before its record.
+	// A starts alone, so it leads. Its crash hook holds the first approved
+	// transfer it runs after the ledger commits it, before its record, and
+	// any later one before it runs; its routine transfers go on.
 	a := sites[0].start("COUNTERSIGN_CRASHTEST_HOLD=transfer", "COUNTERSIGN_CRASHTEST_DIR="+hold,
 		"COUNTERSIGN_CRASHTEST_HOLD_CALLS=request:")
 	waitFor(t, "the first replica to lead", func() bool { return strings.Contains(a.stderr.String(), leading) })
@@ -93,6 +94,9 @@ func TestThreeReplicasUnderLoad(t *testing.T) {
 	approved, err := b.page.ApproveBatch(batch, sites[1].key)
 	if err != nil {
 		t.Fatalf("approving the batch on B: %v", err)
+	}
+	if len(approved) != len(batch) {
+		t.Fatalf("the batch tap returned %d requests, want %d", len(approved), len(batch))
 	}
 	for _, r := range approved {
 		if r.State != vocab.StateApproved {
