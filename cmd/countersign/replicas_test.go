@@ -26,8 +26,9 @@ import (
 const leading = "leading: audit checkpoints and witnesses"
 
 // replicaSites are n sites on one new PostgreSQL database, signing with
-// one key file made by `countersign audit keygen`.
-func replicaSites(t *testing.T, n int) (sites []*site, url, pub string) {
+// one key file made by `countersign audit keygen`; edits adjust site i's
+// configuration.
+func replicaSites(t *testing.T, n int, edits ...func(i int, c *config.Config)) (sites []*site, url, pub string) {
 	t.Helper()
 	url = pgtest.URL(t)
 	keyFile := filepath.Join(t.TempDir(), "server.key")
@@ -36,10 +37,13 @@ func replicaSites(t *testing.T, n int) (sites []*site, url, pub string) {
 		t.Fatalf("audit keygen: %v", err)
 	}
 	pub = strings.TrimSpace(string(out))
-	for range n {
+	for i := range n {
 		sites = append(sites, newSite(t, func(c *config.Config) {
 			c.Store.URL, c.Audit.KeyFile = url, keyFile
 			c.Audit.CheckpointEvery = 200 * time.Millisecond
+			for _, edit := range edits {
+				edit(i, c)
+			}
 		}))
 	}
 	return sites, url, pub

@@ -6,6 +6,8 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync/atomic"
 
 	"github.com/countersign/countersign/tools"
 )
@@ -15,8 +17,13 @@ import (
 // test can SIGKILL the process exactly there: with
 // COUNTERSIGN_CRASHTEST_HOLD=transfer, every successful transfer run writes
 // its call id to $COUNTERSIGN_CRASHTEST_DIR/held and then never returns.
+// COUNTERSIGN_CRASHTEST_HOLD_CALLS=request: holds only the calls whose id
+// starts so (approved requests' runs), letting routine ones go on: the
+// first there after its commit, any later one before it runs (claimed,
+// never run), so a kill lands in the middle of a batch.
 func crashHooks(cat *tools.Catalog) {
 	name, dir := os.Getenv("COUNTERSIGN_CRASHTEST_HOLD"), os.Getenv("COUNTERSIGN_CRASHTEST_DIR")
+	only := os.Getenv("COUNTERSIGN_CRASHTEST_HOLD_CALLS")
 	if name == "" || dir == "" {
 		return
 	}
@@ -25,9 +32,13 @@ func crashHooks(cat *tools.Catalog) {
 		return
 	}
 	run := spec.Run
+	var first atomic.Bool
 	spec.Run = func(ctx context.Context, call *tools.Call) (*tools.Result, error) {
+		if only != "" && strings.HasPrefix(call.ID, only) && !first.CompareAndSwap(false, true) {
+			select {} // until the test kills the process
+		}
 		res, err := run(ctx, call)
-		if err != nil {
+		if err != nil || !strings.HasPrefix(call.ID, only) {
 			return res, err
 		}
 		os.WriteFile(filepath.Join(dir, "held"), []byte(call.ID), 0o600)
