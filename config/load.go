@@ -103,6 +103,7 @@ func parse(data []byte, source, dir string, files bool) (*Config, error) {
 	var later validator
 	c.applyUpstreamDefaults()
 	c.applyNotifyDefaults()
+	c.applyOAuthDefaults(settings)
 	if c.Server.DataDir == "" {
 		d, err := DefaultDataDir()
 		if err != nil {
