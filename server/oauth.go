@@ -1,0 +1,223 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+	"unicode"
+
+	"github.com/coreos/go-oidc/v3/oidc"
+	"github.com/countersign/countersign/config"
+	"github.com/modelcontextprotocol/go-sdk/auth"
+	"github.com/modelcontextprotocol/go-sdk/oauthex"
+)
+
+// The paths of this server's Protected Resource Metadata (RFC 9728): the
+// path-suffixed one for the resource /mcp, which MCP clients try first, and
+// the root one they fall back to.
+const (
+	metadataPath    = "/.well-known/oauth-protected-resource"
+	metadataPathMCP = metadataPath + "/mcp"
+)
+
+// signingAlgs are the JWS algorithms accepted on access tokens: the
+// asymmetric ones (never none, never a shared secret).
+var signingAlgs = []string{
+	oidc.RS256, oidc.RS384, oidc.RS512, oidc.ES256, oidc.ES384, oidc.ES512,
+	oidc.PS256, oidc.PS384, oidc.PS512, oidc.EdDSA,
+}
+
+// resourceServer checks OAuth access tokens as the MCP authorization
+// specification asks of a server: JWTs signed by a key of the authorization
+// server's JWKS, from its issuer, for this server's audience (RFC 8707), not
+// expired nor early, with every required scope. The keys are cached; a key
+// id not seen before makes it fetch the JWKS again, and when that fails the
+// token is refused.
+type resourceServer struct {
+	issuer      string
+	audience    string
+	scopes      []string
+	agentClaim  string
+	metadataURL string
+	client      *http.Client
+	log         *slog.Logger
+
+	mu       sync.Mutex
+	verifier *oidc.IDTokenVerifier // nil until the issuer's metadata was read
+}
+
+// newResourceServer returns nil when http.oauth is off. base is the URL
+// agents reach this listener by (http.issuer, else the listener's).
+func newResourceServer(o config.OAuth, base string, log *slog.Logger) *resourceServer {
+	if !o.Enabled() {
+		return nil
+	}
+	base = strings.TrimRight(base, "/")
+	rs := &resourceServer{
+		issuer: o.Issuer, audience: o.Audience, scopes: o.Scopes, agentClaim: o.AgentClaim,
+		metadataURL: base + metadataPathMCP,
+		client:      &http.Client{Timeout: 10 * time.Second},
+		log:         log,
+	}
+	if rs.audience == "" {
+		rs.audience = base + "/mcp"
+	}
+	return rs
+}
+
+// metadata is this server's Protected Resource Metadata document.
+func (rs *resourceServer) metadata() *oauthex.ProtectedResourceMetadata {
+	return &oauthex.ProtectedResourceMetadata{
+		Resource:               rs.audience,
+		AuthorizationServers:   []string{rs.issuer},
+		ScopesSupported:        rs.scopes,
+		BearerMethodsSupported: []string{"header"},
+		ResourceName:           "Countersign",
+	}
+}
+
+// refusal is why a request's token was not accepted, in RFC 6750's words.
+type refusal struct {
+	status      int
+	code        string // invalid_token, insufficient_scope; "" when no token came
+	description string
+}
+
+func (r *refusal) Error() string { return r.code + ": " + r.description }
+
+// challenge writes the refusal: the WWW-Authenticate header names the
+// metadata, so a client can find the authorization server, and the scopes,
+// so it can ask for them (step-up on insufficient_scope).
+func (rs *resourceServer) challenge(w http.ResponseWriter, r *refusal) {
+	var params []string
+	if r.code != "" {
+		params = append(params, fmt.Sprintf("error=%q", r.code), fmt.Sprintf("error_description=%q", quotable(r.description)))
+	}
+	params = append(params, fmt.Sprintf("resource_metadata=%q", rs.metadataURL))
+	if len(rs.scopes) > 0 {
+		params = append(params, fmt.Sprintf("scope=%q", strings.Join(rs.scopes, " ")))
+	}
+	w.Header().Set("WWW-Authenticate", "Bearer "+strings.Join(params, ", "))
+	msg := "an OAuth access token for " + rs.audience + " is required"
+	if r.code != "" {
+		msg = r.code + ": " + r.description
+	}
+	http.Error(w, msg, r.status)
+}
+
+// quotable keeps a description inside its quoted-string: RFC 6750 allows
+// neither quotes nor backslashes in it.
+func quotable(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r == '"' || r == '\\' || r < ' ' || r > '~' {
+			return '\''
+		}
+		return r
+	}, s)
+}
+
+// agent verifies an access token and returns the agent it names.
+func (rs *resourceServer) agent(ctx context.Context, token string) (string, *refusal) {
+	v, err := rs.keys(ctx)
+	if err != nil {
+		return "", &refusal{http.StatusUnauthorized, "invalid_token", "the authorization server cannot be reached to check the token: " + err.Error()}
+	}
+	idt, err := v.Verify(ctx, token)
+	if err != nil {
+		return "", &refusal{http.StatusUnauthorized, "invalid_token", verifyProblem(err)}
+	}
+	var claims map[string]any
+	if err := idt.Claims(&claims); err != nil {
+		return "", &refusal{http.StatusUnauthorized, "invalid_token", "unreadable claims"}
+	}
+	granted := grantedScopes(claims)
+	for _, s := range rs.scopes {
+		if !slices.Contains(granted, s) {
+			return "", &refusal{http.StatusForbidden, "insufficient_scope", "the token lacks the scope " + s}
+		}
+	}
+	name, _ := claims[rs.agentClaim].(string)
+	if !validAgentName(name) {
+		return "", &refusal{http.StatusUnauthorized, "invalid_token", "the token names no agent in its " + rs.agentClaim + " claim"}
+	}
+	return name, nil
+}
+
+// verifyProblem says which check a token failed, in a sentence for its client.
+func verifyProblem(err error) string {
+	var expired *oidc.TokenExpiredError
+	msg := err.Error()
+	switch {
+	case errors.As(err, &expired):
+		return "the token expired at " + expired.Expiry.UTC().Format(time.RFC3339)
+	case strings.Contains(msg, "expected audience"):
+		return "the token is not for this resource (aud)"
+	case strings.Contains(msg, "id token issued by a different provider"):
+		return "the token is not from the configured authorization server (iss)"
+	case strings.Contains(msg, "nbf"):
+		return "the token is not valid yet (nbf)"
+	case strings.Contains(msg, "fetching keys"):
+		return "the token's signing key is not known and the authorization server's keys cannot be fetched"
+	case strings.Contains(msg, "signature") || strings.Contains(msg, "malformed") || strings.Contains(msg, "signing algorithm"):
+		return "the token's signature does not verify against the authorization server's keys"
+	}
+	return "the token does not verify"
+}
+
+// grantedScopes reads scope (RFC 9068: space-separated) or scp (Okta, Entra
+// ID: a list, or a string).
+func grantedScopes(claims map[string]any) []string {
+	var out []string
+	for _, name := range []string{"scope", "scp"} {
+		switch v := claims[name].(type) {
+		case string:
+			out = append(out, strings.Fields(v)...)
+		case []any:
+			for _, s := range v {
+				if str, ok := s.(string); ok {
+					out = append(out, str)
+				}
+			}
+		}
+	}
+	return out
+}
+
+// validAgentName keeps what policy and the audit log will show as the agent
+// short and printable.
+func validAgentName(s string) bool {
+	if s == "" || len(s) > 256 {
+		return false
+	}
+	return !strings.ContainsFunc(s, func(r rune) bool { return !unicode.IsPrint(r) })
+}
+
+// keys reads the authorization server's metadata (RFC 8414, then OpenID
+// discovery, as MCP clients look) the first time a token comes, and keeps
+// the verifier built on its JWKS; until it succeeds every token is refused.
+func (rs *resourceServer) keys(ctx context.Context) (*oidc.IDTokenVerifier, error) {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	if rs.verifier != nil {
+		return rs.verifier, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	meta, err := auth.GetAuthServerMetadata(ctx, rs.issuer, rs.client)
+	if err != nil {
+		return nil, err
+	}
+	if meta == nil || meta.JWKSURI == "" {
+		return nil, fmt.Errorf("%s publishes no metadata with a jwks_uri", rs.issuer)
+	}
+	keySet := oidc.NewRemoteKeySet(oidc.ClientContext(context.Background(), rs.client), meta.JWKSURI)
+	rs.verifier = oidc.NewVerifier(rs.issuer, keySet, &oidc.Config{ClientID: rs.audience, SupportedSigningAlgs: signingAlgs})
+	rs.log.Info("OAuth access tokens are checked against the authorization server's keys", "issuer", rs.issuer, "jwks_uri", meta.JWKSURI, "audience", rs.audience)
+	return rs.verifier, nil
+}
