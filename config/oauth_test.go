@@ -36,6 +36,19 @@ http:
 	}
 }
 
+// Like every key, http.oauth can come from the environment alone.
+func TestOAuthFromTheEnvironment(t *testing.T) {
+	t.Setenv("COUNTERSIGN_HTTP_OAUTH_ISSUER", "https://idp.example.com")
+	t.Setenv("COUNTERSIGN_HTTP_OAUTH_SCOPES", "mcp:tools, mcp:read")
+	c, err := Parse([]byte(minimal), "min.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o := c.HTTP.OAuth; !o.Enabled() || o.Issuer != "https://idp.example.com" || strings.Join(o.Scopes, " ") != "mcp:tools mcp:read" {
+		t.Fatalf("http.oauth %+v", o)
+	}
+}
+
 // Without its own issuer, http.oauth takes identity.issuer. Only the identity
 // section's issuer is read here; its decoding is identity's.
 func TestOAuthIssuerFromIdentity(t *testing.T) {

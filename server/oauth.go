@@ -2,10 +2,13 @@ package server
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"slices"
 	"strings"
 	"sync"
@@ -14,7 +17,6 @@ import (
 
 	"github.com/coreos/go-oidc/v3/oidc"
 	"github.com/countersign/countersign/config"
-	"github.com/modelcontextprotocol/go-sdk/auth"
 	"github.com/modelcontextprotocol/go-sdk/oauthex"
 )
 
@@ -198,9 +200,9 @@ func validAgentName(s string) bool {
 	return !strings.ContainsFunc(s, func(r rune) bool { return !unicode.IsPrint(r) })
 }
 
-// keys reads the authorization server's metadata (RFC 8414, then OpenID
-// discovery, as MCP clients look) the first time a token comes, and keeps
-// the verifier built on its JWKS; until it succeeds every token is refused.
+// keys reads the authorization server's metadata the first time a token
+// comes, and keeps the verifier built on its JWKS; until that succeeds every
+// token is refused.
 func (rs *resourceServer) keys(ctx context.Context) (*oidc.IDTokenVerifier, error) {
 	rs.mu.Lock()
 	defer rs.mu.Unlock()
@@ -209,15 +211,82 @@ func (rs *resourceServer) keys(ctx context.Context) (*oidc.IDTokenVerifier, erro
 	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	meta, err := auth.GetAuthServerMetadata(ctx, rs.issuer, rs.client)
+	jwksURI, err := discoverJWKS(ctx, rs.client, rs.issuer)
 	if err != nil {
 		return nil, err
 	}
-	if meta == nil || meta.JWKSURI == "" {
-		return nil, fmt.Errorf("%s publishes no metadata with a jwks_uri", rs.issuer)
-	}
-	keySet := oidc.NewRemoteKeySet(oidc.ClientContext(context.Background(), rs.client), meta.JWKSURI)
+	keySet := oidc.NewRemoteKeySet(oidc.ClientContext(context.Background(), rs.client), jwksURI)
 	rs.verifier = oidc.NewVerifier(rs.issuer, keySet, &oidc.Config{ClientID: rs.audience, SupportedSigningAlgs: signingAlgs})
-	rs.log.Info("OAuth access tokens are checked against the authorization server's keys", "issuer", rs.issuer, "jwks_uri", meta.JWKSURI, "audience", rs.audience)
+	rs.log.Info("OAuth access tokens are checked against the authorization server's keys", "issuer", rs.issuer, "jwks_uri", jwksURI, "audience", rs.audience)
 	return rs.verifier, nil
+}
+
+// discoverJWKS finds the issuer's key set where MCP clients look for its
+// metadata (RFC 8414, then OpenID discovery, with the issuer's path inserted,
+// then appended), and checks the document is the issuer's own. Unlike a
+// client (go-sdk's auth.GetAuthServerMetadata) it does not ask for PKCE
+// support: a resource server only needs the keys, and Entra ID's metadata
+// does not list its PKCE methods.
+func discoverJWKS(ctx context.Context, client *http.Client, issuer string) (string, error) {
+	u, err := url.Parse(issuer)
+	if err != nil {
+		return "", err
+	}
+	path := strings.Trim(u.Path, "/")
+	var candidates []string
+	for _, wellKnown := range []string{"/.well-known/oauth-authorization-server", "/.well-known/openid-configuration"} {
+		c := *u
+		c.Path = wellKnown
+		if path != "" {
+			c.Path += "/" + path
+		}
+		candidates = append(candidates, c.String())
+	}
+	if path != "" {
+		c := *u
+		c.Path = "/" + path + "/.well-known/openid-configuration"
+		candidates = append(candidates, c.String())
+	}
+	var problems []string
+	for _, candidate := range candidates {
+		var meta struct {
+			Issuer  string `json:"issuer"`
+			JWKSURI string `json:"jwks_uri"`
+		}
+		status, err := getJSON(ctx, client, candidate, &meta)
+		switch {
+		case err != nil:
+			return "", err
+		case status == http.StatusOK && meta.Issuer != issuer:
+			return "", fmt.Errorf("%s names the issuer %q, not %q", candidate, meta.Issuer, issuer)
+		case status == http.StatusOK && meta.JWKSURI == "":
+			return "", fmt.Errorf("%s names no jwks_uri", candidate)
+		case status == http.StatusOK:
+			return meta.JWKSURI, nil
+		}
+		problems = append(problems, fmt.Sprintf("%s: %d", candidate, status))
+	}
+	return "", fmt.Errorf("no authorization server metadata for %s (%s)", issuer, strings.Join(problems, ", "))
+}
+
+// getJSON decodes a 200 answer into v; any other status is returned for the
+// caller to try elsewhere.
+func getJSON(ctx context.Context, client *http.Client, u string, v any) (int, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return 0, err
+	}
+	req.Header.Set("Accept", "application/json")
+	resp, err := client.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return resp.StatusCode, nil
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(v); err != nil {
+		return 0, fmt.Errorf("%s: %w", u, err)
+	}
+	return resp.StatusCode, nil
 }
