@@ -21,8 +21,8 @@ type OAuth struct {
 	// Issuer is the authorization server, as its metadata (RFC 8414 or
 	// OpenID discovery) states it; default identity.issuer.
 	Issuer string `mapstructure:"issuer"`
-	// Audience is what a token's aud must name (RFC 8707): default this
-	// server's resource URL, http.issuer (or the listener's URL) + "/mcp".
+	// Audience is what a token's aud must name: default this server's
+	// resource URL (RFC 8707), http.issuer (or the listener's URL) + "/mcp".
 	Audience string `mapstructure:"audience"`
 	// Scopes must all be granted to a token (its scope or scp claim).
 	Scopes []string `mapstructure:"scopes"`
@@ -64,10 +64,10 @@ func (c *Config) validateOAuth(v *validator) {
 		!(u.Scheme == "https" || u.Scheme == "http" && isLoopbackHost(u.Hostname())) {
 		v.fail("http.oauth.issuer", "expected an https URL without query or fragment (http only on loopback), got %q", o.Issuer)
 	}
-	if o.Audience != "" {
-		if u, err := url.Parse(o.Audience); err != nil || !u.IsAbs() || u.Fragment != "" {
-			v.fail("http.oauth.audience", "expected an absolute URI without a fragment (RFC 8707), such as https://countersign.example.com/mcp, got %q", o.Audience)
-		}
+	// Most providers put the resource URL (RFC 8707) in aud; Entra ID its
+	// application id, a bare GUID. Either way one value, nothing around it.
+	if o.Audience != "" && (strings.TrimSpace(o.Audience) != o.Audience || strings.ContainsAny(o.Audience, " \t\r\n#")) {
+		v.fail("http.oauth.audience", "expected the resource URI (https://countersign.example.com/mcp) or the provider's id for this server, without spaces or a fragment, got %q", o.Audience)
 	}
 	seen := map[string]bool{}
 	for i, s := range o.Scopes {
