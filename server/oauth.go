@@ -13,7 +13,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-	"unicode"
 
 	"github.com/coreos/go-oidc/v3/oidc"
 	"github.com/countersign/countersign/config"
@@ -44,9 +43,11 @@ var signingAlgs = []string{
 type resourceServer struct {
 	issuer      string
 	audience    string
+	resource    string // this server's URL for clients (RFC 9728): the audience when that is a URL
 	scopes      []string
 	agentClaim  string
 	metadataURL string
+	reserved    map[string]bool // agent names a token may not take
 	client      *http.Client
 	log         *slog.Logger
 
@@ -55,20 +56,29 @@ type resourceServer struct {
 }
 
 // newResourceServer returns nil when http.oauth is off. base is the URL
-// agents reach this listener by (http.issuer, else the listener's).
-func newResourceServer(o config.OAuth, base string, log *slog.Logger) *resourceServer {
+// agents reach this listener by (http.issuer, else the listener's). A token
+// may not name an agent of reserved: those authenticate otherwise, and one
+// name for two ways in would let either pass for the other.
+func newResourceServer(o config.OAuth, base string, reserved []string, log *slog.Logger) *resourceServer {
 	if !o.Enabled() {
 		return nil
 	}
 	base = strings.TrimRight(base, "/")
 	rs := &resourceServer{
 		issuer: o.Issuer, audience: o.Audience, scopes: o.Scopes, agentClaim: o.AgentClaim,
+		resource:    base + "/mcp",
 		metadataURL: base + metadataPathMCP,
+		reserved:    map[string]bool{},
 		client:      &http.Client{Timeout: 10 * time.Second},
 		log:         log,
 	}
+	for _, name := range reserved {
+		rs.reserved[name] = true
+	}
 	if rs.audience == "" {
-		rs.audience = base + "/mcp"
+		rs.audience = rs.resource
+	} else if u, err := url.Parse(rs.audience); err == nil && (u.Scheme == "https" || u.Scheme == "http") && u.Host != "" {
+		rs.resource = rs.audience
 	}
 	return rs
 }
@@ -76,7 +86,7 @@ func newResourceServer(o config.OAuth, base string, log *slog.Logger) *resourceS
 // metadata is this server's Protected Resource Metadata document.
 func (rs *resourceServer) metadata() *oauthex.ProtectedResourceMetadata {
 	return &oauthex.ProtectedResourceMetadata{
-		Resource:               rs.audience,
+		Resource:               rs.resource,
 		AuthorizationServers:   []string{rs.issuer},
 		ScopesSupported:        rs.scopes,
 		BearerMethodsSupported: []string{"header"},
@@ -144,9 +154,17 @@ func (rs *resourceServer) agent(ctx context.Context, token string) (string, *ref
 			return "", &refusal{http.StatusForbidden, "insufficient_scope", "the token lacks the scope " + s}
 		}
 	}
-	name, _ := claims[rs.agentClaim].(string)
-	if !validAgentName(name) {
+	claim, _ := claims[rs.agentClaim].(string)
+	// Agent names are ids (the kill switch freezes only those); providers'
+	// client ids are often mixed case.
+	name := strings.ToLower(claim)
+	switch {
+	case claim == "":
 		return "", &refusal{http.StatusUnauthorized, "invalid_token", "the token names no agent in its " + rs.agentClaim + " claim"}
+	case !config.ValidID(name):
+		return "", &refusal{http.StatusUnauthorized, "invalid_token", fmt.Sprintf("the token's %s %q cannot name an agent (letters, digits, . _ -, at most 64)", rs.agentClaim, claim)}
+	case rs.reserved[name]:
+		return "", &refusal{http.StatusUnauthorized, "invalid_token", fmt.Sprintf("the token's %s names the agent %s, which authenticates otherwise (a static token, stdio)", rs.agentClaim, name)}
 	}
 	return name, nil
 }
@@ -189,15 +207,6 @@ func grantedScopes(claims map[string]any) []string {
 		}
 	}
 	return out
-}
-
-// validAgentName keeps what policy and the audit log will show as the agent
-// short and printable.
-func validAgentName(s string) bool {
-	if s == "" || len(s) > 256 {
-		return false
-	}
-	return !strings.ContainsFunc(s, func(r rune) bool { return !unicode.IsPrint(r) })
 }
 
 // keys reads the authorization server's metadata the first time a token

@@ -149,6 +149,9 @@ func TestOAuthAccessTokensAuthenticateAgents(t *testing.T) {
 		{"missing scope", accessToken(t, credentials(p, resource, "mcp:read")), 403, `error="insufficient_scope", error_description="the token lacks the scope mcp:tools"`},
 		{"no agent claim", claims(func(c map[string]any) { delete(c, "client_id") }), 401, `error="invalid_token", error_description="the token names no agent in its client_id claim"`},
 		{"not a JWT", "opaque-token", 401, `error="invalid_token"`},
+		{"not an agent id", claims(func(c map[string]any) { c["client_id"] = "billing agent!" }), 401, `error="invalid_token", error_description="the token's client_id 'billing agent!' cannot name an agent`},
+		{"a static agent's name", claims(func(c map[string]any) { c["client_id"] = "Agent-A" }), 401, `error="invalid_token", error_description="the token's client_id names the agent agent-a, which authenticates otherwise`},
+		{"the stdio agent's name", claims(func(c map[string]any) { c["client_id"] = "stdio" }), 401, `error="invalid_token", error_description="the token's client_id names the agent stdio, which authenticates otherwise`},
 	} {
 		status, challenge := initialize(t, base, tc.token)
 		if status != tc.status || !strings.HasPrefix(challenge, "Bearer "+tc.challenge) ||
@@ -156,8 +159,10 @@ func TestOAuthAccessTokensAuthenticateAgents(t *testing.T) {
 			t.Errorf("%s: %d %q, want %d %q", tc.name, status, challenge, tc.status, tc.challenge)
 		}
 	}
+	// Providers' client ids are often mixed case; agent names are ids.
+	callAs(t, s, base, claims(func(c map[string]any) { c["client_id"] = "0oaBillingAgent7" }), "0oabillingagent7")
 	for _, e := range s.entries(t, vocab.KindCallExecuted) {
-		if e.Agent != "billing-agent" && e.Agent != "agent-a" {
+		if e.Agent != "billing-agent" && e.Agent != "agent-a" && e.Agent != "0oabillingagent7" {
 			t.Errorf("a refused token reached the guard: %+v", e)
 		}
 	}
@@ -170,11 +175,24 @@ func TestOAuthWhileTheProviderIsDown(t *testing.T) {
 	p := idptest.New(t)
 	p.AddClient("billing-agent", "billing-secret", nil, idptest.GrantClientCredentials)
 	p.Stop()
+	// An audience that is the provider's id for this server (Entra ID's
+	// application id), not a URL: the metadata still names the URL.
+	const audience = "00000000-0000-0000-0000-0000000000aa"
 	s := newStack(t, func(c *config.Config) {
-		c.HTTP.OAuth = config.OAuth{Issuer: p.Issuer(), Scopes: []string{scope}, AgentClaim: config.AgentClaimClientID}
+		c.HTTP.OAuth = config.OAuth{Issuer: p.Issuer(), Audience: audience, Scopes: []string{scope}, AgentClaim: config.AgentClaimClientID}
 	})
 	base := s.serveHTTP(t)
-	resource := base + "/mcp"
+	resp, err := http.Get(base + "/.well-known/oauth-protected-resource/mcp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var prm struct{ Resource string }
+	json.NewDecoder(resp.Body).Decode(&prm)
+	resp.Body.Close()
+	if prm.Resource != base+"/mcp" {
+		t.Fatalf("metadata resource %q, want the URL %s/mcp", prm.Resource, base)
+	}
+	resource := audience
 	now := time.Now().Unix()
 	token := p.SignJWT(map[string]any{"iss": p.Issuer(), "sub": "billing-agent", "client_id": "billing-agent", "aud": resource,
 		"scope": scope, "iat": now, "exp": now + 600})

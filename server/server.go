@@ -258,7 +258,11 @@ func (s *Server) HTTPHandler(baseURL string) (h http.Handler, shutdown func(cont
 	if cfg.Issuer != "" {
 		resourceURL = cfg.Issuer
 	}
-	rs := newResourceServer(cfg.OAuth, resourceURL, s.log)
+	reserved := []string{"anonymous", "unknown", s.opts.Config.Server.StdioAgent}
+	for _, a := range cfg.Agents {
+		reserved = append(reserved, a.ID)
+	}
+	rs := newResourceServer(cfg.OAuth, resourceURL, reserved, s.log)
 	root.Handle("/", authenticate(cfg.Agents, rs, s.log, limitBody(cfg.MaxBodyBytes, mux)))
 	if rs != nil {
 		prm := auth.ProtectedResourceMetadataHandler(rs.metadata())
