@@ -29,6 +29,8 @@ type OAuth struct {
 	// AgentClaim names the claim whose value is the agent, as policy and
 	// the audit log see it: client_id (default), azp or sub.
 	AgentClaim string `mapstructure:"agent_claim"`
+
+	identityClientID string // identity.client_id as written, kept apart from Audience
 }
 
 // Enabled reports whether agents may present OAuth access tokens.
@@ -51,6 +53,9 @@ func (c *Config) applyOAuthDefaults(settings map[string]any) {
 	if o.AgentClaim == "" {
 		o.AgentClaim = AgentClaimClientID
 	}
+	if identity, ok := settings["identity"].(map[string]any); ok {
+		o.identityClientID, _ = identity["client_id"].(string)
+	}
 }
 
 func (c *Config) validateOAuth(v *validator) {
@@ -68,6 +73,11 @@ func (c *Config) validateOAuth(v *validator) {
 	// application id, a bare GUID. Either way one value, nothing around it.
 	if o.Audience != "" && (strings.TrimSpace(o.Audience) != o.Audience || strings.ContainsAny(o.Audience, " \t\r\n#")) {
 		v.fail("http.oauth.audience", "expected the resource URI (https://countersign.example.com/mcp) or the provider's id for this server, without spaces or a fragment, got %q", o.Audience)
+	}
+	// Approvers' sign-ins get ID tokens for identity.client_id: an agent
+	// presenting one must not pass for an access token for this server.
+	if o.Audience != "" && o.Audience == o.identityClientID {
+		v.fail("http.oauth.audience", "is identity.client_id: approvers' ID tokens would be for this audience too; give agents' tokens an audience of their own (the resource URL, or another application)")
 	}
 	seen := map[string]bool{}
 	for i, s := range o.Scopes {

@@ -62,6 +62,14 @@ func TestOAuthIssuerFromIdentity(t *testing.T) {
 	if c.HTTP.OAuth.Enabled() {
 		t.Fatal("identity.issuer alone turned http.oauth on")
 	}
+	// Approvers' ID tokens are for identity.client_id: never agents' audience.
+	c = &Config{HTTP: HTTP{OAuth: OAuth{Issuer: "https://login.example.com", Audience: "countersign"}}}
+	c.applyOAuthDefaults(map[string]any{"identity": map[string]any{"client_id": "countersign"}})
+	var v validator
+	c.validateOAuth(&v)
+	if len(v.problems) != 1 || v.problems[0].path != "http.oauth.audience" || !strings.Contains(v.problems[0].msg, "is identity.client_id") {
+		t.Fatalf("problems %+v", v.problems)
+	}
 }
 
 func TestOAuthProblemsNameTheirPath(t *testing.T) {

@@ -148,6 +148,13 @@ func (rs *resourceServer) agent(ctx context.Context, token string) (string, *ref
 	if err := idt.Claims(&claims); err != nil {
 		return "", &refusal{http.StatusUnauthorized, "invalid_token", "unreadable claims"}
 	}
+	// An ID token of someone's sign-in is no access token, even when its
+	// audience is ours: only ID tokens carry these.
+	for _, idOnly := range []string{"nonce", "at_hash", "c_hash"} {
+		if _, ok := claims[idOnly]; ok {
+			return "", &refusal{http.StatusUnauthorized, "invalid_token", "an ID token is not an access token (it has " + idOnly + ")"}
+		}
+	}
 	granted := grantedScopes(claims)
 	for _, s := range rs.scopes {
 		if !slices.Contains(granted, s) {

@@ -149,6 +149,7 @@ func TestOAuthAccessTokensAuthenticateAgents(t *testing.T) {
 		{"missing scope", accessToken(t, credentials(p, resource, "mcp:read")), 403, `error="insufficient_scope", error_description="the token lacks the scope mcp:tools"`},
 		{"no agent claim", claims(func(c map[string]any) { delete(c, "client_id") }), 401, `error="invalid_token", error_description="the token names no agent in its client_id claim"`},
 		{"not a JWT", "opaque-token", 401, `error="invalid_token"`},
+		{"an ID token", claims(func(c map[string]any) { c["nonce"] = "n-1" }), 401, `error="invalid_token", error_description="an ID token is not an access token (it has nonce)"`},
 		{"not an agent id", claims(func(c map[string]any) { c["client_id"] = "billing agent!" }), 401, `error="invalid_token", error_description="the token's client_id 'billing agent!' cannot name an agent`},
 		{"a static agent's name", claims(func(c map[string]any) { c["client_id"] = "Agent-A" }), 401, `error="invalid_token", error_description="the token's client_id names the agent agent-a, which authenticates otherwise`},
 		{"the stdio agent's name", claims(func(c map[string]any) { c["client_id"] = "stdio" }), 401, `error="invalid_token", error_description="the token's client_id names the agent stdio, which authenticates otherwise`},
