@@ -181,6 +181,8 @@ func verifyProblem(err error) string {
 	var expired *oidc.TokenExpiredError
 	msg := err.Error()
 	switch {
+	case errors.As(err, &expired) && expired.Expiry.IsZero():
+		return "the token has no expiry (exp)"
 	case errors.As(err, &expired):
 		return "the token expired at " + expired.Expiry.UTC().Format(time.RFC3339)
 	case strings.Contains(msg, "expected audience"):

@@ -142,6 +142,7 @@ func TestOAuthAccessTokensAuthenticateAgents(t *testing.T) {
 	}{
 		{"another audience", accessToken(t, credentials(p, "https://other.example.com/mcp", scope)), 401, `error="invalid_token", error_description="the token is not for this resource (aud)"`},
 		{"expired", claims(func(c map[string]any) { c["exp"] = now - 60 }), 401, `error="invalid_token", error_description="the token expired at `},
+		{"no expiry", claims(func(c map[string]any) { delete(c, "exp") }), 401, `error="invalid_token", error_description="the token has no expiry (exp)"`},
 		{"not yet valid", claims(func(c map[string]any) { c["nbf"] = now + 3600 }), 401, `error="invalid_token", error_description="the token is not valid yet (nbf)"`},
 		{"bad signature", tampered, 401, `error="invalid_token", error_description="the token's signature does not verify`},
 		{"another provider's key", accessToken(t, credentials(other, resource, scope)), 401, `error="invalid_token", error_description="the token's signature does not verify`},
