@@ -172,6 +172,11 @@ func display(pkg string) string {
 	return pkg
 }
 
+// otherTestHelpers are test-helper packages not named after their parent.
+var otherTestHelpers = map[string]bool{
+	"identity/idptest": true, // the OpenID Provider of tests, for identity and the agent listener
+}
+
 // matches reports whether package pkg matches pattern (see importRule).
 func matches(pattern, pkg string) bool {
 	switch {
@@ -179,7 +184,7 @@ func matches(pattern, pkg string) bool {
 		return true
 	case pattern == "*test":
 		parent := path.Dir(pkg)
-		return parent != "." && path.Base(pkg) == path.Base(parent)+"test"
+		return parent != "." && path.Base(pkg) == path.Base(parent)+"test" || otherTestHelpers[pkg]
 	case strings.HasSuffix(pattern, "/..."):
 		base := strings.TrimSuffix(pattern, "/...")
 		return pkg == base || strings.HasPrefix(pkg, base+"/")

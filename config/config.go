@@ -68,6 +68,8 @@ type HTTP struct {
 	// discovery document; default http://<the listener's address>. Set it
 	// to the public URL when a proxy or TLS terminator fronts the listener.
 	Issuer string `mapstructure:"issuer"`
+	// OAuth lets agents present OAuth access tokens (config/oauth.go).
+	OAuth OAuth `mapstructure:"oauth"`
 }
 
 // Agent is one MCP client allowed on the HTTP listener.

@@ -103,6 +103,7 @@ func parse(data []byte, source, dir string, files bool) (*Config, error) {
 	var later validator
 	c.applyUpstreamDefaults()
 	c.applyNotifyDefaults()
+	c.applyOAuthDefaults(settings)
 	if c.Server.DataDir == "" {
 		d, err := DefaultDataDir()
 		if err != nil {
@@ -246,6 +247,10 @@ var defaults = map[string]any{
 	"http.issuer":                    "",
 	"http.max_body_bytes":            1 << 20,
 	"http.allowed_hosts":             []string{"localhost", "127.0.0.1", "[::1]"},
+	"http.oauth.issuer":              "", // these four: off unless one is set
+	"http.oauth.audience":            "",
+	"http.oauth.scopes":              []string{},
+	"http.oauth.agent_claim":         "",
 	"approval.listen":                "127.0.0.1:8710",
 	"approval.public_url":            "", // these four: derived from listen
 	"approval.rp_id":                 "",

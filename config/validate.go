@@ -42,6 +42,7 @@ func (c *Config) validate() []problem {
 	var v validator
 	c.validateServer(&v)
 	c.validateHTTP(&v)
+	c.validateOAuth(&v)
 	c.validateApproval(&v)
 	c.validateApprovers(&v)
 	c.validateLedger(&v)
@@ -82,8 +83,8 @@ func (c *Config) validateHTTP(v *validator) {
 	if h.MaxBodyBytes < 1024 {
 		v.fail("http.max_body_bytes", "expected at least 1024, got %d", h.MaxBodyBytes)
 	}
-	if h.Addr != "" && len(h.Agents) == 0 && !loopbackAddr(h.Addr) {
-		v.fail("http.agents", "an HTTP listener on %s (not loopback) needs at least one agent token: run countersign agents add NAME", h.Addr)
+	if h.Addr != "" && len(h.Agents) == 0 && !h.OAuth.Enabled() && !loopbackAddr(h.Addr) {
+		v.fail("http.agents", "an HTTP listener on %s (not loopback) needs at least one agent token (run countersign agents add NAME) or http.oauth", h.Addr)
 	}
 	agents := map[string]bool{}
 	for i, a := range h.Agents {

@@ -83,10 +83,12 @@ func hostname(hostport string) string {
 	return strings.Trim(hostport, "[]")
 }
 
-// authenticate maps a bearer token to an agent id. Only token hashes are
-// configured, and they are compared in constant time. With no agents
-// configured every caller is "anonymous": cmd allows that only on loopback.
-func authenticate(agents []config.Agent, log *slog.Logger, next http.Handler) http.Handler {
+// authenticate maps a bearer token to an agent id: a static token of
+// http.agents, or with http.oauth an OAuth access token (rs, nil when off).
+// Only static token hashes are configured, and they are compared in constant
+// time. With neither configured every caller is "anonymous": cmd allows that
+// only on loopback.
+func authenticate(agents []config.Agent, rs *resourceServer, log *slog.Logger, next http.Handler) http.Handler {
 	type known struct {
 		id   string
 		hash []byte
@@ -97,19 +99,33 @@ func authenticate(agents []config.Agent, log *slog.Logger, next http.Handler) ht
 		keys = append(keys, known{a.ID, h})
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if len(keys) == 0 {
+		if len(keys) == 0 && rs == nil {
 			next.ServeHTTP(w, r.WithContext(WithAgent(r.Context(), "anonymous")))
 			return
 		}
 		token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		token = strings.TrimSpace(token)
 		if ok {
-			sum := sha256.Sum256([]byte(strings.TrimSpace(token)))
+			sum := sha256.Sum256([]byte(token))
 			for _, k := range keys {
 				if subtle.ConstantTimeCompare(sum[:], k.hash) == 1 {
 					next.ServeHTTP(w, r.WithContext(WithAgent(r.Context(), k.id)))
 					return
 				}
 			}
+		}
+		if rs != nil {
+			refused := &refusal{status: http.StatusUnauthorized, description: "no bearer token"}
+			if ok && token != "" {
+				var agent string
+				if agent, refused = rs.agent(r.Context(), token); refused == nil {
+					next.ServeHTTP(w, r.WithContext(WithAgent(r.Context(), agent)))
+					return
+				}
+			}
+			log.Warn("agent authentication failed", "remote", r.RemoteAddr, "path", r.URL.Path, "status", refused.status, "error", refused.code, "why", refused.description)
+			rs.challenge(w, refused)
+			return
 		}
 		log.Warn("agent authentication failed", "remote", r.RemoteAddr, "path", r.URL.Path)
 		w.Header().Set("WWW-Authenticate", `Bearer realm="countersign"`)

@@ -25,6 +25,7 @@ import (
 	"github.com/countersign/countersign/tools"
 	"github.com/mark3labs/mcp-go/mcp"
 	mcpserver "github.com/mark3labs/mcp-go/server"
+	"github.com/modelcontextprotocol/go-sdk/auth"
 )
 
 // Options wires a Server.
@@ -253,7 +254,21 @@ func (s *Server) HTTPHandler(baseURL string) (h http.Handler, shutdown func(cont
 	mux.Handle("/sse", sse.SSEHandler())
 	mux.Handle("/message", refuseTasksSSE(sse.MessageHandler()))
 	root := http.NewServeMux()
-	root.Handle("/", authenticate(cfg.Agents, s.log, limitBody(cfg.MaxBodyBytes, mux)))
+	resourceURL := baseURL
+	if cfg.Issuer != "" {
+		resourceURL = cfg.Issuer
+	}
+	reserved := []string{"anonymous", "unknown", s.opts.Config.Server.StdioAgent}
+	for _, a := range cfg.Agents {
+		reserved = append(reserved, a.ID)
+	}
+	rs := newResourceServer(cfg.OAuth, resourceURL, reserved, s.log)
+	root.Handle("/", authenticate(cfg.Agents, rs, s.log, limitBody(cfg.MaxBodyBytes, mux)))
+	if rs != nil {
+		prm := auth.ProtectedResourceMetadataHandler(rs.metadata())
+		root.Handle(metadataPath, prm)
+		root.Handle(metadataPathMCP, prm)
+	}
 	for path, rh := range s.opts.Routes {
 		root.Handle(path, limitBody(cfg.MaxBodyBytes, rh))
 	}

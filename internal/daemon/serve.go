@@ -40,7 +40,7 @@ type Daemon struct {
 // [Daemon.Run].
 func Open(ctx context.Context, c *config.Config, opts Options) (_ *Daemon, err error) {
 	d := &Daemon{opts: opts, log: opts.logger()}
-	if c.HTTP.Addr != "" && len(c.HTTP.Agents) == 0 && !Loopback(c.HTTP.Addr) {
+	if c.HTTP.Addr != "" && len(c.HTTP.Agents) == 0 && !c.HTTP.OAuth.Enabled() && !Loopback(c.HTTP.Addr) {
 		return nil, &ConfigError{fmt.Errorf("%s: http.agents: an HTTP listener on %s (not loopback) needs at least one agent token: run countersign agents add NAME", c.Source, c.HTTP.Addr)}
 	}
 	defer func() {

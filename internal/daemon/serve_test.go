@@ -187,6 +187,20 @@ func TestOpenRefusesAnOpenHTTPListenerWithoutAgents(t *testing.T) {
 	}
 }
 
+// With http.oauth the same listener may open: agents then present access
+// tokens of the authorization server, and nobody is anonymous.
+func TestOpenTakesOAuthInsteadOfAgentTokens(t *testing.T) {
+	c := daemontest.Config(t, func(c *config.Config) {
+		c.HTTP.Addr = "0.0.0.0:0"
+		c.HTTP.OAuth = config.OAuth{Issuer: "https://idp.example.com", Scopes: []string{"mcp:tools"}, AgentClaim: config.AgentClaimClientID}
+	})
+	d, err := Open(context.Background(), c, testOptions(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.close()
+}
+
 // A stack that fails to assemble (here: a witness key that does not parse,
 // found only once the log is open) leaves nothing behind: the error is the
 // configuration's, and the data directory and the page's port are free
