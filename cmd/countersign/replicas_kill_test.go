@@ -1,0 +1,352 @@
+package main
+
+// Replicas killed and restarted: two real `serve --http` processes on one
+// PostgreSQL database (replicaSites). A replica SIGKILLed at the worst
+// moment leaves work the survivor's reaper must finish, once; a replica
+// restarted beside a live one must leave the live one's work alone.
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/server/servertest"
+	"github.com/countersign/countersign/store"
+	"github.com/countersign/countersign/vocab"
+	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
+)
+
+// reconfigure changes the site's configuration file before a node starts.
+func (s *site) reconfigure(edit func(*config.Config)) {
+	s.t.Helper()
+	edit(s.cfg)
+	raw, err := config.Encode(s.cfg)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	if err := os.WriteFile(s.path, raw, 0o600); err != nil {
+		s.t.Fatal(err)
+	}
+}
+
+// replicaID is the owner id the node logged at start (`replica`): what
+// the database names its requests, claims and entries by.
+func (n *node) replicaID() string {
+	n.s.t.Helper()
+	sc := bufio.NewScanner(strings.NewReader(n.stderr.String()))
+	for sc.Scan() {
+		var line map[string]any
+		if json.Unmarshal(sc.Bytes(), &line) == nil && line["msg"] == "replica" {
+			if id, _ := line["id"].(string); id != "" {
+				return id
+			}
+		}
+	}
+	n.s.t.Fatalf("the node logged no replica id:\n%s", n.stderr.String())
+	return ""
+}
+
+// pgDB is a connection to the replicas' database, closed with the test.
+func pgDB(t *testing.T, url string) *store.DB {
+	t.Helper()
+	db, err := store.Connect(context.Background(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
+// storedRequest is an approval request's row as the replicas share it.
+type storedRequest struct{ state, owner, execOwner string }
+
+func readRequest(t *testing.T, db *store.DB, id string) storedRequest {
+	t.Helper()
+	var r storedRequest
+	if err := db.QueryRow(`SELECT state, owner, exec_owner FROM approval_requests WHERE id = ?`, id).Scan(&r.state, &r.owner, &r.execOwner); err != nil {
+		t.Fatalf("request %s: %v", id, err)
+	}
+	return r
+}
+
+// appendedBy is the replica that appended the entry at seq.
+func appendedBy(t *testing.T, db *store.DB, seq int64) string {
+	t.Helper()
+	var owner string
+	if err := db.QueryRow(`SELECT owner FROM audit_entries WHERE seq = ?`, seq).Scan(&owner); err != nil {
+		t.Fatalf("entry %d: %v", seq, err)
+	}
+	return owner
+}
+
+// outcomes are the export's outcome entries (executed, failed,
+// interrupted) of tool.
+func (ex *export) outcomes(tool string) []audit.Entry {
+	var out []audit.Entry
+	for _, e := range ex.entries {
+		switch e.Kind {
+		case vocab.KindCallExecuted, vocab.KindCallFailed, vocab.KindCallInterrupted:
+			if e.Tool == tool {
+				out = append(out, e)
+			}
+		}
+	}
+	return out
+}
+
+// startHeld starts a node whose transfers, once the ledger committed
+// them, hold before their record (the crashtest hook), and returns it with
+// the file the hook writes when a transfer holds.
+func (s *site) startHeld() (n *node, held string) {
+	s.t.Helper()
+	dir := s.t.TempDir()
+	n = s.start("COUNTERSIGN_CRASHTEST_HOLD=transfer", "COUNTERSIGN_CRASHTEST_DIR="+dir)
+	return n, filepath.Join(dir, "held")
+}
+
+func waitFile(t *testing.T, path string) {
+	t.Helper()
+	waitFor(t, "the transfer to hold in the crash hook", func() bool {
+		_, err := os.Stat(path)
+		return err == nil
+	})
+}
+
+// A replica killed with a poll-mode request pending: the approver approves
+// it on the other replica's page, and it runs there, once.
+func TestKilledReplicasPollRequestRunsOnceOnTheOther(t *testing.T) {
+	sites, url, _ := replicaSites(t, 2)
+	a, b := sites[0], sites[1]
+	for _, s := range sites {
+		s.reconfigure(pollModeFor("transfer"))
+	}
+	na := a.start()
+	b.key = a.key
+	nb := b.start()
+	db := pgDB(t, url)
+	id := pending(t, na.agent(), "transfer", bigTransfer)
+	nb.waitPending(1)
+	aID, bID := na.replicaID(), nb.replicaID()
+	na.kill()
+
+	// Approved while A is dead but not yet found so: the approval stands,
+	// and B's reaper runs it once it finds A dead.
+	nb.decide(id, "approve")
+	out := pollUntil(t, nb.agent(), id, "executed")
+	result, _ := out["result"].(map[string]any)
+	if result["status"] != "completed" || result["call_id"] != "request:"+id {
+		t.Fatalf("approval_status on B: %v", out)
+	}
+	if r := readRequest(t, db, id); r.owner != aID || r.execOwner != bID {
+		t.Errorf("request made on A (%s) ran on %q, owned by %q; want run on B (%s)", aID, r.execOwner, r.owner, bID)
+	}
+
+	ex := b.exportAndVerify()
+	want := []vocab.Kind{vocab.KindApprovalRequested, vocab.KindApprovalAssertion, vocab.KindApprovalApproved, vocab.KindCallExecuted}
+	if got := ex.kinds(id); !slices.Equal(got, want) {
+		t.Errorf("log of %s: %v, want %v", id, got, want)
+	}
+	ledger := pgTransfers(t, url)
+	if len(ledger) != 1 || ledger[result["transfer_id"].(string)] != "request:"+id {
+		t.Errorf("ledger %v, want the one transfer of request %s", ledger, id)
+	}
+	checkLedgerAgainstLog(t, ledger, ex)
+}
+
+// A replica killed after it claimed an approved transfer (BeginExecution)
+// and the ledger committed it, before its record: B's reaper finds the
+// transfer in the ledger and records it, once; nothing runs again.
+func TestKilledReplicasClaimedTransferIsSettledOnceByTheOther(t *testing.T) {
+	sites, url, _ := replicaSites(t, 2)
+	a, b := sites[0], sites[1]
+	for _, s := range sites {
+		s.reconfigure(pollModeFor("transfer"))
+	}
+	na, held := a.startHeld()
+	b.key = a.key
+	nb := b.start()
+	db := pgDB(t, url)
+	id := pending(t, na.agent(), "transfer", bigTransfer)
+	nb.waitPending(1)
+	aID, bID := na.replicaID(), nb.replicaID()
+	nb.decide(id, "approve") // A, its owner, hears of it and runs it
+	waitFile(t, held)
+	if r := readRequest(t, db, id); r.state != string(vocab.StateApproved) || r.execOwner != aID {
+		t.Fatalf("held request: %+v, want approved and claimed by A (%s)", r, aID)
+	}
+	na.kill()
+
+	out := pollUntil(t, nb.agent(), id, "executed")
+	result, _ := out["result"].(map[string]any)
+	if result["call_id"] != "request:"+id {
+		t.Fatalf("approval_status on B: %v", out)
+	}
+	ex := b.exportAndVerify()
+	want := []vocab.Kind{vocab.KindApprovalRequested, vocab.KindApprovalAssertion, vocab.KindApprovalApproved, vocab.KindCallExecuted}
+	if got := ex.kinds(id); !slices.Equal(got, want) {
+		t.Fatalf("log of %s: %v, want %v", id, got, want)
+	}
+	executed := ex.outcomes("transfer")
+	if len(executed) != 1 || !strings.HasPrefix(executed[0].Reason, "recorded at start") {
+		t.Fatalf("outcomes of the transfer: %+v, want one call.executed recorded from the ledger", executed)
+	}
+	if by := appendedBy(t, db, executed[0].Seq); by != bID {
+		t.Errorf("the outcome was appended by %q, want B (%s)", by, bID)
+	}
+	ledger := pgTransfers(t, url)
+	if len(ledger) != 1 {
+		t.Fatalf("ledger %v, want one transfer", ledger)
+	}
+	checkLedgerAgainstLog(t, ledger, ex)
+}
+
+// A replica killed between a routine call's call.allowed and its outcome
+// (the transfer committed, its record not yet appended): B's reaper gives
+// the call its one outcome, from the ledger.
+func TestKilledReplicasRoutineCallGetsOneOutcomeFromTheOther(t *testing.T) {
+	sites, url, _ := replicaSites(t, 2)
+	a, b := sites[0], sites[1]
+	na, held := a.startHeld()
+	b.key = a.key
+	nb := b.start()
+	db := pgDB(t, url)
+	cs := na.agent()
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		cs.CallTool(ctx, &sdk.CallToolParams{Name: "transfer", Arguments: map[string]any{
+			"from": "operating", "to": "Acme Supplies", "amount": 12.5, "currency": "USD"}}) // held, then killed
+	}()
+	waitFile(t, held)
+	bID := nb.replicaID()
+	na.kill()
+
+	waitFor(t, "B's reaper to record the outcome of A's open call", func() bool {
+		return strings.Contains(nb.stderr.String(), "recorded the outcome of a routine call the previous process left open")
+	})
+	ex := b.exportAndVerify()
+	outcomes := ex.outcomes("transfer")
+	if len(outcomes) != 1 || outcomes[0].Kind != vocab.KindCallExecuted || !strings.HasPrefix(outcomes[0].Reason, "recorded at start") {
+		t.Fatalf("outcomes of the routine transfer: %+v, want one call.executed recorded from the ledger", outcomes)
+	}
+	if by := appendedBy(t, db, outcomes[0].Seq); by != bID {
+		t.Errorf("the outcome was appended by %q, want B (%s)", by, bID)
+	}
+	if !strings.Contains(string(ex.argsOf(t, outcomes[0])), "Acme Supplies") {
+		t.Errorf("the reaped outcome does not name the call's arguments: %+v", outcomes[0])
+	}
+	ledger := pgTransfers(t, url)
+	if len(ledger) != 1 {
+		t.Fatalf("ledger %v, want one transfer", ledger)
+	}
+	checkLedgerAgainstLog(t, ledger, ex)
+	checkEveryCallHasOutcome(t, ex)
+}
+
+// Restarting B while A has requests pending: B's stop and start leave
+// them to A (still pending, A's waiting call still returns once approved),
+// and B's start does not wait on a live replica's outbox.
+func TestRestartingBLeavesLiveAsRequestsAlone(t *testing.T) {
+	sites, url, _ := replicaSites(t, 2)
+	a, b := sites[0], sites[1]
+	for _, s := range sites {
+		s.reconfigure(pollModeFor("deploy"))
+	}
+	na := a.start()
+	b.key = a.key
+	nb := b.start()
+	db := pgDB(t, url)
+	aID := na.replicaID()
+
+	cs := na.agent()
+	answer := make(chan *sdk.CallToolResult, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		res, err := cs.CallTool(ctx, &sdk.CallToolParams{Name: "transfer", Arguments: bigTransfer})
+		if err != nil {
+			res = &sdk.CallToolResult{IsError: true, Content: []sdk.Content{&sdk.TextContent{Text: "transport error: " + err.Error()}}}
+		}
+		answer <- res
+	}()
+	poll := pending(t, cs, "deploy", map[string]any{"service": "api", "version": "2.0.0", "environment": "production"})
+	var block string
+	for _, id := range nb.waitPending(2) {
+		if id != poll {
+			block = id
+		}
+	}
+
+	// A live replica's queued entry, old enough that a dead owner's would
+	// be taken at once: nobody but its owner may append it, and nobody
+	// waits for it. The test holds that owner's liveness lock, as a live
+	// replica whose appends are slow would.
+	const busy = "busy-live-replica"
+	owners, err := store.OwnersFor(context.Background(), db, store.OwnerOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	release, err := owners.Hold(busy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	queued, _ := json.Marshal(audit.Entry{Kind: vocab.KindApprovalRejected, RequestID: block, Reason: "queued by a live replica"})
+	if _, err := db.Exec(`INSERT INTO approval_outbox (request_id, entry, kind, owner, created_at) VALUES (?, ?, ?, ?, ?)`,
+		"", queued, string(vocab.KindApprovalRejected), busy, time.Now().Add(-10*time.Minute).UnixNano()); err != nil {
+		t.Fatal(err)
+	}
+
+	nb.term()
+	nb = b.start() // fails the test if the start gave up waiting
+	if strings.Contains(nb.stderr.String(), "waiting for audit entries") {
+		t.Errorf("B's start waited on another replica's outbox:\n%s", nb.stderr.String())
+	}
+	var left string
+	if err := db.QueryRow(`SELECT owner FROM approval_outbox WHERE kind = ?`, string(vocab.KindApprovalRejected)).Scan(&left); err != nil || left != busy {
+		t.Fatalf("the live replica's queued entry after B's start: owner %q, %v; want still %s's", left, err, busy)
+	}
+	// Taken out again before its owner goes, so that it is never appended:
+	// the test made it up.
+	if _, err := db.Exec(`DELETE FROM approval_outbox WHERE owner = ?`, busy); err != nil {
+		t.Fatal(err)
+	}
+	release()
+
+	for _, id := range []string{block, poll} {
+		if r := readRequest(t, db, id); r.state != string(vocab.StatePending) || r.owner != aID {
+			t.Errorf("A's request %s after B restarted: %+v, want pending and A's (%s)", id, r, aID)
+		}
+	}
+	nb.decide(block, "approve")
+	if res := <-answer; res.IsError {
+		t.Fatalf("A's waiting call after approval on the restarted B: %s", servertest.ResultText(res))
+	}
+	nb.decide(poll, "approve")
+	if out := pollUntil(t, na.agent(), poll, "executed"); out["result"] == nil {
+		t.Errorf("the poll-mode deploy: %v", out)
+	}
+	if r := readRequest(t, db, poll); r.execOwner != aID {
+		t.Errorf("A's poll-mode request ran on %q, want A (%s), which lives", r.execOwner, aID)
+	}
+
+	ex := nb.s.exportAndVerify()
+	want := []vocab.Kind{vocab.KindApprovalRequested, vocab.KindApprovalAssertion, vocab.KindApprovalApproved, vocab.KindCallExecuted}
+	for _, id := range []string{block, poll} {
+		if got := ex.kinds(id); !slices.Equal(got, want) {
+			t.Errorf("log of %s: %v, want %v", id, got, want)
+		}
+	}
+	ledger := pgTransfers(t, url)
+	if len(ledger) != 1 {
+		t.Errorf("ledger %v, want the one approved transfer", ledger)
+	}
+	checkLedgerAgainstLog(t, ledger, ex)
+}
