@@ -37,21 +37,40 @@ func (s *site) reconfigure(edit func(*config.Config)) {
 	}
 }
 
+// logLines are the JSON lines the node logged so far.
+func (n *node) logLines() []map[string]any {
+	var out []map[string]any
+	sc := bufio.NewScanner(strings.NewReader(n.stderr.String()))
+	for sc.Scan() {
+		var line map[string]any
+		if json.Unmarshal(sc.Bytes(), &line) == nil {
+			out = append(out, line)
+		}
+	}
+	return out
+}
+
 // replicaID is the owner id the node logged at start (`replica`): what
 // the database names its requests, claims and entries by.
 func (n *node) replicaID() string {
 	n.s.t.Helper()
-	sc := bufio.NewScanner(strings.NewReader(n.stderr.String()))
-	for sc.Scan() {
-		var line map[string]any
-		if json.Unmarshal(sc.Bytes(), &line) == nil && line["msg"] == "replica" {
-			if id, _ := line["id"].(string); id != "" {
-				return id
-			}
+	for _, line := range n.logLines() {
+		if id, _ := line["id"].(string); line["msg"] == "replica" && id != "" {
+			return id
 		}
 	}
 	n.s.t.Fatalf("the node logged no replica id:\n%s", n.stderr.String())
 	return ""
+}
+
+// logged reports whether the node logged msg with key set to value.
+func (n *node) logged(msg, key, value string) bool {
+	for _, line := range n.logLines() {
+		if line["msg"] == msg && line[key] == value {
+			return true
+		}
+	}
+	return false
 }
 
 // pgDB is a connection to the replicas' database, closed with the test.
@@ -121,44 +140,59 @@ func waitFile(t *testing.T, path string) {
 }
 
 // A replica killed with a poll-mode request pending: the approver approves
-// it on the other replica's page, and it runs there, once.
+// it on the other replica's page, and it runs there, once: approved while
+// A is dead but not yet found so (B's reaper then runs the approved
+// request), or after B's reaper took it over (B runs it on its decision).
 func TestKilledReplicasPollRequestRunsOnceOnTheOther(t *testing.T) {
-	sites, url, _ := replicaSites(t, 2)
-	a, b := sites[0], sites[1]
-	for _, s := range sites {
-		s.reconfigure(pollModeFor("transfer"))
-	}
-	na := a.start()
-	b.key = a.key
-	nb := b.start()
-	db := pgDB(t, url)
-	id := pending(t, na.agent(), "transfer", bigTransfer)
-	nb.waitPending(1)
-	aID, bID := na.replicaID(), nb.replicaID()
-	na.kill()
+	for _, afterReap := range []bool{false, true} {
+		t.Run(map[bool]string{false: "approved before the reap", true: "approved after the reap"}[afterReap], func(t *testing.T) {
+			sites, url, _ := replicaSites(t, 2)
+			a, b := sites[0], sites[1]
+			for _, s := range sites {
+				s.reconfigure(pollModeFor("transfer"))
+			}
+			na := a.start()
+			b.key = a.key
+			nb := b.start()
+			db := pgDB(t, url)
+			id := pending(t, na.agent(), "transfer", bigTransfer)
+			nb.waitPending(1)
+			aID, bID := na.replicaID(), nb.replicaID()
+			na.kill()
 
-	// Approved while A is dead but not yet found so: the approval stands,
-	// and B's reaper runs it once it finds A dead.
-	nb.decide(id, "approve")
-	out := pollUntil(t, nb.agent(), id, "executed")
-	result, _ := out["result"].(map[string]any)
-	if result["status"] != "completed" || result["call_id"] != "request:"+id {
-		t.Fatalf("approval_status on B: %v", out)
-	}
-	if r := readRequest(t, db, id); r.owner != aID || r.execOwner != bID {
-		t.Errorf("request made on A (%s) ran on %q, owned by %q; want run on B (%s)", aID, r.execOwner, r.owner, bID)
-	}
+			if afterReap {
+				waitFor(t, "B's reaper to take over A's poll-mode request", func() bool {
+					return nb.logged("resuming approval request", "auth_req_id", id)
+				})
+				if r := readRequest(t, db, id); r.state != string(vocab.StatePending) {
+					t.Fatalf("A's poll-mode request after the reap: %+v, want pending", r)
+				}
+			}
+			nb.decide(id, "approve")
+			out := pollUntil(t, nb.agent(), id, "executed")
+			result, _ := out["result"].(map[string]any)
+			if result["status"] != "completed" || result["call_id"] != "request:"+id {
+				t.Fatalf("approval_status on B: %v", out)
+			}
+			if r := readRequest(t, db, id); r.owner != aID || r.execOwner != bID {
+				t.Errorf("request made on A (%s) ran on %q, owned by %q; want run on B (%s)", aID, r.execOwner, r.owner, bID)
+			}
 
-	ex := b.exportAndVerify()
-	want := []vocab.Kind{vocab.KindApprovalRequested, vocab.KindApprovalAssertion, vocab.KindApprovalApproved, vocab.KindCallExecuted}
-	if got := ex.kinds(id); !slices.Equal(got, want) {
-		t.Errorf("log of %s: %v, want %v", id, got, want)
+			ex := b.exportAndVerify()
+			want := []vocab.Kind{vocab.KindApprovalRequested, vocab.KindApprovalAssertion, vocab.KindApprovalApproved, vocab.KindCallExecuted}
+			if got := ex.kinds(id); !slices.Equal(got, want) {
+				t.Errorf("log of %s: %v, want %v", id, got, want)
+			}
+			if got := ex.outcomes("transfer"); len(got) != 1 {
+				t.Errorf("the log holds %d transfer outcomes, want 1", len(got))
+			}
+			ledger := pgTransfers(t, url)
+			if len(ledger) != 1 || ledger[result["transfer_id"].(string)] != "request:"+id {
+				t.Errorf("ledger %v, want the one transfer of request %s", ledger, id)
+			}
+			checkLedgerAgainstLog(t, ledger, ex)
+		})
 	}
-	ledger := pgTransfers(t, url)
-	if len(ledger) != 1 || ledger[result["transfer_id"].(string)] != "request:"+id {
-		t.Errorf("ledger %v, want the one transfer of request %s", ledger, id)
-	}
-	checkLedgerAgainstLog(t, ledger, ex)
 }
 
 // A replica killed after it claimed an approved transfer (BeginExecution)
@@ -178,13 +212,17 @@ func TestKilledReplicasClaimedTransferIsSettledOnceByTheOther(t *testing.T) {
 	nb.waitPending(1)
 	aID, bID := na.replicaID(), nb.replicaID()
 	nb.decide(id, "approve") // A, its owner, hears of it and runs it
+	approved := time.Now()
 	waitFile(t, held)
+	t.Logf("A ran the transfer %v after the approval on B", time.Since(approved))
 	if r := readRequest(t, db, id); r.state != string(vocab.StateApproved) || r.execOwner != aID {
 		t.Fatalf("held request: %+v, want approved and claimed by A (%s)", r, aID)
 	}
 	na.kill()
+	killed := time.Now()
 
 	out := pollUntil(t, nb.agent(), id, "executed")
+	t.Logf("B recorded it %v after the kill (grace %v)", time.Since(killed), store.DefaultGrace)
 	result, _ := out["result"].(map[string]any)
 	if result["call_id"] != "request:"+id {
 		t.Fatalf("approval_status on B: %v", out)
@@ -304,8 +342,11 @@ func TestRestartingBLeavesLiveAsRequestsAlone(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	stopping := time.Now()
 	nb.term()
+	stopped := time.Now()
 	nb = b.start() // fails the test if the start gave up waiting
+	t.Logf("B stopped in %v and started again in %v", stopped.Sub(stopping), time.Since(stopped))
 	if strings.Contains(nb.stderr.String(), "waiting for audit entries") {
 		t.Errorf("B's start waited on another replica's outbox:\n%s", nb.stderr.String())
 	}
