@@ -121,13 +121,19 @@ func (ex *export) outcomes(tool string) []audit.Entry {
 	return out
 }
 
-// startHeld starts a node whose transfers, once the ledger committed
-// them, hold before their record (the crashtest hook), and returns it with
-// the file the hook writes when a transfer holds.
-func (s *site) startHeld() (n *node, held string) {
+// Where the crashtest hook holds a transfer (COUNTERSIGN_CRASHTEST_HOLD_AT).
+const (
+	heldAfterCommit = "after"  // the ledger committed it, the record not yet written
+	heldBeforeRun   = "before" // let through (and claimed), the ledger not yet asked
+)
+
+// startHeld starts a node whose transfers hold at the point named (the
+// crashtest hook), and returns it with the file the hook writes when a
+// transfer holds.
+func (s *site) startHeld(at string) (n *node, held string) {
 	s.t.Helper()
 	dir := s.t.TempDir()
-	n = s.start("COUNTERSIGN_CRASHTEST_HOLD=transfer", "COUNTERSIGN_CRASHTEST_DIR="+dir)
+	n = s.start("COUNTERSIGN_CRASHTEST_HOLD=transfer", "COUNTERSIGN_CRASHTEST_DIR="+dir, "COUNTERSIGN_CRASHTEST_HOLD_AT="+at)
 	return n, filepath.Join(dir, "held")
 }
 
@@ -195,98 +201,119 @@ func TestKilledReplicasPollRequestRunsOnceOnTheOther(t *testing.T) {
 	}
 }
 
-// A replica killed after it claimed an approved transfer (BeginExecution)
-// and the ledger committed it, before its record: B's reaper finds the
-// transfer in the ledger and records it, once; nothing runs again.
+// A replica killed after it claimed an approved transfer (BeginExecution):
+// after the ledger committed it, B's reaper finds it there and records it;
+// before the ledger was asked, B's reaper runs it. Either way exactly one
+// outcome and one transfer, and the log and the ledger agree.
 func TestKilledReplicasClaimedTransferIsSettledOnceByTheOther(t *testing.T) {
-	sites, url, _ := replicaSites(t, 2)
-	a, b := sites[0], sites[1]
-	for _, s := range sites {
-		s.reconfigure(pollModeFor("transfer"))
-	}
-	na, held := a.startHeld()
-	b.key = a.key
-	nb := b.start()
-	db := pgDB(t, url)
-	id := pending(t, na.agent(), "transfer", bigTransfer)
-	nb.waitPending(1)
-	aID, bID := na.replicaID(), nb.replicaID()
-	nb.decide(id, "approve") // A, its owner, hears of it and runs it
-	approved := time.Now()
-	waitFile(t, held)
-	t.Logf("A ran the transfer %v after the approval on B", time.Since(approved))
-	if r := readRequest(t, db, id); r.state != string(vocab.StateApproved) || r.execOwner != aID {
-		t.Fatalf("held request: %+v, want approved and claimed by A (%s)", r, aID)
-	}
-	na.kill()
-	killed := time.Now()
+	for _, at := range []string{heldAfterCommit, heldBeforeRun} {
+		t.Run(at, func(t *testing.T) {
+			sites, url, _ := replicaSites(t, 2)
+			a, b := sites[0], sites[1]
+			for _, s := range sites {
+				s.reconfigure(pollModeFor("transfer"))
+			}
+			na, held := a.startHeld(at)
+			b.key = a.key
+			nb := b.start()
+			db := pgDB(t, url)
+			id := pending(t, na.agent(), "transfer", bigTransfer)
+			nb.waitPending(1)
+			aID, bID := na.replicaID(), nb.replicaID()
+			nb.decide(id, "approve") // A, its owner, hears of it and runs it
+			approved := time.Now()
+			waitFile(t, held)
+			t.Logf("A ran the transfer %v after the approval on B", time.Since(approved))
+			if r := readRequest(t, db, id); r.state != string(vocab.StateApproved) || r.execOwner != aID {
+				t.Fatalf("held request: %+v, want approved and claimed by A (%s)", r, aID)
+			}
+			if l := pgTransfers(t, url); len(l) != map[string]int{heldAfterCommit: 1, heldBeforeRun: 0}[at] {
+				t.Fatalf("the ledger holds %v while the transfer is held %s the run", l, at)
+			}
+			na.kill()
+			killed := time.Now()
 
-	out := pollUntil(t, nb.agent(), id, "executed")
-	t.Logf("B recorded it %v after the kill (grace %v)", time.Since(killed), store.DefaultGrace)
-	result, _ := out["result"].(map[string]any)
-	if result["call_id"] != "request:"+id {
-		t.Fatalf("approval_status on B: %v", out)
+			out := pollUntil(t, nb.agent(), id, "executed")
+			t.Logf("B settled it %v after the kill (grace %v)", time.Since(killed), store.DefaultGrace)
+			result, _ := out["result"].(map[string]any)
+			if result["call_id"] != "request:"+id {
+				t.Fatalf("approval_status on B: %v", out)
+			}
+			ex := b.exportAndVerify()
+			want := []vocab.Kind{vocab.KindApprovalRequested, vocab.KindApprovalAssertion, vocab.KindApprovalApproved, vocab.KindCallExecuted}
+			if got := ex.kinds(id); !slices.Equal(got, want) {
+				t.Fatalf("log of %s: %v, want %v", id, got, want)
+			}
+			executed := ex.outcomes("transfer")
+			if len(executed) != 1 || strings.HasPrefix(executed[0].Reason, "recorded at start") != (at == heldAfterCommit) {
+				t.Fatalf("outcomes of the transfer: %+v, want one call.executed (recorded from the ledger if it committed)", executed)
+			}
+			if by := appendedBy(t, db, executed[0].Seq); by != bID {
+				t.Errorf("the outcome was appended by %q, want B (%s)", by, bID)
+			}
+			ledger := pgTransfers(t, url)
+			if len(ledger) != 1 || ledger[result["transfer_id"].(string)] != "request:"+id {
+				t.Fatalf("ledger %v, want the one transfer of request %s", ledger, id)
+			}
+			checkLedgerAgainstLog(t, ledger, ex)
+		})
 	}
-	ex := b.exportAndVerify()
-	want := []vocab.Kind{vocab.KindApprovalRequested, vocab.KindApprovalAssertion, vocab.KindApprovalApproved, vocab.KindCallExecuted}
-	if got := ex.kinds(id); !slices.Equal(got, want) {
-		t.Fatalf("log of %s: %v, want %v", id, got, want)
-	}
-	executed := ex.outcomes("transfer")
-	if len(executed) != 1 || !strings.HasPrefix(executed[0].Reason, "recorded at start") {
-		t.Fatalf("outcomes of the transfer: %+v, want one call.executed recorded from the ledger", executed)
-	}
-	if by := appendedBy(t, db, executed[0].Seq); by != bID {
-		t.Errorf("the outcome was appended by %q, want B (%s)", by, bID)
-	}
-	ledger := pgTransfers(t, url)
-	if len(ledger) != 1 {
-		t.Fatalf("ledger %v, want one transfer", ledger)
-	}
-	checkLedgerAgainstLog(t, ledger, ex)
 }
 
-// A replica killed between a routine call's call.allowed and its outcome
-// (the transfer committed, its record not yet appended): B's reaper gives
-// the call its one outcome, from the ledger.
+// A replica killed between a routine call's call.allowed and its outcome:
+// B's reaper gives the call its one outcome, from the ledger:
+// call.executed when the transfer committed, call.failed when it never
+// ran (a routine call is its caller's to retry, and its caller is gone).
 func TestKilledReplicasRoutineCallGetsOneOutcomeFromTheOther(t *testing.T) {
-	sites, url, _ := replicaSites(t, 2)
-	a, b := sites[0], sites[1]
-	na, held := a.startHeld()
-	b.key = a.key
-	nb := b.start()
-	db := pgDB(t, url)
-	cs := na.agent()
-	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-		defer cancel()
-		cs.CallTool(ctx, &sdk.CallToolParams{Name: "transfer", Arguments: map[string]any{
-			"from": "operating", "to": "Acme Supplies", "amount": 12.5, "currency": "USD"}}) // held, then killed
-	}()
-	waitFile(t, held)
-	bID := nb.replicaID()
-	na.kill()
+	for _, tc := range []struct {
+		at       string
+		kind     vocab.Kind
+		reason   string
+		transfer int
+	}{
+		{heldAfterCommit, vocab.KindCallExecuted, "recorded at start: the server stopped after the backend committed", 1},
+		{heldBeforeRun, vocab.KindCallFailed, "recorded at start: the server stopped before this took effect", 0},
+	} {
+		t.Run(tc.at, func(t *testing.T) {
+			sites, url, _ := replicaSites(t, 2)
+			a, b := sites[0], sites[1]
+			na, held := a.startHeld(tc.at)
+			b.key = a.key
+			nb := b.start()
+			db := pgDB(t, url)
+			cs := na.agent()
+			go func() {
+				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+				defer cancel()
+				cs.CallTool(ctx, &sdk.CallToolParams{Name: "transfer", Arguments: map[string]any{
+					"from": "operating", "to": "Acme Supplies", "amount": 12.5, "currency": "USD"}}) // held, then killed
+			}()
+			waitFile(t, held)
+			bID := nb.replicaID()
+			na.kill()
 
-	waitFor(t, "B's reaper to record the outcome of A's open call", func() bool {
-		return strings.Contains(nb.stderr.String(), "recorded the outcome of a routine call the previous process left open")
-	})
-	ex := b.exportAndVerify()
-	outcomes := ex.outcomes("transfer")
-	if len(outcomes) != 1 || outcomes[0].Kind != vocab.KindCallExecuted || !strings.HasPrefix(outcomes[0].Reason, "recorded at start") {
-		t.Fatalf("outcomes of the routine transfer: %+v, want one call.executed recorded from the ledger", outcomes)
+			waitFor(t, "B's reaper to record the outcome of A's open call", func() bool {
+				return strings.Contains(nb.stderr.String(), "recorded the outcome of a routine call the previous process left open")
+			})
+			ex := b.exportAndVerify()
+			outcomes := ex.outcomes("transfer")
+			if len(outcomes) != 1 || outcomes[0].Kind != tc.kind || !strings.HasPrefix(outcomes[0].Reason, tc.reason) {
+				t.Fatalf("outcomes of the routine transfer: %+v, want one %s %q", outcomes, tc.kind, tc.reason)
+			}
+			if by := appendedBy(t, db, outcomes[0].Seq); by != bID {
+				t.Errorf("the outcome was appended by %q, want B (%s)", by, bID)
+			}
+			if !strings.Contains(string(ex.argsOf(t, outcomes[0])), "Acme Supplies") {
+				t.Errorf("the reaped outcome does not name the call's arguments: %+v", outcomes[0])
+			}
+			ledger := pgTransfers(t, url)
+			if len(ledger) != tc.transfer {
+				t.Fatalf("ledger %v, want %d transfers", ledger, tc.transfer)
+			}
+			checkLedgerAgainstLog(t, ledger, ex)
+			checkEveryCallHasOutcome(t, ex)
+		})
 	}
-	if by := appendedBy(t, db, outcomes[0].Seq); by != bID {
-		t.Errorf("the outcome was appended by %q, want B (%s)", by, bID)
-	}
-	if !strings.Contains(string(ex.argsOf(t, outcomes[0])), "Acme Supplies") {
-		t.Errorf("the reaped outcome does not name the call's arguments: %+v", outcomes[0])
-	}
-	ledger := pgTransfers(t, url)
-	if len(ledger) != 1 {
-		t.Fatalf("ledger %v, want one transfer", ledger)
-	}
-	checkLedgerAgainstLog(t, ledger, ex)
-	checkEveryCallHasOutcome(t, ex)
 }
 
 // Restarting B while A has requests pending: B's stop and start leave
