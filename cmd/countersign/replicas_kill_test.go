@@ -9,8 +9,6 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -24,49 +22,12 @@ import (
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
 )
 
-// reconfigure changes the site's configuration file before a node starts.
-func (s *site) reconfigure(edit func(*config.Config)) {
-	s.t.Helper()
-	edit(s.cfg)
-	raw, err := config.Encode(s.cfg)
-	if err != nil {
-		s.t.Fatal(err)
-	}
-	if err := os.WriteFile(s.path, raw, 0o600); err != nil {
-		s.t.Fatal(err)
-	}
-}
-
-// logLines are the JSON lines the node logged so far.
-func (n *node) logLines() []map[string]any {
-	var out []map[string]any
+// logged reports whether the node logged msg with key set to value.
+func (n *node) logged(msg, key, value string) bool {
 	sc := bufio.NewScanner(strings.NewReader(n.stderr.String()))
 	for sc.Scan() {
 		var line map[string]any
-		if json.Unmarshal(sc.Bytes(), &line) == nil {
-			out = append(out, line)
-		}
-	}
-	return out
-}
-
-// replicaID is the owner id the node logged at start (`replica`): what
-// the database names its requests, claims and entries by.
-func (n *node) replicaID() string {
-	n.s.t.Helper()
-	for _, line := range n.logLines() {
-		if id, _ := line["id"].(string); line["msg"] == "replica" && id != "" {
-			return id
-		}
-	}
-	n.s.t.Fatalf("the node logged no replica id:\n%s", n.stderr.String())
-	return ""
-}
-
-// logged reports whether the node logged msg with key set to value.
-func (n *node) logged(msg, key, value string) bool {
-	for _, line := range n.logLines() {
-		if line["msg"] == msg && line[key] == value {
+		if json.Unmarshal(sc.Bytes(), &line) == nil && line["msg"] == msg && line[key] == value {
 			return true
 		}
 	}
@@ -128,21 +89,18 @@ const (
 )
 
 // startHeld starts a node whose transfers hold at the point named (the
-// crashtest hook), and returns it with the file the hook writes when a
-// transfer holds.
-func (s *site) startHeld(at string) (n *node, held string) {
+// crashtest hook), and returns it with the directory the hook writes
+// held to (waitHeld).
+func (s *site) startHeld(at string) (n *node, dir string) {
 	s.t.Helper()
-	dir := s.t.TempDir()
+	dir = s.t.TempDir()
 	n = s.start("COUNTERSIGN_CRASHTEST_HOLD=transfer", "COUNTERSIGN_CRASHTEST_DIR="+dir, "COUNTERSIGN_CRASHTEST_HOLD_AT="+at)
-	return n, filepath.Join(dir, "held")
+	return n, dir
 }
 
-func waitFile(t *testing.T, path string) {
-	t.Helper()
-	waitFor(t, "the transfer to hold in the crash hook", func() bool {
-		_, err := os.Stat(path)
-		return err == nil
-	})
+// pollTool sets every replica's tool to wait in poll mode.
+func pollTool(name string) func(int, *config.Config) {
+	return func(_ int, c *config.Config) { pollModeFor(name)(c) }
 }
 
 // A replica killed with a poll-mode request pending: the approver approves
@@ -152,18 +110,15 @@ func waitFile(t *testing.T, path string) {
 func TestKilledReplicasPollRequestRunsOnceOnTheOther(t *testing.T) {
 	for _, afterReap := range []bool{false, true} {
 		t.Run(map[bool]string{false: "approved before the reap", true: "approved after the reap"}[afterReap], func(t *testing.T) {
-			sites, url, _ := replicaSites(t, 2)
+			sites, url, _ := replicaSites(t, 2, pollTool("transfer"))
 			a, b := sites[0], sites[1]
-			for _, s := range sites {
-				s.reconfigure(pollModeFor("transfer"))
-			}
 			na := a.start()
 			b.key = a.key
 			nb := b.start()
 			db := pgDB(t, url)
 			id := pending(t, na.agent(), "transfer", bigTransfer)
 			nb.waitPending(1)
-			aID, bID := na.replicaID(), nb.replicaID()
+			aID, bID := replicaID(t, na), replicaID(t, nb)
 			na.kill()
 
 			if afterReap {
@@ -208,21 +163,18 @@ func TestKilledReplicasPollRequestRunsOnceOnTheOther(t *testing.T) {
 func TestKilledReplicasClaimedTransferIsSettledOnceByTheOther(t *testing.T) {
 	for _, at := range []string{heldAfterCommit, heldBeforeRun} {
 		t.Run(at, func(t *testing.T) {
-			sites, url, _ := replicaSites(t, 2)
+			sites, url, _ := replicaSites(t, 2, pollTool("transfer"))
 			a, b := sites[0], sites[1]
-			for _, s := range sites {
-				s.reconfigure(pollModeFor("transfer"))
-			}
-			na, held := a.startHeld(at)
+			na, hookDir := a.startHeld(at)
 			b.key = a.key
 			nb := b.start()
 			db := pgDB(t, url)
 			id := pending(t, na.agent(), "transfer", bigTransfer)
 			nb.waitPending(1)
-			aID, bID := na.replicaID(), nb.replicaID()
+			aID, bID := replicaID(t, na), replicaID(t, nb)
 			nb.decide(id, "approve") // A, its owner, hears of it and runs it
 			approved := time.Now()
-			waitFile(t, held)
+			waitHeld(t, na, hookDir)
 			t.Logf("A ran the transfer %v after the approval on B", time.Since(approved))
 			if r := readRequest(t, db, id); r.state != string(vocab.StateApproved) || r.execOwner != aID {
 				t.Fatalf("held request: %+v, want approved and claimed by A (%s)", r, aID)
@@ -277,7 +229,7 @@ func TestKilledReplicasRoutineCallGetsOneOutcomeFromTheOther(t *testing.T) {
 		t.Run(tc.at, func(t *testing.T) {
 			sites, url, _ := replicaSites(t, 2)
 			a, b := sites[0], sites[1]
-			na, held := a.startHeld(tc.at)
+			na, hookDir := a.startHeld(tc.at)
 			b.key = a.key
 			nb := b.start()
 			db := pgDB(t, url)
@@ -288,8 +240,8 @@ func TestKilledReplicasRoutineCallGetsOneOutcomeFromTheOther(t *testing.T) {
 				cs.CallTool(ctx, &sdk.CallToolParams{Name: "transfer", Arguments: map[string]any{
 					"from": "operating", "to": "Acme Supplies", "amount": 12.5, "currency": "USD"}}) // held, then killed
 			}()
-			waitFile(t, held)
-			bID := nb.replicaID()
+			waitHeld(t, na, hookDir)
+			bID := replicaID(t, nb)
 			na.kill()
 
 			waitFor(t, "B's reaper to record the outcome of A's open call", func() bool {
@@ -320,16 +272,13 @@ func TestKilledReplicasRoutineCallGetsOneOutcomeFromTheOther(t *testing.T) {
 // them to A (still pending, A's waiting call still returns once approved),
 // and B's start does not wait on a live replica's outbox.
 func TestRestartingBLeavesLiveAsRequestsAlone(t *testing.T) {
-	sites, url, _ := replicaSites(t, 2)
+	sites, url, _ := replicaSites(t, 2, pollTool("deploy"))
 	a, b := sites[0], sites[1]
-	for _, s := range sites {
-		s.reconfigure(pollModeFor("deploy"))
-	}
 	na := a.start()
 	b.key = a.key
 	nb := b.start()
 	db := pgDB(t, url)
-	aID := na.replicaID()
+	aID := replicaID(t, na)
 
 	cs := na.agent()
 	answer := make(chan *sdk.CallToolResult, 1)
