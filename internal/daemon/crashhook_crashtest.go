@@ -21,9 +21,13 @@ import (
 // starts so (approved requests' runs), letting routine ones go on: the
 // first there after its commit, any later one before it runs (claimed,
 // never run), so a kill lands in the middle of a batch.
+// COUNTERSIGN_CRASHTEST_HOLD_AT=before holds (and writes held) before the
+// backend runs instead: the call was let through (a countersigned one's
+// run claimed) and took no effect.
 func crashHooks(cat *tools.Catalog) {
 	name, dir := os.Getenv("COUNTERSIGN_CRASHTEST_HOLD"), os.Getenv("COUNTERSIGN_CRASHTEST_DIR")
 	only := os.Getenv("COUNTERSIGN_CRASHTEST_HOLD_CALLS")
+	before := os.Getenv("COUNTERSIGN_CRASHTEST_HOLD_AT") == "before"
 	if name == "" || dir == "" {
 		return
 	}
@@ -37,11 +41,20 @@ func crashHooks(cat *tools.Catalog) {
 		if only != "" && strings.HasPrefix(call.ID, only) && !first.CompareAndSwap(false, true) {
 			select {} // until the test kills the process
 		}
+		if before && strings.HasPrefix(call.ID, only) {
+			holdCall(dir, call)
+		}
 		res, err := run(ctx, call)
 		if err != nil || !strings.HasPrefix(call.ID, only) {
 			return res, err
 		}
-		os.WriteFile(filepath.Join(dir, "held"), []byte(call.ID), 0o600)
-		select {} // until the test kills the process
+		holdCall(dir, call)
+		return res, err
 	}
+}
+
+// holdCall writes the call's id to dir/held and never returns.
+func holdCall(dir string, call *tools.Call) {
+	os.WriteFile(filepath.Join(dir, "held"), []byte(call.ID), 0o600)
+	select {} // until the test kills the process
 }
