@@ -109,6 +109,17 @@ func ownedEntries(t *testing.T, db *store.DB, owner string) int {
 	return n
 }
 
+// usageTotals is what the shared usage windows count, all keys together:
+// calls and amount.
+func usageTotals(t *testing.T, db *store.DB) [2]int64 {
+	t.Helper()
+	var calls, amount int64
+	if err := db.QueryRow(`SELECT COALESCE(SUM(calls), 0), COALESCE(SUM(amount), 0) FROM usage_minutes`).Scan(&calls, &amount); err != nil {
+		t.Fatal(err)
+	}
+	return [2]int64{calls, amount}
+}
+
 // SIGSTOP A past the grace: B fences A, settles its block-mode request
 // ("server restarted") and serves on. A, on SIGCONT, commits nothing (a
 // routine transfer sent to it while it slept neither runs nor is logged)
@@ -125,6 +136,7 @@ func TestPausedReplicaIsFencedAndExitsWithoutCommitting(t *testing.T) {
 
 	waiting := callAsync(na.agent(), "transfer", bigTransfer)
 	id := nb.waitPending(1)[0]
+	waitFor(t, "the call on A to wait for a human", func() bool { return strings.Contains(na.stderr.String(), raised) })
 	late := na.agent() // connected now, called while A sleeps
 	if err := na.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
@@ -180,6 +192,16 @@ func TestPausedReplicaIsFencedAndExitsWithoutCommitting(t *testing.T) {
 	}
 	if n := ownedEntries(t, db, idA); n != owned {
 		t.Errorf("the log holds %d entries owned by A after it woke, %d before", n, owned)
+	}
+	// Nothing ran, so the shared usage windows end up counting nothing:
+	// A's waiting call's share given back once (today by A itself as
+	// its call ends; by the reaper once it gives back what dead replicas
+	// held), never twice, which would leave a key below zero and let a
+	// later split through.
+	waitFor(t, "the usage windows to count nothing", func() bool { return usageTotals(t, db) == [2]int64{} })
+	var below int
+	if err := db.QueryRow(`SELECT count(*) FROM usage_minutes WHERE calls < 0 OR amount < 0`).Scan(&below); err != nil || below != 0 {
+		t.Errorf("%d usage rows below zero (%v): a share was given back twice", below, err)
 	}
 	ledger := pgTransfers(t, url)
 	if len(ledger) != 0 {
