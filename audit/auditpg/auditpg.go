@@ -243,6 +243,7 @@ const (
 // round trip, run while the Log seals its next batch.
 func (b *Backend) Write(seal audit.Sealer) (<-chan error, error) {
 	ctx := context.Background()
+	reused := b.conn != nil
 	conn, err := b.connect(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("audit: append: %w", err)
@@ -253,17 +254,32 @@ func (b *Backend) Write(seal audit.Sealer) (<-chan error, error) {
 		hash, frontier []byte
 		cpSize         int64
 	)
-	lock := &pgx.Batch{}
-	lock.Queue(`BEGIN ISOLATION LEVEL READ COMMITTED`)
-	lock.Queue(lockHead).QueryRow(func(row pgx.Row) error {
-		return row.Scan(&h.Seq, &hash, &h.Time, &frontier, &cpSize)
-	})
 	checked := b.owner // the owner whose fence this batch checks under the lock
 	fenced := false
-	if checked != "" {
-		lock.Queue(shareOwner, checked).QueryRow(func(row pgx.Row) error { return scanFenced(row, &fenced) })
+	lock := func() *pgx.Batch {
+		lock := &pgx.Batch{}
+		lock.Queue(`BEGIN ISOLATION LEVEL READ COMMITTED`)
+		lock.Queue(lockHead).QueryRow(func(row pgx.Row) error {
+			return row.Scan(&h.Seq, &hash, &h.Time, &frontier, &cpSize)
+		})
+		if checked != "" {
+			lock.Queue(shareOwner, checked).QueryRow(func(row pgx.Row) error { return scanFenced(row, &fenced) })
+		}
+		return lock
 	}
-	if err := conn.SendBatch(ctx, lock).Close(); err != nil {
+	err = conn.SendBatch(ctx, lock()).Close()
+	if err != nil && reused && conn.IsClosed() {
+		// A connection that sat idle while the server restarted (or
+		// ended it) is found dead only now. The lock batch reads and
+		// writes nothing, so it is sent again on a new connection, once;
+		// otherwise the first append after every restart would fail.
+		b.drop()
+		if conn, err = b.connect(ctx); err != nil {
+			return nil, fmt.Errorf("audit: append: %w", err)
+		}
+		err = conn.SendBatch(ctx, lock()).Close()
+	}
+	if err != nil {
 		b.drop()
 		return nil, fmt.Errorf("audit: append: lock the head: %w", err)
 	}

@@ -349,6 +349,26 @@ func TestConnectionKilledMidBatch(t *testing.T) {
 	}
 }
 
+// A writer's connection ended while it sat idle (a PostgreSQL restart
+// ends every session) is replaced on the next append, which succeeds:
+// the first call after a restart is not refused for want of a log.
+func TestIdleConnectionEndedBetweenAppends(t *testing.T) {
+	key := seededKey(9)
+	db := storetest.Connect(t, pgtest.URL(t))
+	l, b := openWith(t, db, key, audit.Options{})
+	mustAppend(t, l, routine(1))
+	var ok bool
+	if err := db.QueryRow(`SELECT pg_terminate_backend(?)`, b.conn.PgConn().PID()).Scan(&ok); err != nil || !ok {
+		t.Fatalf("pg_terminate_backend: %v %v", ok, err)
+	}
+	if e := mustAppend(t, l, routine(2)); e.Seq != 2 {
+		t.Fatalf("the append after the connection ended got seq %d, want 2", e.Seq)
+	}
+	if entries := verified(t, l, key); len(entries) != 2 {
+		t.Fatalf("the log holds %d entries, want 2", len(entries))
+	}
+}
+
 // Replicas whose clocks disagree never make time go backwards along the
 // chain.
 func TestClockSkewKeepsTimeInOrder(t *testing.T) {
