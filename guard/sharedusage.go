@@ -22,23 +22,28 @@ import (
 // and counts the call. Tools whose rules do not read usage stay in the
 // usageBook: nothing decides on their windows, and they take no lock.
 //
-// What this does not do yet (a later slice, with the per-owner reaper):
-// a reservation lives in the table, but what gives it back (the
+// A reservation lives in the table, but what gives it back (the
 // *reservation held by a waiting call, the parked map or countWhileLive)
 // lives in the process. When a replica dies or restarts with calls
 // counted that never run (a pending request later denied, expired or
-// cancelled; a call.allowed whose run never came), their share stays
-// counted until the window passes it: usage is over-counted, never
-// under. Resume parks a restarted request with no reservation (resume.go)
-// and RestoreUsage's pending map releases only in the book. The reaper
-// (or a start, for its own requests) must rebuild those reservations
-// from the requests and open call.allowed entries, as RestoreUsage does,
-// as shared reservations (minute from the entry's time, keys from
-// keysOf, amount from Options.Amounts), hand them to park or
-// countWhileLive, and release at once those whose outcome the log
-// already has. RestoreUsage itself must keep filling only the book: the
+// cancelled; a call.allowed whose run never came), whoever settles what
+// it left (Reap, or the next start's Resume) rebuilds their shares from
+// the requests and open call.allowed entries (reapusage.go): the minute
+// from the request's or entry's time, keys from keysOf, the amount from
+// Options.Amounts. Requests still waiting are parked with theirs, to
+// give it back if they end without running; those the settling itself
+// ends unrun (block-mode requests cancelled as "server restarted",
+// claimed runs and routine calls settled as failed) give it back at
+// once. Interrupted calls keep counting, as RestoreUsage counts them. A
+// share with a call id is given back once for all replicas
+// (ReleaseOnce). RestoreUsage itself keeps filling only the book: the
 // table outlives a restart, so counting into it again would count
 // twice.
+//
+// Left over-counted (refusing more, never less): backchannel requests'
+// actions (countWhileLive is not rebuilt), and a dead replica's request
+// that ended before anything resumed it, whose owner died before giving
+// its share back.
 
 // SharedUsage keeps usage windows in a database replicas share;
 // *store.UsageWindows satisfies it.
@@ -46,6 +51,7 @@ type SharedUsage interface {
 	Decide(ctx context.Context, lock [][]byte, windows []store.UsageWindow, horizon int64,
 		decide func([]store.UsageSum) ([]store.UsageAdd, error)) error
 	Add(ctx context.Context, adds []store.UsageAdd) error
+	ReleaseOnce(ctx context.Context, id string, minute int64, adds []store.UsageAdd, horizon int64) (bool, error)
 }
 
 // usageField is one field of the usage variable: the key it sums, over
@@ -224,11 +230,22 @@ func (r *reservation) adds(sign int64) []store.UsageAdd {
 // releaseShared gives a shared reservation back. It outlives the call's
 // context (the call may be ending because it was cancelled); if the
 // database refuses, the share stays counted until the window passes it,
-// which refuses more, never less.
-func releaseShared(shared SharedUsage, log *slog.Logger, r *reservation) {
+// which refuses more, never less. A share whose call has an id is given
+// back once for all replicas (store.UsageWindows.ReleaseOnce): its owner
+// and a replica that rebuilt it after taking the owner for dead may both
+// hold it. One without an id is its process's alone: nothing rebuilds a
+// call that has neither a request nor a call.allowed entry.
+func releaseShared(shared SharedUsage, log *slog.Logger, r *reservation, now time.Time) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := shared.Add(ctx, r.adds(-1)); err != nil {
+	var err error
+	if r.id == "" {
+		err = shared.Add(ctx, r.adds(-1))
+	} else if horizon := minuteOf(now.Add(-usageHorizon)); r.min >= horizon {
+		// Older than the horizon it counts in no window: nothing to give back.
+		_, err = shared.ReleaseOnce(ctx, r.id, r.min, r.adds(-1), horizon)
+	}
+	if err != nil {
 		log.Error("cannot give a call's share back to the shared usage windows; it counts until the window passes it", "err", err)
 	}
 }
