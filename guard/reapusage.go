@@ -10,20 +10,8 @@ import (
 	"github.com/countersign/countersign/vocab"
 )
 
-// A call counted in the shared usage windows (sharedusage.go) is given
-// back by the process that counted it, from memory, when it turns out
-// never to run. A process that dies or restarts takes that memory with
-// it, and the table keeps the share. Whoever settles what it left (Reap,
-// or Resume at the next start) rebuilds each share from what outlives the
-// process (the request, or the call.allowed entry) and gives it back when
-// the call ends without running. The table is not counted into again: it
-// outlived the process with the share in it.
-//
-// A rebuilt share names its call (requestCallID, entryCallID), as the
-// owner's does once the call has an id, and a share with an id is given
-// back once for all replicas (store.UsageWindows.ReleaseOnce): two
-// replicas may resume the same dead one's request, and a replica taken
-// for dead may wake and give back its own.
+// What a gone process counted in the shared usage windows, rebuilt to be
+// given back by whoever settles what it left: see sharedusage.go.
 
 // decidedBefore bounds how long before its request or entry a call was
 // decided and counted. A rebuilt share is given back in the minute that

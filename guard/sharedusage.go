@@ -4,11 +4,9 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"strings"
 	"time"
 
 	"github.com/countersign/countersign/authz"
-	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/tools"
 	"github.com/countersign/countersign/vocab"
@@ -74,71 +72,6 @@ var usageFields = []usageField{
 	{"total_amount_24h", func(k usageKeys) string { return k.total }, usageHorizon, true},
 }
 
-// usageRead names the fields of usage a tool's rules may read: those its
-// conditions name as usage.<field>. Anything else that reads the variable
-// (usage["..."], usage passed whole, a name the list does not know) may
-// read any field, and so reads them all. Only the keys of read fields are
-// locked: a rule on total_amount_24h serializes the tool's calls
-// cluster-wide, one on the payee only that agent's calls to that payee.
-func usageRead(rules []config.Rule) map[string]bool {
-	read := map[string]bool{}
-	for _, r := range rules {
-		w := r.When
-		for off := 0; ; {
-			j := strings.Index(w[off:], "usage")
-			if j < 0 {
-				break
-			}
-			i := off + j
-			off = i + 1
-			if i > 0 && (isIdent(w[i-1]) || w[i-1] == '.') {
-				continue // another name ending in usage, or a field of another value
-			}
-			rest := w[i+len("usage"):]
-			if rest != "" && isIdent(rest[0]) {
-				continue // a longer name beginning with usage
-			}
-			name, ok := fieldAfterDot(rest)
-			if !ok {
-				return allUsage()
-			}
-			read[name] = true
-		}
-	}
-	return read
-}
-
-// allUsage is every field: what a tool reads whose rules are unknown.
-func allUsage() map[string]bool {
-	read := map[string]bool{}
-	for _, f := range usageFields {
-		read[f.name] = true
-	}
-	return read
-}
-
-// fieldAfterDot reads ".<field>" at the start of s, for a known field.
-func fieldAfterDot(s string) (string, bool) {
-	if !strings.HasPrefix(s, ".") {
-		return "", false
-	}
-	s = s[1:]
-	n := 0
-	for n < len(s) && isIdent(s[n]) {
-		n++
-	}
-	for _, f := range usageFields {
-		if f.name == s[:n] {
-			return f.name, true
-		}
-	}
-	return "", false
-}
-
-func isIdent(c byte) bool {
-	return c == '_' || c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z'
-}
-
 // decideCounting decides a call with decide, given its usage at now, and
 // counts it unless decide denies it, as one step no other decision on
 // the same windows interleaves with. It returns the usage decide saw.
@@ -158,9 +91,9 @@ func (g *Guard) decideCounting(ctx context.Context, tool string, k usageKeys, v 
 		return usage, d, counted, nil
 	}
 	m := minuteOf(now)
-	read := allUsage()
+	var read map[string]bool // nil: rules unknown, which may read every field
 	if conf, ok := g.opts.Tools[tool]; ok {
-		read = usageRead(conf.Rules)
+		read = authz.UsageRead(conf.Rules)
 	}
 	var lock [][]byte
 	var windows []store.UsageWindow
@@ -170,7 +103,7 @@ func (g *Guard) decideCounting(ctx context.Context, tool string, k usageKeys, v 
 		if key == "" {
 			continue // the call moves nothing: the field is 0
 		}
-		if read[f.name] && !containsKey(lock, key) {
+		if (read == nil || read[f.name]) && !containsKey(lock, key) {
 			lock = append(lock, []byte(key))
 		}
 		windows = append(windows, store.UsageWindow{Key: []byte(key), Since: m - int64(f.window/time.Minute) + 1})
