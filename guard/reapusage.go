@@ -14,11 +14,9 @@ import (
 // given back by whoever settles what it left: see sharedusage.go.
 
 // decidedBefore bounds how long before its request or entry a call was
-// decided and counted. A rebuilt share is given back in the minute that
-// long before its request or entry: the share then leaves each window no
-// later than the count it cancels, so a window counts more meanwhile,
-// never less.
-const decidedBefore = time.Minute
+// decided and counted: a rebuilt share is given back from the minutes
+// between then and its request or entry (store.UsageWindows.ReleaseOnce).
+const decidedBefore = 2 * time.Minute
 
 // shares rebuilds the shared reservations a gone process held, reading
 // the kept amounts once, when first needed.
@@ -39,7 +37,7 @@ func (s *shares) of(ctx context.Context, id string, e audit.Entry, at time.Time)
 	if g.opts.SharedUsage == nil || !g.opts.Policy.UsesUsage(e.Tool) {
 		return nil
 	}
-	m := minuteOf(at.Add(-decidedBefore))
+	m := minuteOf(at)
 	if m < minuteOf(g.now().Add(-usageHorizon)) {
 		return nil
 	}
@@ -53,7 +51,7 @@ func (s *shares) of(ctx context.Context, id string, e audit.Entry, at time.Time)
 		s.kept, s.loaded = kept, true
 	}
 	v := g.valueOf(ctx, e, s.kept)
-	r := &reservation{id: id, min: m, keys: keysOf(e.Agent, e.Tool, v), shared: true}
+	r := &reservation{id: id, min: m, since: minuteOf(at.Add(-decidedBefore)), keys: keysOf(e.Agent, e.Tool, v), shared: true}
 	if v != nil {
 		r.amount = v.Amount
 	}

@@ -99,6 +99,16 @@ func wantSum(t *testing.T, windows *store.UsageWindows, tool string, calls, amou
 	}
 }
 
+// noRowBelowZero fails if a give-back took a row below zero: given back
+// twice, or from a minute that did not hold it.
+func noRowBelowZero(t *testing.T, db *store.DB) {
+	t.Helper()
+	var n int
+	if err := db.QueryRowContext(context.Background(), `SELECT COUNT(*) FROM usage_minutes WHERE calls < 0 OR amount < 0`).Scan(&n); err != nil || n != 0 {
+		t.Fatalf("%d usage rows below zero (%v)", n, err)
+	}
+}
+
 // requested waits for the log's approval.requested of a tool's call and
 // returns its request.
 func (w *world) requested(tool string) string {
@@ -207,6 +217,7 @@ func TestReapGivesBackADeadReplicasWaitingShareOnce(t *testing.T) {
 		p.die()
 	}
 	wantSum(t, windows, "transfer", 1, 30, "after two restarts")
+	noRowBelowZero(t, w.db)
 }
 
 // A replica dies with a poll-mode transfer waiting; the reaper and a
@@ -257,6 +268,7 @@ func TestResumedWaitingRequestGivesItsShareBackOnceWhenDenied(t *testing.T) {
 		t.Fatal(err)
 	}
 	wantSum(t, windows, "transfer", 0, 0, "after a restart")
+	noRowBelowZero(t, w.db)
 }
 
 // held is a transfer-like tool whose runs wait for release and then fail
@@ -369,4 +381,5 @@ func TestReapGivesBackADeadReplicasRoutineCallThatNeverRan(t *testing.T) {
 	<-ran
 	<-ran
 	wantSum(t, windows, "transfer", 0, 0, "after the dead replica's run failed too")
+	noRowBelowZero(t, db)
 }

@@ -26,9 +26,9 @@ import (
 // counted that never run (a pending request later denied, expired or
 // cancelled; a call.allowed whose run never came), whoever settles what
 // it left (Reap, or the next start's Resume) rebuilds their shares from
-// the requests and open call.allowed entries (reapusage.go): the minute
-// from the request's or entry's time, keys from keysOf, the amount from
-// Options.Amounts. Requests still waiting are parked with theirs, to
+// the requests and open call.allowed entries (reapusage.go): the minutes
+// just before the request's or entry's time (the exact one is not kept),
+// keys from keysOf, the amount from Options.Amounts. Requests still waiting are parked with theirs, to
 // give it back if they end without running; those the settling itself
 // ends unrun (block-mode requests cancelled as "server restarted",
 // claimed runs and routine calls settled as failed) give it back at
@@ -49,7 +49,7 @@ type SharedUsage interface {
 	Decide(ctx context.Context, lock [][]byte, windows []store.UsageWindow, horizon int64,
 		decide func([]store.UsageSum) ([]store.UsageAdd, error)) error
 	Add(ctx context.Context, adds []store.UsageAdd) error
-	ReleaseOnce(ctx context.Context, id string, minute int64, adds []store.UsageAdd, horizon int64) (bool, error)
+	ReleaseOnce(ctx context.Context, id string, since int64, adds []store.UsageAdd, horizon int64) (bool, error)
 }
 
 // usageField is one field of the usage variable: the key it sums, over
@@ -176,7 +176,11 @@ func releaseShared(shared SharedUsage, log *slog.Logger, r *reservation, now tim
 		err = shared.Add(ctx, r.adds(-1))
 	} else if horizon := minuteOf(now.Add(-usageHorizon)); r.min >= horizon {
 		// Older than the horizon it counts in no window: nothing to give back.
-		_, err = shared.ReleaseOnce(ctx, r.id, r.min, r.adds(-1), horizon)
+		since := r.min
+		if r.since != 0 {
+			since = r.since
+		}
+		_, err = shared.ReleaseOnce(ctx, r.id, since, r.adds(-1), horizon)
 	}
 	if err != nil {
 		log.Error("cannot give a call's share back to the shared usage windows; it counts until the window passes it", "err", err)

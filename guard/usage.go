@@ -108,6 +108,9 @@ type reservation struct {
 	// entryCallID): a shared share with an id is given back once for all
 	// replicas, since a reaper may hold it too (reapusage.go).
 	id string
+	// since, when set, is the earliest minute a rebuilt share may have
+	// counted in (min the latest): its exact minute is not known.
+	since int64
 }
 
 func minuteOf(t time.Time) int64 { return t.Unix() / 60 }

@@ -165,22 +165,35 @@ func (u *UsageWindows) Add(ctx context.Context, adds []UsageAdd) error {
 	return nil
 }
 
-// ReleaseOnce adds adds (a call's share, negative) unless call id's share
-// was given back before, by any replica, and reports whether it added
-// them. More than one replica may hold the same call's share: the one
-// that counted it and, once that one is taken for dead, the replica that
+// ReleaseOnce gives back a call's share (adds, negative) unless call id's
+// share was given back before, by any replica, and reports whether it
+// did. More than one replica may hold the same call's share: the one that
+// counted it and, once that one is taken for dead, the replica that
 // rebuilt it from the call's request or entry (package guard); without
 // this, both would give it back and the windows would count less than
-// was moved. The mark is kept with minute, the call's minute, and
-// forgotten once that falls before horizon: a share that old counts in no
-// window, and guard gives none back.
-func (u *UsageWindows) ReleaseOnce(ctx context.Context, id string, minute int64, adds []UsageAdd, horizon int64) (bool, error) {
+// was moved.
+//
+// A rebuilt share knows its minute only roughly: the call counted in a
+// minute from since to an add's Minute. Each add is taken from the
+// earliest minute in that span whose row holds all of it, so that no row
+// goes below zero and the give-back leaves every window no later than
+// the count it cancels (a window counts more meanwhile, never less). An
+// add no row holds (the count is gone already) is not given back.
+//
+// The mark is kept with the call's last minute and forgotten once that
+// falls before horizon: a share that old counts in no window, and guard
+// gives none back.
+func (u *UsageWindows) ReleaseOnce(ctx context.Context, id string, since int64, adds []UsageAdd, horizon int64) (bool, error) {
 	tx, err := u.db.BeginTx(ctx, nil)
 	if err != nil {
 		return false, fmt.Errorf("store: usage windows: %w", err)
 	}
 	defer tx.Rollback()
-	res, err := tx.ExecContext(ctx, `INSERT INTO usage_released (id, minute) VALUES (?, ?) ON CONFLICT (id) DO NOTHING`, id, minute)
+	last := since
+	for _, a := range adds {
+		last = max(last, a.Minute)
+	}
+	res, err := tx.ExecContext(ctx, `INSERT INTO usage_released (id, minute) VALUES (?, ?) ON CONFLICT (id) DO NOTHING`, id, last)
 	if err != nil {
 		return false, fmt.Errorf("store: usage windows: release %s: %w", id, err)
 	}
@@ -191,8 +204,18 @@ func (u *UsageWindows) ReleaseOnce(ctx context.Context, id string, minute int64,
 	if n == 0 {
 		return false, nil // given back already
 	}
-	if err := addUsage(ctx, tx, adds); err != nil {
-		return false, err
+	for _, a := range adds {
+		calls, amount := -a.Calls, strconv.FormatFloat(-a.Amount, 'f', -1, 64)
+		// The outer conditions hold the row to them again if another
+		// release changed it after the minute was chosen.
+		_, err := tx.ExecContext(ctx, `UPDATE usage_minutes SET calls = calls - ?, amount = amount - CAST(? AS NUMERIC)
+			WHERE key = ? AND calls >= ? AND amount >= CAST(? AS NUMERIC) AND minute = (
+				SELECT MIN(minute) FROM usage_minutes
+				WHERE key = ? AND minute >= ? AND minute <= ? AND calls >= ? AND amount >= CAST(? AS NUMERIC))`,
+			calls, amount, a.Key, calls, amount, a.Key, since, a.Minute, calls, amount)
+		if err != nil {
+			return false, fmt.Errorf("store: usage windows: release %s: %w", id, err)
+		}
 	}
 	if _, err := tx.ExecContext(ctx, `DELETE FROM usage_released WHERE minute < ?`, horizon); err != nil {
 		return false, fmt.Errorf("store: usage windows: forget releases: %w", err)

@@ -164,11 +164,41 @@ func TestUsageWindowsReleaseOnceGivesAShareBackOnce(t *testing.T) {
 		}
 		var calls int64
 		var amount float64
-		if err := a.QueryRowContext(ctx, `SELECT calls, amount FROM usage_minutes`).Scan(&calls, &amount); err != nil {
+		if err := a.QueryRowContext(ctx, `SELECT calls, amount FROM usage_minutes WHERE minute = 100`).Scan(&calls, &amount); err != nil {
 			t.Fatal(err)
 		}
 		if released != 1 || calls != 2 || amount != 20 {
 			t.Fatalf("released %d times; %d calls moving %v left, want once and 2 moving 20", released, calls, amount)
+		}
+		// A share known to have counted somewhere in minutes 98 to 101 is
+		// taken from the earliest that holds it all (100, not 99, which
+		// holds less); one that no row holds is not given back, and no row
+		// goes below zero.
+		if err := wa.Add(ctx, []store.UsageAdd{{Key: k, Minute: 99, Calls: 1, Amount: 5}}); err != nil {
+			t.Fatal(err)
+		}
+		if ok, err := wb.ReleaseOnce(ctx, "request:r2", 98, []store.UsageAdd{{Key: k, Minute: 101, Calls: -1, Amount: -10}}, 0); !ok || err != nil {
+			t.Fatalf("release of r2: %v %v", ok, err)
+		}
+		if ok, err := wb.ReleaseOnce(ctx, "request:r3", 98, []store.UsageAdd{{Key: k, Minute: 101, Calls: -1, Amount: -50}}, 0); !ok || err != nil {
+			t.Fatalf("release of r3: %v %v", ok, err)
+		}
+		rows := map[int64][2]float64{}
+		r, err := a.QueryContext(ctx, `SELECT minute, calls, amount FROM usage_minutes`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for r.Next() {
+			var m int64
+			var c, am float64
+			if err := r.Scan(&m, &c, &am); err != nil {
+				t.Fatal(err)
+			}
+			rows[m] = [2]float64{c, am}
+		}
+		r.Close()
+		if len(rows) != 2 || rows[99] != [2]float64{1, 5} || rows[100] != [2]float64{1, 10} {
+			t.Fatalf("rows after giving back within a span: %v, want minute 99 untouched and 100 holding 1 call moving 10", rows)
 		}
 		// Another call's release past the horizon forgets r1's mark.
 		if ok, err := wa.ReleaseOnce(ctx, "entry:7", 200, nil, 150); !ok || err != nil {
