@@ -65,6 +65,9 @@ func (g *Guard) countersign(ctx context.Context, c Call, spec *tools.Spec, call 
 		return toolError("refused: cannot raise an approval request: %v", err)
 	}
 	entry.RequestID = r.ID
+	if counted != nil {
+		counted.id = requestCallID(r.ID)
+	}
 	g.log.Info("approval required", "tool", spec.Def.Name, "agent", entry.Agent,
 		"level", d.Level, "auth_req_id", r.ID, "code", r.Code, "url", r.URL)
 

@@ -275,6 +275,7 @@ func New(opts Options) *Guard {
 		g.now = time.Now
 	}
 	g.usage.shared, g.usage.log = opts.SharedUsage, g.log
+	g.usage.now = g.now
 	if g.opts.ToolWait <= 0 {
 		g.opts.ToolWait = time.Minute
 	}
@@ -483,6 +484,9 @@ func (g *Guard) allowAndRun(ctx context.Context, spec *tools.Spec, call *tools.C
 		return toolError("refused: the audit log cannot record this call")
 	}
 	call.ID = entryCallID(allowed.Seq)
+	if counted != nil {
+		counted.id = call.ID
+	}
 	// The outcome names the grant too (and not when the call was decided),
 	// and finds the arguments in call.allowed: they are stored once.
 	entry.DecidedAt = ""

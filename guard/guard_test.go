@@ -58,6 +58,9 @@ func (l *memLog) Append(_ context.Context, e audit.Entry) (audit.Entry, error) {
 		return audit.Entry{}, errors.New("disk full")
 	}
 	e.Seq = int64(len(l.entries) + 1)
+	if e.Time == "" {
+		e.Time = time.Now().UTC().Format(audit.TimeFormat)
+	}
 	l.entries = append(l.entries, e)
 	return e, nil
 }
@@ -153,7 +156,8 @@ func (h *humans) Create(_ context.Context, r approval.NewRequest) (*approval.Req
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.created = append(h.created, r)
-	return &approval.Request{ID: "req-1", State: vocab.StatePending, ExpiresAt: time.Now().Add(time.Minute),
+	// Each its own id, as the service gives: a share is given back once per id.
+	return &approval.Request{ID: fmt.Sprintf("req-%d", len(h.created)), State: vocab.StatePending, ExpiresAt: time.Now().Add(time.Minute),
 		Interval: 5 * time.Second, Code: "ABC123"}, nil
 }
 

@@ -134,7 +134,12 @@ func (g *Guard) settleParked(id string) {
 		return
 	}
 	if u.State != vocab.StateApproved || u.Claimed {
-		g.usage.release(counted)
+		// Claimed, it runs elsewhere (another replica resumed it too), and
+		// its claimant settles it: the share goes back only if it ended
+		// without running.
+		if neverRan(u.State) {
+			g.usage.release(counted)
+		}
 		return
 	}
 	// The dispatcher runs while life lasts, and Shutdown waits on bg only
@@ -144,8 +149,9 @@ func (g *Guard) settleParked(id string) {
 		defer g.bg.Done()
 		// The run is not cut short by a shutdown: it finishes, or the
 		// process dies and the next start settles it.
-		if !g.runStored(context.WithoutCancel(g.life), *u) {
-			g.usage.release(counted)
+		ctx := context.WithoutCancel(g.life)
+		if !g.runStored(ctx, *u) {
+			g.releaseUnrun(ctx, id, counted) // not if another replica claimed it first
 		}
 	}()
 }

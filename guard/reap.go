@@ -33,6 +33,7 @@ func (g *Guard) Reap(ctx context.Context) error {
 		g.log.Info("cancelled block-mode requests whose callers died with another replica",
 			"count", len(cancelled), "reason", approval.ReasonRestarted)
 	}
+	g.releaseCancelled(ctx, cancelled)
 	if err := g.settleUnfinished(ctx, unfinished); err != nil {
 		return err
 	}

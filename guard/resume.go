@@ -70,6 +70,7 @@ func (g *Guard) Resume(ctx context.Context) error {
 			g.log.Info("cancelled block-mode requests whose callers died with the previous process",
 				"count", len(cancelled), "reason", approval.ReasonRestarted)
 		}
+		g.releaseCancelled(ctx, cancelled)
 		unfinished, err := g.opts.Recovery.Unfinished(ctx)
 		if err != nil {
 			return err
@@ -82,8 +83,10 @@ func (g *Guard) Resume(ctx context.Context) error {
 }
 
 // settleUnfinished settles requests a gone process left (Resume, Reap):
-// claimed runs now, the others parked to run once approved.
+// claimed runs now, the others parked to run once approved, each with
+// the usage share the gone process counted for it (reapusage.go).
 func (g *Guard) settleUnfinished(ctx context.Context, unfinished []approval.Unfinished) error {
+	sh := g.shares()
 	for _, u := range unfinished {
 		if u.Wait == approval.WaitBackchannel {
 			// No tool runs for it; its client redeems the approval at
@@ -102,13 +105,14 @@ func (g *Guard) settleUnfinished(ctx context.Context, unfinished []approval.Unfi
 			if err := g.settleClaimed(ctx, u); err != nil {
 				return fmt.Errorf("guard: settle request %s: %w", u.ID, err)
 			}
+			g.releaseUnrun(ctx, u.ID, sh.ofRequest(ctx, u))
 			continue
 		}
 		if g.isParked(u.ID) {
 			continue // resumed at an earlier reap
 		}
 		g.log.Info("resuming approval request", "auth_req_id", u.ID, "tool", u.Tool, "state", u.State, "wait", u.Wait)
-		g.park(u.ID, nil)
+		g.park(u.ID, sh.ofRequest(ctx, u))
 	}
 	return nil
 }
@@ -490,6 +494,11 @@ func (g *Guard) settleOpenCall(ctx context.Context, a audit.Entry) error {
 	}
 	if _, err := g.opts.Audit.Append(ctx, rec); err != nil {
 		return err
+	}
+	if rec.Kind == vocab.KindCallFailed {
+		// It never ran: its share goes back. An interrupted call may have
+		// acted, and keeps counting.
+		g.usage.release(g.shares().ofEntry(ctx, a))
 	}
 	g.log.Warn("recorded the outcome of a routine call the previous process left open",
 		"tool", a.Tool, "allowed_seq", a.Seq, "kind", rec.Kind)

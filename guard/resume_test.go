@@ -106,6 +106,7 @@ type world struct {
 	once   *counter // a backend that cannot tell whether a call took effect
 	policy *fixedPolicy
 	alice  *approvaltest.SoftKey
+	tune   func(*Options) // changes each life's guard options, if set
 }
 
 func newWorld(t *testing.T) *world {
@@ -146,8 +147,12 @@ func (w *world) start() *process {
 		w.t.Fatal(err)
 	}
 	w.t.Cleanup(func() { svc.Close() })
-	g := New(Options{Catalog: w.cat, Policy: w.policy, Audit: w.log, History: w.log, Marks: store.Marks{DB: w.db},
-		Requests: svc, Runs: svc, Recovery: svc, Tasks: svc, Tools: map[string]config.Tool{}, ToolWait: time.Second})
+	opts := Options{Catalog: w.cat, Policy: w.policy, Audit: w.log, History: w.log, Marks: store.Marks{DB: w.db},
+		Requests: svc, Runs: svc, Recovery: svc, Tasks: svc, Tools: map[string]config.Tool{}, ToolWait: time.Second}
+	if w.tune != nil {
+		w.tune(&opts)
+	}
+	g := New(opts)
 	w.t.Cleanup(g.Close)
 	if w.alice == nil {
 		w.alice = enroll(w.t, svc)

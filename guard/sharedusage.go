@@ -4,11 +4,9 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"strings"
 	"time"
 
 	"github.com/countersign/countersign/authz"
-	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/tools"
 	"github.com/countersign/countersign/vocab"
@@ -22,23 +20,28 @@ import (
 // and counts the call. Tools whose rules do not read usage stay in the
 // usageBook: nothing decides on their windows, and they take no lock.
 //
-// What this does not do yet (a later slice, with the per-owner reaper):
-// a reservation lives in the table, but what gives it back (the
+// A reservation lives in the table, but what gives it back (the
 // *reservation held by a waiting call, the parked map or countWhileLive)
 // lives in the process. When a replica dies or restarts with calls
 // counted that never run (a pending request later denied, expired or
-// cancelled; a call.allowed whose run never came), their share stays
-// counted until the window passes it: usage is over-counted, never
-// under. Resume parks a restarted request with no reservation (resume.go)
-// and RestoreUsage's pending map releases only in the book. The reaper
-// (or a start, for its own requests) must rebuild those reservations
-// from the requests and open call.allowed entries, as RestoreUsage does,
-// as shared reservations (minute from the entry's time, keys from
-// keysOf, amount from Options.Amounts), hand them to park or
-// countWhileLive, and release at once those whose outcome the log
-// already has. RestoreUsage itself must keep filling only the book: the
+// cancelled; a call.allowed whose run never came), whoever settles what
+// it left (Reap, or the next start's Resume) rebuilds their shares from
+// the requests and open call.allowed entries (reapusage.go): the minutes
+// just before the request's or entry's time (the exact one is not kept),
+// keys from keysOf, the amount from Options.Amounts. Requests still waiting are parked with theirs, to
+// give it back if they end without running; those the settling itself
+// ends unrun (block-mode requests cancelled as "server restarted",
+// claimed runs and routine calls settled as failed) give it back at
+// once. Interrupted calls keep counting, as RestoreUsage counts them. A
+// share with a call id is given back once for all replicas
+// (ReleaseOnce). RestoreUsage itself keeps filling only the book: the
 // table outlives a restart, so counting into it again would count
 // twice.
+//
+// Left over-counted (refusing more, never less): backchannel requests'
+// actions (countWhileLive is not rebuilt), and a dead replica's request
+// that ended before anything resumed it, whose owner died before giving
+// its share back.
 
 // SharedUsage keeps usage windows in a database replicas share;
 // *store.UsageWindows satisfies it.
@@ -46,6 +49,7 @@ type SharedUsage interface {
 	Decide(ctx context.Context, lock [][]byte, windows []store.UsageWindow, horizon int64,
 		decide func([]store.UsageSum) ([]store.UsageAdd, error)) error
 	Add(ctx context.Context, adds []store.UsageAdd) error
+	ReleaseOnce(ctx context.Context, id string, since int64, adds []store.UsageAdd, horizon int64) (bool, error)
 }
 
 // usageField is one field of the usage variable: the key it sums, over
@@ -68,71 +72,6 @@ var usageFields = []usageField{
 	{"total_amount_24h", func(k usageKeys) string { return k.total }, usageHorizon, true},
 }
 
-// usageRead names the fields of usage a tool's rules may read: those its
-// conditions name as usage.<field>. Anything else that reads the variable
-// (usage["..."], usage passed whole, a name the list does not know) may
-// read any field, and so reads them all. Only the keys of read fields are
-// locked: a rule on total_amount_24h serializes the tool's calls
-// cluster-wide, one on the payee only that agent's calls to that payee.
-func usageRead(rules []config.Rule) map[string]bool {
-	read := map[string]bool{}
-	for _, r := range rules {
-		w := r.When
-		for off := 0; ; {
-			j := strings.Index(w[off:], "usage")
-			if j < 0 {
-				break
-			}
-			i := off + j
-			off = i + 1
-			if i > 0 && (isIdent(w[i-1]) || w[i-1] == '.') {
-				continue // another name ending in usage, or a field of another value
-			}
-			rest := w[i+len("usage"):]
-			if rest != "" && isIdent(rest[0]) {
-				continue // a longer name beginning with usage
-			}
-			name, ok := fieldAfterDot(rest)
-			if !ok {
-				return allUsage()
-			}
-			read[name] = true
-		}
-	}
-	return read
-}
-
-// allUsage is every field: what a tool reads whose rules are unknown.
-func allUsage() map[string]bool {
-	read := map[string]bool{}
-	for _, f := range usageFields {
-		read[f.name] = true
-	}
-	return read
-}
-
-// fieldAfterDot reads ".<field>" at the start of s, for a known field.
-func fieldAfterDot(s string) (string, bool) {
-	if !strings.HasPrefix(s, ".") {
-		return "", false
-	}
-	s = s[1:]
-	n := 0
-	for n < len(s) && isIdent(s[n]) {
-		n++
-	}
-	for _, f := range usageFields {
-		if f.name == s[:n] {
-			return f.name, true
-		}
-	}
-	return "", false
-}
-
-func isIdent(c byte) bool {
-	return c == '_' || c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z'
-}
-
 // decideCounting decides a call with decide, given its usage at now, and
 // counts it unless decide denies it, as one step no other decision on
 // the same windows interleaves with. It returns the usage decide saw.
@@ -152,9 +91,9 @@ func (g *Guard) decideCounting(ctx context.Context, tool string, k usageKeys, v 
 		return usage, d, counted, nil
 	}
 	m := minuteOf(now)
-	read := allUsage()
+	var read map[string]bool // nil: rules unknown, which may read every field
 	if conf, ok := g.opts.Tools[tool]; ok {
-		read = usageRead(conf.Rules)
+		read = authz.UsageRead(conf.Rules)
 	}
 	var lock [][]byte
 	var windows []store.UsageWindow
@@ -164,7 +103,7 @@ func (g *Guard) decideCounting(ctx context.Context, tool string, k usageKeys, v 
 		if key == "" {
 			continue // the call moves nothing: the field is 0
 		}
-		if read[f.name] && !containsKey(lock, key) {
+		if (read == nil || read[f.name]) && !containsKey(lock, key) {
 			lock = append(lock, []byte(key))
 		}
 		windows = append(windows, store.UsageWindow{Key: []byte(key), Since: m - int64(f.window/time.Minute) + 1})
@@ -224,11 +163,26 @@ func (r *reservation) adds(sign int64) []store.UsageAdd {
 // releaseShared gives a shared reservation back. It outlives the call's
 // context (the call may be ending because it was cancelled); if the
 // database refuses, the share stays counted until the window passes it,
-// which refuses more, never less.
-func releaseShared(shared SharedUsage, log *slog.Logger, r *reservation) {
+// which refuses more, never less. A share whose call has an id is given
+// back once for all replicas (store.UsageWindows.ReleaseOnce): its owner
+// and a replica that rebuilt it after taking the owner for dead may both
+// hold it. One without an id is its process's alone: nothing rebuilds a
+// call that has neither a request nor a call.allowed entry.
+func releaseShared(shared SharedUsage, log *slog.Logger, r *reservation, now time.Time) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := shared.Add(ctx, r.adds(-1)); err != nil {
+	var err error
+	if r.id == "" {
+		err = shared.Add(ctx, r.adds(-1))
+	} else if horizon := minuteOf(now.Add(-usageHorizon)); r.min >= horizon {
+		// Older than the horizon it counts in no window: nothing to give back.
+		since := r.min
+		if r.since != 0 {
+			since = r.since
+		}
+		_, err = shared.ReleaseOnce(ctx, r.id, since, r.adds(-1), horizon)
+	}
+	if err != nil {
 		log.Error("cannot give a call's share back to the shared usage windows; it counts until the window passes it", "err", err)
 	}
 }

@@ -32,6 +32,7 @@ type usageBook struct {
 	// usage (sharedusage.go); their reservations are given back there.
 	shared SharedUsage
 	log    *slog.Logger
+	now    func() time.Time
 
 	mu     sync.Mutex
 	series map[string]*series
@@ -103,6 +104,13 @@ type reservation struct {
 	keys   usageKeys
 	amount float64
 	shared bool // counted in usageBook.shared, not in the book
+	// id is the call it counts, once it has one (requestCallID,
+	// entryCallID): a shared share with an id is given back once for all
+	// replicas, since a reaper may hold it too (reapusage.go).
+	id string
+	// since, when set, is the earliest minute a rebuilt share may have
+	// counted in (min the latest): its exact minute is not known.
+	since int64
 }
 
 func minuteOf(t time.Time) int64 { return t.Unix() / 60 }
@@ -165,7 +173,7 @@ func (b *usageBook) release(r *reservation) {
 		return
 	}
 	if r.shared {
-		releaseShared(b.shared, b.log, r)
+		releaseShared(b.shared, b.log, r, b.now())
 		return
 	}
 	b.mu.Lock()

@@ -69,10 +69,27 @@ func usageSchema(d Dialect) string {
 ) STRICT, WITHOUT ROWID`
 }
 
-// OpenUsageWindows creates the table if needed.
+// usageReleasedSchema names the calls whose share ReleaseOnce gave back,
+// with the minute they counted in, so that it is given back once however
+// many replicas hold it.
+func usageReleasedSchema(d Dialect) []string {
+	if d == PostgreSQL {
+		return []string{`CREATE TABLE IF NOT EXISTS usage_released (
+	id     TEXT PRIMARY KEY,
+	minute BIGINT NOT NULL)`, `CREATE INDEX IF NOT EXISTS usage_released_minute ON usage_released (minute)`}
+	}
+	return []string{`CREATE TABLE IF NOT EXISTS usage_released (
+	id     TEXT PRIMARY KEY,
+	minute INTEGER NOT NULL
+) STRICT, WITHOUT ROWID`, `CREATE INDEX IF NOT EXISTS usage_released_minute ON usage_released (minute)`}
+}
+
+// OpenUsageWindows creates the tables if needed.
 func OpenUsageWindows(ctx context.Context, db *DB) (*UsageWindows, error) {
-	if _, err := db.ExecContext(ctx, usageSchema(db.Dialect())); err != nil {
-		return nil, fmt.Errorf("store: usage windows: %w", err)
+	for _, q := range append([]string{usageSchema(db.Dialect())}, usageReleasedSchema(db.Dialect())...) {
+		if _, err := db.ExecContext(ctx, q); err != nil {
+			return nil, fmt.Errorf("store: usage windows: %w", err)
+		}
 	}
 	return &UsageWindows{db: db}, nil
 }
@@ -146,6 +163,67 @@ func (u *UsageWindows) Add(ctx context.Context, adds []UsageAdd) error {
 		return fmt.Errorf("store: usage windows: commit: %w", err)
 	}
 	return nil
+}
+
+// ReleaseOnce gives back a call's share (adds, negative) unless call id's
+// share was given back before, by any replica, and reports whether it
+// did. More than one replica may hold the same call's share: the one that
+// counted it and, once that one is taken for dead, the replica that
+// rebuilt it from the call's request or entry (package guard); without
+// this, both would give it back and the windows would count less than
+// was moved.
+//
+// A rebuilt share knows its minute only roughly: the call counted in a
+// minute from since to an add's Minute. Each add is taken from the
+// earliest minute in that span whose row holds all of it, so that no row
+// goes below zero and the give-back leaves every window no later than
+// the count it cancels (a window counts more meanwhile, never less). An
+// add no row holds (the count is gone already) is not given back.
+//
+// The mark is kept with the call's last minute and forgotten once that
+// falls before horizon: a share that old counts in no window, and guard
+// gives none back.
+func (u *UsageWindows) ReleaseOnce(ctx context.Context, id string, since int64, adds []UsageAdd, horizon int64) (bool, error) {
+	tx, err := u.db.BeginTx(ctx, nil)
+	if err != nil {
+		return false, fmt.Errorf("store: usage windows: %w", err)
+	}
+	defer tx.Rollback()
+	last := since
+	for _, a := range adds {
+		last = max(last, a.Minute)
+	}
+	res, err := tx.ExecContext(ctx, `INSERT INTO usage_released (id, minute) VALUES (?, ?) ON CONFLICT (id) DO NOTHING`, id, last)
+	if err != nil {
+		return false, fmt.Errorf("store: usage windows: release %s: %w", id, err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return false, fmt.Errorf("store: usage windows: release %s: %w", id, err)
+	}
+	if n == 0 {
+		return false, nil // given back already
+	}
+	for _, a := range adds {
+		calls, amount := -a.Calls, strconv.FormatFloat(-a.Amount, 'f', -1, 64)
+		// The outer conditions hold the row to them again if another
+		// release changed it after the minute was chosen.
+		_, err := tx.ExecContext(ctx, `UPDATE usage_minutes SET calls = calls - ?, amount = amount - CAST(? AS NUMERIC)
+			WHERE key = ? AND calls >= ? AND amount >= CAST(? AS NUMERIC) AND minute = (
+				SELECT MIN(minute) FROM usage_minutes
+				WHERE key = ? AND minute >= ? AND minute <= ? AND calls >= ? AND amount >= CAST(? AS NUMERIC))`,
+			calls, amount, a.Key, calls, amount, a.Key, since, a.Minute, calls, amount)
+		if err != nil {
+			return false, fmt.Errorf("store: usage windows: release %s: %w", id, err)
+		}
+	}
+	if _, err := tx.ExecContext(ctx, `DELETE FROM usage_released WHERE minute < ?`, horizon); err != nil {
+		return false, fmt.Errorf("store: usage windows: forget releases: %w", err)
+	}
+	if err := tx.Commit(); err != nil {
+		return false, fmt.Errorf("store: usage windows: commit: %w", err)
+	}
+	return true, nil
 }
 
 // lockIDs maps keys to advisory lock ids (advisoryKey in the usage

@@ -129,6 +129,89 @@ func TestUsageWindowsSplitAcrossReplicasCannotPassTheLimit(t *testing.T) {
 	})
 }
 
+// A call's share held by two replicas (its owner and a reaper that
+// rebuilt it), given back by both at once and again later, is given back
+// once; the mark is forgotten past the horizon with its minute.
+func TestUsageWindowsReleaseOnceGivesAShareBackOnce(t *testing.T) {
+	storetest.Replicas(t, func(t *testing.T, a, b *store.DB) {
+		ctx := context.Background()
+		wa, wb := openWindows(t, a), openWindows(t, b)
+		k := []byte("a\x00agent\x00transfer\x00EUR")
+		if err := wa.Add(ctx, []store.UsageAdd{{Key: k, Minute: 100, Calls: 3, Amount: 30}}); err != nil {
+			t.Fatal(err)
+		}
+		back := []store.UsageAdd{{Key: k, Minute: 100, Calls: -1, Amount: -10}}
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		released := 0
+		for i := range 8 {
+			w := []*store.UsageWindows{wa, wb}[i%2]
+			wg.Go(func() {
+				ok, err := w.ReleaseOnce(ctx, "request:r1", 100, back, 0)
+				if err != nil {
+					t.Error(err)
+				}
+				if ok {
+					mu.Lock()
+					released++
+					mu.Unlock()
+				}
+			})
+		}
+		wg.Wait()
+		if ok, err := wb.ReleaseOnce(ctx, "request:r1", 100, back, 0); ok || err != nil {
+			t.Fatalf("released again later: %v %v", ok, err)
+		}
+		var calls int64
+		var amount float64
+		if err := a.QueryRowContext(ctx, `SELECT calls, amount FROM usage_minutes WHERE minute = 100`).Scan(&calls, &amount); err != nil {
+			t.Fatal(err)
+		}
+		if released != 1 || calls != 2 || amount != 20 {
+			t.Fatalf("released %d times; %d calls moving %v left, want once and 2 moving 20", released, calls, amount)
+		}
+		// A share known to have counted somewhere in minutes 98 to 101 is
+		// taken from the earliest that holds it all (100, not 99, which
+		// holds less); one that no row holds is not given back, and no row
+		// goes below zero.
+		if err := wa.Add(ctx, []store.UsageAdd{{Key: k, Minute: 99, Calls: 1, Amount: 5}}); err != nil {
+			t.Fatal(err)
+		}
+		if ok, err := wb.ReleaseOnce(ctx, "request:r2", 98, []store.UsageAdd{{Key: k, Minute: 101, Calls: -1, Amount: -10}}, 0); !ok || err != nil {
+			t.Fatalf("release of r2: %v %v", ok, err)
+		}
+		if ok, err := wb.ReleaseOnce(ctx, "request:r3", 98, []store.UsageAdd{{Key: k, Minute: 101, Calls: -1, Amount: -50}}, 0); !ok || err != nil {
+			t.Fatalf("release of r3: %v %v", ok, err)
+		}
+		rows := map[int64][2]float64{}
+		r, err := a.QueryContext(ctx, `SELECT minute, calls, amount FROM usage_minutes`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for r.Next() {
+			var m int64
+			var c, am float64
+			if err := r.Scan(&m, &c, &am); err != nil {
+				t.Fatal(err)
+			}
+			rows[m] = [2]float64{c, am}
+		}
+		r.Close()
+		if len(rows) != 2 || rows[99] != [2]float64{1, 5} || rows[100] != [2]float64{1, 10} {
+			t.Fatalf("rows after giving back within a span: %v, want minute 99 untouched and 100 holding 1 call moving 10", rows)
+		}
+		// Another call's release past the horizon forgets r1's mark.
+		if ok, err := wa.ReleaseOnce(ctx, "entry:7", 200, nil, 150); !ok || err != nil {
+			t.Fatalf("release of another call: %v %v", ok, err)
+		}
+		var n int
+		a.QueryRowContext(ctx, `SELECT COUNT(*) FROM usage_released WHERE id = 'request:r1'`).Scan(&n)
+		if n != 0 {
+			t.Fatal("a release mark outlived its minute's horizon")
+		}
+	})
+}
+
 // One decision on a payee's windows as a usage-reading call makes it
 // (four keys read, two locked, four rows written), one goroutine; SQLite
 // beside PostgreSQL on the same machine.
