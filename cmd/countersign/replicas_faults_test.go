@@ -194,10 +194,10 @@ func TestPausedReplicaIsFencedAndExitsWithoutCommitting(t *testing.T) {
 		t.Errorf("the log holds %d entries owned by A after it woke, %d before", n, owned)
 	}
 	// Nothing ran, so the shared usage windows end up counting nothing:
-	// A's waiting call's share given back once (today by A itself as
-	// its call ends; by the reaper once it gives back what dead replicas
-	// held), never twice, which would leave a key below zero and let a
-	// later split through.
+	// A's waiting call's share given back once, by the reaper that
+	// cancelled it (A's own give-back on waking finds it released), never
+	// twice, which would leave a key below zero and let a later split
+	// through.
 	waitFor(t, "the usage windows to count nothing", func() bool { return usageTotals(t, db) == [2]int64{} })
 	var below int
 	if err := db.QueryRow(`SELECT count(*) FROM usage_minutes WHERE calls < 0 OR amount < 0`).Scan(&below); err != nil || below != 0 {
