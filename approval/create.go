@@ -234,7 +234,7 @@ func requestedEntry(c *creation) audit.Entry {
 func (s *Service) insert(ctx context.Context, c *creation) error {
 	approversJSON, _ := json.Marshal(c.approvers)
 	entry := requestedEntry(c)
-	return s.inTx(ctx, func(tx *sql.Tx) error {
+	return s.db.InTx(ctx, func(tx *sql.Tx) error {
 		// A frozen agent raises nothing: checked under the write lock, so
 		// a freeze committed before this is seen, and one after it finds
 		// this request pending and cancels it.

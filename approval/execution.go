@@ -16,7 +16,7 @@ import (
 // in the audit log, and nobody claimed it before.
 func (s *Service) BeginExecution(ctx context.Context, id string) error {
 	var n int64
-	err := s.inTx(ctx, func(tx *sql.Tx) error {
+	err := s.db.InTx(ctx, func(tx *sql.Tx) error {
 		if err := s.owners.Unfenced(ctx, tx, s.owner); err != nil {
 			return err
 		}
@@ -82,7 +82,7 @@ func (s *Service) Finish(ctx context.Context, id string, o Outcome) error {
 	if err != nil {
 		return fmt.Errorf("approval: finish: seal result: %w", err)
 	}
-	err = s.inTx(ctx, func(tx *sql.Tx) error {
+	err = s.db.InTx(ctx, func(tx *sql.Tx) error {
 		res, err := tx.ExecContext(ctx, `UPDATE approval_requests SET state = ?, result = ?,
 			reason = CASE WHEN ? = '' THEN reason WHEN reason = '' THEN ? ELSE reason || '; ' || ? END
 			WHERE id = ? AND state = 'approved' AND exec_claimed_at > 0`,

@@ -82,7 +82,7 @@ func (s *Service) FreezeAgent(ctx context.Context, agent, by, reason string) (*S
 	reason = authzdetails.Clean(reason, 300)
 	var stopped *Stopped
 	// stopped is set by each run, so it is the committed run's.
-	err := s.inTx(ctx, func(tx *sql.Tx) error {
+	err := s.db.InTx(ctx, func(tx *sql.Tx) error {
 		now := s.now()
 		if err := freeze.Put(ctx, tx, freeze.Freeze{Agent: agent, By: by, At: now, Reason: reason}); err != nil {
 			return err
@@ -118,7 +118,7 @@ func (s *Service) UnfreezeAgent(ctx context.Context, agent, by, reason string) e
 		return fmt.Errorf("%w: who unfreezes the agent is required", ErrInvalidRequest)
 	}
 	reason = authzdetails.Clean(reason, 300)
-	err := s.inTx(ctx, func(tx *sql.Tx) error {
+	err := s.db.InTx(ctx, func(tx *sql.Tx) error {
 		if err := freeze.Lift(ctx, tx, agent); err != nil {
 			return err
 		}
@@ -230,7 +230,7 @@ func (s *Service) enforceFreezes(ctx context.Context) error {
 		// The count is the last run's: on PostgreSQL the closure may run
 		// again, and only the run that commits ended anything.
 		var n int
-		err := s.inTx(ctx, func(tx *sql.Tx) error {
+		err := s.db.InTx(ctx, func(tx *sql.Tx) error {
 			st, err := s.stopAgent(ctx, tx, f)
 			if err == nil {
 				n = len(st.Cancelled) + len(st.Revoked)
@@ -269,7 +269,7 @@ func (s *Service) watchFreezes() {
 func (s *Service) failFrozen(ctx context.Context, id string, f *freeze.Freeze) error {
 	ferr := &freeze.FrozenError{Freeze: *f}
 	msg, _ := json.Marshal(map[string]string{"error": "not run: " + ferr.Error()})
-	err := s.inTx(ctx, func(tx *sql.Tx) error {
+	err := s.db.InTx(ctx, func(tx *sql.Tx) error {
 		r, err := s.load(ctx, tx, id)
 		if err != nil {
 			return err

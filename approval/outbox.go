@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/vocab"
 )
 
@@ -38,7 +39,7 @@ func (s *Service) enqueue(ctx context.Context, tx *sql.Tx, requestID string, e a
 			return err
 		}
 		if other > 0 {
-			return errEntriesAhead
+			return store.Retry(errEntriesAhead)
 		}
 	}
 	_, err = tx.ExecContext(ctx, `INSERT INTO approval_outbox (request_id, entry, kind, owner, created_at) VALUES (?, ?, ?, ?, ?)`,
@@ -128,7 +129,7 @@ func (s *Service) flush(ctx context.Context, stale bool) error {
 		// to the next process, which finds it in the log (inLog) rather
 		// than appending it again. The closure only writes what the append
 		// returned, so running it again is the same.
-		err = s.inTx(context.WithoutCancel(ctx), func(tx *sql.Tx) error {
+		err = s.db.InTx(context.WithoutCancel(ctx), func(tx *sql.Tx) error {
 			if e.Kind == vocab.KindApprovalAssertion {
 				if _, err := tx.ExecContext(ctx, `INSERT INTO approval_logged_assertions (request_id, approver_id, seq) VALUES (?,?,?)
 					ON CONFLICT (request_id, approver_id) DO UPDATE SET seq = excluded.seq`,
@@ -150,7 +151,7 @@ func (s *Service) flush(ctx context.Context, stale bool) error {
 // another process took it first (then it reports false).
 func (s *Service) takeOver(ctx context.Context, id int64, owner string) (bool, error) {
 	var n int64
-	err := s.inTx(ctx, func(tx *sql.Tx) error {
+	err := s.db.InTx(ctx, func(tx *sql.Tx) error {
 		if err := s.owners.Unfenced(ctx, tx, s.owner); err != nil {
 			return err
 		}
@@ -230,32 +231,7 @@ func (s *Service) record(ctx context.Context, e audit.Entry) error {
 }
 
 // errEntriesAhead refuses to queue an entry for a request while another
-// owner's entries for it are still in the outbox; inTx waits for them.
+// owner's entries for it are still in the outbox; marked store.Retry,
+// the transaction runs again after a pause (a live owner appends them
+// right after its commit; a dead one's wait for a restart or the reaper).
 var errEntriesAhead = errors.New("approval: another process's audit entries for this request are not appended yet")
-
-// entriesAheadWait bounds how long inTx waits for another owner's entries
-// for a request to be appended: a live one appends them right after its
-// commit; a dead one's wait for a restart or the reaper.
-const entriesAheadWait = 5 * time.Second
-
-// inTx runs fn in one transaction that runs as if alone (store.DB.InTx):
-// on PostgreSQL fn may run more than once, so it keeps its effects in tx
-// until inTx returns nil. While fn finds another owner's entries for its
-// request ahead in the outbox (errEntriesAhead), it runs fn again after
-// a short wait, for at most entriesAheadWait.
-func (s *Service) inTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
-	deadline := time.Now().Add(entriesAheadWait)
-	for wait := 2 * time.Millisecond; ; wait = min(2*wait, 250*time.Millisecond) {
-		err := s.db.InTx(ctx, fn)
-		if !errors.Is(err, errEntriesAhead) || time.Now().Add(wait).After(deadline) {
-			return err
-		}
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return errors.Join(err, ctx.Err())
-		case <-t.C:
-		}
-	}
-}
