@@ -241,6 +241,9 @@ func (s *Service) insert(ctx context.Context, c *creation) error {
 		if f, err := freeze.In(ctx, tx, c.Agent); err != nil || f != nil {
 			return errors.Join(err, freeze.Err(f))
 		}
+		if err := s.checkCaps(ctx, tx, c); err != nil {
+			return err
+		}
 		_, err := tx.ExecContext(ctx, `INSERT INTO approval_requests
 			(id, tool, agent, args, args_sha256, redact_args, authorization_details, summary, display, level, rule,
 			 approvers, quorum, user_verification, code, binding_message, nonce, created_at, expires_at, interval_ms, state, wait_mode, owner)
