@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/countersign/countersign/approval/watch"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/vocab"
 )
@@ -29,8 +30,10 @@ func (s *Service) BeginExecution(ctx context.Context, id string) error {
 		if err != nil {
 			return err
 		}
-		n, err = res.RowsAffected()
-		return err
+		if n, err = res.RowsAffected(); err != nil || n != 1 {
+			return err
+		}
+		return watch.Announce(ctx, s.db, tx, id) // a task's watcher reports the run as started
 	})
 	if err != nil {
 		return fmt.Errorf("approval: begin execution: %w", err)
@@ -94,7 +97,7 @@ func (s *Service) Finish(ctx context.Context, id string, o Outcome) error {
 			return ErrNotExecuting
 		}
 		if o.Record.Kind == "" {
-			return nil
+			return watch.Announce(ctx, s.db, tx, id)
 		}
 		o.Record.RequestID = id
 		return s.enqueue(ctx, tx, id, o.Record)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/countersign/countersign/approval/ceremony"
 	"github.com/countersign/countersign/approval/grant"
+	"github.com/countersign/countersign/approval/watch"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/digest"
 	"github.com/countersign/countersign/vocab"
@@ -113,8 +114,10 @@ func (s *Service) UseGrant(ctx context.Context, id string) (*grant.Use, error) {
 	err := s.db.InTx(ctx, func(tx *sql.Tx) (err error) {
 		// Taken under the write lock, so that the order of uses and a
 		// revocation in time is their order in the database.
-		use, err = s.grants.Take(ctx, tx, id, s.now())
-		return err
+		if use, err = s.grants.Take(ctx, tx, id, s.now()); err != nil {
+			return err
+		}
+		return watch.Announce(ctx, s.db, tx, "") // the page shows the uses left
 	})
 	if err != nil {
 		return nil, err

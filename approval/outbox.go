@@ -9,6 +9,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/countersign/countersign/approval/watch"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/vocab"
@@ -18,7 +19,9 @@ import (
 // before this one appends them (that process probably died).
 const outboxStaleAfter = 30 * time.Second
 
-// enqueue adds an audit entry to the outbox inside tx.
+// enqueue adds an audit entry to the outbox inside tx, and announces the
+// change to the other replicas with it (watch.Announce): a transaction
+// that queues an entry changed what it describes.
 func (s *Service) enqueue(ctx context.Context, tx *sql.Tx, requestID string, e audit.Entry) error {
 	b, err := json.Marshal(e)
 	if err != nil {
@@ -44,7 +47,10 @@ func (s *Service) enqueue(ctx context.Context, tx *sql.Tx, requestID string, e a
 	}
 	_, err = tx.ExecContext(ctx, `INSERT INTO approval_outbox (request_id, entry, kind, owner, created_at) VALUES (?, ?, ?, ?, ?)`,
 		requestID, b, string(e.Kind), s.owner, s.now().UnixNano())
-	return err
+	if err != nil {
+		return err
+	}
+	return watch.Announce(ctx, s.db, tx, requestID)
 }
 
 // flush appends outbox entries to the log in order, deleting each once it
@@ -59,12 +65,13 @@ func (s *Service) flush(ctx context.Context, stale bool) error {
 	if stale {
 		where, args = ``, nil
 	}
-	rows, err := s.db.QueryContext(ctx, `SELECT id, entry, owner, created_at FROM approval_outbox `+where+` ORDER BY id`, args...)
+	rows, err := s.db.QueryContext(ctx, `SELECT id, request_id, entry, owner, created_at FROM approval_outbox `+where+` ORDER BY id`, args...)
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrRecord, err)
 	}
 	type item struct {
 		id      int64
+		request string
 		entry   []byte
 		owner   string
 		created int64
@@ -72,7 +79,7 @@ func (s *Service) flush(ctx context.Context, stale bool) error {
 	var items []item
 	for rows.Next() {
 		var it item
-		if err := rows.Scan(&it.id, &it.entry, &it.owner, &it.created); err != nil {
+		if err := rows.Scan(&it.id, &it.request, &it.entry, &it.owner, &it.created); err != nil {
 			rows.Close()
 			return fmt.Errorf("%w: %v", ErrRecord, err)
 		}
@@ -137,8 +144,12 @@ func (s *Service) flush(ctx context.Context, stale bool) error {
 					return err
 				}
 			}
-			_, err := tx.ExecContext(ctx, `DELETE FROM approval_outbox WHERE id = ?`, it.id)
-			return err
+			if _, err := tx.ExecContext(ctx, `DELETE FROM approval_outbox WHERE id = ?`, it.id); err != nil {
+				return err
+			}
+			// Logged, what the entry describes counts now (an approval,
+			// a grant): the replicas that heard of the change read it again.
+			return watch.Announce(ctx, s.db, tx, it.request)
 		})
 		if err != nil {
 			return fmt.Errorf("%w: %v", ErrRecord, err)
