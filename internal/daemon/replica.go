@@ -92,9 +92,7 @@ func (s *Stack) startReaping(log *slog.Logger) {
 			t := time.NewTicker(reapEvery)
 			defer t.Stop()
 			for {
-				if err := s.guard.Reap(ctx); err != nil && ctx.Err() == nil {
-					log.Warn("reaping what dead replicas left", "err", err)
-				}
+				s.reap(ctx, log)
 				select {
 				case <-ctx.Done():
 					return
@@ -104,6 +102,26 @@ func (s *Stack) startReaping(log *slog.Logger) {
 		})
 	}()
 	s.stopReaping = func() { cancel(); <-done }
+}
+
+// reap settles what dead replicas left (guard.Reap) and then forgets the
+// rows of those that were dead before it began and have nothing left
+// (approval.ForgetReplicas): one found dead meanwhile waits for the next
+// pass, so that every part of the reap has seen it.
+func (s *Stack) reap(ctx context.Context, log *slog.Logger) {
+	dead, err := s.approvals.DeadPeers(ctx)
+	if err == nil {
+		err = s.guard.Reap(ctx)
+	}
+	if err == nil {
+		var gone []string
+		if gone, err = s.approvals.ForgetReplicas(ctx, dead); len(gone) > 0 {
+			log.Info("forgot dead replicas with nothing left to settle", "replicas", gone)
+		}
+	}
+	if err != nil && ctx.Err() == nil {
+		log.Warn("reaping what dead replicas left", "err", err)
+	}
 }
 
 // replicaOwner is this replica's id for the guard's own routine-call mark
