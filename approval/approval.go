@@ -309,12 +309,11 @@ func (s *Service) Close() error {
 
 func (s *Service) now() time.Time { return s.opts.Now() }
 
-// notify wakes the waiters on the requests ids, or, given no ids, every
-// waiter, here and on the other replicas (watch.Tell).
-func (s *Service) notify(ids ...string) {
-	s.watch.Notify(ids...)
-	watch.Tell(s.db, s.opts.Logger, ids...)
-}
+// notify wakes this process's waiters on the requests ids, or, given no
+// ids, every waiter, once the change is committed (and logged). The other
+// replicas heard of it from the transaction that made it (enqueue,
+// watch.Announce).
+func (s *Service) notify(ids ...string) { s.watch.Notify(ids...) }
 
 // OnChange registers fn to be told, after each change, which request
 // changed, or "" for a change that may concern any. It lets one watcher

@@ -210,7 +210,7 @@ func (s *Service) FinishBatch(ctx context.Context, ids []string, ceremonyID stri
 		v, err = s.verifyAssertion(ctx, assertionCheck{batch: b, decision: vocab.Approve, session: session}, p)
 	}
 	if err == nil {
-		err = s.inTx(ctx, func(tx *sql.Tx) error {
+		err = s.db.InTx(ctx, func(tx *sql.Tx) error {
 			if err := s.keys.Spend(ctx, tx, b.rows[0].ID, v.Verified); err != nil {
 				return err
 			}

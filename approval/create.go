@@ -234,12 +234,15 @@ func requestedEntry(c *creation) audit.Entry {
 func (s *Service) insert(ctx context.Context, c *creation) error {
 	approversJSON, _ := json.Marshal(c.approvers)
 	entry := requestedEntry(c)
-	return s.inTx(ctx, func(tx *sql.Tx) error {
+	return s.db.InTx(ctx, func(tx *sql.Tx) error {
 		// A frozen agent raises nothing: checked under the write lock, so
 		// a freeze committed before this is seen, and one after it finds
 		// this request pending and cancels it.
 		if f, err := freeze.In(ctx, tx, c.Agent); err != nil || f != nil {
 			return errors.Join(err, freeze.Err(f))
+		}
+		if err := s.checkCaps(ctx, tx, c); err != nil {
+			return err
 		}
 		_, err := tx.ExecContext(ctx, `INSERT INTO approval_requests
 			(id, tool, agent, args, args_sha256, redact_args, authorization_details, summary, display, level, rule,

@@ -180,7 +180,7 @@ func (s *Service) commitDecision(ctx context.Context, r0 *row, decision vocab.De
 	// approvers deciding at once on PostgreSQL must not both read one
 	// vote, which is why InTx is SERIALIZABLE there; the later one runs
 	// again and reads both. Everything it does is in tx.
-	return s.inTx(ctx, func(tx *sql.Tx) error {
+	return s.db.InTx(ctx, func(tx *sql.Tx) error {
 		if err := s.keys.Spend(ctx, tx, r0.ID, v.Verified); err != nil {
 			return err
 		}

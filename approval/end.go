@@ -35,7 +35,7 @@ func (s *Service) expire(ctx context.Context, id string) bool {
 // assertion (cancelled, expired), recording it.
 func (s *Service) endRequest(ctx context.Context, id string, state vocab.State, by, reason string) error {
 	kind := map[vocab.State]vocab.Kind{vocab.StateCancelled: vocab.KindApprovalCancelled, vocab.StateExpired: vocab.KindApprovalExpired}[state]
-	err := s.inTx(ctx, func(tx *sql.Tx) error {
+	err := s.db.InTx(ctx, func(tx *sql.Tx) error {
 		r, err := s.load(ctx, tx, id)
 		if err != nil {
 			return err

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/countersign/countersign/approval/watch"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/vocab"
 )
@@ -16,7 +17,7 @@ import (
 // in the audit log, and nobody claimed it before.
 func (s *Service) BeginExecution(ctx context.Context, id string) error {
 	var n int64
-	err := s.inTx(ctx, func(tx *sql.Tx) error {
+	err := s.db.InTx(ctx, func(tx *sql.Tx) error {
 		if err := s.owners.Unfenced(ctx, tx, s.owner); err != nil {
 			return err
 		}
@@ -29,8 +30,10 @@ func (s *Service) BeginExecution(ctx context.Context, id string) error {
 		if err != nil {
 			return err
 		}
-		n, err = res.RowsAffected()
-		return err
+		if n, err = res.RowsAffected(); err != nil || n != 1 {
+			return err
+		}
+		return watch.Announce(ctx, s.db, tx, id) // a task's watcher reports the run as started
 	})
 	if err != nil {
 		return fmt.Errorf("approval: begin execution: %w", err)
@@ -82,7 +85,7 @@ func (s *Service) Finish(ctx context.Context, id string, o Outcome) error {
 	if err != nil {
 		return fmt.Errorf("approval: finish: seal result: %w", err)
 	}
-	err = s.inTx(ctx, func(tx *sql.Tx) error {
+	err = s.db.InTx(ctx, func(tx *sql.Tx) error {
 		res, err := tx.ExecContext(ctx, `UPDATE approval_requests SET state = ?, result = ?,
 			reason = CASE WHEN ? = '' THEN reason WHEN reason = '' THEN ? ELSE reason || '; ' || ? END
 			WHERE id = ? AND state = 'approved' AND exec_claimed_at > 0`,
@@ -94,7 +97,7 @@ func (s *Service) Finish(ctx context.Context, id string, o Outcome) error {
 			return ErrNotExecuting
 		}
 		if o.Record.Kind == "" {
-			return nil
+			return watch.Announce(ctx, s.db, tx, id)
 		}
 		o.Record.RequestID = id
 		return s.enqueue(ctx, tx, id, o.Record)

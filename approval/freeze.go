@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/countersign/countersign/approval/ceremony"
 	"github.com/countersign/countersign/approval/freeze"
@@ -23,12 +24,12 @@ import (
 //     transaction), decided (countDecision) or claimed for its run
 //     (BeginExecution, which ends an approved request it refuses as
 //     failed, so it never runs later);
-//   - its pending requests are cancelled and its standing grants revoked,
-//     in the freeze's transaction as far as this process can order their
-//     entries in the log after the entries that raised them, and the rest
-//     by the process whose outbox holds those (enforceFreezes), which
-//     watches for freezes written elsewhere (watchFreezes) and wakes its
-//     waiters.
+//   - its pending requests are cancelled and its standing grants revoked
+//     (freeze.Stop, through freezeEnds), in the freeze's transaction as
+//     far as this process can order their entries in the log after the
+//     entries that raised them, and the rest by the process whose outbox
+//     holds those (enforceFreezes), which watches for freezes written
+//     elsewhere (watchFreezes) and wakes its waiters.
 //
 // A call already running finishes. Unfreeze lifts the freeze; what it
 // cancelled and revoked stays so.
@@ -82,7 +83,7 @@ func (s *Service) FreezeAgent(ctx context.Context, agent, by, reason string) (*S
 	reason = authzdetails.Clean(reason, 300)
 	var stopped *Stopped
 	// stopped is set by each run, so it is the committed run's.
-	err := s.inTx(ctx, func(tx *sql.Tx) error {
+	err := s.db.InTx(ctx, func(tx *sql.Tx) error {
 		now := s.now()
 		if err := freeze.Put(ctx, tx, freeze.Freeze{Agent: agent, By: by, At: now, Reason: reason}); err != nil {
 			return err
@@ -95,8 +96,8 @@ func (s *Service) FreezeAgent(ctx context.Context, agent, by, reason string) (*S
 			DecidedAt: now.UTC().Format(audit.TimeFormat), Reason: why}); err != nil {
 			return err
 		}
-		st, err := s.stopAgent(ctx, tx, freeze.Freeze{Agent: agent, By: by, At: now})
-		stopped = st
+		c, r, err := freeze.Stop(ctx, tx, freeze.Freeze{Agent: agent, By: by, At: now}, now, freezeEnds{s})
+		stopped = &Stopped{Cancelled: c, Revoked: r}
 		return err
 	})
 	if err != nil {
@@ -118,7 +119,7 @@ func (s *Service) UnfreezeAgent(ctx context.Context, agent, by, reason string) e
 		return fmt.Errorf("%w: who unfreezes the agent is required", ErrInvalidRequest)
 	}
 	reason = authzdetails.Clean(reason, 300)
-	err := s.inTx(ctx, func(tx *sql.Tx) error {
+	err := s.db.InTx(ctx, func(tx *sql.Tx) error {
 		if err := freeze.Lift(ctx, tx, agent); err != nil {
 			return err
 		}
@@ -138,112 +139,57 @@ func (s *Service) UnfreezeAgent(ctx context.Context, agent, by, reason string) e
 	return err
 }
 
-// stopAgent cancels the pending requests and revokes the standing grants
-// f holds, inside tx, with their audit entries. It leaves those whose
-// entries another process has yet to append: an entry of ours about them
-// could reach the log first. That process ends them (enforceFreezes).
-func (s *Service) stopAgent(ctx context.Context, tx *sql.Tx, f freeze.Freeze) (*Stopped, error) {
-	who := "agent " + f.Agent
-	if f.Agent == freeze.AllAgents {
-		who = "all agents"
-	}
-	reason := fmt.Sprintf("%s frozen by %s", who, f.By)
-	var out Stopped
-	ids, err := column(ctx, tx, `SELECT id FROM approval_requests r WHERE state = 'pending' AND (agent = ? OR ? = '*')
-		AND NOT EXISTS (SELECT 1 FROM approval_outbox o WHERE o.request_id = r.id AND o.owner <> ?) ORDER BY created_at`, f.Agent, f.Agent, s.owner)
+// freezeEnds is this service as package freeze ends what a freeze holds
+// through it: one request or grant at a time, recorded through the outbox.
+type freezeEnds struct{ s *Service }
+
+func (e freezeEnds) Owner() string { return e.s.owner }
+
+func (e freezeEnds) CancelRequest(ctx context.Context, tx *sql.Tx, id, reason string, now time.Time) (bool, error) {
+	r, err := e.s.load(ctx, tx, id)
 	if err != nil {
-		return nil, err
+		return false, err
 	}
-	now := s.now()
-	for _, id := range ids {
-		r, err := s.load(ctx, tx, id)
-		if err != nil {
-			return nil, err
-		}
-		res, err := tx.ExecContext(ctx, `UPDATE approval_requests SET state = ?, decided_at = ?, reason = ? WHERE id = ? AND state = 'pending'`,
-			vocab.StateCancelled, now.UnixNano(), reason, id)
-		if err != nil {
-			return nil, err
-		}
-		if n, _ := res.RowsAffected(); n != 1 {
-			continue
-		}
-		if err := s.enqueue(ctx, tx, id, s.requestEntry(r, vocab.KindApprovalCancelled, reason)); err != nil {
-			return nil, err
-		}
-		out.Cancelled = append(out.Cancelled, id)
-	}
-	grants, err := s.grants.Query(ctx, tx, `(g.agent = ? OR ? = '*') AND g.revoked_at = 0 AND g.used < g.max_calls AND g.expires_at > ?
-		AND NOT EXISTS (SELECT 1 FROM approval_outbox o WHERE o.request_id = g.request_id AND o.owner <> ?) ORDER BY g.created_at`,
-		f.Agent, f.Agent, now.Unix(), s.owner)
+	res, err := tx.ExecContext(ctx, `UPDATE approval_requests SET state = ?, decided_at = ?, reason = ? WHERE id = ? AND state = 'pending'`,
+		vocab.StateCancelled, now.UnixNano(), reason, id)
 	if err != nil {
-		return nil, err
+		return false, err
 	}
-	for _, g := range grants {
-		if err := grant.Revoke(ctx, tx, g.ID, f.By, now); errors.Is(err, grant.ErrRevoked) {
-			continue
-		} else if err != nil {
-			return nil, err
-		}
-		// As RevokeGrant: queued under no request, its grant_seq filled
-		// in when appended if the approval is not logged yet.
-		if err := s.enqueue(ctx, tx, "", audit.Entry{
-			Kind: vocab.KindGrantRevoked, Agent: g.Agent, Tool: g.Tool, GrantID: g.ID, GrantSeq: g.Seq,
-			Approver: f.By, DecidedAt: now.UTC().Format(audit.TimeFormat),
-			Reason: fmt.Sprintf("%s, after %d of %d calls", reason, g.Used, g.MaxCalls),
-		}); err != nil {
-			return nil, err
-		}
-		out.Revoked = append(out.Revoked, g.ID)
+	if n, _ := res.RowsAffected(); n != 1 {
+		return false, nil
 	}
-	return &out, nil
+	return true, e.s.enqueue(ctx, tx, id, e.s.requestEntry(r, vocab.KindApprovalCancelled, reason))
 }
 
-func column(ctx context.Context, q querier, query string, args ...any) ([]string, error) {
-	rows, err := q.QueryContext(ctx, query, args...)
-	if err != nil {
-		return nil, err
+func (e freezeEnds) RevokeGrant(ctx context.Context, tx *sql.Tx, id, by, reason string, now time.Time) (bool, error) {
+	gs, err := e.s.grants.Query(ctx, tx, `g.id = ?`, id)
+	if err != nil || len(gs) != 1 {
+		return false, errors.Join(err, grant.ErrNoGrant)
 	}
-	defer rows.Close()
-	var out []string
-	for rows.Next() {
-		var v string
-		if err := rows.Scan(&v); err != nil {
-			return nil, err
-		}
-		out = append(out, v)
+	g := gs[0]
+	if err := grant.Revoke(ctx, tx, g.ID, by, now); errors.Is(err, grant.ErrRevoked) {
+		return false, nil
+	} else if err != nil {
+		return false, err
 	}
-	return out, rows.Err()
+	// As RevokeGrant: queued under no request, its grant_seq filled in
+	// when appended if the approval is not logged yet.
+	return true, e.s.enqueue(ctx, tx, "", audit.Entry{
+		Kind: vocab.KindGrantRevoked, Agent: g.Agent, Tool: g.Tool, GrantID: g.ID, GrantSeq: g.Seq,
+		Approver: by, DecidedAt: now.UTC().Format(audit.TimeFormat),
+		Reason: fmt.Sprintf("%s, after %d of %d calls", reason, g.Used, g.MaxCalls),
+	})
 }
 
 // enforceFreezes ends what the freezes in force hold and a freeze's own
-// transaction left to this process: requests and grants whose entries
-// were still in this process's outbox when another process froze their
-// agent.
+// transaction left to this process (freeze.Enforce).
 func (s *Service) enforceFreezes(ctx context.Context) error {
-	fs, err := s.Freezes(ctx)
-	if err != nil || len(fs) == 0 {
-		return err
-	}
-	ended := 0
-	for _, f := range fs {
-		// The count is the last run's: on PostgreSQL the closure may run
-		// again, and only the run that commits ended anything.
-		var n int
-		err := s.inTx(ctx, func(tx *sql.Tx) error {
-			st, err := s.stopAgent(ctx, tx, f)
-			if err == nil {
-				n = len(st.Cancelled) + len(st.Revoked)
-			}
-			return err
-		})
-		if err != nil {
-			return err
-		}
-		ended += n
-	}
+	ended, err := freeze.Enforce(ctx, s.db, s.now, freezeEnds{s})
 	if ended > 0 {
 		s.opts.Logger.Warn("approval: ended requests and grants of frozen agents", "count", ended)
+	}
+	if err != nil {
+		return err
 	}
 	return s.flush(ctx, false)
 }
@@ -269,7 +215,7 @@ func (s *Service) watchFreezes() {
 func (s *Service) failFrozen(ctx context.Context, id string, f *freeze.Freeze) error {
 	ferr := &freeze.FrozenError{Freeze: *f}
 	msg, _ := json.Marshal(map[string]string{"error": "not run: " + ferr.Error()})
-	err := s.inTx(ctx, func(tx *sql.Tx) error {
+	err := s.db.InTx(ctx, func(tx *sql.Tx) error {
 		r, err := s.load(ctx, tx, id)
 		if err != nil {
 			return err

@@ -11,6 +11,7 @@ import (
 
 	"github.com/countersign/countersign/approval/ceremony"
 	"github.com/countersign/countersign/approval/grant"
+	"github.com/countersign/countersign/approval/watch"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/digest"
 	"github.com/countersign/countersign/vocab"
@@ -110,11 +111,13 @@ func (s *Service) ActiveGrants(ctx context.Context, agent, tool string) ([]*gran
 func (s *Service) UseGrant(ctx context.Context, id string) (*grant.Use, error) {
 	var use *grant.Use
 	// use is set by each run, so it is the committed run's.
-	err := s.inTx(ctx, func(tx *sql.Tx) (err error) {
+	err := s.db.InTx(ctx, func(tx *sql.Tx) (err error) {
 		// Taken under the write lock, so that the order of uses and a
 		// revocation in time is their order in the database.
-		use, err = s.grants.Take(ctx, tx, id, s.now())
-		return err
+		if use, err = s.grants.Take(ctx, tx, id, s.now()); err != nil {
+			return err
+		}
+		return watch.Announce(ctx, s.db, tx, "") // the page shows the uses left
 	})
 	if err != nil {
 		return nil, err
@@ -135,7 +138,7 @@ func (s *Service) RevokeGrant(ctx context.Context, id, by string) (*grant.Grant,
 	if !ceremony.ValidID(id) {
 		return nil, grant.ErrNoGrant
 	}
-	err := s.inTx(ctx, func(tx *sql.Tx) error {
+	err := s.db.InTx(ctx, func(tx *sql.Tx) error {
 		now := s.now()
 		gs, err := s.grants.Query(ctx, tx, `g.id = ?`, id)
 		if err != nil {

@@ -9,7 +9,9 @@ import (
 	"slices"
 	"time"
 
+	"github.com/countersign/countersign/approval/watch"
 	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/vocab"
 )
 
@@ -17,7 +19,9 @@ import (
 // before this one appends them (that process probably died).
 const outboxStaleAfter = 30 * time.Second
 
-// enqueue adds an audit entry to the outbox inside tx.
+// enqueue adds an audit entry to the outbox inside tx, and announces the
+// change to the other replicas with it (watch.Announce): a transaction
+// that queues an entry changed what it describes.
 func (s *Service) enqueue(ctx context.Context, tx *sql.Tx, requestID string, e audit.Entry) error {
 	b, err := json.Marshal(e)
 	if err != nil {
@@ -38,12 +42,15 @@ func (s *Service) enqueue(ctx context.Context, tx *sql.Tx, requestID string, e a
 			return err
 		}
 		if other > 0 {
-			return errEntriesAhead
+			return store.Retry(errEntriesAhead)
 		}
 	}
 	_, err = tx.ExecContext(ctx, `INSERT INTO approval_outbox (request_id, entry, kind, owner, created_at) VALUES (?, ?, ?, ?, ?)`,
 		requestID, b, string(e.Kind), s.owner, s.now().UnixNano())
-	return err
+	if err != nil {
+		return err
+	}
+	return watch.Announce(ctx, s.db, tx, requestID)
 }
 
 // flush appends outbox entries to the log in order, deleting each once it
@@ -58,12 +65,13 @@ func (s *Service) flush(ctx context.Context, stale bool) error {
 	if stale {
 		where, args = ``, nil
 	}
-	rows, err := s.db.QueryContext(ctx, `SELECT id, entry, owner, created_at FROM approval_outbox `+where+` ORDER BY id`, args...)
+	rows, err := s.db.QueryContext(ctx, `SELECT id, request_id, entry, owner, created_at FROM approval_outbox `+where+` ORDER BY id`, args...)
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrRecord, err)
 	}
 	type item struct {
 		id      int64
+		request string
 		entry   []byte
 		owner   string
 		created int64
@@ -71,7 +79,7 @@ func (s *Service) flush(ctx context.Context, stale bool) error {
 	var items []item
 	for rows.Next() {
 		var it item
-		if err := rows.Scan(&it.id, &it.entry, &it.owner, &it.created); err != nil {
+		if err := rows.Scan(&it.id, &it.request, &it.entry, &it.owner, &it.created); err != nil {
 			rows.Close()
 			return fmt.Errorf("%w: %v", ErrRecord, err)
 		}
@@ -128,7 +136,7 @@ func (s *Service) flush(ctx context.Context, stale bool) error {
 		// to the next process, which finds it in the log (inLog) rather
 		// than appending it again. The closure only writes what the append
 		// returned, so running it again is the same.
-		err = s.inTx(context.WithoutCancel(ctx), func(tx *sql.Tx) error {
+		err = s.db.InTx(context.WithoutCancel(ctx), func(tx *sql.Tx) error {
 			if e.Kind == vocab.KindApprovalAssertion {
 				if _, err := tx.ExecContext(ctx, `INSERT INTO approval_logged_assertions (request_id, approver_id, seq) VALUES (?,?,?)
 					ON CONFLICT (request_id, approver_id) DO UPDATE SET seq = excluded.seq`,
@@ -136,8 +144,12 @@ func (s *Service) flush(ctx context.Context, stale bool) error {
 					return err
 				}
 			}
-			_, err := tx.ExecContext(ctx, `DELETE FROM approval_outbox WHERE id = ?`, it.id)
-			return err
+			if _, err := tx.ExecContext(ctx, `DELETE FROM approval_outbox WHERE id = ?`, it.id); err != nil {
+				return err
+			}
+			// Logged, what the entry describes counts now (an approval,
+			// a grant): the replicas that heard of the change read it again.
+			return watch.Announce(ctx, s.db, tx, it.request)
 		})
 		if err != nil {
 			return fmt.Errorf("%w: %v", ErrRecord, err)
@@ -150,7 +162,7 @@ func (s *Service) flush(ctx context.Context, stale bool) error {
 // another process took it first (then it reports false).
 func (s *Service) takeOver(ctx context.Context, id int64, owner string) (bool, error) {
 	var n int64
-	err := s.inTx(ctx, func(tx *sql.Tx) error {
+	err := s.db.InTx(ctx, func(tx *sql.Tx) error {
 		if err := s.owners.Unfenced(ctx, tx, s.owner); err != nil {
 			return err
 		}
@@ -230,32 +242,7 @@ func (s *Service) record(ctx context.Context, e audit.Entry) error {
 }
 
 // errEntriesAhead refuses to queue an entry for a request while another
-// owner's entries for it are still in the outbox; inTx waits for them.
+// owner's entries for it are still in the outbox; marked store.Retry,
+// the transaction runs again after a pause (a live owner appends them
+// right after its commit; a dead one's wait for a restart or the reaper).
 var errEntriesAhead = errors.New("approval: another process's audit entries for this request are not appended yet")
-
-// entriesAheadWait bounds how long inTx waits for another owner's entries
-// for a request to be appended: a live one appends them right after its
-// commit; a dead one's wait for a restart or the reaper.
-const entriesAheadWait = 5 * time.Second
-
-// inTx runs fn in one transaction that runs as if alone (store.DB.InTx):
-// on PostgreSQL fn may run more than once, so it keeps its effects in tx
-// until inTx returns nil. While fn finds another owner's entries for its
-// request ahead in the outbox (errEntriesAhead), it runs fn again after
-// a short wait, for at most entriesAheadWait.
-func (s *Service) inTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
-	deadline := time.Now().Add(entriesAheadWait)
-	for wait := 2 * time.Millisecond; ; wait = min(2*wait, 250*time.Millisecond) {
-		err := s.db.InTx(ctx, fn)
-		if !errors.Is(err, errEntriesAhead) || time.Now().Add(wait).After(deadline) {
-			return err
-		}
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return errors.Join(err, ctx.Err())
-		case <-t.C:
-		}
-	}
-}

@@ -12,7 +12,7 @@ import (
 type outboxPort struct{ s *Service }
 
 func (o outboxPort) InTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
-	return o.s.inTx(ctx, fn)
+	return o.s.db.InTx(ctx, fn)
 }
 func (o outboxPort) Enqueue(ctx context.Context, tx *sql.Tx, e audit.Entry) error {
 	return o.s.enqueue(ctx, tx, "", e)

@@ -2,6 +2,7 @@ package approval
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"time"
 
@@ -186,4 +187,28 @@ func (s *Service) DeadPeers(ctx context.Context) ([]string, error) {
 		}
 	}
 	return dead, nil
+}
+
+// ForgetReplicas deletes the rows of the replicas dead (as DeadPeers named
+// them before a reap settled them, guard.Reap) that nothing here still
+// needs: no entry of theirs waits in the outbox and no request they
+// raised or claimed is pending or approved (a poll-mode one keeps its
+// replica's row until it ends). Their rows would otherwise pile up.
+func (s *Service) ForgetReplicas(ctx context.Context, dead []string) (forgotten []string, err error) {
+	for _, id := range dead {
+		gone, err := s.owners.Forget(ctx, id, func(ctx context.Context, tx *sql.Tx) (bool, error) {
+			var left bool
+			err := tx.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM approval_outbox WHERE owner = ?)
+				OR EXISTS (SELECT 1 FROM approval_requests WHERE state IN ('pending', 'approved') AND (owner = ? OR exec_owner = ?))`,
+				id, id, id).Scan(&left)
+			return !left, err
+		})
+		if err != nil {
+			return forgotten, fmt.Errorf("approval: forget replica %s: %w", id, err)
+		}
+		if gone {
+			forgotten = append(forgotten, id)
+		}
+	}
+	return forgotten, nil
 }

@@ -36,7 +36,7 @@ func (s *Service) Reconcile(ctx context.Context, id string, f reconcile.Finding)
 	if err != nil {
 		return nil, err
 	}
-	err = s.inTx(ctx, func(tx *sql.Tx) error {
+	err = s.db.InTx(ctx, func(tx *sql.Tx) error {
 		r, err := s.load(ctx, tx, id)
 		if err != nil {
 			return err

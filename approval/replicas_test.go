@@ -331,3 +331,58 @@ func TestReplicaWithoutItsLivenessLockRefusesToStart(t *testing.T) {
 		t.Fatalf("error %q does not say what failed", err)
 	}
 }
+
+// A dead replica's row is forgotten once the reap has settled what it
+// left, and not before: while a request it raised is pending (block mode
+// until the reap cancels it, poll mode until it ends) or an entry of its
+// waits in the outbox, the row stays; a live replica's row always stays.
+func TestDeadReplicasAreForgottenOnceSettled(t *testing.T) {
+	a, b := replicaPair(t)
+	sharedLog(t, a, b)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := a.svc.Create(ctx, paymentRequest("alice")); err != nil {
+		t.Fatal(err)
+	}
+	poll, err := a.svc.Create(ctx, pollRequest("alice"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	forget := func(want ...string) {
+		t.Helper()
+		got, err := b.svc.ForgetReplicas(ctx, []string{a.svc.owner, b.svc.owner})
+		if err != nil || !slices.Equal(got, want) {
+			t.Fatalf("forgot %v (%v), want %v", got, err, want)
+		}
+	}
+	forget() // A lives
+	if err := b.svc.owners.Fence(ctx, a.svc.owner); err != nil {
+		t.Fatal(err)
+	}
+	a.svc.Close()
+	forget() // its block-mode request is not cancelled yet
+	if _, _, err := b.svc.Reap(ctx); err != nil {
+		t.Fatal(err)
+	}
+	forget() // its poll-mode request goes on
+	if err := b.svc.Cancel(ctx, poll.ID, "no longer wanted"); err != nil {
+		t.Fatal(err)
+	}
+	// An entry A left, which the log, down, cannot take yet.
+	b.rec.SetFail(true)
+	left, _ := json.Marshal(audit.Entry{Kind: vocab.KindApprovalRejected, RequestID: poll.ID, Reason: "queued by A"})
+	if _, err := a.db.Exec(`INSERT INTO approval_outbox (request_id, entry, kind, owner, created_at) VALUES (?, ?, ?, ?, ?)`,
+		poll.ID, left, string(vocab.KindApprovalRejected), a.svc.owner, time.Now().UnixNano()); err != nil {
+		t.Fatal(err)
+	}
+	forget()
+	b.rec.SetFail(false)
+	if _, _, err := b.svc.Reap(ctx); err != nil {
+		t.Fatal(err)
+	}
+	forget(a.svc.owner)
+	if dead, _ := b.svc.DeadPeers(ctx); len(dead) != 0 {
+		t.Errorf("dead peers %v after A was forgotten", dead)
+	}
+	forget()
+}

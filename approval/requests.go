@@ -42,6 +42,9 @@ type NewRequest struct {
 	// tap (batch.go). Ignored at critical: each critical approval keeps
 	// its own tap.
 	Batchable bool
+	// Caps, when set, refuse the request (a *CapError) if too many
+	// already wait for a human.
+	Caps PendingCaps
 }
 
 // Request is a snapshot of one request.

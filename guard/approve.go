@@ -32,7 +32,7 @@ type Requests interface {
 // countersign raises an approval request and, in block mode, waits for a
 // terminal decision before running the tool once.
 func (g *Guard) countersign(ctx context.Context, c Call, spec *tools.Spec, call *tools.Call,
-	canon digest.Args, conf config.Tool, d authz.Decision, entry audit.Entry, counted *reservation, slot pendingSlot) *mcp.CallToolResult {
+	canon digest.Args, conf config.Tool, d authz.Decision, entry audit.Entry, counted *reservation) *mcp.CallToolResult {
 	done := false // the call ran, or may still run: it keeps counting
 	defer func() {
 		if !done {
@@ -51,13 +51,16 @@ func (g *Guard) countersign(ctx context.Context, c Call, spec *tools.Spec, call 
 	// Raising the request completes even if the caller leaves meanwhile:
 	// half a request would sit approvable with nobody waiting. Wait below
 	// sees the caller gone and cancels it, on the record.
-	r, err := g.createRequest(context.WithoutCancel(ctx), slot, approval.NewRequest{
+	r, err := g.createRequest(context.WithoutCancel(ctx), approval.NewRequest{
 		Tool: spec.Def.Name, Agent: entry.Agent, Args: canon,
 		AuthorizationDetails: call.Details, Summary: call.Summary,
 		Level: d.Level, Rule: entry.Rule, Approvers: d.Approvers, Quorum: d.Quorum,
 		UserVerification: d.UserVerification, Timeout: d.Timeout, RedactArgs: conf.RedactArgs,
 		Wait: wait, Grant: g.grantOffer(entry.Agent, spec.Def.Name, call, d), Batchable: d.Batchable,
 	})
+	if le := (*limitError)(nil); errors.As(err, &le) {
+		return toolError("refused: %v", le)
+	}
 	if err != nil {
 		g.log.Error("cannot raise approval request", "tool", spec.Def.Name, "err", err)
 		entry.Kind, entry.Reason = vocab.KindCallDenied, "cannot raise an approval request: "+err.Error()

@@ -181,23 +181,22 @@ func (g *Guard) Raise(ctx context.Context, b Backchannel) (*approval.Request, er
 		entry.Decision, entry.Rule = string(vocab.LevelDeny), ""
 		return refuse("cannot keep the amounts this request moves for the usage windows: " + err.Error())
 	}
-	// Over a pending cap: refused, and tallied into call.rate_limited
-	// rather than a call.denied each, so a flood stays a bounded record.
-	slot, err := g.reservePending(ctx, b.Agent, b.Tool)
-	if err != nil {
-		return nil, &Refusal{Reason: err.Error()}
-	}
 	timeout := d.Timeout
 	if b.Timeout > 0 && b.Timeout < timeout {
 		timeout = b.Timeout
 	}
-	r, err := g.createRequest(ctx, slot, approval.NewRequest{
+	r, err := g.createRequest(ctx, approval.NewRequest{
 		Tool: b.Tool, Agent: b.Agent, Args: canon,
 		AuthorizationDetails: b.Details, Summary: b.Summary,
 		Level: d.Level, Rule: entry.Rule, Approvers: approvers, Quorum: d.Quorum,
 		UserVerification: d.UserVerification, Timeout: timeout, RedactArgs: conf.RedactArgs,
 		Wait: approval.WaitBackchannel,
 	})
+	// Over a pending cap: refused, and tallied into call.rate_limited
+	// rather than a call.denied each, so a flood stays a bounded record.
+	if le := (*limitError)(nil); errors.As(err, &le) {
+		return nil, &Refusal{Reason: le.Error()}
+	}
 	if err != nil {
 		g.log.Error("cannot raise approval request", "tool", b.Tool, "err", err)
 		entry.Kind, entry.Reason = vocab.KindCallDenied, "cannot raise an approval request: "+err.Error()

@@ -285,7 +285,7 @@ func New(opts Options) *Guard {
 	g.life, g.stop = context.WithCancel(context.Background())
 	g.bg.Add(1)
 	go g.markLoop(g.opts.MarkEvery)
-	g.limits = newLimiter(opts.Limits, opts.Requests, g.record, g.now)
+	g.limits = newLimiter(opts.Limits, g.record, g.now)
 	if opts.Runs != nil {
 		opts.Runs.OnChange(g.changed)
 		g.bg.Add(1)
@@ -458,12 +458,7 @@ func (g *Guard) Handle(ctx context.Context, c Call) *mcp.CallToolResult {
 			g.usage.release(counted)
 			return g.rejectArgs(ctx, entry, args, err.Error(), "refused: %v", err)
 		}
-		slot, res := g.admitRequest(ctx, c.Agent, c.Tool)
-		if res != nil {
-			g.usage.release(counted)
-			return res
-		}
-		return g.countersign(ctx, c, spec, call, canon, conf, d, entry, counted, slot)
+		return g.countersign(ctx, c, spec, call, canon, conf, d, entry, counted)
 	default:
 		entry.Kind = vocab.KindCallDenied
 		g.record(ctx, entry)

@@ -20,7 +20,8 @@ import (
 type Limits struct {
 	// PendingPerAgent and PendingTotal cap the approval requests waiting
 	// for a human: of one agent, and of all agents. A call that would
-	// raise one more is refused before the request is created.
+	// raise one more is refused, its request never stored (the approval
+	// service counts them as it stores it: approval.PendingCaps).
 	PendingPerAgent int
 	PendingTotal    int
 	// CallsPerSecond and CallBurst are each agent's token bucket for tool
@@ -42,27 +43,17 @@ const (
 // bounded entry a minute, carrying how many calls it stands for.
 const rateLimitedEvery = time.Minute
 
-// PendingCounter counts waiting approval requests; *approval.Service
-// satisfies it. Requests that do not (test doubles) get no pending caps.
-type PendingCounter interface {
-	PendingFor(ctx context.Context, agent string) (int, error)
-	PendingCount(ctx context.Context) (int, error)
-}
-
-// limiter keeps the per-agent buckets, the requests being raised, and the
-// tally of refusals not yet in the log.
+// limiter keeps the per-agent buckets and the tally of refusals not yet
+// in the log.
 type limiter struct {
-	opts    Limits
-	counter PendingCounter // nil: no pending caps
-	rec     func(context.Context, audit.Entry) bool
-	now     func() time.Time
+	opts Limits
+	rec  func(context.Context, audit.Entry) bool
+	now  func() time.Time
 
-	mu       sync.Mutex
-	buckets  map[string]*rate.Limiter
-	raising  map[string]int // passed the pending check, request not yet created
-	raisingN int
-	tallies  map[tallyKey]*tally
-	closed   bool
+	mu      sync.Mutex
+	buckets map[string]*rate.Limiter
+	tallies map[tallyKey]*tally
+	closed  bool
 }
 
 // tallyKey names one agent's refusals of one kind: call.rate_limited
@@ -81,7 +72,7 @@ type tally struct {
 	flusher *time.Timer
 }
 
-func newLimiter(opts Limits, requests Requests, rec func(context.Context, audit.Entry) bool, now func() time.Time) *limiter {
+func newLimiter(opts Limits, rec func(context.Context, audit.Entry) bool, now func() time.Time) *limiter {
 	if opts.PendingPerAgent <= 0 {
 		opts.PendingPerAgent = DefaultPendingPerAgent
 	}
@@ -94,10 +85,7 @@ func newLimiter(opts Limits, requests Requests, rec func(context.Context, audit.
 	if opts.CallBurst <= 0 {
 		opts.CallBurst = DefaultCallBurst
 	}
-	l := &limiter{opts: opts, rec: rec, now: now,
-		buckets: map[string]*rate.Limiter{}, raising: map[string]int{}, tallies: map[tallyKey]*tally{}}
-	l.counter, _ = requests.(PendingCounter)
-	return l
+	return &limiter{opts: opts, rec: rec, now: now, buckets: map[string]*rate.Limiter{}, tallies: map[tallyKey]*tally{}}
 }
 
 // admitCall takes a token from the agent's bucket; over it, the call is
@@ -129,62 +117,21 @@ func (g *Guard) admitCall(ctx context.Context, agent, tool string) *mcp.CallTool
 	return toolError("refused: over %s for agent %s; slow down and retry", limit, agent)
 }
 
-// pendingSlot is a pending-cap reservation (admitRequest): it counts as
-// one pending request of its agent until the request is stored, so calls
-// made in parallel cannot all pass the check. The zero slot holds nothing:
-// there are no pending caps.
-type pendingSlot struct {
-	l     *limiter
-	agent string
-}
-
-// release gives the slot back; the stored request now counts instead.
-func (s pendingSlot) release() {
-	if s.l != nil {
-		s.l.unreserve(s.agent)
-	}
-}
-
-// admitRequest checks the pending caps before a call raises an approval
-// request. On success it returns the slot the request takes until
-// createRequest has stored it.
-func (g *Guard) admitRequest(ctx context.Context, agent, tool string) (pendingSlot, *mcp.CallToolResult) {
-	slot, err := g.reservePending(ctx, agent, tool)
-	var le *limitError
-	switch {
-	case errors.As(err, &le):
-		return slot, toolError("refused: %v", le)
-	case err != nil:
-		return slot, toolError("refused: cannot count the approval requests waiting (%v); try again", err)
-	}
-	return slot, nil
-}
-
-// reservePending is admitRequest for callers that want an error (Raise):
-// a *limitError, already tallied for call.rate_limited, or a failure to
-// count.
-func (g *Guard) reservePending(ctx context.Context, agent, tool string) (pendingSlot, error) {
+// createRequest raises r within the pending caps, which the approval
+// service counts in the transaction that stores it, so that calls made
+// in parallel, here or on other replicas, cannot all pass. A request over
+// a cap is refused with a *limitError, tallied for call.rate_limited.
+func (g *Guard) createRequest(ctx context.Context, r approval.NewRequest) (*approval.Request, error) {
 	l := g.limits
-	if l.counter == nil {
-		return pendingSlot{}, nil
+	r.Caps = approval.PendingCaps{PerAgent: l.opts.PendingPerAgent, Total: l.opts.PendingTotal}
+	req, err := g.opts.Requests.Create(ctx, r)
+	var ce *approval.CapError
+	if !errors.As(err, &ce) {
+		return req, err
 	}
-	if err := l.reserve(ctx, agent); err != nil {
-		var le *limitError
-		if !errors.As(err, &le) {
-			g.log.Error("cannot count pending approval requests", "agent", agent, "err", err)
-			return pendingSlot{}, err
-		}
-		l.refused(ctx, agent, tool, le.limit)
-		return pendingSlot{}, le
-	}
-	return pendingSlot{l: l, agent: agent}, nil
-}
-
-// createRequest raises r in the slot admitRequest took for it, and gives
-// the slot back once the request is stored (or failed).
-func (g *Guard) createRequest(ctx context.Context, slot pendingSlot, r approval.NewRequest) (*approval.Request, error) {
-	defer slot.release()
-	return g.opts.Requests.Create(ctx, r)
+	le := capRefusal(ce, l.opts)
+	l.refused(ctx, r.Agent, r.Tool, le.limit)
+	return nil, le
 }
 
 // limitError is a pending cap that refused a request.
@@ -194,45 +141,15 @@ type limitError struct {
 
 func (e *limitError) Error() string { return e.msg }
 
-// reserve counts agent's waiting requests (stored, and being raised) and
-// takes a slot, or says which cap refused it.
-func (l *limiter) reserve(ctx context.Context, agent string) error {
-	// Count outside the lock (a database read); the reservations taken
-	// meanwhile are added under it.
-	mine, err := l.counter.PendingFor(ctx, agent)
-	if err != nil {
-		return err
+// capRefusal tells the agent which of its limits ce is.
+func capRefusal(ce *approval.CapError, opts Limits) *limitError {
+	if ce.Agent == "" {
+		lim := fmt.Sprintf("limits.pending_total (%d)", opts.PendingTotal)
+		return &limitError{limit: lim, msg: fmt.Sprintf("%d approval requests are waiting for a human, the most %s allows; try again later", ce.Pending, lim)}
 	}
-	all, err := l.counter.PendingCount(ctx)
-	if err != nil {
-		return err
-	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if n := mine + l.raising[agent]; n >= l.opts.PendingPerAgent {
-		lim := fmt.Sprintf("limits.pending_per_agent (%d)", l.opts.PendingPerAgent)
-		return &limitError{limit: lim, msg: fmt.Sprintf("agent %s already has %d approval requests waiting for a human, the most %s allows; "+
-			"wait for them to be decided or to expire", agent, n, lim)}
-	}
-	if n := all + l.raisingN; n >= l.opts.PendingTotal {
-		lim := fmt.Sprintf("limits.pending_total (%d)", l.opts.PendingTotal)
-		return &limitError{limit: lim, msg: fmt.Sprintf("%d approval requests are waiting for a human, the most %s allows; try again later", n, lim)}
-	}
-	l.raising[agent]++
-	l.raisingN++
-	return nil
-}
-
-func (l *limiter) unreserve(agent string) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.raising[agent] > 0 {
-		l.raising[agent]--
-		l.raisingN--
-	}
-	if l.raising[agent] == 0 {
-		delete(l.raising, agent)
-	}
+	lim := fmt.Sprintf("limits.pending_per_agent (%d)", opts.PendingPerAgent)
+	return &limitError{limit: lim, msg: fmt.Sprintf("agent %s already has %d approval requests waiting for a human, the most %s allows; "+
+		"wait for them to be decided or to expire", ce.Agent, ce.Pending, lim)}
 }
 
 // refused tallies one refusal and writes call.rate_limited when the

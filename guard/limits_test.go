@@ -2,11 +2,13 @@ package guard
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/countersign/countersign/authz"
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/vocab"
 )
@@ -60,5 +62,59 @@ func TestRateLimitedEntriesCarryTheCount(t *testing.T) {
 	g.Close()
 	if n, r := count(); n != 3 || !strings.HasPrefix(r[2], "2 calls refused") {
 		t.Fatalf("after close: %d entries %q", n, r)
+	}
+}
+
+// The pending caps hold for calls made at once: the approval service
+// counts them where it stores each request, and the guard refuses the
+// calls over a cap with the words the agent always got, tallied as
+// call.rate_limited, never as a call.denied each.
+func TestPendingCapsRefuseParallelCallsOverThem(t *testing.T) {
+	f := newFixture(t, vocab.LevelHigh)
+	f.policy.d.Wait = authz.WaitPoll
+	svc := freezes(t, f.log)
+	g := New(Options{Catalog: f.cat, Policy: f.policy, Audit: f.log, Requests: svc, Tools: map[string]config.Tool{"pay": {}},
+		Limits: Limits{PendingPerAgent: 2, PendingTotal: 3}})
+	t.Cleanup(g.Close)
+	calls := func(agent string, n int) (refusals []string) {
+		out := make(chan string, n)
+		for range n {
+			go func() {
+				res := g.Handle(context.Background(), Call{Tool: "pay", Agent: agent, Args: map[string]any{"amount": 1.0}})
+				if !res.IsError {
+					out <- ""
+					return
+				}
+				out <- text(res)
+			}()
+		}
+		for range n {
+			if r := <-out; r != "" {
+				refusals = append(refusals, r)
+			}
+		}
+		return refusals
+	}
+	refused := calls("bot", 6)
+	want := "refused: agent bot already has 2 approval requests waiting for a human, the most limits.pending_per_agent (2) allows; wait for them to be decided or to expire"
+	if len(refused) != 4 {
+		t.Fatalf("%d of 6 calls refused, want 4: %q", len(refused), refused)
+	}
+	for _, r := range refused {
+		if r != want {
+			t.Fatalf("refusal %q, want %q", r, want)
+		}
+	}
+	refused = calls("other", 3)
+	want = "refused: 3 approval requests are waiting for a human, the most limits.pending_total (3) allows; try again later"
+	if len(refused) != 2 || refused[0] != want || refused[1] != want {
+		t.Fatalf("second agent's refusals %q, want two of %q", refused, want)
+	}
+	if n, _ := svc.PendingCount(context.Background()); n != 3 {
+		t.Errorf("%d requests pending, want 3", n)
+	}
+	kinds := f.log.kinds()
+	if slices.Contains(kinds, vocab.KindCallDenied) || !slices.Contains(kinds, vocab.KindCallRateLimited) {
+		t.Errorf("refusals recorded as %v, want call.rate_limited tallies and no call.denied", kinds)
 	}
 }

@@ -3,18 +3,14 @@ package store
 import (
 	"context"
 	"database/sql"
-	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/stdlib"
 )
 
@@ -48,7 +44,7 @@ type DB struct {
 	dialect Dialect
 	log     *slog.Logger
 
-	retries atomic.Uint64 // transactions re-run after a conflict
+	retries atomic.Uint64 // transactions re-run (after a conflict, or Retry)
 
 	// txs are the transactions InTx runs, with what Publish queued on
 	// each for after its commit.
@@ -61,8 +57,9 @@ type DB struct {
 // Dialect says which engine db is.
 func (db *DB) Dialect() Dialect { return db.dialect }
 
-// Retries counts the transactions InTx has re-run after a serialization
-// failure or deadlock since db was opened (always 0 on SQLite).
+// Retries counts the transactions InTx has re-run, after a
+// serialization failure or deadlock or an error marked with Retry, since
+// db was opened.
 func (db *DB) Retries() uint64 { return db.retries.Load() }
 
 // WithLogger sets where a DB logs what it recovers from on its own (a
@@ -156,10 +153,6 @@ func (db *DB) Close() error {
 	return db.DB.Close()
 }
 
-// maxAttempts bounds how often InTx runs a transaction that keeps
-// conflicting; past it the conflict is the caller's error.
-const maxAttempts = 10
-
 // InTx runs fn in a transaction that behaves as if it ran alone, and
 // commits it when fn returns nil (rolls it back and returns fn's error
 // otherwise).
@@ -169,30 +162,25 @@ const maxAttempts = 10
 // PostgreSQL it runs SERIALIZABLE: when it conflicts with a concurrent
 // transaction (SQLSTATE 40001) or deadlocks (40P01), at a statement or at
 // COMMIT, InTx rolls it back and runs fn again after a short random
-// pause, up to maxAttempts times. So fn must be re-runnable: it may run
-// more than once, and only its last run commits. It must compute
-// everything it writes from what it reads in tx, and keep no effects
-// outside tx (sent messages, counters, appended slices) until InTx
-// returns nil. Errors fn returns must wrap the driver's (%w) for a
-// conflict to be seen as one.
+// pause (txBackoff), as it does on either dialect when fn returns an
+// error marked with Retry; past txBackoff's bound the error is the
+// caller's. So fn must be re-runnable: it may run more than once, and
+// only its last run commits. It must compute everything it writes from
+// what it reads in tx, and keep no effects outside tx (sent messages,
+// counters, appended slices) until InTx returns nil. Errors fn returns
+// must wrap the driver's (%w) for a conflict to be seen as one.
 func (db *DB) InTx(ctx context.Context, fn func(*sql.Tx) error) error {
 	opts := &sql.TxOptions{}
 	if db.dialect == PostgreSQL {
 		opts.Isolation = sql.LevelSerializable
 	}
-	for attempt := 1; ; attempt++ {
-		err := db.runTx(ctx, opts, fn)
-		if err == nil || !retryable(err) {
-			return err
+	runs := 0
+	return txBackoff.Do(ctx, Conflict, func() error {
+		if runs++; runs > 1 {
+			db.retries.Add(1)
 		}
-		if attempt == maxAttempts {
-			return fmt.Errorf("store: transaction still conflicting after %d attempts: %w", attempt, err)
-		}
-		db.retries.Add(1)
-		if err := pause(ctx, attempt); err != nil {
-			return fmt.Errorf("store: retry a conflicting transaction: %w", err)
-		}
-	}
+		return db.runTx(ctx, opts, fn)
+	})
 }
 
 func (db *DB) runTx(ctx context.Context, opts *sql.TxOptions, fn func(*sql.Tx) error) (err error) {
@@ -222,33 +210,6 @@ func (db *DB) runTx(ctx context.Context, opts *sql.TxOptions, fn func(*sql.Tx) e
 	}
 	done = true
 	return tx.Commit()
-}
-
-// Conflict reports whether err is a conflict with a concurrent
-// transaction that InTx runs again: code that turns a failed statement
-// into an error of its own must pass these through unchanged.
-func Conflict(err error) bool { return retryable(err) }
-
-// retryable reports whether err is PostgreSQL's serialization failure
-// or deadlock, after which the whole transaction can run again.
-func retryable(err error) bool {
-	var pg *pgconn.PgError
-	return errors.As(err, &pg) && (pg.Code == "40001" || pg.Code == "40P01")
-}
-
-// pause sleeps before the attempt after attempt: a random time up to a
-// bound that doubles from 2 ms to 128 ms, so conflicting transactions
-// do not meet again in step.
-func pause(ctx context.Context, attempt int) error {
-	limit := 2 * time.Millisecond << min(attempt-1, 6)
-	t := time.NewTimer(limit/2 + rand.N(limit/2))
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
 }
 
 // Snapshot runs fn in a read-only transaction that sees the database as

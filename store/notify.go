@@ -5,7 +5,6 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"sync"
 	"time"
 
@@ -247,7 +246,7 @@ func (h *hub) listen(ctx context.Context) {
 		h.mu.Unlock()
 		lost = true
 		failures++
-		backoff(ctx, failures)
+		sleep(ctx, reconnect.Pause(failures))
 	}
 	for ctx.Err() == nil {
 		if conn == nil {
@@ -334,14 +333,6 @@ func (h *hub) listenAsked(ctx context.Context, conn *pgx.Conn) error {
 	return nil
 }
 
-// backoff sleeps before reconnection attempt failures+1: a random time
-// up to a bound that doubles from 100 ms to 5 s.
-func backoff(ctx context.Context, failures int) {
-	limit := min(100*time.Millisecond<<min(failures-1, 6), 5*time.Second)
-	t := time.NewTimer(limit/2 + rand.N(limit/2))
-	defer t.Stop()
-	select {
-	case <-t.C:
-	case <-ctx.Done():
-	}
-}
+// reconnect is how the listener waits before connecting again: from
+// 100 ms up to 5 s, for as long as it takes.
+var reconnect = Backoff{First: 100 * time.Millisecond, Max: 5 * time.Second}

@@ -130,6 +130,20 @@ func (o *Owners) Fence(ctx context.Context, id string) error {
 	return o.pg.fence(ctx, id)
 }
 
+// Forget deletes the row of owner id once it is fenced and settled
+// reports, in the transaction that deletes it, that nothing it left still
+// needs settling, and says whether it did: the rows of replicas that died
+// do not pile up. A live owner is never fenced, so never forgotten; a
+// forgotten one stays fenced (Unfenced finds no row), and, unlisted, is
+// gone for good. On SQLite, where Dead removes a dead owner's file, it
+// does nothing.
+func (o *Owners) Forget(ctx context.Context, id string, settled func(ctx context.Context, tx *sql.Tx) (bool, error)) (bool, error) {
+	if o.pg == nil {
+		return false, nil
+	}
+	return o.pg.forget(ctx, id, settled)
+}
+
 // Unfenced must run in every write transaction made for owner id,
 // before its writes: it returns an error wrapping ErrFenced when id was
 // fenced (or released), and otherwise keeps id from being fenced until

@@ -387,3 +387,28 @@ func (o *pgOwners) unfenced(ctx context.Context, tx *sql.Tx, id string) error {
 	}
 	return nil
 }
+
+func (o *pgOwners) forget(ctx context.Context, id string, settled func(ctx context.Context, tx *sql.Tx) (bool, error)) (bool, error) {
+	var gone bool
+	err := o.db.InTx(ctx, func(tx *sql.Tx) error {
+		gone = false
+		var fenced bool
+		err := tx.QueryRowContext(ctx, `SELECT fenced FROM replicas WHERE id = ? FOR UPDATE`, id).Scan(&fenced)
+		if errors.Is(err, sql.ErrNoRows) || err == nil && !fenced {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if ok, err := settled(ctx, tx); err != nil || !ok {
+			return err
+		}
+		_, err = tx.ExecContext(ctx, `DELETE FROM replicas WHERE id = ? AND fenced`, id)
+		gone = err == nil
+		return err
+	})
+	if err != nil {
+		return false, fmt.Errorf("store: forget owner %s: %w", id, err)
+	}
+	return gone, nil
+}

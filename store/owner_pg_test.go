@@ -567,3 +567,58 @@ func TestLongOutageReapsNobody(t *testing.T) {
 		t.Errorf("a write after the outage: %v", err)
 	}
 }
+
+// Forget deletes a fenced owner's row only when the caller's check, run
+// in the deleting transaction, finds it settled; a live owner's row
+// stays whatever the check says, and a forgotten owner stays fenced. On
+// SQLite it forgets nothing.
+func TestForgetDeletesOnlyFencedSettledOwners(t *testing.T) {
+	ctx := context.Background()
+	u := pgtest.URL(t)
+	a, b := storetest.Connect(t, u), storetest.Connect(t, u)
+	exec(t, a, `CREATE TABLE writes (owner TEXT)`)
+	onA, onB := ownersFor(t, a, testOwners), ownersFor(t, b, testOwners)
+	releaseA := hold(t, onA, "a")
+	hold(t, onB, "b")
+	left := map[string]bool{"a": true} // what each owner still has to be settled
+	settled := func(id string) func(context.Context, *sql.Tx) (bool, error) {
+		return func(ctx context.Context, tx *sql.Tx) (bool, error) {
+			var n int
+			err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM replicas WHERE id = ?`, id).Scan(&n) // reads in tx
+			return err == nil && n == 1 && !left[id], err
+		}
+	}
+	if gone, err := onB.Forget(ctx, "a", settled("a")); err != nil || gone {
+		t.Fatalf("forget a live owner: %v, %v", gone, err)
+	}
+	if err := onB.Fence(ctx, "a"); err != nil {
+		t.Fatal(err)
+	}
+	releaseA() // a fenced row outlives its holder
+	if gone, err := onB.Forget(ctx, "a", settled("a")); err != nil || gone {
+		t.Fatalf("forget a fenced owner with work left: %v, %v", gone, err)
+	}
+	left["a"] = false
+	if gone, err := onB.Forget(ctx, "b", settled("b")); err != nil || gone {
+		t.Fatalf("forget the live owner b, settled: %v, %v", gone, err)
+	}
+	if gone, err := onB.Forget(ctx, "a", settled("a")); err != nil || !gone {
+		t.Fatalf("forget a fenced, settled owner: %v, %v", gone, err)
+	}
+	if got := onB.Listed(); !slices.Equal(got, []string{"b"}) {
+		t.Errorf("listed %v after forgetting a, want b", got)
+	}
+	if err := write(ctx, b, onB, "a"); !errors.Is(err, store.ErrFenced) {
+		t.Errorf("a write for a forgotten owner: %v, want ErrFenced", err)
+	}
+	if gone, err := onB.Forget(ctx, "a", settled("a")); err != nil || gone {
+		t.Errorf("forget a forgotten owner again: %v, %v", gone, err)
+	}
+
+	lite := storetest.Connect(t, filepath.Join(t.TempDir(), store.FileName))
+	owners := ownersFor(t, lite, store.OwnerOptions{})
+	hold(t, owners, "live")
+	if gone, err := owners.Forget(ctx, "live", func(context.Context, *sql.Tx) (bool, error) { return true, nil }); err != nil || gone {
+		t.Errorf("SQLite forgot an owner: %v, %v", gone, err)
+	}
+}

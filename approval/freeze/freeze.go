@@ -2,10 +2,10 @@
 // (or all of them, AllAgents), by whom, since when and why, and a counter
 // of freezes and unfreezes that other processes poll to learn of one.
 //
-// It decides nothing and records nothing in the audit log: package
-// approval writes a freeze in the transaction that records it and ends
-// what the freeze holds (pending requests, standing grants), and the guard
-// asks it before every call.
+// It records nothing in the audit log: package approval writes a freeze
+// in the transaction that records it, and ends what the freeze holds
+// (pending requests, standing grants) as Stop picks them (enforce.go);
+// the guard asks it before every call.
 package freeze
 
 import (

@@ -10,38 +10,28 @@ import (
 
 // Replicas on PostgreSQL change the same requests: a decision taken on
 // B's page must wake the call waiting on A, A's guard dispatcher and
-// every page's stream. So each change this process makes is also
-// published on the database (after it committed), and every process
-// hands what it hears to its own waiters, as if the change were its own.
-// A process hears its own changes back: its waiters reread once more.
-// Waiters still reread every rereadEvery: a notification lost while the
-// listener reconnects is covered by the "" that follows, and one lost
-// any other way by that backstop.
+// every page's stream. So each transaction that changes a request also
+// announces it on the database (Announce: pg_notify, sent if and only if
+// the transaction commits), and every process hands what it hears to its
+// own waiters, as if the change were its own; waking this process's own
+// waiters stays the caller's, after the commit (Hub.Notify). A process
+// hears its own changes back: its waiters reread once more. Waiters still
+// reread every rereadEvery: a notification lost while the listener
+// reconnects is covered by the "" that follows, and one lost any other
+// way by that backstop.
 
 // changesChannel is the notification channel of request changes.
 const changesChannel = "approval_changes"
 
-// Tell tells the other processes on db that requests ids changed ("" :
-// any may have). On SQLite one process uses the database: nothing to do.
-func Tell(db *store.DB, log *slog.Logger, ids ...string) {
+// Announce tells the other processes on db, once tx commits, that
+// request id changed ("": any may have). tx must be one db.InTx runs; its
+// error fails the transaction, so that no change commits unannounced. On
+// SQLite one process uses the database: nothing to do.
+func Announce(ctx context.Context, db *store.DB, tx *sql.Tx, id string) error {
 	if db.Dialect() != store.PostgreSQL {
-		return
-	}
-	if len(ids) == 0 {
-		ids = []string{""}
-	}
-	ctx := context.Background()
-	err := db.InTx(ctx, func(tx *sql.Tx) error {
-		for _, id := range ids {
-			if err := db.Publish(ctx, tx, changesChannel, id); err != nil {
-				return err
-			}
-		}
 		return nil
-	})
-	if err != nil {
-		log.Warn("approval: cannot tell the other replicas of a change; their waiters see it at their next reread", "err", err)
 	}
+	return db.Publish(ctx, tx, changesChannel, id)
 }
 
 // Listen hands the changes other processes publish on db to h's waiters

@@ -1,5 +1,5 @@
 // Package watch tells those waiting on requests that one changed, in this
-// process and, on PostgreSQL, in every replica (Tell, Listen). A
+// process and, on PostgreSQL, in every replica (Announce, Listen). A
 // waiter takes a channel (Of one request, or Any change) that is closed at
 // the next change, then reads the request again; thousands of waiters on
 // different requests do not all wake whenever any one changes. Hooks

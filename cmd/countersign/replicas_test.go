@@ -104,6 +104,9 @@ func TestTwoReplicasOnPostgresServeAsOne(t *testing.T) {
 	waitFor(t, "the surviving replica to lead", func() bool { return strings.Contains(follower.stderr.String(), leading) })
 	checkBalanceOn(t, follower)
 	waitFor(t, "a checkpoint of the whole log by the new leader", func() bool { return checkpointed(t, url) })
+	// Its calls all ended, the killed replica's row goes once the reaper
+	// has found it dead and settled it.
+	waitFor(t, "the killed replica's row to be forgotten", func() bool { return replicaRows(t, url) == 1 })
 
 	// (c) A replica with another key is refused, naming both keys.
 	other := filepath.Join(t.TempDir(), "other.key")
@@ -163,6 +166,21 @@ func checkpointed(t *testing.T, url string) bool {
 		t.Fatal(err)
 	}
 	return size == seq && seq > 0
+}
+
+// replicaRows counts the rows of the replicas table.
+func replicaRows(t *testing.T, url string) int {
+	t.Helper()
+	db, err := store.Connect(context.Background(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var n int
+	if err := db.QueryRow(`SELECT COUNT(*) FROM replicas`).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
 
 // pgTransfers is the ledger's transfers (id -> call id) in the database.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
 	"sync"
 	"time"
 
@@ -91,10 +92,9 @@ func (s *Stack) startReaping(log *slog.Logger) {
 		s.db.Lead(ctx, "reaper", func(ctx context.Context) {
 			t := time.NewTicker(reapEvery)
 			defer t.Stop()
+			deadFor := map[string]int{}
 			for {
-				if err := s.guard.Reap(ctx); err != nil && ctx.Err() == nil {
-					log.Warn("reaping what dead replicas left", "err", err)
-				}
+				s.reap(ctx, log, deadFor)
 				select {
 				case <-ctx.Done():
 					return
@@ -104,6 +104,45 @@ func (s *Stack) startReaping(log *slog.Logger) {
 		})
 	}()
 	s.stopReaping = func() { cancel(); <-done }
+}
+
+// forgetAfter is how many reap passes in a row, each settling all it
+// could, must have found a replica dead before its row is forgotten: the
+// fenced row stays a few seconds for an operator to see, and every part
+// of a reap has run more than once since the replica was found dead.
+const forgetAfter = 3
+
+// reap settles what dead replicas left (guard.Reap) and then forgets the
+// rows of those that have been dead for forgetAfter passes and have
+// nothing left (approval.ForgetReplicas). deadFor counts, per replica,
+// the passes that found it dead.
+func (s *Stack) reap(ctx context.Context, log *slog.Logger, deadFor map[string]int) {
+	dead, err := s.approvals.DeadPeers(ctx)
+	if err == nil {
+		err = s.guard.Reap(ctx)
+	}
+	if err != nil {
+		if ctx.Err() == nil {
+			log.Warn("reaping what dead replicas left", "err", err)
+		}
+		return
+	}
+	var ripe []string
+	seen := make(map[string]int, len(dead))
+	for _, id := range dead {
+		if seen[id] = deadFor[id] + 1; seen[id] >= forgetAfter {
+			ripe = append(ripe, id)
+		}
+	}
+	clear(deadFor)
+	maps.Copy(deadFor, seen)
+	gone, err := s.approvals.ForgetReplicas(ctx, ripe)
+	if len(gone) > 0 {
+		log.Info("forgot dead replicas with nothing left to settle", "replicas", gone)
+	}
+	if err != nil && ctx.Err() == nil {
+		log.Warn("forgetting dead replicas", "err", err)
+	}
 }
 
 // replicaOwner is this replica's id for the guard's own routine-call mark
