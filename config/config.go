@@ -8,6 +8,7 @@ package config
 import (
 	"net/url"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -289,6 +290,22 @@ func BuiltinTools() []string {
 		// requests on the agent listener.
 		"ciba",
 	}
+}
+
+// ServedTools returns the built-in MCP tools serve offers for this
+// configuration, sorted: those named under tools, approval_status among
+// them, but not ciba, which is a policy and no tool. Upstream tools are not
+// in it: only their upstreams can list them. config validate counts these,
+// so that it and serve's start-up line say the same number.
+func (c *Config) ServedTools() []string {
+	var out []string
+	for _, name := range BuiltinTools() {
+		if _, ok := c.Tools[name]; ok && name != "ciba" {
+			out = append(out, name)
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 // Upstream is an MCP server whose tools Countersign guards and re-exposes
