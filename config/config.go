@@ -38,6 +38,9 @@ type Config struct {
 	// directory (where serve writes the demo files it names). Empty when
 	// the config was parsed without one ([Parse]): paths stay as written.
 	Dir string `mapstructure:"-"`
+	// Warnings are what a person should hear about that does not stop
+	// serve: COUNTERSIGN_ variables that override nothing (env.go).
+	Warnings []string `mapstructure:"-"`
 }
 
 // Server holds process-wide settings.

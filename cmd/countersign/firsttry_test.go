@@ -105,3 +105,14 @@ func TestFirstTryCountsToolsOnceAndSaysAgentsAreAnonymous(t *testing.T) {
 	}
 	checkBalance(t, cs) // as "anonymous"
 }
+
+// A typo'd variable is not ignored in silence: config validate (and every
+// command loading the configuration) warns of it, and still validates.
+func TestConfigValidateWarnsOfUnknownVariables(t *testing.T) {
+	n := newNewcomer(t)
+	out, errOut, code := n.run(t, n.cwd, n.env("COUNTERSIGN_APPROVAL_TIMOUT=1m"), "config", "validate")
+	if code != 0 || !strings.Contains(out, "valid") ||
+		!strings.Contains(errOut, "COUNTERSIGN_APPROVAL_TIMOUT is not a setting, so it is ignored; did you mean COUNTERSIGN_APPROVAL_TIMEOUT?") {
+		t.Errorf("exit %d\n%s%s", code, out, errOut)
+	}
+}
