@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"net"
+	"net/http"
 	"os/exec"
 	"regexp"
 	"strconv"
@@ -115,4 +117,41 @@ func TestConfigValidateWarnsOfUnknownVariables(t *testing.T) {
 		!strings.Contains(errOut, "COUNTERSIGN_APPROVAL_TIMOUT is not a setting, so it is ignored; did you mean COUNTERSIGN_APPROVAL_TIMEOUT?") {
 		t.Errorf("exit %d\n%s%s", code, out, errOut)
 	}
+}
+
+// approvers enroll prints its link either way, and says so when no server
+// listens at the page address, since the link works only while one does;
+// with serve running there, the link opens its page and no note is added.
+func TestEnrollSaysWhenNoServerListens(t *testing.T) {
+	n := newNewcomer(t)
+	free, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := free.Addr().String()
+	free.Close()
+	env := n.env("COUNTERSIGN_APPROVAL_LISTEN=" + addr)
+	out, errOut, code := n.run(t, n.cwd, env, "approvers", "enroll", "alice")
+	if code != 0 || !strings.Contains(out, "http://localhost:"+portOf(addr)+"/enroll/") {
+		t.Fatalf("enroll: exit %d\n%s%s", code, out, errOut)
+	}
+	if !strings.Contains(errOut, "no server is listening at "+addr+" (approval.listen)") || !strings.Contains(errOut, "only while\ncountersign serve runs") {
+		t.Errorf("enroll with no server does not say so:\n%s", errOut)
+	}
+
+	_, page := n.listening(t, n.cwd, n.env())
+	pageAddr := strings.TrimPrefix(page, "http://localhost:")
+	env = n.env("COUNTERSIGN_APPROVAL_LISTEN=127.0.0.1:" + pageAddr)
+	out, errOut, code = n.run(t, n.cwd, env, "approvers", "enroll", "alice")
+	if code != 0 || strings.Contains(errOut, "no server is listening") {
+		t.Fatalf("enroll beside serve: exit %d\n%s%s", code, out, errOut)
+	}
+	if code, body := getWithHost(t, strings.TrimSpace(out), ""); code != http.StatusOK {
+		t.Errorf("the printed link beside serve: %d\n%s", code, body)
+	}
+}
+
+func portOf(addr string) string {
+	_, port, _ := net.SplitHostPort(addr)
+	return port
 }

@@ -38,8 +38,14 @@ func configError(err error) error { return &exitError{exitConfig, err} }
 func loadConfig(cmd *cobra.Command) (*config.Config, error) {
 	path, _ := cmd.Flags().GetString("config")
 	c, err := checkConfig(path)
-	if c != nil && cmd.Name() != "serve" { // serve logs them with its own logger
+	// Once per command, though some load twice; serve logs them with its
+	// own logger.
+	if c != nil && cmd.Name() != "serve" && cmd.Annotations["config-warned"] == "" {
 		warnConfig(warnings(cmd), c)
+		if cmd.Annotations == nil {
+			cmd.Annotations = map[string]string{}
+		}
+		cmd.Annotations["config-warned"] = "yes"
 	}
 	return c, err
 }
