@@ -3,10 +3,14 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"net"
 	"net/http"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -154,4 +158,63 @@ func TestEnrollSaysWhenNoServerListens(t *testing.T) {
 func portOf(addr string) string {
 	_, port, _ := net.SplitHostPort(addr)
 	return port
+}
+
+// agents rotate gives an agent a new token, printed once, and agents
+// remove takes one out; both edit mcp.yaml in place, comments kept, and a
+// restarted serve takes only the new token and none of the removed agent.
+// The last agent is not removed: the listener would turn anonymous.
+func TestAgentsRotateAndRemove(t *testing.T) {
+	n := newNewcomer(t)
+	dir := filepath.Join(t.TempDir(), "countersign")
+	file := filepath.Join(dir, "mcp.yaml")
+	if out, errOut, code := n.run(t, n.cwd, n.env(), "init", dir); code != 0 {
+		t.Fatalf("init: %s%s", out, errOut)
+	}
+	add := func(args ...string) string {
+		t.Helper()
+		out, errOut, code := n.run(t, n.cwd, n.env(), append([]string{"agents"}, append(args, "--config", file)...)...)
+		token := strings.TrimSpace(out)
+		if code != 0 || !strings.HasPrefix(token, "cs_") {
+			t.Fatalf("agents %v: exit %d %q\n%s", args, code, out, errOut)
+		}
+		return token
+	}
+	oldA, tokenB := add("add", "ci-bot"), add("add", "nightly")
+	before, _ := os.ReadFile(file)
+	newA := add("rotate", "ci-bot")
+	if newA == oldA {
+		t.Fatal("rotate printed the old token")
+	}
+	if out, errOut, code := n.run(t, n.cwd, n.env(), "agents", "remove", "nightly", "--config", file); code != 0 || out != "" || !strings.Contains(errOut, "Restart serve") {
+		t.Fatalf("agents remove: exit %d %q\n%s", code, out, errOut)
+	}
+	if _, errOut, code := n.run(t, n.cwd, n.env(), "agents", "remove", "ci-bot", "--config", file); code != 2 || !strings.Contains(errOut, `ci-bot is the only agent`) {
+		t.Errorf("removing the last agent: exit %d\n%s", code, errOut)
+	}
+	if _, errOut, code := n.run(t, n.cwd, n.env(), "agents", "rotate", "nobody", "--config", file); code != 2 || !strings.Contains(errOut, `no agent "nobody"`) {
+		t.Errorf("rotating an unknown agent: exit %d\n%s", code, errOut)
+	}
+	after, _ := os.ReadFile(file)
+	hash := func(token string) string { sum := sha256.Sum256([]byte(token)); return hex.EncodeToString(sum[:]) }
+	if want := strings.Replace(strings.Replace(string(before), hash(oldA), hash(newA), 1),
+		"    - {id: nightly, token_sha256: "+hash(tokenB)+"}\n", "", 1); string(after) != want {
+		t.Errorf("the file changed beyond the two agents' lines:\n%s", after)
+	}
+
+	agentBase, _ := n.listening(t, n.cwd, n.env(), "--config", file)
+	for _, token := range []string{oldA, tokenB} {
+		req, _ := http.NewRequest(http.MethodGet, agentBase+"/mcp", nil)
+		req.Header.Set("Authorization", "Bearer "+token)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusUnauthorized {
+			t.Errorf("a rotated or removed token: %d, want 401", resp.StatusCode)
+		}
+	}
+	hc := &http.Client{Transport: bearer{newA, http.DefaultTransport}}
+	checkBalance(t, connect(t, &sdk.StreamableClientTransport{Endpoint: agentBase + "/mcp", MaxRetries: -1, HTTPClient: hc}, protocolVersions[0], nil))
 }
