@@ -258,7 +258,7 @@ func CompileCondition(expr string) (*Condition, error) {
 	}
 	ast, iss := env.Compile(expr)
 	if iss != nil && iss.Err() != nil {
-		return nil, errors.New(celErrors(iss, ast))
+		return nil, errors.New(celErrors("", expr, iss))
 	}
 	if !ast.OutputType().IsExactType(cel.BoolType) {
 		return nil, fmt.Errorf("must be a bool expression, got %s", ast.OutputType())

@@ -59,7 +59,6 @@ import (
 	"time"
 
 	"cel.dev/cel-go/cel"
-	"cel.dev/cel-go/common"
 
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/vocab"
@@ -443,9 +442,9 @@ func (c *compiler) rule(p string, i int, cr config.Rule, ct config.Tool, t *tool
 	if cr.Approvers != nil {
 		r.approvers = c.resolve(rp+".approvers", cr.Approvers)
 	}
-	r.prg, r.replayPrg, r.refs = c.program(rp+".when", env, cr.When)
+	r.prg, r.replayPrg, r.refs = c.program(rp+".when", r.name, env, cr.When)
 	if r.prg != nil && typed != nil {
-		c.checkTyped(rp+".when", typed, cr.When, t.name, t.facts)
+		c.checkTyped(rp+".when", r.name, typed, cr.When, t.name, t.facts)
 	}
 
 	if known && level <= t.base {
@@ -466,17 +465,17 @@ func (c *compiler) rule(p string, i int, cr config.Rule, ct config.Tool, t *tool
 	return r, true
 }
 
-// program parses and type-checks one rule, insisting on a bool result. It
-// returns the program, the replay program (with Options.replay) and the
-// variables the expression refers to.
-func (c *compiler) program(path string, env *cel.Env, expr string) (cel.Program, cel.Program, []string) {
+// program parses and type-checks one rule (named rule in errors), insisting
+// on a bool result. It returns the program, the replay program (with
+// Options.replay) and the variables the expression refers to.
+func (c *compiler) program(path, rule string, env *cel.Env, expr string) (cel.Program, cel.Program, []string) {
 	if strings.TrimSpace(expr) == "" {
 		c.fail(path, "required: a CEL expression such as args.amount > 10000")
 		return nil, nil, nil
 	}
 	ast, iss := env.Compile(expr)
 	if iss != nil && iss.Err() != nil {
-		c.fail(path, "%s", celErrors(iss, ast))
+		c.fail(path, "%s", celErrors(rule, expr, iss))
 		return nil, nil, nil
 	}
 	if out := ast.OutputType(); !out.IsExactType(cel.BoolType) {
@@ -506,30 +505,6 @@ func (c *compiler) program(path string, env *cel.Env, expr string) (cel.Program,
 		}
 	}
 	return prg, replayPrg, refs
-}
-
-// celErrors renders CEL issues one line each, with CEL's own 1-based line
-// and column ("ERROR: <input>:1:6: undeclared reference to 'argz'") but
-// without the source excerpt, which would break one-problem-per-line output.
-func celErrors(iss *cel.Issues, ast *cel.Ast) string {
-	var src common.Source
-	if ast != nil {
-		src = ast.Source()
-	}
-	var lines []string
-	for _, e := range iss.Errors() {
-		var s string
-		if src != nil {
-			s, _, _ = strings.Cut(e.ToDisplayString(src), "\n")
-		} else {
-			s = fmt.Sprintf("ERROR: <input>:%d:%d: %s", e.Location.Line(), e.Location.Column()+1, e.Message)
-		}
-		lines = append(lines, strings.TrimSuffix(s, " (in container '')"))
-	}
-	if len(lines) == 0 {
-		return iss.Err().Error()
-	}
-	return strings.Join(lines, "; ")
 }
 
 // resolve turns approver ids and role:NAME entries into sorted, distinct

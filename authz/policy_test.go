@@ -20,13 +20,13 @@ func TestCompileErrors(t *testing.T) {
 		want  []string // each must appear in the error
 	}{
 		{"syntax error", low(config.Rule{When: "args.amount > 1", Level: "high"}, config.Rule{When: "args.amount >", Level: "high"}),
-			nil, []string{"tools.x.rules[1].when: ERROR: <input>:1:14: Syntax error"}},
+			nil, []string{"tools.x.rules[1].when: column 14 (the end): the condition ends where a value or name should follow"}},
 		{"unknown variable", low(config.Rule{When: "true", Level: "high"}, config.Rule{When: "argz.amount > 1", Level: "high"}),
-			nil, []string{"tools.x.rules[1].when: ERROR: <input>:1:1: undeclared reference to 'argz'"}},
+			nil, []string{`tools.x.rules[1].when: column 1 (at "argz.amount > 1"): unknown name "argz" (did you mean 'args'?)`}},
 		{"unknown variable mid-expression", low(config.Rule{When: "args.a > 1 || argz.b", Level: "high"}),
-			nil, []string{"tools.x.rules[0].when: ERROR: <input>:1:15: undeclared reference to 'argz'"}},
+			nil, []string{`tools.x.rules[0].when: column 15 (at "argz.b"): unknown name "argz"`}},
 		{"fact of another tool", low(config.Rule{When: "!counterparty.known", Level: "high"}),
-			nil, []string{"tools.x.rules[0].when: ERROR: <input>:1:2: undeclared reference to 'counterparty'"}},
+			nil, []string{`tools.x.rules[0].when: column 2 (at "counterparty.known"): unknown name "counterparty"`}},
 		{"non-bool", low(config.Rule{When: "args.amount", Level: "high"}),
 			nil, []string{"tools.x.rules[0].when: must be a bool expression, got dyn"}},
 		{"non-bool int", low(config.Rule{When: "1 + 2", Level: "high"}),
@@ -70,7 +70,7 @@ func TestCompileErrors(t *testing.T) {
 		{"fact shadows a variable", config.Tool{Level: "low"},
 			[]string{"args"}, []string{`tools.x: fact variable "args"`}},
 		{"several problems reported at once", config.Tool{Level: "low", Wait: "x", Rules: []config.Rule{{When: "nope", Level: "high"}}},
-			nil, []string{"tools.x.wait:", "tools.x.rules[0].when: ERROR: <input>:1:1: undeclared reference to 'nope'", "tools.x.rules[0]: level high needs approvers"}},
+			nil, []string{"tools.x.wait:", `tools.x.rules[0].when: column 1 (at "nope"): unknown name "nope"`, "tools.x.rules[0]: level high needs approvers"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -160,13 +160,13 @@ func usageSchema() any {
 // checkTyped type-checks a rule that compiled untyped against the tool's
 // schemas, and says what the arguments and facts have when it names a field
 // they lack.
-func (c *compiler) checkTyped(path string, env *cel.Env, expr string, tool string, facts []string) {
-	ast, iss := env.Compile(expr)
+func (c *compiler) checkTyped(path, rule string, env *cel.Env, expr string, tool string, facts []string) {
+	_, iss := env.Compile(expr)
 	if iss == nil || iss.Err() == nil {
 		return
 	}
-	msg := celErrors(iss, ast)
-	if strings.Contains(msg, "undefined field") {
+	msg := celErrors(rule, expr, iss)
+	if strings.Contains(msg, "there is no field") {
 		var have []string
 		if names, ok := fieldNames(env, "countersign.args."+tool); ok {
 			have = append(have, "args: "+strings.Join(names, ", "))
@@ -180,7 +180,7 @@ func (c *compiler) checkTyped(path string, env *cel.Env, expr string, tool strin
 			msg += " (" + tool + " has " + strings.Join(have, "; ") + ")"
 		}
 	}
-	if strings.Contains(msg, "no matching overload") {
+	if strings.Contains(msg, " cannot combine a ") {
 		msg += " (a field is compared with a value of another type; see the tool's input schema)"
 	}
 	c.fail(path, "%s", msg)

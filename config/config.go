@@ -8,6 +8,7 @@ package config
 import (
 	"net/url"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -37,6 +38,9 @@ type Config struct {
 	// directory (where serve writes the demo files it names). Empty when
 	// the config was parsed without one ([Parse]): paths stay as written.
 	Dir string `mapstructure:"-"`
+	// Warnings are what a person should hear about that does not stop
+	// serve: COUNTERSIGN_ variables that override nothing (env.go).
+	Warnings []string `mapstructure:"-"`
 }
 
 // Server holds process-wide settings.
@@ -289,6 +293,22 @@ func BuiltinTools() []string {
 		// requests on the agent listener.
 		"ciba",
 	}
+}
+
+// ServedTools returns the built-in MCP tools serve offers for this
+// configuration, sorted: those named under tools, approval_status among
+// them, but not ciba, which is a policy and no tool. Upstream tools are not
+// in it: only their upstreams can list them. config validate counts these,
+// so that it and serve's start-up line say the same number.
+func (c *Config) ServedTools() []string {
+	var out []string
+	for _, name := range BuiltinTools() {
+		if _, ok := c.Tools[name]; ok && name != "ciba" {
+			out = append(out, name)
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 // Upstream is an MCP server whose tools Countersign guards and re-exposes

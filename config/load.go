@@ -3,6 +3,7 @@ package config
 import (
 	"bytes"
 	"errors"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -93,11 +94,12 @@ func parse(data []byte, source, dir string, files bool) (*Config, error) {
 	if err := v.ReadConfig(bytes.NewReader(data)); err != nil {
 		return nil, &Error{Source: source, Msg: "not valid YAML: " + oneLine(err.Error())}
 	}
+	envWarnings := bindEnv(v, envKeys(slices.Collect(maps.Keys(v.GetStringMap("tools")))))
 	settings := v.AllSettings()
 	if err := keepCase(data, settings); err != nil {
 		return nil, &Error{Source: source, Msg: "not valid YAML: " + oneLine(err.Error())}
 	}
-	c := &Config{Source: source}
+	c := &Config{Source: source, Warnings: envWarnings}
 	problems := decode(settings, c)
 	bad := slices.Clone(problems) // keys whose value could not be read
 	var later validator

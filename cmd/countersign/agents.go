@@ -5,10 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
-	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"text/tabwriter"
@@ -34,7 +31,8 @@ the terminal). Only its SHA-256 is stored, under http.agents of the
 configuration file --config names (or ./mcp.yaml, or $COUNTERSIGN_CONFIG); the
 rest of the file, comments included, is kept. With no configuration file
 (the embedded default) nothing is stored and the line to add is printed
-instead; countersign init writes a file to add it to.
+instead; countersign init writes a file to add it to. agents rotate gives an
+agent a new token, agents remove removes it.
 
 The agent sends "Authorization: Bearer TOKEN" to /mcp or /sse. A running
 serve picks the new agent up when restarted.`,
@@ -69,6 +67,76 @@ serve picks the new agent up when restarted.`,
 			} else {
 				fmt.Fprintf(stderr, "http.agents in %s is written in a form this command does not edit, so nothing was stored.\n"+
 					"Add this item to it:\n\n    - {id: %s, token_sha256: %s}\n\n", c.Source, name, hash)
+			}
+			fmt.Fprintf(stderr, "Its bearer token, shown this once:\n")
+			fmt.Fprintln(cmd.OutOrStdout(), token)
+			return nil
+		},
+	})
+	cmd.AddCommand(&cobra.Command{
+		Use:   "remove NAME",
+		Short: "Remove an agent and its bearer token from the configuration",
+		Long: `Remove deletes the agent NAME from http.agents of the configuration file, the
+rest of the file, comments included, kept. A running serve keeps accepting its
+token until it is restarted.
+
+The last agent is not removed while http.oauth is off: with no agents the
+listener would take every loopback caller as "anonymous". Add another agent
+first, or edit the file if that is what you want.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := configuredAgent(cmd, args[0])
+			if err != nil {
+				return err
+			}
+			if len(c.HTTP.Agents) == 1 && !c.HTTP.OAuth.Enabled() {
+				return configError(fmt.Errorf("%s: http.agents: %s is the only agent; without it every caller on a loopback listener is \"anonymous\" (add another agent first, or edit the file)", c.Source, args[0]))
+			}
+			stored, err := editAgents(c.Source, func(data []byte) ([]byte, bool) { return removeAgentItem(data, args[0]) },
+				func(agents []config.Agent) bool {
+					return len(agents) == len(c.HTTP.Agents)-1 && !slices.ContainsFunc(agents, func(a config.Agent) bool { return a.ID == args[0] })
+				})
+			if err != nil {
+				return err
+			}
+			if !stored {
+				return fmt.Errorf("http.agents in %s is written in a form this command does not edit, so nothing was changed: remove the item with id %s yourself", c.Source, args[0])
+			}
+			fmt.Fprintf(cmd.ErrOrStderr(), "Agent %s removed from %s. Restart serve to apply: until then its token still works.\n", args[0], c.Source)
+			return nil
+		},
+	})
+	cmd.AddCommand(&cobra.Command{
+		Use:   "rotate NAME",
+		Short: "Give an agent a new bearer token; print it once, and the old one stops working",
+		Long: `Rotate creates a new random bearer token for the agent NAME, prints it once on
+stdout and stores only its SHA-256 in place of the old one under http.agents of
+the configuration file, the rest of the file, comments included, kept. A
+running serve accepts the old token, and not the new one, until it is
+restarted; after that only the new one works.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := configuredAgent(cmd, args[0])
+			if err != nil {
+				return err
+			}
+			token, hash, err := newToken()
+			if err != nil {
+				return err
+			}
+			stored, err := editAgents(c.Source, func(data []byte) ([]byte, bool) { return replaceAgentHash(data, args[0], hash) },
+				func(agents []config.Agent) bool {
+					return slices.ContainsFunc(agents, func(a config.Agent) bool { return a.ID == args[0] && a.TokenSHA256 == hash })
+				})
+			if err != nil {
+				return err
+			}
+			stderr := cmd.ErrOrStderr()
+			if stored {
+				fmt.Fprintf(stderr, "Agent %s has a new token in %s (only its SHA-256 is stored). Restart serve to apply: the old token works until then, and not after.\n", args[0], c.Source)
+			} else {
+				fmt.Fprintf(stderr, "http.agents in %s is written in a form this command does not edit, so nothing was stored.\n"+
+					"Set the token_sha256 of %s to:\n\n    %s\n\n", c.Source, args[0], hash)
 			}
 			fmt.Fprintf(stderr, "Its bearer token, shown this once:\n")
 			fmt.Fprintln(cmd.OutOrStdout(), token)
@@ -118,6 +186,22 @@ serve picks the new agent up when restarted.`,
 	return cmd
 }
 
+// configuredAgent loads the configuration file and checks it names the
+// agent id under http.agents, for the commands that change one.
+func configuredAgent(cmd *cobra.Command, id string) (*config.Config, error) {
+	c, err := loadConfig(cmd)
+	if err != nil {
+		return nil, err
+	}
+	if c.Source == config.Embedded {
+		return nil, configError(fmt.Errorf("no configuration file (serving the embedded default, which has no agents): give --config"))
+	}
+	if !slices.ContainsFunc(c.HTTP.Agents, func(a config.Agent) bool { return a.ID == id }) {
+		return nil, configError(fmt.Errorf("%s: http.agents: no agent %q (see countersign agents list)", c.Source, id))
+	}
+	return c, nil
+}
+
 // newToken returns a random bearer token and the hex SHA-256 the
 // configuration stores. The prefix lets secret scanners recognise it.
 func newToken() (token, hash string, err error) {
@@ -131,48 +215,13 @@ func newToken() (token, hash string, err error) {
 }
 
 // addAgentToFile adds {id, token_sha256} to http.agents of the YAML file at
-// path. It edits the text rather than re-encoding the document, so that
-// every comment and blank line stays where the person put it; it knows the
-// usual shapes (no http, no agents, agents: [], a block list) and reports
-// stored false for any other, which the caller then asks the person to
-// edit. The result must validate, and replaces the file atomically.
+// path (see [editAgents]).
 func addAgentToFile(path, id, hash string) (stored bool, err error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return false, err
-	}
-	edited, ok := insertAgent(data, fmt.Sprintf("{id: %s, token_sha256: %s}", id, hash))
-	if !ok {
-		return false, nil
-	}
-	fi, err := os.Stat(path)
-	if err != nil {
-		return false, err
-	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".mcp-*.yaml")
-	if err != nil {
-		return false, err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(edited); err != nil {
-		tmp.Close()
-		return false, err
-	}
-	if err := tmp.Chmod(fi.Mode().Perm()); err != nil {
-		tmp.Close()
-		return false, err
-	}
-	if err := tmp.Close(); err != nil {
-		return false, err
-	}
-	c, err := config.Load(tmp.Name())
-	if err != nil {
-		return false, errors.Join(errors.New("the edited configuration would not validate; left unchanged"), err)
-	}
-	if !slices.ContainsFunc(c.HTTP.Agents, func(a config.Agent) bool { return a.ID == id && a.TokenSHA256 == hash }) {
-		return false, nil
-	}
-	return true, os.Rename(tmp.Name(), path)
+	return editAgents(path, func(data []byte) ([]byte, bool) {
+		return insertAgent(data, fmt.Sprintf("{id: %s, token_sha256: %s}", id, hash))
+	}, func(agents []config.Agent) bool {
+		return slices.ContainsFunc(agents, func(a config.Agent) bool { return a.ID == id && a.TokenSHA256 == hash })
+	})
 }
 
 // insertAgent returns data with item added to http.agents, or false when

@@ -44,3 +44,35 @@ func TestInsertAgentKeepsTheFile(t *testing.T) {
 		})
 	}
 }
+
+// agents remove and rotate edit only the agent's own lines, in the shapes
+// agents add writes and people write by hand; others are left for a person.
+func TestRemoveAndRotateAgentKeepTheFile(t *testing.T) {
+	const (
+		old = "1111111111111111111111111111111111111111111111111111111111111111"
+		new = "2222222222222222222222222222222222222222222222222222222222222222"
+	)
+	for _, tc := range []struct {
+		name, in, removed, rotated string
+	}{
+		{"flow items", "http:\n  agents:\n    - {id: a, token_sha256: " + old + "}  # CI\n    - {id: b, token_sha256: cd}\n# end\n",
+			"http:\n  agents:\n    - {id: b, token_sha256: cd}\n# end\n",
+			"http:\n  agents:\n    - {id: a, token_sha256: " + new + "}  # CI\n    - {id: b, token_sha256: cd}\n# end\n"},
+		{"block mappings, quoted", "http:\n  agents:\n  - id: b\n    token_sha256: cd\n  - id: a\n    token_sha256: \"" + old + "\"\n  # keep\nx: 1\n",
+			"http:\n  agents:\n  - id: b\n    token_sha256: cd\n  # keep\nx: 1\n",
+			"http:\n  agents:\n  - id: b\n    token_sha256: cd\n  - id: a\n    token_sha256: \"" + new + "\"\n  # keep\nx: 1\n"},
+		{"flow list", "http:\n  agents: [{id: a, token_sha256: " + old + "}, {id: b, token_sha256: cd}]\n", "", ""},
+		{"no such agent", "http:\n  agents:\n    - {id: b, token_sha256: cd}\n", "", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, ok := removeAgentItem([]byte(tc.in), "a")
+			if ok != (tc.removed != "") || ok && string(got) != tc.removed {
+				t.Errorf("remove: got (%v)\n%s\nwant\n%s", ok, got, tc.removed)
+			}
+			got, ok = replaceAgentHash([]byte(tc.in), "a", new)
+			if ok != (tc.rotated != "") || ok && string(got) != tc.rotated {
+				t.Errorf("rotate: got (%v)\n%s\nwant\n%s", ok, got, tc.rotated)
+			}
+		})
+	}
+}

@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"slices"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/countersign/countersign/approval/ceremony"
 	"github.com/countersign/countersign/store"
@@ -46,6 +48,10 @@ them all (revoke-key), then enroll again.`,
 				}
 				fmt.Fprintln(cmd.OutOrStdout(), link)
 				fmt.Fprintln(cmd.ErrOrStderr(), "Open this link once, on", args[0]+"'s device, with their security key at hand.")
+				if c, err := loadConfig(cmd); err == nil && !listening(c.Approval.Listen) {
+					fmt.Fprintf(cmd.ErrOrStderr(), "Note: no server is listening at %s (approval.listen) now. The link works only while\n"+
+						"countersign serve runs there with this configuration: start it before the link is opened.\n", c.Approval.Listen)
+				}
 				return nil
 			})
 		},
@@ -162,4 +168,25 @@ func withLog(cmd *cobra.Command, c *config.Config, fn func(context.Context, *sto
 		return err
 	}
 	return fn(ctx, db, log)
+}
+
+// listening reports whether something accepts connections at addr, the
+// approver page's listen address; a wildcard host is tried on loopback.
+func listening(addr string) bool {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	switch host {
+	case "", "0.0.0.0":
+		host = "127.0.0.1"
+	case "::":
+		host = "::1"
+	}
+	conn, err := net.DialTimeout("tcp", net.JoinHostPort(host, port), 2*time.Second)
+	if err != nil {
+		return false
+	}
+	conn.Close()
+	return true
 }

@@ -41,6 +41,13 @@ offer.`,
 			if _, err := daemon.CompilePolicy(c, warnings(cmd)); err != nil {
 				return err
 			}
+			// The tools serve would offer, counted as serve's start-up
+			// line counts them; a tools: entry is a policy, and ciba's
+			// names no tool.
+			served, upstreamNote := len(c.ServedTools()), ""
+			if len(c.Upstreams) > 0 {
+				upstreamNote = ", not counting upstream tools (--connect counts them)"
+			}
 			if connect, _ := cmd.Flags().GetBool("connect"); connect && len(c.Upstreams) > 0 {
 				cat, closeUpstreams, err := connectUpstreams(cmd.Context(), c, warnings(cmd))
 				if err != nil {
@@ -51,9 +58,10 @@ offer.`,
 					return configError(errors.Join(errs...))
 				}
 				fmt.Fprintf(cmd.OutOrStdout(), "%s: %d upstream tools offered\n", c.Source, len(cat.Specs()))
+				served, upstreamNote = served+len(cat.Specs()), ""
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "%s: valid (%d tools, %d upstreams, %d approvers)\n",
-				c.Source, len(c.Tools), len(c.Upstreams), len(c.Approvers))
+			fmt.Fprintf(cmd.OutOrStdout(), "%s: valid (%d tools%s, %d upstreams, %d approvers)\n",
+				c.Source, served, upstreamNote, len(c.Upstreams), len(c.Approvers))
 			return nil
 		},
 	}

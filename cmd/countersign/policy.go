@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -14,7 +16,9 @@ import (
 	"github.com/countersign/countersign/authz"
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/internal/daemon"
+	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/tools"
+	"github.com/countersign/countersign/tools/ledger"
 	"github.com/countersign/countersign/vocab"
 	"github.com/spf13/cobra"
 )
@@ -39,7 +43,9 @@ policy can be tested in CI):
   countersign policy test --cases policy-cases.yaml
 
 Facts the rules use (such as counterparty.known) come from the backends in the
-data directory, unless --facts or a case's facts: give them.
+data directory, unless --facts or a case's facts: give them. Test writes
+nothing there: before serve has made the database, the ledger is the one the
+configuration seeds.
 
 An upstream tool not listed under tools: takes its upstream's default level,
 which depends on the tool's readOnlyHint: --connect asks the upstream, or
@@ -55,7 +61,7 @@ which depends on the tool's readOnlyHint: --connect asks the upstream, or
 				return err
 			}
 			facts := newFactSource(c, warnings(cmd))
-			defer facts.close()
+			defer func() { facts.close() }() // close is set when the database is opened
 			out := cmd.OutOrStdout()
 			if casesFile != "" {
 				cases, err := authz.LoadCases(casesFile)
@@ -91,7 +97,9 @@ which depends on the tool's readOnlyHint: --connect asks the upstream, or
 					return fmt.Errorf("--facts: %w", err)
 				}
 			} else if f, err = facts.lookup(cmd.Context(), toolName, args); err != nil {
-				return err
+				// As for a case: the policy decides without them, as it
+				// would for a backend that cannot supply them.
+				fmt.Fprintf(cmd.ErrOrStderr(), "note: no facts from the backend (give --facts): %v\n", err)
 			}
 			if connect && len(c.Upstreams) > 0 {
 				if _, ok := c.UpstreamOf(toolName); ok {
@@ -187,12 +195,19 @@ func orNone(s string) string {
 }
 
 // factSource asks the backends for the facts a tool's rules use, opening
-// the data directory only when a case needs it.
+// the database only when a case needs it. It writes nothing into the data
+// directory: policy test is a dry run. It neither makes the directory nor
+// writes the embedded default's demo files (PrepareDataDir), nor creates
+// the database or seeds the ledger (tools.New): it reads what serve left.
+// Before serve has made the database, the ledger is the one serve would
+// start with, seeded from the configuration into a scratch database in
+// the system's temporary directory, removed at close.
 type factSource struct {
-	c     *config.Config
-	log   *slog.Logger
-	reg   *tools.Catalog
-	close func()
+	c      *config.Config
+	log    *slog.Logger
+	db     *store.DB
+	opened bool
+	close  func()
 }
 
 func newFactSource(c *config.Config, log *slog.Logger) *factSource {
@@ -203,28 +218,53 @@ func (f *factSource) lookup(ctx context.Context, tool string, args map[string]an
 	if len(tools.Facts()[tool]) == 0 {
 		return nil, nil
 	}
-	if f.reg == nil {
-		if err := daemon.PrepareDataDir(f.c, f.log); err != nil {
+	if !f.opened {
+		f.opened = true
+		if file, ok := sqliteFile(f.c); !ok || fileExists(file) {
+			db, err := daemon.OpenStore(ctx, f.c)
+			if err != nil {
+				return nil, err
+			}
+			f.db, f.close = db, func() { db.Close() }
+		} else if err := f.scratchLedger(ctx); err != nil {
 			return nil, err
 		}
-		db, err := daemon.OpenStore(ctx, f.c)
-		if err != nil {
-			return nil, err
-		}
-		reg, err := tools.New(ctx, f.c, db)
+	}
+	return tools.ReadFacts(ctx, f.c, f.db, tool, args)
+}
+
+// scratchLedger seeds the configuration's ledger into a database of its
+// own in the temporary directory, as serve's first start would seed it.
+func (f *factSource) scratchLedger(ctx context.Context) error {
+	dir, err := os.MkdirTemp("", "countersign-policy-test-")
+	if err != nil {
+		return err
+	}
+	db, err := store.Connect(ctx, filepath.Join(dir, store.FileName))
+	if err == nil {
+		_, err = ledger.Open(ctx, db, f.c.Ledger)
 		if err != nil {
 			db.Close()
-			return nil, err
 		}
-		f.reg, f.close = reg, func() { db.Close() }
 	}
-	t, ok := f.reg.Lookup(tool)
-	if !ok {
-		return nil, nil
-	}
-	call, err := t.Prepare(ctx, args)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", tool, err)
+		os.RemoveAll(dir)
+		return fmt.Errorf("the ledger as configured: %w", err)
 	}
-	return call.Facts, nil
+	f.db, f.close = db, func() { db.Close(); os.RemoveAll(dir) }
+	return nil
+}
+
+// sqliteFile is the SQLite file of c's store, and false on PostgreSQL.
+func sqliteFile(c *config.Config) (string, bool) {
+	target := c.Store.Target(c.Server.DataDir, store.FileName)
+	if strings.HasPrefix(target, "postgres://") || strings.HasPrefix(target, "postgresql://") {
+		return "", false
+	}
+	return strings.TrimPrefix(target, "sqlite:"), true
+}
+
+func fileExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
 }

@@ -37,7 +37,25 @@ func configError(err error) error { return &exitError{exitConfig, err} }
 // refuse, with every problem of either kind in one report.
 func loadConfig(cmd *cobra.Command) (*config.Config, error) {
 	path, _ := cmd.Flags().GetString("config")
-	return checkConfig(path)
+	c, err := checkConfig(path)
+	// Once per command, though some load twice; serve logs them with its
+	// own logger.
+	if c != nil && cmd.Name() != "serve" && cmd.Annotations["config-warned"] == "" {
+		warnConfig(warnings(cmd), c)
+		if cmd.Annotations == nil {
+			cmd.Annotations = map[string]string{}
+		}
+		cmd.Annotations["config-warned"] = "yes"
+	}
+	return c, err
+}
+
+// warnConfig logs what in c deserves a person's attention without
+// stopping anything (an environment variable that overrides nothing).
+func warnConfig(log *slog.Logger, c *config.Config) {
+	for _, w := range c.Warnings {
+		log.Warn(w, "config", c.Source)
+	}
 }
 
 func newRootCmd(stdout, stderr io.Writer) *cobra.Command {

@@ -55,6 +55,7 @@ the embedded default the demo files it names are written into it.`,
 			if err != nil {
 				return err
 			}
+			warnConfig(log, c)
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			return daemon.Serve(ctx, c, daemon.Options{Logger: log, Version: buildVersion()})

@@ -240,7 +240,7 @@ func (s *Stack) serveHTTP(ctx context.Context, ln net.Listener, log *slog.Logger
 	agentSrv := NewHTTPServer(handler, log)
 	errc := make(chan error, 1)
 	go func() { errc <- agentSrv.Serve(ln) }()
-	log.Info("serving MCP over HTTP", "streamable", base+"/mcp", "sse", base+"/sse")
+	log.Info("serving MCP over HTTP", "streamable", base+"/mcp", "sse", base+"/sse", "agents", agentAuth(c))
 	_, cibaOn := c.Tools[ciba.Tool]
 	log.Info("serving CIBA", "enabled", cibaOn, "backchannel", Issuer(c)+ciba.PathAuthorize,
 		"token", Issuer(c)+ciba.PathToken, "jwks", Issuer(c)+ciba.PathJWKS)
@@ -323,4 +323,19 @@ func Loopback(addr string) bool {
 	}
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()
+}
+
+// agentAuth says, for the start-up line, how callers on the HTTP listener
+// are known. With neither http.agents nor http.oauth every caller is
+// "anonymous" (allowed on loopback only): the default for a first try, and
+// the log is where an operator should learn it, not a comment in mcp.yaml.
+func agentAuth(c *config.Config) string {
+	n, oauth := len(c.HTTP.Agents), c.HTTP.OAuth.Enabled()
+	switch {
+	case n == 0 && !oauth:
+		return `anonymous: no http.agents or http.oauth, so every caller (loopback only) is agent "anonymous"; countersign agents add NAME gives each agent a token`
+	case oauth:
+		return fmt.Sprintf("%d bearer tokens (http.agents) and OAuth access tokens of %s", n, c.HTTP.OAuth.Issuer)
+	}
+	return fmt.Sprintf("%d bearer tokens (http.agents)", n)
 }
