@@ -46,7 +46,9 @@
 //
 //   - A block-mode request still pending is cancelled with reason "server
 //     restarted" (recorded, shown on the approver page): its caller died
-//     with the process, and it can never be approved afterwards.
+//     with the process, and it can never be approved afterwards. (One
+//     whose call returned authorization_pending at Options.BlockFor is a
+//     poll-mode request from then on: wait.go.)
 //   - A poll-mode request still pending keeps its expiry; once approved
 //     the server runs it once (the tool looked up again by name, its
 //     stored arguments prepared again and required to come out as the
@@ -216,6 +218,10 @@ type Options struct {
 	// Freezes, when set, is asked first on every call whether its agent
 	// is frozen (freeze.go); nil: no agent is.
 	Freezes Freezes
+	// BlockFor bounds how long a block-mode call waits for a decision;
+	// then it returns authorization_pending and its request goes on as a
+	// poll-mode one (wait.go). Zero: it waits until decided.
+	BlockFor time.Duration
 }
 
 // Defaults of Options.MaxArgBytes and MaxArgDepth.
