@@ -89,9 +89,9 @@ func (g *Guard) countersign(ctx context.Context, c Call, spec *tools.Spec, call 
 		g.mu.Unlock()
 		if closing || !g.park(r.ID, counted) {
 			// Pending for the next start to resume.
-			return structured(pendingResult(r, g.now()))
+			return pendingAnswer(spec, pendingResult(r, g.now()))
 		}
-		return structured(pendingResult(r, g.now()))
+		return pendingAnswer(spec, pendingResult(r, g.now()))
 	}
 
 	defer g.waitOn(ctx, r.ID)()
@@ -101,7 +101,7 @@ func (g *Guard) countersign(ctx context.Context, c Call, spec *tools.Spec, call 
 	final, err := g.waitBlock(ctx, r, counted)
 	if errors.Is(err, errHandedOver) {
 		done = true // parked: the dispatcher gives the share back if it never runs
-		return structured(handedOverResult(r, g.opts.BlockFor, g.now()))
+		return pendingAnswer(spec, handedOverResult(r, g.opts.BlockFor, g.now()))
 	}
 	if err != nil {
 		return toolError("approval request %s: %v", r.ID, err)

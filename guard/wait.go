@@ -2,12 +2,15 @@ package guard
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
 
 	"github.com/countersign/countersign/approval"
+	"github.com/countersign/countersign/tools"
 	"github.com/countersign/countersign/vocab"
+	"github.com/mark3labs/mcp-go/mcp"
 )
 
 // A block-mode call holds its connection open while a person reaches for
@@ -114,4 +117,18 @@ func handedOverResult(r *approval.Request, blockFor time.Duration, now time.Time
 		"if it is denied or expires, approval_status says so.", blockFor)
 	out["next"] = map[string]any{"tool": "approval_status", "arguments": map[string]any{"auth_req_id": r.ID}}
 	return out
+}
+
+// pendingAnswer is a pending request's answer as its call's result: a
+// normal result, except for a tool that declares an output schema. Such a
+// tool's structured content must match its schema, and clients check it
+// (the TypeScript SDK's callTool throws on a mismatch, and on a result
+// without structured content); only an error result's content is left
+// unchecked. So there the same JSON goes as an error result's text.
+func pendingAnswer(spec *tools.Spec, answer map[string]any) *mcp.CallToolResult {
+	if spec.Def.RawOutputSchema == nil && spec.Def.OutputSchema.Type == "" {
+		return structured(answer)
+	}
+	text, _ := json.Marshal(answer)
+	return mcp.NewToolResultError(string(text))
 }

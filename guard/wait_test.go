@@ -2,6 +2,7 @@ package guard
 
 import (
 	"context"
+	"encoding/json"
 	"strings"
 	"testing"
 	"time"
@@ -122,5 +123,26 @@ func (w *world) pendingID(p *process) string {
 			w.t.Fatal("no pending request")
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// A tool with an output schema gets the pending answer as an error
+// result's text: clients check a normal result's structured content
+// against the schema, and the answer is not of its shape.
+func TestPendingAnswerOfAToolWithAnOutputSchemaIsNotCheckedAgainstIt(t *testing.T) {
+	w := newBlockingWorld(t, 50*time.Millisecond)
+	typed := w.book.spec("typed")
+	typed.Def.RawOutputSchema = json.RawMessage(`{"type":"object","properties":{"note":{"type":"string"}},"required":["note"]}`)
+	if err := w.cat.Replace("typed", []*tools.Spec{typed}); err != nil {
+		t.Fatal(err)
+	}
+	p := w.start()
+	res := p.g.Handle(context.Background(), Call{Tool: "typed", Agent: "bot", Args: map[string]any{"note": "x"}})
+	if !res.IsError || res.StructuredContent != nil || !strings.Contains(text(res), `"status":"authorization_pending"`) {
+		t.Fatalf("pending answer of a tool with an output schema: error %v, structured %v, %s", res.IsError, res.StructuredContent, text(res))
+	}
+	res = p.g.Handle(context.Background(), Call{Tool: "note", Agent: "bot", Args: map[string]any{"note": "y"}})
+	if res.IsError || res.StructuredContent == nil {
+		t.Fatalf("pending answer of a tool without one: error %v, structured %v", res.IsError, res.StructuredContent)
 	}
 }
