@@ -282,3 +282,11 @@ func (s *Service) ofGoneOwners(ctx context.Context, query string, args ...any) (
 	}
 	return ids, nil
 }
+
+// Detach makes block-mode request id a poll-mode one when its call stops
+// waiting (approval.block_for): a restart resumes it instead of cancelling
+// it, and the server runs it once approved.
+func (s *Service) Detach(ctx context.Context, id string) error {
+	_, err := s.db.ExecContext(ctx, `UPDATE approval_requests SET wait_mode = ? WHERE id = ? AND wait_mode = ?`, WaitPoll, id, WaitBlock)
+	return err
+}

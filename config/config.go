@@ -116,6 +116,12 @@ type Approval struct {
 	// sealed, for its agent to collect (approval_status, tasks/result)
 	// after the run ended; then it is erased.
 	ResultTTL time.Duration `mapstructure:"result_ttl"`
+	// BlockFor bounds how long a block-mode call holds its connection
+	// open for a decision: then it returns authorization_pending and the
+	// request goes on as a poll-mode one (collected with approval_status),
+	// before common clients' 60 s request timeouts cut it. 0: the call
+	// waits until the request is decided or expires.
+	BlockFor time.Duration `mapstructure:"block_for"`
 
 	derived derivedFields // which of the fields above Derive filled in
 }

@@ -266,6 +266,7 @@ var defaults = map[string]any{
 	"approval.max_body_bytes":        64 << 10,
 	"approval.max_batch":             10,
 	"approval.result_ttl":            "1h",
+	"approval.block_for":             "50s",
 	"approval.tls_cert_file":         "",
 	"approval.attestation":           "none",
 	"approval.tls_key_file":          "",

@@ -127,6 +127,9 @@ func (c *Config) validateApproval(v *validator) {
 	v.positive("approval.progress_every", ap.ProgressEvery)
 	v.positive("approval.enroll_ttl", ap.EnrollTTL)
 	v.positive("approval.result_ttl", ap.ResultTTL)
+	if ap.BlockFor < 0 {
+		v.fail("approval.block_for", "expected 0 (a call waits until decided) or a positive duration under your agents' request timeout, such as 50s, got %s", ap.BlockFor)
+	}
 	if ap.MaxBodyBytes < 1024 {
 		v.fail("approval.max_body_bytes", "expected at least 1024, got %d", ap.MaxBodyBytes)
 	}

@@ -27,10 +27,14 @@ type Requests interface {
 	Poll(ctx context.Context, id, agent string) (*approval.PollStatus, error)
 	Await(ctx context.Context, id string, done func(*approval.Request) bool) (*approval.Request, error)
 	Cancel(ctx context.Context, id, reason string) error
+	// Detach makes a block-mode request a poll-mode one, when its call
+	// stops waiting at Options.BlockFor (wait.go).
+	Detach(ctx context.Context, id string) error
 }
 
 // countersign raises an approval request and, in block mode, waits for a
-// terminal decision before running the tool once.
+// terminal decision, at most Options.BlockFor (wait.go), before running
+// the tool once.
 func (g *Guard) countersign(ctx context.Context, c Call, spec *tools.Spec, call *tools.Call,
 	canon digest.Args, conf config.Tool, d authz.Decision, entry audit.Entry, counted *reservation) *mcp.CallToolResult {
 	done := false // the call ran, or may still run: it keeps counting
@@ -85,16 +89,20 @@ func (g *Guard) countersign(ctx context.Context, c Call, spec *tools.Spec, call 
 		g.mu.Unlock()
 		if closing || !g.park(r.ID, counted) {
 			// Pending for the next start to resume.
-			return structured(pendingResult(r, g.now()))
+			return pendingAnswer(spec, pendingResult(r, g.now()))
 		}
-		return structured(pendingResult(r, g.now()))
+		return pendingAnswer(spec, pendingResult(r, g.now()))
 	}
 
 	defer g.waitOn(ctx, r.ID)()
 	if c.Waiting != nil {
 		defer c.Waiting(ctx, viewOf(r))()
 	}
-	final, err := g.opts.Requests.Wait(ctx, r.ID)
+	final, err := g.waitBlock(ctx, r, counted)
+	if errors.Is(err, errHandedOver) {
+		done = true // parked: the dispatcher gives the share back if it never runs
+		return pendingAnswer(spec, handedOverResult(r, g.opts.BlockFor, g.now()))
+	}
 	if err != nil {
 		return toolError("approval request %s: %v", r.ID, err)
 	}
@@ -209,7 +217,8 @@ func pendingResult(r *approval.Request, now time.Time) map[string]any {
 // like any tool, so its calls are checked and audited too.
 func (g *Guard) StatusSpec() *tools.Spec {
 	def := mcp.NewToolWithRawSchema("approval_status",
-		"Check an approval request raised by a tool call in poll mode. Returns status "+
+		"Check an approval request raised by a tool call in poll mode, or by a call that returned "+
+			"authorization_pending because nobody decided while it waited. Returns status "+
 			"authorization_pending, slow_down (poll less often), expired_token, access_denied, "+
 			"or the tool's result once approved and executed.",
 		json.RawMessage(`{"type":"object","properties":{"auth_req_id":{"type":"string","format":"uuid",`+

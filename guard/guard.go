@@ -46,7 +46,9 @@
 //
 //   - A block-mode request still pending is cancelled with reason "server
 //     restarted" (recorded, shown on the approver page): its caller died
-//     with the process, and it can never be approved afterwards.
+//     with the process, and it can never be approved afterwards. (One
+//     whose call returned authorization_pending at Options.BlockFor is a
+//     poll-mode request from then on: wait.go.)
 //   - A poll-mode request still pending keeps its expiry; once approved
 //     the server runs it once (the tool looked up again by name, its
 //     stored arguments prepared again and required to come out as the
@@ -216,6 +218,10 @@ type Options struct {
 	// Freezes, when set, is asked first on every call whether its agent
 	// is frozen (freeze.go); nil: no agent is.
 	Freezes Freezes
+	// BlockFor bounds how long a block-mode call waits for a decision;
+	// then it returns authorization_pending and its request goes on as a
+	// poll-mode one (wait.go). Zero: it waits until decided.
+	BlockFor time.Duration
 }
 
 // Defaults of Options.MaxArgBytes and MaxArgDepth.
@@ -367,7 +373,7 @@ func (g *Guard) Handle(ctx context.Context, c Call) *mcp.CallToolResult {
 		g.record(ctx, entry)
 		return toolError(msg)
 	}
-	switch d, n := measure(args, g.opts.MaxArgDepth, g.opts.MaxArgBytes); {
+	switch d, n := argschema.Measure(args, g.opts.MaxArgDepth, g.opts.MaxArgBytes); {
 	case d > g.opts.MaxArgDepth:
 		return g.rejectArgs(ctx, entry, args, fmt.Sprintf("arguments nested deeper than %d levels", g.opts.MaxArgDepth),
 			"invalid arguments: nested deeper than %d levels", g.opts.MaxArgDepth)
@@ -508,47 +514,6 @@ func (g *Guard) rejectArgs(ctx context.Context, entry audit.Entry, args map[stri
 	entry.Kind, entry.Reason = vocab.KindCallRejected, reason
 	g.record(ctx, entry)
 	return toolError(format, v...)
-}
-
-// measure walks a decoded JSON value once and returns its nesting depth
-// and about how many bytes its JSON takes (strings and keys by their
-// length), stopping early once either limit is passed, so that a huge or
-// deep value costs little to refuse.
-func measure(v any, maxDepth, maxBytes int) (depth, size int) {
-	var walk func(v any, d int) int
-	walk = func(v any, d int) int {
-		if d > maxDepth || size > maxBytes {
-			return d
-		}
-		deepest := d
-		switch v := v.(type) {
-		case map[string]any:
-			size += 2
-			for k, x := range v {
-				size += len(k) + 4
-				deepest = max(deepest, walk(x, d+1))
-				if deepest > maxDepth || size > maxBytes {
-					break
-				}
-			}
-		case []any:
-			size += 2
-			for _, x := range v {
-				size++
-				deepest = max(deepest, walk(x, d+1))
-				if deepest > maxDepth || size > maxBytes {
-					break
-				}
-			}
-		case string:
-			size += len(v) + 2
-		default:
-			size += 8
-		}
-		return deepest
-	}
-	depth = walk(v, 0)
-	return depth, size
 }
 
 // Reject records and refuses a call to a tool the catalog does not have.

@@ -209,6 +209,8 @@ func (h *humans) Cancel(_ context.Context, id, reason string) error {
 
 func (h *humans) Restart(context.Context) ([]string, error) { return nil, nil }
 
+func (h *humans) Detach(context.Context, string) error { return nil }
+
 func (h *humans) Unfinished(context.Context) ([]approval.Unfinished, error) { return nil, nil }
 
 // The task methods: this stand-in raises no tasks.

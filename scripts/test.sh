@@ -36,7 +36,8 @@ if [ -z "${COUNTERSIGN_TEST_PG:-}" ] && ! command -v initdb >/dev/null 2>&1 && !
 fi
 
 # The gateway tests run the reference MCP filesystem server from npm, pinned
-# with its dependencies in testdata/npm/package-lock.json (Node.js 20 or later).
+# with its dependencies in testdata/npm/package-lock.json (Node.js 20 or later);
+# the block_for test drives the official TypeScript SDK client from there too.
 if ! command -v npm >/dev/null 2>&1; then
 	echo "test.sh: installing Debian's nodejs and npm for the gateway tests" >&2
 	sudo=""
@@ -44,8 +45,8 @@ if ! command -v npm >/dev/null 2>&1; then
 	$sudo apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq nodejs npm >/dev/null
 fi
-if [ ! -x testdata/npm/node_modules/.bin/mcp-server-filesystem ]; then
-	echo "test.sh: installing the MCP filesystem server into testdata/npm (npm ci)" >&2
+if [ ! -x testdata/npm/node_modules/.bin/mcp-server-filesystem ] || [ ! -f testdata/npm/node_modules/@modelcontextprotocol/sdk/package.json ]; then
+	echo "test.sh: installing the MCP filesystem server and the TypeScript SDK into testdata/npm (npm ci)" >&2
 	npm ci --prefix testdata/npm --no-audit --no-fund >/dev/null
 fi
 export COUNTERSIGN_TEST_FILESYSTEM_SERVER="$PWD/testdata/npm/node_modules/.bin/mcp-server-filesystem"

@@ -71,6 +71,7 @@ type site struct {
 	cfg  *config.Config
 	path string // config file
 	key  *approvaltest.SoftKey
+	bin  string // the binary nodes run; "" is the crashtest binary
 }
 
 func newSite(t *testing.T, edit func(*config.Config)) *site {
@@ -128,7 +129,11 @@ func (s *site) start(env ...string) *node {
 
 // serveCmd is the command line of serve on the site, plus args.
 func (s *site) serveCmd(args []string, env ...string) *exec.Cmd {
-	cmd := exec.Command(crashBinary(s.t), append([]string{"serve", "--http", "127.0.0.1:0", "--config", s.path, "--log-format", "json"}, args...)...)
+	bin := s.bin
+	if bin == "" {
+		bin = crashBinary(s.t)
+	}
+	cmd := exec.Command(bin, append([]string{"serve", "--http", "127.0.0.1:0", "--config", s.path, "--log-format", "json"}, args...)...)
 	cmd.Dir = repoRoot
 	cmd.Env = append(os.Environ(), env...)
 	return cmd

@@ -1,6 +1,7 @@
 // Package argschema checks a tool call's arguments against the tool's input
 // schema (JSON Schema) and says what is wrong in sentences an agent or a
-// person can act on: the field, and what it must be.
+// person can act on: the field, and what it must be. [Measure] bounds
+// their size and nesting first, cheaply.
 //
 // The guard validates itself rather than through mcp-go's
 // WithInputSchemaValidation, so that a rejected call is audited like every

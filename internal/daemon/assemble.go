@@ -193,11 +193,25 @@ func (s *Stack) newGuard(ctx context.Context, policy *authz.Policy, recorder met
 		MaxArgBytes: c.Limits.MaxArgBytes, MaxArgDepth: c.Limits.MaxArgDepth,
 		Limits: guard.Limits{PendingPerAgent: c.Limits.PendingPerAgent, PendingTotal: c.Limits.PendingTotal,
 			CallsPerSecond: float64(c.Limits.CallsPerSecond), CallBurst: c.Limits.CallBurst},
+		BlockFor: blockFor(c, log),
 	})
 	if _, ok := c.Tools["approval_status"]; ok {
 		return s.tools.Replace("guard", []*tools.Spec{s.guard.StatusSpec()})
 	}
 	return nil
+}
+
+// blockFor is how long a block-mode call waits before it returns
+// authorization_pending for approval_status to collect; without that tool
+// the agent could collect nothing, so calls wait until decided.
+func blockFor(c *config.Config, log *slog.Logger) time.Duration {
+	if _, ok := c.Tools["approval_status"]; !ok && c.Approval.BlockFor > 0 {
+		log.Warn("approval.block_for is not applied: the approval_status tool is not offered (add it under tools), "+
+			"so block-mode calls wait until decided and clients with a request timeout may give up first",
+			"block_for", c.Approval.BlockFor)
+		return 0
+	}
+	return c.Approval.BlockFor
 }
 
 // settle runs before anything is served: what the previous process left
