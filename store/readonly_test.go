@@ -9,35 +9,8 @@ import (
 	"testing"
 
 	"github.com/countersign/countersign/store"
-	"golang.org/x/sys/unix"
+	"github.com/countersign/countersign/store/storetest"
 )
-
-// readOnlyView makes dir read-only for this process as it would be for an
-// auditor: a read-only bind mount of it (tests run as root, whom
-// permissions do not stop; a read-only mount stops root too), or, for
-// another user, its write permissions taken away.
-func readOnlyView(t *testing.T, dir string) string {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		if err := os.Chmod(dir, 0o500); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { os.Chmod(dir, 0o700) })
-		return dir
-	}
-	view := t.TempDir()
-	if err := unix.Mount(dir, view, "", unix.MS_BIND, ""); err != nil {
-		t.Fatalf("bind mount: %v", err)
-	}
-	t.Cleanup(func() { unix.Unmount(view, unix.MNT_DETACH) })
-	if err := unix.Mount("", view, "", unix.MS_REMOUNT|unix.MS_BIND|unix.MS_RDONLY, ""); err != nil {
-		t.Fatalf("remount read-only: %v", err)
-	}
-	if err := unix.Access(view, unix.W_OK); err == nil {
-		t.Fatal("the read-only view is writable")
-	}
-	return view
-}
 
 func copyFiles(t *testing.T, from, to string, names ...string) {
 	t.Helper()
@@ -100,7 +73,7 @@ func TestOpenReadOnlyReadsACopyNobodyMayWrite(t *testing.T) {
 
 	for name, dir := range map[string]string{"serving": serving, "stopped": stopped} {
 		t.Run(name, func(t *testing.T) {
-			view := readOnlyView(t, dir)
+			view := storetest.ReadOnlyView(t, dir)
 			db, err := store.OpenReadOnly(ctx, filepath.Join(view, store.FileName))
 			if err != nil {
 				t.Fatal(err)
@@ -115,7 +88,7 @@ func TestOpenReadOnlyReadsACopyNobodyMayWrite(t *testing.T) {
 		})
 	}
 	t.Run("wal without shm", func(t *testing.T) {
-		view := readOnlyView(t, noShm)
+		view := storetest.ReadOnlyView(t, noShm)
 		_, err := store.OpenReadOnly(ctx, filepath.Join(view, store.FileName))
 		if err == nil || !strings.Contains(err.Error(), "-shm") {
 			t.Fatalf("a -wal of commits without its -shm: %v", err)

@@ -1,7 +1,10 @@
 package main
 
 import (
+	"crypto/sha256"
+	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
 	"strings"
@@ -10,7 +13,9 @@ import (
 	"time"
 
 	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/server/servertest"
 	"github.com/countersign/countersign/store"
+	"github.com/countersign/countersign/store/storetest"
 	"github.com/countersign/countersign/vocab"
 )
 
@@ -125,4 +130,158 @@ func hasKind(ex *export, kind vocab.Kind) bool {
 		}
 	}
 	return false
+}
+
+// siteAt is s with its data directory at dir: another config file, the
+// same settings.
+func siteAt(t *testing.T, s *site, dir string) *site {
+	t.Helper()
+	c := *s.cfg
+	c.Server.DataDir = dir
+	raw, err := config.Encode(&c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "mcp.yaml")
+	if err := os.WriteFile(path, raw, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return &site{t: t, cfg: &c, path: path}
+}
+
+// copyDir copies the named files of the data directory from to a new
+// directory.
+func copyDir(t *testing.T, from string, names ...string) string {
+	t.Helper()
+	to := t.TempDir()
+	for _, name := range names {
+		copyFile(t, filepath.Join(from, name), filepath.Join(to, name))
+	}
+	return to
+}
+
+// dirState is every file of dir with its mode and SHA-256.
+func dirState(t *testing.T, dir string) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out["."] = fi.Mode().String()
+	for _, e := range entries {
+		b, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := e.Info()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[e.Name()] = fmt.Sprintf("%s %x", info.Mode(), sha256.Sum256(b))
+	}
+	return out
+}
+
+// An auditor's copy of the data directory that nobody may write is
+// exported and verified whole: a copy taken while serving (its commits
+// still in the -wal, read through the -shm copied with it) and one taken
+// after a clean stop, each on a read-only mount (which stops root too);
+// and a copy made read-only with chmod a-w, which root could write but
+// which is left exactly as it was.
+func TestAuditExportAndVerifyOnAReadOnlyCopy(t *testing.T) {
+	s := newSite(t, nil)
+	n := s.start()
+	cs := n.agent()
+	for i := range 5 {
+		res := servertest.CallTool(t, cs, "transfer", map[string]any{
+			"from": "operating", "to": "Acme Supplies", "amount": 0.01, "currency": "USD", "memo": fmt.Sprint("copy ", i)})
+		if res.IsError {
+			t.Fatal(servertest.ResultText(res))
+		}
+	}
+	data := s.cfg.Server.DataDir
+	atCopy := s.exportAndVerify()
+	serving := copyDir(t, data, store.FileName, store.FileName+"-wal", store.FileName+"-shm", "server.key")
+	if fi, err := os.Stat(filepath.Join(serving, store.FileName+"-wal")); err != nil || fi.Size() == 0 {
+		t.Fatalf("the serving copy has no write-ahead log to read (%v)", err)
+	}
+	n.term()
+	final := s.exportAndVerify()
+	stopped := copyDir(t, data, store.FileName, "server.key")
+
+	got := siteAt(t, s, storetest.ReadOnlyView(t, serving)).exportAndVerify()
+	isPrefix(t, atCopy, got)
+	got = siteAt(t, s, storetest.ReadOnlyView(t, stopped)).exportAndVerify()
+	isPrefix(t, final, got)
+	if len(got.entries) != len(final.entries) {
+		t.Errorf("the stopped copy exports %d entries, the log has %d", len(got.entries), len(final.entries))
+	}
+
+	chmodded := copyDir(t, data, store.FileName, "server.key")
+	// chmod -R a-w
+	for p, mode := range map[string]os.FileMode{
+		filepath.Join(chmodded, store.FileName): 0o400, filepath.Join(chmodded, "server.key"): 0o400, chmodded: 0o500,
+	} {
+		if err := os.Chmod(p, mode); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() { os.Chmod(chmodded, 0o700) })
+	was := dirState(t, chmodded)
+	got = siteAt(t, s, chmodded).exportAndVerify()
+	isPrefix(t, final, got)
+	if now := dirState(t, chmodded); !maps.Equal(was, now) {
+		t.Errorf("exporting changed the chmod a-w copy:\nwas %v\nnow %v", was, now)
+	}
+}
+
+// A database a newer version wrote (here: this one's, its schema raised
+// as a newer version would) is refused by serve and by every command
+// that opens it, read-only ones included, naming both versions; it is
+// left as it was.
+func TestOlderBinaryRefusesANewerDatabase(t *testing.T) {
+	s := newSite(t, nil)
+	s.cli("audit", "export", "--out", filepath.Join(t.TempDir(), "export.jsonl")) // makes the database
+	path := filepath.Join(s.cfg.Server.DataDir, store.FileName)
+	db := storetest.Connect(t, path)
+	if _, err := db.Exec(`UPDATE schema_release SET schema = ?, release = 'v9.9.9'`, store.Schema+1); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	want := fmt.Sprintf("the database was written by version v9.9.9 (schema %d); this is version ", store.Schema+1)
+	thisOne := fmt.Sprintf(" (schema %d)", store.Schema)
+
+	code, stderr := s.secondServe()
+	if code == 0 || !strings.Contains(stderr, want) || !strings.Contains(stderr, thisOne) {
+		t.Errorf("serve on a newer database: exit %d\n%s", code, stderr)
+	}
+	for _, args := range [][]string{
+		{"audit", "export"},
+		{"approvers", "enroll", "alice"},
+		{"backup", filepath.Join(t.TempDir(), "backup.db")},
+	} {
+		err := s.cliErr(args...)
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("countersign %v on a newer database: %v", args, err)
+		}
+	}
+	ro := siteAt(t, s, storetest.ReadOnlyView(t, s.cfg.Server.DataDir))
+	if err := ro.cliErr("audit", "export"); err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("audit export of a read-only newer database: %v", err)
+	}
+
+	db = storetest.Connect(t, path)
+	var schema int
+	var release string
+	if err := db.QueryRow(`SELECT schema, release FROM schema_release`).Scan(&schema, &release); err != nil {
+		t.Fatal(err)
+	}
+	if schema != store.Schema+1 || release != "v9.9.9" {
+		t.Errorf("the refusals left schema %d by %s", schema, release)
+	}
 }
