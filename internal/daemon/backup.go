@@ -109,9 +109,14 @@ func verifyBackup(ctx context.Context, path string, key ed25519.PrivateKey) (*Ba
 		return nil, err
 	}
 	r, w := io.Pipe()
-	go func() { w.CloseWithError(log.Export(ctx, w, 0)) }()
+	exported := make(chan struct{})
+	go func() {
+		defer close(exported)
+		w.CloseWithError(log.Export(ctx, w, 0))
+	}()
 	sum, err := verify.Export(r, log.PublicKey(), verify.Options{})
 	r.CloseWithError(io.ErrClosedPipe) // stops the export if verify gave up early
+	<-exported
 	if err != nil {
 		return nil, fmt.Errorf("audit verify of its log: %w", err)
 	}
