@@ -53,8 +53,16 @@ func (e *NewerSchemaError) Error() string {
 // only begun to change. Databases from before versions were recorded
 // are schema 0.
 func (db *DB) CheckSchema(ctx context.Context, release string) error {
-	if err := db.ReadSchema(ctx, release); err != nil {
-		return err
+	// Read first: a database at this schema (every start but the first
+	// of a release) needs no write, so no lock beside a running server.
+	s, err := db.Schema(ctx)
+	switch {
+	case err != nil:
+		return fmt.Errorf("store: schema version: %w", err)
+	case s.Schema > Schema:
+		return s.newer(release)
+	case s.Schema == Schema:
+		return nil
 	}
 	if err := db.CreateTables(ctx, schemaReleaseDDL); err != nil {
 		return fmt.Errorf("store: schema version: %w", err)
@@ -70,7 +78,7 @@ func (db *DB) CheckSchema(ctx context.Context, release string) error {
 		case err != nil:
 			return fmt.Errorf("store: schema version: %w", err)
 		case cur.Schema > Schema: // a newer binary raised it meanwhile
-			return &NewerSchemaError{WrittenBy: cur.WrittenBy, Schema: cur.Schema, This: release, ThisOne: Schema}
+			return cur.newer(release)
 		case cur.Schema == Schema:
 			return nil
 		}
@@ -88,6 +96,11 @@ func (db *DB) CheckSchema(ctx context.Context, release string) error {
 type DatabaseSchema struct {
 	Schema    int    // 0: from before versions were recorded
 	WrittenBy string // the release that raised it to Schema
+}
+
+// newer is the refusal of s by this binary, of release.
+func (s DatabaseSchema) newer(release string) error {
+	return &NewerSchemaError{WrittenBy: s.WrittenBy, Schema: s.Schema, This: release, ThisOne: Schema}
 }
 
 func readSchema(ctx context.Context, q interface {
@@ -111,7 +124,7 @@ func (db *DB) ReadSchema(ctx context.Context, release string) error {
 		return fmt.Errorf("store: schema version: %w", err)
 	}
 	if s.Schema > Schema {
-		return &NewerSchemaError{WrittenBy: s.WrittenBy, Schema: s.Schema, This: release, ThisOne: Schema}
+		return s.newer(release)
 	}
 	return nil
 }
