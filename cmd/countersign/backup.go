@@ -23,7 +23,7 @@ The server key (server.key, or audit.key_file) is not in the copy: keep it
 backed up on its own, once. To restore: stop serve, put the copy in place of
 countersign.db, remove countersign.db-wal and countersign.db-shm, start serve.
 A witness that saw entries written after the copy was taken reports a rollback
-(README, Back up and restore).
+(README: Back up, restore, upgrade).
 
 On PostgreSQL (store.url) use pg_dump or pg_basebackup instead.`,
 		Args: cobra.ExactArgs(1),

@@ -20,7 +20,7 @@ import (
 // a database consistently while replicas write, and this one would only
 // pretend to.
 var ErrBackupPostgres = errors.New("the database is PostgreSQL (store.url): back it up with pg_dump or pg_basebackup " +
-	"(README, Back up and restore); countersign backup copies the SQLite database of a data directory")
+	"(README: Back up, restore, upgrade); countersign backup copies the SQLite database of a data directory")
 
 // BackupResult says what a backup holds, as verified.
 type BackupResult struct {
