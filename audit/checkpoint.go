@@ -50,6 +50,9 @@ func (l *Log) Checkpoint(ctx context.Context) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("audit: checkpoint: %w", err)
 	}
+	if l.readOnly {
+		return msg, nil
+	}
 	if _, err := l.db.ExecContext(ctx, `INSERT INTO audit_checkpoints (size, note, created) VALUES (?, ?, ?)`,
 		h.seq, string(msg), l.now().UTC().Format(TimeFormat)); err != nil {
 		return nil, fmt.Errorf("audit: checkpoint: %w", err)

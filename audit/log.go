@@ -65,6 +65,11 @@ type Options struct {
 	// Owner names this server on the entries it appends, where the
 	// backend keeps owners (not in the line, so not hashed or exported).
 	Owner string
+	// ReadOnly opens a log this process must not change (a read-only
+	// copy of a data directory, a backup being verified): Checkpoint
+	// signs without storing what it signed, so Export works. Appends
+	// fail, as the database refuses them.
+	ReadOnly bool
 }
 
 // Log is the audit log in a shared database. It is safe for concurrent
@@ -78,6 +83,7 @@ type Log struct {
 	verifier note.Verifier
 	now      func() time.Time
 	maxBatch int
+	readOnly bool
 
 	broken *TamperError // set by Open, never cleared
 	log    *slog.Logger
@@ -167,7 +173,7 @@ func Open(ctx context.Context, db *sql.DB, key ed25519.PrivateKey, opts Options)
 func open(ctx context.Context, db *sql.DB, b Backend, key ed25519.PrivateKey, s *signer, v note.Verifier, opts Options) (*Log, error) {
 	l := &Log{
 		db: db, backend: b, owner: opts.Owner, key: key, signer: s, verifier: v,
-		now: opts.Now, maxBatch: opts.MaxBatch, log: opts.Logger,
+		now: opts.Now, maxBatch: opts.MaxBatch, readOnly: opts.ReadOnly, log: opts.Logger,
 		reqs: make(chan *appendReq, 4096),
 		quit: make(chan struct{}), done: make(chan struct{}), bgDone: make(chan struct{}),
 	}

@@ -113,7 +113,13 @@ func (db *DB) Migrate(ctx context.Context, component string, migrations ...Migra
 		if err != nil && err != sql.ErrNoRows {
 			return err
 		}
-		if done >= len(migrations) {
+		if done > len(migrations) {
+			// A newer binary changed these tables in ways this one
+			// does not know (CheckSchema says so first, when Schema
+			// was raised with the change, as it should be).
+			return fmt.Errorf("its tables were changed by a newer version (migration %d; this version knows %d)", done, len(migrations))
+		}
+		if done == len(migrations) {
 			return nil
 		}
 		for _, m := range migrations[done:] {

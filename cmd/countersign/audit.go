@@ -38,13 +38,19 @@ countersign audit verify. The format is in docs/audit-export.md.`,
 // withAuditLog opens the configured database and log. A log that fails
 // its startup check is still handed to fn (it can be read), and the
 // tamper error is returned after fn so the command exits non-zero.
+// A read-only data directory (a copy an auditor keeps) is opened
+// read-only, changing nothing in it (daemon.OpenAuditReadOnly).
 func withAuditLog(cmd *cobra.Command, fn func(context.Context, *audit.Log) error) error {
-	c, err := loadConfig(cmd)
+	c, err := loadConfigReading(cmd)
 	if err != nil {
 		return err
 	}
 	ctx := cmd.Context() // cobra's Execute never leaves it nil
-	db, log, openErr := daemon.OpenAudit(ctx, c, audit.Options{Logger: warnings(cmd)})
+	open := daemon.OpenAudit
+	if daemon.ReadOnlyDataDir(c) {
+		open = daemon.OpenAuditReadOnly
+	}
+	db, log, openErr := open(ctx, c, audit.Options{Logger: warnings(cmd)})
 	var tamper *audit.TamperError
 	if openErr != nil && !errors.As(openErr, &tamper) {
 		return openErr
@@ -333,7 +339,7 @@ func newAuditPubkeyCmd() *cobra.Command {
 		Short: "Print the server's public key for audit verify --key",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := loadConfig(cmd)
+			c, err := loadConfigReading(cmd)
 			if err != nil {
 				return err
 			}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 
 	"github.com/countersign/countersign/attest"
@@ -92,12 +93,19 @@ offer.`,
 // returns every problem of all three in one error: a person fixing a
 // configuration sees the whole list at once. A problem at a key already
 // reported is left out.
-func checkConfig(path string) (*config.Config, error) {
+// Problems accept leaves out (a command that only reads) are not problems.
+func checkConfig(path string, accept ...func(*config.Config, *config.Error) bool) (*config.Config, error) {
 	c, err := config.Check(path)
 	if c == nil {
 		return nil, configError(err)
 	}
 	problems := unjoin(err)
+	for _, ok := range accept {
+		problems = slices.DeleteFunc(problems, func(e error) bool {
+			var ce *config.Error
+			return errors.As(e, &ce) && ok(c, ce)
+		})
+	}
 	for _, e := range tools.CheckConfig(c) {
 		var ce *config.Error
 		if !errors.As(e, &ce) || !reportedAt(problems, ce.Path) {

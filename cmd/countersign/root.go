@@ -89,6 +89,7 @@ Start with:
 		newApproversCmd(), newAgentsCmd(), newTokenCmd())
 	root.AddCommand(newUpstreamsCmd())
 	root.AddCommand(newCallsCmd())
+	root.AddCommand(newBackupCmd())
 	return root
 }
 

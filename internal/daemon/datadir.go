@@ -45,8 +45,17 @@ func OpenAudit(ctx context.Context, c *config.Config, opts audit.Options) (*stor
 
 // OpenStore connects to the database c names: store.url, or the SQLite
 // file in the data directory.
+// A database written by a newer version is refused (store.CheckSchema).
 func OpenStore(ctx context.Context, c *config.Config) (*store.DB, error) {
-	return store.Connect(ctx, c.Store.Target(c.Server.DataDir, store.FileName), store.WithSync(c.Audit.Sync))
+	db, err := store.Connect(ctx, c.Store.Target(c.Server.DataDir, store.FileName), store.WithSync(c.Audit.Sync))
+	if err != nil {
+		return nil, err
+	}
+	if err := db.CheckSchema(ctx, Release()); err != nil {
+		db.Close()
+		return nil, err
+	}
+	return db, nil
 }
 
 // PrepareDataDir creates the data directory (0700) of a validated
