@@ -29,6 +29,7 @@ type Config struct {
 	Upstreams []Upstream      `mapstructure:"upstreams"`
 	Limits    Limits          `mapstructure:"limits"`
 	Notify    []Notify        `mapstructure:"notify"`
+	Identity  Identity        `mapstructure:"identity"`
 
 	// Source is the file the config came from, or "(embedded default)".
 	Source string `mapstructure:"-"`
@@ -110,6 +111,10 @@ type Approval struct {
 	// sealed, for its agent to collect (approval_status, tasks/result)
 	// after the run ended; then it is erased.
 	ResultTTL time.Duration `mapstructure:"result_ttl"`
+	// MaxAuthAge bounds how long ago an approver signed in through the
+	// identity provider (its auth_time): past it the page sends them to
+	// the provider to sign in again.
+	MaxAuthAge time.Duration `mapstructure:"max_auth_age"`
 
 	derived derivedFields // which of the fields above Derive filled in
 }
