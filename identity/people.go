@@ -1,0 +1,82 @@
+package identity
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/countersign/countersign/store"
+)
+
+// People keeps, for everyone who signed in through the provider, what it
+// last said of them: who they are, their groups and roles, when that was
+// checked, and the refresh token that lets Countersign ask again. The
+// table is shared by replicas; it holds refresh tokens, so the database
+// must stay as private as the data directory (it is).
+type People struct{ db *store.DB }
+
+const peopleSchema = `CREATE TABLE IF NOT EXISTS identity_people (
+	approver_id   TEXT PRIMARY KEY,
+	issuer        TEXT NOT NULL,
+	subject       TEXT NOT NULL,
+	person        TEXT NOT NULL,    -- JSON of Person as last seen
+	checked_at    INTEGER NOT NULL, -- unix nanoseconds the groups were last read from the provider
+	refresh_token TEXT NOT NULL DEFAULT ''
+)`
+
+// OpenPeople creates the table if needed.
+func OpenPeople(ctx context.Context, db *store.DB) (*People, error) {
+	if err := db.CreateTables(ctx, peopleSchema); err != nil {
+		return nil, fmt.Errorf("identity: people: %w", err)
+	}
+	return &People{db: db}, nil
+}
+
+// Known is one person as People keeps them.
+type Known struct {
+	Person
+	Checked      time.Time // when the provider last said these groups
+	RefreshToken string
+}
+
+// Remember records what a sign-in (or a recheck) learnt of a person at
+// checked. An empty refresh token keeps the one held.
+func (pp *People) Remember(ctx context.Context, p *Person, refreshToken string, checked time.Time) error {
+	b, err := json.Marshal(p)
+	if err != nil {
+		return err
+	}
+	_, err = pp.db.ExecContext(ctx, `INSERT INTO identity_people (approver_id, issuer, subject, person, checked_at, refresh_token)
+		VALUES (?, ?, ?, ?, ?, ?)
+		ON CONFLICT (approver_id) DO UPDATE SET person = excluded.person, checked_at = excluded.checked_at,
+			refresh_token = CASE WHEN excluded.refresh_token = '' THEN identity_people.refresh_token ELSE excluded.refresh_token END`,
+		p.Approver(), p.Issuer, p.Subject, string(b), checked.UnixNano(), refreshToken)
+	if err != nil {
+		return fmt.Errorf("identity: remember %s: %w", p.Approver(), err)
+	}
+	return nil
+}
+
+// Get is the person known by approver id; ok is false for none.
+func (pp *People) Get(ctx context.Context, approverID string) (k Known, ok bool, err error) {
+	var (
+		raw     string
+		checked int64
+	)
+	err = pp.db.QueryRowContext(ctx, `SELECT person, checked_at, refresh_token FROM identity_people WHERE approver_id = ?`, approverID).
+		Scan(&raw, &checked, &k.RefreshToken)
+	if errors.Is(err, sql.ErrNoRows) {
+		return k, false, nil
+	}
+	if err != nil {
+		return k, false, fmt.Errorf("identity: person %s: %w", approverID, err)
+	}
+	if err := json.Unmarshal([]byte(raw), &k.Person); err != nil {
+		return k, false, fmt.Errorf("identity: person %s: %w", approverID, err)
+	}
+	k.Checked = time.Unix(0, checked)
+	return k, true, nil
+}
