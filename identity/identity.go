@@ -50,6 +50,10 @@ var (
 	// ErrRefused: the provider's answer does not sign this person in
 	// (state, nonce, token, a claim missing or wrong).
 	ErrRefused = errors.New("identity: sign-in refused")
+	// ErrStale: the provider vouched for a login older than
+	// approval.max_auth_age (it ignored max_age, or resumed an old
+	// session): ask it for a fresh one. It is also an ErrRefused.
+	ErrStale = fmt.Errorf("%w: the login at the identity provider is older than approval.max_auth_age", ErrRefused)
 )
 
 // Config configures a Provider.
@@ -152,7 +156,9 @@ func (p *Provider) discover(ctx context.Context) (*oidc.Provider, *oidc.IDTokenV
 		return nil, nil, fmt.Errorf("%w: discovery at %s: %v", ErrUnreachable, p.cfg.Issuer, err)
 	}
 	p.op = op
-	p.verifier = op.VerifierContext(p.ctx(context.Background()), &oidc.Config{ClientID: p.cfg.ClientID, Now: p.cfg.Now})
+	// The token's exp is the provider's clock against this machine's;
+	// Config.Now is the page's, for max_auth_age.
+	p.verifier = op.VerifierContext(p.ctx(context.Background()), &oidc.Config{ClientID: p.cfg.ClientID})
 	return p.op, p.verifier, nil
 }
 
@@ -174,11 +180,14 @@ type Login struct {
 	State    string `json:"state"`
 	Nonce    string `json:"nonce"`
 	Verifier string `json:"verifier"`
+	// Fresh: this attempt asked the provider for a fresh login.
+	Fresh bool `json:"fresh,omitempty"`
 }
 
-// NewLogin makes a sign-in attempt's secrets.
-func NewLogin() Login {
-	return Login{State: random(), Nonce: random(), Verifier: oauth2.GenerateVerifier()}
+// NewLogin makes a sign-in attempt's secrets; fresh asks the provider
+// for a fresh login (prompt=login).
+func NewLogin(fresh bool) Login {
+	return Login{State: random(), Nonce: random(), Verifier: oauth2.GenerateVerifier(), Fresh: fresh}
 }
 
 func random() string {
@@ -189,9 +198,9 @@ func random() string {
 
 // AuthURL is where to send the browser to sign in: the provider's
 // authorization endpoint with the login's state, nonce and PKCE
-// challenge, and max_age (approval.max_auth_age), or prompt=login when
-// fresh is set (the session's login is too old).
-func (p *Provider) AuthURL(ctx context.Context, l Login, fresh bool) (string, error) {
+// challenge, and max_age (approval.max_auth_age), and prompt=login when
+// the login is fresh.
+func (p *Provider) AuthURL(ctx context.Context, l Login) (string, error) {
 	op, _, err := p.discover(ctx)
 	if err != nil {
 		return "", err
@@ -200,7 +209,7 @@ func (p *Provider) AuthURL(ctx context.Context, l Login, fresh bool) (string, er
 	if p.cfg.MaxAuthAge > 0 {
 		opts = append(opts, oauth2.SetAuthURLParam("max_age", fmt.Sprint(int64(p.cfg.MaxAuthAge/time.Second))))
 	}
-	if fresh {
+	if l.Fresh {
 		opts = append(opts, oauth2.SetAuthURLParam("prompt", "login"))
 	}
 	return p.oauth2(op).AuthCodeURL(l.State, opts...), nil
@@ -277,7 +286,7 @@ func (p *Provider) person(issuer string, claims map[string]any) (*Person, error)
 	}
 	person.AuthTime = time.Unix(int64(at), 0).UTC()
 	if p.cfg.MaxAuthAge > 0 && p.cfg.Now().Sub(person.AuthTime) > p.cfg.MaxAuthAge {
-		return nil, fmt.Errorf("%w: the provider's login is from %s, older than approval.max_auth_age %s", ErrRefused, person.AuthTime.Format(time.RFC3339), p.cfg.MaxAuthAge)
+		return nil, fmt.Errorf("%w (%s, from %s)", ErrStale, p.cfg.MaxAuthAge, person.AuthTime.Format(time.RFC3339))
 	}
 	person.Groups = stringList(claims[p.cfg.GroupsClaim])
 	person.Roles = p.RolesOf(person.Groups)

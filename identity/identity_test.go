@@ -84,8 +84,8 @@ func TestCodeFlowSignsInWithGroupsRolesAndAuthTime(t *testing.T) {
 	idp, rp := newProvider(t)
 	idp.SetAuthContext("urn:example:mfa", "pwd", "otp")
 	ctx := context.Background()
-	l := NewLogin()
-	u, err := rp.AuthURL(ctx, l, false)
+	l := NewLogin(false)
+	u, err := rp.AuthURL(ctx, l)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -122,8 +122,8 @@ func TestFinishRefusesAnotherBrowsersStateOrNonce(t *testing.T) {
 	idp, rp := newProvider(t)
 	idp.SetAutoLogin("alice")
 	ctx := context.Background()
-	l := NewLogin()
-	u, err := rp.AuthURL(ctx, l, true)
+	l := NewLogin(true)
+	u, err := rp.AuthURL(ctx, l)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -131,7 +131,7 @@ func TestFinishRefusesAnotherBrowsersStateOrNonce(t *testing.T) {
 		t.Errorf("a fresh login is not asked for: %s", u)
 	}
 	state, code := signIn(t, u, "alice")
-	other := NewLogin()
+	other := NewLogin(false)
 	if _, _, err := rp.Finish(ctx, other, state, code); !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "state") {
 		t.Errorf("another browser's state: %v", err)
 	}
@@ -148,8 +148,8 @@ func TestProviderDownIsUnreachableAndRecheckSeesLeavers(t *testing.T) {
 	idp, rp := newProvider(t)
 	idp.SetAutoLogin("alice")
 	ctx := context.Background()
-	l := NewLogin()
-	u, err := rp.AuthURL(ctx, l, false)
+	l := NewLogin(false)
+	u, err := rp.AuthURL(ctx, l)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -184,11 +184,11 @@ func TestProviderDownIsUnreachableAndRecheckSeesLeavers(t *testing.T) {
 func TestDiscoveryWaitsForTheProvider(t *testing.T) {
 	idp, rp := newProvider(t)
 	idp.Stop()
-	if _, err := rp.AuthURL(context.Background(), NewLogin(), false); !errors.Is(err, ErrUnreachable) {
+	if _, err := rp.AuthURL(context.Background(), NewLogin(false)); !errors.Is(err, ErrUnreachable) {
 		t.Fatalf("provider down at first use: %v", err)
 	}
 	idp.Start()
-	if _, err := rp.AuthURL(context.Background(), NewLogin(), false); err != nil {
+	if _, err := rp.AuthURL(context.Background(), NewLogin(false)); err != nil {
 		t.Fatalf("provider back: %v", err)
 	}
 }

@@ -132,6 +132,11 @@ func (s *Stack) openApprovals(ctx context.Context, recorder metrics.Recorder, lo
 	if s.owners != nil {
 		aopts.Owners, aopts.Owner = s.owners, s.owner
 	}
+	idp, people, err := openIdentity(ctx, c, s.db, aopts.Logger)
+	if err != nil {
+		return err
+	}
+	_ = people // the approval service's, with self-service enrollment
 	if s.approvals, err = approval.New(ctx, s.db, recorder, aopts); err != nil {
 		return err
 	}
@@ -140,6 +145,7 @@ func (s *Stack) openApprovals(ctx context.Context, recorder metrics.Recorder, lo
 	}
 	s.pageOpts = PageOptions(c, aopts.Logger)
 	s.pageOpts.Sessions = s.shared.sessions
+	s.pageOpts.Identity, s.pageOpts.People, s.pageOpts.MaxAuthAge = idp, people, c.Approval.MaxAuthAge
 	return nil
 }
 

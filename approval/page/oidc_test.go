@@ -1,0 +1,205 @@
+package page
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"net/http/cookiejar"
+	"net/url"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/countersign/countersign/approval"
+	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/identity"
+	"github.com/countersign/countersign/identity/idptest"
+)
+
+// idpPage is the page with sign-in through a real OpenID Provider
+// (idptest), served over plain http on localhost, and a browser-like
+// client (cookie jar) that follows redirects between the two.
+type idpPage struct {
+	*fixture
+	idp    *idptest.Provider
+	rp     *identity.Provider
+	people *identity.People
+	base   string
+	client *http.Client
+	clock  *testClock
+}
+
+// testClock is the page's and the relying party's clock, which a test
+// moves forward (the provider keeps the real one).
+type testClock struct {
+	mu  sync.Mutex
+	off time.Duration
+}
+
+func (c *testClock) now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return time.Now().Add(c.off)
+}
+
+func (c *testClock) advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.off += d
+}
+
+// newIdPPage starts the provider with alice (finance-approvers) and dave
+// (no mapped group), and the page whose identity.roles map
+// finance-approvers to treasury.
+func newIdPPage(t *testing.T) *idpPage {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := "http://localhost:" + strings.TrimPrefix(ln.Addr().String(), "127.0.0.1:")
+	clock := &testClock{}
+	f := newFixture(t, func(o *approval.Options) { o.Origins, o.PublicURL, o.Now = []string{base}, base, clock.now })
+	idp := idptest.New(t)
+	idp.AddUser("alice", "alice@example.com", "finance-approvers")
+	idp.AddUser("dave", "dave@example.com", "marketing")
+	idp.AddClient("countersign", "s3cret", []string{base + CallbackPath}, idptest.GrantAuthorizationCode, idptest.GrantRefreshToken)
+	rp := identity.New(identity.Config{
+		Identity: config.Identity{Issuer: idp.Issuer(), ClientID: "countersign", ClientSecret: "s3cret",
+			Scopes: []string{"openid", "email", "profile", "offline_access"}, SubjectClaim: "sub", GroupsClaim: "groups",
+			Roles: map[string][]string{"treasury": {"finance-approvers"}}, Recheck: 5 * time.Minute},
+		RedirectURL: base + CallbackPath, MaxAuthAge: 12 * time.Hour, Now: clock.now,
+	})
+	people, err := identity.OpenPeople(context.Background(), f.db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: Handler(f.svc, Options{Origins: []string{base}, PublicURL: base,
+		Identity: rp, People: people, MaxAuthAge: 12 * time.Hour, SessionTTL: 24 * time.Hour}), ReadHeaderTimeout: 5 * time.Second}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	jar, _ := cookiejar.New(nil)
+	addr := ln.Addr().String()
+	client := &http.Client{Jar: jar, Timeout: 10 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, network, a string) (net.Conn, error) {
+			if strings.HasPrefix(a, "localhost:") {
+				a = addr
+			}
+			return (&net.Dialer{}).DialContext(ctx, network, a)
+		}}}
+	return &idpPage{fixture: f, idp: idp, rp: rp, people: people, base: base, client: client, clock: clock}
+}
+
+// get follows redirects from path (on the page, or an absolute URL) and
+// returns where it ended, the status and the body.
+func (p *idpPage) get(t *testing.T, path string) (*url.URL, int, string) {
+	t.Helper()
+	if strings.HasPrefix(path, "/") {
+		path = p.base + path
+	}
+	resp, err := p.client.Get(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.Request.URL, resp.StatusCode, string(b)
+}
+
+// signIn follows the sign-in link, posting the provider's form as user
+// when it shows one.
+func (p *idpPage) signIn(t *testing.T, user string) (int, string) {
+	t.Helper()
+	at, code, body := p.get(t, "/signin/oidc")
+	if strings.Contains(body, `name="authRequestID"`) {
+		resp, err := p.client.PostForm(at.Scheme+"://"+at.Host+"/login", url.Values{"username": {user}, "authRequestID": {at.Query().Get("authRequestID")}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		code, body = resp.StatusCode, string(b)
+	}
+	return code, body
+}
+
+func TestSignInThroughTheIdentityProvider(t *testing.T) {
+	p := newIdPPage(t)
+	// Nothing shows before a sign-in; the sign-in page links to the
+	// provider with a plain link (it works before any script runs).
+	at, code, body := p.get(t, "/")
+	if at.Path != "/signin" || code != 200 || !strings.Contains(body, `href="/signin/oidc"`) || !strings.Contains(body, p.idp.Issuer()) {
+		t.Fatalf("unsigned visit: %s %d\n%s", at, code, body)
+	}
+	code, body = p.signIn(t, "alice")
+	if code != 200 || !strings.Contains(body, "Signed in as alice (roles: treasury)") || !strings.Contains(body, `http-equiv="refresh" content="0;url=/"`) {
+		t.Fatalf("callback: %d\n%s", code, body)
+	}
+	at, code, body = p.get(t, "/")
+	if at.Path != "/" || code != 200 || !strings.Contains(body, "Waiting for a decision") {
+		t.Fatalf("signed in, the page: %s %d", at, code)
+	}
+	// The session and the record are bound to the provider's person.
+	k, ok, err := p.people.Get(context.Background(), identity.ApproverID(p.idp.Issuer(), "alice"))
+	if err != nil || !ok {
+		t.Fatal(ok, err)
+	}
+	if k.Issuer != p.idp.Issuer() || k.Subject != "alice" || !slices.Equal(k.Groups, []string{"finance-approvers"}) ||
+		!slices.Equal(k.Roles, []string{"treasury"}) || k.AuthTime.IsZero() || k.RefreshToken == "" {
+		t.Errorf("remembered %+v", k)
+	}
+
+	// Past max_auth_age the session ends; the provider, resuming its
+	// own older login, is asked for a fresh one (prompt=login).
+	p.clock.advance(13 * time.Hour)
+	if at, _, _ := p.get(t, "/"); at.Path != "/signin" {
+		t.Fatalf("after max_auth_age the page is still open: %s", at)
+	}
+	p.client.CheckRedirect = func(r *http.Request, via []*http.Request) error {
+		if r.URL.Query().Get("prompt") == "login" {
+			return http.ErrUseLastResponse
+		}
+		return nil
+	}
+	resp, err := p.client.Get(p.base + "/signin/oidc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if loc := resp.Header.Get("Location"); resp.StatusCode != http.StatusSeeOther || !strings.Contains(loc, "prompt=login") || !strings.Contains(loc, "max_age=43200") {
+		t.Fatalf("a stale login is not sent for a fresh one: %d %s (via %s)", resp.StatusCode, loc, resp.Request.URL)
+	}
+}
+
+func TestSignInRefusals(t *testing.T) {
+	p := newIdPPage(t)
+	// The provider down before anyone signed in (nothing discovered):
+	// the page says so.
+	p.idp.Stop()
+	_, code, body := p.get(t, "/signin/oidc")
+	if code != http.StatusServiceUnavailable || !strings.Contains(body, "cannot be reached") {
+		t.Errorf("provider down: %d\n%s", code, body)
+	}
+	p.idp.Start()
+	// Someone the provider knows, but whose groups map to no role.
+	code, body = p.signIn(t, "dave")
+	if code != http.StatusForbidden || !strings.Contains(body, "none of your groups there gives an approver role") {
+		t.Errorf("dave: %d\n%s", code, body)
+	}
+	if at, _, _ := p.get(t, "/"); at.Path != "/signin" {
+		t.Errorf("dave got in: %s", at)
+	}
+	// A callback this browser did not start (no login cookie).
+	_, code, body = p.get(t, CallbackPath+"?state=x&code=y")
+	if code != http.StatusBadRequest || !strings.Contains(body, "did not start this sign-in") {
+		t.Errorf("foreign callback: %d\n%s", code, body)
+	}
+	// The provider says no.
+	_, code, body = p.get(t, CallbackPath+"?error=access_denied&error_description=nope")
+	if code != http.StatusUnauthorized || !strings.Contains(body, "did not sign you in: access_denied nope") {
+		t.Errorf("provider error: %d\n%s", code, body)
+	}
+}
