@@ -49,6 +49,7 @@ import (
 	"github.com/countersign/countersign/approval/sealed"
 	"github.com/countersign/countersign/approval/watch"
 	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/identity"
 	"github.com/countersign/countersign/store"
 )
 
@@ -94,6 +95,9 @@ type Options struct {
 	// replica's approval writes are refused and it exits); unset: the
 	// Service makes an id and holds its lock itself.
 	Owner string
+
+	// People are those the identity provider signed in: approvers too.
+	People *identity.People
 
 	// Owners tells the processes sharing the database dead or alive: on
 	// PostgreSQL the replicas table (store.OwnersFor), which the daemon
@@ -205,7 +209,7 @@ func (s *Service) openParts(ctx context.Context) (err error) {
 		EnrollTTL: o.EnrollTTL, Now: o.Now, Logger: o.Logger,
 		Attestation: o.Attestation, AttestationRoots: o.AttestationRoots,
 		Approver: func(id string) (string, bool) {
-			a, ok := s.approvers[id]
+			a, ok := s.approver(id)
 			return a.Name, ok
 		},
 	})
@@ -324,7 +328,7 @@ func (s *Service) OnChange(fn func(id string)) { s.watch.OnChange(fn) }
 
 // approverName is the configured display name, or the id.
 func (s *Service) approverName(id string) string {
-	if a, ok := s.approvers[id]; ok && a.Name != "" {
+	if a, ok := s.approver(id); ok && a.Name != "" {
 		return a.Name
 	}
 	return id

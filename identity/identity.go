@@ -25,8 +25,6 @@ package identity
 import (
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
-	"encoding/base32"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -39,6 +37,7 @@ import (
 	"github.com/coreos/go-oidc/v3/oidc"
 	"golang.org/x/oauth2"
 
+	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/config"
 )
 
@@ -99,14 +98,12 @@ func (p *Person) DisplayName() string {
 }
 
 // ApproverID derives the approver id of the person the issuer names
-// subject: "idp-" and 16 base32 letters of SHA-256(issuer "\n" subject).
+// subject: "idp-" and 16 base32 letters of SHA-256(issuer "\n" subject)
+// (audit.IdPApproverID, which an auditor recomputes).
 // It is stable across sign-ins, a valid approver id (config.ValidID), and
 // never equal to an id written in mcp.yaml's approvers unless someone
 // writes it there on purpose.
-func ApproverID(issuer, subject string) string {
-	h := sha256.Sum256([]byte(issuer + "\n" + subject))
-	return "idp-" + strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(h[:10]))
-}
+func ApproverID(issuer, subject string) string { return audit.IdPApproverID(issuer, subject) }
 
 // IsApproverID reports whether id has the form ApproverID gives.
 func IsApproverID(id string) bool {

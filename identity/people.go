@@ -80,3 +80,19 @@ func (pp *People) Get(ctx context.Context, approverID string) (k Known, ok bool,
 	k.Checked = time.Unix(0, checked)
 	return k, true, nil
 }
+
+// lookupTimeout bounds Lookup, which has no context to end it.
+const lookupTimeout = 5 * time.Second
+
+// Lookup is Get for an id of ApproverID's form, for callers without a
+// context (a name to show, an approver to find); ok is false for any
+// other id, an unknown person, or an error reading them.
+func (pp *People) Lookup(approverID string) (Known, bool) {
+	if !IsApproverID(approverID) {
+		return Known{}, false
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), lookupTimeout)
+	defer cancel()
+	k, ok, err := pp.Get(ctx, approverID)
+	return k, ok && err == nil
+}

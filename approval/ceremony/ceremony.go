@@ -84,6 +84,9 @@ func New(ctx context.Context, db *store.DB, cfg Config) (*RP, error) {
 			return nil, fmt.Errorf("approval: create tables: %w", err)
 		}
 	}
+	if err := db.Migrate(ctx, "approval_enrollments", migrations...); err != nil {
+		return nil, err
+	}
 	return &RP{db: db, cfg: cfg, wa: wa}, nil
 }
 
@@ -126,6 +129,16 @@ var schema = []string{
 		verified_by BLOB,
 		used_at INTEGER NOT NULL DEFAULT 0
 	)`,
+}
+
+// migrations change the tables of older versions.
+var migrations = []store.Migration{
+	// A self-service link (issue 25) keeps who made it at the identity
+	// provider: JSON of identity.Person, '' for an admin's link.
+	func(ctx context.Context, tx *sql.Tx, _ store.Dialect) error {
+		_, err := tx.ExecContext(ctx, `ALTER TABLE approval_enrollments ADD COLUMN identity TEXT NOT NULL DEFAULT ''`)
+		return err
+	},
 }
 
 func (rp *RP) now() time.Time { return rp.cfg.Now() }

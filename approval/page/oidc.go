@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/countersign/countersign/approval/ceremony"
 	"github.com/countersign/countersign/identity"
 )
 
@@ -142,4 +143,30 @@ func (s *server) signInData(problem string) pageData {
 		d.Provider = s.opts.Identity.Issuer()
 	}
 	return d
+}
+
+// apiSelfEnroll gives a person signed in through the provider, with an
+// approver role, a one-time link to register their own key; the page
+// then opens it. A key sign-in (an approver of mcp.yaml) gets none: an
+// admin makes their links.
+func (s *server) apiSelfEnroll(w http.ResponseWriter, r *http.Request) {
+	var body struct{}
+	if !decodeJSON(w, r, &body) {
+		return
+	}
+	p := personOf(r)
+	if p == nil {
+		s.refuse(w, r, http.StatusForbidden, "signin", "sign in through the identity provider to register your own key")
+		return
+	}
+	link, err := s.svc.CreateSelfEnrollment(r.Context(), p)
+	if errors.Is(err, ceremony.ErrNoRole) {
+		s.refuse(w, r, http.StatusForbidden, "role", err.Error())
+		return
+	}
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	writeJSON(w, map[string]string{"url": link})
 }

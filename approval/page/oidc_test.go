@@ -1,7 +1,9 @@
 package page
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -14,9 +16,13 @@ import (
 	"time"
 
 	"github.com/countersign/countersign/approval"
+	"github.com/countersign/countersign/approval/approvaltest"
+	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/audit/verify"
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/identity"
 	"github.com/countersign/countersign/identity/idptest"
+	"github.com/countersign/countersign/vocab"
 )
 
 // idpPage is the page with sign-in through a real OpenID Provider
@@ -24,6 +30,7 @@ import (
 // client (cookie jar) that follows redirects between the two.
 type idpPage struct {
 	*fixture
+	log    *audit.Log
 	idp    *idptest.Provider
 	rp     *identity.Provider
 	people *identity.People
@@ -62,7 +69,20 @@ func newIdPPage(t *testing.T) *idpPage {
 	}
 	base := "http://localhost:" + strings.TrimPrefix(ln.Addr().String(), "127.0.0.1:")
 	clock := &testClock{}
-	f := newFixture(t, func(o *approval.Options) { o.Origins, o.PublicURL, o.Now = []string{base}, base, clock.now })
+	ctx := context.Background()
+	dir, db, log, _ := approvaltest.OpenLog(t)
+	people, err := identity.OpenPeople(ctx, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := approval.Options{RPID: "localhost", RPName: "Countersign", Origins: []string{base}, PublicURL: base,
+		Approvers: testApprovers, PollInterval: time.Second, Now: clock.now, People: people}
+	svc, err := approval.New(ctx, db, log, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { svc.Close() })
+	f := &fixture{svc: svc, opts: opts, db: db, dir: dir}
 	idp := idptest.New(t)
 	idp.AddUser("alice", "alice@example.com", "finance-approvers")
 	idp.AddUser("dave", "dave@example.com", "marketing")
@@ -73,10 +93,6 @@ func newIdPPage(t *testing.T) *idpPage {
 			Roles: map[string][]string{"treasury": {"finance-approvers"}}, Recheck: 5 * time.Minute},
 		RedirectURL: base + CallbackPath, MaxAuthAge: 12 * time.Hour, Now: clock.now,
 	})
-	people, err := identity.OpenPeople(context.Background(), f.db)
-	if err != nil {
-		t.Fatal(err)
-	}
 	srv := &http.Server{Handler: Handler(f.svc, Options{Origins: []string{base}, PublicURL: base,
 		Identity: rp, People: people, MaxAuthAge: 12 * time.Hour, SessionTTL: 24 * time.Hour}), ReadHeaderTimeout: 5 * time.Second}
 	go srv.Serve(ln)
@@ -90,7 +106,7 @@ func newIdPPage(t *testing.T) *idpPage {
 			}
 			return (&net.Dialer{}).DialContext(ctx, network, a)
 		}}}
-	return &idpPage{fixture: f, idp: idp, rp: rp, people: people, base: base, client: client, clock: clock}
+	return &idpPage{fixture: f, log: log, idp: idp, rp: rp, people: people, base: base, client: client, clock: clock}
 }
 
 // get follows redirects from path (on the page, or an absolute URL) and
@@ -201,5 +217,78 @@ func TestSignInRefusals(t *testing.T) {
 	_, code, body = p.get(t, CallbackPath+"?error=access_denied&error_description=nope")
 	if code != http.StatusUnauthorized || !strings.Contains(body, "did not sign you in: access_denied nope") {
 		t.Errorf("provider error: %d\n%s", code, body)
+	}
+}
+
+// exportVerifies exports the whole log and verifies it offline.
+func (p *idpPage) exportVerifies(t *testing.T) []audit.Entry {
+	t.Helper()
+	var export bytes.Buffer
+	if err := p.log.Export(context.Background(), &export, 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := verify.Export(bytes.NewReader(export.Bytes()), p.log.PublicKey(), verify.Options{AllSignatures: true}); err != nil {
+		t.Fatalf("offline verify: %v\n%s", err, export.String())
+	}
+	entries, err := p.log.Since(context.Background(), 0, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return entries
+}
+
+// byKind is the last entry of kind.
+func byKind(t *testing.T, entries []audit.Entry, kind vocab.Kind) audit.Entry {
+	t.Helper()
+	for i := len(entries) - 1; i >= 0; i-- {
+		if entries[i].Kind == kind {
+			return entries[i]
+		}
+	}
+	t.Fatalf("no %s in the log", kind)
+	return audit.Entry{}
+}
+
+func TestSelfEnrollmentThroughTheIdentityProvider(t *testing.T) {
+	p := newIdPPage(t)
+	// Without a session there is no link.
+	anon := approvaltest.NewPageWithClient(&http.Client{Transport: p.client.Transport}, p.base)
+	var pe *approvaltest.Error
+	if _, err := anon.EnrollSelf(approvaltest.NewSoftKey(t, "localhost", p.base)); !errors.As(err, &pe) || pe.Status != http.StatusUnauthorized {
+		t.Fatalf("self-enrollment without a session: %v", err)
+	}
+
+	if code, body := p.signIn(t, "alice"); code != 200 {
+		t.Fatalf("sign-in: %d\n%s", code, body)
+	}
+	if _, _, body := p.get(t, "/"); !strings.Contains(body, `id="enroll-self"`) || !strings.Contains(body, "Signed in as <strong>alice</strong>") {
+		t.Fatalf("the page offers no self-enrollment:\n%s", body)
+	}
+	page := approvaltest.NewPageWithClient(p.client, p.base)
+	key := approvaltest.NewSoftKey(t, "localhost", p.base)
+	if _, err := page.EnrollSelf(key); err != nil {
+		t.Fatal(err)
+	}
+	alice := identity.ApproverID(p.idp.Issuer(), "alice")
+	if _, _, body := p.get(t, "/"); !strings.Contains(body, "<td>alice</td>") {
+		t.Errorf("the key list does not name alice's key:\n%s", body)
+	}
+	// A further key needs one she has to vouch for it, as always.
+	if _, err := page.EnrollSelf(approvaltest.NewSoftKey(t, "localhost", p.base)); err == nil || !strings.Contains(err.Error(), `step "get"`) {
+		t.Errorf("a second key without vouching: %v", err)
+	}
+
+	entries := p.exportVerifies(t)
+	for _, kind := range []vocab.Kind{vocab.KindEnrollmentCreated, vocab.KindApproverEnrolled} {
+		e := byKind(t, entries, kind)
+		if e.Approver != alice || e.IdPIssuer != p.idp.Issuer() || e.IdPSubject != "alice" || e.IdPEmail != "alice@example.com" {
+			t.Errorf("%s: approver %q issuer %q subject %q email %q", kind, e.Approver, e.IdPIssuer, e.IdPSubject, e.IdPEmail)
+		}
+		if at, err := time.Parse(time.RFC3339, e.IdPAuthTime); err != nil || time.Since(at) > time.Hour {
+			t.Errorf("%s: auth time %q", kind, e.IdPAuthTime)
+		}
+	}
+	if e := byKind(t, entries, vocab.KindApproverEnrolled); e.CredentialID == "" || e.PublicKey == "" {
+		t.Errorf("approver.enrolled without the key: %+v", e)
 	}
 }

@@ -75,6 +75,7 @@ func Handler(svc *approval.Service, opts Options) http.Handler {
 		if s.opts.Identity != nil {
 			mux.Handle("GET "+oidcPath, lim.limit("", http.HandlerFunc(s.oidcStart)))
 			mux.Handle("GET "+CallbackPath, lim.limit("", s.oidcCallback(ss)))
+			mux.Handle("POST /api/self-enroll", lim.limit("", http.HandlerFunc(s.apiSelfEnroll)))
 		}
 		h = s.requireSession(ss, h)
 	}
@@ -128,7 +129,7 @@ func (s *server) pageIndex(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.render(w, r, "index.html", pageData{Title: "Approvals", Pending: pending, PendingTotal: total, History: history, Keys: keys, Grants: grants,
-		Agents: agents, Now: s.svc.Now(), MaxBatch: s.svc.MaxBatch()})
+		Agents: agents, Now: s.svc.Now(), MaxBatch: s.svc.MaxBatch(), Person: personOf(r)})
 }
 
 func (s *server) pageRequest(w http.ResponseWriter, r *http.Request) {

@@ -136,7 +136,7 @@ func (s *Stack) openApprovals(ctx context.Context, recorder metrics.Recorder, lo
 	if err != nil {
 		return err
 	}
-	_ = people // the approval service's, with self-service enrollment
+	aopts.People = people
 	if s.approvals, err = approval.New(ctx, s.db, recorder, aopts); err != nil {
 		return err
 	}
