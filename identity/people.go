@@ -6,8 +6,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
+	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/store"
 )
 
@@ -95,4 +98,66 @@ func (pp *People) Lookup(approverID string) (Known, bool) {
 	defer cancel()
 	k, ok, err := pp.Get(ctx, approverID)
 	return k, ok && err == nil
+}
+
+// Expand turns the role:NAME entries of approvers (a decision's, where
+// the policy named a role of the provider) into the people who hold the
+// role as the provider last said, sorted; other entries stay. On an error
+// reading them, role entries stay as they are (the approval service then
+// refuses them as unknown approvers: fail closed). A nil People expands
+// nothing.
+func (pp *People) Expand(approvers []string) []string {
+	if pp == nil || !slices.ContainsFunc(approvers, func(a string) bool { return strings.HasPrefix(a, "role:") }) {
+		return approvers
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), lookupTimeout)
+	defer cancel()
+	rows, err := pp.db.QueryContext(ctx, `SELECT person FROM identity_people ORDER BY approver_id`)
+	if err != nil {
+		return approvers
+	}
+	defer rows.Close()
+	var people []Person
+	for rows.Next() {
+		var raw string
+		var p Person
+		if rows.Scan(&raw) != nil || json.Unmarshal([]byte(raw), &p) != nil {
+			return approvers
+		}
+		people = append(people, p)
+	}
+	if rows.Err() != nil {
+		return approvers
+	}
+	var out []string
+	for _, a := range approvers {
+		role, ok := strings.CutPrefix(a, "role:")
+		if !ok {
+			out = append(out, a)
+			continue
+		}
+		for _, p := range people {
+			if slices.Contains(p.Roles, role) && !slices.Contains(out, p.Approver()) {
+				out = append(out, p.Approver())
+			}
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// Stamp records on a key decision's entry who its approver is at the
+// provider, as it last said: issuer, subject, email, auth time and
+// groups. Nothing for an approver from mcp.yaml, or a nil People.
+func (pp *People) Stamp(e *audit.Entry) {
+	if pp == nil {
+		return
+	}
+	k, ok := pp.Lookup(e.Approver)
+	if !ok {
+		return
+	}
+	e.IdPIssuer, e.IdPSubject, e.IdPEmail = k.Issuer, k.Subject, k.Email
+	e.IdPAuthTime = k.AuthTime.UTC().Format(time.RFC3339)
+	e.IdPGroups = append([]string{}, k.Groups...)
 }

@@ -292,3 +292,39 @@ func TestSelfEnrollmentThroughTheIdentityProvider(t *testing.T) {
 		t.Errorf("approver.enrolled without the key: %+v", e)
 	}
 }
+
+// A request a policy gave to role:treasury (a role of the provider) is
+// for the people who hold it; alice's approval records who she is at the
+// provider and her groups, and the export verifies.
+func TestPersonOfTheProviderApprovesARoleRequest(t *testing.T) {
+	p := newIdPPage(t)
+	if code, body := p.signIn(t, "alice"); code != 200 {
+		t.Fatalf("sign-in: %d\n%s", code, body)
+	}
+	page := approvaltest.NewPageWithClient(p.client, p.base)
+	key := approvaltest.NewSoftKey(t, "localhost", p.base)
+	if _, err := page.EnrollSelf(key); err != nil {
+		t.Fatal(err)
+	}
+	alice := identity.ApproverID(p.idp.Issuer(), "alice")
+	ctx := context.Background()
+	if _, err := p.svc.Create(ctx, paymentRequest("role:ops")); !errors.Is(err, approval.ErrInvalidRequest) {
+		t.Errorf("a role nobody holds: %v", err)
+	}
+	req, err := p.svc.Create(ctx, paymentRequest("role:treasury", "bob"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(req.Approvers, []string{"bob", alice}) {
+		t.Fatalf("eligible %v, want bob and alice", req.Approvers)
+	}
+	got, err := page.Decide(req.ID, string(vocab.Approve), key)
+	if err != nil || got.State != vocab.StateApproved {
+		t.Fatalf("alice approves: %+v %v", got, err)
+	}
+	e := byKind(t, p.exportVerifies(t), vocab.KindApprovalAssertion)
+	if e.Approver != alice || e.IdPIssuer != p.idp.Issuer() || e.IdPSubject != "alice" ||
+		!slices.Equal(e.IdPGroups, []string{"finance-approvers"}) || e.IdPAuthTime == "" {
+		t.Errorf("assertion: approver %q issuer %q subject %q groups %v auth %q", e.Approver, e.IdPIssuer, e.IdPSubject, e.IdPGroups, e.IdPAuthTime)
+	}
+}

@@ -2,6 +2,7 @@ package verify
 
 import (
 	"bytes"
+	"strings"
 	"testing"
 
 	"github.com/countersign/countersign/audit"
@@ -46,5 +47,34 @@ func TestIdentityProviderMembers(t *testing.T) {
 			})
 			wantVerifyErr(t, bad, pubText(key), nil, 1, tc.reason)
 		})
+	}
+}
+
+// A key decision by a person of the provider on a request made under a
+// logged policy holds only when the groups it records map, under that
+// policy's identity_roles, to a role the policy names for the tool.
+func TestIdentityProviderGroupsMakeTheApproverEligible(t *testing.T) {
+	const issuer = "https://login.example.com"
+	policy := `{"tools":{"transfer":{"level":"high","approvers":["bob"],"rules":[{"when":"true","level":"critical","approvers":["role:treasury"]}]}},` +
+		`"approvers":[{"id":"bob"}],"default_timeout":"5m0s","identity_roles":{"ops":["sre"],"treasury":["finance-approvers"]}}`
+	s := &logState{creds: credentials{}, req: newRequirements(), policies: map[string]*audit.Entry{
+		"p1": {Seq: 1, Kind: vocab.KindPolicyLoaded, Policy: []byte(policy)},
+	}}
+	s.req.requests["r1"] = &request{seq: 2, entry: &audit.Entry{Seq: 2, Kind: vocab.KindApprovalRequested, Tool: "transfer", PolicySHA256: "p1"}}
+	decision := func(groups ...string) *audit.Entry {
+		return &audit.Entry{Kind: vocab.KindApprovalAssertion, RequestID: "r1", Approver: audit.IdPApproverID(issuer, "alice"),
+			IdPIssuer: issuer, IdPSubject: "alice", IdPAuthTime: "2026-03-01T09:00:00Z", IdPGroups: groups}
+	}
+	if reason := s.idpEligible(decision("finance-approvers", "staff")); reason != "" {
+		t.Errorf("a member of finance-approvers: %s", reason)
+	}
+	for _, groups := range [][]string{{"sre"}, {"staff"}, nil} {
+		if reason := s.idpEligible(decision(groups...)); !strings.Contains(reason, "give none of the roles [treasury] the policy at seq 1 lets decide transfer") {
+			t.Errorf("groups %v: %q", groups, reason)
+		}
+	}
+	// An approver of mcp.yaml carries no idp_ members: nothing to check.
+	if reason := s.idpEligible(&audit.Entry{Kind: vocab.KindApprovalAssertion, RequestID: "r1", Approver: "bob"}); reason != "" {
+		t.Errorf("bob: %s", reason)
 	}
 }

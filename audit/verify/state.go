@@ -125,6 +125,9 @@ func (s *logState) apply(e *audit.Entry) string {
 	if reason := idpRules(e); reason != "" {
 		return reason
 	}
+	if reason := s.idpEligible(e); reason != "" {
+		return reason
+	}
 	if e.Kind == vocab.KindApproverEnrolled && s.roots != nil {
 		if reason := s.attestation(e); reason != "" {
 			return reason

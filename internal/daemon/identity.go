@@ -27,3 +27,11 @@ func openIdentity(ctx context.Context, c *config.Config, db *store.DB, log *slog
 	log.Info("approvers sign in through the identity provider", "issuer", c.Identity.Issuer, "redirect_uri", redirect)
 	return identity.New(identity.Config{Identity: c.Identity, RedirectURL: redirect, MaxAuthAge: c.Approval.MaxAuthAge}), people, nil
 }
+
+// identityRoles is identity.roles for the policy, nil without a provider.
+func identityRoles(c *config.Config) map[string][]string {
+	if !c.Identity.Enabled() {
+		return nil
+	}
+	return c.Identity.Roles
+}
