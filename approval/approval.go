@@ -96,8 +96,7 @@ type Options struct {
 	// Service makes an id and holds its lock itself.
 	Owner string
 
-	// People are those the identity provider signed in: approvers too.
-	People *identity.People
+	People *identity.People // those the identity provider signed in: approvers too
 
 	// Owners tells the processes sharing the database dead or alive: on
 	// PostgreSQL the replicas table (store.OwnersFor), which the daemon
@@ -207,7 +206,7 @@ func (s *Service) openParts(ctx context.Context) (err error) {
 	s.keys, err = ceremony.New(ctx, s.db, ceremony.Config{
 		RPID: o.RPID, RPName: o.RPName, Origins: o.Origins,
 		EnrollTTL: o.EnrollTTL, Now: o.Now, Logger: o.Logger,
-		Attestation: o.Attestation, AttestationRoots: o.AttestationRoots,
+		Attestation: o.Attestation, AttestationRoots: o.AttestationRoots, People: o.People,
 		Approver: func(id string) (string, bool) {
 			a, ok := s.approver(id)
 			return a.Name, ok

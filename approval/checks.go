@@ -60,6 +60,7 @@ func (s *Service) verifyAssertion(ctx context.Context, ac assertionCheck, p *pro
 		Session:   ac.session,
 		Challenge: func() ([32]byte, string, error) { return s.challenge(ac) },
 		Allowed:   func(approver string) (vocab.UserVerification, error) { return ac.allowed(reqs, approver) },
+		Decision:  ac.decision,
 	}, p)
 	if err != nil {
 		return nil, err

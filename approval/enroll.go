@@ -48,8 +48,7 @@ func (s *Service) RevokeCredential(ctx context.Context, credentialID, reason str
 // enrollURL is the one-time link of an enrollment token on the public URL.
 func (s *Service) enrollURL(token string) string { return s.opts.PublicURL + "/enroll/" + token }
 
-// CreateSelfEnrollment issues a one-time link to a person the identity
-// provider signed in, for their own key (ceremony.CreateSelfEnrollment).
+// CreateSelfEnrollment is ceremony.CreateSelfEnrollment's link, recorded.
 func (s *Service) CreateSelfEnrollment(ctx context.Context, p *identity.Person) (string, error) {
 	token, err := s.keys.CreateSelfEnrollment(ctx, outboxPort{s}, p)
 	if err != nil {

@@ -19,7 +19,18 @@ import (
 // checked, and the refresh token that lets Countersign ask again. The
 // table is shared by replicas; it holds refresh tokens, so the database
 // must stay as private as the data directory (it is).
-type People struct{ db *store.DB }
+type People struct {
+	db *store.DB
+
+	// Eligible asks provider again when what it said is older than every.
+	provider *Provider
+	every    time.Duration
+	now      func() time.Time
+}
+
+// ErrNotEligible: the provider no longer puts the person in a group that
+// maps to a role (or no longer knows them).
+var ErrNotEligible = errors.New("identity: not eligible to approve")
 
 const peopleSchema = `CREATE TABLE IF NOT EXISTS identity_people (
 	approver_id   TEXT PRIMARY KEY,
@@ -35,7 +46,56 @@ func OpenPeople(ctx context.Context, db *store.DB) (*People, error) {
 	if err := db.CreateTables(ctx, peopleSchema); err != nil {
 		return nil, fmt.Errorf("identity: people: %w", err)
 	}
-	return &People{db: db}, nil
+	return &People{db: db, now: time.Now}, nil
+}
+
+// Recheck makes Eligible ask p again about anyone whose groups it last
+// said longer than every ago (identity.recheck); now is the clock (nil:
+// time.Now).
+func (pp *People) Recheck(p *Provider, every time.Duration, now func() time.Time) {
+	pp.provider, pp.every = p, every
+	if now != nil {
+		pp.now = now
+	}
+}
+
+// Eligible reports whether the person known by approverID may approve:
+// the provider, as it said within Recheck's every (else asked again, and
+// the answer kept), puts them in a group that maps to a role. ErrNotEligible
+// when not (removed, ungrouped); ErrUnreachable when the provider must be
+// asked and cannot be. An id of the YAML list is not its concern (nil).
+func (pp *People) Eligible(ctx context.Context, approverID string) error {
+	if pp == nil || !IsApproverID(approverID) {
+		return nil
+	}
+	k, ok, err := pp.Get(ctx, approverID)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return fmt.Errorf("%w: %s never signed in through the identity provider", ErrNotEligible, approverID)
+	}
+	now := pp.now()
+	if pp.provider != nil && now.Sub(k.Checked) >= pp.every {
+		groups, keep, err := pp.provider.Recheck(ctx, k.RefreshToken)
+		if err != nil && !errors.Is(err, ErrGone) {
+			return err
+		}
+		// Gone: no groups, so no role, until they sign in again; new
+		// requests no longer name them (Expand).
+		k.Groups, k.Roles = groups, pp.provider.RolesOf(groups)
+		if rerr := pp.Remember(ctx, &k.Person, keep, now); rerr != nil {
+			return rerr
+		}
+		if err != nil {
+			return fmt.Errorf("%w: %s (%s at %s): %v", ErrNotEligible, k.DisplayName(), k.Subject, k.Issuer, err)
+		}
+	}
+	if len(k.Roles) == 0 {
+		return fmt.Errorf("%w: the identity provider puts %s (%s) in none of the groups that grant an approver role (groups: %s)",
+			ErrNotEligible, k.DisplayName(), k.Subject, strings.Join(k.Groups, ", "))
+	}
+	return nil
 }
 
 // Known is one person as People keeps them.

@@ -30,6 +30,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/countersign/countersign/identity"
 	"github.com/countersign/countersign/store"
 
 	"github.com/countersign/countersign/vocab"
@@ -59,6 +60,11 @@ type Config struct {
 	// Approver returns a configured approver's display name; ok is false
 	// for one not (or no longer) in the configuration.
 	Approver func(id string) (name string, ok bool)
+
+	// People, when set, are the people of the company's identity
+	// provider: an approval by one of them holds only while the provider
+	// still puts them in a group that maps to a role (People.Eligible).
+	People *identity.People
 }
 
 // RP is the relying party over the database's key and ceremony tables.

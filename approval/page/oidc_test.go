@@ -93,6 +93,7 @@ func newIdPPage(t *testing.T) *idpPage {
 			Roles: map[string][]string{"treasury": {"finance-approvers"}}, Recheck: 5 * time.Minute},
 		RedirectURL: base + CallbackPath, MaxAuthAge: 12 * time.Hour, Now: clock.now,
 	})
+	people.Recheck(rp, 5*time.Minute, clock.now)
 	srv := &http.Server{Handler: Handler(f.svc, Options{Origins: []string{base}, PublicURL: base,
 		Identity: rp, People: people, MaxAuthAge: 12 * time.Hour, SessionTTL: 24 * time.Hour}), ReadHeaderTimeout: 5 * time.Second}
 	go srv.Serve(ln)
@@ -326,5 +327,96 @@ func TestPersonOfTheProviderApprovesARoleRequest(t *testing.T) {
 	if e.Approver != alice || e.IdPIssuer != p.idp.Issuer() || e.IdPSubject != "alice" ||
 		!slices.Equal(e.IdPGroups, []string{"finance-approvers"}) || e.IdPAuthTime == "" {
 		t.Errorf("assertion: approver %q issuer %q subject %q groups %v auth %q", e.Approver, e.IdPIssuer, e.IdPSubject, e.IdPGroups, e.IdPAuthTime)
+	}
+}
+
+// Leavers: once what the provider said is older than identity.recheck, an
+// approval asks it again. Taken out of the group, or out of the
+// directory, a person's approval is refused with the reason (recorded),
+// their denial still works, and new requests no longer name them; while
+// the provider cannot be asked, approvals fail closed and denials go on.
+func TestLeaversLoseTheirPowerAtTheNextRecheck(t *testing.T) {
+	p := newIdPPage(t)
+	if code, body := p.signIn(t, "alice"); code != 200 {
+		t.Fatalf("sign-in: %d\n%s", code, body)
+	}
+	page := approvaltest.NewPageWithClient(p.client, p.base)
+	key := approvaltest.NewSoftKey(t, "localhost", p.base)
+	if _, err := page.EnrollSelf(key); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	alice := identity.ApproverID(p.idp.Issuer(), "alice")
+	request := func() string {
+		t.Helper()
+		r, err := p.svc.Create(ctx, paymentRequest("role:treasury", "bob"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.ID
+	}
+	refused := func(id, check string) {
+		t.Helper()
+		_, err := page.Decide(id, string(vocab.Approve), key)
+		var pe *approvaltest.Error
+		if !errors.As(err, &pe) || pe.Check != check {
+			t.Fatalf("approval: %v, want refused by %s", err, check)
+		}
+	}
+
+	// Within recheck the provider is not asked: what it said holds.
+	first := request()
+	p.idp.SetGroups("alice", "staff")
+	if got, err := page.Decide(first, string(vocab.Approve), key); err != nil || got.State != vocab.StateApproved {
+		t.Fatalf("within recheck: %+v %v", got, err)
+	}
+
+	// The provider down, past recheck: approvals fail closed, a
+	// denial goes on.
+	p.idp.SetGroups("alice", "finance-approvers")
+	p.clock.advance(6 * time.Minute)
+	down, denied := request(), request()
+	p.idp.Stop()
+	refused(down, "identity_provider_unreachable")
+	if got, err := page.Decide(denied, string(vocab.Deny), key); err != nil || got.State != vocab.StateDenied {
+		t.Fatalf("a denial while the provider is down: %+v %v", got, err)
+	}
+	p.idp.Start()
+	if got, err := page.Decide(down, string(vocab.Approve), key); err != nil || got.State != vocab.StateApproved {
+		t.Fatalf("provider back: %+v %v", got, err)
+	}
+
+	// Taken out of the group: refused at the next recheck, with why.
+	p.idp.SetGroups("alice", "staff")
+	p.clock.advance(6 * time.Minute)
+	ungrouped := request()
+	refused(ungrouped, "not_eligible")
+	if r, err := p.svc.Create(ctx, paymentRequest("role:treasury", "bob")); err != nil || slices.Contains(r.Approvers, alice) {
+		t.Errorf("a new request still names her: %v %v", r.Approvers, err)
+	}
+	if got, err := page.Decide(ungrouped, string(vocab.Deny), key); err != nil || got.State != vocab.StateDenied {
+		t.Fatalf("her denial: %+v %v", got, err)
+	}
+
+	// Back in the group, she signs in again; then out of the
+	// directory: the provider refuses her refresh token.
+	p.idp.SetGroups("alice", "finance-approvers")
+	if code, body := p.signIn(t, "alice"); code != 200 {
+		t.Fatalf("sign-in again: %d\n%s", code, body)
+	}
+	p.idp.RemoveUser("alice")
+	p.clock.advance(6 * time.Minute)
+	gone := request()
+	refused(gone, "not_eligible")
+
+	entries := p.exportVerifies(t)
+	var reasons []string
+	for _, e := range entries {
+		if e.Kind == vocab.KindApprovalRejected {
+			reasons = append(reasons, e.Reason)
+		}
+	}
+	if len(reasons) != 3 || !strings.Contains(reasons[0], "identity_provider_unreachable") || !strings.Contains(reasons[1], "not_eligible") {
+		t.Errorf("rejections recorded: %q", reasons)
 	}
 }

@@ -25,7 +25,9 @@ func openIdentity(ctx context.Context, c *config.Config, db *store.DB, log *slog
 	}
 	redirect := strings.TrimRight(c.Approval.PublicURL, "/") + page.CallbackPath
 	log.Info("approvers sign in through the identity provider", "issuer", c.Identity.Issuer, "redirect_uri", redirect)
-	return identity.New(identity.Config{Identity: c.Identity, RedirectURL: redirect, MaxAuthAge: c.Approval.MaxAuthAge}), people, nil
+	idp := identity.New(identity.Config{Identity: c.Identity, RedirectURL: redirect, MaxAuthAge: c.Approval.MaxAuthAge})
+	people.Recheck(idp, c.Identity.Recheck, nil)
+	return idp, people, nil
 }
 
 // identityRoles is identity.roles for the policy, nil without a provider.
