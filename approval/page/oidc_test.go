@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/chromedp"
+
 	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/approval/approvaltest"
 	"github.com/countersign/countersign/audit"
@@ -418,5 +420,41 @@ func TestLeaversLoseTheirPowerAtTheNextRecheck(t *testing.T) {
 	}
 	if len(reasons) != 3 || !strings.Contains(reasons[0], "identity_provider_unreachable") || !strings.Contains(reasons[1], "not_eligible") {
 		t.Errorf("rejections recorded: %q", reasons)
+	}
+}
+
+// In Chromium: sign in through the provider's own login page, register
+// the tab's virtual key on the page, approve a request the policy gave a
+// role of the provider; the export records who she is there and verifies.
+func TestBrowserSignInThroughTheProviderEnrollAndApprove(t *testing.T) {
+	p := newIdPPage(t)
+	alloc := approvaltest.NewBrowser(t)
+	tab := approvaltest.Tab(t, alloc, true)
+	do(t, tab, chromedp.Navigate(p.base+"/"), chromedp.WaitVisible(chromedp.CSS("#signin-idp")), chromedp.Click(chromedp.CSS("#signin-idp")))
+	do(t, tab, chromedp.WaitVisible(chromedp.CSS("#username")), chromedp.SendKeys(chromedp.CSS("#username"), "alice"), chromedp.Click(chromedp.CSS("#login")))
+	// The callback's page moves on to the list, where the session holds.
+	do(t, tab, chromedp.WaitVisible(chromedp.CSS("#enroll-self")))
+	if who := approvaltest.Text(t, tab, "#self-enroll"); !strings.Contains(who, "Signed in as alice at "+p.idp.Issuer()) || !strings.Contains(who, "roles: treasury") {
+		t.Fatalf("signed in as: %q", who)
+	}
+	do(t, tab, chromedp.Click(chromedp.CSS("#enroll-self")), chromedp.WaitVisible(chromedp.CSS("#register")), chromedp.Click(chromedp.CSS("#register")))
+	waitText(t, tab, "outcome", "Key registered")
+
+	req, err := p.svc.Create(context.Background(), paymentRequest("role:treasury"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	approvaltest.Approve(t, tab, p.base+"/requests/"+req.ID)
+	waitText(t, tab, "state", string(vocab.StateApproved))
+
+	entries := p.exportVerifies(t)
+	alice := identity.ApproverID(p.idp.Issuer(), "alice")
+	for _, kind := range []vocab.Kind{vocab.KindApproverEnrolled, vocab.KindApprovalAssertion} {
+		if e := byKind(t, entries, kind); e.Approver != alice || e.IdPIssuer != p.idp.Issuer() || e.IdPSubject != "alice" {
+			t.Errorf("%s: approver %q issuer %q subject %q", kind, e.Approver, e.IdPIssuer, e.IdPSubject)
+		}
+	}
+	if e := byKind(t, entries, vocab.KindApprovalAssertion); !slices.Equal(e.IdPGroups, []string{"finance-approvers"}) {
+		t.Errorf("the approval's groups: %v", e.IdPGroups)
 	}
 }
