@@ -24,6 +24,31 @@ type Grants interface {
 	UseGrant(ctx context.Context, id string) (*grant.Use, error)
 }
 
+// People say whether a person of the identity provider may still approve
+// for a decision's approvers (role:NAME among them); *identity.People
+// satisfies it.
+type People interface {
+	MayApprove(ctx context.Context, approver string, approvers []string) (bool, error)
+}
+
+// grantorMayApprove reports whether a grant's approver may approve this
+// call now: listed among the decision's approvers, or a person of the
+// identity provider who, as it says now, holds a role they name. A
+// provider that cannot be asked lets no grant of its people through.
+func (g *Guard) grantorMayApprove(ctx context.Context, approvers []string, gr *grant.Grant) bool {
+	if slices.Contains(approvers, gr.Approver) {
+		return true
+	}
+	if g.opts.People == nil {
+		return false
+	}
+	ok, err := g.opts.People.MayApprove(ctx, gr.Approver, approvers)
+	if err != nil {
+		g.log.Warn("cannot ask the identity provider about a grant's approver; the call waits for a human", "grant", gr.ID, "err", err)
+	}
+	return ok && err == nil
+}
+
 // grantOffer is the grant the approver of a call's request is offered, if
 // the policy allows grants on the tool: its condition derived from the
 // call (authz.ProposeGrant) and the policy's caps. nil when none.
@@ -56,7 +81,7 @@ func (g *Guard) viaGrant(ctx context.Context, spec *tools.Spec, call *tools.Call
 		return nil, false
 	}
 	for _, gr := range grants {
-		if !slices.Contains(d.Approvers, gr.Approver) {
+		if !g.grantorMayApprove(ctx, d.Approvers, gr) {
 			continue
 		}
 		cond, err := g.condition(gr)

@@ -9,6 +9,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -221,4 +222,64 @@ func TestPeopleRememberWhatTheProviderSaid(t *testing.T) {
 			t.Errorf("unknown: %v %v", ok, err)
 		}
 	})
+}
+
+// MayApprove (what a standing grant of a person of the provider needs at
+// each use): listed ids pass; a person passes while the provider, asked
+// again past recheck, puts them in a group of a role the decision names;
+// a provider that cannot be asked lets nothing through.
+func TestMayApproveAsksTheProviderPastRecheck(t *testing.T) {
+	idp, rp := newProvider(t)
+	idp.SetAutoLogin("alice")
+	ctx := context.Background()
+	l := NewLogin(false)
+	u, err := rp.AuthURL(ctx, l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	state, code := signIn(t, u, "alice")
+	p, tok, err := rp.Finish(ctx, l, state, code)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := storetest.Connect(t, t.TempDir()+"/people.db")
+	pp, err := OpenPeople(ctx, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	now := time.Now()
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
+	pp.Recheck(rp, 5*time.Minute, clock)
+	if err := pp.Remember(ctx, p, tok.RefreshToken, clock()); err != nil {
+		t.Fatal(err)
+	}
+	alice := p.Approver()
+	may := func(approvers ...string) (bool, error) { return pp.MayApprove(ctx, alice, approvers) }
+	if ok, err := pp.MayApprove(ctx, "bob", []string{"bob"}); !ok || err != nil {
+		t.Errorf("a listed id: %v %v", ok, err)
+	}
+	if ok, err := may("role:treasury"); !ok || err != nil {
+		t.Errorf("alice for role:treasury: %v %v", ok, err)
+	}
+	if ok, err := may("role:ops", "bob"); ok || err != nil {
+		t.Errorf("alice for role:ops: %v %v", ok, err)
+	}
+	idp.SetGroups("alice", "staff")
+	if ok, _ := may("role:treasury"); !ok {
+		t.Error("within recheck the provider was asked")
+	}
+	advance(6 * time.Minute)
+	idp.Stop()
+	if ok, err := may("role:treasury"); ok || !errors.Is(err, ErrUnreachable) {
+		t.Errorf("provider down: %v %v", ok, err)
+	}
+	idp.Start()
+	if ok, err := may("role:treasury"); ok || err != nil {
+		t.Errorf("out of the group: %v %v", ok, err)
+	}
+	if err := pp.Eligible(ctx, alice); !errors.Is(err, ErrNotEligible) || !strings.Contains(err.Error(), "none of the groups") {
+		t.Errorf("Eligible out of the group: %v", err)
+	}
 }

@@ -68,34 +68,65 @@ func (pp *People) Eligible(ctx context.Context, approverID string) error {
 	if pp == nil || !IsApproverID(approverID) {
 		return nil
 	}
+	_, err := pp.current(ctx, approverID)
+	return err
+}
+
+// MayApprove reports whether approverID may approve for approvers (a
+// decision's: ids, and role:NAME for roles of the provider): listed by
+// id, or a person of the provider who, as Eligible finds them now, holds
+// one of the roles named. A standing grant of theirs lets calls through
+// only while this holds (package guard); false with an error when the
+// provider cannot be asked.
+func (pp *People) MayApprove(ctx context.Context, approverID string, approvers []string) (bool, error) {
+	if slices.Contains(approvers, approverID) {
+		return true, nil
+	}
+	if pp == nil || !IsApproverID(approverID) {
+		return false, nil
+	}
+	k, err := pp.current(ctx, approverID)
+	if errors.Is(err, ErrNotEligible) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	return slices.ContainsFunc(k.Roles, func(r string) bool { return slices.Contains(approvers, "role:"+r) }), nil
+}
+
+// current is the person as the provider says now: what it said within
+// the recheck interval, else asked again and kept. ErrNotEligible when it
+// puts them in no mapped group (or no longer knows them).
+func (pp *People) current(ctx context.Context, approverID string) (*Known, error) {
 	k, ok, err := pp.Get(ctx, approverID)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if !ok {
-		return fmt.Errorf("%w: %s never signed in through the identity provider", ErrNotEligible, approverID)
+		return nil, fmt.Errorf("%w: %s never signed in through the identity provider", ErrNotEligible, approverID)
 	}
 	now := pp.now()
 	if pp.provider != nil && now.Sub(k.Checked) >= pp.every {
 		groups, keep, err := pp.provider.Recheck(ctx, k.RefreshToken)
 		if err != nil && !errors.Is(err, ErrGone) {
-			return err
+			return nil, err
 		}
 		// Gone: no groups, so no role, until they sign in again; new
 		// requests no longer name them (Expand).
 		k.Groups, k.Roles = groups, pp.provider.RolesOf(groups)
 		if rerr := pp.Remember(ctx, &k.Person, keep, now); rerr != nil {
-			return rerr
+			return nil, rerr
 		}
 		if err != nil {
-			return fmt.Errorf("%w: %s (%s at %s): %v", ErrNotEligible, k.DisplayName(), k.Subject, k.Issuer, err)
+			return nil, fmt.Errorf("%w: %s (%s at %s): %v", ErrNotEligible, k.DisplayName(), k.Subject, k.Issuer, err)
 		}
 	}
 	if len(k.Roles) == 0 {
-		return fmt.Errorf("%w: the identity provider puts %s (%s) in none of the groups that grant an approver role (groups: %s)",
+		return nil, fmt.Errorf("%w: the identity provider puts %s (%s) in none of the groups that grant an approver role (groups: %s)",
 			ErrNotEligible, k.DisplayName(), k.Subject, strings.Join(k.Groups, ", "))
 	}
-	return nil
+	return &k, nil
 }
 
 // Known is one person as People keeps them.

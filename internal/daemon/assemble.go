@@ -137,6 +137,9 @@ func (s *Stack) openApprovals(ctx context.Context, recorder metrics.Recorder, lo
 		return err
 	}
 	aopts.People = people
+	if people != nil {
+		s.people = people
+	}
 	if s.approvals, err = approval.New(ctx, s.db, recorder, aopts); err != nil {
 		return err
 	}
@@ -195,7 +198,7 @@ func (s *Stack) newGuard(ctx context.Context, policy *authz.Policy, recorder met
 		History: s.audit, Marks: store.Marks{DB: s.db}, Amounts: s.amounts,
 		Owner: s.replicaOwner(), Owned: s.ownedEntries(),
 		Tools: c.Tools, Logger: log.With("component", "guard"), Freezes: s.approvals,
-		SharedUsage: s.shared.usage,
+		SharedUsage: s.shared.usage, People: s.people,
 		MaxArgBytes: c.Limits.MaxArgBytes, MaxArgDepth: c.Limits.MaxArgDepth,
 		Limits: guard.Limits{PendingPerAgent: c.Limits.PendingPerAgent, PendingTotal: c.Limits.PendingTotal,
 			CallsPerSecond: float64(c.Limits.CallsPerSecond), CallBurst: c.Limits.CallBurst},
