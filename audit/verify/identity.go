@@ -85,13 +85,15 @@ func (p *idpPolicy) roles(tool string) []string {
 	return roles
 }
 
-// idpEligible checks a key decision by a person of the identity provider
+// idpEligible checks an approval by a person of the identity provider
 // on a request made under a logged policy: the groups the entry records
 // must map, under that policy's identity_roles, to a role it names for
 // the request's tool. (That the approver was among the request's
-// eligible is requirements' check.)
+// eligible is requirements' check.) A denial is not held to it: it only
+// takes power away, and a person who left the group may still deny what
+// was put before them.
 func (s *logState) idpEligible(e *audit.Entry) string {
-	if e.IdPIssuer == "" || (e.Kind != vocab.KindApprovalAssertion && e.Kind != vocab.KindApprovalDenied) {
+	if e.IdPIssuer == "" || e.Kind != vocab.KindApprovalAssertion {
 		return ""
 	}
 	r := s.req.requests[e.RequestID]
