@@ -252,6 +252,8 @@ func TestMayApproveAsksTheProviderPastRecheck(t *testing.T) {
 	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
 	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
 	pp.Recheck(rp, 5*time.Minute, clock)
+	var suspended []string
+	pp.OnSuspend = func(_ context.Context, p *Person, why string) { suspended = append(suspended, p.Subject+": "+why) }
 	if err := pp.Remember(ctx, p, tok.RefreshToken, clock()); err != nil {
 		t.Fatal(err)
 	}
@@ -281,5 +283,9 @@ func TestMayApproveAsksTheProviderPastRecheck(t *testing.T) {
 	}
 	if err := pp.Eligible(ctx, alice); !errors.Is(err, ErrNotEligible) || !strings.Contains(err.Error(), "none of the groups") {
 		t.Errorf("Eligible out of the group: %v", err)
+	}
+	// Told once, when she lost her last role; not again while she has none.
+	if len(suspended) != 1 || !strings.Contains(suspended[0], "alice: the identity provider puts them in none of the groups") {
+		t.Errorf("suspensions: %q", suspended)
 	}
 }

@@ -26,6 +26,11 @@ type People struct {
 	provider *Provider
 	every    time.Duration
 	now      func() time.Time
+
+	// OnSuspend, when set, hears of a person the provider, asked again,
+	// no longer puts in a group that grants a role (once per such
+	// change), with why: the daemon records approver.suspended.
+	OnSuspend func(ctx context.Context, p *Person, why string)
 }
 
 // ErrNotEligible: the provider no longer puts the person in a group that
@@ -114,9 +119,17 @@ func (pp *People) current(ctx context.Context, approverID string) (*Known, error
 		}
 		// Gone: no groups, so no role, until they sign in again; new
 		// requests no longer name them (Expand).
+		had := len(k.Roles) > 0
 		k.Groups, k.Roles = groups, pp.provider.RolesOf(groups)
 		if rerr := pp.Remember(ctx, &k.Person, keep, now); rerr != nil {
 			return nil, rerr
+		}
+		if had && len(k.Roles) == 0 && pp.OnSuspend != nil {
+			why := "the identity provider puts them in none of the groups that grant an approver role"
+			if err != nil {
+				why = "the identity provider no longer knows them (" + err.Error() + ")"
+			}
+			pp.OnSuspend(ctx, &k.Person, why)
 		}
 		if err != nil {
 			return nil, fmt.Errorf("%w: %s (%s at %s): %v", ErrNotEligible, k.DisplayName(), k.Subject, k.Issuer, err)

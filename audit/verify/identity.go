@@ -25,9 +25,9 @@ func idpRules(e *audit.Entry) string {
 		if len(e.IdPGroups) > 0 {
 			return fmt.Sprintf("%s carries idp_groups: only key decisions record the groups", e.Kind)
 		}
-	case vocab.KindApprovalAssertion, vocab.KindApprovalDenied:
+	case vocab.KindApprovalAssertion, vocab.KindApprovalDenied, vocab.KindApproverSuspended:
 	default:
-		return fmt.Sprintf("%s carries idp_ members: only enrollments and key decisions name a person of the identity provider", e.Kind)
+		return fmt.Sprintf("%s carries idp_ members: only enrollments, key decisions and suspensions name a person of the identity provider", e.Kind)
 	}
 	if e.IdPIssuer == "" || e.IdPSubject == "" {
 		return "idp_ members without idp_issuer and idp_subject"

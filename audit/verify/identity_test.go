@@ -37,7 +37,7 @@ func TestIdentityProviderMembers(t *testing.T) {
 		{"no subject", func(e *audit.Entry) { e.IdPSubject = "" }, "without idp_issuer and idp_subject"},
 		{"groups on an enrollment", func(e *audit.Entry) { e.IdPGroups = []string{"finance-approvers"} }, "only key decisions record the groups"},
 		{"bad auth time", func(e *audit.Entry) { e.IdPAuthTime = "yesterday" }, "is not an RFC 3339 time"},
-		{"another kind", func(e *audit.Entry) { e.Kind = vocab.KindCredentialRevoked }, "only enrollments and key decisions"},
+		{"another kind", func(e *audit.Entry) { e.Kind = vocab.KindCredentialRevoked }, "only enrollments, key decisions and suspensions"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			bad := resign(t, export, key, func(e *audit.Entry) {

@@ -114,6 +114,10 @@ func TestApproversFromTheIdentityProviderOnly(t *testing.T) {
 	if !approved {
 		t.Errorf("the approval does not name alice at the provider: %+v", entries(t, p.stack, vocab.KindApprovalAssertion))
 	}
+	if sus := entries(t, p.stack, vocab.KindApproverSuspended); len(sus) != 1 || sus[0].Approver != alice ||
+		!slices.Equal(sus[0].IdPGroups, []string{"staff"}) || !strings.Contains(sus[0].Reason, "none of the groups") {
+		t.Errorf("approver.suspended: %+v", sus)
+	}
 	_, out := exportAndVerify(t, p)
 	t.Logf("audit verify --replay-policy: %s", out)
 }

@@ -139,6 +139,7 @@ func (s *Stack) openApprovals(ctx context.Context, recorder metrics.Recorder, lo
 	aopts.People = people
 	if people != nil {
 		s.people = people
+		recordSuspensions(people, recorder, aopts.Logger)
 	}
 	if s.approvals, err = approval.New(ctx, s.db, recorder, aopts); err != nil {
 		return err

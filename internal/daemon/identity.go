@@ -4,11 +4,14 @@ import (
 	"context"
 	"log/slog"
 	"strings"
+	"time"
 
 	"github.com/countersign/countersign/approval/page"
+	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/identity"
 	"github.com/countersign/countersign/store"
+	"github.com/countersign/countersign/vocab"
 )
 
 // openIdentity opens the relying party of identity: (the company's
@@ -36,4 +39,20 @@ func identityRoles(c *config.Config) map[string][]string {
 		return nil
 	}
 	return c.Identity.Roles
+}
+
+// recordSuspensions appends approver.suspended when the provider, asked
+// again, no longer puts a person in a group that grants a role.
+func recordSuspensions(people *identity.People, rec interface {
+	Append(context.Context, audit.Entry) (audit.Entry, error)
+}, log *slog.Logger) {
+	people.OnSuspend = func(ctx context.Context, p *identity.Person, why string) {
+		e := audit.Entry{Kind: vocab.KindApproverSuspended, Approver: p.Approver(),
+			IdPIssuer: p.Issuer, IdPSubject: p.Subject, IdPEmail: p.Email, IdPAuthTime: p.AuthTime.UTC().Format(time.RFC3339),
+			IdPGroups: p.Groups, Reason: why + "; approvals by their keys are refused until it does again"}
+		if _, err := rec.Append(context.WithoutCancel(ctx), e); err != nil {
+			log.Error("cannot record an approver's suspension", "approver", e.Approver, "err", err)
+		}
+		log.Warn("approver suspended: the identity provider no longer gives them a role", "approver", e.Approver, "subject", p.Subject, "why", why)
+	}
 }
