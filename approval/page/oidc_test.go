@@ -3,6 +3,7 @@ package page
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"net"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/approval/approvaltest"
+	"github.com/countersign/countersign/approval/ceremony"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/audit/verify"
 	"github.com/countersign/countersign/config"
@@ -276,6 +278,10 @@ func TestSelfEnrollmentThroughTheIdentityProvider(t *testing.T) {
 	if _, _, body := p.get(t, "/"); !strings.Contains(body, "<td>alice</td>") {
 		t.Errorf("the key list does not name alice's key:\n%s", body)
 	}
+	// Her key alone does not sign her in: she signs in at the provider.
+	if code, body := keySignIn(t, p, key); code != http.StatusForbidden || !strings.Contains(body, "sign in with your company account") {
+		t.Errorf("key sign-in of a person of the provider: %d %s", code, body)
+	}
 	// A further key needs one she has to vouch for it, as always.
 	if _, err := page.EnrollSelf(approvaltest.NewSoftKey(t, "localhost", p.base)); err == nil || !strings.Contains(err.Error(), `step "get"`) {
 		t.Errorf("a second key without vouching: %v", err)
@@ -457,4 +463,42 @@ func TestBrowserSignInThroughTheProviderEnrollAndApprove(t *testing.T) {
 	if e := byKind(t, entries, vocab.KindApprovalAssertion); !slices.Equal(e.IdPGroups, []string{"finance-approvers"}) {
 		t.Errorf("the approval's groups: %v", e.IdPGroups)
 	}
+}
+
+// keySignIn runs the key sign-in ceremony with key in a browser of its
+// own (no cookies but the CSRF token's); it returns the finish's status
+// and body.
+func keySignIn(t *testing.T, p *idpPage, key *approvaltest.SoftKey) (int, string) {
+	t.Helper()
+	jar, _ := cookiejar.New(nil)
+	c := &http.Client{Jar: jar, Transport: p.client.Transport}
+	resp, err := c.Get(p.base + "/signin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	_, rest, _ := strings.Cut(string(page), `name="csrf-token" content="`)
+	csrf, _, _ := strings.Cut(rest, `"`)
+	post := func(path string, body any) (int, []byte) {
+		b, _ := json.Marshal(body)
+		req, _ := http.NewRequest(http.MethodPost, p.base+path, bytes.NewReader(b))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Origin", p.base)
+		req.Header.Set("X-CSRF-Token", csrf)
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		raw, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, raw
+	}
+	code, raw := post("/api/signin/begin", map[string]any{})
+	var opts ceremony.SignInOptions
+	if code != 200 || json.Unmarshal(raw, &opts) != nil {
+		t.Fatalf("sign-in begin: %d %s", code, raw)
+	}
+	code, raw = post("/api/signin/finish", map[string]any{"ceremony": opts.Ceremony, "credential": json.RawMessage(key.Get(opts.PublicKey.Challenge.String()))})
+	return code, string(raw)
 }

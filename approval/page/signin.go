@@ -184,6 +184,12 @@ func (s *server) apiSignInFinish(ss *sessions) http.HandlerFunc {
 			s.fail(w, err)
 			return
 		}
+		if s.opts.Identity != nil && identity.IsApproverID(approver) {
+			// A person of the identity provider signs in there: a key
+			// alone would skip its login, max_auth_age and groups.
+			s.refuse(w, r, http.StatusForbidden, "signin", "your key belongs to a company account: sign in with your company account")
+			return
+		}
 		if err := s.startSession(w, r, ss, approver, nil, s.svc.Now().Add(s.opts.SessionTTL)); err != nil {
 			s.fail(w, err)
 			return
