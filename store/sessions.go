@@ -40,7 +40,11 @@ func OpenSignInSessions(ctx context.Context, db *DB) (*SignInSessions, error) {
 	}
 	// Sessions through the identity provider (issue 25) keep the person.
 	err := db.Migrate(ctx, "approval_sessions", func(ctx context.Context, tx *sql.Tx, d Dialect) error {
-		_, err := tx.ExecContext(ctx, `ALTER TABLE approval_sessions ADD COLUMN identity TEXT NOT NULL DEFAULT ''`)
+		has, err := HasColumn(ctx, tx, d, "approval_sessions", "identity")
+		if err != nil || has {
+			return err
+		}
+		_, err = tx.ExecContext(ctx, `ALTER TABLE approval_sessions ADD COLUMN identity TEXT NOT NULL DEFAULT ''`)
 		return err
 	})
 	if err != nil {

@@ -141,8 +141,13 @@ var schema = []string{
 var migrations = []store.Migration{
 	// A self-service link (issue 25) keeps who made it at the identity
 	// provider: JSON of identity.Person, '' for an admin's link.
-	func(ctx context.Context, tx *sql.Tx, _ store.Dialect) error {
-		_, err := tx.ExecContext(ctx, `ALTER TABLE approval_enrollments ADD COLUMN identity TEXT NOT NULL DEFAULT ''`)
+	func(ctx context.Context, tx *sql.Tx, d store.Dialect) error {
+		// A database whose schema_version was lost may have it already.
+		has, err := store.HasColumn(ctx, tx, d, "approval_enrollments", "identity")
+		if err != nil || has {
+			return err
+		}
+		_, err = tx.ExecContext(ctx, `ALTER TABLE approval_enrollments ADD COLUMN identity TEXT NOT NULL DEFAULT ''`)
 		return err
 	},
 }
