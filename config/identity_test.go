@@ -85,3 +85,16 @@ func TestIdentityProblemsNameTheirPath(t *testing.T) {
 		})
 	}
 }
+
+// A notify channel may select the requests of a role only people of the
+// identity provider hold.
+func TestNotifyForARoleOfTheIdentityProvider(t *testing.T) {
+	t.Setenv("XDG_STATE_HOME", t.TempDir())
+	const channel = "notify:\n  - {type: ntfy, url: http://127.0.0.1:1/topic, for: [\"role:treasury\"]}\n"
+	if _, err := Parse([]byte(withIdentity+channel), "idp.yaml"); err != nil {
+		t.Errorf("with identity: %v", err)
+	}
+	if _, err := Parse([]byte(minimal+"approvers: []\n"+channel), "min.yaml"); err == nil || !strings.Contains(err.Error(), `no approver has the role "treasury"`) {
+		t.Errorf("without identity: %v", err)
+	}
+}

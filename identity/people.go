@@ -193,9 +193,9 @@ const lookupTimeout = 5 * time.Second
 
 // Lookup is Get for an id of ApproverID's form, for callers without a
 // context (a name to show, an approver to find); ok is false for any
-// other id, an unknown person, or an error reading them.
+// other id, an unknown person, an error reading them, or a nil People.
 func (pp *People) Lookup(approverID string) (Known, bool) {
-	if !IsApproverID(approverID) {
+	if pp == nil || !IsApproverID(approverID) {
 		return Known{}, false
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), lookupTimeout)

@@ -5,9 +5,11 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"net/http/cookiejar"
+	"net/http/httptest"
 	"net/url"
 	"slices"
 	"strings"
@@ -31,6 +33,14 @@ import (
 // group (recheck 1ns: the provider is asked at every use), her grant lets
 // nothing more through and her approval is refused; her denial counts.
 func TestApproversFromTheIdentityProviderOnly(t *testing.T) {
+	// The treasury's channel hears of requests only people of the
+	// provider can approve.
+	heard := make(chan string, 16)
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		heard <- string(b)
+	}))
+	defer hook.Close()
 	idp := idptest.New(t)
 	idp.AddUser("alice", "alice@example.com", "finance-approvers")
 	idp.SetAutoLogin("alice")
@@ -46,6 +56,7 @@ func TestApproversFromTheIdentityProviderOnly(t *testing.T) {
 		c.Tools["transfer"] = tool
 		sum := sha256.Sum256([]byte("ci-token"))
 		c.HTTP.Agents = []config.Agent{{ID: "ci", TokenSHA256: hex.EncodeToString(sum[:])}}
+		c.Notify = []config.Notify{{Type: "ntfy", URL: hook.URL + "/treasury", For: []string{"role:treasury"}, Events: []string{"requested"}}}
 	})
 	idp.AddClient("countersign", "s3cret", []string{p.page + page.CallbackPath}, idptest.GrantAuthorizationCode, idptest.GrantRefreshToken)
 
@@ -77,6 +88,14 @@ func TestApproversFromTheIdentityProviderOnly(t *testing.T) {
 	st, id := outcome(t, ci, pay("Acme Supplies", 20000))
 	if st != "authorization_pending" {
 		t.Fatalf("the transfer did not wait for a human: %s", st)
+	}
+	select {
+	case msg := <-heard:
+		if !strings.Contains(msg, "Acme Supplies") {
+			t.Errorf("the treasury's channel heard %q", msg)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the treasury's channel never heard of the request alice may approve")
 	}
 	if r, err := pg.ApproveWithGrant(id, key, 10*time.Minute, 2); err != nil || r.State != vocab.StateApproved {
 		t.Fatalf("alice approves with a grant: %+v %v", r, err)

@@ -128,7 +128,6 @@ func (s *Stack) openApprovals(ctx context.Context, recorder metrics.Recorder, lo
 	if aopts.ResultKey, err = resultKey(c); err != nil {
 		return err
 	}
-	s.notifier, aopts.Notify = notifier(c, recorder, s.metrics, log.With("component", "notify"))
 	if s.owners != nil {
 		aopts.Owners, aopts.Owner = s.owners, s.owner
 	}
@@ -136,6 +135,7 @@ func (s *Stack) openApprovals(ctx context.Context, recorder metrics.Recorder, lo
 	if err != nil {
 		return err
 	}
+	s.notifier, aopts.Notify = notifier(c, recorder, s.metrics, people, log.With("component", "notify"))
 	aopts.People = people
 	if people != nil {
 		s.people = people
