@@ -65,6 +65,7 @@ type Options struct {
 	Origins      []string // exact origins, with port: "http://localhost:8710"
 	PublicURL    string   // base of the links shown to people
 	Approvers    []Approver
+	People       *identity.People // those the identity provider signed in: approvers too
 
 	PollInterval time.Duration // CIBA interval; default 5s
 	EnrollTTL    time.Duration // enrollment link lifetime; default 10m
@@ -95,8 +96,6 @@ type Options struct {
 	// replica's approval writes are refused and it exits); unset: the
 	// Service makes an id and holds its lock itself.
 	Owner string
-
-	People *identity.People // those the identity provider signed in: approvers too
 
 	// Owners tells the processes sharing the database dead or alive: on
 	// PostgreSQL the replicas table (store.OwnersFor), which the daemon
@@ -208,7 +207,7 @@ func (s *Service) openParts(ctx context.Context) (err error) {
 		EnrollTTL: o.EnrollTTL, Now: o.Now, Logger: o.Logger,
 		Attestation: o.Attestation, AttestationRoots: o.AttestationRoots, People: o.People,
 		Approver: func(id string) (string, bool) {
-			a, ok := s.approver(id)
+			a, ok := s.approvers[id]
 			return a.Name, ok
 		},
 	})
@@ -327,7 +326,7 @@ func (s *Service) OnChange(fn func(id string)) { s.watch.OnChange(fn) }
 
 // approverName is the configured display name, or the id.
 func (s *Service) approverName(id string) string {
-	if a, ok := s.approver(id); ok && a.Name != "" {
+	if a, ok := s.approvers[id]; ok && a.Name != "" {
 		return a.Name
 	}
 	return id

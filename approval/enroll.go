@@ -4,7 +4,6 @@ import (
 	"context"
 
 	"github.com/countersign/countersign/approval/ceremony"
-	"github.com/countersign/countersign/identity"
 )
 
 // Enrollment links, their ceremonies and revocation are package
@@ -47,21 +46,3 @@ func (s *Service) RevokeCredential(ctx context.Context, credentialID, reason str
 
 // enrollURL is the one-time link of an enrollment token on the public URL.
 func (s *Service) enrollURL(token string) string { return s.opts.PublicURL + "/enroll/" + token }
-
-// CreateSelfEnrollment is ceremony.CreateSelfEnrollment's link, recorded.
-func (s *Service) CreateSelfEnrollment(ctx context.Context, p *identity.Person) (string, error) {
-	token, err := s.keys.CreateSelfEnrollment(ctx, outboxPort{s}, p)
-	if err != nil {
-		return "", err
-	}
-	return s.enrollURL(token), nil
-}
-
-// approver is a configured approver, or one of Options.People.
-func (s *Service) approver(id string) (Approver, bool) {
-	if a, ok := s.approvers[id]; ok || s.opts.People == nil {
-		return a, ok
-	}
-	k, ok := s.opts.People.Lookup(id)
-	return Approver{ID: id, Name: k.DisplayName(), Roles: k.Roles}, ok
-}

@@ -24,23 +24,18 @@ type Grants interface {
 	UseGrant(ctx context.Context, id string) (*grant.Use, error)
 }
 
-// People say whether a person of the identity provider may still approve
-// for a decision's approvers (role:NAME among them); *identity.People
-// satisfies it.
+// People say whether a grant's approver may approve for a decision's
+// approvers now (a person of the identity provider holding a role:NAME
+// they name); *identity.People satisfies it.
 type People interface {
 	MayApprove(ctx context.Context, approver string, approvers []string) (bool, error)
 }
 
-// grantorMayApprove reports whether a grant's approver may approve this
-// call now: listed among the decision's approvers, or a person of the
-// identity provider who, as it says now, holds a role they name. A
-// provider that cannot be asked lets no grant of its people through.
+// grantorMayApprove: listed, or (People) a person holding a named role
+// now; a provider that cannot be asked lets no grant of its people through.
 func (g *Guard) grantorMayApprove(ctx context.Context, approvers []string, gr *grant.Grant) bool {
-	if slices.Contains(approvers, gr.Approver) {
-		return true
-	}
-	if g.opts.People == nil {
-		return false
+	if g.opts.People == nil || slices.Contains(approvers, gr.Approver) {
+		return slices.Contains(approvers, gr.Approver)
 	}
 	ok, err := g.opts.People.MayApprove(ctx, gr.Approver, approvers)
 	if err != nil {

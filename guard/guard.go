@@ -170,9 +170,8 @@ type Options struct {
 	// Grants, when set, lets standing grants carry calls at high
 	// (grant.go); nil: every such call waits for a human.
 	Grants Grants
-	// People, when set, are the people of the company's identity
-	// provider: whose grants apply only while they hold a role the
-	// decision names (grant.go).
+	// People, when set, let grants of the identity provider's people apply
+	// only while they hold a role the decision names (grant.go).
 	People People
 	// Evidence and Tokens issue approval tokens (package token): the
 	// result of a countersigned call carries one in

@@ -188,6 +188,13 @@ func (pp *People) Get(ctx context.Context, approverID string) (k Known, ok bool,
 	return k, true, nil
 }
 
+// Has reports whether approverID is a person the provider signed in
+// (Lookup); false for a nil People.
+func (pp *People) Has(approverID string) bool {
+	_, ok := pp.Lookup(approverID)
+	return ok
+}
+
 // lookupTimeout bounds Lookup, which has no context to end it.
 const lookupTimeout = 5 * time.Second
 
@@ -250,18 +257,16 @@ func (pp *People) Expand(approvers []string) []string {
 	return out
 }
 
-// Stamp records on a key decision's entry who its approver is at the
+// Stamped is a key decision's entry with who its approver is at the
 // provider, as it last said: issuer, subject, email, auth time and
-// groups. Nothing for an approver from mcp.yaml, or a nil People.
-func (pp *People) Stamp(e *audit.Entry) {
-	if pp == nil {
-		return
-	}
+// groups. Unchanged for an approver from mcp.yaml, or a nil People.
+func (pp *People) Stamped(e audit.Entry) audit.Entry {
 	k, ok := pp.Lookup(e.Approver)
 	if !ok {
-		return
+		return e
 	}
 	e.IdPIssuer, e.IdPSubject, e.IdPEmail = k.Issuer, k.Subject, k.Email
 	e.IdPAuthTime = k.AuthTime.UTC().Format(time.RFC3339)
 	e.IdPGroups = append([]string{}, k.Groups...)
+	return e
 }

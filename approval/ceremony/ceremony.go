@@ -62,8 +62,10 @@ type Config struct {
 	Approver func(id string) (name string, ok bool)
 
 	// People, when set, are the people of the company's identity
-	// provider: an approval by one of them holds only while the provider
-	// still puts them in a group that maps to a role (People.Eligible).
+	// provider: approvers beside those of Approver, known by their
+	// derived ids; an approval by one of them holds only while the
+	// provider still puts them in a group that maps to a role
+	// (People.Eligible).
 	People *identity.People
 }
 
@@ -154,9 +156,20 @@ var migrations = []store.Migration{
 
 func (rp *RP) now() time.Time { return rp.cfg.Now() }
 
+// approver is a configured approver's display name, or the name of a
+// person of the identity provider (Config.People); ok is false for
+// neither.
+func (rp *RP) approver(id string) (string, bool) {
+	if name, ok := rp.cfg.Approver(id); ok || rp.cfg.People == nil {
+		return name, ok
+	}
+	k, ok := rp.cfg.People.Lookup(id)
+	return k.DisplayName(), ok
+}
+
 // approverName is the configured display name, or the id.
 func (rp *RP) approverName(id string) string {
-	if name, ok := rp.cfg.Approver(id); ok && name != "" {
+	if name, ok := rp.approver(id); ok && name != "" {
 		return name
 	}
 	return id

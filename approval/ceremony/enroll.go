@@ -24,9 +24,6 @@ import (
 var (
 	ErrEnrollment      = errors.New("approval: enrollment link is invalid, used or expired")
 	ErrUnknownApprover = errors.New("approval: unknown approver")
-	// ErrNoRole: a person signed in through the identity provider whose
-	// groups map to no approver role.
-	ErrNoRole = errors.New("approval: your groups at the identity provider give you no approver role")
 )
 
 // AddLink stores a new one-time enrollment link for approverID inside tx:
@@ -120,7 +117,7 @@ func (rp *RP) enrollment(ctx context.Context, token string) (*enrollment, error)
 	if usedAt != 0 || !rp.now().Before(e.expires) {
 		return nil, ErrEnrollment
 	}
-	if _, ok := rp.cfg.Approver(e.approverID); !ok {
+	if _, ok := rp.approver(e.approverID); !ok {
 		return nil, fmt.Errorf("%w: approver %q is no longer configured", ErrEnrollment, e.approverID)
 	}
 	return &e, nil

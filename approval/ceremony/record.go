@@ -27,25 +27,21 @@ type Outbox interface {
 // returns its token: single use, valid for Config.EnrollTTL, bound to that
 // approver. Recorded as enrollment.created; a link whose entry could not
 // be appended is used up at once.
+//
+// A link for a person of the identity provider (Config.People: the page
+// makes one when they ask, signed in there) is bound to them as the
+// provider last described them, so that the key they register is
+// recorded with who they are there: enrollment.created and
+// approver.enrolled carry their issuer, subject, email and auth time.
 func (rp *RP) CreateEnrollment(ctx context.Context, out Outbox, approverID string) (string, error) {
-	if _, ok := rp.cfg.Approver(approverID); !ok {
+	if _, ok := rp.cfg.Approver(approverID); ok {
+		return rp.createEnrollment(ctx, out, approverID, nil, "one-time enrollment link issued")
+	}
+	k, ok := rp.cfg.People.Lookup(approverID)
+	if !ok {
 		return "", fmt.Errorf("%w %q (not in config)", ErrUnknownApprover, approverID)
 	}
-	return rp.createEnrollment(ctx, out, approverID, nil, "one-time enrollment link issued")
-}
-
-// CreateSelfEnrollment issues a one-time enrollment link to a person the
-// identity provider signed in, for themselves: bound to their approver id
-// and to them, so that the key they register is recorded with who they
-// are there. Recorded as enrollment.created with their issuer, subject,
-// email and auth time. Their first key needs nothing more (the provider
-// vouched for them); a further one, as always, an assertion by a key
-// they already have.
-func (rp *RP) CreateSelfEnrollment(ctx context.Context, out Outbox, person *identity.Person) (string, error) {
-	if len(person.Roles) == 0 {
-		return "", ErrNoRole
-	}
-	return rp.createEnrollment(ctx, out, person.Approver(), person, "self-service enrollment link of a person signed in through the identity provider")
+	return rp.createEnrollment(ctx, out, approverID, &k.Person, "enrollment link of a person of the identity provider")
 }
 
 func (rp *RP) createEnrollment(ctx context.Context, out Outbox, approverID string, person *identity.Person, reason string) (string, error) {

@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/countersign/countersign/approval/ceremony"
 	"github.com/countersign/countersign/identity"
 )
 
@@ -159,11 +158,11 @@ func (s *server) apiSelfEnroll(w http.ResponseWriter, r *http.Request) {
 		s.refuse(w, r, http.StatusForbidden, "signin", "sign in through the identity provider to register your own key")
 		return
 	}
-	link, err := s.svc.CreateSelfEnrollment(r.Context(), p)
-	if errors.Is(err, ceremony.ErrNoRole) {
-		s.refuse(w, r, http.StatusForbidden, "role", err.Error())
+	if len(p.Roles) == 0 {
+		s.refuse(w, r, http.StatusForbidden, "role", "your groups at the identity provider give you no approver role")
 		return
 	}
+	link, err := s.svc.CreateEnrollment(r.Context(), p.Approver())
 	if err != nil {
 		s.fail(w, err)
 		return
