@@ -81,23 +81,17 @@ func (pp *People) Eligible(ctx context.Context, approverID string) error {
 // decision's: ids, and role:NAME for roles of the provider): listed by
 // id, or a person of the provider who, as Eligible finds them now, holds
 // one of the roles named. A standing grant of theirs lets calls through
-// only while this holds (package guard); false with an error when the
-// provider cannot be asked.
-func (pp *People) MayApprove(ctx context.Context, approverID string, approvers []string) (bool, error) {
+// only while this holds (package guard). False when the provider cannot
+// be asked (fail closed; the approval path says why).
+func (pp *People) MayApprove(ctx context.Context, approverID string, approvers []string) bool {
 	if slices.Contains(approvers, approverID) {
-		return true, nil
+		return true
 	}
 	if pp == nil || !IsApproverID(approverID) {
-		return false, nil
+		return false
 	}
 	k, err := pp.current(ctx, approverID)
-	if errors.Is(err, ErrNotEligible) {
-		return false, nil
-	}
-	if err != nil {
-		return false, err
-	}
-	return slices.ContainsFunc(k.Roles, func(r string) bool { return slices.Contains(approvers, "role:"+r) }), nil
+	return err == nil && slices.ContainsFunc(k.Roles, func(r string) bool { return slices.Contains(approvers, "role:"+r) })
 }
 
 // current is the person as the provider says now: what it said within
