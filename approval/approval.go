@@ -49,6 +49,7 @@ import (
 	"github.com/countersign/countersign/approval/sealed"
 	"github.com/countersign/countersign/approval/watch"
 	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/identity"
 	"github.com/countersign/countersign/store"
 )
 
@@ -64,6 +65,7 @@ type Options struct {
 	Origins      []string // exact origins, with port: "http://localhost:8710"
 	PublicURL    string   // base of the links shown to people
 	Approvers    []Approver
+	People       *identity.People // those the identity provider signed in: approvers too
 
 	PollInterval time.Duration // CIBA interval; default 5s
 	EnrollTTL    time.Duration // enrollment link lifetime; default 10m
@@ -203,7 +205,7 @@ func (s *Service) openParts(ctx context.Context) (err error) {
 	s.keys, err = ceremony.New(ctx, s.db, ceremony.Config{
 		RPID: o.RPID, RPName: o.RPName, Origins: o.Origins,
 		EnrollTTL: o.EnrollTTL, Now: o.Now, Logger: o.Logger,
-		Attestation: o.Attestation, AttestationRoots: o.AttestationRoots,
+		Attestation: o.Attestation, AttestationRoots: o.AttestationRoots, People: o.People,
 		Approver: func(id string) (string, bool) {
 			a, ok := s.approvers[id]
 			return a.Name, ok

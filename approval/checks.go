@@ -57,7 +57,7 @@ func (s *Service) verifyAssertion(ctx context.Context, ac assertionCheck, p *pro
 		return nil, err
 	}
 	v, err := s.keys.Verify(ctx, ceremony.Assertion{
-		Session:   ac.session,
+		Session: ac.session, Decision: ac.decision,
 		Challenge: func() ([32]byte, string, error) { return s.challenge(ac) },
 		Allowed:   func(approver string) (vocab.UserVerification, error) { return ac.allowed(reqs, approver) },
 	}, p)

@@ -170,8 +170,8 @@ func applyLevel(r *NewRequest) error {
 // them for its quorum.
 func (s *Service) eligible(r NewRequest) ([]string, error) {
 	var approvers []string
-	for _, id := range r.Approvers {
-		if _, ok := s.approvers[id]; !ok {
+	for _, id := range s.opts.People.Expand(r.Approvers) {
+		if _, ok := s.approvers[id]; !ok && !s.opts.People.Has(id) {
 			return nil, fmt.Errorf("%w: %w %q", ErrInvalidRequest, ceremony.ErrUnknownApprover, id)
 		}
 		if !slices.Contains(approvers, id) {

@@ -306,7 +306,7 @@ func (s *Service) assertionEntry(r *row, decision vocab.Decision, v *verified, n
 	e.AuthenticatorData = ceremony.B64(raw.AuthenticatorData)
 	e.ClientDataJSON = ceremony.B64(raw.ClientDataJSON)
 	e.Signature = ceremony.B64(raw.Signature)
-	return e
+	return s.opts.People.Stamped(e) // who the approver is at the identity provider, if from it
 }
 
 // recordRejected writes approval.rejected for a refused assertion of a

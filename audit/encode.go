@@ -222,6 +222,7 @@ var entryKeys = []string{
 	"client_data_json", "signature", "batch_digests", "batch_position",
 	"grant_id", "grant_seq", "grant_condition", "grant_max_calls", "grant_expires_at",
 	"interrupted_seq",
+	"idp_issuer", "idp_subject", "idp_email", "idp_auth_time", "idp_groups",
 }
 
 // membersOf is the RFC 8785 form of e's members other than seq, time,
@@ -294,6 +295,11 @@ func membersOf(e *Entry, canon func([]byte) ([]byte, error)) ([][]byte, error) {
 	str("grant_id", e.GrantID)
 	integer("grant_max_calls", int64(e.GrantMaxCalls))
 	integer("grant_seq", e.GrantSeq)
+	str("idp_auth_time", e.IdPAuthTime)
+	str("idp_email", e.IdPEmail)
+	strs("idp_groups", e.IdPGroups)
+	str("idp_issuer", e.IdPIssuer)
+	str("idp_subject", e.IdPSubject)
 	integer("interrupted_seq", e.InterruptedSeq)
 	// Kind is never empty (prepare refuses that), matching its lack of omitempty.
 	out = append(out, appendJCSString([]byte(`"kind":`), string(e.Kind)))

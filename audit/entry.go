@@ -109,6 +109,21 @@ type Entry struct {
 	// request's call.reconciled names its request_id instead.
 	InterruptedSeq int64 `json:"interrupted_seq,omitempty"`
 
+	// The person the company's identity provider signed in (identity:
+	// in mcp.yaml), for an approver who came from it: on
+	// enrollment.created and approver.enrolled of a self-service link,
+	// and on key decisions (approval.assertion, approval.denied). Issuer
+	// and subject name them (the approver id is derived from the two);
+	// email is as the provider said; auth_time is when they
+	// authenticated there (RFC 3339); groups (decisions) are the groups
+	// the provider listed at that moment, which made them eligible
+	// under the policy's identity roles.
+	IdPIssuer   string   `json:"idp_issuer,omitempty"`
+	IdPSubject  string   `json:"idp_subject,omitempty"`
+	IdPEmail    string   `json:"idp_email,omitempty"`
+	IdPAuthTime string   `json:"idp_auth_time,omitempty"`
+	IdPGroups   []string `json:"idp_groups,omitempty"`
+
 	PrevHash string `json:"prev_hash"`
 	Hash     string `json:"hash,omitempty"`
 	Sig      string `json:"sig,omitempty"`

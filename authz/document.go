@@ -23,6 +23,11 @@ type Document struct {
 	Facts          map[string][]string     `json:"facts,omitempty"`
 	// Upstreams give the level of upstream tools not listed under tools.
 	Upstreams []DocumentUpstream `json:"upstreams,omitempty"`
+	// IdentityRoles is identity.roles (Options.IdentityRoles): which
+	// groups of the company's identity provider grant each role. Left
+	// out without a provider, so that such a policy's document is what
+	// it was before.
+	IdentityRoles map[string][]string `json:"identity_roles,omitempty"`
 }
 
 // DocumentUpstream is what of a config.Upstream decides: how its tools are
@@ -76,7 +81,7 @@ type DocumentApprover struct {
 // NewDocument is the document of the policy Compile(tools, approvers,
 // opts) builds.
 func NewDocument(tools map[string]config.Tool, approvers []config.Approver, opts Options) Document {
-	d := Document{Tools: map[string]DocumentTool{}, DefaultTimeout: opts.DefaultTimeout.String()}
+	d := Document{Tools: map[string]DocumentTool{}, DefaultTimeout: opts.DefaultTimeout.String(), IdentityRoles: opts.IdentityRoles}
 	for name, t := range tools {
 		dt := DocumentTool{Level: t.Level, Approvers: t.Approvers, Quorum: t.Quorum, UserVerification: t.UserVerification, Wait: t.Wait, Batchable: t.Batchable}
 		if t.Timeout != 0 {
@@ -152,5 +157,5 @@ func (d Document) Compile() (*Policy, error) {
 	for _, u := range d.Upstreams {
 		ups = append(ups, config.Upstream{Name: u.Name, Prefix: u.Prefix, DefaultLevel: u.DefaultLevel, Approvers: u.Approvers})
 	}
-	return Compile(tools, approvers, Options{DefaultTimeout: def, Facts: d.Facts, Upstreams: ups, replay: true})
+	return Compile(tools, approvers, Options{DefaultTimeout: def, Facts: d.Facts, Upstreams: ups, IdentityRoles: d.IdentityRoles, replay: true})
 }

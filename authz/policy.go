@@ -84,6 +84,12 @@ type Options struct {
 	// Logger hears of policy evaluations that panic and of rules kept but
 	// not evaluated; default: discard.
 	Logger *slog.Logger
+	// IdentityRoles is identity.roles: each role that people of the
+	// company's identity provider hold through its groups. A role:NAME
+	// it maps stays in a decision's approvers as "role:NAME", for the
+	// approval service to turn into the people who hold it when the
+	// request is made; the role needs no approver in the list then.
+	IdentityRoles map[string][]string
 
 	// replay also builds, per rule, a program for Policy.Replay.
 	replay bool
@@ -521,7 +527,9 @@ func (c *compiler) resolve(path string, entries []string) []string {
 					n++
 				}
 			}
-			if role == "" || n == 0 {
+			if _, idp := c.opts.IdentityRoles[role]; idp && role != "" {
+				ids = append(ids, e)
+			} else if role == "" || n == 0 {
 				c.badApprovers = true
 				c.fail(ep, "no approver has role %q", role)
 			}
@@ -605,13 +613,18 @@ func (c *compiler) checkApprovers(p string, t *tool, ct config.Tool) {
 	}
 	for _, q := range quorums {
 		for _, s := range sets {
-			if len(s.ids) > 0 && q.n > len(s.ids) {
+			// A role of the identity provider may be held by any number.
+			if len(s.ids) > 0 && q.n > len(s.ids) && !slices.ContainsFunc(s.ids, isRole) {
 				c.fail(q.path, "critical quorum %d exceeds the %d distinct approver(s) allowed by %s (%s)",
 					q.n, len(s.ids), s.path, strings.Join(s.ids, ", "))
 			}
 		}
 	}
 }
+
+// isRole reports whether an approvers entry is a role of the identity
+// provider (Options.IdentityRoles) rather than an approver id.
+func isRole(id string) bool { return strings.HasPrefix(id, "role:") }
 
 // MayCountersign reports whether some call of tool can need a human's
 // countersignature: its level, or a rule's, is high or critical. A tool

@@ -30,6 +30,7 @@ type Config struct {
 	Upstreams []Upstream      `mapstructure:"upstreams"`
 	Limits    Limits          `mapstructure:"limits"`
 	Notify    []Notify        `mapstructure:"notify"`
+	Identity  Identity        `mapstructure:"identity"`
 
 	// Source is the file the config came from, or "(embedded default)".
 	Source string `mapstructure:"-"`
@@ -122,6 +123,10 @@ type Approval struct {
 	// before common clients' 60 s request timeouts cut it. 0: the call
 	// waits until the request is decided or expires.
 	BlockFor time.Duration `mapstructure:"block_for"`
+	// MaxAuthAge bounds how long ago an approver signed in through the
+	// identity provider (its auth_time): past it the page sends them to
+	// the provider to sign in again.
+	MaxAuthAge time.Duration `mapstructure:"max_auth_age"`
 
 	derived derivedFields // which of the fields above Derive filled in
 }

@@ -9,11 +9,14 @@ import (
 
 // Encode renders c as YAML in the same shape mcp.yaml is written in, for
 // `countersign config print`.
-// store.url's password is printed as xxxxx.
+// store.url's password and identity.client_secret are printed as xxxxx.
 func Encode(c *Config) ([]byte, error) {
 	shown := *c
 	if shown.Store.URL != "" {
 		shown.Store.URL = c.Store.Redacted()
+	}
+	if shown.Identity.ClientSecret != "" {
+		shown.Identity.ClientSecret = "xxxxx"
 	}
 	return yaml.Marshal(plain(reflect.ValueOf(shown)))
 }

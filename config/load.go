@@ -285,4 +285,12 @@ var defaults = map[string]any{
 	"limits.pending_total":           200,
 	"limits.calls_per_second":        50,
 	"limits.call_burst":              100,
+	"approval.max_auth_age":          DefaultMaxAuthAge.String(),
+	"identity.issuer":                "", // none: approvers come from the YAML list only
+	"identity.client_id":             "",
+	"identity.client_secret":         "", // better: COUNTERSIGN_IDENTITY_CLIENT_SECRET
+	"identity.scopes":                []string{"openid", "email", "profile"},
+	"identity.subject_claim":         "sub",
+	"identity.groups_claim":          "groups",
+	"identity.recheck":               "5m",
 }

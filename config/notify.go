@@ -88,6 +88,11 @@ func (c *Config) validateNotify(v *validator) {
 			roles[r] = true
 		}
 	}
+	if c.Identity.Enabled() {
+		for r := range c.Identity.Roles { // held by people of the identity provider
+			roles[r] = true
+		}
+	}
 	for i, n := range c.Notify {
 		p := fmt.Sprintf("notify[%d]", i)
 		v.oneOf(p+".type", n.Type, NotifyWebhook, NotifySlack, NotifyNtfy)

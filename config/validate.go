@@ -53,6 +53,7 @@ func (c *Config) validate() []problem {
 	c.validateLimits(&v)
 	c.validateUpstreams(&v)
 	c.validateNotify(&v)
+	c.validateIdentity(&v)
 	c.validateTools(&v)
 	return v.problems
 }

@@ -24,6 +24,13 @@ type Grants interface {
 	UseGrant(ctx context.Context, id string) (*grant.Use, error)
 }
 
+// People say whether a grant's approver, a person of the identity
+// provider, holds a role:NAME among a decision's approvers now (false
+// while the provider cannot be asked); *identity.People satisfies it.
+type People interface {
+	MayApprove(ctx context.Context, approver string, approvers []string) bool
+}
+
 // grantOffer is the grant the approver of a call's request is offered, if
 // the policy allows grants on the tool: its condition derived from the
 // call (authz.ProposeGrant) and the policy's caps. nil when none.
@@ -56,7 +63,7 @@ func (g *Guard) viaGrant(ctx context.Context, spec *tools.Spec, call *tools.Call
 		return nil, false
 	}
 	for _, gr := range grants {
-		if !slices.Contains(d.Approvers, gr.Approver) {
+		if !slices.Contains(d.Approvers, gr.Approver) && (g.opts.People == nil || !g.opts.People.MayApprove(ctx, gr.Approver, d.Approvers)) {
 			continue
 		}
 		cond, err := g.condition(gr)

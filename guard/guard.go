@@ -172,6 +172,9 @@ type Options struct {
 	// Grants, when set, lets standing grants carry calls at high
 	// (grant.go); nil: every such call waits for a human.
 	Grants Grants
+	// People, when set, let grants of the identity provider's people apply
+	// only while they hold a role the decision names (grant.go).
+	People People
 	// Evidence and Tokens issue approval tokens (package token): the
 	// result of a countersigned call carries one in
 	// _meta["countersign/approval"], the tool gets it in tools.Call.Approval

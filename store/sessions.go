@@ -13,7 +13,8 @@ import (
 // is honoured by every replica behind the same URL. A row holds the
 // SHA-256 of the session cookie, never the cookie: reading the table
 // does not sign anyone in. Expired rows are deleted as new sessions
-// begin.
+// begin. A sign-in through the identity provider also keeps what the
+// provider said of the person (identity, JSON the page writes and reads).
 type SignInSessions struct{ db *DB }
 
 func sessionsSchema(d Dialect) string {
@@ -37,34 +38,52 @@ func OpenSignInSessions(ctx context.Context, db *DB) (*SignInSessions, error) {
 	if _, err := db.ExecContext(ctx, sessionsSchema(db.Dialect())); err != nil {
 		return nil, fmt.Errorf("store: sign-in sessions: %w", err)
 	}
+	// Sessions through the identity provider (issue 25) keep the person.
+	err := db.Migrate(ctx, "approval_sessions", func(ctx context.Context, tx *sql.Tx, d Dialect) error {
+		has, err := HasColumn(ctx, tx, d, "approval_sessions", "identity")
+		if err != nil || has {
+			return err
+		}
+		_, err = tx.ExecContext(ctx, `ALTER TABLE approval_sessions ADD COLUMN identity TEXT NOT NULL DEFAULT ''`)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
 	return &SignInSessions{db: db}, nil
 }
 
 // StartSession records that the cookie whose SHA-256 is tokenSHA256
-// signs approver in until expires, and forgets the sessions that have
+// signs approver in until expires (with identity, what the identity
+// provider said of them, or nil), and forgets the sessions that have
 // expired.
-func (s *SignInSessions) StartSession(ctx context.Context, tokenSHA256 [32]byte, approver string, expires time.Time) error {
+func (s *SignInSessions) StartSession(ctx context.Context, tokenSHA256 [32]byte, approver string, identity []byte, expires time.Time) error {
 	now := time.Now()
 	if _, err := s.db.ExecContext(ctx, `DELETE FROM approval_sessions WHERE expires <= ?`, now.UnixMilli()); err != nil {
 		return fmt.Errorf("store: sign-in sessions: %w", err)
 	}
-	if _, err := s.db.ExecContext(ctx, `INSERT INTO approval_sessions (token_sha256, approver, expires, created) VALUES (?, ?, ?, ?)`,
-		tokenSHA256[:], approver, expires.UnixMilli(), now.UnixMilli()); err != nil {
+	if _, err := s.db.ExecContext(ctx, `INSERT INTO approval_sessions (token_sha256, approver, identity, expires, created) VALUES (?, ?, ?, ?, ?)`,
+		tokenSHA256[:], approver, string(identity), expires.UnixMilli(), now.UnixMilli()); err != nil {
 		return fmt.Errorf("store: sign-in sessions: %w", err)
 	}
 	return nil
 }
 
 // Session returns the approver the cookie whose SHA-256 is tokenSHA256
-// signs in at now; ok is false for an unknown or expired session.
-func (s *SignInSessions) Session(ctx context.Context, tokenSHA256 [32]byte, now time.Time) (approver string, ok bool, err error) {
-	err = s.db.QueryRowContext(ctx, `SELECT approver FROM approval_sessions WHERE token_sha256 = ? AND expires > ?`,
-		tokenSHA256[:], now.UnixMilli()).Scan(&approver)
+// signs in at now, and the identity kept with it (nil: none); ok is false
+// for an unknown or expired session.
+func (s *SignInSessions) Session(ctx context.Context, tokenSHA256 [32]byte, now time.Time) (approver string, identity []byte, ok bool, err error) {
+	var id string
+	err = s.db.QueryRowContext(ctx, `SELECT approver, identity FROM approval_sessions WHERE token_sha256 = ? AND expires > ?`,
+		tokenSHA256[:], now.UnixMilli()).Scan(&approver, &id)
 	if errors.Is(err, sql.ErrNoRows) {
-		return "", false, nil
+		return "", nil, false, nil
 	}
 	if err != nil {
-		return "", false, fmt.Errorf("store: sign-in sessions: %w", err)
+		return "", nil, false, fmt.Errorf("store: sign-in sessions: %w", err)
 	}
-	return approver, true, nil
+	if id != "" {
+		identity = []byte(id)
+	}
+	return approver, identity, true, nil
 }

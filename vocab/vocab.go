@@ -123,6 +123,10 @@ const (
 	KindGrantRevoked      Kind = "grant.revoked"      // a standing grant was revoked on the page; Approver says by whom
 	KindAgentFrozen       Kind = "agent.frozen"       // an agent's calls are refused from now on ("*": every agent); Approver says by whom
 	KindAgentUnfrozen     Kind = "agent.unfrozen"     // a freeze was lifted; Approver says by whom
+	// KindApproverSuspended: the identity provider no longer puts a person
+	// in a group that grants a role; their approvals are refused (their
+	// keys suspended for approving) until it does again.
+	KindApproverSuspended Kind = "approver.suspended"
 	// Upstream tools' pinned definitions (tools/upstream); Result says
 	// which upstream, tool and definition hashes.
 	KindToolPinned   Kind = "tool.pinned"   // an upstream tool's definition was pinned on the upstream's first connection
@@ -142,7 +146,7 @@ func Kinds() []Kind {
 		KindApprovalExpired, KindApprovalCancelled, KindApprovalRejected, KindApproverEnrolled,
 		KindCredentialRevoked, KindEnrollmentCreated, KindPolicyLoaded, KindNotifySent,
 		KindGrantRevoked, KindAgentFrozen, KindAgentUnfrozen, KindToolPinned, KindToolChanged,
-		KindToolAccepted, KindRollbackAccepted}
+		KindToolAccepted, KindRollbackAccepted, KindApproverSuspended}
 }
 
 // ParseKind returns the kind s names, or an error naming none: the list is long.

@@ -58,6 +58,28 @@ func NewPageFrom(addr, origin string, from net.IP) *Page {
 	}
 }
 
+// NewPageWithClient is NewPage over client, whose cookies (a session
+// begun through the identity provider) go with every request; client
+// must reach the page at origin.
+func NewPageWithClient(client *http.Client, origin string) *Page {
+	p := NewPage("", origin)
+	p.client = client
+	return p
+}
+
+// EnrollSelf asks the page for a self-service enrollment link (the
+// session of a person signed in through the identity provider) and
+// registers key through it, as their first key. It returns the link.
+func (p *Page) EnrollSelf(key *SoftKey) (string, error) {
+	var out struct {
+		URL string `json:"url"`
+	}
+	if err := p.do(http.MethodPost, "/api/self-enroll", struct{}{}, &out); err != nil {
+		return "", err
+	}
+	return out.URL, p.Enroll(out.URL, key)
+}
+
 // Error is a refusal from the page: its status, the check that refused
 // and the message.
 type Error struct {

@@ -12,6 +12,7 @@ import (
 	"github.com/go-webauthn/webauthn/protocol"
 	"github.com/go-webauthn/webauthn/webauthn"
 
+	"github.com/countersign/countersign/identity"
 	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/vocab"
 )
@@ -35,6 +36,10 @@ type Assertion struct {
 	// Allowed says whether the key's approver may sign, and the user
 	// verification the assertion needs.
 	Allowed func(approver string) (vocab.UserVerification, error)
+	// Decision is what the assertion decides. An approval by a person of
+	// the identity provider also needs the provider to vouch for them
+	// still (Config.People); a denial never waits on the provider.
+	Decision vocab.Decision
 }
 
 // ParseAssertion is the untrusted-input parser: the page's cred.toJSON().
@@ -86,6 +91,9 @@ func (rp *RP) Verify(ctx context.Context, a Assertion, p *protocol.ParsedCredent
 	}
 	uv, err := a.Allowed(key.Approver)
 	if err != nil {
+		return nil, err
+	}
+	if err := rp.stillEligible(ctx, a.Decision, key.Approver); err != nil {
 		return nil, err
 	}
 	if !slices.ContainsFunc(a.Session.AllowedCredentialIDs, func(id []byte) bool { return bytes.Equal(id, p.RawID) }) {
@@ -201,4 +209,26 @@ func (rp *RP) checkSignature(ctx context.Context, a Assertion, p *protocol.Parse
 		return nil, Failf(ErrCounter, "go-webauthn flagged a possible clone")
 	}
 	return updated, nil
+}
+
+// stillEligible asks, for an approval by a person of the identity
+// provider, whether the provider still vouches for them (People.Eligible:
+// what it said within identity.recheck, else asked again). A person it no
+// longer puts in a mapped group is refused, and so is everyone from it
+// while it cannot be asked: approvals fail closed. Denials are not asked
+// about.
+func (rp *RP) stillEligible(ctx context.Context, decision vocab.Decision, approver string) error {
+	if decision == vocab.Deny || rp.cfg.People == nil {
+		return nil
+	}
+	err := rp.cfg.People.Eligible(ctx, approver)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, identity.ErrUnreachable):
+		return Failf(ErrProviderUnreachable, "%v", err)
+	case errors.Is(err, identity.ErrNotEligible):
+		return Failf(ErrNotEligible, "%v", err)
+	}
+	return err
 }

@@ -30,6 +30,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/countersign/countersign/identity"
 	"github.com/countersign/countersign/store"
 
 	"github.com/countersign/countersign/vocab"
@@ -59,6 +60,13 @@ type Config struct {
 	// Approver returns a configured approver's display name; ok is false
 	// for one not (or no longer) in the configuration.
 	Approver func(id string) (name string, ok bool)
+
+	// People, when set, are the people of the company's identity
+	// provider: approvers beside those of Approver, known by their
+	// derived ids; an approval by one of them holds only while the
+	// provider still puts them in a group that maps to a role
+	// (People.Eligible).
+	People *identity.People
 }
 
 // RP is the relying party over the database's key and ceremony tables.
@@ -83,6 +91,9 @@ func New(ctx context.Context, db *store.DB, cfg Config) (*RP, error) {
 		if err := db.CreateTables(ctx, stmt); err != nil {
 			return nil, fmt.Errorf("approval: create tables: %w", err)
 		}
+	}
+	if err := db.Migrate(ctx, "approval_enrollments", migrations...); err != nil {
+		return nil, err
 	}
 	return &RP{db: db, cfg: cfg, wa: wa}, nil
 }
@@ -128,11 +139,37 @@ var schema = []string{
 	)`,
 }
 
+// migrations change the tables of older versions.
+var migrations = []store.Migration{
+	// A self-service link (issue 25) keeps who made it at the identity
+	// provider: JSON of identity.Person, '' for an admin's link.
+	func(ctx context.Context, tx *sql.Tx, d store.Dialect) error {
+		// A database whose schema_version was lost may have it already.
+		has, err := store.HasColumn(ctx, tx, d, "approval_enrollments", "identity")
+		if err != nil || has {
+			return err
+		}
+		_, err = tx.ExecContext(ctx, `ALTER TABLE approval_enrollments ADD COLUMN identity TEXT NOT NULL DEFAULT ''`)
+		return err
+	},
+}
+
 func (rp *RP) now() time.Time { return rp.cfg.Now() }
+
+// approver is a configured approver's display name, or the name of a
+// person of the identity provider (Config.People); ok is false for
+// neither.
+func (rp *RP) approver(id string) (string, bool) {
+	if name, ok := rp.cfg.Approver(id); ok || rp.cfg.People == nil {
+		return name, ok
+	}
+	k, ok := rp.cfg.People.Lookup(id)
+	return k.DisplayName(), ok
+}
 
 // approverName is the configured display name, or the id.
 func (rp *RP) approverName(id string) string {
-	if name, ok := rp.cfg.Approver(id); ok && name != "" {
+	if name, ok := rp.approver(id); ok && name != "" {
 		return name
 	}
 	return id

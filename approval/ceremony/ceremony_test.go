@@ -57,7 +57,7 @@ func (f *fixture) enroll(t *testing.T, approver string, key *approvaltest.SoftKe
 	ctx := context.Background()
 	var token string
 	if err := f.inTx(t, func(tx *sql.Tx) (err error) {
-		token, _, err = f.rp.AddLink(ctx, tx, approver)
+		token, _, err = f.rp.AddLink(ctx, tx, approver, nil)
 		return err
 	}); err != nil {
 		t.Fatal(err)
@@ -158,7 +158,7 @@ func TestSecondKeyNeedsAVouch(t *testing.T) {
 		f.enroll(t, "alice", first)
 		var token string
 		if err := f.inTx(t, func(tx *sql.Tx) (err error) {
-			token, _, err = f.rp.AddLink(ctx, tx, "alice")
+			token, _, err = f.rp.AddLink(ctx, tx, "alice", nil)
 			return err
 		}); err != nil {
 			t.Fatal(err)

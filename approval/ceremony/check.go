@@ -53,6 +53,9 @@ var (
 	ErrUserVerification     = &CheckError{Check: "user_verification", Words: "user verification was required and not reported"}          // UV required and not set
 	ErrSignature            = &CheckError{Check: "signature", Words: "the signature did not verify"}                                     // go-webauthn refused it (signature and the rest)
 	ErrCounter              = &CheckError{Check: "counter", Words: "the sign counter did not increase: possible cloned key"}             // sign counter did not increase
+	// A person of the identity provider (identity:) approving.
+	ErrNotEligible         = &CheckError{Check: "not_eligible", Words: "the identity provider no longer puts the approver in a group that grants an approver role"}
+	ErrProviderUnreachable = &CheckError{Check: "identity_provider_unreachable", Words: "the identity provider could not be asked whether the approver may still approve; approvals fail closed"}
 )
 
 // Reason is the audit reason for a refusal: the check's name and its fixed

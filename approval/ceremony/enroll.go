@@ -16,6 +16,7 @@ import (
 	"github.com/go-webauthn/webauthn/webauthn"
 
 	"github.com/countersign/countersign/attest"
+	"github.com/countersign/countersign/identity"
 	"github.com/countersign/countersign/store"
 )
 
@@ -26,9 +27,19 @@ var (
 )
 
 // AddLink stores a new one-time enrollment link for approverID inside tx:
-// single use, valid for Config.EnrollTTL, bound to that approver. It
-// returns the link's token and when it expires.
-func (rp *RP) AddLink(ctx context.Context, tx *sql.Tx, approverID string) (string, time.Time, error) {
+// single use, valid for Config.EnrollTTL, bound to that approver, and
+// with person, to the person the identity provider signed in (a link they
+// made themselves: the key they register is recorded with who they are
+// there). It returns the link's token and when it expires.
+func (rp *RP) AddLink(ctx context.Context, tx *sql.Tx, approverID string, person *identity.Person) (string, time.Time, error) {
+	var who string
+	if person != nil {
+		b, err := json.Marshal(person)
+		if err != nil {
+			return "", time.Time{}, err
+		}
+		who = string(b)
+	}
 	tok := make([]byte, 32)
 	if _, err := rand.Read(tok); err != nil {
 		return "", time.Time{}, err
@@ -37,8 +48,8 @@ func (rp *RP) AddLink(ctx context.Context, tx *sql.Tx, approverID string) (strin
 	hash := sha256.Sum256([]byte(token))
 	now := rp.now()
 	expires := now.Add(rp.cfg.EnrollTTL)
-	_, err := tx.ExecContext(ctx, `INSERT INTO approval_enrollments (token_hash, approver_id, created_at, expires_at) VALUES (?,?,?,?)`,
-		hash[:], approverID, now.UnixNano(), expires.UnixNano())
+	_, err := tx.ExecContext(ctx, `INSERT INTO approval_enrollments (token_hash, approver_id, created_at, expires_at, identity) VALUES (?,?,?,?,?)`,
+		hash[:], approverID, now.UnixNano(), expires.UnixNano(), who)
 	return token, expires, err
 }
 
@@ -73,6 +84,7 @@ type enrollment struct {
 	verified   bool
 	vouchedBy  []byte // the existing key whose assertion allowed a further key
 	expires    time.Time
+	person     *identity.Person // who made the link at the identity provider; nil: an admin's link
 }
 
 func (rp *RP) enrollment(ctx context.Context, token string) (*enrollment, error) {
@@ -83,14 +95,21 @@ func (rp *RP) enrollment(ctx context.Context, token string) (*enrollment, error)
 	var (
 		e                         enrollment
 		expires, verified, usedAt int64
+		who                       string
 	)
-	err := rp.db.QueryRowContext(ctx, `SELECT approver_id, expires_at, verified_at, verified_by, used_at FROM approval_enrollments WHERE token_hash = ?`, hash[:]).
-		Scan(&e.approverID, &expires, &verified, &e.vouchedBy, &usedAt)
+	err := rp.db.QueryRowContext(ctx, `SELECT approver_id, expires_at, verified_at, verified_by, used_at, identity FROM approval_enrollments WHERE token_hash = ?`, hash[:]).
+		Scan(&e.approverID, &expires, &verified, &e.vouchedBy, &usedAt, &who)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, ErrEnrollment
 	}
 	if err != nil {
 		return nil, err
+	}
+	if who != "" {
+		e.person = new(identity.Person)
+		if err := json.Unmarshal([]byte(who), e.person); err != nil {
+			return nil, fmt.Errorf("approval: enrollment link's identity: %w", err)
+		}
 	}
 	e.hash = hash[:]
 	e.verified = verified != 0
@@ -98,7 +117,7 @@ func (rp *RP) enrollment(ctx context.Context, token string) (*enrollment, error)
 	if usedAt != 0 || !rp.now().Before(e.expires) {
 		return nil, ErrEnrollment
 	}
-	if _, ok := rp.cfg.Approver(e.approverID); !ok {
+	if _, ok := rp.approver(e.approverID); !ok {
 		return nil, fmt.Errorf("%w: approver %q is no longer configured", ErrEnrollment, e.approverID)
 	}
 	return &e, nil
@@ -184,6 +203,9 @@ type Registration struct {
 	UserVerified                      bool
 	Number                            int    // the approver's how-manieth key
 	VouchedBy                         string // base64url id of the key that vouched for it, if any
+	// Person is who made the link at the identity provider (a
+	// self-service link); nil for an admin's link.
+	Person *identity.Person
 
 	link []byte
 	cred *webauthn.Credential
@@ -323,6 +345,7 @@ func (rp *RP) register(e *enrollment, existing []*Key, user approverUser, sessio
 		Origin:            p.Response.CollectedClientData.Origin,
 		UserVerified:      p.Response.AttestationObject.AuthData.Flags.HasUserVerified(),
 		Number:            len(existing) + 1,
+		Person:            e.person,
 		link:              e.hash,
 		cred:              cred,
 		json:              credJSON,

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/identity"
 	"github.com/countersign/countersign/vocab"
 )
 
@@ -26,24 +27,40 @@ type Outbox interface {
 // returns its token: single use, valid for Config.EnrollTTL, bound to that
 // approver. Recorded as enrollment.created; a link whose entry could not
 // be appended is used up at once.
+//
+// A link for a person of the identity provider (Config.People: the page
+// makes one when they ask, signed in there) is bound to them as the
+// provider last described them, so that the key they register is
+// recorded with who they are there: enrollment.created and
+// approver.enrolled carry their issuer, subject, email and auth time.
 func (rp *RP) CreateEnrollment(ctx context.Context, out Outbox, approverID string) (string, error) {
-	if _, ok := rp.cfg.Approver(approverID); !ok {
+	if _, ok := rp.cfg.Approver(approverID); ok {
+		return rp.createEnrollment(ctx, out, approverID, nil, "one-time enrollment link issued")
+	}
+	k, ok := rp.cfg.People.Lookup(approverID)
+	if !ok {
 		return "", fmt.Errorf("%w %q (not in config)", ErrUnknownApprover, approverID)
 	}
+	return rp.createEnrollment(ctx, out, approverID, &k.Person, "enrollment link of a person of the identity provider")
+}
+
+func (rp *RP) createEnrollment(ctx context.Context, out Outbox, approverID string, person *identity.Person, reason string) (string, error) {
 	var token string
 	// Each run makes a new link; token is the committed run's.
 	err := out.InTx(ctx, func(tx *sql.Tx) error {
-		t, expires, err := rp.AddLink(ctx, tx, approverID)
+		t, expires, err := rp.AddLink(ctx, tx, approverID, person)
 		if err != nil {
 			return err
 		}
 		token = t
-		return out.Enqueue(ctx, tx, audit.Entry{
+		e := audit.Entry{
 			Kind:      vocab.KindEnrollmentCreated,
 			Approver:  approverID,
 			ExpiresAt: expires.UTC().Format(time.RFC3339),
-			Reason:    "one-time enrollment link issued",
-		})
+			Reason:    reason,
+		}
+		withPerson(&e, person, false)
+		return out.Enqueue(ctx, tx, e)
 	})
 	if err != nil {
 		return "", fmt.Errorf("approval: create enrollment: %w", err)
@@ -94,7 +111,7 @@ func (rp *RP) recordEnrolled(ctx context.Context, out Outbox, reg *Registration)
 		if err := rp.StoreKey(ctx, tx, reg); err != nil {
 			return err
 		}
-		return out.Enqueue(ctx, tx, audit.Entry{
+		e := audit.Entry{
 			Kind:         vocab.KindApproverEnrolled,
 			Approver:     reg.Approver,
 			CredentialID: reg.CredentialID,
@@ -107,12 +124,28 @@ func (rp *RP) recordEnrolled(ctx context.Context, out Outbox, reg *Registration)
 			RPID:              rp.cfg.RPID,
 			UserVerified:      reg.UserVerified,
 			Reason:            fmt.Sprintf("key %d of %s; attestation %s%s", reg.Number, reg.Approver, reg.Format, vouch),
-		})
+		}
+		withPerson(&e, reg.Person, false)
+		return out.Enqueue(ctx, tx, e)
 	})
 	if err != nil {
 		return err
 	}
 	return out.Flush(ctx)
+}
+
+// withPerson records on e who the identity provider said the person is:
+// issuer, subject, email and auth time, and with groups (a decision) the
+// groups it listed then. Nothing for nil (an approver from mcp.yaml).
+func withPerson(e *audit.Entry, p *identity.Person, groups bool) {
+	if p == nil {
+		return
+	}
+	e.IdPIssuer, e.IdPSubject, e.IdPEmail = p.Issuer, p.Subject, p.Email
+	e.IdPAuthTime = p.AuthTime.UTC().Format(time.RFC3339)
+	if groups {
+		e.IdPGroups = append([]string{}, p.Groups...)
+	}
 }
 
 // RevokeAndRecord revokes a key (by its base64url id) and records

@@ -77,7 +77,7 @@ func (rp *RP) FinishSignIn(ctx context.Context, ceremony string, credential json
 	if err := rp.use(ctx, rp.db, cred, updated, p.Response.AuthenticatorData.Counter); err != nil {
 		return "", err
 	}
-	if _, ok := rp.cfg.Approver(cred.Approver); !ok {
+	if _, ok := rp.approver(cred.Approver); !ok {
 		return "", errors.Join(ErrUnknownApprover, Failf(ErrApproverNotAllowed, "the key's approver is no longer in the config"))
 	}
 	return cred.Approver, nil

@@ -5,6 +5,9 @@ import (
 	"net/url"
 	"strings"
 	"time"
+
+	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/identity"
 )
 
 // Options configure the page. Whoever wires the page sets them from the
@@ -29,6 +32,15 @@ type Options struct {
 	// reads them (the database); nil: in this process's memory.
 	Sessions Sessions
 
+	// Identity, when set, signs people in through the company's
+	// identity provider (oidc.go), and the page then always needs a
+	// sign-in. People keeps what the provider said of each; MaxAuthAge
+	// (approval.max_auth_age, default config.DefaultMaxAuthAge) ends a
+	// session when the person's login at the provider is that old.
+	Identity   *identity.Provider
+	People     *identity.People
+	MaxAuthAge time.Duration
+
 	Logger *slog.Logger // default: discard
 }
 
@@ -42,6 +54,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.MaxBodyBytes <= 0 {
 		o.MaxBodyBytes = DefaultMaxBodyBytes
+	}
+	if o.MaxAuthAge <= 0 {
+		o.MaxAuthAge = config.DefaultMaxAuthAge
 	}
 	if o.SessionTTL <= 0 {
 		o.SessionTTL = DefaultSessionTTL

@@ -16,6 +16,7 @@ import (
 	"github.com/countersign/countersign/approval/freeze"
 	"github.com/countersign/countersign/approval/grant"
 	"github.com/countersign/countersign/authzdetails"
+	"github.com/countersign/countersign/identity"
 )
 
 // Rendering: the templates and static files, and what the templates are
@@ -127,11 +128,21 @@ type pageData struct {
 	QR           *qrCode    // this page's public URL, for a phone to scan
 	MaxBatch     int        // the pending list: how many one tap may approve
 	Batch        *batchView // the batch confirmation page
+	// Sign-in through the identity provider (oidc.go): its issuer on the
+	// sign-in page, what went wrong, and who is signed in.
+	Provider string
+	Problem  string
+	Person   *identity.Person
 }
 
 func (s *server) render(w http.ResponseWriter, r *http.Request, name string, d pageData) {
+	s.renderStatus(w, r, http.StatusOK, name, d)
+}
+
+func (s *server) renderStatus(w http.ResponseWriter, r *http.Request, status int, name string, d pageData) {
 	d.CSRF = csrfToken(w, r)
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.WriteHeader(status)
 	if err := pages.ExecuteTemplate(w, name, d); err != nil {
 		s.opts.Logger.Error("approval page: render", "page", name, "err", err)
 	}

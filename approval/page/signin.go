@@ -5,10 +5,13 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
+	"encoding/json"
 	"net/http"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/countersign/countersign/identity"
 )
 
 // Sign-in: a page that may be reached from beyond this machine
@@ -35,45 +38,54 @@ const (
 type signedIn struct {
 	approver string
 	expires  time.Time
+	person   *identity.Person // signed in through the identity provider (oidc.go); nil: with a key
 }
 
 // Sessions keep sign-in sessions beyond this process; *store.SignInSessions
 // satisfies it. A session is known by the SHA-256 of its cookie.
 type Sessions interface {
-	StartSession(ctx context.Context, tokenSHA256 [32]byte, approver string, expires time.Time) error
-	Session(ctx context.Context, tokenSHA256 [32]byte, now time.Time) (approver string, ok bool, err error)
+	StartSession(ctx context.Context, tokenSHA256 [32]byte, approver string, identity []byte, expires time.Time) error
+	Session(ctx context.Context, tokenSHA256 [32]byte, now time.Time) (approver string, identity []byte, ok bool, err error)
 }
 
 // sessions are the signed-in approvers, by SHA-256 of their cookie: in
 // kept when set, else in m.
 type sessions struct {
 	kept Sessions
+	now  func() time.Time // the service's clock
 
 	mu sync.Mutex
 	m  map[[32]byte]signedIn
 }
 
-func (ss *sessions) add(ctx context.Context, approver string, expires time.Time) (string, error) {
+func (ss *sessions) add(ctx context.Context, approver string, person *identity.Person, expires time.Time) (string, error) {
 	b := make([]byte, 32)
 	if _, err := rand.Read(b); err != nil {
 		return "", err
 	}
 	tok := base64.RawURLEncoding.EncodeToString(b)
 	if ss.kept != nil {
-		if err := ss.kept.StartSession(ctx, sha256.Sum256([]byte(tok)), approver, expires); err != nil {
+		var id []byte
+		if person != nil {
+			var err error
+			if id, err = json.Marshal(person); err != nil {
+				return "", err
+			}
+		}
+		if err := ss.kept.StartSession(ctx, sha256.Sum256([]byte(tok)), approver, id, expires); err != nil {
 			return "", err
 		}
 		return tok, nil
 	}
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
-	now := time.Now()
+	now := ss.now()
 	for k, v := range ss.m { // drop the expired as new ones come
 		if !now.Before(v.expires) {
 			delete(ss.m, k)
 		}
 	}
-	ss.m[sha256.Sum256([]byte(tok))] = signedIn{approver: approver, expires: expires}
+	ss.m[sha256.Sum256([]byte(tok))] = signedIn{approver: approver, expires: expires, person: person}
 	return tok, nil
 }
 
@@ -81,8 +93,15 @@ func (ss *sessions) add(ctx context.Context, approver string, expires time.Time)
 // is no session (the error says why): the visitor signs in again.
 func (ss *sessions) get(ctx context.Context, tok string, now time.Time) (signedIn, bool, error) {
 	if ss.kept != nil {
-		approver, ok, err := ss.kept.Session(ctx, sha256.Sum256([]byte(tok)), now)
-		return signedIn{approver: approver}, ok && err == nil, err
+		approver, id, ok, err := ss.kept.Session(ctx, sha256.Sum256([]byte(tok)), now)
+		s := signedIn{approver: approver}
+		if ok && err == nil && id != nil {
+			s.person = new(identity.Person)
+			if err := json.Unmarshal(id, s.person); err != nil {
+				return signedIn{}, false, err
+			}
+		}
+		return s, ok && err == nil, err
 	}
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
@@ -113,14 +132,18 @@ func (s *server) requireSession(ss *sessions, next http.Handler) http.Handler {
 			return
 		}
 		if c, err := r.Cookie(sessionCookie); err == nil {
-			sess, ok, err := ss.get(r.Context(), c.Value, time.Now())
+			sess, ok, err := ss.get(r.Context(), c.Value, s.svc.Now())
 			if err != nil {
 				s.opts.Logger.Error("approval page: cannot read sign-in sessions", "err", err)
 			}
 			if ok {
 				// Who is signed in, for what the page records in their
 				// name without a tap (a grant's revocation).
-				next.ServeHTTP(w, r.WithContext(withSignedIn(r.Context(), sess.approver)))
+				ctx := withSignedIn(r.Context(), sess.approver)
+				if sess.person != nil {
+					ctx = withPerson(ctx, sess.person)
+				}
+				next.ServeHTTP(w, r.WithContext(ctx))
 				return
 			}
 		}
@@ -161,19 +184,35 @@ func (s *server) apiSignInFinish(ss *sessions) http.HandlerFunc {
 			s.fail(w, err)
 			return
 		}
-		ttl := s.opts.SessionTTL
-		tok, err := ss.add(r.Context(), approver, time.Now().Add(ttl))
-		if err != nil {
+		if s.opts.Identity != nil && identity.IsApproverID(approver) {
+			// A person of the identity provider signs in there: a key
+			// alone would skip its login, max_auth_age and groups.
+			s.refuse(w, r, http.StatusForbidden, "signin", "your key belongs to a company account: sign in with your company account")
+			return
+		}
+		if err := s.startSession(w, r, ss, approver, nil, s.svc.Now().Add(s.opts.SessionTTL)); err != nil {
 			s.fail(w, err)
 			return
 		}
-		http.SetCookie(w, &http.Cookie{Name: sessionCookie, Value: tok, Path: "/", MaxAge: int(ttl.Seconds()),
-			Secure: strings.HasPrefix(s.opts.PublicURL, "https://"), HttpOnly: true, SameSite: http.SameSiteStrictMode})
 		s.opts.Logger.Info("approval page: signed in", "approver", approver, "remote", r.RemoteAddr)
 		writeJSON(w, map[string]string{"approver": approver})
 	}
 }
 
+// startSession signs approver in (person: through the identity provider)
+// until expires and gives the browser the session's cookie.
+func (s *server) startSession(w http.ResponseWriter, r *http.Request, ss *sessions, approver string, person *identity.Person, expires time.Time) error {
+	tok, err := ss.add(r.Context(), approver, person, expires)
+	if err != nil {
+		return err
+	}
+	http.SetCookie(w, &http.Cookie{Name: sessionCookie, Value: tok, Path: "/", MaxAge: int(expires.Sub(s.svc.Now()).Seconds()),
+		Secure: s.https(), HttpOnly: true, SameSite: http.SameSiteStrictMode})
+	return nil
+}
+
+func (s *server) https() bool { return strings.HasPrefix(s.opts.PublicURL, "https://") }
+
 func (s *server) pageSignIn(w http.ResponseWriter, r *http.Request) {
-	s.render(w, r, "signin.html", pageData{Title: "Sign in"})
+	s.render(w, r, "signin.html", s.signInData(""))
 }

@@ -67,11 +67,16 @@ func Handler(svc *approval.Service, opts Options) http.Handler {
 	mux.Handle("POST /api/batch/finish", lim.limit("", http.HandlerFunc(s.apiBatchFinish)))
 
 	var h http.Handler = mux
-	if s.opts.RequireSignIn {
-		ss := &sessions{kept: s.opts.Sessions, m: map[[32]byte]signedIn{}}
+	if s.opts.RequireSignIn || s.opts.Identity != nil {
+		ss := &sessions{kept: s.opts.Sessions, now: s.svc.Now, m: map[[32]byte]signedIn{}}
 		mux.HandleFunc("GET /signin", s.pageSignIn)
 		mux.Handle("POST /api/signin/begin", lim.limit("", http.HandlerFunc(s.apiSignInBegin)))
 		mux.Handle("POST /api/signin/finish", lim.limit("", s.apiSignInFinish(ss)))
+		if s.opts.Identity != nil {
+			mux.Handle("GET "+oidcPath, lim.limit("", http.HandlerFunc(s.oidcStart)))
+			mux.Handle("GET "+CallbackPath, lim.limit("", s.oidcCallback(ss)))
+			mux.Handle("POST /api/self-enroll", lim.limit("", http.HandlerFunc(s.apiSelfEnroll)))
+		}
 		h = s.requireSession(ss, h)
 	}
 	h = s.limitJSONBody(h)
@@ -124,14 +129,13 @@ func (s *server) pageIndex(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.render(w, r, "index.html", pageData{Title: "Approvals", Pending: pending, PendingTotal: total, History: history, Keys: keys, Grants: grants,
-		Agents: agents, Now: s.svc.Now(), MaxBatch: s.svc.MaxBatch()})
+		Agents: agents, Now: s.svc.Now(), MaxBatch: s.svc.MaxBatch(), Person: personOf(r)})
 }
 
 func (s *server) pageRequest(w http.ResponseWriter, r *http.Request) {
 	req, err := s.svc.Get(r.Context(), r.PathValue("id"))
 	if errors.Is(err, approval.ErrNotFound) {
-		w.WriteHeader(http.StatusNotFound)
-		s.render(w, r, "request.html", pageData{Title: "Not found", NotFound: true})
+		s.renderStatus(w, r, http.StatusNotFound, "request.html", pageData{Title: "Not found", NotFound: true})
 		return
 	}
 	if err != nil {
@@ -149,8 +153,7 @@ func (s *server) pageRequest(w http.ResponseWriter, r *http.Request) {
 func (s *server) pageEnroll(w http.ResponseWriter, r *http.Request) {
 	approver, err := s.svc.EnrollmentApprover(r.Context(), r.PathValue("token"))
 	if err != nil {
-		w.WriteHeader(http.StatusNotFound)
-		s.render(w, r, "enroll.html", pageData{Title: "Enrollment link not valid", NotFound: true})
+		s.renderStatus(w, r, http.StatusNotFound, "enroll.html", pageData{Title: "Enrollment link not valid", NotFound: true})
 		return
 	}
 	s.render(w, r, "enroll.html", pageData{Title: "Register a security key", Approver: approver,

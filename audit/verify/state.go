@@ -122,6 +122,12 @@ func (s *logState) apply(e *audit.Entry) string {
 	if reason := s.creds.check(e); reason != "" {
 		return reason
 	}
+	if reason := idpRules(e); reason != "" {
+		return reason
+	}
+	if reason := s.idpEligible(e); reason != "" {
+		return reason
+	}
 	if e.Kind == vocab.KindApproverEnrolled && s.roots != nil {
 		if reason := s.attestation(e); reason != "" {
 			return reason

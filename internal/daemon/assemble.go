@@ -128,9 +128,18 @@ func (s *Stack) openApprovals(ctx context.Context, recorder metrics.Recorder, lo
 	if aopts.ResultKey, err = resultKey(c); err != nil {
 		return err
 	}
-	s.notifier, aopts.Notify = notifier(c, recorder, s.metrics, log.With("component", "notify"))
 	if s.owners != nil {
 		aopts.Owners, aopts.Owner = s.owners, s.owner
+	}
+	idp, people, err := openIdentity(ctx, c, s.db, aopts.Logger)
+	if err != nil {
+		return err
+	}
+	s.notifier, aopts.Notify = notifier(c, recorder, s.metrics, people, log.With("component", "notify"))
+	aopts.People = people
+	if people != nil {
+		s.people = people
+		recordSuspensions(people, recorder, aopts.Logger)
 	}
 	if s.approvals, err = approval.New(ctx, s.db, recorder, aopts); err != nil {
 		return err
@@ -140,6 +149,7 @@ func (s *Stack) openApprovals(ctx context.Context, recorder metrics.Recorder, lo
 	}
 	s.pageOpts = PageOptions(c, aopts.Logger)
 	s.pageOpts.Sessions = s.shared.sessions
+	s.pageOpts.Identity, s.pageOpts.People, s.pageOpts.MaxAuthAge = idp, people, c.Approval.MaxAuthAge
 	return nil
 }
 
@@ -189,7 +199,7 @@ func (s *Stack) newGuard(ctx context.Context, policy *authz.Policy, recorder met
 		History: s.audit, Marks: store.Marks{DB: s.db}, Amounts: s.amounts,
 		Owner: s.replicaOwner(), Owned: s.ownedEntries(),
 		Tools: c.Tools, Logger: log.With("component", "guard"), Freezes: s.approvals,
-		SharedUsage: s.shared.usage,
+		SharedUsage: s.shared.usage, People: s.people,
 		MaxArgBytes: c.Limits.MaxArgBytes, MaxArgDepth: c.Limits.MaxArgDepth,
 		Limits: guard.Limits{PendingPerAgent: c.Limits.PendingPerAgent, PendingTotal: c.Limits.PendingTotal,
 			CallsPerSecond: float64(c.Limits.CallsPerSecond), CallBurst: c.Limits.CallBurst},

@@ -38,6 +38,7 @@ func PolicyOptions(c *config.Config, log *slog.Logger) authz.Options {
 		Schemas:        schemas,
 		Upstreams:      c.Upstreams,
 		Logger:         log,
+		IdentityRoles:  identityRoles(c),
 	}
 }
 

@@ -90,6 +90,7 @@ type Stack struct {
 	// On PostgreSQL, where replicas share the database (replica.go).
 	owner       string        // this replica's id: audit entries' owner, its row in replicas
 	shared      replicaShared // usage windows, sign-in sessions, routine tasks
+	people      guard.People  // the identity provider's people (identity.go); nil without one
 	release     func()        // gives up the owner's liveness lock
 	fatal       chan error    // a reason this replica must stop (fenced)
 	stopLeading func()        // stops the leader's duties and waits for them

@@ -10,6 +10,7 @@ import (
 	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/identity"
 	"github.com/countersign/countersign/metrics"
 	"github.com/countersign/countersign/notify"
 	"github.com/countersign/countersign/vocab"
@@ -20,7 +21,7 @@ import (
 // Secrets are expanded here, once, from the environment (config checked
 // that each variable is set). Delivered notifications are recorded as one
 // notify.sent entry per request and event.
-func notifier(c *config.Config, rec metrics.Recorder, m *metrics.Metrics, log *slog.Logger) (*notify.Notifier, func(string, *approval.Request)) {
+func notifier(c *config.Config, rec metrics.Recorder, m *metrics.Metrics, people *identity.People, log *slog.Logger) (*notify.Notifier, func(string, *approval.Request)) {
 	if len(c.Notify) == 0 {
 		return nil, nil
 	}
@@ -61,7 +62,11 @@ func notifier(c *config.Config, rec metrics.Recorder, m *metrics.Metrics, log *s
 			Approvers: slices.Clone(r.Approvers), DecidedBy: r.DecidedBy,
 		}
 		for _, a := range r.Approvers {
-			for _, role := range roles[a] {
+			held := roles[a]
+			if k, ok := people.Lookup(a); ok { // a person of the identity provider
+				held = k.Roles
+			}
+			for _, role := range held {
 				if !slices.Contains(msg.Roles, role) {
 					msg.Roles = append(msg.Roles, role)
 				}

@@ -450,3 +450,23 @@ function signinPage() {
 }
 
 if (document.getElementById("signin")) signinPage();
+
+// A person signed in through the identity provider registers their own
+// key: the server makes them a one-time link, which the page opens.
+function selfEnroll(button) {
+  button.addEventListener("click", async () => {
+    button.disabled = true;
+    try {
+      const r = await post("/api/self-enroll", {});
+      location.href = r.url;
+    } catch (e) {
+      button.disabled = false;
+      const out = document.getElementById("enroll-self-outcome");
+      out.textContent = "No link: " + e.message;
+      out.className = "outcome bad";
+    }
+  });
+}
+
+const enrollSelf = document.getElementById("enroll-self");
+if (enrollSelf) selfEnroll(enrollSelf);
