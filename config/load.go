@@ -105,7 +105,7 @@ func parse(data []byte, source, dir string, files bool) (*Config, error) {
 	var later validator
 	c.applyUpstreamDefaults()
 	c.applyNotifyDefaults()
-	c.applyOAuthDefaults(settings)
+	c.applyOAuthDefaults()
 	if c.Server.DataDir == "" {
 		d, err := DefaultDataDir()
 		if err != nil {

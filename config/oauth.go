@@ -29,8 +29,6 @@ type OAuth struct {
 	// AgentClaim names the claim whose value is the agent, as policy and
 	// the audit log see it: client_id (default), azp or sub.
 	AgentClaim string `mapstructure:"agent_claim"`
-
-	identityClientID string // identity.client_id as written, kept apart from Audience
 }
 
 // Enabled reports whether agents may present OAuth access tokens.
@@ -38,23 +36,18 @@ func (o OAuth) Enabled() bool {
 	return o.Issuer != "" || o.Audience != "" || len(o.Scopes) > 0 || o.AgentClaim != ""
 }
 
-// applyOAuthDefaults fills in the issuer from identity.issuer, as written (the
-// identity section has its own decoding), and the agent claim.
-func (c *Config) applyOAuthDefaults(settings map[string]any) {
+// applyOAuthDefaults fills in the issuer from identity.issuer and the agent
+// claim.
+func (c *Config) applyOAuthDefaults() {
 	o := &c.HTTP.OAuth
 	if !o.Enabled() {
 		return
 	}
 	if o.Issuer == "" {
-		if identity, ok := settings["identity"].(map[string]any); ok {
-			o.Issuer, _ = identity["issuer"].(string)
-		}
+		o.Issuer = c.Identity.Issuer
 	}
 	if o.AgentClaim == "" {
 		o.AgentClaim = AgentClaimClientID
-	}
-	if identity, ok := settings["identity"].(map[string]any); ok {
-		o.identityClientID, _ = identity["client_id"].(string)
 	}
 }
 
@@ -76,7 +69,7 @@ func (c *Config) validateOAuth(v *validator) {
 	}
 	// Approvers' sign-ins get ID tokens for identity.client_id: an agent
 	// presenting one must not pass for an access token for this server.
-	if o.Audience != "" && o.Audience == o.identityClientID {
+	if o.Audience != "" && o.Audience == c.Identity.ClientID {
 		v.fail("http.oauth.audience", "is identity.client_id: approvers' ID tokens would be for this audience too; give agents' tokens an audience of their own (the resource URL, or another application)")
 	}
 	seen := map[string]bool{}

@@ -49,22 +49,21 @@ func TestOAuthFromTheEnvironment(t *testing.T) {
 	}
 }
 
-// Without its own issuer, http.oauth takes identity.issuer. Only the identity
-// section's issuer is read here; its decoding is identity's.
+// Without its own issuer, http.oauth takes identity.issuer.
 func TestOAuthIssuerFromIdentity(t *testing.T) {
-	c := &Config{HTTP: HTTP{OAuth: OAuth{Scopes: []string{"mcp:tools"}}}}
-	c.applyOAuthDefaults(map[string]any{"identity": map[string]any{"issuer": "https://login.example.com"}})
+	c := &Config{HTTP: HTTP{OAuth: OAuth{Scopes: []string{"mcp:tools"}}}, Identity: Identity{Issuer: "https://login.example.com"}}
+	c.applyOAuthDefaults()
 	if c.HTTP.OAuth.Issuer != "https://login.example.com" {
 		t.Fatalf("issuer %q", c.HTTP.OAuth.Issuer)
 	}
-	c = &Config{}
-	c.applyOAuthDefaults(map[string]any{"identity": map[string]any{"issuer": "https://login.example.com"}})
+	c = &Config{Identity: Identity{Issuer: "https://login.example.com"}}
+	c.applyOAuthDefaults()
 	if c.HTTP.OAuth.Enabled() {
 		t.Fatal("identity.issuer alone turned http.oauth on")
 	}
 	// Approvers' ID tokens are for identity.client_id: never agents' audience.
-	c = &Config{HTTP: HTTP{OAuth: OAuth{Issuer: "https://login.example.com", Audience: "countersign"}}}
-	c.applyOAuthDefaults(map[string]any{"identity": map[string]any{"client_id": "countersign"}})
+	c = &Config{HTTP: HTTP{OAuth: OAuth{Issuer: "https://login.example.com", Audience: "countersign"}}, Identity: Identity{ClientID: "countersign"}}
+	c.applyOAuthDefaults()
 	var v validator
 	c.validateOAuth(&v)
 	if len(v.problems) != 1 || v.problems[0].path != "http.oauth.audience" || !strings.Contains(v.problems[0].msg, "is identity.client_id") {
