@@ -28,6 +28,19 @@ type Credential struct {
 	RevokeReason string
 }
 
+// Holders are the approvers among creds with an enrolled, unrevoked key:
+// those who can approve now. The others a request names must enroll one
+// first.
+func Holders(creds []Credential) map[string]bool {
+	h := map[string]bool{}
+	for _, c := range creds {
+		if !c.Revoked {
+			h[c.ApproverID] = true
+		}
+	}
+	return h
+}
+
 // Key is an enrolled key as stored, with go-webauthn's record of it.
 type Key struct {
 	ID        []byte

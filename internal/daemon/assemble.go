@@ -31,7 +31,7 @@ func Assemble(ctx context.Context, c *config.Config, opts Options) (_ *Stack, er
 	if err != nil {
 		return nil, err
 	}
-	s := &Stack{cfg: c, version: opts.Version}
+	s := &Stack{cfg: c, version: opts.Version, quorums: policy.Quorums()}
 	defer func() {
 		if err != nil {
 			s.Close()

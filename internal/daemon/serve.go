@@ -111,6 +111,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	log.Info("approver page", "url", c.Approval.PublicURL, "listen", d.ln.page.Addr().String())
 	log.Info("countersign started", "version", d.opts.Version, "config", c.Source,
 		"data_dir", c.Server.DataDir, "tools", len(s.tools.Specs()))
+	s.logShortQuorums(ctx, log)
 	if d.ln.agents == nil {
 		return s.serveStdio(ctx, d.opts, log)
 	}
