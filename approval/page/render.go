@@ -36,6 +36,7 @@ var pages = template.Must(template.New("").Funcs(template.FuncMap{
 	"minutes":  func(d time.Duration) int { return int(d / time.Minute) },
 	"single":   singleDisplay,
 	"inBatch":  batchDisplay,
+	"who":      whoApproves,
 }).ParseFS(webFS, "web/*.html"))
 
 // displayLine is one "Label: value" line of the display text; the page
@@ -124,9 +125,35 @@ type pageData struct {
 	Grants       []*grant.Grant     // standing grants, newest first
 	Agents       []freeze.AgentView // agents the page can freeze, and frozen ones (approval/freeze.go)
 	Now          time.Time
-	QR           *qrCode    // this page's public URL, for a phone to scan
-	MaxBatch     int        // the pending list: how many one tap may approve
-	Batch        *batchView // the batch confirmation page
+	QR           *qrCode         // this page's public URL, for a phone to scan
+	MaxBatch     int             // the pending list: how many one tap may approve
+	Batch        *batchView      // the batch confirmation page
+	Holders      map[string]bool // approvers with an enrolled, unrevoked key (ceremony.Holders)
+}
+
+// approverList is who may approve a request, split by whether they can
+// now: only an approver with an enrolled, unrevoked key can tap, and
+// listing the others as able to approve sends people to someone who
+// cannot yet.
+type approverList struct{ Now, Enroll []string }
+
+// whoApproves splits r's approvers, by name, into those with a key and
+// those who must enroll one first. Without holders (none were read), all
+// are listed as able.
+func whoApproves(r *approval.Request, holders map[string]bool) approverList {
+	var l approverList
+	for i, id := range r.Approvers {
+		name := id
+		if i < len(r.ApproverNames) {
+			name = r.ApproverNames[i]
+		}
+		if holders == nil || holders[id] {
+			l.Now = append(l.Now, name)
+		} else {
+			l.Enroll = append(l.Enroll, name)
+		}
+	}
+	return l
 }
 
 func (s *server) render(w http.ResponseWriter, r *http.Request, name string, d pageData) {
