@@ -240,7 +240,7 @@ func (s *Stack) newServer(ctx context.Context, recent []audit.Entry, log *slog.L
 	}
 	s.server, err = server.New(server.Options{
 		Config: s.cfg, Catalog: s.tools, Guard: s.guard, Version: s.version, Logger: log.With("component", "server"),
-		Routes: routes, RoutineTasks: s.shared.tasks,
+		Routes: routes, RoutineTasks: s.shared.tasks, Holders: s.holders,
 	})
 	return err
 }

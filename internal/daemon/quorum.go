@@ -53,11 +53,10 @@ func (s *Stack) shortQuorums(ctx context.Context) ([]shortQuorum, error) {
 	if s.approvals == nil || len(s.quorums) == 0 {
 		return nil, nil
 	}
-	creds, err := s.approvals.Credentials(ctx)
+	holders, err := s.holders(ctx)
 	if err != nil {
 		return nil, err
 	}
-	holders := ceremony.Holders(creds)
 	var out []shortQuorum
 	for _, q := range s.quorums {
 		if !q.Countable() {
@@ -89,4 +88,14 @@ func (s *Stack) logShortQuorums(ctx context.Context, log *slog.Logger) {
 		log.Warn("too few approvers with an enrolled, unrevoked key to meet a quorum: its calls wait until more enroll (countersign approvers enroll ID)",
 			"tool", q.tool, "quorum", q.need.N, "from", q.need.Path, "approvers", q.need.From, "with_key", len(q.keys), "detail", q.String())
 	}
+}
+
+// holders are the approvers with an enrolled, unrevoked key: who can
+// approve now.
+func (s *Stack) holders(ctx context.Context) (map[string]bool, error) {
+	creds, err := s.approvals.Credentials(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return ceremony.Holders(creds), nil
 }
