@@ -142,17 +142,7 @@ type approverList struct{ Now, Enroll []string }
 // are listed as able.
 func whoApproves(r *approval.Request, holders map[string]bool) approverList {
 	var l approverList
-	for i, id := range r.Approvers {
-		name := id
-		if i < len(r.ApproverNames) {
-			name = r.ApproverNames[i]
-		}
-		if holders == nil || holders[id] {
-			l.Now = append(l.Now, name)
-		} else {
-			l.Enroll = append(l.Enroll, name)
-		}
-	}
+	l.Now, l.Enroll = ceremony.Split(holders, r.Approvers, r.ApproverNames)
 	return l
 }
 

@@ -234,7 +234,7 @@ func (s *Stack) settle(ctx context.Context) ([]audit.Entry, error) {
 
 // newServer makes the MCP server, with the CIBA endpoints beside it.
 func (s *Stack) newServer(ctx context.Context, recent []audit.Entry, log *slog.Logger) error {
-	routes, err := cibaRoutes(ctx, s.cfg, s.guard, s.tokens, recent, log.With("component", "ciba"))
+	routes, err := cibaRoutes(ctx, s.cfg, s.guard, s.tokens, recent, s.holders, log.With("component", "ciba"))
 	if err != nil {
 		return err
 	}
