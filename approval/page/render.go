@@ -121,29 +121,14 @@ type pageData struct {
 	Request      *approval.Request
 	Approver     string
 	NotFound     bool
+	Holders      map[string]bool
 	Offer        *grant.Offer       // the grant offered with Request (approval/grant.go)
 	Grants       []*grant.Grant     // standing grants, newest first
 	Agents       []freeze.AgentView // agents the page can freeze, and frozen ones (approval/freeze.go)
 	Now          time.Time
-	QR           *qrCode         // this page's public URL, for a phone to scan
-	MaxBatch     int             // the pending list: how many one tap may approve
-	Batch        *batchView      // the batch confirmation page
-	Holders      map[string]bool // approvers with an enrolled, unrevoked key (ceremony.Holders)
-}
-
-// approverList is who may approve a request, split by whether they can
-// now: only an approver with an enrolled, unrevoked key can tap, and
-// listing the others as able to approve sends people to someone who
-// cannot yet.
-type approverList struct{ Now, Enroll []string }
-
-// whoApproves splits r's approvers, by name, into those with a key and
-// those who must enroll one first. Without holders (none were read), all
-// are listed as able.
-func whoApproves(r *approval.Request, holders map[string]bool) approverList {
-	var l approverList
-	l.Now, l.Enroll = ceremony.Split(holders, r.Approvers, r.ApproverNames)
-	return l
+	QR           *qrCode    // this page's public URL, for a phone to scan
+	MaxBatch     int        // the pending list: how many one tap may approve
+	Batch        *batchView // the batch confirmation page
 }
 
 func (s *server) render(w http.ResponseWriter, r *http.Request, name string, d pageData) {
