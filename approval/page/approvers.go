@@ -11,9 +11,9 @@ import (
 // cannot yet.
 type approverList struct{ Now, Enroll []string }
 
-// whoApproves splits r's approvers, by name, into those with a key (pageData.Holders, from server.holders) and
-// those who must enroll one first. Without holders (none were read), all
-// are listed as able.
+// whoApproves splits r's approvers, by name, into those with a key
+// (pageData.Holders, from server.holders) and those who must enroll one
+// first. Without holders (none were read), all are listed as able.
 func whoApproves(r *approval.Request, holders map[string]bool) approverList {
 	var l approverList
 	l.Now, l.Enroll = ceremony.Split(holders, r.Approvers, r.ApproverNames)

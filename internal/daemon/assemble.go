@@ -31,7 +31,7 @@ func Assemble(ctx context.Context, c *config.Config, opts Options) (_ *Stack, er
 	if err != nil {
 		return nil, err
 	}
-	s := &Stack{cfg: c, version: opts.Version, quorums: policy.Quorums()}
+	s := &Stack{cfg: c, version: opts.Version}
 	defer func() {
 		if err != nil {
 			s.Close()
@@ -52,6 +52,7 @@ func Assemble(ctx context.Context, c *config.Config, opts Options) (_ *Stack, er
 	if err := s.startUpstreams(ctx, recorder, log); err != nil {
 		return nil, err
 	}
+	s.quorums = policy.Quorums()
 	if err := s.newGuard(ctx, policy, recorder, log); err != nil {
 		return nil, err
 	}
