@@ -244,6 +244,7 @@ func (c *compiler) upstreamDefault(i int, u config.Upstream) (upstreamDefault, b
 		if (rank == rankHigh || rank == rankCritical) && len(approvers) == 0 {
 			c.fail(p, "its tools that are not read-only default to %s, which needs approvers: declare approvers, or set default_level", level)
 		}
+		c.checkDefaultQuorum(p, rank, approvers)
 		t := &tool{base: rank, approvers: approvers, uv: vocab.UVPreferred, wait: WaitBlock, timeout: c.opts.DefaultTimeout}
 		if t.timeout <= 0 {
 			t.timeout = defaultTimeout
@@ -346,6 +347,7 @@ func (c *compiler) tool(name string, ct config.Tool) *tool {
 		// and a complaint about them would only repeat that error.
 		c.checkApprovers(p, t, ct)
 	}
+	c.warnUnusedQuorum(p, t)
 	if len(c.errs) > nerr {
 		return nil
 	}

@@ -66,6 +66,7 @@ import (
 	jose "github.com/go-jose/go-jose/v4"
 
 	"github.com/countersign/countersign/approval"
+	"github.com/countersign/countersign/approval/ceremony"
 	"github.com/countersign/countersign/approval/freeze"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/authzdetails"
@@ -127,6 +128,10 @@ type Options struct {
 	// does not offer it; the key set is published all the same, for the
 	// tokens of MCP calls.
 	Enabled bool
+	// Holders, when set, reads which approvers have an enrolled,
+	// unrevoked key, so that a pending answer names who can approve now
+	// apart from who must enroll a key first; nil: all are named.
+	Holders func(context.Context) (map[string]bool, error)
 	Logger  *slog.Logger
 	Now     func() time.Time
 }
@@ -319,7 +324,7 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request) {
 	req := ps.Request
 	switch ps.Status {
 	case approval.PollPending:
-		tokenError(CodeAuthorizationPending, "waiting for %s", strings.Join(req.ApproverNames, " or ")).write(w)
+		tokenError(CodeAuthorizationPending, "waiting for %s", s.waitingFor(r.Context(), req)).write(w)
 		return
 	case approval.PollSlowDown:
 		e := tokenError(CodeSlowDown, "polled sooner than the interval; it is now %ds", seconds(req.Interval))
@@ -444,3 +449,25 @@ func fromLoopback(remote string) bool {
 }
 
 func seconds(d time.Duration) int { return max(1, int(math.Ceil(d.Seconds()))) }
+
+// waitingFor names whom a pending request waits for: those who can
+// approve now, and apart from them those who must enroll a key first,
+// since a client that sends its user to them would wait in vain.
+func (s *Server) waitingFor(ctx context.Context, req *approval.Request) string {
+	var holders map[string]bool
+	if s.opts.Holders != nil {
+		h, err := s.opts.Holders(ctx)
+		if err != nil {
+			s.log.Debug("ciba: cannot read which approvers have a key", "err", err)
+		}
+		holders = h
+	}
+	now, enroll := ceremony.Split(holders, req.Approvers, req.ApproverNames)
+	switch {
+	case len(now) == 0:
+		return strings.Join(enroll, " or ") + " (none can approve yet: each must first enroll a security key)"
+	case len(enroll) > 0:
+		return strings.Join(now, " or ") + " (can approve now; still to enroll a security key: " + strings.Join(enroll, ", ") + ")"
+	}
+	return strings.Join(now, " or ")
+}

@@ -27,6 +27,7 @@ import (
 
 	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/approval/approvaltest"
+	"github.com/countersign/countersign/approval/ceremony"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/authz"
 	"github.com/countersign/countersign/config"
@@ -125,7 +126,11 @@ func newStack(t *testing.T, o stackOptions) *stack {
 	}
 	g := guard.New(guard.Options{Catalog: tools.NewCatalog(), Policy: pol, Audit: log, Requests: svc, Runs: svc, Recovery: svc, Tasks: svc, Evidence: svc, Tokens: s.signer, Tools: policy})
 	t.Cleanup(g.Close)
-	c, err := New(Options{Issuer: srv.URL, Guard: g, Keys: s.signer, Agents: agents, Approvers: people, Enabled: o.enabled})
+	c, err := New(Options{Issuer: srv.URL, Guard: g, Keys: s.signer, Agents: agents, Approvers: people, Enabled: o.enabled,
+		Holders: func(ctx context.Context) (map[string]bool, error) {
+			keys, err := svc.Credentials(ctx)
+			return ceremony.Holders(keys), err
+		}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -33,6 +33,7 @@ func (s *Server) tell(ctx context.Context, r *guard.Request) {
 		"binding_message": r.BindingMessage,
 		"approval_url":    r.URL,
 		"expires_at":      r.ExpiresAt.UTC().Format(time.RFC3339),
+		"waiting_for":     waitingFor(r, s.holders(ctx)),
 	})
 	if err := s.mcp.SendLogMessageToClient(ctx, msg); err != nil {
 		s.log.Debug("cannot send log message to client", "err", err)
@@ -59,7 +60,7 @@ func (s *Server) heartbeat(ctx context.Context, p *progress, r *guard.Request) (
 				left = 0
 			}
 			p.beat(ctx, fmt.Sprintf("waiting for approval by %s at %s, expires in %s, code %s",
-				waitingFor(r), r.URL, left, r.Code))
+				waitingFor(r, s.holders(ctx)), r.URL, left, r.Code))
 			select {
 			case <-ctx.Done():
 				return
@@ -70,15 +71,48 @@ func (s *Server) heartbeat(ctx context.Context, p *progress, r *guard.Request) (
 	return func() { cancel(); <-done }
 }
 
-func waitingFor(r *guard.Request) string {
-	who := strings.Join(r.ApproverNames, ", ")
-	if who == "" {
-		who = strings.Join(r.Approvers, ", ")
+// waitingFor says whose approval r waits for. Only an approver with an
+// enrolled, unrevoked key can tap, so those who must enroll one first are
+// named apart: an agent (or its user) sent to them would wait in vain.
+// holders nil (not known) lists every approver as able.
+func waitingFor(r *guard.Request, holders map[string]bool) string {
+	var now, enroll []string
+	for i, id := range r.Approvers {
+		name := id
+		if i < len(r.ApproverNames) && r.ApproverNames[i] != "" {
+			name = r.ApproverNames[i]
+		}
+		if holders == nil || holders[id] {
+			now = append(now, name)
+		} else {
+			enroll = append(enroll, name)
+		}
+	}
+	who, note := strings.Join(now, ", "), ""
+	switch {
+	case len(now) == 0:
+		who, note = strings.Join(enroll, ", "), " [none can approve yet: each must first enroll a security key]"
+	case len(enroll) > 0:
+		note = " [can approve now; still to enroll a security key: " + strings.Join(enroll, ", ") + "]"
 	}
 	if r.Quorum > 1 {
-		return fmt.Sprintf("%d of %s (%d so far)", r.Quorum, who, len(r.Approvals))
+		who = fmt.Sprintf("%d of %s (%d so far)", r.Quorum, who, len(r.Approvals))
 	}
-	return who
+	return who + note
+}
+
+// holders are the approvers with an enrolled, unrevoked key
+// (Options.Holders), or nil when that is not known.
+func (s *Server) holders(ctx context.Context) map[string]bool {
+	if s.opts.Holders == nil {
+		return nil
+	}
+	h, err := s.opts.Holders(ctx)
+	if err != nil {
+		s.log.Debug("cannot read which approvers have a key", "err", err)
+		return nil
+	}
+	return h
 }
 
 // elicit offers the approval URL through URL-mode elicitation where the

@@ -96,8 +96,13 @@ func TestWaitingCallerHearsWhereToApprove(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			// Of transfer's approvers (role:treasury) only alice has a key.
+			who := "waiting for approval by Alice Example [can approve now; still to enroll a security key: Bob Example] at "
 			last := 0.0
 			for _, p := range h.progress {
+				if !strings.Contains(p.Message, who) {
+					t.Errorf("progress %q does not say who can approve now apart from who must enroll:\n%s", p.Message, who)
+				}
 				if !strings.Contains(p.Message, "waiting for approval by") || !strings.Contains(p.Message, "code "+r.Code) ||
 					!strings.Contains(p.Message, "/requests/"+id) {
 					t.Errorf("progress does not say where to approve: %q", p.Message)
@@ -109,6 +114,9 @@ func TestWaitingCallerHearsWhereToApprove(t *testing.T) {
 			}
 			if old && len(h.logged) == 0 || len(h.logged) > 0 && !strings.Contains(h.logged[0], `"approval_url":"`+r.URL+`"`) {
 				t.Errorf("no log message with the approval URL %s: %q", r.URL, h.logged)
+			}
+			if want := `"waiting_for":"Alice Example [can approve now; still to enroll a security key: Bob Example]"`; old && !strings.Contains(h.logged[0], want) {
+				t.Errorf("the log message %q lacks %s", h.logged[0], want)
 			}
 			if got := len(h.elicited) > 0; got != old {
 				t.Errorf("URL elicitation sent: %v, want %v (%q)", got, old, h.elicited)

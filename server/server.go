@@ -43,6 +43,11 @@ type Options struct {
 	// RoutineTasks, when set, keep routine calls' tasks where every
 	// replica reads them (tasks.go); nil: in this process's memory.
 	RoutineTasks RoutineTasks
+	// Holders, when set, reads which approvers have an enrolled, unrevoked
+	// key, so that what a waiting agent is told names those who can
+	// approve now apart from those who must enroll a key first; nil: all
+	// are named as able.
+	Holders func(context.Context) (map[string]bool, error)
 }
 
 // Server is the MCP face of Countersign.

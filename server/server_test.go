@@ -24,6 +24,7 @@ import (
 	"github.com/countersign/countersign"
 	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/approval/approvaltest"
+	"github.com/countersign/countersign/approval/ceremony"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/authz"
 	"github.com/countersign/countersign/config"
@@ -145,6 +146,10 @@ func newStack(t *testing.T, edit func(*config.Config)) *stack {
 		Routes: map[string]http.Handler{"/route": http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			w.Write([]byte("route reached"))
 		})},
+		Holders: func(ctx context.Context) (map[string]bool, error) {
+			keys, err := s.approvals.Credentials(ctx)
+			return ceremony.Holders(keys), err
+		},
 	}); err != nil {
 		t.Fatal(err)
 	}

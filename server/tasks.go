@@ -163,7 +163,7 @@ func (s *Server) startTask(ctx context.Context, agent string, raw []byte) (any, 
 	})
 	if r != nil {
 		s.watchTask(r.ID, agent)
-		task := taskOf(r)
+		task := s.taskOf(ctx, r)
 		return mcp.CreateTaskResult{Task: task, Result: mcp.Result{Meta: mcp.WithModelImmediateResponse(
 			"Waiting for a human to approve this call with a security key: " + task.StatusMessage)}}, nil
 	}
@@ -199,7 +199,7 @@ func (s *Server) getTask(ctx context.Context, agent, id string) (any, error) {
 		return nil, err
 	}
 	s.watchTask(id, agent) // a task resumed after a restart is watched once asked about
-	return mcp.NewGetTaskResult(taskOf(r)), nil
+	return mcp.NewGetTaskResult(s.taskOf(ctx, r)), nil
 }
 
 // taskResult waits until the task has settled, as tasks/result does, and
@@ -258,7 +258,7 @@ func (s *Server) cancelTask(ctx context.Context, agent, id string) (any, error) 
 	case err != nil:
 		return nil, err
 	}
-	return mcp.NewCancelTaskResult(taskOf(r)), nil
+	return mcp.NewCancelTaskResult(s.taskOf(ctx, r)), nil
 }
 
 // listTasks lists agent's own tasks: routine ones still kept first, then
@@ -276,7 +276,7 @@ func (s *Server) listTasks(ctx context.Context, agent, cursor string) (any, erro
 		return nil, err
 	}
 	for _, r := range rs {
-		out = append(out, taskOf(r))
+		out = append(out, s.taskOf(ctx, r))
 	}
 	res := mcp.NewListTasksResult(out)
 	if res.Tasks == nil {
@@ -289,7 +289,7 @@ func (s *Server) listTasks(ctx context.Context, agent, cursor string) (any, erro
 }
 
 // taskOf is the MCP task a request is.
-func taskOf(r *guard.Request) mcp.Task {
+func (s *Server) taskOf(ctx context.Context, r *guard.Request) mcp.Task {
 	updated := r.CreatedAt
 	if !r.DecidedAt.IsZero() {
 		updated = r.DecidedAt
@@ -303,7 +303,7 @@ func taskOf(r *guard.Request) mcp.Task {
 	case vocab.StatePending:
 		t.Status = mcp.TaskStatusWorking
 		t.StatusMessage = fmt.Sprintf("waiting for approval by %s at %s, code %s, expires at %s",
-			waitingFor(r), r.URL, r.Code, r.ExpiresAt.UTC().Format(time.RFC3339))
+			waitingFor(r, s.holders(ctx)), r.URL, r.Code, r.ExpiresAt.UTC().Format(time.RFC3339))
 	case vocab.StateApproved:
 		t.Status = mcp.TaskStatusWorking
 		t.StatusMessage = "approved; about to run"
@@ -348,7 +348,7 @@ func (s *Server) watchTask(id, agent string) {
 				return
 			}
 			last = stage(r)
-			s.tellTask(agent, taskOf(r))
+			s.tellTask(agent, s.taskOf(s.life, r))
 			if guard.Settled(r) {
 				return
 			}

@@ -28,6 +28,38 @@ type Credential struct {
 	RevokeReason string
 }
 
+// Holders are the approvers among creds with an enrolled, unrevoked key:
+// those who can approve now. The others a request names must enroll one
+// first.
+func Holders(creds []Credential) map[string]bool {
+	h := map[string]bool{}
+	for _, c := range creds {
+		if !c.Revoked {
+			h[c.ApproverID] = true
+		}
+	}
+	return h
+}
+
+// Split names the approvers ids who can approve now (holders has them)
+// apart from those who must enroll a key first; names[i] is ids[i]'s
+// name, the id standing in where there is none. A nil holders (not
+// known) puts everyone with those who can.
+func Split(holders map[string]bool, ids, names []string) (now, enroll []string) {
+	for i, id := range ids {
+		name := id
+		if i < len(names) && names[i] != "" {
+			name = names[i]
+		}
+		if holders == nil || holders[id] {
+			now = append(now, name)
+		} else {
+			enroll = append(enroll, name)
+		}
+	}
+	return now, enroll
+}
+
 // Key is an enrolled key as stored, with go-webauthn's record of it.
 type Key struct {
 	ID        []byte

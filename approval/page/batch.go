@@ -75,6 +75,11 @@ func (s *server) pageBatch(w http.ResponseWriter, r *http.Request) {
 		d.Batch.OK = d.Batch.OK && it.Refused == ""
 		d.Batch.Items = append(d.Batch.Items, it)
 	}
+	var err error
+	if d.Holders, err = s.holders(r.Context()); err != nil {
+		s.fail(w, err)
+		return
+	}
 	s.render(w, r, "batch.html", d)
 }
 

@@ -37,6 +37,7 @@ var pages = template.Must(template.New("").Funcs(template.FuncMap{
 	"minutes":  func(d time.Duration) int { return int(d / time.Minute) },
 	"single":   singleDisplay,
 	"inBatch":  batchDisplay,
+	"who":      whoApproves,
 }).ParseFS(webFS, "web/*.html"))
 
 // displayLine is one "Label: value" line of the display text; the page
@@ -121,6 +122,7 @@ type pageData struct {
 	Request      *approval.Request
 	Approver     string
 	NotFound     bool
+	Holders      map[string]bool
 	Offer        *grant.Offer       // the grant offered with Request (approval/grant.go)
 	Grants       []*grant.Grant     // standing grants, newest first
 	Agents       []freeze.AgentView // agents the page can freeze, and frozen ones (approval/freeze.go)

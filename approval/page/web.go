@@ -147,7 +147,22 @@ func (s *server) pageRequest(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, err)
 		return
 	}
-	s.render(w, r, "request.html", pageData{Title: req.Tool + " " + req.Code, Request: req, Offer: offer, QR: s.pageQR(s.svc.RequestURL(req.ID))})
+	holders, err := s.holders(r.Context())
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	s.render(w, r, "request.html", pageData{Title: req.Tool + " " + req.Code, Request: req, Offer: offer, QR: s.pageQR(s.svc.RequestURL(req.ID)), Holders: holders})
+}
+
+// holders are the approvers who can approve now: those with an enrolled,
+// unrevoked key.
+func (s *server) holders(ctx context.Context) (map[string]bool, error) {
+	keys, err := s.svc.Credentials(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return ceremony.Holders(keys), nil
 }
 
 func (s *server) pageEnroll(w http.ResponseWriter, r *http.Request) {

@@ -63,6 +63,8 @@ var brokenCases = []brokenCase{
 		want: `ledger.accounts[0].balance: "100.001": `},
 	{class: "unknown approver", replace: [2]string{"    approvers: [role:ops]", "    approvers: [mallory]"},
 		want: `tools.deploy.approvers[0]: unknown approver "mallory"`},
+	{class: "a quorum its approvers cannot meet", replace: [2]string{"  read_secret: {level: low}", "  read_secret: {level: critical, approvers: [alice], quorum: 3}"},
+		want: "tools.read_secret.quorum: critical quorum 3 exceeds the 1 distinct approver(s) allowed by tools.read_secret.approvers (alice)"},
 }
 
 func brokenDir(t *testing.T) string {
@@ -140,4 +142,24 @@ func TestBrokenConfigsAreRefusedBeforeServeStarts(t *testing.T) {
 		wants = append(wants, tc.want)
 	}
 	t.Run("all at once", func(t *testing.T) { check(t, all, allEnv, wants) })
+}
+
+// A tool's quorum that every critical rule overrides validates, with a
+// warning naming the tool and the numbers, since whoever reads the file may
+// take it for a protection it never gives.
+func TestConfigValidateWarnsOfAToolQuorumNeverUsed(t *testing.T) {
+	n := newNewcomer(t)
+	dir := brokenDir(t)
+	file := filepath.Join(dir, "mcp.yaml")
+	yaml := strings.Replace(brokenBase, `    rules: [{when: "args.amount > 10", level: high}]`,
+		`    quorum: 2
+    rules: [{when: "args.amount > 10", level: high}, {when: "args.amount > 99", level: critical, quorum: 1}]`, 1)
+	if err := os.WriteFile(file, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, errOut, code := n.run(t, n.cwd, n.env(), "config", "validate", file)
+	want := "tools.transfer.quorum 2 is never used: transfer is not critical itself and every critical rule sets its own quorum (rules[1] sets 1)"
+	if code != 0 || !strings.Contains(out, "valid") || !strings.Contains(errOut, want) {
+		t.Errorf("exit %d\n%s%s\nwant the warning\n%s", code, out, errOut, want)
+	}
 }

@@ -52,6 +52,7 @@ func Assemble(ctx context.Context, c *config.Config, opts Options) (_ *Stack, er
 	if err := s.startUpstreams(ctx, recorder, log); err != nil {
 		return nil, err
 	}
+	s.quorums = policy.Quorums()
 	if err := s.newGuard(ctx, policy, recorder, log); err != nil {
 		return nil, err
 	}
@@ -244,13 +245,13 @@ func (s *Stack) settle(ctx context.Context) ([]audit.Entry, error) {
 
 // newServer makes the MCP server, with the CIBA endpoints beside it.
 func (s *Stack) newServer(ctx context.Context, recent []audit.Entry, log *slog.Logger) error {
-	routes, err := cibaRoutes(ctx, s.cfg, s.guard, s.tokens, recent, log.With("component", "ciba"))
+	routes, err := cibaRoutes(ctx, s.cfg, s.guard, s.tokens, recent, s.holders, log.With("component", "ciba"))
 	if err != nil {
 		return err
 	}
 	s.server, err = server.New(server.Options{
 		Config: s.cfg, Catalog: s.tools, Guard: s.guard, Version: s.version, Logger: log.With("component", "server"),
-		Routes: routes, RoutineTasks: s.shared.tasks,
+		Routes: routes, RoutineTasks: s.shared.tasks, Holders: s.holders,
 	})
 	return err
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/approval/page"
 	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/authz"
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/guard"
 	"github.com/countersign/countersign/metrics"
@@ -86,6 +87,7 @@ type Stack struct {
 	server    *server.Server
 	witness   *witness.File
 	remotes   []*witness.Remote // audit.witnesses
+	quorums   []authz.Quorum    // what the policy's levels can need (quorum.go)
 
 	// On PostgreSQL, where replicas share the database (replica.go).
 	owner       string        // this replica's id: audit entries' owner, its row in replicas

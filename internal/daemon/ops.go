@@ -27,7 +27,9 @@ import (
 //	          for it, unless audit.witness_max_lag is set and exceeded.
 //	          WARN lines keep it ready too: upstream tools held since
 //	          their listing changed, and policies under tools: that name
-//	          no tool their upstream offers (the other tools serve on)
+//	          no tool their upstream offers (the other tools serve on),
+//	          and tools whose approvers with a key cannot meet a quorum
+//	          yet (quorum.go says why that keeps it ready)
 //	/metrics  Prometheus text format (package metrics)
 //
 // They answer GET and HEAD only. /metrics is behind the listener's Host
@@ -95,6 +97,13 @@ func (s *Stack) readyz(w http.ResponseWriter, r *http.Request) {
 			if u, _ := s.cfg.UpstreamOf(strings.TrimPrefix(ce.Path, "tools.")); up[u.Name] {
 				checks = append(checks, check{name: "policy " + ce.Path, warn: "names no tool: " + ce.Msg})
 			}
+		}
+	}
+	if short, err := s.shortQuorums(ctx); err != nil {
+		checks = append(checks, check{name: "quorums", warn: "cannot count the approvers with an enrolled key: " + err.Error()})
+	} else {
+		for _, q := range short {
+			checks = append(checks, check{name: "quorum " + q.tool, warn: q.String()})
 		}
 	}
 	now := time.Now()

@@ -108,6 +108,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	}()
 	pageSrv := s.servePage(d.ln.page, log)
 	defer shutdown(pageSrv, c.Server.ShutdownTimeout)
+	s.logShortQuorums(ctx, log)
 	log.Info("approver page", "url", c.Approval.PublicURL, "listen", d.ln.page.Addr().String())
 	log.Info("countersign started", "version", d.opts.Version, "config", c.Source,
 		"data_dir", c.Server.DataDir, "tools", len(s.tools.Specs()))
