@@ -32,9 +32,7 @@ type Quorum struct {
 
 // Countable reports whether q's approvers are all known by id, so that
 // how many of them can approve may be counted.
-func (q Quorum) Countable() bool { return !slices.ContainsFunc(q.Approvers, idpRole) }
-
-func idpRole(id string) bool { return strings.HasPrefix(id, "role:") }
+func (q Quorum) Countable() bool { return !slices.ContainsFunc(q.Approvers, isRole) }
 
 // Quorums lists, tool by tool in name order and then upstream defaults,
 // every pairing of a quorum with the approvers who may make it that a call
@@ -132,7 +130,7 @@ func (t *tool) quorums(p, name string) []Quorum {
 // while its approvers are fewer than the default quorum: no call of its
 // unlisted tools could ever be approved.
 func (c *compiler) checkDefaultQuorum(p string, rank int, approvers []string) {
-	if rank != rankCritical || len(approvers) == 0 || len(approvers) >= DefaultCriticalQuorum || slices.ContainsFunc(approvers, idpRole) {
+	if rank != rankCritical || len(approvers) == 0 || len(approvers) >= DefaultCriticalQuorum || slices.ContainsFunc(approvers, isRole) {
 		return
 	}
 	c.fail(p+".default_level", "critical needs a quorum of %d distinct approvers, but %s allows %d (%s): list more approvers, or list the tools under tools: with their own quorum",
