@@ -58,4 +58,7 @@ if [ -n "$unformatted" ]; then
 	echo "$unformatted" >&2
 	exit 1
 fi
-go test -race -count=1 ./... "$@"
+# The end-to-end suite (cmd/countersign: real serve processes, replicas on
+# PostgreSQL, browsers) takes longer than go test's default 10 minutes on
+# two busy cores; a hung test still fails, at 45 minutes.
+go test -race -count=1 -timeout 45m ./... "$@"
