@@ -71,6 +71,7 @@ Start with:
 		newApproversCmd(), newAgentsCmd(), newTokenCmd())
 	root.AddCommand(newUpstreamsCmd())
 	root.AddCommand(newCallsCmd())
+	root.AddCommand(newHealthcheckCmd())
 	return root
 }
 
