@@ -51,16 +51,9 @@ offer.`,
 					return configError(errors.Join(errs...))
 				}
 				fmt.Fprintf(cmd.OutOrStdout(), "%s: %d upstream tools offered\n", c.Source, len(cat.Specs()))
-				fmt.Fprintf(cmd.OutOrStdout(), "%s: valid (%d tools, %d upstreams, %d approvers)\n",
-					c.Source, builtinMCPTools(c)+len(cat.Specs()), len(c.Upstreams), len(c.Approvers))
-				return nil
 			}
-			count := fmt.Sprintf("%d tools", builtinMCPTools(c))
-			if len(c.Upstreams) > 0 {
-				count += " besides the upstreams'"
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "%s: valid (%s, %d upstreams, %d approvers)\n",
-				c.Source, count, len(c.Upstreams), len(c.Approvers))
+			fmt.Fprintf(cmd.OutOrStdout(), "%s: valid (%d tools, %d upstreams, %d approvers)\n",
+				c.Source, len(c.Tools), len(c.Upstreams), len(c.Approvers))
 			return nil
 		},
 	}
@@ -147,18 +140,4 @@ func reportedAt(problems []error, key string) bool {
 		}
 	}
 	return false
-}
-
-// builtinMCPTools counts the built-in tools agents will be offered, as serve
-// counts them at start: those named under tools, but ciba, which is the
-// policy of CIBA requests and no MCP tool. Policies of upstream tools are
-// not tools until the upstream offers them.
-func builtinMCPTools(c *config.Config) int {
-	n := 0
-	for _, name := range config.BuiltinTools() {
-		if _, ok := c.Tools[name]; ok && name != "ciba" {
-			n++
-		}
-	}
-	return n
 }
