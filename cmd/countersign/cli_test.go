@@ -142,10 +142,3 @@ func TestApproversAndAuditCommands(t *testing.T) {
 		t.Errorf("tampered export: exit %d\n%s%s", code, out, errOut)
 	}
 }
-
-func TestVersion(t *testing.T) {
-	out, _, code := cli(t, t.TempDir(), "version")
-	if code != 0 || !strings.HasPrefix(out, "countersign ") {
-		t.Errorf("version: %d %q", code, out)
-	}
-}

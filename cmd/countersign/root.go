@@ -87,6 +87,7 @@ Start with:
 	root.PersistentFlags().String("log-format", "", "log format on stderr: text or json (default from config)")
 	root.AddCommand(newServeCmd(), newInitCmd(), newConfigCmd(), newVersionCmd(), newPolicyCmd(), newAuditCmd(),
 		newApproversCmd(), newAgentsCmd(), newTokenCmd())
+	root.AddCommand(newHealthcheckCmd())
 	root.AddCommand(newUpstreamsCmd())
 	root.AddCommand(newCallsCmd())
 	root.AddCommand(newBackupCmd())
