@@ -3,7 +3,6 @@ package audit
 import (
 	"bufio"
 	"context"
-	"crypto/ed25519"
 	"database/sql"
 	"errors"
 	"fmt"
@@ -129,7 +128,7 @@ func (l *Log) checkStored(ctx context.Context, q querier, stored *Head) (*Tamper
 		it.CheckSig = it.rowSeq == 1 || it.rowSeq > cpSize
 		return it, true, nil
 	}
-	pub := l.key.Public().(ed25519.PublicKey)
+	pub := l.signer.pub
 	var (
 		want = int64(1)
 		prev [32]byte
