@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/countersign/countersign/vocab"
 	"golang.org/x/mod/sumdb/tlog"
 )
 
@@ -45,7 +46,7 @@ func (l *Log) Checkpoint(ctx context.Context) ([]byte, error) {
 		return nil, fmt.Errorf("audit: checkpoint: %w", err)
 	}
 	snap.Rollback()
-	msg, err := signCheckpoint(l.signer, h.seq, root)
+	msg, err := signCheckpoint(l.current(), h.seq, root)
 	if err != nil {
 		return nil, fmt.Errorf("audit: checkpoint: %w", err)
 	}
@@ -71,7 +72,7 @@ func (l *Log) latestCheckpoint(ctx context.Context, q querier) (*Checkpoint, err
 	if err != nil {
 		return nil, fmt.Errorf("audit: read checkpoint: %w", err)
 	}
-	cp, err := OpenCheckpoint([]byte(msg), l.verifier)
+	cp, err := openCheckpoint([]byte(msg), l.trusted())
 	if err != nil {
 		return nil, &TamperError{size, err.Error()}
 	}
@@ -128,7 +129,16 @@ func (l *Log) checkStored(ctx context.Context, q querier, stored *Head) (*Tamper
 		it.CheckSig = it.rowSeq == 1 || it.rowSeq > cpSize
 		return it, true, nil
 	}
-	pub := l.signer.pub
+	pub, err := firstKey(ctx, q, l.signer.pub)
+	var fk *TamperError
+	if errors.As(err, &fk) {
+		note(fk)
+		pub = l.signer.pub
+	} else if err != nil {
+		return nil, err
+	}
+	inForce := pub
+	var retired []string // the keys before inForce, oldest first
 	var (
 		want = int64(1)
 		prev [32]byte
@@ -143,6 +153,14 @@ func (l *Log) checkStored(ctx context.Context, q querier, stored *Head) (*Tamper
 		}
 		if r.Problem != "" {
 			return &TamperError{want, r.Problem}
+		}
+		if r.Entry.Kind == vocab.KindKeyRotated {
+			next, why := RotationProblem(r.Entry, inForce)
+			if why != "" {
+				return &TamperError{r.Seq, why}
+			}
+			inForce = next
+			retired = append(retired, r.Entry.PreviousKey)
 		}
 		if r.Prev != prev {
 			return &TamperError{r.Seq, "prev_hash does not match the hash of the entry before"}
@@ -163,6 +181,10 @@ func (l *Log) checkStored(ctx context.Context, q querier, stored *Head) (*Tamper
 		return nil, fmt.Errorf("audit: read log: %w", chainErr)
 	}
 	last := want - 1
+	if ve == nil && !inForce.Equal(l.signer.pub) {
+		note(&TamperError{last, "the log's key in force is " + PublicKeyText(inForce) + ", not this server's key " + PublicKeyText(l.signer.pub)})
+	}
+	l.trust(retired)
 	if ve == nil && cp != nil && cp.Size > last {
 		note(&TamperError{last + 1, fmt.Sprintf("missing: the checkpoint covers %d entries, the log ends at %d", cp.Size, last)})
 	}

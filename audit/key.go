@@ -180,6 +180,7 @@ type signer struct {
 	key  Signer
 	pub  ed25519.PublicKey
 	hash uint32
+	v    note.Verifier
 }
 
 func newSigner(key Signer) (*signer, error) {
@@ -191,7 +192,7 @@ func newSigner(key Signer) (*signer, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &signer{key: key, pub: pub, hash: v.KeyHash()}, nil
+	return &signer{key: key, pub: pub, hash: v.KeyHash(), v: v}, nil
 }
 
 func (s *signer) Name() string                    { return KeyName }

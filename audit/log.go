@@ -75,14 +75,15 @@ type Options struct {
 // Log is the audit log in a shared database. It is safe for concurrent
 // use, and other processes may append to the same database.
 type Log struct {
-	db       *sql.DB
-	backend  Backend
-	owner    string
-	signer   *signer // the server key: entries' sig and checkpoints
-	verifier note.Verifier
-	now      func() time.Time
-	maxBatch int
-	readOnly bool
+	db        *sql.DB
+	backend   Backend
+	owner     string
+	keyMu     sync.RWMutex
+	signer    *signer         // the server key in force: entries' sig and checkpoints
+	verifiers []note.Verifier // every key the log has had (key.rotated), to read old checkpoints
+	now       func() time.Time
+	maxBatch  int
+	readOnly  bool
 
 	broken *TamperError // set by Open, never cleared
 	log    *slog.Logger
@@ -158,26 +159,22 @@ func OpenSigner(ctx context.Context, db *sql.DB, key Signer, opts Options) (*Log
 	if err != nil {
 		return nil, err
 	}
-	_, v, err := ParsePublicKey(PublicKeyText(s.pub))
-	if err != nil {
-		return nil, err
-	}
 	b := opts.Backend
 	if b == nil {
 		if b, err = newSQLiteBackend(ctx, db); err != nil {
 			return nil, err
 		}
 	}
-	l, err := open(ctx, db, b, s, v, opts)
+	l, err := open(ctx, db, b, s, opts)
 	if l == nil {
 		b.Close()
 	}
 	return l, err
 }
 
-func open(ctx context.Context, db *sql.DB, b Backend, s *signer, v note.Verifier, opts Options) (*Log, error) {
+func open(ctx context.Context, db *sql.DB, b Backend, s *signer, opts Options) (*Log, error) {
 	l := &Log{
-		db: db, backend: b, owner: opts.Owner, signer: s, verifier: v,
+		db: db, backend: b, owner: opts.Owner, signer: s, verifiers: []note.Verifier{s.v},
 		now: opts.Now, maxBatch: opts.MaxBatch, readOnly: opts.ReadOnly, log: opts.Logger,
 		reqs: make(chan *appendReq, 4096),
 		quit: make(chan struct{}), done: make(chan struct{}), bgDone: make(chan struct{}),
@@ -225,7 +222,7 @@ func (l *Log) Err() error {
 }
 
 // PublicKey is the text form of the log's public key ([PublicKeyText]).
-func (l *Log) PublicKey() string { return PublicKeyText(l.signer.pub) }
+func (l *Log) PublicKey() string { return PublicKeyText(l.current().pub) }
 
 // Append validates e, gives it the format version, the next seq, the time,
 // the chain link, its hash and signature, and returns it once it is
@@ -474,8 +471,9 @@ func (l *Log) seal(batch []*appendReq, base Head) (*sealed, error) {
 		prev = s.sums[i]
 	}
 	errs := make([]error, len(batch))
+	key := l.current()
 	parallel(len(batch), func(i int) {
-		sig, err := l.signer.Sign(s.sums[i][:])
+		sig, err := key.Sign(s.sums[i][:])
 		s.out[i].Sig, errs[i] = encodeSig(sig), err
 	})
 	for _, err := range errs {

@@ -1,0 +1,116 @@
+package verify
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"encoding/base64"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/store/storetest"
+	"github.com/countersign/countersign/vocab"
+)
+
+func keyText(k ed25519.PrivateKey) string { return audit.PublicKeyText(k.Public().(ed25519.PublicKey)) }
+
+func exportLog(t *testing.T, l *audit.Log) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	if err := l.Export(context.Background(), &buf, 0); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+func rejected(reason string) audit.Entry {
+	return audit.Entry{Kind: vocab.KindCallRejected, Agent: "a", Tool: "t", Reason: reason}
+}
+
+func TestExportAcrossTwoRotationsVerifiesFromTheFirstKey(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	db := storetest.Open(t, dir)
+	k1, k2, k3 := seededKey(1), seededKey(2), seededKey(3)
+	l, err := audit.Open(ctx, db, k1, audit.Options{Now: stepClock()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustAppend(t, l, rejected("under the first key"))
+	if _, err := l.RotateKey(ctx, k2, "yearly rotation"); err != nil {
+		t.Fatalf("RotateKey to the second key: %v", err)
+	}
+	mustAppend(t, l, rejected("under the second key"))
+	if _, err := l.RotateKey(ctx, k3, "moved to an HSM"); err != nil {
+		t.Fatalf("RotateKey to the third key: %v", err)
+	}
+	if l.PublicKey() != keyText(k3) {
+		t.Fatalf("PublicKey after two rotations %q, want the third key", l.PublicKey())
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	// The server starts again with the third key: the stored log, signed
+	// by three keys, checks out and takes appends.
+	l, err = audit.Open(ctx, db, k3, audit.Options{Now: stepClock()})
+	if err != nil {
+		t.Fatalf("reopen with the key in force: %v", err)
+	}
+	t.Cleanup(func() { l.Close() })
+	mustAppend(t, l, rejected("under the third key, after a restart"))
+	export := exportLog(t, l)
+
+	for _, all := range []bool{false, true} {
+		sum, err := Export(bytes.NewReader(export), keyText(k1), Options{AllSignatures: all})
+		if err != nil {
+			t.Fatalf("verify from the first key (all signatures %v): %v", all, err)
+		}
+		if sum.Entries != 5 {
+			t.Fatalf("verified %d entries, want 5", sum.Entries)
+		}
+	}
+	// The chain starts at the key the auditor gives: the later keys do
+	// not vouch for the entries before them.
+	if _, err := Export(bytes.NewReader(export), keyText(k2), Options{}); err == nil {
+		t.Fatal("export verified from the second key, which did not sign its first rotation")
+	}
+
+	// A server holding a retired key cannot take the log back.
+	old, err := audit.Open(ctx, db, k1, audit.Options{})
+	if old != nil {
+		old.Close()
+	}
+	var te *audit.TamperError
+	if !errors.As(err, &te) {
+		t.Fatalf("Open with a retired key: %v, want refused", err)
+	}
+}
+
+func TestRotationSignedOnlyByTheNewKeyIsRefused(t *testing.T) {
+	ctx := context.Background()
+	db := storetest.Open(t, t.TempDir())
+	trusted, intruder := seededKey(1), seededKey(9)
+	// A log the intruder wrote with its own key, claiming to take over
+	// from the trusted key: the hand-over carries the intruder's
+	// signature, and the entry's sig is the intruder's, not the trusted
+	// key's.
+	l, err := audit.Open(ctx, db, intruder, audit.Options{Now: stepClock()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	mustAppend(t, l, rejected("x"))
+	stmt := audit.RotationStatement(keyText(trusted), keyText(intruder))
+	mustAppend(t, l, audit.Entry{Kind: vocab.KindKeyRotated, PreviousKey: keyText(trusted), PublicKey: keyText(intruder),
+		Signature: base64.RawURLEncoding.EncodeToString(ed25519.Sign(intruder, stmt))})
+	mustAppend(t, l, rejected("y"))
+	_, err = Export(bytes.NewReader(exportLog(t, l)), keyText(trusted), Options{})
+	var ve *Error
+	if !errors.As(err, &ve) || ve.Seq != 2 || !strings.Contains(ve.Reason, "sig does not verify") {
+		t.Fatalf("a rotation signed only by the new key: %v, want refused at seq 2", err)
+	}
+}
+
