@@ -113,4 +113,3 @@ func TestRotationSignedOnlyByTheNewKeyIsRefused(t *testing.T) {
 		t.Fatalf("a rotation signed only by the new key: %v, want refused at seq 2", err)
 	}
 }
-
