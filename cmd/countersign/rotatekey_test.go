@@ -5,6 +5,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/countersign/countersign/token"
 )
 
 // audit rotate-key twice on a data directory: the export verifies from
@@ -26,6 +29,21 @@ func TestAuditRotateKeyTwiceVerifiesFromTheFirstKey(t *testing.T) {
 	if len(retired) != 2 {
 		t.Fatalf("retired key files %v, want 2", retired)
 	}
+	// The token key set publishes the retired keys' token keys while
+	// tokens they signed before the rotation may live, and no longer.
+	if n := strings.Count(runCLI(t, c, "token", "jwks"), `"kid"`); n != 3 {
+		t.Fatalf("token jwks right after two rotations lists %d keys, want 3", n)
+	}
+	past := time.Now().Add(-token.MaxLifetime - time.Minute)
+	for _, f := range retired {
+		if err := os.Chtimes(f, past, past); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := strings.Count(runCLI(t, c, "token", "jwks"), `"kid"`); n != 1 {
+		t.Fatalf("token jwks once the retired keys' tokens expired lists %d keys, want 1", n)
+	}
+
 	export := filepath.Join(t.TempDir(), "log.jsonl")
 	runCLI(t, c, "audit", "export", "--out", export)
 	body, _ := os.ReadFile(export)

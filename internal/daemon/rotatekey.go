@@ -9,10 +9,57 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/token"
 )
+
+// retiredSuffix follows the key file's name on a key rotated away, before
+// the retired key's note key hash.
+const retiredSuffix = ".retired-"
+
+// keyPath is where the server key lives: audit.key_file or server.key in
+// the data directory.
+func keyPath(c *config.Config) string {
+	if c.Audit.KeyFile != "" {
+		return c.Audit.KeyFile
+	}
+	return filepath.Join(c.Server.DataDir, audit.KeyFile)
+}
+
+// retiredTokenKeys are the token keys of server keys rotated away less
+// than token.MaxLifetime ago (by their file's time, set by RotateKey):
+// tokens they signed before the rotation may still be shown, so the key
+// set publishes them until then.
+func retiredTokenKeys(c *config.Config, now time.Time) ([]token.RetiredKey, error) {
+	files, err := filepath.Glob(keyPath(c) + retiredSuffix + "*")
+	if err != nil {
+		return nil, err
+	}
+	var out []token.RetiredKey
+	for _, f := range files {
+		info, err := os.Stat(f)
+		if err != nil {
+			return nil, err
+		}
+		until := info.ModTime().Add(token.MaxLifetime)
+		if !now.Before(until) {
+			continue
+		}
+		server, err := audit.LoadKey(f)
+		if err != nil {
+			return nil, err
+		}
+		key, err := token.DeriveKey(server)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, token.RetiredKey{Public: key.Public().(ed25519.PublicKey), Until: until})
+	}
+	return out, nil
+}
 
 // RotateKey hands the audit log to a new server key, offline: it holds
 // the data directory's lock (so no server appends meanwhile, and none
@@ -38,10 +85,7 @@ func RotateKey(ctx context.Context, c *config.Config, reason string, opts audit.
 		return "", "", err
 	}
 	defer lock.Close()
-	path := c.Audit.KeyFile
-	if path == "" {
-		path = filepath.Join(c.Server.DataDir, audit.KeyFile)
-	}
+	path := keyPath(c)
 	nextPath := path + ".next"
 	newKey, err := audit.WriteNewKey(nextPath)
 	if errors.Is(err, fs.ErrExist) {
@@ -74,12 +118,17 @@ func RotateKey(ctx context.Context, c *config.Config, reason string, opts audit.
 	}
 	next = audit.PublicKeyText(newKey.Public().(ed25519.PublicKey))
 	hash, _, _ := strings.Cut(strings.TrimPrefix(previous, audit.KeyName+"+"), "+")
-	if err := os.Rename(path, path+".retired-"+hash); err != nil {
+	retired := path + retiredSuffix + hash
+	if err := os.Rename(path, retired); err != nil {
 		return "", "", fmt.Errorf("the log now names the key in %s, but retiring %s failed: %w; move %s to %s", nextPath, path, err, nextPath, path)
 	}
 	if err := os.Rename(nextPath, path); err != nil {
 		return "", "", fmt.Errorf("the log now names the key in %s, but moving it failed: %w; move it to %s", nextPath, err, path)
 	}
+	// The retired file's time is the rotation's: the token key derived
+	// from it stays published until MaxLifetime after (retiredTokenKeys).
+	now := time.Now()
+	os.Chtimes(retired, now, now)
 	if d, err := os.Open(filepath.Dir(path)); err == nil {
 		d.Sync()
 		d.Close()
