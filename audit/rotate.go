@@ -45,7 +45,7 @@ func RotationProblem(e *Entry, trusted ed25519.PublicKey) (ed25519.PublicKey, st
 // (nil otherwise), read before the line is checked: CheckLines checks
 // later sigs with it, and the line's own checks refuse it if it lies.
 func rotationKey(line []byte) ed25519.PublicKey {
-	if !bytes.Contains(line, []byte(`"key.rotated"`)) {
+	if !bytes.Contains(line, []byte(`"`+vocab.KindKeyRotated+`"`)) {
 		return nil
 	}
 	var e struct {
@@ -67,7 +67,7 @@ func rotationKey(line []byte) ed25519.PublicKey {
 func firstKey(ctx context.Context, q querier, current ed25519.PublicKey) (ed25519.PublicKey, error) {
 	var body string
 	// SQLite stores body as a BLOB, which LIKE does not match as text.
-	err := q.QueryRowContext(ctx, `SELECT body FROM audit_entries WHERE CAST(body AS TEXT) LIKE '%"kind":"key.rotated"%' ORDER BY seq LIMIT 1`).Scan(&body)
+	err := q.QueryRowContext(ctx, `SELECT body FROM audit_entries WHERE CAST(body AS TEXT) LIKE '%"kind":"`+string(vocab.KindKeyRotated)+`"%' ORDER BY seq LIMIT 1`).Scan(&body)
 	if errors.Is(err, sql.ErrNoRows) {
 		return current, nil
 	}
