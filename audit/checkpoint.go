@@ -110,6 +110,15 @@ func (l *Log) checkStored(ctx context.Context, q querier, stored *Head) (*Tamper
 		cpSize = te.Seq
 	}
 
+	// Before the entries' rows: a snapshot may be one connection.
+	pub, err := firstKey(ctx, q, l.signer.pub)
+	var fk *TamperError
+	if errors.As(err, &fk) {
+		note(fk)
+		pub = l.signer.pub
+	} else if err != nil {
+		return nil, err
+	}
 	rows, err := q.QueryContext(ctx, `SELECT seq, hash, body FROM audit_entries ORDER BY seq`)
 	if err != nil {
 		return nil, fmt.Errorf("audit: read log: %w", err)
@@ -128,14 +137,6 @@ func (l *Log) checkStored(ctx context.Context, q querier, stored *Head) (*Tamper
 		// the first one (a swapped key shows at seq 1) and the tail.
 		it.CheckSig = it.rowSeq == 1 || it.rowSeq > cpSize
 		return it, true, nil
-	}
-	pub, err := firstKey(ctx, q, l.signer.pub)
-	var fk *TamperError
-	if errors.As(err, &fk) {
-		note(fk)
-		pub = l.signer.pub
-	} else if err != nil {
-		return nil, err
 	}
 	inForce := pub
 	var retired []string // the keys before inForce, oldest first
