@@ -1,7 +1,10 @@
 package verify
 
 import (
+	"bufio"
+	"bytes"
 	"crypto/ed25519"
+	"math"
 
 	"github.com/countersign/countersign/audit"
 	"golang.org/x/mod/sumdb/note"
@@ -13,8 +16,34 @@ import (
 // checked) and the new key signed the hand-over, so a key the auditor
 // never trusted cannot take over the log.
 type keyChain struct {
+	first   ed25519.PublicKey
 	inForce ed25519.PublicKey
-	retired []ed25519.PublicKey // oldest first
+	changes []keyChange // oldest first
+}
+
+// keyChange is a rotation: key signs the entries after seq.
+type keyChange struct {
+	seq int64
+	key ed25519.PublicKey
+}
+
+// start sets the key the auditor gave, unless a previous export's chain
+// goes on.
+func (k *keyChain) start(pub ed25519.PublicKey) {
+	if k.first == nil {
+		k.first, k.inForce = pub, pub
+	}
+}
+
+// at is the key that signed entry seq.
+func (k *keyChain) at(seq int64) ed25519.PublicKey {
+	key := k.first
+	for _, c := range k.changes {
+		if c.seq < seq {
+			key = c.key
+		}
+	}
+	return key
 }
 
 // rotate checks a key.rotated entry against the key in force and moves
@@ -24,7 +53,7 @@ func (k *keyChain) rotate(e *audit.Entry) string {
 	if why != "" {
 		return why
 	}
-	k.retired = append(k.retired, k.inForce)
+	k.changes = append(k.changes, keyChange{e.Seq, next})
 	k.inForce = next
 	return ""
 }
@@ -38,4 +67,22 @@ func (k *keyChain) verifier() note.Verifier {
 		panic("verify: " + err.Error())
 	}
 	return v
+}
+
+// firstSeq is the seq of the first line br holds, read without consuming
+// it (a line starts {"seq":N), or 0 if it does not look like an entry.
+func firstSeq(br *bufio.Reader) int64 {
+	b, _ := br.Peek(32)
+	rest, ok := bytes.CutPrefix(b, []byte(`{"seq":`))
+	if !ok {
+		return 0
+	}
+	var n int64
+	for _, c := range rest {
+		if c < '0' || c > '9' || n > math.MaxInt64/10-1 {
+			break
+		}
+		n = n*10 + int64(c-'0')
+	}
+	return n
 }

@@ -113,3 +113,32 @@ func TestRotationSignedOnlyByTheNewKeyIsRefused(t *testing.T) {
 		t.Fatalf("a rotation signed only by the new key: %v, want refused at seq 2", err)
 	}
 }
+
+// An export --since a previous export that ends after a rotation is
+// checked with the key in force where it starts.
+func TestPartialExportAfterARotationVerifiesWithThePrevious(t *testing.T) {
+	ctx := context.Background()
+	db := storetest.Open(t, t.TempDir())
+	k1, k2 := seededKey(1), seededKey(2)
+	l := openLog(t, db, k1, audit.Options{Now: stepClock()})
+	mustAppend(t, l, rejected("a"))
+	if _, err := l.RotateKey(ctx, k2, ""); err != nil {
+		t.Fatal(err)
+	}
+	mustAppend(t, l, rejected("b"))
+	older := exportLog(t, l)
+	mustAppend(t, l, rejected("c"))
+	mustAppend(t, l, rejected("d"))
+	var since bytes.Buffer
+	if err := l.Export(ctx, &since, 3); err != nil {
+		t.Fatal(err)
+	}
+	for _, all := range []bool{false, true} {
+		if _, err := Export(bytes.NewReader(since.Bytes()), keyText(k1), Options{Previous: bytes.NewReader(older), AllSignatures: all}); err != nil {
+			t.Fatalf("export --since after a rotation (all signatures %v): %v", all, err)
+		}
+		if _, err := Export(bytes.NewReader(exportLog(t, l)), keyText(k1), Options{Previous: bytes.NewReader(older), AllSignatures: all}); err != nil {
+			t.Fatalf("whole export with a previous one across a rotation (all signatures %v): %v", all, err)
+		}
+	}
+}

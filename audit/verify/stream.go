@@ -39,8 +39,13 @@ type stream struct {
 
 func verifyStream(r io.Reader, pub ed25519.PublicKey, v note.Verifier, prev *verified, keep bool, opts Options) (*verified, error) {
 	s := newStream(r, prev, keep, opts)
-	if s.state.keys.inForce == nil {
-		s.state.keys.inForce = pub
+	s.state.keys.start(pub)
+	if prev != nil {
+		// An export that starts later (export --since) is signed from
+		// its first entry by the key in force there.
+		if n := firstSeq(s.br); n > 1 {
+			pub = s.state.keys.at(n)
+		}
 	}
 	if err := audit.CheckLines(s.next, pub, s.entry); err != nil {
 		var ve *Error
