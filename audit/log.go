@@ -234,6 +234,15 @@ func (l *Log) PublicKey() string { return PublicKeyText(l.current().pub) }
 // are bounded (Bound). An error means the entry may not be relied on: the
 // caller must not proceed.
 func (l *Log) Append(ctx context.Context, e Entry) (Entry, error) {
+	if e.Kind == vocab.KindKeyRotated {
+		// Only RotateKey, which switches the key with it: a rotation
+		// the signer did not follow would leave a log no key extends.
+		return Entry{}, errors.New("audit: a key.rotated entry is appended by RotateKey alone")
+	}
+	return l.append(ctx, e)
+}
+
+func (l *Log) append(ctx context.Context, e Entry) (Entry, error) {
 	if l.broken != nil {
 		return Entry{}, l.broken
 	}

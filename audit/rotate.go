@@ -107,7 +107,7 @@ func (l *Log) RotateKey(ctx context.Context, next Signer, reason string) (Entry,
 	if err != nil {
 		return Entry{}, err
 	}
-	e, err := l.Append(ctx, Entry{Kind: vocab.KindKeyRotated, PreviousKey: prevText, PublicKey: nextText,
+	e, err := l.append(ctx, Entry{Kind: vocab.KindKeyRotated, PreviousKey: prevText, PublicKey: nextText,
 		Signature: base64.RawURLEncoding.EncodeToString(sig), Reason: reason})
 	if err != nil {
 		return Entry{}, err

@@ -93,21 +93,26 @@ func TestRotationSignedOnlyByTheNewKeyIsRefused(t *testing.T) {
 	ctx := context.Background()
 	db := storetest.Open(t, t.TempDir())
 	trusted, intruder := seededKey(1), seededKey(9)
-	// A log the intruder wrote with its own key, claiming to take over
-	// from the trusted key: the hand-over carries the intruder's
-	// signature, and the entry's sig is the intruder's, not the trusted
-	// key's.
+	// An export the intruder signed with its own key, whose second entry
+	// claims to take over from the trusted key: the hand-over carries the
+	// intruder's signature, and the entry's sig is the intruder's, not
+	// the trusted key's.
 	l, err := audit.Open(ctx, db, intruder, audit.Options{Now: stepClock()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { l.Close() })
-	mustAppend(t, l, rejected("x"))
+	for _, r := range []string{"x", "rotation", "y"} {
+		mustAppend(t, l, rejected(r))
+	}
 	stmt := audit.RotationStatement(keyText(trusted), keyText(intruder))
-	mustAppend(t, l, audit.Entry{Kind: vocab.KindKeyRotated, PreviousKey: keyText(trusted), PublicKey: keyText(intruder),
-		Signature: base64.RawURLEncoding.EncodeToString(ed25519.Sign(intruder, stmt))})
-	mustAppend(t, l, rejected("y"))
-	_, err = Export(bytes.NewReader(exportLog(t, l)), keyText(trusted), Options{})
+	forged := resign(t, exportLog(t, l), intruder, func(e *audit.Entry) {
+		if e.Seq == 2 {
+			*e = audit.Entry{Seq: e.Seq, Time: e.Time, V: e.V, Kind: vocab.KindKeyRotated, PreviousKey: keyText(trusted), PublicKey: keyText(intruder),
+				Signature: base64.RawURLEncoding.EncodeToString(ed25519.Sign(intruder, stmt))}
+		}
+	})
+	_, err = Export(bytes.NewReader(forged), keyText(trusted), Options{})
 	var ve *Error
 	if !errors.As(err, &ve) || ve.Seq != 2 || !strings.Contains(ve.Reason, "sig does not verify") {
 		t.Fatalf("a rotation signed only by the new key: %v, want refused at seq 2", err)
@@ -141,4 +146,23 @@ func TestPartialExportAfterARotationVerifiesWithThePrevious(t *testing.T) {
 			t.Fatalf("whole export with a previous one across a rotation (all signatures %v): %v", all, err)
 		}
 	}
+}
+
+// The old key alone cannot rotate either: the new key must sign the
+// hand-over. And only RotateKey appends a rotation.
+func TestRotationWithoutTheNewKeysSignatureIsRefused(t *testing.T) {
+	ctx := context.Background()
+	trusted, next := seededKey(1), seededKey(2)
+	l := openLogWith(t, trusted, []audit.Entry{rejected("x"), rejected("rotation"), rejected("y")})
+	if _, err := l.Append(ctx, audit.Entry{Kind: vocab.KindKeyRotated, PreviousKey: keyText(trusted), PublicKey: keyText(next)}); err == nil {
+		t.Fatal("Append took a key.rotated entry; only RotateKey may")
+	}
+	stmt := audit.RotationStatement(keyText(trusted), keyText(next))
+	forged := resign(t, exportLog(t, l), trusted, func(e *audit.Entry) {
+		if e.Seq == 2 {
+			*e = audit.Entry{Seq: e.Seq, Time: e.Time, V: e.V, Kind: vocab.KindKeyRotated, PreviousKey: keyText(trusted), PublicKey: keyText(next),
+				Signature: base64.RawURLEncoding.EncodeToString(ed25519.Sign(trusted, stmt))}
+		}
+	})
+	wantVerifyErr(t, forged, keyText(trusted), nil, 2, "signature does not verify with the new key")
 }
