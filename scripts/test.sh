@@ -35,6 +35,15 @@ if [ -z "${COUNTERSIGN_TEST_PG:-}" ] && ! command -v initdb >/dev/null 2>&1 && !
 	DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq postgresql >/dev/null
 fi
 
+# audit/pkcs11key signs in a SoftHSM token (Debian's softhsm2).
+if [ ! -e /usr/lib/softhsm/libsofthsm2.so ]; then
+	echo "test.sh: installing Debian's softhsm2 for the PKCS #11 signer's tests" >&2
+	sudo=""
+	if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+	$sudo apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq softhsm2 >/dev/null
+fi
+
 # The gateway tests run the reference MCP filesystem server from npm, pinned
 # with its dependencies in testdata/npm/package-lock.json (Node.js 20 or later);
 # the block_for test drives the official TypeScript SDK client from there too.
