@@ -2,6 +2,7 @@ package approval
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"time"
 
@@ -59,10 +60,12 @@ func (s *Service) announceDecision(r *Request, approver string) {
 
 // announceExpiring announces each pending request that has entered its
 // expiring.Lead, once. The expiry loop calls it and sleeps no longer than
-// the time it returns: until the next request enters its lead.
-func (s *Service) announceExpiring(ctx context.Context) time.Duration {
+// the time it returns: until the next request enters its lead. Its error
+// is the first claim it could not record; the rest wait for the next
+// round.
+func (s *Service) announceExpiring(ctx context.Context) (time.Duration, error) {
 	if s.opts.Notify == nil {
-		return time.Hour
+		return time.Hour, nil
 	}
 	now := s.now()
 	due, next, err := expiring.Due(ctx, s.db, now)
@@ -71,8 +74,7 @@ func (s *Service) announceExpiring(ctx context.Context) time.Duration {
 	}
 	for _, id := range due {
 		if first, err := expiring.Claim(ctx, s.db, id, now); err != nil {
-			s.opts.Logger.Warn("approval: claiming an expiring announcement", "id", id, "err", err)
-			continue
+			return next, fmt.Errorf("claim the expiring announcement of %s: %w", id, err)
 		} else if !first {
 			continue // another process announced it
 		}
@@ -80,5 +82,5 @@ func (s *Service) announceExpiring(ctx context.Context) time.Duration {
 			s.announce(EventExpiring, r)
 		}
 	}
-	return next
+	return next, nil
 }
