@@ -1,7 +1,6 @@
 package approval
 
 import (
-	"cmp"
 	"context"
 	"database/sql"
 	"encoding/base64"
@@ -9,9 +8,9 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/countersign/countersign/approval/expiring"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/digest"
-	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/vocab"
 )
 
@@ -96,94 +95,55 @@ func (s *Service) requestEntry(r *row, kind vocab.Kind, reason string) audit.Ent
 	return e
 }
 
-// expiryBackoff spaces the expiry loop's rounds while what it must
-// write cannot be written (a full disk): one round, and one log line,
-// per step, instead of a round every time a request is touched.
-var expiryBackoff = store.Backoff{First: 100 * time.Millisecond, Max: 30 * time.Second}
-
-// expiryLoop expires pending requests whose time is up, whether or not
-// anyone waits or looks, while this replica leads the sweeps (sweeps.go);
-// on every replica it announces expiring requests (each claimed once) and
-// appends this process's outbox. A round that cannot write backs off
-// (expiryBackoff), and changes do not wake it until one writes again.
+// expiryLoop runs the expiry loop (expiring.Loop) until Close: it
+// expires requests while this replica leads the sweeps (sweeps.go); on
+// every replica it announces expiring requests (each claimed once) and
+// appends this process's outbox.
 func (s *Service) expiryLoop() {
 	defer close(s.done)
-	ctx := context.Background()
-	failed := 0 // rounds in a row that could not write
-	for {
-		var next sql.NullInt64
-		err := s.db.QueryRowContext(ctx, `SELECT MIN(expires_at) FROM approval_requests WHERE state = 'pending'`).Scan(&next)
-		if err != nil {
-			s.opts.Logger.Error("approval: expiry loop", "err", err)
-		}
-		wait := time.Second
-		if next.Valid {
-			if d := time.Unix(next.Int64, 0).Sub(s.now()); d < wait {
-				wait = max(d, 0)
+	expiring.Loop{Sweeper: sweeper{s}, Now: s.now, Wake: s.watch.Any, Stop: s.stop, Log: s.opts.Logger}.Run()
+}
+
+// sweeper is the service's part of the expiry loop (expiring.Sweeper).
+type sweeper struct{ s *Service }
+
+func (w sweeper) Next(ctx context.Context) (time.Time, bool, error) {
+	var next sql.NullInt64
+	err := w.s.db.QueryRowContext(ctx, `SELECT MIN(expires_at) FROM approval_requests WHERE state = 'pending'`).Scan(&next)
+	return time.Unix(next.Int64, 0), next.Valid, err
+}
+
+func (w sweeper) Leading() bool { return w.s.leadingSweeps.Load() }
+
+func (w sweeper) Announce(ctx context.Context) (time.Duration, error) {
+	return w.s.announceExpiring(ctx)
+}
+
+func (w sweeper) ExpireDue(ctx context.Context) error {
+	rows, err := w.s.db.QueryContext(ctx, `SELECT id FROM approval_requests WHERE state = 'pending' AND expires_at <= ?`, w.s.now().Unix())
+	var ids []string
+	if err == nil {
+		for rows.Next() {
+			var id string
+			if rows.Scan(&id) == nil {
+				ids = append(ids, id)
 			}
 		}
-		if wait == 0 && !s.leadingSweeps.Load() {
-			// The replica leading the sweeps expires it (sweeps.go); a
-			// waiter here expires its own request as it reads it.
-			wait = time.Second
-		}
-		var roundErr error // the first write this round could not make
-		if wait == 0 {
-			rows, err := s.db.QueryContext(ctx, `SELECT id FROM approval_requests WHERE state = 'pending' AND expires_at <= ?`, s.now().Unix())
-			var ids []string
-			if err == nil {
-				for rows.Next() {
-					var id string
-					if rows.Scan(&id) == nil {
-						ids = append(ids, id)
-					}
-				}
-				rows.Close()
-			}
-			for _, id := range ids {
-				// One failure stands for the rest: they would fail alike.
-				if roundErr = s.expireErr(ctx, id); roundErr != nil {
-					roundErr = fmt.Errorf("expire request %s: %w", id, roundErr)
-					break
-				}
-				s.expiredBySweep.Add(1)
-			}
-			if err := s.flush(ctx, true); err != nil && roundErr == nil {
-				roundErr = fmt.Errorf("outbox flush: %w", err)
-			}
-			wait = 50 * time.Millisecond
-		}
-		d, err := s.announceExpiring(ctx)
-		if d < wait {
-			wait = max(d, 10*time.Millisecond)
-		}
-		roundErr = cmp.Or(roundErr, err)
-		// Retry entries a failed append or another process left behind, so
-		// a recovered log catches up without anyone asking.
-		var queued int
-		if roundErr == nil && s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM approval_outbox`).Scan(&queued) == nil && queued > 0 {
-			if err := s.flush(ctx, true); err != nil {
-				roundErr = fmt.Errorf("outbox flush (%d queued): %w", queued, err)
-			}
-		}
-		wake := s.watch.Any()
-		switch {
-		case roundErr != nil:
-			failed++
-			wait, wake = expiryBackoff.Pause(failed), nil
-			s.opts.Logger.Error("approval: expiry loop cannot write; backing off", "err", roundErr, "failures", failed, "retry_in", wait.Round(time.Millisecond))
-		case failed > 0:
-			s.opts.Logger.Info("approval: expiry loop writes again", "after_failures", failed)
-			failed = 0
-		}
-		t := time.NewTimer(wait)
-		select {
-		case <-s.stop:
-			t.Stop()
-			return
-		case <-wake:
-		case <-t.C:
-		}
-		t.Stop()
+		rows.Close()
 	}
+	for _, id := range ids {
+		if err := w.s.expireErr(ctx, id); err != nil {
+			return fmt.Errorf("expire request %s: %w", id, err)
+		}
+		w.s.expiredBySweep.Add(1)
+	}
+	return w.s.flush(ctx, true)
+}
+
+func (w sweeper) FlushQueued(ctx context.Context) error {
+	var queued int
+	if w.s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM approval_outbox`).Scan(&queued) != nil || queued == 0 {
+		return nil
+	}
+	return w.s.flush(ctx, true)
 }
