@@ -32,9 +32,8 @@ func (s *Service) expire(ctx context.Context, id string) bool {
 	return err == nil
 }
 
-// expireErr ends the request if its time is up, and returns why it could
-// not: nil also when the request was no longer pending. Loops that retry
-// call it and log as their back-off says.
+// expireErr ends the request if its time is up, or says why it could not
+// (nil when no longer pending); loops that retry log as they back off.
 func (s *Service) expireErr(ctx context.Context, id string) error {
 	err := s.endRequest(ctx, id, vocab.StateExpired, "", "nobody decided before expires_at")
 	if errors.Is(err, ErrNotPending) {

@@ -102,11 +102,9 @@ func (s *Service) Await(ctx context.Context, id string, done func(*Request) bool
 	}
 }
 
-// expiryUnrecorded is what a reader of request r hears when r's time is
-// up and its expiry cannot be written (err): past its time it can no
-// longer be approved (every decision checks expires_at), so the caller
-// hears that now rather than when the disk has room again, and the
-// expiry loop records the expiry then.
+// expiryUnrecorded is what a reader of r hears when r's time is up and
+// its expiry cannot be written (err): it cannot be approved any more (a
+// decision checks expires_at), and the expiry loop records it later.
 func expiryUnrecorded(r *Request, err error) error {
 	return fmt.Errorf("%w: request %s expired at %s, and its expiry could not be recorded yet: %v",
 		ErrRecord, r.ID, r.ExpiresAt.UTC().Format(time.RFC3339), err)
