@@ -304,7 +304,7 @@ func (s *server) apiFinish(w http.ResponseWriter, r *http.Request) {
 	}
 	req, err := s.svc.FinishDecision(r.Context(), r.PathValue("id"), body.Ceremony, body.Credential)
 	if err != nil {
-		s.fail(w, err)
+		s.failDecision(w, err)
 		return
 	}
 	writeJSON(w, toJSON(req))
