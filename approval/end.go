@@ -107,9 +107,7 @@ func (s *Service) expiryLoop() {
 type sweeper struct{ s *Service }
 
 func (w sweeper) Next(ctx context.Context) (time.Time, bool, error) {
-	var next sql.NullInt64
-	err := w.s.db.QueryRowContext(ctx, `SELECT MIN(expires_at) FROM approval_requests WHERE state = 'pending'`).Scan(&next)
-	return time.Unix(next.Int64, 0), next.Valid, err
+	return expiring.Next(ctx, w.s.db)
 }
 
 func (w sweeper) Leading() bool { return w.s.leadingSweeps.Load() }
@@ -119,17 +117,7 @@ func (w sweeper) Announce(ctx context.Context) (time.Duration, error) {
 }
 
 func (w sweeper) ExpireDue(ctx context.Context) error {
-	rows, err := w.s.db.QueryContext(ctx, `SELECT id FROM approval_requests WHERE state = 'pending' AND expires_at <= ?`, w.s.now().Unix())
-	var ids []string
-	if err == nil {
-		for rows.Next() {
-			var id string
-			if rows.Scan(&id) == nil {
-				ids = append(ids, id)
-			}
-		}
-		rows.Close()
-	}
+	ids, _ := expiring.Past(ctx, w.s.db, w.s.now())
 	for _, id := range ids {
 		if err := w.s.expireErr(ctx, id); err != nil {
 			return fmt.Errorf("expire request %s: %w", id, err)

@@ -2,6 +2,8 @@ package expiring
 
 import (
 	"context"
+	"database/sql"
+	"errors"
 	"log/slog"
 	"time"
 
@@ -101,4 +103,37 @@ func (l Loop) round(ctx context.Context) (time.Duration, error) {
 		return wait, err
 	}
 	return wait, l.Sweeper.FlushQueued(ctx)
+}
+
+// Next is when the earliest pending request expires; false when none is
+// pending.
+func Next(ctx context.Context, db DB) (time.Time, bool, error) {
+	var next sql.NullInt64
+	rows, err := db.QueryContext(ctx, `SELECT MIN(expires_at) FROM approval_requests WHERE state = 'pending'`)
+	if err != nil {
+		return time.Time{}, false, err
+	}
+	defer rows.Close()
+	if rows.Next() {
+		err = rows.Scan(&next)
+	}
+	return time.Unix(next.Int64, 0), next.Valid, errors.Join(err, rows.Err())
+}
+
+// Past returns the pending requests whose time is up at now.
+func Past(ctx context.Context, db DB, now time.Time) ([]string, error) {
+	rows, err := db.QueryContext(ctx, `SELECT id FROM approval_requests WHERE state = 'pending' AND expires_at <= ?`, now.Unix())
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var ids []string
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return ids, err
+		}
+		ids = append(ids, id)
+	}
+	return ids, rows.Err()
 }
