@@ -64,8 +64,9 @@ const (
 	msgEntryWaits  = "your decision is stored, but the audit log cannot be written yet: it records the decision as soon as it can"
 )
 
-// failDecision is fail for a decision's finish: a failure to write is
-// said as such, with whether the decision stands, instead of a bare 500.
+// failDecision is fail for a decision's ceremony (begin, finish, one
+// request or a batch): a failure to write is said as such, with whether
+// the decision stands, instead of a bare 500.
 func (s *server) failDecision(w http.ResponseWriter, err error) {
 	var ce *ceremony.CheckError
 	switch {

@@ -286,7 +286,7 @@ func (s *server) apiBegin(w http.ResponseWriter, r *http.Request) {
 		opts, err = s.svc.BeginDecision(r.Context(), r.PathValue("id"), body.Decision)
 	}
 	if err != nil {
-		s.fail(w, err)
+		s.failDecision(w, err)
 		return
 	}
 	writeJSON(w, opts)
