@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"log/slog"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -11,6 +12,9 @@ import (
 
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/guard/routine"
+	"github.com/countersign/countersign/store"
+	"github.com/countersign/countersign/store/fulldisk"
+	"github.com/countersign/countersign/tools"
 	"github.com/countersign/countersign/vocab"
 )
 
@@ -83,5 +87,56 @@ func TestAnOutcomeTheLogCouldNotTakeIsRecordedOnceItCan(t *testing.T) {
 	time.Sleep(300 * time.Millisecond)
 	if got := f.log.kinds(); len(got) != 2 {
 		t.Errorf("log %v, want one outcome", got)
+	}
+}
+
+// An approved request's run that took effect while its outcome could not
+// be stored (the database's disk filled up as it ran) is stored by the
+// running process once the disk has room, not at the next start.
+func TestAnApprovedRunsOutcomeIsStoredOnceTheDatabaseTakesIt(t *testing.T) {
+	ctx := context.Background()
+	disk := fulldisk.Mount(t, 32<<20)
+	db, err := store.Connect(ctx, filepath.Join(disk.Dir, store.FileName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	w := newWorldOn(t, db)
+	fill := w.book.spec("fill")
+	run := fill.Run
+	fill.Run = func(ctx context.Context, call *tools.Call) (*tools.Result, error) {
+		res, err := run(ctx, call) // took effect
+		disk.Fill(t)
+		return res, err
+	}
+	if err := w.cat.Replace("test", []*tools.Spec{fill}); err != nil {
+		t.Fatal(err)
+	}
+	p := w.start()
+	if err := p.g.Resume(ctx); err != nil {
+		t.Fatal(err)
+	}
+	id := w.raise(p, "fill", map[string]any{"note": "paid"})
+	w.approve(p, id)
+	deadline := time.Now().Add(30 * time.Second)
+	for w.book.count() == 0 || disk.Free(t) != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the approved request never ran")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(500 * time.Millisecond) // its outcome fails to be stored meanwhile
+	if r, err := p.svc.Get(ctx, id); err != nil || r.State != vocab.StateApproved {
+		t.Fatalf("request while its outcome cannot be stored: %v, %v", r.State, err)
+	}
+
+	disk.Release(t)
+	w.waitState(p, id, vocab.StateExecuted)
+	w.waitKinds(id, vocab.KindApprovalRequested, vocab.KindApprovalAssertion, vocab.KindApprovalApproved, vocab.KindCallExecuted)
+	if e := w.log.last(vocab.KindCallExecuted); !strings.Contains(e.Reason, routine.NoteLate) {
+		t.Errorf("call.executed stored late does not say so: %q", e.Reason)
+	}
+	if w.book.count() != 1 {
+		t.Fatalf("ran %d times, want once", w.book.count())
 	}
 }

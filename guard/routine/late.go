@@ -14,9 +14,9 @@ import (
 )
 
 // Late records the outcomes of routine calls that could not be recorded
-// when the calls ended (the disk was full): the running process records
-// each as soon as the log takes it, instead of leaving it to the next
-// start. Until then the call stays open in Calls, so the mark stays
+// when the calls ended (the disk was full), and stores those of approved
+// requests' runs (KeepFinish): the running process records each as soon
+// as the log takes it, instead of leaving it to the next start. Until then the call stays open in Calls, so the mark stays
 // before it and a start after a crash settles it as any open call.
 type Late struct {
 	Calls  *Calls
@@ -27,9 +27,10 @@ type Late struct {
 	Since  func(ctx context.Context, seq int64, limit int) ([]audit.Entry, error)
 	Logger *slog.Logger
 
-	mu   sync.Mutex
-	recs map[int64]audit.Entry // by the seq of the call's call.allowed
-	kick chan struct{}
+	mu       sync.Mutex
+	recs     map[int64]audit.Entry                  // by the seq of the call's call.allowed
+	finishes map[string]func(context.Context) error // stores a request's outcome, by request id
+	kick     chan struct{}
 }
 
 // NoteLate is added to the reason of an outcome recorded late.
@@ -55,6 +56,23 @@ func (l *Late) Keep(rec audit.Entry) {
 	}
 }
 
+// KeepFinish holds finish, which stores the outcome of request id's run
+// that could not be stored when it ended, for Run to call until it
+// succeeds.
+func (l *Late) KeepFinish(id string, finish func(context.Context) error) {
+	l.mu.Lock()
+	if l.finishes == nil {
+		l.finishes = map[string]func(context.Context) error{}
+	}
+	l.finishes[id] = finish
+	kick := l.kicker()
+	l.mu.Unlock()
+	select {
+	case kick <- struct{}{}:
+	default:
+	}
+}
+
 // kicker is the channel that wakes Run; l.mu is held.
 func (l *Late) kicker() chan struct{} {
 	if l.kick == nil {
@@ -67,7 +85,7 @@ func (l *Late) kicker() chan struct{} {
 func (l *Late) Pending() int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return len(l.recs)
+	return len(l.recs) + len(l.finishes)
 }
 
 // Run records what Keep holds whenever there is some, backing off while
@@ -137,6 +155,25 @@ func (l *Late) recordAll(ctx context.Context) error {
 		delete(l.recs, seq)
 		l.mu.Unlock()
 		l.Calls.End(seq, stored)
+	}
+	l.mu.Lock()
+	ids := make([]string, 0, len(l.finishes))
+	for id := range l.finishes {
+		ids = append(ids, id)
+	}
+	l.mu.Unlock()
+	slices.Sort(ids)
+	for _, id := range ids {
+		l.mu.Lock()
+		finish := l.finishes[id]
+		l.mu.Unlock()
+		if err := finish(ctx); err != nil {
+			return err
+		}
+		l.Logger.Warn("stored the outcome of an approved request's run that could not be stored when it ended", "auth_req_id", id)
+		l.mu.Lock()
+		delete(l.finishes, id)
+		l.mu.Unlock()
 	}
 	return nil
 }
