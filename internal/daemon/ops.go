@@ -20,8 +20,10 @@ import (
 // Operations endpoints, on the approver listener and on the agent listener:
 //
 //	/healthz  200 while the process serves HTTP at all (liveness)
-//	/readyz   200 when it can do its work: the database takes a write, the
-//	          audit log passed its check at start, every configured upstream
+//	/readyz   200 when it can do its work: the database takes a write (one
+//	          that commits, so it needs the disk), the audit log passed its
+//	          check at start and its appends are stored (auditReadiness),
+//	          every configured upstream
 //	          is connected, no witness refuses the log; else 503 naming what
 //	          is not. A C2SP witness that lags (down, slow) is reported on
 //	          its line but keeps the server ready, since calls do not wait
