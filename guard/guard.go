@@ -109,6 +109,7 @@ import (
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/digest"
 	"github.com/countersign/countersign/guard/argschema"
+	"github.com/countersign/countersign/guard/routine"
 	"github.com/countersign/countersign/tools"
 	"github.com/countersign/countersign/vocab"
 	"github.com/mark3labs/mcp-go/mcp"
@@ -257,8 +258,9 @@ type Guard struct {
 	parkedDone bool          // the dispatcher stopped: park no more
 	kick       chan struct{} // wakes the dispatcher
 
-	routine  routineCalls // routine calls between call.allowed and outcome
-	lastMark atomic.Int64 // the routine-call mark as last stored
+	routine  routine.Calls // routine calls between call.allowed and outcome
+	late     routine.Late  // their outcomes the log could not take yet
+	lastMark atomic.Int64  // the routine-call mark as last stored
 
 	mu       sync.Mutex
 	closing  bool                // Shutdown began: calls are refused
@@ -294,6 +296,14 @@ func New(opts Options) *Guard {
 	g.life, g.stop = context.WithCancel(context.Background())
 	g.bg.Add(1)
 	go g.markLoop(g.opts.MarkEvery)
+	g.late.Calls, g.late.Logger = &g.routine, g.log
+	if opts.Audit != nil {
+		g.late.Append = opts.Audit.Append
+	}
+	if opts.History != nil {
+		g.late.Since = opts.History.Since
+	}
+	g.bg.Go(func() { g.late.Run(g.life) })
 	g.limits = newLimiter(opts.Limits, g.record, g.now)
 	if opts.Runs != nil {
 		opts.Runs.OnChange(g.changed)
@@ -479,9 +489,9 @@ func (g *Guard) Handle(ctx context.Context, c Call) *mcp.CallToolResult {
 // outcome: a routine call, or one a standing grant let through.
 func (g *Guard) allowAndRun(ctx context.Context, spec *tools.Spec, call *tools.Call, entry audit.Entry, counted *reservation) *mcp.CallToolResult {
 	entry.Kind = vocab.KindCallAllowed
-	g.routine.appending()
+	g.routine.Appending()
 	allowed, err := g.opts.Audit.Append(context.WithoutCancel(ctx), entry)
-	g.routine.allowed(allowed.Seq, err == nil)
+	g.routine.Allowed(allowed.Seq, err == nil)
 	if err != nil {
 		g.log.Error("audit append failed", "kind", entry.Kind, "tool", entry.Tool, "err", err)
 		g.usage.release(counted)
@@ -496,7 +506,7 @@ func (g *Guard) allowAndRun(ctx context.Context, spec *tools.Spec, call *tools.C
 	entry.DecidedAt = ""
 	entry.Args, entry.ArgsSeq = nil, allowed.Seq
 	res, outcome, ok := g.run(ctx, spec, call, entry)
-	g.routine.end(allowed.Seq, outcome)
+	g.routine.End(allowed.Seq, outcome)
 	if !ok {
 		g.usage.release(counted)
 	}
