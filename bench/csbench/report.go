@@ -47,7 +47,7 @@ type report struct {
 }
 
 type result struct {
-	Target   string  `json:"target"` // baseline | countersign[ sync=normal] | countersign -also | micro
+	Target   string  `json:"target"` // baseline | countersign[ sync=normal] | countersign -also | micro | sqlite | postgresql, N replica(s)
 	Scenario string  `json:"scenario"`
 	Metric   string  `json:"metric"`
 	Value    float64 `json:"value"`
@@ -77,7 +77,7 @@ func (r *report) print(w io.Writer) {
 		return "-"
 	}
 	for _, x := range r.Results {
-		if x.Target == "baseline" || x.Target == "micro" {
+		if x.Target == "baseline" || x.Target == "micro" || onStore[x.Target] {
 			continue
 		}
 		base := "-"
@@ -95,6 +95,52 @@ func (r *report) print(w io.Writer) {
 		if x.Target == "micro" {
 			fmt.Fprintf(tw, "%s\t%.2f\n", x.Scenario, x.Value)
 		}
+	}
+	tw.Flush()
+	r.printReplicas(w)
+}
+
+// onStore are the replicas group's targets, printed in a table of their
+// own, PostgreSQL beside SQLite.
+var onStore = map[string]bool{onSQLite: true, onOneReplica: true, onReplicas: true}
+
+// printReplicas prints the replicas group: one row per figure, SQLite's
+// value, then each PostgreSQL target's and its ratio to SQLite's.
+func (r *report) printReplicas(w io.Writer) {
+	type row struct{ scenario, metric string }
+	var rows []row
+	seen := map[row]bool{}
+	for _, x := range r.Results {
+		if k := (row{x.Scenario, x.Metric}); onStore[x.Target] && !seen[k] {
+			seen[k] = true
+			rows = append(rows, k)
+		}
+	}
+	if len(rows) == 0 {
+		return
+	}
+	fmt.Fprintln(w)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "scenario\tmetric\t%s\t%s\t÷ sqlite\t%s\t÷ sqlite\n", onSQLite, onOneReplica, onReplicas)
+	for _, k := range rows {
+		lite, hasLite := r.value(onSQLite, k.scenario, k.metric)
+		cells := []string{k.scenario, k.metric, "-"}
+		if hasLite {
+			cells[2] = fmt.Sprintf("%.2f", lite)
+		}
+		for _, target := range []string{onOneReplica, onReplicas} {
+			v, ok := r.value(target, k.scenario, k.metric)
+			if !ok {
+				cells = append(cells, "-", "-")
+				continue
+			}
+			ratio := "-"
+			if hasLite && lite != 0 {
+				ratio = fmt.Sprintf("%.2f×", v/lite)
+			}
+			cells = append(cells, fmt.Sprintf("%.2f", v), ratio)
+		}
+		fmt.Fprintln(tw, strings.Join(cells, "\t"))
 	}
 	tw.Flush()
 }

@@ -1,0 +1,228 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"github.com/countersign/countersign/approval/approvaltest"
+	"github.com/countersign/countersign/store/pgtest"
+	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
+)
+
+// The replicas group's targets: one process on SQLite, and serve replicas
+// on one PostgreSQL database (issue 24), driven through one of them or
+// all three. Their figures are printed beside SQLite's (report.print).
+const (
+	onSQLite     = "sqlite"
+	onOneReplica = "postgresql, 1 replica"
+	onReplicas   = "postgresql, 3 replicas"
+)
+
+// replicaSizes scale the replicas group.
+type replicaSizes struct {
+	appends   string // -benchtime of the audit append benchmark
+	latency   int    // one-session calls for p50/p99
+	transfers int    // small transfers spread over the sessions
+	sessions  int
+	approvals int
+}
+
+// replicas measures PostgreSQL replicas beside SQLite in one run: the
+// audit append at 64 writers (audit/auditpg's benchmark: one log, and
+// three on one database summed, with the head lock's wait and hold per
+// batch); a usage-reading call's latency (transfer, whose rules read
+// usage windows) and get_balance's; small transfers at many sessions on
+// one replica and spread over three; and an approval tapped on another
+// replica's page than the one where the call waits. PostgreSQL comes from
+// store/pgtest ($COUNTERSIGN_TEST_PG, else a cluster of csbench's own
+// from the distribution's binaries, fsync on, stopped at the end).
+func replicas(ctx context.Context, r *report, root, work, bin string, short bool) error {
+	sz := replicaSizes{appends: "20000x", latency: 1000, transfers: 800, sessions: 400, approvals: 300}
+	if short {
+		sz = replicaSizes{appends: "200x", latency: 30, transfers: 40, sessions: 40, approvals: 5}
+	}
+	if err := appendBench(r, root, sz.appends); err != nil {
+		return err
+	}
+
+	// SQLite: one process, as the default runs.
+	lite, err := startNode(ctx, work, bin, nil)
+	if err != nil {
+		return fmt.Errorf("sqlite: %w", err)
+	}
+	err = measureNodes(ctx, r, bin, onSQLite, []*node{lite}, sz)
+	lite.stop()
+	if err != nil {
+		return fmt.Errorf("sqlite: %w", err)
+	}
+
+	// PostgreSQL: three replicas with one key file on one database.
+	defer pgtest.Stop()
+	url, drop, err := pgtest.Database()
+	if err != nil {
+		return fmt.Errorf("postgresql: %w", err)
+	}
+	defer drop()
+	keyFile := filepath.Join(work, "server.key")
+	if out, err := exec.Command(bin, "audit", "keygen", "--out", keyFile).CombinedOutput(); err != nil {
+		return fmt.Errorf("audit keygen: %v\n%s", err, out)
+	}
+	env := []string{"COUNTERSIGN_STORE_URL=" + url, "COUNTERSIGN_AUDIT_KEY_FILE=" + keyFile}
+	var nodes []*node
+	defer func() {
+		for _, nd := range nodes {
+			nd.stop()
+		}
+	}()
+	for i := range 3 {
+		nd, err := startNode(ctx, work, bin, env)
+		if err != nil {
+			return fmt.Errorf("postgresql replica %d: %w", i+1, err)
+		}
+		nodes = append(nodes, nd)
+	}
+	if err := measureNodes(ctx, r, bin, onOneReplica, nodes[:1], sz); err != nil {
+		return fmt.Errorf("postgresql, 1 replica: %w", err)
+	}
+	if err := measureNodes(ctx, r, bin, onReplicas, nodes, sz); err != nil {
+		return fmt.Errorf("postgresql, 3 replicas: %w", err)
+	}
+	return nil
+}
+
+// measureNodes measures one target: calls on the first node alone, or
+// spread over every node; an approval waits on the first node and is
+// tapped on the last one's page.
+func measureNodes(ctx context.Context, r *report, bin, target string, nodes []*node, sz replicaSizes) error {
+	first, last := nodes[0], nodes[len(nodes)-1]
+	if len(nodes) == 1 {
+		get := call{"get_balance", map[string]any{"account": "operating"}}
+		transfer := call{"transfer", map[string]any{"from": "operating", "to": "Acme Supplies", "amount": 1, "currency": "USD"}}
+		for _, c := range []struct {
+			scenario string
+			call     call
+		}{
+			{"transfer (its rules read usage), 1 session", transfer},
+			{"get_balance (no usage), 1 session", get},
+		} {
+			lat, err := latency(ctx, first.session, c.call, sz.latency)
+			if err != nil {
+				return fmt.Errorf("%s: %w", c.call.tool, err)
+			}
+			r.add(target, c.scenario, "p50_ms", lat.p50)
+			r.add(target, c.scenario, "p99_ms", lat.p99)
+		}
+	}
+	// Each node gets its share of the sessions, as a balancer would.
+	var sessions []*sdk.ClientSession
+	for i, nd := range nodes {
+		n := sz.sessions / len(nodes)
+		if i < sz.sessions%len(nodes) {
+			n++
+		}
+		s, err := nd.sessions(ctx, n)
+		if err != nil {
+			return err
+		}
+		sessions = append(sessions, s...)
+	}
+	transfer := call{"transfer", map[string]any{"from": "operating", "to": "Globex Logistics", "amount": 1, "currency": "USD"}}
+	res := fixedCalls(ctx, sessions, transfer, sz.transfers)
+	name := fmt.Sprintf("%d small transfers, %d sessions", sz.transfers, len(sessions))
+	r.add(target, name, "calls_per_s", res.perSecond)
+	r.add(target, name, "p50_ms", res.p50)
+	r.add(target, name, "p99_ms", res.p99)
+	r.add(target, name, "errors", float64(res.errors))
+	if res.firstErr != nil {
+		fmt.Fprintf(os.Stderr, "csbench: %s: %d of %d transfers failed, the first: %v\n", target, res.errors, sz.transfers, res.firstErr)
+	}
+
+	if len(nodes) == 1 || target == onReplicas {
+		key, err := first.enrolled(bin)
+		if err != nil {
+			return err
+		}
+		d, err := approvals(ctx, first, last, key, sz.approvals, "Bench payee "+target)
+		if err != nil {
+			return err
+		}
+		l := percentiles(d)
+		name := fmt.Sprintf("approval, tap to the waiting call's result, %d requests", sz.approvals)
+		r.add(target, name, "p50_ms", l.p50)
+		r.add(target, name, "p99_ms", l.p99)
+	}
+	return nil
+}
+
+// enrolled is the node's enrolled key, enrolling it the first time. On
+// one database a key enrolled through one replica's page signs on every
+// replica's.
+func (nd *node) enrolled(bin string) (*approvaltest.SoftKey, error) {
+	if nd.key == nil {
+		k, err := nd.enroll(bin)
+		if err != nil {
+			return nil, err
+		}
+		nd.key = k
+	}
+	return nd.key, nil
+}
+
+var benchMetric = regexp.MustCompile(`([\d.e+-]+) (\S+)`)
+
+// appendBench runs audit/auditpg's BenchmarkAppend (SQLite, and
+// PostgreSQL with one log and with three on one database) and records its
+// own metrics: appends a second, and on PostgreSQL the head lock's wait
+// and hold and the entries per batch.
+func appendBench(r *report, root, benchtime string) error {
+	cmd := exec.Command("go", "test", "-run", "^$", "-bench", "BenchmarkAppend", "-benchtime", benchtime, "./audit/auditpg")
+	cmd.Dir = root
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("go test -bench ./audit/auditpg: %v\n%s", err, out)
+	}
+	if appendFigures(r, string(out)) == 0 {
+		return errors.New("go test -bench ./audit/auditpg printed no BenchmarkAppend figures:\n" + string(out))
+	}
+	return nil
+}
+
+// appendFigures records the figures of BenchmarkAppend's output and
+// returns how many it found.
+func appendFigures(r *report, out string) int {
+	targets := map[string]string{"sqlite": onSQLite, "postgresql/replicas=1": onOneReplica, "postgresql/replicas=3": onReplicas}
+	units := map[string]string{"appends/s": "appends_per_s", "µs-wait/batch": "lock_wait_us_per_batch",
+		"µs-hold/batch": "lock_hold_us_per_batch", "entries/batch": "entries_per_batch"}
+	found := 0
+	for _, line := range strings.Split(out, "\n") {
+		name, rest, ok := strings.Cut(line, " ")
+		sub, ok2 := strings.CutPrefix(name, "BenchmarkAppend/")
+		if !ok || !ok2 {
+			continue
+		}
+		if i := strings.LastIndexByte(sub, '-'); i > 0 {
+			sub = sub[:i] // the -GOMAXPROCS suffix
+		}
+		target, ok := targets[sub]
+		if !ok {
+			continue
+		}
+		for _, m := range benchMetric.FindAllStringSubmatch(rest, -1) {
+			if metric, ok := units[m[2]]; ok {
+				v, _ := strconv.ParseFloat(m[1], 64)
+				r.add(target, appendScenario, metric, v)
+				found++
+			}
+		}
+	}
+	return found
+}
+
+const appendScenario = "audit append, 64 writers a log"
