@@ -27,11 +27,11 @@ func approvalLatency(ctx context.Context, r *report, work, bin string, n int) er
 	if err != nil {
 		return err
 	}
-	d, err := approvals(ctx, nd, nd, key, n, "Bench payee")
+	taps, err := approvals(ctx, nd, nd, key, n, "Bench payee")
 	if err != nil {
 		return err
 	}
-	l := percentiles(d)
+	l := percentiles(tapToResult(taps))
 	r.add("countersign", fmt.Sprintf("approval, machine side, %d requests", n), "p50_ms", l.p50)
 	r.add("countersign", fmt.Sprintf("approval, machine side, %d requests", n), "p99_ms", l.p99)
 	return nil
@@ -40,6 +40,7 @@ func approvalLatency(ctx context.Context, r *report, work, bin string, n int) er
 // node is one `countersign serve --http` with its approver page.
 type node struct {
 	*server
+	dir    string   // its data directory
 	page   string   // the approver page's host:port
 	origin string   // the page's origin, as a browser on it sends
 	env    []string // what serve runs with; admin commands run with it too
@@ -53,7 +54,7 @@ func startNode(ctx context.Context, work, bin string, env []string) (*node, erro
 	_, port, _ := net.SplitHostPort(nd.page)
 	nd.origin = "http://localhost:" + port
 	srv, err := startHTTP(ctx, work, func(dir, addr string) *exec.Cmd {
-		nd.env = append(countersignEnv(dir, nd.page), env...)
+		nd.dir, nd.env = dir, append(countersignEnv(dir, nd.page), env...)
 		cmd := exec.Command(bin, "serve", "--http", addr)
 		cmd.Env = nd.env
 		return cmd
@@ -83,11 +84,24 @@ func (nd *node) enroll(bin string) (*approvaltest.SoftKey, error) {
 	return key, nil
 }
 
+// approved is one request approved by approvals.
+type approved struct {
+	id            string
+	tap, returned time.Time // the tap's first request sent; the waiting call's result received
+}
+
+func tapToResult(as []approved) []time.Duration {
+	d := make([]time.Duration, len(as))
+	for i, a := range as {
+		d[i] = a.returned.Sub(a.tap)
+	}
+	return d
+}
+
 // approvals makes n high-risk calls, one at a time, on caller's first
-// session, and approves each on tapper's page with key; each duration is
-// from the tap's first request to the waiting call's result. caller and
+// session, and approves each on tapper's page with key. caller and
 // tapper are the same node, or two replicas on one database.
-func approvals(ctx context.Context, caller, tapper *node, key *approvaltest.SoftKey, n int, payee string) ([]time.Duration, error) {
+func approvals(ctx context.Context, caller, tapper *node, key *approvaltest.SoftKey, n int, payee string) ([]approved, error) {
 	key.Origin = tapper.origin
 	pg := approvaltest.NewPage(tapper.page, tapper.origin)
 	// The page limits taps per client address; spread the approver's taps
@@ -96,7 +110,7 @@ func approvals(ctx context.Context, caller, tapper *node, key *approvaltest.Soft
 	for i := range 64 {
 		taps = append(taps, approvaltest.NewPageFrom(tapper.page, tapper.origin, net.IPv4(127, 0, 1, byte(i+1))))
 	}
-	d := make([]time.Duration, 0, n)
+	out := make([]approved, 0, n)
 	for i := range n {
 		// A payee the ledger does not know: each call needs a human, and
 		// the amounts stay far below the daily sums that would need two.
@@ -130,7 +144,7 @@ func approvals(ctx context.Context, caller, tapper *node, key *approvaltest.Soft
 		if err := <-done; err != nil {
 			return nil, fmt.Errorf("approved transfer: %w", err)
 		}
-		d = append(d, returned.Sub(tap))
+		out = append(out, approved{id, tap, returned})
 	}
-	return d, nil
+	return out, nil
 }

@@ -10,8 +10,10 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/countersign/countersign/approval/approvaltest"
+	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/store/pgtest"
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
 )
@@ -57,7 +59,7 @@ func replicas(ctx context.Context, r *report, root, work, bin string, short bool
 	if err != nil {
 		return fmt.Errorf("sqlite: %w", err)
 	}
-	err = measureNodes(ctx, r, bin, onSQLite, []*node{lite}, sz)
+	err = measureNodes(ctx, r, bin, onSQLite, []*node{lite}, filepath.Join(lite.dir, store.FileName), sz)
 	lite.stop()
 	if err != nil {
 		return fmt.Errorf("sqlite: %w", err)
@@ -88,19 +90,37 @@ func replicas(ctx context.Context, r *report, root, work, bin string, short bool
 		}
 		nodes = append(nodes, nd)
 	}
-	if err := measureNodes(ctx, r, bin, onOneReplica, nodes[:1], sz); err != nil {
+	if err := measureNodes(ctx, r, bin, onOneReplica, nodes[:1], url, sz); err != nil {
 		return fmt.Errorf("postgresql, 1 replica: %w", err)
 	}
-	if err := measureNodes(ctx, r, bin, onReplicas, nodes, sz); err != nil {
+	if err := measureNodes(ctx, r, bin, onReplicas, nodes, url, sz); err != nil {
 		return fmt.Errorf("postgresql, 3 replicas: %w", err)
 	}
+	return connections(ctx, r, url, len(nodes))
+}
+
+// connections records how many connections each replica holds to the
+// database after the load (README: max_connections), its pool and its
+// own dedicated ones.
+func connections(ctx context.Context, r *report, url string, replicas int) error {
+	db, err := store.Connect(ctx, url)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	var n int
+	if err := db.QueryRowContext(ctx, `SELECT count(*) FROM pg_stat_activity
+		WHERE datname = current_database() AND pid <> pg_backend_pid()`).Scan(&n); err != nil {
+		return err
+	}
+	r.add(onReplicas, "connections to the database after the load", "per_replica", float64(n)/float64(replicas))
 	return nil
 }
 
 // measureNodes measures one target: calls on the first node alone, or
 // spread over every node; an approval waits on the first node and is
-// tapped on the last one's page.
-func measureNodes(ctx context.Context, r *report, bin, target string, nodes []*node, sz replicaSizes) error {
+// tapped on the last one's page. db is the nodes' database.
+func measureNodes(ctx context.Context, r *report, bin, target string, nodes []*node, db string, sz replicaSizes) error {
 	first, last := nodes[0], nodes[len(nodes)-1]
 	if len(nodes) == 1 {
 		get := call{"get_balance", map[string]any{"account": "operating"}}
@@ -149,14 +169,20 @@ func measureNodes(ctx context.Context, r *report, bin, target string, nodes []*n
 		if err != nil {
 			return err
 		}
-		d, err := approvals(ctx, first, last, key, sz.approvals, "Bench payee "+target)
+		as, err := approvals(ctx, first, last, key, sz.approvals, "Bench payee "+target)
 		if err != nil {
 			return err
 		}
-		l := percentiles(d)
-		name := fmt.Sprintf("approval, tap to the waiting call's result, %d requests", sz.approvals)
-		r.add(target, name, "p50_ms", l.p50)
-		r.add(target, name, "p99_ms", l.p99)
+		decided, err := decidedToResult(ctx, db, as)
+		if err != nil {
+			return err
+		}
+		name := fmt.Sprintf("approval, %d requests", sz.approvals)
+		tap, dec := percentiles(tapToResult(as)), percentiles(decided)
+		r.add(target, name, "tap_to_result_p50_ms", tap.p50)
+		r.add(target, name, "tap_to_result_p99_ms", tap.p99)
+		r.add(target, name, "decided_to_result_p50_ms", dec.p50)
+		r.add(target, name, "decided_to_result_p99_ms", dec.p99)
 	}
 	return nil
 }
@@ -173,6 +199,29 @@ func (nd *node) enrolled(bin string) (*approvaltest.SoftKey, error) {
 		nd.key = k
 	}
 	return nd.key, nil
+}
+
+// decidedToResult is, for each approval, the time from the decision
+// written in the database (approval_requests.decided_at, stamped by the
+// replica that took the tap inside the transaction that commits it, on
+// this machine's clock) to the waiting call's result reaching the agent:
+// the replicas' hand-off, with the rest of that transaction and its
+// commit, and none of the ceremony before it.
+func decidedToResult(ctx context.Context, target string, as []approved) ([]time.Duration, error) {
+	db, err := store.Connect(ctx, target)
+	if err != nil {
+		return nil, err
+	}
+	defer db.Close()
+	d := make([]time.Duration, len(as))
+	for i, a := range as {
+		var ns int64
+		if err := db.QueryRowContext(ctx, `SELECT decided_at FROM approval_requests WHERE id = ?`, a.id).Scan(&ns); err != nil {
+			return nil, fmt.Errorf("request %s: %w", a.id, err)
+		}
+		d[i] = a.returned.Sub(time.Unix(0, ns))
+	}
+	return d, nil
 }
 
 var benchMetric = regexp.MustCompile(`([\d.e+-]+) (\S+)`)
