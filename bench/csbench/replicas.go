@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -53,9 +54,24 @@ func replicas(ctx context.Context, r *report, root, work, bin string, short bool
 	if err := appendBench(r, root, sz.appends); err != nil {
 		return err
 	}
+	cfg, err := usageConfig(bin, work)
+	if err != nil {
+		return err
+	}
+	defer pgtest.Stop()
+	url, drop, err := pgtest.Database()
+	if err != nil {
+		return fmt.Errorf("postgresql: %w", err)
+	}
+	defer drop()
+	for target, db := range map[string]string{onSQLite: filepath.Join(work, "commits.db"), onOneReplica: url} {
+		if err := durableCommits(ctx, r, target, db, sz.latency); err != nil {
+			return fmt.Errorf("%s: %w", target, err)
+		}
+	}
 
 	// SQLite: one process, as the default runs.
-	lite, err := startNode(ctx, work, bin, nil)
+	lite, err := startNode(ctx, work, bin, []string{cfg})
 	if err != nil {
 		return fmt.Errorf("sqlite: %w", err)
 	}
@@ -66,17 +82,11 @@ func replicas(ctx context.Context, r *report, root, work, bin string, short bool
 	}
 
 	// PostgreSQL: three replicas with one key file on one database.
-	defer pgtest.Stop()
-	url, drop, err := pgtest.Database()
-	if err != nil {
-		return fmt.Errorf("postgresql: %w", err)
-	}
-	defer drop()
 	keyFile := filepath.Join(work, "server.key")
 	if out, err := exec.Command(bin, "audit", "keygen", "--out", keyFile).CombinedOutput(); err != nil {
 		return fmt.Errorf("audit keygen: %v\n%s", err, out)
 	}
-	env := []string{"COUNTERSIGN_STORE_URL=" + url, "COUNTERSIGN_AUDIT_KEY_FILE=" + keyFile}
+	env := []string{cfg, "COUNTERSIGN_STORE_URL=" + url, "COUNTERSIGN_AUDIT_KEY_FILE=" + keyFile}
 	var nodes []*node
 	defer func() {
 		for _, nd := range nodes {
@@ -117,20 +127,77 @@ func connections(ctx context.Context, r *report, url string, replicas int) error
 	return nil
 }
 
+// durableCommits times n one-row transactions committed durably (SQLite
+// with synchronous FULL, PostgreSQL with synchronous_commit on, as
+// audit.sync: full opens them): the floor under every write a call makes,
+// on each engine in the same run.
+func durableCommits(ctx context.Context, r *report, target, dbTarget string, n int) error {
+	db, err := store.Connect(ctx, dbTarget)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	if _, err := db.ExecContext(ctx, `CREATE TABLE csbench_commits (n BIGINT)`); err != nil {
+		return err
+	}
+	d := make([]time.Duration, n)
+	for i := range d {
+		start := time.Now()
+		if _, err := db.ExecContext(ctx, `INSERT INTO csbench_commits (n) VALUES (?)`, i); err != nil {
+			return err
+		}
+		d[i] = time.Since(start)
+	}
+	l := percentiles(d)
+	r.add(target, "one durable commit (one-row INSERT)", "p50_ms", l.p50)
+	r.add(target, "one durable commit (one-row INSERT)", "p99_ms", l.p99)
+	return nil
+}
+
+// usageConfig writes the default configuration (countersign init) with
+// one change, and returns the environment variable that points serve at
+// it: get_balance gets a rule that reads usage (and never fires), so one
+// read-only call can be timed with its usage window read and counted in
+// the database, beside list_counterparties, which reads none.
+func usageConfig(bin, work string) (string, error) {
+	dir := filepath.Join(work, "config")
+	if out, err := exec.Command(bin, "init", dir).CombinedOutput(); err != nil {
+		return "", fmt.Errorf("countersign init: %v\n%s", err, out)
+	}
+	path := filepath.Join(dir, "mcp.yaml")
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	const plain = "  get_balance:\n    level: low\n"
+	if !bytes.Contains(b, []byte(plain)) {
+		return "", fmt.Errorf("%s: no %q to give a usage rule to", path, plain)
+	}
+	b = bytes.Replace(b, []byte(plain), []byte(plain+`    approvers: [role:treasury]
+    rules:
+      - name: csbench-reads-usage
+        when: "usage.calls_10m > 1000000000"
+        level: high
+`), 1)
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		return "", err
+	}
+	return "COUNTERSIGN_CONFIG=" + path, nil
+}
+
 // measureNodes measures one target: calls on the first node alone, or
 // spread over every node; an approval waits on the first node and is
 // tapped on the last one's page. db is the nodes' database.
 func measureNodes(ctx context.Context, r *report, bin, target string, nodes []*node, db string, sz replicaSizes) error {
 	first, last := nodes[0], nodes[len(nodes)-1]
 	if len(nodes) == 1 {
-		get := call{"get_balance", map[string]any{"account": "operating"}}
-		transfer := call{"transfer", map[string]any{"from": "operating", "to": "Acme Supplies", "amount": 1, "currency": "USD"}}
 		for _, c := range []struct {
 			scenario string
 			call     call
 		}{
-			{"transfer (its rules read usage), 1 session", transfer},
-			{"get_balance (no usage), 1 session", get},
+			{"list_counterparties (no rule), 1 session", call{"list_counterparties", map[string]any{}}},
+			{"get_balance (its rule reads usage), 1 session", call{"get_balance", map[string]any{"account": "operating"}}},
+			{"transfer (its rules read usage; it writes), 1 session", call{"transfer", map[string]any{"from": "operating", "to": "Acme Supplies", "amount": 1, "currency": "USD"}}},
 		} {
 			lat, err := latency(ctx, first.session, c.call, sz.latency)
 			if err != nil {
