@@ -169,20 +169,28 @@ func usageConfig(bin, work string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	const plain = "  get_balance:\n    level: low\n"
-	if !bytes.Contains(b, []byte(plain)) {
-		return "", fmt.Errorf("%s: no %q to give a usage rule to", path, plain)
+	if b, err = withUsageRule(b); err != nil {
+		return "", fmt.Errorf("%s: %w", path, err)
 	}
-	b = bytes.Replace(b, []byte(plain), []byte(plain+`    approvers: [role:treasury]
-    rules:
-      - name: csbench-reads-usage
-        when: "usage.calls_10m > 1000000000"
-        level: high
-`), 1)
 	if err := os.WriteFile(path, b, 0o644); err != nil {
 		return "", err
 	}
 	return "COUNTERSIGN_CONFIG=" + path, nil
+}
+
+// withUsageRule gives get_balance, low in the default configuration, a
+// rule that reads usage.calls_10m and never fires.
+func withUsageRule(config []byte) ([]byte, error) {
+	const plain = "  get_balance:\n    level: low\n"
+	if !bytes.Contains(config, []byte(plain)) {
+		return nil, fmt.Errorf("no %q to give a usage rule to", plain)
+	}
+	return bytes.Replace(config, []byte(plain), []byte(plain+`    approvers: [role:treasury]
+    rules:
+      - name: csbench-reads-usage
+        when: "usage.calls_10m > 1000000000"
+        level: high
+`), 1), nil
 }
 
 // measureNodes measures one target: calls on the first node alone, or

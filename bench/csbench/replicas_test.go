@@ -4,7 +4,31 @@ import (
 	"bytes"
 	"strings"
 	"testing"
+
+	csroot "github.com/countersign/countersign"
+	"github.com/countersign/countersign/config"
 )
+
+// The replicas group serves the default configuration with a usage rule
+// on get_balance: it must still be found there, parse and validate, and
+// read usage without ever raising the call.
+func TestUsageRuleFitsTheDefaultConfiguration(t *testing.T) {
+	b, err := withUsageRule(csroot.DefaultConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := config.Parse(b, "default with the usage rule")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rules := c.Tools["get_balance"].Rules
+	if len(rules) != 1 || !strings.Contains(rules[0].When, "usage.calls_10m") {
+		t.Fatalf("get_balance's rules: %+v", rules)
+	}
+	if _, err := withUsageRule([]byte("tools:\n  get_balance:\n    level: high\n")); err == nil {
+		t.Error("a configuration without the plain get_balance was changed anyway")
+	}
+}
 
 // BenchmarkAppend's lines, as go test prints them, become the replicas
 // table's figures: each sub-benchmark under its target, each metric of
