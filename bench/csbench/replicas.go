@@ -40,12 +40,13 @@ type replicaSizes struct {
 // replicas measures PostgreSQL replicas beside SQLite in one run: the
 // audit append at 64 writers (audit/auditpg's benchmark: one log, and
 // three on one database summed, with the head lock's wait and hold per
-// batch); a usage-reading call's latency (transfer, whose rules read
-// usage windows) and get_balance's; small transfers at many sessions on
-// one replica and spread over three; and an approval tapped on another
-// replica's page than the one where the call waits. PostgreSQL comes from
-// store/pgtest ($COUNTERSIGN_TEST_PG, else a cluster of csbench's own
-// from the distribution's binaries, fsync on, stopped at the end).
+// batch); one durable commit on each engine; one session's calls that
+// read no usage, read it (get_balance with a rule on usage) and read it
+// and write (transfer); small transfers at many sessions on one replica
+// and spread over three; and an approval tapped on another replica's page
+// than the one where the call waits. PostgreSQL comes from store/pgtest
+// ($COUNTERSIGN_TEST_PG, else a cluster of csbench's own from the
+// distribution's binaries, fsync on, stopped at the end).
 func replicas(ctx context.Context, r *report, root, work, bin string, short bool) error {
 	sz := replicaSizes{appends: "20000x", latency: 1000, transfers: 800, sessions: 400, approvals: 300}
 	if short {
