@@ -68,35 +68,43 @@ func (r *report) value(target, scenario, metric string) (float64, bool) {
 
 func (r *report) print(w io.Writer) {
 	fmt.Fprintf(w, "machine: %s, %s cores, %s\n\n", r.Machine["cpu"], r.Machine["cores"], r.Machine["go"])
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "target\tscenario\tmetric\t÷ baseline\t÷ -also\tvalue\tbaseline")
+	var calls, micro []result
+	for _, x := range r.Results {
+		switch {
+		case x.Target == "micro":
+			micro = append(micro, x)
+		case x.Target != "baseline" && !onStore[x.Target]:
+			calls = append(calls, x)
+		}
+	}
 	ratio := func(x result, target string) string {
 		if b, ok := r.value(target, x.Scenario, x.Metric); ok && b != 0 && x.Target != target {
 			return fmt.Sprintf("%.2f×", x.Value/b)
 		}
 		return "-"
 	}
-	for _, x := range r.Results {
-		if x.Target == "baseline" || x.Target == "micro" || onStore[x.Target] {
-			continue
+	if len(calls) > 0 {
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "target\tscenario\tmetric\t÷ baseline\t÷ -also\tvalue\tbaseline")
+		for _, x := range calls {
+			base := "-"
+			if b, ok := r.value("baseline", x.Scenario, x.Metric); ok {
+				base = fmt.Sprintf("%.2f", b)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%.2f\t%s\n", x.Target, x.Scenario, x.Metric,
+				ratio(x, "baseline"), ratio(x, alsoOf(x.Target)), x.Value, base)
 		}
-		base := "-"
-		if b, ok := r.value("baseline", x.Scenario, x.Metric); ok {
-			base = fmt.Sprintf("%.2f", b)
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%.2f\t%s\n", x.Target, x.Scenario, x.Metric,
-			ratio(x, "baseline"), ratio(x, alsoOf(x.Target)), x.Value, base)
+		tw.Flush()
+		fmt.Fprintln(w)
 	}
-	tw.Flush()
-	fmt.Fprintln(w)
-	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "micro benchmark\tµs/op")
-	for _, x := range r.Results {
-		if x.Target == "micro" {
+	if len(micro) > 0 {
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "micro benchmark\tµs/op")
+		for _, x := range micro {
 			fmt.Fprintf(tw, "%s\t%.2f\n", x.Scenario, x.Value)
 		}
+		tw.Flush()
 	}
-	tw.Flush()
 	r.printReplicas(w)
 }
 
