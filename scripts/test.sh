@@ -58,3 +58,10 @@ if [ -n "$unformatted" ]; then
 	exit 1
 fi
 go test -race -count=1 ./... "$@"
+
+# The suites of the packages that keep state again, on PostgreSQL: their
+# shared test setup (store/storetest) opens a fresh PostgreSQL database
+# per test instead of the SQLite file, and serve processes get a
+# store.url. One package at a time, the slowest last.
+COUNTERSIGN_TEST_STORE=postgres go test -race -count=1 -p 1 \
+	./tools/ledger/... ./audit/... ./approval/... ./guard/... ./cmd/countersign/... "$@"
