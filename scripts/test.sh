@@ -62,6 +62,6 @@ go test -race -count=1 ./... "$@"
 # The suites of the packages that keep state again, on PostgreSQL: their
 # shared test setup (store/storetest) opens a fresh PostgreSQL database
 # per test instead of the SQLite file, and serve processes get a
-# store.url. One package at a time, the slowest last.
-COUNTERSIGN_TEST_STORE=postgres go test -race -count=1 -p 1 \
+# store.url.
+COUNTERSIGN_TEST_STORE=postgres go test -race -count=1 \
 	./tools/ledger/... ./audit/... ./approval/... ./guard/... ./cmd/countersign/... "$@"
