@@ -30,6 +30,7 @@ import (
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/server/servertest"
 	"github.com/countersign/countersign/store"
+	"github.com/countersign/countersign/store/storetest"
 	"github.com/countersign/countersign/vocab"
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
 )
@@ -393,10 +394,7 @@ func (ex *export) executedTransfers() map[string]int {
 // database file; the server must be stopped.
 func (s *site) ledgerTransfers() map[string]string {
 	s.t.Helper()
-	db, err := store.Connect(context.Background(), filepath.Join(s.cfg.Server.DataDir, store.FileName))
-	if err != nil {
-		s.t.Fatal(err)
-	}
+	db := storetest.Connect(s.t, filepath.Join(s.cfg.Server.DataDir, store.FileName))
 	defer db.Close()
 	rows, err := db.Query(`SELECT id, COALESCE(call_id, '') FROM ledger_transfers`)
 	if err != nil {
