@@ -63,5 +63,5 @@ go test -race -count=1 ./... "$@"
 # shared test setup (store/storetest) opens a fresh PostgreSQL database
 # per test instead of the SQLite file, and serve processes get a
 # store.url.
-COUNTERSIGN_TEST_STORE=postgres go test -race -count=1 \
+COUNTERSIGN_TEST_STORE=postgres go test -race -count=1 -timeout 30m \
 	./tools/ledger/... ./audit/... ./approval/... ./guard/... ./cmd/countersign/... "$@"
