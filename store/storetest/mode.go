@@ -74,6 +74,21 @@ func Target(t testing.TB, path string) string {
 	return u
 }
 
+// StandIn returns the PostgreSQL database Target made for path, if a
+// test has asked for one and has not ended: for tools (a CLI run on a
+// data directory) that should meet a server already there, without
+// making a database of their own.
+func StandIn(path string) (url string, ok bool) {
+	key, err := filepath.Abs(path)
+	if err != nil {
+		return "", false
+	}
+	byPathMu.Lock()
+	defer byPathMu.Unlock()
+	url, ok = byPath[key]
+	return url, ok
+}
+
 // ConnectFile opens the SQLite file at path whatever EnvStore says, for
 // tests that run on each dialect by name (Dialects) or are about the
 // file (SQLiteOnly), and closes it when the test ends.
