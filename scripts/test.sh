@@ -64,4 +64,4 @@ go test -race -count=1 ./... "$@"
 # per test instead of the SQLite file, and serve processes get a
 # store.url.
 COUNTERSIGN_TEST_STORE=postgres go test -race -count=1 -timeout 30m \
-	./tools/ledger/... ./audit/... ./approval/... ./guard/... ./cmd/countersign/... "$@"
+	./tools/ledger/... ./audit/... ./approval/... ./guard/... ./internal/daemon/... ./cmd/countersign/... "$@"
