@@ -55,7 +55,7 @@ func TestCloseWritesCheckpointAndReopenAppends(t *testing.T) {
 	dir := t.TempDir()
 	db := storetest.Open(t, dir)
 	key := seededKey(1)
-	l, err := Open(context.Background(), db, key, Options{})
+	l, err := openTest(context.Background(), db, key, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

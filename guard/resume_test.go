@@ -17,6 +17,7 @@ import (
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/digest"
 	"github.com/countersign/countersign/store"
+	"github.com/countersign/countersign/store/storetest"
 	"github.com/countersign/countersign/tools"
 	"github.com/countersign/countersign/vocab"
 	"github.com/mark3labs/mcp-go/mcp"
@@ -111,11 +112,7 @@ type world struct {
 
 func newWorld(t *testing.T) *world {
 	t.Helper()
-	db, err := store.Connect(context.Background(), filepath.Join(t.TempDir(), store.FileName))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
+	db := storetest.Connect(t, filepath.Join(t.TempDir(), store.FileName))
 	return newWorldOn(t, db)
 }
 

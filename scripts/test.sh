@@ -62,3 +62,10 @@ fi
 # PostgreSQL, browsers) takes longer than go test's default 10 minutes on
 # two busy cores; a hung test still fails, at 45 minutes.
 go test -race -count=1 -timeout 45m ./... "$@"
+
+# The suites of the packages that keep state again, on PostgreSQL: their
+# shared test setup (store/storetest) opens a fresh PostgreSQL database
+# per test instead of the SQLite file, and serve processes get a
+# store.url.
+COUNTERSIGN_TEST_STORE=postgres go test -race -count=1 -timeout 45m \
+	./tools/ledger/... ./audit/... ./approval/... ./guard/... ./internal/daemon/... ./cmd/countersign/... "$@"

@@ -188,7 +188,7 @@ func TestOpenRefusesTamperedLog(t *testing.T) {
 			return key
 		}, 3, "prev_hash"},
 		{"rewrite the tree", func(t *testing.T, db *sql.DB, _ string) ed25519.PrivateKey {
-			sqlExec(t, db, `UPDATE audit_tree SET hash = zeroblob(32)`)
+			sqlExec(t, db, `UPDATE audit_tree SET hash = ?`, make([]byte, 32))
 			return key
 		}, 0, "Merkle tree"},
 	}
@@ -196,7 +196,7 @@ func TestOpenRefusesTamperedLog(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
 			db := storetest.Open(t, dir)
-			l, err := audit.Open(context.Background(), db, key, audit.Options{Now: stepClock()})
+			l, err := openAudit(context.Background(), db, key, audit.Options{Now: stepClock()})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -208,7 +208,7 @@ func TestOpenRefusesTamperedLog(t *testing.T) {
 			}
 			reopenKey := tc.tamper(t, db, dir)
 
-			l2, err := audit.Open(context.Background(), db, reopenKey, audit.Options{})
+			l2, err := openAudit(context.Background(), db, reopenKey, audit.Options{})
 			var te *audit.TamperError
 			if !errors.As(err, &te) || l2 == nil {
 				t.Fatalf("Open: %v, log %v; want a *audit.TamperError and a readable log", err, l2)

@@ -31,6 +31,7 @@ func TestBackupOnPostgresSaysUsePgDump(t *testing.T) {
 // A copy whose log does not verify is not kept: the error says why, and
 // nothing is left at the file's name or beside it.
 func TestBackupOfATamperedLogKeepsNothing(t *testing.T) {
+	storetest.SQLiteOnly(t, "countersign backup copies the SQLite file")
 	ctx := context.Background()
 	c := daemontest.Config(t, nil)
 	db, log, err := OpenAudit(ctx, c, audit.Options{})

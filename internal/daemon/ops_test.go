@@ -12,11 +12,13 @@ import (
 	"github.com/countersign/countersign/internal/daemon/daemontest"
 	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/store/fulldisk"
+	"github.com/countersign/countersign/store/storetest"
 )
 
 // /readyz says not ready, and why, while the database cannot take a write
 // (here: another process holds its write lock), and ready again after.
 func TestReadyzFailsWhenTheDatabaseIsNotWritable(t *testing.T) {
+	storetest.SQLiteOnly(t, "another process holds the file's write lock")
 	c := daemontest.Config(t, func(c *config.Config) { c.HTTP.Addr = "127.0.0.1:0" })
 	d := startDaemon(t, c, testOptions(t))
 	page, agentBase := "http://"+d.PageAddr().String(), "http://"+d.AgentAddr().String()
