@@ -108,7 +108,7 @@ func (g *Guard) Raise(ctx context.Context, b Backchannel) (*approval.Request, er
 		return nil, err // a *freeze.FrozenError, tallied as call.denied
 	}
 	entry := audit.Entry{Agent: b.Agent, Tool: boundName(b.Tool)}
-	conf := g.opts.Tools[b.Tool]
+	conf := (*g.tools.Load())[b.Tool]
 	canon, err := digest.NewArgs(b.Args, 0)
 	if err != nil {
 		entry.Kind, entry.Reason = vocab.KindCallRejected, err.Error()
