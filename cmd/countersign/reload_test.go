@@ -7,7 +7,9 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"strings"
@@ -186,11 +188,42 @@ func TestReloadRefusesBadFilesAndTakesNewAgents(t *testing.T) {
 	if !strings.HasPrefix(token, "cs_") {
 		t.Fatalf("agents add printed %q", token)
 	}
+	// A notification channel too: the next request is announced there.
+	heard := make(chan string, 10)
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		heard <- string(b)
+	}))
+	defer hook.Close()
+	s.rewrite(func(c *config.Config) {
+		c.Notify = append(c.Notify, config.Notify{Type: config.NotifyNtfy, URL: hook.URL + "/approvals", Events: []string{"requested"}})
+	})
 	if out := s.cli("reload"); !strings.Contains(out, "reloaded") {
 		t.Fatalf("countersign reload: %q", out)
 	}
 	hc := &http.Client{Transport: bearer{token, http.DefaultTransport}}
-	checkBalance(t, connect(t, &sdk.StreamableClientTransport{Endpoint: n.mcp, MaxRetries: -1, HTTPClient: hc}, protocolVersions[0], nil))
+	bot := connect(t, &sdk.StreamableClientTransport{Endpoint: n.mcp, MaxRetries: -1, HTTPClient: hc}, protocolVersions[0], nil)
+	checkBalance(t, bot)
+	answer := make(chan *sdk.CallToolResult, 1)
+	go func() {
+		res, err := bot.CallTool(context.Background(), &sdk.CallToolParams{Name: "transfer", Arguments: bigTransfer})
+		if err != nil {
+			res = &sdk.CallToolResult{IsError: true, Content: []sdk.Content{&sdk.TextContent{Text: err.Error()}}}
+		}
+		answer <- res
+	}()
+	select {
+	case msg := <-heard:
+		if !strings.Contains(msg, "Vendor X") {
+			t.Errorf("the reloaded channel heard %q", msg)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the channel a reload added heard nothing of a new request")
+	}
+	n.decide(n.waitPending(1)[0], "deny")
+	if res := <-answer; !res.IsError {
+		t.Errorf("a denied transfer: %s", servertest.ResultText(res))
+	}
 	resp, err := http.Post(n.mcp, "application/json", strings.NewReader(`{}`))
 	if err != nil {
 		t.Fatal(err)
