@@ -93,3 +93,33 @@ func TestReloadSwapsApproversOrNothing(t *testing.T) {
 		t.Errorf("%d policy.loaded entries, want the start's and the reload's", got)
 	}
 }
+
+// A daemon on port 0 (both listeners, the page's links derived from its
+// address) reloads its unchanged file: what the listeners bound is not a
+// change; another agent address is.
+func TestReloadOnBoundPortsSeesNoChange(t *testing.T) {
+	edit := func(c *config.Config) { c.HTTP.Addr = "127.0.0.1:0" }
+	c := daemontest.Config(t, edit)
+	load := func(more func(*config.Config)) func() (*config.Config, error) {
+		return func() (*config.Config, error) {
+			return daemontest.Config(t, func(n *config.Config) {
+				edit(n)
+				n.Server.DataDir = c.Server.DataDir
+				more(n)
+			}), nil
+		}
+	}
+	opts := testOptions(t)
+	opts.Load = load(func(*config.Config) {})
+	d := startDaemon(t, c, opts)
+	if !c.Approval.Derived() {
+		t.Fatal("the test's page address derives nothing")
+	}
+	if err := d.Reload(context.Background()); err != nil {
+		t.Fatalf("reloading the unchanged file: %v", err)
+	}
+	d.opts.Load = load(func(n *config.Config) { n.HTTP.Addr = "127.0.0.1:1" })
+	if err := d.Reload(context.Background()); err == nil || !strings.Contains(err.Error(), "http.addr") {
+		t.Fatalf("a changed http.addr: %v", err)
+	}
+}
