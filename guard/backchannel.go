@@ -146,6 +146,7 @@ func (g *Guard) Raise(ctx context.Context, b Backchannel) (*approval.Request, er
 		}
 	}()
 	entry.Decision, entry.Rule, entry.Reason = string(d.Level), strings.Join(d.Rules, ","), d.Reason
+	entry.PolicySHA256 = d.PolicySHA256 // as Handle: the policy that decided
 	refuse := func(reason string) (*approval.Request, error) {
 		entry.Kind, entry.Reason = vocab.KindCallDenied, reason
 		if !g.record(ctx, entry) {
