@@ -35,6 +35,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -181,9 +182,10 @@ func New(ctx context.Context, db *store.DB, rec Recorder, opts Options) (*Servic
 		done:    make(chan struct{}),
 		results: results,
 	}
-	if err := s.SetApprovers(opts.Approvers); err != nil {
-		return nil, err
+	if slices.ContainsFunc(opts.Approvers, func(a Approver) bool { return a.ID == "" }) {
+		return nil, errors.New("approval: approver with empty id")
 	}
+	s.SetApprovers(opts.Approvers)
 	if err := s.openParts(ctx); err != nil {
 		return nil, err
 	}
@@ -319,24 +321,14 @@ func (s *Service) notify(ids ...string) { s.watch.Notify(ids...) }
 // changing goroutine and must not block.
 func (s *Service) OnChange(fn func(id string)) { s.watch.OnChange(fn) }
 
-// SetApprovers puts a reloaded configuration's approvers in force; one
-// removed can no longer sign in or approve a request raised before.
-func (s *Service) SetApprovers(approvers []Approver) error {
-	m := make(map[string]Approver, len(approvers))
+// SetApprovers puts a reload's approvers in force: one removed can no longer sign in or approve.
+func (s *Service) SetApprovers(approvers []Approver) {
+	m := map[string]Approver{}
 	for _, a := range approvers {
-		if a.ID == "" {
-			return errors.New("approval: approver with empty id")
-		}
 		m[a.ID] = a
 	}
 	s.approvers.Store(&m)
-	return nil
 }
 
 // approverName is the configured display name, or the id.
-func (s *Service) approverName(id string) string {
-	if a, ok := (*s.approvers.Load())[id]; ok && a.Name != "" {
-		return a.Name
-	}
-	return id
-}
+func (s *Service) approverName(id string) string { return cmp.Or((*s.approvers.Load())[id].Name, id) }

@@ -207,7 +207,7 @@ func (s *Stack) newGuard(ctx context.Context, policy *authz.Policy, recorder met
 		Tools: c.Tools, Logger: log.With("component", "guard"), Freezes: s.approvals,
 		SharedUsage: s.shared.usage, People: s.people,
 		MaxArgBytes: c.Limits.MaxArgBytes, MaxArgDepth: c.Limits.MaxArgDepth,
-		Limits: guardLimits(c),
+		Limits:   guardLimits(c),
 		BlockFor: blockFor(c, log),
 	})
 	if _, ok := c.Tools["approval_status"]; ok {

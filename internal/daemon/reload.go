@@ -127,9 +127,7 @@ func (s *Stack) Reload(ctx context.Context, c *config.Config, log *slog.Logger) 
 	if err != nil {
 		return fmt.Errorf("reload: recording the policy, the running configuration stays: %w", err)
 	}
-	if err := s.approvals.SetApprovers(approvers); err != nil {
-		return err // config validated the ids: not reached
-	}
+	s.approvals.SetApprovers(approvers) // config checked their ids
 	s.policy.now.Store(&policyInForce{policy: policy, sum: sum})
 	s.server.SetAgents(c.HTTP.Agents)
 	s.guard.Reconfigure(c.Tools, guardLimits(c))
