@@ -35,7 +35,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"log/slog"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -182,9 +181,6 @@ func New(ctx context.Context, db *store.DB, rec Recorder, opts Options) (*Servic
 		done:    make(chan struct{}),
 		results: results,
 	}
-	if slices.ContainsFunc(opts.Approvers, func(a Approver) bool { return a.ID == "" }) {
-		return nil, errors.New("approval: approver with empty id")
-	}
 	s.SetApprovers(opts.Approvers)
 	if err := s.openParts(ctx); err != nil {
 		return nil, err
@@ -322,13 +318,15 @@ func (s *Service) notify(ids ...string) { s.watch.Notify(ids...) }
 func (s *Service) OnChange(fn func(id string)) { s.watch.OnChange(fn) }
 
 // SetApprovers puts a reload's approvers in force: one removed can no longer sign in or approve.
+// An empty id is nobody's (config refuses it).
 func (s *Service) SetApprovers(approvers []Approver) {
 	m := map[string]Approver{}
 	for _, a := range approvers {
-		m[a.ID] = a
+		if a.ID != "" {
+			m[a.ID] = a
+		}
 	}
 	s.approvers.Store(&m)
 }
 
-// approverName is the configured display name, or the id.
 func (s *Service) approverName(id string) string { return cmp.Or((*s.approvers.Load())[id].Name, id) }

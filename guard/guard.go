@@ -314,9 +314,7 @@ func New(opts Options) *Guard {
 	return g
 }
 
-// Reconfigure puts a reloaded configuration's per-tool settings and
-// limits in force for the calls that start from now on; a call under way
-// keeps what it read at its start. The call-rate buckets start full again.
+// Reconfigure puts a reload's per-tool settings and limits in force for the calls that start from now on.
 func (g *Guard) Reconfigure(tools map[string]config.Tool, l Limits) {
 	g.tools.Store(&tools)
 	if old := g.limits.Swap(newLimiter(l, g.record, g.now)); old != nil {
