@@ -244,7 +244,8 @@ type Guard struct {
 	schemas  map[*tools.Spec]*argschema.Schema
 
 	usage  usageBook
-	limits *limiter
+	limits atomic.Pointer[limiter]                // swapped whole by Reconfigure
+	tools  atomic.Pointer[map[string]config.Tool] // Options.Tools, swapped whole by Reconfigure
 	conds  grantConditions
 
 	bg   sync.WaitGroup  // the dispatcher and the runs it started
@@ -304,7 +305,7 @@ func New(opts Options) *Guard {
 		g.late.Since = opts.History.Since
 	}
 	g.bg.Go(func() { g.late.Run(g.life) })
-	g.limits = newLimiter(opts.Limits, g.record, g.now)
+	g.Reconfigure(opts.Tools, opts.Limits)
 	if opts.Runs != nil {
 		opts.Runs.OnChange(g.changed)
 		g.bg.Add(1)
@@ -313,12 +314,20 @@ func New(opts Options) *Guard {
 	return g
 }
 
+// Reconfigure puts a reload's per-tool settings and limits in force for the calls that start from now on.
+func (g *Guard) Reconfigure(tools map[string]config.Tool, l Limits) {
+	g.tools.Store(&tools)
+	if old := g.limits.Swap(newLimiter(l, g.record, g.now)); old != nil {
+		old.close()
+	}
+}
+
 // Close stops waiting for poll-mode approvals and waits for executions
 // already under way to finish.
 func (g *Guard) Close() {
 	g.stop()
 	g.bg.Wait()
-	g.limits.close()
+	g.limits.Load().close()
 }
 
 // Call is one tool call as a transport hands it over.
@@ -375,7 +384,7 @@ func (g *Guard) Handle(ctx context.Context, c Call) *mcp.CallToolResult {
 			return g.Reject(ctx, c.Agent, c.Tool)
 		}
 	}
-	conf := g.opts.Tools[c.Tool]
+	conf := (*g.tools.Load())[c.Tool]
 	args, ok := c.Args.(map[string]any)
 	if c.Args == nil {
 		args, ok = map[string]any{}, true
@@ -452,6 +461,7 @@ func (g *Guard) Handle(ctx context.Context, c Call) *mcp.CallToolResult {
 		entry.Usage, _ = json.Marshal(usage)
 	}
 	entry.Decision, entry.Rule, entry.Reason = string(d.Level), strings.Join(d.Rules, ","), d.Reason
+	entry.PolicySHA256 = d.PolicySHA256 // the policy that decided, though a reload puts another in force before this call ends
 	if res := g.keepAmount(ctx, entry, canon, call.Value, counted, now); res != nil {
 		return res
 	}
