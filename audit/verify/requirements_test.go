@@ -93,8 +93,7 @@ func exampleEntries(t *testing.T, k exampleKeys) []audit.Entry {
 	}
 
 	rejected := forRequest(vocab.KindApprovalRejected, "req-A")
-	rejected.Decision = string(vocab.Approve)
-	k.carol.sign(&rejected, "http://evil.example", rpID, uv)
+	rejected.Decision, rejected.RPID = string(vocab.Approve), rpID
 	rejected.Reason = `origin: origin "http://evil.example" (cross-origin false) is not one of [http://localhost:8710]`
 
 	executed := ran(vocab.KindCallExecuted, "req-A", "critical")
