@@ -112,10 +112,8 @@ func checkLine(it *Line) (r Checked) {
 				continue
 			}
 			if !inLineForm(m) && !sameLineForm(m) {
-				if name == "usage" {
-					asIs = false // not held to the form; the hash decides
-					continue
-				}
+				// usage too: every server that wrote it stored its RFC
+				// 8785 form, and one entry has one line.
 				return fail("%s is not in RFC 8785 form", name)
 			}
 			asIs = asIs && !escapesSeparators(m)

@@ -172,11 +172,11 @@ var kindMembers = map[vocab.Kind]member{
 	vocab.KindPolicyLoaded:      mPolicySHA256 | mPolicy | mReasonAll,
 	vocab.KindCallAllowed:       mCallDecision | mGranted,
 	vocab.KindCallDenied:        mCallDecision,
-	vocab.KindCallRejected:      mCallDecision,
+	vocab.KindCallRejected:      mCallDecision &^ mPolicySHA256, // not a decision of the policy (rule 6)
 	vocab.KindCallRateLimited:   mAgent | mTool | mReasonAll,
 	vocab.KindCallExecuted:      mOutcome,
 	vocab.KindCallFailed:        mOutcome,
-	vocab.KindCallInterrupted:   mOutcome,
+	vocab.KindCallInterrupted:   mOutcome &^ mPolicySHA256, // written at start, or by the transport: not a decision
 	vocab.KindCallReconciled:    mAgent | mDigest | mReasonAll | mInterruptedSeq,
 	vocab.KindApprovalRequested: mAgent | mDigest | mLevel | mRule | mUsage | mPolicySHA256 | mQuorum | mEligible | mUserVerification | mBatchable | mReasonAll,
 	vocab.KindApprovalAssertion: mKeyDecision | mGrantTerms,

@@ -262,6 +262,9 @@ func (q *requirements) requested(e *audit.Entry) string {
 	if _, err := audit.DecodeArgsSHA256(e.ArgsSHA256); err != nil {
 		return "approval.requested: " + err.Error()
 	}
+	if _, err := decodeB64URL(e.Nonce); err != nil {
+		return "approval.requested: nonce is not base64url with zero pad bits"
+	}
 	q.requests[e.RequestID] = &request{seq: e.Seq, entry: e, expires: expires, args: e.ArgsSHA256}
 	return ""
 }
