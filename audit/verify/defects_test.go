@@ -9,6 +9,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"math/big"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -209,6 +210,28 @@ func TestPSSSaltLength(t *testing.T) {
 		}
 		if ok, err := webauthncose.VerifySignature(key, msg, sig); !ok || err != nil {
 			t.Errorf("PS256 with salt length %d: %v %v", salt, ok, err)
+		}
+	}
+}
+
+// The members table names every member of audit.Entry, in line order,
+// so a member added to the entry is refused until a kind lists it.
+func TestMembersTableNamesEveryMember(t *testing.T) {
+	var names []string
+	for f := range reflect.TypeFor[audit.Entry]().Fields() {
+		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		switch name {
+		case "seq", "time", "v", "kind", "prev_hash", "hash", "sig":
+			continue
+		}
+		names = append(names, name)
+	}
+	if !slices.Equal(names, memberNames[:]) {
+		t.Fatalf("audit.Entry's members:\n%v\nthe members table:\n%v", names, memberNames)
+	}
+	for _, k := range vocab.Kinds() {
+		if _, ok := kindMembers[k]; !ok {
+			t.Errorf("kind %s has no row in the members table", k)
 		}
 	}
 }

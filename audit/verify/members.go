@@ -64,6 +64,11 @@ const (
 	mGrantMaxCalls
 	mGrantExpiresAt
 	mInterruptedSeq
+	mIdPIssuer
+	mIdPSubject
+	mIdPEmail
+	mIdPAuthTime
+	mIdPGroups
 	memberCount = iota
 )
 
@@ -76,7 +81,7 @@ var memberNames = [memberCount]string{
 	"approver", "credential_id", "public_key", "attestation_object", "authorization_details", "display", "nonce",
 	"expires_at", "decided_at", "origin", "rp_id", "user_verified", "authenticator_data", "client_data_json",
 	"signature", "batch_digests", "batch_position", "grant_id", "grant_seq", "grant_condition", "grant_max_calls",
-	"grant_expires_at", "interrupted_seq",
+	"grant_expires_at", "interrupted_seq", "idp_issuer", "idp_subject", "idp_email", "idp_auth_time", "idp_groups",
 }
 
 // membersOf is the set of optional members e carries (present on its line).
@@ -135,6 +140,11 @@ func membersOf(e *audit.Entry) member {
 	set(e.GrantMaxCalls != 0, mGrantMaxCalls)
 	set(e.GrantExpiresAt != "", mGrantExpiresAt)
 	set(e.InterruptedSeq != 0, mInterruptedSeq)
+	set(e.IdPIssuer != "", mIdPIssuer)
+	set(e.IdPSubject != "", mIdPSubject)
+	set(e.IdPEmail != "", mIdPEmail)
+	set(e.IdPAuthTime != "", mIdPAuthTime)
+	set(len(e.IdPGroups) > 0, mIdPGroups)
 	return m
 }
 
@@ -164,6 +174,9 @@ const (
 	// recorded it on approval.rejected, unverified.
 	mVisitor = mApprover | mCredentialID | mOrigin | mUserVerified | mAuthenticatorData | mClientDataJSON | mSignature
 	mSwitch  = mAgent | mApprover | mDecidedAt | mReasonAll
+	// a person the company's identity provider signed in, and their
+	// groups as it listed them.
+	mIdP = mIdPIssuer | mIdPSubject | mIdPEmail | mIdPAuthTime
 )
 
 // kindMembers is, per kind, the optional members an entry of format 2 or
@@ -179,15 +192,16 @@ var kindMembers = map[vocab.Kind]member{
 	vocab.KindCallInterrupted:   mOutcome &^ mPolicySHA256, // written at start, or by the transport: not a decision
 	vocab.KindCallReconciled:    mAgent | mDigest | mReasonAll | mInterruptedSeq,
 	vocab.KindApprovalRequested: mAgent | mDigest | mLevel | mRule | mUsage | mPolicySHA256 | mQuorum | mEligible | mUserVerification | mBatchable | mReasonAll,
-	vocab.KindApprovalAssertion: mKeyDecision | mGrantTerms,
-	vocab.KindApprovalDenied:    mKeyDecision,
+	vocab.KindApprovalAssertion: mKeyDecision | mGrantTerms | mIdP | mIdPGroups,
+	vocab.KindApprovalDenied:    mKeyDecision | mIdP | mIdPGroups,
 	vocab.KindApprovalApproved:  mAgent | mDigest | mDecision | mApprovers | mAssertions | mReasonAll,
 	vocab.KindApprovalExpired:   mAgent | mDigest | mReasonAll,
 	vocab.KindApprovalCancelled: mAgent | mDigest | mReasonAll,
 	vocab.KindApprovalRejected:  mAgent | mDigest | mDecision | mRPID | mReasonAll,
-	vocab.KindApproverEnrolled:  mApprover | mCredentialID | mPublicKey | mAttestationObject | mClientDataJSON | mOrigin | mRPID | mUserVerified | mReasonAll,
+	vocab.KindApproverEnrolled:  mApprover | mCredentialID | mPublicKey | mAttestationObject | mClientDataJSON | mOrigin | mRPID | mUserVerified | mReasonAll | mIdP,
+	vocab.KindApproverSuspended: mApprover | mIdP | mIdPGroups | mReasonAll,
 	vocab.KindCredentialRevoked: mApprover | mCredentialID | mPublicKey | mReasonAll,
-	vocab.KindEnrollmentCreated: mApprover | mExpiresAt | mReasonAll,
+	vocab.KindEnrollmentCreated: mApprover | mExpiresAt | mReasonAll | mIdP,
 	vocab.KindGrantRevoked:      mAgent | mTool | mGrantID | mGrantSeq | mApprover | mDecidedAt | mReasonAll,
 	vocab.KindAgentFrozen:       mSwitch,
 	vocab.KindAgentUnfrozen:     mSwitch,
