@@ -269,7 +269,7 @@ func (l *Log) Export(ctx context.Context, w io.Writer, since int64) error {
 				rows.Close()
 				return fmt.Errorf("audit: export: %w", err)
 			}
-			bw.Write(body)
+			bw.Write(ExportLine(body))
 			bw.WriteByte('\n')
 			n++
 		}

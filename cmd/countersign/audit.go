@@ -128,9 +128,9 @@ why, and exits non-zero unless everything holds. No config or database is
 read.
 
 Entries are authenticated by the export's signed checkpoint, whose Merkle
-root covers every entry's hash; --all-signatures also checks each entry's
-own signature, which proves nothing more about a complete export and takes
-one Ed25519 verification per entry.
+root covers every entry's hash; exports carry no entry signatures, and an
+older export that does has every one checked (--all-signatures is kept for
+scripts and changes nothing).
 
 --replay-policy checks each call that ran and each approval request against
 the policy the server had loaded (policy.loaded): the level, the rules named
@@ -195,7 +195,7 @@ the quorum's cosignatures.`,
 	}
 	cmd.Flags().StringVar(&keyArg, "key", "", "the server's public key, or a file holding it (required)")
 	cmd.Flags().StringVar(&previous, "previous", "", "an older export this one must extend")
-	cmd.Flags().BoolVar(&allSigs, "all-signatures", false, "also verify every entry's own signature (slower; the checkpoint already covers them)")
+	cmd.Flags().BoolVar(&allSigs, "all-signatures", false, "no longer changes anything: exports carry no entry signatures, and every one an older export carries is checked")
 	cmd.Flags().StringArrayVar(&rootFiles, "attestation-roots", nil, "PEM file of root certificates every enrolled key's attestation must chain to (repeatable)")
 	cmd.Flags().BoolVar(&replay, "replay-policy", false, "check every decision against the policy it names (policy.loaded): level, rules and approval requirement")
 	cmd.Flags().StringArrayVar(&witnessArgs, "witness-key", nil, "a trusted witness's cosignature key (name+hash+base64), or a file of them one a line (repeatable)")
