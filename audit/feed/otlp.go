@@ -62,12 +62,16 @@ func NewExporter(log *audit.Log, db *store.DB, opts Options) *Exporter {
 }
 
 // Lag is how many entries the log holds past the last one delivered.
-func (x *Exporter) Lag(ctx context.Context) (int64, error) {
-	head, err := x.log.LastSeq(ctx)
+func (x *Exporter) Lag(ctx context.Context) (int64, error) { return Lag(ctx, x.log, x.marks.DB) }
+
+// Lag is how many entries log holds past the last one delivered, as the
+// mark in db says: any process sharing the database can report it.
+func Lag(ctx context.Context, log *audit.Log, db *store.DB) (int64, error) {
+	head, err := log.LastSeq(ctx)
 	if err != nil {
 		return 0, err
 	}
-	pos, _, err := x.marks.Mark(ctx, MarkName)
+	pos, _, err := store.Marks{DB: db}.Mark(ctx, MarkName)
 	if err != nil {
 		return 0, err
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/audit/auditpg"
 	"github.com/countersign/countersign/audit/feed"
+	"github.com/countersign/countersign/audit/feed/feedtest"
 	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/store/storetest"
 	"github.com/countersign/countersign/vocab"
@@ -54,9 +55,9 @@ func (tl *testLog) appendCalls(t *testing.T, n int) {
 	}
 }
 
-func options(r *receiver, logger *slog.Logger) feed.Options {
+func options(r *feedtest.Receiver, logger *slog.Logger) feed.Options {
 	return feed.Options{
-		Endpoint:  r.url(),
+		Endpoint:  r.URL(),
 		Headers:   map[string]string{"Authorization": "Bearer siem-token"},
 		BatchSize: 7,
 		Timeout:   5 * time.Second,
@@ -87,47 +88,12 @@ func running(t *testing.T, x *feed.Exporter) (stop func()) {
 	return stop
 }
 
-// waitDistinct waits until the receiver holds every seq 1..n.
-func waitDistinct(t *testing.T, r *receiver, n int) {
-	t.Helper()
-	deadline := time.Now().Add(60 * time.Second) // a bound for a stuck test, not a speed claim
-	for {
-		if len(distinct(r.seqs())) >= n {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the receiver holds %v, want every seq up to %d", distinct(r.seqs()), n)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-func distinct(seqs []int64) []int64 {
-	seen := map[int64]bool{}
-	var out []int64
-	for _, s := range seqs {
-		if !seen[s] {
-			seen[s] = true
-			out = append(out, s)
-		}
-	}
-	return out
-}
-
-func upTo(n int) []int64 {
-	out := make([]int64, n)
-	for i := range out {
-		out[i] = int64(i + 1)
-	}
-	return out
-}
-
 func TestExporterDeliversEveryEntryInOrder(t *testing.T) {
 	for _, enc := range []string{"protobuf", "json"} {
 		t.Run(enc, func(t *testing.T) {
 			tl := newTestLog(t)
 			tl.appendCalls(t, 30)
-			r := newReceiver(t)
+			r := feedtest.NewReceiver(t)
 			opts := options(r, nil)
 			opts.JSON = enc == "json"
 			x := feed.NewExporter(tl.log, tl.db, opts)
@@ -135,23 +101,18 @@ func TestExporterDeliversEveryEntryInOrder(t *testing.T) {
 				t.Fatalf("Lag before delivery = %d, %v; want 30", lag, err)
 			}
 			running(t, x)
-			waitDistinct(t, r, 30)
+			r.WaitDistinct(30)
 			tl.appendCalls(t, 5) // found by polling
-			waitDistinct(t, r, 35)
+			r.WaitDistinct(35)
 
-			if got := r.seqs(); !slices.Equal(got, upTo(35)) {
+			if got := r.Seqs(); !slices.Equal(got, feedtest.UpTo(35)) {
 				t.Fatalf("received seqs %v, want 1..35 once each, in order", got)
 			}
-			r.mu.Lock()
-			auth := r.headers.Get("Authorization")
-			r.mu.Unlock()
-			if got := auth; got != "Bearer siem-token" {
+			if got := r.Header("Authorization"); got != "Bearer siem-token" {
 				t.Errorf("Authorization header = %q", got)
 			}
-			r.mu.Lock()
-			rec := r.records[34]
-			r.mu.Unlock()
-			ev := event(t, rec)
+			rec := r.Record(34)
+			ev := feedtest.Event(t, rec)
 			entries, err := tl.log.Since(context.Background(), 34, 1)
 			if err != nil {
 				t.Fatal(err)
@@ -163,7 +124,7 @@ func TestExporterDeliversEveryEntryInOrder(t *testing.T) {
 			if cp := ev.Unmapped.Countersign.Checkpoint; cp == nil || cp.Size < 35 {
 				t.Errorf("record 35's checkpoint %+v does not cover it", cp)
 			}
-			if got := attr(rec, "countersign.hash").GetStringValue(); got != entries[0].Hash {
+			if got := feedtest.Attr(rec, "countersign.hash").GetStringValue(); got != entries[0].Hash {
 				t.Errorf("countersign.hash = %q, want %q", got, entries[0].Hash)
 			}
 			if rec.TimeUnixNano == 0 || rec.EventName != string(vocab.KindCallAllowed) {
@@ -199,25 +160,25 @@ func waitLag(t *testing.T, x *feed.Exporter, want int64) {
 // arrives, in order, and none twice.
 func TestExporterResumesAcrossRestarts(t *testing.T) {
 	tl := newTestLog(t)
-	r := newReceiver(t)
+	r := feedtest.NewReceiver(t)
 	tl.appendCalls(t, 20)
 
 	stop := running(t, feed.NewExporter(tl.log, tl.db, options(r, nil)))
-	waitDistinct(t, r, 20)
+	r.WaitDistinct(20)
 	stop() // Countersign stops
 	tl.appendCalls(t, 10)
 
-	r.stop() // the collector goes down too
+	r.Stop() // the collector goes down too
 	var logs syncBuffer
 	x := feed.NewExporter(tl.log, tl.db, options(r, slog.New(slog.NewTextHandler(&logs, nil))))
 	running(t, x) // Countersign starts: the collector is away
 	tl.appendCalls(t, 10)
 	waitLogged(t, &logs, "did not take a batch")
-	r.start() // the collector is back on the same address
-	waitDistinct(t, r, 40)
+	r.Start() // the collector is back on the same address
+	r.WaitDistinct(40)
 	waitLag(t, x, 0)
 
-	if got := r.seqs(); !slices.Equal(got, upTo(40)) {
+	if got := r.Seqs(); !slices.Equal(got, feedtest.UpTo(40)) {
 		t.Fatalf("received seqs %v, want 1..40 once each, in order", got)
 	}
 }
@@ -228,12 +189,12 @@ func TestExporterResumesAcrossRestarts(t *testing.T) {
 func TestExporterBacksOffAndLogsEachStep(t *testing.T) {
 	tl := newTestLog(t)
 	tl.appendCalls(t, 3)
-	r := newReceiver(t)
-	r.refuse = 3
+	r := feedtest.NewReceiver(t)
+	r.Refuse(3)
 	var logs syncBuffer
 	x := feed.NewExporter(tl.log, tl.db, options(r, slog.New(slog.NewTextHandler(&logs, nil))))
 	running(t, x)
-	waitDistinct(t, r, 3)
+	r.WaitDistinct(3)
 	waitLag(t, x, 0)
 	out := logs.String()
 	if n := strings.Count(out, "did not take a batch"); n != 3 {
@@ -242,7 +203,7 @@ func TestExporterBacksOffAndLogsEachStep(t *testing.T) {
 	if !strings.Contains(out, "503 Service Unavailable: collector busy") || strings.Count(out, "takes batches again") != 1 {
 		t.Errorf("the log does not say why nor that delivery recovered:\n%s", out)
 	}
-	if got := r.seqs(); !slices.Equal(got, upTo(3)) {
+	if got := r.Seqs(); !slices.Equal(got, feedtest.UpTo(3)) {
 		t.Fatalf("received %v, want 1..3", got)
 	}
 }
