@@ -2,6 +2,10 @@ package feed_test
 
 import (
 	"encoding/json"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/countersign/countersign/audit"
@@ -134,4 +138,47 @@ func has(doc map[string]any, path []string) bool {
 	}
 	m, ok := v.(map[string]any)
 	return ok && has(m, path[1:])
+}
+
+// TestREADMESaysTheMapping checks README's table of activity, status and
+// severity by kind against the pins: every kind once, with its numbers.
+func TestREADMESaysTheMapping(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(string(readme), "| kinds | activity_id | status_id | severity_id |")
+	if !ok {
+		t.Fatal("README has no table of the OCSF mapping")
+	}
+	said := map[vocab.Kind][3]int{}
+	row := regexp.MustCompile("^\\| (.+) \\| (\\d+) [A-Za-z ]+\\| (\\d+) [A-Za-z ]+\\| (\\d+) [A-Za-z ]+\\|$")
+	for _, line := range strings.Split(rest, "\n")[2:] {
+		if !strings.HasPrefix(line, "|") {
+			break
+		}
+		m := row.FindStringSubmatch(line)
+		if m == nil {
+			t.Fatalf("README row %q is not kinds | activity | status | severity", line)
+		}
+		var nums [3]int
+		for i := range nums {
+			nums[i], _ = strconv.Atoi(m[i+2])
+		}
+		for k := range strings.SplitSeq(m[1], ", ") {
+			kind := vocab.Kind(strings.Trim(k, "`"))
+			if _, dup := said[kind]; dup {
+				t.Errorf("README lists %s twice", kind)
+			}
+			said[kind] = nums
+		}
+	}
+	for kind, pin := range ocsfPins {
+		if got, ok := said[kind]; !ok || got != pin {
+			t.Errorf("README says %s is %v (listed: %v), the mapping %v", kind, got, ok, pin)
+		}
+	}
+	if len(said) != len(ocsfPins) {
+		t.Errorf("README lists %d kinds, the mapping has %d", len(said), len(ocsfPins))
+	}
 }
