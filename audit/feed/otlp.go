@@ -78,23 +78,33 @@ func Lag(ctx context.Context, log *audit.Log, db *store.DB) (int64, error) {
 	return max(head-pos, 0), nil
 }
 
-// Run delivers until ctx ends, starting after the stored position.
-func (x *Exporter) Run(ctx context.Context) error {
+// Run delivers until ctx ends, starting after the stored position. It
+// never gives up: a failure to read the log or the position (the
+// database away) is logged and tried again after a back-off, as a
+// refused request is.
+func (x *Exporter) Run(ctx context.Context) {
+	failures := 0
 	for {
 		n, err := x.deliverBatch(ctx)
 		if ctx.Err() != nil {
-			return nil
+			return
 		}
-		if err != nil {
-			return err
-		}
-		if n > 0 {
+		pause := x.opts.Poll
+		switch {
+		case err != nil:
+			failures++
+			pause = x.opts.Backoff.Pause(failures)
+			x.opts.Logger.Warn("audit export: cannot read the next batch; trying again", "attempt", failures, "in", pause, "err", err)
+		case n > 0:
+			failures = 0
 			continue
+		default:
+			failures = 0
 		}
 		select {
 		case <-ctx.Done():
-			return nil
-		case <-time.After(x.opts.Poll):
+			return
+		case <-time.After(pause):
 		}
 	}
 }

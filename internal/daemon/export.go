@@ -31,9 +31,7 @@ func (s *Stack) exportAudit(ctx context.Context, c *config.Config, log *slog.Log
 		Backoff:   store.Backoff{First: min(time.Second, x.RetryMax), Max: x.RetryMax},
 		Logger:    log,
 	})
-	if err := exp.Run(ctx); err != nil {
-		log.Error("audit export stopped", "err", err)
-	}
+	exp.Run(ctx)
 }
 
 // exportLag is the metrics' view of the export; nil without one.
