@@ -141,7 +141,9 @@ func (x *Exporter) deliverBatch(ctx context.Context) (int, error) {
 	if failures > 0 {
 		x.opts.Logger.Info("audit export: the OTLP endpoint takes batches again", "endpoint", x.opts.Endpoint, "after_attempts", failures+1)
 	}
-	if err := x.marks.SetMark(ctx, MarkName, entries[len(entries)-1].Seq); err != nil {
+	// The endpoint has the batch: record that even when a shutdown began
+	// meanwhile, so the next start does not send it again.
+	if err := x.marks.SetMark(context.WithoutCancel(ctx), MarkName, entries[len(entries)-1].Seq); err != nil {
 		return 0, err
 	}
 	return len(entries), nil

@@ -159,9 +159,11 @@ func TestExporterResumesAcrossRestarts(t *testing.T) {
 	r := feedtest.NewReceiver(t)
 	tl.appendCalls(t, 20)
 
-	stop := running(t, feed.NewExporter(tl.log, tl.db, options(r, nil)))
+	first := feed.NewExporter(tl.log, tl.db, options(r, nil))
+	stop := running(t, first)
 	r.WaitDistinct(20)
-	stop() // Countersign stops
+	waitLag(t, first, 0) // acknowledged and recorded: a stop now sends nothing twice
+	stop()               // Countersign stops
 	tl.appendCalls(t, 10)
 
 	r.Stop() // the collector goes down too

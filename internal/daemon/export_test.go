@@ -104,6 +104,10 @@ func TestOnlyTheLeaderExports(t *testing.T) {
 	if got := rb.Seqs(); len(got) != 0 {
 		t.Fatalf("the follower exported %v", got)
 	}
+	daemontest.WaitFor(t, func() bool { // recorded as delivered: the handover sends nothing twice
+		lag, err := feed.Lag(ctx, a.Audit(), a.DB())
+		return err == nil && lag == 0
+	})
 	if err := a.Close(); err != nil {
 		t.Fatal(err)
 	}
