@@ -337,3 +337,34 @@ func TestStoreURL(t *testing.T) {
 		}
 	}
 }
+
+func TestAuditExportIsValidated(t *testing.T) {
+	c, err := Parse([]byte(minimal+"audit:\n  export:\n    endpoint: https://otel.example:4318/v1/logs\n    headers: {X-Api-Key: k1}\n    batch_size: 100\n"), "x.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	x := c.Audit.Export
+	if x.Endpoint != "https://otel.example:4318/v1/logs" || x.BatchSize != 100 || x.Encoding != "protobuf" ||
+		x.Timeout != 10*time.Second || x.Interval != time.Second || x.RetryMax != time.Minute || len(x.Headers) != 1 {
+		t.Fatalf("audit.export %+v", x)
+	}
+	if c, err := Parse([]byte(minimal), "x.yaml"); err != nil || c.Audit.Export.Endpoint != "" {
+		t.Fatalf("default audit.export: %+v, %v", c.Audit.Export, err)
+	}
+	for _, tc := range []struct{ yaml, want string }{
+		{"endpoint: otel:4318", "audit.export.endpoint: expected the OTLP/HTTP logs URL, such as http://collector:4318/v1/logs"},
+		{"endpoint: http://otel:4318", "audit.export.endpoint: expected the OTLP/HTTP logs URL"},
+		{"endpoint: http://otel:4318/v1/logs\n    encoding: xml", `audit.export.encoding: expected one of protobuf, json, got "xml"`},
+		{"endpoint: http://otel:4318/v1/logs\n    batch_size: 0", "audit.export.batch_size: expected 1 to 10000, got 0"},
+		{"endpoint: http://otel:4318/v1/logs\n    batch_size: 20000", "audit.export.batch_size: expected 1 to 10000, got 20000"},
+		{"endpoint: http://otel:4318/v1/logs\n    timeout: 0s", "audit.export.timeout: expected a positive duration"},
+		{"endpoint: http://otel:4318/v1/logs\n    retry_max: -1s", "audit.export.retry_max: expected a positive duration"},
+		{"endpoint: http://otel:4318/v1/logs\n    headers: {\"bad header\": x}", `audit.export.headers: "bad header" is not an HTTP header name`},
+		{"endpoint: http://otel:4318/v1/logs\n    compression: gzip", "compression"},
+	} {
+		_, err := Parse([]byte(minimal+"audit:\n  export:\n    "+tc.yaml+"\n"), "x.yaml")
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s:\ngot %v, want %q", tc.yaml, err, tc.want)
+		}
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/ed25519"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/countersign/countersign/attest"
 	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/audit/feed"
 	"github.com/countersign/countersign/audit/verify"
 	"github.com/countersign/countersign/internal/daemon"
 	"github.com/spf13/cobra"
@@ -250,11 +252,15 @@ func readPublicKey(arg string) (string, error) {
 func newAuditTailCmd() *cobra.Command {
 	var since int64
 	var interval time.Duration
+	var format string
 	cmd := &cobra.Command{
 		Use:   "tail",
-		Short: "Follow new audit entries, one readable line each, until Ctrl-C",
+		Short: "Follow new audit entries, one readable line (or OCSF event) each, until Ctrl-C",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if format != "text" && format != "ocsf" {
+				return fmt.Errorf("--format %q: expected text or ocsf", format)
+			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			cmd.SetContext(ctx)
@@ -277,6 +283,13 @@ func newAuditTailCmd() *cobra.Command {
 						}
 						return err
 					}
+					if format == "ocsf" && len(entries) > 0 {
+						if err := printOCSF(ctx, out, log, entries); err != nil {
+							return err
+						}
+						after = entries[len(entries)-1].Seq
+						continue
+					}
 					for _, e := range entries {
 						fmt.Fprintln(out, humanLine(e))
 						after = e.Seq
@@ -295,7 +308,28 @@ func newAuditTailCmd() *cobra.Command {
 	}
 	cmd.Flags().Int64Var(&since, "since", -1, "show entries after this seq (default: the last 10)")
 	cmd.Flags().DurationVar(&interval, "interval", 500*time.Millisecond, "how often to look for new entries")
+	cmd.Flags().StringVar(&format, "format", "text", "text (one readable line each) or ocsf (one OCSF "+feed.OCSFVersion+" API Activity event in JSON each, with seq, hash and the signed checkpoint that covers it)")
 	return cmd
+}
+
+// printOCSF writes entries as OCSF events, one JSON line each, with the
+// signed checkpoint that covers them all.
+func printOCSF(ctx context.Context, out io.Writer, log *audit.Log, entries []audit.Entry) error {
+	cp, err := feed.CheckpointOf(ctx, log)
+	if err != nil {
+		return err
+	}
+	enc := json.NewEncoder(out)
+	for _, e := range entries {
+		ev, err := feed.OCSF(e, cp)
+		if err != nil {
+			return err
+		}
+		if err := enc.Encode(ev); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // humanLine is one entry for a person watching: seq, time, kind, then

@@ -111,6 +111,7 @@ func (s *Stack) newMetrics(log *slog.Logger) *metrics.Metrics {
 		},
 		KnownTool: func(name string) bool { _, ok := s.tools.Lookup(name); return ok },
 		Witnesses: s.witnessMetrics(),
+		ExportLag: s.exportLag(),
 		Version:   s.version,
 		Logger:    log.With("component", "metrics"),
 	})
