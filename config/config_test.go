@@ -227,6 +227,33 @@ func TestEncodeRoundTrips(t *testing.T) {
 	}
 }
 
+// config print never shows a secret: a database password, the identity
+// provider's client secret, or a SIEM's API key in audit.export.headers.
+func TestEncodeHidesSecrets(t *testing.T) {
+	c, err := Parse(countersign.DefaultConfig(), Embedded)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Store.URL = "postgres://cs:db-password-1@db.internal/cs"
+	c.Identity.ClientSecret = "client-secret-2"
+	c.Audit.Export.Headers = map[string]string{"Authorization": "Bearer siem-key-3"}
+	out, err := Encode(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, secret := range []string{"db-password-1", "client-secret-2", "siem-key-3"} {
+		if strings.Contains(string(out), secret) {
+			t.Errorf("config print shows %q:\n%s", secret, out)
+		}
+	}
+	if !strings.Contains(string(out), "Authorization: xxxxx") {
+		t.Errorf("config print drops the header's name:\n%s", out)
+	}
+	if c.Audit.Export.Headers["Authorization"] != "Bearer siem-key-3" {
+		t.Error("Encode changed the running configuration's header")
+	}
+}
+
 func TestGrantsValidation(t *testing.T) {
 	for _, tc := range []struct{ tool, want string }{
 		{`{level: critical, approvers: [alice], grants: {max_duration: 15m, max_calls: 10}}`, "tools.transfer.grants: not allowed on a critical tool"},
