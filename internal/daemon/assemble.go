@@ -145,7 +145,9 @@ func (s *Stack) openApprovals(ctx context.Context, recorder metrics.Recorder, lo
 	aopts.People = people
 	if people != nil {
 		s.people = people
-		recordSuspensions(people, recorder, aopts.Logger)
+		recordSuspensions(people, recorder, func(ctx context.Context, approver, by, reason string) ([]string, error) {
+			return s.approvals.RevokeGrantsOf(ctx, approver, by, reason) // set below, before any request
+		}, aopts.Logger)
 	}
 	if s.approvals, err = approval.New(ctx, s.db, recorder, aopts); err != nil {
 		return err
