@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -30,9 +29,10 @@ the archive's checkpoint stay in the database, so later exports start after the
 archive and prove they extend it: countersign audit verify EXPORT --previous
 ARCHIVE --key KEY. Keep the archive: it is the only copy of those entries.
 
-A log archived before holds only the entries after that archive; the next
-archive starts there too and needs the earlier one, --previous OLD-ARCHIVE, to
-be verified. The last entry always stays in the database. Only the SQLite log
+Once a log was archived, the next archive needs the earlier one, --previous
+OLD-ARCHIVE: it holds that archive's entries and the newly archived ones, so
+every archive is a complete export from seq 1 and the newest is the one to
+keep verifying against. The last entry always stays in the database. Only the SQLite log
 is archived; a PostgreSQL log is refused.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -52,7 +52,7 @@ is archived; a PostgreSQL log is refused.`,
 	}
 	cmd.Flags().StringVar(&before, "before", "", "archive the entries written before this date (RFC 3339 or YYYY-MM-DD, UTC) (required)")
 	cmd.Flags().StringVar(&out, "out", "", "the archive file to write; must not exist (required)")
-	cmd.Flags().StringVar(&previous, "previous", "", "the earlier archive, when the log was archived before")
+	cmd.Flags().StringVar(&previous, "previous", "", "the latest earlier archive, required once the log was archived (the new archive repeats its entries)")
 	cmd.MarkFlagRequired("before")
 	cmd.MarkFlagRequired("out")
 	return cmd
@@ -90,14 +90,23 @@ func archiveLog(ctx context.Context, log *audit.Log, before time.Time, out, prev
 	if pruned > 0 && previous == "" {
 		return "", fmt.Errorf("archive: entries through seq %d were archived before; give that archive with --previous so the new one can be verified", pruned)
 	}
+	var prefix []byte
+	if pruned > 0 {
+		if prefix, err = archivedEntries(previous); err != nil {
+			return "", err
+		}
+	}
 	var cp []byte
 	if err := writeFileAtomic(out, func(w io.Writer) (err error) {
+		if _, err := w.Write(prefix); err != nil {
+			return err
+		}
 		cp, err = log.WriteArchive(ctx, w, through)
 		return err
 	}); err != nil {
 		return "", err
 	}
-	sum, digest, err := verifyArchive(out, log.PublicKey(), previous, through)
+	sum, digest, err := verifyArchive(out, log.PublicKey(), through)
 	if err != nil {
 		return "", fmt.Errorf("archive: the written archive %s does not verify, nothing was pruned: %w", out, err)
 	}
@@ -111,23 +120,31 @@ func archiveLog(ctx context.Context, log *audit.Log, before time.Time, out, prev
 	return fmt.Sprintf("archived seq %d to %d to %s (sha256 %s) and removed them from the database\n%s", sum.FirstSeq, sum.LastSeq, out, digest, sum), nil
 }
 
-// verifyArchive verifies the archive file and returns its summary and
-// SHA-256; it must end at seq through.
-func verifyArchive(path, pub, previous string, through int64) (verify.Summary, string, error) {
+// archivedEntries are the entry lines of an earlier archive, all but its
+// checkpoint line: a new archive starts with them, so that every archive
+// is a complete export from seq 1, verified alone. Verifying the new
+// archive proves they are the entries the stored chain extends.
+func archivedEntries(path string) ([]byte, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("archive: --previous: %w", err)
+	}
+	body := bytes.TrimSuffix(data, []byte{'\n'})
+	i := bytes.LastIndexByte(body, '\n')
+	if i < 0 || !bytes.HasPrefix(body[i+1:], []byte(`{"checkpoint"`)) {
+		return nil, fmt.Errorf("archive: --previous %s is not an archive: it does not end with a checkpoint line", path)
+	}
+	return body[:i+1], nil
+}
+
+// verifyArchive verifies the archive file, every entry signature too,
+// and returns its summary and SHA-256; it must end at seq through.
+func verifyArchive(path, pub string, through int64) (verify.Summary, string, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return verify.Summary{}, "", err
 	}
-	opts := verify.Options{AllSignatures: true}
-	if previous != "" {
-		pf, err := os.Open(previous)
-		if err != nil {
-			return verify.Summary{}, "", err
-		}
-		defer pf.Close()
-		opts.Previous = bufio.NewReaderSize(pf, 1<<20)
-	}
-	sum, err := verify.Export(bytes.NewReader(data), pub, opts)
+	sum, err := verify.Export(bytes.NewReader(data), pub, verify.Options{AllSignatures: true})
 	if err != nil {
 		return sum, "", err
 	}
