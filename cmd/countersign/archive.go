@@ -108,7 +108,9 @@ func archiveLog(ctx context.Context, log *audit.Log, before time.Time, out, prev
 	}
 	sum, digest, err := verifyArchive(out, log.PublicKey(), through)
 	if err != nil {
-		return "", fmt.Errorf("archive: the written archive %s does not verify, nothing was pruned: %w", out, err)
+		// Removed: a file named as an archive must be one that verifies.
+		os.Remove(out)
+		return "", fmt.Errorf("archive: the written archive %s does not verify, so it was removed and nothing was pruned: %w", out, err)
 	}
 	abs, err := filepath.Abs(out)
 	if err != nil {
