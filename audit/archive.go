@@ -115,6 +115,9 @@ func frontierOf(n int64, nodes []tlog.Hash) Frontier {
 
 // ArchivePoint is the seq of the last entry written before t, 0 if none.
 func (l *Log) ArchivePoint(ctx context.Context, before time.Time) (int64, error) {
+	if _, ok := l.backend.(*sqliteBackend); !ok {
+		return 0, ErrArchiveUnsupported
+	}
 	// Times sort as text (TimeFormat) and follow seq.
 	var seq int64
 	err := l.db.QueryRowContext(ctx, `SELECT COALESCE(MAX(seq), 0) FROM audit_entries WHERE json_extract(body, '$.time') < ?`,
