@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -99,4 +100,44 @@ func TestArchivePruneAppendExportVerify(t *testing.T) {
 func exportBytesAfter(t *testing.T, l *audit.Log, a []byte) []byte {
 	lines, _ := splitExport(t, a)
 	return exportBytes(t, l, int64(len(lines)))
+}
+
+// TestPrunedEntryRules: an audit.pruned entry must name an archive of
+// entries before it, and with a previous export its root must be theirs.
+func TestPrunedEntryRules(t *testing.T) {
+	ctx := context.Background()
+	key := seededKey(1)
+	pruned := func(through int64, root string) audit.Entry {
+		return audit.Entry{Kind: vocab.KindAuditPruned, Reason: "test",
+			Result: []byte(fmt.Sprintf(`{"archived_through":%d,"archive_sha256":"%s","archive_root":"%s"}`, through, strings.Repeat("ab", 32), root))}
+	}
+	for _, c := range []struct {
+		name   string
+		entry  func(l *audit.Log) audit.Entry
+		reason string
+	}{
+		{"right root", func(l *audit.Log) audit.Entry {
+			root, err := l.TreeHash(ctx, 3)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return pruned(3, hex.EncodeToString(root[:]))
+		}, ""},
+		{"another root", func(*audit.Log) audit.Entry { return pruned(3, strings.Repeat("cd", 32)) }, "archive_root is not the Merkle root of entries 1 to 3"},
+		{"itself", func(*audit.Log) audit.Entry { return pruned(5, strings.Repeat("cd", 32)) }, "archived_through 5 is not an entry before this one"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			l := openLogWith(t, key, sampleEntries()[:4])
+			earlier := exportBytes(t, l, 0)
+			mustAppend(t, l, c.entry(l))
+			export := exportBytes(t, l, 0)
+			if c.reason == "" {
+				if _, err := Export(bytes.NewReader(export), l.PublicKey(), Options{Previous: bytes.NewReader(earlier)}); err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			wantVerifyErr(t, export, l.PublicKey(), earlier, 5, c.reason)
+		})
+	}
 }
