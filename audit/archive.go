@@ -114,18 +114,34 @@ func frontierOf(n int64, nodes []tlog.Hash) Frontier {
 }
 
 // ArchivePoint is the seq of the last entry written before t, 0 if none.
+// An entry's time is never before the one it follows (seal), so a binary
+// search over seq finds it in a few reads, not a scan of every body.
 func (l *Log) ArchivePoint(ctx context.Context, before time.Time) (int64, error) {
 	if _, ok := l.backend.(*sqliteBackend); !ok {
 		return 0, ErrArchiveUnsupported
 	}
-	// Times sort as text (TimeFormat) and follow seq.
-	var seq int64
-	err := l.db.QueryRowContext(ctx, `SELECT COALESCE(MAX(seq), 0) FROM audit_entries WHERE json_extract(body, '$.time') < ?`,
-		before.UTC().Format(TimeFormat)).Scan(&seq)
-	if err != nil {
+	cut := before.UTC().Format(TimeFormat) // times sort as text
+	var lo, hi int64                       // the answer is in [lo, hi]
+	if err := l.db.QueryRowContext(ctx, `SELECT COALESCE(MIN(seq), 1) - 1, COALESCE(MAX(seq), 0) FROM audit_entries`).Scan(&lo, &hi); err != nil {
 		return 0, fmt.Errorf("audit: archive: %w", err)
 	}
-	return seq, nil
+	first := lo
+	for lo < hi {
+		mid := lo + (hi-lo+1)/2
+		var at string
+		if err := l.db.QueryRowContext(ctx, `SELECT json_extract(body, '$.time') FROM audit_entries WHERE seq = ?`, mid).Scan(&at); err != nil {
+			return 0, fmt.Errorf("audit: archive: entry %d: %w", mid, err)
+		}
+		if at < cut {
+			lo = mid
+		} else {
+			hi = mid - 1
+		}
+	}
+	if lo == first {
+		return 0, nil // nothing stored before t
+	}
+	return lo, nil
 }
 
 // WriteArchive writes the stored entries after the last pruning up to

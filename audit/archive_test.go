@@ -13,6 +13,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/store/storetest"
@@ -218,4 +219,41 @@ func pruneAndDie(dir string) {
 	l.Prune(ctx, Pruning{Checkpoint: cp, ArchiveSHA256: hex.EncodeToString(sum[:])})
 	fmt.Fprintln(os.Stderr, "the pruning committed: the hook did not run")
 	os.Exit(3)
+}
+
+func TestArchivePoint(t *testing.T) {
+	ctx := context.Background()
+	l := openLog(t, storetest.Open(t, t.TempDir()), seededKey(1), Options{Now: stepClock()})
+	var times []time.Time
+	for _, e := range sampleEntries() {
+		out := mustAppend(t, l, e)
+		at, err := time.Parse(TimeFormat, out.Time)
+		if err != nil {
+			t.Fatal(err)
+		}
+		times = append(times, at)
+	}
+	n := int64(len(times))
+	for _, c := range []struct {
+		before time.Time
+		want   int64
+	}{
+		{times[0], 0},
+		{times[0].Add(-time.Hour), 0},
+		{times[0].Add(time.Nanosecond), 1},
+		{times[4], 4},
+		{times[n-1], n - 1},
+		{times[n-1].Add(time.Hour), n},
+	} {
+		if got, err := l.ArchivePoint(ctx, c.before); err != nil || got != c.want {
+			t.Errorf("ArchivePoint(%s) = %d, %v; want %d", c.before.Format(TimeFormat), got, err, c.want)
+		}
+	}
+	archiveAndPrune(t, l, 3)
+	if got, _ := l.ArchivePoint(ctx, times[2]); got != 0 {
+		t.Errorf("ArchivePoint before the first stored entry = %d, want 0", got)
+	}
+	if got, _ := l.ArchivePoint(ctx, times[5]); got != 5 {
+		t.Errorf("ArchivePoint after pruning = %d, want 5", got)
+	}
 }
