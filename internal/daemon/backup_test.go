@@ -77,6 +77,11 @@ func TestBackupOfAnArchivedLog(t *testing.T) {
 	}
 	var archive bytes.Buffer
 	cp, err := log.WriteArchive(ctx, &archive, 2)
+	if errors.Is(err, audit.ErrArchiveUnsupported) {
+		log.Close()
+		db.Close()
+		t.Skip("archiving and backup are about the SQLite file; this pass runs on PostgreSQL")
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
