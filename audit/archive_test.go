@@ -40,6 +40,7 @@ func archiveAndPrune(t *testing.T, l *Log, through int64) []byte {
 }
 
 func TestPrunedLogReopensAndAppends(t *testing.T) {
+	storetest.SQLiteOnly(t, "archiving is built for the SQLite log only; auditpg tests the refusal")
 	ctx := context.Background()
 	dir := t.TempDir()
 	db := storetest.Open(t, dir)
@@ -85,6 +86,7 @@ func TestPrunedLogReopensAndAppends(t *testing.T) {
 }
 
 func TestPruneRefusesACheckpointOfOtherEntries(t *testing.T) {
+	storetest.SQLiteOnly(t, "archiving is built for the SQLite log only; auditpg tests the refusal")
 	ctx := context.Background()
 	l := openSQLite(t, seededKey(1))
 	for _, e := range sampleEntries() {
@@ -122,6 +124,7 @@ func last(t *testing.T, l *Log) int64 {
 }
 
 func TestPrunedTreeTamperRefused(t *testing.T) {
+	storetest.SQLiteOnly(t, "archiving is built for the SQLite log only; auditpg tests the refusal")
 	ctx := context.Background()
 	db := storetest.Open(t, t.TempDir())
 	l, err := Open(ctx, db, seededKey(1), Options{Now: stepClock()})
@@ -156,6 +159,7 @@ func TestPruneKilledMidTransaction(t *testing.T) {
 		pruneAndDie(dir)
 		return
 	}
+	storetest.SQLiteOnly(t, "archiving is built for the SQLite log only; auditpg tests the refusal")
 	dir := t.TempDir()
 	cmd := exec.Command(os.Args[0], "-test.run=^TestPruneKilledMidTransaction$")
 	cmd.Env = append(os.Environ(), pruneCrashEnv+"="+dir)
@@ -223,6 +227,7 @@ func pruneAndDie(dir string) {
 }
 
 func TestArchivePoint(t *testing.T) {
+	storetest.SQLiteOnly(t, "archiving is built for the SQLite log only; auditpg tests the refusal")
 	ctx := context.Background()
 	l := openSQLite(t, seededKey(1))
 	var times []time.Time
