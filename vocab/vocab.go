@@ -136,6 +136,10 @@ const (
 	// does not extend the checkpoint its witness kept (serve
 	// --accept-rollback); the entries after the restored copy are gone.
 	KindRollbackAccepted Kind = "audit.rollback_accepted"
+	// KindAuditPruned: the entries up to a point were written to a
+	// verified archive and removed from the database (audit archive);
+	// Result names the archive. Later exports extend the archive.
+	KindAuditPruned Kind = "audit.pruned"
 )
 
 // Kinds lists every entry kind.
@@ -146,7 +150,7 @@ func Kinds() []Kind {
 		KindApprovalExpired, KindApprovalCancelled, KindApprovalRejected, KindApproverEnrolled,
 		KindCredentialRevoked, KindEnrollmentCreated, KindPolicyLoaded, KindNotifySent,
 		KindGrantRevoked, KindAgentFrozen, KindAgentUnfrozen, KindToolPinned, KindToolChanged,
-		KindToolAccepted, KindRollbackAccepted, KindApproverSuspended}
+		KindToolAccepted, KindRollbackAccepted, KindApproverSuspended, KindAuditPruned}
 }
 
 // ParseKind returns the kind s names, or an error naming none: the list is long.

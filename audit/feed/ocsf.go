@@ -72,6 +72,7 @@ var kindMappings = map[vocab.Kind]kindMapping{
 	vocab.KindToolChanged:       {activityUpdate, statusSuccess, severityHigh},
 	vocab.KindToolAccepted:      {activityUpdate, statusSuccess, severityMedium},
 	vocab.KindRollbackAccepted:  {activityOther, statusSuccess, severityHigh},
+	vocab.KindAuditPruned:       {activityDelete, statusSuccess, severityMedium}, // entries left the database for a verified archive
 }
 
 var activityNames = map[int]string{activityCreate: "Create", activityUpdate: "Update", activityDelete: "Delete", activityOther: "Other"}

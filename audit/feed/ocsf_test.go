@@ -46,6 +46,7 @@ var ocsfPins = map[vocab.Kind][3]int{
 	vocab.KindToolChanged:       {3, 1, 4},
 	vocab.KindToolAccepted:      {3, 1, 3},
 	vocab.KindRollbackAccepted:  {99, 1, 4},
+	vocab.KindAuditPruned:       {4, 1, 3},
 }
 
 // required are the attributes OCSF 1.6.0 requires of an API Activity

@@ -210,6 +210,7 @@ var kindMembers = map[vocab.Kind]member{
 	vocab.KindToolAccepted:      mTool | mResultAll | mReasonAll,
 	vocab.KindNotifySent:        mRequestID | mAgent | mTool | mReasonAll,
 	vocab.KindRollbackAccepted:  mReasonAll,
+	vocab.KindAuditPruned:       mResultAll | mReasonAll, // audit archive (pruned.go)
 }
 
 // kindMembersV2 widens the table for format 2 entries: what servers of

@@ -34,6 +34,7 @@ checkpoints. Export it, give the export and the server's public key
 countersign audit verify. The format is in docs/audit-export.md.`,
 	}
 	cmd.AddCommand(newAuditExportCmd(), newAuditVerifyCmd(), newAuditTailCmd(), newAuditPubkeyCmd(), newAuditKeygenCmd())
+	cmd.AddCommand(newAuditArchiveCmd())
 	return cmd
 }
 
