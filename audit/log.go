@@ -266,8 +266,18 @@ func (l *Log) Append(ctx context.Context, e Entry) (Entry, error) {
 	if l.broken != nil {
 		return Entry{}, l.broken
 	}
-	if p := l.policy.Load(); p != nil && e.PolicySHA256 == "" && DecidedByPolicy(e.Kind) {
-		e.PolicySHA256 = *p
+	// Only decisions (and policy.loaded) name a policy: a call's entry
+	// keeps the hash of the policy that decided it across a reload, but
+	// when that call ends rejected or interrupted the entry is no decision,
+	// and verify refuses a policy on it.
+	switch {
+	case e.Kind == vocab.KindPolicyLoaded:
+	case !DecidedByPolicy(e.Kind):
+		e.PolicySHA256 = ""
+	case e.PolicySHA256 == "":
+		if p := l.policy.Load(); p != nil {
+			e.PolicySHA256 = *p
+		}
 	}
 	pre, err := prepare(&e)
 	if err != nil {
