@@ -22,6 +22,7 @@ import (
 // decision stands: on a full disk nothing was approved; when only the
 // audit log refuses, the decision is stored and its entry waits.
 func TestATapThatCannotBeRecordedSaysWhatHappened(t *testing.T) {
+	storetest.SQLiteOnly(t, "fills the disk the SQLite file is on; PostgreSQL's is the database server's")
 	ctx := context.Background()
 	disk := fulldisk.Mount(t, 16<<20)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")

@@ -15,6 +15,7 @@ import (
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/guard/routine"
 	"github.com/countersign/countersign/store/fulldisk"
+	"github.com/countersign/countersign/store/storetest"
 	"github.com/countersign/countersign/vocab"
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
 )
@@ -27,6 +28,7 @@ import (
 // process records the transfer's outcome, with no restart, and the
 // export verifies and agrees with the ledger.
 func TestDiskFullUnderServe(t *testing.T) {
+	storetest.SQLiteOnly(t, "fills the disk the SQLite file is on; PostgreSQL's is the database server's")
 	disk := fulldisk.Mount(t, 64<<20)
 	s := newSite(t, func(c *config.Config) {
 		pollModeFor("transfer")(c)

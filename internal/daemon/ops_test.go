@@ -56,6 +56,7 @@ func TestReadyzFailsWhenTheDatabaseIsNotWritable(t *testing.T) {
 // database and the audit log (the probe commits, so it needs the disk; a
 // rollback would pass), and is ready again once the disk has room.
 func TestReadyzFailsWhileTheDiskIsFull(t *testing.T) {
+	storetest.SQLiteOnly(t, "fills the disk the SQLite file is on; PostgreSQL's is the database server's")
 	disk := fulldisk.Mount(t, 64<<20)
 	c := daemontest.Config(t, func(c *config.Config) {
 		c.HTTP.Addr = "127.0.0.1:0"
