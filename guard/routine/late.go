@@ -1,8 +1,10 @@
 package routine
 
 import (
+	"cmp"
 	"context"
 	"log/slog"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -126,14 +128,7 @@ func (l *Late) Run(ctx context.Context) {
 // recordAll records each outcome held, oldest call first, and stops at
 // the first it cannot.
 func (l *Late) recordAll(ctx context.Context) error {
-	l.mu.Lock()
-	seqs := make([]int64, 0, len(l.recs))
-	for s := range l.recs {
-		seqs = append(seqs, s)
-	}
-	l.mu.Unlock()
-	slices.Sort(seqs)
-	for _, seq := range seqs {
+	for _, seq := range heldKeys(&l.mu, l.recs) {
 		l.mu.Lock()
 		rec := l.recs[seq]
 		l.mu.Unlock()
@@ -156,14 +151,7 @@ func (l *Late) recordAll(ctx context.Context) error {
 		l.mu.Unlock()
 		l.Calls.End(seq, stored)
 	}
-	l.mu.Lock()
-	ids := make([]string, 0, len(l.finishes))
-	for id := range l.finishes {
-		ids = append(ids, id)
-	}
-	l.mu.Unlock()
-	slices.Sort(ids)
-	for _, id := range ids {
+	for _, id := range heldKeys(&l.mu, l.finishes) {
 		l.mu.Lock()
 		finish := l.finishes[id]
 		l.mu.Unlock()
@@ -199,4 +187,12 @@ func (l *Late) stored(ctx context.Context, allowed int64) (int64, error) {
 			}
 		}
 	}
+}
+
+// heldKeys returns m's keys in order, read under mu: what is held now,
+// so that recording each (which takes mu again) may change m.
+func heldKeys[K cmp.Ordered, V any](mu *sync.Mutex, m map[K]V) []K {
+	mu.Lock()
+	defer mu.Unlock()
+	return slices.Sorted(maps.Keys(m))
 }
