@@ -131,7 +131,7 @@ type Service struct {
 	owners *store.Owners // tells the outbox's owners dead or alive (owner.go)
 	alive  func()        // releases the owner's liveness lock
 
-	approvers map[string]Approver
+	approvers atomic.Pointer[map[string]Approver] // by id, swapped whole by SetApprovers
 
 	results *sealed.Box // seals kept results (results.go)
 
@@ -172,22 +172,16 @@ func New(ctx context.Context, db *store.DB, rec Recorder, opts Options) (*Servic
 		return nil, err
 	}
 	s := &Service{
-		db:        db,
-		rec:       rec,
-		opts:      opts,
-		owner:     cmp.Or(opts.Owner, uuid.NewString()),
-		approvers: map[string]Approver{},
-		watch:     watch.New(),
-		stop:      make(chan struct{}),
-		done:      make(chan struct{}),
-		results:   results,
+		db:      db,
+		rec:     rec,
+		opts:    opts,
+		owner:   cmp.Or(opts.Owner, uuid.NewString()),
+		watch:   watch.New(),
+		stop:    make(chan struct{}),
+		done:    make(chan struct{}),
+		results: results,
 	}
-	for _, a := range opts.Approvers {
-		if a.ID == "" {
-			return nil, errors.New("approval: approver with empty id")
-		}
-		s.approvers[a.ID] = a
-	}
+	s.SetApprovers(opts.Approvers)
 	if err := s.openParts(ctx); err != nil {
 		return nil, err
 	}
@@ -207,7 +201,7 @@ func (s *Service) openParts(ctx context.Context) (err error) {
 		EnrollTTL: o.EnrollTTL, Now: o.Now, Logger: o.Logger,
 		Attestation: o.Attestation, AttestationRoots: o.AttestationRoots, People: o.People,
 		Approver: func(id string) (string, bool) {
-			a, ok := s.approvers[id]
+			a, ok := (*s.approvers.Load())[id]
 			return a.Name, ok
 		},
 	})
@@ -323,10 +317,16 @@ func (s *Service) notify(ids ...string) { s.watch.Notify(ids...) }
 // changing goroutine and must not block.
 func (s *Service) OnChange(fn func(id string)) { s.watch.OnChange(fn) }
 
-// approverName is the configured display name, or the id.
-func (s *Service) approverName(id string) string {
-	if a, ok := s.approvers[id]; ok && a.Name != "" {
-		return a.Name
+// SetApprovers puts a reload's approvers in force: one removed can no longer sign in or approve.
+// An empty id is nobody's (config refuses it).
+func (s *Service) SetApprovers(approvers []Approver) {
+	m := map[string]Approver{}
+	for _, a := range approvers {
+		if a.ID != "" {
+			m[a.ID] = a
+		}
 	}
-	return id
+	s.approvers.Store(&m)
 }
+
+func (s *Service) approverName(id string) string { return cmp.Or((*s.approvers.Load())[id].Name, id) }

@@ -171,7 +171,7 @@ func applyLevel(r *NewRequest) error {
 func (s *Service) eligible(r NewRequest) ([]string, error) {
 	var approvers []string
 	for _, id := range s.opts.People.Expand(r.Approvers) {
-		if _, ok := s.approvers[id]; !ok && !s.opts.People.Has(id) {
+		if _, ok := (*s.approvers.Load())[id]; !ok && !s.opts.People.Has(id) {
 			return nil, fmt.Errorf("%w: %w %q", ErrInvalidRequest, ceremony.ErrUnknownApprover, id)
 		}
 		if !slices.Contains(approvers, id) {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/countersign/countersign/approval/expiring"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/digest"
 	"github.com/countersign/countersign/vocab"
@@ -24,11 +25,21 @@ func (s *Service) Cancel(ctx context.Context, id, reason string) error {
 
 // expire ends the request if its time is up.
 func (s *Service) expire(ctx context.Context, id string) bool {
-	err := s.endRequest(ctx, id, vocab.StateExpired, "", "nobody decided before expires_at")
-	if err != nil && !errors.Is(err, ErrNotPending) {
+	err := s.expireErr(ctx, id)
+	if err != nil {
 		s.opts.Logger.Error("approval: expire", "id", id, "err", err)
 	}
 	return err == nil
+}
+
+// expireErr ends the request if its time is up, or says why it could not
+// (nil when no longer pending); loops that retry log as they back off.
+func (s *Service) expireErr(ctx context.Context, id string) error {
+	err := s.endRequest(ctx, id, vocab.StateExpired, "", "nobody decided before expires_at")
+	if errors.Is(err, ErrNotPending) {
+		return nil
+	}
+	return err
 }
 
 // endRequest moves a pending request to a terminal state without an
@@ -83,71 +94,43 @@ func (s *Service) requestEntry(r *row, kind vocab.Kind, reason string) audit.Ent
 	return e
 }
 
-// expiryLoop expires pending requests whose time is up, whether or not
-// anyone waits or looks, while this replica leads the sweeps (sweeps.go);
-// on every replica it announces expiring requests (each claimed once) and
+// expiryLoop runs the expiry loop (expiring.Loop) until Close: it
+// expires requests while this replica leads the sweeps (sweeps.go); on
+// every replica it announces expiring requests (each claimed once) and
 // appends this process's outbox.
 func (s *Service) expiryLoop() {
 	defer close(s.done)
-	ctx := context.Background()
-	for {
-		var next sql.NullInt64
-		err := s.db.QueryRowContext(ctx, `SELECT MIN(expires_at) FROM approval_requests WHERE state = 'pending'`).Scan(&next)
-		if err != nil {
-			s.opts.Logger.Error("approval: expiry loop", "err", err)
+	expiring.Loop{Sweeper: sweeper{s}, Now: s.now, Wake: s.watch.Any, Stop: s.stop, Log: s.opts.Logger}.Run()
+}
+
+// sweeper is the service's part of the expiry loop (expiring.Sweeper).
+type sweeper struct{ s *Service }
+
+func (w sweeper) Next(ctx context.Context) (time.Time, bool, error) {
+	return expiring.Next(ctx, w.s.db)
+}
+
+func (w sweeper) Leading() bool { return w.s.leadingSweeps.Load() }
+
+func (w sweeper) Announce(ctx context.Context) (time.Duration, error) {
+	return w.s.announceExpiring(ctx)
+}
+
+func (w sweeper) ExpireDue(ctx context.Context) error {
+	ids, _ := expiring.Past(ctx, w.s.db, w.s.now())
+	for _, id := range ids {
+		if err := w.s.expireErr(ctx, id); err != nil {
+			return fmt.Errorf("expire request %s: %w", id, err)
 		}
-		wait := time.Second
-		if next.Valid {
-			if d := time.Unix(next.Int64, 0).Sub(s.now()); d < wait {
-				wait = max(d, 0)
-			}
-		}
-		if wait == 0 && !s.leadingSweeps.Load() {
-			// The replica leading the sweeps expires it (sweeps.go); a
-			// waiter here expires its own request as it reads it.
-			wait = time.Second
-		}
-		if wait == 0 {
-			rows, err := s.db.QueryContext(ctx, `SELECT id FROM approval_requests WHERE state = 'pending' AND expires_at <= ?`, s.now().Unix())
-			var ids []string
-			if err == nil {
-				for rows.Next() {
-					var id string
-					if rows.Scan(&id) == nil {
-						ids = append(ids, id)
-					}
-				}
-				rows.Close()
-			}
-			for _, id := range ids {
-				if s.expire(ctx, id) {
-					s.expiredBySweep.Add(1)
-				}
-			}
-			if err := s.flush(ctx, true); err != nil {
-				s.opts.Logger.Warn("approval: outbox flush", "err", err)
-			}
-			wait = 50 * time.Millisecond
-		}
-		if d := s.announceExpiring(ctx); d < wait {
-			wait = max(d, 10*time.Millisecond)
-		}
-		// Retry entries a failed append or another process left behind, so
-		// a recovered log catches up without anyone asking.
-		var queued int
-		if s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM approval_outbox`).Scan(&queued) == nil && queued > 0 {
-			if err := s.flush(ctx, true); err != nil {
-				s.opts.Logger.Warn("approval: outbox flush", "err", err, "queued", queued)
-			}
-		}
-		t := time.NewTimer(wait)
-		select {
-		case <-s.stop:
-			t.Stop()
-			return
-		case <-s.watch.Any():
-		case <-t.C:
-		}
-		t.Stop()
+		w.s.expiredBySweep.Add(1)
 	}
+	return w.s.flush(ctx, true)
+}
+
+func (w sweeper) FlushQueued(ctx context.Context) error {
+	var queued int
+	if w.s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM approval_outbox`).Scan(&queued) != nil || queued == 0 {
+		return nil
+	}
+	return w.s.flush(ctx, true)
 }

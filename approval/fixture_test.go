@@ -39,7 +39,16 @@ var testApprovers = []Approver{
 func newFixture(t testing.TB, tweak ...func(*Options)) *fixture {
 	t.Helper()
 	dir := t.TempDir()
-	return fixtureOn(t, dir, storetest.Connect(t, filepath.Join(dir, store.FileName)), tweak...)
+	db := storetest.Connect(t, filepath.Join(dir, store.FileName))
+	if db.Dialect() == store.PostgreSQL {
+		// As the daemon runs a replica: its liveness in the replicas table.
+		owners, err := store.OwnersFor(context.Background(), db, store.OwnerOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		tweak = append([]func(*Options){func(o *Options) { o.Owners = owners }}, tweak...)
+	}
+	return fixtureOn(t, dir, db, tweak...)
 }
 
 // fixtureOn is a fixture on db, of either dialect; dir is the test's

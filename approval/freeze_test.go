@@ -12,6 +12,7 @@ import (
 	"github.com/countersign/countersign/approval/freeze"
 	"github.com/countersign/countersign/approval/grant"
 	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/audit/auditpg"
 	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/store/storetest"
 	"github.com/countersign/countersign/vocab"
@@ -28,7 +29,7 @@ func cliService(t *testing.T, f *fixture) *Service {
 	if err != nil {
 		t.Fatal(err)
 	}
-	log, err := audit.Open(ctx, db.DB, key, audit.Options{})
+	log, err := auditpg.Open(ctx, db, key, audit.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

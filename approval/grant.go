@@ -178,6 +178,16 @@ func (s *Service) RevokeGrant(ctx context.Context, id, by string) (*grant.Grant,
 	return gs[0], nil
 }
 
+// RevokeGrantsOf revokes approver's grants in force, each with its grant.revoked (grant.Store.RevokeApprovedBy).
+func (s *Service) RevokeGrantsOf(ctx context.Context, approver, by, reason string) ([]string, error) {
+	ids, err := s.grants.RevokeApprovedBy(ctx, approver, by, reason, s.now(), freezeEnds{s})
+	if err == nil && len(ids) > 0 {
+		err = s.flush(ctx, false)
+		s.notify()
+	}
+	return ids, err
+}
+
 // linkGrant fills a grant.revoked entry's grant_seq with the seq of the
 // approval.assertion that created the grant, which the outbox appended
 // before it.

@@ -264,7 +264,7 @@ func TestOutboxOfADeadProcessIsTakenOnceAndAtOnce(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	owners := store.OwnersOf(ctx, f.db)
+	owners := f.svc.owners
 	// The dead process appended this one and died before deleting it.
 	appended := audit.Entry{Kind: vocab.KindApprovalRejected, RequestID: req.ID, Reason: "appended, not deleted"}
 	if _, err := f.rec.Append(ctx, appended); err != nil {
@@ -272,8 +272,14 @@ func TestOutboxOfADeadProcessIsTakenOnceAndAtOnce(t *testing.T) {
 	}
 	put("dead", appended)
 	put("dead", audit.Entry{Kind: vocab.KindApprovalRejected, RequestID: req.ID, Reason: "never appended"})
-	// exists, unlocked: its process is gone
-	if err := os.WriteFile(filepath.Join(f.dir, store.OwnerFilePrefix+"dead"), nil, 0o600); err != nil {
+	// exists, unlocked: its process is gone (on PostgreSQL its row is
+	// fenced, as whoever found it dead left it)
+	deadFile := filepath.Join(f.dir, store.OwnerFilePrefix+"dead")
+	if f.db.Dialect() == store.PostgreSQL {
+		if _, err := f.db.Exec(`INSERT INTO replicas (id, fenced) VALUES ('dead', true)`); err != nil {
+			t.Fatal(err)
+		}
+	} else if err := os.WriteFile(deadFile, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	release, err := owners.Hold("live")
@@ -306,7 +312,7 @@ func TestOutboxOfADeadProcessIsTakenOnceAndAtOnce(t *testing.T) {
 	if !slices.Equal(left, []string{"live"}) {
 		t.Fatalf("outbox after the flush holds entries of %v, want only the live process's", left)
 	}
-	if _, err := os.Stat(filepath.Join(f.dir, store.OwnerFilePrefix+"dead")); !os.IsNotExist(err) {
+	if _, err := os.Stat(deadFile); !os.IsNotExist(err) {
 		t.Errorf("the dead owner's lock file is still there: %v", err)
 	}
 }

@@ -31,14 +31,21 @@ func (e *CapError) Error() string {
 
 // checkCaps refuses c when the requests already waiting fill one of its
 // caps. Requests past their expiry that the expiry loop has not yet
-// ended do not count.
+// ended do not count. Each count reads an index only, and stops at its
+// cap: raising a request costs no more with many waiting.
 func (s *Service) checkCaps(ctx context.Context, q querier, c *creation) error {
-	if c.Caps.PerAgent <= 0 && c.Caps.Total <= 0 {
-		return nil
+	count := func(cap int, where string, args ...any) (n int, err error) {
+		if cap > 0 {
+			err = q.QueryRowContext(ctx, `SELECT COUNT(*) FROM (SELECT 1 FROM approval_requests WHERE state = 'pending' AND expires_at > ?`+where+` LIMIT ?) AS p`,
+				append(append([]any{s.now().Unix()}, args...), cap)...).Scan(&n)
+		}
+		return n, err
 	}
-	var all, mine int
-	err := q.QueryRowContext(ctx, `SELECT COUNT(*), COALESCE(SUM(CASE WHEN agent = ? THEN 1 ELSE 0 END), 0)
-		FROM approval_requests WHERE state = 'pending' AND expires_at > ?`, c.Agent, s.now().Unix()).Scan(&all, &mine)
+	mine, err := count(c.Caps.PerAgent, ` AND agent = ?`, c.Agent)
+	all := 0
+	if err == nil && (c.Caps.PerAgent <= 0 || mine < c.Caps.PerAgent) {
+		all, err = count(c.Caps.Total, ``)
+	}
 	switch {
 	case err != nil:
 		return fmt.Errorf("count the requests waiting: %w", err)

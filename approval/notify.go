@@ -58,27 +58,14 @@ func (s *Service) announceDecision(r *Request, approver string) {
 }
 
 // announceExpiring announces each pending request that has entered its
-// expiring.Lead, once. The expiry loop calls it and sleeps no longer than
-// the time it returns: until the next request enters its lead.
-func (s *Service) announceExpiring(ctx context.Context) time.Duration {
+// expiring.Lead, once (expiring.Announce).
+func (s *Service) announceExpiring(ctx context.Context) (time.Duration, error) {
 	if s.opts.Notify == nil {
-		return time.Hour
+		return time.Hour, nil
 	}
-	now := s.now()
-	due, next, err := expiring.Due(ctx, s.db, now)
-	if err != nil {
-		s.opts.Logger.Warn("approval: looking for expiring requests", "err", err)
-	}
-	for _, id := range due {
-		if first, err := expiring.Claim(ctx, s.db, id, now); err != nil {
-			s.opts.Logger.Warn("approval: claiming an expiring announcement", "id", id, "err", err)
-			continue
-		} else if !first {
-			continue // another process announced it
-		}
+	return expiring.Announce(ctx, s.db, s.now(), s.opts.Logger, func(id string) {
 		if r, err := s.Get(ctx, id); err == nil && r.State == vocab.StatePending {
 			s.announce(EventExpiring, r)
 		}
-	}
-	return next
+	})
 }

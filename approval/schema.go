@@ -51,6 +51,7 @@ var schema = []string{
 		last_poll INTEGER NOT NULL DEFAULT 0
 	)`,
 	`CREATE INDEX IF NOT EXISTS approval_requests_state ON approval_requests (state, expires_at)`,
+	`CREATE INDEX IF NOT EXISTS approval_requests_agent_state ON approval_requests (agent, state, expires_at)`, // caps count from it
 	`CREATE TABLE IF NOT EXISTS approval_votes (
 		request_id TEXT NOT NULL REFERENCES approval_requests(id),
 		approver_id TEXT NOT NULL,

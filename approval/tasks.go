@@ -21,7 +21,9 @@ func (s *Service) Own(ctx context.Context, id, agent, wait string) (*Request, er
 		return nil, ErrNotFound
 	}
 	if r.State == vocab.StatePending && !s.now().Before(r.ExpiresAt) {
-		s.expire(context.WithoutCancel(ctx), id)
+		if err := s.expireErr(context.WithoutCancel(ctx), id); err != nil {
+			return nil, expiryUnrecorded(&r.Request, err)
+		}
 		return s.Own(ctx, id, agent, wait)
 	}
 	return &r.Request, nil
@@ -79,7 +81,9 @@ func (s *Service) Await(ctx context.Context, id string, done func(*Request) bool
 			return nil, err
 		}
 		if r.State == vocab.StatePending && !s.now().Before(r.ExpiresAt) {
-			s.expire(context.WithoutCancel(ctx), id)
+			if err := s.expireErr(context.WithoutCancel(ctx), id); err != nil {
+				return nil, expiryUnrecorded(&r.Request, err)
+			}
 			continue
 		}
 		if done(&r.Request) {
@@ -96,6 +100,14 @@ func (s *Service) Await(ctx context.Context, id string, done func(*Request) bool
 		}
 		t.Stop()
 	}
+}
+
+// expiryUnrecorded is what a reader of r hears when r's time is up and
+// its expiry cannot be written (err): it cannot be approved any more (a
+// decision checks expires_at), and the expiry loop records it later.
+func expiryUnrecorded(r *Request, err error) error {
+	return fmt.Errorf("%w: request %s expired at %s, and its expiry could not be recorded yet: %v",
+		ErrRecord, r.ID, r.ExpiresAt.UTC().Format(time.RFC3339), err)
 }
 
 // Settled reports whether nothing more will happen to r: it was denied,

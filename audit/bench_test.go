@@ -55,7 +55,7 @@ func BenchmarkAppend(b *testing.B) {
 func BenchmarkOpen(b *testing.B) {
 	dir := b.TempDir()
 	db := storetest.Open(b, dir)
-	l, err := Open(context.Background(), db, seededKey(1), Options{})
+	l, err := openTest(context.Background(), db, seededKey(1), Options{})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -76,7 +76,7 @@ func BenchmarkOpen(b *testing.B) {
 	l.Close()
 	b.ResetTimer()
 	for b.Loop() {
-		l, err := Open(context.Background(), db, seededKey(1), Options{})
+		l, err := openTest(context.Background(), db, seededKey(1), Options{})
 		if err != nil {
 			b.Fatal(err)
 		}

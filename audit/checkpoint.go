@@ -110,7 +110,36 @@ func (l *Log) checkStored(ctx context.Context, q querier, stored *Head) (*Tamper
 		cpSize = te.Seq
 	}
 
-	// Before the entries' rows: a snapshot may be one connection.
+	// After a pruning the stored chain starts past the archive, on the
+	// archive's last hash and tree (archive.go).
+	pr, err := l.latestPruned(ctx, q)
+	var pte *TamperError
+	switch {
+	case errors.As(err, &pte):
+		note(pte)
+	case err != nil:
+		return nil, err
+	}
+	var (
+		want = int64(1)
+		prev [32]byte
+		fr   Frontier
+	)
+	if pr.through > 0 && pte == nil {
+		var ferr *TamperError
+		if fr, ferr = l.prunedStart(ctx, q, pr); ferr != nil {
+			note(ferr)
+		}
+		want, prev = pr.through+1, pr.hash
+	}
+	first1, archivedRoot := want, fr.Root()
+
+	// The key in force at the first stored entry: the previous key of the
+	// first stored rotation, or this server's. A rotation inside an
+	// archive left the key it handed to in force at the archive's end, so
+	// a pruned log needs nothing more: that key signs the stored entries
+	// up to the next stored rotation. Read before the entries' rows: a
+	// snapshot may be one connection.
 	pub, err := firstKey(ctx, q, l.signer.pub)
 	var fk *TamperError
 	if errors.As(err, &fk) {
@@ -135,16 +164,11 @@ func (l *Log) checkStored(ctx context.Context, q querier, stored *Head) (*Tamper
 		it.fromDB = true
 		// Signatures are implied by a verified checkpoint's root; check
 		// the first one (a swapped key shows at seq 1) and the tail.
-		it.CheckSig = it.rowSeq == 1 || it.rowSeq > cpSize
+		it.CheckSig = it.rowSeq == first1 || it.rowSeq > cpSize
 		return it, true, nil
 	}
 	inForce := pub
 	var retired []string // the keys before inForce, oldest first
-	var (
-		want = int64(1)
-		prev [32]byte
-		fr   Frontier
-	)
 	chainErr := CheckLines(next, pub, func(r *Checked) error {
 		if r.Seq != want {
 			if r.Seq > want {
@@ -186,6 +210,11 @@ func (l *Log) checkStored(ctx context.Context, q querier, stored *Head) (*Tamper
 		note(&TamperError{last, "the log's key in force is " + PublicKeyText(inForce) + ", not this server's key " + PublicKeyText(l.signer.pub)})
 	}
 	l.trust(retired)
+	if pr.through > 0 && pte == nil {
+		if perr := l.prunedCheckpoint(pr, archivedRoot); perr != nil {
+			note(perr)
+		}
+	}
 	if ve == nil && cp != nil && cp.Size > last {
 		note(&TamperError{last + 1, fmt.Sprintf("missing: the checkpoint covers %d entries, the log ends at %d", cp.Size, last)})
 	}
@@ -278,31 +307,14 @@ func (l *Log) Export(ctx context.Context, w io.Writer, since int64) error {
 		}
 	}
 	bw := bufio.NewWriterSize(w, 1<<16)
-	const page = 2000
-	for from := since; from < upto; {
-		rows, err := l.db.QueryContext(ctx, `SELECT seq, body FROM audit_entries WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?`, from, upto, page)
-		if err != nil {
-			return fmt.Errorf("audit: export: %w", err)
-		}
-		n := 0
-		for rows.Next() {
-			var body []byte
-			if err := rows.Scan(&from, &body); err != nil {
-				rows.Close()
-				return fmt.Errorf("audit: export: %w", err)
-			}
-			bw.Write(body)
-			bw.WriteByte('\n')
-			n++
-		}
-		err = rows.Err()
-		rows.Close()
-		if err != nil {
-			return fmt.Errorf("audit: export: %w", err)
-		}
-		if n < page {
-			break
-		}
+	// Entries an archive holds are gone: the export starts after them,
+	// and is verified with the archive as its previous export.
+	pr, err := l.latestPruned(ctx, l.db)
+	if err != nil {
+		return fmt.Errorf("audit: export: %w", err)
+	}
+	if err := writeEntries(ctx, l.db, bw, max(since, pr.through), upto); err != nil {
+		return fmt.Errorf("audit: export: %w", err)
 	}
 	if l.broken == nil {
 		// The witnesses' cosigned checkpoints, each with its proof that

@@ -74,8 +74,9 @@
 // An entry's sig or the checkpoint's signature is valid exactly when
 // crypto/ed25519's Verify accepts it ([ValidSig]). verify.Export authenticates the entries of
 // a complete export through the signed checkpoint (every entry hash is a
-// leaf under its root) and checks each entry's own sig only with
-// verify.Options.AllSignatures.
+// leaf under its root). Exports carry no entry sig ([ExportLine]); the
+// stored sig is checked on the tail after the last checkpoint, and on
+// every line of an older export that carries one.
 //
 // # Storage
 //

@@ -57,7 +57,7 @@ type Entry struct {
 	// approved in a batch, one assertion over several requests (batch.go).
 	Batchable bool `json:"batchable,omitempty"`
 
-	Result json.RawMessage `json:"result,omitempty"` // backend result summary (never secret values)
+	Result json.RawMessage `json:"result,omitempty"` // backend result summary (never secret values); tool.* and audit.pruned: what they name
 	// ResultSHA256 and ResultSize (format 3) are set only when the result
 	// was cut (Bound): Result is then a JSON string holding the first
 	// MaxText bytes of the whole result's JCS form, and these are that

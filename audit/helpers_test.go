@@ -30,9 +30,27 @@ func stepClock() func() time.Time {
 	}
 }
 
+// StoreBackend gives the backend of a database that is not a SQLite
+// file, or nil for one that is. pg_test.go (package audit_test, which may
+// import audit/auditpg) sets it, so that under
+// storetest.EnvStore=postgres the log's tests run on PostgreSQL.
+var StoreBackend func(ctx context.Context, db *sql.DB) (Backend, error)
+
+// openTest is Open on the backend db's dialect needs (StoreBackend).
+func openTest(ctx context.Context, db *sql.DB, key ed25519.PrivateKey, opts Options) (*Log, error) {
+	if opts.Backend == nil && StoreBackend != nil {
+		b, err := StoreBackend(ctx, db)
+		if err != nil {
+			return nil, err
+		}
+		opts.Backend = b
+	}
+	return Open(ctx, db, key, opts)
+}
+
 func openLog(t testing.TB, db *sql.DB, key ed25519.PrivateKey, opts Options) *Log {
 	t.Helper()
-	l, err := Open(context.Background(), db, key, opts)
+	l, err := openTest(context.Background(), db, key, opts)
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}

@@ -71,7 +71,7 @@ func TestPublicKeyTextWithPlusInKeyData(t *testing.T) {
 		if err != nil || !bytes.Equal(pub, key.Public().(ed25519.PublicKey)) {
 			t.Fatalf("key %d (%s): %v", b, text, err)
 		}
-		if _, err := Open(context.Background(), storetest.Open(t, t.TempDir()), key, Options{}); err != nil {
+		if _, err := openTest(context.Background(), storetest.Open(t, t.TempDir()), key, Options{}); err != nil {
 			t.Fatalf("Open with key %d: %v", b, err)
 		}
 	}

@@ -90,6 +90,8 @@ type Log struct {
 
 	policy atomic.Pointer[string] // hex SHA-256 of the policy LoadPolicy recorded last
 
+	writeFailed atomic.Pointer[WriteFailure] // the last append's failure; nil once one commits
+
 	mu     sync.RWMutex // guards closed against sends on reqs
 	closed bool
 	reqs   chan *appendReq
@@ -221,6 +223,35 @@ func (l *Log) Err() error {
 	return nil
 }
 
+// WriteFailure is why the log's last append failed to be stored (a full
+// disk, a read-only file system, a database gone), and since when appends
+// fail.
+type WriteFailure struct {
+	Err   error
+	Since time.Time
+}
+
+// WriteErr reports why the last append could not be stored, or nil once
+// one is: an operator's readiness probe asks it, so the log says it
+// cannot be written as long as that holds. A refused entry (bad input)
+// does not count; a broken log is Err's.
+func (l *Log) WriteErr() *WriteFailure { return l.writeFailed.Load() }
+
+// wrote records whether the writer's latest batch was stored.
+func (l *Log) wrote(err error) {
+	if err == nil {
+		if l.writeFailed.Load() != nil {
+			l.writeFailed.Store(nil)
+		}
+		return
+	}
+	if prev := l.writeFailed.Load(); prev != nil {
+		l.writeFailed.Store(&WriteFailure{Err: err, Since: prev.Since})
+		return
+	}
+	l.writeFailed.Store(&WriteFailure{Err: err, Since: time.Now()})
+}
+
 // PublicKey is the text form of the log's public key ([PublicKeyText]).
 func (l *Log) PublicKey() string { return PublicKeyText(l.current().pub) }
 
@@ -246,8 +277,18 @@ func (l *Log) append(ctx context.Context, e Entry) (Entry, error) {
 	if l.broken != nil {
 		return Entry{}, l.broken
 	}
-	if p := l.policy.Load(); p != nil && e.PolicySHA256 == "" && DecidedByPolicy(e.Kind) {
-		e.PolicySHA256 = *p
+	// Only decisions (and policy.loaded) name a policy: a call's entry
+	// keeps the hash of the policy that decided it across a reload, but
+	// when that call ends rejected or interrupted the entry is no decision,
+	// and verify refuses a policy on it.
+	switch {
+	case e.Kind == vocab.KindPolicyLoaded:
+	case !DecidedByPolicy(e.Kind):
+		e.PolicySHA256 = ""
+	case e.PolicySHA256 == "":
+		if p := l.policy.Load(); p != nil {
+			e.PolicySHA256 = *p
+		}
 	}
 	pre, err := prepare(&e)
 	if err != nil {
@@ -514,6 +555,7 @@ func (l *Log) finish(c *inflight, err error) {
 	if err != nil {
 		err = fmt.Errorf("audit: append: commit: %w", err)
 	}
+	l.wrote(err)
 	for i, r := range c.batch {
 		if err != nil {
 			r.done <- appendResult{err: err}
@@ -530,6 +572,7 @@ func (l *Log) finish(c *inflight, err error) {
 func (l *Log) start(batch []*appendReq, s *sealed) *inflight {
 	c, err := l.write(batch, s)
 	if err != nil {
+		l.wrote(err)
 		for _, r := range batch {
 			r.done <- appendResult{err: err}
 		}

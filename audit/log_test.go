@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/ed25519"
+	"encoding/json"
 	"errors"
 	"strings"
 	"testing"
@@ -55,7 +56,7 @@ func TestCloseWritesCheckpointAndReopenAppends(t *testing.T) {
 	dir := t.TempDir()
 	db := storetest.Open(t, dir)
 	key := seededKey(1)
-	l, err := Open(context.Background(), db, key, Options{})
+	l, err := openTest(context.Background(), db, key, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -158,5 +159,37 @@ func TestExportSincePastTheEnd(t *testing.T) {
 	}
 	if buf.Len() != 0 {
 		t.Fatalf("refused export wrote %q", buf.Bytes())
+	}
+}
+
+// A call's entry carries the hash of the policy that decided it, even
+// when the call ends rejected or interrupted; only decisions (and
+// policy.loaded) may name a policy, so Append keeps it there and drops it
+// elsewhere, and stamps the policy in force on a decision that names none.
+func TestOnlyDecisionsNameAPolicy(t *testing.T) {
+	ctx := context.Background()
+	l := openLogWith(t, seededKey(1), nil)
+	loaded, err := l.LoadPolicy(ctx, json.RawMessage(`{"tools":{}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	decider := strings.Repeat("ab", 32)
+	for _, tc := range []struct {
+		kind  vocab.Kind
+		given string
+		want  string
+	}{
+		{vocab.KindCallAllowed, decider, decider},
+		{vocab.KindCallDenied, "", loaded.PolicySHA256},
+		{vocab.KindCallRejected, decider, ""},
+		{vocab.KindCallInterrupted, decider, ""},
+	} {
+		e, err := l.Append(ctx, Entry{Kind: tc.kind, Agent: "a", Tool: "t", PolicySHA256: tc.given})
+		if err != nil {
+			t.Fatalf("%s: %v", tc.kind, err)
+		}
+		if e.PolicySHA256 != tc.want {
+			t.Errorf("%s given %q: policy_sha256 %q, want %q", tc.kind, tc.given, e.PolicySHA256, tc.want)
+		}
 	}
 }

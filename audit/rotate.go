@@ -66,8 +66,7 @@ func rotationKey(line []byte) ed25519.PublicKey {
 // first rotation, or the key of this server when it has none.
 func firstKey(ctx context.Context, q querier, current ed25519.PublicKey) (ed25519.PublicKey, error) {
 	var body string
-	// SQLite stores body as a BLOB, which LIKE does not match as text.
-	err := q.QueryRowContext(ctx, `SELECT body FROM audit_entries WHERE CAST(body AS TEXT) LIKE '%"kind":"`+string(vocab.KindKeyRotated)+`"%' ORDER BY seq LIMIT 1`).Scan(&body)
+	err := q.QueryRowContext(ctx, `SELECT body FROM audit_entries WHERE `+rotatedLike+` ORDER BY seq LIMIT 1`).Scan(&body)
 	if errors.Is(err, sql.ErrNoRows) {
 		return current, nil
 	}
@@ -84,6 +83,21 @@ func firstKey(ctx context.Context, q querier, current ed25519.PublicKey) (ed2551
 	}
 	return pub, nil
 }
+
+// lastRotation is the seq of the last stored key.rotated entry, 0 if
+// there is none.
+func lastRotation(ctx context.Context, q querier) (int64, error) {
+	var seq sql.NullInt64
+	err := q.QueryRowContext(ctx, `SELECT MAX(seq) FROM audit_entries WHERE `+rotatedLike).Scan(&seq)
+	if err != nil {
+		return 0, fmt.Errorf("read key rotations: %w", err)
+	}
+	return seq.Int64, nil
+}
+
+// rotatedLike matches the bodies of key.rotated entries. SQLite stores
+// body as a BLOB, which LIKE does not match as text.
+const rotatedLike = `CAST(body AS TEXT) LIKE '%"kind":"` + string(vocab.KindKeyRotated) + `"%'`
 
 // RotateKey hands the log to next: it appends a key.rotated entry signed
 // by the current key and by next, and then signs every later entry and a

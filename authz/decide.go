@@ -53,6 +53,9 @@ type Decision struct {
 	// Batchable: the request may be approved together with others in one
 	// tap. Only ever at high: a critical call keeps its own taps.
 	Batchable bool
+	// PolicySHA256 names the policy that decided, when its caller knows it
+	// (a server that reloads its policy); empty: the audit log's current.
+	PolicySHA256 string
 }
 
 // UsageKeys returns the fields of the usage variable.

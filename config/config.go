@@ -236,6 +236,9 @@ type Audit struct {
 	// with one key, made once (countersign audit keygen): a replica never
 	// creates one on its own there.
 	KeyFile string `mapstructure:"key_file"`
+	// Export delivers every entry to an OpenTelemetry logs endpoint
+	// (config/export.go).
+	Export AuditExport `mapstructure:"export"`
 }
 
 // Witness is one C2SP tlog-witness.

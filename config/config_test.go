@@ -227,6 +227,33 @@ func TestEncodeRoundTrips(t *testing.T) {
 	}
 }
 
+// config print never shows a secret: a database password, the identity
+// provider's client secret, or a SIEM's API key in audit.export.headers.
+func TestEncodeHidesSecrets(t *testing.T) {
+	c, err := Parse(countersign.DefaultConfig(), Embedded)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Store.URL = "postgres://cs:db-password-1@db.internal/cs"
+	c.Identity.ClientSecret = "client-secret-2"
+	c.Audit.Export.Headers = map[string]string{"Authorization": "Bearer siem-key-3"}
+	out, err := Encode(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, secret := range []string{"db-password-1", "client-secret-2", "siem-key-3"} {
+		if strings.Contains(string(out), secret) {
+			t.Errorf("config print shows %q:\n%s", secret, out)
+		}
+	}
+	if !strings.Contains(string(out), "Authorization: xxxxx") {
+		t.Errorf("config print drops the header's name:\n%s", out)
+	}
+	if c.Audit.Export.Headers["Authorization"] != "Bearer siem-key-3" {
+		t.Error("Encode changed the running configuration's header")
+	}
+}
+
 func TestGrantsValidation(t *testing.T) {
 	for _, tc := range []struct{ tool, want string }{
 		{`{level: critical, approvers: [alice], grants: {max_duration: 15m, max_calls: 10}}`, "tools.transfer.grants: not allowed on a critical tool"},
@@ -334,6 +361,37 @@ func TestStoreURL(t *testing.T) {
 		}
 		if strings.Contains(err.Error(), "s3cret") {
 			t.Errorf("%s: the error shows the password: %v", bad, err)
+		}
+	}
+}
+
+func TestAuditExportIsValidated(t *testing.T) {
+	c, err := Parse([]byte(minimal+"audit:\n  export:\n    endpoint: https://otel.example:4318/v1/logs\n    headers: {X-Api-Key: k1}\n    batch_size: 100\n"), "x.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	x := c.Audit.Export
+	if x.Endpoint != "https://otel.example:4318/v1/logs" || x.BatchSize != 100 || x.Encoding != "protobuf" ||
+		x.Timeout != 10*time.Second || x.Interval != time.Second || x.RetryMax != time.Minute || len(x.Headers) != 1 {
+		t.Fatalf("audit.export %+v", x)
+	}
+	if c, err := Parse([]byte(minimal), "x.yaml"); err != nil || c.Audit.Export.Endpoint != "" {
+		t.Fatalf("default audit.export: %+v, %v", c.Audit.Export, err)
+	}
+	for _, tc := range []struct{ yaml, want string }{
+		{"endpoint: otel:4318", "audit.export.endpoint: expected the OTLP/HTTP logs URL, such as http://collector:4318/v1/logs"},
+		{"endpoint: http://otel:4318", "audit.export.endpoint: expected the OTLP/HTTP logs URL"},
+		{"endpoint: http://otel:4318/v1/logs\n    encoding: xml", `audit.export.encoding: expected one of protobuf, json, got "xml"`},
+		{"endpoint: http://otel:4318/v1/logs\n    batch_size: 0", "audit.export.batch_size: expected 1 to 10000, got 0"},
+		{"endpoint: http://otel:4318/v1/logs\n    batch_size: 20000", "audit.export.batch_size: expected 1 to 10000, got 20000"},
+		{"endpoint: http://otel:4318/v1/logs\n    timeout: 0s", "audit.export.timeout: expected a positive duration"},
+		{"endpoint: http://otel:4318/v1/logs\n    retry_max: -1s", "audit.export.retry_max: expected a positive duration"},
+		{"endpoint: http://otel:4318/v1/logs\n    headers: {\"bad header\": x}", `audit.export.headers: "bad header" is not an HTTP header name`},
+		{"endpoint: http://otel:4318/v1/logs\n    compression: gzip", "compression"},
+	} {
+		_, err := Parse([]byte(minimal+"audit:\n  export:\n    "+tc.yaml+"\n"), "x.yaml")
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s:\ngot %v, want %q", tc.yaml, err, tc.want)
 		}
 	}
 }

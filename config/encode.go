@@ -9,7 +9,8 @@ import (
 
 // Encode renders c as YAML in the same shape mcp.yaml is written in, for
 // `countersign config print`.
-// store.url's password and identity.client_secret are printed as xxxxx.
+// store.url's password, identity.client_secret and the values of
+// audit.export.headers (a SIEM's API key) are printed as xxxxx.
 func Encode(c *Config) ([]byte, error) {
 	shown := *c
 	if shown.Store.URL != "" {
@@ -17,6 +18,12 @@ func Encode(c *Config) ([]byte, error) {
 	}
 	if shown.Identity.ClientSecret != "" {
 		shown.Identity.ClientSecret = "xxxxx"
+	}
+	if len(c.Audit.Export.Headers) > 0 {
+		shown.Audit.Export.Headers = make(map[string]string, len(c.Audit.Export.Headers))
+		for name := range c.Audit.Export.Headers {
+			shown.Audit.Export.Headers[name] = "xxxxx"
+		}
 	}
 	return yaml.Marshal(plain(reflect.ValueOf(shown)))
 }

@@ -279,6 +279,12 @@ var defaults = map[string]any{
 	"audit.sync":                     "full",
 	"audit.key_file":                 "", // server.key in the data directory
 	"audit.witness_max_lag":          "0s",
+	"audit.export.endpoint":          "", // no export
+	"audit.export.encoding":          "protobuf",
+	"audit.export.batch_size":        512,
+	"audit.export.timeout":           "10s",
+	"audit.export.interval":          "1s",
+	"audit.export.retry_max":         "1m",
 	"limits.max_arg_bytes":           64 << 10,
 	"limits.max_arg_depth":           32,
 	"limits.pending_per_agent":       20,

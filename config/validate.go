@@ -235,6 +235,7 @@ func (c *Config) validateAudit(v *validator) {
 	v.positive("audit.checkpoint_every", c.Audit.CheckpointEvery)
 	v.oneOf("audit.sync", c.Audit.Sync, "full", "normal")
 	c.validateWitnesses(v)
+	c.validateExport(v)
 }
 
 // validateStore accepts an empty store.url (SQLite) or a PostgreSQL URL

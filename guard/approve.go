@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/countersign/countersign/approval"
@@ -12,6 +13,7 @@ import (
 	"github.com/countersign/countersign/authz"
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/digest"
+	"github.com/countersign/countersign/guard/routine"
 	"github.com/countersign/countersign/tools"
 	"github.com/countersign/countersign/vocab"
 	"github.com/mark3labs/mcp-go/mcp"
@@ -153,13 +155,31 @@ func (g *Guard) runApproved(ctx context.Context, id string, spec *tools.Spec, ca
 		g.log.Error("cannot store approval outcome", "auth_req_id", id, "err", err)
 		// An outcome stored with its entry still in the outbox is durable
 		// (it reaches the log when the log can take it); one not stored
-		// is not acknowledged: the next start settles the request from
-		// the backend, or as interrupted.
+		// is not acknowledged: this process stores it once it can
+		// (routine.Late), or, should it die first, the next start settles
+		// the request from the backend, or as interrupted.
+		if !errors.Is(err, approval.ErrRecord) {
+			g.late.KeepFinish(id, g.finishLate(id, content, rec, ok))
+		}
 		if ok && !errors.Is(err, approval.ErrRecord) {
 			return withheld(spec), true
 		}
 	}
 	return withToken(res, tok), ok
+}
+
+// finishLate stores a run's outcome that could not be stored when the run
+// ended; done once stored, or once the request is no longer executing
+// (the first attempt was stored after all, or a start settled it).
+func (g *Guard) finishLate(id string, content json.RawMessage, rec audit.Entry, ok bool) func(context.Context) error {
+	rec.Reason = strings.TrimPrefix(rec.Reason+"; "+routine.NoteLate, "; ")
+	return func(ctx context.Context) error {
+		err := g.finishErr(ctx, id, content, rec, ok)
+		if errors.Is(err, approval.ErrRecord) || errors.Is(err, approval.ErrNotExecuting) {
+			return nil
+		}
+		return err
+	}
 }
 
 // Outcome says, for the agent, how a request that did not run ended.

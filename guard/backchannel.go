@@ -108,7 +108,7 @@ func (g *Guard) Raise(ctx context.Context, b Backchannel) (*approval.Request, er
 		return nil, err // a *freeze.FrozenError, tallied as call.denied
 	}
 	entry := audit.Entry{Agent: b.Agent, Tool: boundName(b.Tool)}
-	conf := g.opts.Tools[b.Tool]
+	conf := (*g.tools.Load())[b.Tool]
 	canon, err := digest.NewArgs(b.Args, 0)
 	if err != nil {
 		entry.Kind, entry.Reason = vocab.KindCallRejected, err.Error()
@@ -146,6 +146,7 @@ func (g *Guard) Raise(ctx context.Context, b Backchannel) (*approval.Request, er
 		}
 	}()
 	entry.Decision, entry.Rule, entry.Reason = string(d.Level), strings.Join(d.Rules, ","), d.Reason
+	entry.PolicySHA256 = d.PolicySHA256 // as Handle: the policy that decided
 	refuse := func(reason string) (*approval.Request, error) {
 		entry.Kind, entry.Reason = vocab.KindCallDenied, reason
 		if !g.record(ctx, entry) {

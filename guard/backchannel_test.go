@@ -17,10 +17,12 @@ import (
 	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/approval/approvaltest"
 	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/audit/auditpg"
 	"github.com/countersign/countersign/authz"
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/digest"
 	"github.com/countersign/countersign/store"
+	"github.com/countersign/countersign/store/storetest"
 	"github.com/countersign/countersign/token"
 	"github.com/countersign/countersign/tools"
 	"github.com/countersign/countersign/vocab"
@@ -43,13 +45,9 @@ type realStack struct {
 func newRealStack(t *testing.T, policy map[string]config.Tool, tweak ...func(*approval.Options)) *realStack {
 	t.Helper()
 	ctx := context.Background()
-	db, err := store.Connect(ctx, filepath.Join(t.TempDir(), store.FileName))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
+	db := storetest.Connect(t, filepath.Join(t.TempDir(), store.FileName))
 	_, serverKey, _ := ed25519.GenerateKey(rand.Reader)
-	log, err := audit.Open(ctx, db.DB, serverKey, audit.Options{})
+	log, err := auditpg.Open(ctx, db, serverKey, audit.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

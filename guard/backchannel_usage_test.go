@@ -11,6 +11,7 @@ import (
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/digest"
 	"github.com/countersign/countersign/store"
+	"github.com/countersign/countersign/store/storetest"
 	"github.com/countersign/countersign/tools"
 	"github.com/countersign/countersign/vocab"
 )
@@ -87,10 +88,7 @@ func TestRestoreBackchannelCountsRedactedRequestsByTheirKeptActions(t *testing.T
 // its approval request exists, and recorded: after a restart it would not
 // count. Its actions stop counting at once.
 func TestBackchannelWhoseAmountsCannotBeKeptIsRefused(t *testing.T) {
-	db, err := store.Connect(context.Background(), filepath.Join(t.TempDir(), store.FileName))
-	if err != nil {
-		t.Fatal(err)
-	}
+	db := storetest.Connect(t, filepath.Join(t.TempDir(), store.FileName))
 	amounts, err := store.OpenAmounts(context.Background(), db)
 	if err != nil {
 		t.Fatal(err)

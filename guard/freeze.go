@@ -38,13 +38,13 @@ func (g *Guard) frozen(ctx context.Context, agent, tool string) error {
 	f, err := g.opts.Freezes.Frozen(ctx, agent)
 	if err != nil {
 		g.log.Error("cannot tell whether the agent is frozen; its call is refused", "agent", agent, "tool", boundName(tool), "err", err)
-		g.limits.refusedAs(ctx, vocab.KindCallDenied, agent, tool, "cannot tell whether the agent is frozen")
+		g.limits.Load().refusedAs(ctx, vocab.KindCallDenied, agent, tool, "cannot tell whether the agent is frozen")
 		return fmt.Errorf("cannot tell whether agent %s is frozen; try again", agent)
 	}
 	if f == nil {
 		return nil
 	}
 	fe := &freeze.FrozenError{Freeze: *f}
-	g.limits.refusedAs(ctx, vocab.KindCallDenied, agent, tool, fe.Error())
+	g.limits.Load().refusedAs(ctx, vocab.KindCallDenied, agent, tool, fe.Error())
 	return fe
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/countersign/countersign/authz"
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/store"
+	"github.com/countersign/countersign/store/storetest"
 	"github.com/countersign/countersign/tools"
 	"github.com/countersign/countersign/vocab"
 )
@@ -22,11 +23,7 @@ import (
 func freezes(t testing.TB, log *memLog) *approval.Service {
 	t.Helper()
 	ctx := context.Background()
-	db, err := store.Connect(ctx, filepath.Join(t.TempDir(), store.FileName))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
+	db := storetest.Connect(t, filepath.Join(t.TempDir(), store.FileName))
 	svc, err := approval.New(ctx, db, log, approval.Options{RPID: "localhost", Origins: []string{"http://localhost:8710"},
 		Approvers: []approval.Approver{{ID: "alice"}}})
 	if err != nil {

@@ -109,6 +109,7 @@ import (
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/digest"
 	"github.com/countersign/countersign/guard/argschema"
+	"github.com/countersign/countersign/guard/routine"
 	"github.com/countersign/countersign/tools"
 	"github.com/countersign/countersign/vocab"
 	"github.com/mark3labs/mcp-go/mcp"
@@ -243,7 +244,8 @@ type Guard struct {
 	schemas  map[*tools.Spec]*argschema.Schema
 
 	usage  usageBook
-	limits *limiter
+	limits atomic.Pointer[limiter]                // swapped whole by Reconfigure
+	tools  atomic.Pointer[map[string]config.Tool] // Options.Tools, swapped whole by Reconfigure
 	conds  grantConditions
 
 	bg   sync.WaitGroup  // the dispatcher and the runs it started
@@ -257,8 +259,9 @@ type Guard struct {
 	parkedDone bool          // the dispatcher stopped: park no more
 	kick       chan struct{} // wakes the dispatcher
 
-	routine  routineCalls // routine calls between call.allowed and outcome
-	lastMark atomic.Int64 // the routine-call mark as last stored
+	routine  routine.Calls // routine calls between call.allowed and outcome
+	late     routine.Late  // their outcomes the log could not take yet
+	lastMark atomic.Int64  // the routine-call mark as last stored
 
 	mu       sync.Mutex
 	closing  bool                // Shutdown began: calls are refused
@@ -294,7 +297,15 @@ func New(opts Options) *Guard {
 	g.life, g.stop = context.WithCancel(context.Background())
 	g.bg.Add(1)
 	go g.markLoop(g.opts.MarkEvery)
-	g.limits = newLimiter(opts.Limits, g.record, g.now)
+	g.late.Calls, g.late.Logger = &g.routine, g.log
+	if opts.Audit != nil {
+		g.late.Append = opts.Audit.Append
+	}
+	if opts.History != nil {
+		g.late.Since = opts.History.Since
+	}
+	g.bg.Go(func() { g.late.Run(g.life) })
+	g.Reconfigure(opts.Tools, opts.Limits)
 	if opts.Runs != nil {
 		opts.Runs.OnChange(g.changed)
 		g.bg.Add(1)
@@ -303,12 +314,20 @@ func New(opts Options) *Guard {
 	return g
 }
 
+// Reconfigure puts a reload's per-tool settings and limits in force for the calls that start from now on.
+func (g *Guard) Reconfigure(tools map[string]config.Tool, l Limits) {
+	g.tools.Store(&tools)
+	if old := g.limits.Swap(newLimiter(l, g.record, g.now)); old != nil {
+		old.close()
+	}
+}
+
 // Close stops waiting for poll-mode approvals and waits for executions
 // already under way to finish.
 func (g *Guard) Close() {
 	g.stop()
 	g.bg.Wait()
-	g.limits.close()
+	g.limits.Load().close()
 }
 
 // Call is one tool call as a transport hands it over.
@@ -365,7 +384,7 @@ func (g *Guard) Handle(ctx context.Context, c Call) *mcp.CallToolResult {
 			return g.Reject(ctx, c.Agent, c.Tool)
 		}
 	}
-	conf := g.opts.Tools[c.Tool]
+	conf := (*g.tools.Load())[c.Tool]
 	args, ok := c.Args.(map[string]any)
 	if c.Args == nil {
 		args, ok = map[string]any{}, true
@@ -442,6 +461,7 @@ func (g *Guard) Handle(ctx context.Context, c Call) *mcp.CallToolResult {
 		entry.Usage, _ = json.Marshal(usage)
 	}
 	entry.Decision, entry.Rule, entry.Reason = string(d.Level), strings.Join(d.Rules, ","), d.Reason
+	entry.PolicySHA256 = d.PolicySHA256 // the policy that decided, though a reload puts another in force before this call ends
 	if res := g.keepAmount(ctx, entry, canon, call.Value, counted, now); res != nil {
 		return res
 	}
@@ -479,9 +499,9 @@ func (g *Guard) Handle(ctx context.Context, c Call) *mcp.CallToolResult {
 // outcome: a routine call, or one a standing grant let through.
 func (g *Guard) allowAndRun(ctx context.Context, spec *tools.Spec, call *tools.Call, entry audit.Entry, counted *reservation) *mcp.CallToolResult {
 	entry.Kind = vocab.KindCallAllowed
-	g.routine.appending()
+	g.routine.Appending()
 	allowed, err := g.opts.Audit.Append(context.WithoutCancel(ctx), entry)
-	g.routine.allowed(allowed.Seq, err == nil)
+	g.routine.Allowed(allowed.Seq, err == nil)
 	if err != nil {
 		g.log.Error("audit append failed", "kind", entry.Kind, "tool", entry.Tool, "err", err)
 		g.usage.release(counted)
@@ -496,7 +516,7 @@ func (g *Guard) allowAndRun(ctx context.Context, spec *tools.Spec, call *tools.C
 	entry.DecidedAt = ""
 	entry.Args, entry.ArgsSeq = nil, allowed.Seq
 	res, outcome, ok := g.run(ctx, spec, call, entry)
-	g.routine.end(allowed.Seq, outcome)
+	g.routine.End(allowed.Seq, outcome)
 	if !ok {
 		g.usage.release(counted)
 	}

@@ -17,9 +17,11 @@ import (
 	"github.com/countersign/countersign"
 	"github.com/countersign/countersign/approval"
 	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/audit/auditpg"
 	"github.com/countersign/countersign/authz"
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/store"
+	"github.com/countersign/countersign/store/storetest"
 	"github.com/countersign/countersign/tools"
 	"github.com/countersign/countersign/vocab"
 	"github.com/mark3labs/mcp-go/mcp"
@@ -656,16 +658,12 @@ func TestOversizedOrDeepArgumentsAreRefusedFirstAndNotKept(t *testing.T) {
 // real signed log by a bounded record per call, not by the junk.
 func TestRefusedFloodGrowsTheLogByABoundedAmount(t *testing.T) {
 	dir := t.TempDir()
-	db, err := store.Connect(context.Background(), filepath.Join(dir, store.FileName))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
+	db := storetest.Connect(t, filepath.Join(dir, store.FileName))
 	key, err := audit.LoadOrCreateKey(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	log, err := audit.Open(context.Background(), db.DB, key, audit.Options{})
+	log, err := auditpg.Open(context.Background(), db, key, audit.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -91,7 +91,7 @@ func newLimiter(opts Limits, rec func(context.Context, audit.Entry) bool, now fu
 // admitCall takes a token from the agent's bucket; over it, the call is
 // refused (and tallied) before anything else is done.
 func (g *Guard) admitCall(ctx context.Context, agent, tool string) *mcp.CallToolResult {
-	l := g.limits
+	l := g.limits.Load()
 	l.mu.Lock()
 	b, ok := l.buckets[agent]
 	if !ok {
@@ -122,7 +122,7 @@ func (g *Guard) admitCall(ctx context.Context, agent, tool string) *mcp.CallTool
 // in parallel, here or on other replicas, cannot all pass. A request over
 // a cap is refused with a *limitError, tallied for call.rate_limited.
 func (g *Guard) createRequest(ctx context.Context, r approval.NewRequest) (*approval.Request, error) {
-	l := g.limits
+	l := g.limits.Load()
 	r.Caps = approval.PendingCaps{PerAgent: l.opts.PendingPerAgent, Total: l.opts.PendingTotal}
 	req, err := g.opts.Requests.Create(ctx, r)
 	var ce *approval.CapError

@@ -118,3 +118,38 @@ func TestPendingCapsRefuseParallelCallsOverThem(t *testing.T) {
 		t.Errorf("refusals recorded as %v, want call.rate_limited tallies and no call.denied", kinds)
 	}
 }
+
+// Reconfigure (a reload) puts new limits in force for the next call, and
+// the refusals the old limiter tallied are still recorded.
+func TestReconfigureTakesNewLimits(t *testing.T) {
+	f := newFixture(t, vocab.LevelLow)
+	g := New(Options{Catalog: f.cat, Policy: f.policy, Audit: f.log, Requests: f.humans, Runs: f.humans, Recovery: f.humans, Tasks: f.humans,
+		Limits: Limits{CallsPerSecond: 0.001, CallBurst: 1}, Tools: map[string]config.Tool{"pay": {}}})
+	defer g.Close()
+	call := func() bool {
+		return !g.Handle(context.Background(), Call{Tool: "pay", Agent: "bot", Args: map[string]any{"amount": 1.0}}).IsError
+	}
+	if !call() || call() || call() {
+		t.Fatal("a burst of 1 did not hold")
+	}
+	g.Reconfigure(map[string]config.Tool{"pay": {}}, Limits{CallsPerSecond: 0.001, CallBurst: 5})
+	for i := range 5 {
+		if !call() {
+			t.Fatalf("call %d refused under the reloaded burst of 5", i+1)
+		}
+	}
+	if call() {
+		t.Fatal("a sixth call ran over the reloaded burst of 5")
+	}
+	f.log.mu.Lock()
+	defer f.log.mu.Unlock()
+	var reasons []string
+	for _, e := range f.log.entries {
+		if e.Kind == vocab.KindCallRateLimited {
+			reasons = append(reasons, e.Reason)
+		}
+	}
+	if len(reasons) < 2 || !strings.Contains(strings.Join(reasons, "|"), "burst 1") {
+		t.Errorf("rate-limited entries %q: want the old limiter's refusals recorded", reasons)
+	}
+}

@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
-	"sync"
 	"time"
 
 	"github.com/countersign/countersign/approval"
@@ -258,85 +257,6 @@ func (g *Guard) prepareStored(ctx context.Context, spec *tools.Spec, u approval.
 // in the log has its outcome (store.Marks).
 const markRoutine = "guard.routine_outcomes"
 
-// routineCalls tracks this process's routine calls from their call.allowed
-// entry to their outcome entry, so that the mark can move to a seq M with
-// every call allowed at or before M having its outcome at or before M. Then
-// an outcome after M always belongs to a call allowed after M, and reading
-// the log from M pairs every outcome with its own call.
-type routineCalls struct {
-	mu         sync.Mutex
-	pending    int                // calls appending their call.allowed now
-	open       map[int64]struct{} // seq of call.allowed, outcome not yet recorded
-	ended      []span             // ended calls whose outcome may lie past the mark
-	maxSeen    int64              // highest seq of an entry of a routine call
-	unrecorded bool               // an outcome could not be recorded: the mark stays put
-}
-
-// span is one routine call: the seq of its call.allowed and of its outcome.
-type span struct{ allowed, outcome int64 }
-
-func (r *routineCalls) appending() {
-	r.mu.Lock()
-	r.pending++
-	r.mu.Unlock()
-}
-
-func (r *routineCalls) allowed(seq int64, ok bool) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.pending--
-	if !ok {
-		return
-	}
-	if r.open == nil {
-		r.open = map[int64]struct{}{}
-	}
-	r.open[seq] = struct{}{}
-	r.maxSeen = max(r.maxSeen, seq)
-}
-
-// end takes a call out of the open set; outcome is its outcome entry's seq,
-// 0 when it could not be recorded.
-func (r *routineCalls) end(allowed, outcome int64) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	delete(r.open, allowed)
-	if outcome == 0 {
-		r.unrecorded = true
-		return
-	}
-	r.ended = append(r.ended, span{allowed, outcome})
-	r.maxSeen = max(r.maxSeen, outcome)
-}
-
-// safeMark is the highest seq M such that every routine call of this
-// process allowed at or before M has its outcome at or before M, or false
-// when none can be named now (a call is appending its call.allowed, whose
-// seq is not known yet, or an outcome was lost).
-func (r *routineCalls) safeMark() (int64, bool) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.pending > 0 || r.unrecorded {
-		return 0, false
-	}
-	mark := r.maxSeen
-	for seq := range r.open {
-		mark = min(mark, seq-1)
-	}
-	for moved := true; moved; {
-		moved = false
-		for _, s := range r.ended {
-			if s.allowed <= mark && s.outcome > mark {
-				mark, moved = s.allowed-1, true
-			}
-		}
-	}
-	// Calls ended at or before the mark cannot hold a later mark back:
-	// every later call is allowed after them.
-	r.ended = slices.DeleteFunc(r.ended, func(s span) bool { return s.outcome <= mark })
-	return mark, true
-}
-
 // reconcileRoutine gives each routine call that a crash left without an
 // outcome its outcome. It reads the log after the mark, pairs each
 // call.executed, call.failed or call.interrupted of a routine call with
@@ -506,12 +426,12 @@ func (g *Guard) settleOpenCall(ctx context.Context, a audit.Entry) error {
 }
 
 // advanceMark moves the routine-call mark as far as this process's calls
-// allow (see routineCalls.safeMark).
+// allow (see routine.Calls.SafeMark).
 func (g *Guard) advanceMark(ctx context.Context) {
 	if g.opts.Marks == nil {
 		return
 	}
-	mark, ok := g.routine.safeMark()
+	mark, ok := g.routine.SafeMark()
 	if !ok || mark <= g.lastMark.Load() {
 		return
 	}

@@ -28,6 +28,9 @@ func (g *Guard) run(ctx context.Context, spec *tools.Spec, call *tools.Call, ent
 	e, err := g.opts.Audit.Append(context.WithoutCancel(ctx), rec)
 	if err != nil {
 		g.log.Error("audit append failed", "kind", rec.Kind, "tool", rec.Tool, "err", err)
+		if rec.ArgsSeq != 0 && rec.RequestID == "" {
+			g.late.Keep(rec) // a routine call's outcome: recorded once the log takes it
+		}
 		if ok {
 			return withheld(spec), 0, true
 		}

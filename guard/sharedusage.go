@@ -92,7 +92,7 @@ func (g *Guard) decideCounting(ctx context.Context, tool string, k usageKeys, v 
 	}
 	m := minuteOf(now)
 	var read map[string]bool // nil: rules unknown, which may read every field
-	if conf, ok := g.opts.Tools[tool]; ok {
+	if conf, ok := (*g.tools.Load())[tool]; ok {
 		read = authz.UsageRead(conf.Rules)
 	}
 	var lock [][]byte

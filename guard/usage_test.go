@@ -8,8 +8,10 @@ import (
 	"time"
 
 	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/audit/auditpg"
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/store"
+	"github.com/countersign/countersign/store/storetest"
 	"github.com/countersign/countersign/tools"
 	"github.com/countersign/countersign/vocab"
 )
@@ -20,16 +22,12 @@ func realLog(t *testing.T) (*audit.Log, *store.Amounts) {
 	t.Helper()
 	ctx := context.Background()
 	dir := t.TempDir()
-	db, err := store.Connect(ctx, filepath.Join(dir, store.FileName))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
+	db := storetest.Connect(t, filepath.Join(dir, store.FileName))
 	key, err := audit.LoadOrCreateKey(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	log, err := audit.Open(ctx, db.DB, key, audit.Options{})
+	log, err := auditpg.Open(ctx, db, key, audit.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -176,10 +174,7 @@ func TestRestoreCountsRedactedEntriesByTheirKeptAmounts(t *testing.T) {
 // A call whose amount cannot be kept does not run: after a restart it
 // would not count. The refusal is in the log.
 func TestCallWhoseAmountCannotBeKeptIsRefused(t *testing.T) {
-	db, err := store.Connect(context.Background(), filepath.Join(t.TempDir(), store.FileName))
-	if err != nil {
-		t.Fatal(err)
-	}
+	db := storetest.Connect(t, filepath.Join(t.TempDir(), store.FileName))
 	amounts, err := store.OpenAmounts(context.Background(), db)
 	if err != nil {
 		t.Fatal(err)

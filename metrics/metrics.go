@@ -27,6 +27,7 @@
 //	countersign_witness_lag_entries{witness}     entries checkpointed, not yet cosigned
 //	countersign_witness_lag_seconds{witness}     age of the oldest uncosigned checkpoint
 //	countersign_witness_refused{witness}         1 while the witness refuses the log
+//	countersign_audit_export_lag_entries         entries audit.export has not delivered yet
 //
 // plus the Go runtime and process collectors. Each [Metrics] has its own
 // registry, never the global default, so two in one process (tests) do not
@@ -61,6 +62,9 @@ type Options struct {
 	// Witnesses reports each configured C2SP witness's progress
 	// (countersign_witness_*); nil when there are none.
 	Witnesses func() []WitnessStatus
+	// ExportLag reports the entries audit.export has yet to deliver
+	// (countersign_audit_export_lag_entries); nil when there is no export.
+	ExportLag func(ctx context.Context) (int64, error)
 	// Version labels countersign_build_info.
 	Version string
 	Logger  *slog.Logger
@@ -168,6 +172,9 @@ func New(opts Options) *Metrics {
 	m.reg.MustRegister(m.calls, m.decision, m.approvals, m.approvalWait, m.appends, m.appendErrors,
 		m.appendSeconds, m.queue, m.notified, pending, build,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if opts.ExportLag != nil {
+		m.reg.MustRegister(exportCollector{m})
+	}
 	if opts.Witnesses != nil {
 		m.reg.MustRegister(witnessCollector{opts.Witnesses})
 	}

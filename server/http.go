@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync/atomic"
 
 	"github.com/countersign/countersign/config"
 )
@@ -83,22 +84,34 @@ func hostname(hostport string) string {
 	return strings.Trim(hostport, "[]")
 }
 
+// agentToken is one static token of http.agents: its agent and the SHA-256
+// of its token.
+type agentToken struct {
+	id   string
+	hash []byte
+}
+
+// SetAgents puts the static tokens of http.agents in force for the
+// requests that arrive from now on (a reloaded configuration): a removed
+// token is refused at its next request, an added one accepted.
+func (s *Server) SetAgents(agents []config.Agent) {
+	keys := make([]agentToken, 0, len(agents))
+	for _, a := range agents {
+		h, _ := hex.DecodeString(a.TokenSHA256) // validated by config
+		keys = append(keys, agentToken{a.ID, h})
+	}
+	s.agents.Store(&keys)
+}
+
 // authenticate maps a bearer token to an agent id: a static token of
-// http.agents, or with http.oauth an OAuth access token (rs, nil when off).
+// http.agents (read from agents at each request), or with http.oauth an
+// OAuth access token (rs, nil when off).
 // Only static token hashes are configured, and they are compared in constant
 // time. With neither configured every caller is "anonymous": cmd allows that
 // only on loopback.
-func authenticate(agents []config.Agent, rs *resourceServer, log *slog.Logger, next http.Handler) http.Handler {
-	type known struct {
-		id   string
-		hash []byte
-	}
-	var keys []known
-	for _, a := range agents {
-		h, _ := hex.DecodeString(a.TokenSHA256) // validated by config
-		keys = append(keys, known{a.ID, h})
-	}
+func authenticate(agents *atomic.Pointer[[]agentToken], rs *resourceServer, log *slog.Logger, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		keys := *agents.Load()
 		if len(keys) == 0 && rs == nil {
 			next.ServeHTTP(w, r.WithContext(WithAgent(r.Context(), "anonymous")))
 			return

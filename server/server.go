@@ -56,7 +56,8 @@ type Server struct {
 	log      *slog.Logger
 	mcp      *mcpserver.MCPServer
 	callers  sessions
-	sessions *agentSessions // Streamable HTTP session ids and their agents
+	sessions *agentSessions               // Streamable HTTP session ids and their agents
+	agents   atomic.Pointer[[]agentToken] // http.agents' tokens (SetAgents)
 
 	syncMu   sync.Mutex
 	offered  map[string]*tools.Spec          // what the MCP server has registered now
@@ -83,6 +84,7 @@ func New(opts Options) (*Server, error) {
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
+	s.SetAgents(opts.Config.HTTP.Agents)
 	s.routine.now, s.routine.kept, s.routine.log = time.Now, opts.RoutineTasks, s.log
 	s.life, s.stop = context.WithCancel(context.Background())
 	s.callers.cancels = map[string]map[*context.CancelFunc]struct{}{}
@@ -268,7 +270,7 @@ func (s *Server) HTTPHandler(baseURL string) (h http.Handler, shutdown func(cont
 		reserved = append(reserved, a.ID)
 	}
 	rs := newResourceServer(cfg.OAuth, resourceURL, reserved, s.log)
-	root.Handle("/", authenticate(cfg.Agents, rs, s.log, limitBody(cfg.MaxBodyBytes, mux)))
+	root.Handle("/", authenticate(&s.agents, rs, s.log, limitBody(cfg.MaxBodyBytes, mux)))
 	if rs != nil {
 		prm := auth.ProtectedResourceMetadataHandler(rs.metadata())
 		root.Handle(metadataPath, prm)

@@ -3,9 +3,14 @@ package store
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"fmt"
+	"strings"
+	"sync"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // Amounts keep what each call that moves value moved (the amount, its
@@ -30,7 +35,15 @@ import (
 // commits. A crash can lose a row only with every entry after it, so the
 // log never counts a call whose row is lost, and a value-moving call pays
 // for no sync of its own.
-type Amounts struct{ conn *sql.Conn }
+//
+// The database may end that connection (PostgreSQL's
+// idle_session_timeout on a quiet replica, a restart): it is then replaced
+// once and the statement run again (do).
+type Amounts struct {
+	db   *DB
+	mu   sync.Mutex
+	conn *sql.Conn
+}
 
 // Amount is one call's row.
 type Amount struct {
@@ -55,6 +68,16 @@ const amountsSchema = `CREATE TABLE IF NOT EXISTS usage_amounts (
 // does not take the write lock for it, and takes the connection rows are
 // written on. Close gives it back.
 func OpenAmounts(ctx context.Context, db *DB) (*Amounts, error) {
+	conn, err := dialAmounts(ctx, db)
+	if err != nil {
+		return nil, err
+	}
+	return &Amounts{db: db, conn: conn}, nil
+}
+
+// dialAmounts takes a connection from db's pool and sets it up for rows:
+// the table, and commits that do not sync.
+func dialAmounts(ctx context.Context, db *DB) (*sql.Conn, error) {
 	conn, err := db.Conn(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("store: usage amounts: %w", err)
@@ -71,12 +94,41 @@ func OpenAmounts(ctx context.Context, db *DB) (*Amounts, error) {
 			return nil, fmt.Errorf("store: usage amounts: %w", err)
 		}
 	}
-	return &Amounts{conn: conn}, nil
+	return conn, nil
+}
+
+// do runs fn on the rows' connection. When the database has ended it, a
+// new one replaces it and fn runs once more: each statement here is a
+// commit or a read of its own, so running it again is safe.
+func (a *Amounts) do(ctx context.Context, fn func(*sql.Conn) error) error {
+	a.mu.Lock()
+	conn := a.conn
+	a.mu.Unlock()
+	err := fn(conn)
+	if !connEnded(err) {
+		return err
+	}
+	fresh, derr := dialAmounts(ctx, a.db)
+	if derr != nil {
+		return errors.Join(err, derr)
+	}
+	a.mu.Lock()
+	if a.conn == conn {
+		a.conn = fresh
+		conn.Close()
+	} else { // another call replaced it first
+		fresh.Close()
+	}
+	conn = a.conn
+	a.mu.Unlock()
+	return fn(conn)
 }
 
 // Close gives the connection back to the database's pool; again, it does
 // nothing.
 func (a *Amounts) Close() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
 	if err := a.conn.Close(); err != nil && !errors.Is(err, sql.ErrConnDone) {
 		return err
 	}
@@ -88,11 +140,14 @@ func (a *Amounts) Close() error {
 // row is committed; the caller appends the audit entry that counts the call
 // only after (see Amounts on durability).
 func (a *Amounts) KeepAmount(ctx context.Context, r Amount) error {
-	_, err := a.conn.ExecContext(ctx, `INSERT INTO usage_amounts (tool, args_sha256, amount, currency, counterparty, at)
+	err := a.do(ctx, func(conn *sql.Conn) error {
+		_, err := conn.ExecContext(ctx, `INSERT INTO usage_amounts (tool, args_sha256, amount, currency, counterparty, at)
 		VALUES (?, ?, ?, ?, ?, ?)
 		ON CONFLICT (tool, args_sha256) DO UPDATE SET amount = excluded.amount, currency = excluded.currency,
 			counterparty = excluded.counterparty, at = CASE WHEN excluded.at > usage_amounts.at THEN excluded.at ELSE usage_amounts.at END`,
-		r.Tool, r.ArgsSHA256, r.Amount, r.Currency, r.Counterparty, r.At.Unix())
+			r.Tool, r.ArgsSHA256, r.Amount, r.Currency, r.Counterparty, r.At.Unix())
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("store: keep usage amount: %w", err)
 	}
@@ -102,23 +157,27 @@ func (a *Amounts) KeepAmount(ctx context.Context, r Amount) error {
 // AmountsSince returns the rows of calls decided at or after since, by
 // tool and args_sha256 (Key).
 func (a *Amounts) AmountsSince(ctx context.Context, since time.Time) (map[string]Amount, error) {
-	rows, err := a.conn.QueryContext(ctx, `SELECT tool, args_sha256, amount, currency, counterparty, at
-		FROM usage_amounts WHERE at >= ?`, since.Unix())
-	if err != nil {
-		return nil, fmt.Errorf("store: usage amounts: %w", err)
-	}
-	defer rows.Close()
-	out := map[string]Amount{}
-	for rows.Next() {
-		var r Amount
-		var at int64
-		if err := rows.Scan(&r.Tool, &r.ArgsSHA256, &r.Amount, &r.Currency, &r.Counterparty, &at); err != nil {
-			return nil, fmt.Errorf("store: usage amounts: %w", err)
+	var out map[string]Amount
+	err := a.do(ctx, func(conn *sql.Conn) error {
+		rows, err := conn.QueryContext(ctx, `SELECT tool, args_sha256, amount, currency, counterparty, at
+			FROM usage_amounts WHERE at >= ?`, since.Unix())
+		if err != nil {
+			return err
 		}
-		r.At = time.Unix(at, 0)
-		out[AmountKey(r.Tool, r.ArgsSHA256)] = r
-	}
-	if err := rows.Err(); err != nil {
+		defer rows.Close()
+		out = map[string]Amount{}
+		for rows.Next() {
+			var r Amount
+			var at int64
+			if err := rows.Scan(&r.Tool, &r.ArgsSHA256, &r.Amount, &r.Currency, &r.Counterparty, &at); err != nil {
+				return err
+			}
+			r.At = time.Unix(at, 0)
+			out[AmountKey(r.Tool, r.ArgsSHA256)] = r
+		}
+		return rows.Err()
+	})
+	if err != nil {
 		return nil, fmt.Errorf("store: usage amounts: %w", err)
 	}
 	return out, nil
@@ -126,10 +185,23 @@ func (a *Amounts) AmountsSince(ctx context.Context, since time.Time) (map[string
 
 // ForgetAmounts deletes the rows of calls decided before before.
 func (a *Amounts) ForgetAmounts(ctx context.Context, before time.Time) error {
-	if _, err := a.conn.ExecContext(ctx, `DELETE FROM usage_amounts WHERE at < ?`, before.Unix()); err != nil {
+	err := a.do(ctx, func(conn *sql.Conn) error {
+		_, err := conn.ExecContext(ctx, `DELETE FROM usage_amounts WHERE at < ?`, before.Unix())
+		return err
+	})
+	if err != nil {
 		return fmt.Errorf("store: forget usage amounts: %w", err)
 	}
 	return nil
+}
+
+// connEnded reports whether err says the connection is gone: ended by the
+// server (SQLSTATE class 57P: an administrator, a shutdown,
+// idle_session_timeout) or found broken by database/sql.
+func connEnded(err error) bool {
+	var pg *pgconn.PgError
+	return errors.Is(err, driver.ErrBadConn) || errors.Is(err, sql.ErrConnDone) ||
+		errors.As(err, &pg) && strings.HasPrefix(pg.Code, "57P")
 }
 
 // AmountKey is the key of AmountsSince's map. args_sha256 is hex, so a

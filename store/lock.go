@@ -25,6 +25,10 @@ type Holder struct {
 	PID    int       `json:"pid"`
 	Since  time.Time `json:"since"`
 	Listen []string  `json:"listen,omitempty"` // "approver page 127.0.0.1:8710", ...
+	// Reloads counts the reloads asked of the server (SIGHUP) and Reload
+	// says how the last one went, for countersign reload to report.
+	Reloads int    `json:"reloads,omitempty"`
+	Reload  string `json:"reload,omitempty"`
 }
 
 // DirLock is a held lock on a data directory.

@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/store/pgtest"
@@ -246,5 +248,41 @@ func BenchmarkUsageWindowsDecide(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// The amounts' own connection ended by the database (a quiet replica's
+// idle_session_timeout, a restart) is replaced: the next row is kept, not
+// refused with "connection is already closed" for as long as the process
+// runs.
+func TestAmountsOutliveTheirConnectionEnding(t *testing.T) {
+	ctx := context.Background()
+	db := storetest.Connect(t, pgtest.URL(t))
+	a, err := store.OpenAmounts(ctx, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	row := store.Amount{Tool: "transfer", ArgsSHA256: strings.Repeat("a", 64), Amount: 5, Currency: "USD", Counterparty: "acme", At: time.Now()}
+	if err := a.KeepAmount(ctx, row); err != nil {
+		t.Fatal(err)
+	}
+	var ended int
+	if err := db.QueryRowContext(ctx, `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+		WHERE datname = current_database() AND pid <> pg_backend_pid()`).Scan(&ended); err != nil || ended == 0 {
+		t.Fatalf("ending the other connections: %d ended, %v", ended, err)
+	}
+	for i := range 3 {
+		row.Amount = float64(6 + i)
+		if err := a.KeepAmount(ctx, row); err != nil {
+			t.Fatalf("keep after the connection ended (%d): %v", i, err)
+		}
+	}
+	got, err := a.AmountsSince(ctx, time.Unix(0, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := got[store.AmountKey(row.Tool, row.ArgsSHA256)]; r.Amount != 8 {
+		t.Fatalf("kept %+v, want amount 8", r)
 	}
 }

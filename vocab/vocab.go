@@ -141,6 +141,10 @@ const (
 	// that signs every later entry and checkpoint, and Signature the
 	// new key's signature over audit.RotationStatement.
 	KindKeyRotated Kind = "key.rotated"
+	// KindAuditPruned: the entries up to a point were written to a
+	// verified archive and removed from the database (audit archive);
+	// Result names the archive. Later exports extend the archive.
+	KindAuditPruned Kind = "audit.pruned"
 )
 
 // Kinds lists every entry kind.
@@ -151,7 +155,7 @@ func Kinds() []Kind {
 		KindApprovalExpired, KindApprovalCancelled, KindApprovalRejected, KindApproverEnrolled,
 		KindCredentialRevoked, KindEnrollmentCreated, KindPolicyLoaded, KindNotifySent,
 		KindGrantRevoked, KindAgentFrozen, KindAgentUnfrozen, KindToolPinned, KindToolChanged,
-		KindToolAccepted, KindRollbackAccepted, KindApproverSuspended, KindKeyRotated}
+		KindToolAccepted, KindRollbackAccepted, KindApproverSuspended, KindKeyRotated, KindAuditPruned}
 }
 
 // ParseKind returns the kind s names, or an error naming none: the list is long.

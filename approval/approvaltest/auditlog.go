@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/countersign/countersign/audit/auditpg"
 	"github.com/countersign/countersign/store"
 
 	"github.com/countersign/countersign/audit"
@@ -23,7 +24,7 @@ func OpenLog(t testing.TB) (dir string, db *store.DB, log *audit.Log, key ed2551
 	if key, err = audit.LoadOrCreateKey(dir); err != nil {
 		t.Fatal(err)
 	}
-	if log, err = audit.Open(ctx, db.DB, key, audit.Options{}); err != nil {
+	if log, err = auditpg.Open(ctx, db, key, audit.Options{}); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { log.Close() })

@@ -6,6 +6,8 @@ package expiring
 import (
 	"context"
 	"database/sql"
+	"fmt"
+	"log/slog"
 	"time"
 )
 
@@ -73,4 +75,24 @@ func Claim(ctx context.Context, db DB, id string, now time.Time) (bool, error) {
 	}
 	n, _ := res.RowsAffected()
 	return n == 1, nil
+}
+
+// Announce calls announce for each pending request that has entered its
+// Lead and that this call is the first to claim, and says how long until
+// the next one enters its lead: the expiry loop sleeps no longer. Its
+// error is the first claim it could not record; the rest wait for the
+// next round.
+func Announce(ctx context.Context, db DB, now time.Time, log *slog.Logger, announce func(id string)) (time.Duration, error) {
+	due, next, err := Due(ctx, db, now)
+	if err != nil {
+		log.Warn("approval: looking for expiring requests", "err", err)
+	}
+	for _, id := range due {
+		if first, err := Claim(ctx, db, id, now); err != nil {
+			return next, fmt.Errorf("claim the expiring announcement of %s: %w", id, err)
+		} else if first { // else another process announced it
+			announce(id)
+		}
+	}
+	return next, nil
 }

@@ -226,22 +226,35 @@ func Changes(ctx context.Context, db *store.DB) (int64, error) {
 // poll: the guard reads the freeze for each one.
 const Poll = 200 * time.Millisecond
 
+// retryBackoff spaces the calls of a changed that fails (it writes: a
+// full disk fails it until there is room), so that it, and the line it
+// logs, come once per step rather than at every poll.
+var retryBackoff = store.Backoff{First: Poll, Max: 30 * time.Second}
+
 // Watch calls changed whenever Changes moves, whichever process committed
 // the freeze or unfreeze, and once at the start if any was ever made,
-// until stop is closed. A changed that fails is called again at the next
-// poll.
+// until stop is closed. A changed that fails is called again after a
+// back-off (retryBackoff).
 func Watch(db *store.DB, stop <-chan struct{}, changed func(context.Context) error, log *slog.Logger) {
 	ctx := context.Background()
 	last := int64(-1)
 	t := time.NewTicker(Poll)
 	defer t.Stop()
+	failed, retryAt := 0, time.Time{}
 	for {
 		n, err := Changes(ctx, db)
-		if err != nil {
+		switch {
+		case err != nil:
 			log.Warn("approval: cannot read freezes", "err", err)
-		} else if n != last {
+		case n != last && time.Now().Before(retryAt):
+			// backing off after a failed changed
+		case n != last:
 			if (last >= 0 || n > 0) && changed(ctx) != nil {
+				failed++
+				retryAt = time.Now().Add(retryBackoff.Pause(failed))
 				n = last // try again
+			} else {
+				failed = 0
 			}
 			last = n
 		}

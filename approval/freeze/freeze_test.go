@@ -132,3 +132,35 @@ func TestWatchCallsBackOnEachChange(t *testing.T) {
 		}
 	})
 }
+
+// A call back that keeps failing (it writes, and the disk is full) is
+// called again after a back-off, not at every poll: a handful of calls in
+// two seconds, where polling would make ten.
+func TestWatchBacksOffWhileTheCallBackFails(t *testing.T) {
+	db := storetest.Connect(t, t.TempDir()+"/"+store.FileName)
+	ctx := context.Background()
+	if err := Migrate(ctx, db); err != nil {
+		t.Fatal(err)
+	}
+	if err := storetest.InTx(t, db, func(tx *sql.Tx) error {
+		return Put(ctx, tx, Freeze{Agent: "bot", By: "alice", At: time.Now()})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	calls := make(chan struct{}, 100)
+	stop, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		Watch(db, stop, func(context.Context) error {
+			calls <- struct{}{}
+			return errors.New("disk full")
+		}, slog.New(slog.DiscardHandler))
+	}()
+	time.Sleep(2 * time.Second)
+	close(stop)
+	<-done
+	// Pauses of 100-200, 200-400, 400-800, 800-1600 ms: at most 5 calls.
+	if n := len(calls); n < 2 || n > 6 {
+		t.Fatalf("%d call backs in 2 s of failures, want a back-off's few (2..6)", n)
+	}
+}

@@ -299,3 +299,39 @@ func Revoke(ctx context.Context, tx *sql.Tx, id, by string, now time.Time) error
 	}
 	return nil
 }
+
+// Ender ends one grant inside tx with its grant.revoked entry; package
+// approval implements it, whose outbox records it.
+type Ender interface {
+	// Owner is this process's outbox owner.
+	Owner() string
+	RevokeGrant(ctx context.Context, tx *sql.Tx, id, by, reason string, now time.Time) (bool, error)
+}
+
+// RevokeApprovedBy revokes, in one transaction, every grant in force at
+// now that approver made, each through e (so each gets its grant.revoked),
+// and returns their ids. A revoked, expired or used-up grant is left as it
+// is, so asking twice revokes nothing more. As a freeze does (package
+// freeze), a grant whose approval another process's outbox still holds is
+// left to that process's own recheck; the guard refuses its uses meanwhile.
+func (s *Store) RevokeApprovedBy(ctx context.Context, approver, by, reason string, now time.Time, e Ender) ([]string, error) {
+	var revoked []string
+	err := s.db.InTx(ctx, func(tx *sql.Tx) error {
+		revoked = nil // InTx may run this again
+		gs, err := s.Query(ctx, tx, `g.approver = ? AND g.revoked_at = 0 AND g.used < g.max_calls AND g.expires_at > ?
+			AND NOT EXISTS (SELECT 1 FROM approval_outbox o WHERE o.request_id = g.request_id AND o.owner <> ?) ORDER BY g.created_at`,
+			approver, now.Unix(), e.Owner())
+		if err != nil {
+			return err
+		}
+		for _, g := range gs {
+			if ok, err := e.RevokeGrant(ctx, tx, g.ID, by, reason, now); err != nil {
+				return err
+			} else if ok {
+				revoked = append(revoked, g.ID)
+			}
+		}
+		return nil
+	})
+	return revoked, err
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"slices"
 	"testing"
 	"time"
 
@@ -94,5 +95,68 @@ func testGrantInForce(t *testing.T, db *store.DB) {
 		t.Fatal(err)
 	} else if d2, _ := (&Terms{ID: "g1", Condition: terms.Condition, MaxCalls: 2, Expires: terms.Expires}).Digest([32]byte{1}); d1 == d2 {
 		t.Fatal("terms with other max calls have the same digest")
+	}
+}
+
+// ender revokes through Revoke and keeps what it was asked, as package
+// approval's does with its outbox.
+type ender struct{ reasons []string }
+
+func (e *ender) Owner() string { return "me" }
+
+func (e *ender) RevokeGrant(ctx context.Context, tx *sql.Tx, id, by, reason string, now time.Time) (bool, error) {
+	if err := Revoke(ctx, tx, id, by, now); errors.Is(err, ErrRevoked) {
+		return false, nil
+	} else if err != nil {
+		return false, err
+	}
+	e.reasons = append(e.reasons, id+" by "+by+": "+reason)
+	return true, nil
+}
+
+// A leaver's grants: those in force that they made are revoked, once;
+// an expired one, one whose approval another process's outbox holds, and
+// another approver's are left.
+func TestRevokeApprovedByEndsTheApproversGrantsInForceOnce(t *testing.T) {
+	storetest.Dialects(t, testRevokeApprovedBy)
+}
+
+func testRevokeApprovedBy(t *testing.T, db *store.DB) {
+	ctx := context.Background()
+	if err := db.CreateTables(ctx, `CREATE TABLE approval_outbox (request_id TEXT, entry BLOB, kind TEXT, owner TEXT);
+		CREATE TABLE approval_logged_assertions (request_id TEXT, approver_id TEXT, seq INTEGER)`); err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(ctx, db, func(id string) string { return id })
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	later, earlier := now.Add(time.Hour).Truncate(time.Second), now.Add(-time.Minute).Truncate(time.Second)
+	for _, g := range []struct {
+		id, approver string
+		expires      time.Time
+	}{{"g1", "alice", later}, {"g2", "alice", earlier}, {"g3", "alice", later}, {"g4", "bob", later}, {"g5", "alice", later}} {
+		if err := storetest.InTx(t, db, func(tx *sql.Tx) error {
+			return Create(ctx, tx, &Terms{ID: g.id, Condition: "true", MaxCalls: 2, Expires: g.expires}, "r-"+g.id, "bot", "transfer", g.approver, now)
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := db.Exec(`INSERT INTO approval_outbox VALUES ('r-g3', ?, 'approval.approved', 'other')`, []byte(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	e := &ender{}
+	ids, err := s.RevokeApprovedBy(ctx, "alice", "identity-provider", "gone", now, e)
+	slices.Sort(ids) // made at the same instant: either order
+	if err != nil || len(ids) != 2 || ids[0] != "g1" || ids[1] != "g5" || len(e.reasons) != 2 || !slices.Contains(e.reasons, "g1 by identity-provider: gone") {
+		t.Fatalf("revoked %v (%q), %v; want g1 and g5", ids, e.reasons, err)
+	}
+	if ids, err := s.RevokeApprovedBy(ctx, "alice", "identity-provider", "gone", now, e); err != nil || len(ids) != 0 {
+		t.Fatalf("asked again: revoked %v, %v", ids, err)
+	}
+	gs, err := s.Query(ctx, db, `g.revoked_at <> 0 ORDER BY g.id`)
+	if err != nil || len(gs) != 2 || gs[0].ID != "g1" || gs[0].RevokedBy != "identity-provider" {
+		t.Fatalf("revoked grants: %+v, %v", gs, err)
 	}
 }

@@ -96,7 +96,7 @@ func (s *server) apiBatchBegin(w http.ResponseWriter, r *http.Request) {
 	}
 	opts, err := s.svc.BeginBatch(r.Context(), body.Requests)
 	if err != nil {
-		s.fail(w, err)
+		s.failDecision(w, err)
 		return
 	}
 	writeJSON(w, opts)
@@ -109,7 +109,7 @@ func (s *server) apiBatchFinish(w http.ResponseWriter, r *http.Request) {
 	}
 	reqs, err := s.svc.FinishBatch(r.Context(), body.Requests, body.Ceremony, body.Credential)
 	if err != nil {
-		s.fail(w, err)
+		s.failDecision(w, err)
 		return
 	}
 	out := struct {

@@ -48,6 +48,14 @@ func newFixture(t testing.TB, tweak ...func(*approval.Options)) *fixture {
 		RPID: "localhost", RPName: "Countersign", Origins: []string{testOrigin}, PublicURL: testOrigin,
 		Approvers: testApprovers, PollInterval: time.Second,
 	}
+	if db.Dialect() == store.PostgreSQL {
+		// As the daemon runs a replica: its liveness in the replicas table.
+		owners, err := store.OwnersFor(ctx, db, store.OwnerOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		opts.Owners = owners
+	}
 	for _, f := range tweak {
 		f(&opts)
 	}

@@ -56,6 +56,31 @@ func (s *server) fail(w http.ResponseWriter, err error) {
 	}
 }
 
+// Why a tap could not be recorded, for the approver: a write that failed
+// (a full disk) before the decision committed, or after it, when only its
+// audit entry waits in the outbox.
+const (
+	msgNotRecorded = "the audit log cannot be written: nothing was approved"
+	msgEntryWaits  = "your decision is stored, but the audit log cannot be written yet: it records the decision as soon as it can"
+)
+
+// failDecision is fail for a decision's ceremony (begin, finish, one
+// request or a batch): a failure to write is said as such, with whether
+// the decision stands, instead of a bare 500.
+func (s *server) failDecision(w http.ResponseWriter, err error) {
+	var ce *ceremony.CheckError
+	switch {
+	case errors.As(err, &ce), errors.Is(err, approval.ErrNotFound), errors.Is(err, approval.ErrInvalidRequest), errors.Is(err, context.Canceled):
+		s.fail(w, err)
+	case errors.Is(err, approval.ErrRecord):
+		s.opts.Logger.Error("approval page: decision stored, its audit entry not yet", "err", err)
+		writeError(w, http.StatusServiceUnavailable, "not_recorded", msgEntryWaits)
+	default:
+		s.opts.Logger.Error("approval page: decision not recorded", "err", err)
+		writeError(w, http.StatusServiceUnavailable, "not_recorded", msgNotRecorded)
+	}
+}
+
 // decodeJSON reads a size-limited JSON body into v, strictly.
 func decodeJSON(w http.ResponseWriter, r *http.Request, v any) bool {
 	body, err := io.ReadAll(r.Body)

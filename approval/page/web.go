@@ -304,7 +304,7 @@ func (s *server) apiBegin(w http.ResponseWriter, r *http.Request) {
 		opts, err = s.svc.BeginDecision(r.Context(), r.PathValue("id"), body.Decision)
 	}
 	if err != nil {
-		s.fail(w, err)
+		s.failDecision(w, err)
 		return
 	}
 	writeJSON(w, opts)
@@ -322,7 +322,7 @@ func (s *server) apiFinish(w http.ResponseWriter, r *http.Request) {
 	}
 	req, err := s.svc.FinishDecision(r.Context(), r.PathValue("id"), body.Ceremony, body.Credential)
 	if err != nil {
-		s.fail(w, err)
+		s.failDecision(w, err)
 		return
 	}
 	writeJSON(w, toJSON(req))

@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/audit/auditpg"
 	"github.com/countersign/countersign/audit/verify"
 	"github.com/countersign/countersign/store/storetest"
 	"github.com/countersign/countersign/vocab"
@@ -53,7 +54,12 @@ func TestLogSignedInSoftHSMVerifies(t *testing.T) {
 
 	db := storetest.Open(t, t.TempDir())
 	file := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{1}, ed25519.SeedSize))
-	l, err := audit.Open(ctx, db, file, audit.Options{})
+	var l *audit.Log
+	if s := storetest.StoreOf(db); s != nil { // the PostgreSQL pass
+		l, err = auditpg.Open(ctx, s, file, audit.Options{})
+	} else {
+		l, err = audit.Open(ctx, db, file, audit.Options{})
+	}
 	if err != nil {
 		t.Fatal(err)
 	}

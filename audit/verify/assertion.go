@@ -279,7 +279,10 @@ func checkAuthenticatorData(e *audit.Entry) ([]byte, error) {
 }
 
 // decodeB64URL accepts base64url with or without padding, as WebAuthn
-// libraries differ.
+// libraries differ, but only with zero pad bits: one byte string has one
+// text, so two verifiers cannot read one member two ways.
 func decodeB64URL(s string) ([]byte, error) {
-	return base64.RawURLEncoding.DecodeString(strings.TrimRight(s, "="))
+	return strictB64URL.DecodeString(strings.TrimRight(s, "="))
 }
+
+var strictB64URL = base64.RawURLEncoding.Strict()

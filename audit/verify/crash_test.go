@@ -14,15 +14,17 @@ import (
 	"testing"
 
 	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/audit/auditpg"
 	"github.com/countersign/countersign/store"
+	"github.com/countersign/countersign/store/pgtest"
 	"github.com/countersign/countersign/store/storetest"
 	"github.com/countersign/countersign/vocab"
 )
 
 func TestCrashKeepsAcknowledgedEntries(t *testing.T) {
-	dir := t.TempDir()
+	target := storetest.Target(t, filepath.Join(t.TempDir(), store.FileName))
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), crashEnv+"="+dir)
+	cmd.Env = append(os.Environ(), crashEnv+"="+target)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -53,8 +55,9 @@ func TestCrashKeepsAcknowledgedEntries(t *testing.T) {
 		t.Fatalf("writer stopped after %d appends: %s", len(acked), stderr.String())
 	}
 
-	db := storetest.Open(t, dir)
-	l, err := audit.Open(context.Background(), db, seededKey(1), audit.Options{})
+	sdb := storetest.Connect(t, target)
+	db := sdb.DB
+	l, err := auditpg.Open(context.Background(), sdb, seededKey(1), audit.Options{})
 	if err != nil {
 		t.Fatalf("reopen after crash: %v", err)
 	}
@@ -79,27 +82,32 @@ func TestCrashKeepsAcknowledgedEntries(t *testing.T) {
 	}
 }
 
-const crashEnv = "COUNTERSIGN_AUDIT_CRASH_DIR"
+// crashEnv names the database the writer appends to: a SQLite file or,
+// on the PostgreSQL pass, a postgres:// URL.
+const crashEnv = "COUNTERSIGN_AUDIT_CRASH_DB"
 
-// TestMain lets the crash test re-execute this binary as the writer.
+// TestMain lets the crash test re-execute this binary as the writer, and
+// stops the PostgreSQL server the tests started, if any (pgtest).
 func TestMain(m *testing.M) {
-	if dir := os.Getenv(crashEnv); dir != "" {
-		crashWriter(dir)
+	if target := os.Getenv(crashEnv); target != "" {
+		crashWriter(target)
 		return
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	pgtest.Stop()
+	os.Exit(code)
 }
 
 // crashWriter appends forever from many goroutines, printing each
 // acknowledged seq, until it is killed.
-func crashWriter(dir string) {
+func crashWriter(target string) {
 	ctx := context.Background()
-	db, err := store.Open(ctx, filepath.Join(dir, store.FileName))
+	db, err := store.Connect(ctx, target)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)
 	}
-	l, err := audit.Open(ctx, db, seededKey(1), audit.Options{})
+	l, err := auditpg.Open(ctx, db, seededKey(1), audit.Options{})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)

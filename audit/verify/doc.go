@@ -16,8 +16,8 @@
 //  1. Each line on its own ([audit.CheckLines], on every core): one JSON
 //     entry in its one canonical form (fields in order, compact, no
 //     unknown or repeated field), format 1, 2 or 3, hash = SHA-256(
-//     prev_hash || JCS(entry without hash and sig)), sig well formed
-//     (and valid with [Options.AllSignatures]), and the rules of its
+//     prev_hash || JCS(entry without hash and sig)), no sig or a
+//     valid one (exports before issue 27 carry it), and the rules of its
 //     format on its own: args match args_sha256, reasons and results
 //     bounded as [audit.Bound] leaves them (format 3).
 //  2. The chain (stream.go): seqs from 1 without gap, each prev_hash the

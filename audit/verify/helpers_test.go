@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/audit/auditpg"
 	"github.com/countersign/countersign/store/storetest"
 	"github.com/countersign/countersign/vocab"
 	"github.com/gowebpki/jcs"
@@ -62,9 +63,23 @@ func stepClock() func() time.Time {
 	}
 }
 
+// openAudit is audit.Open on either dialect: a database storetest.Open
+// opened on PostgreSQL (storetest.EnvStore) goes through auditpg.
+func openAudit(ctx context.Context, db *sql.DB, key ed25519.PrivateKey, opts audit.Options) (*audit.Log, error) {
+	return openAuditSigner(ctx, db, key, opts)
+}
+
+// openAuditSigner is audit.OpenSigner on either dialect.
+func openAuditSigner(ctx context.Context, db *sql.DB, key audit.Signer, opts audit.Options) (*audit.Log, error) {
+	if s := storetest.StoreOf(db); s != nil {
+		return auditpg.OpenSigner(ctx, s, key, opts)
+	}
+	return audit.OpenSigner(ctx, db, key, opts)
+}
+
 func openLog(t testing.TB, db *sql.DB, key ed25519.PrivateKey, opts audit.Options) *audit.Log {
 	t.Helper()
-	l, err := audit.Open(context.Background(), db, key, opts)
+	l, err := openAudit(context.Background(), db, key, opts)
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}

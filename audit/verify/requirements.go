@@ -32,8 +32,8 @@ import (
 //     entries of the same request from quorum distinct eligible approvers,
 //     and as approvers those approvers in the same order.
 //   - call.executed, call.failed and call.interrupted carry the policy level as decision: at
-//     high or critical they name an approved request of the same tool,
-//     arguments and level, and run at most once per request. At low they
+//     high or critical they name an approved request of the same agent,
+//     tool, arguments and level, and run at most once per request. At low they
 //     follow a call.allowed of the same agent, tool and arguments, or,
 //     for a routine call recorded once after it ran (a tool that changes
 //     nothing), they stand alone; either way they may not run the
@@ -262,6 +262,9 @@ func (q *requirements) requested(e *audit.Entry) string {
 	if _, err := audit.DecodeArgsSHA256(e.ArgsSHA256); err != nil {
 		return "approval.requested: " + err.Error()
 	}
+	if _, err := decodeB64URL(e.Nonce); err != nil {
+		return "approval.requested: nonce is not base64url with zero pad bits"
+	}
 	q.requests[e.RequestID] = &request{seq: e.Seq, entry: e, expires: expires, args: e.ArgsSHA256}
 	return ""
 }
@@ -413,6 +416,10 @@ func (q *requirements) execution(e *audit.Entry) string {
 		return fmt.Sprintf("%s of request %s, which was not approved (%s)", e.Kind, e.RequestID, state)
 	case e.Tool != r.entry.Tool || e.ArgsSHA256 != r.entry.ArgsSHA256:
 		return fmt.Sprintf("%s is for other tool or arguments than the approved request %s (seq %d)", e.Kind, e.RequestID, r.seq)
+	case e.Agent != r.entry.Agent:
+		// The approval was for one agent's call: another agent's
+		// execution of it would borrow approvals it never had.
+		return fmt.Sprintf("%s by agent %q, but request %s (seq %d) was raised by agent %q", e.Kind, e.Agent, e.RequestID, r.seq, r.entry.Agent)
 	case vocab.Level(e.Decision) != r.entry.Level:
 		return fmt.Sprintf("%s at level %s, but request %s was raised at level %s", e.Kind, e.Decision, e.RequestID, r.entry.Level)
 	}

@@ -93,8 +93,7 @@ func exampleEntries(t *testing.T, k exampleKeys) []audit.Entry {
 	}
 
 	rejected := forRequest(vocab.KindApprovalRejected, "req-A")
-	rejected.Decision = string(vocab.Approve)
-	k.carol.sign(&rejected, "http://evil.example", rpID, uv)
+	rejected.Decision, rejected.RPID = string(vocab.Approve), rpID
 	rejected.Reason = `origin: origin "http://evil.example" (cross-origin false) is not one of [http://localhost:8710]`
 
 	executed := ran(vocab.KindCallExecuted, "req-A", "critical")
@@ -317,6 +316,9 @@ func TestVerifyRefusesForgedApprovals(t *testing.T) {
 			x.Tool, x.ArgsSHA256 = es[16].Tool, es[16].ArgsSHA256
 			return slices.Insert(es, 18, x)
 		}, 19, "call.executed of request req-C, which was not approved (ended at seq 18 by approval.expired)"},
+		{"execution of an approved request by another agent", at(12, func(e *audit.Entry) {
+			e.Agent = "agent-mallory"
+		}), 12, `call.executed by agent "agent-mallory", but request req-A (seq 7) was raised by agent`},
 		{"execution without any request", func(es []audit.Entry) []audit.Entry {
 			x := es[11]
 			x.RequestID = ""

@@ -4,8 +4,11 @@ import (
 	"bytes"
 	"context"
 	"crypto/ed25519"
+	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -34,7 +37,7 @@ func TestExportAcrossTwoRotationsVerifiesFromTheFirstKey(t *testing.T) {
 	dir := t.TempDir()
 	db := storetest.Open(t, dir)
 	k1, k2, k3 := seededKey(1), seededKey(2), seededKey(3)
-	l, err := audit.Open(ctx, db, k1, audit.Options{Now: stepClock()})
+	l, err := openAudit(ctx, db, k1, audit.Options{Now: stepClock()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,7 +58,7 @@ func TestExportAcrossTwoRotationsVerifiesFromTheFirstKey(t *testing.T) {
 
 	// The server starts again with the third key: the stored log, signed
 	// by three keys, checks out and takes appends.
-	l, err = audit.Open(ctx, db, k3, audit.Options{Now: stepClock()})
+	l, err = openAudit(ctx, db, k3, audit.Options{Now: stepClock()})
 	if err != nil {
 		t.Fatalf("reopen with the key in force: %v", err)
 	}
@@ -79,7 +82,7 @@ func TestExportAcrossTwoRotationsVerifiesFromTheFirstKey(t *testing.T) {
 	}
 
 	// A server holding a retired key cannot take the log back.
-	old, err := audit.Open(ctx, db, k1, audit.Options{})
+	old, err := openAudit(ctx, db, k1, audit.Options{})
 	if old != nil {
 		old.Close()
 	}
@@ -97,7 +100,7 @@ func TestRotationSignedOnlyByTheNewKeyIsRefused(t *testing.T) {
 	// claims to take over from the trusted key: the hand-over carries the
 	// intruder's signature, and the entry's sig is the intruder's, not
 	// the trusted key's.
-	l, err := audit.Open(ctx, db, intruder, audit.Options{Now: stepClock()})
+	l, err := openAudit(ctx, db, intruder, audit.Options{Now: stepClock()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -165,4 +168,73 @@ func TestRotationWithoutTheNewKeysSignatureIsRefused(t *testing.T) {
 		}
 	})
 	wantVerifyErr(t, forged, keyText(trusted), nil, 2, "signature does not verify with the new key")
+}
+
+// TestArchiveAcrossRotations: an archive that holds a key.rotated entry
+// verifies from the first key; the pruned log reopens, also after a later
+// rotation (the archive's checkpoint is then signed by a retired key), and
+// its export verifies with the archive as --previous from the first key.
+// An archive that would end before a rotation is refused: its checkpoint,
+// signed by the key in force now, would name a key it does not hand to.
+func TestArchiveAcrossRotations(t *testing.T) {
+	storetest.SQLiteOnly(t, "archiving is built for the SQLite log only")
+	ctx := context.Background()
+	db := storetest.Open(t, t.TempDir())
+	k1, k2, k3 := seededKey(1), seededKey(2), seededKey(3)
+	l, err := audit.Open(ctx, db, k1, audit.Options{Now: stepClock()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		mustAppend(t, l, rejected(fmt.Sprintf("under the first key, %d", i)))
+	}
+	if _, err := l.RotateKey(ctx, k2, "yearly rotation"); err != nil { // seq 4
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		mustAppend(t, l, rejected(fmt.Sprintf("under the second key, %d", i)))
+	}
+	if _, err := l.WriteArchive(ctx, &bytes.Buffer{}, 2); err == nil || !strings.Contains(err.Error(), "rotated after it") {
+		t.Fatalf("archive ending before the rotation: %v", err)
+	}
+
+	var archived bytes.Buffer
+	cp, err := l.WriteArchive(ctx, &archived, 5)
+	if err != nil {
+		t.Fatalf("WriteArchive across the rotation: %v", err)
+	}
+	if _, err := Export(bytes.NewReader(archived.Bytes()), keyText(k1), Options{}); err != nil {
+		t.Fatalf("the archive does not verify from the first key: %v", err)
+	}
+	sum := sha256.Sum256(archived.Bytes())
+	if _, err := l.Prune(ctx, audit.Pruning{Checkpoint: cp, ArchiveSHA256: hex.EncodeToString(sum[:]), Archive: "archive.jsonl"}); err != nil {
+		t.Fatalf("Prune: %v", err)
+	}
+	// A rotation after the archive: its checkpoint is now a retired key's.
+	if _, err := l.RotateKey(ctx, k3, "moved to an HSM"); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := audit.Open(ctx, db, k2, audit.Options{Now: stepClock()}); err == nil {
+		t.Fatal("the pruned log opened with the retired second key")
+	}
+	l, err = audit.Open(ctx, db, k3, audit.Options{Now: stepClock()})
+	if err != nil {
+		t.Fatalf("reopen the pruned, rotated log with the key in force: %v", err)
+	}
+	t.Cleanup(func() { l.Close() })
+	mustAppend(t, l, rejected("under the third key, after a restart"))
+	export := exportLog(t, l)
+	s, err := Export(bytes.NewReader(export), keyText(k1), Options{Previous: bytes.NewReader(archived.Bytes()), AllSignatures: true})
+	if err != nil {
+		t.Fatalf("export after the archive, --previous it, from the first key: %v", err)
+	}
+	if s.FirstSeq != 6 || s.Extends != 5 {
+		t.Fatalf("summary: %+v", s)
+	}
+	if _, err := Export(bytes.NewReader(export), keyText(k3), Options{Previous: bytes.NewReader(archived.Bytes())}); err == nil {
+		t.Fatal("the archive verified from the third key, which signed none of it")
+	}
 }

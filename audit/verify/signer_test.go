@@ -36,7 +36,7 @@ func TestLogSignedThroughASignerVerifies(t *testing.T) {
 	ctx := context.Background()
 	db := storetest.Open(t, t.TempDir())
 	key := &heldKey{key: seededKey(7)}
-	l, err := audit.OpenSigner(ctx, db, key, audit.Options{Now: stepClock()})
+	l, err := openAuditSigner(ctx, db, key, audit.Options{Now: stepClock()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,7 +78,7 @@ func (w wrongKey) Sign(r io.Reader, msg []byte, opts crypto.SignerOpts) ([]byte,
 func TestSignerThatSignsWithAnotherKeyWritesNothing(t *testing.T) {
 	ctx := context.Background()
 	db := storetest.Open(t, t.TempDir())
-	l, err := audit.OpenSigner(ctx, db, wrongKey{seededKey(1), seededKey(2)}, audit.Options{})
+	l, err := openAuditSigner(ctx, db, wrongKey{seededKey(1), seededKey(2)}, audit.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -290,11 +290,11 @@ func TestSmallOrderSignatureInExport(t *testing.T) {
 	e.Sig = encodeSig(mixed)
 	lines[3], _ = encodeLine(&e)
 	forged := joinExport(lines, cp)
-	if _, err := Export(bytes.NewReader(forged), pub, Options{}); err != nil {
-		t.Fatalf("default verify: %v", err)
-	}
-	if _, err := Export(bytes.NewReader(forged), pub, Options{AllSignatures: true}); err == nil || !bytes.Contains([]byte(err.Error()), []byte("seq 4: sig does not verify")) {
-		t.Fatalf("all signatures: %v", err)
+	// A sig an export carries is checked, asked or not (issue 27).
+	for _, all := range []bool{false, true} {
+		if _, err := Export(bytes.NewReader(forged), pub, Options{AllSignatures: all}); err == nil || !bytes.Contains([]byte(err.Error()), []byte("seq 4: sig does not verify")) {
+			t.Fatalf("all signatures %v: %v", all, err)
+		}
 	}
 
 	// The checkpoint, re-signed with the same kind of signature.

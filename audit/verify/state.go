@@ -2,7 +2,6 @@ package verify
 
 import (
 	"crypto/x509"
-	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"time"
@@ -144,7 +143,10 @@ func (s *logState) apply(e *audit.Entry) string {
 	if reason := s.req.check(e); reason != "" {
 		return reason
 	}
-	return s.req.argsAt(e)
+	if reason := s.req.argsAt(e); reason != "" {
+		return reason
+	}
+	return foreignMembers(e)
 }
 
 // attestation checks an enrollment's attestation against the roots, as of
@@ -153,8 +155,8 @@ func (s *logState) attestation(e *audit.Entry) string {
 	if e.AttestationObject == "" {
 		return fmt.Sprintf("approver.enrolled of %s's key %s keeps no attestation; the roots cannot vouch for it", e.Approver, e.CredentialID)
 	}
-	att, err1 := base64.RawURLEncoding.DecodeString(e.AttestationObject)
-	cd, err2 := base64.RawURLEncoding.DecodeString(e.ClientDataJSON)
+	att, err1 := strictB64URL.DecodeString(e.AttestationObject)
+	cd, err2 := strictB64URL.DecodeString(e.ClientDataJSON)
 	if err1 != nil || err2 != nil {
 		return "approver.enrolled: attestation_object or client_data_json is not base64url"
 	}

@@ -172,6 +172,9 @@ func (s *stream) entry(r *audit.Checked) error {
 		if reason := s.state.apply(r.Entry); reason != "" {
 			return &Error{r.Seq, reason}
 		}
+		if reason := s.prunedRule(r.Entry); reason != "" {
+			return &Error{r.Seq, reason}
+		}
 	}
 	if isAssertionKind(r.Entry.Kind) {
 		s.st.assertions++

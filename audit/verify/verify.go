@@ -37,7 +37,7 @@ type Summary struct {
 	Format1    int64  // entries in format 1, which record no requirements to check
 	Replayed   int    // decisions replayed against their policy (Options.ReplayPolicy)
 	Unreplayed int    // decisions that name no policy, so could not be replayed
-	Signatures int64  // entry signatures checked one by one (Options.AllSignatures)
+	Signatures int64  // entry signatures checked one by one: those an older export carries
 	Attested   int    // enrolled keys whose attestation chains to a trusted root (Options.AttestationRoots)
 	Extends    int64  // tree size of the previous export proven to be a prefix; 0 without one
 	NothingNew bool   // no entries: only that the checkpoint matches the previous export is proven
@@ -104,10 +104,9 @@ type Options struct {
 	// extend; it is verified too, with the same options.
 	Previous io.Reader
 
-	// AllSignatures checks every entry's own sig as well. It adds nothing
-	// to what a complete export proves (see [Export]) and costs one
-	// Ed25519 verification per entry; use it to show that every entry
-	// was signed as written, e.g. before quoting single entries.
+	// AllSignatures changes nothing since issue 27: exports carry no
+	// entry sig, and every sig an older export carries is checked. Kept
+	// so that callers still compile.
 	AllSignatures bool
 
 	// ReplayPolicy, if set, checks every decision that named a loaded
@@ -142,9 +141,9 @@ type Options struct {
 // prev_hash and the root, so the checkpoint's signature would no longer
 // verify; a verified checkpoint thus proves every entry the server key
 // signed it over, exactly as every entry's own sig would, since the same
-// key makes both. The entries' own signatures are therefore checked only
-// with [Options.AllSignatures]; their form (64 bytes, base64url) is
-// always checked.
+// key makes both. Exports therefore carry no entry sig; a line that
+// carries one (an export made before issue 27) has it checked, so that
+// no signature in an export goes unchecked.
 //
 // A signature, of an entry or of the checkpoint, is valid exactly when
 // crypto/ed25519's Verify accepts it; there is no second rule.

@@ -66,8 +66,9 @@ func percentiles(d []time.Duration) latencies {
 
 type rate struct {
 	perSecond float64
-	p99       float64
+	p50, p99  float64
 	errors    int64
+	firstErr  error // fixedCalls: the first call that failed, to say why
 }
 
 // throughput keeps every session busy for the window and counts calls.
@@ -97,6 +98,8 @@ func fixedCalls(ctx context.Context, sessions []*sdk.ClientSession, c call, n in
 	d := make([]time.Duration, n)
 	var failed atomic.Int64
 	var next atomic.Int64
+	var once sync.Once
+	var firstErr error
 	start := time.Now()
 	var wg sync.WaitGroup
 	for _, s := range sessions {
@@ -109,8 +112,9 @@ func fixedCalls(ctx context.Context, sessions []*sdk.ClientSession, c call, n in
 					return
 				}
 				t := time.Now()
-				if c.do(ctx, s) != nil {
+				if err := c.do(ctx, s); err != nil {
 					failed.Add(1)
+					once.Do(func() { firstErr = err })
 				}
 				d[i] = time.Since(t)
 			}
@@ -118,5 +122,6 @@ func fixedCalls(ctx context.Context, sessions []*sdk.ClientSession, c call, n in
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
-	return rate{perSecond: float64(n) / elapsed.Seconds(), p99: percentiles(d).p99, errors: failed.Load()}
+	l := percentiles(d)
+	return rate{perSecond: float64(n) / elapsed.Seconds(), p50: l.p50, p99: l.p99, errors: failed.Load(), firstErr: firstErr}
 }

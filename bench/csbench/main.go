@@ -1,7 +1,7 @@
 // Command csbench measures Countersign against a bare MCP server in one run
 // on one machine, and prints ratios first, then absolute figures.
 //
-//	go run ./bench/csbench [-short] [-only calls,...] [-also OLD-BINARY] [-out bench-results.json]
+//	go run ./bench/csbench [-short] [-only calls,replicas,...] [-also OLD-BINARY] [-out bench-results.json]
 //
 // It builds the countersign binary and the baseline (bench/baseline: a bare
 // mcp-go server with the same ledger tools, no policy, no audit), starts
@@ -20,7 +20,13 @@
 //     N poll-mode requests pending;
 //   - micro benchmarks (go test -bench): policy decision, digest, audit
 //     append at 1 and 64 writers, and the physical references (Ed25519
-//     sign/verify, one durable SQLite commit).
+//     sign/verify, one durable SQLite commit);
+//   - replicas (issue 24): serve replicas on one PostgreSQL database beside
+//     one process on SQLite, in the same run: audit append at 64 writers
+//     on one log and on three (lock wait and hold per batch), a
+//     usage-reading call's latency, 800 small transfers at 400 sessions on
+//     one replica and over three, and an approval tapped on another
+//     replica's page than the one where the call waits (replicas.go).
 //
 // With -also, a second, prebuilt countersign binary (say, built from main
 // before a change) runs the same calls and cpu groups as targets
@@ -49,7 +55,7 @@ import (
 func main() {
 	short := flag.Bool("short", false, "a quick run that only checks the suite works (CI)")
 	out := flag.String("out", "bench-results.json", "where to write the results as JSON")
-	only := flag.String("only", "", "run only these groups, comma-separated: cpu, calls, approval, memory, micro (default: all)")
+	only := flag.String("only", "", "run only these groups, comma-separated: cpu, calls, approval, memory, micro, replicas (default: all)")
 	also := flag.String("also", "", "a second, prebuilt countersign binary (e.g. built from main) whose routine calls are measured in the same run, as targets \"countersign -also\" and \"countersign -also sync=normal\"")
 	rounds := flag.Int("rounds", 0, "rounds of the cpu group (default 5; 1 with -short)")
 	flag.Parse()
@@ -57,10 +63,10 @@ func main() {
 	for _, g := range strings.Split(*only, ",") {
 		switch g = strings.TrimSpace(g); g {
 		case "":
-		case "cpu", "calls", "approval", "memory", "micro":
+		case "cpu", "calls", "approval", "memory", "micro", "replicas":
 			groups[g] = true
 		default:
-			fmt.Fprintf(os.Stderr, "csbench: -only: unknown group %q (expected cpu, calls, approval, memory or micro)\n", g)
+			fmt.Fprintf(os.Stderr, "csbench: -only: unknown group %q (expected cpu, calls, approval, memory, micro or replicas)\n", g)
 			os.Exit(2)
 		}
 	}
@@ -238,6 +244,11 @@ func run(short bool, outPath, also string, rounds int, want func(group string) b
 	if want("micro") {
 		if err := micro(r, root, sz.benchtime); err != nil {
 			return err
+		}
+	}
+	if want("replicas") {
+		if err := replicas(ctx, r, root, work, cs, short); err != nil {
+			return fmt.Errorf("replicas: %w", err)
 		}
 	}
 	r.print(os.Stdout)

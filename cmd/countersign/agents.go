@@ -63,7 +63,7 @@ serve picks the new agent up when restarted.`,
 			} else if stored, err := addAgentToFile(c.Source, name, hash); err != nil {
 				return err
 			} else if stored {
-				fmt.Fprintf(stderr, "Agent %s added to %s (only the token's SHA-256 is stored). Restart serve to apply.\n", name, c.Source)
+				fmt.Fprintf(stderr, "Agent %s added to %s (only the token's SHA-256 is stored). Restart serve, or run countersign reload, to apply.\n", name, c.Source)
 			} else {
 				fmt.Fprintf(stderr, "http.agents in %s is written in a form this command does not edit, so nothing was stored.\n"+
 					"Add this item to it:\n\n    - {id: %s, token_sha256: %s}\n\n", c.Source, name, hash)
@@ -102,7 +102,7 @@ first, or edit the file if that is what you want.`,
 			if !stored {
 				return fmt.Errorf("http.agents in %s is written in a form this command does not edit, so nothing was changed: remove the item with id %s yourself", c.Source, args[0])
 			}
-			fmt.Fprintf(cmd.ErrOrStderr(), "Agent %s removed from %s. Restart serve to apply: until then its token still works.\n", args[0], c.Source)
+			fmt.Fprintf(cmd.ErrOrStderr(), "Agent %s removed from %s. Restart serve (or run countersign reload) to apply: until then its token still works.\n", args[0], c.Source)
 			return nil
 		},
 	})
@@ -133,7 +133,7 @@ restarted; after that only the new one works.`,
 			}
 			stderr := cmd.ErrOrStderr()
 			if stored {
-				fmt.Fprintf(stderr, "Agent %s has a new token in %s (only its SHA-256 is stored). Restart serve to apply: the old token works until then, and not after.\n", args[0], c.Source)
+				fmt.Fprintf(stderr, "Agent %s has a new token in %s (only its SHA-256 is stored). Restart serve (or run countersign reload) to apply: the old token works until then, and not after.\n", args[0], c.Source)
 			} else {
 				fmt.Fprintf(stderr, "http.agents in %s is written in a form this command does not edit, so nothing was stored.\n"+
 					"Set the token_sha256 of %s to:\n\n    %s\n\n", c.Source, args[0], hash)

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/ed25519"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/countersign/countersign/attest"
 	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/audit/feed"
 	"github.com/countersign/countersign/audit/verify"
 	"github.com/countersign/countersign/internal/daemon"
 	"github.com/spf13/cobra"
@@ -32,6 +34,7 @@ checkpoints. Export it, give the export and the server's public key
 countersign audit verify. The format is in docs/audit-export.md.`,
 	}
 	cmd.AddCommand(newAuditExportCmd(), newAuditVerifyCmd(), newAuditTailCmd(), newAuditPubkeyCmd(), newAuditKeygenCmd(), newAuditRotateKeyCmd())
+	cmd.AddCommand(newAuditArchiveCmd())
 	return cmd
 }
 
@@ -128,9 +131,9 @@ why, and exits non-zero unless everything holds. No config or database is
 read.
 
 Entries are authenticated by the export's signed checkpoint, whose Merkle
-root covers every entry's hash; --all-signatures also checks each entry's
-own signature, which proves nothing more about a complete export and takes
-one Ed25519 verification per entry.
+root covers every entry's hash; exports carry no entry signatures, and an
+older export that does has every one checked (--all-signatures is kept for
+scripts and changes nothing).
 
 --replay-policy checks each call that ran and each approval request against
 the policy the server had loaded (policy.loaded): the level, the rules named
@@ -195,7 +198,7 @@ the quorum's cosignatures.`,
 	}
 	cmd.Flags().StringVar(&keyArg, "key", "", "the server's public key, or a file holding it (required)")
 	cmd.Flags().StringVar(&previous, "previous", "", "an older export this one must extend")
-	cmd.Flags().BoolVar(&allSigs, "all-signatures", false, "also verify every entry's own signature (slower; the checkpoint already covers them)")
+	cmd.Flags().BoolVar(&allSigs, "all-signatures", false, "no longer changes anything: exports carry no entry signatures, and every one an older export carries is checked")
 	cmd.Flags().StringArrayVar(&rootFiles, "attestation-roots", nil, "PEM file of root certificates every enrolled key's attestation must chain to (repeatable)")
 	cmd.Flags().BoolVar(&replay, "replay-policy", false, "check every decision against the policy it names (policy.loaded): level, rules and approval requirement")
 	cmd.Flags().StringArrayVar(&witnessArgs, "witness-key", nil, "a trusted witness's cosignature key (name+hash+base64), or a file of them one a line (repeatable)")
@@ -250,11 +253,15 @@ func readPublicKey(arg string) (string, error) {
 func newAuditTailCmd() *cobra.Command {
 	var since int64
 	var interval time.Duration
+	var format string
 	cmd := &cobra.Command{
 		Use:   "tail",
-		Short: "Follow new audit entries, one readable line each, until Ctrl-C",
+		Short: "Follow new audit entries, one readable line (or OCSF event) each, until Ctrl-C",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if format != "text" && format != "ocsf" {
+				return fmt.Errorf("--format %q: expected text or ocsf", format)
+			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			cmd.SetContext(ctx)
@@ -277,6 +284,13 @@ func newAuditTailCmd() *cobra.Command {
 						}
 						return err
 					}
+					if format == "ocsf" && len(entries) > 0 {
+						if err := printOCSF(ctx, out, log, entries); err != nil {
+							return err
+						}
+						after = entries[len(entries)-1].Seq
+						continue
+					}
 					for _, e := range entries {
 						fmt.Fprintln(out, humanLine(e))
 						after = e.Seq
@@ -295,7 +309,28 @@ func newAuditTailCmd() *cobra.Command {
 	}
 	cmd.Flags().Int64Var(&since, "since", -1, "show entries after this seq (default: the last 10)")
 	cmd.Flags().DurationVar(&interval, "interval", 500*time.Millisecond, "how often to look for new entries")
+	cmd.Flags().StringVar(&format, "format", "text", "text (one readable line each) or ocsf (one OCSF "+feed.OCSFVersion+" API Activity event in JSON each, with seq, hash and the signed checkpoint that covers it)")
 	return cmd
+}
+
+// printOCSF writes entries as OCSF events, one JSON line each, with the
+// signed checkpoint that covers them all.
+func printOCSF(ctx context.Context, out io.Writer, log *audit.Log, entries []audit.Entry) error {
+	cp, err := feed.CheckpointOf(ctx, log)
+	if err != nil {
+		return err
+	}
+	enc := json.NewEncoder(out)
+	for _, e := range entries {
+		ev, err := feed.OCSF(e, cp)
+		if err != nil {
+			return err
+		}
+		if err := enc.Encode(ev); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // humanLine is one entry for a person watching: seq, time, kind, then

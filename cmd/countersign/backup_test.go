@@ -71,6 +71,7 @@ func isPrefix(t *testing.T, older, newer *export) {
 // after it, refuses it as a rollback until the operator accepts the loss
 // (serve --accept-rollback); the log then verifies.
 func TestBackupUnderLoadVerifiesAndRestores(t *testing.T) {
+	storetest.SQLiteOnly(t, "countersign backup copies the SQLite file")
 	s := newSite(t, func(c *config.Config) {
 		c.Audit.WitnessFile = filepath.Join(t.TempDir(), "witness")
 		c.Limits.CallsPerSecond = 1000 // four busy agents, all "anonymous"
@@ -194,6 +195,7 @@ func dirState(t *testing.T, dir string) map[string]string {
 // and a copy made read-only with chmod a-w, which root could write but
 // which is left exactly as it was.
 func TestAuditExportAndVerifyOnAReadOnlyCopy(t *testing.T) {
+	storetest.SQLiteOnly(t, "a read-only copy of the data directory is a copy of the SQLite file")
 	s := newSite(t, nil)
 	n := s.start()
 	cs := n.agent()
@@ -245,6 +247,7 @@ func TestAuditExportAndVerifyOnAReadOnlyCopy(t *testing.T) {
 // that opens it, read-only ones included, naming both versions; it is
 // left as it was.
 func TestOlderBinaryRefusesANewerDatabase(t *testing.T) {
+	storetest.SQLiteOnly(t, "the schema record is edited in the SQLite file")
 	s := newSite(t, nil)
 	s.cli("audit", "export", "--out", filepath.Join(t.TempDir(), "export.jsonl")) // makes the database
 	path := filepath.Join(s.cfg.Server.DataDir, store.FileName)

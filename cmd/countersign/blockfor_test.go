@@ -22,6 +22,7 @@ import (
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/server/servertest"
 	"github.com/countersign/countersign/store"
+	"github.com/countersign/countersign/store/storetest"
 	"github.com/countersign/countersign/vocab"
 )
 
@@ -70,11 +71,7 @@ func checkRanOnce(t *testing.T, p *product, id string) {
 	if _, out := exportAndVerify(t, p); !strings.HasPrefix(out, "OK:") {
 		t.Errorf("audit verify: %s", out)
 	}
-	db, err := store.Connect(context.Background(), filepath.Join(p.cfg.Server.DataDir, store.FileName))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
+	db := storetest.Connect(t, filepath.Join(p.cfg.Server.DataDir, store.FileName))
 	var n int
 	if err := db.QueryRow(`SELECT COUNT(*) FROM ledger_transfers WHERE call_id = ?`, "request:"+id).Scan(&n); err != nil {
 		t.Fatal(err)

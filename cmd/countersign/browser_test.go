@@ -452,6 +452,9 @@ func cliCommand(c *config.Config, args ...string) *exec.Cmd {
 	cmd := exec.Command(binPath, args...)
 	cmd.Dir = repoRoot
 	cmd.Env = append(os.Environ(), "COUNTERSIGN_SERVER_DATA_DIR="+c.Server.DataDir)
+	if c.Store.URL != "" {
+		cmd.Env = append(cmd.Env, "COUNTERSIGN_STORE_URL="+c.Store.URL)
+	}
 	return cmd
 }
 

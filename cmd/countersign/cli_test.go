@@ -7,6 +7,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/countersign/countersign/store"
+	"github.com/countersign/countersign/store/storetest"
 )
 
 // cli runs the built binary from the repository root against dataDir and
@@ -16,6 +19,9 @@ func cli(t *testing.T, dataDir string, args ...string) (string, string, int) {
 	cmd := exec.Command(binPath, args...)
 	cmd.Dir = repoRoot
 	cmd.Env = append(os.Environ(), "COUNTERSIGN_SERVER_DATA_DIR="+dataDir)
+	if url, ok := storetest.StandIn(filepath.Join(dataDir, store.FileName)); ok {
+		cmd.Env = append(cmd.Env, "COUNTERSIGN_STORE_URL="+url) // the PostgreSQL pass's server on it
+	}
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()

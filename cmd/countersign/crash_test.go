@@ -30,6 +30,7 @@ import (
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/server/servertest"
 	"github.com/countersign/countersign/store"
+	"github.com/countersign/countersign/store/storetest"
 	"github.com/countersign/countersign/vocab"
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
 )
@@ -72,6 +73,8 @@ type site struct {
 	path string // config file
 	key  *approvaltest.SoftKey
 	bin  string // the binary nodes run; "" is the crashtest binary
+	// nodes are the processes started on the site, for awaitDead.
+	nodes []*node
 }
 
 func newSite(t *testing.T, edit func(*config.Config)) *site {
@@ -116,6 +119,7 @@ type node struct {
 	cmd    *exec.Cmd
 	stderr *syncBuffer
 	mcp    string // Streamable HTTP endpoint
+	owner  string // its replica id, on PostgreSQL
 	page   *approvaltest.Page
 	done   chan error
 }
@@ -142,8 +146,10 @@ func (s *site) serveCmd(args []string, env ...string) *exec.Cmd {
 // startWith is start with more serve flags.
 func (s *site) startWith(args []string, env ...string) *node {
 	s.t.Helper()
+	s.awaitDead()
 	cmd := s.serveCmd(args, env...)
 	n := &node{s: s, cmd: cmd, stderr: &syncBuffer{}, done: make(chan error, 1)}
+	s.nodes = append(s.nodes, n)
 	cmd.Stderr = n.stderr
 	if err := cmd.Start(); err != nil {
 		s.t.Fatal(err)
@@ -173,6 +179,8 @@ func (s *site) startWith(args []string, env ...string) *node {
 				pageAddr, _ = line["listen"].(string)
 			case "serving MCP over HTTP":
 				n.mcp, _ = line["streamable"].(string)
+			case "replica":
+				n.owner, _ = line["id"].(string)
 			}
 		}
 		time.Sleep(20 * time.Millisecond)
@@ -187,6 +195,44 @@ func (s *site) startWith(args []string, env ...string) *node {
 		s.key = key
 	}
 	return n
+}
+
+// awaitDead waits, when the site's database is the PostgreSQL one the
+// test pass put in place of its file (storetest.EnvStore), until the
+// site's nodes that ended without releasing their replica (killed,
+// crashed) are dead to the others: their lock free and their row older
+// than the grace. A process started on the SQLite file after a crash
+// settles at once what the dead one left; a replica started within the
+// grace leaves it to the reaper, which the replicas tests cover.
+func (s *site) awaitDead() {
+	s.t.Helper()
+	if storetest.Dialect() != store.PostgreSQL || s.cfg.Store.URL != storetest.Target(s.t, filepath.Join(s.cfg.Server.DataDir, store.FileName)) {
+		return
+	}
+	var gone []string
+	for _, n := range s.nodes {
+		if n.owner != "" && n.cmd.ProcessState != nil {
+			gone = append(gone, n.owner)
+		}
+	}
+	if len(gone) == 0 {
+		return
+	}
+	db := storetest.Connect(s.t, s.cfg.Store.URL)
+	defer db.Close()
+	owners, err := store.OwnersFor(context.Background(), db, store.OwnerOptions{})
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	for _, id := range gone {
+		var held bool // its row is there: it ended without releasing it
+		if err := db.QueryRow(`SELECT EXISTS (SELECT 1 FROM replicas WHERE id = ?)`, id).Scan(&held); err != nil {
+			s.t.Fatal(err)
+		}
+		if held {
+			waitFor(s.t, "replica "+id+" to be dead to the others", func() bool { return owners.Dead(id) })
+		}
+	}
 }
 
 // kill ends the process with SIGKILL, as the issue's operator did.
@@ -398,10 +444,7 @@ func (ex *export) executedTransfers() map[string]int {
 // database file; the server must be stopped.
 func (s *site) ledgerTransfers() map[string]string {
 	s.t.Helper()
-	db, err := store.Connect(context.Background(), filepath.Join(s.cfg.Server.DataDir, store.FileName))
-	if err != nil {
-		s.t.Fatal(err)
-	}
+	db := storetest.Connect(s.t, filepath.Join(s.cfg.Server.DataDir, store.FileName))
 	defer db.Close()
 	rows, err := db.Query(`SELECT id, COALESCE(call_id, '') FROM ledger_transfers`)
 	if err != nil {

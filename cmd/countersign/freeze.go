@@ -178,7 +178,9 @@ func cliActor() string {
 // storedFreezes returns the freezes in force, or none when the data
 // directory has no database yet (listing creates nothing).
 func storedFreezes(cmd *cobra.Command, c *config.Config) ([]freeze.Freeze, error) {
-	if _, err := os.Stat(filepath.Join(c.Server.DataDir, store.FileName)); errors.Is(err, os.ErrNotExist) {
+	// No SQLite file yet: nothing frozen, and nothing created by looking.
+	// A PostgreSQL store has no file to look for.
+	if _, err := os.Stat(filepath.Join(c.Server.DataDir, store.FileName)); c.Store.URL == "" && errors.Is(err, os.ErrNotExist) {
 		return nil, nil
 	}
 	var fs []freeze.Freeze

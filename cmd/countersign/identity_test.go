@@ -18,9 +18,11 @@ import (
 
 	"github.com/countersign/countersign/approval/approvaltest"
 	"github.com/countersign/countersign/approval/page"
+	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/identity"
 	"github.com/countersign/countersign/identity/idptest"
+	"github.com/countersign/countersign/internal/daemon"
 	"github.com/countersign/countersign/server/servertest"
 	"github.com/countersign/countersign/vocab"
 )
@@ -32,6 +34,8 @@ import (
 // provider and `audit verify --replay-policy` passes. Taken out of the
 // group (recheck 1ns: the provider is asked at every use), her grant lets
 // nothing more through and her approval is refused; her denial counts.
+// The recheck that finds she left revokes her grant (grant.revoked), so
+// back in the group before it expires, it still lets nothing through.
 func TestApproversFromTheIdentityProviderOnly(t *testing.T) {
 	// The treasury's channel hears of requests only people of the
 	// provider can approve.
@@ -124,8 +128,31 @@ func TestApproversFromTheIdentityProviderOnly(t *testing.T) {
 	}
 
 	alice := identity.ApproverID(idp.Issuer(), "alice")
+	revoked := func() []audit.Entry {
+		t.Helper()
+		revs := entries(t, p.stack, vocab.KindGrantRevoked)
+		if len(revs) != 1 || revs[0].Approver != daemon.ProviderRevoker || revs[0].GrantID == "" ||
+			!strings.Contains(revs[0].Reason, "no longer grants alice an approver role") {
+			t.Fatalf("grant.revoked after she left the group: %+v", revs)
+		}
+		return revs
+	}
+	revs := revoked()
+	// Back in the group, she signs in again: her role is back, her grant
+	// is not.
+	idp.SetGroups("alice", "finance-approvers")
+	if resp, err := client.Get(p.page + "/signin/oidc"); err != nil || resp.Body.Close() != nil || resp.StatusCode != 200 {
+		t.Fatalf("sign-in again: %v %v", resp, err)
+	}
+	if st, _ := outcome(t, ci, pay("Acme Supplies", 15000)); st != "authorization_pending" {
+		t.Fatalf("a call her revoked grant covered, back in the group: %s", st)
+	}
+	revoked()
 	var approved bool
 	for _, e := range entries(t, p.stack, vocab.KindApprovalAssertion) {
+		if e.RequestID == id && e.GrantID != revs[0].GrantID {
+			t.Errorf("revoked grant %s, not the one she made (%s)", revs[0].GrantID, e.GrantID)
+		}
 		if e.RequestID == id {
 			approved = e.Approver == alice && e.IdPSubject == "alice" && e.IdPIssuer == idp.Issuer() && slices.Equal(e.IdPGroups, []string{"finance-approvers"})
 		}

@@ -18,6 +18,7 @@ import (
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/server/servertest"
+	"github.com/countersign/countersign/store/storetest"
 	"github.com/countersign/countersign/vocab"
 	"github.com/countersign/countersign/witness/witnesstest"
 )
@@ -29,6 +30,7 @@ import (
 // database restored from an older copy is refused at start, naming the
 // size the witness holds, until --accept-rollback, which is recorded.
 func TestLitewitnessGuardsTheLogAgainstRollback(t *testing.T) {
+	storetest.SQLiteOnly(t, "it restores an older copy of the database by copying its files")
 	lw := witnesstest.Start(t)
 	s := newSite(t, func(c *config.Config) {
 		c.Audit.CheckpointEvery = 100 * time.Millisecond

@@ -11,10 +11,12 @@ import (
 
 	"github.com/countersign/countersign"
 	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/audit/auditpg"
 	"github.com/countersign/countersign/audit/verify"
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/internal/daemon"
 	"github.com/countersign/countersign/store"
+	"github.com/countersign/countersign/store/storetest"
 	"github.com/countersign/countersign/vocab"
 )
 
@@ -28,16 +30,12 @@ func TestReplayPolicyAgainstTheLoggedPolicy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	db, err := store.Connect(ctx, filepath.Join(dir, store.FileName))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
+	db := storetest.Connect(t, filepath.Join(dir, store.FileName))
 	key, err := audit.LoadOrCreateKey(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	log, err := audit.Open(ctx, db.DB, key, audit.Options{})
+	log, err := auditpg.Open(ctx, db, key, audit.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

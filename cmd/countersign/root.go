@@ -91,6 +91,7 @@ Start with:
 	root.AddCommand(newUpstreamsCmd())
 	root.AddCommand(newCallsCmd())
 	root.AddCommand(newBackupCmd())
+	root.AddCommand(newReloadCmd())
 	return root
 }
 

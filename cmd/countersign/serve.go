@@ -5,6 +5,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/internal/daemon"
 	"github.com/spf13/cobra"
 )
@@ -38,19 +39,39 @@ checkpoint a witness holds (a database restored from an older copy) is
 refused at start, naming both tree sizes; --accept-rollback serves it and
 records that in the log.
 
+SIGHUP (or countersign reload) reads the configuration again and puts the
+policy, approvers, agents' tokens, notifications and the pending and rate
+limits in force without a restart: calls under way and waiting keep going,
+and the new policy is recorded (policy.loaded). A file that is invalid, or
+that changes a setting only a restart changes (listen addresses, the data
+directory, the store, upstreams …), is refused whole, naming why; the
+running configuration stays.
+
 The configuration is checked as config validate checks it before anything
 is created; the data directory is then made (mode 0700) if needed, and with
 the embedded default the demo files it names are written into it.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := loadConfig(cmd)
+			// SIGHUP reloads (countersign reload); taken first, so that from
+			// here on it never ends the process.
+			hup := make(chan os.Signal, 1)
+			signal.Notify(hup, syscall.SIGHUP)
+			defer signal.Stop(hup)
+			load := func() (*config.Config, error) {
+				c, err := loadConfig(cmd)
+				if err != nil {
+					return nil, err
+				}
+				if addr, _ := cmd.Flags().GetString("http"); addr != "" {
+					c.HTTP.Addr = addr
+				}
+				c.Audit.AcceptRollback, _ = cmd.Flags().GetBool("accept-rollback")
+				return c, nil
+			}
+			c, err := load()
 			if err != nil {
 				return err
 			}
-			if addr, _ := cmd.Flags().GetString("http"); addr != "" {
-				c.HTTP.Addr = addr
-			}
-			c.Audit.AcceptRollback, _ = cmd.Flags().GetBool("accept-rollback")
 			log, err := newLogger(cmd, c)
 			if err != nil {
 				return err
@@ -58,7 +79,7 @@ the embedded default the demo files it names are written into it.`,
 			warnConfig(log, c)
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			return daemon.Serve(ctx, c, daemon.Options{Logger: log, Version: buildVersion()})
+			return daemon.Serve(ctx, c, daemon.Options{Logger: log, Version: buildVersion(), Load: load, Reload: hup})
 		},
 	}
 	cmd.Flags().String("http", "", "serve agents over HTTP on ADDR (e.g. 127.0.0.1:8711) instead of stdio")

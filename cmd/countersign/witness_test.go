@@ -13,6 +13,7 @@ import (
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/server/servertest"
 	"github.com/countersign/countersign/store"
+	"github.com/countersign/countersign/store/storetest"
 	"github.com/countersign/countersign/vocab"
 )
 
@@ -21,6 +22,7 @@ import (
 // serve it, naming both tree sizes, until --accept-rollback, which is
 // recorded.
 func TestRestoredDatabaseIsRefusedUnlessTheRollbackIsAccepted(t *testing.T) {
+	storetest.SQLiteOnly(t, "it restores an older copy of the database by copying its files")
 	witnessFile := filepath.Join(t.TempDir(), "countersign.witness")
 	s := newSite(t, func(c *config.Config) { c.Audit.WitnessFile = witnessFile })
 	small := map[string]any{"from": "operating", "to": "Acme Supplies", "amount": 1, "currency": "USD"}

@@ -32,6 +32,7 @@ func Assemble(ctx context.Context, c *config.Config, opts Options) (_ *Stack, er
 		return nil, err
 	}
 	s := &Stack{cfg: c, version: opts.Version}
+	s.reloads.cfg = c
 	defer func() {
 		if err != nil {
 			s.Close()
@@ -90,7 +91,7 @@ func (s *Stack) openLog(ctx context.Context, log *slog.Logger) (err error) {
 		}
 	}
 	s.lead(ctx, c, log)
-	if err = LogPolicy(ctx, s.audit, c); err != nil {
+	if s.policySum, err = logPolicy(ctx, s.audit, c); err != nil {
 		return err
 	}
 	s.dbProbe = &dbProbe{db: s.db}
@@ -110,6 +111,7 @@ func (s *Stack) newMetrics(log *slog.Logger) *metrics.Metrics {
 		},
 		KnownTool: func(name string) bool { _, ok := s.tools.Lookup(name); return ok },
 		Witnesses: s.witnessMetrics(),
+		ExportLag: s.exportLag(),
 		Version:   s.version,
 		Logger:    log.With("component", "metrics"),
 	})
@@ -136,11 +138,16 @@ func (s *Stack) openApprovals(ctx context.Context, recorder metrics.Recorder, lo
 	if err != nil {
 		return err
 	}
-	s.notifier, aopts.Notify = notifier(c, recorder, s.metrics, people, log.With("component", "notify"))
+	n, f := notifier(c, recorder, s.metrics, people, log.With("component", "notify"))
+	s.notifier, aopts.Notify = n, s.notify.observe // a reload swaps the channels (reload.go)
+	s.notify.now.Store(&notifyInForce{n: n, f: f})
+	s.notify.people = people
 	aopts.People = people
 	if people != nil {
 		s.people = people
-		recordSuspensions(people, recorder, aopts.Logger)
+		recordSuspensions(people, recorder, func(ctx context.Context, approver, by, reason string) ([]string, error) {
+			return s.approvals.RevokeGrantsOf(ctx, approver, by, reason) // set below, before any request
+		}, aopts.Logger)
 	}
 	if s.approvals, err = approval.New(ctx, s.db, recorder, aopts); err != nil {
 		return err
@@ -193,8 +200,9 @@ func (s *Stack) newGuard(ctx context.Context, policy *authz.Policy, recorder met
 	if s.amounts, err = store.OpenAmounts(ctx, s.db); err != nil {
 		return err
 	}
+	s.policy.now.Store(&policyInForce{policy: policy, sum: s.policySum})
 	s.guard = guard.New(guard.Options{
-		Catalog: s.tools, Policy: s.metrics.Policy(policy), Audit: recorder,
+		Catalog: s.tools, Policy: s.metrics.Policy(&s.policy), Audit: recorder,
 		Requests: s.approvals, Runs: s.approvals, Recovery: s.approvals, Tasks: s.approvals, Grants: s.approvals,
 		Evidence: s.approvals, Tokens: s.tokens,
 		History: s.audit, Marks: store.Marks{DB: s.db}, Amounts: s.amounts,
@@ -202,8 +210,7 @@ func (s *Stack) newGuard(ctx context.Context, policy *authz.Policy, recorder met
 		Tools: c.Tools, Logger: log.With("component", "guard"), Freezes: s.approvals,
 		SharedUsage: s.shared.usage, People: s.people,
 		MaxArgBytes: c.Limits.MaxArgBytes, MaxArgDepth: c.Limits.MaxArgDepth,
-		Limits: guard.Limits{PendingPerAgent: c.Limits.PendingPerAgent, PendingTotal: c.Limits.PendingTotal,
-			CallsPerSecond: float64(c.Limits.CallsPerSecond), CallBurst: c.Limits.CallBurst},
+		Limits:   guardLimits(c),
 		BlockFor: blockFor(c, log),
 	})
 	if _, ok := c.Tools["approval_status"]; ok {

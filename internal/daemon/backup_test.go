@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"os"
@@ -31,6 +32,7 @@ func TestBackupOnPostgresSaysUsePgDump(t *testing.T) {
 // A copy whose log does not verify is not kept: the error says why, and
 // nothing is left at the file's name or beside it.
 func TestBackupOfATamperedLogKeepsNothing(t *testing.T) {
+	storetest.SQLiteOnly(t, "countersign backup copies the SQLite file")
 	ctx := context.Background()
 	c := daemontest.Config(t, nil)
 	db, log, err := OpenAudit(ctx, c, audit.Options{})
@@ -56,5 +58,43 @@ func TestBackupOfATamperedLogKeepsNothing(t *testing.T) {
 	}
 	if left, _ := os.ReadDir(dir); len(left) > 0 {
 		t.Errorf("left %v in the backup directory", left)
+	}
+}
+
+// TestBackupOfAnArchivedLog: a log archived and pruned (audit archive)
+// backs up; the copy's log passed the startup check from the archive on.
+func TestBackupOfAnArchivedLog(t *testing.T) {
+	ctx := context.Background()
+	c := daemontest.Config(t, nil)
+	db, log, err := OpenAudit(ctx, c, audit.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if err := LogPolicy(ctx, log, c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var archive bytes.Buffer
+	cp, err := log.WriteArchive(ctx, &archive, 2)
+	if errors.Is(err, audit.ErrArchiveUnsupported) {
+		log.Close()
+		db.Close()
+		t.Skip("archiving and backup are about the SQLite file; this pass runs on PostgreSQL")
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := log.Prune(ctx, audit.Pruning{Checkpoint: cp, ArchiveSHA256: strings.Repeat("0", 64)}); err != nil {
+		t.Fatal(err)
+	}
+	log.Close()
+	db.Close()
+	res, err := Backup(ctx, c, filepath.Join(t.TempDir(), "backup.db"))
+	if err != nil {
+		t.Fatalf("backup of an archived log: %v", err)
+	}
+	if res.ArchivedThrough != 2 {
+		t.Fatalf("ArchivedThrough = %d, want 2", res.ArchivedThrough)
 	}
 }

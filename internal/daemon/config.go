@@ -56,12 +56,16 @@ func CompilePolicy(c *config.Config, log *slog.Logger) (*authz.Policy, error) {
 // in the audit log names it and an auditor can replay decisions offline
 // (audit verify --replay-policy).
 func LogPolicy(ctx context.Context, log *audit.Log, c *config.Config) error {
+	_, err := loadPolicy(ctx, log, c)
+	return err
+}
+
+func loadPolicy(ctx context.Context, log *audit.Log, c *config.Config) (audit.Entry, error) {
 	doc, err := json.Marshal(authz.NewDocument(c.Tools, c.Approvers, PolicyOptions(c, nil)))
 	if err != nil {
-		return fmt.Errorf("policy document: %w", err)
+		return audit.Entry{}, fmt.Errorf("policy document: %w", err)
 	}
-	_, err = log.LoadPolicy(ctx, doc)
-	return err
+	return log.LoadPolicy(ctx, doc)
 }
 
 // UnknownUpstreamTools names the policies under tools for upstream tools

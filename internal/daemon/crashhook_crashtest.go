@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"github.com/countersign/countersign/tools"
 )
@@ -53,8 +54,19 @@ func crashHooks(cat *tools.Catalog) {
 	}
 }
 
-// holdCall writes the call's id to dir/held and never returns.
+// holdCall writes the call's id to dir/held and never returns; with
+// COUNTERSIGN_CRASHTEST_RELEASE=1, it returns once dir/release exists, so
+// a test can change the world (fill the disk) between the backend's
+// commit and the record.
 func holdCall(dir string, call *tools.Call) {
 	os.WriteFile(filepath.Join(dir, "held"), []byte(call.ID), 0o600)
-	select {} // until the test kills the process
+	if os.Getenv("COUNTERSIGN_CRASHTEST_RELEASE") != "1" {
+		select {} // until the test kills the process
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "release")); err == nil {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }

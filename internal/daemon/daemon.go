@@ -47,6 +47,10 @@ type Options struct {
 	// nil is the process's own.
 	Stdin  io.Reader
 	Stdout io.Writer
+	// Load reads the configuration again, as the command read it at
+	// start; Reload asks for that (SIGHUP). Nil: no reloads.
+	Load   func() (*config.Config, error)
+	Reload <-chan os.Signal
 }
 
 func (o Options) stdio() (io.Reader, io.Writer) {
@@ -99,6 +103,12 @@ type Stack struct {
 	owners      *store.Owners // tells replicas dead or alive (nil on SQLite)
 	stopReaping func()        // stops the reaper (replica.go) and waits for it
 	leading     atomic.Bool   // led until now, or until shutdown
+
+	// What a reload swaps (reload.go).
+	policy    livePolicy
+	policySum string // the policy at start's policy_sha256
+	notify    liveNotify
+	reloads   reloads
 }
 
 // The parts, for commands and tests that drive an assembled stack

@@ -41,18 +41,33 @@ func identityRoles(c *config.Config) map[string][]string {
 	return c.Identity.Roles
 }
 
+// ProviderRevoker is who a grant revoked because the identity provider
+// dropped its approver is recorded as revoked by.
+const ProviderRevoker = "identity-provider"
+
 // recordSuspensions appends approver.suspended when the provider, asked
-// again, no longer puts a person in a group that grants a role.
+// again, no longer puts a person in a group that grants a role, then
+// revokes the standing grants they made (revoke: each gets its
+// grant.revoked), so regaining the role later does not bring them back.
+// Until the provider can be asked, the guard's recheck refuses their uses.
 func recordSuspensions(people *identity.People, rec interface {
 	Append(context.Context, audit.Entry) (audit.Entry, error)
-}, log *slog.Logger) {
+}, revoke func(ctx context.Context, approver, by, reason string) ([]string, error), log *slog.Logger) {
 	people.OnSuspend = func(ctx context.Context, p *identity.Person, why string) {
+		ctx = context.WithoutCancel(ctx)
 		e := audit.Entry{Kind: vocab.KindApproverSuspended, Approver: p.Approver(),
 			IdPIssuer: p.Issuer, IdPSubject: p.Subject, IdPEmail: p.Email, IdPAuthTime: p.AuthTime.UTC().Format(time.RFC3339),
 			IdPGroups: p.Groups, Reason: why + "; approvals by their keys are refused until it does again"}
-		if _, err := rec.Append(context.WithoutCancel(ctx), e); err != nil {
+		if _, err := rec.Append(ctx, e); err != nil {
 			log.Error("cannot record an approver's suspension", "approver", e.Approver, "err", err)
 		}
 		log.Warn("approver suspended: the identity provider no longer gives them a role", "approver", e.Approver, "subject", p.Subject, "why", why)
+		ids, err := revoke(ctx, e.Approver, ProviderRevoker, "the identity provider no longer grants "+p.DisplayName()+" an approver role")
+		if err != nil {
+			// The guard still refuses the grants' uses while they lack the role.
+			log.Error("cannot revoke a suspended approver's standing grants", "approver", e.Approver, "err", err)
+		} else if len(ids) > 0 {
+			log.Warn("revoked a suspended approver's standing grants", "approver", e.Approver, "grants", ids)
+		}
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/store"
 
 	"github.com/countersign/countersign/config"
@@ -19,8 +20,10 @@ import (
 // Operations endpoints, on the approver listener and on the agent listener:
 //
 //	/healthz  200 while the process serves HTTP at all (liveness)
-//	/readyz   200 when it can do its work: the database takes a write, the
-//	          audit log passed its check at start, every configured upstream
+//	/readyz   200 when it can do its work: the database takes a write (one
+//	          that commits, so it needs the disk), the audit log passed its
+//	          check at start and its appends are stored (auditReadiness),
+//	          every configured upstream
 //	          is connected, no witness refuses the log; else 503 naming what
 //	          is not. A C2SP witness that lags (down, slow) is reported on
 //	          its line but keeps the server ready, since calls do not wait
@@ -65,12 +68,11 @@ func (s *Stack) readyz(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	type check struct{ name, err, note, warn string }
 	checks := []check{{name: "database"}, {name: "audit"}}
-	if err := s.dbProbe.writable(ctx); err != nil {
-		checks[0].err = "not writable: " + err.Error()
+	probed, dbErr := s.dbProbe.writable(ctx)
+	if dbErr != nil {
+		checks[0].err = "not writable: " + dbErr.Error()
 	}
-	if err := s.audit.Err(); err != nil {
-		checks[1].err = err.Error()
-	}
+	checks[1].err, checks[1].note = auditReadiness(s.audit, dbErr, probed)
 	if s.upstreams != nil {
 		up := map[string]bool{}
 		for _, st := range s.upstreams.Status() {
@@ -151,13 +153,35 @@ func (s *Stack) readyz(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// auditReadiness is the audit line of /readyz: failed when the log is
+// broken, or when its last append could not be stored and the database
+// has not taken a write since (dbErr, probed: the database probe's
+// result and when it ran). A log that failed and has written nothing
+// since, while the database takes writes again, is ready: it would
+// otherwise wait for traffic a failed probe keeps away.
+func auditReadiness(l *audit.Log, dbErr error, probed time.Time) (fail, note string) {
+	if err := l.Err(); err != nil {
+		return err.Error(), ""
+	}
+	wf := l.WriteErr()
+	if wf == nil {
+		return "", ""
+	}
+	since := wf.Since.UTC().Format(time.RFC3339)
+	if dbErr != nil || !probed.After(wf.Since) {
+		return fmt.Sprintf("cannot be written since %s: %v", since, wf.Err), ""
+	}
+	return "", fmt.Sprintf("appends failed from %s (%v); the database takes writes again", since, wf.Err)
+}
+
 // dbProbe checks that the database takes a write (on PostgreSQL, see
-// probePostgres): on one connection, with
-// a short busy timeout, it begins a write transaction, rewrites the
-// schema's user_version with its own value and rolls back. A read-only
-// file, a full or read-only file system, or a lock another process holds
-// fails it; nothing is ever changed. One probe runs at a time, and a
-// result is reused for a second, so probes cannot pile up on the writer.
+// probePostgres): on one connection, with a short busy timeout, it
+// begins a write transaction, rewrites the schema's user_version with
+// its own value and commits, so the page reaches the WAL: a rollback
+// would write nothing, and pass on a full disk. A read-only file, a full
+// or read-only file system, or a lock another process holds fails it;
+// no value ever changes. One probe runs at a time, and a result is
+// reused for a second, so probes cannot pile up on the writer.
 type dbProbe struct {
 	db *store.DB
 
@@ -168,15 +192,16 @@ type dbProbe struct {
 
 const probeBusyTimeout = 1000 // ms; the store's own is 10 s
 
-func (p *dbProbe) writable(ctx context.Context) error {
+// writable returns the latest probe's result and when it started.
+func (p *dbProbe) writable(ctx context.Context) (time.Time, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if time.Since(p.at) < time.Second {
-		return p.last
+		return p.at, p.last
 	}
-	p.last = p.probe(ctx)
 	p.at = time.Now()
-	return p.last
+	p.last = p.probe(ctx)
+	return p.at, p.last
 }
 
 func (p *dbProbe) probe(ctx context.Context) (err error) {
@@ -202,8 +227,10 @@ func (p *dbProbe) probe(ctx context.Context) (err error) {
 	if err := tx.QueryRowContext(ctx, "PRAGMA user_version").Scan(&v); err != nil {
 		return err
 	}
-	_, err = tx.ExecContext(ctx, fmt.Sprintf("PRAGMA user_version = %d", v))
-	return err
+	if _, err := tx.ExecContext(ctx, fmt.Sprintf("PRAGMA user_version = %d", v)); err != nil {
+		return err
+	}
+	return tx.Commit()
 }
 
 // probePostgres is the probe on PostgreSQL: a transaction that waits at

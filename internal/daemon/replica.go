@@ -65,6 +65,7 @@ func (s *Stack) lead(ctx context.Context, c *config.Config, log *slog.Logger) {
 			var wg sync.WaitGroup
 			wg.Go(func() { s.audit.CheckpointLoop(ctx, c.Audit.CheckpointEvery) })
 			wg.Go(func() { s.keepWitnesses(ctx, c, log) })
+			wg.Go(func() { s.exportAudit(ctx, c, log) })
 			wg.Wait()
 			if lctx.Err() == nil {
 				s.leading.Store(false) // lost, not shutting down

@@ -54,6 +54,7 @@ func Open(ctx context.Context, c *config.Config, opts Options) (_ *Daemon, err e
 	if d.lock, err = lockDataDir(c); err != nil {
 		return nil, err
 	}
+	httpAddr := c.HTTP.Addr // as the file says it, for reloads
 	if d.ln, err = openListeners(c, d.log); err != nil {
 		return nil, err
 	}
@@ -63,6 +64,7 @@ func Open(ctx context.Context, c *config.Config, opts Options) (_ *Daemon, err e
 	if d.stack, err = Assemble(ctx, c, opts); err != nil {
 		return nil, err
 	}
+	d.stack.reloads.httpAddr, d.stack.reloads.pageAddr = httpAddr, d.ln.page.Addr().String()
 	return d, nil
 }
 
@@ -112,6 +114,8 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	log.Info("approver page", "url", c.Approval.PublicURL, "listen", d.ln.page.Addr().String())
 	log.Info("countersign started", "version", d.opts.Version, "config", c.Source,
 		"data_dir", c.Server.DataDir, "tools", len(s.tools.Specs()))
+	stopReloads := d.reloadOnSignal(ctx)
+	defer stopReloads()
 	if d.ln.agents == nil {
 		return s.serveStdio(ctx, d.opts, log)
 	}

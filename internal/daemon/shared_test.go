@@ -13,7 +13,7 @@ import (
 // On SQLite the shared state stays in memory: every field is a nil
 // interface, which the guard, page and server read as "in memory".
 func TestReplicaSharedIsMemoryOnSQLite(t *testing.T) {
-	db := storetest.Connect(t, filepath.Join(t.TempDir(), store.FileName))
+	db := storetest.ConnectFile(t, filepath.Join(t.TempDir(), store.FileName))
 	sh, err := openReplicaShared(context.Background(), db)
 	if err != nil {
 		t.Fatal(err)

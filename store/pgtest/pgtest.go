@@ -70,39 +70,55 @@ type server struct {
 // ended first). Any failure fails t.
 func URL(t testing.TB) string {
 	t.Helper()
+	u, drop, err := Database()
+	if err != nil {
+		t.Fatalf("pgtest: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := drop(); err != nil {
+			t.Errorf("pgtest: %v", err)
+		}
+	})
+	return u
+}
+
+// Database is URL for programs that are not tests (bench/csbench): it
+// creates an empty database on the same server and returns its URL and
+// what drops it. The program calls Stop before it exits.
+func Database() (dbURL string, drop func() error, err error) {
 	once.Do(func() { cluster, failed = start() })
 	if failed != nil {
-		t.Fatalf("pgtest: %v", failed)
+		return "", nil, failed
 	}
 	ctx := context.Background()
 	admin, err := pgx.Connect(ctx, cluster.adminURL)
 	if err != nil {
-		t.Fatalf("pgtest: connect to the test server: %v", err)
+		return "", nil, fmt.Errorf("connect to the test server: %w", err)
 	}
 	defer admin.Close(ctx)
 	b := make([]byte, 8)
 	rand.Read(b)
 	name := "cs_test_" + hex.EncodeToString(b)
 	if _, err := admin.Exec(ctx, "CREATE DATABASE "+name); err != nil {
-		t.Fatalf("pgtest: create a test database: %v", err)
+		return "", nil, fmt.Errorf("create a test database: %w", err)
 	}
-	t.Cleanup(func() {
+	u, err := url.Parse(cluster.adminURL)
+	if err != nil {
+		return "", nil, err
+	}
+	u.Path = "/" + name
+	drop = func() error {
 		admin, err := pgx.Connect(ctx, cluster.adminURL)
 		if err != nil {
-			t.Errorf("pgtest: drop database %s: %v", name, err)
-			return
+			return fmt.Errorf("drop database %s: %w", name, err)
 		}
 		defer admin.Close(ctx)
 		if _, err := admin.Exec(ctx, "DROP DATABASE "+name+" WITH (FORCE)"); err != nil {
-			t.Errorf("pgtest: drop database %s: %v", name, err)
+			return fmt.Errorf("drop database %s: %w", name, err)
 		}
-	})
-	u, err := url.Parse(cluster.adminURL)
-	if err != nil {
-		t.Fatalf("pgtest: %v", err)
+		return nil
 	}
-	u.Path = "/" + name
-	return u.String()
+	return u.String(), drop, nil
 }
 
 // Stop stops the cluster this binary started, if any, and removes its

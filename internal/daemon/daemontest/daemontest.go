@@ -16,6 +16,8 @@ import (
 	"github.com/countersign/countersign"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/store"
+	"github.com/countersign/countersign/store/storetest"
 	"github.com/countersign/countersign/vocab"
 )
 
@@ -45,7 +47,25 @@ func Config(t testing.TB, edit func(*config.Config)) *config.Config {
 	if edit != nil {
 		edit(c)
 	}
+	if storetest.Dialect() == store.PostgreSQL && c.Store.URL == "" {
+		onPostgres(t, c)
+	}
 	return c
+}
+
+// onPostgres points c at the PostgreSQL database standing in for its
+// data directory's file (storetest.Target: configurations sharing a
+// data directory share it), as storetest's EnvStore asks, with a server
+// key made beforehand in the data directory, as an operator makes one
+// with `countersign audit keygen` for every replica.
+func onPostgres(t testing.TB, c *config.Config) {
+	t.Helper()
+	c.Store.URL = storetest.Target(t, filepath.Join(c.Server.DataDir, store.FileName))
+	if c.Audit.KeyFile == "" {
+		if _, err := audit.LoadOrCreateKey(c.Server.DataDir); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 // Logger logs at level and above into the test's log, so a failing test
