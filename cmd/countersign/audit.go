@@ -378,10 +378,11 @@ func newAuditPubkeyCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			key, err := daemon.ServerKey(c)
+			key, release, err := daemon.ServerSigner(c)
 			if err != nil {
 				return err
 			}
+			defer release()
 			fmt.Fprintln(cmd.OutOrStdout(), audit.PublicKeyText(key.Public().(ed25519.PublicKey)))
 			return nil
 		},
@@ -417,6 +418,7 @@ func newAuditKeygenCmd() *cobra.Command {
 // runs (daemon.RotateKey says why offline).
 func newAuditRotateKeyCmd() *cobra.Command {
 	var reason string
+	var to rotateTarget
 	cmd := &cobra.Command{
 		Use:   "rotate-key",
 		Short: "Replace the server signing key (server stopped); the log records the hand-over, signed by both keys",
@@ -431,7 +433,12 @@ server first; it is refused while one holds the data directory.`,
 			if err != nil {
 				return err
 			}
-			previous, next, err := daemon.RotateKey(cmd.Context(), c, reason, audit.Options{Logger: warnings(cmd)})
+			var previous, next string
+			if to.Token != "" || to.Key != "" {
+				previous, next, err = rotateToToken(cmd, c, to, reason)
+			} else {
+				previous, next, err = daemon.RotateKey(cmd.Context(), c, reason, audit.Options{Logger: warnings(cmd)})
+			}
 			if err != nil {
 				return err
 			}
@@ -441,5 +448,6 @@ server first; it is refused while one holds the data directory.`,
 		},
 	}
 	cmd.Flags().StringVar(&reason, "reason", "", "why the key is rotated, recorded in the entry")
+	to.flags(cmd)
 	return cmd
 }

@@ -24,16 +24,21 @@ func OpenAudit(ctx context.Context, c *config.Config, opts audit.Options) (*stor
 	if err != nil {
 		return nil, nil, err
 	}
-	key, err := ServerKey(c)
+	// A token key's session lives as long as the process: the log signs
+	// through it until the end.
+	key, release, err := ServerSigner(c)
 	if err == nil {
-		err = claimServerKey(ctx, db, key)
+		if err = claimServerKey(ctx, db, key); err != nil {
+			release()
+		}
 	}
 	if err != nil {
 		db.Close()
 		return nil, nil, err
 	}
-	log, err := auditpg.Open(ctx, db, key, opts)
+	log, err := auditpg.OpenSigner(ctx, db, key, opts)
 	if log == nil {
+		release()
 		db.Close()
 		return nil, nil, fmt.Errorf("audit log: %w", err)
 	}

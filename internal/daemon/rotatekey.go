@@ -48,6 +48,14 @@ func retiredTokenKeys(c *config.Config, now time.Time) ([]token.RetiredKey, erro
 		if !now.Before(until) {
 			continue
 		}
+		if strings.HasSuffix(f, retiredTokenPub) { // a token key's (rotatetoken.go)
+			pub, err := retiredTokenPubKey(f)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, token.RetiredKey{Public: pub, Until: until})
+			continue
+		}
 		server, err := audit.LoadKey(f)
 		if err != nil {
 			return nil, err
@@ -76,6 +84,9 @@ func retiredTokenKeys(c *config.Config, now time.Time) ([]token.RetiredKey, erro
 // moved, the server refuses the old key (the log names the new one in
 // force); moving <key>.next to <key> finishes the rotation.
 func RotateKey(ctx context.Context, c *config.Config, reason string, opts audit.Options) (previous, next string, err error) {
+	if c.Audit.PKCS11.Enabled() {
+		return "", "", errors.New("the server key is in a PKCS #11 token (audit.pkcs11): rotate to another token key with --to-pkcs11")
+	}
 	if c.Store.URL != "" {
 		return "", "", errors.New("audit rotate-key works on SQLite data directories only so far; " +
 			"on PostgreSQL every replica shares one key (audit.key_file, recorded in server_key): see README, Key rotation")
