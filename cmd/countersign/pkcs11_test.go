@@ -164,3 +164,71 @@ func TestServeWithTheServerKeyInSoftHSM(t *testing.T) {
 		t.Error("the export verified from the token's key, which did not sign its beginning")
 	}
 }
+
+// What config validate and serve refuse of audit.pkcs11, each with the
+// reason; and a rotation from one token key to another.
+func TestTokenKeyRefusalsAndATokenToTokenRotation(t *testing.T) {
+	softToken(t)
+	s := newSite(t, nil)
+	s.bin = binPath
+	first := strings.TrimSpace(s.cli("audit", "pubkey"))
+	s.cli("audit", "rotate-key", "--to-module", softhsmModule, "--to-token", "countersign", "--to-key", "server", "--generate")
+	if out := s.fails(nil, "audit", "rotate-key", "--to-module", softhsmModule, "--to-token", "countersign", "--to-key", "server", "--generate"); !strings.Contains(out, `holds a key labelled "server" already`) {
+		t.Errorf("generating over an existing label: %s", out)
+	}
+
+	// An RSA key in the token, to be refused by type.
+	pem := filepath.Join(t.TempDir(), "rsa.pem")
+	if out, err := exec.Command("openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", pem).CombinedOutput(); err != nil {
+		t.Fatalf("openssl: %v\n%s", err, out)
+	}
+	softhsm(t, "--import", pem, "--token", "countersign", "--label", "rsa", "--id", "0a", "--pin", "1234")
+
+	for _, c := range []struct {
+		name string
+		key  config.AuditPKCS11
+		file string
+		want string
+	}{
+		{"module missing", config.AuditPKCS11{Module: "/nonexistent/libpkcs11.so", Token: "countersign", Key: "server", PINEnv: config.DefaultPINEnv}, "", "audit.pkcs11.module"},
+		{"token not found", config.AuditPKCS11{Module: softhsmModule, Token: "elsewhere", Key: "server", PINEnv: config.DefaultPINEnv}, "", `no such token labelled "elsewhere"`},
+		{"key not found", tokenKey("nobody"), "", `no private key labelled "nobody"`},
+		{"wrong key type", tokenKey("rsa"), "", `key "rsa" is not an Ed25519 key`},
+		{"both key_file and pkcs11", tokenKey("server"), filepath.Join(s.cfg.Server.DataDir, "server.key"), "audit.key_file and audit.pkcs11 both name the server key"},
+	} {
+		s.cfg.Audit.KeyFile = c.file
+		s.useKey(c.key)
+		if out := s.fails(nil, "config", "validate"); !strings.Contains(out, c.want) {
+			t.Errorf("%s: config validate says\n%s\nwant %q", c.name, out, c.want)
+		}
+	}
+	s.cfg.Audit.KeyFile = ""
+	s.useKey(tokenKey("server"))
+	s.cli("config", "validate")
+	if out := s.fails([]string{config.DefaultPINEnv + "=0000"}, "serve", "--http", "127.0.0.1:0"); !strings.Contains(out, "CKR_PIN_INCORRECT") {
+		t.Errorf("serve with a wrong PIN:\n%s", out)
+	}
+	if out := s.fails([]string{config.DefaultPINEnv + "="}, "serve", "--http", "127.0.0.1:0"); !strings.Contains(out, "$"+config.DefaultPINEnv+" (audit.pkcs11.pin_env), which is not set") {
+		t.Errorf("serve without a PIN:\n%s", out)
+	}
+
+	// From one token key to another: the log follows, and the key set
+	// keeps the token keys of both retired keys for their tokens' lifetime.
+	second := strings.TrimSpace(s.cli("audit", "rotate-key", "--to-token", "countersign", "--to-key", "second", "--generate", "--reason", "yearly"))
+	s.useKey(tokenKey("second"))
+	if got := strings.TrimSpace(s.cli("audit", "pubkey")); got != second {
+		t.Fatalf("audit pubkey %s after rotating to %s", got, second)
+	}
+	if n := strings.Count(s.cli("token", "jwks"), `"kid"`); n != 3 {
+		t.Errorf("token jwks after two rotations lists %d keys, want 3", n)
+	}
+	export := filepath.Join(t.TempDir(), "log.jsonl")
+	s.cli("audit", "export", "--out", export)
+	body, _ := os.ReadFile(export)
+	if n := strings.Count(string(body), `"kind":"key.rotated"`); n != 2 {
+		t.Fatalf("export has %d key.rotated entries, want 2", n)
+	}
+	if out := s.cli("audit", "verify", export, "--key", first); !strings.HasPrefix(out, "OK:") {
+		t.Fatalf("verify from the file key: %s", out)
+	}
+}
