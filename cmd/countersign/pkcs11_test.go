@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"os"
@@ -231,4 +232,33 @@ func TestTokenKeyRefusalsAndATokenToTokenRotation(t *testing.T) {
 	if out := s.cli("audit", "verify", export, "--key", first); !strings.HasPrefix(out, "OK:") {
 		t.Fatalf("verify from the file key: %s", out)
 	}
+}
+
+// The token removed under a running server: appends fail closed (the call
+// is refused, nothing runs unrecorded) and /readyz says why.
+func TestTokenRemovedFailsClosed(t *testing.T) {
+	softToken(t)
+	s := newSite(t, nil)
+	s.bin = binPath
+	s.cli("audit", "rotate-key", "--to-module", softhsmModule, "--to-token", "countersign", "--to-key", "server", "--generate")
+	s.useKey(tokenKey("server"))
+	n := s.start()
+	cs := n.agent()
+	checkBalance(t, cs)
+	softhsm(t, "--delete-token", "--token", "countersign")
+	res, err := cs.CallTool(t.Context(), &sdk.CallToolParams{Name: "get_balance", Arguments: map[string]any{"account": "operating"}})
+	if err == nil && !res.IsError {
+		t.Fatalf("a call ran with the server key's token removed: %+v", res)
+	}
+	u, _ := url.Parse(n.mcp)
+	resp, err := http.Get(u.Scheme + "://" + u.Host + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), "FAIL  audit") {
+		t.Fatalf("/readyz with the token removed: %d\n%s", resp.StatusCode, body)
+	}
+	t.Logf("/readyz:\n%s", body)
 }
