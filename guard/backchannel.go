@@ -189,7 +189,7 @@ func (g *Guard) Raise(ctx context.Context, b Backchannel) (*approval.Request, er
 	r, err := g.createRequest(ctx, approval.NewRequest{
 		Tool: b.Tool, Agent: b.Agent, Args: canon,
 		AuthorizationDetails: b.Details, Summary: b.Summary,
-		Level: d.Level, Rule: entry.Rule, Approvers: approvers, Quorum: d.Quorum,
+		Level: d.Level, Rule: entry.Rule, PolicySHA256: d.PolicySHA256, Approvers: approvers, Quorum: d.Quorum,
 		UserVerification: d.UserVerification, Timeout: timeout, RedactArgs: conf.RedactArgs,
 		Wait: approval.WaitBackchannel,
 	})

@@ -144,6 +144,51 @@ func TestSIGHUPReloadsPolicyWhileACallWaits(t *testing.T) {
 	n.term()
 }
 
+// A poll-mode transfer raised under one policy and approved after a
+// reload runs with nobody holding its call, from the request as stored:
+// every entry of it that names a policy names the one that raised it,
+// not the one in force when it ran, and the export verifies.
+func TestPollModeRequestApprovedAfterAReloadNamesThePolicyThatRaisedIt(t *testing.T) {
+	s := newSite(t, pollModeFor("transfer"))
+	n := s.start()
+	cs := n.agent()
+	if res := servertest.CallTool(t, cs, "transfer", bigTransfer); res.IsError || !strings.Contains(servertest.ResultText(res), "auth_req_id") {
+		t.Fatalf("a poll-mode transfer: %s", servertest.ResultText(res))
+	}
+	id := n.waitPending(1)[0]
+
+	s.rewrite(func(c *config.Config) {
+		gb := c.Tools["get_balance"] // another policy; the transfer still needs alice
+		gb.Level = vocab.LevelDeny
+		c.Tools["get_balance"] = gb
+	})
+	if line := n.hup(); line["msg"] != "configuration reloaded" {
+		t.Fatalf("reload: %v", line)
+	}
+	n.decide(id, "approve")
+	n.waitState(id, vocab.StateExecuted)
+
+	ex := s.exportAndVerify()
+	policies := ex.policies()
+	if len(policies) != 2 || policies[0] == policies[1] {
+		t.Fatalf("policy.loaded entries: %v, want the start's and the reload's", policies)
+	}
+	named := 0
+	for _, e := range ex.entries {
+		if e.RequestID != id || e.PolicySHA256 == "" {
+			continue
+		}
+		named++
+		if e.PolicySHA256 != policies[0] {
+			t.Errorf("%s of the transfer names policy %s, want the one that raised it, %s (the reload's is %s)", e.Kind, e.PolicySHA256, policies[0], policies[1])
+		}
+	}
+	if named != 2 { // approval.requested and call.executed
+		t.Errorf("%d entries of the transfer name a policy, want 2 (approval.requested, call.executed)", named)
+	}
+	n.term()
+}
+
 func decidedEntry(k vocab.Kind) bool {
 	return k == vocab.KindApprovalRequested || k == vocab.KindCallExecuted
 }
