@@ -32,10 +32,14 @@ import (
 //   - the approvers: approval.Service.SetApprovers;
 //   - the agents' static tokens: server.Server.SetAgents;
 //   - per-tool settings and the pending and rate limits: guard.Reconfigure;
-//   - the notification channels: liveNotify.
+//   - the notification channels: liveNotify;
+//   - the upstreams: upstream.Manager.Prepare starts those added or
+//     changed before anything else changes (one that cannot start refuses
+//     the file), Commit puts them in force and retires the removed and
+//     replaced ones once their calls under way have answered.
 //
 // Everything else (listen addresses, the data directory, the store, keys,
-// upstreams, the approver page's origins, which built-in tools exist …)
+// the approver page's origins, which built-in tools exist …)
 // is fixed at start: a file that changes any of it is refused whole, and
 // the refusal names each setting; the running configuration stays.
 
@@ -121,10 +125,17 @@ func (s *Stack) Reload(ctx context.Context, c *config.Config, log *slog.Logger) 
 	for _, a := range c.Approvers {
 		approvers = append(approvers, approval.Approver{ID: a.ID, Name: a.Name, Roles: a.Roles})
 	}
+	// The upstreams it adds or changes start before anything changes: one
+	// that cannot start refuses the file.
+	ups, err := s.upstreams.Prepare(ctx, c.Upstreams)
+	if err != nil {
+		return &ReloadError{fmt.Errorf("%s: upstreams: %w", c.Source, err)}
+	}
 	// Recorded before it decides anything: every decision names a policy
 	// an earlier policy.loaded carries.
 	sum, err := logPolicy(ctx, s.audit, c)
 	if err != nil {
+		ups.Abort()
 		return fmt.Errorf("reload: recording the policy, the running configuration stays: %w", err)
 	}
 	s.approvals.SetApprovers(approvers) // config checked their ids
@@ -132,7 +143,13 @@ func (s *Stack) Reload(ctx context.Context, c *config.Config, log *slog.Logger) 
 	s.server.SetAgents(c.HTTP.Agents)
 	s.guard.Reconfigure(c.Tools, guardLimits(c))
 	s.swapNotifier(c, log)
+	ups.Commit(namesPolicy(c))
+	s.ciba.SetUpstreams(c.Upstreams)
+	if ups.Changed() {
+		warnUnknownUpstreamTools(c, s.upstreams, s.tools, log.With("component", "upstream"))
+	}
 	r.cfg = c
+	s.inForce.Store(c)
 	return nil
 }
 
@@ -164,7 +181,7 @@ func (s *Stack) swapNotifier(c *config.Config, log *slog.Logger) {
 
 // liveSettings are the settings a reload changes in place: RestartOnly
 // does not compare them.
-var liveSettings = []string{"approvers", "tools", "notify", "http.agents", "approval.timeout",
+var liveSettings = []string{"approvers", "tools", "notify", "http.agents", "approval.timeout", "upstreams",
 	"limits.pending_per_agent", "limits.pending_total", "limits.calls_per_second", "limits.call_burst"}
 
 // RestartOnly names the settings that differ between old and c and change
