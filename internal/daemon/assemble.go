@@ -220,7 +220,6 @@ func (s *Stack) newGuard(ctx context.Context, policy *authz.Policy, recorder met
 		Owner: s.replicaOwner(), Owned: s.ownedEntries(),
 		Tools: c.Tools, Logger: log.With("component", "guard"), Freezes: s.approvals,
 		SharedUsage: s.shared.usage, People: s.people,
-		MaxArgBytes: c.Limits.MaxArgBytes, MaxArgDepth: c.Limits.MaxArgDepth,
 		Limits:   guardLimits(c),
 		BlockFor: blockFor(c, log),
 	})
