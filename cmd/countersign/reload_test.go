@@ -149,6 +149,7 @@ func TestSIGHUPReloadsPolicyWhileACallWaits(t *testing.T) {
 // every entry of it that names a policy names the one that raised it,
 // not the one in force when it ran, and the export verifies.
 func TestPollModeRequestApprovedAfterAReloadNamesThePolicyThatRaisedIt(t *testing.T) {
+	t.Parallel() // a site and processes of its own
 	s := newSite(t, pollModeFor("transfer"))
 	n := s.start()
 	cs := n.agent()

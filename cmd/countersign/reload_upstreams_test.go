@@ -25,6 +25,7 @@ import (
 // process. One that cannot start refuses the reload, naming it, and the
 // running one stays. Removed, its tools go and a call to one is refused.
 func TestSIGHUPStartsChangesAndStopsUpstreams(t *testing.T) {
+	t.Parallel() // a site and processes of its own: it may overlap the TypeScript client's wait
 	server := filesystemServer(t)
 	roots := [2]string{}
 	for i := range roots {
