@@ -57,6 +57,12 @@ func (c *conn) connect(ctx context.Context) error {
 		return err
 	}
 	c.mu.Lock()
+	if c.retired {
+		// Reconnected while a reload retired it: nobody would close it.
+		c.mu.Unlock()
+		session.Close()
+		return errors.New("retired by a reload")
+	}
 	c.session, c.lastErr = session, nil
 	c.mu.Unlock()
 	c.log.Info("upstream connected", "tools", c.offeredCount())

@@ -115,10 +115,11 @@ func (r *Reload) Commit(policy func(exposed string) bool) {
 	}
 	for _, c := range r.started {
 		// Pinned on a first connection, compared with the pins (held if
-		// they differ) otherwise, as at a start. A failure offers nothing
-		// and the keeping below lists again on the next list_changed.
+		// they differ) otherwise, as at a start. A failure (the pins
+		// unreadable) offers nothing; the keeping below lists again on
+		// the next list_changed.
 		if err := c.settle(m.life, true); err != nil {
-			c.log.Error("upstream started by a reload offers no tools: its listing could not be compared with its pins", "err", err)
+			c.log.Error("upstream started by a reload offers no tools", "err", err)
 		} else {
 			c.log.Info("upstream started by a reload", "tools", c.offeredCount())
 		}
