@@ -121,3 +121,31 @@ func waitRecorded(t *testing.T, record, event string) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// Pins hold across a reload: an upstream replaced by a reload is compared
+// with the pins its predecessor made, so its unchanged tools stay offered
+// and the tools it newly lists are held until an admin accepts them, as
+// after a restart.
+func TestReloadedUpstreamIsComparedWithItsPins(t *testing.T) {
+	p := openPins(t)
+	u, _ := stdioUpstream(t, "notes")
+	m, cat := startPinned(t, u, p)
+	if !offered(cat, "notes__read_note") {
+		t.Fatal("read_note not offered on the first connection")
+	}
+	mutable := u
+	mutable.Env = map[string]string{upstreamtest.EnvMutable: "1"}
+	for k, v := range u.Env {
+		mutable.Env[k] = v
+	}
+	reload(t, m, mutable)
+	if !offered(cat, "notes__read_note") || !offered(cat, "notes__write_note") {
+		t.Error("the replaced upstream's pinned tools are not offered")
+	}
+	if !held(cat, "notes__rug") || !held(cat, "notes__mutate") {
+		t.Errorf("tools the replaced upstream newly lists: rug held %v, mutate held %v; want both held", held(cat, "notes__rug"), held(cat, "notes__mutate"))
+	}
+	if n := p.changesOf(t); n["notes__rug"] != 1 || n["notes__read_note"] != 0 {
+		t.Errorf("tool.changed entries %v: want one for rug and none for read_note", n)
+	}
+}
