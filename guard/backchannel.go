@@ -363,7 +363,7 @@ func (g *Guard) Redeem(ctx context.Context, tool, id, agent string) (*approval.P
 	if err != nil {
 		return fail("cannot read the request: " + err.Error())
 	}
-	entry.Rule = stored.Rule
+	entry.Rule, entry.PolicySHA256 = stored.Rule, stored.PolicySHA256 // the policy that raised it, not one a reload put in force since
 	if !g.now().Before(r.ExpiresAt) {
 		// Approved in time, but the auth_req_id lives only until
 		// expires_at (CIBA): an exchange after that gets expired_token.
