@@ -353,10 +353,6 @@ func (g *Guard) Redeem(ctx context.Context, tool, id, agent string) (*approval.P
 		}
 		return nil, "", errors.New(reason)
 	}
-	ev, err := g.opts.Evidence.Evidence(ctx, id)
-	if err != nil {
-		return fail("cannot read the approval: " + err.Error())
-	}
 	// The record names the rules that decided, as a tool call's does, so
 	// that replay can hold it to the policy.
 	stored, err := g.opts.Runs.Stored(ctx, id)
@@ -364,6 +360,10 @@ func (g *Guard) Redeem(ctx context.Context, tool, id, agent string) (*approval.P
 		return fail("cannot read the request: " + err.Error())
 	}
 	entry.Rule, entry.PolicySHA256 = stored.Rule, stored.PolicySHA256 // the policy that raised it, not one a reload put in force since
+	ev, err := g.opts.Evidence.Evidence(ctx, id)
+	if err != nil {
+		return fail("cannot read the approval: " + err.Error())
+	}
 	if !g.now().Before(r.ExpiresAt) {
 		// Approved in time, but the auth_req_id lives only until
 		// expires_at (CIBA): an exchange after that gets expired_token.
