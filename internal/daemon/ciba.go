@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/ciba"
@@ -43,7 +44,11 @@ func TokenSigner(c *config.Config) (*token.Signer, error) {
 	if err != nil {
 		return nil, err
 	}
-	return token.NewSigner(key, Issuer(c), token.SignerOptions{})
+	retired, err := retiredTokenKeys(c, time.Now())
+	if err != nil {
+		return nil, fmt.Errorf("retired server keys: %w", err)
+	}
+	return token.NewSigner(key, Issuer(c), token.SignerOptions{Retired: retired})
 }
 
 // cibaRoutes are the CIBA endpoints, discovery and the key set, for the
