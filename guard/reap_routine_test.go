@@ -171,3 +171,118 @@ func routineOutcomes(t *testing.T, l *audit.Log, key ed25519.PrivateKey) map[str
 	}
 	return out
 }
+
+// markOf reads the routine-call mark of owner, and whether it exists.
+func markOf(t *testing.T, db *store.DB, owner string) (int64, bool) {
+	t.Helper()
+	v, ok, err := store.Marks{DB: db}.Mark(context.Background(), RoutineMark(owner))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v, ok
+}
+
+// A dead replica leaves a routine call open. While it is open, the
+// reaper's forgetting keeps the replica's row and its routine-call mark
+// (the next reap settles the call from the mark); once the reap settled
+// it, forgetting deletes both, in one transaction, and reaping again
+// finds nothing to do and writes no mark back.
+func TestForgettingADeadReplicaDeletesItsRoutineMarkOnceItsCallsAreSettled(t *testing.T) {
+	ctx := context.Background()
+	db := storetest.Connect(t, pgtest.URL(t))
+	w := newWorldOn(t, db)
+	w.policy.d = authz.Decision{Level: vocab.LevelLow}
+	key := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{8}, ed25519.SeedSize))
+	owners, err := store.OwnersFor(ctx, db, store.OwnerOptions{Heartbeat: 200 * time.Millisecond, Grace: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.ExecContext(ctx, `INSERT INTO replicas (id, seen_at) VALUES ('dead-1', now() - interval '1 minute')`); err != nil {
+		t.Fatal(err)
+	}
+	replica := func(owner string, recovery Recovery) (*Guard, *audit.Log) {
+		l, err := auditpg.Open(ctx, db, key, audit.Options{Owner: owner})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { l.Close() })
+		g := New(Options{Catalog: w.cat, Policy: w.policy, Audit: l, History: l, Marks: store.Marks{DB: db},
+			Recovery: recovery, Owner: owner, Owned: auditpg.Owned{DB: db}, Tools: map[string]config.Tool{}})
+		t.Cleanup(g.Close)
+		if err := g.Resume(ctx); err != nil {
+			t.Fatal(err)
+		}
+		return g, l
+	}
+	dead, _ := replica("dead-1", nil)
+	if _, ok := markOf(t, db, "dead-1"); !ok {
+		t.Fatal("a replica that started has no routine-call mark")
+	}
+	hold := w.book.holdRuns(t)
+	called := make(chan struct{})
+	go func() {
+		defer close(called)
+		dead.Handle(ctx, Call{Tool: "note", Agent: "bot", Args: map[string]any{"note": "dead"}})
+	}()
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		seqs, err := auditpg.Owned{DB: db}.Owned(ctx, "dead-1", 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(seqs) > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the dead replica's routine call was not allowed")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	for deadline := time.Now().Add(10 * time.Second); !owners.Dead("dead-1"); {
+		if time.Now().After(deadline) {
+			t.Fatal("the replica that died is never told dead")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	svc, err := approval.New(ctx, db, w.log, approval.Options{RPID: "localhost", Origins: []string{origin},
+		Approvers: []approval.Approver{{ID: "alice"}}, Owners: owners})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { svc.Close() })
+	reaper, log := replica("reaper-1", svc)
+	owners.AlsoForget(auditpg.Owned{DB: db}.ForgetMark(RoutineMark)) // as the daemon wires it
+
+	// Its call is still open: neither its row nor its mark may go.
+	if gone, err := svc.ForgetReplicas(ctx, []string{"dead-1"}); err != nil || len(gone) != 0 {
+		t.Fatalf("forgetting a dead replica with a routine call open: forgot %v (%v), want nothing", gone, err)
+	}
+	if _, ok := markOf(t, db, "dead-1"); !ok {
+		t.Fatal("the mark of a dead replica with a routine call open was deleted")
+	}
+
+	if err := reaper.Reap(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Its held run ends; fenced, it records nothing.
+	hold()
+	<-called
+	if got := routineOutcomes(t, log, key)["dead"]; len(got) != 1 {
+		t.Fatalf("the dead replica's call after the reap: outcomes %q, want the reaper's one", got)
+	}
+	if gone, err := svc.ForgetReplicas(ctx, []string{"dead-1"}); err != nil || len(gone) != 1 {
+		t.Fatalf("forgetting a dead replica whose calls are settled: forgot %v (%v), want it", gone, err)
+	}
+	if v, ok := markOf(t, db, "dead-1"); ok {
+		t.Fatalf("the forgotten replica's routine-call mark is still there (at %d)", v)
+	}
+	var rows int
+	if err := db.QueryRowContext(ctx, `SELECT COUNT(*) FROM replicas WHERE id = 'dead-1'`).Scan(&rows); err != nil || rows != 0 {
+		t.Fatalf("the forgotten replica's row: %d (%v)", rows, err)
+	}
+	if err := reaper.Reap(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := markOf(t, db, "dead-1"); ok {
+		t.Fatal("reaping after the forget wrote the forgotten replica's mark back")
+	}
+}

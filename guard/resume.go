@@ -303,7 +303,7 @@ func (g *Guard) reconcileRoutine(ctx context.Context) error {
 	}
 	if g.opts.Owner != "" {
 		// The reaper settles this replica's calls from here should it die.
-		if err := g.opts.Marks.SetMark(ctx, ownerMark(g.opts.Owner), last); err != nil {
+		if err := g.opts.Marks.SetMark(ctx, RoutineMark(g.opts.Owner), last); err != nil {
 			return err
 		}
 	}
@@ -440,7 +440,7 @@ func (g *Guard) advanceMark(ctx context.Context) {
 		return
 	}
 	if g.opts.Owner != "" {
-		if err := g.opts.Marks.SetMark(ctx, ownerMark(g.opts.Owner), mark); err != nil {
+		if err := g.opts.Marks.SetMark(ctx, RoutineMark(g.opts.Owner), mark); err != nil {
 			g.log.Warn("cannot move this replica's routine-call mark", "err", err)
 			return
 		}
