@@ -209,7 +209,7 @@ func (g *Guard) decideActionsShared(ctx context.Context, b Backchannel, d authz.
 		if r != nil {
 			counted = append(counted, r)
 		}
-		d = combine(d, a.Tool, ad)
+		d = authz.Combine(d, a.Tool, ad)
 	}
 	return d, counted
 }
