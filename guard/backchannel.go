@@ -207,6 +207,13 @@ func (g *Guard) Raise(ctx context.Context, b Backchannel) (*approval.Request, er
 		"level", d.Level, "auth_req_id", r.ID, "code", r.Code, "url", r.URL)
 	if len(counted) > 0 {
 		keep = true
+		for i, c := range counted {
+			if c != nil && c.shared {
+				// A replica that finds this one dead rebuilds the same
+				// share under the same id (shares.ofActions): given back once.
+				c.id = actionCallID(r.ID, i)
+			}
+		}
 		go g.countWhileLive(r.ID, counted)
 	}
 	return r, nil

@@ -383,3 +383,126 @@ func TestReapGivesBackADeadReplicasRoutineCallThatNeverRan(t *testing.T) {
 	wantSum(t, windows, "transfer", 0, 0, "after the dead replica's run failed too")
 	noRowBelowZero(t, db)
 }
+
+// waitSum waits for the shared windows to count calls moving amount of
+// bot's tool: a share held by a watcher goes back when it sees its
+// request end.
+func waitSum(t *testing.T, windows *store.UsageWindows, tool string, calls, amount float64, when string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		got := agentSum(t, windows, tool)
+		if got.Calls == calls && got.Amount == amount {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: the windows count %v calls of %s moving %v, want %v moving %v", when, got.Calls, tool, got.Amount, calls, amount)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// A replica dies with two CIBA requests waiting, each paying Acme in a
+// transfer action counted in the shared windows. The reaper and a
+// replica starting beside it both hold their shares, rebuilt from the
+// amounts kept for the actions. The one denied is given back, once
+// though both hold it; the one approved and then redeemed by its client
+// on another replica keeps counting, as an executed call does. Later
+// starts count nothing again.
+func TestADeadReplicasCIBARequestsGiveTheirSharesBackOnceWhenTheyEndWithoutAToken(t *testing.T) {
+	w, windows := newUsageWorld(t, "poll")
+	conf := map[string]config.Tool{
+		"transfer": {Level: vocab.LevelLow, Approvers: []string{"alice"}, Rules: sumRule},
+		"ciba":     {Level: vocab.LevelHigh, Approvers: []string{"alice"}},
+	}
+	pol, err := authz.Compile(conf, []config.Approver{{ID: "alice"}}, authz.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tune := w.tune
+	w.tune = func(o *Options) { tune(o); o.Policy, o.Tools = pol, conf }
+	ctx := context.Background()
+	p1 := w.start()
+	if err := p1.g.Resume(ctx); err != nil {
+		t.Fatal(err)
+	}
+	p2 := w.start()
+	if err := p2.g.Resume(ctx); err != nil {
+		t.Fatal(err)
+	}
+	raise := func(amount float64) string {
+		t.Helper()
+		call, err := p1.g.PrepareAction(ctx, "transfer", map[string]any{"amount": amount})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := Backchannel{Tool: "ciba", Agent: "bot", Args: map[string]any{"binding_message": "pay", "amount": amount},
+			Details: json.RawMessage(`[{"type":"payment"}]`), Summary: "pay Acme",
+			Actions: []Action{{Tool: "transfer", Call: call}}}
+		r, err := p1.g.Raise(ctx, b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.ID
+	}
+	denied, redeemed := raise(120), raise(50)
+	wantSum(t, windows, "transfer", 2, 170, "while the requests wait")
+	p1.die()
+
+	if err := p2.g.Reap(ctx); err != nil {
+		t.Fatal(err)
+	}
+	p3 := w.start()
+	if err := p3.g.Resume(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := p2.g.Reap(ctx); err != nil { // reaping again holds nothing twice
+		t.Fatal(err)
+	}
+	wantSum(t, windows, "transfer", 2, 170, "resumed, still waiting")
+
+	w.deny(p2, denied)
+	waitSum(t, windows, "transfer", 1, 50, "one denied")
+	w.approve(p3, redeemed)
+	// Its client collects the token on p3 later (as Redeem does).
+	if err := p3.svc.BeginExecution(ctx, redeemed); err != nil {
+		t.Fatal(err)
+	}
+	rec := audit.Entry{Kind: vocab.KindCallExecuted, Agent: "bot", Tool: "ciba", RequestID: redeemed, Decision: string(vocab.LevelHigh)}
+	if err := p3.svc.Finish(ctx, redeemed, approval.Outcome{State: vocab.StateExecuted, Result: json.RawMessage(`{}`), Record: rec}); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []*process{p2, p3} {
+		w.waitState(p, redeemed, vocab.StateExecuted)
+	}
+	// Both watchers have seen it end (a wrong give-back is made by then).
+	for deadline := time.Now().Add(10 * time.Second); p2.g.watching() > 0 || p3.g.watching() > 0; {
+		if time.Now().After(deadline) {
+			t.Fatalf("still watched: %d by the reaper, %d by the start", p2.g.watching(), p3.g.watching())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	wantSum(t, windows, "transfer", 1, 50, "one denied, one redeemed")
+	p2.die()
+	p3.die()
+	for range 2 {
+		p := w.start()
+		if err := p.g.Resume(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := p.g.Reap(ctx); err != nil {
+			t.Fatal(err)
+		}
+		p.die()
+	}
+	wantSum(t, windows, "transfer", 1, 50, "after two restarts")
+	noRowBelowZero(t, w.db)
+}
+
+// watching is how many backchannel requests g holds shares of for a gone
+// process.
+func (g *Guard) watching() int {
+	g.parkMu.Lock()
+	defer g.parkMu.Unlock()
+	return len(g.watched)
+}

@@ -91,13 +91,16 @@ func (g *Guard) settleUnfinished(ctx context.Context, unfinished []approval.Unfi
 			// No tool runs for it; its client redeems the approval at
 			// the token endpoint. A claim the crash cut short never
 			// handed out a token (the token's record commits with the
-			// request's end).
+			// request's end). Its actions' shares are held here until
+			// it ends, given back if without a token.
+			counted := sh.ofActions(ctx, u)
 			if u.Claimed {
 				err := g.failClaimed(ctx, u, storedEntry(u), errors.New("the server stopped before the approval token was issued"))
 				if err != nil {
 					return fmt.Errorf("guard: settle request %s: %w", u.ID, err)
 				}
 			}
+			g.watchActions(u.ID, counted)
 			continue
 		}
 		if u.Claimed {
