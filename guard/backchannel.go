@@ -197,16 +197,7 @@ func (g *Guard) Raise(ctx context.Context, b Backchannel) (*approval.Request, er
 	if le := (*limitError)(nil); errors.As(err, &le) {
 		return nil, &Refusal{Reason: le.Error()}
 	}
-	if err != nil {
-		g.log.Error("cannot raise approval request", "tool", b.Tool, "err", err)
-		entry.Kind, entry.Reason = vocab.KindCallDenied, "cannot raise an approval request: "+err.Error()
-		g.record(ctx, entry)
-		return nil, fmt.Errorf("cannot raise an approval request: %w", err)
-	}
-	g.log.Info("approval required", "tool", b.Tool, "agent", b.Agent,
-		"level", d.Level, "auth_req_id", r.ID, "code", r.Code, "url", r.URL)
-	if len(counted) > 0 {
-		keep = true
+	if r != nil {
 		for i, c := range counted {
 			if c != nil && c.shared {
 				// A replica that finds this one dead rebuilds the same
@@ -214,6 +205,20 @@ func (g *Guard) Raise(ctx context.Context, b Backchannel) (*approval.Request, er
 				c.id = actionCallID(r.ID, i)
 			}
 		}
+	}
+	if err != nil {
+		g.log.Error("cannot raise approval request", "tool", b.Tool, "err", err)
+		entry.Kind, entry.Reason = vocab.KindCallDenied, "cannot raise an approval request: "+err.Error()
+		g.record(ctx, entry)
+		if keep = r != nil; keep { // stored, maybe, and its client never learns of it
+			g.abandon(r.ID, err, counted...)
+		}
+		return nil, fmt.Errorf("cannot raise an approval request: %w", err)
+	}
+	g.log.Info("approval required", "tool", b.Tool, "agent", b.Agent,
+		"level", d.Level, "auth_req_id", r.ID, "code", r.Code, "url", r.URL)
+	if len(counted) > 0 {
+		keep = true
 		go g.countWhileLive(r.ID, counted)
 	}
 	return r, nil
