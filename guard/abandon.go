@@ -1,6 +1,7 @@
 package guard
 
 import (
+	"encoding/json"
 	"errors"
 	"time"
 
@@ -41,7 +42,10 @@ func (g *Guard) abandon(id string, cause error, counted ...*reservation) {
 		// Approved before the cancellation landed: nobody runs it.
 		if u, err := g.opts.Runs.Stored(ctx, id); err == nil && u.State == vocab.StateApproved && !u.Claimed &&
 			g.opts.Runs.BeginExecution(ctx, id) == nil {
-			if err := g.failClaimed(ctx, *u, storedEntry(*u), cause); err != nil {
+			rec := storedEntry(*u)
+			rec.Kind, rec.Reason = vocab.KindCallFailed, "not run: its caller was told it failed: "+cause.Error()
+			result, _ := json.Marshal(map[string]string{"error": rec.Reason})
+			if err := g.opts.Runs.Finish(ctx, id, approval.Outcome{State: vocab.StateFailed, Result: result, Record: rec}); err != nil {
 				g.log.Error("cannot store approval outcome", "auth_req_id", id, "err", err)
 			}
 		}

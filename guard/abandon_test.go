@@ -52,6 +52,7 @@ func (d *downOnRequest) Append(ctx context.Context, e audit.Entry) (audit.Entry,
 // shared windows, its approval service recording through wrap(log).
 type outageReplica struct {
 	db      *store.DB
+	svc     *approval.Service
 	g       *Guard
 	log     *audit.Log
 	key     ed25519.PrivateKey
@@ -59,6 +60,12 @@ type outageReplica struct {
 }
 
 func newOutageReplica(t *testing.T, wrap func(*audit.Log) Recorder) *outageReplica {
+	return newGatedOutageReplica(t, wrap, nil)
+}
+
+// newGatedOutageReplica is newOutageReplica whose guard cancels requests
+// only once gate is closed (nil: at once).
+func newGatedOutageReplica(t *testing.T, wrap func(*audit.Log) Recorder, gate chan struct{}) *outageReplica {
 	t.Helper()
 	ctx := context.Background()
 	db := storetest.Connect(t, pgtest.URL(t))
@@ -85,13 +92,17 @@ func newOutageReplica(t *testing.T, wrap func(*audit.Log) Recorder) *outageRepli
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { svc.Close() })
+	var requests Requests = svc
+	if gate != nil {
+		requests = gatedCancel{svc, gate}
+	}
 	g := New(Options{Catalog: w.cat, Policy: pol, Audit: rec, History: l, Marks: store.Marks{DB: db},
-		Requests: svc, Runs: svc, Recovery: svc, Tasks: svc, Tools: conf, SharedUsage: windows, Amounts: amounts})
+		Requests: requests, Runs: svc, Recovery: svc, Tasks: svc, Tools: conf, SharedUsage: windows, Amounts: amounts})
 	t.Cleanup(g.Close)
 	if err := g.Resume(ctx); err != nil {
 		t.Fatal(err)
 	}
-	return &outageReplica{db: db, g: g, log: l, key: key, windows: windows}
+	return &outageReplica{db: db, svc: svc, g: g, log: l, key: key, windows: windows}
 }
 
 // cancelledOnce waits for the replica's one request to end, and checks
@@ -99,12 +110,20 @@ func newOutageReplica(t *testing.T, wrap func(*audit.Log) Recorder) *outageRepli
 // with its approval.requested before its approval.cancelled.
 func (o *outageReplica) cancelledOnce(t *testing.T) {
 	t.Helper()
+	o.endedOnce(t, vocab.StateCancelled, vocab.KindApprovalRequested, vocab.KindApprovalCancelled)
+}
+
+// endedOnce waits for the replica's one request to end in state, its
+// share given back once, and the export to verify with the request's
+// entries of kinds, in order.
+func (o *outageReplica) endedOnce(t *testing.T, want vocab.State, kinds ...vocab.Kind) {
+	t.Helper()
 	ctx := context.Background()
 	var id string
 	var state vocab.State
 	for deadline := time.Now().Add(30 * time.Second); ; {
 		err := o.db.QueryRowContext(ctx, `SELECT id, state FROM approval_requests`).Scan(&id, &state)
-		if err == nil && state != vocab.StatePending {
+		if err == nil && state != vocab.StatePending && state != vocab.StateApproved {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -112,8 +131,8 @@ func (o *outageReplica) cancelledOnce(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	if state != vocab.StateCancelled {
-		t.Fatalf("the request nobody waits for ended %s, want cancelled", state)
+	if state != want {
+		t.Fatalf("the request nobody waits for ended %s, want %s", state, want)
 	}
 	waitSum(t, o.windows, "transfer", 0, 0, "its share given back")
 	noRowBelowZero(t, o.db)
@@ -125,15 +144,15 @@ func (o *outageReplica) cancelledOnce(t *testing.T) {
 	if _, err := verify.Export(bytes.NewReader(buf.Bytes()), audit.PublicKeyText(o.key.Public().(ed25519.PublicKey)), verify.Options{}); err != nil {
 		t.Fatalf("the export does not verify: %v", err)
 	}
-	var kinds []vocab.Kind
+	var got []vocab.Kind
 	for _, line := range bytes.Split(bytes.TrimSpace(buf.Bytes()), []byte{'\n'}) {
 		var e audit.Entry
 		if json.Unmarshal(line, &e) == nil && e.RequestID == id {
-			kinds = append(kinds, e.Kind)
+			got = append(got, e.Kind)
 		}
 	}
-	if want := []vocab.Kind{vocab.KindApprovalRequested, vocab.KindApprovalCancelled}; !slices.Equal(kinds, want) {
-		t.Fatalf("the request's entries: %v, want %v", kinds, want)
+	if !slices.Equal(got, kinds) {
+		t.Fatalf("the request's entries: %v, want %v", got, kinds)
 	}
 }
 
@@ -151,11 +170,11 @@ func TestARequestStoredAsTheDatabaseStopsIsCancelledOnceItIsBack(t *testing.T) {
 	o.cancelledOnce(t)
 }
 
-// PostgreSQL stops while a block-mode call waits for its request: the
-// wait fails and the call with it. Once the database is back, the
-// replica cancels the request nobody waits for, as above.
-func TestARequestWhoseWaitFailsWithTheDatabaseIsCancelledOnceItIsBack(t *testing.T) {
-	o := newOutageReplica(t, func(l *audit.Log) Recorder { return l })
+// waitThroughOutage has a block-mode transfer wait for its request
+// while PostgreSQL stops: the wait fails, and the call with it. It
+// returns once the database is back.
+func (o *outageReplica) waitThroughOutage(t *testing.T) {
+	t.Helper()
 	ctx := context.Background()
 	done := make(chan string, 1)
 	go func() {
@@ -163,8 +182,10 @@ func TestARequestWhoseWaitFailsWithTheDatabaseIsCancelledOnceItIsBack(t *testing
 		done <- fmt.Sprintf("error %v: %s", res.IsError, text(res))
 	}()
 	for deadline := time.Now().Add(10 * time.Second); ; {
+		// Raised, and its approval.requested appended and out of the
+		// outbox: the wait is what the outage cuts.
 		var n int
-		if err := o.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM approval_requests`).Scan(&n); err == nil && n == 1 {
+		if err := o.db.QueryRowContext(ctx, `SELECT (SELECT COUNT(*) FROM approval_requests) * 10 + (SELECT COUNT(*) FROM approval_outbox)`).Scan(&n); err == nil && n == 10 {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -183,5 +204,41 @@ func TestARequestWhoseWaitFailsWithTheDatabaseIsCancelledOnceItIsBack(t *testing
 		t.Fatal("the waiting call never noticed the database stopped")
 	}
 	up()
+}
+
+// PostgreSQL stops while a block-mode call waits for its request: the
+// wait fails and the call with it. Once the database is back, the
+// replica cancels the request nobody waits for, as above.
+func TestARequestWhoseWaitFailsWithTheDatabaseIsCancelledOnceItIsBack(t *testing.T) {
+	o := newOutageReplica(t, func(l *audit.Log) Recorder { return l })
+	o.waitThroughOutage(t)
 	o.cancelledOnce(t)
+}
+
+// gatedCancel is the approval service whose Cancel waits for gate.
+type gatedCancel struct {
+	*approval.Service
+	gate chan struct{}
+}
+
+func (c gatedCancel) Cancel(ctx context.Context, id, reason string) error {
+	<-c.gate
+	return c.Service.Cancel(ctx, id, reason)
+}
+
+// A human approves the request nobody waits for before its replica's
+// cancellation lands: nobody would run it, so the replica ends it as
+// call.failed, not run, and gives its share back.
+func TestARequestNobodyWaitsForApprovedBeforeItsCancellationFailsUnrun(t *testing.T) {
+	gate := make(chan struct{})
+	o := newGatedOutageReplica(t, func(l *audit.Log) Recorder { return l }, gate)
+	alice := enroll(t, o.svc)
+	o.waitThroughOutage(t)
+	var id string
+	if err := o.db.QueryRowContext(context.Background(), `SELECT id FROM approval_requests`).Scan(&id); err != nil {
+		t.Fatal(err)
+	}
+	(&world{t: t, alice: alice}).approve(&process{svc: o.svc}, id)
+	close(gate)
+	o.endedOnce(t, vocab.StateFailed, vocab.KindApprovalRequested, vocab.KindApprovalAssertion, vocab.KindApprovalApproved, vocab.KindCallFailed)
 }
