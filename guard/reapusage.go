@@ -123,7 +123,7 @@ func (g *Guard) watchActions(id string, counted []*reservation) {
 
 // ofRequest is the share of a stored request's call. A backchannel
 // request's actions count under their own tools, held by countWhileLive,
-// and are not rebuilt.
+// and are rebuilt by ofActions.
 func (s *shares) ofRequest(ctx context.Context, u approval.Unfinished) *reservation {
 	if u.Wait == approval.WaitBackchannel {
 		return nil
