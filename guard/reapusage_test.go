@@ -206,16 +206,7 @@ func TestReapGivesBackADeadReplicasWaitingShareOnce(t *testing.T) {
 	wantSum(t, windows, "transfer", 1, 30, "after the dead replica's caller gave its share back too")
 
 	p2.die()
-	for range 2 {
-		p := w.start()
-		if err := p.g.Resume(ctx); err != nil {
-			t.Fatal(err)
-		}
-		if err := p.g.Reap(ctx); err != nil {
-			t.Fatal(err)
-		}
-		p.die()
-	}
+	w.restartTwice()
 	wantSum(t, windows, "transfer", 1, 30, "after two restarts")
 	noRowBelowZero(t, w.db)
 }
@@ -312,14 +303,7 @@ func TestReapGivesBackADeadReplicasRoutineCallThatNeverRan(t *testing.T) {
 	pol, conf := usagePolicy(t, "block", "transfer", "wire")
 	windows, amounts := sharedWindows(t, db)
 	key := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{9}, ed25519.SeedSize))
-	owners, err := store.OwnersFor(ctx, db, store.OwnerOptions{Heartbeat: 200 * time.Millisecond, Grace: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	// The replica that dies: its row, last stamped long ago, and no lock.
-	if _, err := db.ExecContext(ctx, `INSERT INTO replicas (id, seen_at) VALUES ('dead-1', now() - interval '1 minute')`); err != nil {
-		t.Fatal(err)
-	}
+	owners := deadReplicaOwners(t, db)
 	replica := func(owner string, recovery Recovery) *Guard {
 		l, err := auditpg.Open(ctx, db, key, audit.Options{Owner: owner})
 		if err != nil {
@@ -340,35 +324,11 @@ func TestReapGivesBackADeadReplicasRoutineCallThatNeverRan(t *testing.T) {
 	for _, tool := range []string{"transfer", "wire"} {
 		go func() { ran <- dead.Handle(ctx, Call{Tool: tool, Agent: "bot", Args: map[string]any{"amount": 30.0}}) }()
 	}
-	for deadline := time.Now().Add(10 * time.Second); ; {
-		seqs, err := auditpg.Owned{DB: db}.Owned(ctx, "dead-1", 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(seqs) == 2 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the dead replica's calls were not both allowed: %d entries", len(seqs))
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitOwned(t, db, "dead-1", 2)
 	wantSum(t, windows, "transfer", 1, 30, "while the calls run")
 	wantSum(t, windows, "wire", 1, 30, "while the calls run")
 
-	for deadline := time.Now().Add(10 * time.Second); !owners.Dead("dead-1"); {
-		if time.Now().After(deadline) {
-			t.Fatal("the replica that died is never told dead")
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	svc, err := approval.New(ctx, db, w.log, approval.Options{RPID: "localhost", Origins: []string{origin},
-		Approvers: []approval.Approver{{ID: "alice"}}, Owners: owners})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { svc.Close() })
-	reaper := replica("reaper-1", svc)
+	reaper := replica("reaper-1", reaperService(t, w, db, owners))
 	for range 2 {
 		if err := reaper.Reap(ctx); err != nil {
 			t.Fatal(err)
@@ -382,6 +342,22 @@ func TestReapGivesBackADeadReplicasRoutineCallThatNeverRan(t *testing.T) {
 	<-ran
 	wantSum(t, windows, "transfer", 0, 0, "after the dead replica's run failed too")
 	noRowBelowZero(t, db)
+}
+
+// restartTwice starts, resumes, reaps and stops a replica, twice.
+func (w *world) restartTwice() {
+	w.t.Helper()
+	ctx := context.Background()
+	for range 2 {
+		p := w.start()
+		if err := p.g.Resume(ctx); err != nil {
+			w.t.Fatal(err)
+		}
+		if err := p.g.Reap(ctx); err != nil {
+			w.t.Fatal(err)
+		}
+		p.die()
+	}
 }
 
 // waitSum waits for the shared windows to count calls moving amount of
@@ -485,16 +461,7 @@ func TestADeadReplicasCIBARequestsGiveTheirSharesBackOnceWhenTheyEndWithoutAToke
 	wantSum(t, windows, "transfer", 1, 50, "one denied, one redeemed")
 	p2.die()
 	p3.die()
-	for range 2 {
-		p := w.start()
-		if err := p.g.Resume(ctx); err != nil {
-			t.Fatal(err)
-		}
-		if err := p.g.Reap(ctx); err != nil {
-			t.Fatal(err)
-		}
-		p.die()
-	}
+	w.restartTwice()
 	wantSum(t, windows, "transfer", 1, 50, "after two restarts")
 	noRowBelowZero(t, w.db)
 }

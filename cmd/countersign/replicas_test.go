@@ -173,23 +173,18 @@ func checkpointed(t *testing.T, url string) bool {
 	return size == seq && seq > 0
 }
 
-// replicaRows counts the rows of the replicas table.
 // routineMarks counts the replicas' routine-call marks (guard.RoutineMark).
 func routineMarks(t *testing.T, url string) int {
-	t.Helper()
-	db, err := store.Connect(context.Background(), url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	var n int
-	if err := db.QueryRow(`SELECT COUNT(*) FROM store_marks WHERE name LIKE ?`, guard.RoutineMark("%")).Scan(&n); err != nil {
-		t.Fatal(err)
-	}
-	return n
+	return countRows(t, url, `SELECT COUNT(*) FROM store_marks WHERE name LIKE ?`, guard.RoutineMark("%"))
 }
 
+// replicaRows counts the rows of the replicas table.
 func replicaRows(t *testing.T, url string) int {
+	return countRows(t, url, `SELECT COUNT(*) FROM replicas`)
+}
+
+// countRows is what query, a count, counts in the database at url.
+func countRows(t *testing.T, url, query string, args ...any) int {
 	t.Helper()
 	db, err := store.Connect(context.Background(), url)
 	if err != nil {
@@ -197,7 +192,7 @@ func replicaRows(t *testing.T, url string) int {
 	}
 	defer db.Close()
 	var n int
-	if err := db.QueryRow(`SELECT COUNT(*) FROM replicas`).Scan(&n); err != nil {
+	if err := db.QueryRow(query, args...).Scan(&n); err != nil {
 		t.Fatal(err)
 	}
 	return n
