@@ -276,7 +276,7 @@ func (s *Service) ofGoneOwners(ctx context.Context, query string, args ...any) (
 	l := s.liveness()
 	var ids []string
 	for _, r := range got {
-		if !l.live(r.owner) {
+		if !l.Live(r.owner) {
 			ids = append(ids, r.id)
 		}
 	}
