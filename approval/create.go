@@ -51,10 +51,10 @@ func (s *Service) Create(ctx context.Context, r NewRequest) (*Request, error) {
 		return nil, err
 	}
 	if err := s.insert(ctx, c); err != nil {
-		return nil, fmt.Errorf("approval: create: %w", err)
+		return &Request{ID: c.id}, fmt.Errorf("approval: create: %w", err) // a commit cut short may have stored it
 	}
-	// The request exists now: whatever happens to the caller, it is
-	// recorded and handed back, or ended, never left pending unseen.
+	// The request exists now. One not handed back comes with the error, only its ID set: its
+	// caller ends it when the database lets it (guard's abandon), never leaving it pending unseen.
 	return s.publish(context.WithoutCancel(ctx), c)
 }
 
@@ -274,14 +274,14 @@ func (s *Service) publish(ctx context.Context, c *creation) (*Request, error) {
 	if err := s.flush(ctx, false); err != nil {
 		// Not recorded, so it must not be decided: end it.
 		s.endRequest(ctx, c.id, vocab.StateCancelled, "", "audit log unavailable")
-		return nil, err
+		return &Request{ID: c.id}, err
 	}
 	s.opts.Logger.Info("approval requested", "id", c.id, "tool", c.Tool, "agent", c.Agent, "url", s.requestURL(c.id), "code", c.code)
 	s.notify(c.id)
 	req, err := s.Get(ctx, c.id)
 	if err != nil {
 		s.endRequest(ctx, c.id, vocab.StateCancelled, "", "cannot read the request back: "+err.Error())
-		return nil, err
+		return &Request{ID: c.id}, err
 	}
 	s.announce(EventRequested, req)
 	return req, nil

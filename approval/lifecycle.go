@@ -214,12 +214,12 @@ type Unfinished struct {
 
 // Unfinished returns, oldest first, the requests of gone owners (see
 // ofGoneOwners: a live replica sees its own to their end) that a server
-// must see to their end: pending poll-mode and task requests (run them once approved) and
-// approved ones, claimed or not (a backchannel one only matters when
-// claimed: otherwise its client redeems it). Call it after Restart.
+// must see to their end: pending poll-mode and task requests (run them once approved),
+// pending backchannel ones (their client redeems them; their usage shares wait for their end) and
+// approved ones, claimed or not. Call it after Restart.
 func (s *Service) Unfinished(ctx context.Context) ([]Unfinished, error) {
 	ids, err := s.ofGoneOwners(ctx, `SELECT id, owner, exec_owner FROM approval_requests
-		WHERE state = 'approved' OR (state = 'pending' AND wait_mode IN (?, ?)) ORDER BY created_at`, WaitPoll, WaitTask)
+		WHERE state = 'approved' OR (state = 'pending' AND wait_mode IN (?, ?, ?)) ORDER BY created_at`, WaitPoll, WaitTask, WaitBackchannel)
 	if err != nil {
 		return nil, fmt.Errorf("approval: unfinished: %w", err)
 	}

@@ -71,6 +71,12 @@ func (g *Guard) countersign(ctx context.Context, c Call, spec *tools.Spec, call 
 		g.log.Error("cannot raise approval request", "tool", spec.Def.Name, "err", err)
 		entry.Kind, entry.Reason = vocab.KindCallDenied, "cannot raise an approval request: "+err.Error()
 		g.record(ctx, entry)
+		if r != nil { // stored, maybe, and nobody waits for it
+			if done = true; counted != nil {
+				counted.id = requestCallID(r.ID)
+			}
+			g.abandon(r.ID, err, counted)
+		}
 		return toolError("refused: cannot raise an approval request: %v", err)
 	}
 	entry.RequestID = r.ID
@@ -106,6 +112,10 @@ func (g *Guard) countersign(ctx context.Context, c Call, spec *tools.Spec, call 
 		return pendingAnswer(spec, handedOverResult(r, g.opts.BlockFor, g.now()))
 	}
 	if err != nil {
+		if ctx.Err() == nil { // the database failed, not the caller: nobody waits for it now
+			done = true
+			g.abandon(r.ID, err, counted)
+		}
 		return toolError("approval request %s: %v", r.ID, err)
 	}
 	if final.State != vocab.StateApproved {

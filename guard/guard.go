@@ -254,6 +254,10 @@ type Guard struct {
 	parkedDone bool          // the dispatcher stopped: park no more
 	kick       chan struct{} // wakes the dispatcher
 
+	// backchannel requests a gone process left, their shares held here
+	// until they end (reapusage.go); under parkMu
+	watched map[string]struct{}
+
 	routine  routine.Calls // routine calls between call.allowed and outcome
 	late     routine.Late  // their outcomes the log could not take yet
 	lastMark atomic.Int64  // the routine-call mark as last stored

@@ -31,6 +31,8 @@ type Outbox struct {
 	log       *slog.Logger
 	linkGrant func(ctx context.Context, e *audit.Entry) error
 	mu        sync.Mutex // one Flush at a time
+
+	unsure map[int64]bool // own entries whose failed append may have landed; under mu
 }
 
 // Recorder appends entries to the audit log (*audit.Log).
@@ -52,7 +54,8 @@ type Config struct {
 
 // New returns the outbox of owner.
 func New(c Config) *Outbox {
-	return &Outbox{db: c.DB, rec: c.Recorder, owner: c.Owner, owners: c.Owners, now: c.Now, log: c.Logger, linkGrant: c.LinkGrant}
+	return &Outbox{db: c.DB, rec: c.Recorder, owner: c.Owner, owners: c.Owners, now: c.Now, log: c.Logger, linkGrant: c.LinkGrant,
+		unsure: map[int64]bool{}}
 }
 
 // ErrRecord is returned when the audit log append failed.
@@ -166,13 +169,18 @@ func (o *Outbox) Flush(ctx context.Context, stale bool) error {
 			if !took {
 				continue
 			}
+		}
+		// So may an earlier Flush here whose append failed: a commit cut
+		// short (the database stopped) lands the entry and reports an error.
+		if it.owner != o.owner || o.unsure[it.id] {
 			if logged, found, err = o.inLog(ctx, e, it.created); err != nil {
 				return fmt.Errorf("%w: %v", ErrRecord, err)
 			}
 		}
 		if found {
-			o.log.Info("approval: an outbox entry left by a stopped process was already in the log", "kind", e.Kind, "request", e.RequestID, "seq", logged.Seq)
+			o.log.Info("approval: an outbox entry was already in the log", "kind", e.Kind, "request", e.RequestID, "seq", logged.Seq)
 		} else if logged, err = o.rec.Append(ctx, e); err != nil {
+			o.unsure[it.id] = true
 			return fmt.Errorf("%w: %v", ErrRecord, err)
 		}
 		// A crash between the append and this transaction leaves the entry
@@ -195,8 +203,10 @@ func (o *Outbox) Flush(ctx context.Context, stale bool) error {
 			return watch.Announce(ctx, o.db, tx, it.request)
 		})
 		if err != nil {
+			o.unsure[it.id] = true // logged, and still in the outbox
 			return fmt.Errorf("%w: %v", ErrRecord, err)
 		}
+		delete(o.unsure, it.id)
 	}
 	return nil
 }
