@@ -90,6 +90,10 @@ type Options struct {
 	// agent to collect; default sealed.DefaultTTL (results.go).
 	ResultKey []byte
 	ResultTTL time.Duration
+	// RetiredResultKeys are the result keys of server keys rotated away
+	// (audit rotate-key): results sealed under them before the rotation
+	// stay collectable for their window; nothing is sealed with them.
+	RetiredResultKeys [][]byte
 
 	// Owner, if set, is this process's owner id, whose liveness lock the
 	// caller holds in Owners (the daemon's replica row, so that a fenced
@@ -164,7 +168,7 @@ func New(ctx context.Context, db *store.DB, rec Recorder, opts Options) (*Servic
 		return nil, errors.New("approval: db and recorder are required")
 	}
 	opts.setDefaults()
-	results, err := sealed.NewBox(opts.ResultKey)
+	results, err := sealed.NewBox(opts.ResultKey, opts.RetiredResultKeys...)
 	if err != nil {
 		return nil, err
 	}

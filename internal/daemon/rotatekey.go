@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/countersign/countersign/approval/sealed"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/token"
@@ -34,31 +35,61 @@ func keyPath(c *config.Config) string {
 // tokens they signed before the rotation may still be shown, so the key
 // set publishes them until then.
 func retiredTokenKeys(c *config.Config, now time.Time) ([]token.RetiredKey, error) {
+	var out []token.RetiredKey
+	err := eachRetiredKey(c, now, token.MaxLifetime, func(server ed25519.PrivateKey, until time.Time) error {
+		key, err := token.DeriveKey(server)
+		if err != nil {
+			return err
+		}
+		out = append(out, token.RetiredKey{Public: key.Public().(ed25519.PublicKey), Until: until})
+		return nil
+	})
+	return out, err
+}
+
+// retiredResultKeys are the result keys (sealed.DeriveKey) of server keys
+// rotated away less than approval.result_ttl ago: results of calls that
+// ran before the rotation were sealed with them, and are kept at most
+// that long after it.
+func retiredResultKeys(c *config.Config, now time.Time) ([][]byte, error) {
+	var out [][]byte
+	err := eachRetiredKey(c, now, c.Approval.ResultTTL, func(server ed25519.PrivateKey, _ time.Time) error {
+		key, err := sealed.DeriveKey(server)
+		if err != nil {
+			return err
+		}
+		out = append(out, key)
+		return nil
+	})
+	return out, err
+}
+
+// eachRetiredKey calls fn with each server key rotated away less than
+// keep ago (by its file's time, set by RotateKey) and until when it is
+// kept.
+func eachRetiredKey(c *config.Config, now time.Time, keep time.Duration, fn func(server ed25519.PrivateKey, until time.Time) error) error {
 	files, err := filepath.Glob(keyPath(c) + retiredSuffix + "*")
 	if err != nil {
-		return nil, err
+		return err
 	}
-	var out []token.RetiredKey
 	for _, f := range files {
 		info, err := os.Stat(f)
 		if err != nil {
-			return nil, err
+			return err
 		}
-		until := info.ModTime().Add(token.MaxLifetime)
+		until := info.ModTime().Add(keep)
 		if !now.Before(until) {
 			continue
 		}
 		server, err := audit.LoadKey(f)
 		if err != nil {
-			return nil, err
+			return err
 		}
-		key, err := token.DeriveKey(server)
-		if err != nil {
-			return nil, err
+		if err := fn(server, until); err != nil {
+			return err
 		}
-		out = append(out, token.RetiredKey{Public: key.Public().(ed25519.PublicKey), Until: until})
 	}
-	return out, nil
+	return nil
 }
 
 // RotateKey hands the audit log to a new server key, offline: it holds
