@@ -212,6 +212,12 @@ func OpenCheckpoint(msg []byte, v note.Verifier) (*Checkpoint, error) {
 	return openCheckpoint(msg, note.VerifierList(v))
 }
 
+// OpenCheckpointKeys is OpenCheckpoint with any of the keys vs: the keys
+// of a log whose server key was rotated.
+func OpenCheckpointKeys(msg []byte, vs note.Verifiers) (*Checkpoint, error) {
+	return openCheckpoint(msg, vs)
+}
+
 // openCheckpoint is OpenCheckpoint with any of the keys vs.
 func openCheckpoint(msg []byte, vs note.Verifiers) (*Checkpoint, error) {
 	n, err := note.Open(msg, vs)

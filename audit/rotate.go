@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/countersign/countersign/vocab"
 	"golang.org/x/mod/sumdb/note"
@@ -146,6 +147,21 @@ func (l *Log) trust(retired []string) {
 			l.verifiers = append(l.verifiers, v)
 		}
 	}
+}
+
+// EarlierVerifiers are the note verifiers of the keys the log rotated
+// from in its stored entries (read at Open), not the key in force:
+// checkpoints kept from before a rotation (a witness's) are signed by one.
+func (l *Log) EarlierVerifiers() []note.Verifier {
+	l.keyMu.RLock()
+	defer l.keyMu.RUnlock()
+	var out []note.Verifier
+	for _, v := range l.verifiers {
+		if v.KeyHash() != l.signer.hash && !slices.ContainsFunc(out, func(o note.Verifier) bool { return o.KeyHash() == v.KeyHash() }) {
+			out = append(out, v)
+		}
+	}
+	return out
 }
 
 // current is the signer in force.
