@@ -376,9 +376,9 @@ type alsoCommit struct {
 // AlsoCommit has the transaction of the next batch run stmt (an UPDATE,
 // INSERT or DELETE with $n placeholders and no RETURNING) after its
 // entries, and fail, storing nothing, unless stmt changes exactly one
-// row; what names it in that error. audit
-// rotate-key moves the server_key row to the new key with key.rotated:
-// neither may commit without the other.
+// row; what names it in that error. audit rotate-key moves the
+// server_key row to the new key with key.rotated: neither may commit
+// without the other.
 func (b *Backend) AlsoCommit(what, stmt string, args ...any) {
 	b.also = &alsoCommit{what, stmt, args}
 }

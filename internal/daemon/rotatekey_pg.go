@@ -46,7 +46,9 @@ func rotateOnPostgres(ctx context.Context, c *config.Config, next ed25519.Privat
 	log, err := audit.Open(ctx, db.DB, key, opts)
 	if err != nil {
 		if log != nil {
-			log.Close()
+			log.Close() // and b with it
+		} else {
+			b.Close()
 		}
 		return "", false, fmt.Errorf("audit log: %w", err)
 	}
