@@ -197,4 +197,40 @@ func TestWitnessedCheckpointBeforeARotation(t *testing.T) {
 		t.Fatalf("export after the rotation, witnessed before it: %+v, %v", s, err)
 	}
 
+	// Kept bare checkpoints as --previous: one cosigned before the
+	// rotation (the first key's) and one after it (the second key's).
+	after, err := l.Checkpoint(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustAppend(t, l, sampleEntries()[0])
+	export = exportBytes(t, l, 0)
+	for _, kept := range [][]byte{cosign(t, k1, at4, w1), cosign(t, k2, after, w1)} {
+		if s, err := verifyWith(export, kept, pubText(k1), w1.Verifier().String()); err != nil || !s.PreviousWitnessed {
+			t.Fatalf("--previous a cosigned checkpoint %.30q: %+v, %v", kept, s, err)
+		}
+	}
+	// The second key did not sign the tree of size 4.
+	if _, err := verifyWith(export, cosign(t, k2, signedBy(t, k1, k2, at4), w1), pubText(k1), w1.Verifier().String()); err == nil {
+		t.Fatal("--previous a checkpoint of size 4 signed by the key in force only later")
+	}
+}
+
+// signedBy is at (signed by from) signed by to instead.
+func signedBy(t *testing.T, from, to ed25519.PrivateKey, at []byte) []byte {
+	t.Helper()
+	_, v, _ := audit.ParsePublicKey(pubText(from))
+	n, err := note.Open(at, note.VerifierList(v))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := newSigner(to)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := note.Sign(&note.Note{Text: n.Text}, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
 }
