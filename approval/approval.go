@@ -83,17 +83,13 @@ type Options struct {
 	// is committed and logged. It runs on the caller's goroutine: it must
 	// queue and return, never deliver. See approval/notify.go.
 	Notify func(event string, r *Request)
-
 	// ResultKey (32 bytes, sealed.DeriveKey) seals the results of approved
-	// calls while they are kept; nil: a random key for this process
-	// alone. ResultTTL is how long a result is kept after its run for the
-	// agent to collect; default sealed.DefaultTTL (results.go).
-	ResultKey []byte
-	ResultTTL time.Duration
-	// RetiredResultKeys are the result keys of server keys rotated away
-	// (audit rotate-key): results sealed under them before the rotation
-	// stay collectable for their window; nothing is sealed with them.
+	// calls while they are kept (nil: a random key for this process alone);
+	// RetiredResultKeys, of server keys rotated away, open those sealed
+	// before. ResultTTL: how long a result is kept (sealed.DefaultTTL).
+	ResultKey         []byte
 	RetiredResultKeys [][]byte
+	ResultTTL         time.Duration
 
 	// Owner, if set, is this process's owner id, whose liveness lock the
 	// caller holds in Owners (the daemon's replica row, so that a fenced

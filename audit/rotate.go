@@ -85,17 +85,6 @@ func firstKey(ctx context.Context, q querier, current ed25519.PublicKey) (ed2551
 	return pub, nil
 }
 
-// lastRotation is the seq of the last stored key.rotated entry, 0 if
-// there is none.
-func lastRotation(ctx context.Context, q querier) (int64, error) {
-	var seq sql.NullInt64
-	err := q.QueryRowContext(ctx, `SELECT MAX(seq) FROM audit_entries WHERE `+rotatedLike).Scan(&seq)
-	if err != nil {
-		return 0, fmt.Errorf("read key rotations: %w", err)
-	}
-	return seq.Int64, nil
-}
-
 // rotatedLike matches the bodies of key.rotated entries. SQLite stores
 // body as a BLOB, which LIKE does not match as text.
 const rotatedLike = `CAST(body AS TEXT) LIKE '%"kind":"` + string(vocab.KindKeyRotated) + `"%'`
@@ -155,13 +144,7 @@ func (l *Log) trust(retired []string) {
 func (l *Log) EarlierVerifiers() []note.Verifier {
 	l.keyMu.RLock()
 	defer l.keyMu.RUnlock()
-	var out []note.Verifier
-	for _, v := range l.verifiers {
-		if v.KeyHash() != l.signer.hash && !slices.ContainsFunc(out, func(o note.Verifier) bool { return o.KeyHash() == v.KeyHash() }) {
-			out = append(out, v)
-		}
-	}
-	return out
+	return slices.DeleteFunc(slices.Clone(l.verifiers), func(v note.Verifier) bool { return v.KeyHash() == l.signer.hash })
 }
 
 // current is the signer in force.

@@ -69,16 +69,16 @@ func (k *keyChain) verifier() note.Verifier {
 // in force after entry n, and, when entry n is a rotation, the key it
 // handed over from (the rotation's own batch may be checkpointed before
 // the switch). A witness cosigned what the key of its time signed.
-func (k *keyChain) verifiersAt(n int64) note.Verifiers {
+func (k *keyChain) verifiersAt(n int64) []note.Verifier {
 	after, signer := k.at(n+1), k.at(n)
 	if n == 0 || after.Equal(signer) {
-		return note.VerifierList(noteVerifier(after))
+		return []note.Verifier{noteVerifier(after)}
 	}
-	return note.VerifierList(noteVerifier(after), noteVerifier(signer))
+	return []note.Verifier{noteVerifier(after), noteVerifier(signer)}
 }
 
 // all are the verifiers of every key of the chain.
-func (k *keyChain) all() note.Verifiers {
+func (k *keyChain) all() []note.Verifier {
 	keys := []ed25519.PublicKey{k.first}
 	for _, c := range k.changes {
 		if !slices.ContainsFunc(keys, func(k ed25519.PublicKey) bool { return k.Equal(c.key) }) { // a chain may come back to a key
@@ -89,7 +89,7 @@ func (k *keyChain) all() note.Verifiers {
 	for i, key := range keys {
 		vs[i] = noteVerifier(key)
 	}
-	return note.VerifierList(vs...)
+	return vs
 }
 
 func noteVerifier(key ed25519.PublicKey) note.Verifier {
@@ -117,4 +117,9 @@ func firstSeq(br *bufio.Reader) int64 {
 		n = n*10 + int64(c-'0')
 	}
 	return n
+}
+
+// openCheckpoint opens a checkpoint signed by any of vs (at least one).
+func openCheckpoint(msg []byte, vs []note.Verifier) (*audit.Checkpoint, error) {
+	return audit.OpenCheckpoint(msg, vs[0], vs[1:]...)
 }

@@ -290,10 +290,10 @@ func (s *stream) witnessed(cp *audit.Checkpoint, last int64) error {
 		if err != nil {
 			return &Error{last, err.Error()}
 		}
-		wcp, err := audit.OpenCheckpointKeys(msg, keys.all())
+		wcp, err := openCheckpoint(msg, keys.all())
 		if err == nil {
 			// Signed by a key of the chain: now by the one of its size.
-			_, err = audit.OpenCheckpointKeys(msg, keys.verifiersAt(wcp.Size))
+			_, err = openCheckpoint(msg, keys.verifiersAt(wcp.Size))
 		}
 		if err != nil {
 			return &Error{last, "witnessed " + err.Error()}

@@ -179,9 +179,9 @@ func readPrevious(r io.Reader) ([]byte, error) {
 // from before a rotation is the old key's, one after it the new key's)
 // and, when the auditor trusts witnesses, cosigned by their quorum.
 func previousCheckpoint(msg []byte, keys *keyChain, p *witnessPolicy) (*audit.Checkpoint, []string, error) {
-	cp, err := audit.OpenCheckpointKeys(msg, keys.all())
+	cp, err := openCheckpoint(msg, keys.all())
 	if err == nil {
-		cp, err = audit.OpenCheckpointKeys(msg, keys.verifiersAt(cp.Size))
+		cp, err = openCheckpoint(msg, keys.verifiersAt(cp.Size))
 	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("previous %w", err)
