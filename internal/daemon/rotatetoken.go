@@ -133,3 +133,28 @@ func retiredTokenPubKey(path string) (ed25519.PublicKey, error) {
 	}
 	return ed25519.PublicKey(raw), nil
 }
+
+// retiredTokenRecords adds to out the token keys of token keys rotated
+// away less than token.MaxLifetime ago (their records' time).
+func retiredTokenRecords(c *config.Config, now time.Time, out []token.RetiredKey) ([]token.RetiredKey, error) {
+	files, err := filepath.Glob(keyPath(c) + retiredSuffix + "*" + retiredTokenPub)
+	if err != nil {
+		return nil, err
+	}
+	for _, f := range files {
+		info, err := os.Stat(f)
+		if err != nil {
+			return nil, err
+		}
+		until := info.ModTime().Add(token.MaxLifetime)
+		if !now.Before(until) {
+			continue
+		}
+		pub, err := retiredTokenPubKey(f)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, token.RetiredKey{Public: pub, Until: until})
+	}
+	return out, nil
+}
