@@ -206,6 +206,9 @@ func TestTokenKeyRefusalsAndATokenToTokenRotation(t *testing.T) {
 	s.cfg.Audit.KeyFile = ""
 	s.useKey(tokenKey("server"))
 	s.cli("config", "validate")
+	if out := s.cli("config", "print"); !strings.Contains(out, "pin_env: "+config.DefaultPINEnv) || strings.Contains(out, "1234") {
+		t.Errorf("config print shows the PIN or not its variable:\n%s", out)
+	}
 	if out := s.fails([]string{config.DefaultPINEnv + "=0000"}, "serve", "--http", "127.0.0.1:0"); !strings.Contains(out, "CKR_PIN_INCORRECT") {
 		t.Errorf("serve with a wrong PIN:\n%s", out)
 	}
