@@ -24,8 +24,8 @@ func OpenAudit(ctx context.Context, c *config.Config, opts audit.Options) (*stor
 	if err != nil {
 		return nil, nil, err
 	}
-	// A token key's session lives as long as the process: the log signs
-	// through it until the end.
+	// A token key's session lives as long as the log: a Stack ends it
+	// after closing the log (releaseSigner); other callers at exit.
 	key, release, err := ServerSigner(c)
 	if err == nil {
 		if err = claimServerKey(ctx, db, key); err != nil {
@@ -42,6 +42,7 @@ func OpenAudit(ctx context.Context, c *config.Config, opts audit.Options) (*stor
 		db.Close()
 		return nil, nil, fmt.Errorf("audit log: %w", err)
 	}
+	heldSigners.Store(log, release)
 	if err != nil {
 		return db, log, fmt.Errorf("audit log: %w", err)
 	}

@@ -8,6 +8,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"sync"
 
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/audit/pkcs11key"
@@ -30,6 +31,17 @@ func ServerSigner(c *config.Config) (key audit.Signer, release func(), err error
 		return nil, nil, err
 	}
 	return k, func() { k.Close() }, nil
+}
+
+// heldSigners are the releases of the server keys OpenAudit opened, by
+// their log.
+var heldSigners sync.Map // *audit.Log → func()
+
+// releaseSigner ends the session of l's server key, once l is closed.
+func releaseSigner(l *audit.Log) {
+	if f, ok := heldSigners.LoadAndDelete(l); ok {
+		f.(func())()
+	}
 }
 
 // openTokenKey opens the key p names with the PIN from p.PINEnv.

@@ -2,23 +2,28 @@ package daemon
 
 import (
 	"bytes"
+	"context"
+	"crypto/ed25519"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"testing"
 
+	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/audit/pkcs11key"
+	"github.com/countersign/countersign/audit/verify"
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/internal/daemon/daemontest"
 )
 
 const softhsmModule = "/usr/lib/softhsm/libsofthsm2.so"
 
-// The keys derived from a server key in a token are the same on every
-// opening of it (a restart, another replica reaching the same key), differ
-// from another key's, and are neither the token key's public key.
-func TestKeysDerivedFromATokenKeyAreStable(t *testing.T) {
+// softToken makes a SoftHSM token labelled t (PIN 1234) in a directory
+// of its own.
+func softToken(t *testing.T) {
+	t.Helper()
 	dir := t.TempDir()
 	conf := filepath.Join(dir, "softhsm2.conf")
 	os.WriteFile(conf, []byte("directories.tokendir = "+dir+"\nobjectstore.backend = file\n"), 0o600)
@@ -27,6 +32,46 @@ func TestKeysDerivedFromATokenKeyAreStable(t *testing.T) {
 	if out, err := exec.Command("softhsm2-util", "--init-token", "--free", "--label", "t", "--pin", "1234", "--so-pin", "5678").CombinedOutput(); err != nil {
 		t.Fatalf("softhsm2-util: %v\n%s", err, out)
 	}
+}
+
+// A Stack on a token key ends the token's session when it closes: a
+// second SoftHSM configuration, read only when the module is initialized
+// again, is the one the next Stack of the process uses; and each log,
+// signed in its token from the start, verifies with the token's key.
+func TestStackReleasesItsTokenKey(t *testing.T) {
+	for i := range 2 {
+		softToken(t)
+		k, err := pkcs11key.Generate(softhsmModule, "t", "1234", "server")
+		if err != nil {
+			t.Fatalf("stack %d: %v", i, err)
+		}
+		pub := audit.PublicKeyText(k.Public().(ed25519.PublicKey))
+		k.Close()
+		c := daemontest.Config(t, func(c *config.Config) {
+			c.Audit.PKCS11 = config.AuditPKCS11{Module: softhsmModule, Token: "t", Key: "server", PINEnv: config.DefaultPINEnv}
+		})
+		s, err := Assemble(context.Background(), c, Options{Logger: daemontest.Logger(t, slog.LevelWarn)})
+		if err != nil {
+			t.Fatalf("stack %d: %v", i, err)
+		}
+		var buf bytes.Buffer
+		if err := s.Audit().Export(context.Background(), &buf, 0); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := verify.Export(&buf, pub, verify.Options{AllSignatures: true}); err != nil {
+			t.Fatalf("stack %d: the export does not verify with the token's key: %v", i, err)
+		}
+	}
+}
+
+// The keys derived from a server key in a token are the same on every
+// opening of it (a restart, another replica reaching the same key), differ
+// from another key's, and are neither the token key's public key.
+func TestKeysDerivedFromATokenKeyAreStable(t *testing.T) {
+	softToken(t)
 	for _, label := range []string{"a", "b"} {
 		k, err := pkcs11key.Generate(softhsmModule, "t", "1234", label)
 		if err != nil {
