@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/countersign/countersign/approval/pending"
 	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/vocab"
 )
@@ -70,7 +71,7 @@ func (s *Service) migrateWaitMode(ctx context.Context) error {
 		}
 		_, err = tx.ExecContext(ctx, `UPDATE approval_outbox SET kind = COALESCE(json_extract(entry, '$.kind'), '')`)
 		return err
-	}, addOwnerColumns)
+	}, addOwnerColumns, pending.Recount) // 4: the requests waiting, counted (package pending)
 }
 
 // addOwnerColumns (migration 3) records which process raised a request

@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/countersign/countersign/approval/expiring"
+	"github.com/countersign/countersign/approval/pending"
 	"github.com/countersign/countersign/approval/sealed"
 	"github.com/countersign/countersign/approval/votes"
 )
@@ -80,5 +81,6 @@ var schema = []string{
 	votes.Schema,
 	sealed.ResultIndex,
 	expiring.Schema,
+	pending.Schema,
 	createBatchable,
 }
