@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -72,6 +73,78 @@ func BenchmarkCreateWithPending(b *testing.B) {
 			})
 		}
 	}
+}
+
+// BenchmarkListsWithPending reads what every open approver page reads
+// again on each change, so on each raise (page.lists): the 100 pending
+// requests that expire soonest, how many wait in all, and the latest 50
+// decided; with 100 waiting (a full list) and with 10,000, on each
+// dialect.
+func BenchmarkListsWithPending(b *testing.B) {
+	for _, d := range []store.Dialect{store.SQLite, store.PostgreSQL} {
+		for _, pending := range []int{100, 10000} {
+			b.Run(fmt.Sprintf("%s/pending=%d", d, pending), func(b *testing.B) {
+				dir := b.TempDir()
+				db := storetest.ConnectFile(b, filepath.Join(dir, store.FileName))
+				if d == store.PostgreSQL {
+					db = storetest.Connect(b, pgtest.URL(b))
+				}
+				f := fixtureOn(b, dir, db)
+				ctx := context.Background()
+				nr := paymentRequest("alice")
+				nr.Timeout = time.Hour
+				for range 50 { // a history to list
+					r, err := f.svc.Create(ctx, nr)
+					if err != nil {
+						b.Fatal(err)
+					}
+					if err := f.svc.Cancel(ctx, r.ID, "history"); err != nil {
+						b.Fatal(err)
+					}
+				}
+				f.waiting(b, nr, pending)
+				for b.Loop() {
+					if _, err := f.svc.Pending(ctx, 100); err != nil {
+						b.Fatal(err)
+					}
+					if _, err := f.svc.PendingCount(ctx); err != nil {
+						b.Fatal(err)
+					}
+					if _, err := f.svc.History(ctx, 50); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		}
+	}
+}
+
+// BenchmarkCreateConcurrently raises requests from 8 goroutines at once
+// over 10,000 waiting, on PostgreSQL, where every raise changes the same
+// total counter row under SERIALIZABLE: retries/op is how many of those
+// transactions conflicted and ran again.
+func BenchmarkCreateConcurrently(b *testing.B) {
+	dir := b.TempDir()
+	db := storetest.Connect(b, pgtest.URL(b))
+	f := fixtureOn(b, dir, db)
+	nr := paymentRequest("alice")
+	nr.Timeout = time.Hour
+	nr.Caps = PendingCaps{PerAgent: 100000, Total: 100000}
+	f.waiting(b, nr, 10000)
+	var agent atomic.Int64
+	retries := db.Retries()
+	b.SetParallelism(4) // 8 on 2 cores
+	b.RunParallel(func(pb *testing.PB) {
+		r := nr
+		r.Agent = fmt.Sprintf("agent-%d", agent.Add(1)%50)
+		for pb.Next() {
+			if _, err := f.svc.Create(context.Background(), r); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	b.ReportMetric(float64(db.Retries()-retries)/float64(b.N), "retries/op")
 }
 
 // waiting leaves n requests like nr pending, of 50 agents (nr's among
