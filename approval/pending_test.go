@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"testing"
 	"time"
 
@@ -110,13 +111,20 @@ func (f *fixture) checkPendingCounters(t *testing.T, agents []string) {
 	t.Helper()
 	ctx := context.Background()
 	for _, agent := range agents {
-		var want int
-		if err := f.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM approval_requests WHERE state = 'pending' AND (agent = ? OR ? = '')`,
-			agent, agent).Scan(&want); err != nil {
+		// One statement, one snapshot: the expiry loop may end a request
+		// between two.
+		scope := "total"
+		if agent != "" {
+			scope = "agent:" + agent
+		}
+		var want, got int
+		if err := f.db.QueryRowContext(ctx, `SELECT
+			(SELECT COUNT(*) FROM approval_requests WHERE state = 'pending' AND (agent = ? OR ? = '')),
+			COALESCE((SELECT n FROM approval_pending WHERE scope = ?), 0)`, agent, agent, scope).Scan(&want, &got); err != nil {
 			t.Fatal(err)
 		}
-		if got, err := pending.Count(ctx, f.db, agent); err != nil || got != want {
-			t.Fatalf("counter of %q is %d (%v), %d requests pending", agent, got, err, want)
+		if got != want {
+			t.Fatalf("counter of %q is %d, %d requests pending", agent, got, want)
 		}
 	}
 	if zero := f.ids(t, `SELECT scope FROM approval_pending WHERE n <= 0 AND scope <> 'total'`); len(zero) > 0 {
@@ -131,6 +139,9 @@ func TestPendingCapsRefuseAtTheCapAndCountUnsweptExpiries(t *testing.T) {
 	storetest.Dialects(t, func(t *testing.T, db *store.DB) {
 		clock := approvaltest.NewClock(time.Now())
 		f := fixtureOn(t, t.TempDir(), db, func(o *Options) { o.Now = clock.Now })
+		// As a replica that does not lead the sweeps: nothing expires
+		// a request here but the test.
+		f.svc.leadingSweeps.Store(false)
 		ctx := context.Background()
 		create := func(agent string, perAgent, total int) (*Request, error) {
 			nr := paymentRequest("alice")
@@ -161,6 +172,24 @@ func TestPendingCapsRefuseAtTheCapAndCountUnsweptExpiries(t *testing.T) {
 			t.Fatalf("6th of a total cap of 5: %v", err)
 		}
 		f.checkPendingCounters(t, []string{"bot-a", "bot-b", "bot-c", ""})
+		for agent, want := range map[string]int{"bot-a": 3, "bot-b": 2, "bot-c": 0, "": 5} {
+			if n, err := pending.Count(ctx, f.db, agent); err != nil || n != want {
+				t.Errorf("Count(%q) = %d, %v; want %d", agent, n, err, want)
+			}
+		}
+
+		// The page lists the agents with requests waiting from the counters.
+		views, err := f.svc.Agents(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var names []string
+		for _, v := range views {
+			names = append(names, v.Name)
+		}
+		if !slices.Equal(names, []string{"bot-a", "bot-b"}) {
+			t.Errorf("agents listed: %v, want bot-a and bot-b", names)
+		}
 
 		// Expired, not yet swept: still counted.
 		clock.Add(2 * time.Minute)

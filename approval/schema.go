@@ -54,8 +54,8 @@ var schema = []string{
 	`CREATE INDEX IF NOT EXISTS approval_requests_state ON approval_requests (state, expires_at)`,
 	`CREATE INDEX IF NOT EXISTS approval_requests_agent_state ON approval_requests (agent, state, expires_at)`, // an agent's pending
 	// The page's history, the latest decided first: read in this order, it
-	// stops at the 50th, past none of the pending (decided_at 0, last).
-	`CREATE INDEX IF NOT EXISTS approval_requests_decided ON approval_requests (decided_at, created_at)`,
+	// stops at the 50th, and holds none of the pending to walk past.
+	`CREATE INDEX IF NOT EXISTS approval_requests_decided ON approval_requests (decided_at, created_at) WHERE state <> 'pending'`,
 	`CREATE TABLE IF NOT EXISTS approval_votes (
 		request_id TEXT NOT NULL REFERENCES approval_requests(id),
 		approver_id TEXT NOT NULL,

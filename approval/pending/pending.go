@@ -26,6 +26,11 @@ const Schema = `CREATE TABLE IF NOT EXISTS approval_pending (
 
 const total = "total"
 
+// Agents is a query of the agents with requests waiting, one row each
+// read from its counter, for another package's query (a UNION) to take
+// them without walking every pending request.
+const Agents = `SELECT substr(scope, 7) FROM approval_pending WHERE scope LIKE 'agent:%'`
+
 func agentScope(agent string) string { return "agent:" + agent }
 
 // Caps bound the requests waiting for a human (the guard's
