@@ -45,6 +45,7 @@ import (
 	"github.com/countersign/countersign/approval/ceremony"
 	"github.com/countersign/countersign/approval/freeze"
 	"github.com/countersign/countersign/approval/grant"
+	"github.com/countersign/countersign/approval/outbox"
 	"github.com/countersign/countersign/approval/reconcile"
 	"github.com/countersign/countersign/approval/sealed"
 	"github.com/countersign/countersign/approval/watch"
@@ -117,7 +118,7 @@ var (
 	ErrInvalidRequest = errors.New("approval: invalid request")
 	ErrNotApproved    = errors.New("approval: request is not approved, or was already claimed")
 	ErrNotExecuting   = errors.New("approval: request is not claimed for execution")
-	ErrRecord         = errors.New("approval: audit log append failed")
+	ErrRecord         = outbox.ErrRecord
 	ErrClosed         = errors.New("approval: service closed")
 )
 
@@ -141,7 +142,7 @@ type Service struct {
 	leadingSweeps  atomic.Bool   // this replica runs the sweeps now
 	expiredBySweep atomic.Int64  // requests the expiry loop expired here
 
-	flushMu sync.Mutex
+	ob *outbox.Outbox // where entries wait for the log (approval/outbox)
 
 	watch  *watch.Hub // wakes waiters when a request changes
 	mu     sync.Mutex
@@ -263,6 +264,8 @@ func (s *Service) start(ctx context.Context) error {
 	if s.owners == nil {
 		s.owners = store.OwnersOf(ctx, s.db)
 	}
+	s.ob = outbox.New(outbox.Config{DB: s.db, Recorder: s.rec, Owner: s.owner, Owners: s.owners,
+		Now: s.now, Logger: s.opts.Logger, LinkGrant: s.linkGrant})
 	var err error
 	if s.alive, err = s.holdOwner(ctx); err != nil {
 		return err

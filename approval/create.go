@@ -211,6 +211,7 @@ func requestedEntry(c *creation) audit.Entry {
 		Tool:                 c.Tool,
 		Level:                c.Level,
 		Rule:                 c.Rule,
+		PolicySHA256:         c.PolicySHA256, // not the one in force when the outbox appends it
 		Quorum:               c.Quorum,
 		Eligible:             c.approvers,
 		UserVerification:     c.UserVerification,
@@ -244,11 +245,11 @@ func (s *Service) insert(ctx context.Context, c *creation) error {
 		}
 		_, err := tx.ExecContext(ctx, `INSERT INTO approval_requests
 			(id, tool, agent, args, args_sha256, redact_args, authorization_details, summary, display, level, rule,
-			 approvers, quorum, user_verification, code, binding_message, nonce, created_at, expires_at, interval_ms, state, wait_mode, owner)
-			VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
+			 approvers, quorum, user_verification, code, binding_message, nonce, created_at, expires_at, interval_ms, state, wait_mode, owner, policy_sha256)
+			VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
 			c.id, c.Tool, c.Agent, []byte(c.Args.JSON()), c.argsSHA256, c.RedactArgs, []byte(c.AuthorizationDetails),
 			c.summary, c.display, c.Level, c.Rule, string(approversJSON), c.Quorum, c.UserVerification, c.code, c.binding, c.nonce,
-			c.created.UnixNano(), c.expires.Unix(), s.opts.PollInterval.Milliseconds(), vocab.StatePending, c.Wait, s.owner)
+			c.created.UnixNano(), c.expires.Unix(), s.opts.PollInterval.Milliseconds(), vocab.StatePending, c.Wait, s.owner, c.PolicySHA256)
 		if err != nil {
 			return err
 		}

@@ -207,7 +207,7 @@ func TestPendingCapsRefuseAtTheCapAndCountUnsweptExpiries(t *testing.T) {
 }
 
 // A database made before the counters gets them from its pending
-// requests (approval migration 4), on both dialects.
+// requests (approval migration 5), on both dialects.
 func TestPendingCountersFilledByMigration(t *testing.T) {
 	storetest.Dialects(t, func(t *testing.T, db *store.DB) {
 		f := fixtureOn(t, t.TempDir(), db)
@@ -219,11 +219,11 @@ func TestPendingCountersFilledByMigration(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		// As the version before: no counters, migration 3 the last run.
+		// As the version before: no counters, migration 4 the last run.
 		if _, err := f.db.ExecContext(ctx, `DROP TABLE approval_pending`); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := f.db.ExecContext(ctx, `UPDATE schema_version SET version = 3 WHERE component = 'approval'`); err != nil {
+		if _, err := f.db.ExecContext(ctx, `UPDATE schema_version SET version = 4 WHERE component = 'approval'`); err != nil {
 			t.Fatal(err)
 		}
 		f.restart(t)

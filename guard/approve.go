@@ -60,7 +60,7 @@ func (g *Guard) countersign(ctx context.Context, c Call, spec *tools.Spec, call 
 	r, err := g.createRequest(context.WithoutCancel(ctx), approval.NewRequest{
 		Tool: spec.Def.Name, Agent: entry.Agent, Args: canon,
 		AuthorizationDetails: call.Details, Summary: call.Summary,
-		Level: d.Level, Rule: entry.Rule, Approvers: d.Approvers, Quorum: d.Quorum,
+		Level: d.Level, Rule: entry.Rule, PolicySHA256: d.PolicySHA256, Approvers: d.Approvers, Quorum: d.Quorum,
 		UserVerification: d.UserVerification, Timeout: d.Timeout, RedactArgs: conf.RedactArgs,
 		Wait: wait, Grant: g.grantOffer(entry.Agent, spec.Def.Name, call, d), Batchable: d.Batchable,
 	})

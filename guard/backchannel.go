@@ -189,7 +189,7 @@ func (g *Guard) Raise(ctx context.Context, b Backchannel) (*approval.Request, er
 	r, err := g.createRequest(ctx, approval.NewRequest{
 		Tool: b.Tool, Agent: b.Agent, Args: canon,
 		AuthorizationDetails: b.Details, Summary: b.Summary,
-		Level: d.Level, Rule: entry.Rule, Approvers: approvers, Quorum: d.Quorum,
+		Level: d.Level, Rule: entry.Rule, PolicySHA256: d.PolicySHA256, Approvers: approvers, Quorum: d.Quorum,
 		UserVerification: d.UserVerification, Timeout: timeout, RedactArgs: conf.RedactArgs,
 		Wait: approval.WaitBackchannel,
 	})
@@ -353,17 +353,17 @@ func (g *Guard) Redeem(ctx context.Context, tool, id, agent string) (*approval.P
 		}
 		return nil, "", errors.New(reason)
 	}
-	ev, err := g.opts.Evidence.Evidence(ctx, id)
-	if err != nil {
-		return fail("cannot read the approval: " + err.Error())
-	}
 	// The record names the rules that decided, as a tool call's does, so
 	// that replay can hold it to the policy.
 	stored, err := g.opts.Runs.Stored(ctx, id)
 	if err != nil {
 		return fail("cannot read the request: " + err.Error())
 	}
-	entry.Rule = stored.Rule
+	entry.Rule, entry.PolicySHA256 = stored.Rule, stored.PolicySHA256 // the policy that raised it, not one a reload put in force since
+	ev, err := g.opts.Evidence.Evidence(ctx, id)
+	if err != nil {
+		return fail("cannot read the approval: " + err.Error())
+	}
 	if !g.now().Before(r.ExpiresAt) {
 		// Approved in time, but the auth_req_id lives only until
 		// expires_at (CIBA): an exchange after that gets expired_token.

@@ -119,7 +119,7 @@ func (g *Guard) settleUnfinished(ctx context.Context, unfinished []approval.Unfi
 // storedEntry is the audit entry of a stored request's call, as the guard
 // made it when the call came in.
 func storedEntry(u approval.Unfinished) audit.Entry {
-	e := audit.Entry{Agent: u.Agent, Tool: u.Tool, Decision: string(u.Level), Rule: u.Rule, RequestID: u.ID}
+	e := audit.Entry{Agent: u.Agent, Tool: u.Tool, Decision: string(u.Level), Rule: u.Rule, PolicySHA256: u.PolicySHA256, RequestID: u.ID}
 	// The stored arguments are the request's digest.Args bytes, canonical
 	// as they were made: hashed, not canonicalised again.
 	sum := sha256.Sum256(u.Args)

@@ -19,7 +19,7 @@ import (
 //	1  the database records its schema (schema_release); audit entry
 //	   format 3; each package's migrations counted in schema_version
 //	2  approval_pending counts the requests waiting (approval migration
-//	   4): an older binary would leave the counts behind, and the caps
+//	   5): an older binary would leave the counts behind, and the caps
 //	   would then refuse or allow wrongly
 const Schema = 2
 

@@ -1,4 +1,4 @@
-package approval
+package outbox
 
 import (
 	"context"
@@ -10,52 +10,30 @@ import (
 	"github.com/countersign/countersign/store"
 )
 
-// Every Service writes its audit entries to the outbox under its own owner
+// Every process writes its audit entries to the outbox under its own owner
 // id and appends them itself. When a process dies, the entries it left
 // must be appended by another, exactly once and in order; but a process
 // that is merely slow must not have its entries appended twice. So each
-// Service holds its owner's liveness lock (store.Owners) for as long as it
+// process holds its owner's liveness lock (store.Owners) for as long as it
 // lives. An owner that store.Owners tells dead has its entries taken at
 // once; one it cannot tell about (an older version, or a database in
-// memory) has them taken once they are outboxStaleAfter old. Before
+// memory) has them taken once they are StaleAfter old. Before
 // appending an entry another process left, the end of the log is searched
 // for it, because that process may have appended it and died before
 // deleting it from the outbox.
 
-// holdOwner takes this Service's liveness lock and returns its release.
-// It also removes the files of dead owners that left nothing behind.
-// Without a lock a SQLite process goes on (what it leaves waits until
-// stale); a replica given Options.Owners must not: every write in its
-// name would be refused (Unfenced), and its peers could not tell it
-// alive.
-func (s *Service) holdOwner(ctx context.Context) (func(), error) {
-	if s.opts.Owner != "" {
-		return func() {}, nil // the caller holds it
-	}
-	release, err := s.owners.Hold(s.owner)
-	if err != nil && s.opts.Owners != nil && s.db.Dialect() == store.PostgreSQL {
-		return nil, fmt.Errorf("approval: take this replica's liveness lock: %w", err)
-	}
-	if err != nil {
-		s.opts.Logger.Warn("approval: no liveness lock; entries this process leaves behind wait until they are stale", "err", err)
-		return func() {}, nil
-	}
-	s.sweepOwners(ctx)
-	return release, nil
-}
-
-// sweepOwners removes the lock files of dead owners with nothing in the
+// SweepOwners removes the lock files of dead owners with nothing in the
 // outbox, so that crashes do not leave files behind for ever.
-func (s *Service) sweepOwners(ctx context.Context) {
-	for _, owner := range s.owners.Listed() {
-		if owner == s.owner {
+func (o *Outbox) SweepOwners(ctx context.Context) {
+	for _, owner := range o.owners.Listed() {
+		if owner == o.owner {
 			continue
 		}
 		var n int
-		if s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM approval_outbox WHERE owner = ?`, owner).Scan(&n) != nil || n > 0 {
+		if o.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM approval_outbox WHERE owner = ?`, owner).Scan(&n) != nil || n > 0 {
 			continue
 		}
-		s.owners.Dead(owner) // removes the file if its owner is gone
+		o.owners.Dead(owner) // removes the file if its owner is gone
 	}
 }
 
@@ -69,8 +47,8 @@ type tailReader interface {
 // already in the log: it searches back from the end over the entries
 // appended since then, and returns it as logged. A Recorder that cannot be
 // read says no.
-func (s *Service) inLog(ctx context.Context, e audit.Entry, created int64) (audit.Entry, bool, error) {
-	r, ok := s.rec.(tailReader)
+func (o *Outbox) inLog(ctx context.Context, e audit.Entry, created int64) (audit.Entry, bool, error) {
+	r, ok := o.rec.(tailReader)
 	if !ok {
 		return audit.Entry{}, false, nil
 	}
@@ -112,24 +90,25 @@ func sameEntry(a, b audit.Entry) bool {
 		a.InterruptedSeq == b.InterruptedSeq
 }
 
-// liveness tells, for one recovery pass, which owners live: this Service,
+// Liveness tells, for one recovery pass, which owners live: this Outbox,
 // and another only while its liveness lock is held (listed and not
 // dead). An owner with no lock at all (released, from before owners were
 // recorded, or on a store where nobody can be told dead) is gone: nobody
 // waits on what it left. Read the rows to settle first and ask after: a
 // process holds its lock before it writes, so a row read first cannot
 // belong to an owner that takes its lock later and is taken for gone.
-type liveness struct {
-	s      *Service
+type Liveness struct {
+	o      *Outbox
 	listed map[string]bool // nil until first asked
 	known  map[string]bool
 }
 
-func (s *Service) liveness() *liveness { return &liveness{s: s, known: map[string]bool{}} }
+// Liveness starts a recovery pass's view of which owners live.
+func (o *Outbox) Liveness() *Liveness { return &Liveness{o: o, known: map[string]bool{}} }
 
-// live reports whether owner's process lives.
-func (l *liveness) live(owner string) bool {
-	if owner == l.s.owner {
+// Live reports whether owner's process lives.
+func (l *Liveness) Live(owner string) bool {
+	if owner == l.o.owner {
 		return true
 	}
 	if v, ok := l.known[owner]; ok {
@@ -137,21 +116,21 @@ func (l *liveness) live(owner string) bool {
 	}
 	if l.listed == nil {
 		l.listed = map[string]bool{}
-		for _, o := range l.s.owners.Listed() {
+		for _, o := range l.o.owners.Listed() {
 			l.listed[o] = true
 		}
 	}
-	v := l.listed[owner] && !l.s.owners.Dead(owner)
+	v := l.listed[owner] && !l.o.owners.Dead(owner)
 	l.known[owner] = v
 	return v
 }
 
-// listed reports whether owner holds (or held, if dead) a liveness lock:
+// IsListed reports whether owner holds (or held, if dead) a liveness lock:
 // an unlisted owner's outbox entries are taken only once stale, since it
 // may be a process that could not take its lock.
-func (l *liveness) isListed(owner string) bool {
-	l.live(owner)
-	return owner == l.s.owner || l.listed[owner]
+func (l *Liveness) IsListed(owner string) bool {
+	l.Live(owner)
+	return owner == l.o.owner || l.listed[owner]
 }
 
 // LivePeers reports whether another replica on this PostgreSQL database
@@ -159,13 +138,13 @@ func (l *liveness) isListed(owner string) bool {
 // SQLite one server owns the file (other processes there are commands,
 // which make no calls), and without Options.Owners recovery acts as if
 // alone: no.
-func (s *Service) LivePeers(ctx context.Context) (bool, error) {
-	if s.db.Dialect() != store.PostgreSQL {
+func (o *Outbox) LivePeers(ctx context.Context) (bool, error) {
+	if o.db.Dialect() != store.PostgreSQL {
 		return false, nil
 	}
-	l := s.liveness()
-	for _, o := range s.owners.Listed() {
-		if o != s.owner && l.live(o) {
+	l := o.Liveness()
+	for _, peer := range o.owners.Listed() {
+		if peer != o.owner && l.Live(peer) {
 			return true, nil
 		}
 	}
@@ -175,15 +154,15 @@ func (s *Service) LivePeers(ctx context.Context) (bool, error) {
 // DeadPeers returns the other replicas on this PostgreSQL database that
 // are dead (and so fenced, store.Owners.Dead): the reaper settles the
 // routine calls they left. On SQLite: none.
-func (s *Service) DeadPeers(ctx context.Context) ([]string, error) {
-	if s.db.Dialect() != store.PostgreSQL {
+func (o *Outbox) DeadPeers(ctx context.Context) ([]string, error) {
+	if o.db.Dialect() != store.PostgreSQL {
 		return nil, nil
 	}
-	l := s.liveness()
+	l := o.Liveness()
 	var dead []string
-	for _, o := range s.owners.Listed() {
-		if !l.live(o) {
-			dead = append(dead, o)
+	for _, peer := range o.owners.Listed() {
+		if !l.Live(peer) {
+			dead = append(dead, peer)
 		}
 	}
 	return dead, nil
@@ -194,9 +173,9 @@ func (s *Service) DeadPeers(ctx context.Context) ([]string, error) {
 // needs: no entry of theirs waits in the outbox and no request they
 // raised or claimed is pending or approved (a poll-mode one keeps its
 // replica's row until it ends). Their rows would otherwise pile up.
-func (s *Service) ForgetReplicas(ctx context.Context, dead []string) (forgotten []string, err error) {
+func (o *Outbox) ForgetReplicas(ctx context.Context, dead []string) (forgotten []string, err error) {
 	for _, id := range dead {
-		gone, err := s.owners.Forget(ctx, id, func(ctx context.Context, tx *sql.Tx) (bool, error) {
+		gone, err := o.owners.Forget(ctx, id, func(ctx context.Context, tx *sql.Tx) (bool, error) {
 			var left bool
 			err := tx.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM approval_outbox WHERE owner = ?)
 				OR EXISTS (SELECT 1 FROM approval_requests WHERE state IN ('pending', 'approved') AND (owner = ? OR exec_owner = ?))`,

@@ -1,4 +1,4 @@
-package approval
+package outbox
 
 import (
 	"context"
@@ -6,7 +6,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/countersign/countersign/approval/watch"
@@ -15,21 +17,62 @@ import (
 	"github.com/countersign/countersign/vocab"
 )
 
-// outboxStaleAfter is how long another process's unflushed entries wait
-// before this one appends them (that process probably died).
-const outboxStaleAfter = 30 * time.Second
+// Outbox is where a Service writes its audit entries, inside the
+// transaction that changes what they describe, to be appended to the log
+// right after the commit (Flush) in the order they were queued. The
+// tables (approval_outbox, approval_logged_assertions) are package
+// approval's.
+type Outbox struct {
+	db        *store.DB
+	rec       Recorder
+	owner     string        // this process
+	owners    *store.Owners // tells the other owners dead or alive (owner.go)
+	now       func() time.Time
+	log       *slog.Logger
+	linkGrant func(ctx context.Context, e *audit.Entry) error
+	mu        sync.Mutex // one Flush at a time
+}
 
-// enqueue adds an audit entry to the outbox inside tx, and announces the
+// Recorder appends entries to the audit log (*audit.Log).
+type Recorder interface {
+	Append(ctx context.Context, e audit.Entry) (audit.Entry, error)
+}
+
+// Config is what an Outbox needs. LinkGrant fills a grant.revoked entry's
+// GrantSeq (the seq of the approval that created the grant).
+type Config struct {
+	DB        *store.DB
+	Recorder  Recorder
+	Owner     string
+	Owners    *store.Owners
+	Now       func() time.Time
+	Logger    *slog.Logger
+	LinkGrant func(ctx context.Context, e *audit.Entry) error
+}
+
+// New returns the outbox of owner.
+func New(c Config) *Outbox {
+	return &Outbox{db: c.DB, rec: c.Recorder, owner: c.Owner, owners: c.Owners, now: c.Now, log: c.Logger, linkGrant: c.LinkGrant}
+}
+
+// ErrRecord is returned when the audit log append failed.
+var ErrRecord = errors.New("approval: audit log append failed")
+
+// StaleAfter is how long another process's unflushed entries wait
+// before this one appends them (that process probably died).
+const StaleAfter = 30 * time.Second
+
+// Enqueue adds an audit entry to the outbox inside tx, and announces the
 // change to the other replicas with it (watch.Announce): a transaction
 // that queues an entry changed what it describes.
-func (s *Service) enqueue(ctx context.Context, tx *sql.Tx, requestID string, e audit.Entry) error {
+func (o *Outbox) Enqueue(ctx context.Context, tx *sql.Tx, requestID string, e audit.Entry) error {
 	b, err := json.Marshal(e)
 	if err != nil {
 		return err
 	}
 	// Written in this owner's name: not once another replica has taken
 	// it over (store.Owners.Unfenced).
-	if err := s.owners.Unfenced(ctx, tx, s.owner); err != nil {
+	if err := o.owners.Unfenced(ctx, tx, o.owner); err != nil {
 		return err
 	}
 	if requestID != "" {
@@ -37,7 +80,7 @@ func (s *Service) enqueue(ctx context.Context, tx *sql.Tx, requestID string, e a
 		// queued (approval.requested first): while another owner's
 		// entries for it wait, this one must not overtake them.
 		var other int
-		err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM approval_outbox WHERE request_id = ? AND owner <> ?`, requestID, s.owner).Scan(&other)
+		err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM approval_outbox WHERE request_id = ? AND owner <> ?`, requestID, o.owner).Scan(&other)
 		if err != nil {
 			return err
 		}
@@ -46,26 +89,26 @@ func (s *Service) enqueue(ctx context.Context, tx *sql.Tx, requestID string, e a
 		}
 	}
 	_, err = tx.ExecContext(ctx, `INSERT INTO approval_outbox (request_id, entry, kind, owner, created_at) VALUES (?, ?, ?, ?, ?)`,
-		requestID, b, string(e.Kind), s.owner, s.now().UnixNano())
+		requestID, b, string(e.Kind), o.owner, o.now().UnixNano())
 	if err != nil {
 		return err
 	}
-	return watch.Announce(ctx, s.db, tx, requestID)
+	return watch.Announce(ctx, o.db, tx, requestID)
 }
 
-// flush appends outbox entries to the log in order, deleting each once it
+// Flush appends outbox entries to the log in order, deleting each once it
 // is appended. With stale, it also takes the entries of other processes
-// that are gone: at once those of a dead owner, after outboxStaleAfter
+// that are gone: at once those of a dead owner, after StaleAfter
 // those of an owner that held no liveness lock; never a live one's, which
 // appends its own (taking them by age would append them twice).
-func (s *Service) flush(ctx context.Context, stale bool) error {
-	s.flushMu.Lock()
-	defer s.flushMu.Unlock()
-	where, args := `WHERE owner = ?`, []any{s.owner}
+func (o *Outbox) Flush(ctx context.Context, stale bool) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	where, args := `WHERE owner = ?`, []any{o.owner}
 	if stale {
 		where, args = ``, nil
 	}
-	rows, err := s.db.QueryContext(ctx, `SELECT id, request_id, entry, owner, created_at FROM approval_outbox `+where+` ORDER BY id`, args...)
+	rows, err := o.db.QueryContext(ctx, `SELECT id, request_id, entry, owner, created_at FROM approval_outbox `+where+` ORDER BY id`, args...)
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrRecord, err)
 	}
@@ -90,9 +133,9 @@ func (s *Service) flush(ctx context.Context, stale bool) error {
 		return fmt.Errorf("%w: %v", ErrRecord, err)
 	}
 	if stale {
-		l, cutoff := s.liveness(), s.now().Add(-outboxStaleAfter).UnixNano()
+		l, cutoff := o.Liveness(), o.now().Add(-StaleAfter).UnixNano()
 		items = slices.DeleteFunc(items, func(it item) bool {
-			return l.live(it.owner) && it.owner != s.owner || !l.isListed(it.owner) && it.created >= cutoff
+			return l.Live(it.owner) && it.owner != o.owner || !l.IsListed(it.owner) && it.created >= cutoff
 		})
 	}
 	for _, it := range items {
@@ -101,42 +144,42 @@ func (s *Service) flush(ctx context.Context, stale bool) error {
 			return fmt.Errorf("%w: outbox entry %d: %v", ErrRecord, it.id, err)
 		}
 		if e.Kind == vocab.KindApprovalApproved {
-			if err := s.linkAssertions(ctx, &e); err != nil {
+			if err := o.linkAssertions(ctx, &e); err != nil {
 				return fmt.Errorf("%w: outbox entry %d: %v", ErrRecord, it.id, err)
 			}
 		}
 		if e.Kind == vocab.KindGrantRevoked && e.GrantSeq == 0 {
-			if err := s.linkGrant(ctx, &e); err != nil {
+			if err := o.linkGrant(ctx, &e); err != nil {
 				return fmt.Errorf("%w: outbox entry %d: %v", ErrRecord, it.id, err)
 			}
 		}
 		// Another process may have appended it and died before deleting it.
 		var logged audit.Entry
 		found := false
-		if it.owner != s.owner {
+		if it.owner != o.owner {
 			// Replicas flush what dead owners left at once: one takes
 			// each entry over, so only it appends it.
-			took, err := s.takeOver(ctx, it.id, it.owner)
+			took, err := o.takeOver(ctx, it.id, it.owner)
 			if err != nil {
 				return fmt.Errorf("%w: %v", ErrRecord, err)
 			}
 			if !took {
 				continue
 			}
-			if logged, found, err = s.inLog(ctx, e, it.created); err != nil {
+			if logged, found, err = o.inLog(ctx, e, it.created); err != nil {
 				return fmt.Errorf("%w: %v", ErrRecord, err)
 			}
 		}
 		if found {
-			s.opts.Logger.Info("approval: an outbox entry left by a stopped process was already in the log", "kind", e.Kind, "request", e.RequestID, "seq", logged.Seq)
-		} else if logged, err = s.rec.Append(ctx, e); err != nil {
+			o.log.Info("approval: an outbox entry left by a stopped process was already in the log", "kind", e.Kind, "request", e.RequestID, "seq", logged.Seq)
+		} else if logged, err = o.rec.Append(ctx, e); err != nil {
 			return fmt.Errorf("%w: %v", ErrRecord, err)
 		}
 		// A crash between the append and this transaction leaves the entry
 		// to the next process, which finds it in the log (inLog) rather
 		// than appending it again. The closure only writes what the append
 		// returned, so running it again is the same.
-		err = s.db.InTx(context.WithoutCancel(ctx), func(tx *sql.Tx) error {
+		err = o.db.InTx(context.WithoutCancel(ctx), func(tx *sql.Tx) error {
 			if e.Kind == vocab.KindApprovalAssertion {
 				if _, err := tx.ExecContext(ctx, `INSERT INTO approval_logged_assertions (request_id, approver_id, seq) VALUES (?,?,?)
 					ON CONFLICT (request_id, approver_id) DO UPDATE SET seq = excluded.seq`,
@@ -149,7 +192,7 @@ func (s *Service) flush(ctx context.Context, stale bool) error {
 			}
 			// Logged, what the entry describes counts now (an approval,
 			// a grant): the replicas that heard of the change read it again.
-			return watch.Announce(ctx, s.db, tx, it.request)
+			return watch.Announce(ctx, o.db, tx, it.request)
 		})
 		if err != nil {
 			return fmt.Errorf("%w: %v", ErrRecord, err)
@@ -158,15 +201,15 @@ func (s *Service) flush(ctx context.Context, stale bool) error {
 	return nil
 }
 
-// takeOver makes outbox entry id, left by owner, this Service's, unless
+// takeOver makes outbox entry id, left by owner, this Outbox's, unless
 // another process took it first (then it reports false).
-func (s *Service) takeOver(ctx context.Context, id int64, owner string) (bool, error) {
+func (o *Outbox) takeOver(ctx context.Context, id int64, owner string) (bool, error) {
 	var n int64
-	err := s.db.InTx(ctx, func(tx *sql.Tx) error {
-		if err := s.owners.Unfenced(ctx, tx, s.owner); err != nil {
+	err := o.db.InTx(ctx, func(tx *sql.Tx) error {
+		if err := o.owners.Unfenced(ctx, tx, o.owner); err != nil {
 			return err
 		}
-		res, err := tx.ExecContext(ctx, `UPDATE approval_outbox SET owner = ? WHERE id = ? AND owner = ?`, s.owner, id, owner)
+		res, err := tx.ExecContext(ctx, `UPDATE approval_outbox SET owner = ? WHERE id = ? AND owner = ?`, o.owner, id, owner)
 		if err != nil {
 			return err
 		}
@@ -179,16 +222,16 @@ func (s *Service) takeOver(ctx context.Context, id int64, owner string) (bool, e
 // linkAssertions fills an approval.approved entry's Assertions with the
 // seqs of its approvers' approval.assertion entries. The outbox appends in
 // order, so they are in the log by now.
-func (s *Service) linkAssertions(ctx context.Context, e *audit.Entry) error {
+func (o *Outbox) linkAssertions(ctx context.Context, e *audit.Entry) error {
 	e.Assertions = nil
 	for _, a := range e.Approvers {
 		var seq int64
-		err := s.db.QueryRowContext(ctx, `SELECT seq FROM approval_logged_assertions WHERE request_id = ? AND approver_id = ?`, e.RequestID, a).Scan(&seq)
+		err := o.db.QueryRowContext(ctx, `SELECT seq FROM approval_logged_assertions WHERE request_id = ? AND approver_id = ?`, e.RequestID, a).Scan(&seq)
 		if errors.Is(err, sql.ErrNoRows) {
 			// Appended before seqs were recorded (by an older server,
 			// for a request decided across the upgrade): find it in the
 			// log itself.
-			seq, err = s.findAssertion(ctx, e.RequestID, a)
+			seq, err = o.findAssertion(ctx, e.RequestID, a)
 		}
 		if err != nil {
 			return fmt.Errorf("the approval.assertion of %s for request %s: %w", a, e.RequestID, err)
@@ -205,8 +248,8 @@ type logReader interface {
 
 // findAssertion scans the log for the latest approval.assertion of
 // approver on request. It is slow and rarely needed.
-func (s *Service) findAssertion(ctx context.Context, request, approver string) (int64, error) {
-	lr, ok := s.rec.(logReader)
+func (o *Outbox) findAssertion(ctx context.Context, request, approver string) (int64, error) {
+	lr, ok := o.rec.(logReader)
 	if !ok {
 		return 0, errors.New("not recorded, and the log cannot be searched")
 	}
@@ -232,10 +275,10 @@ func (s *Service) findAssertion(ctx context.Context, request, approver string) (
 	return found, nil
 }
 
-// record appends an entry that changes no state (a rejected assertion).
-func (s *Service) record(ctx context.Context, e audit.Entry) error {
-	if _, err := s.rec.Append(context.WithoutCancel(ctx), e); err != nil {
-		s.opts.Logger.Error("approval: audit append failed", "kind", e.Kind, "err", err)
+// Record appends an entry that changes no state (a rejected assertion).
+func (o *Outbox) Record(ctx context.Context, e audit.Entry) error {
+	if _, err := o.rec.Append(context.WithoutCancel(ctx), e); err != nil {
+		o.log.Error("approval: audit append failed", "kind", e.Kind, "err", err)
 		return fmt.Errorf("%w: %v", ErrRecord, err)
 	}
 	return nil
