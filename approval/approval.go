@@ -84,13 +84,13 @@ type Options struct {
 	// is committed and logged. It runs on the caller's goroutine: it must
 	// queue and return, never deliver. See approval/notify.go.
 	Notify func(event string, r *Request)
-
 	// ResultKey (32 bytes, sealed.DeriveKey) seals the results of approved
-	// calls while they are kept; nil: a random key for this process
-	// alone. ResultTTL is how long a result is kept after its run for the
-	// agent to collect; default sealed.DefaultTTL (results.go).
-	ResultKey []byte
-	ResultTTL time.Duration
+	// calls while they are kept (nil: a random key for this process alone);
+	// RetiredResultKeys, of server keys rotated away, open those sealed
+	// before. ResultTTL: how long a result is kept (sealed.DefaultTTL).
+	ResultKey         []byte
+	RetiredResultKeys [][]byte
+	ResultTTL         time.Duration
 
 	// Owner, if set, is this process's owner id, whose liveness lock the
 	// caller holds in Owners (the daemon's replica row, so that a fenced
@@ -165,7 +165,7 @@ func New(ctx context.Context, db *store.DB, rec Recorder, opts Options) (*Servic
 		return nil, errors.New("approval: db and recorder are required")
 	}
 	opts.setDefaults()
-	results, err := sealed.NewBox(opts.ResultKey)
+	results, err := sealed.NewBox(opts.ResultKey, opts.RetiredResultKeys...)
 	if err != nil {
 		return nil, err
 	}

@@ -185,10 +185,11 @@ func (l *Log) WriteArchive(ctx context.Context, w io.Writer, through int64) ([]b
 	// The checkpoint is signed now, by the key in force; an auditor who
 	// reads the archive alone trusts only the keys its entries hand the
 	// log to, so it must reach the last rotation.
-	if seq, err := lastRotation(ctx, snap); err != nil {
-		return nil, fmt.Errorf("audit: archive: %w", err)
-	} else if seq > through {
-		return nil, fmt.Errorf("audit: archive through seq %d: the server key was rotated after it (key.rotated at seq %d), and the archive's checkpoint is signed by the key in force now; archive through seq %d or later", through, seq, seq)
+	var rot sql.NullInt64
+	if err := snap.QueryRowContext(ctx, `SELECT MAX(seq) FROM audit_entries WHERE `+rotatedLike).Scan(&rot); err != nil {
+		return nil, fmt.Errorf("audit: archive: read key rotations: %w", err)
+	} else if rot.Int64 > through {
+		return nil, fmt.Errorf("audit: archive through seq %d: the server key was rotated after it (key.rotated at seq %d), and the archive's checkpoint is signed by the key in force now; archive through seq %d or later", through, rot.Int64, rot.Int64)
 	}
 	root, err := tlog.TreeHash(through, dbHashReader{ctx, snap})
 	if err != nil {

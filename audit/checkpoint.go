@@ -134,12 +134,9 @@ func (l *Log) checkStored(ctx context.Context, q querier, stored *Head) (*Tamper
 	}
 	first1, archivedRoot := want, fr.Root()
 
-	// The key in force at the first stored entry: the previous key of the
-	// first stored rotation, or this server's. A rotation inside an
-	// archive left the key it handed to in force at the archive's end, so
-	// a pruned log needs nothing more: that key signs the stored entries
-	// up to the next stored rotation. Read before the entries' rows: a
-	// snapshot may be one connection.
+	// The key in force at the first stored entry (after a pruning too: an
+	// archived rotation's key signs up to the first stored one). Read
+	// before the entries' rows: a snapshot may be one connection.
 	pub, err := firstKey(ctx, q, l.signer.pub)
 	var fk *TamperError
 	if errors.As(err, &fk) {

@@ -208,8 +208,9 @@ func signCheckpoint(s note.Signer, size int64, root tlog.Hash) ([]byte, error) {
 // OpenCheckpoint verifies a signed checkpoint note with v (the server
 // key's verifier, [ParsePublicKey]) and parses its body. Extension lines
 // after the root are refused: we never write them.
-func OpenCheckpoint(msg []byte, v note.Verifier) (*Checkpoint, error) {
-	return openCheckpoint(msg, note.VerifierList(v))
+// A log whose key was rotated gives each key that may have signed (more).
+func OpenCheckpoint(msg []byte, v note.Verifier, more ...note.Verifier) (*Checkpoint, error) {
+	return openCheckpoint(msg, note.VerifierList(append([]note.Verifier{v}, more...)...))
 }
 
 // openCheckpoint is OpenCheckpoint with any of the keys vs.

@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/countersign/countersign/vocab"
 	"golang.org/x/mod/sumdb/note"
@@ -84,17 +85,6 @@ func firstKey(ctx context.Context, q querier, current ed25519.PublicKey) (ed2551
 	return pub, nil
 }
 
-// lastRotation is the seq of the last stored key.rotated entry, 0 if
-// there is none.
-func lastRotation(ctx context.Context, q querier) (int64, error) {
-	var seq sql.NullInt64
-	err := q.QueryRowContext(ctx, `SELECT MAX(seq) FROM audit_entries WHERE `+rotatedLike).Scan(&seq)
-	if err != nil {
-		return 0, fmt.Errorf("read key rotations: %w", err)
-	}
-	return seq.Int64, nil
-}
-
 // rotatedLike matches the bodies of key.rotated entries. SQLite stores
 // body as a BLOB, which LIKE does not match as text.
 const rotatedLike = `CAST(body AS TEXT) LIKE '%"kind":"` + string(vocab.KindKeyRotated) + `"%'`
@@ -146,6 +136,15 @@ func (l *Log) trust(retired []string) {
 			l.verifiers = append(l.verifiers, v)
 		}
 	}
+}
+
+// EarlierVerifiers are the note verifiers of the keys the log rotated
+// from in its stored entries (read at Open), not the key in force:
+// checkpoints kept from before a rotation (a witness's) are signed by one.
+func (l *Log) EarlierVerifiers() []note.Verifier {
+	l.keyMu.RLock()
+	defer l.keyMu.RUnlock()
+	return slices.DeleteFunc(slices.Clone(l.verifiers), func(v note.Verifier) bool { return v.KeyHash() == l.signer.hash })
 }
 
 // current is the signer in force.

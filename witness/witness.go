@@ -53,6 +53,10 @@ type File struct {
 	// Verifier is the server's key: a witnessed checkpoint that does not
 	// verify with it is refused.
 	Verifier note.Verifier
+	// Earlier are the server keys the log had before a rotation (audit
+	// rotate-key): the witnessed checkpoint may be signed by one of them,
+	// when nothing was recorded since. Record takes only Verifier's.
+	Earlier []note.Verifier
 }
 
 // Checkpoint is a verified checkpoint.
@@ -86,7 +90,7 @@ func (f *File) Latest() (*Checkpoint, error) {
 	if err != nil {
 		return nil, fmt.Errorf("witness: %w", err)
 	}
-	cp, err := parse(raw, f.Verifier)
+	cp, err := parse(raw, f.Verifier, f.Earlier...)
 	if err != nil {
 		return nil, fmt.Errorf("witness %s: %w", f.Path, err)
 	}
@@ -94,9 +98,9 @@ func (f *File) Latest() (*Checkpoint, error) {
 }
 
 // parse verifies a checkpoint note (origin, tree size, base64 root) signed
-// by v.
-func parse(msg []byte, v note.Verifier) (*Checkpoint, error) {
-	n, err := note.Open(msg, note.VerifierList(v))
+// by v or one of earlier (the same origin).
+func parse(msg []byte, v note.Verifier, earlier ...note.Verifier) (*Checkpoint, error) {
+	n, err := note.Open(msg, note.VerifierList(append([]note.Verifier{v}, earlier...)...))
 	if err != nil {
 		return nil, fmt.Errorf("checkpoint does not verify with the server key: %w", err)
 	}

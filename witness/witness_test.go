@@ -119,3 +119,58 @@ func TestRolledBackOrRewrittenLogIsRefused(t *testing.T) {
 		t.Fatalf("a witness signed by another key: %v", err)
 	}
 }
+
+// After audit rotate-key the witness file still holds a checkpoint signed
+// by the old key: the server, reopened with the new key, checks the log
+// against it with the log's earlier keys, records the new key's next
+// checkpoint over it, and a rolled-back log is still caught.
+func TestWitnessedBeforeARotationChecksAfterIt(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	db, err := store.Connect(ctx, filepath.Join(dir, store.FileName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	oldKey, _ := audit.LoadOrCreateKey(t.TempDir())
+	newKey, _ := audit.LoadOrCreateKey(t.TempDir())
+	l, err := audit.Open(ctx, db.DB, oldKey, audit.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		if _, err := l.Append(ctx, audit.Entry{Kind: vocab.KindCallAllowed, Tool: "t", Reason: fmt.Sprint(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w := witnessFor(t, l)
+	record(t, w, l)
+	if _, err := l.RotateKey(ctx, newKey, "yearly"); err != nil {
+		t.Fatal(err)
+	}
+	l.Close()
+
+	l, err = audit.Open(ctx, db.DB, newKey, audit.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	_, v, _ := audit.ParsePublicKey(l.PublicKey())
+	if err := (&File{Path: w.Path, Verifier: v}).Check(ctx, l); err == nil {
+		t.Fatal("the old key's witnessed checkpoint verified with the new key alone")
+	}
+	after := &File{Path: w.Path, Verifier: v, Earlier: l.EarlierVerifiers()}
+	if err := after.Check(ctx, l); err != nil {
+		t.Fatalf("check after the rotation: %v", err)
+	}
+	record(t, after, l)
+	if cp, err := after.Latest(); err != nil || cp.Size != 4 {
+		t.Fatalf("witness after recording the new key's checkpoint: %+v, %v", cp, err)
+	}
+	// A log of other entries, under the same keys, is still refused.
+	other := newLog(t, t.TempDir(), "other", 6)
+	var rb *RollbackError
+	if err := after.Check(ctx, other); !errors.As(err, &rb) {
+		t.Fatalf("another log checked against the witness: %v", err)
+	}
+}

@@ -16,7 +16,10 @@
 // while no second key file has to be kept, backed up or lost. Whoever can
 // read the server key can already sign log entries; they gain little more.
 // A Box given no key seals with a random key of its own, so its results
-// can be opened only by the process that sealed them.
+// can be opened only by the process that sealed them. After the server key
+// is rotated (audit rotate-key), the Box also holds the keys derived from
+// the retired server keys: results sealed before the rotation open until
+// their window ends, and nothing new is sealed with them.
 //
 // A sealed result is
 //
@@ -63,18 +66,38 @@ func DeriveKey(server ed25519.PrivateKey) ([]byte, error) {
 	return hkdf.Key(sha256.New, server.Seed(), nil, resultKeyInfo, 32)
 }
 
-// Box seals and opens results with one key.
-type Box struct{ aead cipher.AEAD }
+// Box seals results with one key and opens them with it or a retired one.
+type Box struct {
+	aead    cipher.AEAD
+	retired []cipher.AEAD
+}
 
 // NewBox returns a Box sealing with key (32 bytes), or with a random key
-// for this process alone when key is nil.
-func NewBox(key []byte) (*Box, error) {
+// for this process alone when key is nil, and opening with key or any of
+// retired (the keys of rotated-away server keys, DeriveKey).
+func NewBox(key []byte, retired ...[]byte) (*Box, error) {
 	if key == nil {
 		key = make([]byte, 32)
 		if _, err := rand.Read(key); err != nil {
 			return nil, err
 		}
 	}
+	aead, err := newAEAD(key)
+	if err != nil {
+		return nil, err
+	}
+	b := &Box{aead: aead}
+	for _, k := range retired {
+		a, err := newAEAD(k)
+		if err != nil {
+			return nil, fmt.Errorf("retired %w", err)
+		}
+		b.retired = append(b.retired, a)
+	}
+	return b, nil
+}
+
+func newAEAD(key []byte) (cipher.AEAD, error) {
 	if len(key) != 32 {
 		return nil, fmt.Errorf("approval: result key has %d bytes, want 32", len(key))
 	}
@@ -82,11 +105,7 @@ func NewBox(key []byte) (*Box, error) {
 	if err != nil {
 		return nil, err
 	}
-	aead, err := cipher.NewGCM(block)
-	if err != nil {
-		return nil, err
-	}
-	return &Box{aead: aead}, nil
+	return cipher.NewGCM(block)
 }
 
 func resultAD(id string, header []byte) []byte {
@@ -131,7 +150,14 @@ func (b *Box) Open(id string, stored []byte, now time.Time) ([]byte, time.Time) 
 	if len(stored) < HeaderLen+n {
 		return nil, until
 	}
-	plain, err := b.aead.Open(nil, stored[HeaderLen:HeaderLen+n], stored[HeaderLen+n:], resultAD(id, stored[:HeaderLen]))
+	nonce, box, ad := stored[HeaderLen:HeaderLen+n], stored[HeaderLen+n:], resultAD(id, stored[:HeaderLen])
+	plain, err := b.aead.Open(nil, nonce, box, ad)
+	for _, r := range b.retired {
+		if err == nil {
+			break
+		}
+		plain, err = r.Open(nil, nonce, box, ad)
+	}
 	if err != nil {
 		return nil, until
 	}

@@ -130,6 +130,8 @@ type Backend struct {
 	// batch sealed, before it is written and committed.
 	beforeCommit func(conn *pgx.Conn)
 
+	also *alsoCommit // run in the next batch's transaction (AlsoCommit)
+
 	stats stats
 }
 
@@ -329,6 +331,14 @@ func (b *Backend) Write(seal audit.Sealer) (<-chan error, error) {
 	write.Queue(insertEntries, seqs, hashes, lines, owners)
 	write.Queue(insertTree, idx, th)
 	write.Queue(moveHead, batch.Head.Seq, batch.Head.Hash[:], batch.Head.Time, next)
+	also := b.also
+	if also != nil {
+		b.also = nil // once, whatever the batch's outcome
+		// Failing in the server, so that the transaction ends in
+		// ROLLBACK: a pipelined COMMIT would commit whatever the client
+		// thought of the row count.
+		write.Queue(`WITH changed AS (`+also.stmt+` RETURNING 1) SELECT 1 / ((SELECT count(*) FROM changed) = 1)::int`, also.args...)
+	}
 	write.Queue(`COMMIT`).Exec(func(ct pgconn.CommandTag) error {
 		if ct.String() != "COMMIT" {
 			return fmt.Errorf("the transaction ended in %s", ct)
@@ -344,6 +354,9 @@ func (b *Backend) Write(seal audit.Sealer) (<-chan error, error) {
 		}
 		err := conn.SendBatch(ctx, write).Close()
 		b.stats.record(locked.Sub(asked), time.Since(locked), n, moved)
+		if pe := (*pgconn.PgError)(nil); also != nil && errors.As(err, &pe) && pe.Code == "22012" {
+			err = fmt.Errorf("audit: append: %s: it would change no row or several, so nothing was stored", also.what)
+		}
 		if err != nil {
 			b.drop()
 		} else {
@@ -352,6 +365,22 @@ func (b *Backend) Write(seal audit.Sealer) (<-chan error, error) {
 		done <- err
 	}()
 	return done, nil
+}
+
+// alsoCommit is a statement that must commit with a batch or not at all.
+type alsoCommit struct {
+	what, stmt string
+	args       []any
+}
+
+// AlsoCommit has the transaction of the next batch run stmt (an UPDATE,
+// INSERT or DELETE with $n placeholders and no RETURNING) after its
+// entries, and fail, storing nothing, unless stmt changes exactly one
+// row; what names it in that error. audit rotate-key moves the
+// server_key row to the new key with key.rotated: neither may commit
+// without the other.
+func (b *Backend) AlsoCommit(what, stmt string, args ...any) {
+	b.also = &alsoCommit{what, stmt, args}
 }
 
 // shareOwner reads whether the writer's owner is fenced and holds its

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"crypto/ed25519"
 	"math"
+	"slices"
 
 	"github.com/countersign/countersign/audit"
 	"golang.org/x/mod/sumdb/note"
@@ -61,7 +62,38 @@ func (k *keyChain) rotate(e *audit.Entry) string {
 // verifier is the note verifier of the key in force: the final
 // checkpoint must be signed by it.
 func (k *keyChain) verifier() note.Verifier {
-	_, v, err := audit.ParsePublicKey(audit.PublicKeyText(k.inForce))
+	return noteVerifier(k.inForce)
+}
+
+// verifiersAt are the keys that may sign a checkpoint of size n: the key
+// in force after entry n, and, when entry n is a rotation, the key it
+// handed over from (the rotation's own batch may be checkpointed before
+// the switch). A witness cosigned what the key of its time signed.
+func (k *keyChain) verifiersAt(n int64) []note.Verifier {
+	after, signer := k.at(n+1), k.at(n)
+	if n == 0 || after.Equal(signer) {
+		return []note.Verifier{noteVerifier(after)}
+	}
+	return []note.Verifier{noteVerifier(after), noteVerifier(signer)}
+}
+
+// all are the verifiers of every key of the chain.
+func (k *keyChain) all() []note.Verifier {
+	keys := []ed25519.PublicKey{k.first}
+	for _, c := range k.changes {
+		if !slices.ContainsFunc(keys, func(k ed25519.PublicKey) bool { return k.Equal(c.key) }) { // a chain may come back to a key
+			keys = append(keys, c.key)
+		}
+	}
+	vs := make([]note.Verifier, len(keys))
+	for i, key := range keys {
+		vs[i] = noteVerifier(key)
+	}
+	return vs
+}
+
+func noteVerifier(key ed25519.PublicKey) note.Verifier {
+	_, v, err := audit.ParsePublicKey(audit.PublicKeyText(key))
 	if err != nil {
 		// The key was parsed from this form (or given in it) before.
 		panic("verify: " + err.Error())
@@ -85,4 +117,9 @@ func firstSeq(br *bufio.Reader) int64 {
 		n = n*10 + int64(c-'0')
 	}
 	return n
+}
+
+// openCheckpoint opens a checkpoint signed by any of vs (at least one).
+func openCheckpoint(msg []byte, vs []note.Verifier) (*audit.Checkpoint, error) {
+	return audit.OpenCheckpoint(msg, vs[0], vs[1:]...)
 }

@@ -69,7 +69,7 @@ func verifyStream(r io.Reader, pub ed25519.PublicKey, v note.Verifier, prev *ver
 		return nil, err
 	}
 	s.st.cp = cp
-	if err := s.witnessed(v, cp, last); err != nil {
+	if err := s.witnessed(cp, last); err != nil {
 		return nil, err
 	}
 	if prev != nil {
@@ -278,16 +278,23 @@ func (s *stream) covers(cp *audit.Checkpoint, last int64) error {
 	return nil
 }
 
-// witnessed checks each witnessed line: a checkpoint the server signed,
-// proven a prefix of the final one. Cosignatures are checked later,
-// against the trusted witnesses (checkWitnessed).
-func (s *stream) witnessed(v note.Verifier, cp *audit.Checkpoint, last int64) error {
+// witnessed checks each witnessed line: a checkpoint the server signed
+// with the key in force at its size (keyChain.verifiersAt: a witness may
+// have cosigned it before a later rotation), proven a prefix of the final
+// one. Cosignatures are checked later, against the trusted witnesses
+// (checkWitnessed).
+func (s *stream) witnessed(cp *audit.Checkpoint, last int64) error {
+	keys := &s.state.keys
 	for _, line := range s.wLines {
 		msg, proof, err := decodeWitnessedLine(line)
 		if err != nil {
 			return &Error{last, err.Error()}
 		}
-		wcp, err := audit.OpenCheckpoint(msg, v)
+		wcp, err := openCheckpoint(msg, keys.all())
+		if err == nil {
+			// Signed by a key of the chain: now by the one of its size.
+			_, err = openCheckpoint(msg, keys.verifiersAt(wcp.Size))
+		}
 		if err != nil {
 			return &Error{last, "witnessed " + err.Error()}
 		}

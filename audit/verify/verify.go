@@ -166,19 +166,20 @@ func Export(export io.Reader, publicKey string, opts Options) (Summary, error) {
 	}
 	var prev *verified
 	var anchor *audit.Checkpoint
+	var anchorMsg []byte
 	var anchorSigners []string
 	if opts.Previous != nil {
 		pr := bufio.NewReaderSize(opts.Previous, 1<<16)
 		if first, err := pr.Peek(1); err == nil && first[0] != '{' {
 			// A bare checkpoint, such as a witness's cosigned one.
-			if anchor, anchorSigners, err = previousCheckpoint(pr, v, wp); err != nil {
+			if anchorMsg, err = readPrevious(pr); err != nil {
 				return Summary{}, err
 			}
 			opts.anchored = true
 		}
 		opts.Previous = pr
 	}
-	if opts.Previous != nil && anchor == nil {
+	if opts.Previous != nil && anchorMsg == nil {
 		prev, err = verifyStream(opts.Previous, pub, v, nil, true, opts)
 		if err != nil {
 			var ve *Error
@@ -192,7 +193,10 @@ func Export(export io.Reader, publicKey string, opts Options) (Summary, error) {
 	if err != nil {
 		return Summary{}, err
 	}
-	if anchor != nil {
+	if anchorMsg != nil {
+		if anchor, anchorSigners, err = previousCheckpoint(anchorMsg, &st.state.keys, wp); err != nil {
+			return Summary{}, err
+		}
 		if err := st.extends(anchor); err != nil {
 			return Summary{}, err
 		}

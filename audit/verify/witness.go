@@ -160,18 +160,29 @@ func (st *verified) checkWitnessed(p *witnessPolicy, prev *audit.Checkpoint, pre
 	return nil
 }
 
-// previousCheckpoint reads a bare checkpoint given as the previous state
-// of the log (audit verify --previous FILE): signed by the server and, when
-// the auditor trusts witnesses, cosigned by their quorum.
-func previousCheckpoint(r io.Reader, v note.Verifier, p *witnessPolicy) (*audit.Checkpoint, []string, error) {
+// readPrevious reads a bare checkpoint given as the previous state of
+// the log (audit verify --previous FILE); previousCheckpoint checks it
+// once the export's chain of keys is known.
+func readPrevious(r io.Reader) ([]byte, error) {
 	msg, err := io.ReadAll(io.LimitReader(r, MaxLine+1))
 	if err != nil {
-		return nil, nil, fmt.Errorf("previous checkpoint: %w", err)
+		return nil, fmt.Errorf("previous checkpoint: %w", err)
 	}
 	if len(msg) > MaxLine {
-		return nil, nil, errors.New("previous checkpoint: longer than a checkpoint can be")
+		return nil, errors.New("previous checkpoint: longer than a checkpoint can be")
 	}
-	cp, err := audit.OpenCheckpoint(msg, v)
+	return msg, nil
+}
+
+// previousCheckpoint checks a bare previous checkpoint: signed by the
+// server key in force at its size (the export's chain of keys: one kept
+// from before a rotation is the old key's, one after it the new key's)
+// and, when the auditor trusts witnesses, cosigned by their quorum.
+func previousCheckpoint(msg []byte, keys *keyChain, p *witnessPolicy) (*audit.Checkpoint, []string, error) {
+	cp, err := openCheckpoint(msg, keys.all())
+	if err == nil {
+		cp, err = openCheckpoint(msg, keys.verifiersAt(cp.Size))
+	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("previous %w", err)
 	}

@@ -166,3 +166,71 @@ func cosign(t *testing.T, key ed25519.PrivateKey, msg []byte, s ...note.Signer) 
 	}
 	return out
 }
+
+// A checkpoint a witness cosigned before a rotation is signed by the key
+// of its time: the export after the rotation carries it and verifies from
+// the first key, with the witness's cosignature counted.
+func TestWitnessedCheckpointBeforeARotation(t *testing.T) {
+	ctx := context.Background()
+	k1, k2 := seededKey(7), seededKey(8)
+	w1 := cosigner(t, "w1.example", 1)
+	l := openLogWith(t, k1, sampleEntries()[:4])
+	at4, err := l.Checkpoint(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.StoreWitnessed(ctx, w1.Verifier().String(), cosign(t, k1, at4, w1)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.RotateKey(ctx, k2, "yearly"); err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range sampleEntries()[4:] {
+		mustAppend(t, l, e)
+	}
+	export := exportBytes(t, l, 0)
+	if n := bytes.Count(export, []byte(`{"witnessed":`)); n != 1 {
+		t.Fatalf("%d witnessed lines in the export, want 1", n)
+	}
+	s, err := verifyWith(export, nil, pubText(k1), w1.Verifier().String())
+	if err != nil || s.Witnessed != 4 || strings.Join(s.Cosigners, ",") != "w1.example" {
+		t.Fatalf("export after the rotation, witnessed before it: %+v, %v", s, err)
+	}
+
+	// Kept bare checkpoints as --previous: one cosigned before the
+	// rotation (the first key's) and one after it (the second key's).
+	after, err := l.Checkpoint(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustAppend(t, l, sampleEntries()[0])
+	export = exportBytes(t, l, 0)
+	for _, kept := range [][]byte{cosign(t, k1, at4, w1), cosign(t, k2, after, w1)} {
+		if s, err := verifyWith(export, kept, pubText(k1), w1.Verifier().String()); err != nil || !s.PreviousWitnessed {
+			t.Fatalf("--previous a cosigned checkpoint %.30q: %+v, %v", kept, s, err)
+		}
+	}
+	// The second key did not sign the tree of size 4.
+	if _, err := verifyWith(export, cosign(t, k2, signedBy(t, k1, k2, at4), w1), pubText(k1), w1.Verifier().String()); err == nil {
+		t.Fatal("--previous a checkpoint of size 4 signed by the key in force only later")
+	}
+}
+
+// signedBy is at (signed by from) signed by to instead.
+func signedBy(t *testing.T, from, to ed25519.PrivateKey, at []byte) []byte {
+	t.Helper()
+	_, v, _ := audit.ParsePublicKey(pubText(from))
+	n, err := note.Open(at, note.VerifierList(v))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := newSigner(to)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := note.Sign(&note.Note{Text: n.Text}, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}

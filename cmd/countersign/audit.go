@@ -424,7 +424,10 @@ func newAuditRotateKeyCmd() *cobra.Command {
 key and the new one; later entries and checkpoints are signed by the new key.
 The old key file is kept as <key>.retired-<keyhash>. Auditors keep verifying
 with the first key: audit verify follows the chain of keys from it. Stop the
-server first; it is refused while one holds the data directory.`,
+server first; it is refused while one holds the data directory. On PostgreSQL
+(store.url) stop every replica: it is refused while any runs; it writes the new
+key at audit.key_file and records it in the database, and a replica started
+with the old key is refused: give every replica the new file.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := loadConfigReading(cmd)
@@ -432,12 +435,11 @@ server first; it is refused while one holds the data directory.`,
 				return err
 			}
 			previous, next, err := daemon.RotateKey(cmd.Context(), c, reason, audit.Options{Logger: warnings(cmd)})
-			if err != nil {
-				return err
+			if next != "" { // rotated, even if err says what failed after
+				fmt.Fprintf(cmd.ErrOrStderr(), "rotated the server key from %s\n", previous)
+				fmt.Fprintln(cmd.OutOrStdout(), next)
 			}
-			fmt.Fprintf(cmd.ErrOrStderr(), "rotated the server key from %s\n", previous)
-			fmt.Fprintln(cmd.OutOrStdout(), next)
-			return nil
+			return err
 		},
 	}
 	cmd.Flags().StringVar(&reason, "reason", "", "why the key is rotated, recorded in the entry")

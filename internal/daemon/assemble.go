@@ -133,6 +133,9 @@ func (s *Stack) openApprovals(ctx context.Context, recorder metrics.Recorder, lo
 	if aopts.ResultKey, err = resultKey(c); err != nil {
 		return err
 	}
+	if aopts.RetiredResultKeys, err = retiredResultKeys(c, time.Now()); err != nil {
+		return err
+	}
 	if s.owners != nil {
 		aopts.Owners, aopts.Owner = s.owners, s.owner
 	}

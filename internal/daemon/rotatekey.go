@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/countersign/countersign/approval/sealed"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/token"
@@ -34,31 +35,65 @@ func keyPath(c *config.Config) string {
 // tokens they signed before the rotation may still be shown, so the key
 // set publishes them until then.
 func retiredTokenKeys(c *config.Config, now time.Time) ([]token.RetiredKey, error) {
+	var out []token.RetiredKey
+	err := eachRetiredKey(c, now, token.MaxLifetime, func(server ed25519.PrivateKey, until time.Time) error {
+		key, err := token.DeriveKey(server)
+		if err != nil {
+			return err
+		}
+		out = append(out, token.RetiredKey{Public: key.Public().(ed25519.PublicKey), Until: until})
+		return nil
+	})
+	return out, err
+}
+
+// retiredResultKeys are the result keys (sealed.DeriveKey) of server keys
+// rotated away less than approval.result_ttl ago: results of calls that
+// ran before the rotation were sealed with them, and are kept at most
+// that long after it.
+func retiredResultKeys(c *config.Config, now time.Time) ([][]byte, error) {
+	keep := c.Approval.ResultTTL
+	if keep <= 0 {
+		keep = sealed.DefaultTTL // approval's default when none is set
+	}
+	var out [][]byte
+	err := eachRetiredKey(c, now, keep, func(server ed25519.PrivateKey, _ time.Time) error {
+		key, err := sealed.DeriveKey(server)
+		if err != nil {
+			return err
+		}
+		out = append(out, key)
+		return nil
+	})
+	return out, err
+}
+
+// eachRetiredKey calls fn with each server key rotated away less than
+// keep ago (by its file's time, set by RotateKey) and until when it is
+// kept.
+func eachRetiredKey(c *config.Config, now time.Time, keep time.Duration, fn func(server ed25519.PrivateKey, until time.Time) error) error {
 	files, err := filepath.Glob(keyPath(c) + retiredSuffix + "*")
 	if err != nil {
-		return nil, err
+		return err
 	}
-	var out []token.RetiredKey
 	for _, f := range files {
 		info, err := os.Stat(f)
 		if err != nil {
-			return nil, err
+			return err
 		}
-		until := info.ModTime().Add(token.MaxLifetime)
+		until := info.ModTime().Add(keep)
 		if !now.Before(until) {
 			continue
 		}
 		server, err := audit.LoadKey(f)
 		if err != nil {
-			return nil, err
+			return err
 		}
-		key, err := token.DeriveKey(server)
-		if err != nil {
-			return nil, err
+		if err := fn(server, until); err != nil {
+			return err
 		}
-		out = append(out, token.RetiredKey{Public: key.Public().(ed25519.PublicKey), Until: until})
 	}
-	return out, nil
+	return nil
 }
 
 // RotateKey hands the audit log to a new server key, offline: it holds
@@ -72,14 +107,13 @@ func retiredTokenKeys(c *config.Config, now time.Time) ([]token.RetiredKey, erro
 // derived from it, sealed results): a running server would have to swap
 // all of them at one instant between two appends.
 //
+// On PostgreSQL (store.url) every replica must be stopped
+// (rotateOnPostgres).
+//
 // If it stops after the entry is committed but before the files are
 // moved, the server refuses the old key (the log names the new one in
 // force); moving <key>.next to <key> finishes the rotation.
 func RotateKey(ctx context.Context, c *config.Config, reason string, opts audit.Options) (previous, next string, err error) {
-	if c.Store.URL != "" {
-		return "", "", errors.New("audit rotate-key works on SQLite data directories only so far; " +
-			"on PostgreSQL every replica shares one key (audit.key_file, recorded in server_key): see README, Key rotation")
-	}
 	lock, err := lockDataDir(c)
 	if err != nil {
 		return "", "", err
@@ -95,27 +129,22 @@ func RotateKey(ctx context.Context, c *config.Config, reason string, opts audit.
 	if err != nil {
 		return "", "", err
 	}
-	db, log, err := OpenAudit(ctx, c, opts)
-	if err != nil {
-		if log != nil {
-			log.Close()
-			db.Close()
+	rotate := rotateInDataDir
+	if c.Store.URL != "" {
+		rotate = rotateOnPostgres
+	}
+	previous, committed, rerr := rotate(ctx, c, newKey, reason, opts)
+	if rerr != nil && !committed {
+		os.Remove(nextPath) // nothing was committed under it
+		return "", "", rerr
+	}
+	// Committed: the log names the new key in force, so its file must
+	// take the old one's place whatever else failed.
+	defer func() {
+		if err == nil && rerr != nil {
+			err = rerr
 		}
-		os.Remove(nextPath)
-		return "", "", err
-	}
-	defer db.Close()
-	previous = log.PublicKey()
-	_, rerr := log.RotateKey(ctx, newKey, reason)
-	if cerr := log.Close(); rerr == nil {
-		rerr = cerr
-	}
-	if rerr != nil {
-		if log.PublicKey() == previous {
-			os.Remove(nextPath) // nothing was committed under it
-		}
-		return "", "", fmt.Errorf("rotate the server key: %w", rerr)
-	}
+	}()
 	next = audit.PublicKeyText(newKey.Public().(ed25519.PublicKey))
 	hash, _, _ := strings.Cut(strings.TrimPrefix(previous, audit.KeyName+"+"), "+")
 	retired := path + retiredSuffix + hash
@@ -134,4 +163,34 @@ func RotateKey(ctx context.Context, c *config.Config, reason string, opts audit.
 		d.Close()
 	}
 	return previous, next, nil
+}
+
+// rotateInDataDir appends key.rotated to the log of a data directory,
+// whose lock the caller holds. committed says whether the log names next
+// in force, even when err says something failed after.
+func rotateInDataDir(ctx context.Context, c *config.Config, next ed25519.PrivateKey, reason string, opts audit.Options) (previous string, committed bool, err error) {
+	db, log, err := OpenAudit(ctx, c, opts)
+	if err != nil {
+		if log != nil {
+			log.Close()
+			db.Close()
+		}
+		return "", false, err
+	}
+	defer db.Close()
+	return rotateLog(ctx, log, next, reason)
+}
+
+// rotateLog hands log to next and closes it.
+func rotateLog(ctx context.Context, log *audit.Log, next ed25519.PrivateKey, reason string) (previous string, committed bool, err error) {
+	previous = log.PublicKey()
+	_, err = log.RotateKey(ctx, next, reason)
+	if cerr := log.Close(); err == nil {
+		err = cerr
+	}
+	committed = log.PublicKey() != previous
+	if err != nil {
+		err = fmt.Errorf("rotate the server key: %w", err)
+	}
+	return previous, committed, err
 }

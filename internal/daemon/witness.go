@@ -84,7 +84,7 @@ func (s *Stack) checkWitnesses(ctx context.Context, c *config.Config, log *slog.
 		return err
 	}
 	if c.Audit.WitnessFile != "" {
-		s.witness = &witness.File{Path: c.Audit.WitnessFile, Verifier: v}
+		s.witness = &witness.File{Path: c.Audit.WitnessFile, Verifier: v, Earlier: s.audit.EarlierVerifiers()}
 		if err := check(s.witness.Check(ctx, s.audit)); err != nil {
 			return nil, err
 		}
