@@ -18,6 +18,7 @@ import (
 
 	"github.com/countersign/countersign/approval/ceremony"
 	"github.com/countersign/countersign/approval/freeze"
+	"github.com/countersign/countersign/approval/pending"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/authzdetails"
 	"github.com/countersign/countersign/digest"
@@ -242,9 +243,6 @@ func (s *Service) insert(ctx context.Context, c *creation) error {
 		if f, err := freeze.In(ctx, tx, c.Agent); err != nil || f != nil {
 			return errors.Join(err, freeze.Err(f))
 		}
-		if err := s.checkCaps(ctx, tx, c); err != nil {
-			return err
-		}
 		_, err := tx.ExecContext(ctx, `INSERT INTO approval_requests
 			(id, tool, agent, args, args_sha256, redact_args, authorization_details, summary, display, level, rule,
 			 approvers, quorum, user_verification, code, binding_message, nonce, created_at, expires_at, interval_ms, state, wait_mode, owner, policy_sha256)
@@ -254,6 +252,9 @@ func (s *Service) insert(ctx context.Context, c *creation) error {
 			c.created.UnixNano(), c.expires.Unix(), s.opts.PollInterval.Milliseconds(), vocab.StatePending, c.Wait, s.owner, c.PolicySHA256)
 		if err != nil {
 			return err
+		}
+		if err := pending.Raised(ctx, tx, c.Agent, c.Caps); err != nil {
+			return err // a cap refused it: rolled back
 		}
 		if err := s.offerGrant(ctx, tx, c.id, c.NewRequest); err != nil {
 			return err

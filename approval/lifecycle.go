@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/countersign/countersign/approval/pending"
 	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/vocab"
 )
@@ -70,7 +71,8 @@ func (s *Service) migrateWaitMode(ctx context.Context) error {
 		}
 		_, err = tx.ExecContext(ctx, `UPDATE approval_outbox SET kind = COALESCE(json_extract(entry, '$.kind'), '')`)
 		return err
-	}, addColumns("owner", "exec_owner"), addColumns("policy_sha256"))
+	}, addColumns("owner", "exec_owner"), addColumns("policy_sha256"),
+		pending.Recount) // 5: the requests waiting, counted (package pending)
 }
 
 // addColumns adds text columns to approval_requests: owner and exec_owner

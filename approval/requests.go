@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/countersign/countersign/approval/grant"
+	"github.com/countersign/countersign/approval/pending"
 	"github.com/countersign/countersign/digest"
 	"github.com/countersign/countersign/vocab"
 )
@@ -230,8 +231,7 @@ func (s *Service) selected(ctx context.Context, query string, args ...any) ([]*R
 
 // PendingCount returns how many requests wait for a decision; the page and
 // the operator's metrics say so when there are more than a list shows.
+// It reads the caps' counter: every open page asks on every change.
 func (s *Service) PendingCount(ctx context.Context) (int, error) {
-	var n int
-	err := s.db.QueryRowContext(ctx, `SELECT count(*) FROM approval_requests WHERE state = 'pending'`).Scan(&n)
-	return n, err
+	return pending.Count(ctx, s.db, "")
 }

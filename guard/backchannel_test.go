@@ -332,7 +332,9 @@ func TestBackchannelRedeemedTooLateIsExpired(t *testing.T) {
 	s := newRealStack(t, map[string]config.Tool{"ciba": {Level: "high", Approvers: []string{"alice"}}})
 	ctx := context.Background()
 	b := backchannel(nil)
-	b.Timeout = 2 * time.Second
+	// Long enough for the tap to land first on a loaded machine (CI's two
+	// cores run many test binaries at once).
+	b.Timeout = 8 * time.Second
 	r, err := s.g.Raise(ctx, b)
 	if err != nil {
 		t.Fatal(err)
