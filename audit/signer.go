@@ -30,6 +30,11 @@ func signerPublic(s Signer) (ed25519.PublicKey, error) {
 	return pub, nil
 }
 
+// ErrSign is in the error of an append or checkpoint the server key did
+// not sign (a token removed, a KMS unreachable): unlike a failed write, a
+// database that takes writes again does not cure it.
+var ErrSign = errors.New("audit: sign")
+
 // signWith signs msg with s and checks the result against pub, so that a
 // signer that answers with the wrong key or a broken signature fails the
 // write instead of storing an entry nobody can verify.
@@ -41,10 +46,10 @@ func signWith(s Signer, pub ed25519.PublicKey, msg []byte) ([]byte, error) {
 	}
 	sig, err := s.Sign(nil, msg, crypto.Hash(0))
 	if err != nil {
-		return nil, fmt.Errorf("audit: sign: %w", err)
+		return nil, fmt.Errorf("%w: %w", ErrSign, err)
 	}
 	if !ed25519.Verify(pub, msg, sig) {
-		return nil, errors.New("audit: sign: the signer's signature does not verify with its public key")
+		return nil, fmt.Errorf("%w: the signer's signature does not verify with its public key", ErrSign)
 	}
 	return sig, nil
 }

@@ -236,6 +236,9 @@ type Audit struct {
 	// with one key, made once (countersign audit keygen): a replica never
 	// creates one on its own there.
 	KeyFile string `mapstructure:"key_file"`
+	// PKCS11 keeps the server key in a PKCS #11 token instead
+	// (config/pkcs11.go).
+	PKCS11 AuditPKCS11 `mapstructure:"pkcs11"`
 	// Export delivers every entry to an OpenTelemetry logs endpoint
 	// (config/export.go).
 	Export AuditExport `mapstructure:"export"`

@@ -69,7 +69,8 @@ func envName(key string) string {
 // is set, those the file and the defaults leave out included, and returns
 // a warning for each set COUNTERSIGN_ variable that overrides nothing.
 func bindEnv(v *viper.Viper, keys []string) []string {
-	byName := map[string]string{EnvPrefix + "_CONFIG": ""}
+	// The token PIN's default variable is read by the server, not a setting.
+	byName := map[string]string{EnvPrefix + "_CONFIG": "", DefaultPINEnv: ""}
 	for _, k := range keys {
 		byName[envName(k)] = k
 	}

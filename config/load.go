@@ -278,6 +278,10 @@ var defaults = map[string]any{
 	"audit.checkpoint_every":         "1m",
 	"audit.sync":                     "full",
 	"audit.key_file":                 "", // server.key in the data directory
+	"audit.pkcs11.module":            "", // no token: the key is a file
+	"audit.pkcs11.token":             "",
+	"audit.pkcs11.key":               "",
+	"audit.pkcs11.pin_env":           DefaultPINEnv,
 	"audit.witness_max_lag":          "0s",
 	"audit.export.endpoint":          "", // no export
 	"audit.export.encoding":          "protobuf",

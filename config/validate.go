@@ -236,6 +236,7 @@ func (c *Config) validateAudit(v *validator) {
 	v.oneOf("audit.sync", c.Audit.Sync, "full", "normal")
 	c.validateWitnesses(v)
 	c.validateExport(v)
+	c.validatePKCS11(v)
 }
 
 // validateStore accepts an empty store.url (SQLite) or a PostgreSQL URL

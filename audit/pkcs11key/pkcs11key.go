@@ -7,6 +7,7 @@ import (
 	"crypto"
 	"crypto/ed25519"
 	"encoding/asn1"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -26,11 +27,12 @@ var ed25519Params = []byte{0x06, 0x03, 0x2b, 0x65, 0x70}
 
 // Key is a private key in a token, found by its label.
 type Key struct {
-	mu   sync.Mutex // one operation at a time on the session
-	ctx  *pkcs11.Ctx
-	sh   pkcs11.SessionHandle
-	priv pkcs11.ObjectHandle
-	pub  ed25519.PublicKey
+	mu     sync.Mutex // one operation at a time on the session
+	ctx    *pkcs11.Ctx
+	module string
+	sh     pkcs11.SessionHandle
+	priv   pkcs11.ObjectHandle
+	pub    ed25519.PublicKey
 }
 
 // Open loads module (the token's PKCS #11 library), logs in to the token
@@ -41,8 +43,14 @@ func Open(module, token, pin, label string) (*Key, error) {
 		return nil, err
 	}
 	privs, err := k.find(pkcs11.CKO_PRIVATE_KEY, label)
-	if err == nil && len(privs) != 1 {
+	switch {
+	case err != nil:
+	case len(privs) == 0:
+		err = fmt.Errorf("%w: no private key labelled %q in token %q", ErrNoKey, label, token)
+	case len(privs) > 1:
 		err = fmt.Errorf("%d private keys labelled %q, want 1", len(privs), label)
+	default:
+		err = k.checkEd25519(privs[0], label)
 	}
 	var pubs []pkcs11.ObjectHandle
 	if err == nil {
@@ -90,16 +98,64 @@ func Generate(module, token, pin, label string) (*Key, error) {
 	return k, nil
 }
 
-func session(module, token, pin string) (*Key, error) {
-	ctx := pkcs11.New(module)
-	if ctx == nil {
-		return nil, fmt.Errorf("pkcs11: cannot load module %s", module)
+// modules are the PKCS #11 modules this process has initialized, by path,
+// with how many open keys use each: C_Initialize and C_Finalize act on
+// the whole process, so a second key in the same module (a rotation from
+// one token key to another, a derivation beside the log's key) shares the
+// first one's initialization, and the last Close finalizes.
+var modules = struct {
+	sync.Mutex
+	m map[string]*module
+}{m: map[string]*module{}}
+
+type module struct {
+	ctx  *pkcs11.Ctx
+	refs int
+}
+
+func acquire(path string) (*pkcs11.Ctx, error) {
+	modules.Lock()
+	defer modules.Unlock()
+	if m := modules.m[path]; m != nil {
+		m.refs++
+		return m.ctx, nil
 	}
-	k := &Key{ctx: ctx}
+	ctx := pkcs11.New(path)
+	if ctx == nil {
+		return nil, fmt.Errorf("pkcs11: cannot load module %s", path)
+	}
 	if err := ctx.Initialize(); err != nil {
 		ctx.Destroy()
-		return nil, fmt.Errorf("pkcs11: initialize: %w", err)
+		return nil, fmt.Errorf("pkcs11: initialize %s: %w", path, err)
 	}
+	modules.m[path] = &module{ctx: ctx, refs: 1}
+	return ctx, nil
+}
+
+func release(path string) {
+	modules.Lock()
+	defer modules.Unlock()
+	m := modules.m[path]
+	if m == nil {
+		return
+	}
+	if m.refs--; m.refs == 0 {
+		m.ctx.Finalize() // logs out every session of the module
+		m.ctx.Destroy()
+		delete(modules.m, path)
+	}
+}
+
+// ErrNoToken is returned by Open and Generate when no slot holds a token
+// with the label asked for (a wrong label, or the token removed).
+var ErrNoToken = errors.New("pkcs11: no such token")
+
+func session(path, token, pin string) (*Key, error) {
+	ctx, err := acquire(path)
+	if err != nil {
+		return nil, err
+	}
+	k := &Key{ctx: ctx, module: path}
 	slots, err := ctx.GetSlotList(true)
 	if err != nil {
 		k.Close()
@@ -114,14 +170,16 @@ func session(module, token, pin string) (*Key, error) {
 			k.Close()
 			return nil, fmt.Errorf("pkcs11: open session: %w", err)
 		}
-		if err := ctx.Login(k.sh, pkcs11.CKU_USER, pin); err != nil {
+		// Login is per token and application: a second key of the same
+		// token finds it logged in already.
+		if err := ctx.Login(k.sh, pkcs11.CKU_USER, pin); err != nil && !errors.Is(err, pkcs11.Error(pkcs11.CKR_USER_ALREADY_LOGGED_IN)) {
 			k.Close()
-			return nil, fmt.Errorf("pkcs11: login: %w", err)
+			return nil, fmt.Errorf("pkcs11: login to token %q: %w", token, err)
 		}
 		return k, nil
 	}
 	k.Close()
-	return nil, fmt.Errorf("pkcs11: no token labelled %q", token)
+	return nil, fmt.Errorf("%w labelled %q in %s", ErrNoToken, token, path)
 }
 
 func (k *Key) find(class uint, label string) ([]pkcs11.ObjectHandle, error) {
@@ -134,6 +192,32 @@ func (k *Key) find(class uint, label string) ([]pkcs11.ObjectHandle, error) {
 		err = ferr
 	}
 	return objs, err
+}
+
+// ErrNoKey is returned by Open when the token holds no key by that label.
+var ErrNoKey = errors.New("no such key")
+
+// ckkECEdwards is CKK_EC_EDWARDS (PKCS #11 v3.0), Ed25519's key type.
+const ckkECEdwards = 0x40
+
+// checkEd25519 refuses a key of another type (RSA, ECDSA): the log's
+// format names Ed25519 alone.
+func (k *Key) checkEd25519(o pkcs11.ObjectHandle, label string) error {
+	attrs, err := k.ctx.GetAttributeValue(k.sh, o, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, nil)})
+	if err != nil {
+		return err
+	}
+	var t uint64 // a CK_ULONG, in the machine's order
+	switch v := attrs[0].Value; len(v) {
+	case 8:
+		t = binary.NativeEndian.Uint64(v)
+	case 4:
+		t = uint64(binary.NativeEndian.Uint32(v))
+	}
+	if t != ckkECEdwards {
+		return fmt.Errorf("key %q is not an Ed25519 key (CKA_KEY_TYPE 0x%x, want CKK_EC_EDWARDS 0x%x)", label, t, ckkECEdwards)
+	}
+	return nil
 }
 
 // point reads the public key: CKA_EC_POINT, the 32 bytes or their DER
@@ -167,6 +251,9 @@ func (k *Key) Sign(_ io.Reader, msg []byte, opts crypto.SignerOpts) ([]byte, err
 	}
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	if k.ctx == nil {
+		return nil, errors.New("pkcs11: sign: the key is closed")
+	}
 	if err := k.ctx.SignInit(k.sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(ckmEdDSA, nil)}, k.priv); err != nil {
 		return nil, fmt.Errorf("pkcs11: sign: %w", err)
 	}
@@ -177,15 +264,19 @@ func (k *Key) Sign(_ io.Reader, msg []byte, opts crypto.SignerOpts) ([]byte, err
 	return sig, nil
 }
 
-// Close logs out and unloads the module.
+// Close closes the key's session, and finalizes the module once no other
+// key of this process uses it. Logging out would log out every session of
+// the token, so Close leaves that to the last one's C_Finalize.
 func (k *Key) Close() error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	if k.ctx == nil {
+		return nil
+	}
 	if k.sh != 0 {
-		k.ctx.Logout(k.sh)
 		k.ctx.CloseSession(k.sh)
 	}
-	k.ctx.Finalize()
-	k.ctx.Destroy()
+	release(k.module)
+	k.ctx = nil
 	return nil
 }

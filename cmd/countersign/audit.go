@@ -378,10 +378,11 @@ func newAuditPubkeyCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			key, err := daemon.ServerKey(c)
+			key, release, err := daemon.ServerSigner(c)
 			if err != nil {
 				return err
 			}
+			defer release()
 			fmt.Fprintln(cmd.OutOrStdout(), audit.PublicKeyText(key.Public().(ed25519.PublicKey)))
 			return nil
 		},
@@ -417,6 +418,7 @@ func newAuditKeygenCmd() *cobra.Command {
 // runs (daemon.RotateKey says why offline).
 func newAuditRotateKeyCmd() *cobra.Command {
 	var reason string
+	var to rotateTarget
 	cmd := &cobra.Command{
 		Use:   "rotate-key",
 		Short: "Replace the server signing key (server stopped); the log records the hand-over, signed by both keys",
@@ -427,14 +429,23 @@ with the first key: audit verify follows the chain of keys from it. Stop the
 server first; it is refused while one holds the data directory. On PostgreSQL
 (store.url) stop every replica: it is refused while any runs; it writes the new
 key at audit.key_file and records it in the database, and a replica started
-with the old key is refused: give every replica the new file.`,
+with the old key is refused: give every replica the new file.
+
+With --to-token and --to-key the log is handed to an Ed25519 key in a PKCS #11
+token instead (made there with --generate), from the file key or from the
+token key audit.pkcs11 names; then set audit.pkcs11 to it. SQLite only so far.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := loadConfigReading(cmd)
 			if err != nil {
 				return err
 			}
-			previous, next, err := daemon.RotateKey(cmd.Context(), c, reason, audit.Options{Logger: warnings(cmd)})
+			var previous, next string
+			if to.Token != "" || to.Key != "" {
+				previous, next, err = rotateToToken(cmd, c, to, reason)
+			} else {
+				previous, next, err = daemon.RotateKey(cmd.Context(), c, reason, audit.Options{Logger: warnings(cmd)})
+			}
 			if next != "" { // rotated, even if err says what failed after
 				fmt.Fprintf(cmd.ErrOrStderr(), "rotated the server key from %s\n", previous)
 				fmt.Fprintln(cmd.OutOrStdout(), next)
@@ -443,5 +454,6 @@ with the old key is refused: give every replica the new file.`,
 		},
 	}
 	cmd.Flags().StringVar(&reason, "reason", "", "why the key is rotated, recorded in the entry")
+	to.flags(cmd)
 	return cmd
 }

@@ -42,6 +42,9 @@ offer.`,
 			if _, err := daemon.CompilePolicy(c, warnings(cmd)); err != nil {
 				return err
 			}
+			if err := daemon.CheckTokenKey(c); err != nil {
+				return configError(fmt.Errorf("%s: %w", c.Source, err))
+			}
 			// The tools serve would offer, counted as serve's start-up
 			// line counts them; a tools: entry is a policy, and ciba's
 			// names no tool.

@@ -121,7 +121,7 @@ func loadKeySet(cmd *cobra.Command, src string) (jose.JSONWebKeySet, string, err
 		if err != nil {
 			return jose.JSONWebKeySet{}, "", err
 		}
-		if _, err := os.Stat(filepath.Join(c.Server.DataDir, audit.KeyFile)); err != nil {
+		if _, err := os.Stat(filepath.Join(c.Server.DataDir, audit.KeyFile)); err != nil && !c.Audit.PKCS11.Enabled() {
 			return jose.JSONWebKeySet{}, "", fmt.Errorf("no --jwks given, and %s has no server key to derive the token key from: %w", c.Server.DataDir, err)
 		}
 		signer, err := daemon.TokenSigner(c)

@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"context"
-	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"io"
@@ -92,7 +91,7 @@ func Backup(ctx context.Context, c *config.Config, file string) (*BackupResult, 
 }
 
 // verifyBackup checks the database file at path (see Backup).
-func verifyBackup(ctx context.Context, path string, key ed25519.PrivateKey) (*BackupResult, error) {
+func verifyBackup(ctx context.Context, path string, key audit.Signer) (*BackupResult, error) {
 	db, log, err := openLogReadOnly(ctx, path, key, audit.Options{})
 	if err != nil {
 		if log != nil {

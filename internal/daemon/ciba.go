@@ -36,7 +36,7 @@ func Issuer(c *config.Config) string {
 // TokenSigner signs approval tokens with the key derived from the server
 // key in the data directory.
 func TokenSigner(c *config.Config) (*token.Signer, error) {
-	serverKey, err := ServerKey(c)
+	serverKey, err := derivationKey(c)
 	if err != nil {
 		return nil, err
 	}

@@ -129,7 +129,7 @@ func PageOptions(c *config.Config, log *slog.Logger) page.Options {
 // wait for their agent, derived from the server key ([ServerKey])
 // (package approval/sealed says why there).
 func resultKey(c *config.Config) ([]byte, error) {
-	serverKey, err := ServerKey(c)
+	serverKey, err := derivationKey(c)
 	if err != nil {
 		return nil, err
 	}

@@ -160,6 +160,7 @@ func (s *Stack) Close() error {
 	}
 	if s.audit != nil {
 		errs = append(errs, s.audit.Close())
+		releaseSigner(s.audit) // a token key's session (tokenkey.go)
 	}
 	errs = append(errs, s.witnessFinal())
 	if s.amounts != nil {

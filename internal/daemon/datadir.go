@@ -24,19 +24,25 @@ func OpenAudit(ctx context.Context, c *config.Config, opts audit.Options) (*stor
 	if err != nil {
 		return nil, nil, err
 	}
-	key, err := ServerKey(c)
+	// A token key's session lives as long as the log: a Stack ends it
+	// after closing the log (releaseSigner); other callers at exit.
+	key, release, err := ServerSigner(c)
 	if err == nil {
-		err = claimServerKey(ctx, db, key)
+		if err = claimServerKey(ctx, db, key); err != nil {
+			release()
+		}
 	}
 	if err != nil {
 		db.Close()
 		return nil, nil, err
 	}
-	log, err := auditpg.Open(ctx, db, key, opts)
+	log, err := auditpg.OpenSigner(ctx, db, key, opts)
 	if log == nil {
+		release()
 		db.Close()
 		return nil, nil, fmt.Errorf("audit log: %w", err)
 	}
+	heldSigners.Store(log, release)
 	if err != nil {
 		return db, log, fmt.Errorf("audit log: %w", err)
 	}

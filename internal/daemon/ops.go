@@ -169,7 +169,9 @@ func auditReadiness(l *audit.Log, dbErr error, probed time.Time) (fail, note str
 		return "", ""
 	}
 	since := wf.Since.UTC().Format(time.RFC3339)
-	if dbErr != nil || !probed.After(wf.Since) {
+	// A key that cannot sign fails every append whatever the database
+	// says: ready again only once an append is signed and stored.
+	if dbErr != nil || !probed.After(wf.Since) || errors.Is(wf.Err, audit.ErrSign) {
 		return fmt.Sprintf("cannot be written since %s: %v", since, wf.Err), ""
 	}
 	return "", fmt.Sprintf("appends failed from %s (%v); the database takes writes again", since, wf.Err)

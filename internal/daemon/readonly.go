@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"context"
-	"crypto/ed25519"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -42,12 +41,17 @@ func OpenAuditReadOnly(ctx context.Context, c *config.Config, opts audit.Options
 	if err != nil {
 		return nil, nil, err
 	}
+	// A token key's session, if any, lives as long as the process.
 	return openLogReadOnly(ctx, filepath.Join(c.Server.DataDir, store.FileName), key, opts)
 }
 
 // readServerKey reads the server key without making one: audit.key_file,
-// else server.key in the data directory.
-func readServerKey(c *config.Config) (ed25519.PrivateKey, error) {
+// else server.key in the data directory; or the token's (audit.pkcs11).
+func readServerKey(c *config.Config) (audit.Signer, error) {
+	if c.Audit.PKCS11.Enabled() {
+		key, _, err := ServerSigner(c)
+		return key, err
+	}
 	path := c.Audit.KeyFile
 	if path == "" {
 		path = filepath.Join(c.Server.DataDir, audit.KeyFile)
@@ -61,7 +65,7 @@ func readServerKey(c *config.Config) (ed25519.PrivateKey, error) {
 
 // openLogReadOnly opens the SQLite file at path with store.OpenReadOnly
 // and the log in it for reading and export.
-func openLogReadOnly(ctx context.Context, path string, key ed25519.PrivateKey, opts audit.Options) (*store.DB, *audit.Log, error) {
+func openLogReadOnly(ctx context.Context, path string, key audit.Signer, opts audit.Options) (*store.DB, *audit.Log, error) {
 	db, err := store.OpenReadOnly(ctx, path)
 	if err != nil {
 		return nil, nil, err
@@ -71,7 +75,7 @@ func openLogReadOnly(ctx context.Context, path string, key ed25519.PrivateKey, o
 		return nil, nil, err
 	}
 	opts.ReadOnly = true
-	log, err := audit.Open(ctx, db.DB, key, opts)
+	log, err := audit.OpenSigner(ctx, db.DB, key, opts)
 	if log == nil {
 		db.Close()
 		return nil, nil, fmt.Errorf("audit log: %w", err)

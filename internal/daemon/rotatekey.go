@@ -44,7 +44,10 @@ func retiredTokenKeys(c *config.Config, now time.Time) ([]token.RetiredKey, erro
 		out = append(out, token.RetiredKey{Public: key.Public().(ed25519.PublicKey), Until: until})
 		return nil
 	})
-	return out, err
+	if err != nil {
+		return nil, err
+	}
+	return retiredTokenRecords(c, now, out)
 }
 
 // retiredResultKeys are the result keys (sealed.DeriveKey) of server keys
@@ -85,6 +88,9 @@ func eachRetiredKey(c *config.Config, now time.Time, keep time.Duration, fn func
 		if !now.Before(until) {
 			continue
 		}
+		if strings.HasSuffix(f, retiredTokenPub) {
+			continue // a token key's record, no key (retiredTokenKeys)
+		}
 		server, err := audit.LoadKey(f)
 		if err != nil {
 			return err
@@ -114,6 +120,9 @@ func eachRetiredKey(c *config.Config, now time.Time, keep time.Duration, fn func
 // moved, the server refuses the old key (the log names the new one in
 // force); moving <key>.next to <key> finishes the rotation.
 func RotateKey(ctx context.Context, c *config.Config, reason string, opts audit.Options) (previous, next string, err error) {
+	if c.Audit.PKCS11.Enabled() {
+		return "", "", errors.New("the server key is in a PKCS #11 token (audit.pkcs11): rotate to another token key with --to-token and --to-key")
+	}
 	lock, err := lockDataDir(c)
 	if err != nil {
 		return "", "", err

@@ -18,8 +18,12 @@ import (
 // in the data directory. On SQLite a missing server.key is created, as
 // always. On PostgreSQL it is not: replicas that each made a key of their
 // own would sign one chain with keys no single public key verifies, and
-// seal results (resultKey) no other replica opens.
+// seal results (resultKey) no other replica opens. With audit.pkcs11 the
+// key is in a token and there is no file to read: see [ServerSigner].
 func ServerKey(c *config.Config) (ed25519.PrivateKey, error) {
+	if c.Audit.PKCS11.Enabled() {
+		return nil, errors.New("the server key is in a PKCS #11 token (audit.pkcs11), not a file")
+	}
 	if c.Audit.KeyFile != "" {
 		return audit.LoadKey(c.Audit.KeyFile)
 	}
@@ -46,7 +50,7 @@ const serverKeyDDL = `CREATE TABLE IF NOT EXISTS server_key (
 // claimServerKey records key's public key in db if none is recorded, and
 // refuses a key other than the recorded one, naming both. On SQLite one
 // data directory holds both the database and its key: nothing to check.
-func claimServerKey(ctx context.Context, db *store.DB, key ed25519.PrivateKey) error {
+func claimServerKey(ctx context.Context, db *store.DB, key audit.Signer) error {
 	if db.Dialect() != store.PostgreSQL {
 		return nil
 	}
