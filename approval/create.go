@@ -18,6 +18,7 @@ import (
 
 	"github.com/countersign/countersign/approval/ceremony"
 	"github.com/countersign/countersign/approval/freeze"
+	"github.com/countersign/countersign/approval/pending"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/authzdetails"
 	"github.com/countersign/countersign/digest"
@@ -51,10 +52,10 @@ func (s *Service) Create(ctx context.Context, r NewRequest) (*Request, error) {
 		return nil, err
 	}
 	if err := s.insert(ctx, c); err != nil {
-		return nil, fmt.Errorf("approval: create: %w", err)
+		return &Request{ID: c.id}, fmt.Errorf("approval: create: %w", err) // a commit cut short may have stored it
 	}
-	// The request exists now: whatever happens to the caller, it is
-	// recorded and handed back, or ended, never left pending unseen.
+	// The request exists now. One not handed back comes with the error, only its ID set: its
+	// caller ends it when the database lets it (guard's abandon), never leaving it pending unseen.
 	return s.publish(context.WithoutCancel(ctx), c)
 }
 
@@ -210,6 +211,7 @@ func requestedEntry(c *creation) audit.Entry {
 		Tool:                 c.Tool,
 		Level:                c.Level,
 		Rule:                 c.Rule,
+		PolicySHA256:         c.PolicySHA256, // not the one in force when the outbox appends it
 		Quorum:               c.Quorum,
 		Eligible:             c.approvers,
 		UserVerification:     c.UserVerification,
@@ -241,18 +243,18 @@ func (s *Service) insert(ctx context.Context, c *creation) error {
 		if f, err := freeze.In(ctx, tx, c.Agent); err != nil || f != nil {
 			return errors.Join(err, freeze.Err(f))
 		}
-		if err := s.checkCaps(ctx, tx, c); err != nil {
-			return err
-		}
 		_, err := tx.ExecContext(ctx, `INSERT INTO approval_requests
 			(id, tool, agent, args, args_sha256, redact_args, authorization_details, summary, display, level, rule,
-			 approvers, quorum, user_verification, code, binding_message, nonce, created_at, expires_at, interval_ms, state, wait_mode, owner)
-			VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
+			 approvers, quorum, user_verification, code, binding_message, nonce, created_at, expires_at, interval_ms, state, wait_mode, owner, policy_sha256)
+			VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
 			c.id, c.Tool, c.Agent, []byte(c.Args.JSON()), c.argsSHA256, c.RedactArgs, []byte(c.AuthorizationDetails),
 			c.summary, c.display, c.Level, c.Rule, string(approversJSON), c.Quorum, c.UserVerification, c.code, c.binding, c.nonce,
-			c.created.UnixNano(), c.expires.Unix(), s.opts.PollInterval.Milliseconds(), vocab.StatePending, c.Wait, s.owner)
+			c.created.UnixNano(), c.expires.Unix(), s.opts.PollInterval.Milliseconds(), vocab.StatePending, c.Wait, s.owner, c.PolicySHA256)
 		if err != nil {
 			return err
+		}
+		if err := pending.Raised(ctx, tx, c.Agent, c.Caps); err != nil {
+			return err // a cap refused it: rolled back
 		}
 		if err := s.offerGrant(ctx, tx, c.id, c.NewRequest); err != nil {
 			return err
@@ -273,14 +275,14 @@ func (s *Service) publish(ctx context.Context, c *creation) (*Request, error) {
 	if err := s.flush(ctx, false); err != nil {
 		// Not recorded, so it must not be decided: end it.
 		s.endRequest(ctx, c.id, vocab.StateCancelled, "", "audit log unavailable")
-		return nil, err
+		return &Request{ID: c.id}, err
 	}
 	s.opts.Logger.Info("approval requested", "id", c.id, "tool", c.Tool, "agent", c.Agent, "url", s.requestURL(c.id), "code", c.code)
 	s.notify(c.id)
 	req, err := s.Get(ctx, c.id)
 	if err != nil {
 		s.endRequest(ctx, c.id, vocab.StateCancelled, "", "cannot read the request back: "+err.Error())
-		return nil, err
+		return &Request{ID: c.id}, err
 	}
 	s.announce(EventRequested, req)
 	return req, nil

@@ -14,6 +14,7 @@ import (
 
 	"github.com/countersign/countersign/approval/ceremony"
 	"github.com/countersign/countersign/approval/grant"
+	"github.com/countersign/countersign/approval/pending"
 	"github.com/countersign/countersign/approval/votes"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/digest"
@@ -287,7 +288,7 @@ func (s *Service) transition(ctx context.Context, tx *sql.Tx, id string, state v
 	if n, _ := res.RowsAffected(); n != 1 {
 		return ceremony.Failf(ErrNotPending, "request was decided concurrently")
 	}
-	return nil
+	return pending.Ended(ctx, tx, id)
 }
 
 // assertionEntry carries everything the offline verifier needs to

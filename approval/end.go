@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/countersign/countersign/approval/expiring"
+	"github.com/countersign/countersign/approval/pending"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/digest"
 	"github.com/countersign/countersign/vocab"
@@ -62,6 +63,9 @@ func (s *Service) endRequest(ctx context.Context, id string, state vocab.State, 
 		}
 		if n, _ := res.RowsAffected(); n != 1 {
 			return ErrNotPending
+		}
+		if err := pending.Ended(ctx, tx, id); err != nil {
+			return err
 		}
 		return s.enqueue(ctx, tx, id, s.requestEntry(r, kind, reason))
 	})

@@ -11,6 +11,7 @@ import (
 	"github.com/countersign/countersign/approval/ceremony"
 	"github.com/countersign/countersign/approval/freeze"
 	"github.com/countersign/countersign/approval/grant"
+	"github.com/countersign/countersign/approval/pending"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/authzdetails"
 	"github.com/countersign/countersign/vocab"
@@ -157,6 +158,9 @@ func (e freezeEnds) CancelRequest(ctx context.Context, tx *sql.Tx, id, reason st
 	}
 	if n, _ := res.RowsAffected(); n != 1 {
 		return false, nil
+	}
+	if err := pending.Ended(ctx, tx, id); err != nil {
+		return false, err
 	}
 	return true, e.s.enqueue(ctx, tx, id, e.s.requestEntry(r, vocab.KindApprovalCancelled, reason))
 }

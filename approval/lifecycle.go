@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/countersign/countersign/approval/pending"
 	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/vocab"
 )
@@ -70,28 +71,27 @@ func (s *Service) migrateWaitMode(ctx context.Context) error {
 		}
 		_, err = tx.ExecContext(ctx, `UPDATE approval_outbox SET kind = COALESCE(json_extract(entry, '$.kind'), '')`)
 		return err
-	}, addOwnerColumns)
+	}, addColumns("owner", "exec_owner"), addColumns("policy_sha256"),
+		pending.Recount) // 5: the requests waiting, counted (package pending)
 }
 
-// addOwnerColumns (migration 3) records which process raised a request
-// (owner) and which claimed its run (exec_owner), so that a process
-// starting beside live replicas settles only what dead ones left
-// (ownedByGone). Requests stored before have neither: nobody alive
-// waits on them.
-func addOwnerColumns(ctx context.Context, tx *sql.Tx, d store.Dialect) error {
-	for _, col := range []string{"owner", "exec_owner"} {
-		has, err := store.HasColumn(ctx, tx, d, "approval_requests", col)
-		if err != nil {
-			return err
+// addColumns adds text columns to approval_requests: owner and exec_owner
+// (migration 3: who raised a request and who claimed its run, so that a
+// start beside live replicas settles only what dead ones left), then
+// policy_sha256 (4: the policy that raised it). Older rows hold ”.
+func addColumns(cols ...string) store.Migration {
+	return func(ctx context.Context, tx *sql.Tx, d store.Dialect) error {
+		for _, col := range cols {
+			has, err := store.HasColumn(ctx, tx, d, "approval_requests", col)
+			if err == nil && !has {
+				_, err = tx.ExecContext(ctx, `ALTER TABLE approval_requests ADD COLUMN `+col+` TEXT NOT NULL DEFAULT ''`)
+			}
+			if err != nil {
+				return err
+			}
 		}
-		if has {
-			continue
-		}
-		if _, err := tx.ExecContext(ctx, `ALTER TABLE approval_requests ADD COLUMN `+col+` TEXT NOT NULL DEFAULT ''`); err != nil {
-			return err
-		}
+		return nil
 	}
-	return nil
 }
 
 // Restart settles what gone processes left behind (a previous process,
@@ -206,9 +206,9 @@ type Unfinished struct {
 	Request
 	// Args are the canonical arguments the approvers sign over: exactly
 	// what runs.
-	Args       json.RawMessage
-	RedactArgs bool
-	Rule       string
+	Args               json.RawMessage
+	RedactArgs         bool
+	Rule, PolicySHA256 string // what raised it: rule(s), and the hash of their policy
 	// Claimed says BeginExecution took the request: its one run may have
 	// started, and it must not be claimed again.
 	Claimed bool
@@ -216,12 +216,12 @@ type Unfinished struct {
 
 // Unfinished returns, oldest first, the requests of gone owners (see
 // ofGoneOwners: a live replica sees its own to their end) that a server
-// must see to their end: pending poll-mode and task requests (run them once approved) and
-// approved ones, claimed or not (a backchannel one only matters when
-// claimed: otherwise its client redeems it). Call it after Restart.
+// must see to their end: pending poll-mode and task requests (run them once approved),
+// pending backchannel ones (their client redeems them; their usage shares wait for their end) and
+// approved ones, claimed or not. Call it after Restart.
 func (s *Service) Unfinished(ctx context.Context) ([]Unfinished, error) {
 	ids, err := s.ofGoneOwners(ctx, `SELECT id, owner, exec_owner FROM approval_requests
-		WHERE state = 'approved' OR (state = 'pending' AND wait_mode IN (?, ?)) ORDER BY created_at`, WaitPoll, WaitTask)
+		WHERE state = 'approved' OR (state = 'pending' AND wait_mode IN (?, ?, ?)) ORDER BY created_at`, WaitPoll, WaitTask, WaitBackchannel)
 	if err != nil {
 		return nil, fmt.Errorf("approval: unfinished: %w", err)
 	}
@@ -243,7 +243,7 @@ func (s *Service) Stored(ctx context.Context, id string) (*Unfinished, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Unfinished{Request: r.Request, Args: r.args, RedactArgs: r.redact, Rule: r.rule, Claimed: r.execClaim > 0}, nil
+	return &Unfinished{Request: r.Request, Args: r.args, RedactArgs: r.redact, Rule: r.rule, PolicySHA256: r.policy, Claimed: r.execClaim > 0}, nil
 }
 
 // ofGoneOwners runs query, which selects a row's id, its owner and the

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/countersign/countersign/approval/grant"
+	"github.com/countersign/countersign/approval/pending"
 	"github.com/countersign/countersign/digest"
 	"github.com/countersign/countersign/vocab"
 )
@@ -27,6 +28,7 @@ type NewRequest struct {
 	Summary          string
 	Level            vocab.Level // high or critical
 	Rule             string      // rule(s) that raised it
+	PolicySHA256     string      // the policy they are in: a reload does not change whose decision it was
 	Approvers        []string
 	Quorum           int
 	UserVerification vocab.UserVerification // critical is always required
@@ -89,22 +91,22 @@ func (s *Service) requestURL(id string) string { return s.opts.PublicURL + "/req
 // row is a request as stored.
 type row struct {
 	Request
-	args       []byte
-	argsSHA256 string
-	redact     bool
-	summary    string
-	rule       string
-	uv         vocab.UserVerification
-	nonce      []byte
-	expiresSec int64
-	execClaim  int64
-	lastPoll   int64
-	unlogged   bool // outbox entries not yet appended
+	args         []byte
+	argsSHA256   string
+	redact       bool
+	summary      string
+	rule, policy string
+	uv           vocab.UserVerification
+	nonce        []byte
+	expiresSec   int64
+	execClaim    int64
+	lastPoll     int64
+	unlogged     bool // outbox entries not yet appended
 }
 
 const rowColumns = `id, tool, agent, args, args_sha256, redact_args, authorization_details, summary, display, level, rule,
 	approvers, quorum, user_verification, code, binding_message, nonce, created_at, expires_at, interval_ms, state,
-	decided_by, decided_at, reason, exec_claimed_at, result, last_poll, wait_mode,
+	decided_by, decided_at, reason, exec_claimed_at, result, last_poll, wait_mode, policy_sha256,
 	EXISTS (SELECT 1 FROM approval_outbox o WHERE o.request_id = approval_requests.id),
 	EXISTS (SELECT 1 FROM approval_batchable b WHERE b.request_id = approval_requests.id)`
 
@@ -119,7 +121,7 @@ func (s *Service) scanRow(sc scanner) (*row, error) {
 	)
 	err := sc.Scan(&r.ID, &r.Tool, &r.Agent, &r.args, &r.argsSHA256, &r.redact, &details, &r.summary, &r.Display,
 		&r.Level, &r.rule, &approvers, &r.Quorum, &r.uv, &r.Code, &r.BindingMessage, &r.nonce, &created,
-		&r.expiresSec, &interval, &r.State, &r.DecidedBy, &decided, &r.Reason, &r.execClaim, &result, &r.lastPoll, &r.Wait, &r.unlogged, &r.Batchable)
+		&r.expiresSec, &interval, &r.State, &r.DecidedBy, &decided, &r.Reason, &r.execClaim, &result, &r.lastPoll, &r.Wait, &r.policy, &r.unlogged, &r.Batchable)
 	if err != nil {
 		return nil, err
 	}
@@ -229,8 +231,7 @@ func (s *Service) selected(ctx context.Context, query string, args ...any) ([]*R
 
 // PendingCount returns how many requests wait for a decision; the page and
 // the operator's metrics say so when there are more than a list shows.
+// It reads the caps' counter: every open page asks on every change.
 func (s *Service) PendingCount(ctx context.Context) (int, error) {
-	var n int
-	err := s.db.QueryRowContext(ctx, `SELECT count(*) FROM approval_requests WHERE state = 'pending'`).Scan(&n)
-	return n, err
+	return pending.Count(ctx, s.db, "")
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/countersign/countersign/approval/expiring"
+	"github.com/countersign/countersign/approval/pending"
 	"github.com/countersign/countersign/approval/sealed"
 	"github.com/countersign/countersign/approval/votes"
 )
@@ -51,7 +52,10 @@ var schema = []string{
 		last_poll INTEGER NOT NULL DEFAULT 0
 	)`,
 	`CREATE INDEX IF NOT EXISTS approval_requests_state ON approval_requests (state, expires_at)`,
-	`CREATE INDEX IF NOT EXISTS approval_requests_agent_state ON approval_requests (agent, state, expires_at)`, // caps count from it
+	`CREATE INDEX IF NOT EXISTS approval_requests_agent_state ON approval_requests (agent, state, expires_at)`, // an agent's pending
+	// The page's history, the latest decided first: read in this order, it
+	// stops at the 50th, and holds none of the pending to walk past.
+	`CREATE INDEX IF NOT EXISTS approval_requests_decided ON approval_requests (decided_at, created_at) WHERE state <> 'pending'`,
 	`CREATE TABLE IF NOT EXISTS approval_votes (
 		request_id TEXT NOT NULL REFERENCES approval_requests(id),
 		approver_id TEXT NOT NULL,
@@ -80,5 +84,6 @@ var schema = []string{
 	votes.Schema,
 	sealed.ResultIndex,
 	expiring.Schema,
+	pending.Schema,
 	createBatchable,
 }

@@ -77,28 +77,35 @@ func (l *Log) PrunedThrough(ctx context.Context) (int64, error) {
 	return p.through, err
 }
 
-// prunedStart is where the stored chain begins after p: its last hash
-// and the Merkle frontier of the entries before, from the stored tree,
-// checked against p's checkpoint.
+// prunedStart is where the stored chain begins after p: the Merkle
+// frontier of the archived entries, from the stored tree. Its root is
+// checked against p's checkpoint by prunedCheckpoint, once the keys that
+// may have signed it are known.
 func (l *Log) prunedStart(ctx context.Context, q querier, p pruned) (Frontier, *TamperError) {
-	var fr Frontier
-	cp, err := OpenCheckpoint(p.checkpoint, l.verifier)
-	if err != nil {
-		return fr, &TamperError{p.through, "archive checkpoint: " + err.Error()}
-	}
-	if cp.Size != p.through {
-		return fr, &TamperError{p.through, fmt.Sprintf("archive checkpoint covers %d entries, the pruning says %d", cp.Size, p.through)}
-	}
 	idx := FrontierIndexes(p.through)
 	nodes, err := dbHashReader{ctx, q}.ReadHashes(idx)
 	if err != nil {
-		return fr, &TamperError{p.through, "stored tree of the archived entries: " + err.Error()}
+		return Frontier{}, &TamperError{p.through, "stored tree of the archived entries: " + err.Error()}
 	}
-	fr = frontierOf(p.through, nodes)
-	if fr.Root() != cp.Root {
-		return fr, &TamperError{p.through, "the stored tree of the archived entries does not match the archive's checkpoint"}
+	return frontierOf(p.through, nodes), nil
+}
+
+// prunedCheckpoint checks p's checkpoint against the root of the stored
+// tree of the archived entries. It was signed when the archive was
+// written, by the key then in force: this server's key or one it rotated
+// from in the stored entries (checkStored trusts those first).
+func (l *Log) prunedCheckpoint(p pruned, root tlog.Hash) *TamperError {
+	cp, err := openCheckpoint(p.checkpoint, l.trusted())
+	if err != nil {
+		return &TamperError{p.through, "archive checkpoint: " + err.Error()}
 	}
-	return fr, nil
+	if cp.Size != p.through {
+		return &TamperError{p.through, fmt.Sprintf("archive checkpoint covers %d entries, the pruning says %d", cp.Size, p.through)}
+	}
+	if root != cp.Root {
+		return &TamperError{p.through, "the stored tree of the archived entries does not match the archive's checkpoint"}
+	}
+	return nil
 }
 
 // frontierOf is the Frontier of a tree of n leaves whose right-edge
@@ -175,6 +182,14 @@ func (l *Log) WriteArchive(ctx context.Context, w io.Writer, through int64) ([]b
 		// The head must stay in the database: the next append links to it.
 		return nil, fmt.Errorf("audit: archive through seq %d: the log ends at %d, and its last entry must stay", through, h.seq)
 	}
+	// The checkpoint is signed now, by the key in force; an auditor who
+	// reads the archive alone trusts only the keys its entries hand the
+	// log to, so it must reach the last rotation.
+	if seq, err := lastRotation(ctx, snap); err != nil {
+		return nil, fmt.Errorf("audit: archive: %w", err)
+	} else if seq > through {
+		return nil, fmt.Errorf("audit: archive through seq %d: the server key was rotated after it (key.rotated at seq %d), and the archive's checkpoint is signed by the key in force now; archive through seq %d or later", through, seq, seq)
+	}
 	root, err := tlog.TreeHash(through, dbHashReader{ctx, snap})
 	if err != nil {
 		return nil, fmt.Errorf("audit: archive: %w", err)
@@ -233,7 +248,7 @@ func (l *Log) Prune(ctx context.Context, p Pruning) (Entry, error) {
 	if l.broken != nil {
 		return Entry{}, l.broken
 	}
-	cp, err := OpenCheckpoint(p.Checkpoint, l.verifier)
+	cp, err := OpenCheckpoint(p.Checkpoint, l.current().v)
 	if err != nil {
 		return Entry{}, fmt.Errorf("audit: prune: archive %w", err)
 	}

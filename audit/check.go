@@ -175,12 +175,15 @@ func ValidSig(pub ed25519.PublicKey, msg, sig []byte) bool {
 }
 
 // CheckLines checks the lines from next on every core, the sigs asked for
-// against pub, and hands the results to consume in order. It stops at the
+// against pub or, after a key.rotated line, the key it names, and hands
+// the results to consume in order; consume must check each key.rotated
+// entry with RotationProblem. It stops at the
 // first error consume returns and returns it, or else next's error.
 func CheckLines(next func() (Line, bool, error), pub ed25519.PublicKey, consume func(*Checked) error) error {
 	const chunkSize = 256
 	type chunk struct {
 		items []Line
+		keys  []ed25519.PublicKey // the key in force at each line
 		res   []Checked
 		done  chan struct{}
 	}
@@ -197,7 +200,7 @@ func CheckLines(next func() (Line, bool, error), pub ed25519.PublicKey, consume 
 				for i := range c.items {
 					c.res[i] = checkLine(&c.items[i])
 					if r := &c.res[i]; r.Problem == "" && r.sig != nil {
-						if r.SigChecked = true; !ValidSig(pub, r.signed, r.sig) {
+						if r.SigChecked = true; !ValidSig(c.keys[i], r.signed, r.sig) {
 							r.Problem = "sig does not verify with the server key"
 						}
 					}
@@ -206,6 +209,7 @@ func CheckLines(next func() (Line, bool, error), pub ed25519.PublicKey, consume 
 			}
 		})
 	}
+	cur := pub
 	go func() {
 		defer close(produced)
 		defer close(order)
@@ -221,6 +225,15 @@ func CheckLines(next func() (Line, bool, error), pub ed25519.PublicKey, consume 
 				if !ok {
 					end = true
 					break
+				}
+				// A key.rotated line is signed by the key before it and
+				// hands every later line to its new key; its sig is always
+				// checked, and the consumer checks the rest of it
+				// (RotationProblem) before trusting what follows.
+				c.keys = append(c.keys, cur)
+				if next := rotationKey(it.Bytes); next != nil {
+					it.CheckSig = true
+					cur = next
 				}
 				c.items = append(c.items, it)
 			}

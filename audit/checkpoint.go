@@ -3,7 +3,6 @@ package audit
 import (
 	"bufio"
 	"context"
-	"crypto/ed25519"
 	"database/sql"
 	"errors"
 	"fmt"
@@ -12,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/countersign/countersign/vocab"
 	"golang.org/x/mod/sumdb/tlog"
 )
 
@@ -46,7 +46,7 @@ func (l *Log) Checkpoint(ctx context.Context) ([]byte, error) {
 		return nil, fmt.Errorf("audit: checkpoint: %w", err)
 	}
 	snap.Rollback()
-	msg, err := signCheckpoint(l.signer, h.seq, root)
+	msg, err := signCheckpoint(l.current(), h.seq, root)
 	if err != nil {
 		return nil, fmt.Errorf("audit: checkpoint: %w", err)
 	}
@@ -72,7 +72,7 @@ func (l *Log) latestCheckpoint(ctx context.Context, q querier) (*Checkpoint, err
 	if err != nil {
 		return nil, fmt.Errorf("audit: read checkpoint: %w", err)
 	}
-	cp, err := OpenCheckpoint([]byte(msg), l.verifier)
+	cp, err := openCheckpoint([]byte(msg), l.trusted())
 	if err != nil {
 		return nil, &TamperError{size, err.Error()}
 	}
@@ -132,8 +132,22 @@ func (l *Log) checkStored(ctx context.Context, q querier, stored *Head) (*Tamper
 		}
 		want, prev = pr.through+1, pr.hash
 	}
-	first1 := want
+	first1, archivedRoot := want, fr.Root()
 
+	// The key in force at the first stored entry: the previous key of the
+	// first stored rotation, or this server's. A rotation inside an
+	// archive left the key it handed to in force at the archive's end, so
+	// a pruned log needs nothing more: that key signs the stored entries
+	// up to the next stored rotation. Read before the entries' rows: a
+	// snapshot may be one connection.
+	pub, err := firstKey(ctx, q, l.signer.pub)
+	var fk *TamperError
+	if errors.As(err, &fk) {
+		note(fk)
+		pub = l.signer.pub
+	} else if err != nil {
+		return nil, err
+	}
 	rows, err := q.QueryContext(ctx, `SELECT seq, hash, body FROM audit_entries ORDER BY seq`)
 	if err != nil {
 		return nil, fmt.Errorf("audit: read log: %w", err)
@@ -153,7 +167,8 @@ func (l *Log) checkStored(ctx context.Context, q querier, stored *Head) (*Tamper
 		it.CheckSig = it.rowSeq == first1 || it.rowSeq > cpSize
 		return it, true, nil
 	}
-	pub := l.key.Public().(ed25519.PublicKey)
+	inForce := pub
+	var retired []string // the keys before inForce, oldest first
 	chainErr := CheckLines(next, pub, func(r *Checked) error {
 		if r.Seq != want {
 			if r.Seq > want {
@@ -163,6 +178,14 @@ func (l *Log) checkStored(ctx context.Context, q querier, stored *Head) (*Tamper
 		}
 		if r.Problem != "" {
 			return &TamperError{want, r.Problem}
+		}
+		if r.Entry.Kind == vocab.KindKeyRotated {
+			next, why := RotationProblem(r.Entry, inForce)
+			if why != "" {
+				return &TamperError{r.Seq, why}
+			}
+			inForce = next
+			retired = append(retired, r.Entry.PreviousKey)
 		}
 		if r.Prev != prev {
 			return &TamperError{r.Seq, "prev_hash does not match the hash of the entry before"}
@@ -183,6 +206,15 @@ func (l *Log) checkStored(ctx context.Context, q querier, stored *Head) (*Tamper
 		return nil, fmt.Errorf("audit: read log: %w", chainErr)
 	}
 	last := want - 1
+	if ve == nil && !inForce.Equal(l.signer.pub) {
+		note(&TamperError{last, "the log's key in force is " + PublicKeyText(inForce) + ", not this server's key " + PublicKeyText(l.signer.pub)})
+	}
+	l.trust(retired)
+	if pr.through > 0 && pte == nil {
+		if perr := l.prunedCheckpoint(pr, archivedRoot); perr != nil {
+			note(perr)
+		}
+	}
 	if ve == nil && cp != nil && cp.Size > last {
 		note(&TamperError{last + 1, fmt.Sprintf("missing: the checkpoint covers %d entries, the log ends at %d", cp.Size, last)})
 	}

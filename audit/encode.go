@@ -217,7 +217,7 @@ var entryKeys = []string{
 	"v", "kind", "agent", "tool", "args", "args_redacted", "args_seq", "args_sha256", "decision", "level", "rule", "usage",
 	"policy_sha256", "policy", "reason", "reason_sha256", "reason_size",
 	"request_id", "quorum", "eligible", "user_verification", "approvers", "assertions",
-	"batchable", "result", "result_sha256", "result_size", "approver", "credential_id", "public_key", "attestation_object", "authorization_details",
+	"batchable", "result", "result_sha256", "result_size", "approver", "credential_id", "public_key", "previous_key", "attestation_object", "authorization_details",
 	"display", "nonce", "expires_at", "decided_at", "origin", "rp_id", "user_verified", "authenticator_data",
 	"client_data_json", "signature", "batch_digests", "batch_position",
 	"grant_id", "grant_seq", "grant_condition", "grant_max_calls", "grant_expires_at",
@@ -310,6 +310,7 @@ func membersOf(e *Entry, canon func([]byte) ([]byte, error)) ([][]byte, error) {
 		return nil, err
 	}
 	str("policy_sha256", e.PolicySHA256)
+	str("previous_key", e.PreviousKey)
 	str("public_key", e.PublicKey)
 	integer("quorum", int64(e.Quorum))
 	str("reason", e.Reason)

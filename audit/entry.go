@@ -69,7 +69,8 @@ type Entry struct {
 	// action digest and check the key's signature offline.
 	Approver     string `json:"approver,omitempty"`
 	CredentialID string `json:"credential_id,omitempty"`
-	PublicKey    string `json:"public_key,omitempty"` // COSE_Key, on enrollment
+	PublicKey    string `json:"public_key,omitempty"`   // COSE_Key, on enrollment; key.rotated: the new server key
+	PreviousKey  string `json:"previous_key,omitempty"` // key.rotated: the server key that signs it
 	// AttestationObject is the key's attestation at enrollment
 	// (approver.enrolled, base64url), with the enrollment's clientDataJSON
 	// in ClientDataJSON: what `audit verify --attestation-roots` checks.

@@ -209,7 +209,12 @@ func signCheckpoint(s note.Signer, size int64, root tlog.Hash) ([]byte, error) {
 // key's verifier, [ParsePublicKey]) and parses its body. Extension lines
 // after the root are refused: we never write them.
 func OpenCheckpoint(msg []byte, v note.Verifier) (*Checkpoint, error) {
-	n, err := note.Open(msg, note.VerifierList(v))
+	return openCheckpoint(msg, note.VerifierList(v))
+}
+
+// openCheckpoint is OpenCheckpoint with any of the keys vs.
+func openCheckpoint(msg []byte, vs note.Verifiers) (*Checkpoint, error) {
+	n, err := note.Open(msg, vs)
 	if err != nil {
 		var unverified *note.UnverifiedNoteError
 		if errors.As(err, &unverified) {

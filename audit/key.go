@@ -177,18 +177,24 @@ func ParsePublicKey(text string) (ed25519.PublicKey, note.Verifier, error) {
 
 // signer signs checkpoint notes with the server key.
 type signer struct {
-	key  ed25519.PrivateKey
+	key  Signer
+	pub  ed25519.PublicKey
 	hash uint32
+	v    note.Verifier
 }
 
-func newSigner(key ed25519.PrivateKey) (*signer, error) {
-	_, v, err := ParsePublicKey(PublicKeyText(key.Public().(ed25519.PublicKey)))
+func newSigner(key Signer) (*signer, error) {
+	pub, err := signerPublic(key)
 	if err != nil {
 		return nil, err
 	}
-	return &signer{key: key, hash: v.KeyHash()}, nil
+	_, v, err := ParsePublicKey(PublicKeyText(pub))
+	if err != nil {
+		return nil, err
+	}
+	return &signer{key: key, pub: pub, hash: v.KeyHash(), v: v}, nil
 }
 
 func (s *signer) Name() string                    { return KeyName }
 func (s *signer) KeyHash() uint32                 { return s.hash }
-func (s *signer) Sign(msg []byte) ([]byte, error) { return ed25519.Sign(s.key, msg), nil }
+func (s *signer) Sign(msg []byte) ([]byte, error) { return signWith(s.key, s.pub, msg) }

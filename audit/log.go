@@ -75,15 +75,15 @@ type Options struct {
 // Log is the audit log in a shared database. It is safe for concurrent
 // use, and other processes may append to the same database.
 type Log struct {
-	db       *sql.DB
-	backend  Backend
-	owner    string
-	key      ed25519.PrivateKey
-	signer   *signer
-	verifier note.Verifier
-	now      func() time.Time
-	maxBatch int
-	readOnly bool
+	db        *sql.DB
+	backend   Backend
+	owner     string
+	keyMu     sync.RWMutex
+	signer    *signer         // the server key in force: entries' sig and checkpoints
+	verifiers []note.Verifier // every key the log has had (key.rotated), to read old checkpoints
+	now       func() time.Time
+	maxBatch  int
+	readOnly  bool
 
 	broken *TamperError // set by Open, never cleared
 	log    *slog.Logger
@@ -151,11 +151,13 @@ func Open(ctx context.Context, db *sql.DB, key ed25519.PrivateKey, opts Options)
 	if len(key) != ed25519.PrivateKeySize {
 		return nil, errors.New("audit: bad server key")
 	}
+	return OpenSigner(ctx, db, key, opts)
+}
+
+// OpenSigner is [Open] with the server key behind a [Signer]: a key this
+// process may not hold (PKCS #11, KMS) signs the entries and checkpoints.
+func OpenSigner(ctx context.Context, db *sql.DB, key Signer, opts Options) (*Log, error) {
 	s, err := newSigner(key)
-	if err != nil {
-		return nil, err
-	}
-	_, v, err := ParsePublicKey(PublicKeyText(key.Public().(ed25519.PublicKey)))
 	if err != nil {
 		return nil, err
 	}
@@ -165,16 +167,16 @@ func Open(ctx context.Context, db *sql.DB, key ed25519.PrivateKey, opts Options)
 			return nil, err
 		}
 	}
-	l, err := open(ctx, db, b, key, s, v, opts)
+	l, err := open(ctx, db, b, s, opts)
 	if l == nil {
 		b.Close()
 	}
 	return l, err
 }
 
-func open(ctx context.Context, db *sql.DB, b Backend, key ed25519.PrivateKey, s *signer, v note.Verifier, opts Options) (*Log, error) {
+func open(ctx context.Context, db *sql.DB, b Backend, s *signer, opts Options) (*Log, error) {
 	l := &Log{
-		db: db, backend: b, owner: opts.Owner, key: key, signer: s, verifier: v,
+		db: db, backend: b, owner: opts.Owner, signer: s, verifiers: []note.Verifier{s.v},
 		now: opts.Now, maxBatch: opts.MaxBatch, readOnly: opts.ReadOnly, log: opts.Logger,
 		reqs: make(chan *appendReq, 4096),
 		quit: make(chan struct{}), done: make(chan struct{}), bgDone: make(chan struct{}),
@@ -251,7 +253,7 @@ func (l *Log) wrote(err error) {
 }
 
 // PublicKey is the text form of the log's public key ([PublicKeyText]).
-func (l *Log) PublicKey() string { return PublicKeyText(l.key.Public().(ed25519.PublicKey)) }
+func (l *Log) PublicKey() string { return PublicKeyText(l.current().pub) }
 
 // Append validates e, gives it the format version, the next seq, the time,
 // the chain link, its hash and signature, and returns it once it is
@@ -263,6 +265,15 @@ func (l *Log) PublicKey() string { return PublicKeyText(l.key.Public().(ed25519.
 // are bounded (Bound). An error means the entry may not be relied on: the
 // caller must not proceed.
 func (l *Log) Append(ctx context.Context, e Entry) (Entry, error) {
+	if e.Kind == vocab.KindKeyRotated {
+		// Only RotateKey, which switches the key with it: a rotation
+		// the signer did not follow would leave a log no key extends.
+		return Entry{}, errors.New("audit: a key.rotated entry is appended by RotateKey alone")
+	}
+	return l.append(ctx, e)
+}
+
+func (l *Log) append(ctx context.Context, e Entry) (Entry, error) {
 	if l.broken != nil {
 		return Entry{}, l.broken
 	}
@@ -445,7 +456,7 @@ func (l *Log) writer() {
 			batch := l.fill(r)
 			var s *sealed
 			if fly != nil {
-				s = l.seal(batch, fly.next)
+				s, _ = l.seal(batch, fly.next) // on failure write seals again and reports it
 				l.finish(fly, <-fly.done)
 			}
 			fly = l.start(batch, s)
@@ -494,7 +505,7 @@ type sealed struct {
 // seal chains batch onto base and signs every entry, on every core. An
 // entry's time is never before the one it follows: the order by time is
 // the order by seq, even when servers with skewed clocks share a chain.
-func (l *Log) seal(batch []*appendReq, base Head) *sealed {
+func (l *Log) seal(batch []*appendReq, base Head) (*sealed, error) {
 	s := &sealed{base: base, out: make([]Entry, len(batch)), sums: make([][32]byte, len(batch))}
 	seq, prev, last := base.Seq, base.Hash, base.Time
 	for i, r := range batch {
@@ -509,8 +520,18 @@ func (l *Log) seal(batch []*appendReq, base Head) *sealed {
 		s.out[i] = e
 		prev = s.sums[i]
 	}
-	parallel(len(batch), func(i int) { s.out[i].Sig = encodeSig(ed25519.Sign(l.key, s.sums[i][:])) })
-	return s
+	errs := make([]error, len(batch))
+	key := l.current()
+	parallel(len(batch), func(i int) {
+		sig, err := key.Sign(s.sums[i][:])
+		s.out[i].Sig, errs[i] = encodeSig(sig), err
+	})
+	for _, err := range errs {
+		if err != nil {
+			return nil, err // one is enough: a failing signer fails them all alike
+		}
+	}
+	return s, nil
 }
 
 // inflight is a batch whose transaction is written and whose COMMIT runs.
@@ -564,7 +585,10 @@ func (l *Log) write(batch []*appendReq, s *sealed) (*inflight, error) {
 	c := &inflight{batch: batch}
 	done, err := l.backend.Write(func(h Head, stored tlog.HashReader) (*Batch, error) {
 		if s == nil || s.base.Seq != h.Seq || s.base.Hash != h.Hash {
-			s = l.seal(batch, h)
+			var err error
+			if s, err = l.seal(batch, h); err != nil {
+				return nil, err
+			}
 		}
 		b, err := l.batchOf(s, batch, h, stored)
 		if err != nil {

@@ -52,7 +52,7 @@ func (l *Log) ConsistencyProof(ctx context.Context, m, n int64) (tlog.TreeProof,
 // valid cosignature by that witness: what is stored is proof, never a
 // claim.
 func (l *Log) StoreWitnessed(ctx context.Context, witness string, cosigned []byte) error {
-	cp, err := OpenCheckpoint(cosigned, l.verifier)
+	cp, err := openCheckpoint(cosigned, l.trusted())
 	if err != nil {
 		return fmt.Errorf("audit: witnessed checkpoint: %w", err)
 	}
@@ -99,7 +99,7 @@ func (l *Log) latestWitnessed(ctx context.Context, q querier) ([]Witnessed, erro
 		if err := rows.Scan(&w.Witness, &w.Size, &msg); err != nil {
 			return nil, fmt.Errorf("audit: read witnessed checkpoints: %w", err)
 		}
-		cp, err := OpenCheckpoint([]byte(msg), l.verifier)
+		cp, err := openCheckpoint([]byte(msg), l.trusted())
 		if err != nil {
 			return nil, &TamperError{w.Size, "witnessed checkpoint: " + err.Error()}
 		}

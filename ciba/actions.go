@@ -262,7 +262,7 @@ func (s *Server) upstreamAction(ctx context.Context, i int, d map[string]any) (*
 	if args == nil {
 		args = map[string]any{}
 	}
-	for _, u := range s.opts.Upstreams {
+	for _, u := range *s.upstreams.Load() {
 		if u.Name != server {
 			continue
 		}

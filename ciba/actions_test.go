@@ -124,6 +124,7 @@ func newToolStack(t *testing.T, edit func(*config.Config)) *stack {
 	start()
 	t.Cleanup(func() { g.Close() })
 	s.guard = func() *guard.Guard { return g }
+	s.server = current.Load
 	s.restart = func() { g.Close(); start() }
 	for p := range current.Load().Routes() {
 		mux.Handle(p, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { current.Load().Routes()[p].ServeHTTP(w, r) }))
@@ -367,6 +368,32 @@ func TestCIBAUpstreamToolCallJudgedByItsPolicy(t *testing.T) {
 	r = s.raise(t, call("elsewhere", "delete_all"))
 	if req := s.request(t, r.str("auth_req_id")); r.status != 200 || req.Level != vocab.LevelHigh {
 		t.Fatalf("a server Countersign does not front: %d %v", r.status, r.body)
+	}
+}
+
+// A reload that adds or removes an upstream (SetUpstreams) changes which
+// mcp_tool_call details are judged by its tools' policy.
+func TestCIBAUpstreamsChangeWithAReload(t *testing.T) {
+	s := newToolStack(t, func(c *config.Config) {
+		c.Upstreams = []config.Upstream{{Name: "files", Prefix: "files__", Command: []string{"true"}, DefaultLevel: "critical"}}
+	})
+	detail := `[{"type":"mcp_tool_call","server":"files","tool":"write_file","arguments":{"path":"/srv"}}]`
+	level := func() vocab.Level {
+		t.Helper()
+		r := s.raise(t, detail)
+		if r.status != 200 {
+			t.Fatalf("bc-authorize: %d %v", r.status, r.body)
+		}
+		return s.request(t, r.str("auth_req_id")).Level
+	}
+	ups := *s.server().upstreams.Load()
+	s.server().SetUpstreams(nil)
+	if got := level(); got != vocab.LevelHigh {
+		t.Errorf("files removed: level %s, want tools.ciba's high", got)
+	}
+	s.server().SetUpstreams(ups)
+	if got := level(); got != vocab.LevelCritical {
+		t.Errorf("files added back: level %s, want its default critical", got)
 	}
 }
 

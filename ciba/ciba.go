@@ -61,6 +61,7 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	jose "github.com/go-jose/go-jose/v4"
@@ -138,10 +139,15 @@ type Options struct {
 
 // Server serves the CIBA endpoints, discovery and the key set.
 type Server struct {
-	opts    Options
-	log     *slog.Logger
-	clients []client
+	opts      Options
+	log       *slog.Logger
+	clients   []client
+	upstreams atomic.Pointer[[]config.Upstream] // Options.Upstreams, until SetUpstreams
 }
+
+// SetUpstreams puts the upstreams of a reloaded configuration in force for
+// the requests that come next.
+func (s *Server) SetUpstreams(ups []config.Upstream) { s.upstreams.Store(&ups) }
 
 type client struct {
 	id   string
@@ -165,6 +171,7 @@ func New(opts Options) (*Server, error) {
 		opts.Now = time.Now
 	}
 	s := &Server{opts: opts, log: opts.Logger}
+	s.upstreams.Store(&opts.Upstreams)
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}

@@ -68,6 +68,8 @@ type stack struct {
 	restart func()
 	// guard, where set, is the running server's guard.
 	guard func() *guard.Guard
+	// server, where set, is the running CIBA server.
+	server func() *Server
 }
 
 type stackOptions struct {

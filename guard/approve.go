@@ -60,7 +60,7 @@ func (g *Guard) countersign(ctx context.Context, c Call, spec *tools.Spec, call 
 	r, err := g.createRequest(context.WithoutCancel(ctx), approval.NewRequest{
 		Tool: spec.Def.Name, Agent: entry.Agent, Args: canon,
 		AuthorizationDetails: call.Details, Summary: call.Summary,
-		Level: d.Level, Rule: entry.Rule, Approvers: d.Approvers, Quorum: d.Quorum,
+		Level: d.Level, Rule: entry.Rule, PolicySHA256: d.PolicySHA256, Approvers: d.Approvers, Quorum: d.Quorum,
 		UserVerification: d.UserVerification, Timeout: d.Timeout, RedactArgs: conf.RedactArgs,
 		Wait: wait, Grant: g.grantOffer(entry.Agent, spec.Def.Name, call, d), Batchable: d.Batchable,
 	})
@@ -71,6 +71,12 @@ func (g *Guard) countersign(ctx context.Context, c Call, spec *tools.Spec, call 
 		g.log.Error("cannot raise approval request", "tool", spec.Def.Name, "err", err)
 		entry.Kind, entry.Reason = vocab.KindCallDenied, "cannot raise an approval request: "+err.Error()
 		g.record(ctx, entry)
+		if r != nil { // stored, maybe, and nobody waits for it
+			if done = true; counted != nil {
+				counted.id = requestCallID(r.ID)
+			}
+			g.abandon(r.ID, err, counted)
+		}
 		return toolError("refused: cannot raise an approval request: %v", err)
 	}
 	entry.RequestID = r.ID
@@ -106,6 +112,10 @@ func (g *Guard) countersign(ctx context.Context, c Call, spec *tools.Spec, call 
 		return pendingAnswer(spec, handedOverResult(r, g.opts.BlockFor, g.now()))
 	}
 	if err != nil {
+		if ctx.Err() == nil { // the database failed, not the caller: nobody waits for it now
+			done = true
+			g.abandon(r.ID, err, counted)
+		}
 		return toolError("approval request %s: %v", r.ID, err)
 	}
 	if final.State != vocab.StateApproved {

@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"slices"
 	"strings"
 	"time"
 
@@ -49,7 +48,7 @@ type Backchannel struct {
 	// Actions are the details that describe what a tool does, each
 	// prepared by that tool ([Guard.PrepareAction]). Each is decided by
 	// its tool's policy, with the facts the tool gathered, and the request
-	// gets the strictest of those decisions and Tool's (see [combine]).
+	// gets the strictest of those decisions and Tool's (see [authz.Combine]).
 	Actions []Action
 }
 
@@ -133,7 +132,7 @@ func (g *Guard) Raise(ctx context.Context, b Backchannel) (*approval.Request, er
 				Usage: g.usage.facts(keys, now),
 			})
 			counted = append(counted, g.usage.add(keys, a.Call.Value, now))
-			d = combine(d, a.Tool, ad)
+			d = authz.Combine(d, a.Tool, ad)
 		}
 		g.usage.mu.Unlock()
 	}
@@ -189,7 +188,7 @@ func (g *Guard) Raise(ctx context.Context, b Backchannel) (*approval.Request, er
 	r, err := g.createRequest(ctx, approval.NewRequest{
 		Tool: b.Tool, Agent: b.Agent, Args: canon,
 		AuthorizationDetails: b.Details, Summary: b.Summary,
-		Level: d.Level, Rule: entry.Rule, Approvers: approvers, Quorum: d.Quorum,
+		Level: d.Level, Rule: entry.Rule, PolicySHA256: d.PolicySHA256, Approvers: approvers, Quorum: d.Quorum,
 		UserVerification: d.UserVerification, Timeout: timeout, RedactArgs: conf.RedactArgs,
 		Wait: approval.WaitBackchannel,
 	})
@@ -198,10 +197,22 @@ func (g *Guard) Raise(ctx context.Context, b Backchannel) (*approval.Request, er
 	if le := (*limitError)(nil); errors.As(err, &le) {
 		return nil, &Refusal{Reason: le.Error()}
 	}
+	if r != nil {
+		for i, c := range counted {
+			if c != nil && c.shared {
+				// A replica that finds this one dead rebuilds the same
+				// share under the same id (shares.ofActions): given back once.
+				c.id = actionCallID(r.ID, i)
+			}
+		}
+	}
 	if err != nil {
 		g.log.Error("cannot raise approval request", "tool", b.Tool, "err", err)
 		entry.Kind, entry.Reason = vocab.KindCallDenied, "cannot raise an approval request: "+err.Error()
 		g.record(ctx, entry)
+		if keep = r != nil; keep { // stored, maybe, and its client never learns of it
+			g.abandon(r.ID, err, counted...)
+		}
 		return nil, fmt.Errorf("cannot raise an approval request: %w", err)
 	}
 	g.log.Info("approval required", "tool", b.Tool, "agent", b.Agent,
@@ -226,78 +237,6 @@ func (g *Guard) countWhileLive(id string, counted []*reservation) {
 	for _, c := range counted {
 		g.usage.release(c)
 	}
-}
-
-// combine is the decision of a backchannel request given floor, its own
-// policy's decision (combined with its earlier actions'), and d, the
-// decision of one of its actions by tool's policy. The stricter wins in
-// every part:
-//
-//   - level: the higher; deny if either denies;
-//   - approvers: those both allow (each policy names who may approve what
-//     it guards; a request under both needs someone both trust);
-//   - quorum: the larger; user verification: the stronger;
-//   - timeout: the shorter.
-//
-// Rules are named tool:rule for the action's policy. Standing grants and
-// batches never apply to a backchannel request.
-func combine(floor authz.Decision, tool string, d authz.Decision) authz.Decision {
-	qualified := make([]string, len(d.Rules))
-	for i, r := range d.Rules {
-		qualified[i] = tool + ":" + r
-	}
-	if floor.Level == vocab.LevelDeny {
-		return floor
-	}
-	if d.Level == vocab.LevelDeny {
-		d.Rules = qualified
-		d.Reason = fmt.Sprintf("%s policy: %s", tool, d.Reason)
-		return d
-	}
-	rank := map[vocab.Level]int{vocab.LevelLow: 0, vocab.LevelHigh: 1, vocab.LevelCritical: 2}
-	out := floor
-	out.Grant, out.Batchable = nil, false
-	if rank[d.Level] > rank[floor.Level] {
-		out.Level = d.Level
-	}
-	if len(qualified) > 0 || rank[d.Level] >= rank[out.Level] {
-		out.Rules = append(slices.Clone(floor.Rules), qualified...)
-		out.Reason = strings.TrimPrefix(floor.Reason+"; "+tool+" policy: "+d.Reason, "; ")
-	}
-	if d.Level == vocab.LevelLow {
-		return out // the tool's policy asks nobody; the floor's people decide
-	}
-	if out.Level == vocab.LevelLow {
-		out.Approvers = nil
-	}
-	switch {
-	case len(out.Approvers) == 0:
-		out.Approvers = slices.Clone(d.Approvers)
-	default:
-		out.Approvers = slices.DeleteFunc(slices.Clone(out.Approvers), func(a string) bool { return !slices.Contains(d.Approvers, a) })
-		if len(out.Approvers) == 0 {
-			return authz.Decision{Level: vocab.LevelDeny, Rules: out.Rules,
-				Reason: fmt.Sprintf("no approver is allowed both by the backchannel policy and by %s's: nobody may countersign this request", tool)}
-		}
-	}
-	out.Quorum = max(out.Quorum, d.Quorum, 1)
-	if out.Level == vocab.LevelCritical {
-		out.UserVerification = vocab.UVRequired
-	} else {
-		out.UserVerification = strongerUV(out.UserVerification, d.UserVerification)
-	}
-	if d.Timeout > 0 && (out.Timeout <= 0 || d.Timeout < out.Timeout) {
-		out.Timeout = d.Timeout
-	}
-	return out
-}
-
-func strongerUV(a, b vocab.UserVerification) vocab.UserVerification {
-	rank := map[vocab.UserVerification]int{vocab.UVDiscouraged: 0, vocab.UVPreferred: 1, vocab.UVRequired: 2}
-	if rank[b] > rank[a] || a == "" {
-		return b
-	}
-	return a
 }
 
 // RecordRejected records a backchannel request refused before it reached
@@ -353,17 +292,17 @@ func (g *Guard) Redeem(ctx context.Context, tool, id, agent string) (*approval.P
 		}
 		return nil, "", errors.New(reason)
 	}
-	ev, err := g.opts.Evidence.Evidence(ctx, id)
-	if err != nil {
-		return fail("cannot read the approval: " + err.Error())
-	}
 	// The record names the rules that decided, as a tool call's does, so
 	// that replay can hold it to the policy.
 	stored, err := g.opts.Runs.Stored(ctx, id)
 	if err != nil {
 		return fail("cannot read the request: " + err.Error())
 	}
-	entry.Rule = stored.Rule
+	entry.Rule, entry.PolicySHA256 = stored.Rule, stored.PolicySHA256 // the policy that raised it, not one a reload put in force since
+	ev, err := g.opts.Evidence.Evidence(ctx, id)
+	if err != nil {
+		return fail("cannot read the approval: " + err.Error())
+	}
 	if !g.now().Before(r.ExpiresAt) {
 		// Approved in time, but the auth_req_id lives only until
 		// expires_at (CIBA): an exchange after that gets expired_token.

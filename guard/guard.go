@@ -211,13 +211,8 @@ type Options struct {
 	ToolWait time.Duration
 	// MarkEvery is how often the routine-call mark moves; default 30s.
 	MarkEvery time.Duration
-	// MaxArgBytes and MaxArgDepth bound a call's arguments (their JSON
-	// size and nesting); larger calls are refused before anything else.
-	// Zero means 64 KiB and 32.
-	MaxArgBytes int
-	MaxArgDepth int
-	// Limits cap each agent's call rate and waiting approval requests
-	// (limits.go).
+	// Limits cap each agent's call rate and waiting approval requests,
+	// and every call's arguments (limits.go).
 	Limits Limits
 	// Freezes, when set, is asked first on every call whether its agent
 	// is frozen (freeze.go); nil: no agent is.
@@ -228,7 +223,7 @@ type Options struct {
 	BlockFor time.Duration
 }
 
-// Defaults of Options.MaxArgBytes and MaxArgDepth.
+// Defaults of Limits.MaxArgBytes and MaxArgDepth.
 const (
 	DefaultMaxArgBytes = 64 << 10
 	DefaultMaxArgDepth = 32
@@ -259,6 +254,10 @@ type Guard struct {
 	parkedDone bool          // the dispatcher stopped: park no more
 	kick       chan struct{} // wakes the dispatcher
 
+	// backchannel requests a gone process left, their shares held here
+	// until they end (reapusage.go); under parkMu
+	watched map[string]struct{}
+
 	routine  routine.Calls // routine calls between call.allowed and outcome
 	late     routine.Late  // their outcomes the log could not take yet
 	lastMark atomic.Int64  // the routine-call mark as last stored
@@ -272,12 +271,6 @@ type Guard struct {
 
 // New returns a Guard.
 func New(opts Options) *Guard {
-	if opts.MaxArgBytes <= 0 {
-		opts.MaxArgBytes = DefaultMaxArgBytes
-	}
-	if opts.MaxArgDepth <= 0 {
-		opts.MaxArgDepth = DefaultMaxArgDepth
-	}
 	g := &Guard{opts: opts, log: opts.Logger, now: opts.Now, schemas: map[*tools.Spec]*argschema.Schema{}, waiting: map[string]struct{}{},
 		parked: map[string]*reservation{}, dirty: map[string]struct{}{}, kick: make(chan struct{}, 1)}
 	if g.log == nil {
@@ -395,13 +388,14 @@ func (g *Guard) Handle(ctx context.Context, c Call) *mcp.CallToolResult {
 		g.record(ctx, entry)
 		return toolError(msg)
 	}
-	switch d, n := argschema.Measure(args, g.opts.MaxArgDepth, g.opts.MaxArgBytes); {
-	case d > g.opts.MaxArgDepth:
-		return g.rejectArgs(ctx, entry, args, fmt.Sprintf("arguments nested deeper than %d levels", g.opts.MaxArgDepth),
-			"invalid arguments: nested deeper than %d levels", g.opts.MaxArgDepth)
-	case n > g.opts.MaxArgBytes:
-		return g.rejectArgs(ctx, entry, args, fmt.Sprintf("arguments larger than %d bytes", g.opts.MaxArgBytes),
-			"invalid arguments: larger than %d bytes", g.opts.MaxArgBytes)
+	al := g.limits.Load().opts // a reload's limits, for the calls that start from now on
+	switch d, n := argschema.Measure(args, al.MaxArgDepth, al.MaxArgBytes); {
+	case d > al.MaxArgDepth:
+		return g.rejectArgs(ctx, entry, args, fmt.Sprintf("arguments nested deeper than %d levels", al.MaxArgDepth),
+			"invalid arguments: nested deeper than %d levels", al.MaxArgDepth)
+	case n > al.MaxArgBytes:
+		return g.rejectArgs(ctx, entry, args, fmt.Sprintf("arguments larger than %d bytes", al.MaxArgBytes),
+			"invalid arguments: larger than %d bytes", al.MaxArgBytes)
 	}
 	if err := digest.CheckExact(c.Raw); err != nil {
 		return g.rejectArgs(ctx, entry, args, fmt.Sprintf("invalid arguments: %v; send fewer digits", err),
@@ -431,10 +425,10 @@ func (g *Guard) Handle(ctx context.Context, c Call) *mcp.CallToolResult {
 	call.Agent = c.Agent
 	// The one canonical form of what is decided, approved, run and audited:
 	// Prepare's output, with any defaults it applied.
-	canon, err := digest.NewArgs(call.Args, g.opts.MaxArgBytes)
+	canon, err := digest.NewArgs(call.Args, al.MaxArgBytes)
 	if errors.Is(err, digest.ErrTooLarge) {
-		return g.rejectArgs(ctx, entry, args, fmt.Sprintf("arguments larger than %d bytes", g.opts.MaxArgBytes),
-			"invalid arguments: larger than %d bytes", g.opts.MaxArgBytes)
+		return g.rejectArgs(ctx, entry, args, fmt.Sprintf("arguments larger than %d bytes", al.MaxArgBytes),
+			"invalid arguments: larger than %d bytes", al.MaxArgBytes)
 	}
 	if err != nil {
 		return g.rejectArgs(ctx, entry, args, err.Error(), "%v", err)

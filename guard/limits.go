@@ -28,6 +28,11 @@ type Limits struct {
 	// calls; a call over it is refused before anything else.
 	CallsPerSecond float64
 	CallBurst      int
+	// MaxArgBytes and MaxArgDepth bound a call's arguments (their JSON
+	// size and nesting); larger calls are refused before anything else.
+	// Zero means 64 KiB and 32.
+	MaxArgBytes int
+	MaxArgDepth int
 }
 
 // Defaults of Limits.
@@ -84,6 +89,12 @@ func newLimiter(opts Limits, rec func(context.Context, audit.Entry) bool, now fu
 	}
 	if opts.CallBurst <= 0 {
 		opts.CallBurst = DefaultCallBurst
+	}
+	if opts.MaxArgBytes <= 0 {
+		opts.MaxArgBytes = DefaultMaxArgBytes
+	}
+	if opts.MaxArgDepth <= 0 {
+		opts.MaxArgDepth = DefaultMaxArgDepth
 	}
 	return &limiter{opts: opts, rec: rec, now: now, buckets: map[string]*rate.Limiter{}, tallies: map[tallyKey]*tally{}}
 }

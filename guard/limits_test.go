@@ -2,6 +2,7 @@ package guard
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"strings"
 	"sync"
@@ -151,5 +152,28 @@ func TestReconfigureTakesNewLimits(t *testing.T) {
 	}
 	if len(reasons) < 2 || !strings.Contains(strings.Join(reasons, "|"), "burst 1") {
 		t.Errorf("rate-limited entries %q: want the old limiter's refusals recorded", reasons)
+	}
+}
+
+// A reload's argument limits hold for the next call: arguments the old
+// limits took are refused under smaller ones, naming the new limit.
+func TestReconfigureTakesNewArgumentLimits(t *testing.T) {
+	f := newFixture(t, vocab.LevelLow)
+	g := New(Options{Catalog: f.cat, Policy: f.policy, Audit: f.log, Requests: f.humans, Runs: f.humans, Recovery: f.humans, Tasks: f.humans,
+		Tools: map[string]config.Tool{"pay": {}}})
+	defer g.Close()
+	args := map[string]any{"amount": 1.0, "to": strings.Repeat("x", 2000)}
+	if res := g.Handle(context.Background(), Call{Tool: "pay", Agent: "bot", Args: args}); res.IsError {
+		t.Fatalf("2 KB of arguments under the default 64 KiB: %v", res.Content)
+	}
+	g.Reconfigure(map[string]config.Tool{"pay": {}}, Limits{MaxArgBytes: 1024})
+	res := g.Handle(context.Background(), Call{Tool: "pay", Agent: "bot", Args: args})
+	if !res.IsError || !strings.Contains(fmt.Sprint(res.Content), "larger than 1024 bytes") {
+		t.Fatalf("2 KB of arguments after a reload to 1024 bytes: %v", res.Content)
+	}
+	g.Reconfigure(map[string]config.Tool{"pay": {}}, Limits{MaxArgDepth: 2})
+	res = g.Handle(context.Background(), Call{Tool: "pay", Agent: "bot", Args: map[string]any{"amount": 1.0, "to": map[string]any{"a": map[string]any{"b": 1.0}}}})
+	if !res.IsError || !strings.Contains(fmt.Sprint(res.Content), "nested deeper than 2 levels") {
+		t.Fatalf("arguments 3 deep after a reload to depth 2: %v", res.Content)
 	}
 }

@@ -46,10 +46,11 @@ type deadPeers interface {
 	DeadPeers(ctx context.Context) ([]string, error)
 }
 
-// ownerMark names the mark up to which every routine call owner allowed
+// RoutineMark names the mark up to which every routine call owner allowed
 // has its outcome: each replica moves its own, so that none moves past
-// another's call in flight.
-func ownerMark(owner string) string { return markRoutine + "/" + owner }
+// another's call in flight. It goes with the owner's row once the reaper
+// moved it past every entry the owner appended (auditpg.Owned.ForgetMark).
+func RoutineMark(owner string) string { return markRoutine + "/" + owner }
 
 // reapRoutine gives each routine call a dead replica left open its one
 // outcome, as reconcileRoutine does at start (settleOpenCall): the calls
@@ -67,7 +68,7 @@ func (g *Guard) reapRoutine(ctx context.Context) error {
 		return err
 	}
 	for _, owner := range dead {
-		from, ok, err := g.opts.Marks.Mark(ctx, ownerMark(owner))
+		from, ok, err := g.opts.Marks.Mark(ctx, RoutineMark(owner))
 		if err != nil {
 			return err
 		}
@@ -89,7 +90,7 @@ func (g *Guard) reapRoutine(ctx context.Context) error {
 		if _, err := g.settleOpen(ctx, from, owned); err != nil {
 			return fmt.Errorf("guard: settle the routine calls replica %s left: %w", owner, err)
 		}
-		if err := g.opts.Marks.SetMark(ctx, ownerMark(owner), seqs[len(seqs)-1]); err != nil {
+		if err := g.opts.Marks.SetMark(ctx, RoutineMark(owner), seqs[len(seqs)-1]); err != nil {
 			return err
 		}
 	}

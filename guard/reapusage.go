@@ -2,6 +2,7 @@ package guard
 
 import (
 	"context"
+	"strconv"
 	"time"
 
 	"github.com/countersign/countersign/approval"
@@ -41,15 +42,7 @@ func (s *shares) of(ctx context.Context, id string, e audit.Entry, at time.Time)
 	if m < minuteOf(g.now().Add(-usageHorizon)) {
 		return nil
 	}
-	if !s.loaded {
-		kept, err := g.keptAmounts(ctx)
-		if err != nil {
-			// From the logged arguments, then; redacted ones give back
-			// the call without its amount, which counts more, never less.
-			g.log.Warn("cannot read the kept amounts to rebuild usage shares", "err", err)
-		}
-		s.kept, s.loaded = kept, true
-	}
+	s.load(ctx)
 	v := g.valueOf(ctx, e, s.kept)
 	r := &reservation{id: id, min: m, since: minuteOf(at.Add(-decidedBefore)), keys: keysOf(e.Agent, e.Tool, v), shared: true}
 	if v != nil {
@@ -58,9 +51,79 @@ func (s *shares) of(ctx context.Context, id string, e audit.Entry, at time.Time)
 	return r
 }
 
+// load reads the kept amounts, once.
+func (s *shares) load(ctx context.Context) {
+	if s.loaded {
+		return
+	}
+	kept, err := s.g.keptAmounts(ctx)
+	if err != nil {
+		// From the logged arguments, then; redacted ones give back
+		// the call without its amount, which counts more, never less.
+		s.g.log.Warn("cannot read the kept amounts to rebuild usage shares", "err", err)
+	}
+	s.kept, s.loaded = kept, true
+}
+
+// actionCallID names the share of the i-th action of backchannel request
+// id in the shared windows, for ReleaseOnce.
+func actionCallID(id string, i int) string { return requestCallID(id) + "#action" + strconv.Itoa(i) }
+
+// ofActions are the shares a backchannel request's actions counted under
+// their own tools when it was raised (Raise), rebuilt from the amounts
+// kept for them (keepActions) under the ids Raise gave them. Actions
+// whose amounts were not kept are not rebuilt: they count until their
+// window passes.
+func (s *shares) ofActions(ctx context.Context, u approval.Unfinished) []*reservation {
+	if s.g.opts.SharedUsage == nil {
+		return nil
+	}
+	s.load(ctx)
+	byArgs := make(map[string]store.Amount, len(s.kept))
+	for _, r := range s.kept {
+		byArgs[r.ArgsSHA256] = r
+	}
+	request := storedEntry(u).ArgsSHA256
+	var out []*reservation
+	for i, a := range keptActions(request, byArgs) {
+		e := audit.Entry{Agent: u.Agent, Tool: a.Tool, ArgsSHA256: actionSHA256(request, i)}
+		if r := s.of(ctx, actionCallID(u.ID, i), e, u.CreatedAt); r != nil {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// watchActions holds the shares of backchannel request id, which a gone
+// process raised, until it ends: given back if it ends without its token
+// (countWhileLive), as its raiser would have. Each request is watched
+// once however often a reap finds it.
+func (g *Guard) watchActions(id string, counted []*reservation) {
+	if len(counted) == 0 || g.opts.Requests == nil {
+		return
+	}
+	g.parkMu.Lock()
+	_, dup := g.watched[id]
+	if dup || g.parkedDone {
+		g.parkMu.Unlock()
+		return
+	}
+	if g.watched == nil {
+		g.watched = map[string]struct{}{}
+	}
+	g.watched[id] = struct{}{}
+	g.parkMu.Unlock()
+	go func() {
+		g.countWhileLive(id, counted)
+		g.parkMu.Lock()
+		delete(g.watched, id)
+		g.parkMu.Unlock()
+	}()
+}
+
 // ofRequest is the share of a stored request's call. A backchannel
 // request's actions count under their own tools, held by countWhileLive,
-// and are not rebuilt.
+// and are rebuilt by ofActions.
 func (s *shares) ofRequest(ctx context.Context, u approval.Unfinished) *reservation {
 	if u.Wait == approval.WaitBackchannel {
 		return nil

@@ -206,16 +206,7 @@ func TestReapGivesBackADeadReplicasWaitingShareOnce(t *testing.T) {
 	wantSum(t, windows, "transfer", 1, 30, "after the dead replica's caller gave its share back too")
 
 	p2.die()
-	for range 2 {
-		p := w.start()
-		if err := p.g.Resume(ctx); err != nil {
-			t.Fatal(err)
-		}
-		if err := p.g.Reap(ctx); err != nil {
-			t.Fatal(err)
-		}
-		p.die()
-	}
+	w.restartTwice()
 	wantSum(t, windows, "transfer", 1, 30, "after two restarts")
 	noRowBelowZero(t, w.db)
 }
@@ -312,14 +303,7 @@ func TestReapGivesBackADeadReplicasRoutineCallThatNeverRan(t *testing.T) {
 	pol, conf := usagePolicy(t, "block", "transfer", "wire")
 	windows, amounts := sharedWindows(t, db)
 	key := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{9}, ed25519.SeedSize))
-	owners, err := store.OwnersFor(ctx, db, store.OwnerOptions{Heartbeat: 200 * time.Millisecond, Grace: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	// The replica that dies: its row, last stamped long ago, and no lock.
-	if _, err := db.ExecContext(ctx, `INSERT INTO replicas (id, seen_at) VALUES ('dead-1', now() - interval '1 minute')`); err != nil {
-		t.Fatal(err)
-	}
+	owners := deadReplicaOwners(t, db)
 	replica := func(owner string, recovery Recovery) *Guard {
 		l, err := auditpg.Open(ctx, db, key, audit.Options{Owner: owner})
 		if err != nil {
@@ -340,35 +324,11 @@ func TestReapGivesBackADeadReplicasRoutineCallThatNeverRan(t *testing.T) {
 	for _, tool := range []string{"transfer", "wire"} {
 		go func() { ran <- dead.Handle(ctx, Call{Tool: tool, Agent: "bot", Args: map[string]any{"amount": 30.0}}) }()
 	}
-	for deadline := time.Now().Add(10 * time.Second); ; {
-		seqs, err := auditpg.Owned{DB: db}.Owned(ctx, "dead-1", 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(seqs) == 2 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the dead replica's calls were not both allowed: %d entries", len(seqs))
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitOwned(t, db, "dead-1", 2)
 	wantSum(t, windows, "transfer", 1, 30, "while the calls run")
 	wantSum(t, windows, "wire", 1, 30, "while the calls run")
 
-	for deadline := time.Now().Add(10 * time.Second); !owners.Dead("dead-1"); {
-		if time.Now().After(deadline) {
-			t.Fatal("the replica that died is never told dead")
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	svc, err := approval.New(ctx, db, w.log, approval.Options{RPID: "localhost", Origins: []string{origin},
-		Approvers: []approval.Approver{{ID: "alice"}}, Owners: owners})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { svc.Close() })
-	reaper := replica("reaper-1", svc)
+	reaper := replica("reaper-1", reaperService(t, w, db, owners))
 	for range 2 {
 		if err := reaper.Reap(ctx); err != nil {
 			t.Fatal(err)
@@ -382,4 +342,134 @@ func TestReapGivesBackADeadReplicasRoutineCallThatNeverRan(t *testing.T) {
 	<-ran
 	wantSum(t, windows, "transfer", 0, 0, "after the dead replica's run failed too")
 	noRowBelowZero(t, db)
+}
+
+// restartTwice starts, resumes, reaps and stops a replica, twice.
+func (w *world) restartTwice() {
+	w.t.Helper()
+	ctx := context.Background()
+	for range 2 {
+		p := w.start()
+		if err := p.g.Resume(ctx); err != nil {
+			w.t.Fatal(err)
+		}
+		if err := p.g.Reap(ctx); err != nil {
+			w.t.Fatal(err)
+		}
+		p.die()
+	}
+}
+
+// waitSum waits for the shared windows to count calls moving amount of
+// bot's tool: a share held by a watcher goes back when it sees its
+// request end.
+func waitSum(t *testing.T, windows *store.UsageWindows, tool string, calls, amount float64, when string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		got := agentSum(t, windows, tool)
+		if got.Calls == calls && got.Amount == amount {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: the windows count %v calls of %s moving %v, want %v moving %v", when, got.Calls, tool, got.Amount, calls, amount)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// A replica dies with two CIBA requests waiting, each paying Acme in a
+// transfer action counted in the shared windows. The reaper and a
+// replica starting beside it both hold their shares, rebuilt from the
+// amounts kept for the actions. The one denied is given back, once
+// though both hold it; the one approved and then redeemed by its client
+// on another replica keeps counting, as an executed call does. Later
+// starts count nothing again.
+func TestADeadReplicasCIBARequestsGiveTheirSharesBackOnceWhenTheyEndWithoutAToken(t *testing.T) {
+	w, windows := newUsageWorld(t, "poll")
+	conf := map[string]config.Tool{
+		"transfer": {Level: vocab.LevelLow, Approvers: []string{"alice"}, Rules: sumRule},
+		"ciba":     {Level: vocab.LevelHigh, Approvers: []string{"alice"}},
+	}
+	pol, err := authz.Compile(conf, []config.Approver{{ID: "alice"}}, authz.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tune := w.tune
+	w.tune = func(o *Options) { tune(o); o.Policy, o.Tools = pol, conf }
+	ctx := context.Background()
+	p1 := w.start()
+	if err := p1.g.Resume(ctx); err != nil {
+		t.Fatal(err)
+	}
+	p2 := w.start()
+	if err := p2.g.Resume(ctx); err != nil {
+		t.Fatal(err)
+	}
+	raise := func(amount float64) string {
+		t.Helper()
+		call, err := p1.g.PrepareAction(ctx, "transfer", map[string]any{"amount": amount})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := Backchannel{Tool: "ciba", Agent: "bot", Args: map[string]any{"binding_message": "pay", "amount": amount},
+			Details: json.RawMessage(`[{"type":"payment"}]`), Summary: "pay Acme",
+			Actions: []Action{{Tool: "transfer", Call: call}}}
+		r, err := p1.g.Raise(ctx, b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.ID
+	}
+	denied, redeemed := raise(120), raise(50)
+	wantSum(t, windows, "transfer", 2, 170, "while the requests wait")
+	p1.die()
+
+	if err := p2.g.Reap(ctx); err != nil {
+		t.Fatal(err)
+	}
+	p3 := w.start()
+	if err := p3.g.Resume(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := p2.g.Reap(ctx); err != nil { // reaping again holds nothing twice
+		t.Fatal(err)
+	}
+	wantSum(t, windows, "transfer", 2, 170, "resumed, still waiting")
+
+	w.deny(p2, denied)
+	waitSum(t, windows, "transfer", 1, 50, "one denied")
+	w.approve(p3, redeemed)
+	// Its client collects the token on p3 later (as Redeem does).
+	if err := p3.svc.BeginExecution(ctx, redeemed); err != nil {
+		t.Fatal(err)
+	}
+	rec := audit.Entry{Kind: vocab.KindCallExecuted, Agent: "bot", Tool: "ciba", RequestID: redeemed, Decision: string(vocab.LevelHigh)}
+	if err := p3.svc.Finish(ctx, redeemed, approval.Outcome{State: vocab.StateExecuted, Result: json.RawMessage(`{}`), Record: rec}); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []*process{p2, p3} {
+		w.waitState(p, redeemed, vocab.StateExecuted)
+	}
+	// Both watchers have seen it end (a wrong give-back is made by then).
+	for deadline := time.Now().Add(10 * time.Second); p2.g.watching() > 0 || p3.g.watching() > 0; {
+		if time.Now().After(deadline) {
+			t.Fatalf("still watched: %d by the reaper, %d by the start", p2.g.watching(), p3.g.watching())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	wantSum(t, windows, "transfer", 1, 50, "one denied, one redeemed")
+	p2.die()
+	p3.die()
+	w.restartTwice()
+	wantSum(t, windows, "transfer", 1, 50, "after two restarts")
+	noRowBelowZero(t, w.db)
+}
+
+// watching is how many backchannel requests g holds shares of for a gone
+// process.
+func (g *Guard) watching() int {
+	g.parkMu.Lock()
+	defer g.parkMu.Unlock()
+	return len(g.watched)
 }

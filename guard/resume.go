@@ -91,13 +91,16 @@ func (g *Guard) settleUnfinished(ctx context.Context, unfinished []approval.Unfi
 			// No tool runs for it; its client redeems the approval at
 			// the token endpoint. A claim the crash cut short never
 			// handed out a token (the token's record commits with the
-			// request's end).
+			// request's end). Its actions' shares are held here until
+			// it ends, given back if without a token.
+			counted := sh.ofActions(ctx, u)
 			if u.Claimed {
 				err := g.failClaimed(ctx, u, storedEntry(u), errors.New("the server stopped before the approval token was issued"))
 				if err != nil {
 					return fmt.Errorf("guard: settle request %s: %w", u.ID, err)
 				}
 			}
+			g.watchActions(u.ID, counted)
 			continue
 		}
 		if u.Claimed {
@@ -119,7 +122,7 @@ func (g *Guard) settleUnfinished(ctx context.Context, unfinished []approval.Unfi
 // storedEntry is the audit entry of a stored request's call, as the guard
 // made it when the call came in.
 func storedEntry(u approval.Unfinished) audit.Entry {
-	e := audit.Entry{Agent: u.Agent, Tool: u.Tool, Decision: string(u.Level), Rule: u.Rule, RequestID: u.ID}
+	e := audit.Entry{Agent: u.Agent, Tool: u.Tool, Decision: string(u.Level), Rule: u.Rule, PolicySHA256: u.PolicySHA256, RequestID: u.ID}
 	// The stored arguments are the request's digest.Args bytes, canonical
 	// as they were made: hashed, not canonicalised again.
 	sum := sha256.Sum256(u.Args)
@@ -303,7 +306,7 @@ func (g *Guard) reconcileRoutine(ctx context.Context) error {
 	}
 	if g.opts.Owner != "" {
 		// The reaper settles this replica's calls from here should it die.
-		if err := g.opts.Marks.SetMark(ctx, ownerMark(g.opts.Owner), last); err != nil {
+		if err := g.opts.Marks.SetMark(ctx, RoutineMark(g.opts.Owner), last); err != nil {
 			return err
 		}
 	}
@@ -440,7 +443,7 @@ func (g *Guard) advanceMark(ctx context.Context) {
 		return
 	}
 	if g.opts.Owner != "" {
-		if err := g.opts.Marks.SetMark(ctx, ownerMark(g.opts.Owner), mark); err != nil {
+		if err := g.opts.Marks.SetMark(ctx, RoutineMark(g.opts.Owner), mark); err != nil {
 			g.log.Warn("cannot move this replica's routine-call mark", "err", err)
 			return
 		}

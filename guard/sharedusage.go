@@ -38,8 +38,9 @@ import (
 // table outlives a restart, so counting into it again would count
 // twice.
 //
-// Left over-counted (refusing more, never less): backchannel requests'
-// actions (countWhileLive is not rebuilt), and a dead replica's request
+// A backchannel request's actions are rebuilt too, from the amounts kept
+// for them (shares.ofActions), and held until it ends (watchActions).
+// Left over-counted (refusing more, never less): a dead replica's request
 // that ended before anything resumed it, whose owner died before giving
 // its share back.
 
@@ -206,10 +207,9 @@ func (g *Guard) decideActionsShared(ctx context.Context, b Backchannel, d authz.
 			g.log.Error("cannot decide a backchannel action against the usage windows", "tool", a.Tool, "err", err)
 			ad = authz.Decision{Level: vocab.LevelDeny, Reason: "cannot read the usage windows: " + err.Error()}
 		}
-		if r != nil {
-			counted = append(counted, r)
-		}
-		d = combine(d, a.Tool, ad)
+		// One per action, nil or not: Raise names each by its index.
+		counted = append(counted, r)
+		d = authz.Combine(d, a.Tool, ad)
 	}
 	return d, counted
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/digest"
+	"github.com/countersign/countersign/guard/minutes"
 	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/tools"
 	"github.com/countersign/countersign/vocab"
@@ -35,51 +36,8 @@ type usageBook struct {
 	now    func() time.Time
 
 	mu     sync.Mutex
-	series map[string]*series
+	series map[string]*minutes.Series
 	adds   int
-}
-
-// series is one key's per-minute sums, oldest first.
-type series struct {
-	mins []int64
-	vals []float64
-}
-
-func (s *series) add(min int64, v float64) {
-	if n := len(s.mins); n > 0 && s.mins[n-1] == min {
-		s.vals[n-1] += v
-		return
-	}
-	// Restored entries may arrive slightly out of order: insert in place.
-	i := len(s.mins)
-	for i > 0 && s.mins[i-1] > min {
-		i--
-	}
-	if i < len(s.mins) && s.mins[i] == min {
-		s.vals[i] += v
-		return
-	}
-	s.mins = append(s.mins, 0)
-	s.vals = append(s.vals, 0)
-	copy(s.mins[i+1:], s.mins[i:])
-	copy(s.vals[i+1:], s.vals[i:])
-	s.mins[i], s.vals[i] = min, v
-}
-
-// sum adds the minutes from first on, and forgets those before horizon.
-func (s *series) sum(first, horizon int64) float64 {
-	drop := 0
-	for drop < len(s.mins) && s.mins[drop] < horizon {
-		drop++
-	}
-	if drop > 0 {
-		s.mins, s.vals = s.mins[drop:], s.vals[drop:]
-	}
-	var total float64
-	for i := len(s.mins) - 1; i >= 0 && s.mins[i] >= first; i-- {
-		total += s.vals[i]
-	}
-	return total
 }
 
 // usageKeys names the series a call counts in.
@@ -124,7 +82,7 @@ func (b *usageBook) facts(k usageKeys, now time.Time) map[string]any {
 		if s == nil || key == "" {
 			return 0
 		}
-		return s.sum(m-int64(window/time.Minute)+1, horizon)
+		return s.Sum(m-int64(window/time.Minute)+1, horizon)
 	}
 	// The fields are authz.UsageKeys; a test holds the two together.
 	return map[string]any{
@@ -140,7 +98,7 @@ func (b *usageBook) facts(k usageKeys, now time.Time) map[string]any {
 // add counts a call. The caller holds mu.
 func (b *usageBook) add(k usageKeys, v *tools.Value, at time.Time) *reservation {
 	if b.series == nil {
-		b.series = map[string]*series{}
+		b.series = map[string]*minutes.Series{}
 	}
 	r := &reservation{min: minuteOf(at), keys: k}
 	if v != nil {
@@ -160,10 +118,10 @@ func (b *usageBook) bump(r *reservation, sign float64) {
 		}
 		s := b.series[key]
 		if s == nil {
-			s = &series{}
+			s = &minutes.Series{}
 			b.series[key] = s
 		}
-		s.add(r.min, sign*v)
+		s.Add(r.min, sign*v)
 	}
 }
 
@@ -185,7 +143,7 @@ func (b *usageBook) release(r *reservation) {
 func (b *usageBook) sweep(now time.Time) {
 	horizon := minuteOf(now.Add(-usageHorizon))
 	for key, s := range b.series {
-		if s.sum(horizon, horizon); len(s.mins) == 0 {
+		if s.Sum(horizon, horizon); s.Empty() {
 			delete(b.series, key)
 		}
 	}

@@ -2,8 +2,9 @@
 # Installs what Countersign's tests and benchmarks need on a fresh Debian
 # machine with Go, and only what is missing: the browser tests drive a real
 # headless Chromium, the witness tests a real litewitness with its
-# ssh-agent, the PostgreSQL tests and benchmarks a throwaway cluster, and
-# the gateway tests the reference MCP servers from npm. Never skip a test
+# ssh-agent, the PostgreSQL tests and benchmarks a throwaway cluster, the
+# PKCS #11 signer's tests a SoftHSM token, and the gateway tests the
+# reference MCP servers from npm. Never skip a test
 # for a missing dependency: install it here or fail.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,6 +36,16 @@ if [ -z "${COUNTERSIGN_TEST_PG:-}" ] && ! command -v initdb >/dev/null 2>&1 && !
 	if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
 	$sudo apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq postgresql >/dev/null
+fi
+
+# audit/pkcs11key signs in a SoftHSM token (Debian's softhsm2); its tests
+# fail, never skip, without it.
+if [ ! -e /usr/lib/softhsm/libsofthsm2.so ]; then
+	echo "deps.sh: installing Debian's softhsm2 for the PKCS #11 signer's tests" >&2
+	sudo=""
+	if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+	$sudo apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq softhsm2 >/dev/null
 fi
 
 # The gateway tests run the reference MCP filesystem server from npm, pinned

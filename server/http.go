@@ -96,12 +96,19 @@ type agentToken struct {
 // token is refused at its next request, an added one accepted.
 func (s *Server) SetAgents(agents []config.Agent) {
 	keys := make([]agentToken, 0, len(agents))
+	reserved := []string{"anonymous", "unknown", s.opts.Config.Server.StdioAgent}
 	for _, a := range agents {
 		h, _ := hex.DecodeString(a.TokenSHA256) // validated by config
 		keys = append(keys, agentToken{a.ID, h})
+		reserved = append(reserved, a.ID)
 	}
+	s.auth.set(nil, reserved) // before the tokens: no moment when an OAuth token may take a new agent's name
 	s.agents.Store(&keys)
 }
+
+// SetOAuth puts a reloaded http.oauth in force for the requests that
+// arrive from now on (see liveAuth).
+func (s *Server) SetOAuth(o config.OAuth) { s.auth.set(&o, nil) }
 
 // authenticate maps a bearer token to an agent id: a static token of
 // http.agents (read from agents at each request), or with http.oauth an
@@ -109,8 +116,9 @@ func (s *Server) SetAgents(agents []config.Agent) {
 // Only static token hashes are configured, and they are compared in constant
 // time. With neither configured every caller is "anonymous": cmd allows that
 // only on loopback.
-func authenticate(agents *atomic.Pointer[[]agentToken], rs *resourceServer, log *slog.Logger, next http.Handler) http.Handler {
+func authenticate(agents *atomic.Pointer[[]agentToken], live *atomic.Pointer[resourceServer], log *slog.Logger, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rs := live.Load()
 		keys := *agents.Load()
 		if len(keys) == 0 && rs == nil {
 			next.ServeHTTP(w, r.WithContext(WithAgent(r.Context(), "anonymous")))

@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/coreos/go-oidc/v3/oidc"
@@ -81,6 +82,55 @@ func newResourceServer(o config.OAuth, base string, reserved []string, log *slog
 		rs.resource = rs.audience
 	}
 	return rs
+}
+
+// liveAuth holds the resource server of each HTTP handler, rebuilt whole
+// when a reload changes http.oauth or the agents' names, so that a request
+// is checked entirely by one configuration: a token accepted before is
+// accepted after only if the new one accepts it too. The key set already
+// fetched is kept while the issuer and audience stay.
+type liveAuth struct {
+	mu       sync.Mutex
+	oauth    config.OAuth
+	reserved []string
+	handlers []*liveResource
+}
+
+type liveResource struct {
+	base string // what the resource URL derives from (http.issuer, else the listener's URL)
+	log  *slog.Logger
+	rs   atomic.Pointer[resourceServer] // nil: http.oauth is off
+}
+
+// add makes the resource server of one HTTP handler.
+func (a *liveAuth) add(base string, log *slog.Logger) *atomic.Pointer[resourceServer] {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	h := &liveResource{base: base, log: log}
+	h.rs.Store(newResourceServer(a.oauth, base, a.reserved, log))
+	a.handlers = append(a.handlers, h)
+	return &h.rs
+}
+
+// set puts o (when not nil) and reserved (when not nil) in force.
+func (a *liveAuth) set(o *config.OAuth, reserved []string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if o != nil {
+		a.oauth = *o
+	}
+	if reserved != nil {
+		a.reserved = reserved
+	}
+	for _, h := range a.handlers {
+		rs := newResourceServer(a.oauth, h.base, a.reserved, h.log)
+		if old := h.rs.Load(); rs != nil && old != nil && old.issuer == rs.issuer && old.audience == rs.audience {
+			old.mu.Lock()
+			rs.verifier = old.verifier
+			old.mu.Unlock()
+		}
+		h.rs.Store(rs)
+	}
 }
 
 // metadata is this server's Protected Resource Metadata document.

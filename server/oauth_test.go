@@ -3,8 +3,10 @@ package server_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -220,4 +222,67 @@ func TestOAuthWhileTheProviderIsDown(t *testing.T) {
 
 	p.Start()
 	callAs(t, s, base, rotated, "billing-agent")
+}
+
+// A reload swaps the resource server whole (SetOAuth, SetAgents): a token
+// accepted before is accepted after only if the new configuration accepts
+// it, whether the scopes, the issuer or the agents' names changed; turned
+// off, no token is taken and no metadata served.
+func TestOAuthReloadSwapsTheResourceServer(t *testing.T) {
+	p := idptest.New(t)
+	s, base := oauthStack(t, p)
+	resource := base + "/mcp"
+	token := accessToken(t, credentials(p, resource, scope))
+	oauth := s.cfg.HTTP.OAuth
+	expect := func(what string, status int, challenge string) {
+		t.Helper()
+		got, ch := initialize(t, base, token)
+		if got != status || !strings.Contains(ch, challenge) {
+			t.Errorf("%s: %d %q, want %d %q", what, got, ch, status, challenge)
+		}
+	}
+	metadataScopes := func() string {
+		t.Helper()
+		resp, err := http.Get(base + "/.well-known/oauth-protected-resource/mcp")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var prm struct {
+			ScopesSupported []string `json:"scopes_supported"`
+		}
+		json.NewDecoder(resp.Body).Decode(&prm)
+		return fmt.Sprint(resp.StatusCode, " ", strings.Join(prm.ScopesSupported, " "))
+	}
+	expect("before the reload", http.StatusOK, "")
+
+	more := oauth
+	more.Scopes = []string{scope, "mcp:admin"}
+	s.server.SetOAuth(more)
+	expect("a scope more required", http.StatusForbidden, `error="insufficient_scope", error_description="the token lacks the scope mcp:admin"`)
+	if got := metadataScopes(); got != "200 mcp:tools mcp:admin" {
+		t.Errorf("metadata after the reload: %s", got)
+	}
+	s.server.SetOAuth(oauth)
+	expect("the scope back as it was", http.StatusOK, "")
+
+	other := idptest.New(t)
+	elsewhere := oauth
+	elsewhere.Issuer = other.Issuer()
+	s.server.SetOAuth(elsewhere)
+	expect("another issuer", http.StatusUnauthorized, "does not verify against the authorization server's keys") // the new issuer's
+	s.server.SetOAuth(oauth)
+
+	agents := append(slices.Clone(s.cfg.HTTP.Agents), config.Agent{ID: "billing-agent", TokenSHA256: strings.Repeat("ab", 32)})
+	s.server.SetAgents(agents)
+	expect("a static agent now named as the token's", http.StatusUnauthorized, "names the agent billing-agent, which authenticates otherwise")
+	s.server.SetAgents(s.cfg.HTTP.Agents)
+	expect("that agent removed again", http.StatusOK, "")
+
+	s.server.SetOAuth(config.OAuth{})
+	expect("http.oauth off", http.StatusUnauthorized, `Bearer realm="countersign"`)
+	if got := metadataScopes(); !strings.HasPrefix(got, "404") {
+		t.Errorf("metadata with http.oauth off: %s", got)
+	}
+	callAs(t, s, base, agentTokens["agent-a"], "agent-a")
 }

@@ -58,6 +58,7 @@ type Server struct {
 	callers  sessions
 	sessions *agentSessions               // Streamable HTTP session ids and their agents
 	agents   atomic.Pointer[[]agentToken] // http.agents' tokens (SetAgents)
+	auth     liveAuth                     // http.oauth and the names a token may not take (oauth.go)
 
 	syncMu   sync.Mutex
 	offered  map[string]*tools.Spec          // what the MCP server has registered now
@@ -84,6 +85,7 @@ func New(opts Options) (*Server, error) {
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
+	s.auth.oauth = opts.Config.HTTP.OAuth
 	s.SetAgents(opts.Config.HTTP.Agents)
 	s.routine.now, s.routine.kept, s.routine.log = time.Now, opts.RoutineTasks, s.log
 	s.life, s.stop = context.WithCancel(context.Background())
@@ -265,17 +267,18 @@ func (s *Server) HTTPHandler(baseURL string) (h http.Handler, shutdown func(cont
 	if cfg.Issuer != "" {
 		resourceURL = cfg.Issuer
 	}
-	reserved := []string{"anonymous", "unknown", s.opts.Config.Server.StdioAgent}
-	for _, a := range cfg.Agents {
-		reserved = append(reserved, a.ID)
-	}
-	rs := newResourceServer(cfg.OAuth, resourceURL, reserved, s.log)
+	rs := s.auth.add(resourceURL, s.log)
 	root.Handle("/", authenticate(&s.agents, rs, s.log, limitBody(cfg.MaxBodyBytes, mux)))
-	if rs != nil {
-		prm := auth.ProtectedResourceMetadataHandler(rs.metadata())
-		root.Handle(metadataPath, prm)
-		root.Handle(metadataPathMCP, prm)
-	}
+	// Served while http.oauth is on, which a reload may change.
+	prm := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if now := rs.Load(); now != nil {
+			auth.ProtectedResourceMetadataHandler(now.metadata()).ServeHTTP(w, r)
+			return
+		}
+		http.NotFound(w, r)
+	})
+	root.Handle(metadataPath, prm)
+	root.Handle(metadataPathMCP, prm)
 	for path, rh := range s.opts.Routes {
 		root.Handle(path, limitBody(cfg.MaxBodyBytes, rh))
 	}

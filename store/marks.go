@@ -44,3 +44,32 @@ func (m Marks) SetMark(ctx context.Context, name string, value int64) error {
 	}
 	return nil
 }
+
+// ForgetIn deletes the named mark in tx if settled, given its value,
+// reports true, and says whether the mark is gone (as it is when it was
+// never set). The mark's row is locked until tx ends, so that it does
+// not move between settled's look and the delete.
+func (m Marks) ForgetIn(ctx context.Context, tx *sql.Tx, name string, settled func(value int64) (bool, error)) (bool, error) {
+	if err := m.DB.CreateTables(ctx, marksSchema); err != nil {
+		return false, fmt.Errorf("store: marks: %w", err)
+	}
+	lock := " FOR UPDATE"
+	if m.DB.Dialect() != PostgreSQL {
+		lock = "" // the transaction holds the file's write lock
+	}
+	var value int64
+	err := tx.QueryRowContext(ctx, `SELECT value FROM store_marks WHERE name = ?`+lock, name).Scan(&value)
+	if errors.Is(err, sql.ErrNoRows) {
+		return true, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("store: mark %s: %w", name, err)
+	}
+	if ok, err := settled(value); err != nil || !ok {
+		return false, err
+	}
+	if _, err := tx.ExecContext(ctx, `DELETE FROM store_marks WHERE name = ?`, name); err != nil {
+		return false, fmt.Errorf("store: forget mark %s: %w", name, err)
+	}
+	return true, nil
+}

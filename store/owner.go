@@ -144,6 +144,25 @@ func (o *Owners) Forget(ctx context.Context, id string, settled func(ctx context
 	return o.pg.forget(ctx, id, settled)
 }
 
+// ForgetCheck is a part of what a forgotten owner leaves (AlsoForget):
+// run in the transaction that deletes owner id's row, it deletes what it
+// keeps for id if nothing of it still needs settling and says so, or
+// reports false to keep id (and its own rows) for a later pass.
+type ForgetCheck func(ctx context.Context, tx *sql.Tx, id string) (bool, error)
+
+// AlsoForget has every later Forget run check, after the caller's
+// settled, in the same transaction: what other parts keep per owner goes
+// with its row, and only when they too have nothing left of it. On
+// SQLite, where Forget does nothing, neither does check.
+func (o *Owners) AlsoForget(check ForgetCheck) {
+	if o.pg == nil {
+		return
+	}
+	o.pg.alsoMu.Lock()
+	defer o.pg.alsoMu.Unlock()
+	o.pg.also = append(o.pg.also, check)
+}
+
 // Unfenced must run in every write transaction made for owner id,
 // before its writes: it returns an error wrapping ErrFenced when id was
 // fenced (or released), and otherwise keeps id from being fenced until

@@ -148,6 +148,9 @@ func (db *DB) sessionConn(ctx context.Context, appName string, idle time.Duratio
 type pgOwners struct {
 	db   *DB
 	opts OwnerOptions
+
+	alsoMu sync.Mutex
+	also   []ForgetCheck // AlsoForget's, run by forget after settled
 }
 
 // setupTimeout bounds Hold's and Dead's statements, which take no
@@ -402,6 +405,14 @@ func (o *pgOwners) forget(ctx context.Context, id string, settled func(ctx conte
 		}
 		if ok, err := settled(ctx, tx); err != nil || !ok {
 			return err
+		}
+		o.alsoMu.Lock()
+		also := o.also
+		o.alsoMu.Unlock()
+		for _, check := range also {
+			if ok, err := check(ctx, tx, id); err != nil || !ok {
+				return err
+			}
 		}
 		_, err = tx.ExecContext(ctx, `DELETE FROM replicas WHERE id = ? AND fenced`, id)
 		gone = err == nil

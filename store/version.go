@@ -18,7 +18,10 @@ import (
 //	0  before versions were recorded
 //	1  the database records its schema (schema_release); audit entry
 //	   format 3; each package's migrations counted in schema_version
-const Schema = 1
+//	2  approval_pending counts the requests waiting (approval migration
+//	   5): an older binary would leave the counts behind, and the caps
+//	   would then refuse or allow wrongly
+const Schema = 2
 
 // schemaReleaseDDL records the database's schema and the release of the
 // binary that raised it there, for the message an older binary gives.

@@ -136,12 +136,13 @@ func PublicJWK(key ed25519.PublicKey) (jose.JSONWebKey, error) {
 
 // Signer issues approval tokens. It is safe for concurrent use.
 type Signer struct {
-	issuer string
-	priv   ed25519.PrivateKey
-	jwk    jose.JSONWebKey
-	signer jose.Signer
-	ttl    time.Duration
-	now    func() time.Time
+	issuer  string
+	priv    ed25519.PrivateKey
+	jwk     jose.JSONWebKey
+	retired []retiredJWK
+	signer  jose.Signer
+	ttl     time.Duration
+	now     func() time.Time
 }
 
 // SignerOptions tune a Signer; the zero value is ready to use.
@@ -149,6 +150,17 @@ type SignerOptions struct {
 	// Lifetime is exp - iat; default and maximum MaxLifetime.
 	Lifetime time.Duration
 	Now      func() time.Time
+	// Retired are token keys of server keys rotated away (audit
+	// rotate-key): the key set publishes each until its Until, so that
+	// tokens signed before the rotation verify for their whole lifetime.
+	Retired []RetiredKey
+}
+
+// RetiredKey is a token key no longer signing, published until Until
+// (the rotation plus MaxLifetime: no token it signed lives longer).
+type RetiredKey struct {
+	Public ed25519.PublicKey
+	Until  time.Time
 }
 
 // NewSigner returns a Signer for tokens from issuer, signed with key (the
@@ -175,7 +187,20 @@ func NewSigner(key ed25519.PrivateKey, issuer string, opts SignerOptions) (*Sign
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	return &Signer{issuer: issuer, priv: key, jwk: jwk, signer: sig, ttl: opts.Lifetime, now: opts.Now}, nil
+	s := &Signer{issuer: issuer, priv: key, jwk: jwk, signer: sig, ttl: opts.Lifetime, now: opts.Now}
+	for _, r := range opts.Retired {
+		j, err := PublicJWK(r.Public)
+		if err != nil {
+			return nil, err
+		}
+		s.retired = append(s.retired, retiredJWK{j, r.Until})
+	}
+	return s, nil
+}
+
+type retiredJWK struct {
+	jwk   jose.JSONWebKey
+	until time.Time
 }
 
 // Issuer is the iss of every token this Signer issues.
@@ -184,9 +209,17 @@ func (s *Signer) Issuer() string { return s.issuer }
 // KeyID is the kid of the signing key.
 func (s *Signer) KeyID() string { return s.jwk.KeyID }
 
-// JWKS is the published key set: the one public signing key.
+// JWKS is the published key set: the public signing key, and each
+// retired key until the last token it signed has expired.
 func (s *Signer) JWKS() jose.JSONWebKeySet {
-	return jose.JSONWebKeySet{Keys: []jose.JSONWebKey{s.jwk}}
+	set := jose.JSONWebKeySet{Keys: []jose.JSONWebKey{s.jwk}}
+	now := s.now()
+	for _, r := range s.retired {
+		if now.Before(r.until) {
+			set.Keys = append(set.Keys, r.jwk)
+		}
+	}
+	return set
 }
 
 // Sign sets iss, iat and exp on c, checks it is complete, and returns the

@@ -136,6 +136,11 @@ const (
 	// does not extend the checkpoint its witness kept (serve
 	// --accept-rollback); the entries after the restored copy are gone.
 	KindRollbackAccepted Kind = "audit.rollback_accepted"
+	// KindKeyRotated: the server key changed (audit rotate-key).
+	// PreviousKey is the key that signs this entry, PublicKey the key
+	// that signs every later entry and checkpoint, and Signature the
+	// new key's signature over audit.RotationStatement.
+	KindKeyRotated Kind = "key.rotated"
 	// KindAuditPruned: the entries up to a point were written to a
 	// verified archive and removed from the database (audit archive);
 	// Result names the archive. Later exports extend the archive.
@@ -150,7 +155,7 @@ func Kinds() []Kind {
 		KindApprovalExpired, KindApprovalCancelled, KindApprovalRejected, KindApproverEnrolled,
 		KindCredentialRevoked, KindEnrollmentCreated, KindPolicyLoaded, KindNotifySent,
 		KindGrantRevoked, KindAgentFrozen, KindAgentUnfrozen, KindToolPinned, KindToolChanged,
-		KindToolAccepted, KindRollbackAccepted, KindApproverSuspended, KindAuditPruned}
+		KindToolAccepted, KindRollbackAccepted, KindApproverSuspended, KindKeyRotated, KindAuditPruned}
 }
 
 // ParseKind returns the kind s names, or an error naming none: the list is long.

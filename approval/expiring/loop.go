@@ -109,7 +109,7 @@ func (l Loop) round(ctx context.Context) (time.Duration, error) {
 // pending.
 func Next(ctx context.Context, db DB) (time.Time, bool, error) {
 	var next sql.NullInt64
-	rows, err := db.QueryContext(ctx, `SELECT MIN(expires_at) FROM approval_requests WHERE state = 'pending'`)
+	rows, err := db.QueryContext(ctx, `SELECT expires_at FROM approval_requests WHERE state = 'pending' ORDER BY expires_at LIMIT 1`)
 	if err != nil {
 		return time.Time{}, false, err
 	}

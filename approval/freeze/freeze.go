@@ -18,6 +18,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/countersign/countersign/approval/pending"
 	"github.com/countersign/countersign/store"
 )
 
@@ -291,7 +292,7 @@ func (f *Freeze) View() *View {
 // tables); the freeze of every agent comes first, as AllAgents.
 func Agents(ctx context.Context, db *store.DB, now time.Time) ([]AgentView, error) {
 	rows, err := db.QueryContext(ctx, `SELECT agent FROM agent_freezes
-		UNION SELECT agent FROM approval_requests WHERE state = 'pending'
+		UNION `+pending.Agents+`
 		UNION SELECT agent FROM approval_grants WHERE revoked_at = 0 AND used < max_calls AND expires_at > ?
 		ORDER BY 1`, now.Unix())
 	if err != nil {

@@ -35,6 +35,7 @@ type Outbox struct {
 	mu       sync.Mutex     // one Flush at a time
 	appended []appended     // in the log, not yet deleted from the outbox (under mu)
 	settling sync.WaitGroup // the deletes Append left running
+	unsure   map[int64]bool // own entries whose failed append may have landed; under mu
 }
 
 // Recorder appends entries to the audit log (*audit.Log).
@@ -56,7 +57,8 @@ type Config struct {
 
 // New returns the outbox of owner.
 func New(c Config) *Outbox {
-	return &Outbox{db: c.DB, rec: c.Recorder, owner: c.Owner, owners: c.Owners, now: c.Now, log: c.Logger, linkGrant: c.LinkGrant}
+	return &Outbox{db: c.DB, rec: c.Recorder, owner: c.Owner, owners: c.Owners, now: c.Now, log: c.Logger, linkGrant: c.LinkGrant,
+		unsure: map[int64]bool{}}
 }
 
 // ErrRecord is returned when the audit log append failed.
@@ -245,13 +247,18 @@ func (o *Outbox) appendAll(ctx context.Context, stale bool) error {
 			if !took {
 				continue
 			}
+		}
+		// So may an earlier Flush here whose append failed: a commit cut
+		// short (the database stopped) lands the entry and reports an error.
+		if it.owner != o.owner || o.unsure[it.id] {
 			if logged, found, err = o.inLog(ctx, e, it.created); err != nil {
 				return fail(fmt.Errorf("%w: %v", ErrRecord, err))
 			}
 		}
 		if found {
-			o.log.Info("approval: an outbox entry left by a stopped process was already in the log", "kind", e.Kind, "request", e.RequestID, "seq", logged.Seq)
+			o.log.Info("approval: an outbox entry was already in the log", "kind", e.Kind, "request", e.RequestID, "seq", logged.Seq)
 		} else if logged, err = o.rec.Append(ctx, e); err != nil {
+			o.unsure[it.id] = true
 			return fail(fmt.Errorf("%w: %v", ErrRecord, err))
 		}
 		a := appended{id: it.id, seq: logged.Seq, request: it.request}
@@ -310,7 +317,12 @@ func (o *Outbox) settle(ctx context.Context) error {
 		return nil
 	})
 	if err != nil {
+		// Kept in o.appended: the next flush deletes them before it
+		// appends anything.
 		return fmt.Errorf("%w: %v", ErrRecord, err)
+	}
+	for _, a := range o.appended {
+		delete(o.unsure, a.id)
 	}
 	o.appended = o.appended[:0]
 	return nil

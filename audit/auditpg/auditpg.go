@@ -50,15 +50,24 @@ const (
 // audit.Open does, on PostgreSQL with a Backend of its own (opts.Backend
 // is replaced).
 func Open(ctx context.Context, db *store.DB, key ed25519.PrivateKey, opts audit.Options) (*audit.Log, error) {
+	if len(key) != ed25519.PrivateKeySize {
+		return nil, errors.New("audit: bad server key")
+	}
+	return OpenSigner(ctx, db, key, opts)
+}
+
+// OpenSigner is Open with a key that signs elsewhere (audit.OpenSigner):
+// a PKCS #11 token's, say.
+func OpenSigner(ctx context.Context, db *store.DB, key audit.Signer, opts audit.Options) (*audit.Log, error) {
 	if db.Dialect() != store.PostgreSQL {
-		return audit.Open(ctx, db.DB, key, opts)
+		return audit.OpenSigner(ctx, db.DB, key, opts)
 	}
 	b, err := New(ctx, db)
 	if err != nil {
 		return nil, err
 	}
 	opts.Backend = b
-	return audit.Open(ctx, db.DB, key, opts)
+	return audit.OpenSigner(ctx, db.DB, key, opts)
 }
 
 // schema is the log's tables on PostgreSQL: those of audit's SQLite

@@ -2,6 +2,7 @@ package auditpg
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 
 	"github.com/countersign/countersign/store"
@@ -31,4 +32,22 @@ func (o Owned) Owned(ctx context.Context, owner string, after int64) ([]int64, e
 		return nil, fmt.Errorf("auditpg: entries of %s: %w", owner, err)
 	}
 	return seqs, nil
+}
+
+// ForgetMark is the part of forgetting an owner (store.Owners.AlsoForget)
+// that deletes the mark named name(owner) kept over its entries (such as
+// guard.RoutineMark), in the same transaction, once the owner appended
+// nothing after it: what it left is settled. Until then the owner's row
+// and its mark stay for a later pass.
+func (o Owned) ForgetMark(name func(owner string) string) store.ForgetCheck {
+	return func(ctx context.Context, tx *sql.Tx, owner string) (bool, error) {
+		return store.Marks{DB: o.DB}.ForgetIn(ctx, tx, name(owner), func(mark int64) (bool, error) {
+			var left bool
+			err := tx.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM audit_entries WHERE owner = ? AND seq > ?)`, owner, mark).Scan(&left)
+			if err != nil {
+				return false, fmt.Errorf("auditpg: entries of %s: %w", owner, err)
+			}
+			return !left, nil
+		})
+	}
 }

@@ -73,6 +73,11 @@ var kindMappings = map[vocab.Kind]kindMapping{
 	vocab.KindToolAccepted:      {activityUpdate, statusSuccess, severityMedium},
 	vocab.KindRollbackAccepted:  {activityOther, statusSuccess, severityHigh},
 	vocab.KindAuditPruned:       {activityDelete, statusSuccess, severityMedium}, // entries left the database for a verified archive
+	// The log's signing key changed: an integrity and configuration change.
+	// It stays in class 6003 API Activity like every kind (one class for the
+	// whole feed; OCSF's Device Config State Change, 5019, describes a
+	// device, not an application's key), as an Update of High severity.
+	vocab.KindKeyRotated: {activityUpdate, statusSuccess, severityHigh},
 }
 
 var activityNames = map[int]string{activityCreate: "Create", activityUpdate: "Update", activityDelete: "Delete", activityOther: "Other"}

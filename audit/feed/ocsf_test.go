@@ -47,6 +47,7 @@ var ocsfPins = map[vocab.Kind][3]int{
 	vocab.KindToolAccepted:      {3, 1, 3},
 	vocab.KindRollbackAccepted:  {99, 1, 4},
 	vocab.KindAuditPruned:       {4, 1, 3},
+	vocab.KindKeyRotated:        {3, 1, 4},
 }
 
 // required are the attributes OCSF 1.6.0 requires of an API Activity

@@ -66,10 +66,15 @@ func stepClock() func() time.Time {
 // openAudit is audit.Open on either dialect: a database storetest.Open
 // opened on PostgreSQL (storetest.EnvStore) goes through auditpg.
 func openAudit(ctx context.Context, db *sql.DB, key ed25519.PrivateKey, opts audit.Options) (*audit.Log, error) {
+	return openAuditSigner(ctx, db, key, opts)
+}
+
+// openAuditSigner is audit.OpenSigner on either dialect.
+func openAuditSigner(ctx context.Context, db *sql.DB, key audit.Signer, opts audit.Options) (*audit.Log, error) {
 	if s := storetest.StoreOf(db); s != nil {
-		return auditpg.Open(ctx, s, key, opts)
+		return auditpg.OpenSigner(ctx, s, key, opts)
 	}
-	return audit.Open(ctx, db, key, opts)
+	return audit.OpenSigner(ctx, db, key, opts)
 }
 
 func openLog(t testing.TB, db *sql.DB, key ed25519.PrivateKey, opts audit.Options) *audit.Log {

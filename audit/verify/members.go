@@ -44,6 +44,7 @@ const (
 	mApprover
 	mCredentialID
 	mPublicKey
+	mPreviousKey
 	mAttestationObject
 	mAuthorizationDetails
 	mDisplay
@@ -78,7 +79,7 @@ var memberNames = [memberCount]string{
 	"agent", "tool", "args", "args_redacted", "args_sha256", "args_seq", "decision", "level", "rule", "usage",
 	"policy_sha256", "policy", "reason", "reason_sha256", "reason_size", "request_id", "quorum", "eligible",
 	"user_verification", "approvers", "assertions", "batchable", "result", "result_sha256", "result_size",
-	"approver", "credential_id", "public_key", "attestation_object", "authorization_details", "display", "nonce",
+	"approver", "credential_id", "public_key", "previous_key", "attestation_object", "authorization_details", "display", "nonce",
 	"expires_at", "decided_at", "origin", "rp_id", "user_verified", "authenticator_data", "client_data_json",
 	"signature", "batch_digests", "batch_position", "grant_id", "grant_seq", "grant_condition", "grant_max_calls",
 	"grant_expires_at", "interrupted_seq", "idp_issuer", "idp_subject", "idp_email", "idp_auth_time", "idp_groups",
@@ -120,6 +121,7 @@ func membersOf(e *audit.Entry) member {
 	set(e.Approver != "", mApprover)
 	set(e.CredentialID != "", mCredentialID)
 	set(e.PublicKey != "", mPublicKey)
+	set(e.PreviousKey != "", mPreviousKey)
 	set(e.AttestationObject != "", mAttestationObject)
 	set(len(e.AuthorizationDetails) > 0, mAuthorizationDetails)
 	set(e.Display != "", mDisplay)
@@ -210,7 +212,8 @@ var kindMembers = map[vocab.Kind]member{
 	vocab.KindToolAccepted:      mTool | mResultAll | mReasonAll,
 	vocab.KindNotifySent:        mRequestID | mAgent | mTool | mReasonAll,
 	vocab.KindRollbackAccepted:  mReasonAll,
-	vocab.KindAuditPruned:       mResultAll | mReasonAll, // audit archive (pruned.go)
+	vocab.KindAuditPruned:       mResultAll | mReasonAll,                             // audit archive (pruned.go)
+	vocab.KindKeyRotated:        mPublicKey | mPreviousKey | mSignature | mReasonAll, // audit rotate-key (audit/rotate.go)
 }
 
 // kindMembersV2 widens the table for format 2 entries: what servers of

@@ -15,6 +15,7 @@ import (
 // enrolled credentials, the approval requests, the policies loaded and
 // where format 2 began.
 type logState struct {
+	keys    keyChain // the server key in force (key.rotated)
 	creds   credentials
 	req     *requirements
 	format2 int64 // seq of the first format 2 (or later) entry; 0 before one

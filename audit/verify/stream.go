@@ -10,6 +10,7 @@ import (
 	"io"
 
 	"github.com/countersign/countersign/audit"
+	"github.com/countersign/countersign/vocab"
 	"golang.org/x/mod/sumdb/note"
 	"golang.org/x/mod/sumdb/tlog"
 )
@@ -38,6 +39,14 @@ type stream struct {
 
 func verifyStream(r io.Reader, pub ed25519.PublicKey, v note.Verifier, prev *verified, keep bool, opts Options) (*verified, error) {
 	s := newStream(r, prev, keep, opts)
+	s.state.keys.start(pub)
+	if prev != nil {
+		// An export that starts later (export --since) is signed from
+		// its first entry by the key in force there.
+		if n := firstSeq(s.br); n > 1 {
+			pub = s.state.keys.at(n)
+		}
+	}
 	if err := audit.CheckLines(s.next, pub, s.entry); err != nil {
 		var ve *Error
 		if errors.As(err, &ve) {
@@ -46,6 +55,7 @@ func verifyStream(r io.Reader, pub ed25519.PublicKey, v note.Verifier, prev *ver
 		return nil, &Error{s.want, "reading line " + fmt.Sprint(s.lineNo+1) + ": " + err.Error()}
 	}
 	last := s.want - 1
+	v = s.state.keys.verifier() // the key in force after the last rotation
 	cp, err := s.checkpoint(v)
 	if err != nil {
 		return nil, err
@@ -154,6 +164,11 @@ func (s *stream) entry(r *audit.Checked) error {
 		return &Error{r.Seq, "differs from the same entry in the previous export"}
 	}
 	if prev == nil || r.Seq > prev.last {
+		if r.Entry.Kind == vocab.KindKeyRotated {
+			if reason := s.state.keys.rotate(r.Entry); reason != "" {
+				return &Error{r.Seq, reason}
+			}
+		}
 		if reason := s.state.apply(r.Entry); reason != "" {
 			return &Error{r.Seq, reason}
 		}

@@ -33,7 +33,7 @@ checkpoints. Export it, give the export and the server's public key
 (countersign audit pubkey) to an auditor, who checks it offline with
 countersign audit verify. The format is in docs/audit-export.md.`,
 	}
-	cmd.AddCommand(newAuditExportCmd(), newAuditVerifyCmd(), newAuditTailCmd(), newAuditPubkeyCmd(), newAuditKeygenCmd())
+	cmd.AddCommand(newAuditExportCmd(), newAuditVerifyCmd(), newAuditTailCmd(), newAuditPubkeyCmd(), newAuditKeygenCmd(), newAuditRotateKeyCmd())
 	cmd.AddCommand(newAuditArchiveCmd())
 	return cmd
 }
@@ -410,5 +410,36 @@ func newAuditKeygenCmd() *cobra.Command {
 	}
 	cmd.Flags().StringVar(&out, "out", "", "file to write the key to; must not exist")
 	cmd.MarkFlagRequired("out")
+	return cmd
+}
+
+// newAuditRotateKeyCmd hands the log to a new server key while no server
+// runs (daemon.RotateKey says why offline).
+func newAuditRotateKeyCmd() *cobra.Command {
+	var reason string
+	cmd := &cobra.Command{
+		Use:   "rotate-key",
+		Short: "Replace the server signing key (server stopped); the log records the hand-over, signed by both keys",
+		Long: `Makes a new server key and appends a key.rotated entry signed by the old
+key and the new one; later entries and checkpoints are signed by the new key.
+The old key file is kept as <key>.retired-<keyhash>. Auditors keep verifying
+with the first key: audit verify follows the chain of keys from it. Stop the
+server first; it is refused while one holds the data directory.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := loadConfigReading(cmd)
+			if err != nil {
+				return err
+			}
+			previous, next, err := daemon.RotateKey(cmd.Context(), c, reason, audit.Options{Logger: warnings(cmd)})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.ErrOrStderr(), "rotated the server key from %s\n", previous)
+			fmt.Fprintln(cmd.OutOrStdout(), next)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&reason, "reason", "", "why the key is rotated, recorded in the entry")
 	return cmd
 }

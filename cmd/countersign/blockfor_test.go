@@ -156,16 +156,14 @@ func blockForClient(t *testing.T) string {
 // authorization_pending, polls approval_status as told, and collects the
 // one result once a person approves.
 //
-// block_for is short here, and the approval comes once the client was
-// told to poll, to keep the suite fast; COUNTERSIGN_TEST_REAL_WAIT=1 runs
-// it with the default block_for (50 s) and the approval at 70 s, past the
-// client's own timeout.
+// With the timing: the default block_for (50 s), under the
+// client's 60 s, and the approval at 70 s, past the client's own timeout.
+// It mostly waits, so it runs in parallel: beside the package's other
+// parallel tests, once the sequential ones are done.
 func TestTypeScriptClientWithDefaultTimeoutCollectsALateApproval(t *testing.T) {
+	t.Parallel()
 	script := blockForClient(t)
-	blockFor, approveAt := 2*time.Second, time.Duration(0)
-	if os.Getenv("COUNTERSIGN_TEST_REAL_WAIT") == "1" {
-		blockFor, approveAt = 50*time.Second, 70*time.Second
-	}
+	blockFor, approveAt := 50*time.Second, 70*time.Second
 	s := newSite(t, func(c *config.Config) {
 		c.Approval.BlockFor = blockFor
 		c.Approval.PollInterval = time.Second

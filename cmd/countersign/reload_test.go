@@ -8,8 +8,11 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"log/slog"
+	"maps"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"os/exec"
 	"strings"
@@ -17,7 +20,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/countersign/countersign/ciba"
 	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/internal/daemon/daemontest"
 	"github.com/countersign/countersign/server/servertest"
 	"github.com/countersign/countersign/vocab"
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
@@ -144,6 +149,52 @@ func TestSIGHUPReloadsPolicyWhileACallWaits(t *testing.T) {
 	n.term()
 }
 
+// A poll-mode transfer raised under one policy and approved after a
+// reload runs with nobody holding its call, from the request as stored:
+// every entry of it that names a policy names the one that raised it,
+// not the one in force when it ran, and the export verifies.
+func TestPollModeRequestApprovedAfterAReloadNamesThePolicyThatRaisedIt(t *testing.T) {
+	t.Parallel() // a site and processes of its own
+	s := newSite(t, pollModeFor("transfer"))
+	n := s.start()
+	cs := n.agent()
+	if res := servertest.CallTool(t, cs, "transfer", bigTransfer); res.IsError || !strings.Contains(servertest.ResultText(res), "auth_req_id") {
+		t.Fatalf("a poll-mode transfer: %s", servertest.ResultText(res))
+	}
+	id := n.waitPending(1)[0]
+
+	s.rewrite(func(c *config.Config) {
+		gb := c.Tools["get_balance"] // another policy; the transfer still needs alice
+		gb.Level = vocab.LevelDeny
+		c.Tools["get_balance"] = gb
+	})
+	if line := n.hup(); line["msg"] != "configuration reloaded" {
+		t.Fatalf("reload: %v", line)
+	}
+	n.decide(id, "approve")
+	n.waitState(id, vocab.StateExecuted)
+
+	ex := s.exportAndVerify()
+	policies := ex.policies()
+	if len(policies) != 2 || policies[0] == policies[1] {
+		t.Fatalf("policy.loaded entries: %v, want the start's and the reload's", policies)
+	}
+	named := 0
+	for _, e := range ex.entries {
+		if e.RequestID != id || e.PolicySHA256 == "" {
+			continue
+		}
+		named++
+		if e.PolicySHA256 != policies[0] {
+			t.Errorf("%s of the transfer names policy %s, want the one that raised it, %s (the reload's is %s)", e.Kind, e.PolicySHA256, policies[0], policies[1])
+		}
+	}
+	if named != 2 { // approval.requested and call.executed
+		t.Errorf("%d entries of the transfer name a policy, want 2 (approval.requested, call.executed)", named)
+	}
+	n.term()
+}
+
 func decidedEntry(k vocab.Kind) bool {
 	return k == vocab.KindApprovalRequested || k == vocab.KindCallExecuted
 }
@@ -239,5 +290,61 @@ func TestReloadRefusesBadFilesAndTakesNewAgents(t *testing.T) {
 	n.term()
 	if _, err := exec.Command(binPath, "reload", "--config", s.path).CombinedOutput(); err == nil {
 		t.Error("countersign reload with no server running succeeded")
+	}
+}
+
+// A CIBA request raised under one policy, approved after a reload and
+// redeemed for its token: its call.executed names the policy that raised
+// it, as its approval.requested does.
+func TestCIBARequestRedeemedAfterAReloadNamesThePolicyThatRaisedIt(t *testing.T) {
+	var cfg *config.Config
+	p := startCIBA(t, func(c *config.Config) { cfg = c })
+	page, key := enrollSoftKey(t, &product{stack: p.stack, page: p.page})
+	details := `[{"type":"payment_initiation","actions":["initiate"],"instructedAmount":{"currency":"EUR","amount":"12500.00"},"creditorName":"Globex Logistics","creditorAccount":{"iban":"DE89370400440532013000"}}]`
+	start := p.postForm(t, ciba.PathAuthorize, url.Values{
+		"scope": {"openid"}, "login_hint": {"role:treasury"}, "binding_message": {"Pay invoice 2026-118"},
+		"authorization_details": {details},
+	})
+	id, _ := start["auth_req_id"].(string)
+	if start["status"] != 200.0 || id == "" {
+		t.Fatalf("bc-authorize: %v", start)
+	}
+
+	next := *cfg
+	next.Tools = maps.Clone(cfg.Tools)
+	gb := next.Tools["get_balance"]
+	gb.Level = vocab.LevelDeny
+	next.Tools["get_balance"] = gb
+	if err := p.stack.Reload(context.Background(), &next, daemontest.Logger(t, slog.LevelWarn)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := page.Decide(id, "approve", key); err != nil {
+		t.Fatal(err)
+	}
+	if r := p.pollToken(t, id, 1); r["access_token"] == nil {
+		t.Fatalf("token after the approval: %v", r)
+	}
+
+	all, err := p.Audit().Since(context.Background(), 0, 100000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var policies []string
+	named := map[vocab.Kind]string{}
+	for _, e := range all {
+		switch {
+		case e.Kind == vocab.KindPolicyLoaded:
+			policies = append(policies, e.PolicySHA256)
+		case e.RequestID == id && e.PolicySHA256 != "":
+			named[e.Kind] = e.PolicySHA256
+		}
+	}
+	if len(policies) != 2 || policies[0] == policies[1] {
+		t.Fatalf("policy.loaded entries: %v, want the start's and the reload's", policies)
+	}
+	for _, k := range []vocab.Kind{vocab.KindApprovalRequested, vocab.KindCallExecuted} {
+		if named[k] != policies[0] {
+			t.Errorf("%s of the CIBA request names policy %q, want the one that raised it, %s (the reload's is %s)", k, named[k], policies[0], policies[1])
+		}
 	}
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/guard"
 	"github.com/countersign/countersign/server/servertest"
 	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/store/pgtest"
@@ -107,6 +108,10 @@ func TestTwoReplicasOnPostgresServeAsOne(t *testing.T) {
 	// Its calls all ended, the killed replica's row goes once the reaper
 	// has found it dead and settled it.
 	waitFor(t, "the killed replica's row to be forgotten", func() bool { return replicaRows(t, url) == 1 })
+	// Its routine-call mark went with it; the survivor's stays.
+	if n := routineMarks(t, url); n != 1 {
+		t.Errorf("%d replicas' routine-call marks after the killed one was forgotten, want the survivor's alone", n)
+	}
 
 	// (c) A replica with another key is refused, naming both keys.
 	other := filepath.Join(t.TempDir(), "other.key")
@@ -168,8 +173,18 @@ func checkpointed(t *testing.T, url string) bool {
 	return size == seq && seq > 0
 }
 
+// routineMarks counts the replicas' routine-call marks (guard.RoutineMark).
+func routineMarks(t *testing.T, url string) int {
+	return countRows(t, url, `SELECT COUNT(*) FROM store_marks WHERE name LIKE ?`, guard.RoutineMark("%"))
+}
+
 // replicaRows counts the rows of the replicas table.
 func replicaRows(t *testing.T, url string) int {
+	return countRows(t, url, `SELECT COUNT(*) FROM replicas`)
+}
+
+// countRows is what query, a count, counts in the database at url.
+func countRows(t *testing.T, url, query string, args ...any) int {
 	t.Helper()
 	db, err := store.Connect(context.Background(), url)
 	if err != nil {
@@ -177,7 +192,7 @@ func replicaRows(t *testing.T, url string) int {
 	}
 	defer db.Close()
 	var n int
-	if err := db.QueryRow(`SELECT COUNT(*) FROM replicas`).Scan(&n); err != nil {
+	if err := db.QueryRow(query, args...).Scan(&n); err != nil {
 		t.Fatal(err)
 	}
 	return n

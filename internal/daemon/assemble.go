@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"time"
 
 	"github.com/google/uuid"
@@ -33,6 +34,7 @@ func Assemble(ctx context.Context, c *config.Config, opts Options) (_ *Stack, er
 	}
 	s := &Stack{cfg: c, version: opts.Version}
 	s.reloads.cfg = c
+	s.inForce.Store(c)
 	defer func() {
 		if err != nil {
 			s.Close()
@@ -162,32 +164,41 @@ func (s *Stack) openApprovals(ctx context.Context, recorder metrics.Recorder, lo
 }
 
 // startUpstreams connects to the upstream MCP servers, whose tools join
-// the catalog, and warns of policies for tools none of them offers.
+// the catalog, and warns of policies for tools none of them offers. The
+// manager is made without upstreams too: a reload may add some.
 func (s *Stack) startUpstreams(ctx context.Context, recorder metrics.Recorder, log *slog.Logger) error {
 	c := s.cfg
-	if len(c.Upstreams) == 0 {
-		return nil
-	}
 	pins, err := pinstore.Open(ctx, s.db, recorder)
 	if err != nil {
 		return err
 	}
 	s.upstreams, err = upstream.Start(ctx, c.Upstreams, s.tools, upstream.Options{
 		Logger: log.With("component", "upstream"), Version: s.version,
-		Pins: pins, Policy: func(name string) bool { _, ok := c.Tools[name]; return ok },
+		Pins: pins, Policy: namesPolicy(c),
 	})
 	if err != nil {
 		return err
 	}
-	for _, st := range s.upstreams.Status() {
+	warnUnknownUpstreamTools(c, s.upstreams, s.tools, log)
+	return nil
+}
+
+// namesPolicy reports whether a policy under c's tools names a tool.
+func namesPolicy(c *config.Config) func(string) bool {
+	return func(name string) bool { _, ok := c.Tools[name]; return ok }
+}
+
+// warnUnknownUpstreamTools warns of policies for tools no upstream
+// offers, once every upstream is up.
+func warnUnknownUpstreamTools(c *config.Config, m *upstream.Manager, cat *tools.Catalog, log *slog.Logger) {
+	for _, st := range m.Status() {
 		if !st.Up {
-			return nil // its tools are not listed: nothing to judge yet
+			return // its tools are not listed: nothing to judge yet
 		}
 	}
-	for _, err := range UnknownUpstreamTools(c, s.tools) {
+	for _, err := range UnknownUpstreamTools(c, cat) {
 		log.Warn("policy for a tool no upstream offers; check the name", "err", err)
 	}
-	return nil
 }
 
 // newGuard opens what the guard keeps (usage amounts, token signer) and
@@ -209,7 +220,6 @@ func (s *Stack) newGuard(ctx context.Context, policy *authz.Policy, recorder met
 		Owner: s.replicaOwner(), Owned: s.ownedEntries(),
 		Tools: c.Tools, Logger: log.With("component", "guard"), Freezes: s.approvals,
 		SharedUsage: s.shared.usage, People: s.people,
-		MaxArgBytes: c.Limits.MaxArgBytes, MaxArgDepth: c.Limits.MaxArgDepth,
 		Limits:   guardLimits(c),
 		BlockFor: blockFor(c, log),
 	})
@@ -252,7 +262,9 @@ func (s *Stack) settle(ctx context.Context) ([]audit.Entry, error) {
 
 // newServer makes the MCP server, with the CIBA endpoints beside it.
 func (s *Stack) newServer(ctx context.Context, recent []audit.Entry, log *slog.Logger) error {
-	routes, err := cibaRoutes(ctx, s.cfg, s.guard, s.tokens, recent, s.holders, log.With("component", "ciba"))
+	var routes map[string]http.Handler
+	var err error
+	s.ciba, routes, err = cibaRoutes(ctx, s.cfg, s.guard, s.tokens, recent, s.holders, log.With("component", "ciba"))
 	if err != nil {
 		return err
 	}

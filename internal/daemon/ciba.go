@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/ciba"
@@ -43,13 +44,17 @@ func TokenSigner(c *config.Config) (*token.Signer, error) {
 	if err != nil {
 		return nil, err
 	}
-	return token.NewSigner(key, Issuer(c), token.SignerOptions{})
+	retired, err := retiredTokenKeys(c, time.Now())
+	if err != nil {
+		return nil, fmt.Errorf("retired server keys: %w", err)
+	}
+	return token.NewSigner(key, Issuer(c), token.SignerOptions{Retired: retired})
 }
 
 // cibaRoutes are the CIBA endpoints, discovery and the key set, for the
 // agent listener. recent is the last day of the audit log, oldest first:
 // the CIBA payments in it count again in the transfer usage windows.
-func cibaRoutes(ctx context.Context, c *config.Config, g *guard.Guard, keys *token.Signer, recent []audit.Entry, holders func(context.Context) (map[string]bool, error), log *slog.Logger) (map[string]http.Handler, error) {
+func cibaRoutes(ctx context.Context, c *config.Config, g *guard.Guard, keys *token.Signer, recent []audit.Entry, holders func(context.Context) (map[string]bool, error), log *slog.Logger) (*ciba.Server, map[string]http.Handler, error) {
 	_, enabled := c.Tools[ciba.Tool]
 	srv, err := ciba.New(ciba.Options{
 		Issuer: Issuer(c), Guard: g, Keys: keys, Agents: c.HTTP.Agents, Approvers: c.Approvers,
@@ -57,10 +62,10 @@ func cibaRoutes(ctx context.Context, c *config.Config, g *guard.Guard, keys *tok
 		Enabled: enabled, Logger: log, Holders: holders,
 	})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if err := srv.RestoreUsage(ctx, recent); err != nil {
-		return nil, fmt.Errorf("rebuilding the usage windows of CIBA requests: %w", err)
+		return nil, nil, fmt.Errorf("rebuilding the usage windows of CIBA requests: %w", err)
 	}
-	return srv.Routes(), nil
+	return srv, srv.Routes(), nil
 }

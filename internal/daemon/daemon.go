@@ -23,6 +23,7 @@ import (
 	"github.com/countersign/countersign/approval/page"
 	"github.com/countersign/countersign/audit"
 	"github.com/countersign/countersign/authz"
+	"github.com/countersign/countersign/ciba"
 	"github.com/countersign/countersign/config"
 	"github.com/countersign/countersign/guard"
 	"github.com/countersign/countersign/metrics"
@@ -109,6 +110,8 @@ type Stack struct {
 	policySum string // the policy at start's policy_sha256
 	notify    liveNotify
 	reloads   reloads
+	ciba      *ciba.Server
+	inForce   atomic.Pointer[config.Config] // the configuration in force, for readiness (a reload swaps it)
 }
 
 // The parts, for commands and tests that drive an assembled stack
@@ -120,7 +123,7 @@ func (s *Stack) Audit() *audit.Log            { return s.audit }
 func (s *Stack) Tools() *tools.Catalog        { return s.tools }
 func (s *Stack) Approvals() *approval.Service { return s.approvals }
 func (s *Stack) Tokens() *token.Signer        { return s.tokens }
-func (s *Stack) Upstreams() *upstream.Manager { return s.upstreams } // nil without upstreams
+func (s *Stack) Upstreams() *upstream.Manager { return s.upstreams }
 func (s *Stack) Server() *server.Server       { return s.server }
 
 // PageHandler is what the approver listener serves: the page and the

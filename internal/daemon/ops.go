@@ -89,14 +89,15 @@ func (s *Stack) readyz(w http.ResponseWriter, r *http.Request) {
 			}
 			checks = append(checks, c)
 		}
-		for _, err := range UnknownUpstreamTools(s.cfg, s.tools) {
+		c := s.inForce.Load()
+		for _, err := range UnknownUpstreamTools(c, s.tools) {
 			var ce *config.Error
 			if !errors.As(err, &ce) {
 				continue
 			}
 			// A policy of a tool of an upstream that is down is not
 			// judged: its tools are not listed.
-			if u, _ := s.cfg.UpstreamOf(strings.TrimPrefix(ce.Path, "tools.")); up[u.Name] {
+			if u, _ := c.UpstreamOf(strings.TrimPrefix(ce.Path, "tools.")); up[u.Name] {
 				checks = append(checks, check{name: "policy " + ce.Path, warn: "names no tool: " + ce.Msg})
 			}
 		}

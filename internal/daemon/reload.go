@@ -30,12 +30,18 @@ import (
 //   - the policy (tools, approvers' roles, approval.timeout): livePolicy,
 //     which stamps each decision with the hash of the policy that made it;
 //   - the approvers: approval.Service.SetApprovers;
-//   - the agents' static tokens: server.Server.SetAgents;
-//   - per-tool settings and the pending and rate limits: guard.Reconfigure;
-//   - the notification channels: liveNotify.
+//   - the agents' static tokens and OAuth access tokens (http.oauth):
+//     server.Server.SetAgents and SetOAuth;
+//   - per-tool settings and the limits (pending, rate, arguments):
+//     guard.Reconfigure;
+//   - the notification channels: liveNotify;
+//   - the upstreams: upstream.Manager.Prepare starts those added or
+//     changed before anything else changes (one that cannot start refuses
+//     the file), Commit puts them in force and retires the removed and
+//     replaced ones once their calls under way have answered.
 //
 // Everything else (listen addresses, the data directory, the store, keys,
-// upstreams, the approver page's origins, which built-in tools exist …)
+// the approver page's origins, which built-in tools exist …)
 // is fixed at start: a file that changes any of it is refused whole, and
 // the refusal names each setting; the running configuration stays.
 
@@ -121,18 +127,32 @@ func (s *Stack) Reload(ctx context.Context, c *config.Config, log *slog.Logger) 
 	for _, a := range c.Approvers {
 		approvers = append(approvers, approval.Approver{ID: a.ID, Name: a.Name, Roles: a.Roles})
 	}
+	// The upstreams it adds or changes start before anything changes: one
+	// that cannot start refuses the file.
+	ups, err := s.upstreams.Prepare(ctx, c.Upstreams)
+	if err != nil {
+		return &ReloadError{fmt.Errorf("%s: upstreams: %w", c.Source, err)}
+	}
 	// Recorded before it decides anything: every decision names a policy
 	// an earlier policy.loaded carries.
 	sum, err := logPolicy(ctx, s.audit, c)
 	if err != nil {
+		ups.Abort()
 		return fmt.Errorf("reload: recording the policy, the running configuration stays: %w", err)
 	}
 	s.approvals.SetApprovers(approvers) // config checked their ids
 	s.policy.now.Store(&policyInForce{policy: policy, sum: sum})
-	s.server.SetAgents(c.HTTP.Agents)
+	s.server.SetAgents(c.HTTP.Agents) // and the names an OAuth token may not take
+	s.server.SetOAuth(c.HTTP.OAuth)
 	s.guard.Reconfigure(c.Tools, guardLimits(c))
 	s.swapNotifier(c, log)
+	ups.Commit(namesPolicy(c))
+	s.ciba.SetUpstreams(c.Upstreams)
+	if ups.Changed() {
+		warnUnknownUpstreamTools(c, s.upstreams, s.tools, log.With("component", "upstream"))
+	}
 	r.cfg = c
+	s.inForce.Store(c)
 	return nil
 }
 
@@ -164,8 +184,9 @@ func (s *Stack) swapNotifier(c *config.Config, log *slog.Logger) {
 
 // liveSettings are the settings a reload changes in place: RestartOnly
 // does not compare them.
-var liveSettings = []string{"approvers", "tools", "notify", "http.agents", "approval.timeout",
-	"limits.pending_per_agent", "limits.pending_total", "limits.calls_per_second", "limits.call_burst"}
+var liveSettings = []string{"approvers", "tools", "notify", "http.agents", "approval.timeout", "upstreams",
+	"limits.pending_per_agent", "limits.pending_total", "limits.calls_per_second", "limits.call_burst",
+	"limits.max_arg_bytes", "limits.max_arg_depth", "http.oauth"}
 
 // RestartOnly names the settings that differ between old and c and change
 // only with a restart, sorted: every setting but liveSettings, and, under
@@ -205,11 +226,6 @@ func RestartOnly(old, c *config.Config) []string {
 			out = append(out, "tools."+name+" (adding or removing a built-in tool)")
 		}
 	}
-	if c.HTTP.OAuth.Enabled() && !reflect.DeepEqual(old.HTTP.Agents, c.HTTP.Agents) {
-		// OAuth subjects may not take a static agent's name, checked
-		// against the names at start.
-		out = append(out, "http.agents (with http.oauth)")
-	}
 	slices.Sort(out)
 	return out
 }
@@ -217,7 +233,8 @@ func RestartOnly(old, c *config.Config) []string {
 // guardLimits are the guard's limits from c.
 func guardLimits(c *config.Config) guard.Limits {
 	return guard.Limits{PendingPerAgent: c.Limits.PendingPerAgent, PendingTotal: c.Limits.PendingTotal,
-		CallsPerSecond: float64(c.Limits.CallsPerSecond), CallBurst: c.Limits.CallBurst}
+		CallsPerSecond: float64(c.Limits.CallsPerSecond), CallBurst: c.Limits.CallBurst,
+		MaxArgBytes: c.Limits.MaxArgBytes, MaxArgDepth: c.Limits.MaxArgDepth}
 }
 
 // logPolicy is LogPolicy returning the policy's hash.

@@ -36,16 +36,17 @@ func TestRestartOnlyNamesWhatNeedsARestart(t *testing.T) {
 			gb.Level = vocab.LevelDeny
 			c.Tools["get_balance"] = gb
 			c.Tools["files_read"] = config.Tool{Level: vocab.LevelLow} // a policy, no built-in tool
+			c.Limits.MaxArgBytes, c.Limits.MaxArgDepth = 4096, 8
+			c.HTTP.OAuth = config.OAuth{Issuer: "https://idp.example.com", Scopes: []string{"mcp:tools"}}
 		}, nil},
 		{"addresses, directory, store", func(c *config.Config) {
 			c.HTTP.Addr, c.Approval.Listen = "127.0.0.1:9", "127.0.0.1:8"
 			c.Server.DataDir, c.Store.URL = "/elsewhere", "postgres://db/x"
-			c.Limits.MaxArgBytes = 1
-		}, []string{"approval.listen", "http.addr", "limits.max_arg_bytes", "server.data_dir", "store.url"}},
-		{"upstreams and built-in tools", func(c *config.Config) {
+		}, []string{"approval.listen", "http.addr", "server.data_dir", "store.url"}},
+		{"built-in tools, not upstreams", func(c *config.Config) {
 			c.Upstreams = append(c.Upstreams, config.Upstream{Name: "fs", Command: []string{"true"}})
 			delete(c.Tools, "deploy")
-		}, []string{"tools.deploy (adding or removing a built-in tool)", "upstreams"}},
+		}, []string{"tools.deploy (adding or removing a built-in tool)"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if got := RestartOnly(old, same(tc.edit)); !slices.Equal(got, tc.want) {

@@ -86,6 +86,8 @@ func (s *Stack) startReaping(log *slog.Logger) {
 	if s.owners == nil {
 		return
 	}
+	// A forgotten replica's routine-call mark goes with its row.
+	s.owners.AlsoForget(auditpg.Owned{DB: s.db}.ForgetMark(guard.RoutineMark))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {

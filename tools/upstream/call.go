@@ -17,15 +17,11 @@ import (
 
 // call runs one tool upstream, forwarding progress and cancellation.
 func (c *conn) call(ctx context.Context, tool string, args map[string]any, approval string) (*mcp.CallToolResult, error) {
-	c.mu.Lock()
-	session, lastErr := c.session, c.lastErr
-	c.mu.Unlock()
-	if session == nil {
-		if lastErr == nil {
-			lastErr = errors.New("not connected")
-		}
-		return nil, &tools.NotSentError{Err: fmt.Errorf("upstream %s is unavailable (reconnecting): %v", c.cfg.Name, lastErr)}
+	session, err := c.begin()
+	if err != nil {
+		return nil, err
 	}
+	defer c.end()
 	// However long the agent waits, an upstream that never answers is
 	// waited for no longer than this.
 	ctx, cancel := context.WithTimeoutCause(ctx, c.cfg.CallTimeout, errCallTimeout)

@@ -34,10 +34,45 @@ type conn struct {
 	progress sync.Map          // upstream progress token -> tools.Progress
 
 	settleMu sync.Mutex // one settle at a time
+
+	// A reload that removes or replaces the upstream retires it: its
+	// keeping stops (stop), it touches the catalog no more, it takes no
+	// new call, and it closes once the calls under way have their answers
+	// (inflight, drained).
+	stop     context.CancelFunc
+	retired  bool
+	inflight int
+	drained  chan struct{}
 }
 
 // connect opens a session and lists the tools into the catalog.
 func (c *conn) connect(ctx context.Context) error {
+	session, err := c.dial(ctx)
+	if err != nil {
+		return err
+	}
+	if err := c.settle(ctx, true); err != nil {
+		session.Close()
+		c.setDown(err)
+		return err
+	}
+	c.mu.Lock()
+	if c.retired {
+		// Reconnected while a reload retired it: nobody would close it.
+		c.mu.Unlock()
+		session.Close()
+		return errors.New("retired by a reload")
+	}
+	c.session, c.lastErr = session, nil
+	c.mu.Unlock()
+	c.log.Info("upstream connected", "tools", c.offeredCount())
+	return nil
+}
+
+// dial opens a session and reads the tool list (c.listing), touching
+// neither the pins nor the catalog: a reload dials what it adds before it
+// puts anything in force.
+func (c *conn) dial(ctx context.Context) (*sdk.ClientSession, error) {
 	client := sdk.NewClient(&sdk.Implementation{Name: "countersign", Version: c.m.version}, &sdk.ClientOptions{
 		Logger: c.log,
 		// A gateway has no roots of its own to offer; advertising the
@@ -59,18 +94,14 @@ func (c *conn) connect(ctx context.Context) error {
 	session, err := c.open(ctx, client)
 	if err != nil {
 		c.setDown(err)
-		return err
+		return nil, err
 	}
-	if err := c.list(ctx, session); err != nil {
+	if err := c.fetch(ctx, session); err != nil {
 		session.Close()
 		c.setDown(err)
-		return err
+		return nil, err
 	}
-	c.mu.Lock()
-	c.session, c.lastErr = session, nil
-	c.mu.Unlock()
-	c.log.Info("upstream connected", "tools", c.offeredCount())
-	return nil
+	return session, nil
 }
 
 func (c *conn) open(ctx context.Context, client *sdk.Client) (*sdk.ClientSession, error) {
@@ -205,5 +236,64 @@ func (c *conn) close() {
 	c.mu.Unlock()
 	if session != nil {
 		session.Close()
+	}
+}
+
+// retire stops keeping the upstream and keeps it from the catalog and from
+// new calls; it closes it once the calls under way have their answers,
+// or at once when the Manager closes.
+func (c *conn) retire() {
+	if c.stop != nil {
+		c.stop()
+	}
+	c.settleMu.Lock() // a settle under way publishes before this, none after
+	c.mu.Lock()
+	c.retired = true
+	drained := make(chan struct{})
+	if c.inflight == 0 {
+		close(drained)
+	} else {
+		c.drained = drained
+	}
+	c.mu.Unlock()
+	c.settleMu.Unlock()
+	c.m.draining.Add(1)
+	go func() {
+		defer c.m.draining.Done()
+		select {
+		case <-drained:
+		case <-c.m.life.Done():
+		}
+		c.close()
+		c.log.Info("upstream stopped: a reload removed or replaced it")
+	}()
+}
+
+// begin counts a call in, unless the upstream is retired.
+func (c *conn) begin() (*sdk.ClientSession, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.retired {
+		return nil, &tools.NotSentError{Err: fmt.Errorf("upstream %s was removed or replaced by a configuration reload: call the tool again (list the tools to see what is offered now)", c.cfg.Name)}
+	}
+	if c.session == nil {
+		lastErr := c.lastErr
+		if lastErr == nil {
+			lastErr = errors.New("not connected")
+		}
+		return nil, &tools.NotSentError{Err: fmt.Errorf("upstream %s is unavailable (reconnecting): %v", c.cfg.Name, lastErr)}
+	}
+	c.inflight++
+	return c.session, nil
+}
+
+// end counts a call out.
+func (c *conn) end() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.inflight--
+	if c.inflight == 0 && c.drained != nil {
+		close(c.drained)
+		c.drained = nil
 	}
 }

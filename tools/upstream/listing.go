@@ -13,6 +13,14 @@ import (
 // list reads the upstream's whole tool list and makes it the upstream's
 // contribution to the catalog.
 func (c *conn) list(ctx context.Context, session *sdk.ClientSession) error {
+	if err := c.fetch(ctx, session); err != nil {
+		return err
+	}
+	return c.settle(ctx, true)
+}
+
+// fetch reads the upstream's whole tool list into c.listing.
+func (c *conn) fetch(ctx context.Context, session *sdk.ClientSession) error {
 	var all []*sdk.Tool
 	params := &sdk.ListToolsParams{}
 	for page := 0; ; page++ {
@@ -39,7 +47,7 @@ func (c *conn) list(ctx context.Context, session *sdk.ClientSession) error {
 	c.mu.Lock()
 	c.listing = listing
 	c.mu.Unlock()
-	return c.settle(ctx, true)
+	return nil
 }
 
 // settle compares the last listing with the pins and offers the tools
@@ -50,8 +58,11 @@ func (c *conn) settle(ctx context.Context, relisted bool) error {
 	c.settleMu.Lock()
 	defer c.settleMu.Unlock()
 	c.mu.Lock()
-	listing := c.listing
+	listing, retired := c.listing, c.retired
 	c.mu.Unlock()
+	if retired {
+		return nil // a reload took its tools out of the catalog, or gave them to its successor
+	}
 	changes, err := c.compare(ctx, listing)
 	if err != nil && !relisted {
 		// A re-read that failed (the caller went away, the database is
@@ -119,7 +130,7 @@ func (c *conn) compare(ctx context.Context, listing []listedTool) ([]Change, err
 		c.log.Info("first connection: pinned every tool's definition", "tools", len(listed))
 		return nil, nil
 	}
-	changes := Compare(pins, listed, c.m.policy)
+	changes := Compare(pins, listed, *c.m.policy.Load())
 	if len(changes) > 0 {
 		if err := c.m.pins.Changed(ctx, c.cfg.Name, changes); err != nil {
 			return nil, err

@@ -31,7 +31,8 @@
 // kept alive; listing.go its tool list against the pins, into the catalog;
 // spec.go and pin.go a listed tool as a catalog spec and as a pin; call.go
 // one tools/call; headers.go the configured headers, kept to the
-// upstream's origin; stderr.go a stdio upstream's stderr, logged.
+// upstream's origin; stderr.go a stdio upstream's stderr, logged;
+// reload.go upstreams added, changed and removed by a reload.
 //
 // # Two MCP libraries, and why
 //
@@ -84,6 +85,7 @@ import (
 	"regexp"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/countersign/countersign/config"
@@ -113,12 +115,19 @@ type Manager struct {
 	cat     *tools.Catalog
 	log     *slog.Logger
 	version string
+	getenv  func(string) string
 	pins    Pins
-	policy  func(exposed string) bool
+	policy  atomic.Pointer[func(exposed string) bool] // a reload swaps it (reload.go)
 	recheck time.Duration
-	conns   []*conn
+	life    context.Context
 	stop    context.CancelFunc
-	wg      sync.WaitGroup
+	wg      sync.WaitGroup // the keeping of each upstream
+	// draining is the upstreams a reload retired whose calls under way
+	// have not all answered.
+	draining sync.WaitGroup
+
+	mu    sync.Mutex
+	conns []*conn // in the configuration's order
 }
 
 // Options configure a Manager.
@@ -156,30 +165,17 @@ func Start(ctx context.Context, ups []config.Upstream, cat *tools.Catalog, opts 
 	if opts.RecheckHeld <= 0 {
 		opts.RecheckHeld = recheckHeld
 	}
-	m := &Manager{cat: cat, log: opts.Logger, version: opts.Version, stop: stop,
-		pins: opts.Pins, policy: opts.Policy, recheck: opts.RecheckHeld}
+	m := &Manager{cat: cat, log: opts.Logger, version: opts.Version, getenv: opts.Getenv, life: life, stop: stop,
+		pins: opts.Pins, recheck: opts.RecheckHeld}
+	m.policy.Store(&opts.Policy)
 	for _, u := range ups {
-		if u.CallTimeout <= 0 {
-			u.CallTimeout = config.DefaultUpstreamCallTimeout
-		}
-		m.conns = append(m.conns, &conn{
-			cfg: u, m: m, getenv: opts.Getenv,
-			log:    opts.Logger.With("upstream", u.Name),
-			relist: make(chan struct{}, 1),
-		})
+		m.conns = append(m.conns, m.newConn(u))
 	}
-	errs := make([]error, len(m.conns))
-	var wg sync.WaitGroup
-	for i, c := range m.conns {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			cctx, cancel := context.WithTimeout(ctx, c.cfg.ConnectTimeout)
-			defer cancel()
-			errs[i] = c.connect(cctx)
-		}()
-	}
-	wg.Wait()
+	errs := each(m.conns, func(c *conn) error {
+		cctx, cancel := context.WithTimeout(ctx, c.cfg.ConnectTimeout)
+		defer cancel()
+		return c.connect(cctx)
+	})
 	for i, c := range m.conns {
 		err := errs[i]
 		var bad *NameError
@@ -196,22 +192,56 @@ func Start(ctx context.Context, ups []config.Upstream, cat *tools.Catalog, opts 
 		}
 	}
 	for _, c := range m.conns {
-		m.wg.Add(1)
-		go func() {
-			defer m.wg.Done()
-			c.keep(life)
-		}()
+		m.keep(c)
 	}
 	return m, nil
 }
 
-// Close disconnects every upstream and stops their processes.
+func (m *Manager) newConn(u config.Upstream) *conn {
+	if u.CallTimeout <= 0 {
+		u.CallTimeout = config.DefaultUpstreamCallTimeout
+	}
+	return &conn{cfg: u, m: m, getenv: m.getenv, log: m.log.With("upstream", u.Name), relist: make(chan struct{}, 1)}
+}
+
+// keep keeps c connected until the Manager closes or a reload retires it.
+func (m *Manager) keep(c *conn) {
+	life, stop := context.WithCancel(m.life)
+	c.stop = stop
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		c.keep(life)
+	}()
+}
+
+// each runs f on every conn at once and returns their errors, in order.
+func each(conns []*conn, f func(*conn) error) []error {
+	errs := make([]error, len(conns))
+	var wg sync.WaitGroup
+	for i, c := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = f(c)
+		}()
+	}
+	wg.Wait()
+	return errs
+}
+
+// Close disconnects every upstream, those a reload retired among them,
+// and stops their processes.
 func (m *Manager) Close() error {
 	m.stop()
-	for _, c := range m.conns {
+	m.mu.Lock()
+	conns := m.conns
+	m.mu.Unlock()
+	for _, c := range conns {
 		c.close()
 	}
 	m.wg.Wait()
+	m.draining.Wait()
 	return nil
 }
 
@@ -226,8 +256,11 @@ type Status struct {
 
 // Status reports every upstream's state.
 func (m *Manager) Status() []Status {
-	out := make([]Status, 0, len(m.conns))
-	for _, c := range m.conns {
+	m.mu.Lock()
+	conns := m.conns
+	m.mu.Unlock()
+	out := make([]Status, 0, len(conns))
+	for _, c := range conns {
 		c.mu.Lock()
 		s := Status{Name: c.cfg.Name, Up: c.session != nil, Tools: c.tools}
 		if c.lastErr != nil && c.session == nil {
@@ -257,7 +290,10 @@ func (e *NameError) Error() string {
 // Listed returns the tools server listed last, as pins, and whether
 // server is one of the manager's upstreams.
 func (m *Manager) Listed(server string) ([]Pin, bool) {
-	for _, c := range m.conns {
+	m.mu.Lock()
+	conns := m.conns
+	m.mu.Unlock()
+	for _, c := range conns {
 		if c.cfg.Name == server {
 			c.mu.Lock()
 			defer c.mu.Unlock()
