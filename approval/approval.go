@@ -300,6 +300,7 @@ func (s *Service) Close() error {
 	<-s.done
 	s.stopSweeps()
 	<-s.sweepsDone
+	s.ob.Wait() // the outbox's deletes, before another process may take its entries
 	s.alive()
 	<-s.freezesDone
 	s.frozen.Close()

@@ -110,7 +110,9 @@ func (s *Service) Finish(ctx context.Context, id string, o Outcome) error {
 	if err != nil {
 		return err
 	}
-	err = s.flush(ctx, false)
+	// The outcome must be in the log before the caller returns its
+	// result; its row leaving the outbox need not be waited for.
+	err = s.ob.Append(ctx)
 	s.notify(id)
 	return err
 }

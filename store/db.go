@@ -201,7 +201,8 @@ func (db *DB) runTx(ctx context.Context, opts *sql.TxOptions, fn func(*sql.Tx) e
 			tx.Rollback()
 			return
 		}
-		if err == nil {
+		if err == nil && db.dialect == SQLite {
+			// PostgreSQL delivers to this process's listener too.
 			db.hub.deliverLocal(notes)
 		}
 	}()

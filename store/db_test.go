@@ -300,6 +300,43 @@ func TestPublishDeliversOnlyOnCommit(t *testing.T) {
 	})
 }
 
+// A transaction that announces one change twice sends it once, and the
+// others in their order.
+func TestPublishSendsARepeatOnce(t *testing.T) {
+	storetest.Dialects(t, func(t *testing.T, db *store.DB) {
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		got := make(chan string, 16)
+		if err := db.Subscribe(ctx, "requests", func(id string) { got <- id }); err != nil {
+			t.Fatal(err)
+		}
+		err := db.InTx(ctx, func(tx *sql.Tx) error {
+			for _, id := range []string{"r1", "r2", "r1"} {
+				if err := db.Publish(ctx, tx, "requests", id); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := db.InTx(ctx, func(tx *sql.Tx) error { return db.Publish(ctx, tx, "requests", "next") }); err != nil {
+			t.Fatal(err)
+		}
+		for _, want := range []string{"r1", "r2", "next"} {
+			select {
+			case id := <-got:
+				if id != want {
+					t.Fatalf("delivered %q, want %q", id, want)
+				}
+			case <-time.After(wait):
+				t.Fatalf("%q never delivered", want)
+			}
+		}
+	})
+}
+
 // On PostgreSQL a notification reaches the other processes on the
 // database: here a second DB, with its own LISTEN connection.
 func TestPublishReachesAnotherReplica(t *testing.T) {

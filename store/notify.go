@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -61,16 +62,21 @@ func (db *DB) Publish(ctx context.Context, tx *sql.Tx, channel, id string) error
 	if len(id) >= 8000 {
 		return fmt.Errorf("store: notification id of %d bytes: want fewer than 8000", len(id))
 	}
+	// A transaction that announces the same change twice (a decision
+	// queuing two audit entries of one request) sends it once: PostgreSQL
+	// would deliver it once anyway, and the round trip is saved.
+	n := note{channel, id}
 	db.mu.Lock()
 	notes, ok := db.txs[tx]
-	if ok && db.dialect == SQLite {
-		db.txs[tx] = append(notes, note{channel, id})
+	sent := slices.Contains(notes, n)
+	if ok && !sent {
+		db.txs[tx] = append(notes, n)
 	}
 	db.mu.Unlock()
 	if !ok {
 		return errors.New("store: Publish needs a transaction InTx is running")
 	}
-	if db.dialect == PostgreSQL {
+	if db.dialect == PostgreSQL && !sent {
 		if _, err := tx.ExecContext(ctx, `SELECT pg_notify(?, ?)`, channel, id); err != nil {
 			return fmt.Errorf("store: notify %s: %w", channel, err)
 		}

@@ -134,10 +134,14 @@ func (u *UsageWindows) Decide(ctx context.Context, lock [][]byte, windows []Usag
 	if err != nil {
 		return err
 	}
-	if err := addUsage(ctx, tx, adds); err != nil {
-		return err
+	if u.db.Dialect() == PostgreSQL {
+		// One round trip less under the locks: the upsert and the
+		// forgetting in one statement.
+		err = addAndForget(ctx, tx, adds, horizon)
+	} else if err = addUsage(ctx, tx, adds); err == nil {
+		err = forget(ctx, tx, adds, horizon)
 	}
-	if err := forget(ctx, tx, adds, horizon); err != nil {
+	if err != nil {
 		return err
 	}
 	if err := tx.Commit(); err != nil {
@@ -277,12 +281,46 @@ func readWindows(ctx context.Context, tx *sql.Tx, windows []UsageWindow) ([]Usag
 	return out, nil
 }
 
+// addAndForget is addUsage and forget in one PostgreSQL statement. The
+// rows it forgets are older than every minute it adds, so no row is both
+// deleted and upserted (which one statement cannot do).
+func addAndForget(ctx context.Context, tx *sql.Tx, adds []UsageAdd, horizon int64) error {
+	if len(adds) == 0 {
+		return nil
+	}
+	var in []string
+	var args []any
+	for _, a := range adds {
+		in = append(in, "?")
+		args = append(args, a.Key)
+		horizon = min(horizon, a.Minute)
+	}
+	args = append(args, horizon)
+	upsert, upsertArgs := usageUpsert(adds)
+	_, err := tx.ExecContext(ctx, "WITH forgotten AS (DELETE FROM usage_minutes WHERE key IN ("+strings.Join(in, ", ")+") AND minute < ?) "+upsert,
+		append(args, upsertArgs...)...)
+	if err != nil {
+		return fmt.Errorf("store: usage windows: add: %w", err)
+	}
+	return nil
+}
+
 // addUsage upserts adds in one statement. A call's keys differ from each
 // other, so no row is named twice (which PostgreSQL refuses).
 func addUsage(ctx context.Context, tx *sql.Tx, adds []UsageAdd) error {
 	if len(adds) == 0 {
 		return nil
 	}
+	q, args := usageUpsert(adds)
+	_, err := tx.ExecContext(ctx, q, args...)
+	if err != nil {
+		return fmt.Errorf("store: usage windows: add: %w", err)
+	}
+	return nil
+}
+
+// usageUpsert is the statement that adds adds, and its arguments.
+func usageUpsert(adds []UsageAdd) (string, []any) {
 	rows := make([]string, len(adds))
 	args := make([]any, 0, 4*len(adds))
 	for i, a := range adds {
@@ -291,13 +329,9 @@ func addUsage(ctx context.Context, tx *sql.Tx, adds []UsageAdd) error {
 		rows[i] = "(?, ?, ?, CAST(? AS NUMERIC))"
 		args = append(args, a.Key, a.Minute, a.Calls, strconv.FormatFloat(a.Amount, 'f', -1, 64))
 	}
-	_, err := tx.ExecContext(ctx, `INSERT INTO usage_minutes (key, minute, calls, amount) VALUES `+strings.Join(rows, ", ")+`
+	return `INSERT INTO usage_minutes (key, minute, calls, amount) VALUES ` + strings.Join(rows, ", ") + `
 		ON CONFLICT (key, minute) DO UPDATE SET calls = usage_minutes.calls + excluded.calls,
-			amount = usage_minutes.amount + excluded.amount`, args...)
-	if err != nil {
-		return fmt.Errorf("store: usage windows: add: %w", err)
-	}
-	return nil
+			amount = usage_minutes.amount + excluded.amount`, args
 }
 
 // forget drops the rows of the keys just written that fell out of every

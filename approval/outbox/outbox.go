@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -30,9 +31,11 @@ type Outbox struct {
 	now       func() time.Time
 	log       *slog.Logger
 	linkGrant func(ctx context.Context, e *audit.Entry) error
-	mu        sync.Mutex // one Flush at a time
 
-	unsure map[int64]bool // own entries whose failed append may have landed; under mu
+	mu       sync.Mutex     // one Flush at a time
+	appended []appended     // in the log, not yet deleted from the outbox (under mu)
+	settling sync.WaitGroup // the deletes Append left running
+	unsure   map[int64]bool // own entries whose failed append may have landed; under mu
 }
 
 // Recorder appends entries to the audit log (*audit.Log).
@@ -78,35 +81,104 @@ func (o *Outbox) Enqueue(ctx context.Context, tx *sql.Tx, requestID string, e au
 	if err := o.owners.Unfenced(ctx, tx, o.owner); err != nil {
 		return err
 	}
-	if requestID != "" {
-		// The log keeps each request's entries in the order they were
-		// queued (approval.requested first): while another owner's
-		// entries for it wait, this one must not overtake them.
-		var other int
-		err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM approval_outbox WHERE request_id = ? AND owner <> ?`, requestID, o.owner).Scan(&other)
+	created := o.now().UnixNano()
+	if requestID == "" {
+		_, err = tx.ExecContext(ctx, `INSERT INTO approval_outbox (request_id, entry, kind, owner, created_at) VALUES (?, ?, ?, ?, ?)`,
+			requestID, b, string(e.Kind), o.owner, created)
 		if err != nil {
 			return err
 		}
-		if other > 0 {
-			return store.Retry(errEntriesAhead)
-		}
+		return watch.Announce(ctx, o.db, tx, requestID)
 	}
-	_, err = tx.ExecContext(ctx, `INSERT INTO approval_outbox (request_id, entry, kind, owner, created_at) VALUES (?, ?, ?, ?, ?)`,
-		requestID, b, string(e.Kind), o.owner, o.now().UnixNano())
+	// The log keeps each request's entries in the order they were queued
+	// (approval.requested first): while another owner's entries for it
+	// wait, this one must not overtake them. One statement checks and
+	// inserts (a round trip less on the decision's path).
+	blob := "BLOB"
+	if o.db.Dialect() == store.PostgreSQL {
+		blob = "BYTEA"
+	}
+	res, err := tx.ExecContext(ctx, `INSERT INTO approval_outbox (request_id, entry, kind, owner, created_at)
+		SELECT ?, CAST(? AS `+blob+`), ?, ?, CAST(? AS BIGINT)
+		WHERE NOT EXISTS (SELECT 1 FROM approval_outbox WHERE request_id = ? AND owner <> ?)`,
+		requestID, b, string(e.Kind), o.owner, created, requestID, o.owner)
 	if err != nil {
 		return err
+	}
+	if n, err := res.RowsAffected(); err != nil {
+		return err
+	} else if n == 0 {
+		return store.Retry(errEntriesAhead)
 	}
 	return watch.Announce(ctx, o.db, tx, requestID)
 }
 
-// Flush appends outbox entries to the log in order, deleting each once it
-// is appended. With stale, it also takes the entries of other processes
-// that are gone: at once those of a dead owner, after StaleAfter
-// those of an owner that held no liveness lock; never a live one's, which
-// appends its own (taking them by age would append them twice).
+// Flush appends outbox entries to the log in order, deleting them once
+// they are appended. With stale, it also takes the entries of other
+// processes that are gone: at once those of a dead owner, after
+// StaleAfter those of an owner that held no liveness lock; never a live
+// one's, which appends its own (taking them by age would append them
+// twice).
 func (o *Outbox) Flush(ctx context.Context, stale bool) error {
 	o.mu.Lock()
 	defer o.mu.Unlock()
+	if err := o.appendAll(ctx, stale); err != nil {
+		return err
+	}
+	return o.settle(ctx)
+}
+
+// Append is Flush of this owner's entries for a caller that needs them in
+// the log but not out of the outbox (an outcome, before its result is
+// returned): it returns once they are appended, and deletes them after,
+// still holding the lock, so that no Flush here appends them again
+// meanwhile. A delete that fails is tried again by the next Flush, before
+// it appends anything.
+func (o *Outbox) Append(ctx context.Context) error {
+	o.mu.Lock()
+	if err := o.appendAll(ctx, false); err != nil {
+		o.mu.Unlock()
+		return err
+	}
+	if len(o.appended) == 0 {
+		o.mu.Unlock()
+		return nil
+	}
+	o.settling.Add(1)
+	go func() {
+		defer o.settling.Done()
+		defer o.mu.Unlock()
+		if err := o.settle(context.WithoutCancel(ctx)); err != nil {
+			o.log.Warn("approval: appended entries stay in the outbox until the next flush", "err", err)
+		}
+	}()
+	return nil
+}
+
+// Wait returns once the deletes Append left running are done.
+func (o *Outbox) Wait() { o.settling.Wait() }
+
+// appended is an outbox entry in the log and not yet deleted from the
+// outbox.
+type appended struct {
+	id, seq             int64
+	request             string
+	assertion           bool // an approval.assertion: its seq is kept
+	requestID, approver string
+}
+
+// settleEvery bounds how many appended entries wait for their delete: a
+// long flush (a dead owner's leftovers) deletes as it goes.
+const settleEvery = 64
+
+// appendAll appends what Flush would, leaving each entry in o.appended.
+// Entries appended before a failure are deleted before it returns. It
+// first deletes what an earlier flush appended and could not delete:
+// until then it appends nothing.
+func (o *Outbox) appendAll(ctx context.Context, stale bool) error {
+	if err := o.settle(ctx); err != nil {
+		return err
+	}
 	where, args := `WHERE owner = ?`, []any{o.owner}
 	if stale {
 		where, args = ``, nil
@@ -141,19 +213,25 @@ func (o *Outbox) Flush(ctx context.Context, stale bool) error {
 			return l.Live(it.owner) && it.owner != o.owner || !l.IsListed(it.owner) && it.created >= cutoff
 		})
 	}
+	// The seqs of the assertions this pass appended, by request and
+	// approver, for the approval.approved entries after them.
+	seqs := map[[2]string]int64{}
+	fail := func(err error) error {
+		return errors.Join(err, o.settle(context.WithoutCancel(ctx)))
+	}
 	for _, it := range items {
 		var e audit.Entry
 		if err := json.Unmarshal(it.entry, &e); err != nil {
-			return fmt.Errorf("%w: outbox entry %d: %v", ErrRecord, it.id, err)
+			return fail(fmt.Errorf("%w: outbox entry %d: %v", ErrRecord, it.id, err))
 		}
 		if e.Kind == vocab.KindApprovalApproved {
-			if err := o.linkAssertions(ctx, &e); err != nil {
-				return fmt.Errorf("%w: outbox entry %d: %v", ErrRecord, it.id, err)
+			if err := o.linkAssertions(ctx, &e, seqs); err != nil {
+				return fail(fmt.Errorf("%w: outbox entry %d: %v", ErrRecord, it.id, err))
 			}
 		}
 		if e.Kind == vocab.KindGrantRevoked && e.GrantSeq == 0 {
 			if err := o.linkGrant(ctx, &e); err != nil {
-				return fmt.Errorf("%w: outbox entry %d: %v", ErrRecord, it.id, err)
+				return fail(fmt.Errorf("%w: outbox entry %d: %v", ErrRecord, it.id, err))
 			}
 		}
 		// Another process may have appended it and died before deleting it.
@@ -164,7 +242,7 @@ func (o *Outbox) Flush(ctx context.Context, stale bool) error {
 			// each entry over, so only it appends it.
 			took, err := o.takeOver(ctx, it.id, it.owner)
 			if err != nil {
-				return fmt.Errorf("%w: %v", ErrRecord, err)
+				return fail(fmt.Errorf("%w: %v", ErrRecord, err))
 			}
 			if !took {
 				continue
@@ -174,40 +252,79 @@ func (o *Outbox) Flush(ctx context.Context, stale bool) error {
 		// short (the database stopped) lands the entry and reports an error.
 		if it.owner != o.owner || o.unsure[it.id] {
 			if logged, found, err = o.inLog(ctx, e, it.created); err != nil {
-				return fmt.Errorf("%w: %v", ErrRecord, err)
+				return fail(fmt.Errorf("%w: %v", ErrRecord, err))
 			}
 		}
 		if found {
 			o.log.Info("approval: an outbox entry was already in the log", "kind", e.Kind, "request", e.RequestID, "seq", logged.Seq)
 		} else if logged, err = o.rec.Append(ctx, e); err != nil {
 			o.unsure[it.id] = true
-			return fmt.Errorf("%w: %v", ErrRecord, err)
+			return fail(fmt.Errorf("%w: %v", ErrRecord, err))
 		}
-		// A crash between the append and this transaction leaves the entry
-		// to the next process, which finds it in the log (inLog) rather
-		// than appending it again. The closure only writes what the append
-		// returned, so running it again is the same.
-		err = o.db.InTx(context.WithoutCancel(ctx), func(tx *sql.Tx) error {
-			if e.Kind == vocab.KindApprovalAssertion {
+		a := appended{id: it.id, seq: logged.Seq, request: it.request}
+		if e.Kind == vocab.KindApprovalAssertion {
+			a.assertion, a.requestID, a.approver = true, e.RequestID, e.Approver
+			seqs[[2]string{e.RequestID, e.Approver}] = logged.Seq
+		}
+		o.appended = append(o.appended, a)
+		if len(o.appended) >= settleEvery {
+			if err := o.settle(ctx); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// settle deletes the appended entries from the outbox, in one
+// transaction, keeping the seqs of the assertions among them. A crash
+// before it commits leaves the entries to the next process, which finds
+// them in the log (inLog) rather than appending them again; a failure
+// here keeps them in o.appended for the next flush of this process, which
+// appends none again. The transaction only writes what the appends
+// returned, so running it again is the same.
+func (o *Outbox) settle(ctx context.Context) error {
+	if len(o.appended) == 0 {
+		return nil
+	}
+	err := o.db.InTx(context.WithoutCancel(ctx), func(tx *sql.Tx) error {
+		ids := make([]string, len(o.appended))
+		args := make([]any, len(o.appended))
+		var announced []string
+		for i, a := range o.appended {
+			if a.assertion {
 				if _, err := tx.ExecContext(ctx, `INSERT INTO approval_logged_assertions (request_id, approver_id, seq) VALUES (?,?,?)
 					ON CONFLICT (request_id, approver_id) DO UPDATE SET seq = excluded.seq`,
-					e.RequestID, e.Approver, logged.Seq); err != nil {
+					a.requestID, a.approver, a.seq); err != nil {
 					return err
 				}
 			}
-			if _, err := tx.ExecContext(ctx, `DELETE FROM approval_outbox WHERE id = ?`, it.id); err != nil {
+			ids[i], args[i] = "?", a.id
+			if !slices.Contains(announced, a.request) {
+				announced = append(announced, a.request)
+			}
+		}
+		if _, err := tx.ExecContext(ctx, `DELETE FROM approval_outbox WHERE id IN (`+strings.Join(ids, ", ")+`)`, args...); err != nil {
+			return err
+		}
+		// Logged, what the entries describe counts now (an approval, a
+		// grant): the replicas that heard of the change read it again.
+		for _, id := range announced {
+			if err := watch.Announce(ctx, o.db, tx, id); err != nil {
 				return err
 			}
-			// Logged, what the entry describes counts now (an approval,
-			// a grant): the replicas that heard of the change read it again.
-			return watch.Announce(ctx, o.db, tx, it.request)
-		})
-		if err != nil {
-			o.unsure[it.id] = true // logged, and still in the outbox
-			return fmt.Errorf("%w: %v", ErrRecord, err)
 		}
-		delete(o.unsure, it.id)
+		return nil
+	})
+	if err != nil {
+		// Kept in o.appended: the next flush deletes them before it
+		// appends anything.
+		return fmt.Errorf("%w: %v", ErrRecord, err)
 	}
+	for _, a := range o.appended {
+		delete(o.unsure, a.id)
+	}
+	o.appended = o.appended[:0]
 	return nil
 }
 
@@ -231,10 +348,15 @@ func (o *Outbox) takeOver(ctx context.Context, id int64, owner string) (bool, er
 
 // linkAssertions fills an approval.approved entry's Assertions with the
 // seqs of its approvers' approval.assertion entries. The outbox appends in
-// order, so they are in the log by now.
-func (o *Outbox) linkAssertions(ctx context.Context, e *audit.Entry) error {
+// order, so they are in the log by now: in seqs, when this flush appended
+// them.
+func (o *Outbox) linkAssertions(ctx context.Context, e *audit.Entry, seqs map[[2]string]int64) error {
 	e.Assertions = nil
 	for _, a := range e.Approvers {
+		if seq, ok := seqs[[2]string{e.RequestID, a}]; ok {
+			e.Assertions = append(e.Assertions, seq)
+			continue
+		}
 		var seq int64
 		err := o.db.QueryRowContext(ctx, `SELECT seq FROM approval_logged_assertions WHERE request_id = ? AND approver_id = ?`, e.RequestID, a).Scan(&seq)
 		if errors.Is(err, sql.ErrNoRows) {

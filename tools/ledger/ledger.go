@@ -22,6 +22,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"strings"
 	"time"
 	"unicode"
@@ -374,9 +375,17 @@ func (l *Ledger) Transfer(ctx context.Context, req TransferRequest) (Transfer, e
 		return Transfer{}, fmt.Errorf("ledger: %w", err)
 	}
 	defer tx.Rollback()
-	if l.db.Dialect() == store.PostgreSQL {
-		if _, err := tx.ExecContext(ctx, `SELECT 1 FROM ledger_accounts WHERE id = ? FOR UPDATE`, req.From); err != nil {
-			return Transfer{}, fmt.Errorf("ledger: lock account: %w", err)
+	// The lock is held until the commit: every round trip under it is
+	// one more for each transfer queued behind (on PostgreSQL the lock
+	// reads the account, and one statement debits, credits and records).
+	pg := l.db.Dialect() == store.PostgreSQL
+	var currency string
+	var balance int64
+	var account error
+	if pg {
+		account = tx.QueryRowContext(ctx, `SELECT currency, balance FROM ledger_accounts WHERE id = ? FOR UPDATE`, req.From).Scan(&currency, &balance)
+		if account != nil && !errors.Is(account, sql.ErrNoRows) {
+			return Transfer{}, fmt.Errorf("ledger: lock account: %w", account)
 		}
 	}
 
@@ -409,9 +418,10 @@ func (l *Ledger) Transfer(ctx context.Context, req TransferRequest) (Transfer, e
 		}
 	}
 
-	var currency string
-	var balance int64
-	err = tx.QueryRowContext(ctx, `SELECT currency, balance FROM ledger_accounts WHERE id = ?`, req.From).Scan(&currency, &balance)
+	err = account
+	if !pg {
+		err = tx.QueryRowContext(ctx, `SELECT currency, balance FROM ledger_accounts WHERE id = ?`, req.From).Scan(&currency, &balance)
+	}
 	if errors.Is(err, sql.ErrNoRows) {
 		return Transfer{}, fmt.Errorf("%w %q", ErrUnknownAccount, req.From)
 	}
@@ -425,10 +435,6 @@ func (l *Ledger) Transfer(ctx context.Context, req TransferRequest) (Transfer, e
 		return Transfer{}, fmt.Errorf("%w: account %s holds %s, the transfer needs %s", ErrInsufficientFunds,
 			req.From, FormatHuman(balance, currency), FormatHuman(req.Amount, currency))
 	}
-	if _, err := tx.ExecContext(ctx, `UPDATE ledger_accounts SET balance = balance - ? WHERE id = ?`, req.Amount, req.From); err != nil {
-		return Transfer{}, fmt.Errorf("ledger: debit: %w", err)
-	}
-
 	now := l.now().UTC()
 	res, err := tx.ExecContext(ctx, `INSERT INTO ledger_counterparties (name, known, first_seen) VALUES (?, 0, ?)
 		ON CONFLICT (name) DO NOTHING`, to, now.Format(time.RFC3339Nano))
@@ -443,11 +449,6 @@ func (l *Ledger) Transfer(ctx context.Context, req TransferRequest) (Transfer, e
 	if err := tx.QueryRowContext(ctx, `SELECT name FROM ledger_counterparties WHERE name = ?`, to).Scan(&to); err != nil {
 		return Transfer{}, fmt.Errorf("ledger: counterparty: %w", err)
 	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO ledger_receipts (counterparty, currency, amount) VALUES (?, ?, ?)
-		ON CONFLICT (counterparty, currency) DO UPDATE SET amount = ledger_receipts.amount + excluded.amount`, to, currency, req.Amount); err != nil {
-		return Transfer{}, fmt.Errorf("ledger: credit: %w", err)
-	}
-
 	t := Transfer{
 		ID: uuid.NewString(), Time: now, From: req.From, To: to, Currency: currency, Amount: req.Amount,
 		Memo: req.Memo, IdempotencyKey: req.IdempotencyKey, BalanceAfter: balance - req.Amount, NewPayee: n == 1,
@@ -460,10 +461,32 @@ func (l *Ledger) Transfer(ctx context.Context, req TransferRequest) (Transfer, e
 	if t.CallID != "" {
 		callID = t.CallID
 	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO ledger_transfers
+	const (
+		debit  = `UPDATE ledger_accounts SET balance = balance - ? WHERE id = ?`
+		credit = `INSERT INTO ledger_receipts (counterparty, currency, amount) VALUES (?, ?, ?)
+		ON CONFLICT (counterparty, currency) DO UPDATE SET amount = ledger_receipts.amount + excluded.amount`
+		record = `INSERT INTO ledger_transfers
 		(id, time, from_account, to_name, currency, amount, memo, idempotency_key, balance_after, new_payee, call_id)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-		t.ID, now.Format(time.RFC3339Nano), t.From, t.To, t.Currency, t.Amount, t.Memo, key, t.BalanceAfter, t.NewPayee, callID); err != nil {
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
+	)
+	debitArgs := []any{req.Amount, req.From}
+	creditArgs := []any{to, currency, req.Amount}
+	recordArgs := []any{t.ID, now.Format(time.RFC3339Nano), t.From, t.To, t.Currency, t.Amount, t.Memo, key, t.BalanceAfter, t.NewPayee, callID}
+	if pg {
+		// Three tables, each row written once: the order within the
+		// statement does not matter, and the account is locked already.
+		_, err = tx.ExecContext(ctx, `WITH debit AS (`+debit+`), credit AS (`+credit+`) `+record,
+			slices.Concat(debitArgs, creditArgs, recordArgs)...)
+	} else {
+		_, err = tx.ExecContext(ctx, debit, debitArgs...)
+		if err == nil {
+			_, err = tx.ExecContext(ctx, credit, creditArgs...)
+		}
+		if err == nil {
+			_, err = tx.ExecContext(ctx, record, recordArgs...)
+		}
+	}
+	if err != nil {
 		return Transfer{}, fmt.Errorf("ledger: record transfer: %w", err)
 	}
 	if err := tx.Commit(); err != nil {

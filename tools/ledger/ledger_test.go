@@ -12,6 +12,7 @@ import (
 	"github.com/countersign/countersign/store"
 	"github.com/countersign/countersign/store/pgtest"
 	"github.com/countersign/countersign/store/storetest"
+	"github.com/google/uuid"
 )
 
 var testSeed = config.Ledger{
@@ -271,4 +272,26 @@ func BenchmarkTransfer(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// BenchmarkTransferContended pays from one account on PostgreSQL from 16
+// goroutines: each transfer holds the account's row lock until its
+// commit, so ns/op is about the time each holds it (the round trips
+// under the lock, and the commit).
+func BenchmarkTransferContended(b *testing.B) {
+	db := storetest.Connect(b, pgtest.URL(b))
+	l, err := Open(context.Background(), db, config.Ledger{Accounts: []config.Account{
+		{ID: "operating", Currency: "USD", Balance: "1000000000.00"}}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.SetParallelism(8)
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if _, err := l.Transfer(context.Background(), TransferRequest{From: "operating", To: "Vendor X", Currency: "USD", Amount: 1, CallID: uuid.NewString()}); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
 }
