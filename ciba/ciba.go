@@ -141,8 +141,39 @@ type Options struct {
 type Server struct {
 	opts      Options
 	log       *slog.Logger
-	clients   []client
 	upstreams atomic.Pointer[[]config.Upstream] // Options.Upstreams, until SetUpstreams
+	dir       atomic.Pointer[directory]         // Options.Agents and Approvers, until SetPeople
+}
+
+// directory is who may ask (the agents, by their tokens' hashes) and whom
+// a login_hint may name, swapped whole by a reload: an agent removed from
+// mcp.yaml must lose the backchannel when it loses the MCP listener.
+type directory struct {
+	clients   []client
+	approvers []config.Approver
+}
+
+func newDirectory(agents []config.Agent, approvers []config.Approver) (*directory, error) {
+	d := &directory{approvers: approvers}
+	for _, a := range agents {
+		h, err := hex.DecodeString(a.TokenSHA256)
+		if err != nil || len(h) != sha256.Size {
+			return nil, fmt.Errorf("ciba: agent %s: token_sha256 is not 64 hex digits", a.ID)
+		}
+		d.clients = append(d.clients, client{a.ID, h})
+	}
+	return d, nil
+}
+
+// SetPeople puts the agents and approvers of a reloaded configuration in
+// force for the requests that come next; on an error nothing changes.
+func (s *Server) SetPeople(agents []config.Agent, approvers []config.Approver) error {
+	d, err := newDirectory(agents, approvers)
+	if err != nil {
+		return err
+	}
+	s.dir.Store(d)
+	return nil
 }
 
 // SetUpstreams puts the upstreams of a reloaded configuration in force for
@@ -175,12 +206,8 @@ func New(opts Options) (*Server, error) {
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
-	for _, a := range opts.Agents {
-		h, err := hex.DecodeString(a.TokenSHA256)
-		if err != nil || len(h) != sha256.Size {
-			return nil, fmt.Errorf("ciba: agent %s: token_sha256 is not 64 hex digits", a.ID)
-		}
-		s.clients = append(s.clients, client{a.ID, h})
+	if err := s.SetPeople(opts.Agents, opts.Approvers); err != nil {
+		return nil, err
 	}
 	return s, nil
 }
@@ -219,7 +246,7 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request) {
 		reject(e)
 		return
 	}
-	named := resolveHint(req.LoginHint, s.opts.Approvers)
+	named := resolveHint(req.LoginHint, s.dir.Load().approvers)
 	if len(named) == 0 {
 		reject(authError(CodeUnknownUserID, "login_hint %s names no approver and no role with approvers", quote(req.LoginHint)))
 		return
@@ -396,7 +423,7 @@ func (s *Server) begin(w http.ResponseWriter, r *http.Request) (agent string, fo
 	if form.Has("client_secret") {
 		return agent, nil, authError(CodeInvalidClient, "client_secret in the body is not supported: use HTTP Basic, or the agent token as a bearer token")
 	}
-	if id := form.Get("client_id"); id != "" && len(s.clients) > 0 && id != agent {
+	if id := form.Get("client_id"); id != "" && len(s.dir.Load().clients) > 0 && id != agent {
 		return agent, nil, authError(CodeInvalidClient, "client_id does not match the authenticated client")
 	}
 	return agent, form, nil
@@ -404,7 +431,8 @@ func (s *Server) begin(w http.ResponseWriter, r *http.Request) (agent string, fo
 
 // authenticate returns the agent id of the client.
 func (s *Server) authenticate(r *http.Request) (string, *Error) {
-	if len(s.clients) == 0 {
+	clients := s.dir.Load().clients
+	if len(clients) == 0 {
 		if !fromLoopback(r.RemoteAddr) {
 			return "", authError(CodeInvalidClient, "anonymous clients are allowed from loopback only")
 		}
@@ -434,7 +462,7 @@ func (s *Server) authenticate(r *http.Request) (string, *Error) {
 	}
 	sum := sha256.Sum256([]byte(secret))
 	match := ""
-	for _, c := range s.clients {
+	for _, c := range clients {
 		// Compare every hash, whichever matches, in constant time.
 		if subtle.ConstantTimeCompare(sum[:], c.hash) == 1 && (id == "" || id == c.id) {
 			match = c.id

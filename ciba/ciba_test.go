@@ -139,6 +139,7 @@ func newStack(t *testing.T, o stackOptions) *stack {
 	for p, h := range c.Routes() {
 		mux.Handle(p, h)
 	}
+	s.server = func() *Server { return c }
 	for _, a := range []string{"alice", "bob"} {
 		s.enroll(t, a)
 	}

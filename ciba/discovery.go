@@ -26,7 +26,7 @@ func (s *Server) Metadata() map[string]any {
 		"countersign_approval_token_signing_alg_values_supported": []string{"EdDSA"},
 		"countersign_approval_token_typ":                          token.Type,
 	}
-	if len(s.clients) == 0 {
+	if len(s.dir.Load().clients) == 0 {
 		m["token_endpoint_auth_methods_supported"] = []string{"none"}
 	}
 	if s.opts.Enabled {

@@ -148,6 +148,11 @@ func (s *Stack) Reload(ctx context.Context, c *config.Config, log *slog.Logger) 
 	s.swapNotifier(c, log)
 	ups.Commit(namesPolicy(c))
 	s.ciba.SetUpstreams(c.Upstreams)
+	if err := s.ciba.SetPeople(c.HTTP.Agents, c.Approvers); err != nil {
+		// config checked the hashes; should one slip through, the
+		// backchannel keeps the agents it had rather than none.
+		log.Error("reload: the CIBA backchannel keeps its agents", "err", err)
+	}
 	if ups.Changed() {
 		warnUnknownUpstreamTools(c, s.upstreams, s.tools, log.With("component", "upstream"))
 	}
