@@ -122,6 +122,11 @@ type Backend struct {
 	// (audit.Options.Owner), learnt from its first batch; once its peers
 	// fence it, it appends nothing.
 	owner string
+	// listed is whether owner's replicas row was there at some batch: a
+	// row gone after that was deleted by peers that fenced and forgot it
+	// (store.Owners.Forget), or at this replica's shutdown, after which
+	// it appends nothing; either way it is fenced.
+	listed bool
 	// The head this writer's last batch left, if it wrote one.
 	wrote   bool
 	lastSeq int64
@@ -274,7 +279,7 @@ func (b *Backend) Write(seal audit.Sealer) (<-chan error, error) {
 			return row.Scan(&h.Seq, &hash, &h.Time, &frontier, &cpSize)
 		})
 		if checked != "" {
-			lock.Queue(shareOwner, checked).QueryRow(func(row pgx.Row) error { return scanFenced(row, &fenced) })
+			lock.Queue(shareOwner, checked).QueryRow(func(row pgx.Row) error { return b.scanFenced(row, &fenced) })
 		}
 		return lock
 	}
@@ -386,8 +391,7 @@ func (b *Backend) AlsoCommit(what, stmt string, args ...any) {
 // shareOwner reads whether the writer's owner is fenced and holds its
 // row until COMMIT, so a fence (store's Fence) lands either after the
 // batch commits or before it reads, never between (store.Owners.Unfenced).
-// A missing row is not fenced: a fenced row is never deleted, and a
-// replica's row goes when it shuts down.
+// A missing row is fenced only if it was there before (scanFenced).
 const shareOwner = `SELECT fenced FROM replicas WHERE id = $1 FOR SHARE`
 
 // fencedNow learns the writer's owner from its first batch and, if the
@@ -403,16 +407,25 @@ func (b *Backend) fencedNow(ctx context.Context, conn *pgx.Conn, owner string) (
 		return false, nil
 	}
 	fenced := false
-	if err := scanFenced(conn.QueryRow(ctx, shareOwner, owner), &fenced); err != nil {
+	b.owner, b.listed = owner, false
+	if err := b.scanFenced(conn.QueryRow(ctx, shareOwner, owner), &fenced); err != nil {
 		return false, err
 	}
-	b.owner = owner
 	return fenced, nil
 }
 
-func scanFenced(row pgx.Row, fenced *bool) error {
-	if err := row.Scan(fenced); err != nil && !errors.Is(err, pgx.ErrNoRows) {
+// scanFenced reads shareOwner's row. A missing row is fenced once the
+// owner was listed (see Backend.listed); never listed, it is not (a log
+// used without replicas, or a command that appends in no replica's name).
+func (b *Backend) scanFenced(row pgx.Row, fenced *bool) error {
+	err := row.Scan(fenced)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		*fenced = b.listed
+	case err != nil:
 		return fmt.Errorf("check this owner is not fenced: %w", err)
+	default:
+		b.listed = true
 	}
 	return nil
 }

@@ -572,3 +572,35 @@ func TestFencedOwnerAppendsNothing(t *testing.T) {
 		t.Fatalf("the log holds %d entries %+v, want the one before the fence and the peer's", len(got), got)
 	}
 }
+
+// A replica fenced and then forgotten by its peers (its row deleted,
+// store.Owners.Forget) still appends nothing when it wakes: a row that
+// was there and is gone is a fence, not a licence.
+func TestForgottenOwnerAppendsNothing(t *testing.T) {
+	ctx := context.Background()
+	key := seededKey(10)
+	a, b, _, _, db := twoReplicas(t, key, audit.Options{}, audit.Options{})
+	owners, err := store.OwnersFor(ctx, db, store.OwnerOptions{OnFenced: func(string) {}})
+	if err != nil {
+		t.Fatalf("OwnersFor: %v", err)
+	}
+	release, err := owners.Hold("replica-a")
+	if err != nil {
+		t.Fatalf("Hold: %v", err)
+	}
+	t.Cleanup(release)
+	mustAppend(t, a, routine(1))
+	if err := owners.Fence(ctx, "replica-a"); err != nil {
+		t.Fatalf("Fence: %v", err)
+	}
+	if _, err := db.ExecContext(ctx, `DELETE FROM replicas WHERE id = ? AND fenced`, "replica-a"); err != nil {
+		t.Fatalf("forget: %v", err)
+	}
+	if _, err := a.Append(ctx, routine(2)); !errors.Is(err, store.ErrFenced) {
+		t.Fatalf("Append by a forgotten owner: %v, want an error wrapping store.ErrFenced", err)
+	}
+	mustAppend(t, b, routine(3))
+	if got := verified(t, b, key); len(got) != 2 {
+		t.Fatalf("the log holds %d entries, want the one before the fence and the peer's", len(got))
+	}
+}
