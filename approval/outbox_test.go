@@ -87,7 +87,15 @@ func TestOutcomeIsLoggedOnceWhenItsOutboxDeleteFails(t *testing.T) {
 	if err := f.svc.BeginExecution(ctx, req.ID); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.db.Exec(`CREATE TRIGGER keep_outbox BEFORE DELETE ON approval_outbox BEGIN SELECT RAISE(ABORT, 'refused'); END`); err != nil {
+	create, drop := `CREATE TRIGGER keep_outbox BEFORE DELETE ON approval_outbox BEGIN SELECT RAISE(ABORT, 'refused'); END`, `DROP TRIGGER keep_outbox`
+	if f.db.Dialect() == store.PostgreSQL {
+		if _, err := f.db.Exec(`CREATE FUNCTION refuse_delete() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'refused'; END $$`); err != nil {
+			t.Fatal(err)
+		}
+		create = `CREATE TRIGGER keep_outbox BEFORE DELETE ON approval_outbox FOR EACH ROW EXECUTE FUNCTION refuse_delete()`
+		drop = `DROP TRIGGER keep_outbox ON approval_outbox`
+	}
+	if _, err := f.db.Exec(create); err != nil {
 		t.Fatal(err)
 	}
 	err = f.svc.Finish(ctx, req.ID, Outcome{State: vocab.StateExecuted, Result: []byte(`{"ok":true}`),
@@ -113,7 +121,7 @@ func TestOutcomeIsLoggedOnceWhenItsOutboxDeleteFails(t *testing.T) {
 	if n := executed(); n != 1 {
 		t.Fatalf("call.executed logged %d times after a flush, want 1", n)
 	}
-	if _, err := f.db.Exec(`DROP TRIGGER keep_outbox`); err != nil {
+	if _, err := f.db.Exec(drop); err != nil {
 		t.Fatal(err)
 	}
 	if err := f.svc.flush(ctx, false); err != nil {
