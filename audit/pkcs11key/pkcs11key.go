@@ -1,6 +1,5 @@
-// Package pkcs11key is an audit.Signer whose Ed25519 key stays in a
-// PKCS #11 token (an HSM, SoftHSM): the server asks the token to sign and
-// never holds the private key.
+//go:build cgo
+
 package pkcs11key
 
 import (
@@ -146,10 +145,6 @@ func release(path string) {
 	}
 }
 
-// ErrNoToken is returned by Open and Generate when no slot holds a token
-// with the label asked for (a wrong label, or the token removed).
-var ErrNoToken = errors.New("pkcs11: no such token")
-
 func session(path, token, pin string) (*Key, error) {
 	ctx, err := acquire(path)
 	if err != nil {
@@ -193,9 +188,6 @@ func (k *Key) find(class uint, label string) ([]pkcs11.ObjectHandle, error) {
 	}
 	return objs, err
 }
-
-// ErrNoKey is returned by Open when the token holds no key by that label.
-var ErrNoKey = errors.New("no such key")
 
 // ckkECEdwards is CKK_EC_EDWARDS (PKCS #11 v3.0), Ed25519's key type.
 const ckkECEdwards = 0x40
