@@ -156,7 +156,13 @@ checkpoint is the server's word held where the server cannot take it back.
 earlier export (jq -r 'select(.witnessed).witnessed' OLD > cp.txt): the export
 (complete, from seq 1) must extend it, and with --witness-key it must carry
 the quorum's cosignatures.`,
-		Args: cobra.ExactArgs(1),
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 2 && !cmd.Flags().Changed("key") {
+				// The most natural slip: the key given as a second argument.
+				return fmt.Errorf("accepts the export as its one argument; give the public key with --key: countersign audit verify %s --key %s", args[0], args[1])
+			}
+			return cobra.ExactArgs(1)(cmd, args)
+		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			key, err := readPublicKey(keyArg)
 			if err != nil {

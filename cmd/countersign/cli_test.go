@@ -148,3 +148,15 @@ func TestApproversAndAuditCommands(t *testing.T) {
 		t.Errorf("tampered export: exit %d\n%s%s", code, out, errOut)
 	}
 }
+
+// The key given as a second argument gets told where it goes, not only
+// that one argument was expected.
+func TestAuditVerifyKeyAsArgumentSaysUseKey(t *testing.T) {
+	_, stderr, code := cli(t, t.TempDir(), "audit", "verify", "export.jsonl", "countersign+abc+KEY")
+	if code == 0 || !strings.Contains(stderr, "--key countersign+abc+KEY") {
+		t.Fatalf("exit %d, stderr %q: want a refusal naming --key", code, stderr)
+	}
+	if _, stderr, code := cli(t, t.TempDir(), "audit", "verify", "a", "b", "c"); code == 0 || !strings.Contains(stderr, "accepts 1 arg") {
+		t.Fatalf("three arguments: exit %d, stderr %q", code, stderr)
+	}
+}
