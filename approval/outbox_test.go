@@ -87,6 +87,15 @@ func TestOutcomeIsLoggedOnceWhenItsOutboxDeleteFails(t *testing.T) {
 	if err := f.svc.BeginExecution(ctx, req.ID); err != nil {
 		t.Fatal(err)
 	}
+	// The decision's own entries leave the outbox behind its flush (on
+	// PostgreSQL they may still be there): the refusal is for Finish's.
+	if err := f.svc.flush(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	var queued int
+	if err := f.db.QueryRow(`SELECT COUNT(*) FROM approval_outbox`).Scan(&queued); err != nil || queued != 0 {
+		t.Fatalf("outbox holds %d entries (%v) before Finish, want none", queued, err)
+	}
 	create, drop := `CREATE TRIGGER keep_outbox BEFORE DELETE ON approval_outbox BEGIN SELECT RAISE(ABORT, 'refused'); END`, `DROP TRIGGER keep_outbox`
 	if f.db.Dialect() == store.PostgreSQL {
 		if _, err := f.db.Exec(`CREATE FUNCTION refuse_delete() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'refused'; END $$`); err != nil {
@@ -100,7 +109,11 @@ func TestOutcomeIsLoggedOnceWhenItsOutboxDeleteFails(t *testing.T) {
 	}
 	err = f.svc.Finish(ctx, req.ID, Outcome{State: vocab.StateExecuted, Result: []byte(`{"ok":true}`),
 		Record: audit.Entry{Kind: vocab.KindCallExecuted, Agent: req.Agent, Tool: req.Tool, Decision: string(req.Level)}})
-	if err != nil {
+	if err != nil && !errors.Is(err, ErrRecord) {
+		// A flush the commit's announcement woke (PostgreSQL) may take
+		// the outcome's row first and fail on its delete: Finish then
+		// says the record failed, pessimistic, and the entry is still
+		// logged once, which is what this test is about.
 		t.Fatalf("finish: %v", err)
 	}
 	executed := func() int {
