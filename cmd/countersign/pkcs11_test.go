@@ -19,6 +19,7 @@ import (
 
 	"github.com/countersign/countersign/ciba"
 	"github.com/countersign/countersign/config"
+	"github.com/countersign/countersign/store/storetest"
 )
 
 const softhsmModule = "/usr/lib/softhsm/libsofthsm2.so"
@@ -86,6 +87,7 @@ func (s *site) fails(env []string, args ...string) string {
 // again after a restart) all work through the token, and the export
 // verifies from the first, file key.
 func TestServeWithTheServerKeyInSoftHSM(t *testing.T) {
+	storetest.SQLiteOnly(t, "audit rotate-key --to-token works on a SQLite data directory only so far (README, The server key in a PKCS #11 token)")
 	softToken(t)
 	sum := sha256.Sum256([]byte(cibaClientToken))
 	s := newSite(t, func(c *config.Config) {
@@ -169,6 +171,7 @@ func TestServeWithTheServerKeyInSoftHSM(t *testing.T) {
 // What config validate and serve refuse of audit.pkcs11, each with the
 // reason; and a rotation from one token key to another.
 func TestTokenKeyRefusalsAndATokenToTokenRotation(t *testing.T) {
+	storetest.SQLiteOnly(t, "audit rotate-key --to-token works on a SQLite data directory only so far (README, The server key in a PKCS #11 token)")
 	softToken(t)
 	s := newSite(t, nil)
 	s.bin = binPath
@@ -240,6 +243,7 @@ func TestTokenKeyRefusalsAndATokenToTokenRotation(t *testing.T) {
 // The token removed under a running server: appends fail closed (the call
 // is refused, nothing runs unrecorded) and /readyz says why.
 func TestTokenRemovedFailsClosed(t *testing.T) {
+	storetest.SQLiteOnly(t, "audit rotate-key --to-token works on a SQLite data directory only so far (README, The server key in a PKCS #11 token)")
 	softToken(t)
 	s := newSite(t, nil)
 	s.bin = binPath
