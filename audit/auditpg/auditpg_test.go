@@ -546,9 +546,16 @@ func TestCheckpointsAndWitnessesOnBothDialects(t *testing.T) {
 
 // A replica its peers fenced appends nothing more: they act for it now,
 // and what they append in its stead must be the only copy.
-func TestFencedOwnerAppendsNothing(t *testing.T) {
+func TestFencedOwnerAppendsNothing(t *testing.T) { appendsNothingOnceFenced(t, 9, false) }
+
+// A replica fenced and then forgotten by its peers (its row deleted,
+// store.Owners.Forget) still appends nothing when it wakes: a row that
+// was there and is gone is a fence, not a licence.
+func TestForgottenOwnerAppendsNothing(t *testing.T) { appendsNothingOnceFenced(t, 10, true) }
+
+func appendsNothingOnceFenced(t *testing.T, seed byte, forget bool) {
 	ctx := context.Background()
-	key := seededKey(9)
+	key := seededKey(seed)
 	a, b, _, _, db := twoReplicas(t, key, audit.Options{}, audit.Options{})
 	owners, err := store.OwnersFor(ctx, db, store.OwnerOptions{OnFenced: func(string) {}})
 	if err != nil {
@@ -563,44 +570,17 @@ func TestFencedOwnerAppendsNothing(t *testing.T) {
 	if err := owners.Fence(ctx, "replica-a"); err != nil {
 		t.Fatalf("Fence: %v", err)
 	}
+	if forget {
+		if _, err := db.ExecContext(ctx, `DELETE FROM replicas WHERE id = ? AND fenced`, "replica-a"); err != nil {
+			t.Fatalf("forget: %v", err)
+		}
+	}
 	if _, err := a.Append(ctx, routine(2)); !errors.Is(err, store.ErrFenced) {
-		t.Fatalf("Append by a fenced owner: %v, want an error wrapping store.ErrFenced", err)
+		t.Fatalf("Append by a fenced owner (forgotten: %v): %v, want an error wrapping store.ErrFenced", forget, err)
 	}
 	mustAppend(t, b, routine(3)) // its peer goes on
 	got := verified(t, b, key)
 	if len(got) != 2 || got[0].Args == nil || string(got[1].Args) != string(routine(3).Args) {
 		t.Fatalf("the log holds %d entries %+v, want the one before the fence and the peer's", len(got), got)
-	}
-}
-
-// A replica fenced and then forgotten by its peers (its row deleted,
-// store.Owners.Forget) still appends nothing when it wakes: a row that
-// was there and is gone is a fence, not a licence.
-func TestForgottenOwnerAppendsNothing(t *testing.T) {
-	ctx := context.Background()
-	key := seededKey(10)
-	a, b, _, _, db := twoReplicas(t, key, audit.Options{}, audit.Options{})
-	owners, err := store.OwnersFor(ctx, db, store.OwnerOptions{OnFenced: func(string) {}})
-	if err != nil {
-		t.Fatalf("OwnersFor: %v", err)
-	}
-	release, err := owners.Hold("replica-a")
-	if err != nil {
-		t.Fatalf("Hold: %v", err)
-	}
-	t.Cleanup(release)
-	mustAppend(t, a, routine(1))
-	if err := owners.Fence(ctx, "replica-a"); err != nil {
-		t.Fatalf("Fence: %v", err)
-	}
-	if _, err := db.ExecContext(ctx, `DELETE FROM replicas WHERE id = ? AND fenced`, "replica-a"); err != nil {
-		t.Fatalf("forget: %v", err)
-	}
-	if _, err := a.Append(ctx, routine(2)); !errors.Is(err, store.ErrFenced) {
-		t.Fatalf("Append by a forgotten owner: %v, want an error wrapping store.ErrFenced", err)
-	}
-	mustAppend(t, b, routine(3))
-	if got := verified(t, b, key); len(got) != 2 {
-		t.Fatalf("the log holds %d entries, want the one before the fence and the peer's", len(got))
 	}
 }
