@@ -81,13 +81,16 @@ func (s *site) fails(env []string, args ...string) string {
 	return string(out)
 }
 
+// tokenRotationSQLiteOnly is why the SoftHSM tests skip the PostgreSQL pass.
+const tokenRotationSQLiteOnly = "audit rotate-key --to-token works on a SQLite data directory only so far (README, The server key in a PKCS #11 token)"
+
 // A data directory's log rotated from its file key to a key generated in
 // SoftHSM, then served: the log, the approval tokens (verified against
 // /.well-known/jwks.json) and the sealed result of an approved call (read
 // again after a restart) all work through the token, and the export
 // verifies from the first, file key.
 func TestServeWithTheServerKeyInSoftHSM(t *testing.T) {
-	storetest.SQLiteOnly(t, "audit rotate-key --to-token works on a SQLite data directory only so far (README, The server key in a PKCS #11 token)")
+	storetest.SQLiteOnly(t, tokenRotationSQLiteOnly)
 	softToken(t)
 	sum := sha256.Sum256([]byte(cibaClientToken))
 	s := newSite(t, func(c *config.Config) {
@@ -171,7 +174,7 @@ func TestServeWithTheServerKeyInSoftHSM(t *testing.T) {
 // What config validate and serve refuse of audit.pkcs11, each with the
 // reason; and a rotation from one token key to another.
 func TestTokenKeyRefusalsAndATokenToTokenRotation(t *testing.T) {
-	storetest.SQLiteOnly(t, "audit rotate-key --to-token works on a SQLite data directory only so far (README, The server key in a PKCS #11 token)")
+	storetest.SQLiteOnly(t, tokenRotationSQLiteOnly)
 	softToken(t)
 	s := newSite(t, nil)
 	s.bin = binPath
@@ -243,7 +246,7 @@ func TestTokenKeyRefusalsAndATokenToTokenRotation(t *testing.T) {
 // The token removed under a running server: appends fail closed (the call
 // is refused, nothing runs unrecorded) and /readyz says why.
 func TestTokenRemovedFailsClosed(t *testing.T) {
-	storetest.SQLiteOnly(t, "audit rotate-key --to-token works on a SQLite data directory only so far (README, The server key in a PKCS #11 token)")
+	storetest.SQLiteOnly(t, tokenRotationSQLiteOnly)
 	softToken(t)
 	s := newSite(t, nil)
 	s.bin = binPath
